@@ -1,0 +1,49 @@
+# -*- test-case-name: tests.test_tap -*-
+"""The ``mcpd`` command: the twistd service without twistd's flags (``mcpd --port 8765``)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.python import usage
+
+from mcpd.tap import Options, build_service
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options, run the daemon in the foreground until stopped, return the exit code."""
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as e:
+        print(f"mcpd: {e}", file=sys.stderr)
+        print("mcpd: run 'mcpd --help' for the options", file=sys.stderr)
+        return 2
+    assert options.settings is not None
+    from twisted.internet import reactor
+
+    # Logs always go to stderr: stdout belongs to MCP in --stdio mode.
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    service = build_service(options.settings, options.packs)
+    outcome = {"code": 0}
+
+    def start() -> None:
+        try:
+            service.privilegedStartService()
+            service.startService()
+        except Exception as e:
+            print(f"mcpd: {e}", file=sys.stderr)
+            outcome["code"] = 1
+            reactor.stop()  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if options.settings.stdio else None
+    reactor.run()  # type: ignore[attr-defined]
+    return outcome["code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

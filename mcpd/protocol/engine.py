@@ -1,0 +1,508 @@
+# -*- test-case-name: tests.test_engine -*-
+"""The MCP engine: parses JSON-RPC, picks the protocol era, dispatches, shapes results.
+
+It knows no transport. A transport hands it the bytes of one message (a stdio line, an HTTP body)
+together with an `Exchange` describing where they came from, and gets back a Deferred firing with
+the response to send (a dict, a list for a batch, or None when nothing is owed). Notifications
+that belong to a request (progress) go out through the exchange's ``notify`` callable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mcpd._version import __version__
+from mcpd.protocol import errors
+from mcpd.protocol.errors import (
+    HeaderMismatch,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MCPError,
+    MethodNotFound,
+    ParseError,
+    UnsupportedProtocolVersion,
+    error_response,
+)
+from mcpd.protocol.session import Session
+from mcpd.protocol.versions import (
+    ALL_VERSIONS,
+    BATCH_VERSIONS,
+    LATEST_LEGACY,
+    LEGACY_VERSIONS,
+    META_CLIENT_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_PROTOCOL_VERSION,
+    META_SERVER_INFO,
+    MODERN_VERSIONS,
+)
+from mcpd.tools.api import Caller, ToolContext, call_result, error_result, invoke
+
+if TYPE_CHECKING:
+    from twisted.python.threadpool import ThreadPool
+
+    from mcpd.protocol.trace import Tracer
+    from mcpd.runtime import Runtime
+    from mcpd.tools.pack import ToolRegistry
+
+log = Logger(namespace="mcpd.engine")
+
+Notify = Callable[[dict[str, Any]], None]
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+
+# 2026-07-28 transports §Streamable HTTP: methods whose target is mirrored in `Mcp-Name`.
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+INSTRUCTIONS = (
+    "mcpd is a team's shared MCP server. Call server.tools to see the tools this server offers "
+    "with their annotations, and server.info for its version and transports."
+)
+
+
+def encode(message: Any) -> bytes:
+    """Serialise a JSON-RPC message compactly (no newlines: safe for stdio framing)."""
+    return _dumps(message).encode("utf-8")
+
+
+@attrs.define
+class Exchange:
+    """Where a message came from, as the transport describes it.
+
+    ``session`` is the client's protocol state (a stdio connection or a legacy HTTP session;
+    None for a stateless modern HTTP request). ``headers`` are the lowercase HTTP headers of a
+    modern request, checked against its body; None where there are none (stdio).
+    """
+
+    peer: str
+    caller: Caller
+    session: Session | None = None
+    notify: Notify | None = None
+    headers: Mapping[str, str] | None = None
+    # Set by the engine: the protocol version the message was served under.
+    version: str | None = None
+    # Set by the engine when a request asked for a method or version routing rejected.
+    method: str | None = None
+
+
+@attrs.define
+class Request:
+    """One request being served: what handlers need to know about it."""
+
+    id: Any
+    method: str
+    params: dict[str, Any]
+    version: str
+    exchange: Exchange
+
+    @property
+    def modern(self) -> bool:
+        return self.version in MODERN_VERSIONS
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self.params.get("_meta")
+        return meta if isinstance(meta, dict) else {}
+
+
+class Engine:
+    """Serves MCP requests for every transport from one tool registry."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        *,
+        runtime: Runtime | None = None,
+        thread_pool: ThreadPool | None = None,
+        page_size: int = 100,
+        tracer: Tracer | None = None,
+        list_ttl_ms: int = 60_000,
+    ) -> None:
+        self.registry = registry
+        self.runtime = runtime
+        self.thread_pool = thread_pool
+        self.page_size = page_size
+        self.tracer = tracer
+        self.list_ttl_ms = list_ttl_ms
+        self.server_info = {"name": "mcpd", "title": "mcpd", "version": __version__}
+        self.capabilities: dict[str, Any] = {"tools": {"listChanged": False}}
+        self._legacy: dict[str, Callable[[Request], Any]] = {
+            "initialize": self._initialize,
+            "ping": self._ping,
+            "tools/list": self._tools_list,
+            "tools/call": self._tools_call,
+        }
+        self._modern: dict[str, Callable[[Request], Any]] = {
+            "server/discover": self._discover,
+            "tools/list": self._tools_list,
+            "tools/call": self._tools_call,
+        }
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def handle_bytes(self, data: bytes | str, exchange: Exchange) -> Deferred[Any]:
+        """Decode one message (or a batch) and serve it."""
+        try:
+            message = _loads(data)
+        except (ValueError, RecursionError):
+            # JSON-RPC 2.0 §5.1: -32700, id null; the connection survives.
+            response = error_response(None, ParseError("Parse error: the message is not valid JSON").to_error())
+            self._trace("out", exchange, response)
+            return succeed(response)
+        return self.handle(message, exchange)
+
+    def handle(self, message: Any, exchange: Exchange) -> Deferred[Any]:
+        """Serve one decoded message or batch; fires with the response or None."""
+        if self.tracer is not None:
+            self._trace("in", exchange, message)
+        if isinstance(message, list):
+            d = self._batch(message, exchange)
+        else:
+            d = self._message(message, exchange)
+        if self.tracer is not None:
+            d.addCallback(self._trace_response, exchange)
+        return d
+
+    def reject(self, exchange: Exchange, request_id: Any, error: MCPError) -> dict[str, Any]:
+        """A transport-level rejection as a JSON-RPC error (traced like any other reply)."""
+        response = error_response(request_id, error.to_error())
+        self._trace("out", exchange, response)
+        return response
+
+    # -- framing --------------------------------------------------------------------------------
+
+    def _batch(self, messages: list[Any], exchange: Exchange) -> Deferred[Any]:
+        session = exchange.session
+        version = session.version if session is not None else None
+        if version not in BATCH_VERSIONS or not messages:
+            # Only 2025-03-26 has batches (2025-06-18 changelog: batching removed).
+            why = "an empty batch" if messages == [] else f"batches are not supported in protocol version {version or 'negotiation'}"
+            return succeed(error_response(None, InvalidRequest(f"Invalid request: {why}").to_error()))
+        exchange.version = version
+        results = [self._message(message, exchange) for message in messages]
+
+        def collect(responses: list[Any]) -> list[Any] | None:
+            replies = [r for r in responses if r is not None]
+            return replies or None
+
+        return gatherResults(results).addCallback(collect)
+
+    def _message(self, message: Any, exchange: Exchange) -> Deferred[Any]:
+        if not isinstance(message, dict):
+            return succeed(error_response(None, InvalidRequest("Invalid request: expected a JSON-RPC object").to_error()))
+        method = message.get("method")
+        request_id = message.get("id")
+        if method is None:
+            if "id" in message and ("result" in message or "error" in message):
+                # A response to a server-to-client request; this server sends none yet.
+                log.info("Ignoring a response to request {id!r} that was never sent", id=request_id)
+                return succeed(None)
+            return succeed(error_response(_readable_id(request_id), InvalidRequest("Invalid request: no method").to_error()))
+        if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
+            return succeed(
+                error_response(
+                    _readable_id(request_id),
+                    InvalidRequest('Invalid request: needs "jsonrpc": "2.0" and a string "method"').to_error(),
+                )
+            )
+        params = message.get("params", {})
+        if params is None:
+            params = {}
+        if "id" not in message:
+            self._notification(method, params, exchange)
+            return succeed(None)
+        if not _valid_id(request_id):
+            return succeed(
+                error_response(None, InvalidRequest("Invalid request: id must be a string or an integer").to_error())
+            )
+        exchange.method = method
+        if not isinstance(params, dict):
+            return succeed(error_response(request_id, InvalidParams("Invalid params: params must be an object").to_error()))
+        try:
+            request = self._route(request_id, method, params, exchange)
+            handler = (self._modern if request.modern else self._legacy).get(method)
+            if handler is None:
+                raise MethodNotFound(f"Method not found: {method}")
+            result = handler(request)
+        except MCPError as e:
+            return succeed(error_response(request_id, e.to_error()))
+        except Exception:
+            return succeed(self._internal_error(request_id, method, Failure()))
+        d = result if isinstance(result, Deferred) else succeed(result)
+        session = exchange.session
+        if session is not None and not d.called:
+            session.in_flight[request_id] = d
+            d.addBoth(_forget, session, request_id)
+        modern = request.modern
+        return d.addCallbacks(
+            self._respond, self._respond_failure, callbackArgs=(request_id, modern), errbackArgs=(request_id, method)
+        )
+
+    def _respond(self, result: Any, request_id: Any, modern: bool) -> dict[str, Any]:
+        if modern and "resultType" not in result:
+            # 2026-07-28 basic §Result types: servers MUST include resultType.
+            result["resultType"] = "complete"
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    def _respond_failure(self, failure: Failure, request_id: Any, method: str) -> dict[str, Any] | None:
+        if failure.check(CancelledError):
+            # 2025-11-25 basic/utilities/cancellation: no response to a cancelled request.
+            return None
+        if failure.check(MCPError):
+            return error_response(request_id, failure.value.to_error())
+        return self._internal_error(request_id, method, failure)
+
+    def _internal_error(self, request_id: Any, method: str, failure: Failure) -> dict[str, Any]:
+        log.failure("Internal error serving {method} (request {id!r})", failure, method=method, id=request_id)
+        error = InternalError(f"Internal error while serving {method}; the server log has the details")
+        return error_response(request_id, error.to_error())
+
+    def _notification(self, method: str, params: Any, exchange: Exchange) -> None:
+        session = exchange.session
+        if method == "notifications/initialized":
+            if session is not None:
+                session.initialized = True
+        elif method == "notifications/cancelled":
+            request_id = params.get("requestId") if isinstance(params, dict) else None
+            pending = session.in_flight.pop(request_id, None) if session is not None else None
+            if pending is not None:
+                log.info("Request {id!r} cancelled by the client", id=request_id)
+                pending.cancel()
+        elif method.startswith("notifications/"):
+            # Unknown notifications are ignored (JSON-RPC 2.0 §4.1: never answered).
+            log.debug("Ignoring notification {method}", method=method)
+        else:
+            log.info("Ignoring notification-shaped message for method {method}", method=method)
+
+    # -- era selection --------------------------------------------------------------------------
+
+    def _route(self, request_id: Any, method: str, params: dict[str, Any], exchange: Exchange) -> Request:
+        session = exchange.session
+        if session is not None and session.version is not None:
+            exchange.version = session.version
+            return Request(request_id, method, params, session.version, exchange)
+        if method == "initialize":
+            return Request(request_id, method, params, LATEST_LEGACY, exchange)
+        version = self._modern_envelope(method, params, exchange.headers)
+        exchange.version = version
+        return Request(request_id, method, params, version, exchange)
+
+    def _modern_envelope(self, method: str, params: dict[str, Any], headers: Mapping[str, str] | None) -> str:
+        """Check a stateless request's envelope; the first failing rung wins.
+
+        2026-07-28 basic §Per-request protocol fields, then transports §Streamable HTTP headers.
+        """
+        meta = params.get("_meta")
+        if not isinstance(meta, dict) or META_PROTOCOL_VERSION not in meta or META_CLIENT_CAPABILITIES not in meta:
+            raise InvalidParams(
+                f"Invalid params: params._meta must carry {META_PROTOCOL_VERSION!r} and "
+                f"{META_CLIENT_CAPABILITIES!r} (protocol 2026-07-28), or send initialize first "
+                f"(protocol versions {', '.join(LEGACY_VERSIONS)})"
+            )
+        version = meta[META_PROTOCOL_VERSION]
+        if headers is not None:
+            if headers.get("mcp-protocol-version") != version:
+                raise HeaderMismatch("MCP-Protocol-Version header does not match params._meta protocolVersion")
+            if headers.get("mcp-method") != method:
+                raise HeaderMismatch("Mcp-Method header does not match the request's method")
+            name_key = NAME_BEARING.get(method)
+            if name_key is not None and params.get(name_key) is not None:
+                if _decode_header_value(headers.get("mcp-name")) != params[name_key]:
+                    raise HeaderMismatch(f"Mcp-Name header does not match params.{name_key}")
+        if not isinstance(version, str):
+            raise InvalidParams("Invalid params: the protocol version in params._meta must be a string")
+        if version not in MODERN_VERSIONS:
+            raise UnsupportedProtocolVersion(
+                f"Unsupported protocol version {version}",
+                data={"supported": list(ALL_VERSIONS), "requested": version},
+            )
+        if not isinstance(meta[META_CLIENT_CAPABILITIES], dict):
+            raise InvalidParams(f"Invalid params: {META_CLIENT_CAPABILITIES} must be an object")
+        info = meta.get(META_CLIENT_INFO)
+        if info is not None and not isinstance(info, dict):
+            raise InvalidParams(f"Invalid params: {META_CLIENT_INFO} must be an object")
+        return version
+
+    # -- methods --------------------------------------------------------------------------------
+
+    def _initialize(self, request: Request) -> dict[str, Any]:
+        session = request.exchange.session
+        if session is None:
+            raise InvalidRequest("Invalid request: initialize needs a session-capable transport")
+        if session.version is not None:
+            raise InvalidRequest("Invalid request: this session is already initialized")
+        params = request.params
+        requested = params.get("protocolVersion")
+        if not isinstance(requested, str):
+            raise InvalidParams("Invalid params: initialize needs a string protocolVersion")
+        capabilities = params.get("capabilities", {})
+        if not isinstance(capabilities, dict):
+            raise InvalidParams("Invalid params: capabilities must be an object")
+        # 2025-11-25 basic/lifecycle §Version Negotiation: echo a supported version, else offer
+        # the latest we support.
+        version = requested if requested in LEGACY_VERSIONS else LATEST_LEGACY
+        session.version = version
+        session.client_capabilities = capabilities
+        info = params.get("clientInfo")
+        session.client_info = info if isinstance(info, dict) else None
+        request.exchange.version = version
+        return {
+            "protocolVersion": version,
+            "capabilities": self.capabilities,
+            "serverInfo": self.server_info,
+            "instructions": INSTRUCTIONS,
+        }
+
+    def _ping(self, request: Request) -> dict[str, Any]:
+        return {}
+
+    def _discover(self, request: Request) -> dict[str, Any]:
+        # 2026-07-28 server/discover: supportedVersions, capabilities, serverInfo in _meta.
+        return {
+            "supportedVersions": list(ALL_VERSIONS),
+            "capabilities": self.capabilities,
+            "instructions": INSTRUCTIONS,
+            "_meta": {META_SERVER_INFO: self.server_info},
+            "ttlMs": self.list_ttl_ms,
+            "cacheScope": "public",
+        }
+
+    def _tools_list(self, request: Request) -> dict[str, Any]:
+        cursor = request.params.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidParams("Invalid params: cursor must be a string")
+        try:
+            tools, next_cursor = self.registry.page(cursor, self.page_size)
+        except ValueError:
+            raise InvalidParams("Invalid params: unknown cursor; start again without one") from None
+        result: dict[str, Any] = {"tools": [tool.descriptor for tool in tools]}
+        if next_cursor is not None:
+            result["nextCursor"] = next_cursor
+        if request.modern:
+            # 2026-07-28 server/tools §Caching: lists carry ttlMs and cacheScope.
+            result["ttlMs"] = self.list_ttl_ms
+            result["cacheScope"] = "public"
+        return result
+
+    def _tools_call(self, request: Request) -> Any:
+        params = request.params
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise InvalidParams("Invalid params: tools/call needs a string name")
+        tool = self.registry.get(name)
+        if tool is None:
+            # 2025-11-25 server/tools §Error Handling: unknown tool is a protocol error.
+            raise InvalidParams(f"Unknown tool: {name}. Call tools/list to see the available tools.")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            return error_result(f"Invalid arguments for tool {name}: arguments must be a JSON object")
+        problems = tool.argument_problems(arguments)
+        if problems:
+            return error_result(f"Invalid arguments for tool {name}: " + "; ".join(problems))
+        exchange = request.exchange
+        ctx = ToolContext(
+            tool=tool,
+            request_id=request.id,
+            caller=exchange.caller,
+            runtime=self.runtime,
+            progress_sink=self._progress_sink(request),
+        )
+        d = invoke(tool, ctx, arguments, self.thread_pool)
+        return d.addCallbacks(self._tool_value, self._tool_failure, callbackArgs=(ctx,), errbackArgs=(ctx,))
+
+    def _tool_value(self, value: Any, ctx: ToolContext) -> dict[str, Any]:
+        ctx._progress_sink = None  # nothing may follow the result (basic/utilities/progress)
+        return call_result(ctx.tool, value)
+
+    def _tool_failure(self, failure: Failure, ctx: ToolContext) -> Any:
+        ctx._progress_sink = None
+        if failure.check(CancelledError):
+            return failure
+        from mcpd.tools.api import ToolError
+
+        if failure.check(ToolError):
+            return error_result(str(failure.value))
+        log.failure(
+            "Tool {tool} failed (request {id!r})", failure, tool=ctx.tool.name, id=ctx.request_id
+        )
+        return error_result(
+            f"Tool {ctx.tool.name} failed unexpectedly; the server log has the details "
+            f"(request id {ctx.request_id!r})."
+        )
+
+    def _progress_sink(self, request: Request) -> Callable[[float, float | None, str | None], None] | None:
+        token = request.meta.get("progressToken")
+        notify = request.exchange.notify
+        if token is None or notify is None:
+            return None
+        last: list[float] = []
+        exchange = request.exchange
+
+        def sink(progress: float, total: float | None, message: str | None) -> None:
+            # 2025-11-25 basic/utilities/progress: the value MUST increase with each notification.
+            if last and progress <= last[0]:
+                return
+            last[:] = [progress]
+            params: dict[str, Any] = {"progressToken": token, "progress": progress}
+            if total is not None:
+                params["total"] = total
+            if message is not None:
+                params["message"] = message
+            note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
+            self._trace("out", exchange, note)
+            notify(note)
+
+        return sink
+
+    # -- tracing --------------------------------------------------------------------------------
+
+    def _trace(self, direction: str, exchange: Exchange, message: Any) -> None:
+        if self.tracer is not None:
+            version = exchange.version
+            if version is None and exchange.session is not None:
+                version = exchange.session.version
+            self.tracer.record(direction, exchange.peer, version, message)
+
+    def _trace_response(self, response: Any, exchange: Exchange) -> Any:
+        if response is not None:
+            self._trace("out", exchange, response)
+        return response
+
+
+def _valid_id(value: Any) -> bool:
+    # basic §Requests: ids are strings or integers, never null (MCP forbids null ids).
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _readable_id(value: Any) -> Any:
+    return value if _valid_id(value) else None
+
+
+def _forget(result: Any, session: Session, request_id: Any) -> Any:
+    session.in_flight.pop(request_id, None)
+    return result
+
+
+def _decode_header_value(value: str | None) -> str | None:
+    """Undo the ``=?base64?…?=`` wrapping of non-ASCII header values (2026-07-28 transports)."""
+    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+__all__ = ["Engine", "Exchange", "Request", "encode", "errors"]

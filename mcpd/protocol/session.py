@@ -1,0 +1,109 @@
+# -*- test-case-name: tests.test_engine -*-
+"""Per-client protocol state: one per stdio connection and one per legacy HTTP session."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+
+def new_session_id() -> str:
+    """A cryptographically random id of visible ASCII (2025-11-25 transports §Session Management)."""
+    return secrets.token_urlsafe(24)
+
+
+class Session:
+    """What the engine remembers about one client between messages.
+
+    ``version`` stays None until a legacy `initialize` handshake fixes it; a stdio client that
+    only sends modern (2026-07-28) requests never sets it. ``in_flight`` maps request ids to the
+    Deferreds serving them, so `notifications/cancelled` can stop them.
+    """
+
+    def __init__(self, session_id: str | None = None, now: float = 0.0) -> None:
+        self.id = session_id or new_session_id()
+        self.version: str | None = None
+        self.initialized = False
+        self.client_info: dict[str, Any] | None = None
+        self.client_capabilities: dict[str, Any] = {}
+        self.in_flight: dict[Any, Deferred[Any]] = {}
+        self.last_active = now
+        self.closed = False
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing is happening in the session (no request being served)."""
+        return not self.in_flight
+
+    def close(self) -> None:
+        """The session is going away: cancel every request still being served."""
+        self.closed = True
+        pending, self.in_flight = self.in_flight, {}
+        for deferred in pending.values():
+            deferred.cancel()
+
+
+class SessionStore:
+    """Legacy sessions of this process, by id, ended after ``idle_timeout`` seconds unused.
+
+    In-process; a shared store for several instances behind a load balancer is a later
+    addition behind the same methods.
+    """
+
+    def __init__(self, clock: Any, idle_timeout: float) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self._clock = clock
+        self.idle_timeout = idle_timeout
+        self._sessions: dict[str, Session] = {}
+        self._sweeper = LoopingCall(self.expire_idle)
+        self._sweeper.clock = clock
+
+    def start(self) -> None:
+        """Begin sweeping idle sessions."""
+        self._sweeper.start(min(60.0, max(self.idle_timeout / 4, 0.05)), now=False)
+
+    def stop(self) -> None:
+        """Stop sweeping and end every session."""
+        if self._sweeper.running:
+            self._sweeper.stop()
+        for session_id in list(self._sessions):
+            self.remove(session_id)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    def now(self) -> float:
+        """The store's clock."""
+        return self._clock.seconds()
+
+    def add(self, session: Session) -> None:
+        """Keep ``session`` (its handshake succeeded)."""
+        session.last_active = self._clock.seconds()
+        self._sessions[session.id] = session
+
+    def get(self, session_id: str) -> Session | None:
+        """The live session with this id, marked as just used; None if unknown or ended."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.last_active = self._clock.seconds()
+        return session
+
+    def remove(self, session_id: str) -> Session | None:
+        """End a session: its requests are cancelled and its streams closed."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.close()
+        return session
+
+    def expire_idle(self) -> None:
+        """End sessions unused for longer than the idle timeout."""
+        deadline = self._clock.seconds() - self.idle_timeout
+        for session in list(self._sessions.values()):
+            if session.last_active < deadline and session.idle:
+                self.remove(session.id)

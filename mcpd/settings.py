@@ -1,0 +1,223 @@
+# -*- test-case-name: tests.test_settings -*-
+"""Every configuration knob of mcpd, documented once, and the one frozen `Settings` value.
+
+Each knob can be set by a command-line flag, an environment variable or a ``.env``-style file
+given with ``--config``; the precedence is flag > environment > file > default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+
+class SettingError(ValueError):
+    """A knob has a value mcpd cannot use; the message names the knob and what is wrong."""
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise ValueError("must be a TCP port number from 1 to 65535")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be more than 0 seconds, not {value}")
+    return value
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _text(text: str) -> str:
+    return text
+
+
+@attrs.frozen
+class Knob:
+    """One setting: its attribute, flag, environment variable, parser, default and help."""
+
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    repeatable: bool = False
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace("_", "-")
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("host", "HOST", _text, "127.0.0.1", "Interface for --port (0.0.0.0 or :: serves the LAN)."),
+    Knob("port", "PORT", _port, 8765, "TCP port for Streamable HTTP."),
+    Knob(
+        "listen",
+        "LISTEN",
+        _names,
+        (),
+        "A Twisted endpoint string to serve HTTP on, e.g. tcp:8765:interface=0.0.0.0; repeatable "
+        "(comma-separated in the environment). Given without --port, only these are served.",
+        repeatable=True,
+    ),
+    Knob(
+        "toolsets",
+        "TOOLSETS",
+        _names,
+        ("server",),
+        "Built-in tool packs to serve, comma-separated.",
+    ),
+    Knob(
+        "tool_pack",
+        "TOOL_PACKS",
+        _names,
+        (),
+        "Extra tool pack by dotted module name (module[:attribute]); repeatable.",
+        repeatable=True,
+    ),
+    Knob("threads", "THREADS", _positive_int, 10, "Size of the thread pool that runs blocking tools."),
+    Knob(
+        "session_timeout",
+        "SESSION_TIMEOUT",
+        _seconds,
+        1800.0,
+        "Seconds after which an idle legacy HTTP session (Mcp-Session-Id) is ended.",
+    ),
+    Knob("page_size", "PAGE_SIZE", _positive_int, 100, "Items per page of tools/list and other lists."),
+    Knob(
+        "max_message_size",
+        "MAX_MESSAGE_SIZE",
+        _positive_int,
+        4 * 1024 * 1024,
+        "Largest JSON-RPC message accepted, in bytes (stdio line or HTTP body).",
+    ),
+    Knob(
+        "sse_replay",
+        "SSE_REPLAY",
+        _positive_int,
+        256,
+        "Events kept per SSE stream for Last-Event-ID resumption.",
+    ),
+    Knob(
+        "trace_file",
+        "TRACE_FILE",
+        _text,
+        None,
+        "Write every JSON-RPC message in and out to this file as JSON lines (debugging).",
+    ),
+)
+KNOBS_BY_NAME = {knob.name: knob for knob in KNOBS}
+
+
+@attrs.frozen
+class Settings:
+    """The whole configuration of one mcpd process."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    listen: tuple[str, ...] = ()
+    toolsets: tuple[str, ...] = ("server",)
+    tool_pack: tuple[str, ...] = ()
+    threads: int = 10
+    session_timeout: float = 1800.0
+    page_size: int = 100
+    max_message_size: int = 4 * 1024 * 1024
+    sse_replay: int = 256
+    trace_file: str | None = None
+    stdio: bool = False
+    port_given: bool = False
+
+    def http_endpoints(self) -> list[str]:
+        """The endpoint strings HTTP is served on."""
+        endpoints = list(self.listen)
+        if self.port_given or not endpoints:
+            host = self.host.replace(":", "\\:")
+            endpoints.insert(0, f"tcp:{self.port}:interface={host}")
+        return endpoints
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Read a ``.env``-style file: ``NAME=value`` lines, ``#`` comments, optional quotes."""
+    values: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise SettingError(f"--config {path}: cannot read it ({e.strerror})") from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            raise SettingError(f"--config {path} line {number}: expected NAME=value, got {line!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    file_values: Mapping[str, str],
+    stdio: bool = False,
+) -> Settings:
+    """Build `Settings` from flags (already parsed; None or empty = not given), the
+    environment and a config file, in that order of precedence."""
+    values: dict[str, Any] = {}
+    for knob in KNOBS:
+        given = flags.get(knob.name)
+        if given is not None and given != [] and given != ():
+            raw: Any = given
+            where = f"--{knob.flag}"
+        elif knob.env in environ:
+            raw, where = environ[knob.env], f"environment variable {knob.env}"
+        elif knob.env in file_values:
+            raw, where = file_values[knob.env], f"{knob.env} in the --config file"
+        else:
+            values[knob.name] = knob.default
+            continue
+        try:
+            values[knob.name] = _parse(knob, raw)
+        except ValueError as e:
+            raise SettingError(f"{where}: {e}") from None
+    port_given = (
+        flags.get("port") is not None or "PORT" in environ or "PORT" in file_values
+    )
+    return Settings(**values, stdio=stdio, port_given=port_given)
+
+
+def _parse(knob: Knob, raw: Any) -> Any:
+    if isinstance(raw, str):
+        return knob.parse(raw)
+    if isinstance(raw, Sequence):  # a repeatable flag given several times
+        parsed: list[Any] = []
+        for item in raw:
+            value = knob.parse(item)
+            parsed.extend(value if isinstance(value, tuple) else (value,))
+        return tuple(parsed)
+    return raw

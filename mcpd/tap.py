@@ -1,0 +1,265 @@
+# -*- test-case-name: tests.test_tap -*-
+"""twistd wiring: command-line options become `Settings`; `makeService` builds the daemon."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger, textFileLogObserver
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from mcpd._version import __version__
+from mcpd.protocol.engine import Engine
+from mcpd.protocol.session import SessionStore
+from mcpd.protocol.trace import Tracer
+from mcpd.runtime import Runtime
+from mcpd.settings import KNOBS, SettingError, Settings, read_env_file, resolve
+from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
+from mcpd.transport.stdio import StdioProtocol
+from mcpd.transport.streamable import StreamableHTTP
+from mcpd.web.policy import OriginGuard
+from mcpd.web.site import make_site
+
+log = Logger(namespace="mcpd")
+
+
+def stderr_observer() -> Any:
+    """twistd's ``logger``: log lines to stderr, keeping stdout for MCP messages (stdio mode)."""
+    return textFileLogObserver(sys.__stderr__)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    return "none" if value is None else str(value)
+
+
+class Options(usage.Options):
+    """``twistd mcpd`` flags; every one also reads from the environment and ``--config``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the Model Context Protocol over Streamable HTTP (default 127.0.0.1:8765) or stdio. "
+        "Each option can also be set by the environment variable named in brackets, or in a "
+        "--config file of NAME=value lines; a flag wins over the environment, which wins over the file."
+    )
+    optFlags = [["stdio", None, "Serve one client on stdin/stdout instead of HTTP (logs go to stderr)."]]
+    optParameters = [["config", "c", None, "A .env-style file of NAME=value settings."]] + [
+        [knob.flag, None, None, f"{knob.help} [{knob.env}] (default: {_show(knob.default)})"]
+        for knob in KNOBS
+        if not knob.repeatable
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        for knob in KNOBS:
+            if knob.repeatable:
+                self[knob.name] = []
+        self.settings: Settings | None = None
+        self.packs: list[ToolPack] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """A Twisted endpoint string to serve HTTP on (repeatable), e.g. tcp:8765:interface=0.0.0.0 [LISTEN]."""
+        self["listen"].append(endpoint)
+
+    def opt_tool_pack(self, reference: str) -> None:
+        """A tool pack by dotted module name, module[:attribute] (repeatable) [TOOL_PACKS]."""
+        self["tool_pack"].append(reference)
+
+    def opt_version(self) -> None:
+        """Print mcpd's version and exit."""
+        print(f"mcpd {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        flags = {knob.name: self.get(knob.flag, self.get(knob.name)) for knob in KNOBS}
+        try:
+            file_values = read_env_file(self["config"]) if self["config"] else {}
+            self.settings = resolve(flags, os.environ, file_values, stdio=bool(self["stdio"]))
+        except SettingError as e:
+            raise usage.UsageError(str(e)) from None
+        self.packs = load_packs(self.settings)
+        if not self.settings.stdio:
+            from twisted.internet import reactor
+
+            for description in self.settings.http_endpoints():
+                try:
+                    endpoints.serverFromString(reactor, description)
+                except (ValueError, TypeError, KeyError) as e:
+                    raise usage.UsageError(f"--listen {description!r}: not a usable endpoint ({e})") from None
+        elif self.parent is not None:
+            # twistd -n logs to stdout, which belongs to the protocol in stdio mode.
+            self.parent["logger"] = "mcpd.tap.stderr_observer"
+
+
+def load_packs(settings: Settings) -> list[ToolPack]:
+    """Load every configured pack, or stop with a message naming the one that failed."""
+    packs = []
+    for name in settings.toolsets:
+        if name not in BUILTIN_PACKS:
+            raise usage.UsageError(
+                f"--toolsets: unknown toolset {name!r} (built-in: {', '.join(sorted(BUILTIN_PACKS))}); "
+                "load other packs with --tool-pack"
+            )
+    for reference in (*settings.toolsets, *settings.tool_pack):
+        try:
+            packs.append(load_pack(reference))
+        except PackLoadError as e:
+            raise usage.UsageError(str(e)) from None
+    try:
+        ToolRegistry(packs)
+    except PackLoadError as e:
+        raise usage.UsageError(str(e)) from None
+    return packs
+
+
+class ThreadPoolService(Service):
+    """The thread pool that runs blocking tool handlers, stopped (joined) on shutdown."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class SessionService(Service):
+    """Expires idle legacy sessions while running; ends them all on shutdown."""
+
+    def __init__(self, sessions: SessionStore) -> None:
+        self.sessions = sessions
+
+    def startService(self) -> None:
+        super().startService()
+        self.sessions.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.sessions.stop()
+
+
+class ListenerService(Service):
+    """Listens on one endpoint string; a port that cannot be bound stops start-up."""
+
+    def __init__(self, description: str, factory: Any, runtime: Runtime) -> None:
+        self.description = description
+        self.factory = factory
+        self.runtime = runtime
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        from twisted.internet import reactor
+
+        super().privilegedStartService()
+        d = endpoints.serverFromString(reactor, self.description).listen(self.factory)
+        outcome: list[Any] = []
+        d.addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            raise RuntimeError(f"cannot listen on {self.description}: {outcome[0].getErrorMessage()}")
+        if outcome:
+            self._listening(outcome[0])
+        else:
+            d.addCallback(self._listening)
+
+    def startService(self) -> None:
+        if self.port is None and not self.running:
+            self.privilegedStartService()
+        super().startService()
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        address = port.getHost()
+        shown = f"http://{_url_host(getattr(address, 'host', '?'))}:{getattr(address, 'port', '?')}/mcp"
+        if "ssl:" in self.description:
+            shown = "https" + shown[4:]
+        self.runtime.listeners.append(shown)
+        log.info("Serving MCP on {url} ({description})", url=shown, description=self.description)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class StdioService(Service):
+    """Serves stdin/stdout; the reactor stops when the client closes stdin."""
+
+    def __init__(self, engine: Engine, max_message_size: int) -> None:
+        self.engine = engine
+        self.max_message_size = max_message_size
+
+    def startService(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.stdio import StandardIO
+
+        super().startService()
+        protocol = StdioProtocol(self.engine, self.max_message_size, on_close=self._closed)
+        StandardIO(protocol, reactor=reactor)
+
+    def _closed(self) -> None:
+        from twisted.internet import reactor
+
+        log.info("stdin closed; stopping")
+        if reactor.running:  # type: ignore[attr-defined]
+            reactor.stop()  # type: ignore[attr-defined]
+
+
+def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
+    """The whole daemon as one service tree: thread pool, sessions, then transports."""
+    from twisted.internet import reactor
+
+    root = MultiService()
+    registry = ToolRegistry(packs)
+    runtime = Runtime(settings, registry)
+    pool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="mcpd-tools")
+    ThreadPoolService(pool).setServiceParent(root)
+    tracer = Tracer(settings.trace_file) if settings.trace_file else None
+    engine = Engine(registry, runtime=runtime, thread_pool=pool, page_size=settings.page_size, tracer=tracer)
+    if settings.stdio:
+        runtime.transports.append("stdio")
+        StdioService(engine, settings.max_message_size).setServiceParent(root)
+        return root
+    sessions = SessionStore(reactor, settings.session_timeout)
+    SessionService(sessions).setServiceParent(root)
+    runtime.transports.append("streamable-http")
+    resource = StreamableHTTP(engine, sessions, settings.max_message_size, settings.sse_replay)
+    site = make_site(OriginGuard(resource), runtime)
+    for description in settings.http_endpoints():
+        ListenerService(description, site, runtime).setServiceParent(root)
+        if _beyond_loopback(description):
+            log.warn(
+                "Listening beyond loopback on {description} with no authentication: anyone who can "
+                "reach it can call every tool",
+                description=description,
+            )
+    return root
+
+
+def _beyond_loopback(description: str) -> bool:
+    from mcpd.web.policy import is_loopback
+
+    match = re.search(r"interface=((?:\\.|[^:])*)", description)
+    return match is None or not is_loopback(match.group(1).replace("\\", ""))
+
+
+def makeService(options: Options) -> MultiService:
+    """twistd's entry point."""
+    assert options.settings is not None
+    return build_service(options.settings, options.packs)

@@ -1,0 +1,282 @@
+# -*- test-case-name: tests.test_tools -*-
+"""The tool API: how a tool is declared once and how the engine runs it.
+
+A tool is a name, human-facing text, JSON Schemas, annotations and a handler. Handlers receive a
+`ToolContext` (who is calling, progress, logging, cancellation) and the validated arguments, and
+return a value or a Deferred. A handler declared ``blocking=True`` runs in the daemon's thread pool,
+never on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from jsonschema import Draft202012Validator, SchemaError
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadable import isInIOThread
+
+if TYPE_CHECKING:
+    from twisted.python.threadpool import ThreadPool
+
+    from mcpd.runtime import Runtime
+
+# 2025-11-25 server/tools §Tool names: 1-128 characters of A-Z a-z 0-9 _ - .
+TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+EMPTY_OBJECT_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
+
+Handler = Callable[["ToolContext", dict[str, Any]], Any]
+ProgressSink = Callable[[float, "float | None", "str | None"], None]
+
+
+class ToolError(Exception):
+    """Raised by a handler for a failure the model should see and can act on.
+
+    It becomes a result with ``isError: true`` carrying this message (2025-11-25 server/tools
+    §Error Handling: tool execution errors are reported in the result, not as protocol errors).
+    """
+
+
+@attrs.frozen
+class Caller:
+    """Who is calling: the identity a transport established, never transport objects."""
+
+    name: str = "anonymous"
+    scopes: frozenset[str] = frozenset()
+    peer: str = ""
+    transport: str = ""
+
+
+@attrs.frozen
+class ToolAnnotations:
+    """Hints about a tool's behaviour (2025-11-25 server/tools §Tool annotations)."""
+
+    title: str | None = None
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form, with only the hints that were given."""
+        pairs = (
+            ("title", self.title),
+            ("readOnlyHint", self.read_only),
+            ("destructiveHint", self.destructive),
+            ("idempotentHint", self.idempotent),
+            ("openWorldHint", self.open_world),
+        )
+        return {key: value for key, value in pairs if value is not None}
+
+
+@attrs.frozen
+class ToolResult:
+    """A handler's explicit result: content blocks, optional structured content, error flag."""
+
+    content: list[dict[str, Any]] = attrs.field(factory=list)
+    structured: Any = None
+    is_error: bool = False
+
+    @classmethod
+    def text(cls, text: str, *, is_error: bool = False) -> ToolResult:
+        """A result holding one text block."""
+        return cls(content=[{"type": "text", "text": text}], is_error=is_error)
+
+
+def _check_name(_instance: object, _attribute: object, name: str) -> None:
+    if not TOOL_NAME.match(name):
+        raise ValueError(f"tool name {name!r} must be 1-128 characters of A-Z a-z 0-9 . _ -")
+
+
+def _check_schema(_instance: object, attribute: attrs.Attribute[Any], schema: Any) -> None:
+    if schema is None:
+        return
+    if not isinstance(schema, Mapping) or schema.get("type") != "object":
+        raise ValueError(f"{attribute.name} must be a JSON Schema object with type 'object'")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        raise ValueError(f"{attribute.name} is not a valid JSON Schema: {e.message}") from None
+
+
+@attrs.frozen
+class Tool:
+    """One tool, declared once."""
+
+    name: str = attrs.field(validator=_check_name)
+    description: str
+    handler: Handler
+    input_schema: Mapping[str, Any] = attrs.field(default=EMPTY_OBJECT_SCHEMA, validator=_check_schema)
+    title: str | None = None
+    output_schema: Mapping[str, Any] | None = attrs.field(default=None, validator=_check_schema)
+    annotations: ToolAnnotations | None = None
+    blocking: bool = False
+    _input_validator: Draft202012Validator = attrs.field(init=False, repr=False, eq=False)
+    _output_validator: Draft202012Validator | None = attrs.field(init=False, repr=False, eq=False)
+    _descriptor: dict[str, Any] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "_input_validator", Draft202012Validator(self.input_schema))
+        set_(
+            self,
+            "_output_validator",
+            Draft202012Validator(self.output_schema) if self.output_schema is not None else None,
+        )
+        descriptor: dict[str, Any] = {"name": self.name}
+        if self.title is not None:
+            descriptor["title"] = self.title
+        descriptor["description"] = self.description
+        descriptor["inputSchema"] = dict(self.input_schema)
+        if self.output_schema is not None:
+            descriptor["outputSchema"] = dict(self.output_schema)
+        if self.annotations is not None:
+            descriptor["annotations"] = self.annotations.to_json()
+        set_(self, "_descriptor", descriptor)
+
+    @property
+    def descriptor(self) -> dict[str, Any]:
+        """The `Tool` object as tools/list shows it (shared: do not mutate)."""
+        return self._descriptor
+
+    def argument_problems(self, arguments: Mapping[str, Any]) -> list[str]:
+        """What is wrong with ``arguments`` against the input schema, worded for a model."""
+        problems = []
+        for error in sorted(self._input_validator.iter_errors(arguments), key=lambda e: e.path):
+            where = "/".join(str(part) for part in error.absolute_path)
+            problems.append(f"{where}: {error.message}" if where else error.message)
+        return problems
+
+    def output_problems(self, structured: Any) -> list[str]:
+        """What is wrong with a handler's structured output against the output schema."""
+        if self._output_validator is None:
+            return []
+        return [error.message for error in self._output_validator.iter_errors(structured)]
+
+
+class ToolContext:
+    """What a handler knows about the call it serves.
+
+    Safe to use from a thread-pool thread: progress reports hop back to the reactor thread, and
+    `cancelled` is a flag a long loop can poll.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        tool: Tool,
+        request_id: Any,
+        caller: Caller,
+        runtime: Runtime | None,
+        progress_sink: ProgressSink | None = None,
+    ) -> None:
+        self.tool = tool
+        self.request_id = request_id
+        self.caller = caller
+        self.runtime = runtime
+        self._progress_sink = progress_sink
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the client cancelled this call (or the server gave up on it)."""
+        return self._cancelled.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Stop a handler's work: raises `CancelledError` once the call was cancelled."""
+        if self._cancelled.is_set():
+            raise CancelledError(f"call to {self.tool.name} was cancelled")
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block a thread-pool handler until the call is cancelled or ``timeout`` passes."""
+        return self._cancelled.wait(timeout)
+
+    def mark_cancelled(self) -> None:
+        """Called by the engine when the call is cancelled."""
+        self._cancelled.set()
+
+    @property
+    def reports_progress(self) -> bool:
+        """Whether the client asked for progress notifications on this call."""
+        return self._progress_sink is not None
+
+    def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        """Tell the client how far the call has got; a no-op when it did not ask."""
+        sink = self._progress_sink
+        if sink is None or self.cancelled:
+            return
+        if isInIOThread():
+            sink(progress, total, message)
+        else:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(sink, progress, total, message)  # type: ignore[attr-defined]
+
+
+def _text_block(value: Any) -> dict[str, Any]:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return {"type": "text", "text": text}
+
+
+def call_result(tool: Tool, value: Any) -> dict[str, Any]:
+    """Shape what a handler returned as a CallToolResult (without era-specific members)."""
+    if isinstance(value, ToolResult):
+        result: dict[str, Any] = {"content": value.content}
+        structured = value.structured
+        if value.is_error:
+            result["isError"] = True
+    elif tool.output_schema is not None:
+        structured = value
+        # 2025-11-25 server/tools §Structured Content: also return the JSON as text.
+        result = {"content": [_text_block(value)]}
+    else:
+        structured = None
+        if value is None:
+            result = {"content": []}
+        elif isinstance(value, dict) and "type" in value and isinstance(value.get("type"), str):
+            result = {"content": [value]}
+        else:
+            result = {"content": [_text_block(value)]}
+    if structured is not None:
+        problems = tool.output_problems(structured)
+        if problems and not result.get("isError"):
+            raise ValueError(f"tool {tool.name} returned output that breaks its schema: {problems}")
+        result["structuredContent"] = structured
+    return result
+
+
+def error_result(message: str) -> dict[str, Any]:
+    """A CallToolResult telling the model what went wrong."""
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+def invoke(tool: Tool, ctx: ToolContext, arguments: dict[str, Any], pool: ThreadPool | None) -> Deferred[Any]:
+    """Run ``tool``'s handler: on the reactor, or in ``pool`` when the tool is blocking.
+
+    The Deferred fires with the handler's raw value; cancelling it marks ``ctx`` cancelled so a
+    thread-pool handler that polls `ToolContext.cancelled` stops its work.
+    """
+    if tool.blocking:
+        if pool is None:
+            raise RuntimeError(f"tool {tool.name} is blocking but no thread pool is running")
+        from twisted.internet import reactor
+
+        inner = deferToThreadPool(reactor, pool, tool.handler, ctx, arguments)  # type: ignore[arg-type]
+    else:
+        inner = maybeDeferred(tool.handler, ctx, arguments)
+
+    def cancel(_outer: Deferred[Any]) -> None:
+        ctx.mark_cancelled()
+        inner.cancel()
+
+    outer: Deferred[Any] = Deferred(cancel)
+    inner.chainDeferred(outer)
+    return outer

@@ -1,0 +1,158 @@
+# -*- test-case-name: tests.test_tools -*-
+"""Tool packs: a module's worth of tools, and the registry that loads packs by name."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from mcpd.tools.api import EMPTY_OBJECT_SCHEMA, Handler, Tool, ToolAnnotations
+
+# Built-in packs chosen with --toolsets: name -> module holding a `pack`.
+BUILTIN_PACKS: dict[str, str] = {
+    "server": "mcpd.tools.server",
+}
+DEFAULT_TOOLSETS: tuple[str, ...] = ("server",)
+
+
+class ToolPack:
+    """A named group of tools, declared in one module as ``pack = ToolPack(...)``."""
+
+    def __init__(self, name: str, description: str = "") -> None:
+        self.name = name
+        self.description = description
+        self._tools: list[Tool] = []
+
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        """The pack's tools, in declaration order."""
+        return tuple(self._tools)
+
+    def add(self, tool: Tool) -> Tool:
+        """Add an already-built tool."""
+        self._tools.append(tool)
+        return tool
+
+    def tool(
+        self,
+        name: str,
+        *,
+        description: str,
+        input_schema: Mapping[str, Any] = EMPTY_OBJECT_SCHEMA,
+        title: str | None = None,
+        output_schema: Mapping[str, Any] | None = None,
+        annotations: ToolAnnotations | None = None,
+        blocking: bool = False,
+    ) -> Callable[[Handler], Handler]:
+        """Declare the decorated function ``handler(ctx, arguments)`` as a tool."""
+
+        def declare(handler: Handler) -> Handler:
+            self.add(
+                Tool(
+                    name=name,
+                    description=description,
+                    handler=handler,
+                    input_schema=input_schema,
+                    title=title,
+                    output_schema=output_schema,
+                    annotations=annotations,
+                    blocking=blocking,
+                )
+            )
+            return handler
+
+        return declare
+
+
+class PackLoadError(Exception):
+    """A pack could not be found or is not a pack; the message names it and says why."""
+
+
+def load_pack(reference: str) -> ToolPack:
+    """Import a pack by built-in name (``server``) or dotted module path (``my.tools``).
+
+    A module path may end in ``:attribute``; otherwise the module's ``pack`` attribute is used.
+    """
+    module_name, _, attribute = BUILTIN_PACKS.get(reference, reference).partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise PackLoadError(f"tool pack {reference!r} cannot be imported: {e}") from None
+    pack = getattr(module, attribute or "pack", None)
+    if not isinstance(pack, ToolPack):
+        raise PackLoadError(
+            f"tool pack {reference!r}: module {module_name} has no ToolPack named {attribute or 'pack'!r}"
+        )
+    return pack
+
+
+class ToolRegistry:
+    """Every tool the daemon serves, by name, in a deterministic (sorted) order."""
+
+    def __init__(self, packs: Iterable[ToolPack] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        self._pack_of: dict[str, str] = {}
+        self._ordered: list[Tool] = []
+        for pack in packs:
+            self.add_pack(pack)
+
+    def add_pack(self, pack: ToolPack) -> None:
+        """Register every tool of ``pack``; a name may only be taken once."""
+        for tool in pack.tools:
+            if tool.name in self._tools:
+                raise PackLoadError(
+                    f"tool {tool.name!r} of pack {pack.name!r} clashes with pack {self._pack_of[tool.name]!r}"
+                )
+            self._tools[tool.name] = tool
+            self._pack_of[tool.name] = pack.name
+        self._ordered = [self._tools[name] for name in sorted(self._tools)]
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def get(self, name: str) -> Tool | None:
+        """The tool called ``name``, if there is one."""
+        return self._tools.get(name)
+
+    def pack_of(self, name: str) -> str:
+        """The name of the pack that provided tool ``name``."""
+        return self._pack_of[name]
+
+    @property
+    def tools(self) -> list[Tool]:
+        """All tools, sorted by name."""
+        return self._ordered
+
+    def page(self, cursor: str | None, size: int) -> tuple[list[Tool], str | None]:
+        """One page of tools after ``cursor`` and the cursor of the next page, if any.
+
+        The cursor is opaque to clients; it names the last tool shown, so a page stays correct
+        when tools are added or removed between requests. A cursor that is not ours raises
+        `ValueError`.
+        """
+        start = 0
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            start = next((i for i, tool in enumerate(self._ordered) if tool.name > after), len(self._ordered))
+        page = self._ordered[start : start + size]
+        more = start + size < len(self._ordered)
+        return page, (encode_cursor(page[-1].name) if more and page else None)
+
+
+def encode_cursor(after: str) -> str:
+    """An opaque cursor pointing after ``after``."""
+    return base64.urlsafe_b64encode(b"after:" + after.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> str:
+    """The name a cursor points after; `ValueError` for anything we did not issue."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii"))
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise ValueError("cursor is not valid") from None
+    if not raw.startswith(b"after:"):
+        raise ValueError("cursor is not valid")
+    return raw[len(b"after:") :].decode("utf-8", "replace")

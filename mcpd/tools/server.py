@@ -1,0 +1,135 @@
+# -*- test-case-name: tests.test_server_pack -*-
+"""The ``server`` pack: what this mcpd is and which tools it offers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcpd.tools.api import ToolAnnotations, ToolContext, ToolError
+from mcpd.tools.pack import ToolPack
+
+pack = ToolPack("server", "Introspection of the mcpd server itself.")
+
+READ_ONLY = ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_world=False)
+
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+
+
+@pack.tool(
+    "server.info",
+    title="Server information",
+    description=(
+        "Describe this MCP server: its version, how long it has been up, the protocol versions "
+        "it speaks, its transports and listening addresses, and how many tools it offers."
+    ),
+    output_schema={
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "uptime_seconds": {"type": "number"},
+            "protocol_versions": {
+                "type": "object",
+                "properties": {"legacy": _STRINGS, "modern": _STRINGS},
+                "required": ["legacy", "modern"],
+            },
+            "transports": _STRINGS,
+            "listeners": _STRINGS,
+            "tool_count": {"type": "integer"},
+            "toolsets": _STRINGS,
+        },
+        "required": ["name", "version", "uptime_seconds", "protocol_versions", "transports", "tool_count"],
+    },
+    annotations=READ_ONLY,
+)
+def info(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    runtime = _runtime(ctx)
+    return {
+        "name": "mcpd",
+        "version": runtime.version,
+        "uptime_seconds": round(runtime.uptime(), 3),
+        "protocol_versions": runtime.protocol_versions(),
+        "transports": list(runtime.transports),
+        "listeners": list(runtime.listeners),
+        "tool_count": len(runtime.registry),
+        "toolsets": list(runtime.settings.toolsets) + list(runtime.settings.tool_pack),
+    }
+
+
+_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
+
+
+@pack.tool(
+    "server.tools",
+    title="List tools with annotations",
+    description=(
+        "List the tools this server offers with their titles, packs and behaviour hints. "
+        "Filter by a substring of the name (`match`), by `pack`, or by hint, e.g. "
+        "`read_only: true` for tools that change nothing."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "match": {"type": "string", "description": "Only tools whose name contains this."},
+            "pack": {"type": "string", "description": "Only tools of this pack."},
+            "read_only": {"type": "boolean", "description": "Only tools whose readOnlyHint is this."},
+            "destructive": {"type": "boolean", "description": "Only tools whose destructiveHint is this."},
+        },
+        "additionalProperties": False,
+    },
+    output_schema={
+        "type": "object",
+        "properties": {
+            "count": {"type": "integer"},
+            "tools": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "title": {"type": "string"},
+                        "pack": {"type": "string"},
+                        "description": {"type": "string"},
+                        "annotations": {"type": "object"},
+                        "blocking": {"type": "boolean"},
+                    },
+                    "required": ["name", "pack", "annotations"],
+                },
+            },
+        },
+        "required": ["count", "tools"],
+    },
+    annotations=READ_ONLY,
+)
+def tools(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    registry = _runtime(ctx).registry
+    match = arguments.get("match")
+    wanted_pack = arguments.get("pack")
+    filters = {"readOnlyHint": arguments.get("read_only"), "destructiveHint": arguments.get("destructive")}
+    rows = []
+    for tool in registry.tools:
+        annotations = tool.annotations.to_json() if tool.annotations else {}
+        pack_name = registry.pack_of(tool.name)
+        if match is not None and match not in tool.name:
+            continue
+        if wanted_pack is not None and pack_name != wanted_pack:
+            continue
+        if any(want is not None and bool(annotations.get(hint)) != want for hint, want in filters.items()):
+            continue
+        row: dict[str, Any] = {
+            "name": tool.name,
+            "pack": pack_name,
+            "description": tool.description,
+            "annotations": {key: annotations[key] for key in annotations if key in _HINTS or key == "title"},
+            "blocking": tool.blocking,
+        }
+        if tool.title is not None:
+            row["title"] = tool.title
+        rows.append(row)
+    return {"count": len(rows), "tools": rows}
+
+
+def _runtime(ctx: ToolContext) -> Any:
+    if ctx.runtime is None:
+        raise ToolError("This tool needs a running server; none is attached to this call.")
+    return ctx.runtime

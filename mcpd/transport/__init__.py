@@ -1,0 +1,1 @@
+"""Transports: each adapts bytes to the engine and back, nothing more."""

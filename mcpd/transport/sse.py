@@ -1,0 +1,121 @@
+# -*- test-case-name: tests.test_streamable -*-
+"""Server-Sent Event streams with event ids and Last-Event-ID resumption.
+
+A stream outlives the HTTP response that carries it: when a client drops the connection, the
+events keep accumulating (up to a bound) and a GET with ``Last-Event-ID`` picks the stream up
+where it left off (2025-11-25 transports §Resumability and Redelivery).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+log = Logger(namespace="mcpd.sse")
+
+SSE_HEADERS = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    # nginx would otherwise buffer the stream (see docs/deployment).
+    (b"x-accel-buffering", b"no"),
+)
+
+
+def start_sse(request: Request) -> None:
+    """Turn ``request``'s response into an event stream."""
+    request.setResponseCode(200)
+    for name, value in SSE_HEADERS:
+        request.setHeader(name, value)
+
+
+def format_event(data: bytes, event_id: str | None = None, event: str | None = "message", retry_ms: int | None = None) -> bytes:
+    """One SSE event; ``data`` must not contain newlines (our JSON never does)."""
+    parts = []
+    if event_id is not None:
+        parts.append(b"id: " + event_id.encode("ascii"))
+    if retry_ms is not None:
+        parts.append(b"retry: %d" % retry_ms)
+    if event is not None and data:
+        parts.append(b"event: " + event.encode("ascii"))
+    parts.append(b"data: " + data if data else b"data:")
+    return b"\n".join(parts) + b"\n\n"
+
+
+class EventStream:
+    """One resumable stream of a session: its events, and the response currently carrying it."""
+
+    def __init__(self, key: str, replay_limit: int = 256, retry_ms: int | None = 3000) -> None:
+        self.key = key
+        self.retry_ms = retry_ms
+        self._seq = 0
+        self._events: deque[tuple[int, bytes]] = deque(maxlen=replay_limit)
+        self._request: Request | None = None
+        self.finished = False
+
+    def event_id(self, seq: int) -> str:
+        """Ids name their stream, so a resuming GET finds the right one."""
+        return f"{self.key}.{seq}"
+
+    @property
+    def attached(self) -> bool:
+        """Whether a client connection is currently reading the stream."""
+        return self._request is not None
+
+    def attach(self, request: Request, after: int | None = None, prime: bool = True) -> None:
+        """Carry the stream on ``request``: prime it, replay what it missed, follow live events."""
+        self._detach_current()
+        self._request = request
+        request.notifyFinish().addBoth(self._lost, request)
+        if prime and after is None:
+            # 2025-11-25 transports §Sending Messages: prime with an id and empty data.
+            request.write(format_event(b"", self.event_id(0), retry_ms=self.retry_ms))
+        if after is not None:
+            for seq, frame in self._events:
+                if seq > after:
+                    request.write(frame)
+        if self.finished:
+            self._finish_request()
+
+    def send(self, data: bytes) -> None:
+        """Append a message to the stream, writing it out if a client is attached."""
+        self._seq += 1
+        frame = format_event(data, self.event_id(self._seq))
+        self._events.append((self._seq, frame))
+        if self._request is not None:
+            self._request.write(frame)
+
+    def close(self) -> None:
+        """No more events: end the response (a resuming client still gets the replay)."""
+        self.finished = True
+        if self._request is not None:
+            self._finish_request()
+
+    def _finish_request(self) -> None:
+        request, self._request = self._request, None
+        if request is not None:
+            finish_quietly(request)
+
+    _detach_current = _finish_request
+
+    def _lost(self, _result: object, request: Request) -> None:
+        if self._request is request:
+            self._request = None
+
+
+def finish_quietly(request: Request) -> None:
+    """Finish a response unless it is finished already or its client has gone."""
+    if not request.finished and not request._disconnected:  # type: ignore[attr-defined]
+        request.finish()
+
+
+def parse_event_id(value: str) -> tuple[str, int] | None:
+    """Split a Last-Event-ID into (stream key, sequence number); None if it is not ours."""
+    key, _, seq = value.rpartition(".")
+    if not key or not seq.isdigit():
+        return None
+    return key, int(seq)

@@ -1,0 +1,81 @@
+# -*- test-case-name: tests.test_stdio -*-
+"""MCP over stdio: newline-delimited JSON-RPC on stdin and stdout (basic/transports §stdio)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.errors import InvalidRequest
+from mcpd.protocol.session import Session
+from mcpd.tools.api import Caller
+
+log = Logger(namespace="mcpd.stdio")
+
+
+class StdioProtocol(Protocol):
+    """Serves one client on a pair of pipes; stdout carries MCP messages and nothing else."""
+
+    def __init__(self, engine: Engine, max_message_size: int, on_close: Callable[[], Any] | None = None) -> None:
+        self.engine = engine
+        self.max_message_size = max_message_size
+        self.on_close = on_close
+        self.session = Session("stdio")
+        self.caller = Caller(name="local", peer="stdio", transport="stdio")
+        self._buffer = b""
+        self._discarding = False
+
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer + data
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                break
+            line, buffer = buffer[:end], buffer[end + 1 :]
+            if self._discarding:
+                self._discarding = False
+                continue
+            self._line(line)
+        if len(buffer) > self.max_message_size and not self._discarding:
+            self._discarding = True
+            self._too_large()
+        self._buffer = b"" if self._discarding else buffer
+
+    def _line(self, line: bytes) -> None:
+        line = line.strip()
+        if not line:
+            return
+        if len(line) > self.max_message_size:
+            self._too_large()
+            return
+        exchange = Exchange(peer="stdio", caller=self.caller, session=self.session, notify=self.send)
+        self.engine.handle_bytes(line, exchange).addCallbacks(self._reply, self._failed)
+
+    def _too_large(self) -> None:
+        log.warn("Discarding a message over {limit} bytes", limit=self.max_message_size)
+        error = InvalidRequest(f"Invalid request: message exceeds the {self.max_message_size}-byte limit")
+        exchange = Exchange(peer="stdio", caller=self.caller, session=self.session)
+        self.send(self.engine.reject(exchange, None, error))
+
+    def _reply(self, response: Any) -> None:
+        if response is not None:
+            self.send(response)
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("Serving a stdio message failed", failure)
+
+    def send(self, message: Any) -> None:
+        """Write one message as one line."""
+        if self.transport is not None and not self.session.closed:
+            self.transport.write(encode(message) + b"\n")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        # basic/transports §stdio: the client closing stdin ends the server.
+        self.session.close()
+        if self.on_close is not None:
+            self.on_close()

@@ -1,0 +1,355 @@
+# -*- test-case-name: tests.test_streamable -*-
+"""Streamable HTTP: one endpoint (``/mcp``, and ``/``) serving both protocol eras.
+
+- Modern (2026-07-28, a ``MCP-Protocol-Version`` header naming a version that is not a handshake
+  version): stateless POSTs, one message each; GET and DELETE are 405.
+- Legacy (no header, or a handshake version): ``initialize`` opens a session named by
+  ``Mcp-Session-Id``; POST carries messages, GET opens the session's standalone SSE stream or
+  resumes a stream by ``Last-Event-ID``, DELETE ends the session.
+
+A request is answered with JSON when its result is ready before it has anything else to say,
+and as an SSE stream (notifications, then the result) when it emits notifications first and the
+client accepts ``text/event-stream``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.errors import HTTP_STATUS_FOR_CODE, PARSE_ERROR, InvalidRequest, MCPError
+from mcpd.protocol.session import Session, SessionStore
+from mcpd.protocol.versions import LEGACY_VERSIONS
+from mcpd.tools.api import Caller
+from mcpd.transport.sse import EventStream, finish_quietly, parse_event_id, start_sse
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+log = Logger(namespace="mcpd.http")
+
+_JSON = b"application/json"
+_SESSION_HEADER = "mcp-session-id"
+# Versions whose streams are primed with an empty event (2025-11-25 transports §Sending Messages).
+_PRIMED_VERSIONS = frozenset({"2025-11-25"})
+_loads = json.loads
+
+
+class HTTPSession(Session):
+    """A legacy session with the SSE streams its requests opened."""
+
+    def __init__(self, session_id: str | None = None, now: float = 0.0, replay_limit: int = 256) -> None:
+        super().__init__(session_id, now)
+        self.replay_limit = replay_limit
+        self.streams: dict[str, EventStream] = {}
+        self.standalone: EventStream | None = None
+        self._keys = itertools.count(1)
+
+    def new_stream(self) -> EventStream:
+        """A stream for one response, kept (bounded) for resumption."""
+        stream = EventStream(f"s{next(self._keys)}", self.replay_limit)
+        self.streams[stream.key] = stream
+        if len(self.streams) > 64:
+            # Forget the oldest finished streams; live ones stay.
+            for key in [k for k, s in self.streams.items() if s.finished][: len(self.streams) - 64]:
+                del self.streams[key]
+        return stream
+
+    @property
+    def idle(self) -> bool:
+        return super().idle and not any(stream.attached for stream in self.streams.values())
+
+    def close(self) -> None:
+        super().close()
+        for stream in self.streams.values():
+            stream.close()
+
+
+class StreamableHTTP(Resource):
+    """The MCP endpoint resource."""
+
+    isLeaf = True
+
+    def __init__(self, engine: Engine, sessions: SessionStore, max_message_size: int, replay_limit: int = 256) -> None:
+        super().__init__()
+        self.engine = engine
+        self.sessions = sessions
+        self.max_message_size = max_message_size
+        self.replay_limit = replay_limit
+        self._exchanges = itertools.count(1)
+
+    # -- POST -----------------------------------------------------------------------------------
+
+    def render_POST(self, request: Request) -> bytes | int:
+        accept = request.getHeader("accept") or "*/*"
+        accepts_sse = "text/event-stream" in accept
+        if not (accepts_sse or "application/json" in accept or "*/*" in accept or "application/*" in accept):
+            return _plain(request, 406, "Not Acceptable: send Accept: application/json, text/event-stream")
+        content_type = request.getHeader("content-type")
+        if content_type is not None and "json" not in content_type:
+            return _plain(request, 415, "Unsupported Media Type: POST a JSON-RPC message as application/json")
+        body = request.content.read() if request.content is not None else b""
+        if len(body) > self.max_message_size:
+            return _plain(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
+        version = request.getHeader("mcp-protocol-version")
+        caller = Caller(peer=_peer(request), transport="http")
+        if version is not None and version not in LEGACY_VERSIONS:
+            exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller, headers=_routing_headers(request))
+            return self._serve(request, exchange, body, accepts_sse, modern=True)
+        return self._post_legacy(request, body, accepts_sse, version, caller)
+
+    def _post_legacy(self, request: Request, body: bytes, accepts_sse: bool, version: str | None, caller: Caller) -> bytes | int:
+        session_id = request.getHeader(_SESSION_HEADER)
+        if session_id is None:
+            try:
+                message = _loads(body)
+            except (ValueError, RecursionError):
+                message = None
+            if not (isinstance(message, dict) and message.get("method") == "initialize"):
+                exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller)
+                if message is None:
+                    return self._serve(request, exchange, body, False, modern=False)
+                error = InvalidRequest(
+                    "Bad Request: send initialize first and then the Mcp-Session-Id it returns, or use "
+                    "protocol 2026-07-28 (MCP-Protocol-Version header and params._meta)"
+                )
+                return self._reject(request, exchange, 400, _id_of(message), error)
+            session = HTTPSession(now=self.sessions.now(), replay_limit=self.replay_limit)
+            exchange = Exchange(peer=f"session:{session.id}", caller=caller, session=session)
+            return self._serve(request, exchange, body, accepts_sse, modern=False, new_session=session)
+        session = self._session(request, session_id)
+        if not isinstance(session, HTTPSession):
+            return session
+        if version is not None and version != session.version:
+            # 2025-06-18 transports §Protocol Version Header: invalid or unsupported → 400.
+            exchange = Exchange(peer=f"session:{session.id}", caller=caller, session=session)
+            error = InvalidRequest(
+                f"Bad Request: MCP-Protocol-Version {version} differs from this session's {session.version}"
+            )
+            return self._reject(request, exchange, 400, None, error)
+        exchange = Exchange(peer=f"session:{session.id}", caller=caller, session=session)
+        return self._serve(request, exchange, body, accepts_sse, modern=False)
+
+    def _serve(
+        self,
+        request: Request,
+        exchange: Exchange,
+        body: bytes,
+        accepts_sse: bool,
+        modern: bool,
+        new_session: HTTPSession | None = None,
+    ) -> bytes | int:
+        reply = _Reply(self, request, exchange, accepts_sse, modern, new_session)
+        exchange.notify = reply.notify
+        d = self.engine.handle_bytes(body, exchange)
+        if d.called:
+            # The common case: answered at once, straight back as JSON.
+            result: list[Any] = []
+            d.addBoth(result.append)
+            return reply.immediate(result[0])
+        reply.pending = d
+        d.addCallbacks(reply.complete, reply.failed)
+        if modern:
+            # 2026-07-28 transports: closing the response stream cancels the request.
+            request.notifyFinish().addErrback(lambda _f: d.cancel())
+        return NOT_DONE_YET
+
+    # -- GET and DELETE -------------------------------------------------------------------------
+
+    def render_GET(self, request: Request) -> bytes | int:
+        if self._modern_header(request):
+            return _method_not_allowed(request)
+        accept = request.getHeader("accept") or ""
+        if "text/event-stream" not in accept:
+            return _plain(request, 406, "Not Acceptable: GET opens an SSE stream; send Accept: text/event-stream")
+        session_id = request.getHeader(_SESSION_HEADER)
+        if session_id is None:
+            return _plain(request, 400, "Bad Request: GET needs the Mcp-Session-Id header from initialize")
+        session = self._session(request, session_id)
+        if not isinstance(session, HTTPSession):
+            return session
+        last_event_id = request.getHeader("last-event-id")
+        if last_event_id is not None:
+            return self._resume(request, session, last_event_id)
+        if session.standalone is not None and session.standalone.attached:
+            return _plain(request, 409, "Conflict: this session already has an open GET stream")
+        if session.standalone is None:
+            session.standalone = session.new_stream()
+        start_sse(request)
+        session.standalone.attach(request, prime=session.version in _PRIMED_VERSIONS)
+        return NOT_DONE_YET
+
+    def _resume(self, request: Request, session: HTTPSession, last_event_id: str) -> bytes | int:
+        # 2025-11-25 transports §Resumability: replay only the stream the id names.
+        parsed = parse_event_id(last_event_id)
+        stream = session.streams.get(parsed[0]) if parsed is not None else None
+        if stream is None or parsed is None:
+            return _plain(request, 404, "Not Found: no stream of this session has that Last-Event-ID")
+        start_sse(request)
+        stream.attach(request, after=parsed[1])
+        return NOT_DONE_YET
+
+    def render_DELETE(self, request: Request) -> bytes:
+        if self._modern_header(request):
+            return _method_not_allowed(request)
+        session_id = request.getHeader(_SESSION_HEADER)
+        if session_id is None:
+            return _plain(request, 400, "Bad Request: DELETE needs the Mcp-Session-Id header")
+        if self.sessions.remove(session_id) is None:
+            return _plain(request, 404, "Not Found: no such session (it may have expired)")
+        log.info("Session {id} ended by the client", id=session_id)
+        request.setResponseCode(200)
+        return b""
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _modern_header(self, request: Request) -> bool:
+        version = request.getHeader("mcp-protocol-version")
+        return version is not None and version not in LEGACY_VERSIONS
+
+    def _session(self, request: Request, session_id: str) -> HTTPSession | bytes:
+        session = self.sessions.get(session_id)
+        if session is None:
+            # 2025-11-25 transports §Session Management: unknown or ended session → 404.
+            exchange = Exchange(peer="http:unknown-session", caller=Caller(peer=_peer(request), transport="http"))
+            error = InvalidRequest("Session not found: it ended or expired; send initialize to start a new one")
+            return self._reject(request, exchange, 404, None, error)
+        return session  # type: ignore[return-value]
+
+    def _reject(self, request: Request, exchange: Exchange, status: int, request_id: Any, error: MCPError) -> bytes:
+        response = self.engine.reject(exchange, request_id, error)
+        return _json(request, status, encode(response))
+
+
+class _Reply:
+    """The answer to one POST: JSON if it is ready first, else an SSE stream."""
+
+    def __init__(
+        self,
+        resource: StreamableHTTP,
+        request: Request,
+        exchange: Exchange,
+        accepts_sse: bool,
+        modern: bool,
+        new_session: HTTPSession | None,
+    ) -> None:
+        self.resource = resource
+        self.request = request
+        self.exchange = exchange
+        self.accepts_sse = accepts_sse
+        self.modern = modern
+        self.new_session = new_session
+        self.stream: EventStream | None = None
+        self.pending: Deferred[Any] | None = None
+
+    def notify(self, message: dict[str, Any]) -> None:
+        """A notification about this request: switches the response to SSE."""
+        if self.stream is None:
+            if not self.accepts_sse or self.pending is None:
+                return  # a JSON-only client cannot receive it
+            session = self.exchange.session
+            self.stream = (
+                session.new_stream() if isinstance(session, HTTPSession) else EventStream("x", replay_limit=1)
+            )
+            start_sse(self.request)
+            self._session_header()
+            prime = not self.modern and session is not None and session.version in _PRIMED_VERSIONS
+            self.stream.attach(self.request, prime=prime)
+        self.stream.send(encode(message))
+
+    def immediate(self, response: Any) -> bytes | int:
+        """The answer was ready at once."""
+        if isinstance(response, Failure):
+            self.failed(response)
+            return NOT_DONE_YET
+        return self._json_body(response)
+
+    def complete(self, response: Any) -> None:
+        if self.stream is not None:
+            if response is not None:
+                self.stream.send(encode(response))
+            self.stream.close()
+            return
+        if self.request._disconnected:  # type: ignore[attr-defined]
+            return
+        self.request.write(self._json_body(response))  # type: ignore[arg-type]
+        finish_quietly(self.request)
+
+    def failed(self, failure: Failure) -> None:
+        log.failure("Serving an HTTP request failed", failure)
+        if self.stream is not None:
+            self.stream.close()
+        elif not self.request._disconnected:  # type: ignore[attr-defined]
+            self.request.setResponseCode(500)
+            finish_quietly(self.request)
+
+    def _json_body(self, response: Any) -> bytes:
+        request = self.request
+        if response is None:
+            # Notifications and client responses (or a request cancelled meanwhile).
+            request.setResponseCode(202)
+            return b""
+        self._session_header()
+        status = 200
+        if isinstance(response, dict) and "error" in response:
+            code = response["error"]["code"]
+            if self.modern:
+                status = HTTP_STATUS_FOR_CODE.get(code, 200)
+            elif code == PARSE_ERROR:
+                status = 400
+        return _json(request, status, encode(response))
+
+    def _session_header(self) -> None:
+        session = self.new_session
+        if session is not None and session.version is not None and not session.closed:
+            # 2025-11-25 transports §Session Management: the id rides on the InitializeResult.
+            self.request.setHeader(_SESSION_HEADER, session.id)
+            if session.id not in self.resource.sessions:
+                self.resource.sessions.add(session)
+                log.info("Session {id} opened (protocol {version})", id=session.id, version=session.version)
+
+
+def _json(request: Request, status: int, body: bytes) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", _JSON)
+    return body
+
+
+def _plain(request: Request, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"error": message}).encode()
+
+
+def _method_not_allowed(request: Request) -> bytes:
+    # 2026-07-28 transports §Streamable HTTP: the stateless era is POST only.
+    request.setHeader(b"allow", b"POST")
+    return _plain(request, 405, "Method Not Allowed: protocol 2026-07-28 uses POST only")
+
+
+def _routing_headers(request: Request) -> dict[str, str]:
+    get = request.getHeader
+    headers = {}
+    for name in ("mcp-protocol-version", "mcp-method", "mcp-name"):
+        value = get(name)
+        if value is not None:
+            headers[name] = value
+    return headers
+
+
+def _peer(request: Request) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", "") or str(address)
+
+
+def _id_of(message: Any) -> Any:
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else None

@@ -1,0 +1,77 @@
+# -*- test-case-name: tests.test_streamable -*-
+"""HTTP policies that wrap every MCP transport resource (one place, not one per transport)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+log = Logger(namespace="mcpd.policy")
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 possibly in brackets) is this machine."""
+    host = host.strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_of(authority: str) -> str:
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+class OriginGuard(Resource):
+    """Refuses cross-site browser requests: DNS-rebinding protection.
+
+    2025-11-25 transports §Security Warning: servers MUST validate Origin and answer 403 when it
+    is not allowed. Allowed: no Origin at all (not a browser), an Origin listed in
+    ``allowed_origins``, the same origin as the Host asked for, or a loopback origin when the
+    request arrived on a loopback address. A request arriving on loopback must also name a
+    loopback Host, so a rebinding name cannot reach a local server.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: Resource, allowed_origins: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+        self.allowed_origins = frozenset(origin.rstrip("/") for origin in allowed_origins)
+
+    def render(self, request: Request) -> bytes | int:
+        origin = request.getHeader("origin")
+        local = is_loopback(getattr(request.getHost(), "host", ""))
+        host = request.getHeader("host") or ""
+        if local and host and not is_loopback(_host_of(host)):
+            return self._forbidden(request, f"Host {host!r} is not a name of this loopback server")
+        if origin is not None and not self._origin_allowed(origin, host, local):
+            return self._forbidden(request, f"Origin {origin!r} is not allowed")
+        return self.wrapped.render(request)
+
+    def _origin_allowed(self, origin: str, host: str, local: bool) -> bool:
+        origin = origin.rstrip("/")
+        if "*" in self.allowed_origins or origin in self.allowed_origins:
+            return True
+        parts = urlsplit(origin)
+        if parts.netloc and parts.netloc == host:
+            return True
+        return local and is_loopback(parts.hostname or "")
+
+    def _forbidden(self, request: Request, why: str) -> bytes:
+        log.info("Refused {method} from {peer}: {why}", method=request.method, peer=request.getClientAddress(), why=why)
+        request.setResponseCode(403)
+        request.setHeader("content-type", "application/json")
+        return json.dumps({"error": f"Forbidden: {why}"}).encode()

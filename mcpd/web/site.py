@@ -1,0 +1,69 @@
+# -*- test-case-name: tests.test_streamable -*-
+"""The resource tree: the MCP endpoint at ``/`` and ``/mcp``, Klein routes for the rest."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from klein import Klein
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+if TYPE_CHECKING:
+    from mcpd.runtime import Runtime
+
+
+class MCPSite(Site):
+    """A Site without the per-request access-log line (structured request logs replace it)."""
+
+    noisy = False
+    displayTracebacks = False
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+class Root(Resource):
+    """``/`` and ``/mcp`` go to the MCP endpoint (a plain Resource: Klein's router costs a third
+    of the throughput on the hot path); every other path goes to the Klein app."""
+
+    def __init__(self, mcp: Resource, app: Resource) -> None:
+        super().__init__()
+        self.mcp = mcp
+        self.app = app
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path in (b"mcp", b""):
+            return self.mcp
+        # Hand Klein the whole path back.
+        request.postpath.insert(0, request.prepath.pop())
+        return self.app
+
+    def render(self, request: Request) -> bytes | int:
+        return self.mcp.render(request)
+
+
+def make_app(runtime: Runtime) -> Klein:
+    """The Klein application for the routes that are not MCP itself."""
+    app = Klein()
+
+    @app.route("/health", methods=["GET"])
+    def health(request: Request) -> bytes:
+        request.setHeader("content-type", "application/json")
+        body: dict[str, Any] = {
+            "status": "healthy",
+            "version": runtime.version,
+            "uptime_seconds": round(runtime.uptime(), 3),
+            "tools_count": len(runtime.registry),
+            "timestamp": time.time(),
+        }
+        return json.dumps(body).encode()
+
+    return app
+
+
+def make_site(mcp: Resource, runtime: Runtime) -> MCPSite:
+    """The Site serving MCP and the auxiliary routes."""
+    return MCPSite(Root(mcp, make_app(runtime).resource()))

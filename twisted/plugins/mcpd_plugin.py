@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+mcpd = ServiceMaker("mcpd", "mcpd.tap", "Model Context Protocol server daemon", "mcpd")
