@@ -31,6 +31,10 @@ class ProtocolProblem(Exception):
     """The server did not answer as an MCP server should; the message says what it did."""
 
 
+class NoReply(ProtocolProblem):
+    """The server stopped answering: it timed out or closed its end of the pipe."""
+
+
 def call_message(request_id: Any, era: str) -> dict[str, Any]:
     """The JSON-RPC ``tools/call`` of ``echo`` for ``era`` (modern requests carry their own _meta)."""
     params: dict[str, Any] = {"name": "echo", "arguments": {"text": ECHO_TEXT}}
@@ -184,14 +188,21 @@ class StdioClient:
 
     def send(self, message: Any) -> None:
         """Write one message as one line."""
-        self._stdin.write(encode(message).encode("utf-8") + b"\n")
-        self._stdin.flush()
+        try:
+            self._stdin.write(encode(message).encode("utf-8") + b"\n")
+            self._stdin.flush()
+        except BrokenPipeError:
+            raise NoReply("the server closed its stdin") from None
 
     def response_to(self, request_id: Any, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
         """The next response to ``request_id``, skipping notifications and other traffic."""
         deadline = time.monotonic() + timeout
         while True:
-            message = json.loads(self._line(deadline))
+            line = self._line(deadline)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                raise ProtocolProblem(f"a line on stdout is not JSON: {line[:200]!r}") from None
             if isinstance(message, dict) and message.get("id") == request_id and "method" not in message:
                 return message
 
@@ -199,17 +210,18 @@ class StdioClient:
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._selector.select(remaining):
-                raise ProtocolProblem("no reply on stdout in time")
+                raise NoReply("no reply on stdout in time")
             chunk = os.read(self._fd, 65536)
             if not chunk:
-                raise ProtocolProblem("the server closed its stdout")
+                raise NoReply("the server closed its stdout")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
 
-    def handshake(self) -> None:
+    def handshake(self, timeout: float = REPLY_TIMEOUT) -> None:
         """The legacy handshake: ``initialize``, then ``notifications/initialized``."""
-        response = self.response_to_request(initialize_message(0))
+        self.send(initialize_message(0))
+        response = self.response_to(0, timeout)
         if "result" not in response:
             raise ProtocolProblem(f"initialize failed: {response!r}")
         self.send(INITIALIZED)

@@ -1,0 +1,385 @@
+"""Benchmark mcpd against the official MCP Python SDK and a bare twisted.web server.
+
+Each server runs in its own process pinned to one CPU; the load (wrk, or a stdio round-trip
+loop) runs pinned to another. It prints one table row per server, era and client count::
+
+    .venv/bin/python bench/run.py --duration 10 --clients 16 --only mcpd,sdk,bare
+
+See bench/README.rst for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.load import WRK_INSTALL, LoadResult, run_stdio, run_wrk  # noqa: E402
+from bench.mcp_client import (  # noqa: E402
+    LEGACY,
+    MODERN,
+    ProtocolProblem,
+    StdioClient,
+    answers_http,
+    call_message,
+    check_echo,
+    open_legacy_session,
+    verify_http_echo,
+)
+from bench.procs import ServerProcess, free_port, pinned, pinning_problem, thread_pinned  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+STDIO = "stdio"
+ERAS = (MODERN, LEGACY, STDIO)
+ERA_LABELS = {MODERN: "modern", LEGACY: "legacy", STDIO: "stdio"}
+VERSIONS_SCRIPT = """\
+import importlib.metadata as m, json
+def version(name):
+    try:
+        return m.version(name)
+    except m.PackageNotFoundError:
+        return None
+print(json.dumps({name: version(name) for name in ("mcp", "twisted", "klein", "uvicorn", "starlette")}))
+"""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server to benchmark: how to start it over HTTP (given a port) and over stdio."""
+
+    name: str
+    http: Callable[[str, int], list[str]]
+    stdio: Callable[[str], list[str]] | None
+    eras: tuple[str, ...]
+
+
+TARGETS: dict[str, Target] = {
+    target.name: target
+    for target in (
+        Target(
+            "mcpd",
+            http=lambda py, port: [py, "-m", "mcpd", "--port", str(port), "--tool-pack", "bench.echo_pack"],
+            stdio=lambda py: [py, "-m", "mcpd", "--stdio", "--tool-pack", "bench.echo_pack"],
+            eras=ERAS,
+        ),
+        Target(
+            "sdk",
+            http=lambda py, port: [py, str(BENCH / "sdk_echo_server.py"), str(port)],
+            stdio=lambda py: [py, str(BENCH / "sdk_echo_server.py"), "--stdio"],
+            eras=ERAS,
+        ),
+        # The bare server ignores the protocol; it is driven with the self-contained modern POST.
+        Target("bare", http=lambda py, port: [py, str(BENCH / "bare_twisted.py"), str(port)], stdio=None, eras=(MODERN,)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report; the figures are None when the run failed (``note`` says why)."""
+
+    server: str
+    era: str
+    clients: int
+    requests_per_second: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int | None = None
+    requests: int | None = None
+    seconds: float | None = None
+    note: str = ""
+
+    @classmethod
+    def measured(cls, server: str, era: str, clients: int, result: LoadResult) -> Row:
+        """A row holding what a load run measured."""
+        return cls(
+            server,
+            ERA_LABELS[era],
+            clients,
+            requests_per_second=round(result.requests_per_second, 1),
+            p50_ms=round(result.p50_ms, 3),
+            p99_ms=round(result.p99_ms, 3),
+            errors=result.errors,
+            requests=result.requests,
+            seconds=round(result.seconds, 3),
+        )
+
+
+@dataclass
+class Settings:
+    """What the command line asked for."""
+
+    python: str
+    duration: int
+    warmup: int
+    clients: list[int]
+    targets: list[Target]
+    eras: list[str]
+    server_cpu: int | None
+    load_cpu: int | None
+    start_timeout: float
+    json_path: Path | None
+    workdir: Path = field(default_factory=Path)
+
+
+class BenchFailure(Exception):
+    """One server/era could not be measured; the message says why."""
+
+
+def comma_list(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse type for a comma-separated list."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [convert(item.strip()) for item in text.split(",") if item.strip()]
+        except (ValueError, KeyError) as e:
+            raise argparse.ArgumentTypeError(f"bad item in {text!r}: {e}") from None
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> Settings:
+    """Read the command line."""
+    venv_python = REPO / ".venv" / "bin" / "python"
+    eras_by_label = {label: era for era, label in ERA_LABELS.items()}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds of measured load per row (10)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each row (2)")
+    parser.add_argument(
+        "--clients", type=comma_list(int), default=[16], help="concurrent connections, e.g. 1,16,64 (16)"
+    )
+    parser.add_argument(
+        "--only", type=comma_list(TARGETS.__getitem__), default=list(TARGETS.values()),
+        help=f"servers to run, from {','.join(TARGETS)} (all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eras", type=comma_list(eras_by_label.__getitem__), default=list(ERAS),
+        help="eras to run, from modern,legacy,stdio (all)",
+    )  # fmt: skip
+    parser.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (0)")
+    parser.add_argument("--load-cpu", type=int, default=1, help="CPU the load generator is pinned to (1)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin anything to a CPU")
+    parser.add_argument(
+        "--python", default=str(venv_python if venv_python.exists() else sys.executable),
+        help="interpreter for the servers (the repository's .venv)",
+    )  # fmt: skip
+    parser.add_argument("--start-timeout", type=float, default=30.0, help="seconds a server has to start (30)")
+    parser.add_argument("--json", type=Path, dest="json_path", help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.duration < 1 or args.warmup < 0 or not args.clients or min(args.clients) < 1:
+        parser.error("--duration and --clients must be at least 1, --warmup at least 0")
+    return Settings(
+        python=args.python,
+        duration=args.duration,
+        warmup=args.warmup,
+        clients=args.clients,
+        targets=args.only,
+        eras=args.eras,
+        server_cpu=None if args.no_pin else args.server_cpu,
+        load_cpu=None if args.no_pin else args.load_cpu,
+        start_timeout=args.start_timeout,
+        json_path=args.json_path,
+    )
+
+
+def server_env() -> dict[str, str]:
+    """The servers' environment: ours, with the repository root first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_server(settings: Settings, target: Target, era: str, command: list[str]) -> ServerProcess:
+    """A not-yet-entered `ServerProcess` for ``target`` pinned to the server CPU."""
+    return ServerProcess(
+        pinned(command, settings.server_cpu),
+        log_path=settings.workdir / f"{target.name}-{ERA_LABELS[era]}.log",
+        cwd=REPO,
+        env=server_env(),
+        stdio=era == STDIO,
+    )
+
+
+def wait_answering(server: ServerProcess, port: int, timeout: float) -> None:
+    """Return once the server answers HTTP; `BenchFailure` if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.exited() is not None:
+            raise BenchFailure(f"exited with status {server.exited()} on start-up:\n{server.log_tail()}")
+        if answers_http(port):
+            return
+        time.sleep(0.1)
+    raise BenchFailure(f"did not answer on port {port} within {timeout:g}s:\n{server.log_tail()}")
+
+
+def bench_http(settings: Settings, target: Target, era: str) -> list[Row]:
+    """Measure one server in one HTTP era at every client count, on one server process."""
+    port = free_port()
+    rows = []
+    with start_server(settings, target, era, target.http(settings.python, port)) as server:
+        wait_answering(server, port, settings.start_timeout)
+        session_id = open_legacy_session(port) if era == LEGACY else None
+        verify_http_echo(port, era, session_id)
+        for clients in settings.clients:
+            load = dict(port=port, era=era, session_id=session_id, clients=clients, cpu=settings.load_cpu)
+            if settings.warmup:
+                run_wrk(**load, duration=settings.warmup, workdir=settings.workdir)  # type: ignore[arg-type]
+            result = run_wrk(**load, duration=settings.duration, workdir=settings.workdir)  # type: ignore[arg-type]
+            if server.exited() is not None:
+                raise BenchFailure(f"exited with status {server.exited()} under load:\n{server.log_tail()}")
+            rows.append(report_progress(Row.measured(target.name, era, clients, result)))
+    return rows
+
+
+def bench_stdio(settings: Settings, target: Target) -> list[Row]:
+    """Measure sequential round trips over a server's stdin and stdout."""
+    assert target.stdio is not None
+    with start_server(settings, target, STDIO, target.stdio(settings.python)) as server:
+        assert server.process is not None and server.process.stdin and server.process.stdout
+        client = StdioClient(server.process.stdin, server.process.stdout)
+        try:
+            client.handshake(timeout=settings.start_timeout)
+            check_echo(client.response_to_request(call_message(1, LEGACY)))
+            with thread_pinned(settings.load_cpu):
+                if settings.warmup:
+                    run_stdio(client, settings.warmup, first_id=2)
+                result = run_stdio(client, settings.duration, first_id=1_000_000_000)
+        except ProtocolProblem as e:
+            raise BenchFailure(f"{e}\n{server.log_tail()}") from None
+        finally:
+            client.close()
+    return [report_progress(Row.measured(target.name, STDIO, 1, result))]
+
+
+def bench_target(settings: Settings, target: Target, era: str) -> list[Row]:
+    """The rows for one server and era; a failure becomes a row whose note says why."""
+    try:
+        if era == STDIO:
+            return bench_stdio(settings, target)
+        return bench_http(settings, target, era)
+    except (BenchFailure, ProtocolProblem, RuntimeError, OSError, http.client.HTTPException) as e:
+        print(f"!! {target.name} {ERA_LABELS[era]}: {e}", file=sys.stderr)
+        return [Row(target.name, ERA_LABELS[era], 1 if era == STDIO else clients, note=str(e).splitlines()[0])
+                for clients in ([1] if era == STDIO else settings.clients)]  # fmt: skip
+    except subprocess.TimeoutExpired as e:
+        print(f"!! {target.name} {ERA_LABELS[era]}: {e}", file=sys.stderr)
+        return [Row(target.name, ERA_LABELS[era], 0, note=f"timed out: {e}")]
+
+
+def report_progress(row: Row) -> Row:
+    """Print a row as soon as it is measured (the table comes at the end)."""
+    print(f".. {row.server} {row.era} c={row.clients}: {row.requests_per_second} req/s", file=sys.stderr)
+    return row
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The rows as an aligned plain-text table."""
+
+    def figure(value: float | int | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    header = ["server", "era", "clients", "requests/s", "p50 ms", "p99 ms", "errors"]
+    lines = [
+        [row.server, row.era, str(row.clients), figure(row.requests_per_second, 0),
+         figure(row.p50_ms, 2), figure(row.p99_ms, 2), figure(row.errors, 0)]
+        + ([row.note] if row.note else [])
+        for row in rows
+    ]  # fmt: skip
+    widths = [max(len(cells[i]) for cells in [header, *lines] if i < len(cells)) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        padded = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))]
+        return "  ".join(padded + cells[len(widths) :]).rstrip()
+
+    return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, lines)])
+
+
+def versions(python: str) -> dict[str, Any]:
+    """Versions of what is measured, for the JSON report."""
+    found: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine()}
+    try:
+        probe = subprocess.run([python, "-c", VERSIONS_SCRIPT], capture_output=True, text=True, timeout=30)
+        found.update(json.loads(probe.stdout))
+        wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10)
+        found["wrk"] = (wrk.stdout or wrk.stderr).split("\n", 1)[0].strip()
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        pass
+    return found
+
+
+def write_json(settings: Settings, rows: Sequence[Row], argv: Sequence[str]) -> None:
+    """Write the report and how it was made to ``settings.json_path``."""
+    assert settings.json_path is not None
+    report = {
+        "command": ["bench/run.py", *argv],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "duration_s": settings.duration,
+        "warmup_s": settings.warmup,
+        "server_cpu": settings.server_cpu,
+        "load_cpu": settings.load_cpu,
+        "cpus": os.cpu_count(),
+        "versions": versions(settings.python),
+        "rows": [asdict(row) for row in rows],
+    }
+    settings.json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; exit status 1 when a row failed, 2 when it cannot run at all."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings = parse_args(argv)
+    if any(era != STDIO for era in settings.eras) and shutil.which("wrk") is None:
+        print(WRK_INSTALL, file=sys.stderr)
+        return 2
+    if settings.load_cpu is not None:
+        problem = pinning_problem([settings.server_cpu or 0, settings.load_cpu])
+        if problem:
+            print(f"!! not pinning to CPUs: {problem}", file=sys.stderr)
+            settings.server_cpu = settings.load_cpu = None
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    rows: list[Row] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="mcpd-bench-") as workdir:
+            settings.workdir = Path(workdir)
+            for target in settings.targets:
+                for era in (era for era in settings.eras if era in target.eras):
+                    rows.extend(bench_target(settings, target, era))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    pinning = (
+        f"server on CPU {settings.server_cpu}, load on CPU {settings.load_cpu}"
+        if settings.load_cpu is not None
+        else "unpinned"
+    )
+    print(f"\n{settings.duration}s per row after {settings.warmup}s warm-up; {pinning}; wrk -t1, keep-alive\n")
+    print(format_table(rows))
+    if settings.json_path is not None:
+        write_json(settings, rows, argv)
+    return 1 if any(row.note for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
