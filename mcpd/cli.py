@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -27,22 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     # Logs always go to stderr: stdout belongs to MCP in --stdio mode.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     service = build_service(options.settings, options.packs)
-    outcome = {"code": 0}
-
-    def start() -> None:
-        try:
-            service.privilegedStartService()
-            service.startService()
-        except Exception as e:
-            print(f"mcpd: {e}", file=sys.stderr)
-            outcome["code"] = 1
-            reactor.stop()  # type: ignore[attr-defined]
-
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    try:
+        service.privilegedStartService()
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 1
+    reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL) if options.settings.stdio else None
     reactor.run()  # type: ignore[attr-defined]
-    return outcome["code"]
+    return 0
 
 
 if __name__ == "__main__":

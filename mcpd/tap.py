@@ -168,7 +168,8 @@ class ListenerService(Service):
         outcome: list[Any] = []
         d.addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):
-            raise RuntimeError(f"cannot listen on {self.description}: {outcome[0].getErrorMessage()}")
+            # One clear line instead of a traceback, under twistd as under the mcpd command.
+            raise SystemExit(f"mcpd: cannot listen on {self.description}: {outcome[0].getErrorMessage()}")
         if outcome:
             self._listening(outcome[0])
         else:
