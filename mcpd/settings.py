@@ -39,7 +39,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"must be a number of seconds, not {text!r}") from None
-    if value <= 0:
+    if not value > 0:  # also refuses nan
         raise ValueError(f"must be more than 0 seconds, not {value}")
     return value
 

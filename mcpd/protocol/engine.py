@@ -288,7 +288,8 @@ class Engine:
         if session is not None and session.version is not None:
             exchange.version = session.version
             return Request(request_id, method, params, session.version, exchange)
-        if method == "initialize":
+        if method == "initialize" or (method == "ping" and session is not None and "_meta" not in params):
+            # 2025-11-25 basic/lifecycle: pings are allowed before the handshake completes.
             return Request(request_id, method, params, LATEST_LEGACY, exchange)
         version = self._modern_envelope(method, params, exchange.headers)
         exchange.version = version
@@ -321,7 +322,7 @@ class Engine:
         if version not in MODERN_VERSIONS:
             raise UnsupportedProtocolVersion(
                 f"Unsupported protocol version {version}",
-                data={"supported": list(ALL_VERSIONS), "requested": version},
+                data={"supported": list(MODERN_VERSIONS), "requested": version},
             )
         if not isinstance(meta[META_CLIENT_CAPABILITIES], dict):
             raise InvalidParams(f"Invalid params: {META_CLIENT_CAPABILITIES} must be an object")
@@ -417,7 +418,8 @@ class Engine:
             progress_sink=self._progress_sink(request),
         )
         d = invoke(tool, ctx, arguments, self.thread_pool)
-        return d.addCallbacks(self._tool_value, self._tool_failure, callbackArgs=(ctx,), errbackArgs=(ctx,))
+        # Errback after callback: output that breaks the tool's outputSchema is a tool failure too.
+        return d.addCallback(self._tool_value, ctx).addErrback(self._tool_failure, ctx)
 
     def _tool_value(self, value: Any, ctx: ToolContext) -> dict[str, Any]:
         ctx._progress_sink = None  # nothing may follow the result (basic/utilities/progress)
@@ -425,7 +427,9 @@ class Engine:
 
     def _tool_failure(self, failure: Failure, ctx: ToolContext) -> Any:
         ctx._progress_sink = None
-        if failure.check(CancelledError):
+        if failure.check(CancelledError) and ctx.cancelled:
+            # Only the client's cancellation goes unanswered; a handler's own CancelledError
+            # (a timeout inside it, say) is a failure the client must still hear about.
             return failure
         from mcpd.tools.api import ToolError
 

@@ -79,7 +79,7 @@ def load_pack(reference: str) -> ToolPack:
     module_name, _, attribute = BUILTIN_PACKS.get(reference, reference).partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except (ImportError, ValueError, TypeError) as e:  # "" and ".relative" raise these
         raise PackLoadError(f"tool pack {reference!r} cannot be imported: {e}") from None
     pack = getattr(module, attribute or "pack", None)
     if not isinstance(pack, ToolPack):

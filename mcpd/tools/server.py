@@ -114,7 +114,14 @@ def tools(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
             continue
         if wanted_pack is not None and pack_name != wanted_pack:
             continue
-        if any(want is not None and bool(annotations.get(hint)) != want for hint, want in filters.items()):
+        # ToolAnnotations defaults: readOnlyHint false; destructiveHint true, meaningful only when
+        # readOnlyHint is false (2025-11-25 schema).
+        read_only = bool(annotations.get("readOnlyHint", False))
+        hints = {
+            "readOnlyHint": read_only,
+            "destructiveHint": not read_only and annotations.get("destructiveHint", True),
+        }
+        if any(want is not None and bool(hints[hint]) != want for hint, want in filters.items()):
             continue
         row: dict[str, Any] = {
             "name": tool.name,

@@ -1,0 +1,869 @@
+"""Tests for mcpd.protocol.engine: JSON-RPC framing, both protocol eras, progress and cancellation.
+
+Everything runs in memory: a `Peer` plays one client (one `Session`, as a stdio connection or a
+legacy HTTP session has) and checks every response it gets against the official schema of the
+protocol version in force.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import threading
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.python import threadable
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mcpd.protocol import errors
+from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.session import Session
+from mcpd.protocol.trace import Tracer
+from mcpd.protocol.versions import (
+    ALL_VERSIONS,
+    MODERN_VERSIONS,
+    LATEST_LEGACY,
+    LEGACY_VERSIONS,
+    META_CLIENT_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_PROTOCOL_VERSION,
+    META_SERVER_INFO,
+)
+from mcpd.tools import Caller, ToolContext, ToolError, ToolPack, ToolRegistry
+from tests.schema_check import assert_trace_valid, validate_message
+
+MODERN = "2026-07-28"
+# The first schema whose error responses may leave out an unreadable id (JSON-RPC's null id);
+# the older schemas require an id, so id-less errors are checked against this one.
+IDLESS_ERRORS_SINCE = "2025-11-25"
+# Put in exception messages that must never reach the wire.
+SECRET = "s3cret-detail-from-the-database"
+
+ECHO_OUTPUT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+
+def sample_pack() -> ToolPack:
+    """Four tools covering a structured result, plain text, a ToolError and a crash."""
+    pack = ToolPack("sample", "Tools for the engine tests.")
+
+    @pack.tool(
+        "echo",
+        description="Return the text given, as structured content.",
+        input_schema={
+            "type": "object",
+            "properties": {"text": {"type": "string"}},
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+        output_schema=ECHO_OUTPUT,
+    )
+    def echo(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
+        return {"text": arguments["text"]}
+
+    @pack.tool("greet", description="Say hello.")
+    def greet(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+        return "hello"
+
+    @pack.tool("refuse", description="Always fail in a way the model can act on.")
+    def refuse(ctx: ToolContext, arguments: dict[str, Any]) -> None:
+        raise ToolError("the quota for today is used up")
+
+    @pack.tool("explode", description="Fail unexpectedly.")
+    def explode(ctx: ToolContext, arguments: dict[str, Any]) -> None:
+        raise RuntimeError(SECRET)
+
+    return pack
+
+
+def envelope(version: str = MODERN, **extra: Any) -> dict[str, Any]:
+    """The `params._meta` of a 2026-07-28 request."""
+    return {META_PROTOCOL_VERSION: version, META_CLIENT_CAPABILITIES: {}, **extra}
+
+
+def assert_valid(case: SynchronousTestCase, version: str, message: Any, method: str | None = None) -> None:
+    """Fail ``case`` unless ``message`` (or each message of a batch) is valid under ``version``."""
+    for item in message if isinstance(message, list) else [message]:
+        checked = version
+        if "error" in item and "id" not in item and version < IDLESS_ERRORS_SINCE:
+            checked = IDLESS_ERRORS_SINCE
+        problems = validate_message(checked, item, method)
+        case.assertEqual(problems, [], f"{item!r} is not valid under {checked}")
+
+
+def error_code(response: dict[str, Any]) -> int:
+    """The JSON-RPC error code of ``response`` (fails loudly when it is a result)."""
+    assert "result" not in response, f"expected an error, got {response!r}"
+    return int(response["error"]["code"])
+
+
+def text_of(result: dict[str, Any]) -> str:
+    """The text of a CallToolResult's only content block."""
+    [block] = result["content"]
+    assert block["type"] == "text"
+    return str(block["text"])
+
+
+class Peer:
+    """One in-memory client of an `Engine`: its session, and the notifications sent to it.
+
+    With ``modern=True`` every request it builds carries the 2026-07-28 `_meta` envelope.
+    """
+
+    def __init__(
+        self,
+        case: SynchronousTestCase,
+        engine: Engine,
+        *,
+        session: bool = True,
+        modern: bool = False,
+    ) -> None:
+        self.case = case
+        self.engine = engine
+        self.session = Session() if session else None
+        self.modern = modern
+        self.notes: list[dict[str, Any]] = []
+        self._ids = itertools.count(1)
+
+    def exchange(self, headers: dict[str, str] | None = None) -> Exchange:
+        return Exchange(
+            peer="test",
+            caller=Caller(name="tester", transport="memory"),
+            session=self.session,
+            notify=self.notes.append,
+            headers=headers,
+        )
+
+    def message(
+        self, method: str, params: dict[str, Any] | None = None, *, meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A request with a fresh id (and the modern envelope when this peer is modern)."""
+        params = dict(params or {})
+        if self.modern or meta:
+            params["_meta"] = {**(envelope() if self.modern else {}), **(meta or {})}
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
+        if params:
+            message["params"] = params
+        return message
+
+    def start(self, message: Any, headers: dict[str, str] | None = None) -> Deferred[Any]:
+        """Hand ``message`` to the engine; the Deferred fires with the response (or None)."""
+        return self.engine.handle(message, self.exchange(headers))
+
+    def send(self, message: Any, headers: dict[str, str] | None = None) -> Any:
+        """Send ``message``; return the response after checking it against the schema."""
+        response = self.case.successResultOf(self.start(message, headers))
+        if response is not None:
+            self.check(message, response)
+        return response
+
+    def request(self, method: str, params: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        response = self.send(self.message(method, params, **kwargs))
+        self.case.assertIsInstance(response, dict)
+        return response  # type: ignore[no-any-return]
+
+    def result(self, method: str, params: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Send a request that must succeed and return its result."""
+        response = self.request(method, params, **kwargs)
+        self.case.assertNotIn("error", response)
+        return response["result"]  # type: ignore[no-any-return]
+
+    def call(self, name: str, arguments: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """The CallToolResult of a tools/call (a protocol error fails the test)."""
+        params: dict[str, Any] = {"name": name}
+        if arguments is not None:
+            params["arguments"] = arguments
+        return self.result("tools/call", params, **kwargs)
+
+    def initialize(self, version: str = LATEST_LEGACY) -> dict[str, Any]:
+        result = self.result(
+            "initialize",
+            {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
+        )
+        self.case.assertIsNone(self.send({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        return result
+
+    def version_in_force(self, message: Any) -> str:
+        if self.session is not None and self.session.version is not None:
+            return self.session.version
+        first = message[0] if isinstance(message, list) and message else message
+        params = first.get("params") if isinstance(first, dict) else None
+        if (
+            isinstance(params, dict)
+            and isinstance(params.get("_meta"), dict)
+            and META_PROTOCOL_VERSION in params["_meta"]
+        ):
+            return MODERN
+        return LATEST_LEGACY
+
+    def check(self, message: Any, response: Any) -> None:
+        version = self.version_in_force(message)
+        if isinstance(response, list):
+            methods = {m.get("id"): m.get("method") for m in message if isinstance(m, dict)}
+            for item in response:
+                assert_valid(self.case, version, item, methods.get(item.get("id")))
+        else:
+            method = message.get("method") if isinstance(message, dict) else None
+            assert_valid(self.case, version, response, method if isinstance(method, str) else None)
+
+
+def make_engine(*packs: ToolPack, **kwargs: Any) -> Engine:
+    return Engine(ToolRegistry(packs or (sample_pack(),)), **kwargs)
+
+
+class InitializeTests(SynchronousTestCase):
+    """The legacy handshake (2025-11-25 basic/lifecycle)."""
+
+    def test_echoes_every_supported_version(self) -> None:
+        for version in LEGACY_VERSIONS:
+            peer = Peer(self, make_engine())
+            result = peer.initialize(version)
+            self.assertEqual(result["protocolVersion"], version)
+            self.assertEqual(peer.session.version, version)  # type: ignore[union-attr]
+            self.assertEqual(result["serverInfo"]["name"], "mcpd")
+            self.assertIn("tools", result["capabilities"])
+            self.assertTrue(peer.session.initialized)  # type: ignore[union-attr]
+
+    def test_unsupported_version_is_answered_with_the_latest_legacy(self) -> None:
+        peer = Peer(self, make_engine())
+        result = peer.initialize("1999-01-01")
+        self.assertEqual(result["protocolVersion"], "2025-11-25")
+        self.assertEqual(peer.session.version, "2025-11-25")  # type: ignore[union-attr]
+
+    def test_client_info_and_capabilities_are_remembered(self) -> None:
+        peer = Peer(self, make_engine())
+        peer.result(
+            "initialize",
+            {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {"roots": {}},
+                "clientInfo": {"name": "c", "version": "2"},
+            },
+        )
+        self.assertEqual(peer.session.client_capabilities, {"roots": {}})  # type: ignore[union-attr]
+        self.assertEqual(peer.session.client_info, {"name": "c", "version": "2"})  # type: ignore[union-attr]
+
+    def test_second_initialize_is_an_invalid_request(self) -> None:
+        peer = Peer(self, make_engine())
+        peer.initialize("2025-03-26")
+        response = peer.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+        self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+        self.assertEqual(peer.session.version, "2025-03-26")  # type: ignore[union-attr]
+
+    def test_initialize_needs_a_string_version(self) -> None:
+        peer = Peer(self, make_engine())
+        response = peer.request("initialize", {"protocolVersion": 20251125, "capabilities": {}})
+        self.assertEqual(error_code(response), errors.INVALID_PARAMS)
+        self.assertIsNone(peer.session.version)  # type: ignore[union-attr]
+
+    def test_initialize_without_a_session_is_refused(self) -> None:
+        peer = Peer(self, make_engine(), session=False)
+        response = peer.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+        self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+
+    def test_ping_answers_an_empty_result(self) -> None:
+        peer = Peer(self, make_engine())
+        peer.initialize()
+        self.assertEqual(peer.request("ping"), {"jsonrpc": "2.0", "id": 2, "result": {}})
+
+    def test_ping_before_initialize_is_answered(self) -> None:
+        # 2025-11-25 basic/lifecycle: pings are allowed before the handshake.
+        peer = Peer(self, make_engine())
+        response = peer.send({"jsonrpc": "2.0", "id": 7, "method": "ping"})
+        self.assertEqual(response, {"jsonrpc": "2.0", "id": 7, "result": {}})
+
+
+class LegacyToolsListTests(SynchronousTestCase):
+    def test_lists_every_tool_sorted_with_its_schemas(self) -> None:
+        peer = Peer(self, make_engine())
+        peer.initialize("2025-06-18")
+        result = peer.result("tools/list")
+        self.assertEqual([t["name"] for t in result["tools"]], ["echo", "explode", "greet", "refuse"])
+        echo = result["tools"][0]
+        self.assertEqual(echo["description"], "Return the text given, as structured content.")
+        self.assertEqual(echo["inputSchema"]["required"], ["text"])
+        self.assertEqual(echo["outputSchema"], ECHO_OUTPUT)
+        self.assertEqual(result["tools"][2]["inputSchema"], {"type": "object", "properties": {}})
+        self.assertNotIn("nextCursor", result)
+        # Caching hints are 2026-07-28 only.
+        self.assertNotIn("ttlMs", result)
+        self.assertNotIn("resultType", result)
+
+    def test_pages_of_one_walk_every_tool_in_order(self) -> None:
+        peer = Peer(self, make_engine(page_size=1))
+        peer.initialize()
+        names, cursors, cursor = [], [], None
+        for _ in range(10):
+            result = peer.result("tools/list", {"cursor": cursor} if cursor else None)
+            self.assertEqual(len(result["tools"]), 1)
+            names.append(result["tools"][0]["name"])
+            cursor = result.get("nextCursor")
+            if cursor is None:
+                break
+            cursors.append(cursor)
+        self.assertEqual(names, ["echo", "explode", "greet", "refuse"])
+        self.assertEqual(len(set(cursors)), 3)
+        for cursor, name in zip(cursors, names, strict=False):
+            self.assertNotIn(name, cursor, "cursors are opaque")
+
+    def test_a_cursor_not_issued_by_the_server_is_invalid_params(self) -> None:
+        peer = Peer(self, make_engine(page_size=1))
+        peer.initialize()
+        for cursor in ("not-a-cursor", base64.urlsafe_b64encode(b"before:echo").decode(), 42):
+            response = peer.request("tools/list", {"cursor": cursor})
+            self.assertEqual(error_code(response), errors.INVALID_PARAMS, cursor)
+
+
+class LegacyToolsCallTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.peer = Peer(self, make_engine())
+        self.peer.initialize()
+
+    def test_structured_result_also_comes_as_json_text(self) -> None:
+        result = self.peer.call("echo", {"text": "héllo"})
+        self.assertEqual(result["structuredContent"], {"text": "héllo"})
+        self.assertEqual(json.loads(text_of(result)), {"text": "héllo"})
+        self.assertFalse(result.get("isError", False))
+
+    def test_plain_value_becomes_text(self) -> None:
+        result = self.peer.call("greet")
+        self.assertEqual(text_of(result), "hello")
+        self.assertNotIn("structuredContent", result)
+
+    def test_unknown_tool_is_invalid_params(self) -> None:
+        response = self.peer.request("tools/call", {"name": "no.such.tool", "arguments": {}})
+        self.assertEqual(error_code(response), errors.INVALID_PARAMS)
+        self.assertIn("no.such.tool", response["error"]["message"])
+
+    def test_a_name_is_required(self) -> None:
+        response = self.peer.request("tools/call", {"arguments": {}})
+        self.assertEqual(error_code(response), errors.INVALID_PARAMS)
+
+    def test_invalid_arguments_are_a_tool_error_naming_the_problem(self) -> None:
+        missing = self.peer.call("echo", {})
+        self.assertTrue(missing["isError"])
+        self.assertIn("'text' is a required property", text_of(missing))
+        wrong_type = self.peer.call("echo", {"text": 5})
+        self.assertTrue(wrong_type["isError"])
+        self.assertIn("text: 5 is not of type 'string'", text_of(wrong_type))
+
+    def test_arguments_that_are_not_an_object_are_a_tool_error(self) -> None:
+        for arguments in (["text"], "text", 3):
+            result = self.peer.call("echo", arguments)
+            self.assertTrue(result["isError"])
+            self.assertIn("must be a JSON object", text_of(result))
+
+    def test_tool_error_message_reaches_the_model(self) -> None:
+        result = self.peer.call("refuse")
+        self.assertTrue(result["isError"])
+        self.assertEqual(text_of(result), "the quota for today is used up")
+
+    def test_unexpected_exception_is_a_tool_error_without_details(self) -> None:
+        result = self.peer.call("explode")
+        self.assertTrue(result["isError"])
+        text = text_of(result)
+        self.assertIn("explode failed unexpectedly", text)
+        self.assertNotIn(SECRET, text)
+        self.assertNotIn("Traceback", text)
+        # The operator gets the details in the log instead.
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_result_of_a_deferred_arrives_when_it_fires(self) -> None:
+        later: Deferred[str] = Deferred()
+        pack = ToolPack("slow")
+        pack.tool("slow", description="Answer later.")(lambda ctx, arguments: later)
+        peer = Peer(self, make_engine(pack))
+        peer.initialize()
+        d = peer.start(peer.message("tools/call", {"name": "slow"}))
+        self.assertNoResult(d)
+        later.callback("done")
+        self.assertEqual(text_of(self.successResultOf(d)["result"]), "done")
+
+    def test_cancelled_error_the_client_did_not_ask_for_still_gets_an_answer(self) -> None:
+        # A handler whose own Deferred was cancelled (a timeout, say) must not leave the
+        # request unanswered: only the client's cancellation suppresses the response.
+        pack = ToolPack("timeouts")
+        pack.tool("timeout", description="Time out.")(lambda ctx, arguments: fail(CancelledError()))
+        peer = Peer(self, make_engine(pack))
+        peer.initialize()
+        result = peer.call("timeout")
+        self.assertTrue(result["isError"])
+        self.assertEqual(len(self.flushLoggedErrors(CancelledError)), 1)
+
+
+class BrokenRegistry(ToolRegistry):
+    """A registry that fails as a bug in the engine's own code path would."""
+
+    def page(self, cursor: str | None, size: int) -> Any:
+        raise RuntimeError(SECRET)
+
+
+class InternalErrorTests(SynchronousTestCase):
+    def test_an_exception_in_the_engine_is_internal_error_without_details(self) -> None:
+        peer = Peer(self, Engine(BrokenRegistry([sample_pack()])))
+        peer.initialize()
+        response = peer.request("tools/list")
+        self.assertEqual(error_code(response), errors.INTERNAL_ERROR)
+        self.assertNotIn(SECRET, json.dumps(response))
+        self.assertNotIn("Traceback", json.dumps(response))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # The session carries on.
+        self.assertEqual(peer.result("ping"), {})
+
+    def test_blocking_tool_without_a_thread_pool_is_internal_error(self) -> None:
+        pack = ToolPack("threads")
+        pack.tool("block", description="Block.", blocking=True)(lambda ctx, arguments: "never")
+        peer = Peer(self, make_engine(pack))
+        peer.initialize()
+        response = peer.request("tools/call", {"name": "block"})
+        self.assertEqual(error_code(response), errors.INTERNAL_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class FramingTests(SynchronousTestCase):
+    """JSON-RPC 2.0 §4-§5 as MCP restricts it (basic §Messages)."""
+
+    def setUp(self) -> None:
+        self.peer = Peer(self, make_engine())
+        self.peer.initialize()
+
+    def send_bytes(self, data: bytes) -> Any:
+        return self.successResultOf(self.peer.engine.handle_bytes(data, self.peer.exchange()))
+
+    def test_parse_error_and_the_session_survives(self) -> None:
+        for data in (b'{"jsonrpc": "2.0", "id": 1, "method": ', b"\xff\xfe{}", b"[" * 100_000):
+            response = self.send_bytes(data)
+            self.assertEqual(error_code(response), errors.PARSE_ERROR)
+            self.assertNotIn("id", response)
+            assert_valid(self, "2025-11-25", response)
+        self.assertEqual(
+            self.send_bytes(encode({"jsonrpc": "2.0", "id": 9, "method": "ping"})),
+            {"jsonrpc": "2.0", "id": 9, "result": {}},
+        )
+
+    def test_missing_or_wrong_jsonrpc_member(self) -> None:
+        for message in ({"id": 1, "method": "ping"}, {"jsonrpc": "1.0", "id": 2, "method": "ping"}):
+            response = self.peer.send(message)
+            self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+            self.assertEqual(response["id"], message["id"])
+
+    def test_method_must_be_a_string(self) -> None:
+        response = self.peer.send({"jsonrpc": "2.0", "id": 3, "method": 7})
+        self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+
+    def test_id_must_be_a_string_or_an_integer(self) -> None:
+        for bad_id in (None, True, 1.5, {"n": 1}, [1]):
+            response = self.peer.send({"jsonrpc": "2.0", "id": bad_id, "method": "ping"})
+            self.assertEqual(error_code(response), errors.INVALID_REQUEST, bad_id)
+            self.assertNotIn("id", response)
+        self.assertEqual(self.peer.send({"jsonrpc": "2.0", "id": "", "method": "ping"})["result"], {})
+
+    def test_message_must_be_an_object(self) -> None:
+        for message in (42, "ping", None):
+            self.assertEqual(error_code(self.peer.send(message)), errors.INVALID_REQUEST)
+
+    def test_id_without_method_or_result_is_invalid(self) -> None:
+        response = self.peer.send({"jsonrpc": "2.0", "id": 4})
+        self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+        self.assertEqual(response["id"], 4)
+
+    def test_unknown_method(self) -> None:
+        response = self.peer.request("resources/list")
+        self.assertEqual(error_code(response), errors.METHOD_NOT_FOUND)
+        self.assertIn("resources/list", response["error"]["message"])
+
+    def test_params_must_be_an_object(self) -> None:
+        response = self.peer.send({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": ["x"]})
+        self.assertEqual(error_code(response), errors.INVALID_PARAMS)
+        self.assertEqual(response["id"], 5)
+
+    def test_notifications_get_no_response(self) -> None:
+        for method in ("notifications/initialized", "notifications/roots/list_changed", "tools/list"):
+            self.assertIsNone(self.peer.send({"jsonrpc": "2.0", "method": method}))
+
+    def test_a_response_to_nothing_is_ignored(self) -> None:
+        self.assertIsNone(self.peer.send({"jsonrpc": "2.0", "id": 99, "result": {}}))
+        self.assertIsNone(self.peer.send({"jsonrpc": "2.0", "id": 98, "error": {"code": -1, "message": "no"}}))
+        self.assertEqual(self.peer.result("ping"), {})
+
+    def test_a_trace_records_a_schema_valid_conversation(self) -> None:
+        path = self.mktemp()
+        tracer = Tracer(path)
+        self.addCleanup(tracer.close)
+        peer = Peer(self, make_engine(tracer=tracer))
+        peer.initialize()
+        peer.call("echo", {"text": "x"})
+        peer.request("tools/call", {"name": "missing"})
+        peer.send({"jsonrpc": "2.0", "id": None, "method": "ping"})
+        tracer.close()
+        assert_trace_valid(self, path)
+        with open(path, encoding="utf-8") as f:
+            directions = [json.loads(line)["dir"] for line in f]
+        # initialize in/out, initialized in, then three requests in and out.
+        self.assertEqual(directions, ["in", "out", "in", "in", "out", "in", "out", "in", "out"])
+
+
+class BatchTests(SynchronousTestCase):
+    """Batches exist in 2025-03-26 only (2025-06-18 changelog: batching removed)."""
+
+    def batch(self) -> list[dict[str, Any]]:
+        return [
+            {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"},
+            {
+                "jsonrpc": "2.0",
+                "id": "two",
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "b"}},
+            },
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+        ]
+
+    def test_2025_03_26_answers_each_request_of_a_batch(self) -> None:
+        peer = Peer(self, make_engine())
+        peer.initialize("2025-03-26")
+        responses = peer.send(self.batch())
+        self.assertIsInstance(responses, list)
+        self.assertEqual([r["id"] for r in responses], [1, "two", 3])
+        self.assertEqual(responses[0]["result"], {})
+        self.assertEqual(responses[1]["result"]["structuredContent"], {"text": "b"})
+        self.assertEqual(len(responses[2]["result"]["tools"]), 4)
+
+    def test_a_batch_of_notifications_gets_no_response(self) -> None:
+        peer = Peer(self, make_engine())
+        peer.initialize("2025-03-26")
+        self.assertIsNone(peer.send([{"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}]))
+
+    def test_a_bad_member_is_answered_alone(self) -> None:
+        peer = Peer(self, make_engine())
+        peer.initialize("2025-03-26")
+        responses = peer.send([42, {"jsonrpc": "2.0", "id": 1, "method": "ping"}])
+        self.assertEqual(error_code(responses[0]), errors.INVALID_REQUEST)
+        self.assertEqual(responses[1], {"jsonrpc": "2.0", "id": 1, "result": {}})
+
+    def test_later_versions_reject_batches(self) -> None:
+        for version in ("2025-06-18", "2025-11-25"):
+            peer = Peer(self, make_engine())
+            peer.initialize(version)
+            response = peer.send(self.batch())
+            self.assertIsInstance(response, dict)
+            self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+
+    def test_batches_are_rejected_before_initialize(self) -> None:
+        peer = Peer(self, make_engine())
+        response = peer.send(
+            [{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-03-26"}}]
+        )
+        self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+        self.assertIsNone(peer.session.version)  # type: ignore[union-attr]
+
+    def test_an_empty_batch_is_invalid(self) -> None:
+        peer = Peer(self, make_engine())
+        peer.initialize("2025-03-26")
+        response = peer.send([])
+        self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+        self.assertIn("empty batch", response["error"]["message"])
+
+
+class ModernTests(SynchronousTestCase):
+    """The stateless 2026-07-28 era: every request carries its version in `_meta`."""
+
+    def setUp(self) -> None:
+        self.peer = Peer(self, make_engine(page_size=2, list_ttl_ms=5_000), session=False, modern=True)
+
+    def test_discover(self) -> None:
+        result = self.peer.result("server/discover")
+        self.assertEqual(result["supportedVersions"], list(ALL_VERSIONS))
+        self.assertIn(MODERN, result["supportedVersions"])
+        self.assertEqual(result["capabilities"], {"tools": {"listChanged": False}})
+        self.assertEqual(result["_meta"][META_SERVER_INFO]["name"], "mcpd")
+        self.assertEqual(result["ttlMs"], 5_000)
+        self.assertEqual(result["cacheScope"], "public")
+        self.assertEqual(result["resultType"], "complete")
+        self.assertIn("server.tools", result["instructions"])
+
+    def test_tools_list_carries_caching_hints_and_pages(self) -> None:
+        first = self.peer.result("tools/list")
+        self.assertEqual([t["name"] for t in first["tools"]], ["echo", "explode"])
+        self.assertEqual((first["resultType"], first["ttlMs"], first["cacheScope"]), ("complete", 5_000, "public"))
+        second = self.peer.result("tools/list", {"cursor": first["nextCursor"]})
+        self.assertEqual([t["name"] for t in second["tools"]], ["greet", "refuse"])
+        self.assertNotIn("nextCursor", second)
+        self.assertEqual(second["resultType"], "complete")
+        self.assertEqual(error_code(self.peer.request("tools/list", {"cursor": "bogus"})), errors.INVALID_PARAMS)
+
+    def test_tools_call_results_are_complete(self) -> None:
+        result = self.peer.call("echo", {"text": "now"})
+        self.assertEqual(result["resultType"], "complete")
+        self.assertEqual(result["structuredContent"], {"text": "now"})
+        failed = self.peer.call("refuse")
+        self.assertEqual((failed["resultType"], failed["isError"]), ("complete", True))
+
+    def test_client_info_is_optional_but_must_be_an_object(self) -> None:
+        meta = {META_CLIENT_INFO: {"name": "c", "version": "1"}}
+        self.assertEqual(self.peer.result("server/discover", meta=meta)["resultType"], "complete")
+        response = self.peer.request("server/discover", meta={META_CLIENT_INFO: "c"})
+        self.assertEqual(error_code(response), errors.INVALID_PARAMS)
+
+    def test_missing_envelope_is_invalid_params(self) -> None:
+        legacy = Peer(self, make_engine(), session=False)
+        cases = [
+            None,
+            {"_meta": "nope"},
+            {"_meta": {META_CLIENT_CAPABILITIES: {}}},
+            {"_meta": {META_PROTOCOL_VERSION: MODERN}},
+            {"_meta": {META_PROTOCOL_VERSION: MODERN, META_CLIENT_CAPABILITIES: []}},
+            {"_meta": {META_PROTOCOL_VERSION: 2026, META_CLIENT_CAPABILITIES: {}}},
+        ]
+        for params in cases:
+            response = legacy.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": params})
+            self.assertEqual(error_code(response), errors.INVALID_PARAMS, params)
+            assert_valid(self, MODERN, response, "tools/list")
+
+    def test_unsupported_version(self) -> None:
+        for version in ("2099-01-01", "2025-11-25"):
+            response = self.peer.request("server/discover", meta=envelope(version))
+            self.assertEqual(error_code(response), errors.UNSUPPORTED_PROTOCOL_VERSION)
+            # Only the per-request (modern) versions can be retried in _meta.
+            self.assertEqual(response["error"]["data"], {"supported": list(MODERN_VERSIONS), "requested": version})
+
+    def test_legacy_only_methods_do_not_exist(self) -> None:
+        for method in ("ping", "logging/setLevel"):
+            response = self.peer.request(method)
+            self.assertEqual(error_code(response), errors.METHOD_NOT_FOUND, method)
+
+    def test_a_stdio_session_stays_stateless_for_modern_requests(self) -> None:
+        peer = Peer(self, make_engine(), modern=True)
+        self.assertEqual(peer.result("tools/list")["resultType"], "complete")
+        self.assertIsNone(peer.session.version)  # type: ignore[union-attr]
+
+    def test_an_initialized_session_stays_legacy(self) -> None:
+        peer = Peer(self, make_engine())
+        peer.initialize()
+        result = peer.result("tools/list", meta=envelope())
+        self.assertNotIn("resultType", result)
+        self.assertEqual(error_code(peer.request("server/discover", meta=envelope())), errors.METHOD_NOT_FOUND)
+
+
+class HeaderTests(SynchronousTestCase):
+    """2026-07-28 transports §Streamable HTTP: headers mirror the body."""
+
+    def setUp(self) -> None:
+        self.peer = Peer(self, make_engine(), session=False, modern=True)
+
+    def call(self, headers: dict[str, str], name: str = "greet") -> dict[str, Any]:
+        response = self.peer.send(self.peer.message("tools/call", {"name": name}), headers)
+        self.assertIsInstance(response, dict)
+        return response  # type: ignore[no-any-return]
+
+    def headers(self, **changes: str) -> dict[str, str]:
+        return {"mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": "greet", **changes}
+
+    def test_matching_headers_are_accepted(self) -> None:
+        self.assertEqual(text_of(self.call(self.headers())["result"]), "hello")
+
+    def test_base64_wrapped_name_is_accepted(self) -> None:
+        wrapped = "=?base64?" + base64.b64encode(b"greet").decode() + "?="
+        self.assertEqual(text_of(self.call(self.headers(**{"mcp-name": wrapped}))["result"]), "hello")
+
+    def test_mismatches_are_header_mismatch(self) -> None:
+        cases = [
+            self.headers(**{"mcp-protocol-version": "2025-11-25"}),
+            self.headers(**{"mcp-method": "tools/list"}),
+            self.headers(**{"mcp-name": "echo"}),
+            self.headers(**{"mcp-name": "=?base64?!!not base64!!?="}),
+            {"mcp-method": "tools/call", "mcp-name": "greet"},
+            {"mcp-protocol-version": MODERN, "mcp-method": "tools/call"},
+        ]
+        for headers in cases:
+            response = self.call(headers)
+            self.assertEqual(error_code(response), errors.HEADER_MISMATCH, headers)
+
+    def test_only_name_bearing_methods_need_mcp_name(self) -> None:
+        headers = {"mcp-protocol-version": MODERN, "mcp-method": "tools/list"}
+        response = self.peer.send(self.peer.message("tools/list"), headers)
+        self.assertEqual(len(response["result"]["tools"]), 4)
+
+
+class ProgressTests(SynchronousTestCase):
+    """2025-11-25 basic/utilities/progress."""
+
+    def setUp(self) -> None:
+        # ToolContext.progress runs the sink directly on the reactor thread; this thread is it,
+        # but the reactor never ran here to register it.
+        threadable.registerAsIOThread()
+        self.contexts: list[ToolContext] = []
+        self.later: Deferred[str] = Deferred()
+        pack = ToolPack("progress")
+
+        @pack.tool("count", description="Report progress a few times.")
+        def count(ctx: ToolContext, arguments: dict[str, Any]) -> Deferred[str]:
+            self.contexts.append(ctx)
+            for value in arguments.get("steps", [1, 2, 3]):
+                ctx.progress(value, 3, f"step {value}")
+            return self.later
+
+        self.engine = make_engine(pack)
+
+    def progress_values(self, peer: Peer) -> list[float]:
+        return [note["params"]["progress"] for note in peer.notes]
+
+    def test_progress_notifications_carry_the_token(self) -> None:
+        peer = Peer(self, self.engine)
+        peer.initialize()
+        d = peer.start(peer.message("tools/call", {"name": "count"}, meta={"progressToken": "tok-1"}))
+        self.assertEqual(self.progress_values(peer), [1, 2, 3])
+        for note in peer.notes:
+            self.assertEqual(note["method"], "notifications/progress")
+            self.assertEqual(note["params"]["progressToken"], "tok-1")
+            self.assertEqual(note["params"]["total"], 3)
+            assert_valid(self, LATEST_LEGACY, note)
+        self.assertEqual(peer.notes[0]["params"]["message"], "step 1")
+        self.assertTrue(self.contexts[0].reports_progress)
+        self.later.callback("done")
+        self.assertEqual(text_of(self.successResultOf(d)["result"]), "done")
+        self.contexts[0].progress(4, 3)
+        self.assertEqual(self.progress_values(peer), [1, 2, 3], "nothing after the result")
+
+    def test_modern_requests_get_progress_too(self) -> None:
+        peer = Peer(self, self.engine, session=False, modern=True)
+        peer.start(peer.message("tools/call", {"name": "count"}, meta={"progressToken": 7}))
+        self.assertEqual(self.progress_values(peer), [1, 2, 3])
+        self.assertEqual({note["params"]["progressToken"] for note in peer.notes}, {7})
+        for note in peer.notes:
+            assert_valid(self, MODERN, note)
+
+    def test_no_token_no_progress(self) -> None:
+        peer = Peer(self, self.engine)
+        peer.initialize()
+        peer.start(peer.message("tools/call", {"name": "count"}))
+        self.assertEqual(peer.notes, [])
+        self.assertFalse(self.contexts[0].reports_progress)
+
+    def test_values_that_do_not_increase_are_dropped(self) -> None:
+        peer = Peer(self, self.engine)
+        peer.initialize()
+        peer.start(
+            peer.message(
+                "tools/call", {"name": "count", "arguments": {"steps": [1, 1, 0.5, 2, 2]}}, meta={"progressToken": 1}
+            )
+        )
+        self.assertEqual(self.progress_values(peer), [1, 2])
+
+
+class CancellationTests(SynchronousTestCase):
+    """2025-11-25 basic/utilities/cancellation: a cancelled request gets no response."""
+
+    def setUp(self) -> None:
+        threadable.registerAsIOThread()
+        self.contexts: list[ToolContext] = []
+        self.cancelled: list[Deferred[Any]] = []
+        self.pending: list[Deferred[Any]] = []
+        pack = ToolPack("forever")
+
+        @pack.tool("wait", description="Answer only when the test says so.")
+        def wait(ctx: ToolContext, arguments: dict[str, Any]) -> Deferred[Any]:
+            self.contexts.append(ctx)
+            self.pending.append(Deferred(self.cancelled.append))
+            return self.pending[-1]
+
+        self.peer = Peer(self, make_engine(pack))
+        self.peer.initialize()
+
+    def cancel(self, request_id: Any, peer: Peer | None = None) -> None:
+        note = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": request_id, "reason": "bored"},
+        }
+        self.assertIsNone((peer or self.peer).send(note))
+
+    def test_cancelled_notification_stops_the_call_without_a_response(self) -> None:
+        message = self.peer.message("tools/call", {"name": "wait"}, meta={"progressToken": "p"})
+        d = self.peer.start(message)
+        self.assertNoResult(d)
+        self.assertIn(message["id"], self.peer.session.in_flight)  # type: ignore[union-attr]
+        self.cancel(message["id"])
+        self.assertEqual(len(self.cancelled), 1, "the handler's canceller ran")
+        self.assertTrue(self.contexts[0].cancelled)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.peer.session.in_flight, {})  # type: ignore[union-attr]
+        self.contexts[0].progress(1)
+        self.assertEqual(self.peer.notes, [], "no progress after cancellation")
+
+    def test_cancelling_another_id_or_session_changes_nothing(self) -> None:
+        message = self.peer.message("tools/call", {"name": "wait"})
+        d = self.peer.start(message)
+        self.cancel(message["id"] + 100)
+        other = Peer(self, self.peer.engine)
+        other.initialize()
+        self.cancel(message["id"], other)
+        self.assertNoResult(d)
+        self.assertFalse(self.contexts[0].cancelled)
+        self.assertEqual(self.cancelled, [])
+
+    def test_closing_the_session_cancels_its_calls(self) -> None:
+        d = self.peer.start(self.peer.message("tools/call", {"name": "wait"}))
+        self.peer.session.close()  # type: ignore[union-attr]
+        self.assertIsNone(self.successResultOf(d))
+        self.assertTrue(self.contexts[0].cancelled)
+        self.assertTrue(self.peer.session.idle)  # type: ignore[union-attr]
+
+    def test_finished_calls_leave_nothing_in_flight(self) -> None:
+        d = self.peer.start(self.peer.message("tools/call", {"name": "wait"}))
+        self.assertEqual(len(self.peer.session.in_flight), 1)  # type: ignore[union-attr]
+        self.pending[0].callback("answered")
+        self.assertEqual(text_of(self.successResultOf(d)["result"]), "answered")
+        self.assertEqual(self.peer.session.in_flight, {})  # type: ignore[union-attr]
+        self.assertFalse(self.contexts[0].cancelled)
+
+
+class BlockingToolTests(TestCase):
+    """Blocking handlers run in the thread pool (real reactor: results hop back to it)."""
+
+    def setUp(self) -> None:
+        self.pool = ThreadPool(minthreads=1, maxthreads=2, name="test-tools")
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.threads: list[threading.Thread] = []
+        self.started: Deferred[ToolContext] = Deferred()
+        self.observed: Deferred[bool] = Deferred()
+        pack = ToolPack("threads")
+
+        @pack.tool("where", description="Say which thread ran this.", blocking=True)
+        def where(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+            self.threads.append(threading.current_thread())
+            ctx.progress(1, 2)
+            ctx.progress(2, 2)
+            return "done"
+
+        @pack.tool("poll", description="Work until cancelled.", blocking=True)
+        def poll(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+            reactor.callFromThread(self.started.callback, ctx)
+            cancelled = ctx.wait_cancelled(5)
+            reactor.callFromThread(self.observed.callback, cancelled and ctx.cancelled)
+            ctx.raise_if_cancelled()
+            return "finished without being cancelled"
+
+        self.peer = Peer(self, make_engine(pack, thread_pool=self.pool))
+        self.peer.initialize()
+
+    async def test_runs_off_the_reactor_thread(self) -> None:
+        message = self.peer.message("tools/call", {"name": "where"}, meta={"progressToken": "t"})
+        response = await self.peer.start(message)
+        self.assertEqual(text_of(response["result"]), "done")
+        self.assertEqual(len(self.threads), 1)
+        self.assertIsNot(self.threads[0], threading.main_thread())
+        self.assertEqual([note["params"]["progress"] for note in self.peer.notes], [1, 2])
+
+    async def test_cancelling_is_visible_to_the_polling_thread(self) -> None:
+        message = self.peer.message("tools/call", {"name": "poll"})
+        d = self.peer.start(message)
+        ctx = await self.started
+        self.assertFalse(ctx.cancelled)
+        self.peer.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": message["id"]}})
+        self.assertIsNone(await d)
+        self.assertTrue(await self.observed)

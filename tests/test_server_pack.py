@@ -1,0 +1,131 @@
+"""Tests for mcpd.tools.server: the tools that describe the running server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpd._version import __version__
+from mcpd.protocol.engine import Engine
+from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
+from mcpd.runtime import Runtime
+from mcpd.settings import Settings
+from mcpd.tools import ToolAnnotations, ToolPack, ToolRegistry, load_pack
+from tests.test_engine import Peer, make_engine, text_of
+
+
+def handler(ctx: Any, arguments: dict[str, Any]) -> str:
+    return "ok"
+
+
+def notes_pack() -> ToolPack:
+    """Tools with every kind of hint, and one with none at all."""
+    pack = ToolPack("notes", "Team notes.")
+    pack.tool(
+        "notes.read",
+        title="Read notes",
+        description="Read the notes.",
+        annotations=ToolAnnotations(read_only=True),
+    )(handler)
+    pack.tool(
+        "notes.add",
+        description="Add a note.",
+        annotations=ToolAnnotations(read_only=False, destructive=False),
+    )(handler)
+    pack.tool(
+        "notes.purge",
+        description="Delete every note.",
+        annotations=ToolAnnotations(title="Purge", destructive=True),
+        blocking=True,
+    )(handler)
+    pack.tool("notes.raw", description="No hints given.")(handler)
+    return pack
+
+
+class ServerPackTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.registry = ToolRegistry([load_pack("server"), notes_pack()])
+        self.runtime = Runtime(
+            settings=Settings(tool_pack=("tests.test_server_pack:notes",)),
+            registry=self.registry,
+            started=time.time() - 120,
+            listeners=["tcp:8765:interface=127.0.0.1"],
+            transports=["streamable-http", "stdio"],
+        )
+        self.peer = Peer(self, Engine(self.registry, runtime=self.runtime))
+        self.peer.initialize()
+
+    def structured(self, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = self.peer.call(name, arguments or {})
+        self.assertFalse(result.get("isError", False), result)
+        return result["structuredContent"]  # type: ignore[no-any-return]
+
+    def names(self, **filters: Any) -> list[str]:
+        listed = self.structured("server.tools", filters)
+        self.assertEqual(listed["count"], len(listed["tools"]))
+        return [row["name"] for row in listed["tools"]]
+
+    def test_info(self) -> None:
+        info = self.structured("server.info")
+        self.assertEqual(info["name"], "mcpd")
+        self.assertEqual(info["version"], __version__)
+        self.assertGreaterEqual(info["uptime_seconds"], 120)
+        self.assertEqual(info["protocol_versions"], {"legacy": list(LEGACY_VERSIONS), "modern": list(MODERN_VERSIONS)})
+        self.assertEqual(info["transports"], ["streamable-http", "stdio"])
+        self.assertEqual(info["listeners"], ["tcp:8765:interface=127.0.0.1"])
+        self.assertEqual(info["toolsets"], ["server", "tests.test_server_pack:notes"])
+
+    def test_tool_count_matches_the_registry(self) -> None:
+        self.assertEqual(self.structured("server.info")["tool_count"], 6)
+        self.assertEqual(len(self.names()), len(self.registry))
+
+    def test_info_without_a_runtime_is_a_tool_error(self) -> None:
+        peer = Peer(self, make_engine(load_pack("server")))
+        peer.initialize()
+        result = peer.call("server.info")
+        self.assertTrue(result["isError"])
+        self.assertIn("needs a running server", text_of(result))
+
+    def test_tools_lists_everything_sorted_with_packs_and_hints(self) -> None:
+        rows = {row["name"]: row for row in self.structured("server.tools")["tools"]}
+        self.assertEqual(list(rows), sorted(tool.name for tool in self.registry.tools))
+        self.assertEqual(rows["server.info"]["pack"], "server")
+        self.assertEqual(rows["server.info"]["title"], "Server information")
+        self.assertEqual(rows["server.info"]["annotations"]["readOnlyHint"], True)
+        purge = rows["notes.purge"]
+        self.assertEqual((purge["pack"], purge["blocking"]), ("notes", True))
+        self.assertEqual(purge["annotations"], {"title": "Purge", "destructiveHint": True})
+        self.assertNotIn("title", purge)
+        self.assertEqual(rows["notes.raw"]["annotations"], {})
+        self.assertEqual(rows["notes.read"]["title"], "Read notes")
+
+    def test_filter_by_match_and_pack(self) -> None:
+        self.assertEqual(self.names(match="server."), ["server.info", "server.tools"])
+        self.assertEqual(
+            self.names(match="r"), ["notes.purge", "notes.raw", "notes.read", "server.info", "server.tools"]
+        )
+        self.assertEqual(self.names(pack="notes"), ["notes.add", "notes.purge", "notes.raw", "notes.read"])
+        self.assertEqual(self.names(pack="notes", match="add"), ["notes.add"])
+        self.assertEqual(self.names(pack="nothing"), [])
+
+    def test_filter_by_read_only(self) -> None:
+        self.assertEqual(self.names(read_only=True), ["notes.read", "server.info", "server.tools"])
+        # readOnlyHint defaults to false (2025-11-25 schema, ToolAnnotations).
+        self.assertEqual(self.names(read_only=False), ["notes.add", "notes.purge", "notes.raw"])
+
+    def test_filter_by_destructive_uses_the_spec_defaults(self) -> None:
+        # destructiveHint defaults to true and means nothing for read-only tools: a tool that
+        # says nothing may destroy, one that only reads never does.
+        self.assertEqual(self.names(destructive=True), ["notes.purge", "notes.raw"])
+        self.assertEqual(self.names(destructive=False), ["notes.add", "notes.read", "server.info", "server.tools"])
+        self.assertEqual(self.names(destructive=False, read_only=False), ["notes.add"])
+
+    def test_unknown_filters_are_refused(self) -> None:
+        result = self.peer.call("server.tools", {"writable": True})
+        self.assertTrue(result["isError"])
+        self.assertIn("writable", text_of(result))
+        result = self.peer.call("server.tools", {"read_only": "yes"})
+        self.assertTrue(result["isError"])
+        self.assertIn("read_only", text_of(result))
