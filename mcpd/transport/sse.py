@@ -71,6 +71,8 @@ class EventStream:
         self._detach_current()
         self._request = request
         request.notifyFinish().addBoth(self._lost, request)
+        # Send the response head now: a client learns the stream is open before any event.
+        request.write(b"")
         if prime and after is None:
             # 2025-11-25 transports §Sending Messages: prime with an id and empty data.
             request.write(format_event(b"", self.event_id(0), retry_ms=self.retry_ms))

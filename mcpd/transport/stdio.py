@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mcpd.protocol.engine import Engine, Exchange, encode
 from mcpd.protocol.errors import InvalidRequest
@@ -18,6 +21,7 @@ from mcpd.tools.api import Caller
 log = Logger(namespace="mcpd.stdio")
 
 
+@implementer(IHalfCloseableProtocol)
 class StdioProtocol(Protocol):
     """Serves one client on a pair of pipes; stdout carries MCP messages and nothing else."""
 
@@ -29,6 +33,7 @@ class StdioProtocol(Protocol):
         self.caller = Caller(name="local", peer="stdio", transport="stdio")
         self._buffer = b""
         self._discarding = False
+        self._stdout_closed = False
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self._buffer + data
@@ -73,6 +78,18 @@ class StdioProtocol(Protocol):
         """Write one message as one line."""
         if self.transport is not None and not self.session.closed:
             self.transport.write(encode(message) + b"\n")
+
+    def readConnectionLost(self) -> None:
+        # basic/transports §stdio: the client closing stdin ends the server, once the answers
+        # already written have reached stdout (a plain Protocol would have StandardIO drop them).
+        self.session.close()
+        if self._stdout_closed:
+            self.connectionLost(Failure(ConnectionDone("stdin and stdout closed")))
+        else:
+            self.transport.loseConnection()  # flushes stdout, then connectionLost
+
+    def writeConnectionLost(self) -> None:
+        self._stdout_closed = True
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         # basic/transports §stdio: the client closing stdin ends the server.

@@ -253,7 +253,7 @@ class _Reply:
     def notify(self, message: dict[str, Any]) -> None:
         """A notification about this request: switches the response to SSE."""
         if self.stream is None:
-            if not self.accepts_sse or self.pending is None:
+            if not self.accepts_sse or self.request.finished:
                 return  # a JSON-only client cannot receive it
             session = self.exchange.session
             self.stream = (
@@ -269,6 +269,10 @@ class _Reply:
         """The answer was ready at once."""
         if isinstance(response, Failure):
             self.failed(response)
+            return NOT_DONE_YET
+        if self.stream is not None:
+            # Notifications went out first: the result follows them on the stream.
+            self.complete(response)
             return NOT_DONE_YET
         return self._json_body(response)
 

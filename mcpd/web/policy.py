@@ -23,9 +23,13 @@ def is_loopback(host: str) -> bool:
     if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # A dual-stack listener sees IPv4 loopback peers as ::ffff:127.0.0.1, which Python before
+    # 3.13 does not call loopback.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _host_of(authority: str) -> str:

@@ -1,0 +1,909 @@
+"""Tests for Streamable HTTP (`mcpd.transport.streamable`, `mcpd.transport.sse`) and the resource
+tree around it (`mcpd.web.site`), driven in memory over the site `mcpd.tap.build_service` builds.
+
+Plain request/response exchanges go through `treq.testing.StubTreq`; streams, disconnects and
+resumption use a real `twisted.web.server.Request` on a `StringTransport`, which shows what the
+server has written so far.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import treq
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python import threadable
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+
+from mcpd.protocol.engine import Engine
+from mcpd.protocol.session import SessionStore
+from mcpd.protocol.versions import LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
+from mcpd.runtime import Runtime
+from mcpd.settings import Settings
+from mcpd.tools import ToolContext, ToolPack, ToolRegistry
+from mcpd.transport.streamable import StreamableHTTP
+from mcpd.web.policy import OriginGuard
+from mcpd.web.site import MCPSite, make_site
+from tests.schema_check import validate_message
+
+MODERN = "2026-07-28"
+LATEST_LEGACY = "2025-11-25"
+URL = "http://localhost:8765/mcp"
+BOTH = "application/json, text/event-stream"
+SSE_ONLY = "text/event-stream"
+
+
+# -- tools the tests drive ------------------------------------------------------------------------
+
+
+class HeldCall:
+    """One call of ``test.hold``: the test reports its progress and finishes it by hand."""
+
+    def __init__(self, ctx: ToolContext) -> None:
+        self.ctx = ctx
+        self.cancelled = False
+        self.deferred: Deferred[str] = Deferred(self._cancel)
+
+    def _cancel(self, _deferred: Deferred[str]) -> None:
+        self.cancelled = True
+
+    def progress(self, value: float) -> None:
+        """Report progress ``value`` (of 10) to the client."""
+        self.ctx.progress(value, 10)
+
+    def finish(self, text: str = "held call done") -> None:
+        """Answer the call."""
+        self.deferred.callback(text)
+
+
+class DrivenTools:
+    """A tool pack for transport tests: an echo, a tool that reports progress and answers at once,
+    and ``test.hold``, whose calls wait for the test (`HeldCall`)."""
+
+    def __init__(self) -> None:
+        self.pack = ToolPack("test", "Tools the transport tests drive")
+        self.calls: list[HeldCall] = []
+        tool = self.pack.tool
+
+        @tool(
+            "test.echo",
+            description="Answer with the text given.",
+            input_schema={
+                "type": "object",
+                "properties": {"text": {"type": "string"}},
+                "required": ["text"],
+            },
+        )
+        def echo(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+            return str(arguments["text"])
+
+        @tool("test.progress", description="Report progress twice, then answer.")
+        def progress(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+            ctx.progress(1, 2, "halfway")
+            ctx.progress(2, 2, "done")
+            return "progress tool done"
+
+        @tool("test.hold", description="Answer when the test says so.")
+        def hold(ctx: ToolContext, arguments: dict[str, Any]) -> Deferred[str]:
+            call = HeldCall(ctx)
+            self.calls.append(call)
+            return call.deferred
+
+    @property
+    def last(self) -> HeldCall:
+        """The latest call of ``test.hold``."""
+        return self.calls[-1]
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+def request(method: str, params: Mapping[str, Any] | None = None, request_id: int | str = 1) -> dict[str, Any]:
+    """A JSON-RPC request."""
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = dict(params)
+    return message
+
+
+def notification(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-RPC notification."""
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = dict(params)
+    return message
+
+
+def modern_request(
+    method: str,
+    params: Mapping[str, Any] | None = None,
+    request_id: int | str = 1,
+    version: str = MODERN,
+    **meta: Any,
+) -> dict[str, Any]:
+    """A 2026-07-28 request: the per-request envelope in ``params._meta``."""
+    envelope = {META_PROTOCOL_VERSION: version, META_CLIENT_CAPABILITIES: {}, **meta}
+    return request(method, {**(params or {}), "_meta": envelope}, request_id)
+
+
+def modern_headers(method: str, name: str | None = None, version: str = MODERN) -> dict[str, str]:
+    """The routing headers that mirror a 2026-07-28 request's body."""
+    headers = {"MCP-Protocol-Version": version, "Mcp-Method": method}
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+def call(
+    name: str, arguments: Mapping[str, Any] | None = None, request_id: int | str = 1, **meta: Any
+) -> dict[str, Any]:
+    """A legacy tools/call request; ``meta`` goes into ``params._meta`` (a progressToken)."""
+    params: dict[str, Any] = {"name": name, "arguments": dict(arguments or {})}
+    if meta:
+        params["_meta"] = meta
+    return request("tools/call", params, request_id)
+
+
+def initialize_request(version: str = LATEST_LEGACY) -> dict[str, Any]:
+    """A legacy initialize request."""
+    params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "tests", "version": "0"}}
+    return request("initialize", params, request_id=0)
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+
+@attrs.define
+class Server:
+    """An mcpd HTTP site wired like `mcpd.tap.build_service`, with a fake clock."""
+
+    site: MCPSite
+    resource: StreamableHTTP
+    sessions: SessionStore
+    clock: Clock
+    tools: DrivenTools
+
+
+def make_server(
+    *,
+    session_timeout: float = 60.0,
+    max_message_size: int = 64 * 1024,
+    sse_replay: int = 256,
+    allowed_origins: Iterable[str] = (),
+) -> Server:
+    """Build the site: engine and registry, session store on a `Clock`, Origin guard, routes."""
+    settings = Settings(session_timeout=session_timeout, max_message_size=max_message_size, sse_replay=sse_replay)
+    tools = DrivenTools()
+    registry = ToolRegistry([tools.pack])
+    runtime = Runtime(settings, registry)
+    runtime.transports.append("streamable-http")
+    engine = Engine(registry, runtime=runtime, page_size=settings.page_size)
+    clock = Clock()
+    sessions = SessionStore(clock, settings.session_timeout)
+    resource = StreamableHTTP(engine, sessions, settings.max_message_size, settings.sse_replay)
+    site = make_site(OriginGuard(resource, allowed_origins), runtime)
+    # Connection timeouts run on the fake clock, never on the global reactor.
+    site.reactor = clock
+    return Server(site, resource, sessions, clock, tools)
+
+
+# -- reading responses ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Event:
+    """One Server-Sent Event."""
+
+    id: str | None
+    event: str | None
+    data: str
+    retry: int | None
+
+    @property
+    def message(self) -> Any:
+        """The JSON-RPC message the event carries."""
+        return json.loads(self.data)
+
+
+@attrs.frozen
+class HTTPResponse:
+    """A response as far as it has arrived: status, headers (lowercase names), body so far."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    complete: bool = True
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+    @property
+    def events(self) -> list[Event]:
+        """The complete SSE events of the body so far."""
+        return parse_events(self.body)
+
+
+def parse_events(body: bytes) -> list[Event]:
+    """Split an SSE body into its complete events (those already ended by a blank line)."""
+    events = []
+    blocks = body.decode("utf-8").split("\n\n")
+    for block in blocks[:-1]:
+        fields: dict[str, list[str]] = {}
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
+        retry = fields.get("retry")
+        events.append(
+            Event(
+                id=fields["id"][-1] if "id" in fields else None,
+                event=fields["event"][-1] if "event" in fields else None,
+                data="\n".join(fields.get("data", [])),
+                retry=int(retry[-1]) if retry else None,
+            )
+        )
+    return events
+
+
+def parse_response(raw: bytes) -> HTTPResponse:
+    """Parse the bytes an HTTP/1.1 server wrote for one response, chunked or not."""
+    head, separator, rest = raw.partition(b"\r\n\r\n")
+    if not separator:
+        raise AssertionError(f"no complete response head in {raw!r}")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        body, complete = _dechunk(rest)
+    else:
+        length = int(headers.get("content-length", "0"))
+        body, complete = rest[:length], len(rest) >= length
+    return HTTPResponse(int(status_line.split()[1]), headers, body, complete)
+
+
+def _dechunk(data: bytes) -> tuple[bytes, bool]:
+    body = b""
+    while True:
+        size_line, separator, data = data.partition(b"\r\n")
+        if not separator:
+            return body, False
+        size = int(size_line, 16)
+        if size == 0:
+            return body, True
+        if len(data) < size + 2:
+            return body, False
+        body, data = body + data[:size], data[size + 2 :]
+
+
+class HTTPConnection:
+    """One client connection to a site on a `StringTransport`: what the server wrote so far is
+    readable at any moment, and the client can vanish."""
+
+    def __init__(
+        self,
+        site: Site,
+        host: IPv4Address | IPv6Address | None = None,
+        peer: IPv4Address | IPv6Address | None = None,
+    ) -> None:
+        peer = peer or IPv4Address("TCP", "127.0.0.1", 50000)
+        self.transport = StringTransport(hostAddress=host or IPv4Address("TCP", "127.0.0.1", 8765), peerAddress=peer)
+        self.protocol = site.buildProtocol(peer)
+        assert self.protocol is not None
+        self.protocol.makeConnection(self.transport)
+
+    def send(
+        self, method: str, path: str = "/mcp", headers: Mapping[str, str] | None = None, body: bytes = b""
+    ) -> None:
+        """Send one request (``Host: localhost:8765`` unless ``headers`` names another)."""
+        fields = {"host": "localhost:8765", **{name.lower(): value for name, value in (headers or {}).items()}}
+        if body or method == "POST":
+            fields["content-length"] = str(len(body))
+        head = [f"{method} {path} HTTP/1.1"] + [f"{name}: {value}" for name, value in fields.items()]
+        self.protocol.dataReceived(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+    @property
+    def response(self) -> HTTPResponse:
+        """The response as far as it has been written."""
+        return parse_response(self.transport.value())
+
+    def disconnect(self) -> None:
+        """The client goes away."""
+        self.protocol.connectionLost(Failure(ConnectionDone("the client went away")))
+
+
+# -- the test base --------------------------------------------------------------------------------
+
+
+class HTTPTestCase(SynchronousTestCase):
+    """A fresh server per test, a StubTreq client for it, and helpers that validate what it says."""
+
+    def setUp(self) -> None:
+        # Tools report progress straight away only on the reactor thread (`ToolContext.progress`);
+        # no reactor runs here, so name this thread as the reactor's.
+        self.patch(threadable, "ioThread", threadable.getThreadID())
+        self.server = self.make_server()
+        self.http = StubTreq(self.server.site.resource)
+        self.addCleanup(self.server.sessions.stop)
+
+    def make_server(self) -> Server:
+        return make_server()
+
+    @property
+    def tools(self) -> DrivenTools:
+        return self.server.tools
+
+    def assertValid(self, version: str, message: Any, request_method: str | None = None) -> Any:
+        """Fail unless ``message`` conforms to ``version``'s schema; return it."""
+        self.assertEqual(validate_message(version, message, request_method), [], message)
+        return message
+
+    def fetch(
+        self,
+        method: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        url: str = URL,
+    ) -> HTTPResponse:
+        """One exchange through StubTreq that completes at once."""
+        d = self.http.request(method, url, headers=dict(headers or {}), data=body or None)
+        response = self.successResultOf(d)
+        content = self.successResultOf(treq.content(response))
+        names = {
+            name.decode("latin-1").lower(): values[-1].decode("latin-1")
+            for name, values in response.headers.getAllRawHeaders()
+        }
+        return HTTPResponse(response.code, names, content)
+
+    def post(
+        self,
+        message: Any,
+        headers: Mapping[str, str] | None = None,
+        accept: str = BOTH,
+        content_type: str = "application/json",
+        url: str = URL,
+    ) -> HTTPResponse:
+        """POST ``message`` (bytes as they are, anything else as JSON); every JSON-RPC message
+        that comes back must conform to the schema of the protocol version in force."""
+        body = message if isinstance(message, bytes) else json.dumps(message).encode()
+        fields = {"Accept": accept, "Content-Type": content_type, **(headers or {})}
+        response = self.fetch("POST", fields, body, url)
+        self.assertValidReplies(response, message, self.version_in_force(message, fields))
+        return response
+
+    def version_in_force(self, message: Any, headers: Mapping[str, str]) -> str:
+        """The protocol version a POST of ``message`` with ``headers`` is served under."""
+        header = headers.get("MCP-Protocol-Version")
+        if header is not None and header not in LEGACY_VERSIONS:
+            return MODERN  # the modern path, also when it refuses an unknown version
+        session_id = headers.get("Mcp-Session-Id")
+        session = self.server.sessions.get(session_id) if session_id is not None else None
+        if session is not None and session.version is not None:
+            return session.version
+        if isinstance(message, dict) and message.get("method") == "initialize":
+            requested = message["params"]["protocolVersion"]
+            return requested if requested in LEGACY_VERSIONS else LATEST_LEGACY
+        return header or LATEST_LEGACY
+
+    def assertValidReplies(self, response: HTTPResponse, message: Any, version: str) -> None:
+        """Validate the JSON-RPC messages of a JSON or SSE response to ``message``."""
+        requests = message if isinstance(message, list) else [message]
+        methods = {m.get("id"): m.get("method") for m in requests if isinstance(m, dict) and "id" in m}
+        content_type = response.headers.get("content-type")
+        if content_type == "text/event-stream":
+            replies = [event.message for event in response.events if event.data]
+        elif content_type == "application/json" and response.body:
+            body = response.json()
+            replies = body if isinstance(body, list) else [body]
+        else:
+            replies = []
+        for reply in replies:
+            if isinstance(reply, dict) and reply.get("jsonrpc") is not None:
+                self.assertValid(version, reply, methods.get(reply.get("id")))
+
+    def messages(self, version: str, events: list[Event], request_method: str | None = None) -> list[Any]:
+        """The JSON-RPC messages of SSE ``events`` (priming events have none), each valid."""
+        return [self.assertValid(version, event.message, request_method) for event in events if event.data]
+
+    def open(
+        self,
+        method: str,
+        headers: Mapping[str, str] | None = None,
+        message: Any = None,
+        accept: str = BOTH,
+    ) -> HTTPConnection:
+        """Start an exchange on a `HTTPConnection`, to watch it stream or to drop it."""
+        connection = HTTPConnection(self.server.site)
+        fields = {"accept": accept, **(headers or {})}
+        body = b""
+        if message is not None:
+            body = json.dumps(message).encode()
+            fields["content-type"] = "application/json"
+        connection.send(method, "/mcp", fields, body)
+        return connection
+
+    # -- legacy sessions --
+
+    def initialize(self, version: str = LATEST_LEGACY) -> str:
+        """Open a legacy session; return its id."""
+        response = self.post(initialize_request(version))
+        self.assertEqual(response.status, 200)
+        self.assertValid(version, response.json(), "initialize")
+        session_id = response.headers["mcp-session-id"]
+        self.assertEqual(self.post(notification("notifications/initialized"), self.session(session_id)).status, 202)
+        return session_id
+
+    def session(self, session_id: str, version: str | None = None) -> dict[str, str]:
+        """The headers naming a legacy session (and its version)."""
+        headers = {"Mcp-Session-Id": session_id}
+        if version is not None:
+            headers["MCP-Protocol-Version"] = version
+        return headers
+
+
+# -- modern era -----------------------------------------------------------------------------------
+
+
+class ModernPostTests(HTTPTestCase):
+    """2026-07-28: stateless POSTs whose routing headers mirror the body."""
+
+    def test_tools_call_answers_json_with_result_type(self) -> None:
+        message = modern_request("tools/call", {"name": "test.echo", "arguments": {"text": "hi"}}, request_id=7)
+        response = self.post(message, modern_headers("tools/call", "test.echo"))
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["content-type"], "application/json")
+        body = self.assertValid(MODERN, response.json(), "tools/call")
+        self.assertEqual(body["id"], 7)
+        self.assertEqual(body["result"]["resultType"], "complete")
+        self.assertEqual(body["result"]["content"], [{"type": "text", "text": "hi"}])
+        self.assertNotIn("mcp-session-id", response.headers)
+
+    def test_server_discover(self) -> None:
+        response = self.post(modern_request("server/discover"), modern_headers("server/discover"))
+        self.assertEqual(response.status, 200)
+        body = self.assertValid(MODERN, response.json(), "server/discover")
+        self.assertIn(MODERN, body["result"]["supportedVersions"])
+
+    def assertRejected(self, response: HTTPResponse, status: int, code: int, request_id: Any = 1) -> dict[str, Any]:
+        """The response is a JSON-RPC error with this HTTP status and code."""
+        self.assertEqual(response.status, status)
+        self.assertEqual(response.headers["content-type"], "application/json")
+        body = self.assertValid(MODERN, response.json())
+        self.assertEqual(body["error"]["code"], code)
+        self.assertEqual(body.get("id"), request_id)
+        return body
+
+    def test_name_header_mismatch(self) -> None:
+        message = modern_request("tools/call", {"name": "test.echo", "arguments": {"text": "hi"}})
+        response = self.post(message, modern_headers("tools/call", "test.progress"))
+        self.assertRejected(response, 400, -32020)
+
+    def test_name_header_missing(self) -> None:
+        message = modern_request("tools/call", {"name": "test.echo", "arguments": {"text": "hi"}})
+        response = self.post(message, modern_headers("tools/call"))
+        self.assertRejected(response, 400, -32020)
+
+    def test_method_header_mismatch(self) -> None:
+        response = self.post(modern_request("tools/list"), modern_headers("server/discover"))
+        self.assertRejected(response, 400, -32020)
+
+    def test_method_header_missing(self) -> None:
+        response = self.post(modern_request("tools/list"), {"MCP-Protocol-Version": MODERN})
+        self.assertRejected(response, 400, -32020)
+
+    def test_version_header_differs_from_meta(self) -> None:
+        message = modern_request("tools/list", version="2099-01-01")
+        response = self.post(message, modern_headers("tools/list"))
+        self.assertRejected(response, 400, -32020)
+
+    def test_unsupported_version(self) -> None:
+        message = modern_request("tools/list", version="2099-01-01")
+        response = self.post(message, modern_headers("tools/list", version="2099-01-01"))
+        body = self.assertRejected(response, 400, -32022)
+        self.assertEqual(body["error"]["data"]["requested"], "2099-01-01")
+        self.assertIn(MODERN, body["error"]["data"]["supported"])
+
+    def test_missing_meta(self) -> None:
+        response = self.post(request("tools/list", {}), modern_headers("tools/list"))
+        self.assertRejected(response, 400, -32602)
+
+    def test_unknown_method(self) -> None:
+        response = self.post(modern_request("tools/frobnicate"), modern_headers("tools/frobnicate"))
+        self.assertRejected(response, 404, -32601)
+
+    def test_parse_error(self) -> None:
+        response = self.post(b'{"jsonrpc": "2.0", "id": 1, "method":', modern_headers("tools/list"))
+        self.assertRejected(response, 400, -32700, request_id=None)
+
+    def test_notification_is_accepted_without_body(self) -> None:
+        message = notification("notifications/cancelled", {"requestId": 99})
+        response = self.post(message, modern_headers("notifications/cancelled"))
+        self.assertEqual(response.status, 202)
+        self.assertEqual(response.body, b"")
+
+    def test_get_and_delete_are_not_allowed(self) -> None:
+        for method in ("GET", "DELETE"):
+            response = self.fetch(method, {"Accept": SSE_ONLY, **modern_headers("tools/list")})
+            self.assertEqual(response.status, 405, method)
+            self.assertEqual(response.headers["allow"], "POST", method)
+
+
+class ModernStreamTests(HTTPTestCase):
+    """2026-07-28: a request's own notifications stream before its result; a disconnect cancels."""
+
+    def call_progress_tool(self, accept: str) -> HTTPResponse:
+        message = modern_request("tools/call", {"name": "test.progress"}, request_id=3, progressToken="p1")
+        return self.post(message, modern_headers("tools/call", "test.progress"), accept=accept)
+
+    def assertProgressThenResult(self, events: list[Event], values: list[float], request_id: Any) -> None:
+        """Progress notifications with ``values``, then the result of ``request_id``; all valid."""
+        self.assertEqual(len(events), len(values) + 1, events)
+        for event, value in zip(events[:-1], values, strict=True):
+            note = self.assertValid(MODERN, event.message)
+            self.assertEqual(note["method"], "notifications/progress")
+            self.assertEqual(note["params"]["progress"], value)
+        result = self.assertValid(MODERN, events[-1].message, "tools/call")
+        self.assertEqual(result["id"], request_id)
+        self.assertEqual(result["result"]["resultType"], "complete")
+
+    def test_progress_streams_as_sse(self) -> None:
+        response = self.call_progress_tool(BOTH)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["content-type"], "text/event-stream")
+        self.assertEqual(response.headers["x-accel-buffering"], "no")
+        self.assertProgressThenResult(response.events, [1, 2], request_id=3)
+        self.assertEqual(response.events[0].message["params"]["progressToken"], "p1")
+
+    def test_progress_without_sse_answers_json(self) -> None:
+        response = self.call_progress_tool("application/json")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["content-type"], "application/json")
+        body = self.assertValid(MODERN, response.json(), "tools/call")
+        self.assertEqual(body["result"]["content"], [{"type": "text", "text": "progress tool done"}])
+
+    def test_later_progress_streams_as_sse(self) -> None:
+        message = modern_request("tools/call", {"name": "test.hold"}, request_id=4, progressToken=9)
+        connection = self.open("POST", modern_headers("tools/call", "test.hold"), message)
+        self.tools.last.progress(1)
+        self.assertEqual(connection.response.headers["content-type"], "text/event-stream")
+        self.assertEqual(len(connection.response.events), 1)
+        self.assertFalse(connection.response.complete)
+        self.tools.last.progress(5)
+        self.tools.last.finish()
+        self.assertTrue(connection.response.complete)
+        self.assertProgressThenResult(connection.response.events, [1, 5], request_id=4)
+
+    def test_disconnect_cancels_pending_call(self) -> None:
+        message = modern_request("tools/call", {"name": "test.hold"})
+        connection = self.open("POST", modern_headers("tools/call", "test.hold"), message)
+        self.assertFalse(self.tools.last.cancelled)
+        connection.disconnect()
+        self.assertTrue(self.tools.last.cancelled)
+        self.assertTrue(self.tools.last.ctx.cancelled)
+
+    def test_disconnect_cancels_streaming_call(self) -> None:
+        message = modern_request("tools/call", {"name": "test.hold"}, progressToken="t")
+        connection = self.open("POST", modern_headers("tools/call", "test.hold"), message)
+        self.tools.last.progress(1)
+        [note] = self.messages(MODERN, connection.response.events)
+        self.assertEqual(note["params"]["progressToken"], "t")
+        connection.disconnect()
+        self.assertTrue(self.tools.last.cancelled)
+
+
+# -- legacy era -----------------------------------------------------------------------------------
+
+
+class LegacySessionTests(HTTPTestCase):
+    """2025-03-26 … 2025-11-25: initialize opens a session named by Mcp-Session-Id."""
+
+    def test_initialize_issues_visible_ascii_session_id(self) -> None:
+        response = self.post(initialize_request())
+        self.assertEqual(response.status, 200)
+        body = self.assertValid(LATEST_LEGACY, response.json(), "initialize")
+        self.assertEqual(body["result"]["protocolVersion"], LATEST_LEGACY)
+        session_id = response.headers["mcp-session-id"]
+        self.assertTrue(session_id)
+        self.assertTrue(all(0x21 <= ord(c) <= 0x7E for c in session_id), session_id)
+        self.assertIn(session_id, self.server.sessions)
+
+    def test_sessions_are_distinct(self) -> None:
+        self.assertNotEqual(self.initialize(), self.initialize())
+
+    def test_request_without_session(self) -> None:
+        self.initialize()
+        response = self.post(request("tools/list", request_id=5))
+        self.assertEqual(response.status, 400)
+        body = self.assertValid(LATEST_LEGACY, response.json())
+        self.assertEqual(body["error"]["code"], -32600)
+        self.assertEqual(body["id"], 5)
+
+    def test_parse_error_without_session(self) -> None:
+        response = self.post(b"{not json")
+        self.assertEqual(response.status, 400)
+        self.assertEqual(self.assertValid(LATEST_LEGACY, response.json())["error"]["code"], -32700)
+        self.assertEqual(len(self.server.sessions), 0)
+
+    def test_unknown_session(self) -> None:
+        response = self.post(request("tools/list"), self.session("no-such-session"))
+        self.assertEqual(response.status, 404)
+        self.assertValid(LATEST_LEGACY, response.json())
+
+    def test_version_header_differs_from_session(self) -> None:
+        session_id = self.initialize()
+        response = self.post(request("tools/list"), self.session(session_id, "2025-06-18"))
+        self.assertEqual(response.status, 400)
+        self.assertEqual(self.assertValid(LATEST_LEGACY, response.json())["error"]["code"], -32600)
+
+    def test_tools_list_and_call(self) -> None:
+        session_id = self.initialize()
+        listed = self.post(request("tools/list", request_id=2), self.session(session_id, LATEST_LEGACY))
+        self.assertEqual(listed.status, 200)
+        body = self.assertValid(LATEST_LEGACY, listed.json(), "tools/list")
+        self.assertEqual(
+            [tool["name"] for tool in body["result"]["tools"]], ["test.echo", "test.hold", "test.progress"]
+        )
+        self.assertNotIn("ttlMs", body["result"])
+        called = self.post(call("test.echo", {"text": "legacy"}, request_id=3), self.session(session_id))
+        self.assertEqual(called.status, 200)
+        body = self.assertValid(LATEST_LEGACY, called.json(), "tools/call")
+        self.assertEqual(body["result"]["content"], [{"type": "text", "text": "legacy"}])
+        self.assertNotIn("resultType", body["result"])
+
+    def test_initialized_notification_is_accepted(self) -> None:
+        response = self.post(initialize_request())
+        session_id = response.headers["mcp-session-id"]
+        accepted = self.post(notification("notifications/initialized"), self.session(session_id))
+        self.assertEqual(accepted.status, 202)
+        self.assertEqual(accepted.body, b"")
+        self.assertTrue(self.server.sessions.get(session_id).initialized)  # type: ignore[union-attr]
+
+    def test_delete_ends_session(self) -> None:
+        session_id = self.initialize()
+        self.assertEqual(self.fetch("DELETE", self.session(session_id)).status, 200)
+        self.assertNotIn(session_id, self.server.sessions)
+        self.assertEqual(self.post(request("tools/list"), self.session(session_id)).status, 404)
+        self.assertEqual(self.fetch("DELETE", self.session(session_id)).status, 404)
+
+    def test_delete_ends_open_stream(self) -> None:
+        session_id = self.initialize()
+        stream = self.open("GET", self.session(session_id), accept=SSE_ONLY)
+        self.assertFalse(stream.response.complete)
+        self.fetch("DELETE", self.session(session_id))
+        self.assertTrue(stream.response.complete)
+
+    def test_delete_cancels_pending_calls(self) -> None:
+        session_id = self.initialize()
+        self.open("POST", self.session(session_id), call("test.hold"))
+        self.fetch("DELETE", self.session(session_id))
+        self.assertTrue(self.tools.last.cancelled)
+
+    def test_batch_in_2025_03_26(self) -> None:
+        session_id = self.initialize("2025-03-26")
+        batch = [
+            request("ping", request_id=1),
+            notification("notifications/progress", {"progressToken": 1, "progress": 1}),
+            call("test.echo", {"text": "b"}, request_id=2),
+        ]
+        response = self.post(batch, self.session(session_id, "2025-03-26"))
+        self.assertEqual(response.status, 200)
+        replies = response.json()
+        self.assertEqual([reply["id"] for reply in replies], [1, 2])
+        self.assertValid("2025-03-26", replies[0], "ping")
+        self.assertValid("2025-03-26", replies[1], "tools/call")
+        self.assertEqual(replies[1]["result"]["content"], [{"type": "text", "text": "b"}])
+
+
+class LegacyExpiryTests(HTTPTestCase):
+    """Idle sessions end after ``session_timeout``; one with a reader stays."""
+
+    def make_server(self) -> Server:
+        server = make_server(session_timeout=10.0)
+        server.sessions.start()
+        return server
+
+    def test_idle_session_expires(self) -> None:
+        session_id = self.initialize()
+        self.server.clock.pump([1.0] * 9)
+        self.assertEqual(self.post(request("ping"), self.session(session_id)).status, 200)
+        self.server.clock.pump([1.0] * 12)
+        self.assertNotIn(session_id, self.server.sessions)
+        self.assertEqual(self.post(request("ping"), self.session(session_id)).status, 404)
+
+    def test_session_with_open_stream_is_kept(self) -> None:
+        kept = self.initialize()
+        idle = self.initialize()
+        stream = self.open("GET", self.session(kept), accept=SSE_ONLY)
+        self.server.clock.pump([1.0] * 30)
+        self.assertNotIn(idle, self.server.sessions)
+        self.assertIn(kept, self.server.sessions)
+        self.assertEqual(self.post(request("ping"), self.session(kept)).status, 200)
+        stream.disconnect()
+        self.server.clock.pump([1.0] * 30)
+        self.assertNotIn(kept, self.server.sessions)
+
+    def test_session_expires_after_call_whose_client_left(self) -> None:
+        session_id = self.initialize()
+        connection = self.open("POST", self.session(session_id), call("test.hold", progressToken=1))
+        connection.disconnect()
+        self.tools.last.progress(1)
+        self.tools.last.finish()
+        self.server.clock.pump([1.0] * 15)
+        self.assertNotIn(session_id, self.server.sessions)
+
+
+class LegacyStreamTests(HTTPTestCase):
+    """The standalone GET stream, SSE answers with event ids, and resumption."""
+
+    def test_get_needs_event_stream(self) -> None:
+        session_id = self.initialize()
+        self.assertEqual(self.fetch("GET", {"Accept": "application/json", **self.session(session_id)}).status, 406)
+
+    def test_get_without_session(self) -> None:
+        self.assertEqual(self.fetch("GET", {"Accept": SSE_ONLY}).status, 400)
+        self.assertEqual(self.fetch("GET", {"Accept": SSE_ONLY, **self.session("gone")}).status, 404)
+
+    def test_get_opens_primed_stream(self) -> None:
+        session_id = self.initialize()
+        stream = self.open("GET", self.session(session_id), accept=SSE_ONLY)
+        response = stream.response
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["content-type"], "text/event-stream")
+        self.assertFalse(response.complete)
+        [priming] = response.events
+        self.assertTrue(priming.id)
+        self.assertEqual(priming.data, "")
+        self.assertIsNotNone(priming.retry)
+
+    def test_older_versions_are_not_primed(self) -> None:
+        session_id = self.initialize("2025-06-18")
+        stream = self.open("GET", self.session(session_id), accept=SSE_ONLY)
+        self.assertEqual(stream.response.status, 200)
+        self.assertEqual(stream.response.events, [])
+
+    def test_second_get_conflicts(self) -> None:
+        session_id = self.initialize()
+        first = self.open("GET", self.session(session_id), accept=SSE_ONLY)
+        self.assertEqual(self.fetch("GET", {"Accept": SSE_ONLY, **self.session(session_id)}).status, 409)
+        first.disconnect()
+        self.assertEqual(self.open("GET", self.session(session_id), accept=SSE_ONLY).response.status, 200)
+
+    def test_progress_answers_as_sse_with_event_ids(self) -> None:
+        session_id = self.initialize()
+        response = self.post(call("test.progress", request_id=8, progressToken="tok"), self.session(session_id))
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["content-type"], "text/event-stream")
+        self.assertEqual(response.events[0].data, "")  # priming
+        *notes, result = self.messages(LATEST_LEGACY, response.events, "tools/call")
+        self.assertEqual([note["params"]["progress"] for note in notes], [1, 2])
+        self.assertEqual(result["id"], 8)
+        ids = [event.id for event in response.events]
+        self.assertTrue(all(ids), ids)
+        self.assertEqual(len(set(ids)), len(ids))
+
+    def test_event_ids_unique_across_streams(self) -> None:
+        session_id = self.initialize()
+        first = self.post(call("test.progress", progressToken=1), self.session(session_id))
+        second = self.post(call("test.progress", progressToken=1), self.session(session_id))
+        ids = [event.id for event in first.events + second.events]
+        self.assertEqual(len(set(ids)), len(ids), ids)
+
+    def test_resumption_replays_missed_events_of_that_stream(self) -> None:
+        session_id = self.initialize()
+        dropped = self.open("POST", self.session(session_id), call("test.hold", request_id=1, progressToken="a"))
+        first_call = self.tools.last
+        first_call.progress(1)
+        other = self.open("POST", self.session(session_id), call("test.hold", request_id=2, progressToken="b"))
+        other_call = self.tools.last
+        other_call.progress(1)
+        seen = dropped.response.events
+        [note] = self.messages(LATEST_LEGACY, seen)  # after the priming event
+        self.assertEqual(note["params"]["progressToken"], "a")
+        dropped.disconnect()
+
+        first_call.progress(2)
+        other_call.progress(2)
+        first_call.finish("first done")
+        self.assertFalse(first_call.cancelled)
+        other_call.finish("other done")
+
+        resumed = self.open("GET", {"Last-Event-ID": seen[-1].id, **self.session(session_id)}, accept=SSE_ONLY)
+        response = resumed.response
+        self.assertEqual(response.status, 200)
+        self.assertTrue(response.complete)
+        self.assertTrue(all(event.data for event in response.events), "no priming on a resumed stream")
+        note, answer = self.messages(LATEST_LEGACY, response.events, "tools/call")
+        self.assertEqual(note["params"], {"progressToken": "a", "progress": 2, "total": 10})
+        self.assertEqual(answer["id"], 1)
+        self.assertEqual(answer["result"]["content"], [{"type": "text", "text": "first done"}])
+        self.assertEqual(len({event.id for event in seen + response.events}), 4)
+        # The other stream went on undisturbed.
+        *notes, other_answer = self.messages(LATEST_LEGACY, other.response.events, "tools/call")
+        self.assertEqual([note["params"]["progress"] for note in notes], [1, 2])
+        self.assertEqual(other_answer["result"]["content"], [{"type": "text", "text": "other done"}])
+
+    def test_resumption_with_unknown_event_id(self) -> None:
+        session_id = self.initialize()
+        response = self.fetch("GET", {"Accept": SSE_ONLY, "Last-Event-ID": "nope.3", **self.session(session_id)})
+        self.assertEqual(response.status, 404)
+
+    def test_disconnect_does_not_cancel(self) -> None:
+        session_id = self.initialize()
+        connection = self.open("POST", self.session(session_id), call("test.hold"))
+        connection.disconnect()
+        self.assertFalse(self.tools.last.cancelled)
+        self.tools.last.finish()
+        self.assertNotIn(1, self.server.sessions.get(session_id).in_flight)  # type: ignore[union-attr]
+
+
+class PostLimitTests(HTTPTestCase):
+    """What a POST must look like before anything reads it."""
+
+    def make_server(self) -> Server:
+        return make_server(max_message_size=1024)
+
+    def test_accept_without_json_or_event_stream(self) -> None:
+        response = self.post(initialize_request(), accept="text/html")
+        self.assertEqual(response.status, 406)
+        self.assertEqual(len(self.server.sessions), 0)
+
+    def test_wrong_content_type(self) -> None:
+        response = self.post(initialize_request(), content_type="text/plain")
+        self.assertEqual(response.status, 415)
+        self.assertEqual(len(self.server.sessions), 0)
+
+    def test_body_too_large(self) -> None:
+        message = modern_request("tools/call", {"name": "test.echo", "arguments": {"text": "x" * 2000}})
+        response = self.post(message, modern_headers("tools/call", "test.echo"))
+        self.assertEqual(response.status, 413)
+
+    def test_body_at_limit_is_served(self) -> None:
+        message = modern_request("tools/call", {"name": "test.echo", "arguments": {"text": ""}})
+        size = len(json.dumps(message))
+        message["params"]["arguments"]["text"] = "x" * (1024 - size)
+        response = self.post(message, modern_headers("tools/call", "test.echo"))
+        self.assertEqual(response.status, 200)
+        self.assertValid(MODERN, response.json(), "tools/call")
+
+
+# -- the resource tree ----------------------------------------------------------------------------
+
+
+class SiteTests(HTTPTestCase):
+    """`/` and `/mcp` are MCP, `/health` answers JSON, the rest is 404; the Origin guard is on."""
+
+    def test_health(self) -> None:
+        response = self.fetch("GET", url="http://localhost:8765/health")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["content-type"], "application/json")
+        body = response.json()
+        self.assertEqual(body["status"], "healthy")
+        self.assertEqual(body["tools_count"], 3)
+
+    def test_unknown_path(self) -> None:
+        self.assertEqual(self.fetch("GET", url="http://localhost:8765/nowhere").status, 404)
+
+    def test_root_and_mcp_both_serve_mcp(self) -> None:
+        for url in ("http://localhost:8765/", "http://localhost:8765/mcp"):
+            response = self.post(modern_request("server/discover"), modern_headers("server/discover"), url=url)
+            self.assertEqual(response.status, 200, url)
+            self.assertValid(MODERN, response.json(), "server/discover")
+
+    def test_foreign_origin_is_refused(self) -> None:
+        headers = {"Origin": "https://evil.example", **modern_headers("server/discover")}
+        response = self.post(modern_request("server/discover"), headers)
+        self.assertEqual(response.status, 403)
+        self.assertIn("Forbidden", response.json()["error"])
