@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ log = Logger(namespace="mcpd.policy")
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or an address, IPv6 possibly in brackets) is this machine."""
     host = host.strip("[]").lower()
@@ -38,6 +40,18 @@ def _host_of(authority: str) -> str:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
+def _arrived_on_loopback(request: Request) -> bool:
+    """Whether the connection carrying ``request`` was accepted on a loopback address
+    (remembered on the connection: a getsockname per request shows in profiles)."""
+    channel = request.channel
+    local = getattr(channel, "_mcpd_loopback", None)
+    if local is None:
+        local = is_loopback(getattr(request.getHost(), "host", ""))
+        if channel is not None:
+            channel._mcpd_loopback = local
+    return local
+
+
 class OriginGuard(Resource):
     """Refuses cross-site browser requests: DNS-rebinding protection.
 
@@ -57,7 +71,7 @@ class OriginGuard(Resource):
 
     def render(self, request: Request) -> bytes | int:
         origin = request.getHeader("origin")
-        local = is_loopback(getattr(request.getHost(), "host", ""))
+        local = _arrived_on_loopback(request)
         host = request.getHeader("host") or ""
         if local and host and not is_loopback(_host_of(host)):
             return self._forbidden(request, f"Host {host!r} is not a name of this loopback server")
