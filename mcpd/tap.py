@@ -136,6 +136,20 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
+class EngineService(Service):
+    """On shutdown, cancels every call still in flight before the thread pool is stopped, so
+    handlers that watch for cancellation end and the pool's threads can be joined."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.engine.in_flight:
+            log.info("Cancelling {count} call(s) in flight", count=self.engine.in_flight)
+        self.engine.cancel_all()
+
+
 class SessionService(Service):
     """Expires idle legacy sessions while running; ends them all on shutdown."""
 
@@ -233,6 +247,8 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     ThreadPoolService(pool).setServiceParent(root)
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
     engine = Engine(registry, runtime=runtime, thread_pool=pool, page_size=settings.page_size, tracer=tracer)
+    # Children stop in reverse order: transports, then the engine's calls, then the pool.
+    EngineService(engine).setServiceParent(root)
     if settings.stdio:
         runtime.transports.append("stdio")
         StdioService(engine, settings.max_message_size).setServiceParent(root)

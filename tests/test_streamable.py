@@ -840,6 +840,20 @@ class LegacyStreamTests(HTTPTestCase):
         response = self.fetch("GET", {"Accept": SSE_ONLY, "Last-Event-ID": "nope.3", **self.session(session_id)})
         self.assertEqual(response.status, 404)
 
+    def test_cancelled_request_gets_an_empty_stream(self) -> None:
+        # basic/utilities/cancellation: no result after notifications/cancelled; the POST that
+        # carried the request is still answered as an event stream (transports §Sending Messages).
+        session_id = self.initialize()
+        connection = self.open("POST", self.session(session_id), call("test.hold", request_id=5))
+        cancel = notification("notifications/cancelled", {"requestId": 5, "reason": "user"})
+        self.assertEqual(self.post(cancel, self.session(session_id)).status, 202)
+        self.assertTrue(self.tools.last.cancelled)
+        response = connection.response
+        self.assertTrue(response.complete)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["content-type"], "text/event-stream")
+        self.assertEqual([event for event in response.events if event.data], [])
+
     def test_disconnect_does_not_cancel(self) -> None:
         session_id = self.initialize()
         connection = self.open("POST", self.session(session_id), call("test.hold"))

@@ -133,6 +133,7 @@ class Engine:
         self.list_ttl_ms = list_ttl_ms
         self.server_info = {"name": "mcpd", "title": "mcpd", "version": __version__}
         self.capabilities: dict[str, Any] = {"tools": {"listChanged": False}}
+        self._pending: set[Deferred[Any]] = set()
         self._legacy: dict[str, Callable[[Request], Any]] = {
             "initialize": self._initialize,
             "ping": self._ping,
@@ -236,14 +237,36 @@ class Engine:
         except Exception:
             return succeed(self._internal_error(request_id, method, Failure()))
         d = result if isinstance(result, Deferred) else succeed(result)
-        session = exchange.session
-        if session is not None and not d.called:
-            session.in_flight[request_id] = d
-            d.addBoth(_forget, session, request_id)
+        if not d.called:
+            self._track(d, exchange.session, request_id)
         modern = request.modern
         return d.addCallbacks(
             self._respond, self._respond_failure, callbackArgs=(request_id, modern), errbackArgs=(request_id, method)
         )
+
+    def _track(self, d: Deferred[Any], session: Session | None, request_id: Any) -> None:
+        """Remember a request still being served, for cancellation and for shutdown."""
+        self._pending.add(d)
+        if session is not None:
+            session.in_flight[request_id] = d
+
+        def forget(result: Any) -> Any:
+            self._pending.discard(d)
+            if session is not None and session.in_flight.get(request_id) is d:
+                del session.in_flight[request_id]
+            return result
+
+        d.addBoth(forget)
+
+    @property
+    def in_flight(self) -> int:
+        """How many requests are being served right now."""
+        return len(self._pending)
+
+    def cancel_all(self) -> None:
+        """Cancel every request still being served, whatever its transport (shutdown)."""
+        for d in list(self._pending):
+            d.cancel()
 
     def _respond(self, result: Any, request_id: Any, modern: bool) -> dict[str, Any]:
         if modern and "resultType" not in result:
@@ -489,11 +512,6 @@ def _valid_id(value: Any) -> bool:
 
 def _readable_id(value: Any) -> Any:
     return value if _valid_id(value) else None
-
-
-def _forget(result: Any, session: Session, request_id: Any) -> Any:
-    session.in_flight.pop(request_id, None)
-    return result
 
 
 def _decode_header_value(value: str | None) -> str | None:

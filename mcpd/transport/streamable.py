@@ -298,7 +298,13 @@ class _Reply:
     def _json_body(self, response: Any) -> bytes:
         request = self.request
         if response is None:
-            # Notifications and client responses (or a request cancelled meanwhile).
+            if self.exchange.method is not None and self.accepts_sse:
+                # A request cancelled meanwhile: a POST carrying a request is answered with an
+                # event stream or JSON (2025-11-25 transports §Sending Messages), so close an
+                # empty stream: the result is never sent (basic/utilities/cancellation).
+                start_sse(request)
+                return b""
+            # Notifications and client responses.
             request.setResponseCode(202)
             return b""
         self._session_header()

@@ -1,0 +1,336 @@
+# -*- test-case-name: tests.test_integration -*-
+"""Fixtures for integration tests that run the real daemon in a subprocess.
+
+`start_daemon` launches ``twistd -n --pidfile= mcpd …`` (or the ``mcpd`` script) from the venv the
+tests run in, with its working directory, logs, protocol trace and tool events in a test's temp
+dir, and waits (bounded) until its port answers. `stdio_parameters` describes ``mcpd --stdio`` for
+the MCP SDK's stdio client. `DaemonTestMixin` ties both to a trial test: daemons are stopped when
+the test ends, every trace is validated against the official schemas, and a failure shows the
+daemon's logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import attrs
+
+from mcpd.settings import KNOBS
+from tests.fixture_pack import EVENTS_ENV
+from tests.schema_check import assert_trace_valid
+
+if TYPE_CHECKING:
+    from mcp.client.stdio import StdioServerParameters
+    from twisted.python.failure import Failure
+
+VENV_BIN = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TWISTD = str(VENV_BIN / "twistd")
+MCPD = str(VENV_BIN / "mcpd")
+PYTHON = sys.executable
+
+FIXTURE_PACK = "tests.fixture_pack"
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+_LOG_TAIL = 60
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (it may be taken again later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a TCP connection to ``host:port`` is accepted."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def daemon_env(workdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a daemon under test.
+
+    The runner's own mcpd settings (PORT, TRACE_FILE, …) are dropped so they cannot leak in; the
+    repo root is put on PYTHONPATH (for ``tests.fixture_pack``) and `EVENTS_ENV` points into
+    ``workdir``.
+    """
+    env = {name: value for name, value in os.environ.items() if name not in {knob.env for knob in KNOBS}}
+    env.update(required_env(workdir))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def required_env(workdir: Path) -> dict[str, str]:
+    """The variables every daemon under test needs, and nothing else (for the SDK's stdio client,
+    which passes only these over a small safe environment)."""
+    path = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"PYTHONPATH": os.pathsep.join(path), EVENTS_ENV: str(workdir / "events.txt")}
+
+
+def log_tails(workdir: Path, tail: int = _LOG_TAIL) -> str:
+    """The last lines of every log and of the events file in ``workdir``, for a failure message."""
+    parts = []
+    for path in sorted(workdir.glob("*.log")) + sorted(workdir.glob("events.txt")):
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as e:
+            lines = [f"(cannot read: {e})"]
+        shown = lines[-tail:]
+        skipped = f" (last {tail} of {len(lines)} lines)" if len(lines) > tail else ""
+        parts.append(f"--- {path}{skipped} ---\n" + "\n".join(shown))
+    return "\n".join(parts) or f"(no logs in {workdir})"
+
+
+@attrs.define
+class Daemon:
+    """One daemon process under test."""
+
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    name: str
+    port: int | None
+    trace: Path
+
+    @property
+    def url(self) -> str:
+        """The Streamable HTTP endpoint."""
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    @property
+    def events(self) -> Path:
+        return self.workdir / "events.txt"
+
+    def log(self, stream: str = "stderr") -> str:
+        """What the daemon wrote to ``stream`` so far."""
+        return (self.workdir / f"{self.name}.{stream}.log").read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return self.process.returncode
+
+
+class DaemonStartError(Exception):
+    """The daemon exited, or its port did not answer in time; the message carries its logs."""
+
+
+def start_daemon(
+    workdir: Path,
+    args: Sequence[str],
+    *,
+    command: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    pick_port: bool = True,
+    timeout: float = START_TIMEOUT,
+    name: str = "daemon",
+) -> Daemon:
+    """Start a daemon in ``workdir`` and wait until its port answers.
+
+    ``command`` defaults to ``twistd -n --pidfile= mcpd``. With ``pick_port`` (and no ``port``)
+    a free port is chosen and passed as ``--port``, retried if another process takes it first;
+    pass ``port`` (and ``pick_port=False``) when the arguments, the environment or a config file
+    name the port themselves. Every daemon writes its protocol trace to ``workdir/<name>.trace.jsonl``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = list(command) if command is not None else [TWISTD, "-n", "--pidfile=", "mcpd"]
+    trace = workdir / f"{name}.trace.jsonl"
+    for _attempt in range(3):
+        chosen = port if port is not None else (free_port() if pick_port else None)
+        port_args = ["--port", str(chosen)] if pick_port and port is None else []
+        argv = [*base, *port_args, "--trace-file", str(trace), *args]
+        with open(workdir / f"{name}.stdout.log", "wb") as out, open(workdir / f"{name}.stderr.log", "wb") as err:
+            (workdir / f"{name}.argv.log").write_text(" ".join(argv) + "\n", encoding="utf-8")
+            process = subprocess.Popen(
+                argv, cwd=workdir, env=daemon_env(workdir, env), stdin=subprocess.DEVNULL, stdout=out, stderr=err
+            )
+        daemon = Daemon(process, workdir, name, chosen, trace)
+        if chosen is None:
+            return daemon
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            if port_answers(chosen):
+                return daemon
+            time.sleep(0.05)
+        exited = process.poll()
+        daemon.stop()
+        in_use = "Address already in use" in daemon.log() + daemon.log("stdout")
+        if not (in_use and pick_port and port is None):
+            why = f"exited with {exited}" if exited is not None else f"did not answer within {timeout}s"
+            raise DaemonStartError(f"{' '.join(argv)}: {why} (port {chosen})\n{log_tails(workdir)}")
+    raise DaemonStartError(f"no free port found for {' '.join(argv)}\n{log_tails(workdir)}")
+
+
+class StdioProcess:
+    """A stdio server driven by hand: raw lines in, bounded reads of raw lines out.
+
+    stdout is a pipe the test reads; stderr goes to ``<name>.stderr.log`` in the work dir.
+    """
+
+    def __init__(self, argv: Sequence[str], workdir: Path, name: str = "stdio") -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / f"{name}.argv.log").write_text(" ".join(argv) + "\n", encoding="utf-8")
+        self.stderr_path = workdir / f"{name}.stderr.log"
+        with open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(
+                argv, cwd=workdir, env=daemon_env(workdir), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+            )
+        self._buffer = b""
+        self.stdout_lines: list[bytes] = []
+
+    def send(self, message: Any) -> None:
+        """Write one message (or raw bytes, sent as they are) to the server's stdin."""
+        assert self.process.stdin is not None
+        data = message if isinstance(message, bytes) else json.dumps(message).encode() + b"\n"
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def receive(self, timeout: float = 5.0) -> Any:
+        """The next stdout line as JSON; `TimeoutError` if none arrives in time, `EOFError` at EOF."""
+        return json.loads(self.readline(timeout))
+
+    def readline(self, timeout: float = 5.0) -> bytes:
+        """The next raw stdout line, without its newline."""
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no line on stdout within {timeout}s (so far: {self._buffer[:200]!r})")
+            if select.select([fd], [], [], remaining)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise EOFError(f"stdout closed (unterminated: {self._buffer[:200]!r})")
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        self.stdout_lines.append(line)
+        return line
+
+    def close_stdin(self) -> None:
+        """End the client's side: the server must exit."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Read stdout to its end and wait for the exit; `TimeoutError` if either takes too long."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self.readline(max(0.0, deadline - time.monotonic()))
+        except EOFError:
+            if self._buffer:
+                self.stdout_lines.append(self._buffer)
+                self._buffer = b""
+        try:
+            return self.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"still running {timeout}s after stdout closed") from None
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def kill(self) -> None:
+        """Make sure the process is gone and its pipes closed (a cleanup)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+
+
+def stdio_parameters(workdir: Path, args: Sequence[str] = (), name: str = "stdio") -> StdioServerParameters:
+    """How the SDK's stdio client launches ``mcpd --stdio`` with the fixture pack and a trace."""
+    from mcp.client.stdio import StdioServerParameters
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = ["--stdio", "--tool-pack", FIXTURE_PACK, "--trace-file", str(workdir / f"{name}.trace.jsonl"), *args]
+    (workdir / f"{name}.argv.log").write_text(" ".join([MCPD, *argv]) + "\n", encoding="utf-8")
+    return StdioServerParameters(command=MCPD, args=argv, env=required_env(workdir), cwd=str(workdir))
+
+
+class DaemonTestMixin:
+    """For `twisted.trial.unittest.TestCase`: daemons and stdio servers that clean up after themselves.
+
+    Every trace file a test's daemons wrote is validated with `assert_trace_valid` once the test
+    is over (after its daemons stopped).
+    """
+
+    mktemp: Callable[[], str]
+    addCleanup: Callable[..., None]
+    failureException: type[AssertionError]
+
+    _workdir: Path | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """This test's own directory: cwd, logs, traces and events of its daemons."""
+        if self._workdir is None:
+            self._workdir = Path(self.mktemp()).resolve()
+            self._workdir.mkdir(parents=True)
+            self.addCleanup(self._validate_traces)
+        return self._workdir
+
+    @property
+    def events(self) -> Path:
+        """The file the fixture pack's handlers record their events in."""
+        return self.workdir / "events.txt"
+
+    def start_daemon(self, *args: str, fixture_pack: bool = True, **kwargs: Any) -> Daemon:
+        """`start_daemon` in this test's dir (with the fixture pack); stopped when the test ends."""
+        packs = ["--tool-pack", FIXTURE_PACK] if fixture_pack else []
+        daemon = start_daemon(self.workdir, [*packs, *args], **kwargs)
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    def spawn_stdio(self, *argv: str, name: str = "stdio") -> StdioProcess:
+        """A `StdioProcess` for ``argv`` plus a trace file; killed when the test ends."""
+        trace = self.workdir / f"{name}.trace.jsonl"
+        process = StdioProcess([*argv, "--trace-file", str(trace)], self.workdir, name)
+        self.addCleanup(process.kill)
+        return process
+
+    def stdio_parameters(self, *args: str, name: str = "stdio") -> StdioServerParameters:
+        """`stdio_parameters` in this test's dir."""
+        return stdio_parameters(self.workdir, args, name)
+
+    def errlog(self, name: str = "stdio") -> IO[str]:
+        """A file in this test's dir for a stdio server's stderr (closed when the test ends)."""
+        f = open(self.workdir / f"{name}.stderr.log", "w", encoding="utf-8")  # noqa: SIM115
+        self.addCleanup(f.close)
+        return f
+
+    def explain(self, failure: Failure) -> None:
+        """An errback: fail again with the daemons' logs appended to the original failure."""
+        raise self.failureException(f"{failure.getTraceback()}\n{log_tails(self.workdir)}")
+
+    def _validate_traces(self) -> None:
+        assert self._workdir is not None
+        for trace in sorted(self._workdir.glob("*.trace.jsonl")):
+            assert_trace_valid(self, str(trace))  # type: ignore[arg-type]
