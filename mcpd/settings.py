@@ -205,9 +205,7 @@ def resolve(
             values[knob.name] = _parse(knob, raw)
         except ValueError as e:
             raise SettingError(f"{where}: {e}") from None
-    port_given = (
-        flags.get("port") is not None or "PORT" in environ or "PORT" in file_values
-    )
+    port_given = flags.get("port") is not None or "PORT" in environ or "PORT" in file_values
     return Settings(**values, stdio=stdio, port_given=port_given)
 
 

@@ -167,9 +167,7 @@ def _index(version: str) -> _Index:
         modern="resultType" in defs["Result"].get("required", []),
         error_response=first("JSONRPCErrorResponse", "JSONRPCError"),
         result_response=first("JSONRPCResultResponse", "JSONRPCResponse"),
-        batch_response="JSONRPCBatchResponse"
-        if "JSONRPCBatchResponse" in defs
-        else None,
+        batch_response="JSONRPCBatchResponse" if "JSONRPCBatchResponse" in defs else None,
         result_for_method=result_for_method,
         input_required_methods=frozenset(input_required),
         server_notifications=by_method("ServerNotification"),
@@ -208,18 +206,11 @@ def _describe(error: ValidationError, prefix: str) -> str:
 
 def _check(version: str, name: str, instance: Any, prefix: str = "$") -> list[str]:
     """Validate ``instance`` against definition ``name``; describe the failures."""
-    errors = sorted(
-        _validator(version, name).iter_errors(instance), key=lambda e: e.json_path
-    )
-    return [
-        f"{name} ({version}): {_describe(e, prefix)}"
-        for e in errors[:_MAX_ERRORS_PER_DEFINITION]
-    ]
+    errors = sorted(_validator(version, name).iter_errors(instance), key=lambda e: e.json_path)
+    return [f"{name} ({version}): {_describe(e, prefix)}" for e in errors[:_MAX_ERRORS_PER_DEFINITION]]
 
 
-def validate_message(
-    version: str, message: dict[str, Any], request_method: str | None = None
-) -> list[str]:
+def validate_message(version: str, message: dict[str, Any], request_method: str | None = None) -> list[str]:
     """Validate one message mcpd sent, under ``version``; return the problems.
 
     ``request_method`` is the method of the request a response answers, when
@@ -279,9 +270,7 @@ def _check_error_code(index: _Index, message: dict[str, Any]) -> list[str]:
     return _check(index.version, name, error, "$.error")
 
 
-def _check_result(
-    index: _Index, message: dict[str, Any], request_method: str | None
-) -> list[str]:
+def _check_result(index: _Index, message: dict[str, Any], request_method: str | None) -> list[str]:
     version = index.version
     problems = _check(version, index.result_response, message)
     result = message.get("result")
@@ -298,15 +287,11 @@ def _check_result(
     name = index.result_for_method[request_method]
     if index.modern and result_type == "input_required":
         if request_method not in index.input_required_methods:
-            problems.append(
-                f"{request_method!r} may not answer input_required in {version}"
-            )
+            problems.append(f"{request_method!r} may not answer input_required in {version}")
             return problems
         name = "InputRequiredResult"
         if "inputRequests" not in result and "requestState" not in result:
-            problems.append(
-                "InputRequiredResult has neither inputRequests nor requestState"
-            )
+            problems.append("InputRequiredResult has neither inputRequests nor requestState")
     elif "task" in result and "CreateTaskResult" in index.defs:
         name = "CreateTaskResult"  # answer to a task-augmented request
     return problems + _check(version, name, result, "$.result")
@@ -354,28 +339,21 @@ def _trace_problems(path: str) -> tuple[list[str], int]:
             for item in items:
                 if isinstance(item, dict) and "id" in item and not _is_response(item):
                     method = item.get("method")
-                    requests[_id_key(item["id"])] = (
-                        method if isinstance(method, str) else None
-                    )
+                    requests[_id_key(item["id"])] = method if isinstance(method, str) else None
             continue
         outs += 1
         if batch and not message:
             problems.append(f"{where}: empty batch")
         elif batch and version is not None and _index(version).batch_response is None:
-            problems.append(
-                f"{where}: JSON-RPC batch sent, but {version} has no batches"
-            )
+            problems.append(f"{where}: JSON-RPC batch sent, but {version} has no batches")
         for item in items:
             problems += [
-                f"{where}, method {method or '?'}: {problem}"
-                for method, problem in _check_out(version, item, requests)
+                f"{where}, method {method or '?'}: {problem}" for method, problem in _check_out(version, item, requests)
             ]
     return problems, outs
 
 
-def _check_out(
-    version: str | None, message: Any, requests: dict[str, str | None]
-) -> list[tuple[str | None, str]]:
+def _check_out(version: str | None, message: Any, requests: dict[str, str | None]) -> list[tuple[str | None, str]]:
     """Validate one sent message; return ``(method, problem)`` pairs."""
     if not isinstance(message, dict):
         return [(None, f"message is not a JSON object: {_short(repr(message))}")]
@@ -387,9 +365,7 @@ def _check_out(
         if key in requests:
             method = requests.pop(key)
         else:
-            problems.append(
-                f"answers id {message['id']!r}, which no pending request carried"
-            )
+            problems.append(f"answers id {message['id']!r}, which no pending request carried")
     if version is None:
         if not is_response or "error" not in message:
             problems.append("version not known yet, but the message is not an error")

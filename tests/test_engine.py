@@ -25,13 +25,13 @@ from mcpd.protocol.session import Session
 from mcpd.protocol.trace import Tracer
 from mcpd.protocol.versions import (
     ALL_VERSIONS,
-    MODERN_VERSIONS,
     LATEST_LEGACY,
     LEGACY_VERSIONS,
     META_CLIENT_CAPABILITIES,
     META_CLIENT_INFO,
     META_PROTOCOL_VERSION,
     META_SERVER_INFO,
+    MODERN_VERSIONS,
 )
 from mcpd.tools import Caller, ToolContext, ToolError, ToolPack, ToolRegistry
 from tests.schema_check import assert_trace_valid, validate_message

@@ -40,8 +40,7 @@ CALL_TOOL_RESPONSE: dict[str, Any] = {
         "content": [
             {
                 "type": "text",
-                "text": "Current weather in New York:\nTemperature: 72°F\n"
-                "Conditions: Partly cloudy",
+                "text": "Current weather in New York:\nTemperature: 72°F\nConditions: Partly cloudy",
             }
         ],
         "isError": False,
@@ -146,9 +145,7 @@ class ValidateMessageTests(SynchronousTestCase):
         """A valid InitializeResult passes in every handshake version."""
         for version in versions():
             if version != MODERN:
-                self.assertEqual(
-                    validate_message(version, INITIALIZE_RESPONSE, "initialize"), []
-                )
+                self.assertEqual(validate_message(version, INITIALIZE_RESPONSE, "initialize"), [])
 
     def test_initialize_result_missing_server_info(self) -> None:
         """The specific result definition is applied, not only the envelope."""
@@ -162,12 +159,8 @@ class ValidateMessageTests(SynchronousTestCase):
 
     def test_list_tools_missing_tools(self) -> None:
         """A ListToolsResult without 'tools' fails in every version."""
-        self.assertEqual(
-            validate_message(LEGACY, _legacy_list_tools(), "tools/list"), []
-        )
-        self.assertEqual(
-            validate_message(MODERN, LIST_TOOLS_RESPONSE, "tools/list"), []
-        )
+        self.assertEqual(validate_message(LEGACY, _legacy_list_tools(), "tools/list"), [])
+        self.assertEqual(validate_message(MODERN, LIST_TOOLS_RESPONSE, "tools/list"), [])
         for version, message in (
             (LEGACY, _legacy_list_tools()),
             (MODERN, LIST_TOOLS_RESPONSE),
@@ -175,9 +168,7 @@ class ValidateMessageTests(SynchronousTestCase):
             broken = copy.deepcopy(message)
             del broken["result"]["tools"]
             problems = validate_message(version, broken, "tools/list")
-            self.assertTrue(
-                any("ListToolsResult" in p and "'tools'" in p for p in problems)
-            )
+            self.assertTrue(any("ListToolsResult" in p and "'tools'" in p for p in problems))
 
     def test_modern_result_type(self) -> None:
         """A 2026-07-28 CallToolResult needs resultType; legacy ones do not."""
@@ -211,15 +202,11 @@ class ValidateMessageTests(SynchronousTestCase):
                 broken = copy.deepcopy(message)
                 broken["result"]["tools"][0]["inputSchema"] = bad
                 problems = validate_message(version, broken, "tools/list")
-                self.assertTrue(
-                    any("inputSchema" in p for p in problems), (version, bad)
-                )
+                self.assertTrue(any("inputSchema" in p for p in problems), (version, bad))
 
     def test_discover(self) -> None:
         """server/discover maps to DiscoverResult."""
-        self.assertEqual(
-            validate_message(MODERN, DISCOVER_RESPONSE, "server/discover"), []
-        )
+        self.assertEqual(validate_message(MODERN, DISCOVER_RESPONSE, "server/discover"), [])
         broken = copy.deepcopy(DISCOVER_RESPONSE)
         del broken["result"]["supportedVersions"]
         problems = validate_message(MODERN, broken, "server/discover")
@@ -302,9 +289,7 @@ class ValidateMessageTests(SynchronousTestCase):
 
     def test_unknown_version(self) -> None:
         """A version without a schema is a problem."""
-        self.assertTrue(
-            validate_message("1900-01-01", INITIALIZE_RESPONSE, "initialize")
-        )
+        self.assertTrue(validate_message("1900-01-01", INITIALIZE_RESPONSE, "initialize"))
 
     def test_mapping_from_schemas(self) -> None:
         """The method-to-result mapping comes from the schemas."""
@@ -312,16 +297,12 @@ class ValidateMessageTests(SynchronousTestCase):
             results = _index(version).result_for_method
             self.assertEqual(results["tools/list"], "ListToolsResult")
             self.assertEqual(results["prompts/get"], "GetPromptResult")
-        self.assertEqual(
-            _index(MODERN).result_for_method["server/discover"], "DiscoverResult"
-        )
+        self.assertEqual(_index(MODERN).result_for_method["server/discover"], "DiscoverResult")
         self.assertNotIn("initialize", _index(MODERN).result_for_method)
 
     def test_validators_cached(self) -> None:
         """Validators are compiled once."""
-        self.assertIs(
-            _validator(LEGACY, "ListToolsResult"), _validator(LEGACY, "ListToolsResult")
-        )
+        self.assertIs(_validator(LEGACY, "ListToolsResult"), _validator(LEGACY, "ListToolsResult"))
 
 
 class TraceTests(SynchronousTestCase):
@@ -357,9 +338,7 @@ class TraceTests(SynchronousTestCase):
                 {"jsonrpc": "2.0", "id": "list-tools-example", "method": "tools/list"},
             ),
             self.line("out", _legacy_list_tools()),
-            self.line(
-                "in", {"jsonrpc": "2.0", "id": 9, "method": "nope"}, MODERN, "x1"
-            ),
+            self.line("in", {"jsonrpc": "2.0", "id": 9, "method": "nope"}, MODERN, "x1"),
             self.line(
                 "out",
                 {"jsonrpc": "2.0", "id": 9, "error": {"code": -32601, "message": "no"}},
@@ -384,11 +363,7 @@ class TraceTests(SynchronousTestCase):
         )
         problems = validate_trace(path)
         self.assertEqual(len(problems), 1, problems)
-        self.assertTrue(
-            problems[0].startswith(
-                "line 4, peer 'p1', method tools/list: ListToolsResult"
-            )
-        )
+        self.assertTrue(problems[0].startswith("line 4, peer 'p1', method tools/list: ListToolsResult"))
         self.assertRaises(self.failureException, assert_trace_valid, self, path)
 
     def test_peers_and_batches(self) -> None:
@@ -447,9 +422,7 @@ class TraceTests(SynchronousTestCase):
             self.line("out", PROGRESS, None),
         )
         problems = validate_trace(path)
-        self.assertEqual(
-            [p.split(",")[0] for p in problems], ["line 2", "line 3"], problems
-        )
+        self.assertEqual([p.split(",")[0] for p in problems], ["line 2", "line 3"], problems)
 
     def test_malformed_lines(self) -> None:
         """Lines that are not trace entries are reported."""
@@ -466,9 +439,7 @@ class TraceTests(SynchronousTestCase):
 
     def test_no_out_line(self) -> None:
         """A trace with nothing sent makes assert_trace_valid fail."""
-        path = self.write(
-            self.line("in", {"jsonrpc": "2.0", "method": "notifications/initialized"})
-        )
+        path = self.write(self.line("in", {"jsonrpc": "2.0", "method": "notifications/initialized"}))
         self.assertEqual(validate_trace(path), [])
         self.assertRaises(self.failureException, assert_trace_valid, self, path)
 

@@ -163,10 +163,7 @@ class Engine:
         """Serve one decoded message or batch; fires with the response or None."""
         if self.tracer is not None:
             self._trace("in", exchange, message)
-        if isinstance(message, list):
-            d = self._batch(message, exchange)
-        else:
-            d = self._message(message, exchange)
+        d = self._batch(message, exchange) if isinstance(message, list) else self._message(message, exchange)
         if self.tracer is not None:
             d.addCallback(self._trace_response, exchange)
         return d
@@ -184,7 +181,11 @@ class Engine:
         version = session.version if session is not None else None
         if version not in BATCH_VERSIONS or not messages:
             # Only 2025-03-26 has batches (2025-06-18 changelog: batching removed).
-            why = "an empty batch" if messages == [] else f"batches are not supported in protocol version {version or 'negotiation'}"
+            why = (
+                "an empty batch"
+                if messages == []
+                else f"batches are not supported in protocol version {version or 'negotiation'}"
+            )
             return succeed(error_response(None, InvalidRequest(f"Invalid request: {why}").to_error()))
         exchange.version = version
         results = [self._message(message, exchange) for message in messages]
@@ -197,7 +198,9 @@ class Engine:
 
     def _message(self, message: Any, exchange: Exchange) -> Deferred[Any]:
         if not isinstance(message, dict):
-            return succeed(error_response(None, InvalidRequest("Invalid request: expected a JSON-RPC object").to_error()))
+            return succeed(
+                error_response(None, InvalidRequest("Invalid request: expected a JSON-RPC object").to_error())
+            )
         method = message.get("method")
         request_id = message.get("id")
         if method is None:
@@ -205,7 +208,9 @@ class Engine:
                 # A response to a server-to-client request; this server sends none yet.
                 log.info("Ignoring a response to request {id!r} that was never sent", id=request_id)
                 return succeed(None)
-            return succeed(error_response(_readable_id(request_id), InvalidRequest("Invalid request: no method").to_error()))
+            return succeed(
+                error_response(_readable_id(request_id), InvalidRequest("Invalid request: no method").to_error())
+            )
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
             return succeed(
                 error_response(
@@ -225,7 +230,9 @@ class Engine:
             )
         exchange.method = method
         if not isinstance(params, dict):
-            return succeed(error_response(request_id, InvalidParams("Invalid params: params must be an object").to_error()))
+            return succeed(
+                error_response(request_id, InvalidParams("Invalid params: params must be an object").to_error())
+            )
         try:
             request = self._route(request_id, method, params, exchange)
             handler = (self._modern if request.modern else self._legacy).get(method)
@@ -337,9 +344,9 @@ class Engine:
             if headers.get("mcp-method") != method:
                 raise HeaderMismatch("Mcp-Method header does not match the request's method")
             name_key = NAME_BEARING.get(method)
-            if name_key is not None and params.get(name_key) is not None:
-                if _decode_header_value(headers.get("mcp-name")) != params[name_key]:
-                    raise HeaderMismatch(f"Mcp-Name header does not match params.{name_key}")
+            named = params.get(name_key) if name_key is not None else None
+            if named is not None and _decode_header_value(headers.get("mcp-name")) != named:
+                raise HeaderMismatch(f"Mcp-Name header does not match params.{name_key}")
         if not isinstance(version, str):
             raise InvalidParams("Invalid params: the protocol version in params._meta must be a string")
         if version not in MODERN_VERSIONS:
@@ -458,12 +465,9 @@ class Engine:
 
         if failure.check(ToolError):
             return error_result(str(failure.value))
-        log.failure(
-            "Tool {tool} failed (request {id!r})", failure, tool=ctx.tool.name, id=ctx.request_id
-        )
+        log.failure("Tool {tool} failed (request {id!r})", failure, tool=ctx.tool.name, id=ctx.request_id)
         return error_result(
-            f"Tool {ctx.tool.name} failed unexpectedly; the server log has the details "
-            f"(request id {ctx.request_id!r})."
+            f"Tool {ctx.tool.name} failed unexpectedly; the server log has the details (request id {ctx.request_id!r})."
         )
 
     def _progress_sink(self, request: Request) -> Callable[[float, float | None, str | None], None] | None:

@@ -33,7 +33,9 @@ def start_sse(request: Request) -> None:
         request.setHeader(name, value)
 
 
-def format_event(data: bytes, event_id: str | None = None, event: str | None = "message", retry_ms: int | None = None) -> bytes:
+def format_event(
+    data: bytes, event_id: str | None = None, event: str | None = "message", retry_ms: int | None = None
+) -> bytes:
     """One SSE event; ``data`` must not contain newlines (our JSON never does)."""
     parts = []
     if event_id is not None:

@@ -106,7 +106,9 @@ class StreamableHTTP(Resource):
             return self._serve(request, exchange, body, accepts_sse, modern=True)
         return self._post_legacy(request, body, accepts_sse, version, caller)
 
-    def _post_legacy(self, request: Request, body: bytes, accepts_sse: bool, version: str | None, caller: Caller) -> bytes | int:
+    def _post_legacy(
+        self, request: Request, body: bytes, accepts_sse: bool, version: str | None, caller: Caller
+    ) -> bytes | int:
         session_id = request.getHeader(_SESSION_HEADER)
         if session_id is None:
             try:
@@ -256,9 +258,7 @@ class _Reply:
             if not self.accepts_sse or self.request.finished:
                 return  # a JSON-only client cannot receive it
             session = self.exchange.session
-            self.stream = (
-                session.new_stream() if isinstance(session, HTTPSession) else EventStream("x", replay_limit=1)
-            )
+            self.stream = session.new_stream() if isinstance(session, HTTPSession) else EventStream("x", replay_limit=1)
             start_sse(self.request)
             self._session_header()
             prime = not self.modern and session is not None and session.version in _PRIMED_VERSIONS
