@@ -13,11 +13,15 @@ import json
 import sys
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.task import react
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+MCP_PATH = b"/mcp"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -31,12 +35,15 @@ def echo_response(message: Any) -> dict[str, Any]:
 
 
 class EchoEndpoint(Resource):
-    """The ``/mcp`` resource: every POST gets the echo CallToolResult as JSON."""
+    """The whole site: a POST to ``/mcp`` gets the echo CallToolResult as JSON."""
 
     isLeaf = True
 
     def render_POST(self, request: Request) -> bytes:
-        """Parse the body and answer it; a body that is not JSON gets HTTP 400."""
+        """Answer the body; another path gets 404, a body that is not JSON 400."""
+        if request.path != MCP_PATH:
+            request.setResponseCode(404)
+            return b""
         assert request.content is not None
         try:
             message = json.loads(request.content.read())
@@ -50,21 +57,19 @@ class EchoEndpoint(Resource):
 class QuietSite(Site):
     """A `Site` that writes no access log (a ceiling should not pay for one)."""
 
-    def log(self, request: Request) -> None:
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
         """Log nothing."""
 
 
-def main() -> None:
-    """Listen on 127.0.0.1 at the port given as the only argument until stopped."""
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: bare_twisted.py PORT")
-    root = Resource()
-    root.putChild(b"mcp", EchoEndpoint())
-    site = QuietSite(root)
-    site.noisy = False
-    TCP4ServerEndpoint(reactor, int(sys.argv[1]), interface="127.0.0.1").listen(site)
-    reactor.run()  # type: ignore[attr-defined]
+def serve(reactor: IReactorTCP, port: str) -> Deferred[None]:
+    """Listen on 127.0.0.1 at ``port``; the Deferred never fires, so it serves until stopped."""
+    TCP4ServerEndpoint(reactor, int(port), interface="127.0.0.1").listen(QuietSite(EchoEndpoint()))
+    return Deferred()
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit("usage: bare_twisted.py PORT")
+    react(serve, [sys.argv[1]])

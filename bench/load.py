@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,11 +93,25 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    server_cpu: float | None = None
 
     @property
     def requests_per_second(self) -> float:
         """Completed requests (failed ones included) per second of load."""
         return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+def with_server_cpu(run: Callable[[], LoadResult], cpu_seconds: Callable[[], float | None]) -> LoadResult:
+    """Do one load ``run`` and note the share of one CPU the server used meanwhile.
+
+    Below 100 % on a saturated row, something else took the server's CPU (or it waited on I/O).
+    """
+    before, start = cpu_seconds(), time.perf_counter()
+    result = run()
+    after, elapsed = cpu_seconds(), time.perf_counter() - start
+    if before is None or after is None or elapsed <= 0:
+        return result
+    return dataclasses.replace(result, server_cpu=(after - before) / elapsed)
 
 
 def wrk_script(era: str, session_id: str | None) -> str:
@@ -125,11 +141,18 @@ def run_wrk(
     script.write_text(wrk_script(era, session_id))
     command = pinned(
         [
-            "wrk", "-t1", f"-c{clients}", f"-d{duration}s", f"--timeout={WRK_TIMEOUT_SECONDS}s",
-            "--latency", "-s", str(script), f"http://{LOOPBACK}:{port}{MCP_PATH}",
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{duration}s",
+            f"--timeout={WRK_TIMEOUT_SECONDS}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://{LOOPBACK}:{port}{MCP_PATH}",
         ],
         cpu,
-    )  # fmt: skip
+    )
     finished = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
     for line in finished.stdout.splitlines():
         if line.startswith(RESULT_MARK):

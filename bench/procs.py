@@ -9,13 +9,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 LOOPBACK = "127.0.0.1"
 STOP_GRACE_SECONDS = 5.0
+
+_started: list[ServerProcess] = []
 
 
 def free_port() -> int:
@@ -96,6 +98,7 @@ class ServerProcess:
         except BaseException:
             self._log.close()
             raise
+        _started.append(self)
         return self
 
     def __exit__(
@@ -116,23 +119,33 @@ class ServerProcess:
                     stream.close()
             if process.poll() is None:
                 self._signal_group(signal.SIGTERM)
-                try:
+                with suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=STOP_GRACE_SECONDS)
-                except subprocess.TimeoutExpired:
-                    pass
             # Also reaps anything the server started that is still in its group.
             self._signal_group(signal.SIGKILL)
             process.wait(timeout=STOP_GRACE_SECONDS)
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self in _started:
+            _started.remove(self)
 
     def _signal_group(self, signum: signal.Signals) -> None:
         assert self.process is not None
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server has used so far (user + system), None where unknown."""
+        if self.process is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+            # Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+            fields = stat.rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines the server wrote to its log, for an error message."""
@@ -141,6 +154,33 @@ class ServerProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def busy_cpu_fraction(window: float = 1.0) -> float | None:
+    """How busy the machine's CPUs were over ``window`` seconds (0..1), None where unknown.
+
+    Other work on the machine skews every figure; this lets the report say so.
+    """
+
+    def sample() -> tuple[int, int]:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total_before, idle_before = sample()
+        time.sleep(window)
+        total_after, idle_after = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_after - total_before
+    return 1 - (idle_after - idle_before) / total if total > 0 else None
+
+
+def stop_all() -> None:
+    """Stop every server still running: the safety net for a stop that an interruption cut short."""
+    for server in list(_started):
+        server.stop()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:

@@ -11,9 +11,9 @@ See bench/README.rst for what the figures mean.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
-import math
 import os
 import platform
 import shutil
@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import WRK_INSTALL, LoadResult, run_stdio, run_wrk  # noqa: E402
+from bench.load import WRK_INSTALL, LoadResult, run_stdio, run_wrk, with_server_cpu  # noqa: E402
 from bench.mcp_client import (  # noqa: E402
     LEGACY,
     MODERN,
@@ -43,21 +43,32 @@ from bench.mcp_client import (  # noqa: E402
     open_legacy_session,
     verify_http_echo,
 )
-from bench.procs import ServerProcess, free_port, pinned, pinning_problem, thread_pinned  # noqa: E402
+from bench.procs import (  # noqa: E402
+    ServerProcess,
+    busy_cpu_fraction,
+    free_port,
+    pinned,
+    pinning_problem,
+    stop_all,
+    thread_pinned,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 STDIO = "stdio"
 ERAS = (MODERN, LEGACY, STDIO)
 ERA_LABELS = {MODERN: "modern", LEGACY: "legacy", STDIO: "stdio"}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+BUSY_WARNING = 0.15
 VERSIONS_SCRIPT = """\
-import importlib.metadata as m, json
+import importlib.metadata as m, json, platform
 def version(name):
     try:
         return m.version(name)
     except m.PackageNotFoundError:
         return None
-print(json.dumps({name: version(name) for name in ("mcp", "twisted", "klein", "uvicorn", "starlette")}))
+found = {name: version(name) for name in ("mcpd", "mcp", "twisted", "klein", "uvicorn", "starlette")}
+print(json.dumps({"python": platform.python_version(), **found}))
 """
 
 
@@ -86,10 +97,22 @@ TARGETS: dict[str, Target] = {
             stdio=lambda py: [py, str(BENCH / "sdk_echo_server.py"), "--stdio"],
             eras=ERAS,
         ),
+        # Opt-in: the SDK's legacy sessions answering JSON, as mcpd's do, instead of its default SSE.
+        Target(
+            "sdk-json",
+            http=lambda py, port: [py, str(BENCH / "sdk_echo_server.py"), str(port), "--json-response"],
+            stdio=None,
+            eras=(LEGACY,),
+        ),
         # The bare server ignores the protocol; it is driven with the self-contained modern POST.
-        Target("bare", http=lambda py, port: [py, str(BENCH / "bare_twisted.py"), str(port)], stdio=None, eras=(MODERN,)),
+        Target(
+            "bare", http=lambda py, port: [py, str(BENCH / "bare_twisted.py"), str(port)], stdio=None, eras=(MODERN,)
+        ),
     )
 }
+
+
+DEFAULT_TARGETS = ("mcpd", "sdk", "bare")
 
 
 @dataclass(frozen=True)
@@ -103,23 +126,29 @@ class Row:
     p50_ms: float | None = None
     p99_ms: float | None = None
     errors: int | None = None
+    server_cpu_pct: float | None = None
     requests: int | None = None
     seconds: float | None = None
+    runs_per_second: list[float] = field(default_factory=list)
     note: str = ""
 
     @classmethod
-    def measured(cls, server: str, era: str, clients: int, result: LoadResult) -> Row:
-        """A row holding what a load run measured."""
+    def measured(cls, server: str, era: str, clients: int, results: Sequence[LoadResult]) -> Row:
+        """A row holding the median (by requests/s) of repeated load runs; errors are summed."""
+        ranked = sorted(results, key=lambda result: result.requests_per_second)
+        median = ranked[(len(ranked) - 1) // 2]
         return cls(
             server,
             ERA_LABELS[era],
             clients,
-            requests_per_second=round(result.requests_per_second, 1),
-            p50_ms=round(result.p50_ms, 3),
-            p99_ms=round(result.p99_ms, 3),
-            errors=result.errors,
-            requests=result.requests,
-            seconds=round(result.seconds, 3),
+            requests_per_second=round(median.requests_per_second, 1),
+            p50_ms=round(median.p50_ms, 3),
+            p99_ms=round(median.p99_ms, 3),
+            errors=sum(result.errors for result in results),
+            server_cpu_pct=None if median.server_cpu is None else round(100 * median.server_cpu, 1),
+            requests=median.requests,
+            seconds=round(median.seconds, 3),
+            runs_per_second=[round(result.requests_per_second, 1) for result in results],
         )
 
 
@@ -130,6 +159,7 @@ class Settings:
     python: str
     duration: int
     warmup: int
+    repeat: int
     clients: list[int]
     targets: list[Target]
     eras: list[str]
@@ -137,11 +167,23 @@ class Settings:
     load_cpu: int | None
     start_timeout: float
     json_path: Path | None
+    logs: Path | None
     workdir: Path = field(default_factory=Path)
 
 
 class BenchFailure(Exception):
-    """One server/era could not be measured; the message says why."""
+    """One server/era could not be measured: the message says why, ``detail`` shows the evidence."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+    @classmethod
+    def from_log(cls, message: str, server: ServerProcess) -> BenchFailure:
+        """A failure whose evidence is the end of the server's log; its last line joins the message."""
+        tail = server.log_tail()
+        last = tail.splitlines()[-1].strip() if tail.strip() else "(nothing logged)"
+        return cls(f"{message}: {last}", tail)
 
 
 def comma_list(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -163,33 +205,43 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds of measured load per row (10)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each row (2)")
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs per row; the median is shown (1)")
     parser.add_argument(
         "--clients", type=comma_list(int), default=[16], help="concurrent connections, e.g. 1,16,64 (16)"
     )
     parser.add_argument(
-        "--only", type=comma_list(TARGETS.__getitem__), default=list(TARGETS.values()),
-        help=f"servers to run, from {','.join(TARGETS)} (all)",
-    )  # fmt: skip
+        "--only",
+        type=comma_list(TARGETS.__getitem__),
+        default=[TARGETS[name] for name in DEFAULT_TARGETS],
+        help=f"servers to run, from {','.join(TARGETS)} ({','.join(DEFAULT_TARGETS)})",
+    )
     parser.add_argument(
-        "--eras", type=comma_list(eras_by_label.__getitem__), default=list(ERAS),
+        "--eras",
+        type=comma_list(eras_by_label.__getitem__),
+        default=list(ERAS),
         help="eras to run, from modern,legacy,stdio (all)",
-    )  # fmt: skip
+    )
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (0)")
     parser.add_argument("--load-cpu", type=int, default=1, help="CPU the load generator is pinned to (1)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin anything to a CPU")
     parser.add_argument(
-        "--python", default=str(venv_python if venv_python.exists() else sys.executable),
+        "--python",
+        default=str(venv_python if venv_python.exists() else sys.executable),
         help="interpreter for the servers (the repository's .venv)",
-    )  # fmt: skip
+    )
     parser.add_argument("--start-timeout", type=float, default=30.0, help="seconds a server has to start (30)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the results as JSON here")
+    parser.add_argument("--logs", type=Path, help="keep the servers' logs and wrk scripts in this directory")
     args = parser.parse_args(argv)
-    if args.duration < 1 or args.warmup < 0 or not args.clients or min(args.clients) < 1:
-        parser.error("--duration and --clients must be at least 1, --warmup at least 0")
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+    if min(args.duration, args.repeat, *args.clients or [0]) < 1 or args.warmup < 0:
+        parser.error("--duration, --repeat and --clients must be at least 1, --warmup at least 0")
     return Settings(
         python=args.python,
         duration=args.duration,
         warmup=args.warmup,
+        repeat=args.repeat,
         clients=args.clients,
         targets=args.only,
         eras=args.eras,
@@ -197,6 +249,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         load_cpu=None if args.no_pin else args.load_cpu,
         start_timeout=args.start_timeout,
         json_path=args.json_path,
+        logs=args.logs,
     )
 
 
@@ -223,11 +276,11 @@ def wait_answering(server: ServerProcess, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.exited() is not None:
-            raise BenchFailure(f"exited with status {server.exited()} on start-up:\n{server.log_tail()}")
+            raise BenchFailure.from_log(f"exited with status {server.exited()} on start-up", server)
         if answers_http(port):
             return
         time.sleep(0.1)
-    raise BenchFailure(f"did not answer on port {port} within {timeout:g}s:\n{server.log_tail()}")
+    raise BenchFailure.from_log(f"did not answer on port {port} within {timeout:g}s", server)
 
 
 def bench_http(settings: Settings, target: Target, era: str) -> list[Row]:
@@ -239,13 +292,22 @@ def bench_http(settings: Settings, target: Target, era: str) -> list[Row]:
         session_id = open_legacy_session(port) if era == LEGACY else None
         verify_http_echo(port, era, session_id)
         for clients in settings.clients:
-            load = dict(port=port, era=era, session_id=session_id, clients=clients, cpu=settings.load_cpu)
+            drive = functools.partial(
+                run_wrk,
+                port=port,
+                era=era,
+                session_id=session_id,
+                clients=clients,
+                cpu=settings.load_cpu,
+                workdir=settings.workdir,
+            )
             if settings.warmup:
-                run_wrk(**load, duration=settings.warmup, workdir=settings.workdir)  # type: ignore[arg-type]
-            result = run_wrk(**load, duration=settings.duration, workdir=settings.workdir)  # type: ignore[arg-type]
+                drive(duration=settings.warmup)
+            measure = functools.partial(drive, duration=settings.duration)
+            results = [with_server_cpu(measure, server.cpu_seconds) for _ in range(settings.repeat)]
             if server.exited() is not None:
-                raise BenchFailure(f"exited with status {server.exited()} under load:\n{server.log_tail()}")
-            rows.append(report_progress(Row.measured(target.name, era, clients, result)))
+                raise BenchFailure.from_log(f"exited with status {server.exited()} under load", server)
+            rows.append(report_progress(Row.measured(target.name, era, clients, results)))
     return rows
 
 
@@ -261,12 +323,19 @@ def bench_stdio(settings: Settings, target: Target) -> list[Row]:
             with thread_pinned(settings.load_cpu):
                 if settings.warmup:
                     run_stdio(client, settings.warmup, first_id=2)
-                result = run_stdio(client, settings.duration, first_id=1_000_000_000)
+                # Each run numbers its requests from its own billion: ids are never reused.
+                results = [
+                    with_server_cpu(
+                        functools.partial(run_stdio, client, settings.duration, first_id=run * 1_000_000_000),
+                        server.cpu_seconds,
+                    )
+                    for run in range(1, settings.repeat + 1)
+                ]
         except ProtocolProblem as e:
-            raise BenchFailure(f"{e}\n{server.log_tail()}") from None
+            raise BenchFailure.from_log(str(e), server) from None
         finally:
             client.close()
-    return [report_progress(Row.measured(target.name, STDIO, 1, result))]
+    return [report_progress(Row.measured(target.name, STDIO, 1, results))]
 
 
 def bench_target(settings: Settings, target: Target, era: str) -> list[Row]:
@@ -275,13 +344,22 @@ def bench_target(settings: Settings, target: Target, era: str) -> list[Row]:
         if era == STDIO:
             return bench_stdio(settings, target)
         return bench_http(settings, target, era)
-    except (BenchFailure, ProtocolProblem, RuntimeError, OSError, http.client.HTTPException) as e:
-        print(f"!! {target.name} {ERA_LABELS[era]}: {e}", file=sys.stderr)
-        return [Row(target.name, ERA_LABELS[era], 1 if era == STDIO else clients, note=str(e).splitlines()[0])
-                for clients in ([1] if era == STDIO else settings.clients)]  # fmt: skip
-    except subprocess.TimeoutExpired as e:
-        print(f"!! {target.name} {ERA_LABELS[era]}: {e}", file=sys.stderr)
-        return [Row(target.name, ERA_LABELS[era], 0, note=f"timed out: {e}")]
+    except (
+        BenchFailure,
+        ProtocolProblem,
+        RuntimeError,
+        OSError,
+        ValueError,
+        http.client.HTTPException,
+        subprocess.TimeoutExpired,
+    ) as e:
+        detail = e.detail if isinstance(e, BenchFailure) else ""
+        print(f"!! {target.name} {ERA_LABELS[era]}: {e}\n{detail}".rstrip(), file=sys.stderr)
+        note = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return [
+            Row(target.name, ERA_LABELS[era], clients, note=note)
+            for clients in ([1] if era == STDIO else settings.clients)
+        ]
 
 
 def report_progress(row: Row) -> Row:
@@ -296,17 +374,27 @@ def format_table(rows: Sequence[Row]) -> str:
     def figure(value: float | int | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    header = ["server", "era", "clients", "requests/s", "p50 ms", "p99 ms", "errors"]
+    header = ["server", "era", "clients", "requests/s", "p50 ms", "p99 ms", "errors", "server cpu %"]
     lines = [
-        [row.server, row.era, str(row.clients), figure(row.requests_per_second, 0),
-         figure(row.p50_ms, 2), figure(row.p99_ms, 2), figure(row.errors, 0)]
+        [
+            row.server,
+            row.era,
+            str(row.clients),
+            figure(row.requests_per_second, 0),
+            figure(row.p50_ms, 2),
+            figure(row.p99_ms, 2),
+            figure(row.errors, 0),
+            figure(row.server_cpu_pct, 0),
+        ]
         + ([row.note] if row.note else [])
         for row in rows
-    ]  # fmt: skip
+    ]
     widths = [max(len(cells[i]) for cells in [header, *lines] if i < len(cells)) for i in range(len(header))]
 
     def render(cells: list[str]) -> str:
-        padded = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))]
+        padded = [
+            cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths, strict=False))
+        ]
         return "  ".join(padded + cells[len(widths) :]).rstrip()
 
     return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, lines)])
@@ -314,7 +402,7 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def versions(python: str) -> dict[str, Any]:
     """Versions of what is measured, for the JSON report."""
-    found: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine()}
+    found: dict[str, Any] = {"machine": platform.machine(), "cpu": cpu_model()}
     try:
         probe = subprocess.run([python, "-c", VERSIONS_SCRIPT], capture_output=True, text=True, timeout=30)
         found.update(json.loads(probe.stdout))
@@ -325,7 +413,18 @@ def versions(python: str) -> dict[str, Any]:
     return found
 
 
-def write_json(settings: Settings, rows: Sequence[Row], argv: Sequence[str]) -> None:
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (empty when unknown)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def write_json(settings: Settings, rows: Sequence[Row], argv: Sequence[str], busy: float | None) -> None:
     """Write the report and how it was made to ``settings.json_path``."""
     assert settings.json_path is not None
     report = {
@@ -333,17 +432,30 @@ def write_json(settings: Settings, rows: Sequence[Row], argv: Sequence[str]) -> 
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "duration_s": settings.duration,
         "warmup_s": settings.warmup,
+        "repeat": settings.repeat,
         "server_cpu": settings.server_cpu,
         "load_cpu": settings.load_cpu,
         "cpus": os.cpu_count(),
+        "busy_before": None if busy is None else round(busy, 3),
         "versions": versions(settings.python),
         "rows": [asdict(row) for row in rows],
     }
     settings.json_path.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+class Interrupted(Exception):
+    """A signal asked the benchmark to stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    # Later signals must not cut the clean-up short.
+    for ignored in STOP_SIGNALS:
+        signal.signal(ignored, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,31 +465,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(era != STDIO for era in settings.eras) and shutil.which("wrk") is None:
         print(WRK_INSTALL, file=sys.stderr)
         return 2
-    if settings.load_cpu is not None:
-        problem = pinning_problem([settings.server_cpu or 0, settings.load_cpu])
+    if settings.server_cpu is not None and settings.load_cpu is not None:
+        problem = pinning_problem([settings.server_cpu, settings.load_cpu])
         if problem:
             print(f"!! not pinning to CPUs: {problem}", file=sys.stderr)
             settings.server_cpu = settings.load_cpu = None
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    # Ctrl-C and SIGTERM unwind through the `with` blocks that stop servers (and stop_all after).
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupt)
     rows: list[Row] = []
+    busy: float | None = None
+    interrupted: Interrupted | None = None
     try:
+        busy = busy_cpu_fraction()
+        if busy is not None and busy > BUSY_WARNING:
+            print(f"!! the CPUs were {busy:.0%} busy before the run: figures will be noisy", file=sys.stderr)
         with tempfile.TemporaryDirectory(prefix="mcpd-bench-") as workdir:
-            settings.workdir = Path(workdir)
+            settings.workdir = settings.logs or Path(workdir)
             for target in settings.targets:
                 for era in (era for era in settings.eras if era in target.eras):
                     rows.extend(bench_target(settings, target, era))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except Interrupted as e:
+        interrupted = e
+    finally:
+        stop_all()
+    if interrupted is not None:
+        print(f"interrupted by {interrupted}: every server started was stopped", file=sys.stderr)
     pinning = (
         f"server on CPU {settings.server_cpu}, load on CPU {settings.load_cpu}"
         if settings.load_cpu is not None
         else "unpinned"
     )
-    print(f"\n{settings.duration}s per row after {settings.warmup}s warm-up; {pinning}; wrk -t1, keep-alive\n")
-    print(format_table(rows))
+    print(
+        f"\n{settings.duration}s per row after {settings.warmup}s warm-up, median of {settings.repeat}; {pinning}; "
+        "HTTP: wrk -t1 over keep-alive connections; stdio: sequential round trips\n"
+    )
+    print(format_table(rows) if rows else "nothing was measured")
     if settings.json_path is not None:
-        write_json(settings, rows, argv)
+        write_json(settings, rows, argv, busy)
+    if interrupted is not None:
+        return 128 + interrupted.signum
     return 1 if any(row.note for row in rows) else 0
 
 

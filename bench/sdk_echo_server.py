@@ -40,9 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("port", nargs="?", type=int, help="TCP port on 127.0.0.1")
     parser.add_argument("--stdio", action="store_true", help="serve over stdin/stdout instead")
-    parser.add_argument(
-        "--json-response", action="store_true", help="legacy era: answer with JSON instead of SSE"
-    )
+    parser.add_argument("--json-response", action="store_true", help="legacy era: answer with JSON instead of SSE")
     args = parser.parse_args()
     server = make_server()
     if args.stdio:
