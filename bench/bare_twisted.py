@@ -65,7 +65,10 @@ class QuietSite(Site):
 
 def serve(reactor: IReactorTCP, port: str) -> Deferred[None]:
     """Listen on 127.0.0.1 at ``port``; the Deferred never fires, so it serves until stopped."""
-    TCP4ServerEndpoint(reactor, int(port), interface="127.0.0.1").listen(QuietSite(EchoEndpoint()))
+    # No form sniffing of POST bodies either (mcpd turns it off too): the ceiling should not pay
+    # for twisted.web's email-package Content-Type parse.
+    site = QuietSite(EchoEndpoint(), parsePOSTFormSubmission=False)
+    TCP4ServerEndpoint(reactor, int(port), interface="127.0.0.1").listen(site)
     return Deferred()
 
 

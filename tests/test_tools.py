@@ -182,7 +182,7 @@ class ContextAndInvokeTests(SynchronousTestCase):
         return ToolContext(tool=tool or make_tool(), request_id=1, caller=Caller(name="me"), runtime=None)
 
     def test_cancellation_flag(self) -> None:
-        ctx = self.context()
+        ctx = self.context(make_tool(blocking=True))
         self.assertFalse(ctx.cancelled)
         self.assertFalse(ctx.wait_cancelled(0))
         ctx.raise_if_cancelled()
@@ -190,6 +190,12 @@ class ContextAndInvokeTests(SynchronousTestCase):
         self.assertTrue(ctx.cancelled)
         self.assertTrue(ctx.wait_cancelled(0))
         self.assertRaises(CancelledError, ctx.raise_if_cancelled)
+
+    def test_reactor_side_tools_may_not_block_on_cancellation(self) -> None:
+        ctx = self.context()
+        self.assertRaises(RuntimeError, ctx.wait_cancelled, 0)
+        ctx.mark_cancelled()
+        self.assertTrue(ctx.cancelled)
 
     def test_progress_without_a_sink_is_a_no_op(self) -> None:
         ctx = self.context()

@@ -22,6 +22,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadable import isInIOThread
 
+from mcpd.tools.validation import ArgumentValidator
+
 if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
 
@@ -117,13 +119,13 @@ class Tool:
     output_schema: Mapping[str, Any] | None = attrs.field(default=None, validator=_check_schema)
     annotations: ToolAnnotations | None = None
     blocking: bool = False
-    _input_validator: Draft202012Validator = attrs.field(init=False, repr=False, eq=False)
+    _input_validator: ArgumentValidator = attrs.field(init=False, repr=False, eq=False)
     _output_validator: Draft202012Validator | None = attrs.field(init=False, repr=False, eq=False)
     _descriptor: dict[str, Any] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "_input_validator", Draft202012Validator(self.input_schema))
+        set_(self, "_input_validator", ArgumentValidator(self.input_schema))
         set_(
             self,
             "_output_validator",
@@ -147,11 +149,7 @@ class Tool:
 
     def argument_problems(self, arguments: Mapping[str, Any]) -> list[str]:
         """What is wrong with ``arguments`` against the input schema, worded for a model."""
-        problems = []
-        for error in sorted(self._input_validator.iter_errors(arguments), key=lambda e: e.path):
-            where = "/".join(str(part) for part in error.absolute_path)
-            problems.append(f"{where}: {error.message}" if where else error.message)
-        return problems
+        return self._input_validator.problems(arguments)  # type: ignore[arg-type]
 
     def output_problems(self, structured: Any) -> list[str]:
         """What is wrong with a handler's structured output against the output schema."""
@@ -183,25 +181,36 @@ class ToolContext:
         self.caller = caller
         self.runtime = runtime
         self._progress_sink = progress_sink
-        self._cancelled = threading.Event()
+        self._cancelled = False
+        # Only a thread-pool handler can block waiting for cancellation; a reactor-side handler
+        # must not, so it does not pay for an Event.
+        self._cancel_event = threading.Event() if tool.blocking else None
 
     @property
     def cancelled(self) -> bool:
         """Whether the client cancelled this call (or the server gave up on it)."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def raise_if_cancelled(self) -> None:
         """Stop a handler's work: raises `CancelledError` once the call was cancelled."""
-        if self._cancelled.is_set():
+        if self._cancelled:
             raise CancelledError(f"call to {self.tool.name} was cancelled")
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
-        """Block a thread-pool handler until the call is cancelled or ``timeout`` passes."""
-        return self._cancelled.wait(timeout)
+        """Block a thread-pool handler until the call is cancelled or ``timeout`` passes.
+
+        Only for tools declared ``blocking=True``: blocking the reactor thread would stall the
+        whole daemon.
+        """
+        if self._cancel_event is None:
+            raise RuntimeError(f"wait_cancelled() blocks: only blocking tools may call it, not {self.tool.name}")
+        return self._cancel_event.wait(timeout)
 
     def mark_cancelled(self) -> None:
         """Called by the engine when the call is cancelled."""
-        self._cancelled.set()
+        self._cancelled = True
+        if self._cancel_event is not None:
+            self._cancel_event.set()
 
     @property
     def reports_progress(self) -> bool:

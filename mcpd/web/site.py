@@ -15,20 +15,11 @@ if TYPE_CHECKING:
     from mcpd.runtime import Runtime
 
 
-class MCPRequest(Request):
-    """A request that leaves POST bodies alone: MCP bodies are JSON, never HTML forms, and
-    twisted.web's form sniffing (an email-package Content-Type parse) costs a quarter of the
-    time of a tools/call."""
-
-    _parsePOSTFormSubmission = False
-
-
 class MCPSite(Site):
     """A Site without the per-request access-log line (structured request logs replace it)."""
 
     noisy = False
     displayTracebacks = False
-    requestFactory = MCPRequest
 
     def log(self, request: Request) -> None:
         pass
@@ -75,4 +66,6 @@ def make_app(runtime: Runtime) -> Klein:
 
 def make_site(mcp: Resource, runtime: Runtime) -> MCPSite:
     """The Site serving MCP and the auxiliary routes."""
-    return MCPSite(Root(mcp, make_app(runtime).resource()))
+    # MCP bodies are JSON, never HTML forms: twisted.web's form sniffing (an email-package
+    # Content-Type parse per POST) would cost a quarter of a tools/call.
+    return MCPSite(Root(mcp, make_app(runtime).resource()), parsePOSTFormSubmission=False)

@@ -1,0 +1,80 @@
+"""Tests for mcpd.tools.validation: the fast check never disagrees with jsonschema."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpd.tools.validation import ArgumentValidator, fast_check
+
+VALUES: list[Any] = ["", "x", 0, 1, -3, 1.0, 1.5, True, False, None, [], [1], {}, {"a": 1}]
+
+SCHEMAS: list[dict[str, Any]] = [
+    {"type": "object"},
+    {"type": "object", "properties": {}},
+    {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "number"}}},
+    {"type": "object", "properties": {"a": {"type": "boolean", "description": "flag"}}, "additionalProperties": False},
+    {"type": "object", "properties": {"a": {"type": ["string", "null"]}, "b": {"type": "array"}}, "required": ["b"]},
+    {"type": "object", "properties": {"a": {"type": "object"}, "b": True, "c": {}}},
+    {"type": "object", "properties": {"a": {"title": "anything"}}, "additionalProperties": False},
+]
+
+UNSUPPORTED: list[dict[str, Any]] = [
+    {"type": "object", "properties": {"a": {"type": "string", "minLength": 2}}},
+    {"type": "object", "properties": {"a": {"type": "string", "enum": ["x"]}}},
+    {"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}}, "$defs": {"x": {"type": "string"}}},
+    {"type": "object", "additionalProperties": {"type": "string"}},
+    {"type": "object", "oneOf": [{"required": ["a"]}, {"required": ["b"]}]},
+    {"type": "object", "properties": {"a": {"type": "decimal"}}},
+]
+
+
+def argument_sets(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of a few values for the schema's properties, plus an extra key."""
+    names = [*schema.get("properties", {}), "zz"]
+    sets: list[dict[str, Any]] = [{}]
+    for size in (1, 2):
+        for chosen in itertools.combinations(names, size):
+            for values in itertools.product(VALUES, repeat=size):
+                sets.append(dict(zip(chosen, values, strict=True)))
+    return sets
+
+
+class FastCheckTests(SynchronousTestCase):
+    def test_agrees_with_jsonschema(self) -> None:
+        checked = 0
+        for schema in SCHEMAS:
+            fast = fast_check(schema)
+            self.assertIsNotNone(fast, schema)
+            assert fast is not None
+            reference = Draft202012Validator(schema)
+            for arguments in argument_sets(schema):
+                self.assertEqual(fast(arguments), reference.is_valid(arguments), (schema, arguments))
+                checked += 1
+        self.assertGreater(checked, 1000)
+
+    def test_unsupported_shapes_are_left_to_jsonschema(self) -> None:
+        for schema in UNSUPPORTED:
+            self.assertIsNone(fast_check(schema), schema)
+
+
+class ArgumentValidatorTests(SynchronousTestCase):
+    def test_valid_arguments_have_no_problems(self) -> None:
+        validator = ArgumentValidator(SCHEMAS[2])
+        self.assertEqual(validator.problems({"a": "text"}), [])
+
+    def test_problems_are_worded_by_jsonschema(self) -> None:
+        validator = ArgumentValidator(SCHEMAS[4])
+        self.assertEqual(
+            validator.problems({"a": "yes", "b": 1}),
+            ["Additional properties are not allowed ('b' was unexpected)", "a: 'yes' is not of type 'boolean'"],
+        )
+
+    def test_unsupported_schema_still_validates(self) -> None:
+        validator = ArgumentValidator(UNSUPPORTED[0])
+        self.assertEqual(validator.problems({"a": "x"}), ["a: 'x' is too short"])
+        self.assertEqual(validator.problems({"a": "xy"}), [])
