@@ -130,7 +130,7 @@ class StdioTests(SynchronousTestCase):
         self.handshake("2025-06-18")
         self.feed(request("tools/list", request_id=1))
         names = [tool["name"] for tool in self.reply("2025-06-18", "tools/list")["result"]["tools"]]
-        self.assertEqual(names, ["test.echo", "test.hold", "test.progress"])
+        self.assertEqual(names, ["test.echo", "test.hold", "test.progress", "test.region"])
         self.feed(call("test.echo", {"text": "hello"}, request_id=2))
         result = self.reply("2025-06-18", "tools/call")["result"]
         self.assertEqual(result, {"content": [{"type": "text", "text": "hello"}]})

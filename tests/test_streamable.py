@@ -87,6 +87,20 @@ class DrivenTools:
         def echo(ctx: ToolContext, arguments: dict[str, Any]) -> str:
             return str(arguments["text"])
 
+        @tool(
+            "test.region",
+            description="Answer with the region and shard, mirrored in Mcp-Param headers.",
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "region": {"type": "string", "x-mcp-header": "Region"},
+                    "shard": {"type": "integer", "x-mcp-header": "Shard"},
+                },
+            },
+        )
+        def region(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+            return f"{arguments.get('region')}/{arguments.get('shard')}"
+
         @tool("test.progress", description="Report progress twice, then answer.")
         def progress(ctx: ToolContext, arguments: dict[str, Any]) -> str:
             ctx.progress(1, 2, "halfway")
@@ -541,6 +555,64 @@ class ModernPostTests(HTTPTestCase):
             self.assertEqual(response.headers["allow"], "POST", method)
 
 
+class ParameterHeaderTests(HTTPTestCase):
+    """2026-07-28 transports §Custom Headers: Mcp-Param-* headers must mirror the body."""
+
+    def call_region(self, arguments: dict[str, Any], **params: str) -> HTTPResponse:
+        message = modern_request("tools/call", {"name": "test.region", "arguments": arguments})
+        headers = {**modern_headers("tools/call", "test.region"), **params}
+        return self.post(message, headers)
+
+    def test_matching_headers_are_served(self) -> None:
+        response = self.call_region(
+            {"region": "us-west1", "shard": 7}, **{"Mcp-Param-Region": "us-west1", "Mcp-Param-Shard": "7"}
+        )
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.json()["result"]["content"][0]["text"], "us-west1/7")
+
+    def test_integers_compare_numerically_and_names_case_insensitively(self) -> None:
+        response = self.call_region({"shard": 42}, **{"mcp-param-shard": "42.0"})
+        self.assertEqual(response.status, 200)
+
+    def test_base64_values_are_decoded(self) -> None:
+        response = self.call_region(
+            {"region": "Hello, 世界"}, **{"Mcp-Param-Region": "=?base64?SGVsbG8sIOS4lueVjA==?="}
+        )
+        self.assertEqual(response.status, 200)
+
+    def test_absent_arguments_need_no_header(self) -> None:
+        self.assertEqual(self.call_region({}).status, 200)
+
+    def assertMismatch(self, response: HTTPResponse) -> None:
+        self.assertEqual(response.status, 400)
+        body = self.assertValid(MODERN, response.json())
+        self.assertEqual(body["error"]["code"], -32020)
+
+    def test_missing_header_is_rejected(self) -> None:
+        self.assertMismatch(self.call_region({"region": "us-west1"}))
+
+    def test_different_value_is_rejected(self) -> None:
+        self.assertMismatch(self.call_region({"region": "us-west1"}, **{"Mcp-Param-Region": "eu-west1"}))
+
+    def test_header_without_argument_is_rejected(self) -> None:
+        self.assertMismatch(self.call_region({}, **{"Mcp-Param-Shard": "1"}))
+
+    def test_bad_base64_is_rejected(self) -> None:
+        self.assertMismatch(self.call_region({"region": "x"}, **{"Mcp-Param-Region": "=?base64?***?="}))
+
+    def test_duplicated_routing_header_is_rejected(self) -> None:
+        message = modern_request("tools/list")
+        connection = HTTPConnection(self.server.site)
+        body = json.dumps(message).encode()
+        head = (
+            "POST /mcp HTTP/1.1\r\nHost: localhost:8765\r\nAccept: application/json\r\n"
+            "Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\n"
+            f"Mcp-Method: tools/list\r\nMcp-Method: tools/list\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        connection.protocol.dataReceived(head.encode() + body)
+        self.assertMismatch(connection.response)
+
+
 class ModernStreamTests(HTTPTestCase):
     """2026-07-28: a request's own notifications stream before its result; a disconnect cancels."""
 
@@ -654,7 +726,8 @@ class LegacySessionTests(HTTPTestCase):
         self.assertEqual(listed.status, 200)
         body = self.assertValid(LATEST_LEGACY, listed.json(), "tools/list")
         self.assertEqual(
-            [tool["name"] for tool in body["result"]["tools"]], ["test.echo", "test.hold", "test.progress"]
+            [tool["name"] for tool in body["result"]["tools"]],
+            ["test.echo", "test.hold", "test.progress", "test.region"],
         )
         self.assertNotIn("ttlMs", body["result"])
         called = self.post(call("test.echo", {"text": "legacy"}, request_id=3), self.session(session_id))
@@ -905,7 +978,7 @@ class SiteTests(HTTPTestCase):
         self.assertEqual(response.headers["content-type"], "application/json")
         body = response.json()
         self.assertEqual(body["status"], "healthy")
-        self.assertEqual(body["tools_count"], 3)
+        self.assertEqual(body["tools_count"], 4)
 
     def test_unknown_path(self) -> None:
         self.assertEqual(self.fetch("GET", url="http://localhost:8765/nowhere").status, 404)

@@ -8,7 +8,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpd.tools.validation import ArgumentValidator, fast_check
+from mcpd.tools.validation import ArgumentValidator, HeaderParameter, fast_check, header_parameters
 
 VALUES: list[Any] = ["", "x", 0, 1, -3, 1.0, 1.5, True, False, None, [], [1], {}, {"a": 1}]
 
@@ -78,3 +78,58 @@ class ArgumentValidatorTests(SynchronousTestCase):
         validator = ArgumentValidator(UNSUPPORTED[0])
         self.assertEqual(validator.problems({"a": "x"}), ["a: 'x' is too short"])
         self.assertEqual(validator.problems({"a": "xy"}), [])
+
+
+class HeaderParameterTests(SynchronousTestCase):
+    """2026-07-28 transports §Custom Headers: which x-mcp-header annotations are valid."""
+
+    def test_top_level_and_nested_properties(self) -> None:
+        schema = {
+            "type": "object",
+            "properties": {
+                "region": {"type": "string", "x-mcp-header": "Region"},
+                "target": {"type": "object", "properties": {"id": {"type": "integer", "x-mcp-header": "Target-Id"}}},
+                "note": {"type": "string", "default": {"x-mcp-header": "NotAnAnnotation"}},
+            },
+        }
+        self.assertEqual(
+            header_parameters(schema),
+            (
+                HeaderParameter(("region",), "mcp-param-region", "string"),
+                HeaderParameter(("target", "id"), "mcp-param-target-id", "integer"),
+            ),
+        )
+
+    def test_invalid_annotations_are_refused(self) -> None:
+        cases = [
+            {"type": "object", "x-mcp-header": "Root"},
+            {"type": "object", "properties": {"a": {"type": "number", "x-mcp-header": "A"}}},
+            {"type": "object", "properties": {"a": {"type": "string", "x-mcp-header": "has space"}}},
+            {"type": "object", "properties": {"a": {"type": "string", "x-mcp-header": ""}}},
+            {
+                "type": "object",
+                "properties": {
+                    "a": {"type": "string", "x-mcp-header": "Same"},
+                    "b": {"type": "string", "x-mcp-header": "same"},
+                },
+            },
+            {
+                "type": "object",
+                "properties": {"a": {"type": "array", "items": {"type": "string", "x-mcp-header": "I"}}},
+            },
+            {"type": "object", "oneOf": [{"properties": {"a": {"type": "string", "x-mcp-header": "A"}}}]},
+        ]
+        for schema in cases:
+            self.assertRaises(ValueError, header_parameters, schema)
+
+    def test_matching(self) -> None:
+        shard = HeaderParameter(("shard",), "mcp-param-shard", "integer")
+        self.assertTrue(shard.matches("42", 42))
+        self.assertTrue(shard.matches("42.0", 42))
+        self.assertFalse(shard.matches("43", 42))
+        self.assertFalse(shard.matches("x", 42))
+        flag = HeaderParameter(("flag",), "mcp-param-flag", "boolean")
+        self.assertTrue(flag.matches("true", True))
+        self.assertFalse(flag.matches("True", True))
+        self.assertEqual(shard.value_in({"shard": 3}), 3)
+        self.assertIsNone(HeaderParameter(("a", "b"), "mcp-param-b", "string").value_in({"a": "not an object"}))

@@ -9,7 +9,10 @@ that belong to a request (progress) go out through the exchange's ``notify`` cal
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,7 @@ from mcpd.protocol.versions import (
     MODERN_VERSIONS,
 )
 from mcpd.tools.api import Caller, ToolContext, call_result, error_result, invoke
+from mcpd.tools.validation import HeaderParameter
 
 if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
@@ -436,6 +440,9 @@ class Engine:
             arguments = {}
         if not isinstance(arguments, dict):
             return error_result(f"Invalid arguments for tool {name}: arguments must be a JSON object")
+        headers = request.exchange.headers
+        if tool.header_parameters and headers is not None:
+            _check_parameter_headers(tool.header_parameters, arguments, headers)
         problems = tool.argument_problems(arguments)
         if problems:
             return error_result(f"Invalid arguments for tool {name}: " + "; ".join(problems))
@@ -509,6 +516,23 @@ class Engine:
         return response
 
 
+def _check_parameter_headers(
+    parameters: tuple[HeaderParameter, ...], arguments: dict[str, Any], headers: Mapping[str, str]
+) -> None:
+    """2026-07-28 transports §Server Behavior for Custom Headers: every ``Mcp-Param-*`` header
+    must mirror its argument; a value in the body without its header is rejected too."""
+    for parameter in parameters:
+        value = parameter.value_in(arguments)
+        raw = headers.get(parameter.header)
+        if value is None:
+            if raw is not None:
+                raise HeaderMismatch(f"{parameter.header} header is present but its argument is absent")
+            continue
+        decoded = _decode_header_value(raw)
+        if decoded is None or not parameter.matches(decoded, value):
+            raise HeaderMismatch(f"{parameter.header} header does not match argument {'.'.join(parameter.path)}")
+
+
 def _valid_id(value: Any) -> bool:
     # basic §Requests: ids are strings or integers, never null (MCP forbids null ids).
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
@@ -519,16 +543,19 @@ def _readable_id(value: Any) -> Any:
 
 
 def _decode_header_value(value: str | None) -> str | None:
-    """Undo the ``=?base64?…?=`` wrapping of non-ASCII header values (2026-07-28 transports)."""
-    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
-        return value
-    import base64
-    import binascii
-
+    """Undo the ``=?base64?…?=`` wrapping of header values (2026-07-28 transports §Value
+    Encoding); None for a value that is not a valid header value at all."""
+    if value is None:
+        return None
+    if not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value if _HEADER_SAFE.match(value) else None
     try:
         return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return None
+
+
+_HEADER_SAFE = re.compile(r"^[\x20-\x7e]*$")
 
 
 __all__ = ["Engine", "Exchange", "Request", "encode", "errors"]

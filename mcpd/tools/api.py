@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadable import isInIOThread
 
-from mcpd.tools.validation import ArgumentValidator
+from mcpd.tools.validation import ArgumentValidator, HeaderParameter, header_parameters
 
 if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
@@ -120,12 +120,14 @@ class Tool:
     annotations: ToolAnnotations | None = None
     blocking: bool = False
     _input_validator: ArgumentValidator = attrs.field(init=False, repr=False, eq=False)
+    header_parameters: tuple[HeaderParameter, ...] = attrs.field(init=False, repr=False, eq=False)
     _output_validator: Draft202012Validator | None = attrs.field(init=False, repr=False, eq=False)
     _descriptor: dict[str, Any] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "_input_validator", ArgumentValidator(self.input_schema))
+        set_(self, "header_parameters", header_parameters(self.input_schema))
         set_(
             self,
             "_output_validator",

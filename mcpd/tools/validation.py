@@ -10,9 +10,11 @@ validated by jsonschema alone.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 from jsonschema import Draft202012Validator
 
 # Keywords that describe without constraining: the fast check may ignore them.
@@ -111,3 +113,81 @@ class ArgumentValidator:
             where = "/".join(str(part) for part in error.absolute_path)
             problems.append(f"{where}: {error.message}" if where else error.message)
         return problems
+
+
+# 2026-07-28 transports §Custom Headers: `x-mcp-header` mirrors a parameter into Mcp-Param-{name}.
+X_MCP_HEADER = "x-mcp-header"
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_TYPES = frozenset({"string", "integer", "boolean"})
+_JS_SAFE = 2**53 - 1
+
+
+@attrs.frozen
+class HeaderParameter:
+    """A tool parameter the client mirrors into an ``Mcp-Param-{name}`` header."""
+
+    path: tuple[str, ...]
+    header: str  # lowercase field name, e.g. "mcp-param-region"
+    type: str
+
+    def value_in(self, arguments: Mapping[str, Any]) -> Any:
+        """The argument at this parameter's path, or None when absent."""
+        node: Any = arguments
+        for key in self.path:
+            if not isinstance(node, Mapping):
+                return None
+            node = node.get(key)
+        return node
+
+    def matches(self, header_value: str, value: Any) -> bool:
+        """Whether a decoded header value mirrors the body's ``value``."""
+        if self.type == "boolean" or isinstance(value, bool):
+            return header_value == ("true" if value is True else "false" if value is False else object())
+        if self.type == "integer" and isinstance(value, (int, float)):
+            # The spec's SHOULD: compare integers numerically ("42.0" equals 42).
+            try:
+                return float(header_value) == float(value) and abs(value) <= _JS_SAFE
+            except ValueError:
+                return False
+        return header_value == str(value)
+
+
+def header_parameters(schema: Mapping[str, Any]) -> tuple[HeaderParameter, ...]:
+    """The ``x-mcp-header`` parameters of an input schema; `ValueError` when one breaks the
+    rules (a tool with an invalid annotation would be dropped by every conforming client)."""
+    found: list[HeaderParameter] = []
+    seen: set[str] = set()
+
+    def walk(node: Any, path: tuple[str, ...] | None) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, None)
+            return
+        if not isinstance(node, Mapping):
+            return
+        if X_MCP_HEADER in node:
+            found.append(_header_parameter(node, path, seen))
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, Mapping) and path is not None:
+                for name, subschema in value.items():
+                    walk(subschema, (*path, name))
+            elif key not in _ANNOTATIONS and key not in ("enum", "const", X_MCP_HEADER):
+                walk(value, None)
+
+    walk(schema, ())
+    return tuple(found)
+
+
+def _header_parameter(node: Mapping[str, Any], path: tuple[str, ...] | None, seen: set[str]) -> HeaderParameter:
+    name = node[X_MCP_HEADER]
+    if not path:
+        raise ValueError(f"{X_MCP_HEADER} may only annotate a property reached through `properties` keys alone")
+    where = ".".join(path)
+    if not isinstance(name, str) or not _TOKEN.match(name):
+        raise ValueError(f"property {where}: {X_MCP_HEADER} must be an HTTP field-name token, not {name!r}")
+    if node.get("type") not in _HEADER_TYPES:
+        raise ValueError(f"property {where}: {X_MCP_HEADER} is only allowed on string, integer or boolean properties")
+    if name.lower() in seen:
+        raise ValueError(f"property {where}: {X_MCP_HEADER} {name!r} is used twice")
+    seen.add(name.lower())
+    return HeaderParameter(path, f"mcp-param-{name.lower()}", node["type"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -25,7 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from mcpd.protocol.engine import Engine, Exchange, encode
-from mcpd.protocol.errors import HTTP_STATUS_FOR_CODE, PARSE_ERROR, InvalidRequest, MCPError
+from mcpd.protocol.errors import HTTP_STATUS_FOR_CODE, PARSE_ERROR, HeaderMismatch, InvalidRequest, MCPError
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS
 from mcpd.tools.api import Caller
@@ -102,7 +103,12 @@ class StreamableHTTP(Resource):
         version = request.getHeader("mcp-protocol-version")
         caller = Caller(peer=_peer(request), transport="http")
         if version is not None and version not in LEGACY_VERSIONS:
-            exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller, headers=_routing_headers(request))
+            exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller, headers=HeaderView(request))
+            duplicated = _duplicated_routing_header(request)
+            if duplicated is not None:
+                # Two copies of a routing header: a proxy and mcpd could each believe another one.
+                error = HeaderMismatch(f"the {duplicated} header appears more than once")
+                return self._reject(request, exchange, 400, _id_of(_loads_or_none(body)), error)
             return self._serve(request, exchange, body, accepts_sse, modern=True)
         return self._post_legacy(request, body, accepts_sse, version, caller)
 
@@ -345,14 +351,46 @@ def _method_not_allowed(request: Request) -> bytes:
     return _plain(request, 405, "Method Not Allowed: protocol 2026-07-28 uses POST only")
 
 
-def _routing_headers(request: Request) -> dict[str, str]:
-    get = request.getHeader
-    headers = {}
-    for name in ("mcp-protocol-version", "mcp-method", "mcp-name"):
-        value = get(name)
-        if value is not None:
-            headers[name] = value
-    return headers
+class HeaderView(Mapping[str, str]):
+    """A request's headers as the engine reads them: lowercase names, the last value of each,
+    looked up only when asked (most requests need three of them)."""
+
+    def __init__(self, request: Request) -> None:
+        self._headers = request.requestHeaders
+
+    def __getitem__(self, name: str) -> str:
+        values = self._headers.getRawHeaders(name)
+        if not values:
+            raise KeyError(name)
+        return values[-1]
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        values = self._headers.getRawHeaders(name)
+        return values[-1] if values else default
+
+    def __iter__(self) -> Iterator[str]:
+        return (name.decode("latin-1").lower() for name, _ in self._headers.getAllRawHeaders())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._headers.getAllRawHeaders())
+
+
+_ROUTING_HEADERS = ("mcp-protocol-version", "mcp-method", "mcp-name")
+
+
+def _duplicated_routing_header(request: Request) -> str | None:
+    for name in _ROUTING_HEADERS:
+        values = request.requestHeaders.getRawHeaders(name)
+        if values is not None and len(values) > 1:
+            return name
+    return None
+
+
+def _loads_or_none(body: bytes) -> Any:
+    try:
+        return _loads(body)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _peer(request: Request) -> str:
