@@ -20,7 +20,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.protocol import errors
-from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.engine import CallRecord, Engine, Exchange, encode
 from mcpd.protocol.session import Session
 from mcpd.protocol.trace import Tracer
 from mcpd.protocol.versions import (
@@ -397,7 +397,7 @@ class LegacyToolsCallTests(SynchronousTestCase):
 class BrokenRegistry(ToolRegistry):
     """A registry that fails as a bug in the engine's own code path would."""
 
-    def page(self, cursor: str | None, size: int) -> Any:
+    def page(self, cursor: str | None, size: int, visible: Any = None) -> Any:
         raise RuntimeError(SECRET)
 
 
@@ -867,3 +867,67 @@ class BlockingToolTests(TestCase):
         self.peer.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": message["id"]}})
         self.assertIsNone(await d)
         self.assertTrue(await self.observed)
+
+
+class ToolFilterTests(SynchronousTestCase):
+    """The hook the security layer uses: a caller sees and calls only the tools it may."""
+
+    def setUp(self) -> None:
+        only_greet = lambda caller, tool: tool.name == "greet"  # noqa: E731
+        self.engine = make_engine(tool_filter=only_greet)
+        self.records: list[CallRecord] = []
+        self.engine.observers.append(self.records.append)
+        self.peer = Peer(self, self.engine)
+        self.peer.initialize()
+
+    def test_list_shows_only_allowed_tools(self) -> None:
+        self.assertEqual([tool["name"] for tool in self.peer.result("tools/list")["tools"]], ["greet"])
+
+    def test_a_forbidden_tool_is_answered_as_unknown_and_recorded_as_denied(self) -> None:
+        forbidden = self.peer.request("tools/call", {"name": "echo", "arguments": {"text": "x"}})
+        unknown = self.peer.request("tools/call", {"name": "nope"})
+        self.assertEqual(error_code(forbidden), errors.INVALID_PARAMS)
+        self.assertEqual(forbidden["error"]["message"].replace("echo", "nope"), unknown["error"]["message"])
+        self.assertEqual([r.outcome for r in self.records if r.method == "tools/call"], ["denied", "error"])
+        self.assertEqual(self.records[-2].tool, "echo")
+
+    def test_allowed_tool_is_called(self) -> None:
+        self.assertEqual(self.peer.call("greet")["content"][0]["text"], "hello")
+
+
+class ObserverTests(SynchronousTestCase):
+    """Every request is reported once to the observers, with its outcome."""
+
+    def test_outcomes(self) -> None:
+        engine = make_engine()
+        records: list[CallRecord] = []
+        engine.observers.append(records.append)
+        peer = Peer(self, engine)
+        peer.initialize()
+        peer.call("greet")
+        peer.call("refuse")
+        peer.request("tools/call", {"name": "missing"})
+        peer.request("no/such/method")
+        self.assertEqual(
+            [(r.method, r.tool, r.outcome) for r in records],
+            [
+                ("initialize", None, "ok"),
+                ("tools/call", "greet", "ok"),
+                ("tools/call", "refuse", "tool_error"),
+                ("tools/call", "missing", "error"),
+                ("no/such/method", None, "error"),
+            ],
+        )
+        self.assertTrue(all(r.duration >= 0 and r.caller.name == "tester" for r in records))
+        self.assertEqual(records[1].version, LATEST_LEGACY)
+
+    def test_a_failing_observer_does_not_break_the_answer(self) -> None:
+        engine = make_engine()
+
+        def broken(record: CallRecord) -> None:
+            raise ValueError("observer bug")
+
+        engine.observers.append(broken)
+        peer = Peer(self, engine)
+        self.assertEqual(peer.initialize()["serverInfo"]["name"], "mcpd")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)  # the initialize request; not the notification

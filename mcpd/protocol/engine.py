@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from mcpd.protocol.versions import (
     META_SERVER_INFO,
     MODERN_VERSIONS,
 )
-from mcpd.tools.api import Caller, ToolContext, call_result, error_result, invoke
+from mcpd.tools.api import Caller, Tool, ToolContext, call_result, error_result, invoke
 from mcpd.tools.validation import HeaderParameter
 
 if TYPE_CHECKING:
@@ -92,8 +93,24 @@ class Exchange:
     headers: Mapping[str, str] | None = None
     # Set by the engine: the protocol version the message was served under.
     version: str | None = None
-    # Set by the engine when a request asked for a method or version routing rejected.
+    # Set by the engine: the method of the request being served.
     method: str | None = None
+    # Set by the engine when the caller named a tool it may not call.
+    denied: bool = False
+
+
+@attrs.frozen
+class CallRecord:
+    """How one request went, for the audit trail and metrics (see `Engine.observers`)."""
+
+    request_id: Any
+    method: str
+    tool: str | None
+    caller: Caller
+    version: str | None
+    # ok | error | tool_error | denied | cancelled
+    outcome: str
+    duration: float
 
 
 @attrs.define
@@ -128,6 +145,7 @@ class Engine:
         page_size: int = 100,
         tracer: Tracer | None = None,
         list_ttl_ms: int = 60_000,
+        tool_filter: Callable[[Caller, Tool], bool] | None = None,
     ) -> None:
         self.registry = registry
         self.runtime = runtime
@@ -138,6 +156,11 @@ class Engine:
         self.server_info = {"name": "mcpd", "title": "mcpd", "version": __version__}
         self.capabilities: dict[str, Any] = {"tools": {"listChanged": False}}
         self._pending: set[Deferred[Any]] = set()
+        # Which tools a caller may see and call (the security layer sets it); None: all.
+        self.tool_filter = tool_filter
+        # Called with a `CallRecord` after every request (audit trail, metrics).
+        self.observers: list[Callable[[CallRecord], None]] = []
+        self._clock = time.monotonic
         self._legacy: dict[str, Callable[[Request], Any]] = {
             "initialize": self._initialize,
             "ping": self._ping,
@@ -201,6 +224,43 @@ class Engine:
         return gatherResults(results).addCallback(collect)
 
     def _message(self, message: Any, exchange: Exchange) -> Deferred[Any]:
+        if not self.observers:
+            return self._serve_message(message, exchange)
+        started = self._clock()
+        d = self._serve_message(message, exchange)
+        return d.addCallback(self._observe, message, exchange, started)
+
+    def _observe(self, response: Any, message: Any, exchange: Exchange, started: float) -> Any:
+        """Tell the observers (audit, metrics) how a request went."""
+        if not isinstance(message, dict) or "id" not in message:
+            return response
+        params = message.get("params")
+        tool = params.get("name") if message.get("method") == "tools/call" and isinstance(params, dict) else None
+        if response is None:
+            outcome = "cancelled"
+        elif "error" in response:
+            outcome = "denied" if exchange.denied else "error"
+        elif isinstance(response.get("result"), dict) and response["result"].get("isError"):
+            outcome = "tool_error"
+        else:
+            outcome = "ok"
+        record = CallRecord(
+            request_id=message.get("id"),
+            method=str(message.get("method")),
+            tool=tool if isinstance(tool, str) else None,
+            caller=exchange.caller,
+            version=exchange.version,
+            outcome=outcome,
+            duration=self._clock() - started,
+        )
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:
+                log.failure("A request observer failed")
+        return response
+
+    def _serve_message(self, message: Any, exchange: Exchange) -> Deferred[Any]:
         if not isinstance(message, dict):
             return succeed(
                 error_response(None, InvalidRequest("Invalid request: expected a JSON-RPC object").to_error())
@@ -413,8 +473,12 @@ class Engine:
         cursor = request.params.get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidParams("Invalid params: cursor must be a string")
+        allowed = self.tool_filter
+        caller = request.exchange.caller
         try:
-            tools, next_cursor = self.registry.page(cursor, self.page_size)
+            tools, next_cursor = self.registry.page(
+                cursor, self.page_size, None if allowed is None else lambda tool: allowed(caller, tool)
+            )
         except ValueError:
             raise InvalidParams("Invalid params: unknown cursor; start again without one") from None
         result: dict[str, Any] = {"tools": [tool.descriptor for tool in tools]}
@@ -432,6 +496,10 @@ class Engine:
         if not isinstance(name, str):
             raise InvalidParams("Invalid params: tools/call needs a string name")
         tool = self.registry.get(name)
+        if tool is not None and self.tool_filter is not None and not self.tool_filter(request.exchange.caller, tool):
+            # A tool the caller may not call is answered exactly as an unknown one, and audited.
+            request.exchange.denied = True
+            tool = None
         if tool is None:
             # 2025-11-25 server/tools §Error Handling: unknown tool is a protocol error.
             raise InvalidParams(f"Unknown tool: {name}. Call tools/list to see the available tools.")
@@ -558,4 +626,4 @@ def _decode_header_value(value: str | None) -> str | None:
 _HEADER_SAFE = re.compile(r"^[\x20-\x7e]*$")
 
 
-__all__ = ["Engine", "Exchange", "Request", "encode", "errors"]
+__all__ = ["CallRecord", "Engine", "Exchange", "Request", "encode", "errors"]

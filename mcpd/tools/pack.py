@@ -126,19 +126,22 @@ class ToolRegistry:
         """All tools, sorted by name."""
         return self._ordered
 
-    def page(self, cursor: str | None, size: int) -> tuple[list[Tool], str | None]:
+    def page(
+        self, cursor: str | None, size: int, visible: Callable[[Tool], bool] | None = None
+    ) -> tuple[list[Tool], str | None]:
         """One page of tools after ``cursor`` and the cursor of the next page, if any.
 
         The cursor is opaque to clients; it names the last tool shown, so a page stays correct
         when tools are added or removed between requests. A cursor that is not ours raises
         `ValueError`.
         """
+        tools = self._ordered if visible is None else [tool for tool in self._ordered if visible(tool)]
         start = 0
         if cursor is not None:
             after = decode_cursor(cursor)
-            start = next((i for i, tool in enumerate(self._ordered) if tool.name > after), len(self._ordered))
-        page = self._ordered[start : start + size]
-        more = start + size < len(self._ordered)
+            start = next((i for i, tool in enumerate(tools) if tool.name > after), len(tools))
+        page = tools[start : start + size]
+        more = start + size < len(tools)
         return page, (encode_cursor(page[-1].name) if more and page else None)
 
 
