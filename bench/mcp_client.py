@@ -54,9 +54,13 @@ def call_body_parts(era: str) -> tuple[str, str]:
     return prefix, suffix
 
 
+# Sent with every HTTP request (bench/run.py --header), e.g. an API key.
+EXTRA_HEADERS: dict[str, str] = {}
+
+
 def call_headers(era: str, session_id: str | None = None) -> dict[str, str]:
     """The HTTP headers of a ``tools/call`` POST in ``era`` (legacy ones name the session)."""
-    headers = {"Content-Type": "application/json", "Accept": ACCEPT}
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT, **EXTRA_HEADERS}
     if era == MODERN:
         # 2026-07-28 transports §Streamable HTTP: the version, method and name mirrored in headers.
         headers.update({"MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "echo"})
@@ -150,7 +154,7 @@ def check_echo(response: dict[str, Any]) -> None:
 
 def open_legacy_session(port: int) -> str:
     """Perform the legacy handshake over HTTP and return the session id the server issued."""
-    reply = post(port, initialize_message(0), {"Content-Type": "application/json", "Accept": ACCEPT})
+    reply = post(port, initialize_message(0), {"Content-Type": "application/json", "Accept": ACCEPT, **EXTRA_HEADERS})
     response = reply.response_to(0)
     if reply.status != 200 or "result" not in response:
         raise ProtocolProblem(f"initialize got HTTP {reply.status}: {response!r}")

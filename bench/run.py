@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
 
 from bench.load import WRK_INSTALL, LoadResult, run_stdio, run_wrk, with_server_cpu  # noqa: E402
 from bench.mcp_client import (  # noqa: E402
+    EXTRA_HEADERS,
     LEGACY,
     MODERN,
     ProtocolProblem,
@@ -87,7 +88,16 @@ TARGETS: dict[str, Target] = {
     for target in (
         Target(
             "mcpd",
-            http=lambda py, port: [py, "-m", "mcpd", "--port", str(port), "--tool-pack", "bench.echo_pack"],
+            http=lambda py, port: [
+                py,
+                "-m",
+                "mcpd",
+                "--port",
+                str(port),
+                "--tool-pack",
+                "bench.echo_pack",
+                *MCPD_EXTRA_ARGS,
+            ],
             stdio=lambda py: [py, "-m", "mcpd", "--stdio", "--tool-pack", "bench.echo_pack"],
             eras=ERAS,
         ),
@@ -113,6 +123,8 @@ TARGETS: dict[str, Target] = {
 
 
 DEFAULT_TARGETS = ("mcpd", "sdk", "bare")
+# Extra arguments for mcpd's HTTP server (--server-arg).
+MCPD_EXTRA_ARGS: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -232,7 +244,19 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--start-timeout", type=float, default=30.0, help="seconds a server has to start (30)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the results as JSON here")
     parser.add_argument("--logs", type=Path, help="keep the servers' logs and wrk scripts in this directory")
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra argument for mcpd (repeatable), e.g. --api-key=K"
+    )
+    parser.add_argument(
+        "--header", action="append", default=[], help="extra HTTP header NAME:VALUE on every request (repeatable)"
+    )
     args = parser.parse_args(argv)
+    MCPD_EXTRA_ARGS.extend(args.server_arg)
+    for header in args.header:
+        name, sep, value = header.partition(":")
+        if not sep:
+            parser.error(f"--header {header!r}: expected NAME:VALUE")
+        EXTRA_HEADERS[name.strip()] = value.strip()
     if args.logs is not None:
         args.logs.mkdir(parents=True, exist_ok=True)
     if min(args.duration, args.repeat, *args.clients or [0]) < 1 or args.warmup < 0:

@@ -52,6 +52,40 @@ def _text(text: str) -> str:
     return text
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"must be 1 or 0 (true or false), not {text!r}")
+
+
+def _audit_choice(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("all", "refusals"):
+        raise ValueError(f"must be all or refusals, not {text!r}")
+    return value
+
+
+def _state_key(text: str) -> str:
+    if len(text) < 32:
+        raise ValueError(f"must be at least 32 characters (it signs requestState), not {len(text)}")
+    return text
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    import ipaddress
+
+    entries = _names(text)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or CIDR range") from None
+    return entries
+
+
 @attrs.frozen
 class Knob:
     """One setting: its attribute, flag, environment variable, parser, default and help."""
@@ -62,6 +96,8 @@ class Knob:
     default: Any
     help: str
     repeatable: bool = False
+    # A flag without a value (--insecure-no-auth); its environment variable takes 1/0, true/false.
+    switch: bool = False
 
     @property
     def flag(self) -> str:
@@ -119,11 +155,144 @@ KNOBS: tuple[Knob, ...] = (
         "Events kept per SSE stream for Last-Event-ID resumption.",
     ),
     Knob(
+        "sse_keepalive",
+        "SSE_KEEPALIVE",
+        _seconds,
+        15.0,
+        "Seconds between keep-alive comments on open SSE streams (Streamable HTTP and legacy /sse) "
+        "and between pings on WebSocket connections: proxies keep them, dead clients are found.",
+    ),
+    Knob(
         "trace_file",
         "TRACE_FILE",
         _text,
         None,
         "Write every JSON-RPC message in and out to this file as JSON lines (debugging).",
+    ),
+    # -- security and limits (mcpd.web.security) --
+    Knob(
+        "api_key",
+        "API_KEYS",
+        _names,
+        (),
+        "An API key clients must send (Authorization: Bearer KEY, or X-API-Key: KEY); repeatable "
+        "(comma-separated in the environment). Keys on the command line show in ps: prefer --api-key-file.",
+        repeatable=True,
+    ),
+    Knob(
+        "api_key_file",
+        "API_KEY_FILE",
+        _text,
+        None,
+        "File of API keys, one a line: KEY, NAME:KEY or NAME:KEY:SCOPES (scopes comma-separated: read, "
+        "write, admin, or tool and toolset names; none = admin). Reloaded on SIGHUP.",
+    ),
+    Knob(
+        "insecure_no_auth",
+        "INSECURE_NO_AUTH",
+        _bool,
+        False,
+        "Serve clients beyond loopback without API keys (a trusted network only).",
+        switch=True,
+    ),
+    Knob(
+        "allowed_ip",
+        "ALLOWED_IPS",
+        _networks,
+        (),
+        "Only these client addresses or CIDR ranges (IPv4 or IPv6) may connect; repeatable "
+        "(comma-separated in the environment). Others get 403.",
+        repeatable=True,
+    ),
+    Knob(
+        "allowed_ip_file",
+        "ALLOWED_IP_FILE",
+        _text,
+        None,
+        "File of allowed addresses and CIDR ranges, one a line, added to --allowed-ip. Reloaded on SIGHUP.",
+    ),
+    Knob(
+        "trusted_proxy",
+        "TRUSTED_PROXIES",
+        _networks,
+        (),
+        "A reverse proxy (address or CIDR) whose X-Forwarded-For / X-Real-IP is believed; repeatable. "
+        "From other peers those headers are ignored.",
+        repeatable=True,
+    ),
+    Knob(
+        "cors_origin",
+        "CORS_ORIGINS",
+        _names,
+        (),
+        "A browser origin allowed to call mcpd (https://app.example), or * for any; repeatable. "
+        "Answers CORS preflights and exposes Mcp-Session-Id.",
+        repeatable=True,
+    ),
+    Knob(
+        "rate_limit",
+        "RATE_LIMIT",
+        _positive_int,
+        100,
+        "Requests allowed per --rate-window, per API key (per client address without keys; loopback exempt).",
+    ),
+    Knob("rate_window", "RATE_WINDOW", _seconds, 60.0, "The rate-limit window, in seconds."),
+    Knob("rate_burst", "RATE_BURST", _positive_int, None, "Largest burst of requests (default: --rate-limit)."),
+    Knob(
+        "max_connections", "MAX_CONNECTIONS", _positive_int, 1000, "Open HTTP connections allowed; the next gets 503."
+    ),
+    Knob(
+        "max_connections_per_ip",
+        "MAX_CONNECTIONS_PER_IP",
+        _positive_int,
+        None,
+        "Open HTTP connections allowed from one address (trusted proxies exempt); the next gets 503.",
+    ),
+    Knob(
+        "max_streams_per_key",
+        "MAX_STREAMS_PER_KEY",
+        _positive_int,
+        16,
+        "Open SSE streams and WebSockets allowed per API key (per address without keys); the next gets 429.",
+    ),
+    Knob(
+        "header_timeout",
+        "HEADER_TIMEOUT",
+        _seconds,
+        10.0,
+        "Seconds a client has to send a request's headers (from its first byte, or from connecting).",
+    ),
+    Knob("request_timeout", "REQUEST_TIMEOUT", _seconds, 30.0, "Seconds a client has to send a request's body."),
+    Knob(
+        "tool_timeout",
+        "TOOL_TIMEOUT",
+        _seconds,
+        None,
+        "Cancel a tool call after this many seconds and tell the client (default: no limit).",
+    ),
+    Knob(
+        "client_timeout",
+        "CLIENT_TIMEOUT",
+        _seconds,
+        60.0,
+        "Seconds a client has to answer a request mcpd sends it (elicitation, sampling, roots; legacy sessions).",
+    ),
+    Knob(
+        "state_key",
+        "STATE_KEY",
+        _state_key,
+        None,
+        "Secret (at least 32 characters) that signs 2026-07-28 requestState, so instances behind one load "
+        "balancer accept each other's; default: random per process. Prefer the environment or --config to a flag.",
+    ),
+    Knob("audit_buffer", "AUDIT_BUFFER", _positive_int, 1000, "Audit records kept in memory."),
+    Knob(
+        "audit_log",
+        "AUDIT_LOG",
+        _audit_choice,
+        None,
+        "Which audit records are logged as JSON lines: all, or refusals (every refusal, denial and "
+        "failed call, not the tool calls that went well). Default: all with API keys, else refusals.",
     ),
 )
 KNOBS_BY_NAME = {knob.name: knob for knob in KNOBS}
@@ -143,7 +312,28 @@ class Settings:
     page_size: int = 100
     max_message_size: int = 4 * 1024 * 1024
     sse_replay: int = 256
+    sse_keepalive: float = 15.0
     trace_file: str | None = None
+    api_key: tuple[str, ...] = attrs.field(default=(), repr=False)  # secrets: never shown
+    api_key_file: str | None = None
+    insecure_no_auth: bool = False
+    allowed_ip: tuple[str, ...] = ()
+    allowed_ip_file: str | None = None
+    trusted_proxy: tuple[str, ...] = ()
+    cors_origin: tuple[str, ...] = ()
+    rate_limit: int = 100
+    rate_window: float = 60.0
+    rate_burst: int | None = None
+    max_connections: int = 1000
+    max_connections_per_ip: int | None = None
+    max_streams_per_key: int = 16
+    header_timeout: float = 10.0
+    request_timeout: float = 30.0
+    tool_timeout: float | None = None
+    client_timeout: float = 60.0
+    state_key: str | None = attrs.field(default=None, repr=False)  # a secret: never shown
+    audit_buffer: int = 1000
+    audit_log: str | None = None
     stdio: bool = False
     port_given: bool = False
 

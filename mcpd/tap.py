@@ -23,9 +23,13 @@ from mcpd.protocol.trace import Tracer
 from mcpd.runtime import Runtime
 from mcpd.settings import KNOBS, SettingError, Settings, read_env_file, resolve
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
+from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.stdio import StdioProtocol
 from mcpd.transport.streamable import StreamableHTTP
+from mcpd.transport.tls import EndpointError, TLSHandshakeLog, check_endpoint, is_tls
+from mcpd.transport.websocket import websocket_resource
 from mcpd.web.policy import OriginGuard
+from mcpd.web.security import ReloadService, Security, SecurityConfigError, load_allowlist, load_key_ring
 from mcpd.web.site import make_site
 
 log = Logger(namespace="mcpd")
@@ -51,11 +55,13 @@ class Options(usage.Options):
         "Each option can also be set by the environment variable named in brackets, or in a "
         "--config file of NAME=value lines; a flag wins over the environment, which wins over the file."
     )
-    optFlags = [["stdio", None, "Serve one client on stdin/stdout instead of HTTP (logs go to stderr)."]]
+    optFlags = [["stdio", None, "Serve one client on stdin/stdout instead of HTTP (logs go to stderr)."]] + [
+        [knob.flag, None, f"{knob.help} [{knob.env}]"] for knob in KNOBS if knob.switch
+    ]
     optParameters = [["config", "c", None, "A .env-style file of NAME=value settings."]] + [
         [knob.flag, None, None, f"{knob.help} [{knob.env}] (default: {_show(knob.default)})"]
         for knob in KNOBS
-        if not knob.repeatable
+        if not knob.repeatable and not knob.switch
     ]
 
     def __init__(self) -> None:
@@ -74,6 +80,22 @@ class Options(usage.Options):
         """A tool pack by dotted module name, module[:attribute] (repeatable) [TOOL_PACKS]."""
         self["tool_pack"].append(reference)
 
+    def opt_api_key(self, key: str) -> None:
+        """An API key clients must send (repeatable; shows in ps: prefer --api-key-file) [API_KEYS]."""
+        self["api_key"].append(key)
+
+    def opt_allowed_ip(self, entry: str) -> None:
+        """A client address or CIDR range allowed to connect (repeatable) [ALLOWED_IPS]."""
+        self["allowed_ip"].append(entry)
+
+    def opt_trusted_proxy(self, entry: str) -> None:
+        """A reverse proxy address or CIDR whose X-Forwarded-For is believed (repeatable) [TRUSTED_PROXIES]."""
+        self["trusted_proxy"].append(entry)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """A browser origin allowed to call mcpd, or * (repeatable) [CORS_ORIGINS]."""
+        self["cors_origin"].append(origin)
+
     def opt_version(self) -> None:
         """Print mcpd's version and exit."""
         print(f"mcpd {__version__}")
@@ -81,6 +103,9 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         flags = {knob.name: self.get(knob.flag, self.get(knob.name)) for knob in KNOBS}
+        for knob in KNOBS:
+            if knob.switch:  # an absent flag (0) must not hide the environment
+                flags[knob.name] = True if flags[knob.name] else None
         try:
             file_values = read_env_file(self["config"]) if self["config"] else {}
             self.settings = resolve(flags, os.environ, file_values, stdio=bool(self["stdio"]))
@@ -92,9 +117,14 @@ class Options(usage.Options):
 
             for description in self.settings.http_endpoints():
                 try:
-                    endpoints.serverFromString(reactor, description)
-                except (ValueError, TypeError, KeyError) as e:
-                    raise usage.UsageError(f"--listen {description!r}: not a usable endpoint ({e})") from None
+                    check_endpoint(reactor, description)
+                except EndpointError as e:
+                    raise usage.UsageError(f"--listen {description!r}: {e}") from None
+            try:
+                load_key_ring(self.settings)
+                load_allowlist(self.settings)
+            except SecurityConfigError as e:
+                raise usage.UsageError(str(e)) from None
         elif self.parent is not None:
             # twistd -n logs to stdout, which belongs to the protocol in stdio mode.
             self.parent["logger"] = "mcpd.tap.stderr_observer"
@@ -147,6 +177,10 @@ class EngineService(Service):
         super().stopService()
         if self.engine.in_flight:
             log.info("Cancelling {count} call(s) in flight", count=self.engine.in_flight)
+        if self.engine.tasks.running:
+            log.info("Cancelling {count} running task(s)", count=self.engine.tasks.running)
+        # Modern subscription streams hear notifications/cancelled before their requests end.
+        self.engine.end_subscriptions()
         self.engine.cancel_all()
 
 
@@ -246,7 +280,22 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     pool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="mcpd-tools")
     ThreadPoolService(pool).setServiceParent(root)
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
-    engine = Engine(registry, runtime=runtime, thread_pool=pool, page_size=settings.page_size, tracer=tracer)
+    state_key = settings.state_key.encode("utf-8") if settings.state_key is not None else None
+    engine = Engine(
+        registry,
+        runtime=runtime,
+        thread_pool=pool,
+        page_size=settings.page_size,
+        tracer=tracer,
+        client_timeout=settings.client_timeout,
+        state_key=state_key,
+    )
+    engine.tool_timeout = settings.tool_timeout
+    if state_key is None:
+        log.info(
+            "No --state-key: 2026-07-28 requestState is signed with a random key of this process; "
+            "set STATE_KEY alike on every instance behind a load balancer"
+        )
     # Children stop in reverse order: transports, then the engine's calls, then the pool.
     EngineService(engine).setServiceParent(root)
     if settings.stdio:
@@ -257,15 +306,26 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     SessionService(sessions).setServiceParent(root)
     runtime.transports.append("streamable-http")
     resource = StreamableHTTP(engine, sessions, settings.max_message_size, settings.sse_replay)
-    site = make_site(OriginGuard(resource), runtime)
+    # Legacy HTTP+SSE sessions live in a store of their own: ids never cross transports.
+    sse_sessions = SessionStore(reactor, settings.session_timeout)
+    SessionService(sse_sessions).setServiceParent(root)
+    runtime.transports += ["legacy-sse", "websocket"]
+    transports = {
+        b"sse": OriginGuard(SSEStreamResource(sse_sessions)),
+        b"messages": OriginGuard(SSEMessagesResource(engine, sse_sessions, settings.max_message_size)),
+        b"ws": OriginGuard(websocket_resource(engine, settings.max_message_size, settings.sse_keepalive)),
+    }
+    site = make_site(OriginGuard(resource), runtime, transports, settings.sse_keepalive)
+    # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
+    # body size, rate and stream limits) and per connection (caps, slow clients).
+    security = Security(settings, reactor)
+    security.attach(engine, registry)
+    ReloadService(security, reactor).setServiceParent(root)
+    guarded = security.protect(site)
     for description in settings.http_endpoints():
-        ListenerService(description, site, runtime).setServiceParent(root)
-        if _beyond_loopback(description):
-            log.warn(
-                "Listening beyond loopback on {description} with no authentication: anyone who can "
-                "reach it can call every tool",
-                description=description,
-            )
+        factory = TLSHandshakeLog(guarded) if is_tls(description) else guarded
+        ListenerService(description, factory, runtime).setServiceParent(root)
+    security.warn_about([d for d in settings.http_endpoints() if _beyond_loopback(d)])
     return root
 
 

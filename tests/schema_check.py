@@ -39,6 +39,10 @@ _EMPTY_RESULT_METHODS = (
 
 #: Values of ``resultType`` named by the spec (the schema only says "string").
 _RESULT_TYPES = ("complete", "input_required")
+#: ``resultType`` values of extensions, with no definition in the core schema: SEP-2663's
+#: ``CreateTaskResult`` ("task"), checked by `_task_problems`.
+_EXTENSION_RESULT_TYPES = ("task",)
+_TASK_STATUSES = ("working", "input_required", "completed", "failed", "cancelled")
 
 _ENTRY_KEYS = frozenset({"dir", "peer", "version", "message"})
 _MAX_ERRORS_PER_DEFINITION = 10
@@ -280,8 +284,10 @@ def _check_result(index: _Index, message: dict[str, Any], request_method: str | 
     if index.modern:
         if "resultType" not in result:
             problems.append(f"result lacks 'resultType' (required in {version})")
-        elif result_type not in _RESULT_TYPES:
-            problems.append(f"resultType {result_type!r} is not one of {_RESULT_TYPES}")
+        elif result_type not in _RESULT_TYPES + _EXTENSION_RESULT_TYPES:
+            problems.append(f"resultType {result_type!r} is not one of {_RESULT_TYPES + _EXTENSION_RESULT_TYPES}")
+        elif result_type == "task":
+            return problems + _task_problems(result, request_method)
     if request_method is None or request_method not in index.result_for_method:
         return problems
     name = index.result_for_method[request_method]
@@ -295,6 +301,30 @@ def _check_result(index: _Index, message: dict[str, Any], request_method: str | 
     elif "task" in result and "CreateTaskResult" in index.defs:
         name = "CreateTaskResult"  # answer to a task-augmented request
     return problems + _check(version, name, result, "$.result")
+
+
+def _task_problems(result: dict[str, Any], request_method: str | None) -> list[str]:
+    """SEP-2663 §Task Creation: a ``CreateTaskResult`` is a flat ``Result & Task``."""
+    problems = []
+    if request_method is not None and request_method != "tools/call":
+        problems.append(f"{request_method!r} may not answer with a task")
+    if not isinstance(result.get("taskId"), str):
+        problems.append("CreateTaskResult: taskId must be a string")
+    if result.get("status") not in _TASK_STATUSES:
+        problems.append(f"CreateTaskResult: status {result.get('status')!r} is not one of {_TASK_STATUSES}")
+    for key in ("createdAt", "lastUpdatedAt"):
+        if not isinstance(result.get(key), str):
+            problems.append(f"CreateTaskResult: {key} must be an ISO 8601 string")
+    ttl = result.get("ttlMs", "absent")
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1):
+        problems.append("CreateTaskResult: ttlMs must be null or a positive integer")
+    poll = result.get("pollIntervalMs", 1)
+    if not isinstance(poll, int) or isinstance(poll, bool) or poll < 1:
+        problems.append("CreateTaskResult: pollIntervalMs must be a positive integer")
+    problems.extend(
+        f"CreateTaskResult carries {key}" for key in ("task", "result", "error", "requestState") if key in result
+    )
+    return problems
 
 
 def _is_response(message: dict[str, Any]) -> bool:

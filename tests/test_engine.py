@@ -471,9 +471,9 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual(response["id"], 4)
 
     def test_unknown_method(self) -> None:
-        response = self.peer.request("resources/list")
+        response = self.peer.request("resources/frobnicate")
         self.assertEqual(error_code(response), errors.METHOD_NOT_FOUND)
-        self.assertIn("resources/list", response["error"]["message"])
+        self.assertIn("resources/frobnicate", response["error"]["message"])
 
     def test_params_must_be_an_object(self) -> None:
         response = self.peer.send({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": ["x"]})
@@ -578,7 +578,11 @@ class ModernTests(SynchronousTestCase):
         result = self.peer.result("server/discover")
         self.assertEqual(result["supportedVersions"], list(ALL_VERSIONS))
         self.assertIn(MODERN, result["supportedVersions"])
-        self.assertEqual(result["capabilities"], {"tools": {"listChanged": False}})
+        self.assertEqual(result["capabilities"]["tools"], {"listChanged": True})
+        self.assertEqual(
+            set(result["capabilities"]), {"tools", "resources", "prompts", "completions", "logging", "extensions"}
+        )
+        self.assertEqual(result["capabilities"]["extensions"], {"io.modelcontextprotocol/tasks": {}})
         self.assertEqual(result["_meta"][META_SERVER_INFO]["name"], "mcpd")
         self.assertEqual(result["ttlMs"], 5_000)
         self.assertEqual(result["cacheScope"], "public")

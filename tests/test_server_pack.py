@@ -129,3 +129,13 @@ class ServerPackTests(SynchronousTestCase):
         result = self.peer.call("server.tools", {"read_only": "yes"})
         self.assertTrue(result["isError"])
         self.assertIn("read_only", text_of(result))
+
+
+class ServerPackResourcesTests(SynchronousTestCase):
+    """server.info as a resource, and the server.tour prompt."""
+
+    def test_declared(self) -> None:
+        from mcpd.tools.server import pack
+
+        self.assertEqual([r.uri for r in pack.resources], ["mcpd://server/info"])
+        self.assertEqual([p.name for p in pack.prompts], ["server.tour"])

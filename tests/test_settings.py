@@ -182,3 +182,23 @@ class EndpointTests(SynchronousTestCase):
         serverFromString(reactor, description).listen(Factory())
         [(port, _factory, _backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (8765, "::1"))
+
+
+class ProtocolKnobTests(SynchronousTestCase):
+    """--client-timeout and --state-key (the key that signs 2026-07-28 requestState)."""
+
+    def test_defaults(self) -> None:
+        self.assertEqual((settings().client_timeout, settings().state_key), (60.0, None))
+
+    def test_precedence_and_secrecy(self) -> None:
+        key = "k" * 32
+        chosen = settings({"state_key": "f" * 32}, {"STATE_KEY": key}, {"STATE_KEY": "x" * 40})
+        self.assertEqual(chosen.state_key, "f" * 32)
+        self.assertEqual(settings({}, {"STATE_KEY": key}, {"STATE_KEY": "x" * 40}).state_key, key)
+        self.assertEqual(settings({}, {}, {"CLIENT_TIMEOUT": "2.5"}).client_timeout, 2.5)
+        self.assertNotIn(key, repr(settings({}, {"STATE_KEY": key})))
+
+    def test_short_keys_are_refused(self) -> None:
+        with self.assertRaises(SettingError) as caught:
+            settings({}, {"STATE_KEY": "short"})
+        self.assertIn("STATE_KEY", str(caught.exception))

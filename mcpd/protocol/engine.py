@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,9 @@ from twisted.python.failure import Failure
 
 from mcpd._version import __version__
 from mcpd.protocol import errors
+from mcpd.protocol.catalog import CatalogMethods
+from mcpd.protocol.changes import ChangeFeed
+from mcpd.protocol.channel import ClientError, ClientTimeout, InputRequired, RequestChannel, StateSigner
 from mcpd.protocol.errors import (
     HeaderMismatch,
     InternalError,
@@ -36,6 +41,7 @@ from mcpd.protocol.errors import (
     error_response,
 )
 from mcpd.protocol.session import Session
+from mcpd.protocol.tasks import LEGACY_TASK_VERSION, TASKS_EXTENSION, MemoryTaskStore, TaskManager
 from mcpd.protocol.versions import (
     ALL_VERSIONS,
     BATCH_VERSIONS,
@@ -51,8 +57,10 @@ from mcpd.tools.api import Caller, Tool, ToolContext, call_result, error_result,
 from mcpd.tools.validation import HeaderParameter
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
     from twisted.python.threadpool import ThreadPool
 
+    from mcpd.interfaces import ITaskStore
     from mcpd.protocol.trace import Tracer
     from mcpd.runtime import Runtime
     from mcpd.tools.pack import ToolRegistry
@@ -64,7 +72,15 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
 
 # 2026-07-28 transports §Streamable HTTP: methods whose target is mirrored in `Mcp-Name`.
-NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# SEP-2663 §Streamable HTTP: Routing Headers: tasks methods mirror their taskId.
+NAME_BEARING = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "tasks/get": "taskId",
+    "tasks/update": "taskId",
+    "tasks/cancel": "taskId",
+}
 
 INSTRUCTIONS = (
     "mcpd is a team's shared MCP server. Call server.tools to see the tools this server offers "
@@ -133,7 +149,7 @@ class Request:
         return meta if isinstance(meta, dict) else {}
 
 
-class Engine:
+class Engine(CatalogMethods):
     """Serves MCP requests for every transport from one tool registry."""
 
     def __init__(
@@ -146,6 +162,10 @@ class Engine:
         tracer: Tracer | None = None,
         list_ttl_ms: int = 60_000,
         tool_filter: Callable[[Caller, Tool], bool] | None = None,
+        clock: IReactorTime | None = None,
+        client_timeout: float | None = 60.0,
+        state_key: bytes | None = None,
+        task_store: ITaskStore | None = None,
     ) -> None:
         self.registry = registry
         self.runtime = runtime
@@ -154,10 +174,33 @@ class Engine:
         self.tracer = tracer
         self.list_ttl_ms = list_ttl_ms
         self.server_info = {"name": "mcpd", "title": "mcpd", "version": __version__}
-        self.capabilities: dict[str, Any] = {"tools": {"listChanged": False}}
+        self.capabilities: dict[str, Any] = {
+            "tools": {"listChanged": True},
+            "resources": {"subscribe": True, "listChanged": True},
+            "prompts": {"listChanged": True},
+            "completions": {},
+            "logging": {},
+        }
+        # Who hears about list changes and resource updates (both eras).
+        self.changes = ChangeFeed()
+        self.changes.trace = self._trace_push
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        # How long a server-to-client request (elicitation, sampling, roots) may go unanswered.
+        self.client_timeout = client_timeout
+        # Signs modern-era requestState; instances behind one balancer need the same key.
+        self.signer = StateSigner(state_key or secrets.token_bytes(32))
         self._pending: set[Deferred[Any]] = set()
+        # Tool calls running as tasks the client polls (both eras).
+        self.tasks = TaskManager(task_store if task_store is not None else MemoryTaskStore(), self.clock)
+        self.tasks.changes = self.changes
         # Which tools a caller may see and call (the security layer sets it); None: all.
         self.tool_filter = tool_filter
+        # Seconds after which a tool call is cancelled and answered isError (--tool-timeout);
+        # None: never. ``timer`` schedules it (the reactor unless a test sets a Clock).
+        self.tool_timeout: float | None = None
+        self.timer: Any = None
         # Called with a `CallRecord` after every request (audit trail, metrics).
         self.observers: list[Callable[[CallRecord], None]] = []
         self._clock = time.monotonic
@@ -166,11 +209,36 @@ class Engine:
             "ping": self._ping,
             "tools/list": self._tools_list,
             "tools/call": self._tools_call,
+            "resources/list": self._resources_list,
+            "resources/templates/list": self._resource_templates_list,
+            "resources/read": self._resources_read,
+            "resources/subscribe": self._resources_subscribe,
+            "resources/unsubscribe": self._resources_unsubscribe,
+            "prompts/list": self._prompts_list,
+            "prompts/get": self._prompts_get,
+            "completion/complete": self._complete,
+            "logging/setLevel": self._set_level,
+            # 2025-11-25 basic/utilities/tasks (experimental; that version only).
+            "tasks/get": self.tasks.get,
+            "tasks/result": self.tasks.result,
+            "tasks/list": self._tasks_list,
+            "tasks/cancel": self.tasks.cancel,
         }
         self._modern: dict[str, Callable[[Request], Any]] = {
             "server/discover": self._discover,
             "tools/list": self._tools_list,
             "tools/call": self._tools_call,
+            "resources/list": self._resources_list,
+            "resources/templates/list": self._resource_templates_list,
+            "resources/read": self._resources_read,
+            "prompts/list": self._prompts_list,
+            "prompts/get": self._prompts_get,
+            "completion/complete": self._complete,
+            "subscriptions/listen": self._listen,
+            # SEP-2663, the io.modelcontextprotocol/tasks extension.
+            "tasks/get": self.tasks.get,
+            "tasks/update": self.tasks.update,
+            "tasks/cancel": self.tasks.cancel,
         }
 
     # -- entry points ---------------------------------------------------------------------------
@@ -269,8 +337,11 @@ class Engine:
         request_id = message.get("id")
         if method is None:
             if "id" in message and ("result" in message or "error" in message):
-                # A response to a server-to-client request; this server sends none yet.
-                log.info("Ignoring a response to request {id!r} that was never sent", id=request_id)
+                # A response to a server-to-client request (elicitation, sampling, roots).
+                session = exchange.session
+                if session is None or not session.outbound.resolve(message):
+                    # JSON-RPC 2.0 §5: a response is never answered; logged once.
+                    log.info("Ignoring a response to request {id!r} that was never sent", id=request_id)
                 return succeed(None)
             return succeed(
                 error_response(_readable_id(request_id), InvalidRequest("Invalid request: no method").to_error())
@@ -293,6 +364,17 @@ class Engine:
                 error_response(None, InvalidRequest("Invalid request: id must be a string or an integer").to_error())
             )
         exchange.method = method
+        session = exchange.session
+        if session is not None and request_id in session.in_flight:
+            # basic §Requests: the id MUST NOT have been used by the requestor in this session
+            # (at least while that request is still being served).
+            log.info("Duplicate request id {id!r} in one session", id=request_id)
+            return succeed(
+                error_response(
+                    request_id,
+                    InvalidRequest(f"Invalid request: request id {request_id!r} is already in use").to_error(),
+                )
+            )
         if not isinstance(params, dict):
             return succeed(
                 error_response(request_id, InvalidParams("Invalid params: params must be an object").to_error())
@@ -335,9 +417,11 @@ class Engine:
         return len(self._pending)
 
     def cancel_all(self) -> None:
-        """Cancel every request still being served, whatever its transport (shutdown)."""
+        """Cancel every request still being served, whatever its transport, and every task
+        still running (shutdown)."""
         for d in list(self._pending):
             d.cancel()
+        self.tasks.shutdown()
 
     def _respond(self, result: Any, request_id: Any, modern: bool) -> dict[str, Any]:
         if modern and "resultType" not in result:
@@ -382,7 +466,8 @@ class Engine:
         if session is not None and session.version is not None:
             exchange.version = session.version
             return Request(request_id, method, params, session.version, exchange)
-        if method == "initialize" or (method == "ping" and session is not None and "_meta" not in params):
+        legacy_shaped = exchange.headers is None and "_meta" not in params
+        if (method == "initialize" and legacy_shaped) or (method == "ping" and session is not None and legacy_shaped):
             # 2025-11-25 basic/lifecycle: pings are allowed before the handshake completes.
             return Request(request_id, method, params, LATEST_LEGACY, exchange)
         version = self._modern_envelope(method, params, exchange.headers)
@@ -448,9 +533,13 @@ class Engine:
         info = params.get("clientInfo")
         session.client_info = info if isinstance(info, dict) else None
         request.exchange.version = version
+        self.changes.join(session)
+        capabilities = self.capabilities
+        if version == LEGACY_TASK_VERSION:
+            capabilities = {**capabilities, "tasks": self.tasks.legacy_capabilities()}
         return {
             "protocolVersion": version,
-            "capabilities": self.capabilities,
+            "capabilities": capabilities,
             "serverInfo": self.server_info,
             "instructions": INSTRUCTIONS,
         }
@@ -462,7 +551,8 @@ class Engine:
         # 2026-07-28 server/discover: supportedVersions, capabilities, serverInfo in _meta.
         return {
             "supportedVersions": list(ALL_VERSIONS),
-            "capabilities": self.capabilities,
+            # SEP-2663 §Capability Negotiation: tasks are an extension, not capabilities.tasks.
+            "capabilities": {**self.capabilities, "extensions": {TASKS_EXTENSION: {}}},
             "instructions": INSTRUCTIONS,
             "_meta": {META_SERVER_INFO: self.server_info},
             "ttlMs": self.list_ttl_ms,
@@ -487,7 +577,8 @@ class Engine:
         if request.modern:
             # 2026-07-28 server/tools §Caching: lists carry ttlMs and cacheScope.
             result["ttlMs"] = self.list_ttl_ms
-            result["cacheScope"] = "public"
+            # A caller-filtered list (API key scopes) must not be shared between callers.
+            result["cacheScope"] = "public" if allowed is None else "private"
         return result
 
     def _tools_call(self, request: Request) -> Any:
@@ -514,6 +605,8 @@ class Engine:
         problems = tool.argument_problems(arguments)
         if problems:
             return error_result(f"Invalid arguments for tool {name}: " + "; ".join(problems))
+        # Task bookkeeping only for calls that may become tasks (mcpd.protocol.tasks).
+        plan = self.tasks.plan(request, tool) if tool.task_support != "forbidden" or "task" in params else None
         exchange = request.exchange
         ctx = ToolContext(
             tool=tool,
@@ -521,10 +614,39 @@ class Engine:
             caller=exchange.caller,
             runtime=self.runtime,
             progress_sink=self._progress_sink(request),
+            open_channel=functools.partial(self._channel, request),
         )
-        d = invoke(tool, ctx, arguments, self.thread_pool)
+        if "requestState" in params or "inputResponses" in params:
+            ctx.channel  # noqa: B018 -- a tampered requestState is refused before the tool runs
+        if plan is not None:
+            # No --tool-timeout for tasks: they are meant to run long, and end with their TTL.
+            return self.tasks.start(request, plan, ctx, ctx.channel, functools.partial(self._run_tool, arguments))
+        d = self._run_tool(arguments, ctx)
+        if self.tool_timeout is not None:
+            d.addTimeout(self.tool_timeout, self._timer(), onTimeoutCancel=functools.partial(self._timed_out, name))
+        return d
+
+    def _run_tool(self, arguments: dict[str, Any], ctx: ToolContext) -> Deferred[Any]:
+        d = invoke(ctx.tool, ctx, arguments, self.thread_pool)
         # Errback after callback: output that breaks the tool's outputSchema is a tool failure too.
         return d.addCallback(self._tool_value, ctx).addErrback(self._tool_failure, ctx)
+
+    def _tasks_list(self, request: Request) -> dict[str, Any]:
+        return self.tasks.list(request, self.page_size)
+
+    def _timer(self) -> Any:
+        if self.timer is None:
+            from twisted.internet import reactor
+
+            self.timer = reactor
+        return self.timer
+
+    def _timed_out(self, name: str, result: Any, timeout: float) -> Any:
+        """--tool-timeout: the call was cancelled (its handler told); the client is told why."""
+        if isinstance(result, Failure) and result.check(CancelledError):
+            log.info("Tool {tool} cancelled after {timeout}s (--tool-timeout)", tool=name, timeout=timeout)
+            return error_result(f"Tool {name} timed out after {timeout:g} seconds and was cancelled.")
+        return result
 
     def _tool_value(self, value: Any, ctx: ToolContext) -> dict[str, Any]:
         ctx._progress_sink = None  # nothing may follow the result (basic/utilities/progress)
@@ -538,7 +660,13 @@ class Engine:
             return failure
         from mcpd.tools.api import ToolError
 
-        if failure.check(ToolError):
+        channel = ctx._channel
+        if channel is not None and channel.missing and (failure.check(InputRequired) or channel.modern):
+            # 2026-07-28 basic §Multi Round-Trip Requests: ask, and let the client retry.
+            return channel.input_required_result()
+        if failure.check(MCPError):
+            return failure  # a protocol error (say -32021), answered as such
+        if failure.check(ToolError, ClientError, ClientTimeout):
             return error_result(str(failure.value))
         log.failure("Tool {tool} failed (request {id!r})", failure, tool=ctx.tool.name, id=ctx.request_id)
         return error_result(
@@ -569,7 +697,27 @@ class Engine:
 
         return sink
 
+    def _channel(self, request: Request) -> RequestChannel:
+        """How the handler of ``request`` talks back to its client (built on first use)."""
+        exchange = request.exchange
+        return RequestChannel(
+            version=request.version,
+            modern=request.modern,
+            params=request.params,
+            send=exchange.notify,
+            session=exchange.session,
+            changes=self.changes,
+            clock=self.clock,
+            timeout=self.client_timeout,
+            signer=self.signer,
+            trace=functools.partial(self._trace, "out", exchange),
+        )
+
     # -- tracing --------------------------------------------------------------------------------
+
+    def _trace_push(self, peer: str, version: str | None, message: dict[str, Any]) -> None:
+        if self.tracer is not None:
+            self.tracer.record("out", peer, version, message)
 
     def _trace(self, direction: str, exchange: Exchange, message: Any) -> None:
         if self.tracer is not None:

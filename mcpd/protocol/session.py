@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+
+from mcpd.protocol.channel import OutboundRequests
 
 
 def new_session_id() -> str:
@@ -31,11 +34,25 @@ class Session:
         self.in_flight: dict[Any, Deferred[Any]] = {}
         self.last_active = now
         self.closed = False
+        # 2025-11-25 server/utilities/logging: set by logging/setLevel; None until then.
+        self.log_level: str | None = None
+        # URIs subscribed to with resources/subscribe.
+        self.subscriptions: set[str] = set()
+        # Requests the server sent the client, awaiting answers.
+        self.outbound = OutboundRequests()
+        # How the transport delivers a message unrelated to any request (stdio: a line).
+        self.sink: Callable[[dict[str, Any]], None] | None = None
+
+    def push(self, message: dict[str, Any]) -> None:
+        """Send a message that belongs to no request (list changes, resource updates, requests
+        made outside a request); dropped when the transport has nowhere to put it."""
+        if self.sink is not None and not self.closed:
+            self.sink(message)
 
     @property
     def idle(self) -> bool:
         """Whether nothing is happening in the session (no request being served)."""
-        return not self.in_flight
+        return not self.in_flight and not len(self.outbound)
 
     def close(self) -> None:
         """The session is going away: cancel every request still being served."""
@@ -43,6 +60,7 @@ class Session:
         pending, self.in_flight = self.in_flight, {}
         for deferred in pending.values():
             deferred.cancel()
+        self.outbound.close()
 
 
 class SessionStore:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from jsonschema import Draft202012Validator, SchemaError
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python import threadable
 from twisted.python.threadable import isInIOThread
 
 from mcpd.tools.validation import ArgumentValidator, HeaderParameter, header_parameters
@@ -119,6 +120,14 @@ class Tool:
     output_schema: Mapping[str, Any] | None = attrs.field(default=None, validator=_check_schema)
     annotations: ToolAnnotations | None = None
     blocking: bool = False
+    # Whether calls may run as tasks the client polls (mcpd.protocol.tasks): forbidden,
+    # optional or required (2025-11-25 server/tools §execution.taskSupport).
+    task_support: str = attrs.field(
+        default="forbidden", validator=attrs.validators.in_(("forbidden", "optional", "required"))
+    )
+    # When a task call becomes a task: as it arrives ("call"), or when the handler calls
+    # ``ctx.start_task()`` after gathering input by multi-round trip ("handler").
+    task_start: str = attrs.field(default="call", validator=attrs.validators.in_(("call", "handler")))
     _input_validator: ArgumentValidator = attrs.field(init=False, repr=False, eq=False)
     header_parameters: tuple[HeaderParameter, ...] = attrs.field(init=False, repr=False, eq=False)
     _output_validator: Draft202012Validator | None = attrs.field(init=False, repr=False, eq=False)
@@ -142,6 +151,8 @@ class Tool:
             descriptor["outputSchema"] = dict(self.output_schema)
         if self.annotations is not None:
             descriptor["annotations"] = self.annotations.to_json()
+        if self.task_support != "forbidden":
+            descriptor["execution"] = {"taskSupport": self.task_support}
         set_(self, "_descriptor", descriptor)
 
     @property
@@ -160,14 +171,123 @@ class Tool:
         return [error.message for error in self._output_validator.iter_errors(structured)]
 
 
-class ToolContext:
-    """What a handler knows about the call it serves.
+class RequestContext:
+    """What a handler (tool, prompt or resource reader) knows about the request it serves, and
+    how it talks back to the client: log messages and requests for input, in both eras."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        request_id: Any,
+        caller: Caller,
+        runtime: Runtime | None,
+        channel: Any = None,
+        open_channel: Callable[[], Any] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.caller = caller
+        self.runtime = runtime
+        self._channel = channel
+        self._open_channel = open_channel
+
+    @property
+    def channel(self) -> Any:
+        """The request's `mcpd.protocol.channel.RequestChannel` (built on first use: most
+        handlers never talk back), or None when nothing can reach the client."""
+        channel = self._channel
+        if channel is None and self._open_channel is not None:
+            channel = self._channel = self._open_channel()
+        return channel
+
+    def client_log(self, level: str, data: Any, logger: str | None = None) -> None:
+        """Send the client a log message (``notifications/message``) on this request's stream,
+        if it asked for messages of this level (2025-11-25 server/utilities/logging)."""
+        if self.channel is not None:
+            _on_reactor(self.channel.log, level, data, logger)
+
+    def elicit(
+        self, message: str, requested_schema: Mapping[str, Any], *, key: str | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Ask the user for input; fires with the `ElicitResult` (``action``, ``content``).
+
+        In the modern era the first run of the handler ends here with an InputRequiredResult and
+        the client's retry brings the answer under ``key``; give each question its own key. In a
+        task the question waits in ``tasks/get`` until ``tasks/update`` answers it. From a
+        blocking (thread-pool) handler the call blocks its thread and returns the answer itself.
+        """
+        params = {"message": message, "requestedSchema": dict(requested_schema)}
+        return self._ask("elicitation/create", params, key)
+
+    def sample(
+        self, messages: list[dict[str, Any]], max_tokens: int, *, key: str | None = None, **extra: Any
+    ) -> Deferred[dict[str, Any]]:
+        """Ask the client's model for a completion; fires with the `CreateMessageResult`."""
+        params: dict[str, Any] = {"messages": messages, "maxTokens": max_tokens}
+        params.update(extra)
+        return self._ask("sampling/createMessage", params, key)
+
+    def list_roots(self, *, key: str | None = None) -> Deferred[dict[str, Any]]:
+        """Ask the client for its roots; fires with the `ListRootsResult`."""
+        return self._ask("roots/list", {}, key)
+
+    def _ask(self, method: str, params: dict[str, Any], key: str | None) -> Any:
+        if not isInIOThread() and threadable.ioThread is not None:
+            # A blocking (thread-pool) handler: ask on the reactor thread and wait here for the
+            # answer, which is returned (or raised) rather than a Deferred.
+            from twisted.internet import reactor
+            from twisted.internet.threads import blockingCallFromThread
+
+            return blockingCallFromThread(reactor, self._ask, method, params, key)
+        if self.channel is None:
+            raise ToolError(f"{method} needs a client connection, and this call has none")
+        return self.channel.ask(method, params, key)
+
+    @property
+    def request_state(self) -> Any:
+        """Modern era: the state this handler set in the previous round (verified), else None."""
+        return self.channel.request_state if self.channel is not None else None
+
+    @request_state.setter
+    def request_state(self, state: Any) -> None:
+        """Modern era: state to get back, signed and opaque to the client, in the next round."""
+        if self.channel is not None:
+            self.channel.next_state = state
+
+    @property
+    def modern(self) -> bool:
+        """Whether the request is stateless (2026-07-28): answers come back in a retry."""
+        return bool(self.channel is not None and self.channel.modern)
+
+    def list_changed(self, kind: str) -> None:
+        """Tell listening clients that the list of ``kind`` (tools, prompts, resources) changed."""
+        if self.channel is not None:
+            _on_reactor(self.channel.changes.list_changed, kind)
+
+    def resource_updated(self, uri: str) -> None:
+        """Tell the clients subscribed to ``uri`` that it changed."""
+        if self.channel is not None:
+            _on_reactor(self.channel.changes.resource_updated, uri)
+
+
+def _on_reactor(f: Callable[..., Any], *args: Any) -> None:
+    """Run ``f`` now on the reactor thread (or where no reactor thread is known yet: tests),
+    else hand it to the reactor thread."""
+    if isInIOThread() or threadable.ioThread is None:
+        f(*args)
+    else:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(f, *args)  # type: ignore[attr-defined]
+
+
+class ToolContext(RequestContext):
+    """What a tool handler knows about the call it serves.
 
     Safe to use from a thread-pool thread: progress reports hop back to the reactor thread, and
     `cancelled` is a flag a long loop can poll.
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -177,16 +297,37 @@ class ToolContext:
         caller: Caller,
         runtime: Runtime | None,
         progress_sink: ProgressSink | None = None,
+        channel: Any = None,
+        open_channel: Callable[[], Any] | None = None,
     ) -> None:
         self.tool = tool
         self.request_id = request_id
         self.caller = caller
         self.runtime = runtime
+        self._channel = channel
+        self._open_channel = open_channel
         self._progress_sink = progress_sink
         self._cancelled = False
+        # Set when the call runs as a task (mcpd.protocol.tasks); the hook starts one.
+        self.task_id: str | None = None
+        self._start_task: Callable[[], Deferred[bool]] | None = None
         # Only a thread-pool handler can block waiting for cancellation; a reactor-side handler
         # must not, so it does not pay for an Event.
         self._cancel_event = threading.Event() if tool.blocking else None
+
+    def start_task(self) -> Any:
+        """Turn this call into a task now (tools declared ``task_start="handler"``): the client
+        gets its CreateTaskResult and the handler carries on in the background. Fires with
+        True, or False when the call cannot be a task (the client did not declare tasks) and
+        simply goes on as a plain call. From a thread-pool handler, returns the bool itself."""
+        if not isInIOThread() and threadable.ioThread is not None:
+            from twisted.internet import reactor
+            from twisted.internet.threads import blockingCallFromThread
+
+            return blockingCallFromThread(reactor, self.start_task)
+        if self._start_task is None:
+            return succeed(False)
+        return self._start_task()
 
     @property
     def cancelled(self) -> bool:

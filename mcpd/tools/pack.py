@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from mcpd.tools.api import EMPTY_OBJECT_SCHEMA, Handler, Tool, ToolAnnotations
+from mcpd.tools.prompts import Prompt, PromptArgument, PromptHandler
+from mcpd.tools.resources import Completer, Reader, Resource, ResourceTemplate
 
 # Built-in packs chosen with --toolsets: name -> module holding a `pack`.
 BUILTIN_PACKS: dict[str, str] = {
@@ -19,12 +21,16 @@ DEFAULT_TOOLSETS: tuple[str, ...] = ("server",)
 
 
 class ToolPack:
-    """A named group of tools, declared in one module as ``pack = ToolPack(...)``."""
+    """A named group of tools, resources, resource templates and prompts, declared in one
+    module as ``pack = ToolPack(...)``."""
 
     def __init__(self, name: str, description: str = "") -> None:
         self.name = name
         self.description = description
         self._tools: list[Tool] = []
+        self.resources: list[Resource] = []
+        self.templates: list[ResourceTemplate] = []
+        self.prompts: list[Prompt] = []
 
     @property
     def tools(self) -> tuple[Tool, ...]:
@@ -46,8 +52,11 @@ class ToolPack:
         output_schema: Mapping[str, Any] | None = None,
         annotations: ToolAnnotations | None = None,
         blocking: bool = False,
+        task_support: str = "forbidden",
+        task_start: str = "call",
     ) -> Callable[[Handler], Handler]:
-        """Declare the decorated function ``handler(ctx, arguments)`` as a tool."""
+        """Declare the decorated function ``handler(ctx, arguments)`` as a tool (``task_support``
+        and ``task_start``: see `mcpd.tools.api.Tool` and `mcpd.protocol.tasks`)."""
 
         def declare(handler: Handler) -> Handler:
             self.add(
@@ -60,8 +69,76 @@ class ToolPack:
                     output_schema=output_schema,
                     annotations=annotations,
                     blocking=blocking,
+                    task_support=task_support,
+                    task_start=task_start,
                 )
             )
+            return handler
+
+        return declare
+
+    def resource(
+        self,
+        uri: str,
+        *,
+        name: str,
+        title: str | None = None,
+        description: str | None = None,
+        mime_type: str | None = None,
+        size: int | None = None,
+        blocking: bool = False,
+    ) -> Callable[[Reader], Reader]:
+        """Declare the decorated ``reader(ctx, uri)`` as the resource at ``uri``."""
+
+        def declare(reader: Reader) -> Reader:
+            self.resources.append(Resource(uri, name, reader, title, description, mime_type, size, blocking=blocking))
+            return reader
+
+        return declare
+
+    def resource_template(
+        self,
+        uri_template: str,
+        *,
+        name: str,
+        title: str | None = None,
+        description: str | None = None,
+        mime_type: str | None = None,
+        completions: Mapping[str, Completer] | None = None,
+        blocking: bool = False,
+    ) -> Callable[[Reader], Reader]:
+        """Declare the decorated ``reader(ctx, uri, variables)`` for every URI the template matches."""
+
+        def declare(reader: Reader) -> Reader:
+            self.templates.append(
+                ResourceTemplate(
+                    uri_template,
+                    name,
+                    reader,
+                    title,
+                    description,
+                    mime_type,
+                    completions=dict(completions or {}),
+                    blocking=blocking,
+                )
+            )
+            return reader
+
+        return declare
+
+    def prompt(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        title: str | None = None,
+        arguments: Iterable[PromptArgument] = (),
+        blocking: bool = False,
+    ) -> Callable[[PromptHandler], PromptHandler]:
+        """Declare the decorated ``handler(ctx, arguments)`` as a prompt."""
+
+        def declare(handler: PromptHandler) -> PromptHandler:
+            self.prompts.append(Prompt(name, handler, description, title, tuple(arguments), blocking))
             return handler
 
         return declare
@@ -96,6 +173,9 @@ class ToolRegistry:
         self._tools: dict[str, Tool] = {}
         self._pack_of: dict[str, str] = {}
         self._ordered: list[Tool] = []
+        self.resources: dict[str, Resource] = {}
+        self.templates: list[ResourceTemplate] = []
+        self.prompts: dict[str, Prompt] = {}
         for pack in packs:
             self.add_pack(pack)
 
@@ -109,6 +189,32 @@ class ToolRegistry:
             self._tools[tool.name] = tool
             self._pack_of[tool.name] = pack.name
         self._ordered = [self._tools[name] for name in sorted(self._tools)]
+        for resource in pack.resources:
+            if resource.uri in self.resources:
+                raise PackLoadError(f"resource {resource.uri!r} of pack {pack.name!r} is declared twice")
+            self.resources[resource.uri] = resource
+        self.resources = dict(sorted(self.resources.items()))
+        self.templates = sorted(self.templates + pack.templates, key=lambda t: t.uri_template)
+        for prompt in pack.prompts:
+            if prompt.name in self.prompts:
+                raise PackLoadError(f"prompt {prompt.name!r} of pack {pack.name!r} is declared twice")
+            self.prompts[prompt.name] = prompt
+        self.prompts = dict(sorted(self.prompts.items()))
+
+    def find_resource(self, uri: str) -> tuple[Resource | ResourceTemplate, dict[str, str] | None] | None:
+        """The resource at ``uri``, or the first template matching it with its variables."""
+        resource = self.resources.get(uri)
+        if resource is not None:
+            return resource, None
+        for template in self.templates:
+            variables = template.match(uri)
+            if variables is not None:
+                return template, variables
+        return None
+
+    def template(self, uri_template: str) -> ResourceTemplate | None:
+        """The template declared with exactly this URI template."""
+        return next((t for t in self.templates if t.uri_template == uri_template), None)
 
     def __len__(self) -> int:
         return len(self._tools)
@@ -136,13 +242,23 @@ class ToolRegistry:
         `ValueError`.
         """
         tools = self._ordered if visible is None else [tool for tool in self._ordered if visible(tool)]
-        start = 0
-        if cursor is not None:
-            after = decode_cursor(cursor)
-            start = next((i for i, tool in enumerate(tools) if tool.name > after), len(tools))
-        page = tools[start : start + size]
-        more = start + size < len(tools)
-        return page, (encode_cursor(page[-1].name) if more and page else None)
+        return paginate(tools, lambda tool: tool.name, cursor, size)
+
+
+def paginate(
+    items: list[Any], key: Callable[[Any], str], cursor: str | None, size: int
+) -> tuple[list[Any], str | None]:
+    """One page of ``items`` (sorted by ``key``) after ``cursor``, and the next page's cursor.
+
+    `ValueError` for a cursor we did not issue.
+    """
+    start = 0
+    if cursor is not None:
+        after = decode_cursor(cursor)
+        start = next((i for i, item in enumerate(items) if key(item) > after), len(items))
+    page = items[start : start + size]
+    more = start + size < len(items)
+    return page, (encode_cursor(key(page[-1])) if more and page else None)
 
 
 def encode_cursor(after: str) -> str:

@@ -140,3 +140,45 @@ def _runtime(ctx: ToolContext) -> Any:
     if ctx.runtime is None:
         raise ToolError("This tool needs a running server; none is attached to this call.")
     return ctx.runtime
+
+
+@pack.resource(
+    "mcpd://server/info",
+    name="server.info",
+    title="Server information",
+    description="The same description of this server as the server.info tool, as a JSON resource.",
+    mime_type="application/json",
+)
+def info_resource(ctx: Any, uri: str) -> str:
+    import json
+
+    return json.dumps(info(ctx, {}), sort_keys=True)
+
+
+@pack.prompt(
+    "server.tour",
+    title="Tour this server",
+    description="Ask the model to introduce this MCP server and what its tools are good for.",
+)
+def tour(ctx: Any, arguments: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "role": "user",
+            "content": {
+                "type": "resource",
+                "resource": {
+                    "uri": "mcpd://server/info",
+                    "mimeType": "application/json",
+                    "text": info_resource(ctx, ""),
+                },
+            },
+        },
+        {
+            "role": "user",
+            "content": {
+                "type": "text",
+                "text": "Above is this MCP server's description. Call server.tools, then explain in a few "
+                "sentences which tools it offers and when each is useful.",
+            },
+        },
+    ]

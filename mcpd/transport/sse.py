@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
     from twisted.web.server import Request
 
 log = Logger(namespace="mcpd.sse")
@@ -26,11 +28,42 @@ SSE_HEADERS = (
 )
 
 
+# A comment line: SSE clients ignore it (WHATWG HTML §9.2.6), proxies see traffic.
+KEEPALIVE = b": ping\n\n"
+
+
 def start_sse(request: Request) -> None:
-    """Turn ``request``'s response into an event stream."""
+    """Turn ``request``'s response into an event stream, kept alive while it is open."""
     request.setResponseCode(200)
     for name, value in SSE_HEADERS:
         request.setHeader(name, value)
+    interval = getattr(getattr(request, "site", None), "sse_keepalive", None)
+    if interval:
+        keep_alive(request, interval)
+
+
+def keep_alive(request: Request, interval: float, clock: IReactorTime | None = None) -> LoopingCall:
+    """Write a comment on ``request``'s stream every ``interval`` seconds until it finishes, so
+    proxies do not cut a quiet stream and a dead client is noticed (a write to it fails)."""
+    if clock is None:
+        from twisted.internet import reactor as clock  # type: ignore[assignment]
+
+    def ping() -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            call.stop()
+        else:
+            request.write(KEEPALIVE)
+
+    call = LoopingCall(ping)
+    call.clock = clock
+
+    def stop(_result: object) -> None:
+        if call.running:
+            call.stop()
+
+    call.start(interval, now=False)
+    request.notifyFinish().addBoth(stop)
+    return call
 
 
 def format_event(

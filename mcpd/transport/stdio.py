@@ -30,6 +30,8 @@ class StdioProtocol(Protocol):
         self.max_message_size = max_message_size
         self.on_close = on_close
         self.session = Session("stdio")
+        # Messages that belong to no request (list changes, resource updates) are lines too.
+        self.session.sink = self.send
         self.caller = Caller(name="local", peer="stdio", transport="stdio")
         self._buffer = b""
         self._discarding = False

@@ -31,6 +31,7 @@ from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS
 from mcpd.tools.api import Caller
 from mcpd.transport.sse import EventStream, finish_quietly, parse_event_id, start_sse
+from mcpd.web.identity import caller_of
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -68,6 +69,15 @@ class HTTPSession(Session):
     def idle(self) -> bool:
         return super().idle and not any(stream.attached for stream in self.streams.values())
 
+    def push(self, message: dict[str, Any]) -> None:
+        """Messages unrelated to a request go on the standalone GET stream, buffered for a
+        client that has not opened it yet (2025-11-25 transports §Listening for Messages)."""
+        if self.closed:
+            return
+        if self.standalone is None:
+            self.standalone = self.new_stream()
+        self.standalone.send(encode(message))
+
     def close(self) -> None:
         super().close()
         for stream in self.streams.values():
@@ -101,7 +111,7 @@ class StreamableHTTP(Resource):
         if len(body) > self.max_message_size:
             return _plain(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
         version = request.getHeader("mcp-protocol-version")
-        caller = Caller(peer=_peer(request), transport="http")
+        caller = caller_of(request, "http")
         if version is not None and version not in LEGACY_VERSIONS:
             exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller, headers=HeaderView(request))
             duplicated = _duplicated_routing_header(request)
@@ -227,7 +237,7 @@ class StreamableHTTP(Resource):
         session = self.sessions.get(session_id)
         if session is None:
             # 2025-11-25 transports §Session Management: unknown or ended session → 404.
-            exchange = Exchange(peer="http:unknown-session", caller=Caller(peer=_peer(request), transport="http"))
+            exchange = Exchange(peer="http:unknown-session", caller=caller_of(request, "http"))
             error = InvalidRequest("Session not found: it ended or expired; send initialize to start a new one")
             return self._reject(request, exchange, 404, None, error)
         return session  # type: ignore[return-value]
@@ -262,7 +272,12 @@ class _Reply:
         """A notification about this request: switches the response to SSE."""
         if self.stream is None:
             if not self.accepts_sse or self.request.finished:
-                return  # a JSON-only client cannot receive it
+                session = self.exchange.session
+                if isinstance(session, HTTPSession) and "id" in message:
+                    # A request to the client (elicitation, sampling) must reach it: use the
+                    # session's standalone stream (2025-11-25 transports §Sending Messages).
+                    session.push(message)
+                return  # a JSON-only client cannot receive notifications about this request
             session = self.exchange.session
             self.stream = session.new_stream() if isinstance(session, HTTPSession) else EventStream("x", replay_limit=1)
             start_sse(self.request)

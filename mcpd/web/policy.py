@@ -52,6 +52,38 @@ def _arrived_on_loopback(request: Request) -> bool:
     return local
 
 
+# Set on a request whose Origin and Host the policy layer has checked.
+ORIGIN_CHECKED = "mcpd_origin_checked"
+
+
+def origin_problem(request: Request, allowed_origins: frozenset[str], origin: str | None = "") -> str | None:
+    """Why ``request`` must be refused as cross-site (see `OriginGuard`), or None if it may pass.
+
+    Shared by `OriginGuard` and the policy layer (`mcpd.web.gate`), which applies it to every
+    route with the ``--cors-origin`` list as ``allowed_origins``.
+    """
+    if origin == "":  # not looked up by the caller yet
+        origin = request.getHeader("origin")
+    local = _arrived_on_loopback(request)
+    host = request.getHeader("host") or ""
+    if local and host and not is_loopback(_host_of(host)):
+        return f"Host {host!r} is not a name of this loopback server"
+    if origin is not None and not origin_allowed(origin, host, local, allowed_origins):
+        return f"Origin {origin!r} is not allowed"
+    return None
+
+
+def origin_allowed(origin: str, host: str, local: bool, allowed_origins: frozenset[str]) -> bool:
+    """Whether a browser page from ``origin`` may call this server (asked as ``host``)."""
+    origin = origin.rstrip("/")
+    if "*" in allowed_origins or origin in allowed_origins:
+        return True
+    parts = urlsplit(origin)
+    if parts.netloc and parts.netloc == host:
+        return True
+    return local and is_loopback(parts.hostname or "")
+
+
 class OriginGuard(Resource):
     """Refuses cross-site browser requests: DNS-rebinding protection.
 
@@ -70,23 +102,13 @@ class OriginGuard(Resource):
         self.allowed_origins = frozenset(origin.rstrip("/") for origin in allowed_origins)
 
     def render(self, request: Request) -> bytes | int:
-        origin = request.getHeader("origin")
-        local = _arrived_on_loopback(request)
-        host = request.getHeader("host") or ""
-        if local and host and not is_loopback(_host_of(host)):
-            return self._forbidden(request, f"Host {host!r} is not a name of this loopback server")
-        if origin is not None and not self._origin_allowed(origin, host, local):
-            return self._forbidden(request, f"Origin {origin!r} is not allowed")
+        if getattr(request, ORIGIN_CHECKED, False):
+            # The policy layer (mcpd.web.gate) already checked it, against --cors-origin.
+            return self.wrapped.render(request)
+        why = origin_problem(request, self.allowed_origins)
+        if why is not None:
+            return self._forbidden(request, why)
         return self.wrapped.render(request)
-
-    def _origin_allowed(self, origin: str, host: str, local: bool) -> bool:
-        origin = origin.rstrip("/")
-        if "*" in self.allowed_origins or origin in self.allowed_origins:
-            return True
-        parts = urlsplit(origin)
-        if parts.netloc and parts.netloc == host:
-            return True
-        return local and is_loopback(parts.hostname or "")
 
     def _forbidden(self, request: Request, why: str) -> bytes:
         log.info("Refused {method} from {peer}: {why}", method=request.method, peer=request.getClientAddress(), why=why)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
@@ -20,6 +21,8 @@ class MCPSite(Site):
 
     noisy = False
     displayTracebacks = False
+    # Seconds between keep-alive comments on open SSE streams (mcpd.transport.sse.start_sse).
+    sse_keepalive: float | None = None
 
     def log(self, request: Request) -> None:
         pass
@@ -27,16 +30,21 @@ class MCPSite(Site):
 
 class Root(Resource):
     """``/`` and ``/mcp`` go to the MCP endpoint (a plain Resource: Klein's router costs a third
-    of the throughput on the hot path); every other path goes to the Klein app."""
+    of the throughput on the hot path); the other transports (``sse``, ``messages``, ``ws``) to
+    their resources; every other path goes to the Klein app."""
 
-    def __init__(self, mcp: Resource, app: Resource) -> None:
+    def __init__(self, mcp: Resource, app: Resource, transports: Mapping[bytes, Resource] | None = None) -> None:
         super().__init__()
         self.mcp = mcp
         self.app = app
+        self.transports = dict(transports or {})
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path in (b"mcp", b""):
             return self.mcp
+        transport = self.transports.get(path)
+        if transport is not None:
+            return transport
         # Hand Klein the whole path back.
         request.postpath.insert(0, request.prepath.pop())
         return self.app
@@ -64,8 +72,16 @@ def make_app(runtime: Runtime) -> Klein:
     return app
 
 
-def make_site(mcp: Resource, runtime: Runtime) -> MCPSite:
-    """The Site serving MCP and the auxiliary routes."""
+def make_site(
+    mcp: Resource,
+    runtime: Runtime,
+    transports: Mapping[bytes, Resource] | None = None,
+    sse_keepalive: float | None = None,
+) -> MCPSite:
+    """The Site serving MCP (Streamable HTTP, and the other HTTP transports by first path
+    segment) and the auxiliary routes."""
     # MCP bodies are JSON, never HTML forms: twisted.web's form sniffing (an email-package
     # Content-Type parse per POST) would cost a quarter of a tools/call.
-    return MCPSite(Root(mcp, make_app(runtime).resource()), parsePOSTFormSubmission=False)
+    site = MCPSite(Root(mcp, make_app(runtime).resource(), transports), parsePOSTFormSubmission=False)
+    site.sse_keepalive = sse_keepalive
+    return site

@@ -1,0 +1,1 @@
+"""Observing the daemon: the audit trail (and, later, metrics and structured logs)."""

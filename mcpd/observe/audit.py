@@ -1,0 +1,106 @@
+# -*- test-case-name: tests.test_audit -*-
+"""The audit trail: one structured record per tool call, denied call, auth failure and
+rate-limit hit, kept in a bounded in-memory buffer (a later issue persists it to the database)
+and written as a JSON line to the log.
+
+Which records reach the log is `AuditTrail.log_calls`: every one, or all but the tool calls that
+went well (a log line costs more than serving a trivial tool call; ``--audit-log``). A record
+names the key by its name (or short hash), never the key itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from mcpd.protocol.engine import CallRecord
+
+log = Logger(namespace="mcpd.audit")
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+def call_entry(when: float, call: CallRecord) -> dict[str, Any]:
+    """The audit record of an engine `CallRecord`."""
+    caller = call.caller
+    return {
+        "time": round(when, 6),
+        "key": caller.name if caller.name != "anonymous" or caller.scopes else None,
+        "peer": caller.peer,
+        "transport": caller.transport,
+        "method": call.method,
+        "tool": call.tool,
+        "outcome": call.outcome,
+        "duration": round(call.duration, 6),
+        "request_id": call.request_id,
+    }
+
+
+class AuditTrail:
+    """The audit records of this process: the newest ``size`` in memory."""
+
+    def __init__(
+        self,
+        size: int = 1000,
+        clock: Callable[[], float] = time.time,
+        emit: bool = True,
+        log_calls: bool = True,
+    ) -> None:
+        # (time, CallRecord) pairs from the engine, made into dicts only when read; dicts otherwise.
+        self._records: collections.deque[Any] = collections.deque(maxlen=size)
+        self.clock = clock
+        self.emit = emit
+        self.log_calls = log_calls
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for record in list(self._records):
+            yield record if isinstance(record, dict) else call_entry(*record)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def record(
+        self,
+        *,
+        outcome: str,
+        key: str | None,
+        peer: str,
+        transport: str,
+        method: str | None = None,
+        tool: str | None = None,
+        duration: float = 0.0,
+        request_id: Any = None,
+        detail: str | None = None,
+    ) -> dict[str, Any]:
+        """Add one record (a refusal, say) and log it as a JSON line."""
+        entry: dict[str, Any] = {
+            "time": round(self.clock(), 6),
+            "key": key,
+            "peer": peer,
+            "transport": transport,
+            "method": method,
+            "tool": tool,
+            "outcome": outcome,
+            "duration": round(duration, 6),
+            "request_id": request_id,
+        }
+        if detail is not None:
+            entry["detail"] = detail
+        self._records.append(entry)
+        if self.emit:
+            log.info("audit {audit}", audit=_dumps(entry))
+        return entry
+
+    def observe(self, call: CallRecord) -> None:
+        """An `Engine` observer: audits every tool call and every denied request."""
+        if call.method != "tools/call" and call.outcome != "denied":
+            return
+        pair = (self.clock(), call)
+        self._records.append(pair)
+        if self.emit and (self.log_calls or call.outcome != "ok"):
+            log.info("audit {audit}", audit=_dumps(call_entry(*pair)))

@@ -1,0 +1,309 @@
+# -*- test-case-name: tests.test_catalog -*-
+"""The engine's methods beyond tools: resources, prompts, completion, logging, subscriptions.
+
+A mixin of `mcpd.protocol.engine.Engine`; it uses the engine's registry, channel factory and
+change feed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
+from mcpd.protocol.channel import LOG_LEVELS, InputRequired, RequestChannel
+from mcpd.protocol.errors import InvalidParams, InvalidRequest, MCPError, MissingClientCapability
+from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager
+from mcpd.tools.api import RequestContext
+from mcpd.tools.pack import paginate
+from mcpd.tools.prompts import prompt_result
+from mcpd.tools.resources import ResourceTemplate, completion_values, resource_contents
+
+if TYPE_CHECKING:
+    from twisted.python.threadpool import ThreadPool
+
+    from mcpd.protocol.changes import ChangeFeed
+    from mcpd.protocol.engine import Request
+    from mcpd.runtime import Runtime
+    from mcpd.tools.pack import ToolRegistry
+
+
+class CatalogMethods:
+    """resources/*, prompts/*, completion/complete, logging/setLevel, subscriptions/listen."""
+
+    registry: ToolRegistry
+    runtime: Runtime | None
+    thread_pool: ThreadPool | None
+    page_size: int
+    list_ttl_ms: int
+    changes: ChangeFeed
+    _channel: Callable[[Request], RequestChannel]
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _list_result(
+        self, request: Request, key: str, items: list[Any], sort_key: Callable[[Any], str]
+    ) -> dict[str, Any]:
+        cursor = request.params.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidParams("Invalid params: cursor must be a string")
+        try:
+            page, next_cursor = paginate(items, sort_key, cursor, self.page_size)
+        except ValueError:
+            raise InvalidParams("Invalid params: unknown cursor; start again without one") from None
+        result: dict[str, Any] = {key: [item.descriptor for item in page]}
+        if next_cursor is not None:
+            result["nextCursor"] = next_cursor
+        if request.modern:
+            # 2026-07-28 server/resources, server/prompts §Caching: lists carry ttlMs and cacheScope.
+            result["ttlMs"] = self.list_ttl_ms
+            result["cacheScope"] = "public"
+        return result
+
+    def _context(self, request: Request) -> RequestContext:
+        ctx = RequestContext(request_id=request.id, caller=request.exchange.caller, runtime=self.runtime)
+        ctx._open_channel = lambda: self._channel(request)
+        if "requestState" in request.params or "inputResponses" in request.params:
+            ctx.channel  # noqa: B018 -- verify the requestState before anything runs
+        return ctx
+
+    def _run(self, blocking: bool, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if blocking:
+            if self.thread_pool is None:
+                raise RuntimeError("a blocking handler needs the thread pool")
+            from twisted.internet import reactor
+
+            return deferToThreadPool(reactor, self.thread_pool, handler, *args)  # type: ignore[arg-type]
+        return maybeDeferred(handler, *args)
+
+    @staticmethod
+    def _input_required(failure: Failure, ctx: RequestContext) -> Any:
+        """A handler that needs the client's input ends its modern-era round with an
+        InputRequiredResult (2026-07-28 basic §Multi Round-Trip Requests)."""
+        channel = ctx._channel
+        if channel is not None and channel.missing and (failure.check(InputRequired) or channel.modern):
+            return channel.input_required_result()
+        return failure
+
+    # -- resources ------------------------------------------------------------------------------
+
+    def _resources_list(self, request: Request) -> dict[str, Any]:
+        return self._list_result(request, "resources", list(self.registry.resources.values()), lambda r: r.uri)
+
+    def _resource_templates_list(self, request: Request) -> dict[str, Any]:
+        return self._list_result(request, "resourceTemplates", self.registry.templates, lambda t: t.uri_template)
+
+    def _resources_read(self, request: Request) -> Deferred[Any]:
+        uri = request.params.get("uri")
+        if not isinstance(uri, str):
+            raise InvalidParams("Invalid params: resources/read needs a string uri")
+        found = self.registry.find_resource(uri)
+        if found is None:
+            # SEP-2164 (2026-07-28 server/resources §Error Handling): an unknown resource is
+            # -32602 with the uri in data; mcpd answers so in every version.
+            raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
+        resource, variables = found
+        ctx = self._context(request)
+        if isinstance(resource, ResourceTemplate):
+            d = self._run(resource.blocking, resource.reader, ctx, uri, variables)
+        else:
+            d = self._run(resource.blocking, resource.reader, ctx, uri)
+        modern = request.modern
+
+        def shape(value: Any) -> dict[str, Any]:
+            if isinstance(value, dict) and value.get("resultType") == "input_required":
+                return value
+            result: dict[str, Any] = {"contents": resource_contents(uri, resource.mime_type, value)}
+            if not result["contents"]:
+                raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
+            if modern:
+                result["ttlMs"] = self.list_ttl_ms
+                result["cacheScope"] = "public"
+            return result
+
+        return d.addErrback(self._input_required, ctx).addCallback(shape)
+
+    def _resources_subscribe(self, request: Request) -> dict[str, Any]:
+        uri = self._subscription_uri(request)
+        request.exchange.session.subscriptions.add(uri)  # type: ignore[union-attr]
+        return {}
+
+    def _resources_unsubscribe(self, request: Request) -> dict[str, Any]:
+        uri = self._subscription_uri(request)
+        request.exchange.session.subscriptions.discard(uri)  # type: ignore[union-attr]
+        return {}
+
+    def _subscription_uri(self, request: Request) -> str:
+        # 2025-11-25 server/resources §Subscriptions.
+        uri = request.params.get("uri")
+        if not isinstance(uri, str):
+            raise InvalidParams("Invalid params: needs a string uri")
+        if request.exchange.session is None:
+            raise InvalidRequest("Invalid request: subscriptions need a session")
+        return uri
+
+    # -- prompts --------------------------------------------------------------------------------
+
+    def _prompts_list(self, request: Request) -> dict[str, Any]:
+        return self._list_result(request, "prompts", list(self.registry.prompts.values()), lambda p: p.name)
+
+    def _prompts_get(self, request: Request) -> Deferred[Any]:
+        params = request.params
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise InvalidParams("Invalid params: prompts/get needs a string name")
+        prompt = self.registry.prompts.get(name)
+        if prompt is None:
+            # 2025-11-25 server/prompts §Error Handling: invalid prompt name → -32602.
+            raise InvalidParams(f"Unknown prompt: {name}. Call prompts/list to see the available prompts.")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict) or not all(isinstance(v, str) for v in arguments.values()):
+            raise InvalidParams("Invalid params: prompt arguments must be an object of strings")
+        missing = prompt.missing(arguments)
+        if missing:
+            raise InvalidParams(f"Invalid params: prompt {name} needs the argument(s) {', '.join(missing)}")
+        ctx = self._context(request)
+        d = self._run(prompt.blocking, prompt.handler, ctx, arguments)
+
+        def shape(value: Any) -> dict[str, Any]:
+            if isinstance(value, dict) and value.get("resultType") == "input_required":
+                return value
+            return prompt_result(prompt, value)
+
+        return d.addErrback(self._input_required, ctx).addCallback(shape)
+
+    # -- completion -----------------------------------------------------------------------------
+
+    def _complete(self, request: Request) -> Deferred[Any]:
+        # 2025-11-25 server/utilities/completion.
+        params = request.params
+        ref = params.get("ref")
+        argument = params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict):
+            raise InvalidParams("Invalid params: completion/complete needs ref and argument objects")
+        name, value = argument.get("name"), argument.get("value")
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidParams("Invalid params: argument needs a string name and value")
+        context = params.get("context")
+        resolved = context.get("arguments") if isinstance(context, dict) else None
+        resolved = resolved if isinstance(resolved, dict) else {}
+        completer: Callable[..., Any] | None
+        if ref.get("type") == "ref/prompt":
+            prompt = self.registry.prompts.get(ref.get("name"))  # type: ignore[arg-type]
+            if prompt is None:
+                raise InvalidParams(f"Unknown prompt: {ref.get('name')}")
+            declared = prompt.argument(name)
+            if declared is None:
+                raise InvalidParams(f"Invalid params: prompt {prompt.name} has no argument {name}")
+            completer = declared.complete
+        elif ref.get("type") == "ref/resource":
+            uri = ref.get("uri")
+            template = self.registry.template(uri) if isinstance(uri, str) else None
+            if template is None:
+                if isinstance(uri, str) and uri in self.registry.resources:
+                    return _completed([])  # a fixed URI has no variables to complete
+                raise InvalidParams(f"Unknown resource template: {uri}")
+            if name not in template.variables:
+                raise InvalidParams(f"Invalid params: template {template.uri_template} has no variable {name}")
+            completer = template.completions.get(name)
+        else:
+            raise InvalidParams("Invalid params: ref.type must be ref/prompt or ref/resource")
+        if completer is None:
+            return _completed([])
+        return maybeDeferred(completer, value, resolved).addCallback(
+            lambda values: {"completion": completion_values(values)}
+        )
+
+    # -- logging (legacy) -----------------------------------------------------------------------
+
+    def _set_level(self, request: Request) -> dict[str, Any]:
+        # 2025-11-25 server/utilities/logging §Setting Log Level.
+        level = request.params.get("level")
+        if level not in LOG_LEVELS:
+            raise InvalidParams(f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
+        session = request.exchange.session
+        if session is None:
+            raise InvalidRequest("Invalid request: logging/setLevel needs a session")
+        session.log_level = level
+        return {}
+
+    # -- subscriptions (modern) -----------------------------------------------------------------
+
+    def _listen(self, request: Request) -> Deferred[Any]:
+        """2026-07-28 basic/utilities/subscriptions: acknowledge first, then every notification
+        the client asked for, tagged with the subscription id, until the client goes away."""
+        wanted = request.params.get("notifications")
+        if not isinstance(wanted, dict):
+            raise InvalidParams("Invalid params: subscriptions/listen needs a notifications object")
+        send = request.exchange.notify
+        if send is None:
+            raise InvalidRequest("Invalid request: this transport cannot carry a subscription stream")
+        uris = wanted.get("resourceSubscriptions", [])
+        if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+            raise InvalidParams("Invalid params: resourceSubscriptions must be a list of URIs")
+        kinds = frozenset(kind for kind, flag in FILTER_FOR_KIND.items() if wanted.get(flag) is True)
+        honoured: dict[str, Any] = {FILTER_FOR_KIND[kind]: True for kind in sorted(kinds)}
+        if uris:
+            honoured["resourceSubscriptions"] = list(uris)
+        task_ids = self._listened_tasks(request, wanted.get("taskIds"))
+        if task_ids:
+            honoured["taskIds"] = task_ids
+        listener = Listener(str(request.id), kinds, frozenset(uris), send, request.version, frozenset(task_ids))
+        exchange = request.exchange
+        ack = listener.tagged("notifications/subscriptions/acknowledged", {"notifications": honoured})
+        self._trace("out", exchange, ack)  # type: ignore[attr-defined]
+        send(ack)
+        self.changes.listen(listener)
+
+        def stop(_d: Deferred[Any]) -> None:
+            self.changes.leave(listener)
+
+        d: Deferred[Any] = Deferred(stop)
+
+        def end(failure: Failure) -> Any:
+            self.changes.leave(listener)
+            return failure
+
+        return d.addErrback(end)
+
+    def _listened_tasks(self, request: Request, task_ids: Any) -> list[str]:
+        """SEP-2663 §Task Status Notifications: task ids need the tasks extension declared."""
+        if task_ids is None:
+            return []
+        if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
+            raise InvalidParams("Invalid params: taskIds must be a list of task ids")
+        if not TaskManager.declared(request):
+            raise MissingClientCapability(
+                f"Task status notifications need the {TASKS_EXTENSION} extension in clientCapabilities",
+                data=NEEDS_TASKS,
+            )
+        return list(task_ids)
+
+    def end_subscriptions(self, reason: str = "the server is shutting down") -> None:
+        """Tell every modern listener its subscription is over (``notifications/cancelled``)."""
+        for listener in list(self.changes.listeners):
+            self.changes.leave(listener)
+            listener.send(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/cancelled",
+                    "params": {"requestId": _request_id(listener.subscription_id), "reason": reason},
+                }
+            )
+
+
+def _completed(values: list[str]) -> Deferred[Any]:
+    return maybeDeferred(lambda: {"completion": completion_values(values)})
+
+
+def _request_id(subscription_id: str) -> Any:
+    return int(subscription_id) if subscription_id.lstrip("-").isdigit() else subscription_id
+
+
+__all__ = ["CancelledError", "CatalogMethods", "MCPError"]

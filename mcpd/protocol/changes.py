@@ -1,0 +1,104 @@
+# -*- test-case-name: tests.test_channel -*-
+"""Change notifications: list changes and resource updates, fanned out to whoever listens.
+
+- Legacy era: every initialized session hears ``notifications/{tools,prompts,resources}/
+  list_changed``, and ``notifications/resources/updated`` for the URIs it subscribed to with
+  ``resources/subscribe``; they go out on the session's standalone channel (stdio, or the HTTP
+  session's GET stream) (2025-11-25 server/resources §Subscriptions, §List Changed Notification).
+- Modern era: a ``subscriptions/listen`` request registers a `Listener` that hears only the kinds
+  it asked for, each notification tagged with its subscription id (2026-07-28
+  basic/utilities/subscriptions).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from mcpd.protocol.session import Session
+
+META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+LIST_KINDS = ("tools", "prompts", "resources")
+# SubscriptionFilter members that name a list kind.
+FILTER_FOR_KIND = {"tools": "toolsListChanged", "prompts": "promptsListChanged", "resources": "resourcesListChanged"}
+
+
+@attrs.define(eq=False)
+class Listener:
+    """One modern ``subscriptions/listen`` stream: what it wants and how to reach it."""
+
+    subscription_id: str
+    kinds: frozenset[str]
+    uris: frozenset[str]
+    send: Callable[[dict[str, Any]], None]
+    version: str | None = None
+    # SEP-2663 §Task Status Notifications: the tasks this stream hears about.
+    task_ids: frozenset[str] = frozenset()
+
+    def tagged(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = dict(params or {})
+        body["_meta"] = {META_SUBSCRIPTION_ID: self.subscription_id}
+        return {"jsonrpc": "2.0", "method": method, "params": body}
+
+
+class ChangeFeed:
+    """Who hears about changes; `list_changed` and `resource_updated` tell them."""
+
+    def __init__(self) -> None:
+        self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self.listeners: set[Listener] = set()
+        # Called with (peer, version, message) for every notification sent: the protocol trace.
+        self.trace: Callable[[str, str | None, dict[str, Any]], None] | None = None
+
+    def join(self, session: Session) -> None:
+        """A legacy session completed its handshake: it hears list changes from now on."""
+        self.sessions.add(session)
+
+    def listen(self, listener: Listener) -> None:
+        self.listeners.add(listener)
+
+    def leave(self, listener: Listener) -> None:
+        self.listeners.discard(listener)
+
+    def list_changed(self, kind: str) -> None:
+        """The list of ``kind`` (tools, prompts, resources) changed."""
+        if kind not in LIST_KINDS:
+            raise ValueError(f"list kind must be one of {', '.join(LIST_KINDS)}")
+        method = f"notifications/{kind}/list_changed"
+        self._to_sessions(self._live_sessions(), {"jsonrpc": "2.0", "method": method})
+        for listener in list(self.listeners):
+            if kind in listener.kinds:
+                self._send(listener, listener.tagged(method))
+
+    def resource_updated(self, uri: str) -> None:
+        """The resource at ``uri`` changed: tell its subscribers."""
+        note = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
+        self._to_sessions((s for s in self._live_sessions() if uri in s.subscriptions), note)
+        for listener in list(self.listeners):
+            if uri in listener.uris:
+                self._send(listener, listener.tagged("notifications/resources/updated", {"uri": uri}))
+
+    def task_status(self, task_id: str, task: dict[str, Any]) -> None:
+        """A modern task changed: ``notifications/tasks`` with its detailed state, to the
+        streams that named it (SEP-2663 §Task Status Notifications)."""
+        for listener in list(self.listeners):
+            if task_id in listener.task_ids:
+                self._send(listener, listener.tagged("notifications/tasks", task))
+
+    def _live_sessions(self) -> list[Session]:
+        return [session for session in list(self.sessions) if not session.closed and session.initialized]
+
+    def _to_sessions(self, sessions: Iterable[Session], message: dict[str, Any]) -> None:
+        for session in sessions:
+            if self.trace is not None:
+                self.trace(f"session:{session.id}", session.version, message)
+            session.push(message)
+
+    def _send(self, listener: Listener, message: dict[str, Any]) -> None:
+        if self.trace is not None:
+            self.trace(f"listen:{listener.subscription_id}", listener.version, message)
+        listener.send(message)

@@ -1,0 +1,138 @@
+# -*- test-case-name: tests.test_legacy_sse -*-
+"""The HTTP+SSE transport of protocol 2024-11-05 (deprecated, still spoken by many clients).
+
+``GET /sse`` opens a session and its one event stream; the first event is ``endpoint``, naming
+``/messages/?session_id=…``. The client POSTs each of its messages there (answered 202 at once);
+everything the server says — responses, notifications, its own requests — flows back as
+``message`` events on the stream (2024-11-05 basic/transports §HTTP with SSE). The session lives
+exactly as long as its stream: when the client goes, its requests are cancelled.
+
+These sessions are kept in a `SessionStore` of their own, so an id issued here means nothing to
+the Streamable HTTP endpoint, and an ``Mcp-Session-Id`` nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.session import Session, SessionStore
+from mcpd.transport.sse import finish_quietly, format_event, start_sse
+from mcpd.web.identity import caller_of
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+    from mcpd.tools.api import Caller
+
+log = Logger(namespace="mcpd.sse.legacy")
+
+MESSAGES_PATH = "/messages/"
+TRANSPORT = "sse"
+
+
+class SSESession(Session):
+    """A legacy session carried by one open ``GET /sse`` response."""
+
+    def __init__(self, request: Request, caller: Caller, now: float = 0.0) -> None:
+        super().__init__(now=now)
+        self.request = request
+        self.caller = caller
+        self.peer = f"sse:{self.id}"
+        self.sink = self.send
+
+    @property
+    def idle(self) -> bool:
+        # Never expired while its stream is open; the stream closing ends it.
+        return False
+
+    def send(self, message: Any) -> None:
+        """One server message as one ``message`` event."""
+        request = self.request
+        if not self.closed and not request.finished and not getattr(request, "_disconnected", False):
+            request.write(format_event(encode(message), event="message"))
+
+    def reply(self, response: Any) -> None:
+        """The engine's answer to a POSTed message, if one is owed."""
+        if response is not None:
+            self.send(response)
+
+    def close(self) -> None:
+        super().close()
+        finish_quietly(self.request)
+
+
+class SSEStreamResource(Resource):
+    """``GET /sse``: a new session and its event stream."""
+
+    isLeaf = True
+
+    def __init__(self, sessions: SessionStore) -> None:
+        super().__init__()
+        self.sessions = sessions
+
+    def render_GET(self, request: Request) -> int:
+        session = SSESession(request, caller_of(request, TRANSPORT), now=self.sessions.now())
+        self.sessions.add(session)
+        start_sse(request)
+        request.write(format_event(f"{MESSAGES_PATH}?session_id={session.id}".encode(), event="endpoint"))
+        request.notifyFinish().addBoth(self._closed, session)
+        log.info("SSE session {id} opened by {peer}", id=session.id, peer=session.caller.peer)
+        return NOT_DONE_YET
+
+    def _closed(self, _result: object, session: SSESession) -> None:
+        # A stream that ends, cleanly or not, ends its session (and cancels its requests).
+        if self.sessions.remove(session.id) is not None:
+            log.info("SSE session {id} closed", id=session.id)
+
+
+class SSEMessagesResource(Resource):
+    """``POST /messages/?session_id=…``: one client message into a session (202)."""
+
+    isLeaf = True
+
+    def __init__(self, engine: Engine, sessions: SessionStore, max_message_size: int) -> None:
+        super().__init__()
+        self.engine = engine
+        self.sessions = sessions
+        self.max_message_size = max_message_size
+
+    def render_POST(self, request: Request) -> bytes:
+        args = request.args or {}
+        # The Python SDK's servers name it session_id, the TypeScript SDK's sessionId.
+        values = args.get(b"session_id") or args.get(b"sessionId")
+        if not values:
+            return _plain(request, 400, "Bad Request: session_id is required (from the endpoint event of GET /sse)")
+        session = self.sessions.get(values[0].decode("latin-1"))
+        if not isinstance(session, SSESession):
+            return _plain(request, 404, "Not Found: no such session; open a new one with GET /sse")
+        body = request.content.read() if request.content is not None else b""
+        if len(body) > self.max_message_size:
+            return _plain(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
+        exchange = Exchange(peer=session.peer, caller=session.caller, session=session, notify=session.send)
+        try:
+            message = json.loads(body)
+        except (ValueError, RecursionError):
+            # As the reference server does: a 400 to the POST. A JSON-RPC parse error (id null)
+            # is not a valid message in 2024-11-05, and nothing on the stream could be correlated.
+            return _plain(request, 400, "Bad Request: the body is not a JSON-RPC message (invalid JSON)")
+        self.engine.handle(message, exchange).addCallbacks(session.reply, _failed)
+        request.setResponseCode(202)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"Accepted"
+
+
+def _failed(failure: Failure) -> None:
+    log.failure("Serving an SSE session message failed", failure)
+
+
+def _plain(request: Request, status: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"error": message}).encode()

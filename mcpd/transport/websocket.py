@@ -1,0 +1,267 @@
+# -*- test-case-name: tests.test_websocket -*-
+"""MCP over WebSocket at ``/ws``: subprotocol ``mcp``, one JSON-RPC message per text frame.
+
+WebSocket has never been part of the MCP specification; this is the form the MCP Python SDK 1.x
+``websocket_client`` and the TypeScript SDK 1.x ``WebSocketClientTransport`` speak. A connection
+is one legacy session (``initialize`` fixes its version), or carries stateless 2026-07-28
+requests with their ``_meta`` envelope, exactly as a stdio connection does; closing it cancels
+what it still has in flight.
+
+Framing is wsproto's, the engine under Twisted 26.10's own ``twisted.web.websocket``; mcpd drives
+it itself because that resource cannot answer a subprotocol (the TypeScript client refuses a
+server that does not), bounds no message, and sends no pings. autobahn's resource was measured
+too (``bench/websocket_choice.py``): 14.5 KiB per idle connection against 9.3, and it fails on a
+TLS transport wrapped by a ``WrappingFactory``. docs/architecture.rst has the figures.
+`MCPConnection` holds everything MCP about a connection and knows no framing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from wsproto import ConnectionType
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    TextMessage,
+)
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
+
+from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.session import Session
+from mcpd.tools.api import Caller
+from mcpd.web.identity import caller_of
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+    from wsproto import Connection
+
+log = Logger(namespace="mcpd.websocket")
+
+SUBPROTOCOL = "mcp"
+TRANSPORT = "websocket"
+# RFC 6455 §7.4.1 close codes.
+GOING_AWAY = 1001
+UNSUPPORTED_DATA = 1003
+MESSAGE_TOO_BIG = 1009
+
+
+class MCPConnection:
+    """The MCP side of one WebSocket connection: its session, and the engine it talks to."""
+
+    def __init__(self, engine: Engine, caller: Caller, send: Callable[[str], None]) -> None:
+        self.engine = engine
+        self.caller = caller
+        self._send = send
+        self.session = Session()
+        # Messages that belong to no request (server-to-client requests, list changes).
+        self.session.sink = self.send
+        self.peer = f"ws:{self.session.id}"
+
+    def received(self, text: str) -> None:
+        """One text frame: one JSON-RPC message (or a 2025-03-26 batch)."""
+        exchange = Exchange(peer=self.peer, caller=self.caller, session=self.session, notify=self.send)
+        self.engine.handle_bytes(text, exchange).addCallbacks(self._reply, self._failed)
+
+    def send(self, message: Any) -> None:
+        """Write one message as one text frame, unless the connection has gone."""
+        if not self.session.closed:
+            self._send(encode(message).decode("utf-8"))
+
+    def lost(self) -> None:
+        """The connection is gone: cancel what it still has in flight."""
+        self.session.close()
+
+    def _reply(self, response: Any) -> None:
+        if response is not None:
+            self.send(response)
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("Serving a WebSocket message failed", failure)
+
+
+class WebSocketWire(Protocol):
+    """The bytes of one upgraded connection, through wsproto, to an `MCPConnection`."""
+
+    def __init__(
+        self,
+        ws: Connection,
+        mcp_factory: Callable[[Callable[[str], None]], MCPConnection],
+        limits: WebSocketLimits,
+        registry: set[WebSocketWire],
+    ) -> None:
+        self.ws = ws
+        self.limits = limits
+        self.registry = registry
+        self.mcp = mcp_factory(self.send_text)
+        self._text: list[str] = []
+        self._size = 0
+        self._closing = False
+        self._pinger: LoopingCall | None = None
+
+    def connectionMade(self) -> None:
+        self.registry.add(self)
+        if self.limits.ping_interval:
+            self._pinger = LoopingCall(self._ping)
+            self._pinger.clock = self.limits.clock
+            self._pinger.start(self.limits.ping_interval, now=False)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.ws.receive_data(data)
+        try:
+            for event in self.ws.events():
+                if self._closing:
+                    break
+                self._event(event)
+        except RemoteProtocolError as e:
+            self._close(1002, f"protocol error: {e}")
+
+    def _event(self, event: Any) -> None:
+        if isinstance(event, TextMessage):
+            self._size += len(event.data)
+            if self._size > self.limits.max_message_size:
+                self._close(MESSAGE_TOO_BIG, f"messages are limited to {self.limits.max_message_size} bytes")
+                return
+            self._text.append(event.data)
+            if event.message_finished:
+                text, self._text, self._size = "".join(self._text), [], 0
+                self.mcp.received(text)
+        elif isinstance(event, BytesMessage):
+            self._close(UNSUPPORTED_DATA, "MCP messages are JSON in text frames")
+        elif isinstance(event, Ping):
+            self.transport.write(self.ws.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            # The client closes (or wsproto found the frames malformed: 1002, 1007).
+            if event.code not in (1000, 1001, 1005):
+                log.info(
+                    "WebSocket {peer} closed: {code} {reason}", peer=self.mcp.peer, code=event.code, reason=event.reason
+                )
+            self._closing = True
+            if self.ws.state != ConnectionState.CLOSED:
+                self.transport.write(self.ws.send(event.response()))
+            self.transport.loseConnection()
+
+    def send_text(self, text: str) -> None:
+        """One text frame to the client."""
+        if not self._closing and self.ws.state == ConnectionState.OPEN:
+            self.transport.write(self.ws.send(TextMessage(data=text)))
+
+    def _ping(self) -> None:
+        if self.ws.state == ConnectionState.OPEN:
+            self.transport.write(self.ws.send(Ping()))
+
+    def _close(self, code: int, reason: str) -> None:
+        """Close on our side, logged once."""
+        log.info("Closing WebSocket {peer}: {code} {reason}", peer=self.mcp.peer, code=code, reason=reason)
+        self._closing = True
+        if self.ws.state == ConnectionState.OPEN:
+            self.transport.write(self.ws.send(CloseConnection(code=code, reason=reason)))
+        self.transport.loseConnection()
+
+    def close_going_away(self) -> None:
+        """Close for a server shutdown."""
+        if not self._closing:
+            self._closing = True
+            if self.ws.state == ConnectionState.OPEN:
+                self.transport.write(self.ws.send(CloseConnection(code=GOING_AWAY, reason="server shutting down")))
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.registry.discard(self)
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        self.mcp.lost()
+
+
+class WebSocketLimits:
+    """What every connection of one listener shares: sizes, ping interval, clock."""
+
+    def __init__(self, max_message_size: int, ping_interval: float | None, clock: IReactorTime | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.max_message_size = max_message_size
+        self.ping_interval = ping_interval
+        self.clock = clock
+
+
+class WebSocketEndpoint(Resource):
+    """``GET /ws`` with ``Upgrade: websocket`` and subprotocol ``mcp``: the handshake, then the
+    connection is handed from twisted.web to a `WebSocketWire`."""
+
+    isLeaf = True
+
+    def __init__(self, engine: Engine, limits: WebSocketLimits) -> None:
+        super().__init__()
+        self.engine = engine
+        self.limits = limits
+        self.open: set[WebSocketWire] = set()
+
+    def render_GET(self, request: Request) -> bytes | int:
+        handshake = H11Handshake(ConnectionType.SERVER)
+        headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values]
+        try:
+            handshake.initiate_upgrade_connection(headers, request.uri)
+        except RemoteProtocolError as e:
+            return _refuse(request, 400, f"not a WebSocket handshake ({e}); connect with subprotocol 'mcp'")
+        if SUBPROTOCOL not in _offered(headers):
+            log.info("Refused a WebSocket from {peer}: subprotocol 'mcp' not offered", peer=request.getClientAddress())
+            return _refuse(request, 400, "offer the WebSocket subprotocol 'mcp'")
+        channel = request.channel
+        transport = channel.transport if channel is not None else None
+        if transport is None:
+            return _refuse(request, 400, "WebSocket needs an HTTP/1.1 connection")
+        caller = caller_of(request, TRANSPORT)
+        accept = handshake.send(AcceptConnection(subprotocol=SUBPROTOCOL))
+        ws = handshake.connection
+        assert ws is not None
+        wire = WebSocketWire(ws, lambda send: MCPConnection(self.engine, caller, send), self.limits, self.open)
+        # From here on the connection's bytes go to the wire, not to the HTTP parser (the same
+        # hand-over twisted.web.websocket makes); the HTTP idle timeout no longer applies.
+        channel.setTimeout(None)
+        channel._protocolUpgradeForWebsockets(wire)
+        transport.write(accept)
+        log.debug("WebSocket {peer} open", peer=wire.mcp.peer)
+        return NOT_DONE_YET
+
+    def close_all(self) -> None:
+        """Going-away close for every open connection (shutdown)."""
+        for wire in list(self.open):
+            wire.close_going_away()
+
+
+def _offered(headers: list[tuple[bytes, bytes]]) -> set[str]:
+    offered: set[str] = set()
+    for name, value in headers:
+        if name.lower() == b"sec-websocket-protocol":
+            offered.update(part.strip() for part in value.decode("latin-1").split(","))
+    return offered
+
+
+def _refuse(request: Request, status: int, message: str) -> bytes:
+    import json
+
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"error": f"Bad Request: {message}"}).encode()
+
+
+def websocket_resource(engine: Engine, max_message_size: int, ping_interval: float | None = None) -> WebSocketEndpoint:
+    """The ``/ws`` resource."""
+    return WebSocketEndpoint(engine, WebSocketLimits(max_message_size, ping_interval))
+
+
+__all__ = ["MCPConnection", "WebSocketEndpoint", "WebSocketWire", "websocket_resource"]

@@ -1,0 +1,245 @@
+# -*- test-case-name: tests.test_capacity -*-
+"""The per-connection half of the HTTP policy layer: a `WrappingFactory` around the Site.
+
+- Capacity: at most ``max_connections`` open connections (and ``max_per_ip`` from one address);
+  the connection over the limit is answered ``503 {"error": "Server at capacity"}`` with
+  ``Retry-After``, not reset (``ThrottlingFactory`` / ``LimitTotalConnectionsFactory`` reset it,
+  and ``LimitConnectionsByPeer`` is broken on Python 3).
+- Addresses: a peer the `Gate` refuses is answered 403 before anything it sent is read.
+- Slow clients: a request's head must arrive within ``head_timeout`` seconds of its first byte
+  (or of the connection), its body within ``body_timeout`` seconds of the head; a slow-loris
+  client is answered 408 and dropped.
+
+It implements ``IProtocolNegotiationFactory`` by asking the Site, so that under ``ssl:``
+endpoints TLS clients still agree on ``http/1.1`` through ALPN.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mcpd.web.gate import Gate, Refusal, raw_response
+from mcpd.web.network import normal_form
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+
+log = Logger(namespace="mcpd.capacity")
+
+# How long a refused connection may take to send its request head before it is answered anyway.
+REFUSAL_GRACE = 2.0
+# How long a closing connection may take to flush before it is aborted.
+ABORT_AFTER = 5.0
+_HEAD_LIMIT = 16 * 1024
+
+
+class GuardedConnection(ProtocolWrapper):
+    """One admitted connection: counted, and held to the head and body deadlines."""
+
+    factory: CapacityFactory
+
+    # Deadlines are a time stamp checked by the factory's sweep, not a timer per request (a
+    # callLater and its cancellation per request show in the hot path).
+
+    def __init__(self, factory: CapacityFactory, wrapped: Any, peer: str) -> None:
+        super().__init__(factory, wrapped)  # type: ignore[arg-type]
+        self.peer = peer
+        self.deadline: float | None = None
+        self._busy = False
+        self._waiting_for = "request head"
+
+    def connectionMade(self) -> None:
+        self._arm(self.factory.head_timeout, "request head")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.deadline is None and not self._busy:
+            # The first bytes of a new request.
+            self._arm(self.factory.head_timeout, "request head")
+        self.wrappedProtocol.dataReceived(data)
+
+    def head_complete(self, length: int | None) -> None:
+        """The request's headers are in (called by `GuardedRequest`)."""
+        self.deadline = None
+        if length != 0:
+            self._arm(self.factory.body_timeout, "request body")
+
+    def body_complete(self) -> None:
+        """The whole request is in: it is being served, however long that takes."""
+        self.deadline = None
+        self._busy = True
+
+    def request_finished(self) -> None:
+        """The response was sent; the next bytes start a new request."""
+        self._busy = False
+
+    def _arm(self, seconds: float | None, what: str) -> None:
+        if seconds is not None:
+            self.deadline = self.factory.clock.seconds() + seconds
+            self._waiting_for = what
+
+    def expire(self) -> None:
+        """The deadline passed (called by the factory's sweep)."""
+        what = self._waiting_for
+        self.deadline = None
+        seconds = self.factory.head_timeout if what == "request head" else self.factory.body_timeout
+        assert seconds is not None
+        log.info("Dropping {peer}: no complete {what} within {seconds}s", peer=self.peer, what=what, seconds=seconds)
+        body = json.dumps({"error": f"Request Timeout: the {what} did not arrive within {seconds:g} seconds"})
+        transport: Any = self.transport
+        transport.write(raw_response(408, body.encode()))
+        self.loseConnection()
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            self.factory.clock.callLater(ABORT_AFTER, _abort_if_open, self.transport)
+
+
+def _abort_if_open(transport: Any) -> None:
+    if getattr(transport, "connected", False):
+        transport.abortConnection()
+
+
+class RefusingProtocol(Protocol):
+    """Answers a connection with one response and closes it.
+
+    It reads the request head first (or waits `REFUSAL_GRACE` seconds), so that the client is
+    not reset while still sending and sees the answer.
+    """
+
+    def __init__(self, refusal: Refusal, clock: IReactorTime) -> None:
+        self.refusal = refusal
+        self.clock = clock
+        self._seen = b""
+        self._answered = False
+        self._timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._timer = self.clock.callLater(REFUSAL_GRACE, self._answer)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._answered:
+            return
+        self._seen = (self._seen + data)[-_HEAD_LIMIT:]
+        if b"\r\n\r\n" in self._seen or b"\n\n" in self._seen:
+            self._answer()
+
+    def _answer(self) -> None:
+        if self._answered or self.transport is None:
+            return
+        self._answered = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.transport.write(raw_response(self.refusal.status, self.refusal.payload(), self.refusal.headers))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+
+@implementer(IProtocolNegotiationFactory)
+class CapacityFactory(WrappingFactory):
+    """Wraps the Site: counts connections, refuses the ones over the caps or from refused peers."""
+
+    protocol = GuardedConnection  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        site: Any,
+        gate: Gate,
+        clock: IReactorTime,
+        *,
+        max_connections: int | None = 1000,
+        max_per_ip: int | None = None,
+        head_timeout: float | None = 10.0,
+        body_timeout: float | None = 30.0,
+        retry_after: int = 5,
+        sweep_interval: float = 0.5,
+    ) -> None:
+        super().__init__(site)
+        self.sweep_interval = sweep_interval
+        self._sweeper: LoopingCall | None = None
+        self.gate = gate
+        self.clock = clock
+        self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
+        self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
+        self.retry_after = retry_after
+        self.per_ip: collections.Counter[str] = collections.Counter()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.protocols)
+
+    def doStart(self) -> None:
+        super().doStart()
+        if self._sweeper is None and (self.head_timeout is not None or self.body_timeout is not None):
+            self._sweeper = LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(self.sweep_interval, now=False).addErrback(
+                lambda failure: log.failure("The slow-client sweep failed", failure)
+            )
+
+    def doStop(self) -> None:
+        super().doStop()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    def sweep(self) -> None:
+        """Drop the connections whose request head or body is overdue."""
+        now = self.clock.seconds()
+        for connection in [p for p in self.protocols if p.deadline is not None and p.deadline <= now]:
+            connection.expire()
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        peer = normal_form(getattr(addr, "host", "") or "")
+        refusal = self.gate.connection_refusal(peer)
+        if refusal is None:
+            refusal = self._capacity_refusal(peer)
+        if refusal is not None:
+            return RefusingProtocol(refusal, self.clock)
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return GuardedConnection(self, wrapped, peer)
+
+    def _capacity_refusal(self, peer: str) -> Refusal | None:
+        if self.max_connections is not None and len(self.protocols) >= self.max_connections:
+            log.warn("At capacity ({count} connections): refusing {peer}", count=len(self.protocols), peer=peer)
+            return self._busy("Server at capacity")
+        if self.max_per_ip is not None and self.per_ip[peer] >= self.max_per_ip and not self.gate.trusts(peer):
+            log.info("{peer} already has {count} connections: refusing another", peer=peer, count=self.per_ip[peer])
+            return self._busy(f"Server at capacity: at most {self.max_per_ip} connections from one address")
+        return None
+
+    def _busy(self, message: str) -> Refusal:
+        seconds = str(self.retry_after)
+        return Refusal(503, {"error": message}, (("Retry-After", seconds),))
+
+    def registerProtocol(self, p: Any) -> None:
+        super().registerProtocol(p)
+        self.per_ip[p.peer] += 1
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        left = self.per_ip[p.peer] - 1
+        if left > 0:
+            self.per_ip[p.peer] = left
+        else:
+            del self.per_ip[p.peer]
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN: what the wrapped Site speaks."""
+        negotiation = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        return list(negotiation.acceptableProtocols()) if negotiation is not None else [b"http/1.1"]

@@ -1,0 +1,438 @@
+# -*- test-case-name: tests.test_gate -*-
+"""The per-request half of the HTTP policy layer, applied to every route of the Site.
+
+`GuardedRequest` (the Site's request class) asks the `Gate` about each request as soon as its
+headers are in, before its body is read: where it really comes from (the client behind a trusted
+proxy) and whether that address may call, whether its Origin may (DNS-rebinding protection; CORS
+preflights are answered here), whether the body is too large, who is calling (API key), whether
+the caller is over its rate limit or its number of open streams. A refused request is answered
+with JSON saying what to do, and its body is discarded unread; an admitted one carries its
+`Identity`, which transports turn into the engine's `Caller` (`mcpd.web.identity.caller_of`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qsl
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import server
+
+from mcpd.web.identity import IDENTITY_ATTRIBUTE, Identity
+from mcpd.web.keys import KeyRing
+from mcpd.web.network import AddressList, forwarded_client, normal_form
+from mcpd.web.policy import ORIGIN_CHECKED, is_loopback, origin_problem
+from mcpd.web.ratelimit import RateLimiter, retry_after
+
+if TYPE_CHECKING:
+    from mcpd.observe.audit import AuditTrail
+
+log = Logger(namespace="mcpd.gate")
+
+# Refused requests with a body up to this size are read (and discarded) and answered on a
+# connection that stays open; larger ones are answered at once and the connection closed.
+READ_AND_ANSWER = 64 * 1024
+# Query parameters that look like a credential: refused, since URLs end up in logs.
+QUERY_KEY_NAMES = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token", "x-api-key"})
+# The headers MCP clients send and read across origins (2025-11-25 transports).
+CORS_ALLOW_HEADERS = (
+    "Authorization, X-API-Key, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, "
+    "Mcp-Method, Mcp-Name, Last-Event-ID"
+)
+CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate, Retry-After"
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+_REASONS = {
+    204: "No Content",
+    401: "Unauthorized",
+    403: "Forbidden",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+_KEY_HINT = "Send the key as 'Authorization: Bearer <key>' (or 'X-API-Key: <key>'); ask the server's operator for one."
+
+
+@attrs.frozen
+class Refusal:
+    """An answer given instead of serving a request (or a CORS preflight's answer)."""
+
+    status: int
+    body: dict[str, Any] | None
+    headers: tuple[tuple[str, str], ...] = ()
+    # Answer at once and close the connection rather than reading the body first.
+    close: bool = False
+
+    def payload(self) -> bytes:
+        return b"" if self.body is None else json.dumps(self.body).encode()
+
+
+def raw_response(status: int, body: bytes, headers: Iterable[tuple[bytes | str, bytes | str]] = ()) -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, for answers given outside
+    twisted.web's request machinery (a connection over the cap, a refused body)."""
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}".encode()]
+    for name, value in headers:
+        lines.append(_b(name) + b": " + _b(value))
+    if body:
+        lines.append(b"Content-Type: application/json")
+    lines.append(b"Content-Length: %d" % len(body))
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _b(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("latin-1")
+
+
+def forbidden(why: str) -> Refusal:
+    return Refusal(403, {"error": f"Forbidden: {why}"})
+
+
+class Gate:
+    """The request policy: keys, addresses, origins, sizes, rates and streams.
+
+    ``keys`` and ``allowed`` may be swapped at any time (``kill -HUP`` reloads their files);
+    requests already admitted keep their identity.
+    """
+
+    def __init__(
+        self,
+        *,
+        keys: KeyRing | None = None,
+        allowed: AddressList | None = None,
+        proxies: AddressList | None = None,
+        cors_origins: Iterable[str] = (),
+        limiter: RateLimiter | None = None,
+        max_body: int = 4 * 1024 * 1024,
+        max_streams: int | None = None,
+        insecure_no_auth: bool = False,
+        audit: AuditTrail | None = None,
+        public_paths: Iterable[bytes] = (b"/health",),
+    ) -> None:
+        self.keys = keys if keys is not None else KeyRing()
+        self.allowed = allowed if allowed is not None else AddressList()
+        self.proxies = proxies if proxies is not None else AddressList()
+        self.cors_origins = frozenset(origin.rstrip("/") for origin in cors_origins)
+        self.limiter = limiter
+        self.max_body = max_body
+        self.max_streams = max_streams
+        self.insecure_no_auth = insecure_no_auth
+        self.audit = audit
+        self.public_paths = frozenset(public_paths)
+        self.open_streams: dict[str, int] = {}
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    def trusts(self, peer: str) -> bool:
+        """Whether ``peer`` is a trusted proxy (its forwarding headers are believed)."""
+        return bool(self.proxies) and peer in self.proxies
+
+    def address_refusal(self, client: str) -> Refusal | None:
+        """Why a client address may not call at all, or None."""
+        if self.allowed and client not in self.allowed:
+            return forbidden(f"address {client} is not in this server's allowlist")
+        if not self.keys and not self.insecure_no_auth and not is_loopback(client):
+            return forbidden(
+                "this server has no API keys configured, so it serves loopback clients only; its "
+                "operator can configure keys (--api-key-file) or pass --insecure-no-auth on a trusted network"
+            )
+        return None
+
+    def connection_refusal(self, peer: str) -> Refusal | None:
+        """Checked when a connection is accepted, before anything is read from it."""
+        if self.trusts(peer):
+            return None  # the client behind it is checked per request
+        return self.address_refusal(peer)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def admit(self, request: GuardedRequest, length: int | None, peer: str, checked: bool) -> Any:
+        """A `Refusal`, None to serve the request, or a Deferred of either (a remote bucket
+        store). ``checked``: the peer already passed `connection_refusal`."""
+        client = peer
+        if self.proxies and peer in self.proxies:
+            headers = request.requestHeaders
+            client = forwarded_client(
+                peer, headers.getRawHeaders("x-forwarded-for", ()), request.getHeader("x-real-ip"), self.proxies
+            )
+            checked = False
+        if not checked:
+            refusal = self.address_refusal(client)
+            if refusal is not None:
+                return self._audited(request, refusal, "forbidden", client, None, refusal.body["error"])  # type: ignore[index]
+        origin = request.getHeader("origin")
+        why = origin_problem(request, self.cors_origins, origin)
+        if why is not None:
+            return self._audited(request, forbidden(why), "forbidden", client, None, why)
+        setattr(request, ORIGIN_CHECKED, True)
+        if origin is not None:
+            if request.channel._command == b"OPTIONS" and request.getHeader("access-control-request-method"):
+                return self._preflight(request, origin)
+            _cors_headers(request, origin)
+        if length is not None and length > self.max_body:
+            refusal = Refusal(
+                413,
+                {"error": f"Payload Too Large: request bodies are limited to {self.max_body} bytes"},
+                close=True,
+            )
+            return self._audited(request, refusal, "too_large", client, None, None)
+        path, _, query = request.channel._path.partition(b"?")
+        if path in self.public_paths:
+            return None
+        name, scopes = "anonymous", frozenset[str]()
+        if self.keys:
+            key, refusal = self._authenticate(request, query)
+            if refusal is not None:
+                return self._audited(request, refusal, "auth_failure", client, None, refusal.body["error"])  # type: ignore[index]
+            assert key is not None
+            name, scopes = key.name, key.scopes
+        keyed = bool(self.keys)
+        if keyed or client is not peer:
+            # Without keys or proxies, `caller_of` finds the peer by itself.
+            setattr(request, IDENTITY_ATTRIBUTE, Identity(name, scopes, client))
+        if self.limiter is not None and (keyed or not is_loopback(client)):
+            bucket = f"key:{name}" if keyed else f"ip:{client}"
+            wait = self.limiter.check(bucket)
+            if isinstance(wait, Deferred):
+                return wait.addCallback(self._after_rate, request, bucket, client, name if keyed else None)
+            return self._after_rate(wait, request, bucket, client, name if keyed else None)
+        return self._streams(request, f"key:{name}" if keyed else f"ip:{client}", client, name if keyed else None)
+
+    def _after_rate(self, wait: float, request: GuardedRequest, bucket: str, client: str, key: str | None) -> Any:
+        if wait > 0:
+            seconds = retry_after(wait)
+            refusal = Refusal(
+                429, {"error": "Rate limit exceeded", "retry_after": seconds}, (("Retry-After", str(seconds)),)
+            )
+            return self._audited(request, refusal, "rate_limited", client, key, None)
+        return self._streams(request, bucket, client, key)
+
+    def _streams(self, request: GuardedRequest, bucket: str, client: str, key: str | None) -> Refusal | None:
+        """Counts long-lived streams (SSE GETs, WebSocket upgrades) against ``max_streams``."""
+        if self.max_streams is None or request.channel._command != b"GET" or not _opens_stream(request):
+            return None
+        count = self.open_streams.get(bucket, 0)
+        if count >= self.max_streams:
+            refusal = Refusal(
+                429,
+                {"error": f"Too many open streams: at most {self.max_streams} per client", "retry_after": 5},
+                (("Retry-After", "5"),),
+            )
+            return self._audited(request, refusal, "stream_limit", client, key, None)
+        self.open_streams[bucket] = count + 1
+        request.notifyFinish().addBoth(self._stream_closed, bucket)
+        return None
+
+    def _stream_closed(self, _result: Any, bucket: str) -> None:
+        left = self.open_streams.get(bucket, 1) - 1
+        if left > 0:
+            self.open_streams[bucket] = left
+        else:
+            self.open_streams.pop(bucket, None)
+
+    def _authenticate(self, request: GuardedRequest, query: bytes) -> tuple[Any, Refusal | None]:
+        if query and any(name.lower() in QUERY_KEY_NAMES for name, _ in parse_qsl(query.decode("latin-1"))):
+            return None, _unauthorized(
+                "Unauthorized: API keys are refused in the URL (URLs end up in logs and histories)",
+                "invalid_request",
+            )
+        presented = None
+        authorization = request.getHeader("authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                presented = token.strip()
+        if presented is None:
+            presented = request.getHeader("x-api-key")
+        if not presented:
+            return None, _unauthorized("Unauthorized: this server needs an API key", None)
+        key = self.keys.find(presented.strip())
+        if key is None:
+            return None, _unauthorized("Unauthorized: the API key is not valid", "invalid_token")
+        return key, None
+
+    def _preflight(self, request: GuardedRequest, origin: str) -> Refusal:
+        asked = request.getHeader("access-control-request-headers")
+        return Refusal(
+            204,
+            None,
+            (
+                ("Access-Control-Allow-Origin", origin),
+                ("Vary", "Origin"),
+                ("Access-Control-Allow-Methods", CORS_METHODS),
+                ("Access-Control-Allow-Headers", asked or CORS_ALLOW_HEADERS),
+                ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS),
+                ("Access-Control-Max-Age", "600"),
+            ),
+        )
+
+    def _audited(
+        self, request: GuardedRequest, refusal: Refusal, outcome: str, client: str, key: str | None, detail: str | None
+    ) -> Refusal:
+        # The path without its query, which may hold a key.
+        log.info(
+            "Refused {method} {path} from {client}: {status} {outcome}",
+            method=request.channel._command.decode("latin-1"),
+            path=request.channel._path.partition(b"?")[0].decode("latin-1"),
+            client=client,
+            status=refusal.status,
+            outcome=outcome,
+        )
+        if self.audit is not None:
+            method = request.getHeader("mcp-method")
+            self.audit.record(
+                outcome=outcome,
+                key=key,
+                peer=client,
+                transport="http",
+                method=method,
+                tool=request.getHeader("mcp-name") if method == "tools/call" else None,
+                detail=detail,
+            )
+        return refusal
+
+
+def _unauthorized(message: str, error: str | None) -> Refusal:
+    challenge = 'Bearer realm="mcpd"' + (f', error="{error}"' if error else "")
+    return Refusal(401, {"error": message, "hint": _KEY_HINT}, (("WWW-Authenticate", challenge),))
+
+
+def _cors_headers(request: GuardedRequest, origin: str) -> None:
+    request.setHeader(b"access-control-allow-origin", origin.encode("latin-1", "replace"))
+    request.setHeader(b"vary", b"Origin")
+    request.setHeader(b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode())
+
+
+def _opens_stream(request: GuardedRequest) -> bool:
+    accept = request.getHeader("accept") or ""
+    upgrade = request.getHeader("upgrade") or ""
+    return "text/event-stream" in accept or upgrade.lower() == "websocket"
+
+
+class _Discard:
+    """Where a refused request's body goes: nowhere."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class GuardedRequest(server.Request):
+    """A twisted.web request that is admitted by a `Gate` before its body is read.
+
+    Use `guarded_request_factory` to make the class a Site builds its requests with.
+    """
+
+    gate: ClassVar[Gate]
+    refusal: Refusal | None = None
+    _admission: Deferred[Any] | None = None
+    _answered = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        connection: Any = self.channel.transport
+        hooks = getattr(connection, "head_complete", None)
+        if hooks is not None:
+            hooks(length)
+            peer, checked = connection.peer, True
+        else:
+            peer, checked = normal_form(getattr(self.client, "host", "") or ""), False
+        outcome = self.gate.admit(self, length, peer, checked)
+        if outcome is None:
+            super().gotLength(length)
+        elif isinstance(outcome, Deferred):
+            super().gotLength(length)
+            self._admission = outcome
+            outcome.addCallback(self._admitted)
+        else:
+            self._refuse(outcome, length)
+
+    def _admitted(self, outcome: Refusal | None) -> None:
+        self._admission = None
+        if outcome is not None:
+            self.refusal = outcome
+
+    def _refuse(self, refusal: Refusal, length: int | None) -> None:
+        self.refusal = refusal
+        self.content = _Discard()  # type: ignore[assignment]
+        if refusal.close or length is None or length > READ_AND_ANSWER:
+            self._answer_now(refusal)
+
+    def _answer_now(self, refusal: Refusal) -> None:
+        """Answer without reading the rest of the request, and close the connection."""
+        self._answered = True
+        # No "100 Continue" after the answer.
+        self.requestHeaders.removeHeader(b"expect")
+        headers: list[tuple[bytes | str, bytes | str]] = [
+            (name, value) for name, values in self.responseHeaders.getAllRawHeaders() for value in values
+        ]
+        headers.extend(refusal.headers)
+        transport: Any = self.channel.transport
+        transport.write(raw_response(refusal.status, refusal.payload(), headers))
+        self.channel.loseConnection()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.refusal is not None:
+            return
+        self._received += len(data)
+        if self._received > self.gate.max_body:
+            self._refuse(
+                Refusal(413, {"error": f"Payload Too Large: request bodies are limited to {self.gate.max_body} bytes"}),
+                None,
+            )
+            return
+        content: Any = self.content
+        content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        body_complete = getattr(self.channel.transport, "body_complete", None)
+        if body_complete is not None:
+            body_complete()
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        if self._answered:
+            return
+        if self._admission is not None:
+            self._admission.addCallback(lambda _: self.process())
+            return
+        refusal = self.refusal
+        if refusal is None:
+            super().process()
+            return
+        self.setResponseCode(refusal.status, _REASONS.get(refusal.status, "Error").encode())
+        for name, value in refusal.headers:
+            self.setHeader(name, value)
+        payload = refusal.payload()
+        if payload:
+            self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"content-length", b"%d" % len(payload))
+        self.write(payload)
+        self.finish()
+
+    def finish(self) -> None:
+        # Before the channel replays any pipelined request, which may start a new deadline.
+        finished = getattr(self.channel.transport, "request_finished", None) if self.channel else None
+        if finished is not None:
+            finished()
+        super().finish()
+
+
+def guarded_request_factory(gate: Gate) -> type[GuardedRequest]:
+    """A `GuardedRequest` class bound to ``gate``, for ``Site.requestFactory``."""
+    return type("GuardedRequest", (GuardedRequest,), {"gate": gate})

@@ -1,0 +1,35 @@
+# -*- test-case-name: tests.test_gate -*-
+"""Who is calling, as the HTTP policy layer established it; transports read it from here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from mcpd.tools.api import Caller
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+# The attribute of a twisted.web request the policy layer sets once it has admitted the request.
+IDENTITY_ATTRIBUTE = "mcpd_identity"
+
+
+@attrs.frozen
+class Identity:
+    """An admitted HTTP client: its key's name and scopes (none without keys) and its real
+    address (the client behind a trusted proxy, not the proxy)."""
+
+    name: str
+    scopes: frozenset[str]
+    peer: str
+
+
+def caller_of(request: Request, transport: str) -> Caller:
+    """The `Caller` a transport hands the engine for ``request``."""
+    identity: Identity | None = getattr(request, IDENTITY_ATTRIBUTE, None)
+    if identity is None:
+        address = request.getClientAddress()
+        return Caller(peer=getattr(address, "host", "") or str(address), transport=transport)
+    return Caller(name=identity.name, scopes=identity.scopes, peer=identity.peer, transport=transport)

@@ -1,0 +1,56 @@
+# -*- test-case-name: tests.test_scopes -*-
+"""Which tools a key's scopes allow: the engine's tool filter when keys are configured.
+
+- ``read``: tools annotated read-only (``readOnlyHint: true``);
+- ``write``: those, and tools that change things but say they are not destructive
+  (``destructiveHint: false``);
+- ``admin``: everything, including server introspection (the ``server`` pack) and tools that are
+  destructive (MCP's default for a tool that does not say otherwise);
+- any other word names a tool or a toolset (pack) the key may call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mcpd.tools.api import Caller, Tool
+
+if TYPE_CHECKING:
+    from mcpd.tools.pack import ToolRegistry
+
+READ, WRITE, ADMIN = "read", "write", "admin"
+# Packs that introspect or steer the server itself: admin only.
+ADMIN_PACKS = frozenset({"server"})
+_GRANTS = {READ: frozenset({READ, WRITE}), WRITE: frozenset({WRITE}), ADMIN: frozenset()}
+
+
+def tool_level(tool: Tool, pack: str | None) -> str:
+    """The scope a tool needs: read, write or admin."""
+    if pack in ADMIN_PACKS:
+        return ADMIN
+    hints = tool.annotations
+    if hints is not None and hints.read_only:
+        return READ
+    if hints is not None and hints.destructive is False:
+        return WRITE
+    return ADMIN
+
+
+class ScopePolicy:
+    """``policy(caller, tool)``: whether a caller's scopes let it see and call ``tool``."""
+
+    def __init__(self, registry: ToolRegistry) -> None:
+        self.registry = registry
+
+    def __call__(self, caller: Caller, tool: Tool) -> bool:
+        scopes = caller.scopes
+        if ADMIN in scopes or tool.name in scopes:
+            return True
+        try:
+            pack: str | None = self.registry.pack_of(tool.name)
+        except KeyError:
+            pack = None
+        if pack is not None and pack in scopes:
+            return True
+        granted_by = _GRANTS[tool_level(tool, pack)]
+        return not granted_by.isdisjoint(scopes)

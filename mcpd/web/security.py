@@ -1,0 +1,174 @@
+# -*- test-case-name: tests.test_security_wiring -*-
+"""The HTTP policy layer assembled from `Settings`: one `Gate` (per request) and one
+`CapacityFactory` (per connection) around the Site that serves every network transport, the
+engine's scope filter and audit observer, and ``kill -HUP`` reloading of the key and allowlist
+files."""
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from mcpd.observe.audit import AuditTrail
+from mcpd.web.capacity import CapacityFactory
+from mcpd.web.gate import Gate, guarded_request_factory
+from mcpd.web.keys import KeyFileError, KeyRing, load_keys
+from mcpd.web.network import AddressList, AddressListError, read_address_file
+from mcpd.web.ratelimit import MemoryBucketStore, RateLimit, RateLimiter
+from mcpd.web.scopes import ScopePolicy
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from mcpd.protocol.engine import Engine
+    from mcpd.settings import Settings
+    from mcpd.tools.pack import ToolRegistry
+
+log = Logger(namespace="mcpd.security")
+
+
+class SecurityConfigError(ValueError):
+    """A key or allowlist file (or entry) is unusable; the message names it."""
+
+
+def load_key_ring(settings: Settings) -> KeyRing:
+    """The keys of ``--api-key`` / ``API_KEYS`` and ``--api-key-file``."""
+    try:
+        return load_keys(settings.api_key, settings.api_key_file)
+    except (KeyFileError, ValueError) as e:
+        raise SecurityConfigError(str(e)) from None
+
+
+def load_allowlist(settings: Settings) -> AddressList:
+    """The addresses of ``--allowed-ip`` / ``ALLOWED_IPS`` and ``--allowed-ip-file``."""
+    try:
+        entries = list(settings.allowed_ip)
+        if settings.allowed_ip_file:
+            entries.extend(read_address_file(settings.allowed_ip_file))
+        return AddressList(entries)
+    except AddressListError as e:
+        raise SecurityConfigError(str(e)) from None
+
+
+class Security:
+    """Everything the policy layer needs, built once per daemon."""
+
+    def __init__(self, settings: Settings, clock: IReactorTime, audit: AuditTrail | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        if audit is None:
+            # Every tool call in the log where keys make callers accountable; else only the
+            # calls that did not go well, and every refusal.
+            log_calls = (
+                settings.audit_log == "all" if settings.audit_log else bool(settings.api_key or settings.api_key_file)
+            )
+            audit = AuditTrail(settings.audit_buffer, log_calls=log_calls)
+        self.audit = audit
+        try:
+            proxies = AddressList(settings.trusted_proxy)
+        except AddressListError as e:
+            raise SecurityConfigError(f"--trusted-proxy: {e}") from None
+        limit = RateLimit(settings.rate_limit, settings.rate_window, settings.rate_burst)
+        self.gate = Gate(
+            keys=load_key_ring(settings),
+            allowed=load_allowlist(settings),
+            proxies=proxies,
+            cors_origins=settings.cors_origin,
+            limiter=RateLimiter(limit, MemoryBucketStore(clock)),
+            max_body=settings.max_message_size,
+            max_streams=settings.max_streams_per_key,
+            insecure_no_auth=settings.insecure_no_auth,
+            audit=self.audit,
+        )
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.gate.keys)
+
+    def attach(self, engine: Engine, registry: ToolRegistry) -> None:
+        """Scopes filter the engine's tools when keys are configured; every call is audited."""
+        if self.keyed:
+            engine.tool_filter = ScopePolicy(registry)
+        engine.observers.append(self.audit.observe)
+
+    def protect(self, site: Any) -> CapacityFactory:
+        """Guard ``site``: its requests pass the gate, its connections the capacity factory."""
+        site.requestFactory = guarded_request_factory(self.gate)
+        settings = self.settings
+        return CapacityFactory(
+            site,
+            self.gate,
+            self.clock,
+            max_connections=settings.max_connections,
+            max_per_ip=settings.max_connections_per_ip,
+            head_timeout=settings.header_timeout,
+            body_timeout=settings.request_timeout,
+        )
+
+    def reload(self) -> bool:
+        """Re-read the key and allowlist files; on any error keep what is in force."""
+        try:
+            keys, allowed = load_key_ring(self.settings), load_allowlist(self.settings)
+        except SecurityConfigError as e:
+            log.error("Reload refused, keeping the current keys and allowlist: {why}", why=str(e))
+            return False
+        if bool(keys) != self.keyed:
+            log.error(
+                "Reload refused: it would turn API keys {change}; restart mcpd for that",
+                change="off" if self.keyed else "on",
+            )
+            return False
+        self.gate.keys, self.gate.allowed = keys, allowed
+        log.info(
+            "Reloaded {keys} API key(s) and {networks} allowlist entr(ies)",
+            keys=len(keys),
+            networks=len(allowed.networks),
+        )
+        return True
+
+    def warn_about(self, beyond_loopback: list[str]) -> None:
+        """Say loudly when mcpd listens beyond loopback without keys."""
+        if self.keyed or not beyond_loopback:
+            return
+        where = ", ".join(beyond_loopback)
+        if self.settings.insecure_no_auth:
+            log.warn(
+                "!!! INSECURE: listening beyond loopback on {where} with no API keys (--insecure-no-auth): "
+                "anyone who can reach it can call every tool !!!",
+                where=where,
+            )
+        else:
+            log.warn(
+                "Listening beyond loopback on {where} with no API keys: only loopback clients will be "
+                "served; configure --api-key-file (or pass --insecure-no-auth on a trusted network)",
+                where=where,
+            )
+
+
+class ReloadService(Service):
+    """``kill -HUP`` reloads the key and allowlist files; connections stay open."""
+
+    def __init__(self, security: Security, reactor: Any) -> None:
+        self.security = security
+        self.reactor = reactor
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hup)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+    def _hup(self, _signum: int, _frame: Any) -> None:
+        self.reactor.callFromThread(self._reload)
+
+    def _reload(self) -> None:
+        log.info("SIGHUP: reloading API keys and allowlist")
+        self.security.reload()

@@ -1,0 +1,145 @@
+"""Tests for `mcpd.web.capacity`: connection caps answered 503, refused peers answered 403, and
+slow clients dropped, on a Clock."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+
+from mcpd.web.capacity import REFUSAL_GRACE, CapacityFactory
+from mcpd.web.gate import Gate, guarded_request_factory
+from mcpd.web.network import AddressList
+from tests.test_gate import Recorder
+from tests.test_streamable import parse_response
+
+REQUEST = b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class CapacityTestCase(SynchronousTestCase):
+    def make(self, gate: Gate | None = None, **options: object) -> None:
+        self.clock = Clock()
+        self.recorder = Recorder()
+        site = Site(self.recorder)
+        site.reactor = self.clock
+        self.gate = gate or Gate()
+        site.requestFactory = guarded_request_factory(self.gate)
+        self.factory = CapacityFactory(site, self.gate, self.clock, **options)  # type: ignore[arg-type]
+        self.factory.doStart()
+        self.addCleanup(self.factory.doStop)
+
+    def connect(self, peer: str = "127.0.0.1") -> tuple[object, StringTransport]:
+        address = IPv4Address("TCP", peer, 40000)
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8765), peerAddress=address)
+        protocol = self.factory.buildProtocol(address)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+
+class CapTests(CapacityTestCase):
+    def test_one_over_the_cap(self) -> None:
+        self.make(max_connections=2)
+        self.connect()
+        self.connect()
+        self.assertEqual(self.factory.open_connections, 2)
+        protocol, transport = self.connect()
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        response = parse_response(transport.value())
+        self.assertEqual(response.status, 503)
+        self.assertEqual(json.loads(response.body), {"error": "Server at capacity"})
+        self.assertEqual(response.headers["retry-after"], "5")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.recorder.callers, [])
+        self.assertEqual(self.factory.open_connections, 2)
+
+    def test_answered_even_if_the_client_says_nothing(self) -> None:
+        self.make(max_connections=1)
+        self.connect()
+        _protocol, transport = self.connect()
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(REFUSAL_GRACE)
+        self.assertEqual(parse_response(transport.value()).status, 503)
+
+    def test_slot_freed_on_close(self) -> None:
+        self.make(max_connections=1)
+        protocol, transport = self.connect()
+        protocol.connectionLost(None)  # type: ignore[attr-defined]
+        protocol, transport = self.connect()
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 200)
+
+    def test_per_ip(self) -> None:
+        self.make(max_per_ip=1)
+        self.connect("127.0.0.1")
+        self.connect("127.0.0.2")
+        protocol, transport = self.connect("127.0.0.1")
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        response = parse_response(transport.value())
+        self.assertEqual(response.status, 503)
+        self.assertIn("one address", json.loads(response.body)["error"])
+
+    def test_refused_peer_before_reading(self) -> None:
+        self.make(Gate(allowed=AddressList(["10.0.0.0/8"])))
+        protocol, transport = self.connect("127.0.0.1")
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 403)
+        self.assertEqual(self.factory.open_connections, 0)
+        self.assertEqual(self.recorder.callers, [])
+
+    def test_alpn_forwarded(self) -> None:
+        self.make()
+        self.assertTrue(IProtocolNegotiationFactory.providedBy(self.factory))
+        self.assertIn(b"http/1.1", self.factory.acceptableProtocols())
+
+
+class SlowClientTests(CapacityTestCase):
+    def setUp(self) -> None:
+        self.make(head_timeout=10.0, body_timeout=30.0, sweep_interval=1.0)
+
+    def test_slow_loris_head(self) -> None:
+        protocol, transport = self.connect()
+        for line in (b"POST /mcp HTTP/1.1\r\n", b"Host: localhost\r\n", b"X-A: 1\r\n"):
+            protocol.dataReceived(line)  # type: ignore[attr-defined]
+            self.clock.advance(4)
+        response = parse_response(transport.value())
+        self.assertEqual(response.status, 408)
+        self.assertIn("request head", json.loads(response.body)["error"])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.recorder.callers, [])
+
+    def test_silent_connection(self) -> None:
+        _protocol, transport = self.connect()
+        self.clock.advance(11)
+        self.assertEqual(parse_response(transport.value()).status, 408)
+
+    def test_slow_body(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n{")  # type: ignore[attr-defined]
+        self.clock.advance(29)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(2)
+        self.assertIn(b"request body", transport.value())
+        self.assertEqual(self.recorder.callers, [])
+
+    def test_served_and_idle_connections_kept(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 200)
+        self.clock.advance(50)  # idle keep-alive is the Site's timeout (60 s), not ours
+        self.assertFalse(transport.disconnecting)
+        transport.clear()
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 200)
+
+    def test_long_response_not_cut(self) -> None:
+        self.recorder.hold = True
+        protocol, transport = self.connect()
+        protocol.dataReceived(REQUEST.replace(b"POST", b"GET").replace(b"Content-Length: 2\r\n\r\n{}", b"\r\n"))  # type: ignore[attr-defined]
+        self.clock.advance(100)
+        self.assertFalse(transport.disconnecting)
+        self.recorder.held[0].finish()

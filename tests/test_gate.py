@@ -1,0 +1,277 @@
+"""Tests for `mcpd.web.gate` (and `mcpd.web.identity`): the per-request policy, in memory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from mcpd.observe.audit import AuditTrail
+from mcpd.tools.api import Caller
+from mcpd.web.gate import Gate, guarded_request_factory
+from mcpd.web.identity import caller_of
+from mcpd.web.keys import APIKey, KeyRing
+from mcpd.web.network import AddressList
+from mcpd.web.ratelimit import MemoryBucketStore, RateLimit, RateLimiter
+from tests.test_streamable import HTTPConnection, HTTPResponse, parse_response
+
+KEYS = KeyRing([APIKey.from_secret("alice-key", "alice", ["read"]), APIKey.from_secret("root-key", "root")])
+
+
+class Recorder(Resource):
+    """Records the callers of the requests that reach it; ``hold`` keeps responses open."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callers: list[Caller] = []
+        self.bodies: list[bytes] = []
+        self.held: list[Request] = []
+        self.hold = False
+
+    def render(self, request: Request) -> bytes | int:
+        self.callers.append(caller_of(request, "http"))
+        self.bodies.append(request.content.read())
+        if self.hold:
+            self.held.append(request)
+            return NOT_DONE_YET
+        return b"served"
+
+
+class GateTestCase(SynchronousTestCase):
+    def make(self, **options: Any) -> None:
+        self.clock = Clock()
+        self.audit = AuditTrail(emit=False)
+        self.recorder = Recorder()
+        self.gate = Gate(audit=self.audit, **options)
+        self.site = Site(self.recorder)
+        self.site.reactor = self.clock  # the channels' idle timeouts
+        self.site.requestFactory = guarded_request_factory(self.gate)
+
+    def connect(self, peer: str = "127.0.0.1") -> HTTPConnection:
+        address = IPv6Address("TCP", peer, 50000) if ":" in peer else IPv4Address("TCP", peer, 50000)
+        return HTTPConnection(self.site, peer=address)
+
+    def fetch(
+        self,
+        headers: Mapping[str, str] | None = None,
+        peer: str = "127.0.0.1",
+        method: str = "POST",
+        path: str = "/mcp",
+        body: bytes = b"{}",
+    ) -> HTTPResponse:
+        connection = self.connect(peer)
+        connection.send(method, path, headers, body)
+        self.connection = connection
+        return connection.response
+
+    def assertRefused(self, response: HTTPResponse, status: int, words: str) -> dict[str, Any]:
+        self.assertEqual(response.status, status, response)
+        self.assertEqual(response.headers["content-type"], "application/json")
+        body = json.loads(response.body)
+        self.assertIn(words, body["error"])
+        self.assertEqual(self.recorder.callers, [])
+        return body
+
+
+class NoKeyTests(GateTestCase):
+    def test_loopback_served_anonymously(self) -> None:
+        self.make()
+        self.assertEqual(self.fetch().status, 200)
+        self.assertEqual(self.recorder.callers, [Caller(peer="127.0.0.1", transport="http")])
+
+    def test_beyond_loopback_refused_without_keys(self) -> None:
+        self.make()
+        self.assertRefused(self.fetch(peer="192.0.2.7"), 403, "loopback clients only")
+
+    def test_insecure_no_auth(self) -> None:
+        self.make(insecure_no_auth=True)
+        self.assertEqual(self.fetch(peer="192.0.2.7").status, 200)
+
+    def test_loopback_not_rate_limited_without_keys(self) -> None:
+        self.make(limiter=RateLimiter(RateLimit(1, 60.0), MemoryBucketStore(Clock())))
+        self.assertEqual([self.fetch().status for _ in range(3)], [200, 200, 200])
+
+    def test_ip_rate_limit_beyond_loopback(self) -> None:
+        self.make(insecure_no_auth=True, limiter=RateLimiter(RateLimit(2, 60.0), MemoryBucketStore(Clock())))
+        statuses = [self.fetch(peer="192.0.2.7").status for _ in range(3)]
+        self.assertEqual(statuses, [200, 200, 429])
+        self.assertEqual(self.fetch(peer="192.0.2.8").status, 200)
+
+
+class KeyTests(GateTestCase):
+    def setUp(self) -> None:
+        self.make(keys=KEYS)
+
+    def test_no_key(self) -> None:
+        response = self.fetch()
+        body = self.assertRefused(response, 401, "needs an API key")
+        self.assertIn("Authorization: Bearer", body["hint"])
+        self.assertEqual(response.headers["www-authenticate"], 'Bearer realm="mcpd"')
+        self.assertEqual([r["outcome"] for r in self.audit], ["auth_failure"])
+
+    def test_wrong_key(self) -> None:
+        response = self.fetch({"Authorization": "Bearer nope"})
+        self.assertRefused(response, 401, "not valid")
+        self.assertIn('error="invalid_token"', response.headers["www-authenticate"])
+        self.assertNotIn("nope", json.dumps(list(self.audit)))
+
+    def test_bearer_and_x_api_key(self) -> None:
+        self.assertEqual(self.fetch({"Authorization": "Bearer alice-key"}).status, 200)
+        self.assertEqual(self.fetch({"X-API-Key": "root-key"}).status, 200)
+        self.assertEqual(self.fetch({"Authorization": "bearer  alice-key "}).status, 200)
+        names = [(c.name, c.scopes) for c in self.recorder.callers]
+        self.assertEqual(
+            names,
+            [("alice", frozenset({"read"})), ("root", frozenset({"admin"})), ("alice", frozenset({"read"}))],
+        )
+
+    def test_key_in_query_refused(self) -> None:
+        for path in ("/mcp?api_key=root-key", "/mcp?x=1&token=root-key", "/sse?Key=root-key"):
+            response = self.fetch({"Authorization": "Bearer root-key"}, path=path)
+            self.assertRefused(response, 401, "refused in the URL")
+
+    def test_public_health(self) -> None:
+        self.assertEqual(self.fetch(method="GET", path="/health", body=b"").status, 200)
+
+    def test_refused_body_discarded_connection_kept(self) -> None:
+        response = self.fetch(body=b'{"x": 1}')
+        self.assertEqual(response.status, 401)
+        self.assertNotEqual(response.headers.get("connection"), "close")
+        self.assertFalse(self.connection.transport.disconnecting)
+        self.assertEqual(self.recorder.bodies, [])
+
+
+class NetworkTests(GateTestCase):
+    def test_allowlist(self) -> None:
+        self.make(keys=KEYS, allowed=AddressList(["10.0.0.0/8"]))
+        key = {"X-API-Key": "root-key"}
+        self.assertEqual(self.fetch(key, peer="10.1.1.1").status, 200)
+        self.assertEqual(self.fetch(key, peer="::ffff:10.1.1.1").status, 200)
+        self.recorder.callers.clear()
+        self.assertRefused(self.fetch(key, peer="::ffff:127.0.0.1"), 403, "allowlist")
+
+    def test_spoofed_forwarded_for_ignored(self) -> None:
+        self.make(keys=KEYS, allowed=AddressList(["10.0.0.0/8"]), proxies=AddressList(["192.0.2.1"]))
+        spoof = {"X-API-Key": "root-key", "X-Forwarded-For": "10.1.1.1", "X-Real-IP": "10.1.1.1"}
+        self.assertRefused(self.fetch(spoof, peer="198.51.100.3"), 403, "198.51.100.3")
+
+    def test_trusted_proxy(self) -> None:
+        self.make(keys=KEYS, allowed=AddressList(["10.0.0.0/8"]), proxies=AddressList(["192.0.2.1"]))
+        headers = {"X-API-Key": "root-key", "X-Forwarded-For": "10.1.1.1"}
+        self.assertEqual(self.fetch(headers, peer="192.0.2.1").status, 200)
+        self.assertEqual(self.recorder.callers[0].peer, "10.1.1.1")
+        headers["X-Forwarded-For"] = "10.1.1.1, 203.0.113.5"
+        self.recorder.callers.clear()
+        self.assertRefused(self.fetch(headers, peer="192.0.2.1"), 403, "203.0.113.5")
+
+
+class OriginTests(GateTestCase):
+    def test_evil_origin(self) -> None:
+        self.make()
+        self.assertRefused(self.fetch({"Origin": "https://evil.example"}), 403, "https://evil.example")
+        self.assertRefused(self.fetch({"Host": "evil.example"}), 403, "evil.example")
+
+    def test_cors_origin(self) -> None:
+        self.make(cors_origins=["https://app.example"])
+        response = self.fetch({"Origin": "https://app.example"})
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["access-control-allow-origin"], "https://app.example")
+        self.assertIn("Mcp-Session-Id", response.headers["access-control-expose-headers"])
+
+    def test_preflight(self) -> None:
+        self.make(keys=KEYS, cors_origins=["*"])
+        headers = {
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, mcp-protocol-version",
+        }
+        response = self.fetch(headers, method="OPTIONS", body=b"")
+        self.assertEqual(response.status, 204)
+        self.assertEqual(response.headers["access-control-allow-origin"], "https://app.example")
+        self.assertEqual(response.headers["access-control-allow-headers"], "authorization, mcp-protocol-version")
+        self.assertIn("POST", response.headers["access-control-allow-methods"])
+        self.assertEqual(self.recorder.callers, [])
+
+    def test_refusals_carry_cors_headers(self) -> None:
+        self.make(keys=KEYS, cors_origins=["https://app.example"])
+        response = self.fetch({"Origin": "https://app.example"})
+        self.assertEqual(response.status, 401)
+        self.assertEqual(response.headers["access-control-allow-origin"], "https://app.example")
+
+
+class LimitTests(GateTestCase):
+    def test_too_large_by_length(self) -> None:
+        self.make(max_body=10)
+        connection = self.connect()
+        connection.protocol.dataReceived(
+            b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\n" + b"x" * 5
+        )
+        response = connection.response
+        self.assertEqual((response.status, json.loads(response.body)["error"][:17]), (413, "Payload Too Large"))
+        self.assertEqual(response.headers["connection"], "close")
+        self.assertTrue(connection.transport.disconnecting)
+        connection.protocol.dataReceived(b"x" * 6)
+        self.assertEqual(self.recorder.callers, [])
+
+    def test_too_large_chunked(self) -> None:
+        self.make(max_body=10)
+        connection = self.connect()
+        connection.protocol.dataReceived(
+            b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n"
+        )
+        self.assertEqual(connection.response.status, 413)
+        self.assertTrue(connection.transport.disconnecting)
+        self.assertEqual(self.recorder.callers, [])
+
+    def test_rate_limit_per_key(self) -> None:
+        self.make(keys=KEYS, limiter=RateLimiter(RateLimit(3, 60.0), MemoryBucketStore(Clock())))
+        statuses = [self.fetch({"X-API-Key": "alice-key"}).status for _ in range(3)]
+        response = self.fetch({"X-API-Key": "alice-key"})
+        self.assertEqual(statuses, [200, 200, 200])
+        self.assertEqual(response.status, 429)
+        self.assertEqual(response.headers["retry-after"], "20")
+        self.assertEqual(json.loads(response.body), {"error": "Rate limit exceeded", "retry_after": 20})
+        self.assertEqual(self.fetch({"X-API-Key": "root-key"}).status, 200)
+        self.assertEqual([r["outcome"] for r in self.audit], ["rate_limited"])
+        self.assertEqual(list(self.audit)[0]["key"], "alice")
+
+    def test_streams_per_key(self) -> None:
+        self.make(keys=KEYS, max_streams=1)
+        self.recorder.hold = True
+        stream = {"X-API-Key": "alice-key", "Accept": "text/event-stream"}
+
+        def open_stream(headers: Mapping[str, str]) -> HTTPConnection:
+            connection = self.connect()
+            connection.send("GET", "/mcp", headers)
+            return connection
+
+        open_stream(stream)
+        self.assertEqual(len(self.recorder.held), 1)
+        response = open_stream(stream).response
+        self.assertEqual(response.status, 429)
+        self.assertIn("Too many open streams", json.loads(response.body)["error"])
+        # Another key, and plain requests, are not affected.
+        open_stream({"X-API-Key": "root-key", "Accept": "text/event-stream"})
+        open_stream({"X-API-Key": "alice-key"})
+        self.assertEqual(len(self.recorder.held), 3)
+        self.recorder.held[0].finish()
+        open_stream(stream)
+        self.assertEqual(len(self.recorder.held), 4)
+
+
+class CallerOfTests(SynchronousTestCase):
+    def test_without_policy(self) -> None:
+        site = Site(Recorder())
+        site.reactor = Clock()
+        connection = HTTPConnection(site, peer=IPv4Address("TCP", "192.0.2.9", 1234))
+        connection.send("POST", "/mcp", {}, b"{}")
+        self.assertEqual(site.resource.callers, [Caller(peer="192.0.2.9", transport="http")])  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(connection.transport.value()).status, 200)

@@ -1,0 +1,135 @@
+"""In-memory tests of the legacy HTTP+SSE resources, SSE keep-alive comments and the start-up
+check of ``ssl:`` endpoints; the real clients are in `tests.test_transports`."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from mcpd.protocol.engine import Engine
+from mcpd.protocol.session import SessionStore
+from mcpd.tools import ToolRegistry
+from mcpd.tools.pack import load_pack
+from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
+from mcpd.transport.sse import KEEPALIVE, keep_alive
+from mcpd.transport.tls import EndpointError, check_endpoint, is_tls
+from tests.tls_certs import make_tls_files
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
+def _post(path_args: dict[bytes, list[bytes]], body: bytes) -> DummyRequest:
+    request = DummyRequest([b"messages", b""])
+    request.method = b"POST"
+    request.args = path_args
+    request.content = io.BytesIO(body)
+    return request
+
+
+class LegacySSETests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.sessions = SessionStore(self.clock, 60.0)
+        self.engine = Engine(ToolRegistry([load_pack("server")]))
+        self.stream = SSEStreamResource(self.sessions)
+        self.messages = SSEMessagesResource(self.engine, self.sessions, 1024)
+
+    def open_stream(self) -> tuple[DummyRequest, str]:
+        request = DummyRequest([b"sse"])
+        self.stream.render_GET(request)
+        first = b"".join(request.written).decode()
+        self.assertTrue(first.startswith("event: endpoint\ndata: /messages/?session_id="), first)
+        request.written.clear()
+        return request, first.split("session_id=")[1].strip()
+
+    def test_endpoint_event_then_answers_as_message_events(self) -> None:
+        request, session_id = self.open_stream()
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"x-accel-buffering"), [b"no"])
+        post = _post({b"session_id": [session_id.encode()]}, json.dumps(INITIALIZE).encode())
+        self.assertEqual(self.messages.render_POST(post), b"Accepted")
+        self.assertEqual(post.responseCode, 202)
+        event = b"".join(request.written).decode()
+        self.assertTrue(event.startswith("event: message\ndata: "), event)
+        self.assertEqual(json.loads(event.split("data: ", 1)[1])["result"]["protocolVersion"], "2024-11-05")
+
+    def test_typescript_sessionId_parameter(self) -> None:
+        _request, session_id = self.open_stream()
+        post = _post({b"sessionId": [session_id.encode()]}, json.dumps(INITIALIZE).encode())
+        self.messages.render_POST(post)
+        self.assertEqual(post.responseCode, 202)
+
+    def test_missing_unknown_oversized_and_invalid(self) -> None:
+        _request, session_id = self.open_stream()
+        cases = [
+            ({}, b"{}", 400),
+            ({b"session_id": [b"nope"]}, b"{}", 404),
+            ({b"session_id": [session_id.encode()]}, b"x" * 2000, 413),
+            ({b"session_id": [session_id.encode()]}, b"{not json", 400),
+        ]
+        for args, body, status in cases:
+            post = _post(args, body)
+            self.messages.render_POST(post)
+            self.assertEqual(post.responseCode, status, (args, body))
+
+    def test_stream_end_ends_session_and_cancels_calls(self) -> None:
+        request, session_id = self.open_stream()
+        session = self.sessions.get(session_id)
+        assert session is not None
+        in_flight: Deferred[None] = Deferred()
+        session.in_flight[7] = in_flight
+        request.finish()
+        self.failureResultOf(in_flight, CancelledError)
+        self.assertNotIn(session_id, self.sessions)
+        self.assertTrue(session.closed)
+
+
+class KeepAliveTests(SynchronousTestCase):
+    def test_comments_until_the_response_finishes(self) -> None:
+        clock = Clock()
+        request = DummyRequest([b""])
+        request.write(b"")
+        keep_alive(request, 2.0, clock)
+        clock.advance(2.0)
+        clock.advance(2.0)
+        self.assertEqual(request.written.count(KEEPALIVE), 2)
+        request.finish()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_site_interval_applies_to_every_stream(self) -> None:
+        from mcpd.transport.sse import start_sse
+
+        request = DummyRequest([b""])
+        request.site = type("S", (), {"sse_keepalive": None})()
+        start_sse(request)
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"text/event-stream"])
+
+
+class EndpointCheckTests(SynchronousTestCase):
+    def test_tls_detection(self) -> None:
+        self.assertTrue(is_tls("ssl:8443:privateKey=k.pem"))
+        self.assertFalse(is_tls("tcp:8765:interface=127.0.0.1"))
+
+    def test_good_chain_and_bad_files(self) -> None:
+        from twisted.internet import reactor
+
+        files = make_tls_files(Path(self.mktemp()))
+        check_endpoint(reactor, files.endpoint(8443))
+        with self.assertRaises(EndpointError) as missing:
+            check_endpoint(reactor, f"ssl:8443:privateKey={files.key}:certKey=/nonexistent/cert.pem")
+        self.assertIn("cannot read /nonexistent/cert.pem", str(missing.exception))
+        with self.assertRaises(EndpointError) as mismatch:
+            check_endpoint(reactor, f"ssl:8443:privateKey={files.key}:certKey={files.chain}")
+        self.assertIn("does not belong", str(mismatch.exception))
+        with self.assertRaises(EndpointError):
+            check_endpoint(reactor, "bogus:1")

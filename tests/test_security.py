@@ -1,0 +1,386 @@
+"""Attacks on a real daemon (``twistd -n mcpd`` in a subprocess) over real sockets, plain and
+TLS: every refusal is checked for its status, its body and that no tool ran."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import ipaddress
+import json
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from tests.daemon import Daemon, DaemonTestMixin, free_port
+
+MODERN = "2026-07-28"
+KEYS = "root:root-key\nalice:alice-key:read\nrate:rate-key\nrate2:rate2-key\n"
+PACK = ["--tool-pack", "tests.security_pack"]
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 / localhost: (key file, certificate file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def call_body(tool: str, request_id: int = 1) -> bytes:
+    params = {
+        "name": tool,
+        "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}},
+    }
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}).encode()
+
+
+def call_headers(tool: str, **extra: str) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": tool,
+        **extra,
+    }
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Scheme:
+    """How to reach one listener of the daemon: plain HTTP or TLS."""
+
+    def __init__(self, name: str, port: int, host: str = "127.0.0.1") -> None:
+        self.name, self.port, self.host = name, port, host
+        self.context = ssl.create_default_context()
+        self.context.check_hostname = False
+        self.context.verify_mode = ssl.CERT_NONE
+        self.context.set_alpn_protocols(["http/1.1"])
+
+    def connection(self) -> http.client.HTTPConnection:
+        if self.name == "tls":
+            return http.client.HTTPSConnection(self.host, self.port, timeout=10, context=self.context)
+        return http.client.HTTPConnection(self.host, self.port, timeout=10)
+
+    def socket(self) -> socket.socket:
+        raw = socket.create_connection((self.host, self.port), timeout=10)
+        return self.context.wrap_socket(raw) if self.name == "tls" else raw
+
+    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Reply:
+        connection = self.connection()
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            connection.close()
+
+    def call(self, tool: str, path: str = "/mcp", **headers: str) -> Reply:
+        return self.request("POST", path, call_body(tool), call_headers(tool, **headers))
+
+
+def read_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        return data
+
+
+class SecurityTestCase(DaemonTestMixin, TestCase):
+    timeout = 60
+
+    def start(self, *args: str, listen_tls: bool = True, host_args: list[str] | None = None) -> list[Scheme]:
+        """A daemon with the security pack and keys, on a plain and a TLS port."""
+        keys = self.workdir / "keys.txt"
+        if not keys.exists():
+            keys.write_text(KEYS, encoding="utf-8")
+        # Runs after the daemon stops, before its trace is validated: refusals never reach the
+        # engine, so a trace without messages is expected here.
+        self.addCleanup(self._drop_empty_trace)
+        tls_port = free_port()
+        key_path, cert_path = make_certificate(self.workdir)
+        listen = ["--listen", f"ssl:{tls_port}:privateKey={key_path}:certKey={cert_path}:interface=127.0.0.1"]
+        self.daemon: Daemon = self.start_daemon(*PACK, "--api-key-file", str(keys), *listen, *args)
+        assert self.daemon.port is not None
+        self.wait_tls(tls_port)
+        return [Scheme("plain", self.daemon.port), Scheme("tls", tls_port)]
+
+    def wait_tls(self, port: int) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.fail(f"TLS port {port} did not answer")
+
+    def executions(self) -> list[str]:
+        events = self.daemon.events
+        lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
+        return [line for line in lines if line.startswith(("executed", "started"))]
+
+    def assertRefused(self, reply: Reply, status: int, words: str) -> dict[str, Any]:
+        self.assertEqual(reply.status, status, reply.body)
+        self.assertEqual(reply.headers.get("content-type"), "application/json")
+        body = reply.json()
+        self.assertIn(words, body["error"])
+        self.assertEqual(self.executions(), [])
+        return body
+
+    def _drop_empty_trace(self) -> None:
+        trace = self.workdir / "daemon.trace.jsonl"
+        if trace.exists() and '"out"' not in trace.read_text(encoding="utf-8"):
+            trace.unlink()
+
+    def audit(self) -> list[dict[str, Any]]:
+        lines = self.daemon.log("stdout").splitlines()
+        return [json.loads(line.split(" audit ", 1)[1]) for line in lines if " audit {" in line]
+
+
+class AuthenticationTests(SecurityTestCase):
+    def test_no_key(self) -> None:
+        for scheme in self.start():
+            reply = scheme.call("sec.record")
+            body = self.assertRefused(reply, 401, "needs an API key")
+            self.assertEqual(reply.headers["www-authenticate"], 'Bearer realm="mcpd"')
+            self.assertIn("Authorization: Bearer", body["hint"])
+        self.assertEqual([r["outcome"] for r in self.audit()], ["auth_failure"] * 2)
+
+    def test_wrong_key(self) -> None:
+        for scheme in self.start():
+            reply = scheme.call("sec.record", Authorization="Bearer not-a-key")
+            self.assertRefused(reply, 401, "not valid")
+            self.assertIn('error="invalid_token"', reply.headers["www-authenticate"])
+            self.assertRefused(scheme.call("sec.record", **{"X-API-Key": "root-kez"}), 401, "not valid")
+        self.assertNotIn("not-a-key", self.daemon.log("stdout"))
+
+    def test_key_in_query_string(self) -> None:
+        for scheme in self.start():
+            self.assertRefused(scheme.call("sec.record", path="/mcp?api_key=root-key"), 401, "in the URL")
+            reply = scheme.call("sec.record", path="/mcp?token=root-key", Authorization="Bearer root-key")
+            self.assertRefused(reply, 401, "in the URL")
+        self.assertNotIn("root-key", self.daemon.log("stdout"))
+
+    def test_good_keys(self) -> None:
+        for scheme in self.start():
+            self.assertEqual(scheme.call("sec.record", Authorization="Bearer root-key").status, 200)
+            self.assertEqual(scheme.call("sec.read", **{"X-API-Key": "alice-key"}).status, 200)
+        self.assertEqual(
+            self.executions(),
+            ["executed sec.record root", "executed sec.read alice"] * 2,
+        )
+        audited = [(r["key"], r["tool"], r["outcome"], r["transport"]) for r in self.audit()]
+        self.assertEqual(audited, [("root", "sec.record", "ok", "http"), ("alice", "sec.read", "ok", "http")] * 2)
+
+    def test_wrong_scope(self) -> None:
+        for scheme in self.start():
+            reply = scheme.call("sec.record", Authorization="Bearer alice-key")
+            self.assertEqual(reply.status, 400)
+            self.assertIn("Unknown tool: sec.record", reply.json()["error"]["message"])
+            listing = scheme.request(
+                "POST",
+                "/mcp",
+                json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 2,
+                        "method": "tools/list",
+                        "params": {
+                            "_meta": {
+                                "io.modelcontextprotocol/protocolVersion": MODERN,
+                                "io.modelcontextprotocol/clientCapabilities": {},
+                            }
+                        },
+                    }
+                ).encode(),
+                {**call_headers("x"), "Mcp-Method": "tools/list", "Authorization": "Bearer alice-key"},
+            )
+            listing_headers = {k: v for k, v in call_headers("x").items() if k != "Mcp-Name"}
+            del listing_headers
+            result = listing.json()["result"]
+            self.assertEqual([tool["name"] for tool in result["tools"]], ["sec.read"])
+            self.assertEqual(result["cacheScope"], "private")
+        self.assertEqual(self.executions(), [])
+        self.assertEqual([(r["key"], r["outcome"]) for r in self.audit()], [("alice", "denied")] * 2)
+
+
+class NetworkTests(SecurityTestCase):
+    def test_spoofed_forwarded_for(self) -> None:
+        """From a peer that is not a trusted proxy, X-Forwarded-For cannot slip past the allowlist."""
+        for scheme in self.start("--allowed-ip", "10.0.0.0/8", "--trusted-proxy", "192.0.2.1"):
+            forged = {"X-Forwarded-For": "10.1.2.3", "X-Real-IP": "10.1.2.3", "Authorization": "Bearer root-key"}
+            self.assertRefused(scheme.call("sec.record", **forged), 403, "127.0.0.1 is not in this server's allowlist")
+
+    def test_ipv6_mapped_ipv4_against_the_allowlist(self) -> None:
+        """A dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1: matched as the IPv4 address."""
+        port = free_port()
+        schemes = self.start("--listen", f"tcp6:{port}:interface=\\:\\:", "--allowed-ip", "127.0.0.1/32")
+        mapped = Scheme("plain", port)
+        self.assertEqual(mapped.call("sec.record", Authorization="Bearer root-key").status, 200)
+        self.assertEqual(self.executions(), ["executed sec.record root"])
+        del schemes
+        self.daemon.stop()
+        (self.workdir / "events.txt").unlink()
+        port = free_port()
+        self.start("--listen", f"tcp6:{port}:interface=\\:\\:", "--allowed-ip", "10.0.0.0/8,::ffff:10.0.0.0/104")
+        self.assertRefused(Scheme("plain", port).call("sec.record", Authorization="Bearer root-key"), 403, "allowlist")
+
+    def test_evil_origin(self) -> None:
+        schemes = self.start("--cors-origin", "https://app.example")
+        for scheme in schemes:
+            reply = scheme.call("sec.record", Origin="https://evil.example", Authorization="Bearer root-key")
+            self.assertRefused(reply, 403, "Origin 'https://evil.example' is not allowed")
+        for scheme in schemes:
+            good = scheme.call("sec.read", Origin="https://app.example", Authorization="Bearer root-key")
+            self.assertEqual(good.status, 200)
+            self.assertEqual(good.headers["access-control-allow-origin"], "https://app.example")
+            self.assertIn("Mcp-Session-Id", good.headers["access-control-expose-headers"])
+            preflight = scheme.request(
+                "OPTIONS", "/mcp", None, {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+            )
+            self.assertEqual(preflight.status, 204)
+            self.assertIn("Mcp-Session-Id", preflight.headers["access-control-allow-headers"])
+
+
+class LimitTests(SecurityTestCase):
+    def test_oversized_body(self) -> None:
+        for scheme in self.start("--max-message-size", "1000"):
+            body = call_body("sec.record")[:-1] + b', "pad": "' + b"x" * 5000 + b'"}'
+            reply = scheme.request("POST", "/mcp", body, call_headers("sec.record", Authorization="Bearer root-key"))
+            self.assertRefused(reply, 413, "Payload Too Large")
+
+    def test_slow_loris(self) -> None:
+        for scheme in self.start("--header-timeout", "1"):
+            sock = scheme.socket()
+            try:
+                started = time.monotonic()
+                sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer root-key\r\n")
+                answer = read_until(sock, b"seconds")
+                answered = time.monotonic() - started
+                answer += read_all(sock)  # then the connection is closed (TLS: aborted at worst)
+                for _ in range(3):  # the slow client keeps trickling
+                    try:
+                        sock.sendall(b"X-Slow: 1\r\n")
+                    except OSError:
+                        break
+                    time.sleep(0.2)
+            finally:
+                sock.close()
+            self.assertLess(answered, 3)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 408"), answer)
+            self.assertIn(b"did not arrive within 1 seconds", answer)
+            self.assertEqual(self.executions(), [])
+
+    def test_twice_the_rate_limit(self) -> None:
+        """Exactly the configured number of calls pass per window; the rest get 429."""
+        schemes = self.start("--rate-limit", "5", "--rate-window", "60")
+        for scheme, key in zip(schemes, ("rate-key", "rate2-key"), strict=True):
+            replies = [scheme.call("sec.record", Authorization=f"Bearer {key}") for _ in range(10)]
+            self.assertEqual([r.status for r in replies], [200] * 5 + [429] * 5)
+            for reply in replies[5:]:
+                body = reply.json()
+                self.assertEqual(body["error"], "Rate limit exceeded")
+                self.assertEqual(str(body["retry_after"]), reply.headers["retry-after"])
+                self.assertGreaterEqual(body["retry_after"], 1)
+        self.assertEqual(self.executions(), ["executed sec.record rate"] * 5 + ["executed sec.record rate2"] * 5)
+        self.assertEqual([r["outcome"] for r in self.audit()].count("rate_limited"), 10)
+
+    def test_one_connection_over_the_cap(self) -> None:
+        schemes = self.start("--max-connections", "2")
+        held = [schemes[0].socket(), schemes[1].socket()]
+        try:
+            time.sleep(0.2)
+            for scheme in schemes:
+                reply = scheme.call("sec.record", Authorization="Bearer root-key")
+                self.assertRefused(reply, 503, "Server at capacity")
+                self.assertEqual(reply.json(), {"error": "Server at capacity"})
+                self.assertEqual(reply.headers["retry-after"], "5")
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.3)
+        self.assertEqual(schemes[1].call("sec.read", Authorization="Bearer root-key").status, 200)
+
+    def test_tool_timeout(self) -> None:
+        for scheme in self.start("--tool-timeout", "0.5"):
+            reply = scheme.call("sec.slow", Authorization="Bearer root-key")
+            self.assertEqual(reply.status, 200)
+            result = reply.json()["result"]
+            self.assertTrue(result["isError"])
+            self.assertIn("timed out after 0.5 seconds", result["content"][0]["text"])
+        events = self.daemon.events.read_text(encoding="utf-8").splitlines()
+        self.assertEqual(events, ["started sec.slow root", "cancelled sec.slow root"] * 2)
+
+
+class ReloadTests(SecurityTestCase):
+    def test_sighup_reloads_keys_without_dropping_connections(self) -> None:
+        plain = self.start()[0]
+        kept = plain.connection()
+        kept.request("POST", "/mcp", call_body("sec.read"), call_headers("sec.read", Authorization="Bearer root-key"))
+        self.assertEqual(kept.getresponse().read() and 200, 200)
+        self.assertEqual(plain.call("sec.read", Authorization="Bearer new-key").status, 401)
+        (self.workdir / "keys.txt").write_text("newbie:new-key:read\n", encoding="utf-8")
+        self.daemon.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "Reloaded 1 API key" not in self.daemon.log("stdout") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(plain.call("sec.read", Authorization="Bearer new-key").status, 200)
+        self.assertEqual(plain.call("sec.read", Authorization="Bearer root-key").status, 401)
+        # The connection opened before the reload is still served (with its new key).
+        kept.request("POST", "/mcp", call_body("sec.read"), call_headers("sec.read", Authorization="Bearer new-key"))
+        self.assertEqual(kept.getresponse().status, 200)
+        kept.close()

@@ -1,0 +1,118 @@
+"""In-memory tests of the WebSocket wire (`mcpd.transport.websocket`): wsproto frames in and out
+over a StringTransport, no reactor; the real clients are in `tests.test_transports`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, Request, TextMessage
+
+from mcpd.protocol.engine import Engine
+from mcpd.tools import ToolRegistry
+from mcpd.tools.api import Caller
+from mcpd.tools.pack import load_pack
+from mcpd.transport.websocket import MCPConnection, WebSocketLimits, WebSocketWire
+
+PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
+def _pair(max_message_size: int = 1024, ping_interval: float | None = None) -> tuple[Any, ...]:
+    """A server wire and a wsproto client whose handshake is done."""
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="localhost", target="/ws", subprotocols=["mcp"])))
+    next(server.events())
+    client.receive_data(server.send(AcceptConnection(subprotocol="mcp")))
+    next(client.events())
+    clock = Clock()
+    engine = Engine(ToolRegistry([load_pack("server")]))
+    registry: set[WebSocketWire] = set()
+    wire = WebSocketWire(
+        server,
+        lambda send: MCPConnection(engine, Caller(transport="websocket"), send),
+        WebSocketLimits(max_message_size, ping_interval, clock),
+        registry,
+    )
+    transport = StringTransport()
+    wire.makeConnection(transport)
+    return wire, client, transport, clock, registry
+
+
+def _received(client: WSConnection, transport: StringTransport) -> list[Any]:
+    client.receive_data(transport.value())
+    transport.clear()
+    return list(client.events())
+
+
+class WireTests(SynchronousTestCase):
+    def test_text_frame_is_one_message(self) -> None:
+        """A text frame reaches the engine; the answer comes back as one text frame."""
+        wire, client, transport, _clock, registry = _pair()
+        self.assertIn(wire, registry)
+        wire.dataReceived(client.send(TextMessage(data=json.dumps(INITIALIZE))))
+        [event] = _received(client, transport)
+        self.assertIsInstance(event, TextMessage)
+        self.assertEqual(json.loads(event.data)["result"]["protocolVersion"], "2025-11-25")
+        self.assertEqual(wire.mcp.session.version, "2025-11-25")
+
+    def test_fragmented_message_is_reassembled(self) -> None:
+        wire, client, transport, _clock, _registry = _pair()
+        text = json.dumps(PING)
+        data = client.send(TextMessage(data=text[:5], message_finished=False))
+        data += client.send(TextMessage(data=text[5:], message_finished=True))
+        wire.dataReceived(data)
+        [event] = _received(client, transport)
+        self.assertEqual(json.loads(event.data)["id"], 1)
+
+    def test_binary_frame_closes_1003(self) -> None:
+        wire, client, transport, _clock, registry = _pair()
+        wire.dataReceived(client.send(BytesMessage(data=b"\x00")))
+        [event] = _received(client, transport)
+        self.assertEqual(event.code, 1003)
+        self.assertTrue(transport.disconnecting)
+        wire.connectionLost(None)
+        self.assertNotIn(wire, registry)
+        self.assertTrue(wire.mcp.session.closed)
+
+    def test_oversized_message_closes_1009_before_it_is_complete(self) -> None:
+        wire, client, transport, _clock, _registry = _pair(max_message_size=100)
+        wire.dataReceived(client.send(TextMessage(data="x" * 101, message_finished=False)))
+        [event] = _received(client, transport)
+        self.assertEqual(event.code, 1009)
+        self.assertTrue(transport.disconnecting)
+
+    def test_garbage_closes_1002(self) -> None:
+        wire, client, transport, _clock, _registry = _pair()
+        wire.dataReceived(b"\xff\xff\xff\xff garbage")
+        events = _received(client, transport)
+        self.assertEqual([e.code for e in events if isinstance(e, CloseConnection)], [1002])
+        self.assertTrue(transport.disconnecting)
+
+    def test_pings_answered_and_sent(self) -> None:
+        wire, client, transport, clock, _registry = _pair(ping_interval=5.0)
+        wire.dataReceived(client.send(Ping(payload=b"hi")))
+        [pong] = _received(client, transport)
+        self.assertIsInstance(pong, Pong)
+        clock.advance(5.0)
+        [ping] = _received(client, transport)
+        self.assertIsInstance(ping, Ping)
+        wire.connectionLost(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_client_close_is_answered(self) -> None:
+        wire, client, transport, _clock, _registry = _pair()
+        wire.dataReceived(client.send(CloseConnection(code=1000)))
+        [event] = _received(client, transport)
+        self.assertIsInstance(event, CloseConnection)
+        self.assertTrue(transport.disconnecting)
