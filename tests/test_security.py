@@ -258,6 +258,45 @@ class AuthenticationTests(SecurityTestCase):
         self.assertEqual([(r["key"], r["outcome"]) for r in self.audit()], [("alice", "denied")] * 2)
 
 
+class SessionBindingTests(SecurityTestCase):
+    """A legacy session belongs to the key that opened it (2025-11-25 security best practices)."""
+
+    def test_another_key_cannot_use_a_session(self) -> None:
+        initialize = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+        ).encode()
+        legacy_call = json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "sec.read", "arguments": {}}}
+        ).encode()
+        base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        for scheme in self.start():
+            opened = scheme.request("POST", "/mcp", initialize, {**base, "Authorization": "Bearer root-key"})
+            self.assertEqual(opened.status, 200, opened.body)
+            session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            stolen = scheme.request(
+                "POST", "/mcp", legacy_call, {**base, **session, "Authorization": "Bearer alice-key"}
+            )
+            self.assertEqual(stolen.status, 404)
+            self.assertIn("Session not found", stolen.json()["error"]["message"])
+            deleted = scheme.request("DELETE", "/mcp", None, {**session, "Authorization": "Bearer alice-key"})
+            self.assertEqual(deleted.status, 404)
+            before = len(self.executions())
+            owned = scheme.request("POST", "/mcp", legacy_call, {**base, **session, "Authorization": "Bearer root-key"})
+            self.assertEqual(owned.status, 200, owned.body)
+            # Only the owner's call ran: the stolen one never reached the tool.
+            self.assertEqual(self.executions()[before:], ["executed sec.read root"])
+        self.assertEqual(self.executions(), ["executed sec.read root"] * 2)
+
+
 class NetworkTests(SecurityTestCase):
     def test_spoofed_forwarded_for(self) -> None:
         """From a peer that is not a trusted proxy, X-Forwarded-For cannot slip past the allowlist."""

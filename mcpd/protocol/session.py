@@ -34,6 +34,9 @@ class Session:
         self.in_flight: dict[Any, Deferred[Any]] = {}
         self.last_active = now
         self.closed = False
+        # Who opened the session (the caller's key name): nobody else may use it
+        # (2025-11-25 security best practices §Session Hijacking: bind sessions to the user).
+        self.owner: str | None = None
         # 2025-11-25 server/utilities/logging: set by logging/setLevel; None until then.
         self.log_level: str | None = None
         # URIs subscribed to with resources/subscribe.

@@ -110,6 +110,10 @@ class SSEMessagesResource(Resource):
         if not values:
             return _plain(request, 400, "Bad Request: session_id is required (from the endpoint event of GET /sse)")
         session = self.sessions.get(values[0].decode("latin-1"))
+        if isinstance(session, SSESession) and session.caller.name != caller_of(request, TRANSPORT).name:
+            # Bound to the key that opened it: anyone else is told it does not exist.
+            log.info("Refused SSE session {id} to a caller that did not open it", id=session.id)
+            session = None
         if not isinstance(session, SSESession):
             return _plain(request, 404, "Not Found: no such session; open a new one with GET /sse")
         body = request.content.read() if request.content is not None else b""

@@ -141,6 +141,7 @@ class StreamableHTTP(Resource):
                 )
                 return self._reject(request, exchange, 400, _id_of(message), error)
             session = HTTPSession(now=self.sessions.now(), replay_limit=self.replay_limit)
+            session.owner = caller.name
             exchange = Exchange(peer=f"session:{session.id}", caller=caller, session=session)
             return self._serve(request, exchange, body, accepts_sse, modern=False, new_session=session)
         session = self._session(request, session_id)
@@ -221,8 +222,10 @@ class StreamableHTTP(Resource):
         session_id = request.getHeader(_SESSION_HEADER)
         if session_id is None:
             return _plain(request, 400, "Bad Request: DELETE needs the Mcp-Session-Id header")
-        if self.sessions.remove(session_id) is None:
-            return _plain(request, 404, "Not Found: no such session (it may have expired)")
+        session = self._session(request, session_id)
+        if not isinstance(session, HTTPSession):
+            return session
+        self.sessions.remove(session_id)
         log.info("Session {id} ended by the client", id=session_id)
         request.setResponseCode(200)
         return b""
@@ -235,6 +238,10 @@ class StreamableHTTP(Resource):
 
     def _session(self, request: Request, session_id: str) -> HTTPSession | bytes:
         session = self.sessions.get(session_id)
+        if session is not None and session.owner != caller_of(request, "http").name:
+            # Another key's session is answered as if it did not exist.
+            log.info("Refused session {id} to a caller that did not open it", id=session_id)
+            session = None
         if session is None:
             # 2025-11-25 transports §Session Management: unknown or ended session → 404.
             exchange = Exchange(peer="http:unknown-session", caller=caller_of(request, "http"))
