@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sys
 
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
+from mcpd.observe.logging import stderr_default_observer
 from mcpd.tap import Options, build_service
 
 
@@ -23,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     assert options.settings is not None
     from twisted.internet import reactor
 
-    # Logs always go to stderr: stdout belongs to MCP in --stdio mode.
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    # Logs go to stderr (or --logfile), never stdout: it belongs to MCP in --stdio mode.
+    globalLogBeginner.beginLoggingTo([stderr_default_observer()], redirectStandardIO=False)
     service = build_service(options.settings, options.packs)
     try:
         service.privilegedStartService()

@@ -74,6 +74,13 @@ def _state_key(text: str) -> str:
     return text
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(f"must be text or json, not {text!r}")
+    return value
+
+
 def _networks(text: str) -> tuple[str, ...]:
     import ipaddress
 
@@ -294,6 +301,37 @@ KNOBS: tuple[Knob, ...] = (
         "Which audit records are logged as JSON lines: all, or refusals (every refusal, denial and "
         "failed call, not the tool calls that went well). Default: all with API keys, else refusals.",
     ),
+    # -- observability and lifecycle (mcpd.observe, mcpd.lifecycle) --
+    Knob(
+        "public_metrics",
+        "PUBLIC_METRICS",
+        _bool,
+        False,
+        "Serve /stats, /metrics and /dashboard to any client that may connect; by default clients "
+        "beyond loopback need an admin-scoped API key for them (/health and /ready are always open).",
+        switch=True,
+    ),
+    Knob(
+        "log_format",
+        "LOG_FORMAT",
+        _log_format,
+        "text",
+        "Log lines as text, or as JSON lines (request id, key, peer, method, tool, duration, outcome).",
+    ),
+    Knob(
+        "logfile",
+        "LOG_FILE",
+        _text,
+        None,
+        "Append the log to this file (default: stdout under twistd, stderr for the mcpd command and in --stdio mode).",
+    ),
+    Knob(
+        "shutdown_timeout",
+        "SHUTDOWN_TIMEOUT",
+        _seconds,
+        30.0,
+        "On SIGTERM / SIGINT, seconds the calls in flight have to finish before they are cancelled.",
+    ),
 )
 KNOBS_BY_NAME = {knob.name: knob for knob in KNOBS}
 
@@ -334,6 +372,10 @@ class Settings:
     state_key: str | None = attrs.field(default=None, repr=False)  # a secret: never shown
     audit_buffer: int = 1000
     audit_log: str | None = None
+    public_metrics: bool = False
+    log_format: str = "text"
+    logfile: str | None = None
+    shutdown_timeout: float = 30.0
     stdio: bool = False
     port_given: bool = False
 

@@ -18,6 +18,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mcpd._version import __version__
+from mcpd.lifecycle import DrainService, Lifecycle, OrderedMultiService, ReadinessService
+from mcpd.observe import logging as mcpd_logging
+from mcpd.observe.health import HealthService
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.trace import Tracer
@@ -25,10 +28,12 @@ from mcpd.runtime import Runtime
 from mcpd.settings import KNOBS, SettingError, Settings, read_env_file, resolve
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
+from mcpd.transport.sse import close_streams
 from mcpd.transport.stdio import StdioProtocol
 from mcpd.transport.streamable import StreamableHTTP
 from mcpd.transport.tls import EndpointError, TLSHandshakeLog, check_endpoint, is_tls
 from mcpd.transport.websocket import websocket_resource
+from mcpd.web.monitoring import build_monitor
 from mcpd.web.policy import OriginGuard
 from mcpd.web.security import ReloadService, Security, SecurityConfigError, load_allowlist, load_key_ring
 from mcpd.web.site import make_site
@@ -113,6 +118,11 @@ class Options(usage.Options):
         except SettingError as e:
             raise usage.UsageError(str(e)) from None
         self.packs = load_packs(self.settings)
+        settings = self.settings
+        mcpd_logging.configure(settings.log_format, settings.logfile, settings.stdio)
+        if self.parent is not None and (settings.stdio or settings.logfile or settings.log_format != "text"):
+            # twistd -n logs to stdout, which belongs to the protocol in stdio mode.
+            self.parent["logger"] = "mcpd.observe.logging.observer"
         if not self.settings.stdio:
             from twisted.internet import reactor
 
@@ -126,9 +136,6 @@ class Options(usage.Options):
                 load_allowlist(self.settings)
             except SecurityConfigError as e:
                 raise usage.UsageError(str(e)) from None
-        elif self.parent is not None:
-            # twistd -n logs to stdout, which belongs to the protocol in stdio mode.
-            self.parent["logger"] = "mcpd.tap.stderr_observer"
 
 
 def load_packs(settings: Settings) -> list[ToolPack]:
@@ -300,12 +307,14 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     """The whole daemon as one service tree: thread pool, sessions, then transports."""
     from twisted.internet import reactor
 
-    root = MultiService()
-    HeapFreezeService().setServiceParent(root)
+    # Started in order; stopped in reverse order, one after the other (mcpd.lifecycle).
+    root = OrderedMultiService()
+    lifecycle = Lifecycle()
+    _named(HeapFreezeService(), "heap-freeze").setServiceParent(root)
     registry = ToolRegistry(packs)
     runtime = Runtime(settings, registry)
     pool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="mcpd-tools")
-    ThreadPoolService(pool).setServiceParent(root)
+    _named(ThreadPoolService(pool), "thread-pool").setServiceParent(root)
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
     state_key = settings.state_key.encode("utf-8") if settings.state_key is not None else None
     engine = Engine(
@@ -324,36 +333,78 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
             "set STATE_KEY alike on every instance behind a load balancer"
         )
     # Children stop in reverse order: transports, then the engine's calls, then the pool.
-    EngineService(engine).setServiceParent(root)
+    _named(EngineService(engine), "engine").setServiceParent(root)
     if settings.stdio:
         runtime.transports.append("stdio")
-        StdioService(engine, settings.max_message_size).setServiceParent(root)
+        _named(StdioService(engine, settings.max_message_size), "stdio").setServiceParent(root)
+        ReadinessService(lifecycle, reactor).setServiceParent(root)
         return root
     sessions = SessionStore(reactor, settings.session_timeout)
-    SessionService(sessions).setServiceParent(root)
+    _named(SessionService(sessions), "sessions").setServiceParent(root)
     runtime.transports.append("streamable-http")
     resource = StreamableHTTP(engine, sessions, settings.max_message_size, settings.sse_replay)
     # Legacy HTTP+SSE sessions live in a store of their own: ids never cross transports.
     sse_sessions = SessionStore(reactor, settings.session_timeout)
-    SessionService(sse_sessions).setServiceParent(root)
+    _named(SessionService(sse_sessions), "sse-sessions").setServiceParent(root)
     runtime.transports += ["legacy-sse", "websocket"]
+    websockets = websocket_resource(engine, settings.max_message_size, settings.sse_keepalive)
     transports = {
         b"sse": OriginGuard(SSEStreamResource(sse_sessions)),
         b"messages": OriginGuard(SSEMessagesResource(engine, sse_sessions, settings.max_message_size)),
-        b"ws": OriginGuard(websocket_resource(engine, settings.max_message_size, settings.sse_keepalive)),
+        b"ws": OriginGuard(websockets),
     }
-    site = make_site(OriginGuard(resource), runtime, transports, settings.sse_keepalive)
+    # /health /ready /stats /metrics /dashboard, counted in the engine's observer hook.
+    monitor = build_monitor(
+        runtime, engine, pool, {"sessions": sessions, "sse_sessions": sse_sessions}, lifecycle, reactor
+    )
+    site = make_site(OriginGuard(resource), runtime, transports, settings.sse_keepalive, monitor)
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
     # body size, rate and stream limits) and per connection (caps, slow clients).
-    security = Security(settings, reactor)
+    security = Security(settings, reactor, lifecycle=lifecycle)
     security.attach(engine, registry)
-    ReloadService(security, reactor).setServiceParent(root)
+    _named(ReloadService(security, reactor), "reload").setServiceParent(root)
     guarded = security.protect(site)
+    streams = site.sse_streams
+    assert streams is not None
+    vitals = monitor.vitals
+    vitals.connections = lambda: guarded.open_connections
+    vitals.sse_streams = streams.__len__
+    vitals.websockets = websockets.open.__len__
+    vitals.refusals = lambda: security.gate.refusals
+    vitals.refused_at_capacity = lambda: guarded.refused_at_capacity
+    _named(HealthService(monitor.health, reactor), "health-checks").setServiceParent(root)
+    # Stops after the listeners: calls in flight finish, then streams and connections close.
+    DrainService(
+        lifecycle,
+        reactor,
+        settings.shutdown_timeout,
+        in_flight=lambda: engine.in_flight,
+        end_subscriptions=engine.end_subscriptions,
+        close_streams=[
+            lambda retry_ms: close_streams(streams, retry_ms),
+            lambda _retry_ms: _close_websockets(websockets),
+        ],
+        connections=lambda: guarded.protocols,
+    ).setServiceParent(root)
     for description in settings.http_endpoints():
         factory = TLSHandshakeLog(guarded) if is_tls(description) else guarded
-        ListenerService(description, factory, runtime).setServiceParent(root)
+        _named(ListenerService(description, factory, runtime), f"listener {description}").setServiceParent(root)
+    # Last: ready once everything above has started, and the first to hear of a shutdown.
+    ReadinessService(lifecycle, reactor).setServiceParent(root)
     security.warn_about([d for d in settings.http_endpoints() if _beyond_loopback(d)])
     return root
+
+
+def _named(service: Any, name: str) -> Any:
+    """A service with a name, so that a start-up failure says which one failed."""
+    service.setName(name)
+    return service
+
+
+def _close_websockets(endpoint: Any) -> int:
+    count = len(endpoint.open)
+    endpoint.close_all()
+    return count
 
 
 def _beyond_loopback(description: str) -> bool:

@@ -43,6 +43,7 @@ class AuditTrailTests(SynchronousTestCase):
                 "outcome": "ok",
                 "duration": 0.25,
                 "request_id": 7,
+                "x_request_id": None,
             },
         )
 
@@ -52,7 +53,7 @@ class AuditTrailTests(SynchronousTestCase):
         audits = [event for event in self.logged if event.get("log_namespace") == "mcpd.audit"]
         self.assertEqual(len(audits), 1)
         self.assertEqual(audits[0]["log_level"], LogLevel.info)
-        self.assertEqual(json.loads(audits[0]["audit"])["outcome"], "auth_failure")
+        self.assertEqual(json.loads(str(audits[0]["audit"]))["outcome"], "auth_failure")
 
     def test_bounded(self) -> None:
         trail = AuditTrail(size=3, emit=False)

@@ -537,7 +537,8 @@ def modern_request(request_id: int, method: str, params: dict[str, Any]) -> tupl
 
 
 class ShutdownTests(DaemonTestCase):
-    """SIGTERM with a blocking tool call in flight: the call is cancelled and the daemon exits."""
+    """SIGTERM with a blocking tool call in flight: once --shutdown-timeout has passed, the call is
+    cancelled and the daemon exits."""
 
     def blocking_call_then_sigterm(
         self, process: subprocess.Popen[bytes], send_call: Callable[[], None], label: str
@@ -561,7 +562,7 @@ class ShutdownTests(DaemonTestCase):
         self.assertIn(f"cancelled tests.blocking_wait {label}", read_events(self.events))
 
     def test_http_legacy(self) -> Deferred[None]:
-        daemon = self.start_daemon()
+        daemon = self.start_daemon("--shutdown-timeout", "1")
 
         def check() -> None:
             status, headers, _body = post(daemon.port, INITIALIZE, {})
@@ -581,7 +582,7 @@ class ShutdownTests(DaemonTestCase):
         return self.in_thread(check)
 
     def test_http_modern(self) -> Deferred[None]:
-        daemon = self.start_daemon()
+        daemon = self.start_daemon("--shutdown-timeout", "1")
 
         def check() -> None:
             status, _headers, _body = post(daemon.port, *modern_request(1, "tools/list", {}))

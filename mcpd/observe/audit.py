@@ -11,18 +11,18 @@ names the key by its name (or short hash), never the key itself.
 from __future__ import annotations
 
 import collections
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from mcpd.observe.logging import Fields
+
 if TYPE_CHECKING:
     from mcpd.protocol.engine import CallRecord
 
 log = Logger(namespace="mcpd.audit")
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
 def call_entry(when: float, call: CallRecord) -> dict[str, Any]:
@@ -38,6 +38,7 @@ def call_entry(when: float, call: CallRecord) -> dict[str, Any]:
         "outcome": call.outcome,
         "duration": round(call.duration, 6),
         "request_id": call.request_id,
+        "x_request_id": caller.x_request_id,
     }
 
 
@@ -76,6 +77,7 @@ class AuditTrail:
         duration: float = 0.0,
         request_id: Any = None,
         detail: str | None = None,
+        x_request_id: str | None = None,
     ) -> dict[str, Any]:
         """Add one record (a refusal, say) and log it as a JSON line."""
         entry: dict[str, Any] = {
@@ -88,12 +90,13 @@ class AuditTrail:
             "outcome": outcome,
             "duration": round(duration, 6),
             "request_id": request_id,
+            "x_request_id": x_request_id,
         }
         if detail is not None:
             entry["detail"] = detail
         self._records.append(entry)
         if self.emit:
-            log.info("audit {audit}", audit=_dumps(entry))
+            log.info("audit {audit}", audit=Fields(entry))
         return entry
 
     def observe(self, call: CallRecord) -> None:
@@ -103,4 +106,4 @@ class AuditTrail:
         pair = (self.clock(), call)
         self._records.append(pair)
         if self.emit and (self.log_calls or call.outcome != "ok"):
-            log.info("audit {audit}", audit=_dumps(call_entry(*pair)))
+            log.info("audit {audit}", audit=Fields(call_entry(*pair)))

@@ -412,6 +412,11 @@ class Engine(CatalogMethods):
         d.addBoth(forget)
 
     @property
+    def methods(self) -> frozenset[str]:
+        """Every request method served, in either era (bounds the metrics' labels)."""
+        return frozenset(self._legacy) | frozenset(self._modern)
+
+    @property
     def in_flight(self) -> int:
         """How many requests are being served right now."""
         return len(self._pending)

@@ -54,6 +54,8 @@ class Caller:
     scopes: frozenset[str] = frozenset()
     peer: str = ""
     transport: str = ""
+    # The X-Request-Id of the HTTP request that carried the call (logs and audit); not identity.
+    x_request_id: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

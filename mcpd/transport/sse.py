@@ -37,9 +37,26 @@ def start_sse(request: Request) -> None:
     request.setResponseCode(200)
     for name, value in SSE_HEADERS:
         request.setHeader(name, value)
-    interval = getattr(getattr(request, "site", None), "sse_keepalive", None)
+    site = getattr(request, "site", None)
+    interval = getattr(site, "sse_keepalive", None)
     if interval:
         keep_alive(request, interval)
+    streams = getattr(site, "sse_streams", None)
+    if streams is not None and request not in streams:
+        # Counted for the metrics, and closed with a retry hint at shutdown (`close_streams`).
+        streams.add(request)
+        request.notifyFinish().addBoth(lambda _result: streams.discard(request))
+
+
+def close_streams(streams: set[Request], retry_ms: int) -> int:
+    """End every open stream, telling its client when to reconnect (shutdown); how many."""
+    closed = 0
+    for request in list(streams):
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(b"retry: %d\n\n" % retry_ms)
+            request.finish()
+            closed += 1
+    return closed
 
 
 def keep_alive(request: Request, interval: float, clock: IReactorTime | None = None) -> LoopingCall:

@@ -177,7 +177,9 @@ class WebSocketWire(Protocol):
         if not self._closing:
             self._closing = True
             if self.ws.state == ConnectionState.OPEN:
-                self.transport.write(self.ws.send(CloseConnection(code=GOING_AWAY, reason="server shutting down")))
+                self.transport.write(
+                    self.ws.send(CloseConnection(code=GOING_AWAY, reason="server shutting down; retry in 2 s"))
+                )
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]

@@ -176,6 +176,8 @@ class CapacityFactory(WrappingFactory):
         self.body_timeout = body_timeout
         self.retry_after = retry_after
         self.per_ip: collections.Counter[str] = collections.Counter()
+        # Connections answered 503 at a cap (mcp_connections_refused_capacity).
+        self.refused_at_capacity = 0
 
     @property
     def open_connections(self) -> int:
@@ -224,6 +226,7 @@ class CapacityFactory(WrappingFactory):
         return None
 
     def _busy(self, message: str) -> Refusal:
+        self.refused_at_capacity += 1
         seconds = str(self.retry_after)
         return Refusal(503, {"error": message}, (("Retry-After", seconds),))
 

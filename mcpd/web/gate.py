@@ -12,7 +12,11 @@ with JSON saying what to do, and its body is discarded unread; an admitted one c
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
+import re
+import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl
@@ -29,6 +33,7 @@ from mcpd.web.policy import ORIGIN_CHECKED, is_loopback, origin_problem
 from mcpd.web.ratelimit import RateLimiter, retry_after
 
 if TYPE_CHECKING:
+    from mcpd.lifecycle import Lifecycle
     from mcpd.observe.audit import AuditTrail
 
 log = Logger(namespace="mcpd.gate")
@@ -54,6 +59,15 @@ _REASONS = {
     429: "Too Many Requests",
     503: "Service Unavailable",
 }
+# Paths served while draining (load balancers read them); every other request is refused 503.
+PROBE_PATHS = frozenset({b"/health", b"/ready"})
+# Server introspection: open on loopback; beyond it, an admin-scoped key (or --public-metrics).
+ADMIN_PREFIXES = (b"/stats", b"/metrics", b"/dashboard")
+ADMIN_SCOPE = "admin"
+# A request id a client or proxy sent (X-Request-Id) is kept if it looks like one.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_ID_PREFIX = secrets.token_hex(3) + "-"
+_ids = itertools.count(1)
 _KEY_HINT = "Send the key as 'Authorization: Bearer <key>' (or 'X-API-Key: <key>'); ask the server's operator for one."
 
 
@@ -111,7 +125,9 @@ class Gate:
         max_streams: int | None = None,
         insecure_no_auth: bool = False,
         audit: AuditTrail | None = None,
-        public_paths: Iterable[bytes] = (b"/health",),
+        public_paths: Iterable[bytes] = PROBE_PATHS,
+        public_metrics: bool = False,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.keys = keys if keys is not None else KeyRing()
         self.allowed = allowed if allowed is not None else AddressList()
@@ -123,7 +139,11 @@ class Gate:
         self.insecure_no_auth = insecure_no_auth
         self.audit = audit
         self.public_paths = frozenset(public_paths)
+        self.public_metrics = public_metrics
+        self.lifecycle = lifecycle
         self.open_streams: dict[str, int] = {}
+        # Refusals by outcome (auth_failure, rate_limited, …), for /metrics and /stats.
+        self.refusals: collections.Counter[str] = collections.Counter()
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -153,6 +173,9 @@ class Gate:
     def admit(self, request: GuardedRequest, length: int | None, peer: str, checked: bool) -> Any:
         """A `Refusal`, None to serve the request, or a Deferred of either (a remote bucket
         store). ``checked``: the peer already passed `connection_refusal`."""
+        lifecycle = self.lifecycle
+        if lifecycle is not None and lifecycle.draining and request.channel._path.partition(b"?")[0] not in PROBE_PATHS:
+            return self._audited(request, _DRAINING, "draining", peer, None, None)
         client = peer
         if self.proxies and peer in self.proxies:
             headers = request.requestHeaders
@@ -183,6 +206,9 @@ class Gate:
         path, _, query = request.channel._path.partition(b"?")
         if path in self.public_paths:
             return None
+        admin = path.startswith(ADMIN_PREFIXES)
+        if admin and (self.public_metrics or is_loopback(client)):
+            return None
         name, scopes = "anonymous", frozenset[str]()
         if self.keys:
             key, refusal = self._authenticate(request, query)
@@ -191,6 +217,9 @@ class Gate:
             assert key is not None
             name, scopes = key.name, key.scopes
         keyed = bool(self.keys)
+        if admin and ADMIN_SCOPE not in scopes:
+            why = "this page needs an admin-scoped API key beyond loopback (or the server's --public-metrics)"
+            return self._audited(request, forbidden(why), "forbidden", client, name if keyed else None, why)
         if keyed or client is not peer:
             # Without keys or proxies, `caller_of` finds the peer by itself.
             setattr(request, IDENTITY_ATTRIBUTE, Identity(name, scopes, client))
@@ -273,6 +302,7 @@ class Gate:
     def _audited(
         self, request: GuardedRequest, refusal: Refusal, outcome: str, client: str, key: str | None, detail: str | None
     ) -> Refusal:
+        self.refusals[outcome] += 1
         # The path without its query, which may hold a key.
         log.info(
             "Refused {method} {path} from {client}: {status} {outcome}",
@@ -281,6 +311,7 @@ class Gate:
             client=client,
             status=refusal.status,
             outcome=outcome,
+            x_request_id=request.x_request_id,
         )
         if self.audit is not None:
             method = request.getHeader("mcp-method")
@@ -292,8 +323,17 @@ class Gate:
                 method=method,
                 tool=request.getHeader("mcp-name") if method == "tools/call" else None,
                 detail=detail,
+                x_request_id=request.x_request_id,
             )
         return refusal
+
+
+_DRAINING = Refusal(
+    503,
+    {"error": "Service Unavailable: mcpd is shutting down; retry on another instance", "retry_after": 2},
+    (("Retry-After", "2"),),
+    close=True,
+)
 
 
 def _unauthorized(message: str, error: str | None) -> Refusal:
@@ -339,12 +379,20 @@ class GuardedRequest(server.Request):
     """
 
     gate: ClassVar[Gate]
+    # Returned in the X-Request-Id header and carried into the logs and the audit trail.
+    x_request_id: str = ""
     refusal: Refusal | None = None
     _admission: Deferred[Any] | None = None
     _answered = False
     _received = 0
 
     def gotLength(self, length: int | None) -> None:
+        given = self.requestHeaders.getRawHeaders(b"x-request-id")
+        if given and _REQUEST_ID.match(given[-1].decode("latin-1")):
+            self.x_request_id = given[-1].decode("latin-1")
+        else:
+            self.x_request_id = _ID_PREFIX + format(next(_ids), "x")
+        self.responseHeaders.setRawHeaders(b"x-request-id", [self.x_request_id.encode("latin-1")])
         connection: Any = self.channel.transport
         hooks = getattr(connection, "head_complete", None)
         if hooks is not None:

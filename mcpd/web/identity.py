@@ -31,5 +31,15 @@ def caller_of(request: Request, transport: str) -> Caller:
     identity: Identity | None = getattr(request, IDENTITY_ATTRIBUTE, None)
     if identity is None:
         address = request.getClientAddress()
-        return Caller(peer=getattr(address, "host", "") or str(address), transport=transport)
-    return Caller(name=identity.name, scopes=identity.scopes, peer=identity.peer, transport=transport)
+        return Caller(
+            peer=getattr(address, "host", "") or str(address),
+            transport=transport,
+            x_request_id=getattr(request, "x_request_id", None),
+        )
+    return Caller(
+        name=identity.name,
+        scopes=identity.scopes,
+        peer=identity.peer,
+        transport=transport,
+        x_request_id=getattr(request, "x_request_id", None),
+    )

@@ -23,6 +23,7 @@ from mcpd.web.scopes import ScopePolicy
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from mcpd.lifecycle import Lifecycle
     from mcpd.protocol.engine import Engine
     from mcpd.settings import Settings
     from mcpd.tools.pack import ToolRegistry
@@ -56,7 +57,13 @@ def load_allowlist(settings: Settings) -> AddressList:
 class Security:
     """Everything the policy layer needs, built once per daemon."""
 
-    def __init__(self, settings: Settings, clock: IReactorTime, audit: AuditTrail | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: IReactorTime,
+        audit: AuditTrail | None = None,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         if audit is None:
@@ -82,6 +89,8 @@ class Security:
             max_streams=settings.max_streams_per_key,
             insecure_no_auth=settings.insecure_no_auth,
             audit=self.audit,
+            public_metrics=settings.public_metrics,
+            lifecycle=lifecycle,
         )
 
     @property

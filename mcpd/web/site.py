@@ -14,6 +14,7 @@ from twisted.web.server import Request, Site
 
 if TYPE_CHECKING:
     from mcpd.runtime import Runtime
+    from mcpd.web.monitoring import Monitor
 
 
 class MCPSite(Site):
@@ -23,6 +24,8 @@ class MCPSite(Site):
     displayTracebacks = False
     # Seconds between keep-alive comments on open SSE streams (mcpd.transport.sse.start_sse).
     sse_keepalive: float | None = None
+    # The responses currently carrying an SSE stream (make_site gives each Site its own set).
+    sse_streams: set[Request] | None = None
 
     def log(self, request: Request) -> None:
         pass
@@ -53,9 +56,13 @@ class Root(Resource):
         return self.mcp.render(request)
 
 
-def make_app(runtime: Runtime) -> Klein:
+def make_app(runtime: Runtime, monitor: Monitor | None = None) -> Klein:
     """The Klein application for the routes that are not MCP itself."""
     app = Klein()
+    if monitor is not None:
+        # /health, /ready, /stats, /metrics and /dashboard (mcpd.web.monitoring).
+        monitor.route(app)
+        return app
 
     @app.route("/health", methods=["GET"])
     def health(request: Request) -> bytes:
@@ -77,11 +84,13 @@ def make_site(
     runtime: Runtime,
     transports: Mapping[bytes, Resource] | None = None,
     sse_keepalive: float | None = None,
+    monitor: Monitor | None = None,
 ) -> MCPSite:
     """The Site serving MCP (Streamable HTTP, and the other HTTP transports by first path
     segment) and the auxiliary routes."""
     # MCP bodies are JSON, never HTML forms: twisted.web's form sniffing (an email-package
     # Content-Type parse per POST) would cost a quarter of a tools/call.
-    site = MCPSite(Root(mcp, make_app(runtime).resource(), transports), parsePOSTFormSubmission=False)
+    site = MCPSite(Root(mcp, make_app(runtime, monitor).resource(), transports), parsePOSTFormSubmission=False)
     site.sse_keepalive = sse_keepalive
+    site.sse_streams = set()
     return site

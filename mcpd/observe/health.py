@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.test_health -*-
+"""Checks of what mcpd depends on, for ``GET /health`` and the ``mcp_store_*`` series.
+
+mcpd has no external store yet: the checks are the in-process ones it does depend on, the thread
+pool that runs blocking tools (a round trip through it, timed) and the session stores. A store
+added later (SQL, Redis, Milvus) adds a `Check` here. The latest result of each check is kept for
+the metrics, refreshed by every /health request and by `HealthService` in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorThreads, IReactorTime
+    from twisted.python.threadpool import ThreadPool
+
+log = Logger(namespace="mcpd.health")
+
+OK, DEGRADED, DOWN = "ok", "degraded", "down"
+
+
+@attrs.frozen
+class CheckResult:
+    """How one dependency is: ok, degraded or down, the check's latency and a short detail."""
+
+    name: str
+    status: str
+    latency: float
+    required: bool = True
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": self.status, "latency_ms": round(self.latency * 1000, 3)}
+        if self.detail:
+            body["detail"] = self.detail
+        return body
+
+
+@attrs.frozen
+class Check:
+    """A named probe returning a `CheckResult` (or a Deferred of one)."""
+
+    name: str
+    probe: Callable[[], Any]
+
+
+def thread_pool_check(
+    pool: ThreadPool, reactor: IReactorThreads, clock: IReactorTime, timeout: float = 2.0, name: str = "thread_pool"
+) -> Check:
+    """A round trip through the pool: degraded when work queues or the trip is slow, down when
+    the pool is not running."""
+
+    def probe() -> Deferred[CheckResult]:
+        if not pool.started or pool.joined:
+            return succeed(CheckResult(name, DOWN, 0.0, detail="the thread pool is not running"))
+        queued = pool._queue.qsize()
+        started = time.monotonic()
+        d = deferToThreadPool(reactor, pool, time.monotonic)
+        d.addTimeout(timeout, clock)
+
+        def done(_value: float) -> CheckResult:
+            latency = time.monotonic() - started
+            detail = f"{queued} call(s) waiting for a thread" if queued else None
+            return CheckResult(name, DEGRADED if queued else OK, latency, detail=detail)
+
+        def slow(_failure: Any) -> CheckResult:
+            return CheckResult(name, DEGRADED, timeout, detail=f"no thread free within {timeout:g}s ({queued} queued)")
+
+        return d.addCallbacks(done, slow)
+
+    return Check(name, probe)
+
+
+def size_check(name: str, size: Callable[[], int], what: str) -> Check:
+    """An in-process store: ok while it answers; the detail says how much it holds."""
+
+    def probe() -> CheckResult:
+        started = time.monotonic()
+        count = size()
+        return CheckResult(name, OK, time.monotonic() - started, detail=f"{count} {what}")
+
+    return Check(name, probe)
+
+
+class HealthChecks:
+    """Every check of the daemon, run together; the latest results kept."""
+
+    def __init__(self, checks: Sequence[Check] = ()) -> None:
+        self.checks = list(checks)
+        self.last: list[CheckResult] = []
+
+    def run(self) -> Deferred[list[CheckResult]]:
+        """Run every check; a check that raises is reported down."""
+        return gatherResults([self._one(check) for check in self.checks]).addCallback(self._keep)
+
+    def _one(self, check: Check) -> Deferred[CheckResult]:
+        started = time.monotonic()
+
+        def failed(failure: Any) -> CheckResult:
+            log.failure("Health check {name} failed", failure, name=check.name)
+            return CheckResult(check.name, DOWN, time.monotonic() - started, detail=failure.getErrorMessage())
+
+        return maybeDeferred(check.probe).addErrback(failed)
+
+    def _keep(self, results: list[CheckResult]) -> list[CheckResult]:
+        self.last = results
+        return results
+
+
+def overall(results: Sequence[CheckResult]) -> str:
+    """healthy, degraded (something is slow) or unhealthy (a required dependency is down)."""
+    if any(r.status == DOWN and r.required for r in results):
+        return "unhealthy"
+    if any(r.status != OK for r in results):
+        return "degraded"
+    return "healthy"
+
+
+class HealthService(Service):
+    """Runs the checks every ``interval`` seconds, so the metrics stay current between /health calls."""
+
+    def __init__(self, checks: HealthChecks, clock: IReactorTime, interval: float = 15.0) -> None:
+        self.health = checks
+        self.clock = clock
+        self.interval = interval
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.health.run)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False).addErrback(lambda f: log.failure("Health checks stopped", f))
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None

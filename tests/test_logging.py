@@ -1,0 +1,84 @@
+"""Tests for `mcpd.observe.logging`."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpd.observe import logging as mcpd_logging
+from mcpd.observe.logging import Fields, FlushingObserver, json_line
+
+
+class JSONLineTests(SynchronousTestCase):
+    def event(self, **fields: object) -> dict[str, object]:
+        return {
+            "log_time": 0.0,
+            "log_level": LogLevel.info,
+            "log_namespace": "mcpd.gate",
+            "log_format": "Refused {method} from {client}",
+            **fields,
+        }
+
+    def test_fields_at_the_top_level(self) -> None:
+        line = json_line(
+            self.event(method="POST", client="10.0.0.1", x_request_id="ab-1", duration=0.5, thing=object())
+        )
+        self.assertTrue(line.endswith("\n"))
+        data = json.loads(line)
+        self.assertEqual(data["message"], "Refused POST from 10.0.0.1")
+        self.assertEqual(data["level"], "info")
+        self.assertEqual(data["namespace"], "mcpd.gate")
+        self.assertEqual(data["time"], "1970-01-01T00:00:00.000+00:00")
+        self.assertEqual((data["x_request_id"], data["duration"]), ("ab-1", 0.5))
+        self.assertIsInstance(data["thing"], str)
+
+    def test_audit_record_spread(self) -> None:
+        record = {"key": "alice", "peer": "::1", "method": "tools/call", "tool": "echo", "outcome": "ok"}
+        event = self.event(log_format="audit {audit}", audit=Fields(record))
+        data = json.loads(json_line(event))
+        self.assertEqual({k: data[k] for k in record}, record)
+        self.assertNotIn("audit", data)
+        # In a text log the record reads as JSON.
+        self.assertEqual(json.loads(formatEvent(event)[len("audit ") :]), record)
+
+    def test_failure_traceback(self) -> None:
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            failure = Failure()
+        data = json.loads(json_line(self.event(log_failure=failure)))
+        self.assertIn("ZeroDivisionError", data["traceback"])
+
+
+class ObserverTests(SynchronousTestCase):
+    def test_json_observer_writes_lines(self) -> None:
+        stream = io.StringIO()
+        observer = FlushingObserver(stream, "json")
+        log = Logger(namespace="mcpd.test", observer=observer)
+        log.info("served {tool}", tool="echo")
+        data = json.loads(stream.getvalue())
+        self.assertEqual((data["message"], data["tool"]), ("served echo", "echo"))
+
+    def test_text_observer(self) -> None:
+        stream = io.StringIO()
+        log = Logger(namespace="mcpd.test", observer=FlushingObserver(stream, "text"))
+        log.info("served {tool}", tool="echo")
+        self.assertIn("[mcpd.test#info] served echo", stream.getvalue())
+
+    def test_logfile_and_stdio(self) -> None:
+        path = self.mktemp()
+        self.addCleanup(mcpd_logging.configure, "text", None, False)
+        mcpd_logging.configure("json", path, True)
+        observer = mcpd_logging.observer()
+        self.addCleanup(observer.stream.close)
+        Logger(namespace="mcpd.test", observer=observer).info("hello")
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(json.loads(f.read())["message"], "hello")
+        mcpd_logging.configure("text", None, True)
+        import sys
+
+        self.assertIs(mcpd_logging.configured.stream(), sys.__stderr__)

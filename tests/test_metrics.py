@@ -1,0 +1,96 @@
+"""Tests for `mcpd.observe.metrics`."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpd.observe.health import CheckResult
+from mcpd.observe.metrics import Metrics
+from mcpd.observe.stats import RequestStats, Vitals
+from tests.test_stats import record
+
+SEED = (
+    "mcp_uptime_seconds",
+    "mcp_requests_total",
+    "mcp_requests_successful",
+    "mcp_requests_failed",
+    "mcp_response_time_avg",
+    "mcp_active_connections",
+)
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+class MetricsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.stats = RequestStats()
+        self.vitals = Vitals(
+            uptime=lambda: 12.5,
+            connections=lambda: 3,
+            in_flight=lambda: 1,
+            sse_streams=lambda: 2,
+            pool_queue_depth=lambda: 4,
+            refusals=lambda: {"rate_limited": 5, "auth_failure": 6},
+            refused_at_capacity=lambda: 7,
+            checks=lambda: [CheckResult("thread_pool", "ok", 0.002)],
+        )
+        self.metrics = Metrics(self.stats, self.vitals, {"tools/call", "tools/list"}, lambda name: name == "echo")
+        self.observe = [self.stats.observe, self.metrics.requests.observe]
+
+    def feed(self, *records: object) -> None:
+        for r in records:
+            for observer in self.observe:
+                observer(r)  # type: ignore[arg-type]
+
+    def test_seed_series_and_live_gauges(self) -> None:
+        self.feed(record(duration=0.002), record(outcome="error", duration=0.004))
+        found = samples(self.metrics)
+        for name in SEED:
+            self.assertIn((name, ()), found, name)
+        self.assertEqual(found[("mcp_requests_total", ())], 2)
+        self.assertEqual(found[("mcp_requests_failed", ())], 1)
+        self.assertAlmostEqual(found[("mcp_response_time_avg", ())], 0.003)
+        self.assertEqual(found[("mcp_active_connections", ())], 3)
+        self.assertEqual(found[("mcp_requests_in_flight", ())], 1)
+        self.assertEqual(found[("mcp_sse_streams_open", ())], 2)
+        self.assertEqual(found[("mcp_thread_pool_queue_depth", ())], 4)
+        self.assertEqual(found[("mcp_rate_limited_total", ())], 5)
+        self.assertEqual(found[("mcp_auth_failures_total", ())], 6)
+        self.assertEqual(found[("mcp_connections_refused_capacity_total", ())], 7)
+        self.assertEqual(found[("mcp_store_latency_seconds", (("store", "thread_pool"),))], 0.002)
+        self.assertEqual(found[("mcp_store_up", (("store", "thread_pool"),))], 1.0)
+
+    def test_histogram_by_transport_method_tool(self) -> None:
+        self.feed(record(duration=0.002), record(outcome="error", duration=0.004, transport="websocket"))
+        found = samples(self.metrics)
+        labels = (("method", "tools/call"), ("tool", "echo"), ("transport", "http"))
+        self.assertEqual(found[("mcp_request_duration_seconds_count", labels)], 1)
+        self.assertEqual(found[("mcp_request_duration_seconds_bucket", tuple(sorted((*labels, ("le", "0.0025")))))], 1)
+        ws = (("method", "tools/call"), ("tool", "echo"), ("transport", "websocket"))
+        self.assertEqual(found[("mcp_request_errors_total", ws)], 1)
+
+    def test_labels_are_bounded(self) -> None:
+        self.feed(record(tool="made-up-1"), record(tool="made-up-2"), record(method="evil/method", tool=None))
+        found = samples(self.metrics)
+        other = (("method", "tools/call"), ("tool", "other"), ("transport", "http"))
+        self.assertEqual(found[("mcp_request_duration_seconds_count", other)], 2)
+        method = (("method", "other"), ("tool", ""), ("transport", "http"))
+        self.assertEqual(found[("mcp_request_duration_seconds_count", method)], 1)
+        # Unknown names are not cached under their own keys.
+        self.assertNotIn(("http", "tools/call", "made-up-1"), self.metrics.requests._children)
+
+    def test_children_resolved_once(self) -> None:
+        self.feed(record())
+        children = dict(self.metrics.requests._children)
+        self.feed(record(), record())
+        self.assertEqual(self.metrics.requests._children, children)
+        self.assertIs(
+            self.metrics.requests._children[("http", "tools/call", "echo")], children[("http", "tools/call", "echo")]
+        )

@@ -1,0 +1,73 @@
+"""Tests for the monitoring side of `mcpd.web.gate`: who may read /stats, /metrics and
+/dashboard, request ids, refusal counts and draining, in memory."""
+
+from __future__ import annotations
+
+from mcpd.lifecycle import DRAINING, SERVING, Lifecycle
+from mcpd.web.gate import Gate
+from tests.test_gate import KEYS, GateTestCase
+
+
+class AccessRuleTests(GateTestCase):
+    def test_open_on_loopback_even_with_keys(self) -> None:
+        self.make(keys=KEYS)
+        for path in ("/stats", "/metrics", "/dashboard", "/dashboard/dashboard.js"):
+            self.assertEqual(self.fetch(method="GET", path=path).status, 200, path)
+
+    def test_beyond_loopback_needs_an_admin_key(self) -> None:
+        self.make(keys=KEYS)
+        self.assertEqual(self.fetch(method="GET", path="/metrics", peer="192.0.2.9").status, 401)
+        refused = self.fetch({"Authorization": "Bearer alice-key"}, method="GET", path="/stats", peer="192.0.2.9")
+        self.assertRefused(refused, 403, "admin-scoped API key")
+        served = self.fetch({"Authorization": "Bearer root-key"}, method="GET", path="/stats", peer="192.0.2.9")
+        self.assertEqual(served.status, 200)
+        self.assertEqual(self.gate.refusals["forbidden"], 1)
+        self.assertEqual(self.gate.refusals["auth_failure"], 1)
+
+    def test_health_and_ready_always_open(self) -> None:
+        self.make(keys=KEYS)
+        for path in ("/health", "/ready"):
+            self.assertEqual(self.fetch(method="GET", path=path, peer="192.0.2.9").status, 200, path)
+
+    def test_insecure_no_auth_still_guards_metrics(self) -> None:
+        self.make(insecure_no_auth=True)
+        self.assertRefused(self.fetch(method="GET", path="/metrics", peer="192.0.2.9"), 403, "--public-metrics")
+
+    def test_public_metrics(self) -> None:
+        self.make(keys=KEYS, public_metrics=True)
+        self.assertEqual(self.fetch(method="GET", path="/metrics", peer="192.0.2.9").status, 200)
+        # The MCP endpoint still needs its key.
+        self.assertEqual(self.fetch(peer="192.0.2.9").status, 401)
+
+
+class RequestIdTests(GateTestCase):
+    def test_every_response_has_one(self) -> None:
+        self.make(keys=KEYS)
+        served = self.fetch({"Authorization": "Bearer root-key"})
+        refused = self.fetch()
+        ids = {served.headers["x-request-id"], refused.headers["x-request-id"]}
+        self.assertEqual(len(ids), 2)
+        self.assertEqual(self.recorder.callers[0].x_request_id, served.headers["x-request-id"])
+        audited = list(self.audit)[-1]
+        self.assertEqual(audited["x_request_id"], refused.headers["x-request-id"])
+
+    def test_a_sane_given_id_is_kept(self) -> None:
+        self.make()
+        self.assertEqual(self.fetch({"X-Request-Id": "lb-42.a"}).headers["x-request-id"], "lb-42.a")
+        odd = self.fetch({"X-Request-Id": "<script>"}).headers["x-request-id"]
+        self.assertNotEqual(odd, "<script>")
+
+
+class DrainingTests(GateTestCase):
+    def test_refused_while_draining_but_probes_answer(self) -> None:
+        lifecycle = Lifecycle()
+        lifecycle.state = SERVING
+        self.make(lifecycle=lifecycle)
+        self.assertEqual(self.fetch().status, 200)
+        lifecycle.state = DRAINING
+        self.recorder.callers.clear()
+        response = self.fetch()
+        self.assertRefused(response, 503, "shutting down")
+        self.assertEqual(response.headers["retry-after"], "2")
+        self.assertEqual(self.fetch(method="GET", path="/ready").status, 200)  # the app answers 503 itself
+        self.assertIsInstance(self.gate, Gate)
