@@ -299,7 +299,8 @@ KNOBS: tuple[Knob, ...] = (
         _audit_choice,
         None,
         "Which audit records are logged as JSON lines: all, or refusals (every refusal, denial and "
-        "failed call, not the tool calls that went well). Default: all with API keys, else refusals.",
+        "failed call, not the tool calls that went well). Default: all with API keys or a listener "
+        "beyond loopback, else refusals.",
     ),
     # -- observability and lifecycle (mcpd.observe, mcpd.lifecycle) --
     Knob(

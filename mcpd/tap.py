@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import sys
 from typing import Any
 
@@ -34,7 +33,7 @@ from mcpd.transport.streamable import StreamableHTTP
 from mcpd.transport.tls import EndpointError, TLSHandshakeLog, check_endpoint, is_tls
 from mcpd.transport.websocket import websocket_resource
 from mcpd.web.monitoring import build_monitor
-from mcpd.web.policy import OriginGuard
+from mcpd.web.policy import OriginGuard, beyond_loopback
 from mcpd.web.security import ReloadService, Security, SecurityConfigError, load_allowlist, load_key_ring
 from mcpd.web.site import make_site
 
@@ -391,7 +390,7 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
         _named(ListenerService(description, factory, runtime), f"listener {description}").setServiceParent(root)
     # Last: ready once everything above has started, and the first to hear of a shutdown.
     ReadinessService(lifecycle, reactor).setServiceParent(root)
-    security.warn_about([d for d in settings.http_endpoints() if _beyond_loopback(d)])
+    security.warn_about([d for d in settings.http_endpoints() if beyond_loopback(d)])
     return root
 
 
@@ -405,13 +404,6 @@ def _close_websockets(endpoint: Any) -> int:
     count = len(endpoint.open)
     endpoint.close_all()
     return count
-
-
-def _beyond_loopback(description: str) -> bool:
-    from mcpd.web.policy import is_loopback
-
-    match = re.search(r"interface=((?:\\.|[^:])*)", description)
-    return match is None or not is_loopback(match.group(1).replace("\\", ""))
 
 
 def makeService(options: Options) -> MultiService:

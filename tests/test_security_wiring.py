@@ -58,6 +58,12 @@ class SecurityTests(SynchronousTestCase):
     def test_audit_log_default(self) -> None:
         self.assertFalse(Security(resolve({}, {}, {}), Clock()).audit.log_calls)
         self.assertTrue(Security(resolve({"api_key": ["k"]}, {}, {}), Clock()).audit.log_calls)
+        # No keys but a LAN listener: others can call, so every call is logged.
+        lan = resolve({"host": "0.0.0.0", "insecure_no_auth": True}, {}, {})
+        self.assertTrue(Security(lan, Clock()).audit.log_calls)
+        self.assertFalse(
+            Security(resolve({"audit_log": "refusals", "host": "0.0.0.0"}, {}, {}), Clock()).audit.log_calls
+        )
         self.assertFalse(
             Security(resolve({"api_key": ["k"], "audit_log": "refusals"}, {}, {}), Clock()).audit.log_calls
         )

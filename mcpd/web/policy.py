@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -32,6 +33,13 @@ def is_loopback(host: str) -> bool:
     # 3.13 does not call loopback.
     mapped = getattr(address, "ipv4_mapped", None)
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def beyond_loopback(endpoint: str) -> bool:
+    """Whether a Twisted server endpoint string listens beyond this machine (no ``interface=``
+    means every interface)."""
+    match = re.search(r"interface=((?:\\.|[^:])*)", endpoint)
+    return match is None or not is_loopback(match.group(1).replace("\\", ""))
 
 
 def _host_of(authority: str) -> str:

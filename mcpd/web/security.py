@@ -17,6 +17,7 @@ from mcpd.web.capacity import CapacityFactory
 from mcpd.web.gate import Gate, guarded_request_factory
 from mcpd.web.keys import KeyFileError, KeyRing, load_keys
 from mcpd.web.network import AddressList, AddressListError, read_address_file
+from mcpd.web.policy import beyond_loopback
 from mcpd.web.ratelimit import MemoryBucketStore, RateLimit, RateLimiter
 from mcpd.web.scopes import ScopePolicy
 
@@ -67,11 +68,14 @@ class Security:
         self.settings = settings
         self.clock = clock
         if audit is None:
-            # Every tool call in the log where keys make callers accountable; else only the
-            # calls that did not go well, and every refusal.
-            log_calls = (
-                settings.audit_log == "all" if settings.audit_log else bool(settings.api_key or settings.api_key_file)
+            # Every tool call in the log wherever others can call: with keys, or on a listener
+            # beyond loopback. A loopback-only daemon without keys serves one local user: there
+            # only refusals and calls that went wrong are logged (a log line costs ~22 µs, a
+            # sixth of a tools/call); every call is still in the in-memory buffer.
+            shared = bool(settings.api_key or settings.api_key_file) or any(
+                beyond_loopback(endpoint) for endpoint in settings.http_endpoints()
             )
+            log_calls = settings.audit_log == "all" if settings.audit_log else shared
             audit = AuditTrail(settings.audit_buffer, log_calls=log_calls)
         self.audit = audit
         try:
