@@ -31,6 +31,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check mcpd tests bench twisted
 	$(BIN)/ruff format --check mcpd tests bench twisted
+	$(BIN)/mypy mcpd
 
 clean:
 	rm -rf $(VENV) _trial_temp build *.egg-info

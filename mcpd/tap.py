@@ -11,7 +11,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger, textFileLogObserver
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -38,11 +38,6 @@ from mcpd.web.security import ReloadService, Security, SecurityConfigError, load
 from mcpd.web.site import make_site
 
 log = Logger(namespace="mcpd")
-
-
-def stderr_observer() -> Any:
-    """twistd's ``logger``: log lines to stderr, keeping stdout for MCP messages (stdio mode)."""
-    return textFileLogObserver(sys.__stderr__)
 
 
 def _show(value: Any) -> str:

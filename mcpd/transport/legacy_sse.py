@@ -104,7 +104,7 @@ class SSEMessagesResource(Resource):
         self.max_message_size = max_message_size
 
     def render_POST(self, request: Request) -> bytes:
-        args = request.args or {}
+        args: dict[bytes, list[bytes]] = request.args or {}
         # The Python SDK's servers name it session_id, the TypeScript SDK's sessionId.
         values = args.get(b"session_id") or args.get(b"sessionId")
         if not values:

@@ -9,7 +9,7 @@ where it left off (2025-11-25 transports §Resumability and Redelivery).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -63,7 +63,10 @@ def keep_alive(request: Request, interval: float, clock: IReactorTime | None = N
     """Write a comment on ``request``'s stream every ``interval`` seconds until it finishes, so
     proxies do not cut a quiet stream and a dead client is noticed (a write to it fails)."""
     if clock is None:
-        from twisted.internet import reactor as clock  # type: ignore[assignment]
+        from twisted.internet import reactor
+
+        # Twisted types its reactor module as a module; at run time it is the installed reactor.
+        clock = cast("IReactorTime", reactor)
 
     def ping() -> None:
         if request.finished or getattr(request, "_disconnected", False):

@@ -88,6 +88,8 @@ class StdioProtocol(Protocol):
         if self._stdout_closed:
             self.connectionLost(Failure(ConnectionDone("stdin and stdout closed")))
         else:
+            # StandardIO, the transport, is the one calling: it is set by now.
+            assert self.transport is not None
             self.transport.loseConnection()  # flushes stdout, then connectionLost
 
     def writeConnectionLost(self) -> None:

@@ -140,10 +140,10 @@ class StreamableHTTP(Resource):
                     "protocol 2026-07-28 (MCP-Protocol-Version header and params._meta)"
                 )
                 return self._reject(request, exchange, 400, _id_of(message), error)
-            session = HTTPSession(now=self.sessions.now(), replay_limit=self.replay_limit)
-            session.owner = caller.name
-            exchange = Exchange(peer=f"session:{session.id}", caller=caller, session=session)
-            return self._serve(request, exchange, body, accepts_sse, modern=False, new_session=session)
+            new_session = HTTPSession(now=self.sessions.now(), replay_limit=self.replay_limit)
+            new_session.owner = caller.name
+            exchange = Exchange(peer=f"session:{new_session.id}", caller=caller, session=new_session)
+            return self._serve(request, exchange, body, accepts_sse, modern=False, new_session=new_session)
         session = self._session(request, session_id)
         if not isinstance(session, HTTPSession):
             return session

@@ -18,7 +18,7 @@ TLS transport wrapped by a ``WrappingFactory``. docs/architecture.rst has the fi
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -143,6 +143,8 @@ class WebSocketWire(Protocol):
         elif isinstance(event, BytesMessage):
             self._close(UNSUPPORTED_DATA, "MCP messages are JSON in text frames")
         elif isinstance(event, Ping):
+            # Events come from dataReceived: the hand-over has connected the transport.
+            assert self.transport is not None
             self.transport.write(self.ws.send(event.response()))
         elif isinstance(event, CloseConnection):
             # The client closes (or wsproto found the frames malformed: 1002, 1007).
@@ -151,6 +153,7 @@ class WebSocketWire(Protocol):
                     "WebSocket {peer} closed: {code} {reason}", peer=self.mcp.peer, code=event.code, reason=event.reason
                 )
             self._closing = True
+            assert self.transport is not None
             if self.ws.state != ConnectionState.CLOSED:
                 self.transport.write(self.ws.send(event.response()))
             self.transport.loseConnection()
@@ -158,16 +161,20 @@ class WebSocketWire(Protocol):
     def send_text(self, text: str) -> None:
         """One text frame to the client."""
         if not self._closing and self.ws.state == ConnectionState.OPEN:
+            # Only a connected wire's MCPConnection has anything to send.
+            assert self.transport is not None
             self.transport.write(self.ws.send(TextMessage(data=text)))
 
     def _ping(self) -> None:
         if self.ws.state == ConnectionState.OPEN:
+            assert self.transport is not None  # the pinger starts in connectionMade
             self.transport.write(self.ws.send(Ping()))
 
     def _close(self, code: int, reason: str) -> None:
         """Close on our side, logged once."""
         log.info("Closing WebSocket {peer}: {code} {reason}", peer=self.mcp.peer, code=code, reason=reason)
         self._closing = True
+        assert self.transport is not None  # called while reading the connection's frames
         if self.ws.state == ConnectionState.OPEN:
             self.transport.write(self.ws.send(CloseConnection(code=code, reason=reason)))
         self.transport.loseConnection()
@@ -176,6 +183,7 @@ class WebSocketWire(Protocol):
         """Close for a server shutdown."""
         if not self._closing:
             self._closing = True
+            assert self.transport is not None  # only connected wires are in the registry
             if self.ws.state == ConnectionState.OPEN:
                 self.transport.write(
                     self.ws.send(CloseConnection(code=GOING_AWAY, reason="server shutting down; retry in 2 s"))
@@ -194,7 +202,10 @@ class WebSocketLimits:
 
     def __init__(self, max_message_size: int, ping_interval: float | None, clock: IReactorTime | None = None) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            # Twisted types its reactor module as a module; at run time it is the installed reactor.
+            clock = cast(IReactorTime, reactor)
         self.max_message_size = max_message_size
         self.ping_interval = ping_interval
         self.clock = clock

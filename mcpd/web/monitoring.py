@@ -98,8 +98,9 @@ class Monitor:
 
     def render_stats(self, request: Request) -> bytes:
         """Totals, breakdowns, latency percentiles and the latest requests (``?recent=N``)."""
+        args: dict[bytes, list[bytes]] = request.args or {}
         try:
-            recent = int((request.args or {}).get(b"recent", [b"50"])[0])
+            recent = int(args.get(b"recent", [b"50"])[0])
         except ValueError:
             recent = 50
         recent = max(0, min(recent, MAX_RECENT))

@@ -48,15 +48,19 @@ def _host_of(authority: str) -> str:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
+# mcpd's own attribute on Twisted's HTTPChannel: whether it was accepted on a loopback address.
+_LOOPBACK = "_mcpd_loopback"
+
+
 def _arrived_on_loopback(request: Request) -> bool:
     """Whether the connection carrying ``request`` was accepted on a loopback address
     (remembered on the connection: a getsockname per request shows in profiles)."""
     channel = request.channel
-    local = getattr(channel, "_mcpd_loopback", None)
+    local = getattr(channel, _LOOPBACK, None)
     if local is None:
         local = is_loopback(getattr(request.getHost(), "host", ""))
         if channel is not None:
-            channel._mcpd_loopback = local
+            setattr(channel, _LOOPBACK, local)
     return local
 
 

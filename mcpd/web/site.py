@@ -13,6 +13,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 if TYPE_CHECKING:
+    from twisted.web import http
+
     from mcpd.runtime import Runtime
     from mcpd.web.monitoring import Monitor
 
@@ -27,7 +29,7 @@ class MCPSite(Site):
     # The responses currently carrying an SSE stream (make_site gives each Site its own set).
     sse_streams: set[Request] | None = None
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
 
@@ -48,7 +50,8 @@ class Root(Resource):
         transport = self.transports.get(path)
         if transport is not None:
             return transport
-        # Hand Klein the whole path back.
+        # Hand Klein the whole path back (traversal runs after Request.process has set both).
+        assert request.postpath is not None and request.prepath is not None
         request.postpath.insert(0, request.prepath.pop())
         return self.app
 
