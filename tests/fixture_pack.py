@@ -17,7 +17,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from mcpd.tools.api import ToolContext
+from mcpd.tools.api import ToolContext, ToolResult
 from mcpd.tools.pack import ToolPack
 
 EVENTS_ENV = "MCPD_TEST_EVENTS"
@@ -113,3 +113,14 @@ def blocking_wait(ctx: ToolContext, arguments: dict[str, Any]) -> str:
         ctx.wait_cancelled(min(remaining, 0.1))
     record("cancelled", ctx.tool.name, label)
     raise CancelledError(f"{ctx.tool.name} {label} cancelled")
+
+
+@pack.tool(
+    "tests.ping_client",
+    description="Ping the client from the server and say whether it answered.",
+)
+def ping_client(ctx: ToolContext, arguments: dict[str, Any]) -> Deferred[Any]:
+    def failed(failure: Any) -> ToolResult:
+        return ToolResult.text(f"no ping: {failure.getErrorMessage()}", is_error=True)
+
+    return ctx.ping_client().addCallbacks(lambda result: f"pong {result!r}", failed)

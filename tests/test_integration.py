@@ -45,7 +45,7 @@ LEGACY = "legacy"
 MODERN = "2026-07-28"
 SCENARIO_TIMEOUT = 20.0
 EVENT_TIMEOUT = 5.0
-FIXTURE_TOOLS = {"tests.progress", "tests.wait_for_cancel", "tests.blocking_wait"}
+FIXTURE_TOOLS = {"tests.progress", "tests.wait_for_cancel", "tests.blocking_wait", "tests.ping_client"}
 SERVER_TOOLS = {"server.info", "server.tools"}
 INVALID_PARAMS = -32602
 SHUTDOWN_LIMIT = 5.0
@@ -298,6 +298,22 @@ class _ClientScenarios:
         ]
         # basic/utilities/cancellation: the receiver should not answer a cancelled request.
         self.assertEqual(answers, [], f"mcpd answered the cancelled request {request_id}")
+
+    def test_server_pings_the_client(self) -> Deferred[None]:
+        """2025-11-25 basic/utilities/ping: the server may ping; the SDK client answers. The
+        stateless era has no server-to-client requests, which the tool is told."""
+
+        async def scenario(client: Client) -> None:
+            result = await client.call_tool("tests.ping_client", {})
+            text = result.content[0].text  # type: ignore[union-attr]
+            if self.mode == LEGACY:
+                self.assertFalse(result.is_error, result)
+                self.assertEqual(text, "pong {}")
+            else:
+                self.assertTrue(result.is_error, result)
+                self.assertIn("2026-07-28", text)
+
+        return self.scenario(scenario)
 
     # -- errors ----------------------------------------------------------------------------------
 

@@ -31,8 +31,7 @@ from mcpd.protocol.errors import InvalidParams, MCPError, MissingClientCapabilit
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_LOG_LEVEL
 
 if TYPE_CHECKING:
-    from twisted.internet.base import DelayedCall
-    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from mcpd.protocol.changes import ChangeFeed
     from mcpd.protocol.session import Session
@@ -84,7 +83,7 @@ class OutboundRequests:
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._pending: dict[Any, tuple[Deferred[Any], DelayedCall | None]] = {}
+        self._pending: dict[Any, tuple[Deferred[Any], IDelayedCall | None]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -286,6 +285,17 @@ class RequestChannel:
         if session is None or self.send is None:
             return fail(MCPError("this transport cannot carry requests to the client"))
         return session.outbound.request(self._emit, method, params, self.timeout, self.clock)
+
+    def ping(self) -> Deferred[dict[str, Any]]:
+        """Ask the client whether it is still there (2025-11-25 basic/utilities/ping: either
+        party may ping); fires with its empty result. The stateless era has no requests from
+        the server, so there the answer is an error."""
+        if self.modern:
+            return fail(MCPError("protocol 2026-07-28 has no requests from the server to the client, ping included"))
+        session = self.session
+        if session is None or self.send is None:
+            return fail(MCPError("this transport cannot carry requests to the client"))
+        return session.outbound.request(self._emit, "ping", {}, self.timeout, self.clock)
 
     def missing_capability(self, method: str) -> MissingClientCapability | None:
         """The error for asking ``method`` of a client that did not declare its capability."""

@@ -234,6 +234,11 @@ class RequestContext:
         """Ask the client for its roots; fires with the `ListRootsResult`."""
         return self._ask("roots/list", {}, key)
 
+    def ping_client(self) -> Deferred[dict[str, Any]]:
+        """Ping the client (legacy protocol versions): fires with ``{}`` once it answers, fails
+        with `mcpd.protocol.channel.ClientTimeout` when it does not within the client timeout."""
+        return self._ask("ping", {}, None)
+
     def _ask(self, method: str, params: dict[str, Any], key: str | None) -> Any:
         if not isInIOThread() and threadable.ioThread is not None:
             # A blocking (thread-pool) handler: ask on the reactor thread and wait here for the
@@ -244,6 +249,8 @@ class RequestContext:
             return blockingCallFromThread(reactor, self._ask, method, params, key)
         if self.channel is None:
             raise ToolError(f"{method} needs a client connection, and this call has none")
+        if method == "ping":
+            return self.channel.ping()
         return self.channel.ask(method, params, key)
 
     @property
