@@ -263,8 +263,11 @@ class Engine(CatalogMethods):
             d.addCallback(self._trace_response, exchange)
         return d
 
-    def reject(self, exchange: Exchange, request_id: Any, error: MCPError) -> dict[str, Any]:
-        """A transport-level rejection as a JSON-RPC error (traced like any other reply)."""
+    def reject(self, exchange: Exchange, request_id: Any, error: MCPError, message: Any = None) -> dict[str, Any]:
+        """A transport-level rejection as a JSON-RPC error (traced like any other reply, after
+        the ``message`` it answers when the transport read one)."""
+        if message is not None:
+            self._trace("in", exchange, message)
         response = error_response(request_id, error.to_error())
         self._trace("out", exchange, response)
         return response

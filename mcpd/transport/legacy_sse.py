@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -102,6 +103,11 @@ class SSEMessagesResource(Resource):
         self.engine = engine
         self.sessions = sessions
         self.max_message_size = max_message_size
+
+    def render_HEAD(self, request: Request) -> bytes:
+        # twisted.web's default HEAD renders GET (and would open an event stream, or fail where
+        # there is no GET): HEAD means nothing to an MCP endpoint.
+        raise UnsupportedMethod((b"POST",))
 
     def render_POST(self, request: Request) -> bytes:
         args: dict[bytes, list[bytes]] = request.args or {}

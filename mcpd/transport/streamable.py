@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -99,6 +100,11 @@ class StreamableHTTP(Resource):
 
     # -- POST -----------------------------------------------------------------------------------
 
+    def render_HEAD(self, request: Request) -> bytes:
+        # twisted.web's default HEAD renders GET (and would open an event stream, or fail where
+        # there is no GET): HEAD means nothing to an MCP endpoint.
+        raise UnsupportedMethod((b"GET", b"POST", b"DELETE"))
+
     def render_POST(self, request: Request) -> bytes | int:
         accept = request.getHeader("accept") or "*/*"
         accepts_sse = "text/event-stream" in accept
@@ -118,7 +124,8 @@ class StreamableHTTP(Resource):
             if duplicated is not None:
                 # Two copies of a routing header: a proxy and mcpd could each believe another one.
                 error = HeaderMismatch(f"the {duplicated} header appears more than once")
-                return self._reject(request, exchange, 400, _id_of(_loads_or_none(body)), error)
+                message = _loads_or_none(body)
+                return self._reject(request, exchange, 400, _id_of(message), error, message)
             return self._serve(request, exchange, body, accepts_sse, modern=True)
         return self._post_legacy(request, body, accepts_sse, version, caller)
 
@@ -139,7 +146,7 @@ class StreamableHTTP(Resource):
                     "Bad Request: send initialize first and then the Mcp-Session-Id it returns, or use "
                     "protocol 2026-07-28 (MCP-Protocol-Version header and params._meta)"
                 )
-                return self._reject(request, exchange, 400, _id_of(message), error)
+                return self._reject(request, exchange, 400, _id_of(message), error, message)
             new_session = HTTPSession(now=self.sessions.now(), replay_limit=self.replay_limit)
             new_session.owner = caller.name
             exchange = Exchange(peer=f"session:{new_session.id}", caller=caller, session=new_session)
@@ -249,8 +256,10 @@ class StreamableHTTP(Resource):
             return self._reject(request, exchange, 404, None, error)
         return session  # type: ignore[return-value]
 
-    def _reject(self, request: Request, exchange: Exchange, status: int, request_id: Any, error: MCPError) -> bytes:
-        response = self.engine.reject(exchange, request_id, error)
+    def _reject(
+        self, request: Request, exchange: Exchange, status: int, request_id: Any, error: MCPError, message: Any = None
+    ) -> bytes:
+        response = self.engine.reject(exchange, request_id, error, message)
         return _json(request, status, encode(response))
 
 
