@@ -90,6 +90,12 @@ HEADER_SETS: list[dict[str, str]] = [
     {"Transfer-Encoding": "chunked"},
     {"X-Request-Id": "a" * 300},
     {"Authorization": "Bearer nonsense"},
+    # Bytes that are not ASCII (sent as Latin-1) in headers mcpd reads, and in one it does not.
+    {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "caf\xe9"},
+    {"Origin": "http://caf\xe9.example"},
+    {"Host": "caf\xe9"},
+    {"Mcp-Session-Id": "\xe9"},
+    {"User-Agent": "caf\xe9"},
 ]
 
 
@@ -100,7 +106,9 @@ def barrage(port: int, count: int, seed: int) -> dict[str, int]:
     for _ in range(count):
         method, path, body = rng.choice(METHODS), rng.choice(PATHS), rng.choice(BODIES)
         headers = {**rng.choice(HEADER_SETS), **rng.choice(HEADER_SETS)}
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        head = f"{method} {path} HTTP/1.1\r\n"
+        if "Host" not in headers:
+            head += f"Host: 127.0.0.1:{port}\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         if "Transfer-Encoding" not in headers:
             head += f"Content-Length: {len(body)}\r\n"

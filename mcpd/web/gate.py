@@ -52,6 +52,7 @@ CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate, R
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 _REASONS = {
     204: "No Content",
+    400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
     408: "Request Timeout",
@@ -393,6 +394,13 @@ class GuardedRequest(server.Request):
         else:
             self.x_request_id = _ID_PREFIX + format(next(_ids), "x")
         self.responseHeaders.setRawHeaders(b"x-request-id", [self.x_request_id.encode("latin-1")])
+        unreadable = _unreadable_header(self.requestHeaders)
+        if unreadable is not None:
+            # The headers mcpd reads are text; a non-ASCII byte in one is a client bug (values
+            # that need other characters travel as =?base64?…?=, 2026-07-28 transports).
+            reason = f"Bad Request: the {unreadable} header must be ASCII (send other characters as =?base64?...?=)"
+            self._refuse(Refusal(400, {"error": reason}, close=True), length)
+            return
         connection: Any = self.channel.transport
         hooks = getattr(connection, "head_complete", None)
         if hooks is not None:
@@ -479,6 +487,36 @@ class GuardedRequest(server.Request):
         if finished is not None:
             finished()
         super().finish()
+
+
+# Headers mcpd reads as text (and every Mcp-* and Sec-WebSocket-* one).
+_TEXT_HEADERS = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"accept",
+        b"content-type",
+        b"authorization",
+        b"x-api-key",
+        b"x-request-id",
+        b"x-forwarded-for",
+        b"x-real-ip",
+        b"last-event-id",
+        b"upgrade",
+        b"connection",
+    }
+)
+
+
+def _unreadable_header(headers: Any) -> str | None:
+    """The first header mcpd reads whose value is not ASCII, or None."""
+    for name, values in headers.getAllRawHeaders():
+        if all(value.isascii() for value in values):
+            continue
+        lowered = name.lower()
+        if lowered in _TEXT_HEADERS or lowered.startswith((b"mcp-", b"sec-websocket-")):
+            return name.decode("latin-1")
+    return None
 
 
 def guarded_request_factory(gate: Gate) -> type[GuardedRequest]:
