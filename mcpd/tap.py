@@ -240,15 +240,24 @@ class ListenerService(Service):
 
         super().privilegedStartService()
         d = endpoints.serverFromString(reactor, self.description).listen(self.factory)
+        if not d.called:
+            # An endpoint that binds later (most bind at once): a failure then stops the daemon.
+            d.addCallbacks(self._listening, self._cannot_listen)
+            return
         outcome: list[Any] = []
         d.addBoth(outcome.append)
-        if outcome and isinstance(outcome[0], Failure):
+        if isinstance(outcome[0], Failure):
             # One clear line instead of a traceback, under twistd as under the mcpd command.
             raise SystemExit(f"mcpd: cannot listen on {self.description}: {outcome[0].getErrorMessage()}")
-        if outcome:
-            self._listening(outcome[0])
-        else:
-            d.addCallback(self._listening)
+        self._listening(outcome[0])
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        from twisted.internet import reactor
+
+        log.critical(
+            "Cannot listen on {description}: {why}", description=self.description, why=failure.getErrorMessage()
+        )
+        reactor.stop()  # type: ignore[attr-defined]
 
     def startService(self) -> None:
         if self.port is None and not self.running:
