@@ -389,15 +389,22 @@ class Settings:
         return endpoints
 
 
+def read_lines(path: str, option: str, error: type[Exception]) -> list[tuple[int, str]]:
+    """The numbered lines of the text file an option names; ``error`` naming the option and the
+    file when it cannot be read (missing, unreadable, not UTF-8 text)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return list(enumerate(f.read().splitlines(), 1))
+    except OSError as e:
+        raise error(f"{option} {path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise error(f"{option} {path}: not UTF-8 text") from None
+
+
 def read_env_file(path: str) -> dict[str, str]:
     """Read a ``.env``-style file: ``NAME=value`` lines, ``#`` comments, optional quotes."""
     values: dict[str, str] = {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise SettingError(f"--config {path}: cannot read it ({e.strerror})") from None
-    for number, line in enumerate(lines, 1):
+    for number, line in read_lines(path, "--config", SettingError):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -160,6 +160,25 @@ class EnvFileTests(SynchronousTestCase):
         self.assertIn(f"--config {path}: cannot read it", str(caught.exception))
 
 
+class FileReadingTests(SynchronousTestCase):
+    """Every file an option names (config, key file, allowlist) fails the same readable way."""
+
+    def test_a_binary_file_is_refused_by_name(self) -> None:
+        from mcpd.web.keys import KeyFileError, read_key_file
+        from mcpd.web.network import AddressListError, read_address_file
+
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"PORT=\xff\xfe\x00 not text")
+        for read, error, option in (
+            (read_env_file, SettingError, "--config"),
+            (read_key_file, KeyFileError, "--api-key-file"),
+            (read_address_file, AddressListError, "--allowed-ip-file"),
+        ):
+            raised = self.assertRaises(error, read, path)
+            self.assertEqual(str(raised), f"{option} {path}: not UTF-8 text")
+
+
 class EndpointTests(SynchronousTestCase):
     def test_default(self) -> None:
         self.assertEqual(settings().http_endpoints(), ["tcp:8765:interface=127.0.0.1"])

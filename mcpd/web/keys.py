@@ -16,6 +16,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from mcpd.settings import read_lines
+
 # A key with no scopes listed may do everything.
 DEFAULT_SCOPES = frozenset({"admin"})
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
@@ -102,13 +104,8 @@ def parse_key_line(line: str) -> APIKey | None:
 
 def read_key_file(path: str) -> list[APIKey]:
     """Every key of a key file; `KeyFileError` naming the line that is wrong (not the key)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise KeyFileError(f"--api-key-file {path}: cannot read it ({e.strerror})") from None
     keys = []
-    for number, line in enumerate(lines, 1):
+    for number, line in read_lines(path, "--api-key-file", KeyFileError):
         try:
             key = parse_key_line(line)
         except ValueError as e:

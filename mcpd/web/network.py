@@ -8,6 +8,8 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
+from mcpd.settings import read_lines
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,13 +67,8 @@ class AddressList:
 
 def read_address_file(path: str) -> list[str]:
     """The entries of an allowlist file: one address or range a line, ``#`` comments."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise AddressListError(f"--allowed-ip-file {path}: cannot read it ({e.strerror})") from None
     entries = []
-    for number, line in enumerate(lines, 1):
+    for number, line in read_lines(path, "--allowed-ip-file", AddressListError):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
