@@ -210,6 +210,7 @@ class GracefulShutdownTests(DaemonTestCase):
             self.assertEqual(kept.getresponse().read(), b'{"ready": true, "state": "serving"}')
             stream = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
             stream.sendall(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+            websocket = open_websocket(daemon.port)
             caller = threading.Thread(target=in_flight, daemon=True)
             caller.start()
             wait_for_event_blocking(daemon.events, f"started {tool} drain")
@@ -233,10 +234,44 @@ class GracefulShutdownTests(DaemonTestCase):
             stream.close()
             self.assertIn(b"event: endpoint", streamed)
             self.assertIn(b"retry: 2000", streamed)
+            # WebSockets are closed "going away" (1001) with a hint to come back.
+            code, reason = websocket_close(*websocket)
+            self.assertEqual(code, 1001)
+            self.assertIn("retry", reason)
             log = daemon.log("stdout")
             self.assertLess(log.index("Shutting down: draining"), log.index("Drained"))
 
         return self.in_thread(check)
+
+
+def open_websocket(port: int) -> tuple[socket.socket, Any]:
+    """A WebSocket to /ws (subprotocol mcp) with its handshake done: the socket and its wsproto."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(ws.send(Request(host="127.0.0.1", target="/ws", subprotocols=["mcp"])))
+    while True:
+        ws.receive_data(sock.recv(65536))
+        for event in ws.events():
+            if isinstance(event, AcceptConnection):
+                return sock, ws
+            raise AssertionError(f"WebSocket handshake failed: {event!r}")
+
+
+def websocket_close(sock: socket.socket, ws: Any) -> tuple[int, str]:
+    """Read until the server closes the WebSocket; its close code and reason."""
+    from wsproto.events import CloseConnection
+
+    while data := sock.recv(65536):
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, CloseConnection):
+                sock.close()
+                return event.code, event.reason
+    sock.close()
+    raise AssertionError("the WebSocket ended without a close frame")
 
 
 def chromium_driver() -> tuple[str, str] | None:
