@@ -242,9 +242,13 @@ class SubscriptionTests(SynchronousTestCase):
         e = engine()
         listener = Peer(self, e, modern=True)
         listener.start(listener.message("subscriptions/listen", {"notifications": {}}))
+        self.assertEqual(e.in_flight, 1)
         e.end_subscriptions()
         self.assertEqual(listener.notes[-1]["method"], "notifications/cancelled")
         check_notes(self, MODERN, listener.notes)
+        # The listen request is over: a draining shutdown does not wait for it.
+        self.assertEqual(e.in_flight, 0)
+        self.assertEqual(e.changes.listeners, set())
 
 
 class LegacyClientRequestTests(SynchronousTestCase):
@@ -363,3 +367,37 @@ class InputRequiredTests(SynchronousTestCase):
 
 
 __all__ = ["envelope"]
+
+
+class ReviewRegressionTests(SynchronousTestCase):
+    """Client input that once reached an internal error or an unguarded code path."""
+
+    def test_unhashable_ids_in_responses_and_cancellations(self) -> None:
+        peer = legacy_peer(self, CAPABILITIES)
+        d = peer.start(peer.message("tools/call", {"name": "test_elicitation", "arguments": {"message": "Hi?"}}))
+        # With a request of ours pending (so the dicts are not empty), unhashable ids are ignored.
+        self.assertIsNone(peer.send({"jsonrpc": "2.0", "id": [1], "result": {}}))
+        self.assertIsNone(
+            peer.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": [1]}})
+        )
+        self.assertNoResult(d)
+        self.assertEqual(peer.result("ping"), {})
+
+    def test_non_ascii_request_state_is_invalid_params(self) -> None:
+        peer = Peer(self, engine(), modern=True)
+        meta = {META_CLIENT_CAPABILITIES: CAPABILITIES}
+        for state in ("a.\u00e9", "\ud800.x"):
+            response = peer.request(
+                "tools/call",
+                {"name": "test_input_required_result_tampered_state", "requestState": state, "inputResponses": {}},
+                meta=meta,
+            )
+            self.assertEqual(error_code(response), errors.INVALID_PARAMS, state)
+
+    def test_completion_ref_name_must_be_a_string(self) -> None:
+        peer = legacy_peer(self)
+        response = peer.request(
+            "completion/complete",
+            {"ref": {"type": "ref/prompt", "name": ["x"]}, "argument": {"name": "a", "value": ""}},
+        )
+        self.assertEqual(error_code(response), errors.INVALID_PARAMS)

@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.task import Clock
 from twisted.python import threadable
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -33,7 +34,7 @@ from mcpd.protocol.versions import (
     META_SERVER_INFO,
     MODERN_VERSIONS,
 )
-from mcpd.tools import Caller, ToolContext, ToolError, ToolPack, ToolRegistry
+from mcpd.tools import Caller, Tool, ToolContext, ToolError, ToolPack, ToolRegistry
 from tests.schema_check import assert_trace_valid, validate_message
 
 MODERN = "2026-07-28"
@@ -498,12 +499,16 @@ class FramingTests(SynchronousTestCase):
         peer.call("echo", {"text": "x"})
         peer.request("tools/call", {"name": "missing"})
         peer.send({"jsonrpc": "2.0", "id": None, "method": "ping"})
+        self.successResultOf(peer.engine.handle_bytes(b"{not json", peer.exchange()))
         tracer.close()
         assert_trace_valid(self, path)
         with open(path, encoding="utf-8") as f:
-            directions = [json.loads(line)["dir"] for line in f]
-        # initialize in/out, initialized in, then three requests in and out.
-        self.assertEqual(directions, ["in", "out", "in", "in", "out", "in", "out", "in", "out"])
+            lines = [json.loads(line) for line in f]
+        # initialize in/out, initialized in, three requests in and out, the unparseable bytes.
+        self.assertEqual(
+            [line["dir"] for line in lines], ["in", "out", "in", "in", "out", "in", "out", "in", "out", "in", "out"]
+        )
+        self.assertEqual(lines[-2]["message"], "{not json")
 
 
 class BatchTests(SynchronousTestCase):
@@ -901,6 +906,31 @@ class ToolFilterTests(SynchronousTestCase):
 
 class ObserverTests(SynchronousTestCase):
     """Every request is reported once to the observers, with its outcome."""
+
+    def test_client_answers_are_not_requests(self) -> None:
+        engine = make_engine()
+        records: list[CallRecord] = []
+        engine.observers.append(records.append)
+        peer = Peer(self, engine)
+        peer.initialize()
+        self.assertIsNone(peer.send({"jsonrpc": "2.0", "id": "mcpd-1", "result": {}}))
+        self.assertEqual([r.method for r in records], ["initialize"])
+
+    def test_tool_timeout_runs_on_the_engine_clock(self) -> None:
+        clock = Clock()
+        pack = ToolPack("slow", "A tool that never answers.")
+        pack.add(Tool(name="never", description="Never answers.", handler=lambda ctx, arguments: Deferred()))
+        engine = make_engine(pack, clock=clock)
+        engine.tool_timeout = 2.0
+        peer = Peer(self, engine)
+        peer.initialize()
+        d = peer.start(peer.message("tools/call", {"name": "never"}))
+        clock.advance(1.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        result = self.successResultOf(d)["result"]
+        self.assertTrue(result["isError"])
+        self.assertIn("timed out after 2 seconds", result["content"][0]["text"])
 
     def test_outcomes(self) -> None:
         engine = make_engine()

@@ -195,7 +195,10 @@ class CatalogMethods:
         resolved = resolved if isinstance(resolved, dict) else {}
         completer: Callable[..., Any] | None
         if ref.get("type") == "ref/prompt":
-            prompt = self.registry.prompts.get(ref.get("name"))  # type: ignore[arg-type]
+            prompt_name = ref.get("name")
+            if not isinstance(prompt_name, str):
+                raise InvalidParams("Invalid params: ref.name must be a string")
+            prompt = self.registry.prompts.get(prompt_name)
             if prompt is None:
                 raise InvalidParams(f"Unknown prompt: {ref.get('name')}")
             declared = prompt.argument(name)
@@ -260,11 +263,10 @@ class CatalogMethods:
         self._trace("out", exchange, ack)  # type: ignore[attr-defined]
         send(ack)
         self.changes.listen(listener)
-
-        def stop(_d: Deferred[Any]) -> None:
-            self.changes.leave(listener)
-
-        d: Deferred[Any] = Deferred(stop)
+        # Never fires: the stream lasts until the client goes (the transport cancels it) or
+        # the server ends it (`end_subscriptions`); either way the listener leaves.
+        d: Deferred[Any] = Deferred()
+        listener.request = d
 
         def end(failure: Failure) -> Any:
             self.changes.leave(listener)
@@ -296,6 +298,8 @@ class CatalogMethods:
                     "params": {"requestId": _request_id(listener.subscription_id), "reason": reason},
                 }
             )
+            if listener.request is not None:
+                listener.request.cancel()  # no result follows: the request is over (in_flight drops)
 
 
 def _completed(values: list[str]) -> Deferred[Any]:

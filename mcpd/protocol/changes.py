@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from twisted.internet.defer import Deferred
 
 if TYPE_CHECKING:
     from mcpd.protocol.session import Session
@@ -38,6 +39,8 @@ class Listener:
     version: str | None = None
     # SEP-2663 §Task Status Notifications: the tasks this stream hears about.
     task_ids: frozenset[str] = frozenset()
+    # The pending subscriptions/listen request; cancelling it ends the stream.
+    request: Deferred[Any] | None = None
 
     def tagged(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         body = dict(params or {})

@@ -175,7 +175,8 @@ class StateSigner:
         if not isinstance(token, str) or "." not in token:
             raise InvalidParams("Invalid params: requestState is not one this server issued")
         body, _, mac = token.rpartition(".")
-        if not hmac.compare_digest(mac, self._mac(body)):
+        # Bytes: compare_digest refuses str with non-ASCII characters, which a client may send.
+        if not hmac.compare_digest(mac.encode("utf-8", "replace"), self._mac(body).encode()):
             raise InvalidParams("Invalid params: requestState failed its integrity check")
         try:
             return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
@@ -183,7 +184,7 @@ class StateSigner:
             raise InvalidParams("Invalid params: requestState is not one this server issued") from None
 
     def _mac(self, body: str) -> str:
-        digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()
+        digest = hmac.new(self._key, body.encode("utf-8", "replace"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 

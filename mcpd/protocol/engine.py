@@ -28,7 +28,7 @@ from mcpd._version import __version__
 from mcpd.protocol import errors
 from mcpd.protocol.catalog import CatalogMethods
 from mcpd.protocol.changes import ChangeFeed
-from mcpd.protocol.channel import ClientError, ClientTimeout, InputRequired, RequestChannel, StateSigner
+from mcpd.protocol.channel import ClientError, ClientTimeout, RequestChannel, StateSigner
 from mcpd.protocol.errors import (
     HeaderMismatch,
     InternalError,
@@ -198,9 +198,8 @@ class Engine(CatalogMethods):
         # Which tools a caller may see and call (the security layer sets it); None: all.
         self.tool_filter = tool_filter
         # Seconds after which a tool call is cancelled and answered isError (--tool-timeout);
-        # None: never. ``timer`` schedules it (the reactor unless a test sets a Clock).
+        # None: never.
         self.tool_timeout: float | None = None
-        self.timer: Any = None
         # Called with a `CallRecord` after every request (audit trail, metrics).
         self.observers: list[Callable[[CallRecord], None]] = []
         self._clock = time.monotonic
@@ -249,6 +248,8 @@ class Engine(CatalogMethods):
             message = _loads(data)
         except (ValueError, RecursionError):
             # JSON-RPC 2.0 §5.1: -32700, id null; the connection survives.
+            if self.tracer is not None:
+                self._trace("in", exchange, data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
             response = error_response(None, ParseError("Parse error: the message is not valid JSON").to_error())
             self._trace("out", exchange, response)
             return succeed(response)
@@ -303,8 +304,8 @@ class Engine(CatalogMethods):
 
     def _observe(self, response: Any, message: Any, exchange: Exchange, started: float) -> Any:
         """Tell the observers (audit, metrics) how a request went."""
-        if not isinstance(message, dict) or "id" not in message:
-            return response
+        if not isinstance(message, dict) or "id" not in message or "method" not in message:
+            return response  # notifications, and the client's answers to our own requests
         params = message.get("params")
         tool = params.get("name") if message.get("method") == "tools/call" and isinstance(params, dict) else None
         if response is None:
@@ -342,7 +343,7 @@ class Engine(CatalogMethods):
             if "id" in message and ("result" in message or "error" in message):
                 # A response to a server-to-client request (elicitation, sampling, roots).
                 session = exchange.session
-                if session is None or not session.outbound.resolve(message):
+                if session is None or not _valid_id(request_id) or not session.outbound.resolve(message):
                     # JSON-RPC 2.0 §5: a response is never answered; logged once.
                     log.info("Ignoring a response to request {id!r} that was never sent", id=request_id)
                 return succeed(None)
@@ -457,7 +458,8 @@ class Engine(CatalogMethods):
                 session.initialized = True
         elif method == "notifications/cancelled":
             request_id = params.get("requestId") if isinstance(params, dict) else None
-            pending = session.in_flight.pop(request_id, None) if session is not None else None
+            valid = session is not None and _valid_id(request_id)
+            pending = session.in_flight.pop(request_id, None) if valid else None  # type: ignore[union-attr]
             if pending is not None:
                 log.info("Request {id!r} cancelled by the client", id=request_id)
                 pending.cancel()
@@ -631,7 +633,7 @@ class Engine(CatalogMethods):
             return self.tasks.start(request, plan, ctx, ctx.channel, functools.partial(self._run_tool, arguments))
         d = self._run_tool(arguments, ctx)
         if self.tool_timeout is not None:
-            d.addTimeout(self.tool_timeout, self._timer(), onTimeoutCancel=functools.partial(self._timed_out, name))
+            d.addTimeout(self.tool_timeout, self.clock, onTimeoutCancel=functools.partial(self._timed_out, name))
         return d
 
     def _run_tool(self, arguments: dict[str, Any], ctx: ToolContext) -> Deferred[Any]:
@@ -641,13 +643,6 @@ class Engine(CatalogMethods):
 
     def _tasks_list(self, request: Request) -> dict[str, Any]:
         return self.tasks.list(request, self.page_size)
-
-    def _timer(self) -> Any:
-        if self.timer is None:
-            from twisted.internet import reactor
-
-            self.timer = reactor
-        return self.timer
 
     def _timed_out(self, name: str, result: Any, timeout: float) -> Any:
         """--tool-timeout: the call was cancelled (its handler told); the client is told why."""
@@ -668,10 +663,9 @@ class Engine(CatalogMethods):
             return failure
         from mcpd.tools.api import ToolError
 
-        channel = ctx._channel
-        if channel is not None and channel.missing and (failure.check(InputRequired) or channel.modern):
-            # 2026-07-28 basic §Multi Round-Trip Requests: ask, and let the client retry.
-            return channel.input_required_result()
+        asked = self._input_required(failure, ctx)
+        if asked is not failure:
+            return asked  # 2026-07-28 basic §Multi Round-Trip Requests: ask, let the client retry
         if failure.check(MCPError):
             return failure  # a protocol error (say -32021), answered as such
         if failure.check(ToolError, ClientError, ClientTimeout):
