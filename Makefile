@@ -19,7 +19,7 @@ run: setup
 	$(BIN)/twistd -n --pidfile= mcpd $(ARGS)
 
 test-deps: setup
-	tests/install-deps.sh
+	PYTHON=$(BIN)/python tests/install-deps.sh
 
 test: test-deps
 	MCPD_NODE_TOOLS=$(CURDIR)/.ci-tools $(BIN)/trial tests

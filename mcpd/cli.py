@@ -9,7 +9,7 @@ from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
 from mcpd.observe.logging import stderr_default_observer
-from mcpd.tap import Options, build_service
+from mcpd.tap import ListenerService, Options, build_service
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,14 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     globalLogBeginner.beginLoggingTo([stderr_default_observer()], redirectStandardIO=False)
     service = build_service(options.settings, options.packs)
     try:
+        # As twistd does: the whole tree starts before the reactor runs, so a service that
+        # cannot start stops mcpd here (inside the reactor, the failure would only be logged).
         service.privilegedStartService()
+        service.startService()
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 1
-    reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
-    return 0
+    # A listener that failed after start-up (one binding later) stopped the reactor.
+    failed = [child for child in service if isinstance(child, ListenerService) and child.failure is not None]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -113,6 +113,9 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         self.packs = load_packs(self.settings)
         settings = self.settings
+        for flag, path in (("--trace-file", settings.trace_file), ("--logfile", settings.logfile)):
+            if path:
+                _check_appendable(flag, path)
         mcpd_logging.configure(settings.log_format, settings.logfile, settings.stdio)
         if self.parent is not None and (settings.stdio or settings.logfile or settings.log_format != "text"):
             # twistd -n logs to stdout, which belongs to the protocol in stdio mode.
@@ -130,6 +133,15 @@ class Options(usage.Options):
                 load_allowlist(self.settings)
             except SecurityConfigError as e:
                 raise usage.UsageError(str(e)) from None
+
+
+def _check_appendable(flag: str, path: str) -> None:
+    """Stop start-up with one line when a file mcpd will append to cannot be opened."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise usage.UsageError(f"{flag} {path}: cannot write it ({e.strerror})") from None
 
 
 def load_packs(settings: Settings) -> list[ToolPack]:
@@ -234,6 +246,9 @@ class ListenerService(Service):
         self.factory = factory
         self.runtime = runtime
         self.port: Any = None
+        # The listen under way (an endpoint that binds later), and why it failed if it did.
+        self._listen: Deferred[Any] | None = None
+        self.failure: Failure | None = None
 
     def privilegedStartService(self) -> None:
         from twisted.internet import reactor
@@ -242,6 +257,7 @@ class ListenerService(Service):
         d = endpoints.serverFromString(reactor, self.description).listen(self.factory)
         if not d.called:
             # An endpoint that binds later (most bind at once): a failure then stops the daemon.
+            self._listen = d
             d.addCallbacks(self._listening, self._cannot_listen)
             return
         outcome: list[Any] = []
@@ -254,27 +270,34 @@ class ListenerService(Service):
     def _cannot_listen(self, failure: Failure) -> None:
         from twisted.internet import reactor
 
+        self._listen = None
+        if failure.check(CancelledError):
+            return  # stopped before it bound
+        self.failure = failure
         log.critical(
             "Cannot listen on {description}: {why}", description=self.description, why=failure.getErrorMessage()
         )
         reactor.stop()  # type: ignore[attr-defined]
 
     def startService(self) -> None:
-        if self.port is None and not self.running:
+        if self.port is None and self._listen is None and not self.running:
             self.privilegedStartService()
         super().startService()
 
     def _listening(self, port: Any) -> None:
+        self._listen = None
         self.port = port
         address = port.getHost()
         shown = f"http://{_url_host(getattr(address, 'host', '?'))}:{getattr(address, 'port', '?')}/mcp"
-        if "ssl:" in self.description:
+        if is_tls(self.description):
             shown = "https" + shown[4:]
         self.runtime.listeners.append(shown)
         log.info("Serving MCP on {url} ({description})", url=shown, description=self.description)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        if self._listen is not None:
+            self._listen.cancel()
         port, self.port = self.port, None
         return port.stopListening() if port is not None else None
 

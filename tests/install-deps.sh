@@ -40,5 +40,5 @@ if [ "$(cat "$NODE_TOOLS/.installed" 2>/dev/null)" != "$stamp" ]; then
 fi
 
 # The WebSocket tests drive the MCP Python SDK 1.x client from a virtualenv of its own.
-.venv/bin/python -m tests.ws_client_env || echo "test deps: the mcp[ws] client virtualenv could not be created" >&2
+"${PYTHON:-.venv/bin/python}" -m tests.ws_client_env || echo "test deps: the mcp[ws] client virtualenv could not be created" >&2
 exit 0
