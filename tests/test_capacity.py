@@ -91,6 +91,18 @@ class CapTests(CapacityTestCase):
         self.assertEqual(self.factory.open_connections, 0)
         self.assertEqual(self.recorder.callers, [])
 
+    def test_reloaded_allowlist_applies_to_open_connections(self) -> None:
+        self.make(Gate(allowed=AddressList(["10.0.0.0/8"]), insecure_no_auth=True))
+        protocol, transport = self.connect("10.1.2.3")
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 200)
+        # kill -HUP swaps the list; the next request on the same keep-alive connection is refused.
+        self.gate.allowed = AddressList(["192.0.2.0/24"])
+        transport.clear()
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 403)
+        self.assertEqual(len(self.recorder.callers), 1)
+
     def test_alpn_forwarded(self) -> None:
         self.make()
         self.assertTrue(IProtocolNegotiationFactory.providedBy(self.factory))

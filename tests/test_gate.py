@@ -7,11 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
+from mcpd.interfaces import IBucketStore
 from mcpd.observe.audit import AuditTrail
 from mcpd.tools.api import Caller
 from mcpd.web.gate import Gate, guarded_request_factory
@@ -265,6 +268,23 @@ class LimitTests(GateTestCase):
         self.recorder.held[0].finish()
         open_stream(stream)
         self.assertEqual(len(self.recorder.held), 4)
+
+
+@implementer(IBucketStore)
+class FailingStore:
+    """A remote bucket store that is down."""
+
+    def take(self, key: str, capacity: float, rate: float) -> Deferred[float]:
+        return fail(ConnectionError("the bucket store is down"))
+
+
+class RemoteStoreTests(GateTestCase):
+    def test_a_failing_store_is_a_503_not_a_hang(self) -> None:
+        self.make(keys=KEYS, limiter=RateLimiter(RateLimit(3, 60.0), FailingStore()))
+        response = self.fetch({"X-API-Key": "alice-key"})
+        self.assertRefused(response, 503, "try again shortly")
+        self.assertEqual(response.headers["retry-after"], "5")
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
 
 
 class CallerOfTests(SynchronousTestCase):

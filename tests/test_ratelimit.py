@@ -47,8 +47,23 @@ class RateLimiterTests(SynchronousTestCase):
         import mcpd.web.ratelimit as ratelimit
 
         self.patch(ratelimit, "_PRUNE_AT", 3)
+        self.store = ratelimit.MemoryBucketStore(self.clock)
         for name in "abc":
             self.store.take(name, 2.0, 1.0)
         self.clock.advance(10)
         self.store.take("d", 2.0, 1.0)
         self.assertEqual(len(self.store), 1)
+
+    def test_busy_buckets_make_the_next_prune_wait(self) -> None:
+        import mcpd.web.ratelimit as ratelimit
+
+        self.patch(ratelimit, "_PRUNE_AT", 3)
+        self.store = ratelimit.MemoryBucketStore(self.clock)
+        scans: list[int] = []
+        prune = self.store._prune
+        self.patch(self.store, "_prune", lambda *a: (scans.append(len(self.store)), prune(*a)))
+        for name in "abcdefgh":  # all active: nothing can be pruned
+            self.store.take(name, 2.0, 1.0)
+        # A scan at 3 freed nothing; the next waits until the table has doubled (6 buckets).
+        self.assertEqual(scans, [3, 6])
+        self.assertEqual(len(self.store), 8)

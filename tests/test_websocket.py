@@ -116,3 +116,33 @@ class WireTests(SynchronousTestCase):
         [event] = _received(client, transport)
         self.assertIsInstance(event, CloseConnection)
         self.assertTrue(transport.disconnecting)
+
+
+class StreamSlotTests(SynchronousTestCase):
+    """A closed WebSocket gives its stream slot back (the gate counts open streams per key)."""
+
+    def test_the_upgrade_request_hears_the_connection_end(self) -> None:
+        from twisted.internet.address import IPv4Address
+        from twisted.web.server import Site
+
+        from mcpd.transport.websocket import WebSocketEndpoint
+        from mcpd.web.gate import Gate, guarded_request_factory
+
+        gate = Gate(max_streams=1)
+        engine = Engine(ToolRegistry([load_pack("server")]))
+        site = Site(WebSocketEndpoint(engine, WebSocketLimits(1024, None, Clock())))
+        site.requestFactory = guarded_request_factory(gate)
+        for _ in range(3):
+            peer = IPv4Address("TCP", "127.0.0.1", 50000)
+            transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8765), peerAddress=peer)
+            protocol = site.buildProtocol(peer)
+            protocol.makeConnection(transport)
+            client = WSConnection(ConnectionType.CLIENT)
+            protocol.dataReceived(client.send(Request(host="localhost", target="/ws", subprotocols=["mcp"])))
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:80])
+            self.assertEqual(gate.open_streams, {"ip:127.0.0.1": 1})
+            from twisted.internet.error import ConnectionDone
+            from twisted.python.failure import Failure
+
+            protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(gate.open_streams, {})

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
@@ -110,6 +111,10 @@ class WebSocketWire(Protocol):
         self._size = 0
         self._closing = False
         self._pinger: LoopingCall | None = None
+        # Told when the connection ends: the upgrade hand-over leaves the HTTP request that
+        # started it unfinished, so whatever waits on its notifyFinish (the per-key stream
+        # count) learns of the end here.
+        self.on_lost: Callable[[Failure], None] | None = None
 
     def connectionMade(self) -> None:
         self.registry.add(self)
@@ -195,6 +200,9 @@ class WebSocketWire(Protocol):
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         self.mcp.lost()
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost(reason if reason is not None else Failure(ConnectionDone("WebSocket closed")))
 
 
 class WebSocketLimits:
@@ -242,6 +250,7 @@ class WebSocketEndpoint(Resource):
         ws = handshake.connection
         assert ws is not None
         wire = WebSocketWire(ws, lambda send: MCPConnection(self.engine, caller, send), self.limits, self.open)
+        wire.on_lost = request.connectionLost
         # From here on the connection's bytes go to the wire, not to the HTTP parser (the same
         # hand-over twisted.web.websocket makes); the HTTP idle timeout no longer applies.
         channel.setTimeout(None)

@@ -54,6 +54,9 @@ class GuardedConnection(ProtocolWrapper):
     def __init__(self, factory: CapacityFactory, wrapped: Any, peer: str) -> None:
         super().__init__(factory, wrapped)  # type: ignore[arg-type]
         self.peer = peer
+        # The allowlist this connection's peer was checked against when it connected: after
+        # a reload (SIGHUP) the gate checks its requests again.
+        self.checked_with: Any = factory.gate.allowed
         self.deadline: float | None = None
         self._busy = False
         self._waiting_for = "request head"
@@ -183,8 +186,9 @@ class CapacityFactory(WrappingFactory):
     def open_connections(self) -> int:
         return len(self.protocols)
 
-    def doStart(self) -> None:
-        super().doStart()
+    def startFactory(self) -> None:
+        # Once for all the ports this factory serves (doStart runs per port).
+        super().startFactory()
         if self._sweeper is None and (self.head_timeout is not None or self.body_timeout is not None):
             self._sweeper = LoopingCall(self.sweep)
             self._sweeper.clock = self.clock
@@ -192,8 +196,8 @@ class CapacityFactory(WrappingFactory):
                 lambda failure: log.failure("The slow-client sweep failed", failure)
             )
 
-    def doStop(self) -> None:
-        super().doStop()
+    def stopFactory(self) -> None:
+        super().stopFactory()
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None

@@ -19,7 +19,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -175,7 +175,7 @@ class Gate:
         """A `Refusal`, None to serve the request, or a Deferred of either (a remote bucket
         store). ``checked``: the peer already passed `connection_refusal`."""
         lifecycle = self.lifecycle
-        if lifecycle is not None and lifecycle.draining and request.channel._path.partition(b"?")[0] not in PROBE_PATHS:
+        if lifecycle is not None and lifecycle.draining and _route(request) not in PROBE_PATHS:
             return self._audited(request, _DRAINING, "draining", peer, None, None)
         client = peer
         if self.proxies and peer in self.proxies:
@@ -204,7 +204,8 @@ class Gate:
                 close=True,
             )
             return self._audited(request, refusal, "too_large", client, None, None)
-        path, _, query = request.channel._path.partition(b"?")
+        query = request.channel._path.partition(b"?")[2]
+        path = _route(request)
         if path in self.public_paths:
             return None
         admin = path.startswith(ADMIN_PREFIXES)
@@ -405,7 +406,7 @@ class GuardedRequest(server.Request):
         hooks = getattr(connection, "head_complete", None)
         if hooks is not None:
             hooks(length)
-            peer, checked = connection.peer, True
+            peer, checked = connection.peer, connection.checked_with is self.gate.allowed
         else:
             peer, checked = normal_form(getattr(self.client, "host", "") or ""), False
         outcome = self.gate.admit(self, length, peer, checked)
@@ -414,7 +415,7 @@ class GuardedRequest(server.Request):
         elif isinstance(outcome, Deferred):
             super().gotLength(length)
             self._admission = outcome
-            outcome.addCallback(self._admitted)
+            outcome.addCallbacks(self._admitted, self._admission_failed)
         else:
             self._refuse(outcome, length)
 
@@ -422,6 +423,12 @@ class GuardedRequest(server.Request):
         self._admission = None
         if outcome is not None:
             self.refusal = outcome
+
+    def _admission_failed(self, failure: Any) -> None:
+        """A remote store (rate-limit buckets) failed: answer 503 rather than leave the
+        request hanging."""
+        log.failure("Admitting a request failed", failure)
+        self._admitted(Refusal(503, {"error": "Service Unavailable: try again shortly"}, (("Retry-After", "5"),)))
 
     def _refuse(self, refusal: Refusal, length: int | None) -> None:
         self.refusal = refusal
@@ -517,6 +524,15 @@ def _unreadable_header(headers: Any) -> str | None:
         if lowered in _TEXT_HEADERS or lowered.startswith((b"mcp-", b"sec-websocket-")):
             return name.decode("latin-1")
     return None
+
+
+def _route(request: Any) -> bytes:
+    """The path as routing will see it: percent-decoded, repeated slashes merged (so that
+    ``/%6detrics`` or ``//metrics`` cannot slip past a check made on the raw path)."""
+    raw = request.channel._path.partition(b"?")[0]
+    if b"%" not in raw and b"//" not in raw:
+        return raw  # the common case, for free
+    return re.sub(rb"/{2,}", b"/", unquote_to_bytes(raw))
 
 
 def guarded_request_factory(gate: Gate) -> type[GuardedRequest]:

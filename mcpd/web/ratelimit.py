@@ -25,13 +25,17 @@ class MemoryBucketStore:
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self._buckets: dict[str, list[float]] = {}
+        # Prune when the table reaches this size; after a prune that freed little it doubles,
+        # so a crowd of active clients does not make every new one pay a full scan.
+        self._prune_at = _PRUNE_AT
 
     def take(self, key: str, capacity: float, rate: float) -> float:
         now = self.clock.seconds()
         bucket = self._buckets.get(key)
         if bucket is None:
-            if len(self._buckets) >= _PRUNE_AT:
+            if len(self._buckets) >= self._prune_at:
                 self._prune(now, capacity, rate)
+                self._prune_at = max(_PRUNE_AT, 2 * len(self._buckets))
             bucket = self._buckets[key] = [capacity, now]
         tokens = min(capacity, bucket[0] + (now - bucket[1]) * rate)
         bucket[1] = now
