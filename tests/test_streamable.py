@@ -841,6 +841,25 @@ class LegacyStreamTests(HTTPTestCase):
         self.assertEqual(priming.data, "")
         self.assertIsNotNone(priming.retry)
 
+    def test_messages_pushed_before_the_get_stream_are_delivered_on_it(self) -> None:
+        session_id = self.initialize()
+        session = self.server.sessions.get(session_id)
+        assert session is not None
+        session.push({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        stream = self.open("GET", self.session(session_id), accept=SSE_ONLY)
+        events = [event for event in stream.response.events if event.data]
+        self.assertEqual([json.loads(event.data)["method"] for event in events], ["notifications/tools/list_changed"])
+        # Delivered once: a second reader (after the first left) does not get it again.
+        stream.disconnect()
+        again = self.open("GET", self.session(session_id), accept=SSE_ONLY)
+        self.assertEqual([event for event in again.response.events if event.data], [])
+
+    def test_head_is_not_allowed_on_mcp_endpoints(self) -> None:
+        for path in ("/mcp", "/sse", "/messages/", "/ws"):
+            connection = HTTPConnection(self.server.site)
+            connection.send("HEAD", path, {"Accept": "text/event-stream"})
+            self.assertIn(connection.response.status, (404, 405), path)
+
     def test_older_versions_are_not_primed(self) -> None:
         session_id = self.initialize("2025-06-18")
         stream = self.open("GET", self.session(session_id), accept=SSE_ONLY)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -26,6 +25,7 @@ from mcpd.protocol.engine import Engine, Exchange, encode
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.transport.sse import finish_quietly, format_event, start_sse
 from mcpd.web.identity import caller_of
+from mcpd.web.responses import NoHead, json_error
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -69,7 +69,7 @@ class SSESession(Session):
         finish_quietly(self.request)
 
 
-class SSEStreamResource(Resource):
+class SSEStreamResource(NoHead, Resource):
     """``GET /sse``: a new session and its event stream."""
 
     isLeaf = True
@@ -93,10 +93,11 @@ class SSEStreamResource(Resource):
             log.info("SSE session {id} closed", id=session.id)
 
 
-class SSEMessagesResource(Resource):
+class SSEMessagesResource(NoHead, Resource):
     """``POST /messages/?session_id=…``: one client message into a session (202)."""
 
     isLeaf = True
+    allowed_methods = (b"POST",)
 
     def __init__(self, engine: Engine, sessions: SessionStore, max_message_size: int) -> None:
         super().__init__()
@@ -104,34 +105,29 @@ class SSEMessagesResource(Resource):
         self.sessions = sessions
         self.max_message_size = max_message_size
 
-    def render_HEAD(self, request: Request) -> bytes:
-        # twisted.web's default HEAD renders GET (and would open an event stream, or fail where
-        # there is no GET): HEAD means nothing to an MCP endpoint.
-        raise UnsupportedMethod((b"POST",))
-
     def render_POST(self, request: Request) -> bytes:
         args: dict[bytes, list[bytes]] = request.args or {}
         # The Python SDK's servers name it session_id, the TypeScript SDK's sessionId.
         values = args.get(b"session_id") or args.get(b"sessionId")
         if not values:
-            return _plain(request, 400, "Bad Request: session_id is required (from the endpoint event of GET /sse)")
+            return json_error(request, 400, "Bad Request: session_id is required (from the endpoint event of GET /sse)")
         session = self.sessions.get(values[0].decode("latin-1"))
         if isinstance(session, SSESession) and session.caller.name != caller_of(request, TRANSPORT).name:
             # Bound to the key that opened it: anyone else is told it does not exist.
             log.info("Refused SSE session {id} to a caller that did not open it", id=session.id)
             session = None
         if not isinstance(session, SSESession):
-            return _plain(request, 404, "Not Found: no such session; open a new one with GET /sse")
+            return json_error(request, 404, "Not Found: no such session; open a new one with GET /sse")
         body = request.content.read() if request.content is not None else b""
         if len(body) > self.max_message_size:
-            return _plain(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
+            return json_error(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
         exchange = Exchange(peer=session.peer, caller=session.caller, session=session, notify=session.send)
         try:
             message = json.loads(body)
         except (ValueError, RecursionError):
             # As the reference server does: a 400 to the POST. A JSON-RPC parse error (id null)
             # is not a valid message in 2024-11-05, and nothing on the stream could be correlated.
-            return _plain(request, 400, "Bad Request: the body is not a JSON-RPC message (invalid JSON)")
+            return json_error(request, 400, "Bad Request: the body is not a JSON-RPC message (invalid JSON)")
         self.engine.handle(message, exchange).addCallbacks(session.reply, _failed)
         request.setResponseCode(202)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -142,7 +138,3 @@ def _failed(failure: Failure) -> None:
     log.failure("Serving an SSE session message failed", failure)
 
 
-def _plain(request: Request, status: int, message: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps({"error": message}).encode()

@@ -81,7 +81,7 @@ def keep_alive(request: Request, interval: float, clock: IReactorTime | None = N
         if call.running:
             call.stop()
 
-    call.start(interval, now=False)
+    call.start(interval, now=False).addErrback(lambda failure: log.failure("SSE keep-alive stopped", failure))
     request.notifyFinish().addBoth(stop)
     return call
 
@@ -110,6 +110,9 @@ class EventStream:
         self._seq = 0
         self._events: deque[tuple[int, bytes]] = deque(maxlen=replay_limit)
         self._request: Request | None = None
+        # The last event written to a reader: a later reader gets what came after it (the
+        # standalone GET stream collects messages before the client opens it).
+        self._delivered = 0
         self.finished = False
 
     def event_id(self, seq: int) -> str:
@@ -131,10 +134,11 @@ class EventStream:
         if prime and after is None:
             # 2025-11-25 transports §Sending Messages: prime with an id and empty data.
             request.write(format_event(b"", self.event_id(0), retry_ms=self.retry_ms))
-        if after is not None:
-            for seq, frame in self._events:
-                if seq > after:
-                    request.write(frame)
+        start = after if after is not None else self._delivered
+        for seq, frame in self._events:
+            if seq > start:
+                request.write(frame)
+        self._delivered = self._seq
         if self.finished:
             self._finish_request()
 
@@ -145,6 +149,7 @@ class EventStream:
         self._events.append((self._seq, frame))
         if self._request is not None:
             self._request.write(frame)
+            self._delivered = self._seq
 
     def close(self) -> None:
         """No more events: end the response (a resuming client still gets the replay)."""

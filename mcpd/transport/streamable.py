@@ -19,10 +19,8 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -33,6 +31,7 @@ from mcpd.protocol.versions import LEGACY_VERSIONS
 from mcpd.tools.api import Caller
 from mcpd.transport.sse import EventStream, finish_quietly, parse_event_id, start_sse
 from mcpd.web.identity import caller_of
+from mcpd.web.responses import NoHead, json_error
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -85,10 +84,11 @@ class HTTPSession(Session):
             stream.close()
 
 
-class StreamableHTTP(Resource):
+class StreamableHTTP(NoHead, Resource):
     """The MCP endpoint resource."""
 
     isLeaf = True
+    allowed_methods = (b"GET", b"POST", b"DELETE")
 
     def __init__(self, engine: Engine, sessions: SessionStore, max_message_size: int, replay_limit: int = 256) -> None:
         super().__init__()
@@ -100,22 +100,17 @@ class StreamableHTTP(Resource):
 
     # -- POST -----------------------------------------------------------------------------------
 
-    def render_HEAD(self, request: Request) -> bytes:
-        # twisted.web's default HEAD renders GET (and would open an event stream, or fail where
-        # there is no GET): HEAD means nothing to an MCP endpoint.
-        raise UnsupportedMethod((b"GET", b"POST", b"DELETE"))
-
     def render_POST(self, request: Request) -> bytes | int:
         accept = request.getHeader("accept") or "*/*"
         accepts_sse = "text/event-stream" in accept
         if not (accepts_sse or "application/json" in accept or "*/*" in accept or "application/*" in accept):
-            return _plain(request, 406, "Not Acceptable: send Accept: application/json, text/event-stream")
+            return json_error(request, 406, "Not Acceptable: send Accept: application/json, text/event-stream")
         content_type = request.getHeader("content-type")
         if content_type is not None and "json" not in content_type:
-            return _plain(request, 415, "Unsupported Media Type: POST a JSON-RPC message as application/json")
+            return json_error(request, 415, "Unsupported Media Type: POST a JSON-RPC message as application/json")
         body = request.content.read() if request.content is not None else b""
         if len(body) > self.max_message_size:
-            return _plain(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
+            return json_error(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
         version = request.getHeader("mcp-protocol-version")
         caller = caller_of(request, "http")
         if version is not None and version not in LEGACY_VERSIONS:
@@ -134,10 +129,7 @@ class StreamableHTTP(Resource):
     ) -> bytes | int:
         session_id = request.getHeader(_SESSION_HEADER)
         if session_id is None:
-            try:
-                message = _loads(body)
-            except (ValueError, RecursionError):
-                message = None
+            message = _loads_or_none(body)
             if not (isinstance(message, dict) and message.get("method") == "initialize"):
                 exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller)
                 if message is None:
@@ -181,7 +173,6 @@ class StreamableHTTP(Resource):
             result: list[Any] = []
             d.addBoth(result.append)
             return reply.immediate(result[0])
-        reply.pending = d
         d.addCallbacks(reply.complete, reply.failed)
         if modern:
             # 2026-07-28 transports: closing the response stream cancels the request.
@@ -195,10 +186,10 @@ class StreamableHTTP(Resource):
             return _method_not_allowed(request)
         accept = request.getHeader("accept") or ""
         if "text/event-stream" not in accept:
-            return _plain(request, 406, "Not Acceptable: GET opens an SSE stream; send Accept: text/event-stream")
+            return json_error(request, 406, "Not Acceptable: GET opens an SSE stream; send Accept: text/event-stream")
         session_id = request.getHeader(_SESSION_HEADER)
         if session_id is None:
-            return _plain(request, 400, "Bad Request: GET needs the Mcp-Session-Id header from initialize")
+            return json_error(request, 400, "Bad Request: GET needs the Mcp-Session-Id header from initialize")
         session = self._session(request, session_id)
         if not isinstance(session, HTTPSession):
             return session
@@ -206,7 +197,7 @@ class StreamableHTTP(Resource):
         if last_event_id is not None:
             return self._resume(request, session, last_event_id)
         if session.standalone is not None and session.standalone.attached:
-            return _plain(request, 409, "Conflict: this session already has an open GET stream")
+            return json_error(request, 409, "Conflict: this session already has an open GET stream")
         if session.standalone is None:
             session.standalone = session.new_stream()
         start_sse(request)
@@ -218,7 +209,7 @@ class StreamableHTTP(Resource):
         parsed = parse_event_id(last_event_id)
         stream = session.streams.get(parsed[0]) if parsed is not None else None
         if stream is None or parsed is None:
-            return _plain(request, 404, "Not Found: no stream of this session has that Last-Event-ID")
+            return json_error(request, 404, "Not Found: no stream of this session has that Last-Event-ID")
         start_sse(request)
         stream.attach(request, after=parsed[1])
         return NOT_DONE_YET
@@ -228,7 +219,7 @@ class StreamableHTTP(Resource):
             return _method_not_allowed(request)
         session_id = request.getHeader(_SESSION_HEADER)
         if session_id is None:
-            return _plain(request, 400, "Bad Request: DELETE needs the Mcp-Session-Id header")
+            return json_error(request, 400, "Bad Request: DELETE needs the Mcp-Session-Id header")
         session = self._session(request, session_id)
         if not isinstance(session, HTTPSession):
             return session
@@ -282,7 +273,6 @@ class _Reply:
         self.modern = modern
         self.new_session = new_session
         self.stream: EventStream | None = None
-        self.pending: Deferred[Any] | None = None
 
     def notify(self, message: dict[str, Any]) -> None:
         """A notification about this request: switches the response to SSE."""
@@ -370,16 +360,10 @@ def _json(request: Request, status: int, body: bytes) -> bytes:
     return body
 
 
-def _plain(request: Request, status: int, message: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps({"error": message}).encode()
-
-
 def _method_not_allowed(request: Request) -> bytes:
     # 2026-07-28 transports §Streamable HTTP: the stateless era is POST only.
     request.setHeader(b"allow", b"POST")
-    return _plain(request, 405, "Method Not Allowed: protocol 2026-07-28 uses POST only")
+    return json_error(request, 405, "Method Not Allowed: protocol 2026-07-28 uses POST only")
 
 
 class HeaderView(Mapping[str, str]):
@@ -422,11 +406,6 @@ def _loads_or_none(body: bytes) -> Any:
         return _loads(body)
     except (ValueError, RecursionError):
         return None
-
-
-def _peer(request: Request) -> str:
-    address = request.getClientAddress()
-    return getattr(address, "host", "") or str(address)
 
 
 def _id_of(message: Any) -> Any:

@@ -44,6 +44,7 @@ from mcpd.protocol.engine import Engine, Exchange, encode
 from mcpd.protocol.session import Session
 from mcpd.tools.api import Caller
 from mcpd.web.identity import caller_of
+from mcpd.web.responses import NoHead, json_error
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -121,7 +122,9 @@ class WebSocketWire(Protocol):
         if self.limits.ping_interval:
             self._pinger = LoopingCall(self._ping)
             self._pinger.clock = self.limits.clock
-            self._pinger.start(self.limits.ping_interval, now=False)
+            self._pinger.start(self.limits.ping_interval, now=False).addErrback(
+                lambda failure: log.failure("WebSocket pings stopped", failure)
+            )
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -219,7 +222,7 @@ class WebSocketLimits:
         self.clock = clock
 
 
-class WebSocketEndpoint(Resource):
+class WebSocketEndpoint(NoHead, Resource):
     """``GET /ws`` with ``Upgrade: websocket`` and subprotocol ``mcp``: the handshake, then the
     connection is handed from twisted.web to a `WebSocketWire`."""
 
@@ -274,11 +277,7 @@ def _offered(headers: list[tuple[bytes, bytes]]) -> set[str]:
 
 
 def _refuse(request: Request, status: int, message: str) -> bytes:
-    import json
-
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps({"error": f"Bad Request: {message}"}).encode()
+    return json_error(request, status, f"Bad Request: {message}")
 
 
 def websocket_resource(engine: Engine, max_message_size: int, ping_interval: float | None = None) -> WebSocketEndpoint:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -13,6 +12,8 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+
+from mcpd.web.responses import json_error
 
 log = Logger(namespace="mcpd.policy")
 
@@ -124,6 +125,4 @@ class OriginGuard(Resource):
 
     def _forbidden(self, request: Request, why: str) -> bytes:
         log.info("Refused {method} from {peer}: {why}", method=request.method, peer=request.getClientAddress(), why=why)
-        request.setResponseCode(403)
-        request.setHeader("content-type", "application/json")
-        return json.dumps({"error": f"Forbidden: {why}"}).encode()
+        return json_error(request, 403, f"Forbidden: {why}")
