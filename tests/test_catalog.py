@@ -93,6 +93,8 @@ class ResourceTests(SynchronousTestCase):
     def test_template_matching(self) -> None:
         self.assertEqual(template_pattern("a://{x}/b").match("a://1/b").groupdict(), {"x": "1"})  # type: ignore[union-attr]
         self.assertIsNone(template_pattern("a://{x}/b").match("a://1/2/b"))
+        for bad in ("x://{a.b}", "x://{1}"):
+            self.assertRaises(ValueError, template_pattern, bad)
         self.assertEqual(template_pattern("f://{+path}").match("f://a/b").groupdict(), {"path": "a/b"})  # type: ignore[union-attr]
         template = ResourceTemplate("t://{a}/{b}", "t", lambda *_: "")
         self.assertEqual(template.variables, ("a", "b"))

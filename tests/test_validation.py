@@ -128,6 +128,8 @@ class HeaderParameterTests(SynchronousTestCase):
         self.assertTrue(shard.matches("42.0", 42))
         self.assertFalse(shard.matches("43", 42))
         self.assertFalse(shard.matches("x", 42))
+        # Beyond the JavaScript-safe range: no header can carry it (and float() would overflow).
+        self.assertFalse(shard.matches("1", 10**400))
         flag = HeaderParameter(("flag",), "mcp-param-flag", "boolean")
         self.assertTrue(flag.matches("true", True))
         self.assertFalse(flag.matches("True", True))

@@ -368,11 +368,8 @@ class TaskManager:
 
     def _create(self, request: Request, plan: TaskPlan) -> Task:
         now = self.clock.seconds()
+        owner = self._owner(request)
         session = request.exchange.session
-        if plan.modern:
-            owner = f"caller:{request.exchange.caller.name}"
-        else:
-            owner = f"session:{session.id}" if session is not None else "none"
         task = Task(
             # SEP-2663 §Security: task ids are unguessable.
             task_id=secrets.token_urlsafe(18),

@@ -132,7 +132,7 @@ class Tool:
     task_start: str = attrs.field(default="call", validator=attrs.validators.in_(("call", "handler")))
     _input_validator: ArgumentValidator = attrs.field(init=False, repr=False, eq=False)
     header_parameters: tuple[HeaderParameter, ...] = attrs.field(init=False, repr=False, eq=False)
-    _output_validator: Draft202012Validator | None = attrs.field(init=False, repr=False, eq=False)
+    _output_validator: ArgumentValidator | None = attrs.field(init=False, repr=False, eq=False)
     _descriptor: dict[str, Any] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -142,7 +142,7 @@ class Tool:
         set_(
             self,
             "_output_validator",
-            Draft202012Validator(self.output_schema) if self.output_schema is not None else None,
+            ArgumentValidator(self.output_schema) if self.output_schema is not None else None,
         )
         descriptor: dict[str, Any] = {"name": self.name}
         if self.title is not None:
@@ -170,7 +170,7 @@ class Tool:
         """What is wrong with a handler's structured output against the output schema."""
         if self._output_validator is None:
             return []
-        return [error.message for error in self._output_validator.iter_errors(structured)]
+        return self._output_validator.problems(structured)
 
 
 class RequestContext:

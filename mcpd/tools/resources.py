@@ -114,6 +114,10 @@ def template_pattern(template: str) -> re.Pattern[str]:
     for found in _VARIABLE.finditer(template):
         parts.append(re.escape(template[position : found.start()]))
         reserved, name = found.groups()
+        if not name.isidentifier():
+            # RFC 6570 also allows names like ``a.b`` or ``1``; mcpd hands variables to handlers
+            # by name, so it takes identifiers only, and says so when the pack is declared.
+            raise ValueError(f"URI template {template!r}: variable {name!r} must be a name like user_id")
         parts.append(f"(?P<{name}>{'.+' if reserved else '[^/?#&]+'})")
         position = found.end()
     parts.append(re.escape(template[position:]))

@@ -56,9 +56,6 @@ def info(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_HINTS = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
-
-
 @pack.tool(
     "server.tools",
     title="List tools with annotations",
@@ -108,7 +105,7 @@ def tools(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
     filters = {"readOnlyHint": arguments.get("read_only"), "destructiveHint": arguments.get("destructive")}
     rows = []
     for tool in registry.tools:
-        annotations = tool.annotations.to_json() if tool.annotations else {}
+        annotations = tool.descriptor.get("annotations", {})  # built once, when declared
         pack_name = registry.pack_of(tool.name)
         if match is not None and match not in tool.name:
             continue
@@ -127,7 +124,7 @@ def tools(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
             "name": tool.name,
             "pack": pack_name,
             "description": tool.description,
-            "annotations": {key: annotations[key] for key in annotations if key in _HINTS or key == "title"},
+            "annotations": annotations,
             "blocking": tool.blocking,
         }
         if tool.title is not None:

@@ -79,7 +79,9 @@ def fast_check(schema: Mapping[str, Any]) -> Check | None:
         checks[name] = check
     required_names = tuple(required)
 
-    def accepts(arguments: dict[str, Any]) -> bool:
+    def accepts(arguments: Any) -> bool:
+        if not isinstance(arguments, dict):
+            return False  # structured output may be any JSON value: jsonschema decides
         for name in required_names:
             if name not in arguments:
                 return False
@@ -102,7 +104,7 @@ class ArgumentValidator:
         self._validator = Draft202012Validator(schema)
         self._fast = fast_check(schema)
 
-    def problems(self, arguments: dict[str, Any]) -> list[str]:
+    def problems(self, arguments: Any) -> list[str]:
         """What is wrong with ``arguments``, worded for a model; empty when they are valid."""
         if self._fast is not None and self._fast(arguments):
             return []
@@ -145,8 +147,10 @@ class HeaderParameter:
             return header_value == ("true" if value is True else "false" if value is False else object())
         if self.type == "integer" and isinstance(value, (int, float)):
             # The spec's SHOULD: compare integers numerically ("42.0" equals 42).
+            if abs(value) > _JS_SAFE:
+                return False  # beyond what the spec lets a header carry (and float() overflows)
             try:
-                return float(header_value) == float(value) and abs(value) <= _JS_SAFE
+                return float(header_value) == float(value)
             except ValueError:
                 return False
         return header_value == str(value)

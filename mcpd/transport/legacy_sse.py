@@ -136,5 +136,3 @@ class SSEMessagesResource(NoHead, Resource):
 
 def _failed(failure: Failure) -> None:
     log.failure("Serving an SSE session message failed", failure)
-
-
