@@ -119,7 +119,9 @@ class ModernTaskTests(ClockedTestCase):
         ack = self.peer.result("tasks/cancel", {"taskId": task_id}, meta=WITH_TASKS)
         self.assertEqual(ack, {"resultType": "complete"})
         self.assertEqual(self.get(task_id)["status"], "cancelled")
-        self.assertEqual(self.clock.getDelayedCalls(), [])  # the sleep was cancelled too
+        # The sleep was cancelled too; what is left is the task's own TTL timer.
+        expiry = self.e.tasks.store.get(task_id).expiry  # type: ignore[union-attr]
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c is not expiry], [])
         # Idempotent on a finished task; an unknown task is -32602.
         self.assertEqual(self.peer.result("tasks/cancel", {"taskId": task_id}, meta=WITH_TASKS), ack)
         unknown = self.peer.request("tasks/cancel", {"taskId": "nope"}, meta=WITH_TASKS)
@@ -186,6 +188,18 @@ class ModernTaskTests(ClockedTestCase):
         self.assertEqual(self.get(task_id)["ttlMs"], 2000)
         self.clock.advance(1)
         self.assertEqual(error_code(self.peer.request("tasks/get", {"taskId": task_id}, meta=WITH_TASKS)), -32602)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_ttl_ends_a_task_nobody_asks_about(self) -> None:
+        self.e.tasks.ttl_ms = 2000
+        task_id = self.call("slow_compute", {"seconds": 60})["taskId"]
+        task = self.e.tasks.store.get(task_id)
+        assert task is not None
+        self.clock.advance(2)
+        # No request came in: the timer alone stopped the work and dropped the task.
+        self.assertEqual(task.status, "cancelled")
+        self.assertIsNone(self.e.tasks.store.get(task_id))
+        self.assertEqual(self.e.tasks.running, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_status_notifications_on_a_listen_stream(self) -> None:
