@@ -77,6 +77,26 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual(checks.last, results)
         self.flushLoggedErrors(RuntimeError)
 
+    def test_probes_that_arrive_together_share_one_run(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        runs: list[Deferred[CheckResult]] = []
+
+        def slow() -> Deferred[CheckResult]:
+            d: Deferred[CheckResult] = Deferred()
+            runs.append(d)
+            return d
+
+        checks = HealthChecks([Check("pool", slow)])
+        first, second = checks.run(), checks.run()
+        self.assertEqual(len(runs), 1)
+        runs[0].callback(CheckResult("pool", OK, 0.01))
+        self.assertEqual([r.status for r in self.successResultOf(first)], [OK])
+        self.assertEqual([r.status for r in self.successResultOf(second)], [OK])
+        # The next probe, after that run ended, starts a new one.
+        checks.run()
+        self.assertEqual(len(runs), 2)
+
     def test_service_runs_periodically(self) -> None:
         runs: list[int] = []
         checks = HealthChecks([Check("x", lambda: runs.append(1) or CheckResult("x", OK, 0.0))])

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorThreads, IReactorTime
@@ -98,10 +99,28 @@ class HealthChecks:
     def __init__(self, checks: Sequence[Check] = ()) -> None:
         self.checks = list(checks)
         self.last: list[CheckResult] = []
+        # Callers waiting on the run under way: /health is open to anyone, so probes that
+        # arrive together share one run (one trip through the thread pool), not one each.
+        self._waiting: list[Deferred[list[CheckResult]]] | None = None
 
     def run(self) -> Deferred[list[CheckResult]]:
-        """Run every check; a check that raises is reported down."""
-        return gatherResults([self._one(check) for check in self.checks]).addCallback(self._keep)
+        """Run every check (or join the run under way); a check that raises is reported down."""
+        d: Deferred[list[CheckResult]] = Deferred()
+        if self._waiting is not None:
+            self._waiting.append(d)
+            return d
+        self._waiting = [d]
+        gathered = gatherResults([self._one(check) for check in self.checks]).addCallback(self._keep)
+        gathered.addBoth(self._answer)
+        return d
+
+    def _answer(self, outcome: Any) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        for d in waiting:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(list(outcome))
 
     def _one(self, check: Check) -> Deferred[CheckResult]:
         started = time.monotonic()
