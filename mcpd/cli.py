@@ -8,7 +8,7 @@ import sys
 from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
-from mcpd.observe.logging import stderr_default_observer
+from mcpd.observe.logging import observer
 from mcpd.tap import ListenerService, Options, build_service
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
 
     # Logs go to stderr (or --logfile), never stdout: it belongs to MCP in --stdio mode.
-    globalLogBeginner.beginLoggingTo([stderr_default_observer()], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([observer(sys.__stderr__)], redirectStandardIO=False)
     service = build_service(options.settings, options.packs)
     try:
         # As twistd does: the whole tree starts before the reactor runs, so a service that

@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.observe import logging as mcpd_logging
-from mcpd.observe.logging import Fields, FlushingObserver, json_line
+from mcpd.observe.logging import Fields, file_observer, json_line
 
 
 class JSONLineTests(SynchronousTestCase):
@@ -57,7 +57,7 @@ class JSONLineTests(SynchronousTestCase):
 class ObserverTests(SynchronousTestCase):
     def test_json_observer_writes_lines(self) -> None:
         stream = io.StringIO()
-        observer = FlushingObserver(stream, "json")
+        observer = file_observer(stream, "json")
         log = Logger(namespace="mcpd.test", observer=observer)
         log.info("served {tool}", tool="echo")
         data = json.loads(stream.getvalue())
@@ -65,7 +65,7 @@ class ObserverTests(SynchronousTestCase):
 
     def test_text_observer(self) -> None:
         stream = io.StringIO()
-        log = Logger(namespace="mcpd.test", observer=FlushingObserver(stream, "text"))
+        log = Logger(namespace="mcpd.test", observer=file_observer(stream, "text"))
         log.info("served {tool}", tool="echo")
         self.assertIn("[mcpd.test#info] served echo", stream.getvalue())
 
@@ -74,7 +74,7 @@ class ObserverTests(SynchronousTestCase):
         self.addCleanup(mcpd_logging.configure, "text", None, False)
         mcpd_logging.configure("json", path, True)
         observer = mcpd_logging.observer()
-        self.addCleanup(observer.stream.close)
+        self.addCleanup(observer._outFile.close)
         Logger(namespace="mcpd.test", observer=observer).info("hello")
         with open(path, encoding="utf-8") as f:
             self.assertEqual(json.loads(f.read())["message"], "hello")

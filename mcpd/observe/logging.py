@@ -16,13 +16,7 @@ import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
-from twisted.logger import (
-    FileLogObserver,
-    ILogObserver,
-    formatEvent,
-    formatEventAsClassicLogText,
-)
-from zope.interface import implementer
+from twisted.logger import FileLogObserver, formatEvent, textFileLogObserver
 
 FORMATS = ("text", "json")
 # Keys of legacy (twisted.python.log) events and of the logger's own bookkeeping.
@@ -80,22 +74,12 @@ def json_line(event: Mapping[str, Any]) -> str:
     return _dumps(line) + "\n"
 
 
-def text_line(event: Mapping[str, Any]) -> str | None:
-    """Twisted's classic text form (what ``twistd`` writes)."""
-    return formatEventAsClassicLogText(dict(event))
-
-
-@implementer(ILogObserver)
-class FlushingObserver:
-    """A file observer that flushes after every event, so nothing is lost at exit."""
-
-    def __init__(self, stream: IO[str], log_format: str = "text") -> None:
-        self.stream = stream
-        self._observer = FileLogObserver(stream, json_line if log_format == "json" else text_line)
-
-    def __call__(self, event: Mapping[str, Any]) -> None:
-        self._observer(event)  # type: ignore[arg-type]
-        self.stream.flush()
+def file_observer(stream: IO[str], log_format: str = "text") -> FileLogObserver:
+    """An observer writing ``log_format`` lines to ``stream`` (flushed after every event by
+    Twisted's `FileLogObserver`, so nothing is lost at exit)."""
+    if log_format == "json":
+        return FileLogObserver(stream, json_line)
+    return textFileLogObserver(stream)
 
 
 class LogSettings:
@@ -105,9 +89,12 @@ class LogSettings:
     logfile: str | None = None
     stdio = False
 
-    def stream(self) -> IO[str]:
+    def stream(self, default: IO[str] | None = None) -> IO[str]:
+        """The log file, else ``default``, else stderr in stdio mode and stdout otherwise."""
         if self.logfile:
             return open(self.logfile, "a", encoding="utf-8")  # noqa: SIM115 -- open for the process's life
+        if default is not None:
+            return default
         return sys.__stderr__ if self.stdio else sys.__stdout__  # type: ignore[return-value]
 
 
@@ -121,12 +108,7 @@ def configure(log_format: str, logfile: str | None, stdio: bool) -> None:
     configured.stdio = stdio
 
 
-def observer() -> FlushingObserver:
-    """twistd's ``--logger``: an observer as configured."""
-    return FlushingObserver(configured.stream(), configured.log_format)
-
-
-def stderr_default_observer() -> FlushingObserver:
-    """For the ``mcpd`` command: as configured, but stderr rather than stdout by default."""
-    stream = configured.stream() if configured.logfile else sys.__stderr__
-    return FlushingObserver(stream, configured.log_format)  # type: ignore[arg-type]
+def observer(default: IO[str] | None = None) -> FileLogObserver:
+    """An observer as configured: twistd's ``--logger`` (stdout by default, as twistd does), or
+    the ``mcpd`` command's with ``default=sys.__stderr__``."""
+    return file_observer(configured.stream(default), configured.log_format)
