@@ -106,7 +106,9 @@ class TacFileTests(DaemonTestMixin, TestCase):
         port = free_port()
         trace = self.workdir / "tac.trace.jsonl"
         config = self.workdir / "mcpd.env"
-        config.write_text(f"# as /etc/mcpd/mcpd.env would say\nPORT={port}\nTRACE_FILE={trace}\n", encoding="utf-8")
+        config.write_text(
+            f"# as /etc/mcpd/mcpd.env would say\nPORT={port}\nTRACE_FILE={trace}\nLOG_FORMAT=json\n", encoding="utf-8"
+        )
         env = {**os.environ, "MCPD_CONFIG": str(config), "TOOLSETS": "server"}
         for name in ("PORT", "HOST", "LISTEN", "TRACE_FILE", "TOOL_PACKS"):
             env.pop(name, None)
@@ -136,6 +138,10 @@ class TacFileTests(DaemonTestMixin, TestCase):
             self.assertIn("streamable-http", info["transports"])
             self.assertEqual(info["toolsets"], ["server"])
             self.assertTrue(Path(trace).exists())
+            # LOG_FORMAT from the config file reached twistd's log: JSON lines.
+            lines = (self.workdir / "tac.log").read_text(encoding="utf-8").splitlines()
+            messages = [json.loads(line)["message"] for line in lines if line.startswith("{")]
+            self.assertTrue(any("Serving MCP on" in message for message in messages), lines[:5])
 
         return deferToThread(serve).addCallback(check)
 
