@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
+import threading
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -166,18 +168,49 @@ def load_packs(settings: Settings) -> list[ToolPack]:
 
 
 class ThreadPoolService(Service):
-    """The thread pool that runs blocking tool handlers, stopped (joined) on shutdown."""
+    """The thread pool that runs blocking tool handlers.
 
-    def __init__(self, pool: ThreadPool) -> None:
+    On shutdown its threads are joined off the reactor thread, for at most ``grace`` seconds:
+    a handler that ignores cancellation (a plain blocking call) cannot hold the daemon up
+    forever. The workers are daemon threads, so one still busy does not keep the process alive.
+    """
+
+    def __init__(self, pool: ThreadPool, grace: float = 5.0, clock: Any = None) -> None:
         self.pool = pool
+        self.grace = grace
+        self.clock = clock
+        pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
 
     def startService(self) -> None:
         super().startService()
         self.pool.start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.pool.stop()
+        clock = self.clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        joiner = threading.Thread(target=self.pool.stop, name="mcpd-tools-join", daemon=True)
+        joiner.start()
+        deadline = clock.seconds() + self.grace
+
+        done: Deferred[None] = Deferred()
+
+        def poll() -> None:
+            if joiner.is_alive() and clock.seconds() < deadline:
+                clock.callLater(0.05, poll)
+                return
+            if joiner.is_alive():
+                busy = sum(1 for thread in self.pool.threads if thread.is_alive())
+                log.warn(
+                    "{busy} tool thread(s) still busy after {grace}s; stopping without them",
+                    busy=busy,
+                    grace=self.grace,
+                )
+            done.callback(None)
+
+        clock.callLater(0, poll)
+        return done
 
 
 class HeapFreezeService(Service):

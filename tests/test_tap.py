@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -65,3 +66,49 @@ class ListenerServiceTests(SynchronousTestCase):
         self.service.stopService()
         self.assertIsNone(self.service.failure)
         self.assertTrue(self.endpoint.listens[0].called)
+
+
+class ThreadPoolServiceTests(SynchronousTestCase):
+    def test_a_stuck_tool_thread_does_not_hold_shutdown(self) -> None:
+        import threading
+
+        from twisted.internet.task import Clock
+        from twisted.python.threadpool import ThreadPool
+
+        clock = Clock()
+        pool = ThreadPool(minthreads=0, maxthreads=2, name="test-tools")
+        service = tap.ThreadPoolService(pool, grace=1.0, clock=clock)
+        service.startService()
+        release = threading.Event()
+        started = threading.Event()
+
+        def stuck() -> None:
+            started.set()
+            release.wait(10)  # a handler that ignores cancellation
+
+        pool.callInThread(stuck)
+        self.assertTrue(started.wait(5))
+        self.assertTrue(all(thread.daemon for thread in pool.threads))
+        d = service.stopService()
+        clock.advance(0)
+        self.assertNoResult(d)
+        clock.pump([0.05] * 25)  # past the grace period
+        self.successResultOf(d)
+        release.set()
+
+    def test_idle_pool_stops_at_once(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.python.threadpool import ThreadPool
+
+        clock = Clock()
+        pool = ThreadPool(minthreads=1, maxthreads=2, name="test-tools")
+        service = tap.ThreadPoolService(pool, grace=1.0, clock=clock)
+        service.startService()
+        d = service.stopService()
+        for _ in range(500):  # the joiner thread finishes quickly, in real time
+            clock.advance(0.001)
+            if d.called:
+                break
+            time.sleep(0.01)
+        self.successResultOf(d)
+        self.assertTrue(pool.joined)
