@@ -121,8 +121,10 @@ class Peer:
         *,
         session: bool = True,
         modern: bool = False,
+        caller: Caller | None = None,
     ) -> None:
         self.case = case
+        self.caller = caller or Caller(name="tester", transport="memory")
         self.engine = engine
         self.session = Session() if session else None
         self.modern = modern
@@ -132,7 +134,7 @@ class Peer:
     def exchange(self, headers: dict[str, str] | None = None) -> Exchange:
         return Exchange(
             peer="test",
-            caller=Caller(name="tester", transport="memory"),
+            caller=self.caller,
             session=self.session,
             notify=self.notes.append,
             headers=headers,

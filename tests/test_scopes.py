@@ -60,3 +60,46 @@ class ScopeTests(SynchronousTestCase):
     def test_no_scopes_nothing(self) -> None:
         self.assertEqual(self.allowed(), set())
         self.assertEqual(self.allowed("unknown"), set())
+
+
+class EntryScopeTests(SynchronousTestCase):
+    """Resources, templates and prompts of the admin packs are hidden from other keys, in lists
+    and when asked for by name, exactly as an unknown one would be."""
+
+    def setUp(self) -> None:
+        from mcpd.protocol.engine import Engine
+        from mcpd.tools.pack import load_pack
+        from tests.test_engine import Peer
+
+        notes = ToolPack("notes", "A pack anyone may read.")
+
+        @notes.resource("notes://today", name="today")
+        def today(ctx: Any, uri: str) -> str:
+            return "nothing planned"
+
+        registry = ToolRegistry([load_pack("server"), notes])
+        self.engine = Engine(registry)
+        policy = ScopePolicy(registry)
+        self.engine.tool_filter = policy
+        self.engine.entry_filter = policy.allows_entry
+        self.peer_for = lambda *scopes: Peer(self, self.engine, modern=True, caller=Caller("k", frozenset(scopes)))
+
+    def test_a_read_key_sees_only_other_packs(self) -> None:
+        from mcpd.protocol.errors import INVALID_PARAMS
+
+        peer = self.peer_for(READ)
+        listed = peer.result("resources/list")
+        self.assertEqual([r["uri"] for r in listed["resources"]], ["notes://today"])
+        self.assertEqual(listed["cacheScope"], "private")
+        self.assertEqual(peer.result("prompts/list")["prompts"], [])
+        self.assertEqual(peer.request("resources/read", {"uri": "mcpd://server/info"})["error"]["code"], INVALID_PARAMS)
+        self.assertEqual(peer.request("prompts/get", {"name": "server.tour"})["error"]["code"], INVALID_PARAMS)
+        self.assertEqual(
+            peer.result("resources/read", {"uri": "notes://today"})["contents"][0]["text"], "nothing planned"
+        )
+
+    def test_an_admin_key_sees_everything(self) -> None:
+        peer = self.peer_for(ADMIN)
+        uris = [r["uri"] for r in peer.result("resources/list")["resources"]]
+        self.assertEqual(sorted(uris), ["mcpd://server/info", "notes://today"])
+        self.assertEqual([p["name"] for p in peer.result("prompts/list")["prompts"]], ["server.tour"])

@@ -18,7 +18,7 @@ from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
 from mcpd.protocol.channel import LOG_LEVELS, InputRequired, RequestChannel
 from mcpd.protocol.errors import InvalidParams, InvalidRequest, MCPError, MissingClientCapability
 from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager
-from mcpd.tools.api import RequestContext
+from mcpd.tools.api import Caller, RequestContext
 from mcpd.tools.pack import paginate
 from mcpd.tools.prompts import prompt_result
 from mcpd.tools.resources import ResourceTemplate, completion_values, resource_contents
@@ -41,6 +41,7 @@ class CatalogMethods:
     page_size: int
     list_ttl_ms: int
     changes: ChangeFeed
+    entry_filter: Callable[[Caller, Any], bool] | None
     _channel: Callable[[Request], RequestChannel]
 
     # -- helpers --------------------------------------------------------------------------------
@@ -61,8 +62,20 @@ class CatalogMethods:
         if request.modern:
             # 2026-07-28 server/resources, server/prompts §Caching: lists carry ttlMs and cacheScope.
             result["ttlMs"] = self.list_ttl_ms
-            result["cacheScope"] = "public"
+            result["cacheScope"] = "public" if self.entry_filter is None else "private"
         return result
+
+    def _visible(self, request: Request, entries: Any) -> list[Any]:
+        """The resources, templates or prompts the caller's scopes let it see."""
+        allowed = self.entry_filter
+        if allowed is None:
+            return list(entries)
+        caller = request.exchange.caller
+        return [entry for entry in entries if allowed(caller, entry)]
+
+    def _hidden(self, request: Request, entry: Any) -> bool:
+        """A resource, template or prompt this caller may not see: answered as unknown."""
+        return self.entry_filter is not None and not self.entry_filter(request.exchange.caller, entry)
 
     def _context(self, request: Request) -> RequestContext:
         ctx = RequestContext(request_id=request.id, caller=request.exchange.caller, runtime=self.runtime)
@@ -92,16 +105,20 @@ class CatalogMethods:
     # -- resources ------------------------------------------------------------------------------
 
     def _resources_list(self, request: Request) -> dict[str, Any]:
-        return self._list_result(request, "resources", list(self.registry.resources.values()), lambda r: r.uri)
+        resources = self._visible(request, self.registry.resources.values())
+        return self._list_result(request, "resources", resources, lambda r: r.uri)
 
     def _resource_templates_list(self, request: Request) -> dict[str, Any]:
-        return self._list_result(request, "resourceTemplates", self.registry.templates, lambda t: t.uri_template)
+        templates = self._visible(request, self.registry.templates)
+        return self._list_result(request, "resourceTemplates", templates, lambda t: t.uri_template)
 
     def _resources_read(self, request: Request) -> Deferred[Any]:
         uri = request.params.get("uri")
         if not isinstance(uri, str):
             raise InvalidParams("Invalid params: resources/read needs a string uri")
         found = self.registry.find_resource(uri)
+        if found is not None and self._hidden(request, found[0]):
+            found = None
         if found is None:
             # SEP-2164 (2026-07-28 server/resources §Error Handling): an unknown resource is
             # -32602 with the uri in data; mcpd answers so in every version.
@@ -149,7 +166,8 @@ class CatalogMethods:
     # -- prompts --------------------------------------------------------------------------------
 
     def _prompts_list(self, request: Request) -> dict[str, Any]:
-        return self._list_result(request, "prompts", list(self.registry.prompts.values()), lambda p: p.name)
+        prompts = self._visible(request, self.registry.prompts.values())
+        return self._list_result(request, "prompts", prompts, lambda p: p.name)
 
     def _prompts_get(self, request: Request) -> Deferred[Any]:
         params = request.params
@@ -157,6 +175,8 @@ class CatalogMethods:
         if not isinstance(name, str):
             raise InvalidParams("Invalid params: prompts/get needs a string name")
         prompt = self.registry.prompts.get(name)
+        if prompt is not None and self._hidden(request, prompt):
+            prompt = None
         if prompt is None:
             # 2025-11-25 server/prompts §Error Handling: invalid prompt name → -32602.
             raise InvalidParams(f"Unknown prompt: {name}. Call prompts/list to see the available prompts.")
@@ -199,7 +219,7 @@ class CatalogMethods:
             if not isinstance(prompt_name, str):
                 raise InvalidParams("Invalid params: ref.name must be a string")
             prompt = self.registry.prompts.get(prompt_name)
-            if prompt is None:
+            if prompt is None or self._hidden(request, prompt):
                 raise InvalidParams(f"Unknown prompt: {ref.get('name')}")
             declared = prompt.argument(name)
             if declared is None:
@@ -208,8 +228,11 @@ class CatalogMethods:
         elif ref.get("type") == "ref/resource":
             uri = ref.get("uri")
             template = self.registry.template(uri) if isinstance(uri, str) else None
+            if template is not None and self._hidden(request, template):
+                template = None
             if template is None:
-                if isinstance(uri, str) and uri in self.registry.resources:
+                fixed = self.registry.resources.get(uri) if isinstance(uri, str) else None
+                if fixed is not None and not self._hidden(request, fixed):
                     return _completed([])  # a fixed URI has no variables to complete
                 raise InvalidParams(f"Unknown resource template: {uri}")
             if name not in template.variables:

@@ -197,6 +197,8 @@ class Engine(CatalogMethods):
         self.tasks.changes = self.changes
         # Which tools a caller may see and call (the security layer sets it); None: all.
         self.tool_filter = tool_filter
+        # Which resources, templates and prompts a caller may see (likewise); None: all.
+        self.entry_filter: Callable[[Caller, Any], bool] | None = None
         # Seconds after which a tool call is cancelled and answered isError (--tool-timeout);
         # None: never.
         self.tool_timeout: float | None = None

@@ -176,6 +176,8 @@ class ToolRegistry:
         self.resources: dict[str, Resource] = {}
         self.templates: list[ResourceTemplate] = []
         self.prompts: dict[str, Prompt] = {}
+        # The pack of every resource, template and prompt (by identity), for scope checks.
+        self._entry_pack: dict[int, str] = {}
         for pack in packs:
             self.add_pack(pack)
 
@@ -189,6 +191,8 @@ class ToolRegistry:
             self._tools[tool.name] = tool
             self._pack_of[tool.name] = pack.name
         self._ordered = [self._tools[name] for name in sorted(self._tools)]
+        for entry in (*pack.resources, *pack.templates, *pack.prompts):
+            self._entry_pack[id(entry)] = pack.name
         for resource in pack.resources:
             if resource.uri in self.resources:
                 raise PackLoadError(f"resource {resource.uri!r} of pack {pack.name!r} is declared twice")
@@ -200,6 +204,10 @@ class ToolRegistry:
                 raise PackLoadError(f"prompt {prompt.name!r} of pack {pack.name!r} is declared twice")
             self.prompts[prompt.name] = prompt
         self.prompts = dict(sorted(self.prompts.items()))
+
+    def entry_pack(self, entry: Any) -> str | None:
+        """The pack that declared a resource, template or prompt."""
+        return self._entry_pack.get(id(entry))
 
     def find_resource(self, uri: str) -> tuple[Resource | ResourceTemplate, dict[str, str] | None] | None:
         """The resource at ``uri``, or the first template matching it with its variables."""

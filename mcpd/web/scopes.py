@@ -42,6 +42,13 @@ class ScopePolicy:
     def __init__(self, registry: ToolRegistry) -> None:
         self.registry = registry
 
+    def allows_entry(self, caller: Caller, entry: object) -> bool:
+        """Whether a caller may see a resource, template or prompt: any key may, but those of
+        the admin packs (server introspection) need ``admin`` or the pack's name."""
+        pack = self.registry.entry_pack(entry)
+        scopes = caller.scopes
+        return pack not in ADMIN_PACKS or ADMIN in scopes or pack in scopes
+
     def __call__(self, caller: Caller, tool: Tool) -> bool:
         scopes = caller.scopes
         if ADMIN in scopes or tool.name in scopes:

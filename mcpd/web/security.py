@@ -104,7 +104,9 @@ class Security:
     def attach(self, engine: Engine, registry: ToolRegistry) -> None:
         """Scopes filter the engine's tools when keys are configured; every call is audited."""
         if self.keyed:
-            engine.tool_filter = ScopePolicy(registry)
+            policy = ScopePolicy(registry)
+            engine.tool_filter = policy
+            engine.entry_filter = policy.allows_entry
         engine.observers.append(self.audit.observe)
 
     def protect(self, site: Any) -> CapacityFactory:
