@@ -11,14 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
 from mcpd.protocol.channel import LOG_LEVELS, InputRequired, RequestChannel
 from mcpd.protocol.errors import InvalidParams, InvalidRequest, MCPError, MissingClientCapability
 from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager
-from mcpd.tools.api import Caller, RequestContext
+from mcpd.tools.api import Caller, RequestContext, run_handler
 from mcpd.tools.pack import paginate
 from mcpd.tools.prompts import prompt_result
 from mcpd.tools.resources import ResourceTemplate, completion_values, resource_contents
@@ -85,13 +84,7 @@ class CatalogMethods:
         return ctx
 
     def _run(self, blocking: bool, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        if blocking:
-            if self.thread_pool is None:
-                raise RuntimeError("a blocking handler needs the thread pool")
-            from twisted.internet import reactor
-
-            return deferToThreadPool(reactor, self.thread_pool, handler, *args)  # type: ignore[arg-type]
-        return maybeDeferred(handler, *args)
+        return run_handler(blocking, self.thread_pool, handler, *args)
 
     @staticmethod
     def _input_required(failure: Failure, ctx: RequestContext) -> Any:

@@ -309,12 +309,10 @@ class ToolContext(RequestContext):
         channel: Any = None,
         open_channel: Callable[[], Any] | None = None,
     ) -> None:
+        super().__init__(
+            request_id=request_id, caller=caller, runtime=runtime, channel=channel, open_channel=open_channel
+        )
         self.tool = tool
-        self.request_id = request_id
-        self.caller = caller
-        self.runtime = runtime
-        self._channel = channel
-        self._open_channel = open_channel
         self._progress_sink = progress_sink
         self._cancelled = False
         # Set when the call runs as a task (mcpd.protocol.tasks); the hook starts one.
@@ -374,12 +372,7 @@ class ToolContext(RequestContext):
         sink = self._progress_sink
         if sink is None or self.cancelled:
             return
-        if isInIOThread():
-            sink(progress, total, message)
-        else:
-            from twisted.internet import reactor
-
-            reactor.callFromThread(sink, progress, total, message)  # type: ignore[attr-defined]
+        _on_reactor(sink, progress, total, message)
 
 
 def _text_block(value: Any) -> dict[str, Any]:
@@ -419,20 +412,25 @@ def error_result(message: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": message}], "isError": True}
 
 
+def run_handler(blocking: bool, pool: ThreadPool | None, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """Run a pack's handler (tool, resource reader, prompt): on the reactor, or in ``pool`` when
+    it is declared blocking."""
+    if not blocking:
+        return maybeDeferred(handler, *args)
+    if pool is None:
+        raise RuntimeError(f"{getattr(handler, '__name__', 'a handler')} is blocking but no thread pool is running")
+    from twisted.internet import reactor
+
+    return deferToThreadPool(reactor, pool, handler, *args)  # type: ignore[arg-type]
+
+
 def invoke(tool: Tool, ctx: ToolContext, arguments: dict[str, Any], pool: ThreadPool | None) -> Deferred[Any]:
     """Run ``tool``'s handler: on the reactor, or in ``pool`` when the tool is blocking.
 
     The Deferred fires with the handler's raw value; cancelling it marks ``ctx`` cancelled so a
     thread-pool handler that polls `ToolContext.cancelled` stops its work.
     """
-    if tool.blocking:
-        if pool is None:
-            raise RuntimeError(f"tool {tool.name} is blocking but no thread pool is running")
-        from twisted.internet import reactor
-
-        inner = deferToThreadPool(reactor, pool, tool.handler, ctx, arguments)  # type: ignore[arg-type]
-    else:
-        inner = maybeDeferred(tool.handler, ctx, arguments)
+    inner = run_handler(tool.blocking, pool, tool.handler, ctx, arguments)
 
     def cancel(_outer: Deferred[Any]) -> None:
         ctx.mark_cancelled()
