@@ -25,21 +25,49 @@ if TYPE_CHECKING:
 log = Logger(namespace="mcpd.audit")
 
 
+def entry(
+    when: float,
+    *,
+    key: str | None,
+    peer: str,
+    transport: str,
+    method: str | None,
+    tool: str | None,
+    outcome: str,
+    duration: float,
+    request_id: Any,
+    x_request_id: str | None,
+) -> dict[str, Any]:
+    """One audit record, the only place its fields are laid out."""
+    return {
+        "time": round(when, 6),
+        "key": key,
+        "peer": peer,
+        "transport": transport,
+        "method": method,
+        "tool": tool,
+        "outcome": outcome,
+        "duration": round(duration, 6),
+        "request_id": request_id,
+        "x_request_id": x_request_id,
+    }
+
+
 def call_entry(when: float, call: CallRecord) -> dict[str, Any]:
     """The audit record of an engine `CallRecord`."""
     caller = call.caller
-    return {
-        "time": round(when, 6),
-        "key": caller.name if caller.name != "anonymous" or caller.scopes else None,
-        "peer": caller.peer,
-        "transport": caller.transport,
-        "method": call.method,
-        "tool": call.tool,
-        "outcome": call.outcome,
-        "duration": round(call.duration, 6),
-        "request_id": call.request_id,
-        "x_request_id": caller.x_request_id,
-    }
+    return entry(
+        when,
+        key=caller.name if caller.name != "anonymous" or caller.scopes else None,
+        peer=caller.peer,
+        transport=caller.transport,
+        method=call.method,
+        tool=call.tool,
+        outcome=call.outcome,
+        duration=call.duration,
+        request_id=call.request_id,
+        x_request_id=caller.x_request_id,
+    )
 
 
 class AuditTrail:
@@ -80,24 +108,24 @@ class AuditTrail:
         x_request_id: str | None = None,
     ) -> dict[str, Any]:
         """Add one record (a refusal, say) and log it as a JSON line."""
-        entry: dict[str, Any] = {
-            "time": round(self.clock(), 6),
-            "key": key,
-            "peer": peer,
-            "transport": transport,
-            "method": method,
-            "tool": tool,
-            "outcome": outcome,
-            "duration": round(duration, 6),
-            "request_id": request_id,
-            "x_request_id": x_request_id,
-        }
+        record = entry(
+            self.clock(),
+            key=key,
+            peer=peer,
+            transport=transport,
+            method=method,
+            tool=tool,
+            outcome=outcome,
+            duration=duration,
+            request_id=request_id,
+            x_request_id=x_request_id,
+        )
         if detail is not None:
-            entry["detail"] = detail
-        self._records.append(entry)
+            record["detail"] = detail
+        self._records.append(record)
         if self.emit:
-            log.info("audit {audit}", audit=Fields(entry))
-        return entry
+            log.info("audit {audit}", audit=Fields(record))
+        return record
 
     def observe(self, call: CallRecord) -> None:
         """An `Engine` observer: audits every tool call and every denied request."""

@@ -70,8 +70,6 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
-TASK_SUPPORT = ("forbidden", "optional", "required")
-TASK_START = ("call", "handler")
 
 # 2026-07-28 (SEP-2663) §Capability Negotiation: the error names the extension it needs.
 NEEDS_TASKS: dict[str, Any] = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}

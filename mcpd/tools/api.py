@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 # 2025-11-25 server/tools §Tool names: 1-128 characters of A-Z a-z 0-9 _ - .
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 EMPTY_OBJECT_SCHEMA: Mapping[str, Any] = {"type": "object", "properties": {}}
+# Tool options for tasks (mcpd.protocol.tasks): whether calls may be tasks, and when one starts.
+TASK_SUPPORT = ("forbidden", "optional", "required")
+TASK_START = ("call", "handler")
 
 Handler = Callable[["ToolContext", dict[str, Any]], Any]
 ProgressSink = Callable[[float, "float | None", "str | None"], None]
@@ -124,12 +127,10 @@ class Tool:
     blocking: bool = False
     # Whether calls may run as tasks the client polls (mcpd.protocol.tasks): forbidden,
     # optional or required (2025-11-25 server/tools §execution.taskSupport).
-    task_support: str = attrs.field(
-        default="forbidden", validator=attrs.validators.in_(("forbidden", "optional", "required"))
-    )
+    task_support: str = attrs.field(default="forbidden", validator=attrs.validators.in_(TASK_SUPPORT))
     # When a task call becomes a task: as it arrives ("call"), or when the handler calls
     # ``ctx.start_task()`` after gathering input by multi-round trip ("handler").
-    task_start: str = attrs.field(default="call", validator=attrs.validators.in_(("call", "handler")))
+    task_start: str = attrs.field(default="call", validator=attrs.validators.in_(TASK_START))
     _input_validator: ArgumentValidator = attrs.field(init=False, repr=False, eq=False)
     header_parameters: tuple[HeaderParameter, ...] = attrs.field(init=False, repr=False, eq=False)
     _output_validator: ArgumentValidator | None = attrs.field(init=False, repr=False, eq=False)

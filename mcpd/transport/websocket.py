@@ -140,7 +140,7 @@ class WebSocketWire(Protocol):
 
     def _event(self, event: Any) -> None:
         if isinstance(event, TextMessage):
-            self._size += len(event.data)
+            self._size += len(event.data.encode("utf-8"))  # the limit is in bytes, not characters
             if self._size > self.limits.max_message_size:
                 self._close(MESSAGE_TOO_BIG, f"messages are limited to {self.limits.max_message_size} bytes")
                 return
