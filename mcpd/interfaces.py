@@ -33,8 +33,9 @@ class ITaskStore(Interface):
     """
 
     def add(task: Any, now: float) -> list[Any]:
-        """Keep a new task (the time is ``now``); returns the tasks dropped because their TTL
-        had passed. Raises `mcpd.protocol.tasks.TaskStoreFull` when there is no room."""
+        """Keep a new task (the time is ``now``); returns the tasks it dropped: those whose TTL
+        had passed, and a finished one that made room. Raises
+        `mcpd.protocol.tasks.TaskStoreFull` when there is no room."""
 
     def get(task_id: str) -> Any:
         """The task with this id, or None."""

@@ -34,6 +34,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _percent(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100:
+        raise ValueError(f"must be a percentage from 1 to 100, not {value}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -260,7 +267,23 @@ KNOBS: tuple[Knob, ...] = (
         "MAX_STREAMS_PER_KEY",
         _positive_int,
         16,
-        "Open SSE streams and WebSockets allowed per API key (per address without keys); the next gets 429.",
+        "Long-lived streams allowed per API key (per address without keys): SSE GET streams, /sse, WebSockets, "
+        "subscriptions/listen (over HTTP, WebSocket or stdio) and SSE responses; the next gets 429.",
+    ),
+    Knob(
+        "max_sessions",
+        "MAX_SESSIONS",
+        _positive_int,
+        10_000,
+        "Sessions held at once (Streamable HTTP Mcp-Session-Id, /sse, WebSocket); a new one over it gets 503.",
+    ),
+    Knob(
+        "share_per_key",
+        "SHARE_PER_KEY",
+        _percent,
+        25,
+        "Percent of each server-wide budget (connections, sessions, tasks, subscriptions, SSE replay buffers) "
+        "one API key may hold (one address without keys); over it, 429.",
     ),
     Knob(
         "header_timeout",
@@ -366,6 +389,8 @@ class Settings:
     max_connections: int = 1000
     max_connections_per_ip: int | None = None
     max_streams_per_key: int = 16
+    max_sessions: int = 10_000
+    share_per_key: int = 25
     header_timeout: float = 10.0
     request_timeout: float = 30.0
     tool_timeout: float | None = None

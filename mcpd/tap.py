@@ -23,7 +23,9 @@ from mcpd.lifecycle import DrainService, Lifecycle, OrderedMultiService, Readine
 from mcpd.observe import logging as mcpd_logging
 from mcpd.observe.health import HealthService
 from mcpd.protocol.engine import Engine
+from mcpd.protocol.ledger import CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, TASK, Ledger, Limit, share
 from mcpd.protocol.session import SessionStore
+from mcpd.protocol.tasks import TASK_CAPACITY
 from mcpd.protocol.trace import Tracer
 from mcpd.runtime import Runtime
 from mcpd.settings import KNOBS, SettingError, Settings, read_env_file, resolve
@@ -40,6 +42,11 @@ from mcpd.web.security import ReloadService, Security, SecurityConfigError, load
 from mcpd.web.site import make_site
 
 log = Logger(namespace="mcpd")
+
+# Resource subscriptions held at once (resources/subscribe and subscriptions/listen URIs).
+MAX_SUBSCRIPTIONS = 10_000
+# Bytes of SSE events kept for Last-Event-ID replay, over every session.
+REPLAY_BUDGET = 256 * 1024 * 1024
 
 
 def _show(value: Any) -> str:
@@ -376,6 +383,7 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     _named(ThreadPoolService(pool), "thread-pool").setServiceParent(root)
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
     state_key = settings.state_key.encode("utf-8") if settings.state_key is not None else None
+    ledger = build_ledger(settings)
     engine = Engine(
         registry,
         runtime=runtime,
@@ -384,6 +392,7 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
         tracer=tracer,
         client_timeout=settings.client_timeout,
         state_key=state_key,
+        ledger=ledger,
     )
     engine.tool_timeout = settings.tool_timeout
     if state_key is None:
@@ -398,12 +407,12 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
         _named(StdioService(engine, settings.max_message_size), "stdio").setServiceParent(root)
         ReadinessService(lifecycle, reactor).setServiceParent(root)
         return root
-    sessions = SessionStore(reactor, settings.session_timeout)
+    sessions = SessionStore(reactor, settings.session_timeout, ledger)
     _named(SessionService(sessions), "sessions").setServiceParent(root)
     runtime.transports.append("streamable-http")
     resource = StreamableHTTP(engine, sessions, settings.max_message_size, settings.sse_replay)
     # Legacy HTTP+SSE sessions live in a store of their own: ids never cross transports.
-    sse_sessions = SessionStore(reactor, settings.session_timeout)
+    sse_sessions = SessionStore(reactor, settings.session_timeout, ledger)
     _named(SessionService(sse_sessions), "sse-sessions").setServiceParent(root)
     runtime.transports += ["legacy-sse", "websocket"]
     websockets = websocket_resource(engine, settings.max_message_size, settings.sse_keepalive)
@@ -419,7 +428,7 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     site = make_site(OriginGuard(resource), runtime, transports, settings.sse_keepalive, monitor)
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
     # body size, rate and stream limits) and per connection (caps, slow clients).
-    security = Security(settings, reactor, lifecycle=lifecycle)
+    security = Security(settings, reactor, lifecycle=lifecycle, ledger=ledger)
     security.attach(engine, registry)
     _named(ReloadService(security, reactor), "reload").setServiceParent(root)
     guarded = security.protect(site)
@@ -452,6 +461,27 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     ReadinessService(lifecycle, reactor).setServiceParent(root)
     security.warn_about([d for d in settings.http_endpoints() if beyond_loopback(d)])
     return root
+
+
+def build_ledger(settings: Settings) -> Ledger:
+    """The budgets every account is held to (`mcpd.protocol.ledger`): the server-wide caps, and
+    ``--share-per-key`` percent of each for one key (one address without keys). stdio serves
+    one client: only its streams and subscriptions are bounded."""
+    percent = settings.share_per_key
+    if settings.stdio:
+        percent = 100
+    limits = {
+        STREAM: Limit(per_account=settings.max_streams_per_key),
+        SUBSCRIPTION: Limit(MAX_SUBSCRIPTIONS, share(MAX_SUBSCRIPTIONS, percent)),
+        # The task store enforces its own capacity; the ledger the shares of it.
+        TASK: Limit(per_account=share(TASK_CAPACITY, percent)),
+    }
+    if not settings.stdio:
+        limits[SESSION] = Limit(settings.max_sessions, share(settings.max_sessions, percent))
+        # The capacity factory enforces --max-connections itself; the ledger the shares of it.
+        limits[CONNECTION] = Limit(per_account=share(settings.max_connections, percent))
+        limits[REPLAY] = Limit(REPLAY_BUDGET, share(REPLAY_BUDGET, percent))
+    return Ledger(limits)
 
 
 def _named(service: Any, name: str) -> Any:

@@ -12,10 +12,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
+from mcpd.protocol.ledger import CONNECTION, Ledger, Limit
 from mcpd.web.capacity import REFUSAL_GRACE, CapacityFactory
 from mcpd.web.gate import Gate, guarded_request_factory
 from mcpd.web.network import AddressList
-from tests.test_gate import Recorder
+from tests.test_gate import KEYS, Recorder
 from tests.test_streamable import parse_response
 
 REQUEST = b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}"
@@ -107,6 +108,59 @@ class CapTests(CapacityTestCase):
         self.make()
         self.assertTrue(IProtocolNegotiationFactory.providedBy(self.factory))
         self.assertIn(b"http/1.1", self.factory.acceptableProtocols())
+
+
+class ShareTests(CapacityTestCase):
+    """One key may hold only its share of the connections, so that others still get in."""
+
+    def setUp(self) -> None:
+        self.ledger = Ledger({CONNECTION: Limit(per_account=2)})
+        self.make(Gate(keys=KEYS), max_connections=4, ledger=self.ledger)
+
+    def request(self, key: str) -> bytes:
+        return REQUEST.replace(b"Host:", f"X-API-Key: {key}\r\nHost:".encode())
+
+    def test_a_key_over_its_share_is_refused_429_and_closed(self) -> None:
+        held = []
+        for _ in range(2):
+            protocol, transport = self.connect()
+            protocol.dataReceived(self.request("alice-key"))  # type: ignore[attr-defined]
+            self.assertEqual(parse_response(transport.value()).status, 200)
+            held.append(protocol)
+        self.assertEqual(self.ledger.held("key:alice", CONNECTION), 2)
+        # More requests on a connection alice already holds are not counted again.
+        transport.clear()
+        protocol.dataReceived(self.request("alice-key"))  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 200)
+        protocol, transport = self.connect()
+        protocol.dataReceived(self.request("alice-key"))  # type: ignore[attr-defined]
+        response = parse_response(transport.value())
+        self.assertEqual(response.status, 429)
+        self.assertEqual(response.headers["retry-after"], "5")
+        body = json.loads(response.body)
+        self.assertIn("this API key holds 2 of at most 2", body["error"])
+        self.assertIn("close idle connections", body["error"])
+        self.assertTrue(transport.disconnecting)
+        # The admin still gets in: the budget is not alice's to fill.
+        protocol, transport = self.connect()
+        protocol.dataReceived(self.request("root-key"))  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 200)
+        # A closed connection gives its place back.
+        held[0].connectionLost(None)  # type: ignore[attr-defined]
+        self.assertEqual(self.ledger.held("key:alice", CONNECTION), 1)
+
+    def test_a_connection_moves_to_the_key_of_its_last_request(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(self.request("alice-key"))  # type: ignore[attr-defined]
+        protocol.dataReceived(self.request("root-key"))  # type: ignore[attr-defined]
+        self.assertEqual(self.ledger.held("key:alice", CONNECTION), 0)
+        self.assertEqual(self.ledger.held("key:root", CONNECTION), 1)
+
+    def test_ending_the_account_closes_its_connections(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(self.request("alice-key"))  # type: ignore[attr-defined]
+        self.assertEqual(self.ledger.end_accounts(["key:alice"], "the API key was revoked"), 1)
+        self.assertTrue(transport.disconnecting)
 
 
 class SlowClientTests(CapacityTestCase):

@@ -119,30 +119,71 @@ class WireTests(SynchronousTestCase):
 
 
 class StreamSlotTests(SynchronousTestCase):
-    """A closed WebSocket gives its stream slot back (the gate counts open streams per key)."""
+    """A WebSocket is a session and a stream of its caller's: counted in the ledger while it is
+    open, refused over the share, closed when its account is ended, rescoped on reload."""
 
-    def test_the_upgrade_request_hears_the_connection_end(self) -> None:
-        from twisted.internet.address import IPv4Address
+    def setUp(self) -> None:
         from twisted.web.server import Site
 
+        from mcpd.protocol.ledger import SESSION, STREAM, Ledger, Limit
         from mcpd.transport.websocket import WebSocketEndpoint
         from mcpd.web.gate import Gate, guarded_request_factory
 
-        gate = Gate(max_streams=1)
-        engine = Engine(ToolRegistry([load_pack("server")]))
-        site = Site(WebSocketEndpoint(engine, WebSocketLimits(1024, None, Clock())))
-        site.requestFactory = guarded_request_factory(gate)
-        for _ in range(3):
-            peer = IPv4Address("TCP", "127.0.0.1", 50000)
-            transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8765), peerAddress=peer)
-            protocol = site.buildProtocol(peer)
-            protocol.makeConnection(transport)
-            client = WSConnection(ConnectionType.CLIENT)
-            protocol.dataReceived(client.send(Request(host="localhost", target="/ws", subprotocols=["mcp"])))
-            self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:80])
-            self.assertEqual(gate.open_streams, {"ip:127.0.0.1": 1})
-            from twisted.internet.error import ConnectionDone
-            from twisted.python.failure import Failure
+        self.ledger = Ledger({STREAM: Limit(per_account=1), SESSION: Limit(10, 10)})
+        self.engine = Engine(ToolRegistry([load_pack("server")]), ledger=self.ledger)
+        self.endpoint = WebSocketEndpoint(self.engine, WebSocketLimits(1024, None, Clock()))
+        self.site = Site(self.endpoint)
+        self.site.requestFactory = guarded_request_factory(Gate())
+        self.kinds = (STREAM, SESSION)
 
+    def upgrade(self) -> tuple[Any, StringTransport, WSConnection]:
+        from twisted.internet.address import IPv4Address
+
+        peer = IPv4Address("TCP", "127.0.0.1", 50000)
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8765), peerAddress=peer)
+        protocol = self.site.buildProtocol(peer)
+        protocol.makeConnection(transport)
+        client = WSConnection(ConnectionType.CLIENT)
+        protocol.dataReceived(client.send(Request(host="localhost", target="/ws", subprotocols=["mcp"])))
+        return protocol, transport, client
+
+    def held(self) -> list[int]:
+        return [self.ledger.held("ip:127.0.0.1", kind) for kind in self.kinds]
+
+    def test_counted_while_open_and_given_back(self) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        for _ in range(3):
+            protocol, transport, _client = self.upgrade()
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"), transport.value()[:80])
+            self.assertEqual(self.held(), [1, 1])
             protocol.connectionLost(Failure(ConnectionDone()))
-            self.assertEqual(gate.open_streams, {})
+            self.assertEqual(self.held(), [0, 0])
+
+    def test_over_the_share_refused_429(self) -> None:
+        self.upgrade()
+        _protocol, transport, _client = self.upgrade()
+        response = transport.value()
+        self.assertTrue(response.startswith(b"HTTP/1.1 429"), response[:80])
+        self.assertIn(b"Retry-After: 5", response)
+        self.assertIn(b"Too many streams", response)
+        self.assertEqual(self.held(), [1, 1])
+        self.assertEqual(len(self.endpoint.open), 1)
+
+    def test_ended_account_closes_1008(self) -> None:
+        _protocol, transport, client = self.upgrade()
+        client.receive_data(transport.value())
+        list(client.events())
+        transport.clear()
+        self.assertEqual(self.ledger.end_accounts(["ip:127.0.0.1"], "the API key was revoked"), 1)
+        [event] = _received(client, transport)
+        self.assertIsInstance(event, CloseConnection)
+        self.assertEqual((event.code, event.reason), (1008, "the API key was revoked"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_rescoped_connection_serves_later_messages_with_the_new_scopes(self) -> None:
+        self.upgrade()
+        [wire] = self.endpoint.open
+        self.ledger.rescope("ip:127.0.0.1", frozenset({"read"}), True)
+        self.assertEqual(wire.mcp.caller.scopes, frozenset({"read"}))

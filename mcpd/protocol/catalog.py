@@ -15,7 +15,8 @@ from twisted.python.failure import Failure
 
 from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
 from mcpd.protocol.channel import LOG_LEVELS, InputRequired, RequestChannel
-from mcpd.protocol.errors import InvalidParams, InvalidRequest, MCPError, MissingClientCapability
+from mcpd.protocol.errors import InvalidParams, InvalidRequest, LimitExceeded, MCPError, MissingClientCapability
+from mcpd.protocol.ledger import STREAM, SUBSCRIPTION, Claim, Ledger
 from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager
 from mcpd.tools.api import Caller, RequestContext, run_handler
 from mcpd.tools.pack import paginate
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from mcpd.tools.pack import ToolRegistry
 
 
+# The longest resource URI a client may subscribe to (bounds what a subscription holds).
+MAX_URI_LENGTH = 8192
+
+
 class CatalogMethods:
     """resources/*, prompts/*, completion/complete, logging/setLevel, subscriptions/listen."""
 
@@ -40,6 +45,7 @@ class CatalogMethods:
     page_size: int
     list_ttl_ms: int
     changes: ChangeFeed
+    ledger: Ledger
     entry_filter: Callable[[Caller, Any], bool] | None
     _channel: Callable[[Request], RequestChannel]
 
@@ -139,12 +145,19 @@ class CatalogMethods:
 
     def _resources_subscribe(self, request: Request) -> dict[str, Any]:
         uri = self._subscription_uri(request)
-        request.exchange.session.subscriptions.add(uri)  # type: ignore[union-attr]
+        session = request.exchange.session
+        assert session is not None  # checked by _subscription_uri
+        if uri not in session.subscriptions:
+            caller = request.exchange.caller
+            # Counted against the caller's share of subscriptions (LimitExceeded over it).
+            session.subscriptions[uri] = self.ledger.claim(caller.account, SUBSCRIPTION, peer=caller.peer)
         return {}
 
     def _resources_unsubscribe(self, request: Request) -> dict[str, Any]:
         uri = self._subscription_uri(request)
-        request.exchange.session.subscriptions.discard(uri)  # type: ignore[union-attr]
+        claim = request.exchange.session.subscriptions.pop(uri, None)  # type: ignore[union-attr]
+        if claim is not None:
+            claim.release()
         return {}
 
     def _subscription_uri(self, request: Request) -> str:
@@ -154,7 +167,18 @@ class CatalogMethods:
             raise InvalidParams("Invalid params: needs a string uri")
         if request.exchange.session is None:
             raise InvalidRequest("Invalid request: subscriptions need a session")
+        self._check_subscribable(request, [uri])
         return uri
+
+    def _check_subscribable(self, request: Request, uris: list[str]) -> None:
+        """URIs a caller may follow: of bounded length, and not a resource its scopes hide
+        (whose updates would tell it what it may not see)."""
+        for uri in uris:
+            if len(uri) > MAX_URI_LENGTH:
+                raise InvalidParams(f"Invalid params: resource URIs are limited to {MAX_URI_LENGTH} characters")
+            found = self.registry.find_resource(uri) if self.entry_filter is not None else None
+            if found is not None and self._hidden(request, found[0]):
+                raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
 
     # -- prompts --------------------------------------------------------------------------------
 
@@ -266,6 +290,8 @@ class CatalogMethods:
         uris = wanted.get("resourceSubscriptions", [])
         if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
             raise InvalidParams("Invalid params: resourceSubscriptions must be a list of URIs")
+        uris = list(dict.fromkeys(uris))
+        self._check_subscribable(request, uris)
         kinds = frozenset(kind for kind, flag in FILTER_FOR_KIND.items() if wanted.get(flag) is True)
         honoured: dict[str, Any] = {FILTER_FOR_KIND[kind]: True for kind in sorted(kinds)}
         if uris:
@@ -275,20 +301,43 @@ class CatalogMethods:
             honoured["taskIds"] = task_ids
         listener = Listener(str(request.id), kinds, frozenset(uris), send, request.version, frozenset(task_ids))
         exchange = request.exchange
+        # Never fires: the stream lasts until the client goes (the transport cancels it) or
+        # the server ends it (`end_subscriptions`, a revoked key); either way the listener leaves.
+        d: Deferred[Any] = Deferred()
+        claims = self._claim_listen(exchange, uris, d)
         ack = listener.tagged("notifications/subscriptions/acknowledged", {"notifications": honoured})
         self._trace("out", exchange, ack)  # type: ignore[attr-defined]
         send(ack)
         self.changes.listen(listener)
-        # Never fires: the stream lasts until the client goes (the transport cancels it) or
-        # the server ends it (`end_subscriptions`); either way the listener leaves.
-        d: Deferred[Any] = Deferred()
         listener.request = d
 
         def end(failure: Failure) -> Any:
             self.changes.leave(listener)
+            for claim in claims:
+                claim.release()
             return failure
 
         return d.addErrback(end)
+
+    def _claim_listen(self, exchange: Any, uris: list[str], d: Deferred[Any]) -> list[Claim]:
+        """A listen is a stream of its caller's, whatever carries it (an HTTP response, a
+        WebSocket, stdio), and each URI it follows a subscription; `LimitExceeded` over a share."""
+        caller: Caller = exchange.caller
+        claims: list[Claim] = []
+        if exchange.stream is None:
+            exchange.stream = self.ledger.claim(
+                caller.account, STREAM, peer=caller.peer, end=lambda _reason: d.cancel()
+            )
+            claims.append(exchange.stream)
+        if uris:
+            try:
+                claims.append(self.ledger.claim(caller.account, SUBSCRIPTION, amount=len(uris), peer=caller.peer))
+            except LimitExceeded:
+                for claim in claims:
+                    claim.release()
+                exchange.stream = None
+                raise
+        return claims
 
     def _listened_tasks(self, request: Request, task_ids: Any) -> list[str]:
         """SEP-2663 §Task Status Notifications: task ids need the tasks extension declared."""

@@ -40,6 +40,7 @@ from mcpd.protocol.errors import (
     UnsupportedProtocolVersion,
     error_response,
 )
+from mcpd.protocol.ledger import Claim, Ledger
 from mcpd.protocol.session import Session
 from mcpd.protocol.tasks import LEGACY_TASK_VERSION, TASKS_EXTENSION, MemoryTaskStore, TaskManager
 from mcpd.protocol.versions import (
@@ -113,6 +114,9 @@ class Exchange:
     method: str | None = None
     # Set by the engine when the caller named a tool it may not call.
     denied: bool = False
+    # The stream this exchange holds in the ledger (a subscriptions/listen, an SSE response),
+    # so that one stream is counted once whoever opens it first.
+    stream: Claim | None = None
 
 
 @attrs.frozen
@@ -166,6 +170,7 @@ class Engine(CatalogMethods):
         client_timeout: float | None = 60.0,
         state_key: bytes | None = None,
         task_store: ITaskStore | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.registry = registry
         self.runtime = runtime
@@ -191,10 +196,17 @@ class Engine(CatalogMethods):
         self.client_timeout = client_timeout
         # Signs modern-era requestState; instances behind one balancer need the same key.
         self.signer = StateSigner(state_key or secrets.token_bytes(32))
-        self._pending: set[Deferred[Any]] = set()
+        # What every caller holds (streams, sessions, tasks …) against its shares; a revoked
+        # key's calls in flight and tasks end through it too (`end_matching`).
+        self.ledger = ledger if ledger is not None else Ledger()
+        # The requests being served, with who made them.
+        self._pending: dict[Deferred[Any], Caller] = {}
         # Tool calls running as tasks the client polls (both eras).
-        self.tasks = TaskManager(task_store if task_store is not None else MemoryTaskStore(), self.clock)
+        self.tasks = TaskManager(
+            task_store if task_store is not None else MemoryTaskStore(), self.clock, ledger=self.ledger
+        )
         self.tasks.changes = self.changes
+        self.ledger.participants.append(self)
         # Which tools a caller may see and call (the security layer sets it); None: all.
         self.tool_filter = tool_filter
         # Which resources, templates and prompts a caller may see (likewise); None: all.
@@ -397,20 +409,21 @@ class Engine(CatalogMethods):
             return succeed(self._internal_error(request_id, method, Failure()))
         d = result if isinstance(result, Deferred) else succeed(result)
         if not d.called:
-            self._track(d, exchange.session, request_id)
+            self._track(d, exchange, request_id)
         modern = request.modern
         return d.addCallbacks(
             self._respond, self._respond_failure, callbackArgs=(request_id, modern), errbackArgs=(request_id, method)
         )
 
-    def _track(self, d: Deferred[Any], session: Session | None, request_id: Any) -> None:
-        """Remember a request still being served, for cancellation and for shutdown."""
-        self._pending.add(d)
+    def _track(self, d: Deferred[Any], exchange: Exchange, request_id: Any) -> None:
+        """Remember a request still being served, for cancellation, revocation and shutdown."""
+        self._pending[d] = exchange.caller
+        session = exchange.session
         if session is not None:
             session.in_flight[request_id] = d
 
         def forget(result: Any) -> Any:
-            self._pending.discard(d)
+            self._pending.pop(d, None)
             if session is not None and session.in_flight.get(request_id) is d:
                 del session.in_flight[request_id]
             return result
@@ -433,6 +446,22 @@ class Engine(CatalogMethods):
         for d in list(self._pending):
             d.cancel()
         self.tasks.shutdown()
+
+    def end_matching(self, match: Callable[[str, str], bool], reason: str) -> int:
+        """Cancel the calls in flight of the accounts (or from the addresses) ``match`` picks:
+        a revoked key's (`mcpd.protocol.ledger.Ledger.end`)."""
+        doomed = [d for d, caller in self._pending.items() if match(caller.account, caller.peer)]
+        if doomed:
+            log.info("Cancelling {count} call(s) in flight: {reason}", count=len(doomed), reason=reason)
+        for d in doomed:
+            d.cancel()
+        return len(doomed)
+
+    def rescoped(self, account: str, scopes: frozenset[str], narrowed: bool) -> None:
+        """A key lost a scope: its calls in flight were admitted under a grant that no longer
+        holds, so they are cancelled (later messages are served under the new scopes)."""
+        if narrowed:
+            self.end_matching(lambda held_by, _peer: held_by == account, "the API key lost a scope")
 
     def _respond(self, result: Any, request_id: Any, modern: bool) -> dict[str, Any]:
         if modern and "resultType" not in result:

@@ -19,6 +19,9 @@ INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020
 MISSING_REQUIRED_CLIENT_CAPABILITY = -32021
 UNSUPPORTED_PROTOCOL_VERSION = -32022
+# JSON-RPC 2.0 §5.1 leaves -32000…-32099 to implementations (MCP takes -32020 and up): a caller's
+# share of a budget, or the server's whole budget, is used up (`LimitExceeded`).
+LIMIT_EXCEEDED = -32000
 
 # 2026-07-28 transports §Streamable HTTP: the HTTP status that accompanies each error code.
 HTTP_STATUS_FOR_CODE: dict[int, int] = {
@@ -80,6 +83,32 @@ class MissingClientCapability(MCPError):
 
 class UnsupportedProtocolVersion(MCPError):
     code = UNSUPPORTED_PROTOCOL_VERSION
+
+
+class LimitExceeded(MCPError):
+    """A budget is used up: the caller's share of it (HTTP 429), or the server's whole (503).
+
+    ``data`` names the budget, its size, whose it is and when to retry, so a client can back off.
+    """
+
+    code = LIMIT_EXCEEDED
+
+    def __init__(self, message: str, *, limit: str, maximum: int, per_caller: bool, retry_after: int = 5) -> None:
+        scope = "caller" if per_caller else "server"
+        super().__init__(message, {"limit": limit, "max": maximum, "scope": scope, "retryAfter": retry_after})
+        self.status = 429 if per_caller else 503
+        self.retry_after = retry_after
+
+
+def limit_status(error: Any) -> tuple[int, int] | None:
+    """The HTTP status and Retry-After seconds that go with a `LimitExceeded` error member (the
+    ``error`` of a response), or None for any other error."""
+    if not isinstance(error, dict) or error.get("code") != LIMIT_EXCEEDED:
+        return None
+    data = error.get("data")
+    if not isinstance(data, dict):
+        return None
+    return (429 if data.get("scope") == "caller" else 503), int(data.get("retryAfter", 5))
 
 
 def error_response(request_id: Any, error: dict[str, Any]) -> dict[str, Any]:

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from mcpd.protocol.channel import OutboundRequests
+from mcpd.protocol.errors import LimitExceeded
+from mcpd.protocol.ledger import SESSION, Claim, Ledger
+
+log = Logger(namespace="mcpd.session")
 
 
 def new_session_id() -> str:
@@ -37,10 +43,15 @@ class Session:
         # Who opened the session (the caller's key name): nobody else may use it
         # (2025-11-25 security best practices §Session Hijacking: bind sessions to the user).
         self.owner: str | None = None
+        # Whom the session is counted against (`mcpd.protocol.ledger`).
+        self.account = ""
         # 2025-11-25 server/utilities/logging: set by logging/setLevel; None until then.
         self.log_level: str | None = None
-        # URIs subscribed to with resources/subscribe.
-        self.subscriptions: set[str] = set()
+        # URIs subscribed to with resources/subscribe, with what each holds in the ledger.
+        self.subscriptions: dict[str, Claim | None] = {}
+        # What the session holds in the ledger (its place among the sessions), given back
+        # when it closes.
+        self.claims: list[Claim] = []
         # Requests the server sent the client, awaiting answers.
         self.outbound = OutboundRequests()
         # How the transport delivers a message unrelated to any request (stdio: a line).
@@ -64,20 +75,27 @@ class Session:
         for deferred in pending.values():
             deferred.cancel()
         self.outbound.close()
+        claims = [*self.claims, *self.subscriptions.values()]
+        self.claims, self.subscriptions = [], {}
+        for claim in claims:
+            if claim is not None:
+                claim.release()
 
 
 class SessionStore:
     """Legacy sessions of this process, by id, ended after ``idle_timeout`` seconds unused.
 
-    In-process; a shared store for several instances behind a load balancer is a later
-    addition behind the same methods.
+    Each session holds a place in the ``ledger`` (`open`): the server's session cap, and its
+    caller's share of it. In-process; a shared store for several instances behind a load
+    balancer is a later addition behind the same methods.
     """
 
-    def __init__(self, clock: Any, idle_timeout: float) -> None:
+    def __init__(self, clock: Any, idle_timeout: float, ledger: Ledger | None = None) -> None:
         from twisted.internet.task import LoopingCall
 
         self._clock = clock
         self.idle_timeout = idle_timeout
+        self.ledger = ledger if ledger is not None else Ledger()
         self._sessions: dict[str, Session] = {}
         self._sweeper = LoopingCall(self.expire_idle)
         self._sweeper.clock = clock
@@ -102,6 +120,36 @@ class SessionStore:
     def now(self) -> float:
         """The store's clock."""
         return self._clock.seconds()
+
+    def open(self, session: Session, account: str, peer: str = "") -> None:
+        """Claim a place for a new session of ``account`` (before it is added).
+
+        At the account's share, its least recently used idle session is ended to make room;
+        `LimitExceeded` when none is idle, or when the server holds its cap of sessions.
+        """
+        session.account = account
+        end = functools.partial(self._end, session)
+        try:
+            claim = self.ledger.claim(account, SESSION, peer=peer, end=end)
+        except LimitExceeded as e:
+            if e.status != 429 or not self._make_room(account):
+                raise
+            claim = self.ledger.claim(account, SESSION, peer=peer, end=end)
+        session.claims.append(claim)
+
+    def _make_room(self, account: str) -> bool:
+        idle = [s for s in self._sessions.values() if s.account == account and s.idle]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda s: s.last_active)
+        log.info("Session {id} ended to make room for a new one of {account}", id=oldest.id, account=account)
+        self.remove(oldest.id)
+        return True
+
+    def _end(self, session: Session, reason: str) -> None:
+        log.info("Session {id} ended: {reason}", id=session.id, reason=reason)
+        if self.remove(session.id) is None:
+            session.close()  # not added yet (its initialize is being served)
 
     def add(self, session: Session) -> None:
         """Keep ``session`` (its handshake succeeded)."""

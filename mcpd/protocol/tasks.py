@@ -26,6 +26,7 @@ Task state lives in an `mcpd.interfaces.ITaskStore`; the work itself runs in thi
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import secrets
 from collections.abc import Callable, Iterator
@@ -43,10 +44,12 @@ from mcpd.protocol.errors import (
     InternalError,
     InvalidParams,
     InvalidRequest,
+    LimitExceeded,
     MCPError,
     MethodNotFound,
     MissingClientCapability,
 )
+from mcpd.protocol.ledger import TASK, Claim, Ledger
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES
 
 if TYPE_CHECKING:
@@ -71,12 +74,17 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 
+# Tasks kept in memory at once (running, or finished and waiting to be fetched).
+TASK_CAPACITY = 1000
 # 2026-07-28 (SEP-2663) §Capability Negotiation: the error names the extension it needs.
 NEEDS_TASKS: dict[str, Any] = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
 
 
-class TaskStoreFull(MCPError):
-    """No room for another task: every stored task is still running."""
+class TaskStoreFull(LimitExceeded):
+    """No room for another task: every stored task is still running (HTTP 503)."""
+
+    def __init__(self, message: str, capacity: int) -> None:
+        super().__init__(message, limit=TASK, maximum=capacity, per_caller=False)
 
 
 class TaskFailed(MCPError):
@@ -119,6 +127,9 @@ class Task:
     work: Deferred[Any] | None = attrs.field(default=None, repr=False)
     # The timer that ends the task when its TTL passes.
     expiry: Any = attrs.field(default=None, repr=False)
+    # Whom the task is counted against, and its place in the ledger while it is kept.
+    account: str = ""
+    claim: Claim | None = attrs.field(default=None, repr=False)
 
     @property
     def terminal(self) -> bool:
@@ -163,7 +174,7 @@ class MemoryTaskStore:
     """Tasks of this process, at most ``capacity`` of them; a task is dropped once its TTL has
     passed, and the oldest finished tasks make room for new ones."""
 
-    def __init__(self, capacity: int = 1000) -> None:
+    def __init__(self, capacity: int = TASK_CAPACITY) -> None:
         self.capacity = capacity
         self._tasks: collections.OrderedDict[str, Task] = collections.OrderedDict()
 
@@ -171,16 +182,18 @@ class MemoryTaskStore:
         return len(self._tasks)
 
     def add(self, task: Task, now: float) -> list[Task]:
-        expired = self.expire(now)
+        dropped = self.expire(now)
         if len(self._tasks) >= self.capacity:
             oldest = next((t for t in self._tasks.values() if t.terminal), None)
             if oldest is None:
                 raise TaskStoreFull(
-                    f"The server is running {len(self._tasks)} tasks, its limit; try again when one has finished"
+                    f"The server is running {len(self._tasks)} tasks, its limit; try again when one has finished",
+                    self.capacity,
                 )
             del self._tasks[oldest.task_id]
+            dropped.append(oldest)
         self._tasks[task.task_id] = task
-        return expired
+        return dropped
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
@@ -294,6 +307,7 @@ class TaskManager:
         clock: IReactorTime,
         *,
         changes: ChangeFeed | None = None,
+        ledger: Ledger | None = None,
         ttl_ms: int = 3_600_000,
         max_ttl_ms: int = 86_400_000,
         poll_interval_ms: int = 500,
@@ -301,6 +315,8 @@ class TaskManager:
         self.store = store
         self.clock = clock
         self.changes = changes
+        # Counts each caller's tasks against its share (`mcpd.protocol.ledger`).
+        self.ledger = ledger if ledger is not None else Ledger()
         self.ttl_ms = ttl_ms
         self.max_ttl_ms = max_ttl_ms
         self.poll_interval_ms = poll_interval_ms
@@ -380,8 +396,15 @@ class TaskManager:
             ttl_ms=plan.ttl_ms,
             poll_interval_ms=self.poll_interval_ms,
             notify=session.push if (session is not None and not plan.modern) else None,
+            account=request.exchange.caller.account,
         )
-        for gone in self.store.add(task, now):
+        task.claim = self._claim(task)
+        try:
+            dropped = self.store.add(task, now)
+        except MCPError:
+            task.claim.release()
+            raise
+        for gone in dropped:
             self._discard(gone)
         if task.ttl_ms is not None:
             # The TTL is kept by a timer, so a task nobody asks about still ends on time (and
@@ -389,6 +412,40 @@ class TaskManager:
             task.expiry = self.clock.callLater(task.ttl_ms / 1000, self._expire, task.task_id)
         log.debug("Task {id} created for {owner}", id=task.task_id, owner=owner)
         return task
+
+    def _claim(self, task: Task) -> Claim:
+        """The task's place among its caller's share of the tasks; at the share, the caller's
+        oldest finished task makes room; `LimitExceeded` (429) if all of them still run."""
+        claim = functools.partial(
+            self.ledger.claim,
+            task.account,
+            TASK,
+            end=functools.partial(self._revoke, task),
+            rescope=functools.partial(self._rescoped, task),
+        )
+        try:
+            return claim()
+        except LimitExceeded as e:
+            if e.status != 429:
+                raise
+            finished = [t for t in self.store if t.account == task.account and t.terminal]
+            if not finished:
+                raise
+            oldest = min(finished, key=_order)
+            self.store.remove(oldest.task_id)
+            self._discard(oldest)
+            return claim()
+
+    def _revoke(self, task: Task, reason: str) -> None:
+        """The task's account ended (a revoked key): stop it and forget it."""
+        self._cancel(task, f"The task was cancelled: {reason}.")
+        if self.store.remove(task.task_id) is not None:
+            self._discard(task)
+
+    def _rescoped(self, task: Task, scopes: frozenset[str], narrowed: bool) -> None:
+        """The task's key lost a scope: it was started under a grant that no longer holds."""
+        if narrowed:
+            self._cancel(task, "The task was cancelled: its API key lost a scope.")
 
     def _expire(self, task_id: str) -> None:
         task = self.store.remove(task_id)
@@ -463,7 +520,12 @@ class TaskManager:
             task.notify({"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": task.info()})
 
     def _discard(self, task: Task) -> None:
-        """A task whose TTL passed: stop its work and forget it."""
+        """A task no longer kept (its TTL passed, or it made room): stop its work, forget it."""
+        if task.claim is not None:
+            task.claim.release()
+        if task.expiry is not None and task.expiry.active():
+            task.expiry.cancel()  # else the timer would keep the forgotten task until its TTL
+        task.expiry = None
         if not task.terminal:
             task.status = CANCELLED
             if task.work is not None:

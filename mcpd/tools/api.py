@@ -57,6 +57,9 @@ class Caller:
     scopes: frozenset[str] = frozenset()
     peer: str = ""
     transport: str = ""
+    # Whom limits and shares are counted against (`mcpd.protocol.ledger`): ``key:NAME`` for an
+    # API key, ``ip:ADDRESS`` without keys, ``local`` for stdio; by default the name.
+    account: str = attrs.field(default=attrs.Factory(lambda caller: caller.name, takes_self=True))
     # The X-Request-Id of the HTTP request that carried the call (logs and audit); not identity.
     x_request_id: str | None = attrs.field(default=None, eq=False)
 

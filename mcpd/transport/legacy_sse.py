@@ -22,10 +22,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.session import Session, SessionStore
-from mcpd.transport.sse import finish_quietly, format_event, start_sse
+from mcpd.transport.sse import finish_quietly, format_event, hold_stream, start_sse
 from mcpd.web.identity import caller_of
-from mcpd.web.responses import NoHead, json_error
+from mcpd.web.responses import NoHead, json_error, limit_error
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -78,8 +79,18 @@ class SSEStreamResource(NoHead, Resource):
         super().__init__()
         self.sessions = sessions
 
-    def render_GET(self, request: Request) -> int:
-        session = SSESession(request, caller_of(request, TRANSPORT), now=self.sessions.now())
+    def render_GET(self, request: Request) -> bytes | int:
+        caller = caller_of(request, TRANSPORT)
+        session = SSESession(request, caller, now=self.sessions.now())
+        try:
+            # A session and a stream of its caller's: the server's session cap and the caller's
+            # shares of sessions and streams (mcpd.protocol.ledger).
+            self.sessions.open(session, caller.account, caller.peer)
+            session.claims.append(hold_stream(self.sessions.ledger, caller, request))
+        except LimitExceeded as e:
+            for claim in session.claims:
+                claim.release()
+            return limit_error(request, e)
         self.sessions.add(session)
         start_sse(request)
         request.write(format_event(f"{MESSAGES_PATH}?session_id={session.id}".encode(), event="endpoint"))
@@ -112,7 +123,8 @@ class SSEMessagesResource(NoHead, Resource):
         if not values:
             return json_error(request, 400, "Bad Request: session_id is required (from the endpoint event of GET /sse)")
         session = self.sessions.get(values[0].decode("latin-1"))
-        if isinstance(session, SSESession) and session.caller.name != caller_of(request, TRANSPORT).name:
+        caller = caller_of(request, TRANSPORT)
+        if isinstance(session, SSESession) and session.caller.name != caller.name:
             # Bound to the key that opened it: anyone else is told it does not exist.
             log.info("Refused SSE session {id} to a caller that did not open it", id=session.id)
             session = None
@@ -121,7 +133,9 @@ class SSEMessagesResource(NoHead, Resource):
         body = request.content.read() if request.content is not None else b""
         if len(body) > self.max_message_size:
             return json_error(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
-        exchange = Exchange(peer=session.peer, caller=session.caller, session=session, notify=session.send)
+        # The caller of this POST, admitted just now: its key's scopes as they are now (a
+        # reload may have changed them since the stream opened).
+        exchange = Exchange(peer=session.peer, caller=caller, session=session, notify=session.send)
         try:
             message = json.loads(body)
         except (ValueError, RecursionError):

@@ -14,9 +14,14 @@ from typing import TYPE_CHECKING, cast
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from mcpd.protocol.ledger import REPLAY, STREAM
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
     from twisted.web.server import Request
+
+    from mcpd.protocol.ledger import Claim, Ledger
+    from mcpd.tools.api import Caller
 
 log = Logger(namespace="mcpd.sse")
 
@@ -46,6 +51,15 @@ def start_sse(request: Request) -> None:
         # Counted for the metrics, and closed with a retry hint at shutdown (`close_streams`).
         streams.add(request)
         request.notifyFinish().addBoth(lambda _result: streams.discard(request))
+
+
+def hold_stream(ledger: Ledger, caller: Caller, request: Request) -> Claim:
+    """Count ``request``'s event stream as one of its caller's streams until the response ends
+    (finished at once if the caller's account is ended, a revoked key); `LimitExceeded` over
+    the caller's share."""
+    claim = ledger.claim(caller.account, STREAM, peer=caller.peer, end=lambda _reason: finish_quietly(request))
+    request.notifyFinish().addBoth(lambda _result: claim.release())
+    return claim
 
 
 def close_streams(streams: set[Request], retry_ms: int) -> int:
@@ -102,13 +116,29 @@ def format_event(
 
 
 class EventStream:
-    """One resumable stream of a session: its events, and the response currently carrying it."""
+    """One resumable stream of a session: its events, and the response currently carrying it.
 
-    def __init__(self, key: str, replay_limit: int = 256, retry_ms: int | None = 3000) -> None:
+    The events kept for replay are counted, in bytes, against the session's account in the
+    ``ledger`` (its share of the replay budget): past it, an event still reaches a client
+    that is reading, but is not kept for one that resumes later.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        replay_limit: int = 256,
+        retry_ms: int | None = 3000,
+        ledger: Ledger | None = None,
+        account: str = "",
+    ) -> None:
         self.key = key
         self.retry_ms = retry_ms
+        self.ledger = ledger
+        self.account = account
         self._seq = 0
         self._events: deque[tuple[int, bytes]] = deque(maxlen=replay_limit)
+        # Bytes of kept events counted in the ledger.
+        self._kept = 0
         self._request: Request | None = None
         # The last event written to a reader: a later reader gets what came after it (the
         # standalone GET stream collects messages before the client opens it).
@@ -146,10 +176,32 @@ class EventStream:
         """Append a message to the stream, writing it out if a client is attached."""
         self._seq += 1
         frame = format_event(data, self.event_id(self._seq))
-        self._events.append((self._seq, frame))
+        self._keep(frame)
         if self._request is not None:
             self._request.write(frame)
             self._delivered = self._seq
+
+    def _keep(self, frame: bytes) -> None:
+        events = self._events
+        if events.maxlen is not None and len(events) >= events.maxlen:
+            self._give(len(events.popleft()[1]))
+        if self.ledger is not None:
+            if not self.ledger.take(self.account, REPLAY, len(frame)):
+                return
+            self._kept += len(frame)
+        events.append((self._seq, frame))
+
+    def _give(self, size: int) -> None:
+        if self.ledger is not None:
+            self._kept -= size
+            self.ledger.give(self.account, REPLAY, size)
+
+    def forget(self) -> None:
+        """Drop the kept events (the stream will never be resumed) and give their bytes back."""
+        self._events.clear()
+        if self.ledger is not None and self._kept:
+            self.ledger.give(self.account, REPLAY, self._kept)
+        self._kept = 0
 
     def close(self) -> None:
         """No more events: end the response (a resuming client still gets the replay)."""

@@ -25,13 +25,22 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from mcpd.protocol.engine import Engine, Exchange, encode
-from mcpd.protocol.errors import HTTP_STATUS_FOR_CODE, PARSE_ERROR, HeaderMismatch, InvalidRequest, MCPError
+from mcpd.protocol.errors import (
+    HTTP_STATUS_FOR_CODE,
+    PARSE_ERROR,
+    HeaderMismatch,
+    InvalidRequest,
+    LimitExceeded,
+    MCPError,
+    limit_status,
+)
+from mcpd.protocol.ledger import Ledger
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS
 from mcpd.tools.api import Caller
-from mcpd.transport.sse import EventStream, finish_quietly, parse_event_id, start_sse
+from mcpd.transport.sse import EventStream, finish_quietly, hold_stream, parse_event_id, start_sse
 from mcpd.web.identity import caller_of
-from mcpd.web.responses import NoHead, json_error
+from mcpd.web.responses import NoHead, json_error, limit_error
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -48,21 +57,25 @@ _loads = json.loads
 class HTTPSession(Session):
     """A legacy session with the SSE streams its requests opened."""
 
-    def __init__(self, session_id: str | None = None, now: float = 0.0, replay_limit: int = 256) -> None:
+    def __init__(
+        self, session_id: str | None = None, now: float = 0.0, replay_limit: int = 256, ledger: Ledger | None = None
+    ) -> None:
         super().__init__(session_id, now)
         self.replay_limit = replay_limit
+        # Where the bytes its streams keep for replay are counted (against the session's account).
+        self.ledger = ledger
         self.streams: dict[str, EventStream] = {}
         self.standalone: EventStream | None = None
         self._keys = itertools.count(1)
 
     def new_stream(self) -> EventStream:
         """A stream for one response, kept (bounded) for resumption."""
-        stream = EventStream(f"s{next(self._keys)}", self.replay_limit)
+        stream = EventStream(f"s{next(self._keys)}", self.replay_limit, ledger=self.ledger, account=self.account)
         self.streams[stream.key] = stream
         if len(self.streams) > 64:
             # Forget the oldest finished streams; live ones stay.
             for key in [k for k, s in self.streams.items() if s.finished][: len(self.streams) - 64]:
-                del self.streams[key]
+                self.streams.pop(key).forget()
         return stream
 
     @property
@@ -82,6 +95,7 @@ class HTTPSession(Session):
         super().close()
         for stream in self.streams.values():
             stream.close()
+            stream.forget()
 
 
 class StreamableHTTP(NoHead, Resource):
@@ -139,9 +153,16 @@ class StreamableHTTP(NoHead, Resource):
                     "protocol 2026-07-28 (MCP-Protocol-Version header and params._meta)"
                 )
                 return self._reject(request, exchange, 400, _id_of(message), error, message)
-            new_session = HTTPSession(now=self.sessions.now(), replay_limit=self.replay_limit)
+            new_session = HTTPSession(
+                now=self.sessions.now(), replay_limit=self.replay_limit, ledger=self.engine.ledger
+            )
             new_session.owner = caller.name
             exchange = Exchange(peer=f"session:{new_session.id}", caller=caller, session=new_session)
+            try:
+                # A place among the sessions: the server's cap, and the caller's share of it.
+                self.sessions.open(new_session, caller.account, caller.peer)
+            except LimitExceeded as e:
+                return self._reject(request, exchange, e.status, _id_of(message), e, message)
             return self._serve(request, exchange, body, accepts_sse, modern=False, new_session=new_session)
         session = self._session(request, session_id)
         if not isinstance(session, HTTPSession):
@@ -198,6 +219,10 @@ class StreamableHTTP(NoHead, Resource):
             return self._resume(request, session, last_event_id)
         if session.standalone is not None and session.standalone.attached:
             return json_error(request, 409, "Conflict: this session already has an open GET stream")
+        try:
+            hold_stream(self.engine.ledger, caller_of(request, "http"), request)
+        except LimitExceeded as e:
+            return limit_error(request, e)
         if session.standalone is None:
             session.standalone = session.new_stream()
         start_sse(request)
@@ -210,6 +235,10 @@ class StreamableHTTP(NoHead, Resource):
         stream = session.streams.get(parsed[0]) if parsed is not None else None
         if stream is None or parsed is None:
             return json_error(request, 404, "Not Found: no stream of this session has that Last-Event-ID")
+        try:
+            hold_stream(self.engine.ledger, caller_of(request, "http"), request)
+        except LimitExceeded as e:
+            return limit_error(request, e)
         start_sse(request)
         stream.attach(request, after=parsed[1])
         return NOT_DONE_YET
@@ -251,6 +280,8 @@ class StreamableHTTP(NoHead, Resource):
         self, request: Request, exchange: Exchange, status: int, request_id: Any, error: MCPError, message: Any = None
     ) -> bytes:
         response = self.engine.reject(exchange, request_id, error, message)
+        if isinstance(error, LimitExceeded):
+            request.setHeader(b"retry-after", b"%d" % error.retry_after)
         return _json(request, status, encode(response))
 
 
@@ -277,7 +308,7 @@ class _Reply:
     def notify(self, message: dict[str, Any]) -> None:
         """A notification about this request: switches the response to SSE."""
         if self.stream is None:
-            if not self.accepts_sse or self.request.finished:
+            if not self.accepts_sse or self.request.finished or not self._hold_stream():
                 session = self.exchange.session
                 if isinstance(session, HTTPSession) and "id" in message:
                     # A request to the client (elicitation, sampling) must reach it: use the
@@ -292,6 +323,19 @@ class _Reply:
             self.stream.attach(self.request, prime=prime)
         self.stream.send(encode(message))
 
+    def _hold_stream(self) -> bool:
+        """Count the response, now a stream, against its caller's share of streams (unless
+        the request holds one already: a subscriptions/listen); whether it may be one."""
+        exchange = self.exchange
+        if exchange.stream is not None:
+            return True
+        try:
+            exchange.stream = hold_stream(self.resource.engine.ledger, exchange.caller, self.request)
+        except LimitExceeded:
+            # Over the share: the answer comes as JSON, without the notifications before it.
+            return False
+        return True
+
     def immediate(self, response: Any) -> bytes | int:
         """The answer was ready at once."""
         if isinstance(response, Failure):
@@ -301,18 +345,19 @@ class _Reply:
             # Notifications went out first: the result follows them on the stream.
             self.complete(response)
             return NOT_DONE_YET
-        return self._json_body(response)
+        body = self._json_body(response)
+        self._settle()
+        return body
 
     def complete(self, response: Any) -> None:
         if self.stream is not None:
             if response is not None:
                 self.stream.send(encode(response))
             self.stream.close()
-            return
-        if self.request._disconnected:  # type: ignore[attr-defined]
-            return
-        self.request.write(self._json_body(response))  # type: ignore[arg-type]
-        finish_quietly(self.request)
+        elif not self.request._disconnected:  # type: ignore[attr-defined]
+            self.request.write(self._json_body(response))  # type: ignore[arg-type]
+            finish_quietly(self.request)
+        self._settle()
 
     def failed(self, failure: Failure) -> None:
         log.failure("Serving an HTTP request failed", failure)
@@ -321,6 +366,13 @@ class _Reply:
         elif not self.request._disconnected:  # type: ignore[attr-defined]
             self.request.setResponseCode(500)
             finish_quietly(self.request)
+        self._settle()
+
+    def _settle(self) -> None:
+        """A session whose initialize did not succeed gives its place back."""
+        session = self.new_session
+        if session is not None and session.id not in self.resource.sessions:
+            session.close()
 
     def _json_body(self, response: Any) -> bytes:
         request = self.request
@@ -338,7 +390,12 @@ class _Reply:
         status = 200
         if isinstance(response, dict) and "error" in response:
             code = response["error"]["code"]
-            if self.modern:
+            limited = limit_status(response["error"])
+            if limited is not None:
+                # A used-up share (429) or server budget (503), in either era.
+                status = limited[0]
+                request.setHeader(b"retry-after", b"%d" % limited[1])
+            elif self.modern:
                 status = HTTP_STATUS_FOR_CODE.get(code, 200)
             elif code == PARSE_ERROR:
                 status = 400

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import attrs
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -41,10 +42,12 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.errors import LimitExceeded
+from mcpd.protocol.ledger import SESSION, STREAM
 from mcpd.protocol.session import Session
 from mcpd.tools.api import Caller
 from mcpd.web.identity import caller_of
-from mcpd.web.responses import NoHead, json_error
+from mcpd.web.responses import NoHead, json_error, limit_error
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -57,6 +60,7 @@ TRANSPORT = "websocket"
 # RFC 6455 §7.4.1 close codes.
 GOING_AWAY = 1001
 UNSUPPORTED_DATA = 1003
+POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 
 
@@ -85,6 +89,10 @@ class MCPConnection:
     def lost(self) -> None:
         """The connection is gone: cancel what it still has in flight."""
         self.session.close()
+
+    def rescope(self, scopes: frozenset[str], _narrowed: bool) -> None:
+        """The key's scopes changed on reload: later messages are served under the new ones."""
+        self.caller = attrs.evolve(self.caller, scopes=scopes)
 
     def _reply(self, response: Any) -> None:
         if response is not None:
@@ -189,13 +197,20 @@ class WebSocketWire(Protocol):
 
     def close_going_away(self) -> None:
         """Close for a server shutdown."""
-        if not self._closing:
+        self._close_now(GOING_AWAY, "server shutting down; retry in 2 s")
+
+    def end(self, reason: str) -> None:
+        """Close because the caller's account ended (a revoked key): 1008, policy violation."""
+        log.info("Closing WebSocket {peer}: {reason}", peer=self.mcp.peer, reason=reason)
+        self._close_now(POLICY_VIOLATION, reason)
+
+    def _close_now(self, code: int, reason: str) -> None:
+        if not self._closing and self.transport is not None:
             self._closing = True
-            assert self.transport is not None  # only connected wires are in the registry
             if self.ws.state == ConnectionState.OPEN:
-                self.transport.write(
-                    self.ws.send(CloseConnection(code=GOING_AWAY, reason="server shutting down; retry in 2 s"))
-                )
+                # RFC 6455 §5.5.1: a close reason is at most 123 bytes.
+                text = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
+                self.transport.write(self.ws.send(CloseConnection(code=code, reason=text)))
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -253,6 +268,10 @@ class WebSocketEndpoint(NoHead, Resource):
         ws = handshake.connection
         assert ws is not None
         wire = WebSocketWire(ws, lambda send: MCPConnection(self.engine, caller, send), self.limits, self.open)
+        try:
+            self._hold(wire, caller)
+        except LimitExceeded as e:
+            return limit_error(request, e)
         wire.on_lost = request.connectionLost
         # From here on the connection's bytes go to the wire, not to the HTTP parser (the same
         # hand-over twisted.web.websocket makes); the HTTP idle timeout no longer applies.
@@ -261,6 +280,20 @@ class WebSocketEndpoint(NoHead, Resource):
         transport.write(accept)
         log.debug("WebSocket {peer} open", peer=wire.mcp.peer)
         return NOT_DONE_YET
+
+    def _hold(self, wire: WebSocketWire, caller: Caller) -> None:
+        """A connection is a session and a stream of its caller's (the server's session cap and
+        the caller's shares); its account ending closes it, its key's new scopes reach it."""
+        ledger = self.engine.ledger
+        session = wire.mcp.session
+        try:
+            session.claims.append(
+                ledger.claim(caller.account, SESSION, peer=caller.peer, end=wire.end, rescope=wire.mcp.rescope)
+            )
+            session.claims.append(ledger.claim(caller.account, STREAM, peer=caller.peer))
+        except LimitExceeded:
+            session.close()
+            raise
 
     def close_all(self) -> None:
         """Going-away close for every open connection (shutdown)."""

@@ -4,7 +4,10 @@
 - Capacity: at most ``max_connections`` open connections (and ``max_per_ip`` from one address);
   the connection over the limit is answered ``503 {"error": "Server at capacity"}`` with
   ``Retry-After``, not reset (``ThrottlingFactory`` / ``LimitTotalConnectionsFactory`` reset it,
-  and ``LimitConnectionsByPeer`` is broken on Python 3).
+  and ``LimitConnectionsByPeer`` is broken on Python 3). Once a request on it is admitted, a
+  connection counts against its caller's account in the `Ledger`, which holds one key (or one
+  address without keys) to its share of the connections: over it, the request is answered 429
+  and the connection closed, so the others (the admin among them) still get in.
 - Addresses: a peer the `Gate` refuses is answered 403 before anything it sent is read.
 - Slow clients: a request's head must arrive within ``head_timeout`` seconds of its first byte
   (or of the connection), its body within ``body_timeout`` seconds of the head; a slow-loris
@@ -28,6 +31,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mcpd.protocol.errors import LimitExceeded
+from mcpd.protocol.ledger import CONNECTION, Claim, Ledger
 from mcpd.web.gate import Gate, Refusal, raw_response
 from mcpd.web.network import normal_form
 
@@ -58,6 +63,8 @@ class GuardedConnection(ProtocolWrapper):
         # a reload (SIGHUP) the gate checks its requests again.
         self.checked_with: Any = factory.gate.allowed
         self.deadline: float | None = None
+        # The account the connection is counted against, once a request on it was admitted.
+        self.held: Claim | None = None
         self._busy = False
         self._waiting_for = "request head"
 
@@ -84,6 +91,38 @@ class GuardedConnection(ProtocolWrapper):
     def request_finished(self) -> None:
         """The response was sent; the next bytes start a new request."""
         self._busy = False
+
+    def hold_for(self, account: str, client: str) -> LimitExceeded | None:
+        """Count the connection against ``account``'s share of the connection budget (the gate
+        calls this as it admits each request); what is exceeded if it may not."""
+        held = self.held
+        if held is not None and held.account == account:
+            return None
+        ledger = self.factory.ledger
+        if ledger is None:
+            return None
+        try:
+            claim = ledger.claim(account, CONNECTION, peer=client, end=self.end)
+        except LimitExceeded as e:
+            log.info("Refusing a connection to {account}: {why}", account=account, why=e.message)
+            return e
+        if held is not None:
+            held.release()
+        self.held = claim
+        return None
+
+    def end(self, reason: str) -> None:
+        """Close the connection: the account holding it has ended (a revoked key)."""
+        log.info("Closing a connection of {peer}: {reason}", peer=self.peer, reason=reason)
+        self.loseConnection()
+        if getattr(self.transport, "abortConnection", None) is not None:
+            self.factory.clock.callLater(ABORT_AFTER, _abort_if_open, self.transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        held, self.held = self.held, None
+        if held is not None:
+            held.release()
+        super().connectionLost(reason)
 
     def _arm(self, seconds: float | None, what: str) -> None:
         if seconds is not None:
@@ -167,6 +206,7 @@ class CapacityFactory(WrappingFactory):
         body_timeout: float | None = 30.0,
         retry_after: int = 5,
         sweep_interval: float = 0.5,
+        ledger: Ledger | None = None,
     ) -> None:
         super().__init__(site)
         self.sweep_interval = sweep_interval
@@ -178,6 +218,8 @@ class CapacityFactory(WrappingFactory):
         self.head_timeout = head_timeout
         self.body_timeout = body_timeout
         self.retry_after = retry_after
+        # Where admitted connections are counted per account (their share of max_connections).
+        self.ledger = ledger
         self.per_ip: collections.Counter[str] = collections.Counter()
         # Connections answered 503 at a cap (mcp_connections_refused_capacity).
         self.refused_at_capacity = 0

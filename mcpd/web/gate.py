@@ -5,7 +5,7 @@
 headers are in, before its body is read: where it really comes from (the client behind a trusted
 proxy) and whether that address may call, whether its Origin may (DNS-rebinding protection; CORS
 preflights are answered here), whether the body is too large, who is calling (API key), whether
-the caller is over its rate limit or its number of open streams. A refused request is answered
+the caller is over its rate limit or its share of connections. A refused request is answered
 with JSON saying what to do, and its body is discarded unread; an admitted one carries its
 `Identity`, which transports turn into the engine's `Caller` (`mcpd.web.identity.caller_of`).
 """
@@ -108,7 +108,7 @@ def forbidden(why: str) -> Refusal:
 
 
 class Gate:
-    """The request policy: keys, addresses, origins, sizes, rates and streams.
+    """The request policy: keys, addresses, origins, sizes, rates and connection shares.
 
     ``keys`` and ``allowed`` may be swapped at any time (``kill -HUP`` reloads their files);
     requests already admitted keep their identity.
@@ -123,7 +123,6 @@ class Gate:
         cors_origins: Iterable[str] = (),
         limiter: RateLimiter | None = None,
         max_body: int = 4 * 1024 * 1024,
-        max_streams: int | None = None,
         insecure_no_auth: bool = False,
         audit: AuditTrail | None = None,
         public_paths: Iterable[bytes] = PROBE_PATHS,
@@ -136,13 +135,11 @@ class Gate:
         self.cors_origins = frozenset(origin.rstrip("/") for origin in cors_origins)
         self.limiter = limiter
         self.max_body = max_body
-        self.max_streams = max_streams
         self.insecure_no_auth = insecure_no_auth
         self.audit = audit
         self.public_paths = frozenset(public_paths)
         self.public_metrics = public_metrics
         self.lifecycle = lifecycle
-        self.open_streams: dict[str, int] = {}
         # Refusals by outcome (auth_failure, rate_limited, …), for /metrics and /stats.
         self.refusals: collections.Counter[str] = collections.Counter()
 
@@ -222,48 +219,42 @@ class Gate:
         if admin and ADMIN_SCOPE not in scopes:
             why = "this page needs an admin-scoped API key beyond loopback (or the server's --public-metrics)"
             return self._audited(request, forbidden(why), "forbidden", client, name if keyed else None, why)
+        # Whom limits count against: the key, or the address without keys (mcpd.protocol.ledger).
+        account = f"key:{name}" if keyed else f"ip:{client}"
         if keyed or client is not peer:
             # Without keys or proxies, `caller_of` finds the peer by itself.
-            setattr(request, IDENTITY_ATTRIBUTE, Identity(name, scopes, client))
+            setattr(request, IDENTITY_ATTRIBUTE, Identity(name, scopes, client, account))
         if self.limiter is not None and (keyed or not is_loopback(client)):
-            bucket = f"key:{name}" if keyed else f"ip:{client}"
-            wait = self.limiter.check(bucket)
+            wait = self.limiter.check(account)
             if isinstance(wait, Deferred):
-                return wait.addCallback(self._after_rate, request, bucket, client, name if keyed else None)
-            return self._after_rate(wait, request, bucket, client, name if keyed else None)
-        return self._streams(request, f"key:{name}" if keyed else f"ip:{client}", client, name if keyed else None)
+                return wait.addCallback(self._after_rate, request, account, client, name if keyed else None)
+            return self._after_rate(wait, request, account, client, name if keyed else None)
+        return self._hold_connection(request, account, client, name if keyed else None)
 
-    def _after_rate(self, wait: float, request: GuardedRequest, bucket: str, client: str, key: str | None) -> Any:
+    def _after_rate(self, wait: float, request: GuardedRequest, account: str, client: str, key: str | None) -> Any:
         if wait > 0:
             seconds = retry_after(wait)
             refusal = Refusal(
                 429, {"error": "Rate limit exceeded", "retry_after": seconds}, (("Retry-After", str(seconds)),)
             )
             return self._audited(request, refusal, "rate_limited", client, key, None)
-        return self._streams(request, bucket, client, key)
+        return self._hold_connection(request, account, client, key)
 
-    def _streams(self, request: GuardedRequest, bucket: str, client: str, key: str | None) -> Refusal | None:
-        """Counts long-lived streams (SSE GETs, WebSocket upgrades) against ``max_streams``."""
-        if self.max_streams is None or request.channel._command != b"GET" or not _opens_stream(request):
+    def _hold_connection(self, request: GuardedRequest, account: str, client: str, key: str | None) -> Refusal | None:
+        """Counts the connection against its account's share of the connection budget (see
+        `mcpd.web.capacity`); over it, the request is refused and the connection closed.
+        Streams and sessions are counted where they open (`mcpd.protocol.ledger`)."""
+        hold = getattr(request.channel.transport, "hold_for", None)
+        exceeded = hold(account, client) if hold is not None else None
+        if exceeded is None:
             return None
-        count = self.open_streams.get(bucket, 0)
-        if count >= self.max_streams:
-            refusal = Refusal(
-                429,
-                {"error": f"Too many open streams: at most {self.max_streams} per client", "retry_after": 5},
-                (("Retry-After", "5"),),
-            )
-            return self._audited(request, refusal, "stream_limit", client, key, None)
-        self.open_streams[bucket] = count + 1
-        request.notifyFinish().addBoth(self._stream_closed, bucket)
-        return None
-
-    def _stream_closed(self, _result: Any, bucket: str) -> None:
-        left = self.open_streams.get(bucket, 1) - 1
-        if left > 0:
-            self.open_streams[bucket] = left
-        else:
-            self.open_streams.pop(bucket, None)
+        refusal = Refusal(
+            exceeded.status,
+            {"error": exceeded.message, "retry_after": exceeded.retry_after},
+            (("Retry-After", str(exceeded.retry_after)),),
+            close=True,
+        )
+        return self._audited(request, refusal, "connection_limit", client, key, exceeded.message)
 
     def _authenticate(self, request: GuardedRequest, query: bytes) -> tuple[Any, Refusal | None]:
         if query and any(name.lower() in QUERY_KEY_NAMES for name, _ in parse_qsl(query.decode("latin-1"))):
@@ -347,12 +338,6 @@ def _cors_headers(request: GuardedRequest, origin: str) -> None:
     request.setHeader(b"access-control-allow-origin", origin.encode("latin-1", "replace"))
     request.setHeader(b"vary", b"Origin")
     request.setHeader(b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode())
-
-
-def _opens_stream(request: GuardedRequest) -> bool:
-    accept = request.getHeader("accept") or ""
-    upgrade = request.getHeader("upgrade") or ""
-    return "text/event-stream" in accept or upgrade.lower() == "websocket"
 
 
 class _Discard:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from mcpd.tools.api import Caller
+from mcpd.web.network import normal_form
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -18,12 +19,14 @@ IDENTITY_ATTRIBUTE = "mcpd_identity"
 
 @attrs.frozen
 class Identity:
-    """An admitted HTTP client: its key's name and scopes (none without keys) and its real
-    address (the client behind a trusted proxy, not the proxy)."""
+    """An admitted HTTP client: its key's name and scopes (none without keys), its real
+    address (the client behind a trusted proxy, not the proxy), and the account its limits are
+    counted against (``key:NAME``, or ``ip:ADDRESS`` without keys)."""
 
     name: str
     scopes: frozenset[str]
     peer: str
+    account: str
 
 
 def caller_of(request: Request, transport: str) -> Caller:
@@ -31,9 +34,11 @@ def caller_of(request: Request, transport: str) -> Caller:
     identity: Identity | None = getattr(request, IDENTITY_ATTRIBUTE, None)
     if identity is None:
         address = request.getClientAddress()
+        peer = getattr(address, "host", "") or str(address)
         return Caller(
-            peer=getattr(address, "host", "") or str(address),
+            peer=peer,
             transport=transport,
+            account=f"ip:{normal_form(peer)}",
             x_request_id=getattr(request, "x_request_id", None),
         )
     return Caller(
@@ -41,5 +46,6 @@ def caller_of(request: Request, transport: str) -> Caller:
         scopes=identity.scopes,
         peer=identity.peer,
         transport=transport,
+        account=identity.account,
         x_request_id=getattr(request, "x_request_id", None),
     )

@@ -6,12 +6,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mcpd.protocol.errors import LimitExceeded
+
 
 def json_error(request: Any, status: int, message: str) -> bytes:
     """An HTTP error answered as ``{"error": message}`` JSON (the body to return)."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps({"error": message}).encode()
+
+
+def limit_error(request: Any, error: LimitExceeded) -> bytes:
+    """A used-up budget answered as ``{"error", "retry_after"}`` JSON: 429 for the caller's
+    share, 503 for the server's whole, with ``Retry-After`` (the body to return)."""
+    request.setResponseCode(error.status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"retry-after", b"%d" % error.retry_after)
+    return json.dumps({"error": error.message, "retry_after": error.retry_after}).encode()
 
 
 class NoHead:

@@ -36,6 +36,17 @@ def tool_level(tool: Tool, pack: str | None) -> str:
     return ADMIN
 
 
+def narrowed(old: frozenset[str], new: frozenset[str]) -> bool:
+    """Whether a key whose scopes went from ``old`` to ``new`` may now be refused something it
+    was allowed (``admin`` allows everything, ``write`` everything ``read`` does)."""
+    if ADMIN in new:
+        return False
+    lost = old - new
+    if WRITE in new:
+        lost -= {READ}
+    return bool(lost)
+
+
 class ScopePolicy:
     """``policy(caller, tool)``: whether a caller's scopes let it see and call ``tool``."""
 

@@ -13,13 +13,14 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from mcpd.observe.audit import AuditTrail
+from mcpd.protocol.ledger import Ledger
 from mcpd.web.capacity import CapacityFactory
 from mcpd.web.gate import Gate, guarded_request_factory
 from mcpd.web.keys import KeyFileError, KeyRing, load_keys
 from mcpd.web.network import AddressList, AddressListError, read_address_file
 from mcpd.web.policy import beyond_loopback
 from mcpd.web.ratelimit import MemoryBucketStore, RateLimit, RateLimiter
-from mcpd.web.scopes import ScopePolicy
+from mcpd.web.scopes import ScopePolicy, narrowed
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -64,9 +65,12 @@ class Security:
         clock: IReactorTime,
         audit: AuditTrail | None = None,
         lifecycle: Lifecycle | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        # What every account holds: a reload ends what a revoked key holds, through it.
+        self.ledger = ledger if ledger is not None else Ledger()
         if audit is None:
             # Every tool call in the log wherever others can call: with keys, or on a listener
             # beyond loopback. A loopback-only daemon without keys serves one local user: there
@@ -90,7 +94,6 @@ class Security:
             cors_origins=settings.cors_origin,
             limiter=RateLimiter(limit, MemoryBucketStore(clock)),
             max_body=settings.max_message_size,
-            max_streams=settings.max_streams_per_key,
             insecure_no_auth=settings.insecure_no_auth,
             audit=self.audit,
             public_metrics=settings.public_metrics,
@@ -121,10 +124,18 @@ class Security:
             max_per_ip=settings.max_connections_per_ip,
             head_timeout=settings.header_timeout,
             body_timeout=settings.request_timeout,
+            ledger=self.ledger,
         )
 
     def reload(self) -> bool:
-        """Re-read the key and allowlist files; on any error keep what is in force."""
+        """Re-read the key and allowlist files; on any error keep what is in force.
+
+        What changed applies at once to everything open, whatever carries it: a revoked key
+        (gone from the file, or its secret changed) loses its streams, sessions, connections,
+        calls in flight and tasks; a key whose scopes changed has its open WebSockets and
+        sessions served under the new ones (and loses its calls in flight and tasks if it lost
+        a scope); an address no longer allowed loses its streams, sessions and connections.
+        """
         try:
             keys, allowed = load_key_ring(self.settings), load_allowlist(self.settings)
         except SecurityConfigError as e:
@@ -136,13 +147,42 @@ class Security:
                 change="off" if self.keyed else "on",
             )
             return False
+        previous = self.gate.keys
         self.gate.keys, self.gate.allowed = keys, allowed
         log.info(
             "Reloaded {keys} API key(s) and {networks} allowlist entr(ies)",
             keys=len(keys),
             networks=len(allowed.networks),
         )
+        self._apply(previous, keys)
         return True
+
+    def _apply(self, previous: KeyRing, keys: KeyRing) -> None:
+        """End what revoked keys and refused addresses hold; rescope what changed keys hold."""
+        before = {key.name: key for key in previous.keys}
+        after = {key.name: key for key in keys.keys}
+        revoked = sorted(name for name, key in before.items() if name not in after or after[name].digest != key.digest)
+        if revoked:
+            ended = self.ledger.end_accounts([f"key:{name}" for name in revoked], "the API key was revoked")
+            log.info(
+                "Revoked API key(s) {names}: {ended} stream(s), session(s), call(s) and task(s) ended",
+                names=", ".join(revoked),
+                ended=ended,
+            )
+        for name, key in after.items():
+            old = before.get(name)
+            if old is not None and old.digest == key.digest and old.scopes != key.scopes:
+                log.info("API key {name} now has scopes {scopes}", name=name, scopes=",".join(sorted(key.scopes)))
+                self.ledger.rescope(f"key:{name}", key.scopes, narrowed(old.scopes, key.scopes))
+        gate = self.gate
+        ended = self.ledger.end(
+            lambda _account, peer: bool(peer) and gate.address_refusal(peer) is not None,
+            "its address is no longer allowed",
+        )
+        if ended:
+            log.info(
+                "{ended} stream(s), session(s) and connection(s) from addresses no longer allowed ended", ended=ended
+            )
 
     def warn_about(self, beyond_loopback: list[str]) -> None:
         """Say loudly when mcpd listens beyond loopback without keys."""
