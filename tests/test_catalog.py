@@ -14,9 +14,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.protocol import errors
+from mcpd.protocol.catalog import MAX_URI_LENGTH
 from mcpd.protocol.engine import Engine
+from mcpd.protocol.ledger import STREAM, SUBSCRIPTION, Ledger, Limit
 from mcpd.protocol.versions import LATEST_LEGACY, META_CLIENT_CAPABILITIES, META_LOG_LEVEL
 from mcpd.tools import ToolRegistry
+from mcpd.tools.api import Caller
 from mcpd.tools.resources import ResourceTemplate, resource_contents, template_pattern
 from tests import conformance_pack
 from tests.test_engine import MODERN, Peer, assert_valid, envelope, error_code
@@ -251,6 +254,76 @@ class SubscriptionTests(SynchronousTestCase):
         # The listen request is over: a draining shutdown does not wait for it.
         self.assertEqual(e.in_flight, 0)
         self.assertEqual(e.changes.listeners, set())
+
+
+class SubscriptionShareTests(SynchronousTestCase):
+    """Listens are streams and their URIs subscriptions of their caller's, whatever carries
+    them: held to its shares, and given back when they end."""
+
+    def setUp(self) -> None:
+        self.ledger = Ledger({STREAM: Limit(per_account=2), SUBSCRIPTION: Limit(total=3, per_account=3)})
+        self.e = Engine(ToolRegistry([conformance_pack.pack]), clock=Clock(), client_timeout=5, ledger=self.ledger)
+
+    def listen(self, peer: Peer, *uris: str) -> Any:
+        notifications: dict[str, Any] = {"toolsListChanged": True}
+        if uris:
+            notifications["resourceSubscriptions"] = list(uris)
+        return peer.start(peer.message("subscriptions/listen", {"notifications": notifications}))
+
+    def test_listens_count_as_streams(self) -> None:
+        peer = Peer(self, self.e, modern=True)
+        first = self.listen(peer)
+        self.listen(peer)
+        self.assertEqual(self.ledger.held("tester", STREAM), 2)
+        refused = self.successResultOf(self.listen(peer))
+        self.assertEqual(error_code(refused), errors.LIMIT_EXCEEDED)
+        self.assertEqual(refused["error"]["data"]["limit"], STREAM)
+        self.assertIn("close a stream", refused["error"]["message"])
+        assert_valid(self, MODERN, refused, "subscriptions/listen")
+        # Another caller has streams of its own.
+        other = Peer(self, self.e, modern=True, caller=Caller(name="other"))
+        self.assertNoResult(self.listen(other))
+        first.cancel()
+        self.assertEqual(self.ledger.held("tester", STREAM), 1)
+        self.assertNoResult(self.listen(peer))
+
+    def test_listened_uris_count_as_subscriptions(self) -> None:
+        peer = Peer(self, self.e, modern=True)
+        listening = self.listen(peer, "test://a", "test://b", "test://a")
+        self.assertEqual(self.ledger.held("tester", SUBSCRIPTION), 2)
+        refused = self.successResultOf(self.listen(peer, "test://c", "test://d"))
+        self.assertEqual(refused["error"]["data"]["limit"], SUBSCRIPTION)
+        # The refused listen gave its stream back.
+        self.assertEqual(self.ledger.held("tester", STREAM), 1)
+        listening.cancel()
+        self.assertEqual(self.ledger.holdings(), {})
+
+    def test_legacy_subscriptions_count(self) -> None:
+        peer = legacy_peer(self, e=self.e)
+        for uri in ("test://a", "test://b", "test://c", "test://a"):
+            self.assertEqual(peer.result("resources/subscribe", {"uri": uri}), {})
+        refused = peer.request("resources/subscribe", {"uri": "test://d"})
+        self.assertEqual(error_code(refused), errors.LIMIT_EXCEEDED)
+        self.assertIn("unsubscribe from resources", refused["error"]["message"])
+        peer.result("resources/unsubscribe", {"uri": "test://a"})
+        self.assertEqual(self.ledger.held("tester", SUBSCRIPTION), 2)
+        peer.session.close()  # type: ignore[union-attr]
+        self.assertEqual(self.ledger.holdings(), {})
+
+    def test_what_cannot_be_subscribed(self) -> None:
+        self.e.entry_filter = lambda caller, entry: getattr(entry, "uri", "") != "test://watched-resource"
+        for peer in (legacy_peer(self, e=self.e), Peer(self, self.e, modern=True)):
+            if peer.modern:
+                hidden = self.successResultOf(self.listen(peer, "test://watched-resource"))
+                long = self.successResultOf(self.listen(peer, "test://" + "x" * MAX_URI_LENGTH))
+            else:
+                hidden = peer.request("resources/subscribe", {"uri": "test://watched-resource"})
+                long = peer.request("resources/subscribe", {"uri": "test://" + "x" * MAX_URI_LENGTH})
+            # A resource the caller may not see is answered as unknown (its updates would leak).
+            self.assertEqual(error_code(hidden), errors.INVALID_PARAMS)
+            self.assertIn("Resource not found", hidden["error"]["message"])
+            self.assertIn(f"limited to {MAX_URI_LENGTH} characters", long["error"]["message"])
+        self.assertEqual(self.ledger.holdings(), {})
 
 
 class LegacyClientRequestTests(SynchronousTestCase):

@@ -13,12 +13,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from mcpd.protocol.engine import Engine
+from mcpd.protocol.ledger import SESSION, STREAM, Ledger, Limit
 from mcpd.protocol.session import SessionStore
 from mcpd.tools import ToolRegistry
 from mcpd.tools.pack import load_pack
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.sse import KEEPALIVE, keep_alive
 from mcpd.transport.tls import EndpointError, check_endpoint, is_tls
+from mcpd.web.identity import caller_of
 from tests.tls_certs import make_tls_files
 
 INITIALIZE = {
@@ -92,6 +94,44 @@ class LegacySSETests(SynchronousTestCase):
         self.failureResultOf(in_flight, CancelledError)
         self.assertNotIn(session_id, self.sessions)
         self.assertTrue(session.closed)
+
+
+class LegacySSEShareTests(SynchronousTestCase):
+    """``GET /sse`` is a session and a stream of its caller's: counted, capped, ended."""
+
+    def setUp(self) -> None:
+        self.ledger = Ledger({STREAM: Limit(per_account=1), SESSION: Limit(total=5, per_account=5)})
+        self.sessions = SessionStore(Clock(), 60.0, self.ledger)
+        self.engine = Engine(ToolRegistry([load_pack("server")]), ledger=self.ledger)
+        self.stream = SSEStreamResource(self.sessions)
+        self.messages = SSEMessagesResource(self.engine, self.sessions, 1024)
+
+    def open(self) -> tuple[DummyRequest, bytes | int]:
+        request = DummyRequest([b"sse"])
+        return request, self.stream.render_GET(request)
+
+    def account(self, request: DummyRequest) -> str:
+        return caller_of(request, "sse").account
+
+    def test_over_the_stream_share(self) -> None:
+        first, _ = self.open()
+        account = self.account(first)
+        self.assertEqual((self.ledger.held(account, STREAM), self.ledger.held(account, SESSION)), (1, 1))
+        second, body = self.open()
+        self.assertEqual(second.responseCode, 429)
+        self.assertEqual(second.responseHeaders.getRawHeaders(b"retry-after"), [b"5"])
+        self.assertIn("Too many streams", json.loads(body)["error"])  # type: ignore[arg-type]
+        self.assertEqual((self.ledger.held(account, STREAM), self.ledger.held(account, SESSION)), (1, 1))
+        first.finish()
+        self.assertEqual(self.ledger.holdings(), {})
+        self.assertEqual(len(self.sessions), 0)
+
+    def test_ending_the_account_ends_the_session_and_its_stream(self) -> None:
+        request, _ = self.open()
+        self.ledger.end_accounts([self.account(request)], "the API key was revoked")
+        self.assertEqual(request.finished, 1)
+        self.assertEqual(len(self.sessions), 0)
+        self.assertEqual(self.ledger.holdings(), {})
 
 
 class KeepAliveTests(SynchronousTestCase):

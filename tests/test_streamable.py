@@ -26,6 +26,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from mcpd.protocol.engine import Engine
+from mcpd.protocol.errors import LIMIT_EXCEEDED
+from mcpd.protocol.ledger import REPLAY, SESSION, STREAM, Ledger, Limit
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcpd.runtime import Runtime
@@ -194,6 +196,7 @@ def make_server(
     max_message_size: int = 64 * 1024,
     sse_replay: int = 256,
     allowed_origins: Iterable[str] = (),
+    ledger: Ledger | None = None,
 ) -> Server:
     """Build the site: engine and registry, session store on a `Clock`, Origin guard, routes."""
     settings = Settings(session_timeout=session_timeout, max_message_size=max_message_size, sse_replay=sse_replay)
@@ -201,9 +204,9 @@ def make_server(
     registry = ToolRegistry([tools.pack])
     runtime = Runtime(settings, registry)
     runtime.transports.append("streamable-http")
-    engine = Engine(registry, runtime=runtime, page_size=settings.page_size)
+    engine = Engine(registry, runtime=runtime, page_size=settings.page_size, ledger=ledger)
     clock = Clock()
-    sessions = SessionStore(clock, settings.session_timeout)
+    sessions = SessionStore(clock, settings.session_timeout, engine.ledger)
     resource = StreamableHTTP(engine, sessions, settings.max_message_size, settings.sse_replay)
     site = make_site(OriginGuard(resource, allowed_origins), runtime)
     # Connection timeouts run on the fake clock, never on the global reactor.
@@ -953,6 +956,133 @@ class LegacyStreamTests(HTTPTestCase):
         self.assertFalse(self.tools.last.cancelled)
         self.tools.last.finish()
         self.assertNotIn(1, self.server.sessions.get(session_id).in_flight)  # type: ignore[union-attr]
+
+
+class ShareTests(HTTPTestCase):
+    """Streams, sessions and replay buffers are counted per caller (here one address, without
+    keys), whatever opens them: over a share the answer says so (429, Retry-After)."""
+
+    ME = "ip:127.0.0.1"
+
+    def make_server(self) -> Server:
+        self.ledger = Ledger(
+            {
+                STREAM: Limit(per_account=2),
+                SESSION: Limit(total=4, per_account=3),
+                REPLAY: Limit(total=10_000, per_account=600),
+            }
+        )
+        return make_server(ledger=self.ledger)
+
+    def held(self, kind: str) -> int:
+        return self.ledger.held(self.ME, kind)
+
+    def get_stream(self, session_id: str) -> HTTPConnection:
+        return self.open("GET", self.session(session_id), accept=SSE_ONLY)
+
+    def assertOverShare(self, response: HTTPResponse, words: str) -> None:
+        self.assertEqual(response.status, 429, response.body)
+        self.assertEqual(response.headers["retry-after"], "5")
+        self.assertIn(words, response.body.decode())
+
+    def test_get_streams_count(self) -> None:
+        sessions = [self.initialize() for _ in range(3)]
+        first = self.get_stream(sessions[0])
+        self.get_stream(sessions[1])
+        self.assertEqual(self.held(STREAM), 2)
+        refused = self.get_stream(sessions[2]).response
+        self.assertOverShare(refused, "Too many streams: this client address holds 2 of at most 2")
+        self.assertEqual(refused.json()["retry_after"], 5)
+        first.disconnect()
+        self.assertEqual(self.held(STREAM), 1)
+        self.assertEqual(self.get_stream(sessions[2]).response.status, 200)
+
+    def test_an_sse_answer_counts_and_over_the_share_answers_json(self) -> None:
+        session_id = self.initialize()
+        self.get_stream(session_id)
+        streaming = self.open("POST", self.session(session_id), call("test.hold", progressToken=1))
+        self.tools.last.progress(1)
+        self.assertEqual(streaming.response.headers["content-type"], "text/event-stream")
+        self.assertEqual(self.held(STREAM), 2)
+        # At the share the answer comes as JSON, without the notifications before it.
+        response = self.post(call("test.progress", request_id=2, progressToken=2), self.session(session_id))
+        self.assertEqual(response.headers["content-type"], "application/json")
+        self.assertEqual(response.json()["result"]["content"][0]["text"], "progress tool done")
+        self.tools.last.finish()
+        self.assertEqual(self.held(STREAM), 1)
+
+    def test_a_listen_over_http_is_one_stream(self) -> None:
+        listen = modern_request("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        headers = modern_headers("subscriptions/listen")
+        listening = self.open("POST", headers, listen)
+        self.assertEqual(listening.response.headers["content-type"], "text/event-stream")
+        self.assertEqual(self.held(STREAM), 1)
+        self.open("POST", headers, listen)
+        refused = self.post(listen, headers)
+        self.assertOverShare(refused, "Too many streams")
+        body = refused.json()
+        self.assertEqual((body["id"], body["error"]["code"]), (1, LIMIT_EXCEEDED))
+        listening.disconnect()
+        self.assertEqual(self.held(STREAM), 1)
+
+    def test_sessions_share_makes_room_from_the_idle_then_refuses(self) -> None:
+        first, second, third = (self.initialize() for _ in range(3))
+        self.post(request("ping"), self.session(second))  # first is now the least recently used
+        fourth = self.initialize()
+        self.assertNotIn(first, self.server.sessions)
+        self.assertEqual(self.post(request("ping"), self.session(first)).status, 404)
+        self.assertEqual(self.held(SESSION), 3)
+        # None idle: each has a call in flight.
+        for session_id in (second, third, fourth):
+            self.open("POST", self.session(session_id), call("test.hold"))
+        refused = self.post(initialize_request())
+        self.assertOverShare(refused, "Too many sessions: this client address holds 3 of at most 3")
+        body = refused.json()
+        self.assertEqual((body["id"], body["error"]["code"]), (0, LIMIT_EXCEEDED))
+        self.assertNotIn("mcp-session-id", refused.headers)
+
+    def test_a_failed_initialize_gives_its_place_back(self) -> None:
+        bad = request("initialize", {"protocolVersion": 5, "capabilities": {}}, request_id=0)
+        self.assertEqual(self.post(bad).json()["error"]["code"], -32602)
+        self.assertEqual(self.held(SESSION), 0)
+        self.initialize()
+        self.assertEqual(self.held(SESSION), 1)
+        self.server.sessions.stop()
+        self.assertEqual(self.ledger.holdings(), {})
+
+    def test_replay_buffers_are_bounded_per_caller(self) -> None:
+        session_id = self.initialize()
+        session = self.server.sessions.get(session_id)
+        assert session is not None
+        for n in range(20):
+            session.push({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": n}})
+        self.assertLessEqual(self.held(REPLAY), 600)
+        stream = self.get_stream(session_id)
+        delivered = [event.message["params"]["data"] for event in stream.response.events if event.data]
+        # The first events fitted the share; those beyond it reach only a client reading then.
+        self.assertEqual(delivered, list(range(len(delivered))))
+        self.assertLess(len(delivered), 20)
+        session.push({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": 99}})
+        self.assertEqual(stream.response.events[-1].message["params"]["data"], 99)
+        self.assertEqual(self.post(request("ping"), self.session(session_id)).status, 200)
+        self.server.sessions.remove(session_id)
+        self.assertEqual(self.held(REPLAY), 0)
+
+    def test_ending_the_account_ends_its_streams_sessions_and_calls(self) -> None:
+        session_id = self.initialize()
+        stream = self.get_stream(session_id)
+        listen = modern_request("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        listening = self.open("POST", modern_headers("subscriptions/listen"), listen)
+        pending = self.open(
+            "POST", modern_headers("tools/call", "test.hold"), modern_request("tools/call", {"name": "test.hold"})
+        )
+        self.ledger.end_accounts([self.ME], "the API key was revoked")
+        self.assertTrue(stream.response.complete)
+        self.assertTrue(listening.response.complete)
+        self.assertTrue(self.tools.last.cancelled)
+        self.assertNotIn(session_id, self.server.sessions)
+        self.assertEqual(self.ledger.holdings(), {})
+        del pending
 
 
 class PostLimitTests(HTTPTestCase):

@@ -20,10 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.protocol import errors
 from mcpd.protocol.engine import Engine
+from mcpd.protocol.ledger import TASK, Ledger, Limit
 from mcpd.protocol.tasks import TASKS_EXTENSION, MemoryTaskStore, Task, TaskStoreFull, iso8601
 from mcpd.protocol.versions import LATEST_LEGACY, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcpd.tools import ToolRegistry
-from mcpd.tools.api import Tool, ToolResult
+from mcpd.tools.api import Caller, Tool, ToolResult
 from mcpd.tools.pack import ToolPack
 from tests import conformance_pack
 from tests.daemon import DaemonTestMixin
@@ -338,6 +339,68 @@ class LegacyTaskTests(ClockedTestCase):
         self.assertIn("content", self.successResultOf(d)["result"])
 
 
+class TaskShareTests(ClockedTestCase):
+    """One key cannot fill the task store for every other key (its share, then a clear error)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ledger = Ledger({TASK: Limit(per_account=2)})
+        self.e = self.engine(ledger=self.ledger)
+        self.alice = self.peer("alice")
+        self.bob = self.peer("bob")
+
+    def peer(self, name: str) -> Peer:
+        caller = Caller(name=name, scopes=frozenset({"admin"}), account=f"key:{name}")
+        return Peer(self, self.e, session=False, modern=True, caller=caller)
+
+    def start(self, peer: Peer, seconds: int = 60) -> dict[str, Any]:
+        params = {"name": "slow_compute", "arguments": {"seconds": seconds}}
+        return peer.request("tools/call", params, meta=WITH_TASKS)
+
+    def test_a_key_at_its_share_gets_429_and_others_do_not(self) -> None:
+        first = self.start(self.alice, seconds=5)["result"]["taskId"]
+        self.start(self.alice)
+        refused = self.start(self.alice)
+        self.assertEqual(error_code(refused), errors.LIMIT_EXCEEDED)
+        self.assertEqual(refused["error"]["data"], {"limit": TASK, "max": 2, "scope": "caller", "retryAfter": 5})
+        self.assertIn("this API key holds 2 of at most 2", refused["error"]["message"])
+        self.assertIn("tasks/cancel", refused["error"]["message"])
+        self.assertEqual(self.start(self.bob)["result"]["resultType"], "task")
+        # Once one of alice's tasks has finished, it makes room for her next one.
+        self.clock.advance(5)
+        self.assertEqual(self.start(self.alice)["result"]["resultType"], "task")
+        self.assertIsNone(self.e.tasks.store.get(first))
+        self.assertEqual(self.ledger.held("key:alice", TASK), 2)
+
+    def test_a_full_store_is_503_not_an_internal_error(self) -> None:
+        self.e = self.engine(task_store=MemoryTaskStore(capacity=1))
+        self.start(self.peer("alice"))
+        refused = self.start(self.peer("bob"))
+        self.assertEqual(error_code(refused), errors.LIMIT_EXCEEDED)
+        self.assertEqual(refused["error"]["data"]["scope"], "server")
+        self.assertIn("running 1 tasks, its limit", refused["error"]["message"])
+
+    def test_a_revoked_key_loses_its_tasks(self) -> None:
+        mine = self.start(self.alice)["result"]["taskId"]
+        theirs = self.start(self.bob)["result"]["taskId"]
+        self.assertEqual(self.ledger.end_accounts(["key:alice"], "the API key was revoked"), 1)
+        self.assertIsNone(self.e.tasks.store.get(mine))
+        self.assertEqual(self.ledger.held("key:alice", TASK), 0)
+        self.assertEqual(self.e.tasks.store.get(theirs).status, "working")  # type: ignore[union-attr]
+        # Its work was cancelled: nothing is left on the clock but bob's sleep and timer.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+
+    def test_a_key_that_lost_a_scope_loses_its_running_tasks(self) -> None:
+        task_id = self.start(self.alice)["result"]["taskId"]
+        self.ledger.rescope("key:alice", frozenset({"admin", "extra"}), False)
+        self.assertEqual(self.e.tasks.store.get(task_id).status, "working")  # type: ignore[union-attr]
+        self.ledger.rescope("key:alice", frozenset({"read"}), True)
+        task = self.e.tasks.store.get(task_id)
+        assert task is not None
+        self.assertEqual(task.status, "cancelled")
+        self.assertIn("lost a scope", task.status_message or "")
+
+
 class TaskStoreTests(SynchronousTestCase):
     def task(self, task_id: str, status: str = "working", ttl_ms: int | None = 1000) -> Task:
         return Task(
@@ -350,7 +413,8 @@ class TaskStoreTests(SynchronousTestCase):
         store.add(self.task("b"), 0)
         store.add(self.task("c"), 0)  # the finished one makes room
         self.assertEqual([t.task_id for t in store], ["b", "c"])
-        self.assertRaises(TaskStoreFull, store.add, self.task("d"), 0)
+        full = self.assertRaises(TaskStoreFull, store.add, self.task("d"), 0)
+        self.assertEqual((full.code, full.status), (errors.LIMIT_EXCEEDED, 503))
 
     def test_expiry(self) -> None:
         store = MemoryTaskStore()
