@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,7 +21,6 @@ from mcpd.tools.pack import load_pack
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.sse import KEEPALIVE, keep_alive
 from mcpd.transport.tls import EndpointError, check_endpoint, is_tls
-from mcpd.web.identity import caller_of
 from tests.tls_certs import make_tls_files
 
 INITIALIZE = {
@@ -108,10 +108,12 @@ class LegacySSEShareTests(SynchronousTestCase):
 
     def open(self) -> tuple[DummyRequest, bytes | int]:
         request = DummyRequest([b"sse"])
+        request.client = IPv4Address("TCP", "192.0.2.7", 40000)
+        request._disconnected = False  # what finish_quietly reads of a real Request
         return request, self.stream.render_GET(request)
 
     def account(self, request: DummyRequest) -> str:
-        return caller_of(request, "sse").account
+        return "ip:192.0.2.7"
 
     def test_over_the_stream_share(self) -> None:
         first, _ = self.open()
