@@ -8,10 +8,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.protocol.engine import Engine
+from mcpd.protocol.ledger import STREAM, Ledger
 from mcpd.settings import SettingError, resolve
 from mcpd.tap import Options
 from mcpd.tools.pack import ToolRegistry
-from mcpd.web.scopes import ScopePolicy
+from mcpd.web.scopes import ScopePolicy, narrowed
 from mcpd.web.security import Security, SecurityConfigError
 
 
@@ -93,3 +94,71 @@ class SecurityTests(SynchronousTestCase):
 
     def test_bad_trusted_proxy(self) -> None:
         self.assertRaises(SecurityConfigError, Security, resolve({}, {}, {}).__class__(trusted_proxy=("x",)), Clock())
+
+
+class ReloadEndsTests(SynchronousTestCase):
+    """A reload applies at once to everything open, through the ledger."""
+
+    def setUp(self) -> None:
+        self.keys, self.allowed = Path(self.mktemp()), Path(self.mktemp())
+        self.keys.write_text("alice:ka\nbob:kb\ncarol:kc:read\n", encoding="utf-8")
+        self.allowed.write_text("10.0.0.0/8\n", encoding="utf-8")
+        settings = resolve({"api_key_file": str(self.keys), "allowed_ip_file": str(self.allowed)}, {}, {})
+        self.ledger = Ledger()
+        self.security = Security(settings, Clock(), ledger=self.ledger)
+        self.told: list[tuple[str, ...]] = []
+        for name in ("alice", "bob", "carol"):
+            self.ledger.claim(
+                f"key:{name}",
+                STREAM,
+                peer="10.1.1.1",
+                end=lambda why, name=name: self.told.append(("ended", name, why)),
+                rescope=lambda scopes, narrowed, name=name: self.told.append(
+                    ("rescoped", name, ",".join(sorted(scopes)), str(narrowed))
+                ),
+            )
+
+    def test_revoked_and_rotated_keys_end_rescoped_keys_change(self) -> None:
+        # alice is gone, bob's secret changed, carol went from read to admin.
+        self.keys.write_text("bob:kb2\ncarol:kc:admin\n", encoding="utf-8")
+        self.assertTrue(self.security.reload())
+        self.assertEqual(
+            self.told,
+            [
+                ("ended", "alice", "the API key was revoked"),
+                ("ended", "bob", "the API key was revoked"),
+                ("rescoped", "carol", "admin", "False"),
+            ],
+        )
+        self.told.clear()
+        self.keys.write_text("bob:kb2\ncarol:kc:read\n", encoding="utf-8")
+        self.assertTrue(self.security.reload())
+        self.assertEqual(self.told, [("rescoped", "carol", "read", "True")])
+
+    def test_an_address_no_longer_allowed(self) -> None:
+        self.ledger.claim("key:alice", STREAM, peer="192.0.2.1", end=lambda why: self.told.append(("other", why)))
+        self.allowed.write_text("192.0.2.0/24\n", encoding="utf-8")
+        self.assertTrue(self.security.reload())
+        self.assertEqual(
+            sorted(self.told),
+            [("ended", name, "its address is no longer allowed") for name in ("alice", "bob", "carol")],
+        )
+
+    def test_a_refused_reload_ends_nothing(self) -> None:
+        self.keys.write_text("bad name:x\n", encoding="utf-8")
+        self.assertFalse(self.security.reload())
+        self.assertEqual(self.told, [])
+
+
+class NarrowedTests(SynchronousTestCase):
+    def test_what_counts_as_losing_a_scope(self) -> None:
+        cases = [
+            ({"admin"}, {"read"}, True),
+            ({"read"}, {"admin"}, False),
+            ({"read"}, {"write"}, False),
+            ({"write"}, {"read"}, True),
+            ({"read", "notes"}, {"read"}, True),
+            ({"read"}, {"read", "notes"}, False),
+        ]
+        for old, new, expected in cases:
+            self.assertEqual(narrowed(frozenset(old), frozenset(new)), expected, (old, new))
