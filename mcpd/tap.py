@@ -440,6 +440,7 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     vitals.websockets = websockets.open.__len__
     vitals.refusals = lambda: security.gate.refusals
     vitals.refused_at_capacity = lambda: guarded.refused_at_capacity
+    vitals.holdings = ledger.holdings
     _named(HealthService(monitor.health, reactor), "health-checks").setServiceParent(root)
     # Stops after the listeners: calls in flight finish, then streams and connections close.
     DrainService(

@@ -180,7 +180,6 @@ class NetworkTests(GateTestCase):
         self.recorder.callers.clear()
         self.assertRefused(self.fetch(headers, peer="192.0.2.1"), 403, "203.0.113.5")
 
-
     def test_account_without_keys_is_the_client_behind_the_proxy(self) -> None:
         self.make(insecure_no_auth=True, proxies=AddressList(["192.0.2.1"]))
         self.assertEqual(self.fetch({"X-Forwarded-For": "10.1.1.1"}, peer="192.0.2.1").status, 200)

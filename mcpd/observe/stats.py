@@ -43,6 +43,8 @@ class Vitals:
     ready: Callable[[], bool] = lambda: True
     refusals: Callable[[], Mapping[str, int]] = dict
     refused_at_capacity: Callable[[], int] = _zero  # type: ignore[assignment]
+    # What each account holds (mcpd.protocol.ledger): connections, streams, sessions, tasks …
+    holdings: Callable[[], Mapping[str, Mapping[str, int]]] = dict
     checks: Callable[[], Sequence[CheckResult]] = tuple
 
 
@@ -158,10 +160,17 @@ class RequestStats:
             "thread_pool_queue": vitals.pool_queue_depth(),
             "latency": self.latency(),
             "refusals": dict(vitals.refusals()),
+            "holdings": _largest(vitals.holdings()),
             "tools": _breakdown(self.tools),
             "transports": _breakdown(self.transports),
             "timestamp": round(self.clock(), 3),
         }
+
+
+def _largest(holdings: Mapping[str, Mapping[str, int]], count: int = 100) -> dict[str, dict[str, int]]:
+    """The ``count`` accounts holding the most, for /stats (a keyless LAN server may have many)."""
+    ranked = sorted(holdings.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+    return {account: dict(held) for account, held in ranked[:count]}
 
 
 def _breakdown(rows: Mapping[str, list[float]]) -> dict[str, dict[str, Any]]:
