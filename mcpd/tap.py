@@ -23,7 +23,7 @@ from mcpd.lifecycle import DrainService, Lifecycle, OrderedMultiService, Readine
 from mcpd.observe import logging as mcpd_logging
 from mcpd.observe.health import HealthService
 from mcpd.protocol.engine import Engine
-from mcpd.protocol.ledger import CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, TASK, Ledger, Limit, share
+from mcpd.protocol.ledger import CALL, CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, TASK, Ledger, Limit, share
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.tasks import TASK_CAPACITY
 from mcpd.protocol.trace import Tracer
@@ -481,6 +481,9 @@ def build_ledger(settings: Settings) -> Ledger:
         limits[SESSION] = Limit(settings.max_sessions, share(settings.max_sessions, percent))
         # The capacity factory enforces --max-connections itself; the ledger the shares of it.
         limits[CONNECTION] = Limit(per_account=share(settings.max_connections, percent))
+        # As many calls in flight as connections, whatever carries them: a WebSocket or an /sse
+        # session can carry many at once, an HTTP connection one.
+        limits[CALL] = Limit(per_account=share(settings.max_connections, percent))
         limits[REPLAY] = Limit(REPLAY_BUDGET, share(REPLAY_BUDGET, percent))
     return Ledger(limits)
 

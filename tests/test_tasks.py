@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.protocol import errors
 from mcpd.protocol.engine import Engine
-from mcpd.protocol.ledger import TASK, Ledger, Limit
+from mcpd.protocol.ledger import CALL, SUBSCRIPTION, TASK, Ledger, Limit
 from mcpd.protocol.tasks import TASKS_EXTENSION, MemoryTaskStore, Task, TaskStoreFull, iso8601
 from mcpd.protocol.versions import LATEST_LEGACY, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcpd.tools import ToolRegistry
@@ -399,6 +399,42 @@ class TaskShareTests(ClockedTestCase):
         assert task is not None
         self.assertEqual(task.status, "cancelled")
         self.assertIn("lost a scope", task.status_message or "")
+
+    def test_a_listen_hears_only_its_callers_tasks(self) -> None:
+        mine = self.start(self.alice, seconds=1)["result"]["taskId"]
+        theirs = self.start(self.bob, seconds=1)["result"]["taskId"]
+        params = {"notifications": {"taskIds": [mine, theirs, "unknown", mine]}}
+        listening = self.alice.start(self.alice.message("subscriptions/listen", params, meta=WITH_TASKS))
+        ack = self.alice.notes.pop(0)
+        self.assertEqual(ack["params"]["notifications"], {"taskIds": [mine]})
+        self.assertEqual(self.ledger.held("key:alice", SUBSCRIPTION), 1)
+        self.clock.advance(1)
+        self.assertEqual([note["params"]["taskId"] for note in self.alice.notes], [mine])
+        listening.cancel()
+        self.assertEqual(self.ledger.held("key:alice", SUBSCRIPTION), 0)
+
+
+class CallShareTests(ClockedTestCase):
+    """Calls in flight are counted per caller, whatever carries them (here one session, as a
+    WebSocket or an /sse session carries many at once)."""
+
+    def test_calls_in_flight_over_the_share(self) -> None:
+        ledger = Ledger({CALL: Limit(per_account=2)})
+        e = self.engine(ledger=ledger)
+        peer = legacy_peer(self, e=e)
+        running = [peer.start(peer.message("tools/call", {"name": "slow_compute", "arguments": {"seconds": 5}}))]
+        running.append(peer.start(peer.message("tools/call", {"name": "slow_compute", "arguments": {"seconds": 5}})))
+        self.assertEqual(ledger.held("tester", CALL), 2)
+        refused = peer.request("tools/call", {"name": "slow_compute", "arguments": {"seconds": 5}})
+        self.assertEqual(error_code(refused), errors.LIMIT_EXCEEDED)
+        self.assertIn("wait for calls in flight to finish", refused["error"]["message"])
+        # Requests that answer at once are still served (a caller can list, ping, cancel).
+        self.assertEqual(peer.result("ping"), {})
+        self.assertIn("tasks", peer.result("tasks/list"))
+        self.clock.advance(5)
+        for d in running:
+            self.assertIn("result", self.successResultOf(d))
+        self.assertEqual(ledger.held("tester", CALL), 0)
 
 
 class TaskStoreTests(SynchronousTestCase):

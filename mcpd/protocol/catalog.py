@@ -46,6 +46,7 @@ class CatalogMethods:
     list_ttl_ms: int
     changes: ChangeFeed
     ledger: Ledger
+    tasks: TaskManager
     entry_filter: Callable[[Caller, Any], bool] | None
     _channel: Callable[[Request], RequestChannel]
 
@@ -304,7 +305,7 @@ class CatalogMethods:
         # Never fires: the stream lasts until the client goes (the transport cancels it) or
         # the server ends it (`end_subscriptions`, a revoked key); either way the listener leaves.
         d: Deferred[Any] = Deferred()
-        claims = self._claim_listen(exchange, uris, d)
+        claims = self._claim_listen(exchange, len(uris) + len(task_ids), d)
         ack = listener.tagged("notifications/subscriptions/acknowledged", {"notifications": honoured})
         self._trace("out", exchange, ack)  # type: ignore[attr-defined]
         send(ack)
@@ -319,9 +320,10 @@ class CatalogMethods:
 
         return d.addErrback(end)
 
-    def _claim_listen(self, exchange: Any, uris: list[str], d: Deferred[Any]) -> list[Claim]:
+    def _claim_listen(self, exchange: Any, followed: int, d: Deferred[Any]) -> list[Claim]:
         """A listen is a stream of its caller's, whatever carries it (an HTTP response, a
-        WebSocket, stdio), and each URI it follows a subscription; `LimitExceeded` over a share."""
+        WebSocket, stdio), and each URI or task it follows a subscription; `LimitExceeded` over
+        a share."""
         caller: Caller = exchange.caller
         claims: list[Claim] = []
         if exchange.stream is None:
@@ -329,9 +331,9 @@ class CatalogMethods:
                 caller.account, STREAM, peer=caller.peer, end=lambda _reason: d.cancel()
             )
             claims.append(exchange.stream)
-        if uris:
+        if followed:
             try:
-                claims.append(self.ledger.claim(caller.account, SUBSCRIPTION, amount=len(uris), peer=caller.peer))
+                claims.append(self.ledger.claim(caller.account, SUBSCRIPTION, amount=followed, peer=caller.peer))
             except LimitExceeded:
                 for claim in claims:
                     claim.release()
@@ -350,7 +352,8 @@ class CatalogMethods:
                 f"Task status notifications need the {TASKS_EXTENSION} extension in clientCapabilities",
                 data=NEEDS_TASKS,
             )
-        return list(task_ids)
+        # Only the caller's own tasks: another's status (and result) is not the caller's to hear.
+        return self.tasks.own_tasks(request, list(dict.fromkeys(task_ids)))
 
     def end_subscriptions(self, reason: str = "the server is shutting down") -> None:
         """Tell every modern listener its subscription is over (``notifications/cancelled``)."""

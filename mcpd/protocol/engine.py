@@ -40,7 +40,7 @@ from mcpd.protocol.errors import (
     UnsupportedProtocolVersion,
     error_response,
 )
-from mcpd.protocol.ledger import Claim, Ledger
+from mcpd.protocol.ledger import CALL, Claim, Ledger
 from mcpd.protocol.session import Session
 from mcpd.protocol.tasks import LEGACY_TASK_VERSION, TASKS_EXTENSION, MemoryTaskStore, TaskManager
 from mcpd.protocol.versions import (
@@ -82,6 +82,12 @@ NAME_BEARING = {
     "tasks/update": "taskId",
     "tasks/cancel": "taskId",
 }
+
+# Requests whose handlers may take their time, held to the caller's share of calls in flight;
+# the others answer at once (and stay open to a caller at its share: ping, lists, tasks/cancel).
+LONG_RUNNING = frozenset(
+    {"tools/call", "resources/read", "prompts/get", "completion/complete", "tasks/result", "subscriptions/listen"}
+)
 
 INSTRUCTIONS = (
     "mcpd is a team's shared MCP server. Call server.tools to see the tools this server offers "
@@ -402,6 +408,9 @@ class Engine(CatalogMethods):
             handler = (self._modern if request.modern else self._legacy).get(method)
             if handler is None:
                 raise MethodNotFound(f"Method not found: {method}")
+            if method in LONG_RUNNING:
+                # The caller's share of calls in flight, whatever carries them (LimitExceeded).
+                self.ledger.check(exchange.caller.account, CALL)
             result = handler(request)
         except MCPError as e:
             return succeed(error_response(request_id, e.to_error()))
@@ -417,13 +426,17 @@ class Engine(CatalogMethods):
 
     def _track(self, d: Deferred[Any], exchange: Exchange, request_id: Any) -> None:
         """Remember a request still being served, for cancellation, revocation and shutdown."""
-        self._pending[d] = exchange.caller
+        caller = exchange.caller
+        self._pending[d] = caller
+        # Checked before the handler ran: counted now that the call outlives this turn.
+        claim = self.ledger.claim(caller.account, CALL, peer=caller.peer, force=True)
         session = exchange.session
         if session is not None:
             session.in_flight[request_id] = d
 
         def forget(result: Any) -> Any:
             self._pending.pop(d, None)
+            claim.release()
             if session is not None and session.in_flight.get(request_id) is d:
                 del session.in_flight[request_id]
             return result

@@ -147,13 +147,16 @@ class Ledger:
         peer: str = "",
         end: Callable[[str], object] | None = None,
         rescope: Rescope | None = None,
+        force: bool = False,
     ) -> Claim:
-        """Hold ``amount`` of ``kind`` for ``account``; `LimitExceeded` if it would pass a cap.
+        """Hold ``amount`` of ``kind`` for ``account``; `LimitExceeded` if it would pass a cap
+        (unless ``force``: the caller checked before starting what it now counts).
 
         ``end(reason)`` is how the holder is ended when its account is (a revoked key);
         ``rescope(scopes, narrowed)`` how it learns a key's new scopes.
         """
-        self.check(account, kind, amount)
+        if not force:
+            self.check(account, kind, amount)
         self._held[account, kind] += amount
         self._totals[kind] += amount
         claim = Claim(self, account, kind, amount, peer, end, rescope)

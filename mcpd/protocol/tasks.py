@@ -582,6 +582,12 @@ class TaskManager:
         session = request.exchange.session
         return f"session:{session.id}" if session is not None else "none"
 
+    def own_tasks(self, request: Request, task_ids: list[str]) -> list[str]:
+        """The ids among ``task_ids`` of modern tasks that ``request``'s caller owns."""
+        owner = self._owner(request)
+        found = (self.store.get(task_id) for task_id in task_ids)
+        return [task.task_id for task in found if task is not None and task.modern and task.owner == owner]
+
     def get(self, request: Request) -> dict[str, Any]:
         """``tasks/get``: the task (SEP-2663: detailed, with its outcome inlined)."""
         task = self._find(request)
