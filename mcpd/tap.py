@@ -438,7 +438,7 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     vitals.connections = lambda: guarded.open_connections
     vitals.sse_streams = streams.__len__
     vitals.websockets = websockets.open.__len__
-    vitals.refusals = lambda: security.gate.refusals
+    vitals.refusals = lambda: security.gate.refusals + ledger.refused
     vitals.refused_at_capacity = lambda: guarded.refused_at_capacity
     vitals.holdings = ledger.holdings
     _named(HealthService(monitor.health, reactor), "health-checks").setServiceParent(root)

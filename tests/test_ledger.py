@@ -36,6 +36,7 @@ class CountingTests(SynchronousTestCase):
         # Another account still has its share.
         ledger.claim("key:root", SESSION)
         self.assertEqual(ledger.held("key:alice", SESSION), 2)
+        self.assertEqual(ledger.refused, {"sessions_limit": 1})
 
     def test_the_total(self) -> None:
         ledger = Ledger({SESSION: Limit(total=3, per_account=2)})

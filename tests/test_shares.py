@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -30,6 +31,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from tests.daemon import MCPD, DaemonTestMixin
 from tests.test_security import MODERN, SecurityTestCase, call_body, call_headers
 
 LEGACY = "2025-11-25"
@@ -443,6 +445,7 @@ class StreamShareTests(SharesTestCase):
         self.assertEqual(self.stats()["holdings"]["key:alice"], {"connections": 25, "streams": 16})
         outcomes = [record["outcome"] for record in self.audit()]
         self.assertIn("connection_limit", outcomes)
+        self.assertGreaterEqual(self.stats()["refusals"]["streams_limit"], 2)
         for response in held + idle:
             response.close()
 
@@ -557,3 +560,20 @@ class StoreShareTests(SharesTestCase):
         self.assertIn("Too many tasks: this API key holds 250 of at most 250", body["error"]["message"])
         status, _, body = self.post(message, "other-key", **route)
         self.assertEqual((status, body["result"]["resultType"]), (200, "task"))
+
+
+class StdioShareTests(DaemonTestMixin, SynchronousTestCase):
+    """stdio serves one client, yet its listens are streams too: bounded in number."""
+
+    def test_listens_over_stdio(self) -> None:
+        server = self.spawn_stdio(MCPD, "--stdio", "--max-streams-per-key", "4")
+        for n in range(6):
+            server.send(listen(n + 1))
+        replies = [server.receive() for _ in range(6)]
+        acknowledged = [r for r in replies if r.get("method") == "notifications/subscriptions/acknowledged"]
+        refused = [r for r in replies if "error" in r]
+        self.assertEqual((len(acknowledged), len(refused)), (4, 2))
+        self.assertEqual({r["error"]["code"] for r in refused}, {-32000})
+        self.assertIn("Too many streams: this client holds 4 of at most 4", refused[0]["error"]["message"])
+        server.close_stdin()
+        self.assertEqual(server.wait(), 0, server.stderr)

@@ -131,6 +131,8 @@ class Ledger:
     def __init__(self, limits: Mapping[str, Limit] | None = None) -> None:
         self.limits: dict[str, Limit] = dict(limits or {})
         self.participants: list[Participant] = []
+        # Claims refused, by reason (``streams_limit`` …), for /metrics and /stats.
+        self.refused: collections.Counter[str] = collections.Counter()
         self._held: collections.Counter[tuple[str, str]] = collections.Counter()
         self._totals: collections.Counter[str] = collections.Counter()
         # Claims that can be ended or rescoped, by account (insertion-ordered sets).
@@ -170,6 +172,7 @@ class Ledger:
         if limit is None:
             return
         if limit.per_account is not None and self._held[account, kind] + amount > limit.per_account:
+            self.refused[f"{kind.replace(' ', '_')}_limit"] += 1
             raise LimitExceeded(
                 f"Too many {kind}: {who(account)} holds {self._held[account, kind]} of at most "
                 f"{limit.per_account}; {_ADVICE.get(kind, 'retry later')}",
@@ -179,6 +182,7 @@ class Ledger:
                 retry_after=RETRY_AFTER,
             )
         if limit.total is not None and self._totals[kind] + amount > limit.total:
+            self.refused[f"{kind.replace(' ', '_')}_limit"] += 1
             raise LimitExceeded(
                 f"Server busy: it holds {self._totals[kind]} {kind}, its limit of {limit.total}; retry later",
                 limit=kind,
