@@ -473,7 +473,6 @@ class StreamShareTests(SharesTestCase):
         grown = rss_kib(self.daemon.process.pid) - before
         # The WebSocket is one of the key's 16 streams, and each listen inside it another.
         self.assertEqual((acknowledged, refused), (15, sent - 15))
-        print(f"RSS grew {grown} KiB over {sent} listens")
         # Unbounded, 20,000 listens held ~110 MB (277 MB for 50,000).
         self.assertLess(grown, 20 * 1024, f"RSS grew {grown} KiB")
         ws.close()
@@ -528,7 +527,6 @@ class StoreShareTests(SharesTestCase):
         before = rss_kib(self.daemon.process.pid)
         flood(10_000)
         grown = rss_kib(self.daemon.process.pid) - before
-        print(f"RSS grew {grown} KiB over 10,000 initialize")
         connection.close()
         self.assertEqual(self.stats()["holdings"]["key:alice"]["sessions"], 100)
         # Unbounded, 10,000 sessions held ~17 MB.
