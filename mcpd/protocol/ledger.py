@@ -254,8 +254,6 @@ class Ledger:
         participants' calls and tasks first, then every claim; how many things ended."""
         ended = sum(participant.end_matching(match, reason) for participant in self.participants)
         doomed = [claim for claims in list(self._live.values()) for claim in claims if match(claim.account, claim.peer)]
-        # Connections last, so that what they carry can say goodbye first (a WebSocket's 1008).
-        doomed.sort(key=lambda claim: claim.kind == CONNECTION)
         for claim in doomed:
             if not claim.released:
                 claim.end(reason)

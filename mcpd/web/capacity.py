@@ -102,7 +102,9 @@ class GuardedConnection(ProtocolWrapper):
         if ledger is None:
             return None
         try:
-            claim = ledger.claim(account, CONNECTION, peer=client, end=self.end)
+            # No ``end``: a connection outlives a revoked key (a proxy's pooled connection
+            # carries other keys' requests too); each request on it is authenticated afresh.
+            claim = ledger.claim(account, CONNECTION, peer=client)
         except LimitExceeded as e:
             log.info("Refusing a connection to {account}: {why}", account=account, why=e.message)
             return e
@@ -110,13 +112,6 @@ class GuardedConnection(ProtocolWrapper):
             held.release()
         self.held = claim
         return None
-
-    def end(self, reason: str) -> None:
-        """Close the connection: the account holding it has ended (a revoked key)."""
-        log.info("Closing a connection of {peer}: {reason}", peer=self.peer, reason=reason)
-        self.loseConnection()
-        if getattr(self.transport, "abortConnection", None) is not None:
-            self.factory.clock.callLater(ABORT_AFTER, _abort_if_open, self.transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         held, self.held = self.held, None

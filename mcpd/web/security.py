@@ -131,10 +131,10 @@ class Security:
         """Re-read the key and allowlist files; on any error keep what is in force.
 
         What changed applies at once to everything open, whatever carries it: a revoked key
-        (gone from the file, or its secret changed) loses its streams, sessions, connections,
-        calls in flight and tasks; a key whose scopes changed has its open WebSockets and
+        (gone from the file, or its secret changed) loses its streams, sessions, calls in flight
+        and tasks; a key whose scopes changed has its open WebSockets and
         sessions served under the new ones (and loses its calls in flight and tasks if it lost
-        a scope); an address no longer allowed loses its streams, sessions and connections.
+        a scope); an address no longer allowed loses its streams and sessions.
         """
         try:
             keys, allowed = load_key_ring(self.settings), load_allowlist(self.settings)
@@ -180,9 +180,7 @@ class Security:
             "its address is no longer allowed",
         )
         if ended:
-            log.info(
-                "{ended} stream(s), session(s) and connection(s) from addresses no longer allowed ended", ended=ended
-            )
+            log.info("{ended} stream(s), session(s) and call(s) from addresses no longer allowed ended", ended=ended)
 
     def warn_about(self, beyond_loopback: list[str]) -> None:
         """Say loudly when mcpd listens beyond loopback without keys."""
