@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import attrs
@@ -38,7 +39,7 @@ def caller_of(request: Request, transport: str) -> Caller:
         return Caller(
             peer=peer,
             transport=transport,
-            account=f"ip:{normal_form(peer)}",
+            account=_address_account(peer),
             x_request_id=getattr(request, "x_request_id", None),
         )
     return Caller(
@@ -49,3 +50,9 @@ def caller_of(request: Request, transport: str) -> Caller:
         account=identity.account,
         x_request_id=getattr(request, "x_request_id", None),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_account(peer: str) -> str:
+    """The account of a client without keys: its address, IPv4-mapped IPv6 as IPv4."""
+    return f"ip:{normal_form(peer)}"
