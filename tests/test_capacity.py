@@ -149,6 +149,30 @@ class ShareTests(CapacityTestCase):
         held[0].connectionLost(None)  # type: ignore[attr-defined]
         self.assertEqual(self.ledger.held("key:alice", CONNECTION), 1)
 
+    def test_without_a_key_an_address_has_a_share_too(self) -> None:
+        # Refused (401) and public (/health) requests count against the client's address, so
+        # that idle connections kept by refusals cannot fill the budget either.
+        for request in (REQUEST, REQUEST.replace(b"POST /mcp", b"POST /health")):
+            protocol, transport = self.connect()
+            protocol.dataReceived(request)  # type: ignore[attr-defined]
+            self.assertIn(parse_response(transport.value()).status, (401, 404, 405, 200))
+            self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.ledger.held("ip:127.0.0.1", CONNECTION), 2)
+        protocol, transport = self.connect()
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        response = parse_response(transport.value())
+        self.assertEqual((response.status, response.headers.get("connection")), (401, "close"))
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(None)  # type: ignore[attr-defined]
+        protocol, transport = self.connect()
+        protocol.dataReceived(REQUEST.replace(b"POST /mcp", b"GET /health"))  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 429)
+        protocol.connectionLost(None)  # type: ignore[attr-defined]
+        # A key still gets in from the same address.
+        protocol, transport = self.connect()
+        protocol.dataReceived(self.request("root-key"))  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 200)
+
     def test_a_connection_moves_to_the_key_of_its_last_request(self) -> None:
         protocol, transport = self.connect()
         protocol.dataReceived(self.request("alice-key"))  # type: ignore[attr-defined]

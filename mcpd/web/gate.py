@@ -204,10 +204,11 @@ class Gate:
         query = request.channel._path.partition(b"?")[2]
         path = _route(request)
         if path in self.public_paths:
-            return None
+            # Without a key, the connection counts against the client's address.
+            return self._hold_connection(request, f"ip:{client}", client, None)
         admin = path.startswith(ADMIN_PREFIXES)
         if admin and (self.public_metrics or is_loopback(client)):
-            return None
+            return self._hold_connection(request, f"ip:{client}", client, None)
         name, scopes = "anonymous", frozenset[str]()
         if self.keys:
             key, refusal = self._authenticate(request, query)
@@ -318,6 +319,12 @@ class Gate:
                 detail=detail,
                 x_request_id=request.x_request_id,
             )
+        if not refusal.close:
+            # A refused client keeps its connection only within its share (its key's, or its
+            # address's): refusals cannot be used to hold every connection.
+            hold = getattr(request.channel.transport, "hold_for", None)
+            if hold is not None and hold(f"key:{key}" if key else f"ip:{client}", client) is not None:
+                refusal = attrs.evolve(refusal, close=True)
         return refusal
 
 
