@@ -245,13 +245,10 @@ class Ledger:
 
     # -- ending ---------------------------------------------------------------------------------
 
-    def claims(self, account: str, kind: str | None = None) -> list[Claim]:
-        """The live claims of ``account`` (of one kind, or all)."""
-        return [c for c in self._live.get(account, ()) if kind is None or c.kind == kind]
-
     def end(self, match: Match, reason: str) -> int:
-        """End everything held by the accounts (and from the addresses) ``match`` picks: the
-        participants' calls and tasks first, then every claim; how many things ended."""
+        """End everything held by the accounts (and from the addresses) ``match`` picks: what
+        the participants hold first (calls in flight), then every claim with an ``end``; how
+        many things ended."""
         ended = sum(participant.end_matching(match, reason) for participant in self.participants)
         doomed = [claim for claims in list(self._live.values()) for claim in claims if match(claim.account, claim.peer)]
         for claim in doomed:

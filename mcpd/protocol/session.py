@@ -48,7 +48,7 @@ class Session:
         # 2025-11-25 server/utilities/logging: set by logging/setLevel; None until then.
         self.log_level: str | None = None
         # URIs subscribed to with resources/subscribe, with what each holds in the ledger.
-        self.subscriptions: dict[str, Claim | None] = {}
+        self.subscriptions: dict[str, Claim] = {}
         # What the session holds in the ledger (its place among the sessions), given back
         # when it closes.
         self.claims: list[Claim] = []
@@ -78,8 +78,7 @@ class Session:
         claims = [*self.claims, *self.subscriptions.values()]
         self.claims, self.subscriptions = [], {}
         for claim in claims:
-            if claim is not None:
-                claim.release()
+            claim.release()
 
 
 class SessionStore:
