@@ -59,6 +59,10 @@ class WSClient:
 
     async def receive(self) -> Any:
         """The next text message as JSON (pings are answered, pongs skipped)."""
+        return json.loads(await self.receive_text())
+
+    async def receive_text(self) -> bytes:
+        """The payload of the next text message, as sent."""
         while True:
             first, second = await self.reader.readexactly(2)
             opcode, length = first & 0x0F, second & 0x7F
@@ -68,7 +72,7 @@ class WSClient:
                 (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
             payload = await self.reader.readexactly(length)
             if opcode == 0x1:
-                return json.loads(payload)
+                return payload
             if opcode == 0x9:
                 self.send_frame(payload, opcode=0xA)
                 continue

@@ -34,7 +34,7 @@ from mcpd.protocol.versions import (
     META_SERVER_INFO,
     MODERN_VERSIONS,
 )
-from mcpd.tools import Caller, Tool, ToolContext, ToolError, ToolPack, ToolRegistry
+from mcpd.tools import Caller, Tool, ToolContext, ToolError, ToolPack, ToolRegistry, ToolResult
 from tests.schema_check import assert_trace_valid, validate_message
 
 MODERN = "2026-07-28"
@@ -573,6 +573,62 @@ class BatchTests(SynchronousTestCase):
         response = peer.send([])
         self.assertEqual(error_code(response), errors.INVALID_REQUEST)
         self.assertIn("empty batch", response["error"]["message"])
+
+
+class UnsendableResultTests(SynchronousTestCase):
+    """A handler's value that JSON cannot carry is a tool error or an internal error, never bad
+    JSON on the wire."""
+
+    def pack(self) -> ToolPack:
+        pack = ToolPack("odd", "Tools returning values JSON cannot carry.")
+        pack.add(Tool(name="nan", description="NaN.", handler=lambda ctx, arguments: float("nan")))
+        pack.add(
+            Tool(
+                name="structured",
+                description="Infinity, structured.",
+                handler=lambda ctx, arguments: {"v": float("inf")},
+                output_schema={"type": "object"},
+            )
+        )
+        pack.add(
+            Tool(
+                name="explicit",
+                description="A ToolResult with NaN structured content.",
+                handler=lambda ctx, arguments: ToolResult(content=[], structured={"v": float("nan")}),
+            )
+        )
+        pack.add(Tool(name="set", description="A set.", handler=lambda ctx, arguments: {1, 2}))
+        return pack
+
+    def test_values_json_cannot_carry_are_tool_errors(self) -> None:
+        peer = Peer(self, make_engine(self.pack()))
+        peer.initialize()
+        for name, why in (("nan", "NaN"), ("structured", "NaN or Infinity"), ("explicit", "NaN"), ("set", "set")):
+            result = peer.call(name)
+            self.assertTrue(result["isError"], name)
+            self.assertIn(f"Tool {name} returned a value JSON cannot carry", text_of(result))
+            self.assertIn(why, text_of(result))
+            encode(result)  # and it is JSON
+
+    def test_progress_must_be_finite(self) -> None:
+        seen: list[Any] = []
+
+        def report(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+            for value in (float("nan"), float("inf")):
+                try:
+                    ctx.progress(value)
+                except ValueError as e:
+                    seen.append(str(e))
+            return "done"
+
+        pack = ToolPack("progress", "Progress that is not a number.")
+        pack.add(Tool(name="report", description="Report NaN progress.", handler=report))
+        peer = Peer(self, make_engine(pack))
+        peer.initialize()
+        peer.call("report", meta={"progressToken": "p"})
+        self.assertEqual(len(seen), 2)
+        self.assertIn("finite", seen[0])
+        self.assertEqual(peer.notes, [])
 
 
 class ModernTests(SynchronousTestCase):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import json
 import re
 import secrets
 import time
@@ -29,6 +28,7 @@ from mcpd.protocol import errors
 from mcpd.protocol.catalog import CatalogMethods
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.channel import ClientError, ClientTimeout, RequestChannel, StateSigner
+from mcpd.protocol.codec import decode, encode
 from mcpd.protocol.errors import (
     HeaderMismatch,
     InternalError,
@@ -54,7 +54,7 @@ from mcpd.protocol.versions import (
     META_SERVER_INFO,
     MODERN_VERSIONS,
 )
-from mcpd.tools.api import Caller, Tool, ToolContext, call_result, error_result, invoke
+from mcpd.tools.api import Caller, Tool, ToolContext, UnsendableResult, call_result, error_result, invoke
 from mcpd.tools.validation import HeaderParameter
 
 if TYPE_CHECKING:
@@ -69,8 +69,6 @@ if TYPE_CHECKING:
 log = Logger(namespace="mcpd.engine")
 
 Notify = Callable[[dict[str, Any]], None]
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
 
 # 2026-07-28 transports §Streamable HTTP: methods whose target is mirrored in `Mcp-Name`.
 # SEP-2663 §Streamable HTTP: Routing Headers: tasks methods mirror their taskId.
@@ -93,11 +91,6 @@ INSTRUCTIONS = (
     "mcpd is a team's shared MCP server. Call server.tools to see the tools this server offers "
     "with their annotations, and server.info for its version and transports."
 )
-
-
-def encode(message: Any) -> bytes:
-    """Serialise a JSON-RPC message compactly (no newlines: safe for stdio framing)."""
-    return _dumps(message).encode("utf-8")
 
 
 @attrs.define
@@ -265,12 +258,12 @@ class Engine(CatalogMethods):
     def handle_bytes(self, data: bytes | str, exchange: Exchange) -> Deferred[Any]:
         """Decode one message (or a batch) and serve it."""
         try:
-            message = _loads(data)
-        except (ValueError, RecursionError):
+            message = decode(data)
+        except ParseError as e:
             # JSON-RPC 2.0 §5.1: -32700, id null; the connection survives.
             if self.tracer is not None:
                 self._trace("in", exchange, data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
-            response = error_response(None, ParseError("Parse error: the message is not valid JSON").to_error())
+            response = error_response(None, e.to_error())
             self._trace("out", exchange, response)
             return succeed(response)
         return self.handle(message, exchange)
@@ -714,6 +707,9 @@ class Engine(CatalogMethods):
             return failure  # a protocol error (say -32021), answered as such
         if failure.check(ToolError, ClientError, ClientTimeout):
             return error_result(str(failure.value))
+        if failure.check(UnsendableResult):
+            log.warn("{why} (request {id!r})", why=str(failure.value), id=ctx.request_id)
+            return error_result(f"{failure.value}; this is a fault of the tool, not of the call.")
         log.failure("Tool {tool} failed (request {id!r})", failure, tool=ctx.tool.name, id=ctx.request_id)
         return error_result(
             f"Tool {ctx.tool.name} failed unexpectedly; the server log has the details (request id {ctx.request_id!r})."
