@@ -24,14 +24,17 @@ class WSClient:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, host: str, port: int, path: str = "/ws", subprotocol: str = "mcp") -> WSClient:
+    async def connect(
+        cls, host: str, port: int, path: str = "/ws", subprotocol: str = "mcp", headers: dict[str, str] | None = None
+    ) -> WSClient:
         reader, writer = await asyncio.open_connection(host, port)
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         writer.write(
             (
                 f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"Sec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
+                f"Sec-WebSocket-Protocol: {subprotocol}\r\n{extra}\r\n"
             ).encode()
         )
         head = await reader.readuntil(b"\r\n\r\n")

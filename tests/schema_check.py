@@ -407,6 +407,10 @@ def _check_out(version: str | None, message: Any, requests: dict[str, str | None
             problems.append("version not known yet, but the message is not an error")
             return [(method, p) for p in problems]
         version = FALLBACK_ERROR_VERSION
+    elif is_response and "id" not in message and version < FALLBACK_ERROR_VERSION:
+        # The schemas before it cannot express an error whose request id was unreadable (a
+        # parse error, a refused batch): check it against the first that can.
+        version = FALLBACK_ERROR_VERSION
     problems += validate_message(version, message, method if is_response else None)
     return [(method, p) for p in problems]
 

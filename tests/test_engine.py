@@ -21,7 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.protocol import errors
-from mcpd.protocol.engine import CallRecord, Engine, Exchange, encode
+from mcpd.protocol.engine import BATCH_SLICE, CallRecord, Engine, Exchange, encode
 from mcpd.protocol.session import Session
 from mcpd.protocol.trace import Tracer
 from mcpd.protocol.versions import (
@@ -35,6 +35,7 @@ from mcpd.protocol.versions import (
     MODERN_VERSIONS,
 )
 from mcpd.tools import Caller, Tool, ToolContext, ToolError, ToolPack, ToolRegistry, ToolResult
+from mcpd.web.ratelimit import MemoryBucketStore, MessageLimiter, RateLimit, RateLimiter
 from tests.schema_check import assert_trace_valid, validate_message
 
 MODERN = "2026-07-28"
@@ -573,6 +574,91 @@ class BatchTests(SynchronousTestCase):
         response = peer.send([])
         self.assertEqual(error_code(response), errors.INVALID_REQUEST)
         self.assertIn("empty batch", response["error"]["message"])
+
+
+class BatchLimitTests(SynchronousTestCase):
+    """A batch is bounded in messages and in the bytes of its answers, and never holds the
+    reactor for more than a slice of its messages."""
+
+    def peer(self, **kwargs: Any) -> Peer:
+        self.clock = Clock()
+        caller = Caller(name="tester", transport="memory", account="key:tester")
+        peer = Peer(self, make_engine(clock=self.clock, **kwargs), caller=caller)
+        peer.initialize("2025-03-26")
+        return peer
+
+    def pings(self, count: int) -> list[dict[str, Any]]:
+        return [{"jsonrpc": "2.0", "id": n, "method": "ping"} for n in range(count)]
+
+    def test_a_batch_over_max_batch_is_refused_whole(self) -> None:
+        peer = self.peer(max_batch=5)
+        self.assertEqual(len(peer.send(self.pings(5))), 5)
+        response = peer.send(self.pings(6))
+        self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+        self.assertIn("at most 5 messages, this one has 6", response["error"]["message"])
+        self.assertNotIn("id", response)
+
+    def test_slices_give_the_reactor_back(self) -> None:
+        peer = self.peer()
+        records: list[CallRecord] = []
+        peer.engine.observers.append(records.append)
+        d = peer.start(self.pings(BATCH_SLICE * 2 + 1))
+        # The first slice ran at once; the others wait for the next reactor turn.
+        self.assertNoResult(d)
+        self.assertEqual(len(records), BATCH_SLICE)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        responses = self.successResultOf(d)
+        self.assertEqual([r["id"] for r in responses], list(range(BATCH_SLICE * 2 + 1)))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_closed_session_stops_the_batch(self) -> None:
+        peer = self.peer()
+        d = peer.start(self.pings(BATCH_SLICE * 3))
+        assert peer.session is not None
+        peer.session.close()
+        self.clock.advance(0)
+        # Only the first slice was served; nothing more is scheduled.
+        self.assertEqual(len(self.successResultOf(d)), BATCH_SLICE)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_answers_past_the_byte_budget_are_errors(self) -> None:
+        one = len(encode({"jsonrpc": "2.0", "id": 0, "result": {}}))
+        peer = self.peer(max_batch_bytes=one * 3)
+        responses = peer.send(self.pings(5))
+        self.assertEqual([r.get("result") for r in responses], [{}, {}, {}, None, None])
+        self.assertEqual([r["id"] for r in responses], [0, 1, 2, 3, 4])
+        self.assertEqual(error_code(responses[3]), errors.RESPONSE_TOO_LARGE)
+        self.assertIn(f"{one * 3} bytes", responses[3]["error"]["message"])
+
+    def test_rate_limit_counts_every_message_of_a_batch(self) -> None:
+        peer = self.peer()
+        store = MemoryBucketStore(self.clock)
+        peer.engine.message_limit = MessageLimiter(RateLimiter(RateLimit(3, 60.0), store))
+        exchange = peer.exchange()
+        exchange.prepaid = 1  # as the HTTP gate counted the request that carried the batch
+        batch = [*self.pings(4), {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}, *self.pings(2)]
+        responses = self.successResultOf(peer.engine.handle(batch, exchange))
+        outcomes = [r.get("result", r.get("error", {}).get("code")) for r in responses]
+        # One prepaid and three from the bucket served; the rest refused in-band (the
+        # notification, over the limit too, is dropped unanswered).
+        self.assertEqual(outcomes, [{}, {}, {}, {}, errors.LIMIT_EXCEEDED, errors.LIMIT_EXCEEDED])
+        self.assertEqual(
+            responses[4]["error"]["data"], {"limit": "rate", "max": 3, "scope": "caller", "retryAfter": 20}
+        )
+        assert_valid(self, "2025-03-26", responses)
+        self.clock.advance(20)
+        self.assertEqual(peer.send(self.pings(1))[0]["result"], {})
+
+    def test_rate_limited_requests_are_observed(self) -> None:
+        peer = self.peer()
+        records: list[CallRecord] = []
+        peer.engine.observers.append(records.append)
+        refusal = errors.LimitExceeded("over", limit="rate", maximum=1, per_caller=True, retry_after=5)
+        peer.engine.message_limit = lambda caller: refusal
+        response = peer.request("tools/call", {"name": "greet"})
+        self.assertEqual(response["error"]["data"]["retryAfter"], 5)
+        self.assertEqual([(r.tool, r.outcome) for r in records], [("greet", "rate_limited")])
 
 
 class UnsendableResultTests(SynchronousTestCase):

@@ -134,8 +134,9 @@ class SSEMessagesResource(NoHead, Resource):
         if len(body) > self.max_message_size:
             return json_error(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
         # The caller of this POST, admitted just now: its key's scopes as they are now (a
-        # reload may have changed them since the stream opened).
-        exchange = Exchange(peer=session.peer, caller=caller, session=session, notify=session.send)
+        # reload may have changed them since the stream opened). The gate counted the POST
+        # against the caller's rate limit.
+        exchange = Exchange(peer=session.peer, caller=caller, session=session, notify=session.send, prepaid=1)
         try:
             message = decode(body)
         except ParseError as e:

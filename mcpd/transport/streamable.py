@@ -188,6 +188,7 @@ class StreamableHTTP(NoHead, Resource):
     ) -> bytes | int:
         reply = _Reply(self, request, exchange, accepts_sse, modern, new_session)
         exchange.notify = reply.notify
+        exchange.prepaid = 1  # the gate counted this request against the caller's rate limit
         d = self.engine.handle_bytes(body, exchange)
         if d.called:
             # The common case: answered at once, straight back as JSON.
