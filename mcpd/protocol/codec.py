@@ -147,6 +147,17 @@ def encode(message: Any) -> bytes:
         return _replacement(message, e)
 
 
+def dumps(value: Any) -> str:
+    """``value`` as compact JSON text for a log line: like `encode` it never raises and never
+    writes ``NaN``, but quietly (a logger must not log about its own lines): what JSON cannot
+    carry becomes null or text, a lone surrogate U+FFFD."""
+    try:
+        text = _dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        text = _dumps(_sanitized(value, 0, set()))
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
 def _replacement(message: Any, error: Exception) -> bytes:
     try:
         substitute = _substitute(message, error)
@@ -194,4 +205,4 @@ def _sanitized(value: Any, depth: int, path: set[int]) -> Any:
         path.discard(id(value))
 
 
-__all__ = ["MAX_DEPTH", "decode", "encode"]
+__all__ = ["MAX_DEPTH", "decode", "dumps", "encode"]
