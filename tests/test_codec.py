@@ -408,6 +408,12 @@ class WireTests(DaemonTestCase):
                     self.assertIn(words, body["error"]["message"], where)
                     if wire.name.startswith("http"):
                         self.assertEqual(status, 400, where)
+            # A POST with neither a session nor a version header is read before it is routed.
+            sessionless = HTTPWire(self.daemon.port or 0, modern=True)
+            sessionless.modern = False
+            for name, data, _words in HOSTILE:
+                status, answer = sessionless.exchange(data)
+                self.assertEqual((status, strict(answer)["error"]["code"]), (400, errors.PARSE_ERROR), name)
             self.assert_nothing_broke(wires)
 
         return self.in_thread(check)

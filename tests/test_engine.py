@@ -1099,6 +1099,19 @@ class ObserverTests(SynchronousTestCase):
         self.assertTrue(all(r.duration >= 0 and r.caller.name == "tester" for r in records))
         self.assertEqual(records[1].version, LATEST_LEGACY)
 
+    def test_what_the_client_chose_is_kept_short(self) -> None:
+        """The audit buffer and the recent-requests ring keep records: a client's huge method
+        name, tool name or id must not be kept whole."""
+        engine = make_engine()
+        records: list[CallRecord] = []
+        engine.observers.append(records.append)
+        peer = Peer(self, engine)
+        peer.initialize()
+        peer.request("x" * 100_000)
+        peer.send({"jsonrpc": "2.0", "id": "i" * 100_000, "method": "tools/call", "params": {"name": "t" * 100_000}})
+        self.assertEqual([len(r.method) for r in records[1:]], [129, 10])
+        self.assertEqual((len(records[2].tool or ""), len(records[2].request_id)), (129, 129))
+
     def test_a_failing_observer_does_not_break_the_answer(self) -> None:
         engine = make_engine()
 

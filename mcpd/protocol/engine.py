@@ -345,10 +345,12 @@ class Engine(CatalogMethods):
             outcome = "tool_error"
         else:
             outcome = "ok"
+        # Records are kept (audit buffer, recent requests), so what the client chose is cut short:
+        # a 4 MB method name must not become 4 MB held per record.
         record = CallRecord(
-            request_id=message.get("id"),
-            method=str(message.get("method")),
-            tool=tool if isinstance(tool, str) else None,
+            request_id=_clipped(message.get("id")),
+            method=_clipped(str(message.get("method"))),
+            tool=_clipped(tool) if isinstance(tool, str) else None,
             caller=exchange.caller,
             version=exchange.version,
             outcome=outcome,
@@ -828,6 +830,11 @@ def _check_parameter_headers(
 def _valid_id(value: Any) -> bool:
     # basic §Requests: ids are strings or integers, never null (MCP forbids null ids).
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _clipped(value: Any, limit: int = 128) -> Any:
+    """A client's string, cut to ``limit`` characters for keeping (anything else as it is)."""
+    return value[:limit] + "…" if isinstance(value, str) and len(value) > limit else value
 
 
 def _readable_id(value: Any) -> Any:
