@@ -162,6 +162,14 @@ KNOBS: tuple[Knob, ...] = (
         "Largest JSON-RPC message accepted, in bytes (stdio line or HTTP body).",
     ),
     Knob(
+        "max_batch",
+        "MAX_BATCH",
+        _positive_int,
+        100,
+        "Most messages one JSON-RPC batch may hold (protocol 2025-03-26 only; a larger batch is refused "
+        "whole); their answers together may take at most --max-message-size bytes.",
+    ),
+    Knob(
         "sse_replay",
         "SSE_REPLAY",
         _positive_int,
@@ -373,6 +381,7 @@ class Settings:
     session_timeout: float = 1800.0
     page_size: int = 100
     max_message_size: int = 4 * 1024 * 1024
+    max_batch: int = 100
     sse_replay: int = 256
     sse_keepalive: float = 15.0
     trace_file: str | None = None

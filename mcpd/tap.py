@@ -393,6 +393,8 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
         client_timeout=settings.client_timeout,
         state_key=state_key,
         ledger=ledger,
+        max_batch=settings.max_batch,
+        max_batch_bytes=settings.max_message_size,
     )
     engine.tool_timeout = settings.tool_timeout
     if state_key is None:

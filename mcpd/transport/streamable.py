@@ -15,7 +15,6 @@ client accepts ``text/event-stream``.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from mcpd.protocol.codec import decode
 from mcpd.protocol.engine import Engine, Exchange, encode
 from mcpd.protocol.errors import (
     HTTP_STATUS_FOR_CODE,
@@ -32,6 +32,7 @@ from mcpd.protocol.errors import (
     InvalidRequest,
     LimitExceeded,
     MCPError,
+    ParseError,
     limit_status,
 )
 from mcpd.protocol.ledger import Ledger
@@ -51,7 +52,6 @@ _JSON = b"application/json"
 _SESSION_HEADER = "mcp-session-id"
 # Versions whose streams are primed with an empty event (2025-11-25 transports §Sending Messages).
 _PRIMED_VERSIONS = frozenset({"2025-11-25"})
-_loads = json.loads
 
 
 class HTTPSession(Session):
@@ -188,6 +188,7 @@ class StreamableHTTP(NoHead, Resource):
     ) -> bytes | int:
         reply = _Reply(self, request, exchange, accepts_sse, modern, new_session)
         exchange.notify = reply.notify
+        exchange.prepaid = 1  # the gate counted this request against the caller's rate limit
         d = self.engine.handle_bytes(body, exchange)
         if d.called:
             # The common case: answered at once, straight back as JSON.
@@ -460,8 +461,8 @@ def _duplicated_routing_header(request: Request) -> str | None:
 
 def _loads_or_none(body: bytes) -> Any:
     try:
-        return _loads(body)
-    except (ValueError, RecursionError):
+        return decode(body)
+    except ParseError:
         return None
 
 

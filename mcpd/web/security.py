@@ -19,7 +19,7 @@ from mcpd.web.gate import Gate, guarded_request_factory
 from mcpd.web.keys import KeyFileError, KeyRing, load_keys
 from mcpd.web.network import AddressList, AddressListError, read_address_file
 from mcpd.web.policy import beyond_loopback
-from mcpd.web.ratelimit import MemoryBucketStore, RateLimit, RateLimiter
+from mcpd.web.ratelimit import MemoryBucketStore, MessageLimiter, RateLimit, RateLimiter
 from mcpd.web.scopes import ScopePolicy, narrowed
 
 if TYPE_CHECKING:
@@ -105,12 +105,18 @@ class Security:
         return bool(self.gate.keys)
 
     def attach(self, engine: Engine, registry: ToolRegistry) -> None:
-        """Scopes filter the engine's tools when keys are configured; every call is audited."""
+        """Scopes filter the engine's tools when keys are configured; every call is audited;
+        every message, however it came, counts against its caller's rate limit."""
         if self.keyed:
             policy = ScopePolicy(registry)
             engine.tool_filter = policy
             engine.entry_filter = policy.allows_entry
         engine.observers.append(self.audit.observe)
+        if self.gate.limiter is not None:
+            engine.message_limit = MessageLimiter(self.gate.limiter, self._rate_limited)
+
+    def _rate_limited(self) -> None:
+        self.gate.refusals["rate_limited"] += 1
 
     def protect(self, site: Any) -> CapacityFactory:
         """Guard ``site``: its requests pass the gate, its connections the capacity factory."""
