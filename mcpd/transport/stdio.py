@@ -62,6 +62,8 @@ class StdioProtocol(Protocol):
             limit=self.max_write_buffer,
         )
         self.session.close()
+        # Nothing more will be written, and what is buffered will not drain: do not wait for it.
+        self.connected = False
         if self.on_close is not None:
             self.on_close()
 
