@@ -20,7 +20,7 @@ from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from mcpd.transport.flow import OutputGuard
 from tests.daemon import MCPD, DaemonTestMixin
@@ -282,3 +282,75 @@ def _write_quietly(stream: Any, data: bytes) -> None:
     with contextlib.suppress(OSError, ValueError):
         stream.write(data)
         stream.flush()
+
+
+def open_websocket(port: int) -> tuple[socket.socket, WSConnection]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(ws.send(Request(host="127.0.0.1", target="/ws", subprotocols=["mcp"])))
+    while not any(isinstance(event, AcceptConnection) for event in ws.events()):
+        ws.receive_data(sock.recv(4096))
+    return sock, ws
+
+
+def close_frame(sock: socket.socket, ws: WSConnection) -> CloseConnection:
+    """Read until the server's close frame."""
+    while data := sock.recv(65536):
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, CloseConnection):
+                return event
+    raise AssertionError("the connection ended without a close frame")
+
+
+def initialize_over_websocket(port: int) -> dict[str, Any]:
+    """Another client, served meanwhile: its answer to initialize."""
+    sock, ws = open_websocket(port)
+    try:
+        sock.sendall(ws.send(TextMessage(data=json.dumps(INITIALIZE))))
+        while data := sock.recv(65536):
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, TextMessage):
+                    answer: dict[str, Any] = json.loads(event.data)
+                    return answer
+        raise AssertionError("no answer to initialize")
+    finally:
+        sock.close()
+
+
+class WebSocketFragmentTests(DaemonTestMixin, TestCase):
+    """A WebSocket message cannot be kept open forever: empty continuation frames count against a
+    frame limit (1009), and the rest of a split message must follow within --request-timeout (1008)."""
+
+    timeout = 60
+
+    def test_empty_continuation_frames(self) -> Deferred[None]:
+        daemon = self.start_daemon()
+
+        def check() -> None:
+            sock, ws = open_websocket(daemon.port)
+            self.addCleanup(sock.close)
+            frames = b"".join(ws.send(TextMessage(data="", message_finished=False)) for _ in range(3000))
+            threading.Thread(target=_send_quietly, args=(sock, frames), daemon=True).start()
+            event = close_frame(sock, ws)
+            self.assertEqual(event.code, 1009)
+            self.assertIn("frames", event.reason)
+            self.assertIn("result", initialize_over_websocket(daemon.port))
+
+        return deferToThread(check).addErrback(self.explain)
+
+    def test_a_split_message_that_never_ends(self) -> Deferred[None]:
+        daemon = self.start_daemon("--request-timeout", "1")
+
+        def check() -> None:
+            sock, ws = open_websocket(daemon.port)
+            self.addCleanup(sock.close)
+            started = time.monotonic()
+            sock.sendall(ws.send(TextMessage(data='{"jsonrpc": "2.0",', message_finished=False)))
+            event = close_frame(sock, ws)
+            self.assertEqual(event.code, 1008)
+            self.assertLess(time.monotonic() - started, 5)
+            self.assertIn("result", initialize_over_websocket(daemon.port))
+
+        return deferToThread(check).addErrback(self.explain)
