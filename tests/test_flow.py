@@ -9,7 +9,9 @@ bounded, the slow client must be dropped, and other clients must be served meanw
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -352,5 +354,32 @@ class WebSocketFragmentTests(DaemonTestMixin, TestCase):
             self.assertEqual(event.code, 1008)
             self.assertLess(time.monotonic() - started, 5)
             self.assertIn("result", initialize_over_websocket(daemon.port))
+
+        return deferToThread(check).addErrback(self.explain)
+
+
+class TraceFileTests(DaemonTestMixin, TestCase):
+    """A --trace-file that does not drain (a FIFO whose reader never reads) never stalls the
+    daemon: the trace drops lines, and says so, instead of blocking the reactor."""
+
+    timeout = 60
+
+    def test_a_trace_fifo_nobody_reads(self) -> Deferred[None]:
+        fifo = self.workdir / "trace.fifo"
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # holds the FIFO open, reads nothing
+        self.addCleanup(os.close, reader)
+        daemon = self.start_daemon("--trace-file", str(fifo))
+
+        def check() -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+            self.addCleanup(connection.close)
+            for n in range(300):
+                body, headers = modern_request(n, "tools/call", blob_call(n, 16 * 1024)["params"])
+                connection.request("POST", "/mcp", json.dumps(body), {"content-type": "application/json", **headers})
+                response = connection.getresponse()
+                self.assertEqual(response.status, 200)
+                self.assertEqual(json.loads(response.read())["id"], n)
+            self.assertIn("The trace file does not drain", daemon.log("stdout"))
 
         return deferToThread(check).addErrback(self.explain)
