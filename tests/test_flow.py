@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -25,9 +26,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from mcpd.transport.flow import OutputGuard
-from tests.daemon import MCPD, DaemonTestMixin
+from tests.daemon import MCPD, DaemonTestMixin, free_port
 from tests.test_integration import INITIALIZE, modern_request, post
 from tests.test_observability import fetch
+from tests.tls_certs import make_tls_files
 
 MIB = 1024 * 1024
 # The bound the daemons under test run with, and the size of each answer a test asks for.
@@ -203,6 +205,22 @@ class SlowReaderTests(DaemonTestMixin, TestCase):
             self.addCleanup(sock.close)
             requests = b"".join(modern_blob_request(n) for n in range(CALLS))
             # Sent from a thread: once mcpd stops reading, the send may block.
+            threading.Thread(target=_send_quietly, args=(sock, requests), daemon=True).start()
+
+        return deferToThread(self.assert_bounded_and_dropped, daemon, attack).addErrback(self.explain)
+
+    def test_pipelined_http_requests_over_tls(self) -> Deferred[None]:
+        """The same on an ssl: listener: the guard sits above TLS."""
+        tls = make_tls_files(self.workdir / "tls")
+        tls_port = free_port()
+        daemon = self.start_daemon("--max-write-buffer", str(WRITE_BUFFER), "--listen", tls.endpoint(tls_port))
+        self.assertEqual(post(daemon.port, *modern_request(1, "tools/call", blob_call(1)["params"]))[0], 200)
+
+        def attack() -> None:
+            context = ssl.create_default_context(cafile=str(tls.ca))
+            sock = context.wrap_socket(slow_reader(tls_port), server_hostname="localhost")
+            self.addCleanup(sock.close)
+            requests = b"".join(modern_blob_request(n) for n in range(CALLS))
             threading.Thread(target=_send_quietly, args=(sock, requests), daemon=True).start()
 
         return deferToThread(self.assert_bounded_and_dropped, daemon, attack).addErrback(self.explain)
