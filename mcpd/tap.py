@@ -247,6 +247,17 @@ class HeapFreezeService(Service):
         gc.unfreeze()
 
 
+class TraceService(Service):
+    """Closes the protocol trace on shutdown, writing what it still holds."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.tracer.close()
+
+
 class EngineService(Service):
     """On shutdown, cancels every call still in flight before the thread pool is stopped, so
     handlers that watch for cancellation end and the pool's threads can be joined."""
@@ -393,6 +404,9 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     pool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="mcpd-tools")
     _named(ThreadPoolService(pool), "thread-pool").setServiceParent(root)
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
+    if tracer is not None:
+        # Stops after the engine: every answer written at shutdown is in the trace.
+        _named(TraceService(tracer), "trace").setServiceParent(root)
     state_key = settings.state_key.encode("utf-8") if settings.state_key is not None else None
     ledger = build_ledger(settings)
     engine = Engine(

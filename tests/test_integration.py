@@ -614,7 +614,8 @@ class ShutdownTests(DaemonTestCase):
 
     def test_stdio(self) -> Deferred[None]:
         def check() -> None:
-            server = self.spawn_stdio(MCPD, "--stdio", "--tool-pack", "tests.fixture_pack")
+            # stdio drains like HTTP: the call has --shutdown-timeout to finish.
+            server = self.spawn_stdio(MCPD, "--stdio", "--tool-pack", "tests.fixture_pack", "--shutdown-timeout", "1")
             server.send(INITIALIZE)
             server.receive()
             server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
