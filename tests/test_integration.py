@@ -45,7 +45,14 @@ LEGACY = "legacy"
 MODERN = "2026-07-28"
 SCENARIO_TIMEOUT = 20.0
 EVENT_TIMEOUT = 5.0
-FIXTURE_TOOLS = {"tests.progress", "tests.wait_for_cancel", "tests.blocking_wait", "tests.ping_client"}
+FIXTURE_TOOLS = {
+    "tests.progress",
+    "tests.wait_for_cancel",
+    "tests.blocking_wait",
+    "tests.ping_client",
+    "tests.blob",
+    "tests.progress_then_wait",
+}
 SERVER_TOOLS = {"server.info", "server.tools"}
 INVALID_PARAMS = -32602
 SHUTDOWN_LIMIT = 5.0
