@@ -481,6 +481,7 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     vitals.refusals = lambda: security.gate.refusals + ledger.refused
     vitals.refused_at_capacity = lambda: guarded.refused_at_capacity
     vitals.holdings = ledger.holdings
+    vitals.dropped_slow_readers = lambda: guarded.dropped_slow_readers
     _named(HealthService(monitor.health, reactor), "health-checks").setServiceParent(root)
     # Stops after the listeners: calls in flight finish, then streams and connections close.
     DrainService(

@@ -196,6 +196,8 @@ class SlowReaderTests(DaemonTestMixin, TestCase):
             peak = watch.stop()
         self.assertLess(peak - before, RSS_GROWTH_LIMIT, f"RSS grew from {before} to {peak}")
         self.assertIn("over --max-write-buffer", daemon.log("stdout"))
+        metrics = fetch(daemon.port, "GET", "/metrics")[2].decode()
+        self.assertIn("mcp_connections_dropped_slow_reader_total 1.0", metrics)
 
     def test_pipelined_http_requests(self) -> Deferred[None]:
         daemon = self.start()
