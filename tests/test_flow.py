@@ -277,10 +277,13 @@ class SlowReaderTests(DaemonTestMixin, TestCase):
                 MCPD, "--stdio", "--tool-pack", "tests.fixture_pack", "--max-write-buffer", str(WRITE_BUFFER)
             )
             pid = server.process.pid
-            time.sleep(0.5)
+            server.send(INITIALIZE)
+            self.assertIn("result", server.receive())
+            server.send(blob_call(1))
+            self.assertEqual(server.receive()["id"], 1)  # the last line it reads
             before = rss(pid)
             watch = PeakRSS(pid)
-            lines = [INITIALIZE, INITIALIZED, *(blob_call(n) for n in range(2, CALLS + 2))]
+            lines = [INITIALIZED, *(blob_call(n) for n in range(2, CALLS + 2))]
             data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
             assert server.process.stdin is not None
             threading.Thread(target=_write_quietly, args=(server.process.stdin, data), daemon=True).start()
