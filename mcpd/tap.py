@@ -434,15 +434,7 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
         stdio = StdioService(engine, settings.max_message_size, settings.max_write_buffer)
         _named(stdio, "stdio").setServiceParent(root)
         # Calls in flight finish (or are answered "shutting down"), then stdout is flushed.
-        DrainService(
-            lifecycle,
-            reactor,
-            settings.shutdown_timeout,
-            in_flight=lambda: engine.in_flight,
-            cancel_in_flight=engine.abort_in_flight,
-            end_subscriptions=engine.end_subscriptions,
-            connections=stdio.connections,
-        ).setServiceParent(root)
+        _drain(lifecycle, settings, engine, connections=stdio.connections).setServiceParent(root)
         ReadinessService(lifecycle, reactor).setServiceParent(root)
         return root
     sessions = SessionStore(reactor, settings.session_timeout, ledger)
@@ -484,13 +476,10 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     vitals.dropped_slow_readers = lambda: guarded.dropped_slow_readers
     _named(HealthService(monitor.health, reactor), "health-checks").setServiceParent(root)
     # Stops after the listeners: calls in flight finish, then streams and connections close.
-    DrainService(
+    _drain(
         lifecycle,
-        reactor,
-        settings.shutdown_timeout,
-        in_flight=lambda: engine.in_flight,
-        cancel_in_flight=engine.abort_in_flight,
-        end_subscriptions=engine.end_subscriptions,
+        settings,
+        engine,
         close_streams=[
             lambda retry_ms: close_streams(streams, retry_ms),
             lambda _retry_ms: _close_websockets(websockets),
@@ -528,6 +517,22 @@ def build_ledger(settings: Settings) -> Ledger:
         limits[CALL] = Limit(per_account=share(settings.max_connections, percent))
         limits[REPLAY] = Limit(REPLAY_BUDGET, share(REPLAY_BUDGET, percent))
     return Ledger(limits)
+
+
+def _drain(lifecycle: Lifecycle, settings: Settings, engine: Engine, **closing: Any) -> DrainService:
+    """The drain at shutdown: the engine's calls finish or are answered "shutting down", then
+    ``closing`` (streams, connections) closes."""
+    from twisted.internet import reactor
+
+    return DrainService(
+        lifecycle,
+        reactor,
+        settings.shutdown_timeout,
+        in_flight=lambda: engine.in_flight,
+        cancel_in_flight=engine.abort_in_flight,
+        end_subscriptions=engine.end_subscriptions,
+        **closing,
+    )
 
 
 def _named(service: Any, name: str) -> Any:
