@@ -96,6 +96,7 @@ class GuardedConnection(ProtocolWrapper):
         transport.writeSequence(data)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
+        # twisted.web's HTTPChannel, a streaming producer: it hears the guard's pauses and resumes.
         self.guard.upstream = producer
 
     def unregisterProducer(self) -> None:
