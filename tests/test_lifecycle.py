@@ -152,7 +152,7 @@ class DrainTests(SynchronousTestCase):
 
 # -- over real sockets: a call still running when --shutdown-timeout ends is answered ----------
 
-SHUTTING_DOWN = -32000
+SHUTTING_DOWN = -32010
 
 
 def _call(request_id: int, tool: str, label: str, progress: bool = False) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def _sse_messages(stream: bytes) -> list[Any]:
 
 class AnsweredShutdownTests(DaemonTestMixin, TestCase):
     """SIGTERM with calls in flight on every transport and era: once --shutdown-timeout has
-    passed, each call is answered with a -32000 "shutting down" error before its connection
+    passed, each call is answered with a -32010 "shutting down" error before its connection
     closes (the connection used to close on it with zero bytes)."""
 
     timeout = 60
@@ -272,7 +272,7 @@ class AnsweredShutdownTests(DaemonTestMixin, TestCase):
                 streamed += chunk
             sse.close()
             self.assert_shutting_down(_sse_messages(streamed)[-1], 9)
-            self.assertLess(streamed.index(b"-32000"), streamed.index(b"retry: 2000"))
+            self.assertLess(streamed.index(b"-32010"), streamed.index(b"retry: 2000"))
 
             frames = []
             while data := websocket.recv(65536):

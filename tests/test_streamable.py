@@ -24,7 +24,6 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
-from twisted.web.test.requesthelper import DummyRequest
 
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import LIMIT_EXCEEDED
@@ -34,7 +33,6 @@ from mcpd.protocol.versions import LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, ME
 from mcpd.runtime import Runtime
 from mcpd.settings import Settings
 from mcpd.tools import ToolContext, ToolPack, ToolRegistry
-from mcpd.transport.sse import EventStream
 from mcpd.transport.streamable import StreamableHTTP
 from mcpd.web.policy import OriginGuard
 from mcpd.web.site import MCPSite, make_site
@@ -1145,30 +1143,3 @@ class SiteTests(HTTPTestCase):
         response = self.post(modern_request("server/discover"), headers)
         self.assertEqual(response.status, 403)
         self.assertIn("Forbidden", response.json()["error"])
-
-
-class ReplayBoundTests(SynchronousTestCase):
-    """What a stream keeps for Last-Event-ID replay is bounded in bytes as well as in events, so
-    a client that never reads (or never opens its GET stream) holds a bounded amount."""
-
-    def replayed(self, stream: EventStream) -> bytes:
-        request = DummyRequest([b""])
-        stream.attach(request, after=0)
-        return b"".join(request.written)
-
-    def test_oldest_events_forgotten_past_the_byte_bound(self) -> None:
-        stream = EventStream("s1", replay_limit=256, replay_bytes=1000)
-        for _ in range(50):
-            stream.send(b'"' + b"x" * 98 + b'"')
-        replayed = self.replayed(stream)
-        self.assertLessEqual(len(replayed), 1000)
-        self.assertIn(b"id: s1.50\n", replayed)
-        self.assertNotIn(b"id: s1.1\n", replayed)
-
-    def test_the_newest_event_is_kept_whatever_its_size(self) -> None:
-        stream = EventStream("s1", replay_bytes=10)
-        stream.send(b'"first"')
-        stream.send(b'"' + b"y" * 100 + b'"')
-        replayed = self.replayed(stream)
-        self.assertIn(b"id: s1.2\n", replayed)
-        self.assertNotIn(b"first", replayed)
