@@ -39,6 +39,7 @@ from mcpd.protocol.errors import (
     MethodNotFound,
     ParseError,
     ResponseTooLarge,
+    ServerShuttingDown,
     UnsupportedProtocolVersion,
     error_response,
 )
@@ -216,6 +217,8 @@ class Engine(CatalogMethods):
         self.ledger = ledger if ledger is not None else Ledger()
         # The requests being served, with who made them.
         self._pending: dict[Deferred[Any], Caller] = {}
+        # Set once shutdown cancels what is still running: those requests are answered.
+        self._shutting_down = False
         # Tool calls running as tasks the client polls (both eras).
         self.tasks = TaskManager(
             task_store if task_store is not None else MemoryTaskStore(), self.clock, ledger=self.ledger
@@ -485,9 +488,16 @@ class Engine(CatalogMethods):
     def cancel_all(self) -> None:
         """Cancel every request still being served, whatever its transport, and every task
         still running (shutdown)."""
+        self.abort_in_flight()
+        self.tasks.shutdown()
+
+    def abort_in_flight(self) -> None:
+        """Shutdown: cancel every request still being served. Unlike a client's own
+        cancellation, each is answered, with a -32010 error saying the server is shutting down,
+        so that its client is not left waiting on a connection that just closes."""
+        self._shutting_down = True
         for d in list(self._pending):
             d.cancel()
-        self.tasks.shutdown()
 
     def end_matching(self, match: Callable[[str, str], bool], reason: str) -> int:
         """Cancel the calls in flight of the accounts (or from the addresses) ``match`` picks:
@@ -513,6 +523,12 @@ class Engine(CatalogMethods):
 
     def _respond_failure(self, failure: Failure, request_id: Any, method: str) -> dict[str, Any] | None:
         if failure.check(CancelledError):
+            if self._shutting_down:
+                error = ServerShuttingDown(
+                    f"Server shutting down: {method} was cancelled before it finished; send it again "
+                    "once the server is back (or to another instance)"
+                )
+                return error_response(request_id, error.to_error())
             # 2025-11-25 basic/utilities/cancellation: no response to a cancelled request.
             return None
         if failure.check(MCPError):

@@ -28,6 +28,7 @@ from mcpd.protocol.engine import Engine, Exchange, encode
 from mcpd.protocol.errors import (
     HTTP_STATUS_FOR_CODE,
     PARSE_ERROR,
+    SERVER_SHUTTING_DOWN,
     HeaderMismatch,
     InvalidRequest,
     LimitExceeded,
@@ -398,6 +399,9 @@ class _Reply:
                 request.setHeader(b"retry-after", b"%d" % limited[1])
             elif self.modern:
                 status = HTTP_STATUS_FOR_CODE.get(code, 200)
+                if code == SERVER_SHUTTING_DOWN:
+                    # Cancelled by a shutdown: 503, and when to come back (RFC 9110 §15.6.4).
+                    request.setHeader(b"retry-after", b"2")
             elif code == PARSE_ERROR:
                 status = 400
         return _json(request, status, encode(response))

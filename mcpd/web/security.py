@@ -131,6 +131,7 @@ class Security:
             head_timeout=settings.header_timeout,
             body_timeout=settings.request_timeout,
             ledger=self.ledger,
+            max_write_buffer=settings.max_write_buffer,
         )
 
     def reload(self) -> bool:
