@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = REPO_ROOT / ".cache" / "deb"
 PLAIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 BUILD_TIMEOUT = 1200.0
+NOT_PACKAGED = ("tests/", "bench/", ".ci/")
 KEEP = 3
 # Debian packages the build needs (debian/control's Build-Depends, and the tools themselves).
 BUILD_DEPENDS = ("debhelper", "dh-virtualenv", "dpkg-dev", "fakeroot", "python3-dev", "python3-venv", "libffi-dev")
@@ -32,14 +34,16 @@ class BuildError(Exception):
 
 
 def source_files() -> list[str]:
-    """The tree's files as git sees them: tracked, and untracked but not ignored."""
+    """The tree's files as git sees them (tracked, and untracked but not ignored), less those the
+    package does not carry: a change to a test does not rebuild it."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO_ROOT,
         capture_output=True,
         check=True,
     ).stdout
-    return sorted({name for name in listed.decode().split("\0") if name and (REPO_ROOT / name).is_file()})
+    names = {name for name in listed.decode().split("\0") if name and (REPO_ROOT / name).is_file()}
+    return sorted(name for name in names if not name.startswith(NOT_PACKAGED))
 
 
 def source_digest(files: list[str]) -> str:
@@ -73,10 +77,15 @@ def build_deb(timeout: float = BUILD_TIMEOUT) -> tuple[Path, float]:
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / name, source / name)
         log = scratch / "build.log"
+        # The machine's environment (pip's index settings, proxies) less what points at another
+        # Python: pyenv, a virtualenv.
+        env = {name: value for name, value in os.environ.items() if not name.startswith(("PYENV", "PYTHON", "VIRTUAL_ENV"))}
+        env.update(PATH=PLAIN_PATH, LANG="C.UTF-8")
         with open(log, "wb") as out:
             done = subprocess.run(
-                ["env", "-i", f"PATH={PLAIN_PATH}", "HOME=/root", "LANG=C.UTF-8", "dpkg-buildpackage", "-us", "-uc", "-b"],
+                ["dpkg-buildpackage", "-us", "-uc", "-b"],
                 cwd=source,
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
