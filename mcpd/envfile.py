@@ -53,7 +53,9 @@ def render(
         lines.append("")
         flag = f"--{knob.flag}"
         lines.append(f"# {knob.env} ({flag}{', repeatable' if knob.repeatable else ''})")
-        lines.extend(textwrap.wrap(knob.help, WIDTH - 2, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False))
+        lines.extend(
+            textwrap.wrap(knob.help, WIDTH - 2, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+        )
         if knob.env in defaults:
             value = defaults[knob.env]
             default = shown_default(knob) or "unset"

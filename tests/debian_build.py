@@ -79,7 +79,9 @@ def build_deb(timeout: float = BUILD_TIMEOUT) -> tuple[Path, float]:
         log = scratch / "build.log"
         # The machine's environment (pip's index settings, proxies) less what points at another
         # Python: pyenv, a virtualenv.
-        env = {name: value for name, value in os.environ.items() if not name.startswith(("PYENV", "PYTHON", "VIRTUAL_ENV"))}
+        env = {
+            name: value for name, value in os.environ.items() if not name.startswith(("PYENV", "PYTHON", "VIRTUAL_ENV"))
+        }
         env.update(PATH=PLAIN_PATH, LANG="C.UTF-8")
         with open(log, "wb") as out:
             done = subprocess.run(

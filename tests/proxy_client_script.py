@@ -46,7 +46,9 @@ async def main(transport: str, url: str, ca_file: str, mode: str) -> dict[str, A
             async with Client(target, mode=mode) as client:
                 tools = sorted(tool.name for tool in (await client.list_tools()).tools)
                 info = (await client.call_tool("server.info", {})).structured_content
-                slow = await client.call_tool("tests.progress", {"steps": 3, "delay": 0.05}, progress_callback=on_progress)
+                slow = await client.call_tool(
+                    "tests.progress", {"steps": 3, "delay": 0.05}, progress_callback=on_progress
+                )
                 return {"tools": tools, "info": info, "progress": progress, "isError": slow.is_error}
 
 

@@ -101,7 +101,9 @@ def run(*argv: str, check: bool = True, timeout: float = 300.0, **kwargs: Any) -
     env = {**os.environ, "PATH": PLAIN_PATH, "DEBIAN_FRONTEND": "noninteractive", **kwargs.pop("env", {})}
     done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
     if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} exited with {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(argv)} exited with {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
     return done
 
 
@@ -298,7 +300,7 @@ class DebianPackageTests(TestCase):
             self.addCleanup(lambda: package_status() and apt("purge", "mcpd"))
             started = time.monotonic()
             deb, seconds = build_deb()
-            self.report(f"{deb.name}: {'built in %.0fs' % seconds if seconds else 'reused (sources unchanged)'}")
+            self.report(f"{deb.name}: " + (f"built in {seconds:.0f}s" if seconds else "reused (sources unchanged)"))
             installing = time.monotonic()
             apt("install", str(deb))
             self.report(f"apt-get install took {time.monotonic() - installing:.1f}s")
@@ -345,7 +347,9 @@ class DebianPackageTests(TestCase):
         self.assertIn("/etc/mcpd/mcpd.env", conffiles)
         self.assertNotIn("/etc/mcpd/keys", conffiles)
         settings = (ETC / "mcpd.env").read_text()
-        installed = run(str(VENV / "bin" / "python"), "-c", "from mcpd.settings import KNOBS; print(*(k.env for k in KNOBS))")
+        installed = run(
+            str(VENV / "bin" / "python"), "-c", "from mcpd.settings import KNOBS; print(*(k.env for k in KNOBS))"
+        )
         names = installed.stdout.split()
         self.assertEqual(names, [knob.env for knob in KNOBS])
         for name in names:
@@ -428,7 +432,9 @@ class DebianPackageTests(TestCase):
         self.assertEqual(refused[0], 401, refused)
         allowed = json.loads(run(*network.command([SYSTEM_PYTHON, "-c", _REMOTE_CALL, remote, key])).stdout)
         self.assertEqual(allowed[0], 200, allowed)
-        remote_outcomes = [record["outcome"] for record in audit_records(service.log()) if record["peer"] == network.client_address]
+        remote_outcomes = [
+            record["outcome"] for record in audit_records(service.log()) if record["peer"] == network.client_address
+        ]
         self.assertEqual(remote_outcomes, ["auth_failure", "ok"])
 
         service.process.send_signal(signal.SIGHUP)  # ExecReload
@@ -486,7 +492,13 @@ class DebianPackageTests(TestCase):
         shutil.copy2("/var/lib/dpkg/info/mcpd.postrm", postrm)
         apt("purge", "mcpd")
         self.assertEqual(package_status(), "")
-        for gone in (ETC, STATE, Path("/var/log/mcpd"), VENV, Path("/etc/systemd/system/multi-user.target.wants/mcpd.service")):
+        for gone in (
+            ETC,
+            STATE,
+            Path("/var/log/mcpd"),
+            VENV,
+            Path("/etc/systemd/system/multi-user.target.wants/mcpd.service"),
+        ):
             self.assertFalse(gone.exists() or gone.is_symlink(), f"{gone} is left after purge")
         self.assertFalse(list(Path("/var/lib/dpkg/info").glob("mcpd.*")))
         run(str(postrm), "purge")  # idempotent: a second purge finds nothing and succeeds

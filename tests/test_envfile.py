@@ -7,7 +7,6 @@ import re
 from contextlib import redirect_stdout
 
 import attrs
-
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd import envfile

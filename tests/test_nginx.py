@@ -128,7 +128,9 @@ class NginxTests(DaemonTestMixin, TestCase):
         main.write_text(MAIN_CONF.format(dir=self.workdir))
         for name in ("body", "proxy"):
             (self.workdir / name).mkdir(exist_ok=True)
-        checked = subprocess.run([NGINX, "-t", "-p", str(self.workdir), "-c", str(main)], capture_output=True, text=True)
+        checked = subprocess.run(
+            [NGINX, "-t", "-p", str(self.workdir), "-c", str(main)], capture_output=True, text=True
+        )
         self.assertEqual(checked.returncode, 0, checked.stderr)
         log = open(self.workdir / "nginx.stderr.log", "wb")  # noqa: SIM115
         self.addCleanup(log.close)
@@ -178,18 +180,24 @@ class NginxTests(DaemonTestMixin, TestCase):
                 ("streamable", "/mcp", "2026-07-28"),
                 ("sse", "/sse", "legacy"),
             ):
-                outcome = self.in_namespace(network, [sys.executable, str(PROXY_CLIENT), transport, base + path, str(ca), mode])
+                outcome = self.in_namespace(
+                    network, [sys.executable, str(PROXY_CLIENT), transport, base + path, str(ca), mode]
+                )
                 self.assertTrue(set(outcome["tools"]) >= expected_tools, outcome)
                 self.assertEqual(outcome["progress"], [1.0, 2.0, 3.0], (transport, mode, outcome))
                 self.assertFalse(outcome["isError"])
             env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
             env["SSL_CERT_FILE"] = str(ca)
-            outcome = self.in_namespace(network, [ws_python, str(WS_CLIENT), f"wss://{network.host_address}:{https_port}/ws"], env)
+            outcome = self.in_namespace(
+                network, [ws_python, str(WS_CLIENT), f"wss://{network.host_address}:{https_port}/ws"], env
+            )
             self.assertIn("websocket", outcome["info"]["transports"])
             self.assertEqual([step[0] for step in outcome["progress"]], [1.0, 2.0, 3.0])
 
             # A client's own X-Forwarded-For is not believed: nginx appends the real peer.
-            spoofed = self.in_namespace(network, [sys.executable, "-c", _FETCH, f"{base}/health", str(ca), "203.0.113.9"])
+            spoofed = self.in_namespace(
+                network, [sys.executable, "-c", _FETCH, f"{base}/health", str(ca), "203.0.113.9"]
+            )
             self.assertEqual(spoofed["status"], 200, spoofed)
             plain = f"http://{network.host_address}:{http_port}/mcp"
             redirect = self.in_namespace(network, [sys.executable, "-c", _FETCH, plain, str(ca), ""])
@@ -214,7 +222,9 @@ class NginxTests(DaemonTestMixin, TestCase):
         text = proxy_conf(free_port(), free_port(), free_port(), tls.cert, tls.key, rate_limit=True)
         self.assertRegex(text, r"(?m)^\s*limit_req zone=mcpd ")
         (self.workdir / "mcpd.conf").write_text(text)
-        checked = subprocess.run([NGINX, "-t", "-p", str(self.workdir), "-c", str(main)], capture_output=True, text=True)
+        checked = subprocess.run(
+            [NGINX, "-t", "-p", str(self.workdir), "-c", str(main)], capture_output=True, text=True
+        )
         self.assertEqual(checked.returncode, 0, checked.stderr)
 
     def test_streaming_directives(self) -> None:

@@ -348,7 +348,9 @@ def sandbox_command(
         "inaccessible": inaccessible,
         "private_tmp": ["/tmp", "/var/tmp"] if is_yes(directives, "PrivateTmp") else [],
         "private_devices": is_yes(directives, "PrivateDevices"),
-        "proc": ",".join(option for option in (hidepid and f"hidepid={hidepid}", subset and f"subset={subset}") if option),
+        "proc": ",".join(
+            option for option in (hidepid and f"hidepid={hidepid}", subset and f"subset={subset}") if option
+        ),
         "nofile": int(single(directives, "LimitNOFILE", "0")),
         "setpriv": setpriv,
     }
