@@ -25,8 +25,6 @@ PLAIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 BUILD_TIMEOUT = 1200.0
 NOT_PACKAGED = ("tests/", "bench/", ".ci/")
 KEEP = 3
-# Debian packages the build needs (debian/control's Build-Depends, and the tools themselves).
-BUILD_DEPENDS = ("debhelper", "dh-virtualenv", "dpkg-dev", "fakeroot", "python3-dev", "python3-venv", "libffi-dev")
 
 
 class BuildError(Exception):
