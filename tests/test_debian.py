@@ -363,6 +363,12 @@ class DebianPackageTests(TestCase):
 
         cache = next(VENV.glob("lib/python3*/site-packages/twisted/plugins/dropin.cache"))
         self.assertEqual(owner(cache)[0], "root")
+        # twistd looks plugins up: as the service user it finds mcpd's without writing the cache.
+        twistd = run(
+            "setpriv", "--reuid=mcpd", "--regid=mcpd", "--init-groups", str(VENV / "bin" / "twistd"), "--help", cwd="/"
+        )
+        self.assertIn("mcpd", twistd.stdout)
+        self.assertNotIn("plugin cache", twistd.stdout + twistd.stderr)
         self.assertTrue(Path("/etc/systemd/system/multi-user.target.wants/mcpd.service").is_symlink())
 
     def check_unit(self) -> None:

@@ -21,7 +21,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd import notify
-from tests.daemon import DaemonTestMixin, port_answers
+from tests.daemon import MCPD, DaemonTestMixin, port_answers
 from tests.test_packaging import call_server_info
 
 WAIT = 10.0
@@ -139,11 +139,7 @@ class DaemonNotifyTests(DaemonTestMixin, TestCase):
         """``mcpd --stdio`` under a service manager says READY=1 too and serves its client."""
         manager = ServiceManager()
         self.addCleanup(manager.close)
-        os.environ["NOTIFY_SOCKET"] = manager.address
-        self.addCleanup(os.environ.pop, "NOTIFY_SOCKET", None)
-        from tests.daemon import MCPD
-
-        process = self.spawn_stdio(MCPD, "--stdio")
+        process = self.spawn_stdio(MCPD, "--stdio", env={"NOTIFY_SOCKET": manager.address})
         process.send(
             {
                 "jsonrpc": "2.0",
