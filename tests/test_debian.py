@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -46,6 +47,7 @@ from mcpd.settings import KNOBS
 from tests.daemon import REPO_ROOT, free_port
 from tests.debian_build import PLAIN_PATH, build_deb
 from tests.netns import ClientNetwork
+from tests.tls_certs import TLSFiles, make_tls_files
 from tests.unit_sandbox import SYSTEM_PYTHON, parse_unit, sandbox_command
 
 UNIT = Path("/lib/systemd/system/mcpd.service")
@@ -125,7 +127,9 @@ def owner(path: Path) -> tuple[str, str, int]:
     return pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name, stat.S_IMODE(info.st_mode)
 
 
-def call_tool(base: str, key: str | None, name: str = "server.info") -> tuple[int, Any]:
+def call_tool(
+    base: str, key: str | None, name: str = "server.info", context: ssl.SSLContext | None = None
+) -> tuple[int, Any]:
     """A 2026-07-28 tools/call over HTTP; the status and the decoded body."""
     body = {
         "jsonrpc": "2.0",
@@ -151,7 +155,7 @@ def call_tool(base: str, key: str | None, name: str = "server.info") -> tuple[in
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(f"{base}/mcp", data=json.dumps(body).encode(), headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
@@ -257,6 +261,9 @@ class Service:
 
 class DebianPackageTests(TestCase):
     timeout = 1800
+
+    tls: TLSFiles
+    tls_port: int
 
     def setUp(self) -> None:
         require_machine()
@@ -401,8 +408,17 @@ class DebianPackageTests(TestCase):
     def configure_as_operator(self) -> int:
         """Serve the LAN on a free port, as an operator would, in the settings file."""
         port = free_port()
+        # And HTTPS of mcpd's own, from files only the mcpd group reads (TLS runs pyOpenSSL's
+        # callbacks, the code MemoryDenyWriteExecute could break).
+        tls_dir = STATE / "tls"
+        self.tls = make_tls_files(tls_dir)
+        run("chown", "-R", "root:mcpd", str(tls_dir))
+        run("chmod", "-R", "u=rwX,g=rX,o=", str(tls_dir))
+        self.tls_port = free_port()
         with open(ETC / "mcpd.env", "a", encoding="utf-8") as f:
-            f.write(f"\n# Set by tests.test_debian\nHOST=0.0.0.0\nPORT={port}\n")
+            f.write(
+                f"\n# Set by tests.test_debian\nHOST=0.0.0.0\nPORT={port}\nLISTEN={self.tls.endpoint(self.tls_port)}\n"
+            )
         run("install", "-o", "mcpd", "-g", "mcpd", "-m", "0640", "/dev/null", str(STATE / "data.txt"))
         (STATE / "data.txt").write_text("kept\n")
         return port
@@ -430,6 +446,9 @@ class DebianPackageTests(TestCase):
         code, body = call_tool(f"http://127.0.0.1:{port}", key)
         self.assertEqual(code, 200, body)
         self.assertEqual(body["result"]["structuredContent"]["name"], "mcpd")
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        code, body = call_tool(f"https://localhost:{self.tls_port}", key, context=context)
+        self.assertEqual(code, 200, body)
 
         network = ClientNetwork()
         self.addCleanup(network.close)
