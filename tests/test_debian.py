@@ -197,15 +197,20 @@ class NotifySocket:
         self.sock.bind(self.path)
         os.chmod(self.path, 0o666)
 
-    def wait_for(self, name: str, timeout: float = READY_TIMEOUT) -> dict[str, str]:
-        """The next notification that sets ``name``; `AssertionError` if none comes in time."""
+    def wait_for(
+        self, name: str, timeout: float = READY_TIMEOUT, process: subprocess.Popen[bytes] | None = None
+    ) -> dict[str, str]:
+        """The next notification that sets ``name``; `AssertionError` if none comes in time (or
+        ``process`` exits first)."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"exited with {process.returncode} before {name}=")
+            self.sock.settimeout(min(left, 0.2))
             try:
                 data = self.sock.recv(4096).decode()
             except TimeoutError:
-                break
+                continue
             fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
             if name in fields:
                 return fields
@@ -227,7 +232,7 @@ class Service:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
-            self.notify.wait_for("READY")
+            self.notify.wait_for("READY", process=self.process)
         except AssertionError as e:
             self.stop()
             raise AssertionError(f"{e}\n{self.log()[-6000:]}") from None
@@ -474,12 +479,22 @@ class DebianPackageTests(TestCase):
         self.assertNotIn("plugin cache", service.log())
 
     def check_service_under_drop_in(self, port: int) -> None:
-        service = Service(self.workdir, "hardened", (DROP_IN,))
-        self.addCleanup(service.stop)
-        code, body = call_tool(f"http://127.0.0.1:{port}", self.admin_key())
-        self.assertEqual(code, 200, body)
-        self.assertEqual(service.stop(), 0, service.log())
-        self.assertNotIn("Traceback", service.log())
+        """contrib's stricter drop-in: mcpd serves under it with TLS terminated in front of it;
+        its own TLS listener cannot start there (MemoryDenyWriteExecute), as the drop-in says."""
+        with self.assertRaisesRegex(AssertionError, "Cannot allocate write\\+execute memory"):
+            Service(self.workdir, "hardened-tls", (DROP_IN,))
+        settings = (ETC / "mcpd.env").read_text()
+        without_tls = "".join(line for line in settings.splitlines(keepends=True) if not line.startswith("LISTEN="))
+        (ETC / "mcpd.env").write_text(without_tls)
+        try:
+            service = Service(self.workdir, "hardened", (DROP_IN,))
+            self.addCleanup(service.stop)
+            code, body = call_tool(f"http://127.0.0.1:{port}", self.admin_key())
+            self.assertEqual(code, 200, body)
+            self.assertEqual(service.stop(), 0, service.log())
+            self.assertNotIn("Traceback", service.log())
+        finally:
+            (ETC / "mcpd.env").write_text(settings)
 
     # -- upgrade, remove, purge -------------------------------------------------------------------
 
