@@ -26,6 +26,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from mcpd import notify
+
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
@@ -101,12 +103,14 @@ class ReadinessService(Service):
         if self.lifecycle.state == STARTING:
             self.lifecycle.state = SERVING
             log.info("Ready")
+            notify.ready()
 
     def stopService(self) -> None:
         super().stopService()
         if self.lifecycle.state != STOPPED:
             self.lifecycle.state = DRAINING
             log.info("Shutting down: draining (not ready; no new connections)")
+            notify.stopping()
 
 
 class DrainService(Service):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from mcpd import notify
 from mcpd.observe.audit import AuditTrail
 from mcpd.protocol.ledger import Ledger
 from mcpd.web.capacity import CapacityFactory
@@ -231,4 +232,5 @@ class ReloadService(Service):
 
     def _reload(self) -> None:
         log.info("SIGHUP: reloading API keys and allowlist")
-        self.security.reload()
+        with notify.reloading():  # systemd's ExecReload waits for READY=1 again
+            self.security.reload()
