@@ -66,6 +66,7 @@ class EmbeddingService(Resource):
         self.requests: list[Recorded] = []
         self.delay = 0.0  # every good answer waits this long
         self.port: Any = None
+        self._pending: set[Deferred[None]] = set()
 
     def listen(self, reactor: Any = default_reactor) -> str:
         """Listen on a free loopback port; returns the base URL."""
@@ -75,6 +76,8 @@ class EmbeddingService(Resource):
         return f"http://127.0.0.1:{self.port.getHost().port}"
 
     def stop(self) -> Deferred[None]:
+        for answer in list(self._pending):
+            answer.cancel()
         return self.port.stopListening()
 
     def render_POST(self, request: server.Request) -> bytes | int:
@@ -133,4 +136,6 @@ class EmbeddingService(Resource):
             request.write(body)
             request.finish()
 
-        deferLater(default_reactor, delay, answer).addErrback(lambda _f: None)
+        later = deferLater(default_reactor, delay, answer)
+        self._pending.add(later)
+        later.addBoth(lambda _: self._pending.discard(later))

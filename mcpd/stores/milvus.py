@@ -25,10 +25,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="mcpd.milvus")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 STORE = "milvus"
 DEFAULT_PREFIX = "mcpd_"
@@ -82,6 +83,19 @@ ANALYZER_PARAMS: Mapping[str, Mapping[str, Any]] = {
     "standard": {"tokenizer": "standard", "filter": ["lowercase"]},
     "jieba": {"tokenizer": {"type": "jieba", "mode": "search"}, "filter": ["lowercase"]},
 }
+
+
+def _refusals_deferred(method: Callable[P, Deferred[T]]) -> Callable[P, Deferred[T]]:
+    """Bad input found before any work (a ValueError) fails the Deferred, as every other error does."""
+
+    @functools.wraps(method)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+        try:
+            return method(*args, **kwargs)
+        except ValueError as e:
+            return fail(e)
+
+    return checked
 
 
 def is_local(uri: str) -> bool:
@@ -211,6 +225,7 @@ class MilvusIndex(Service):
 
     # -- collections --
 
+    @_refusals_deferred
     def create_collection(self, spec: CollectionSpec) -> Deferred[CollectionInfo]:
         if spec.analyzer not in ANALYZERS:
             raise ValueError(f"analyzer {spec.analyzer!r}: choose one of {', '.join(ANALYZERS)}")
@@ -232,6 +247,7 @@ class MilvusIndex(Service):
 
         return self._run(create)
 
+    @_refusals_deferred
     def describe_collection(self, name: str) -> Deferred[CollectionInfo | None]:
         self._physical(name)
         return self._run(lambda client: self._describe(client, name))
@@ -243,6 +259,7 @@ class MilvusIndex(Service):
 
         return self._run(names)
 
+    @_refusals_deferred
     def drop_collection(self, name: str) -> Deferred[bool]:
         physical = self._physical(name)
 
@@ -307,6 +324,7 @@ class MilvusIndex(Service):
 
         return self._run(delete)
 
+    @_refusals_deferred
     def search(self, names: Sequence[str], query: SearchQuery) -> Deferred[list[Hit]]:
         if query.mode not in SEARCH_MODES:
             raise ValueError(f"search mode {query.mode!r}: choose one of {', '.join(SEARCH_MODES)}")
