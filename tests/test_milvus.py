@@ -29,7 +29,12 @@ from mcpd.interfaces import (
     StoreUnavailable,
     UnknownCollection,
 )
+from mcpd.observe.health import DOWN as CHECK_DOWN
+from mcpd.observe.health import OK, HealthChecks, overall, store_check
+from mcpd.settings import resolve
+from mcpd.stores.embedders import OllamaEmbedder, OpenAIEmbedder
 from mcpd.stores.milvus import MilvusIndex
+from mcpd.tap import vector_stores
 from tests.embedding_service import TOY_DIMENSION, TOY_MODEL, toy_vector
 from tests.milvus_service import MilvusLiteServer, require_milvus, shared_server, unique_prefix
 
@@ -355,6 +360,60 @@ class ServerFaultTests(TestCase):
         self.server.start()
         self.assertEqual((yield self.index.check()).state, UP)
         self.assertEqual((yield self.index.list_collections()), [])
+
+
+class HealthTests(TestCase):
+    """The index as a /health check (and so a mcp_store_* series): down makes mcpd degraded, not unhealthy."""
+
+    @inlineCallbacks
+    def test_the_index_is_a_check_that_follows_the_server(self) -> Any:
+        require_milvus()
+        server = MilvusLiteServer(self.mktemp()).start()
+        self.addCleanup(server.stop)
+        index = MilvusIndex(server.uri, reactor, timeout=3.0)
+        index.startService()
+        self.addCleanup(index.stopService)
+        checks = HealthChecks([store_check(index, "milvus")])
+        [result] = yield checks.run()
+        self.assertEqual((result.name, result.status, result.required), ("milvus", OK, False))
+        self.assertEqual(overall((yield checks.run())), "healthy")
+        server.stop()
+        [result] = yield checks.run()
+        self.assertEqual(result.status, CHECK_DOWN)
+        self.assertIn("unavailable", result.detail or "")
+        self.assertEqual(overall(checks.last), "degraded")
+
+
+class WiringTests(TestCase):
+    """The settings become the stores."""
+
+    def test_the_default_index_is_milvus_lite_in_the_data_directory(self) -> None:
+        settings = resolve({}, {"DATA_DIR": "/srv/mcpd"}, {})
+        index, embedder = vector_stores(settings, reactor)
+        assert isinstance(index, MilvusIndex)
+        self.assertEqual(index.uri, "/srv/mcpd/milvus.db")
+        self.assertIsNone(embedder)
+
+    def test_a_server_and_an_embedding_service_come_from_the_settings(self) -> None:
+        environ = {
+            "MILVUS_URI": "http://milvus:19530",
+            "MILVUS_TOKEN": "root:Milvus",
+            "MILVUS_TIMEOUT": "4",
+            "EMBEDDING_URL": "http://gpu:11434/api/embed",
+            "EMBEDDING_MODEL": "bge-m3",
+            "EMBEDDING_BATCH": "8",
+            "EMBEDDING_RETRIES": "0",
+            "EMBEDDING_QUERY_PREFIX": "query: ",
+        }
+        index, embedder = vector_stores(resolve({}, environ, {}), reactor)
+        assert isinstance(index, MilvusIndex)
+        self.assertEqual((index.uri, index.token, index.timeout), ("http://milvus:19530", "root:Milvus", 4.0))
+        assert isinstance(embedder, OllamaEmbedder)
+        self.assertEqual((embedder.model_name, embedder.batch, embedder.retries), ("bge-m3", 8, 0))
+        self.assertEqual(embedder.query_prefix, "query: ")
+        environ["EMBEDDING_API"] = "openai"
+        _index, embedder = vector_stores(resolve({}, environ, {}), reactor)
+        self.assertIsInstance(embedder, OpenAIEmbedder)
 
 
 class LazyImportTests(TestCase):
