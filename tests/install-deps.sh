@@ -2,6 +2,8 @@
 # Installs what the test suite drives besides the Python packages (`make test` runs this first;
 # everything is idempotent and cached, so later runs take a second):
 #  - headless Chromium and its driver (the dashboard test), from Debian, when running as root;
+#  - Debian's manual pages in English and Chinese (manpages-dev, manpages-zh): the real documents
+#    of the retrieval-quality tests (tests/corpus.py);
 #  - Node 22 with the MCP conformance suite, the Inspector and the TypeScript SDK, into the
 #    gitignored .ci-tools/ (conformance, Inspector and TypeScript client tests);
 #  - a virtualenv with the MCP Python SDK 1.x WebSocket client, in the gitignored .cache/.
@@ -19,6 +21,10 @@ apt_install() {
 
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     apt_install chromium chromium-driver
+fi
+
+if [ ! -f /usr/share/man/man2/open.2.gz ] || [ ! -f /usr/share/man/zh_CN/man1/ls.1.gz ]; then
+    apt_install manpages-dev manpages-zh
 fi
 
 NODE_TOOLS="$PWD/.ci-tools"
