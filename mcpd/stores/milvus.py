@@ -150,6 +150,7 @@ class MilvusIndex(Service):
     def startService(self) -> None:
         super().startService()
         self.pool.start()
+        self._status = StoreStatus(STORE, DOWN, "connecting")
         self.check()
 
     def stopService(self) -> Deferred[None]:
