@@ -11,10 +11,8 @@ skip locally and fail under ``CI=true``.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,10 +45,12 @@ def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}_"
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the server gets SIGTERM if the test process dies without stopping it."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _die_with_parent() -> list[str]:
+    """The server gets SIGTERM if the test process dies without stopping it: util-linux's setpriv
+    sets that at exec (a Popen preexec_fn would run Python in a child forked from a process full of
+    gRPC threads, which can hang before exec)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 class MilvusLiteServer:
@@ -69,12 +69,11 @@ class MilvusLiteServer:
     def start(self) -> MilvusLiteServer:
         """Start the server (on the same port and data as before, after a `stop`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.directory / "data")]
+        command = [*_die_with_parent(), sys.executable, "-m", "milvus_lite", "server"]
+        command += ["--data-dir", str(self.directory / "data")]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
         while not port_answers(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -336,6 +337,22 @@ class ServerMilvusTests(IndexContract, TestCase):
 
     def make_index(self) -> MilvusIndex:
         return MilvusIndex(shared_server().uri, reactor, prefix=unique_prefix())
+
+    @inlineCallbacks
+    def test_a_collection_rebuilt_by_another_instance_is_seen_with_its_new_model(self) -> Any:
+        other = MilvusIndex(self.index.uri, reactor, prefix=self.index.prefix)
+        other.startService()
+        self.addCleanup(other.stopService)
+        name = yield self.filled(CollectionSpec("kb_dense", embedding=TOY))
+        yield self.search(name, "cache", mode=SEMANTIC, vector=tuple(toy_vector("cache")), embedding=TOY)
+        # The other instance re-indexes with a new model; this one still knows the old spec.
+        bigger = EmbeddingModel("toy-embed-2", 8)
+        yield other.drop_collection(name)
+        yield other.create_collection(CollectionSpec(name, embedding=bigger))
+        vector = tuple(toy_vector(DOCS["cache"], 8))
+        yield self.index.upsert(name, [attrs.evolve(chunk("cache"), vector=vector)], bigger)
+        hits = yield self.search(name, "cache", mode=SEMANTIC, vector=tuple(toy_vector("cache", 8)), embedding=bigger)
+        self.assertEqual([h.chunk_id for h in hits], ["acme-cache"])
 
 
 class ServerFaultTests(TestCase):

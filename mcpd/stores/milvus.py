@@ -288,6 +288,7 @@ class MilvusIndex(Service):
 
     # -- chunks --
 
+    @_refusals_deferred
     def upsert(
         self, name: str, chunks: Sequence[IndexedChunk], embedding: EmbeddingModel | None = None
     ) -> Deferred[int]:
@@ -295,7 +296,7 @@ class MilvusIndex(Service):
         rows = [_row(chunk) for chunk in chunks]
 
         def upsert(client: MilvusClient) -> int:
-            spec = self._spec(client, name)
+            spec = self._spec(client, name, embedding)
             if spec.embedding is not None:
                 if embedding != spec.embedding:
                     raise IndexMismatch(_vectors_refused(name, spec, embedding))
@@ -316,6 +317,7 @@ class MilvusIndex(Service):
             return succeed(0)
         return self._run(upsert).addCallback(self._written, physical)
 
+    @_refusals_deferred
     def delete(
         self, name: str, tenant: str, chunk_ids: Sequence[str] = (), document_ids: Sequence[str] = ()
     ) -> Deferred[int]:
@@ -354,7 +356,7 @@ class MilvusIndex(Service):
         def search(client: MilvusClient) -> list[Hit]:
             hits: list[Hit] = []
             for name, collection in physical:
-                spec = self._spec(client, name)
+                spec = self._spec(client, name, query.embedding if query.mode != KEYWORD else False)
                 if query.mode != KEYWORD and spec.embedding != query.embedding:
                     raise IndexMismatch(_vectors_refused(name, spec, query.embedding))
                 found = self._loaded(client, collection, self._search, client, collection, query, expression)
@@ -369,7 +371,7 @@ class MilvusIndex(Service):
     def _written(self, result: T, physical: str) -> T:
         """After a write: on Milvus Lite, flush the collection shortly (writes close together
         share one flush)."""
-        if self._lite:
+        if self._lite and self.running:
             self._unflushed.add(physical)
             if self._flush_call is None or not self._flush_call.active():
                 clock: IReactorTime = self.reactor  # type: ignore[assignment]
@@ -496,8 +498,13 @@ class MilvusIndex(Service):
         stats = client.get_collection_stats(physical, timeout=self.timeout)
         return CollectionInfo(spec, int(stats.get("row_count", 0)))
 
-    def _spec(self, client: MilvusClient, name: str) -> CollectionSpec:
+    def _spec(self, client: MilvusClient, name: str, vectors: EmbeddingModel | None | bool = False) -> CollectionSpec:
+        """How the collection was built (kept after the first look). With ``vectors`` (the model
+        of the vectors a call brings, or None for none): when the kept spec disagrees, look again
+        (another instance may have rebuilt the collection) before the caller refuses."""
         spec = self._specs.get(name)
+        if spec is not None and vectors is not False and spec.embedding != vectors:
+            spec = None
         if spec is None:
             info = self._describe(client, name)
             if info is None:
