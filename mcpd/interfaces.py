@@ -1,12 +1,16 @@
-# -*- test-case-name: tests.test_ratelimit -*-
+# -*- test-case-name: tests.test_ratelimit,tests.test_milvus,tests.test_embedders -*-
 """The zope interfaces of mcpd: the seams where an implementation can be swapped."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+import attrs
 from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class IBucketStore(Interface):
@@ -54,3 +58,182 @@ class ITaskStore(Interface):
 
     def __len__() -> int:
         """How many tasks are kept."""
+
+
+# -- The search index and the embedding service (mcpd.stores.milvus, mcpd.stores.embedders) --
+#
+# SQL holds documents, chunks and memories; the index is a copy of their text made searchable,
+# rebuilt from SQL whenever needed. Values crossing these seams are the frozen classes below.
+
+UP, DEGRADED, DOWN = "up", "degraded", "down"
+KEYWORD, SEMANTIC, HYBRID = "keyword", "semantic", "hybrid"
+SEARCH_MODES = (KEYWORD, SEMANTIC, HYBRID)
+ANALYZERS = ("standard", "jieba")
+
+
+@attrs.frozen
+class StoreStatus:
+    """How a store is: up, degraded (answering, but slowly or in part) or down, with a short
+    detail a person can act on and how long its last probe took (seconds)."""
+
+    store: str
+    state: str
+    detail: str | None = None
+    latency: float | None = None
+
+
+class StoreUnavailable(Exception):
+    """A store cannot be reached right now; temporary. The message names the store."""
+
+    def __init__(self, store: str, detail: str) -> None:
+        super().__init__(f"{store} is unavailable (temporary): {detail}")
+        self.store = store
+        self.detail = detail
+
+
+class EmbeddingUnavailable(StoreUnavailable):
+    """The embedding service did not answer (down, timing out, overloaded) after the retries."""
+
+
+class EmbeddingError(Exception):
+    """The embedding service answered, but not with what mcpd can use (a refused key, an
+    unknown model, vectors of the wrong dimension); retrying will not help."""
+
+
+class IndexMismatch(ValueError):
+    """A collection was built differently from what a call needs (another embedding model or
+    dimension, no embeddings, another analyzer): the message names what it was built with."""
+
+
+class UnknownCollection(LookupError):
+    """No index collection by this name."""
+
+
+@attrs.frozen
+class EmbeddingModel:
+    """The model an embedding service runs, and the dimension of its vectors."""
+
+    name: str
+    dimension: int
+
+
+@attrs.frozen
+class CollectionSpec:
+    """What an index collection is built with: a BM25 analyzer for its text (``standard``, or
+    ``jieba`` for Chinese) and, for semantic search, the embedding model of its vectors."""
+
+    name: str
+    analyzer: str = "standard"
+    embedding: EmbeddingModel | None = None
+
+
+@attrs.frozen
+class CollectionInfo:
+    """An index collection as it exists: its spec and about how many chunks it holds."""
+
+    spec: CollectionSpec
+    rows: int
+
+
+@attrs.frozen
+class IndexedChunk:
+    """One searchable piece of text. ``id`` is the chunk's (or memory's) SQL id; ``owner`` is
+    empty for what the whole tenant sees, else the one key that may; ``metadata`` is flat
+    (strings, numbers, booleans); ``created_at`` is a Unix time; ``vector`` its embedding."""
+
+    id: str
+    tenant: str
+    document_id: str
+    text: str
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    owner: str = ""
+    tags: tuple[str, ...] = ()
+    created_at: float = 0.0
+    vector: tuple[float, ...] | None = None
+
+
+@attrs.frozen
+class SearchQuery:
+    """A search within one tenant. ``metadata`` keeps chunks whose metadata equals every pair
+    given; ``tags`` those with every tag; ``owners`` (when given) those whose owner is one of
+    them (``""`` = the tenant's shared chunks). ``vector`` is the embedded query, needed by the
+    semantic and hybrid modes, made by ``embedding``."""
+
+    tenant: str
+    text: str
+    mode: str = KEYWORD
+    limit: int = 10
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    tags: tuple[str, ...] = ()
+    owners: tuple[str, ...] | None = None
+    vector: tuple[float, ...] | None = None
+    embedding: EmbeddingModel | None = None
+
+
+@attrs.frozen
+class Hit:
+    """One search result: the chunk, its document, its collection and a score (higher is
+    better; BM25, cosine similarity or a fused rank score, by mode)."""
+
+    collection: str
+    chunk_id: str
+    document_id: str
+    score: float
+    text: str
+    metadata: Mapping[str, Any]
+    owner: str
+    tags: tuple[str, ...]
+    created_at: float
+
+
+class IHealthReporting(Interface):
+    """A store that can say how it is, for /health, /metrics and ``server.info``."""
+
+    def status() -> StoreStatus:
+        """The state seen by the latest call or probe (no I/O)."""
+
+    def check() -> Deferred[StoreStatus]:
+        """Probe the store now (bounded by its timeout); fires with its status, never fails."""
+
+
+class IVectorIndex(IHealthReporting):
+    """Full-text (BM25) and vector search over chunks, by tenant. Collection names are letters,
+    digits and underscores. Every method returns a Deferred; blocking work runs in the store's
+    own threads. Failures: `StoreUnavailable` (temporary), `UnknownCollection`,
+    `IndexMismatch`, ValueError (bad input: a filter key, an oversized text)."""
+
+    def create_collection(spec: CollectionSpec) -> Deferred[CollectionInfo]:
+        """Create the collection, or find it as it is; one built otherwise is an `IndexMismatch`."""
+
+    def describe_collection(name: str) -> Deferred[CollectionInfo | None]:
+        """The collection, or None when there is none by that name."""
+
+    def list_collections() -> Deferred[list[str]]:
+        """The names of every collection of this index."""
+
+    def drop_collection(name: str) -> Deferred[bool]:
+        """Drop the collection and everything in it; False when there was none."""
+
+    def upsert(name: str, chunks: Sequence[IndexedChunk], embedding: EmbeddingModel | None = None) -> Deferred[int]:
+        """Insert or replace chunks by id (their vectors made by ``embedding``); fires with how many."""
+
+    def delete(
+        name: str, tenant: str, chunk_ids: Sequence[str] = (), document_ids: Sequence[str] = ()
+    ) -> Deferred[int]:
+        """Delete the tenant's chunks with these ids, and those of these documents."""
+
+    def search(names: Sequence[str], query: SearchQuery) -> Deferred[list[Hit]]:
+        """The best ``query.limit`` chunks of the tenant across these collections, best first."""
+
+
+class IEmbedder(IHealthReporting):
+    """An embedding service: texts in, vectors out (OpenAI-compatible or Ollama)."""
+
+    def model() -> Deferred[EmbeddingModel]:
+        """The model and its dimension, probed once (a failed probe is retried next time)."""
+
+    def embed_documents(texts: Sequence[str]) -> Deferred[list[tuple[float, ...]]]:
+        """One vector per text, in order, for indexing (the document prefix is added)."""
+
+    def embed_query(text: str) -> Deferred[tuple[float, ...]]:
+        """The vector of a search query (the query prefix is added)."""

@@ -7,6 +7,7 @@ given with ``--config``; the precedence is flag > environment > file > default.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -85,6 +86,42 @@ def _log_format(text: str) -> str:
     value = text.strip().lower()
     if value not in ("text", "json"):
         raise ValueError(f"must be text or json, not {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {text!r}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _milvus_uri(text: str) -> str:
+    value = text.strip()
+    if value.startswith(("http://", "https://", "tcp://", "unix:")) or value.endswith(".db"):
+        return value
+    raise ValueError(
+        f"must be a Milvus server URL (http://host:19530) or a Milvus Lite file ending in .db, not {text!r}"
+    )
+
+
+def _http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    value = text.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+    return value
+
+
+def _embedding_api(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("openai", "ollama"):
+        raise ValueError(f"must be openai or ollama, not {text!r}")
     return value
 
 
@@ -379,6 +416,83 @@ KNOBS: tuple[Knob, ...] = (
         30.0,
         "On SIGTERM / SIGINT, seconds the calls in flight have to finish before they are cancelled.",
     ),
+    # -- stores (mcpd.stores) --
+    Knob(
+        "data_dir",
+        "DATA_DIR",
+        _text,
+        "./mcpd-data",
+        "Directory of the embedded stores (the SQLite database, the Milvus Lite index), created with mode 0700.",
+    ),
+    Knob(
+        "milvus_uri",
+        "MILVUS_URI",
+        _milvus_uri,
+        None,
+        "The search index of the kb and memory packs: a Milvus server (http://host:19530, or milvus-lite "
+        "server), or a Milvus Lite file. Default: milvus.db in --data-dir, inside mcpd.",
+    ),
+    Knob(
+        "milvus_token",
+        "MILVUS_TOKEN",
+        _text,
+        None,
+        "Token (user:password or API key) for a Milvus server. Prefer the environment or --config to a flag.",
+    ),
+    Knob("milvus_timeout", "MILVUS_TIMEOUT", _seconds, 10.0, "Seconds one call to Milvus may take."),
+    Knob(
+        "embedding_url",
+        "EMBEDDING_URL",
+        _http_url,
+        None,
+        "The embedding service for semantic and hybrid search: an OpenAI-compatible endpoint "
+        "(http://host:8000/v1/embeddings: vLLM, TEI, LocalAI, llama.cpp, OpenAI) or Ollama's "
+        "(http://host:11434/api/embed). Without it, search is keyword (BM25) only.",
+    ),
+    Knob(
+        "embedding_model",
+        "EMBEDDING_MODEL",
+        _text,
+        None,
+        "The model the embedding service runs (needed with --embedding-url).",
+    ),
+    Knob(
+        "embedding_api",
+        "EMBEDDING_API",
+        _embedding_api,
+        None,
+        "openai or ollama (default: ollama when the URL path ends in /api/embed, else openai).",
+    ),
+    Knob(
+        "embedding_api_key",
+        "EMBEDDING_API_KEY",
+        _text,
+        None,
+        "Bearer key for the embedding service. Prefer the environment or --config to a flag.",
+    ),
+    Knob("embedding_batch", "EMBEDDING_BATCH", _positive_int, 32, "Texts sent to the embedding service per request."),
+    Knob("embedding_timeout", "EMBEDDING_TIMEOUT", _seconds, 30.0, "Seconds one embedding request may take."),
+    Knob(
+        "embedding_retries",
+        "EMBEDDING_RETRIES",
+        _count,
+        3,
+        "Retries of an embedding request that timed out or got 429/5xx, with exponential backoff.",
+    ),
+    Knob(
+        "embedding_query_prefix",
+        "EMBEDDING_QUERY_PREFIX",
+        _text,
+        "",
+        "Text put before each search query, for models trained with one (e5: 'query: ', nomic: 'search_query: ').",
+    ),
+    Knob(
+        "embedding_document_prefix",
+        "EMBEDDING_DOCUMENT_PREFIX",
+        _text,
+        "",
+        "Text put before each indexed chunk (e5: 'passage: ', nomic: 'search_document: ').",
+    ),
 )
 KNOBS_BY_NAME = {knob.name: knob for knob in KNOBS}
 
@@ -427,8 +541,25 @@ class Settings:
     log_format: str = "text"
     logfile: str | None = None
     shutdown_timeout: float = 30.0
+    data_dir: str = "./mcpd-data"
+    milvus_uri: str | None = None
+    milvus_token: str | None = attrs.field(default=None, repr=False)  # a secret: never shown
+    milvus_timeout: float = 10.0
+    embedding_url: str | None = None
+    embedding_model: str | None = None
+    embedding_api: str | None = None
+    embedding_api_key: str | None = attrs.field(default=None, repr=False)  # a secret: never shown
+    embedding_batch: int = 32
+    embedding_timeout: float = 30.0
+    embedding_retries: int = 3
+    embedding_query_prefix: str = ""
+    embedding_document_prefix: str = ""
     stdio: bool = False
     port_given: bool = False
+
+    def index_uri(self) -> str:
+        """Where the search index lives: --milvus-uri, else Milvus Lite in the data directory."""
+        return self.milvus_uri or os.path.join(self.data_dir, "milvus.db")
 
     def http_endpoints(self) -> list[str]:
         """The endpoint strings HTTP is served on."""
@@ -496,6 +627,8 @@ def resolve(
         except ValueError as e:
             raise SettingError(f"{where}: {e}") from None
     port_given = flags.get("port") is not None or "PORT" in environ or "PORT" in file_values
+    if values["embedding_url"] and not values["embedding_model"]:
+        raise SettingError("--embedding-url needs --embedding-model (EMBEDDING_MODEL): the model the service runs")
     return Settings(**values, stdio=stdio, port_given=port_given)
 
 

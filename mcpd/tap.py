@@ -535,6 +535,36 @@ def _drain(lifecycle: Lifecycle, settings: Settings, engine: Engine, **closing: 
     )
 
 
+def vector_stores(settings: Settings, reactor: Any) -> tuple[Service, Service | None]:
+    """The search index and (when --embedding-url is given) the embedding service that the kb and
+    memory packs use, built from the settings; both are services for the tree. Imported here, not
+    at the top: a daemon serving other packs loads none of it (and pymilvus only ever loads in the
+    index's threads)."""
+    from mcpd.stores.milvus import MilvusIndex
+
+    index = MilvusIndex(settings.index_uri(), reactor, token=settings.milvus_token, timeout=settings.milvus_timeout)
+    index.setName("milvus")
+    if not settings.embedding_url:
+        return index, None
+    from mcpd.stores.embedders import make_embedder
+
+    assert settings.embedding_model is not None  # resolve() requires it with the URL
+    embedder = make_embedder(
+        settings.embedding_url,
+        settings.embedding_model,
+        reactor,
+        api=settings.embedding_api,
+        api_key=settings.embedding_api_key,
+        batch=settings.embedding_batch,
+        timeout=settings.embedding_timeout,
+        retries=settings.embedding_retries,
+        query_prefix=settings.embedding_query_prefix,
+        document_prefix=settings.embedding_document_prefix,
+    )
+    embedder.setName("embedder")
+    return index, embedder
+
+
 def _named(service: Any, name: str) -> Any:
     """A service with a name, so that a start-up failure says which one failed."""
     service.setName(name)

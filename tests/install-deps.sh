@@ -3,6 +3,8 @@
 # everything is idempotent and cached, so later runs take a second):
 #  - headless Chromium and its driver (the dashboard test), from Debian, when running as root;
 #  - the Debian packaging tools, lintian, systemd's analyzer, nginx-light (package, nginx tests);
+#  - Debian's manual pages in English and Chinese (manpages-dev, manpages-zh): the real documents
+#    of the retrieval-quality tests (tests/corpus.py);
 #  - Node 22 with the MCP conformance suite, the Inspector and the TypeScript SDK, into the
 #    gitignored .ci-tools/ (conformance, Inspector and TypeScript client tests);
 #  - a virtualenv with the MCP Python SDK 1.x WebSocket client, in the gitignored .cache/.
@@ -40,6 +42,11 @@ if [ ${#missing_debs[@]} -gt 0 ]; then
     fi
     apt_install "${missing_debs[@]}"
     [ -z "$no_start" ] || rm -f /usr/sbin/policy-rc.d
+fi
+
+# The retrieval-quality tests' corpus (tests/corpus.py).
+if [ ! -f /usr/share/man/man2/open.2.gz ] || [ ! -f /usr/share/man/zh_CN/man1/ls.1.gz ]; then
+    apt_install manpages-dev manpages-zh
 fi
 
 NODE_TOOLS="$PWD/.ci-tools"

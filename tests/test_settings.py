@@ -221,3 +221,34 @@ class ProtocolKnobTests(SynchronousTestCase):
         with self.assertRaises(SettingError) as caught:
             settings({}, {"STATE_KEY": "short"})
         self.assertIn("STATE_KEY", str(caught.exception))
+
+
+class StoreSettingsTests(SynchronousTestCase):
+    """The index and embedding knobs: checked at start-up, secrets kept out of repr."""
+
+    def test_the_index_defaults_to_milvus_lite_in_the_data_directory(self) -> None:
+        self.assertEqual(settings().index_uri(), "./mcpd-data/milvus.db")
+        self.assertEqual(settings({"data_dir": "/var/lib/mcpd"}).index_uri(), "/var/lib/mcpd/milvus.db")
+        self.assertEqual(settings({}, {"MILVUS_URI": "http://milvus:19530"}).index_uri(), "http://milvus:19530")
+
+    def test_bad_values_are_refused_naming_the_knob(self) -> None:
+        cases = {
+            "MILVUS_URI": "milvus:19530",
+            "EMBEDDING_URL": "gpu:11434/api/embed",
+            "EMBEDDING_API": "cohere",
+            "EMBEDDING_RETRIES": "-1",
+        }
+        for env, value in cases.items():
+            with self.assertRaises(SettingError) as caught:
+                settings({}, {env: value, "EMBEDDING_MODEL": "m"})
+            self.assertIn(env, str(caught.exception))
+
+    def test_an_embedding_url_needs_its_model(self) -> None:
+        with self.assertRaises(SettingError) as caught:
+            settings({}, {"EMBEDDING_URL": "http://gpu:8000/v1/embeddings"})
+        self.assertIn("--embedding-model", str(caught.exception))
+
+    def test_secrets_are_not_shown(self) -> None:
+        shown = repr(settings({}, {"MILVUS_TOKEN": "root:hunter2", "EMBEDDING_API_KEY": "sk-secret"}))
+        self.assertNotIn("hunter2", shown)
+        self.assertNotIn("sk-secret", shown)

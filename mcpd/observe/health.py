@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_health -*-
 """Checks of what mcpd depends on, for ``GET /health`` and the ``mcp_store_*`` series.
 
-mcpd has no external store yet: the checks are the in-process ones it does depend on, the thread
-pool that runs blocking tools (a round trip through it, timed) and the session stores. A store
-added later (SQL, Redis, Milvus) adds a `Check` here. The latest result of each check is kept for
+The in-process checks are the thread pool that runs blocking tools (a round trip through it,
+timed) and the session stores; a store that reports its own health (`IHealthReporting`: the search
+index, the embedding service) becomes a check with `store_check`. The latest result of each check is kept for
 the metrics, refreshed by every /health request and by `HealthService` in between.
 """
 
@@ -20,6 +20,10 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from mcpd.interfaces import DEGRADED as STORE_DEGRADED
+from mcpd.interfaces import DOWN as STORE_DOWN
+from mcpd.interfaces import UP, IHealthReporting, StoreStatus
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorThreads, IReactorTime
@@ -80,6 +84,24 @@ def thread_pool_check(
         return d.addCallbacks(done, slow)
 
     return Check(name, probe)
+
+
+_STATES = {UP: OK, STORE_DEGRADED: DEGRADED, STORE_DOWN: DOWN}
+
+
+def store_check(store: IHealthReporting, name: str | None = None, required: bool = False) -> Check:
+    """A store that reports its own health (the search index, the embedding service): its probe,
+    as a check. Not required by default: mcpd still serves while it is down (searches say so)."""
+
+    def probe() -> Deferred[CheckResult]:
+        def result(status: StoreStatus) -> CheckResult:
+            return CheckResult(
+                name or status.store, _STATES[status.state], status.latency or 0.0, required, status.detail
+            )
+
+        return store.check().addCallback(result)
+
+    return Check(name or store.status().store, probe)
 
 
 def size_check(name: str, size: Callable[[], int], what: str) -> Check:

@@ -1,0 +1,1 @@
+"""The built-in tool packs and the helpers only they use."""
