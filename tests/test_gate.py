@@ -141,8 +141,12 @@ class KeyTests(GateTestCase):
         )
 
     def test_key_in_query_refused(self) -> None:
-        for path in ("/mcp?api_key=root-key", "/mcp?x=1&token=root-key", "/sse?Key=root-key"):
-            response = self.fetch({"Authorization": "Bearer root-key"}, path=path)
+        for method, path in (
+            ("POST", "/mcp?api_key=root-key"),
+            ("POST", "/mcp?x=1&token=root-key"),
+            ("GET", "/sse?Key=root-key"),
+        ):
+            response = self.fetch({"Authorization": "Bearer root-key"}, method=method, path=path)
             self.assertRefused(response, 401, "refused in the URL")
 
     def test_public_health(self) -> None:
