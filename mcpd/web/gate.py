@@ -29,8 +29,8 @@ from twisted.web import server
 from mcpd.web.head import head_problem
 from mcpd.web.identity import IDENTITY_ATTRIBUTE, Identity
 from mcpd.web.keys import KeyRing
-from mcpd.web.network import AddressList, forwarded_client, normal_form
-from mcpd.web.policy import ORIGIN_CHECKED, is_loopback, origin_problem
+from mcpd.web.network import AddressList, forwarded_client, is_loopback_client, normal_form
+from mcpd.web.policy import ORIGIN_CHECKED, origin_problem
 from mcpd.web.ratelimit import RateLimiter, retry_after
 from mcpd.web.responses import REASONS, raw_response
 from mcpd.web.routes import UNKNOWN, Access, decide_route, route_problem
@@ -127,7 +127,7 @@ class Gate:
         """Why a client address may not call at all, or None."""
         if self.allowed and client not in self.allowed:
             return forbidden(f"address {client} is not in this server's allowlist")
-        if not self.keys and not self.insecure_no_auth and not is_loopback(client):
+        if not self.keys and not self.insecure_no_auth and not is_loopback_client(client):
             return forbidden(
                 "this server has no API keys configured, so it serves loopback clients only; its "
                 "operator can configure keys (--api-key-file) or pass --insecure-no-auth on a trusted network"
@@ -157,7 +157,11 @@ class Gate:
         if self.proxies and peer in self.proxies:
             headers = request.requestHeaders
             client = forwarded_client(
-                peer, headers.getRawHeaders("x-forwarded-for", ()), request.getHeader("x-real-ip"), self.proxies
+                peer,
+                self.proxies,
+                forwarded_for=headers.getRawHeaders("x-forwarded-for", ()),
+                real_ip=headers.getRawHeaders("x-real-ip", ()),
+                forwarded=headers.getRawHeaders("forwarded", ()),
             )
             checked = False
         if not checked:
@@ -192,7 +196,7 @@ class Gate:
             # Without a key, the connection counts against the client's address.
             return self._hold_connection(request, f"ip:{client}", client, None)
         admin = route.access is Access.ADMIN
-        if admin and (self.public_metrics or is_loopback(client)):
+        if admin and (self.public_metrics or is_loopback_client(client)):
             return self._hold_connection(request, f"ip:{client}", client, None)
         name, scopes = "anonymous", frozenset[str]()
         if self.keys:
@@ -210,7 +214,7 @@ class Gate:
         if keyed or client is not peer:
             # Without keys or proxies, `caller_of` finds the peer by itself.
             setattr(request, IDENTITY_ATTRIBUTE, Identity(name, scopes, client, account))
-        if self.limiter is not None and (keyed or not is_loopback(client)):
+        if self.limiter is not None and (keyed or not is_loopback_client(client)):
             wait = self.limiter.check(account)
             if isinstance(wait, Deferred):
                 return wait.addCallback(self._after_rate, request, account, client, name if keyed else None)
