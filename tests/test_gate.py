@@ -278,6 +278,24 @@ class RemoteStoreTests(GateTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
 
 
+class Broken(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        raise ValueError("a bug")
+
+
+class ProcessingFailedTests(GateTestCase):
+    def test_a_resource_that_raises_is_a_json_500(self) -> None:
+        self.make()
+        self.site.resource = Broken()
+        response = self.fetch()
+        self.assertEqual(response.status, 500)
+        self.assertEqual(response.headers["content-type"], "application/json")
+        self.assertIn("see its log", json.loads(response.body)["error"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+
 class CallerOfTests(SynchronousTestCase):
     def test_without_policy(self) -> None:
         site = Site(Recorder())

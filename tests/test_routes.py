@@ -176,7 +176,7 @@ def _complete(data: bytes, head_only: bool) -> bool:
     head, separator, body = data.partition(b"\r\n\r\n")
     if not separator:
         return False
-    if head_only:
+    if head_only or head.startswith(b"HTTP/1.1 101 "):
         return True
     fields = {
         name.strip().lower(): value.strip()
@@ -246,6 +246,21 @@ class BypassTests(RouteTestCase):
         audited = [record["outcome"] for record in self.audit()]
         self.assertEqual(set(audited), {"not_found"})
         self.assertEqual(len(audited), 2 * 3 * len(NOT_ROUTES))
+
+    def test_websocket_upgrades_to_other_spellings(self) -> None:
+        upgrade = {
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Protocol": "mcp",
+        }
+        for scheme in self.start():
+            for target in ("//ws", "/ws/", "/%77s", "/./ws", "/ws;x", "/mcp/../ws"):
+                reply = self.send(scheme, "GET", target, **upgrade, **KEY)
+                self.assertJSONError(reply, 404, "is not a path of this server")
+            switched = self.send(scheme, "GET", "/ws", **upgrade, **KEY)
+            self.assertEqual(switched.status, 101, switched.raw)
 
     def test_an_mcp_body_to_a_monitoring_route_is_405(self) -> None:
         for scheme in self.start():
@@ -339,6 +354,18 @@ class EveryRouteTests(RouteTestCase):
         self.assertEqual(self.executions(), ["executed sec.record root"] * 2)
         peers = {record["peer"] for record in self.audit()}
         self.assertEqual(peers, {"203.0.113.9"})
+
+    def test_without_keys_on_loopback(self) -> None:
+        """Without keys loopback is served everything, but only by its exact path."""
+        scheme = self.start_plain()
+        for target in ("/health", "/ready", "/stats", "/metrics", "/dashboard", "/dashboard/dashboard.html"):
+            self.assertEqual(self.send(scheme, "GET", target).status, 200, target)
+        for target in NOT_ROUTES:
+            reply = self.send(scheme, "POST", target, call_body("sec.record"), **MCP_HEADERS)
+            self.assertJSONError(reply, 404, "is not a path of this server")
+        reply = self.send(scheme, "POST", "/mcp", call_body("sec.record"), **MCP_HEADERS)
+        self.assertEqual(reply.status, 200, reply.raw)
+        self.assertEqual(self.executions(), ["executed sec.record anonymous"])
 
     def test_without_keys_only_loopback(self) -> None:
         """A daemon without keys serves loopback only: a client behind the proxy gets 403 on

@@ -44,31 +44,25 @@ class MCPChannel(HTTPChannel):
     _closing = False
     _linger: IDelayedCall | None = None
 
-    def lineReceived(self, line: bytes) -> None:
-        if self._closing:
-            return
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self._too_large(len(line))
-            return
-        super().lineReceived(line)
-
-    def headerReceived(self, line: bytes) -> bool:
-        if self._receivedHeaderCount >= self.maxHeaders:
-            self.answer_and_close(
-                error_response(431, f"Request Header Fields Too Large: at most {self.maxHeaders} header lines")
-            )
-            return False
-        ok: bool = super().headerReceived(line)
-        return ok
-
     def lineLengthExceeded(self, line: bytes) -> None:
-        self._too_large(len(line))
+        self._too_large()
 
-    def rawDataReceived(self, data: bytes) -> None:
-        if not self._closing:
-            super().rawDataReceived(data)
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's answer to a head over `totalHeadersSize` or `maxHeaders` and to a malformed
+        # one (request line, header line, Content-Length, Transfer-Encoding, chunk).
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self._too_large()
+        elif self._receivedHeaderCount > self.maxHeaders:
+            message = f"Request Header Fields Too Large: at most {self.maxHeaders} header lines"
+            self.answer_and_close(error_response(431, message))
+        else:
+            message = (
+                "Bad Request: the request is not valid HTTP/1.1 (request line, header lines, "
+                "Content-Length / Transfer-Encoding or chunked body)"
+            )
+            self.answer_and_close(error_response(400, message))
 
-    def _too_large(self, length: int) -> None:
+    def _too_large(self) -> None:
         if getattr(self, "_command", None) is None:
             # RFC 9110 §15.5.15: the request line (its target) is longer than mcpd reads.
             message = f"URI Too Long: the request line is limited to {self.MAX_LENGTH} bytes"
@@ -79,21 +73,14 @@ class MCPChannel(HTTPChannel):
             message = f"Request Header Fields Too Large: the request line and headers are limited to {limit} bytes"
             self.answer_and_close(error_response(431, message))
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's answer to a malformed head (request line, header line, Content-Length,
-        # Transfer-Encoding, chunk): a bare 400.
-        message = (
-            "Bad Request: the request is not valid HTTP/1.1 (request line, header lines, "
-            "Content-Length / Transfer-Encoding or chunked body)"
-        )
-        self.answer_and_close(error_response(400, message))
-
     def answer_and_close(self, response: bytes) -> None:
         """Write ``response`` (a whole one that says ``Connection: close``), read no further
         request, and close once the client has had `LINGER` seconds to read it."""
         if self._closing:
             return
         self._closing = True
+        # Whatever else arrives is read and dropped (buffered lines included).
+        self.dataReceived = _discard  # type: ignore[method-assign]
         self.clearLineBuffer()
         self.setTimeout(None)
         transport: Any = self.transport
@@ -121,3 +108,7 @@ class MCPChannel(HTTPChannel):
             self._linger.cancel()
         self._linger = None
         super().connectionLost(reason)
+
+
+def _discard(data: bytes) -> None:
+    pass

@@ -71,6 +71,8 @@ def head_problem(headers: Any, version: bytes, target: bytes) -> str | None:
             return "Bad Request: an HTTP/1.1 request must carry a Host header (RFC 9112 section 3.2)"
     elif not _HOST.match(host[0]):
         return "Bad Request: the Host header is not a host name or address with an optional port"
+    if target[:1] == b"/":
+        return None  # origin-form: the common case
     authority, _path = split_target(target)
     if authority is not None and (host is None or authority.lower() != host[0].lower()):
         # RFC 9112 §3.2: a client sends a Host identical to the target's authority; two
