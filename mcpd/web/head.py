@@ -42,8 +42,8 @@ _TEXT = frozenset(
         b"connection",
     }
 )
-# RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ].
-_HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?$")
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: uri-host [ ":" port ] (an IPv6 zone as RFC 6874 writes it).
+_HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?$")
 
 
 def head_problem(headers: Any, version: bytes, target: bytes) -> str | None:
@@ -53,11 +53,14 @@ def head_problem(headers: Any, version: bytes, target: bytes) -> str | None:
     request line's.
     """
     for name, values in headers.getAllRawHeaders():
-        if len(values) > 1 and name.lower() in _SINGLE:
+        if len(values) == 1:
+            if values[0].isascii():
+                continue  # the common case, as cheap as can be
+        elif name.lower() in _SINGLE:
             # RFC 9112 §3.2: more than one Host is a 400; the same for the credentials and the
             # MCP headers, which mcpd reads as one value.
             return f"Bad Request: the {name.decode('latin-1')} header is sent more than once"
-        if all(value.isascii() for value in values):
+        elif all(value.isascii() for value in values):
             continue
         lowered = name.lower()
         if lowered in _TEXT or lowered.startswith((b"mcp-", b"sec-websocket-")):

@@ -200,6 +200,7 @@ def parse_node(text: str) -> str | None:
     return None if address is None else str(address)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback_client(client: str) -> bool:
     """Whether a client (an address as `forwarded_client` gives it) is this machine: only a
     loopback address is, never a name or an unknown client."""
