@@ -219,9 +219,16 @@ class OriginTests(GateTestCase):
 
     def test_refusals_carry_cors_headers(self) -> None:
         self.make(keys=KEYS, cors_origins=["https://app.example"])
-        response = self.fetch({"Origin": "https://app.example"})
-        self.assertEqual(response.status, 401)
-        self.assertEqual(response.headers["access-control-allow-origin"], "https://app.example")
+        for path, status in (("/mcp", 401), ("//mcp", 404)):
+            response = self.fetch({"Origin": "https://app.example"}, path=path)
+            self.assertEqual(response.status, status)
+            self.assertEqual(response.headers["access-control-allow-origin"], "https://app.example")
+
+    def test_no_preflight_for_an_unknown_path(self) -> None:
+        self.make(keys=KEYS, cors_origins=["*"])
+        headers = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        self.assertEqual(self.fetch(headers, method="OPTIONS", path="/mcp", body=b"").status, 204)
+        self.assertRefused(self.fetch(headers, method="OPTIONS", path="//mcp", body=b""), 404, "not a path")
 
 
 class LimitTests(GateTestCase):

@@ -174,16 +174,18 @@ class Gate:
             return self._audited(request, forbidden(why), "forbidden", client, None, why)
         setattr(request, ORIGIN_CHECKED, True)
         command = request.channel._command
+        preflight = origin is not None and command == b"OPTIONS" and request.getHeader("access-control-request-method")
+        if origin is not None and not preflight:
+            _cors_headers(request, origin)  # on refusals too, so that the page can read them
         if route is UNKNOWN or command not in route.methods:
             problem = route_problem(route, command, request.channel._path)
             if problem is not None:
                 status, body, allow = problem
                 refusal = Refusal(status, body, allow)
                 return self._audited(request, refusal, _ROUTE_OUTCOMES[status], client, None, body["error"])
-        if origin is not None:
-            if command == b"OPTIONS" and request.getHeader("access-control-request-method"):
-                return self._preflight(request, origin)
-            _cors_headers(request, origin)
+        if preflight:
+            assert origin is not None
+            return self._preflight(request, origin)
         if length is not None and length > self.max_body:
             refusal = Refusal(
                 413,
