@@ -147,6 +147,25 @@ class EdgeTests(RouteTestCase):
             # And the daemon still serves.
             self.assertEqual(self.send(scheme, "GET", "/health").status, 200)
 
+    def test_the_server_closes_when_the_response_says_so(self) -> None:
+        """``Connection: close`` and HTTP/1.0: the answer ends with the connection, over TLS too
+        (a producer left registered with the TLS transport kept it open)."""
+        for scheme in self.start():
+            for request in (
+                f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{scheme.port}\r\nConnection: close\r\n\r\n".encode(),
+                b"GET /health HTTP/1.0\r\n\r\n",
+                request_bytes("POST", "/mcp", scheme.port, call_body("sec.record"), **MCP_HEADERS, **KEY),
+            ):
+                sock = scheme.socket()
+                try:
+                    sock.sendall(request)
+                    started = time.monotonic()
+                    data = read_all(sock, timeout=5)
+                finally:
+                    sock.close()
+                self.assertLess(time.monotonic() - started, 3, (scheme.name, request[:40]))
+                self.assertIn(b" 200 OK\r\n", data[:20], data[:300])
+
     def test_connection_is_closed_after_the_answer(self) -> None:
         for scheme in self.start():
             sock = scheme.socket()

@@ -425,7 +425,10 @@ class GuardedRequest(server.Request):
         # No "100 Continue" after the answer.
         self.requestHeaders.removeHeader(b"expect")
         headers: list[tuple[bytes | str, bytes | str]] = [
-            (name, value) for name, values in self.responseHeaders.getAllRawHeaders() for value in values
+            (name, value)
+            for name, values in self.responseHeaders.getAllRawHeaders()
+            if name.lower() != b"connection"  # raw_response says close
+            for value in values
         ]
         headers.extend(refusal.headers)
         response = raw_response(refusal.status, refusal.payload(), headers)
