@@ -141,8 +141,12 @@ class KeyTests(GateTestCase):
         )
 
     def test_key_in_query_refused(self) -> None:
-        for path in ("/mcp?api_key=root-key", "/mcp?x=1&token=root-key", "/sse?Key=root-key"):
-            response = self.fetch({"Authorization": "Bearer root-key"}, path=path)
+        for method, path in (
+            ("POST", "/mcp?api_key=root-key"),
+            ("POST", "/mcp?x=1&token=root-key"),
+            ("GET", "/sse?Key=root-key"),
+        ):
+            response = self.fetch({"Authorization": "Bearer root-key"}, method=method, path=path)
             self.assertRefused(response, 401, "refused in the URL")
 
     def test_public_health(self) -> None:
@@ -215,9 +219,16 @@ class OriginTests(GateTestCase):
 
     def test_refusals_carry_cors_headers(self) -> None:
         self.make(keys=KEYS, cors_origins=["https://app.example"])
-        response = self.fetch({"Origin": "https://app.example"})
-        self.assertEqual(response.status, 401)
-        self.assertEqual(response.headers["access-control-allow-origin"], "https://app.example")
+        for path, status in (("/mcp", 401), ("//mcp", 404)):
+            response = self.fetch({"Origin": "https://app.example"}, path=path)
+            self.assertEqual(response.status, status)
+            self.assertEqual(response.headers["access-control-allow-origin"], "https://app.example")
+
+    def test_no_preflight_for_an_unknown_path(self) -> None:
+        self.make(keys=KEYS, cors_origins=["*"])
+        headers = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        self.assertEqual(self.fetch(headers, method="OPTIONS", path="/mcp", body=b"").status, 204)
+        self.assertRefused(self.fetch(headers, method="OPTIONS", path="//mcp", body=b""), 404, "not a path")
 
 
 class LimitTests(GateTestCase):
@@ -272,6 +283,24 @@ class RemoteStoreTests(GateTestCase):
         self.assertRefused(response, 503, "try again shortly")
         self.assertEqual(response.headers["retry-after"], "5")
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+
+
+class Broken(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        raise ValueError("a bug")
+
+
+class ProcessingFailedTests(GateTestCase):
+    def test_a_resource_that_raises_is_a_json_500(self) -> None:
+        self.make()
+        self.site.resource = Broken()
+        response = self.fetch()
+        self.assertEqual(response.status, 500)
+        self.assertEqual(response.headers["content-type"], "application/json")
+        self.assertIn("see its log", json.loads(response.body)["error"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
 
 class CallerOfTests(SynchronousTestCase):

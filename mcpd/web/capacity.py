@@ -108,6 +108,15 @@ class GuardedConnection(ProtocolWrapper):
     def resumeProducing(self) -> None:
         self.guard.resume_reading()
 
+    def loseConnection(self) -> None:
+        # A TLS transport does not close while a producer is registered with it
+        # (TLSMemoryBIOProtocol.loseConnection waits for it to go): the guard steps down first,
+        # or a "Connection: close" or HTTP/1.0 answer over TLS would never end.
+        transport: Any = self.transport
+        if transport is not None and getattr(self, "guard", None) is not None:
+            transport.unregisterProducer()
+        super().loseConnection()
+
     def _drop_slow_reader(self, unsent: int) -> None:
         log.warn(
             "Dropping {peer}: {unsent} bytes of output it has not read (over --max-write-buffer {limit})",

@@ -19,18 +19,21 @@ import re
 import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import parse_qsl
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import server
 
+from mcpd.web.head import head_problem
 from mcpd.web.identity import IDENTITY_ATTRIBUTE, Identity
 from mcpd.web.keys import KeyRing
-from mcpd.web.network import AddressList, forwarded_client, normal_form
-from mcpd.web.policy import ORIGIN_CHECKED, is_loopback, origin_problem
+from mcpd.web.network import AddressList, forwarded_client, is_loopback_client, normal_form
+from mcpd.web.policy import ORIGIN_CHECKED, origin_problem
 from mcpd.web.ratelimit import RateLimiter, retry_after
+from mcpd.web.responses import REASONS, raw_response
+from mcpd.web.routes import UNKNOWN, Access, decide_route, route_problem
 
 if TYPE_CHECKING:
     from mcpd.lifecycle import Lifecycle
@@ -50,21 +53,11 @@ CORS_ALLOW_HEADERS = (
 )
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate, Retry-After"
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
-_REASONS = {
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    408: "Request Timeout",
-    413: "Payload Too Large",
-    429: "Too Many Requests",
-    503: "Service Unavailable",
-}
-# Paths served while draining (load balancers read them); every other request is refused 503.
-PROBE_PATHS = frozenset({b"/health", b"/ready"})
-# Server introspection: open on loopback; beyond it, an admin-scoped key (or --public-metrics).
-ADMIN_PREFIXES = (b"/stats", b"/metrics", b"/dashboard")
+# Server introspection (`Access.ADMIN` routes): open on loopback; beyond it, an admin-scoped key
+# (or --public-metrics).
 ADMIN_SCOPE = "admin"
+# Refusals of a route or method, by status, as counted (mcp_http_refusals_total{reason}).
+_ROUTE_OUTCOMES = {404: "not_found", 405: "method_not_allowed", 501: "not_implemented"}
 # A request id a client or proxy sent (X-Request-Id) is kept if it looks like one.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _ID_PREFIX = secrets.token_hex(3) + "-"
@@ -84,23 +77,6 @@ class Refusal:
 
     def payload(self) -> bytes:
         return b"" if self.body is None else json.dumps(self.body).encode()
-
-
-def raw_response(status: int, body: bytes, headers: Iterable[tuple[bytes | str, bytes | str]] = ()) -> bytes:
-    """A whole HTTP/1.1 response that closes the connection, for answers given outside
-    twisted.web's request machinery (a connection over the cap, a refused body)."""
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}".encode()]
-    for name, value in headers:
-        lines.append(_b(name) + b": " + _b(value))
-    if body:
-        lines.append(b"Content-Type: application/json")
-    lines.append(b"Content-Length: %d" % len(body))
-    lines.append(b"Connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-def _b(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("latin-1")
 
 
 def forbidden(why: str) -> Refusal:
@@ -125,7 +101,6 @@ class Gate:
         max_body: int = 4 * 1024 * 1024,
         insecure_no_auth: bool = False,
         audit: AuditTrail | None = None,
-        public_paths: Iterable[bytes] = PROBE_PATHS,
         public_metrics: bool = False,
         lifecycle: Lifecycle | None = None,
     ) -> None:
@@ -137,7 +112,6 @@ class Gate:
         self.max_body = max_body
         self.insecure_no_auth = insecure_no_auth
         self.audit = audit
-        self.public_paths = frozenset(public_paths)
         self.public_metrics = public_metrics
         self.lifecycle = lifecycle
         # Refusals by outcome (auth_failure, rate_limited, …), for /metrics and /stats.
@@ -153,7 +127,7 @@ class Gate:
         """Why a client address may not call at all, or None."""
         if self.allowed and client not in self.allowed:
             return forbidden(f"address {client} is not in this server's allowlist")
-        if not self.keys and not self.insecure_no_auth and not is_loopback(client):
+        if not self.keys and not self.insecure_no_auth and not is_loopback_client(client):
             return forbidden(
                 "this server has no API keys configured, so it serves loopback clients only; its "
                 "operator can configure keys (--api-key-file) or pass --insecure-no-auth on a trusted network"
@@ -170,15 +144,24 @@ class Gate:
 
     def admit(self, request: GuardedRequest, length: int | None, peer: str, checked: bool) -> Any:
         """A `Refusal`, None to serve the request, or a Deferred of either (a remote bucket
-        store). ``checked``: the peer already passed `connection_refusal`."""
+        store). ``checked``: the peer already passed `connection_refusal`.
+
+        Every decision is made on the request's route, decided here once: the route
+        `mcpd.web.site.Root` serves.
+        """
+        route = decide_route(request, request.channel._path)
         lifecycle = self.lifecycle
-        if lifecycle is not None and lifecycle.draining and _route(request) not in PROBE_PATHS:
+        if lifecycle is not None and lifecycle.draining and route.access is not Access.PROBE:
             return self._audited(request, _DRAINING, "draining", peer, None, None)
         client = peer
         if self.proxies and peer in self.proxies:
             headers = request.requestHeaders
             client = forwarded_client(
-                peer, headers.getRawHeaders("x-forwarded-for", ()), request.getHeader("x-real-ip"), self.proxies
+                peer,
+                self.proxies,
+                forwarded_for=headers.getRawHeaders("x-forwarded-for", ()),
+                real_ip=headers.getRawHeaders("x-real-ip", ()),
+                forwarded=headers.getRawHeaders("forwarded", ()),
             )
             checked = False
         if not checked:
@@ -190,10 +173,19 @@ class Gate:
         if why is not None:
             return self._audited(request, forbidden(why), "forbidden", client, None, why)
         setattr(request, ORIGIN_CHECKED, True)
-        if origin is not None:
-            if request.channel._command == b"OPTIONS" and request.getHeader("access-control-request-method"):
-                return self._preflight(request, origin)
-            _cors_headers(request, origin)
+        command = request.channel._command
+        preflight = origin is not None and command == b"OPTIONS" and request.getHeader("access-control-request-method")
+        if origin is not None and not preflight:
+            _cors_headers(request, origin)  # on refusals too, so that the page can read them
+        if route is UNKNOWN or command not in route.methods:
+            problem = route_problem(route, command, request.channel._path)
+            if problem is not None:
+                status, body, allow = problem
+                refusal = Refusal(status, body, allow)
+                return self._audited(request, refusal, _ROUTE_OUTCOMES[status], client, None, body["error"])
+        if preflight:
+            assert origin is not None
+            return self._preflight(request, origin)
         if length is not None and length > self.max_body:
             refusal = Refusal(
                 413,
@@ -202,12 +194,11 @@ class Gate:
             )
             return self._audited(request, refusal, "too_large", client, None, None)
         query = request.channel._path.partition(b"?")[2]
-        path = _route(request)
-        if path in self.public_paths:
+        if route.access is Access.PROBE:
             # Without a key, the connection counts against the client's address.
             return self._hold_connection(request, f"ip:{client}", client, None)
-        admin = path.startswith(ADMIN_PREFIXES)
-        if admin and (self.public_metrics or is_loopback(client)):
+        admin = route.access is Access.ADMIN
+        if admin and (self.public_metrics or is_loopback_client(client)):
             return self._hold_connection(request, f"ip:{client}", client, None)
         name, scopes = "anonymous", frozenset[str]()
         if self.keys:
@@ -225,7 +216,7 @@ class Gate:
         if keyed or client is not peer:
             # Without keys or proxies, `caller_of` finds the peer by itself.
             setattr(request, IDENTITY_ATTRIBUTE, Identity(name, scopes, client, account))
-        if self.limiter is not None and (keyed or not is_loopback(client)):
+        if self.limiter is not None and (keyed or not is_loopback_client(client)):
             wait = self.limiter.check(account)
             if isinstance(wait, Deferred):
                 return wait.addCallback(self._after_rate, request, account, client, name if keyed else None)
@@ -387,12 +378,12 @@ class GuardedRequest(server.Request):
         else:
             self.x_request_id = _ID_PREFIX + format(next(_ids), "x")
         self.responseHeaders.setRawHeaders(b"x-request-id", [self.x_request_id.encode("latin-1")])
-        unreadable = _unreadable_header(self.requestHeaders)
-        if unreadable is not None:
-            # The headers mcpd reads are text; a non-ASCII byte in one is a client bug (values
-            # that need other characters travel as =?base64?…?=, 2026-07-28 transports).
-            reason = f"Bad Request: the {unreadable} header must be ASCII (send other characters as =?base64?...?=)"
-            self._refuse(Refusal(400, {"error": reason}, close=True), length)
+        channel = self.channel
+        problem = head_problem(self.requestHeaders, channel._version, channel._path)
+        if problem is not None:
+            self.gate.refusals["bad_request"] += 1
+            log.info("Refused a malformed request head: {why}", why=problem, x_request_id=self.x_request_id)
+            self._refuse(Refusal(400, {"error": problem}, close=True), length)
             return
         connection: Any = self.channel.transport
         hooks = getattr(connection, "head_complete", None)
@@ -434,12 +425,20 @@ class GuardedRequest(server.Request):
         # No "100 Continue" after the answer.
         self.requestHeaders.removeHeader(b"expect")
         headers: list[tuple[bytes | str, bytes | str]] = [
-            (name, value) for name, values in self.responseHeaders.getAllRawHeaders() for value in values
+            (name, value)
+            for name, values in self.responseHeaders.getAllRawHeaders()
+            if name.lower() != b"connection"  # raw_response says close
+            for value in values
         ]
         headers.extend(refusal.headers)
-        transport: Any = self.channel.transport
-        transport.write(raw_response(refusal.status, refusal.payload(), headers))
-        self.channel.loseConnection()
+        response = raw_response(refusal.status, refusal.payload(), headers)
+        channel: Any = self.channel
+        answer_and_close = getattr(channel, "answer_and_close", None)
+        if answer_and_close is not None:
+            answer_and_close(response)  # mcpd.web.channel: lets the client read it
+        else:
+            channel.transport.write(response)
+            channel.loseConnection()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.refusal is not None:
@@ -470,7 +469,7 @@ class GuardedRequest(server.Request):
         if refusal is None:
             super().process()
             return
-        self.setResponseCode(refusal.status, _REASONS.get(refusal.status, "Error").encode())
+        self.setResponseCode(refusal.status, REASONS.get(refusal.status, "Error").encode())
         for name, value in refusal.headers:
             self.setHeader(name, value)
         payload = refusal.payload()
@@ -480,51 +479,28 @@ class GuardedRequest(server.Request):
         self.write(payload)
         self.finish()
 
+    def processingFailed(self, reason: Any) -> Any:
+        """A resource raised: log it and answer a JSON 500 (twisted.web would answer HTML)."""
+        log.failure("Serving {method} {path} failed", reason, method=self.method, path=self.path)
+        if self.finished or self._disconnected:
+            return reason
+        if self.startedWriting:
+            self.loseConnection()  # the status line is out: only closing can say it failed
+            return reason
+        body = json.dumps({"error": "Internal Server Error: mcpd failed to answer this request; see its log"})
+        self.setResponseCode(500, b"Internal Server Error")
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body.encode())
+        self.finish()
+        return reason
+
     def finish(self) -> None:
         # Before the channel replays any pipelined request, which may start a new deadline.
         finished = getattr(self.channel.transport, "request_finished", None) if self.channel else None
         if finished is not None:
             finished()
         super().finish()
-
-
-# Headers mcpd reads as text (and every Mcp-* and Sec-WebSocket-* one).
-_TEXT_HEADERS = frozenset(
-    {
-        b"host",
-        b"origin",
-        b"accept",
-        b"content-type",
-        b"authorization",
-        b"x-api-key",
-        b"x-request-id",
-        b"x-forwarded-for",
-        b"x-real-ip",
-        b"last-event-id",
-        b"upgrade",
-        b"connection",
-    }
-)
-
-
-def _unreadable_header(headers: Any) -> str | None:
-    """The first header mcpd reads whose value is not ASCII, or None."""
-    for name, values in headers.getAllRawHeaders():
-        if all(value.isascii() for value in values):
-            continue
-        lowered = name.lower()
-        if lowered in _TEXT_HEADERS or lowered.startswith((b"mcp-", b"sec-websocket-")):
-            return name.decode("latin-1")
-    return None
-
-
-def _route(request: Any) -> bytes:
-    """The path as routing will see it: percent-decoded, repeated slashes merged (so that
-    ``/%6detrics`` or ``//metrics`` cannot slip past a check made on the raw path)."""
-    raw = request.channel._path.partition(b"?")[0]
-    if b"%" not in raw and b"//" not in raw:
-        return raw  # the common case, for free
-    return re.sub(rb"/{2,}", b"/", unquote_to_bytes(raw))
 
 
 def guarded_request_factory(gate: Gate) -> type[GuardedRequest]:

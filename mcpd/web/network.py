@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 
 from mcpd.settings import read_lines
@@ -80,25 +81,131 @@ def read_address_file(path: str) -> list[str]:
     return entries
 
 
-def forwarded_client(peer: str, forwarded_for: Sequence[str], real_ip: str | None, proxies: AddressList) -> str:
+# The client of a request a trusted proxy forwarded but did not name with an address: never
+# loopback, never in an allowlist, rate-limited as a client of its own.
+UNKNOWN_CLIENT = "unknown"
+# RFC 7239 §6.3: an obfuscated node or port ("_" and letters, digits, ".", "_", "-").
+_OBFUSCATED = re.compile(r"^_[A-Za-z0-9._-]{1,63}$")
+_PORT = re.compile(r"^(?:[0-9]{1,5}|_[A-Za-z0-9._-]{1,63})$")
+# RFC 7239 §4: forwarded-pair = token "=" value; value = token / quoted-string.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PAIR = re.compile(rf'\s*({_TOKEN})=({_TOKEN}|"(?:[^"\\]|\\.)*")\s*([;,]|$)')
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def forwarded_client(
+    peer: str,
+    proxies: AddressList,
+    forwarded_for: Sequence[str] = (),
+    real_ip: Sequence[str] = (),
+    forwarded: Sequence[str] = (),
+) -> str:
     """The real client of a request that arrived from ``peer``.
 
-    Only a peer in ``proxies`` is believed: then the client is the right-most address of
-    ``X-Forwarded-For`` that is not itself a trusted proxy (the left-most entries are whatever the
-    client chose to send), else ``X-Real-IP``. From anyone else both headers are ignored.
+    Only a peer in ``proxies`` is believed; from anyone else every forwarding header is
+    ignored. From a trusted proxy, ``X-Forwarded-For`` and ``Forwarded`` (RFC 7239) name the
+    client as their right-most hop that is not itself a trusted proxy (the left-most hops are
+    whatever the client chose to send), ``X-Real-IP`` as its one value. A hop that is not an
+    address (``unknown``, an obfuscated ``_name``, garbage) makes the client `UNKNOWN_CLIENT`
+    (or the obfuscated name): an unknown client, not the proxy. When several headers name
+    different clients, the proxy set one and passed another on from the client: which one is
+    true cannot be told, so the client is unknown. Without any header naming a client, the
+    client is the peer itself.
     """
     if not proxies or peer not in proxies:
         return peer
-    hops = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
+    named = set()
+    for header, client in (
+        (forwarded, _rightmost(_forwarded_for_values(forwarded), proxies)),
+        (forwarded_for, _rightmost([hop for line in forwarded_for for hop in line.split(",") if hop.strip()], proxies)),
+        (real_ip, _real_ip(real_ip, proxies)),
+    ):
+        if header and client is not None:
+            named.add(client)
+    if not named:
+        return peer
+    return named.pop() if len(named) == 1 else UNKNOWN_CLIENT
+
+
+def _rightmost(hops: Sequence[str] | None, proxies: AddressList) -> str | None:
+    """The client a chain of hops names: its right-most hop that is not a trusted proxy, an
+    unknown client if that hop is not an address, None if every hop is a trusted proxy."""
+    if hops is None:
+        return UNKNOWN_CLIENT
     for hop in reversed(hops):
-        if parse_address(hop) is None:
-            # Garbage in the chain: trust nothing left of it.
-            return peer
-        if hop not in proxies:
-            return normal_form(hop)
-    if real_ip is not None and parse_address(real_ip) is not None:
-        return normal_form(real_ip.strip())
-    return peer
+        node = parse_node(hop)
+        if node is None:
+            return UNKNOWN_CLIENT
+        if node not in proxies:
+            return node
+    return None
+
+
+def _real_ip(values: Sequence[str], proxies: AddressList) -> str | None:
+    if len(values) != 1:
+        return UNKNOWN_CLIENT if values else None
+    node = parse_node(values[0])
+    if node is None:
+        return UNKNOWN_CLIENT
+    return None if node in proxies else node
+
+
+def _forwarded_for_values(lines: Sequence[str]) -> list[str] | None:
+    """The ``for=`` value of each element of ``Forwarded`` header lines, in order (an element
+    without one counts as ``unknown``); None if the header cannot be parsed."""
+    values: list[str] = []
+    for line in lines:
+        position, current, open_element = 0, None, False
+        while position < len(line):
+            match = _PAIR.match(line, position)
+            if match is None:
+                return None
+            name, value, end = match.groups()
+            if name.lower() == "for":
+                if current is not None:
+                    return None  # two for= in one element
+                current = _ESCAPE.sub(r"\1", value[1:-1]) if value.startswith('"') else value
+            position, open_element = match.end(), end == ";"
+            if not open_element:
+                values.append(current if current is not None else UNKNOWN_CLIENT)
+                current = None
+        if open_element:
+            values.append(current if current is not None else UNKNOWN_CLIENT)
+    return values
+
+
+def parse_node(text: str) -> str | None:
+    """A forwarded node in the forms proxies write (``203.0.113.9``, ``203.0.113.9:4711``,
+    ``2001:db8::1``, ``[2001:db8::1]:4711``, RFC 7239 nodes), as mcpd counts clients: the address
+    in normal form; an unknown client for ``unknown`` or an obfuscated ``_name`` (the name kept,
+    so that a proxy's per-client names stay apart); None if it is none of these."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or ":" not in host or (port and not (port[0] == ":" and _PORT.match(port[1:]))):
+            return None
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not _PORT.match(port):
+            return None
+    else:
+        host = text
+    if host.lower() == UNKNOWN_CLIENT:
+        return UNKNOWN_CLIENT
+    if _OBFUSCATED.match(host):
+        return host
+    if "[" in host or "]" in host:
+        return None
+    address = parse_address(host)
+    return None if address is None else str(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_loopback_client(client: str) -> bool:
+    """Whether a client (an address as `forwarded_client` gives it) is this machine: only a
+    loopback address is, never a name or an unknown client."""
+    address = parse_address(client)
+    return address is not None and address.is_loopback
 
 
 def normal_form(text: str) -> str:

@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.test_streamable -*-
-"""The resource tree: the MCP endpoint at ``/`` and ``/mcp``, Klein routes for the rest."""
+"""The Site: one `Root` serving the routes of `mcpd.web.routes` (the MCP endpoint at ``/`` and
+``/mcp``, the other transports, the monitoring routes in a Klein app)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from werkzeug.exceptions import HTTPException
+
+from mcpd.web.channel import MCPChannel
+from mcpd.web.responses import json_error
+from mcpd.web.routes import UNKNOWN, Route, decide_route, route_problem
 
 if TYPE_CHECKING:
     from twisted.web import http
@@ -20,8 +27,10 @@ if TYPE_CHECKING:
 
 
 class MCPSite(Site):
-    """A Site without the per-request access-log line (structured request logs replace it)."""
+    """A Site of `MCPChannel` connections (HTTP/1.1 only: the policy layer reads its requests'
+    heads), without the per-request access-log line (structured request logs replace it)."""
 
+    protocol = MCPChannel  # type: ignore[assignment]
     noisy = False
     displayTracebacks = False
     # Seconds between keep-alive comments on open SSE streams (mcpd.transport.sse.start_sse).
@@ -32,36 +41,63 @@ class MCPSite(Site):
     def log(self, request: http.Request) -> None:
         pass
 
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN: HTTP/1.1 only, even where Twisted could speak h2."""
+        return [b"http/1.1"]
+
 
 class Root(Resource):
-    """``/`` and ``/mcp`` go to the MCP endpoint (a plain Resource: Klein's router costs a third
-    of the throughput on the hot path); the other transports (``sse``, ``messages``, ``ws``) to
-    their resources; every other path goes to the Klein app."""
+    """Serves each request's route (`mcpd.web.routes`, decided once, by the policy layer when
+    there is one): the MCP endpoint (a plain Resource: Klein's router costs a third of the
+    throughput on the hot path), the other transports (``sse``, ``messages``, ``ws``) and the
+    Klein app for the monitoring routes. A path or method no route takes is answered with a
+    JSON error, a plain OPTIONS with the route's ``Allow``."""
+
+    isLeaf = True
 
     def __init__(self, mcp: Resource, app: Resource, transports: Mapping[bytes, Resource] | None = None) -> None:
         super().__init__()
-        self.mcp = mcp
-        self.app = app
-        self.transports = dict(transports or {})
-
-    def getChild(self, path: bytes, request: Request) -> Resource:
-        if path in (b"mcp", b""):
-            return self.mcp
-        transport = self.transports.get(path)
-        if transport is not None:
-            return transport
-        # Hand Klein the whole path back (traversal runs after Request.process has set both).
-        assert request.postpath is not None and request.prepath is not None
-        request.postpath.insert(0, request.prepath.pop())
-        return self.app
+        self.handlers = {"mcp": mcp, "monitor": app}
+        self.handlers.update((name.decode(), resource) for name, resource in (transports or {}).items())
 
     def render(self, request: Request) -> bytes | int:
-        return self.mcp.render(request)
+        assert request.uri is not None and request.method is not None
+        route = decide_route(request, request.uri)
+        handler = self.handlers.get(route.handler)
+        if handler is None or request.method not in route.methods:
+            return self._unserved(request, route, handler is None)
+        if route.handler == "monitor":
+            # Klein routes by path: it sees the route's own path, whatever form the target had.
+            request.prepath, request.postpath = [], route.path[1:].split(b"/")
+        return handler.render(request)
+
+    def _unserved(self, request: Request, route: Route, missing: bool) -> bytes:
+        assert request.uri is not None and request.method is not None
+        problem = route_problem(UNKNOWN if missing else route, request.method, request.uri)
+        if problem is None:  # OPTIONS, not a CORS preflight (the policy layer answers those)
+            request.setResponseCode(204)
+            request.setHeader(b"allow", route.allow)
+            return b""
+        status, body, headers = problem
+        for name, value in headers:
+            request.setHeader(name, value)
+        return json_error(request, status, body["error"])
 
 
 def make_app(runtime: Runtime, monitor: Monitor | None = None) -> Klein:
     """The Klein application for the routes that are not MCP itself."""
     app = Klein()
+
+    @app.handle_errors(HTTPException)
+    def routing_error(request: Any, failure: Failure) -> bytes:
+        # Root hands Klein only the paths and methods of its routes; should they ever differ,
+        # the answer is still JSON, not werkzeug's HTML page.
+        error = failure.value
+        for name, value in getattr(error, "get_headers", lambda: [])():
+            if name.lower() == "allow":
+                request.setHeader(b"allow", value.encode("latin-1"))
+        return json_error(request, error.code or 500, f"{error.code} {error.name}")
+
     if monitor is not None:
         # /health, /ready, /stats, /metrics and /dashboard (mcpd.web.monitoring).
         monitor.route(app)
