@@ -512,6 +512,19 @@ class FramingTests(SynchronousTestCase):
         )
         self.assertEqual(lines[-2]["message"], "{not json")
 
+    def test_a_ping_before_the_handshake_is_traced_with_its_version(self) -> None:
+        """basic/lifecycle allows a ping before initialize; it is served under the latest
+        handshake version, and the trace says so (a null version is for errors only)."""
+        path = self.mktemp()
+        tracer = Tracer(path)
+        self.addCleanup(tracer.close)
+        peer = Peer(self, make_engine(tracer=tracer))
+        self.assertEqual(peer.result("ping"), {})
+        tracer.close()
+        assert_trace_valid(self, path)
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual([json.loads(line)["version"] for line in f], [None, LATEST_LEGACY])
+
 
 class BatchTests(SynchronousTestCase):
     """Batches exist in 2025-03-26 only (2025-06-18 changelog: batching removed)."""
