@@ -339,7 +339,9 @@ def _trace_problems(path: str) -> tuple[list[str], int]:
     """Return the problems of the trace at ``path`` and its number of "out" lines."""
     problems: list[str] = []
     outs = 0
-    pending: dict[str, dict[str, str | None]] = {}
+    # Per peer, the methods of the requests still unanswered under each id (one batch may carry
+    # an id twice, and each copy is answered).
+    pending: dict[str, dict[str, list[str | None]]] = {}
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -366,10 +368,14 @@ def _trace_problems(path: str) -> tuple[list[str], int]:
         batch = isinstance(message, list)
         items = message if batch else [message]
         if entry["dir"] == "in":
+            arrived: dict[str, list[str | None]] = {}
             for item in items:
                 if isinstance(item, dict) and "id" in item and not _is_response(item):
                     method = item.get("method")
-                    requests[_id_key(item["id"])] = method if isinstance(method, str) else None
+                    arrived.setdefault(_id_key(item["id"]), []).append(method if isinstance(method, str) else None)
+            # An id used again names the new request (an earlier one may have been refused
+            # whole, as a batch can be, and never answered under its id).
+            requests.update(arrived)
             continue
         outs += 1
         if batch and not message:
@@ -383,7 +389,9 @@ def _trace_problems(path: str) -> tuple[list[str], int]:
     return problems, outs
 
 
-def _check_out(version: str | None, message: Any, requests: dict[str, str | None]) -> list[tuple[str | None, str]]:
+def _check_out(
+    version: str | None, message: Any, requests: dict[str, list[str | None]]
+) -> list[tuple[str | None, str]]:
     """Validate one sent message; return ``(method, problem)`` pairs."""
     if not isinstance(message, dict):
         return [(None, f"message is not a JSON object: {_short(repr(message))}")]
@@ -392,8 +400,8 @@ def _check_out(version: str | None, message: Any, requests: dict[str, str | None
     problems: list[str] = []
     if is_response and message.get("id") is not None:
         key = _id_key(message["id"])
-        if key in requests:
-            method = requests.pop(key)
+        if requests.get(key):
+            method = requests[key].pop(0)
         else:
             problems.append(f"answers id {message['id']!r}, which no pending request carried")
     if version is None:
@@ -401,6 +409,11 @@ def _check_out(version: str | None, message: Any, requests: dict[str, str | None
             problems.append("version not known yet, but the message is not an error")
             return [(method, p) for p in problems]
         version = FALLBACK_ERROR_VERSION
+    elif is_response and "error" in message and "id" not in message:
+        # An error to a message whose id could not be read. JSON-RPC 2.0 §5 would say id null,
+        # which no MCP schema allows; before 2025-11-25 the schemas require an id, so there is
+        # no valid form. mcpd leaves it out in every version, as 2025-11-25 allows.
+        version = max(version, FALLBACK_ERROR_VERSION)
     problems += validate_message(version, message, method if is_response else None)
     return [(method, p) for p in problems]
 
