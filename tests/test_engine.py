@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.protocol import errors
 from mcpd.protocol.engine import CallRecord, Engine, Exchange, encode
+from mcpd.protocol.nesting import MAX_DEPTH
 from mcpd.protocol.session import Session
 from mcpd.protocol.trace import Tracer
 from mcpd.protocol.versions import (
@@ -446,6 +447,29 @@ class FramingTests(SynchronousTestCase):
             self.send_bytes(encode({"jsonrpc": "2.0", "id": 9, "method": "ping"})),
             {"jsonrpc": "2.0", "id": 9, "result": {}},
         )
+
+    def test_nesting_past_the_limit_is_a_parse_error(self) -> None:
+        """A message nested deeper than MAX_DEPTH containers is refused before anything reads
+        it (re-encoding it for the trace or a tool's result would overflow the stack); one
+        level less is served. Either way the bytes may be str (a WebSocket frame)."""
+
+        def call(depth: int) -> bytes:
+            # The message, its params and its arguments are three levels; the rest is the value.
+            value = "[" * (depth - 3) + "1" + "]" * (depth - 3)
+            return (
+                b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x","v":'
+                + value.encode()
+                + b"}}}"
+            )
+
+        response = self.send_bytes(call(MAX_DEPTH))
+        self.assertEqual(response["id"], 7)
+        self.assertIn("Invalid arguments", response["result"]["content"][0]["text"])  # v is not allowed
+        for data in (call(MAX_DEPTH + 1), call(MAX_DEPTH + 1).decode(), call(900)):
+            response = self.successResultOf(self.peer.engine.handle_bytes(data, self.peer.exchange()))
+            self.assertEqual(error_code(response), errors.PARSE_ERROR)
+            self.assertIn(f"nested more than {MAX_DEPTH} levels", response["error"]["message"])
+            self.assertNotIn("id", response)
 
     def test_missing_or_wrong_jsonrpc_member(self) -> None:
         for message in ({"id": 1, "method": "ping"}, {"jsonrpc": "1.0", "id": 2, "method": "ping"}):

@@ -78,6 +78,7 @@ class LegacySSETests(SynchronousTestCase):
             ({b"session_id": [b"nope"]}, b"{}", 404),
             ({b"session_id": [session_id.encode()]}, b"x" * 2000, 413),
             ({b"session_id": [session_id.encode()]}, b"{not json", 400),
+            ({b"session_id": [session_id.encode()]}, b"[" * 100 + b"]" * 100, 400),
         ]
         for args, body, status in cases:
             post = _post(args, body)

@@ -41,6 +41,7 @@ from mcpd.protocol.errors import (
     error_response,
 )
 from mcpd.protocol.ledger import CALL, Claim, Ledger
+from mcpd.protocol.nesting import nesting_error, too_deep
 from mcpd.protocol.session import Session
 from mcpd.protocol.tasks import LEGACY_TASK_VERSION, TASKS_EXTENSION, MemoryTaskStore, TaskManager
 from mcpd.protocol.versions import (
@@ -268,12 +269,18 @@ class Engine(CatalogMethods):
             message = _loads(data)
         except (ValueError, RecursionError):
             # JSON-RPC 2.0 §5.1: -32700, id null; the connection survives.
-            if self.tracer is not None:
-                self._trace("in", exchange, data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
-            response = error_response(None, ParseError("Parse error: the message is not valid JSON").to_error())
-            self._trace("out", exchange, response)
-            return succeed(response)
+            return self._unparsed(data, exchange, "Parse error: the message is not valid JSON")
+        if too_deep(data, message):
+            return self._unparsed(data, exchange, f"Parse error: {nesting_error()}")
         return self.handle(message, exchange)
+
+    def _unparsed(self, data: bytes | str, exchange: Exchange, why: str) -> Deferred[Any]:
+        """-32700 for bytes that are not a message mcpd can read (traced as text)."""
+        if self.tracer is not None:
+            self._trace("in", exchange, data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+        response = error_response(None, ParseError(why).to_error())
+        self._trace("out", exchange, response)
+        return succeed(response)
 
     def handle(self, message: Any, exchange: Exchange) -> Deferred[Any]:
         """Serve one decoded message or batch; fires with the response or None."""

@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from mcpd.protocol.engine import Engine, Exchange, encode
 from mcpd.protocol.errors import LimitExceeded
+from mcpd.protocol.nesting import nesting_error, too_deep
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.transport.sse import finish_quietly, format_event, hold_stream, start_sse
 from mcpd.web.identity import caller_of
@@ -142,6 +143,8 @@ class SSEMessagesResource(NoHead, Resource):
             # As the reference server does: a 400 to the POST. A JSON-RPC parse error (id null)
             # is not a valid message in 2024-11-05, and nothing on the stream could be correlated.
             return json_error(request, 400, "Bad Request: the body is not a JSON-RPC message (invalid JSON)")
+        if too_deep(body, message):
+            return json_error(request, 400, f"Bad Request: {nesting_error()}")
         self.engine.handle(message, exchange).addCallbacks(session.reply, _failed)
         request.setResponseCode(202)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
