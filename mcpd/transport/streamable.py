@@ -35,6 +35,7 @@ from mcpd.protocol.errors import (
     limit_status,
 )
 from mcpd.protocol.ledger import Ledger
+from mcpd.protocol.nesting import too_deep
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS
 from mcpd.tools.api import Caller
@@ -459,10 +460,13 @@ def _duplicated_routing_header(request: Request) -> str | None:
 
 
 def _loads_or_none(body: bytes) -> Any:
+    """The message, for a look before the engine reads it; None when the engine will refuse
+    it as unreadable (not JSON, or nested too deep to be encoded again, e.g. when traced)."""
     try:
-        return _loads(body)
+        message = _loads(body)
     except (ValueError, RecursionError):
         return None
+    return None if too_deep(body, message) else message
 
 
 def _id_of(message: Any) -> Any:
