@@ -24,14 +24,17 @@ class WSClient:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, host: str, port: int, path: str = "/ws", subprotocol: str = "mcp") -> WSClient:
+    async def connect(
+        cls, host: str, port: int, path: str = "/ws", subprotocol: str = "mcp", headers: dict[str, str] | None = None
+    ) -> WSClient:
         reader, writer = await asyncio.open_connection(host, port)
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         writer.write(
             (
                 f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"Sec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
+                f"Sec-WebSocket-Protocol: {subprotocol}\r\n{extra}\r\n"
             ).encode()
         )
         head = await reader.readuntil(b"\r\n\r\n")
@@ -59,6 +62,10 @@ class WSClient:
 
     async def receive(self) -> Any:
         """The next text message as JSON (pings are answered, pongs skipped)."""
+        return json.loads(await self.receive_text())
+
+    async def receive_text(self) -> bytes:
+        """The payload of the next text message, as sent."""
         while True:
             first, second = await self.reader.readexactly(2)
             opcode, length = first & 0x0F, second & 0x7F
@@ -68,7 +75,7 @@ class WSClient:
                 (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
             payload = await self.reader.readexactly(length)
             if opcode == 0x1:
-                return json.loads(payload)
+                return payload
             if opcode == 0x9:
                 self.send_frame(payload, opcode=0xA)
                 continue

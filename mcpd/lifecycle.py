@@ -9,9 +9,10 @@ stops its children all at once). On SIGTERM / SIGINT:
    requests on open connections are refused 503 with ``Retry-After``;
 2. the listeners stop accepting;
 3. `DrainService` ends subscription streams, lets the calls in flight finish (up to
-   ``--shutdown-timeout``), closes SSE streams with a ``retry`` hint and WebSockets with 1001,
-   then closes the idle connections once their answers are written;
-4. the engine cancels what is still running, the stores stop, the thread pool is joined.
+   ``--shutdown-timeout``), cancels those still running (each is answered with a "server shutting
+   down" error on its own stream), closes SSE streams with a ``retry`` hint and WebSockets with
+   1001, then closes the connections once their answers are written;
+4. the engine cancels what is left (tasks), the stores stop, the thread pool is joined.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+
+from mcpd import notify
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -100,12 +103,14 @@ class ReadinessService(Service):
         if self.lifecycle.state == STARTING:
             self.lifecycle.state = SERVING
             log.info("Ready")
+            notify.ready()
 
     def stopService(self) -> None:
         super().stopService()
         if self.lifecycle.state != STOPPED:
             self.lifecycle.state = DRAINING
             log.info("Shutting down: draining (not ready; no new connections)")
+            notify.stopping()
 
 
 class DrainService(Service):
@@ -119,6 +124,7 @@ class DrainService(Service):
         timeout: float,
         *,
         in_flight: Callable[[], int],
+        cancel_in_flight: Callable[[], None] = lambda: None,
         end_subscriptions: Callable[[], None] = lambda: None,
         close_streams: Iterable[Callable[[int], int]] = (),
         connections: Callable[[], Iterable[Any]] = tuple,
@@ -127,6 +133,7 @@ class DrainService(Service):
         self.clock = clock
         self.timeout = timeout
         self.in_flight = in_flight
+        self.cancel_in_flight = cancel_in_flight
         self.end_subscriptions = end_subscriptions
         self.close_streams = list(close_streams)
         self.connections = connections
@@ -149,6 +156,8 @@ class DrainService(Service):
             log.warn(
                 "{count} call(s) still in flight after {timeout}s: cancelling them", count=left, timeout=self.timeout
             )
+            # Answered now, before their streams and connections close below.
+            self.cancel_in_flight()
         closed = sum(close(RETRY_HINT_MS) for close in self.close_streams)
         if closed:
             log.info("Closed {count} stream(s) with a retry hint", count=closed)

@@ -162,6 +162,23 @@ KNOBS: tuple[Knob, ...] = (
         "Largest JSON-RPC message accepted, in bytes (stdio line or HTTP body).",
     ),
     Knob(
+        "max_batch",
+        "MAX_BATCH",
+        _positive_int,
+        100,
+        "Most messages one JSON-RPC batch may hold (protocol 2025-03-26 only; a larger batch is refused "
+        "whole); their answers together may take at most --max-message-size bytes.",
+    ),
+    Knob(
+        "max_write_buffer",
+        "MAX_WRITE_BUFFER",
+        _positive_int,
+        8 * 1024 * 1024,
+        "Bytes of output one client may leave unread: a connection whose client does not read (an HTTP, "
+        "SSE or WebSocket connection; stdout in --stdio mode) is no longer read from once its buffer is "
+        "full, and dropped past this many more bytes (--stdio stops).",
+    ),
+    Knob(
         "sse_replay",
         "SSE_REPLAY",
         _positive_int,
@@ -292,7 +309,13 @@ KNOBS: tuple[Knob, ...] = (
         10.0,
         "Seconds a client has to send a request's headers (from its first byte, or from connecting).",
     ),
-    Knob("request_timeout", "REQUEST_TIMEOUT", _seconds, 30.0, "Seconds a client has to send a request's body."),
+    Knob(
+        "request_timeout",
+        "REQUEST_TIMEOUT",
+        _seconds,
+        30.0,
+        "Seconds a client has to send a request's body (or the rest of a WebSocket message split over frames).",
+    ),
     Knob(
         "tool_timeout",
         "TOOL_TIMEOUT",
@@ -373,6 +396,8 @@ class Settings:
     session_timeout: float = 1800.0
     page_size: int = 100
     max_message_size: int = 4 * 1024 * 1024
+    max_batch: int = 100
+    max_write_buffer: int = 8 * 1024 * 1024
     sse_replay: int = 256
     sse_keepalive: float = 15.0
     trace_file: str | None = None

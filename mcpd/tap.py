@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -13,6 +14,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -245,6 +247,17 @@ class HeapFreezeService(Service):
         gc.unfreeze()
 
 
+class TraceService(Service):
+    """Closes the protocol trace on shutdown, writing what it still holds."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.tracer.close()
+
+
 class EngineService(Service):
     """On shutdown, cancels every call still in flight before the thread pool is stopped, so
     handlers that watch for cancellation end and the pool's threads can be joined."""
@@ -349,23 +362,32 @@ def _url_host(host: str) -> str:
 class StdioService(Service):
     """Serves stdin/stdout; the reactor stops when the client closes stdin."""
 
-    def __init__(self, engine: Engine, max_message_size: int) -> None:
+    def __init__(self, engine: Engine, max_message_size: int, max_write_buffer: int) -> None:
         self.engine = engine
         self.max_message_size = max_message_size
+        self.max_write_buffer = max_write_buffer
+        self.protocol: StdioProtocol | None = None
 
     def startService(self) -> None:
         from twisted.internet import reactor
         from twisted.internet.stdio import StandardIO
 
         super().startService()
-        protocol = StdioProtocol(self.engine, self.max_message_size, on_close=self._closed)
-        StandardIO(protocol, reactor=reactor)
+        self.protocol = StdioProtocol(
+            self.engine, self.max_message_size, on_close=self._closed, max_write_buffer=self.max_write_buffer
+        )
+        StandardIO(self.protocol, reactor=reactor)
+
+    def connections(self) -> list[Any]:
+        """stdin/stdout while open (closed by the drain once the last answers are written)."""
+        protocol = self.protocol
+        return [protocol.transport] if protocol is not None and protocol.connected else []
 
     def _closed(self) -> None:
         from twisted.internet import reactor
 
         log.info("stdin closed; stopping")
-        if reactor.running:  # type: ignore[attr-defined]
+        with contextlib.suppress(ReactorNotRunning):  # already stopping (SIGTERM)
             reactor.stop()  # type: ignore[attr-defined]
 
 
@@ -382,6 +404,9 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     pool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="mcpd-tools")
     _named(ThreadPoolService(pool), "thread-pool").setServiceParent(root)
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
+    if tracer is not None:
+        # Stops after the engine: every answer written at shutdown is in the trace.
+        _named(TraceService(tracer), "trace").setServiceParent(root)
     state_key = settings.state_key.encode("utf-8") if settings.state_key is not None else None
     ledger = build_ledger(settings)
     engine = Engine(
@@ -393,6 +418,8 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
         client_timeout=settings.client_timeout,
         state_key=state_key,
         ledger=ledger,
+        max_batch=settings.max_batch,
+        max_batch_bytes=settings.max_message_size,
     )
     engine.tool_timeout = settings.tool_timeout
     if state_key is None:
@@ -404,7 +431,10 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     _named(EngineService(engine), "engine").setServiceParent(root)
     if settings.stdio:
         runtime.transports.append("stdio")
-        _named(StdioService(engine, settings.max_message_size), "stdio").setServiceParent(root)
+        stdio = StdioService(engine, settings.max_message_size, settings.max_write_buffer)
+        _named(stdio, "stdio").setServiceParent(root)
+        # Calls in flight finish (or are answered "shutting down"), then stdout is flushed.
+        _drain(lifecycle, settings, engine, connections=stdio.connections).setServiceParent(root)
         ReadinessService(lifecycle, reactor).setServiceParent(root)
         return root
     sessions = SessionStore(reactor, settings.session_timeout, ledger)
@@ -415,7 +445,9 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     sse_sessions = SessionStore(reactor, settings.session_timeout, ledger)
     _named(SessionService(sse_sessions), "sse-sessions").setServiceParent(root)
     runtime.transports += ["legacy-sse", "websocket"]
-    websockets = websocket_resource(engine, settings.max_message_size, settings.sse_keepalive)
+    websockets = websocket_resource(
+        engine, settings.max_message_size, settings.sse_keepalive, message_timeout=settings.request_timeout
+    )
     transports = {
         b"sse": OriginGuard(SSEStreamResource(sse_sessions)),
         b"messages": OriginGuard(SSEMessagesResource(engine, sse_sessions, settings.max_message_size)),
@@ -441,14 +473,13 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     vitals.refusals = lambda: security.gate.refusals + ledger.refused
     vitals.refused_at_capacity = lambda: guarded.refused_at_capacity
     vitals.holdings = ledger.holdings
+    vitals.dropped_slow_readers = lambda: guarded.dropped_slow_readers
     _named(HealthService(monitor.health, reactor), "health-checks").setServiceParent(root)
     # Stops after the listeners: calls in flight finish, then streams and connections close.
-    DrainService(
+    _drain(
         lifecycle,
-        reactor,
-        settings.shutdown_timeout,
-        in_flight=lambda: engine.in_flight,
-        end_subscriptions=engine.end_subscriptions,
+        settings,
+        engine,
         close_streams=[
             lambda retry_ms: close_streams(streams, retry_ms),
             lambda _retry_ms: _close_websockets(websockets),
@@ -486,6 +517,22 @@ def build_ledger(settings: Settings) -> Ledger:
         limits[CALL] = Limit(per_account=share(settings.max_connections, percent))
         limits[REPLAY] = Limit(REPLAY_BUDGET, share(REPLAY_BUDGET, percent))
     return Ledger(limits)
+
+
+def _drain(lifecycle: Lifecycle, settings: Settings, engine: Engine, **closing: Any) -> DrainService:
+    """The drain at shutdown: the engine's calls finish or are answered "shutting down", then
+    ``closing`` (streams, connections) closes."""
+    from twisted.internet import reactor
+
+    return DrainService(
+        lifecycle,
+        reactor,
+        settings.shutdown_timeout,
+        in_flight=lambda: engine.in_flight,
+        cancel_in_flight=engine.abort_in_flight,
+        end_subscriptions=engine.end_subscriptions,
+        **closing,
+    )
 
 
 def _named(service: Any, name: str) -> Any:

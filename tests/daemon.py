@@ -65,11 +65,12 @@ def port_answers(port: int, host: str = "127.0.0.1") -> bool:
 def daemon_env(workdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a daemon under test.
 
-    The runner's own mcpd settings (PORT, TRACE_FILE, …) are dropped so they cannot leak in; the
-    repo root is put on PYTHONPATH (for ``tests.fixture_pack``) and `EVENTS_ENV` points into
-    ``workdir``.
+    The runner's own mcpd settings (PORT, TRACE_FILE, …) and service manager socket
+    (NOTIFY_SOCKET) are dropped so they cannot leak in; the repo root is put on PYTHONPATH (for
+    ``tests.fixture_pack``) and `EVENTS_ENV` points into ``workdir``.
     """
-    env = {name: value for name, value in os.environ.items() if name not in {knob.env for knob in KNOBS}}
+    dropped = {knob.env for knob in KNOBS} | {"NOTIFY_SOCKET"}
+    env = {name: value for name, value in os.environ.items() if name not in dropped}
     env.update(required_env(workdir))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
@@ -191,13 +192,20 @@ class StdioProcess:
     stdout is a pipe the test reads; stderr goes to ``<name>.stderr.log`` in the work dir.
     """
 
-    def __init__(self, argv: Sequence[str], workdir: Path, name: str = "stdio") -> None:
+    def __init__(
+        self, argv: Sequence[str], workdir: Path, name: str = "stdio", env: Mapping[str, str] | None = None
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / f"{name}.argv.log").write_text(" ".join(argv) + "\n", encoding="utf-8")
         self.stderr_path = workdir / f"{name}.stderr.log"
         with open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(
-                argv, cwd=workdir, env=daemon_env(workdir), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+                argv,
+                cwd=workdir,
+                env=daemon_env(workdir, env),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
             )
         self._buffer = b""
         self.stdout_lines: list[bytes] = []
@@ -309,10 +317,10 @@ class DaemonTestMixin:
         self.addCleanup(daemon.stop)
         return daemon
 
-    def spawn_stdio(self, *argv: str, name: str = "stdio") -> StdioProcess:
+    def spawn_stdio(self, *argv: str, name: str = "stdio", env: Mapping[str, str] | None = None) -> StdioProcess:
         """A `StdioProcess` for ``argv`` plus a trace file; killed when the test ends."""
         trace = self.workdir / f"{name}.trace.jsonl"
-        process = StdioProcess([*argv, "--trace-file", str(trace)], self.workdir, name)
+        process = StdioProcess([*argv, "--trace-file", str(trace)], self.workdir, name, env)
         self.addCleanup(process.kill)
         return process
 

@@ -124,3 +124,34 @@ def ping_client(ctx: ToolContext, arguments: dict[str, Any]) -> Deferred[Any]:
         return ToolResult.text(f"no ping: {failure.getErrorMessage()}", is_error=True)
 
     return ctx.ping_client().addCallbacks(lambda result: f"pong {result!r}", failed)
+
+
+@pack.tool(
+    "tests.blob",
+    description="Return `size` bytes of text: a large answer to a small request.",
+    input_schema={
+        "type": "object",
+        "properties": {"size": {"type": "integer", "minimum": 0, "maximum": 4 * 1024 * 1024}},
+        "required": ["size"],
+        "additionalProperties": False,
+    },
+)
+def blob(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+    return "x" * arguments["size"]
+
+
+@pack.tool(
+    "tests.progress_then_wait",
+    description="Report one progress notification, then never finish; record the cancellation.",
+    input_schema={
+        "type": "object",
+        "properties": {"label": _LABEL},
+        "required": ["label"],
+        "additionalProperties": False,
+    },
+)
+def progress_then_wait(ctx: ToolContext, arguments: dict[str, Any]) -> Deferred[None]:
+    label = arguments["label"]
+    record("started", ctx.tool.name, label)
+    ctx.progress(1, None, "waiting")
+    return Deferred(lambda _d: record("cancelled", ctx.tool.name, label))

@@ -2,6 +2,7 @@
 # Installs what the test suite drives besides the Python packages (`make test` runs this first;
 # everything is idempotent and cached, so later runs take a second):
 #  - headless Chromium and its driver (the dashboard test), from Debian, when running as root;
+#  - the Debian packaging tools, lintian, systemd's analyzer, nginx-light (package, nginx tests);
 #  - Node 22 with the MCP conformance suite, the Inspector and the TypeScript SDK, into the
 #    gitignored .ci-tools/ (conformance, Inspector and TypeScript client tests);
 #  - a virtualenv with the MCP Python SDK 1.x WebSocket client, in the gitignored .cache/.
@@ -19,6 +20,26 @@ apt_install() {
 
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     apt_install chromium chromium-driver
+fi
+
+# The Debian package test (tests/test_debian.py): the build tools, lintian, systemd for
+# systemd-analyze (no systemd runs here), and what runs the unit's sandbox and a client beyond
+# loopback (util-linux's unshare and setpriv, libseccomp's Python binding, iproute2). The nginx
+# test (tests/test_nginx.py) runs Debian's nginx-light; the container test parses YAML.
+deb_packages=(debhelper dh-virtualenv dpkg-dev fakeroot python3-dev python3-venv libffi-dev libssl-dev
+    lintian systemd util-linux python3-seccomp iproute2 nginx-light)
+missing_debs=()
+for package in "${deb_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing_debs+=("$package")
+done
+if [ ${#missing_debs[@]} -gt 0 ]; then
+    # nginx must not start on install (and take port 80): tests start their own.
+    no_start=""
+    if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && no_start=1
+    fi
+    apt_install "${missing_debs[@]}"
+    [ -z "$no_start" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 NODE_TOOLS="$PWD/.ci-tools"

@@ -335,6 +335,10 @@ def _id_key(request_id: Any) -> str:
     return json.dumps(request_id, sort_keys=True)
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _trace_problems(path: str) -> tuple[list[str], int]:
     """Return the problems of the trace at ``path`` and its number of "out" lines."""
     problems: list[str] = []
@@ -344,12 +348,14 @@ def _trace_problems(path: str) -> tuple[list[str], int]:
     pending: dict[str, dict[str, list[str | None]]] = {}
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            # Lines end at "\n" only: a message may hold U+2028 or U+0085, which splitlines() splits at.
+            lines = f.read().split("\n")[:-1]
     except OSError as e:
         return [f"cannot read trace {path}: {e}"], 0
     for lineno, text in enumerate(lines, 1):
         try:
-            entry = json.loads(text)
+            # Strictly: NaN and Infinity are not JSON (RFC 8259 §6), whatever Python accepts.
+            entry = json.loads(text, parse_constant=_not_json)
         except ValueError as e:
             problems.append(f"line {lineno}: not JSON ({e})")
             continue
@@ -409,11 +415,10 @@ def _check_out(
             problems.append("version not known yet, but the message is not an error")
             return [(method, p) for p in problems]
         version = FALLBACK_ERROR_VERSION
-    elif is_response and "error" in message and "id" not in message:
-        # An error to a message whose id could not be read. JSON-RPC 2.0 §5 would say id null,
-        # which no MCP schema allows; before 2025-11-25 the schemas require an id, so there is
-        # no valid form. mcpd leaves it out in every version, as 2025-11-25 allows.
-        version = max(version, FALLBACK_ERROR_VERSION)
+    elif is_response and "id" not in message and version < FALLBACK_ERROR_VERSION:
+        # The schemas before it cannot express an error whose request id was unreadable (a
+        # parse error, a refused batch): check it against the first that can.
+        version = FALLBACK_ERROR_VERSION
     problems += validate_message(version, message, method if is_response else None)
     return [(method, p) for p in problems]
 

@@ -21,8 +21,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.protocol import errors
-from mcpd.protocol.engine import CallRecord, Engine, Exchange, encode
-from mcpd.protocol.nesting import MAX_DEPTH
+from mcpd.protocol.codec import MAX_DEPTH
+from mcpd.protocol.engine import BATCH_SLICE, CallRecord, Engine, Exchange, encode
 from mcpd.protocol.session import Session
 from mcpd.protocol.trace import Tracer
 from mcpd.protocol.versions import (
@@ -35,7 +35,8 @@ from mcpd.protocol.versions import (
     META_SERVER_INFO,
     MODERN_VERSIONS,
 )
-from mcpd.tools import Caller, Tool, ToolContext, ToolError, ToolPack, ToolRegistry
+from mcpd.tools import Caller, Tool, ToolContext, ToolError, ToolPack, ToolRegistry, ToolResult
+from mcpd.web.ratelimit import MemoryBucketStore, MessageLimiter, RateLimit, RateLimiter
 from tests.schema_check import assert_trace_valid, validate_message
 
 MODERN = "2026-07-28"
@@ -468,7 +469,7 @@ class FramingTests(SynchronousTestCase):
         for data in (call(MAX_DEPTH + 1), call(MAX_DEPTH + 1).decode(), call(900)):
             response = self.successResultOf(self.peer.engine.handle_bytes(data, self.peer.exchange()))
             self.assertEqual(error_code(response), errors.PARSE_ERROR)
-            self.assertIn(f"nested more than {MAX_DEPTH} levels", response["error"]["message"])
+            self.assertIn(f"nests deeper than {MAX_DEPTH} levels", response["error"]["message"])
             self.assertNotIn("id", response)
 
     def test_missing_or_wrong_jsonrpc_member(self) -> None:
@@ -610,6 +611,147 @@ class BatchTests(SynchronousTestCase):
         response = peer.send([])
         self.assertEqual(error_code(response), errors.INVALID_REQUEST)
         self.assertIn("empty batch", response["error"]["message"])
+
+
+class BatchLimitTests(SynchronousTestCase):
+    """A batch is bounded in messages and in the bytes of its answers, and never holds the
+    reactor for more than a slice of its messages."""
+
+    def peer(self, **kwargs: Any) -> Peer:
+        self.clock = Clock()
+        caller = Caller(name="tester", transport="memory", account="key:tester")
+        peer = Peer(self, make_engine(clock=self.clock, **kwargs), caller=caller)
+        peer.initialize("2025-03-26")
+        return peer
+
+    def pings(self, count: int) -> list[dict[str, Any]]:
+        return [{"jsonrpc": "2.0", "id": n, "method": "ping"} for n in range(count)]
+
+    def test_a_batch_over_max_batch_is_refused_whole(self) -> None:
+        peer = self.peer(max_batch=5)
+        self.assertEqual(len(peer.send(self.pings(5))), 5)
+        response = peer.send(self.pings(6))
+        self.assertEqual(error_code(response), errors.INVALID_REQUEST)
+        self.assertIn("at most 5 messages, this one has 6", response["error"]["message"])
+        self.assertNotIn("id", response)
+
+    def test_slices_give_the_reactor_back(self) -> None:
+        peer = self.peer()
+        records: list[CallRecord] = []
+        peer.engine.observers.append(records.append)
+        d = peer.start(self.pings(BATCH_SLICE * 2 + 1))
+        # The first slice ran at once; the others wait for the next reactor turn.
+        self.assertNoResult(d)
+        self.assertEqual(len(records), BATCH_SLICE)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0)
+        responses = self.successResultOf(d)
+        self.assertEqual([r["id"] for r in responses], list(range(BATCH_SLICE * 2 + 1)))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_closed_session_stops_the_batch(self) -> None:
+        peer = self.peer()
+        d = peer.start(self.pings(BATCH_SLICE * 3))
+        assert peer.session is not None
+        peer.session.close()
+        self.clock.advance(0)
+        # Only the first slice was served; nothing more is scheduled.
+        self.assertEqual(len(self.successResultOf(d)), BATCH_SLICE)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_answers_past_the_byte_budget_are_errors(self) -> None:
+        one = len(encode({"jsonrpc": "2.0", "id": 0, "result": {}}))
+        peer = self.peer(max_batch_bytes=one * 3)
+        responses = peer.send(self.pings(5))
+        self.assertEqual([r.get("result") for r in responses], [{}, {}, {}, None, None])
+        self.assertEqual([r["id"] for r in responses], [0, 1, 2, 3, 4])
+        self.assertEqual(error_code(responses[3]), errors.RESPONSE_TOO_LARGE)
+        self.assertIn(f"{one * 3} bytes", responses[3]["error"]["message"])
+
+    def test_rate_limit_counts_every_message_of_a_batch(self) -> None:
+        peer = self.peer()
+        store = MemoryBucketStore(self.clock)
+        peer.engine.message_limit = MessageLimiter(RateLimiter(RateLimit(3, 60.0), store))
+        exchange = peer.exchange()
+        exchange.prepaid = 1  # as the HTTP gate counted the request that carried the batch
+        batch = [*self.pings(4), {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}, *self.pings(2)]
+        responses = self.successResultOf(peer.engine.handle(batch, exchange))
+        outcomes = [r.get("result", r.get("error", {}).get("code")) for r in responses]
+        # One prepaid and three from the bucket served; the rest refused in-band (the
+        # notification, over the limit too, is dropped unanswered).
+        self.assertEqual(outcomes, [{}, {}, {}, {}, errors.LIMIT_EXCEEDED, errors.LIMIT_EXCEEDED])
+        self.assertEqual(
+            responses[4]["error"]["data"], {"limit": "rate", "max": 3, "scope": "caller", "retryAfter": 20}
+        )
+        assert_valid(self, "2025-03-26", responses)
+        self.clock.advance(20)
+        self.assertEqual(peer.send(self.pings(1))[0]["result"], {})
+
+    def test_rate_limited_requests_are_observed(self) -> None:
+        peer = self.peer()
+        records: list[CallRecord] = []
+        peer.engine.observers.append(records.append)
+        refusal = errors.LimitExceeded("over", limit="rate", maximum=1, per_caller=True, retry_after=5)
+        peer.engine.message_limit = lambda caller: refusal
+        response = peer.request("tools/call", {"name": "greet"})
+        self.assertEqual(response["error"]["data"]["retryAfter"], 5)
+        self.assertEqual([(r.tool, r.outcome) for r in records], [("greet", "rate_limited")])
+
+
+class UnsendableResultTests(SynchronousTestCase):
+    """A handler's value that JSON cannot carry is a tool error or an internal error, never bad
+    JSON on the wire."""
+
+    def pack(self) -> ToolPack:
+        pack = ToolPack("odd", "Tools returning values JSON cannot carry.")
+        pack.add(Tool(name="nan", description="NaN.", handler=lambda ctx, arguments: float("nan")))
+        pack.add(
+            Tool(
+                name="structured",
+                description="Infinity, structured.",
+                handler=lambda ctx, arguments: {"v": float("inf")},
+                output_schema={"type": "object"},
+            )
+        )
+        pack.add(
+            Tool(
+                name="explicit",
+                description="A ToolResult with NaN structured content.",
+                handler=lambda ctx, arguments: ToolResult(content=[], structured={"v": float("nan")}),
+            )
+        )
+        pack.add(Tool(name="set", description="A set.", handler=lambda ctx, arguments: {1, 2}))
+        return pack
+
+    def test_values_json_cannot_carry_are_tool_errors(self) -> None:
+        peer = Peer(self, make_engine(self.pack()))
+        peer.initialize()
+        for name, why in (("nan", "NaN"), ("structured", "NaN or Infinity"), ("explicit", "NaN"), ("set", "set")):
+            result = peer.call(name)
+            self.assertTrue(result["isError"], name)
+            self.assertIn(f"Tool {name} returned a value JSON cannot carry", text_of(result))
+            self.assertIn(why, text_of(result))
+            encode(result)  # and it is JSON
+
+    def test_progress_must_be_finite(self) -> None:
+        seen: list[Any] = []
+
+        def report(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+            for value in (float("nan"), float("inf")):
+                try:
+                    ctx.progress(value)
+                except ValueError as e:
+                    seen.append(str(e))
+            return "done"
+
+        pack = ToolPack("progress", "Progress that is not a number.")
+        pack.add(Tool(name="report", description="Report NaN progress.", handler=report))
+        peer = Peer(self, make_engine(pack))
+        peer.initialize()
+        peer.call("report", meta={"progressToken": "p"})
+        self.assertEqual(len(seen), 2)
+        self.assertIn("finite", seen[0])
+        self.assertEqual(peer.notes, [])
 
 
 class ModernTests(SynchronousTestCase):
@@ -993,6 +1135,19 @@ class ObserverTests(SynchronousTestCase):
         )
         self.assertTrue(all(r.duration >= 0 and r.caller.name == "tester" for r in records))
         self.assertEqual(records[1].version, LATEST_LEGACY)
+
+    def test_what_the_client_chose_is_kept_short(self) -> None:
+        """The audit buffer and the recent-requests ring keep records: a client's huge method
+        name, tool name or id must not be kept whole."""
+        engine = make_engine()
+        records: list[CallRecord] = []
+        engine.observers.append(records.append)
+        peer = Peer(self, engine)
+        peer.initialize()
+        peer.request("x" * 100_000)
+        peer.send({"jsonrpc": "2.0", "id": "i" * 100_000, "method": "tools/call", "params": {"name": "t" * 100_000}})
+        self.assertEqual([len(r.method) for r in records[1:]], [129, 10])
+        self.assertEqual((len(records[2].tool or ""), len(records[2].request_id)), (129, 129))
 
     def test_a_failing_observer_does_not_break_the_answer(self) -> None:
         engine = make_engine()

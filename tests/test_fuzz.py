@@ -48,7 +48,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from wsproto.events import TextMessage
 
-from mcpd.protocol.nesting import MAX_DEPTH
+from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.versions import LEGACY_VERSIONS
 from tests.daemon import MCPD, Daemon, DaemonTestMixin
 from tests.fuzzing import (

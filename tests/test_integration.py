@@ -45,7 +45,14 @@ LEGACY = "legacy"
 MODERN = "2026-07-28"
 SCENARIO_TIMEOUT = 20.0
 EVENT_TIMEOUT = 5.0
-FIXTURE_TOOLS = {"tests.progress", "tests.wait_for_cancel", "tests.blocking_wait", "tests.ping_client"}
+FIXTURE_TOOLS = {
+    "tests.progress",
+    "tests.wait_for_cancel",
+    "tests.blocking_wait",
+    "tests.ping_client",
+    "tests.blob",
+    "tests.progress_then_wait",
+}
 SERVER_TOOLS = {"server.info", "server.tools"}
 INVALID_PARAMS = -32602
 SHUTDOWN_LIMIT = 5.0
@@ -614,7 +621,8 @@ class ShutdownTests(DaemonTestCase):
 
     def test_stdio(self) -> Deferred[None]:
         def check() -> None:
-            server = self.spawn_stdio(MCPD, "--stdio", "--tool-pack", "tests.fixture_pack")
+            # stdio drains like HTTP: the call has --shutdown-timeout to finish.
+            server = self.spawn_stdio(MCPD, "--stdio", "--tool-pack", "tests.fixture_pack", "--shutdown-timeout", "1")
             server.send(INITIALIZE)
             server.receive()
             server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})

@@ -45,6 +45,17 @@ class JSONLineTests(SynchronousTestCase):
         # In a text log the record reads as JSON.
         self.assertEqual(json.loads(formatEvent(event)[len("audit ") :]), record)
 
+    def test_lines_are_json_whatever_the_fields_hold(self) -> None:
+        """NaN would make the line not JSON, a lone surrogate not UTF-8 (a file name a handler
+        decoded with surrogateescape): log shippers would drop or choke on either."""
+        line = json_line(self.event(ratio=float("nan"), name="report-\udcff.txt", audit=Fields({"t": float("inf")})))
+
+        def refuse(name: str) -> object:
+            raise AssertionError(name)
+
+        data = json.loads(line.encode("utf-8"), parse_constant=refuse)
+        self.assertEqual((data["ratio"], data["name"], data["t"]), (None, "report-\ufffd.txt", None))
+
     def test_failure_traceback(self) -> None:
         try:
             1 / 0  # noqa: B018

@@ -39,6 +39,7 @@ class MetricsTests(SynchronousTestCase):
             pool_queue_depth=lambda: 4,
             refusals=lambda: {"rate_limited": 5, "auth_failure": 6},
             refused_at_capacity=lambda: 7,
+            dropped_slow_readers=lambda: 8,
             checks=lambda: [CheckResult("thread_pool", "ok", 0.002)],
         )
         self.metrics = Metrics(self.stats, self.vitals, {"tools/call", "tools/list"}, lambda name: name == "echo")
@@ -64,6 +65,7 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(found[("mcp_rate_limited_total", ())], 5)
         self.assertEqual(found[("mcp_auth_failures_total", ())], 6)
         self.assertEqual(found[("mcp_connections_refused_capacity_total", ())], 7)
+        self.assertEqual(found[("mcp_connections_dropped_slow_reader_total", ())], 8)
         self.assertEqual(found[("mcp_store_latency_seconds", (("store", "thread_pool"),))], 0.002)
         self.assertEqual(found[("mcp_store_up", (("store", "thread_pool"),))], 1.0)
 

@@ -28,7 +28,7 @@ from twisted.web.server import Site
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import LIMIT_EXCEEDED
 from mcpd.protocol.ledger import REPLAY, SESSION, STREAM, Ledger, Limit
-from mcpd.protocol.nesting import MAX_DEPTH
+from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcpd.runtime import Runtime
@@ -633,7 +633,7 @@ class ParameterHeaderTests(HTTPTestCase):
         self.assertNotIn("id", connection.response.json())
         response = self.post(body, modern_headers("tools/list"))
         self.assertEqual(response.status, 400)
-        self.assertIn(f"nested more than {MAX_DEPTH} levels", response.json()["error"]["message"])
+        self.assertIn(f"nests deeper than {MAX_DEPTH} levels", response.json()["error"]["message"])
 
 
 class ModernStreamTests(HTTPTestCase):

@@ -72,13 +72,14 @@ def ws_client_python() -> Path:
 class RawSSE:
     """A legacy SSE stream on a raw socket: the endpoint it names, then the events as they come."""
 
-    def __init__(self, port: int, tls: TLSFiles | None = None) -> None:
+    def __init__(self, port: int, tls: TLSFiles | None = None, headers: dict[str, str] | None = None) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         if tls is not None:
             sock = ssl.create_default_context(cafile=str(tls.ca)).wrap_socket(sock, server_hostname="localhost")
         self.sock = sock
         self.port = port
-        sock.sendall(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items()).encode()
+        sock.sendall(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n" + extra + b"\r\n")
         self.buffer = b""
         head = self._until(b"\r\n\r\n")
         self.status_line, _, headers = head.partition("\r\n")

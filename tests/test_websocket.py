@@ -16,7 +16,7 @@ from mcpd.protocol.engine import Engine
 from mcpd.tools import ToolRegistry
 from mcpd.tools.api import Caller
 from mcpd.tools.pack import load_pack
-from mcpd.transport.websocket import MCPConnection, WebSocketLimits, WebSocketWire
+from mcpd.transport.websocket import MAX_FRAGMENTS, MCPConnection, WebSocketLimits, WebSocketWire
 
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 INITIALIZE = {
@@ -91,6 +91,39 @@ class WireTests(SynchronousTestCase):
         [event] = _received(client, transport)
         self.assertEqual(event.code, 1009)
         self.assertTrue(transport.disconnecting)
+
+    def test_empty_continuation_frames_close_1009(self) -> None:
+        """Frames are counted, not only bytes: empty fragments never reach the size limit."""
+        wire, client, transport, _clock, _registry = _pair()
+        frames = b"".join(client.send(TextMessage(data="", message_finished=False)) for _ in range(MAX_FRAGMENTS + 10))
+        wire.dataReceived(frames)
+        [event] = _received(client, transport)
+        self.assertEqual((event.code, event.reason), (1009, f"a message may come in at most {MAX_FRAGMENTS} frames"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(wire._text, [])
+
+    def test_a_message_split_over_frames_must_arrive_in_time(self) -> None:
+        wire, client, transport, clock, _registry = _pair()
+        wire.dataReceived(client.send(TextMessage(data='{"jsonrpc":', message_finished=False)))
+        clock.advance(29)
+        self.assertEqual(_received(client, transport), [])
+        clock.advance(1)
+        [event] = _received(client, transport)
+        self.assertEqual(event.code, 1008)
+        self.assertIn("within 30 seconds", event.reason)
+        self.assertTrue(transport.disconnecting)
+
+    def test_one_frame_read_in_many_pieces_is_one_frame(self) -> None:
+        """A large frame arriving a few bytes at a time is not taken for many fragments."""
+        wire, client, transport, clock, _registry = _pair(max_message_size=8192)
+        text = json.dumps({**PING, "params": {"_meta": {"pad": "x" * 4000}}})
+        data = client.send(TextMessage(data=text))
+        for start in range(0, len(data), 3):
+            wire.dataReceived(data[start : start + 3])
+        [event] = _received(client, transport)
+        self.assertEqual(json.loads(event.data)["id"], 1)
+        # The message came whole: its deadline is gone.
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_garbage_closes_1002(self) -> None:
         wire, client, transport, _clock, _registry = _pair()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -36,7 +37,12 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _certificate(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey, ca: bool
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: str,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    ca: bool,
+    addresses: Sequence[str] = ("127.0.0.1",),
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -66,7 +72,9 @@ def _certificate(
         )
     else:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(address)) for address in addresses)]
+            ),
             critical=False,
         )
     return builder.sign(issuer_key, hashes.SHA256())
@@ -76,13 +84,14 @@ def _pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def make_tls_files(directory: Path) -> TLSFiles:
-    """Write a fresh root CA, intermediate and server certificate into ``directory``."""
+def make_tls_files(directory: Path, addresses: Sequence[str] = ("127.0.0.1",)) -> TLSFiles:
+    """Write a fresh root CA, intermediate and server certificate (for localhost and
+    ``addresses``) into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     root_key, middle_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     root = _certificate("mcpd test root", root_key, "mcpd test root", root_key, ca=True)
     middle = _certificate("mcpd test intermediate", middle_key, "mcpd test root", root_key, ca=True)
-    leaf = _certificate("localhost", leaf_key, "mcpd test intermediate", middle_key, ca=False)
+    leaf = _certificate("localhost", leaf_key, "mcpd test intermediate", middle_key, ca=False, addresses=addresses)
     files = TLSFiles(
         ca=directory / "ca.pem", chain=directory / "chain.pem", cert=directory / "cert.pem", key=directory / "key.pem"
     )

@@ -128,8 +128,9 @@ class AuditTrail:
         return record
 
     def observe(self, call: CallRecord) -> None:
-        """An `Engine` observer: audits every tool call and every denied request."""
-        if call.method != "tools/call" and call.outcome != "denied":
+        """An `Engine` observer: audits every tool call, and every request denied or refused
+        for its rate limit."""
+        if call.method != "tools/call" and call.outcome not in ("denied", "rate_limited"):
             return
         pair = (self.clock(), call)
         self._records.append(pair)

@@ -11,17 +11,19 @@ In stdio mode the log never goes to stdout, which carries MCP.
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.logger import FileLogObserver, formatEvent, textFileLogObserver
 
+from mcpd.protocol.codec import dumps
+
 FORMATS = ("text", "json")
 # Keys of legacy (twisted.python.log) events and of the logger's own bookkeeping.
 _SKIPPED = frozenset({"format", "message", "system", "isError", "time", "why", "failure"})
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+# Valid JSON whatever an event holds: no NaN, no lone surrogate, other types as text.
+_dumps = dumps
 
 
 class Fields(Mapping[str, Any]):

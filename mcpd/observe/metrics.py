@@ -129,6 +129,11 @@ class VitalsCollector:
             "Connections answered 503 because mcpd was at --max-connections or --max-connections-per-ip.",
             vitals.refused_at_capacity(),
         )
+        yield _counter(
+            "mcp_connections_dropped_slow_reader",
+            "Connections dropped because their client left more than --max-write-buffer bytes unread.",
+            vitals.dropped_slow_readers(),
+        )
         latency = GaugeMetricFamily(
             "mcp_store_latency_seconds", "Latency of the last check of each backing store.", labels=["store"]
         )

@@ -43,6 +43,7 @@ class Vitals:
     ready: Callable[[], bool] = lambda: True
     refusals: Callable[[], Mapping[str, int]] = dict
     refused_at_capacity: Callable[[], int] = _zero  # type: ignore[assignment]
+    dropped_slow_readers: Callable[[], int] = _zero  # type: ignore[assignment]
     # What each account holds (mcpd.protocol.ledger): connections, streams, sessions, tasks …
     holdings: Callable[[], Mapping[str, Mapping[str, int]]] = dict
     checks: Callable[[], Sequence[CheckResult]] = tuple

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import json
 import re
 import secrets
 import time
@@ -29,7 +28,9 @@ from mcpd.protocol import errors
 from mcpd.protocol.catalog import CatalogMethods
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.channel import ClientError, ClientTimeout, RequestChannel, StateSigner
+from mcpd.protocol.codec import decode, encode
 from mcpd.protocol.errors import (
+    LIMIT_EXCEEDED,
     HeaderMismatch,
     InternalError,
     InvalidParams,
@@ -37,11 +38,12 @@ from mcpd.protocol.errors import (
     MCPError,
     MethodNotFound,
     ParseError,
+    ResponseTooLarge,
+    ServerShuttingDown,
     UnsupportedProtocolVersion,
     error_response,
 )
 from mcpd.protocol.ledger import CALL, Claim, Ledger
-from mcpd.protocol.nesting import nesting_error, too_deep
 from mcpd.protocol.session import Session
 from mcpd.protocol.tasks import LEGACY_TASK_VERSION, TASKS_EXTENSION, MemoryTaskStore, TaskManager
 from mcpd.protocol.versions import (
@@ -55,7 +57,7 @@ from mcpd.protocol.versions import (
     META_SERVER_INFO,
     MODERN_VERSIONS,
 )
-from mcpd.tools.api import Caller, Tool, ToolContext, call_result, error_result, invoke
+from mcpd.tools.api import Caller, Tool, ToolContext, UnsendableResult, call_result, error_result, invoke
 from mcpd.tools.validation import HeaderParameter
 
 if TYPE_CHECKING:
@@ -70,8 +72,11 @@ if TYPE_CHECKING:
 log = Logger(namespace="mcpd.engine")
 
 Notify = Callable[[dict[str, Any]], None]
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
+# None while a caller may send, else the error to answer its message with (or a Deferred of
+# either): the security layer's rate limit (mcpd.web.ratelimit.MessageLimiter).
+MessageLimit = Callable[[Caller], Any]
+# Messages of a batch served in one reactor turn before the others get theirs.
+BATCH_SLICE = 10
 
 # 2026-07-28 transports §Streamable HTTP: methods whose target is mirrored in `Mcp-Name`.
 # SEP-2663 §Streamable HTTP: Routing Headers: tasks methods mirror their taskId.
@@ -96,11 +101,6 @@ INSTRUCTIONS = (
 )
 
 
-def encode(message: Any) -> bytes:
-    """Serialise a JSON-RPC message compactly (no newlines: safe for stdio framing)."""
-    return _dumps(message).encode("utf-8")
-
-
 @attrs.define
 class Exchange:
     """Where a message came from, as the transport describes it.
@@ -115,6 +115,9 @@ class Exchange:
     session: Session | None = None
     notify: Notify | None = None
     headers: Mapping[str, str] | None = None
+    # Messages the transport's own policy already counted against the caller's rate limit (the
+    # HTTP gate counts each request): the engine counts only the ones beyond (a batch's others).
+    prepaid: int = 0
     # Set by the engine: the protocol version the message was served under.
     version: str | None = None
     # Set by the engine: the method of the request being served.
@@ -178,6 +181,8 @@ class Engine(CatalogMethods):
         state_key: bytes | None = None,
         task_store: ITaskStore | None = None,
         ledger: Ledger | None = None,
+        max_batch: int = 100,
+        max_batch_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.registry = registry
         self.runtime = runtime
@@ -185,6 +190,10 @@ class Engine(CatalogMethods):
         self.page_size = page_size
         self.tracer = tracer
         self.list_ttl_ms = list_ttl_ms
+        # Messages one batch may hold, and bytes its answers together may take (--max-batch,
+        # --max-message-size): a small request must not buy an unbounded answer.
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
         self.server_info = {"name": "mcpd", "title": "mcpd", "version": __version__}
         self.capabilities: dict[str, Any] = {
             "tools": {"listChanged": True},
@@ -208,6 +217,8 @@ class Engine(CatalogMethods):
         self.ledger = ledger if ledger is not None else Ledger()
         # The requests being served, with who made them.
         self._pending: dict[Deferred[Any], Caller] = {}
+        # Set once shutdown cancels what is still running: those requests are answered.
+        self._shutting_down = False
         # Tool calls running as tasks the client polls (both eras).
         self.tasks = TaskManager(
             task_store if task_store is not None else MemoryTaskStore(), self.clock, ledger=self.ledger
@@ -221,6 +232,9 @@ class Engine(CatalogMethods):
         # Seconds after which a tool call is cancelled and answered isError (--tool-timeout);
         # None: never.
         self.tool_timeout: float | None = None
+        # Decides, for every message a caller sends, whether it is over its rate limit (the
+        # security layer sets it); None: no limit (stdio).
+        self.message_limit: MessageLimit | None = None
         # Called with a `CallRecord` after every request (audit trail, metrics).
         self.observers: list[Callable[[CallRecord], None]] = []
         self._clock = time.monotonic
@@ -266,21 +280,15 @@ class Engine(CatalogMethods):
     def handle_bytes(self, data: bytes | str, exchange: Exchange) -> Deferred[Any]:
         """Decode one message (or a batch) and serve it."""
         try:
-            message = _loads(data)
-        except (ValueError, RecursionError):
+            message = decode(data)
+        except ParseError as e:
             # JSON-RPC 2.0 §5.1: -32700, id null; the connection survives.
-            return self._unparsed(data, exchange, "Parse error: the message is not valid JSON")
-        if too_deep(data, message):
-            return self._unparsed(data, exchange, f"Parse error: {nesting_error()}")
+            if self.tracer is not None:
+                self._trace("in", exchange, data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
+            response = error_response(None, e.to_error())
+            self._trace("out", exchange, response)
+            return succeed(response)
         return self.handle(message, exchange)
-
-    def _unparsed(self, data: bytes | str, exchange: Exchange, why: str) -> Deferred[Any]:
-        """-32700 for bytes that are not a message mcpd can read (traced as text)."""
-        if self.tracer is not None:
-            self._trace("in", exchange, data.decode("utf-8", "replace") if isinstance(data, bytes) else data)
-        response = error_response(None, ParseError(why).to_error())
-        self._trace("out", exchange, response)
-        return succeed(response)
 
     def handle(self, message: Any, exchange: Exchange) -> Deferred[Any]:
         """Serve one decoded message or batch; fires with the response or None."""
@@ -313,14 +321,11 @@ class Engine(CatalogMethods):
                 else f"batches are not supported in protocol version {version or 'negotiation'}"
             )
             return succeed(error_response(None, InvalidRequest(f"Invalid request: {why}").to_error()))
+        if len(messages) > self.max_batch:
+            why = f"a batch may hold at most {self.max_batch} messages, this one has {len(messages)}; send fewer"
+            return succeed(error_response(None, InvalidRequest(f"Invalid request: {why}").to_error()))
         exchange.version = version
-        results = [self._message(message, exchange) for message in messages]
-
-        def collect(responses: list[Any]) -> list[Any] | None:
-            replies = [r for r in responses if r is not None]
-            return replies or None
-
-        return gatherResults(results).addCallback(collect)
+        return _Batch(self, messages, exchange).run()
 
     def _message(self, message: Any, exchange: Exchange) -> Deferred[Any]:
         if not self.observers:
@@ -338,15 +343,17 @@ class Engine(CatalogMethods):
         if response is None:
             outcome = "cancelled"
         elif "error" in response:
-            outcome = "denied" if exchange.denied else "error"
+            outcome = "denied" if exchange.denied else "rate_limited" if _rate_refusal(response) else "error"
         elif isinstance(response.get("result"), dict) and response["result"].get("isError"):
             outcome = "tool_error"
         else:
             outcome = "ok"
+        # Records are kept (audit buffer, recent requests), so what the client chose is cut short:
+        # a 4 MB method name must not become 4 MB held per record.
         record = CallRecord(
-            request_id=message.get("id"),
-            method=str(message.get("method")),
-            tool=tool if isinstance(tool, str) else None,
+            request_id=_clipped(message.get("id")),
+            method=_clipped(str(message.get("method"))),
+            tool=_clipped(tool) if isinstance(tool, str) else None,
             caller=exchange.caller,
             version=exchange.version,
             outcome=outcome,
@@ -360,6 +367,24 @@ class Engine(CatalogMethods):
         return response
 
     def _serve_message(self, message: Any, exchange: Exchange) -> Deferred[Any]:
+        limit = self.message_limit
+        if limit is not None:
+            # Every message counts against the caller's rate limit, whatever carries it: each
+            # message of a batch, each frame of a WebSocket, each POST of an /sse session.
+            if exchange.prepaid:
+                exchange.prepaid -= 1
+            else:
+                refusal = limit(exchange.caller)
+                if isinstance(refusal, Deferred):
+                    return refusal.addCallback(self._after_limit, message, exchange)
+                if refusal is not None:
+                    return succeed(_refused(message, refusal))
+        return self._dispatch(message, exchange)
+
+    def _after_limit(self, refusal: MCPError | None, message: Any, exchange: Exchange) -> Any:
+        return _refused(message, refusal) if refusal is not None else self._dispatch(message, exchange)
+
+    def _dispatch(self, message: Any, exchange: Exchange) -> Deferred[Any]:
         if not isinstance(message, dict):
             return succeed(
                 error_response(None, InvalidRequest("Invalid request: expected a JSON-RPC object").to_error())
@@ -463,9 +488,16 @@ class Engine(CatalogMethods):
     def cancel_all(self) -> None:
         """Cancel every request still being served, whatever its transport, and every task
         still running (shutdown)."""
+        self.abort_in_flight()
+        self.tasks.shutdown()
+
+    def abort_in_flight(self) -> None:
+        """Shutdown: cancel every request still being served. Unlike a client's own
+        cancellation, each is answered, with a -32010 error saying the server is shutting down,
+        so that its client is not left waiting on a connection that just closes."""
+        self._shutting_down = True
         for d in list(self._pending):
             d.cancel()
-        self.tasks.shutdown()
 
     def end_matching(self, match: Callable[[str, str], bool], reason: str) -> int:
         """Cancel the calls in flight of the accounts (or from the addresses) ``match`` picks:
@@ -491,6 +523,12 @@ class Engine(CatalogMethods):
 
     def _respond_failure(self, failure: Failure, request_id: Any, method: str) -> dict[str, Any] | None:
         if failure.check(CancelledError):
+            if self._shutting_down:
+                error = ServerShuttingDown(
+                    f"Server shutting down: {method} was cancelled before it finished; send it again "
+                    "once the server is back (or to another instance)"
+                )
+                return error_response(request_id, error.to_error())
             # 2025-11-25 basic/utilities/cancellation: no response to a cancelled request.
             return None
         if failure.check(MCPError):
@@ -724,6 +762,9 @@ class Engine(CatalogMethods):
             return failure  # a protocol error (say -32021), answered as such
         if failure.check(ToolError, ClientError, ClientTimeout):
             return error_result(str(failure.value))
+        if failure.check(UnsendableResult):
+            log.warn("{why} (request {id!r})", why=str(failure.value), id=ctx.request_id)
+            return error_result(f"{failure.value}; this is a fault of the tool, not of the call.")
         log.failure("Tool {tool} failed (request {id!r})", failure, tool=ctx.tool.name, id=ctx.request_id)
         return error_result(
             f"Tool {ctx.tool.name} failed unexpectedly; the server log has the details (request id {ctx.request_id!r})."
@@ -810,6 +851,11 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
+def _clipped(value: Any, limit: int = 128) -> Any:
+    """A client's string, cut to ``limit`` characters for keeping (anything else as it is)."""
+    return value[:limit] + "…" if isinstance(value, str) and len(value) > limit else value
+
+
 def _readable_id(value: Any) -> Any:
     return value if _valid_id(value) else None
 
@@ -828,6 +874,74 @@ def _decode_header_value(value: str | None) -> str | None:
 
 
 _HEADER_SAFE = re.compile(r"^[\x20-\x7e]*$")
+
+
+def _refused(message: Any, error: MCPError) -> dict[str, Any] | None:
+    """The answer to a message over its caller's rate limit: the error for a request (JSON-RPC
+    carries no HTTP 429 inside a batch or on a WebSocket), nothing for a notification or a
+    response, which are never answered (JSON-RPC 2.0 §4.1)."""
+    if isinstance(message, dict):
+        if "method" in message and "id" not in message:
+            return None  # a notification
+        if "method" not in message and ("result" in message or "error" in message):
+            return None  # a response to a request of ours
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return error_response(_readable_id(request_id), error.to_error())
+
+
+def _rate_refusal(response: dict[str, Any]) -> bool:
+    error = response["error"]
+    data = error.get("data")
+    return error.get("code") == LIMIT_EXCEEDED and isinstance(data, dict) and data.get("limit") == "rate"
+
+
+class _Batch:
+    """Serves the messages of one batch a slice at a time, giving the reactor back between
+    slices (other clients and /ready are not held up by a long batch), and keeps the answers
+    within ``engine.max_batch_bytes``: an answer that would pass it is replaced by an error."""
+
+    def __init__(self, engine: Engine, messages: list[Any], exchange: Exchange) -> None:
+        self.engine = engine
+        self.messages = messages
+        self.exchange = exchange
+        self.budget = engine.max_batch_bytes
+        self.answers: list[Deferred[Any]] = []
+        self.done: Deferred[Any] = Deferred()
+
+    def run(self) -> Deferred[Any]:
+        self._slice(0)
+        return self.done
+
+    def _slice(self, start: int) -> None:
+        session = self.exchange.session
+        # A client gone meanwhile: the rest would be answered to no one.
+        gone = session is not None and session.closed
+        end = start if gone else start + BATCH_SLICE
+        for message in self.messages[start:end]:
+            self.answers.append(self.engine._message(message, self.exchange).addCallback(self._bounded))
+        if end < len(self.messages) and not gone:
+            self.engine.clock.callLater(0, self._slice, end)
+        else:
+            gatherResults(self.answers).addCallback(self._collect).chainDeferred(self.done)
+
+    def _bounded(self, response: Any) -> Any:
+        if response is None or "error" in response:
+            return response  # errors are small, and always sent
+        size = len(encode(response))
+        if size <= self.budget:
+            self.budget -= size
+            return response
+        limit = self.engine.max_batch_bytes
+        error = ResponseTooLarge(
+            f"Response too large: the answers to this batch may take {limit} bytes in all, and this one "
+            "would pass that; send this request on its own"
+        )
+        return error_response(response.get("id"), error.to_error())
+
+    @staticmethod
+    def _collect(responses: list[Any]) -> list[Any] | None:
+        replies = [r for r in responses if r is not None]
+        return replies or None
 
 
 __all__ = ["CallRecord", "Engine", "Exchange", "Request", "encode", "errors"]

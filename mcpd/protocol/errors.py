@@ -22,6 +22,12 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 # JSON-RPC 2.0 §5.1 leaves -32000…-32099 to implementations (MCP takes -32020 and up): a caller's
 # share of a budget, or the server's whole budget, is used up (`LimitExceeded`).
 LIMIT_EXCEEDED = -32000
+# A request still running when the server stopped (--shutdown-timeout ran out) was cancelled;
+# sending it again later, or to another instance, may succeed.
+SERVER_SHUTTING_DOWN = -32010
+# The answers to one batch would pass the bytes they may take (not a budget that refills: a
+# retry fails alike; the request must go on its own).
+RESPONSE_TOO_LARGE = -32011
 
 # 2026-07-28 transports §Streamable HTTP: the HTTP status that accompanies each error code.
 HTTP_STATUS_FOR_CODE: dict[int, int] = {
@@ -32,6 +38,7 @@ HTTP_STATUS_FOR_CODE: dict[int, int] = {
     MISSING_REQUIRED_CLIENT_CAPABILITY: 400,
     UNSUPPORTED_PROTOCOL_VERSION: 400,
     METHOD_NOT_FOUND: 404,
+    SERVER_SHUTTING_DOWN: 503,
 }
 
 
@@ -71,6 +78,16 @@ class InvalidParams(MCPError):
 
 class InternalError(MCPError):
     code = INTERNAL_ERROR
+
+
+class ResponseTooLarge(MCPError):
+    code = RESPONSE_TOO_LARGE
+
+
+class ServerShuttingDown(MCPError):
+    """The daemon stopped before the request was served (``--shutdown-timeout`` ran out)."""
+
+    code = SERVER_SHUTTING_DOWN
 
 
 class HeaderMismatch(MCPError):

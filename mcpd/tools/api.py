@@ -10,6 +10,7 @@ never on the reactor thread.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -47,6 +48,11 @@ class ToolError(Exception):
     It becomes a result with ``isError: true`` carrying this message (2025-11-25 server/tools
     §Error Handling: tool execution errors are reported in the result, not as protocol errors).
     """
+
+
+class UnsendableResult(ValueError):
+    """A handler returned a value JSON cannot carry (NaN, Infinity, a set, bytes…): the call
+    is answered as a tool error saying so, rather than with JSON that is not JSON."""
 
 
 @attrs.frozen
@@ -373,15 +379,25 @@ class ToolContext(RequestContext):
 
     def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         """Tell the client how far the call has got; a no-op when it did not ask."""
+        if not math.isfinite(progress) or (total is not None and not math.isfinite(total)):
+            raise ValueError(f"progress and total must be finite numbers, not {progress!r} and {total!r}")
         sink = self._progress_sink
         if sink is None or self.cancelled:
             return
         _on_reactor(sink, progress, total, message)
 
 
-def _text_block(value: Any) -> dict[str, Any]:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return {"type": "text", "text": text}
+def _text_block(tool: Tool, value: Any) -> dict[str, Any]:
+    return {"type": "text", "text": value if isinstance(value, str) else _json_text(tool, value)}
+
+
+def _json_text(tool: Tool, value: Any) -> str:
+    """``value`` as JSON text; `UnsendableResult` when it is not JSON (RFC 8259 §6: no NaN)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as e:
+        why = "NaN or Infinity" if isinstance(e, ValueError) and "float" in str(e) else str(e)
+        raise UnsendableResult(f"Tool {tool.name} returned a value JSON cannot carry ({why})") from None
 
 
 def call_result(tool: Tool, value: Any) -> dict[str, Any]:
@@ -389,12 +405,14 @@ def call_result(tool: Tool, value: Any) -> dict[str, Any]:
     if isinstance(value, ToolResult):
         result: dict[str, Any] = {"content": value.content}
         structured = value.structured
+        if structured is not None:
+            _json_text(tool, structured)
         if value.is_error:
             result["isError"] = True
     elif tool.output_schema is not None:
         structured = value
         # 2025-11-25 server/tools §Structured Content: also return the JSON as text.
-        result = {"content": [_text_block(value)]}
+        result = {"content": [_text_block(tool, value)]}
     else:
         structured = None
         if value is None:
@@ -402,7 +420,7 @@ def call_result(tool: Tool, value: Any) -> dict[str, Any]:
         elif isinstance(value, dict) and "type" in value and isinstance(value.get("type"), str):
             result = {"content": [value]}
         else:
-            result = {"content": [_text_block(value)]}
+            result = {"content": [_text_block(tool, value)]}
     if structured is not None:
         problems = tool.output_problems(structured)
         if problems and not result.get("isError"):

@@ -13,7 +13,6 @@ the Streamable HTTP endpoint, and an ``Mcp-Session-Id`` nothing here.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -21,9 +20,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from mcpd.protocol.codec import decode
 from mcpd.protocol.engine import Engine, Exchange, encode
-from mcpd.protocol.errors import LimitExceeded
-from mcpd.protocol.nesting import nesting_error, too_deep
+from mcpd.protocol.errors import LimitExceeded, ParseError
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.transport.sse import finish_quietly, format_event, hold_stream, start_sse
 from mcpd.web.identity import caller_of
@@ -135,16 +134,17 @@ class SSEMessagesResource(NoHead, Resource):
         if len(body) > self.max_message_size:
             return json_error(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
         # The caller of this POST, admitted just now: its key's scopes as they are now (a
-        # reload may have changed them since the stream opened).
-        exchange = Exchange(peer=session.peer, caller=caller, session=session, notify=session.send)
+        # reload may have changed them since the stream opened). The gate counted the POST
+        # against the caller's rate limit.
+        exchange = Exchange(peer=session.peer, caller=caller, session=session, notify=session.send, prepaid=1)
         try:
-            message = json.loads(body)
-        except (ValueError, RecursionError):
+            message = decode(body)
+        except ParseError as e:
             # As the reference server does: a 400 to the POST. A JSON-RPC parse error (id null)
             # is not a valid message in 2024-11-05, and nothing on the stream could be correlated.
-            return json_error(request, 400, "Bad Request: the body is not a JSON-RPC message (invalid JSON)")
-        if too_deep(body, message):
-            return json_error(request, 400, f"Bad Request: {nesting_error()}")
+            return json_error(
+                request, 400, f"Bad Request: the body is not a JSON-RPC message (invalid JSON). {e.message}"
+            )
         self.engine.handle(message, exchange).addCallbacks(session.reply, _failed)
         request.setResponseCode(202)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")

@@ -1,5 +1,9 @@
 # -*- test-case-name: tests.test_stdio -*-
-"""MCP over stdio: newline-delimited JSON-RPC on stdin and stdout (basic/transports §stdio)."""
+"""MCP over stdio: newline-delimited JSON-RPC on stdin and stdout (basic/transports §stdio).
+
+While the client does not read stdout, stdin is not read either; past ``max_write_buffer`` bytes
+it has left unread, the client is given up on and the server stops (`mcpd.transport.flow`).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from mcpd.protocol.engine import Engine, Exchange, encode
 from mcpd.protocol.errors import InvalidRequest
 from mcpd.protocol.session import Session
 from mcpd.tools.api import Caller
+from mcpd.transport.flow import OutputGuard
 
 log = Logger(namespace="mcpd.stdio")
 
@@ -25,9 +30,17 @@ log = Logger(namespace="mcpd.stdio")
 class StdioProtocol(Protocol):
     """Serves one client on a pair of pipes; stdout carries MCP messages and nothing else."""
 
-    def __init__(self, engine: Engine, max_message_size: int, on_close: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_message_size: int,
+        on_close: Callable[[], Any] | None = None,
+        max_write_buffer: int = 8 * 1024 * 1024,
+    ) -> None:
         self.engine = engine
         self.max_message_size = max_message_size
+        self.max_write_buffer = max_write_buffer
+        self.guard: OutputGuard | None = None
         self.on_close = on_close
         self.session = Session("stdio")
         # Messages that belong to no request (list changes, resource updates) are lines too.
@@ -36,6 +49,23 @@ class StdioProtocol(Protocol):
         self._buffer = b""
         self._discarding = False
         self._stdout_closed = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport  # StandardIO: a consumer too
+        self.guard = OutputGuard(transport, self.max_write_buffer, self._unread)
+        transport.registerProducer(self.guard, True)
+
+    def _unread(self, unsent: int) -> None:
+        log.error(
+            "The client has left {unsent} bytes of stdout unread (over --max-write-buffer {limit}): stopping",
+            unsent=unsent,
+            limit=self.max_write_buffer,
+        )
+        self.session.close()
+        # Nothing more will be written, and what is buffered will not drain: do not wait for it.
+        self.connected = False
+        if self.on_close is not None:
+            self.on_close()
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self._buffer + data
@@ -79,7 +109,11 @@ class StdioProtocol(Protocol):
     def send(self, message: Any) -> None:
         """Write one message as one line."""
         if self.transport is not None and not self.session.closed:
-            self.transport.write(encode(message) + b"\n")
+            line = encode(message) + b"\n"
+            guard = self.guard
+            if guard is not None and guard.blocked and not guard.admit(len(line)):
+                return
+            self.transport.write(line)
 
     def readConnectionLost(self) -> None:
         # basic/transports §stdio: the client closing stdin ends the server, once the answers
@@ -97,6 +131,7 @@ class StdioProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         # basic/transports §stdio: the client closing stdin ends the server.
+        self.connected = False
         self.session.close()
         if self.on_close is not None:
             self.on_close()

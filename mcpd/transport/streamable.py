@@ -15,7 +15,6 @@ client accepts ``text/event-stream``.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,18 +23,20 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from mcpd.protocol.codec import decode
 from mcpd.protocol.engine import Engine, Exchange, encode
 from mcpd.protocol.errors import (
     HTTP_STATUS_FOR_CODE,
     PARSE_ERROR,
+    SERVER_SHUTTING_DOWN,
     HeaderMismatch,
     InvalidRequest,
     LimitExceeded,
     MCPError,
+    ParseError,
     limit_status,
 )
 from mcpd.protocol.ledger import Ledger
-from mcpd.protocol.nesting import too_deep
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS
 from mcpd.tools.api import Caller
@@ -52,7 +53,6 @@ _JSON = b"application/json"
 _SESSION_HEADER = "mcp-session-id"
 # Versions whose streams are primed with an empty event (2025-11-25 transports §Sending Messages).
 _PRIMED_VERSIONS = frozenset({"2025-11-25"})
-_loads = json.loads
 
 
 class HTTPSession(Session):
@@ -189,6 +189,7 @@ class StreamableHTTP(NoHead, Resource):
     ) -> bytes | int:
         reply = _Reply(self, request, exchange, accepts_sse, modern, new_session)
         exchange.notify = reply.notify
+        exchange.prepaid = 1  # the gate counted this request against the caller's rate limit
         d = self.engine.handle_bytes(body, exchange)
         if d.called:
             # The common case: answered at once, straight back as JSON.
@@ -398,6 +399,9 @@ class _Reply:
                 request.setHeader(b"retry-after", b"%d" % limited[1])
             elif self.modern:
                 status = HTTP_STATUS_FOR_CODE.get(code, 200)
+                if code == SERVER_SHUTTING_DOWN:
+                    # Cancelled by a shutdown: 503, and when to come back (RFC 9110 §15.6.4).
+                    request.setHeader(b"retry-after", b"2")
             elif code == PARSE_ERROR:
                 status = 400
         return _json(request, status, encode(response))
@@ -461,12 +465,11 @@ def _duplicated_routing_header(request: Request) -> str | None:
 
 def _loads_or_none(body: bytes) -> Any:
     """The message, for a look before the engine reads it; None when the engine will refuse
-    it as unreadable (not JSON, or nested too deep to be encoded again, e.g. when traced)."""
+    it as unreadable (not strict JSON, or nested deeper than the codec accepts)."""
     try:
-        message = _loads(body)
-    except (ValueError, RecursionError):
+        return decode(body)
+    except ParseError:
         return None
-    return None if too_deep(body, message) else message
 
 
 def _id_of(message: Any) -> Any:

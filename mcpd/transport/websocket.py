@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -62,6 +62,8 @@ GOING_AWAY = 1001
 UNSUPPORTED_DATA = 1003
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
+# Frames one message may be split into (clients send one; a 4 MiB message in 4 KiB frames fits).
+MAX_FRAGMENTS = 1024
 
 
 class MCPConnection:
@@ -118,6 +120,8 @@ class WebSocketWire(Protocol):
         self.mcp = mcp_factory(self.send_text)
         self._text: list[str] = []
         self._size = 0
+        self._frames = 0
+        self._message_deadline: IDelayedCall | None = None
         self._closing = False
         self._pinger: LoopingCall | None = None
         # Told when the connection ends: the upgrade hand-over leaves the HTTP request that
@@ -152,10 +156,23 @@ class WebSocketWire(Protocol):
             if self._size > self.limits.max_message_size:
                 self._close(MESSAGE_TOO_BIG, f"messages are limited to {self.limits.max_message_size} bytes")
                 return
-            self._text.append(event.data)
+            if event.frame_finished:
+                # Frames, not only bytes: empty continuation frames would never reach the size limit.
+                self._frames += 1
+                if self._frames > MAX_FRAGMENTS:
+                    self._close(MESSAGE_TOO_BIG, f"a message may come in at most {MAX_FRAGMENTS} frames")
+                    return
+            if event.data:
+                self._text.append(event.data)
             if event.message_finished:
-                text, self._text, self._size = "".join(self._text), [], 0
+                text, self._text, self._size, self._frames = "".join(self._text), [], 0, 0
+                if self._message_deadline is not None:
+                    self._message_deadline.cancel()
+                    self._message_deadline = None
                 self.mcp.received(text)
+            elif self._message_deadline is None:
+                # The rest of a message split over frames (or reads) must follow in time.
+                self._message_deadline = self.limits.clock.callLater(self.limits.message_timeout, self._message_overdue)
         elif isinstance(event, BytesMessage):
             self._close(UNSUPPORTED_DATA, "MCP messages are JSON in text frames")
         elif isinstance(event, Ping):
@@ -173,6 +190,12 @@ class WebSocketWire(Protocol):
             if self.ws.state != ConnectionState.CLOSED:
                 self.transport.write(self.ws.send(event.response()))
             self.transport.loseConnection()
+
+    def _message_overdue(self) -> None:
+        self._message_deadline = None
+        if not self._closing:
+            seconds = f"{self.limits.message_timeout:g}"
+            self._close(POLICY_VIOLATION, f"a message must arrive whole within {seconds} seconds of its first frame")
 
     def send_text(self, text: str) -> None:
         """One text frame to the client."""
@@ -217,6 +240,9 @@ class WebSocketWire(Protocol):
         self.registry.discard(self)
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
+        if self._message_deadline is not None:
+            self._message_deadline.cancel()
+            self._message_deadline = None
         self.mcp.lost()
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
@@ -224,9 +250,16 @@ class WebSocketWire(Protocol):
 
 
 class WebSocketLimits:
-    """What every connection of one listener shares: sizes, ping interval, clock."""
+    """What every connection of one listener shares: sizes, ping interval, the time a message
+    split over frames may take, clock."""
 
-    def __init__(self, max_message_size: int, ping_interval: float | None, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        max_message_size: int,
+        ping_interval: float | None,
+        clock: IReactorTime | None = None,
+        message_timeout: float = 30.0,
+    ) -> None:
         if clock is None:
             from twisted.internet import reactor
 
@@ -234,6 +267,7 @@ class WebSocketLimits:
             clock = cast(IReactorTime, reactor)
         self.max_message_size = max_message_size
         self.ping_interval = ping_interval
+        self.message_timeout = message_timeout
         self.clock = clock
 
 
@@ -313,9 +347,11 @@ def _refuse(request: Request, status: int, message: str) -> bytes:
     return json_error(request, status, f"Bad Request: {message}")
 
 
-def websocket_resource(engine: Engine, max_message_size: int, ping_interval: float | None = None) -> WebSocketEndpoint:
-    """The ``/ws`` resource."""
-    return WebSocketEndpoint(engine, WebSocketLimits(max_message_size, ping_interval))
+def websocket_resource(
+    engine: Engine, max_message_size: int, ping_interval: float | None = None, message_timeout: float = 30.0
+) -> WebSocketEndpoint:
+    """The ``/ws`` resource; ``message_timeout`` bounds the time a message split over frames may take."""
+    return WebSocketEndpoint(engine, WebSocketLimits(max_message_size, ping_interval, message_timeout=message_timeout))
 
 
 __all__ = ["MCPConnection", "WebSocketEndpoint", "WebSocketWire", "websocket_resource"]

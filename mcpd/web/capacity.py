@@ -12,6 +12,9 @@
 - Slow clients: a request's head must arrive within ``head_timeout`` seconds of its first byte
   (or of the connection), its body within ``body_timeout`` seconds of the head; a slow-loris
   client is answered 408 and dropped.
+- Clients that do not read: while a connection's output is not draining, nothing more is read
+  from it, and past ``max_write_buffer`` unsent bytes it is dropped (`mcpd.transport.flow`),
+  whatever transport it carries (HTTP, SSE streams, WebSocket).
 
 It implements ``IProtocolNegotiationFactory`` by asking the Site, so that under ``ssl:``
 endpoints TLS clients still agree on ``http/1.1`` through ALPN.
@@ -33,6 +36,7 @@ from zope.interface import implementer
 
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import CONNECTION, Claim, Ledger
+from mcpd.transport.flow import OutputGuard
 from mcpd.web.gate import Gate, Refusal, raw_response
 from mcpd.web.network import normal_form
 
@@ -70,6 +74,52 @@ class GuardedConnection(ProtocolWrapper):
 
     def connectionMade(self) -> None:
         self._arm(self.factory.head_timeout, "request head")
+        # The guard is the transport's producer; the Site's channel registers with us (below).
+        self.guard = OutputGuard(self.transport, self.factory.max_write_buffer, self._drop_slow_reader)
+        transport: Any = self.transport
+        transport.registerProducer(self.guard, True)
+
+    # -- flow control (mcpd.transport.flow) ---------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.guard.blocked and not self.guard.admit(len(data)):
+            return
+        transport: Any = self.transport
+        transport.write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        if self.guard.blocked:
+            data = list(data)
+            if not self.guard.admit(sum(map(len, data))):
+                return
+        transport: Any = self.transport
+        transport.writeSequence(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        # twisted.web's HTTPChannel, a streaming producer: it hears the guard's pauses and resumes.
+        self.guard.upstream = producer
+
+    def unregisterProducer(self) -> None:
+        self.guard.upstream = None
+
+    def pauseProducing(self) -> None:
+        self.guard.pause_reading()
+
+    def resumeProducing(self) -> None:
+        self.guard.resume_reading()
+
+    def _drop_slow_reader(self, unsent: int) -> None:
+        log.warn(
+            "Dropping {peer}: {unsent} bytes of output it has not read (over --max-write-buffer {limit})",
+            peer=self.peer,
+            unsent=unsent,
+            limit=self.factory.max_write_buffer,
+        )
+        self.factory.dropped_slow_readers += 1
+        # Also stops twisted.web's parser from serving requests it has read ahead.
+        self.disconnecting = 1
+        transport: Any = self.transport
+        transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self.deadline is None and not self._busy:
@@ -202,6 +252,7 @@ class CapacityFactory(WrappingFactory):
         retry_after: int = 5,
         sweep_interval: float = 0.5,
         ledger: Ledger | None = None,
+        max_write_buffer: int = 8 * 1024 * 1024,
     ) -> None:
         super().__init__(site)
         self.sweep_interval = sweep_interval
@@ -215,6 +266,9 @@ class CapacityFactory(WrappingFactory):
         self.retry_after = retry_after
         # Where admitted connections are counted per account (their share of max_connections).
         self.ledger = ledger
+        self.max_write_buffer = max_write_buffer
+        # Connections dropped because their client did not read its output.
+        self.dropped_slow_readers = 0
         self.per_ip: collections.Counter[str] = collections.Counter()
         # Connections answered 503 at a cap (mcp_connections_refused_capacity).
         self.refused_at_capacity = 0

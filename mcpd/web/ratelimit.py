@@ -1,18 +1,31 @@
 # -*- test-case-name: tests.test_ratelimit -*-
-"""Token-bucket rate limiting: ``limit`` requests per ``window`` seconds, bursts up to ``burst``."""
+"""Token-bucket rate limiting: ``limit`` messages per ``window`` seconds, bursts up to ``burst``.
+
+Every JSON-RPC message counts, whatever carries it. The gate counts each HTTP request before its
+body is read (answering 429 with Retry-After); the engine asks `MessageLimiter` about the
+messages beyond those — the other messages of a batch, every message on a WebSocket — and
+answers one over the limit with a JSON-RPC error in the same stream. Both count in one bucket
+per account (the caller's key, or its address without keys).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from mcpd.interfaces import IBucketStore
+from mcpd.protocol.errors import LimitExceeded
+from mcpd.web.policy import is_loopback
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
+
+    from mcpd.tools.api import Caller
 
 # Buckets kept before full (idle) ones are forgotten.
 _PRUNE_AT = 10_000
@@ -85,6 +98,48 @@ class RateLimiter:
     def check(self, client: str) -> Any:
         """Seconds ``client`` must wait (0.0: go ahead), or a Deferred of it (a remote store)."""
         return self.store.take(client, self._capacity, self._rate)
+
+
+class MessageLimiter:
+    """The engine's ``message_limit``: None while a caller may send, else the error to answer
+    its message with (or a Deferred of either, with a remote bucket store).
+
+    The bucket is the caller's account, the gate's too: ``key:NAME``, or ``ip:ADDRESS`` without
+    keys, where loopback is not limited; stdio (``local``), one local client who started the
+    server, is never limited.
+    """
+
+    def __init__(self, limiter: RateLimiter, on_limited: Callable[[], None] | None = None) -> None:
+        self.limiter = limiter
+        # Told of every message refused (the refusal counters of /metrics and /stats).
+        self.on_limited = on_limited
+
+    def __call__(self, caller: Caller) -> Any:
+        account = caller.account
+        if account.startswith("ip:"):
+            if is_loopback(account[3:]):
+                return None
+        elif not account.startswith("key:"):
+            return None
+        wait = self.limiter.check(account)
+        if isinstance(wait, Deferred):
+            return wait.addCallback(self._refusal)
+        return self._refusal(wait)
+
+    def _refusal(self, wait: float) -> LimitExceeded | None:
+        if wait <= 0:
+            return None
+        if self.on_limited is not None:
+            self.on_limited()
+        seconds = retry_after(wait)
+        limit = self.limiter.limit
+        return LimitExceeded(
+            f"Rate limit exceeded: {limit.limit} messages per {limit.window:g} s; retry in {seconds} s",
+            limit="rate",
+            maximum=limit.limit,
+            per_caller=True,
+            retry_after=seconds,
+        )
 
 
 def retry_after(wait: float) -> int:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from mcpd import notify
 from mcpd.observe.audit import AuditTrail
 from mcpd.protocol.ledger import Ledger
 from mcpd.web.capacity import CapacityFactory
@@ -19,7 +20,7 @@ from mcpd.web.gate import Gate, guarded_request_factory
 from mcpd.web.keys import KeyFileError, KeyRing, load_keys
 from mcpd.web.network import AddressList, AddressListError, read_address_file
 from mcpd.web.policy import beyond_loopback
-from mcpd.web.ratelimit import MemoryBucketStore, RateLimit, RateLimiter
+from mcpd.web.ratelimit import MemoryBucketStore, MessageLimiter, RateLimit, RateLimiter
 from mcpd.web.scopes import ScopePolicy, narrowed
 
 if TYPE_CHECKING:
@@ -105,12 +106,18 @@ class Security:
         return bool(self.gate.keys)
 
     def attach(self, engine: Engine, registry: ToolRegistry) -> None:
-        """Scopes filter the engine's tools when keys are configured; every call is audited."""
+        """Scopes filter the engine's tools when keys are configured; every call is audited;
+        every message, however it came, counts against its caller's rate limit."""
         if self.keyed:
             policy = ScopePolicy(registry)
             engine.tool_filter = policy
             engine.entry_filter = policy.allows_entry
         engine.observers.append(self.audit.observe)
+        if self.gate.limiter is not None:
+            engine.message_limit = MessageLimiter(self.gate.limiter, self._rate_limited)
+
+    def _rate_limited(self) -> None:
+        self.gate.refusals["rate_limited"] += 1
 
     def protect(self, site: Any) -> CapacityFactory:
         """Guard ``site``: its requests pass the gate, its connections the capacity factory."""
@@ -125,6 +132,7 @@ class Security:
             head_timeout=settings.header_timeout,
             body_timeout=settings.request_timeout,
             ledger=self.ledger,
+            max_write_buffer=settings.max_write_buffer,
         )
 
     def reload(self) -> bool:
@@ -224,4 +232,5 @@ class ReloadService(Service):
 
     def _reload(self) -> None:
         log.info("SIGHUP: reloading API keys and allowlist")
-        self.security.reload()
+        with notify.reloading():  # systemd's ExecReload waits for READY=1 again
+            self.security.reload()
