@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from mcpd.protocol.nesting import MAX_DEPTH, depth
+from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
 from tests.wire import NotStrictJSON, lone_surrogate, strict_loads
 
@@ -145,6 +145,26 @@ settings.register_profile(
     suppress_health_check=[*_QUIET_CHECKS, HealthCheck.large_base_example],
     print_blob=True,
 )
+
+
+def depth(value: Any, stop: int | None = None) -> int:
+    """How many arrays and objects ``value`` nests (0 for a scalar), without recursion; the
+    count stops growing past ``stop``."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if stop is not None and deepest > stop:
+            return deepest
+        pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def long_run() -> int | None:
