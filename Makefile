@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup test-deps run test bench lint clean
+.PHONY: setup test-deps run test fuzz bench lint clean
 
 $(BIN)/twistd: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test-deps: setup
 test: test-deps
 	MCPD_NODE_TOOLS=$(CURDIR)/.ci-tools $(BIN)/trial tests
 
+# The property-based fuzz suite (tests/test_fuzz.py) at length: MCPD_FUZZ_EXAMPLES random examples
+# per transport instead of CI's few fixed ones; each test prints its figures, failures are kept in
+# .hypothesis/ and replayed first next time. MCPD_FUZZ_SURVEY=1 lists every kind of problem met
+# instead of stopping (and shrinking) at the first.
+MCPD_FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	MCPD_FUZZ_EXAMPLES=$(MCPD_FUZZ_EXAMPLES) $(BIN)/trial tests.test_fuzz
+
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'
 	PYTHONPATH=. $(BIN)/python bench/run.py $(ARGS)
@@ -34,4 +42,4 @@ lint: setup
 	$(BIN)/mypy mcpd
 
 clean:
-	rm -rf $(VENV) _trial_temp build *.egg-info
+	rm -rf $(VENV) _trial_temp build *.egg-info .hypothesis

@@ -343,7 +343,9 @@ def _trace_problems(path: str) -> tuple[list[str], int]:
     """Return the problems of the trace at ``path`` and its number of "out" lines."""
     problems: list[str] = []
     outs = 0
-    pending: dict[str, dict[str, str | None]] = {}
+    # Per peer, the methods of the requests still unanswered under each id (one batch may carry
+    # an id twice, and each copy is answered).
+    pending: dict[str, dict[str, list[str | None]]] = {}
     try:
         with open(path, encoding="utf-8") as f:
             # Lines end at "\n" only: a message may hold U+2028 or U+0085, which splitlines() splits at.
@@ -372,10 +374,14 @@ def _trace_problems(path: str) -> tuple[list[str], int]:
         batch = isinstance(message, list)
         items = message if batch else [message]
         if entry["dir"] == "in":
+            arrived: dict[str, list[str | None]] = {}
             for item in items:
                 if isinstance(item, dict) and "id" in item and not _is_response(item):
                     method = item.get("method")
-                    requests[_id_key(item["id"])] = method if isinstance(method, str) else None
+                    arrived.setdefault(_id_key(item["id"]), []).append(method if isinstance(method, str) else None)
+            # An id used again names the new request (an earlier one may have been refused
+            # whole, as a batch can be, and never answered under its id).
+            requests.update(arrived)
             continue
         outs += 1
         if batch and not message:
@@ -389,7 +395,9 @@ def _trace_problems(path: str) -> tuple[list[str], int]:
     return problems, outs
 
 
-def _check_out(version: str | None, message: Any, requests: dict[str, str | None]) -> list[tuple[str | None, str]]:
+def _check_out(
+    version: str | None, message: Any, requests: dict[str, list[str | None]]
+) -> list[tuple[str | None, str]]:
     """Validate one sent message; return ``(method, problem)`` pairs."""
     if not isinstance(message, dict):
         return [(None, f"message is not a JSON object: {_short(repr(message))}")]
@@ -398,8 +406,8 @@ def _check_out(version: str | None, message: Any, requests: dict[str, str | None
     problems: list[str] = []
     if is_response and message.get("id") is not None:
         key = _id_key(message["id"])
-        if key in requests:
-            method = requests.pop(key)
+        if requests.get(key):
+            method = requests[key].pop(0)
         else:
             problems.append(f"answers id {message['id']!r}, which no pending request carried")
     if version is None:

@@ -21,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.protocol import errors
+from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.engine import BATCH_SLICE, CallRecord, Engine, Exchange, encode
 from mcpd.protocol.session import Session
 from mcpd.protocol.trace import Tracer
@@ -448,6 +449,29 @@ class FramingTests(SynchronousTestCase):
             {"jsonrpc": "2.0", "id": 9, "result": {}},
         )
 
+    def test_nesting_past_the_limit_is_a_parse_error(self) -> None:
+        """A message nested deeper than MAX_DEPTH containers is refused before anything reads
+        it (re-encoding it for the trace or a tool's result would overflow the stack); one
+        level less is served. Either way the bytes may be str (a WebSocket frame)."""
+
+        def call(depth: int) -> bytes:
+            # The message, its params and its arguments are three levels; the rest is the value.
+            value = "[" * (depth - 3) + "1" + "]" * (depth - 3)
+            return (
+                b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x","v":'
+                + value.encode()
+                + b"}}}"
+            )
+
+        response = self.send_bytes(call(MAX_DEPTH))
+        self.assertEqual(response["id"], 7)
+        self.assertIn("Invalid arguments", response["result"]["content"][0]["text"])  # v is not allowed
+        for data in (call(MAX_DEPTH + 1), call(MAX_DEPTH + 1).decode(), call(900)):
+            response = self.successResultOf(self.peer.engine.handle_bytes(data, self.peer.exchange()))
+            self.assertEqual(error_code(response), errors.PARSE_ERROR)
+            self.assertIn(f"nests deeper than {MAX_DEPTH} levels", response["error"]["message"])
+            self.assertNotIn("id", response)
+
     def test_missing_or_wrong_jsonrpc_member(self) -> None:
         for message in ({"id": 1, "method": "ping"}, {"jsonrpc": "1.0", "id": 2, "method": "ping"}):
             response = self.peer.send(message)
@@ -512,6 +536,19 @@ class FramingTests(SynchronousTestCase):
             [line["dir"] for line in lines], ["in", "out", "in", "in", "out", "in", "out", "in", "out", "in", "out"]
         )
         self.assertEqual(lines[-2]["message"], "{not json")
+
+    def test_a_ping_before_the_handshake_is_traced_with_its_version(self) -> None:
+        """basic/lifecycle allows a ping before initialize; it is served under the latest
+        handshake version, and the trace says so (a null version is for errors only)."""
+        path = self.mktemp()
+        tracer = Tracer(path)
+        self.addCleanup(tracer.close)
+        peer = Peer(self, make_engine(tracer=tracer))
+        self.assertEqual(peer.result("ping"), {})
+        tracer.close()
+        assert_trace_valid(self, path)
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual([json.loads(line)["version"] for line in f], [None, LATEST_LEGACY])
 
 
 class BatchTests(SynchronousTestCase):

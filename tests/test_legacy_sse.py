@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import SESSION, STREAM, Ledger, Limit
 from mcpd.protocol.session import SessionStore
@@ -78,6 +79,7 @@ class LegacySSETests(SynchronousTestCase):
             ({b"session_id": [b"nope"]}, b"{}", 404),
             ({b"session_id": [session_id.encode()]}, b"x" * 2000, 413),
             ({b"session_id": [session_id.encode()]}, b"{not json", 400),
+            ({b"session_id": [session_id.encode()]}, b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), 400),
         ]
         for args, body, status in cases:
             post = _post(args, body)

@@ -28,6 +28,7 @@ from twisted.web.server import Site
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import LIMIT_EXCEEDED
 from mcpd.protocol.ledger import REPLAY, SESSION, STREAM, Ledger, Limit
+from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcpd.runtime import Runtime
@@ -614,6 +615,25 @@ class ParameterHeaderTests(HTTPTestCase):
         )
         connection.protocol.dataReceived(head.encode() + body)
         self.assertMismatch(connection.response)
+
+    def test_a_message_nested_too_deep_is_not_read_for_a_rejection(self) -> None:
+        """A body nested past MAX_DEPTH is answered like one that is not JSON: nothing is read
+        from it (its id) or encoded again from it (the trace, which overflowed the stack and
+        answered 500 when the nesting was just under Python's own limit)."""
+        nested = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+        body = b'{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"x":' + nested + b"}}"
+        connection = HTTPConnection(self.server.site)
+        head = (
+            "POST /mcp HTTP/1.1\r\nHost: localhost:8765\r\nAccept: application/json\r\n"
+            "Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\n"
+            f"Mcp-Method: tools/list\r\nMcp-Method: tools/list\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        connection.protocol.dataReceived(head.encode() + body)
+        self.assertMismatch(connection.response)
+        self.assertNotIn("id", connection.response.json())
+        response = self.post(body, modern_headers("tools/list"))
+        self.assertEqual(response.status, 400)
+        self.assertIn(f"nests deeper than {MAX_DEPTH} levels", response.json()["error"]["message"])
 
 
 class ModernStreamTests(HTTPTestCase):

@@ -568,6 +568,9 @@ class Engine(CatalogMethods):
         legacy_shaped = exchange.headers is None and "_meta" not in params
         if (method == "initialize" and legacy_shaped) or (method == "ping" and session is not None and legacy_shaped):
             # 2025-11-25 basic/lifecycle: pings are allowed before the handshake completes.
+            # Served (and traced) under the latest handshake version; initialize then records
+            # the version it negotiated.
+            exchange.version = LATEST_LEGACY
             return Request(request_id, method, params, LATEST_LEGACY, exchange)
         version = self._modern_envelope(method, params, exchange.headers)
         exchange.version = version

@@ -464,6 +464,8 @@ def _duplicated_routing_header(request: Request) -> str | None:
 
 
 def _loads_or_none(body: bytes) -> Any:
+    """The message, for a look before the engine reads it; None when the engine will refuse
+    it as unreadable (not strict JSON, or nested deeper than the codec accepts)."""
     try:
         return decode(body)
     except ParseError:
