@@ -601,9 +601,10 @@ class Owed:
 
 def owed(payload: bytes) -> Owed:
     """What mcpd owes a client for ``payload``: read as mcpd's parser (Python's json) reads
-    it, except that NaN and Infinity are parse errors (RFC 8259 §6)."""
+    it, except that NaN and Infinity (RFC 8259 §6) and a name twice in one object (RFC 7493
+    §2.3: a proxy could act on one copy while mcpd served the other) are parse errors."""
     try:
-        value = json.loads(payload, parse_constant=_no_constant)
+        value = json.loads(payload, parse_constant=_no_constant, object_pairs_hook=_unique_names)
     except (ValueError, RecursionError):
         return Owed(parse_error=True)
     try:
@@ -632,6 +633,13 @@ def owed(payload: bytes) -> Owed:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("a name appears twice in one object")
+    return value
 
 
 def _finite(value: Any) -> bool:

@@ -124,7 +124,11 @@ def exchange(port: int, request: bytes, method: str, *, timeout: float = 10.0, s
     client = h11.Connection(h11.CLIENT)
     # h11 learns what was asked (HEAD has no body) from a request of that method; the bytes that
     # really go out are ``request``, which h11 may consider invalid.
-    client.send(h11.Request(method=method, target="/", headers=[("Host", "x"), ("Content-Length", "0")]))
+    headers = [("Host", "x"), ("Content-Length", "0")]
+    if b"\r\nupgrade:" in request.lower():
+        # h11 reads a 101 as the switch it is only when the request asked for one.
+        headers += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
+    client.send(h11.Request(method=method, target="/", headers=headers))
     client.send(h11.EndOfMessage())
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         # Refused before the body was read: the answer may still be there.
