@@ -25,10 +25,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
+from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import LIMIT_EXCEEDED
 from mcpd.protocol.ledger import REPLAY, SESSION, STREAM, Ledger, Limit
-from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcpd.runtime import Runtime
