@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_envfile -*-
-"""The documented settings file: every knob of `mcpd.settings.KNOBS`, commented out at its default.
+"""The documented settings file: every knob of `mcpd.config.KNOBS`, commented out at its default.
 
 ``etc/mcpd.env`` is this module's output (``python -m mcpd.envfile > etc/mcpd.env``, checked by
 the tests), and the Debian package writes ``/etc/mcpd/mcpd.env`` with it at build time, showing
@@ -14,7 +14,7 @@ import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from mcpd.settings import KNOBS, Knob
+from mcpd.config import KNOBS, SECTIONS, Knob
 
 WIDTH = 100
 HEADER = """\
@@ -49,8 +49,11 @@ def render(
     if unknown and not ignore_unknown:
         raise ValueError(f"not settings of mcpd: {', '.join(unknown)}")
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    sections = {knobs[0].name: section for section, knobs in SECTIONS.items() if knobs}
     for knob in KNOBS:
         lines.append("")
+        if knob.name in sections:
+            lines += [f"# -- {sections[knob.name]} " + "-" * (WIDTH - 8 - len(sections[knob.name])), ""]
         flag = f"--{knob.flag}"
         lines.append(f"# {knob.env} ({flag}{', repeatable' if knob.repeatable else ''})")
         lines.extend(

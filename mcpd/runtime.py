@@ -12,7 +12,7 @@ from mcpd._version import __version__
 from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
 
 if TYPE_CHECKING:
-    from mcpd.settings import Settings
+    from mcpd.config import Settings
     from mcpd.tools.pack import ToolRegistry
 
 

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mcpd._version import __version__
+from mcpd.config import KNOBS, ConfigError, Settings, read_env_file, resolve
 from mcpd.lifecycle import DrainService, Lifecycle, OrderedMultiService, ReadinessService
 from mcpd.observe import logging as mcpd_logging
 from mcpd.observe.health import HealthService
@@ -30,7 +31,6 @@ from mcpd.protocol.session import SessionStore
 from mcpd.protocol.tasks import TASK_CAPACITY
 from mcpd.protocol.trace import Tracer
 from mcpd.runtime import Runtime
-from mcpd.settings import KNOBS, SettingError, Settings, read_env_file, resolve
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.sse import close_streams
@@ -120,7 +120,7 @@ class Options(usage.Options):
         try:
             file_values = read_env_file(self["config"]) if self["config"] else {}
             self.settings = resolve(flags, os.environ, file_values, stdio=bool(self["stdio"]))
-        except SettingError as e:
+        except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self.packs = load_packs(self.settings)
         settings = self.settings

@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
-from mcpd.settings import KNOBS
+from mcpd.config import KNOBS
 from tests.fixture_pack import EVENTS_ENV
 from tests.schema_check import assert_trace_valid
 

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mcpd.settings import KNOBS, read_env_file, resolve
+from mcpd.config import KNOBS, read_env_file, resolve
 from tests.daemon import PYTHON, REPO_ROOT, DaemonTestMixin, free_port
 from tests.test_packaging import call_server_info
 

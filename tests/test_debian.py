@@ -43,7 +43,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from mcpd._version import __version__
-from mcpd.settings import KNOBS
+from mcpd.config import KNOBS
 from tests.daemon import REPO_ROOT, free_port
 from tests.debian_build import PLAIN_PATH, build_deb
 from tests.netns import ClientNetwork
@@ -360,7 +360,7 @@ class DebianPackageTests(TestCase):
         self.assertNotIn("/etc/mcpd/keys", conffiles)
         settings = (ETC / "mcpd.env").read_text()
         installed = run(
-            str(VENV / "bin" / "python"), "-c", "from mcpd.settings import KNOBS; print(*(k.env for k in KNOBS))"
+            str(VENV / "bin" / "python"), "-c", "from mcpd.config import KNOBS; print(*(k.env for k in KNOBS))"
         )
         names = installed.stdout.split()
         self.assertEqual(names, [knob.env for knob in KNOBS])

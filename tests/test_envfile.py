@@ -10,7 +10,7 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd import envfile
-from mcpd.settings import KNOBS, read_env_file, resolve
+from mcpd.config import KNOBS, read_env_file, resolve
 from tests.daemon import REPO_ROOT
 
 SHIPPED = REPO_ROOT / "etc" / "mcpd.env"

@@ -33,7 +33,7 @@ from mcpd.interfaces import (
 )
 from mcpd.observe.health import DOWN as CHECK_DOWN
 from mcpd.observe.health import OK, HealthChecks, overall, store_check
-from mcpd.settings import resolve
+from mcpd.config import resolve
 from mcpd.stores.embedders import OllamaEmbedder, OpenAIEmbedder
 from mcpd.stores.milvus import MilvusIndex
 from mcpd.tap import vector_stores

@@ -9,12 +9,12 @@ from klein import Klein
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.config import Settings
 from mcpd.lifecycle import DRAINING, SERVING, Lifecycle
 from mcpd.observe.health import DOWN, Check, CheckResult, HealthChecks, size_check
 from mcpd.observe.metrics import Metrics
 from mcpd.observe.stats import RequestStats, Vitals
 from mcpd.runtime import Runtime
-from mcpd.settings import Settings
 from mcpd.tools.pack import ToolRegistry
 from mcpd.web.monitoring import Monitor
 from tests.test_stats import record

@@ -7,9 +7,9 @@ from pathlib import Path
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.config import ConfigError, resolve
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import STREAM, Ledger
-from mcpd.settings import SettingError, resolve
 from mcpd.tap import Options
 from mcpd.tools.pack import ToolRegistry
 from mcpd.web.scopes import ScopePolicy, narrowed
@@ -24,7 +24,7 @@ class KnobTests(SynchronousTestCase):
         self.assertTrue(options.settings.insecure_no_auth)
         self.assertTrue(resolve({}, {"INSECURE_NO_AUTH": "1"}, {}).insecure_no_auth)
         self.assertFalse(resolve({"insecure_no_auth": None}, {}, {}).insecure_no_auth)
-        self.assertRaises(SettingError, resolve, {}, {"INSECURE_NO_AUTH": "maybe"}, {})
+        self.assertRaises(ConfigError, resolve, {}, {"INSECURE_NO_AUTH": "maybe"}, {})
 
     def test_repeatable_and_environment(self) -> None:
         options = Options()
@@ -34,8 +34,8 @@ class KnobTests(SynchronousTestCase):
         self.assertNotIn("k1", repr(options.settings))
         settings = resolve({}, {"API_KEYS": "a,b", "ALLOWED_IPS": "::1, 10.0.0.0/8"}, {})
         self.assertEqual((settings.api_key, settings.allowed_ip), (("a", "b"), ("::1", "10.0.0.0/8")))
-        self.assertRaises(SettingError, resolve, {}, {"ALLOWED_IPS": "10.0.0.300"}, {})
-        self.assertRaises(SettingError, resolve, {}, {"AUDIT_LOG": "some"}, {})
+        self.assertRaises(ConfigError, resolve, {}, {"ALLOWED_IPS": "10.0.0.300"}, {})
+        self.assertRaises(ConfigError, resolve, {}, {"AUDIT_LOG": "some"}, {})
 
     def test_bad_key_file_stops_start_up(self) -> None:
         from twisted.python.usage import UsageError

@@ -8,10 +8,10 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd._version import __version__
+from mcpd.config import Settings
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
 from mcpd.runtime import Runtime
-from mcpd.settings import Settings
 from mcpd.tools import ToolAnnotations, ToolPack, ToolRegistry, load_pack
 from tests.test_engine import Peer, make_engine, text_of
 

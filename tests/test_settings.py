@@ -1,4 +1,4 @@
-"""Tests for mcpd.settings: precedence, the .env file, validation and the HTTP endpoints."""
+"""Tests for mcpd.config: precedence, the .env file, validation and the HTTP endpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpd.settings import KNOBS, SettingError, Settings, read_env_file, resolve
+from mcpd.config import KNOBS, ConfigError, Settings, read_env_file, resolve
 
 
 def settings(
@@ -81,7 +81,7 @@ class ValidationTests(SynchronousTestCase):
         environ: dict[str, str] | None = None,
         file: dict[str, str] | None = None,
     ) -> str:
-        with self.assertRaises(SettingError) as caught:
+        with self.assertRaises(ConfigError) as caught:
             settings(flags, environ, file)
         message = str(caught.exception)
         self.assertTrue(message.startswith(message_start), message)
@@ -145,17 +145,17 @@ class EnvFileTests(SynchronousTestCase):
 
     def test_bad_line_names_the_file_and_line(self) -> None:
         path = self.write("PORT=1\n# fine\nthis is not a setting\n")
-        with self.assertRaises(SettingError) as caught:
+        with self.assertRaises(ConfigError) as caught:
             read_env_file(path)
         message = str(caught.exception)
         self.assertIn(f"--config {path} line 3", message)
         self.assertIn("'this is not a setting'", message)
         for line in ("=value", "export =x"):
-            self.assertRaises(SettingError, read_env_file, self.write(line + "\n"))
+            self.assertRaises(ConfigError, read_env_file, self.write(line + "\n"))
 
     def test_missing_file(self) -> None:
         path = self.mktemp()
-        with self.assertRaises(SettingError) as caught:
+        with self.assertRaises(ConfigError) as caught:
             read_env_file(path)
         self.assertIn(f"--config {path}: cannot read it", str(caught.exception))
 
@@ -171,7 +171,7 @@ class FileReadingTests(SynchronousTestCase):
         with open(path, "wb") as f:
             f.write(b"PORT=\xff\xfe\x00 not text")
         for read, error, option in (
-            (read_env_file, SettingError, "--config"),
+            (read_env_file, ConfigError, "--config"),
             (read_key_file, KeyFileError, "--api-key-file"),
             (read_address_file, AddressListError, "--allowed-ip-file"),
         ):
@@ -218,7 +218,7 @@ class ProtocolKnobTests(SynchronousTestCase):
         self.assertNotIn(key, repr(settings({}, {"STATE_KEY": key})))
 
     def test_short_keys_are_refused(self) -> None:
-        with self.assertRaises(SettingError) as caught:
+        with self.assertRaises(ConfigError) as caught:
             settings({}, {"STATE_KEY": "short"})
         self.assertIn("STATE_KEY", str(caught.exception))
 
@@ -239,12 +239,12 @@ class StoreSettingsTests(SynchronousTestCase):
             "EMBEDDING_RETRIES": "-1",
         }
         for env, value in cases.items():
-            with self.assertRaises(SettingError) as caught:
+            with self.assertRaises(ConfigError) as caught:
                 settings({}, {env: value, "EMBEDDING_MODEL": "m"})
             self.assertIn(env, str(caught.exception))
 
     def test_an_embedding_url_needs_its_model(self) -> None:
-        with self.assertRaises(SettingError) as caught:
+        with self.assertRaises(ConfigError) as caught:
             settings({}, {"EMBEDDING_URL": "http://gpu:8000/v1/embeddings"})
         self.assertIn("--embedding-model", str(caught.exception))
 

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
+from mcpd.config import Settings
 from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import LIMIT_EXCEEDED
@@ -32,7 +33,6 @@ from mcpd.protocol.ledger import REPLAY, SESSION, STREAM, Ledger, Limit
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcpd.runtime import Runtime
-from mcpd.settings import Settings
 from mcpd.tools import ToolContext, ToolPack, ToolRegistry
 from mcpd.transport.streamable import StreamableHTTP
 from mcpd.web.policy import OriginGuard

@@ -10,8 +10,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd import tap
+from mcpd.config import Settings
 from mcpd.runtime import Runtime
-from mcpd.settings import Settings
 from mcpd.tools import ToolRegistry
 
 

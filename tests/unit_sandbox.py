@@ -33,7 +33,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from mcpd.settings import read_env_file
+from mcpd.config import read_env_file
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 # systemd's environment for a system service, before Environment= and EnvironmentFile=.

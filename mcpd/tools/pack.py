@@ -9,6 +9,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from mcpd.config import ConfigError
 from mcpd.tools.api import EMPTY_OBJECT_SCHEMA, Handler, Tool, ToolAnnotations
 from mcpd.tools.prompts import Prompt, PromptArgument, PromptHandler
 from mcpd.tools.resources import Completer, Reader, Resource, ResourceTemplate
@@ -144,7 +145,7 @@ class ToolPack:
         return declare
 
 
-class PackLoadError(Exception):
+class PackLoadError(ConfigError):
     """A pack could not be found or is not a pack; the message names it and says why."""
 
 

@@ -20,10 +20,12 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mcpd.config import ConfigError
+
 log = Logger(namespace="mcpd.tls")
 
 
-class EndpointError(ValueError):
+class EndpointError(ConfigError):
     """An endpoint string that cannot be served; the message says why in one line."""
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from mcpd.settings import read_lines
+from mcpd.config import read_lines
 
 # A key with no scopes listed may do everything.
 DEFAULT_SCOPES = frozenset({"admin"})

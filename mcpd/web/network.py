@@ -9,7 +9,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 
-from mcpd.settings import read_lines
+from mcpd.config import read_lines
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -13,6 +13,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from mcpd import notify
+from mcpd.config import ConfigError
 from mcpd.observe.audit import AuditTrail
 from mcpd.protocol.ledger import Ledger
 from mcpd.web.capacity import CapacityFactory
@@ -26,15 +27,15 @@ from mcpd.web.scopes import ScopePolicy, narrowed
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from mcpd.config import Settings
     from mcpd.lifecycle import Lifecycle
     from mcpd.protocol.engine import Engine
-    from mcpd.settings import Settings
     from mcpd.tools.pack import ToolRegistry
 
 log = Logger(namespace="mcpd.security")
 
 
-class SecurityConfigError(ValueError):
+class SecurityConfigError(ConfigError):
     """A key or allowlist file (or entry) is unusable; the message names it."""
 
 

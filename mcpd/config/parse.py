@@ -1,0 +1,139 @@
+# -*- test-case-name: tests.test_settings -*-
+"""How a knob's text becomes its value: each parser returns the value or raises `ValueError`
+with a message that completes "--flag: ..." (the caller adds where the value came from)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+
+def port(raw: str) -> int:
+    """A TCP port number, 1 to 65535."""
+    value = positive_int(raw)
+    if value > 65535:
+        raise ValueError("must be a TCP port number from 1 to 65535")
+    return value
+
+
+def positive_int(raw: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
+def percent(raw: str) -> int:
+    """A percentage from 1 to 100."""
+    value = positive_int(raw)
+    if value > 100:
+        raise ValueError(f"must be a percentage from 1 to 100, not {value}")
+    return value
+
+
+def seconds(raw: str) -> float:
+    """A number of seconds, more than 0."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {raw!r}") from None
+    if not value > 0:  # also refuses nan
+        raise ValueError(f"must be more than 0 seconds, not {value}")
+    return value
+
+
+def names(raw: str) -> tuple[str, ...]:
+    """Comma-separated names, blanks dropped."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def text(raw: str) -> str:
+    """Any text, as given."""
+    return raw
+
+
+def boolean(raw: str) -> bool:
+    """1/0, true/false, yes/no, on/off (an empty value is false)."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"must be 1 or 0 (true or false), not {raw!r}")
+
+
+def audit_choice(raw: str) -> str:
+    """``all`` or ``refusals``."""
+    value = raw.strip().lower()
+    if value not in ("all", "refusals"):
+        raise ValueError(f"must be all or refusals, not {raw!r}")
+    return value
+
+
+def state_key(raw: str) -> str:
+    """A secret of at least 32 characters."""
+    if len(raw) < 32:
+        raise ValueError(f"must be at least 32 characters (it signs requestState), not {len(raw)}")
+    return raw
+
+
+def log_format(raw: str) -> str:
+    """``text`` or ``json``."""
+    value = raw.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(f"must be text or json, not {raw!r}")
+    return value
+
+
+def networks(raw: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or CIDR ranges (IPv4 or IPv6)."""
+    entries = names(raw)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or CIDR range") from None
+    return entries
+
+
+def count(raw: str) -> int:
+    """A whole number of 0 or more."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 or more, not {value}")
+    return value
+
+
+def milvus_uri(raw: str) -> str:
+    """A Milvus server URL, or a Milvus Lite file (.db)."""
+    value = raw.strip()
+    if value.startswith(("http://", "https://", "tcp://", "unix:")) or value.endswith(".db"):
+        return value
+    raise ValueError(
+        f"must be a Milvus server URL (http://host:19530) or a Milvus Lite file ending in .db, not {raw!r}"
+    )
+
+
+def http_url(raw: str) -> str:
+    """An http:// or https:// URL."""
+    from urllib.parse import urlsplit
+
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http:// or https:// URL, not {raw!r}")
+    return value
+
+
+def embedding_api(raw: str) -> str:
+    """``openai`` or ``ollama``."""
+    value = raw.strip().lower()
+    if value not in ("openai", "ollama"):
+        raise ValueError(f"must be openai or ollama, not {raw!r}")
+    return value

@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_settings -*-
+"""Where the stores keep their data (mcpd.stores): the data directory of the embedded ones, the
+search index (Milvus) and the embedding service of the kb and memory packs.
+
+A store's knobs go here, each with its environment variable; `mcpd.daemon` picks the
+implementation they name, and the in-process or embedded one without them.
+"""
+
+from __future__ import annotations
+
+from mcpd.config import parse
+from mcpd.config.knob import Knob
+
+SECTION = "stores"
+KNOBS: tuple[Knob, ...] = (
+    Knob(
+        "data_dir",
+        "DATA_DIR",
+        parse.text,
+        "./mcpd-data",
+        "Directory of the embedded stores (the SQLite database, the Milvus Lite index), created with mode 0700.",
+    ),
+    Knob(
+        "milvus_uri",
+        "MILVUS_URI",
+        parse.milvus_uri,
+        None,
+        "The search index of the kb and memory packs: a Milvus server (http://host:19530, or milvus-lite "
+        "server), or a Milvus Lite file. Default: milvus.db in --data-dir, inside mcpd.",
+    ),
+    Knob(
+        "milvus_token",
+        "MILVUS_TOKEN",
+        parse.text,
+        None,
+        "Token (user:password or API key) for a Milvus server. Prefer the environment or --config to a flag.",
+    ),
+    Knob("milvus_timeout", "MILVUS_TIMEOUT", parse.seconds, 10.0, "Seconds one call to Milvus may take."),
+    Knob(
+        "embedding_url",
+        "EMBEDDING_URL",
+        parse.http_url,
+        None,
+        "The embedding service for semantic and hybrid search: an OpenAI-compatible endpoint "
+        "(http://host:8000/v1/embeddings: vLLM, TEI, LocalAI, llama.cpp, OpenAI) or Ollama's "
+        "(http://host:11434/api/embed). Without it, search is keyword (BM25) only.",
+    ),
+    Knob(
+        "embedding_model",
+        "EMBEDDING_MODEL",
+        parse.text,
+        None,
+        "The model the embedding service runs (needed with --embedding-url).",
+    ),
+    Knob(
+        "embedding_api",
+        "EMBEDDING_API",
+        parse.embedding_api,
+        None,
+        "openai or ollama (default: ollama when the URL path ends in /api/embed, else openai).",
+    ),
+    Knob(
+        "embedding_api_key",
+        "EMBEDDING_API_KEY",
+        parse.text,
+        None,
+        "Bearer key for the embedding service. Prefer the environment or --config to a flag.",
+    ),
+    Knob(
+        "embedding_batch", "EMBEDDING_BATCH", parse.positive_int, 32, "Texts sent to the embedding service per request."
+    ),
+    Knob("embedding_timeout", "EMBEDDING_TIMEOUT", parse.seconds, 30.0, "Seconds one embedding request may take."),
+    Knob(
+        "embedding_retries",
+        "EMBEDDING_RETRIES",
+        parse.count,
+        3,
+        "Retries of an embedding request that timed out or got 429/5xx, with exponential backoff.",
+    ),
+    Knob(
+        "embedding_query_prefix",
+        "EMBEDDING_QUERY_PREFIX",
+        parse.text,
+        "",
+        "Text put before each search query, for models trained with one (e5: 'query: ', nomic: 'search_query: ').",
+    ),
+    Knob(
+        "embedding_document_prefix",
+        "EMBEDDING_DOCUMENT_PREFIX",
+        parse.text,
+        "",
+        "Text put before each indexed chunk (e5: 'passage: ', nomic: 'search_document: ').",
+    ),
+)
