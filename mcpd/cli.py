@@ -8,8 +8,10 @@ import sys
 from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
+from mcpd.daemon import build_service
 from mcpd.observe.logging import observer
-from mcpd.tap import ListenerService, Options, build_service
+from mcpd.services import ListenerService
+from mcpd.tap import Options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Logs go to stderr (or --logfile), never stdout: it belongs to MCP in --stdio mode.
     globalLogBeginner.beginLoggingTo([observer(sys.__stderr__)], redirectStandardIO=False)
-    service = build_service(options.settings, options.packs)
+    service = build_service(options.settings, reactor, options.packs)
     try:
         # As twistd does: the whole tree starts before the reactor runs, so a service that
         # cannot start stops mcpd here (inside the reactor, the failure would only be logged).

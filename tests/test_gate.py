@@ -22,7 +22,7 @@ from mcpd.web.identity import caller_of
 from mcpd.web.keys import APIKey, KeyRing
 from mcpd.web.network import AddressList
 from mcpd.web.ratelimit import MemoryBucketStore, RateLimit, RateLimiter
-from tests.test_streamable import HTTPConnection, HTTPResponse, parse_response
+from tests.http_harness import HTTPConnection, HTTPResponse, parse_response
 
 KEYS = KeyRing([APIKey.from_secret("alice-key", "alice", ["read"]), APIKey.from_secret("root-key", "root")])
 

@@ -13,11 +13,11 @@ from mcpd.observe.health import (
     Check,
     CheckResult,
     HealthChecks,
-    HealthService,
     overall,
     size_check,
     thread_pool_check,
 )
+from mcpd.services import HealthService
 
 
 class FakeReactor:

@@ -16,17 +16,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from wsproto.events import TextMessage
 
-from mcpd.lifecycle import (
-    DRAINING,
-    SERVING,
-    STARTING,
-    STOPPED,
-    DrainService,
-    Lifecycle,
-    OrderedMultiService,
-    ReadinessService,
-    StartupError,
-)
+from mcpd.lifecycle import DRAINING, SERVING, STARTING, STOPPED, Lifecycle, OrderedMultiService, StartupError
+from mcpd.services import DrainService, ReadinessService
 from tests.daemon import MCPD, DaemonTestMixin
 from tests.test_integration import INITIALIZE, modern_request, post, wait_for_event_blocking
 from tests.test_observability import fetch, open_websocket

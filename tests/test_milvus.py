@@ -17,6 +17,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from mcpd.config import resolve
+from mcpd.daemon import vector_stores
 from mcpd.interfaces import (
     DOWN,
     HYBRID,
@@ -33,10 +35,8 @@ from mcpd.interfaces import (
 )
 from mcpd.observe.health import DOWN as CHECK_DOWN
 from mcpd.observe.health import OK, HealthChecks, overall, store_check
-from mcpd.config import resolve
 from mcpd.stores.embedders import OllamaEmbedder, OpenAIEmbedder
 from mcpd.stores.milvus import MilvusIndex
-from mcpd.tap import vector_stores
 from tests.embedding_service import TOY_DIMENSION, TOY_MODEL, toy_vector
 from tests.milvus_service import MilvusLiteServer, require_milvus, shared_server, unique_prefix
 

@@ -12,7 +12,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from mcpd.web.policy import OriginGuard, is_loopback
-from tests.test_streamable import HTTPConnection, HTTPResponse
+from tests.http_harness import HTTPConnection, HTTPResponse
 
 
 class Recorder(Resource):

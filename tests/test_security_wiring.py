@@ -8,7 +8,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.config import ConfigError, resolve
-from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import STREAM, Ledger
 from mcpd.tap import Options
 from mcpd.tools.pack import ToolRegistry
@@ -49,12 +48,9 @@ class KnobTests(SynchronousTestCase):
 class SecurityTests(SynchronousTestCase):
     def test_scopes_only_with_keys(self) -> None:
         registry = ToolRegistry()
-        engine = Engine(registry)
-        Security(resolve({}, {}, {}), Clock()).attach(engine, registry)
-        self.assertIsNone(engine.tool_filter)
-        self.assertEqual(len(engine.observers), 1)
-        Security(resolve({"api_key": ["k"]}, {}, {}), Clock()).attach(engine, registry)
-        self.assertIsInstance(engine.tool_filter, ScopePolicy)
+        self.assertIsNone(Security(resolve({}, {}, {}), Clock()).scope_policy(registry))
+        policy = Security(resolve({"api_key": ["k"]}, {}, {}), Clock()).scope_policy(registry)
+        self.assertIsInstance(policy, ScopePolicy)
 
     def test_audit_log_default(self) -> None:
         self.assertFalse(Security(resolve({}, {}, {}), Clock()).audit.log_calls)

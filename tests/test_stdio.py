@@ -15,8 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpd.protocol.engine import Engine
 from mcpd.tools import ToolRegistry
 from mcpd.transport.stdio import StdioProtocol
-from tests.schema_check import validate_message
-from tests.test_streamable import (
+from tests.http_harness import (
     LATEST_LEGACY,
     MODERN,
     DrivenTools,
@@ -26,6 +25,7 @@ from tests.test_streamable import (
     notification,
     request,
 )
+from tests.schema_check import validate_message
 
 LIMIT = 1024
 

@@ -1,18 +1,11 @@
-"""Tests for mcpd.tap: option checks and the listener service, in memory."""
+"""Tests for mcpd.tap: the options, checked before anything starts."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-from twisted.internet.defer import Deferred
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd import tap
-from mcpd.config import Settings
-from mcpd.runtime import Runtime
-from mcpd.tools import ToolRegistry
 
 
 class UnwritableFileTests(SynchronousTestCase):
@@ -22,93 +15,3 @@ class UnwritableFileTests(SynchronousTestCase):
             options = tap.Options()
             error = self.assertRaises(usage.UsageError, options.parseOptions, ["--stdio", flag, missing])
             self.assertEqual(str(error), f"{flag} {missing}: cannot write it (No such file or directory)")
-
-
-class LateEndpoint:
-    """An endpoint whose listen() answers later, counting how often it is asked."""
-
-    def __init__(self) -> None:
-        self.listens: list[Deferred[Any]] = []
-
-    def listen(self, factory: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.listens.append(d)
-        return d
-
-
-class Port:
-    def getHost(self) -> Any:
-        from twisted.internet.address import IPv4Address
-
-        return IPv4Address("TCP", "127.0.0.1", 9999)
-
-    def stopListening(self) -> None:
-        pass
-
-
-class ListenerServiceTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.endpoint = LateEndpoint()
-        self.patch(tap.endpoints, "serverFromString", lambda reactor, description: self.endpoint)
-        self.service = tap.ListenerService("late:9999", object(), Runtime(Settings(), ToolRegistry()))
-
-    def test_an_endpoint_that_binds_later_is_asked_once(self) -> None:
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.assertEqual(len(self.endpoint.listens), 1)
-        self.endpoint.listens[0].callback(Port())
-        self.assertEqual(self.service.runtime.listeners, ["http://127.0.0.1:9999/mcp"])
-        self.assertIsNone(self.service.failure)
-
-    def test_stopping_before_it_binds_cancels_the_listen(self) -> None:
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.service.stopService()
-        self.assertIsNone(self.service.failure)
-        self.assertTrue(self.endpoint.listens[0].called)
-
-
-class ThreadPoolServiceTests(SynchronousTestCase):
-    def test_a_stuck_tool_thread_does_not_hold_shutdown(self) -> None:
-        import threading
-
-        from twisted.internet.task import Clock
-        from twisted.python.threadpool import ThreadPool
-
-        clock = Clock()
-        pool = ThreadPool(minthreads=0, maxthreads=2, name="test-tools")
-        service = tap.ThreadPoolService(pool, grace=1.0, clock=clock)
-        service.startService()
-        release = threading.Event()
-        started = threading.Event()
-
-        def stuck() -> None:
-            started.set()
-            release.wait(10)  # a handler that ignores cancellation
-
-        pool.callInThread(stuck)
-        self.assertTrue(started.wait(5))
-        self.assertTrue(all(thread.daemon for thread in pool.threads))
-        d = service.stopService()
-        clock.advance(0)
-        self.assertNoResult(d)
-        clock.pump([0.05] * 25)  # past the grace period
-        self.successResultOf(d)
-        release.set()
-
-    def test_idle_pool_stops_at_once(self) -> None:
-        from twisted.internet.task import Clock
-        from twisted.python.threadpool import ThreadPool
-
-        clock = Clock()
-        pool = ThreadPool(minthreads=1, maxthreads=2, name="test-tools")
-        service = tap.ThreadPoolService(pool, grace=1.0, clock=clock)
-        service.startService()
-        d = service.stopService()
-        for _ in range(500):  # the joiner thread finishes quickly, in real time
-            clock.advance(0.001)
-            if d.called:
-                break
-            time.sleep(0.01)
-        self.successResultOf(d)
-        self.assertTrue(pool.joined)

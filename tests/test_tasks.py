@@ -546,7 +546,7 @@ class DaemonTaskTests(DaemonTestMixin, SynchronousTestCase):
 
 class ShutdownTests(ClockedTestCase):
     def test_engine_service_ends_subscriptions_then_tasks(self) -> None:
-        from mcpd.tap import EngineService
+        from mcpd.services import EngineService
 
         e = self.engine()
         peer = Peer(self, e, session=False, modern=True)

@@ -4,7 +4,7 @@
 The in-process checks are the thread pool that runs blocking tools (a round trip through it,
 timed) and the session stores; a store that reports its own health (`IHealthReporting`: the search
 index, the embedding service) becomes a check with `store_check`. The latest result of each check is kept for
-the metrics, refreshed by every /health request and by `HealthService` in between.
+the metrics, refreshed by every /health request and by `mcpd.services.HealthService` in between.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -165,25 +163,3 @@ def overall(results: Sequence[CheckResult]) -> str:
     if any(r.status != OK for r in results):
         return "degraded"
     return "healthy"
-
-
-class HealthService(Service):
-    """Runs the checks every ``interval`` seconds, so the metrics stay current between /health calls."""
-
-    def __init__(self, checks: HealthChecks, clock: IReactorTime, interval: float = 15.0) -> None:
-        self.health = checks
-        self.clock = clock
-        self.interval = interval
-        self._loop: LoopingCall | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.health.run)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False).addErrback(lambda f: log.failure("Health checks stopped", f))
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None

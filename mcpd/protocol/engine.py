@@ -15,7 +15,7 @@ import functools
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -176,6 +176,10 @@ class Engine(CatalogMethods):
         tracer: Tracer | None = None,
         list_ttl_ms: int = 60_000,
         tool_filter: Callable[[Caller, Tool], bool] | None = None,
+        entry_filter: Callable[[Caller, Any], bool] | None = None,
+        tool_timeout: float | None = None,
+        observers: Iterable[Callable[[CallRecord], None]] = (),
+        message_limit: MessageLimit | None = None,
         clock: IReactorTime | None = None,
         client_timeout: float | None = 60.0,
         state_key: bytes | None = None,
@@ -225,18 +229,18 @@ class Engine(CatalogMethods):
         )
         self.tasks.changes = self.changes
         self.ledger.participants.append(self)
-        # Which tools a caller may see and call (the security layer sets it); None: all.
+        # Which tools a caller may see and call (the security layer's scopes); None: all.
         self.tool_filter = tool_filter
         # Which resources, templates and prompts a caller may see (likewise); None: all.
-        self.entry_filter: Callable[[Caller, Any], bool] | None = None
+        self.entry_filter = entry_filter
         # Seconds after which a tool call is cancelled and answered isError (--tool-timeout);
         # None: never.
-        self.tool_timeout: float | None = None
+        self.tool_timeout = tool_timeout
         # Decides, for every message a caller sends, whether it is over its rate limit (the
-        # security layer sets it); None: no limit (stdio).
-        self.message_limit: MessageLimit | None = None
+        # security layer's); None: no limit (stdio).
+        self.message_limit = message_limit
         # Called with a `CallRecord` after every request (audit trail, metrics).
-        self.observers: list[Callable[[CallRecord], None]] = []
+        self.observers: list[Callable[[CallRecord], None]] = list(observers)
         self._clock = time.monotonic
         self._legacy: dict[str, Callable[[Request], Any]] = {
             "initialize": self._initialize,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -19,17 +19,15 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from mcpd.lifecycle import Lifecycle
-from mcpd.observe.health import HealthChecks, overall, size_check, thread_pool_check
+from mcpd.observe.health import HealthChecks, overall
 from mcpd.observe.metrics import Metrics
 from mcpd.observe.stats import RequestStats, Vitals
 
 if TYPE_CHECKING:
     from klein import Klein
-    from twisted.python.threadpool import ThreadPool
     from twisted.web.server import Request
 
-    from mcpd.protocol.engine import Engine
-    from mcpd.protocol.session import SessionStore
+    from mcpd.protocol.engine import CallRecord
     from mcpd.runtime import Runtime
 
 _JSON = b"application/json"
@@ -62,6 +60,11 @@ class Monitor:
     lifecycle: Lifecycle
     vitals: Vitals
     assets: dict[str, bytes] = attrs.field(factory=load_assets)
+
+    @property
+    def observers(self) -> tuple[Callable[[CallRecord], None], ...]:
+        """What the engine calls after every request: the statistics and the metrics."""
+        return (self.stats.observe, self.metrics.requests.observe)
 
     def route(self, app: Klein) -> None:
         """Add the routes to ``app``."""
@@ -139,28 +142,15 @@ def _json(request: Request, status: int, body: dict[str, Any]) -> bytes:
 
 def build_monitor(
     runtime: Runtime,
-    engine: Engine,
-    pool: ThreadPool,
-    stores: Mapping[str, SessionStore],
+    health: HealthChecks,
     lifecycle: Lifecycle,
-    reactor: Any,
+    vitals: Vitals,
+    methods: Collection[str],
 ) -> Monitor:
-    """Statistics, metrics and checks for one daemon, counted in the engine's observer hook.
-
-    The readings that depend on the Site (connections, streams, refusals) are set on
-    `Monitor.vitals` once it exists."""
+    """Statistics, metrics and checks for one daemon. The engine counts every request through
+    `Monitor.observers`, handed to it when it is made; ``methods`` (the engine's request
+    vocabulary) bounds the metrics' labels."""
     is_tool = lambda name: runtime.registry.get(name) is not None  # noqa: E731
     stats = RequestStats(is_tool=is_tool)
-    checks = [thread_pool_check(pool, reactor, reactor)]
-    checks += [size_check(name, store.__len__, "session(s)") for name, store in stores.items()]
-    health = HealthChecks(checks)
-    vitals = Vitals(
-        uptime=runtime.uptime,
-        in_flight=lambda: engine.in_flight,
-        pool_queue_depth=lambda: pool._queue.qsize(),
-        ready=lambda: lifecycle.ready,
-        checks=lambda: health.last,
-    )
-    metrics = Metrics(stats, vitals, engine.methods, is_tool)
-    engine.observers += [stats.observe, metrics.requests.observe]
+    metrics = Metrics(stats, vitals, methods, is_tool)
     return Monitor(runtime, stats, metrics, health, lifecycle, vitals)

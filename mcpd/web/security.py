@@ -6,18 +6,15 @@ files."""
 
 from __future__ import annotations
 
-import signal
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import Service
 from twisted.logger import Logger
 
-from mcpd import notify
 from mcpd.config import ConfigError
 from mcpd.observe.audit import AuditTrail
 from mcpd.protocol.ledger import Ledger
 from mcpd.web.capacity import CapacityFactory
-from mcpd.web.gate import Gate, guarded_request_factory
+from mcpd.web.gate import Gate, GuardedRequest, guarded_request_factory
 from mcpd.web.keys import KeyFileError, KeyRing, load_keys
 from mcpd.web.network import AddressList, AddressListError, read_address_file
 from mcpd.web.policy import beyond_loopback
@@ -29,7 +26,6 @@ if TYPE_CHECKING:
 
     from mcpd.config import Settings
     from mcpd.lifecycle import Lifecycle
-    from mcpd.protocol.engine import Engine
     from mcpd.tools.pack import ToolRegistry
 
 log = Logger(namespace="mcpd.security")
@@ -106,23 +102,30 @@ class Security:
     def keyed(self) -> bool:
         return bool(self.gate.keys)
 
-    def attach(self, engine: Engine, registry: ToolRegistry) -> None:
-        """Scopes filter the engine's tools when keys are configured; every call is audited;
-        every message, however it came, counts against its caller's rate limit."""
-        if self.keyed:
-            policy = ScopePolicy(registry)
-            engine.tool_filter = policy
-            engine.entry_filter = policy.allows_entry
-        engine.observers.append(self.audit.observe)
-        if self.gate.limiter is not None:
-            engine.message_limit = MessageLimiter(self.gate.limiter, self._rate_limited)
+    def scope_policy(self, registry: ToolRegistry) -> ScopePolicy | None:
+        """What the engine filters tools, resources and prompts by: the keys' scopes; None
+        without keys (every caller sees everything)."""
+        return ScopePolicy(registry) if self.keyed else None
+
+    @property
+    def message_limit(self) -> MessageLimiter | None:
+        """The engine's limit on every message, however it came (a batch's, a WebSocket's),
+        counted in the caller's rate-limit bucket; None without a rate limit."""
+        if self.gate.limiter is None:
+            return None
+        return MessageLimiter(self.gate.limiter, self._rate_limited)
 
     def _rate_limited(self) -> None:
         self.gate.refusals["rate_limited"] += 1
 
+    @property
+    def request_factory(self) -> type[GuardedRequest]:
+        """The Site's request class: every request passes the gate as its head arrives."""
+        return guarded_request_factory(self.gate)
+
     def protect(self, site: Any) -> CapacityFactory:
-        """Guard ``site``: its requests pass the gate, its connections the capacity factory."""
-        site.requestFactory = guarded_request_factory(self.gate)
+        """Guard ``site``'s connections (caps, slow clients); its requests pass the gate
+        through `request_factory`, given to the Site when it is made."""
         settings = self.settings
         return CapacityFactory(
             site,
@@ -208,30 +211,3 @@ class Security:
                 "served; configure --api-key-file (or pass --insecure-no-auth on a trusted network)",
                 where=where,
             )
-
-
-class ReloadService(Service):
-    """``kill -HUP`` reloads the key and allowlist files; connections stay open."""
-
-    def __init__(self, security: Security, reactor: Any) -> None:
-        self.security = security
-        self.reactor = reactor
-        self._previous: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._hup)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
-
-    def _hup(self, _signum: int, _frame: Any) -> None:
-        self.reactor.callFromThread(self._reload)
-
-    def _reload(self) -> None:
-        log.info("SIGHUP: reloading API keys and allowlist")
-        with notify.reloading():  # systemd's ExecReload waits for READY=1 again
-            self.security.reload()

@@ -38,6 +38,18 @@ class MCPSite(Site):
     # The responses currently carrying an SSE stream (make_site gives each Site its own set).
     sse_streams: set[Request] | None = None
 
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        sse_keepalive: float | None = None,
+        request_factory: type[Request] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(resource, requestFactory=request_factory, **kwargs)
+        self.sse_keepalive = sse_keepalive
+        self.sse_streams = set()
+
     def log(self, request: http.Request) -> None:
         pass
 
@@ -124,12 +136,15 @@ def make_site(
     transports: Mapping[bytes, Resource] | None = None,
     sse_keepalive: float | None = None,
     monitor: Monitor | None = None,
+    request_factory: type[Request] | None = None,
 ) -> MCPSite:
     """The Site serving MCP (Streamable HTTP, and the other HTTP transports by first path
     segment) and the auxiliary routes."""
     # MCP bodies are JSON, never HTML forms: twisted.web's form sniffing (an email-package
     # Content-Type parse per POST) would cost a quarter of a tools/call.
-    site = MCPSite(Root(mcp, make_app(runtime, monitor).resource(), transports), parsePOSTFormSubmission=False)
-    site.sse_keepalive = sse_keepalive
-    site.sse_streams = set()
-    return site
+    return MCPSite(
+        Root(mcp, make_app(runtime, monitor).resource(), transports),
+        sse_keepalive=sse_keepalive,
+        request_factory=request_factory,
+        parsePOSTFormSubmission=False,
+    )

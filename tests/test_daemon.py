@@ -1,0 +1,124 @@
+"""Tests for mcpd.daemon: the production service tree, built from `Settings` on a memory reactor,
+serves a tool call through every layer (capacity factory, gate, Site, Streamable HTTP, engine)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from mcpd.config import ConfigError, resolve
+from mcpd.daemon import build_service, check_settings, load_packs
+from mcpd.protocol.engine import Engine
+from mcpd.protocol.methods import REQUEST_METHODS
+from mcpd.services import EngineService, ListenerService
+from mcpd.tools import ToolRegistry
+from tests.http_harness import modern_headers, modern_request, parse_response
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+HOST = IPv4Address("TCP", "127.0.0.1", 8765)
+
+
+class ProductionTreeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+
+    def start(self, **flags: Any) -> Any:
+        root = build_service(resolve(flags, {}, {}), self.reactor)
+        root.privilegedStartService()
+        root.startService()
+        self.addCleanup(self.stop, root)
+        self.reactor.advance(0)  # ready once the tree has started
+        return root
+
+    def stop(self, root: Any) -> None:
+        d = root.stopService()
+        for _ in range(200):  # the drain and the pool's joiner poll on the clock
+            if d.called:
+                break
+            self.reactor.advance(0.05)
+        self.successResultOf(d)
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        [(port, factory, _backlog, interface)] = self.reactor.tcpServers
+        self.assertEqual((port, interface), (8765, "127.0.0.1"))
+        protocol = factory.buildProtocol(PEER)
+        transport = StringTransport(hostAddress=HOST, peerAddress=PEER)
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        return protocol, transport
+
+    def test_the_tree_starts_in_order(self) -> None:
+        root = self.start()
+        names = [service.name for service in root]
+        self.assertEqual(
+            names,
+            [
+                "heap-freeze",
+                "thread-pool",
+                "engine",
+                "sessions",
+                "sse-sessions",
+                "reload",
+                "health-checks",
+                None,  # the drain
+                "listener tcp:8765:interface=127.0.0.1",
+                None,  # readiness
+            ],
+        )
+
+    def test_a_tool_call_is_served_through_every_layer(self) -> None:
+        self.start()
+        protocol, transport = self.connect()
+        body = json.dumps(modern_request("tools/call", {"name": "server.info", "arguments": {}})).encode()
+        headers = "".join(f"{name}: {value}\r\n" for name, value in modern_headers("tools/call", "server.info").items())
+        protocol.dataReceived(
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:8765\r\nAccept: application/json, text/event-stream\r\n"
+            b"Content-Type: application/json\r\n"
+            + headers.encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        response = parse_response(transport.value())
+        self.assertEqual(response.status, 200, response.body)
+        self.assertIn("x-request-id", response.headers)
+        result = response.json()["result"]
+        self.assertEqual(result["resultType"], "complete")
+        info = result["structuredContent"]
+        self.assertEqual(info["transports"], ["streamable-http", "legacy-sse", "websocket"])
+        [listener] = info["listeners"]  # the memory reactor's port has no real address
+        self.assertTrue(listener.endswith(":8765/mcp"), listener)
+
+    def test_the_engine_gets_its_collaborators_when_it_is_made(self) -> None:
+        root = self.start(api_key=["k"], tool_timeout="5")
+        engine = next(service for service in root if isinstance(service, EngineService)).engine
+        self.assertIsNotNone(engine.tool_filter)
+        self.assertIsNotNone(engine.entry_filter)
+        self.assertEqual(engine.tool_timeout, 5.0)
+        self.assertEqual(len(engine.observers), 3)  # statistics, metrics, audit
+
+    def test_stdio_is_a_shorter_tree(self) -> None:
+        root = build_service(resolve({}, {}, {}, stdio=True), self.reactor)
+        self.assertEqual([s.name for s in root], ["heap-freeze", "thread-pool", "engine", "stdio", None, None])
+        self.assertFalse(any(isinstance(s, ListenerService) for s in root))
+
+
+class CheckTests(SynchronousTestCase):
+    def test_an_unknown_toolset_is_one_config_error(self) -> None:
+        error = self.assertRaises(ConfigError, load_packs, resolve({"toolsets": "nope"}, {}, {}))
+        self.assertIn("unknown toolset 'nope'", str(error))
+
+    def test_an_unreadable_key_file_is_one_config_error(self) -> None:
+        settings = resolve({"api_key_file": self.mktemp()}, {}, {})
+        error = self.assertRaises(ConfigError, check_settings, settings, MemoryReactorClock())
+        self.assertIn("cannot read it", str(error))
+
+
+class VocabularyTests(SynchronousTestCase):
+    def test_the_metrics_vocabulary_is_what_the_engine_serves(self) -> None:
+        self.assertEqual(Engine(ToolRegistry()).methods, REQUEST_METHODS)
