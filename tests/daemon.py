@@ -11,6 +11,7 @@ daemon's logs.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import select
@@ -19,11 +20,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import anyio
 import attrs
+from mcp import Client
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
 
 from mcpd.config import KNOBS
 from tests.fixture_pack import EVENTS_ENV
@@ -342,3 +350,162 @@ class DaemonTestMixin:
         assert self._workdir is not None
         for trace in sorted(self._workdir.glob("*.trace.jsonl")):
             assert_trace_valid(self, str(trace))  # type: ignore[arg-type]
+
+
+Scenario = Callable[[Client], Awaitable[None]]
+
+
+def call_server_info(port: int) -> dict:
+    """A 2026-07-28 tools/call of server.info; the structured result."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "server.info",
+            "arguments": {},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/mcp",
+        data=json.dumps(body).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": MODERN,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "server.info",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["result"]["structuredContent"]
+
+
+LEGACY = "legacy"
+
+
+MODERN = "2026-07-28"
+
+
+SCENARIO_TIMEOUT = 20.0
+
+
+EVENT_TIMEOUT = 5.0
+
+
+FIXTURE_TOOLS = {
+    "tests.progress",
+    "tests.wait_for_cancel",
+    "tests.blocking_wait",
+    "tests.ping_client",
+    "tests.blob",
+    "tests.progress_then_wait",
+}
+
+
+SERVER_TOOLS = {"server.info", "server.tools"}
+
+
+INVALID_PARAMS = -32602
+
+
+SHUTDOWN_LIMIT = 5.0
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+
+
+def run_anyio(main: Callable[[], Awaitable[None]]) -> None:
+    """``anyio.run(main)``, raising the one real error rather than the task groups around it."""
+    try:
+        anyio.run(main)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+def read_events(path: Path) -> list[str]:
+    """The lines the fixture pack recorded so far."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def wait_for_event_blocking(path: Path, line: str, timeout: float = EVENT_TIMEOUT) -> None:
+    """`wait_for_event` for a plain thread."""
+    deadline = time.monotonic() + timeout
+    while line not in read_events(path):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{line!r} not recorded within {timeout}s; events: {read_events(path)}")
+        time.sleep(0.05)
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The entries of a daemon's protocol trace."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+class DaemonTestCase(DaemonTestMixin, TestCase):
+    """A trial test using real daemons; each test must end well within 30 seconds."""
+
+    timeout = 30
+
+    def with_client(self, server: Any, mode: str, scenario: Scenario) -> Deferred[None]:
+        """Run ``scenario(client)`` with an SDK client for ``server`` in a worker thread."""
+
+        async def main() -> None:
+            with anyio.fail_after(SCENARIO_TIMEOUT):
+                async with Client(server, mode=mode) as client:
+                    await scenario(client)
+
+        return deferToThread(run_anyio, main).addErrback(self.explain)
+
+    def in_thread(self, check: Callable[[], None]) -> Deferred[None]:
+        """Run a blocking check off the reactor thread; a failure shows the daemons' logs."""
+        return deferToThread(check).addErrback(self.explain)
+
+
+def post(port: int, body: dict[str, Any], headers: dict[str, str], timeout: float = 10.0) -> tuple[int, Any, bytes]:
+    """POST one JSON-RPC message to ``/mcp``; status, headers and body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        connection.request("POST", "/mcp", json.dumps(body), {**base, **headers})
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+def modern_request(request_id: int, method: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A 2026-07-28 request and its routing headers."""
+    meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+    headers = {"mcp-protocol-version": MODERN, "mcp-method": method}
+    if "name" in params:
+        headers["mcp-name"] = params["name"]
+    body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {**params, "_meta": meta}}
+    return body, headers
+
+
+def audit_records(log: str) -> list[dict[str, Any]]:
+    """The audit records in a daemon's log (``audit {json}`` lines)."""
+    return [json.loads(line.split(" audit ", 1)[1]) for line in log.splitlines() if " audit {" in line]

@@ -16,8 +16,8 @@ from mcpd.protocol.ledger import CONNECTION, Ledger, Limit
 from mcpd.web.capacity import REFUSAL_GRACE, CapacityFactory
 from mcpd.web.gate import Gate, guarded_request_factory
 from mcpd.web.network import AddressList
+from tests.gate_harness import KEYS, Recorder
 from tests.http_harness import parse_response
-from tests.test_gate import KEYS, Recorder
 
 REQUEST = b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}"
 

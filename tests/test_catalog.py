@@ -22,27 +22,7 @@ from mcpd.tools import ToolRegistry
 from mcpd.tools.api import Caller
 from mcpd.tools.resources import ResourceTemplate, resource_contents, template_pattern
 from tests import conformance_pack
-from tests.test_engine import MODERN, Peer, assert_valid, envelope, error_code
-
-CAPABILITIES = {"elicitation": {}, "sampling": {}, "roots": {}}
-
-
-def engine() -> Engine:
-    return Engine(ToolRegistry([conformance_pack.pack]), clock=Clock(), client_timeout=5)
-
-
-def legacy_peer(case: SynchronousTestCase, capabilities: dict[str, Any] | None = None, e: Engine | None = None) -> Peer:
-    peer = Peer(case, e or engine())
-    peer.result(
-        "initialize",
-        {
-            "protocolVersion": LATEST_LEGACY,
-            "capabilities": capabilities or {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    )
-    peer.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    return peer
+from tests.engine_harness import CAPABILITIES, MODERN, Peer, assert_valid, engine, envelope, error_code, legacy_peer
 
 
 def check_notes(case: SynchronousTestCase, version: str, notes: list[dict[str, Any]]) -> None:

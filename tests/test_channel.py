@@ -15,8 +15,17 @@ from twisted.web.resource import Resource
 
 from mcpd.web.channel import LINGER, MCPChannel
 from mcpd.web.site import MCPSite
-from tests.test_routes import KEY, MCP_HEADERS, Raw, RouteTestCase, exchange, request_bytes
-from tests.test_security import Scheme, call_body, read_all
+from tests.security_harness import (
+    KEY,
+    MCP_HEADERS,
+    Raw,
+    RouteTestCase,
+    Scheme,
+    call_body,
+    exchange,
+    read_all,
+    request_bytes,
+)
 
 
 class Served(Resource):

@@ -22,9 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpd.protocol import errors
 from mcpd.protocol.codec import MAX_DEPTH, decode, encode
 from mcpd.protocol.errors import ParseError
-from tests.daemon import MCPD, StdioProcess
-from tests.test_integration import MODERN, DaemonTestCase
-from tests.test_transports import RawSSE
+from tests.clients import RawSSE
+from tests.daemon import MCPD, MODERN, DaemonTestCase, StdioProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from wsclient import WSClient  # noqa: E402

@@ -23,8 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.config import KNOBS, read_env_file, resolve
-from tests.daemon import PYTHON, REPO_ROOT, DaemonTestMixin, free_port
-from tests.test_packaging import call_server_info
+from tests.daemon import PYTHON, REPO_ROOT, DaemonTestMixin, call_server_info, free_port
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 COMPOSE = REPO_ROOT / "docker-compose.yml"

@@ -44,7 +44,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from mcpd._version import __version__
 from mcpd.config import KNOBS
-from tests.daemon import REPO_ROOT, free_port
+from tests.daemon import REPO_ROOT, audit_records, free_port
 from tests.debian_build import PLAIN_PATH, build_deb
 from tests.netns import ClientNetwork
 from tests.tls_certs import TLSFiles, make_tls_files
@@ -178,11 +178,6 @@ try:
 except urllib.error.HTTPError as e:
     print(json.dumps([e.code, json.loads(e.read() or b"null")]))
 """
-
-
-def audit_records(log: str) -> list[dict[str, Any]]:
-    """The audit records in a daemon's log (``audit {json}`` lines)."""
-    return [json.loads(line.split(" audit ", 1)[1]) for line in log.splitlines() if " audit {" in line]
 
 
 class NotifySocket:

@@ -26,9 +26,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from mcpd.transport.flow import OutputGuard
-from tests.daemon import MCPD, DaemonTestMixin, free_port
-from tests.test_integration import INITIALIZE, modern_request, post
-from tests.test_observability import fetch
+from tests.clients import fetch
+from tests.daemon import INITIALIZE, MCPD, DaemonTestMixin, free_port, modern_request, post
 from tests.tls_certs import make_tls_files
 
 MIB = 1024 * 1024

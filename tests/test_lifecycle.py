@@ -18,9 +18,8 @@ from wsproto.events import TextMessage
 
 from mcpd.lifecycle import DRAINING, SERVING, STARTING, STOPPED, Lifecycle, OrderedMultiService, StartupError
 from mcpd.services import DrainService, ReadinessService
-from tests.daemon import MCPD, DaemonTestMixin
-from tests.test_integration import INITIALIZE, modern_request, post, wait_for_event_blocking
-from tests.test_observability import fetch, open_websocket
+from tests.clients import fetch, open_websocket
+from tests.daemon import INITIALIZE, MCPD, DaemonTestMixin, modern_request, post, wait_for_event_blocking
 
 
 class Step(Service):

@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpd.observe.health import CheckResult
 from mcpd.observe.metrics import Metrics
 from mcpd.observe.stats import RequestStats, Vitals
-from tests.test_stats import record
+from tests.engine_harness import record
 
 SEED = (
     "mcp_uptime_seconds",

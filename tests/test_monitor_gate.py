@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mcpd.lifecycle import DRAINING, SERVING, Lifecycle
 from mcpd.web.gate import Gate
-from tests.test_gate import KEYS, GateTestCase
+from tests.gate_harness import KEYS, GateTestCase
 
 
 class AccessRuleTests(GateTestCase):

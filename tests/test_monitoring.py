@@ -17,7 +17,7 @@ from mcpd.observe.stats import RequestStats, Vitals
 from mcpd.runtime import Runtime
 from mcpd.tools.pack import ToolRegistry
 from mcpd.web.monitoring import Monitor
-from tests.test_stats import record
+from tests.engine_harness import record
 
 
 class MonitoringTests(SynchronousTestCase):

@@ -17,8 +17,7 @@ from mcpd.web.network import (
     parse_address,
     read_address_file,
 )
-from tests.test_routes import KEY, MCP_HEADERS, RouteTestCase
-from tests.test_security import call_body
+from tests.security_harness import KEY, MCP_HEADERS, RouteTestCase, call_body
 
 
 class AddressListTests(SynchronousTestCase):

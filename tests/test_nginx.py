@@ -26,10 +26,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.daemon import REPO_ROOT, DaemonTestMixin, free_port, port_answers
+from tests.daemon import FIXTURE_TOOLS, REPO_ROOT, SERVER_TOOLS, DaemonTestMixin, audit_records, free_port, port_answers
 from tests.netns import ClientNetwork
-from tests.test_debian import audit_records
-from tests.test_integration import FIXTURE_TOOLS, SERVER_TOOLS
 from tests.tls_certs import make_tls_files
 from tests.ws_client_env import REQUIREMENT, WSClientEnvError, ensure_ws_client
 

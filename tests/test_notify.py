@@ -21,8 +21,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd import notify
-from tests.daemon import MCPD, DaemonTestMixin, port_answers
-from tests.test_packaging import call_server_info
+from tests.daemon import MCPD, DaemonTestMixin, call_server_info, port_answers
 
 WAIT = 10.0
 

@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest
 
-from tests.daemon import MCPD, REPO_ROOT
-from tests.test_integration import DaemonTestCase, wait_for_event_blocking
-from tests.test_security import call_body, call_headers
+from tests.clients import fetch, open_websocket
+from tests.daemon import MCPD, REPO_ROOT, DaemonTestCase, wait_for_event_blocking
+from tests.security_harness import call_body, call_headers
 
 KEYS = "root:root-key\nalice:alice-key:read\n"
 ARTIFACTS = REPO_ROOT / ".ci-artifacts"
@@ -35,18 +35,6 @@ SEED_STATS = (
     "active_connections",
     "recent_requests",
 )
-
-
-def fetch(
-    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
 
 
 def call(port: int, tool: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
@@ -242,22 +230,6 @@ class GracefulShutdownTests(DaemonTestCase):
             self.assertLess(log.index("Shutting down: draining"), log.index("Drained"))
 
         return self.in_thread(check)
-
-
-def open_websocket(port: int) -> tuple[socket.socket, Any]:
-    """A WebSocket to /ws (subprotocol mcp) with its handshake done: the socket and its wsproto."""
-    from wsproto import ConnectionType, WSConnection
-    from wsproto.events import AcceptConnection, Request
-
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    ws = WSConnection(ConnectionType.CLIENT)
-    sock.sendall(ws.send(Request(host="127.0.0.1", target="/ws", subprotocols=["mcp"])))
-    while True:
-        ws.receive_data(sock.recv(65536))
-        for event in ws.events():
-            if isinstance(event, AcceptConnection):
-                return sock, ws
-            raise AssertionError(f"WebSocket handshake failed: {event!r}")
 
 
 def websocket_close(sock: socket.socket, ws: Any) -> tuple[int, str]:

@@ -12,45 +12,14 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.daemon import PYTHON, REPO_ROOT, TWISTD, DaemonTestMixin, free_port, port_answers
+from tests.daemon import PYTHON, REPO_ROOT, TWISTD, DaemonTestMixin, call_server_info, free_port, port_answers
 
 MODERN = "2026-07-28"
-
-
-def call_server_info(port: int) -> dict:
-    """A 2026-07-28 tools/call of server.info; the structured result."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {
-            "name": "server.info",
-            "arguments": {},
-            "_meta": {
-                "io.modelcontextprotocol/protocolVersion": MODERN,
-                "io.modelcontextprotocol/clientCapabilities": {},
-            },
-        },
-    }
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/mcp",
-        data=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream",
-            "MCP-Protocol-Version": MODERN,
-            "Mcp-Method": "tools/call",
-            "Mcp-Name": "server.info",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())["result"]["structuredContent"]
 
 
 class WheelInstallTests(DaemonTestMixin, TestCase):

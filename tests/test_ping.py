@@ -9,8 +9,7 @@ from mcpd.protocol.engine import Engine
 from mcpd.protocol.versions import LATEST_LEGACY
 from mcpd.tools import ToolRegistry
 from tests import fixture_pack
-from tests.test_catalog import legacy_peer
-from tests.test_engine import Peer, assert_valid
+from tests.engine_harness import Peer, assert_valid, legacy_peer
 
 
 def engine() -> Engine:

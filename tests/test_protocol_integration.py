@@ -15,7 +15,7 @@ from mcp.client.stdio import stdio_client
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
-from tests.test_integration import SCENARIO_TIMEOUT, DaemonTestCase, run_anyio
+from tests.daemon import SCENARIO_TIMEOUT, DaemonTestCase, run_anyio
 
 PACK = ("--tool-pack", "tests.conformance_pack")
 

@@ -20,9 +20,8 @@ from mcpd.interfaces import IBucketStore
 from mcpd.protocol.errors import INVALID_REQUEST, LIMIT_EXCEEDED, LimitExceeded
 from mcpd.tools.api import Caller
 from mcpd.web.ratelimit import MemoryBucketStore, MessageLimiter, RateLimit, RateLimiter, retry_after
-from tests.daemon import MCPD
-from tests.test_integration import DaemonTestCase
-from tests.test_transports import RawSSE
+from tests.clients import RawSSE
+from tests.daemon import MCPD, DaemonTestCase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from wsclient import WSClient  # noqa: E402

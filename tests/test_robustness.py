@@ -61,7 +61,7 @@ class BadInputTests(DaemonTestMixin, TestCase):
             for seed in (1, 2, 3):
                 for status, count in barrage(port, 150, seed).items():
                     statuses[status] = statuses.get(status, 0) + count
-            from tests.test_packaging import call_server_info
+            from tests.daemon import call_server_info
 
             return statuses, call_server_info(port)
 

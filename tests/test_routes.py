@@ -5,8 +5,6 @@ keys over real sockets (plain and TLS) for every spelling of a path an attacker 
 from __future__ import annotations
 
 import json
-import ssl
-from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,7 +14,13 @@ from mcpd.transport.websocket import WebSocketEndpoint
 from mcpd.web import routes
 from mcpd.web.monitoring import ASSETS
 from mcpd.web.routes import UNKNOWN, route_of, route_problem, split_target
-from tests.test_security import MODERN, Scheme, SecurityTestCase, call_body
+from tests.security_harness import (
+    KEY,
+    MCP_HEADERS,
+    RouteTestCase,
+    call_body,
+    request_bytes,
+)
 
 # Another spelling of a route is no route: each of these must be refused, never served.
 NOT_ROUTES = [
@@ -122,113 +126,6 @@ class TableTests(SynchronousTestCase):
         for route, methods in served.items():
             self.assertEqual(route.methods, frozenset(methods), route.name)
         self.assertEqual(set(routes.DASHBOARD_FILES), set(ASSETS))
-
-
-class Raw:
-    """A response read off a socket."""
-
-    def __init__(self, data: bytes) -> None:
-        head, _, self.body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split(" ")[1]) if lines[0].startswith(("HTTP/1.1 ", "HTTP/1.0 ")) else 0
-        self.headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-        self.raw = data
-        if self.headers.get("transfer-encoding") == "chunked":
-            self.body = _dechunk(self.body)
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def _dechunk(data: bytes) -> bytes:
-    body = b""
-    while data:
-        size, _, data = data.partition(b"\r\n")
-        length = int(size.split(b";")[0], 16)
-        if length == 0:
-            break
-        body, data = body + data[:length], data[length + 2 :]
-    return body
-
-
-def exchange(scheme: Scheme, request: bytes) -> Raw:
-    """Send ``request`` as it is on a new connection; read one response (to the end of its body,
-    or until the server closes the connection)."""
-    sock = scheme.socket()
-    try:
-        sock.sendall(request)
-        sock.settimeout(10)
-        data = b""
-        while not _complete(data, head_only=request.startswith(b"HEAD ")):
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, ssl.SSLError):
-                break
-            if not chunk:
-                break
-            data += chunk
-        return Raw(data)
-    finally:
-        sock.close()
-
-
-def _complete(data: bytes, head_only: bool) -> bool:
-    head, separator, body = data.partition(b"\r\n\r\n")
-    if not separator:
-        return False
-    if head_only or head.startswith(b"HTTP/1.1 101 "):
-        return True
-    fields = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
-    }
-    if b"content-length" in fields:
-        return len(body) >= int(fields[b"content-length"])
-    if fields.get(b"transfer-encoding") == b"chunked":
-        return body.startswith(b"0\r\n\r\n") or b"\r\n0\r\n\r\n" in body
-    return False
-
-
-def request_bytes(method: str, target: str, port: int, body: bytes = b"", **headers: str) -> bytes:
-    fields = {"Host": f"127.0.0.1:{port}", "Connection": "close", **headers}
-    if body or method == "POST":
-        fields["Content-Length"] = str(len(body))
-    head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in fields.items())
-    return head.encode("latin-1") + b"\r\n" + body
-
-
-MCP_HEADERS = {
-    "Content-Type": "application/json",
-    "Accept": "application/json, text/event-stream",
-    "MCP-Protocol-Version": MODERN,
-    "Mcp-Method": "tools/call",
-    "Mcp-Name": "sec.record",
-}
-KEY = {"Authorization": "Bearer root-key"}
-
-
-class RouteTestCase(SecurityTestCase):
-    def start_plain(self, *args: str) -> Scheme:
-        """A daemon with the security pack and no keys, on one plain port."""
-        assert self.workdir.exists()  # first: an empty trace is dropped before traces are checked
-        self.addCleanup(self._drop_empty_trace)
-        self.daemon = self.start_daemon("--tool-pack", "tests.security_pack", *args)
-        assert self.daemon.port is not None
-        return Scheme("plain", self.daemon.port)
-
-    def send(self, scheme: Scheme, method: str, target: str, body: bytes = b"", **headers: str) -> Raw:
-        return exchange(scheme, request_bytes(method, target, scheme.port, body, **headers))
-
-    def assertJSONError(self, reply: Raw, status: int, words: str, head: bool = False) -> dict[str, Any]:
-        self.assertEqual(reply.status, status, reply.raw[:500])
-        self.assertEqual(reply.headers.get("content-type"), "application/json", reply.raw[:500])
-        if head:  # the answer to a HEAD has no body
-            self.assertEqual(reply.body, b"")
-            return {}
-        body = reply.json()
-        self.assertIn(words, body["error"])
-        self.assertEqual(self.executions(), [])
-        return body
 
 
 class BypassTests(RouteTestCase):

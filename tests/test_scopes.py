@@ -69,7 +69,7 @@ class EntryScopeTests(SynchronousTestCase):
     def setUp(self) -> None:
         from mcpd.protocol.engine import Engine
         from mcpd.tools.pack import load_pack
-        from tests.test_engine import Peer
+        from tests.engine_harness import Peer
 
         notes = ToolPack("notes", "A pack anyone may read.")
 

@@ -13,7 +13,7 @@ from mcpd.protocol.engine import Engine
 from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
 from mcpd.runtime import Runtime
 from mcpd.tools import ToolAnnotations, ToolPack, ToolRegistry, load_pack
-from tests.test_engine import Peer, make_engine, text_of
+from tests.engine_harness import Peer, make_engine, text_of
 
 
 def handler(ctx: Any, arguments: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ from wsproto.events import (
 )
 
 from tests.daemon import MCPD, DaemonTestMixin
-from tests.test_security import MODERN, SecurityTestCase, call_body, call_headers
+from tests.security_harness import MODERN, SecurityTestCase, call_body, call_headers
 
 LEGACY = "2025-11-25"
 KEYS = "root:root-key\nalice:alice-key:read\nvictim:victim-key\n"

@@ -5,19 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.observe.stats import RequestStats, Vitals, percentile
-from mcpd.protocol.engine import CallRecord
-from mcpd.tools.api import Caller
-
-
-def record(
-    method: str = "tools/call",
-    tool: str | None = "echo",
-    outcome: str = "ok",
-    duration: float = 0.01,
-    transport: str = "http",
-) -> CallRecord:
-    caller = Caller(name="alice", peer="10.0.0.1", transport=transport, x_request_id="r-1")
-    return CallRecord(1, method, tool, caller, "2026-07-28", outcome, duration)
+from tests.engine_harness import record
 
 
 class PercentileTests(SynchronousTestCase):

@@ -28,8 +28,7 @@ from mcpd.tools.api import Caller, Tool, ToolResult
 from mcpd.tools.pack import ToolPack
 from tests import conformance_pack
 from tests.daemon import DaemonTestMixin
-from tests.test_catalog import legacy_peer
-from tests.test_engine import MODERN, Peer, assert_valid, error_code
+from tests.engine_harness import MODERN, Peer, assert_valid, error_code, legacy_peer
 
 WITH_TASKS = {META_CLIENT_CAPABILITIES: {"elicitation": {}, "extensions": {TASKS_EXTENSION: {}}}}
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")

@@ -23,7 +23,7 @@ from mcpd.tools import (
 )
 from mcpd.tools.api import error_result, invoke
 from mcpd.tools.pack import decode_cursor, encode_cursor
-from tests.test_engine import Peer, assert_valid, make_engine, text_of
+from tests.engine_harness import Peer, assert_valid, make_engine, text_of
 
 COUNT_OUTPUT = {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]}
 

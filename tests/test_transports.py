@@ -34,12 +34,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 
-from tests.daemon import MCPD, Daemon, daemon_env, free_port
-from tests.test_integration import (
+from tests.daemon import (
     FIXTURE_TOOLS,
+    MCPD,
     MODERN,
     SERVER_TOOLS,
+    Daemon,
     DaemonTestCase,
+    daemon_env,
+    free_port,
     run_anyio,
     wait_for_event_blocking,
 )
@@ -48,6 +51,8 @@ from tests.ws_client_env import REQUIREMENT, WSClientEnvError, ensure_ws_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from wsclient import WSClient, WSClosed  # noqa: E402
+
+from tests.clients import RawSSE
 
 WS_SCRIPT = Path(__file__).resolve().parent / "ws_client_script.py"
 CLIENT_TIMEOUT = 30.0
@@ -67,65 +72,6 @@ def ws_client_python() -> Path:
         if os.environ.get("CI") == "true":
             raise AssertionError(f"cannot create the {REQUIREMENT} virtualenv: {e}") from None
         raise SkipTest(f"no {REQUIREMENT} virtualenv: {e}") from None
-
-
-class RawSSE:
-    """A legacy SSE stream on a raw socket: the endpoint it names, then the events as they come."""
-
-    def __init__(self, port: int, tls: TLSFiles | None = None, headers: dict[str, str] | None = None) -> None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        if tls is not None:
-            sock = ssl.create_default_context(cafile=str(tls.ca)).wrap_socket(sock, server_hostname="localhost")
-        self.sock = sock
-        self.port = port
-        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items()).encode()
-        sock.sendall(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n" + extra + b"\r\n")
-        self.buffer = b""
-        head = self._until(b"\r\n\r\n")
-        self.status_line, _, headers = head.partition("\r\n")
-        self.headers = {
-            name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in headers.split("\r\n"))
-        }
-        event = self.next_event()
-        assert event.get("event") == "endpoint", event
-        self.endpoint = event["data"]
-
-    def _until(self, marker: bytes, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while marker not in self.buffer:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"stream closed; so far {self.buffer!r}")
-            self.buffer += chunk
-        text, _, self.buffer = self.buffer.partition(marker)
-        return text.decode()
-
-    def next_block(self, timeout: float = 5.0) -> str:
-        """The next SSE block (an event or a comment), chunk sizes stripped."""
-        while True:
-            block = self._until(b"\n\n", timeout)
-            lines = [line for line in block.split("\n") if line and not _is_chunk_size(line)]
-            if lines:
-                return "\n".join(lines)
-
-    def next_event(self, timeout: float = 5.0) -> dict[str, str]:
-        """The next event (comments skipped) as its fields."""
-        while True:
-            block = self.next_block(timeout)
-            fields = dict(
-                line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":")
-            )
-            if fields:
-                return fields
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _is_chunk_size(line: str) -> bool:
-    line = line.strip("\r")
-    return not line or all(c in "0123456789abcdefABCDEF" for c in line)
 
 
 def post(

@@ -21,8 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 
-from tests.daemon import REPO_ROOT, Daemon
-from tests.test_integration import FIXTURE_TOOLS, SERVER_TOOLS, DaemonTestCase, read_trace
+from tests.daemon import FIXTURE_TOOLS, REPO_ROOT, SERVER_TOOLS, Daemon, DaemonTestCase, read_trace
 
 SCRIPT = Path(__file__).resolve().parent / "ts_client.mjs"
 SDK = "@modelcontextprotocol/sdk"
