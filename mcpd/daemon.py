@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings
+from mcpd.interfaces import IRuntime
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
 from mcpd.observe.health import HealthChecks, size_check, thread_pool_check
 from mcpd.observe.stats import Vitals
@@ -23,7 +24,6 @@ from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import CALL, CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, TASK, Ledger, Limit, share
 from mcpd.protocol.methods import REQUEST_METHODS
 from mcpd.protocol.session import SessionStore
-from mcpd.protocol.tasks import TASK_CAPACITY
 from mcpd.protocol.trace import Tracer
 from mcpd.runtime import Runtime
 from mcpd.services import (
@@ -39,6 +39,7 @@ from mcpd.services import (
     ThreadPoolService,
     TraceService,
 )
+from mcpd.stores.memory import TASK_CAPACITY, MemoryBucketStore, MemorySessionStore, MemoryTaskStore
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.sse import close_streams
@@ -69,7 +70,21 @@ def load_packs(settings: Settings) -> list[ToolPack]:
             )
     packs = [load_pack(reference) for reference in (*settings.toolsets, *settings.tool_pack)]
     ToolRegistry(packs)  # names clash across packs: refused here, before anything starts
+    provided = provided_interfaces(settings)
+    for pack in packs:
+        missing = [interface.__name__ for interface in pack.needs if interface not in provided]
+        if missing:
+            raise PackLoadError(
+                f"tool pack {pack.name!r} needs {', '.join(missing)}, which this server is not configured to "
+                "provide (see README, Stores)"
+            )
     return packs
+
+
+def provided_interfaces(settings: Settings) -> frozenset[Any]:
+    """The interfaces packs may ask their context for (``ctx.store(IThing)``) under these
+    settings: the daemon's description of itself, and each store whose knobs are set."""
+    return frozenset({IRuntime})
 
 
 def check_settings(settings: Settings, reactor: Any) -> None:
@@ -180,10 +195,10 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
 
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
     # body size, rate and stream limits) and per connection (caps, slow clients).
-    security = Security(settings, reactor, lifecycle=lifecycle, ledger=ledger)
-    sessions = SessionStore(reactor, settings.session_timeout, ledger)
+    security = Security(settings, reactor, MemoryBucketStore(reactor), lifecycle=lifecycle, ledger=ledger)
+    sessions = SessionStore(reactor, settings.session_timeout, ledger, MemorySessionStore())
     # Legacy HTTP+SSE sessions live in a store of their own: ids never cross transports.
-    sse_sessions = SessionStore(reactor, settings.session_timeout, ledger)
+    sse_sessions = SessionStore(reactor, settings.session_timeout, ledger, MemorySessionStore())
     health = HealthChecks(
         [
             thread_pool_check(pool, reactor, reactor),
@@ -300,13 +315,14 @@ def _engine(
         )
     return Engine(
         registry,
-        runtime=runtime,
         thread_pool=pool,
         page_size=settings.page_size,
         tracer=tracer,
         client_timeout=settings.client_timeout,
         state_key=state_key,
         ledger=ledger,
+        task_store=MemoryTaskStore(),
+        stores={IRuntime: runtime},
         tool_timeout=settings.tool_timeout,
         max_batch=settings.max_batch,
         max_batch_bytes=settings.max_message_size,

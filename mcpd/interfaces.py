@@ -1,63 +1,201 @@
-# -*- test-case-name: tests.test_ratelimit,tests.test_milvus,tests.test_embedders -*-
-"""The zope interfaces of mcpd: the seams where an implementation can be swapped."""
+# -*- test-case-name: tests.test_stores,tests.test_milvus,tests.test_embedders -*-
+"""Every seam of mcpd where an implementation can be swapped, and the records that cross them.
+
+A store's methods return Deferreds, even in memory (`mcpd.stores.memory`: ``succeed()``), so a
+store that asks the network (Redis, SQL) drops in behind the same calls. What a store keeps is a
+plain record (`TaskRecord`, `SessionRecord`): JSON in, JSON out, nothing that lives only in this
+process. Each interface has one shared test suite (`mcpd.testing` and ``tests/test_stores.py``)
+that every implementation runs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+
+# Task states (2025-11-25 basic/utilities/tasks; SEP-2663).
+WORKING = "working"
+INPUT_REQUIRED = "input_required"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+class StoreFull(Exception):
+    """A bounded store has no room; ``capacity`` is its bound."""
+
+    def __init__(self, message: str, capacity: int) -> None:
+        super().__init__(message)
+        self.capacity = capacity
+
+
+@attrs.define(eq=True)
+class TaskRecord:
+    """What a task must keep between polls, wherever they land: serialisable (`to_json`).
+
+    The work itself (its Deferred, the timer of its TTL, the answers it waits for) stays in the
+    process running it (`mcpd.protocol.tasks.TaskRun`).
+    """
+
+    task_id: str
+    # Who may see it: ``caller:NAME`` (modern) or ``session:ID`` (legacy).
+    owner: str
+    modern: bool
+    created: float
+    ttl_ms: int | None
+    poll_interval_ms: int
+    updated: float = 0.0
+    status: str = WORKING
+    status_message: str | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    # Outstanding requests to the client, by key (modern: answered by tasks/update).
+    input_requests: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    # Whom the task is counted against (`mcpd.protocol.ledger`).
+    account: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def expired(self, now: float) -> bool:
+        """Whether its TTL has passed by ``now``."""
+        return self.ttl_ms is not None and now >= self.created + self.ttl_ms / 1000
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON-compatible data."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskRecord:
+        """A record from what `to_json` made."""
+        return cls(**data)
+
+
+@attrs.define(eq=True)
+class SessionRecord:
+    """What a legacy session (``Mcp-Session-Id``, ``/sse``) must keep, wherever its requests
+    land: serialisable (`to_json`). Its streams and the requests it serves stay in the process
+    holding them (`mcpd.protocol.session.Session`)."""
+
+    session_id: str
+    # The protocol version its initialize fixed.
+    version: str | None = None
+    # Who opened it (the caller's key name): nobody else may use it.
+    owner: str | None = None
+    # Whom it is counted against (`mcpd.protocol.ledger`).
+    account: str = ""
+    client_info: dict[str, Any] | None = None
+    client_capabilities: dict[str, Any] = attrs.field(factory=dict)
+    log_level: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON-compatible data."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionRecord:
+        """A record from what `to_json` made."""
+        return cls(**data)
+
+
+class IRuntime(Interface):
+    """What a running daemon knows about itself: the server pack's view of it
+    (``ctx.store(IRuntime)``), provided by `mcpd.runtime.Runtime`."""
+
+    settings = Attribute("The daemon's `mcpd.config.Settings`.")
+    registry = Attribute("The `mcpd.tools.ToolRegistry` of every tool, resource and prompt served.")
+    listeners = Attribute("The URLs it serves MCP on.")
+    transports = Attribute("The transports it serves (streamable-http, legacy-sse, websocket, stdio).")
+    version = Attribute("mcpd's version.")
+
+    def uptime() -> float:
+        """Seconds since the daemon started."""
+
+    def protocol_versions() -> dict[str, list[str]]:
+        """The protocol versions served, by era."""
 
 
 class IBucketStore(Interface):
     """Token buckets by key: the state behind the rate limit.
 
-    The in-process store (`mcpd.web.ratelimit.MemoryBucketStore`) serves one daemon; a shared
+    The in-process store (`mcpd.stores.memory.MemoryBucketStore`) serves one daemon; a shared
     store (Redis, with an atomic script) makes a limit hold across instances.
     """
 
-    def take(key: str, capacity: float, rate: float) -> object:
+    def take(key: str, capacity: float, rate: float) -> Any:
         """Take one token from the bucket ``key`` (``capacity`` tokens, refilled at ``rate``
         tokens a second, full when first seen).
 
-        Returns how many seconds the caller must wait before a token is free: 0.0 when one was
-        taken. A store that must ask the network returns a Deferred firing with that number.
+        A Deferred firing with how many seconds the caller must wait before a token is free:
+        0.0 when one was taken.
         """
+
+    def __len__() -> int:
+        """How many buckets are kept (an approximation for a shared store)."""
 
 
 class ITaskStore(Interface):
-    """Where tasks are kept between polls (`mcpd.protocol.tasks`).
+    """Where task records are kept between polls (`mcpd.protocol.tasks`); every method returns
+    a Deferred.
 
-    The in-process store (`mcpd.protocol.tasks.MemoryTaskStore`) is bounded and serves one
+    The in-process store (`mcpd.stores.memory.MemoryTaskStore`) is bounded and serves one
     daemon; a shared store lets any instance behind a load balancer answer ``tasks/get``.
     """
 
-    def add(task: Any, now: float) -> list[Any]:
-        """Keep a new task (the time is ``now``); returns the tasks it dropped: those whose TTL
-        had passed, and a finished one that made room. Raises
-        `mcpd.protocol.tasks.TaskStoreFull` when there is no room."""
+    capacity = Attribute("How many records it keeps at most.")
+
+    def add(record: TaskRecord, now: float) -> Any:
+        """Keep a new record (the time is ``now``). Fires with the records it dropped: those
+        whose TTL had passed, and the oldest finished one if it made room; fails with
+        `StoreFull` when every record kept is still running."""
+
+    def save(record: TaskRecord) -> Any:
+        """Replace the kept record of ``record.task_id`` (a status change); fires with None,
+        also when the record is no longer kept."""
 
     def get(task_id: str) -> Any:
-        """The task with this id, or None."""
+        """Fires with the record with this id, or None."""
 
     def remove(task_id: str) -> Any:
-        """Forget a task; returns it, or None if it was unknown."""
+        """Forget a record; fires with it, or None if it was unknown."""
 
-    def owned_by(owner: str) -> list[Any]:
-        """Every task of ``owner`` (a caller or a legacy session)."""
+    def owned_by(owner: str) -> Any:
+        """Fires with every record of ``owner``, oldest first."""
 
-    def expire(now: float) -> list[Any]:
-        """Drop and return the tasks whose TTL has passed by ``now``."""
+    def expire(now: float) -> Any:
+        """Drop the records whose TTL has passed by ``now``; fires with them."""
 
-    def __iter__() -> Iterator[Any]:
-        """Every task kept."""
+    def count() -> Any:
+        """Fires with how many records are kept."""
 
-    def __len__() -> int:
-        """How many tasks are kept."""
+
+class ISessionStore(Interface):
+    """Where legacy session records are kept (`mcpd.protocol.session`); every method returns a
+    Deferred.
+
+    In process by default (`mcpd.stores.memory.MemorySessionStore`); a shared store lets a
+    session's requests land on any instance.
+    """
+
+    def save(record: SessionRecord) -> Any:
+        """Keep (or replace) the record of ``record.session_id``; fires with None."""
+
+    def load(session_id: str) -> Any:
+        """Fires with the record with this id, or None."""
+
+    def delete(session_id: str) -> Any:
+        """Forget a record; fires with True if it was kept."""
+
+    def count() -> Any:
+        """Fires with how many records are kept."""
 
 
 # -- The search index and the embedding service (mcpd.stores.milvus, mcpd.stores.embedders) --

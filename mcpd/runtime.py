@@ -7,8 +7,10 @@ import time
 from typing import TYPE_CHECKING
 
 import attrs
+from zope.interface import implementer
 
 from mcpd._version import __version__
+from mcpd.interfaces import IRuntime
 from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
 
 if TYPE_CHECKING:
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from mcpd.tools.pack import ToolRegistry
 
 
+@implementer(IRuntime)
 @attrs.define
 class Runtime:
     """The daemon's view of itself, shared by the engine and the tools that introspect it."""

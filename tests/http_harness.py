@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from mcpd.config import Settings
+from mcpd.interfaces import IRuntime
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import Ledger
 from mcpd.protocol.session import SessionStore
@@ -197,7 +198,7 @@ def make_server(
     registry = ToolRegistry([tools.pack])
     runtime = Runtime(settings, registry)
     runtime.transports.append("streamable-http")
-    engine = Engine(registry, runtime=runtime, page_size=settings.page_size, ledger=ledger)
+    engine = Engine(registry, stores={IRuntime: runtime}, page_size=settings.page_size, ledger=ledger)
     clock = Clock()
     sessions = SessionStore(clock, settings.session_timeout, engine.ledger)
     resource = StreamableHTTP(engine, sessions, settings.max_message_size, settings.sse_replay)

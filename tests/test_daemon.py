@@ -11,13 +11,14 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import Interface
 
 from mcpd.config import ConfigError, resolve
 from mcpd.daemon import build_service, check_settings, load_packs
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.methods import REQUEST_METHODS
 from mcpd.services import EngineService, ListenerService
-from mcpd.tools import ToolRegistry
+from mcpd.tools import ToolPack, ToolRegistry
 from tests.http_harness import modern_headers, modern_request, parse_response
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -122,3 +123,23 @@ class CheckTests(SynchronousTestCase):
 class VocabularyTests(SynchronousTestCase):
     def test_the_metrics_vocabulary_is_what_the_engine_serves(self) -> None:
         self.assertEqual(Engine(ToolRegistry()).methods, REQUEST_METHODS)
+
+
+class INowhere(Interface):
+    """A store no daemon here provides."""
+
+
+needy_pack = ToolPack("needy", "Needs a store that is not configured.", needs=(INowhere,))
+
+
+class PackStoreTests(SynchronousTestCase):
+    def test_a_pack_whose_store_is_not_configured_stops_start_up_in_one_line(self) -> None:
+        settings = resolve({"tool_pack": ["tests.test_daemon:needy_pack"]}, {}, {})
+        error = self.assertRaises(ConfigError, load_packs, settings)
+        self.assertEqual(
+            str(error),
+            "tool pack 'needy' needs INowhere, which this server is not configured to provide (see README, Stores)",
+        )
+
+    def test_the_server_pack_gets_the_runtime(self) -> None:
+        self.assertEqual([pack.name for pack in load_packs(resolve({}, {}, {}))], ["server"])

@@ -33,8 +33,9 @@ from mcpd.protocol.versions import (
     META_SERVER_INFO,
     MODERN_VERSIONS,
 )
+from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tools import Caller, Tool, ToolContext, ToolPack, ToolRegistry, ToolResult
-from mcpd.web.ratelimit import MemoryBucketStore, MessageLimiter, RateLimit, RateLimiter
+from mcpd.web.ratelimit import MessageLimiter, RateLimit, RateLimiter
 from tests.engine_harness import (
     ECHO_OUTPUT,
     MODERN,

@@ -13,9 +13,10 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from mcpd.interfaces import IBucketStore
+from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tools.api import Caller
 from mcpd.web.network import AddressList
-from mcpd.web.ratelimit import MemoryBucketStore, RateLimit, RateLimiter
+from mcpd.web.ratelimit import RateLimit, RateLimiter
 from tests.gate_harness import KEYS, GateTestCase, Recorder
 from tests.http_harness import HTTPConnection, parse_response
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -18,8 +18,9 @@ from zope.interface.verify import verifyObject
 
 from mcpd.interfaces import IBucketStore
 from mcpd.protocol.errors import INVALID_REQUEST, LIMIT_EXCEEDED, LimitExceeded
+from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tools.api import Caller
-from mcpd.web.ratelimit import MemoryBucketStore, MessageLimiter, RateLimit, RateLimiter, retry_after
+from mcpd.web.ratelimit import MessageLimiter, RateLimit, RateLimiter, retry_after
 from tests.clients import RawSSE
 from tests.daemon import MCPD, DaemonTestCase
 
@@ -61,10 +62,10 @@ class RateLimiterTests(SynchronousTestCase):
         self.assertEqual(retry_after(5.2), 6)
 
     def test_idle_buckets_pruned(self) -> None:
-        import mcpd.web.ratelimit as ratelimit
+        import mcpd.stores.memory as memory
 
-        self.patch(ratelimit, "_PRUNE_AT", 3)
-        self.store = ratelimit.MemoryBucketStore(self.clock)
+        self.patch(memory, "_PRUNE_AT", 3)
+        self.store = MemoryBucketStore(self.clock)
         for name in "abc":
             self.store.take(name, 2.0, 1.0)
         self.clock.advance(10)
@@ -72,10 +73,10 @@ class RateLimiterTests(SynchronousTestCase):
         self.assertEqual(len(self.store), 1)
 
     def test_busy_buckets_make_the_next_prune_wait(self) -> None:
-        import mcpd.web.ratelimit as ratelimit
+        import mcpd.stores.memory as memory
 
-        self.patch(ratelimit, "_PRUNE_AT", 3)
-        self.store = ratelimit.MemoryBucketStore(self.clock)
+        self.patch(memory, "_PRUNE_AT", 3)
+        self.store = MemoryBucketStore(self.clock)
         scans: list[int] = []
         prune = self.store._prune
         self.patch(self.store, "_prune", lambda *a: (scans.append(len(self.store)), prune(*a)))
@@ -122,13 +123,19 @@ class MessageLimiterTests(SynchronousTestCase):
         self.assertEqual(self.waits(local, 10), [None] * 10)
 
     def test_a_remote_store(self) -> None:
+        answers: list[Deferred[float]] = []
+
         @implementer(IBucketStore)
         class Remote:
             def take(self, key: str, capacity: float, rate: float) -> Deferred[float]:
-                return succeed(7.0)
+                answers.append(Deferred())  # answered later, over the network
+                return answers[-1]
 
         limit = MessageLimiter(RateLimiter(RateLimit(1, 1.0), Remote()), lambda: self.limited.append(None))
-        refusal = self.successResultOf(limit(Caller(name="a", transport="websocket", account="key:a")))
+        pending = limit(Caller(name="a", transport="websocket", account="key:a"))
+        self.assertNoResult(pending)
+        answers[0].callback(7.0)
+        refusal = self.successResultOf(pending)
         self.assertEqual(refusal.retry_after, 7)
         self.assertEqual(len(self.limited), 1)
 

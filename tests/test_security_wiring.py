@@ -7,8 +7,9 @@ from pathlib import Path
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpd.config import ConfigError, resolve
+from mcpd.config import ConfigError, Settings, resolve
 from mcpd.protocol.ledger import STREAM, Ledger
+from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tap import Options
 from mcpd.tools.pack import ToolRegistry
 from mcpd.web.scopes import ScopePolicy, narrowed
@@ -48,21 +49,29 @@ class KnobTests(SynchronousTestCase):
 class SecurityTests(SynchronousTestCase):
     def test_scopes_only_with_keys(self) -> None:
         registry = ToolRegistry()
-        self.assertIsNone(Security(resolve({}, {}, {}), Clock()).scope_policy(registry))
-        policy = Security(resolve({"api_key": ["k"]}, {}, {}), Clock()).scope_policy(registry)
+        self.assertIsNone(Security(resolve({}, {}, {}), Clock(), MemoryBucketStore(Clock())).scope_policy(registry))
+        policy = Security(resolve({"api_key": ["k"]}, {}, {}), Clock(), MemoryBucketStore(Clock())).scope_policy(
+            registry
+        )
         self.assertIsInstance(policy, ScopePolicy)
 
     def test_audit_log_default(self) -> None:
-        self.assertFalse(Security(resolve({}, {}, {}), Clock()).audit.log_calls)
-        self.assertTrue(Security(resolve({"api_key": ["k"]}, {}, {}), Clock()).audit.log_calls)
+        self.assertFalse(Security(resolve({}, {}, {}), Clock(), MemoryBucketStore(Clock())).audit.log_calls)
+        self.assertTrue(
+            Security(resolve({"api_key": ["k"]}, {}, {}), Clock(), MemoryBucketStore(Clock())).audit.log_calls
+        )
         # No keys but a LAN listener: others can call, so every call is logged.
         lan = resolve({"host": "0.0.0.0", "insecure_no_auth": True}, {}, {})
-        self.assertTrue(Security(lan, Clock()).audit.log_calls)
+        self.assertTrue(Security(lan, Clock(), MemoryBucketStore(Clock())).audit.log_calls)
         self.assertFalse(
-            Security(resolve({"audit_log": "refusals", "host": "0.0.0.0"}, {}, {}), Clock()).audit.log_calls
+            Security(
+                resolve({"audit_log": "refusals", "host": "0.0.0.0"}, {}, {}), Clock(), MemoryBucketStore(Clock())
+            ).audit.log_calls
         )
         self.assertFalse(
-            Security(resolve({"api_key": ["k"], "audit_log": "refusals"}, {}, {}), Clock()).audit.log_calls
+            Security(
+                resolve({"api_key": ["k"], "audit_log": "refusals"}, {}, {}), Clock(), MemoryBucketStore(Clock())
+            ).audit.log_calls
         )
 
     def test_reload(self) -> None:
@@ -70,7 +79,7 @@ class SecurityTests(SynchronousTestCase):
         keys.write_text("alice:ka\n", encoding="utf-8")
         allowed.write_text("10.0.0.0/8\n", encoding="utf-8")
         settings = resolve({"api_key_file": str(keys), "allowed_ip_file": str(allowed)}, {}, {})
-        security = Security(settings, Clock())
+        security = Security(settings, Clock(), MemoryBucketStore(Clock()))
         gate = security.gate
         self.assertEqual(gate.keys.find("ka").name, "alice")  # type: ignore[union-attr]
         keys.write_text("bob:kb\n", encoding="utf-8")
@@ -89,7 +98,9 @@ class SecurityTests(SynchronousTestCase):
         self.assertTrue(gate.keys)
 
     def test_bad_trusted_proxy(self) -> None:
-        self.assertRaises(SecurityConfigError, Security, resolve({}, {}, {}).__class__(trusted_proxy=("x",)), Clock())
+        self.assertRaises(
+            SecurityConfigError, Security, Settings(trusted_proxy=("x",)), Clock(), MemoryBucketStore(Clock())
+        )
 
 
 class ReloadEndsTests(SynchronousTestCase):
@@ -101,7 +112,7 @@ class ReloadEndsTests(SynchronousTestCase):
         self.allowed.write_text("10.0.0.0/8\n", encoding="utf-8")
         settings = resolve({"api_key_file": str(self.keys), "allowed_ip_file": str(self.allowed)}, {}, {})
         self.ledger = Ledger()
-        self.security = Security(settings, Clock(), ledger=self.ledger)
+        self.security = Security(settings, Clock(), MemoryBucketStore(Clock()), ledger=self.ledger)
         self.told: list[tuple[str, ...]] = []
         for name in ("alice", "bob", "carol"):
             self.ledger.claim(

@@ -1,4 +1,4 @@
-"""Tests for mcpd.tools.server: the tools that describe the running server."""
+"""Tests for mcpd.packs.server: the tools that describe the running server."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd._version import __version__
 from mcpd.config import Settings
+from mcpd.interfaces import IRuntime
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
 from mcpd.runtime import Runtime
@@ -54,7 +55,7 @@ class ServerPackTests(SynchronousTestCase):
             listeners=["tcp:8765:interface=127.0.0.1"],
             transports=["streamable-http", "stdio"],
         )
-        self.peer = Peer(self, Engine(self.registry, runtime=self.runtime))
+        self.peer = Peer(self, Engine(self.registry, stores={IRuntime: self.runtime}))
         self.peer.initialize()
 
     def structured(self, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -135,7 +136,7 @@ class ServerPackResourcesTests(SynchronousTestCase):
     """server.info as a resource, and the server.tour prompt."""
 
     def test_declared(self) -> None:
-        from mcpd.tools.server import pack
+        from mcpd.packs.server import pack
 
         self.assertEqual([r.uri for r in pack.resources], ["mcpd://server/info"])
         self.assertEqual([p.name for p in pack.prompts], ["server.tour"])

@@ -21,8 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mcpd.protocol import errors
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import CALL, SUBSCRIPTION, TASK, Ledger, Limit
-from mcpd.protocol.tasks import TASKS_EXTENSION, MemoryTaskStore, Task, TaskStoreFull, iso8601
+from mcpd.protocol.tasks import TASKS_EXTENSION, iso8601
 from mcpd.protocol.versions import LATEST_LEGACY, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
+from mcpd.stores.memory import MemoryTaskStore
 from mcpd.tools import ToolRegistry
 from mcpd.tools.api import Caller, Tool, ToolResult
 from mcpd.tools.pack import ToolPack
@@ -87,7 +88,7 @@ class ModernTaskTests(ClockedTestCase):
     def test_plain_calls_keep_off_the_store(self) -> None:
         result = self.call("greet", {"name": "W"}, task={"ttl": 1000})
         self.assertEqual((result["resultType"], result["content"][0]["text"]), ("complete", "Hello, W!"))
-        self.assertEqual(len(self.e.tasks.store), 0)
+        self.assertEqual(self.successResultOf(self.e.tasks.store.count()), 0)
 
     def test_without_the_extension(self) -> None:
         # An optional tool runs as a plain call; a required one is -32021; tasks/* too.
@@ -120,7 +121,7 @@ class ModernTaskTests(ClockedTestCase):
         self.assertEqual(ack, {"resultType": "complete"})
         self.assertEqual(self.get(task_id)["status"], "cancelled")
         # The sleep was cancelled too; what is left is the task's own TTL timer.
-        expiry = self.e.tasks.store.get(task_id).expiry  # type: ignore[union-attr]
+        expiry = self.e.tasks.run_of(task_id).expiry  # type: ignore[union-attr]
         self.assertEqual([c for c in self.clock.getDelayedCalls() if c is not expiry], [])
         # Idempotent on a finished task; an unknown task is -32602.
         self.assertEqual(self.peer.result("tasks/cancel", {"taskId": task_id}, meta=WITH_TASKS), ack)
@@ -193,12 +194,13 @@ class ModernTaskTests(ClockedTestCase):
     def test_ttl_ends_a_task_nobody_asks_about(self) -> None:
         self.e.tasks.ttl_ms = 2000
         task_id = self.call("slow_compute", {"seconds": 60})["taskId"]
-        task = self.e.tasks.store.get(task_id)
-        assert task is not None
+        run = self.e.tasks.run_of(task_id)
+        assert run is not None
         self.clock.advance(2)
         # No request came in: the timer alone stopped the work and dropped the task.
-        self.assertEqual(task.status, "cancelled")
-        self.assertIsNone(self.e.tasks.store.get(task_id))
+        self.assertEqual(run.record.status, "cancelled")
+        self.assertIsNone(self.successResultOf(self.e.tasks.store.get(task_id)))
+        self.assertIsNone(self.e.tasks.run_of(task_id))
         self.assertEqual(self.e.tasks.running, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -368,7 +370,7 @@ class TaskShareTests(ClockedTestCase):
         # Once one of alice's tasks has finished, it makes room for her next one.
         self.clock.advance(5)
         self.assertEqual(self.start(self.alice)["result"]["resultType"], "task")
-        self.assertIsNone(self.e.tasks.store.get(first))
+        self.assertIsNone(self.successResultOf(self.e.tasks.store.get(first)))
         self.assertEqual(self.ledger.held("key:alice", TASK), 2)
 
     def test_a_full_store_is_503_not_an_internal_error(self) -> None:
@@ -383,18 +385,18 @@ class TaskShareTests(ClockedTestCase):
         mine = self.start(self.alice)["result"]["taskId"]
         theirs = self.start(self.bob)["result"]["taskId"]
         self.assertEqual(self.ledger.end_accounts(["key:alice"], "the API key was revoked"), 1)
-        self.assertIsNone(self.e.tasks.store.get(mine))
+        self.assertIsNone(self.successResultOf(self.e.tasks.store.get(mine)))
         self.assertEqual(self.ledger.held("key:alice", TASK), 0)
-        self.assertEqual(self.e.tasks.store.get(theirs).status, "working")  # type: ignore[union-attr]
+        self.assertEqual(self.successResultOf(self.e.tasks.store.get(theirs)).status, "working")
         # Its work was cancelled: nothing is left on the clock but bob's sleep and timer.
         self.assertEqual(len(self.clock.getDelayedCalls()), 2)
 
     def test_a_key_that_lost_a_scope_loses_its_running_tasks(self) -> None:
         task_id = self.start(self.alice)["result"]["taskId"]
         self.ledger.rescope("key:alice", frozenset({"admin", "extra"}), False)
-        self.assertEqual(self.e.tasks.store.get(task_id).status, "working")  # type: ignore[union-attr]
+        self.assertEqual(self.successResultOf(self.e.tasks.store.get(task_id)).status, "working")
         self.ledger.rescope("key:alice", frozenset({"read"}), True)
-        task = self.e.tasks.store.get(task_id)
+        task = self.successResultOf(self.e.tasks.store.get(task_id))
         assert task is not None
         self.assertEqual(task.status, "cancelled")
         self.assertIn("lost a scope", task.status_message or "")
@@ -436,28 +438,7 @@ class CallShareTests(ClockedTestCase):
         self.assertEqual(ledger.held("tester", CALL), 0)
 
 
-class TaskStoreTests(SynchronousTestCase):
-    def task(self, task_id: str, status: str = "working", ttl_ms: int | None = 1000) -> Task:
-        return Task(
-            task_id=task_id, owner="o", modern=True, created=0.0, ttl_ms=ttl_ms, poll_interval_ms=1, status=status
-        )
-
-    def test_bounded(self) -> None:
-        store = MemoryTaskStore(capacity=2)
-        store.add(self.task("a", "completed"), 0)
-        store.add(self.task("b"), 0)
-        store.add(self.task("c"), 0)  # the finished one makes room
-        self.assertEqual([t.task_id for t in store], ["b", "c"])
-        full = self.assertRaises(TaskStoreFull, store.add, self.task("d"), 0)
-        self.assertEqual((full.code, full.status), (errors.LIMIT_EXCEEDED, 503))
-
-    def test_expiry(self) -> None:
-        store = MemoryTaskStore()
-        store.add(self.task("a"), 0)
-        store.add(self.task("forever", ttl_ms=None), 0)
-        self.assertEqual([t.task_id for t in store.expire(1.0)], ["a"])
-        self.assertEqual(len(store), 1)
-
+class TimestampTests(SynchronousTestCase):
     def test_timestamps(self) -> None:
         self.assertEqual(iso8601(0), "1970-01-01T00:00:00.000Z")
 
@@ -558,5 +539,5 @@ class ShutdownTests(ClockedTestCase):
         self.assertEqual(peer.notes[-1]["method"], "notifications/cancelled")
         self.assertIsNone(self.successResultOf(listening))
         self.assertEqual(e.tasks.running, 0)
-        self.assertEqual(e.tasks.store.get(task_id).status, "cancelled")
+        self.assertEqual(self.successResultOf(e.tasks.store.get(task_id)).status, "cancelled")
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-import mcpd.tools.server
+import mcpd.packs.server
 from mcpd.protocol.versions import LATEST_LEGACY
 from mcpd.tools import (
     Caller,
@@ -179,7 +179,7 @@ class ResultShapeTests(SynchronousTestCase):
 
 class ContextAndInvokeTests(SynchronousTestCase):
     def context(self, tool: Tool | None = None) -> ToolContext:
-        return ToolContext(tool=tool or make_tool(), request_id=1, caller=Caller(name="me"), runtime=None)
+        return ToolContext(tool=tool or make_tool(), request_id=1, caller=Caller(name="me"))
 
     def test_cancellation_flag(self) -> None:
         ctx = self.context(make_tool(blocking=True))
@@ -265,11 +265,11 @@ class RegistryTests(SynchronousTestCase):
 class LoadPackTests(SynchronousTestCase):
     def test_builtin_name(self) -> None:
         pack = load_pack("server")
-        self.assertIs(pack, mcpd.tools.server.pack)
+        self.assertIs(pack, mcpd.packs.server.pack)
         self.assertEqual({t.name for t in pack.tools}, {"server.info", "server.tools"})
 
     def test_dotted_module_uses_its_pack(self) -> None:
-        self.assertIs(load_pack("mcpd.tools.server"), mcpd.tools.server.pack)
+        self.assertIs(load_pack("mcpd.packs.server"), mcpd.packs.server.pack)
 
     def test_module_and_attribute(self) -> None:
         self.assertIs(load_pack("tests.test_tools:extra_pack"), extra_pack)

@@ -1,1 +1,7 @@
-"""The built-in tool packs and the helpers only they use."""
+"""The built-in tool packs, one module (or package) each, chosen with ``--toolsets``, and the
+helpers only they use (``chunking``).
+
+A pack imports only the pack-author API (`mcpd.tools`) and the interfaces of the stores it
+declares in ``ToolPack(needs=...)`` (`mcpd.interfaces`); it reaches them with
+``ctx.store(IThing)``.
+"""

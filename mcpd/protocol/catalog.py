@@ -7,7 +7,7 @@ change feed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -18,7 +18,7 @@ from mcpd.protocol.channel import LOG_LEVELS, InputRequired, RequestChannel
 from mcpd.protocol.errors import InvalidParams, InvalidRequest, LimitExceeded, MCPError, MissingClientCapability
 from mcpd.protocol.ledger import STREAM, SUBSCRIPTION, Claim, Ledger
 from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager
-from mcpd.tools.api import Caller, RequestContext, run_handler
+from mcpd.tools.api import Caller, CallLink, RequestContext, run_handler
 from mcpd.tools.pack import paginate
 from mcpd.tools.prompts import prompt_result
 from mcpd.tools.resources import ResourceTemplate, completion_values, resource_contents
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     from mcpd.protocol.changes import ChangeFeed
     from mcpd.protocol.engine import Request
-    from mcpd.runtime import Runtime
     from mcpd.tools.pack import ToolRegistry
 
 
@@ -40,7 +39,7 @@ class CatalogMethods:
     """resources/*, prompts/*, completion/complete, logging/setLevel, subscriptions/listen."""
 
     registry: ToolRegistry
-    runtime: Runtime | None
+    stores: Mapping[Any, Any]
     thread_pool: ThreadPool | None
     page_size: int
     list_ttl_ms: int
@@ -84,8 +83,8 @@ class CatalogMethods:
         return self.entry_filter is not None and not self.entry_filter(request.exchange.caller, entry)
 
     def _context(self, request: Request) -> RequestContext:
-        ctx = RequestContext(request_id=request.id, caller=request.exchange.caller, runtime=self.runtime)
-        ctx._open_channel = lambda: self._channel(request)
+        link = CallLink(open_channel=lambda: self._channel(request))
+        ctx = RequestContext(request_id=request.id, caller=request.exchange.caller, stores=self.stores, link=link)
         if "requestState" in request.params or "inputResponses" in request.params:
             ctx.channel  # noqa: B018 -- verify the requestState before anything runs
         return ctx
@@ -97,7 +96,7 @@ class CatalogMethods:
     def _input_required(failure: Failure, ctx: RequestContext) -> Any:
         """A handler that needs the client's input ends its modern-era round with an
         InputRequiredResult (2026-07-28 basic §Multi Round-Trip Requests)."""
-        channel = ctx._channel
+        channel = ctx.link.channel
         if channel is not None and channel.missing and (failure.check(InputRequired) or channel.modern):
             return channel.input_required_result()
         return failure

@@ -45,7 +45,7 @@ from mcpd.protocol.errors import (
 )
 from mcpd.protocol.ledger import CALL, Claim, Ledger
 from mcpd.protocol.session import Session
-from mcpd.protocol.tasks import LEGACY_TASK_VERSION, TASKS_EXTENSION, MemoryTaskStore, TaskManager
+from mcpd.protocol.tasks import LEGACY_TASK_VERSION, TASKS_EXTENSION, TaskManager
 from mcpd.protocol.versions import (
     ALL_VERSIONS,
     BATCH_VERSIONS,
@@ -57,7 +57,8 @@ from mcpd.protocol.versions import (
     META_SERVER_INFO,
     MODERN_VERSIONS,
 )
-from mcpd.tools.api import Caller, Tool, ToolContext, UnsendableResult, call_result, error_result, invoke
+from mcpd.stores.memory import MemoryTaskStore
+from mcpd.tools.api import Caller, CallLink, Tool, ToolContext, UnsendableResult, call_result, error_result, invoke
 from mcpd.tools.validation import HeaderParameter
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ if TYPE_CHECKING:
 
     from mcpd.interfaces import ITaskStore
     from mcpd.protocol.trace import Tracer
-    from mcpd.runtime import Runtime
     from mcpd.tools.pack import ToolRegistry
 
 log = Logger(namespace="mcpd.engine")
@@ -170,7 +170,7 @@ class Engine(CatalogMethods):
         self,
         registry: ToolRegistry,
         *,
-        runtime: Runtime | None = None,
+        stores: Mapping[Any, Any] | None = None,
         thread_pool: ThreadPool | None = None,
         page_size: int = 100,
         tracer: Tracer | None = None,
@@ -189,7 +189,9 @@ class Engine(CatalogMethods):
         max_batch_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.registry = registry
-        self.runtime = runtime
+        # What handlers reach through ``ctx.store(IThing)``: the stores and the daemon's own
+        # description (`mcpd.interfaces.IRuntime`), by interface.
+        self.stores: Mapping[Any, Any] = stores if stores is not None else {}
         self.thread_pool = thread_pool
         self.page_size = page_size
         self.tracer = tracer
@@ -714,14 +716,10 @@ class Engine(CatalogMethods):
         # Task bookkeeping only for calls that may become tasks (mcpd.protocol.tasks).
         plan = self.tasks.plan(request, tool) if tool.task_support != "forbidden" or "task" in params else None
         exchange = request.exchange
-        ctx = ToolContext(
-            tool=tool,
-            request_id=request.id,
-            caller=exchange.caller,
-            runtime=self.runtime,
-            progress_sink=self._progress_sink(request),
-            open_channel=functools.partial(self._channel, request),
+        link = CallLink(
+            progress_sink=self._progress_sink(request), open_channel=functools.partial(self._channel, request)
         )
+        ctx = ToolContext(tool=tool, request_id=request.id, caller=exchange.caller, stores=self.stores, link=link)
         if "requestState" in params or "inputResponses" in params:
             ctx.channel  # noqa: B018 -- a tampered requestState is refused before the tool runs
         if plan is not None:
@@ -737,7 +735,7 @@ class Engine(CatalogMethods):
         # Errback after callback: output that breaks the tool's outputSchema is a tool failure too.
         return d.addCallback(self._tool_value, ctx).addErrback(self._tool_failure, ctx)
 
-    def _tasks_list(self, request: Request) -> dict[str, Any]:
+    def _tasks_list(self, request: Request) -> Deferred[dict[str, Any]]:
         return self.tasks.list(request, self.page_size)
 
     def _timed_out(self, name: str, result: Any, timeout: float) -> Any:
@@ -748,11 +746,11 @@ class Engine(CatalogMethods):
         return result
 
     def _tool_value(self, value: Any, ctx: ToolContext) -> dict[str, Any]:
-        ctx._progress_sink = None  # nothing may follow the result (basic/utilities/progress)
+        ctx.link.progress_sink = None  # nothing may follow the result (basic/utilities/progress)
         return call_result(ctx.tool, value)
 
     def _tool_failure(self, failure: Failure, ctx: ToolContext) -> Any:
-        ctx._progress_sink = None
+        ctx.link.progress_sink = None
         if failure.check(CancelledError) and ctx.cancelled:
             # Only the client's cancellation goes unanswered; a handler's own CancelledError
             # (a timeout inside it, say) is a failure the client must still hear about.

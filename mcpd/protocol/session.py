@@ -10,10 +10,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from mcpd.interfaces import ISessionStore, SessionRecord
 from mcpd.protocol.channel import OutboundRequests
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import SESSION, Claim, Ledger
+from mcpd.stores.memory import MemorySessionStore
 
 log = Logger(namespace="mcpd.session")
 
@@ -57,6 +60,18 @@ class Session:
         # How the transport delivers a message unrelated to any request (stdio: a line).
         self.sink: Callable[[dict[str, Any]], None] | None = None
 
+    def record(self) -> SessionRecord:
+        """What the session must keep wherever its requests land (`mcpd.interfaces`)."""
+        return SessionRecord(
+            self.id,
+            version=self.version,
+            owner=self.owner,
+            account=self.account,
+            client_info=self.client_info,
+            client_capabilities=self.client_capabilities,
+            log_level=self.log_level,
+        )
+
     def push(self, message: dict[str, Any]) -> None:
         """Send a message that belongs to no request (list changes, resource updates, requests
         made outside a request); dropped when the transport has nowhere to put it."""
@@ -85,16 +100,20 @@ class SessionStore:
     """Legacy sessions of this process, by id, ended after ``idle_timeout`` seconds unused.
 
     Each session holds a place in the ``ledger`` (`open`): the server's session cap, and its
-    caller's share of it. In-process; a shared store for several instances behind a load
-    balancer is a later addition behind the same methods.
+    caller's share of it. The live sessions (their streams, the requests they serve) stay in
+    this process; each one's record goes to ``records`` (an `ISessionStore`) when its handshake
+    succeeds and leaves it when it ends, so a shared store can know every instance's sessions.
     """
 
-    def __init__(self, clock: Any, idle_timeout: float, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self, clock: Any, idle_timeout: float, ledger: Ledger | None = None, records: ISessionStore | None = None
+    ) -> None:
         from twisted.internet.task import LoopingCall
 
         self._clock = clock
         self.idle_timeout = idle_timeout
         self.ledger = ledger if ledger is not None else Ledger()
+        self.records: ISessionStore = records if records is not None else MemorySessionStore()
         self._sessions: dict[str, Session] = {}
         self._sweeper = LoopingCall(self.expire_idle)
         self._sweeper.clock = clock
@@ -154,6 +173,7 @@ class SessionStore:
         """Keep ``session`` (its handshake succeeded)."""
         session.last_active = self._clock.seconds()
         self._sessions[session.id] = session
+        self.records.save(session.record()).addErrback(_store_failed, "keep", session.id)
 
     def get(self, session_id: str) -> Session | None:
         """The live session with this id, marked as just used; None if unknown or ended."""
@@ -167,6 +187,7 @@ class SessionStore:
         session = self._sessions.pop(session_id, None)
         if session is not None:
             session.close()
+            self.records.delete(session_id).addErrback(_store_failed, "forget", session_id)
         return session
 
     def expire_idle(self) -> None:
@@ -175,3 +196,7 @@ class SessionStore:
         for session in list(self._sessions.values()):
             if session.last_active < deadline and session.idle:
                 self.remove(session.id)
+
+
+def _store_failed(failure: Failure, action: str, session_id: str) -> None:
+    log.failure("The session store could not {action} session {id}", failure, action=action, id=session_id)

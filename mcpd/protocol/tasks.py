@@ -20,16 +20,17 @@ default the task is created when the call arrives; a tool declared ``task_start=
 on the request first (it may gather input by multi-round trip) and becomes a task when its
 handler calls ``ctx.start_task()`` (SEP-2663 §Composition with Multi Round-Trip Requests).
 
-Task state lives in an `mcpd.interfaces.ITaskStore`; the work itself runs in this process.
+What a task must keep is a `mcpd.interfaces.TaskRecord` in an `mcpd.interfaces.ITaskStore`
+(every call a Deferred, so a shared store can answer any instance's polls); what runs in this
+process (the work's Deferred, the TTL timer, the answers it waits for) is its `TaskRun`.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import itertools
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +38,18 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from mcpd.interfaces import ITaskStore
+from mcpd.interfaces import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    INPUT_REQUIRED,
+    TERMINAL,
+    WORKING,
+    ITaskStore,
+    StoreFull,
+    TaskRecord,
+)
 from mcpd.protocol.errors import (
     InternalError,
     InvalidParams,
@@ -67,15 +77,6 @@ RELATED_TASK = "io.modelcontextprotocol/related-task"
 # The only handshake-era version with (experimental) tasks.
 LEGACY_TASK_VERSION = "2025-11-25"
 
-WORKING = "working"
-INPUT_REQUIRED = "input_required"
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELLED = "cancelled"
-TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
-
-# Tasks kept in memory at once (running, or finished and waiting to be fetched).
-TASK_CAPACITY = 1000
 # 2026-07-28 (SEP-2663) §Capability Negotiation: the error names the extension it needs.
 NEEDS_TASKS: dict[str, Any] = {"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}}
 
@@ -101,24 +102,45 @@ def iso8601(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-@attrs.define(eq=False)
-class Task:
-    """One task: its public state, and what the process running it holds."""
+def task_info(record: TaskRecord) -> dict[str, Any]:
+    """The `Task` object in the task's era: ``ttlMs``/``pollIntervalMs`` (SEP-2663) or
+    ``ttl``/``pollInterval`` (2025-11-25)."""
+    info: dict[str, Any] = {
+        "taskId": record.task_id,
+        "status": record.status,
+        "createdAt": iso8601(record.created),
+        "lastUpdatedAt": iso8601(record.updated or record.created),
+    }
+    if record.status_message is not None:
+        info["statusMessage"] = record.status_message
+    if record.modern:
+        info["ttlMs"] = record.ttl_ms
+        info["pollIntervalMs"] = record.poll_interval_ms
+    else:
+        info["ttl"] = record.ttl_ms
+        info["pollInterval"] = record.poll_interval_ms
+    return info
 
-    task_id: str
-    # Who may see it: the caller's name (modern) or the legacy session.
-    owner: str
-    modern: bool
-    created: float
-    ttl_ms: int | None
-    poll_interval_ms: int
-    updated: float = 0.0
-    status: str = WORKING
-    status_message: str | None = None
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    # Outstanding requests to the client (modern: answered by tasks/update), by key.
-    input_requests: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+
+def detailed_info(record: TaskRecord) -> dict[str, Any]:
+    """SEP-2663 `DetailedTask`: the task with what its status carries inlined."""
+    info = task_info(record)
+    if record.status == INPUT_REQUIRED:
+        info["inputRequests"] = dict(record.input_requests)
+    elif record.status == COMPLETED and record.result is not None:
+        info["result"] = record.result
+    elif record.status == FAILED and record.error is not None:
+        info["error"] = record.error
+    return info
+
+
+@attrs.define(eq=False)
+class TaskRun:
+    """The half of a task that lives in the process running it: its record as this process
+    last wrote it, and what cannot leave the process."""
+
+    record: TaskRecord
+    # Answers awaited from the client (modern: delivered by tasks/update), by key.
     answers: dict[str, Deferred[Any]] = attrs.field(factory=dict, repr=False)
     used_keys: set[str] = attrs.field(factory=set, repr=False)
     # Legacy only: where notifications/tasks/status go, and blocked tasks/result requests.
@@ -127,91 +149,16 @@ class Task:
     work: Deferred[Any] | None = attrs.field(default=None, repr=False)
     # The timer that ends the task when its TTL passes.
     expiry: Any = attrs.field(default=None, repr=False)
-    # Whom the task is counted against, and its place in the ledger while it is kept.
-    account: str = ""
+    # Its place in the ledger while it is kept.
     claim: Claim | None = attrs.field(default=None, repr=False)
 
     @property
+    def task_id(self) -> str:
+        return self.record.task_id
+
+    @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    def expired(self, now: float) -> bool:
-        return self.ttl_ms is not None and now >= self.created + self.ttl_ms / 1000
-
-    def info(self) -> dict[str, Any]:
-        """The `Task` object in this task's era: ``ttlMs``/``pollIntervalMs`` (SEP-2663) or
-        ``ttl``/``pollInterval`` (2025-11-25)."""
-        info: dict[str, Any] = {
-            "taskId": self.task_id,
-            "status": self.status,
-            "createdAt": iso8601(self.created),
-            "lastUpdatedAt": iso8601(self.updated or self.created),
-        }
-        if self.status_message is not None:
-            info["statusMessage"] = self.status_message
-        if self.modern:
-            info["ttlMs"] = self.ttl_ms
-            info["pollIntervalMs"] = self.poll_interval_ms
-        else:
-            info["ttl"] = self.ttl_ms
-            info["pollInterval"] = self.poll_interval_ms
-        return info
-
-    def detailed(self) -> dict[str, Any]:
-        """SEP-2663 `DetailedTask`: the task with what its status carries inlined."""
-        info = self.info()
-        if self.status == INPUT_REQUIRED:
-            info["inputRequests"] = dict(self.input_requests)
-        elif self.status == COMPLETED and self.result is not None:
-            info["result"] = self.result
-        elif self.status == FAILED and self.error is not None:
-            info["error"] = self.error
-        return info
-
-
-@implementer(ITaskStore)
-class MemoryTaskStore:
-    """Tasks of this process, at most ``capacity`` of them; a task is dropped once its TTL has
-    passed, and the oldest finished tasks make room for new ones."""
-
-    def __init__(self, capacity: int = TASK_CAPACITY) -> None:
-        self.capacity = capacity
-        self._tasks: collections.OrderedDict[str, Task] = collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    def add(self, task: Task, now: float) -> list[Task]:
-        dropped = self.expire(now)
-        if len(self._tasks) >= self.capacity:
-            oldest = next((t for t in self._tasks.values() if t.terminal), None)
-            if oldest is None:
-                raise TaskStoreFull(
-                    f"The server is running {len(self._tasks)} tasks, its limit; try again when one has finished",
-                    self.capacity,
-                )
-            del self._tasks[oldest.task_id]
-            dropped.append(oldest)
-        self._tasks[task.task_id] = task
-        return dropped
-
-    def get(self, task_id: str) -> Task | None:
-        return self._tasks.get(task_id)
-
-    def remove(self, task_id: str) -> Task | None:
-        return self._tasks.pop(task_id, None)
-
-    def owned_by(self, owner: str) -> list[Task]:
-        return [task for task in self._tasks.values() if task.owner == owner]
-
-    def expire(self, now: float) -> list[Task]:
-        gone = [task for task in self._tasks.values() if task.expired(now)]
-        for task in gone:
-            del self._tasks[task.task_id]
-        return gone
-
-    def __iter__(self) -> Iterator[Task]:
-        return iter(list(self._tasks.values()))
+        return self.record.terminal
 
 
 @attrs.frozen
@@ -229,9 +176,9 @@ class TaskChannel:
     became a task: log messages are not sent (the request's stream is gone), and the
     handler's requests to the client park the task in ``input_required``."""
 
-    def __init__(self, inner: RequestChannel, task: Task, manager: TaskManager) -> None:
+    def __init__(self, inner: RequestChannel, run: TaskRun, manager: TaskManager) -> None:
         self._inner = inner
-        self.task = task
+        self.run = run
         self.manager = manager
         self._keys = itertools.count(1)
 
@@ -245,29 +192,30 @@ class TaskChannel:
         missing = self._inner.missing_capability(method)
         if missing is not None:
             return fail(missing)
-        if self.task.terminal:
-            return fail(CancelledError(f"task {self.task.task_id} is over"))
-        if self.task.modern:
+        if self.run.terminal:
+            return fail(CancelledError(f"task {self.run.task_id} is over"))
+        if self.run.record.modern:
             return self._park(method, params, key)
         return self._legacy_request(method, params)
 
     def _park(self, method: str, params: dict[str, Any], key: str | None) -> Deferred[dict[str, Any]]:
         # SEP-2663 §Task Update Requests: a key names one request over the task's lifetime.
-        task = self.task
+        run, manager = self.run, self.manager
         base = key or "input"
-        key = base if base not in task.used_keys else f"{base}-{next(self._keys)}"
-        while key in task.used_keys:
+        key = base if base not in run.used_keys else f"{base}-{next(self._keys)}"
+        while key in run.used_keys:
             key = f"{base}-{next(self._keys)}"
-        task.used_keys.add(key)
+        run.used_keys.add(key)
 
         def withdraw(_d: Deferred[Any]) -> None:
-            task.answers.pop(key, None)
-            task.input_requests.pop(key, None)
+            run.answers.pop(key, None)
+            if run.record.input_requests.pop(key, None) is not None:
+                manager.save(run)
 
         d: Deferred[dict[str, Any]] = Deferred(withdraw)
-        task.input_requests[key] = {"method": method, "params": params}
-        task.answers[key] = d
-        self.manager.set_status(task, INPUT_REQUIRED)
+        run.record.input_requests[key] = {"method": method, "params": params}
+        run.answers[key] = d
+        manager.set_status(run, INPUT_REQUIRED)
         return d
 
     def _legacy_request(self, method: str, params: dict[str, Any]) -> Deferred[dict[str, Any]]:
@@ -275,12 +223,12 @@ class TaskChannel:
         session = self._inner.session
         if session is None or session.closed:
             return fail(MCPError("the session this task belongs to has ended"))
-        task = self.task
+        run, manager = self.run, self.manager
         meta = dict(params.get("_meta") or {})
-        meta[RELATED_TASK] = {"taskId": task.task_id}
+        meta[RELATED_TASK] = {"taskId": run.task_id}
         key = f"legacy-{next(self._keys)}"
-        task.input_requests[key] = {"method": method, "params": params}
-        self.manager.set_status(task, INPUT_REQUIRED)
+        run.record.input_requests[key] = {"method": method, "params": params}
+        manager.set_status(run, INPUT_REQUIRED)
 
         def emit(message: dict[str, Any]) -> None:
             if self._inner._trace is not None:
@@ -290,16 +238,21 @@ class TaskChannel:
         d = session.outbound.request(emit, method, {**params, "_meta": meta}, self._inner.timeout, self._inner.clock)
 
         def answered(outcome: Any) -> Any:
-            task.input_requests.pop(key, None)
-            if not task.input_requests and task.status == INPUT_REQUIRED:
-                self.manager.set_status(task, WORKING)
+            run.record.input_requests.pop(key, None)
+            if not run.record.input_requests and run.record.status == INPUT_REQUIRED:
+                manager.set_status(run, WORKING)
+            else:
+                manager.save(run)
             return outcome
 
         return d.addBoth(answered)
 
 
 class TaskManager:
-    """Creates, runs, reports on and ends tasks; serves the ``tasks/*`` methods of both eras."""
+    """Creates, runs, reports on and ends tasks; serves the ``tasks/*`` methods of both eras.
+
+    Records go to the ``store`` (read back for every poll); the runs of this process stay
+    here, by task id."""
 
     def __init__(
         self,
@@ -320,6 +273,7 @@ class TaskManager:
         self.ttl_ms = ttl_ms
         self.max_ttl_ms = max_ttl_ms
         self.poll_interval_ms = poll_interval_ms
+        self._runs: dict[str, TaskRun] = {}
 
     # -- negotiation ----------------------------------------------------------------------------
 
@@ -382,183 +336,213 @@ class TaskManager:
         finishes or asks for input before it starts the task, with that result)."""
         return _TaskStart(self, request, plan, ctx, channel).run(run)
 
-    def _create(self, request: Request, plan: TaskPlan) -> Task:
+    def run_of(self, task_id: str) -> TaskRun | None:
+        """The run of a task this process runs (or ran, while it is kept)."""
+        return self._runs.get(task_id)
+
+    def _create(self, request: Request, plan: TaskPlan) -> Deferred[TaskRun]:
         now = self.clock.seconds()
-        owner = self._owner(request)
         session = request.exchange.session
-        task = Task(
+        record = TaskRecord(
             # SEP-2663 §Security: task ids are unguessable.
             task_id=secrets.token_urlsafe(18),
-            owner=owner,
+            owner=self._owner(request),
             modern=plan.modern,
             created=now,
             updated=now,
             ttl_ms=plan.ttl_ms,
             poll_interval_ms=self.poll_interval_ms,
-            notify=session.push if (session is not None and not plan.modern) else None,
             account=request.exchange.caller.account,
         )
-        task.claim = self._claim(task)
+        run = TaskRun(record, notify=session.push if (session is not None and not plan.modern) else None)
         try:
-            dropped = self.store.add(task, now)
-        except MCPError:
-            task.claim.release()
-            raise
-        for gone in dropped:
-            self._discard(gone)
-        if task.ttl_ms is not None:
-            # The TTL is kept by a timer, so a task nobody asks about still ends on time (and
-            # lookups need not sweep the whole store).
-            task.expiry = self.clock.callLater(task.ttl_ms / 1000, self._expire, task.task_id)
-        log.debug("Task {id} created for {owner}", id=task.task_id, owner=owner)
-        return task
+            claim = run.claim = self._claim(run)
+        except MCPError as e:
+            return fail(e)
 
-    def _claim(self, task: Task) -> Claim:
+        def added(dropped: list[TaskRecord]) -> TaskRun:
+            for gone in dropped:
+                self._dropped(gone.task_id)
+            self._runs[record.task_id] = run
+            if record.ttl_ms is not None:
+                # The TTL is kept by a timer, so a task nobody asks about still ends on time
+                # (and lookups need not sweep the whole store).
+                run.expiry = self.clock.callLater(record.ttl_ms / 1000, self._expire, record.task_id)
+            log.debug("Task {id} created for {owner}", id=record.task_id, owner=record.owner)
+            return run
+
+        def refused(failure: Failure) -> Failure:
+            claim.release()
+            if failure.check(StoreFull):
+                raise TaskStoreFull(str(failure.value), failure.value.capacity)
+            return failure
+
+        return self.store.add(record, now).addCallbacks(added, refused)
+
+    def _claim(self, run: TaskRun) -> Claim:
         """The task's place among its caller's share of the tasks; at the share, the caller's
         oldest finished task makes room; `LimitExceeded` (429) if all of them still run."""
         claim = functools.partial(
             self.ledger.claim,
-            task.account,
+            run.record.account,
             TASK,
-            end=functools.partial(self._revoke, task),
-            rescope=functools.partial(self._rescoped, task),
+            end=functools.partial(self._revoke, run),
+            rescope=functools.partial(self._rescoped, run),
         )
         try:
             return claim()
         except LimitExceeded as e:
             if e.status != 429:
                 raise
-            finished = [t for t in self.store if t.account == task.account and t.terminal]
+            finished = [r for r in self._runs.values() if r.record.account == run.record.account and r.terminal]
             if not finished:
                 raise
-            oldest = min(finished, key=_order)
-            self.store.remove(oldest.task_id)
-            self._discard(oldest)
+            self._forget(min(finished, key=lambda r: _order(r.record)))
             return claim()
 
-    def _revoke(self, task: Task, reason: str) -> None:
-        """The task's account ended (a revoked key): stop it and forget it."""
-        self._cancel(task, f"The task was cancelled: {reason}.")
-        if self.store.remove(task.task_id) is not None:
-            self._discard(task)
+    def _forget(self, run: TaskRun) -> None:
+        """Stop keeping a task: its record leaves the store, its run this process."""
+        self._discard(run)
+        self.store.remove(run.task_id).addErrback(_store_failed, "remove", run.task_id)
 
-    def _rescoped(self, task: Task, scopes: frozenset[str], narrowed: bool) -> None:
+    def _dropped(self, task_id: str) -> None:
+        """The store dropped a record (its TTL passed, or it made room)."""
+        run = self._runs.get(task_id)
+        if run is not None:
+            self._discard(run)
+
+    def _revoke(self, run: TaskRun, reason: str) -> None:
+        """The task's account ended (a revoked key): stop it and forget it."""
+        self._cancel(run, f"The task was cancelled: {reason}.")
+        if run.task_id in self._runs:
+            self._forget(run)
+
+    def _rescoped(self, run: TaskRun, scopes: frozenset[str], narrowed: bool) -> None:
         """The task's key lost a scope: it was started under a grant that no longer holds."""
         if narrowed:
-            self._cancel(task, "The task was cancelled: its API key lost a scope.")
+            self._cancel(run, "The task was cancelled: its API key lost a scope.")
 
     def _expire(self, task_id: str) -> None:
-        task = self.store.remove(task_id)
-        if task is not None:
-            task.expiry = None
+        run = self._runs.get(task_id)
+        if run is not None:
+            run.expiry = None
             log.info("Task {id} expired (its TTL passed)", id=task_id)
-            self._discard(task)
+            self._forget(run)
 
-    def _created(self, task: Task) -> dict[str, Any]:
-        if task.modern:
+    def _created(self, run: TaskRun) -> dict[str, Any]:
+        if run.record.modern:
             # SEP-2663 §Task Creation: a flat Result & Task.
-            return {"resultType": "task", **task.info()}
-        return {"task": task.info()}
+            return {"resultType": "task", **task_info(run.record)}
+        return {"task": task_info(run.record)}
 
-    def _track(self, task: Task, work: Deferred[Any]) -> None:
-        task.work = work
-        work.addBoth(self._finish, task)
+    def _track(self, run: TaskRun, work: Deferred[Any]) -> None:
+        run.work = work
+        work.addBoth(self._finish, run)
 
-    def _finish(self, outcome: Any, task: Task) -> None:
-        if task.terminal:
+    def _finish(self, outcome: Any, run: TaskRun) -> None:
+        if run.terminal:
             return None  # cancelled (or expired) first: it stays so
         if isinstance(outcome, Failure):
             if outcome.check(CancelledError):
-                self._end(task, CANCELLED, message="The task was cancelled.")
+                self._end(run, CANCELLED, message="The task was cancelled.")
             elif outcome.check(MCPError):
                 error = outcome.value.to_error()
-                self._end(task, FAILED, error=error, message=f"The tool call failed: {error['message']}")
+                self._end(run, FAILED, error=error, message=f"The tool call failed: {error['message']}")
             else:
-                log.failure("Task {id} failed", outcome, id=task.task_id)
+                log.failure("Task {id} failed", outcome, id=run.task_id)
                 error = InternalError("Internal error while running the task; the server log has the details")
-                self._end(task, FAILED, error=error.to_error(), message=error.message)
+                self._end(run, FAILED, error=error.to_error(), message=error.message)
             return None
         if not isinstance(outcome, dict) or outcome.get("resultType") == "input_required":
             error = InternalError("The task asked for input the way a request does; it cannot be resumed")
-            self._end(task, FAILED, error=error.to_error(), message=error.message)
+            self._end(run, FAILED, error=error.to_error(), message=error.message)
             return None
         result = dict(outcome)
-        if task.modern:
+        if run.record.modern:
             result.setdefault("resultType", "complete")
-        self._end(task, COMPLETED, result=result)
+        self._end(run, COMPLETED, result=result)
         return None
 
     def _end(
         self,
-        task: Task,
+        run: TaskRun,
         status: str,
         *,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         message: str | None = None,
     ) -> None:
-        task.result, task.error = result, error
-        task.status_message = message
-        for key, d in list(task.answers.items()):
-            task.answers.pop(key, None)
+        record = run.record
+        record.result, record.error = result, error
+        record.status_message = message
+        for key, d in list(run.answers.items()):
+            run.answers.pop(key, None)
             d.cancel()
-        task.input_requests.clear()
-        self.set_status(task, status)
-        waiters, task.waiters = task.waiters, []
+        record.input_requests.clear()
+        self.set_status(run, status)
+        waiters, run.waiters = run.waiters, []
         for waiter in waiters:
-            self._answer_waiter(task, waiter)
+            self._answer_waiter(record, waiter)
 
-    def set_status(self, task: Task, status: str) -> None:
-        """Move ``task`` to ``status`` and tell whoever listens."""
-        task.status = status
-        task.updated = max(self.clock.seconds(), task.created)
-        if task.modern:
+    def set_status(self, run: TaskRun, status: str) -> None:
+        """Move a task to ``status``, keep it, and tell whoever listens."""
+        record = run.record
+        record.status = status
+        record.updated = max(self.clock.seconds(), record.created)
+        self.save(run)
+        if record.modern:
             if self.changes is not None:
-                self.changes.task_status(task.task_id, task.detailed())
-        elif task.notify is not None:
+                self.changes.task_status(record.task_id, detailed_info(record))
+        elif run.notify is not None:
             # 2025-11-25 basic/utilities/tasks §Task Status Notification.
-            task.notify({"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": task.info()})
+            run.notify({"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": task_info(record)})
 
-    def _discard(self, task: Task) -> None:
+    def save(self, run: TaskRun) -> None:
+        """Write the task's record to the store (polls read it from there)."""
+        self.store.save(run.record).addErrback(_store_failed, "save", run.task_id)
+
+    def _discard(self, run: TaskRun) -> None:
         """A task no longer kept (its TTL passed, or it made room): stop its work, forget it."""
-        if task.claim is not None:
-            task.claim.release()
-        if task.expiry is not None and task.expiry.active():
-            task.expiry.cancel()  # else the timer would keep the forgotten task until its TTL
-        task.expiry = None
-        if not task.terminal:
-            task.status = CANCELLED
-            if task.work is not None:
-                task.work.cancel()
-        for waiter in task.waiters:
-            waiter.errback(Failure(InvalidParams(f"Task {task.task_id} has expired")))
-        task.waiters = []
+        self._runs.pop(run.task_id, None)
+        if run.claim is not None:
+            run.claim.release()
+        if run.expiry is not None and run.expiry.active():
+            run.expiry.cancel()  # else the timer would keep the forgotten task until its TTL
+        run.expiry = None
+        if not run.terminal:
+            run.record.status = CANCELLED
+            if run.work is not None:
+                run.work.cancel()
+        for waiter in run.waiters:
+            waiter.errback(Failure(InvalidParams(f"Task {run.task_id} has expired")))
+        run.waiters = []
 
-    def _cancel(self, task: Task, message: str) -> None:
-        if task.terminal:
+    def _cancel(self, run: TaskRun, message: str) -> None:
+        if run.terminal:
             return
-        self._end(task, CANCELLED, message=message)
-        if task.work is not None and not task.work.called:
-            task.work.cancel()
+        self._end(run, CANCELLED, message=message)
+        if run.work is not None and not run.work.called:
+            run.work.cancel()
 
     def shutdown(self) -> int:
         """Cancel every running task (the daemon is stopping); how many there were."""
-        running = [task for task in self.store if not task.terminal]
-        for task in running:
-            self._cancel(task, "The server shut down.")
-        for task in self.store:
-            if task.expiry is not None and task.expiry.active():
-                task.expiry.cancel()
-            task.expiry = None
+        running = [run for run in self._runs.values() if not run.terminal]
+        for run in running:
+            self._cancel(run, "The server shut down.")
+        for run in self._runs.values():
+            if run.expiry is not None and run.expiry.active():
+                run.expiry.cancel()
+            run.expiry = None
         return len(running)
 
     @property
     def running(self) -> int:
-        return sum(1 for task in self.store if not task.terminal)
+        """How many tasks this process is running."""
+        return sum(1 for run in self._runs.values() if not run.terminal)
 
     # -- methods --------------------------------------------------------------------------------
 
-    def _find(self, request: Request) -> Task:
+    def _find(self, request: Request) -> Deferred[TaskRecord]:
         if request.modern and not self.declared(request):
             # SEP-2663 §Error Handling: tasks/* from a non-declaring client.
             raise MissingClientCapability(
@@ -570,10 +554,14 @@ class TaskManager:
         task_id = request.params.get("taskId")
         if not isinstance(task_id, str):
             raise InvalidParams("Invalid params: taskId must be a string")
-        task = self.store.get(task_id)
-        if task is None or task.owner != self._owner(request) or task.modern != request.modern:
-            raise InvalidParams(f"Failed to retrieve task: Task not found ({task_id})")
-        return task
+        owner = self._owner(request)
+
+        def found(record: TaskRecord | None) -> TaskRecord:
+            if record is None or record.owner != owner or record.modern != request.modern:
+                raise InvalidParams(f"Failed to retrieve task: Task not found ({task_id})")
+            return record
+
+        return self.store.get(task_id).addCallback(found)
 
     @staticmethod
     def _owner(request: Request) -> str:
@@ -583,53 +571,68 @@ class TaskManager:
         return f"session:{session.id}" if session is not None else "none"
 
     def own_tasks(self, request: Request, task_ids: list[str]) -> list[str]:
-        """The ids among ``task_ids`` of modern tasks that ``request``'s caller owns."""
+        """The ids among ``task_ids`` of modern tasks of this process that ``request``'s caller
+        owns."""
         owner = self._owner(request)
-        found = (self.store.get(task_id) for task_id in task_ids)
-        return [task.task_id for task in found if task is not None and task.modern and task.owner == owner]
+        found = (self._runs.get(task_id) for task_id in task_ids)
+        return [run.task_id for run in found if run is not None and run.record.modern and run.record.owner == owner]
 
-    def get(self, request: Request) -> dict[str, Any]:
+    def get(self, request: Request) -> Deferred[dict[str, Any]]:
         """``tasks/get``: the task (SEP-2663: detailed, with its outcome inlined)."""
-        task = self._find(request)
-        return task.detailed() if task.modern else task.info()
+        return self._find(request).addCallback(lambda r: detailed_info(r) if r.modern else task_info(r))
 
-    def update(self, request: Request) -> dict[str, Any]:
+    def update(self, request: Request) -> Deferred[dict[str, Any]]:
         """``tasks/update`` (modern): deliver answers to outstanding input requests; an ack."""
-        task = self._find(request)
+        return self._find(request).addCallback(self._update, request)
+
+    def _update(self, record: TaskRecord, request: Request) -> dict[str, Any]:
         responses = request.params.get("inputResponses")
         if not isinstance(responses, dict):
             raise InvalidParams("Invalid params: inputResponses must be an object")
+        run = self._runs.get(record.task_id)
+        if run is None:
+            return {}  # nothing outstanding in this process
         # Keys that are not outstanding are ignored (SEP-2663 §Task Update Requests).
-        ready = [(task.answers.pop(key), value) for key, value in responses.items() if key in task.answers]
-        for key in responses:
-            task.input_requests.pop(key, None)
-        if ready and not task.input_requests and task.status == INPUT_REQUIRED:
-            self.set_status(task, WORKING)
+        ready = [(run.answers.pop(key), value) for key, value in responses.items() if key in run.answers]
+        withdrawn = [run.record.input_requests.pop(key, None) for key in responses]
+        if ready and not run.record.input_requests and run.record.status == INPUT_REQUIRED:
+            self.set_status(run, WORKING)
+        elif any(request is not None for request in withdrawn):
+            self.save(run)
         for d, value in ready:
             d.callback(value)
         return {}
 
-    def cancel(self, request: Request) -> dict[str, Any]:
+    def cancel(self, request: Request) -> Deferred[dict[str, Any]]:
         """``tasks/cancel``: modern, an ack (idempotent on a finished task); legacy, the
         cancelled task, and -32602 for one already finished."""
-        task = self._find(request)
-        if not task.modern and task.terminal:
-            # 2025-11-25 basic/utilities/tasks §Task Cancellation.
-            raise InvalidParams(f"Invalid params: task {task.task_id} is already {task.status}")
-        self._cancel(task, "The task was cancelled by request.")
-        return {} if task.modern else task.info()
+        return self._find(request).addCallback(self._cancel_found)
 
-    def result(self, request: Request) -> Any:
+    def _cancel_found(self, record: TaskRecord) -> dict[str, Any]:
+        if not record.modern and record.terminal:
+            # 2025-11-25 basic/utilities/tasks §Task Cancellation.
+            raise InvalidParams(f"Invalid params: task {record.task_id} is already {record.status}")
+        run = self._runs.get(record.task_id)
+        if run is not None:
+            self._cancel(run, "The task was cancelled by request.")
+            record = run.record
+        return {} if record.modern else task_info(record)
+
+    def result(self, request: Request) -> Deferred[Any]:
         """``tasks/result`` (legacy): what the call would have returned, once it has."""
-        task = self._find(request)
-        d: Deferred[Any] = Deferred(lambda waiter: task.waiters.remove(waiter) if waiter in task.waiters else None)
-        if task.terminal:
-            self._answer_waiter(task, d)
+        return self._find(request).addCallback(self._result_found)
+
+    def _result_found(self, record: TaskRecord) -> Deferred[Any]:
+        run = self._runs.get(record.task_id)
+        waiters = run.waiters if run is not None else []
+        d: Deferred[Any] = Deferred(lambda waiter: waiters.remove(waiter) if waiter in waiters else None)
+        if record.terminal or run is None:
+            self._answer_waiter(record, d)
         else:
-            task.waiters.append(d)
+            waiters.append(d)
         return d
 
-    def list(self, request: Request, page_size: int) -> dict[str, Any]:
+    def list(self, request: Request, page_size: int) -> Deferred[dict[str, Any]]:
         """``tasks/list`` (legacy): the session's tasks, oldest first, paginated."""
         from mcpd.tools.pack import paginate
 
@@ -638,27 +641,31 @@ class TaskManager:
         cursor = request.params.get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidParams("Invalid params: cursor must be a string")
-        mine = sorted(self.store.owned_by(self._owner(request)), key=_order)
-        try:
-            page, next_cursor = paginate(mine, _order, cursor, page_size)
-        except ValueError:
-            raise InvalidParams("Invalid params: unknown cursor; start again without one") from None
-        result: dict[str, Any] = {"tasks": [task.info() for task in page]}
-        if next_cursor is not None:
-            result["nextCursor"] = next_cursor
-        return result
 
-    def _answer_waiter(self, task: Task, waiter: Deferred[Any]) -> None:
-        if task.status == COMPLETED and task.result is not None:
-            result = dict(task.result)
+        def listed(records: list[TaskRecord]) -> dict[str, Any]:
+            mine = sorted(records, key=_order)
+            try:
+                page, next_cursor = paginate(mine, _order, cursor, page_size)
+            except ValueError:
+                raise InvalidParams("Invalid params: unknown cursor; start again without one") from None
+            result: dict[str, Any] = {"tasks": [task_info(record) for record in page]}
+            if next_cursor is not None:
+                result["nextCursor"] = next_cursor
+            return result
+
+        return self.store.owned_by(self._owner(request)).addCallback(listed)
+
+    def _answer_waiter(self, record: TaskRecord, waiter: Deferred[Any]) -> None:
+        if record.status == COMPLETED and record.result is not None:
+            result = dict(record.result)
             meta = dict(result.get("_meta") or {})
-            meta[RELATED_TASK] = {"taskId": task.task_id}
+            meta[RELATED_TASK] = {"taskId": record.task_id}
             result["_meta"] = meta
             waiter.callback(result)
-        elif task.status == FAILED and task.error is not None:
-            waiter.errback(Failure(TaskFailed(task.error)))
+        elif record.status == FAILED and record.error is not None:
+            waiter.errback(Failure(TaskFailed(record.error)))
         else:
-            waiter.errback(Failure(InvalidRequest(f"Task {task.task_id} was cancelled; it has no result")))
+            waiter.errback(Failure(InvalidRequest(f"Task {record.task_id} was cancelled; it has no result")))
 
 
 class _TaskStart:
@@ -673,40 +680,60 @@ class _TaskStart:
         self.plan = plan
         self.ctx = ctx
         self.channel = channel
-        self.task: Task | None = None
+        self.task_run: TaskRun | None = None
+        self._creating: Deferred[TaskRun] | None = None
         self.work: Deferred[Any] | None = None
         self.response: Deferred[Any] = Deferred(self._abandon)
 
-    def run(self, run: Callable[[ToolContext], Deferred[Any]]) -> Deferred[Any]:
-        self.ctx._start_task = self.begin
+    def run(self, work: Callable[[ToolContext], Deferred[Any]]) -> Deferred[Any]:
+        self.ctx.link.start_task = self.begin
         if self.plan.start == "call":
-            begun = self.begin()
-            if begun.called and isinstance(begun.result, Failure):
-                return begun  # no room for the task: the call is refused
-        self.work = run(self.ctx)
-        if self.task is not None:
-            self.manager._track(self.task, self.work)
+            # The task exists before its work starts (or the call is refused: no room).
+            return self.begin().addCallback(self._start_work, work)
+        self._start_work(None, work)
+        return self.response
+
+    def _start_work(self, _begun: Any, work: Callable[[ToolContext], Deferred[Any]]) -> Deferred[Any]:
+        self.work = work(self.ctx)
+        if self.task_run is not None:
+            self.manager._track(self.task_run, self.work)
         else:
             self.work.addBoth(self._before_task)
         return self.response
 
     def begin(self) -> Deferred[bool]:
         """Make the call a task now: the client gets its CreateTaskResult."""
-        if self.task is None:
-            try:
-                task = self.task = self.manager._create(self.request, self.plan)
-            except MCPError as e:
-                return fail(e)
-            self.ctx._channel = TaskChannel(self.channel, task, self.manager)
-            self.ctx._progress_sink = None  # progress belongs to the request, now answered
-            self.ctx.task_id = task.task_id
-            if self.work is not None:
-                self.manager._track(task, self.work)
-            self.response.callback(self.manager._created(task))
-        return succeed(True)
+        if self.task_run is not None:
+            return succeed(True)
+        if self._creating is None:
+            self._creating = self.manager._create(self.request, self.plan)
+            self._creating.addCallback(self._begun)
+        outcome: Deferred[bool] = Deferred()
+        self._creating.addCallbacks(self._relay, self._relay_failure, callbackArgs=(outcome,), errbackArgs=(outcome,))
+        return outcome
+
+    def _begun(self, run: TaskRun) -> TaskRun:
+        self.task_run = run
+        link = self.ctx.link
+        link.channel = TaskChannel(self.channel, run, self.manager)
+        link.progress_sink = None  # progress belongs to the request, now answered
+        link.task_id = run.task_id
+        if self.work is not None:
+            self.manager._track(run, self.work)
+        self.response.callback(self.manager._created(run))
+        return run
+
+    @staticmethod
+    def _relay(run: TaskRun, outcome: Deferred[bool]) -> TaskRun:
+        outcome.callback(True)
+        return run
+
+    def _relay_failure(self, failure: Failure, outcome: Deferred[bool]) -> None:
+        self._creating = None  # no room: a later start_task() may try again
+        outcome.errback(failure)
 
     def _before_task(self, outcome: Any) -> Any:
-        if self.task is not None:
+        if self.task_run is not None:
             return outcome  # the task began meanwhile: its own callback takes the outcome
         if self.response.called:
             return None  # the request was cancelled and the handler ended anyway
@@ -722,16 +749,27 @@ class _TaskStart:
             self.work.cancel()
 
 
-def _order(task: Task) -> str:
-    return f"{task.created:020.6f}:{task.task_id}"
+def _order(record: TaskRecord) -> str:
+    return f"{record.created:020.6f}:{record.task_id}"
+
+
+def _store_failed(failure: Failure, action: str, task_id: str) -> None:
+    log.failure("The task store could not {action} task {id}", failure, action=action, id=task_id)
 
 
 __all__ = [
+    "CANCELLED",
+    "COMPLETED",
+    "FAILED",
+    "INPUT_REQUIRED",
     "TASKS_EXTENSION",
-    "MemoryTaskStore",
-    "Task",
+    "TERMINAL",
+    "WORKING",
     "TaskChannel",
     "TaskManager",
     "TaskPlan",
+    "TaskRun",
     "TaskStoreFull",
+    "detailed_info",
+    "task_info",
 ]

@@ -1,10 +1,11 @@
-"""The tool API and the built-in tool packs.
+"""The pack-author API: everything a pack module needs, and nothing of the engine.
 
-Pack authors import from here::
+Pack authors import from here (and the store interfaces they need from `mcpd.interfaces`)::
 
+    from mcpd.interfaces import INoteStore  # the store a notes pack would need
     from mcpd.tools import ToolPack, ToolAnnotations, ToolError
 
-    pack = ToolPack("notes", "Team notes")
+    pack = ToolPack("notes", "Team notes", needs=(INoteStore,))
 
     @pack.tool("notes.add", description="Add a note.", input_schema={...})
     def add(ctx, arguments):
@@ -13,6 +14,8 @@ Pack authors import from here::
 
 from mcpd.tools.api import (
     Caller,
+    RequestContext,
+    StoreNotConfigured,
     Tool,
     ToolAnnotations,
     ToolContext,
@@ -20,10 +23,14 @@ from mcpd.tools.api import (
     ToolResult,
 )
 from mcpd.tools.pack import PackLoadError, ToolPack, ToolRegistry, load_pack
+from mcpd.tools.prompts import PromptArgument
 
 __all__ = [
     "Caller",
     "PackLoadError",
+    "PromptArgument",
+    "RequestContext",
+    "StoreNotConfigured",
     "Tool",
     "ToolAnnotations",
     "ToolContext",

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from jsonschema import Draft202012Validator, SchemaError
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.threadable import isInIOThread
@@ -28,8 +27,6 @@ from mcpd.tools.validation import ArgumentValidator, HeaderParameter, header_par
 
 if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
-
-    from mcpd.runtime import Runtime
 
 # 2025-11-25 server/tools §Tool names: 1-128 characters of A-Z a-z 0-9 _ - .
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -183,6 +180,35 @@ class Tool:
         return self._output_validator.problems(structured)
 
 
+class StoreNotConfigured(ToolError, LookupError):
+    """A handler asked its context for a store the daemon does not provide (its pack did not
+    declare it in ``needs``, which start-up checks): the call ends as a tool error."""
+
+
+class CallLink:
+    """The engine's side of one call, which the handler's context reads: how to reach the
+    client, where progress goes, how the call becomes a task. The engine owns it and changes
+    it as the call goes on (a call that became a task talks through the task); pack authors
+    never touch it."""
+
+    __slots__ = ("channel", "open_channel", "progress_sink", "start_task", "task_id")
+
+    def __init__(
+        self,
+        *,
+        channel: Any = None,
+        open_channel: Callable[[], Any] | None = None,
+        progress_sink: ProgressSink | None = None,
+    ) -> None:
+        # The request's `mcpd.protocol.channel.RequestChannel`, built on first use.
+        self.channel = channel
+        self.open_channel = open_channel
+        self.progress_sink = progress_sink
+        # Set while the call may become a task (mcpd.protocol.tasks), and once it has.
+        self.start_task: Callable[[], Deferred[bool]] | None = None
+        self.task_id: str | None = None
+
+
 class RequestContext:
     """What a handler (tool, prompt or resource reader) knows about the request it serves, and
     how it talks back to the client: log messages and requests for input, in both eras."""
@@ -194,23 +220,30 @@ class RequestContext:
         *,
         request_id: Any,
         caller: Caller,
-        runtime: Runtime | None,
-        channel: Any = None,
-        open_channel: Callable[[], Any] | None = None,
+        stores: Mapping[Any, Any] | None = None,
+        link: CallLink | None = None,
     ) -> None:
         self.request_id = request_id
         self.caller = caller
-        self.runtime = runtime
-        self._channel = channel
-        self._open_channel = open_channel
+        self._stores = stores if stores is not None else {}
+        self.link = link if link is not None else CallLink()
+
+    def store(self, interface: Any) -> Any:
+        """The daemon's provider of ``interface`` (a zope interface of `mcpd.interfaces` the
+        handler's pack declared in ``needs``); `StoreNotConfigured` when it has none."""
+        provider = self._stores.get(interface)
+        if provider is None:
+            raise StoreNotConfigured(f"this server provides no {interface.__name__}")
+        return provider
 
     @property
     def channel(self) -> Any:
         """The request's `mcpd.protocol.channel.RequestChannel` (built on first use: most
         handlers never talk back), or None when nothing can reach the client."""
-        channel = self._channel
-        if channel is None and self._open_channel is not None:
-            channel = self._channel = self._open_channel()
+        link = self.link
+        channel = link.channel
+        if channel is None and link.open_channel is not None:
+            channel = link.channel = link.open_channel()
         return channel
 
     def client_log(self, level: str, data: Any, logger: str | None = None) -> None:
@@ -314,20 +347,12 @@ class ToolContext(RequestContext):
         tool: Tool,
         request_id: Any,
         caller: Caller,
-        runtime: Runtime | None,
-        progress_sink: ProgressSink | None = None,
-        channel: Any = None,
-        open_channel: Callable[[], Any] | None = None,
+        stores: Mapping[Any, Any] | None = None,
+        link: CallLink | None = None,
     ) -> None:
-        super().__init__(
-            request_id=request_id, caller=caller, runtime=runtime, channel=channel, open_channel=open_channel
-        )
+        super().__init__(request_id=request_id, caller=caller, stores=stores, link=link)
         self.tool = tool
-        self._progress_sink = progress_sink
         self._cancelled = False
-        # Set when the call runs as a task (mcpd.protocol.tasks); the hook starts one.
-        self.task_id: str | None = None
-        self._start_task: Callable[[], Deferred[bool]] | None = None
         # Only a thread-pool handler can block waiting for cancellation; a reactor-side handler
         # must not, so it does not pay for an Event.
         self._cancel_event = threading.Event() if tool.blocking else None
@@ -342,9 +367,15 @@ class ToolContext(RequestContext):
             from twisted.internet.threads import blockingCallFromThread
 
             return blockingCallFromThread(reactor, self.start_task)
-        if self._start_task is None:
+        start = self.link.start_task
+        if start is None:
             return succeed(False)
-        return self._start_task()
+        return start()
+
+    @property
+    def task_id(self) -> str | None:
+        """The id of the task this call became (mcpd.protocol.tasks), or None."""
+        return self.link.task_id
 
     @property
     def cancelled(self) -> bool:
@@ -375,13 +406,13 @@ class ToolContext(RequestContext):
     @property
     def reports_progress(self) -> bool:
         """Whether the client asked for progress notifications on this call."""
-        return self._progress_sink is not None
+        return self.link.progress_sink is not None
 
     def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         """Tell the client how far the call has got; a no-op when it did not ask."""
         if not math.isfinite(progress) or (total is not None and not math.isfinite(total)):
             raise ValueError(f"progress and total must be finite numbers, not {progress!r} and {total!r}")
-        sink = self._progress_sink
+        sink = self.link.progress_sink
         if sink is None or self.cancelled:
             return
         _on_reactor(sink, progress, total, message)
@@ -441,9 +472,27 @@ def run_handler(blocking: bool, pool: ThreadPool | None, handler: Callable[..., 
         return maybeDeferred(handler, *args)
     if pool is None:
         raise RuntimeError(f"{getattr(handler, '__name__', 'a handler')} is blocking but no thread pool is running")
-    from twisted.internet import reactor
+    return defer_to_pool(pool, handler, *args)
 
-    return deferToThreadPool(reactor, pool, handler, *args)  # type: ignore[arg-type]
+
+def defer_to_pool(pool: ThreadPool, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """Run ``f`` in ``pool``; its Deferred fires on the thread that asked: through the reactor
+    from a worker thread (as `deferToThreadPool`), at once from a pool that runs work in the
+    caller's thread (`mcpd.testing.SynchronousThreadPool`)."""
+    d: Deferred[Any] = Deferred()
+    asking = threading.get_ident()
+
+    def deliver(success: bool, result: Any) -> None:
+        fire = d.callback if success else d.errback
+        if threading.get_ident() == asking:
+            fire(result)
+        else:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(fire, result)  # type: ignore[attr-defined]
+
+    pool.callInThreadWithCallback(deliver, f, *args)
+    return d
 
 
 def invoke(tool: Tool, ctx: ToolContext, arguments: dict[str, Any], pool: ThreadPool | None) -> Deferred[Any]:

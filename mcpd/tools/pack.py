@@ -16,18 +16,23 @@ from mcpd.tools.resources import Completer, Reader, Resource, ResourceTemplate
 
 # Built-in packs chosen with --toolsets: name -> module holding a `pack`.
 BUILTIN_PACKS: dict[str, str] = {
-    "server": "mcpd.tools.server",
+    "server": "mcpd.packs.server",
 }
 DEFAULT_TOOLSETS: tuple[str, ...] = ("server",)
 
 
 class ToolPack:
     """A named group of tools, resources, resource templates and prompts, declared in one
-    module as ``pack = ToolPack(...)``."""
+    module as ``pack = ToolPack(...)``.
 
-    def __init__(self, name: str, description: str = "") -> None:
+    ``needs`` names the interfaces of `mcpd.interfaces` its handlers reach through
+    ``ctx.store(IThing)``: a daemon that does not provide one refuses to serve the pack at
+    start-up, in one line, rather than failing its first call."""
+
+    def __init__(self, name: str, description: str = "", *, needs: Iterable[Any] = ()) -> None:
         self.name = name
         self.description = description
+        self.needs: tuple[Any, ...] = tuple(needs)
         self._tools: list[Tool] = []
         self.resources: list[Resource] = []
         self.templates: list[ResourceTemplate] = []

@@ -16,56 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from zope.interface import implementer
+from twisted.python.failure import Failure
 
 from mcpd.interfaces import IBucketStore
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.web.policy import is_loopback
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
-
     from mcpd.tools.api import Caller
-
-# Buckets kept before full (idle) ones are forgotten.
-_PRUNE_AT = 10_000
-
-
-@implementer(IBucketStore)
-class MemoryBucketStore:
-    """Buckets in this process's memory (one daemon; see `IBucketStore`)."""
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self.clock = clock
-        self._buckets: dict[str, list[float]] = {}
-        # Prune when the table reaches this size; after a prune that freed little it doubles,
-        # so a crowd of active clients does not make every new one pay a full scan.
-        self._prune_at = _PRUNE_AT
-
-    def take(self, key: str, capacity: float, rate: float) -> float:
-        now = self.clock.seconds()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self._prune_at:
-                self._prune(now, capacity, rate)
-                self._prune_at = max(_PRUNE_AT, 2 * len(self._buckets))
-            bucket = self._buckets[key] = [capacity, now]
-        tokens = min(capacity, bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
-            return 0.0
-        bucket[0] = tokens
-        return (1.0 - tokens) / rate
-
-    def _prune(self, now: float, capacity: float, rate: float) -> None:
-        """Forget buckets that have refilled: they would be created full again anyway."""
-        for key, (tokens, last) in list(self._buckets.items()):
-            if tokens + (now - last) * rate >= capacity:
-                del self._buckets[key]
-
-    def __len__(self) -> int:
-        return len(self._buckets)
 
 
 @attrs.frozen
@@ -96,8 +54,25 @@ class RateLimiter:
         self._rate = limit.rate
 
     def check(self, client: str) -> Any:
-        """Seconds ``client`` must wait (0.0: go ahead), or a Deferred of it (a remote store)."""
-        return self.store.take(client, self._capacity, self._rate)
+        """Seconds ``client`` must wait (0.0: go ahead), or a Deferred of it while a remote
+        store is asked (an in-process store answers at once: its number is returned)."""
+        return settled(self.store.take(client, self._capacity, self._rate))
+
+
+def settled(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that has already fired, else the Deferred itself: the gate
+    answers at once when a store answers at once (the in-process stores), and waits only for
+    a store that asks the network."""
+    outcome: list[Any] = []
+    d.addBoth(_keep, outcome)
+    if not outcome or isinstance(outcome[0], Failure):
+        return d  # a failed store: the caller's errback answers (503)
+    return outcome[0]
+
+
+def _keep(result: Any, outcome: list[Any]) -> Any:
+    outcome.append(result)
+    return result
 
 
 class MessageLimiter:

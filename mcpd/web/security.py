@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from mcpd.config import ConfigError
+from mcpd.interfaces import IBucketStore
 from mcpd.observe.audit import AuditTrail
 from mcpd.protocol.ledger import Ledger
 from mcpd.web.capacity import CapacityFactory
@@ -18,7 +19,7 @@ from mcpd.web.gate import Gate, GuardedRequest, guarded_request_factory
 from mcpd.web.keys import KeyFileError, KeyRing, load_keys
 from mcpd.web.network import AddressList, AddressListError, read_address_file
 from mcpd.web.policy import beyond_loopback
-from mcpd.web.ratelimit import MemoryBucketStore, MessageLimiter, RateLimit, RateLimiter
+from mcpd.web.ratelimit import MessageLimiter, RateLimit, RateLimiter
 from mcpd.web.scopes import ScopePolicy, narrowed
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class Security:
         self,
         settings: Settings,
         clock: IReactorTime,
+        buckets: IBucketStore,
         audit: AuditTrail | None = None,
         lifecycle: Lifecycle | None = None,
         ledger: Ledger | None = None,
@@ -90,7 +92,7 @@ class Security:
             allowed=load_allowlist(settings),
             proxies=proxies,
             cors_origins=settings.cors_origin,
-            limiter=RateLimiter(limit, MemoryBucketStore(clock)),
+            limiter=RateLimiter(limit, buckets),
             max_body=settings.max_message_size,
             insecure_no_auth=settings.insecure_no_auth,
             audit=self.audit,

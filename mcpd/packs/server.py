@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcpd.tools.api import ToolAnnotations, ToolContext, ToolError
-from mcpd.tools.pack import ToolPack
+from mcpd.interfaces import IRuntime
+from mcpd.tools import StoreNotConfigured, ToolAnnotations, ToolContext, ToolError, ToolPack
 
-pack = ToolPack("server", "Introspection of the mcpd server itself.")
+pack = ToolPack("server", "Introspection of the mcpd server itself.", needs=(IRuntime,))
 
 READ_ONLY = ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_world=False)
 
@@ -134,9 +134,10 @@ def tools(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def _runtime(ctx: ToolContext) -> Any:
-    if ctx.runtime is None:
-        raise ToolError("This tool needs a running server; none is attached to this call.")
-    return ctx.runtime
+    try:
+        return ctx.store(IRuntime)
+    except StoreNotConfigured:
+        raise ToolError("This tool needs a running server; none is attached to this call.") from None
 
 
 @pack.resource(

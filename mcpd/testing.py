@@ -1,0 +1,290 @@
+# -*- test-case-name: tests.test_testing,tests.test_stores -*-
+"""What tests and pack authors need (cf. ``treq.testing``, ``twisted.internet.testing``).
+
+- `PackHarness`: call a pack's tools as a client would, in memory, with a caller of your choice,
+  and check each result against the tool's output schema;
+- `SynchronousThreadPool`: runs "blocking" handlers at once in the calling thread, so a test needs
+  neither threads nor a running reactor;
+- `memory_stores`: the in-process stores, by interface;
+- the shared store suites (`BucketStoreTests`, `TaskStoreTests`, `SessionStoreTests`): mix one
+  into a `SynchronousTestCase` with a ``make_store`` method (``class T(TaskStoreTests,
+  SynchronousTestCase)``), and every implementation of an
+  interface (in memory, Redis, SQL) proves the same behaviour.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+if TYPE_CHECKING:
+    from twisted.trial.unittest import SynchronousTestCase
+
+from mcpd.interfaces import (
+    COMPLETED,
+    IBucketStore,
+    ISessionStore,
+    ITaskStore,
+    SessionRecord,
+    StoreFull,
+    TaskRecord,
+)
+from mcpd.protocol.engine import Engine, Exchange
+from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_VERSIONS
+from mcpd.stores.memory import MemoryBucketStore, MemorySessionStore, MemoryTaskStore
+from mcpd.tools import Caller, ToolPack, ToolRegistry
+
+
+class SynchronousThreadPool:
+    """A thread pool that runs each piece of work at once, in the thread that hands it over
+    (the methods of `twisted.python.threadpool.ThreadPool` mcpd uses)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.joined = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.joined = True
+
+    def callInThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:  # noqa: N802 (Twisted's name)
+        self.callInThreadWithCallback(None, f, *args, **kwargs)
+
+    def callInThreadWithCallback(  # noqa: N802 (Twisted's name)
+        self, on_result: Callable[[bool, Any], None] | None, f: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> None:
+        try:
+            result = f(*args, **kwargs)
+            success = True
+        except BaseException:
+            result, success = Failure(), False
+        if on_result is not None:
+            on_result(success, result)
+
+
+def memory_stores(clock: Any = None) -> dict[Any, Any]:
+    """The in-process stores, by interface (what the daemon uses without store knobs)."""
+    return {
+        IBucketStore: MemoryBucketStore(clock if clock is not None else Clock()),
+        ITaskStore: MemoryTaskStore(),
+        ISessionStore: MemorySessionStore(),
+    }
+
+
+class PackHarness:
+    """Serves ``packs`` from an in-memory engine: call a tool with any caller and get the
+    ``CallToolResult`` the client would get (protocol 2026-07-28, no transport).
+
+    ``stores`` are what handlers reach with ``ctx.store(IThing)``; blocking handlers run in a
+    `SynchronousThreadPool` unless another pool is given.
+    """
+
+    def __init__(
+        self,
+        *packs: ToolPack,
+        stores: Mapping[Any, Any] | None = None,
+        caller: Caller | None = None,
+        clock: Any = None,
+        thread_pool: Any = None,
+    ) -> None:
+        self.registry = ToolRegistry(packs)
+        self.clock = clock if clock is not None else Clock()
+        self.caller = caller if caller is not None else Caller(name="tester", scopes=frozenset({"admin"}))
+        pool: Any = thread_pool if thread_pool is not None else SynchronousThreadPool()
+        self.engine = Engine(self.registry, stores=dict(stores or {}), clock=self.clock, thread_pool=pool)
+        self._ids = itertools.count(1)
+
+    def call(self, name: str, arguments: Mapping[str, Any] | None = None, *, caller: Caller | None = None) -> Any:
+        """Call tool ``name``; a Deferred firing with its result (``isError`` for a tool error),
+        failing with `HarnessError` for a protocol error (unknown tool, say)."""
+        message = {
+            "jsonrpc": "2.0",
+            "id": next(self._ids),
+            "method": "tools/call",
+            "params": {
+                "name": name,
+                "arguments": dict(arguments or {}),
+                "_meta": {META_PROTOCOL_VERSION: MODERN_VERSIONS[-1], META_CLIENT_CAPABILITIES: {}},
+            },
+        }
+        exchange = Exchange(peer="harness", caller=caller if caller is not None else self.caller)
+        return self.engine.handle(message, exchange).addCallback(self._result)
+
+    @staticmethod
+    def _result(response: dict[str, Any]) -> dict[str, Any]:
+        if "error" in response:
+            raise HarnessError(response["error"])
+        result: dict[str, Any] = response["result"]
+        return result
+
+    def output_problems(self, name: str, result: Mapping[str, Any]) -> list[str]:
+        """What is wrong with a result of tool ``name`` against its output schema (nothing for
+        a tool without one, or an error result)."""
+        tool = self.registry.get(name)
+        if tool is None:
+            return [f"no tool {name}"]
+        if tool.output_schema is None or result.get("isError"):
+            return []
+        if "structuredContent" not in result:
+            return ["the result has no structuredContent, and the tool declares an output schema"]
+        return tool.output_problems(result["structuredContent"])
+
+
+class HarnessError(Exception):
+    """A JSON-RPC error answered a harness call; ``error`` is its error object."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(f"{error.get('code')}: {error.get('message')}")
+        self.error = error
+
+
+# -- the shared store suites --------------------------------------------------------------------
+
+
+if TYPE_CHECKING:
+    _TestCase = SynchronousTestCase
+else:
+    _TestCase = object
+
+
+class _StoreSuite(_TestCase):
+    """A suite to mix into a `SynchronousTestCase` (it is none itself, so test runners do not
+    collect it on its own)."""
+
+    def settled(self, d: Deferred[Any]) -> Any:
+        """What a store call fired with (a store that asks the network: run the reactor of
+        its own test instead, with the same assertions)."""
+        return self.successResultOf(d)
+
+
+class BucketStoreTests(_StoreSuite):
+    """Every `IBucketStore`; ``make_store(clock)`` builds a fresh one whose time is ``clock``."""
+
+    def make_store(self, clock: Clock) -> Any:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = self.make_store(self.clock)
+
+    def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(IBucketStore, self.store))
+
+    def test_a_bucket_starts_full_and_empties(self) -> None:
+        waits = [self.settled(self.store.take("key:a", 3.0, 1.0)) for _ in range(4)]
+        self.assertEqual(waits[:3], [0.0, 0.0, 0.0])
+        self.assertAlmostEqual(waits[3], 1.0)
+
+    def test_tokens_come_back_at_the_rate(self) -> None:
+        for _ in range(2):
+            self.settled(self.store.take("key:a", 2.0, 0.5))
+        self.clock.advance(2.0)
+        self.assertEqual(self.settled(self.store.take("key:a", 2.0, 0.5)), 0.0)
+        self.assertGreater(self.settled(self.store.take("key:a", 2.0, 0.5)), 0.0)
+
+    def test_buckets_are_separate(self) -> None:
+        self.settled(self.store.take("key:a", 1.0, 1.0))
+        self.assertEqual(self.settled(self.store.take("key:b", 1.0, 1.0)), 0.0)
+
+
+def _task(task_id: str, *, status: str = "working", ttl_ms: int | None = 1000, owner: str = "o") -> TaskRecord:
+    return TaskRecord(
+        task_id=task_id,
+        owner=owner,
+        modern=True,
+        created=float(ord(task_id[0])),
+        ttl_ms=ttl_ms,
+        poll_interval_ms=500,
+        status=status,
+    )
+
+
+class TaskStoreTests(_StoreSuite):
+    """Every `ITaskStore`; ``make_store(capacity)`` builds a fresh, empty one."""
+
+    def make_store(self, capacity: int) -> Any:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.store = self.make_store(2)
+
+    def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(ITaskStore, self.store))
+
+    def test_a_record_comes_back_as_it_was_saved(self) -> None:
+        record = _task("a")
+        self.assertEqual(self.settled(self.store.add(record, 0.0)), [])
+        record.input_requests["k"] = {"method": "elicitation/create", "params": {}}
+        self.assertEqual(self.settled(self.store.get("a")).input_requests, {})  # not saved yet
+        record.status, record.result = COMPLETED, {"content": [{"type": "text", "text": "done"}]}
+        self.settled(self.store.save(record))
+        self.assertEqual(self.settled(self.store.get("a")), record)
+        self.assertEqual(TaskRecord.from_json(record.to_json()), record)
+
+    def test_unknown_ids(self) -> None:
+        self.assertIsNone(self.settled(self.store.get("nope")))
+        self.assertIsNone(self.settled(self.store.remove("nope")))
+        self.assertIsNone(self.settled(self.store.save(_task("nope"))))
+        self.assertIsNone(self.settled(self.store.get("nope")))  # saving does not add
+
+    def test_bounded_and_finished_records_make_room(self) -> None:
+        self.settled(self.store.add(_task("a", status=COMPLETED), 0.0))
+        self.settled(self.store.add(_task("b"), 0.0))
+        dropped = self.settled(self.store.add(_task("c"), 0.0))
+        self.assertEqual([record.task_id for record in dropped], ["a"])
+        full = self.failureResultOf(self.store.add(_task("d"), 0.0), StoreFull)
+        self.assertEqual(full.value.capacity, 2)
+        self.assertEqual(self.settled(self.store.count()), 2)
+
+    def test_expiry(self) -> None:
+        self.settled(self.store.add(_task("a"), 0.0))
+        self.settled(self.store.add(_task("f", ttl_ms=None), 0.0))
+        expired = self.settled(self.store.expire(ord("a") + 1.0))
+        self.assertEqual([record.task_id for record in expired], ["a"])
+        self.assertEqual(self.settled(self.store.count()), 1)
+
+    def test_owned_by_oldest_first(self) -> None:
+        self.settled(self.store.add(_task("b", owner="me"), 0.0))
+        self.settled(self.store.add(_task("a", owner="me"), 0.0))
+        mine = self.settled(self.store.owned_by("me"))
+        self.assertEqual([record.task_id for record in mine], ["a", "b"])
+        self.assertEqual(self.settled(self.store.owned_by("you")), [])
+
+    def test_remove(self) -> None:
+        self.settled(self.store.add(_task("a"), 0.0))
+        self.assertEqual(self.settled(self.store.remove("a")).task_id, "a")
+        self.assertEqual(self.settled(self.store.count()), 0)
+
+
+class SessionStoreTests(_StoreSuite):
+    """Every `ISessionStore`; ``make_store()`` builds a fresh, empty one."""
+
+    def make_store(self) -> Any:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.store = self.make_store()
+
+    def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(ISessionStore, self.store))
+
+    def test_save_load_delete(self) -> None:
+        record = SessionRecord("s1", version="2025-11-25", owner="alice", account="key:alice")
+        self.settled(self.store.save(record))
+        record.log_level = "debug"
+        self.assertIsNone(self.settled(self.store.load("s1")).log_level)  # not saved yet
+        self.settled(self.store.save(record))
+        self.assertEqual(self.settled(self.store.load("s1")), record)
+        self.assertEqual(SessionRecord.from_json(record.to_json()), record)
+        self.assertEqual(self.settled(self.store.count()), 1)
+        self.assertTrue(self.settled(self.store.delete("s1")))
+        self.assertFalse(self.settled(self.store.delete("s1")))
+        self.assertIsNone(self.settled(self.store.load("s1")))
