@@ -40,6 +40,7 @@ lint: setup
 	$(BIN)/ruff check mcpd tests bench twisted
 	$(BIN)/ruff format --check mcpd tests bench twisted
 	$(BIN)/mypy mcpd
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) _trial_temp build *.egg-info .hypothesis

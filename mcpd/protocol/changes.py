@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_channel -*-
+# -*- test-case-name: tests.test_catalog -*-
 """Change notifications: list changes and resource updates, fanned out to whoever listens.
 
 - Legacy era: every initialized session hears ``notifications/{tools,prompts,resources}/

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_channel -*-
+# -*- test-case-name: tests.test_catalog -*-
 """Talking back to the client while a request is served: log messages, and the requests a
 handler makes of the client (elicitation, sampling, roots), in both eras.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resources -*-
+# -*- test-case-name: tests.test_catalog -*-
 """Prompts: named message templates with arguments, declared once in a pack like tools.
 
 A prompt handler takes the request context and the arguments (strings) and returns a string

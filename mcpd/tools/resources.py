@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resources -*-
+# -*- test-case-name: tests.test_catalog -*-
 """Resources and resource templates, declared once in a pack like tools.
 
 A resource is a URI with a reader; a template is an RFC 6570 URI template (level 1 ``{var}``

@@ -28,7 +28,7 @@ log = Logger(namespace="mcpd.sse")
 SSE_HEADERS = (
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
-    # nginx would otherwise buffer the stream (see docs/deployment).
+    # nginx would otherwise buffer the stream (proxy_buffering).
     (b"x-accel-buffering", b"no"),
 )
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.test_legacy_sse,tests.test_transports -*-
 """HTTPS listeners: Twisted's ``ssl:`` endpoint strings, checked at start-up, and a log line for
 each client whose TLS handshake fails.
 

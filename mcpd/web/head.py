@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_head -*-
+# -*- test-case-name: tests.test_channel,tests.test_routes -*-
 """What a request head must look like before mcpd reads it: one valid ``Host`` (RFC 9112 §3.2),
 one of each header mcpd reads as a single value, ASCII in the headers mcpd reads as text, and an
 absolute-form target only when it names the same host."""
