@@ -2,7 +2,7 @@
 """MCP over stdio: newline-delimited JSON-RPC on stdin and stdout (basic/transports §stdio).
 
 While the client does not read stdout, stdin is not read either; past ``max_write_buffer`` bytes
-it has left unread, the client is given up on and the server stops (`mcpd.transport.flow`).
+it has left unread, the client is given up on and the server stops (`mcpd.web.flow`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mcpd.protocol.engine import Engine, Exchange, encode
 from mcpd.protocol.errors import InvalidRequest
 from mcpd.protocol.session import Session
 from mcpd.tools.api import Caller
-from mcpd.transport.flow import OutputGuard
+from mcpd.web.flow import OutputGuard
 
 log = Logger(namespace="mcpd.stdio")
 

@@ -13,7 +13,7 @@
   (or of the connection), its body within ``body_timeout`` seconds of the head; a slow-loris
   client is answered 408 and dropped.
 - Clients that do not read: while a connection's output is not draining, nothing more is read
-  from it, and past ``max_write_buffer`` unsent bytes it is dropped (`mcpd.transport.flow`),
+  from it, and past ``max_write_buffer`` unsent bytes it is dropped (`mcpd.web.flow`),
   whatever transport it carries (HTTP, SSE streams, WebSocket).
 
 It implements ``IProtocolNegotiationFactory`` by asking the Site, so that under ``ssl:``
@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import CONNECTION, Claim, Ledger
-from mcpd.transport.flow import OutputGuard
+from mcpd.web.flow import OutputGuard
 from mcpd.web.gate import Gate, Refusal, raw_response
 from mcpd.web.network import normal_form
 
@@ -79,7 +79,7 @@ class GuardedConnection(ProtocolWrapper):
         transport: Any = self.transport
         transport.registerProducer(self.guard, True)
 
-    # -- flow control (mcpd.transport.flow) ---------------------------------------------------
+    # -- flow control (mcpd.web.flow) ---------------------------------------------------
 
     def write(self, data: bytes) -> None:
         if self.guard.blocked and not self.guard.admit(len(data)):
