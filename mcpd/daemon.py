@@ -22,9 +22,9 @@ from mcpd.observe.health import HealthChecks, size_check, thread_pool_check
 from mcpd.observe.stats import Vitals
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import CALL, CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, TASK, Ledger, Limit, share
-from mcpd.protocol.methods import REQUEST_METHODS
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.trace import Tracer
+from mcpd.protocol.vocabulary import REQUEST_METHODS
 from mcpd.runtime import Runtime
 from mcpd.services import (
     DrainService,

@@ -35,8 +35,9 @@ from mcpd.interfaces import (
     StoreFull,
     TaskRecord,
 )
-from mcpd.protocol.engine import Engine, Exchange
+from mcpd.protocol.engine import Engine
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_VERSIONS
+from mcpd.protocol.vocabulary import Exchange
 from mcpd.stores.memory import MemoryBucketStore, MemorySessionStore, MemoryTaskStore
 from mcpd.tools import Caller, ToolPack, ToolRegistry
 

@@ -10,13 +10,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpd.protocol.engine import CallRecord, Engine, Exchange
+from mcpd.protocol.engine import Engine
 from mcpd.protocol.session import Session
 from mcpd.protocol.versions import (
     LATEST_LEGACY,
     META_CLIENT_CAPABILITIES,
     META_PROTOCOL_VERSION,
 )
+from mcpd.protocol.vocabulary import CallRecord, Exchange
 from mcpd.tools import Caller, ToolContext, ToolError, ToolPack, ToolRegistry
 from tests import conformance_pack
 from tests.schema_check import validate_message

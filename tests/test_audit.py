@@ -8,7 +8,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.observe.audit import AuditTrail
-from mcpd.protocol.engine import CallRecord
+from mcpd.protocol.vocabulary import CallRecord
 from mcpd.tools.api import Caller
 
 

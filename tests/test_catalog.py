@@ -291,7 +291,13 @@ class SubscriptionShareTests(SynchronousTestCase):
         self.assertEqual(self.ledger.holdings(), {})
 
     def test_what_cannot_be_subscribed(self) -> None:
-        self.e.entry_filter = lambda caller, entry: getattr(entry, "uri", "") != "test://watched-resource"
+        self.e = Engine(
+            ToolRegistry([conformance_pack.pack]),
+            clock=Clock(),
+            client_timeout=5,
+            ledger=self.ledger,
+            entry_filter=lambda caller, entry: getattr(entry, "uri", "") != "test://watched-resource",
+        )
         for peer in (legacy_peer(self, e=self.e), Peer(self, self.e, modern=True)):
             if peer.modern:
                 hidden = self.successResultOf(self.listen(peer, "test://watched-resource"))

@@ -16,7 +16,7 @@ from zope.interface import Interface
 from mcpd.config import ConfigError, resolve
 from mcpd.daemon import build_service, check_settings, load_packs
 from mcpd.protocol.engine import Engine
-from mcpd.protocol.methods import REQUEST_METHODS
+from mcpd.protocol.vocabulary import REQUEST_METHODS
 from mcpd.services import EngineService, ListenerService
 from mcpd.tools import ToolPack, ToolRegistry
 from tests.http_harness import modern_headers, modern_request, parse_response

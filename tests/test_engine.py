@@ -20,8 +20,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.protocol import errors
-from mcpd.protocol.codec import MAX_DEPTH
-from mcpd.protocol.engine import BATCH_SLICE, CallRecord, Engine, encode
+from mcpd.protocol.codec import MAX_DEPTH, encode
+from mcpd.protocol.engine import BATCH_SLICE, Engine
 from mcpd.protocol.trace import Tracer
 from mcpd.protocol.versions import (
     ALL_VERSIONS,
@@ -33,6 +33,7 @@ from mcpd.protocol.versions import (
     META_SERVER_INFO,
     MODERN_VERSIONS,
 )
+from mcpd.protocol.vocabulary import CallRecord
 from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tools import Caller, Tool, ToolContext, ToolPack, ToolRegistry, ToolResult
 from mcpd.web.ratelimit import MessageLimiter, RateLimit, RateLimiter
@@ -933,8 +934,7 @@ class ObserverTests(SynchronousTestCase):
         clock = Clock()
         pack = ToolPack("slow", "A tool that never answers.")
         pack.add(Tool(name="never", description="Never answers.", handler=lambda ctx, arguments: Deferred()))
-        engine = make_engine(pack, clock=clock)
-        engine.tool_timeout = 2.0
+        engine = make_engine(pack, clock=clock, tool_timeout=2.0)
         peer = Peer(self, engine)
         peer.initialize()
         d = peer.start(peer.message("tools/call", {"name": "never"}))

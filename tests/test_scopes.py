@@ -78,10 +78,8 @@ class EntryScopeTests(SynchronousTestCase):
             return "nothing planned"
 
         registry = ToolRegistry([load_pack("server"), notes])
-        self.engine = Engine(registry)
         policy = ScopePolicy(registry)
-        self.engine.tool_filter = policy
-        self.engine.entry_filter = policy.allows_entry
+        self.engine = Engine(registry, tool_filter=policy, entry_filter=policy.allows_entry)
         self.peer_for = lambda *scopes: Peer(self, self.engine, modern=True, caller=Caller("k", frozenset(scopes)))
 
     def test_a_read_key_sees_only_other_packs(self) -> None:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from mcpd.observe.logging import Fields
 
 if TYPE_CHECKING:
-    from mcpd.protocol.engine import CallRecord
+    from mcpd.protocol.vocabulary import CallRecord
 
 log = Logger(namespace="mcpd.audit")
 

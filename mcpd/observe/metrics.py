@@ -24,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 if TYPE_CHECKING:
     from mcpd.observe.stats import RequestStats, Vitals
-    from mcpd.protocol.engine import CallRecord
+    from mcpd.protocol.vocabulary import CallRecord
 
 # Seconds: a trivial tools/call takes ~0.1 ms in the server, a tool in the pool far longer.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -19,7 +19,7 @@ import attrs
 
 if TYPE_CHECKING:
     from mcpd.observe.health import CheckResult
-    from mcpd.protocol.engine import CallRecord
+    from mcpd.protocol.vocabulary import CallRecord
 
 OTHER = "other"
 # Distinct tool names kept in the breakdown; more (a registry that grows at run time) fold into "other".

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_catalog -*-
-"""The engine's methods beyond tools: resources, prompts, completion, logging, subscriptions.
+"""The catalog beyond tools: resources, prompts, completion, logging, subscriptions.
 
-A mixin of `mcpd.protocol.engine.Engine`; it uses the engine's registry, channel factory and
-change feed.
+A component the engine holds (its ``catalog``), handed the registry, the
+change feed, the ledger and a way to reach the client when it is made.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
-from mcpd.protocol.channel import LOG_LEVELS, InputRequired, RequestChannel
+from mcpd.protocol.channel import LOG_LEVELS, RequestChannel, input_required
 from mcpd.protocol.errors import InvalidParams, InvalidRequest, LimitExceeded, MCPError, MissingClientCapability
 from mcpd.protocol.ledger import STREAM, SUBSCRIPTION, Claim, Ledger
 from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
 
     from mcpd.protocol.changes import ChangeFeed
-    from mcpd.protocol.engine import Request
+    from mcpd.protocol.vocabulary import Exchange, Request
     from mcpd.tools.pack import ToolRegistry
 
 
@@ -35,19 +35,37 @@ if TYPE_CHECKING:
 MAX_URI_LENGTH = 8192
 
 
-class CatalogMethods:
+class Catalog:
     """resources/*, prompts/*, completion/complete, logging/setLevel, subscriptions/listen."""
 
-    registry: ToolRegistry
-    stores: Mapping[Any, Any]
-    thread_pool: ThreadPool | None
-    page_size: int
-    list_ttl_ms: int
-    changes: ChangeFeed
-    ledger: Ledger
-    tasks: TaskManager
-    entry_filter: Callable[[Caller, Any], bool] | None
-    _channel: Callable[[Request], RequestChannel]
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        *,
+        changes: ChangeFeed,
+        ledger: Ledger,
+        tasks: TaskManager,
+        open_channel: Callable[[Request], RequestChannel],
+        trace: Callable[[str, Exchange, Any], None],
+        stores: Mapping[Any, Any],
+        thread_pool: ThreadPool | None = None,
+        page_size: int = 100,
+        list_ttl_ms: int = 60_000,
+        entry_filter: Callable[[Caller, Any], bool] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.changes = changes
+        self.ledger = ledger
+        self.tasks = tasks
+        self.open_channel = open_channel
+        self.trace = trace
+        # What handlers reach through ``ctx.store(IThing)``.
+        self.stores = stores
+        self.thread_pool = thread_pool
+        self.page_size = page_size
+        self.list_ttl_ms = list_ttl_ms
+        # Which resources, templates and prompts a caller may see (the keys' scopes); None: all.
+        self.entry_filter = entry_filter
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -83,7 +101,7 @@ class CatalogMethods:
         return self.entry_filter is not None and not self.entry_filter(request.exchange.caller, entry)
 
     def _context(self, request: Request) -> RequestContext:
-        link = CallLink(open_channel=lambda: self._channel(request))
+        link = CallLink(open_channel=lambda: self.open_channel(request))
         ctx = RequestContext(request_id=request.id, caller=request.exchange.caller, stores=self.stores, link=link)
         if "requestState" in request.params or "inputResponses" in request.params:
             ctx.channel  # noqa: B018 -- verify the requestState before anything runs
@@ -92,26 +110,17 @@ class CatalogMethods:
     def _run(self, blocking: bool, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return run_handler(blocking, self.thread_pool, handler, *args)
 
-    @staticmethod
-    def _input_required(failure: Failure, ctx: RequestContext) -> Any:
-        """A handler that needs the client's input ends its modern-era round with an
-        InputRequiredResult (2026-07-28 basic §Multi Round-Trip Requests)."""
-        channel = ctx.link.channel
-        if channel is not None and channel.missing and (failure.check(InputRequired) or channel.modern):
-            return channel.input_required_result()
-        return failure
-
     # -- resources ------------------------------------------------------------------------------
 
-    def _resources_list(self, request: Request) -> dict[str, Any]:
+    def resources_list(self, request: Request) -> dict[str, Any]:
         resources = self._visible(request, self.registry.resources.values())
         return self._list_result(request, "resources", resources, lambda r: r.uri)
 
-    def _resource_templates_list(self, request: Request) -> dict[str, Any]:
+    def resource_templates_list(self, request: Request) -> dict[str, Any]:
         templates = self._visible(request, self.registry.templates)
         return self._list_result(request, "resourceTemplates", templates, lambda t: t.uri_template)
 
-    def _resources_read(self, request: Request) -> Deferred[Any]:
+    def resources_read(self, request: Request) -> Deferred[Any]:
         uri = request.params.get("uri")
         if not isinstance(uri, str):
             raise InvalidParams("Invalid params: resources/read needs a string uri")
@@ -141,9 +150,9 @@ class CatalogMethods:
                 result["cacheScope"] = "public"
             return result
 
-        return d.addErrback(self._input_required, ctx).addCallback(shape)
+        return d.addErrback(input_required, ctx).addCallback(shape)
 
-    def _resources_subscribe(self, request: Request) -> dict[str, Any]:
+    def resources_subscribe(self, request: Request) -> dict[str, Any]:
         uri = self._subscription_uri(request)
         session = request.exchange.session
         assert session is not None  # checked by _subscription_uri
@@ -153,7 +162,7 @@ class CatalogMethods:
             session.subscriptions[uri] = self.ledger.claim(caller.account, SUBSCRIPTION, peer=caller.peer)
         return {}
 
-    def _resources_unsubscribe(self, request: Request) -> dict[str, Any]:
+    def resources_unsubscribe(self, request: Request) -> dict[str, Any]:
         uri = self._subscription_uri(request)
         claim = request.exchange.session.subscriptions.pop(uri, None)  # type: ignore[union-attr]
         if claim is not None:
@@ -182,11 +191,11 @@ class CatalogMethods:
 
     # -- prompts --------------------------------------------------------------------------------
 
-    def _prompts_list(self, request: Request) -> dict[str, Any]:
+    def prompts_list(self, request: Request) -> dict[str, Any]:
         prompts = self._visible(request, self.registry.prompts.values())
         return self._list_result(request, "prompts", prompts, lambda p: p.name)
 
-    def _prompts_get(self, request: Request) -> Deferred[Any]:
+    def prompts_get(self, request: Request) -> Deferred[Any]:
         params = request.params
         name = params.get("name")
         if not isinstance(name, str):
@@ -213,11 +222,11 @@ class CatalogMethods:
                 return value
             return prompt_result(prompt, value)
 
-        return d.addErrback(self._input_required, ctx).addCallback(shape)
+        return d.addErrback(input_required, ctx).addCallback(shape)
 
     # -- completion -----------------------------------------------------------------------------
 
-    def _complete(self, request: Request) -> Deferred[Any]:
+    def complete(self, request: Request) -> Deferred[Any]:
         # 2025-11-25 server/utilities/completion.
         params = request.params
         ref = params.get("ref")
@@ -265,7 +274,7 @@ class CatalogMethods:
 
     # -- logging (legacy) -----------------------------------------------------------------------
 
-    def _set_level(self, request: Request) -> dict[str, Any]:
+    def set_level(self, request: Request) -> dict[str, Any]:
         # 2025-11-25 server/utilities/logging §Setting Log Level.
         level = request.params.get("level")
         if level not in LOG_LEVELS:
@@ -278,7 +287,7 @@ class CatalogMethods:
 
     # -- subscriptions (modern) -----------------------------------------------------------------
 
-    def _listen(self, request: Request) -> Deferred[Any]:
+    def listen(self, request: Request) -> Deferred[Any]:
         """2026-07-28 basic/utilities/subscriptions: acknowledge first, then every notification
         the client asked for, tagged with the subscription id, until the client goes away."""
         wanted = request.params.get("notifications")
@@ -306,7 +315,7 @@ class CatalogMethods:
         d: Deferred[Any] = Deferred()
         claims = self._claim_listen(exchange, len(uris) + len(task_ids), d)
         ack = listener.tagged("notifications/subscriptions/acknowledged", {"notifications": honoured})
-        self._trace("out", exchange, ack)  # type: ignore[attr-defined]
+        self.trace("out", exchange, ack)  # type: ignore[attr-defined]
         send(ack)
         self.changes.listen(listener)
         listener.request = d
@@ -377,4 +386,4 @@ def _request_id(subscription_id: str) -> Any:
     return int(subscription_id) if subscription_id.lstrip("-").isdigit() else subscription_id
 
 
-__all__ = ["CancelledError", "CatalogMethods", "MCPError"]
+__all__ = ["CancelledError", "Catalog", "MCPError"]

@@ -51,11 +51,11 @@ class Listener:
 class ChangeFeed:
     """Who hears about changes; `list_changed` and `resource_updated` tell them."""
 
-    def __init__(self) -> None:
+    def __init__(self, trace: Callable[[str, str | None, dict[str, Any]], None] | None = None) -> None:
         self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self.listeners: set[Listener] = set()
         # Called with (peer, version, message) for every notification sent: the protocol trace.
-        self.trace: Callable[[str, str | None, dict[str, Any]], None] | None = None
+        self.trace = trace
 
     def join(self, session: Session) -> None:
         """A legacy session completed its handshake: it hears list changes from now on."""

@@ -24,21 +24,22 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mcpd.protocol.errors import InvalidParams, MCPError, MissingClientCapability
+from mcpd.protocol.outbound import Send
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_LOG_LEVEL
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.internet.interfaces import IReactorTime
 
     from mcpd.protocol.changes import ChangeFeed
     from mcpd.protocol.session import Session
+    from mcpd.tools.api import RequestContext
 
 log = Logger(namespace="mcpd.channel")
-
-Send = Callable[[dict[str, Any]], None]
 
 # 2025-11-25 server/utilities/logging §Log Levels (RFC 5424 severities, least severe first).
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
@@ -48,20 +49,6 @@ LOG_RANK = {level: rank for rank, level in enumerate(LOG_LEVELS)}
 CAPABILITY_FOR = {"elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots"}
 
 
-class ClientError(Exception):
-    """The client answered a server-to-client request with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"{message} ({code})")
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-class ClientTimeout(Exception):
-    """The client did not answer a server-to-client request in time."""
-
-
 class InputRequired(Exception):
     """A modern-era handler needs answers from the client: the engine replies with an
     ``InputRequiredResult`` carrying ``requests`` (2026-07-28 basic §Multi Round-Trip Requests)."""
@@ -69,93 +56,6 @@ class InputRequired(Exception):
     def __init__(self, requests: dict[str, dict[str, Any]]) -> None:
         super().__init__(f"input required: {', '.join(requests)}")
         self.requests = requests
-
-
-class OutboundRequests:
-    """The server-to-client requests of one legacy session, awaiting their responses.
-
-    Transport-neutral: a request is written by whatever ``send`` callable the transport gave
-    (a stdio line, an SSE event on the related POST's stream or on the standalone GET stream, a
-    WebSocket frame); the transport hands every client response to the engine, which calls
-    `resolve`. Ids are strings of our own (``mcpd-<n>``), so they never collide with the
-    client's request ids.
-    """
-
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
-        self._pending: dict[Any, tuple[Deferred[Any], IDelayedCall | None]] = {}
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def request(
-        self,
-        send: Send,
-        method: str,
-        params: dict[str, Any],
-        timeout: float | None,
-        clock: IReactorTime,
-    ) -> Deferred[dict[str, Any]]:
-        """Send one request; the Deferred fires with the client's result, fails with
-        `ClientError` on an error response and `ClientTimeout` after ``timeout`` seconds.
-        Cancelling it tells the client (``notifications/cancelled``)."""
-        request_id = f"mcpd-{next(self._ids)}"
-
-        def cancel(_d: Deferred[Any]) -> None:
-            if self._forget(request_id):
-                # 2025-11-25 basic/utilities/cancellation: either side may cancel its request.
-                send(
-                    {
-                        "jsonrpc": "2.0",
-                        "method": "notifications/cancelled",
-                        "params": {"requestId": request_id, "reason": "the server no longer needs the answer"},
-                    }
-                )
-
-        d: Deferred[dict[str, Any]] = Deferred(cancel)
-        call = clock.callLater(timeout, self._expire, request_id, method, timeout) if timeout else None
-        self._pending[request_id] = (d, call)
-        send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        return d
-
-    def resolve(self, message: Mapping[str, Any]) -> bool:
-        """Deliver a client response; False if no request of ours has its id."""
-        entry = self._pending.pop(message.get("id"), None)
-        if entry is None:
-            return False
-        d, call = entry
-        if call is not None and call.active():
-            call.cancel()
-        error = message.get("error")
-        if "result" in message and isinstance(message["result"], dict):
-            d.callback(message["result"])
-        elif isinstance(error, dict):
-            d.errback(ClientError(error.get("code", 0), str(error.get("message", "")), error.get("data")))
-        else:
-            d.errback(ClientError(-32600, "the client's response had neither an object result nor an error"))
-        return True
-
-    def close(self) -> None:
-        """The session ended: every pending request fails with `CancelledError`."""
-        pending, self._pending = self._pending, {}
-        for d, call in pending.values():
-            if call is not None and call.active():
-                call.cancel()
-            d.errback(CancelledError("the session ended"))
-
-    def _forget(self, request_id: str) -> bool:
-        entry = self._pending.pop(request_id, None)
-        if entry is None:
-            return False
-        if entry[1] is not None and entry[1].active():
-            entry[1].cancel()
-        return True
-
-    def _expire(self, request_id: str, method: str, timeout: float) -> None:
-        entry = self._pending.pop(request_id, None)
-        if entry is not None:
-            log.warn("The client did not answer {method} within {timeout}s", method=method, timeout=timeout)
-            entry[0].errback(ClientTimeout(f"the client did not answer {method} within {timeout} seconds"))
 
 
 class StateSigner:
@@ -315,3 +215,13 @@ class RequestChannel:
         if self.next_state is not None:
             result["requestState"] = self.signer.sign(self.next_state)
         return result
+
+
+def input_required(failure: Failure, ctx: RequestContext) -> Any:
+    """A handler that needs the client's input ends its modern-era round with an
+    InputRequiredResult (2026-07-28 basic §Multi Round-Trip Requests); any other failure is
+    returned as it is."""
+    channel = ctx.link.channel
+    if channel is not None and channel.missing and (failure.check(InputRequired) or channel.modern):
+        return channel.input_required_result()
+    return failure

@@ -5,33 +5,34 @@ It knows no transport. A transport hands it the bytes of one message (a stdio li
 together with an `Exchange` describing where they came from, and gets back a Deferred firing with
 the response to send (a dict, a list for a batch, or None when nothing is owed). Notifications
 that belong to a request (progress) go out through the exchange's ``notify`` callable.
+
+The engine frames messages (batches, notifications, responses to the server's own requests),
+counts and tracks requests, and dispatches each to the component that serves it: `ToolCalls`
+(``mcpd.protocol.toolcalls``), the `Catalog` (resources, prompts, completion, logging,
+subscriptions), the `TaskManager`. The words they share are in ``mcpd.protocol.vocabulary``, the
+era and header rules in ``mcpd.protocol.envelope``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpd._version import __version__
-from mcpd.protocol import errors
-from mcpd.protocol.catalog import CatalogMethods
+from mcpd.protocol.catalog import Catalog
 from mcpd.protocol.changes import ChangeFeed
-from mcpd.protocol.channel import ClientError, ClientTimeout, RequestChannel, StateSigner
+from mcpd.protocol.channel import RequestChannel, StateSigner
 from mcpd.protocol.codec import decode, encode
+from mcpd.protocol.envelope import route
 from mcpd.protocol.errors import (
     LIMIT_EXCEEDED,
-    HeaderMismatch,
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -40,26 +41,29 @@ from mcpd.protocol.errors import (
     ParseError,
     ResponseTooLarge,
     ServerShuttingDown,
-    UnsupportedProtocolVersion,
     error_response,
 )
-from mcpd.protocol.ledger import CALL, Claim, Ledger
-from mcpd.protocol.session import Session
+from mcpd.protocol.ledger import CALL, Ledger
 from mcpd.protocol.tasks import LEGACY_TASK_VERSION, TASKS_EXTENSION, TaskManager
+from mcpd.protocol.toolcalls import ToolCalls
 from mcpd.protocol.versions import (
     ALL_VERSIONS,
     BATCH_VERSIONS,
     LATEST_LEGACY,
     LEGACY_VERSIONS,
-    META_CLIENT_CAPABILITIES,
-    META_CLIENT_INFO,
-    META_PROTOCOL_VERSION,
     META_SERVER_INFO,
-    MODERN_VERSIONS,
+)
+from mcpd.protocol.vocabulary import (
+    LONG_RUNNING,
+    CallRecord,
+    Exchange,
+    MessageLimit,
+    Request,
+    readable_id,
+    valid_id,
 )
 from mcpd.stores.memory import MemoryTaskStore
-from mcpd.tools.api import Caller, CallLink, Tool, ToolContext, UnsendableResult, call_result, error_result, invoke
-from mcpd.tools.validation import HeaderParameter
+from mcpd.tools.api import Caller, Tool
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -71,29 +75,8 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="mcpd.engine")
 
-Notify = Callable[[dict[str, Any]], None]
-# None while a caller may send, else the error to answer its message with (or a Deferred of
-# either): the security layer's rate limit (mcpd.web.ratelimit.MessageLimiter).
-MessageLimit = Callable[[Caller], Any]
 # Messages of a batch served in one reactor turn before the others get theirs.
 BATCH_SLICE = 10
-
-# 2026-07-28 transports §Streamable HTTP: methods whose target is mirrored in `Mcp-Name`.
-# SEP-2663 §Streamable HTTP: Routing Headers: tasks methods mirror their taskId.
-NAME_BEARING = {
-    "tools/call": "name",
-    "prompts/get": "name",
-    "resources/read": "uri",
-    "tasks/get": "taskId",
-    "tasks/update": "taskId",
-    "tasks/cancel": "taskId",
-}
-
-# Requests whose handlers may take their time, held to the caller's share of calls in flight;
-# the others answer at once (and stay open to a caller at its share: ping, lists, tasks/cancel).
-LONG_RUNNING = frozenset(
-    {"tools/call", "resources/read", "prompts/get", "completion/complete", "tasks/result", "subscriptions/listen"}
-)
 
 INSTRUCTIONS = (
     "mcpd is a team's shared MCP server. Call server.tools to see the tools this server offers "
@@ -101,69 +84,7 @@ INSTRUCTIONS = (
 )
 
 
-@attrs.define
-class Exchange:
-    """Where a message came from, as the transport describes it.
-
-    ``session`` is the client's protocol state (a stdio connection or a legacy HTTP session;
-    None for a stateless modern HTTP request). ``headers`` are the lowercase HTTP headers of a
-    modern request, checked against its body; None where there are none (stdio).
-    """
-
-    peer: str
-    caller: Caller
-    session: Session | None = None
-    notify: Notify | None = None
-    headers: Mapping[str, str] | None = None
-    # Messages the transport's own policy already counted against the caller's rate limit (the
-    # HTTP gate counts each request): the engine counts only the ones beyond (a batch's others).
-    prepaid: int = 0
-    # Set by the engine: the protocol version the message was served under.
-    version: str | None = None
-    # Set by the engine: the method of the request being served.
-    method: str | None = None
-    # Set by the engine when the caller named a tool it may not call.
-    denied: bool = False
-    # The stream this exchange holds in the ledger (a subscriptions/listen, an SSE response),
-    # so that one stream is counted once whoever opens it first.
-    stream: Claim | None = None
-
-
-@attrs.frozen
-class CallRecord:
-    """How one request went, for the audit trail and metrics (see `Engine.observers`)."""
-
-    request_id: Any
-    method: str
-    tool: str | None
-    caller: Caller
-    version: str | None
-    # ok | error | tool_error | denied | cancelled
-    outcome: str
-    duration: float
-
-
-@attrs.define
-class Request:
-    """One request being served: what handlers need to know about it."""
-
-    id: Any
-    method: str
-    params: dict[str, Any]
-    version: str
-    exchange: Exchange
-
-    @property
-    def modern(self) -> bool:
-        return self.version in MODERN_VERSIONS
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        meta = self.params.get("_meta")
-        return meta if isinstance(meta, dict) else {}
-
-
-class Engine(CatalogMethods):
+class Engine:
     """Serves MCP requests for every transport from one tool registry."""
 
     def __init__(
@@ -209,8 +130,7 @@ class Engine(CatalogMethods):
             "logging": {},
         }
         # Who hears about list changes and resource updates (both eras).
-        self.changes = ChangeFeed()
-        self.changes.trace = self._trace_push
+        self.changes = ChangeFeed(trace=self._trace_push)
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.clock: IReactorTime = clock  # type: ignore[assignment]
@@ -227,59 +147,104 @@ class Engine(CatalogMethods):
         self._shutting_down = False
         # Tool calls running as tasks the client polls (both eras).
         self.tasks = TaskManager(
-            task_store if task_store is not None else MemoryTaskStore(), self.clock, ledger=self.ledger
+            task_store if task_store is not None else MemoryTaskStore(),
+            self.clock,
+            changes=self.changes,
+            ledger=self.ledger,
         )
-        self.tasks.changes = self.changes
         self.ledger.participants.append(self)
-        # Which tools a caller may see and call (the security layer's scopes); None: all.
-        self.tool_filter = tool_filter
-        # Which resources, templates and prompts a caller may see (likewise); None: all.
-        self.entry_filter = entry_filter
-        # Seconds after which a tool call is cancelled and answered isError (--tool-timeout);
-        # None: never.
-        self.tool_timeout = tool_timeout
+        # tools/list and tools/call.
+        self.tools = ToolCalls(
+            registry,
+            tasks=self.tasks,
+            clock=self.clock,
+            open_channel=self._channel,
+            trace=self._trace,
+            stores=self.stores,
+            thread_pool=thread_pool,
+            page_size=page_size,
+            list_ttl_ms=list_ttl_ms,
+            tool_filter=tool_filter,
+            tool_timeout=tool_timeout,
+        )
+        # Resources, prompts, completion, logging, subscriptions.
+        self.catalog = Catalog(
+            registry,
+            changes=self.changes,
+            ledger=self.ledger,
+            tasks=self.tasks,
+            open_channel=self._channel,
+            trace=self._trace,
+            stores=self.stores,
+            thread_pool=thread_pool,
+            page_size=page_size,
+            list_ttl_ms=list_ttl_ms,
+            entry_filter=entry_filter,
+        )
         # Decides, for every message a caller sends, whether it is over its rate limit (the
         # security layer's); None: no limit (stdio).
         self.message_limit = message_limit
         # Called with a `CallRecord` after every request (audit trail, metrics).
         self.observers: list[Callable[[CallRecord], None]] = list(observers)
         self._clock = time.monotonic
+        tools, catalog, tasks = self.tools, self.catalog, self.tasks
         self._legacy: dict[str, Callable[[Request], Any]] = {
             "initialize": self._initialize,
             "ping": self._ping,
-            "tools/list": self._tools_list,
-            "tools/call": self._tools_call,
-            "resources/list": self._resources_list,
-            "resources/templates/list": self._resource_templates_list,
-            "resources/read": self._resources_read,
-            "resources/subscribe": self._resources_subscribe,
-            "resources/unsubscribe": self._resources_unsubscribe,
-            "prompts/list": self._prompts_list,
-            "prompts/get": self._prompts_get,
-            "completion/complete": self._complete,
-            "logging/setLevel": self._set_level,
+            "tools/list": tools.list,
+            "tools/call": tools.call,
+            "resources/list": catalog.resources_list,
+            "resources/templates/list": catalog.resource_templates_list,
+            "resources/read": catalog.resources_read,
+            "resources/subscribe": catalog.resources_subscribe,
+            "resources/unsubscribe": catalog.resources_unsubscribe,
+            "prompts/list": catalog.prompts_list,
+            "prompts/get": catalog.prompts_get,
+            "completion/complete": catalog.complete,
+            "logging/setLevel": catalog.set_level,
             # 2025-11-25 basic/utilities/tasks (experimental; that version only).
-            "tasks/get": self.tasks.get,
-            "tasks/result": self.tasks.result,
+            "tasks/get": tasks.get,
+            "tasks/result": tasks.result,
             "tasks/list": self._tasks_list,
-            "tasks/cancel": self.tasks.cancel,
+            "tasks/cancel": tasks.cancel,
         }
         self._modern: dict[str, Callable[[Request], Any]] = {
             "server/discover": self._discover,
-            "tools/list": self._tools_list,
-            "tools/call": self._tools_call,
-            "resources/list": self._resources_list,
-            "resources/templates/list": self._resource_templates_list,
-            "resources/read": self._resources_read,
-            "prompts/list": self._prompts_list,
-            "prompts/get": self._prompts_get,
-            "completion/complete": self._complete,
-            "subscriptions/listen": self._listen,
+            "tools/list": tools.list,
+            "tools/call": tools.call,
+            "resources/list": catalog.resources_list,
+            "resources/templates/list": catalog.resource_templates_list,
+            "resources/read": catalog.resources_read,
+            "prompts/list": catalog.prompts_list,
+            "prompts/get": catalog.prompts_get,
+            "completion/complete": catalog.complete,
+            "subscriptions/listen": catalog.listen,
             # SEP-2663, the io.modelcontextprotocol/tasks extension.
-            "tasks/get": self.tasks.get,
-            "tasks/update": self.tasks.update,
-            "tasks/cancel": self.tasks.cancel,
+            "tasks/get": tasks.get,
+            "tasks/update": tasks.update,
+            "tasks/cancel": tasks.cancel,
         }
+
+    # -- what the security layer, the services and the tests read ---------------------------------
+
+    @property
+    def tool_filter(self) -> Callable[[Caller, Tool], bool] | None:
+        """Which tools a caller may see and call (the keys' scopes); None: all."""
+        return self.tools.tool_filter
+
+    @property
+    def entry_filter(self) -> Callable[[Caller, Any], bool] | None:
+        """Which resources, templates and prompts a caller may see; None: all."""
+        return self.catalog.entry_filter
+
+    @property
+    def tool_timeout(self) -> float | None:
+        """Seconds after which a tool call is cancelled and answered isError; None: never."""
+        return self.tools.tool_timeout
+
+    def end_subscriptions(self, reason: str = "the server is shutting down") -> None:
+        """End every modern subscription stream (`Catalog.end_subscriptions`)."""
+        self.catalog.end_subscriptions(reason)
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -401,17 +366,17 @@ class Engine(CatalogMethods):
             if "id" in message and ("result" in message or "error" in message):
                 # A response to a server-to-client request (elicitation, sampling, roots).
                 session = exchange.session
-                if session is None or not _valid_id(request_id) or not session.outbound.resolve(message):
+                if session is None or not valid_id(request_id) or not session.outbound.resolve(message):
                     # JSON-RPC 2.0 §5: a response is never answered; logged once.
                     log.info("Ignoring a response to request {id!r} that was never sent", id=request_id)
                 return succeed(None)
             return succeed(
-                error_response(_readable_id(request_id), InvalidRequest("Invalid request: no method").to_error())
+                error_response(readable_id(request_id), InvalidRequest("Invalid request: no method").to_error())
             )
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
             return succeed(
                 error_response(
-                    _readable_id(request_id),
+                    readable_id(request_id),
                     InvalidRequest('Invalid request: needs "jsonrpc": "2.0" and a string "method"').to_error(),
                 )
             )
@@ -421,7 +386,7 @@ class Engine(CatalogMethods):
         if "id" not in message:
             self._notification(method, params, exchange)
             return succeed(None)
-        if not _valid_id(request_id):
+        if not valid_id(request_id):
             return succeed(
                 error_response(None, InvalidRequest("Invalid request: id must be a string or an integer").to_error())
             )
@@ -442,7 +407,7 @@ class Engine(CatalogMethods):
                 error_response(request_id, InvalidParams("Invalid params: params must be an object").to_error())
             )
         try:
-            request = self._route(request_id, method, params, exchange)
+            request = route(request_id, method, params, exchange)
             handler = (self._modern if request.modern else self._legacy).get(method)
             if handler is None:
                 raise MethodNotFound(f"Method not found: {method}")
@@ -553,7 +518,7 @@ class Engine(CatalogMethods):
                 session.initialized = True
         elif method == "notifications/cancelled":
             request_id = params.get("requestId") if isinstance(params, dict) else None
-            valid = session is not None and _valid_id(request_id)
+            valid = session is not None and valid_id(request_id)
             pending = session.in_flight.pop(request_id, None) if valid else None  # type: ignore[union-attr]
             if pending is not None:
                 log.info("Request {id!r} cancelled by the client", id=request_id)
@@ -563,60 +528,6 @@ class Engine(CatalogMethods):
             log.debug("Ignoring notification {method}", method=method)
         else:
             log.info("Ignoring notification-shaped message for method {method}", method=method)
-
-    # -- era selection --------------------------------------------------------------------------
-
-    def _route(self, request_id: Any, method: str, params: dict[str, Any], exchange: Exchange) -> Request:
-        session = exchange.session
-        if session is not None and session.version is not None:
-            exchange.version = session.version
-            return Request(request_id, method, params, session.version, exchange)
-        legacy_shaped = exchange.headers is None and "_meta" not in params
-        if (method == "initialize" and legacy_shaped) or (method == "ping" and session is not None and legacy_shaped):
-            # 2025-11-25 basic/lifecycle: pings are allowed before the handshake completes.
-            # Served (and traced) under the latest handshake version; initialize then records
-            # the version it negotiated.
-            exchange.version = LATEST_LEGACY
-            return Request(request_id, method, params, LATEST_LEGACY, exchange)
-        version = self._modern_envelope(method, params, exchange.headers)
-        exchange.version = version
-        return Request(request_id, method, params, version, exchange)
-
-    def _modern_envelope(self, method: str, params: dict[str, Any], headers: Mapping[str, str] | None) -> str:
-        """Check a stateless request's envelope; the first failing rung wins.
-
-        2026-07-28 basic §Per-request protocol fields, then transports §Streamable HTTP headers.
-        """
-        meta = params.get("_meta")
-        if not isinstance(meta, dict) or META_PROTOCOL_VERSION not in meta or META_CLIENT_CAPABILITIES not in meta:
-            raise InvalidParams(
-                f"Invalid params: params._meta must carry {META_PROTOCOL_VERSION!r} and "
-                f"{META_CLIENT_CAPABILITIES!r} (protocol 2026-07-28), or send initialize first "
-                f"(protocol versions {', '.join(LEGACY_VERSIONS)})"
-            )
-        version = meta[META_PROTOCOL_VERSION]
-        if headers is not None:
-            if headers.get("mcp-protocol-version") != version:
-                raise HeaderMismatch("MCP-Protocol-Version header does not match params._meta protocolVersion")
-            if headers.get("mcp-method") != method:
-                raise HeaderMismatch("Mcp-Method header does not match the request's method")
-            name_key = NAME_BEARING.get(method)
-            named = params.get(name_key) if name_key is not None else None
-            if named is not None and _decode_header_value(headers.get("mcp-name")) != named:
-                raise HeaderMismatch(f"Mcp-Name header does not match params.{name_key}")
-        if not isinstance(version, str):
-            raise InvalidParams("Invalid params: the protocol version in params._meta must be a string")
-        if version not in MODERN_VERSIONS:
-            raise UnsupportedProtocolVersion(
-                f"Unsupported protocol version {version}",
-                data={"supported": list(MODERN_VERSIONS), "requested": version},
-            )
-        if not isinstance(meta[META_CLIENT_CAPABILITIES], dict):
-            raise InvalidParams(f"Invalid params: {META_CLIENT_CAPABILITIES} must be an object")
-        info = meta.get(META_CLIENT_INFO)
-        if info is not None and not isinstance(info, dict):
-            raise InvalidParams(f"Invalid params: {META_CLIENT_INFO} must be an object")
-        return version
 
     # -- methods --------------------------------------------------------------------------------
 
@@ -667,134 +578,8 @@ class Engine(CatalogMethods):
             "cacheScope": "public",
         }
 
-    def _tools_list(self, request: Request) -> dict[str, Any]:
-        cursor = request.params.get("cursor")
-        if cursor is not None and not isinstance(cursor, str):
-            raise InvalidParams("Invalid params: cursor must be a string")
-        allowed = self.tool_filter
-        caller = request.exchange.caller
-        try:
-            tools, next_cursor = self.registry.page(
-                cursor, self.page_size, None if allowed is None else lambda tool: allowed(caller, tool)
-            )
-        except ValueError:
-            raise InvalidParams("Invalid params: unknown cursor; start again without one") from None
-        result: dict[str, Any] = {"tools": [tool.descriptor for tool in tools]}
-        if next_cursor is not None:
-            result["nextCursor"] = next_cursor
-        if request.modern:
-            # 2026-07-28 server/tools §Caching: lists carry ttlMs and cacheScope.
-            result["ttlMs"] = self.list_ttl_ms
-            # A caller-filtered list (API key scopes) must not be shared between callers.
-            result["cacheScope"] = "public" if allowed is None else "private"
-        return result
-
-    def _tools_call(self, request: Request) -> Any:
-        params = request.params
-        name = params.get("name")
-        if not isinstance(name, str):
-            raise InvalidParams("Invalid params: tools/call needs a string name")
-        tool = self.registry.get(name)
-        if tool is not None and self.tool_filter is not None and not self.tool_filter(request.exchange.caller, tool):
-            # A tool the caller may not call is answered exactly as an unknown one, and audited.
-            request.exchange.denied = True
-            tool = None
-        if tool is None:
-            # 2025-11-25 server/tools §Error Handling: unknown tool is a protocol error.
-            raise InvalidParams(f"Unknown tool: {name}. Call tools/list to see the available tools.")
-        arguments = params.get("arguments")
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            return error_result(f"Invalid arguments for tool {name}: arguments must be a JSON object")
-        headers = request.exchange.headers
-        if tool.header_parameters and headers is not None:
-            _check_parameter_headers(tool.header_parameters, arguments, headers)
-        problems = tool.argument_problems(arguments)
-        if problems:
-            return error_result(f"Invalid arguments for tool {name}: " + "; ".join(problems))
-        # Task bookkeeping only for calls that may become tasks (mcpd.protocol.tasks).
-        plan = self.tasks.plan(request, tool) if tool.task_support != "forbidden" or "task" in params else None
-        exchange = request.exchange
-        link = CallLink(
-            progress_sink=self._progress_sink(request), open_channel=functools.partial(self._channel, request)
-        )
-        ctx = ToolContext(tool=tool, request_id=request.id, caller=exchange.caller, stores=self.stores, link=link)
-        if "requestState" in params or "inputResponses" in params:
-            ctx.channel  # noqa: B018 -- a tampered requestState is refused before the tool runs
-        if plan is not None:
-            # No --tool-timeout for tasks: they are meant to run long, and end with their TTL.
-            return self.tasks.start(request, plan, ctx, ctx.channel, functools.partial(self._run_tool, arguments))
-        d = self._run_tool(arguments, ctx)
-        if self.tool_timeout is not None:
-            d.addTimeout(self.tool_timeout, self.clock, onTimeoutCancel=functools.partial(self._timed_out, name))
-        return d
-
-    def _run_tool(self, arguments: dict[str, Any], ctx: ToolContext) -> Deferred[Any]:
-        d = invoke(ctx.tool, ctx, arguments, self.thread_pool)
-        # Errback after callback: output that breaks the tool's outputSchema is a tool failure too.
-        return d.addCallback(self._tool_value, ctx).addErrback(self._tool_failure, ctx)
-
     def _tasks_list(self, request: Request) -> Deferred[dict[str, Any]]:
         return self.tasks.list(request, self.page_size)
-
-    def _timed_out(self, name: str, result: Any, timeout: float) -> Any:
-        """--tool-timeout: the call was cancelled (its handler told); the client is told why."""
-        if isinstance(result, Failure) and result.check(CancelledError):
-            log.info("Tool {tool} cancelled after {timeout}s (--tool-timeout)", tool=name, timeout=timeout)
-            return error_result(f"Tool {name} timed out after {timeout:g} seconds and was cancelled.")
-        return result
-
-    def _tool_value(self, value: Any, ctx: ToolContext) -> dict[str, Any]:
-        ctx.link.progress_sink = None  # nothing may follow the result (basic/utilities/progress)
-        return call_result(ctx.tool, value)
-
-    def _tool_failure(self, failure: Failure, ctx: ToolContext) -> Any:
-        ctx.link.progress_sink = None
-        if failure.check(CancelledError) and ctx.cancelled:
-            # Only the client's cancellation goes unanswered; a handler's own CancelledError
-            # (a timeout inside it, say) is a failure the client must still hear about.
-            return failure
-        from mcpd.tools.api import ToolError
-
-        asked = self._input_required(failure, ctx)
-        if asked is not failure:
-            return asked  # 2026-07-28 basic §Multi Round-Trip Requests: ask, let the client retry
-        if failure.check(MCPError):
-            return failure  # a protocol error (say -32021), answered as such
-        if failure.check(ToolError, ClientError, ClientTimeout):
-            return error_result(str(failure.value))
-        if failure.check(UnsendableResult):
-            log.warn("{why} (request {id!r})", why=str(failure.value), id=ctx.request_id)
-            return error_result(f"{failure.value}; this is a fault of the tool, not of the call.")
-        log.failure("Tool {tool} failed (request {id!r})", failure, tool=ctx.tool.name, id=ctx.request_id)
-        return error_result(
-            f"Tool {ctx.tool.name} failed unexpectedly; the server log has the details (request id {ctx.request_id!r})."
-        )
-
-    def _progress_sink(self, request: Request) -> Callable[[float, float | None, str | None], None] | None:
-        token = request.meta.get("progressToken")
-        notify = request.exchange.notify
-        if token is None or notify is None:
-            return None
-        last: list[float] = []
-        exchange = request.exchange
-
-        def sink(progress: float, total: float | None, message: str | None) -> None:
-            # 2025-11-25 basic/utilities/progress: the value MUST increase with each notification.
-            if last and progress <= last[0]:
-                return
-            last[:] = [progress]
-            params: dict[str, Any] = {"progressToken": token, "progress": progress}
-            if total is not None:
-                params["total"] = total
-            if message is not None:
-                params["message"] = message
-            note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
-            self._trace("out", exchange, note)
-            notify(note)
-
-        return sink
 
     def _channel(self, request: Request) -> RequestChannel:
         """How the handler of ``request`` talks back to its client (built on first use)."""
@@ -831,51 +616,9 @@ class Engine(CatalogMethods):
         return response
 
 
-def _check_parameter_headers(
-    parameters: tuple[HeaderParameter, ...], arguments: dict[str, Any], headers: Mapping[str, str]
-) -> None:
-    """2026-07-28 transports §Server Behavior for Custom Headers: every ``Mcp-Param-*`` header
-    must mirror its argument; a value in the body without its header is rejected too."""
-    for parameter in parameters:
-        value = parameter.value_in(arguments)
-        raw = headers.get(parameter.header)
-        if value is None:
-            if raw is not None:
-                raise HeaderMismatch(f"{parameter.header} header is present but its argument is absent")
-            continue
-        decoded = _decode_header_value(raw)
-        if decoded is None or not parameter.matches(decoded, value):
-            raise HeaderMismatch(f"{parameter.header} header does not match argument {'.'.join(parameter.path)}")
-
-
-def _valid_id(value: Any) -> bool:
-    # basic §Requests: ids are strings or integers, never null (MCP forbids null ids).
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-
-
 def _clipped(value: Any, limit: int = 128) -> Any:
     """A client's string, cut to ``limit`` characters for keeping (anything else as it is)."""
     return value[:limit] + "…" if isinstance(value, str) and len(value) > limit else value
-
-
-def _readable_id(value: Any) -> Any:
-    return value if _valid_id(value) else None
-
-
-def _decode_header_value(value: str | None) -> str | None:
-    """Undo the ``=?base64?…?=`` wrapping of header values (2026-07-28 transports §Value
-    Encoding); None for a value that is not a valid header value at all."""
-    if value is None:
-        return None
-    if not (value.startswith("=?base64?") and value.endswith("?=")):
-        return value if _HEADER_SAFE.match(value) else None
-    try:
-        return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
-_HEADER_SAFE = re.compile(r"^[\x20-\x7e]*$")
 
 
 def _refused(message: Any, error: MCPError) -> dict[str, Any] | None:
@@ -888,7 +631,7 @@ def _refused(message: Any, error: MCPError) -> dict[str, Any] | None:
         if "method" not in message and ("result" in message or "error" in message):
             return None  # a response to a request of ours
     request_id = message.get("id") if isinstance(message, dict) else None
-    return error_response(_readable_id(request_id), error.to_error())
+    return error_response(readable_id(request_id), error.to_error())
 
 
 def _rate_refusal(response: dict[str, Any]) -> bool:
@@ -946,4 +689,4 @@ class _Batch:
         return replies or None
 
 
-__all__ = ["CallRecord", "Engine", "Exchange", "Request", "encode", "errors"]
+__all__ = ["Engine"]

@@ -13,9 +13,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpd.interfaces import ISessionStore, SessionRecord
-from mcpd.protocol.channel import OutboundRequests
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import SESSION, Claim, Ledger
+from mcpd.protocol.outbound import OutboundRequests
 from mcpd.stores.memory import MemorySessionStore
 
 log = Logger(namespace="mcpd.session")

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
     from mcpd.protocol.changes import ChangeFeed
     from mcpd.protocol.channel import RequestChannel
-    from mcpd.protocol.engine import Request
+    from mcpd.protocol.vocabulary import Request
     from mcpd.tools.api import Tool, ToolContext
 
 log = Logger(namespace="mcpd.tasks")

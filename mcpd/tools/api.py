@@ -279,7 +279,7 @@ class RequestContext:
 
     def ping_client(self) -> Deferred[dict[str, Any]]:
         """Ping the client (legacy protocol versions): fires with ``{}`` once it answers, fails
-        with `mcpd.protocol.channel.ClientTimeout` when it does not within the client timeout."""
+        with `mcpd.protocol.outbound.ClientTimeout` when it does not within the client timeout."""
         return self._ask("ping", {}, None)
 
     def _ask(self, method: str, params: dict[str, Any], key: str | None) -> Any:

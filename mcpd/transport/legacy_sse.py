@@ -20,10 +20,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mcpd.protocol.codec import decode
-from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.codec import decode, encode
+from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import LimitExceeded, ParseError
 from mcpd.protocol.session import Session, SessionStore
+from mcpd.protocol.vocabulary import Exchange
 from mcpd.transport.sse import finish_quietly, format_event, hold_stream, start_sse
 from mcpd.web.identity import caller_of
 from mcpd.web.responses import NoHead, json_error, limit_error

@@ -17,9 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.codec import encode
+from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import InvalidRequest
 from mcpd.protocol.session import Session
+from mcpd.protocol.vocabulary import Exchange
 from mcpd.tools.api import Caller
 from mcpd.web.flow import OutputGuard
 

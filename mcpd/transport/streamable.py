@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mcpd.protocol.codec import decode
-from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.codec import decode, encode
+from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import (
     HTTP_STATUS_FOR_CODE,
     PARSE_ERROR,
@@ -39,6 +39,7 @@ from mcpd.protocol.errors import (
 from mcpd.protocol.ledger import Ledger
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS
+from mcpd.protocol.vocabulary import Exchange
 from mcpd.tools.api import Caller
 from mcpd.transport.sse import EventStream, finish_quietly, hold_stream, parse_event_id, start_sse
 from mcpd.web.identity import caller_of

@@ -41,10 +41,12 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
-from mcpd.protocol.engine import Engine, Exchange, encode
+from mcpd.protocol.codec import encode
+from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import SESSION, STREAM
 from mcpd.protocol.session import Session
+from mcpd.protocol.vocabulary import Exchange
 from mcpd.tools.api import Caller
 from mcpd.web.identity import caller_of
 from mcpd.web.responses import NoHead, json_error, limit_error

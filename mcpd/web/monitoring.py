@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from klein import Klein
     from twisted.web.server import Request
 
-    from mcpd.protocol.engine import CallRecord
+    from mcpd.protocol.vocabulary import CallRecord
     from mcpd.runtime import Runtime
 
 _JSON = b"application/json"
