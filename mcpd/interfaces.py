@@ -106,6 +106,45 @@ class SessionRecord:
         return cls(**data)
 
 
+class IIdentity(Interface):
+    """Who an HTTP request comes from, as the policy layer admitted it: kept on the request as
+    a component (``request.setComponent(IIdentity, identity)``), read by the transports."""
+
+    name = Attribute("The API key's name ('anonymous' without keys).")
+    scopes = Attribute("The key's scopes (a frozenset; empty without keys).")
+    peer = Attribute("The client's real address (behind a trusted proxy, the client's own).")
+    account = Attribute("Whom limits and shares count against: key:NAME, or ip:ADDRESS.")
+
+
+class IGuardedConnection(Interface):
+    """A connection the policy layer watches (its head and body deadlines, its place in the
+    connection budget): what the gate tells it about each request it carries."""
+
+    peer = Attribute("The address the connection comes from (the proxy's, behind one).")
+    checked_with = Attribute("The allowlist the peer was last checked against.")
+
+    def head_complete(length: int | None) -> None:
+        """A request's headers are in; ``length`` is its body's (None: unknown, 0: none)."""
+
+    def body_complete() -> None:
+        """The whole request is in: it is being served, however long that takes."""
+
+    def request_finished() -> None:
+        """The response was sent; the next bytes start a new request."""
+
+    def hold_for(account: str, client: str) -> Any:
+        """Count the connection against ``account``'s share of the connection budget; the
+        `mcpd.protocol.errors.LimitExceeded` refusing it, or None."""
+
+
+class IClosingChannel(Interface):
+    """An HTTP channel that can answer a refused request and close so that the client reads the
+    answer (`mcpd.web.channel.MCPChannel`)."""
+
+    def answer_and_close(response: bytes) -> None:
+        """Write ``response`` (a whole HTTP response) and close once the client has it."""
+
+
 class IRuntime(Interface):
     """What a running daemon knows about itself: the server pack's view of it
     (``ctx.store(IRuntime)``), provided by `mcpd.runtime.Runtime`."""

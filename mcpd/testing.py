@@ -40,6 +40,7 @@ from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSI
 from mcpd.protocol.vocabulary import Exchange
 from mcpd.stores.memory import MemoryBucketStore, MemorySessionStore, MemoryTaskStore
 from mcpd.tools import Caller, ToolPack, ToolRegistry
+from mcpd.web.scopes import ADMIN
 
 
 class SynchronousThreadPool:
@@ -98,7 +99,7 @@ class PackHarness:
     ) -> None:
         self.registry = ToolRegistry(packs)
         self.clock = clock if clock is not None else Clock()
-        self.caller = caller if caller is not None else Caller(name="tester", scopes=frozenset({"admin"}))
+        self.caller = caller if caller is not None else Caller(name="tester", scopes=frozenset({ADMIN}))
         pool: Any = thread_pool if thread_pool is not None else SynchronousThreadPool()
         self.engine = Engine(self.registry, stores=dict(stores or {}), clock=self.clock, thread_pool=pool)
         self._ids = itertools.count(1)

@@ -16,9 +16,11 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import threadable
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyRequest
 
 from mcpd.config import Settings
 from mcpd.interfaces import IRuntime
@@ -457,3 +459,12 @@ class HTTPTestCase(SynchronousTestCase):
         if version is not None:
             headers["MCP-Protocol-Version"] = version
         return headers
+
+
+class ComponentizedDummyRequest(DummyRequest, Componentized):
+    """twisted.web's DummyRequest, Componentized as a Site's requests are (the policy layer keeps
+    the caller's identity on the request as a component)."""
+
+    def __init__(self, postpath: list[bytes], session: Any = None) -> None:
+        DummyRequest.__init__(self, postpath, session)
+        Componentized.__init__(self)

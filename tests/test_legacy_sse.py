@@ -11,7 +11,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyRequest
 
 from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.engine import Engine
@@ -22,6 +21,7 @@ from mcpd.tools.pack import load_pack
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.sse import KEEPALIVE, keep_alive
 from mcpd.transport.tls import EndpointError, check_endpoint, is_tls
+from tests.http_harness import ComponentizedDummyRequest as DummyRequest
 from tests.tls_certs import make_tls_files
 
 INITIALIZE = {

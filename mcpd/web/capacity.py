@@ -34,6 +34,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mcpd.interfaces import IGuardedConnection
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import CONNECTION, Claim, Ledger
 from mcpd.web.flow import OutputGuard
@@ -52,6 +53,7 @@ ABORT_AFTER = 5.0
 _HEAD_LIMIT = 16 * 1024
 
 
+@implementer(IGuardedConnection)
 class GuardedConnection(ProtocolWrapper):
     """One admitted connection: counted, and held to the head and body deadlines."""
 

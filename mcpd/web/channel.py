@@ -20,7 +20,9 @@ from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from zope.interface import implementer
 
+from mcpd.interfaces import IClosingChannel
 from mcpd.web.responses import raw_response
 
 # Seconds a connection answered early may take to read its answer and close.
@@ -32,6 +34,7 @@ def error_response(status: int, message: str) -> bytes:
     return raw_response(status, json.dumps({"error": message}).encode())
 
 
+@implementer(IClosingChannel)
 class MCPChannel(HTTPChannel):
     """An `HTTPChannel` whose every refusal is an answer (see the module docstring)."""
 

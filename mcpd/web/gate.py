@@ -26,14 +26,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import server
 
+from mcpd.interfaces import IClosingChannel, IGuardedConnection
 from mcpd.web.head import head_problem
-from mcpd.web.identity import IDENTITY_ATTRIBUTE, Identity
+from mcpd.web.identity import Identity, admit
 from mcpd.web.keys import KeyRing
 from mcpd.web.network import AddressList, forwarded_client, is_loopback_client, normal_form
 from mcpd.web.policy import ORIGIN_CHECKED, origin_problem
 from mcpd.web.ratelimit import RateLimiter, retry_after
 from mcpd.web.responses import REASONS, raw_response
 from mcpd.web.routes import UNKNOWN, Access, decide_route, route_problem
+from mcpd.web.scopes import ADMIN
 
 if TYPE_CHECKING:
     from mcpd.lifecycle import Lifecycle
@@ -55,7 +57,6 @@ CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate, R
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 # Server introspection (`Access.ADMIN` routes): open on loopback; beyond it, an admin-scoped key
 # (or --public-metrics).
-ADMIN_SCOPE = "admin"
 # Refusals of a route or method, by status, as counted (mcp_http_refusals_total{reason}).
 _ROUTE_OUTCOMES = {404: "not_found", 405: "method_not_allowed", 501: "not_implemented"}
 # A request id a client or proxy sent (X-Request-Id) is kept if it looks like one.
@@ -208,14 +209,14 @@ class Gate:
             assert key is not None
             name, scopes = key.name, key.scopes
         keyed = bool(self.keys)
-        if admin and ADMIN_SCOPE not in scopes:
+        if admin and ADMIN not in scopes:
             why = "this page needs an admin-scoped API key beyond loopback (or the server's --public-metrics)"
             return self._audited(request, forbidden(why), "forbidden", client, name if keyed else None, why)
         # Whom limits count against: the key, or the address without keys (mcpd.protocol.ledger).
         account = f"key:{name}" if keyed else f"ip:{client}"
         if keyed or client is not peer:
             # Without keys or proxies, `caller_of` finds the peer by itself.
-            setattr(request, IDENTITY_ATTRIBUTE, Identity(name, scopes, client, account))
+            admit(request, Identity(name, scopes, client, account))
         if self.limiter is not None and (keyed or not is_loopback_client(client)):
             wait = self.limiter.check(account)
             if isinstance(wait, Deferred):
@@ -236,8 +237,8 @@ class Gate:
         """Counts the connection against its account's share of the connection budget (see
         `mcpd.web.capacity`); over it, the request is refused and the connection closed.
         Streams and sessions are counted where they open (`mcpd.protocol.ledger`)."""
-        hold = getattr(request.channel.transport, "hold_for", None)
-        exceeded = hold(account, client) if hold is not None else None
+        guarded = request.guarded
+        exceeded = guarded.hold_for(account, client) if guarded is not None else None
         if exceeded is None:
             return None
         refusal = Refusal(
@@ -313,8 +314,8 @@ class Gate:
         if not refusal.close:
             # A refused client keeps its connection only within its share (its key's, or its
             # address's): refusals cannot be used to hold every connection.
-            hold = getattr(request.channel.transport, "hold_for", None)
-            if hold is not None and hold(f"key:{key}" if key else f"ip:{client}", client) is not None:
+            guarded = request.guarded
+            if guarded is not None and guarded.hold_for(f"key:{key}" if key else f"ip:{client}", client) is not None:
                 refusal = attrs.evolve(refusal, close=True)
         return refusal
 
@@ -368,6 +369,8 @@ class GuardedRequest(server.Request):
     x_request_id: str = ""
     refusal: Refusal | None = None
     _admission: Deferred[Any] | None = None
+    # The connection carrying the request, as the policy layer watches it (set with its head).
+    guarded: IGuardedConnection | None = None
     _answered = False
     _received = 0
 
@@ -385,11 +388,11 @@ class GuardedRequest(server.Request):
             log.info("Refused a malformed request head: {why}", why=problem, x_request_id=self.x_request_id)
             self._refuse(Refusal(400, {"error": problem}, close=True), length)
             return
-        connection: Any = self.channel.transport
-        hooks = getattr(connection, "head_complete", None)
-        if hooks is not None:
-            hooks(length)
-            peer, checked = connection.peer, connection.checked_with is self.gate.allowed
+        # The connection the policy layer watches (mcpd.web.capacity); None under a bare Site.
+        guarded = self.guarded = IGuardedConnection(self.channel.transport, None)
+        if guarded is not None:
+            guarded.head_complete(length)
+            peer, checked = guarded.peer, guarded.checked_with is self.gate.allowed
         else:
             peer, checked = normal_form(getattr(self.client, "host", "") or ""), False
         outcome = self.gate.admit(self, length, peer, checked)
@@ -433,9 +436,9 @@ class GuardedRequest(server.Request):
         headers.extend(refusal.headers)
         response = raw_response(refusal.status, refusal.payload(), headers)
         channel: Any = self.channel
-        answer_and_close = getattr(channel, "answer_and_close", None)
-        if answer_and_close is not None:
-            answer_and_close(response)  # mcpd.web.channel: lets the client read it
+        closing = IClosingChannel(channel, None)
+        if closing is not None:
+            closing.answer_and_close(response)  # mcpd.web.channel: lets the client read it
         else:
             channel.transport.write(response)
             channel.loseConnection()
@@ -454,9 +457,8 @@ class GuardedRequest(server.Request):
         content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        body_complete = getattr(self.channel.transport, "body_complete", None)
-        if body_complete is not None:
-            body_complete()
+        if self.guarded is not None:
+            self.guarded.body_complete()
         super().requestReceived(command, path, version)
 
     def process(self) -> None:
@@ -497,9 +499,8 @@ class GuardedRequest(server.Request):
 
     def finish(self) -> None:
         # Before the channel replays any pipelined request, which may start a new deadline.
-        finished = getattr(self.channel.transport, "request_finished", None) if self.channel else None
-        if finished is not None:
-            finished()
+        if self.guarded is not None:
+            self.guarded.request_finished()
         super().finish()
 
 

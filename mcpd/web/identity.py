@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.test_gate -*-
-"""Who is calling, as the HTTP policy layer established it; transports read it from here."""
+"""Who is calling, as the HTTP policy layer established it: an `Identity` kept on the request as
+its `IIdentity` component; transports read it with `caller_of`."""
 
 from __future__ import annotations
 
@@ -7,17 +8,17 @@ import functools
 from typing import TYPE_CHECKING
 
 import attrs
+from zope.interface import implementer
 
+from mcpd.interfaces import IIdentity
 from mcpd.tools.api import Caller
 from mcpd.web.network import normal_form
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
 
-# The attribute of a twisted.web request the policy layer sets once it has admitted the request.
-IDENTITY_ATTRIBUTE = "mcpd_identity"
 
-
+@implementer(IIdentity)
 @attrs.frozen
 class Identity:
     """An admitted HTTP client: its key's name and scopes (none without keys), its real
@@ -32,7 +33,7 @@ class Identity:
 
 def caller_of(request: Request, transport: str) -> Caller:
     """The `Caller` a transport hands the engine for ``request``."""
-    identity: Identity | None = getattr(request, IDENTITY_ATTRIBUTE, None)
+    identity: Identity | None = request.getComponent(IIdentity)
     if identity is None:
         address = request.getClientAddress()
         peer = getattr(address, "host", "") or str(address)
@@ -56,3 +57,8 @@ def caller_of(request: Request, transport: str) -> Caller:
 def _address_account(peer: str) -> str:
     """The account of a client without keys: its address, IPv4-mapped IPv6 as IPv4."""
     return f"ip:{normal_form(peer)}"
+
+
+def admit(request: Request, identity: Identity) -> None:
+    """Keep on ``request`` who the policy layer admitted it as (its `IIdentity` component)."""
+    request.setComponent(IIdentity, identity)

@@ -17,9 +17,10 @@ from collections.abc import Iterable
 import attrs
 
 from mcpd.config import read_lines
+from mcpd.web.scopes import ADMIN
 
 # A key with no scopes listed may do everything.
-DEFAULT_SCOPES = frozenset({"admin"})
+DEFAULT_SCOPES = frozenset({ADMIN})
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _SCOPE_SPLIT = re.compile(r"[\s,]+")
 
