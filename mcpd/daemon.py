@@ -26,6 +26,8 @@ from mcpd.protocol.session import SessionStore
 from mcpd.protocol.trace import Tracer
 from mcpd.protocol.vocabulary import REQUEST_METHODS
 from mcpd.runtime import Runtime
+from mcpd.security.layer import Security, load_allowlist, load_key_ring
+from mcpd.security.policy import OriginGuard, beyond_loopback
 from mcpd.services import (
     DrainService,
     EngineService,
@@ -47,8 +49,6 @@ from mcpd.transport.streamable import StreamableHTTP
 from mcpd.transport.tls import EndpointError, TLSHandshakeLog, check_endpoint, is_tls
 from mcpd.transport.websocket import websocket_resource
 from mcpd.web.monitoring import build_monitor
-from mcpd.web.policy import OriginGuard, beyond_loopback
-from mcpd.web.security import Security, load_allowlist, load_key_ring
 from mcpd.web.site import make_site
 
 log = Logger(namespace="mcpd")

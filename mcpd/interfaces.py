@@ -139,7 +139,7 @@ class IGuardedConnection(Interface):
 
 class IClosingChannel(Interface):
     """An HTTP channel that can answer a refused request and close so that the client reads the
-    answer (`mcpd.web.channel.MCPChannel`)."""
+    answer (`mcpd.security.channel.MCPChannel`)."""
 
     def answer_and_close(response: bytes) -> None:
         """Write ``response`` (a whole HTTP response) and close once the client has it."""

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from mcpd.protocol.session import SessionStore
     from mcpd.protocol.trace import Tracer
     from mcpd.runtime import Runtime
-    from mcpd.web.security import Security
+    from mcpd.security.layer import Security
 
 log = Logger(namespace="mcpd")
 

@@ -38,9 +38,9 @@ from mcpd.interfaces import (
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_VERSIONS
 from mcpd.protocol.vocabulary import Exchange
+from mcpd.security.scopes import ADMIN
 from mcpd.stores.memory import MemoryBucketStore, MemorySessionStore, MemoryTaskStore
 from mcpd.tools import Caller, ToolPack, ToolRegistry
-from mcpd.web.scopes import ADMIN
 
 
 class SynchronousThreadPool:

@@ -13,10 +13,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mcpd.observe.audit import AuditTrail
+from mcpd.security.gate import Gate, guarded_request_factory
+from mcpd.security.identity import caller_of
+from mcpd.security.keys import APIKey, KeyRing
 from mcpd.tools.api import Caller
-from mcpd.web.gate import Gate, guarded_request_factory
-from mcpd.web.identity import caller_of
-from mcpd.web.keys import APIKey, KeyRing
 from tests.http_harness import HTTPConnection, HTTPResponse
 
 KEYS = KeyRing([APIKey.from_secret("alice-key", "alice", ["read"]), APIKey.from_secret("root-key", "root")])

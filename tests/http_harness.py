@@ -29,9 +29,9 @@ from mcpd.protocol.ledger import Ledger
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcpd.runtime import Runtime
+from mcpd.security.policy import OriginGuard
 from mcpd.tools import ToolContext, ToolPack, ToolRegistry
 from mcpd.transport.streamable import StreamableHTTP
-from mcpd.web.policy import OriginGuard
 from mcpd.web.site import MCPSite, make_site
 from tests.schema_check import validate_message
 

@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.capacity`: connection caps answered 503, refused peers answered 403, and
+"""Tests for `mcpd.security.capacity`: connection caps answered 503, refused peers answered 403, and
 slow clients dropped, on a Clock."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from mcpd.protocol.ledger import CONNECTION, Ledger, Limit
-from mcpd.web.capacity import REFUSAL_GRACE, CapacityFactory
-from mcpd.web.gate import Gate, guarded_request_factory
-from mcpd.web.network import AddressList
+from mcpd.security.addresses import AddressList
+from mcpd.security.capacity import REFUSAL_GRACE, CapacityFactory
+from mcpd.security.gate import Gate, guarded_request_factory
 from tests.gate_harness import KEYS, Recorder
 from tests.http_harness import parse_response
 

@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.channel` and `mcpd.web.head`: heads that are too large or malformed are
+"""Tests for `mcpd.security.channel` and `mcpd.security.head`: heads that are too large or malformed are
 answered with JSON (not dropped, not a bare 400) and the connection is then closed; in memory for
 the lingering close, then against a real daemon over real sockets, plain and TLS."""
 
@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from mcpd.web.channel import LINGER, MCPChannel
+from mcpd.security.channel import LINGER, MCPChannel
 from mcpd.web.site import MCPSite
 from tests.security_harness import (
     KEY,

@@ -233,7 +233,7 @@ class ComposeTests(SynchronousTestCase):
         keys = (root / "contrib/docker/secrets/mcpd-keys").read_text()
         prometheus_key = (root / "contrib/docker/secrets/prometheus-key").read_text().strip()
         self.assertIn(f"prometheus:{prometheus_key}:admin", keys)
-        from mcpd.web.keys import read_key_file
+        from mcpd.security.keys import read_key_file
 
         self.assertEqual(
             [key.name for key in read_key_file(str(root / "contrib/docker/secrets/mcpd-keys"))], ["admin", "prometheus"]

@@ -34,9 +34,9 @@ from mcpd.protocol.versions import (
     MODERN_VERSIONS,
 )
 from mcpd.protocol.vocabulary import CallRecord
+from mcpd.security.ratelimit import MessageLimiter, RateLimit, RateLimiter
 from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tools import Caller, Tool, ToolContext, ToolPack, ToolRegistry, ToolResult
-from mcpd.web.ratelimit import MessageLimiter, RateLimit, RateLimiter
 from tests.engine_harness import (
     ECHO_OUTPUT,
     MODERN,

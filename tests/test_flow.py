@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.flow`: clients that do not read their output.
+"""Tests for `mcpd.security.flow`: clients that do not read their output.
 
 In memory, the guard's bookkeeping; over real sockets, a daemon in a subprocess and clients that
 never read (a small receive buffer) on every transport: pipelined HTTP requests, an /sse stream fed
@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from mcpd.web.flow import OutputGuard
+from mcpd.security.flow import OutputGuard
 from tests.clients import fetch
 from tests.daemon import INITIALIZE, MCPD, DaemonTestMixin, free_port, modern_request, post
 from tests.tls_certs import make_tls_files

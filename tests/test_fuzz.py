@@ -366,7 +366,7 @@ def http_problems(answer: Answer, expected: Owed, clean: bool) -> list[str]:
 
 
 def _is_refusal(message: Any) -> bool:
-    """The transport's own refusal (`mcpd.web.responses.json_error`, the gate): {"error": "..."}."""
+    """The transport's own refusal (`mcpd.security.responses.json_error`, the gate): {"error": "..."}."""
     return isinstance(message, dict) and "jsonrpc" not in message and isinstance(message.get("error"), str)
 
 

@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.gate` (and `mcpd.web.identity`): the per-request policy, in memory."""
+"""Tests for `mcpd.security.gate` (and `mcpd.security.identity`): the per-request policy, in memory."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from mcpd.interfaces import IBucketStore
+from mcpd.security.addresses import AddressList
+from mcpd.security.ratelimit import RateLimit, RateLimiter
 from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tools.api import Caller
-from mcpd.web.network import AddressList
-from mcpd.web.ratelimit import RateLimit, RateLimiter
 from tests.gate_harness import KEYS, GateTestCase, Recorder
 from tests.http_harness import HTTPConnection, parse_response
 

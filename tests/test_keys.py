@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.keys`: key files, digests, constant-time recognition, names."""
+"""Tests for `mcpd.security.keys`: key files, digests, constant-time recognition, names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpd.web.keys import APIKey, KeyFileError, KeyRing, load_keys, parse_key_line, read_key_file, short_hash
+from mcpd.security.keys import APIKey, KeyFileError, KeyRing, load_keys, parse_key_line, read_key_file, short_hash
 
 
 class KeyTests(SynchronousTestCase):

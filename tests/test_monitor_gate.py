@@ -1,10 +1,10 @@
-"""Tests for the monitoring side of `mcpd.web.gate`: who may read /stats, /metrics and
+"""Tests for the monitoring side of `mcpd.security.gate`: who may read /stats, /metrics and
 /dashboard, request ids, refusal counts and draining, in memory."""
 
 from __future__ import annotations
 
 from mcpd.lifecycle import DRAINING, SERVING, Lifecycle
-from mcpd.web.gate import Gate
+from mcpd.security.gate import Gate
 from tests.gate_harness import KEYS, GateTestCase
 
 

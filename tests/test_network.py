@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.network`: allowlists, IPv4-mapped IPv6, forwarded clients (in memory, then
+"""Tests for `mcpd.security.addresses`: allowlists, IPv4-mapped IPv6, forwarded clients (in memory, then
 through a real daemon behind a "proxy" on loopback)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpd.web.network import (
+from mcpd.security.addresses import (
     UNKNOWN_CLIENT,
     AddressList,
     AddressListError,

@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.policy`: the Origin and Host checks that guard every MCP endpoint
+"""Tests for `mcpd.security.policy`: the Origin and Host checks that guard every MCP endpoint
 (DNS-rebinding protection, 2025-11-25 transports §Security Warning)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from mcpd.web.policy import OriginGuard, is_loopback
+from mcpd.security.policy import OriginGuard, is_loopback
 from tests.http_harness import HTTPConnection, HTTPResponse
 
 

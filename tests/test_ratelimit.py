@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.ratelimit`: token buckets on a Clock, and, over real sockets, one limit per
+"""Tests for `mcpd.security.ratelimit`: token buckets on a Clock, and, over real sockets, one limit per
 JSON-RPC message whatever carries it (a batch, a WebSocket, an /sse session)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from zope.interface.verify import verifyObject
 
 from mcpd.interfaces import IBucketStore
 from mcpd.protocol.errors import INVALID_REQUEST, LIMIT_EXCEEDED, LimitExceeded
+from mcpd.security.ratelimit import MessageLimiter, RateLimit, RateLimiter, retry_after
 from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tools.api import Caller
-from mcpd.web.ratelimit import MessageLimiter, RateLimit, RateLimiter, retry_after
 from tests.clients import RawSSE
 from tests.daemon import MCPD, DaemonTestCase
 

@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.routes`: one route per request target, decided once; the policy layer
+"""Tests for `mcpd.security.routes`: one route per request target, decided once; the policy layer
 decides on it and the Site serves it. In memory for the table, then against a real daemon with
 keys over real sockets (plain and TLS) for every spelling of a path an attacker might try."""
 
@@ -8,12 +8,12 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.security import routes
+from mcpd.security.routes import UNKNOWN, route_of, route_problem, split_target
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.streamable import StreamableHTTP
 from mcpd.transport.websocket import WebSocketEndpoint
-from mcpd.web import routes
 from mcpd.web.monitoring import ASSETS
-from mcpd.web.routes import UNKNOWN, route_of, route_problem, split_target
 from tests.security_harness import (
     KEY,
     MCP_HEADERS,

@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.scopes`: which tools a key's scopes allow."""
+"""Tests for `mcpd.security.scopes`: which tools a key's scopes allow."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.security.scopes import ADMIN, READ, WRITE, ScopePolicy, tool_level
 from mcpd.tools.api import Caller, Tool, ToolAnnotations
 from mcpd.tools.pack import ToolPack, ToolRegistry
-from mcpd.web.scopes import ADMIN, READ, WRITE, ScopePolicy, tool_level
 
 
 def _handler(ctx: Any, arguments: dict[str, Any]) -> str:

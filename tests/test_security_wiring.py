@@ -1,4 +1,4 @@
-"""Tests for `mcpd.web.security` and the security knobs: settings to policy, SIGHUP reloads."""
+"""Tests for `mcpd.security.layer` and the security knobs: settings to policy, SIGHUP reloads."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.config import ConfigError, Settings, resolve
 from mcpd.protocol.ledger import STREAM, Ledger
+from mcpd.security.layer import Security, SecurityConfigError
+from mcpd.security.scopes import ScopePolicy, narrowed
 from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tap import Options
 from mcpd.tools.pack import ToolRegistry
-from mcpd.web.scopes import ScopePolicy, narrowed
-from mcpd.web.security import Security, SecurityConfigError
 
 
 class KnobTests(SynchronousTestCase):

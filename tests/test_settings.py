@@ -164,8 +164,8 @@ class FileReadingTests(SynchronousTestCase):
     """Every file an option names (config, key file, allowlist) fails the same readable way."""
 
     def test_a_binary_file_is_refused_by_name(self) -> None:
-        from mcpd.web.keys import KeyFileError, read_key_file
-        from mcpd.web.network import AddressListError, read_address_file
+        from mcpd.security.addresses import AddressListError, read_address_file
+        from mcpd.security.keys import KeyFileError, read_key_file
 
         path = self.mktemp()
         with open(path, "wb") as f:

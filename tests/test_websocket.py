@@ -159,8 +159,8 @@ class StreamSlotTests(SynchronousTestCase):
         from twisted.web.server import Site
 
         from mcpd.protocol.ledger import SESSION, STREAM, Ledger, Limit
+        from mcpd.security.gate import Gate, guarded_request_factory
         from mcpd.transport.websocket import WebSocketEndpoint
-        from mcpd.web.gate import Gate, guarded_request_factory
 
         self.ledger = Ledger({STREAM: Limit(per_account=1), SESSION: Limit(10, 10)})
         self.engine = Engine(ToolRegistry([load_pack("server")]), ledger=self.ledger)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 Notify = Callable[[dict[str, Any]], None]
 # None while a caller may send, else the error to answer its message with (or a Deferred of
-# either): the security layer's rate limit (mcpd.web.ratelimit.MessageLimiter).
+# either): the security layer's rate limit (mcpd.security.ratelimit.MessageLimiter).
 MessageLimit = Callable[[Caller], Any]
 
 # The handshake era (2024-11-05 … 2025-11-25); tasks/* only in 2025-11-25.

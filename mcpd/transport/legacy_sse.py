@@ -25,9 +25,9 @@ from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import LimitExceeded, ParseError
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.vocabulary import Exchange
+from mcpd.security.identity import caller_of
+from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.transport.sse import finish_quietly, format_event, hold_stream, start_sse
-from mcpd.web.identity import caller_of
-from mcpd.web.responses import NoHead, json_error, limit_error
 
 if TYPE_CHECKING:
     from twisted.web.server import Request

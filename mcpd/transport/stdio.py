@@ -2,7 +2,7 @@
 """MCP over stdio: newline-delimited JSON-RPC on stdin and stdout (basic/transports §stdio).
 
 While the client does not read stdout, stdin is not read either; past ``max_write_buffer`` bytes
-it has left unread, the client is given up on and the server stops (`mcpd.web.flow`).
+it has left unread, the client is given up on and the server stops (`mcpd.security.flow`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import InvalidRequest
 from mcpd.protocol.session import Session
 from mcpd.protocol.vocabulary import Exchange
+from mcpd.security.flow import OutputGuard
 from mcpd.tools.api import Caller
-from mcpd.web.flow import OutputGuard
 
 log = Logger(namespace="mcpd.stdio")
 

@@ -40,10 +40,10 @@ from mcpd.protocol.ledger import Ledger
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS
 from mcpd.protocol.vocabulary import Exchange
+from mcpd.security.identity import caller_of
+from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.tools.api import Caller
 from mcpd.transport.sse import EventStream, finish_quietly, hold_stream, parse_event_id, start_sse
-from mcpd.web.identity import caller_of
-from mcpd.web.responses import NoHead, json_error, limit_error
 
 if TYPE_CHECKING:
     from twisted.web.server import Request

@@ -47,9 +47,9 @@ from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import SESSION, STREAM
 from mcpd.protocol.session import Session
 from mcpd.protocol.vocabulary import Exchange
+from mcpd.security.identity import caller_of
+from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.tools.api import Caller
-from mcpd.web.identity import caller_of
-from mcpd.web.responses import NoHead, json_error, limit_error
 
 if TYPE_CHECKING:
     from twisted.web.server import Request

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_streamable -*-
-"""The Site: one `Root` serving the routes of `mcpd.web.routes` (the MCP endpoint at ``/`` and
+"""The Site: one `Root` serving the routes of `mcpd.security.routes` (the MCP endpoint at ``/`` and
 ``/mcp``, the other transports, the monitoring routes in a Klein app)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
-from mcpd.web.channel import MCPChannel
-from mcpd.web.responses import json_error
-from mcpd.web.routes import UNKNOWN, Route, decide_route, route_problem
+from mcpd.security.channel import MCPChannel
+from mcpd.security.responses import json_error
+from mcpd.security.routes import UNKNOWN, Route, decide_route, route_problem
 
 if TYPE_CHECKING:
     from twisted.web import http
@@ -59,7 +59,7 @@ class MCPSite(Site):
 
 
 class Root(Resource):
-    """Serves each request's route (`mcpd.web.routes`, decided once, by the policy layer when
+    """Serves each request's route (`mcpd.security.routes`, decided once, by the policy layer when
     there is one): the MCP endpoint (a plain Resource: Klein's router costs a third of the
     throughput on the hot path), the other transports (``sse``, ``messages``, ``ws``) and the
     Klein app for the monitoring routes. A path or method no route takes is answered with a

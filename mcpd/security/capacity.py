@@ -13,7 +13,7 @@
   (or of the connection), its body within ``body_timeout`` seconds of the head; a slow-loris
   client is answered 408 and dropped.
 - Clients that do not read: while a connection's output is not draining, nothing more is read
-  from it, and past ``max_write_buffer`` unsent bytes it is dropped (`mcpd.web.flow`),
+  from it, and past ``max_write_buffer`` unsent bytes it is dropped (`mcpd.security.flow`),
   whatever transport it carries (HTTP, SSE streams, WebSocket).
 
 It implements ``IProtocolNegotiationFactory`` by asking the Site, so that under ``ssl:``
@@ -37,9 +37,9 @@ from zope.interface import implementer
 from mcpd.interfaces import IGuardedConnection
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import CONNECTION, Claim, Ledger
-from mcpd.web.flow import OutputGuard
-from mcpd.web.gate import Gate, Refusal, raw_response
-from mcpd.web.network import normal_form
+from mcpd.security.addresses import normal_form
+from mcpd.security.flow import OutputGuard
+from mcpd.security.gate import Gate, Refusal, raw_response
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -81,7 +81,7 @@ class GuardedConnection(ProtocolWrapper):
         transport: Any = self.transport
         transport.registerProducer(self.guard, True)
 
-    # -- flow control (mcpd.web.flow) ---------------------------------------------------
+    # -- flow control (mcpd.security.flow) ---------------------------------------------------
 
     def write(self, data: bytes) -> None:
         if self.guard.blocked and not self.guard.admit(len(data)):

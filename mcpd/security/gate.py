@@ -7,7 +7,7 @@ proxy) and whether that address may call, whether its Origin may (DNS-rebinding 
 preflights are answered here), whether the body is too large, who is calling (API key), whether
 the caller is over its rate limit or its share of connections. A refused request is answered
 with JSON saying what to do, and its body is discarded unread; an admitted one carries its
-`Identity`, which transports turn into the engine's `Caller` (`mcpd.web.identity.caller_of`).
+`Identity`, which transports turn into the engine's `Caller` (`mcpd.security.identity.caller_of`).
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from mcpd.interfaces import IClosingChannel, IGuardedConnection
-from mcpd.web.head import head_problem
-from mcpd.web.identity import Identity, admit
-from mcpd.web.keys import KeyRing
-from mcpd.web.network import AddressList, forwarded_client, is_loopback_client, normal_form
-from mcpd.web.policy import ORIGIN_CHECKED, origin_problem
-from mcpd.web.ratelimit import RateLimiter, retry_after
-from mcpd.web.responses import REASONS, raw_response
-from mcpd.web.routes import UNKNOWN, Access, decide_route, route_problem
-from mcpd.web.scopes import ADMIN
+from mcpd.security.addresses import AddressList, forwarded_client, is_loopback_client, normal_form
+from mcpd.security.head import head_problem
+from mcpd.security.identity import Identity, admit
+from mcpd.security.keys import KeyRing
+from mcpd.security.policy import ORIGIN_CHECKED, origin_problem
+from mcpd.security.ratelimit import RateLimiter, retry_after
+from mcpd.security.responses import REASONS, raw_response
+from mcpd.security.routes import UNKNOWN, Access, decide_route, route_problem
+from mcpd.security.scopes import ADMIN
 
 if TYPE_CHECKING:
     from mcpd.lifecycle import Lifecycle
@@ -235,7 +235,7 @@ class Gate:
 
     def _hold_connection(self, request: GuardedRequest, account: str, client: str, key: str | None) -> Refusal | None:
         """Counts the connection against its account's share of the connection budget (see
-        `mcpd.web.capacity`); over it, the request is refused and the connection closed.
+        `mcpd.security.capacity`); over it, the request is refused and the connection closed.
         Streams and sessions are counted where they open (`mcpd.protocol.ledger`)."""
         guarded = request.guarded
         exceeded = guarded.hold_for(account, client) if guarded is not None else None
@@ -388,7 +388,7 @@ class GuardedRequest(server.Request):
             log.info("Refused a malformed request head: {why}", why=problem, x_request_id=self.x_request_id)
             self._refuse(Refusal(400, {"error": problem}, close=True), length)
             return
-        # The connection the policy layer watches (mcpd.web.capacity); None under a bare Site.
+        # The connection the policy layer watches (mcpd.security.capacity); None under a bare Site.
         guarded = self.guarded = IGuardedConnection(self.channel.transport, None)
         if guarded is not None:
             guarded.head_complete(length)
@@ -438,7 +438,7 @@ class GuardedRequest(server.Request):
         channel: Any = self.channel
         closing = IClosingChannel(channel, None)
         if closing is not None:
-            closing.answer_and_close(response)  # mcpd.web.channel: lets the client read it
+            closing.answer_and_close(response)  # mcpd.security.channel: lets the client read it
         else:
             channel.transport.write(response)
             channel.loseConnection()

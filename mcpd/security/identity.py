@@ -11,8 +11,8 @@ import attrs
 from zope.interface import implementer
 
 from mcpd.interfaces import IIdentity
+from mcpd.security.addresses import normal_form
 from mcpd.tools.api import Caller
-from mcpd.web.network import normal_form
 
 if TYPE_CHECKING:
     from twisted.web.server import Request

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from mcpd.web.responses import json_error
+from mcpd.security.responses import json_error
 
 log = Logger(namespace="mcpd.policy")
 
@@ -72,7 +72,7 @@ ORIGIN_CHECKED = "mcpd_origin_checked"
 def origin_problem(request: Request, allowed_origins: frozenset[str], origin: str | None = "") -> str | None:
     """Why ``request`` must be refused as cross-site (see `OriginGuard`), or None if it may pass.
 
-    Shared by `OriginGuard` and the policy layer (`mcpd.web.gate`), which applies it to every
+    Shared by `OriginGuard` and the policy layer (`mcpd.security.gate`), which applies it to every
     route with the ``--cors-origin`` list as ``allowed_origins``.
     """
     if origin == "":  # not looked up by the caller yet
@@ -116,7 +116,7 @@ class OriginGuard(Resource):
 
     def render(self, request: Request) -> bytes | int:
         if getattr(request, ORIGIN_CHECKED, False):
-            # The policy layer (mcpd.web.gate) already checked it, against --cors-origin.
+            # The policy layer (mcpd.security.gate) already checked it, against --cors-origin.
             return self.wrapped.render(request)
         why = origin_problem(request, self.allowed_origins)
         if why is not None:

@@ -14,13 +14,13 @@ from mcpd.config import ConfigError
 from mcpd.interfaces import IBucketStore
 from mcpd.observe.audit import AuditTrail
 from mcpd.protocol.ledger import Ledger
-from mcpd.web.capacity import CapacityFactory
-from mcpd.web.gate import Gate, GuardedRequest, guarded_request_factory
-from mcpd.web.keys import KeyFileError, KeyRing, load_keys
-from mcpd.web.network import AddressList, AddressListError, read_address_file
-from mcpd.web.policy import beyond_loopback
-from mcpd.web.ratelimit import MessageLimiter, RateLimit, RateLimiter
-from mcpd.web.scopes import ScopePolicy, narrowed
+from mcpd.security.addresses import AddressList, AddressListError, read_address_file
+from mcpd.security.capacity import CapacityFactory
+from mcpd.security.gate import Gate, GuardedRequest, guarded_request_factory
+from mcpd.security.keys import KeyFileError, KeyRing, load_keys
+from mcpd.security.policy import beyond_loopback
+from mcpd.security.ratelimit import MessageLimiter, RateLimit, RateLimiter
+from mcpd.security.scopes import ScopePolicy, narrowed
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from mcpd.interfaces import IBucketStore
 from mcpd.protocol.errors import LimitExceeded
-from mcpd.web.policy import is_loopback
+from mcpd.security.policy import is_loopback
 
 if TYPE_CHECKING:
     from mcpd.tools.api import Caller

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mcpd.web.routes import split_target
+from mcpd.security.routes import split_target
 
 # Headers mcpd reads as one value: sent twice, which one counts would be a guess.
 _SINGLE = frozenset(

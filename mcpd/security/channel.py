@@ -23,7 +23,7 @@ from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
 from mcpd.interfaces import IClosingChannel
-from mcpd.web.responses import raw_response
+from mcpd.security.responses import raw_response
 
 # Seconds a connection answered early may take to read its answer and close.
 LINGER = 2.0
@@ -88,7 +88,7 @@ class MCPChannel(HTTPChannel):
         self.setTimeout(None)
         transport: Any = self.transport
         transport.write(response)
-        # The connection's deadlines (mcpd.web.capacity) no longer apply: it is closing.
+        # The connection's deadlines (mcpd.security.capacity) no longer apply: it is closing.
         finished = getattr(transport, "body_complete", None)
         if finished is not None:
             finished()

@@ -2,7 +2,7 @@
 """The routes of the Site, decided once per request from its raw target.
 
 `route_of` maps a request target to exactly one `Route` or to `UNKNOWN`; the policy layer
-(`mcpd.web.gate`) decides on that route and `mcpd.web.site.Root` serves that same route. Paths
+(`mcpd.security.gate`) decides on that route and `mcpd.web.site.Root` serves that same route. Paths
 are matched byte for byte against the table: nothing is decoded or normalised, so a target that
 is not exactly a route's path (``//health``, ``/./health``, ``/mcp/``, ``/%68ealth``,
 ``/health;x``) names no route and is refused, never served by something else.
@@ -89,7 +89,7 @@ def route_of(target: bytes) -> Route:
 
     An absolute-form target (``http://host/mcp``, RFC 9112 §3.2.2) names the route of its path;
     that its authority matches ``Host`` is checked with the rest of the head
-    (`mcpd.web.head.head_problem`).
+    (`mcpd.security.head.head_problem`).
     """
     route = ROUTES.get(target.partition(b"?")[0])
     if route is not None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import attrs
 
 from mcpd.config import read_lines
-from mcpd.web.scopes import ADMIN
+from mcpd.security.scopes import ADMIN
 
 # A key with no scopes listed may do everything.
 DEFAULT_SCOPES = frozenset({ADMIN})
