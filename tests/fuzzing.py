@@ -33,6 +33,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
+from mcpd.protocol.vocabulary import REQUEST_METHODS as SERVED_METHODS
 from tests.wire import NotStrictJSON, lone_surrogate, strict_loads
 
 MODERN = MODERN_VERSIONS[-1]
@@ -292,28 +293,8 @@ request_ids = weighted(
 )
 ABSENT = object()
 
-REQUEST_METHODS = [
-    "initialize",
-    "ping",
-    "tools/list",
-    "tools/call",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "prompts/list",
-    "prompts/get",
-    "completion/complete",
-    "logging/setLevel",
-    "tasks/get",
-    "tasks/result",
-    "tasks/list",
-    "tasks/cancel",
-    "tasks/update",
-    "server/discover",
-    "subscriptions/listen",
-]
+# Every request method mcpd serves, in either era.
+REQUEST_METHODS = sorted(SERVED_METHODS)
 NOTIFICATION_METHODS = [
     "notifications/initialized",
     "notifications/cancelled",
