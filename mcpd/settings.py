@@ -42,6 +42,23 @@ def _percent(text: str) -> int:
     return value
 
 
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {text!r}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _db_url(text: str) -> str:
+    scheme = text.partition(":")[0].lower()
+    if not (scheme.startswith("sqlite") or scheme.startswith("mysql") or scheme.startswith("mariadb")):
+        raise ValueError(f"must be a sqlite:/// or mysql+pymysql:// URL, not one starting {scheme + ':'!r}")
+    return text
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -171,8 +188,9 @@ KNOBS: tuple[Knob, ...] = (
         "toolsets",
         "TOOLSETS",
         _names,
-        ("server",),
-        "Built-in tool packs to serve, comma-separated.",
+        None,
+        "Built-in tool packs to serve, comma-separated (server, tasks, notes). Default: every "
+        "built-in pack whose stores are configured.",
     ),
     Knob(
         "tool_pack",
@@ -252,8 +270,9 @@ KNOBS: tuple[Knob, ...] = (
         "API_KEY_FILE",
         _text,
         None,
-        "File of API keys, one a line: KEY, NAME:KEY or NAME:KEY:SCOPES (scopes comma-separated: read, "
-        "write, admin, or tool and toolset names; none = admin). Reloaded on SIGHUP.",
+        "File of API keys, one a line: KEY, NAME:KEY, NAME:KEY:SCOPES or NAME:KEY:SCOPES:TENANT (scopes "
+        "comma-separated: read, write, admin, or tool and toolset names; none = admin; the tenant whose "
+        "records the key sees, default: default). Reloaded on SIGHUP.",
     ),
     Knob(
         "insecure_no_auth",
@@ -385,6 +404,73 @@ KNOBS: tuple[Knob, ...] = (
         "failed call, not the tool calls that went well). Default: all with API keys or a listener "
         "beyond loopback, else refusals.",
     ),
+    # -- stores (mcpd.stores) --
+    Knob(
+        "data_dir",
+        "DATA_DIR",
+        _text,
+        "./mcpd-data",
+        "Directory of the embedded stores (the default SQLite database); created with mode 0700.",
+    ),
+    Knob(
+        "db_url",
+        "DB_URL",
+        _db_url,
+        None,
+        "SQLAlchemy URL of the SQL store: sqlite:///PATH or mysql+pymysql://USER@HOST:3306/DB "
+        "(MySQL 8 / MariaDB 10.11+). Default: sqlite:///DATA_DIR/mcpd.sqlite3.",
+    ),
+    Knob(
+        "db_password",
+        "DB_PASSWORD",
+        _text,
+        None,
+        "Password of the --db-url user; shows in ps as a flag: prefer DB_PASSWORD or --db-password-file.",
+    ),
+    Knob(
+        "db_password_file",
+        "DB_PASSWORD_FILE",
+        _text,
+        None,
+        "File holding the --db-url user's password (its first line).",
+    ),
+    Knob("db_pool_size", "DB_POOL_SIZE", _positive_int, 5, "Connections the SQL store keeps open."),
+    Knob(
+        "db_max_overflow",
+        "DB_MAX_OVERFLOW",
+        _whole_number,
+        5,
+        "Connections the SQL store may open beyond --db-pool-size under load; its thread pool has "
+        "--db-pool-size + --db-max-overflow threads.",
+    ),
+    Knob(
+        "db_pool_recycle",
+        "DB_POOL_RECYCLE",
+        _seconds,
+        3600.0,
+        "Seconds after which a pooled connection is replaced (keep it below MySQL's wait_timeout).",
+    ),
+    Knob(
+        "db_pool_pre_ping",
+        "DB_POOL_PRE_PING",
+        _bool,
+        True,
+        "Test a pooled connection before each use, so a restarted server is reconnected to (1 or 0).",
+    ),
+    Knob(
+        "db_timeout",
+        "DB_TIMEOUT",
+        _seconds,
+        5.0,
+        "Seconds to connect to the database or wait for a lock before a call is answered that it is unavailable.",
+    ),
+    Knob(
+        "db_statement_timeout",
+        "DB_STATEMENT_TIMEOUT",
+        _seconds,
+        10.0,
+        "Longest a single SQL statement may run (MariaDB max_statement_time, MySQL max_execution_time).",
+    ),
     # -- observability and lifecycle (mcpd.observe, mcpd.lifecycle) --
     Knob(
         "public_metrics",
@@ -504,7 +590,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8765
     listen: tuple[str, ...] = ()
-    toolsets: tuple[str, ...] = ("server",)
+    toolsets: tuple[str, ...] | None = None
     tool_pack: tuple[str, ...] = ()
     threads: int = 10
     session_timeout: float = 1800.0
@@ -554,6 +640,15 @@ class Settings:
     embedding_retries: int = 3
     embedding_query_prefix: str = ""
     embedding_document_prefix: str = ""
+    db_url: str | None = attrs.field(default=None, repr=False)  # may hold a password
+    db_password: str | None = attrs.field(default=None, repr=False)  # a secret: never shown
+    db_password_file: str | None = None
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    db_pool_recycle: float = 3600.0
+    db_pool_pre_ping: bool = True
+    db_timeout: float = 5.0
+    db_statement_timeout: float = 10.0
     stdio: bool = False
     port_given: bool = False
 

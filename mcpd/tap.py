@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import os
 import sys
-import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred
@@ -21,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mcpd._version import __version__
+from mcpd.interfaces import INoteStore, ITaskBoard
 from mcpd.lifecycle import DrainService, Lifecycle, OrderedMultiService, ReadinessService
 from mcpd.observe import logging as mcpd_logging
 from mcpd.observe.health import HealthService
@@ -30,7 +30,9 @@ from mcpd.protocol.session import SessionStore
 from mcpd.protocol.tasks import TASK_CAPACITY
 from mcpd.protocol.trace import Tracer
 from mcpd.runtime import Runtime
-from mcpd.settings import KNOBS, SettingError, Settings, read_env_file, resolve
+from mcpd.settings import KNOBS, SettingError, Settings, read_env_file, read_lines, resolve
+from mcpd.stores import StoreSet
+from mcpd.stores.threads import ThreadPoolService
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.sse import close_streams
@@ -42,6 +44,9 @@ from mcpd.web.monitoring import build_monitor
 from mcpd.web.policy import OriginGuard, beyond_loopback
 from mcpd.web.security import ReloadService, Security, SecurityConfigError, load_allowlist, load_key_ring
 from mcpd.web.site import make_site
+
+if TYPE_CHECKING:
+    from mcpd.stores.sql.config import DatabaseConfig
 
 log = Logger(namespace="mcpd")
 
@@ -123,6 +128,15 @@ class Options(usage.Options):
         except SettingError as e:
             raise usage.UsageError(str(e)) from None
         self.packs = load_packs(self.settings)
+        # The toolsets actually served (the default: every built-in pack whose stores run).
+        self.settings = attrs.evolve(self.settings, toolsets=toolsets_of(self.settings))
+        if needs_sql(self.packs):
+            from mcpd.stores.sql.config import DatabaseConfigError
+
+            try:
+                sql_config(self.settings)
+            except DatabaseConfigError as e:
+                raise usage.UsageError(str(e)) from None
         settings = self.settings
         for flag, path in (("--trace-file", settings.trace_file), ("--logfile", settings.logfile)):
             if path:
@@ -155,71 +169,83 @@ def _check_appendable(flag: str, path: str) -> None:
         raise usage.UsageError(f"{flag} {path}: cannot write it ({e.strerror})") from None
 
 
+# The store interfaces the SQL store provides (mcpd.stores.sql).
+SQL_INTERFACES = (ITaskBoard, INoteStore)
+
+
+def configured_stores(settings: Settings) -> frozenset[Any]:
+    """The store interfaces this configuration can provide: the SQL store always can (SQLite in
+    --data-dir when no --db-url is given)."""
+    return frozenset(SQL_INTERFACES)
+
+
+def toolsets_of(settings: Settings) -> tuple[str, ...]:
+    """--toolsets, or by default every built-in pack whose stores are configured."""
+    if settings.toolsets is not None:
+        return settings.toolsets
+    available = configured_stores(settings)
+    chosen = []
+    for name in BUILTIN_PACKS:
+        try:
+            pack = load_pack(name)
+        except PackLoadError as e:
+            raise usage.UsageError(str(e)) from None
+        if set(pack.stores) <= available:
+            chosen.append(name)
+    return tuple(chosen)
+
+
+def needs_sql(packs: list[ToolPack]) -> bool:
+    """Whether a pack served needs a store only the SQL store provides."""
+    return any(interface in SQL_INTERFACES for pack in packs for interface in pack.stores)
+
+
+def sql_config(settings: Settings) -> DatabaseConfig:
+    """The SQL store's configuration; `DatabaseConfigError` naming the setting that is wrong."""
+    from mcpd.stores.sql.config import DatabaseConfig, DatabaseConfigError, database_url
+
+    password = settings.db_password
+    if password is None and settings.db_password_file:
+        lines = read_lines(settings.db_password_file, "--db-password-file", DatabaseConfigError)
+        password = lines[0][1].strip() if lines else ""
+    return DatabaseConfig(
+        url=database_url(settings.db_url, settings.data_dir, password),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_recycle=settings.db_pool_recycle,
+        pre_ping=settings.db_pool_pre_ping,
+        timeout=settings.db_timeout,
+        statement_timeout=settings.db_statement_timeout,
+    )
+
+
 def load_packs(settings: Settings) -> list[ToolPack]:
-    """Load every configured pack, or stop with a message naming the one that failed."""
+    """Load every configured pack, or stop with a message naming the one that failed (or the
+    store it needs that is not configured)."""
     packs = []
-    for name in settings.toolsets:
+    available = configured_stores(settings)
+    for name in toolsets_of(settings):
         if name not in BUILTIN_PACKS:
             raise usage.UsageError(
                 f"--toolsets: unknown toolset {name!r} (built-in: {', '.join(sorted(BUILTIN_PACKS))}); "
                 "load other packs with --tool-pack"
             )
-    for reference in (*settings.toolsets, *settings.tool_pack):
+    for reference in (*toolsets_of(settings), *settings.tool_pack):
         try:
-            packs.append(load_pack(reference))
+            pack = load_pack(reference)
         except PackLoadError as e:
             raise usage.UsageError(str(e)) from None
+        missing = [interface.__name__ for interface in pack.stores if interface not in available]
+        if missing:
+            raise usage.UsageError(
+                f"tool pack {reference!r} needs the store(s) {', '.join(missing)}, not configured here"
+            )
+        packs.append(pack)
     try:
         ToolRegistry(packs)
     except PackLoadError as e:
         raise usage.UsageError(str(e)) from None
     return packs
-
-
-class ThreadPoolService(Service):
-    """The thread pool that runs blocking tool handlers.
-
-    On shutdown its threads are joined off the reactor thread, for at most ``grace`` seconds:
-    a handler that ignores cancellation (a plain blocking call) cannot hold the daemon up
-    forever. The workers are daemon threads, so one still busy does not keep the process alive.
-    """
-
-    def __init__(self, pool: ThreadPool, grace: float = 5.0, clock: Any = None) -> None:
-        self.pool = pool
-        self.grace = grace
-        self.clock = clock
-        pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        clock = self.clock
-        if clock is None:
-            from twisted.internet import reactor as clock
-        joiner = threading.Thread(target=self.pool.stop, name="mcpd-tools-join", daemon=True)
-        joiner.start()
-        deadline = clock.seconds() + self.grace
-
-        done: Deferred[None] = Deferred()
-
-        def poll() -> None:
-            if joiner.is_alive() and clock.seconds() < deadline:
-                clock.callLater(0.05, poll)
-                return
-            if joiner.is_alive():
-                busy = sum(1 for thread in self.pool.threads if thread.is_alive())
-                log.warn(
-                    "{busy} tool thread(s) still busy after {grace}s; stopping without them",
-                    busy=busy,
-                    grace=self.grace,
-                )
-            done.callback(None)
-
-        clock.callLater(0, poll)
-        return done
 
 
 class HeapFreezeService(Service):
@@ -400,9 +426,13 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     lifecycle = Lifecycle()
     _named(HeapFreezeService(), "heap-freeze").setServiceParent(root)
     registry = ToolRegistry(packs)
-    runtime = Runtime(settings, registry)
+    stores = StoreSet()
+    runtime = Runtime(settings, registry, stores=stores)
     pool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="mcpd-tools")
     _named(ThreadPoolService(pool), "thread-pool").setServiceParent(root)
+    # The stores start before the engine and stop after it has cancelled the calls in flight.
+    for service in build_stores(settings, packs, stores, reactor):
+        service.setServiceParent(root)
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
     if tracer is not None:
         # Stops after the engine: every answer written at shutdown is in the trace.
@@ -455,7 +485,13 @@ def build_service(settings: Settings, packs: list[ToolPack]) -> MultiService:
     }
     # /health /ready /stats /metrics /dashboard, counted in the engine's observer hook.
     monitor = build_monitor(
-        runtime, engine, pool, {"sessions": sessions, "sse_sessions": sse_sessions}, lifecycle, reactor
+        runtime,
+        engine,
+        pool,
+        {"sessions": sessions, "sse_sessions": sse_sessions},
+        lifecycle,
+        reactor,
+        stores=list(stores),
     )
     site = make_site(OriginGuard(resource), runtime, transports, settings.sse_keepalive, monitor)
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
@@ -563,6 +599,29 @@ def vector_stores(settings: Settings, reactor: Any) -> tuple[Service, Service | 
     )
     embedder.setName("embedder")
     return index, embedder
+
+
+def build_stores(settings: Settings, packs: list[ToolPack], stores: StoreSet, reactor: Any) -> list[Any]:
+    """The services of the stores the packs need, each registered in ``stores`` by the
+    interfaces it provides. Nothing is imported or opened for a store no pack needs."""
+    services: list[Any] = []
+    if needs_sql(packs):
+        from mcpd.stores.sql.config import DatabaseConfigError
+        from mcpd.stores.sql.database import SQLDatabase
+        from mcpd.stores.sql.notes import SQLNoteStore
+        from mcpd.stores.sql.service import SQLStoreService
+        from mcpd.stores.sql.tasks import SQLTaskBoard
+
+        try:
+            config = sql_config(settings)
+        except DatabaseConfigError as e:
+            raise SystemExit(f"mcpd: {e}") from None
+        database = SQLDatabase(config, reactor)
+        stores.add(database, ())
+        stores.add(SQLTaskBoard(database), (ITaskBoard,))
+        stores.add(SQLNoteStore(database), (INoteStore,))
+        services.append(_named(SQLStoreService(database, reactor), "database"))
+    return services
 
 
 def _named(service: Any, name: str) -> Any:

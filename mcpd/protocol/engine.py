@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpd._version import __version__
+from mcpd.interfaces import StoreError, StoreUnavailable
 from mcpd.protocol import errors
 from mcpd.protocol.catalog import CatalogMethods
 from mcpd.protocol.changes import ChangeFeed
@@ -533,6 +534,12 @@ class Engine(CatalogMethods):
             return None
         if failure.check(MCPError):
             return error_response(request_id, failure.value.to_error())
+        if failure.check(StoreUnavailable):
+            # A resource or prompt read while a store is down: say so, no traceback in the log.
+            return error_response(request_id, InternalError(str(failure.value)).to_error())
+        if failure.check(StoreError):
+            # A prompt argument or resource naming a record the caller's tenant does not have.
+            return error_response(request_id, InvalidParams(str(failure.value)).to_error())
         return self._internal_error(request_id, method, failure)
 
     def _internal_error(self, request_id: Any, method: str, failure: Failure) -> dict[str, Any]:
@@ -760,7 +767,8 @@ class Engine(CatalogMethods):
             return asked  # 2026-07-28 basic §Multi Round-Trip Requests: ask, let the client retry
         if failure.check(MCPError):
             return failure  # a protocol error (say -32021), answered as such
-        if failure.check(ToolError, ClientError, ClientTimeout):
+        if failure.check(ToolError, StoreError, ClientError, ClientTimeout):
+            # A store's refusal (unknown id, conflict) or outage is the model's to read and act on.
             return error_result(str(failure.value))
         if failure.check(UnsendableResult):
             log.warn("{why} (request {id!r})", why=str(failure.value), id=ctx.request_id)

@@ -39,6 +39,7 @@ TASK_SUPPORT = ("forbidden", "optional", "required")
 TASK_START = ("call", "handler")
 
 Handler = Callable[["ToolContext", dict[str, Any]], Any]
+DEFAULT_TENANT = "default"
 ProgressSink = Callable[[float, "float | None", "str | None"], None]
 
 
@@ -68,6 +69,14 @@ class Caller:
     account: str = attrs.field(default=attrs.Factory(lambda caller: caller.name, takes_self=True))
     # The X-Request-Id of the HTTP request that carried the call (logs and audit); not identity.
     x_request_id: str | None = attrs.field(default=None, eq=False)
+    # Whose records the caller sees (the key file's fourth field); `default` without one.
+    tenant: str = DEFAULT_TENANT
+
+    @property
+    def author(self) -> str:
+        """Who records are created by: the API key's name, or ``local`` without keys (a key
+        always has scopes; the stdio user and a keyless HTTP client have none)."""
+        return self.name if self.scopes else "local"
 
 
 @attrs.frozen
@@ -212,6 +221,20 @@ class RequestContext:
         if channel is None and self._open_channel is not None:
             channel = self._channel = self._open_channel()
         return channel
+
+    @property
+    def tenant(self) -> str:
+        """The caller's tenant: the only records a handler may read or write."""
+        return self.caller.tenant
+
+    def store(self, interface: Any) -> Any:
+        """The store providing ``interface`` (declared by the pack with ``stores=``); a
+        `ToolError` when this server runs none."""
+        stores = getattr(self.runtime, "stores", None)
+        provider = stores.get(interface) if stores is not None else None
+        if provider is None:
+            raise ToolError(f"this server runs no {interface.__name__} store; ask its operator to configure one")
+        return provider
 
     def client_log(self, level: str, data: Any, logger: str | None = None) -> None:
         """Send the client a log message (``notifications/message``) on this request's stream,

@@ -16,17 +16,21 @@ from mcpd.tools.resources import Completer, Reader, Resource, ResourceTemplate
 # Built-in packs chosen with --toolsets: name -> module holding a `pack`.
 BUILTIN_PACKS: dict[str, str] = {
     "server": "mcpd.tools.server",
+    "tasks": "mcpd.packs.tasks",
+    "notes": "mcpd.packs.notes",
 }
-DEFAULT_TOOLSETS: tuple[str, ...] = ("server",)
 
 
 class ToolPack:
     """A named group of tools, resources, resource templates and prompts, declared in one
     module as ``pack = ToolPack(...)``."""
 
-    def __init__(self, name: str, description: str = "") -> None:
+    def __init__(self, name: str, description: str = "", stores: Iterable[Any] = ()) -> None:
         self.name = name
         self.description = description
+        # The store interfaces (mcpd.interfaces) its handlers get with ``ctx.store(I)``: the
+        # daemon runs them, or refuses at start-up to serve the pack.
+        self.stores: tuple[Any, ...] = tuple(stores)
         self._tools: list[Tool] = []
         self.resources: list[Resource] = []
         self.templates: list[ResourceTemplate] = []

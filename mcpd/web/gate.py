@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from mcpd.web.head import head_problem
+from mcpd.tools.api import DEFAULT_TENANT
 from mcpd.web.identity import IDENTITY_ATTRIBUTE, Identity
 from mcpd.web.keys import KeyRing
 from mcpd.web.network import AddressList, forwarded_client, is_loopback_client, normal_form
@@ -200,13 +201,13 @@ class Gate:
         admin = route.access is Access.ADMIN
         if admin and (self.public_metrics or is_loopback_client(client)):
             return self._hold_connection(request, f"ip:{client}", client, None)
-        name, scopes = "anonymous", frozenset[str]()
+        name, scopes, tenant = "anonymous", frozenset[str](), DEFAULT_TENANT
         if self.keys:
             key, refusal = self._authenticate(request, query)
             if refusal is not None:
                 return self._audited(request, refusal, "auth_failure", client, None, refusal.body["error"])  # type: ignore[index]
             assert key is not None
-            name, scopes = key.name, key.scopes
+            name, scopes, tenant = key.name, key.scopes, key.tenant
         keyed = bool(self.keys)
         if admin and ADMIN_SCOPE not in scopes:
             why = "this page needs an admin-scoped API key beyond loopback (or the server's --public-metrics)"
@@ -215,7 +216,7 @@ class Gate:
         account = f"key:{name}" if keyed else f"ip:{client}"
         if keyed or client is not peer:
             # Without keys or proxies, `caller_of` finds the peer by itself.
-            setattr(request, IDENTITY_ATTRIBUTE, Identity(name, scopes, client, account))
+            setattr(request, IDENTITY_ATTRIBUTE, Identity(name, scopes, client, account, tenant))
         if self.limiter is not None and (keyed or not is_loopback_client(client)):
             wait = self.limiter.check(account)
             if isinstance(wait, Deferred):

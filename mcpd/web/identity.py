@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from mcpd.tools.api import Caller
+from mcpd.tools.api import DEFAULT_TENANT, Caller
 from mcpd.web.network import normal_form
 
 if TYPE_CHECKING:
@@ -20,14 +20,15 @@ IDENTITY_ATTRIBUTE = "mcpd_identity"
 
 @attrs.frozen
 class Identity:
-    """An admitted HTTP client: its key's name and scopes (none without keys), its real
-    address (the client behind a trusted proxy, not the proxy), and the account its limits are
-    counted against (``key:NAME``, or ``ip:ADDRESS`` without keys)."""
+    """An admitted HTTP client: its key's name, scopes and tenant (none and ``default`` without
+    keys), its real address (the client behind a trusted proxy, not the proxy), and the account
+    its limits are counted against (``key:NAME``, or ``ip:ADDRESS`` without keys)."""
 
     name: str
     scopes: frozenset[str]
     peer: str
     account: str
+    tenant: str = DEFAULT_TENANT
 
 
 def caller_of(request: Request, transport: str) -> Caller:
@@ -49,6 +50,7 @@ def caller_of(request: Request, transport: str) -> Caller:
         transport=transport,
         account=identity.account,
         x_request_id=getattr(request, "x_request_id", None),
+        tenant=identity.tenant,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from mcpd.lifecycle import Lifecycle
-from mcpd.observe.health import HealthChecks, overall, size_check, thread_pool_check
+from mcpd.observe.health import HealthChecks, overall, size_check, store_check, thread_pool_check
 from mcpd.observe.metrics import Metrics
 from mcpd.observe.stats import RequestStats, Vitals
 
@@ -141,9 +141,10 @@ def build_monitor(
     runtime: Runtime,
     engine: Engine,
     pool: ThreadPool,
-    stores: Mapping[str, SessionStore],
+    sessions: Mapping[str, SessionStore],
     lifecycle: Lifecycle,
     reactor: Any,
+    stores: Sequence[Any] = (),
 ) -> Monitor:
     """Statistics, metrics and checks for one daemon, counted in the engine's observer hook.
 
@@ -152,7 +153,9 @@ def build_monitor(
     is_tool = lambda name: runtime.registry.get(name) is not None  # noqa: E731
     stats = RequestStats(is_tool=is_tool)
     checks = [thread_pool_check(pool, reactor, reactor)]
-    checks += [size_check(name, store.__len__, "session(s)") for name, store in stores.items()]
+    checks += [size_check(name, store.__len__, "session(s)") for name, store in sessions.items()]
+    # The stores behind the packs (mcpd.interfaces.IStore): a required check each, and their series.
+    checks += [store_check(store) for store in stores]
     health = HealthChecks(checks)
     vitals = Vitals(
         uptime=runtime.uptime,
@@ -162,5 +165,8 @@ def build_monitor(
         checks=lambda: health.last,
     )
     metrics = Metrics(stats, vitals, engine.methods, is_tool)
+    for store in stores:
+        for collector in store.collectors():
+            metrics.registry.register(collector)
     engine.observers += [stats.observe, metrics.requests.observe]
     return Monitor(runtime, stats, metrics, health, lifecycle, vitals)

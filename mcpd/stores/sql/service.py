@@ -1,0 +1,35 @@
+# -*- test-case-name: tests.test_sqlstore -*-
+"""The SQL store as a service of the daemon's tree: opened (and migrated) at start-up, its
+thread pool started; on shutdown, after the engine has cancelled what was in flight, the pool is
+joined and the connections closed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+
+from mcpd.stores.sql.database import SQLDatabase
+from mcpd.stores.threads import ThreadPoolService
+
+
+class SQLStoreService(Service):
+    """Runs one `SQLDatabase`."""
+
+    def __init__(self, database: SQLDatabase, clock: Any = None) -> None:
+        self.database = database
+        self.threads = ThreadPoolService(database.pool, clock=clock)
+
+    def startService(self) -> None:
+        # Blocking, before the reactor serves: a database that cannot be used stops start-up
+        # with one line (mcpd.lifecycle.OrderedMultiService names this service).
+        self.database.open()
+        self.threads.startService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        d = self.threads.stopService()
+        d.addBoth(lambda _: self.database.close())
+        return d
