@@ -1,19 +1,25 @@
 # -*- test-case-name: tests.test_sqlstore -*-
-"""Record ids: opaque to clients, unique across instances, roughly in creation order."""
+"""Record ids: opaque to clients, unique across instances, in creation order."""
 
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_lock = threading.Lock()
+_last = 0
 
 
 def new_id() -> str:
     """A ULID-style id: 48 bits of milliseconds then 80 random bits, in 26 base-32 characters.
 
-    Ids sort by creation time (to the millisecond), which keeps B-tree inserts at the end of
-    the index and lets lists page by id.
+    Ids sort by creation time, which keeps B-tree inserts at the end of the index and lets lists
+    page by id; within one millisecond this process's ids still increase (ULID's monotonic rule).
     """
-    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    global _last
+    candidate = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    with _lock:
+        value = _last = max(candidate, _last + 1)
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
