@@ -320,12 +320,21 @@ class _StoreSuite:
     def test_many_writes_at_once(self) -> Any:
         """As many writers as the pool has threads, and more: every write lands once."""
         yield self.board.create_project(A, "web", None, "alice")
-        writes = [self.board.create_task(A, {"project": "web", "title": f"t{i}"}, "x") for i in range(60)]
+        root = yield self.board.create_task(A, {"project": "web", "title": "root"}, "x")
+        # Tags and a shared dependency: on InnoDB a DELETE of the new task's (absent) tags took
+        # gap locks that deadlocked such concurrent inserts.
+        writes = [
+            self.board.create_task(
+                A, {"project": "web", "title": f"t{i}", "tags": ["a", "b"], "depends_on": [root["id"]]}, "x"
+            )
+            for i in range(60)
+        ]
         created = yield DeferredList(writes, fireOnOneErrback=True, consumeErrors=True)
         ids = {value["id"] for _ok, value in created}
-        listed, _ = yield self.board.list_tasks(A, {}, 100, None)
+        listed, _ = yield self.board.list_tasks(A, {"tag": "b"}, 100, None)
         self.assertEqual({t["id"] for t in listed}, ids)
         self.assertEqual(len(ids), 60)
+        self.assertEqual(len((yield self.board.get_task(A, root["id"]))["blocks"]), 60)
 
     # -- tenancy --------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ wait and per-statement time limit.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +45,7 @@ T = TypeVar("T")
 STORE = "database"
 # After a call finds the database unavailable, others fail at once for this long (seconds).
 RETRY_INTERVAL = 1.0
-DEADLOCK_RETRIES = 3
+DEADLOCK_RETRIES = 5
 STARTING, OK, DOWN, STOPPED = "starting", "ok", "down", "stopped"
 # MySQL client and server error numbers.
 _CONNECTION_LOST = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1045, 1049, 1053, 1077, 1927, 4031}
@@ -213,6 +214,7 @@ class SQLDatabase:
                 kind = self._classify(e)
                 self.metrics.errors.labels(operation, kind).inc()
                 if kind == "deadlock_retry" and attempt + 1 < DEADLOCK_RETRIES:
+                    time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # in a store thread
                     continue
                 if kind in ("unavailable", "busy", "deadlock_retry"):
                     reason = _reason(e)
@@ -351,6 +353,8 @@ def build_engine(config: DatabaseConfig) -> Engine:
         pool_timeout=config.timeout,
         pool_recycle=config.pool_recycle,
         pool_pre_ping=config.pre_ping,
+        # No gap locks between unrelated writers; the cycle check asks for SERIALIZABLE itself.
+        isolation_level="READ COMMITTED",
         connect_args={
             "connect_timeout": config.timeout,
             # A server that stops answering mid-statement is given up on after this long.
@@ -420,8 +424,10 @@ def _reason(error: Exception) -> str:
             return "the database refused mcpd's user name or password"
         if code == 1049:
             return "the database named in --db-url does not exist"
-        if code in (1205,):
+        if code == 1205:
             return "a lock was held too long by another transaction"
+        if code == 1213:
+            return "the change kept colliding with concurrent ones (deadlock)"
         if code in (1969, 3024):
             return "a statement ran past --db-statement-timeout"
         if code == 1040:

@@ -106,7 +106,7 @@ class SQLNoteStore:
                     raise NotFound(_no_note(note_id))
                 connection.execute(notes.update().where(notes.c.seq == current.seq).values(**values))
                 row = {**current._mapping, **values}
-            replace_tags(connection, note_tags, "note_id", row["id"], tenant, tags)
+            replace_tags(connection, note_tags, "note_id", row["id"], tenant, tags, new=note_id is None)
             return _note(row)
 
         return self.database.run("note.save", work, write=True)

@@ -49,11 +49,13 @@ def _escape_like(text: str) -> str:
 
 
 def replace_tags(
-    connection: Connection, table: Any, owner: str, owner_id: str, tenant: str, tags: Iterable[str]
+    connection: Connection, table: Any, owner: str, owner_id: str, tenant: str, tags: Iterable[str], new: bool = False
 ) -> None:
-    """Make ``tags`` the tags of one record (in ``table``: task_tags or note_tags)."""
-    column = table.c[owner]
-    connection.execute(table.delete().where(column == owner_id))
+    """Make ``tags`` the tags of one record (in ``table``: task_tags or note_tags); a ``new``
+    record has none to delete (and a DELETE of absent rows would take a gap lock on InnoDB that
+    deadlocks concurrent inserts)."""
+    if not new:
+        connection.execute(table.delete().where(table.c[owner] == owner_id))
     rows = [{owner: owner_id, "tenant": tenant, "tag": tag} for tag in dict.fromkeys(tags)]
     if rows:
         connection.execute(table.insert(), rows)
@@ -153,7 +155,7 @@ class SQLTaskBoard:
                 "updated_at": now,
             }
             connection.execute(tasks.insert(), row)
-            replace_tags(connection, task_tags, "task_id", row["id"], tenant, tags)
+            replace_tags(connection, task_tags, "task_id", row["id"], tenant, tags, new=True)
             if depends_on:
                 connection.execute(
                     task_deps.insert(), [{"task_id": row["id"], "depends_on": d, "tenant": tenant} for d in depends_on]
