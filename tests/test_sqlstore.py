@@ -610,7 +610,8 @@ class OutageTests(TestCase):
         database = SQLDatabase(config, reactor)
         service = SQLStoreService(database, reactor)
         yield deferToThread(database.open)
-        service.threads.startService()
+        for threads in service.threads:
+            threads.startService()
         self.addCleanup(service.stopService)
         board = SQLTaskBoard(database)
         yield board.create_project(A, "web", None, "alice")

@@ -9,17 +9,15 @@ fail at once instead of each waiting out a connect timeout; after it, the next c
 and ``pool_pre_ping`` replaces the connections the outage broke. Deadlocks (MySQL) are retried.
 
 SQLite runs in WAL mode (readers never wait for the writer) with ``synchronous=NORMAL`` (a
-commit survives the process being killed; WAL's usual trade-off for power loss), foreign keys on,
-and writes serialised inside the process and started with ``BEGIN IMMEDIATE``, so two writers
-never deadlock on a lock upgrade. MySQL/MariaDB sessions are utf8mb4, UTC, strict, with a lock
+commit survives the process being killed; WAL's usual trade-off for power loss), foreign keys on;
+writes run one at a time in a writer thread of their own, each started with ``BEGIN IMMEDIATE``
+(so a writer in another process never deadlocks with it on a lock upgrade). MySQL/MariaDB sessions are utf8mb4, UTC, strict, with a lock
 wait and per-statement time limit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -97,7 +95,7 @@ class DatabaseMetrics:
         yield GaugeMetricFamily(
             "mcp_db_queue_depth",
             "SQL store operations waiting for one of the store's threads.",
-            value=float(database.pool._queue.qsize()),
+            value=float(sum(pool._queue.qsize() for pool in database.pools)),
         )
         yield GaugeMetricFamily(
             "mcp_db_up",
@@ -117,7 +115,13 @@ class SQLDatabase:
         self.backend = config.backend
         self._reactor = reactor
         self.engine: Engine | None = None
-        self.pool = ThreadPool(minthreads=0, maxthreads=config.connections, name="mcpd-db")
+        # SQLite has one writer at a time: writes queue for one thread of their own (rather than
+        # in a lock or SQLite's busy handler), reads share the others; MySQL: one pool for all.
+        sqlite = self.backend == "sqlite"
+        readers = max(1, config.connections - 1) if sqlite else config.connections
+        self.pool = ThreadPool(minthreads=0, maxthreads=readers, name="mcpd-db")
+        self.writer = ThreadPool(minthreads=0, maxthreads=1, name="mcpd-db-writer") if sqlite else None
+        self.pools = [self.pool] if self.writer is None else [self.pool, self.writer]
         self.metrics = DatabaseMetrics(self)
         self.state = STARTING
         self.last_error: str | None = None
@@ -125,8 +129,6 @@ class SQLDatabase:
         self.schema_revision: str | None = None
         self.server_version: str | None = None
         self._retry_at = 0.0
-        # SQLite has one writer at a time: writers queue here rather than in its busy handler.
-        self._write_lock = threading.Lock() if self.backend == "sqlite" else None
 
     @property
     def reactor(self) -> Any:
@@ -192,7 +194,8 @@ class SQLDatabase:
         if self.state == DOWN and time.monotonic() < self._retry_at:
             self.metrics.errors.labels(operation, "unavailable").inc()
             return fail(StoreUnavailable(STORE, self.last_error or ""))
-        return deferToThreadPool(self.reactor, self.pool, self._transaction, operation, work, write, serializable)
+        pool = self.writer if write and self.writer is not None else self.pool
+        return deferToThreadPool(self.reactor, pool, self._transaction, operation, work, write, serializable)
 
     def _transaction(self, operation: str, work: Callable[[Connection], T], write: bool, serializable: bool) -> T:
         """In a store thread: the transaction, retried on deadlock; outages mapped."""
@@ -200,7 +203,7 @@ class SQLDatabase:
         started = time.monotonic()
         for attempt in range(DEADLOCK_RETRIES):
             try:
-                with self._writing(write), self.engine.connect() as connection:
+                with self.engine.connect() as connection:
                     options: dict[str, Any] = {"mcpd_write": write}
                     if serializable and self.backend == "mysql":
                         options["isolation_level"] = "SERIALIZABLE"
@@ -227,19 +230,6 @@ class SQLDatabase:
                 self.metrics.duration.labels(operation).observe(time.monotonic() - started)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
-
-    @contextlib.contextmanager
-    def _writing(self, write: bool) -> Iterator[None]:
-        lock = self._write_lock if write else None
-        if lock is None:
-            yield
-            return
-        if not lock.acquire(timeout=self.config.timeout):
-            raise sa_exc.TimeoutError("no write slot free: the database is busy")
-        try:
-            yield
-        finally:
-            lock.release()
 
     def _classify(self, error: Exception) -> str:
         """unavailable, busy, deadlock_retry or error."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 
 from mcpd.stores.sql.database import SQLDatabase
 from mcpd.stores.threads import ThreadPoolService
@@ -19,17 +19,18 @@ class SQLStoreService(Service):
 
     def __init__(self, database: SQLDatabase, clock: Any = None) -> None:
         self.database = database
-        self.threads = ThreadPoolService(database.pool, clock=clock)
+        self.threads = [ThreadPoolService(pool, clock=clock) for pool in database.pools]
 
     def startService(self) -> None:
         # Blocking, before the reactor serves: a database that cannot be used stops start-up
         # with one line (mcpd.lifecycle.OrderedMultiService names this service).
         self.database.open()
-        self.threads.startService()
+        for threads in self.threads:
+            threads.startService()
         super().startService()
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Deferred[Any]:
         super().stopService()
-        d = self.threads.stopService()
+        d = gatherResults([threads.stopService() for threads in self.threads])
         d.addBoth(lambda _: self.database.close())
         return d

