@@ -159,7 +159,7 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> list
     data = workdir / f"data-{backend}"
     command = [
         args.python, "-m", "mcpd", "--port", str(port), "--tool-pack", "bench.echo_pack", "--data-dir", str(data),
-        "--max-connections", "20000", "--max-streams-per-key", "20000", *extra,
+        "--max-connections", "20000", "--max-streams-per-key", "20000", *extra, *args.mcpd_args.split(),
     ]  # fmt: skip
     rows = []
     server = ServerProcess(
@@ -220,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"))
     parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument("--mcpd-args", default="", help="more mcpd options, e.g. '--db-pool-size 2'")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print(WRK_INSTALL, file=sys.stderr)

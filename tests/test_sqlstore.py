@@ -431,6 +431,16 @@ class MariaDBStoreTests(_StoreSuite, TestCase):
         return mariadb_config(server, server.new_database())
 
 
+class IdTests(SynchronousTestCase):
+    def test_ids_are_unique_and_in_creation_order(self) -> None:
+        from mcpd.stores.sql.ids import new_id
+
+        ids = [new_id() for _ in range(5000)]
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), len(ids))
+        self.assertTrue(all(len(i) == 26 and i.isalnum() and i.islower() for i in ids))
+
+
 class SnippetTests(SynchronousTestCase):
     def test_terms(self) -> None:
         self.assertEqual(search_terms("Deploy, the DEPLOY checklist!"), ["deploy", "the", "checklist"])

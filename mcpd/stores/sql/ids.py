@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
-import secrets
+import base64
+import os
 import threading
 import time
 
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+# RFC 4648 base32 digits, in order, to Crockford's (lower case): ASCII order = numeric order.
+_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghjkmnpqrstvwxyz")
 _lock = threading.Lock()
 _last = 0
 
@@ -19,7 +21,7 @@ def new_id() -> str:
     page by id; within one millisecond this process's ids still increase (ULID's monotonic rule).
     """
     global _last
-    candidate = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    candidate = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
     with _lock:
         value = _last = max(candidate, _last + 1)
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    return base64.b32encode(value.to_bytes(16, "big")).decode("ascii")[:26].translate(_CROCKFORD)

@@ -51,6 +51,13 @@ ORDER BY score DESC, id
 LIMIT :limit OFFSET :offset
 """
 _TAGGED = "AND {alias}id IN (SELECT note_id FROM note_tags WHERE tenant = :tenant AND tag = :tag)"
+# (on SQLite, with a tag) -> the statement, parsed once.
+_SEARCHES = {
+    (True, False): text(_SQLITE_SEARCH.format(tag="")),
+    (True, True): text(_SQLITE_SEARCH.format(tag=_TAGGED.format(alias="n."))),
+    (False, False): text(_MYSQL_SEARCH.format(tag="")),
+    (False, True): text(_MYSQL_SEARCH.format(tag=_TAGGED.format(alias=""))),
+}
 
 
 def search_terms(query: str) -> list[str]:
@@ -138,12 +145,10 @@ class SQLNoteStore:
             params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1, "offset": offset, "tag": tag}
             sqlite = connection.dialect.name == "sqlite"
             if sqlite:
-                statement = _SQLITE_SEARCH.format(tag=_TAGGED.format(alias="n.") if tag else "")
                 params["match"] = " OR ".join(f'"{term}"' for term in terms)
             else:
-                statement = _MYSQL_SEARCH.format(tag=_TAGGED.format(alias="") if tag else "")
                 params["words"] = " ".join(terms)
-            rows = connection.execute(text(statement), params).all()
+            rows = connection.execute(_SEARCHES[sqlite, tag is not None], params).all()
             found = [
                 {
                     "id": row.id,

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, exists, func, or_, select
+from sqlalchemy import Row, bindparam, exists, func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
@@ -26,7 +26,20 @@ UNFINISHED = ("open", "in_progress", "blocked")
 # How many comments and blocked tasks task.get shows (the newest).
 SHOWN = 100
 
-_TASK_COLUMNS = (*tasks.c, projects.c.name.label("project_name"))
+# Statements used on every call are built once (building one costs more than running it on
+# SQLite: a task.list spent half its time constructing selects); parameters are bound per call.
+_TASKS = select(*tasks.c, projects.c.name.label("project_name")).join(projects, projects.c.id == tasks.c.project_id)
+_FIND_PROJECT = select(projects).where(
+    projects.c.tenant == bindparam("tenant"),
+    or_(projects.c.id == bindparam("reference"), projects.c.name == bindparam("reference")),
+)
+_DEPS_OF = (
+    select(task_deps.c.task_id, task_deps.c.depends_on)
+    .where(task_deps.c.task_id.in_(bindparam("ids", expanding=True)))
+    .order_by(task_deps.c.depends_on)
+)
+_INSERT_TASK = tasks.insert()
+_INSERT_DEPS = task_deps.insert()
 
 
 def utcnow() -> datetime.datetime:
@@ -155,11 +168,11 @@ class SQLTaskBoard:
                 "created_by": author,
                 "updated_at": now,
             }
-            connection.execute(tasks.insert(), row)
+            connection.execute(_INSERT_TASK, row)
             replace_tags(connection, task_tags, "task_id", row["id"], tenant, tags, new=True)
             if depends_on:
                 connection.execute(
-                    task_deps.insert(), [{"task_id": row["id"], "depends_on": d, "tenant": tenant} for d in depends_on]
+                    _INSERT_DEPS, [{"task_id": row["id"], "depends_on": d, "tenant": tenant} for d in depends_on]
                 )
             return _task({**row, "project_name": project.name}, depends_on)
 
@@ -366,7 +379,7 @@ class SQLTaskBoard:
 
 
 def _task_query(tenant: str) -> Any:
-    return select(*_TASK_COLUMNS).join(projects, projects.c.id == tasks.c.project_id).where(tasks.c.tenant == tenant)
+    return _TASKS.where(tasks.c.tenant == tenant)
 
 
 def _waiting() -> Any:
@@ -381,11 +394,7 @@ def _waiting() -> Any:
 
 def _find_project(connection: Connection, tenant: str, reference: str) -> Row[Any]:
     """A project by id, else by name, in ``tenant``; `NotFound` naming what to do."""
-    rows = connection.execute(
-        select(projects).where(
-            projects.c.tenant == tenant, or_(projects.c.id == reference, projects.c.name == reference)
-        )
-    ).all()
+    rows = connection.execute(_FIND_PROJECT, {"tenant": tenant, "reference": reference}).all()
     if not rows:
         raise NotFound(
             f"no project {reference!r} (by id or name): project.list shows the projects, project.create makes one"
@@ -440,11 +449,7 @@ def _refuse_cycle(connection: Connection, tenant: str, task_id: str, deps: Seque
 def _deps_of(connection: Connection, ids: Sequence[str]) -> dict[str, list[str]]:
     deps: dict[str, list[str]] = {}
     if ids:
-        rows = connection.execute(
-            select(task_deps.c.task_id, task_deps.c.depends_on)
-            .where(task_deps.c.task_id.in_(list(ids)))
-            .order_by(task_deps.c.depends_on)
-        )
+        rows = connection.execute(_DEPS_OF, {"ids": list(ids)})
         for task_id, depends_on in rows:
             deps.setdefault(task_id, []).append(depends_on)
     return deps
