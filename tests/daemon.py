@@ -11,6 +11,7 @@ daemon's logs.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import select
@@ -60,6 +61,25 @@ def port_answers(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
+
+
+def wait_ready(port: int, deadline: float) -> None:
+    """Wait (until ``deadline``) for ``GET /ready`` to say the daemon serves: its port is bound
+    before the rest of its tree has started (the SQL store migrates then), and a test that counts
+    connections or requests must not race that. Any answer but "starting" ends the wait."""
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            connection.request("GET", "/ready")
+            response = connection.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException):
+            return
+        finally:
+            connection.close()
+        if response.status != 503 or b'"starting"' not in body:
+            return
+        time.sleep(0.05)
 
 
 def daemon_env(workdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -175,6 +195,7 @@ def start_daemon(
             if process.poll() is not None:
                 break
             if port_answers(chosen):
+                wait_ready(chosen, deadline)
                 return daemon
             time.sleep(0.05)
         exited = process.poll()

@@ -590,6 +590,26 @@ class ConfigTests(SynchronousTestCase):
         self.assertNotIn("inurl", DatabaseConfig(url=with_password).shown_url)
         self.assertNotIn("inurl", repr(Settings(db_url="mysql+pymysql://mcpd:inurl@db/team", db_password="x")))
 
+    def test_options(self) -> None:
+        """The default serves every pack whose store runs; an unusable data directory or URL stops
+        start-up with one line; a daemon without a SQL-backed pack has no SQL store."""
+        from twisted.python import usage
+
+        from mcpd.tap import Options, load_packs, needs_sql
+
+        defaults = Settings()
+        self.assertEqual([pack.name for pack in load_packs(defaults)], ["server", "tasks", "notes"])
+        self.assertTrue(needs_sql(load_packs(defaults)))
+        self.assertFalse(needs_sql(load_packs(Settings(toolsets=("server",)))))
+        for args, says in (
+            (["--data-dir", "/proc/no/such/dir"], "--data-dir /proc/no/such/dir: cannot create it"),
+            (["--db-url", "postgresql://u@h/db"], "--db-url: must be a sqlite:/// or mysql+pymysql:// URL"),
+            (["--db-url", "mysql://u@h/db", "--db-password-file", "/no/such/file"], "--db-password-file /no/such/file"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                Options().parseOptions(["--stdio", *args])
+            self.assertIn(says, str(caught.exception))
+
     def test_bad_urls(self) -> None:
         for url, says in (
             ("sqlite://", "in-memory"),
