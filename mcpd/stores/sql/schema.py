@@ -65,9 +65,13 @@ tasks = Table(
     Column("created_at", timestamp(), nullable=False),
     Column("created_by", key(64), nullable=False),
     Column("updated_at", timestamp(), nullable=False),
-    # task.list (newest first), by project (and counts by status), by assignee; task.next.
+    # task.list (newest first: all, a project's), counts by project and status, by assignee;
+    # task.next. A project id belongs to one tenant, so project indexes lead with it (InnoDB
+    # then uses one for the foreign key, instead of an index of its own that MariaDB merged
+    # with ours and sorted: 22 ms for a page of a 10,000-task project).
     Index("ix_tasks_tenant_id", "tenant", "id"),
-    Index("ix_tasks_project_status", "tenant", "project_id", "status"),
+    Index("ix_tasks_project", "project_id", "id"),
+    Index("ix_tasks_project_status", "project_id", "status"),
     Index("ix_tasks_assignee", "tenant", "assignee"),
     Index("ix_tasks_next", "tenant", "status", "priority", "due"),
     **TABLE_OPTIONS,

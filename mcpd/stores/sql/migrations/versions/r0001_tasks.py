@@ -48,7 +48,8 @@ def upgrade() -> None:
         **TABLE_OPTIONS,
     )
     op.create_index("ix_tasks_tenant_id", "tasks", ["tenant", "id"])
-    op.create_index("ix_tasks_project_status", "tasks", ["tenant", "project_id", "status"])
+    op.create_index("ix_tasks_project", "tasks", ["project_id", "id"])
+    op.create_index("ix_tasks_project_status", "tasks", ["project_id", "status"])
     op.create_index("ix_tasks_assignee", "tasks", ["tenant", "assignee"])
     op.create_index("ix_tasks_next", "tasks", ["tenant", "status", "priority", "due"])
     op.create_table(
