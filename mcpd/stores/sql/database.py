@@ -383,7 +383,10 @@ def _mysql_session(config: DatabaseConfig) -> Callable[[Any, Any], None]:
         cursor.execute(
             "SET SESSION time_zone = '+00:00', "
             "sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,"
-            f"NO_ENGINE_SUBSTITUTION', innodb_lock_wait_timeout = {lock_wait}, {limit}"
+            f"NO_ENGINE_SUBSTITUTION', innodb_lock_wait_timeout = {lock_wait}, {limit}, "
+            # Every query filters by tenant and, often, by a project of that tenant: MariaDB then
+            # intersected the two indexes and sorted (17 ms for a page) instead of reading one.
+            "optimizer_switch = 'index_merge_intersection=off'"
         )
         cursor.close()
         dbapi_connection.commit()
