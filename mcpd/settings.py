@@ -404,14 +404,7 @@ KNOBS: tuple[Knob, ...] = (
         "failed call, not the tool calls that went well). Default: all with API keys or a listener "
         "beyond loopback, else refusals.",
     ),
-    # -- stores (mcpd.stores) --
-    Knob(
-        "data_dir",
-        "DATA_DIR",
-        _text,
-        "./mcpd-data",
-        "Directory of the embedded stores (the default SQLite database); created with mode 0700.",
-    ),
+    # -- the SQL store (mcpd.stores.sql); its SQLite file is in --data-dir --
     Knob(
         "db_url",
         "DB_URL",

@@ -27,7 +27,7 @@ from tests.services import PASSWORD, MariaDB, shared_mariadb
 from tests.test_integration import DaemonTestCase
 
 MODERN = "2026-07-28"
-UNAVAILABLE = "the database is unavailable (temporary)"
+UNAVAILABLE = "database is unavailable (temporary)"
 DB_TIMEOUT = 2.0
 TAGS = ["alpha", "beta", "gamma"]
 _ids = itertools.count(1)

@@ -84,7 +84,8 @@ class _StoreSuite:
     @inlineCallbacks
     def test_check_and_describe(self) -> Any:
         health = yield self.database.check()
-        self.assertEqual(health.status, "ok")
+        self.assertEqual((health.store, health.state), ("database", "up"))
+        self.assertEqual(self.database.status().state, "up")
         described = self.database.describe()
         self.assertEqual(described["state"], "ok")
         self.assertEqual(described["schema_revision"], migrate.scripts().get_current_head())
@@ -648,10 +649,12 @@ class OutageTests(TestCase):
         yield deferToThread(server.stop)
         started = reactor.seconds()
         failure = yield self.failUnlessFailure(board.list_projects(A, 10, None), StoreUnavailable)
-        self.assertIn("the database is unavailable (temporary)", str(failure))
+        self.assertIn("database is unavailable (temporary)", str(failure))
+        self.assertIn("try again in a few seconds", str(failure).lower())
         self.assertLess(reactor.seconds() - started, 10)
         health = yield database.check()
-        self.assertEqual(health.status, "down")
+        self.assertEqual(health.state, "down")
+        self.assertEqual(database.status().state, "down")
         self.assertEqual(database.describe()["state"], "down")
         # Within the retry interval calls fail at once, without waiting on the network.
         yield self.failUnlessFailure(board.list_projects(A, 10, None), StoreUnavailable)
@@ -665,4 +668,4 @@ class OutageTests(TestCase):
         else:
             raise AssertionError("the store did not come back after the server did")
         self.assertEqual([p["name"] for p in page], ["web"])
-        self.assertEqual((yield database.check()).status, "ok")
+        self.assertEqual((yield database.check()).state, "up")

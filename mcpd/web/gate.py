@@ -26,8 +26,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import server
 
-from mcpd.web.head import head_problem
 from mcpd.tools.api import DEFAULT_TENANT
+from mcpd.web.head import head_problem
 from mcpd.web.identity import IDENTITY_ATTRIBUTE, Identity
 from mcpd.web.keys import KeyRing
 from mcpd.web.network import AddressList, forwarded_client, is_loopback_client, normal_form

@@ -155,7 +155,7 @@ def build_monitor(
     checks = [thread_pool_check(pool, reactor, reactor)]
     checks += [size_check(name, store.__len__, "session(s)") for name, store in sessions.items()]
     # The stores behind the packs (mcpd.interfaces.IStore): a required check each, and their series.
-    checks += [store_check(store) for store in stores]
+    checks += [store_check(store, required=True) for store in stores]
     health = HealthChecks(checks)
     vitals = Vitals(
         uptime=runtime.uptime,

@@ -33,7 +33,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from mcpd.interfaces import IStore, StoreError, StoreHealth, StoreUnavailable
+from mcpd.interfaces import DOWN as STORE_DOWN
+from mcpd.interfaces import UP, IStore, StoreError, StoreStatus, StoreUnavailable
 from mcpd.stores.sql import migrate
 from mcpd.stores.sql.config import DatabaseConfig
 
@@ -41,6 +42,10 @@ log = Logger(namespace="mcpd.stores.sql")
 
 T = TypeVar("T")
 STORE = "database"
+# Said with every outage: what a model (or person) can do about it.
+RETRY_ADVICE = (
+    ". Try again in a few seconds; if this call was a change, read the record first to see whether it was saved."
+)
 # After a call finds the database unavailable, others fail at once for this long (seconds).
 RETRY_INTERVAL = 1.0
 DEADLOCK_RETRIES = 5
@@ -125,7 +130,7 @@ class SQLDatabase:
         self.metrics = DatabaseMetrics(self)
         self.state = STARTING
         self.last_error: str | None = None
-        self.last_check: StoreHealth | None = None
+        self.last_check: StoreStatus | None = None
         self.schema_revision: str | None = None
         self.server_version: str | None = None
         self._retry_at = 0.0
@@ -193,7 +198,7 @@ class SQLDatabase:
             return fail(StoreUnavailable(STORE, "mcpd is not running its SQL store"))
         if self.state == DOWN and time.monotonic() < self._retry_at:
             self.metrics.errors.labels(operation, "unavailable").inc()
-            return fail(StoreUnavailable(STORE, self.last_error or ""))
+            return fail(StoreUnavailable(STORE, (self.last_error or "not reachable") + RETRY_ADVICE))
         pool = self.writer if write and self.writer is not None else self.pool
         return deferToThreadPool(self.reactor, pool, self._transaction, operation, work, write, serializable)
 
@@ -223,7 +228,7 @@ class SQLDatabase:
                     reason = _reason(e)
                     if kind == "unavailable":
                         self._unreachable(reason)
-                    raise StoreUnavailable(STORE, reason) from None
+                    raise StoreUnavailable(STORE, reason + RETRY_ADVICE) from None
                 raise
             else:
                 self._reached()
@@ -271,29 +276,36 @@ class SQLDatabase:
 
     # -- IStore ---------------------------------------------------------------------------------
 
-    def check(self) -> Deferred[StoreHealth]:
+    def status(self) -> StoreStatus:
+        """The state the latest call or check saw (no I/O)."""
+        latency = self.last_check.latency if self.last_check is not None else None
+        if self.state == OK:
+            return StoreStatus(STORE, UP, f"{self.backend} {self.server_version}", latency)
+        return StoreStatus(STORE, STORE_DOWN, self.last_error or f"the SQL store is {self.state}", latency)
+
+    def check(self) -> Deferred[StoreStatus]:
         """``SELECT 1`` through the store's pool, within ``--db-timeout`` (the probe that also
-        finds a database come back)."""
+        finds a database come back); never fails."""
         started = time.monotonic()
         if self.state == STOPPED or not self.pool.started or self.engine is None:
-            return succeed(StoreHealth("down", 0.0, "the SQL store is not running"))
+            return succeed(StoreStatus(STORE, STORE_DOWN, "the SQL store is not running", 0.0))
         self._retry_at = 0.0  # the probe always tries
         d = self.run("check", lambda connection: connection.execute(text("SELECT 1")).scalar())
         d.addTimeout(self.config.timeout, self.reactor)
 
-        def done(_value: Any) -> StoreHealth:
-            return StoreHealth("ok", time.monotonic() - started, f"{self.backend} {self.server_version}")
+        def done(_value: Any) -> StoreStatus:
+            return StoreStatus(STORE, UP, f"{self.backend} {self.server_version}", time.monotonic() - started)
 
-        def failed(failure: Any) -> StoreHealth:
-            why = failure.getErrorMessage() if failure.check(StoreUnavailable) else None
+        def failed(failure: Any) -> StoreStatus:
+            why = failure.value.detail if failure.check(StoreUnavailable) else None
             if why is None:
                 why = f"no answer within {self.config.timeout:g}s"
                 self._unreachable(why)
-            return StoreHealth("down", time.monotonic() - started, self.last_error or why)
+            return StoreStatus(STORE, STORE_DOWN, self.last_error or why, time.monotonic() - started)
 
-        def keep(health: StoreHealth) -> StoreHealth:
-            self.last_check = health
-            return health
+        def keep(status: StoreStatus) -> StoreStatus:
+            self.last_check = status
+            return status
 
         return d.addCallbacks(done, failed).addCallback(keep)
 
@@ -317,7 +329,7 @@ class SQLDatabase:
         }
         if self.last_error:
             described["error"] = self.last_error
-        if self.last_check is not None:
+        if self.last_check is not None and self.last_check.latency is not None:
             described["latency_ms"] = round(self.last_check.latency * 1000, 3)
         return described
 
