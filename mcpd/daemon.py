@@ -10,15 +10,16 @@ the reading is a function of names bound further down, evaluated only when a scr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from mcpd.config import ConfigError, Settings
-from mcpd.interfaces import IRuntime
+from mcpd.config import ConfigError, Settings, read_lines
+from mcpd.interfaces import INoteStore, IRuntime, ITaskBoard
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
-from mcpd.observe.health import HealthChecks, size_check, thread_pool_check
+from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
 from mcpd.observe.stats import Vitals
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import CALL, CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, TASK, Ledger, Limit, share
@@ -41,6 +42,7 @@ from mcpd.services import (
     ThreadPoolService,
     TraceService,
 )
+from mcpd.stores import StoreSet
 from mcpd.stores.memory import TASK_CAPACITY, MemoryBucketStore, MemorySessionStore, MemoryTaskStore
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
@@ -51,7 +53,14 @@ from mcpd.transport.websocket import websocket_resource
 from mcpd.web.monitoring import build_monitor
 from mcpd.web.site import make_site
 
+if TYPE_CHECKING:
+    from mcpd.stores.sql.config import DatabaseConfig
+
 log = Logger(namespace="mcpd")
+
+# The store interfaces the SQL store provides (mcpd.stores.sql): it always can (SQLite in
+# --data-dir when no --db-url is given).
+SQL_INTERFACES = (ITaskBoard, INoteStore)
 
 # Resource subscriptions held at once (resources/subscribe and subscriptions/listen URIs).
 MAX_SUBSCRIPTIONS = 10_000
@@ -59,16 +68,26 @@ MAX_SUBSCRIPTIONS = 10_000
 REPLAY_BUDGET = 256 * 1024 * 1024
 
 
+def toolsets_of(settings: Settings) -> tuple[str, ...]:
+    """--toolsets, or by default every built-in pack whose stores this server provides."""
+    if settings.toolsets is not None:
+        return settings.toolsets
+    provided = provided_interfaces(settings)
+    return tuple(name for name in BUILTIN_PACKS if set(load_pack(name).needs) <= provided)
+
+
 def load_packs(settings: Settings) -> list[ToolPack]:
     """Every configured pack (``--toolsets``, then ``--tool-pack``); `PackLoadError` (a
-    `ConfigError`) naming the one that cannot be served."""
-    for name in settings.toolsets:
+    `ConfigError`) naming the one that cannot be served, `ConfigError` for the SQL store's
+    settings when a pack needs it."""
+    toolsets = toolsets_of(settings)
+    for name in toolsets:
         if name not in BUILTIN_PACKS:
             raise PackLoadError(
                 f"--toolsets: unknown toolset {name!r} (built-in: {', '.join(sorted(BUILTIN_PACKS))}); "
                 "load other packs with --tool-pack"
             )
-    packs = [load_pack(reference) for reference in (*settings.toolsets, *settings.tool_pack)]
+    packs = [load_pack(reference) for reference in (*toolsets, *settings.tool_pack)]
     ToolRegistry(packs)  # names clash across packs: refused here, before anything starts
     provided = provided_interfaces(settings)
     for pack in packs:
@@ -78,13 +97,65 @@ def load_packs(settings: Settings) -> list[ToolPack]:
                 f"tool pack {pack.name!r} needs {', '.join(missing)}, which this server is not configured to "
                 "provide (see README, Stores)"
             )
+    if needs_sql(packs):
+        from mcpd.stores.sql.config import DatabaseConfigError
+
+        try:
+            sql_config(settings)
+        except DatabaseConfigError as e:
+            raise ConfigError(str(e)) from None
     return packs
+
+
+def needs_sql(packs: Sequence[ToolPack]) -> bool:
+    """Whether a pack served needs a store only the SQL store provides."""
+    return any(interface in SQL_INTERFACES for pack in packs for interface in pack.needs)
+
+
+def sql_config(settings: Settings) -> DatabaseConfig:
+    """The SQL store's configuration; `DatabaseConfigError` naming the setting that is wrong."""
+    from mcpd.stores.sql.config import DatabaseConfig, DatabaseConfigError, database_url
+
+    password = settings.db_password
+    if password is None and settings.db_password_file:
+        lines = read_lines(settings.db_password_file, "--db-password-file", DatabaseConfigError)
+        password = lines[0][1].strip() if lines else ""
+    return DatabaseConfig(
+        url=database_url(settings.db_url, settings.data_dir, password),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_recycle=settings.db_pool_recycle,
+        pre_ping=settings.db_pool_pre_ping,
+        timeout=settings.db_timeout,
+        statement_timeout=settings.db_statement_timeout,
+    )
+
+
+def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet, reactor: Any) -> list[Any]:
+    """The services of the stores the packs need, each registered in ``stores`` by the
+    interfaces it provides. Nothing is imported or opened for a store no pack needs."""
+    services: list[Any] = []
+    if needs_sql(packs):
+        from mcpd.stores.sql.database import SQLDatabase
+        from mcpd.stores.sql.notes import SQLNoteStore
+        from mcpd.stores.sql.service import SQLStoreService
+        from mcpd.stores.sql.tasks import SQLTaskBoard
+
+        database = SQLDatabase(sql_config(settings), reactor)
+        stores.add(database, ())
+        stores.add(SQLTaskBoard(database), (ITaskBoard,))
+        stores.add(SQLNoteStore(database), (INoteStore,))
+        service = SQLStoreService(database, reactor)
+        service.setName("database")
+        services.append(service)
+    return services
 
 
 def provided_interfaces(settings: Settings) -> frozenset[Any]:
     """The interfaces packs may ask their context for (``ctx.store(IThing)``) under these
-    settings: the daemon's description of itself, and each store whose knobs are set."""
-    return frozenset({IRuntime})
+    settings: the daemon's description of itself, the SQL store's, and each store whose knobs
+    are set."""
+    return frozenset({IRuntime, *SQL_INTERFACES})
 
 
 def check_settings(settings: Settings, reactor: Any) -> None:
@@ -169,16 +240,22 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     ``settings`` name."""
     if packs is None:
         packs = load_packs(settings)
+    # The toolsets actually served (the default: every built-in pack whose stores run).
+    settings = attrs.evolve(settings, toolsets=toolsets_of(settings))
     root = OrderedMultiService()
     lifecycle = Lifecycle()
     registry = ToolRegistry(packs)
     transports = ["stdio"] if settings.stdio else ["streamable-http", "legacy-sse", "websocket"]
-    runtime = Runtime(settings, registry, transports=transports)
+    stores = StoreSet()
+    runtime = Runtime(settings, registry, stores=stores, transports=transports)
     pool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="mcpd-tools")
     ledger = build_ledger(settings)
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
     _add(root, "heap-freeze", HeapFreezeService(reactor))
     _add(root, "thread-pool", ThreadPoolService(pool, reactor))
+    # The stores start before the engine and stop after it has cancelled the calls in flight.
+    for service in build_stores(settings, packs, stores, reactor):
+        service.setServiceParent(root)
     if tracer is not None:
         # Stops after the engine: every answer written at shutdown is in the trace.
         _add(root, "trace", TraceService(tracer))
@@ -204,6 +281,8 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
             thread_pool_check(pool, reactor, reactor),
             size_check("sessions", sessions.__len__, "session(s)"),
             size_check("sse_sessions", sse_sessions.__len__, "session(s)"),
+            # The stores behind the packs (mcpd.interfaces.IStore): a required check each.
+            *(store_check(store, required=True) for store in stores),
         ]
     )
     # Read at scrape time; `engine`, `site`, `websockets` and `guarded` are bound below.
@@ -223,6 +302,9 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     )
     # /health /ready /stats /metrics /dashboard, counted in the engine's observer hook.
     monitor = build_monitor(runtime, health, lifecycle, vitals, REQUEST_METHODS)
+    for store in stores:  # the stores' own series
+        for collector in store.collectors():
+            monitor.metrics.registry.register(collector)
     policy = security.scope_policy(registry)
     engine = _engine(
         settings,
@@ -322,7 +404,7 @@ def _engine(
         state_key=state_key,
         ledger=ledger,
         task_store=MemoryTaskStore(),
-        stores={IRuntime: runtime},
+        stores={IRuntime: runtime, **runtime.stores.providers()},
         tool_timeout=settings.tool_timeout,
         max_batch=settings.max_batch,
         max_batch_bytes=settings.max_message_size,

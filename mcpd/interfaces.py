@@ -153,6 +153,7 @@ class IRuntime(Interface):
     registry = Attribute("The `mcpd.tools.ToolRegistry` of every tool, resource and prompt served.")
     listeners = Attribute("The URLs it serves MCP on.")
     transports = Attribute("The transports it serves (streamable-http, legacy-sse, websocket, stdio).")
+    stores = Attribute("The stores behind the packs (`mcpd.stores.StoreSet`): ``describe()`` for server.info.")
     version = Attribute("mcpd's version.")
 
     def uptime() -> float:
@@ -259,7 +260,24 @@ class StoreStatus:
     latency: float | None = None
 
 
-class StoreUnavailable(Exception):
+class StoreError(Exception):
+    """A store could not do what was asked; the message says what to do about it.
+
+    Tools answer it as an ``isError`` result (2025-11-25 server/tools §Error Handling): the model
+    reads it and can act, and nothing of the store's internals shows.
+    """
+
+
+class NotFound(StoreError):
+    """No record with that id (or name) in the caller's tenant."""
+
+
+class Conflict(StoreError):
+    """The change conflicts with the record as it is (a stale version, a dependency cycle, a
+    name already taken)."""
+
+
+class StoreUnavailable(StoreError):
     """A store cannot be reached right now; temporary. The message names the store."""
 
     def __init__(self, store: str, detail: str) -> None:
@@ -414,3 +432,97 @@ class IEmbedder(IHealthReporting):
 
     def embed_query(text: str) -> Deferred[tuple[float, ...]]:
         """The vector of a search query (the query prefix is added)."""
+
+
+# -- stores of records (mcpd.stores) ----------------------------------------------------------
+#
+# Every method returns a Deferred, whatever the backend: blocking work runs in the store's own
+# thread pool, never on the reactor. Records come back as plain JSON-ready dicts in the shapes
+# of the tool contract (ids are opaque strings, times ISO 8601 UTC). Every method takes the
+# caller's tenant first and never reads or writes another tenant's rows.
+
+
+# The task board's vocabulary (TOOLS.md, pack tasks), shared by the pack and every backend.
+TASK_STATUSES = ("open", "in_progress", "blocked", "done", "cancelled")
+TASK_PRIORITIES = ("low", "normal", "high", "urgent")  # in order of urgency
+# A dependency in one of these no longer holds its dependents back.
+RESOLVED_STATUSES = ("done", "cancelled")
+
+
+class IStore(IHealthReporting):
+    """A store of records the daemon runs: checked by /health, described by server.info, with
+    series of its own in /metrics."""
+
+    def describe() -> dict[str, Any]:
+        """The store's state for server.info (backend, address with no secret, state, schema)."""
+
+    def collectors() -> list[Any]:
+        """The prometheus-client collectors of the store's own series, for /metrics."""
+
+
+class ITaskBoard(Interface):
+    """Projects and their tasks, with dependencies and comments (the ``tasks`` pack)."""
+
+    def create_project(tenant: str, name: str, description: str | None, author: str) -> Deferred[dict[str, Any]]:
+        """A new project; `Conflict` if the tenant already has one by that name."""
+
+    def list_projects(tenant: str, limit: int, after: str | None) -> Deferred[tuple[list[dict[str, Any]], str | None]]:
+        """Projects by name with their open and done task counts, after the name ``after``;
+        with the position of the next page (None at the end)."""
+
+    def project_names(tenant: str, prefix: str, limit: int) -> Deferred[list[str]]:
+        """Project names starting with ``prefix`` (completion)."""
+
+    def create_task(tenant: str, task: dict[str, Any], author: str) -> Deferred[dict[str, Any]]:
+        """A new task in ``task["project"]`` (an id or a name); `NotFound` for an unknown
+        project or dependency."""
+
+    def list_tasks(
+        tenant: str, filters: dict[str, Any], limit: int, after: str | None
+    ) -> Deferred[tuple[list[dict[str, Any]], str | None]]:
+        """Tasks, newest first, matching ``filters`` (project, status, assignee, tag, query)."""
+
+    def get_task(tenant: str, task_id: str) -> Deferred[dict[str, Any]]:
+        """``{"task", "comments", "blocks"}``; `NotFound` for an unknown id."""
+
+    def update_task(
+        tenant: str, task_id: str, changes: dict[str, Any], expected_version: int | None
+    ) -> Deferred[tuple[dict[str, Any], list[str]]]:
+        """The task after ``changes``, and the ids of the other tasks whose view changed (their
+        ``blocks``); `Conflict` for a stale ``expected_version`` or a dependency cycle."""
+
+    def add_comment(tenant: str, task_id: str, text: str, author: str) -> Deferred[dict[str, Any]]:
+        """A new comment on a task."""
+
+    def next_task(
+        tenant: str, project: str | None, assignee: str | None
+    ) -> Deferred[tuple[dict[str, Any] | None, str]]:
+        """The most urgent open task whose dependencies are all resolved, and why it (or none)."""
+
+    def task_ids(tenant: str, prefix: str, limit: int) -> Deferred[list[str]]:
+        """Task ids starting with ``prefix``, newest first (completion)."""
+
+    def project_status(tenant: str, project: str, limit: int) -> Deferred[dict[str, Any]]:
+        """A project's open work for a stand-up: counts by status and its unfinished tasks."""
+
+
+class INoteStore(Interface):
+    """Markdown notes with tags and ranked full-text search (the ``notes`` pack)."""
+
+    def save_note(tenant: str, note: dict[str, Any], author: str) -> Deferred[dict[str, Any]]:
+        """Create a note, or replace the one with ``note["id"]`` (`NotFound` if unknown)."""
+
+    def get_note(tenant: str, note_id: str) -> Deferred[dict[str, Any]]:
+        """The note; `NotFound` for an unknown id."""
+
+    def delete_note(tenant: str, note_id: str) -> Deferred[bool]:
+        """Delete a note; False when there was none by that id."""
+
+    def search_notes(
+        tenant: str, query: str, tag: str | None, limit: int, offset: int
+    ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
+        """Notes ranked by relevance to ``query`` (``id, title, snippet, score, tags``), and
+        whether more follow."""
+
+    def note_ids(tenant: str, prefix: str, limit: int) -> Deferred[list[str]]:
+        """Note ids starting with ``prefix``, newest first (completion)."""

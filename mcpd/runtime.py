@@ -12,6 +12,7 @@ from zope.interface import implementer
 from mcpd._version import __version__
 from mcpd.interfaces import IRuntime
 from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
+from mcpd.stores import StoreSet
 
 if TYPE_CHECKING:
     from mcpd.config import Settings
@@ -25,6 +26,8 @@ class Runtime:
 
     settings: Settings
     registry: ToolRegistry
+    # The stores the packs reach through ``ctx.store(I)``.
+    stores: StoreSet = attrs.field(factory=StoreSet)
     started: float = attrs.field(factory=time.time)
     listeners: list[str] = attrs.field(factory=list)
     transports: list[str] = attrs.field(factory=list)

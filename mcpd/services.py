@@ -10,10 +10,8 @@ session stores, reload, health checks, drain, listeners, readiness. Each is hand
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import signal
-import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +22,10 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from mcpd import notify
 from mcpd.lifecycle import DRAINING, SERVING, STARTING, STOPPED, Lifecycle
+from mcpd.stores.threads import ThreadPoolService as ThreadPoolService  # the tree's pools, tool and store alike
 from mcpd.transport.stdio import StdioProtocol
 from mcpd.transport.tls import is_tls
 
@@ -47,50 +45,6 @@ log = Logger(namespace="mcpd")
 RETRY_HINT_MS = 2000
 _POLL = 0.05
 FLUSH_GRACE = 1.0
-
-
-class ThreadPoolService(Service):
-    """The thread pool that runs blocking tool handlers.
-
-    On shutdown its threads are joined off the reactor thread, for at most ``grace`` seconds:
-    a handler that ignores cancellation (a plain blocking call) cannot hold the daemon up
-    forever. The workers are daemon threads, so one still busy does not keep the process alive.
-    """
-
-    def __init__(self, pool: ThreadPool, clock: IReactorTime, grace: float = 5.0) -> None:
-        self.pool = pool
-        self.grace = grace
-        self.clock = clock
-        pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        clock = self.clock
-        joiner = threading.Thread(target=self.pool.stop, name="mcpd-tools-join", daemon=True)
-        joiner.start()
-        deadline = clock.seconds() + self.grace
-
-        done: Deferred[None] = Deferred()
-
-        def poll() -> None:
-            if joiner.is_alive() and clock.seconds() < deadline:
-                clock.callLater(0.05, poll)
-                return
-            if joiner.is_alive():
-                busy = sum(1 for thread in self.pool.threads if thread.is_alive())
-                log.warn(
-                    "{busy} tool thread(s) still busy after {grace}s; stopping without them",
-                    busy=busy,
-                    grace=self.grace,
-                )
-            done.callback(None)
-
-        clock.callLater(0, poll)
-        return done
 
 
 class HeapFreezeService(Service):

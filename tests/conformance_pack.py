@@ -286,7 +286,7 @@ def static_binary(ctx: RequestContext, uri: str) -> dict[str, Any]:
     title="Resource Template",
     description="A resource template with parameter substitution",
     mime_type="application/json",
-    completions={"id": lambda value, _context: [i for i in ("1", "2", "3", "123") if i.startswith(value)]},
+    completions={"id": lambda _ctx, value, _context: [i for i in ("1", "2", "3", "123") if i.startswith(value)]},
 )
 def template(ctx: RequestContext, uri: str, variables: dict[str, str]) -> str:
     identifier = variables["id"]
@@ -331,7 +331,7 @@ def simple_prompt(ctx: RequestContext, arguments: dict[str, str]) -> str:
             "arg1",
             "First test argument",
             required=True,
-            complete=lambda value, _context: [v for v in ("paris", "park", "parse") if v.startswith(value)],
+            complete=lambda _ctx, value, _context: [v for v in ("paris", "park", "parse") if v.startswith(value)],
         ),
         PromptArgument("arg2", "Second test argument", required=True),
     ),

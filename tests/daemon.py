@@ -70,6 +70,25 @@ def port_answers(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def wait_ready(port: int, deadline: float) -> None:
+    """Wait (until ``deadline``) for ``GET /ready`` to say the daemon serves: its port is bound
+    before the rest of its tree has started (the SQL store migrates then), and a test that counts
+    connections or requests must not race that. Any answer but "starting" ends the wait."""
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            connection.request("GET", "/ready")
+            response = connection.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException):
+            return
+        finally:
+            connection.close()
+        if response.status != 503 or b'"starting"' not in body:
+            return
+        time.sleep(0.05)
+
+
 def daemon_env(workdir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a daemon under test.
 
@@ -183,6 +202,7 @@ def start_daemon(
             if process.poll() is not None:
                 break
             if port_answers(chosen):
+                wait_ready(chosen, deadline)
                 return daemon
             time.sleep(0.05)
         exited = process.poll()
@@ -408,6 +428,8 @@ FIXTURE_TOOLS = {
 
 
 SERVER_TOOLS = {"server.info", "server.tools"}
+# The read-only tools of the packs on the SQL store (tasks, notes), served by default.
+READ_ONLY_DATA_TOOLS = {"project.list", "task.list", "task.get", "task.next", "note.search", "note.get"}
 
 
 INVALID_PARAMS = -32602

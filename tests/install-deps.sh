@@ -5,6 +5,7 @@
 #  - the Debian packaging tools, lintian, systemd's analyzer, nginx-light (package, nginx tests);
 #  - Debian's manual pages in English and Chinese (manpages-dev, manpages-zh): the real documents
 #    of the retrieval-quality tests (tests/corpus.py);
+#  - MariaDB's server (the SQL store's tests start their own on a loopback port, tests/services.py);
 #  - Node 22 with the MCP conformance suite, the Inspector and the TypeScript SDK, into the
 #    gitignored .ci-tools/ (conformance, Inspector and TypeScript client tests);
 #  - a virtualenv with the MCP Python SDK 1.x WebSocket client, in the gitignored .cache/.
@@ -47,6 +48,11 @@ fi
 # The retrieval-quality tests' corpus (tests/corpus.py).
 if [ ! -f /usr/share/man/man2/open.2.gz ] || [ ! -f /usr/share/man/zh_CN/man1/ls.1.gz ]; then
     apt_install manpages-dev manpages-zh
+fi
+
+# The SQL store's tests start their own MariaDB server (tests/services.py).
+if [ ! -x /usr/sbin/mariadbd ] || ! command -v mariadb-install-db >/dev/null; then
+    apt_install mariadb-server
 fi
 
 NODE_TOOLS="$PWD/.ci-tools"

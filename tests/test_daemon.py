@@ -30,6 +30,8 @@ class ProductionTreeTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
 
     def start(self, **flags: Any) -> Any:
+        # The default toolsets include the packs on the SQL store: its SQLite file goes here.
+        flags.setdefault("data_dir", self.mktemp())
         root = build_service(resolve(flags, {}, {}), self.reactor)
         root.privilegedStartService()
         root.startService()
@@ -62,6 +64,7 @@ class ProductionTreeTests(SynchronousTestCase):
             [
                 "heap-freeze",
                 "thread-pool",
+                "database",  # the SQL store of the tasks and notes packs, before the engine
                 "engine",
                 "sessions",
                 "sse-sessions",
@@ -105,7 +108,9 @@ class ProductionTreeTests(SynchronousTestCase):
 
     def test_stdio_is_a_shorter_tree(self) -> None:
         root = build_service(resolve({}, {}, {}, stdio=True), self.reactor)
-        self.assertEqual([s.name for s in root], ["heap-freeze", "thread-pool", "engine", "stdio", None, None])
+        self.assertEqual(
+            [s.name for s in root], ["heap-freeze", "thread-pool", "database", "engine", "stdio", None, None]
+        )
         self.assertFalse(any(isinstance(s, ListenerService) for s in root))
 
 
@@ -141,5 +146,9 @@ class PackStoreTests(SynchronousTestCase):
             "tool pack 'needy' needs INowhere, which this server is not configured to provide (see README, Stores)",
         )
 
-    def test_the_server_pack_gets_the_runtime(self) -> None:
-        self.assertEqual([pack.name for pack in load_packs(resolve({}, {}, {}))], ["server"])
+    def test_by_default_every_built_in_pack_whose_stores_run_is_served(self) -> None:
+        self.assertEqual([pack.name for pack in load_packs(resolve({}, {}, {}))], ["server", "tasks", "notes"])
+
+    def test_without_a_pack_on_the_sql_store_the_tree_has_no_database(self) -> None:
+        root = build_service(resolve({"toolsets": "server"}, {}, {}), MemoryReactorClock())
+        self.assertNotIn("database", [service.name for service in root])

@@ -45,6 +45,7 @@ from tests.daemon import (
     MCPD,
     MODERN,
     PYTHON,
+    READ_ONLY_DATA_TOOLS,
     SERVER_TOOLS,
     SHUTDOWN_LIMIT,
     TWISTD,
@@ -143,7 +144,8 @@ class _ClientScenarios:
             self.assertEqual({row["name"] for row in by_name["tools"]}, SERVER_TOOLS)
             read_only = (await client.call_tool("server.tools", {"read_only": True})).structured_content
             assert read_only is not None
-            self.assertEqual({row["name"] for row in read_only["tools"]}, SERVER_TOOLS)
+            # The default toolsets: server, and the packs on the SQL store (tasks, notes).
+            self.assertEqual({row["name"] for row in read_only["tools"]}, SERVER_TOOLS | READ_ONLY_DATA_TOOLS)
             none = (await client.call_tool("server.tools", {"match": "no-such-tool"})).structured_content
             self.assertEqual(none, {"count": 0, "tools": []})
 

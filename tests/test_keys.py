@@ -43,7 +43,15 @@ class KeyTests(SynchronousTestCase):
         assert named is not None
         self.assertEqual((named.name, named.scopes), ("ci", frozenset({"read", "tests.record", "notes"})))
         self.assertEqual(parse_key_line("bob:k3").name, "bob")  # type: ignore[union-attr]
-        self.assertRaises(ValueError, parse_key_line, "a:b:c:d")
+        self.assertEqual(named.tenant, "default")
+        tenanted = parse_key_line("acme-ci:k5:write:acme")
+        assert tenanted is not None
+        self.assertEqual((tenanted.name, tenanted.scopes, tenanted.tenant), ("acme-ci", frozenset({"write"}), "acme"))
+        admin_of = parse_key_line("ops:k6::acme")  # no scopes: admin, of tenant acme
+        assert admin_of is not None
+        self.assertEqual((admin_of.scopes, admin_of.tenant), (frozenset({"admin"}), "acme"))
+        self.assertRaises(ValueError, parse_key_line, "a:b:c:d:e")
+        self.assertRaises(ValueError, parse_key_line, "a:b:c:bad tenant")
         self.assertRaises(ValueError, parse_key_line, "bad name:k4")
 
     def test_file(self) -> None:

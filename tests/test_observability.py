@@ -68,7 +68,7 @@ class EndpointTests(DaemonTestCase):
             health = json.loads(body)
             self.assertEqual((status, health["status"]), (200, "healthy"))
             self.assertEqual(health["total_requests"], 1)
-            self.assertEqual(set(health["checks"]), {"thread_pool", "sessions", "sse_sessions"})
+            self.assertEqual(set(health["checks"]), {"thread_pool", "sessions", "sse_sessions", "database"})
             self.assertIn("x-request-id", headers)
             self.assertEqual(json.loads(fetch(daemon.port, "GET", "/ready")[2]), {"ready": True, "state": "serving"})
 

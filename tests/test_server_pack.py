@@ -49,7 +49,7 @@ class ServerPackTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.registry = ToolRegistry([load_pack("server"), notes_pack()])
         self.runtime = Runtime(
-            settings=Settings(tool_pack=("tests.test_server_pack:notes",)),
+            settings=Settings(toolsets=("server",), tool_pack=("tests.test_server_pack:notes",)),
             registry=self.registry,
             started=time.time() - 120,
             listeners=["tcp:8765:interface=127.0.0.1"],

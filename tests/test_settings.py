@@ -34,7 +34,8 @@ class PrecedenceTests(SynchronousTestCase):
         "port": (9001, 9002, 9003, 8765),
         "host": ("10.0.0.1", "10.0.0.2", "10.0.0.3", "127.0.0.1"),
         "threads": (3, 4, 5, 10),
-        "toolsets": (("server",), ("server", "other"), ("a", "b", "c"), ("server",)),
+        # No default: mcpd.tap picks every built-in pack whose stores are configured.
+        "toolsets": (("server",), ("server", "other"), ("a", "b", "c"), None),
     }
 
     def test_each_source_wins_over_the_ones_below(self) -> None:

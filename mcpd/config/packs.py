@@ -12,8 +12,9 @@ KNOBS: tuple[Knob, ...] = (
         "toolsets",
         "TOOLSETS",
         parse.names,
-        ("server",),
-        "Built-in tool packs to serve, comma-separated.",
+        None,
+        "Built-in tool packs to serve, comma-separated (server, tasks, notes). Default: every "
+        "built-in pack whose stores are configured.",
     ),
     Knob(
         "tool_pack",

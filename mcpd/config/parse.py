@@ -137,3 +137,10 @@ def embedding_api(raw: str) -> str:
     if value not in ("openai", "ollama"):
         raise ValueError(f"must be openai or ollama, not {raw!r}")
     return value
+
+
+def db_url(raw: str) -> str:
+    scheme = raw.partition(":")[0].lower()
+    if not (scheme.startswith("sqlite") or scheme.startswith("mysql") or scheme.startswith("mariadb")):
+        raise ValueError(f"must be a sqlite:/// or mysql+pymysql:// URL, not one starting {scheme + ':'!r}")
+    return raw

@@ -22,8 +22,9 @@ KNOBS: tuple[Knob, ...] = (
         "API_KEY_FILE",
         parse.text,
         None,
-        "File of API keys, one a line: KEY, NAME:KEY or NAME:KEY:SCOPES (scopes comma-separated: read, "
-        "write, admin, or tool and toolset names; none = admin). Reloaded on SIGHUP.",
+        "File of API keys, one a line: KEY, NAME:KEY, NAME:KEY:SCOPES or NAME:KEY:SCOPES:TENANT (scopes "
+        "comma-separated: read, write, admin, or tool and toolset names; none = admin; the tenant whose "
+        "records the key sees, default: default). Reloaded on SIGHUP.",
     ),
     Knob(
         "insecure_no_auth",

@@ -28,7 +28,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8765
     listen: tuple[str, ...] = ()
-    toolsets: tuple[str, ...] = ("server",)
+    toolsets: tuple[str, ...] | None = None  # None: every built-in pack whose stores run
     tool_pack: tuple[str, ...] = ()
     threads: int = 10
     session_timeout: float = 1800.0
@@ -78,6 +78,15 @@ class Settings:
     embedding_retries: int = 3
     embedding_query_prefix: str = ""
     embedding_document_prefix: str = ""
+    db_url: str | None = attrs.field(default=None, repr=False)  # may hold a password
+    db_password: str | None = attrs.field(default=None, repr=False)  # a secret: never shown
+    db_password_file: str | None = None
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    db_pool_recycle: float = 3600.0
+    db_pool_pre_ping: bool = True
+    db_timeout: float = 5.0
+    db_statement_timeout: float = 10.0
     stdio: bool = False
     port_given: bool = False
 

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_settings -*-
 """Where the stores keep their data (mcpd.stores): the data directory of the embedded ones, the
-search index (Milvus) and the embedding service of the kb and memory packs.
+SQL store of the tasks and notes packs, the search index (Milvus) and the embedding service of
+the kb and memory packs.
 
 A store's knobs go here, each with its environment variable; `mcpd.daemon` picks the
 implementation they name, and the in-process or embedded one without them.
@@ -90,5 +91,65 @@ KNOBS: tuple[Knob, ...] = (
         parse.text,
         "",
         "Text put before each indexed chunk (e5: 'passage: ', nomic: 'search_document: ').",
+    ),
+    # -- the SQL store (mcpd.stores.sql); its SQLite file is in --data-dir --
+    Knob(
+        "db_url",
+        "DB_URL",
+        parse.db_url,
+        None,
+        "SQLAlchemy URL of the SQL store: sqlite:///PATH or mysql+pymysql://USER@HOST:3306/DB "
+        "(MySQL 8 / MariaDB 10.11+). Default: sqlite:///DATA_DIR/mcpd.sqlite3.",
+    ),
+    Knob(
+        "db_password",
+        "DB_PASSWORD",
+        parse.text,
+        None,
+        "Password of the --db-url user; shows in ps as a flag: prefer DB_PASSWORD or --db-password-file.",
+    ),
+    Knob(
+        "db_password_file",
+        "DB_PASSWORD_FILE",
+        parse.text,
+        None,
+        "File holding the --db-url user's password (its first line).",
+    ),
+    Knob("db_pool_size", "DB_POOL_SIZE", parse.positive_int, 5, "Connections the SQL store keeps open."),
+    Knob(
+        "db_max_overflow",
+        "DB_MAX_OVERFLOW",
+        parse.count,
+        5,
+        "Connections the SQL store may open beyond --db-pool-size under load; its thread pool has "
+        "--db-pool-size + --db-max-overflow threads.",
+    ),
+    Knob(
+        "db_pool_recycle",
+        "DB_POOL_RECYCLE",
+        parse.seconds,
+        3600.0,
+        "Seconds after which a pooled connection is replaced (keep it below MySQL's wait_timeout).",
+    ),
+    Knob(
+        "db_pool_pre_ping",
+        "DB_POOL_PRE_PING",
+        parse.boolean,
+        True,
+        "Test a pooled connection before each use, so a restarted server is reconnected to (1 or 0).",
+    ),
+    Knob(
+        "db_timeout",
+        "DB_TIMEOUT",
+        parse.seconds,
+        5.0,
+        "Seconds to connect to the database or wait for a lock before a call is answered that it is unavailable.",
+    ),
+    Knob(
+        "db_statement_timeout",
+        "DB_STATEMENT_TIMEOUT",
+        parse.seconds,
+        10.0,
+        "Longest a single SQL statement may run (MariaDB max_statement_time, MySQL max_execution_time).",
     ),
 )

@@ -20,7 +20,8 @@ _STRINGS = {"type": "array", "items": {"type": "string"}}
     title="Server information",
     description=(
         "Describe this MCP server: its version, how long it has been up, the protocol versions "
-        "it speaks, its transports and listening addresses, and how many tools it offers."
+        "it speaks, its transports and listening addresses, how many tools it offers, and the "
+        "stores behind them with their state."
     ),
     output_schema={
         "type": "object",
@@ -37,6 +38,19 @@ _STRINGS = {"type": "array", "items": {"type": "string"}}
             "listeners": _STRINGS,
             "tool_count": {"type": "integer"},
             "toolsets": _STRINGS,
+            "stores": {
+                "type": "array",
+                "description": "The stores behind the packs and their state (ok, down, starting, stopped).",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "backend": {"type": "string"},
+                        "state": {"type": "string"},
+                    },
+                    "required": ["name", "state"],
+                },
+            },
         },
         "required": ["name", "version", "uptime_seconds", "protocol_versions", "transports", "tool_count"],
     },
@@ -52,7 +66,8 @@ def info(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
         "transports": list(runtime.transports),
         "listeners": list(runtime.listeners),
         "tool_count": len(runtime.registry),
-        "toolsets": list(runtime.settings.toolsets) + list(runtime.settings.tool_pack),
+        "toolsets": list(runtime.settings.toolsets or ()) + list(runtime.settings.tool_pack),
+        "stores": runtime.stores.describe(),
     }
 
 

@@ -268,7 +268,7 @@ class Catalog:
             raise InvalidParams("Invalid params: ref.type must be ref/prompt or ref/resource")
         if completer is None:
             return _completed([])
-        return maybeDeferred(completer, value, resolved).addCallback(
+        return maybeDeferred(completer, self._context(request), value, resolved).addCallback(
             lambda values: {"completion": completion_values(values)}
         )
 

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpd._version import __version__
+from mcpd.interfaces import StoreError, StoreUnavailable
 from mcpd.protocol.catalog import Catalog
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.channel import RequestChannel, StateSigner
@@ -504,6 +505,12 @@ class Engine:
             return None
         if failure.check(MCPError):
             return error_response(request_id, failure.value.to_error())
+        if failure.check(StoreUnavailable):
+            # A resource or prompt read while a store is down: say so, no traceback in the log.
+            return error_response(request_id, InternalError(str(failure.value)).to_error())
+        if failure.check(StoreError):
+            # A prompt argument or resource naming a record the caller's tenant does not have.
+            return error_response(request_id, InvalidParams(str(failure.value)).to_error())
         return self._internal_error(request_id, method, failure)
 
     def _internal_error(self, request_id: Any, method: str, failure: Failure) -> dict[str, Any]:

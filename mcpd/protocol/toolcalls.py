@@ -13,6 +13,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mcpd.interfaces import StoreError
 from mcpd.protocol.channel import input_required
 from mcpd.protocol.envelope import check_parameter_headers
 from mcpd.protocol.errors import InvalidParams, MCPError
@@ -174,7 +175,8 @@ class ToolCalls:
             return asked  # 2026-07-28 basic §Multi Round-Trip Requests: ask, let the client retry
         if failure.check(MCPError):
             return failure  # a protocol error (say -32021), answered as such
-        if failure.check(ToolError, ClientError, ClientTimeout):
+        if failure.check(ToolError, StoreError, ClientError, ClientTimeout):
+            # A store's refusal (unknown id, conflict) or outage is the model's to read and act on.
             return error_result(str(failure.value))
         if failure.check(UnsendableResult):
             log.warn("{why} (request {id!r})", why=str(failure.value), id=ctx.request_id)

@@ -36,6 +36,7 @@ from mcpd.security.ratelimit import RateLimiter, retry_after
 from mcpd.security.responses import REASONS, raw_response
 from mcpd.security.routes import UNKNOWN, Access, decide_route, route_problem
 from mcpd.security.scopes import ADMIN
+from mcpd.tools.api import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from mcpd.lifecycle import Lifecycle
@@ -201,13 +202,13 @@ class Gate:
         admin = route.access is Access.ADMIN
         if admin and (self.public_metrics or is_loopback_client(client)):
             return self._hold_connection(request, f"ip:{client}", client, None)
-        name, scopes = "anonymous", frozenset[str]()
+        name, scopes, tenant = "anonymous", frozenset[str](), DEFAULT_TENANT
         if self.keys:
             key, refusal = self._authenticate(request, query)
             if refusal is not None:
                 return self._audited(request, refusal, "auth_failure", client, None, refusal.body["error"])  # type: ignore[index]
             assert key is not None
-            name, scopes = key.name, key.scopes
+            name, scopes, tenant = key.name, key.scopes, key.tenant
         keyed = bool(self.keys)
         if admin and ADMIN not in scopes:
             why = "this page needs an admin-scoped API key beyond loopback (or the server's --public-metrics)"
@@ -216,7 +217,7 @@ class Gate:
         account = f"key:{name}" if keyed else f"ip:{client}"
         if keyed or client is not peer:
             # Without keys or proxies, `caller_of` finds the peer by itself.
-            admit(request, Identity(name, scopes, client, account))
+            admit(request, Identity(name, scopes, client, account, tenant))
         if self.limiter is not None and (keyed or not is_loopback_client(client)):
             wait = self.limiter.check(account)
             if isinstance(wait, Deferred):

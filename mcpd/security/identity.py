@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from mcpd.interfaces import IIdentity
 from mcpd.security.addresses import normal_form
-from mcpd.tools.api import Caller
+from mcpd.tools.api import DEFAULT_TENANT, Caller
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -21,14 +21,15 @@ if TYPE_CHECKING:
 @implementer(IIdentity)
 @attrs.frozen
 class Identity:
-    """An admitted HTTP client: its key's name and scopes (none without keys), its real
-    address (the client behind a trusted proxy, not the proxy), and the account its limits are
-    counted against (``key:NAME``, or ``ip:ADDRESS`` without keys)."""
+    """An admitted HTTP client: its key's name, scopes and tenant (none and ``default`` without
+    keys), its real address (the client behind a trusted proxy, not the proxy), and the account
+    its limits are counted against (``key:NAME``, or ``ip:ADDRESS`` without keys)."""
 
     name: str
     scopes: frozenset[str]
     peer: str
     account: str
+    tenant: str = DEFAULT_TENANT
 
 
 def caller_of(request: Request, transport: str) -> Caller:
@@ -50,6 +51,7 @@ def caller_of(request: Request, transport: str) -> Caller:
         transport=transport,
         account=identity.account,
         x_request_id=getattr(request, "x_request_id", None),
+        tenant=identity.tenant,
     )
 
 

@@ -2,7 +2,8 @@
 """API keys: where they come from, how a presented key is recognised, what it may do.
 
 Keys come from ``--api-key`` / ``API_KEYS`` and from ``--api-key-file`` (one a line: ``KEY``, or
-``NAME:KEY`` or ``NAME:KEY:SCOPES``, so keys need not appear in ``ps`` output). Only a digest of
+``NAME:KEY``, ``NAME:KEY:SCOPES`` or ``NAME:KEY:SCOPES:TENANT``, so keys need not appear in ``ps``
+output). A key's tenant is whose records it sees; keys without one are tenant ``default``. Only a digest of
 each key is kept; a presented key is compared with every digest in constant time. A key is named
 in logs and the audit trail by its name, or by a short hash of it, never by the key itself.
 """
@@ -18,6 +19,7 @@ import attrs
 
 from mcpd.config import read_lines
 from mcpd.security.scopes import ADMIN
+from mcpd.tools.api import DEFAULT_TENANT
 
 # A key with no scopes listed may do everything.
 DEFAULT_SCOPES = frozenset({ADMIN})
@@ -46,16 +48,19 @@ class APIKey:
     name: str
     digest: bytes
     scopes: frozenset[str] = DEFAULT_SCOPES
+    tenant: str = DEFAULT_TENANT
 
     def __repr__(self) -> str:
-        return f"APIKey(name={self.name!r}, scopes={sorted(self.scopes)!r})"
+        return f"APIKey(name={self.name!r}, scopes={sorted(self.scopes)!r}, tenant={self.tenant!r})"
 
     @classmethod
-    def from_secret(cls, key: str, name: str | None = None, scopes: Iterable[str] = ()) -> APIKey:
+    def from_secret(
+        cls, key: str, name: str | None = None, scopes: Iterable[str] = (), tenant: str = DEFAULT_TENANT
+    ) -> APIKey:
         """A key from its secret; unnamed keys are named by `short_hash`."""
         if not key or any(c.isspace() for c in key):
             raise ValueError("an API key must be non-empty and contain no whitespace")
-        return cls(name or short_hash(key), digest(key), frozenset(scopes) or DEFAULT_SCOPES)
+        return cls(name or short_hash(key), digest(key), frozenset(scopes) or DEFAULT_SCOPES, tenant)
 
 
 class KeyRing:
@@ -94,13 +99,16 @@ def parse_key_line(line: str) -> APIKey | None:
     fields = line.split(":")
     if len(fields) == 1:
         return APIKey.from_secret(fields[0])
-    if len(fields) > 3:
-        raise ValueError("expected KEY, NAME:KEY or NAME:KEY:SCOPES")
+    if len(fields) > 4:
+        raise ValueError("expected KEY, NAME:KEY, NAME:KEY:SCOPES or NAME:KEY:SCOPES:TENANT")
     name, key = fields[0].strip(), fields[1].strip()
     if not _NAME.match(name):
         raise ValueError(f"key name {name!r} must be 1-64 characters of A-Z a-z 0-9 . _ @ -")
-    scopes = parse_scopes(fields[2]) if len(fields) == 3 else frozenset()
-    return APIKey.from_secret(key, name, scopes)
+    scopes = parse_scopes(fields[2]) if len(fields) >= 3 else frozenset()
+    tenant = fields[3].strip() if len(fields) == 4 else DEFAULT_TENANT
+    if not _NAME.match(tenant):
+        raise ValueError(f"tenant {tenant!r} must be 1-64 characters of A-Z a-z 0-9 . _ @ -")
+    return APIKey.from_secret(key, name, scopes, tenant)
 
 
 def read_key_file(path: str) -> list[APIKey]:

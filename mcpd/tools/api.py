@@ -36,6 +36,7 @@ TASK_SUPPORT = ("forbidden", "optional", "required")
 TASK_START = ("call", "handler")
 
 Handler = Callable[["ToolContext", dict[str, Any]], Any]
+DEFAULT_TENANT = "default"
 ProgressSink = Callable[[float, "float | None", "str | None"], None]
 
 
@@ -65,6 +66,14 @@ class Caller:
     account: str = attrs.field(default=attrs.Factory(lambda caller: caller.name, takes_self=True))
     # The X-Request-Id of the HTTP request that carried the call (logs and audit); not identity.
     x_request_id: str | None = attrs.field(default=None, eq=False)
+    # Whose records the caller sees (the key file's fourth field); `default` without one.
+    tenant: str = DEFAULT_TENANT
+
+    @property
+    def author(self) -> str:
+        """Who records are created by: the API key's name, or ``local`` without keys (a key
+        always has scopes; the stdio user and a keyless HTTP client have none)."""
+        return self.name if self.scopes else "local"
 
 
 @attrs.frozen
@@ -245,6 +254,11 @@ class RequestContext:
         if channel is None and link.open_channel is not None:
             channel = link.channel = link.open_channel()
         return channel
+
+    @property
+    def tenant(self) -> str:
+        """The caller's tenant: the only records a handler may read or write."""
+        return self.caller.tenant
 
     def client_log(self, level: str, data: Any, logger: str | None = None) -> None:
         """Send the client a log message (``notifications/message``) on this request's stream,

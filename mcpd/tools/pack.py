@@ -17,8 +17,9 @@ from mcpd.tools.resources import Completer, Reader, Resource, ResourceTemplate
 # Built-in packs chosen with --toolsets: name -> module holding a `pack`.
 BUILTIN_PACKS: dict[str, str] = {
     "server": "mcpd.packs.server",
+    "tasks": "mcpd.packs.tasks",
+    "notes": "mcpd.packs.notes",
 }
-DEFAULT_TOOLSETS: tuple[str, ...] = ("server",)
 
 
 class ToolPack:

@@ -20,13 +20,14 @@ PromptHandler = Callable[..., Any]
 
 @attrs.frozen
 class PromptArgument:
-    """One argument of a prompt; ``complete`` suggests values for completion/complete."""
+    """One argument of a prompt; ``complete(ctx, value, context_arguments)`` suggests values for
+    completion/complete."""
 
     name: str
     description: str | None = None
     required: bool = False
     title: str | None = None
-    complete: Callable[[str, Mapping[str, str]], Any] | None = None
+    complete: Callable[[Any, str, Mapping[str, str]], Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}

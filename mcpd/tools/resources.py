@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 Reader = Callable[..., Any]
-Completer = Callable[[str, Mapping[str, str]], Any]
+Completer = Callable[[Any, str, Mapping[str, str]], Any]
 
 _VARIABLE = re.compile(r"\{(\+?)([A-Za-z0-9_.]+)\}")
 
@@ -66,7 +66,8 @@ class Resource:
 @attrs.frozen
 class ResourceTemplate:
     """A family of resources named by a URI template; ``completions`` map a variable to a
-    completer ``(value, context_arguments) -> list[str]`` for completion/complete."""
+    completer ``(ctx, value, context_arguments) -> list[str]`` (or a Deferred of one) for
+    completion/complete; ``ctx`` is the request context (``ctx.tenant``, ``ctx.store(I)``)."""
 
     uri_template: str = attrs.field(validator=_check_uri)
     name: str

@@ -1,0 +1,176 @@
+# -*- test-case-name: tests.test_sqlstore -*-
+"""The SQL store's tables, as SQLAlchemy Core sees them (the queries use these).
+
+The migrations in ``migrations/versions`` create them; ``tests.test_sqlstore`` checks that the
+two agree on SQLite and MariaDB. Every row carries its tenant, and every index starts with it
+where a query filters by tenant. A new store's tables (documents, chunks, memories) come as a
+new migration and new tables here.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Date,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from mcpd.stores.sql.types import TABLE_OPTIONS, key, long_text, sequence, timestamp
+
+metadata = MetaData()
+
+ID = 32
+TENANT = 64
+TAG = 64
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", key(ID), primary_key=True),
+    Column("tenant", key(TENANT), nullable=False),
+    Column("name", key(200), nullable=False),
+    Column("description", Text),
+    Column("created_at", timestamp(), nullable=False),
+    Column("created_by", key(64), nullable=False),
+    UniqueConstraint("tenant", "name", name="uq_projects_tenant_name"),
+    **TABLE_OPTIONS,
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", key(ID), primary_key=True),
+    Column("tenant", key(TENANT), nullable=False),
+    Column("project_id", key(ID), ForeignKey("projects.id", name="fk_tasks_project"), nullable=False),
+    Column("title", String(500), nullable=False),
+    Column("description", Text),
+    Column("status", key(16), nullable=False),
+    # 0 low, 1 normal, 2 high, 3 urgent: sorts by urgency.
+    Column("priority", SmallInteger, nullable=False),
+    Column("assignee", key(200)),
+    Column("due", Date),
+    # The tags as a JSON list, for showing; task_tags holds them for filtering.
+    Column("tags", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", timestamp(), nullable=False),
+    Column("created_by", key(64), nullable=False),
+    Column("updated_at", timestamp(), nullable=False),
+    # task.list (newest first: all, a project's), counts by project and status, by assignee;
+    # task.next. A project id belongs to one tenant, so project indexes lead with it (InnoDB
+    # then uses one for the foreign key, instead of an index of its own that MariaDB merged
+    # with ours and sorted: 22 ms for a page of a 10,000-task project).
+    Index("ix_tasks_tenant_id", "tenant", "id"),
+    Index("ix_tasks_project", "project_id", "id"),
+    Index("ix_tasks_project_status", "project_id", "status"),
+    Index("ix_tasks_assignee", "tenant", "assignee"),
+    Index("ix_tasks_next", "tenant", "status", "priority", "due"),
+    **TABLE_OPTIONS,
+)
+
+task_tags = Table(
+    "task_tags",
+    metadata,
+    Column("task_id", key(ID), ForeignKey("tasks.id", name="fk_task_tags_task", ondelete="CASCADE"), nullable=False),
+    Column("tenant", key(TENANT), nullable=False),
+    Column("tag", key(TAG), nullable=False),
+    PrimaryKeyConstraint("task_id", "tag", name="pk_task_tags"),
+    Index("ix_task_tags_tag", "tenant", "tag", "task_id"),
+    **TABLE_OPTIONS,
+)
+
+task_deps = Table(
+    "task_deps",
+    metadata,
+    Column("task_id", key(ID), ForeignKey("tasks.id", name="fk_task_deps_task", ondelete="CASCADE"), nullable=False),
+    Column(
+        "depends_on",
+        key(ID),
+        ForeignKey("tasks.id", name="fk_task_deps_depends_on", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("tenant", key(TENANT), nullable=False),
+    PrimaryKeyConstraint("task_id", "depends_on", name="pk_task_deps"),
+    # What a task blocks (task.get's ``blocks``).
+    Index("ix_task_deps_depends_on", "depends_on"),
+    **TABLE_OPTIONS,
+)
+
+task_comments = Table(
+    "task_comments",
+    metadata,
+    Column("id", key(ID), primary_key=True),
+    Column(
+        "task_id", key(ID), ForeignKey("tasks.id", name="fk_task_comments_task", ondelete="CASCADE"), nullable=False
+    ),
+    Column("tenant", key(TENANT), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("created_at", timestamp(), nullable=False),
+    Column("created_by", key(64), nullable=False),
+    Index("ix_task_comments_task", "task_id", "id"),
+    **TABLE_OPTIONS,
+)
+
+notes = Table(
+    "notes",
+    metadata,
+    # The full-text index refers to rows by this integer (SQLite FTS5's rowid).
+    Column("seq", sequence(), primary_key=True, autoincrement=True),
+    Column("id", key(ID), nullable=False),
+    Column("tenant", key(TENANT), nullable=False),
+    Column("title", String(500), nullable=False),
+    Column("body", long_text(), nullable=False),
+    Column("tags", Text, nullable=False),
+    Column("created_at", timestamp(), nullable=False),
+    Column("updated_at", timestamp(), nullable=False),
+    Column("created_by", key(64), nullable=False),
+    UniqueConstraint("id", name="uq_notes_id"),
+    Index("ix_notes_tenant_id", "tenant", "id"),
+    **TABLE_OPTIONS,
+)
+
+note_tags = Table(
+    "note_tags",
+    metadata,
+    Column("note_id", key(ID), ForeignKey("notes.id", name="fk_note_tags_note", ondelete="CASCADE"), nullable=False),
+    Column("tenant", key(TENANT), nullable=False),
+    Column("tag", key(TAG), nullable=False),
+    PrimaryKeyConstraint("note_id", "tag", name="pk_note_tags"),
+    Index("ix_note_tags_tag", "tenant", "tag", "note_id"),
+    **TABLE_OPTIONS,
+)
+
+# The audit trail (server.audit): one row per audited event, searchable by time, key, tool and
+# outcome within a tenant; old rows are deleted by time (retention).
+audit_records = Table(
+    "audit_records",
+    metadata,
+    Column("seq", sequence(), primary_key=True, autoincrement=True),
+    Column("tenant", key(TENANT), nullable=False),
+    Column("at", timestamp(), nullable=False),
+    Column("key_name", key(64)),
+    Column("peer", String(64), nullable=False),
+    Column("transport", key(32), nullable=False),
+    Column("method", key(64)),
+    Column("tool", key(128)),
+    Column("outcome", key(32), nullable=False),
+    Column("duration_ms", Float),
+    Column("request_id", String(64)),
+    Column("x_request_id", String(64)),
+    Column("detail", Text),
+    Index("ix_audit_tenant_at", "tenant", "at"),
+    Index("ix_audit_key", "tenant", "key_name", "at"),
+    Index("ix_audit_tool", "tenant", "tool", "at"),
+    Index("ix_audit_outcome", "tenant", "outcome", "at"),
+    Index("ix_audit_at", "at"),
+    **TABLE_OPTIONS,
+)

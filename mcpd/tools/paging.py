@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.test_packs -*-
+"""Opaque cursors for the lists and searches of packs, bound to the listing they came from.
+
+A cursor carries where the next page starts and a digest of what was listed (the tool, its
+filters and the caller's tenant): handed to another tool, other filters or another tenant, it is
+refused rather than misread, so no cursor ever leads into another tenant's records.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mcpd.tools.api import RequestContext, ToolError
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def limit_schema(default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> dict[str, Any]:
+    """The ``limit`` argument of a list."""
+    return {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": maximum,
+        "default": default,
+        "description": f"Most items to return (default {default}, at most {maximum}).",
+    }
+
+
+CURSOR_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "description": "The next_cursor of the previous page, to get the next one (same other arguments).",
+}
+NEXT_CURSOR_SCHEMA: dict[str, Any] = {
+    "type": ["string", "null"],
+    "description": "Pass as cursor (with the same other arguments) for the next page; null at the end.",
+}
+
+
+def _listing(ctx: RequestContext, tool: str, filters: Mapping[str, Any]) -> str:
+    identity = json.dumps([ctx.tenant, tool, dict(sorted(filters.items()))], default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def encode_cursor(ctx: RequestContext, tool: str, filters: Mapping[str, Any], position: Any) -> str | None:
+    """The cursor of the page starting after ``position`` (None: there is no next page)."""
+    if position is None:
+        return None
+    raw = json.dumps({"l": _listing(ctx, tool, filters), "p": position}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(ctx: RequestContext, tool: str, filters: Mapping[str, Any], cursor: str | None) -> Any:
+    """Where the page a cursor names starts (None without a cursor); `ToolError` for a cursor
+    that is not one of ours, or belongs to another listing."""
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        decoded = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        listing, position = decoded["l"], decoded["p"]
+    except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError):
+        raise ToolError("cursor is not one this server gave out: call again without cursor") from None
+    if listing != _listing(ctx, tool, filters):
+        raise ToolError(
+            f"cursor belongs to another listing: pass it to {tool} with the same other arguments as the "
+            "call that returned it, or call again without cursor"
+        )
+    return position
+
+
+def limit_of(arguments: Mapping[str, Any], default: int = DEFAULT_LIMIT) -> int:
+    """The ``limit`` argument (validated by the schema), or its default."""
+    return int(arguments.get("limit", default))

@@ -1,0 +1,432 @@
+"""The packs on the SQL store (``tasks``, ``notes``, and ``server`` describing the store), through
+the official MCP SDK client against a real daemon: over Streamable HTTP and stdio, in both eras,
+on SQLite and on a real MariaDB server.
+
+Each scenario calls every tool of the packs as a model would (results checked against their
+output schemas by the SDK, errors as ``isError`` results a model can act on), reads the
+``task://`` and ``note://`` resources, completes their ids, gets the ``project.status`` prompt,
+and hears ``notifications/resources/updated`` for a subscribed task. `TenancyTests` give two
+tenants' keys to two clients and show that neither ever sees the other's records, resources or
+cursors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp import Client
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+from mcp.shared.exceptions import MCPError
+from twisted.internet.defer import Deferred
+
+from tests.daemon import LEGACY, MODERN, DaemonTestCase, Scenario, run_anyio
+from tests.services import PASSWORD, shared_mariadb
+
+TASK_TOOLS = {
+    "project.create",
+    "project.list",
+    "task.create",
+    "task.list",
+    "task.get",
+    "task.update",
+    "task.comment",
+    "task.next",
+}
+NOTE_TOOLS = {"note.save", "note.search", "note.get", "note.delete"}
+INVALID_PARAMS = -32602
+SCENARIO_TIMEOUT = 60.0
+
+
+def structured(result: Any) -> dict[str, Any]:
+    """A successful tool result's structured content (the same JSON is its text)."""
+    assert not result.is_error, result
+    assert result.structured_content is not None, result
+    assert json.loads(result.content[0].text) == result.structured_content
+    return dict(result.structured_content)
+
+
+def error_text(result: Any) -> str:
+    """An isError result's message."""
+    assert result.is_error, result
+    return str(result.content[0].text)
+
+
+class _Backends:
+    """The database a daemon under test uses: its own SQLite file, or a fresh MariaDB database."""
+
+    backend: str
+    workdir: Any
+
+    def database_args(self) -> list[str]:
+        if self.backend == "sqlite":
+            return []  # the default: mcpd-data/mcpd.sqlite3 in the daemon's working directory
+        server = shared_mariadb()
+        password_file = self.workdir / "db-password"
+        password_file.write_text(PASSWORD + "\n")
+        return ["--db-url", server.url(server.new_database()), "--db-password-file", str(password_file)]
+
+
+class _PackScenarios(_Backends):
+    mode: str
+    transport: str
+
+    in_thread: Any
+    start_daemon: Any
+    stdio_parameters: Any
+    errlog: Any
+    assertEqual: Any
+    assertIn: Any
+    assertTrue: Any
+    assertFalse: Any
+    assertIsNone: Any
+    assertGreater: Any
+    assertLessEqual: Any
+
+    def server(self) -> Any:
+        args = self.database_args()
+        if self.transport == "stdio":
+            return stdio_client(self.stdio_parameters(*args), errlog=self.errlog())
+        return self.start_daemon(*args, fixture_pack=False).url
+
+    def scenario(self, scenario: Scenario, **options: Any) -> Deferred[None]:
+        """Run ``scenario(client)`` with an SDK client (given ``options``) in a worker thread."""
+        server = self.server()
+
+        async def main() -> None:
+            with anyio.fail_after(SCENARIO_TIMEOUT):
+                async with Client(server, mode=self.mode, **options) as client:
+                    await scenario(client)
+
+        return self.in_thread(lambda: run_anyio(main))
+
+    def test_every_tool(self) -> Deferred[None]:
+        async def scenario(client: Client) -> None:
+            listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+            self.assertTrue(set(listed) >= TASK_TOOLS | NOTE_TOOLS, sorted(listed))
+            for name in TASK_TOOLS | NOTE_TOOLS:
+                tool = listed[name]
+                self.assertEqual(tool.input_schema.get("additionalProperties"), False, name)
+                self.assertTrue(tool.output_schema, name)
+                self.assertIn("Example", tool.description or "", name)
+                self.assertFalse(tool.annotations.open_world_hint, name)  # type: ignore[union-attr]
+            info = structured(await client.call_tool("server.info", {}))
+            self.assertEqual(info["stores"][0]["name"], "database")
+            self.assertEqual(info["stores"][0]["state"], "ok")
+            self.assertEqual(info["stores"][0]["backend"], "sqlite" if self.backend == "sqlite" else "mysql")
+            self.assertTrue({"server", "tasks", "notes"} <= set(info["toolsets"]))
+            await self.tasks(client)
+            await self.notes(client)
+
+        return self.scenario(scenario)
+
+    async def tasks(self, client: Client) -> None:
+        call = client.call_tool
+        project = structured(await call("project.create", {"name": "website", "description": "Relaunch"}))["project"]
+        self.assertEqual(project["created_by"], "local")
+        self.assertIn("already exists", error_text(await call("project.create", {"name": "website"})))
+        first = structured(
+            await call(
+                "task.create",
+                {"project": "website", "title": "Fix login", "priority": "high", "due": "2026-12-01", "tags": ["bug"]},
+            )
+        )["task"]
+        self.assertEqual((first["status"], first["version"], first["project"]), ("open", 1, project["id"]))
+        self.assertIn(
+            "not a date",
+            error_text(await call("task.create", {"project": "website", "title": "x", "due": "2026-02-30"})),
+        )
+        self.assertIn("no project", error_text(await call("task.create", {"project": "nope", "title": "x"})))
+        second = structured(
+            await call("task.create", {"project": project["id"], "title": "Deploy", "depends_on": [first["id"]]})
+        )["task"]
+        # Dependencies: a cycle is refused, naming the loop.
+        cycle = error_text(await call("task.update", {"id": first["id"], "depends_on": [second["id"]]}))
+        self.assertIn("cycle", cycle)
+        # Optimistic concurrency: a stale version is refused, naming the current one.
+        stale = error_text(await call("task.update", {"id": first["id"], "status": "done", "expected_version": 7}))
+        self.assertIn("at version 1", stale)
+        nothing = error_text(await call("task.update", {"id": first["id"]}))
+        self.assertIn("nothing to change", nothing)
+        ready = structured(await call("task.next", {"project": "website"}))
+        self.assertEqual(ready["task"]["id"], first["id"])
+        self.assertIn("high priority", ready["reason"])
+        done = structured(await call("task.update", {"id": first["id"], "status": "done", "expected_version": 1}))
+        self.assertEqual(done["task"]["version"], 2)
+        ready = structured(await call("task.next", {}))
+        self.assertEqual(ready["task"]["id"], second["id"])
+        comment = structured(await call("task.comment", {"id": first["id"], "text": "Shipped."}))["comment"]
+        self.assertEqual((comment["task"], comment["created_by"]), (first["id"], "local"))
+        view = structured(await call("task.get", {"id": first["id"]}))
+        self.assertEqual([c["text"] for c in view["comments"]], ["Shipped."])
+        self.assertEqual([b["id"] for b in view["blocks"]], [second["id"]])
+        self.assertIn("no task", error_text(await call("task.get", {"id": "nope"})))
+        # Pages: a cursor carries on the same listing, and only that one.
+        page = structured(await call("task.list", {"project": "website", "limit": 1}))
+        self.assertEqual([t["id"] for t in page["tasks"]], [second["id"]])
+        cursor = page["next_cursor"]
+        rest = structured(await call("task.list", {"project": "website", "limit": 1, "cursor": cursor}))
+        self.assertEqual(([t["id"] for t in rest["tasks"]], rest["next_cursor"]), ([first["id"]], None))
+        self.assertIn("another listing", error_text(await call("task.list", {"status": "open", "cursor": cursor})))
+        self.assertIn("not one this server gave out", error_text(await call("task.list", {"cursor": "garbage!"})))
+        filtered = structured(await call("task.list", {"tag": "bug", "status": "done"}))
+        self.assertEqual([t["id"] for t in filtered["tasks"]], [first["id"]])
+        projects = structured(await call("project.list", {}))
+        self.assertEqual(projects["projects"][0]["open_tasks"], 1)
+        self.assertEqual(projects["projects"][0]["done_tasks"], 1)
+        # Schema errors are isError results naming the argument.
+        bad = error_text(await call("task.create", {"project": "website", "title": "x", "priority": "asap"}))
+        self.assertIn("priority", bad)
+        # Resources: a template with completion; a task reads as task.get shows it.
+        templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
+        self.assertTrue({"task://{id}", "note://{id}"} <= templates, templates)
+        read = await client.read_resource(f"task://{first['id']}")
+        self.assertEqual(json.loads(read.contents[0].text)["task"]["id"], first["id"])  # type: ignore[union-attr]
+        with self.assertRaises(MCPError) as caught:
+            await client.read_resource("task://no-such-task")
+        self.assertEqual(caught.exception.code, INVALID_PARAMS)
+        completed = await client.complete(
+            types.ResourceTemplateReference(type="ref/resource", uri="task://{id}"),
+            {"name": "id", "value": first["id"][:24]},
+        )
+        self.assertIn(first["id"], completed.completion.values)
+        # The stand-up prompt, with its project completed.
+        names = await client.complete(
+            types.PromptReference(type="ref/prompt", name="project.status"), {"name": "project", "value": "web"}
+        )
+        self.assertEqual(names.completion.values, ["website"])
+        prompt = await client.get_prompt("project.status", {"project": "website"})
+        text = prompt.messages[0].content.text  # type: ignore[union-attr]
+        self.assertIn("Deploy", text)
+        self.assertIn("Ready next: Deploy", text)
+        with self.assertRaises(MCPError) as caught:
+            await client.get_prompt("project.status", {"project": "nope"})
+        self.assertEqual(caught.exception.code, INVALID_PARAMS)
+
+    async def notes(self, client: Client) -> None:
+        call = client.call_tool
+        saved = structured(
+            await call(
+                "note.save",
+                {"title": "Deploy checklist", "body": "Run the tests, then tag the release.", "tags": ["ops"]},
+            )
+        )["note"]
+        structured(await call("note.save", {"title": "Lunch", "body": "Pizza on Friday."}))
+        for i in range(3):
+            structured(await call("note.save", {"title": f"Release {i}", "body": f"Release notes number {i}."}))
+        found = structured(await call("note.search", {"query": "checklist tests"}))
+        self.assertEqual([n["id"] for n in found["notes"]], [saved["id"]])
+        self.assertIn("**tests**", found["notes"][0]["snippet"])  # the body's words around the match
+        pages, cursor = [], None
+        while True:
+            arguments: dict[str, Any] = {"query": "release", "limit": 2}
+            if cursor:
+                arguments["cursor"] = cursor
+            page = structured(await call("note.search", arguments))
+            pages.append([n["id"] for n in page["notes"]])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        seen = [note_id for page_ids in pages for note_id in page_ids]
+        self.assertEqual(len(seen), len(set(seen)))
+        self.assertGreater(len(seen), 3)  # the three releases and the checklist ("tag the release")
+        self.assertIn("no words", error_text(await call("note.search", {"query": "?!"})))
+        self.assertEqual(structured(await call("note.search", {"query": "deploy", "tag": "none"}))["notes"], [])
+        changed = structured(
+            await call("note.save", {"id": saved["id"], "title": "Deploy steps", "body": "New.", "tags": []})
+        )
+        self.assertEqual(changed["note"]["created_at"], saved["created_at"])
+        got = structured(await call("note.get", {"id": saved["id"]}))["note"]
+        self.assertEqual(got["title"], "Deploy steps")
+        read = await client.read_resource(f"note://{saved['id']}")
+        self.assertEqual(json.loads(read.contents[0].text)["title"], "Deploy steps")  # type: ignore[union-attr]
+        self.assertEqual(structured(await call("note.delete", {"id": saved["id"]})), {"deleted": True})
+        self.assertEqual(structured(await call("note.delete", {"id": saved["id"]})), {"deleted": False})
+        self.assertIn("no note", error_text(await call("note.get", {"id": saved["id"]})))
+        self.assertIn("no note", error_text(await call("note.save", {"id": saved["id"], "title": "x", "body": "y"})))
+
+    def test_subscribed_task_updates(self) -> Deferred[None]:
+        """A client subscribed to task://ID hears notifications/resources/updated when it changes
+        (legacy: resources/subscribe; 2026-07-28: subscriptions/listen)."""
+        heard: list[str] = []
+
+        async def on_message(message: Any) -> None:
+            root = getattr(message, "root", message)
+            if getattr(root, "method", None) == "notifications/resources/updated":
+                heard.append(root.params.uri)
+
+        async def scenario(client: Client) -> None:
+            structured(await client.call_tool("project.create", {"name": "p"}))
+            task = structured(await client.call_tool("task.create", {"project": "p", "title": "watched"}))["task"]
+            uri = f"task://{task['id']}"
+            if self.mode == LEGACY:
+                with warnings.catch_warnings():  # the SDK warns that 2026-07-28 replaced it
+                    warnings.simplefilter("ignore")
+                    await client.subscribe_resource(uri)
+                structured(await client.call_tool("task.update", {"id": task["id"], "status": "in_progress"}))
+                structured(await client.call_tool("task.comment", {"id": task["id"], "text": "note"}))
+                with anyio.fail_after(5):
+                    while len(heard) < 2:
+                        await anyio.sleep(0.05)
+                self.assertEqual(heard[:2], [uri, uri])
+                return
+            async with client.listen(resource_subscriptions=[uri]) as subscription:
+                structured(await client.call_tool("task.update", {"id": task["id"], "status": "in_progress"}))
+                with anyio.fail_after(5):
+                    async for event in subscription:
+                        self.assertEqual(getattr(event, "uri", None), uri, event)
+                        break
+
+        return self.scenario(scenario, message_handler=on_message)
+
+
+class SQLiteHTTPLegacyTests(_PackScenarios, DaemonTestCase):
+    backend, transport, mode = "sqlite", "streamable-http", LEGACY
+
+
+class SQLiteHTTPModernTests(_PackScenarios, DaemonTestCase):
+    backend, transport, mode = "sqlite", "streamable-http", MODERN
+
+
+class SQLiteStdioLegacyTests(_PackScenarios, DaemonTestCase):
+    backend, transport, mode = "sqlite", "stdio", LEGACY
+
+
+class SQLiteStdioModernTests(_PackScenarios, DaemonTestCase):
+    backend, transport, mode = "sqlite", "stdio", MODERN
+
+
+class MariaDBHTTPLegacyTests(_PackScenarios, DaemonTestCase):
+    backend, transport, mode = "mariadb", "streamable-http", LEGACY
+
+
+class MariaDBHTTPModernTests(_PackScenarios, DaemonTestCase):
+    backend, transport, mode = "mariadb", "streamable-http", MODERN
+
+
+class MariaDBStdioLegacyTests(_PackScenarios, DaemonTestCase):
+    backend, transport, mode = "mariadb", "stdio", LEGACY
+
+
+class MariaDBStdioModernTests(_PackScenarios, DaemonTestCase):
+    backend, transport, mode = "mariadb", "stdio", MODERN
+
+
+# -- tenancy ------------------------------------------------------------------------------------
+
+KEYS = {"alice": ("alice-key", "acme"), "eve": ("eve-key", "globex")}
+
+
+class _Tenancy(_Backends):
+    """Two keys of two tenants on one daemon: every tool, resource, completion, prompt and cursor
+    of one tenant is invisible to the other."""
+
+    start_daemon: Any
+    assertEqual: Any
+    assertIn: Any
+    assertTrue: Any
+    assertFalse: Any
+    in_thread: Any
+    workdir: Any
+
+    def test_two_tenants_never_meet(self) -> Deferred[None]:
+        key_file = self.workdir / "keys"
+        key_file.write_text("".join(f"{name}:{key}::{tenant}\n" for name, (key, tenant) in KEYS.items()))
+        daemon = self.start_daemon("--api-key-file", str(key_file), *self.database_args(), fixture_pack=False)
+
+        def client(name: str) -> Any:
+            http = create_mcp_http_client(headers={"Authorization": f"Bearer {KEYS[name][0]}"})
+            return Client(streamable_http_client(daemon.url, http_client=http), mode=MODERN)
+
+        async def main() -> None:
+            with anyio.fail_after(60):
+                async with client("alice") as alice, client("eve") as eve:
+                    await self.scenario(alice, eve)
+
+        return self.in_thread(lambda: run_anyio(main))
+
+    async def scenario(self, alice: Client, eve: Client) -> None:
+        project = structured(await alice.call_tool("project.create", {"name": "secret"}))["project"]
+        self.assertEqual(project["created_by"], "alice")
+        tasks = [
+            structured(await alice.call_tool("task.create", {"project": "secret", "title": f"t{i}", "tags": ["x"]}))[
+                "task"
+            ]
+            for i in range(3)
+        ]
+        task = tasks[0]
+        note = structured(await alice.call_tool("note.save", {"title": "secret plan", "body": "secret words"}))["note"]
+        page = structured(await alice.call_tool("task.list", {"limit": 1}))
+        alice_cursor = page["next_cursor"]
+        self.assertTrue(alice_cursor)
+
+        # Eve sees nothing of it, by any tool...
+        self.assertEqual(structured(await eve.call_tool("project.list", {}))["projects"], [])
+        self.assertEqual(structured(await eve.call_tool("task.list", {}))["tasks"], [])
+        self.assertEqual(structured(await eve.call_tool("task.list", {"tag": "x"}))["tasks"], [])
+        self.assertIn("no project", error_text(await eve.call_tool("task.list", {"project": "secret"})))
+        self.assertIn(
+            "no project", error_text(await eve.call_tool("task.create", {"project": project["id"], "title": "x"}))
+        )
+        self.assertIn("no task", error_text(await eve.call_tool("task.get", {"id": task["id"]})))
+        self.assertIn("no task", error_text(await eve.call_tool("task.update", {"id": task["id"], "title": "pwned"})))
+        self.assertIn("no task", error_text(await eve.call_tool("task.comment", {"id": task["id"], "text": "hi"})))
+        self.assertIsNone(structured(await eve.call_tool("task.next", {}))["task"])
+        self.assertEqual(structured(await eve.call_tool("note.search", {"query": "secret"}))["notes"], [])
+        self.assertIn("no note", error_text(await eve.call_tool("note.get", {"id": note["id"]})))
+        self.assertIn(
+            "no note", error_text(await eve.call_tool("note.save", {"id": note["id"], "title": "x", "body": "y"}))
+        )
+        self.assertEqual(structured(await eve.call_tool("note.delete", {"id": note["id"]})), {"deleted": False})
+        # ... nor by a cursor of Alice's ...
+        self.assertIn(
+            "another listing", error_text(await eve.call_tool("task.list", {"limit": 1, "cursor": alice_cursor}))
+        )
+        # ... nor through resources, completion or the prompt.
+        for uri in (f"task://{task['id']}", f"note://{note['id']}"):
+            try:
+                await eve.read_resource(uri)
+            except MCPError as e:
+                self.assertEqual(e.code, INVALID_PARAMS)
+            else:
+                raise AssertionError(f"eve read {uri}")
+        for template, value in (
+            ("task://{id}", task["id"][:10]),
+            ("note://{id}", note["id"][:10]),
+            ("task://{id}", ""),
+        ):
+            completed = await eve.complete(
+                types.ResourceTemplateReference(type="ref/resource", uri=template), {"name": "id", "value": value}
+            )
+            self.assertEqual(completed.completion.values, [])
+        names = await eve.complete(
+            types.PromptReference(type="ref/prompt", name="project.status"), {"name": "project", "value": ""}
+        )
+        self.assertEqual(names.completion.values, [])
+        with contextlib.suppress(MCPError):
+            await eve.get_prompt("project.status", {"project": "secret"})
+            raise AssertionError("eve got alice's project status")
+
+        # Eve's own project of the same name is hers alone; Alice's records are untouched.
+        structured(await eve.call_tool("project.create", {"name": "secret"}))
+        self.assertEqual(len(structured(await eve.call_tool("project.list", {}))["projects"]), 1)
+        view = structured(await alice.call_tool("task.get", {"id": task["id"]}))
+        self.assertEqual((view["task"]["title"], view["comments"]), ("t0", []))
+        self.assertEqual(
+            structured(await alice.call_tool("note.get", {"id": note["id"]}))["note"]["title"], "secret plan"
+        )
+        listed = structured(await alice.call_tool("task.list", {"limit": 1, "cursor": alice_cursor}))
+        self.assertEqual(len(listed["tasks"]), 1)
+
+
+class SQLiteTenancyTests(_Tenancy, DaemonTestCase):
+    backend = "sqlite"
+
+
+class MariaDBTenancyTests(_Tenancy, DaemonTestCase):
+    backend = "mariadb"

@@ -1,0 +1,672 @@
+"""The SQL store, in process, against a real SQLite file and a real MariaDB server.
+
+`_StoreSuite` is the `ITaskBoard` / `INoteStore` suite every backend runs (SQLite and MariaDB
+here): records, filters, pages, optimistic concurrency, dependency cycles, `task.next`, ranked
+search and tenancy. Then the migrations (the schema they build is the one the code queries; a
+database newer than the code is refused; concurrent start-ups do not race; ``mcpd migrate``),
+the configuration (no password in what is shown), and an outage of a real MariaDB server.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from mcpd.config import Settings
+from mcpd.interfaces import Conflict, INoteStore, IStore, ITaskBoard, NotFound, StoreUnavailable
+from mcpd.stores.sql import migrate
+from mcpd.stores.sql.config import DatabaseConfig, DatabaseConfigError, database_url
+from mcpd.stores.sql.database import SQLDatabase, build_engine
+from mcpd.stores.sql.notes import SQLNoteStore, cut_snippet, search_terms
+from mcpd.stores.sql.service import SQLStoreService
+from mcpd.stores.sql.tasks import SQLTaskBoard
+from tests.daemon import MCPD, daemon_env
+from tests.services import PASSWORD, MariaDB, shared_mariadb
+
+A, B = "acme", "globex"
+
+
+def sqlite_config(directory: str, **knobs: Any) -> DatabaseConfig:
+    return DatabaseConfig(url=database_url(None, directory), **knobs)
+
+
+def mariadb_config(server: MariaDB, database: str, **knobs: Any) -> DatabaseConfig:
+    return DatabaseConfig(url=database_url(server.url(database), "unused", PASSWORD), **knobs)
+
+
+class _StoreSuite:
+    """What every `ITaskBoard` / `INoteStore` backend must do; subclasses give `config()`."""
+
+    addCleanup: Any
+    assertEqual: Any
+    assertIn: Any
+    assertNotIn: Any
+    assertTrue: Any
+    assertFalse: Any
+    assertIsNone: Any
+    assertGreater: Any
+    failUnlessFailure: Any
+    mktemp: Any
+
+    def config(self) -> DatabaseConfig:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.database = SQLDatabase(self.config(), reactor)
+        service = SQLStoreService(self.database, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.board = SQLTaskBoard(self.database)
+        self.notes = SQLNoteStore(self.database)
+
+    def refused(self, d: Deferred[Any], error: type[Exception]) -> Deferred[Any]:
+        return self.failUnlessFailure(d, error)
+
+    # -- interfaces -----------------------------------------------------------------------------
+
+    def test_interfaces(self) -> None:
+        self.assertTrue(verifyObject(ITaskBoard, self.board))
+        self.assertTrue(verifyObject(INoteStore, self.notes))
+        self.assertTrue(verifyObject(IStore, self.database))
+
+    @inlineCallbacks
+    def test_check_and_describe(self) -> Any:
+        health = yield self.database.check()
+        self.assertEqual((health.store, health.state), ("database", "up"))
+        self.assertEqual(self.database.status().state, "up")
+        described = self.database.describe()
+        self.assertEqual(described["state"], "ok")
+        self.assertEqual(described["schema_revision"], migrate.scripts().get_current_head())
+        self.assertNotIn(PASSWORD, repr(described))
+
+    # -- projects -------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_projects(self) -> Any:
+        web = yield self.board.create_project(A, "web", "The site", "alice")
+        self.assertEqual((web["name"], web["description"], web["created_by"]), ("web", "The site", "alice"))
+        self.assertTrue(web["created_at"].endswith("Z"))
+        yield self.refused(self.board.create_project(A, "web", None, "bob"), Conflict)
+        # Names are per tenant.
+        yield self.board.create_project(B, "web", None, "carol")
+        for name in ("api", "docs", "ops"):
+            yield self.board.create_project(A, name, None, "alice")
+        page, after = yield self.board.list_projects(A, 2, None)
+        self.assertEqual([p["name"] for p in page], ["api", "docs"])
+        page, after = yield self.board.list_projects(A, 2, after)
+        self.assertEqual([p["name"] for p in page], ["ops", "web"])
+        self.assertIsNone(after)
+        task = yield self.board.create_task(A, {"project": "web", "title": "t1"}, "alice")
+        yield self.board.create_task(A, {"project": web["id"], "title": "t2"}, "alice")
+        yield self.board.update_task(A, task["id"], {"status": "done"}, None)
+        page, _ = yield self.board.list_projects(A, 10, "ops")
+        self.assertEqual((page[0]["open_tasks"], page[0]["done_tasks"]), (1, 1))
+        names = yield self.board.project_names(A, "d", 10)
+        self.assertEqual(names, ["docs"])
+        # LIKE wildcards in a prefix are literal.
+        self.assertEqual((yield self.board.project_names(A, "%", 10)), [])
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_create_and_get(self) -> Any:
+        yield self.board.create_project(A, "web", None, "alice")
+        yield self.refused(self.board.create_task(A, {"project": "nope", "title": "x"}, "alice"), NotFound)
+        first = yield self.board.create_task(
+            A,
+            {
+                "project": "web",
+                "title": "Login",
+                "description": "Fix it",
+                "priority": "urgent",
+                "assignee": "bob",
+                "due": datetime.date(2026, 12, 1),
+                "tags": ["bug", "auth", "bug"],
+            },
+            "alice",
+        )
+        self.assertEqual(first["tags"], ["bug", "auth"])
+        self.assertEqual(
+            (first["priority"], first["due"], first["status"], first["version"]), ("urgent", "2026-12-01", "open", 1)
+        )
+        yield self.refused(
+            self.board.create_task(A, {"project": "web", "title": "y", "depends_on": ["missing"]}, "alice"), NotFound
+        )
+        second = yield self.board.create_task(
+            A, {"project": "web", "title": "Deploy", "depends_on": [first["id"]]}, "al"
+        )
+        self.assertEqual(second["depends_on"], [first["id"]])
+        yield self.board.add_comment(A, first["id"], "on it", "bob")
+        yield self.board.add_comment(A, first["id"], "done soon", "bob")
+        view = yield self.board.get_task(A, first["id"])
+        self.assertEqual(view["task"], first)
+        self.assertEqual([c["text"] for c in view["comments"]], ["on it", "done soon"])
+        self.assertEqual(view["blocks"], [{"id": second["id"], "title": "Deploy", "status": "open"}])
+        yield self.refused(self.board.get_task(A, "nope"), NotFound)
+        yield self.refused(self.board.add_comment(A, "nope", "x", "bob"), NotFound)
+
+    @inlineCallbacks
+    def test_list_filters_and_pages(self) -> Any:
+        yield self.board.create_project(A, "web", None, "alice")
+        yield self.board.create_project(A, "api", None, "alice")
+        made = []
+        for i in range(7):
+            task = yield self.board.create_task(
+                A,
+                {
+                    "project": "web" if i % 2 else "api",
+                    "title": f"task {i} {'login 100%' if i == 3 else ''}",
+                    "assignee": "bob" if i < 3 else None,
+                    "tags": ["even"] if i % 2 == 0 else [],
+                },
+                "alice",
+            )
+            made.append(task["id"])
+        seen, after = [], None
+        while True:
+            page, after = yield self.board.list_tasks(A, {}, 3, after)
+            seen += [t["id"] for t in page]
+            if after is None:
+                break
+        self.assertEqual(seen, list(reversed(made)))  # newest first, every one once
+
+        def ids(tasks: list[dict[str, Any]]) -> set[str]:
+            return {t["id"] for t in tasks}
+
+        page, _ = yield self.board.list_tasks(A, {"project": "web"}, 100, None)
+        self.assertEqual(ids(page), {made[i] for i in (1, 3, 5)})
+        page, _ = yield self.board.list_tasks(A, {"assignee": "bob"}, 100, None)
+        self.assertEqual(ids(page), {made[i] for i in (0, 1, 2)})
+        page, _ = yield self.board.list_tasks(A, {"tag": "even", "project": "api"}, 100, None)
+        self.assertEqual(ids(page), {made[i] for i in (0, 2, 4, 6)})
+        page, _ = yield self.board.list_tasks(A, {"query": "LOGIN 100%"}, 100, None)
+        self.assertEqual(ids(page), {made[3]})
+        page, _ = yield self.board.list_tasks(A, {"query": "_"}, 100, None)
+        self.assertEqual(page, [])  # a literal underscore, not a wildcard
+        yield self.board.update_task(A, made[4], {"status": "blocked"}, None)
+        page, _ = yield self.board.list_tasks(A, {"status": "blocked"}, 100, None)
+        self.assertEqual(ids(page), {made[4]})
+        yield self.refused(self.board.list_tasks(A, {"project": "nope"}, 10, None), NotFound)
+
+    @inlineCallbacks
+    def test_update_and_versions(self) -> Any:
+        yield self.board.create_project(A, "web", None, "alice")
+        task = yield self.board.create_task(A, {"project": "web", "title": "t", "tags": ["a"]}, "alice")
+        other = yield self.board.create_task(A, {"project": "web", "title": "o"}, "alice")
+        updated, touched = yield self.board.update_task(
+            A, task["id"], {"title": "T", "tags": ["b", "c"], "depends_on": [other["id"]], "assignee": "bob"}, 1
+        )
+        self.assertEqual((updated["title"], updated["tags"], updated["version"]), ("T", ["b", "c"], 2))
+        self.assertEqual(updated["depends_on"], [other["id"]])
+        self.assertEqual(touched, [other["id"]])  # its `blocks` changed
+        failure = yield self.refused(self.board.update_task(A, task["id"], {"status": "done"}, 1), Conflict)
+        self.assertIn("version 2", str(failure))
+        cleared, touched = yield self.board.update_task(A, task["id"], {"assignee": None, "depends_on": []}, 2)
+        self.assertEqual((cleared["assignee"], cleared["depends_on"], cleared["version"]), (None, [], 3))
+        self.assertEqual(touched, [other["id"]])
+        page, _ = yield self.board.list_tasks(A, {"tag": "a"}, 10, None)
+        self.assertEqual(page, [])
+        yield self.refused(self.board.update_task(A, "nope", {"title": "x"}, None), NotFound)
+
+    @inlineCallbacks
+    def test_cycles_are_refused(self) -> Any:
+        yield self.board.create_project(A, "web", None, "alice")
+        a = (yield self.board.create_task(A, {"project": "web", "title": "a"}, "x"))["id"]
+        b = (yield self.board.create_task(A, {"project": "web", "title": "b", "depends_on": [a]}, "x"))["id"]
+        c = (yield self.board.create_task(A, {"project": "web", "title": "c", "depends_on": [b]}, "x"))["id"]
+        yield self.refused(self.board.update_task(A, a, {"depends_on": [a]}, None), Conflict)
+        failure = yield self.refused(self.board.update_task(A, a, {"depends_on": [c]}, None), Conflict)
+        self.assertIn(f"{a} → {c} → {b} → {a}", str(failure))
+        yield self.refused(self.board.update_task(A, a, {"depends_on": [b]}, None), Conflict)
+        # Replacing c's own dependencies is no cycle, nor is a diamond.
+        d = (yield self.board.create_task(A, {"project": "web", "title": "d", "depends_on": [a, b]}, "x"))["id"]
+        yield self.board.update_task(A, c, {"depends_on": [a, d]}, None)
+        view = yield self.board.get_task(A, a)
+        self.assertEqual(view["task"]["depends_on"], [])
+
+    @inlineCallbacks
+    def test_concurrent_updates_cannot_make_a_cycle(self) -> Any:
+        """a → b and b → a asked at once: one wins, the other is refused (serialised)."""
+        yield self.board.create_project(A, "web", None, "alice")
+        for _round in range(5):
+            a = (yield self.board.create_task(A, {"project": "web", "title": "a"}, "x"))["id"]
+            b = (yield self.board.create_task(A, {"project": "web", "title": "b"}, "x"))["id"]
+            results = yield DeferredList(
+                [
+                    self.board.update_task(A, a, {"depends_on": [b]}, None),
+                    self.board.update_task(A, b, {"depends_on": [a]}, None),
+                ],
+                consumeErrors=True,
+            )
+            outcomes = sorted(ok for ok, _value in results)
+            self.assertEqual(outcomes, [False, True], results)
+            self.assertTrue(any(not ok and value.check(Conflict) for ok, value in results), results)
+
+    @inlineCallbacks
+    def test_concurrent_version_checks(self) -> Any:
+        """Ten updates all expecting version 1: exactly one is applied."""
+        yield self.board.create_project(A, "web", None, "alice")
+        task = yield self.board.create_task(A, {"project": "web", "title": "t"}, "x")
+        results = yield DeferredList(
+            [self.board.update_task(A, task["id"], {"title": f"v{i}"}, 1) for i in range(10)], consumeErrors=True
+        )
+        self.assertEqual(sum(1 for ok, _ in results if ok), 1, results)
+        self.assertTrue(all(ok or value.check(Conflict) for ok, value in results))
+        view = yield self.board.get_task(A, task["id"])
+        self.assertEqual(view["task"]["version"], 2)
+
+    @inlineCallbacks
+    def test_next(self) -> Any:
+        yield self.board.create_project(A, "web", None, "alice")
+        task, reason = yield self.board.next_task(A, None, None)
+        self.assertIsNone(task)
+        self.assertEqual(reason, "no open task")
+        base = {"project": "web"}
+        low = yield self.board.create_task(A, {**base, "title": "low", "priority": "low"}, "x")
+        later = yield self.board.create_task(
+            A, {**base, "title": "later", "priority": "high", "due": datetime.date(2027, 1, 2)}, "x"
+        )
+        sooner = yield self.board.create_task(
+            A, {**base, "title": "sooner", "priority": "high", "due": datetime.date(2026, 1, 2)}, "x"
+        )
+        undated = yield self.board.create_task(A, {**base, "title": "undated", "priority": "high"}, "x")
+        blocked = yield self.board.create_task(
+            A, {**base, "title": "blocked", "priority": "urgent", "depends_on": [low["id"]]}, "x"
+        )
+        task, reason = yield self.board.next_task(A, "web", None)
+        self.assertEqual(task["id"], sooner["id"])
+        self.assertIn("overdue since 2026-01-02", reason)
+        yield self.board.update_task(A, sooner["id"], {"status": "in_progress"}, None)
+        self.assertEqual((yield self.board.next_task(A, None, None))[0]["id"], later["id"])
+        yield self.board.update_task(A, later["id"], {"status": "done"}, None)
+        self.assertEqual((yield self.board.next_task(A, None, None))[0]["id"], undated["id"])
+        yield self.board.update_task(A, low["id"], {"status": "cancelled"}, None)  # resolves `blocked`
+        task, reason = yield self.board.next_task(A, None, None)
+        self.assertEqual(task["id"], blocked["id"])
+        self.assertIn("its dependency is resolved", reason)
+        task, reason = yield self.board.next_task(A, None, "nobody")
+        self.assertIsNone(task)
+        yield self.board.update_task(A, undated["id"], {"depends_on": [sooner["id"]]}, None)
+        yield self.board.update_task(A, blocked["id"], {"depends_on": [sooner["id"]]}, None)
+        task, reason = yield self.board.next_task(A, None, None)
+        self.assertIsNone(task)
+        self.assertIn("all 2 open task(s) wait on dependencies", reason)
+
+    @inlineCallbacks
+    def test_project_status_and_ids(self) -> Any:
+        yield self.board.create_project(A, "web", "Site", "alice")
+        t1 = yield self.board.create_task(A, {"project": "web", "title": "one"}, "x")
+        yield self.board.create_task(A, {"project": "web", "title": "two", "priority": "urgent"}, "x")
+        yield self.board.update_task(A, t1["id"], {"status": "done"}, None)
+        status = yield self.board.project_status(A, "web", 10)
+        self.assertEqual(status["counts"]["done"], 1)
+        self.assertEqual(status["counts"]["open"], 1)
+        self.assertEqual([t["title"] for t in status["unfinished"]], ["two"])
+        ids = yield self.board.task_ids(A, t1["id"][:20], 10)
+        self.assertIn(t1["id"], ids)
+
+    @inlineCallbacks
+    def test_many_writes_at_once(self) -> Any:
+        """As many writers as the pool has threads, and more: every write lands once."""
+        yield self.board.create_project(A, "web", None, "alice")
+        root = yield self.board.create_task(A, {"project": "web", "title": "root"}, "x")
+        # Tags and a shared dependency: on InnoDB a DELETE of the new task's (absent) tags took
+        # gap locks that deadlocked such concurrent inserts.
+        writes = [
+            self.board.create_task(
+                A, {"project": "web", "title": f"t{i}", "tags": ["a", "b"], "depends_on": [root["id"]]}, "x"
+            )
+            for i in range(60)
+        ]
+        created = yield DeferredList(writes, fireOnOneErrback=True, consumeErrors=True)
+        ids = {value["id"] for _ok, value in created}
+        listed, _ = yield self.board.list_tasks(A, {"tag": "b"}, 100, None)
+        self.assertEqual({t["id"] for t in listed}, ids)
+        self.assertEqual(len(ids), 60)
+        self.assertEqual(len((yield self.board.get_task(A, root["id"]))["blocks"]), 60)
+
+    # -- tenancy --------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_tenants_never_meet(self) -> Any:
+        yield self.board.create_project(A, "web", None, "alice")
+        mine = yield self.board.create_task(A, {"project": "web", "title": "secret", "tags": ["t"]}, "alice")
+        note = yield self.notes.save_note(
+            A, {"title": "secret plan", "body": "the secret words", "tags": ["t"]}, "alice"
+        )
+        self.assertEqual((yield self.board.list_projects(B, 10, None)), ([], None))
+        self.assertEqual((yield self.board.list_tasks(B, {}, 10, None)), ([], None))
+        self.assertEqual((yield self.board.list_tasks(B, {"tag": "t"}, 10, None)), ([], None))
+        yield self.refused(self.board.list_tasks(B, {"project": "web"}, 10, None), NotFound)
+        yield self.refused(self.board.create_task(B, {"project": "web", "title": "x"}, "eve"), NotFound)
+        yield self.refused(self.board.get_task(B, mine["id"]), NotFound)
+        yield self.refused(self.board.update_task(B, mine["id"], {"title": "pwned"}, None), NotFound)
+        yield self.refused(self.board.add_comment(B, mine["id"], "hi", "eve"), NotFound)
+        yield self.board.create_project(B, "other", None, "eve")
+        yield self.refused(
+            self.board.create_task(B, {"project": "other", "title": "x", "depends_on": [mine["id"]]}, "eve"), NotFound
+        )
+        self.assertEqual((yield self.board.next_task(B, None, None))[0], None)
+        self.assertEqual((yield self.board.task_ids(B, "", 100)), [])
+        self.assertEqual((yield self.board.project_names(B, "", 100)), ["other"])
+        yield self.refused(self.board.project_status(B, "web", 10), NotFound)
+        self.assertEqual((yield self.notes.search_notes(B, "secret", None, 10, 0)), ([], False))
+        yield self.refused(self.notes.get_note(B, note["id"]), NotFound)
+        yield self.refused(self.notes.save_note(B, {"id": note["id"], "title": "x", "body": "y"}, "eve"), NotFound)
+        self.assertFalse((yield self.notes.delete_note(B, note["id"])))
+        self.assertEqual((yield self.notes.note_ids(B, "", 100)), [])
+        # And A still has everything.
+        self.assertEqual((yield self.board.get_task(A, mine["id"]))["task"]["title"], "secret")
+        self.assertEqual((yield self.notes.get_note(A, note["id"]))["title"], "secret plan")
+
+    # -- notes ----------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_notes(self) -> Any:
+        note = yield self.notes.save_note(A, {"title": "Deploy", "body": "# Steps\n1. test", "tags": ["ops"]}, "alice")
+        self.assertEqual((note["title"], note["tags"], note["created_by"]), ("Deploy", ["ops"], "alice"))
+        again = yield self.notes.get_note(A, note["id"])
+        self.assertEqual(again, note)
+        changed = yield self.notes.save_note(
+            A, {"id": note["id"], "title": "Release", "body": "new", "tags": []}, "bob"
+        )
+        self.assertEqual((changed["title"], changed["created_by"], changed["tags"]), ("Release", "alice", []))
+        self.assertEqual((yield self.notes.search_notes(A, "deploy", None, 10, 0)), ([], False))
+        found, _ = yield self.notes.search_notes(A, "release", None, 10, 0)
+        self.assertEqual([n["id"] for n in found], [note["id"]])
+        yield self.refused(self.notes.save_note(A, {"id": "nope", "title": "x", "body": "y"}, "bob"), NotFound)
+        self.assertTrue((yield self.notes.delete_note(A, note["id"])))
+        self.assertFalse((yield self.notes.delete_note(A, note["id"])))
+        yield self.refused(self.notes.get_note(A, note["id"]), NotFound)
+        self.assertEqual((yield self.notes.search_notes(A, "release", None, 10, 0)), ([], False))
+
+    @inlineCallbacks
+    def test_search_is_ranked(self) -> Any:
+        filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor."
+        save = self.notes.save_note
+        yield save(A, {"title": "Kubernetes upgrade", "body": f"{filler} Drain nodes first.", "tags": ["ops"]}, "a")
+        yield save(A, {"title": "Lunch menu", "body": f"{filler} Nothing about clusters here."}, "a")
+        yield save(
+            A, {"title": "Meeting notes", "body": f"{filler} We discussed the kubernetes budget.", "tags": ["ops"]}, "a"
+        )
+        yield save(A, {"title": "Random", "body": filler * 3}, "a")
+        for i in range(3):
+            yield save(A, {"title": f"Other {i}", "body": f"{filler} unrelated text number {i}"}, "a")
+        found, more = yield self.notes.search_notes(A, "Kubernetes", None, 10, 0)
+        self.assertFalse(more)
+        self.assertEqual([n["title"] for n in found], ["Kubernetes upgrade", "Meeting notes"])  # title match first
+        self.assertGreater(found[0]["score"], found[1]["score"])
+        self.assertIn("**kubernetes**", found[1]["snippet"].lower())
+        tagged, _ = yield self.notes.search_notes(A, "kubernetes", "nope", 10, 0)
+        self.assertEqual(tagged, [])
+        first, more = yield self.notes.search_notes(A, "kubernetes budget", None, 1, 0)
+        self.assertTrue(more)
+        second, more = yield self.notes.search_notes(A, "kubernetes budget", None, 1, 1)
+        self.assertFalse(more)
+        self.assertEqual({first[0]["title"], second[0]["title"]}, {"Kubernetes upgrade", "Meeting notes"})
+        self.assertEqual((yield self.notes.search_notes(A, "!!!", None, 10, 0)), ([], False))
+
+
+class SQLiteStoreTests(_StoreSuite, TestCase):
+    def config(self) -> DatabaseConfig:
+        return sqlite_config(self.mktemp())
+
+
+class MariaDBStoreTests(_StoreSuite, TestCase):
+    timeout = 60
+
+    def config(self) -> DatabaseConfig:
+        server = shared_mariadb()
+        return mariadb_config(server, server.new_database())
+
+
+class IdTests(SynchronousTestCase):
+    def test_ids_are_unique_and_in_creation_order(self) -> None:
+        from mcpd.stores.sql.ids import new_id
+
+        ids = [new_id() for _ in range(5000)]
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), len(ids))
+        self.assertTrue(all(len(i) == 26 and i.isalnum() and i.islower() for i in ids))
+
+
+class SnippetTests(SynchronousTestCase):
+    def test_terms(self) -> None:
+        self.assertEqual(search_terms("Deploy, the DEPLOY checklist!"), ["deploy", "the", "checklist"])
+        self.assertEqual(search_terms('"); DROP TABLE notes; --'), ["drop", "table", "notes"])
+
+    def test_cut(self) -> None:
+        body = " ".join(f"w{i}" for i in range(40)) + " target " + " ".join(f"x{i}" for i in range(40))
+        snippet = cut_snippet(body, ["target"])
+        self.assertIn("**target**", snippet)
+        self.assertTrue(snippet.startswith("…") and snippet.endswith("…"))
+        self.assertEqual(cut_snippet("short text", ["absent"]), "short text")
+
+
+# -- migrations ---------------------------------------------------------------------------------
+
+
+class MigrationTests(TestCase):
+    timeout = 60
+
+    def _compare(self, config: DatabaseConfig) -> list[Any]:
+        from alembic.autogenerate import compare_metadata
+        from alembic.migration import MigrationContext
+
+        from mcpd.stores.sql.schema import metadata
+
+        engine = build_engine(config)
+        try:
+            migrate.upgrade(engine, config.shown_url)
+
+            def ours(obj: Any, name: str | None, kind: str, reflected: bool, _compare_to: Any) -> bool:
+                # The full-text index (FTS5 tables, FULLTEXT indexes) is migrations-only, as is
+                # the version table.
+                return not (name or "").startswith(("notes_fts", "ft_notes", migrate.VERSION_TABLE))
+
+            with engine.connect() as connection:
+                context = MigrationContext.configure(connection, opts={"include_object": ours, "compare_type": True})
+                return list(compare_metadata(context, metadata))
+        finally:
+            engine.dispose()
+
+    def test_schema_matches_the_tables_sqlite(self) -> None:
+        self.assertEqual(self._compare(sqlite_config(self.mktemp())), [])
+
+    def test_schema_matches_the_tables_mariadb(self) -> Deferred[None]:
+        server = shared_mariadb()
+        config = mariadb_config(server, server.new_database())
+        return deferToThread(lambda: self.assertEqual(self._compare(config), []))
+
+    def test_a_newer_database_is_refused(self) -> None:
+        config = sqlite_config(self.mktemp())
+        engine = build_engine(config)
+        migrate.upgrade(engine, config.shown_url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"UPDATE {migrate.VERSION_TABLE} SET version_num = '9999'")
+        engine.dispose()
+        database = SQLDatabase(config, reactor)
+        with self.assertRaises(migrate.SchemaTooNew) as caught:
+            database.open()
+        database.close()
+        message = str(caught.exception)
+        self.assertIn("schema revision 9999, newer than this mcpd knows", message)
+        self.assertNotIn("\n", message)
+
+    def _race(self, config: DatabaseConfig) -> None:
+        """Four engines upgrade one empty database at once: all succeed, once."""
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(4)
+
+        def start() -> None:
+            engine = build_engine(config)
+            try:
+                barrier.wait()
+                migrate.upgrade(engine, config.shown_url)
+            except BaseException as e:  # noqa: BLE001 -- reported below
+                errors.append(e)
+            finally:
+                engine.dispose()
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        self.assertEqual(errors, [])
+        engine = build_engine(config)
+        with engine.connect() as connection:
+            state = migrate.schema_state(connection, config.shown_url)
+            rows = connection.exec_driver_sql(f"SELECT COUNT(*) FROM {migrate.VERSION_TABLE}").scalar()
+        engine.dispose()
+        self.assertTrue(state.up_to_date)
+        self.assertEqual(rows, 1)
+
+    def test_concurrent_start_ups_sqlite(self) -> Deferred[None]:
+        config = sqlite_config(self.mktemp())
+        return deferToThread(self._race, config)
+
+    def test_concurrent_start_ups_mariadb(self) -> Deferred[None]:
+        server = shared_mariadb()
+        config = mariadb_config(server, server.new_database())
+        return deferToThread(self._race, config)
+
+    def test_migrate_command(self) -> Deferred[None]:
+        """``mcpd migrate --check`` says what is pending (exit 1); ``mcpd migrate`` applies it."""
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        env = daemon_env(workdir, {"DATA_DIR": str(workdir / "data")})
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [MCPD, "migrate", *args], env=env, cwd=workdir, capture_output=True, text=True, timeout=60
+            )
+
+        def check() -> None:
+            before = run("--check")
+            self.assertEqual(before.returncode, 1, before)
+            self.assertIn("needs", before.stdout + before.stderr)
+            applied = run()
+            self.assertEqual(applied.returncode, 0, applied)
+            self.assertIn(f"at {migrate.scripts().get_current_head()}", applied.stdout)
+            after = run("--check")
+            self.assertEqual(after.returncode, 0, after)
+            self.assertIn("up to date", after.stdout)
+
+        return deferToThread(check)
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_default_is_sqlite_in_a_private_data_dir(self) -> None:
+        data = Path(self.mktemp()) / "data"
+        url = database_url(None, str(data))
+        self.assertEqual(url.get_backend_name(), "sqlite")
+        self.assertEqual(Path(url.database or ""), (data / "mcpd.sqlite3").resolve())
+        self.assertEqual(stat.S_IMODE(os.stat(data).st_mode), 0o700)
+
+    def test_password_never_shown(self) -> None:
+        url = database_url("mysql://mcpd@db.example:3306/team", "unused", "s3cret")
+        config = DatabaseConfig(url=url)
+        self.assertEqual(url.password, "s3cret")
+        self.assertEqual(url.drivername, "mysql+pymysql")
+        self.assertEqual(url.query["charset"], "utf8mb4")
+        self.assertNotIn("s3cret", config.shown_url)
+        self.assertNotIn("s3cret", repr(config))
+        with_password = database_url("mysql+pymysql://mcpd:inurl@db/team", "unused")
+        self.assertNotIn("inurl", DatabaseConfig(url=with_password).shown_url)
+        self.assertNotIn("inurl", repr(Settings(db_url="mysql+pymysql://mcpd:inurl@db/team", db_password="x")))
+
+    def test_options(self) -> None:
+        """The default serves every pack whose store runs; an unusable data directory or URL stops
+        start-up with one line; a daemon without a SQL-backed pack has no SQL store."""
+        from twisted.python import usage
+
+        from mcpd.daemon import load_packs, needs_sql
+        from mcpd.tap import Options
+
+        defaults = Settings()
+        self.assertEqual([pack.name for pack in load_packs(defaults)], ["server", "tasks", "notes"])
+        self.assertTrue(needs_sql(load_packs(defaults)))
+        self.assertFalse(needs_sql(load_packs(Settings(toolsets=("server",)))))
+        for args, says in (
+            (["--data-dir", "/proc/no/such/dir"], "--data-dir /proc/no/such/dir: cannot create it"),
+            (["--db-url", "postgresql://u@h/db"], "--db-url: must be a sqlite:/// or mysql+pymysql:// URL"),
+            (["--db-url", "mysql://u@h/db", "--db-password-file", "/no/such/file"], "--db-password-file /no/such/file"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                Options().parseOptions(["--stdio", *args])
+            self.assertIn(says, str(caught.exception))
+
+    def test_bad_urls(self) -> None:
+        for url, says in (
+            ("sqlite://", "in-memory"),
+            ("sqlite:///:memory:", "in-memory"),
+            ("mysql+pymysql://u@h/", "name the database"),
+            ("postgresql://u@h/db", "not supported"),
+            ("::::", "not a database URL"),
+        ):
+            with self.assertRaises(DatabaseConfigError) as caught:
+                database_url(url, "unused")
+            self.assertIn(says, str(caught.exception), url)
+
+
+# -- an outage ----------------------------------------------------------------------------------
+
+
+class OutageTests(TestCase):
+    """A real MariaDB server stopped under the store, then started again."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_down_then_back(self) -> Any:
+        server = MariaDB()
+        self.addCleanup(server.destroy)
+        yield deferToThread(server.start)
+        config = mariadb_config(server, server.new_database(), timeout=2.0)
+        database = SQLDatabase(config, reactor)
+        service = SQLStoreService(database, reactor)
+        yield deferToThread(database.open)
+        for threads in service.threads:
+            threads.startService()
+        self.addCleanup(service.stopService)
+        board = SQLTaskBoard(database)
+        yield board.create_project(A, "web", None, "alice")
+        yield deferToThread(server.stop)
+        started = reactor.seconds()
+        failure = yield self.failUnlessFailure(board.list_projects(A, 10, None), StoreUnavailable)
+        self.assertIn("database is unavailable (temporary)", str(failure))
+        self.assertIn("try again in a few seconds", str(failure).lower())
+        self.assertLess(reactor.seconds() - started, 10)
+        health = yield database.check()
+        self.assertEqual(health.state, "down")
+        self.assertEqual(database.status().state, "down")
+        self.assertEqual(database.describe()["state"], "down")
+        # Within the retry interval calls fail at once, without waiting on the network.
+        yield self.failUnlessFailure(board.list_projects(A, 10, None), StoreUnavailable)
+        yield deferToThread(server.start)
+        for _attempt in range(50):
+            try:
+                page, _ = yield board.list_projects(A, 10, None)
+                break
+            except StoreUnavailable:
+                yield deferLater(reactor, 0.2, lambda: None)
+        else:
+            raise AssertionError("the store did not come back after the server did")
+        self.assertEqual([p["name"] for p in page], ["web"])
+        self.assertEqual((yield database.check()).state, "up")
