@@ -114,6 +114,7 @@ class IIdentity(Interface):
     scopes = Attribute("The key's scopes (a frozenset; empty without keys).")
     peer = Attribute("The client's real address (behind a trusted proxy, the client's own).")
     account = Attribute("Whom limits and shares count against: key:NAME, or ip:ADDRESS.")
+    tenant = Attribute("Whose records the caller sees: the key file's fourth field ('default' without one).")
 
 
 class IGuardedConnection(Interface):

@@ -4,8 +4,8 @@
 The in-process checks are the thread pool that runs blocking tools (a round trip through it,
 timed) and the session stores; a store that reports its own health (`IHealthReporting`: the SQL
 store, the search index, the embedding service) becomes a check with `store_check`. The latest
-result of each check is kept for
-the metrics, refreshed by every /health request and by `HealthService` in between.
+result of each check is kept for the metrics, refreshed by every /health request and by
+`mcpd.services.HealthService` in between.
 """
 
 from __future__ import annotations
