@@ -54,6 +54,7 @@ from mcpd.web.monitoring import build_monitor
 from mcpd.web.site import make_site
 
 if TYPE_CHECKING:
+    from mcpd.stores.redis.config import RedisConfig
     from mcpd.stores.sql.config import DatabaseConfig
 
 log = Logger(namespace="mcpd")
@@ -131,10 +132,44 @@ def sql_config(settings: Settings) -> DatabaseConfig:
     )
 
 
+def redis_settings(settings: Settings) -> RedisConfig | None:
+    """How to reach Redis (None without --redis-url); `ConfigError` naming the setting that is
+    wrong."""
+    if settings.redis_url is None:
+        return None
+    from mcpd.stores.redis.config import RedisConfigError, redis_config
+
+    password = settings.redis_password
+    if password is None and settings.redis_password_file:
+        lines = read_lines(settings.redis_password_file, "--redis-password-file")
+        password = lines[0][1].strip() if lines else ""
+    if settings.redis_ca_file:
+        read_lines(settings.redis_ca_file, "--redis-ca-file")
+    try:
+        return redis_config(
+            settings.redis_url,
+            password=password,
+            ca_file=settings.redis_ca_file,
+            timeout=settings.redis_timeout,
+            prefix=settings.redis_prefix,
+        )
+    except RedisConfigError as e:
+        raise ConfigError(str(e)) from None
+
+
 def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet, reactor: Any) -> list[Any]:
     """The services of the stores the packs need, each registered in ``stores`` by the
-    interfaces it provides. Nothing is imported or opened for a store no pack needs."""
+    interfaces it provides. Nothing is imported or opened for a store no pack needs; Redis is
+    connected to whenever --redis-url is given (it holds the state several instances share)."""
     services: list[Any] = []
+    redis = redis_settings(settings)
+    if redis is not None:
+        from mcpd.stores.redis import RedisConnection
+
+        connection = RedisConnection(redis, reactor)
+        connection.setName("redis")
+        stores.add(connection, ())
+        services.append(connection)
     if needs_sql(packs):
         from mcpd.stores.sql.database import SQLDatabase
         from mcpd.stores.sql.notes import SQLNoteStore
@@ -160,7 +195,8 @@ def provided_interfaces(settings: Settings) -> frozenset[Any]:
 
 def check_settings(settings: Settings, reactor: Any) -> None:
     """Refuse, before anything starts, what would fail later: a file mcpd appends to that
-    cannot be opened, a listener's TLS files, the key and allowlist files (`ConfigError`)."""
+    cannot be opened, the Redis settings, a listener's TLS files, the key and allowlist files
+    (`ConfigError`)."""
     for flag, path in (("--trace-file", settings.trace_file), ("--logfile", settings.logfile)):
         if path:
             try:
@@ -168,6 +204,7 @@ def check_settings(settings: Settings, reactor: Any) -> None:
                     pass
             except OSError as e:
                 raise ConfigError(f"{flag} {path}: cannot write it ({e.strerror})") from None
+    redis_settings(settings)
     if settings.stdio:
         return
     for description in settings.http_endpoints():

@@ -6,6 +6,7 @@
 #  - Debian's manual pages in English and Chinese (manpages-dev, manpages-zh): the real documents
 #    of the retrieval-quality tests (tests/corpus.py);
 #  - MariaDB's server (the SQL store's tests start their own on a loopback port, tests/services.py);
+#  - Redis's server and redis-cli (the Redis store's tests start their own, tests/redis_service.py);
 #  - Node 22 with the MCP conformance suite, the Inspector and the TypeScript SDK, into the
 #    gitignored .ci-tools/ (conformance, Inspector and TypeScript client tests);
 #  - a virtualenv with the MCP Python SDK 1.x WebSocket client, in the gitignored .cache/.
@@ -53,6 +54,11 @@ fi
 # The SQL store's tests start their own MariaDB server (tests/services.py).
 if [ ! -x /usr/sbin/mariadbd ] || ! command -v mariadb-install-db >/dev/null; then
     apt_install mariadb-server
+fi
+
+# The Redis store's tests start their own redis-server (tests/redis_service.py).
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    apt_install redis-server
 fi
 
 NODE_TOOLS="$PWD/.ci-tools"

@@ -144,3 +144,18 @@ def db_url(raw: str) -> str:
     if not (scheme.startswith("sqlite") or scheme.startswith("mysql") or scheme.startswith("mariadb")):
         raise ValueError(f"must be a sqlite:/// or mysql+pymysql:// URL, not one starting {scheme + ':'!r}")
     return raw
+
+
+def redis_url(raw: str) -> str:
+    """A redis:// or rediss:// URL (checked in full by `mcpd.stores.redis.config`)."""
+    scheme = raw.partition(":")[0].lower()
+    if scheme not in ("redis", "rediss"):
+        raise ValueError(f"must be a redis:// or rediss:// URL, not one starting {scheme + ':'!r}")
+    return raw
+
+
+def redis_prefix(raw: str) -> str:
+    """Printable ASCII with no spaces or glob characters (it prefixes keys a scan matches)."""
+    if any(not (33 <= ord(c) < 127) or c in "*?[]\\" for c in raw):
+        raise ValueError(f"must be printable ASCII without spaces or * ? [ ] \\, not {raw!r}")
+    return raw

@@ -87,6 +87,12 @@ class Settings:
     db_pool_pre_ping: bool = True
     db_timeout: float = 5.0
     db_statement_timeout: float = 10.0
+    redis_url: str | None = attrs.field(default=None, repr=False)  # may hold a password
+    redis_password: str | None = attrs.field(default=None, repr=False)  # a secret: never shown
+    redis_password_file: str | None = None
+    redis_ca_file: str | None = None
+    redis_timeout: float = 2.0
+    redis_prefix: str = "mcpd:"
     stdio: bool = False
     port_given: bool = False
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_settings -*-
 """Where the stores keep their data (mcpd.stores): the data directory of the embedded ones, the
 SQL store of the tasks and notes packs, the search index (Milvus) and the embedding service of
-the kb and memory packs.
+the kb and memory packs, and Redis (the state several instances share, the cache pack).
 
 A store's knobs go here, each with its environment variable; `mcpd.daemon` picks the
 implementation they name, and the in-process or embedded one without them.
@@ -151,5 +151,51 @@ KNOBS: tuple[Knob, ...] = (
         parse.seconds,
         10.0,
         "Longest a single SQL statement may run (MariaDB max_statement_time, MySQL max_execution_time).",
+    ),
+    # -- Redis (mcpd.stores.redis): shared state of several instances, the cache pack --
+    Knob(
+        "redis_url",
+        "REDIS_URL",
+        parse.redis_url,
+        None,
+        "Redis for the state several instances share (rate-limit buckets, tasks, sessions) and the "
+        "cache pack: redis://HOST:6379/DB or rediss:// (TLS). Default: all of it in this process.",
+    ),
+    Knob(
+        "redis_password",
+        "REDIS_PASSWORD",
+        parse.text,
+        None,
+        "Redis password (AUTH; with a user name in --redis-url, an ACL user's). Shows in ps as a "
+        "flag: prefer REDIS_PASSWORD or --redis-password-file.",
+    ),
+    Knob(
+        "redis_password_file",
+        "REDIS_PASSWORD_FILE",
+        parse.text,
+        None,
+        "File holding the Redis password (its first line).",
+    ),
+    Knob(
+        "redis_ca_file",
+        "REDIS_CA_FILE",
+        parse.text,
+        None,
+        "PEM file of the CA certificates that a rediss:// server's certificate is checked against "
+        "(default: the system's).",
+    ),
+    Knob(
+        "redis_timeout",
+        "REDIS_TIMEOUT",
+        parse.seconds,
+        2.0,
+        "Seconds to connect to Redis or wait for an answer before a call is answered that it is unavailable.",
+    ),
+    Knob(
+        "redis_prefix",
+        "REDIS_PREFIX",
+        parse.redis_prefix,
+        "mcpd:",
+        "Put before every Redis key and channel mcpd uses, so that several deployments can share one server.",
     ),
 )

@@ -1,0 +1,210 @@
+# -*- test-case-name: tests.test_redis -*-
+"""The Redis connection (mcpd.stores.redis) against a real ``redis-server``: its settings, the
+password and database, TLS, health, and what happens while Redis is down, frozen or restarted."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mcpd.config import ConfigError, resolve
+from mcpd.daemon import redis_settings
+from mcpd.interfaces import DOWN, UP, IStore, StoreUnavailable
+from mcpd.stores.redis import RedisConfigError, RedisConnection, redis_config
+from tests.redis_service import PASSWORD, RedisServer, shared_redis
+
+
+def settings(flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Any:
+    return resolve(flags or {}, environ or {}, {})
+
+
+class RedisConfigTests(SynchronousTestCase):
+    """--redis-url and its companions: parsed, checked at start-up, the password never shown."""
+
+    def test_url_parts(self) -> None:
+        config = redis_config("redis://cache.internal:6380/3")
+        self.assertEqual((config.host, config.port, config.db, config.tls), ("cache.internal", 6380, 3, False))
+        self.assertEqual(redis_config("rediss://h").port, 6379)
+        self.assertTrue(redis_config("rediss://h").tls)
+        self.assertEqual(redis_config("redis://h?db=5").db, 5)
+        self.assertEqual(redis_config("redis://[::1]:7000/0").shown_url, "redis://[::1]:7000/0")
+
+    def test_password_from_the_environment_wins_and_is_never_shown(self) -> None:
+        config = redis_config("redis://app:inurl@h/0", password="fromenv")
+        self.assertEqual((config.username, config.password), ("app", "fromenv"))
+        self.assertEqual(redis_config("redis://:inurl@h/0").password, "inurl")
+        for shown in (config.shown_url, repr(config)):
+            self.assertNotIn("fromenv", shown)
+            self.assertNotIn("inurl", shown)
+        self.assertNotIn("inurl", repr(settings({}, {"REDIS_URL": "redis://:inurl@h/0", "REDIS_PASSWORD": "pw"})))
+        self.assertNotIn("'pw'", repr(settings({}, {"REDIS_URL": "redis://h/0", "REDIS_PASSWORD": "pw"})))
+
+    def test_bad_urls_are_refused_with_the_setting_named(self) -> None:
+        for url, words in (
+            ("http://h", "redis:// or rediss://"),
+            ("redis://", "name the host"),
+            ("redis://h/zero", "database must be a number"),
+            ("redis://h:notaport/0", "--redis-url"),
+        ):
+            with self.assertRaises((ConfigError, RedisConfigError)) as caught:
+                redis_settings(settings({}, {"REDIS_URL": url}))
+            self.assertIn(words, str(caught.exception))
+
+    def test_password_file(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("from-the-file\n")
+        config = redis_settings(settings({}, {"REDIS_URL": "redis://h/1", "REDIS_PASSWORD_FILE": path}))
+        assert config is not None
+        self.assertEqual(config.password, "from-the-file")
+        with self.assertRaises(ConfigError) as caught:
+            redis_settings(settings({}, {"REDIS_URL": "redis://h/1", "REDIS_PASSWORD_FILE": path + ".missing"}))
+        self.assertIn("--redis-password-file", str(caught.exception))
+
+    def test_prefix_refuses_glob_characters(self) -> None:
+        with self.assertRaises(ConfigError):
+            settings({}, {"REDIS_PREFIX": "app*"})
+
+    def test_without_a_url_there_is_no_redis(self) -> None:
+        self.assertIsNone(redis_settings(settings()))
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> Deferred[None]:
+    """Poll ``condition`` on the reactor until it holds (or fail after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+
+    @inlineCallbacks
+    def poll() -> Any:
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for a condition")
+            yield deferLater(reactor, 0.02, lambda: None)
+
+    return poll()
+
+
+@inlineCallbacks
+def answers_again(connection: RedisConnection, timeout: float = 10.0) -> Any:
+    """Wait until Redis answers PING through ``connection`` (a call right after an outage may
+    still meet a connection being dropped: it fails fast, the next one reconnects)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return (yield connection.execute("PING"))
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            yield deferLater(reactor, 0.05, lambda: None)
+
+
+class RedisConnectionTests(TestCase):
+    """The connection service against a real redis-server."""
+
+    timeout = 60
+
+    def connect(self, server: RedisServer, **config: Any) -> RedisConnection:
+        connection = RedisConnection(redis_config(server.url_of(config.pop("db", 0)), **config), reactor)
+        connection.startService()
+        self.addCleanup(lambda: connection.stopService() if connection.running else None)
+        return connection
+
+    def own_server(self, **kwargs: Any) -> RedisServer:
+        server = RedisServer(self.mktemp(), **kwargs).start()
+        self.addCleanup(server.destroy)
+        return server
+
+    @inlineCallbacks
+    def test_commands_health_and_description(self) -> Any:
+        connection = self.connect(shared_redis(), db=2)
+        self.assertTrue(IStore.providedBy(connection))
+        yield wait_for(lambda: connection.open_connections > 0)
+        key = connection.key("test", "hello")
+        yield connection.execute("SET", key, "42")
+        self.assertEqual((yield connection.execute("GET", key)), "42")  # text stays text
+        self.assertEqual(shared_redis().cli("-n", "2", "GET", key), "42")
+        status = yield connection.check()
+        self.assertEqual(status.state, UP)
+        self.assertGreater(status.latency, 0)
+        self.assertIn("Redis 7", status.detail)
+        described = connection.describe()
+        self.assertEqual(described["url"], shared_redis().url_of(2))
+        self.assertEqual(described["state"], "ok")
+        names = {metric.name for collector in connection.collectors() for metric in collector.collect()}
+        self.assertLessEqual({"mcp_redis_up", "mcp_redis_connections", "mcp_redis_command_duration_seconds"}, names)
+        yield connection.execute("DEL", key)
+
+    @inlineCallbacks
+    def test_password(self) -> Any:
+        server = self.own_server(password=PASSWORD)
+        connection = self.connect(server, password=PASSWORD)
+        yield wait_for(lambda: connection.open_connections > 0)
+        self.assertEqual((yield connection.execute("PING")), "PONG")
+
+    @inlineCallbacks
+    def test_a_wrong_password_is_reported_not_retried_forever(self) -> Any:
+        server = self.own_server(password=PASSWORD)
+        connection = self.connect(server, password="wrong")
+        yield wait_for(lambda: connection.state == "refused")
+        status = yield connection.check()
+        self.assertEqual(status.state, DOWN)
+        self.assertIn("REDIS_PASSWORD", status.detail)
+        self.assertNotIn("wrong", status.detail)
+        failure = yield self.assertFailure(connection.execute("PING"), StoreUnavailable)
+        self.assertIn("refused mcpd's login", str(failure))
+
+    @inlineCallbacks
+    def test_tls(self) -> Any:
+        server = self.own_server(tls=True)
+        connection = self.connect(server, ca_file=str(server.tls_files.ca))
+        yield wait_for(lambda: connection.open_connections > 0)
+        self.assertEqual((yield connection.execute("PING")), "PONG")
+        self.assertTrue(connection.describe()["url"].startswith("rediss://"))
+
+    @inlineCallbacks
+    def test_down_fails_at_once_and_reconnects_by_itself(self) -> Any:
+        server = self.own_server()
+        connection = self.connect(server)
+        yield wait_for(lambda: connection.open_connections > 0)
+        server.stop()
+        yield wait_for(lambda: connection.open_connections == 0)
+        started = time.monotonic()
+        failure = yield self.assertFailure(connection.execute("PING"), StoreUnavailable)
+        self.assertLess(time.monotonic() - started, 0.5)
+        self.assertIn("reconnects by itself", str(failure))
+        self.assertEqual((yield connection.check()).state, DOWN)
+        server.start()
+        yield wait_for(lambda: connection.open_connections > 0, timeout=10)
+        self.assertEqual((yield connection.execute("PING")), "PONG")
+        self.assertEqual((yield connection.check()).state, UP)
+
+    @inlineCallbacks
+    def test_a_frozen_server_times_out_instead_of_hanging(self) -> Any:
+        server = self.own_server()
+        connection = self.connect(server, timeout=0.3)
+        yield wait_for(lambda: connection.open_connections > 0)
+        server.freeze()
+        try:
+            started = time.monotonic()
+            failure = yield self.assertFailure(connection.execute("PING"), StoreUnavailable)
+            self.assertLess(time.monotonic() - started, 2.0)
+            self.assertIn("did not answer within 0.3s", str(failure))
+        finally:
+            server.thaw()
+        self.assertEqual((yield answers_again(connection)), "PONG")
+
+    @inlineCallbacks
+    def test_down_at_start_up(self) -> Any:
+        server = self.own_server()
+        server.stop()
+        connection = self.connect(server)
+        status = yield connection.check()
+        self.assertEqual(status.state, DOWN)
+        self.assertIn("Redis at redis://127.0.0.1", status.detail)
+        server.start()
+        yield wait_for(lambda: connection.open_connections > 0, timeout=10)
+        self.assertEqual((yield connection.check()).state, UP)
