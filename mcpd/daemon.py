@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
-from mcpd.interfaces import INoteStore, IRuntime, ITaskBoard
+from mcpd.interfaces import IBucketStore, INoteStore, IRuntime, ISessionStore, ITaskBoard, ITaskStore
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
 from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
 from mcpd.observe.stats import Vitals
@@ -54,6 +54,7 @@ from mcpd.web.monitoring import build_monitor
 from mcpd.web.site import make_site
 
 if TYPE_CHECKING:
+    from mcpd.stores.redis import RedisConnection
     from mcpd.stores.redis.config import RedisConfig
     from mcpd.stores.sql.config import DatabaseConfig
 
@@ -157,19 +158,60 @@ def redis_settings(settings: Settings) -> RedisConfig | None:
         raise ConfigError(str(e)) from None
 
 
-def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet, reactor: Any) -> list[Any]:
-    """The services of the stores the packs need, each registered in ``stores`` by the
-    interfaces it provides. Nothing is imported or opened for a store no pack needs; Redis is
-    connected to whenever --redis-url is given (it holds the state several instances share)."""
-    services: list[Any] = []
-    redis = redis_settings(settings)
-    if redis is not None:
-        from mcpd.stores.redis import RedisConnection
+@attrs.frozen
+class SharedState:
+    """The state several instances must share (`mcpd.interfaces`): in this process by default,
+    in Redis with --redis-url."""
 
-        connection = RedisConnection(redis, reactor)
-        connection.setName("redis")
-        stores.add(connection, ())
-        services.append(connection)
+    buckets: IBucketStore
+    tasks: ITaskStore
+    # Legacy sessions, by transport (their ids never cross).
+    sessions: ISessionStore
+    sse_sessions: ISessionStore
+
+
+def redis_connection(settings: Settings, reactor: Any) -> RedisConnection | None:
+    """The connection to Redis (a service for the tree), or None without --redis-url."""
+    config = redis_settings(settings)
+    if config is None:
+        return None
+    from mcpd.stores.redis import RedisConnection
+
+    connection = RedisConnection(config, reactor)
+    connection.setName("redis")
+    return connection
+
+
+def shared_state(settings: Settings, reactor: Any, redis: RedisConnection | None) -> SharedState:
+    """The buckets, task records and session records: Redis' when connected to one."""
+    if redis is None:
+        return SharedState(MemoryBucketStore(reactor), MemoryTaskStore(), MemorySessionStore(), MemorySessionStore())
+    from mcpd.stores.redis.buckets import RedisBucketStore
+    from mcpd.stores.redis.sessions import RedisSessionStore
+    from mcpd.stores.redis.tasks import RedisTaskStore
+
+    return SharedState(
+        RedisBucketStore(redis, reactor),
+        RedisTaskStore(redis),
+        RedisSessionStore(redis, reactor, settings.session_timeout, kind="streamable"),
+        RedisSessionStore(redis, reactor, settings.session_timeout, kind="sse"),
+    )
+
+
+def build_stores(
+    settings: Settings,
+    packs: Sequence[ToolPack],
+    stores: StoreSet,
+    reactor: Any,
+    redis: RedisConnection | None = None,
+) -> list[Any]:
+    """The services of the stores the packs need, each registered in ``stores`` by the
+    interfaces it provides. Nothing is imported or opened for a store no pack needs; ``redis``
+    (--redis-url) runs whenever it is given: it holds the state several instances share."""
+    services: list[Any] = []
+    if redis is not None:
+        stores.add(redis, ())
+        services.append(redis)
     if needs_sql(packs):
         from mcpd.stores.sql.database import SQLDatabase
         from mcpd.stores.sql.notes import SQLNoteStore
@@ -290,14 +332,16 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
     _add(root, "heap-freeze", HeapFreezeService(reactor))
     _add(root, "thread-pool", ThreadPoolService(pool, reactor))
+    redis = redis_connection(settings, reactor)
+    shared = shared_state(settings, reactor, redis)
     # The stores start before the engine and stop after it has cancelled the calls in flight.
-    for service in build_stores(settings, packs, stores, reactor):
+    for service in build_stores(settings, packs, stores, reactor, redis):
         service.setServiceParent(root)
     if tracer is not None:
         # Stops after the engine: every answer written at shutdown is in the trace.
         _add(root, "trace", TraceService(tracer))
     if settings.stdio:
-        engine = _engine(settings, reactor, registry, runtime, pool, ledger, tracer)
+        engine = _engine(settings, reactor, registry, runtime, pool, ledger, tracer, shared.tasks)
         # Children stop in reverse order: the transport, then the engine's calls, then the pool.
         _add(root, "engine", EngineService(engine))
         stdio = StdioService(engine, settings.max_message_size, settings.max_write_buffer, reactor)
@@ -309,10 +353,10 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
 
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
     # body size, rate and stream limits) and per connection (caps, slow clients).
-    security = Security(settings, reactor, MemoryBucketStore(reactor), lifecycle=lifecycle, ledger=ledger)
-    sessions = SessionStore(reactor, settings.session_timeout, ledger, MemorySessionStore())
+    security = Security(settings, reactor, shared.buckets, lifecycle=lifecycle, ledger=ledger)
+    sessions = SessionStore(reactor, settings.session_timeout, ledger, shared.sessions)
     # Legacy HTTP+SSE sessions live in a store of their own: ids never cross transports.
-    sse_sessions = SessionStore(reactor, settings.session_timeout, ledger, MemorySessionStore())
+    sse_sessions = SessionStore(reactor, settings.session_timeout, ledger, shared.sse_sessions)
     health = HealthChecks(
         [
             thread_pool_check(pool, reactor, reactor),
@@ -351,6 +395,7 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         pool,
         ledger,
         tracer,
+        shared.tasks,
         tool_filter=policy,
         entry_filter=policy.allows_entry if policy is not None else None,
         observers=(*monitor.observers, security.audit.observe),
@@ -423,6 +468,7 @@ def _engine(
     pool: ThreadPool,
     ledger: Ledger,
     tracer: Tracer | None,
+    tasks: ITaskStore,
     **policy: Any,
 ) -> Engine:
     """The MCP engine, with the daemon's limits and ``policy`` (scopes, observers)."""
@@ -440,7 +486,7 @@ def _engine(
         client_timeout=settings.client_timeout,
         state_key=state_key,
         ledger=ledger,
-        task_store=MemoryTaskStore(),
+        task_store=tasks,
         stores={IRuntime: runtime, **runtime.stores.providers()},
         tool_timeout=settings.tool_timeout,
         max_batch=settings.max_batch,

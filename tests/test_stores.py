@@ -8,8 +8,9 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpd.stores.memory import MemoryBucketStore, MemorySessionStore, MemoryTaskStore
-from mcpd.testing import BucketStoreTests, SessionStoreTests, TaskStoreTests
+from mcpd.interfaces import StoreFull
+from mcpd.stores.memory import MemoryBucketStore, MemoryCache, MemorySessionStore, MemoryTaskStore
+from mcpd.testing import BucketStoreTests, CacheTests, SessionStoreTests, TaskStoreTests
 
 
 class MemoryBucketStoreTests(BucketStoreTests, SynchronousTestCase):
@@ -25,3 +26,18 @@ class MemoryTaskStoreTests(TaskStoreTests, SynchronousTestCase):
 class MemorySessionStoreTests(SessionStoreTests, SynchronousTestCase):
     def make_store(self) -> Any:
         return MemorySessionStore()
+
+
+class MemoryCacheTests(CacheTests, SynchronousTestCase):
+    def make_cache(self, clock: Clock) -> Any:
+        return MemoryCache(clock)
+
+    def test_bounded(self) -> None:
+        cache = MemoryCache(self.clock, max_keys=2)
+        self.settled(cache.set("t", "a", "1", 1))
+        self.settled(cache.set("u", "b", "1", 60))
+        full = self.refused(cache.set("t", "c", "1", 60), StoreFull)
+        self.assertIn("--cache-max-keys", str(full.value))
+        self.settled(cache.set("t", "a", "2", 1))  # replacing a key takes no room
+        self.clock.advance(2)
+        self.settled(cache.set("t", "c", "1", 60))  # an expired key made room

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import server
 
-from mcpd.interfaces import IClosingChannel, IGuardedConnection
+from mcpd.interfaces import IClosingChannel, IGuardedConnection, StoreUnavailable
 from mcpd.security.addresses import AddressList, forwarded_client, is_loopback_client, normal_form
 from mcpd.security.head import head_problem
 from mcpd.security.identity import Identity, admit
@@ -412,10 +412,14 @@ class GuardedRequest(server.Request):
             self.refusal = outcome
 
     def _admission_failed(self, failure: Any) -> None:
-        """A remote store (rate-limit buckets) failed: answer 503 rather than leave the
-        request hanging."""
-        log.failure("Admitting a request failed", failure)
-        self._admitted(Refusal(503, {"error": "Service Unavailable: try again shortly"}, (("Retry-After", "5"),)))
+        """A remote store (rate-limit buckets) failed: answer 503, saying which store, rather
+        than leave the request hanging."""
+        if failure.check(StoreUnavailable):  # the store logs its outage, once
+            error = f"Service Unavailable: {failure.getErrorMessage()}"
+        else:
+            log.failure("Admitting a request failed", failure)
+            error = "Service Unavailable: try again shortly"
+        self._admitted(Refusal(503, {"error": error}, (("Retry-After", "5"),)))
 
     def _refuse(self, refusal: Refusal, length: int | None) -> None:
         self.refusal = refusal

@@ -7,12 +7,24 @@ so what a caller changes after saving is not changed in the store."""
 from __future__ import annotations
 
 import collections
+import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from mcpd.interfaces import TERMINAL, IBucketStore, ISessionStore, ITaskStore, SessionRecord, StoreFull, TaskRecord
+from mcpd.interfaces import (
+    TERMINAL,
+    IBucketStore,
+    ICache,
+    ISessionStore,
+    ITaskStore,
+    NotAnInteger,
+    SessionRecord,
+    StoreFull,
+    TaskRecord,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -21,6 +33,13 @@ if TYPE_CHECKING:
 _PRUNE_AT = 10_000
 # Tasks kept at once (running, or finished and waiting to be fetched).
 TASK_CAPACITY = 1000
+# The cache's defaults (--cache-default-ttl, --cache-max-ttl, --cache-max-value, --cache-max-keys).
+CACHE_DEFAULT_TTL = 3600
+CACHE_MAX_TTL = 7 * 24 * 3600
+CACHE_MAX_VALUE = 64 * 1024
+CACHE_MAX_KEYS = 100_000
+# What a Redis integer holds.
+INT64 = (-(2**63), 2**63 - 1)
 
 
 @implementer(IBucketStore)
@@ -142,3 +161,160 @@ class MemorySessionStore:
 
     def count(self) -> Deferred[int]:
         return succeed(len(self._records))
+
+
+@implementer(ICache)
+class MemoryCache:
+    """The cache pack's keys in this process's memory (see `ICache`): at most ``max_keys`` of
+    them over every tenant, each dropped once its TTL has passed (when next touched, or when
+    room is needed)."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        default_ttl: int = CACHE_DEFAULT_TTL,
+        max_ttl: int = CACHE_MAX_TTL,
+        max_value: int = CACHE_MAX_VALUE,
+        max_keys: int = CACHE_MAX_KEYS,
+    ) -> None:
+        self.clock = clock
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+        self.max_value = max_value
+        self.max_keys = max_keys
+        # tenant -> key -> (JSON text, expiry time)
+        self._keys: dict[str, dict[str, tuple[str, float]]] = {}
+        self._size = 0
+
+    def _live(self, tenant: str, key: str) -> tuple[str, float] | None:
+        entry = self._keys.get(tenant, {}).get(key)
+        if entry is not None and entry[1] <= self.clock.seconds():
+            self._drop(tenant, key)
+            return None
+        return entry
+
+    def _drop(self, tenant: str, key: str) -> bool:
+        keys = self._keys.get(tenant)
+        if keys is None or keys.pop(key, None) is None:
+            return False
+        self._size -= 1
+        if not keys:
+            del self._keys[tenant]
+        return True
+
+    def _put(self, tenant: str, key: str, value: str, expires: float) -> None:
+        keys = self._keys.setdefault(tenant, {})
+        if key not in keys:
+            if self._size >= self.max_keys:
+                self._purge()
+            if self._size >= self.max_keys:
+                if not keys:
+                    del self._keys[tenant]
+                raise StoreFull(
+                    f"the in-process cache holds {self._size} keys, its limit (--cache-max-keys): delete "
+                    "keys you no longer need, or set shorter TTLs",
+                    self.max_keys,
+                )
+            self._size += 1
+        keys[key] = (value, expires)
+
+    def _purge(self) -> None:
+        now = self.clock.seconds()
+        for tenant, keys in list(self._keys.items()):
+            for key, (_value, expires) in list(keys.items()):
+                if expires <= now:
+                    self._drop(tenant, key)
+
+    def get(self, tenant: str, key: str) -> Deferred[tuple[str | None, int | None]]:
+        entry = self._live(tenant, key)
+        if entry is None:
+            return succeed((None, None))
+        return succeed((entry[0], math.ceil(entry[1] - self.clock.seconds())))
+
+    def set(self, tenant: str, key: str, value: str, ttl: int) -> Deferred[None]:
+        self._live(tenant, key)
+        try:
+            self._put(tenant, key, value, self.clock.seconds() + ttl)
+        except StoreFull as e:
+            return fail(e)
+        return succeed(None)
+
+    def delete(self, tenant: str, key: str) -> Deferred[bool]:
+        return succeed(self._live(tenant, key) is not None and self._drop(tenant, key))
+
+    def incr(self, tenant: str, key: str, by: int, ttl: int | None) -> Deferred[int]:
+        entry = self._live(tenant, key)
+        now = self.clock.seconds()
+        if entry is None:
+            current, expires = 0, now + (ttl if ttl is not None else self.default_ttl)
+        else:
+            if not _INTEGER.match(entry[0]) or not INT64[0] <= int(entry[0]) <= INT64[1]:
+                return fail(
+                    NotAnInteger(f"{key!r} holds no integer: cache.incr adds to a key holding an integer (or none)")
+                )
+            current, expires = int(entry[0]), (now + ttl if ttl is not None else entry[1])
+        value = current + by
+        if not INT64[0] <= value <= INT64[1]:
+            return fail(NotAnInteger(f"adding {by} to {key!r} would leave the 64-bit integer range"))
+        try:
+            self._put(tenant, key, str(value), expires)
+        except StoreFull as e:
+            return fail(e)
+        return succeed(value)
+
+    def scan(self, tenant: str, pattern: str, limit: int, position: Any) -> Deferred[tuple[list[str], Any]]:
+        matches = glob_regex(pattern).fullmatch
+        now = self.clock.seconds()
+        after = position if isinstance(position, str) else None
+        found = sorted(
+            key
+            for key, (_value, expires) in self._keys.get(tenant, {}).items()
+            if expires > now and (after is None or key > after) and matches(key)
+        )
+        page = found[:limit]
+        return succeed((page, page[-1] if len(found) > limit else None))
+
+
+# Redis' INCRBY takes the decimal text of a 64-bit integer, nothing else.
+_INTEGER = re.compile(r"^-?(0|[1-9][0-9]*)$")
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A regular expression matching what Redis' glob ``pattern`` matches (KEYS, SCAN MATCH):
+    ``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]`` and ``\\`` escapes."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            i += 1
+            negate = i < n and pattern[i] == "^"
+            if negate:
+                i += 1
+            items: list[str] = []
+            while i < n and pattern[i] != "]":
+                if pattern[i] == "\\" and i + 1 < n:
+                    i += 1
+                    items.append(re.escape(pattern[i]))
+                elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+                    low, high = sorted((pattern[i], pattern[i + 2]))
+                    items.append(f"{re.escape(low)}-{re.escape(high)}")
+                    i += 2
+                else:
+                    items.append(re.escape(pattern[i]))
+                i += 1
+            if items:
+                out.append(f"[{'^' if negate else ''}{''.join(items)}]")
+            else:
+                out.append("." if negate else "(?!)")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
