@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
-from mcpd.interfaces import IBucketStore, INoteStore, IRuntime, ISessionStore, ITaskBoard, ITaskStore
+from mcpd.interfaces import IBucketStore, ICache, INoteStore, IRuntime, ISessionStore, ITaskBoard, ITaskStore
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
 from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
 from mcpd.observe.stats import Vitals
@@ -198,6 +198,22 @@ def shared_state(settings: Settings, reactor: Any, redis: RedisConnection | None
     )
 
 
+def cache_store(settings: Settings, reactor: Any, redis: RedisConnection | None) -> Any:
+    """The cache pack's store: Redis' with --redis-url, else this process's."""
+    limits = {
+        "default_ttl": settings.cache_default_ttl,
+        "max_ttl": settings.cache_max_ttl,
+        "max_value": settings.cache_max_value,
+    }
+    if redis is None:
+        from mcpd.stores.memory import MemoryCache
+
+        return MemoryCache(reactor, max_keys=settings.cache_max_keys, **limits)
+    from mcpd.stores.redis.cache import RedisCache
+
+    return RedisCache(redis, **limits)
+
+
 def build_stores(
     settings: Settings,
     packs: Sequence[ToolPack],
@@ -212,6 +228,8 @@ def build_stores(
     if redis is not None:
         stores.add(redis, ())
         services.append(redis)
+    if any(ICache in pack.needs for pack in packs):
+        stores.add(cache_store(settings, reactor, redis), (ICache,))
     if needs_sql(packs):
         from mcpd.stores.sql.database import SQLDatabase
         from mcpd.stores.sql.notes import SQLNoteStore
@@ -230,9 +248,9 @@ def build_stores(
 
 def provided_interfaces(settings: Settings) -> frozenset[Any]:
     """The interfaces packs may ask their context for (``ctx.store(IThing)``) under these
-    settings: the daemon's description of itself, the SQL store's, and each store whose knobs
-    are set."""
-    return frozenset({IRuntime, *SQL_INTERFACES})
+    settings: the daemon's description of itself, the cache (in process or in Redis), the SQL
+    store's, and each store whose knobs are set."""
+    return frozenset({IRuntime, ICache, *SQL_INTERFACES})
 
 
 def check_settings(settings: Settings, reactor: Any) -> None:

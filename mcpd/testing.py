@@ -42,7 +42,7 @@ from mcpd.protocol.engine import Engine
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_VERSIONS
 from mcpd.protocol.vocabulary import Exchange
 from mcpd.security.scopes import ADMIN
-from mcpd.stores.memory import MemoryBucketStore, MemorySessionStore, MemoryTaskStore
+from mcpd.stores.memory import MemoryBucketStore, MemoryCache, MemorySessionStore, MemoryTaskStore
 from mcpd.tools import Caller, ToolPack, ToolRegistry
 
 
@@ -81,6 +81,7 @@ def memory_stores(clock: Any = None) -> dict[Any, Any]:
         IBucketStore: MemoryBucketStore(clock if clock is not None else Clock()),
         ITaskStore: MemoryTaskStore(),
         ISessionStore: MemorySessionStore(),
+        ICache: MemoryCache(clock if clock is not None else Clock()),
     }
 
 

@@ -11,8 +11,12 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.interfaces import ICache
+from mcpd.packs.cache import pack
+from mcpd.stores.memory import MemoryCache
 from mcpd.stores.redis.cache import RedisCache
-from mcpd.testing import CacheTests
+from mcpd.testing import CacheTests, PackHarness
+from mcpd.tools import Caller
 from tests.test_redis_stores import RedisSuite
 
 
@@ -46,3 +50,106 @@ class RedisCacheTests(RedisSuite, CacheTests, SynchronousTestCase):
             if position is None:
                 break
         self.assertEqual(set(seen), {f"k{i}" for i in range(300)})
+
+
+ALICE = Caller(name="alice", scopes=frozenset({"read", "write"}), tenant="acme")
+BOB = Caller(name="bob", scopes=frozenset({"read", "write"}), tenant="globex")
+
+
+class CachePackTests(SynchronousTestCase):
+    """The five tools over the in-process cache: results, their schemas, errors a model can act on."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.cache = MemoryCache(self.clock, default_ttl=3600, max_ttl=7200, max_value=100)
+        self.harness = PackHarness(pack, stores={ICache: self.cache}, caller=ALICE, clock=self.clock)
+
+    def call(self, name: str, arguments: dict[str, Any], caller: Caller = ALICE) -> dict[str, Any]:
+        result: dict[str, Any] = self.successResultOf(self.harness.call(name, arguments, caller=caller))
+        self.assertEqual(self.harness.output_problems(name, result), [])
+        return result
+
+    def structured(self, name: str, arguments: dict[str, Any], caller: Caller = ALICE) -> dict[str, Any]:
+        result = self.call(name, arguments, caller)
+        self.assertFalse(result.get("isError"), result)
+        structured: dict[str, Any] = result["structuredContent"]
+        return structured
+
+    def error(self, name: str, arguments: dict[str, Any], caller: Caller = ALICE) -> str:
+        result = self.call(name, arguments, caller)
+        self.assertTrue(result.get("isError"), result)
+        text: str = result["content"][0]["text"]
+        return text
+
+    def test_five_tools_with_annotations(self) -> None:
+        tools = {tool.name: tool for tool in pack.tools}
+        self.assertEqual(sorted(tools), ["cache.delete", "cache.get", "cache.incr", "cache.scan", "cache.set"])
+        self.assertTrue(tools["cache.get"].annotations.read_only)
+        self.assertTrue(tools["cache.delete"].annotations.destructive)
+        self.assertFalse(tools["cache.incr"].annotations.idempotent)
+        for tool in tools.values():
+            self.assertIn("Example:", tool.description)
+            self.assertFalse(tool.input_schema["additionalProperties"])
+
+    def test_json_values_round_trip(self) -> None:
+        for value in ({"a": [1, 2.5, None, True, "é"]}, [1, "two"], "text", 42, 0.5, False, None):
+            self.assertEqual(self.structured("cache.set", {"key": "k", "value": value}), {"stored": True, "ttl": 3600})
+            self.assertEqual(self.structured("cache.get", {"key": "k"}), {"found": True, "value": value, "ttl": 3600})
+        self.assertEqual(self.structured("cache.get", {"key": "nope"}), {"found": False, "value": None, "ttl": None})
+
+    def test_ttl_is_capped_and_counts_down(self) -> None:
+        self.assertEqual(self.structured("cache.set", {"key": "k", "value": 1, "ttl": 999_999})["ttl"], 7200)
+        self.clock.advance(200)
+        self.assertEqual(self.structured("cache.get", {"key": "k"})["ttl"], 7000)
+        self.clock.advance(7000)
+        self.assertFalse(self.structured("cache.get", {"key": "k"})["found"])
+        self.assertIn("minimum", self.error("cache.set", {"key": "k", "value": 1, "ttl": 0}))
+
+    def test_value_size_limit(self) -> None:
+        self.structured("cache.set", {"key": "k", "value": "x" * 98})  # 100 bytes with its quotes
+        text = self.error("cache.set", {"key": "k", "value": "x" * 99})
+        self.assertIn("101 bytes", text)
+        self.assertIn("limit of 100", text)
+        self.assertIn("NaN", self.error("cache.set", {"key": "k", "value": float("nan")}))
+
+    def test_incr(self) -> None:
+        self.assertEqual(self.structured("cache.incr", {"key": "n"}), {"value": 1})
+        self.assertEqual(self.structured("cache.incr", {"key": "n", "by": -5, "ttl": 60}), {"value": -4})
+        self.assertEqual(self.structured("cache.get", {"key": "n"}), {"found": True, "value": -4, "ttl": 60})
+        self.structured("cache.set", {"key": "s", "value": "five"})
+        self.assertIn("holds no integer", self.error("cache.incr", {"key": "s"}))
+        self.assertIn("maximum", self.error("cache.incr", {"key": "n", "by": 2**63}))
+
+    def test_delete(self) -> None:
+        self.structured("cache.set", {"key": "k", "value": 1})
+        self.assertEqual(self.structured("cache.delete", {"key": "k"}), {"deleted": True})
+        self.assertEqual(self.structured("cache.delete", {"key": "k"}), {"deleted": False})
+
+    def test_scan_pages_and_its_cursor_is_the_tenant_s_own(self) -> None:
+        for i in range(5):
+            self.structured("cache.set", {"key": f"r:{i}", "value": i})
+        self.structured("cache.set", {"key": "other", "value": 0})
+        first = self.structured("cache.scan", {"pattern": "r:*", "limit": 3})
+        self.assertEqual(first["keys"], ["r:0", "r:1", "r:2"])
+        second = self.structured("cache.scan", {"pattern": "r:*", "limit": 3, "cursor": first["next_cursor"]})
+        self.assertEqual(second, {"keys": ["r:3", "r:4"], "next_cursor": None})
+        self.assertIn("another listing", self.error("cache.scan", {"pattern": "*", "cursor": first["next_cursor"]}))
+        self.assertIn(
+            "another listing", self.error("cache.scan", {"pattern": "r:*", "cursor": first["next_cursor"]}, BOB)
+        )
+        self.assertIn("not one this server gave out", self.error("cache.scan", {"cursor": "garbage!"}))
+
+    def test_tenants_never_meet(self) -> None:
+        self.structured("cache.set", {"key": "plan", "value": "acme's"})
+        self.assertEqual(self.structured("cache.get", {"key": "plan"}, BOB)["found"], False)
+        self.assertEqual(self.structured("cache.scan", {}, BOB), {"keys": [], "next_cursor": None})
+        self.assertEqual(self.structured("cache.delete", {"key": "plan"}, BOB), {"deleted": False})
+        self.assertEqual(self.structured("cache.incr", {"key": "plan"}, BOB), {"value": 1})
+        self.assertEqual(self.structured("cache.get", {"key": "plan"})["value"], "acme's")
+
+    def test_a_full_in_process_cache_says_what_to_do(self) -> None:
+        harness = PackHarness(pack, stores={ICache: MemoryCache(self.clock, max_keys=1)}, caller=ALICE)
+        self.successResultOf(harness.call("cache.set", {"key": "a", "value": 1}))
+        result = self.successResultOf(harness.call("cache.set", {"key": "b", "value": 1}))
+        self.assertTrue(result["isError"])
+        self.assertIn("--cache-max-keys", result["content"][0]["text"])
