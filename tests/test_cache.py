@@ -5,9 +5,14 @@ through the official SDK over HTTP on both backends, with two tenants."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import anyio
+from mcp import Client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,7 +22,11 @@ from mcpd.stores.memory import MemoryCache
 from mcpd.stores.redis.cache import RedisCache
 from mcpd.testing import CacheTests, PackHarness
 from mcpd.tools import Caller
+from tests.daemon import LEGACY, MODERN, DaemonTestCase, run_anyio
+from tests.redis_service import shared_redis, unique_prefix
 from tests.test_redis_stores import RedisSuite
+
+CACHE_TOOLS = {"cache.get", "cache.set", "cache.delete", "cache.scan", "cache.incr"}
 
 
 class RedisCacheTests(RedisSuite, CacheTests, SynchronousTestCase):
@@ -153,3 +162,167 @@ class CachePackTests(SynchronousTestCase):
         result = self.successResultOf(harness.call("cache.set", {"key": "b", "value": 1}))
         self.assertTrue(result["isError"])
         self.assertIn("--cache-max-keys", result["content"][0]["text"])
+
+
+# -- the pack through the official SDK, over HTTP, on both backends -----------------------------
+
+KEYS = {"alice": ("alice-key", "acme"), "eve": ("eve-key", "globex")}
+
+
+def structured(result: Any) -> dict[str, Any]:
+    """A successful tool result's structured content (the same JSON is its text)."""
+    assert not result.is_error, result
+    assert json.loads(result.content[0].text) == result.structured_content
+    return dict(result.structured_content)
+
+
+def error_text(result: Any) -> str:
+    assert result.is_error, result
+    return str(result.content[0].text)
+
+
+class _CacheOverHTTP:
+    """Two tenants' clients on one daemon call the five tools as a model would."""
+
+    mode: str
+    workdir: Any
+    start_daemon: Any
+    in_thread: Any
+    assertEqual: Any
+    assertIn: Any
+    assertTrue: Any
+    assertLessEqual: Any
+
+    def backend_args(self) -> list[str]:
+        return []
+
+    def check_backend(self) -> None:
+        """What the scenario left where the backend keeps it."""
+
+    def test_two_tenants_through_the_sdk(self) -> Deferred[None]:
+        key_file = self.workdir / "keys"
+        key_file.write_text("".join(f"{name}:{key}::{tenant}\n" for name, (key, tenant) in KEYS.items()))
+        daemon = self.start_daemon(
+            "--api-key-file",
+            str(key_file),
+            "--toolsets",
+            "server,cache",
+            "--cache-default-ttl",
+            "60",
+            "--cache-max-ttl",
+            "120",
+            "--cache-max-value",
+            "1000",
+            *self.backend_args(),
+            fixture_pack=False,
+        )
+
+        def client(name: str) -> Any:
+            http = create_mcp_http_client(headers={"Authorization": f"Bearer {KEYS[name][0]}"})
+            return Client(streamable_http_client(daemon.url, http_client=http), mode=self.mode)
+
+        async def main() -> None:
+            with anyio.fail_after(60):
+                async with client("alice") as alice, client("eve") as eve:
+                    await self.scenario(alice, eve)
+            self.check_backend()
+
+        return self.in_thread(lambda: run_anyio(main))
+
+    async def scenario(self, alice: Client, eve: Client) -> None:
+        tools = {tool.name for tool in (await alice.list_tools()).tools}
+        self.assertEqual({name for name in tools if name.startswith("cache.")}, CACHE_TOOLS)
+        value = {"total": 42, "rows": [1, 2.5, None, "é"], "ok": True}
+        self.assertEqual(
+            structured(await alice.call_tool("cache.set", {"key": "plan", "value": value, "ttl": 60})),
+            {"stored": True, "ttl": 60},
+        )
+        got = structured(await alice.call_tool("cache.get", {"key": "plan"}))
+        self.assertEqual((got["found"], got["value"]), (True, value))
+        self.assertTrue(0 < got["ttl"] <= 60)
+        # The operator's cap, and the value size limit.
+        self.assertEqual(
+            structured(await alice.call_tool("cache.set", {"key": "long", "value": 1, "ttl": 9999}))["ttl"], 120
+        )
+        self.assertIn(
+            "limit of 1000", error_text(await alice.call_tool("cache.set", {"key": "big", "value": "x" * 2000}))
+        )
+        for _ in range(3):
+            counted = structured(await alice.call_tool("cache.incr", {"key": "hits"}))
+        self.assertEqual(counted, {"value": 3})
+        self.assertIn("holds no integer", error_text(await alice.call_tool("cache.incr", {"key": "plan"})))
+        for i in range(5):
+            await alice.call_tool("cache.set", {"key": f"page:{i}", "value": i})
+        seen: list[str] = []
+        arguments: dict[str, Any] = {"pattern": "page:*", "limit": 2}
+        cursor = None
+        for _ in range(20):
+            page = structured(
+                await alice.call_tool("cache.scan", {**arguments, **({"cursor": cursor} if cursor else {})})
+            )
+            self.assertLessEqual(len(page["keys"]), 2)
+            seen.extend(page["keys"])
+            if cursor is None:
+                first_cursor = page["next_cursor"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        self.assertEqual(set(seen), {f"page:{i}" for i in range(5)})
+
+        # Eve sees none of it, by any tool, pattern or cursor of Alice's.
+        self.assertEqual(structured(await eve.call_tool("cache.get", {"key": "plan"}))["found"], False)
+        self.assertEqual(
+            structured(await eve.call_tool("cache.scan", {"pattern": "*"})), {"keys": [], "next_cursor": None}
+        )
+        self.assertIn(
+            "another listing", error_text(await eve.call_tool("cache.scan", {**arguments, "cursor": first_cursor}))
+        )
+        self.assertEqual(structured(await eve.call_tool("cache.delete", {"key": "plan"})), {"deleted": False})
+        self.assertEqual(structured(await eve.call_tool("cache.incr", {"key": "hits"})), {"value": 1})
+        structured(await eve.call_tool("cache.set", {"key": "plan", "value": "eve's"}))
+        self.assertEqual(structured(await alice.call_tool("cache.get", {"key": "plan"}))["value"], value)
+        self.assertEqual(structured(await alice.call_tool("cache.delete", {"key": "plan"})), {"deleted": True})
+        self.assertEqual(structured(await eve.call_tool("cache.get", {"key": "plan"}))["value"], "eve's")
+
+
+# The keys the scenario leaves, by tenant.
+EXPECTED_KEYS = [
+    ("acme", "long"),
+    ("acme", "hits"),
+    *(("acme", f"page:{i}") for i in range(5)),
+    ("globex", "hits"),
+    ("globex", "plan"),
+]
+
+
+class InProcessCacheOverHTTPModern(_CacheOverHTTP, DaemonTestCase):
+    mode = MODERN
+    timeout = 90
+
+
+class InProcessCacheOverHTTPLegacy(_CacheOverHTTP, DaemonTestCase):
+    mode = LEGACY
+    timeout = 90
+
+
+class _RedisBackend:
+    assertEqual: Any
+    prefix = ""
+
+    def backend_args(self) -> list[str]:
+        self.prefix = unique_prefix()
+        return ["--redis-url", shared_redis().url_of(0), "--redis-prefix", self.prefix]
+
+    def check_backend(self) -> None:
+        keys = shared_redis().cli("--scan", "--pattern", f"{self.prefix}cache:*").split()
+        self.assertEqual(sorted(keys), sorted(f"{self.prefix}cache:{tenant}:{key}" for tenant, key in EXPECTED_KEYS))
+
+
+class RedisCacheOverHTTPModern(_RedisBackend, _CacheOverHTTP, DaemonTestCase):
+    mode = MODERN
+    timeout = 90
+
+
+class RedisCacheOverHTTPLegacy(_RedisBackend, _CacheOverHTTP, DaemonTestCase):
+    mode = LEGACY
+    timeout = 90
