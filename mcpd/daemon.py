@@ -366,7 +366,7 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         _add(root, "stdio", stdio)
         # Calls in flight finish (or are answered "shutting down"), then stdout is flushed.
         _drain(lifecycle, settings, reactor, engine, connections=stdio.connections).setServiceParent(root)
-        ReadinessService(lifecycle, reactor).setServiceParent(root)
+        ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
         return root
 
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
@@ -458,8 +458,9 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     for description in settings.http_endpoints():
         factory = TLSHandshakeLog(guarded) if is_tls(description) else guarded
         _add(root, f"listener {description}", ListenerService(description, factory, runtime, reactor))
-    # Last: ready once everything above has started, and the first to hear of a shutdown.
-    ReadinessService(lifecycle, reactor).setServiceParent(root)
+    # Last: ready once everything above has started (and Redis answers, or its timeout has
+    # passed), and the first to hear of a shutdown.
+    ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
     security.warn_about([d for d in settings.http_endpoints() if beyond_loopback(d)])
     return root
 
@@ -518,6 +519,11 @@ def _add(root: OrderedMultiService, name: str, service: Any) -> None:
     """Add a service with a name, so that a start-up failure says which one failed."""
     service.setName(name)
     service.setServiceParent(root)
+
+
+def _first_connections(redis: RedisConnection | None) -> list[Any]:
+    """What readiness waits for: Redis' first connection (at most --redis-timeout)."""
+    return [redis.connected] if redis is not None else []
 
 
 def _close_websockets(endpoint: Any) -> int:

@@ -53,10 +53,22 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
     initialDelay = RETRY_FIRST
     maxDelay = RETRY_MAX
 
-    def __init__(self, refused: Callable[[str], None], **kwargs: Any) -> None:
+    def __init__(
+        self, up: Callable[[], None], lost: Callable[[], None], refused: Callable[[str], None], **kwargs: Any
+    ) -> None:
         super().__init__(None, **kwargs)
-        self._refused = refused
+        self._up, self._lost, self._refused = up, lost, refused
         self.deferred.addErrback(lambda _failure: None)  # reported through `refused`
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if self.size:
+            self._up()
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        if not self.size and not self.disconnectCalled:
+            self._lost()
 
     def connectionError(self, why: str) -> None:
         self._refused(why)
@@ -123,6 +135,7 @@ class RedisConnection(Service):
         self.server_version: str | None = None
         self.metrics = RedisMetrics(self)
         self._factory: _Factory | None = None
+        self._waiting: list[Deferred[bool]] = []
 
     # -- the service ----------------------------------------------------------------------------
 
@@ -130,6 +143,8 @@ class RedisConnection(Service):
         super().startService()
         self.state = STARTING
         self._factory = _Factory(
+            self._up,
+            self._lost,
             self._refused,
             dbid=self.config.db,
             poolsize=self.pool_size,
@@ -178,6 +193,22 @@ class RedisConnection(Service):
             endpoint = wrapClientTLS(ssl.optionsForClientTLS(self.config.host, trustRoot=trust), endpoint)
         return endpoint
 
+    def connected(self) -> Deferred[bool]:
+        """Fires with True once a connection is open, or with False after ``--redis-timeout``
+        without one (never fails): what readiness waits for at start-up."""
+        if self.open_connections:
+            return succeed(True)
+        d: Deferred[bool] = Deferred()
+        self._waiting.append(d)
+        timer = self.reactor.callLater(self.config.timeout, _fire, d, False)
+
+        def stop_timer(connected: bool) -> bool:
+            if timer.active():
+                timer.cancel()
+            return connected
+
+        return d.addCallback(stop_timer)
+
     @property
     def open_connections(self) -> int:
         factory = self._factory
@@ -205,6 +236,8 @@ class RedisConnection(Service):
             return fail(StoreUnavailable(STORE, "mcpd's Redis connection is not running"))
         if factory.size == 0:
             self.metrics.errors.labels(name, "unavailable").inc()
+            if self.state == STARTING:
+                self._down(f"cannot connect to Redis at {self.config.shown_url}")
             return fail(StoreUnavailable(STORE, self._why_down()))
         started = time.monotonic()
         try:
@@ -216,7 +249,7 @@ class RedisConnection(Service):
 
         def answered(value: Any) -> Any:
             self.metrics.duration.labels(name).observe(time.monotonic() - started)
-            if self.state != OK and self.state != STOPPED:
+            if self.state == DOWN_STATE:  # a timeout had said so; this connection answers
                 self._up()
             return value
 
@@ -260,8 +293,12 @@ class RedisConnection(Service):
         return f"{why}; mcpd reconnects by itself, try again in a few seconds (is redis-server running?)"
 
     def _up(self) -> None:
-        if self.state != OK:
-            log.info("Redis at {url} is reachable", url=self.config.shown_url)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            _fire(d, True)
+        if self.state in (OK, STOPPED):
+            return
+        log.info("Redis at {url} is reachable", url=self.config.shown_url)
         self.state = OK
         self.last_error = None
 
@@ -272,6 +309,9 @@ class RedisConnection(Service):
             log.error("Redis at {url} is unavailable: {why}", url=self.config.shown_url, why=why)
         self.state = DOWN_STATE
         self.last_error = why
+
+    def _lost(self) -> None:
+        self._down(f"the connection to Redis at {self.config.shown_url} was lost")
 
     def _refused(self, why: str) -> None:
         """txredisapi gave up: the password or the database number was refused."""
@@ -305,9 +345,6 @@ class RedisConnection(Service):
 
         def failed(failure: Failure) -> StoreStatus:
             why = str(failure.value.detail) if failure.check(StoreUnavailable) else failure.getErrorMessage()
-            if self._factory is not None and self.open_connections == 0 and self.state == STARTING:
-                self._down(f"cannot connect to Redis at {self.config.shown_url}")
-                why = self._why_down()
             return StoreStatus(STORE, DOWN, why, time.monotonic() - started)
 
         def keep(status: StoreStatus) -> StoreStatus:
@@ -339,3 +376,8 @@ class RedisConnection(Service):
         if self.last_check is not None and self.last_check.latency is not None:
             described["latency_ms"] = round(self.last_check.latency * 1000, 3)
         return described
+
+
+def _fire(d: Deferred[bool], value: bool) -> None:
+    if not d.called:
+        d.callback(value)
