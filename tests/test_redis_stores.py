@@ -5,6 +5,7 @@ limit across instances, answer for records another instance wrote, keep a TTL on
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from mcpd.stores.redis.buckets import RedisBucketStore
 from mcpd.stores.redis.sessions import RedisSessionStore
 from mcpd.stores.redis.tasks import RedisTaskStore
 from mcpd.testing import BucketStoreTests, SessionStoreTests, TaskStoreTests
+from tests import test_tasks
 from tests.redis_service import shared_redis, unique_prefix
 from tests.test_redis import wait_for
 
@@ -159,3 +161,24 @@ class SharedStateTests(TestCase):
         self.assertIsNone((yield there.load("s1")))
         clock.advance(1.0)
         self.assertEqual((yield there.count()), 0)
+
+
+class RedisTaskOverHTTPTests(test_tasks.DaemonTaskTests):
+    """The daemon's task records in Redis (--redis-url): the same task scenario over HTTP, and
+    the records are found in Redis, with their TTL."""
+
+    prefix = ""
+
+    def start_daemon(self, *args: str, **kwargs: Any) -> Any:
+        self.prefix = unique_prefix()
+        redis = ("--redis-url", shared_redis().url, "--redis-prefix", self.prefix)
+        return super().start_daemon(*args, *redis, **kwargs)
+
+    def test_task_over_http(self) -> None:
+        super().test_task_over_http()
+        names = shared_redis().cli("--scan", "--pattern", f"{self.prefix}task:*").split()
+        self.assertEqual(len(names), 2)  # the confirmed task and the cancelled one
+        for name in names:
+            record = json.loads(shared_redis().cli("GET", name))
+            self.assertIn(record["status"], ("completed", "cancelled"))
+            self.assertGreater(int(shared_redis().cli("PTTL", name)), 0)
