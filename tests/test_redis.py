@@ -20,6 +20,7 @@ from mcpd.stores.redis import RedisConfigError, RedisConnection, redis_config
 from tests.clients import fetch
 from tests.daemon import DaemonTestCase, call_server_info, modern_request, post
 from tests.redis_service import PASSWORD, RedisServer, shared_redis, unique_prefix
+from tests.test_tasks import WITH_TASKS
 
 
 def settings(flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Any:
@@ -282,6 +283,11 @@ class RedisDaemonTests(DaemonTestCase):
             result = answer["result"]
             self.assertTrue(result["isError"])
             self.assertIn("redis is unavailable (temporary)", result["content"][0]["text"])
+            # ... and a task request too, as a JSON-RPC error with the same words.
+            body, routing = modern_request(2, "tasks/get", {"taskId": "t1"})
+            body["params"]["_meta"].update(WITH_TASKS)
+            _status, _head, answer = post(port, body, {**routing, "mcp-name": "t1"})
+            self.assertIn("redis is unavailable (temporary)", json.loads(answer)["error"]["message"])
             self.assertLess(time.monotonic() - started, 5.0)
             _status, metrics = _get_json(port, "/metrics")
             self.assertIn("mcp_redis_up 0.0", metrics)
