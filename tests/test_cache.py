@@ -5,7 +5,6 @@ through the official SDK over HTTP on both backends, with two tenants."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from mcpd.testing import CacheTests, PackHarness
 from mcpd.tools import Caller
 from tests.daemon import LEGACY, MODERN, DaemonTestCase, run_anyio
 from tests.redis_service import shared_redis, unique_prefix
+from tests.test_packs import error_text, structured
 from tests.test_redis_stores import RedisSuite
 
 CACHE_TOOLS = {"cache.get", "cache.set", "cache.delete", "cache.scan", "cache.incr"}
@@ -167,18 +167,6 @@ class CachePackTests(SynchronousTestCase):
 # -- the pack through the official SDK, over HTTP, on both backends -----------------------------
 
 KEYS = {"alice": ("alice-key", "acme"), "eve": ("eve-key", "globex")}
-
-
-def structured(result: Any) -> dict[str, Any]:
-    """A successful tool result's structured content (the same JSON is its text)."""
-    assert not result.is_error, result
-    assert json.loads(result.content[0].text) == result.structured_content
-    return dict(result.structured_content)
-
-
-def error_text(result: Any) -> str:
-    assert result.is_error, result
-    return str(result.content[0].text)
 
 
 class _CacheOverHTTP:
