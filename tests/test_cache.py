@@ -15,6 +15,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.config import ConfigError, resolve
+from mcpd.daemon import cache_store
 from mcpd.interfaces import ICache
 from mcpd.packs.cache import pack
 from mcpd.stores.memory import MemoryCache
@@ -120,6 +122,8 @@ class CachePackTests(SynchronousTestCase):
         self.assertIn("101 bytes", text)
         self.assertIn("limit of 100", text)
         self.assertIn("NaN", self.error("cache.set", {"key": "k", "value": float("nan")}))
+        self.assertIn("lone surrogate", self.error("cache.set", {"key": "k", "value": "\ud800"}))
+        self.assertIn("lone surrogate", self.error("cache.get", {"key": "\ud800"}))
 
     def test_incr(self) -> None:
         self.assertEqual(self.structured("cache.incr", {"key": "n"}), {"value": 1})
@@ -314,3 +318,16 @@ class RedisCacheOverHTTPModern(_RedisBackend, _CacheOverHTTP, DaemonTestCase):
 class RedisCacheOverHTTPLegacy(_RedisBackend, _CacheOverHTTP, DaemonTestCase):
     mode = LEGACY
     timeout = 90
+
+
+class CacheSettingsTests(SynchronousTestCase):
+    def test_a_default_ttl_beyond_the_maximum_is_refused(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            resolve({}, {"CACHE_DEFAULT_TTL": "7200", "CACHE_MAX_TTL": "3600"}, {})
+        self.assertIn("--cache-default-ttl 7200 is longer than --cache-max-ttl 3600", str(caught.exception))
+
+    def test_the_daemon_picks_the_backend(self) -> None:
+        settings = resolve({}, {"CACHE_MAX_VALUE": "10", "CACHE_MAX_KEYS": "3"}, {})
+        cache = cache_store(settings, Clock(), None)
+        self.assertIsInstance(cache, MemoryCache)
+        self.assertEqual((cache.max_value, cache.max_keys, cache.default_ttl), (10, 3, 3600))

@@ -41,3 +41,19 @@ class MemoryCacheTests(CacheTests, SynchronousTestCase):
         self.settled(cache.set("t", "a", "2", 1))  # replacing a key takes no room
         self.clock.advance(2)
         self.settled(cache.set("t", "c", "1", 60))  # an expired key made room
+
+    def test_a_scan_page_looks_at_a_bounded_number_of_names(self) -> None:
+        from mcpd.stores import memory
+
+        self.patch(memory, "SCAN_EXAMINED", 5)
+        for i in range(20):
+            self.settled(self.cache.set("t", f"k{i:02d}", "1", 60))
+        self.settled(self.cache.set("t", "wanted", "1", 60))
+        pages, position = [], None
+        while True:
+            keys, position = self.settled(self.cache.scan("t", "w*", 10, position))
+            pages.append(keys)
+            if position is None:
+                break
+        self.assertEqual(len(pages), 5)  # 21 names, 5 looked at a call
+        self.assertEqual([key for page in pages for key in page], ["wanted"])

@@ -58,6 +58,16 @@ def _full(failure: Any) -> Any:
     raise ToolError(str(failure.value))
 
 
+def _text(arguments: dict[str, Any], name: str) -> str:
+    """A key or pattern argument, checked to be text Redis can hold (UTF-8)."""
+    value: str = arguments[name]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ToolError(f"{name} is not valid Unicode text (it holds a lone surrogate): send plain text") from None
+    return value
+
+
 def _ttl(cache: Any, arguments: dict[str, Any]) -> int:
     """The TTL asked for (or the default), capped at the operator's maximum."""
     return int(min(arguments.get("ttl", cache.default_ttl), cache.max_ttl))
@@ -92,7 +102,7 @@ def cache_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
             raise ToolError(f"{arguments['key']!r} holds a value that is not JSON: set it again") from None
         return {"found": True, "value": value, "ttl": ttl}
 
-    return _cache(ctx).get(ctx.tenant, arguments["key"]).addCallback(found)
+    return _cache(ctx).get(ctx.tenant, _text(arguments, "key")).addCallback(found)
 
 
 @pack.tool(
@@ -116,18 +126,19 @@ def cache_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
 )
 def cache_set(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     cache = _cache(ctx)
+    key = _text(arguments, "key")
     try:
         text = json.dumps(arguments["value"], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        raise ToolError("value must be JSON: NaN and Infinity are not JSON numbers") from None
-    size = len(text.encode("utf-8"))
+        size = len(text.encode("utf-8"))
+    except ValueError:  # UnicodeEncodeError is one
+        raise ToolError("value must be JSON text: no NaN or Infinity, no lone surrogates in strings") from None
     if size > cache.max_value:
         raise ToolError(
             f"value is {size} bytes as JSON, more than this server's limit of {cache.max_value}: store a "
             "smaller value, or split it across several keys"
         )
     ttl = _ttl(cache, arguments)
-    d = cache.set(ctx.tenant, arguments["key"], text, ttl)
+    d = cache.set(ctx.tenant, key, text, ttl)
     return d.addCallbacks(lambda _: {"stored": True, "ttl": ttl}, _full)
 
 
@@ -140,7 +151,7 @@ def cache_set(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     annotations=DELETE,
 )
 def cache_delete(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
-    return _cache(ctx).delete(ctx.tenant, arguments["key"]).addCallback(lambda deleted: {"deleted": deleted})
+    return _cache(ctx).delete(ctx.tenant, _text(arguments, "key")).addCallback(lambda deleted: {"deleted": deleted})
 
 
 @pack.tool(
@@ -166,7 +177,7 @@ def cache_delete(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     annotations=READ,
 )
 def cache_scan(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
-    filters = {"pattern": arguments.get("pattern", "*")}
+    filters = {"pattern": _text({"pattern": "*", **arguments}, "pattern")}
     position = decode_cursor(ctx, "cache.scan", filters, arguments.get("cursor"))
     d = _cache(ctx).scan(ctx.tenant, filters["pattern"], limit_of(arguments), position)
 
@@ -200,5 +211,5 @@ def cache_scan(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
 def cache_incr(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     cache = _cache(ctx)
     ttl = _ttl(cache, arguments) if "ttl" in arguments else None
-    d = cache.incr(ctx.tenant, arguments["key"], int(arguments.get("by", 1)), ttl)
+    d = cache.incr(ctx.tenant, _text(arguments, "key"), int(arguments.get("by", 1)), ttl)
     return d.addCallbacks(lambda value: {"value": value}, _full)

@@ -6,6 +6,7 @@ so what a caller changes after saving is not changed in the store."""
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 import re
@@ -167,7 +168,8 @@ class MemorySessionStore:
 class MemoryCache:
     """The cache pack's keys in this process's memory (see `ICache`): at most ``max_keys`` of
     them over every tenant, each dropped once its TTL has passed (when next touched, or when
-    room is needed)."""
+    room is needed). Each tenant's names are also kept sorted, so a scan page costs a bisection
+    and at most `SCAN_EXAMINED` names, however many keys there are."""
 
     def __init__(
         self,
@@ -182,9 +184,11 @@ class MemoryCache:
         self.max_ttl = max_ttl
         self.max_value = max_value
         self.max_keys = max_keys
-        # tenant -> key -> (JSON text, expiry time)
+        # tenant -> key -> (JSON text, expiry time), and the tenant's key names in order
         self._keys: dict[str, dict[str, tuple[str, float]]] = {}
+        self._names: dict[str, list[str]] = {}
         self._size = 0
+        self._purged_at = -math.inf
 
     def _live(self, tenant: str, key: str) -> tuple[str, float] | None:
         entry = self._keys.get(tenant, {}).get(key)
@@ -198,28 +202,34 @@ class MemoryCache:
         if keys is None or keys.pop(key, None) is None:
             return False
         self._size -= 1
+        names = self._names[tenant]
+        del names[bisect.bisect_left(names, key)]
         if not keys:
-            del self._keys[tenant]
+            del self._keys[tenant], self._names[tenant]
         return True
 
     def _put(self, tenant: str, key: str, value: str, expires: float) -> None:
-        keys = self._keys.setdefault(tenant, {})
-        if key not in keys:
+        keys = self._keys.get(tenant)
+        if keys is None or key not in keys:
             if self._size >= self.max_keys:
                 self._purge()
             if self._size >= self.max_keys:
-                if not keys:
-                    del self._keys[tenant]
                 raise StoreFull(
                     f"the in-process cache holds {self._size} keys, its limit (--cache-max-keys): delete "
                     "keys you no longer need, or set shorter TTLs",
                     self.max_keys,
                 )
+            keys = self._keys.setdefault(tenant, {})
+            bisect.insort(self._names.setdefault(tenant, []), key)
             self._size += 1
         keys[key] = (value, expires)
 
     def _purge(self) -> None:
+        """Drop every expired key; at most once a second (a full cache refuses at once)."""
         now = self.clock.seconds()
+        if now - self._purged_at < 1.0:
+            return
+        self._purged_at = now
         for tenant, keys in list(self._keys.items()):
             for key, (_value, expires) in list(keys.items()):
                 if expires <= now:
@@ -263,16 +273,25 @@ class MemoryCache:
         return succeed(value)
 
     def scan(self, tenant: str, pattern: str, limit: int, position: Any) -> Deferred[tuple[list[str], Any]]:
+        """The tenant's names in order, after ``position`` (the last name looked at)."""
         matches = glob_regex(pattern).fullmatch
+        names = self._names.get(tenant, [])
+        keys = self._keys.get(tenant, {})
         now = self.clock.seconds()
-        after = position if isinstance(position, str) else None
-        found = sorted(
-            key
-            for key, (_value, expires) in self._keys.get(tenant, {}).items()
-            if expires > now and (after is None or key > after) and matches(key)
-        )
-        page = found[:limit]
-        return succeed((page, page[-1] if len(found) > limit else None))
+        start = bisect.bisect_right(names, position) if isinstance(position, str) else 0
+        page: list[str] = []
+        end = min(len(names), start + SCAN_EXAMINED)
+        index = start
+        while index < end and len(page) < limit:
+            name = names[index]
+            if keys[name][1] > now and matches(name):
+                page.append(name)
+            index += 1
+        return succeed((page, names[index - 1] if index < len(names) and index > start else None))
+
+
+# Names one in-process scan call looks at, at most (a page may then hold fewer than its limit).
+SCAN_EXAMINED = 10_000
 
 
 # Redis' INCRBY takes the decimal text of a 64-bit integer, nothing else.
