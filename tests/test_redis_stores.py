@@ -172,10 +172,15 @@ class RedisTaskOverHTTPTests(test_tasks.DaemonTaskTests):
     def start_daemon(self, *args: str, **kwargs: Any) -> Any:
         self.prefix = unique_prefix()
         redis = ("--redis-url", shared_redis().url, "--redis-prefix", self.prefix)
-        return super().start_daemon(*args, *redis, **kwargs)
+        self.daemon = super().start_daemon(*args, *redis, **kwargs)
+        return self.daemon
 
     def test_task_over_http(self) -> None:
         super().test_task_over_http()
+        # A task still running at shutdown is cancelled, and that status reaches Redis before
+        # the connection closes.
+        self.daemon.stop()
+        self.assertNotIn("could not save", self.daemon.log("stdout"))
         names = shared_redis().cli("--scan", "--pattern", f"{self.prefix}task:*").split()
         self.assertEqual(len(names), 2)  # the confirmed task and the cancelled one
         for name in names:

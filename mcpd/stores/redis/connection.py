@@ -41,6 +41,8 @@ POOL_SIZE = 2
 # Reconnecting: the first retry after this many seconds, backing off to at most RETRY_MAX.
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0
 STARTING, OK, DOWN_STATE, REFUSED, STOPPED = "starting", "ok", "down", "refused", "stopped"
+# While stopping: how often to look whether the commands in flight are answered (seconds).
+SETTLE_INTERVAL = 0.01
 _DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Redis answers meaning "not now" rather than "wrong command": temporary, like a lost connection.
 _TEMPORARY = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN", "NOAUTH")
@@ -136,6 +138,8 @@ class RedisConnection(Service):
         self.metrics = RedisMetrics(self)
         self._factory: _Factory | None = None
         self._waiting: list[Deferred[bool]] = []
+        # Commands sent and not yet answered (stopping waits for them).
+        self._outstanding = 0
 
     # -- the service ----------------------------------------------------------------------------
 
@@ -159,14 +163,28 @@ class RedisConnection(Service):
         log.info("Connecting to Redis at {url}", url=self.config.shown_url)
 
     def stopService(self) -> Deferred[Any]:
+        """Close the connections once the commands sent so far are answered, and those the
+        services stopped before this one sent in their last turns (a cancelled task's final
+        status), within ``--redis-timeout``."""
         super().stopService()
-        self.state = STOPPED
-        factory, self._factory = self._factory, None
-        if factory is None:
-            return succeed(None)
-        d: Deferred[Any] = factory.disconnect()
-        d.addErrback(lambda failure: log.failure("Closing the Redis connections failed", failure))
-        return d
+        done: Deferred[Any] = Deferred()
+        deadline = time.monotonic() + self.config.timeout
+
+        def close() -> None:
+            if self._outstanding and time.monotonic() < deadline:
+                self.reactor.callLater(SETTLE_INTERVAL, close)
+                return
+            self.state = STOPPED
+            factory, self._factory = self._factory, None
+            if factory is None:
+                done.callback(None)
+                return
+            d: Deferred[Any] = factory.disconnect()
+            d.addErrback(lambda failure: log.failure("Closing the Redis connections failed", failure))
+            d.chainDeferred(done)
+
+        self.reactor.callLater(0, close)
+        return done
 
     def endpoint(self) -> IStreamClientEndpoint:
         """A client endpoint to Redis (TLS for rediss://): for this pool, and for connections
@@ -245,15 +263,18 @@ class RedisConnection(Service):
         except txredisapi.ConnectionError:  # the connection died between the check and now
             self.metrics.errors.labels(name, "unavailable").inc()
             return fail(StoreUnavailable(STORE, self._why_down()))
+        self._outstanding += 1
         d.addTimeout(self.config.timeout, self.reactor)
 
         def answered(value: Any) -> Any:
+            self._outstanding -= 1
             self.metrics.duration.labels(name).observe(time.monotonic() - started)
             if self.state == DOWN_STATE:  # a timeout had said so; this connection answers
                 self._up()
             return value
 
         def failed(failure: Failure) -> Failure:
+            self._outstanding -= 1
             self.metrics.duration.labels(name).observe(time.monotonic() - started)
             return Failure(self._error(name, failure))
 
