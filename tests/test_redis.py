@@ -323,3 +323,20 @@ class RedisDaemonTests(DaemonTestCase):
             self.assertEqual((served, limited), (10, 10))
 
         return self.in_thread(check)
+
+
+class RedisServerFixtureTests(SynchronousTestCase):
+    """The fixture itself: a persistent server keeps what it acknowledged across a kill."""
+
+    def test_persistent_survives_a_kill_and_restart(self) -> None:
+        server = RedisServer(self.mktemp(), persistent=True).start()
+        self.addCleanup(server.destroy)
+        server.cli("SET", "acknowledged", "yes")
+        server.kill()
+        server.start()
+        self.assertEqual(server.cli("GET", "acknowledged"), "yes")
+        plain = RedisServer(self.mktemp()).start()
+        self.addCleanup(plain.destroy)
+        plain.cli("SET", "k", "v")
+        plain.restart()
+        self.assertEqual(plain.cli("GET", "k"), "")
