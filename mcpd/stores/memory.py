@@ -300,40 +300,54 @@ _INTEGER = re.compile(r"^-?(0|[1-9][0-9]*)$")
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """A regular expression matching what Redis' glob ``pattern`` matches (KEYS, SCAN MATCH):
-    ``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]`` and ``\\`` escapes."""
-    out: list[str] = []
+    ``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]`` and ``\\`` escapes.
+
+    It never backtracks more than once over a name, whatever the pattern (``*a*a*a…b`` would
+    take a plain translation exponential time on the reactor): between two stars, the leftmost
+    match of the fixed-width segment is as good as any later one, so each is an atomic group."""
+    segments: list[list[str]] = [[]]
     i, n = 0, len(pattern)
     while i < n:
         c = pattern[i]
         if c == "*":
-            out.append(".*")
+            segments.append([])
         elif c == "?":
-            out.append(".")
+            segments[-1].append(".")
         elif c == "\\" and i + 1 < n:
             i += 1
-            out.append(re.escape(pattern[i]))
+            segments[-1].append(re.escape(pattern[i]))
         elif c == "[":
-            i += 1
-            negate = i < n and pattern[i] == "^"
-            if negate:
-                i += 1
-            items: list[str] = []
-            while i < n and pattern[i] != "]":
-                if pattern[i] == "\\" and i + 1 < n:
-                    i += 1
-                    items.append(re.escape(pattern[i]))
-                elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
-                    low, high = sorted((pattern[i], pattern[i + 2]))
-                    items.append(f"{re.escape(low)}-{re.escape(high)}")
-                    i += 2
-                else:
-                    items.append(re.escape(pattern[i]))
-                i += 1
-            if items:
-                out.append(f"[{'^' if negate else ''}{''.join(items)}]")
-            else:
-                out.append("." if negate else "(?!)")
+            i, piece = _glob_class(pattern, i + 1)
+            segments[-1].append(piece)
         else:
-            out.append(re.escape(c))
+            segments[-1].append(re.escape(c))
         i += 1
-    return re.compile("".join(out), re.DOTALL)
+    regex = "".join(segments[0])
+    if len(segments) > 1:
+        regex += "".join(f"(?>.*?{''.join(segment)})" for segment in segments[1:-1] if segment)
+        regex += ".*" + "".join(segments[-1])
+    return re.compile(regex, re.DOTALL)
+
+
+def _glob_class(pattern: str, i: int) -> tuple[int, str]:
+    """The character class starting at ``pattern[i]`` (after its ``[``): where it ends (its
+    ``]``, or the pattern's end) and its regular expression."""
+    n = len(pattern)
+    negate = i < n and pattern[i] == "^"
+    if negate:
+        i += 1
+    items: list[str] = []
+    while i < n and pattern[i] != "]":
+        if pattern[i] == "\\" and i + 1 < n:
+            i += 1
+            items.append(re.escape(pattern[i]))
+        elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+            low, high = sorted((pattern[i], pattern[i + 2]))
+            items.append(f"{re.escape(low)}-{re.escape(high)}")
+            i += 2
+        else:
+            items.append(re.escape(pattern[i]))
+        i += 1
+    if not items:
+        return i, "." if negate else "(?!)"
+    return i, f"[{'^' if negate else ''}{''.join(items)}]"
