@@ -390,7 +390,10 @@ class GuardedRequest(server.Request):
             self._refuse(Refusal(400, {"error": problem}, close=True), length)
             return
         # The connection the policy layer watches (mcpd.security.capacity); None under a bare Site.
-        guarded = self.guarded = IGuardedConnection(self.channel.transport, None)
+        transport = self.channel.transport
+        # providedBy, not adaptation: adapting asks the transport for __conform__, which a
+        # ProtocolWrapper forwards to the socket's transport (a miss, and an exception, per request).
+        guarded = self.guarded = transport if IGuardedConnection.providedBy(transport) else None
         if guarded is not None:
             guarded.head_complete(length)
             peer, checked = guarded.peer, guarded.checked_with is self.gate.allowed

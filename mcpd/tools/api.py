@@ -516,6 +516,8 @@ def invoke(tool: Tool, ctx: ToolContext, arguments: dict[str, Any], pool: Thread
     thread-pool handler that polls `ToolContext.cancelled` stops its work.
     """
     inner = run_handler(tool.blocking, pool, tool.handler, ctx, arguments)
+    if inner.called and not isinstance(inner.result, Deferred):
+        return inner  # done already (most reactor handlers): nothing left to cancel
 
     def cancel(_outer: Deferred[Any]) -> None:
         ctx.mark_cancelled()

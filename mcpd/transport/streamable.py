@@ -166,7 +166,7 @@ class StreamableHTTP(NoHead, Resource):
             except LimitExceeded as e:
                 return self._reject(request, exchange, e.status, _id_of(message), e, message)
             return self._serve(request, exchange, body, accepts_sse, modern=False, new_session=new_session)
-        session = self._session(request, session_id)
+        session = self._session(request, session_id, caller)
         if not isinstance(session, HTTPSession):
             return session
         if version is not None and version != session.version:
@@ -266,15 +266,17 @@ class StreamableHTTP(NoHead, Resource):
         version = request.getHeader("mcp-protocol-version")
         return version is not None and version not in LEGACY_VERSIONS
 
-    def _session(self, request: Request, session_id: str) -> HTTPSession | bytes:
+    def _session(self, request: Request, session_id: str, caller: Caller | None = None) -> HTTPSession | bytes:
+        if caller is None:
+            caller = caller_of(request, "http")
         session = self.sessions.get(session_id)
-        if session is not None and session.owner != caller_of(request, "http").name:
+        if session is not None and session.owner != caller.name:
             # Another key's session is answered as if it did not exist.
             log.info("Refused session {id} to a caller that did not open it", id=session_id)
             session = None
         if session is None:
             # 2025-11-25 transports §Session Management: unknown or ended session → 404.
-            exchange = Exchange(peer="http:unknown-session", caller=caller_of(request, "http"))
+            exchange = Exchange(peer="http:unknown-session", caller=caller)
             error = InvalidRequest("Session not found: it ended or expired; send initialize to start a new one")
             return self._reject(request, exchange, 404, None, error)
         return session  # type: ignore[return-value]
