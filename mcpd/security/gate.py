@@ -366,6 +366,8 @@ class GuardedRequest(server.Request):
     """
 
     gate: ClassVar[Gate]
+    # Its head passed `head_problem` before anything served it (no routing header sent twice).
+    head_checked: ClassVar[bool] = True
     # Returned in the X-Request-Id header and carried into the logs and the audit trail.
     x_request_id: str = ""
     refusal: Refusal | None = None

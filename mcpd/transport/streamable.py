@@ -131,7 +131,8 @@ class StreamableHTTP(NoHead, Resource):
         caller = caller_of(request, "http")
         if version is not None and version not in LEGACY_VERSIONS:
             exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller, headers=HeaderView(request))
-            duplicated = _duplicated_routing_header(request)
+            # The policy layer's head check refuses these already (`mcpd.security.head`).
+            duplicated = None if getattr(request, "head_checked", False) else _duplicated_routing_header(request)
             if duplicated is not None:
                 # Two copies of a routing header: a proxy and mcpd could each believe another one.
                 error = HeaderMismatch(f"the {duplicated} header appears more than once")
@@ -439,14 +440,15 @@ class HeaderView(Mapping[str, str]):
         self._headers = request.requestHeaders
 
     def __getitem__(self, name: str) -> str:
-        values = self._headers.getRawHeaders(name)
+        values = self._headers.getRawHeaders(name.encode("latin-1"))
         if not values:
             raise KeyError(name)
-        return values[-1]
+        return values[-1].decode("utf-8")
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        values = self._headers.getRawHeaders(name)
-        return values[-1] if values else default
+        # By bytes name, decoding only the value returned (a str name decodes every value).
+        values = self._headers.getRawHeaders(name.encode("latin-1"))
+        return values[-1].decode("utf-8") if values else default
 
     def __iter__(self) -> Iterator[str]:
         return (name.decode("latin-1").lower() for name, _ in self._headers.getAllRawHeaders())
