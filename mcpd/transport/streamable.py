@@ -131,7 +131,8 @@ class StreamableHTTP(NoHead, Resource):
         caller = caller_of(request, "http")
         if version is not None and version not in LEGACY_VERSIONS:
             exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller, headers=HeaderView(request))
-            duplicated = _duplicated_routing_header(request)
+            # The policy layer's head check refuses these already (`mcpd.security.head`).
+            duplicated = None if getattr(request, "head_checked", False) else _duplicated_routing_header(request)
             if duplicated is not None:
                 # Two copies of a routing header: a proxy and mcpd could each believe another one.
                 error = HeaderMismatch(f"the {duplicated} header appears more than once")
@@ -166,7 +167,7 @@ class StreamableHTTP(NoHead, Resource):
             except LimitExceeded as e:
                 return self._reject(request, exchange, e.status, _id_of(message), e, message)
             return self._serve(request, exchange, body, accepts_sse, modern=False, new_session=new_session)
-        session = self._session(request, session_id)
+        session = self._session(request, session_id, caller)
         if not isinstance(session, HTTPSession):
             return session
         if version is not None and version != session.version:
@@ -267,15 +268,17 @@ class StreamableHTTP(NoHead, Resource):
         version = request.getHeader("mcp-protocol-version")
         return version is not None and version not in LEGACY_VERSIONS
 
-    def _session(self, request: Request, session_id: str) -> HTTPSession | bytes:
+    def _session(self, request: Request, session_id: str, caller: Caller | None = None) -> HTTPSession | bytes:
+        if caller is None:
+            caller = caller_of(request, "http")
         session = self.sessions.get(session_id)
-        if session is not None and session.owner != caller_of(request, "http").name:
+        if session is not None and session.owner != caller.name:
             # Another key's session is answered as if it did not exist.
             log.info("Refused session {id} to a caller that did not open it", id=session_id)
             session = None
         if session is None:
             # 2025-11-25 transports §Session Management: unknown or ended session → 404.
-            exchange = Exchange(peer="http:unknown-session", caller=caller_of(request, "http"))
+            exchange = Exchange(peer="http:unknown-session", caller=caller)
             error = InvalidRequest("Session not found: it ended or expired; send initialize to start a new one")
             return self._reject(request, exchange, 404, None, error)
         return session  # type: ignore[return-value]
@@ -438,14 +441,15 @@ class HeaderView(Mapping[str, str]):
         self._headers = request.requestHeaders
 
     def __getitem__(self, name: str) -> str:
-        values = self._headers.getRawHeaders(name)
+        values = self._headers.getRawHeaders(name.encode("latin-1"))
         if not values:
             raise KeyError(name)
-        return values[-1]
+        return values[-1].decode("utf-8")
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        values = self._headers.getRawHeaders(name)
-        return values[-1] if values else default
+        # By bytes name, decoding only the value returned (a str name decodes every value).
+        values = self._headers.getRawHeaders(name.encode("latin-1"))
+        return values[-1].decode("utf-8") if values else default
 
     def __iter__(self) -> Iterator[str]:
         return (name.decode("latin-1").lower() for name, _ in self._headers.getAllRawHeaders())
