@@ -388,7 +388,7 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         _drain(lifecycle, settings, reactor, engine, connections=stdio.connections).setServiceParent(root)
         ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
         return root
-    _add_http(root, settings, reactor, lifecycle, registry, runtime, stores, pool, ledger, tracer)
+    _add_http(root, settings, reactor, lifecycle, registry, runtime, stores, pool, ledger, tracer, shared, redis)
     return root
 
 
@@ -403,6 +403,8 @@ def _add_http(
     pool: ThreadPool,
     ledger: Ledger,
     tracer: Tracer | None,
+    shared: SharedState,
+    redis: RedisConnection | None,
 ) -> None:
     """The HTTP side of the tree: the policy layer, the transports, the monitoring routes and the
     listeners. Imported here, not at the top: a --stdio daemon loads none of it (twisted.web,
