@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
-from mcpd.interfaces import INoteStore, IRuntime, ITaskBoard
+from mcpd.interfaces import INoteStore, IRuntime, ISQLSources, ITaskBoard
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
 from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
 from mcpd.observe.stats import Vitals
@@ -55,6 +55,7 @@ from mcpd.web.site import make_site
 
 if TYPE_CHECKING:
     from mcpd.stores.sql.config import DatabaseConfig
+    from mcpd.stores.sql.sources import SourceConfig
 
 log = Logger(namespace="mcpd")
 
@@ -91,11 +92,12 @@ def load_packs(settings: Settings) -> list[ToolPack]:
     ToolRegistry(packs)  # names clash across packs: refused here, before anything starts
     provided = provided_interfaces(settings)
     for pack in packs:
-        missing = [interface.__name__ for interface in pack.needs if interface not in provided]
+        missing = [interface for interface in pack.needs if interface not in provided]
         if missing:
+            how = "; ".join(_HOW_TO_PROVIDE[i] for i in missing if i in _HOW_TO_PROVIDE)
             raise PackLoadError(
-                f"tool pack {pack.name!r} needs {', '.join(missing)}, which this server is not configured to "
-                "provide (see README, Stores)"
+                f"tool pack {pack.name!r} needs {', '.join(i.__name__ for i in missing)}, which this server is "
+                f"not configured to provide ({how or 'see README, Stores'})"
             )
     if needs_sql(packs):
         from mcpd.stores.sql.config import DatabaseConfigError
@@ -103,6 +105,13 @@ def load_packs(settings: Settings) -> list[ToolPack]:
         try:
             sql_config(settings)
         except DatabaseConfigError as e:
+            raise ConfigError(str(e)) from None
+    if any(ISQLSources in pack.needs for pack in packs):
+        from mcpd.stores.sql.sources import SourceConfigError
+
+        try:
+            sql_sources_config(settings)
+        except SourceConfigError as e:
             raise ConfigError(str(e)) from None
     return packs
 
@@ -131,6 +140,24 @@ def sql_config(settings: Settings) -> DatabaseConfig:
     )
 
 
+def sql_sources_config(settings: Settings) -> list[SourceConfig]:
+    """The sql pack's data sources (``--sql-source``), with their passwords;
+    `SourceConfigError` naming the one that is wrong."""
+    from mcpd.stores.sql.sources import SourceConfigError, source_config
+
+    names = [name for name, _url in settings.sql_source]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SourceConfigError(f"--sql-source: {', '.join(twice)} named more than once")
+    passwords = dict(settings.sql_passwords)
+    for name, path in settings.sql_password_file:
+        if name not in names:
+            raise SourceConfigError(f"--sql-password-file {name}: there is no --sql-source {name}")
+        lines = read_lines(path, f"--sql-password-file {name}", SourceConfigError)
+        passwords[name] = lines[0][1].strip() if lines else ""
+    return [source_config(name, url, passwords.get(name)) for name, url in settings.sql_source]
+
+
 def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet, reactor: Any) -> list[Any]:
     """The services of the stores the packs need, each registered in ``stores`` by the
     interfaces it provides. Nothing is imported or opened for a store no pack needs."""
@@ -148,6 +175,19 @@ def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet
         service = SQLStoreService(database, reactor)
         service.setName("database")
         services.append(service)
+    if any(ISQLSources in pack.needs for pack in packs):
+        from mcpd.stores.sql.sources import SQLSource, SQLSources, SQLSourcesService
+
+        sources = SQLSources(
+            [
+                SQLSource(config, settings.sql_timeout, settings.sql_connections, reactor)
+                for config in sql_sources_config(settings)
+            ]
+        )
+        stores.add(sources, (ISQLSources,))
+        sources_service = SQLSourcesService(sources, reactor)
+        sources_service.setName("sql-sources")
+        services.append(sources_service)
     return services
 
 
@@ -155,7 +195,14 @@ def provided_interfaces(settings: Settings) -> frozenset[Any]:
     """The interfaces packs may ask their context for (``ctx.store(IThing)``) under these
     settings: the daemon's description of itself, the SQL store's, and each store whose knobs
     are set."""
-    return frozenset({IRuntime, *SQL_INTERFACES})
+    provided = {IRuntime, *SQL_INTERFACES}
+    if settings.sql_source:
+        provided.add(ISQLSources)
+    return frozenset(provided)
+
+
+# What a pack's missing store asks the operator for.
+_HOW_TO_PROVIDE = {ISQLSources: "give it a database to read with --sql-source NAME=URL"}
 
 
 def check_settings(settings: Settings, reactor: Any) -> None:
@@ -281,8 +328,9 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
             thread_pool_check(pool, reactor, reactor),
             size_check("sessions", sessions.__len__, "session(s)"),
             size_check("sse_sessions", sse_sessions.__len__, "session(s)"),
-            # The stores behind the packs (mcpd.interfaces.IStore): a required check each.
-            *(store_check(store, required=True) for store in stores),
+            # The stores behind the packs (mcpd.interfaces.IStore): a required check each, but
+            # the team's own databases (sql pack): mcpd serves on while one is down.
+            *(store_check(store, required=not ISQLSources.providedBy(store)) for store in stores),
         ]
     )
     # Read at scrape time; `engine`, `site`, `websockets` and `guarded` are bound below.

@@ -87,6 +87,13 @@ class Settings:
     db_pool_pre_ping: bool = True
     db_timeout: float = 5.0
     db_statement_timeout: float = 10.0
+    # NAME=URL pairs; a URL may hold a password: never shown.
+    sql_source: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    sql_password_file: tuple[tuple[str, str], ...] = ()
+    # NAME -> password, from SQL_PASSWORD_<NAME> (environment or --config file): never shown.
+    sql_passwords: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    sql_timeout: float = 10.0
+    sql_connections: int = 4
     stdio: bool = False
     port_given: bool = False
 
@@ -150,7 +157,18 @@ def resolve(
     port_given = flags.get("port") is not None or "PORT" in environ or "PORT" in file_values
     if values["embedding_url"] and not values["embedding_model"]:
         raise ConfigError("--embedding-url needs --embedding-model (EMBEDDING_MODEL): the model the service runs")
-    return Settings(**values, stdio=stdio, port_given=port_given)
+    passwords = []
+    for name, _url in values["sql_source"]:
+        variable = sql_password_variable(name)
+        password = environ.get(variable, file_values.get(variable))
+        if password is not None:
+            passwords.append((name, password))
+    return Settings(**values, sql_passwords=tuple(passwords), stdio=stdio, port_given=port_given)
+
+
+def sql_password_variable(source: str) -> str:
+    """The environment variable holding the password of ``--sql-source NAME=...``."""
+    return "SQL_PASSWORD_" + source.upper().replace("-", "_")
 
 
 def _parse(knob: Knob, raw: Any) -> Any:
