@@ -611,6 +611,11 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(check_statement("  SELECT 1 ;  ", "sqlite"), "SELECT 1")
         self.assertEqual(check_statement("(SELECT 1) UNION (SELECT 2)", "mysql"), "(SELECT 1) UNION (SELECT 2)")
         self.assertEqual(check_statement("SELECT 'into' AS `into`", "mysql"), "SELECT 'into' AS `into`")
+        # Words that only matter in one place: a SQLite column may be called lock.
+        self.assertEqual(check_statement("SELECT lock FROM doors", "sqlite"), "SELECT lock FROM doors")
+        for sql in ("SELECT 1 FOR UPDATE", "SELECT 1 FOR SHARE", "SELECT 1 LOCK IN SHARE MODE"):
+            with self.assertRaises(Refused):
+                check_statement(sql, "mysql")
         with self.assertRaises(Refused) as caught:
             check_statement("EXPLAIN SELECT 1", "mysql")
         self.assertIn("sql.explain", str(caught.exception))

@@ -69,7 +69,7 @@ def check_statement(sql: str, backend: str, *, explain: bool = False) -> str:
             )
         previous = words[i - 1][1] if i else None
         following = words[i + 1][1] if i + 1 < len(words) else None
-        if value in ("FOR UPDATE", "LOCK") or value in ("UPDATE", "SHARE") and previous == "FOR":
+        if value in ("UPDATE", "SHARE") and previous == "FOR" or value == "LOCK" and following == "IN":
             raise Refused("locking reads (FOR UPDATE, FOR SHARE, LOCK IN SHARE MODE) are refused: drop the clause")
         if value.upper() in _REFUSED_FUNCTIONS and following == "(":
             raise Refused(f"{value.upper()}() is refused: it reaches beyond the statement (files, locks)")
