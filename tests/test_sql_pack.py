@@ -25,11 +25,12 @@ import anyio
 from mcp import Client
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
 from mcpd.config import ConfigError, resolve
 from mcpd.daemon import load_packs, sql_sources_config, toolsets_of
-from mcpd.interfaces import Refused
-from mcpd.stores.sql.sources import SQLSource, source_config
+from mcpd.interfaces import ISQLSources, IStore, Refused
+from mcpd.stores.sql.sources import SQLSource, SQLSources, source_config
 from mcpd.stores.sql.statements import check_statement
 from tests.daemon import LEGACY, MODERN, DaemonTestCase, free_port, run_anyio
 from tests.services import PASSWORD, USER, shared_mariadb
@@ -313,6 +314,7 @@ class _Scenarios:
         bad = error_text(await call("sql.query", {"sql": "SELECT * FROM no_such_table"}))
         self.assertIn("refused the statement", bad)
         self.assertIn("no_such_table", bad)
+        self.assertIn("sql.tables lists the tables", bad)
         self.assertIn("refused", error_text(await call("sql.query", {"sql": "SELEC 1"})))
         for sql, params in (("SELECT ? + ?", [1]), ("SELECT :a", {"b": 1})):
             self.assertRegex(
@@ -606,6 +608,15 @@ class ConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 load_packs(self.settings({"sql_source": entries}))
             self.assertIn(said, str(caught.exception))
+
+    def test_the_sources_provide_their_interfaces(self) -> None:
+        settings = self.settings({"sql_source": ["a=sqlite:///a.db", "b=mysql+pymysql://u@h/db"]})
+        sources = SQLSources([SQLSource(config, 1.0, 1, None) for config in sql_sources_config(settings)])
+        self.addCleanup(sources.close)
+        self.assertTrue(verifyObject(ISQLSources, sources))
+        self.assertTrue(verifyObject(IStore, sources))
+        self.assertEqual(sources.names, ["a", "b"])
+        self.assertEqual(sources.describe()["name"], "sql_sources")
 
     def test_the_pre_check_names_the_statement(self) -> None:
         self.assertEqual(check_statement("  SELECT 1 ;  ", "sqlite"), "SELECT 1")

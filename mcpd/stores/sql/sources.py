@@ -65,6 +65,7 @@ _MYSQL_GONE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1077, 1927, 4031}
 _MYSQL_TIMED_OUT = {1969, 3024, 1317, 1028}
 _MYSQL_READ_ONLY = {1792, 1290, 1836}
 _MYSQL_DENIED = {1044, 1045, 1142, 1143, 1227, 1370}
+_MYSQL_UNKNOWN_NAME = {1054, 1146}  # unknown column, unknown table
 _NAME_KINDS = {"BASE TABLE": "table", "VIEW": "view", "SYSTEM VIEW": "view", "SEQUENCE": "sequence", "table": "table"}
 _KEYS = {"PRI": "primary", "UNI": "unique", "MUL": "index"}
 
@@ -226,7 +227,7 @@ class SQLSource:
                 return Refused(f"the database refused it: {message} (the source is read-only)")
             if "unable to open" in lowered or "disk i/o" in lowered or "locked" in lowered or "busy" in lowered:
                 return self._unavailable(cause)
-            return Refused(f"the database refused the statement: {message}")
+            return self._refused(message, "no such table" in lowered or "no such column" in lowered)
         code = _mysql_code(cause)
         if code in _MYSQL_GONE or (code is None and _connection_error(cause)):
             return self._unavailable(cause)
@@ -237,7 +238,12 @@ class SQLSource:
             return Refused(f"the database refused it: {message} (the source is read-only)")
         if code in _MYSQL_DENIED:
             return Refused(f"the database refused it: {message} (mcpd's user for this source may only read)")
-        return Refused(f"the database refused the statement: {message}")
+        return self._refused(message, code in _MYSQL_UNKNOWN_NAME)
+
+    def _refused(self, message: str, unknown_name: bool) -> Refused:
+        """The database's own reason, and where to look when it names something unknown."""
+        hint = "; sql.tables lists the tables and sql.describe their columns" if unknown_name else ""
+        return Refused(f"the database refused the statement: {message}{hint}")
 
     def _timed_out(self) -> Refused:
         return Refused(
@@ -250,7 +256,7 @@ class SQLSource:
         if isinstance(error, sa_exc.TimeoutError):
             reason = "every connection to it is busy"
         elif isinstance(cause, sqlite3.Error):
-            reason = f"cannot read {self.config.url.database}: {cause}"
+            reason = f"cannot read its SQLite file ({cause})"
         else:
             code = _mysql_code(cause)
             reason = {
