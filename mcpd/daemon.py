@@ -176,14 +176,9 @@ def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet
         service.setName("database")
         services.append(service)
     if any(ISQLSources in pack.needs for pack in packs):
-        from mcpd.stores.sql.sources import SQLSource, SQLSources, SQLSourcesService
+        from mcpd.stores.sql.sources import SQLSources, SQLSourcesService
 
-        sources = SQLSources(
-            [
-                SQLSource(config, settings.sql_timeout, settings.sql_connections, reactor)
-                for config in sql_sources_config(settings)
-            ]
-        )
+        sources = SQLSources(sql_sources_config(settings), settings.sql_timeout, settings.sql_connections, reactor)
         stores.add(sources, (ISQLSources,))
         sources_service = SQLSourcesService(sources, reactor)
         sources_service.setName("sql-sources")

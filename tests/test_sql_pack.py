@@ -35,7 +35,7 @@ from mcpd.stores.sql.statements import check_statement
 from tests.daemon import LEGACY, MODERN, DaemonTestCase, free_port, run_anyio
 from tests.services import PASSWORD, USER, shared_mariadb
 from tests.test_packs import error_text, structured
-from tests.test_sql_faults import call_tool, get
+from tests.test_sql_faults import call_tool, get, metric
 
 SQL_TOOLS = {"sql.tables", "sql.describe", "sql.query", "sql.explain"}
 TIME_LIMIT = 1.0
@@ -547,6 +547,17 @@ class OutageTests(DaemonTestCase):
             states = {s["name"]: s["state"] for s in sources["sources"]}
             self.assertEqual(states, {"shop": "ok", "gone": "down", "missing": "down"})
             self.assertNotIn("secret-of-gone", str(info) + daemon.log() + daemon.log("stdout"))
+            status, exposition = get(port, "/metrics")
+            self.assertEqual(status, 200)
+            self.assertEqual(metric(exposition, "mcp_sql_source_up", {"source": "shop"}), 1.0)
+            self.assertEqual(metric(exposition, "mcp_sql_source_up", {"source": "gone"}), 0.0)
+            self.assertGreaterEqual(
+                metric(exposition, "mcp_sql_source_calls_total", {"source": "gone", "outcome": "unavailable"}), 1.0
+            )
+            # The query, and the probes of start-up and /health.
+            self.assertGreaterEqual(
+                metric(exposition, "mcp_sql_source_calls_total", {"source": "shop", "outcome": "ok"}), 1.0
+            )
 
         return self.in_thread(check)
 
@@ -611,7 +622,7 @@ class ConfigTests(SynchronousTestCase):
 
     def test_the_sources_provide_their_interfaces(self) -> None:
         settings = self.settings({"sql_source": ["a=sqlite:///a.db", "b=mysql+pymysql://u@h/db"]})
-        sources = SQLSources([SQLSource(config, 1.0, 1, None) for config in sql_sources_config(settings)])
+        sources = SQLSources(sql_sources_config(settings), 1.0, 1, None)
         self.addCleanup(sources.close)
         self.assertTrue(verifyObject(ISQLSources, sources))
         self.assertTrue(verifyObject(IStore, sources))

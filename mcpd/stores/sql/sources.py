@@ -25,10 +25,12 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
@@ -42,7 +44,18 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from mcpd.interfaces import DEGRADED, DOWN, UP, ISQLSources, IStore, NotFound, Refused, StoreStatus, StoreUnavailable
+from mcpd.interfaces import (
+    DEGRADED,
+    DOWN,
+    UP,
+    ISQLSources,
+    IStore,
+    NotFound,
+    Refused,
+    StoreError,
+    StoreStatus,
+    StoreUnavailable,
+)
 from mcpd.stores.sql.statements import check_statement, to_pyformat
 from mcpd.stores.threads import ThreadPoolService
 
@@ -68,6 +81,7 @@ _MYSQL_DENIED = {1044, 1045, 1142, 1143, 1227, 1370}
 _MYSQL_UNKNOWN_NAME = {1054, 1146}  # unknown column, unknown table
 _NAME_KINDS = {"BASE TABLE": "table", "VIEW": "view", "SYSTEM VIEW": "view", "SEQUENCE": "sequence", "table": "table"}
 _KEYS = {"PRI": "primary", "UNI": "unique", "MUL": "index"}
+_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class SourceConfigError(ValueError):
@@ -119,8 +133,16 @@ def source_config(name: str, raw_url: str, password: str | None = None) -> Sourc
 class SQLSource:
     """One data source: its engine, its threads and its guards."""
 
-    def __init__(self, config: SourceConfig, timeout: float, connections: int, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: SourceConfig,
+        timeout: float,
+        connections: int,
+        reactor: Any,
+        metrics: SourceMetrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else SourceMetrics()
         self.name = config.name
         self.backend = config.backend
         self.timeout = timeout
@@ -190,28 +212,41 @@ class SQLSource:
         return f"SQL source {self.name!r}"
 
     def _call(self, work: Callable[[Any], T]) -> T:
+        """In a source thread: ``work`` on a pooled connection, counted by outcome."""
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            result = self._attempt(work)
+            outcome = "ok"
+            return result
+        except StoreError as e:
+            outcome = _outcome(e)
+            raise
+        finally:
+            self.metrics.record(self.name, outcome, time.monotonic() - started)
+
+    def _attempt(self, work: Callable[[Any], T]) -> T:
         try:
             fairy = self.engine.raw_connection()
         except (sa_exc.DBAPIError, sa_exc.TimeoutError, sqlite3.Error, _mysql_errors()) as e:
             raise self._unavailable(e) from None
         try:
             result = work(fairy.driver_connection)
-        except Refused:
-            fairy.close()
-            self._reached()
-            raise
+        except _Discard as discard:
+            fairy.invalidate()  # a result left unread: the connection goes, not the rows
+            result = discard.result
         except (sqlite3.Error, sa_exc.DBAPIError, _mysql_errors()) as e:
             error = self._mapped(e)
             if isinstance(error, StoreUnavailable):
                 fairy.invalidate()
-            fairy.close()
+            else:
+                self._reached()
             raise error from None
-        except _Discard as discard:
-            fairy.invalidate()  # a result left unread: the connection goes, not the rows
-            fairy.close()
+        except Refused:
             self._reached()
-            return discard.result  # type: ignore[no-any-return]
-        fairy.close()
+            raise
+        finally:
+            fairy.close()
         self._reached()
         return result
 
@@ -246,7 +281,7 @@ class SQLSource:
         return Refused(f"the database refused the statement: {message}{hint}")
 
     def _timed_out(self) -> Refused:
-        return Refused(
+        return TimedOut(
             f"the statement ran past the {self.timeout:g}s time limit (--sql-timeout) and was stopped: "
             "narrow it (a WHERE on an indexed column, fewer joins) or ask for fewer rows"
         )
@@ -331,6 +366,7 @@ class SQLSource:
         try:
             statement = check_statement(sql, self.backend)
         except Refused as e:
+            self.metrics.record(self.name, "refused", 0.0)
             return fail(e)
         return self.run(lambda connection: self.read(connection, statement, params, limit))
 
@@ -338,6 +374,7 @@ class SQLSource:
         try:
             statement = check_statement(sql, self.backend, explain=True)
         except Refused as e:
+            self.metrics.record(self.name, "refused", 0.0)
             return fail(e)
         if self.backend == "sqlite":
             prefix, plan_format = "EXPLAIN QUERY PLAN ", "sqlite-query-plan"
@@ -464,6 +501,42 @@ class SQLSource:
         return described
 
 
+class TimedOut(Refused):
+    """The statement ran past the time limit and the database stopped it."""
+
+
+def _outcome(error: Exception) -> str:
+    """How a call ended, for the metrics."""
+    for kind, outcome in ((TimedOut, "timeout"), (StoreUnavailable, "unavailable"), (NotFound, "not_found")):
+        if isinstance(error, kind):
+            return outcome
+    return "refused"
+
+
+class SourceMetrics:
+    """The sources' Prometheus series: calls by source and outcome, and how long they took."""
+
+    def __init__(self) -> None:
+        self.calls = Counter(
+            "mcp_sql_source_calls",
+            "Calls of the sql pack to its data sources, by source and outcome: ok, refused (by the "
+            "pre-check or the database), timeout (stopped at --sql-timeout), not_found, unavailable, error.",
+            ["source", "outcome"],
+            registry=None,
+        )
+        self.duration = Histogram(
+            "mcp_sql_source_call_duration_seconds",
+            "Time a call to a data source took (in the source's thread), by source.",
+            ["source"],
+            buckets=_DURATION_BUCKETS,
+            registry=None,
+        )
+
+    def record(self, source: str, outcome: str, seconds: float) -> None:
+        self.calls.labels(source, outcome).inc()
+        self.duration.labels(source).observe(seconds)
+
+
 class _Discard(Exception):
     """The result is complete but its connection has rows left unread: drop the connection."""
 
@@ -473,9 +546,12 @@ class _Discard(Exception):
 
 @implementer(ISQLSources, IStore)
 class SQLSources:
-    """Every configured data source, by name (the first is the default)."""
+    """Every configured data source, by name (the first is the default), each with
+    ``connections`` connections and threads and a statement time limit of ``timeout``."""
 
-    def __init__(self, sources: Sequence[SQLSource]) -> None:
+    def __init__(self, configs: Sequence[SourceConfig], timeout: float, connections: int, reactor: Any) -> None:
+        self.metrics = SourceMetrics()
+        sources = [SQLSource(config, timeout, connections, reactor, self.metrics) for config in configs]
         self.sources = {source.name: source for source in sources}
         self.names = [source.name for source in sources]
         self.last_check: StoreStatus | None = None
@@ -552,7 +628,25 @@ class SQLSources:
         }
 
     def collectors(self) -> list[Any]:
+        return [self.metrics.calls, self.metrics.duration, _SourcesUp(self)]
+
+
+class _SourcesUp:
+    """``mcp_sql_source_up{source}``, read at scrape time."""
+
+    def __init__(self, sources: SQLSources) -> None:
+        self.sources = sources
+
+    def describe(self) -> list[Metric]:
         return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "mcp_sql_source_up", "1 while a data source's last call or probe reached it.", labels=["source"]
+        )
+        for source in self.sources.sources.values():
+            up.add_metric([source.name], float(source.state == OK))
+        yield up
 
 
 def _mysql_connect(dbapi_connection: Any, _record: Any) -> None:
