@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from zope.interface.verify import verifyObject
 from mcpd.config import ConfigError, resolve
 from mcpd.daemon import load_packs, sql_sources_config, toolsets_of
 from mcpd.interfaces import ISQLSources, IStore, Refused
-from mcpd.stores.sql.sources import SQLSource, SQLSources, source_config
+from mcpd.stores.sql.sources import CONNECT_TIMEOUT, PROBE_TIMEOUT, SQLSource, SQLSources, source_config
 from mcpd.stores.sql.statements import check_statement
 from tests.daemon import LEGACY, MODERN, DaemonTestCase, free_port, run_anyio
 from tests.services import PASSWORD, USER, shared_mariadb
@@ -515,11 +516,18 @@ class OutageTests(DaemonTestCase):
         sqlite_source(path)
         password_file = self.workdir / "gone-password"
         password_file.write_text("secret-of-gone\n")
+        # A server that takes connections and never answers.
+        hung = socket.socket()
+        self.addCleanup(hung.close)
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
         daemon = self.start_daemon(
             f"--sql-source=shop=sqlite:///{path}",
+            f"--sql-source=hung=mysql+pymysql://{USER}@127.0.0.1:{hung.getsockname()[1]}/mcpd_hung",
             f"--sql-source=gone=mysql+pymysql://{USER}@127.0.0.1:{free_port()}/mcpd_gone",
             f"--sql-source=missing=sqlite:///{self.workdir / 'no-such.sqlite3'}",
             f"--sql-password-file=gone={password_file}",
+            f"--sql-timeout={TIME_LIMIT}",
             fixture_pack=False,
         )
         assert daemon.port is not None
@@ -531,21 +539,24 @@ class OutageTests(DaemonTestCase):
             return dict(reply["result"])
 
         def check() -> None:
-            for name in ("gone", "missing"):
+            for name in ("gone", "missing", "hung"):
                 started = time.monotonic()
                 answer = result({"source": name, "sql": "SELECT 1"})
                 self.assertTrue(answer.get("isError"), answer)
                 self.assertIn(f"SQL source '{name}' is unavailable (temporary)", answer["content"][0]["text"])
-                self.assertLess(time.monotonic() - started, 15)
-            # mcpd and its other sources serve on; /health does not fail for a team database.
+                # A server that never answers is given up on after --sql-timeout + CONNECT_TIMEOUT.
+                self.assertLess(time.monotonic() - started, TIME_LIMIT + CONNECT_TIMEOUT + 3)
+            # mcpd and its other sources serve on; /health does not fail or wait for a team database.
             self.assertEqual(result({"sql": "SELECT COUNT(*) FROM customers"})["structuredContent"]["rows"], [[2]])
+            started = time.monotonic()
             status, body = get(port, "/health")
+            self.assertLess(time.monotonic() - started, PROBE_TIMEOUT + 1.5)
             self.assertEqual(status, 200, body)
             self.assertIn(b"sql_sources", body)
             info = call_tool(port, "server.info", {})["result"]["structuredContent"]
             sources = next(store for store in info["stores"] if store["name"] == "sql_sources")
             states = {s["name"]: s["state"] for s in sources["sources"]}
-            self.assertEqual(states, {"shop": "ok", "gone": "down", "missing": "down"})
+            self.assertEqual(states, {"shop": "ok", "gone": "down", "missing": "down", "hung": "down"})
             self.assertNotIn("secret-of-gone", str(info) + daemon.log() + daemon.log("stdout"))
             status, exposition = get(port, "/metrics")
             self.assertEqual(status, 200)

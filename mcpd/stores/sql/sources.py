@@ -37,6 +37,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import QueuePool
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -64,6 +65,8 @@ log = Logger(namespace="mcpd.stores.sql.sources")
 T = TypeVar("T")
 STORE = "sql_sources"
 CONNECT_TIMEOUT = 5.0
+# /health waits this long for a source's probe (a team database does not hold it up).
+PROBE_TIMEOUT = 2.0
 OK, FAILING, STARTING = "ok", "down", "starting"
 # SQLite's authorizer: what a statement may do (read), everything else is denied.
 _SQLITE_READS = frozenset(
@@ -299,6 +302,10 @@ class SQLSource:
                 1049: "the database named in its URL does not exist",
                 1040: "the server has too many connections",
             }.get(code or 0, "cannot reach the database server" if code in (2002, 2003) else "the connection was lost")
+        self._down(reason)
+        return StoreUnavailable(self._store_name, reason + "; try again later, or ask the operator whether it is down")
+
+    def _down(self, reason: str) -> None:
         if self.state != FAILING:
             log.error(
                 "SQL source {name} ({url}) is unavailable: {reason}",
@@ -307,7 +314,6 @@ class SQLSource:
                 reason=reason,
             )
         self.state, self.last_error = FAILING, reason
-        return StoreUnavailable(self._store_name, reason + "; try again later, or ask the operator whether it is down")
 
     def _reached(self) -> None:
         if self.state == FAILING:
@@ -473,6 +479,9 @@ class SQLSource:
     # -- health ---------------------------------------------------------------------------------
 
     def check(self) -> Deferred[Any]:
+        """Reach the source (its version), within `PROBE_TIMEOUT`: a source that does not answer
+        in time is down."""
+
         def probe(connection: Any) -> str:
             cursor = connection.cursor()
             try:
@@ -485,7 +494,12 @@ class SQLSource:
             self.server_version = version
             return version
 
-        return self.run(probe).addCallback(seen)
+        def silent(failure: Any) -> None:
+            if failure.check(defer.TimeoutError):
+                self._down(f"no answer within {PROBE_TIMEOUT:g}s")
+            return None
+
+        return self.run(probe).addCallback(seen).addTimeout(PROBE_TIMEOUT, self.reactor).addErrback(silent)
 
     def describe_source(self) -> dict[str, Any]:
         described: dict[str, Any] = {
@@ -609,7 +623,7 @@ class SQLSources:
     def check(self) -> Deferred[StoreStatus]:
         """Probe every source at once; never fails."""
         started = time.monotonic()
-        probes = [source.check().addTimeout(CONNECT_TIMEOUT * 2, source.reactor) for source in self.sources.values()]
+        probes = [source.check() for source in self.sources.values()]
 
         def done(_results: Any) -> StoreStatus:
             status = self.status()
