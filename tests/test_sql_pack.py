@@ -295,6 +295,13 @@ class _Scenarios:
         self.assertEqual(view["rows"], [[ORDERS - 66]])
         exact = structured(await call("sql.query", {"sql": "SELECT total FROM orders WHERE id = 3"}))
         self.assertIn(exact["rows"][0][0], ("4.5", "4.50", 4.5))
+        # Rows stop at about 1 MB of text, whatever the limit.
+        wide = structured(
+            await call(
+                "sql.query", {"sql": "SELECT id, ? AS filler FROM orders", "params": ["x" * 50_000], "limit": 100}
+            )
+        )
+        self.assertEqual((wide["row_count"], wide["truncated"]), (19, True))
         over = await call("sql.query", {"sql": "SELECT 1", "limit": 5000})
         self.assertIn("limit", error_text(over))
 

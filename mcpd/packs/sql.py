@@ -196,7 +196,10 @@ def sql_describe(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
                 ),
             },
             "row_count": {"type": "integer"},
-            "truncated": {"type": "boolean", "description": "True when the statement had more rows than limit."},
+            "truncated": {
+                "type": "boolean",
+                "description": "True when the statement had more rows than limit (or than about 1 MB of text).",
+            },
             "elapsed_ms": {"type": "number"},
         },
         ("source", "columns", "rows", "row_count", "truncated", "elapsed_ms"),

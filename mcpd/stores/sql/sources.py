@@ -65,6 +65,8 @@ log = Logger(namespace="mcpd.stores.sql.sources")
 T = TypeVar("T")
 STORE = "sql_sources"
 CONNECT_TIMEOUT = 5.0
+# Rows stop (truncated) once their text passes this many characters.
+MAX_RESULT_CHARS = 1_000_000
 # /health waits this long for a source's probe (a team database does not hold it up).
 PROBE_TIMEOUT = 2.0
 OK, FAILING, STARTING = "ok", "down", "starting"
@@ -466,7 +468,15 @@ class SQLSource:
 
     def _result(self, columns: list[str], rows: list[Any], limit: int, started: float) -> dict[str, Any]:
         truncated = len(rows) > limit
-        shown = [[_json_value(value) for value in row] for row in rows[:limit]]
+        shown: list[list[Any]] = []
+        size = 0
+        for row in rows[:limit]:
+            values = [_json_value(value) for value in row]
+            size += sum(len(value) if isinstance(value, str) else 8 for value in values)
+            if shown and size > MAX_RESULT_CHARS:  # a model cannot read more anyway
+                truncated = True
+                break
+            shown.append(values)
         return {
             "source": self.name,
             "columns": columns,
