@@ -17,7 +17,17 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
-from mcpd.interfaces import IBucketStore, ICache, INoteStore, IRuntime, ISessionStore, IStore, ITaskBoard, ITaskStore
+from mcpd.interfaces import (
+    IBucketStore,
+    ICache,
+    INoteStore,
+    IRuntime,
+    ISessionStore,
+    ISQLSources,
+    IStore,
+    ITaskBoard,
+    ITaskStore,
+)
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import CALL, CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, TASK, Ledger, Limit, share
@@ -46,6 +56,7 @@ if TYPE_CHECKING:
     from mcpd.stores.redis import RedisConnection
     from mcpd.stores.redis.config import RedisConfig
     from mcpd.stores.sql.config import DatabaseConfig
+    from mcpd.stores.sql.sources import SourceConfig
     from mcpd.transport.websocket import WebSocketEndpoint
 
 log = Logger(namespace="mcpd")
@@ -83,11 +94,12 @@ def load_packs(settings: Settings) -> list[ToolPack]:
     ToolRegistry(packs)  # names clash across packs: refused here, before anything starts
     provided = provided_interfaces(settings)
     for pack in packs:
-        missing = [interface.__name__ for interface in pack.needs if interface not in provided]
+        missing = [interface for interface in pack.needs if interface not in provided]
         if missing:
+            how = "; ".join(_HOW_TO_PROVIDE[i] for i in missing if i in _HOW_TO_PROVIDE)
             raise PackLoadError(
-                f"tool pack {pack.name!r} needs {', '.join(missing)}, which this server is not configured to "
-                "provide (see README, Stores)"
+                f"tool pack {pack.name!r} needs {', '.join(i.__name__ for i in missing)}, which this server is "
+                f"not configured to provide ({how or 'see README, Stores'})"
             )
     if needs_sql(packs):
         from mcpd.stores.sql.config import DatabaseConfigError, sqlite_path
@@ -98,6 +110,13 @@ def load_packs(settings: Settings) -> list[ToolPack]:
             else:
                 sql_config(settings)
         except DatabaseConfigError as e:
+            raise ConfigError(str(e)) from None
+    if any(ISQLSources in pack.needs for pack in packs):
+        from mcpd.stores.sql.sources import SourceConfigError
+
+        try:
+            sql_sources_config(settings)
+        except SourceConfigError as e:
             raise ConfigError(str(e)) from None
     return packs
 
@@ -124,6 +143,24 @@ def sql_config(settings: Settings) -> DatabaseConfig:
         timeout=settings.db_timeout,
         statement_timeout=settings.db_statement_timeout,
     )
+
+
+def sql_sources_config(settings: Settings) -> list[SourceConfig]:
+    """The sql pack's data sources (``--sql-source``), with their passwords;
+    `SourceConfigError` naming the one that is wrong."""
+    from mcpd.stores.sql.sources import SourceConfigError, source_config
+
+    names = [name for name, _url in settings.sql_source]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SourceConfigError(f"--sql-source: {', '.join(twice)} named more than once")
+    passwords = dict(settings.sql_passwords)
+    for name, path in settings.sql_password_file:
+        if name not in names:
+            raise SourceConfigError(f"--sql-password-file {name}: there is no --sql-source {name}")
+        lines = read_lines(path, f"--sql-password-file {name}", SourceConfigError)
+        passwords[name] = lines[0][1].strip() if lines else ""
+    return [source_config(name, url, passwords.get(name)) for name, url in settings.sql_source]
 
 
 def redis_settings(settings: Settings) -> RedisConfig | None:
@@ -246,6 +283,14 @@ def build_stores(
         service = SQLStoreService(database, reactor)
         service.setName("database")
         services.append(service)
+    if any(ISQLSources in pack.needs for pack in packs):
+        from mcpd.stores.sql.sources import SQLSources, SQLSourcesService
+
+        sources = SQLSources(sql_sources_config(settings), settings.sql_timeout, settings.sql_connections, reactor)
+        stores.add(sources, (ISQLSources,))
+        sources_service = SQLSourcesService(sources, reactor)
+        sources_service.setName("sql-sources")
+        services.append(sources_service)
     return services
 
 
@@ -267,7 +312,14 @@ def provided_interfaces(settings: Settings) -> frozenset[Any]:
     """The interfaces packs may ask their context for (``ctx.store(IThing)``) under these
     settings: the daemon's description of itself, the cache (in process or in Redis), the SQL
     store's, and each store whose knobs are set."""
-    return frozenset({IRuntime, ICache, *SQL_INTERFACES})
+    provided = {IRuntime, ICache, *SQL_INTERFACES}
+    if settings.sql_source:
+        provided.add(ISQLSources)
+    return frozenset(provided)
+
+
+# What a pack's missing store asks the operator for.
+_HOW_TO_PROVIDE = {ISQLSources: "give it a database to read with --sql-source NAME=URL"}
 
 
 def check_settings(settings: Settings, reactor: Any) -> None:
@@ -433,8 +485,9 @@ def _add_http(
             thread_pool_check(pool, reactor, reactor),
             size_check("sessions", sessions.__len__, "session(s)"),
             size_check("sse_sessions", sse_sessions.__len__, "session(s)"),
-            # The stores behind the packs (mcpd.interfaces.IStore): a required check each.
-            *(store_check(store, required=True) for store in stores),
+            # The stores behind the packs (mcpd.interfaces.IStore): a required check each, but
+            # the team's own databases (sql pack): mcpd serves on while one is down.
+            *(store_check(store, required=not ISQLSources.providedBy(store)) for store in stores),
         ]
     )
     # Read at scrape time; `engine`, `site`, `websockets` and `guarded` are bound below.

@@ -568,3 +568,37 @@ class INoteStore(Interface):
 
     def note_ids(tenant: str, prefix: str, limit: int) -> Deferred[list[str]]:
         """Note ids starting with ``prefix``, newest first (completion)."""
+
+
+# -- the team's own databases (mcpd.stores.sql.sources) ------------------------------------------
+
+
+class Refused(StoreError):
+    """A statement was refused: not one read-only statement, or the database would not run it
+    (a syntax error, an unknown table, a write in a read-only transaction, the time limit). The
+    message says why and what to send instead."""
+
+
+class ISQLSources(Interface):
+    """The operator's read-only SQL data sources (the ``sql`` pack), by name. Every statement
+    runs in a read-only transaction (SQLite: a read-only connection with ``query_only``) under a
+    time limit, one statement per call, in the sources' own threads. Failures: `NotFound` (no
+    such source or table), `Refused`, `StoreUnavailable` (the source cannot be reached)."""
+
+    names = Attribute("The sources' names, the default (first configured) first.")
+
+    def tables(source: str, limit: int, after: str | None) -> Deferred[tuple[dict[str, Any], str | None]]:
+        """``{"source", "tables": [{name, kind, rows_estimate}]}`` by name after ``after``, and the
+        name the next page starts after (None at the end)."""
+
+    def describe_table(source: str, table: str) -> Deferred[dict[str, Any]]:
+        """``{"source", "table", "columns": [{name, type, nullable, default, key}], "indexes"}``."""
+
+    def query(
+        source: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None, limit: int
+    ) -> Deferred[dict[str, Any]]:
+        """``{"source", "columns", "rows", "row_count", "truncated", "elapsed_ms"}``: at most
+        ``limit`` rows of one read-only statement."""
+
+    def explain(source: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None) -> Deferred[dict[str, Any]]:
+        """``{"source", "format", "plan"}``: the database's own plan of one read-only statement."""

@@ -74,6 +74,14 @@ class Options(usage.Options):
         """A browser origin allowed to call mcpd, or * (repeatable) [CORS_ORIGINS]."""
         self["cors_origin"].append(origin)
 
+    def opt_sql_source(self, source: str) -> None:
+        """A database the sql pack may read, NAME=URL (repeatable; read-only) [SQL_SOURCES]."""
+        self["sql_source"].append(source)
+
+    def opt_sql_password_file(self, entry: str) -> None:
+        """NAME=PATH: the file holding --sql-source NAME's password (repeatable) [SQL_PASSWORD_FILES]."""
+        self["sql_password_file"].append(entry)
+
     def opt_version(self) -> None:
         """Print mcpd's version and exit."""
         print(f"mcpd {__version__}")

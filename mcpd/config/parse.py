@@ -5,6 +5,7 @@ with a message that completes "--flag: ..." (the caller adds where the value cam
 from __future__ import annotations
 
 import ipaddress
+import re
 
 
 def port(raw: str) -> int:
@@ -159,3 +160,33 @@ def redis_prefix(raw: str) -> str:
     if any(not (33 <= ord(c) < 127) or c in "*?[]\\" for c in raw):
         raise ValueError(f"must be printable ASCII without spaces or * ? [ ] \\, not {raw!r}")
     return raw
+
+
+_SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# Entries of SQL_SOURCES / SQL_PASSWORD_FILES are separated by blanks or commas before NAME=.
+_NEXT_ENTRY = re.compile(r"[\s,]+(?=[A-Za-z][A-Za-z0-9_-]{0,63}=)")
+
+
+def named_values(raw: str) -> tuple[tuple[str, str], ...]:
+    """``NAME=VALUE`` entries (several separated by blanks or commas); a name is a letter, then
+    letters, digits, ``_`` or ``-``."""
+    entries = []
+    for entry in _NEXT_ENTRY.split(raw.strip()):
+        name, sep, value = entry.partition("=")
+        if not sep or not value.strip():
+            raise ValueError(f"must be NAME=VALUE, not {entry!r}")
+        if not _SOURCE_NAME.match(name):
+            raise ValueError(f"{name!r} is not a name (a letter, then letters, digits, _ or -; at most 64)")
+        entries.append((name, value.strip()))
+    return tuple(entries)
+
+
+def sql_sources(raw: str) -> tuple[tuple[str, str], ...]:
+    """``NAME=URL`` entries naming SQLite or MySQL/MariaDB databases."""
+    entries = named_values(raw)
+    for name, url in entries:
+        try:
+            db_url(url)
+        except ValueError as e:
+            raise ValueError(f"source {name}: {e}") from None
+    return entries

@@ -97,6 +97,13 @@ class Settings:
     cache_max_ttl: int = 604800
     cache_max_value: int = 65536
     cache_max_keys: int = 100_000
+    # NAME=URL pairs; a URL may hold a password: never shown.
+    sql_source: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    sql_password_file: tuple[tuple[str, str], ...] = ()
+    # NAME -> password, from SQL_PASSWORD_<NAME> (environment or --config file): never shown.
+    sql_passwords: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
+    sql_timeout: float = 10.0
+    sql_connections: int = 4
     stdio: bool = False
     port_given: bool = False
 
@@ -165,7 +172,18 @@ def resolve(
         )
     if values["embedding_url"] and not values["embedding_model"]:
         raise ConfigError("--embedding-url needs --embedding-model (EMBEDDING_MODEL): the model the service runs")
-    return Settings(**values, stdio=stdio, port_given=port_given)
+    passwords = []
+    for name, _url in values["sql_source"]:
+        variable = sql_password_variable(name)
+        password = environ.get(variable, file_values.get(variable))
+        if password is not None:
+            passwords.append((name, password))
+    return Settings(**values, sql_passwords=tuple(passwords), stdio=stdio, port_given=port_given)
+
+
+def sql_password_variable(source: str) -> str:
+    """The environment variable holding the password of ``--sql-source NAME=...``."""
+    return "SQL_PASSWORD_" + source.upper().replace("-", "_")
 
 
 def _parse(knob: Knob, raw: Any) -> Any:

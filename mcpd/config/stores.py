@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_settings -*-
 """Where the stores keep their data (mcpd.stores): the data directory of the embedded ones, the
 SQL store of the tasks and notes packs, the search index (Milvus) and the embedding service of
-the kb and memory packs, and Redis (the state several instances share, the cache pack).
+the kb and memory packs, the databases the sql pack reads, and Redis (the state several
+instances share, the cache pack).
 
 A store's knobs go here, each with its environment variable; `mcpd.daemon` picks the
 implementation they name, and the in-process or embedded one without them.
@@ -227,5 +228,38 @@ KNOBS: tuple[Knob, ...] = (
         100000,
         "Keys the in-process cache holds at most, over every tenant (without --redis-url; bound "
         "Redis with its own maxmemory).",
+    ),
+    # -- the sql pack's data sources (mcpd.stores.sql.sources), each read-only --
+    Knob(
+        "sql_source",
+        "SQL_SOURCES",
+        parse.sql_sources,
+        (),
+        "A database the sql pack may read, NAME=URL: sqlite:///PATH or mysql+pymysql://USER@HOST:3306/DB "
+        "(repeatable; in the environment, several separated by blanks). The first is the default. Give a "
+        "password as SQL_PASSWORD_<NAME> in the environment or with --sql-password-file, not in the URL.",
+        repeatable=True,
+    ),
+    Knob(
+        "sql_password_file",
+        "SQL_PASSWORD_FILES",
+        parse.named_values,
+        (),
+        "NAME=PATH: the file holding the password (its first line) of --sql-source NAME (repeatable).",
+        repeatable=True,
+    ),
+    Knob(
+        "sql_timeout",
+        "SQL_TIMEOUT",
+        parse.seconds,
+        10.0,
+        "Longest one sql.query or sql.explain statement may run before the database stops it.",
+    ),
+    Knob(
+        "sql_connections",
+        "SQL_CONNECTIONS",
+        parse.positive_int,
+        4,
+        "Connections (and threads) each --sql-source may use at once.",
     ),
 )

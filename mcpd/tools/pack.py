@@ -20,6 +20,7 @@ BUILTIN_PACKS: dict[str, str] = {
     "tasks": "mcpd.packs.tasks",
     "notes": "mcpd.packs.notes",
     "cache": "mcpd.packs.cache",
+    "sql": "mcpd.packs.sql",
 }
 
 

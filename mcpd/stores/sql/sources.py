@@ -1,0 +1,847 @@
+# -*- test-case-name: tests.test_sql_pack -*-
+"""The operator's SQL data sources (``--sql-source NAME=URL``), read-only, for the ``sql`` pack.
+
+Each source has its own engine (SQLAlchemy's pool, never mcpd's own store) and its own thread
+pool, as many threads as connections. What keeps a source read-only is the database itself, not
+the lexical pre-check (`mcpd.stores.sql.statements`):
+
+- SQLite: the file is opened read-only (``mode=ro``), with ``PRAGMA query_only``, no attached
+  databases, and an authorizer that lets a statement read and nothing else; a progress handler
+  interrupts it past the time limit.
+- MySQL / MariaDB: every call is one ``START TRANSACTION READ ONLY`` rolled back afterwards, with
+  the server's statement time limit (MariaDB ``max_statement_time``, MySQL
+  ``max_execution_time``) and ``sql_select_limit`` set again before it; the client never asks for
+  multi-statements; rows are streamed and read no further than the row cap.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import math
+import os
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import QueuePool
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from mcpd.interfaces import (
+    DEGRADED,
+    DOWN,
+    UP,
+    ISQLSources,
+    IStore,
+    NotFound,
+    Refused,
+    StoreError,
+    StoreStatus,
+    StoreUnavailable,
+)
+from mcpd.stores.sql.statements import check_statement, to_pyformat
+from mcpd.stores.threads import ThreadPoolService
+
+log = Logger(namespace="mcpd.stores.sql.sources")
+
+T = TypeVar("T")
+STORE = "sql_sources"
+CONNECT_TIMEOUT = 5.0
+# Rows stop (truncated) once their text passes this many characters.
+MAX_RESULT_CHARS = 1_000_000
+# /health waits this long for a source's probe (a team database does not hold it up).
+PROBE_TIMEOUT = 2.0
+OK, FAILING, STARTING = "ok", "down", "starting"
+# SQLite's authorizer: what a statement may do (read), everything else is denied.
+_SQLITE_READS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
+# The SQLite virtual machine instructions between two looks at the clock.
+_PROGRESS_STEPS = 1000
+# MySQL errors: the connection is gone; the statement ran out of time; a write in a read-only
+# transaction; a privilege the user does not have.
+# (A refused password or unknown database is only met when connecting: see `_unavailable`.)
+_MYSQL_GONE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1077, 1927, 4031}
+_MYSQL_TIMED_OUT = {1969, 3024, 1317, 1028}
+_MYSQL_READ_ONLY = {1792, 1290, 1836}
+_MYSQL_DENIED = {1044, 1045, 1142, 1143, 1227, 1370}
+_MYSQL_UNKNOWN_NAME = {1054, 1146}  # unknown column, unknown table
+_NAME_KINDS = {"BASE TABLE": "table", "VIEW": "view", "SYSTEM VIEW": "view", "SEQUENCE": "sequence", "table": "table"}
+_KEYS = {"PRI": "primary", "UNI": "unique", "MUL": "index"}
+_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class SourceConfigError(ValueError):
+    """A ``--sql-source`` cannot be used; the message names it."""
+
+
+@attrs.frozen
+class SourceConfig:
+    """One data source: its name and URL (the password kept out of every log and answer)."""
+
+    name: str
+    url: URL = attrs.field(repr=False)
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``mysql`` (MariaDB included)."""
+        return "sqlite" if self.url.get_backend_name() == "sqlite" else "mysql"
+
+    @property
+    def shown_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+
+def source_config(name: str, raw_url: str, password: str | None = None) -> SourceConfig:
+    """A `SourceConfig` from ``--sql-source NAME=URL`` (and the source's password, if given
+    apart); `SourceConfigError` naming what is wrong."""
+    where = f"--sql-source {name}"
+    try:
+        url = make_url(raw_url)
+    except ArgumentError:
+        raise SourceConfigError(
+            f"{where}: not a database URL (sqlite:///PATH or mysql+pymysql://USER@HOST/DB)"
+        ) from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            raise SourceConfigError(f"{where}: name the SQLite file, sqlite:///PATH (it is opened read-only)")
+        return SourceConfig(name, url.set(database=os.path.abspath(url.database)))
+    if backend in ("mysql", "mariadb"):
+        if not url.database:
+            raise SourceConfigError(f"{where}: name the database, mysql+pymysql://USER@HOST:3306/DATABASE")
+        url = url.set(drivername="mysql+pymysql", query={**url.query, "charset": "utf8mb4"})
+        if password is not None:
+            url = url.set(password=password)
+        return SourceConfig(name, url)
+    raise SourceConfigError(f"{where}: {backend} is not supported (SQLite, MySQL 8 and MariaDB 10.11+ are)")
+
+
+class SQLSource:
+    """One data source: its engine, its threads and its guards."""
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        timeout: float,
+        connections: int,
+        reactor: Any,
+        metrics: SourceMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else SourceMetrics()
+        self.name = config.name
+        self.backend = config.backend
+        self.timeout = timeout
+        self.connections = connections
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=connections, name=f"mcpd-sql-{config.name}")
+        self.engine: Engine = self._engine()
+        self.state = STARTING
+        self.last_error: str | None = None
+        self.server_version: str | None = None
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _engine(self) -> Engine:
+        pool = {"poolclass": QueuePool, "pool_size": self.connections, "max_overflow": 0, "pool_timeout": self.timeout}
+        if self.backend == "sqlite":
+            path = str(self.config.url.database)
+            uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+
+            def connect() -> sqlite3.Connection:
+                # mode=ro: SQLite itself refuses every write; no statement cache, so every
+                # statement meets the authorizer when it is prepared.
+                connection = sqlite3.connect(
+                    uri, uri=True, check_same_thread=False, isolation_level=None, cached_statements=0, timeout=1.0
+                )
+                connection.execute("PRAGMA query_only = ON")
+                connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+                return connection
+
+            return create_engine("sqlite://", creator=connect, **pool)
+        import pymysql.cursors
+
+        engine = create_engine(
+            self.config.url,
+            pool_pre_ping=True,
+            pool_recycle=3600,
+            connect_args={
+                "connect_timeout": CONNECT_TIMEOUT,
+                # The server stops a statement at the limit; a server that stops answering is
+                # given up on a little later.
+                "read_timeout": self.timeout + CONNECT_TIMEOUT,
+                "write_timeout": self.timeout + CONNECT_TIMEOUT,
+                # No CLIENT.MULTI_STATEMENTS (whatever the URL says): one statement per call.
+                "client_flag": 0,
+                "local_infile": False,
+                "cursorclass": pymysql.cursors.Cursor,
+            },
+            **pool,
+        )
+        event.listen(engine, "connect", _mysql_connect)
+        return engine
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- work -----------------------------------------------------------------------------------
+
+    def run(self, work: Callable[[Any], T]) -> Deferred[T]:
+        """``work(driver_connection)`` in this source's threads; database errors mapped to
+        `Refused` or `StoreUnavailable`."""
+        if not self.pool.started:
+            return fail(StoreUnavailable(self._store_name, "mcpd is not running its SQL sources"))
+        return deferToThreadPool(self.reactor, self.pool, self._call, work)
+
+    @property
+    def _store_name(self) -> str:
+        return f"SQL source {self.name!r}"
+
+    def _call(self, work: Callable[[Any], T]) -> T:
+        """In a source thread: ``work`` on a pooled connection, counted by outcome."""
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            result = self._attempt(work)
+            outcome = "ok"
+            return result
+        except StoreError as e:
+            outcome = _outcome(e)
+            raise
+        finally:
+            self.metrics.record(self.name, outcome, time.monotonic() - started)
+
+    def _attempt(self, work: Callable[[Any], T]) -> T:
+        try:
+            fairy = self.engine.raw_connection()
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError, sqlite3.Error, _mysql_errors()) as e:
+            raise self._unavailable(e) from None
+        try:
+            result = work(fairy.driver_connection)
+        except _Discard as discard:
+            fairy.invalidate()  # a result left unread: the connection goes, not the rows
+            result = discard.result
+        except (sqlite3.Error, sa_exc.DBAPIError, _mysql_errors()) as e:
+            error = self._mapped(e)
+            if isinstance(error, StoreUnavailable):
+                fairy.invalidate()
+            else:
+                self._reached()
+            raise error from None
+        except Refused:
+            self._reached()
+            raise
+        finally:
+            fairy.close()
+        self._reached()
+        return result
+
+    def _mapped(self, error: Exception) -> Exception:
+        """`Refused` (the statement) or `StoreUnavailable` (the source) for a driver error."""
+        cause = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig is not None else error
+        if isinstance(cause, sqlite3.Error):
+            message = str(cause)
+            lowered = message.lower()
+            if "interrupted" in lowered:
+                return self._timed_out()
+            if "not authorized" in lowered or "readonly" in lowered or "read-only" in lowered:
+                return Refused(f"the database refused it: {message} (the source is read-only)")
+            if "unable to open" in lowered or "disk i/o" in lowered or "locked" in lowered or "busy" in lowered:
+                return self._unavailable(cause)
+            return self._refused(message, "no such table" in lowered or "no such column" in lowered)
+        code = _mysql_code(cause)
+        if code in _MYSQL_GONE or (code is None and _connection_error(cause)):
+            return self._unavailable(cause)
+        message = _mysql_message(cause)
+        if code in _MYSQL_TIMED_OUT:
+            return self._timed_out()
+        if code in _MYSQL_READ_ONLY:
+            return Refused(f"the database refused it: {message} (the source is read-only)")
+        if code in _MYSQL_DENIED:
+            return Refused(f"the database refused it: {message} (mcpd's user for this source may only read)")
+        return self._refused(message, code in _MYSQL_UNKNOWN_NAME)
+
+    def _refused(self, message: str, unknown_name: bool) -> Refused:
+        """The database's own reason, and where to look when it names something unknown."""
+        hint = "; sql.tables lists the tables and sql.describe their columns" if unknown_name else ""
+        return Refused(f"the database refused the statement: {message}{hint}")
+
+    def _timed_out(self) -> Refused:
+        return TimedOut(
+            f"the statement ran past the {self.timeout:g}s time limit (--sql-timeout) and was stopped: "
+            "narrow it (a WHERE on an indexed column, fewer joins) or ask for fewer rows"
+        )
+
+    def _unavailable(self, error: Exception) -> StoreUnavailable:
+        cause = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig is not None else error
+        if isinstance(error, sa_exc.TimeoutError):
+            reason = "every connection to it is busy"
+        elif isinstance(cause, sqlite3.Error):
+            reason = f"cannot read its SQLite file ({cause})"
+        else:
+            code = _mysql_code(cause)
+            reason = {
+                1045: "the server refused mcpd's user name or password",
+                1049: "the database named in its URL does not exist",
+                1040: "the server has too many connections",
+            }.get(code or 0, "cannot reach the database server" if code in (2002, 2003) else "the connection was lost")
+        self._down(reason)
+        return StoreUnavailable(self._store_name, reason + "; try again later, or ask the operator whether it is down")
+
+    def _down(self, reason: str) -> None:
+        if self.state != FAILING:
+            log.error(
+                "SQL source {name} ({url}) is unavailable: {reason}",
+                name=self.name,
+                url=self.config.shown_url,
+                reason=reason,
+            )
+        self.state, self.last_error = FAILING, reason
+
+    def _reached(self) -> None:
+        if self.state == FAILING:
+            log.info("SQL source {name} is reachable again", name=self.name)
+        self.state, self.last_error = OK, None
+
+    # -- what the tools ask ---------------------------------------------------------------------
+
+    def tables(self, limit: int, after: str | None) -> Deferred[tuple[list[dict[str, Any]], str | None]]:
+        return self.run(lambda connection: self._tables(connection, limit, after))
+
+    def _tables(self, connection: Any, limit: int, after: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        cursor = connection.cursor()
+        try:
+            if self.backend == "sqlite":
+                cursor.execute(
+                    "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') "
+                    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name > ? ORDER BY name LIMIT ?",
+                    (after or "", limit + 1),
+                )
+                listed = cursor.fetchall()
+                estimates = _sqlite_estimates(cursor, [name for name, _kind in listed])
+                rows = [(name, kind, estimates.get(name)) for name, kind in listed]
+            else:
+                cursor.execute(
+                    "SELECT TABLE_NAME, TABLE_TYPE, TABLE_ROWS FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME > %s ORDER BY TABLE_NAME LIMIT %s",
+                    (after or "", limit + 1),
+                )
+                rows = list(cursor.fetchall())
+        finally:
+            cursor.close()
+        tables = [
+            {"name": name, "kind": _NAME_KINDS.get(kind, str(kind).lower()), "rows_estimate": _count(estimate)}
+            for name, kind, estimate in rows[:limit]
+        ]
+        return tables, (tables[-1]["name"] if len(rows) > limit else None)
+
+    def describe(self, table: str) -> Deferred[dict[str, Any]]:
+        return self.run(lambda connection: self._describe(connection, table))
+
+    def _describe(self, connection: Any, table: str) -> dict[str, Any]:
+        cursor = connection.cursor()
+        try:
+            if self.backend == "sqlite":
+                columns, indexes = _sqlite_describe(cursor, table)
+            else:
+                columns, indexes = _mysql_describe(cursor, table)
+        finally:
+            cursor.close()
+        if not columns:
+            raise NotFound(f"no table or view {table!r} in SQL source {self.name!r}: sql.tables lists them")
+        return {"source": self.name, "table": table, "columns": columns, "indexes": indexes}
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None, limit: int) -> Deferred[dict[str, Any]]:
+        try:
+            statement = check_statement(sql, self.backend)
+        except Refused as e:
+            self.metrics.record(self.name, "refused", 0.0)
+            return fail(e)
+        return self.run(lambda connection: self.read(connection, statement, params, limit))
+
+    def explain(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None) -> Deferred[dict[str, Any]]:
+        try:
+            statement = check_statement(sql, self.backend, explain=True)
+        except Refused as e:
+            self.metrics.record(self.name, "refused", 0.0)
+            return fail(e)
+        if self.backend == "sqlite":
+            prefix, plan_format = "EXPLAIN QUERY PLAN ", "sqlite-query-plan"
+        else:
+            prefix, plan_format = "EXPLAIN FORMAT=JSON ", "json"
+
+        def plan(connection: Any) -> dict[str, Any]:
+            result = self.read(connection, prefix + statement, params, 10_000)
+            if plan_format == "json":
+                found: Any = json.loads(result["rows"][0][0]) if result["rows"] else None
+            else:
+                found = [dict(zip(result["columns"], row, strict=False)) for row in result["rows"]]
+            return {"source": self.name, "format": plan_format, "plan": found}
+
+        return self.run(plan)
+
+    def read(
+        self, connection: Any, statement: str, params: Sequence[Any] | Mapping[str, Any] | None, limit: int
+    ) -> dict[str, Any]:
+        """Run one statement under the database's guards (no pre-check: tests call this to show
+        the guards hold on their own); at most ``limit`` rows."""
+        if self.backend == "sqlite":
+            return self._read_sqlite(connection, statement, params, limit)
+        return self._read_mysql(connection, statement, params, limit)
+
+    def _read_sqlite(self, connection: sqlite3.Connection, statement: str, params: Any, limit: int) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout
+        connection.set_authorizer(_sqlite_authorize)
+        connection.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_STEPS)
+        started = time.monotonic()
+        try:
+            cursor = connection.execute(statement, params if params else ())
+            try:
+                rows = cursor.fetchmany(limit + 1)
+                columns = [d[0] for d in cursor.description or ()]
+            finally:
+                cursor.close()
+        finally:
+            connection.set_authorizer(None)
+            connection.set_progress_handler(None, 0)
+        return self._result(columns, rows, limit, started)
+
+    def _read_mysql(self, connection: Any, statement: str, params: Any, limit: int) -> dict[str, Any]:
+        import pymysql.cursors
+
+        mariadb = "mariadb" in connection.get_server_info().lower()
+        time_limit = (
+            f"max_statement_time = {self.timeout:g}"
+            if mariadb
+            else f"max_execution_time = {round(self.timeout * 1000)}"
+        )
+        setup = connection.cursor()
+        try:
+            if params:
+                try:
+                    statement = setup.mogrify(to_pyformat(statement, params), params)
+                except (TypeError, ValueError, KeyError, pymysql.err.ProgrammingError) as e:
+                    raise Refused(f"params do not match the statement's placeholders ({e})") from None
+            # Set again on every call: nothing a statement did to the session outlives it.
+            setup.execute(f"SET SESSION {time_limit}, sql_select_limit = {limit + 1}")
+            setup.execute("START TRANSACTION READ ONLY")
+        finally:
+            setup.close()
+        started = time.monotonic()
+        cursor = connection.cursor(pymysql.cursors.SSCursor)  # rows streamed, read up to the cap
+        unread = False
+        try:
+            cursor.execute(statement)
+            columns = [d[0] for d in cursor.description or ()]
+            rows = list(cursor.fetchmany(limit + 1)) if cursor.description else []
+            result = self._result(columns, rows, limit, started)
+            # More rows than sql_select_limit let through (the statement has a LIMIT of its
+            # own): reading them to the end could take long; the connection is dropped instead.
+            unread = len(rows) > limit and cursor.fetchone() is not None
+            if not unread:
+                cursor.close()
+        finally:
+            if not unread:
+                connection.rollback()
+        if unread:
+            raise _Discard(result)
+        return result
+
+    def _result(self, columns: list[str], rows: list[Any], limit: int, started: float) -> dict[str, Any]:
+        truncated = len(rows) > limit
+        shown: list[list[Any]] = []
+        size = 0
+        for row in rows[:limit]:
+            values = [_json_value(value) for value in row]
+            size += sum(len(value) if isinstance(value, str) else 8 for value in values)
+            if shown and size > MAX_RESULT_CHARS:  # a model cannot read more anyway
+                truncated = True
+                break
+            shown.append(values)
+        return {
+            "source": self.name,
+            "columns": columns,
+            "rows": shown,
+            "row_count": len(shown),
+            "truncated": truncated,
+            "elapsed_ms": round((time.monotonic() - started) * 1000, 3),
+        }
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def check(self) -> Deferred[Any]:
+        """Reach the source (its version), within `PROBE_TIMEOUT`: a source that does not answer
+        in time is down."""
+
+        def probe(connection: Any) -> str:
+            cursor = connection.cursor()
+            try:
+                cursor.execute("SELECT sqlite_version()" if self.backend == "sqlite" else "SELECT VERSION()")
+                return str(cursor.fetchone()[0])
+            finally:
+                cursor.close()
+
+        def seen(version: str) -> str:
+            self.server_version = version
+            return version
+
+        def silent(failure: Any) -> None:
+            if failure.check(defer.TimeoutError):
+                self._down(f"no answer within {PROBE_TIMEOUT:g}s")
+            return None
+
+        return self.run(probe).addCallback(seen).addTimeout(PROBE_TIMEOUT, self.reactor).addErrback(silent)
+
+    def describe_source(self) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "name": self.name,
+            "backend": self.backend,
+            "url": self.config.shown_url,
+            "state": self.state,
+        }
+        if self.server_version:
+            described["server_version"] = self.server_version
+        if self.last_error:
+            described["error"] = self.last_error
+        return described
+
+
+class TimedOut(Refused):
+    """The statement ran past the time limit and the database stopped it."""
+
+
+def _outcome(error: Exception) -> str:
+    """How a call ended, for the metrics."""
+    for kind, outcome in ((TimedOut, "timeout"), (StoreUnavailable, "unavailable"), (NotFound, "not_found")):
+        if isinstance(error, kind):
+            return outcome
+    return "refused"
+
+
+class SourceMetrics:
+    """The sources' Prometheus series: calls by source and outcome, and how long they took."""
+
+    def __init__(self) -> None:
+        self.calls = Counter(
+            "mcp_sql_source_calls",
+            "Calls of the sql pack to its data sources, by source and outcome: ok, refused (by the "
+            "pre-check or the database), timeout (stopped at --sql-timeout), not_found, unavailable, error.",
+            ["source", "outcome"],
+            registry=None,
+        )
+        self.duration = Histogram(
+            "mcp_sql_source_call_duration_seconds",
+            "Time a call to a data source took (in the source's thread), by source.",
+            ["source"],
+            buckets=_DURATION_BUCKETS,
+            registry=None,
+        )
+
+    def record(self, source: str, outcome: str, seconds: float) -> None:
+        self.calls.labels(source, outcome).inc()
+        self.duration.labels(source).observe(seconds)
+
+
+class _Discard(Exception):
+    """The result is complete but its connection has rows left unread: drop the connection."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+@implementer(ISQLSources, IStore)
+class SQLSources:
+    """Every configured data source, by name (the first is the default), each with
+    ``connections`` connections and threads and a statement time limit of ``timeout``."""
+
+    def __init__(self, configs: Sequence[SourceConfig], timeout: float, connections: int, reactor: Any) -> None:
+        self.metrics = SourceMetrics()
+        sources = [SQLSource(config, timeout, connections, reactor, self.metrics) for config in configs]
+        self.sources = {source.name: source for source in sources}
+        self.names = [source.name for source in sources]
+        self.last_check: StoreStatus | None = None
+
+    @property
+    def pools(self) -> list[ThreadPool]:
+        return [source.pool for source in self.sources.values()]
+
+    def source(self, name: str) -> SQLSource:
+        source = self.sources.get(name)
+        if source is None:
+            raise NotFound(f"no SQL source {name!r}: the sources are {', '.join(self.names)}")
+        return source
+
+    def _on(self, name: str, call: Callable[[SQLSource], Deferred[T]]) -> Deferred[T]:
+        try:
+            source = self.source(name)
+        except NotFound as e:
+            return fail(e)
+        return call(source)
+
+    def tables(self, source: str, limit: int, after: str | None) -> Deferred[tuple[dict[str, Any], str | None]]:
+        def shaped(found: tuple[list[dict[str, Any]], str | None]) -> tuple[dict[str, Any], str | None]:
+            return {"source": source, "tables": found[0]}, found[1]
+
+        return self._on(source, lambda s: s.tables(limit, after)).addCallback(shaped)
+
+    def describe_table(self, source: str, table: str) -> Deferred[dict[str, Any]]:
+        return self._on(source, lambda s: s.describe(table))
+
+    def query(
+        self, source: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None, limit: int
+    ) -> Deferred[dict[str, Any]]:
+        return self._on(source, lambda s: s.query(sql, params, limit))
+
+    def explain(
+        self, source: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None
+    ) -> Deferred[dict[str, Any]]:
+        return self._on(source, lambda s: s.explain(sql, params))
+
+    def close(self) -> None:
+        for source in self.sources.values():
+            source.close()
+
+    # -- IStore: the team's databases are reported, not required ---------------------------------
+
+    def status(self) -> StoreStatus:
+        down = [source.name for source in self.sources.values() if source.state == FAILING]
+        latency = self.last_check.latency if self.last_check is not None else None
+        if not down:
+            return StoreStatus(STORE, UP, f"{len(self.sources)} source(s)", latency)
+        state = DOWN if len(down) == len(self.sources) else DEGRADED
+        return StoreStatus(STORE, state, f"unavailable: {', '.join(down)}", latency)
+
+    def check(self) -> Deferred[StoreStatus]:
+        """Probe every source at once; never fails."""
+        started = time.monotonic()
+        probes = [source.check() for source in self.sources.values()]
+
+        def done(_results: Any) -> StoreStatus:
+            status = self.status()
+            self.last_check = attrs.evolve(status, latency=time.monotonic() - started)
+            return self.last_check
+
+        return DeferredList(probes, consumeErrors=True).addCallback(done)
+
+    def describe(self) -> dict[str, Any]:
+        """The sources for server.info: never a password."""
+        return {
+            "name": STORE,
+            "backend": "sql",
+            "state": self.status().state,
+            "sources": [source.describe_source() for source in self.sources.values()],
+        }
+
+    def collectors(self) -> list[Any]:
+        return [self.metrics.calls, self.metrics.duration, _SourcesUp(self)]
+
+
+class _SourcesUp:
+    """``mcp_sql_source_up{source}``, read at scrape time."""
+
+    def __init__(self, sources: SQLSources) -> None:
+        self.sources = sources
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "mcp_sql_source_up", "1 while a data source's last call or probe reached it.", labels=["source"]
+        )
+        for source in self.sources.sources.values():
+            up.add_metric([source.name], float(source.state == OK))
+        yield up
+
+
+def _mysql_connect(dbapi_connection: Any, _record: Any) -> None:
+    """A new MySQL/MariaDB connection: read-only by default too, in UTC."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET SESSION TRANSACTION READ ONLY")
+        cursor.execute("SET SESSION time_zone = '+00:00'")
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
+
+
+def _sqlite_authorize(action: int, _arg1: Any, _arg2: Any, _database: Any, _trigger: Any) -> int:
+    return sqlite3.SQLITE_OK if action in _SQLITE_READS else sqlite3.SQLITE_DENY
+
+
+def _sqlite_estimates(cursor: Any, names: list[str]) -> dict[str, int]:
+    """Row counts ANALYZE left in sqlite_stat1 (none without it)."""
+    cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_stat1'")
+    if not names or cursor.fetchone() is None:
+        return {}
+    marks = ", ".join("?" * len(names))
+    cursor.execute(f"SELECT tbl, stat FROM sqlite_stat1 WHERE tbl IN ({marks})", names)
+    estimates: dict[str, int] = {}
+    for name, stat in cursor.fetchall():
+        first = str(stat or "").split(" ", 1)[0]
+        if first.isdigit():
+            estimates[name] = max(estimates.get(name, 0), int(first))
+    return estimates
+
+
+def _sqlite_describe(cursor: Any, table: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    cursor.execute('SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(?)', (table,))
+    info = cursor.fetchall()
+    cursor.execute('SELECT name, "unique", origin FROM pragma_index_list(?)', (table,))
+    listed = cursor.fetchall()
+    indexes = []
+    for name, unique, origin in listed:
+        cursor.execute("SELECT name FROM pragma_index_info(?) ORDER BY seqno", (name,))
+        columns = [row[0] for row in cursor.fetchall()]
+        indexes.append({"name": name, "columns": columns, "unique": bool(unique), "primary": origin == "pk"})
+    primary = [name for name, _type, _nn, _default, pk in sorted(info, key=lambda row: row[4]) if pk]
+    if primary and not any(index["primary"] for index in indexes):  # a rowid table's INTEGER PRIMARY KEY
+        indexes.insert(0, {"name": "PRIMARY", "columns": primary, "unique": True, "primary": True})
+    columns = [
+        {
+            "name": name,
+            "type": kind or "",
+            "nullable": not notnull and not pk,
+            "default": None if default is None else str(default),
+            "key": _column_key(name, bool(pk), indexes),
+        }
+        for name, kind, notnull, default, pk in info
+    ]
+    return columns, indexes
+
+
+def _mysql_describe(cursor: Any, table: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    cursor.execute(
+        "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, COLUMN_KEY FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+        (table,),
+    )
+    info = cursor.fetchall()
+    cursor.execute(
+        "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+        (table,),
+    )
+    indexes: dict[str, dict[str, Any]] = {}
+    for name, non_unique, column in cursor.fetchall():
+        index = indexes.setdefault(
+            name, {"name": name, "columns": [], "unique": not int(non_unique), "primary": name == "PRIMARY"}
+        )
+        index["columns"].append(column)
+    columns = [
+        {
+            "name": name,
+            "type": _text(kind),
+            "nullable": nullable == "YES",
+            # MariaDB shows a NULL default as the word NULL, and literals quoted.
+            "default": None if default is None or default == "NULL" else _text(default),
+            "key": _KEYS.get(key),
+        }
+        for name, kind, nullable, default, key in info
+    ]
+    return columns, sorted(indexes.values(), key=lambda index: (not index["primary"], index["name"]))
+
+
+def _column_key(name: str, primary: bool, indexes: list[dict[str, Any]]) -> str | None:
+    """primary, unique, index (the first column of one) or None, as MySQL's COLUMN_KEY says."""
+    if primary:
+        return "primary"
+    leading = [index for index in indexes if index["columns"][:1] == [name]]
+    if any(index["unique"] and len(index["columns"]) == 1 for index in leading):
+        return "unique"
+    return "index" if leading else None
+
+
+def _json_value(value: Any) -> Any:
+    """A column value as JSON: exact numbers as text, times ISO 8601, bytes as text or base64."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):  # MySQL TIME
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(raw).decode("ascii")
+    return str(value)
+
+
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _mysql_errors() -> type[Exception]:
+    import pymysql
+
+    return pymysql.err.Error  # type: ignore[no-any-return]
+
+
+def _connection_error(error: Exception) -> bool:
+    import pymysql
+
+    return isinstance(error, (pymysql.err.InterfaceError, pymysql.err.OperationalError))
+
+
+def _mysql_code(error: Any) -> int | None:
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _mysql_message(error: Any) -> str:
+    args: tuple[Any, ...] = getattr(error, "args", ())
+    text = str(args[1]) if len(args) > 1 else str(error)
+    return text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
+
+
+class SQLSourcesService(Service):
+    """Runs the sources' thread pools with the daemon's tree; nothing connects at start-up (a
+    source that is down does not keep mcpd from serving), but each is probed once and a source
+    that cannot be used is logged."""
+
+    def __init__(self, sources: SQLSources, clock: IReactorTime) -> None:
+        self.sources = sources
+        self.threads = [ThreadPoolService(pool, clock) for pool in sources.pools]
+
+    def startService(self) -> None:
+        for threads in self.threads:
+            threads.startService()
+        super().startService()
+        self.sources.check().addErrback(lambda failure: log.failure("Probing the SQL sources failed", failure))
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        d = gatherResults([threads.stopService() for threads in self.threads])
+        d.addBoth(lambda _: self.sources.close())
+        return d

@@ -1,0 +1,661 @@
+"""The ``sql`` pack: read-only SQL on the operator's data sources (``--sql-source``).
+
+- `SQLite*Tests` and `MariaDB*Tests` run a real daemon with a SQLite file and a real MariaDB
+  database as sources and call every tool through the official SDK client over Streamable HTTP,
+  in both eras, including the bypasses other MCP SQL servers fell to (writes, DDL, INTO OUTFILE,
+  LOAD DATA, CALL, SET, REPLACE, multi-statements, comment and case tricks, SLEEP past the time
+  limit, a write hidden in a CTE or a function): each is refused or cut off, and the database is
+  the same afterwards.
+- `GuardTests` send the same statements straight to a source's connection, past the lexical
+  pre-check, to show that the database itself refuses them.
+- `OutageTests`: a source that is down or missing answers isError "unavailable" while mcpd and
+  its other sources serve on.
+- `ConfigTests`: ``--sql-source`` and its passwords, and the refusals at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from mcpd.config import ConfigError, resolve
+from mcpd.daemon import load_packs, sql_sources_config, toolsets_of
+from mcpd.interfaces import ISQLSources, IStore, Refused
+from mcpd.stores.sql.sources import CONNECT_TIMEOUT, PROBE_TIMEOUT, SQLSource, SQLSources, source_config
+from mcpd.stores.sql.statements import check_statement
+from tests.daemon import LEGACY, MODERN, DaemonTestCase, free_port, run_anyio
+from tests.services import PASSWORD, USER, shared_mariadb
+from tests.test_packs import error_text, structured
+from tests.test_sql_faults import call_tool, get, metric
+
+SQL_TOOLS = {"sql.tables", "sql.describe", "sql.query", "sql.explain"}
+TIME_LIMIT = 1.0
+ORDERS = 150  # more than a page of sql.query's default limit
+INVALID_PARAMS = -32602
+
+_SCHEMA = (
+    "CREATE TABLE customers (id INTEGER PRIMARY KEY, name VARCHAR(100) NOT NULL, email VARCHAR(200) UNIQUE)",
+    "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, total DECIMAL(10, 2) DEFAULT 0, "
+    "placed VARCHAR(20))",
+    "CREATE INDEX orders_customer ON orders (customer_id)",
+    "CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100",
+    "INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com')",
+)
+
+
+def _orders() -> str:
+    values = ", ".join(f"({i}, {1 + i % 2}, {i * 1.5:.2f}, '2026-11-{1 + i % 28:02d}')" for i in range(1, ORDERS + 1))
+    return f"INSERT INTO orders VALUES {values}"
+
+
+# Statements that must not change anything, each refused or cut off; (sql, words the refusal
+# says). The lexical pre-check answers most; the rest reach the database, which refuses them.
+BYPASSES: tuple[tuple[str, str], ...] = (
+    ("INSERT INTO customers VALUES (3, 'Eve', 'eve@example.com')", "INSERT is refused"),
+    ("UPDATE orders SET total = 0", "UPDATE is refused"),
+    ("DELETE FROM orders", "DELETE is refused"),
+    ("REPLACE INTO customers VALUES (1, 'Mallory', 'm@example.com')", "REPLACE is refused"),
+    ("DROP TABLE orders", "DROP is refused"),
+    ("CREATE TABLE pwned (a INTEGER)", "CREATE is refused"),
+    ("ALTER TABLE orders ADD COLUMN x INTEGER", "ALTER is refused"),
+    ("TRUNCATE TABLE orders", "TRUNCATE is refused"),
+    ("sElEcT 1; dRoP tAbLe orders", "one statement per call"),
+    ("SELECT 1 -- \n; DROP TABLE orders", "one statement per call"),
+    ("SELECT 1; /* */ DELETE FROM orders", "one statement per call"),
+    ("/* hello */ DrOp TaBlE orders", "DROP is refused"),
+    ("WITH x AS (SELECT 1) DELETE FROM orders", "is refused"),
+    ("SET @a = 1", "SET is refused"),
+    ("CALL cleanup()", "CALL is refused"),
+    ("LOAD DATA INFILE '/etc/hosts' INTO TABLE customers", "LOAD is refused"),
+    ("LOAD DATA LOCAL INFILE '/etc/hosts' INTO TABLE customers", "LOAD is refused"),
+    ("GRANT ALL ON *.* TO 'x'@'%'", "GRANT is refused"),
+    ("BEGIN", "is refused"),
+    ("", "holds no statement"),
+    ("-- only a comment", "holds no statement"),
+)
+SQLITE_BYPASSES = (
+    ("PRAGMA query_only = 0", "PRAGMA is refused"),
+    ("ATTACH DATABASE 'elsewhere.db' AS elsewhere", "ATTACH is refused"),
+    ("VACUUM INTO 'copy.db'", "VACUUM is refused"),
+)
+MARIADB_BYPASSES = (
+    ("SELECT 1 INTO OUTFILE '{outfile}'", "INTO is refused"),
+    ("SELECT * FROM customers INTO DUMPFILE '{outfile}'", "INTO is refused"),
+    ("/*!50000 DROP TABLE orders*/", "executable comments"),
+    ("SELECT 1 /*!50000 , (SELECT COUNT(*) FROM orders) */", "executable comments"),
+    ("SELECT /*+ MAX_EXECUTION_TIME(100000) */ SLEEP(5)", "executable comments"),
+    ("SELECT LOAD_FILE('/etc/passwd')", "LOAD_FILE() is refused"),
+    ("SELECT * FROM orders FOR UPDATE", "locking reads"),
+    ("SET SESSION max_statement_time = 0", "SET is refused"),
+    ("SET STATEMENT max_statement_time = 0 FOR SELECT SLEEP(5)", "SET is refused"),
+    ("SET SESSION TRANSACTION READ WRITE", "SET is refused"),
+    ("HANDLER orders OPEN", "HANDLER is refused"),
+    ("DO SLEEP(5)", "DO is refused"),
+    ("LOCK TABLES orders WRITE", "LOCK is refused"),
+)
+# Refused by the database itself (the pre-check lets them through): a write hidden in a function.
+MARIADB_HIDDEN_WRITES = (("SELECT sneaky_write()", "READ ONLY transaction"),)
+
+
+def sqlite_source(path: Path) -> None:
+    """A SQLite data source with the shop's tables."""
+    connection = sqlite3.connect(path)
+    for statement in (*_SCHEMA, _orders()):
+        connection.execute(statement)
+    connection.commit()
+    connection.close()
+
+
+def sqlite_fingerprint(path: Path) -> Any:
+    """What a SQLite database holds, and the files beside it (nothing new may appear)."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        dump = "\n".join(connection.iterdump())
+    finally:
+        connection.close()
+    return hashlib.sha256(dump.encode()).hexdigest(), sorted(p.name for p in path.parent.iterdir())
+
+
+def mariadb_source() -> tuple[Any, str]:
+    """The shared MariaDB server and a fresh database with the shop's tables, a function and a
+    procedure that write."""
+    server = shared_mariadb()
+    database = server.new_database()
+    server.sql(
+        *(statement.replace("INTEGER PRIMARY KEY", "INT PRIMARY KEY") for statement in _SCHEMA),
+        _orders(),
+        "CREATE FUNCTION sneaky_write() RETURNS INT MODIFIES SQL DATA "
+        "BEGIN INSERT INTO customers VALUES (66, 'Sneaky', NULL); RETURN 1; END",
+        "CREATE PROCEDURE cleanup() BEGIN DELETE FROM orders; END",
+        database=database,
+    )
+    return server, database
+
+
+def mariadb_fingerprint(server: Any, database: str) -> Any:
+    tables = server.sql("SHOW FULL TABLES", database=database)
+    sums = server.sql("CHECKSUM TABLE customers, orders", database=database)
+    routines = server.sql(
+        f"SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = '{database}' ORDER BY 1"
+    )
+    return tables, sums, routines
+
+
+class _Scenarios:
+    backend: str
+    mode: str
+
+    workdir: Path
+    start_daemon: Any
+    in_thread: Any
+    assertEqual: Any
+    assertIn: Any
+    assertTrue: Any
+    assertFalse: Any
+    assertLess: Any
+    assertGreater: Any
+    assertIsNone: Any
+    assertRegex: Any
+
+    def source(self) -> tuple[list[str], dict[str, str], Any]:
+        """The daemon's source arguments, its environment, and a function fingerprinting the database."""
+        if self.backend == "sqlite":
+            (self.workdir / "source").mkdir()
+            path = self.workdir / "source" / "shop.sqlite3"
+            sqlite_source(path)
+            return [f"--sql-source=shop=sqlite:///{path}"], {}, lambda: sqlite_fingerprint(path)
+        server, database = mariadb_source()
+        self.outfile = f"/tmp/mcpd-test-outfile-{database}"
+        # The password apart from the URL, in the source's own variable.
+        return (
+            [f"--sql-source=shop={server.url(database)}"],
+            {"SQL_PASSWORD_SHOP": PASSWORD},
+            lambda: mariadb_fingerprint(server, database),
+        )
+
+    def test_every_tool_and_every_bypass(self) -> Deferred[None]:
+        args, env, fingerprint = self.source()
+        before = fingerprint()
+        daemon = self.start_daemon(*args, "--sql-timeout", str(TIME_LIMIT), fixture_pack=False, env=env)
+        outfile = getattr(self, "outfile", "/nonexistent")
+
+        async def scenario(client: Client) -> None:
+            await self.tools(client)
+            await self.bypasses(client, outfile)
+
+        async def main() -> None:
+            with anyio.fail_after(120):
+                async with Client(daemon.url, mode=self.mode) as client:
+                    await scenario(client)
+
+        def check() -> None:
+            run_anyio(main)
+            self.assertEqual(fingerprint(), before)
+            self.assertFalse(Path(outfile).exists())
+            self.assertFalse(PASSWORD in daemon.log() + daemon.log("stdout"))
+
+        return self.in_thread(check)
+
+    async def tools(self, client: Client) -> None:
+        call = client.call_tool
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+        # A source configured: the default toolsets include the pack.
+        self.assertTrue(set(listed) >= SQL_TOOLS, sorted(listed))
+        for name in SQL_TOOLS:
+            tool = listed[name]
+            self.assertEqual(tool.input_schema.get("additionalProperties"), False, name)
+            self.assertTrue(tool.output_schema, name)
+            self.assertIn("Example", tool.description or "", name)
+            hints = tool.annotations
+            assert hints is not None
+            self.assertEqual(
+                (hints.read_only_hint, hints.destructive_hint, hints.open_world_hint), (True, False, False)
+            )
+
+        info = structured(await call("server.info", {}))
+        self.assertIn("sql", info["toolsets"])
+        sources = next(store for store in info["stores"] if store["name"] == "sql_sources")
+        self.assertEqual([(s["name"], s["backend"]) for s in sources["sources"]], [("shop", self.backend_name)])
+        self.assertFalse(PASSWORD in str(info))
+
+        # sql.tables, a page at a time.
+        tables = structured(await call("sql.tables", {}))
+        self.assertEqual(tables["source"], "shop")
+        self.assertEqual(
+            [(t["name"], t["kind"]) for t in tables["tables"]],
+            [("big_orders", "view"), ("customers", "table"), ("orders", "table")],
+        )
+        self.assertIsNone(tables["next_cursor"])
+        first = structured(await call("sql.tables", {"source": "shop", "limit": 2}))
+        self.assertEqual(len(first["tables"]), 2)
+        rest = structured(await call("sql.tables", {"limit": 2, "cursor": first["next_cursor"]}))
+        self.assertEqual(([t["name"] for t in rest["tables"]], rest["next_cursor"]), (["orders"], None))
+        self.assertIn("not one this server gave out", error_text(await call("sql.tables", {"cursor": "nope"})))
+
+        # sql.describe: columns, keys, indexes.
+        described = structured(await call("sql.describe", {"table": "orders"}))
+        columns = {c["name"]: c for c in described["columns"]}
+        self.assertEqual(list(columns), ["id", "customer_id", "total", "placed"])
+        self.assertEqual(columns["id"]["key"], "primary")
+        self.assertEqual(columns["customer_id"]["key"], "index")
+        self.assertFalse(columns["customer_id"]["nullable"])
+        self.assertTrue(columns["placed"]["nullable"])
+        self.assertIn("decimal", columns["total"]["type"].lower())
+        self.assertIn("0", columns["total"]["default"])
+        indexes = {i["name"]: i for i in described["indexes"]}
+        self.assertEqual(indexes["orders_customer"]["columns"], ["customer_id"])
+        self.assertTrue(any(i["primary"] and i["columns"] == ["id"] for i in described["indexes"]))
+        unique = structured(await call("sql.describe", {"table": "customers"}))
+        self.assertEqual({c["name"]: c["key"] for c in unique["columns"]}["email"], "unique")
+        self.assertIn("no table or view 'nope'", error_text(await call("sql.describe", {"table": "nope"})))
+
+        # sql.query: parameters (positional and named), the row cap, truncated, elapsed_ms.
+        page = structured(await call("sql.query", {"sql": "SELECT id, total FROM orders ORDER BY id"}))
+        self.assertEqual(page["columns"], ["id", "total"])
+        self.assertEqual((page["row_count"], page["truncated"]), (100, True))
+        self.assertEqual(page["rows"][0][0], 1)
+        self.assertGreater(page["elapsed_ms"], 0)
+        everything = structured(await call("sql.query", {"sql": "SELECT id FROM orders", "limit": 1000}))
+        self.assertEqual((everything["row_count"], everything["truncated"]), (ORDERS, False))
+        # A LIMIT of the statement's own beyond the cap: still at most `limit` rows.
+        capped = structured(await call("sql.query", {"sql": "SELECT id FROM orders ORDER BY id LIMIT 140", "limit": 3}))
+        self.assertEqual((capped["rows"], capped["truncated"]), ([[1], [2], [3]], True))
+        positional = structured(
+            await call(
+                "sql.query",
+                {"sql": "SELECT name FROM customers WHERE id = ? OR email = ?", "params": [2, "ada@example.com"]},
+            )
+        )
+        self.assertEqual(sorted(r[0] for r in positional["rows"]), ["Ada", "Grace"])
+        named = structured(
+            await call(
+                "sql.query",
+                {
+                    "sql": "SELECT COUNT(*) AS n FROM orders WHERE customer_id = :who AND placed LIKE '2026-11-%'",
+                    "params": {"who": 1},
+                },
+            )
+        )
+        self.assertEqual(named["rows"], [[ORDERS // 2]])
+        literal = structured(await call("sql.query", {"sql": "SELECT '12:30' AS t, 'a%b' AS p"}))
+        self.assertEqual(literal["rows"], [["12:30", "a%b"]])
+        view = structured(
+            await call("sql.query", {"sql": "WITH c AS (SELECT COUNT(*) AS n FROM big_orders) SELECT n FROM c"})
+        )
+        self.assertEqual(view["rows"], [[ORDERS - 66]])
+        exact = structured(await call("sql.query", {"sql": "SELECT total FROM orders WHERE id = 3"}))
+        self.assertIn(exact["rows"][0][0], ("4.5", "4.50", 4.5))
+        # Rows stop at about 1 MB of text, whatever the limit.
+        wide = structured(
+            await call(
+                "sql.query", {"sql": "SELECT id, ? AS filler FROM orders", "params": ["x" * 50_000], "limit": 100}
+            )
+        )
+        self.assertEqual((wide["row_count"], wide["truncated"]), (19, True))
+        over = await call("sql.query", {"sql": "SELECT 1", "limit": 5000})
+        self.assertIn("limit", error_text(over))
+
+        # sql.explain: the database's own plan.
+        explained = structured(
+            await call("sql.explain", {"sql": "SELECT * FROM orders WHERE customer_id = ?", "params": [1]})
+        )
+        self.assertEqual(explained["format"], "sqlite-query-plan" if self.backend == "sqlite" else "json")
+        self.assertIn("orders", str(explained["plan"]))
+        self.assertIn("is refused", error_text(await call("sql.explain", {"sql": "DELETE FROM orders"})))
+
+        # A bad source name, a bad statement, bad placeholders: isError naming the fix.
+        self.assertIn(
+            "no SQL source 'nope': the sources are shop",
+            error_text(await call("sql.query", {"source": "nope", "sql": "SELECT 1"})),
+        )
+        self.assertIn("no SQL source", error_text(await call("sql.tables", {"source": "nope"})))
+        bad = error_text(await call("sql.query", {"sql": "SELECT * FROM no_such_table"}))
+        self.assertIn("refused the statement", bad)
+        self.assertIn("no_such_table", bad)
+        self.assertIn("sql.tables lists the tables", bad)
+        self.assertIn("refused", error_text(await call("sql.query", {"sql": "SELEC 1"})))
+        for sql, params in (("SELECT ? + ?", [1]), ("SELECT :a", {"b": 1})):
+            self.assertRegex(
+                error_text(await call("sql.query", {"sql": sql, "params": params})), "placeholders|binding"
+            )
+
+    async def bypasses(self, client: Client, outfile: str) -> None:
+        extra = SQLITE_BYPASSES if self.backend == "sqlite" else MARIADB_BYPASSES + MARIADB_HIDDEN_WRITES
+        for sql, said in BYPASSES + extra:
+            sql = sql.format(outfile=outfile)
+            result = await client.call_tool("sql.query", {"sql": sql} if sql else {"sql": " "})
+            self.assertIn(said, error_text(result), sql)
+        # Past the time limit: stopped by the database, the call answered soon after.
+        slow = (
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c"
+            if self.backend == "sqlite"
+            else "SELECT SLEEP(30)"
+        )
+        started = time.monotonic()
+        result = await client.call_tool("sql.query", {"sql": slow})
+        self.assertIn("time limit", error_text(result))
+        self.assertLess(time.monotonic() - started, TIME_LIMIT + 4)
+        # The source still answers afterwards.
+        self.assertEqual(structured(await client.call_tool("sql.query", {"sql": "SELECT 1"}))["rows"], [[1]])
+
+    @property
+    def backend_name(self) -> str:
+        return "sqlite" if self.backend == "sqlite" else "mysql"
+
+
+class SQLiteModernTests(_Scenarios, DaemonTestCase):
+    backend, mode = "sqlite", MODERN
+    timeout = 120
+
+
+class SQLiteLegacyTests(_Scenarios, DaemonTestCase):
+    backend, mode = "sqlite", LEGACY
+    timeout = 120
+
+
+class MariaDBModernTests(_Scenarios, DaemonTestCase):
+    backend, mode = "mariadb", MODERN
+    timeout = 120
+
+
+class MariaDBLegacyTests(_Scenarios, DaemonTestCase):
+    backend, mode = "mariadb", LEGACY
+    timeout = 120
+
+
+# -- the database is the guard ------------------------------------------------------------------
+
+SQLITE_GUARDED = (
+    "INSERT INTO customers VALUES (3, 'Eve', 'eve@example.com')",
+    "UPDATE orders SET total = 0",
+    "DELETE FROM orders",
+    "REPLACE INTO customers VALUES (1, 'Mallory', NULL)",
+    "DROP TABLE orders",
+    "CREATE TABLE pwned (a INTEGER)",
+    "CREATE TEMP TABLE pwned (a INTEGER)",
+    "WITH x AS (SELECT 3) INSERT INTO customers SELECT x, 'Eve', NULL FROM (SELECT 3 AS x)",
+    "PRAGMA query_only = 0",
+    "ATTACH DATABASE '{dir}/elsewhere.db' AS elsewhere",
+    "VACUUM INTO '{dir}/copy.db'",
+    "BEGIN IMMEDIATE",
+    "SELECT 1; DELETE FROM orders",
+)
+MARIADB_GUARDED = (
+    "INSERT INTO customers VALUES (3, 'Eve', 'eve@example.com')",
+    "UPDATE orders SET total = 0",
+    "DELETE FROM orders",
+    "REPLACE INTO customers VALUES (1, 'Mallory', NULL)",
+    "DROP TABLE orders",
+    "CREATE TABLE pwned (a INT)",
+    "CREATE TEMPORARY TABLE pwned (a INT)",
+    "TRUNCATE TABLE orders",
+    "SELECT sneaky_write()",
+    "CALL cleanup()",
+    "/*!50000 DROP TABLE orders*/",
+    "SELECT 1; DELETE FROM orders",
+    "SELECT 1 INTO OUTFILE '{outfile}'",
+    "LOAD DATA INFILE '/etc/hosts' INTO TABLE customers",
+    "LOAD DATA LOCAL INFILE '/etc/hosts' INTO TABLE customers",
+    "LOCK TABLES orders WRITE",
+    "SET TRANSACTION READ WRITE",
+)
+
+
+class GuardTests(TestCase):
+    """Statements sent straight to a source's connection, past the lexical pre-check: the
+    database refuses every write, and nothing changes."""
+
+    timeout = 60
+
+    def run_guarded(self, source: SQLSource, sql: str) -> Any:
+        return source._call(lambda connection: source.read(connection, sql, None, 10))
+
+    def assert_refused(self, source: SQLSource, sql: str) -> str:
+        try:
+            result = self.run_guarded(source, sql)
+        except Refused as e:
+            return str(e)
+        raise AssertionError(f"the database ran {sql!r}: {result}")
+
+    def started(self, source: SQLSource) -> SQLSource:
+        source.pool.start()
+        self.addCleanup(source.close)
+        self.addCleanup(source.pool.stop)
+        return source
+
+    def test_sqlite(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "shop.sqlite3"
+        sqlite_source(path)
+        before = sqlite_fingerprint(path)
+        source = self.started(SQLSource(source_config("shop", f"sqlite:///{path}"), TIME_LIMIT, 1, None))
+        for sql in SQLITE_GUARDED:
+            said = self.assert_refused(source, sql.format(dir=directory))
+            self.assertTrue("not authorized" in said or "one statement" in said or "denied" in said, said)
+        # Without the authorizer, the read-only open and query_only still refuse writes.
+        connection = source.engine.raw_connection()
+        try:
+            with self.assertRaises(sqlite3.OperationalError) as caught:
+                connection.driver_connection.execute("DELETE FROM orders")
+            self.assertIn("readonly", str(caught.exception))
+        finally:
+            connection.close()
+        started = time.monotonic()
+        said = self.assert_refused(
+            source, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c"
+        )
+        self.assertIn("time limit", said)
+        self.assertLess(time.monotonic() - started, TIME_LIMIT + 2)
+        self.assertEqual(sqlite_fingerprint(path), before)
+
+    def test_mariadb(self) -> None:
+        server, database = mariadb_source()
+        before = mariadb_fingerprint(server, database)
+        outfile = f"/tmp/mcpd-test-outfile-{database}"
+        # The test user may write this database: only mcpd's read-only transaction stops it.
+        source = self.started(SQLSource(source_config("shop", server.url(database), PASSWORD), TIME_LIMIT, 1, None))
+        for sql in MARIADB_GUARDED:
+            self.assert_refused(source, sql.format(outfile=outfile))
+        # What a statement does to its session ends with it: the next call on the same
+        # connection is read-only and time-limited again.
+        for setting in ("SET SESSION max_statement_time = 0", "SET SESSION TRANSACTION READ WRITE"):
+            self.run_guarded(source, setting)
+        self.assertIn("READ ONLY", self.assert_refused(source, "INSERT INTO customers VALUES (4, 'x', NULL)"))
+        started = time.monotonic()
+        self.assertIn("time limit", self.assert_refused(source, "SELECT SLEEP(10)"))
+        self.assertLess(time.monotonic() - started, TIME_LIMIT + 2)
+        self.assertEqual(mariadb_fingerprint(server, database), before)
+        self.assertFalse(Path(outfile).exists())
+
+    def test_the_readme_reader(self) -> None:
+        """The SELECT-only user README's GRANT statements make reads tables, and can neither
+        write nor reach the server's files, whatever mcpd does."""
+        server, database = mariadb_source()
+        readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text(encoding="utf-8")
+        statements = [
+            line.strip().rstrip(";")
+            for line in readme.splitlines()
+            if line.strip().startswith(("CREATE USER 'mcpd_reader'", "GRANT SELECT, SHOW VIEW ON shop.*"))
+        ]
+        self.assertEqual(len(statements), 2, statements)
+        user = f"reader_{database[-8:]}"
+        server.sql(
+            *(
+                statement.replace("mcpd_reader", user)
+                .replace("10.0.0.%", "127.0.0.1")
+                .replace("shop.*", f"`{database}`.*")
+                for statement in statements
+            )
+        )
+        grants = " ".join(row[0] for row in server.sql(f"SHOW GRANTS FOR '{user}'@'127.0.0.1'"))
+        self.assertNotIn("FILE", grants)
+        url = f"mysql+pymysql://{user}@127.0.0.1:{server.port}/{database}"
+        source = self.started(
+            SQLSource(source_config("shop", url, "another long random password"), TIME_LIMIT, 1, None)
+        )
+        self.assertEqual(self.run_guarded(source, "SELECT COUNT(*) FROM orders")["rows"], [[ORDERS]])
+        self.assertIn("customers", str(source._call(lambda connection: source._tables(connection, 10, None))))
+        self.assertEqual(self.run_guarded(source, "SELECT LOAD_FILE('/etc/passwd')")["rows"], [[None]])
+        outfile = f"/tmp/mcpd-test-outfile-{user}"
+        self.assertIn("FILE", self.assert_refused(source, f"SELECT 1 INTO OUTFILE '{outfile}'"))
+        self.assertFalse(Path(outfile).exists())
+
+
+# -- outages ------------------------------------------------------------------------------------
+
+
+class OutageTests(DaemonTestCase):
+    timeout = 60
+
+    def test_a_source_that_is_down(self) -> Deferred[None]:
+        path = self.workdir / "shop.sqlite3"
+        sqlite_source(path)
+        password_file = self.workdir / "gone-password"
+        password_file.write_text("secret-of-gone\n")
+        # A server that takes connections and never answers.
+        hung = socket.socket()
+        self.addCleanup(hung.close)
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        daemon = self.start_daemon(
+            f"--sql-source=shop=sqlite:///{path}",
+            f"--sql-source=hung=mysql+pymysql://{USER}@127.0.0.1:{hung.getsockname()[1]}/mcpd_hung",
+            f"--sql-source=gone=mysql+pymysql://{USER}@127.0.0.1:{free_port()}/mcpd_gone",
+            f"--sql-source=missing=sqlite:///{self.workdir / 'no-such.sqlite3'}",
+            f"--sql-password-file=gone={password_file}",
+            f"--sql-timeout={TIME_LIMIT}",
+            fixture_pack=False,
+        )
+        assert daemon.port is not None
+        port = daemon.port
+
+        def result(arguments: dict[str, Any]) -> dict[str, Any]:
+            reply = call_tool(port, "sql.query", arguments)
+            self.assertNotIn("error", reply)  # never -32603
+            return dict(reply["result"])
+
+        def check() -> None:
+            for name in ("gone", "missing", "hung"):
+                started = time.monotonic()
+                answer = result({"source": name, "sql": "SELECT 1"})
+                self.assertTrue(answer.get("isError"), answer)
+                self.assertIn(f"SQL source '{name}' is unavailable (temporary)", answer["content"][0]["text"])
+                # A server that never answers is given up on after --sql-timeout + CONNECT_TIMEOUT.
+                self.assertLess(time.monotonic() - started, TIME_LIMIT + CONNECT_TIMEOUT + 3)
+            # mcpd and its other sources serve on; /health does not fail or wait for a team database.
+            self.assertEqual(result({"sql": "SELECT COUNT(*) FROM customers"})["structuredContent"]["rows"], [[2]])
+            started = time.monotonic()
+            status, body = get(port, "/health")
+            self.assertLess(time.monotonic() - started, PROBE_TIMEOUT + 1.5)
+            self.assertEqual(status, 200, body)
+            self.assertIn(b"sql_sources", body)
+            info = call_tool(port, "server.info", {})["result"]["structuredContent"]
+            sources = next(store for store in info["stores"] if store["name"] == "sql_sources")
+            states = {s["name"]: s["state"] for s in sources["sources"]}
+            self.assertEqual(states, {"shop": "ok", "gone": "down", "missing": "down", "hung": "down"})
+            self.assertNotIn("secret-of-gone", str(info) + daemon.log() + daemon.log("stdout"))
+            status, exposition = get(port, "/metrics")
+            self.assertEqual(status, 200)
+            self.assertEqual(metric(exposition, "mcp_sql_source_up", {"source": "shop"}), 1.0)
+            self.assertEqual(metric(exposition, "mcp_sql_source_up", {"source": "gone"}), 0.0)
+            self.assertGreaterEqual(
+                metric(exposition, "mcp_sql_source_calls_total", {"source": "gone", "outcome": "unavailable"}), 1.0
+            )
+            # The query, and the probes of start-up and /health.
+            self.assertGreaterEqual(
+                metric(exposition, "mcp_sql_source_calls_total", {"source": "shop", "outcome": "ok"}), 1.0
+            )
+
+        return self.in_thread(check)
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+class ConfigTests(SynchronousTestCase):
+    def settings(self, flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Any:
+        return resolve(flags or {}, environ or {}, {})
+
+    def test_the_pack_is_offered_with_a_source(self) -> None:
+        self.assertNotIn("sql", toolsets_of(self.settings()))
+        settings = self.settings({"sql_source": ["shop=sqlite:///shop.db"]})
+        self.assertIn("sql", toolsets_of(settings))
+        with self.assertRaises(ConfigError) as caught:
+            load_packs(self.settings({"toolsets": "server,sql"}))
+        self.assertIn("--sql-source NAME=URL", str(caught.exception))
+
+    def test_sources_from_the_environment_with_their_passwords(self) -> None:
+        settings = self.settings(
+            environ={
+                "SQL_SOURCES": "shop=sqlite:///shop.db, crm-eu=mysql+pymysql://reader@db.internal:3306/crm",
+                "SQL_PASSWORD_CRM_EU": "s3cret",
+            }
+        )
+        self.assertNotIn("s3cret", repr(settings))
+        shop, crm = sql_sources_config(settings)
+        self.assertEqual((shop.name, shop.backend, crm.name, crm.backend), ("shop", "sqlite", "crm-eu", "mysql"))
+        self.assertEqual(crm.url.password, "s3cret")
+        self.assertNotIn("s3cret", crm.shown_url + repr(crm))
+
+    def test_a_password_file(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text("from-file\n")
+        settings = self.settings(
+            {"sql_source": ["crm=mysql+pymysql://reader@db/crm"], "sql_password_file": [f"crm={path}"]}
+        )
+        self.assertEqual(sql_sources_config(settings)[0].url.password, "from-file")
+        stray = self.settings({"sql_source": ["crm=mysql+pymysql://reader@db/crm"], "sql_password_file": ["x=/p"]})
+        with self.assertRaises(ConfigError):
+            load_packs(stray)
+
+    def test_bad_sources_are_refused_in_one_line(self) -> None:
+        for entry, said in (
+            ("no-equals-sign", "NAME=VALUE"),
+            ("1st=sqlite:///x.db", "not a name"),
+            ("pg=postgresql://u@h/db", "sqlite:/// or mysql+pymysql://"),
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                self.settings({"sql_source": [entry]})
+            self.assertIn(said, str(caught.exception))
+            self.assertIn("--sql-source", str(caught.exception))
+        for entries, said in (
+            (["a=sqlite:///x.db", "a=sqlite:///y.db"], "named more than once"),
+            (["a=sqlite://"], "name the SQLite file"),
+            (["a=mysql+pymysql://u@h"], "name the database"),
+        ):
+            with self.assertRaises(ConfigError) as caught:
+                load_packs(self.settings({"sql_source": entries}))
+            self.assertIn(said, str(caught.exception))
+
+    def test_the_sources_provide_their_interfaces(self) -> None:
+        settings = self.settings({"sql_source": ["a=sqlite:///a.db", "b=mysql+pymysql://u@h/db"]})
+        sources = SQLSources(sql_sources_config(settings), 1.0, 1, None)
+        self.addCleanup(sources.close)
+        self.assertTrue(verifyObject(ISQLSources, sources))
+        self.assertTrue(verifyObject(IStore, sources))
+        self.assertEqual(sources.names, ["a", "b"])
+        self.assertEqual(sources.describe()["name"], "sql_sources")
+
+    def test_the_pre_check_names_the_statement(self) -> None:
+        self.assertEqual(check_statement("  SELECT 1 ;  ", "sqlite"), "SELECT 1")
+        self.assertEqual(check_statement("(SELECT 1) UNION (SELECT 2)", "mysql"), "(SELECT 1) UNION (SELECT 2)")
+        self.assertEqual(check_statement("SELECT 'into' AS `into`", "mysql"), "SELECT 'into' AS `into`")
+        # Words that only matter in one place: a SQLite column may be called lock.
+        self.assertEqual(check_statement("SELECT lock FROM doors", "sqlite"), "SELECT lock FROM doors")
+        for sql in ("SELECT 1 FOR UPDATE", "SELECT 1 FOR SHARE", "SELECT 1 LOCK IN SHARE MODE"):
+            with self.assertRaises(Refused):
+                check_statement(sql, "mysql")
+        with self.assertRaises(Refused) as caught:
+            check_statement("EXPLAIN SELECT 1", "mysql")
+        self.assertIn("sql.explain", str(caught.exception))
