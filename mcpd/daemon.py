@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
-from mcpd.interfaces import INoteStore, IRuntime, ITaskBoard
+from mcpd.interfaces import INoteStore, IRuntime, ITaskBoard, IVectorIndex
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
 from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
 from mcpd.observe.stats import Vitals
@@ -54,6 +54,7 @@ from mcpd.web.monitoring import build_monitor
 from mcpd.web.site import make_site
 
 if TYPE_CHECKING:
+    from mcpd.cluster.service import Cluster
     from mcpd.stores.redis.config import RedisConfig
     from mcpd.stores.sql.config import DatabaseConfig
 
@@ -357,9 +358,24 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         message_limit=security.message_limit,
     )
     _add(root, "engine", EngineService(engine))
+    # Several instances as one: sessions, tasks and changes through Redis (None alone).
+    cluster = _cluster(settings, reactor, packs, stores, engine, sessions, sse_sessions)
+    if cluster is not None:
+        _add(root, "cluster", cluster)
     _add(root, "sessions", SessionService(sessions))
     _add(root, "sse-sessions", SessionService(sse_sessions))
-    streamable = StreamableHTTP(engine, sessions, settings.max_message_size, settings.sse_replay)
+    streamable = StreamableHTTP(
+        engine,
+        sessions,
+        settings.max_message_size,
+        settings.sse_replay,
+        journal=cluster.sessions if cluster is not None else None,
+    )
+    sse_messages = SSEMessagesResource(
+        engine, sse_sessions, settings.max_message_size, forward=cluster.sse.forward if cluster is not None else None
+    )
+    if cluster is not None:
+        cluster.sse.messages = sse_messages
     websockets = websocket_resource(
         engine, settings.max_message_size, settings.sse_keepalive, message_timeout=settings.request_timeout
     )
@@ -368,7 +384,7 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         runtime,
         {
             b"sse": OriginGuard(SSEStreamResource(sse_sessions)),
-            b"messages": OriginGuard(SSEMessagesResource(engine, sse_sessions, settings.max_message_size)),
+            b"messages": OriginGuard(sse_messages),
             b"ws": OriginGuard(websockets),
         },
         settings.sse_keepalive,
@@ -399,6 +415,45 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     ReadinessService(lifecycle, reactor).setServiceParent(root)
     security.warn_about([d for d in settings.http_endpoints() if beyond_loopback(d)])
     return root
+
+
+def _cluster(
+    settings: Settings,
+    reactor: Any,
+    packs: Sequence[ToolPack],
+    stores: StoreSet,
+    engine: Engine,
+    sessions: SessionStore,
+    sse_sessions: SessionStore,
+) -> Cluster | None:
+    """This instance's part in a deployment sharing Redis (`mcpd.cluster`); None without
+    --redis-url."""
+    from mcpd.stores.redis import RedisConnection
+
+    redis = next((store for store in stores if isinstance(store, RedisConnection)), None)
+    if redis is None:
+        return None
+    from mcpd.cluster.instances import embedded_stores
+    from mcpd.cluster.service import Cluster
+
+    sqlite = None
+    if needs_sql(packs):
+        config = sql_config(settings)
+        if config.backend == "sqlite":
+            sqlite = config.url.database
+    vector = any(interface is IVectorIndex for pack in packs for interface in pack.needs)
+    milvus_lite = settings.index_uri() if vector and settings.milvus_uri is None else None
+    return Cluster(
+        redis,
+        engine,
+        sessions,
+        sse_sessions,
+        stores=embedded_stores(sqlite, milvus_lite),
+        listen=settings.http_endpoints(),
+        replay_limit=settings.sse_replay,
+        session_timeout=settings.session_timeout,
+        clock=reactor,
+    )
 
 
 def _drain(lifecycle: Lifecycle, settings: Settings, reactor: Any, engine: Engine, **closing: Any) -> DrainService:
