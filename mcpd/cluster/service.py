@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -16,6 +17,7 @@ from mcpd.cluster.bus import ClusterBus
 from mcpd.cluster.instances import EmbeddedStore, InstanceRegistry, SharingConflict
 from mcpd.cluster.journal import Journal
 from mcpd.cluster.relay import ChangeRelay, TaskRelay
+from mcpd.interfaces import StoreUnavailable
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
 
 if TYPE_CHECKING:
@@ -67,11 +69,24 @@ class Cluster(Service):
     def startService(self) -> None:
         super().startService()
         log.info("Instance {id} of a cluster sharing Redis", id=self.instance)
+        deadline = self.clock.seconds() + self.wait
         d = self.bus.start(self.wait)
-        d.addCallback(lambda _ready: self.registry.check())
+        d.addCallback(lambda _ready: self._check(deadline))
         d.addCallback(lambda _checked: self.registry.start())
         d.addErrback(self._refused)
         self.checked = d
+
+    def _check(self, deadline: float) -> Deferred[None]:
+        """The sharing check, once the command connections answer (they connect apart from
+        the bus's subscriber): tried again until ``deadline``."""
+
+        def retry(failure: Failure) -> Any:
+            failure.trap(StoreUnavailable)
+            if self.clock.seconds() >= deadline:
+                return failure
+            return deferLater(self.clock, 0.2, self._check, deadline)
+
+        return self.registry.check().addErrback(retry)
 
     def _refused(self, failure: Failure) -> None:
         why = failure.getErrorMessage() if failure.check(SharingConflict) else str(failure.value)
