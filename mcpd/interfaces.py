@@ -234,6 +234,10 @@ class ISessionStore(Interface):
     def load(session_id: str) -> Any:
         """Fires with the record with this id, or None."""
 
+    def touch(session_id: str) -> Any:
+        """The session is in use: a store that forgets idle records (Redis, after the idle
+        timeout) keeps this one longer. Fires with True if it is kept."""
+
     def delete(session_id: str) -> Any:
         """Forget a record; fires with True if it was kept."""
 

@@ -166,6 +166,10 @@ class _StoreSuite(_TestCase):
         its own test instead, with the same assertions)."""
         return self.successResultOf(d)
 
+    def refused(self, d: Deferred[Any], *errors: type[BaseException]) -> Failure:
+        """The failure a store call fired with (one of ``errors``)."""
+        return self.failureResultOf(d, *errors)
+
 
 class BucketStoreTests(_StoreSuite):
     """Every `IBucketStore`; ``make_store(clock)`` builds a fresh one whose time is ``clock``."""
@@ -242,7 +246,7 @@ class TaskStoreTests(_StoreSuite):
         self.settled(self.store.add(_task("b"), 0.0))
         dropped = self.settled(self.store.add(_task("c"), 0.0))
         self.assertEqual([record.task_id for record in dropped], ["a"])
-        full = self.failureResultOf(self.store.add(_task("d"), 0.0), StoreFull)
+        full = self.refused(self.store.add(_task("d"), 0.0), StoreFull)
         self.assertEqual(full.value.capacity, 2)
         self.assertEqual(self.settled(self.store.count()), 2)
 
@@ -287,6 +291,8 @@ class SessionStoreTests(_StoreSuite):
         self.assertEqual(self.settled(self.store.load("s1")), record)
         self.assertEqual(SessionRecord.from_json(record.to_json()), record)
         self.assertEqual(self.settled(self.store.count()), 1)
+        self.assertTrue(self.settled(self.store.touch("s1")))
         self.assertTrue(self.settled(self.store.delete("s1")))
+        self.assertFalse(self.settled(self.store.touch("s1")))
         self.assertFalse(self.settled(self.store.delete("s1")))
         self.assertIsNone(self.settled(self.store.load("s1")))

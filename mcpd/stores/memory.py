@@ -134,6 +134,9 @@ class MemorySessionStore:
         data = self._records.get(session_id)
         return succeed(SessionRecord.from_json(data) if data is not None else None)
 
+    def touch(self, session_id: str) -> Deferred[bool]:
+        return succeed(session_id in self._records)
+
     def delete(self, session_id: str) -> Deferred[bool]:
         return succeed(self._records.pop(session_id, None) is not None)
 

@@ -20,8 +20,9 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -155,9 +156,14 @@ class RedisConnection(Service):
     def endpoint(self) -> IStreamClientEndpoint:
         """A client endpoint to Redis (TLS for rediss://): for this pool, and for connections
         of other kinds (a subscriber)."""
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self.reactor, self.config.host, self.config.port, timeout=self.config.timeout
-        )
+        host, port, timeout = self.config.host, self.config.port, self.config.timeout
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(host):  # no name to resolve (in the reactor's threads)
+            endpoint = TCP4ClientEndpoint(self.reactor, host, port, timeout=timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self.reactor, host, port, timeout=timeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=timeout)
         if self.config.tls:
             from twisted.internet import ssl
 

@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_redis_stores -*-
+"""Task records in Redis (`ITaskStore`), so that any instance can answer ``tasks/get``,
+``tasks/result`` and ``tasks/list``.
+
+Each record is a JSON string under ``task:ID`` with a Redis TTL (its own TTL and a margin, so a
+record outlives no deployment that forgot it); sorted sets index the records by age, by deadline
+(``created + ttl``), the finished ones by age, and each owner's by age. Every change that touches
+more than one key is one Lua script, so instances never see half of one. Capacity is counted
+over all instances.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from mcpd.interfaces import ITaskStore, StoreFull, TaskRecord
+from mcpd.stores.memory import TASK_CAPACITY
+
+if TYPE_CHECKING:
+    from mcpd.stores.redis.connection import RedisConnection
+
+# Seconds a record stays in Redis past its TTL: instances expire records themselves at the TTL
+# (`expire`, `add`); Redis' own TTL only cleans up after a deployment that went away.
+REDIS_TTL_MARGIN = 300
+
+# Shared by the scripts: forget one task everywhere; its JSON, or false.
+_FORGET = """
+local p = ARGV[1]
+local function forget(id)
+  local key = p .. 'task:' .. id
+  local data = redis.call('GET', key)
+  local owner = redis.call('HGET', p .. 'tasks:owners', id)
+  redis.call('DEL', key)
+  redis.call('ZREM', p .. 'tasks', id)
+  redis.call('ZREM', p .. 'tasks:deadline', id)
+  redis.call('ZREM', p .. 'tasks:finished', id)
+  redis.call('HDEL', p .. 'tasks:owners', id)
+  if owner then redis.call('ZREM', p .. 'tasks:owner:' .. owner, id) end
+  return data
+end
+local function expire(now, into)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. 'tasks:deadline', '-inf', now)) do
+    local data = forget(id)
+    if data then table.insert(into, data) end
+  end
+end
+"""
+
+# ARGV: prefix, now, capacity, id, json, owner, created, deadline or '', finished '1'/'0',
+# Redis TTL in ms or ''. Answers {'ok', dropped...} or {'full', count}.
+ADD = (
+    _FORGET
+    + """
+local now, capacity, id, data, owner = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+local created, deadline, finished, ttl = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local dropped = {'ok'}
+expire(now, dropped)
+if redis.call('ZCARD', p .. 'tasks') >= capacity then
+  local oldest = redis.call('ZRANGE', p .. 'tasks:finished', 0, 0)[1]
+  if not oldest then return {'full', redis.call('ZCARD', p .. 'tasks')} end
+  local gone = forget(oldest)
+  if gone then table.insert(dropped, gone) end
+end
+if ttl ~= '' then
+  redis.call('SET', p .. 'task:' .. id, data, 'PX', ttl)
+else
+  redis.call('SET', p .. 'task:' .. id, data)
+end
+redis.call('ZADD', p .. 'tasks', created, id)
+if deadline ~= '' then redis.call('ZADD', p .. 'tasks:deadline', deadline, id) end
+if finished == '1' then redis.call('ZADD', p .. 'tasks:finished', created, id) end
+redis.call('HSET', p .. 'tasks:owners', id, owner)
+redis.call('ZADD', p .. 'tasks:owner:' .. owner, created, id)
+return dropped
+"""
+)
+
+# ARGV: prefix, id, json, created, finished '1'/'0'. Replaces a kept record (its TTL kept).
+SAVE = """
+local p, id, data, created, finished = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('EXISTS', p .. 'task:' .. id) == 0 then return 0 end
+redis.call('SET', p .. 'task:' .. id, data, 'KEEPTTL')
+if finished == '1' then redis.call('ZADD', p .. 'tasks:finished', created, id) end
+return 1
+"""
+
+# ARGV: prefix, id. Answers the record's JSON, or nil.
+REMOVE = _FORGET + "return forget(ARGV[2])\n"
+
+# ARGV: prefix, now. Answers the expired records' JSON.
+EXPIRE = _FORGET + "local gone = {}\nexpire(ARGV[2], gone)\nreturn gone\n"
+
+# ARGV: prefix, owner. Answers the owner's records' JSON, oldest first (forgetting any whose
+# key Redis has expired).
+OWNED_BY = (
+    _FORGET
+    + """
+local found = {}
+for _, id in ipairs(redis.call('ZRANGE', p .. 'tasks:owner:' .. ARGV[2], 0, -1)) do
+  local data = redis.call('GET', p .. 'task:' .. id)
+  if data then table.insert(found, data) else forget(id) end
+end
+return found
+"""
+)
+
+
+@implementer(ITaskStore)
+class RedisTaskStore:
+    """Task records shared by every instance using the same Redis (see the module docstring)."""
+
+    def __init__(self, connection: RedisConnection, capacity: int = TASK_CAPACITY) -> None:
+        self.connection = connection
+        self.capacity = capacity
+
+    def _run(self, script: str, *args: Any) -> Deferred[Any]:
+        return self.connection.eval(script, [], [self.connection.key(), *args])
+
+    def add(self, record: TaskRecord, now: float) -> Deferred[list[TaskRecord]]:
+        ttl = record.ttl_ms
+        deadline = "" if ttl is None else repr(record.created + ttl / 1000)
+        redis_ttl = "" if ttl is None else str(ttl + REDIS_TTL_MARGIN * 1000)
+        d = self._run(
+            ADD,
+            repr(now),
+            str(self.capacity),
+            record.task_id,
+            _dump(record),
+            record.owner,
+            repr(record.created),
+            deadline,
+            "1" if record.terminal else "0",
+            redis_ttl,
+        )
+
+        def added(answer: list[Any]) -> list[TaskRecord]:
+            if answer[0] == "full":
+                raise StoreFull(
+                    f"The servers are running {answer[1]} tasks, their limit; try again when one has finished",
+                    self.capacity,
+                )
+            return _records(answer[1:])
+
+        return d.addCallback(added)
+
+    def save(self, record: TaskRecord) -> Deferred[None]:
+        d = self._run(SAVE, record.task_id, _dump(record), repr(record.created), "1" if record.terminal else "0")
+        return d.addCallback(lambda _: None)
+
+    def get(self, task_id: str) -> Deferred[TaskRecord | None]:
+        return self.connection.execute("GET", self.connection.key("task", task_id)).addCallback(_record)
+
+    def remove(self, task_id: str) -> Deferred[TaskRecord | None]:
+        return self._run(REMOVE, task_id).addCallback(_record)
+
+    def owned_by(self, owner: str) -> Deferred[list[TaskRecord]]:
+        return self._run(OWNED_BY, owner).addCallback(_records)
+
+    def expire(self, now: float) -> Deferred[list[TaskRecord]]:
+        return self._run(EXPIRE, repr(now)).addCallback(_records)
+
+    def count(self) -> Deferred[int]:
+        return self.connection.execute("ZCARD", self.connection.key("tasks")).addCallback(int)
+
+
+def _dump(record: TaskRecord) -> str:
+    return json.dumps(record.to_json(), separators=(",", ":"))
+
+
+def _record(data: str | None) -> TaskRecord | None:
+    return TaskRecord.from_json(json.loads(data)) if data else None
+
+
+def _records(items: list[str]) -> list[TaskRecord]:
+    return [TaskRecord.from_json(json.loads(data)) for data in items]
