@@ -310,10 +310,11 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
 
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
     # body size, rate and stream limits) and per connection (caps, slow clients).
-    security = Security(settings, reactor, MemoryBucketStore(reactor), lifecycle=lifecycle, ledger=ledger)
-    sessions = SessionStore(reactor, settings.session_timeout, ledger, MemorySessionStore())
+    shared = shared_state(settings, stores, reactor)
+    security = Security(settings, reactor, shared.buckets, lifecycle=lifecycle, ledger=ledger)
+    sessions = SessionStore(reactor, settings.session_timeout, ledger, shared.sessions)
     # Legacy HTTP+SSE sessions live in a store of their own: ids never cross transports.
-    sse_sessions = SessionStore(reactor, settings.session_timeout, ledger, MemorySessionStore())
+    sse_sessions = SessionStore(reactor, settings.session_timeout, ledger, shared.sse_sessions)
     health = HealthChecks(
         [
             thread_pool_check(pool, reactor, reactor),
@@ -356,6 +357,7 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         entry_filter=policy.allows_entry if policy is not None else None,
         observers=(*monitor.observers, security.audit.observe),
         message_limit=security.message_limit,
+        task_store=shared.tasks,
     )
     _add(root, "engine", EngineService(engine))
     # Several instances as one: sessions, tasks and changes through Redis (None alone).
@@ -417,6 +419,36 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     return root
 
 
+@attrs.frozen
+class SharedState:
+    """Where the state several instances may share is kept: rate-limit buckets, task records,
+    session records (of each HTTP transport)."""
+
+    buckets: Any
+    tasks: Any
+    sessions: Any
+    sse_sessions: Any
+
+
+def shared_state(settings: Settings, stores: StoreSet, reactor: Any) -> SharedState:
+    """In Redis with --redis-url (every instance sees the same), else in this process."""
+    if settings.redis_url is None:
+        return SharedState(MemoryBucketStore(reactor), MemoryTaskStore(), MemorySessionStore(), MemorySessionStore())
+    from mcpd.stores.redis import RedisConnection
+    from mcpd.stores.redis.buckets import RedisBucketStore
+    from mcpd.stores.redis.sessions import RedisSessionStore
+    from mcpd.stores.redis.tasks import RedisTaskStore
+
+    redis = next(store for store in stores if isinstance(store, RedisConnection))
+    timeout = settings.session_timeout
+    return SharedState(
+        RedisBucketStore(redis, reactor),
+        RedisTaskStore(redis),
+        RedisSessionStore(redis, reactor, timeout, kind="streamable"),
+        RedisSessionStore(redis, reactor, timeout, kind="sse"),
+    )
+
+
 def _cluster(
     settings: Settings,
     reactor: Any,
@@ -428,12 +460,12 @@ def _cluster(
 ) -> Cluster | None:
     """This instance's part in a deployment sharing Redis (`mcpd.cluster`); None without
     --redis-url."""
-    from mcpd.stores.redis import RedisConnection
-
-    redis = next((store for store in stores if isinstance(store, RedisConnection)), None)
-    if redis is None:
+    if settings.redis_url is None:
         return None
     from mcpd.cluster.instances import embedded_stores
+    from mcpd.stores.redis import RedisConnection
+
+    redis = next(store for store in stores if isinstance(store, RedisConnection))
     from mcpd.cluster.service import Cluster
 
     sqlite = None
@@ -480,7 +512,9 @@ def _engine(
     tracer: Tracer | None,
     **policy: Any,
 ) -> Engine:
-    """The MCP engine, with the daemon's limits and ``policy`` (scopes, observers)."""
+    """The MCP engine, with the daemon's limits and ``policy`` (scopes, observers, the task
+    store)."""
+    policy.setdefault("task_store", MemoryTaskStore())
     state_key = settings.state_key.encode("utf-8") if settings.state_key is not None else None
     if state_key is None:
         log.info(
@@ -495,7 +529,6 @@ def _engine(
         client_timeout=settings.client_timeout,
         state_key=state_key,
         ledger=ledger,
-        task_store=MemoryTaskStore(),
         stores={IRuntime: runtime, **runtime.stores.providers()},
         tool_timeout=settings.tool_timeout,
         max_batch=settings.max_batch,

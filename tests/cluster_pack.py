@@ -27,7 +27,9 @@ def _served(**more: Any) -> dict[str, Any]:
     return {"pid": os.getpid(), **more}
 
 
-@pack.tool("cluster.where", description="The pid of the process serving this call.", input_schema=_NONE, output_schema=_SERVED)
+@pack.tool(
+    "cluster.where", description="The pid of the process serving this call.", input_schema=_NONE, output_schema=_SERVED
+)
 def where(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
     return _served()
 

@@ -42,7 +42,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from mcpd.protocol.tasks import TASKS_EXTENSION
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
-from tests.daemon import Daemon, DaemonTestMixin, free_port, port_answers, read_events, run_anyio, start_daemon
+from tests.daemon import Daemon, DaemonTestMixin, free_port, port_answers, read_events, run_anyio
 from tests.redis_service import RedisServer, require_redis
 from tests.services import require_mariadb, shared_mariadb
 from tests.test_nginx import MAIN_CONF, NGINX, proxy_conf
@@ -99,7 +99,9 @@ class ClusterTests(DaemonTestMixin, TestCase):
         for daemon in self.instances.values():
             # Each instance answers on its own (and its trace has something to validate).
             assert daemon.port is not None
-            status, answer = self.post_modern(daemon.port, "tools/call", {"name": "cluster.where", "arguments": {}}, "cluster.where")
+            status, answer = self.post_modern(
+                daemon.port, "tools/call", {"name": "cluster.where", "arguments": {}}, "cluster.where"
+            )
             self.assertEqual(answer["result"]["structuredContent"]["pid"], daemon.process.pid, answer)
 
     # -- the cluster ----------------------------------------------------------------------------
@@ -138,7 +140,8 @@ class ClusterTests(DaemonTestMixin, TestCase):
         conf = cluster_conf(upstreams, http_port, https_port, fullchain, tls.key)
         (self.workdir / "mcpd.conf").write_text(conf, encoding="utf-8")
         main = MAIN_CONF.format(dir=self.workdir).replace(
-            f"access_log {self.workdir}/nginx-access.log;", LOG_FORMAT + f"    access_log {self.workdir}/nginx-access.log cluster;"
+            f"access_log {self.workdir}/nginx-access.log;",
+            LOG_FORMAT + f"    access_log {self.workdir}/nginx-access.log cluster;",
         )
         if os.geteuid() != 0:
             main = main.replace("user nobody nogroup;\n", "")
@@ -183,7 +186,10 @@ class ClusterTests(DaemonTestMixin, TestCase):
 
         def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> httpx2.AsyncClient:
             return httpx2.AsyncClient(
-                headers={**(headers or {}), "Authorization": f"Bearer {KEY}"}, timeout=timeout, auth=auth, verify=context
+                headers={**(headers or {}), "Authorization": f"Bearer {KEY}"},
+                timeout=timeout,
+                auth=auth,
+                verify=context,
             )
 
         return factory
@@ -230,24 +236,30 @@ class ClusterTests(DaemonTestMixin, TestCase):
                 progress.append(done)
 
             async def on_message(message: Any) -> None:
-                if isinstance(message, types.ServerNotification) and isinstance(
-                    message.root if hasattr(message, "root") else message, types.ToolListChangedNotification
+                if (
+                    isinstance(message, types.ServerNotification)
+                    and isinstance(
+                        message.root if hasattr(message, "root") else message, types.ToolListChangedNotification
+                    )
+                    or isinstance(message, types.ToolListChangedNotification)
                 ):
-                    changed.set()
-                elif isinstance(message, types.ToolListChangedNotification):
                     changed.set()
 
             factory = self.http_factory()
             with anyio.fail_after(CLIENT_TIMEOUT):
                 async with factory() as http:
                     target = streamable_http_client(f"{self.url}/mcp", http_client=http)
-                    async with Client(target, mode="legacy", elicitation_callback=on_elicit, message_handler=on_message) as client:
+                    async with Client(
+                        target, mode="legacy", elicitation_callback=on_elicit, message_handler=on_message
+                    ) as client:
                         outcome["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
                         outcome["pids"] = [
                             (await client.call_tool("cluster.where", {})).structured_content["pid"]  # type: ignore[index]
                             for _ in range(6)
                         ]
-                        slow = await client.call_tool("tests.progress", {"steps": 3, "delay": 0.05}, progress_callback=on_progress)
+                        slow = await client.call_tool(
+                            "tests.progress", {"steps": 3, "delay": 0.05}, progress_callback=on_progress
+                        )
                         outcome["progress"] = (slow.is_error, progress)
                         asked = await client.call_tool("cluster.ask", {"question": "the answer?"})
                         outcome["asked"] = asked.structured_content
@@ -293,7 +305,9 @@ class ClusterTests(DaemonTestMixin, TestCase):
                         (await client.call_tool("cluster.where", {})).structured_content["pid"]  # type: ignore[index]
                         for _ in range(4)
                     ]
-                    slow = await client.call_tool("tests.progress", {"steps": 3, "delay": 0.05}, progress_callback=on_progress)
+                    slow = await client.call_tool(
+                        "tests.progress", {"steps": 3, "delay": 0.05}, progress_callback=on_progress
+                    )
                     outcome["progress"] = (slow.is_error, progress)
                     asked = await client.call_tool("cluster.ask", {"question": "the answer?"})
                     outcome["asked"] = asked.structured_content
@@ -316,17 +330,23 @@ class ClusterTests(DaemonTestMixin, TestCase):
         a, b, c = (self.instances[name].port for name in "abc")
         assert a and b and c
         status, created = yield self.in_thread(
-            lambda: self.post_modern(a, "tools/call", {"name": "cluster.wait", "arguments": {"label": "t1"}}, "cluster.wait")
+            lambda: self.post_modern(
+                a, "tools/call", {"name": "cluster.wait", "arguments": {"label": "t1"}}, "cluster.wait"
+            )
         )
         self.assertEqual(status, 200, created)
         task_id = created["result"]["taskId"]
         status, polled = yield self.in_thread(lambda: self.post_modern(b, "tasks/get", {"taskId": task_id}, task_id))
         self.assertEqual((status, polled["result"]["status"]), (200, "working"), polled)
-        status, cancelled = yield self.in_thread(lambda: self.post_modern(c, "tasks/cancel", {"taskId": task_id}, task_id))
+        status, cancelled = yield self.in_thread(
+            lambda: self.post_modern(c, "tasks/cancel", {"taskId": task_id}, task_id)
+        )
         self.assertEqual(status, 200, cancelled)
         self.assertNotIn("error", cancelled)
         for port in (a, b, c):
-            status, polled = yield self.in_thread(lambda port=port: self.post_modern(port, "tasks/get", {"taskId": task_id}, task_id))
+            status, polled = yield self.in_thread(
+                lambda port=port: self.post_modern(port, "tasks/get", {"taskId": task_id}, task_id)
+            )
             self.assertEqual(polled["result"]["status"], "cancelled", polled)
         pid_a = self.instances["a"].process.pid
         events = read_events(self.events)

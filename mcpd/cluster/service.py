@@ -17,8 +17,8 @@ from mcpd.cluster.bus import ClusterBus
 from mcpd.cluster.instances import EmbeddedStore, InstanceRegistry, SharingConflict
 from mcpd.cluster.journal import Journal
 from mcpd.cluster.relay import ChangeRelay, TaskRelay
-from mcpd.interfaces import StoreUnavailable
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
+from mcpd.interfaces import StoreUnavailable
 
 if TYPE_CHECKING:
     from mcpd.protocol.engine import Engine
@@ -53,7 +53,7 @@ class Cluster(Service):
         self.bus = ClusterBus(redis, clock=clock)
         self.registry = InstanceRegistry(self.bus, stores, listen, clock=clock)
         self.journal = Journal(self.bus, replay_limit, session_timeout)
-        self.sessions = ClusterSessions(self.bus, self.journal, self.registry, sessions)
+        self.sessions = ClusterSessions(self.bus, self.journal, self.registry, sessions, engine.changes)
         self.sse = SSEForwarding(self.bus, sse_sessions)
         sessions.cluster = self.sessions
         sse_sessions.cluster = self.sse

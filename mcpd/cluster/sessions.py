@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from mcpd.cluster.bus import ClusterBus
     from mcpd.cluster.instances import InstanceRegistry
     from mcpd.cluster.journal import Journal
+    from mcpd.protocol.changes import ChangeFeed
     from mcpd.protocol.session import Session, SessionStore
     from mcpd.transport.legacy_sse import SSEMessagesResource
 
@@ -72,7 +73,10 @@ class ClusterSessions:
     """The `SessionCluster` of the Streamable HTTP sessions (and its `JournalReader`), and the
     forwarding of HTTP+SSE messages."""
 
-    def __init__(self, bus: ClusterBus, journal: Journal, registry: InstanceRegistry, sessions: SessionStore) -> None:
+    def __init__(
+        self, bus: ClusterBus, journal: Journal, registry: InstanceRegistry, sessions: SessionStore, feed: ChangeFeed
+    ) -> None:
+        self.feed = feed
         self.bus = bus
         self.journal = journal
         self.registry = registry
@@ -87,6 +91,9 @@ class ClusterSessions:
         session.outbound = OutboundRequests(
             prefix=f"mcpd-{self.instance}-", forward=functools.partial(self._forward_response, session)
         )
+        # A session adopted here hears of changes too (its resources/subscribe may land here);
+        # the journal's change ids keep it from hearing one change twice.
+        self.feed.join(session)
         if isinstance(session, HTTPSession):
             session.stream_prefix = f"{self.instance}-"
             session.journal = functools.partial(self._journal, session.id)
@@ -102,7 +109,7 @@ class ClusterSessions:
     def refresh(self, sessions: list[Session]) -> None:
         for session in sessions:
             if session.initialized and not session.closed:
-                self.sessions.records.save(session.record()).addErrback(_logged, "keep session {id}", session.id)
+                self.sessions.records.touch(session.id).addErrback(_logged, "keep session {id}", session.id)
 
     def _ended_elsewhere(self, message: dict[str, Any]) -> None:
         session_id = str(message.get("session"))

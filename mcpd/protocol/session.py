@@ -221,6 +221,10 @@ class SessionStore:
         """Keep ``session`` (its handshake succeeded)."""
         session.last_active = self._clock.seconds()
         self._sessions[session.id] = session
+        if self.cluster is not None:
+            # Its notifications/initialized may land on another instance: the handshake's
+            # success is what this one can know.
+            session.initialized = True
         self.records.save(session.record()).addErrback(_store_failed, "keep", session.id)
 
     def get(self, session_id: str) -> Session | None:

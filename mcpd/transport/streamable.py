@@ -254,7 +254,10 @@ class StreamableHTTP(NoHead, Resource):
             # The common case: answered at once, straight back as JSON.
             result: list[Any] = []
             d.addBoth(result.append)
-            return reply.immediate(result[0])
+            if result:
+                return reply.immediate(result[0])
+            # Called, but paused on a store's Deferred (Redis): the answer comes later.
+            d.addCallback(lambda _paused: result[0])
         d.addCallbacks(reply.complete, reply.failed)
         if modern:
             # 2026-07-28 transports: closing the response stream cancels the request.
