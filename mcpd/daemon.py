@@ -462,25 +462,24 @@ def _cluster(
     --redis-url."""
     if settings.redis_url is None:
         return None
-    from mcpd.cluster.instances import embedded_stores
+    from mcpd.cluster.instances import store_identities
+    from mcpd.cluster.service import Cluster
     from mcpd.stores.redis import RedisConnection
 
     redis = next(store for store in stores if isinstance(store, RedisConnection))
-    from mcpd.cluster.service import Cluster
-
-    sqlite = None
+    sql = index = None
     if needs_sql(packs):
         config = sql_config(settings)
-        if config.backend == "sqlite":
-            sqlite = config.url.database
-    vector = any(interface is IVectorIndex for pack in packs for interface in pack.needs)
-    milvus_lite = settings.index_uri() if vector and settings.milvus_uri is None else None
+        sql = ("sqlite", config.url.database or "") if config.backend == "sqlite" else ("mysql", config.shown_url)
+    if any(interface is IVectorIndex for pack in packs for interface in pack.needs):
+        uri = settings.index_uri()
+        index = ("milvus-lite", uri) if settings.milvus_uri is None else ("milvus", uri)
     return Cluster(
         redis,
         engine,
         sessions,
         sse_sessions,
-        stores=embedded_stores(sqlite, milvus_lite),
+        stores=store_identities(sql, index),
         listen=settings.http_endpoints(),
         replay_limit=settings.sse_replay,
         session_timeout=settings.session_timeout,

@@ -42,7 +42,16 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from mcpd.protocol.tasks import TASKS_EXTENSION
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
-from tests.daemon import Daemon, DaemonTestMixin, free_port, port_answers, read_events, run_anyio
+from tests.daemon import (
+    Daemon,
+    DaemonStartError,
+    DaemonTestMixin,
+    free_port,
+    port_answers,
+    read_events,
+    run_anyio,
+    start_daemon,
+)
 from tests.redis_service import RedisServer, require_redis
 from tests.services import require_mariadb, shared_mariadb
 from tests.test_nginx import MAIN_CONF, NGINX, proxy_conf
@@ -52,7 +61,8 @@ KEY = "cluster-test-key-0123456789abcdef"
 OTHER_KEY = "cluster-other-key-0123456789abcdef"
 MODERN = "2026-07-28"
 WITH_TASKS = {META_CLIENT_CAPABILITIES: {"elicitation": {}, "extensions": {TASKS_EXTENSION: {}}}}
-RATE_LIMIT = 40
+# Requests per key per hour: refill is negligible while a test runs.
+RATE_LIMIT = 120
 CLIENT_TIMEOUT = 60.0
 # nginx's access log: which instance (upstream) served each request of which session.
 LOG_FORMAT = "log_format cluster '$request_method $uri $status $upstream_addr sid=$http_mcp_session_id';\n"
@@ -122,6 +132,8 @@ class ClusterTests(DaemonTestMixin, TestCase):
             "cluster-test-state-key-0123456789abcdef",
             "--rate-limit",
             str(RATE_LIMIT),
+            "--rate-window",
+            "3600",
             "--session-timeout",
             "120",
             "--sse-keepalive",
@@ -196,7 +208,9 @@ class ClusterTests(DaemonTestMixin, TestCase):
 
     # -- raw requests -------------------------------------------------------------------------
 
-    def post_modern(self, port: int, method: str, params: dict[str, Any], name: str | None = None) -> tuple[int, Any]:
+    def post_modern(
+        self, port: int, method: str, params: dict[str, Any], name: str | None = None, key: str = KEY
+    ) -> tuple[int, Any]:
         """One 2026-07-28 request straight to an instance; its status and message."""
         params = {**params, "_meta": {META_PROTOCOL_VERSION: MODERN, **WITH_TASKS}}
         headers = {
@@ -204,7 +218,7 @@ class ClusterTests(DaemonTestMixin, TestCase):
             "accept": "application/json, text/event-stream",
             "mcp-protocol-version": MODERN,
             "mcp-method": method,
-            "authorization": f"Bearer {KEY}",
+            "authorization": f"Bearer {key}",
         }
         if name is not None:
             headers["mcp-name"] = name
@@ -353,6 +367,179 @@ class ClusterTests(DaemonTestMixin, TestCase):
         # The work ran on A and was cancelled there, though the cancel landed on C.
         self.assertIn(f"started cluster.wait@{pid_a} t1", events)
         self.assertIn(f"cancelled cluster.wait@{pid_a} t1", events)
+
+    @inlineCallbacks
+    def test_rate_limit_across_instances(self) -> Any:
+        """Twice the rate limit, sent at once to all three instances: exactly the limit passes."""
+        ports = [daemon.port for daemon in self.instances.values()]
+
+        def burst() -> list[int]:
+            from concurrent.futures import ThreadPoolExecutor
+
+            def one(n: int) -> int:
+                port = ports[n % len(ports)]
+                assert port is not None
+                params = {"name": "cluster.where", "arguments": {}}
+                return self.post_modern(port, "tools/call", params, "cluster.where", key=OTHER_KEY)[0]
+
+            with ThreadPoolExecutor(12) as pool:
+                return list(pool.map(one, range(2 * RATE_LIMIT)))
+
+        statuses = yield self.in_thread(burst)
+        self.assertEqual((statuses.count(200), statuses.count(429)), (RATE_LIMIT, RATE_LIMIT), statuses)
+
+    @inlineCallbacks
+    def test_instance_killed_mid_session(self) -> Any:
+        """kill -9 of the instance holding a session's GET stream: the client's next requests
+        and its resumed stream are served by the others."""
+        state: dict[str, Any] = {}
+
+        async def main() -> None:
+            changes: list[Any] = []
+            heard = anyio.Event()
+
+            async def on_message(message: Any) -> None:
+                if isinstance(message, types.ToolListChangedNotification) or "list_changed" in repr(message):
+                    changes.append(message)
+                    heard.set()
+
+            factory = self.http_factory()
+            with anyio.fail_after(CLIENT_TIMEOUT):
+                async with factory() as http:
+                    target = streamable_http_client(f"{self.url}/mcp", http_client=http)
+                    async with Client(target, mode="legacy", message_handler=on_message) as client:
+                        for _ in range(3):
+                            await client.call_tool("cluster.where", {})
+                        await anyio.sleep(1.0)  # the GET stream opens meanwhile
+                        holder = await anyio.to_thread.run_sync(self.stream_holder)
+                        state["killed"] = holder
+                        self.instances[holder].process.send_signal(signal.SIGKILL)
+                        await anyio.to_thread.run_sync(self.instances[holder].process.wait)
+                        state["after"] = [
+                            (await client.call_tool("cluster.where", {})).structured_content["pid"]  # type: ignore[index]
+                            for _ in range(4)
+                        ]
+                        # Give the SDK the time to resume its GET stream (1 s), then change.
+                        await anyio.sleep(2.5)
+                        await client.call_tool("cluster.announce", {})
+                        with anyio.fail_after(10):
+                            await heard.wait()
+                        state["changes"] = len(changes)
+
+        yield deferToThread(run_anyio, main).addErrback(self._explain)
+        pids = self.pids()
+        served = {pids[pid] for pid in state["after"]}
+        self.assertNotIn(state["killed"], served)
+        self.assertEqual(len(served), 2, state)
+        self.assertGreaterEqual(state["changes"], 1)
+
+    def stream_holder(self) -> str:
+        """The instance with an SSE stream open (the session's GET stream), by its metrics."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for name, daemon in self.instances.items():
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{daemon.port}/metrics", headers={"authorization": f"Bearer {KEY}"}
+                )
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    text = response.read().decode()
+                if re.search(r"^mcp_sse_streams_open 1(\.0)?$", text, re.MULTILINE):
+                    return name
+            time.sleep(0.1)
+        raise AssertionError("no instance holds the session's GET stream")
+
+    @inlineCallbacks
+    def test_redis_restarted(self) -> Any:
+        """Redis restarted: clear errors while it is gone, full service after, and every task
+        record that was acknowledged is still there."""
+        a, b, c = (self.instances[name].port for name in "abc")
+        assert a and b and c
+        tasks = []
+        for port, label in ((a, "r1"), (b, "r2"), (c, "r3")):
+            params = {"name": "cluster.wait", "arguments": {"label": label}}
+            status, created = yield self.in_thread(
+                lambda port=port, params=params: self.post_modern(port, "tools/call", params, "cluster.wait")
+            )
+            self.assertEqual(status, 200, created)
+            tasks.append(created["result"]["taskId"])
+        # An operator's restart: the data is saved on the way down (persistence: see README).
+        yield self.in_thread(lambda: self.redis.cli("shutdown", "save"))
+        yield self.in_thread(lambda: self.redis.process.wait(10))  # type: ignore[union-attr]
+        # While it is gone: every request says so (the rate limit's buckets are in Redis too).
+        status, gone = yield self.in_thread(lambda: self.post_modern(b, "tasks/get", {"taskId": tasks[0]}, tasks[0]))
+        self.assertEqual(status, 503, gone)
+        self.assertIn("redis is unavailable (temporary)", gone["error"], gone)
+        status, refused = yield self.in_thread(self.new_legacy_session_while_down)
+        self.assertEqual(status, 503, refused)
+        self.assertIn("redis is unavailable (temporary)", refused)
+        yield self.in_thread(self.redis.start)
+        # Back by itself: every record, from every instance, and the bus carries commands again.
+        for port in (a, b, c):
+            for task_id in tasks:
+                polled = yield self.in_thread(lambda port=port, task_id=task_id: self.wait_task(port, task_id))
+                self.assertEqual(polled["status"], "working", polled)
+        status, cancelled = yield self.in_thread(
+            lambda: self.post_modern(c, "tasks/cancel", {"taskId": tasks[0]}, tasks[0])
+        )
+        self.assertNotIn("error", cancelled, cancelled)
+        polled = yield self.in_thread(lambda: self.wait_task(b, tasks[0]))
+        self.assertEqual(polled["status"], "cancelled", polled)
+        pid_a = self.instances["a"].process.pid
+        self.assertIn(f"cancelled cluster.wait@{pid_a} r1", read_events(self.events))
+        yield self.test_streamable_session_across_instances()
+
+    def new_legacy_session_while_down(self) -> tuple[int, str]:
+        """A message for a session another instance opened, while Redis is down."""
+        a, b = self.instances["a"].port, self.instances["b"].port
+        assert a and b
+        return self.legacy_post(b, "made-up-session-id-0123456789")
+
+    def legacy_post(self, port: int, session_id: str) -> tuple[int, str]:
+        body = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "authorization": f"Bearer {KEY}",
+            "mcp-session-id": session_id,
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/mcp", data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def wait_task(self, port: int, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """tasks/get until it answers (Redis may still be coming back)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            _status, polled = self.post_modern(port, "tasks/get", {"taskId": task_id}, task_id)
+            if "result" in polled or time.monotonic() > deadline:
+                return polled.get("result", polled)  # type: ignore[no-any-return]
+            time.sleep(0.2)
+
+    def test_unshareable_stores_refused(self) -> None:
+        """An instance on SQLite beside instances on MariaDB would answer from data of its own:
+        it refuses to start, saying why."""
+        argv = [arg for arg in self.instance_args()]
+        at = argv.index("--db-url")
+        del argv[at : at + 2]
+        argv += ["--data-dir", str(self.workdir / "own-data")]
+        try:
+            daemon = start_daemon(self.workdir, ["--tool-pack", "tests.fixture_pack", *argv], name="d", timeout=30.0)
+        except DaemonStartError:
+            pass  # refused before its port answered
+        else:
+            self.addCleanup(daemon.stop)
+            # The check runs once the reactor runs: the daemon exits right after.
+            self.assertEqual(daemon.process.wait(30), 1)
+        log = (self.workdir / "d.stderr.log").read_text(encoding="utf-8")
+        self.assertIn("mcpd: cannot start cluster: this instance's sql store is sqlite", log)
+        self.assertIn("but another instance uses mysql at mysql+pymysql://mcpd:***@127.0.0.1", log)
+        # It served nothing: its trace has nothing to validate.
+        (self.workdir / "d.trace.jsonl").unlink(missing_ok=True)
 
     def _explain(self, failure: Any) -> Any:
         from tests.daemon import log_tails

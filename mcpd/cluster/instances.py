@@ -1,16 +1,17 @@
 # -*- test-case-name: tests.test_cluster -*-
 """Who is running: one key per instance (``inst:<id>``), refreshed while it lives.
 
-Each instance writes its host, pid and the embedded stores it opened (kind, host, real path)
-under a key that expires ``TTL`` seconds after its last refresh, so ``kill -9`` takes an instance
-out of the registry within that time. At start-up an instance compares its embedded stores with
-those of the instances already registered and refuses to start when they cannot be shared:
+Each instance writes its host, pid and the identity of each store it uses (the SQL store, the
+search index) under a key that expires ``TTL`` seconds after its last refresh, so ``kill -9``
+takes an instance out of the registry within that time. At start-up an instance compares its
+stores with those of the instances already registered and refuses to start when they would not
+be one deployment:
 
-- Milvus Lite runs inside the process that opened its file: two instances cannot share one, and
-  two files are two different indexes. Any other instance using Milvus Lite is a conflict.
-- SQLite is shared by processes of one host through its file (WAL); instances on other hosts
-  would each have a database of their own. The same file on the same host is fine; any other
-  SQLite database is a conflict.
+- every instance must use the same SQL store and the same index: otherwise each would answer
+  from data of its own (a MariaDB URL against a SQLite file, two SQLite files, two servers);
+- SQLite is shared by the processes of one host through its file (WAL), so the same file on
+  the same host is fine, but instances on two hosts each have a file of their own;
+- Milvus Lite runs inside the process that opened its file: no two instances can share one.
 
 The check sees instances that are running: start the first one, then the others.
 """
@@ -40,47 +41,55 @@ REFRESH = 5.0
 
 
 class SharingConflict(Exception):
-    """This instance's embedded stores cannot be shared with the running instances'."""
+    """This instance's stores cannot serve one deployment with the running instances'."""
+
+
+# Stores that live in a file of their own host: their location is host and real path.
+EMBEDDED = frozenset({"sqlite", "milvus-lite"})
 
 
 @attrs.frozen
-class EmbeddedStore:
-    """An embedded store an instance opened: what it is, where (host and real path)."""
+class StoreIdentity:
+    """Which store an instance uses for a ``role`` (``sql``, ``index``): its ``kind`` and where
+    it is (a URL without password; for an embedded store, the host and the file's real path)."""
 
-    kind: str  # "sqlite" or "milvus-lite"
-    host: str
-    path: str
+    role: str
+    kind: str
+    location: str
 
-    def conflict(self, other: EmbeddedStore) -> str | None:
+    def conflict(self, other: StoreIdentity) -> str | None:
         """Why this store and ``other`` (another instance's) cannot serve one deployment."""
-        if self.kind != other.kind:
+        if self.role != other.role:
             return None
-        if self.kind == "milvus-lite":
-            if (self.host, self.path) == (other.host, other.path):
-                return f"Milvus Lite's file {self.path} is open in another instance (one process per file)"
-            return f"another instance uses its own Milvus Lite file ({other.host}:{other.path}): two indexes"
-        if (self.host, self.path) != (other.host, other.path):
-            return f"another instance uses the SQLite database {other.host}:{other.path}, not this one's"
+        if self.kind == other.kind == "milvus-lite" and self.location == other.location:
+            return f"Milvus Lite's file {self.location} is open in another instance (one process per file)"
+        if (self.kind, self.location) != (other.kind, other.location):
+            why = "a file of its own host" if EMBEDDED & {self.kind, other.kind} else "another one"
+            return (
+                f"this instance's {self.role} store is {self.kind} at {self.location}, but another instance uses "
+                f"{other.kind} at {other.location} ({why}): the instances would not share their data"
+            )
         return None
 
 
-def embedded_stores(
-    sqlite_path: str | None, milvus_lite_path: str | None, host: str | None = None
-) -> list[EmbeddedStore]:
-    """The embedded stores of an instance, named by host and real path."""
+def store_identities(
+    sql: tuple[str, str] | None, index: tuple[str, str] | None, host: str | None = None
+) -> list[StoreIdentity]:
+    """The identities of an instance's stores, each given as (kind, URL or file path)."""
     host = host or socket.getfqdn()
-    stores = []
-    if sqlite_path is not None:
-        stores.append(EmbeddedStore("sqlite", host, os.path.realpath(sqlite_path)))
-    if milvus_lite_path is not None:
-        stores.append(EmbeddedStore("milvus-lite", host, os.path.realpath(milvus_lite_path)))
-    return stores
+    found = []
+    for role, store in (("sql", sql), ("index", index)):
+        if store is not None:
+            kind, where = store
+            location = f"{host}:{os.path.realpath(where)}" if kind in EMBEDDED else where
+            found.append(StoreIdentity(role, kind, location))
+    return found
 
 
 class InstanceRegistry:
     """This instance's entry in the registry, and what it knows of the others."""
 
-    def __init__(self, bus: ClusterBus, stores: list[EmbeddedStore], listen: list[str], clock: Any = None) -> None:
+    def __init__(self, bus: ClusterBus, stores: list[StoreIdentity], listen: list[str], clock: Any = None) -> None:
         self.bus = bus
         self.stores = stores
         self.entry = {
@@ -117,12 +126,12 @@ class InstanceRegistry:
         for other in (yield self.others()):
             for mine in self.stores:
                 for theirs in other.get("stores", ()):
-                    why = mine.conflict(EmbeddedStore(**theirs))
+                    why = mine.conflict(StoreIdentity(**theirs))
                     if why is not None:
                         raise SharingConflict(
                             f"{why}. Instance {other['id']} (pid {other['pid']} on {other['host']}) shares this "
-                            "Redis: several instances need MySQL/MariaDB (--database-url) and a Milvus server "
-                            "(--milvus-uri), or one --redis-url each"
+                            "Redis: every instance needs the same MySQL/MariaDB (--db-url) and Milvus server "
+                            "(--milvus-uri), or a --redis-url (or --redis-prefix) of its own"
                         )
 
     def register(self) -> Deferred[Any]:

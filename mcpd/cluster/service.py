@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpd.cluster.bus import ClusterBus
-from mcpd.cluster.instances import EmbeddedStore, InstanceRegistry, SharingConflict
+from mcpd.cluster.instances import InstanceRegistry, SharingConflict, StoreIdentity
 from mcpd.cluster.journal import Journal
 from mcpd.cluster.relay import ChangeRelay, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
@@ -43,7 +43,7 @@ class Cluster(Service):
         sessions: SessionStore,
         sse_sessions: SessionStore,
         *,
-        stores: list[EmbeddedStore],
+        stores: list[StoreIdentity],
         listen: list[str],
         replay_limit: int,
         session_timeout: float,

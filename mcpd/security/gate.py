@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import server
 
-from mcpd.interfaces import IClosingChannel, IGuardedConnection
+from mcpd.interfaces import IClosingChannel, IGuardedConnection, StoreUnavailable
 from mcpd.security.addresses import AddressList, forwarded_client, is_loopback_client, normal_form
 from mcpd.security.head import head_problem
 from mcpd.security.identity import Identity, admit
@@ -290,11 +290,16 @@ class Gate:
         self, request: GuardedRequest, refusal: Refusal, outcome: str, client: str, key: str | None, detail: str | None
     ) -> Refusal:
         self.refusals[outcome] += 1
+        # The channel forgets the request line once the request is read: a refusal decided
+        # after a remote store answered (Redis buckets) finds it on the request instead.
+        channel = request.channel
+        command = getattr(channel, "_command", None) or request.method or b"-"
+        target = getattr(channel, "_path", None) or request.uri or b"-"
         # The path without its query, which may hold a key.
         log.info(
             "Refused {method} {path} from {client}: {status} {outcome}",
-            method=request.channel._command.decode("latin-1"),
-            path=request.channel._path.partition(b"?")[0].decode("latin-1"),
+            method=command.decode("latin-1"),
+            path=target.partition(b"?")[0].decode("latin-1"),
             client=client,
             status=refusal.status,
             outcome=outcome,
@@ -414,8 +419,14 @@ class GuardedRequest(server.Request):
     def _admission_failed(self, failure: Any) -> None:
         """A remote store (rate-limit buckets) failed: answer 503 rather than leave the
         request hanging."""
-        log.failure("Admitting a request failed", failure)
-        self._admitted(Refusal(503, {"error": "Service Unavailable: try again shortly"}, (("Retry-After", "5"),)))
+        if failure.check(StoreUnavailable):
+            # Expected while Redis is down: one line, and the reason in the answer.
+            log.warn("Refused a request: {why}", why=failure.getErrorMessage())
+            why = f"Service Unavailable: {failure.getErrorMessage()}"
+        else:
+            log.failure("Admitting a request failed", failure)
+            why = "Service Unavailable: try again shortly"
+        self._admitted(Refusal(503, {"error": why}, (("Retry-After", "5"),)))
 
     def _refuse(self, refusal: Refusal, length: int | None) -> None:
         self.refusal = refusal
