@@ -181,7 +181,7 @@ class _Reader:
 
     def start(self) -> None:
         session, journal = self.session, self.cluster.journal
-        session.readers += 1
+        session.readers[self] = self._finish
         self.cluster.bus.listen(self.channel, self.heard_raw, raw=True)
         self.request.notifyFinish().addBoth(self._stop)
         self.request.write(b"")
@@ -259,7 +259,7 @@ class _Reader:
 
     def _stop(self, _result: object) -> None:
         self.done = True
-        self.session.readers -= 1
+        self.session.readers.pop(self, None)
         self.cluster.bus.unlisten(self.channel)
 
 

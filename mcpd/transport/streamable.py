@@ -80,8 +80,9 @@ class HTTPSession(Session):
         self.stream_prefix = ""
         self.journal: Callable[[str, int, bytes], None] | None = None
         self.relay_push: Callable[[dict[str, Any], str | None], None] | None = None
-        # Streams of this session this instance reads from the journal (a GET, a resumption).
-        self.readers = 0
+        # Streams of this session this instance reads from the journal (a GET, a resumption),
+        # each with the callable that ends it.
+        self.readers: dict[object, Callable[[], None]] = {}
 
     def new_stream(self) -> EventStream:
         """A stream for one response, kept (bounded) for resumption."""
@@ -119,6 +120,8 @@ class HTTPSession(Session):
 
     def close(self) -> None:
         super().close()
+        for finish in list(self.readers.values()):
+            finish()
         for stream in self.streams.values():
             stream.close()
             stream.forget()
