@@ -59,6 +59,20 @@ def ask(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
 
 
 @pack.tool(
+    "cluster.confirm",
+    description="Ask the user to confirm (as a task when the client can poll: tasks/update answers).",
+    input_schema=_NONE,
+    output_schema=_SERVED,
+    task_support="optional",
+)
+@inlineCallbacks
+def confirm(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
+    schema = {"type": "object", "properties": {"confirm": {"type": "boolean"}}, "required": ["confirm"]}
+    answer = yield ctx.elicit("Go on?", schema, key="confirm")
+    return _served(action=answer.get("action"), content=answer.get("content"))
+
+
+@pack.tool(
     "cluster.wait",
     description="Run until cancelled (as a task when the client can poll); records who ran and cancelled it.",
     input_schema={

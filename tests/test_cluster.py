@@ -369,6 +369,88 @@ class ClusterTests(DaemonTestMixin, TestCase):
         self.assertIn(f"cancelled cluster.wait@{pid_a} t1", events)
 
     @inlineCallbacks
+    def test_task_input_across_instances(self) -> Any:
+        """A task asking for input on one instance, seen waiting on another, answered
+        (tasks/update) through a third."""
+        a, b, c = (self.instances[name].port for name in "abc")
+        assert a and b and c
+        call = {"name": "cluster.confirm", "arguments": {}}
+        status, created = yield self.in_thread(lambda: self.post_modern(a, "tools/call", call, "cluster.confirm"))
+        task_id = created["result"]["taskId"]
+        waiting = yield self.in_thread(lambda: self.wait_status(b, task_id, "input_required"))
+        self.assertIn("confirm", waiting["inputRequests"], waiting)
+        answer = {"confirm": {"action": "accept", "content": {"confirm": True}}}
+        status, updated = yield self.in_thread(
+            lambda: self.post_modern(c, "tasks/update", {"taskId": task_id, "inputResponses": answer}, task_id)
+        )
+        self.assertNotIn("error", updated, updated)
+        done = yield self.in_thread(lambda: self.wait_status(b, task_id, "completed"))
+        result = done["result"]["structuredContent"]
+        self.assertEqual(result["pid"], self.instances["a"].process.pid)
+        self.assertEqual((result["action"], result["content"]), ("accept", {"confirm": True}))
+
+    def wait_status(self, port: int, task_id: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            polled = self.wait_task(port, task_id)
+            if polled.get("status") == status or time.monotonic() > deadline:
+                self.assertEqual(polled.get("status"), status, polled)
+                return polled
+            time.sleep(0.1)
+
+    def test_listen_across_instances(self) -> Deferred[None]:
+        """A 2026-07-28 subscriptions/listen stream on one instance hears a list change made
+        on another."""
+        a, b = self.instances["a"].port, self.instances["b"].port
+        assert a and b
+
+        def listen() -> list[str]:
+            import http.client
+
+            body = {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "subscriptions/listen",
+                "params": {
+                    "notifications": {"toolsListChanged": True},
+                    "_meta": {META_PROTOCOL_VERSION: MODERN, **WITH_TASKS},
+                },
+            }
+            headers = {
+                "content-type": "application/json",
+                "accept": "application/json, text/event-stream",
+                "mcp-protocol-version": MODERN,
+                "mcp-method": "subscriptions/listen",
+                "authorization": f"Bearer {KEY}",
+            }
+            connection = http.client.HTTPConnection("127.0.0.1", a, timeout=15)
+            connection.request("POST", "/mcp", json.dumps(body), headers)
+            response = connection.getresponse()
+            seen: list[str] = []
+            try:
+                while True:
+                    line = response.fp.readline().decode()
+                    if not line:
+                        return seen
+                    if line.startswith("data:") and "method" in line:
+                        method = json.loads(line[5:])["method"]
+                        seen.append(method)
+                        if method == "notifications/subscriptions/acknowledged":
+                            status, _ = self.post_modern(
+                                b, "tools/call", {"name": "cluster.announce", "arguments": {}}, "cluster.announce"
+                            )
+                            assert status == 200
+                        if method == "notifications/tools/list_changed":
+                            return seen
+            finally:
+                connection.close()
+
+        def check(seen: list[str]) -> None:
+            self.assertEqual(seen, ["notifications/subscriptions/acknowledged", "notifications/tools/list_changed"])
+
+        return self.in_thread(listen).addCallback(check)
+
+    @inlineCallbacks
     def test_rate_limit_across_instances(self) -> Any:
         """Twice the rate limit, sent at once to all three instances: exactly the limit passes."""
         ports = [daemon.port for daemon in self.instances.values()]
