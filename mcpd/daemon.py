@@ -17,7 +17,16 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
-from mcpd.interfaces import INoteStore, IRuntime, ITaskBoard, IVectorIndex
+from mcpd.interfaces import (
+    IBucketStore,
+    ICache,
+    INoteStore,
+    IRuntime,
+    ISessionStore,
+    ITaskBoard,
+    ITaskStore,
+    IVectorIndex,
+)
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
 from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
 from mcpd.observe.stats import Vitals
@@ -55,6 +64,7 @@ from mcpd.web.site import make_site
 
 if TYPE_CHECKING:
     from mcpd.cluster.service import Cluster
+    from mcpd.stores.redis import RedisConnection
     from mcpd.stores.redis.config import RedisConfig
     from mcpd.stores.sql.config import DatabaseConfig
 
@@ -158,19 +168,78 @@ def redis_settings(settings: Settings) -> RedisConfig | None:
         raise ConfigError(str(e)) from None
 
 
-def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet, reactor: Any) -> list[Any]:
-    """The services of the stores the packs need, each registered in ``stores`` by the
-    interfaces it provides. Nothing is imported or opened for a store no pack needs; Redis is
-    connected to whenever --redis-url is given (it holds the state several instances share)."""
-    services: list[Any] = []
-    redis = redis_settings(settings)
-    if redis is not None:
-        from mcpd.stores.redis import RedisConnection
+@attrs.frozen
+class SharedState:
+    """The state several instances must share (`mcpd.interfaces`): in this process by default,
+    in Redis with --redis-url."""
 
-        connection = RedisConnection(redis, reactor)
-        connection.setName("redis")
-        stores.add(connection, ())
-        services.append(connection)
+    buckets: IBucketStore
+    tasks: ITaskStore
+    # Legacy sessions, by transport (their ids never cross).
+    sessions: ISessionStore
+    sse_sessions: ISessionStore
+
+
+def redis_connection(settings: Settings, reactor: Any) -> RedisConnection | None:
+    """The connection to Redis (a service for the tree), or None without --redis-url."""
+    config = redis_settings(settings)
+    if config is None:
+        return None
+    from mcpd.stores.redis import RedisConnection
+
+    connection = RedisConnection(config, reactor)
+    connection.setName("redis")
+    return connection
+
+
+def shared_state(settings: Settings, reactor: Any, redis: RedisConnection | None) -> SharedState:
+    """The buckets, task records and session records: Redis' when connected to one."""
+    if redis is None:
+        return SharedState(MemoryBucketStore(reactor), MemoryTaskStore(), MemorySessionStore(), MemorySessionStore())
+    from mcpd.stores.redis.buckets import RedisBucketStore
+    from mcpd.stores.redis.sessions import RedisSessionStore
+    from mcpd.stores.redis.tasks import RedisTaskStore
+
+    return SharedState(
+        RedisBucketStore(redis, reactor),
+        RedisTaskStore(redis),
+        RedisSessionStore(redis, reactor, settings.session_timeout, kind="streamable"),
+        RedisSessionStore(redis, reactor, settings.session_timeout, kind="sse"),
+    )
+
+
+def cache_store(settings: Settings, reactor: Any, redis: RedisConnection | None) -> Any:
+    """The cache pack's store: Redis' with --redis-url, else this process's."""
+    limits = {
+        "default_ttl": settings.cache_default_ttl,
+        "max_ttl": settings.cache_max_ttl,
+        "max_value": settings.cache_max_value,
+    }
+    if redis is None:
+        from mcpd.stores.memory import MemoryCache
+
+        return MemoryCache(reactor, max_keys=settings.cache_max_keys, **limits)
+    from mcpd.stores.redis.cache import RedisCache
+
+    return RedisCache(redis, **limits)
+
+
+def build_stores(
+    settings: Settings,
+    packs: Sequence[ToolPack],
+    stores: StoreSet,
+    reactor: Any,
+    redis: RedisConnection | None = None,
+) -> list[Any]:
+    """The services of the stores the packs need, each registered in ``stores`` by the
+    interfaces it provides. Nothing is imported or opened for a store no pack needs; ``redis``
+    (--redis-url) runs whenever it is given: it holds the state several instances share."""
+    services: list[Any] = []
+    if redis is not None:
+        stores.add(redis, ())
+        services.append(redis)
+    if any(ICache in pack.needs for pack in packs):
+        stores.add(cache_store(settings, reactor, redis), (ICache,))
     if needs_sql(packs):
         from mcpd.stores.sql.database import SQLDatabase
         from mcpd.stores.sql.notes import SQLNoteStore
@@ -189,9 +258,9 @@ def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet
 
 def provided_interfaces(settings: Settings) -> frozenset[Any]:
     """The interfaces packs may ask their context for (``ctx.store(IThing)``) under these
-    settings: the daemon's description of itself, the SQL store's, and each store whose knobs
-    are set."""
-    return frozenset({IRuntime, *SQL_INTERFACES})
+    settings: the daemon's description of itself, the cache (in process or in Redis), the SQL
+    store's, and each store whose knobs are set."""
+    return frozenset({IRuntime, ICache, *SQL_INTERFACES})
 
 
 def check_settings(settings: Settings, reactor: Any) -> None:
@@ -291,26 +360,27 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
     _add(root, "heap-freeze", HeapFreezeService(reactor))
     _add(root, "thread-pool", ThreadPoolService(pool, reactor))
+    redis = redis_connection(settings, reactor)
+    shared = shared_state(settings, reactor, redis)
     # The stores start before the engine and stop after it has cancelled the calls in flight.
-    for service in build_stores(settings, packs, stores, reactor):
+    for service in build_stores(settings, packs, stores, reactor, redis):
         service.setServiceParent(root)
     if tracer is not None:
         # Stops after the engine: every answer written at shutdown is in the trace.
         _add(root, "trace", TraceService(tracer))
     if settings.stdio:
-        engine = _engine(settings, reactor, registry, runtime, pool, ledger, tracer)
+        engine = _engine(settings, reactor, registry, runtime, pool, ledger, tracer, shared.tasks)
         # Children stop in reverse order: the transport, then the engine's calls, then the pool.
         _add(root, "engine", EngineService(engine))
         stdio = StdioService(engine, settings.max_message_size, settings.max_write_buffer, reactor)
         _add(root, "stdio", stdio)
         # Calls in flight finish (or are answered "shutting down"), then stdout is flushed.
         _drain(lifecycle, settings, reactor, engine, connections=stdio.connections).setServiceParent(root)
-        ReadinessService(lifecycle, reactor).setServiceParent(root)
+        ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
         return root
 
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
     # body size, rate and stream limits) and per connection (caps, slow clients).
-    shared = shared_state(settings, stores, reactor)
     security = Security(settings, reactor, shared.buckets, lifecycle=lifecycle, ledger=ledger)
     sessions = SessionStore(reactor, settings.session_timeout, ledger, shared.sessions)
     # Legacy HTTP+SSE sessions live in a store of their own: ids never cross transports.
@@ -353,15 +423,15 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         pool,
         ledger,
         tracer,
+        shared.tasks,
         tool_filter=policy,
         entry_filter=policy.allows_entry if policy is not None else None,
         observers=(*monitor.observers, security.audit.observe),
         message_limit=security.message_limit,
-        task_store=shared.tasks,
     )
     _add(root, "engine", EngineService(engine))
     # Several instances as one: sessions, tasks and changes through Redis (None alone).
-    cluster = _cluster(settings, reactor, packs, stores, engine, sessions, sse_sessions)
+    cluster = _cluster(settings, reactor, packs, redis, engine, sessions, sse_sessions)
     if cluster is not None:
         _add(root, "cluster", cluster)
     _add(root, "sessions", SessionService(sessions))
@@ -413,60 +483,29 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     for description in settings.http_endpoints():
         factory = TLSHandshakeLog(guarded) if is_tls(description) else guarded
         _add(root, f"listener {description}", ListenerService(description, factory, runtime, reactor))
-    # Last: ready once everything above has started, and the first to hear of a shutdown.
-    ReadinessService(lifecycle, reactor).setServiceParent(root)
+    # Last: ready once everything above has started (and Redis answers, or its timeout has
+    # passed), and the first to hear of a shutdown.
+    ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
     security.warn_about([d for d in settings.http_endpoints() if beyond_loopback(d)])
     return root
-
-
-@attrs.frozen
-class SharedState:
-    """Where the state several instances may share is kept: rate-limit buckets, task records,
-    session records (of each HTTP transport)."""
-
-    buckets: Any
-    tasks: Any
-    sessions: Any
-    sse_sessions: Any
-
-
-def shared_state(settings: Settings, stores: StoreSet, reactor: Any) -> SharedState:
-    """In Redis with --redis-url (every instance sees the same), else in this process."""
-    if settings.redis_url is None:
-        return SharedState(MemoryBucketStore(reactor), MemoryTaskStore(), MemorySessionStore(), MemorySessionStore())
-    from mcpd.stores.redis import RedisConnection
-    from mcpd.stores.redis.buckets import RedisBucketStore
-    from mcpd.stores.redis.sessions import RedisSessionStore
-    from mcpd.stores.redis.tasks import RedisTaskStore
-
-    redis = next(store for store in stores if isinstance(store, RedisConnection))
-    timeout = settings.session_timeout
-    return SharedState(
-        RedisBucketStore(redis, reactor),
-        RedisTaskStore(redis),
-        RedisSessionStore(redis, reactor, timeout, kind="streamable"),
-        RedisSessionStore(redis, reactor, timeout, kind="sse"),
-    )
 
 
 def _cluster(
     settings: Settings,
     reactor: Any,
     packs: Sequence[ToolPack],
-    stores: StoreSet,
+    redis: RedisConnection | None,
     engine: Engine,
     sessions: SessionStore,
     sse_sessions: SessionStore,
 ) -> Cluster | None:
     """This instance's part in a deployment sharing Redis (`mcpd.cluster`); None without
     --redis-url."""
-    if settings.redis_url is None:
+    if redis is None:
         return None
     from mcpd.cluster.instances import store_identities
     from mcpd.cluster.service import Cluster
-    from mcpd.stores.redis import RedisConnection
 
-    redis = next(store for store in stores if isinstance(store, RedisConnection))
     sql = index = None
     if needs_sql(packs):
         config = sql_config(settings)
@@ -509,11 +548,10 @@ def _engine(
     pool: ThreadPool,
     ledger: Ledger,
     tracer: Tracer | None,
+    tasks: ITaskStore,
     **policy: Any,
 ) -> Engine:
-    """The MCP engine, with the daemon's limits and ``policy`` (scopes, observers, the task
-    store)."""
-    policy.setdefault("task_store", MemoryTaskStore())
+    """The MCP engine, with the daemon's limits and ``policy`` (scopes, observers)."""
     state_key = settings.state_key.encode("utf-8") if settings.state_key is not None else None
     if state_key is None:
         log.info(
@@ -528,6 +566,7 @@ def _engine(
         client_timeout=settings.client_timeout,
         state_key=state_key,
         ledger=ledger,
+        task_store=tasks,
         stores={IRuntime: runtime, **runtime.stores.providers()},
         tool_timeout=settings.tool_timeout,
         max_batch=settings.max_batch,
@@ -541,6 +580,11 @@ def _add(root: OrderedMultiService, name: str, service: Any) -> None:
     """Add a service with a name, so that a start-up failure says which one failed."""
     service.setName(name)
     service.setServiceParent(root)
+
+
+def _first_connections(redis: RedisConnection | None) -> list[Any]:
+    """What readiness waits for: Redis' first connection (at most --redis-timeout)."""
+    return [redis.connected] if redis is not None else []
 
 
 def _close_websockets(endpoint: Any) -> int:

@@ -245,6 +245,39 @@ class ISessionStore(Interface):
         """Fires with how many records are kept."""
 
 
+class ICache(Interface):
+    """Keys holding JSON values, each with a TTL, kept apart by tenant (the ``cache`` pack): in
+    this process by default (`mcpd.stores.memory.MemoryCache`), in Redis with --redis-url.
+    Every method returns a Deferred and takes the caller's tenant first; no call ever reads,
+    lists or changes another tenant's keys. Values cross as JSON text."""
+
+    default_ttl = Attribute("Seconds a key lives when no ttl is given (--cache-default-ttl).")
+    max_ttl = Attribute("The longest ttl a key may have, in seconds; longer ones are capped (--cache-max-ttl).")
+    max_value = Attribute("The most bytes a value may take as JSON text (--cache-max-value).")
+
+    def get(tenant: str, key: str) -> Any:
+        """Fires with ``(json_text, seconds_left)``, or ``(None, None)`` for no such key."""
+
+    def set(tenant: str, key: str, value: str, ttl: int) -> Any:
+        """Keep ``value`` (JSON text) under ``key`` for ``ttl`` seconds; fires with None.
+        `StoreFull` when an in-process cache is at its bound."""
+
+    def delete(tenant: str, key: str) -> Any:
+        """Forget a key; fires with True if it was kept."""
+
+    def incr(tenant: str, key: str, by: int, ttl: int | None) -> Any:
+        """Add ``by`` to the integer under ``key`` (a missing key counts as 0 and gets ``ttl``,
+        or the default); ``ttl`` given resets the key's TTL. Fires with the new value;
+        `NotAnInteger` when the key holds something else or the sum leaves 64 bits."""
+
+    def scan(tenant: str, pattern: str, limit: int, position: Any) -> Any:
+        """The tenant's keys matching the glob ``pattern`` (``*``, ``?``, ``[a-z]``, ``[^a]``,
+        ``\\`` escapes, as Redis matches), at most ``limit`` of them, from ``position`` (None:
+        the start). Fires with ``(keys, next_position)``: next_position (JSON data) is None at
+        the end; a page may hold fewer than ``limit`` keys before the end. A key kept throughout
+        a scan is listed at least once."""
+
+
 # -- The search index and the embedding service (mcpd.stores.milvus, mcpd.stores.embedders) --
 #
 # SQL holds documents, chunks and memories; the index is a copy of their text made searchable,
@@ -282,6 +315,10 @@ class NotFound(StoreError):
 class Conflict(StoreError):
     """The change conflicts with the record as it is (a stale version, a dependency cycle, a
     name already taken)."""
+
+
+class NotAnInteger(StoreError):
+    """cache.incr on a key that holds no integer, or a sum that would leave 64 bits."""
 
 
 class StoreUnavailable(StoreError):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -213,16 +213,25 @@ class StdioService(Service):
 
 
 class ReadinessService(Service):
-    """Ready once the whole tree has started; draining from the first moment of shutdown.
+    """Ready once the whole tree has started, and each of ``waits`` (a store's first
+    connection: a Deferred that never fails, bounded by the store's timeout) has fired;
+    draining from the first moment of shutdown.
 
     Add it last, so it is the first to stop."""
 
-    def __init__(self, lifecycle: Lifecycle, clock: IReactorTime) -> None:
+    def __init__(
+        self, lifecycle: Lifecycle, clock: IReactorTime, waits: Iterable[Callable[[], Deferred[Any]]] = ()
+    ) -> None:
         self.lifecycle = lifecycle
         self.clock = clock
+        self.waits = tuple(waits)
 
     def startService(self) -> None:
         super().startService()
+        if self.waits:
+            waiting = gatherResults([wait() for wait in self.waits], consumeErrors=True)
+            waiting.addBoth(lambda _: self.clock.callLater(0, self._serving))
+            return
         # After the rest of the tree has started (callLater runs once the reactor turns).
         self.clock.callLater(0, self._serving)
 

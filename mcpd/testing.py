@@ -6,7 +6,8 @@
 - `SynchronousThreadPool`: runs "blocking" handlers at once in the calling thread, so a test needs
   neither threads nor a running reactor;
 - `memory_stores`: the in-process stores, by interface;
-- the shared store suites (`BucketStoreTests`, `TaskStoreTests`, `SessionStoreTests`): mix one
+- the shared store suites (`BucketStoreTests`, `TaskStoreTests`, `SessionStoreTests`,
+  `CacheTests`): mix one
   into a `SynchronousTestCase` with a ``make_store`` method (``class T(TaskStoreTests,
   SynchronousTestCase)``), and every implementation of an
   interface (in memory, Redis, SQL) proves the same behaviour.
@@ -29,8 +30,10 @@ if TYPE_CHECKING:
 from mcpd.interfaces import (
     COMPLETED,
     IBucketStore,
+    ICache,
     ISessionStore,
     ITaskStore,
+    NotAnInteger,
     SessionRecord,
     StoreFull,
     TaskRecord,
@@ -39,7 +42,7 @@ from mcpd.protocol.engine import Engine
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION, MODERN_VERSIONS
 from mcpd.protocol.vocabulary import Exchange
 from mcpd.security.scopes import ADMIN
-from mcpd.stores.memory import MemoryBucketStore, MemorySessionStore, MemoryTaskStore
+from mcpd.stores.memory import MemoryBucketStore, MemoryCache, MemorySessionStore, MemoryTaskStore
 from mcpd.tools import Caller, ToolPack, ToolRegistry
 
 
@@ -78,6 +81,7 @@ def memory_stores(clock: Any = None) -> dict[Any, Any]:
         IBucketStore: MemoryBucketStore(clock if clock is not None else Clock()),
         ITaskStore: MemoryTaskStore(),
         ISessionStore: MemorySessionStore(),
+        ICache: MemoryCache(clock if clock is not None else Clock()),
     }
 
 
@@ -296,3 +300,123 @@ class SessionStoreTests(_StoreSuite):
         self.assertFalse(self.settled(self.store.touch("s1")))
         self.assertFalse(self.settled(self.store.delete("s1")))
         self.assertIsNone(self.settled(self.store.load("s1")))
+
+
+class CacheTests(_StoreSuite):
+    """Every `ICache`; ``make_cache(clock)`` builds a fresh, empty one (default TTL 3600 s) whose
+    time is ``clock``; ``pass_time(seconds)`` lets that much time go by for it."""
+
+    def make_cache(self, clock: Clock) -> Any:
+        raise NotImplementedError
+
+    def pass_time(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.cache = self.make_cache(self.clock)
+
+    def test_provides_the_interface(self) -> None:
+        self.assertTrue(verifyObject(ICache, self.cache))
+
+    def test_set_and_get(self) -> None:
+        self.assertEqual(self.settled(self.cache.get("t", "k")), (None, None))
+        self.settled(self.cache.set("t", "k", '{"a":[1,2.5,"x",null,true]}', 60))
+        value, ttl = self.settled(self.cache.get("t", "k"))
+        self.assertEqual(value, '{"a":[1,2.5,"x",null,true]}')
+        self.assertTrue(55 <= ttl <= 60, ttl)
+        self.settled(self.cache.set("t", "k", '"replaced"', 30))
+        self.assertEqual(self.settled(self.cache.get("t", "k"))[0], '"replaced"')
+
+    def test_delete(self) -> None:
+        self.settled(self.cache.set("t", "k", "1", 60))
+        self.assertTrue(self.settled(self.cache.delete("t", "k")))
+        self.assertFalse(self.settled(self.cache.delete("t", "k")))
+        self.assertEqual(self.settled(self.cache.get("t", "k")), (None, None))
+
+    def test_a_key_goes_when_its_ttl_has_passed(self) -> None:
+        self.settled(self.cache.set("t", "short", "1", 1))
+        self.settled(self.cache.set("t", "long", "1", 60))
+        self.pass_time(1.5)
+        self.assertEqual(self.settled(self.cache.get("t", "short")), (None, None))
+        self.assertEqual(self.settled(self.cache.scan("t", "*", 10, None)), (["long"], None))
+
+    def test_tenants_never_meet(self) -> None:
+        self.settled(self.cache.set("alpha", "k", '"alpha\'s"', 60))
+        self.settled(self.cache.set("beta", "k", '"beta\'s"', 60))
+        self.assertEqual(self.settled(self.cache.get("alpha", "k"))[0], '"alpha\'s"')
+        self.assertTrue(self.settled(self.cache.delete("beta", "k")))
+        self.assertEqual(self.settled(self.cache.get("alpha", "k"))[0], '"alpha\'s"')
+        self.assertEqual(self.settled(self.cache.scan("beta", "*", 10, None)), ([], None))
+
+    def test_glob_tricks_stay_inside_the_tenant(self) -> None:
+        # Tenant names that look like a prefix or a pattern of another's key names.
+        self.settled(self.cache.set("a", "b:x", "1", 60))
+        self.settled(self.cache.set("a:b", "x", "2", 60))
+        self.settled(self.cache.set("*", "y", "3", 60))
+        self.settled(self.cache.set("a?", "z", "4", 60))
+        self.assertEqual(self.settled(self.cache.scan("a", "*", 10, None)), (["b:x"], None))
+        self.assertEqual(self.settled(self.cache.scan("a", "b:*", 10, None)), (["b:x"], None))
+        self.assertEqual(self.settled(self.cache.scan("a:b", "*", 10, None)), (["x"], None))
+        self.assertEqual(self.settled(self.cache.scan("*", "*", 10, None)), (["y"], None))
+        self.assertEqual(self.settled(self.cache.scan("a?", "*", 10, None)), (["z"], None))
+        for pattern in ("*:*", "\\*", "[a-z]*", "*x*", "..*"):
+            keys, _ = self.settled(self.cache.scan("*", pattern, 10, None))
+            self.assertEqual(set(keys) - {"y"}, set(), pattern)
+        self.assertEqual(self.settled(self.cache.get("a", "*")), (None, None))
+
+    def test_glob_patterns(self) -> None:
+        for key in ("user:1", "user:2", "user:10", "session:1", "a*b", "a?b"):
+            self.settled(self.cache.set("t", key, "1", 60))
+        for pattern, expected in (
+            ("user:*", {"user:1", "user:2", "user:10"}),
+            ("user:?", {"user:1", "user:2"}),
+            ("user:[12]", {"user:1", "user:2"}),
+            ("user:[^1]", {"user:2"}),
+            ("*:1", {"user:1", "session:1"}),
+            ("a\\*b", {"a*b"}),
+            ("a?b", {"a*b", "a?b"}),
+        ):
+            keys, after = self.settled(self.cache.scan("t", pattern, 100, None))
+            self.assertEqual((set(keys), after), (expected, None), pattern)
+
+    def test_scan_pages_with_cursors(self) -> None:
+        names = {f"item:{i:02d}" for i in range(25)}
+        for name in names:
+            self.settled(self.cache.set("t", name, "1", 60))
+        self.settled(self.cache.set("t", "other", "1", 60))
+        seen: list[str] = []
+        position = None
+        for _page in range(100):
+            keys, position = self.settled(self.cache.scan("t", "item:*", 10, position))
+            self.assertLessEqual(len(keys), 10)
+            seen.extend(keys)
+            if position is None:
+                break
+        self.assertIsNone(position)
+        self.assertEqual(set(seen), names)  # every key kept throughout: listed at least once
+
+    def test_incr(self) -> None:
+        self.assertEqual(self.settled(self.cache.incr("t", "n", 1, None)), 1)
+        self.assertEqual(self.settled(self.cache.incr("t", "n", 41, None)), 42)
+        self.assertEqual(self.settled(self.cache.incr("t", "n", -50, None)), -8)
+        value, ttl = self.settled(self.cache.get("t", "n"))
+        self.assertEqual(value, "-8")
+        self.assertTrue(3590 <= ttl <= 3600, ttl)  # a new key gets the default TTL
+        self.settled(self.cache.incr("t", "n", 1, 10))
+        self.assertTrue(5 <= self.settled(self.cache.get("t", "n"))[1] <= 10)
+        self.settled(self.cache.incr("t", "n", 1, None))
+        self.assertLessEqual(self.settled(self.cache.get("t", "n"))[1], 10)  # kept, not reset
+        self.settled(self.cache.set("t", "json", "5", 60))
+        self.assertEqual(self.settled(self.cache.incr("t", "json", 2, None)), 7)
+        self.assertEqual(self.settled(self.cache.incr("other", "n", 1, None)), 1)
+
+    def test_incr_refuses_what_is_no_integer(self) -> None:
+        for value in ('"5"', "5.0", '{"n":1}', "[1]", "true"):
+            self.settled(self.cache.set("t", "k", value, 60))
+            self.refused(self.cache.incr("t", "k", 1, None), NotAnInteger)
+            self.assertEqual(self.settled(self.cache.get("t", "k"))[0], value)  # unchanged
+        self.settled(self.cache.set("t", "big", str(2**63 - 1), 60))
+        failure = self.refused(self.cache.incr("t", "big", 1, None), NotAnInteger)
+        self.assertIn("64-bit", str(failure.value))

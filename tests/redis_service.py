@@ -2,8 +2,8 @@
 """A real ``redis-server`` for tests, on a loopback port in a temporary directory.
 
 `RedisServer` runs Debian's ``redis-server`` in the foreground as a child process (see
-../shared/SERVICES.md), with no persistence, optionally with a password (``requirepass``) and
-TLS (``rediss://``, certificates from `tests.tls_certs`). It can be stopped, restarted on the
+../shared/SERVICES.md), with no persistence unless asked (an fsynced append-only file), optionally
+with a password (``requirepass``) and TLS (``rediss://``, certificates from `tests.tls_certs`). It can be stopped, restarted on the
 same port, killed, and frozen (SIGSTOP: a server that accepts connections but never answers).
 `shared_redis` is one server for the whole run (tests keep apart by key prefix or database
 number); fault tests start their own.
@@ -72,8 +72,13 @@ def _die_with_parent() -> list[str]:
 class RedisServer:
     """One ``redis-server`` of our own: start, stop, restart (same port), kill, freeze."""
 
-    def __init__(self, root: str | Path | None = None, password: str | None = None, tls: bool = False) -> None:
+    def __init__(
+        self, root: str | Path | None = None, password: str | None = None, tls: bool = False, persistent: bool = False
+    ) -> None:
         require_redis()
+        # persistent: an append-only file synced at every write, so that what Redis acknowledged
+        # survives a restart (or a kill); otherwise a restart starts empty.
+        self.persistent = persistent
         self.root = Path(root or tempfile.mkdtemp(prefix="mcpd-redis-")).absolute()
         self.password = password
         self.port = free_port()
@@ -110,7 +115,8 @@ class RedisServer:
         self.root.mkdir(parents=True, exist_ok=True)
         command = [*_die_with_parent(), str(_binary("redis-server"))]
         command += ["--bind", "127.0.0.1", "--dir", str(self.root), "--logfile", str(self.log_path)]
-        command += ["--daemonize", "no", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        command += ["--daemonize", "no", "--save", "", "--protected-mode", "no"]
+        command += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         if self.tls_files is not None:
             files = self.tls_files
             command += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
@@ -146,7 +152,7 @@ class RedisServer:
             process.wait(STOP_TIMEOUT)
 
     def restart(self) -> RedisServer:
-        """Stop and start again, on the same port (an empty server: nothing is persisted)."""
+        """Stop and start again, on the same port (empty unless ``persistent``)."""
         self.stop()
         return self.start()
 

@@ -147,7 +147,7 @@ class PackStoreTests(SynchronousTestCase):
         )
 
     def test_by_default_every_built_in_pack_whose_stores_run_is_served(self) -> None:
-        self.assertEqual([pack.name for pack in load_packs(resolve({}, {}, {}))], ["server", "tasks", "notes"])
+        self.assertEqual([pack.name for pack in load_packs(resolve({}, {}, {}))], ["server", "tasks", "notes", "cache"])
 
     def test_without_a_pack_on_the_sql_store_the_tree_has_no_database(self) -> None:
         root = build_service(resolve({"toolsets": "server"}, {}, {}), MemoryReactorClock())

@@ -213,7 +213,42 @@ class FailingStore:
         return fail(ConnectionError("the bucket store is down"))
 
 
+@implementer(IBucketStore)
+class LaterStore:
+    """A remote bucket store whose answers come later, as a network's do: after the whole
+    request has been read (and the channel has forgotten its request line)."""
+
+    def __init__(self) -> None:
+        self.store = MemoryBucketStore(Clock())
+        self.pending: list[tuple[Deferred[float], float]] = []
+
+    def take(self, key: str, capacity: float, rate: float) -> Deferred[float]:
+        d: Deferred[float] = Deferred()
+        self.pending.append((d, self.store.take(key, capacity, rate).result))  # type: ignore[attr-defined]
+        return d
+
+    def answer(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, wait in pending:
+            d.callback(wait)
+
+
 class RemoteStoreTests(GateTestCase):
+    def test_a_later_answer_over_the_limit_is_a_429(self) -> None:
+        # Regression: the refusal's log line read the request line from the channel, which had
+        # forgotten it by then (AttributeError, answered 503).
+        store = LaterStore()
+        self.make(keys=KEYS, limiter=RateLimiter(RateLimit(1, 60.0), store))
+        statuses = []
+        for _ in range(2):
+            connection = self.connect("127.0.0.1")
+            connection.send("POST", "/mcp", {"X-API-Key": "alice-key"}, b"{}")
+            store.answer()
+            statuses.append(connection.response.status)
+        self.assertEqual(statuses, [200, 429])
+        self.assertEqual([r["outcome"] for r in self.audit], ["rate_limited"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_a_failing_store_is_a_503_not_a_hang(self) -> None:
         self.make(keys=KEYS, limiter=RateLimiter(RateLimit(3, 60.0), FailingStore()))
         response = self.fetch({"X-API-Key": "alice-key"})

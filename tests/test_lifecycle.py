@@ -81,6 +81,17 @@ class ReadinessTests(SynchronousTestCase):
         self.assertEqual(lifecycle.state, DRAINING)
         self.assertTrue(lifecycle.draining)
 
+    def test_ready_once_a_store_has_connected(self) -> None:
+        lifecycle, clock = Lifecycle(), Clock()
+        first_connection: Deferred[bool] = Deferred()
+        service = ReadinessService(lifecycle, clock, [lambda: first_connection])
+        service.startService()
+        clock.advance(0)
+        self.assertFalse(lifecycle.ready)
+        first_connection.callback(False)  # not connected within its timeout: serve anyway
+        clock.advance(0)
+        self.assertTrue(lifecycle.ready)
+
 
 class Connection:
     def __init__(self, pool: list[Any]) -> None:

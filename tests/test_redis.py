@@ -4,6 +4,7 @@ password and database, TLS, health, and what happens while Redis is down, frozen
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -16,7 +17,10 @@ from mcpd.config import ConfigError, resolve
 from mcpd.daemon import redis_settings
 from mcpd.interfaces import DOWN, UP, IStore, StoreUnavailable
 from mcpd.stores.redis import RedisConfigError, RedisConnection, redis_config
-from tests.redis_service import PASSWORD, RedisServer, shared_redis
+from tests.clients import fetch
+from tests.daemon import DaemonTestCase, call_server_info, modern_request, post
+from tests.redis_service import PASSWORD, RedisServer, shared_redis, unique_prefix
+from tests.test_tasks import WITH_TASKS
 
 
 def settings(flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Any:
@@ -201,10 +205,138 @@ class RedisConnectionTests(TestCase):
     def test_down_at_start_up(self) -> Any:
         server = self.own_server()
         server.stop()
-        connection = self.connect(server)
+        connection = self.connect(server, timeout=0.3)
+        self.assertFalse((yield connection.connected()))  # readiness waits no longer than this
         status = yield connection.check()
         self.assertEqual(status.state, DOWN)
         self.assertIn("Redis at redis://127.0.0.1", status.detail)
         server.start()
-        yield wait_for(lambda: connection.open_connections > 0, timeout=10)
+        yield wait_for(lambda: connection.open_connections > 0)
+        self.assertTrue((yield connection.connected()))
         self.assertEqual((yield connection.check()).state, UP)
+
+
+# -- the daemon with --redis-url ----------------------------------------------------------------
+
+
+def _get_json(port: int, path: str) -> tuple[int, Any]:
+    status, _headers, body = fetch(port, "GET", path)
+    return status, json.loads(body) if body.startswith(b"{") else body.decode()
+
+
+def _cache_get(port: int, key: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    body, routing = modern_request(1, "tools/call", {"name": "cache.get", "arguments": {"key": key}})
+    status, _head, answer = post(port, body, {**routing, **(headers or {})})
+    return status, json.loads(answer) if answer.startswith(b"{") else answer.decode()
+
+
+def _until(condition: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for a condition")
+        time.sleep(0.1)
+
+
+class RedisDaemonTests(DaemonTestCase):
+    """Real daemons with --redis-url: /health, /metrics and server.info show Redis; a rate limit
+    holds across two instances; Redis gone means clear errors, and its return full service."""
+
+    timeout = 120
+
+    def test_health_metrics_server_info_and_an_outage(self) -> Deferred[None]:
+        server = RedisServer(self.workdir / "redis", password=PASSWORD).start()
+        self.addCleanup(server.destroy)
+        daemon = self.start_daemon(
+            "--redis-url",
+            server.url,
+            "--toolsets",
+            "server,cache",
+            env={"REDIS_PASSWORD": PASSWORD},
+            fixture_pack=False,
+        )
+        port = daemon.port
+        assert port is not None
+
+        def check() -> None:
+            status, health = _get_json(port, "/health")
+            self.assertEqual((status, health["checks"]["redis"]["status"]), (200, "ok"), health)
+            self.assertIn("Redis 7", health["checks"]["redis"]["detail"])
+            _status, metrics = _get_json(port, "/metrics")
+            self.assertIn("mcp_redis_up 1.0", metrics)
+            self.assertIn("mcp_redis_command_duration_seconds_bucket", metrics)
+            stores = {store["name"]: store for store in call_server_info(port)["stores"]}
+            self.assertEqual(stores["redis"]["url"], server.url)
+            self.assertEqual(stores["redis"]["state"], "ok")
+            status, answer = _cache_get(port, "k")
+            self.assertEqual(answer["result"]["structuredContent"]["found"], False)
+
+            server.stop()
+            # Clear errors while it is gone, and no hang: /health says which store and why ...
+            started = time.monotonic()
+            status, health = _get_json(port, "/health")
+            self.assertEqual((status, health["status"]), (503, "unhealthy"))
+            self.assertEqual(health["checks"]["redis"]["status"], "down")
+            self.assertIn("reconnects by itself", health["checks"]["redis"]["detail"])
+            # ... a tool says the store is unavailable for now ...
+            status, answer = _cache_get(port, "k")
+            result = answer["result"]
+            self.assertTrue(result["isError"])
+            self.assertIn("redis is unavailable (temporary)", result["content"][0]["text"])
+            # ... and a task request too, as a JSON-RPC error with the same words.
+            body, routing = modern_request(2, "tasks/get", {"taskId": "t1"})
+            body["params"]["_meta"].update(WITH_TASKS)
+            _status, _head, answer = post(port, body, {**routing, "mcp-name": "t1"})
+            self.assertIn("redis is unavailable (temporary)", json.loads(answer)["error"]["message"])
+            self.assertLess(time.monotonic() - started, 5.0)
+            _status, metrics = _get_json(port, "/metrics")
+            self.assertIn("mcp_redis_up 0.0", metrics)
+            self.assertIn('mcp_redis_errors_total{command="EVAL",kind="unavailable"}', metrics)
+
+            # ... and once it is back, full service without a restart.
+            server.start()
+            _until(lambda: _get_json(port, "/health")[0] == 200)
+            _until(
+                lambda: "result" in _cache_get(port, "k")[1] and not _cache_get(port, "k")[1]["result"].get("isError")
+            )
+            for text in (daemon.log(), daemon.log("stdout")):
+                self.assertNotIn(PASSWORD, text)
+
+        return self.in_thread(check)
+
+    def test_a_rate_limit_holds_across_two_instances(self) -> Deferred[None]:
+        keys = self.workdir / "keys"
+        keys.write_text("alice:alice-key\n")
+        prefix = unique_prefix()
+        args = ("--api-key-file", str(keys), "--rate-limit", "10", "--rate-window", "600", "--toolsets", "server")
+        redis = ("--redis-url", shared_redis().url, "--redis-prefix", prefix)
+        ports = [self.start_daemon(*args, *redis, name=name, fixture_pack=False).port for name in ("one", "two")]
+        headers = {"Authorization": "Bearer alice-key"}
+
+        def check() -> None:
+            served = limited = 0
+            for i in range(20):  # twice the limit, alternating between the instances
+                body, routing = modern_request(i, "tools/list", {})
+                status, _head, answer = post(ports[i % 2], body, {**routing, **headers})  # type: ignore[arg-type]
+                served += status == 200 and "result" in json.loads(answer)
+                limited += status == 429
+            self.assertEqual((served, limited), (10, 10))
+
+        return self.in_thread(check)
+
+
+class RedisServerFixtureTests(SynchronousTestCase):
+    """The fixture itself: a persistent server keeps what it acknowledged across a kill."""
+
+    def test_persistent_survives_a_kill_and_restart(self) -> None:
+        server = RedisServer(self.mktemp(), persistent=True).start()
+        self.addCleanup(server.destroy)
+        server.cli("SET", "acknowledged", "yes")
+        server.kill()
+        server.start()
+        self.assertEqual(server.cli("GET", "acknowledged"), "yes")
+        plain = RedisServer(self.mktemp()).start()
+        self.addCleanup(plain.destroy)
+        plain.cli("SET", "k", "v")
+        plain.restart()
+        self.assertEqual(plain.cli("GET", "k"), "")

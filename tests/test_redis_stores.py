@@ -5,6 +5,7 @@ limit across instances, answer for records another instance wrote, keep a TTL on
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from mcpd.stores.redis.buckets import RedisBucketStore
 from mcpd.stores.redis.sessions import RedisSessionStore
 from mcpd.stores.redis.tasks import RedisTaskStore
 from mcpd.testing import BucketStoreTests, SessionStoreTests, TaskStoreTests
+from tests import test_tasks
 from tests.redis_service import shared_redis, unique_prefix
 from tests.test_redis import wait_for
 
@@ -147,15 +149,41 @@ class SharedStateTests(TestCase):
     def test_sessions_are_shared_and_expire(self) -> Any:
         one, two = yield self.instances()
         clock = Clock()
-        here, there = RedisSessionStore(one, clock, ttl=0.5), RedisSessionStore(two, clock, ttl=0.5)
+        here, there = RedisSessionStore(one, clock, ttl=2.0), RedisSessionStore(two, clock, ttl=2.0)
         yield here.save(SessionRecord("s1", version="2025-06-18", owner="alice"))
         self.assertEqual((yield there.load("s1")).owner, "alice")
         self.assertEqual((yield there.count()), 1)
         ttl = int(shared_redis().cli("PTTL", one.key("session", "streamable", "s1")))
-        self.assertTrue(0 < ttl <= 500)
+        self.assertTrue(0 < ttl <= 2000)
         # Another transport's sessions are apart.
-        self.assertIsNone((yield RedisSessionStore(two, clock, ttl=0.5, kind="sse").load("s1")))
+        self.assertIsNone((yield RedisSessionStore(two, clock, ttl=2.0, kind="sse").load("s1")))
         yield wait_for(lambda: shared_redis().cli("EXISTS", one.key("session", "streamable", "s1")) == "0")
         self.assertIsNone((yield there.load("s1")))
-        clock.advance(1.0)
+        clock.advance(3.0)
         self.assertEqual((yield there.count()), 0)
+
+
+class RedisTaskOverHTTPTests(test_tasks.DaemonTaskTests):
+    """The daemon's task records in Redis (--redis-url): the same task scenario over HTTP, and
+    the records are found in Redis, with their TTL."""
+
+    prefix = ""
+
+    def start_daemon(self, *args: str, **kwargs: Any) -> Any:
+        self.prefix = unique_prefix()
+        redis = ("--redis-url", shared_redis().url, "--redis-prefix", self.prefix)
+        self.daemon = super().start_daemon(*args, *redis, **kwargs)
+        return self.daemon
+
+    def test_task_over_http(self) -> None:
+        super().test_task_over_http()
+        # A task still running at shutdown is cancelled, and that status reaches Redis before
+        # the connection closes.
+        self.daemon.stop()
+        self.assertNotIn("could not save", self.daemon.log("stdout"))
+        names = shared_redis().cli("--scan", "--pattern", f"{self.prefix}task:*").split()
+        self.assertEqual(len(names), 2)  # the confirmed task and the cancelled one
+        for name in names:
+            record = json.loads(shared_redis().cli("GET", name))
+            self.assertIn(record["status"], ("completed", "cancelled"))
+            self.assertGreater(int(shared_redis().cli("PTTL", name)), 0)

@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mcpd.interfaces import TaskRecord
 from mcpd.protocol import errors
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import CALL, SUBSCRIPTION, TASK, Ledger, Limit
@@ -242,6 +243,40 @@ def attrs_evolve(value: Any, **changes: Any) -> Any:
     import attrs
 
     return attrs.evolve(value, **changes)
+
+
+class SlowSaves(MemoryTaskStore):
+    """A shared store over a network: a change is kept only once its answer comes back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[defer.Deferred[None], Any]] = []
+
+    def save(self, record: TaskRecord) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.pending.append((d, record.to_json()))
+        return d
+
+    def answer(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, data in pending:
+            super().save(TaskRecord.from_json(data))
+            d.callback(None)
+
+
+class SharedStoreTaskTests(ClockedTestCase):
+    def test_a_poll_to_the_instance_running_the_task_sees_its_latest_status(self) -> None:
+        # Regression: tasks/get read the store, where the completion was still being saved.
+        store = SlowSaves()
+        peer = Peer(self, self.engine(task_store=store), session=False, modern=True)
+        params = {"name": "slow_compute", "arguments": {"seconds": 5, "label": "x"}}
+        task_id = peer.result("tools/call", params, meta=WITH_TASKS)["taskId"]
+        self.clock.advance(5)
+        self.assertTrue(store.pending)  # the completion is on its way to the store
+        done = peer.result("tasks/get", {"taskId": task_id}, meta=WITH_TASKS)
+        self.assertEqual(done["status"], "completed")
+        store.answer()
+        self.assertEqual(self.successResultOf(store.get(task_id)).status, "completed")
 
 
 class LegacyTaskTests(ClockedTestCase):

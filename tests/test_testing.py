@@ -95,4 +95,4 @@ class SynchronousThreadPoolTests(SynchronousTestCase):
 
 class MemoryStoresTests(SynchronousTestCase):
     def test_one_per_interface(self) -> None:
-        self.assertEqual(len(memory_stores()), 3)
+        self.assertEqual(len(memory_stores()), 4)

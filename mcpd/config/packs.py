@@ -13,7 +13,7 @@ KNOBS: tuple[Knob, ...] = (
         "TOOLSETS",
         parse.names,
         None,
-        "Built-in tool packs to serve, comma-separated (server, tasks, notes). Default: every "
+        "Built-in tool packs to serve, comma-separated (server, tasks, notes, cache). Default: every "
         "built-in pack whose stores are configured.",
     ),
     Knob(

@@ -93,6 +93,10 @@ class Settings:
     redis_ca_file: str | None = None
     redis_timeout: float = 2.0
     redis_prefix: str = "mcpd:"
+    cache_default_ttl: int = 3600
+    cache_max_ttl: int = 604800
+    cache_max_value: int = 65536
+    cache_max_keys: int = 100_000
     stdio: bool = False
     port_given: bool = False
 
@@ -154,6 +158,11 @@ def resolve(
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
     port_given = flags.get("port") is not None or "PORT" in environ or "PORT" in file_values
+    if values["cache_default_ttl"] > values["cache_max_ttl"]:
+        raise ConfigError(
+            f"--cache-default-ttl {values['cache_default_ttl']} is longer than --cache-max-ttl "
+            f"{values['cache_max_ttl']}: lower the default or raise the maximum"
+        )
     if values["embedding_url"] and not values["embedding_model"]:
         raise ConfigError("--embedding-url needs --embedding-model (EMBEDDING_MODEL): the model the service runs")
     return Settings(**values, stdio=stdio, port_given=port_given)

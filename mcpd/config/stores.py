@@ -198,4 +198,34 @@ KNOBS: tuple[Knob, ...] = (
         "mcpd:",
         "Put before every Redis key and channel mcpd uses, so that several deployments can share one server.",
     ),
+    # -- the cache pack's store: in this process, or Redis with --redis-url --
+    Knob(
+        "cache_default_ttl",
+        "CACHE_DEFAULT_TTL",
+        parse.positive_int,
+        3600,
+        "Seconds a cache key lives when cache.set or cache.incr gives no ttl.",
+    ),
+    Knob(
+        "cache_max_ttl",
+        "CACHE_MAX_TTL",
+        parse.positive_int,
+        604800,
+        "The longest a cache key may live, in seconds; a longer ttl is capped to it.",
+    ),
+    Knob(
+        "cache_max_value",
+        "CACHE_MAX_VALUE",
+        parse.positive_int,
+        65536,
+        "The most bytes one cached value may take as JSON text.",
+    ),
+    Knob(
+        "cache_max_keys",
+        "CACHE_MAX_KEYS",
+        parse.positive_int,
+        100000,
+        "Keys the in-process cache holds at most, over every tenant (without --redis-url; bound "
+        "Redis with its own maxmemory).",
+    ),
 )

@@ -421,7 +421,7 @@ class Engine:
         except Exception:
             return succeed(self._internal_error(request_id, method, Failure()))
         d = result if isinstance(result, Deferred) else succeed(result)
-        if not d.called:
+        if not d.called or d.paused:  # still being served (paused: waiting on another Deferred)
             self._track(d, exchange, request_id)
         modern = request.modern
         return d.addCallbacks(

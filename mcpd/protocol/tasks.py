@@ -580,6 +580,11 @@ class TaskManager:
                 raise InvalidParams(f"Failed to retrieve task: Task not found ({task_id})")
             return record
 
+        run = self._runs.get(task_id)
+        if run is not None:
+            # Run here: its record is the freshest (a shared store may still be saving the
+            # last change), and no round trip is needed.
+            return succeed(run.record).addCallback(found)
         return self.store.get(task_id).addCallback(found)
 
     @staticmethod

@@ -221,17 +221,28 @@ class Gate:
         if self.limiter is not None and (keyed or not is_loopback_client(client)):
             wait = self.limiter.check(account)
             if isinstance(wait, Deferred):
-                return wait.addCallback(self._after_rate, request, account, client, name if keyed else None)
+                # A remote store answers once the channel may have read the whole request and
+                # forgotten its request line: keep it for the refusal's log line.
+                line = (command, request.channel._path)
+                return wait.addCallback(self._after_rate, request, account, client, name if keyed else None, line)
             return self._after_rate(wait, request, account, client, name if keyed else None)
         return self._hold_connection(request, account, client, name if keyed else None)
 
-    def _after_rate(self, wait: float, request: GuardedRequest, account: str, client: str, key: str | None) -> Any:
+    def _after_rate(
+        self,
+        wait: float,
+        request: GuardedRequest,
+        account: str,
+        client: str,
+        key: str | None,
+        line: tuple[bytes, bytes] | None = None,
+    ) -> Any:
         if wait > 0:
             seconds = retry_after(wait)
             refusal = Refusal(
                 429, {"error": "Rate limit exceeded", "retry_after": seconds}, (("Retry-After", str(seconds)),)
             )
-            return self._audited(request, refusal, "rate_limited", client, key, None)
+            return self._audited(request, refusal, "rate_limited", client, key, None, line)
         return self._hold_connection(request, account, client, key)
 
     def _hold_connection(self, request: GuardedRequest, account: str, client: str, key: str | None) -> Refusal | None:
@@ -287,19 +298,24 @@ class Gate:
         )
 
     def _audited(
-        self, request: GuardedRequest, refusal: Refusal, outcome: str, client: str, key: str | None, detail: str | None
+        self,
+        request: GuardedRequest,
+        refusal: Refusal,
+        outcome: str,
+        client: str,
+        key: str | None,
+        detail: str | None,
+        line: tuple[bytes, bytes] | None = None,
     ) -> Refusal:
+        """Count, log and audit a refusal. ``line``: the request's method and path, when the
+        channel may no longer hold them (a decision that came later)."""
         self.refusals[outcome] += 1
-        # The channel forgets the request line once the request is read: a refusal decided
-        # after a remote store answered (Redis buckets) finds it on the request instead.
-        channel = request.channel
-        command = getattr(channel, "_command", None) or request.method or b"-"
-        target = getattr(channel, "_path", None) or request.uri or b"-"
+        command, path = line if line is not None else (request.channel._command, request.channel._path)
         # The path without its query, which may hold a key.
         log.info(
             "Refused {method} {path} from {client}: {status} {outcome}",
             method=command.decode("latin-1"),
-            path=target.partition(b"?")[0].decode("latin-1"),
+            path=path.partition(b"?")[0].decode("latin-1"),
             client=client,
             status=refusal.status,
             outcome=outcome,
@@ -417,16 +433,14 @@ class GuardedRequest(server.Request):
             self.refusal = outcome
 
     def _admission_failed(self, failure: Any) -> None:
-        """A remote store (rate-limit buckets) failed: answer 503 rather than leave the
-        request hanging."""
-        if failure.check(StoreUnavailable):
-            # Expected while Redis is down: one line, and the reason in the answer.
-            log.warn("Refused a request: {why}", why=failure.getErrorMessage())
-            why = f"Service Unavailable: {failure.getErrorMessage()}"
+        """A remote store (rate-limit buckets) failed: answer 503, saying which store, rather
+        than leave the request hanging."""
+        if failure.check(StoreUnavailable):  # the store logs its outage, once
+            error = f"Service Unavailable: {failure.getErrorMessage()}"
         else:
             log.failure("Admitting a request failed", failure)
-            why = "Service Unavailable: try again shortly"
-        self._admitted(Refusal(503, {"error": why}, (("Retry-After", "5"),)))
+            error = "Service Unavailable: try again shortly"
+        self._admitted(Refusal(503, {"error": error}, (("Retry-After", "5"),)))
 
     def _refuse(self, refusal: Refusal, length: int | None) -> None:
         self.refusal = refusal

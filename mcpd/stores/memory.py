@@ -6,13 +6,26 @@ so what a caller changes after saving is not changed in the store."""
 
 from __future__ import annotations
 
+import bisect
 import collections
+import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from mcpd.interfaces import TERMINAL, IBucketStore, ISessionStore, ITaskStore, SessionRecord, StoreFull, TaskRecord
+from mcpd.interfaces import (
+    TERMINAL,
+    IBucketStore,
+    ICache,
+    ISessionStore,
+    ITaskStore,
+    NotAnInteger,
+    SessionRecord,
+    StoreFull,
+    TaskRecord,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -21,6 +34,13 @@ if TYPE_CHECKING:
 _PRUNE_AT = 10_000
 # Tasks kept at once (running, or finished and waiting to be fetched).
 TASK_CAPACITY = 1000
+# The cache's defaults (--cache-default-ttl, --cache-max-ttl, --cache-max-value, --cache-max-keys).
+CACHE_DEFAULT_TTL = 3600
+CACHE_MAX_TTL = 7 * 24 * 3600
+CACHE_MAX_VALUE = 64 * 1024
+CACHE_MAX_KEYS = 100_000
+# What a Redis integer holds.
+INT64 = (-(2**63), 2**63 - 1)
 
 
 @implementer(IBucketStore)
@@ -142,3 +162,192 @@ class MemorySessionStore:
 
     def count(self) -> Deferred[int]:
         return succeed(len(self._records))
+
+
+@implementer(ICache)
+class MemoryCache:
+    """The cache pack's keys in this process's memory (see `ICache`): at most ``max_keys`` of
+    them over every tenant, each dropped once its TTL has passed (when next touched, or when
+    room is needed). Each tenant's names are also kept sorted, so a scan page costs a bisection
+    and at most `SCAN_EXAMINED` names, however many keys there are."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        default_ttl: int = CACHE_DEFAULT_TTL,
+        max_ttl: int = CACHE_MAX_TTL,
+        max_value: int = CACHE_MAX_VALUE,
+        max_keys: int = CACHE_MAX_KEYS,
+    ) -> None:
+        self.clock = clock
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+        self.max_value = max_value
+        self.max_keys = max_keys
+        # tenant -> key -> (JSON text, expiry time), and the tenant's key names in order
+        self._keys: dict[str, dict[str, tuple[str, float]]] = {}
+        self._names: dict[str, list[str]] = {}
+        self._size = 0
+        self._purged_at = -math.inf
+
+    def _live(self, tenant: str, key: str) -> tuple[str, float] | None:
+        entry = self._keys.get(tenant, {}).get(key)
+        if entry is not None and entry[1] <= self.clock.seconds():
+            self._drop(tenant, key)
+            return None
+        return entry
+
+    def _drop(self, tenant: str, key: str) -> bool:
+        keys = self._keys.get(tenant)
+        if keys is None or keys.pop(key, None) is None:
+            return False
+        self._size -= 1
+        names = self._names[tenant]
+        del names[bisect.bisect_left(names, key)]
+        if not keys:
+            del self._keys[tenant], self._names[tenant]
+        return True
+
+    def _put(self, tenant: str, key: str, value: str, expires: float) -> None:
+        keys = self._keys.get(tenant)
+        if keys is None or key not in keys:
+            if self._size >= self.max_keys:
+                self._purge()
+            if self._size >= self.max_keys:
+                raise StoreFull(
+                    f"the in-process cache holds {self._size} keys, its limit (--cache-max-keys): delete "
+                    "keys you no longer need, or set shorter TTLs",
+                    self.max_keys,
+                )
+            keys = self._keys.setdefault(tenant, {})
+            bisect.insort(self._names.setdefault(tenant, []), key)
+            self._size += 1
+        keys[key] = (value, expires)
+
+    def _purge(self) -> None:
+        """Drop every expired key; at most once a second (a full cache refuses at once)."""
+        now = self.clock.seconds()
+        if now - self._purged_at < 1.0:
+            return
+        self._purged_at = now
+        for tenant, keys in list(self._keys.items()):
+            for key, (_value, expires) in list(keys.items()):
+                if expires <= now:
+                    self._drop(tenant, key)
+
+    def get(self, tenant: str, key: str) -> Deferred[tuple[str | None, int | None]]:
+        entry = self._live(tenant, key)
+        if entry is None:
+            return succeed((None, None))
+        return succeed((entry[0], math.ceil(entry[1] - self.clock.seconds())))
+
+    def set(self, tenant: str, key: str, value: str, ttl: int) -> Deferred[None]:
+        self._live(tenant, key)
+        try:
+            self._put(tenant, key, value, self.clock.seconds() + ttl)
+        except StoreFull as e:
+            return fail(e)
+        return succeed(None)
+
+    def delete(self, tenant: str, key: str) -> Deferred[bool]:
+        return succeed(self._live(tenant, key) is not None and self._drop(tenant, key))
+
+    def incr(self, tenant: str, key: str, by: int, ttl: int | None) -> Deferred[int]:
+        entry = self._live(tenant, key)
+        now = self.clock.seconds()
+        if entry is None:
+            current, expires = 0, now + (ttl if ttl is not None else self.default_ttl)
+        else:
+            if not _INTEGER.match(entry[0]) or not INT64[0] <= int(entry[0]) <= INT64[1]:
+                return fail(
+                    NotAnInteger(f"{key!r} holds no integer: cache.incr adds to a key holding an integer (or none)")
+                )
+            current, expires = int(entry[0]), (now + ttl if ttl is not None else entry[1])
+        value = current + by
+        if not INT64[0] <= value <= INT64[1]:
+            return fail(NotAnInteger(f"adding {by} to {key!r} would leave the 64-bit integer range"))
+        try:
+            self._put(tenant, key, str(value), expires)
+        except StoreFull as e:
+            return fail(e)
+        return succeed(value)
+
+    def scan(self, tenant: str, pattern: str, limit: int, position: Any) -> Deferred[tuple[list[str], Any]]:
+        """The tenant's names in order, after ``position`` (the last name looked at)."""
+        matches = glob_regex(pattern).fullmatch
+        names = self._names.get(tenant, [])
+        keys = self._keys.get(tenant, {})
+        now = self.clock.seconds()
+        start = bisect.bisect_right(names, position) if isinstance(position, str) else 0
+        page: list[str] = []
+        end = min(len(names), start + SCAN_EXAMINED)
+        index = start
+        while index < end and len(page) < limit:
+            name = names[index]
+            if keys[name][1] > now and matches(name):
+                page.append(name)
+            index += 1
+        return succeed((page, names[index - 1] if index < len(names) and index > start else None))
+
+
+# Names one in-process scan call looks at, at most (a page may then hold fewer than its limit).
+SCAN_EXAMINED = 10_000
+
+
+# Redis' INCRBY takes the decimal text of a 64-bit integer, nothing else.
+_INTEGER = re.compile(r"^-?(0|[1-9][0-9]*)$")
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A regular expression matching what Redis' glob ``pattern`` matches (KEYS, SCAN MATCH):
+    ``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]`` and ``\\`` escapes.
+
+    It never backtracks more than once over a name, whatever the pattern (``*a*a*a…b`` would
+    take a plain translation exponential time on the reactor): between two stars, the leftmost
+    match of the fixed-width segment is as good as any later one, so each is an atomic group."""
+    segments: list[list[str]] = [[]]
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            segments.append([])
+        elif c == "?":
+            segments[-1].append(".")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            segments[-1].append(re.escape(pattern[i]))
+        elif c == "[":
+            i, piece = _glob_class(pattern, i + 1)
+            segments[-1].append(piece)
+        else:
+            segments[-1].append(re.escape(c))
+        i += 1
+    regex = "".join(segments[0])
+    if len(segments) > 1:
+        regex += "".join(f"(?>.*?{''.join(segment)})" for segment in segments[1:-1] if segment)
+        regex += ".*" + "".join(segments[-1])
+    return re.compile(regex, re.DOTALL)
+
+
+def _glob_class(pattern: str, i: int) -> tuple[int, str]:
+    """The character class starting at ``pattern[i]`` (after its ``[``): where it ends (its
+    ``]``, or the pattern's end) and its regular expression."""
+    n = len(pattern)
+    negate = i < n and pattern[i] == "^"
+    if negate:
+        i += 1
+    items: list[str] = []
+    while i < n and pattern[i] != "]":
+        if pattern[i] == "\\" and i + 1 < n:
+            i += 1
+            items.append(re.escape(pattern[i]))
+        elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+            low, high = sorted((pattern[i], pattern[i + 2]))
+            items.append(f"{re.escape(low)}-{re.escape(high)}")
+            i += 2
+        else:
+            items.append(re.escape(pattern[i]))
+        i += 1
+    if not items:
+        return i, "." if negate else "(?!)"
+    return i, f"[{'^' if negate else ''}{''.join(items)}]"

@@ -19,6 +19,7 @@ BUILTIN_PACKS: dict[str, str] = {
     "server": "mcpd.packs.server",
     "tasks": "mcpd.packs.tasks",
     "notes": "mcpd.packs.notes",
+    "cache": "mcpd.packs.cache",
 }
 
 

@@ -253,8 +253,9 @@ class StreamableHTTP(NoHead, Resource):
         exchange.notify = reply.notify
         exchange.prepaid = 1  # the gate counted this request against the caller's rate limit
         d = self.engine.handle_bytes(body, exchange)
-        if d.called:
-            # The common case: answered at once, straight back as JSON.
+        if d.called and not d.paused:
+            # The common case: answered at once, straight back as JSON. (A Deferred that has
+            # fired but waits on another, say a store's answer over the network, is paused.)
             result: list[Any] = []
             d.addBoth(result.append)
             if result:

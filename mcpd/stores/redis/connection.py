@@ -41,6 +41,8 @@ POOL_SIZE = 2
 # Reconnecting: the first retry after this many seconds, backing off to at most RETRY_MAX.
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0
 STARTING, OK, DOWN_STATE, REFUSED, STOPPED = "starting", "ok", "down", "refused", "stopped"
+# While stopping: how often to look whether the commands in flight are answered (seconds).
+SETTLE_INTERVAL = 0.01
 _DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Redis answers meaning "not now" rather than "wrong command": temporary, like a lost connection.
 _TEMPORARY = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN", "NOAUTH")
@@ -53,10 +55,22 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
     initialDelay = RETRY_FIRST
     maxDelay = RETRY_MAX
 
-    def __init__(self, refused: Callable[[str], None], **kwargs: Any) -> None:
+    def __init__(
+        self, up: Callable[[], None], lost: Callable[[], None], refused: Callable[[str], None], **kwargs: Any
+    ) -> None:
         super().__init__(None, **kwargs)
-        self._refused = refused
+        self._up, self._lost, self._refused = up, lost, refused
         self.deferred.addErrback(lambda _failure: None)  # reported through `refused`
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if self.size:
+            self._up()
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        if not self.size and not self.disconnectCalled:
+            self._lost()
 
     def connectionError(self, why: str) -> None:
         self._refused(why)
@@ -123,6 +137,9 @@ class RedisConnection(Service):
         self.server_version: str | None = None
         self.metrics = RedisMetrics(self)
         self._factory: _Factory | None = None
+        self._waiting: list[Deferred[bool]] = []
+        # Commands sent and not yet answered (stopping waits for them).
+        self._outstanding = 0
 
     # -- the service ----------------------------------------------------------------------------
 
@@ -130,6 +147,8 @@ class RedisConnection(Service):
         super().startService()
         self.state = STARTING
         self._factory = _Factory(
+            self._up,
+            self._lost,
             self._refused,
             dbid=self.config.db,
             poolsize=self.pool_size,
@@ -144,14 +163,28 @@ class RedisConnection(Service):
         log.info("Connecting to Redis at {url}", url=self.config.shown_url)
 
     def stopService(self) -> Deferred[Any]:
+        """Close the connections once the commands sent so far are answered, and those the
+        services stopped before this one sent in their last turns (a cancelled task's final
+        status), within ``--redis-timeout``."""
         super().stopService()
-        self.state = STOPPED
-        factory, self._factory = self._factory, None
-        if factory is None:
-            return succeed(None)
-        d: Deferred[Any] = factory.disconnect()
-        d.addErrback(lambda failure: log.failure("Closing the Redis connections failed", failure))
-        return d
+        done: Deferred[Any] = Deferred()
+        deadline = time.monotonic() + self.config.timeout
+
+        def close() -> None:
+            if self._outstanding and time.monotonic() < deadline:
+                self.reactor.callLater(SETTLE_INTERVAL, close)
+                return
+            self.state = STOPPED
+            factory, self._factory = self._factory, None
+            if factory is None:
+                done.callback(None)
+                return
+            d: Deferred[Any] = factory.disconnect()
+            d.addErrback(lambda failure: log.failure("Closing the Redis connections failed", failure))
+            d.chainDeferred(done)
+
+        self.reactor.callLater(0, close)
+        return done
 
     def endpoint(self) -> IStreamClientEndpoint:
         """A client endpoint to Redis (TLS for rediss://): for this pool, and for connections
@@ -177,6 +210,22 @@ class RedisConnection(Service):
                 trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(block) for block in blocks])
             endpoint = wrapClientTLS(ssl.optionsForClientTLS(self.config.host, trustRoot=trust), endpoint)
         return endpoint
+
+    def connected(self) -> Deferred[bool]:
+        """Fires with True once a connection is open, or with False after ``--redis-timeout``
+        without one (never fails): what readiness waits for at start-up."""
+        if self.open_connections:
+            return succeed(True)
+        d: Deferred[bool] = Deferred()
+        self._waiting.append(d)
+        timer = self.reactor.callLater(self.config.timeout, _fire, d, False)
+
+        def stop_timer(connected: bool) -> bool:
+            if timer.active():
+                timer.cancel()
+            return connected
+
+        return d.addCallback(stop_timer)
 
     @property
     def open_connections(self) -> int:
@@ -205,6 +254,8 @@ class RedisConnection(Service):
             return fail(StoreUnavailable(STORE, "mcpd's Redis connection is not running"))
         if factory.size == 0:
             self.metrics.errors.labels(name, "unavailable").inc()
+            if self.state == STARTING:
+                self._down(f"cannot connect to Redis at {self.config.shown_url}")
             return fail(StoreUnavailable(STORE, self._why_down()))
         started = time.monotonic()
         try:
@@ -212,15 +263,18 @@ class RedisConnection(Service):
         except txredisapi.ConnectionError:  # the connection died between the check and now
             self.metrics.errors.labels(name, "unavailable").inc()
             return fail(StoreUnavailable(STORE, self._why_down()))
+        self._outstanding += 1
         d.addTimeout(self.config.timeout, self.reactor)
 
         def answered(value: Any) -> Any:
+            self._outstanding -= 1
             self.metrics.duration.labels(name).observe(time.monotonic() - started)
-            if self.state != OK and self.state != STOPPED:
+            if self.state == DOWN_STATE:  # a timeout had said so; this connection answers
                 self._up()
             return value
 
         def failed(failure: Failure) -> Failure:
+            self._outstanding -= 1
             self.metrics.duration.labels(name).observe(time.monotonic() - started)
             return Failure(self._error(name, failure))
 
@@ -260,8 +314,12 @@ class RedisConnection(Service):
         return f"{why}; mcpd reconnects by itself, try again in a few seconds (is redis-server running?)"
 
     def _up(self) -> None:
-        if self.state != OK:
-            log.info("Redis at {url} is reachable", url=self.config.shown_url)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            _fire(d, True)
+        if self.state in (OK, STOPPED):
+            return
+        log.info("Redis at {url} is reachable", url=self.config.shown_url)
         self.state = OK
         self.last_error = None
 
@@ -272,6 +330,9 @@ class RedisConnection(Service):
             log.error("Redis at {url} is unavailable: {why}", url=self.config.shown_url, why=why)
         self.state = DOWN_STATE
         self.last_error = why
+
+    def _lost(self) -> None:
+        self._down(f"the connection to Redis at {self.config.shown_url} was lost")
 
     def _refused(self, why: str) -> None:
         """txredisapi gave up: the password or the database number was refused."""
@@ -305,9 +366,6 @@ class RedisConnection(Service):
 
         def failed(failure: Failure) -> StoreStatus:
             why = str(failure.value.detail) if failure.check(StoreUnavailable) else failure.getErrorMessage()
-            if self._factory is not None and self.open_connections == 0 and self.state == STARTING:
-                self._down(f"cannot connect to Redis at {self.config.shown_url}")
-                why = self._why_down()
             return StoreStatus(STORE, DOWN, why, time.monotonic() - started)
 
         def keep(status: StoreStatus) -> StoreStatus:
@@ -339,3 +397,8 @@ class RedisConnection(Service):
         if self.last_check is not None and self.last_check.latency is not None:
             described["latency_ms"] = round(self.last_check.latency * 1000, 3)
         return described
+
+
+def _fire(d: Deferred[bool], value: bool) -> None:
+    if not d.called:
+        d.callback(value)
