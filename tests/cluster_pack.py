@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 
 from mcpd.tools.api import ToolContext
 from mcpd.tools.pack import ToolPack
@@ -70,6 +71,23 @@ def confirm(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     schema = {"type": "object", "properties": {"confirm": {"type": "boolean"}}, "required": ["confirm"]}
     answer = yield ctx.elicit("Go on?", schema, key="confirm")
     return _served(action=answer.get("action"), content=answer.get("content"))
+
+
+@pack.tool(
+    "cluster.sleep",
+    description="Sleep `seconds`, then answer with the pid (as a task when the client asks).",
+    input_schema={
+        "type": "object",
+        "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 10}},
+        "required": ["seconds"],
+    },
+    output_schema=_SERVED,
+    task_support="optional",
+)
+def sleep(ctx: ToolContext, arguments: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    from twisted.internet import reactor
+
+    return deferLater(reactor, arguments["seconds"], _served)
 
 
 @pack.tool(

@@ -389,6 +389,56 @@ class ClusterTests(DaemonTestMixin, TestCase):
         self.assertEqual(result["pid"], self.instances["a"].process.pid)
         self.assertEqual((result["action"], result["content"]), ("accept", {"confirm": True}))
 
+    @inlineCallbacks
+    def test_legacy_task_result_across_instances(self) -> Any:
+        """2025-11-25: a task made in a session on one instance; tasks/result asked on another
+        waits for it and answers its result, tasks/list on a third lists it."""
+        a, b, c = (self.instances[name].port for name in "abc")
+        assert a and b and c
+        session = yield self.in_thread(lambda: self.open_session(a))
+        call = {"name": "cluster.sleep", "arguments": {"seconds": 1.5}, "task": {"ttl": 60000}}
+        status, created = yield self.in_thread(lambda: self.legacy_call(a, session, "tools/call", call))
+        self.assertEqual(status, 200, created)
+        task_id = created["result"]["task"]["taskId"]
+        status, result = yield self.in_thread(lambda: self.legacy_call(b, session, "tasks/result", {"taskId": task_id}))
+        self.assertEqual(result["result"]["structuredContent"]["pid"], self.instances["a"].process.pid, result)
+        status, listed = yield self.in_thread(lambda: self.legacy_call(c, session, "tasks/list", {}))
+        self.assertEqual([t["taskId"] for t in listed["result"]["tasks"]], [task_id], listed)
+        self.assertEqual(listed["result"]["tasks"][0]["status"], "completed")
+
+    def open_session(self, port: int) -> str:
+        """A legacy (2025-11-25) session opened on ``port``; its id."""
+        params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+        status, _answer, headers = self.legacy_request(port, None, "initialize", params)
+        session = headers["mcp-session-id"]
+        self.legacy_request(port, session, "notifications/initialized", None)
+        return session
+
+    def legacy_call(self, port: int, session: str, method: str, params: dict[str, Any]) -> tuple[int, Any]:
+        status, answer, _headers = self.legacy_request(port, session, method, params)
+        return status, answer
+
+    def legacy_request(self, port: int, session: str | None, method: str, params: Any) -> tuple[int, Any, Any]:
+        body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            body.update(id=1, params=params)
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "authorization": f"Bearer {KEY}",
+        }
+        if session is not None:
+            headers["mcp-session-id"] = session
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/mcp", data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=20) as response:
+            text = response.read().decode()
+            kind = response.headers.get("content-type", "")
+            if kind.startswith("text/event-stream"):
+                text = [line[5:] for line in text.splitlines() if line.startswith("data:") and line[5:].strip()][-1]
+            return response.status, json.loads(text) if text else None, response.headers
+
     def wait_status(self, port: int, task_id: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
