@@ -369,6 +369,25 @@ class ClusterTests(DaemonTestMixin, TestCase):
         self.assertIn(f"cancelled cluster.wait@{pid_a} t1", events)
 
     @inlineCallbacks
+    def test_task_of_a_killed_instance(self) -> Any:
+        """The instance running a task is killed: a cancel through another marks it cancelled
+        (the work went with its instance), and every instance then says so."""
+        a, b = self.instances["a"].port, self.instances["b"].port
+        assert a and b
+        call = {"name": "cluster.wait", "arguments": {"label": "k1"}}
+        status, created = yield self.in_thread(lambda: self.post_modern(a, "tools/call", call, "cluster.wait"))
+        task_id = created["result"]["taskId"]
+        self.instances["a"].process.send_signal(signal.SIGKILL)
+        yield self.in_thread(lambda: self.instances["a"].process.wait(10))
+        status, cancelled = yield self.in_thread(
+            lambda: self.post_modern(b, "tasks/cancel", {"taskId": task_id}, task_id)
+        )
+        self.assertNotIn("error", cancelled, cancelled)
+        polled = yield self.in_thread(lambda: self.wait_task(b, task_id))
+        self.assertEqual(polled["status"], "cancelled", polled)
+        self.assertEqual(polled["statusMessage"], "The task was cancelled: the instance running it had stopped.")
+
+    @inlineCallbacks
     def test_task_input_across_instances(self) -> Any:
         """A task asking for input on one instance, seen waiting on another, answered
         (tasks/update) through a third."""

@@ -41,6 +41,10 @@ class ClusterUnavailable(StoreUnavailable):
         super().__init__("cluster", detail)
 
 
+class InstanceGone(ClusterUnavailable):
+    """Nobody listens on the instance's channel: it is not running."""
+
+
 def new_instance_id() -> str:
     """An instance id: short, random, without ``-`` or ``.`` (it prefixes stream keys and
     request ids, which are split at those)."""
@@ -264,7 +268,7 @@ class ClusterBus:
                 if name is None:
                     waiting.callback({})
                 else:
-                    waiting.errback(ClusterUnavailable(f"{instance} is not running"))
+                    waiting.errback(InstanceGone(f"{instance} is not running"))
 
         def not_sent(failure: Failure) -> None:
             if self._replies.pop(ask, None) is not None:

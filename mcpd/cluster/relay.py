@@ -3,7 +3,7 @@
 
 - Changes (list changed, resource updated, a modern task's status): the instance where one
   happens delivers it to its own subscribers and broadcasts it with an id; every other instance
-  delivers it to its own (`mcpd.protocol.changes.ChangeFeed.relay`). Tenant rules are the
+  delivers it to its own (the ``relay`` of `mcpd.protocol.changes.ChangeFeed`). Tenant rules are the
   feed's, applied where the subscriber is.
 - Tasks: records are in the shared `ITaskStore`, so any instance answers ``tasks/get`` and
   ``tasks/list``; ``tasks/cancel`` and ``tasks/update`` are sent to the instance named by the
@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mcpd.cluster.bus import ClusterUnavailable
+from mcpd.cluster.bus import InstanceGone
 from mcpd.interfaces import CANCELLED, TaskRecord
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class TaskRelay:
             return TaskRecord.from_json(data) if isinstance(data, dict) else record
 
         def runner_gone(failure: Failure) -> Deferred[TaskRecord]:
-            failure.trap(ClusterUnavailable)
+            failure.trap(InstanceGone)
             # Its instance is not running: neither is the work. Say so in the record.
             log.info(
                 "Task {id}'s instance {runner} is gone; marking it cancelled", id=record.task_id, runner=record.runner
