@@ -77,12 +77,25 @@ def micro(redis_url: str, operations: int, concurrencies: Sequence[int]) -> list
 
     @inlineCallbacks
     def timed(name: str, backend: str, one: Any, concurrency: int) -> Any:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for start in range(0, operations, concurrency):
             yield gatherResults([one(i) for i in range(start, min(start + concurrency, operations))])
         micros = (time.perf_counter() - started) / operations * 1e6
-        rows.append({"backend": backend, "operation": name, "concurrency": concurrency, "us_per_op": round(micros, 1)})
-        print(f"{backend:7} {name:22} {concurrency:>3} outstanding  {micros:8.1f} us/op", flush=True)
+        cpu_micros = (time.process_time() - cpu) / operations * 1e6
+        rows.append(
+            {
+                "backend": backend,
+                "operation": name,
+                "concurrency": concurrency,
+                "us_per_op": round(micros, 1),
+                "cpu_us_per_op": round(cpu_micros, 1),
+            }
+        )
+        print(
+            f"{backend:7} {name:22} {concurrency:>3} outstanding  {micros:8.1f} us/op  "
+            f"(this process's CPU: {cpu_micros:6.1f} us/op)",
+            flush=True,
+        )
 
     @inlineCallbacks
     def main(reactor: Any) -> Any:
@@ -167,10 +180,15 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> list
                         "p99_ms": round(result.p99_ms, 2),
                         "errors": result.errors,
                         "server_cpu": round(result.server_cpu or 0, 2),
+                        # mcpd's CPU time per call: what a request costs, whatever else runs.
+                        "cpu_ms_per_call": round(
+                            (result.server_cpu or 0) * 1000 / max(result.requests_per_second, 1), 3
+                        ),
                     }
                     print(
                         f"{backend:7} {era_name:7} c={clients:<3} {row['rps']:>6} calls/s  p50 {row['p50_ms']:>6.2f} ms  "
-                        f"p99 {row['p99_ms']:>6.2f} ms  errors {row['errors']}  server CPU {row['server_cpu']:.0%}",
+                        f"p99 {row['p99_ms']:>6.2f} ms  errors {row['errors']}  server CPU {row['server_cpu']:.0%}  "
+                        f"{row['cpu_ms_per_call']:.3f} CPU ms/call",
                         flush=True,
                     )
                     rows.append(row)

@@ -428,8 +428,17 @@ FIXTURE_TOOLS = {
 
 
 SERVER_TOOLS = {"server.info", "server.tools"}
-# The read-only tools of the packs on the SQL store (tasks, notes), served by default.
-READ_ONLY_DATA_TOOLS = {"project.list", "task.list", "task.get", "task.next", "note.search", "note.get"}
+# The read-only tools of the packs served by default besides server: tasks, notes (SQL), cache.
+READ_ONLY_DATA_TOOLS = {
+    "project.list",
+    "task.list",
+    "task.get",
+    "task.next",
+    "note.search",
+    "note.get",
+    "cache.get",
+    "cache.scan",
+}
 
 
 INVALID_PARAMS = -32602

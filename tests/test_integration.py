@@ -144,7 +144,7 @@ class _ClientScenarios:
             self.assertEqual({row["name"] for row in by_name["tools"]}, SERVER_TOOLS)
             read_only = (await client.call_tool("server.tools", {"read_only": True})).structured_content
             assert read_only is not None
-            # The default toolsets: server, and the packs on the SQL store (tasks, notes).
+            # The default toolsets: server, the packs on the SQL store (tasks, notes), and cache.
             self.assertEqual({row["name"] for row in read_only["tools"]}, SERVER_TOOLS | READ_ONLY_DATA_TOOLS)
             none = (await client.call_tool("server.tools", {"match": "no-such-tool"})).structured_content
             self.assertEqual(none, {"count": 0, "tools": []})

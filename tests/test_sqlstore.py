@@ -600,7 +600,7 @@ class ConfigTests(SynchronousTestCase):
         from mcpd.tap import Options
 
         defaults = Settings()
-        self.assertEqual([pack.name for pack in load_packs(defaults)], ["server", "tasks", "notes"])
+        self.assertEqual([pack.name for pack in load_packs(defaults)], ["server", "tasks", "notes", "cache"])
         self.assertTrue(needs_sql(load_packs(defaults)))
         self.assertFalse(needs_sql(load_packs(Settings(toolsets=("server",)))))
         for args, says in (
