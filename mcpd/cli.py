@@ -13,7 +13,6 @@ from twisted.python import usage
 from mcpd.config import KNOBS_BY_NAME, ConfigError, read_env_file, resolve
 from mcpd.daemon import build_service, sql_config
 from mcpd.observe.logging import observer
-from mcpd.services import ListenerService
 from mcpd.tap import Options
 
 
@@ -45,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
-    # A listener that failed after start-up (one binding later) stopped the reactor.
-    failed = [child for child in service if isinstance(child, ListenerService) and child.failure is not None]
+    # A listener that failed after start-up (one binding later), or a store opened in the
+    # background that could not be (mcpd.stores.opening), stopped the reactor.
+    failed = [child for child in service if getattr(child, "failure", None) is not None]
     return 1 if failed else 0
 
 

@@ -23,21 +23,17 @@ from mcpd.interfaces import (
     INoteStore,
     IRuntime,
     ISessionStore,
+    IStore,
     ITaskBoard,
     ITaskStore,
     IVectorIndex,
 )
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
-from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
-from mcpd.observe.stats import Vitals
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import CALL, CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, TASK, Ledger, Limit, share
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.trace import Tracer
-from mcpd.protocol.vocabulary import REQUEST_METHODS
 from mcpd.runtime import Runtime
-from mcpd.security.layer import Security, load_allowlist, load_key_ring
-from mcpd.security.policy import OriginGuard, beyond_loopback
 from mcpd.services import (
     DrainService,
     EngineService,
@@ -52,21 +48,16 @@ from mcpd.services import (
     TraceService,
 )
 from mcpd.stores import StoreSet
-from mcpd.stores.memory import TASK_CAPACITY, MemoryBucketStore, MemorySessionStore, MemoryTaskStore
+from mcpd.stores.memory import TASK_CAPACITY, MemoryTaskStore
+from mcpd.stores.opening import BackgroundOpening, Opened
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
-from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
-from mcpd.transport.sse import close_streams
-from mcpd.transport.streamable import StreamableHTTP
-from mcpd.transport.tls import EndpointError, TLSHandshakeLog, check_endpoint, is_tls
-from mcpd.transport.websocket import websocket_resource
-from mcpd.web.monitoring import build_monitor
-from mcpd.web.site import make_site
 
 if TYPE_CHECKING:
     from mcpd.cluster.service import Cluster
     from mcpd.stores.redis import RedisConnection
     from mcpd.stores.redis.config import RedisConfig
     from mcpd.stores.sql.config import DatabaseConfig
+    from mcpd.transport.websocket import WebSocketEndpoint
 
 log = Logger(namespace="mcpd")
 
@@ -110,10 +101,13 @@ def load_packs(settings: Settings) -> list[ToolPack]:
                 "provide (see README, Stores)"
             )
     if needs_sql(packs):
-        from mcpd.stores.sql.config import DatabaseConfigError
+        from mcpd.stores.sql.config import DatabaseConfigError, sqlite_path
 
         try:
-            sql_config(settings)
+            if settings.db_url is None and not settings.db_password_file:
+                sqlite_path(settings.data_dir)  # the default: no URL to parse (nor SQLAlchemy to load)
+            else:
+                sql_config(settings)
         except DatabaseConfigError as e:
             raise ConfigError(str(e)) from None
     return packs
@@ -195,6 +189,8 @@ def redis_connection(settings: Settings, reactor: Any) -> RedisConnection | None
 def shared_state(settings: Settings, reactor: Any, redis: RedisConnection | None) -> SharedState:
     """The buckets, task records and session records: Redis' when connected to one."""
     if redis is None:
+        from mcpd.stores.memory import MemoryBucketStore, MemorySessionStore
+
         return SharedState(MemoryBucketStore(reactor), MemoryTaskStore(), MemorySessionStore(), MemorySessionStore())
     from mcpd.stores.redis.buckets import RedisBucketStore
     from mcpd.stores.redis.sessions import RedisSessionStore
@@ -240,7 +236,15 @@ def build_stores(
         services.append(redis)
     if any(ICache in pack.needs for pack in packs):
         stores.add(cache_store(settings, reactor, redis), (ICache,))
-    if needs_sql(packs):
+    if needs_sql(packs) and settings.stdio:
+        # Off the first answer's path (mcpd.stores.opening): its imports and migrations are most
+        # of a --stdio start-up.
+        opening = BackgroundOpening("database", SQL_INTERFACES, lambda: _open_sql_store(settings, reactor), reactor)
+        for interface, stand_in in opening.stand_ins.items():
+            stores.add(stand_in, () if interface is IStore else (interface,))
+        opening.setName("database")
+        services.append(opening)
+    elif needs_sql(packs):
         from mcpd.stores.sql.database import SQLDatabase
         from mcpd.stores.sql.notes import SQLNoteStore
         from mcpd.stores.sql.service import SQLStoreService
@@ -254,6 +258,20 @@ def build_stores(
         service.setName("database")
         services.append(service)
     return services
+
+
+def _open_sql_store(settings: Settings, reactor: Any) -> Opened:
+    """In a thread: import, build and open the SQL store (`BackgroundOpening`)."""
+    from mcpd.stores.sql.database import SQLDatabase
+    from mcpd.stores.sql.notes import SQLNoteStore
+    from mcpd.stores.sql.service import SQLStoreService
+    from mcpd.stores.sql.tasks import SQLTaskBoard
+
+    database = SQLDatabase(sql_config(settings), reactor)
+    database.open()
+    service = SQLStoreService(database, reactor)
+    service.setName("database")
+    return service, {IStore: database, ITaskBoard: SQLTaskBoard(database), INoteStore: SQLNoteStore(database)}
 
 
 def provided_interfaces(settings: Settings) -> frozenset[Any]:
@@ -277,6 +295,9 @@ def check_settings(settings: Settings, reactor: Any) -> None:
     redis_settings(settings)
     if settings.stdio:
         return
+    from mcpd.security.layer import load_allowlist, load_key_ring
+    from mcpd.transport.tls import EndpointError, check_endpoint
+
     for description in settings.http_endpoints():
         try:
             check_endpoint(reactor, description)
@@ -378,6 +399,40 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         _drain(lifecycle, settings, reactor, engine, connections=stdio.connections).setServiceParent(root)
         ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
         return root
+    _add_http(root, settings, reactor, lifecycle, registry, runtime, stores, pool, ledger, tracer, packs, redis, shared)
+    return root
+
+
+def _add_http(
+    root: OrderedMultiService,
+    settings: Settings,
+    reactor: Any,
+    lifecycle: Lifecycle,
+    registry: ToolRegistry,
+    runtime: Runtime,
+    stores: StoreSet,
+    pool: ThreadPool,
+    ledger: Ledger,
+    tracer: Tracer | None,
+    packs: Sequence[ToolPack],
+    redis: RedisConnection | None,
+    shared: SharedState,
+) -> None:
+    """The HTTP side of the tree: the policy layer, the transports, the monitoring routes and the
+    listeners. Imported here, not at the top: a --stdio daemon loads none of it (twisted.web,
+    Klein, the WebSocket and TLS libraries, Prometheus), which is most of its start-up time."""
+    from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
+    from mcpd.observe.stats import Vitals
+    from mcpd.protocol.vocabulary import REQUEST_METHODS
+    from mcpd.security.layer import Security
+    from mcpd.security.policy import OriginGuard, beyond_loopback
+    from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
+    from mcpd.transport.sse import close_streams
+    from mcpd.transport.streamable import StreamableHTTP
+    from mcpd.transport.tls import TLSHandshakeLog, is_tls
+    from mcpd.transport.websocket import websocket_resource
+    from mcpd.web.monitoring import build_monitor
+    from mcpd.web.site import make_site
 
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
     # body size, rate and stream limits) and per connection (caps, slow clients).
@@ -487,7 +542,6 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     # passed), and the first to hear of a shutdown.
     ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
     security.warn_about([d for d in settings.http_endpoints() if beyond_loopback(d)])
-    return root
 
 
 def _cluster(
@@ -587,7 +641,7 @@ def _first_connections(redis: RedisConnection | None) -> list[Any]:
     return [redis.connected] if redis is not None else []
 
 
-def _close_websockets(endpoint: Any) -> int:
+def _close_websockets(endpoint: WebSocketEndpoint) -> int:
     count = len(endpoint.open)
     endpoint.close_all()
     return count

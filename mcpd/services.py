@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
-from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import LoopingCall, deferLater
@@ -27,7 +26,6 @@ from mcpd import notify
 from mcpd.lifecycle import DRAINING, SERVING, STARTING, STOPPED, Lifecycle
 from mcpd.stores.threads import ThreadPoolService as ThreadPoolService  # the tree's pools, tool and store alike
 from mcpd.transport.stdio import StdioProtocol
-from mcpd.transport.tls import is_tls
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -132,6 +130,9 @@ class ListenerService(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
+        # Imported here: a --stdio daemon loads none of the endpoint and TLS machinery.
+        from twisted.internet import endpoints
+
         d = endpoints.serverFromString(self.reactor, self.description).listen(self.factory)
         if not d.called:
             # An endpoint that binds later (most bind at once): a failure then stops the daemon.
@@ -165,6 +166,8 @@ class ListenerService(Service):
         self.port = port
         address = port.getHost()
         shown = f"http://{_url_host(getattr(address, 'host', '?'))}:{getattr(address, 'port', '?')}/mcp"
+        from mcpd.transport.tls import is_tls
+
         if is_tls(self.description):
             shown = "https" + shown[4:]
         self.runtime.listeners.append(shown)

@@ -13,9 +13,10 @@ import threading
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python import threadable
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -230,6 +231,43 @@ class LegacyToolsCallTests(SynchronousTestCase):
         result = peer.call("timeout")
         self.assertTrue(result["isError"])
         self.assertEqual(len(self.flushLoggedErrors(CancelledError)), 1)
+
+
+class HandlerAnswerShapesTests(SynchronousTestCase):
+    """Whatever a reactor handler answers with (a value, a Deferred, a Failure, a coroutine, an
+    exception, a protocol error) is answered the same, whether it is ready at once or not."""
+
+    def peer(self, handler: Any) -> Peer:
+        pack = ToolPack("shapes")
+        pack.tool("shape", description="Answer in one shape.")(handler)
+        peer = Peer(self, make_engine(pack))
+        peer.initialize()
+        return peer
+
+    def test_a_coroutine_is_awaited(self) -> None:
+        async def answer(ctx: Any, arguments: Any) -> str:
+            return "awaited"
+
+        self.assertEqual(text_of(self.peer(answer).call("shape")), "awaited")
+
+    def test_a_returned_failure_is_a_tool_error(self) -> None:
+        result = self.peer(lambda ctx, arguments: Failure(RuntimeError("broken"))).call("shape")
+        self.assertTrue(result["isError"])
+        self.assertIn("failed unexpectedly", text_of(result))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_protocol_error_raised_at_once_is_answered_as_one(self) -> None:
+        def refuse(ctx: Any, arguments: Any) -> None:
+            raise errors.InvalidParams("Invalid params: no such record")
+
+        response = self.peer(refuse).request("tools/call", {"name": "shape", "arguments": {}})
+        self.assertEqual(error_code(response), errors.INVALID_PARAMS)
+        self.assertEqual(response["error"]["message"], "Invalid params: no such record")
+
+    def test_a_result_that_is_not_json_is_a_tool_error_at_once_and_later(self) -> None:
+        for answer in (float("nan"), succeed(float("nan"))):
+            result = self.peer(lambda ctx, arguments, answer=answer: answer).call("shape")
+            self.assertTrue(result["isError"])
 
 
 class BrokenRegistry(ToolRegistry):

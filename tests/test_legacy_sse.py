@@ -150,6 +150,27 @@ class KeepAliveTests(SynchronousTestCase):
         request.finish()
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_one_timer_keeps_every_stream_of_a_site_alive(self) -> None:
+        from mcpd.transport.sse import start_sse
+
+        clock = Clock()
+        site = type("S", (), {"sse_keepalive": 2.0, "sse_streams": set(), "reactor": clock})()
+        requests = [DummyRequest([b""]) for _ in range(3)]
+        for request in requests:
+            request.site = site
+            start_sse(request)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(2.0)
+        self.assertEqual([request.written.count(KEEPALIVE) for request in requests], [1, 1, 1])
+        requests[0].finish()
+        clock.advance(2.0)
+        self.assertEqual([request.written.count(KEEPALIVE) for request in requests], [1, 2, 2])
+        for request in requests[1:]:
+            request.finish()
+        clock.advance(2.0)
+        # No stream, no timer: an idle server does nothing.
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_site_interval_applies_to_every_stream(self) -> None:
         from mcpd.transport.sse import start_sse
 

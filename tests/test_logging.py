@@ -93,3 +93,19 @@ class ObserverTests(SynchronousTestCase):
         import sys
 
         self.assertIs(mcpd_logging.configured.stream(), sys.__stderr__)
+
+
+class TextLineTests(SynchronousTestCase):
+    def test_lines_are_twisted_classic_text(self) -> None:
+        """The text log's lines are exactly twisted.logger's classic ones, though their time
+        stamps are formatted once a second."""
+        from twisted.logger import formatEventAsClassicLogText
+
+        events = [
+            {"log_format": "audit {audit}", "audit": Fields({"tool": "echo"}), "log_time": when}
+            for when in (1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.5)
+        ]
+        events.append({"log_format": "Hello {name!r}", "name": "x", "log_system": "sys", "log_time": 1_700_000_002.0})
+        events.append({"log_format": "no time", "log_namespace": "mcpd", "log_level": LogLevel.warn})
+        for event in events:
+            self.assertEqual(mcpd_logging.text_line(dict(event)), formatEventAsClassicLogText(dict(event)))

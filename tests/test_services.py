@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -40,7 +41,8 @@ class Port:
 class ListenerServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.endpoint = LateEndpoint()
-        self.patch(services.endpoints, "serverFromString", lambda reactor, description: self.endpoint)
+        # ListenerService imports the endpoints module when it listens (a --stdio daemon never does).
+        self.patch(endpoints, "serverFromString", lambda reactor, description: self.endpoint)
         self.service = services.ListenerService("late:9999", object(), Runtime(Settings(), ToolRegistry()), Clock())
 
     def test_an_endpoint_that_binds_later_is_asked_once(self) -> None:

@@ -420,11 +420,16 @@ class Engine:
             return succeed(error_response(request_id, e.to_error()))
         except Exception:
             return succeed(self._internal_error(request_id, method, Failure()))
-        d = result if isinstance(result, Deferred) else succeed(result)
-        if not d.called or d.paused:  # still being served (paused: waiting on another Deferred)
-            self._track(d, exchange, request_id)
         modern = request.modern
-        return d.addCallbacks(
+        if not isinstance(result, Deferred):
+            # Answered at once (most requests): no Deferred to run the answer through.
+            try:
+                return succeed(self._respond(result, request_id, modern))
+            except Exception:
+                return succeed(self._internal_error(request_id, method, Failure()))
+        if not result.called or result.paused:  # still being served (paused: waiting on another Deferred)
+            self._track(result, exchange, request_id)
+        return result.addCallbacks(
             self._respond, self._respond_failure, callbackArgs=(request_id, modern), errbackArgs=(request_id, method)
         )
 

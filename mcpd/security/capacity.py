@@ -73,6 +73,8 @@ class GuardedConnection(ProtocolWrapper):
         self.held: Claim | None = None
         self._busy = False
         self._waiting_for = "request head"
+        self._host: IAddress | None = None
+        self._peer: IAddress | None = None
 
     def connectionMade(self) -> None:
         self._arm(self.factory.head_timeout, "request head")
@@ -80,6 +82,21 @@ class GuardedConnection(ProtocolWrapper):
         self.guard = OutputGuard(self.transport, self.factory.max_write_buffer, self._drop_slow_reader)
         transport: Any = self.transport
         transport.registerProducer(self.guard, True)
+
+    # twisted.web asks for both addresses with every request (`Request.__init__`): a socket call
+    # and two validated attrs objects each time. A connection's addresses never change.
+
+    def getHost(self) -> IAddress:
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()  # type: ignore[union-attr]
+        return host
+
+    def getPeer(self) -> IAddress:
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()  # type: ignore[union-attr]
+        return peer
 
     # -- flow control (mcpd.security.flow) ---------------------------------------------------
 

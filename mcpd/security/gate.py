@@ -387,6 +387,8 @@ class GuardedRequest(server.Request):
     """
 
     gate: ClassVar[Gate]
+    # Its head passed `head_problem` before anything served it (no routing header sent twice).
+    head_checked: ClassVar[bool] = True
     # Returned in the X-Request-Id header and carried into the logs and the audit trail.
     x_request_id: str = ""
     refusal: Refusal | None = None
@@ -411,7 +413,10 @@ class GuardedRequest(server.Request):
             self._refuse(Refusal(400, {"error": problem}, close=True), length)
             return
         # The connection the policy layer watches (mcpd.security.capacity); None under a bare Site.
-        guarded = self.guarded = IGuardedConnection(self.channel.transport, None)
+        transport = self.channel.transport
+        # providedBy, not adaptation: adapting asks the transport for __conform__, which a
+        # ProtocolWrapper forwards to the socket's transport (a miss, and an exception, per request).
+        guarded = self.guarded = transport if IGuardedConnection.providedBy(transport) else None
         if guarded is not None:
             guarded.head_complete(length)
             peer, checked = guarded.peer, guarded.checked_with is self.gate.allowed

@@ -32,9 +32,14 @@ class Identity:
     tenant: str = DEFAULT_TENANT
 
 
+# Where `admit` also keeps the identity: a plain attribute read, where `getComponent` costs a
+# qualified-name lookup and, for the keyless requests that carry none, an adaptation attempt.
+_IDENTITY = "_mcpd_identity"
+
+
 def caller_of(request: Request, transport: str) -> Caller:
     """The `Caller` a transport hands the engine for ``request``."""
-    identity: Identity | None = request.getComponent(IIdentity)
+    identity: Identity | None = getattr(request, _IDENTITY, None)
     if identity is None:
         address = request.getClientAddress()
         peer = getattr(address, "host", "") or str(address)
@@ -64,3 +69,4 @@ def _address_account(peer: str) -> str:
 def admit(request: Request, identity: Identity) -> None:
     """Keep on ``request`` who the policy layer admitted it as (its `IIdentity` component)."""
     request.setComponent(IIdentity, identity)
+    setattr(request, _IDENTITY, identity)

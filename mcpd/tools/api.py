@@ -9,6 +9,7 @@ never on the reactor thread.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from jsonschema import Draft202012Validator, SchemaError
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python import threadable
+from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
 from mcpd.tools.validation import ArgumentValidator, HeaderParameter, header_parameters
@@ -515,7 +517,25 @@ def invoke(tool: Tool, ctx: ToolContext, arguments: dict[str, Any], pool: Thread
     The Deferred fires with the handler's raw value; cancelling it marks ``ctx`` cancelled so a
     thread-pool handler that polls `ToolContext.cancelled` stops its work.
     """
-    inner = run_handler(tool.blocking, pool, tool.handler, ctx, arguments)
+    return cancellable(run_handler(tool.blocking, pool, tool.handler, ctx, arguments), ctx)
+
+
+def as_deferred(value: Any) -> Deferred[Any]:
+    """What a handler returned, as a Deferred (as `maybeDeferred` makes of it)."""
+    if isinstance(value, Deferred):
+        return value
+    if isinstance(value, Failure):
+        return fail(value)
+    if inspect.iscoroutine(value):
+        return Deferred.fromCoroutine(value)
+    return succeed(value)
+
+
+def cancellable(inner: Deferred[Any], ctx: ToolContext) -> Deferred[Any]:
+    """``inner``, the Deferred of a handler's value, made so that cancelling it marks ``ctx``
+    cancelled too."""
+    if inner.called and not isinstance(inner.result, Deferred):
+        return inner  # done already (most reactor handlers): nothing left to cancel
 
     def cancel(_outer: Deferred[Any]) -> None:
         ctx.mark_cancelled()

@@ -45,13 +45,46 @@ def start_sse(request: Request) -> None:
         request.setHeader(name, value)
     site = getattr(request, "site", None)
     interval = getattr(site, "sse_keepalive", None)
-    if interval:
-        keep_alive(request, interval)
     streams = getattr(site, "sse_streams", None)
-    if streams is not None and request not in streams:
-        # Counted for the metrics, and closed with a retry hint at shutdown (`close_streams`).
+    if streams is None:
+        if interval:
+            keep_alive(request, interval)
+        return
+    if request not in streams:
+        # Counted for the metrics, kept alive, and closed with a retry hint at shutdown
+        # (`close_streams`).
         streams.add(request)
         request.notifyFinish().addBoth(lambda _result: streams.discard(request))
+    if interval:
+        _keep_alive_all(site, streams, interval)
+
+
+# The Site's one keep-alive timer for all its streams (a timer per stream was ~1 KiB of each).
+_TICKER = "_mcpd_sse_ticker"
+
+
+def _keep_alive_all(site: object, streams: set[Request], interval: float) -> None:
+    """Write a comment on every open stream of ``site`` every ``interval`` seconds (a stream
+    gets its first one within ``interval`` of opening), so proxies do not cut a quiet stream and
+    a dead client is noticed. The timer stops when the last stream ends."""
+    ticker: LoopingCall | None = getattr(site, _TICKER, None)
+    if ticker is not None and ticker.running:
+        return
+    clock = getattr(site, "reactor", None)  # a Site's (twisted.web.http.HTTPFactory.reactor)
+    if clock is None:
+        from twisted.internet import reactor as clock
+
+    def ping() -> None:
+        for request in list(streams):
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.write(KEEPALIVE)
+        if not streams:
+            call.stop()
+
+    call = LoopingCall(ping)
+    call.clock = cast("IReactorTime", clock)
+    setattr(site, _TICKER, call)
+    call.start(interval, now=False).addErrback(lambda failure: log.failure("SSE keep-alive stopped", failure))
 
 
 def hold_stream(ledger: Ledger, caller: Caller, request: Request) -> Claim:
@@ -137,7 +170,9 @@ class EventStream:
         self.ledger = ledger
         self.account = account
         self._seq = 0
-        self._events: deque[tuple[int, bytes]] = deque(maxlen=replay_limit)
+        self.replay_limit = replay_limit
+        # Made with the first event kept: most streams (an idle GET) never keep one.
+        self._events: deque[tuple[int, bytes]] | None = None
         # Bytes of kept events counted in the ledger.
         self._kept = 0
         self._request: Request | None = None
@@ -169,7 +204,7 @@ class EventStream:
             # 2025-11-25 transports §Sending Messages: prime with an id and empty data.
             request.write(format_event(b"", self.event_id(0), retry_ms=self.retry_ms))
         start = after if after is not None else self._delivered
-        for seq, frame in self._events:
+        for seq, frame in self._events or ():
             if seq > start:
                 request.write(frame)
         self._delivered = self._seq
@@ -189,6 +224,8 @@ class EventStream:
 
     def _keep(self, frame: bytes) -> None:
         events = self._events
+        if events is None:
+            events = self._events = deque(maxlen=self.replay_limit)
         if events.maxlen is not None and len(events) >= events.maxlen:
             self._give(len(events.popleft()[1]))
         if self.ledger is not None:
@@ -204,7 +241,7 @@ class EventStream:
 
     def forget(self) -> None:
         """Drop the kept events (the stream will never be resumed) and give their bytes back."""
-        self._events.clear()
+        self._events = None
         if self.ledger is not None and self._kept:
             self.ledger.give(self.account, REPLAY, self._kept)
         self._kept = 0

@@ -180,7 +180,8 @@ class StreamableHTTP(NoHead, Resource):
         caller = caller_of(request, "http")
         if version is not None and version not in LEGACY_VERSIONS:
             exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller, headers=HeaderView(request))
-            duplicated = _duplicated_routing_header(request)
+            # The policy layer's head check refuses these already (`mcpd.security.head`).
+            duplicated = None if getattr(request, "head_checked", False) else _duplicated_routing_header(request)
             if duplicated is not None:
                 # Two copies of a routing header: a proxy and mcpd could each believe another one.
                 error = HeaderMismatch(f"the {duplicated} header appears more than once")
@@ -219,6 +220,7 @@ class StreamableHTTP(NoHead, Resource):
             request,
             session_id,
             lambda session: self._post_session(request, body, accepts_sse, version, caller, session),
+            caller,
         )
 
     def _post_session(
@@ -258,10 +260,7 @@ class StreamableHTTP(NoHead, Resource):
             # fired but waits on another, say a store's answer over the network, is paused.)
             result: list[Any] = []
             d.addBoth(result.append)
-            if result:
-                return reply.immediate(result[0])
-            # Called, but paused on a store's Deferred (Redis): the answer comes later.
-            d.addCallback(lambda _paused: result[0])
+            return reply.immediate(result[0])
         d.addCallbacks(reply.complete, reply.failed)
         if modern:
             # 2026-07-28 transports: closing the response stream cancels the request.
@@ -341,20 +340,24 @@ class StreamableHTTP(NoHead, Resource):
         return version is not None and version not in LEGACY_VERSIONS
 
     def _with_session(
-        self, request: Request, session_id: str, then: Callable[[HTTPSession], bytes | int]
+        self,
+        request: Request,
+        session_id: str,
+        then: Callable[[HTTPSession], bytes | int],
+        caller: Caller | None = None,
     ) -> bytes | int:
         """``then`` with the session, or the refusal; with several instances a session opened
         by another is first adopted from its record (the answer then comes later)."""
         session = self.sessions.get(session_id)
         if session is None and self.sessions.cluster is not None:
             d: Deferred[Any] = self.sessions.adopt(session_id, self._replica)
-            d.addCallback(lambda adopted: self._checked(request, adopted))
+            d.addCallback(lambda adopted: self._checked(request, adopted, caller))
             d.addCallback(lambda checked: checked if isinstance(checked, bytes) else then(checked))
             d.addErrback(self._adoption_failed, request)
             d.addCallback(_write_later, request)
             d.addErrback(lambda f: log.failure("Serving an adopted session failed", f))
             return NOT_DONE_YET
-        checked = self._checked(request, session)
+        checked = self._checked(request, session, caller)
         return checked if isinstance(checked, bytes) else then(checked)
 
     def _replica(self, record: Any) -> HTTPSession:
@@ -370,14 +373,16 @@ class StreamableHTTP(NoHead, Resource):
         request.setHeader(b"retry-after", b"2")
         return json_error(request, 503, f"Service Unavailable: {detail}; try again shortly")
 
-    def _checked(self, request: Request, session: Session | None) -> HTTPSession | bytes:
-        if session is not None and session.owner != caller_of(request, "http").name:
+    def _checked(self, request: Request, session: Session | None, caller: Caller | None = None) -> HTTPSession | bytes:
+        if caller is None:
+            caller = caller_of(request, "http")
+        if session is not None and session.owner != caller.name:
             # Another key's session is answered as if it did not exist.
             log.info("Refused session {id} to a caller that did not open it", id=session.id)
             session = None
         if session is None:
             # 2025-11-25 transports §Session Management: unknown or ended session → 404.
-            exchange = Exchange(peer="http:unknown-session", caller=caller_of(request, "http"))
+            exchange = Exchange(peer="http:unknown-session", caller=caller)
             error = InvalidRequest("Session not found: it ended or expired; send initialize to start a new one")
             return self._reject(request, exchange, 404, None, error)
         return session  # type: ignore[return-value]
@@ -540,14 +545,15 @@ class HeaderView(Mapping[str, str]):
         self._headers = request.requestHeaders
 
     def __getitem__(self, name: str) -> str:
-        values = self._headers.getRawHeaders(name)
+        values = self._headers.getRawHeaders(name.encode("latin-1"))
         if not values:
             raise KeyError(name)
-        return values[-1]
+        return values[-1].decode("utf-8")
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        values = self._headers.getRawHeaders(name)
-        return values[-1] if values else default
+        # By bytes name, decoding only the value returned (a str name decodes every value).
+        values = self._headers.getRawHeaders(name.encode("latin-1"))
+        return values[-1].decode("utf-8") if values else default
 
     def __iter__(self) -> Iterator[str]:
         return (name.decode("latin-1").lower() for name, _ in self._headers.getAllRawHeaders())

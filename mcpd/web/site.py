@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tempfile
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from klein import Klein
 from twisted.python.failure import Failure
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 
     from mcpd.runtime import Runtime
     from mcpd.web.monitoring import Monitor
+
+# Bodies up to this size are read into memory, larger ones (and those of unknown length) into a
+# temporary file: twisted.web's own rule (`twisted.web.http.Request.gotLength`).
+_IN_MEMORY_BODY = 100_000
 
 
 class MCPSite(Site):
@@ -52,6 +58,14 @@ class MCPSite(Site):
 
     def log(self, request: http.Request) -> None:
         pass
+
+    def getContentFile(self, length: int | None) -> IO[bytes]:
+        """Where a request's body is kept (as twisted.web keeps it: memory for small bodies).
+        Defined here because twisted.web looks for it on the Site with every request, and a
+        miss costs an AttributeError each time."""
+        if length is not None and length < _IN_MEMORY_BODY:
+            return io.BytesIO()
+        return tempfile.TemporaryFile()
 
     def acceptableProtocols(self) -> list[bytes]:
         """ALPN: HTTP/1.1 only, even where Twisted could speak h2."""

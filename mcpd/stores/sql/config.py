@@ -5,10 +5,14 @@ pool's knobs."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import attrs
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+
+if TYPE_CHECKING:
+    # Imported where a URL is made: checking the settings of the default SQLite store must not
+    # load SQLAlchemy (`mcpd --stdio` opens the store in the background, mcpd.stores.opening).
+    from sqlalchemy.engine import URL
 
 SQLITE_FILE = "mcpd.sqlite3"
 
@@ -46,15 +50,23 @@ class DatabaseConfig:
         return self.pool_size + self.max_overflow
 
 
+def sqlite_path(data_dir: str) -> str:
+    """The default SQLite file in ``data_dir``, which is created (mode 0700) when missing."""
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise DatabaseConfigError(f"--data-dir {data_dir}: cannot create it ({e.strerror})") from None
+    return os.path.abspath(os.path.join(data_dir, SQLITE_FILE))
+
+
 def database_url(db_url: str | None, data_dir: str, password: str | None = None) -> URL:
     """The SQLAlchemy URL of the store: ``db_url`` (with ``password`` set on it), or a SQLite
     file in ``data_dir``, which is created (mode 0700) when missing."""
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
     if db_url is None:
-        try:
-            os.makedirs(data_dir, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise DatabaseConfigError(f"--data-dir {data_dir}: cannot create it ({e.strerror})") from None
-        return URL.create("sqlite", database=os.path.abspath(os.path.join(data_dir, SQLITE_FILE)))
+        return URL.create("sqlite", database=sqlite_path(data_dir))
     try:
         url = make_url(db_url)
     except ArgumentError:

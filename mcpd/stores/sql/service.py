@@ -25,7 +25,8 @@ class SQLStoreService(Service):
     def startService(self) -> None:
         # Blocking, before the reactor serves: a database that cannot be used stops start-up
         # with one line (mcpd.lifecycle.OrderedMultiService names this service).
-        self.database.open()
+        if self.database.engine is None:  # not opened already, in a thread (mcpd.stores.opening)
+            self.database.open()
         for threads in self.threads:
             threads.startService()
         super().startService()
