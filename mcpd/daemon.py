@@ -399,7 +399,7 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         _drain(lifecycle, settings, reactor, engine, connections=stdio.connections).setServiceParent(root)
         ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
         return root
-    _add_http(root, settings, reactor, lifecycle, registry, runtime, stores, pool, ledger, tracer, packs, redis, shared)
+    _add_http(root, settings, reactor, lifecycle, registry, runtime, stores, pool, ledger, tracer, shared, redis, packs)
     return root
 
 
@@ -414,9 +414,9 @@ def _add_http(
     pool: ThreadPool,
     ledger: Ledger,
     tracer: Tracer | None,
-    packs: Sequence[ToolPack],
-    redis: RedisConnection | None,
     shared: SharedState,
+    redis: RedisConnection | None,
+    packs: Sequence[ToolPack],
 ) -> None:
     """The HTTP side of the tree: the policy layer, the transports, the monitoring routes and the
     listeners. Imported here, not at the top: a --stdio daemon loads none of it (twisted.web,
