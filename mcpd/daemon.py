@@ -27,6 +27,7 @@ from mcpd.interfaces import (
     IStore,
     ITaskBoard,
     ITaskStore,
+    IVectorIndex,
 )
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
 from mcpd.protocol.engine import Engine
@@ -53,6 +54,7 @@ from mcpd.stores.opening import BackgroundOpening, Opened
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
 
 if TYPE_CHECKING:
+    from mcpd.cluster.service import Cluster
     from mcpd.stores.redis import RedisConnection
     from mcpd.stores.redis.config import RedisConfig
     from mcpd.stores.sql.config import DatabaseConfig
@@ -440,7 +442,7 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         _drain(lifecycle, settings, reactor, engine, connections=stdio.connections).setServiceParent(root)
         ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
         return root
-    _add_http(root, settings, reactor, lifecycle, registry, runtime, stores, pool, ledger, tracer, shared, redis)
+    _add_http(root, settings, reactor, lifecycle, registry, runtime, stores, pool, ledger, tracer, shared, redis, packs)
     return root
 
 
@@ -457,6 +459,7 @@ def _add_http(
     tracer: Tracer | None,
     shared: SharedState,
     redis: RedisConnection | None,
+    packs: Sequence[ToolPack],
 ) -> None:
     """The HTTP side of the tree: the policy layer, the transports, the monitoring routes and the
     listeners. Imported here, not at the top: a --stdio daemon loads none of it (twisted.web,
@@ -526,9 +529,24 @@ def _add_http(
         message_limit=security.message_limit,
     )
     _add(root, "engine", EngineService(engine))
+    # Several instances as one: sessions, tasks and changes through Redis (None alone).
+    cluster = _cluster(settings, reactor, packs, redis, engine, sessions, sse_sessions)
+    if cluster is not None:
+        _add(root, "cluster", cluster)
     _add(root, "sessions", SessionService(sessions))
     _add(root, "sse-sessions", SessionService(sse_sessions))
-    streamable = StreamableHTTP(engine, sessions, settings.max_message_size, settings.sse_replay)
+    streamable = StreamableHTTP(
+        engine,
+        sessions,
+        settings.max_message_size,
+        settings.sse_replay,
+        journal=cluster.sessions if cluster is not None else None,
+    )
+    sse_messages = SSEMessagesResource(
+        engine, sse_sessions, settings.max_message_size, forward=cluster.sse.forward if cluster is not None else None
+    )
+    if cluster is not None:
+        cluster.sse.messages = sse_messages
     websockets = websocket_resource(
         engine, settings.max_message_size, settings.sse_keepalive, message_timeout=settings.request_timeout
     )
@@ -537,7 +555,7 @@ def _add_http(
         runtime,
         {
             b"sse": OriginGuard(SSEStreamResource(sse_sessions)),
-            b"messages": OriginGuard(SSEMessagesResource(engine, sse_sessions, settings.max_message_size)),
+            b"messages": OriginGuard(sse_messages),
             b"ws": OriginGuard(websockets),
         },
         settings.sse_keepalive,
@@ -568,6 +586,42 @@ def _add_http(
     # passed), and the first to hear of a shutdown.
     ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
     security.warn_about([d for d in settings.http_endpoints() if beyond_loopback(d)])
+
+
+def _cluster(
+    settings: Settings,
+    reactor: Any,
+    packs: Sequence[ToolPack],
+    redis: RedisConnection | None,
+    engine: Engine,
+    sessions: SessionStore,
+    sse_sessions: SessionStore,
+) -> Cluster | None:
+    """This instance's part in a deployment sharing Redis (`mcpd.cluster`); None without
+    --redis-url."""
+    if redis is None:
+        return None
+    from mcpd.cluster.instances import store_identities
+    from mcpd.cluster.service import Cluster
+
+    sql = index = None
+    if needs_sql(packs):
+        config = sql_config(settings)
+        sql = ("sqlite", config.url.database or "") if config.backend == "sqlite" else ("mysql", config.shown_url)
+    if any(interface is IVectorIndex for pack in packs for interface in pack.needs):
+        uri = settings.index_uri()
+        index = ("milvus-lite", uri) if settings.milvus_uri is None else ("milvus", uri)
+    return Cluster(
+        redis,
+        engine,
+        sessions,
+        sse_sessions,
+        stores=store_identities(sql, index),
+        listen=settings.http_endpoints(),
+        replay_limit=settings.sse_replay,
+        session_timeout=settings.session_timeout,
+        clock=reactor,
+    )
 
 
 def _drain(lifecycle: Lifecycle, settings: Settings, reactor: Any, engine: Engine, **closing: Any) -> DrainService:

@@ -60,6 +60,8 @@ class TaskRecord:
     input_requests: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     # Whom the task is counted against (`mcpd.protocol.ledger`).
     account: str = ""
+    # The instance running its work (several behind a load balancer; "" for one process).
+    runner: str = ""
 
     @property
     def terminal(self) -> bool:

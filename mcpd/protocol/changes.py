@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import secrets
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,18 @@ class ChangeFeed:
         self.listeners: set[Listener] = set()
         # Called with (peer, version, message) for every notification sent: the protocol trace.
         self.trace = trace
+        # Several instances: tells the others of each change made here (what, and its
+        # arguments with a ``change`` id); they deliver it with that id (`mcpd.cluster.relay`).
+        self.relay: Callable[[str, dict[str, Any]], None] | None = None
+
+    def _relayed(self, what: str, args: dict[str, Any], change: str | None) -> str | None:
+        """The id of this change: new (and relayed to the other instances) when it was made
+        here, ``change`` when another instance relayed it; None for one process."""
+        if self.relay is None or change is not None:
+            return change
+        change = secrets.token_hex(8)
+        self.relay(what, {**args, "change": change})
+        return change
 
     def join(self, session: Session) -> None:
         """A legacy session completed its handshake: it hears list changes from now on."""
@@ -67,27 +80,30 @@ class ChangeFeed:
     def leave(self, listener: Listener) -> None:
         self.listeners.discard(listener)
 
-    def list_changed(self, kind: str) -> None:
+    def list_changed(self, kind: str, change: str | None = None) -> None:
         """The list of ``kind`` (tools, prompts, resources) changed."""
         if kind not in LIST_KINDS:
             raise ValueError(f"list kind must be one of {', '.join(LIST_KINDS)}")
+        change = self._relayed("list_changed", {"kind": kind}, change)
         method = f"notifications/{kind}/list_changed"
-        self._to_sessions(self._live_sessions(), {"jsonrpc": "2.0", "method": method})
+        self._to_sessions(self._live_sessions(), {"jsonrpc": "2.0", "method": method}, change)
         for listener in list(self.listeners):
             if kind in listener.kinds:
                 self._send(listener, listener.tagged(method))
 
-    def resource_updated(self, uri: str) -> None:
+    def resource_updated(self, uri: str, change: str | None = None) -> None:
         """The resource at ``uri`` changed: tell its subscribers."""
+        change = self._relayed("resource_updated", {"uri": uri}, change)
         note = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
-        self._to_sessions((s for s in self._live_sessions() if uri in s.subscriptions), note)
+        self._to_sessions((s for s in self._live_sessions() if uri in s.subscriptions), note, change)
         for listener in list(self.listeners):
             if uri in listener.uris:
                 self._send(listener, listener.tagged("notifications/resources/updated", {"uri": uri}))
 
-    def task_status(self, task_id: str, task: dict[str, Any]) -> None:
+    def task_status(self, task_id: str, task: dict[str, Any], change: str | None = None) -> None:
         """A modern task changed: ``notifications/tasks`` with its detailed state, to the
         streams that named it (SEP-2663 §Task Status Notifications)."""
+        self._relayed("task_status", {"task_id": task_id, "task": task}, change)
         for listener in list(self.listeners):
             if task_id in listener.task_ids:
                 self._send(listener, listener.tagged("notifications/tasks", task))
@@ -95,11 +111,14 @@ class ChangeFeed:
     def _live_sessions(self) -> list[Session]:
         return [session for session in list(self.sessions) if not session.closed and session.initialized]
 
-    def _to_sessions(self, sessions: Iterable[Session], message: dict[str, Any]) -> None:
+    def _to_sessions(self, sessions: Iterable[Session], message: dict[str, Any], change: str | None) -> None:
         for session in sessions:
             if self.trace is not None:
                 self.trace(f"session:{session.id}", session.version, message)
-            session.push(message)
+            if change is None:
+                session.push(message)
+            else:
+                session.push_change(message, change)
 
     def _send(self, listener: Listener, message: dict[str, Any]) -> None:
         if self.trace is not None:

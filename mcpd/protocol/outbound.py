@@ -43,9 +43,13 @@ class OutboundRequests:
     client's request ids.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "mcpd-", forward: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
         self._ids = itertools.count(1)
         self._pending: dict[Any, tuple[Deferred[Any], IDelayedCall | None]] = {}
+        # Several instances: ids name this one (``mcpd-<instance>-<n>``), and a response to
+        # another's request goes to it (``forward``, True if it took the message).
+        self.prefix = prefix
+        self.forward = forward
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -61,7 +65,7 @@ class OutboundRequests:
         """Send one request; the Deferred fires with the client's result, fails with
         `ClientError` on an error response and `ClientTimeout` after ``timeout`` seconds.
         Cancelling it tells the client (``notifications/cancelled``)."""
-        request_id = f"mcpd-{next(self._ids)}"
+        request_id = f"{self.prefix}{next(self._ids)}"
 
         def cancel(_d: Deferred[Any]) -> None:
             if self._forget(request_id):
@@ -84,7 +88,7 @@ class OutboundRequests:
         """Deliver a client response; False if no request of ours has its id."""
         entry = self._pending.pop(message.get("id"), None)
         if entry is None:
-            return False
+            return self.forward is not None and self.forward(message)
         d, call = entry
         if call is not None and call.active():
             call.cancel()

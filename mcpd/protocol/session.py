@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -78,6 +78,11 @@ class Session:
         if self.sink is not None and not self.closed:
             self.sink(message)
 
+    def push_change(self, message: dict[str, Any], change: str) -> None:
+        """`push` a change notification; ``change`` names the change, so that a session served
+        by several instances, each told of it, gets it once."""
+        self.push(message)
+
     @property
     def idle(self) -> bool:
         """Whether nothing is happening in the session (no request being served)."""
@@ -94,6 +99,20 @@ class Session:
         self.claims, self.subscriptions = [], {}
         for claim in claims:
             claim.release()
+
+
+class SessionCluster(Protocol):
+    """What a `SessionStore` asks of the other instances when several serve one deployment
+    (`mcpd.cluster.sessions`); None for one process."""
+
+    def fit(self, session: Session) -> None:
+        """Make a new (or adopted) session of this process reachable from the others."""
+
+    def ended(self, session: Session) -> None:
+        """The session ended for good (its client ended it): every instance forgets it."""
+
+    def refresh(self, sessions: list[Session]) -> None:
+        """These sessions were used lately: keep their records."""
 
 
 class SessionStore:
@@ -115,6 +134,9 @@ class SessionStore:
         self.ledger = ledger if ledger is not None else Ledger()
         self.records: ISessionStore = records if records is not None else MemorySessionStore()
         self._sessions: dict[str, Session] = {}
+        # Set when several instances serve one deployment: sessions open on any of them.
+        self.cluster: SessionCluster | None = None
+        self._last_sweep = 0.0
         self._sweeper = LoopingCall(self.expire_idle)
         self._sweeper.clock = clock
 
@@ -127,7 +149,7 @@ class SessionStore:
         if self._sweeper.running:
             self._sweeper.stop()
         for session_id in list(self._sessions):
-            self.remove(session_id)
+            self.retire(session_id)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -154,6 +176,32 @@ class SessionStore:
                 raise
             claim = self.ledger.claim(account, SESSION, peer=peer, end=end)
         session.claims.append(claim)
+        if self.cluster is not None:
+            self.cluster.fit(session)
+
+    def adopt(self, session_id: str, make: Callable[[SessionRecord], Session]) -> Deferred[Session | None]:
+        """The session ``session_id`` when another instance opened it (None if unknown): made
+        here from its record by ``make`` and kept like one of ours. Only with a cluster."""
+        assert self.cluster is not None
+
+        def loaded(record: SessionRecord | None) -> Session | None:
+            known = self._sessions.get(session_id)
+            if known is not None or record is None:
+                return known
+            session = make(record)
+            session.version = record.version
+            session.initialized = True
+            session.owner = record.owner
+            session.client_info = record.client_info
+            session.client_capabilities = record.client_capabilities
+            session.log_level = record.log_level
+            self.open(session, record.account)
+            session.last_active = self._clock.seconds()
+            self._sessions[session.id] = session
+            log.info("Session {id} adopted from another instance", id=session_id)
+            return session
+
+        return self.records.load(session_id).addCallback(loaded)
 
     def _make_room(self, account: str) -> bool:
         idle = [s for s in self._sessions.values() if s.account == account and s.idle]
@@ -161,18 +209,22 @@ class SessionStore:
             return False
         oldest = min(idle, key=lambda s: s.last_active)
         log.info("Session {id} ended to make room for a new one of {account}", id=oldest.id, account=account)
-        self.remove(oldest.id)
+        self.retire(oldest.id)
         return True
 
     def _end(self, session: Session, reason: str) -> None:
         log.info("Session {id} ended: {reason}", id=session.id, reason=reason)
-        if self.remove(session.id) is None:
+        if self.retire(session.id) is None:
             session.close()  # not added yet (its initialize is being served)
 
     def add(self, session: Session) -> None:
         """Keep ``session`` (its handshake succeeded)."""
         session.last_active = self._clock.seconds()
         self._sessions[session.id] = session
+        if self.cluster is not None:
+            # Its notifications/initialized may land on another instance: the handshake's
+            # success is what this one can know.
+            session.initialized = True
         self.records.save(session.record()).addErrback(_store_failed, "keep", session.id)
 
     def get(self, session_id: str) -> Session | None:
@@ -183,19 +235,37 @@ class SessionStore:
         return session
 
     def remove(self, session_id: str) -> Session | None:
-        """End a session: its requests are cancelled and its streams closed."""
+        """End a session: its requests are cancelled and its streams closed (on every
+        instance, with a cluster)."""
         session = self._sessions.pop(session_id, None)
         if session is not None:
             session.close()
             self.records.delete(session_id).addErrback(_store_failed, "forget", session_id)
+            if self.cluster is not None:
+                self.cluster.ended(session)
+        return session
+
+    def retire(self, session_id: str) -> Session | None:
+        """End this process's part of a session (idle here, making room, shutting down): with
+        a cluster, the others may go on serving it; alone, it ends (`remove`)."""
+        if self.cluster is None:
+            return self.remove(session_id)
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.close()
         return session
 
     def expire_idle(self) -> None:
         """End sessions unused for longer than the idle timeout."""
-        deadline = self._clock.seconds() - self.idle_timeout
+        now = self._clock.seconds()
+        deadline = now - self.idle_timeout
         for session in list(self._sessions.values()):
             if session.last_active < deadline and session.idle:
-                self.remove(session.id)
+                self.retire(session.id)
+        if self.cluster is not None:
+            used = [s for s in self._sessions.values() if s.last_active >= self._last_sweep or not s.idle]
+            self.cluster.refresh(used)
+        self._last_sweep = now
 
 
 def _store_failed(failure: Failure, action: str, session_id: str) -> None:

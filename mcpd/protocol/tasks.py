@@ -32,7 +32,7 @@ import itertools
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -248,6 +248,20 @@ class TaskChannel:
         return d.addBoth(answered)
 
 
+class TaskRemote(Protocol):
+    """How a `TaskManager` reaches the instance running a task's work, when several
+    instances serve one deployment (`mcpd.cluster.relay`)."""
+
+    def cancel(self, record: TaskRecord) -> Deferred[TaskRecord]:
+        """Cancel the work; fires with the record as it then is."""
+
+    def update(self, record: TaskRecord, responses: dict[str, Any]) -> Deferred[Any]:
+        """Deliver ``tasks/update`` answers to the work."""
+
+    def wait(self, record: TaskRecord) -> Deferred[TaskRecord]:
+        """Fires with the record once the task has ended."""
+
+
 class TaskManager:
     """Creates, runs, reports on and ends tasks; serves the ``tasks/*`` methods of both eras.
 
@@ -274,6 +288,10 @@ class TaskManager:
         self.max_ttl_ms = max_ttl_ms
         self.poll_interval_ms = poll_interval_ms
         self._runs: dict[str, TaskRun] = {}
+        # Several instances: this one's id (each record names its runner) and the way to the
+        # others' tasks; "" and None for one process.
+        self.instance = ""
+        self.remote: TaskRemote | None = None
 
     # -- negotiation ----------------------------------------------------------------------------
 
@@ -353,6 +371,7 @@ class TaskManager:
             ttl_ms=plan.ttl_ms,
             poll_interval_ms=self.poll_interval_ms,
             account=request.exchange.caller.account,
+            runner=self.instance,
         )
         run = TaskRun(record, notify=session.push if (session is not None and not plan.modern) else None)
         try:
@@ -590,13 +609,20 @@ class TaskManager:
         """``tasks/update`` (modern): deliver answers to outstanding input requests; an ack."""
         return self._find(request).addCallback(self._update, request)
 
-    def _update(self, record: TaskRecord, request: Request) -> dict[str, Any]:
+    def _update(self, record: TaskRecord, request: Request) -> Any:
         responses = request.params.get("inputResponses")
         if not isinstance(responses, dict):
             raise InvalidParams("Invalid params: inputResponses must be an object")
         run = self._runs.get(record.task_id)
         if run is None:
+            if self._elsewhere(record):
+                assert self.remote is not None
+                return self.remote.update(record, responses).addCallback(lambda _done: {})
             return {}  # nothing outstanding in this process
+        return self.update_here(run, responses)
+
+    def update_here(self, run: TaskRun, responses: dict[str, Any]) -> dict[str, Any]:
+        """Deliver ``tasks/update`` answers to a task this process runs; an ack."""
         # Keys that are not outstanding are ignored (SEP-2663 §Task Update Requests).
         ready = [(run.answers.pop(key), value) for key, value in responses.items() if key in run.answers]
         withdrawn = [run.record.input_requests.pop(key, None) for key in responses]
@@ -613,15 +639,30 @@ class TaskManager:
         cancelled task, and -32602 for one already finished."""
         return self._find(request).addCallback(self._cancel_found)
 
-    def _cancel_found(self, record: TaskRecord) -> dict[str, Any]:
+    def _cancel_found(self, record: TaskRecord) -> Any:
         if not record.modern and record.terminal:
             # 2025-11-25 basic/utilities/tasks §Task Cancellation.
             raise InvalidParams(f"Invalid params: task {record.task_id} is already {record.status}")
         run = self._runs.get(record.task_id)
+        if run is None and self._elsewhere(record) and not record.terminal:
+            assert self.remote is not None
+            return self.remote.cancel(record).addCallback(lambda r: {} if r.modern else task_info(r))
         if run is not None:
             self._cancel(run, "The task was cancelled by request.")
             record = run.record
         return {} if record.modern else task_info(record)
+
+    def cancel_here(self, task_id: str) -> TaskRecord | None:
+        """Cancel a task this process runs (asked by another instance); its record, or None."""
+        run = self._runs.get(task_id)
+        if run is None:
+            return None
+        self._cancel(run, "The task was cancelled by request.")
+        return run.record
+
+    def _elsewhere(self, record: TaskRecord) -> bool:
+        """Whether another instance runs the task's work."""
+        return self.remote is not None and bool(record.runner) and record.runner != self.instance
 
     def result(self, request: Request) -> Deferred[Any]:
         """``tasks/result`` (legacy): what the call would have returned, once it has."""
@@ -629,6 +670,11 @@ class TaskManager:
 
     def _result_found(self, record: TaskRecord) -> Deferred[Any]:
         run = self._runs.get(record.task_id)
+        if run is None and not record.terminal and self._elsewhere(record):
+            assert self.remote is not None
+            waiting: Deferred[Any] = Deferred()
+            self.remote.wait(record).addCallbacks(self._answer_waiter, waiting.errback, callbackArgs=(waiting,))
+            return waiting
         waiters = run.waiters if run is not None else []
         d: Deferred[Any] = Deferred(lambda waiter: waiters.remove(waiter) if waiter in waiters else None)
         if record.terminal or run is None:

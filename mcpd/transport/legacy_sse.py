@@ -13,6 +13,7 @@ the Streamable HTTP endpoint, and an ``Mcp-Session-Id`` nothing here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -30,9 +31,15 @@ from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.transport.sse import finish_quietly, format_event, hold_stream, start_sse
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.web.server import Request
 
     from mcpd.tools.api import Caller
+
+# Several instances: hands a message for a session this process does not hold to the instance
+# whose stream carries it; fires with whether that instance took it (False: no such session,
+# or another key's).
+Forward = Callable[[str, "Caller", bytes], "Deferred[bool]"]
 
 log = Logger(namespace="mcpd.sse.legacy")
 
@@ -111,13 +118,16 @@ class SSEMessagesResource(NoHead, Resource):
     isLeaf = True
     allowed_methods = (b"POST",)
 
-    def __init__(self, engine: Engine, sessions: SessionStore, max_message_size: int) -> None:
+    def __init__(
+        self, engine: Engine, sessions: SessionStore, max_message_size: int, forward: Forward | None = None
+    ) -> None:
         super().__init__()
         self.engine = engine
         self.sessions = sessions
         self.max_message_size = max_message_size
+        self.forward = forward
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> bytes | int:
         args: dict[bytes, list[bytes]] = request.args or {}
         # The Python SDK's servers name it session_id, the TypeScript SDK's sessionId.
         values = args.get(b"session_id") or args.get(b"sessionId")
@@ -129,15 +139,11 @@ class SSEMessagesResource(NoHead, Resource):
             # Bound to the key that opened it: anyone else is told it does not exist.
             log.info("Refused SSE session {id} to a caller that did not open it", id=session.id)
             session = None
-        if not isinstance(session, SSESession):
+        if not isinstance(session, SSESession) and self.forward is None:
             return json_error(request, 404, "Not Found: no such session; open a new one with GET /sse")
         body = request.content.read() if request.content is not None else b""
         if len(body) > self.max_message_size:
             return json_error(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
-        # The caller of this POST, admitted just now: its key's scopes as they are now (a
-        # reload may have changed them since the stream opened). The gate counted the POST
-        # against the caller's rate limit.
-        exchange = Exchange(peer=session.peer, caller=caller, session=session, notify=session.send, prepaid=1)
         try:
             message = decode(body)
         except ParseError as e:
@@ -146,10 +152,55 @@ class SSEMessagesResource(NoHead, Resource):
             return json_error(
                 request, 400, f"Bad Request: the body is not a JSON-RPC message (invalid JSON). {e.message}"
             )
+        if not isinstance(session, SSESession) and self.forward is not None:
+            # Another instance may hold the session's stream: it serves the message there.
+            self.forward(values[0].decode("latin-1"), caller, body).addCallbacks(
+                self._forwarded, self._not_forwarded, callbackArgs=(request,), errbackArgs=(request,)
+            )
+            return NOT_DONE_YET
+        assert isinstance(session, SSESession)
+        self._serve(session, caller, message)
+        return _accepted(request)
+
+    def _serve(self, session: SSESession, caller: Caller, message: Any) -> None:
+        # The caller of this POST, admitted just now: its key's scopes as they are now (a
+        # reload may have changed them since the stream opened). The gate counted the POST
+        # against the caller's rate limit.
+        exchange = Exchange(peer=session.peer, caller=caller, session=session, notify=session.send, prepaid=1)
         self.engine.handle(message, exchange).addCallbacks(session.reply, _failed)
-        request.setResponseCode(202)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"Accepted"
+
+    def serve_forwarded(self, session_id: str, caller: Caller, body: bytes) -> bool:
+        """Serve a message another instance received for a session whose stream is here;
+        False when there is no such session here or it is another key's."""
+        session = self.sessions.get(session_id)
+        if not isinstance(session, SSESession) or session.caller.name != caller.name:
+            return False
+        self._serve(session, caller, decode(body))
+        return True
+
+    def _forwarded(self, taken: bool, request: Request) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if taken:
+            request.write(_accepted(request))
+        else:
+            request.write(json_error(request, 404, "Not Found: no such session; open a new one with GET /sse"))
+        request.finish()
+
+    def _not_forwarded(self, failure: Failure, request: Request) -> None:
+        log.warn("Could not forward an SSE session message: {e}", e=failure.getErrorMessage())
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        request.setHeader(b"retry-after", b"2")
+        detail = f"Service Unavailable: the instance holding this session could not be reached ({failure.getErrorMessage()}); try again shortly"
+        request.write(json_error(request, 503, detail))
+        request.finish()
+
+
+def _accepted(request: Request) -> bytes:
+    request.setResponseCode(202)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b"Accepted"
 
 
 def _failed(failure: Failure) -> None:

@@ -9,6 +9,7 @@ where it left off (2025-11-25 transports §Resumability and Redelivery).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from twisted.internet.task import LoopingCall
@@ -179,6 +180,9 @@ class EventStream:
         # standalone GET stream collects messages before the client opens it).
         self._delivered = 0
         self.finished = False
+        # Several instances: given (key, number, data) of every event, and (key, number, b"")
+        # when the stream ends, to keep them where any instance can replay them.
+        self.journal: Callable[[str, int, bytes], None] | None = None
 
     def event_id(self, seq: int) -> str:
         """Ids name their stream, so a resuming GET finds the right one."""
@@ -211,6 +215,8 @@ class EventStream:
         """Append a message to the stream, writing it out if a client is attached."""
         self._seq += 1
         frame = format_event(data, self.event_id(self._seq))
+        if self.journal is not None:
+            self.journal(self.key, self._seq, data)
         self._keep(frame)
         if self._request is not None:
             self._request.write(frame)
@@ -242,6 +248,8 @@ class EventStream:
 
     def close(self) -> None:
         """No more events: end the response (a resuming client still gets the replay)."""
+        if self.journal is not None and not self.finished:
+            self.journal(self.key, self._seq + 1, b"")
         self.finished = True
         if self._request is not None:
             self._finish_request()

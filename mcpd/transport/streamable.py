@@ -15,8 +15,8 @@ client accepts ``text/event-stream``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,7 +45,11 @@ from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.tools.api import Caller
 from mcpd.transport.sse import EventStream, finish_quietly, hold_stream, parse_event_id, start_sse
 
+# The key of a session's standalone (GET) stream in the shared journal.
+STANDALONE = "g"
+
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.web.server import Request
 
 log = Logger(namespace="mcpd.http")
@@ -69,10 +73,22 @@ class HTTPSession(Session):
         self.streams: dict[str, EventStream] = {}
         self.standalone: EventStream | None = None
         self._keys = itertools.count(1)
+        # Several instances (`mcpd.cluster.sessions`): stream keys name this instance, events
+        # are journaled where any instance can replay them, and messages that belong to no
+        # request go to whichever instance reads the session's GET stream (``relay_push``,
+        # given the message and its change id).
+        self.stream_prefix = ""
+        self.journal: Callable[[str, int, bytes], None] | None = None
+        self.relay_push: Callable[[dict[str, Any], str | None], None] | None = None
+        # Streams of this session this instance reads from the journal (a GET, a resumption),
+        # each with the callable that ends it.
+        self.readers: dict[object, Callable[[], None]] = {}
 
     def new_stream(self) -> EventStream:
         """A stream for one response, kept (bounded) for resumption."""
-        stream = EventStream(f"s{next(self._keys)}", self.replay_limit, ledger=self.ledger, account=self.account)
+        key = f"{self.stream_prefix}s{next(self._keys)}"
+        stream = EventStream(key, self.replay_limit, ledger=self.ledger, account=self.account)
+        stream.journal = self.journal
         self.streams[stream.key] = stream
         if len(self.streams) > 64:
             # Forget the oldest finished streams; live ones stay.
@@ -82,22 +98,46 @@ class HTTPSession(Session):
 
     @property
     def idle(self) -> bool:
-        return super().idle and not any(stream.attached for stream in self.streams.values())
+        return super().idle and not self.readers and not any(stream.attached for stream in self.streams.values())
 
     def push(self, message: dict[str, Any]) -> None:
         """Messages unrelated to a request go on the standalone GET stream, buffered for a
         client that has not opened it yet (2025-11-25 transports §Listening for Messages)."""
         if self.closed:
             return
+        if self.relay_push is not None:
+            self.relay_push(message, None)
+            return
         if self.standalone is None:
             self.standalone = self.new_stream()
         self.standalone.send(encode(message))
 
+    def push_change(self, message: dict[str, Any], change: str) -> None:
+        if self.relay_push is not None and not self.closed:
+            self.relay_push(message, change)
+        else:
+            self.push(message)
+
     def close(self) -> None:
         super().close()
+        for finish in list(self.readers.values()):
+            finish()
         for stream in self.streams.values():
             stream.close()
             stream.forget()
+
+
+class JournalReader(Protocol):
+    """Reads a session's streams from where several instances keep them (`mcpd.cluster`)."""
+
+    def read(self, request: Request, session: HTTPSession, key: str, after: int | None) -> None:
+        """Carry the stream ``key`` of ``session`` on ``request`` (an SSE response begun):
+        the events after number ``after`` (None: the standalone stream's undelivered ones),
+        then the live ones."""
+
+    def unavailable(self, failure: Failure) -> str | None:
+        """What to tell a client when ``failure`` means the shared state cannot be reached;
+        None for any other failure."""
 
 
 class StreamableHTTP(NoHead, Resource):
@@ -106,12 +146,21 @@ class StreamableHTTP(NoHead, Resource):
     isLeaf = True
     allowed_methods = (b"GET", b"POST", b"DELETE")
 
-    def __init__(self, engine: Engine, sessions: SessionStore, max_message_size: int, replay_limit: int = 256) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        sessions: SessionStore,
+        max_message_size: int,
+        replay_limit: int = 256,
+        journal: JournalReader | None = None,
+    ) -> None:
         super().__init__()
         self.engine = engine
         self.sessions = sessions
         self.max_message_size = max_message_size
         self.replay_limit = replay_limit
+        # Several instances: streams are read from the shared journal (None: one process).
+        self.journal = journal
         self._exchanges = itertools.count(1)
 
     # -- POST -----------------------------------------------------------------------------------
@@ -167,9 +216,22 @@ class StreamableHTTP(NoHead, Resource):
             except LimitExceeded as e:
                 return self._reject(request, exchange, e.status, _id_of(message), e, message)
             return self._serve(request, exchange, body, accepts_sse, modern=False, new_session=new_session)
-        session = self._session(request, session_id, caller)
-        if not isinstance(session, HTTPSession):
-            return session
+        return self._with_session(
+            request,
+            session_id,
+            lambda session: self._post_session(request, body, accepts_sse, version, caller, session),
+            caller,
+        )
+
+    def _post_session(
+        self,
+        request: Request,
+        body: bytes,
+        accepts_sse: bool,
+        version: str | None,
+        caller: Caller,
+        session: HTTPSession,
+    ) -> bytes | int:
         if version is not None and version != session.version:
             # 2025-06-18 transports §Protocol Version Header: invalid or unsupported → 400.
             exchange = Exchange(peer=f"session:{session.id}", caller=caller, session=session)
@@ -216,18 +278,22 @@ class StreamableHTTP(NoHead, Resource):
         session_id = request.getHeader(_SESSION_HEADER)
         if session_id is None:
             return json_error(request, 400, "Bad Request: GET needs the Mcp-Session-Id header from initialize")
-        session = self._session(request, session_id)
-        if not isinstance(session, HTTPSession):
-            return session
+        return self._with_session(request, session_id, lambda session: self._get_session(request, session))
+
+    def _get_session(self, request: Request, session: HTTPSession) -> bytes | int:
         last_event_id = request.getHeader("last-event-id")
         if last_event_id is not None:
             return self._resume(request, session, last_event_id)
-        if session.standalone is not None and session.standalone.attached:
+        if (session.standalone is not None and session.standalone.attached) or session.readers:
             return json_error(request, 409, "Conflict: this session already has an open GET stream")
         try:
             hold_stream(self.engine.ledger, caller_of(request, "http"), request)
         except LimitExceeded as e:
             return limit_error(request, e)
+        if self.journal is not None:
+            start_sse(request)
+            self.journal.read(request, session, STANDALONE, None)
+            return NOT_DONE_YET
         if session.standalone is None:
             session.standalone = session.new_stream()
         start_sse(request)
@@ -238,25 +304,30 @@ class StreamableHTTP(NoHead, Resource):
         # 2025-11-25 transports §Resumability: replay only the stream the id names.
         parsed = parse_event_id(last_event_id)
         stream = session.streams.get(parsed[0]) if parsed is not None else None
-        if stream is None or parsed is None:
+        if parsed is None or (stream is None and (self.journal is None or not _journaled(session, parsed[0]))):
             return json_error(request, 404, "Not Found: no stream of this session has that Last-Event-ID")
         try:
             hold_stream(self.engine.ledger, caller_of(request, "http"), request)
         except LimitExceeded as e:
             return limit_error(request, e)
         start_sse(request)
-        stream.attach(request, after=parsed[1])
+        if stream is not None:
+            stream.attach(request, after=parsed[1])
+        elif self.journal is not None:
+            # A stream another instance wrote (or this session's GET stream): from the journal.
+            self.journal.read(request, session, parsed[0], parsed[1])
         return NOT_DONE_YET
 
-    def render_DELETE(self, request: Request) -> bytes:
+    def render_DELETE(self, request: Request) -> bytes | int:
         if self._modern_header(request):
             return _method_not_allowed(request)
         session_id = request.getHeader(_SESSION_HEADER)
         if session_id is None:
             return json_error(request, 400, "Bad Request: DELETE needs the Mcp-Session-Id header")
-        session = self._session(request, session_id)
-        if not isinstance(session, HTTPSession):
-            return session
+        return self._with_session(request, session_id, lambda session: self._delete_session(request, session))
+
+    def _delete_session(self, request: Request, session: HTTPSession) -> bytes:
+        session_id = session.id
         self.sessions.remove(session_id)
         log.info("Session {id} ended by the client", id=session_id)
         request.setResponseCode(200)
@@ -268,13 +339,46 @@ class StreamableHTTP(NoHead, Resource):
         version = request.getHeader("mcp-protocol-version")
         return version is not None and version not in LEGACY_VERSIONS
 
-    def _session(self, request: Request, session_id: str, caller: Caller | None = None) -> HTTPSession | bytes:
+    def _with_session(
+        self,
+        request: Request,
+        session_id: str,
+        then: Callable[[HTTPSession], bytes | int],
+        caller: Caller | None = None,
+    ) -> bytes | int:
+        """``then`` with the session, or the refusal; with several instances a session opened
+        by another is first adopted from its record (the answer then comes later)."""
+        session = self.sessions.get(session_id)
+        if session is None and self.sessions.cluster is not None:
+            d: Deferred[Any] = self.sessions.adopt(session_id, self._replica)
+            d.addCallback(lambda adopted: self._checked(request, adopted, caller))
+            d.addCallback(lambda checked: checked if isinstance(checked, bytes) else then(checked))
+            d.addErrback(self._adoption_failed, request)
+            d.addCallback(_write_later, request)
+            d.addErrback(lambda f: log.failure("Serving an adopted session failed", f))
+            return NOT_DONE_YET
+        checked = self._checked(request, session, caller)
+        return checked if isinstance(checked, bytes) else then(checked)
+
+    def _replica(self, record: Any) -> HTTPSession:
+        return HTTPSession(record.session_id, self.sessions.now(), self.replay_limit, ledger=self.engine.ledger)
+
+    def _adoption_failed(self, failure: Failure, request: Request) -> bytes:
+        detail = self.journal.unavailable(failure) if self.journal is not None else None
+        if failure.check(LimitExceeded):
+            return limit_error(request, failure.value)
+        if detail is None:
+            log.failure("Loading a session record failed", failure)
+            detail = "the session store failed"
+        request.setHeader(b"retry-after", b"2")
+        return json_error(request, 503, f"Service Unavailable: {detail}; try again shortly")
+
+    def _checked(self, request: Request, session: Session | None, caller: Caller | None = None) -> HTTPSession | bytes:
         if caller is None:
             caller = caller_of(request, "http")
-        session = self.sessions.get(session_id)
         if session is not None and session.owner != caller.name:
             # Another key's session is answered as if it did not exist.
-            log.info("Refused session {id} to a caller that did not open it", id=session_id)
+            log.info("Refused session {id} to a caller that did not open it", id=session.id)
             session = None
         if session is None:
             # 2025-11-25 transports §Session Management: unknown or ended session → 404.
@@ -481,3 +585,17 @@ def _loads_or_none(body: bytes) -> Any:
 def _id_of(message: Any) -> Any:
     request_id = message.get("id") if isinstance(message, dict) else None
     return request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else None
+
+
+def _journaled(session: HTTPSession, key: str) -> bool:
+    """Whether ``key`` names a stream the journal may hold for ``session``: its GET stream, or
+    a POST's (keys of a clustered session carry their instance's id)."""
+    return session.journal is not None and (key == STANDALONE or "-" in key)
+
+
+def _write_later(body: bytes | int, request: Request) -> None:
+    """Finish a response whose answer was decided after ``render`` returned."""
+    if body is NOT_DONE_YET or request.finished or request._disconnected:  # type: ignore[attr-defined]
+        return
+    request.write(body)  # type: ignore[arg-type]
+    request.finish()

@@ -1,0 +1,285 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""The instances' messages to each other, over Redis pub/sub.
+
+Each instance has an id (random, per process) and listens on its own channel (``i:<id>``) and on
+the channel every instance hears (``all``); a reader of a stream listens on that stream's
+channel for as long as it reads. Messages are JSON objects with a ``kind``; `request` sends one
+to another instance and waits for its ``reply``.
+
+Commands (PUBLISH, scripts, keys) go over a pool of reconnecting connections; the subscriptions
+over one connection of their own, subscribed again after every reconnection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import txredisapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mcpd.interfaces import StoreUnavailable
+
+if TYPE_CHECKING:
+    from mcpd.stores.redis import RedisConnection
+
+log = Logger(namespace="mcpd.cluster")
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+class ClusterUnavailable(StoreUnavailable):
+    """What needs another instance cannot be done now: Redis or that instance cannot be
+    reached."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("cluster", detail)
+
+
+class InstanceGone(ClusterUnavailable):
+    """Nobody listens on the instance's channel: it is not running."""
+
+
+def new_instance_id() -> str:
+    """An instance id: short, random, without ``-`` or ``.`` (it prefixes stream keys and
+    request ids, which are split at those)."""
+    return secrets.token_hex(5)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    bus: ClusterBus
+
+    def connectionMade(self) -> Any:
+        d = super().connectionMade()
+        d.addCallback(lambda _ignored: self.factory.bus._subscriber_ready(self))
+        return d
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.factory.bus._received(channel, message)
+
+    def connectionLost(self, why: Any) -> None:
+        self.factory.bus._subscriber_lost(self)
+        super().connectionLost(why)
+
+
+class ClusterBus:
+    """Pub/sub over one Redis server for the instances of one deployment; commands go through
+    the daemon's `RedisConnection` (``redis``)."""
+
+    def __init__(self, redis: RedisConnection, *, instance: str | None = None, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.redis = redis
+        self.prefix = redis.config.prefix
+        self.timeout = redis.config.timeout
+        self.instance = instance or new_instance_id()
+        self._subscriber: _Subscriber | None = None
+        self._factory: Any = None
+        # Handlers by channel (full name); the kinds of the instance channel by kind.
+        self._channels: dict[str, Callable[[Any], Any]] = {}
+        # Channels whose messages are handed over as text, not JSON (the journal's).
+        self._raw: set[str] = set()
+        self._kinds: dict[str, Handler] = {}
+        self._replies: dict[str, Deferred[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._ready: list[Deferred[None]] = []
+
+    # -- names ----------------------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        """A Redis key (or channel) of this deployment."""
+        return self.redis.key(*parts)
+
+    def instance_channel(self, instance: str) -> str:
+        return self.key("i", instance)
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def start(self, wait: float) -> Deferred[None]:
+        """Connect the subscriber; fires once it listens (fails with `ClusterUnavailable`
+        after ``wait`` seconds)."""
+        config = self.redis.config
+        factory = txredisapi.RedisFactory(
+            None, None, 1, isLazy=True, password=config.password, username=config.username
+        )
+        factory.protocol = _Subscriber
+        factory.bus = self
+        factory.maxDelay = 2
+        factory.initialDelay = 0.2
+        factory.startConnecting(self.redis.endpoint())
+        self._factory = factory
+        self._channels[self.instance_channel(self.instance)] = self._instance_message
+        self._channels[self.key("all")] = self._instance_message
+        if self._subscriber is not None:
+            return succeed(None)
+        ready: Deferred[None] = Deferred()
+        self._ready.append(ready)
+        call = self.clock.callLater(wait, self._start_timed_out, ready, wait)
+
+        def done(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            return result
+
+        return ready.addBoth(done)
+
+    def _start_timed_out(self, ready: Deferred[None], wait: float) -> None:
+        if not ready.called:
+            if ready in self._ready:
+                self._ready.remove(ready)
+            ready.errback(
+                ClusterUnavailable(
+                    f"Redis at {self.redis.config.shown_url} did not answer within {wait:g}s: instances sharing "
+                    "state through Redis need it to start (is redis-server running?)"
+                )
+            )
+
+    def stop(self) -> Deferred[Any]:
+        """Disconnect the subscriber."""
+        if self._factory is not None:
+            self._factory.stopTrying()
+            d = self._factory.disconnect()
+            return d.addErrback(lambda _f: None)
+        return succeed(None)
+
+    @property
+    def connected(self) -> bool:
+        return self._subscriber is not None
+
+    def _subscriber_ready(self, protocol: _Subscriber) -> None:
+        self._subscriber = protocol
+        channels = list(self._channels)
+        protocol.subscribe(channels).addErrback(
+            lambda f: log.failure("Subscribing to {n} channels failed", f, n=len(channels))
+        )
+        log.info("Cluster bus listening on Redis (instance {id}, {n} channels)", id=self.instance, n=len(channels))
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.callback(None)
+
+    def _subscriber_lost(self, protocol: _Subscriber) -> None:
+        if self._subscriber is protocol:
+            self._subscriber = None
+            log.warn("Cluster bus lost its Redis connection; reconnecting")
+
+    # -- listening ------------------------------------------------------------------------------
+
+    def on(self, kind: str, handler: Handler) -> None:
+        """Handle messages of ``kind`` sent to this instance (or to every instance)."""
+        self._kinds[kind] = handler
+
+    def listen(self, channel: str, handler: Callable[[Any], Any], raw: bool = False) -> None:
+        """Hear the messages of ``channel`` (a full name, `key`) until `unlisten`; ``raw``:
+        as text, not JSON."""
+        self._channels[channel] = handler
+        if raw:
+            self._raw.add(channel)
+        if self._subscriber is not None:
+            self._subscriber.subscribe(channel).addErrback(lambda f: log.failure("Subscribing failed", f))
+
+    def unlisten(self, channel: str) -> None:
+        self._raw.discard(channel)
+        if self._channels.pop(channel, None) is not None and self._subscriber is not None:
+            self._subscriber.unsubscribe(channel).addErrback(lambda _f: None)
+
+    def _received(self, channel: Any, raw: Any) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        handler = self._channels.get(name)
+        if handler is None:
+            return
+        try:
+            if name in self._raw:
+                handler(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+            else:
+                handler(json.loads(raw))
+        except Exception:
+            log.failure("A cluster message on {channel} could not be handled", channel=name)
+
+    def _instance_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("kind")
+        if kind == "reply":
+            waiting = self._replies.pop(str(message.get("re")), None)
+            if waiting is not None:
+                waiting.callback(message.get("body") or {})
+            return
+        if message.get("from") == self.instance and message.get("to") == "all":
+            return  # our own broadcast: already done here
+        handler = self._kinds.get(str(kind))
+        if handler is None:
+            log.info("Ignoring a cluster message of unknown kind {kind!r}", kind=kind)
+            return
+        outcome = handler(message)
+        if "ask" in message:
+            d = outcome if isinstance(outcome, Deferred) else succeed(outcome)
+            d.addCallback(self._reply, message).addErrback(
+                lambda f: log.failure("Answering a {kind} message failed", f, kind=kind)
+            )
+
+    def _reply(self, body: Any, message: dict[str, Any]) -> Deferred[int]:
+        return self.send(str(message["from"]), "reply", {"re": message["ask"], "body": body or {}})
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def publish(self, channel: str, message: dict[str, Any]) -> Deferred[int]:
+        """Send ``message`` on ``channel``; fires with how many listened (0: nobody)."""
+        return self.redis.execute("PUBLISH", channel, json.dumps(message, separators=(",", ":"))).addCallback(int)
+
+    def send(self, instance: str, kind: str, body: dict[str, Any]) -> Deferred[int]:
+        """One message to one instance; fires with 1 if it is there to hear it, else 0."""
+        return self.publish(self.instance_channel(instance), {**body, "kind": kind, "from": self.instance})
+
+    def broadcast(self, kind: str, body: dict[str, Any]) -> Deferred[int]:
+        """One message to every other instance (this one has done it already)."""
+        return self.publish(self.key("all"), {**body, "kind": kind, "from": self.instance, "to": "all"})
+
+    def request(
+        self, instance: str, kind: str, body: dict[str, Any], timeout: float | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Ask ``instance`` and wait for its answer; fails with `ClusterUnavailable` when it is
+        not there (nobody heard) or does not answer within ``timeout`` seconds."""
+        return self.ask(self.instance_channel(instance), kind, body, timeout, name=f"instance {instance}")
+
+    def ask(
+        self, channel: str, kind: str, body: dict[str, Any], timeout: float | None = None, name: str | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Send a question on ``channel`` and wait for the answer of whoever listens there; an
+        empty answer (``{}``) when nobody listens."""
+        instance = name or channel
+        ask = f"{self.instance}.{next(self._ids)}"
+        waiting: Deferred[dict[str, Any]] = Deferred()
+        self._replies[ask] = waiting
+        limit = timeout if timeout is not None else self.timeout * 2
+
+        def expire() -> None:
+            if self._replies.pop(ask, None) is not None:
+                waiting.errback(ClusterUnavailable(f"{instance} did not answer within {limit:g}s"))
+
+        call = self.clock.callLater(limit, expire)
+
+        def sent(heard: int) -> None:
+            if not heard and self._replies.pop(ask, None) is not None:
+                call.cancel()
+                if name is None:
+                    waiting.callback({})
+                else:
+                    waiting.errback(InstanceGone(f"{instance} is not running"))
+
+        def not_sent(failure: Failure) -> None:
+            if self._replies.pop(ask, None) is not None:
+                call.cancel()
+                waiting.errback(failure)
+
+        def settled(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            return result
+
+        message = {**body, "kind": kind, "from": self.instance, "ask": ask}
+        self.publish(channel, message).addCallbacks(sent, not_sent)
+        return waiting.addBoth(settled)

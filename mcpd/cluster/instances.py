@@ -1,0 +1,157 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""Who is running: one key per instance (``inst:<id>``), refreshed while it lives.
+
+Each instance writes its host, pid and the identity of each store it uses (the SQL store, the
+search index) under a key that expires ``TTL`` seconds after its last refresh, so ``kill -9``
+takes an instance out of the registry within that time. At start-up an instance compares its
+stores with those of the instances already registered and refuses to start when they would not
+be one deployment:
+
+- every instance must use the same SQL store and the same index: otherwise each would answer
+  from data of its own (a MariaDB URL against a SQLite file, two SQLite files, two servers);
+- SQLite is shared by the processes of one host through its file (WAL), so the same file on
+  the same host is fine, but instances on two hosts each have a file of their own;
+- Milvus Lite runs inside the process that opened its file: no two instances can share one.
+
+The check sees instances that are running: start the first one, then the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from mcpd.cluster.bus import ClusterBus
+
+log = Logger(namespace="mcpd.cluster")
+
+TTL = 15.0
+REFRESH = 5.0
+
+
+class SharingConflict(Exception):
+    """This instance's stores cannot serve one deployment with the running instances'."""
+
+
+# Stores that live in a file of their own host: their location is host and real path.
+EMBEDDED = frozenset({"sqlite", "milvus-lite"})
+
+
+@attrs.frozen
+class StoreIdentity:
+    """Which store an instance uses for a ``role`` (``sql``, ``index``): its ``kind`` and where
+    it is (a URL without password; for an embedded store, the host and the file's real path)."""
+
+    role: str
+    kind: str
+    location: str
+
+    def conflict(self, other: StoreIdentity) -> str | None:
+        """Why this store and ``other`` (another instance's) cannot serve one deployment."""
+        if self.role != other.role:
+            return None
+        if self.kind == other.kind == "milvus-lite" and self.location == other.location:
+            return f"Milvus Lite's file {self.location} is open in another instance (one process per file)"
+        if (self.kind, self.location) != (other.kind, other.location):
+            why = "a file of its own host" if EMBEDDED & {self.kind, other.kind} else "another one"
+            return (
+                f"this instance's {self.role} store is {self.kind} at {self.location}, but another instance uses "
+                f"{other.kind} at {other.location} ({why}): the instances would not share their data"
+            )
+        return None
+
+
+def store_identities(
+    sql: tuple[str, str] | None, index: tuple[str, str] | None, host: str | None = None
+) -> list[StoreIdentity]:
+    """The identities of an instance's stores, each given as (kind, URL or file path)."""
+    host = host or socket.getfqdn()
+    found = []
+    for role, store in (("sql", sql), ("index", index)):
+        if store is not None:
+            kind, where = store
+            location = f"{host}:{os.path.realpath(where)}" if kind in EMBEDDED else where
+            found.append(StoreIdentity(role, kind, location))
+    return found
+
+
+class InstanceRegistry:
+    """This instance's entry in the registry, and what it knows of the others."""
+
+    def __init__(self, bus: ClusterBus, stores: list[StoreIdentity], listen: list[str], clock: Any = None) -> None:
+        self.bus = bus
+        self.stores = stores
+        self.entry = {
+            "id": bus.instance,
+            "host": socket.getfqdn(),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "listen": listen,
+            "stores": [attrs.asdict(store) for store in stores],
+        }
+        self._refresh = LoopingCall(self.register)
+        if clock is not None:
+            self._refresh.clock = clock
+
+    def _key(self, instance: str) -> str:
+        return self.bus.key("inst", instance)
+
+    @inlineCallbacks
+    def others(self) -> Generator[Deferred[Any], Any, list[dict[str, Any]]]:
+        """The entries of the other running instances (forgetting those that are gone)."""
+        redis, members = self.bus.redis, self.bus.key("instances")
+        ids = [i for i in (yield redis.execute("SMEMBERS", members)) or () if i != self.bus.instance]
+        if not ids:
+            return []
+        values = yield redis.execute("MGET", *(self._key(i) for i in ids))
+        gone = [i for i, value in zip(ids, values, strict=True) if not value]
+        if gone:
+            yield redis.execute("SREM", members, *gone)
+        return [json.loads(value) for value in values if value]
+
+    @inlineCallbacks
+    def check(self) -> Generator[Deferred[Any], Any, None]:
+        """Refuse (`SharingConflict`) embedded stores the running instances make unshareable."""
+        for other in (yield self.others()):
+            for mine in self.stores:
+                for theirs in other.get("stores", ()):
+                    why = mine.conflict(StoreIdentity(**theirs))
+                    if why is not None:
+                        raise SharingConflict(
+                            f"{why}. Instance {other['id']} (pid {other['pid']} on {other['host']}) shares this "
+                            "Redis: every instance needs the same MySQL/MariaDB (--db-url) and Milvus server "
+                            "(--milvus-uri), or a --redis-url (or --redis-prefix) of its own"
+                        )
+
+    def register(self) -> Deferred[Any]:
+        """Write (or refresh) this instance's entry."""
+        redis = self.bus.redis
+        d = redis.execute("SET", self._key(self.bus.instance), json.dumps(self.entry), "PX", int(TTL * 1000))
+        d.addCallback(lambda _ok: redis.execute("SADD", self.bus.key("instances"), self.bus.instance))
+        return d.addErrback(lambda f: log.warn("Could not refresh this instance in Redis: {e}", e=f.getErrorMessage()))
+
+    def alive(self, instance: str) -> Deferred[bool]:
+        """Whether ``instance`` has refreshed its entry within the last `TTL` seconds."""
+        return self.bus.redis.execute("EXISTS", self._key(instance)).addCallback(lambda n: int(n) > 0)
+
+    def start(self) -> None:
+        self._refresh.start(REFRESH, now=True)
+
+    def stop(self) -> Deferred[Any]:
+        if self._refresh.running:
+            self._refresh.stop()
+        redis = self.bus.redis
+        d = redis.execute("DEL", self._key(self.bus.instance))
+        d.addCallback(lambda _n: redis.execute("SREM", self.bus.key("instances"), self.bus.instance))
+        return d.addErrback(lambda _f: None)

@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""The events of legacy-session SSE streams, kept in Redis for the replay window.
+
+Each stream of a session is a Redis stream (``ev:<session>:<stream key>``) of at most
+``--sse-replay`` entries whose ids are the events' sequence numbers, expiring with the session.
+Appending is one script: it adds the event and publishes it on the stream's channel, so a reader
+anywhere that listens there and then reads what came before misses nothing and, comparing
+sequence numbers, repeats nothing. An entry with no data ends the stream.
+
+The session's standalone stream (its GET stream; key ``g``) is written by every instance serving
+the session: its numbers come from the script too, and a change notification carries an id so
+that when several instances hear of one change, the session gets it once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+
+if TYPE_CHECKING:
+    from mcpd.cluster.bus import ClusterBus
+
+# KEYS: stream, its counter, the change's once-key (or ""); ARGV: data, maximum length, TTL (ms),
+# channel, sequence number ("" for the next one).
+_APPEND = """
+if KEYS[3] ~= '' then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return 0 end
+end
+local seq = tonumber(ARGV[5])
+if not seq then
+  seq = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], seq .. '-0', 'd', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], seq .. ' ' .. ARGV[1])
+return seq
+"""
+
+STANDALONE = "g"
+
+
+class Journal:
+    """Appends to and reads the Redis streams of session events."""
+
+    def __init__(self, bus: ClusterBus, replay_limit: int, ttl: float) -> None:
+        self.bus = bus
+        self.replay_limit = max(1, replay_limit)
+        self.ttl_ms = int(max(ttl, 1.0) * 1000)
+
+    def stream(self, session_id: str, key: str) -> str:
+        return self.bus.key("ev", session_id, key)
+
+    def channel(self, session_id: str, key: str) -> str:
+        return self.bus.key("ev", session_id, key, "live")
+
+    def append(
+        self, session_id: str, key: str, data: bytes, seq: int | None = None, once: str | None = None
+    ) -> Deferred[int]:
+        """Add an event (``data``: one encoded message; empty ends the stream); fires with its
+        number, or 0 when ``once`` (a change id) was already added to this stream."""
+        stream = self.stream(session_id, key)
+        once_key = self.bus.key("once", session_id, once) if once else ""
+        return self.bus.redis.eval(
+            _APPEND,
+            [stream, stream + ":n", once_key],
+            [data, self.replay_limit, self.ttl_ms, self.channel(session_id, key), "" if seq is None else seq],
+        ).addCallback(int)
+
+    def read_after(self, session_id: str, key: str, after: int) -> Deferred[list[tuple[int, bytes]]]:
+        """The kept events numbered above ``after``, in order."""
+
+        def parsed(entries: Any) -> list[tuple[int, bytes]]:
+            events = []
+            for entry_id, fields in entries or ():
+                seq = int(str(entry_id if isinstance(entry_id, str) else entry_id.decode()).split("-")[0])
+                values = dict(zip(fields[::2], fields[1::2], strict=False))
+                data: Any = values.get("d", values.get(b"d", b""))
+                events.append((seq, data.encode() if isinstance(data, str) else bytes(data or b"")))
+            return events
+
+        stream = self.stream(session_id, key)
+        return self.bus.redis.execute("XRANGE", stream, f"({after}-0", "+").addCallback(parsed)
+
+    def forget(self, session_id: str, keys: list[str]) -> Deferred[Any]:
+        """Drop a session's streams (it ended)."""
+        names = [self.stream(session_id, key) for key in keys]
+        return self.bus.redis.execute("DEL", *names, *(name + ":n" for name in names))

@@ -1,0 +1,312 @@
+# -*- test-case-name: tests.test_cluster -*-
+"""Legacy sessions usable from any instance.
+
+Streamable HTTP (``Mcp-Session-Id``): a request lands anywhere. An instance that does not know
+the session adopts it from its record (`mcpd.protocol.session.SessionStore.adopt`) and serves
+the request itself, its answer on the request's own response. What a session's instances share:
+
+- its record (version, owner, capabilities) in the shared `ISessionStore`;
+- its streams' events, in the `Journal`: a POST's stream is written by the instance serving it
+  and read by any instance a ``Last-Event-ID`` lands on; the standalone (GET) stream is written
+  by every instance with something to say to the session (list changes, a legacy task's
+  questions) and read by the instance holding the GET;
+- answers to the server's requests: request ids name the instance that asked
+  (``mcpd-<instance>-<n>``), so an answer landing elsewhere is sent there.
+
+HTTP+SSE (``/sse``, ``/messages/``): the stream is the session. Its instance listens on the
+session's channel; a POST landing elsewhere is sent there (and refused 404 when nobody holds
+the session or it belongs to another key).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mcpd.cluster.bus import ClusterUnavailable
+from mcpd.cluster.journal import STANDALONE
+from mcpd.protocol.codec import encode
+from mcpd.protocol.outbound import OutboundRequests
+from mcpd.tools.api import Caller
+from mcpd.transport.legacy_sse import SSESession
+from mcpd.transport.sse import finish_quietly, format_event
+from mcpd.transport.streamable import HTTPSession
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from twisted.web.server import Request
+
+    from mcpd.cluster.bus import ClusterBus
+    from mcpd.cluster.instances import InstanceRegistry
+    from mcpd.cluster.journal import Journal
+    from mcpd.protocol.changes import ChangeFeed
+    from mcpd.protocol.session import Session, SessionStore
+    from mcpd.transport.legacy_sse import SSEMessagesResource
+
+log = Logger(namespace="mcpd.cluster")
+
+_PRIMED_VERSIONS = frozenset({"2025-11-25"})
+
+
+def caller_to_json(caller: Caller) -> dict[str, Any]:
+    return {
+        "name": caller.name,
+        "scopes": sorted(caller.scopes),
+        "peer": caller.peer,
+        "transport": caller.transport,
+        "account": caller.account,
+        "x_request_id": caller.x_request_id,
+        "tenant": caller.tenant,
+    }
+
+
+def caller_from_json(data: Mapping[str, Any]) -> Caller:
+    return Caller(**{**data, "scopes": frozenset(data.get("scopes", ()))})
+
+
+class ClusterSessions:
+    """The `SessionCluster` of the Streamable HTTP sessions (and its `JournalReader`), and the
+    forwarding of HTTP+SSE messages."""
+
+    def __init__(
+        self, bus: ClusterBus, journal: Journal, registry: InstanceRegistry, sessions: SessionStore, feed: ChangeFeed
+    ) -> None:
+        self.feed = feed
+        self.bus = bus
+        self.journal = journal
+        self.registry = registry
+        self.sessions = sessions
+        self.instance = bus.instance
+        bus.on("response", self._response)
+        bus.on("session-ended", self._ended_elsewhere)
+
+    # -- SessionCluster -------------------------------------------------------------------------
+
+    def fit(self, session: Session) -> None:
+        session.outbound = OutboundRequests(
+            prefix=f"mcpd-{self.instance}-", forward=functools.partial(self._forward_response, session)
+        )
+        # A session adopted here hears of changes too (its resources/subscribe may land here);
+        # the journal's change ids keep it from hearing one change twice.
+        self.feed.join(session)
+        if isinstance(session, HTTPSession):
+            session.stream_prefix = f"{self.instance}-"
+            session.journal = functools.partial(self._journal, session.id)
+            session.relay_push = functools.partial(self._push, session)
+
+    def ended(self, session: Session) -> None:
+        keys = [STANDALONE, *getattr(session, "streams", {})]
+        self.journal.forget(session.id, keys).addErrback(_logged, "forget the streams of session {id}", session.id)
+        self.bus.broadcast("session-ended", {"session": session.id}).addErrback(
+            _logged, "announce the end of session {id}", session.id
+        )
+
+    def refresh(self, sessions: list[Session]) -> None:
+        for session in sessions:
+            if session.initialized and not session.closed:
+                self.sessions.records.touch(session.id).addErrback(_logged, "keep session {id}", session.id)
+
+    def _ended_elsewhere(self, message: dict[str, Any]) -> None:
+        session_id = str(message.get("session"))
+        if session_id in self.sessions:
+            # Its client ended it on another instance: the record is gone, so is our part.
+            self.sessions.retire(session_id)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _journal(self, session_id: str, key: str, seq: int, data: bytes) -> None:
+        self.journal.append(session_id, key, data, seq=seq).addErrback(
+            _logged, "journal an event of session {id}", session_id
+        )
+
+    def _push(self, session: HTTPSession, message: dict[str, Any], change: str | None) -> None:
+        self.journal.append(session.id, STANDALONE, encode(message), once=change).addErrback(
+            _logged, "send a message to session {id}", session.id
+        )
+
+    # -- answers to the server's requests -------------------------------------------------------
+
+    def _forward_response(self, session: Session, message: Mapping[str, Any]) -> bool:
+        request_id = message.get("id")
+        if not isinstance(request_id, str) or not request_id.startswith("mcpd-"):
+            return False
+        instance = request_id.split("-")[1]
+        if instance == self.instance:
+            return False
+        self.bus.send(instance, "response", {"session": session.id, "message": dict(message)}).addErrback(
+            _logged, "forward an answer of session {id}", session.id
+        )
+        return True
+
+    def _response(self, message: dict[str, Any]) -> None:
+        session = self.sessions.get(str(message.get("session")))
+        answer = message.get("message")
+        if session is None or not isinstance(answer, dict) or not session.outbound.resolve(answer):
+            log.info("A forwarded answer found no request waiting for it")
+
+    # -- JournalReader --------------------------------------------------------------------------
+
+    def read(self, request: Request, session: HTTPSession, key: str, after: int | None) -> None:
+        _Reader(self, request, session, key, after).start()
+
+    def unavailable(self, failure: Failure) -> str | None:
+        if failure.check(ClusterUnavailable):
+            return str(failure.value)
+        name = type(failure.value).__name__
+        if "Connection" in name or "Timeout" in name or "Unavailable" in name:
+            return f"the shared session store (Redis) is unavailable ({failure.getErrorMessage()})"
+        return None
+
+
+class _Reader:
+    """One SSE response carrying a journaled stream: replay, then live events, in order."""
+
+    def __init__(
+        self, cluster: ClusterSessions, request: Request, session: HTTPSession, key: str, after: int | None
+    ) -> None:
+        self.cluster = cluster
+        self.request = request
+        self.session = session
+        self.key = key
+        self.after = after
+        self.position = after or 0
+        self.live: list[tuple[int, bytes]] | None = []  # held until the replay is written
+        self.channel = cluster.journal.channel(session.id, key)
+        self.done = False
+
+    def start(self) -> None:
+        session, journal = self.session, self.cluster.journal
+        session.readers[self] = self._finish
+        self.cluster.bus.listen(self.channel, self.heard_raw, raw=True)
+        self.request.notifyFinish().addBoth(self._stop)
+        self.request.write(b"")
+        d: Deferred[Any]
+        if self.after is None:
+            d = self.cluster.bus.redis.execute("GET", self._delivered_key()).addCallback(self._begin_fresh)
+        else:
+            d = succeed(None)
+        d.addCallback(lambda _: journal.read_after(session.id, self.key, self.position))
+        d.addCallback(self._replayed)
+        d.addErrback(self._failed)
+
+    def _delivered_key(self) -> str:
+        return self.cluster.bus.key("ev", self.session.id, self.key, "delivered")
+
+    def _begin_fresh(self, delivered: Any) -> None:
+        self.position = int(delivered or 0)
+        if self.session.version in _PRIMED_VERSIONS:
+            # 2025-11-25 transports §Sending Messages: prime with an id and empty data.
+            self._write(format_event(b"", f"{self.key}.{self.position}", retry_ms=3000))
+
+    def _replayed(self, events: list[tuple[int, bytes]]) -> Deferred[Any] | None:
+        held, self.live = self.live or [], None
+        for seq, data in [*events, *sorted(held)]:
+            self._event(seq, data)
+        if self.done or self.key == STANDALONE:
+            return None
+        # A POST's stream: if the instance that wrote it is gone, nothing more will come.
+        origin = self.key.split("-")[0]
+        return self.cluster.registry.alive(origin).addCallback(self._origin_alive)
+
+    def _origin_alive(self, alive: bool) -> None:
+        if not alive and not self.done:
+            self._finish()
+
+    def heard_raw(self, raw: str) -> None:
+        """A live event, as the journal's script published it: ``<seq> <data>``."""
+        seq_text, _, data = raw.partition(" ")
+        event = (int(seq_text), data.encode("utf-8"))
+        if self.live is not None:
+            self.live.append(event)
+        else:
+            self._event(*event)
+
+    def _event(self, seq: int, data: bytes) -> None:
+        if self.done or seq <= self.position:
+            return
+        self.position = seq
+        if not data:
+            self._finish()  # the stream ended
+            return
+        self._write(format_event(data, f"{self.key}.{seq}"))
+        if self.key == STANDALONE:
+            self.cluster.bus.redis.execute(
+                "SET", self._delivered_key(), seq, "PX", self.cluster.journal.ttl_ms
+            ).addErrback(lambda _f: None)
+
+    def _write(self, frame: bytes) -> None:
+        request = self.request
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(frame)
+
+    def _finish(self) -> None:
+        self.done = True
+        finish_quietly(self.request)
+
+    def _failed(self, failure: Failure) -> None:
+        log.warn(
+            "Reading stream {key} of session {id} failed: {e}",
+            key=self.key,
+            id=self.session.id,
+            e=failure.getErrorMessage(),
+        )
+        self._finish()
+
+    def _stop(self, _result: object) -> None:
+        self.done = True
+        self.session.readers.pop(self, None)
+        self.cluster.bus.unlisten(self.channel)
+
+
+class SSEForwarding:
+    """HTTP+SSE sessions across instances: the instance holding a session's stream listens on
+    its channel; a message for it landing elsewhere is sent there."""
+
+    def __init__(self, bus: ClusterBus, sessions: SessionStore) -> None:
+        self.bus = bus
+        self.sessions = sessions
+        self.messages: SSEMessagesResource | None = None
+
+    def channel(self, session_id: str) -> str:
+        return self.bus.key("sse", session_id)
+
+    def fit(self, session: Session) -> None:
+        if isinstance(session, SSESession):
+            self.bus.listen(self.channel(session.id), functools.partial(self._message, session.id))
+
+    def ended(self, session: Session) -> None:
+        self.bus.unlisten(self.channel(session.id))
+
+    def refresh(self, sessions: list[Session]) -> None:
+        """Nothing to keep: the session lives as long as its stream."""
+
+    def forward(self, session_id: str, caller: Caller, body: bytes) -> Deferred[bool]:
+        """Send a POSTed message to the instance holding the session; fires with whether it
+        took it."""
+        payload = {"caller": caller_to_json(caller), "body": body.decode("utf-8")}
+        return self.bus.ask(self.channel(session_id), "sse-message", payload).addCallback(
+            lambda reply: bool(reply.get("taken"))
+        )
+
+    def _message(self, session_id: str, message: dict[str, Any]) -> None:
+        assert self.messages is not None
+        try:
+            taken = self.messages.serve_forwarded(
+                session_id, caller_from_json(message["caller"]), message["body"].encode("utf-8")
+            )
+        except Exception:
+            log.failure("A forwarded SSE message could not be served")
+            taken = False
+        if "ask" in message:
+            self.bus.send(str(message["from"]), "reply", {"re": message["ask"], "body": {"taken": taken}}).addErrback(
+                _logged, "answer a forwarded message of session {id}", session_id
+            )
+
+
+def _logged(failure: Failure, what: str, session_id: str) -> None:
+    log.warn("Could not " + what + ": {e}", id=session_id, e=failure.getErrorMessage())
