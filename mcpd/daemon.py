@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
-from mcpd.interfaces import INoteStore, IRuntime, IStore, ITaskBoard
+from mcpd.interfaces import IKnowledgeBase, IMemoryStore, INoteStore, IRuntime, IStore, ITaskBoard
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.ledger import CALL, CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, TASK, Ledger, Limit, share
@@ -51,6 +51,9 @@ log = Logger(namespace="mcpd")
 # The store interfaces the SQL store provides (mcpd.stores.sql): it always can (SQLite in
 # --data-dir when no --db-url is given).
 SQL_INTERFACES = (ITaskBoard, INoteStore)
+# The store interfaces of the knowledge base and memories: SQL records, searched through the
+# index (mcpd.stores.knowledge); provided where pymilvus can reach the index.
+INDEX_INTERFACES = (IKnowledgeBase, IMemoryStore)
 
 # Resource subscriptions held at once (resources/subscribe and subscriptions/listen URIs).
 MAX_SUBSCRIPTIONS = 10_000
@@ -101,8 +104,24 @@ def load_packs(settings: Settings) -> list[ToolPack]:
 
 
 def needs_sql(packs: Sequence[ToolPack]) -> bool:
-    """Whether a pack served needs a store only the SQL store provides."""
-    return any(interface in SQL_INTERFACES for pack in packs for interface in pack.needs)
+    """Whether a pack served needs a store only the SQL store provides (or one kept in it)."""
+    return needs_index(packs) or any(interface in SQL_INTERFACES for pack in packs for interface in pack.needs)
+
+
+def needs_index(packs: Sequence[ToolPack]) -> bool:
+    """Whether a pack served needs the search index (the kb and memory packs)."""
+    return any(interface in INDEX_INTERFACES for pack in packs for interface in pack.needs)
+
+
+def index_available(settings: Settings) -> bool:
+    """Whether the search index can run: pymilvus installed, and Milvus Lite too for a local
+    index. Looked up without importing either (importing pymilvus takes a second)."""
+    import importlib.util
+
+    from mcpd.stores.milvus import is_local
+
+    needed = ["pymilvus", "milvus_lite"] if is_local(settings.index_uri()) else ["pymilvus"]
+    return all(importlib.util.find_spec(name) is not None for name in needed)
 
 
 def sql_config(settings: Settings) -> DatabaseConfig:
@@ -131,7 +150,9 @@ def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet
     if needs_sql(packs) and settings.stdio:
         # Off the first answer's path (mcpd.stores.opening): its imports and migrations are most
         # of a --stdio start-up.
-        opening = BackgroundOpening("database", SQL_INTERFACES, lambda: _open_sql_store(settings, reactor), reactor)
+        index = needs_index(packs)
+        interfaces = (*SQL_INTERFACES, *(INDEX_INTERFACES if index else ()))
+        opening = BackgroundOpening("database", interfaces, lambda: _open_sql_store(settings, reactor, index), reactor)
         for interface, stand_in in opening.stand_ins.items():
             stores.add(stand_in, () if interface is IStore else (interface,))
         opening.setName("database")
@@ -149,11 +170,14 @@ def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet
         service = SQLStoreService(database, reactor)
         service.setName("database")
         services.append(service)
+        if needs_index(packs):
+            services += knowledge_stores(settings, database, stores, reactor)
     return services
 
 
-def _open_sql_store(settings: Settings, reactor: Any) -> Opened:
-    """In a thread: import, build and open the SQL store (`BackgroundOpening`)."""
+def _open_sql_store(settings: Settings, reactor: Any, index: bool = False) -> Opened:
+    """In a thread: import, build and open the SQL store (`BackgroundOpening`); with ``index``,
+    the knowledge store on it too (its index, embedding service and re-indexer run with it)."""
     from mcpd.stores.sql.database import SQLDatabase
     from mcpd.stores.sql.notes import SQLNoteStore
     from mcpd.stores.sql.service import SQLStoreService
@@ -161,16 +185,65 @@ def _open_sql_store(settings: Settings, reactor: Any) -> Opened:
 
     database = SQLDatabase(sql_config(settings), reactor)
     database.open()
-    service = SQLStoreService(database, reactor)
+    service: Any = SQLStoreService(database, reactor)
     service.setName("database")
-    return service, {IStore: database, ITaskBoard: SQLTaskBoard(database), INoteStore: SQLNoteStore(database)}
+    providers: dict[Any, Any] = {
+        IStore: database,
+        ITaskBoard: SQLTaskBoard(database),
+        INoteStore: SQLNoteStore(database),
+    }
+    if index:
+        # Stopped in reverse: the re-indexer and the index before the database.
+        both = OrderedMultiService()
+        service.setServiceParent(both)
+        found = StoreSet()
+        for child in knowledge_stores(settings, database, found, reactor):
+            child.setServiceParent(both)
+        providers.update((interface, found.get(interface)) for interface in INDEX_INTERFACES)
+        service = both
+    return service, providers
+
+
+def knowledge_stores(settings: Settings, database: Any, stores: StoreSet, reactor: Any) -> list[Any]:
+    """The search index, the embedding service and the re-indexer, and the knowledge store the
+    kb and memory packs use (registered in ``stores``, not required: with the index down mcpd is
+    degraded, not unhealthy)."""
+    from mcpd.stores.knowledge import KnowledgeStore
+    from mcpd.stores.reindex import Reindexer
+    from mcpd.stores.retrieval import Retriever
+    from mcpd.stores.sql.knowledge import SQLKnowledge
+
+    index, embedder = vector_stores(settings, reactor, connect_at_start=False)
+    knowledge = KnowledgeStore(SQLKnowledge(database), Retriever(index, embedder), shown_index_uri(settings), reactor)
+    stores.add(knowledge, INDEX_INTERFACES, required=False)
+    if embedder is not None:
+        stores.watch(embedder)
+    reindexer = Reindexer(knowledge, reactor)
+    reindexer.setName("reindexer")
+    return [index, *([embedder] if embedder is not None else []), reindexer]
+
+
+def shown_index_uri(settings: Settings) -> str:
+    """Where the index is, as server.info shows it (no credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    uri = settings.index_uri()
+    parts = urlsplit(uri)
+    if parts.password or parts.username:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return uri
 
 
 def provided_interfaces(settings: Settings) -> frozenset[Any]:
     """The interfaces packs may ask their context for (``ctx.store(IThing)``) under these
     settings: the daemon's description of itself, the SQL store's, and each store whose knobs
     are set."""
-    return frozenset({IRuntime, *SQL_INTERFACES})
+    provided = {IRuntime, *SQL_INTERFACES}
+    if index_available(settings):
+        provided.update(INDEX_INTERFACES)
+    return frozenset(provided)
 
 
 def check_settings(settings: Settings, reactor: Any) -> None:
@@ -221,14 +294,21 @@ def build_ledger(settings: Settings) -> Ledger:
     return Ledger(limits)
 
 
-def vector_stores(settings: Settings, reactor: Any) -> tuple[Any, Any]:
+def vector_stores(settings: Settings, reactor: Any, connect_at_start: bool = True) -> tuple[Any, Any]:
     """The search index and (when --embedding-url is given) the embedding service that the kb and
     memory packs use, built from the settings; both are services for the tree. Imported here, not
     at the top: a daemon serving other packs loads none of it (and pymilvus only ever loads in the
     index's threads)."""
     from mcpd.stores.milvus import MilvusIndex
 
-    index = MilvusIndex(settings.index_uri(), reactor, token=settings.milvus_token, timeout=settings.milvus_timeout)
+    index = MilvusIndex(
+        settings.index_uri(),
+        reactor,
+        token=settings.milvus_token,
+        timeout=settings.milvus_timeout,
+        prefix=settings.milvus_prefix,
+        connect_at_start=connect_at_start,
+    )
     index.setName("milvus")
     if not settings.embedding_url:
         return index, None
@@ -331,8 +411,10 @@ def _add_http(
             thread_pool_check(pool, reactor, reactor),
             size_check("sessions", sessions.__len__, "session(s)"),
             size_check("sse_sessions", sse_sessions.__len__, "session(s)"),
-            # The stores behind the packs (mcpd.interfaces.IStore): a required check each.
-            *(store_check(store, required=True) for store in stores),
+            # The stores behind the packs (mcpd.interfaces.IStore): a check each, required but
+            # for the search index; the embedding service's is not either.
+            *(store_check(store, required=stores.required(store)) for store in stores),
+            *(store_check(reporter) for reporter in stores.watched()),
         ]
     )
     # Read at scrape time; `engine`, `site`, `websockets` and `guarded` are bound below.

@@ -5,6 +5,7 @@ with a message that completes "--flag: ..." (the caller adds where the value cam
 from __future__ import annotations
 
 import ipaddress
+import re
 
 
 def port(raw: str) -> int:
@@ -118,6 +119,14 @@ def milvus_uri(raw: str) -> str:
     raise ValueError(
         f"must be a Milvus server URL (http://host:19530) or a Milvus Lite file ending in .db, not {raw!r}"
     )
+
+
+def index_prefix(raw: str) -> str:
+    """A prefix of Milvus collection names: letters, digits and underscores."""
+    value = raw.strip()
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", value):
+        raise ValueError(f"{raw!r}: a letter or '_' then letters, digits or '_' (at most 64)")
+    return value
 
 
 def http_url(raw: str) -> str:

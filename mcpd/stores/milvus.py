@@ -125,6 +125,7 @@ class MilvusIndex(Service):
         threads: int = 4,
         prefix: str = DEFAULT_PREFIX,
         slow: float = 1.0,
+        connect_at_start: bool = True,
     ) -> None:
         if not _NAME.match(prefix or "_"):
             raise ValueError(f"index collection prefix {prefix!r}: letters, digits and underscores only")
@@ -135,6 +136,8 @@ class MilvusIndex(Service):
         self.prefix = prefix
         self.slow = slow
         self.threads = threads
+        self.connect_at_start = connect_at_start
+        self._used = False  # a client was made: Milvus Lite's engine may be running
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="mcpd-milvus")
         self.pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
         self._client: MilvusClient | None = None
@@ -150,8 +153,13 @@ class MilvusIndex(Service):
     def startService(self) -> None:
         super().startService()
         self.pool.start()
-        self._status = StoreStatus(STORE, DOWN, "connecting")
-        self.check()
+        if self.connect_at_start:
+            self._status = StoreStatus(STORE, DOWN, "connecting")
+            self.check()
+        else:
+            # The daemon's index connects on first use (a call, or the health probe): a daemon
+            # whose kb and memory packs are idle loads neither pymilvus nor Milvus Lite.
+            self._status = StoreStatus(STORE, UP, "not used yet")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -181,7 +189,7 @@ class MilvusIndex(Service):
             if self._client is not None and self._unflushed:
                 self._flush(self._client, self._take_unflushed())
             self._disconnect()
-            if is_local(self.uri):
+            if is_local(self.uri) and self._used:
                 from milvus_lite.server_manager import server_manager_instance
 
                 server_manager_instance.release_server(self.uri)
@@ -533,6 +541,7 @@ class MilvusIndex(Service):
                 if is_local(self.uri):
                     os.makedirs(os.path.dirname(os.path.abspath(self.uri)), mode=0o700, exist_ok=True)
                 # A connection of its own (not shared by address): closing it at stop really closes it.
+                self._used = True
                 client = MilvusClient(uri=self.uri, token=self.token or "", timeout=self.timeout, dedicated=True)
                 self._lite = str(client.get_server_version(timeout=self.timeout)).startswith("milvus_lite")
                 self._client = client

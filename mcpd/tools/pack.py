@@ -19,6 +19,8 @@ BUILTIN_PACKS: dict[str, str] = {
     "server": "mcpd.packs.server",
     "tasks": "mcpd.packs.tasks",
     "notes": "mcpd.packs.notes",
+    "kb": "mcpd.packs.kb",
+    "memory": "mcpd.packs.memory",
 }
 
 
