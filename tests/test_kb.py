@@ -66,7 +66,7 @@ class _Scenarios(KnowledgeDaemon):
     async def every_tool(self, client: Client) -> None:
         call = client.call_tool
         listed = {tool.name: tool for tool in (await client.list_tools()).tools}
-        self.assertTrue(KB_TOOLS <= set(listed), sorted(listed))
+        self.assertTrue(set(listed) >= KB_TOOLS, sorted(listed))
         for name in KB_TOOLS:
             tool = listed[name]
             self.assertEqual(tool.input_schema.get("additionalProperties"), False, name)
@@ -443,7 +443,7 @@ class ReindexTests(KnowledgeDaemon, DaemonTestCase):
         # Now with an embedding service: the collection is rebuilt for its model.
         self.embedding = True
         args = self.index_args()
-        model = yield deferToThread(self.reindex, "notes", *args)
+        model = yield deferToThread(self.reindex, *args, "notes")
         self.assertEqual(model.returncode, 0, model.stderr)
         self.assertIn(f"embedding model {TOY_MODEL}", model.stdout)
         daemon = self.start_daemon("--toolsets", "server,kb,memory", *args, fixture_pack=False, name="again")

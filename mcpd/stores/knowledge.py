@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mcpd.interfaces import (
@@ -34,6 +35,7 @@ from mcpd.interfaces import (
     IndexedChunk,
     IndexMismatch,
     IStore,
+    StoreError,
     StoreStatus,
     StoreUnavailable,
     UnknownCollection,
@@ -238,6 +240,13 @@ class KnowledgeStore:
             self.pending += 1
             self.on_pending()
             return PENDING
+        except Exception:
+            # The records are committed: whatever went wrong with the index, the write stands
+            # and the re-indexer tries again.
+            log.failure("Indexing {kind} {id} failed; left to the re-indexer", kind=work.kind, id=work.target)
+            self.pending += 1
+            self.on_pending()
+            return PENDING
         error = outcomes[0][1] if outcomes else None
         if error is not None:
             log.warn("Index refused {kind} {id}: {why}", kind=work.kind, id=work.target, why=error)
@@ -365,9 +374,8 @@ class KnowledgeStore:
         started = time.monotonic()
         try:
             outcome = await self._search_index(list(indexes), found, tenant, query, mode, depth, metadata=filters)
-        except StoreUnavailable as e:
-            self.metrics.errors.labels("search", "unavailable").inc()
-            return await self._scan_kb(tenant, ids, query, filters, limit, offset, e)
+        except Exception as e:
+            return await self._scan_kb(tenant, ids, query, filters, limit, offset, self._search_failed(e))
         self.metrics.duration.labels("search").observe(time.monotonic() - started)
         rows = await self.sql.chunk_rows(tenant, [hit.chunk_id for hit in outcome.hits], list(ids))
         pending = await self.sql.pending_count(tenant, list(indexes))
@@ -390,6 +398,19 @@ class KnowledgeStore:
             "index": INDEX_DEGRADED if pending else INDEX_OK,
             "more": len(results) > offset + limit and offset + limit < MAX_DEPTH,
         }
+
+    def _search_failed(self, error: Exception) -> StoreUnavailable:
+        """Why a search falls back to scanning SQL; re-raises what the caller can fix (a mode the
+        collection was not built for: `StoreError`, answered as an isError result)."""
+        if isinstance(error, (IndexMismatch, ValueError)):
+            self.metrics.errors.labels("search", "refused").inc()
+            raise StoreError(str(error)) from None
+        if isinstance(error, StoreUnavailable):
+            self.metrics.errors.labels("search", "unavailable").inc()
+            return error
+        self.metrics.errors.labels("search", "error").inc()
+        log.failure("Search failed; answering from SQL", Failure(error))
+        return StoreUnavailable(STORE, "it failed unexpectedly (the server log has the details)")
 
     async def _search_index(
         self, indexes: list[str], analyzers: Any, tenant: str, query: str, mode: str | None, depth: int, **narrow: Any
@@ -468,9 +489,8 @@ class KnowledgeStore:
             outcome = await self._search_index(
                 [MEMORY_COLLECTION], None, tenant, query, None, depth, tags=tags, owners=owners
             )
-        except StoreUnavailable as e:
-            self.metrics.errors.labels("search", "unavailable").inc()
-            return await self._scan_memories(tenant, owners, query, tags, limit, offset, e)
+        except Exception as e:
+            return await self._scan_memories(tenant, owners, query, tags, limit, offset, self._search_failed(e))
         self.metrics.duration.labels("search").observe(time.monotonic() - started)
         rows = await self.sql.memory_rows(tenant, owners, [hit.chunk_id for hit in outcome.hits])
         pending = await self.sql.pending_count(tenant, [MEMORY_COLLECTION])

@@ -604,7 +604,8 @@ def _unavailable(error: BaseException) -> bool:
         if getattr(current, "code", None) in gone or isinstance(current, (ConnectionError, TimeoutError)):
             return True
         message = str(getattr(current, "message", "") or current)
-        if any(sign in message for sign in ("Fail connecting to server", "closed channel", "timed out")):
+        signs = ("fail connecting to server", "closed channel", "channel closed", "timed out")
+        if any(sign in message.lower() for sign in signs):
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -92,6 +92,9 @@ class Reindexer(Service):
         else:
             self._schedule(self.idle)
 
+    def _wait(self) -> None:
+        self.backoff = min(MAX_BACKOFF, max(FIRST_BACKOFF, self.backoff * 2)) * random.uniform(0.8, 1.2)
+
     async def drain(self) -> None:
         """One pass over the outbox; on an outage, the next try waits longer."""
         sql = self.store.sql
@@ -112,9 +115,12 @@ class Reindexer(Service):
                 done += sum(1 for _, error in outcomes if error is None)
                 after = items[-1].seq
         except StoreUnavailable as e:
-            self.backoff = min(MAX_BACKOFF, max(FIRST_BACKOFF, self.backoff * 2)) * random.uniform(0.8, 1.2)
+            self._wait()
             self.store.index_down = True
             log.info("Re-indexing waits {delay:.1f}s: {why}", delay=self.backoff, why=e)
+        except Exception:
+            self._wait()
+            log.failure("Re-indexing failed; trying again in {delay:.1f}s", delay=self.backoff)
         else:
             if self.backoff or done:
                 log.info("Re-indexed {count} change(s) from the outbox", count=done)
