@@ -500,8 +500,8 @@ class KnowledgeStore:
             if memory is None or not set(tags) <= set(memory["tags"]):
                 continue
             found.append({**memory, "score": round(hit.score, 6)})
-        # Relevance first; among equals, the newest.
-        found.sort(key=lambda m: m["created_at"], reverse=True)
+        # Relevance first; among equals, the newest (ids grow with creation time, below the second).
+        found.sort(key=lambda m: (m["created_at"], m["id"]), reverse=True)
         found.sort(key=lambda m: m["score"], reverse=True)
         notices = [outcome.notice] if outcome.notice else []
         if pending:
