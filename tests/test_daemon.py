@@ -64,7 +64,9 @@ class ProductionTreeTests(SynchronousTestCase):
             [
                 "heap-freeze",
                 "thread-pool",
-                "database",  # the SQL store of the tasks and notes packs, before the engine
+                "database",  # the SQL store of the packs, before the engine
+                "milvus",  # the search index of the kb and memory packs (connects on first use)
+                "reindexer",  # catches the index up with SQL
                 "engine",
                 "sessions",
                 "sse-sessions",
@@ -109,7 +111,8 @@ class ProductionTreeTests(SynchronousTestCase):
     def test_stdio_is_a_shorter_tree(self) -> None:
         root = build_service(resolve({}, {}, {}, stdio=True), self.reactor)
         self.assertEqual(
-            [s.name for s in root], ["heap-freeze", "thread-pool", "database", "engine", "stdio", None, None]
+            [s.name for s in root],
+            ["heap-freeze", "thread-pool", "database", "milvus", "reindexer", "engine", "stdio", None, None],
         )
         self.assertFalse(any(isinstance(s, ListenerService) for s in root))
 

@@ -168,6 +168,11 @@ class MilvusIndex(Service):
         self._flush_call = None
         if not self.pool.started or self.pool.joined:
             return succeed(None)
+        if not self._used:
+            # Never connected (the daemon's index connects on first use): no thread to join.
+            self.pool.stop()
+            self._status = StoreStatus(STORE, DOWN, "stopped")
+            return succeed(None)
         done: Deferred[None] = Deferred()
         from_threads: IReactorFromThreads = self.reactor  # type: ignore[assignment]
 
