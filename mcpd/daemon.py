@@ -414,7 +414,7 @@ def _add_http(
             # The stores behind the packs (mcpd.interfaces.IStore): a check each, required but
             # for the search index; the embedding service's is not either.
             *(store_check(store, required=stores.required(store)) for store in stores),
-            *(store_check(reporter) for reporter in stores.watched()),
+            *(store_check(reporter, name="embedding") for reporter in stores.watched()),
         ]
     )
     # Read at scrape time; `engine`, `site`, `websockets` and `guarded` are bound below.
