@@ -332,6 +332,27 @@ class CollectionInfo:
 
 
 @attrs.frozen
+class Chunk:
+    """One chunk of a document (`mcpd.packs.chunking` cuts them; the SQL store keeps them): its
+    position in the document (from 0), its text (``document[start:end]``), the headings it sits
+    under (outermost first) and its size in approximate tokens."""
+
+    position: int
+    text: str
+    headings: tuple[str, ...]
+    start: int
+    end: int
+    size: int
+
+
+def indexed_text(chunk: Chunk, title: str | None = None) -> str:
+    """What the index searches for a chunk: the document's title and the chunk's headings, so that
+    a query naming the topic finds its paragraphs, then the chunk itself."""
+    context = [part for part in (title, " > ".join(chunk.headings)) if part]
+    return "\n".join([*context, chunk.text]) if context else chunk.text
+
+
+@attrs.frozen
 class IndexedChunk:
     """One searchable piece of text. ``id`` is the chunk's (or memory's) SQL id; ``owner`` is
     empty for what the whole tenant sees, else the one key that may; ``metadata`` is flat
@@ -553,7 +574,8 @@ class IKnowledgeBase(Interface):
         """Drop a collection and every document in it; `NotFound` for an unknown name."""
 
     def add_document(tenant: str, collection: str, document: dict[str, Any], author: str) -> Deferred[dict[str, Any]]:
-        """Store a document and its chunks, then index them: ``{"document", "indexing"}``."""
+        """Store a document (``text``, ``title``, ``source``, ``metadata`` and its ``chunks``, each
+        a `Chunk`), then index it: ``{"document", "indexing"}``."""
 
     def get_document(tenant: str, collection: str, document_id: str) -> Deferred[dict[str, Any]]:
         """The document with its text; `NotFound` for an unknown id."""
@@ -561,7 +583,7 @@ class IKnowledgeBase(Interface):
     def update_document(
         tenant: str, collection: str, document_id: str, changes: dict[str, Any]
     ) -> Deferred[dict[str, Any]]:
-        """Change a document (re-chunked when its text changes) and re-index it."""
+        """Change a document (``title``, ``metadata``; ``text`` with its new ``chunks``) and re-index it."""
 
     def delete_document(tenant: str, collection: str, document_id: str) -> Deferred[bool]:
         """Delete a document and its chunks; False when there was none."""

@@ -13,8 +13,11 @@ import json
 import re
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThread
+
 from mcpd.interfaces import ANALYZERS, SEARCH_MODES, IKnowledgeBase, NotFound
-from mcpd.packs.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE
+from mcpd.packs.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, Chunk, chunk_markdown
 from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack
 from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
 
@@ -29,6 +32,8 @@ WRITE = ToolAnnotations(read_only=False, destructive=False, idempotent=False, op
 DESTROY = ToolAnnotations(read_only=False, destructive=True, idempotent=True, open_world=False)
 
 MAX_TEXT = 1_000_000
+# Texts longer than this (characters) are chunked in a thread, off the reactor (20,000 take ~2 ms).
+INLINE_CHUNKING = 20_000
 MAX_COLLECTIONS = 10  # searched at once
 _STRING = {"type": "string"}
 _NULLABLE = {"type": ["string", "null"]}
@@ -138,6 +143,13 @@ def _chunking(arguments: dict[str, Any]) -> tuple[int, int]:
     return size, overlap
 
 
+def chunked(text: str, size: int, overlap: int) -> Deferred[list[Chunk]]:
+    """The text's chunks; a long text is chunked in a thread."""
+    if len(text) <= INLINE_CHUNKING:
+        return succeed(chunk_markdown(text, size, overlap))
+    return deferToThread(chunk_markdown, text, size, overlap)
+
+
 def _text(value: str) -> str:
     if not value.strip():
         raise ToolError("text is empty: give the document's text (markdown or plain)")
@@ -243,15 +255,19 @@ def kb_drop_collection(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
 )
 def kb_add(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     size, overlap = _chunking(arguments)
-    document = {
-        "text": _text(arguments["text"]),
-        "title": arguments.get("title"),
-        "source": arguments.get("source"),
-        "metadata": arguments.get("metadata") or {},
-        "chunk_size": size,
-        "chunk_overlap": overlap,
-    }
-    d = _kb(ctx).add_document(ctx.tenant, arguments["collection"], document, ctx.caller.author)
+    text = _text(arguments["text"])
+
+    def add(chunks: list[Chunk]) -> Any:
+        document = {
+            "text": text,
+            "title": arguments.get("title"),
+            "source": arguments.get("source"),
+            "metadata": arguments.get("metadata") or {},
+            "chunks": chunks,
+        }
+        return _kb(ctx).add_document(ctx.tenant, arguments["collection"], document, ctx.caller.author)
+
+    d = chunked(text, size, overlap).addCallback(add)
 
     def added(outcome: dict[str, Any]) -> dict[str, Any]:
         document = outcome["document"]
@@ -373,11 +389,17 @@ def kb_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     changes: dict[str, Any] = {key: arguments[key] for key in ("text", "title", "metadata") if key in arguments}
     if not changes:
         raise ToolError("nothing to change: give text, title or metadata")
-    if "text" in changes:
-        _text(changes["text"])
-        changes["chunk_size"], changes["chunk_overlap"] = _chunking(arguments)
     collection = arguments["collection"]
-    d = _kb(ctx).update_document(ctx.tenant, collection, arguments["id"], changes)
+
+    def update(chunks: list[Chunk] | None) -> Any:
+        if chunks is not None:
+            changes["chunks"] = chunks
+        return _kb(ctx).update_document(ctx.tenant, collection, arguments["id"], changes)
+
+    if "text" in changes:
+        d = chunked(_text(changes["text"]), *_chunking(arguments)).addCallback(update)
+    else:
+        d = succeed(None).addCallback(update)
 
     def updated(outcome: dict[str, Any]) -> dict[str, Any]:
         ctx.resource_updated(_uri(collection, arguments["id"]))

@@ -20,7 +20,6 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -41,7 +40,6 @@ from mcpd.interfaces import (
     StoreUnavailable,
     UnknownCollection,
 )
-from mcpd.packs.chunking import chunk_markdown
 from mcpd.stores.milvus import is_local
 from mcpd.stores.retrieval import Retriever
 from mcpd.stores.sql.knowledge import (
@@ -61,8 +59,6 @@ INDEXED, PENDING = "done", "pending"
 INDEX_OK, INDEX_DEGRADED = "ok", "degraded"
 # Most hits one search may reach (offset + limit): the index's own bound.
 MAX_DEPTH = 1000
-# Texts longer than this (characters) are chunked in a thread, off the reactor (20,000 take ~2 ms).
-INLINE_CHUNKING = 20_000
 SCAN_ROWS = 2000  # chunks a degraded (index down) search reads at most
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -310,8 +306,7 @@ class KnowledgeStore:
         self, tenant: str, collection: str, document: dict[str, Any], author: str
     ) -> Deferred[dict[str, Any]]:
         async def add() -> dict[str, Any]:
-            chunks = await _chunked(document["text"], document["chunk_size"], document["chunk_overlap"])
-            added, work = await self.sql.add_document(tenant, collection, document, chunks, author)
+            added, work = await self.sql.add_document(tenant, collection, document, document["chunks"], author)
             return {"document": added, "indexing": await self._index_now(work)}
 
         return Deferred.fromCoroutine(add())
@@ -323,9 +318,7 @@ class KnowledgeStore:
         self, tenant: str, collection: str, document_id: str, changes: dict[str, Any]
     ) -> Deferred[dict[str, Any]]:
         async def change() -> dict[str, Any]:
-            chunks = None
-            if "text" in changes:
-                chunks = await _chunked(changes["text"], changes["chunk_size"], changes["chunk_overlap"])
+            chunks = changes.get("chunks")
             updated, work = await self.sql.update_document(tenant, collection, document_id, changes, chunks)
             return {"document": updated, "indexing": await self._index_now(work)}
 
@@ -579,13 +572,6 @@ class KnowledgeStore:
 
     def memory_ids(self, tenant: str, owners: Sequence[str], prefix: str, limit: int) -> Deferred[list[str]]:
         return self.sql.memory_ids(tenant, owners, prefix, limit)
-
-
-async def _chunked(text: str, size: int, overlap: int) -> list[Any]:
-    """The text's chunks; a long text is chunked in a thread, off the reactor."""
-    if len(text) <= INLINE_CHUNKING:
-        return chunk_markdown(text, size, overlap)
-    return await deferToThread(chunk_markdown, text, size, overlap)
 
 
 def _result(row: Any, collection: str, score: float, metadata: dict[str, Any]) -> dict[str, Any]:

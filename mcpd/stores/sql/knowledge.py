@@ -20,8 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
 
-from mcpd.interfaces import Conflict, IndexedChunk, NotFound
-from mcpd.packs.chunking import Chunk, indexed_text
+from mcpd.interfaces import Chunk, Conflict, IndexedChunk, NotFound, indexed_text
 from mcpd.stores.sql.database import SQLDatabase
 from mcpd.stores.sql.ids import new_id
 from mcpd.stores.sql.schema import (
