@@ -18,8 +18,10 @@ from twisted.internet.defer import Deferred
 from tests.daemon import MODERN, Daemon, run_anyio
 from tests.embedding_service import TOY_MODEL, EmbeddingService
 from tests.milvus_service import require_milvus, shared_server, unique_prefix
+from tests.services import PASSWORD, shared_mariadb
 
 EMBEDDED, SERVER = "embedded", "server"
+SQLITE, MARIADB = "sqlite", "mariadb"
 KEYS = {
     "alice": ("alice-key", "acme", "admin"),
     "bob": ("bob-key", "acme", "admin"),
@@ -43,11 +45,13 @@ def error_text(result: Any) -> str:
 
 
 class KnowledgeDaemon:
-    """For a `tests.daemon.DaemonTestCase`: ``index`` (EMBEDDED or SERVER) and ``embedding``
-    (whether the fake embedding service is configured) pick the daemon's stores."""
+    """For a `tests.daemon.DaemonTestCase`: ``index`` (EMBEDDED or SERVER), ``embedding``
+    (whether the fake embedding service is configured) and ``database`` (SQLITE in the data
+    directory, or a fresh database of the run's MariaDB) pick the daemon's stores."""
 
     index: str = EMBEDDED
     embedding: bool = False
+    database: str = SQLITE
 
     start_daemon: Any
     workdir: Any
@@ -57,6 +61,11 @@ class KnowledgeDaemon:
     def index_args(self) -> list[str]:
         require_milvus()
         args: list[str] = []
+        if self.database == MARIADB:
+            server = shared_mariadb()
+            password_file = self.workdir / "db-password"
+            password_file.write_text(PASSWORD + "\n")
+            args += ["--db-url", server.url(server.new_database()), "--db-password-file", str(password_file)]
         if self.index == SERVER:
             args += ["--milvus-uri", shared_server().uri, "--milvus-prefix", unique_prefix()]
         if self.embedding:

@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from tests.clients import fetch
 from tests.daemon import MCPD, DaemonTestCase, daemon_env
 from tests.embedding_service import TOY_MODEL
-from tests.knowledge_harness import EMBEDDED, SERVER, KnowledgeDaemon, error_text, structured
+from tests.knowledge_harness import EMBEDDED, MARIADB, SERVER, KnowledgeDaemon, error_text, structured
 from tests.milvus_service import MilvusLiteServer, require_milvus
 from tests.test_sql_faults import metric
 
@@ -331,6 +331,13 @@ class ServerKeywordTests(_Scenarios, DaemonTestCase):
 
 class ServerHybridTests(_Scenarios, DaemonTestCase):
     index, embedding = SERVER, True
+    timeout = 240
+
+
+class MariaDBServerHybridTests(_Scenarios, DaemonTestCase):
+    """The records on MariaDB: the same scenarios."""
+
+    index, embedding, database = SERVER, True, MARIADB
     timeout = 240
 
 

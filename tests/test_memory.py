@@ -16,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 from twisted.internet.defer import Deferred
 
 from tests.daemon import DaemonTestCase
-from tests.knowledge_harness import EMBEDDED, SERVER, KnowledgeDaemon, error_text, structured
+from tests.knowledge_harness import EMBEDDED, MARIADB, SERVER, KnowledgeDaemon, error_text, structured
 
 MEMORY_TOOLS = {"memory.remember", "memory.recall", "memory.list", "memory.update", "memory.forget"}
 
@@ -202,4 +202,11 @@ class ServerKeywordTests(_Scenarios, DaemonTestCase):
 
 class ServerHybridTests(_Scenarios, DaemonTestCase):
     index, embedding = SERVER, True
+    timeout = 240
+
+
+class MariaDBServerHybridTests(_Scenarios, DaemonTestCase):
+    """The records on MariaDB: the same scenarios."""
+
+    index, embedding, database = SERVER, True, MARIADB
     timeout = 240
