@@ -99,6 +99,16 @@ class KnowledgeDaemon:
 
         return self.in_thread(lambda: run_anyio(main))
 
+    def anonymous(self, daemon: Daemon, scenario: Callable[[Client], Awaitable[None]]) -> Deferred[None]:
+        """Run ``scenario(client)`` with one SDK client without a key, in a thread."""
+
+        async def main() -> None:
+            with anyio.fail_after(SCENARIO_TIMEOUT * 2):
+                async with Client(streamable_http_client(daemon.url), mode=MODERN) as client:
+                    await scenario(client)
+
+        return self.in_thread(lambda: run_anyio(main))
+
 
 class _all:
     """Several async context managers entered together."""

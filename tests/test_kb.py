@@ -423,19 +423,7 @@ class OutageTests(KnowledgeDaemon, DaemonTestCase):
                 )
                 self.assertEqual(hit["results"][0]["document_id"], added[number]["document"]["id"])
 
-        return self.with_clients(daemon, scenario, "anonymous")
-
-    def with_clients(self, daemon: Any, scenario: Any, *names: str) -> Deferred[None]:
-        from mcp.client.streamable_http import streamable_http_client
-
-        from tests.daemon import MODERN, run_anyio
-
-        async def main() -> None:
-            with anyio.fail_after(240):
-                async with Client(streamable_http_client(daemon.url), mode=MODERN) as client:
-                    await scenario(client)
-
-        return self.in_thread(lambda: run_anyio(main))
+        return self.anonymous(daemon, scenario)
 
 
 class ReindexTests(KnowledgeDaemon, DaemonTestCase):
@@ -494,20 +482,8 @@ class ReindexTests(KnowledgeDaemon, DaemonTestCase):
 
         yield self.anonymous(daemon, search)
 
-    def anonymous(self, daemon: Any, scenario: Any) -> Deferred[None]:
-        from mcp.client.streamable_http import streamable_http_client
 
-        from tests.daemon import MODERN, run_anyio
-
-        async def main() -> None:
-            with anyio.fail_after(120):
-                async with Client(streamable_http_client(daemon.url), mode=MODERN) as client:
-                    await scenario(client)
-
-        return self.in_thread(lambda: run_anyio(main))
-
-
-class LazyIndexTests(DaemonTestCase):
+class LazyIndexTests(KnowledgeDaemon, DaemonTestCase):
     """A daemon serving kb and memory loads pymilvus only when the index is first used."""
 
     def test_a_daemon_with_the_index_packs_loads_no_pymilvus_until_used(self) -> None:
@@ -531,3 +507,18 @@ class LazyIndexTests(DaemonTestCase):
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=self.workdir
         )
         self.assertEqual((output.returncode, output.stdout.strip()), (0, ""), output.stderr)
+
+    def test_the_health_probe_leaves_an_idle_milvus_lite_unstarted(self) -> Deferred[None]:
+        require_milvus()
+        daemon = self.start_daemon(fixture_pack=False)  # the default toolsets: kb and memory among them
+        lite = self.workdir / "mcpd-data" / "milvus.db"
+
+        async def scenario(client: Client) -> None:
+            health = json.loads((await anyio.to_thread.run_sync(lambda: fetch(daemon.port, "GET", "/health")))[2])
+            self.assertEqual(health["status"], "healthy")
+            self.assertEqual(health["checks"]["index"], {"status": "ok", "latency_ms": 0.0, "detail": "not used yet"})
+            self.assertFalse(lite.exists())
+            await client.call_tool("memory.remember", {"text": "The index starts now."})
+            self.assertTrue(lite.exists())
+
+        return self.anonymous(daemon, scenario)

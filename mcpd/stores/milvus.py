@@ -157,8 +157,8 @@ class MilvusIndex(Service):
             self._status = StoreStatus(STORE, DOWN, "connecting")
             self.check()
         else:
-            # The daemon's index connects on first use (a call, or the health probe): a daemon
-            # whose kb and memory packs are idle loads neither pymilvus nor Milvus Lite.
+            # The daemon's index connects on first use (a call; for a server, the health probe
+            # too): a daemon whose kb and memory packs are idle loads neither pymilvus nor Milvus Lite.
             self._status = StoreStatus(STORE, UP, "not used yet")
 
     def stopService(self) -> Deferred[None]:
@@ -228,6 +228,9 @@ class MilvusIndex(Service):
         """List the collections (connecting first if need be), timed."""
         if not self.pool.started or self.pool.joined:
             return succeed(StoreStatus(STORE, DOWN, "the index is not running"))
+        if not self.connect_at_start and not self._used and is_local(self.uri):
+            # Probing would start Milvus Lite's engine (~230 MB) in a daemon whose index is idle.
+            return succeed(self._status)
         started = time.monotonic()
 
         def probe(client: MilvusClient) -> float:
