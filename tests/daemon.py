@@ -253,6 +253,10 @@ class StdioProcess:
         """The next raw stdout line, without its newline."""
         assert self.process.stdout is not None
         fd = self.process.stdout.fileno()
+        if not self.stdout_lines:
+            # The first answer waits for start-up too (imports, schemas, the SQL store's
+            # migrations), as an HTTP daemon's port is waited for: START_TIMEOUT at least.
+            timeout = max(timeout, START_TIMEOUT)
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
@@ -429,7 +433,10 @@ FIXTURE_TOOLS = {
 
 SERVER_TOOLS = {"server.info", "server.tools"}
 # The read-only tools of the packs on the SQL store (tasks, notes), served by default.
-READ_ONLY_DATA_TOOLS = {"project.list", "task.list", "task.get", "task.next", "note.search", "note.get"}
+READ_ONLY_DATA_TOOLS = {
+    *("project.list", "task.list", "task.get", "task.next", "note.search", "note.get"),
+    *("kb.collections", "kb.search", "kb.get", "memory.recall", "memory.list"),
+}
 
 
 INVALID_PARAMS = -32602
