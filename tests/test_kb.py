@@ -494,7 +494,7 @@ class LazyIndexTests(KnowledgeDaemon, DaemonTestCase):
             "from mcpd.config import resolve\n"
             "from mcpd.daemon import build_service\n"
             "reactor = MemoryReactorClock()\n"
-            "settings = resolve({'data_dir': tempfile.mkdtemp(), 'stdio': None}, {}, {}, stdio=True)\n"
+            "settings = resolve({'data_dir': tempfile.mkdtemp()}, {}, {})\n"
             "root = build_service(settings, reactor)\n"
             "names = [s.name for s in root]\n"
             "assert 'milvus' in names and 'reindexer' in names, names\n"
