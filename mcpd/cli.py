@@ -1,12 +1,15 @@
 # -*- test-case-name: tests.test_tap -*-
-"""The ``mcpd`` command: the twistd service without twistd's flags (``mcpd --port 8765``), and
-``mcpd migrate [--check]`` for the SQL store's schema."""
+"""The ``mcpd`` command: the twistd service without twistd's flags (``mcpd --port 8765``),
+``mcpd migrate [--check]`` for the SQL store's schema, and ``mcpd reindex [COLLECTION]`` to
+rebuild the search index from SQL."""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
@@ -21,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["migrate"]:
         return migrate_main(args[1:])
+    if args[:1] == ["reindex"]:
+        return reindex_main(args[1:])
     options = Options()
     try:
         options.parseOptions(args)
@@ -122,6 +127,134 @@ def migrate_main(argv: list[str]) -> int:
         )
     else:
         print(f"database {shown}: already at {after.current}, nothing to do")
+    return 0
+
+
+# The knobs `mcpd reindex` reads: the SQL store, the index and the embedding service.
+_REINDEX_KNOBS = (
+    *_MIGRATE_KNOBS,
+    "db_statement_timeout",
+    "milvus_uri",
+    "milvus_token",
+    "milvus_timeout",
+    "milvus_prefix",
+    "embedding_url",
+    "embedding_model",
+    "embedding_api",
+    "embedding_api_key",
+    "embedding_batch",
+    "embedding_timeout",
+    "embedding_retries",
+    "embedding_query_prefix",
+    "embedding_document_prefix",
+)
+
+
+class ReindexOptions(usage.Options):
+    """``mcpd reindex`` flags: the daemon's store settings, from the same places."""
+
+    synopsis = "reindex [--tenant TENANT] [--config FILE] [...] [COLLECTION]"
+    longdesc = (
+        "Rebuild the search index of the kb and memory packs from SQL, which holds every document, chunk "
+        "and memory: each index collection is dropped, made again with the embedding model configured now "
+        "(none: keyword search only) and refilled. COLLECTION is a kb collection's name (of every tenant, "
+        "or of --tenant) or 'memory'; without it, everything. Run it after changing the embedding model or "
+        "losing the index's data; with Milvus Lite embedded, stop mcpd first (one process opens its file)."
+    )
+    optParameters = [
+        ["config", "c", None, "A .env-style file of NAME=value settings."],
+        ["tenant", None, None, "Only this tenant's collections."],
+    ] + [
+        [KNOBS_BY_NAME[name].flag, None, None, f"{KNOBS_BY_NAME[name].help} [{KNOBS_BY_NAME[name].env}]"]
+        for name in _REINDEX_KNOBS
+    ]
+
+    def parseArgs(self, collection: str | None = None) -> None:
+        self.collection = collection
+
+    def postOptions(self) -> None:
+        flags = {name: self.get(KNOBS_BY_NAME[name].flag) for name in _REINDEX_KNOBS}
+        try:
+            file_values = read_env_file(self["config"]) if self["config"] else {}
+            self.settings = resolve(flags, os.environ, file_values)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def reindex_main(argv: list[str]) -> int:
+    """``mcpd reindex [COLLECTION]``: a line per index collection rebuilt; the exit code."""
+    from twisted.internet.task import react
+
+    options = ReindexOptions()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        print(f"mcpd reindex: {e}", file=sys.stderr)
+        return 2
+    outcome: list[int] = []
+
+    async def run(reactor: Any) -> None:
+        outcome.append(await _reindex(reactor, options))
+
+    try:
+        react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+    except SystemExit as e:
+        if e.code:
+            return int(e.code) if isinstance(e.code, int) else 1
+    return outcome[0] if outcome else 1
+
+
+async def _reindex(reactor: Any, options: ReindexOptions) -> int:
+    from mcpd.daemon import index_available, shown_index_uri, vector_stores
+    from mcpd.interfaces import StoreError
+    from mcpd.stores.knowledge import KnowledgeStore
+    from mcpd.stores.reindex import rebuild
+    from mcpd.stores.retrieval import Retriever
+    from mcpd.stores.sql.config import DatabaseConfigError
+    from mcpd.stores.sql.database import SQLDatabase
+    from mcpd.stores.sql.knowledge import MEMORY_COLLECTION, SQLKnowledge
+    from mcpd.stores.sql.migrate import MigrationError
+    from mcpd.stores.sql.service import SQLStoreService
+
+    settings = options.settings
+    if not index_available(settings):
+        print("mcpd reindex: pymilvus (and milvus-lite for a local index) is not installed", file=sys.stderr)
+        return 2
+    try:
+        database = SQLDatabase(sql_config(settings), reactor)
+        service = SQLStoreService(database, reactor)
+        service.startService()
+    except (DatabaseConfigError, MigrationError, StoreError) as e:
+        print(f"mcpd reindex: {e}", file=sys.stderr)
+        return 2
+    index, embedder = vector_stores(settings, reactor, connect_at_start=False)
+    running = [service, index, *([embedder] if embedder is not None else [])]
+    for child in running[1:]:
+        child.startService()
+    store = KnowledgeStore(SQLKnowledge(database), Retriever(index, embedder), shown_index_uri(settings), reactor)
+    wanted, tenant = options.collection, options["tenant"]
+
+    def only(owner: str, name: str) -> bool:
+        if name == MEMORY_COLLECTION and owner == "":
+            return wanted in (None, MEMORY_COLLECTION)
+        return (wanted is None or name == wanted) and (tenant is None or owner == tenant)
+
+    try:
+        rebuilt = await rebuild(store, only)
+    except (StoreError, ValueError) as e:
+        print(f"mcpd reindex: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for child in reversed(running):
+            await maybeDeferred(child.stopService)
+    if wanted is not None and not any(name == wanted for _, name, _, _ in rebuilt):
+        print(f"mcpd reindex: no collection named {wanted!r}", file=sys.stderr)
+        return 1
+    model = settings.embedding_model if embedder is not None else None
+    for owner, name, collection, count in rebuilt:
+        shown = "memories" if not owner else f"collection {name!r} of tenant {owner!r}"
+        built = f"embedding model {model}" if model else "keyword search only"
+        print(f"{shown}: {count} chunk(s) indexed into {collection} ({built})")
     return 0
 
 

@@ -20,6 +20,8 @@ from mcpd.config import ConfigError, Settings, read_lines
 from mcpd.interfaces import (
     IBucketStore,
     ICache,
+    IKnowledgeBase,
+    IMemoryStore,
     INoteStore,
     IRuntime,
     ISessionStore,
@@ -66,6 +68,9 @@ log = Logger(namespace="mcpd")
 # The store interfaces the SQL store provides (mcpd.stores.sql): it always can (SQLite in
 # --data-dir when no --db-url is given).
 SQL_INTERFACES = (ITaskBoard, INoteStore)
+# The store interfaces of the knowledge base and memories: SQL records, searched through the
+# index (mcpd.stores.knowledge); provided where pymilvus can reach the index.
+INDEX_INTERFACES = (IKnowledgeBase, IMemoryStore)
 
 # Resource subscriptions held at once (resources/subscribe and subscriptions/listen URIs).
 MAX_SUBSCRIPTIONS = 10_000
@@ -124,8 +129,24 @@ def load_packs(settings: Settings) -> list[ToolPack]:
 
 
 def needs_sql(packs: Sequence[ToolPack]) -> bool:
-    """Whether a pack served needs a store only the SQL store provides."""
-    return any(interface in SQL_INTERFACES for pack in packs for interface in pack.needs)
+    """Whether a pack served needs a store only the SQL store provides (or one kept in it)."""
+    return needs_index(packs) or any(interface in SQL_INTERFACES for pack in packs for interface in pack.needs)
+
+
+def needs_index(packs: Sequence[ToolPack]) -> bool:
+    """Whether a pack served needs the search index (the kb and memory packs)."""
+    return any(interface in INDEX_INTERFACES for pack in packs for interface in pack.needs)
+
+
+def index_available(settings: Settings) -> bool:
+    """Whether the search index can run: pymilvus installed, and Milvus Lite too for a local
+    index. Looked up without importing either (importing pymilvus takes a second)."""
+    import importlib.util
+
+    from mcpd.stores.milvus import is_local
+
+    needed = ["pymilvus", "milvus_lite"] if is_local(settings.index_uri()) else ["pymilvus"]
+    return all(importlib.util.find_spec(name) is not None for name in needed)
 
 
 def sql_config(settings: Settings) -> DatabaseConfig:
@@ -267,7 +288,9 @@ def build_stores(
     if needs_sql(packs) and settings.stdio:
         # Off the first answer's path (mcpd.stores.opening): its imports and migrations are most
         # of a --stdio start-up.
-        opening = BackgroundOpening("database", SQL_INTERFACES, lambda: _open_sql_store(settings, reactor), reactor)
+        index = needs_index(packs)
+        interfaces = (*SQL_INTERFACES, *(INDEX_INTERFACES if index else ()))
+        opening = BackgroundOpening("database", interfaces, lambda: _open_sql_store(settings, reactor, index), reactor)
         for interface, stand_in in opening.stand_ins.items():
             stores.add(stand_in, () if interface is IStore else (interface,))
         opening.setName("database")
@@ -285,6 +308,8 @@ def build_stores(
         service = SQLStoreService(database, reactor)
         service.setName("database")
         services.append(service)
+        if needs_index(packs):
+            services += knowledge_stores(settings, database, stores, reactor)
     if any(ISQLSources in pack.needs for pack in packs):
         from mcpd.stores.sql.sources import SQLSources, SQLSourcesService
 
@@ -296,8 +321,9 @@ def build_stores(
     return services
 
 
-def _open_sql_store(settings: Settings, reactor: Any) -> Opened:
-    """In a thread: import, build and open the SQL store (`BackgroundOpening`)."""
+def _open_sql_store(settings: Settings, reactor: Any, index: bool = False) -> Opened:
+    """In a thread: import, build and open the SQL store (`BackgroundOpening`); with ``index``,
+    the knowledge store on it too (its index, embedding service and re-indexer run with it)."""
     from mcpd.stores.sql.database import SQLDatabase
     from mcpd.stores.sql.notes import SQLNoteStore
     from mcpd.stores.sql.service import SQLStoreService
@@ -305,9 +331,55 @@ def _open_sql_store(settings: Settings, reactor: Any) -> Opened:
 
     database = SQLDatabase(sql_config(settings), reactor)
     database.open()
-    service = SQLStoreService(database, reactor)
+    service: Any = SQLStoreService(database, reactor)
     service.setName("database")
-    return service, {IStore: database, ITaskBoard: SQLTaskBoard(database), INoteStore: SQLNoteStore(database)}
+    providers: dict[Any, Any] = {
+        IStore: database,
+        ITaskBoard: SQLTaskBoard(database),
+        INoteStore: SQLNoteStore(database),
+    }
+    if index:
+        # Stopped in reverse: the re-indexer and the index before the database.
+        both = OrderedMultiService()
+        service.setServiceParent(both)
+        found = StoreSet()
+        for child in knowledge_stores(settings, database, found, reactor):
+            child.setServiceParent(both)
+        providers.update((interface, found.get(interface)) for interface in INDEX_INTERFACES)
+        service = both
+    return service, providers
+
+
+def knowledge_stores(settings: Settings, database: Any, stores: StoreSet, reactor: Any) -> list[Any]:
+    """The search index, the embedding service and the re-indexer, and the knowledge store the
+    kb and memory packs use (registered in ``stores``, not required: with the index down mcpd is
+    degraded, not unhealthy)."""
+    from mcpd.stores.knowledge import KnowledgeStore
+    from mcpd.stores.reindex import Reindexer
+    from mcpd.stores.retrieval import Retriever
+    from mcpd.stores.sql.knowledge import SQLKnowledge
+
+    index, embedder = vector_stores(settings, reactor, connect_at_start=False)
+    knowledge = KnowledgeStore(SQLKnowledge(database), Retriever(index, embedder), shown_index_uri(settings), reactor)
+    stores.add(knowledge, INDEX_INTERFACES, required=False)
+    if embedder is not None:
+        stores.watch(embedder)
+    reindexer = Reindexer(knowledge, reactor)
+    reindexer.setName("reindexer")
+    return [index, *([embedder] if embedder is not None else []), reindexer]
+
+
+def shown_index_uri(settings: Settings) -> str:
+    """Where the index is, as server.info shows it (no credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    uri = settings.index_uri()
+    parts = urlsplit(uri)
+    if parts.password or parts.username:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return uri
 
 
 def provided_interfaces(settings: Settings) -> frozenset[Any]:
@@ -317,6 +389,8 @@ def provided_interfaces(settings: Settings) -> frozenset[Any]:
     provided = {IRuntime, ICache, *SQL_INTERFACES}
     if settings.sql_source:
         provided.add(ISQLSources)
+    if index_available(settings):
+        provided.update(INDEX_INTERFACES)
     return frozenset(provided)
 
 
@@ -374,14 +448,21 @@ def build_ledger(settings: Settings) -> Ledger:
     return Ledger(limits)
 
 
-def vector_stores(settings: Settings, reactor: Any) -> tuple[Any, Any]:
+def vector_stores(settings: Settings, reactor: Any, connect_at_start: bool = True) -> tuple[Any, Any]:
     """The search index and (when --embedding-url is given) the embedding service that the kb and
     memory packs use, built from the settings; both are services for the tree. Imported here, not
     at the top: a daemon serving other packs loads none of it (and pymilvus only ever loads in the
     index's threads)."""
     from mcpd.stores.milvus import MilvusIndex
 
-    index = MilvusIndex(settings.index_uri(), reactor, token=settings.milvus_token, timeout=settings.milvus_timeout)
+    index = MilvusIndex(
+        settings.index_uri(),
+        reactor,
+        token=settings.milvus_token,
+        timeout=settings.milvus_timeout,
+        prefix=settings.milvus_prefix,
+        connect_at_start=connect_at_start,
+    )
     index.setName("milvus")
     if not settings.embedding_url:
         return index, None
@@ -488,9 +569,14 @@ def _add_http(
             thread_pool_check(pool, reactor, reactor),
             size_check("sessions", sessions.__len__, "session(s)"),
             size_check("sse_sessions", sse_sessions.__len__, "session(s)"),
-            # The stores behind the packs (mcpd.interfaces.IStore): a required check each, but
-            # the team's own databases (sql pack): mcpd serves on while one is down.
-            *(store_check(store, required=not ISQLSources.providedBy(store)) for store in stores),
+            # The stores behind the packs (mcpd.interfaces.IStore): a check each, required but
+            # for the search index and the team's own databases (sql pack): mcpd serves on while
+            # one of those is down; the embedding service's is not required either.
+            *(
+                store_check(store, required=stores.required(store) and not ISQLSources.providedBy(store))
+                for store in stores
+            ),
+            *(store_check(reporter, name="embedding") for reporter in stores.watched()),
         ]
     )
     # Read at scrape time; `engine`, `site`, `websockets` and `guarded` are bound below.

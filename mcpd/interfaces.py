@@ -375,6 +375,27 @@ class CollectionInfo:
 
 
 @attrs.frozen
+class Chunk:
+    """One chunk of a document (`mcpd.packs.chunking` cuts them; the SQL store keeps them): its
+    position in the document (from 0), its text (``document[start:end]``), the headings it sits
+    under (outermost first) and its size in approximate tokens."""
+
+    position: int
+    text: str
+    headings: tuple[str, ...]
+    start: int
+    end: int
+    size: int
+
+
+def indexed_text(chunk: Chunk, title: str | None = None) -> str:
+    """What the index searches for a chunk: the document's title and the chunk's headings, so that
+    a query naming the topic finds its paragraphs, then the chunk itself."""
+    context = [part for part in (title, " > ".join(chunk.headings)) if part]
+    return "\n".join([*context, chunk.text]) if context else chunk.text
+
+
+@attrs.frozen
 class IndexedChunk:
     """One searchable piece of text. ``id`` is the chunk's (or memory's) SQL id; ``owner`` is
     empty for what the whole tenant sees, else the one key that may; ``metadata`` is flat
@@ -604,3 +625,87 @@ class ISQLSources(Interface):
 
     def explain(source: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None) -> Deferred[dict[str, Any]]:
         """``{"source", "format", "plan"}``: the database's own plan of one read-only statement."""
+
+
+class IKnowledgeBase(Interface):
+    """A tenant's collections of documents, chunked and searchable (the ``kb`` pack).
+
+    SQL holds the documents and their chunks; the search index is a copy of them, caught up by
+    the re-indexer when it was down. Writes succeed while the index is down (``indexing``
+    says ``pending``); searches then say the index is degraded."""
+
+    def create_collection(
+        tenant: str, name: str, description: str | None, analyzer: str, author: str
+    ) -> Deferred[dict[str, Any]]:
+        """A new collection; `Conflict` if the tenant has one by that name."""
+
+    def list_collections(
+        tenant: str, limit: int, after: str | None
+    ) -> Deferred[tuple[list[dict[str, Any]], str | None]]:
+        """Collections by name with their counts and how their index is built, after ``after``."""
+
+    def collection_names(tenant: str, prefix: str, limit: int) -> Deferred[list[str]]:
+        """Collection names starting with ``prefix`` (completion)."""
+
+    def drop_collection(tenant: str, name: str) -> Deferred[dict[str, Any]]:
+        """Drop a collection and every document in it; `NotFound` for an unknown name."""
+
+    def add_document(tenant: str, collection: str, document: dict[str, Any], author: str) -> Deferred[dict[str, Any]]:
+        """Store a document (``text``, ``title``, ``source``, ``metadata`` and its ``chunks``, each
+        a `Chunk`), then index it: ``{"document", "indexing"}``."""
+
+    def get_document(tenant: str, collection: str, document_id: str) -> Deferred[dict[str, Any]]:
+        """The document with its text; `NotFound` for an unknown id."""
+
+    def update_document(
+        tenant: str, collection: str, document_id: str, changes: dict[str, Any]
+    ) -> Deferred[dict[str, Any]]:
+        """Change a document (``title``, ``metadata``; ``text`` with its new ``chunks``) and re-index it."""
+
+    def delete_document(tenant: str, collection: str, document_id: str) -> Deferred[bool]:
+        """Delete a document and its chunks; False when there was none."""
+
+    def document_ids(tenant: str, collection: str, prefix: str, limit: int) -> Deferred[list[str]]:
+        """Document ids of a collection starting with ``prefix`` (completion)."""
+
+    def search(
+        tenant: str,
+        collections: Sequence[str],
+        query: str,
+        mode: str | None,
+        filters: Mapping[str, Any],
+        limit: int,
+        offset: int,
+    ) -> Deferred[dict[str, Any]]:
+        """``{"results", "mode", "notice", "index", "more"}``: chunks best first."""
+
+
+class IMemoryStore(Interface):
+    """Long-term memories of assistants: personal (one key's) or the team's (the ``memory`` pack)."""
+
+    def remember(tenant: str, owner: str, text: str, tags: Sequence[str], author: str) -> Deferred[dict[str, Any]]:
+        """Keep a memory (``owner`` "" for the team) and index it: ``{"memory", "indexing"}``."""
+
+    def recall(
+        tenant: str, owners: Sequence[str], query: str, tags: Sequence[str], limit: int, offset: int
+    ) -> Deferred[dict[str, Any]]:
+        """``{"memories", "mode", "notice", "index", "more"}``: by relevance, newest first on ties."""
+
+    def list_memories(
+        tenant: str, owners: Sequence[str], tags: Sequence[str], limit: int, after: str | None
+    ) -> Deferred[tuple[list[dict[str, Any]], str | None]]:
+        """Memories newest first, after the id ``after``."""
+
+    def get_memory(tenant: str, owners: Sequence[str], memory_id: str) -> Deferred[dict[str, Any]]:
+        """One memory the caller may see; `NotFound` otherwise."""
+
+    def update_memory(
+        tenant: str, owners: Sequence[str], memory_id: str, changes: dict[str, Any]
+    ) -> Deferred[dict[str, Any]]:
+        """Change a memory's text or tags and re-index it."""
+
+    def forget(tenant: str, owners: Sequence[str], memory_id: str) -> Deferred[bool]:
+        """Delete a memory; False when the caller has none by that id."""
+
+    def memory_ids(tenant: str, owners: Sequence[str], prefix: str, limit: int) -> Deferred[list[str]]:
+        """Memory ids starting with ``prefix`` (completion)."""

@@ -253,6 +253,10 @@ class StdioProcess:
         """The next raw stdout line, without its newline."""
         assert self.process.stdout is not None
         fd = self.process.stdout.fileno()
+        if not self.stdout_lines:
+            # The first answer waits for start-up too (imports, schemas, the SQL store's
+            # migrations), as an HTTP daemon's port is waited for: START_TIMEOUT at least.
+            timeout = max(timeout, START_TIMEOUT)
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
@@ -428,16 +432,12 @@ FIXTURE_TOOLS = {
 
 
 SERVER_TOOLS = {"server.info", "server.tools"}
-# The read-only tools of the packs served by default besides server: tasks, notes (SQL), cache.
+# The read-only tools of the packs served by default besides server: tasks, notes (SQL), cache,
+# kb and memory (SQL and the search index).
 READ_ONLY_DATA_TOOLS = {
-    "project.list",
-    "task.list",
-    "task.get",
-    "task.next",
-    "note.search",
-    "note.get",
-    "cache.get",
-    "cache.scan",
+    *("project.list", "task.list", "task.get", "task.next", "note.search", "note.get"),
+    *("cache.get", "cache.scan"),
+    *("kb.collections", "kb.search", "kb.get", "memory.recall", "memory.list"),
 }
 
 

@@ -64,7 +64,9 @@ class ProductionTreeTests(SynchronousTestCase):
             [
                 "heap-freeze",
                 "thread-pool",
-                "database",  # the SQL store of the tasks and notes packs, before the engine
+                "database",  # the SQL store of the packs, before the engine
+                "milvus",  # the search index of the kb and memory packs (connects on first use)
+                "reindexer",  # catches the index up with SQL
                 "engine",
                 "sessions",
                 "sse-sessions",
@@ -109,7 +111,9 @@ class ProductionTreeTests(SynchronousTestCase):
     def test_stdio_is_a_shorter_tree(self) -> None:
         root = build_service(resolve({}, {}, {}, stdio=True), self.reactor)
         self.assertEqual(
-            [s.name for s in root], ["heap-freeze", "thread-pool", "database", "engine", "stdio", None, None]
+            [s.name for s in root],
+            # The SQL store (and the knowledge store on it) opens in the background under --stdio.
+            ["heap-freeze", "thread-pool", "database", "engine", "stdio", None, None],
         )
         self.assertFalse(any(isinstance(s, ListenerService) for s in root))
 
@@ -147,7 +151,26 @@ class PackStoreTests(SynchronousTestCase):
         )
 
     def test_by_default_every_built_in_pack_whose_stores_run_is_served(self) -> None:
-        self.assertEqual([pack.name for pack in load_packs(resolve({}, {}, {}))], ["server", "tasks", "notes", "cache"])
+        # The tests' environment has pymilvus and Milvus Lite: the kb and memory packs run too.
+        self.assertEqual(
+            [pack.name for pack in load_packs(resolve({}, {}, {}))],
+            ["server", "tasks", "notes", "cache", "kb", "memory"],
+        )
+
+    def test_the_index_packs_are_off_where_pymilvus_cannot_run(self) -> None:
+        import importlib.util
+
+        from mcpd.daemon import INDEX_INTERFACES, provided_interfaces
+
+        settings = resolve({}, {}, {})
+        self.assertTrue(set(INDEX_INTERFACES) <= provided_interfaces(settings))
+        found = importlib.util.find_spec
+        self.patch(importlib.util, "find_spec", lambda name, *a: None if name == "milvus_lite" else found(name, *a))
+        self.assertFalse(set(INDEX_INTERFACES) & provided_interfaces(settings))
+        self.assertEqual([pack.name for pack in load_packs(settings)], ["server", "tasks", "notes", "cache"])
+        # A Milvus server needs pymilvus only.
+        server = resolve({"milvus_uri": "http://127.0.0.1:19530"}, {}, {})
+        self.assertTrue(set(INDEX_INTERFACES) <= provided_interfaces(server))
 
     def test_without_a_pack_on_the_sql_store_the_tree_has_no_database(self) -> None:
         root = build_service(resolve({"toolsets": "server"}, {}, {}), MemoryReactorClock())

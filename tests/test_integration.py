@@ -144,7 +144,7 @@ class _ClientScenarios:
             self.assertEqual({row["name"] for row in by_name["tools"]}, SERVER_TOOLS)
             read_only = (await client.call_tool("server.tools", {"read_only": True})).structured_content
             assert read_only is not None
-            # The default toolsets: server, the packs on the SQL store (tasks, notes), and cache.
+            # The default toolsets: server, the packs on the SQL store (tasks, notes, kb, memory), and cache.
             self.assertEqual({row["name"] for row in read_only["tools"]}, SERVER_TOOLS | READ_ONLY_DATA_TOOLS)
             none = (await client.call_tool("server.tools", {"match": "no-such-tool"})).structured_content
             self.assertEqual(none, {"count": 0, "tools": []})
@@ -415,6 +415,9 @@ class CommandLineTests(DaemonTestCase):
                 )
 
         return self.in_thread(check)
+
+    # Five start-ups one after the other (each 5-9 s on a loaded 2-core machine).
+    test_stdio_answers_request_sent_just_before_eof.timeout = 120  # type: ignore[attr-defined]
 
     def test_python_m_mcpd_stdio(self) -> Deferred[None]:
         return self.raw_stdio_exchange(PYTHON, "-m", "mcpd", "--stdio")

@@ -68,7 +68,8 @@ class EndpointTests(DaemonTestCase):
             health = json.loads(body)
             self.assertEqual((status, health["status"]), (200, "healthy"))
             self.assertEqual(health["total_requests"], 1)
-            self.assertEqual(set(health["checks"]), {"thread_pool", "sessions", "sse_sessions", "database"})
+            # The stores of the default packs: SQL, and the search index (probed: it connects now).
+            self.assertEqual(set(health["checks"]), {"thread_pool", "sessions", "sse_sessions", "database", "index"})
             self.assertIn("x-request-id", headers)
             self.assertEqual(json.loads(fetch(daemon.port, "GET", "/ready")[2]), {"ready": True, "state": "serving"})
 

@@ -150,3 +150,31 @@ class RetrieverTests(TestCase):
     def test_an_unknown_mode_is_refused(self) -> Any:
         retriever = self.retriever(embedding=False)
         yield self.assertFailure(retriever.search(["kb_team"], "acme", "x", mode="fuzzy"), ValueError)
+
+
+class ConcurrentCreationTests(TestCase):
+    """A write and the re-indexer indexing the first record of a collection at the same moment
+    both find it missing: one creation is made, both succeed (a milvus-lite server asked to create
+    a collection twice at once failed the second with "File exists")."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_concurrent_first_uses_create_the_collection_once(self) -> Any:
+        from twisted.internet.defer import gatherResults
+
+        from tests.milvus_service import shared_server, unique_prefix
+
+        require_milvus()
+        index = MilvusIndex(shared_server().uri, reactor, prefix=unique_prefix())
+        index.startService()
+        self.addCleanup(index.stopService)
+        retriever = Retriever(index)
+        for attempt in range(3):
+            name = f"race{attempt}"
+            infos = yield gatherResults([retriever.ensure_collection(name) for _ in range(4)])
+            self.assertEqual({info.spec.name for info in infos}, {name})
+            indexed = yield gatherResults(
+                [retriever.index_chunks(name, [c]) for c in chunks(f"t{attempt}")], consumeErrors=True
+            )
+            self.assertEqual(indexed, [1, 1, 1])

@@ -80,17 +80,11 @@ class AuthenticationTests(SecurityTestCase):
             listing_headers = {k: v for k, v in call_headers("x").items() if k != "Mcp-Name"}
             del listing_headers
             result = listing.json()["result"]
-            # With the default packs' read-only tools (tasks, notes, cache): a read key may call those too.
+            # With the default packs' read-only tools (tasks, notes, cache, kb, memory): a read key may call those too.
             read_only = [
-                "cache.get",
-                "cache.scan",
-                "note.get",
-                "note.search",
-                "project.list",
-                "sec.read",
-                "task.get",
-                "task.list",
-                "task.next",
+                *("cache.get", "cache.scan"),
+                *("kb.collections", "kb.get", "kb.search", "memory.list", "memory.recall"),
+                *("note.get", "note.search", "project.list", "sec.read", "task.get", "task.list", "task.next"),
             ]
             self.assertEqual([tool["name"] for tool in result["tools"]], read_only)
             self.assertEqual(result["cacheScope"], "private")

@@ -600,7 +600,10 @@ class ConfigTests(SynchronousTestCase):
         from mcpd.tap import Options
 
         defaults = Settings()
-        self.assertEqual([pack.name for pack in load_packs(defaults)], ["server", "tasks", "notes", "cache"])
+        # The kb and memory packs too: the tests' environment has pymilvus and Milvus Lite.
+        self.assertEqual(
+            [pack.name for pack in load_packs(defaults)], ["server", "tasks", "notes", "cache", "kb", "memory"]
+        )
         self.assertTrue(needs_sql(load_packs(defaults)))
         self.assertFalse(needs_sql(load_packs(Settings(toolsets=("server",)))))
         for args, says in (

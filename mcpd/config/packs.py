@@ -13,8 +13,8 @@ KNOBS: tuple[Knob, ...] = (
         "TOOLSETS",
         parse.names,
         None,
-        "Built-in tool packs to serve, comma-separated (server, tasks, notes, cache, sql). Default: every "
-        "built-in pack whose stores are configured (sql: when a --sql-source is given).",
+        "Built-in tool packs to serve, comma-separated (server, tasks, notes, cache, sql, kb, memory). "
+        "Default: every built-in pack whose stores are configured (sql: when a --sql-source is given).",
     ),
     Knob(
         "tool_pack",

@@ -121,6 +121,14 @@ def milvus_uri(raw: str) -> str:
     )
 
 
+def index_prefix(raw: str) -> str:
+    """A prefix of Milvus collection names: letters, digits and underscores."""
+    value = raw.strip()
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", value):
+        raise ValueError(f"{raw!r}: a letter or '_' then letters, digits or '_' (at most 64)")
+    return value
+
+
 def http_url(raw: str) -> str:
     """An http:// or https:// URL."""
     from urllib.parse import urlsplit

@@ -69,6 +69,7 @@ class Settings:
     milvus_uri: str | None = None
     milvus_token: str | None = attrs.field(default=None, repr=False)  # a secret: never shown
     milvus_timeout: float = 10.0
+    milvus_prefix: str = "mcpd_"
     embedding_url: str | None = None
     embedding_model: str | None = None
     embedding_api: str | None = None

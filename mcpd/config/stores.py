@@ -39,6 +39,13 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob("milvus_timeout", "MILVUS_TIMEOUT", parse.seconds, 10.0, "Seconds one call to Milvus may take."),
     Knob(
+        "milvus_prefix",
+        "MILVUS_PREFIX",
+        parse.index_prefix,
+        "mcpd_",
+        "Prefix of mcpd's collection names in Milvus, so several deployments can share one server.",
+    ),
+    Knob(
         "embedding_url",
         "EMBEDDING_URL",
         parse.http_url,

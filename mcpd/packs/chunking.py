@@ -16,6 +16,10 @@ from collections.abc import Iterator
 
 import attrs
 
+from mcpd.interfaces import Chunk, indexed_text
+
+__all__ = ["Chunk", "chunk_markdown", "indexed_text", "text_size"]
+
 DEFAULT_SIZE = 400
 DEFAULT_OVERLAP = 50
 MIN_SIZE, MAX_SIZE = 50, 4000
@@ -35,19 +39,6 @@ def text_size(text: str) -> int:
 
 
 @attrs.frozen
-class Chunk:
-    """One chunk: its position in the document (from 0), its text (``document[start:end]``),
-    the headings it sits under (outermost first) and its size in approximate tokens."""
-
-    position: int
-    text: str
-    headings: tuple[str, ...]
-    start: int
-    end: int
-    size: int
-
-
-@attrs.frozen
 class _Piece:
     """A stretch of the document that is never split further: a heading line, a paragraph (or a
     part of one too large for a chunk) or a fenced code block."""
@@ -57,13 +48,6 @@ class _Piece:
     size: int
     headings: tuple[str, ...]
     heading: bool = False
-
-
-def indexed_text(chunk: Chunk, title: str | None = None) -> str:
-    """What the index searches for a chunk: the document's title and the chunk's headings, so that
-    a query naming the topic finds its paragraphs, then the chunk itself."""
-    context = [part for part in (title, " > ".join(chunk.headings)) if part]
-    return "\n".join([*context, chunk.text]) if context else chunk.text
 
 
 def chunk_markdown(text: str, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_OVERLAP) -> list[Chunk]:

@@ -19,17 +19,34 @@ class StoreSet:
     def __init__(self) -> None:
         self._by_interface: dict[Any, Any] = {}
         self._stores: list[Any] = []
+        self._optional: list[Any] = []
+        self._watched: list[Any] = []
 
-    def add(self, store: Any, interfaces: Iterable[Any]) -> None:
-        """Register ``store`` (an `IStore`) as the provider of ``interfaces``."""
+    def add(self, store: Any, interfaces: Iterable[Any], required: bool = True) -> None:
+        """Register ``store`` (an `IStore`) as the provider of ``interfaces``; one not
+        ``required`` being down leaves the daemon degraded, not unhealthy (the search index)."""
         if store not in self._stores:
             self._stores.append(store)
+        if not required and store not in self._optional:
+            self._optional.append(store)
         for interface in interfaces:
             self._by_interface[interface] = store
 
     def get(self, interface: Any) -> Any:
         """The provider of ``interface``, or None."""
         return self._by_interface.get(interface)
+
+    def watch(self, reporter: Any) -> None:
+        """Report ``reporter`` (an `IHealthReporting` that is no store of records: the
+        embedding service) in /health, as a check that is not required."""
+        self._watched.append(reporter)
+
+    def watched(self) -> list[Any]:
+        return list(self._watched)
+
+    def required(self, store: Any) -> bool:
+        """Whether the daemon is unhealthy while ``store`` is down."""
+        return store not in self._optional
 
     def providers(self) -> dict[Any, Any]:
         """Interface -> provider, for the engine's ``ctx.store(IThing)``."""

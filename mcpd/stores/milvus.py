@@ -125,6 +125,7 @@ class MilvusIndex(Service):
         threads: int = 4,
         prefix: str = DEFAULT_PREFIX,
         slow: float = 1.0,
+        connect_at_start: bool = True,
     ) -> None:
         if not _NAME.match(prefix or "_"):
             raise ValueError(f"index collection prefix {prefix!r}: letters, digits and underscores only")
@@ -135,6 +136,8 @@ class MilvusIndex(Service):
         self.prefix = prefix
         self.slow = slow
         self.threads = threads
+        self.connect_at_start = connect_at_start
+        self._used = False  # a client was made: Milvus Lite's engine may be running
         self.pool = ThreadPool(minthreads=0, maxthreads=threads, name="mcpd-milvus")
         self.pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
         self._client: MilvusClient | None = None
@@ -150,8 +153,13 @@ class MilvusIndex(Service):
     def startService(self) -> None:
         super().startService()
         self.pool.start()
-        self._status = StoreStatus(STORE, DOWN, "connecting")
-        self.check()
+        if self.connect_at_start:
+            self._status = StoreStatus(STORE, DOWN, "connecting")
+            self.check()
+        else:
+            # The daemon's index connects on first use (a call; for a server, the health probe
+            # too): a daemon whose kb and memory packs are idle loads neither pymilvus nor Milvus Lite.
+            self._status = StoreStatus(STORE, UP, "not used yet")
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -159,6 +167,11 @@ class MilvusIndex(Service):
             self._flush_call.cancel()
         self._flush_call = None
         if not self.pool.started or self.pool.joined:
+            return succeed(None)
+        if not self._used:
+            # Never connected (the daemon's index connects on first use): no thread to join.
+            self.pool.stop()
+            self._status = StoreStatus(STORE, DOWN, "stopped")
             return succeed(None)
         done: Deferred[None] = Deferred()
         from_threads: IReactorFromThreads = self.reactor  # type: ignore[assignment]
@@ -181,7 +194,7 @@ class MilvusIndex(Service):
             if self._client is not None and self._unflushed:
                 self._flush(self._client, self._take_unflushed())
             self._disconnect()
-            if is_local(self.uri):
+            if is_local(self.uri) and self._used:
                 from milvus_lite.server_manager import server_manager_instance
 
                 server_manager_instance.release_server(self.uri)
@@ -215,6 +228,9 @@ class MilvusIndex(Service):
         """List the collections (connecting first if need be), timed."""
         if not self.pool.started or self.pool.joined:
             return succeed(StoreStatus(STORE, DOWN, "the index is not running"))
+        if not self.connect_at_start and not self._used and is_local(self.uri):
+            # Probing would start Milvus Lite's engine (~230 MB) in a daemon whose index is idle.
+            return succeed(self._status)
         started = time.monotonic()
 
         def probe(client: MilvusClient) -> float:
@@ -533,6 +549,7 @@ class MilvusIndex(Service):
                 if is_local(self.uri):
                     os.makedirs(os.path.dirname(os.path.abspath(self.uri)), mode=0o700, exist_ok=True)
                 # A connection of its own (not shared by address): closing it at stop really closes it.
+                self._used = True
                 client = MilvusClient(uri=self.uri, token=self.token or "", timeout=self.timeout, dedicated=True)
                 self._lite = str(client.get_server_version(timeout=self.timeout)).startswith("milvus_lite")
                 self._client = client
@@ -595,7 +612,8 @@ def _unavailable(error: BaseException) -> bool:
         if getattr(current, "code", None) in gone or isinstance(current, (ConnectionError, TimeoutError)):
             return True
         message = str(getattr(current, "message", "") or current)
-        if any(sign in message for sign in ("Fail connecting to server", "closed channel", "timed out")):
+        signs = ("fail connecting to server", "closed channel", "channel closed", "timed out")
+        if any(sign in message.lower() for sign in signs):
             return True
         current = current.__cause__ or current.__context__
     return False

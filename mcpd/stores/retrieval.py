@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 
 from mcpd.interfaces import (
     HYBRID,
@@ -52,6 +52,7 @@ class Retriever:
     def __init__(self, index: IVectorIndex, embedder: IEmbedder | None = None) -> None:
         self.index = index
         self.embedder = embedder
+        self._creating: dict[str, DeferredLock] = {}
 
     @property
     def default_mode(self) -> str:
@@ -74,8 +75,21 @@ class Retriever:
         info = await self.index.describe_collection(name)
         if info is not None:
             return info
-        embedding = await self.embedder.model() if self.embedder is not None else None
-        return await self.index.create_collection(CollectionSpec(name, analyzer, embedding))
+        # One creation at a time per collection in this process: a write and the re-indexer
+        # indexing the same first record both found it missing, and a milvus-lite server asked to
+        # create one collection twice at once fails the second ("File exists").
+        lock = self._creating.setdefault(name, DeferredLock())
+        await lock.acquire()
+        try:
+            info = await self.index.describe_collection(name)
+            if info is not None:
+                return info
+            embedding = await self.embedder.model() if self.embedder is not None else None
+            return await self.index.create_collection(CollectionSpec(name, analyzer, embedding))
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._creating.pop(name, None)
 
     def index_chunks(self, name: str, chunks: Sequence[IndexedChunk], analyzer: str = "standard") -> Deferred[int]:
         """Index (insert or replace) chunks, embedding them when their collection has vectors.

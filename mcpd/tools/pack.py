@@ -21,6 +21,8 @@ BUILTIN_PACKS: dict[str, str] = {
     "notes": "mcpd.packs.notes",
     "cache": "mcpd.packs.cache",
     "sql": "mcpd.packs.sql",
+    "kb": "mcpd.packs.kb",
+    "memory": "mcpd.packs.memory",
 }
 
 

@@ -174,3 +174,124 @@ audit_records = Table(
     Index("ix_audit_at", "at"),
     **TABLE_OPTIONS,
 )
+
+# -- the knowledge base and memories (the kb and memory packs); the search index is a copy --
+
+kb_collections = Table(
+    "kb_collections",
+    metadata,
+    Column("id", key(ID), primary_key=True),
+    Column("tenant", key(TENANT), nullable=False),
+    Column("name", key(100), nullable=False),
+    Column("description", Text),
+    Column("analyzer", key(16), nullable=False),
+    Column("created_at", timestamp(), nullable=False),
+    Column("created_by", key(64), nullable=False),
+    # kb.collections pages by name; every lookup is by (tenant, name).
+    UniqueConstraint("tenant", "name", name="uq_kb_collections_tenant_name"),
+    **TABLE_OPTIONS,
+)
+
+kb_documents = Table(
+    "kb_documents",
+    metadata,
+    Column("id", key(ID), primary_key=True),
+    Column("tenant", key(TENANT), nullable=False),
+    Column(
+        "collection_id",
+        key(ID),
+        ForeignKey("kb_collections.id", name="fk_kb_documents_collection", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("title", String(500)),
+    Column("text", long_text(), nullable=False),
+    Column("source", String(2000)),
+    # Flat JSON object (strings, numbers, booleans).
+    Column("metadata", Text, nullable=False),
+    Column("chunks", Integer, nullable=False),
+    Column("created_at", timestamp(), nullable=False),
+    Column("updated_at", timestamp(), nullable=False),
+    Column("created_by", key(64), nullable=False),
+    # A collection's documents (counts, completion, re-indexing in id order); a collection id
+    # belongs to one tenant, and InnoDB uses this index for the foreign key.
+    Index("ix_kb_documents_collection", "collection_id", "id"),
+    **TABLE_OPTIONS,
+)
+
+kb_chunks = Table(
+    "kb_chunks",
+    metadata,
+    Column("id", key(ID), primary_key=True),
+    Column("tenant", key(TENANT), nullable=False),
+    Column(
+        "document_id",
+        key(ID),
+        ForeignKey("kb_documents.id", name="fk_kb_chunks_document", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("collection_id", key(ID), nullable=False),
+    Column("position", Integer, nullable=False),
+    # An exact slice of the document (at most 64 KB: the index's limit), and where it sits.
+    Column("text", Text, nullable=False),
+    Column("headings", Text, nullable=False),
+    Column("start", Integer, nullable=False),
+    Column("end", Integer, nullable=False),
+    Index("ix_kb_chunks_document", "document_id", "position"),
+    Index("ix_kb_chunks_collection", "collection_id", "id"),
+    **TABLE_OPTIONS,
+)
+
+memories = Table(
+    "memories",
+    metadata,
+    Column("id", key(ID), primary_key=True),
+    Column("tenant", key(TENANT), nullable=False),
+    # "" for the team's memories, else the one key name that sees it.
+    Column("owner", key(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("tags", Text, nullable=False),
+    Column("created_at", timestamp(), nullable=False),
+    Column("updated_at", timestamp(), nullable=False),
+    Column("created_by", key(64), nullable=False),
+    # memory.list: one owner's (or the team's) newest first.
+    Index("ix_memories_owner", "tenant", "owner", "id"),
+    **TABLE_OPTIONS,
+)
+
+memory_tags = Table(
+    "memory_tags",
+    metadata,
+    Column(
+        "memory_id",
+        key(ID),
+        ForeignKey("memories.id", name="fk_memory_tags_memory", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("tenant", key(TENANT), nullable=False),
+    Column("tag", key(TAG), nullable=False),
+    PrimaryKeyConstraint("memory_id", "tag", name="pk_memory_tags"),
+    Index("ix_memory_tags_tag", "tenant", "tag", "memory_id"),
+    **TABLE_OPTIONS,
+)
+
+# Index work not yet done (the index was down, or the process stopped first): each row names a
+# record to bring the index in line with SQL (whatever SQL then holds), oldest first.
+index_outbox = Table(
+    "index_outbox",
+    metadata,
+    Column("seq", sequence(), primary_key=True, autoincrement=True),
+    Column("tenant", key(TENANT), nullable=False),
+    # The index collection (kb_<collection id>, memory).
+    Column("collection", key(64), nullable=False),
+    # document, memory, or collection (dropped).
+    Column("kind", key(16), nullable=False),
+    Column("target", key(ID), nullable=False),
+    # Whether the index may hold chunks of the target that SQL no longer has (an update).
+    Column("stale", Integer, nullable=False),
+    Column("created_at", timestamp(), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    # Pending work a search must mention: by tenant and collection.
+    Index("ix_index_outbox_collection", "tenant", "collection"),
+    **TABLE_OPTIONS,
+)

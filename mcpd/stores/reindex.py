@@ -1,0 +1,158 @@
+# -*- test-case-name: tests.test_kb -*-
+"""Keeping the search index in line with SQL.
+
+`Reindexer` is a service of the daemon's tree: it works off the SQL outbox of index changes a
+write could not make (the index or the embedding service was down, or mcpd stopped first),
+oldest first, at start-up and whenever a write leaves work; while the index stays down it waits
+longer and longer between tries (up to `MAX_BACKOFF`), and it looks again every `IDLE_INTERVAL`
+for work another instance left. Every change it makes reflects what SQL holds then, so doing one
+twice, or late, is harmless.
+
+`rebuild` re-creates index collections from SQL (``mcpd reindex``): after the embedding model
+changed, or the index's data was lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from mcpd.interfaces import StoreUnavailable
+from mcpd.stores.knowledge import KnowledgeStore
+
+log = Logger(namespace="mcpd.reindex")
+
+BATCH = 200  # outbox rows read (and indexed together) at once
+FIRST_BACKOFF, MAX_BACKOFF = 0.5, 15.0
+IDLE_INTERVAL = 30.0
+REBUILD_PAGE = 500
+
+
+class Reindexer(Service):
+    """Drains the outbox of a `KnowledgeStore` (see the module docstring)."""
+
+    def __init__(self, store: KnowledgeStore, clock: Any, idle: float = IDLE_INTERVAL) -> None:
+        self.store = store
+        self.clock = clock
+        self.idle = idle
+        self.backoff = 0.0
+        self._call: Any = None
+        self._pass: Deferred[None] | None = None
+        self._again = False
+        store.on_pending = self.kick
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule(1.0)  # once the tree has started: work left by the last run
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return self._pass  # the pass under way ends (its index calls are bounded by their timeouts)
+
+    def kick(self) -> None:
+        """Work was left in the outbox: a pass soon (after the current backoff)."""
+        if self._pass is not None:
+            self._again = True
+            return
+        self._schedule(self.backoff or FIRST_BACKOFF)
+
+    def _schedule(self, delay: float) -> None:
+        if not self.running:
+            return
+        if self._call is not None and self._call.active():
+            if self._call.getTime() <= self.clock.seconds() + delay:
+                return
+            self._call.cancel()
+        self._call = self.clock.callLater(delay, self._start)
+
+    def _start(self) -> None:
+        self._call = None
+        if self._pass is not None or not self.running:
+            return
+        self._again = False
+        self._pass = Deferred.fromCoroutine(self.drain())
+        self._pass.addErrback(lambda failure: log.failure("Re-indexing pass failed", failure))
+        self._pass.addBoth(self._ended)
+
+    def _ended(self, _: Any) -> None:
+        self._pass = None
+        if self.backoff:
+            self._schedule(self.backoff)
+        elif self._again:
+            self._schedule(0)
+        else:
+            self._schedule(self.idle)
+
+    def _wait(self) -> None:
+        self.backoff = min(MAX_BACKOFF, max(FIRST_BACKOFF, self.backoff * 2)) * random.uniform(0.8, 1.2)
+
+    async def drain(self) -> None:
+        """One pass over the outbox; on an outage, the next try waits longer."""
+        sql = self.store.sql
+        after = 0
+        done = 0
+        try:
+            while self.running:
+                items = await sql.pending_work(BATCH, after)
+                if not items:
+                    break
+                targets = await sql.targets(items)
+                outcomes = await self.store.apply(targets)
+                await sql.done([work.seq for work, error in outcomes if error is None])
+                for work, error in outcomes:
+                    if error is not None:
+                        log.warn("Index refused {kind} {id}: {why}", kind=work.kind, id=work.target, why=error)
+                        await sql.failed(work.seq, error)
+                done += sum(1 for _, error in outcomes if error is None)
+                after = items[-1].seq
+        except StoreUnavailable as e:
+            self._wait()
+            self.store.index_down = True
+            log.info("Re-indexing waits {delay:.1f}s: {why}", delay=self.backoff, why=e)
+        except Exception:
+            self._wait()
+            log.failure("Re-indexing failed; trying again in {delay:.1f}s", delay=self.backoff)
+        else:
+            if self.backoff or done:
+                log.info("Re-indexed {count} change(s) from the outbox", count=done)
+            self.backoff = 0.0
+        with contextlib.suppress(StoreUnavailable):
+            self.store.pending = await sql.pending_count()
+
+
+async def rebuild(
+    store: KnowledgeStore, only: Callable[[str, str], bool] = lambda _tenant, _name: True
+) -> list[tuple[str, str, str, int]]:
+    """Re-create index collections from SQL: each one ``only`` accepts (given its tenant and kb
+    collection name; "" and "memory" for the memories) is dropped, made again with the current
+    embedding model and filled with every chunk; its outbox rows up to then are cleared.
+    Returns (tenant, name, index collection, chunks) for each."""
+    sql = store.sql
+    rebuilt = []
+    for collection, analyzer, tenant, name in await sql.index_collections():
+        if not only(tenant, name):
+            continue
+        up_to = await sql.last_seq()
+        await store.retriever.drop(collection)
+        await store.retriever.ensure_collection(collection, analyzer)
+        count, after = 0, ""
+        while True:
+            chunks = await sql.chunks_after(collection, after, REBUILD_PAGE)
+            if not chunks:
+                break
+            await store.retriever.index_chunks(collection, chunks, analyzer)
+            count += len(chunks)
+            after = chunks[-1].id
+        await sql.clear_work(collection, up_to)
+        log.info("Rebuilt index collection {name}: {count} chunk(s)", name=collection, count=count)
+        rebuilt.append((tenant, name, collection, count))
+    return rebuilt
