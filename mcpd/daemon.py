@@ -17,8 +17,9 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
-from mcpd.interfaces import INoteStore, IRuntime, ITaskBoard
+from mcpd.interfaces import IAuditLog, INoteStore, IRuntime, ITaskBoard
 from mcpd.lifecycle import Lifecycle, OrderedMultiService
+from mcpd.observe.audit import AuditWriter
 from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
 from mcpd.observe.stats import Vitals
 from mcpd.protocol.engine import Engine
@@ -136,6 +137,7 @@ def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet
     interfaces it provides. Nothing is imported or opened for a store no pack needs."""
     services: list[Any] = []
     if needs_sql(packs):
+        from mcpd.stores.sql.audit import SQLAuditLog
         from mcpd.stores.sql.database import SQLDatabase
         from mcpd.stores.sql.notes import SQLNoteStore
         from mcpd.stores.sql.service import SQLStoreService
@@ -145,6 +147,7 @@ def build_stores(settings: Settings, packs: Sequence[ToolPack], stores: StoreSet
         stores.add(database, ())
         stores.add(SQLTaskBoard(database), (ITaskBoard,))
         stores.add(SQLNoteStore(database), (INoteStore,))
+        stores.add(SQLAuditLog(database), (IAuditLog,))
         service = SQLStoreService(database, reactor)
         service.setName("database")
         services.append(service)
@@ -270,9 +273,23 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         ReadinessService(lifecycle, reactor).setServiceParent(root)
         return root
 
+    # The audit trail persisted in the SQL store, when it runs (server.audit): written after the
+    # store starts and flushed before it stops.
+    audit_log = stores.get(IAuditLog)
+    audit_writer = None
+    if audit_log is not None:
+        audit_writer = AuditWriter(audit_log, reactor, retention_days=settings.audit_retention)
+        _add(root, "audit-writer", audit_writer)
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
     # body size, rate and stream limits) and per connection (caps, slow clients).
-    security = Security(settings, reactor, MemoryBucketStore(reactor), lifecycle=lifecycle, ledger=ledger)
+    security = Security(
+        settings,
+        reactor,
+        MemoryBucketStore(reactor),
+        lifecycle=lifecycle,
+        ledger=ledger,
+        persist_audit=audit_writer.add if audit_writer is not None else None,
+    )
     sessions = SessionStore(reactor, settings.session_timeout, ledger, MemorySessionStore())
     # Legacy HTTP+SSE sessions live in a store of their own: ids never cross transports.
     sse_sessions = SessionStore(reactor, settings.session_timeout, ledger, MemorySessionStore())
@@ -305,6 +322,8 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     for store in stores:  # the stores' own series
         for collector in store.collectors():
             monitor.metrics.registry.register(collector)
+    if audit_writer is not None:
+        monitor.metrics.registry.register(audit_writer)
     policy = security.scope_policy(registry)
     engine = _engine(
         settings,

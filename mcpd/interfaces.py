@@ -10,13 +10,15 @@ that every implementation runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    import datetime
+
     from twisted.internet.defer import Deferred
 
 # Task states (2025-11-25 basic/utilities/tasks; SEP-2663).
@@ -527,3 +529,22 @@ class INoteStore(Interface):
 
     def note_ids(tenant: str, prefix: str, limit: int) -> Deferred[list[str]]:
         """Note ids starting with ``prefix``, newest first (completion)."""
+
+
+class IAuditLog(Interface):
+    """The persisted audit trail (``server.audit``): records of `mcpd.observe.audit`, each with
+    its tenant, written in batches and searched newest first."""
+
+    def append(records: Iterable[Mapping[str, Any]]) -> Deferred[int]:
+        """Store ``records`` (audit records with a ``tenant``) in one transaction; how many.
+        They are read in the store's thread: a lazy iterable keeps their making off the reactor."""
+
+    def search(
+        tenant: str, filters: dict[str, Any], limit: int, before: Any
+    ) -> Deferred[tuple[list[dict[str, Any]], Any]]:
+        """The tenant's records matching ``filters`` (since, until: datetimes; key, tool,
+        outcome), newest first, starting after the position ``before`` (None: the newest); with
+        the position of the next page (None at the end)."""
+
+    def prune(older_than: datetime.datetime, batch: int) -> Deferred[int]:
+        """Delete up to ``batch`` records from before ``older_than`` (UTC); how many."""

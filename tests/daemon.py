@@ -427,7 +427,7 @@ FIXTURE_TOOLS = {
 }
 
 
-SERVER_TOOLS = {"server.info", "server.tools"}
+SERVER_TOOLS = {"server.audit", "server.info", "server.tools"}
 # The read-only tools of the packs on the SQL store (tasks, notes), served by default.
 READ_ONLY_DATA_TOOLS = {"project.list", "task.list", "task.get", "task.next", "note.search", "note.get"}
 
