@@ -531,20 +531,39 @@ class INoteStore(Interface):
         """Note ids starting with ``prefix``, newest first (completion)."""
 
 
+# An audit record as it crosses `IAuditLog.append`: a tuple of these, in this order (``time`` in
+# seconds since the epoch, ``duration`` in seconds): tuples, because every call makes one.
+AUDIT_FIELDS = (
+    "tenant",
+    "time",
+    "key",
+    "peer",
+    "transport",
+    "method",
+    "tool",
+    "outcome",
+    "duration",
+    "request_id",
+    "x_request_id",
+    "detail",
+)
+
+
 class IAuditLog(Interface):
     """The persisted audit trail (``server.audit``): records of `mcpd.observe.audit`, each with
     its tenant, written in batches and searched newest first."""
 
-    def append(records: Iterable[Mapping[str, Any]]) -> Deferred[int]:
-        """Store ``records`` (audit records with a ``tenant``) in one transaction; how many.
-        They are read in the store's thread: a lazy iterable keeps their making off the reactor."""
+    def append(records: Iterable[Sequence[Any]]) -> Deferred[int]:
+        """Store ``records`` (tuples of `AUDIT_FIELDS`) in one transaction; how many. They are
+        read in the store's thread: a lazy iterable keeps their making off the reactor."""
 
     def search(
         tenant: str, filters: dict[str, Any], limit: int, before: Any
     ) -> Deferred[tuple[list[dict[str, Any]], Any]]:
-        """The tenant's records matching ``filters`` (since, until: datetimes; key, tool,
-        outcome), newest first, starting after the position ``before`` (None: the newest); with
-        the position of the next page (None at the end)."""
+        """The tenant's records matching ``filters`` (since, until: naive UTC datetimes; key,
+        tool, outcome), newest first, starting after the position ``before`` (None: the
+        newest); with the position of the next page (None at the end)."""
 
     def prune(older_than: datetime.datetime, batch: int) -> Deferred[int]:
-        """Delete up to ``batch`` records from before ``older_than`` (UTC); how many."""
+        """Delete up to ``batch`` of the oldest records if from before ``older_than`` (naive
+        UTC); how many (fewer than ``batch``: none older is left)."""

@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from mcpd.interfaces import IAuditLog, StoreUnavailable
-from mcpd.observe.audit import AuditTrail, AuditWriter, entry
+from mcpd.observe.audit import AuditTrail, AuditWriter, entry, fields
 from mcpd.protocol.vocabulary import CallRecord
 from mcpd.stores.sql.audit import SQLAuditLog
 from mcpd.stores.sql.config import DatabaseConfig, database_url
@@ -90,23 +90,31 @@ A, B = "acme", "globex"
 T0 = datetime.datetime(2026, 11, 29, 12, 0, 0, tzinfo=datetime.UTC).timestamp()
 
 
-def record(n: int, *, tenant: str = A, key: str | None = "alice", tool: str = "task.list", outcome: str = "ok") -> dict:
-    """The nth audit record, n seconds after T0."""
-    return {
-        **entry(
-            T0 + n,
-            key=key,
-            peer="10.0.0.5",
-            transport="http",
-            method="tools/call",
-            tool=tool,
-            outcome=outcome,
-            duration=0.0015,
-            request_id=n,
-            x_request_id=None,
-            tenant=tenant,
-        )
-    }
+def record(
+    n: int,
+    *,
+    tenant: str = A,
+    key: str | None = "alice",
+    tool: str | None = "task.list",
+    outcome: str = "ok",
+    when: float | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """The nth audit record, n seconds after T0 (or at ``when``)."""
+    made = entry(
+        T0 + n if when is None else when,
+        key=key,
+        peer="10.0.0.5",
+        transport="http",
+        method="tools/call",
+        tool=tool,
+        outcome=outcome,
+        duration=0.0015,
+        request_id=n,
+        x_request_id=None,
+        tenant=tenant,
+    )
+    return {**made, **more}
 
 
 def at(n: int) -> datetime.datetime:
@@ -139,7 +147,7 @@ class _AuditStoreSuite:
         records = [record(n, tool="task.list" if n % 2 else "note.get") for n in range(10)]
         records.append(record(10, key=None, outcome="auth_failure", tool=None))
         records.append(record(11, tenant=B, key="eve"))
-        self.assertEqual((yield self.log.append(iter(records))), 12)
+        self.assertEqual((yield self.log.append(map(fields, records))), 12)
         page, after = yield self.log.search(A, {}, 4, None)
         self.assertEqual([r["request_id"] for r in page], [10, 9, 8, 7])  # newest first
         self.assertEqual(
@@ -174,7 +182,7 @@ class _AuditStoreSuite:
 
     @inlineCallbacks
     def test_records_of_one_instant_page_apart(self) -> Any:
-        yield self.log.append([record(1, key=f"k{i}") for i in range(5)])
+        yield self.log.append([fields(record(1, key=f"k{i}")) for i in range(5)])
         seen: list[str] = []
         page, after = yield self.log.search(A, {}, 2, None)
         seen += [r["key"] for r in page]
@@ -185,11 +193,8 @@ class _AuditStoreSuite:
 
     @inlineCallbacks
     def test_long_values_are_cut_not_refused(self) -> Any:
-        long = record(1, tool="t" * 500)
-        long["x_request_id"] = "x" * 500
-        long["request_id"] = "r" * 500
-        long["detail"] = "d" * 5000
-        yield self.log.append([long])
+        long = record(1, tool="t" * 500, x_request_id="x" * 500, request_id="r" * 500, detail="d" * 5000)
+        yield self.log.append([fields(long)])
         (shown,), _ = yield self.log.search(A, {}, 10, None)
         self.assertEqual((len(shown["tool"]), len(shown["x_request_id"])), (128, 64))
         self.assertEqual(len(shown["request_id"]), 64)
@@ -197,7 +202,7 @@ class _AuditStoreSuite:
 
     @inlineCallbacks
     def test_prune(self) -> Any:
-        yield self.log.append([record(n) for n in range(7)])
+        yield self.log.append([fields(record(n)) for n in range(7)])
         self.assertEqual((yield self.log.prune(at(5), 3)), 3)
         self.assertEqual((yield self.log.prune(at(5), 3)), 2)
         self.assertEqual((yield self.log.prune(at(5), 3)), 0)
@@ -260,9 +265,9 @@ class AuditWriterTests(TestCase):
     @inlineCallbacks
     def test_prunes_past_the_retention(self) -> Any:
         now = time.time()
-        old = [{**record(n), "time": now - 40 * 86400 + n} for n in range(5)]
-        recent = [{**record(n), "time": now - 86400 + n} for n in range(2)]
-        yield self.log.append(old + recent)
+        old = [record(n, when=now - 40 * 86400 + n) for n in range(5)]
+        recent = [record(n, when=now - 86400 + n) for n in range(2)]
+        yield self.log.append(map(fields, old + recent))
         writer = self.writer(retention_days=30, prune_batch=2)
         yield writer.prune()
         self.assertEqual(writer.pruned, 5)

@@ -24,7 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mcpd.interfaces import IAuditLog, StoreUnavailable
+from mcpd.interfaces import AUDIT_FIELDS, IAuditLog, StoreUnavailable
 from mcpd.observe.logging import Fields
 from mcpd.tools.api import DEFAULT_TENANT
 
@@ -160,9 +160,27 @@ class AuditTrail:
             log.info("audit {audit}", audit=Fields(call_entry(*pair)))
 
 
-def materialize(item: Any) -> dict[str, Any]:
-    """An audit record from what `AuditTrail` holds (a dict, or a (time, CallRecord) pair)."""
-    return item if isinstance(item, dict) else call_entry(*item)
+def fields(item: Any) -> tuple[Any, ...]:
+    """What `AuditTrail` holds (a dict, or a (time, CallRecord) pair) as the `AUDIT_FIELDS`
+    tuple `IAuditLog.append` takes (without a dict in between: every call makes one)."""
+    if isinstance(item, dict):
+        return tuple(item.get(name) for name in AUDIT_FIELDS)
+    when, call = item
+    caller = call.caller
+    return (
+        caller.tenant,
+        when,
+        caller.name if caller.name != "anonymous" or caller.scopes else None,
+        caller.peer,
+        caller.transport,
+        call.method,
+        call.tool,
+        call.outcome,
+        call.duration,
+        call.request_id,
+        caller.x_request_id,
+        None,
+    )
 
 
 class AuditWriter(Service):
@@ -272,7 +290,7 @@ class AuditWriter(Service):
                 return
             count = min(self.batch, len(self.queue))
             items = [self.queue.popleft() for _ in range(count)]
-            d = self.store.append(map(materialize, items))
+            d = self.store.append(map(fields, items))
             d.addCallbacks(written, failed, errbackArgs=(items,))
 
         def written(count: int) -> None:

@@ -1,9 +1,14 @@
 # -*- test-case-name: tests.test_audit -*-
 """The audit trail on SQL (`IAuditLog`): written in batches, searched newest first, pruned by age.
 
-Rows are read newest first by ``(at, seq)``, which every index of the table ends with (InnoDB
-and SQLite both append the primary key to a secondary index), so a page is an index range read
-backwards whatever the filter: the tenant, and one of key, tool or outcome.
+Every audited call makes a row, so writing one must cost little: rows go to the driver as plain
+tuples in one ``executemany`` (SQLAlchemy's per-row type processing cost more than SQLite's own
+work), times as the text SQLite stores and MySQL parses, and the table carries only the indexes
+the searches need. Rows are read newest first by ``(at, seq)``, which every index of the table
+ends with (InnoDB and SQLite both append the primary key to a secondary index), so a page is an
+index range read backwards whatever the filter: the tenant, and one of key, tool or outcome.
+Pruning walks the oldest rows by ``seq`` (rows are written in time order), so no index on the
+time alone is kept up to date for it.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select
@@ -19,50 +25,84 @@ from sqlalchemy.engine import Connection
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from mcpd.interfaces import IAuditLog
+from mcpd.interfaces import AUDIT_FIELDS, IAuditLog
 from mcpd.stores.sql.database import SQLDatabase
 from mcpd.stores.sql.schema import audit_records
 
 _C = audit_records.c
-_INSERT = audit_records.insert()
-_OLDEST = select(_C.seq).where(_C.at < bindparam("cutoff")).order_by(_C.at).limit(bindparam("batch"))
+# AUDIT_FIELDS -> the columns, in that order.
+_COLUMNS = (
+    "tenant",
+    "at",
+    "key_name",
+    "peer",
+    "transport",
+    "method",
+    "tool",
+    "outcome",
+    "duration_ms",
+    "request_id",
+    "x_request_id",
+    "detail",
+)
+assert len(_COLUMNS) == len(AUDIT_FIELDS)
+_INSERT = "INSERT INTO audit_records ({columns}) VALUES ({markers})".format(
+    columns=", ".join(_COLUMNS), markers="{marker}, " * (len(_COLUMNS) - 1) + "{marker}"
+)
+_OLDEST = select(_C.seq, _C.at).order_by(_C.seq).limit(bindparam("batch"))
 _DELETE = audit_records.delete().where(_C.seq.in_(bindparam("seqs", expanding=True)))
-# Columns whose values come from the request (a tool name, a header): cut to the column's length
-# rather than refused by MySQL's strict mode, which would fail the whole batch.
-_LIMITS: dict[str, int] = {
-    name: length
-    for name, column in _C.items()
-    if (length := getattr(column.type, "length", None)) is not None and name != "tenant"
-}
 # Filter argument -> column.
 _EQUAL = {"key": _C.key_name, "tool": _C.tool, "outcome": _C.outcome}
 
 
-def _cut(value: Any, limit: int) -> Any:
-    return value[:limit] if isinstance(value, str) and len(value) > limit else value
+def _length(name: str) -> int:
+    length = getattr(_C[name].type, "length", None)
+    assert length is not None, name
+    return int(length)
 
 
-def audit_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The row of an audit record (`mcpd.observe.audit.entry`, with its ``tenant``)."""
-    request_id = record.get("request_id")
-    row = {
-        "tenant": record.get("tenant") or "default",
-        "at": datetime.datetime.fromtimestamp(record["time"], datetime.UTC).replace(tzinfo=None),
-        "key_name": record.get("key"),
-        "peer": record.get("peer") or "",
-        "transport": record.get("transport") or "",
-        "method": record.get("method"),
-        "tool": record.get("tool"),
-        "outcome": record["outcome"],
-        "duration_ms": round(record.get("duration", 0.0) * 1000, 3),
-        # JSON, so that 7 and "7" stay apart (a request id may be either).
-        "request_id": None if request_id is None else json.dumps(request_id),
-        "x_request_id": record.get("x_request_id"),
-        "detail": record.get("detail"),
-    }
-    for name, limit in _LIMITS.items():
-        row[name] = _cut(row[name], limit)
-    return row
+# Values that come from the request (a tool name, a header) are cut to their column's length,
+# not refused by MySQL's strict mode, which would fail the whole batch.
+_KEY, _PEER, _TRANSPORT, _METHOD, _TOOL, _OUTCOME, _REQUEST_ID, _X_REQUEST_ID = map(
+    _length, ("key_name", "peer", "transport", "method", "tool", "outcome", "request_id", "x_request_id")
+)
+
+
+class _Rows:
+    """Makes the rows of a batch (in a store thread): `AUDIT_FIELDS` tuples to column values."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def at(self, when: float) -> str:
+        """``YYYY-MM-DD HH:MM:SS.ffffff`` UTC: what SQLAlchemy stores in SQLite and MySQL parses;
+        the date and time of one second formatted once."""
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((when - second) * 1_000_000):06d}"
+
+    def __call__(self, record: Sequence[Any]) -> tuple[Any, ...]:
+        tenant, when, key, peer, transport, method, tool, outcome, duration, request_id, x_request_id, detail = record
+        if request_id is not None:
+            # JSON, so that 7 and "7" stay apart (a request id may be either).
+            request_id = str(request_id) if type(request_id) is int else json.dumps(request_id)[:_REQUEST_ID]
+        return (
+            tenant,
+            self.at(when),
+            key and key[:_KEY],
+            (peer or "")[:_PEER],
+            (transport or "")[:_TRANSPORT],
+            method and method[:_METHOD],
+            tool and tool[:_TOOL],
+            outcome[:_OUTCOME],
+            round(duration * 1000, 3),
+            request_id,
+            x_request_id and x_request_id[:_X_REQUEST_ID],
+            detail,
+        )
 
 
 def _shown(row: Any) -> dict[str, Any]:
@@ -93,14 +133,14 @@ class SQLAuditLog:
     def __init__(self, database: SQLDatabase) -> None:
         self.database = database
 
-    def append(self, records: Iterable[Mapping[str, Any]]) -> Deferred[int]:
-        """Store ``records`` in one transaction. They are read in the store's thread, so they may
-        be a lazy iterable (the rows are made off the reactor)."""
+    def append(self, records: Iterable[Sequence[Any]]) -> Deferred[int]:
+        """Store ``records`` in one transaction (made into rows in the store's thread)."""
 
         def work(connection: Connection) -> int:
-            rows = [audit_row(record) for record in records]
+            rows = list(map(_Rows(), records))
             if rows:
-                connection.execute(_INSERT, rows)
+                marker = "?" if connection.dialect.name == "sqlite" else "%s"
+                connection.exec_driver_sql(_INSERT.format(marker=marker), rows)
             return len(rows)
 
         return self.database.run("audit.append", work, write=True)
@@ -130,9 +170,11 @@ class SQLAuditLog:
 
     def prune(self, older_than: datetime.datetime, batch: int) -> Deferred[int]:
         def work(connection: Connection) -> int:
-            seqs = list(connection.execute(_OLDEST, {"cutoff": older_than, "batch": batch}).scalars())
-            if not seqs:
-                return 0
-            return int(connection.execute(_DELETE, {"seqs": seqs}).rowcount)
+            oldest = connection.execute(_OLDEST, {"batch": batch}).all()
+            seqs = [row.seq for row in oldest if row.at < older_than]
+            if seqs:
+                connection.execute(_DELETE, {"seqs": seqs})
+            # Rows are in time order by seq: once one is recent enough, so are those after it.
+            return len(seqs)
 
         return self.database.run("audit.prune", work, write=True)
