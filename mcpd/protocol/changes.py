@@ -41,6 +41,8 @@ class Listener:
     task_ids: frozenset[str] = frozenset()
     # The pending subscriptions/listen request; cancelling it ends the stream.
     request: Deferred[Any] | None = None
+    # The caller's tenant: it hears only of its tenant's records.
+    tenant: str | None = None
 
     def tagged(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         body = dict(params or {})
@@ -77,12 +79,20 @@ class ChangeFeed:
             if kind in listener.kinds:
                 self._send(listener, listener.tagged(method))
 
-    def resource_updated(self, uri: str) -> None:
-        """The resource at ``uri`` changed: tell its subscribers."""
+    def resource_updated(self, uri: str, tenant: str | None = None) -> None:
+        """The resource at ``uri`` changed: tell its subscribers (those of ``tenant`` only, when
+        the resource is a tenant's record: no update reaches another tenant's client)."""
         note = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
-        self._to_sessions((s for s in self._live_sessions() if uri in s.subscriptions), note)
+        self._to_sessions(
+            (
+                s
+                for s in self._live_sessions()
+                if uri in s.subscriptions and (tenant is None or s.subscriptions_tenant == tenant)
+            ),
+            note,
+        )
         for listener in list(self.listeners):
-            if uri in listener.uris:
+            if uri in listener.uris and (tenant is None or listener.tenant == tenant):
                 self._send(listener, listener.tagged("notifications/resources/updated", {"uri": uri}))
 
     def task_status(self, task_id: str, task: dict[str, Any]) -> None:
