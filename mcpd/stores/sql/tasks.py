@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, bindparam, exists, func, or_, select
+from sqlalchemy import Row, bindparam, func, or_, select, text, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
@@ -296,18 +296,15 @@ class SQLTaskBoard:
         self, tenant: str, project: str | None, assignee: str | None
     ) -> Deferred[tuple[dict[str, Any] | None, str]]:
         def work(connection: Connection) -> tuple[dict[str, Any] | None, str]:
-            query = _task_query(tenant).where(tasks.c.status == "open")
+            params: dict[str, Any] = {"tenant": tenant, "project_id": None, "assignee": assignee}
             project_name = None
             if project is not None:
                 found = _find_project(connection, tenant, project)
                 project_name = found.name
-                query = query.where(tasks.c.project_id == found.id)
-            if assignee is not None:
-                query = query.where(tasks.c.assignee == assignee)
-            ready = query.where(~_waiting())
-            row = connection.execute(
-                ready.order_by(tasks.c.priority.desc(), tasks.c.due.is_(None), tasks.c.due, tasks.c.id).limit(1)
-            ).first()
+                params["project_id"] = found.id
+            sqlite = connection.dialect.name == "sqlite"
+            ready, waiting = _NEXT[sqlite, project is not None, assignee is not None]
+            row = connection.execute(ready, params).first()
             scope = "".join(
                 part
                 for part in (
@@ -316,11 +313,11 @@ class SQLTaskBoard:
                 )
             )
             if row is None:
-                waiting = connection.execute(select(func.count()).select_from(query.subquery())).scalar() or 0
-                if not waiting:
+                count = connection.execute(waiting, params).scalar() or 0
+                if not count:
                     return None, f"no open task{scope}"
                 return None, (
-                    f"all {waiting} open task(s){scope} wait on dependencies that are not done yet; "
+                    f"all {count} open task(s){scope} wait on dependencies that are not done yet; "
                     "task.list with status in_progress or blocked shows what holds them"
                 )
             why = [f"{PRIORITIES[row.priority]} priority"]
@@ -382,14 +379,64 @@ def _task_query(tenant: str) -> Any:
     return _TASKS.where(tasks.c.tenant == tenant)
 
 
-def _waiting() -> Any:
-    """Whether a task (``tasks``) still has a dependency that is not resolved."""
+def _ready() -> Any:
+    """Whether a task (``tasks``) has no dependency left that is not resolved.
+
+    A correlated lookup of its first unresolved dependency (``LIMIT 1 ... IS NULL``) rather than
+    ``NOT EXISTS``, which MariaDB turned into an anti-join that materialised every dependency of
+    every task at each use (task.next uses it eight times)."""
     blocker = tasks.alias("blocker")
-    return exists(
+    first_blocker = (
         select(task_deps.c.depends_on)
         .join(blocker, blocker.c.id == task_deps.c.depends_on)
         .where(task_deps.c.task_id == tasks.c.id, blocker.c.status.not_in(RESOLVED))
+        .limit(1)
+        .scalar_subquery()
     )
+    return first_blocker.is_(None)
+
+
+def _next_statements(sqlite: bool, project: bool, assignee: bool) -> tuple[Any, Any]:
+    """task.next's statements for one backend and combination of filters (bound: ``tenant``,
+    ``project_id``, ``assignee``): the most urgent ready open task, and the count of open ones.
+
+    The first is one statement of index reads rather than a sort of every open task (17 ms at
+    12,000): for each priority, the first ready task with a due date (by date, then id) and the
+    first without one (by id), each the head of a range of ix_tasks_next or ix_tasks_project_next;
+    the outer query picks among those eight the most urgent, dated before undated. SQLite takes
+    the heads as subqueries; MySQL as parenthesised members of the UNION (as subqueries MariaDB
+    made a temporary table of each: 25 ms). Built once: building and compiling the statement took
+    a hundred times longer than SQLite took to run it.
+    """
+    query = _TASKS.where(tasks.c.tenant == bindparam("tenant"), tasks.c.status == "open")
+    if project:
+        query = query.where(tasks.c.project_id == bindparam("project_id"))
+    if assignee:
+        query = query.where(tasks.c.assignee == bindparam("assignee"))
+    ready = query.add_columns(tasks.c.due.is_(None).label("undated")).where(_ready())
+    heads = []
+    for priority in reversed(range(len(PRIORITIES))):
+        level = ready.where(tasks.c.priority == priority)
+        heads.append(level.where(tasks.c.due.is_not(None)).order_by(tasks.c.due, tasks.c.id).limit(1))
+        heads.append(level.where(tasks.c.due.is_(None)).order_by(tasks.c.id).limit(1))
+    urgency = ("priority DESC", "undated", "due", "id")
+    first: Any
+    if sqlite:
+        candidates = union_all(*(select(head.subquery()) for head in heads)).subquery()
+        c = candidates.c
+        first = select(candidates).order_by(c.priority.desc(), c.undated, c.due, c.id).limit(1)
+    else:
+        first = union_all(*heads).order_by(*map(text, urgency)).limit(1)
+    return first, select(func.count()).select_from(query.subquery())
+
+
+# (on SQLite, a project filter, an assignee filter) -> task.next's statements.
+_NEXT = {
+    (sqlite, project, assignee): _next_statements(sqlite, project, assignee)
+    for sqlite in (True, False)
+    for project in (False, True)
+    for assignee in (False, True)
+}
 
 
 def _find_project(connection: Connection, tenant: str, reference: str) -> Row[Any]:
