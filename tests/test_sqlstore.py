@@ -672,6 +672,43 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn(says, str(caught.exception), url)
 
 
+# -- the MariaDB fixture ------------------------------------------------------------------------
+
+
+class MariaDBFixtureTests(TestCase):
+    """When the test server cannot be set up, the failure shows what the installer or the server
+    said (tests.services)."""
+
+    timeout = 120
+
+    def test_installer_failure_shows_its_output(self) -> Deferred[None]:
+        server = MariaDB()
+        self.addCleanup(server.destroy)
+        server.datadir.write_text("not a directory")
+        failure = self.failUnlessFailure(deferToThread(server.start), RuntimeError)
+        return failure.addCallback(
+            lambda e: (
+                self.assertIn("mariadb-install-db", str(e)),
+                self.assertIn("exited with status", str(e)),
+                self.assertGreater(len(str(e).partition("its output:\n")[2].strip()), 0, str(e)),
+            )
+        )
+
+    def test_server_failure_shows_its_output(self) -> Deferred[None]:
+        taken = shared_mariadb().port
+        server = MariaDB()
+        self.addCleanup(server.destroy)
+        server.port = taken  # mariadbd cannot bind it
+        failure = self.failUnlessFailure(deferToThread(server.start), RuntimeError)
+        return failure.addCallback(
+            lambda e: (
+                self.assertIn("exited with status", str(e)),
+                self.assertIn(str(taken), str(e)),
+                self.assertIn("ind", str(e)),
+            )
+        )
+
+
 # -- an outage ----------------------------------------------------------------------------------
 
 
