@@ -743,6 +743,12 @@ class OutageTests(TestCase):
         self.assertEqual(database.describe()["state"], "down")
         # Within the retry interval calls fail at once, without waiting on the network.
         yield self.failUnlessFailure(board.list_projects(A, 10, None), StoreUnavailable)
+        # A statement on the driver's own connection (note.search) is classified alike.
+        yield deferLater(reactor, 1.1, lambda: None)  # past the retry interval: it tries
+        failure = yield self.failUnlessFailure(
+            SQLNoteStore(database).search_notes(A, "x", None, 10, 0), StoreUnavailable
+        )
+        self.assertIn("database is unavailable (temporary)", str(failure))
         yield deferToThread(server.start)
         for _attempt in range(50):
             try:
@@ -754,3 +760,4 @@ class OutageTests(TestCase):
             raise AssertionError("the store did not come back after the server did")
         self.assertEqual([p["name"] for p in page], ["web"])
         self.assertEqual((yield database.check()).state, "up")
+        self.assertEqual((yield SQLNoteStore(database).search_notes(A, "x", None, 10, 0)), ([], False))

@@ -68,11 +68,24 @@ def replace_tags(
     """Make ``tags`` the tags of one record (in ``table``: task_tags or note_tags); a ``new``
     record has none to delete (and a DELETE of absent rows would take a gap lock on InnoDB that
     deadlocks concurrent inserts)."""
+    delete, insert = _TAG_STATEMENTS.get(table.name) or _tag_statements(table, owner)
     if not new:
-        connection.execute(table.delete().where(table.c[owner] == owner_id))
+        connection.execute(delete, {"owner": owner_id})
     rows = [{owner: owner_id, "tenant": tenant, "tag": tag} for tag in dict.fromkeys(tags)]
     if rows:
-        connection.execute(table.insert(), rows)
+        connection.execute(insert, rows)
+
+
+# A tag table's name -> its DELETE (of one owner's tags) and INSERT, built once.
+_TAG_STATEMENTS: dict[str, tuple[Any, Any]] = {}
+
+
+def _tag_statements(table: Any, owner: str) -> tuple[Any, Any]:
+    statements = _TAG_STATEMENTS[table.name] = (
+        table.delete().where(table.c[owner] == bindparam("owner")),
+        table.insert(),
+    )
+    return statements
 
 
 @implementer(ITaskBoard)
@@ -182,26 +195,17 @@ class SQLTaskBoard:
         self, tenant: str, filters: dict[str, Any], limit: int, after: str | None
     ) -> Deferred[tuple[list[dict[str, Any]], str | None]]:
         def work(connection: Connection) -> tuple[list[dict[str, Any]], str | None]:
-            query = _task_query(tenant)
-            if filters.get("project") is not None:
-                query = query.where(tasks.c.project_id == _find_project(connection, tenant, filters["project"]).id)
-            if filters.get("status") is not None:
-                query = query.where(tasks.c.status == filters["status"])
-            if filters.get("assignee") is not None:
-                query = query.where(tasks.c.assignee == filters["assignee"])
-            if filters.get("tag") is not None:
-                tagged = select(task_tags.c.task_id).where(
-                    task_tags.c.tenant == tenant, task_tags.c.tag == filters["tag"]
-                )
-                query = query.where(tasks.c.id.in_(tagged))
-            if filters.get("query"):
-                pattern = "%" + _escape_like(filters["query"]) + "%"
-                query = query.where(
-                    or_(tasks.c.title.like(pattern, escape="\\"), tasks.c.description.like(pattern, escape="\\"))
-                )
-            if after is not None:
-                query = query.where(tasks.c.id < after)
-            rows = connection.execute(query.order_by(tasks.c.id.desc()).limit(limit + 1)).all()
+            params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1, "after": after}
+            used = frozenset(name for name in _LIST_FILTERS if filters.get(name)) | (
+                {"after"} if after is not None else set()
+            )
+            if "project" in used:
+                params["project_id"] = _find_project(connection, tenant, filters["project"]).id
+            for name in ("status", "assignee", "tag"):
+                params[name] = filters.get(name)
+            if "query" in used:
+                params["pattern"] = "%" + _escape_like(filters["query"]) + "%"
+            rows = connection.execute(_list_statement(used), params).all()
             page = rows[:limit]
             listed = _tasks_with_deps(connection, page)
             return listed, (page[-1].id if len(rows) > limit else None)
@@ -428,6 +432,40 @@ def _next_statements(sqlite: bool, project: bool, assignee: bool) -> tuple[Any, 
     else:
         first = union_all(*heads).order_by(*map(text, urgency)).limit(1)
     return first, select(func.count()).select_from(query.subquery())
+
+
+_LIST_FILTERS = ("project", "status", "assignee", "tag", "query")
+# The filters a task.list uses (and "after", for a page after the first) -> its statement.
+_LISTS: dict[frozenset[str], Any] = {}
+
+
+def _list_statement(used: frozenset[str]) -> Any:
+    """task.list's statement for one combination of filters, built on first use with bound
+    parameters (``tenant``, ``project_id``, ``status``, ``assignee``, ``tag``, ``pattern``,
+    ``after``, ``limit``): building one per call cost twice as much as running it."""
+    statement = _LISTS.get(used)
+    if statement is None:
+        query = _TASKS.where(tasks.c.tenant == bindparam("tenant"))
+        if "project" in used:
+            query = query.where(tasks.c.project_id == bindparam("project_id"))
+        if "status" in used:
+            query = query.where(tasks.c.status == bindparam("status"))
+        if "assignee" in used:
+            query = query.where(tasks.c.assignee == bindparam("assignee"))
+        if "tag" in used:
+            tagged = select(task_tags.c.task_id).where(
+                task_tags.c.tenant == bindparam("tenant"), task_tags.c.tag == bindparam("tag")
+            )
+            query = query.where(tasks.c.id.in_(tagged))
+        if "query" in used:
+            pattern: Any = bindparam("pattern")
+            query = query.where(
+                or_(tasks.c.title.like(pattern, escape="\\"), tasks.c.description.like(pattern, escape="\\"))
+            )
+        if "after" in used:
+            query = query.where(tasks.c.id < bindparam("after"))
+        statement = _LISTS[used] = query.order_by(tasks.c.id.desc()).limit(bindparam("limit"))
+    return statement
 
 
 # (on SQLite, a project filter, an assignee filter) -> task.next's statements.
