@@ -17,6 +17,7 @@ wait and per-statement time limit.
 
 from __future__ import annotations
 
+import datetime
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -381,6 +382,22 @@ class RawConnection:
         self.sqlite = dialect.name == "sqlite"
         self.driver = pooled.driver_connection
         self.cursor = self.driver.cursor()
+
+    def stored(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with its times and dates as the driver stores them: SQLite as the text
+        SQLAlchemy writes (``2026-11-29 12:00:00.000000``, ``2026-11-29``); MySQL as they are."""
+        if not self.sqlite:
+            return row
+        return {
+            name: (
+                value.isoformat(" ", "microseconds")
+                if isinstance(value, datetime.datetime)
+                else value.isoformat()
+                if isinstance(value, datetime.date)
+                else value
+            )
+            for name, value in row.items()
+        }
 
     def begin(self, write: bool) -> None:
         if self.sqlite:  # the driver runs in autocommit mode (see _sqlite_connect)

@@ -18,7 +18,7 @@ from mcpd.interfaces import RESOLVED_STATUSES as RESOLVED
 from mcpd.interfaces import TASK_PRIORITIES as PRIORITIES
 from mcpd.interfaces import TASK_STATUSES as STATUSES
 from mcpd.interfaces import Conflict, ITaskBoard, NotFound
-from mcpd.stores.sql.database import SQLDatabase
+from mcpd.stores.sql.database import RawConnection, SQLDatabase
 from mcpd.stores.sql.ids import new_id
 from mcpd.stores.sql.schema import projects, task_comments, task_deps, task_tags, tasks
 
@@ -38,7 +38,12 @@ _DEPS_OF = (
     .where(task_deps.c.task_id.in_(bindparam("ids", expanding=True)))
     .order_by(task_deps.c.depends_on)
 )
+_FIND_PROJECT_REF = select(projects.c.id, projects.c.name).where(
+    projects.c.tenant == bindparam("tenant"),
+    or_(projects.c.id == bindparam("reference"), projects.c.name == bindparam("reference")),
+)
 _INSERT_TASK = tasks.insert()
+_INSERT_TASK_TAGS = task_tags.insert()
 _INSERT_DEPS = task_deps.insert()
 
 
@@ -47,10 +52,15 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
-def iso(when: datetime.datetime | None) -> str | None:
-    """A stored time as the contract shows it: ``2026-11-29T12:00:00Z``."""
+def iso(when: datetime.datetime | str | None) -> str | None:
+    """A stored time as the contract shows it: ``2026-11-29T12:00:00Z`` (from a datetime, or
+    from SQLite's text read through the driver: ``2026-11-29 12:00:00.000000``)."""
+    if when is None:
+        return None
+    if isinstance(when, str):
+        return f"{when[:10]}T{when[11:19]}Z"
     # isoformat is C code; strftime took 8% of a task.list call.
-    return None if when is None else when.isoformat(timespec="seconds") + "Z"
+    return when.isoformat(timespec="seconds") + "Z"
 
 
 def like_prefix(prefix: str) -> str:
@@ -159,16 +169,22 @@ class SQLTaskBoard:
     # -- tasks ----------------------------------------------------------------------------------
 
     def create_task(self, tenant: str, task: dict[str, Any], author: str) -> Deferred[dict[str, Any]]:
-        def work(connection: Connection) -> dict[str, Any]:
-            project = _find_project(connection, tenant, task["project"])
+        # The busiest write: on the driver's own connection (SQLAlchemy's execution path cost
+        # more than SQLite's work).
+        def work(connection: RawConnection) -> dict[str, Any]:
+            project_id, project_name = _project_ref(connection, tenant, task["project"])
             depends_on = list(dict.fromkeys(task.get("depends_on") or ()))
-            _check_tasks_exist(connection, tenant, depends_on, "depends_on")
+            if depends_on:
+                found = {
+                    row[0] for row in connection.execute(_known_ids(len(depends_on)), _id_params(tenant, depends_on))
+                }
+                _refuse_unknown(depends_on, found, "depends_on")
             now = utcnow()
             tags = list(dict.fromkeys(task.get("tags") or ()))
             row = {
                 "id": new_id(),
                 "tenant": tenant,
-                "project_id": project.id,
+                "project_id": project_id,
                 "title": task["title"],
                 "description": task.get("description"),
                 "status": "open",
@@ -181,36 +197,47 @@ class SQLTaskBoard:
                 "created_by": author,
                 "updated_at": now,
             }
-            connection.execute(_INSERT_TASK, row)
-            replace_tags(connection, task_tags, "task_id", row["id"], tenant, tags, new=True)
+            connection.execute(_INSERT_TASK, connection.stored(row))
+            if tags:
+                connection.executemany(
+                    _INSERT_TASK_TAGS, [{"task_id": row["id"], "tenant": tenant, "tag": tag} for tag in tags]
+                )
             if depends_on:
-                connection.execute(
+                connection.executemany(
                     _INSERT_DEPS, [{"task_id": row["id"], "depends_on": d, "tenant": tenant} for d in depends_on]
                 )
-            return _task({**row, "project_name": project.name}, depends_on)
+            return _task({**row, "project_name": project_name}, depends_on)
 
-        return self.database.run("task.create", work, write=True)
+        return self.database.run_raw("task.create", work, write=True)
 
     def list_tasks(
         self, tenant: str, filters: dict[str, Any], limit: int, after: str | None
     ) -> Deferred[tuple[list[dict[str, Any]], str | None]]:
-        def work(connection: Connection) -> tuple[list[dict[str, Any]], str | None]:
+        # The busiest read: on the driver's own connection (see create_task).
+        def work(connection: RawConnection) -> tuple[list[dict[str, Any]], str | None]:
             params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1, "after": after}
             used = frozenset(name for name in _LIST_FILTERS if filters.get(name)) | (
                 {"after"} if after is not None else set()
             )
             if "project" in used:
-                params["project_id"] = _find_project(connection, tenant, filters["project"]).id
+                params["project_id"] = _project_ref(connection, tenant, filters["project"])[0]
             for name in ("status", "assignee", "tag"):
                 params[name] = filters.get(name)
             if "query" in used:
                 params["pattern"] = "%" + _escape_like(filters["query"]) + "%"
-            rows = connection.execute(_list_statement(used), params).all()
+            cursor = connection.execute(_list_statement(used), params)
+            names = [column[0] for column in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
             page = rows[:limit]
-            listed = _tasks_with_deps(connection, page)
-            return listed, (page[-1].id if len(rows) > limit else None)
+            deps: dict[str, list[str]] = {}
+            if page:
+                ids = [row["id"] for row in page]
+                for task_id, depends_on in connection.execute(_deps_of_ids(len(ids)), _id_params(tenant, ids)):
+                    deps.setdefault(task_id, []).append(depends_on)
+            listed = [_task(row, deps.get(row["id"], [])) for row in page]
+            return listed, (page[-1]["id"] if len(rows) > limit else None)
 
-        return self.database.run("task.list", work)
+        return self.database.run_raw("task.list", work)
 
     def get_task(self, tenant: str, task_id: str) -> Deferred[dict[str, Any]]:
         def work(connection: Connection) -> dict[str, Any]:
@@ -481,9 +508,7 @@ def _find_project(connection: Connection, tenant: str, reference: str) -> Row[An
     """A project by id, else by name, in ``tenant``; `NotFound` naming what to do."""
     rows = connection.execute(_FIND_PROJECT, {"tenant": tenant, "reference": reference}).all()
     if not rows:
-        raise NotFound(
-            f"no project {reference!r} (by id or name): project.list shows the projects, project.create makes one"
-        )
+        raise NotFound(_no_project(reference))
     return next((row for row in rows if row.id == reference), rows[0])
 
 
@@ -491,9 +516,56 @@ def _check_tasks_exist(connection: Connection, tenant: str, ids: Sequence[str], 
     if not ids:
         return
     found = set(connection.execute(select(tasks.c.id).where(tasks.c.tenant == tenant, tasks.c.id.in_(ids))).scalars())
+    _refuse_unknown(ids, found, argument)
+
+
+def _refuse_unknown(ids: Sequence[str], found: set[str], argument: str) -> None:
     missing = [task_id for task_id in ids if task_id not in found]
     if missing:
         raise NotFound(f"{argument} names unknown task(s): {', '.join(missing)}; task.list shows the task ids")
+
+
+# How many ids -> which of them a tenant has (for the driver's connection: no expanding IN).
+_KNOWN_IDS: dict[int, Any] = {}
+
+
+def _known_ids(count: int) -> Any:
+    statement = _KNOWN_IDS.get(count)
+    if statement is None:
+        wanted: list[Any] = [bindparam(f"id{n}") for n in range(count)]
+        statement = _KNOWN_IDS[count] = select(tasks.c.id).where(
+            tasks.c.tenant == bindparam("tenant"), tasks.c.id.in_(wanted)
+        )
+    return statement
+
+
+# How many task ids -> their dependencies (for the driver's connection: no expanding IN).
+_DEPS_OF_IDS: dict[int, Any] = {}
+
+
+def _deps_of_ids(count: int) -> Any:
+    statement = _DEPS_OF_IDS.get(count)
+    if statement is None:
+        wanted: list[Any] = [bindparam(f"id{n}") for n in range(count)]
+        statement = _DEPS_OF_IDS[count] = (
+            select(task_deps.c.task_id, task_deps.c.depends_on)
+            .where(task_deps.c.tenant == bindparam("tenant"), task_deps.c.task_id.in_(wanted))
+            .order_by(task_deps.c.depends_on)
+        )
+    return statement
+
+
+def _id_params(tenant: str, ids: Sequence[str]) -> dict[str, Any]:
+    return {"tenant": tenant, **{f"id{n}": task_id for n, task_id in enumerate(ids)}}
+
+
+def _project_ref(connection: RawConnection, tenant: str, reference: str) -> tuple[str, str]:
+    """`_find_project` on the driver's connection: the project's id and name."""
+    rows = connection.execute(_FIND_PROJECT_REF, {"tenant": tenant, "reference": reference}).fetchall()
+    if not rows:
+        raise NotFound(_no_project(reference))
+    found = next((row for row in rows if row[0] == reference), rows[0])
+    return found[0], found[1]
 
 
 def _refuse_cycle(connection: Connection, tenant: str, task_id: str, deps: Sequence[str]) -> None:
@@ -569,6 +641,10 @@ def _task_view(connection: Connection, tenant: str, task_id: str) -> dict[str, A
     }
 
 
+def _no_project(reference: str) -> str:
+    return f"no project {reference!r} (by id or name): project.list shows the projects, project.create makes one"
+
+
 def _no_task(task_id: str) -> str:
     return f"no task {task_id!r}: task.list shows the task ids"
 
@@ -597,7 +673,7 @@ def _task(row: Any, depends_on: list[str]) -> dict[str, Any]:
         "status": row["status"],
         "priority": PRIORITIES[row["priority"]],
         "assignee": row["assignee"],
-        "due": due.isoformat() if due is not None else None,
+        "due": due if due is None or isinstance(due, str) else due.isoformat(),
         "tags": json.loads(row["tags"]),
         "depends_on": depends_on,
         "version": row["version"],
