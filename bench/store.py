@@ -28,6 +28,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import profile  # noqa: E402
 from bench.load import _WRK_SCRIPT, RESULT_MARK, WRK_INSTALL, WRK_TIMEOUT_SECONDS, LoadResult, with_server_cpu  # noqa: E402
 from bench.mcp_client import ACCEPT, MCP_PATH, MODERN, encode, post  # noqa: E402
 from bench.procs import LOOPBACK, ServerProcess, free_port, pinned, wait_until  # noqa: E402
@@ -178,6 +179,11 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> list
                     drive = functools.partial(run_wrk, port, tool, clients, cpu=args.load_cpu, workdir=workdir)
                     if args.warmup:
                         drive(duration=args.warmup)
+                    spy = None
+                    if args.profile is not None:
+                        assert server.process is not None
+                        recording = args.profile / f"{backend}-{tool}-c{clients}.txt"
+                        spy = profile.record(server.process.pid, args.duration, recording)
                     result = with_server_cpu(functools.partial(drive, duration=args.duration), server.cpu_seconds)
                     row = {
                         "backend": backend,
@@ -195,6 +201,8 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> list
                         flush=True,
                     )
                     rows.append(row)
+                    if spy is not None and spy.wait(60) == 0:
+                        print(profile.summary(recording, top=10), flush=True)
     finally:
         if mariadb is not None:
             mariadb.destroy()
@@ -221,7 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"))
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     parser.add_argument("--mcpd-args", default="", help="more mcpd options, e.g. '--db-pool-size 2'")
+    parser.add_argument(
+        "--profile", type=Path, help="record each row with py-spy into this directory and print where the time went"
+    )
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if shutil.which("wrk") is None:
         print(WRK_INSTALL, file=sys.stderr)
         return 2

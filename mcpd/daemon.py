@@ -18,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
 from mcpd.interfaces import (
+    IAuditLog,
     IBucketStore,
     ICache,
     IKnowledgeBase,
@@ -289,13 +290,14 @@ def build_stores(
         # Off the first answer's path (mcpd.stores.opening): its imports and migrations are most
         # of a --stdio start-up.
         index = needs_index(packs)
-        interfaces = (*SQL_INTERFACES, *(INDEX_INTERFACES if index else ()))
+        interfaces = (*SQL_INTERFACES, IAuditLog, *(INDEX_INTERFACES if index else ()))
         opening = BackgroundOpening("database", interfaces, lambda: _open_sql_store(settings, reactor, index), reactor)
         for interface, stand_in in opening.stand_ins.items():
             stores.add(stand_in, () if interface is IStore else (interface,))
         opening.setName("database")
         services.append(opening)
     elif needs_sql(packs):
+        from mcpd.stores.sql.audit import SQLAuditLog
         from mcpd.stores.sql.database import SQLDatabase
         from mcpd.stores.sql.notes import SQLNoteStore
         from mcpd.stores.sql.service import SQLStoreService
@@ -305,6 +307,7 @@ def build_stores(
         stores.add(database, ())
         stores.add(SQLTaskBoard(database), (ITaskBoard,))
         stores.add(SQLNoteStore(database), (INoteStore,))
+        stores.add(SQLAuditLog(database), (IAuditLog,))
         service = SQLStoreService(database, reactor)
         service.setName("database")
         services.append(service)
@@ -324,6 +327,7 @@ def build_stores(
 def _open_sql_store(settings: Settings, reactor: Any, index: bool = False) -> Opened:
     """In a thread: import, build and open the SQL store (`BackgroundOpening`); with ``index``,
     the knowledge store on it too (its index, embedding service and re-indexer run with it)."""
+    from mcpd.stores.sql.audit import SQLAuditLog
     from mcpd.stores.sql.database import SQLDatabase
     from mcpd.stores.sql.notes import SQLNoteStore
     from mcpd.stores.sql.service import SQLStoreService
@@ -337,6 +341,7 @@ def _open_sql_store(settings: Settings, reactor: Any, index: bool = False) -> Op
         IStore: database,
         ITaskBoard: SQLTaskBoard(database),
         INoteStore: SQLNoteStore(database),
+        IAuditLog: SQLAuditLog(database),
     }
     if index:
         # Stopped in reverse: the re-indexer and the index before the database.
@@ -545,6 +550,7 @@ def _add_http(
     """The HTTP side of the tree: the policy layer, the transports, the monitoring routes and the
     listeners. Imported here, not at the top: a --stdio daemon loads none of it (twisted.web,
     Klein, the WebSocket and TLS libraries, Prometheus), which is most of its start-up time."""
+    from mcpd.observe.audit import AuditWriter
     from mcpd.observe.health import HealthChecks, size_check, store_check, thread_pool_check
     from mcpd.observe.stats import Vitals
     from mcpd.protocol.vocabulary import REQUEST_METHODS
@@ -558,9 +564,23 @@ def _add_http(
     from mcpd.web.monitoring import build_monitor
     from mcpd.web.site import make_site
 
+    # The audit trail persisted in the SQL store, when it runs (server.audit): written after the
+    # store starts and flushed before it stops.
+    audit_log = stores.get(IAuditLog)
+    audit_writer = None
+    if audit_log is not None:
+        audit_writer = AuditWriter(audit_log, reactor, retention_days=settings.audit_retention)
+        _add(root, "audit-writer", audit_writer)
     # One policy layer around every HTTP transport: per request (keys, addresses, Origin/CORS,
     # body size, rate and stream limits) and per connection (caps, slow clients).
-    security = Security(settings, reactor, shared.buckets, lifecycle=lifecycle, ledger=ledger)
+    security = Security(
+        settings,
+        reactor,
+        shared.buckets,
+        lifecycle=lifecycle,
+        ledger=ledger,
+        persist_audit=audit_writer.add if audit_writer is not None else None,
+    )
     sessions = SessionStore(reactor, settings.session_timeout, ledger, shared.sessions)
     # Legacy HTTP+SSE sessions live in a store of their own: ids never cross transports.
     sse_sessions = SessionStore(reactor, settings.session_timeout, ledger, shared.sse_sessions)
@@ -599,6 +619,8 @@ def _add_http(
     for store in stores:  # the stores' own series
         for collector in store.collectors():
             monitor.metrics.registry.register(collector)
+    if audit_writer is not None:
+        monitor.metrics.registry.register(audit_writer)
     policy = security.scope_policy(registry)
     engine = _engine(
         settings,

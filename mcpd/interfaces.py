@@ -10,13 +10,15 @@ that every implementation runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    import datetime
+
     from twisted.internet.defer import Deferred
 
 # Task states (2025-11-25 basic/utilities/tasks; SEP-2663).
@@ -709,3 +711,41 @@ class IMemoryStore(Interface):
 
     def memory_ids(tenant: str, owners: Sequence[str], prefix: str, limit: int) -> Deferred[list[str]]:
         """Memory ids starting with ``prefix`` (completion)."""
+
+
+# An audit record as it crosses `IAuditLog.append`: a tuple of these, in this order (``time`` in
+# seconds since the epoch, ``duration`` in seconds): tuples, because every call makes one.
+AUDIT_FIELDS = (
+    "tenant",
+    "time",
+    "key",
+    "peer",
+    "transport",
+    "method",
+    "tool",
+    "outcome",
+    "duration",
+    "request_id",
+    "x_request_id",
+    "detail",
+)
+
+
+class IAuditLog(Interface):
+    """The persisted audit trail (``server.audit``): records of `mcpd.observe.audit`, each with
+    its tenant, written in batches and searched newest first."""
+
+    def append(records: Iterable[Sequence[Any]]) -> Deferred[int]:
+        """Store ``records`` (tuples of `AUDIT_FIELDS`) in one transaction; how many. They are
+        read in the store's thread: a lazy iterable keeps their making off the reactor."""
+
+    def search(
+        tenant: str, filters: dict[str, Any], limit: int, before: Any
+    ) -> Deferred[tuple[list[dict[str, Any]], Any]]:
+        """The tenant's records matching ``filters`` (since, until: naive UTC datetimes; key,
+        tool, outcome), newest first, starting after the position ``before`` (None: the
+        newest); with the position of the next page (None at the end)."""
+
+    def prune(older_than: datetime.datetime, batch: int) -> Deferred[int]:
+        """Delete up to ``batch`` of the oldest records if from before ``older_than`` (naive
+        UTC); how many (fewer than ``batch``: none older is left)."""

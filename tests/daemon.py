@@ -431,7 +431,7 @@ FIXTURE_TOOLS = {
 }
 
 
-SERVER_TOOLS = {"server.info", "server.tools"}
+SERVER_TOOLS = {"server.audit", "server.info", "server.tools"}
 # The read-only tools of the packs served by default besides server: tasks, notes (SQL), cache,
 # kb and memory (SQL and the search index).
 READ_ONLY_DATA_TOOLS = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -53,7 +54,7 @@ class MariaDB:
 
     def __init__(self, root: Path | None = None) -> None:
         require_mariadb()
-        self.root = Path(root or tempfile.mkdtemp(prefix="mcpd-mariadb-"))
+        self.root = Path(root or tempfile.mkdtemp(prefix="mcpd-mariadb-")).absolute()
         self.datadir = self.root / "data"
         self.socket = self.root / "mysql.sock"
         self.port = free_port()
@@ -64,20 +65,19 @@ class MariaDB:
 
     def start(self) -> MariaDB:
         """Start the server (installing a fresh data directory the first time) and wait until it
-        answers on its port."""
+        answers on its port. `RuntimeError` with what the server or the installer said, when
+        either fails."""
         if not self._installed:
             self.root.mkdir(parents=True, exist_ok=True)
-            subprocess.run(
+            _run_or_explain(
                 [
-                    _binary("mariadb-install-db"),
+                    str(_binary("mariadb-install-db")),
                     "--no-defaults",
                     "--user=root",
                     f"--datadir={self.datadir}",
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
                 ],
-                check=True,
-                capture_output=True,
                 timeout=120,
             )
         with open(self.root / "err.log", "ab") as err:
@@ -97,14 +97,22 @@ class MariaDB:
                     "--innodb-buffer-pool-size=64M",
                     "--max-connections=500",
                 ],
-                stdout=subprocess.DEVNULL,
+                stdout=err,
                 stderr=err,
                 start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not port_answers(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"MariaDB did not start on port {self.port}:\n{self.error_log()}")
+        # Ready when our own socket answers (another server may hold the port) and the port too.
+        while not (_socket_answers(self.socket) and port_answers(self.port)):
+            code = self.process.poll()
+            if code is not None or time.monotonic() > deadline:
+                how = f"exited with status {code}" if code is not None else f"did not answer within {START_TIMEOUT:g}s"
+                if code is None:
+                    self.kill()
+                raise RuntimeError(
+                    f"MariaDB {how} on port {self.port} (data in {self.root}); its output and error log:\n"
+                    f"{self.error_log()}"
+                )
             time.sleep(0.05)
         if not self._installed:
             self._installed = True
@@ -143,7 +151,7 @@ class MariaDB:
 
     def error_log(self) -> str:
         try:
-            return (self.root / "err.log").read_text(errors="replace")[-4000:]
+            return (self.root / "err.log").read_text(errors="replace")[-4000:] or "(empty)"
         except OSError:
             return "(no error log)"
 
@@ -182,6 +190,29 @@ class MariaDB:
         """The --db-url of ``database`` for the mcpd user (the password given apart unless asked)."""
         secret = f":{PASSWORD}" if password else ""
         return f"mysql+pymysql://{USER}{secret}@127.0.0.1:{self.port}/{database}"
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _run_or_explain(command: list[str], timeout: float) -> None:
+    """Run a set-up command; `RuntimeError` with its exit status and output when it fails or
+    hangs (a bare CalledProcessError showed neither)."""
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        output = (e.stdout or b"").decode(errors="replace")[-4000:]
+        raise RuntimeError(f"{' '.join(command)} did not finish within {timeout:g}s; its output:\n{output}") from None
+    if done.returncode != 0:
+        output = done.stdout.decode(errors="replace")[-4000:]
+        raise RuntimeError(f"{' '.join(command)} exited with status {done.returncode}; its output:\n{output}")
 
 
 _shared: MariaDB | None = None

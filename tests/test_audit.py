@@ -1,15 +1,36 @@
-"""Tests for `mcpd.observe.audit`: records, the bounded buffer, the engine observer."""
+"""Tests for the audit trail: `mcpd.observe.audit` (records, the bounded buffer, the engine
+observer, the writer that persists them) and `mcpd.stores.sql.audit` against a real SQLite file
+and a real MariaDB server (search, pages, tenants, retention, an outage held in memory)."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import time
+from typing import Any
 
+import anyio
+from mcp import Client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+from mcp.shared.exceptions import MCPError
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
-from mcpd.observe.audit import AuditTrail
+from mcpd.interfaces import IAuditLog, StoreUnavailable
+from mcpd.observe.audit import AuditTrail, AuditWriter, entry, fields
 from mcpd.protocol.vocabulary import CallRecord
+from mcpd.stores.sql.audit import SQLAuditLog
+from mcpd.stores.sql.config import DatabaseConfig, database_url
+from mcpd.stores.sql.database import SQLDatabase
+from mcpd.stores.sql.service import SQLStoreService
 from mcpd.tools.api import Caller
+from tests.daemon import MODERN, DaemonTestCase, run_anyio
+from tests.services import PASSWORD, MariaDB, shared_mariadb
 
 
 def _call(method: str, outcome: str, tool: str | None = None) -> CallRecord:
@@ -35,6 +56,7 @@ class AuditTrailTests(SynchronousTestCase):
             list(trail)[0],
             {
                 "time": 1000.0,
+                "tenant": "default",
                 "key": "alice",
                 "peer": "10.0.0.5",
                 "transport": "http",
@@ -60,3 +82,342 @@ class AuditTrailTests(SynchronousTestCase):
         for n in range(5):
             trail.record(outcome="ok", key="k", peer="p", transport="http", request_id=n)
         self.assertEqual([r["request_id"] for r in trail], [2, 3, 4])
+
+
+# -- persisted: the SQL store and the writer ------------------------------------------------------
+
+A, B = "acme", "globex"
+T0 = datetime.datetime(2026, 11, 29, 12, 0, 0, tzinfo=datetime.UTC).timestamp()
+
+
+def record(
+    n: int,
+    *,
+    tenant: str = A,
+    key: str | None = "alice",
+    tool: str | None = "task.list",
+    outcome: str = "ok",
+    when: float | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """The nth audit record, n seconds after T0 (or at ``when``)."""
+    made = entry(
+        T0 + n if when is None else when,
+        key=key,
+        peer="10.0.0.5",
+        transport="http",
+        method="tools/call",
+        tool=tool,
+        outcome=outcome,
+        duration=0.0015,
+        request_id=n,
+        x_request_id=None,
+        tenant=tenant,
+    )
+    return {**made, **more}
+
+
+def at(n: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(T0 + n, datetime.UTC).replace(tzinfo=None)
+
+
+class _AuditStoreSuite:
+    """What `SQLAuditLog` does on every backend; subclasses give `config()`."""
+
+    addCleanup: Any
+    assertEqual: Any
+    assertIsNone: Any
+    assertTrue: Any
+
+    def config(self) -> DatabaseConfig:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.database = SQLDatabase(self.config(), reactor)
+        service = SQLStoreService(self.database, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.log = SQLAuditLog(self.database)
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IAuditLog, self.log))
+
+    @inlineCallbacks
+    def test_search_pages_and_filters(self) -> Any:
+        records = [record(n, tool="task.list" if n % 2 else "note.get") for n in range(10)]
+        records.append(record(10, key=None, outcome="auth_failure", tool=None))
+        records.append(record(11, tenant=B, key="eve"))
+        self.assertEqual((yield self.log.append(map(fields, records))), 12)
+        page, after = yield self.log.search(A, {}, 4, None)
+        self.assertEqual([r["request_id"] for r in page], [10, 9, 8, 7])  # newest first
+        self.assertEqual(
+            page[1],
+            {
+                "time": "2026-11-29T12:00:09.000000Z",
+                "key": "alice",
+                "peer": "10.0.0.5",
+                "transport": "http",
+                "method": "tools/call",
+                "tool": "task.list",
+                "outcome": "ok",
+                "duration_ms": 1.5,
+                "request_id": 9,
+                "x_request_id": None,
+                "detail": None,
+            },
+        )
+        seen = [r["request_id"] for r in page]
+        while after is not None:
+            page, after = yield self.log.search(A, {}, 4, after)
+            seen += [r["request_id"] for r in page]
+        self.assertEqual(seen, list(range(10, -1, -1)))  # every record once, never another tenant's
+        page, _ = yield self.log.search(A, {"tool": "note.get", "since": at(2), "until": at(8)}, 10, None)
+        self.assertEqual([r["request_id"] for r in page], [6, 4, 2])
+        page, _ = yield self.log.search(A, {"outcome": "auth_failure"}, 10, None)
+        self.assertEqual([(r["request_id"], r["key"]) for r in page], [(10, None)])
+        page, _ = yield self.log.search(A, {"key": "eve"}, 10, None)
+        self.assertEqual(page, [])
+        page, _ = yield self.log.search(B, {}, 10, None)
+        self.assertEqual([r["key"] for r in page], ["eve"])
+
+    @inlineCallbacks
+    def test_records_of_one_instant_page_apart(self) -> Any:
+        yield self.log.append([fields(record(1, key=f"k{i}")) for i in range(5)])
+        seen: list[str] = []
+        page, after = yield self.log.search(A, {}, 2, None)
+        seen += [r["key"] for r in page]
+        while after is not None:
+            page, after = yield self.log.search(A, {}, 2, after)
+            seen += [r["key"] for r in page]
+        self.assertEqual(seen, ["k4", "k3", "k2", "k1", "k0"])
+
+    @inlineCallbacks
+    def test_long_values_are_cut_not_refused(self) -> Any:
+        long = record(1, tool="t" * 500, x_request_id="x" * 500, request_id="r" * 500, detail="d" * 5000)
+        yield self.log.append([fields(long)])
+        (shown,), _ = yield self.log.search(A, {}, 10, None)
+        self.assertEqual((len(shown["tool"]), len(shown["x_request_id"])), (128, 64))
+        self.assertEqual(len(shown["request_id"]), 64)
+        self.assertEqual(len(shown["detail"]), 5000)
+
+    @inlineCallbacks
+    def test_prune(self) -> Any:
+        yield self.log.append([fields(record(n)) for n in range(7)])
+        self.assertEqual((yield self.log.prune(at(5), 3)), 3)
+        self.assertEqual((yield self.log.prune(at(5), 3)), 2)
+        self.assertEqual((yield self.log.prune(at(5), 3)), 0)
+        page, _ = yield self.log.search(A, {}, 10, None)
+        self.assertEqual([r["request_id"] for r in page], [6, 5])
+
+
+class SQLiteAuditStoreTests(_AuditStoreSuite, TestCase):
+    def config(self) -> DatabaseConfig:
+        return DatabaseConfig(url=database_url(None, self.mktemp()))
+
+
+class MariaDBAuditStoreTests(_AuditStoreSuite, TestCase):
+    def config(self) -> DatabaseConfig:
+        server = shared_mariadb()
+        return DatabaseConfig(url=database_url(server.url(server.new_database()), "unused", PASSWORD))
+
+
+class AuditWriterTests(TestCase):
+    """The writer against a real SQLite store, its loops on a Clock."""
+
+    def setUp(self) -> None:
+        self.database = SQLDatabase(DatabaseConfig(url=database_url(None, self.mktemp())), reactor)
+        service = SQLStoreService(self.database, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.log = SQLAuditLog(self.database)
+        self.clock = Clock()
+
+    def writer(self, **options: Any) -> AuditWriter:
+        writer = AuditWriter(self.log, self.clock, **options)
+        writer.startService()
+        self.addCleanup(lambda: writer.running and writer.stopService())
+        return writer
+
+    @inlineCallbacks
+    def test_calls_reach_the_database_in_batches(self) -> Any:
+        writer = self.writer(retention_days=0, batch=3)
+        trail = AuditTrail(clock=lambda: T0, emit=False, persist=writer.add)
+        for n in range(7):
+            trail.observe(_call("tools/call", "ok", f"t{n}"))
+        trail.record(outcome="auth_failure", key=None, peer="::1", transport="http", detail="no key", tenant=B)
+        self.assertEqual(len(writer.queue), 8)
+        yield writer.flush()
+        self.assertEqual((len(writer.queue), writer.written), (0, 8))
+        page, _ = yield self.log.search("default", {}, 10, None)
+        self.assertEqual(sorted(r["tool"] for r in page), [f"t{n}" for n in range(7)])
+        self.assertEqual(page[0]["key"], "alice")
+        page, _ = yield self.log.search(B, {}, 10, None)
+        self.assertEqual([(r["outcome"], r["detail"]) for r in page], [("auth_failure", "no key")])
+
+    @inlineCallbacks
+    def test_shutdown_flushes(self) -> Any:
+        writer = self.writer(retention_days=0)
+        writer.add(record(1))
+        yield writer.stopService()
+        page, _ = yield self.log.search(A, {}, 10, None)
+        self.assertEqual(len(page), 1)
+
+    @inlineCallbacks
+    def test_prunes_past_the_retention(self) -> Any:
+        now = time.time()
+        old = [record(n, when=now - 40 * 86400 + n) for n in range(5)]
+        recent = [record(n, when=now - 86400 + n) for n in range(2)]
+        yield self.log.append(map(fields, old + recent))
+        writer = self.writer(retention_days=30, prune_batch=2)
+        yield writer.prune()
+        self.assertEqual(writer.pruned, 5)
+        page, _ = yield self.log.search(A, {}, 10, None)
+        self.assertEqual(len(page), 2)
+
+    def test_bounded_backlog_counts_what_it_drops(self) -> None:
+        writer = AuditWriter(self.log, self.clock, retention_days=0, backlog=3)
+        logged: list[dict] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        for n in range(5):
+            writer.add(record(n))
+        self.assertEqual([item["request_id"] for item in writer.queue], [2, 3, 4])
+        self.assertEqual(writer.dropped, 2)
+        self.assertEqual(sum("are being dropped" in str(e.get("log_format")) for e in logged), 1)
+        samples = {m.name: m.samples[0].value for m in writer.collect()}
+        self.assertEqual((samples["mcp_audit_queued"], samples["mcp_audit_dropped"]), (3, 2))
+
+
+class AuditOutageTests(TestCase):
+    """A real MariaDB server stopped under the writer: records wait in memory, then are written."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_held_while_down_then_written(self) -> Any:
+        server = MariaDB()
+        self.addCleanup(server.destroy)
+        yield deferToThread(server.start)
+        database = SQLDatabase(
+            DatabaseConfig(url=database_url(server.url(server.new_database()), "unused", PASSWORD), timeout=2.0),
+            reactor,
+        )
+        service = SQLStoreService(database, reactor)
+        yield deferToThread(database.open)
+        for threads in service.threads:
+            threads.startService()
+        self.addCleanup(service.stopService)
+        log = SQLAuditLog(database)
+        writer = AuditWriter(log, Clock(), retention_days=0, batch=2)
+        writer.add(record(0))
+        yield writer.flush()
+        yield deferToThread(server.stop)
+        for n in range(1, 6):
+            writer.add(record(n))
+        yield writer.flush()
+        self.assertEqual((len(writer.queue), writer.held, writer.dropped), (5, True, 0))
+        yield self.failUnlessFailure(log.search(A, {}, 10, None), StoreUnavailable)
+        yield deferToThread(server.start)
+        for _attempt in range(50):
+            yield writer.flush()
+            if not writer.queue:
+                break
+            yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual((len(writer.queue), writer.held, writer.written), (0, False, 6))
+        page, _ = yield log.search(A, {}, 10, None)
+        self.assertEqual([r["request_id"] for r in page], [5, 4, 3, 2, 1, 0])
+
+
+# -- server.audit through the SDK client ----------------------------------------------------------
+
+AUDIT_KEYS = {
+    "alice": ("alice-key", "admin", A),
+    "bob": ("bob-key", "read", A),
+    "eve": ("eve-key", "admin", B),
+}
+
+
+class ServerAuditTests(DaemonTestCase):
+    """Three keys of two tenants on one daemon (SQLite): each tenant's admin sees its tenant's
+    calls in server.audit, and only those; a key without admin scope cannot call it."""
+
+    def test_admins_see_their_tenants_trail(self) -> Deferred[None]:
+        key_file = self.workdir / "keys"
+        key_file.write_text(
+            "".join(f"{name}:{key}:{scopes}:{tenant}\n" for name, (key, scopes, tenant) in AUDIT_KEYS.items())
+        )
+        daemon = self.start_daemon("--api-key-file", str(key_file), fixture_pack=False)
+
+        def client(name: str) -> Any:
+            http = create_mcp_http_client(headers={"Authorization": f"Bearer {AUDIT_KEYS[name][0]}"})
+            return Client(streamable_http_client(daemon.url, http_client=http), mode=MODERN)
+
+        async def trail(who: Client, expected: int, **arguments: Any) -> dict[str, Any]:
+            """server.audit once ``expected`` records are there (the writer flushes every second)."""
+            with anyio.fail_after(10):
+                while True:
+                    result = await who.call_tool("server.audit", arguments)
+                    assert not result.is_error, result
+                    found = dict(result.structured_content or {})
+                    # Not the calls of this poll itself.
+                    found["records"] = [
+                        r for r in found["records"] if r["outcome"] != "ok" or r["tool"] != "server.audit"
+                    ]
+                    if len(found["records"]) >= expected:
+                        return found
+                    await anyio.sleep(0.2)
+
+        async def main() -> None:
+            with anyio.fail_after(40):
+                async with client("alice") as alice, client("bob") as bob, client("eve") as eve:
+                    assert not (await alice.call_tool("project.create", {"name": "p"})).is_error
+                    for _ in range(3):
+                        assert not (await bob.call_tool("task.list", {})).is_error
+                    assert (await alice.call_tool("task.get", {"id": "nope"})).is_error
+                    assert not (await eve.call_tool("note.search", {"query": "x"})).is_error
+                    try:
+                        refused = await bob.call_tool("server.audit", {})
+                    except MCPError:
+                        pass  # a tool its scopes hide is unknown to it
+                    else:
+                        assert refused.is_error, refused
+
+                    # Alice sees Acme's calls (hers and Bob's, his refusal too), newest first.
+                    seen = (await trail(alice, 6, limit=100))["records"]
+                    keys_and_tools = [(r["key"], r["tool"], r["outcome"]) for r in seen]
+                    self.assertEqual(
+                        keys_and_tools[:6],
+                        [
+                            ("bob", "server.audit", "denied"),
+                            ("alice", "task.get", "tool_error"),
+                            ("bob", "task.list", "ok"),
+                            ("bob", "task.list", "ok"),
+                            ("bob", "task.list", "ok"),
+                            ("alice", "project.create", "ok"),
+                        ],
+                    )
+                    self.assertNotIn("eve", {r["key"] for r in seen})
+                    self.assertTrue(all(r["time"].endswith("Z") and r["transport"] for r in seen))
+                    # Filters, and pages with a cursor.
+                    bobs = await trail(alice, 2, key="bob", tool="task.list", limit=2)
+                    self.assertEqual([r["key"] for r in bobs["records"]], ["bob", "bob"])
+                    rest = await trail(alice, 1, key="bob", tool="task.list", limit=2, cursor=bobs["next_cursor"])
+                    self.assertEqual((len(rest["records"]), rest["next_cursor"]), (1, None))
+                    failed = await trail(alice, 1, outcome="tool_error")
+                    self.assertEqual([r["tool"] for r in failed["records"]], ["task.get"])
+                    future = await alice.call_tool("server.audit", {"since": "2999-01-01"})
+                    self.assertEqual(future.structured_content["records"], [])
+                    bad = await alice.call_tool("server.audit", {"since": "yesterday at noon"})
+                    self.assertTrue(bad.is_error)
+                    self.assertIn("ISO 8601", bad.content[0].text)
+
+                    # Eve, Globex's admin, sees Globex's calls only, and not through Alice's cursor.
+                    theirs = (await trail(eve, 1))["records"]
+                    self.assertEqual({r["key"] for r in theirs}, {"eve"})
+                    stolen = await eve.call_tool(
+                        "server.audit", {"key": "bob", "tool": "task.list", "limit": 2, "cursor": bobs["next_cursor"]}
+                    )
+                    self.assertTrue(stolen.is_error)
+                    self.assertIn("another listing", stolen.content[0].text)
+
+        return self.in_thread(lambda: run_anyio(main))

@@ -4,6 +4,8 @@ serves a tool call through every layer (capacity factory, gate, Site, Streamable
 from __future__ import annotations
 
 import json
+import queue
+import time
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -25,9 +27,27 @@ PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 HOST = IPv4Address("TCP", "127.0.0.1", 8765)
 
 
+class ThreadedMemoryReactor(MemoryReactorClock):
+    """A memory reactor the SQL store's threads can hand results back to (the real reactor's
+    ``callFromThread``): they run at the next `advance`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        self.from_threads.put((f, args, kwargs))
+
+    def advance(self, amount: float) -> None:
+        while not self.from_threads.empty():
+            f, args, kwargs = self.from_threads.get()
+            f(*args, **kwargs)
+        super().advance(amount)
+
+
 class ProductionTreeTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
+        self.reactor = ThreadedMemoryReactor()
 
     def start(self, **flags: Any) -> Any:
         # The default toolsets include the packs on the SQL store: its SQLite file goes here.
@@ -45,6 +65,7 @@ class ProductionTreeTests(SynchronousTestCase):
             if d.called:
                 break
             self.reactor.advance(0.05)
+            time.sleep(0.005)  # the audit writer's last flush runs in the store's thread
         self.successResultOf(d)
 
     def connect(self) -> tuple[Any, StringTransport]:
@@ -67,6 +88,7 @@ class ProductionTreeTests(SynchronousTestCase):
                 "database",  # the SQL store of the packs, before the engine
                 "milvus",  # the search index of the kb and memory packs (connects on first use)
                 "reindexer",  # catches the index up with SQL
+                "audit-writer",  # the audit trail into the SQL store: flushed before it stops
                 "engine",
                 "sessions",
                 "sse-sessions",

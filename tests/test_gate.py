@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from mcpd.interfaces import IBucketStore
 from mcpd.security.addresses import AddressList
+from mcpd.security.keys import APIKey, KeyRing
 from mcpd.security.ratelimit import RateLimit, RateLimiter
 from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tools.api import Caller
@@ -203,6 +204,18 @@ class LimitTests(GateTestCase):
         self.assertEqual(self.fetch({"X-API-Key": "root-key"}).status, 200)
         self.assertEqual([r["outcome"] for r in self.audit], ["rate_limited"])
         self.assertEqual(list(self.audit)[0]["key"], "alice")
+
+    def test_refusals_are_audited_in_the_keys_tenant(self) -> None:
+        """A refused key's record belongs to its tenant (server.audit shows it to that tenant's
+        admin); a refusal before any key is known, to the default tenant."""
+        keys = KeyRing([APIKey.from_secret("acme-key", "ann", ["read"], tenant="acme")])
+        self.make(keys=keys, limiter=RateLimiter(RateLimit(1, 60.0), MemoryBucketStore(Clock())))
+        self.assertEqual([self.fetch({"X-API-Key": "acme-key"}).status for _ in range(2)], [200, 429])
+        self.assertEqual(self.fetch({"X-API-Key": "wrong"}).status, 401)
+        self.assertEqual(
+            [(r["outcome"], r["key"], r["tenant"]) for r in self.audit],
+            [("rate_limited", "ann", "acme"), ("auth_failure", None, "default")],
+        )
 
 
 @implementer(IBucketStore)

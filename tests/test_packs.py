@@ -425,6 +425,60 @@ class _Tenancy(_Backends):
         listed = structured(await alice.call_tool("task.list", {"limit": 1, "cursor": alice_cursor}))
         self.assertEqual(len(listed["tasks"]), 1)
 
+    def test_updates_reach_only_their_tenant(self) -> Deferred[None]:
+        """Eve subscribes to Alice's task (2026-07-28 subscriptions/listen, and legacy
+        resources/subscribe) beside her own: when both change she hears only of her own, while
+        Alice hears of hers."""
+        key_file = self.workdir / "keys"
+        key_file.write_text("".join(f"{name}:{key}::{tenant}\n" for name, (key, tenant) in KEYS.items()))
+        daemon = self.start_daemon("--api-key-file", str(key_file), *self.database_args(), fixture_pack=False)
+        legacy_heard: list[str] = []
+
+        async def on_message(message: Any) -> None:
+            root = getattr(message, "root", message)
+            if getattr(root, "method", None) == "notifications/resources/updated":
+                legacy_heard.append(root.params.uri)
+
+        def client(name: str, mode: str = MODERN, **options: Any) -> Any:
+            http = create_mcp_http_client(headers={"Authorization": f"Bearer {KEYS[name][0]}"})
+            return Client(streamable_http_client(daemon.url, http_client=http), mode=mode, **options)
+
+        async def task_of(who: Client, project: str) -> str:
+            structured(await who.call_tool("project.create", {"name": project}))
+            return str(structured(await who.call_tool("task.create", {"project": project, "title": "t"}))["task"]["id"])
+
+        async def main() -> None:
+            with anyio.fail_after(60):
+                async with (
+                    client("alice") as alice,
+                    client("eve") as eve,
+                    client("eve", LEGACY, message_handler=on_message) as eve_legacy,
+                ):
+                    alices, eves = await task_of(alice, "a"), await task_of(eve, "e")
+                    uris = [f"task://{alices}", f"task://{eves}"]
+                    with warnings.catch_warnings():  # the SDK warns that 2026-07-28 replaced it
+                        warnings.simplefilter("ignore")
+                        for uri in uris:
+                            await eve_legacy.subscribe_resource(uri)
+                    async with (
+                        alice.listen(resource_subscriptions=uris[:1]) as alice_hears,
+                        eve.listen(resource_subscriptions=uris) as eve_hears,
+                    ):
+                        structured(await alice.call_tool("task.update", {"id": alices, "status": "in_progress"}))
+                        structured(await eve.call_tool("task.update", {"id": eves, "status": "in_progress"}))
+                        async for event in alice_hears:
+                            self.assertEqual(getattr(event, "uri", None), uris[0], event)
+                            break
+                        # In order on Eve's stream: her own task's update, with nothing before it.
+                        async for event in eve_hears:
+                            self.assertEqual(getattr(event, "uri", None), uris[1], event)
+                            break
+                    while not legacy_heard:
+                        await anyio.sleep(0.05)
+                    self.assertEqual(legacy_heard, [uris[1]])
+
+        return self.in_thread(lambda: run_anyio(main))
+
 
 class SQLiteTenancyTests(_Tenancy, DaemonTestCase):
     backend = "sqlite"

@@ -79,7 +79,7 @@ class ServerPackTests(SynchronousTestCase):
         self.assertEqual(info["toolsets"], ["server", "tests.test_server_pack:notes"])
 
     def test_tool_count_matches_the_registry(self) -> None:
-        self.assertEqual(self.structured("server.info")["tool_count"], 6)
+        self.assertEqual(self.structured("server.info")["tool_count"], 7)
         self.assertEqual(len(self.names()), len(self.registry))
 
     def test_info_without_a_runtime_is_a_tool_error(self) -> None:
@@ -88,6 +88,11 @@ class ServerPackTests(SynchronousTestCase):
         result = peer.call("server.info")
         self.assertTrue(result["isError"])
         self.assertIn("needs a running server", text_of(result))
+
+    def test_audit_without_the_sql_store_says_so(self) -> None:
+        result = self.peer.call("server.audit", {})
+        self.assertTrue(result["isError"])
+        self.assertIn("persisted in the SQL store, which this server does not run", text_of(result))
 
     def test_tools_lists_everything_sorted_with_packs_and_hints(self) -> None:
         rows = {row["name"]: row for row in self.structured("server.tools")["tools"]}
@@ -103,16 +108,17 @@ class ServerPackTests(SynchronousTestCase):
         self.assertEqual(rows["notes.read"]["title"], "Read notes")
 
     def test_filter_by_match_and_pack(self) -> None:
-        self.assertEqual(self.names(match="server."), ["server.info", "server.tools"])
+        self.assertEqual(self.names(match="server."), ["server.audit", "server.info", "server.tools"])
         self.assertEqual(
-            self.names(match="r"), ["notes.purge", "notes.raw", "notes.read", "server.info", "server.tools"]
+            self.names(match="r"),
+            ["notes.purge", "notes.raw", "notes.read", "server.audit", "server.info", "server.tools"],
         )
         self.assertEqual(self.names(pack="notes"), ["notes.add", "notes.purge", "notes.raw", "notes.read"])
         self.assertEqual(self.names(pack="notes", match="add"), ["notes.add"])
         self.assertEqual(self.names(pack="nothing"), [])
 
     def test_filter_by_read_only(self) -> None:
-        self.assertEqual(self.names(read_only=True), ["notes.read", "server.info", "server.tools"])
+        self.assertEqual(self.names(read_only=True), ["notes.read", "server.audit", "server.info", "server.tools"])
         # readOnlyHint defaults to false (2025-11-25 schema, ToolAnnotations).
         self.assertEqual(self.names(read_only=False), ["notes.add", "notes.purge", "notes.raw"])
 
@@ -120,7 +126,9 @@ class ServerPackTests(SynchronousTestCase):
         # destructiveHint defaults to true and means nothing for read-only tools: a tool that
         # says nothing may destroy, one that only reads never does.
         self.assertEqual(self.names(destructive=True), ["notes.purge", "notes.raw"])
-        self.assertEqual(self.names(destructive=False), ["notes.add", "notes.read", "server.info", "server.tools"])
+        self.assertEqual(
+            self.names(destructive=False), ["notes.add", "notes.read", "server.audit", "server.info", "server.tools"]
+        )
         self.assertEqual(self.names(destructive=False, read_only=False), ["notes.add"])
 
     def test_unknown_filters_are_refused(self) -> None:

@@ -3,8 +3,8 @@
 - `OutageTests`: MariaDB is shut down while a client keeps creating tasks. Every call is answered
   (an ``isError`` result saying the database is unavailable, within a bounded time: never a hang,
   never a JSON-RPC error), ``/health`` says down (503) and ``/metrics`` and ``server.info`` agree;
-  when MariaDB is back, mcpd reconnects by itself, and every task it acknowledged is in the
-  database.
+  when MariaDB is back, mcpd reconnects by itself, every task it acknowledged is in the
+  database, and every call is in the audit trail (``server.audit`` said unavailable meanwhile).
 - `KillTests`: ``kill -9`` of mcpd in the middle of a burst of concurrent ``task.create`` calls
   (on SQLite and on MariaDB): after a restart every acknowledged task is there, and no task was
   half-written (each has all its tags and dependencies).
@@ -169,6 +169,10 @@ class OutageTests(DaemonTestCase):
             self.assertEqual(metric(exposition, "mcp_db_up"), 0.0)
             self.assertGreater(metric(exposition, "mcp_db_errors_total", {"kind": "unavailable"}) or 0, 0)
             self.assertEqual(state(), "down")
+            # server.audit says so too; the audit records of these calls wait in memory.
+            audit = call_tool(port, "server.audit", {})["result"]
+            self.assertTrue(audit.get("isError"), audit)
+            self.assertIn(UNAVAILABLE, audit["content"][0]["text"])
             acknowledged_before = len(writer.acknowledged)
             server.start()
             wait_for(lambda: len(writer.acknowledged) >= acknowledged_before + 20, "20 more tasks after the restart")
@@ -188,6 +192,11 @@ class OutageTests(DaemonTestCase):
             missing = set(writer.acknowledged) - set(rows)
             self.assertEqual(missing, set())
             self.assertEqual({counts for counts in rows.values()}, {(len(TAGS), 0)})
+            # Every call is in the audit trail, those made during the outage too.
+            calls = len(writer.acknowledged) + len(writer.tool_errors)
+            count = "SELECT COUNT(*) FROM audit_records WHERE tool = 'task.create'"
+            wait_for(lambda: server.sql(count, database=database)[0][0] >= calls, f"{calls} audit records")
+            self.assertEqual(server.sql(count, database=database)[0][0], calls)
 
         return self.in_thread(check)
 

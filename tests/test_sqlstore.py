@@ -423,6 +423,53 @@ class SQLiteStoreTests(_StoreSuite, TestCase):
     def config(self) -> DatabaseConfig:
         return sqlite_config(self.mktemp())
 
+    @inlineCallbacks
+    def test_next_reads_indexes_without_sorting_the_tasks(self) -> Any:
+        """task.next's statement reads each (priority, dated or not) head from an index: the only
+        sort is of the eight heads, whatever the filters. (MariaDB plans by what the tables hold:
+        its figure is in bench/README.rst.)"""
+        from mcpd.stores.sql.tasks import _NEXT
+
+        project = yield self.board.create_project(A, "web", None, "alice")
+        for n in range(30):
+            yield self.board.create_task(
+                A,
+                {
+                    "project": "web",
+                    "title": f"t{n}",
+                    "priority": ("low", "normal", "high", "urgent")[n % 4],
+                    "assignee": "a" if n % 3 else None,
+                    "due": datetime.date(2026, 12, 1 + n % 28) if n % 2 else None,
+                },
+                "alice",
+            )
+        params = {"tenant": A, "project_id": project["id"], "assignee": "a"}
+
+        def plans(connection: Any) -> list[list[str]]:
+            found = []
+            for (on_sqlite, _project, _assignee), (ready, _count) in _NEXT.items():
+                if on_sqlite:
+                    # Bound values as literals: EXPLAIN takes no parameters.
+                    sql = ready.params(**params).compile(
+                        dialect=connection.dialect, compile_kwargs={"literal_binds": True}
+                    )
+                    rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", ()).all()
+                    found.append([" ".join(str(v) for v in row) for row in rows])
+            return found
+
+        found = yield self.database.run("explain", plans)
+        self.assertEqual(len(found), 4)
+        for plan in found:
+            text = "\n".join(plan)
+            # Rows are (id, parent, _, detail): no sort inside a head (a CO-ROUTINE), only of
+            # the heads' rows.
+            rows = [row.split(" ", 3) for row in plan]
+            heads = {row[0] for row in rows if row[3].startswith("CO-ROUTINE")}
+            self.assertFalse([row for row in rows if row[1] in heads and "TEMP B-TREE" in row[3]], text)
+            self.assertNotIn("SCAN tasks", text)
+            searches = text.count("USING INDEX ix_tasks_next") + text.count("USING INDEX ix_tasks_project_next")
+            self.assertEqual(searches, 8, text)
+
 
 class MariaDBStoreTests(_StoreSuite, TestCase):
     timeout = 60
@@ -628,6 +675,43 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn(says, str(caught.exception), url)
 
 
+# -- the MariaDB fixture ------------------------------------------------------------------------
+
+
+class MariaDBFixtureTests(TestCase):
+    """When the test server cannot be set up, the failure shows what the installer or the server
+    said (tests.services)."""
+
+    timeout = 120
+
+    def test_installer_failure_shows_its_output(self) -> Deferred[None]:
+        server = MariaDB()
+        self.addCleanup(server.destroy)
+        server.datadir.write_text("not a directory")
+        failure = self.failUnlessFailure(deferToThread(server.start), RuntimeError)
+        return failure.addCallback(
+            lambda e: (
+                self.assertIn("mariadb-install-db", str(e)),
+                self.assertIn("exited with status", str(e)),
+                self.assertGreater(len(str(e).partition("its output:\n")[2].strip()), 0, str(e)),
+            )
+        )
+
+    def test_server_failure_shows_its_output(self) -> Deferred[None]:
+        taken = shared_mariadb().port
+        server = MariaDB()
+        self.addCleanup(server.destroy)
+        server.port = taken  # mariadbd cannot bind it
+        failure = self.failUnlessFailure(deferToThread(server.start), RuntimeError)
+        return failure.addCallback(
+            lambda e: (
+                self.assertIn("exited with status", str(e)),
+                self.assertIn(str(taken), str(e)),
+                self.assertIn("ind", str(e)),
+            )
+        )
+
+
 # -- an outage ----------------------------------------------------------------------------------
 
 
@@ -662,6 +746,12 @@ class OutageTests(TestCase):
         self.assertEqual(database.describe()["state"], "down")
         # Within the retry interval calls fail at once, without waiting on the network.
         yield self.failUnlessFailure(board.list_projects(A, 10, None), StoreUnavailable)
+        # A statement on the driver's own connection (note.search) is classified alike.
+        yield deferLater(reactor, 1.1, lambda: None)  # past the retry interval: it tries
+        failure = yield self.failUnlessFailure(
+            SQLNoteStore(database).search_notes(A, "x", None, 10, 0), StoreUnavailable
+        )
+        self.assertIn("database is unavailable (temporary)", str(failure))
         yield deferToThread(server.start)
         for _attempt in range(50):
             try:
@@ -673,3 +763,4 @@ class OutageTests(TestCase):
             raise AssertionError("the store did not come back after the server did")
         self.assertEqual([p["name"] for p in page], ["web"])
         self.assertEqual((yield database.check()).state, "up")
+        self.assertEqual((yield SQLNoteStore(database).search_notes(A, "x", None, 10, 0)), ([], False))

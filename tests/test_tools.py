@@ -266,7 +266,7 @@ class LoadPackTests(SynchronousTestCase):
     def test_builtin_name(self) -> None:
         pack = load_pack("server")
         self.assertIs(pack, mcpd.packs.server.pack)
-        self.assertEqual({t.name for t in pack.tools}, {"server.info", "server.tools"})
+        self.assertEqual({t.name for t in pack.tools}, {"server.audit", "server.info", "server.tools"})
 
     def test_dotted_module_uses_its_pack(self) -> None:
         self.assertIs(load_pack("mcpd.packs.server"), mcpd.packs.server.pack)

@@ -50,7 +50,10 @@ class ChangeRelay:
         if what == "list_changed":
             self.feed.list_changed(str(args["kind"]), change=str(args["change"]))
         elif what == "resource_updated":
-            self.feed.resource_updated(str(args["uri"]), change=str(args["change"]))
+            tenant = args.get("tenant")
+            self.feed.resource_updated(
+                str(args["uri"]), tenant=None if tenant is None else str(tenant), change=str(args["change"])
+            )
         elif what == "task_status":
             self.feed.task_status(str(args["task_id"]), dict(args["task"]), change=str(args["change"]))
 

@@ -17,6 +17,14 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob("audit_buffer", "AUDIT_BUFFER", parse.positive_int, 1000, "Audit records kept in memory."),
     Knob(
+        "audit_retention",
+        "AUDIT_RETENTION",
+        parse.count,
+        90,
+        "Days the audit trail is kept in the SQL store (server.audit); older records are deleted "
+        "hourly. 0 keeps them forever.",
+    ),
+    Knob(
         "audit_log",
         "AUDIT_LOG",
         parse.audit_choice,

@@ -60,6 +60,7 @@ class Settings:
     client_timeout: float = 60.0
     state_key: str | None = attrs.field(default=None, repr=False)  # a secret: never shown
     audit_buffer: int = 1000
+    audit_retention: int = 90
     audit_log: str | None = None
     public_metrics: bool = False
     log_format: str = "text"

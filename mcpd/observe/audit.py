@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_audit -*-
 """The audit trail: one structured record per tool call, denied call, auth failure and
-rate-limit hit, kept in a bounded in-memory buffer (a later issue persists it to the database)
-and written as a JSON line to the log.
+rate-limit hit, kept in a bounded in-memory buffer, written as a JSON line to the log and, when
+the SQL store runs, persisted by `AuditWriter` (``server.audit`` searches it).
 
 Which records reach the log is `AuditTrail.log_calls`: every one, or all but the tool calls that
 went well (a log line costs more than serving a trivial tool call; ``--audit-log``). A record
@@ -11,13 +11,22 @@ names the key by its name (or short hash), never the key itself.
 from __future__ import annotations
 
 import collections
+import datetime
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from mcpd.interfaces import AUDIT_FIELDS, IAuditLog, StoreUnavailable
 from mcpd.observe.logging import Fields
+from mcpd.tools.api import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from mcpd.protocol.vocabulary import CallRecord
@@ -37,10 +46,12 @@ def entry(
     duration: float,
     request_id: Any,
     x_request_id: str | None,
+    tenant: str = DEFAULT_TENANT,
 ) -> dict[str, Any]:
     """One audit record, the only place its fields are laid out."""
     return {
         "time": round(when, 6),
+        "tenant": tenant,
         "key": key,
         "peer": peer,
         "transport": transport,
@@ -67,6 +78,7 @@ def call_entry(when: float, call: CallRecord) -> dict[str, Any]:
         duration=call.duration,
         request_id=call.request_id,
         x_request_id=caller.x_request_id,
+        tenant=caller.tenant,
     )
 
 
@@ -79,12 +91,16 @@ class AuditTrail:
         clock: Callable[[], float] = time.time,
         emit: bool = True,
         log_calls: bool = True,
+        persist: Callable[[Any], None] | None = None,
     ) -> None:
         # (time, CallRecord) pairs from the engine, made into dicts only when read; dicts otherwise.
         self._records: collections.deque[Any] = collections.deque(maxlen=size)
         self.clock = clock
         self.emit = emit
         self.log_calls = log_calls
+        # Hands every record (a dict, or a (time, CallRecord) pair) to the writer that
+        # persists them (`AuditWriter.add`), if any.
+        self.persist = persist
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for record in list(self._records):
@@ -106,6 +122,7 @@ class AuditTrail:
         request_id: Any = None,
         detail: str | None = None,
         x_request_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> dict[str, Any]:
         """Add one record (a refusal, say) and log it as a JSON line."""
         record = entry(
@@ -119,10 +136,13 @@ class AuditTrail:
             duration=duration,
             request_id=request_id,
             x_request_id=x_request_id,
+            tenant=tenant,
         )
         if detail is not None:
             record["detail"] = detail
         self._records.append(record)
+        if self.persist is not None:
+            self.persist(record)
         if self.emit:
             log.info("audit {audit}", audit=Fields(record))
         return record
@@ -134,5 +154,207 @@ class AuditTrail:
             return
         pair = (self.clock(), call)
         self._records.append(pair)
+        if self.persist is not None:
+            self.persist(pair)
         if self.emit and (self.log_calls or call.outcome != "ok"):
             log.info("audit {audit}", audit=Fields(call_entry(*pair)))
+
+
+def fields(item: Any) -> tuple[Any, ...]:
+    """What `AuditTrail` holds (a dict, or a (time, CallRecord) pair) as the `AUDIT_FIELDS`
+    tuple `IAuditLog.append` takes (without a dict in between: every call makes one)."""
+    if isinstance(item, dict):
+        return tuple(item.get(name) for name in AUDIT_FIELDS)
+    when, call = item
+    caller = call.caller
+    return (
+        caller.tenant,
+        when,
+        caller.name if caller.name != "anonymous" or caller.scopes else None,
+        caller.peer,
+        caller.transport,
+        call.method,
+        call.tool,
+        call.outcome,
+        call.duration,
+        call.request_id,
+        caller.x_request_id,
+        None,
+    )
+
+
+class AuditWriter(Service):
+    """Persists the audit trail to an `IAuditLog`, off the hot path.
+
+    `add` only appends to a queue; every ``interval`` seconds the queue is written in batches of
+    ``batch`` (one transaction each, the rows made in the store's thread). While the database is
+    unavailable the records stay queued and are written when it returns; past ``backlog`` queued
+    records the oldest are dropped, counted and logged, never silently. Every ``prune_interval``
+    seconds records older than ``retention_days`` are deleted (0: kept forever). On shutdown the
+    queue is flushed once more.
+    """
+
+    def __init__(
+        self,
+        store: IAuditLog,
+        clock: IReactorTime,
+        *,
+        retention_days: int,
+        interval: float = 1.0,
+        batch: int = 2000,
+        backlog: int = 100_000,
+        prune_interval: float = 3600.0,
+        prune_batch: int = 5000,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.retention_days = retention_days
+        self.interval = interval
+        self.batch = batch
+        self.backlog = backlog
+        self.prune_interval = prune_interval
+        self.prune_batch = prune_batch
+        self.queue: collections.deque[Any] = collections.deque()
+        self.written = 0
+        self.dropped = 0
+        self.pruned = 0
+        self.held = False  # the last write failed: records wait for the database
+        self._flushing: Deferred[None] | None = None
+        self._loops: list[LoopingCall] = []
+
+    def add(self, item: Any) -> None:
+        """Queue one record (`AuditTrail.persist`); called on every audited request."""
+        queue = self.queue
+        queue.append(item)
+        if len(queue) > self.backlog:
+            self._drop(len(queue) - self.backlog)
+
+    def _drop(self, count: int) -> None:
+        for _ in range(count):
+            self.queue.popleft()
+        if not self.dropped:
+            log.error(
+                "Audit records are being dropped: more than {backlog} wait for the database "
+                "(counted in mcp_audit_dropped_total)",
+                backlog=self.backlog,
+            )
+        self.dropped += count
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        loops = [(self.flush, self.interval, False)]
+        if self.retention_days > 0:
+            loops.append((self.prune, self.prune_interval, True))
+        for work, interval, now in loops:
+            loop = LoopingCall(work)
+            loop.clock = self.clock
+            loop.start(interval, now=now).addErrback(lambda f: log.failure("Audit trail loop failed", f))
+            self._loops.append(loop)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        d = self.flush()
+
+        def report(_: Any) -> None:
+            if self.queue:
+                log.error(
+                    "{count} audit record(s) could not be written before shutdown (the database is unavailable)",
+                    count=len(self.queue),
+                )
+
+        return d.addCallback(report)
+
+    # -- work -----------------------------------------------------------------------------------
+
+    def flush(self) -> Deferred[None]:
+        """Write what is queued, a batch at a time; fires when done (or held back by an
+        outage). One flush runs at a time."""
+        if self._flushing is not None:
+            return self._flushing
+        done: Deferred[None] = Deferred()
+        self._flushing = done
+
+        def finish(_: Any = None) -> None:
+            self._flushing = None
+            done.callback(None)
+
+        def next_batch(_: Any = None) -> None:
+            if not self.queue:
+                finish()
+                return
+            count = min(self.batch, len(self.queue))
+            items = [self.queue.popleft() for _ in range(count)]
+            d = self.store.append(map(fields, items))
+            d.addCallbacks(written, failed, errbackArgs=(items,))
+
+        def written(count: int) -> None:
+            self.written += count
+            if self.held:
+                self.held = False
+                log.info("The audit trail reaches the database again; queued records are being written")
+            next_batch()
+
+        def failed(failure: Failure, items: list[Any]) -> None:
+            if failure.check(StoreUnavailable):
+                # Back at the front, in order; the oldest go first if that overflows.
+                self.queue.extendleft(reversed(items))
+                if len(self.queue) > self.backlog:
+                    self._drop(len(self.queue) - self.backlog)
+                if not self.held:
+                    self.held = True
+                    log.warn(
+                        "Audit records are kept in memory until the database returns ({count} queued): {why}",
+                        count=len(self.queue),
+                        why=failure.value,
+                    )
+                finish()
+                return
+            self.dropped += len(items)
+            log.failure("{count} audit record(s) could not be written and are lost", failure, count=len(items))
+            next_batch()
+
+        next_batch()
+        return done
+
+    def prune(self) -> Deferred[None]:
+        """Delete the records older than the retention, a batch per transaction."""
+        cutoff = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(days=self.retention_days)
+        done: Deferred[None] = Deferred()
+
+        def more(count: int) -> None:
+            self.pruned += count
+            if count >= self.prune_batch and self.running:
+                self.store.prune(cutoff, self.prune_batch).addCallbacks(more, failed)
+            else:
+                done.callback(None)
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(StoreUnavailable):
+                log.failure("Pruning the audit trail failed", failure)
+            done.callback(None)  # the next round tries again
+
+        self.store.prune(cutoff, self.prune_batch).addCallbacks(more, failed)
+        return done
+
+    # -- metrics --------------------------------------------------------------------------------
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The writer's series, read at scrape time (a prometheus-client collector)."""
+        yield GaugeMetricFamily(
+            "mcp_audit_queued", "Audit records waiting to be written to the database.", len(self.queue)
+        )
+        for name, value, what in (
+            ("mcp_audit_written", self.written, "Audit records written to the database."),
+            ("mcp_audit_dropped", self.dropped, "Audit records lost: the queue overflowed, or a write failed."),
+            ("mcp_audit_pruned", self.pruned, "Audit records deleted for being older than --audit-retention."),
+        ):
+            yield CounterMetricFamily(name, what, value)

@@ -1,12 +1,14 @@
 # -*- test-case-name: tests.test_server_pack -*-
-"""The ``server`` pack: what this mcpd is and which tools it offers."""
+"""The ``server`` pack: what this mcpd is, which tools it offers, and its audit trail."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
-from mcpd.interfaces import IRuntime
+from mcpd.interfaces import IAuditLog, IRuntime
 from mcpd.tools import StoreNotConfigured, ToolAnnotations, ToolContext, ToolError, ToolPack
+from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
 
 pack = ToolPack("server", "Introspection of the mcpd server itself.", needs=(IRuntime,))
 
@@ -146,6 +148,99 @@ def tools(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
             row["title"] = tool.title
         rows.append(row)
     return {"count": len(rows), "tools": rows}
+
+
+_AUDIT_RECORD = {
+    "type": "object",
+    "properties": {
+        "time": {"type": "string", "description": "When, ISO 8601 UTC to the microsecond."},
+        "key": {"type": ["string", "null"], "description": "The API key's name (null without one)."},
+        "peer": {"type": "string"},
+        "transport": {"type": "string"},
+        "method": {"type": ["string", "null"]},
+        "tool": {"type": ["string", "null"]},
+        "outcome": {"type": "string"},
+        "duration_ms": {"type": ["number", "null"]},
+        "request_id": {"type": ["string", "integer", "null"]},
+        "x_request_id": {"type": ["string", "null"]},
+        "detail": {"type": ["string", "null"]},
+    },
+    "required": ["time", "key", "peer", "transport", "method", "tool", "outcome", "duration_ms"],
+}
+_TIME = {
+    "type": "string",
+    "minLength": 10,
+    "maxLength": 40,
+    "description": "An ISO 8601 time (UTC unless it names an offset) or date, e.g. 2026-11-29T12:00:00Z.",
+}
+_AUDIT_FILTERS = ("since", "until", "key", "tool", "outcome")
+
+
+@pack.tool(
+    "server.audit",
+    title="Search the audit trail",
+    description=(
+        "Search the audit trail of this server, newest first: every tool call, refused call, "
+        "failed authentication and rate-limit hit of your tenant, with who made it (key), from "
+        "where (peer), when, the tool, the outcome (ok, error, tool_error, denied, rate_limited, "
+        "auth_failure, forbidden, ...) and how long it took. Filter by time (since inclusive, "
+        "until exclusive), key name, tool and outcome. "
+        'Example: {"since": "2026-11-29T00:00:00Z", "outcome": "denied", "limit": 50}; pass '
+        "next_cursor back as cursor (with the same filters) for more. Admin keys only."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "since": _TIME,
+            "until": _TIME,
+            "key": {"type": "string", "minLength": 1, "maxLength": 64, "description": "An API key's name."},
+            "tool": {"type": "string", "minLength": 1, "maxLength": 128, "description": "A tool name."},
+            "outcome": {"type": "string", "minLength": 1, "maxLength": 32, "description": "e.g. ok, denied."},
+            "limit": limit_schema(),
+            "cursor": CURSOR_SCHEMA,
+        },
+        "additionalProperties": False,
+    },
+    output_schema={
+        "type": "object",
+        "properties": {"records": {"type": "array", "items": _AUDIT_RECORD}, "next_cursor": NEXT_CURSOR_SCHEMA},
+        "required": ["records", "next_cursor"],
+    },
+    annotations=READ_ONLY,
+)
+def audit(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
+    try:
+        trail = ctx.store(IAuditLog)
+    except StoreNotConfigured:
+        raise ToolError(
+            "the audit trail is persisted in the SQL store, which this server does not run (no pack it serves "
+            "needs it); the operator can serve the tasks or notes pack, or read the audit lines in the log"
+        ) from None
+    filters = {name: arguments[name] for name in _AUDIT_FILTERS if name in arguments}
+    before = decode_cursor(ctx, "server.audit", filters, arguments.get("cursor"))
+    if before is not None and not (
+        isinstance(before, list) and len(before) == 2 and isinstance(before[0], str) and isinstance(before[1], int)
+    ):
+        raise ToolError("cursor is not one this server gave out: call again without cursor")
+    query = dict(filters)
+    for name in ("since", "until"):
+        if name in query:
+            query[name] = _utc(name, query[name])
+    d = trail.search(ctx.tenant, query, limit_of(arguments), before)
+    return d.addCallback(
+        lambda page: {"records": page[0], "next_cursor": encode_cursor(ctx, "server.audit", filters, page[1])}
+    )
+
+
+def _utc(name: str, value: str) -> datetime.datetime:
+    """An ISO 8601 time or date as a naive UTC datetime (as stored); `ToolError` otherwise."""
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ToolError(f"{name} must be an ISO 8601 time or date, e.g. 2026-11-29T12:00:00Z, not {value!r}") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(datetime.UTC).replace(tzinfo=None)
+    return when
 
 
 def _runtime(ctx: ToolContext) -> Any:

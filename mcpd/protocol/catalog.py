@@ -160,6 +160,7 @@ class Catalog:
             caller = request.exchange.caller
             # Counted against the caller's share of subscriptions (LimitExceeded over it).
             session.subscriptions[uri] = self.ledger.claim(caller.account, SUBSCRIPTION, peer=caller.peer)
+            session.subscriptions_tenant = caller.tenant
         return {}
 
     def resources_unsubscribe(self, request: Request) -> dict[str, Any]:
@@ -308,7 +309,15 @@ class Catalog:
         task_ids = self._listened_tasks(request, wanted.get("taskIds"))
         if task_ids:
             honoured["taskIds"] = task_ids
-        listener = Listener(str(request.id), kinds, frozenset(uris), send, request.version, frozenset(task_ids))
+        listener = Listener(
+            str(request.id),
+            kinds,
+            frozenset(uris),
+            send,
+            request.version,
+            frozenset(task_ids),
+            tenant=request.exchange.caller.tenant,
+        )
         exchange = request.exchange
         # Never fires: the stream lasts until the client goes (the transport cancels it) or
         # the server ends it (`end_subscriptions`, a revoked key); either way the listener leaves.

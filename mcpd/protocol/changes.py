@@ -42,6 +42,8 @@ class Listener:
     task_ids: frozenset[str] = frozenset()
     # The pending subscriptions/listen request; cancelling it ends the stream.
     request: Deferred[Any] | None = None
+    # The caller's tenant: it hears only of its tenant's records.
+    tenant: str | None = None
 
     def tagged(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         body = dict(params or {})
@@ -91,13 +93,22 @@ class ChangeFeed:
             if kind in listener.kinds:
                 self._send(listener, listener.tagged(method))
 
-    def resource_updated(self, uri: str, change: str | None = None) -> None:
-        """The resource at ``uri`` changed: tell its subscribers."""
-        change = self._relayed("resource_updated", {"uri": uri}, change)
+    def resource_updated(self, uri: str, tenant: str | None = None, change: str | None = None) -> None:
+        """The resource at ``uri`` changed: tell its subscribers (those of ``tenant`` only, when
+        the resource is a tenant's record: no update reaches another tenant's client)."""
+        change = self._relayed("resource_updated", {"uri": uri, "tenant": tenant}, change)
         note = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
-        self._to_sessions((s for s in self._live_sessions() if uri in s.subscriptions), note, change)
+        self._to_sessions(
+            (
+                s
+                for s in self._live_sessions()
+                if uri in s.subscriptions and (tenant is None or s.subscriptions_tenant == tenant)
+            ),
+            note,
+            change,
+        )
         for listener in list(self.listeners):
-            if uri in listener.uris:
+            if uri in listener.uris and (tenant is None or listener.tenant == tenant):
                 self._send(listener, listener.tagged("notifications/resources/updated", {"uri": uri}))
 
     def task_status(self, task_id: str, task: dict[str, Any], change: str | None = None) -> None:

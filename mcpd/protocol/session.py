@@ -50,8 +50,10 @@ class Session:
         self.account = ""
         # 2025-11-25 server/utilities/logging: set by logging/setLevel; None until then.
         self.log_level: str | None = None
-        # URIs subscribed to with resources/subscribe, with what each holds in the ledger.
+        # URIs subscribed to with resources/subscribe, with what each holds in the ledger, and
+        # the tenant of the caller that subscribed (the owner's: a session has one caller).
         self.subscriptions: dict[str, Claim] = {}
+        self.subscriptions_tenant: str | None = None
         # What the session holds in the ledger (its place among the sessions), given back
         # when it closes.
         self.claims: list[Claim] = []

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import server
 
-from mcpd.interfaces import IClosingChannel, IGuardedConnection, StoreUnavailable
+from mcpd.interfaces import IClosingChannel, IGuardedConnection, IIdentity, StoreUnavailable
 from mcpd.security.addresses import AddressList, forwarded_client, is_loopback_client, normal_form
 from mcpd.security.head import head_problem
 from mcpd.security.identity import Identity, admit
@@ -212,7 +212,9 @@ class Gate:
         keyed = bool(self.keys)
         if admin and ADMIN not in scopes:
             why = "this page needs an admin-scoped API key beyond loopback (or the server's --public-metrics)"
-            return self._audited(request, forbidden(why), "forbidden", client, name if keyed else None, why)
+            return self._audited(
+                request, forbidden(why), "forbidden", client, name if keyed else None, why, tenant=tenant
+            )
         # Whom limits count against: the key, or the address without keys (mcpd.protocol.ledger).
         account = f"key:{name}" if keyed else f"ip:{client}"
         if keyed or client is not peer:
@@ -306,6 +308,7 @@ class Gate:
         key: str | None,
         detail: str | None,
         line: tuple[bytes, bytes] | None = None,
+        tenant: str | None = None,
     ) -> Refusal:
         """Count, log and audit a refusal. ``line``: the request's method and path, when the
         channel may no longer hold them (a decision that came later)."""
@@ -332,6 +335,8 @@ class Gate:
                 tool=request.getHeader("mcp-name") if method == "tools/call" else None,
                 detail=detail,
                 x_request_id=request.x_request_id,
+                # The key's tenant once it is known (admitted), so that its admin sees the record.
+                tenant=tenant or _tenant_of(request),
             )
         if not refusal.close:
             # A refused client keeps its connection only within its share (its key's, or its
@@ -340,6 +345,11 @@ class Gate:
             if guarded is not None and guarded.hold_for(f"key:{key}" if key else f"ip:{client}", client) is not None:
                 refusal = attrs.evolve(refusal, close=True)
         return refusal
+
+
+def _tenant_of(request: GuardedRequest) -> str:
+    identity = IIdentity(request, None)
+    return identity.tenant if identity is not None else DEFAULT_TENANT
 
 
 _DRAINING = Refusal(

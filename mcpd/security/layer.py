@@ -6,6 +6,7 @@ files."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -66,6 +67,7 @@ class Security:
         audit: AuditTrail | None = None,
         lifecycle: Lifecycle | None = None,
         ledger: Ledger | None = None,
+        persist_audit: Callable[[Any], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -80,7 +82,7 @@ class Security:
                 beyond_loopback(endpoint) for endpoint in settings.http_endpoints()
             )
             log_calls = settings.audit_log == "all" if settings.audit_log else shared
-            audit = AuditTrail(settings.audit_buffer, log_calls=log_calls)
+            audit = AuditTrail(settings.audit_buffer, log_calls=log_calls, persist=persist_audit)
         self.audit = audit
         try:
             proxies = AddressList(settings.trusted_proxy)

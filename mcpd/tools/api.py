@@ -334,9 +334,10 @@ class RequestContext:
             _on_reactor(self.channel.changes.list_changed, kind)
 
     def resource_updated(self, uri: str) -> None:
-        """Tell the clients subscribed to ``uri`` that it changed."""
+        """Tell the clients subscribed to ``uri`` that it changed: those of the caller's tenant
+        only (a record belongs to its tenant)."""
         if self.channel is not None:
-            _on_reactor(self.channel.changes.resource_updated, uri)
+            _on_reactor(self.channel.changes.resource_updated, uri, self.tenant)
 
 
 def _on_reactor(f: Callable[..., Any], *args: Any) -> None:

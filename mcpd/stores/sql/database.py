@@ -17,9 +17,10 @@ wait and per-statement time limit.
 
 from __future__ import annotations
 
+import datetime
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import Counter, Histogram
@@ -194,6 +195,15 @@ class SQLDatabase:
         ``write`` marks a transaction that changes rows (SQLite takes the write lock at BEGIN);
         ``serializable`` runs it at SERIALIZABLE on MySQL (reads that a concurrent writer could
         invalidate, as the dependency-cycle check does)."""
+        return self._submit(operation, work, write, serializable)
+
+    def run_raw(self, operation: str, work: Callable[[RawConnection], T], *, write: bool = False) -> Deferred[T]:
+        """`run`, with ``work`` given the driver's own connection (`RawConnection`): for the
+        hottest statements, where SQLAlchemy's execution path cost more than the database's
+        work (a transaction ~100 µs, a statement ~40 µs, against ~10 µs through the driver)."""
+        return self._submit(operation, work, write, None)
+
+    def _submit(self, operation: str, work: Callable[[Any], T], write: bool, serializable: bool | None) -> Deferred[T]:
         if self.state == STOPPED or not self.pool.started:
             return fail(StoreUnavailable(STORE, "mcpd is not running its SQL store"))
         if self.state == DOWN and time.monotonic() < self._retry_at:
@@ -202,19 +212,23 @@ class SQLDatabase:
         pool = self.writer if write and self.writer is not None else self.pool
         return deferToThreadPool(self.reactor, pool, self._transaction, operation, work, write, serializable)
 
-    def _transaction(self, operation: str, work: Callable[[Connection], T], write: bool, serializable: bool) -> T:
-        """In a store thread: the transaction, retried on deadlock; outages mapped."""
+    def _transaction(self, operation: str, work: Callable[[Any], T], write: bool, serializable: bool | None) -> T:
+        """In a store thread: the transaction, retried on deadlock; outages mapped.
+        ``serializable`` None: a raw transaction (`run_raw`)."""
         assert self.engine is not None
         started = time.monotonic()
         for attempt in range(DEADLOCK_RETRIES):
             try:
-                with self.engine.connect() as connection:
-                    options: dict[str, Any] = {"mcpd_write": write}
-                    if serializable and self.backend == "mysql":
-                        options["isolation_level"] = "SERIALIZABLE"
-                    connection = connection.execution_options(**options)
-                    with connection.begin():
-                        result = work(connection)
+                if serializable is None:
+                    result = self._raw_transaction(work, write)
+                else:
+                    with self.engine.connect() as connection:
+                        options: dict[str, Any] = {"mcpd_write": write}
+                        if serializable and self.backend == "mysql":
+                            options["isolation_level"] = "SERIALIZABLE"
+                        connection = connection.execution_options(**options)
+                        with connection.begin():
+                            result = work(connection)
             except StoreError:
                 self._reached()
                 raise
@@ -235,6 +249,25 @@ class SQLDatabase:
                 self.metrics.duration.labels(operation).observe(time.monotonic() - started)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raw_transaction(self, work: Callable[[RawConnection], T], write: bool) -> T:
+        assert self.engine is not None
+        dialect = self.engine.dialect
+        try:
+            pooled = self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as e:  # the pool's connect: the driver's error, unwrapped
+            raise sa_exc.DBAPIError.instance(None, None, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
+        raw = RawConnection(pooled, dialect)
+        try:
+            raw.begin(write)
+            result = work(raw)
+            raw.commit()
+            return result
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            pooled.close()
 
     def _classify(self, error: Exception) -> str:
         """unavailable, busy, deadlock_retry or error."""
@@ -332,6 +365,102 @@ class SQLDatabase:
         if self.last_check is not None and self.last_check.latency is not None:
             described["latency_ms"] = round(self.last_check.latency * 1000, 3)
         return described
+
+
+class RawConnection:
+    """One transaction on the driver's own connection (sqlite3, PyMySQL), for `SQLDatabase.run_raw`.
+
+    Statements are SQLAlchemy constructs compiled once per dialect (`raw_sql`); parameters are
+    passed as the driver takes them (no type processing: SQLite gets times as text, MySQL as
+    datetimes). The driver's errors come out as SQLAlchemy's, and a connection the server
+    dropped is invalidated, so outages are classified as for any other transaction.
+    """
+
+    def __init__(self, pooled: Any, dialect: Any) -> None:
+        self.pooled = pooled
+        self.dialect = dialect
+        self.sqlite = dialect.name == "sqlite"
+        self.driver = pooled.driver_connection
+        self.cursor = self.driver.cursor()
+
+    def stored(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with its times and dates as the driver stores them: SQLite as the text
+        SQLAlchemy writes (``2026-11-29 12:00:00.000000``, ``2026-11-29``); MySQL as they are."""
+        if not self.sqlite:
+            return row
+        return {
+            name: (
+                value.isoformat(" ", "microseconds")
+                if isinstance(value, datetime.datetime)
+                else value.isoformat()
+                if isinstance(value, datetime.date)
+                else value
+            )
+            for name, value in row.items()
+        }
+
+    def begin(self, write: bool) -> None:
+        if self.sqlite:  # the driver runs in autocommit mode (see _sqlite_connect)
+            self.execute_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def commit(self) -> None:
+        self._call("COMMIT", None, self.driver.commit)
+
+    def rollback(self) -> None:
+        try:
+            if self.sqlite:
+                if self.driver.in_transaction:
+                    self.driver.execute("ROLLBACK")
+            else:
+                self.driver.rollback()
+        except Exception:  # noqa: BLE001 -- a dead connection: invalidated, the error is the one raised
+            self.pooled.invalidate()
+
+    def execute(self, statement: Any, params: Mapping[str, Any] | None = None) -> Any:
+        """Run a statement (a construct, compiled once for this dialect); the cursor."""
+        sql, defaults = raw_sql(statement, self.dialect)
+        return self.execute_sql(sql, {**defaults, **params} if params else defaults)
+
+    def executemany(self, statement: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
+        sql, _defaults = raw_sql(statement, self.dialect)
+        return self._call(sql, rows, self.cursor.executemany, sql, rows)
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        if params is None:
+            return self._call(sql, params, self.cursor.execute, sql)
+        return self._call(sql, params, self.cursor.execute, sql, params)
+
+    def _call(self, sql: str, params: Any, method: Callable[..., Any], *args: Any) -> Any:
+        """``method(*args)``; the cursor. A driver error comes out as SQLAlchemy's."""
+        try:
+            method(*args)
+        except self.dialect.loaded_dbapi.Error as e:
+            lost = self.dialect.is_disconnect(e, self.driver, self.cursor)
+            if lost:
+                self.pooled.invalidate(e)
+            raise sa_exc.DBAPIError.instance(
+                sql, params, e, self.dialect.loaded_dbapi.Error, connection_invalidated=lost, dialect=self.dialect
+            ) from e
+        return self.cursor
+
+
+_RAW: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
+
+
+def raw_sql(statement: Any, dialect: Any) -> tuple[str, dict[str, Any]]:
+    """A construct's SQL for the driver of ``dialect`` (SQLite: ``:name``; PyMySQL:
+    ``%(name)s``), with its parameters' defaults (an OFFSET's 0); compiled once."""
+    key = (id(statement), dialect.name)
+    found = _RAW.get(key)
+    if found is None:
+        if dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+            dialect = SQLiteDialect_pysqlite(paramstyle="named")
+        compiled = statement.compile(dialect=dialect)
+        # The statement is kept alive by the caller's module: its id stays its own.
+        found = _RAW[key] = (str(compiled), dict(compiled.params))
+    return found
 
 
 def build_engine(config: DatabaseConfig) -> Engine:

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from mcpd.interfaces import INoteStore, NotFound
-from mcpd.stores.sql.database import SQLDatabase
+from mcpd.stores.sql.database import RawConnection, SQLDatabase
 from mcpd.stores.sql.ids import new_id
 from mcpd.stores.sql.schema import note_tags, notes
 from mcpd.stores.sql.tasks import iso, like_prefix, replace_tags, utcnow
@@ -139,29 +139,30 @@ class SQLNoteStore:
     ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
         terms = search_terms(query)
 
-        def work(connection: Connection) -> tuple[list[dict[str, Any]], bool]:
+        def work(connection: RawConnection) -> tuple[list[dict[str, Any]], bool]:
             if not terms:
                 return [], False
             params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1, "offset": offset, "tag": tag}
-            sqlite = connection.dialect.name == "sqlite"
+            sqlite = connection.sqlite
             if sqlite:
                 params["match"] = " OR ".join(f'"{term}"' for term in terms)
             else:
                 params["words"] = " ".join(terms)
-            rows = connection.execute(_SEARCHES[sqlite, tag is not None], params).all()
+            rows = connection.execute(_SEARCHES[sqlite, tag is not None], params).fetchall()
+            # SQLite: id, title, tags, score, snippet; MySQL: id, title, tags, body, score.
             found = [
                 {
-                    "id": row.id,
-                    "title": row.title,
-                    "snippet": row.snippet if sqlite else cut_snippet(row.body, terms),
-                    "score": round(float(row.score), 6),
-                    "tags": json.loads(row.tags),
+                    "id": row[0],
+                    "title": row[1],
+                    "snippet": row[4] if sqlite else cut_snippet(row[3], terms),
+                    "score": round(float(row[3] if sqlite else row[4]), 6),
+                    "tags": json.loads(row[2]),
                 }
                 for row in rows[:limit]
             ]
             return found, len(rows) > limit
 
-        return self.database.run("note.search", work)
+        return self.database.run_raw("note.search", work)
 
     def note_ids(self, tenant: str, prefix: str, limit: int) -> Deferred[list[str]]:
         def work(connection: Connection) -> list[str]:

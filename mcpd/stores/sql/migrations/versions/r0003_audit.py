@@ -40,7 +40,6 @@ def upgrade() -> None:
     op.create_index("ix_audit_key", "audit_records", ["tenant", "key_name", "at"])
     op.create_index("ix_audit_tool", "audit_records", ["tenant", "tool", "at"])
     op.create_index("ix_audit_outcome", "audit_records", ["tenant", "outcome", "at"])
-    op.create_index("ix_audit_at", "audit_records", ["at"])
 
 
 def downgrade() -> None:

@@ -1,0 +1,180 @@
+# -*- test-case-name: tests.test_audit -*-
+"""The audit trail on SQL (`IAuditLog`): written in batches, searched newest first, pruned by age.
+
+Every audited call makes a row, so writing one must cost little: rows go to the driver as plain
+tuples in one ``executemany`` (SQLAlchemy's per-row type processing cost more than SQLite's own
+work), times as the text SQLite stores and MySQL parses, and the table carries only the indexes
+the searches need. Rows are read newest first by ``(at, seq)``, which every index of the table
+ends with (InnoDB and SQLite both append the primary key to a secondary index), so a page is an
+index range read backwards whatever the filter: the tenant, and one of key, tool or outcome.
+Pruning walks the oldest rows by ``seq`` (rows are written in time order), so no index on the
+time alone is kept up to date for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, or_, select
+from sqlalchemy.engine import Connection
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from mcpd.interfaces import AUDIT_FIELDS, IAuditLog
+from mcpd.stores.sql.database import SQLDatabase
+from mcpd.stores.sql.schema import audit_records
+
+_C = audit_records.c
+# AUDIT_FIELDS -> the columns, in that order.
+_COLUMNS = (
+    "tenant",
+    "at",
+    "key_name",
+    "peer",
+    "transport",
+    "method",
+    "tool",
+    "outcome",
+    "duration_ms",
+    "request_id",
+    "x_request_id",
+    "detail",
+)
+assert len(_COLUMNS) == len(AUDIT_FIELDS)
+_INSERT = "INSERT INTO audit_records ({columns}) VALUES ({markers})".format(
+    columns=", ".join(_COLUMNS), markers="{marker}, " * (len(_COLUMNS) - 1) + "{marker}"
+)
+_OLDEST = select(_C.seq, _C.at).order_by(_C.seq).limit(bindparam("batch"))
+_DELETE = audit_records.delete().where(_C.seq.in_(bindparam("seqs", expanding=True)))
+# Filter argument -> column.
+_EQUAL = {"key": _C.key_name, "tool": _C.tool, "outcome": _C.outcome}
+
+
+def _length(name: str) -> int:
+    length = getattr(_C[name].type, "length", None)
+    assert length is not None, name
+    return int(length)
+
+
+# Values that come from the request (a tool name, a header) are cut to their column's length,
+# not refused by MySQL's strict mode, which would fail the whole batch.
+_KEY, _PEER, _TRANSPORT, _METHOD, _TOOL, _OUTCOME, _REQUEST_ID, _X_REQUEST_ID = map(
+    _length, ("key_name", "peer", "transport", "method", "tool", "outcome", "request_id", "x_request_id")
+)
+
+
+class _Rows:
+    """Makes the rows of a batch (in a store thread): `AUDIT_FIELDS` tuples to column values."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def at(self, when: float) -> str:
+        """``YYYY-MM-DD HH:MM:SS.ffffff`` UTC: what SQLAlchemy stores in SQLite and MySQL parses;
+        the date and time of one second formatted once."""
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((when - second) * 1_000_000):06d}"
+
+    def __call__(self, record: Sequence[Any]) -> tuple[Any, ...]:
+        tenant, when, key, peer, transport, method, tool, outcome, duration, request_id, x_request_id, detail = record
+        if request_id is not None:
+            # JSON, so that 7 and "7" stay apart (a request id may be either).
+            request_id = str(request_id) if type(request_id) is int else json.dumps(request_id)[:_REQUEST_ID]
+        return (
+            tenant,
+            self.at(when),
+            key and key[:_KEY],
+            (peer or "")[:_PEER],
+            (transport or "")[:_TRANSPORT],
+            method and method[:_METHOD],
+            tool and tool[:_TOOL],
+            outcome[:_OUTCOME],
+            round(duration * 1000, 3),
+            request_id,
+            x_request_id and x_request_id[:_X_REQUEST_ID],
+            detail,
+        )
+
+
+def _shown(row: Any) -> dict[str, Any]:
+    """A stored record as server.audit shows it."""
+    request_id = row.request_id
+    if request_id is not None:
+        with contextlib.suppress(ValueError):  # one cut to the column's length stays a string
+            request_id = json.loads(request_id)
+    return {
+        "time": row.at.isoformat(timespec="microseconds") + "Z",
+        "key": row.key_name,
+        "peer": row.peer,
+        "transport": row.transport,
+        "method": row.method,
+        "tool": row.tool,
+        "outcome": row.outcome,
+        "duration_ms": row.duration_ms,
+        "request_id": request_id,
+        "x_request_id": row.x_request_id,
+        "detail": row.detail,
+    }
+
+
+@implementer(IAuditLog)
+class SQLAuditLog:
+    """`IAuditLog` on one `SQLDatabase`."""
+
+    def __init__(self, database: SQLDatabase) -> None:
+        self.database = database
+
+    def append(self, records: Iterable[Sequence[Any]]) -> Deferred[int]:
+        """Store ``records`` in one transaction (made into rows in the store's thread)."""
+
+        def work(connection: Connection) -> int:
+            rows = list(map(_Rows(), records))
+            if rows:
+                marker = "?" if connection.dialect.name == "sqlite" else "%s"
+                connection.exec_driver_sql(_INSERT.format(marker=marker), rows)
+            return len(rows)
+
+        return self.database.run("audit.append", work, write=True)
+
+    def search(
+        self, tenant: str, filters: dict[str, Any], limit: int, before: Any
+    ) -> Deferred[tuple[list[dict[str, Any]], Any]]:
+        def work(connection: Connection) -> tuple[list[dict[str, Any]], Any]:
+            query = select(audit_records).where(_C.tenant == tenant)
+            if filters.get("since") is not None:
+                query = query.where(_C.at >= filters["since"])
+            if filters.get("until") is not None:
+                query = query.where(_C.at < filters["until"])
+            for name, column in _EQUAL.items():
+                if filters.get(name) is not None:
+                    query = query.where(column == filters[name])
+            if before is not None:
+                at, seq = datetime.datetime.fromisoformat(before[0]), int(before[1])
+                # A range on the index (at <=), then the rows of that same instant already shown.
+                query = query.where(_C.at <= at, or_(_C.at < at, _C.seq < seq))
+            rows = connection.execute(query.order_by(_C.at.desc(), _C.seq.desc()).limit(limit + 1)).all()
+            page = rows[:limit]
+            position = [page[-1].at.isoformat(), page[-1].seq] if len(rows) > limit else None
+            return [_shown(row) for row in page], position
+
+        return self.database.run("audit.search", work)
+
+    def prune(self, older_than: datetime.datetime, batch: int) -> Deferred[int]:
+        def work(connection: Connection) -> int:
+            oldest = connection.execute(_OLDEST, {"batch": batch}).all()
+            seqs = [row.seq for row in oldest if row.at < older_than]
+            if seqs:
+                connection.execute(_DELETE, {"seqs": seqs})
+            # Rows are in time order by seq: once one is recent enough, so are those after it.
+            return len(seqs)
+
+        return self.database.run("audit.prune", work, write=True)
