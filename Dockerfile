@@ -4,14 +4,15 @@
 # Every setting is an environment variable (etc/mcpd.env lists them); docker-compose.yml runs it
 # with MySQL, Redis, Milvus, nginx, Prometheus and Grafana.
 
-# -- build: a virtualenv with mcpd and its dependencies, and Twisted's plugin cache ---------------
+# -- build: a virtualenv with mcpd, its dependencies and the `vector` extra (Milvus Lite, jieba: the
+#    knowledge base and memory packs), and Twisted's plugin cache ------------------------------------
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.rst ./
 COPY mcpd ./mcpd
 COPY twisted ./twisted
 RUN python -m venv /opt/mcpd \
-    && /opt/mcpd/bin/pip install --no-cache-dir --disable-pip-version-check . \
+    && /opt/mcpd/bin/pip install --no-cache-dir --disable-pip-version-check '.[vector]' \
     && /opt/mcpd/bin/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 # -- runtime: the virtualenv only, run by an unprivileged user ------------------------------------

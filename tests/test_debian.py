@@ -128,7 +128,11 @@ def owner(path: Path) -> tuple[str, str, int]:
 
 
 def call_tool(
-    base: str, key: str | None, name: str = "server.info", context: ssl.SSLContext | None = None
+    base: str,
+    key: str | None,
+    name: str = "server.info",
+    context: ssl.SSLContext | None = None,
+    arguments: dict[str, Any] | None = None,
 ) -> tuple[int, Any]:
     """A 2026-07-28 tools/call over HTTP; the status and the decoded body."""
     body = {
@@ -137,7 +141,7 @@ def call_tool(
         "method": "tools/call",
         "params": {
             "name": name,
-            "arguments": {},
+            "arguments": arguments or {},
             "_meta": {
                 "io.modelcontextprotocol/protocolVersion": MODERN,
                 "io.modelcontextprotocol/clientCapabilities": {},
@@ -155,7 +159,7 @@ def call_tool(
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(f"{base}/mcp", data=json.dumps(body).encode(), headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+        with urllib.request.urlopen(request, timeout=60, context=context) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
@@ -284,7 +288,10 @@ class DebianPackageTests(TestCase):
             deb, seconds = build_deb()
             if seconds:
                 self.report(f"built {deb.name} in {seconds:.0f}s")
-            done = run("lintian", "--fail-on", "error,warning", "--tag-display-limit", "0", str(deb), check=False)
+            # Minutes, not seconds: the package carries ~600 MB of wheels (Milvus Lite, pyarrow, numpy).
+            done = run(
+                "lintian", "--fail-on", "error,warning", "--tag-display-limit", "0", str(deb), check=False, timeout=1500
+            )
             self.assertEqual(done.returncode, 0, f"lintian:\n{done.stdout}\n{done.stderr}")
             overrides = (REPO_ROOT / "debian" / "mcpd.lintian-overrides").read_text().splitlines()
             for number, line in enumerate(overrides):
@@ -304,24 +311,32 @@ class DebianPackageTests(TestCase):
                 self.fail("mcpd is installed on this machine, not by this test; it would be purged: purge it first")
             if status:
                 apt("purge", "mcpd")
-            self.addCleanup(lambda: package_status() and apt("purge", "mcpd"))
-            started = time.monotonic()
-            deb, seconds = build_deb()
-            self.report(f"{deb.name}: " + (f"built in {seconds:.0f}s" if seconds else "reused (sources unchanged)"))
-            installing = time.monotonic()
-            apt("install", str(deb))
-            self.report(f"apt-get install took {time.monotonic() - installing:.1f}s")
-            OURS.touch()
-            self.check_installed()
-            self.check_unit()
-            self.check_postinst_is_idempotent()
-            port = self.configure_as_operator()
-            self.check_service(port)
-            self.check_service_under_drop_in(port)
-            self.check_upgrade(deb, port)
-            self.check_remove()
-            self.check_purge()
-            self.report(f"package test took {time.monotonic() - started:.0f}s in all")
+            try:
+                self.install_and_run()
+            finally:
+                # Under the lock: another run of this test (a second checkout on the same machine)
+                # must not find, or purge, this run's package.
+                if package_status():
+                    apt("purge", "mcpd")
+
+    def install_and_run(self) -> None:
+        started = time.monotonic()
+        deb, seconds = build_deb()
+        self.report(f"{deb.name}: " + (f"built in {seconds:.0f}s" if seconds else "reused (sources unchanged)"))
+        installing = time.monotonic()
+        apt("install", str(deb))
+        self.report(f"apt-get install took {time.monotonic() - installing:.1f}s")
+        OURS.touch()
+        self.check_installed()
+        self.check_unit()
+        self.check_postinst_is_idempotent()
+        port = self.configure_as_operator()
+        self.check_service(port)
+        self.check_service_under_drop_in(port)
+        self.check_upgrade(deb, port)
+        self.check_remove()
+        self.check_purge()
+        self.report(f"package test took {time.monotonic() - started:.0f}s in all")
 
     # -- install ----------------------------------------------------------------------------------
 
@@ -449,6 +464,7 @@ class DebianPackageTests(TestCase):
         context = ssl.create_default_context(cafile=str(self.tls.ca))
         code, body = call_tool(f"https://localhost:{self.tls_port}", key, context=context)
         self.assertEqual(code, 200, body)
+        self.check_data_packs(f"http://127.0.0.1:{port}", key, "service")
 
         network = ClientNetwork()
         self.addCleanup(network.close)
@@ -473,6 +489,29 @@ class DebianPackageTests(TestCase):
         self.assertNotIn("Traceback", service.log())
         self.assertNotIn("plugin cache", service.log())
 
+    def check_data_packs(self, base: str, key: str, run_name: str) -> None:
+        """The packs on the embedded stores work under the unit's sandbox: the SQLite file in
+        /var/lib/mcpd (tasks, notes)."""
+
+        def call(tool: str, **arguments: Any) -> Any:
+            code, body = call_tool(base, key, tool, arguments=arguments)
+            self.assertEqual(code, 200, body)
+            result = body["result"]
+            self.assertFalse(result.get("isError"), result)
+            return result["structuredContent"]
+
+        info = call("server.info")
+        states = {store["name"]: store["state"] for store in info["stores"]}
+        self.assertEqual(states.get("database"), "ok", info["stores"])
+        project = f"packaged-{run_name}"
+        call("project.create", name=project)
+        task = call("task.create", project=project, title="Ship the package")["task"]
+        self.assertEqual(call("task.get", id=task["id"])["task"]["title"], "Ship the package")
+        call("note.save", title=f"Release {run_name}", body="The package carries the data packs.")
+        found = call("note.search", query="package data packs")["notes"]
+        self.assertIn(f"Release {run_name}", [note["title"] for note in found])
+        self.assertTrue((STATE / "mcpd.sqlite3").is_file(), sorted(path.name for path in STATE.iterdir()))
+
     def check_service_under_drop_in(self, port: int) -> None:
         """contrib's stricter drop-in: mcpd serves under it with TLS terminated in front of it;
         its own TLS listener cannot start there (MemoryDenyWriteExecute), as the drop-in says."""
@@ -486,6 +525,7 @@ class DebianPackageTests(TestCase):
             self.addCleanup(service.stop)
             code, body = call_tool(f"http://127.0.0.1:{port}", self.admin_key())
             self.assertEqual(code, 200, body)
+            self.check_data_packs(f"http://127.0.0.1:{port}", self.admin_key(), "hardened")
             self.assertEqual(service.stop(), 0, service.log())
             self.assertNotIn("Traceback", service.log())
         finally:
