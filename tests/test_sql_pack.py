@@ -580,6 +580,48 @@ class OutageTests(DaemonTestCase):
         return self.in_thread(check)
 
 
+class SQLiteFunctionTests(DaemonTestCase):
+    """SQL functions that reach past the database are denied by the authorizer."""
+
+    timeout = 60
+
+    def test_fts3_tokenizer_is_refused_and_the_daemon_lives(self) -> Deferred[None]:
+        path = self.workdir / "docs.sqlite3"
+        connection = sqlite3.connect(path)
+        connection.execute("CREATE VIRTUAL TABLE docs USING fts4(body)")
+        connection.execute("INSERT INTO docs VALUES ('hello world')")
+        connection.commit()
+        connection.close()
+        # One connection: the MATCH meets whatever the tokenizer call left on it.
+        daemon = self.start_daemon(f"--sql-source=docs=sqlite:///{path}", "--sql-connections=1", fixture_pack=False)
+        assert daemon.port is not None
+        port = daemon.port
+
+        def result(sql: str) -> dict[str, Any]:
+            reply = call_tool(port, "sql.query", {"sql": sql})
+            self.assertNotIn("error", reply)
+            return dict(reply["result"])
+
+        def check() -> None:
+            # sql.describe opens the FTS table on the connection (outside the authorizer, which
+            # denies the PRAGMA its first opening runs).
+            described = call_tool(port, "sql.describe", {"table": "docs"})["result"]
+            self.assertFalse(described.get("isError"), described)
+            for sql in (
+                "SELECT fts3_tokenizer('simple', x'4141414141414141')",  # a pointer the next MATCH calls
+                "SELECT fts3_tokenizer('simple')",  # a library address
+                "SELECT hex(fts3_tokenizer('porter'))",
+                "SELECT load_extension('/tmp/x.so')",
+            ):
+                refused = result(sql)
+                self.assertTrue(refused.get("isError"), (sql, refused))
+                self.assertIn("not authorized", refused["content"][0]["text"], sql)
+            found = result("SELECT body FROM docs WHERE docs MATCH 'hello'")
+            self.assertEqual(found["structuredContent"]["rows"], [["hello world"]])
+
+        return self.in_thread(check)
+
+
 # -- configuration ------------------------------------------------------------------------------
 
 

@@ -74,6 +74,10 @@ OK, FAILING, STARTING = "ok", "down", "starting"
 _SQLITE_READS = frozenset(
     {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 )
+# SQL functions the authorizer denies: fts3_tokenizer() reads (a library address) and sets (a
+# pointer the next MATCH calls) a tokenizer's C struct; load_extension() loads native code; the
+# shell's file functions (if ever built in) read and write the host's files.
+_SQLITE_DENIED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension", "readfile", "writefile", "edit", "fts5"})
 # The SQLite virtual machine instructions between two looks at the clock.
 _PROGRESS_STEPS = 1000
 # MySQL errors: the connection is gone; the statement ran out of time; a write in a read-only
@@ -684,8 +688,12 @@ def _mysql_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.commit()
 
 
-def _sqlite_authorize(action: int, _arg1: Any, _arg2: Any, _database: Any, _trigger: Any) -> int:
-    return sqlite3.SQLITE_OK if action in _SQLITE_READS else sqlite3.SQLITE_DENY
+def _sqlite_authorize(action: int, _arg1: Any, arg2: Any, _database: Any, _trigger: Any) -> int:
+    if action not in _SQLITE_READS:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION and str(arg2).lower() in _SQLITE_DENIED_FUNCTIONS:
+        return sqlite3.SQLITE_DENY  # SQLITE_FUNCTION's second argument is the function's name
+    return sqlite3.SQLITE_OK
 
 
 def _sqlite_estimates(cursor: Any, names: list[str]) -> dict[str, int]:
