@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_sql_pack -*-
 """The operator's SQL data sources (``--sql-source NAME=URL``), read-only, for the ``sql`` pack.
 
-Each source has its own engine (SQLAlchemy's pool, never mcpd's own store) and its own thread
-pool, as many threads as connections. What keeps a source read-only is the database itself, not
+Each source has its own engine (a new connection per call, never mcpd's own store) and its own
+thread pool, as many threads as connections. What keeps a source read-only is the database itself, not
 the lexical pre-check (`mcpd.stores.sql.statements`):
 
 - SQLite: the file is opened read-only (``mode=ro``), with ``PRAGMA query_only``, no attached
@@ -35,7 +35,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import NullPool
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults
@@ -166,7 +166,10 @@ class SQLSource:
     # -- connections ----------------------------------------------------------------------------
 
     def _engine(self) -> Engine:
-        pool = {"poolclass": QueuePool, "pool_size": self.connections, "max_overflow": 0, "pool_timeout": self.timeout}
+        # A connection per call, closed after it: no session state (a lock from GET_LOCK(), a user
+        # variable, a tokenizer) outlives the call or passes to another tenant's. The source's
+        # threads keep the connections at most ``connections``.
+        pool = {"poolclass": NullPool}
         if self.backend == "sqlite":
             path = str(self.config.url.database)
             uri = f"file:{urllib.parse.quote(path)}?mode=ro"

@@ -40,6 +40,8 @@ def check_statement(sql: str, backend: str, *, explain: bool = False) -> str:
             "MySQL executable comments and hints (/*! */, /*M! */, /*+ */) are refused: they run as SQL; "
             "send the statement without them"
         )
+    if backend == "mysql":
+        sql = _mysql_dashes(sql)
     statements = [statement for statement in sqlparse.parse(sql) if _words(statement)]
     if not statements:
         raise Refused("sql holds no statement (only comments or blanks): send one SELECT")
@@ -96,6 +98,21 @@ def to_pyformat(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> str:
             raise Refused(f"placeholder {token.value} needs params as {want}")
         parts.append(token.value.replace("%", "%%"))
     return "".join(parts)
+
+
+def _mysql_dashes(sql: str) -> str:
+    """``sql`` as MySQL reads its ``--``: a comment only before a blank or the end (sqlparse
+    takes any ``--``), so ``SELECT 1 --1 INTO OUTFILE …`` is ``SELECT 1 - -1 INTO OUTFILE …``
+    and is written so, for the pre-check and the server alike."""
+    while True:
+        offset = 0
+        for kind, value in sqlparse.lexer.tokenize(sql):
+            if kind in T.Comment.Single and value.startswith("--") and value[2:3] and not value[2].isspace():
+                sql = f"{sql[:offset]}- -{sql[offset + 2 :]}"
+                break
+            offset += len(value)
+        else:
+            return sql
 
 
 def _words(statement: Statement) -> list[tuple[Any, str]]:
