@@ -479,6 +479,25 @@ class GuardTests(TestCase):
         self.assertEqual(mariadb_fingerprint(server, database), before)
         self.assertFalse(Path(outfile).exists())
 
+    def assert_capped(self, source: SQLSource, big: str, huge: int = 50_000_000) -> None:
+        """One row past the size cap is refused; rows stop (truncated) before the cap is passed."""
+        self.assertIn("one row holds about", self.assert_refused(source, f"SELECT {big.format(n=huge)}"))
+        wide = self.run_guarded(source, f"SELECT {big.format(n=600_000)} FROM orders")
+        self.assertEqual((wide["row_count"], wide["truncated"], len(wide["rows"][0][0])), (1, True, 600_000))
+        self.assertEqual(self.run_guarded(source, "SELECT COUNT(*) FROM orders")["rows"], [[ORDERS]])
+
+    def test_sqlite_size_cap(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        sqlite_source(directory / "shop.sqlite3")
+        source = SQLSource(source_config("shop", f"sqlite:///{directory / 'shop.sqlite3'}"), 10.0, 1, None)
+        self.assert_capped(self.started(source), "zeroblob({n})")
+
+    def test_mariadb_size_cap(self) -> None:
+        server, database = mariadb_source()
+        source = self.started(SQLSource(source_config("shop", server.url(database), PASSWORD), 10.0, 1, None))
+        self.assert_capped(source, "REPEAT('x', {n})", 4_000_000)  # under max_allowed_packet
+
     def test_no_session_state_outlives_a_call(self) -> None:
         """A lock or a user variable a statement leaves on its connection is gone with the call
         (the next caller may be another tenant)."""

@@ -246,6 +246,9 @@ class SQLSource:
             result = work(fairy.driver_connection)
         except _Discard as discard:
             fairy.invalidate()  # a result left unread: the connection goes, not the rows
+            if discard.error is not None:
+                self._reached()
+                raise discard.error from None
             result = discard.result
         except (sqlite3.Error, sa_exc.DBAPIError, _mysql_errors()) as e:
             error = self._mapped(e)
@@ -423,14 +426,14 @@ class SQLSource:
         try:
             cursor = connection.execute(statement, params if params else ())
             try:
-                rows = cursor.fetchmany(limit + 1)
                 columns = [d[0] for d in cursor.description or ()]
+                rows, truncated, _ = _capped(cursor.fetchone, limit)
             finally:
                 cursor.close()
         finally:
             connection.set_authorizer(None)
             connection.set_progress_handler(None, 0)
-        return self._result(columns, rows, limit, started)
+        return self._result(columns, rows, truncated, started)
 
     def _read_mysql(self, connection: Any, statement: str, params: Any, limit: int) -> dict[str, Any]:
         import pymysql.cursors
@@ -459,11 +462,18 @@ class SQLSource:
         try:
             cursor.execute(statement)
             columns = [d[0] for d in cursor.description or ()]
-            rows = list(cursor.fetchmany(limit + 1)) if cursor.description else []
-            result = self._result(columns, rows, limit, started)
-            # More rows than sql_select_limit let through (the statement has a LIMIT of its
-            # own): reading them to the end could take long; the connection is dropped instead.
-            unread = len(rows) > limit and cursor.fetchone() is not None
+            try:
+                rows, truncated, exhausted = (
+                    _capped(cursor.fetchone, limit) if cursor.description else ([], False, True)
+                )
+            except RowTooLarge as e:
+                unread = True
+                raise _Discard(None, e) from None
+            result = self._result(columns, rows, truncated, started)
+            # Rows left unread (past the cap, or the statement's own LIMIT past
+            # sql_select_limit): reading them to the end could take long; the connection is
+            # dropped instead.
+            unread = not exhausted
             if not unread:
                 cursor.close()
         finally:
@@ -473,22 +483,12 @@ class SQLSource:
             raise _Discard(result)
         return result
 
-    def _result(self, columns: list[str], rows: list[Any], limit: int, started: float) -> dict[str, Any]:
-        truncated = len(rows) > limit
-        shown: list[list[Any]] = []
-        size = 0
-        for row in rows[:limit]:
-            values = [_json_value(value) for value in row]
-            size += sum(len(value) if isinstance(value, str) else 8 for value in values)
-            if shown and size > MAX_RESULT_CHARS:  # a model cannot read more anyway
-                truncated = True
-                break
-            shown.append(values)
+    def _result(self, columns: list[str], rows: list[list[Any]], truncated: bool, started: float) -> dict[str, Any]:
         return {
             "source": self.name,
             "columns": columns,
-            "rows": shown,
-            "row_count": len(shown),
+            "rows": rows,
+            "row_count": len(rows),
             "truncated": truncated,
             "elapsed_ms": round((time.monotonic() - started) * 1000, 3),
         }
@@ -568,11 +568,49 @@ class SourceMetrics:
         self.duration.labels(source).observe(seconds)
 
 
-class _Discard(Exception):
-    """The result is complete but its connection has rows left unread: drop the connection."""
+class RowTooLarge(Refused):
+    """One row alone is past `MAX_RESULT_CHARS`."""
 
-    def __init__(self, result: Any) -> None:
+
+def _capped(fetchone: Callable[[], Any], limit: int) -> tuple[list[list[Any]], bool, bool]:
+    """Rows read one at a time as JSON values, at most ``limit`` and about `MAX_RESULT_CHARS`
+    of text (a model cannot read more anyway): (rows, truncated, every row read);
+    `RowTooLarge` if the first row alone is past the size."""
+    rows: list[list[Any]] = []
+    size = 0
+    while True:
+        row = fetchone()
+        if row is None:
+            return rows, False, True
+        if len(rows) == limit:
+            return rows, True, False
+        size += sum(map(_size, row))
+        if size > MAX_RESULT_CHARS:
+            if not rows:
+                raise RowTooLarge(
+                    f"one row holds about {size:,} characters, more than a result may ({MAX_RESULT_CHARS:,}): "
+                    "select fewer or shorter columns (substr(), length())"
+                )
+            return rows, True, False
+        rows.append([_json_value(value) for value in row])
+
+
+def _size(value: Any) -> int:
+    """About how many characters a column value takes as JSON (before it is made JSON)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return (len(value) + 2) // 3 * 4 + 7  # base64 at most
+    return 8
+
+
+class _Discard(Exception):
+    """The call is over but its connection has rows left unread: drop the connection, then
+    answer ``result`` (or raise ``error``)."""
+
+    def __init__(self, result: Any, error: Exception | None = None) -> None:
         self.result = result
+        self.error = error
 
 
 @implementer(ISQLSources, IStore)
