@@ -201,6 +201,16 @@ class _AuditStoreSuite:
         self.assertEqual(len(shown["detail"]), 5000)
 
     @inlineCallbacks
+    def test_any_request_id_is_stored_and_shown_as_a_string_or_an_integer(self) -> Any:
+        ids = [2**300, [1, 2], 1.5, True, {"a": 1}, -7, "7", "x" * 500]
+        yield self.log.append([fields(record(n, request_id=rid)) for n, rid in enumerate(ids)])
+        page, _ = yield self.log.search(A, {}, 10, None)
+        shown = [r["request_id"] for r in reversed(page)]
+        self.assertEqual(shown[1:7], ["[1, 2]", "1.5", "true", '{"a": 1}', -7, "7"])
+        self.assertEqual((shown[0], shown[7]), (json.dumps(str(2**300))[:64], json.dumps("x" * 500)[:64]))
+        self.assertTrue(all(isinstance(r, str) or type(r) is int for r in shown), shown)
+
+    @inlineCallbacks
     def test_prune(self) -> Any:
         yield self.log.append([fields(record(n)) for n in range(7)])
         self.assertEqual((yield self.log.prune(at(5), 3)), 3)
@@ -273,6 +283,23 @@ class AuditWriterTests(TestCase):
         self.assertEqual(writer.pruned, 5)
         page, _ = yield self.log.search(A, {}, 10, None)
         self.assertEqual(len(page), 2)
+
+    @inlineCallbacks
+    def test_a_refused_record_costs_only_itself(self) -> Any:
+        """A record the database refuses (here: no tenant, a NOT NULL column) is dropped,
+        counted and logged alone; the rest of its batch is written."""
+        writer = self.writer(retention_days=0, batch=10)
+        logged: list[dict] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        for n in range(5):
+            writer.add(record(n, tenant=None if n == 2 else A))  # type: ignore[arg-type]
+        yield writer.flush()
+        self.assertEqual((writer.written, writer.dropped), (4, 1))
+        page, _ = yield self.log.search(A, {}, 10, None)
+        self.assertEqual([r["request_id"] for r in page], [4, 3, 1, 0])
+        self.assertEqual(sum("could not be written and is lost" in str(e.get("log_format")) for e in logged), 1)
+        self.flushLoggedErrors()
 
     def test_bounded_backlog_counts_what_it_drops(self) -> None:
         writer = AuditWriter(self.log, self.clock, retention_days=0, backlog=3)

@@ -315,9 +315,37 @@ class AuditWriter(Service):
                     )
                 finish()
                 return
+            if len(items) > 1:
+                # One record the database refuses must not cost the batch: each on its own.
+                log.warn(
+                    "A batch of {count} audit records was refused ({why}); writing them one at a time",
+                    count=len(items),
+                    why=failure.value,
+                )
+                singly(items)
+                return
             self.dropped += len(items)
             log.failure("{count} audit record(s) could not be written and are lost", failure, count=len(items))
             next_batch()
+
+        def singly(items: list[Any]) -> None:
+            if not items:
+                next_batch()
+                return
+            d = self.store.append(map(fields, items[:1]))
+            d.addCallbacks(wrote_one, alone, callbackArgs=(items,), errbackArgs=(items,))
+
+        def wrote_one(count: int, items: list[Any]) -> None:
+            self.written += count
+            singly(items[1:])
+
+        def alone(failure: Failure, items: list[Any]) -> None:
+            if failure.check(StoreUnavailable):
+                failed(failure, items)  # held back, in order, until the database returns
+                return
+            self.dropped += 1
+            log.failure("An audit record could not be written and is lost", failure)
+            singly(items[1:])
 
         next_batch()
         return done

@@ -87,8 +87,12 @@ class _Rows:
     def __call__(self, record: Sequence[Any]) -> tuple[Any, ...]:
         tenant, when, key, peer, transport, method, tool, outcome, duration, request_id, x_request_id, detail = record
         if request_id is not None:
-            # JSON, so that 7 and "7" stay apart (a request id may be either).
-            request_id = str(request_id) if type(request_id) is int else json.dumps(request_id)[:_REQUEST_ID]
+            # JSON, so that 7 and "7" stay apart (a request id may be either); cut to the column
+            # (an integer too long for it is kept as the start of its text).
+            text = str(request_id) if type(request_id) is int else None
+            if text is None or len(text) > _REQUEST_ID:
+                text = json.dumps(text if text is not None else request_id)
+            request_id = text[:_REQUEST_ID]
         return (
             tenant,
             self.at(when),
@@ -110,7 +114,9 @@ def _shown(row: Any) -> dict[str, Any]:
     request_id = row.request_id
     if request_id is not None:
         with contextlib.suppress(ValueError):  # one cut to the column's length stays a string
-            request_id = json.loads(request_id)
+            loaded = json.loads(request_id)
+            # server.audit shows a string or an integer: any other id as its JSON text.
+            request_id = loaded if isinstance(loaded, str) or type(loaded) is int else request_id
     return {
         "time": row.at.isoformat(timespec="microseconds") + "Z",
         "key": row.key_name,
