@@ -459,6 +459,10 @@ class GuardTests(TestCase):
         self.assertIn("time limit", said)
         self.assertLess(time.monotonic() - started, TIME_LIMIT + 2)
         self.assertEqual(sqlite_fingerprint(path), before)
+        # A parameter past SQLite's 64-bit integers: a refusal, not an OverflowError.
+        with self.assertRaises(Refused) as caught:
+            source._call(lambda connection: source.read(connection, "SELECT ?", [2**70], 10))
+        self.assertIn("too large for SQLite", str(caught.exception))
 
     def test_mariadb(self) -> None:
         server, database = mariadb_source()
@@ -700,15 +704,21 @@ class ConfigTests(SynchronousTestCase):
             ("no-equals-sign", "NAME=VALUE"),
             ("1st=sqlite:///x.db", "not a name"),
             ("pg=postgresql://u@h/db", "sqlite:/// or mysql+pymysql://"),
+            # A URL without its NAME=: its password is never echoed.
+            ("mysql+pymysql://reader:hunter2@db/crm", "NAME=VALUE"),
+            ("mysql+pymysql://reader:hun=ter2@db/crm", "NAME=VALUE"),
         ):
             with self.assertRaises(ConfigError) as caught:
                 self.settings({"sql_source": [entry]})
             self.assertIn(said, str(caught.exception))
             self.assertIn("--sql-source", str(caught.exception))
+            self.assertNotIn("hunter2", str(caught.exception))
+            self.assertNotIn("hun=", str(caught.exception))
         for entries, said in (
             (["a=sqlite:///x.db", "a=sqlite:///y.db"], "named more than once"),
             (["a=sqlite://"], "name the SQLite file"),
             (["a=mysql+pymysql://u@h"], "name the database"),
+            (["a=mysql+pymysql://u:pw@h:abc/db"], "the port a number"),
         ):
             with self.assertRaises(ConfigError) as caught:
                 load_packs(self.settings({"sql_source": entries}))

@@ -170,6 +170,8 @@ def redis_prefix(raw: str) -> str:
     return raw
 
 
+# A URL's password (scheme://user:PASSWORD@host), never echoed in an error.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # Entries of SQL_SOURCES / SQL_PASSWORD_FILES are separated by blanks or commas before NAME=.
 _NEXT_ENTRY = re.compile(r"[\s,]+(?=[A-Za-z][A-Za-z0-9_-]{0,63}=)")
@@ -182,7 +184,10 @@ def named_values(raw: str) -> tuple[tuple[str, str], ...]:
     for entry in _NEXT_ENTRY.split(raw.strip()):
         name, sep, value = entry.partition("=")
         if not sep or not value.strip():
-            raise ValueError(f"must be NAME=VALUE, not {entry!r}")
+            shown = _URL_PASSWORD.sub(r"\1***@", entry)
+            raise ValueError(f"must be NAME=VALUE, not {shown!r}")
+        if ":" in name or "/" in name:  # a URL with = in it, not a name: never echoed
+            raise ValueError("must be NAME=VALUE, a name first (--sql-source shop=mysql+pymysql://…)")
         if not _SOURCE_NAME.match(name):
             raise ValueError(f"{name!r} is not a name (a letter, then letters, digits, _ or -; at most 64)")
         entries.append((name, value.strip()))

@@ -120,9 +120,9 @@ def source_config(name: str, raw_url: str, password: str | None = None) -> Sourc
     where = f"--sql-source {name}"
     try:
         url = make_url(raw_url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise SourceConfigError(
-            f"{where}: not a database URL (sqlite:///PATH or mysql+pymysql://USER@HOST/DB)"
+            f"{where}: not a database URL (sqlite:///PATH or mysql+pymysql://USER@HOST:PORT/DB, the port a number)"
         ) from None
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -424,7 +424,10 @@ class SQLSource:
         connection.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_STEPS)
         started = time.monotonic()
         try:
-            cursor = connection.execute(statement, params if params else ())
+            try:
+                cursor = connection.execute(statement, params if params else ())
+            except OverflowError:
+                raise Refused("a number in params is too large for SQLite (at most 64-bit integers)") from None
             try:
                 columns = [d[0] for d in cursor.description or ()]
                 rows, truncated, _ = _capped(cursor.fetchone, limit)
