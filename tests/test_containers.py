@@ -29,9 +29,6 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 NGINX_CONF = REPO_ROOT / "contrib" / "nginx" / "mcpd.conf"
 KNOWN = {knob.env for knob in KNOBS}
-# Settings of the data stores that are being added (SQL, Redis, Milvus): allowed by name until they
-# are knobs, then checked and parsed like every other.
-PENDING = {"DATA_DIR", "DB_URL", "DB_PASSWORD_FILE", "REDIS_URL", "MILVUS_URI"}
 
 
 def dockerfile_stages() -> list[list[tuple[str, str]]]:
@@ -64,7 +61,7 @@ def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
 
 def check_settings(test: SynchronousTestCase, env: dict[str, str], where: str) -> None:
     """Every mcpd variable in ``env`` is a setting (or a pending one) and mcpd accepts its value."""
-    unknown = sorted(set(env) - KNOWN - PENDING)
+    unknown = sorted(set(env) - KNOWN)
     test.assertEqual(unknown, [], f"{where}: not settings of mcpd (mcpd --help lists them)")
     resolve({}, {name: value for name, value in env.items() if name in KNOWN}, {})
 
