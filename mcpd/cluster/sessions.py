@@ -110,6 +110,9 @@ class ClusterSessions:
         for session in sessions:
             if session.initialized and not session.closed:
                 self.sessions.records.touch(session.id).addErrback(_logged, "keep session {id}", session.id)
+                self.journal.keep(session.id, STANDALONE).addErrback(
+                    _logged, "keep the GET stream of session {id}", session.id
+                )
 
     def _ended_elsewhere(self, message: dict[str, Any]) -> None:
         session_id = str(message.get("session"))

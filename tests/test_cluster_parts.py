@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.test_cluster_parts -*-
+"""The parts of `mcpd.cluster` one at a time, against a real ``redis-server``: the journal, the
+bus and the session sharing, without the daemons and nginx of `tests.test_cluster`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from mcpd.cluster.bus import ClusterBus
+from mcpd.cluster.instances import InstanceRegistry
+from mcpd.cluster.journal import STANDALONE, Journal
+from mcpd.cluster.sessions import ClusterSessions
+from mcpd.protocol.changes import ChangeFeed
+from mcpd.protocol.session import SessionStore
+from mcpd.stores.redis import RedisConnection, redis_config
+from mcpd.stores.redis.sessions import RedisSessionStore
+from mcpd.transport.streamable import HTTPSession
+from tests.redis_service import shared_redis, unique_prefix
+from tests.test_redis import answers_again
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class ClusterPartsTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.connection = RedisConnection(redis_config(shared_redis().url, prefix=unique_prefix()), reactor)
+        self.connection.startService()
+        self.addCleanup(lambda: self.connection.stopService() if self.connection.running else None)
+        self.bus = ClusterBus(self.connection, clock=reactor)
+        yield self.bus.start(10.0)
+        self.addCleanup(self.bus.stop)
+        yield answers_again(self.connection)
+
+    def cluster(self, session_timeout: float = 60.0) -> ClusterSessions:
+        """The session sharing of one instance, its session records in Redis."""
+        journal = Journal(self.bus, 16, session_timeout)
+        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        records = RedisSessionStore(self.connection, reactor, session_timeout)
+        sessions = SessionStore(reactor, session_timeout, records=records)
+        return ClusterSessions(self.bus, journal, registry, sessions, ChangeFeed())
+
+    @inlineCallbacks
+    def test_refresh_keeps_the_get_stream_numbering(self) -> Any:
+        """A quiet session kept alive (its GET stream open) past the session timeout keeps its
+        standalone stream's counter: the next event is numbered after the last one, not 1
+        again (which a reader at position 1 would drop)."""
+        cluster = self.cluster(session_timeout=1.0)
+        session = HTTPSession("quiet-session")
+        session.initialized = True
+        first = yield cluster.journal.append(session.id, STANDALONE, b'{"n":1}')
+        self.assertEqual(first, 1)
+        for _ in range(6):  # 1.8 s of quiet: longer than the TTL, refreshed as the sweep does
+            cluster.refresh([session])
+            yield sleep(0.3)
+        second = yield cluster.journal.append(session.id, STANDALONE, b'{"n":2}')
+        self.assertEqual(second, 2)
