@@ -64,3 +64,33 @@ class ClusterPartsTests(TestCase):
             yield sleep(0.3)
         second = yield cluster.journal.append(session.id, STANDALONE, b'{"n":2}')
         self.assertEqual(second, 2)
+
+    @inlineCallbacks
+    def test_readopted_session_numbers_streams_and_requests_afresh(self) -> Any:
+        """A session adopted again on the same instance (a fresh replica whose counters restart
+        at 1) names its streams and its requests apart from the last replica's: journaling its
+        first stream does not clash with the old one's events, and an old request id cannot
+        resolve a new request."""
+        cluster = self.cluster()
+        old, new = HTTPSession("adopted-twice"), HTTPSession("adopted-twice")
+        cluster.fit(old)
+        cluster.fit(new)
+        old_stream, new_stream = old.new_stream(), new.new_stream()
+        self.assertNotEqual(old_stream.key, new_stream.key)
+        self.assertEqual(old_stream.key.split("-")[0], cluster.instance)  # the origin still reads
+        yield cluster.journal.append(old.id, old_stream.key, b'{"old":1}', seq=1)
+        yield cluster.journal.append(old.id, old_stream.key, b'{"old":2}', seq=2)
+        yield cluster.journal.append(new.id, new_stream.key, b'{"new":1}', seq=1)
+        replayed = yield cluster.journal.read_after(new.id, new_stream.key, 0)
+        self.assertEqual(replayed, [(1, b'{"new":1}')])
+
+        sent: list[dict[str, Any]] = []
+        old.outbound.request(sent.append, "ping", {}, None, reactor).addErrback(lambda _f: None)
+        asked = new.outbound.request(sent.append, "ping", {}, None, reactor)
+        self.assertNotEqual(sent[0]["id"], sent[1]["id"])
+        self.assertEqual(sent[1]["id"].split("-")[1], cluster.instance)
+        self.assertFalse(new.outbound.resolve({"jsonrpc": "2.0", "id": sent[0]["id"], "result": {}}))
+        self.assertFalse(asked.called)
+        new.outbound.resolve({"jsonrpc": "2.0", "id": sent[1]["id"], "result": {}})
+        self.assertTrue(asked.called)
+        old.outbound.close()
