@@ -21,7 +21,7 @@ from mcpd.stores.redis import RedisConnection, redis_config
 from mcpd.stores.redis.sessions import RedisSessionStore
 from mcpd.transport.streamable import HTTPSession
 from tests.redis_service import shared_redis, unique_prefix
-from tests.test_redis import answers_again
+from tests.test_redis import answers_again, wait_for
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -40,6 +40,18 @@ class ClusterPartsTests(TestCase):
         yield self.bus.start(10.0)
         self.addCleanup(self.bus.stop)
         yield answers_again(self.connection)
+
+    @inlineCallbacks
+    def subscribers_become(self, channel: str, count: int, timeout: float = 10.0) -> Any:
+        """Wait until Redis counts ``count`` subscribers of ``channel`` (PUBSUB NUMSUB)."""
+        deadline = reactor.seconds() + timeout
+        while True:
+            reply = yield self.connection.execute("PUBSUB", "NUMSUB", channel)
+            if int(reply[1]) == count:
+                return
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"{channel} has {reply[1]} subscribers, not {count}")
+            yield sleep(0.02)
 
     def cluster(self, session_timeout: float = 60.0) -> ClusterSessions:
         """The session sharing of one instance, its session records in Redis."""
@@ -94,3 +106,26 @@ class ClusterPartsTests(TestCase):
         new.outbound.resolve({"jsonrpc": "2.0", "id": sent[1]["id"], "result": {}})
         self.assertTrue(asked.called)
         old.outbound.close()
+
+    @inlineCallbacks
+    def test_two_listeners_of_one_channel(self) -> Any:
+        """Two readers of one stream in this process (a stale GET and its replacement) both
+        hear its channel; the first one ending leaves the other listening, and the channel is
+        unsubscribed only when the last one ends."""
+        channel = self.bus.key("ev", "two-readers", STANDALONE, "live")
+        stale: list[str] = []
+        live: list[str] = []
+        self.bus.listen(channel, stale.append, raw=True)
+        self.bus.listen(channel, live.append, raw=True)
+        yield self.subscribers_become(channel, 1)
+        yield self.connection.execute("PUBLISH", channel, "1 first")
+        yield wait_for(lambda: stale and live)
+        self.assertEqual((stale, live), (["1 first"], ["1 first"]))
+
+        self.bus.unlisten(channel, stale.append)
+        yield self.connection.execute("PUBLISH", channel, "2 second")
+        yield wait_for(lambda: len(live) == 2)
+        self.assertEqual((stale, live), (["1 first"], ["1 first", "2 second"]))
+
+        self.bus.unlisten(channel, live.append)
+        yield self.subscribers_become(channel, 0)

@@ -267,7 +267,7 @@ class _Reader:
     def _stop(self, _result: object) -> None:
         self.done = True
         self.session.readers.pop(self, None)
-        self.cluster.bus.unlisten(self.channel)
+        self.cluster.bus.unlisten(self.channel, self.heard_raw)
 
 
 class SSEForwarding:
