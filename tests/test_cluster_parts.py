@@ -53,13 +53,24 @@ class ClusterPartsTests(TestCase):
                 raise AssertionError(f"{channel} has {reply[1]} subscribers, not {count}")
             yield sleep(0.02)
 
+    @inlineCallbacks
+    def record_appears(self, records: RedisSessionStore, session_id: str, timeout: float = 10.0) -> Any:
+        """Wait until the session's record can be loaded."""
+        deadline = reactor.seconds() + timeout
+        while (yield records.load(session_id)) is None:
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"no record of session {session_id}")
+            yield sleep(0.02)
+
     def cluster(self, session_timeout: float = 60.0) -> ClusterSessions:
         """The session sharing of one instance, its session records in Redis."""
         journal = Journal(self.bus, 16, session_timeout)
         registry = InstanceRegistry(self.bus, [], [], clock=reactor)
         records = RedisSessionStore(self.connection, reactor, session_timeout)
         sessions = SessionStore(reactor, session_timeout, records=records)
-        return ClusterSessions(self.bus, journal, registry, sessions, ChangeFeed())
+        cluster = ClusterSessions(self.bus, journal, registry, sessions, ChangeFeed())
+        sessions.cluster = cluster
+        return cluster
 
     @inlineCallbacks
     def test_refresh_keeps_the_get_stream_numbering(self) -> Any:
@@ -129,3 +140,21 @@ class ClusterPartsTests(TestCase):
 
         self.bus.unlisten(channel, live.append)
         yield self.subscribers_become(channel, 0)
+
+    @inlineCallbacks
+    def test_refresh_saves_a_lost_record_again(self) -> Any:
+        """A live session whose record is gone from Redis (a restart without persistence, a
+        blip while it was saved) gets it back at the next refresh, so other instances can
+        adopt it again instead of answering 404."""
+        cluster = self.cluster()
+        session = HTTPSession("record-lost")
+        session.version = "2025-11-25"
+        cluster.sessions.add(session)
+        records = cluster.sessions.records
+        yield self.record_appears(records, session.id)
+        yield records.delete(session.id)
+        self.assertIsNone((yield records.load(session.id)))
+        cluster.refresh([session])
+        yield self.record_appears(records, session.id)
+        record = yield records.load(session.id)
+        self.assertEqual((record.session_id, record.version), ("record-lost", "2025-11-25"))

@@ -113,10 +113,20 @@ class ClusterSessions:
     def refresh(self, sessions: list[Session]) -> None:
         for session in sessions:
             if session.initialized and not session.closed:
-                self.sessions.records.touch(session.id).addErrback(_logged, "keep session {id}", session.id)
+                self.sessions.records.touch(session.id).addCallback(self._kept, session).addErrback(
+                    _logged, "keep session {id}", session.id
+                )
                 self.journal.keep(session.id, STANDALONE).addErrback(
                     _logged, "keep the GET stream of session {id}", session.id
                 )
+
+    def _kept(self, kept: bool, session: Session) -> Deferred[Any] | None:
+        """Its record was lost (Redis restarted without persistence, or a blip while it was
+        saved): save it again from the live session, or other instances 404 it for good."""
+        if kept or session.closed or session.id not in self.sessions:
+            return None
+        log.info("The record of session {id} was lost; saving it again", id=session.id)
+        return self.sessions.records.save(session.record())
 
     def _ended_elsewhere(self, message: dict[str, Any]) -> None:
         session_id = str(message.get("session"))
