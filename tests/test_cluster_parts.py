@@ -11,14 +11,18 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from mcpd.cluster.bus import ClusterBus
+from mcpd.cluster.bus import ClusterBus, ClusterUnavailable
 from mcpd.cluster.instances import InstanceRegistry
 from mcpd.cluster.journal import STANDALONE, Journal
+from mcpd.cluster.relay import TaskRelay
 from mcpd.cluster.sessions import ClusterSessions
+from mcpd.interfaces import CANCELLED, TaskRecord
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.session import SessionStore
+from mcpd.protocol.tasks import TaskManager
 from mcpd.stores.redis import RedisConnection, redis_config
 from mcpd.stores.redis.sessions import RedisSessionStore
+from mcpd.stores.redis.tasks import RedisTaskStore
 from mcpd.transport.streamable import HTTPSession
 from tests.redis_service import shared_redis, unique_prefix
 from tests.test_redis import answers_again, wait_for
@@ -60,6 +64,15 @@ class ClusterPartsTests(TestCase):
         while (yield records.load(session_id)) is None:
             if reactor.seconds() > deadline:
                 raise AssertionError(f"no record of session {session_id}")
+            yield sleep(0.02)
+
+    @inlineCallbacks
+    def registered(self, registry: InstanceRegistry, instance: str, timeout: float = 10.0) -> Any:
+        """Wait until the registry counts ``instance`` alive."""
+        deadline = reactor.seconds() + timeout
+        while not (yield registry.alive(instance)):
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"instance {instance} never registered")
             yield sleep(0.02)
 
     def cluster(self, session_timeout: float = 60.0) -> ClusterSessions:
@@ -158,3 +171,31 @@ class ClusterPartsTests(TestCase):
         yield self.record_appears(records, session.id)
         record = yield records.load(session.id)
         self.assertEqual((record.session_id, record.version), ("record-lost", "2025-11-25"))
+
+    @inlineCallbacks
+    def test_a_cancel_nobody_hears_marks_the_task_cancelled_only_if_its_runner_is_gone(self) -> Any:
+        """A cancel that reaches no listener (the runner's bus reconnecting) while the runner is
+        still registered is a clear, transient error, not a cancelled record; once the registry
+        says the runner is gone, the record is marked cancelled."""
+        store = RedisTaskStore(self.connection)
+        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        relay = TaskRelay(self.bus, TaskManager(store, reactor), reactor, registry)
+        # The runner: registered, its bus not listening (as while it reconnects).
+        runner_bus = ClusterBus(self.connection, clock=reactor)
+        runner = InstanceRegistry(runner_bus, [], [], clock=reactor)
+        runner.start()
+        self.addCleanup(runner.stop)
+        yield self.registered(registry, runner_bus.instance)
+        record = TaskRecord("t-unheard", "caller:alice", True, reactor.seconds(), 60_000, 500)
+        record.runner = runner_bus.instance
+        yield store.add(record, reactor.seconds())
+
+        refused = yield relay.cancel(record).addErrback(lambda f: f.value)
+        self.assertIsInstance(refused, ClusterUnavailable)
+        self.assertIn("try again", str(refused))
+        self.assertEqual((yield store.get("t-unheard")).status, record.status)
+
+        yield runner.stop()
+        cancelled = yield relay.cancel(record)
+        self.assertEqual(cancelled.status, CANCELLED)
+        self.assertEqual((yield store.get("t-unheard")).status, CANCELLED)
