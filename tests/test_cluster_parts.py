@@ -23,6 +23,7 @@ from mcpd.protocol.tasks import TaskManager
 from mcpd.stores.redis import RedisConnection, redis_config
 from mcpd.stores.redis.sessions import RedisSessionStore
 from mcpd.stores.redis.tasks import RedisTaskStore
+from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id
 from mcpd.transport.streamable import HTTPSession
 from tests.redis_service import shared_redis, unique_prefix
 from tests.test_redis import answers_again, wait_for
@@ -199,3 +200,15 @@ class ClusterPartsTests(TestCase):
         cancelled = yield relay.cancel(record)
         self.assertEqual(cancelled.status, CANCELLED)
         self.assertEqual((yield store.get("t-unheard")).status, CANCELLED)
+
+    @inlineCallbacks
+    def test_the_largest_event_id_taken_reads_the_journal(self) -> Any:
+        """The largest sequence number a Last-Event-ID may carry (`MAX_SEQ_DIGITS`) is one the
+        journal's Redis streams take: resuming after it finds nothing, without an error."""
+        journal = Journal(self.bus, 16, 60.0)
+        yield journal.append("far-resume", STANDALONE, b'{"n":1}')
+        parsed = parse_event_id("g." + "9" * MAX_SEQ_DIGITS)
+        assert parsed is not None
+        self.assertEqual((yield journal.read_after("far-resume", *parsed)), [])
+        self.assertEqual((yield journal.read_after("far-resume", STANDALONE, 0)), [(1, b'{"n":1}')])
+        self.assertIsNone(parse_event_id("g." + "9" * (MAX_SEQ_DIGITS + 1)))
