@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.config import ConfigError, resolve
 from mcpd.daemon import cache_store
-from mcpd.interfaces import ICache
+from mcpd.interfaces import ICache, StoreError
 from mcpd.packs.cache import pack
 from mcpd.stores.memory import MemoryCache, glob_regex
 from mcpd.stores.redis.cache import RedisCache
@@ -48,6 +48,16 @@ class RedisCacheTests(RedisSuite, CacheTests, SynchronousTestCase):
         )
         for name in names:
             self.assertGreater(int(self.settled(connection.execute("TTL", name))), 0)
+
+    def test_a_forged_scan_position_is_an_invalid_cursor(self) -> None:
+        """The position inside a cursor comes back from the client: a Redis cursor beyond 64
+        bits, or digits that are not ASCII, is refused as a cursor the server did not give out
+        (not sent to Redis, whose refusal would read as a bug in mcpd)."""
+        self.settled(self.cache.set("t", "k", "1", 60))
+        for forged in ("18446744073709551616", "9" * 5000, "\u00b2", "-1", "", "1.5"):
+            failure = self.refused(self.cache.scan("t", "*", 10, {"c": forged, "k": []}), StoreError)
+            self.assertIn("not one this server gave out", failure.getErrorMessage())
+        self.assertEqual(self.settled(self.cache.scan("t", "*", 10, {"c": "18446744073709551615", "k": []}))[1], None)
 
     def test_a_page_holds_no_more_than_its_limit_when_redis_gives_more(self) -> None:
         for i in range(300):

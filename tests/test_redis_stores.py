@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mcpd.interfaces import COMPLETED, SessionRecord, TaskRecord
+from mcpd.interfaces import CANCELLED, COMPLETED, SessionRecord, TaskRecord
 from mcpd.stores.redis import RedisConnection, redis_config
 from mcpd.stores.redis.buckets import RedisBucketStore
 from mcpd.stores.redis.sessions import RedisSessionStore
@@ -135,6 +135,26 @@ class SharedStateTests(TestCase):
         yield reader.remove("t1")
         self.assertIsNone((yield writer.get("t1")))
         self.assertEqual((yield writer.owned_by("caller:alice")), [])
+
+    @inlineCallbacks
+    def test_the_first_terminal_status_stays(self) -> Any:
+        """An instance that wrongly marked a task cancelled (its runner seemed gone) does not
+        lose the result the runner saves later, nor does a late cancel overwrite a result: the
+        first terminal status is kept; saving the same status again still replaces the record."""
+        one, two = yield self.instances()
+        runner, other = RedisTaskStore(one), RedisTaskStore(two)
+        yield runner.add(_task("first-wins"), time.time())
+        cancelled = _task("first-wins")
+        cancelled.status, cancelled.status_message = CANCELLED, "cancelled"
+        yield other.save(cancelled)
+        completed = _task("first-wins")
+        completed.status, completed.result = COMPLETED, {"content": []}
+        yield runner.save(completed)
+        kept = yield other.get("first-wins")
+        self.assertEqual((kept.status, kept.result), (CANCELLED, None))
+        cancelled.status_message = "cancelled, said again"
+        yield other.save(cancelled)
+        self.assertEqual((yield runner.get("first-wins")).status_message, "cancelled, said again")
 
     @inlineCallbacks
     def test_a_record_redis_expired_leaves_no_trace_in_the_owner_index(self) -> Any:

@@ -516,6 +516,14 @@ class LegacyStreamTests(HTTPTestCase):
         response = self.fetch("GET", {"Accept": SSE_ONLY, "Last-Event-ID": "nope.3", **self.session(session_id)})
         self.assertEqual(response.status, 404)
 
+    def test_resumption_with_a_forged_event_id(self) -> None:
+        """Unicode digits or a number past any stream's in a Last-Event-ID name no stream: 404,
+        as for an unknown id, never a 500."""
+        session_id = self.initialize()
+        for forged in ("g.\u00b2", "s1.\u00b2", "s1." + "9" * 19, "g." + "9" * 5000):
+            headers = {"Accept": SSE_ONLY, "Last-Event-ID": forged, **self.session(session_id)}
+            self.assertEqual(self.fetch("GET", headers).status, 404, forged[:20])
+
     def test_cancelled_request_gets_an_empty_stream(self) -> None:
         # basic/utilities/cancellation: no result after notifications/cancelled; the POST that
         # carried the request is still answered as an event stream (transports §Sending Messages).

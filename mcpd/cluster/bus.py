@@ -82,7 +82,8 @@ class ClusterBus:
         self._subscriber: _Subscriber | None = None
         self._factory: Any = None
         # Handlers by channel (full name); the kinds of the instance channel by kind.
-        self._channels: dict[str, Callable[[Any], Any]] = {}
+        # Several readers of one stream in this process each listen on its channel.
+        self._channels: dict[str, list[Callable[[Any], Any]]] = {}
         # Channels whose messages are handed over as text, not JSON (the journal's).
         self._raw: set[str] = set()
         self._kinds: dict[str, Handler] = {}
@@ -114,8 +115,8 @@ class ClusterBus:
         factory.initialDelay = 0.2
         factory.startConnecting(self.redis.endpoint())
         self._factory = factory
-        self._channels[self.instance_channel(self.instance)] = self._instance_message
-        self._channels[self.key("all")] = self._instance_message
+        self._channels[self.instance_channel(self.instance)] = [self._instance_message]
+        self._channels[self.key("all")] = [self._instance_message]
         if self._subscriber is not None:
             return succeed(None)
         ready: Deferred[None] = Deferred()
@@ -177,29 +178,40 @@ class ClusterBus:
     def listen(self, channel: str, handler: Callable[[Any], Any], raw: bool = False) -> None:
         """Hear the messages of ``channel`` (a full name, `key`) until `unlisten`; ``raw``:
         as text, not JSON."""
-        self._channels[channel] = handler
+        handlers = self._channels.setdefault(channel, [])
+        handlers.append(handler)
         if raw:
             self._raw.add(channel)
-        if self._subscriber is not None:
+        if len(handlers) == 1 and self._subscriber is not None:
             self._subscriber.subscribe(channel).addErrback(lambda f: log.failure("Subscribing failed", f))
 
-    def unlisten(self, channel: str) -> None:
+    def unlisten(self, channel: str, handler: Callable[[Any], Any] | None = None) -> None:
+        """Stop ``handler`` hearing ``channel`` (every handler when None); the channel is
+        unsubscribed once nobody here listens."""
+        handlers = self._channels.get(channel)
+        if handlers is None:
+            return
+        if handler is not None and handler in handlers:
+            handlers.remove(handler)
+        elif handler is None:
+            handlers.clear()
+        if handlers:
+            return
+        del self._channels[channel]
         self._raw.discard(channel)
-        if self._channels.pop(channel, None) is not None and self._subscriber is not None:
+        if self._subscriber is not None:
             self._subscriber.unsubscribe(channel).addErrback(lambda _f: None)
 
     def _received(self, channel: Any, raw: Any) -> None:
         name = channel.decode() if isinstance(channel, bytes) else str(channel)
-        handler = self._channels.get(name)
-        if handler is None:
-            return
-        try:
-            if name in self._raw:
-                handler(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
-            else:
-                handler(json.loads(raw))
-        except Exception:
-            log.failure("A cluster message on {channel} could not be handled", channel=name)
+        for handler in list(self._channels.get(name, ())):
+            try:
+                if name in self._raw:
+                    handler(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+                else:
+                    handler(json.loads(raw))
+            except Exception:
+                log.failure("A cluster message on {channel} could not be handled", channel=name)
 
     def _instance_message(self, message: dict[str, Any]) -> None:
         kind = message.get("kind")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 
 if TYPE_CHECKING:
     from mcpd.cluster.bus import ClusterBus
@@ -82,6 +82,15 @@ class Journal:
 
         stream = self.stream(session_id, key)
         return self.bus.redis.execute("XRANGE", stream, f"({after}-0", "+").addCallback(parsed)
+
+    def keep(self, session_id: str, key: str) -> Deferred[Any]:
+        """Renew the TTL of a stream, its counter and its delivered mark with the session's: a
+        quiet session kept alive by an open reader must not see its numbering restart."""
+        stream = self.stream(session_id, key)
+        names = (stream, stream + ":n", self.bus.key("ev", session_id, key, "delivered"))
+        return gatherResults(
+            [self.bus.redis.execute("PEXPIRE", name, self.ttl_ms) for name in names], consumeErrors=True
+        )
 
     def forget(self, session_id: str, keys: list[str]) -> Deferred[Any]:
         """Drop a session's streams (it ended)."""

@@ -7,8 +7,9 @@
   feed's, applied where the subscriber is.
 - Tasks: records are in the shared `ITaskStore`, so any instance answers ``tasks/get`` and
   ``tasks/list``; ``tasks/cancel`` and ``tasks/update`` are sent to the instance named by the
-  record's ``runner`` (`mcpd.protocol.tasks.TaskRemote`). When that instance is gone, the work
-  went with it: a cancel marks the record cancelled.
+  record's ``runner`` (`mcpd.protocol.tasks.TaskRemote`). When that instance is gone (nobody
+  heard, and the registry confirms it), the work went with it: a cancel marks the record
+  cancelled.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mcpd.cluster.bus import InstanceGone
+from mcpd.cluster.bus import ClusterUnavailable, InstanceGone
 from mcpd.interfaces import CANCELLED, TaskRecord
 
 if TYPE_CHECKING:
     from mcpd.cluster.bus import ClusterBus
+    from mcpd.cluster.instances import InstanceRegistry
     from mcpd.protocol.changes import ChangeFeed
     from mcpd.protocol.tasks import TaskManager
 
@@ -62,8 +64,9 @@ class TaskRelay:
     """The `TaskRemote` of a `TaskManager`: its commands to the instance running a task, and
     that instance's side of them."""
 
-    def __init__(self, bus: ClusterBus, manager: TaskManager, clock: Any) -> None:
+    def __init__(self, bus: ClusterBus, manager: TaskManager, clock: Any, registry: InstanceRegistry) -> None:
         self.bus = bus
+        self.registry = registry
         self.manager = manager
         self.clock = clock
         manager.instance = bus.instance
@@ -76,8 +79,17 @@ class TaskRelay:
             data = reply.get("record")
             return TaskRecord.from_json(data) if isinstance(data, dict) else record
 
-        def runner_gone(failure: Failure) -> Deferred[TaskRecord]:
+        def nobody_heard(failure: Failure) -> Deferred[TaskRecord]:
             failure.trap(InstanceGone)
+            # Nobody heard: gone, or its bus connection is being made again. Ask the registry.
+            return self.registry.alive(record.runner).addCallback(runner_gone)
+
+        def runner_gone(alive: bool) -> Deferred[TaskRecord]:
+            if alive:
+                raise ClusterUnavailable(
+                    f"instance {record.runner}, running task {record.task_id}, did not hear the cancel"
+                    " (its connection to Redis is being restored); try again shortly"
+                )
             # Its instance is not running: neither is the work. Say so in the record.
             log.info(
                 "Task {id}'s instance {runner} is gone; marking it cancelled", id=record.task_id, runner=record.runner
@@ -85,10 +97,12 @@ class TaskRelay:
             record.status = CANCELLED
             record.status_message = "The task was cancelled: the instance running it had stopped."
             record.updated = self.clock.seconds()
-            return self.manager.store.save(record).addCallback(lambda _none: record)
+            # The store keeps the first terminal status: answer with what it kept.
+            d = self.manager.store.save(record).addCallback(lambda _none: self.manager.store.get(record.task_id))
+            return d.addCallback(lambda kept: kept or record)
 
         return self.bus.request(record.runner, "task-cancel", {"task": record.task_id}).addCallbacks(
-            cancelled, runner_gone
+            cancelled, nobody_heard
         )
 
     def update(self, record: TaskRecord, responses: dict[str, Any]) -> Deferred[Any]:

@@ -58,7 +58,7 @@ class Cluster(Service):
         sessions.cluster = self.sessions
         sse_sessions.cluster = self.sse
         self.changes = ChangeRelay(self.bus, engine.changes)
-        self.tasks = TaskRelay(self.bus, engine.tasks, clock)
+        self.tasks = TaskRelay(self.bus, engine.tasks, clock, self.registry)
         self.wait = max(5.0, 3 * redis.config.timeout)
         self.checked: Deferred[None] | None = None
 

@@ -11,7 +11,7 @@ the request itself, its answer on the request's own response. What a session's i
   by every instance with something to say to the session (list changes, a legacy task's
   questions) and read by the instance holding the GET;
 - answers to the server's requests: request ids name the instance that asked
-  (``mcpd-<instance>-<n>``), so an answer landing elsewhere is sent there.
+  (``mcpd-<instance>-<replica>-<n>``), so an answer landing elsewhere is sent there.
 
 HTTP+SSE (``/sse``, ``/messages/``): the stream is the session. Its instance listens on the
 session's channel; a POST landing elsewhere is sent there (and refused 404 when nobody holds
@@ -21,6 +21,7 @@ the session or it belongs to another key).
 from __future__ import annotations
 
 import functools
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -88,14 +89,17 @@ class ClusterSessions:
     # -- SessionCluster -------------------------------------------------------------------------
 
     def fit(self, session: Session) -> None:
+        # A nonce per replica: a session adopted again here gets a fresh HTTPSession whose
+        # numbering restarts, so its stream keys and request ids must not repeat the last one's.
+        replica = f"{self.instance}-{secrets.token_hex(4)}-"
         session.outbound = OutboundRequests(
-            prefix=f"mcpd-{self.instance}-", forward=functools.partial(self._forward_response, session)
+            prefix=f"mcpd-{replica}", forward=functools.partial(self._forward_response, session)
         )
         # A session adopted here hears of changes too (its resources/subscribe may land here);
         # the journal's change ids keep it from hearing one change twice.
         self.feed.join(session)
         if isinstance(session, HTTPSession):
-            session.stream_prefix = f"{self.instance}-"
+            session.stream_prefix = replica
             session.journal = functools.partial(self._journal, session.id)
             session.relay_push = functools.partial(self._push, session)
 
@@ -109,7 +113,20 @@ class ClusterSessions:
     def refresh(self, sessions: list[Session]) -> None:
         for session in sessions:
             if session.initialized and not session.closed:
-                self.sessions.records.touch(session.id).addErrback(_logged, "keep session {id}", session.id)
+                self.sessions.records.touch(session.id).addCallback(self._kept, session).addErrback(
+                    _logged, "keep session {id}", session.id
+                )
+                self.journal.keep(session.id, STANDALONE).addErrback(
+                    _logged, "keep the GET stream of session {id}", session.id
+                )
+
+    def _kept(self, kept: bool, session: Session) -> Deferred[Any] | None:
+        """Its record was lost (Redis restarted without persistence, or a blip while it was
+        saved): save it again from the live session, or other instances 404 it for good."""
+        if kept or session.closed or session.id not in self.sessions:
+            return None
+        log.info("The record of session {id} was lost; saving it again", id=session.id)
+        return self.sessions.records.save(session.record())
 
     def _ended_elsewhere(self, message: dict[str, Any]) -> None:
         session_id = str(message.get("session"))
@@ -260,7 +277,7 @@ class _Reader:
     def _stop(self, _result: object) -> None:
         self.done = True
         self.session.readers.pop(self, None)
-        self.cluster.bus.unlisten(self.channel)
+        self.cluster.bus.unlisten(self.channel, self.heard_raw)
 
 
 class SSEForwarding:

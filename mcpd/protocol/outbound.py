@@ -46,7 +46,7 @@ class OutboundRequests:
     def __init__(self, prefix: str = "mcpd-", forward: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
         self._ids = itertools.count(1)
         self._pending: dict[Any, tuple[Deferred[Any], IDelayedCall | None]] = {}
-        # Several instances: ids name this one (``mcpd-<instance>-<n>``), and a response to
+        # Several instances: ids name this one (``mcpd-<instance>-<replica>-<n>``), and a response to
         # another's request goes to it (``forward``, True if it took the message).
         self.prefix = prefix
         self.forward = forward

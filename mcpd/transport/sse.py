@@ -272,9 +272,15 @@ def finish_quietly(request: Request) -> None:
         request.finish()
 
 
+# Sequence numbers of a Last-Event-ID have at most this many digits: ours never come near, and
+# the journal's Redis stream ids (64-bit) take any such number.
+MAX_SEQ_DIGITS = 18
+
+
 def parse_event_id(value: str) -> tuple[str, int] | None:
-    """Split a Last-Event-ID into (stream key, sequence number); None if it is not ours."""
+    """Split a Last-Event-ID into (stream key, sequence number); None if it is not ours (the
+    client may send anything: Unicode digits, numbers past any stream's)."""
     key, _, seq = value.rpartition(".")
-    if not key or not seq.isdigit():
+    if not key or not (seq.isascii() and seq.isdigit()) or len(seq) > MAX_SEQ_DIGITS:
         return None
     return key, int(seq)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from twisted.internet.defer import Deferred, inlineCallbacks
 from zope.interface import implementer
 
-from mcpd.interfaces import ICache, NotAnInteger
+from mcpd.interfaces import ICache, NotAnInteger, StoreError
 from mcpd.stores.memory import CACHE_DEFAULT_TTL, CACHE_MAX_TTL, CACHE_MAX_VALUE
 
 if TYPE_CHECKING:
@@ -101,8 +101,9 @@ class RedisCache:
         if isinstance(position, dict):
             cursor = str(position.get("c", "0"))
             pending = [key for key in position.get("k", []) if isinstance(key, str)]
-            if not cursor.isdigit():
-                cursor = "0"
+            if not _is_redis_cursor(cursor):
+                # A cursor's position is the client's to forge: never hand Redis what it refuses.
+                raise StoreError("cursor is not one this server gave out: call again without cursor")
         keys, pending = pending[:limit], pending[limit:]
         if position is not None and cursor == "0":  # Redis' scan is over: only what was pending
             return keys, {"c": "0", "k": pending} if pending else None
@@ -120,3 +121,8 @@ class RedisCache:
             if not names:  # a sparse tenant among many keys: look at more slots a trip
                 count = min(MAX_COUNT, count * 2)
         return keys, None if cursor == "0" and not pending else {"c": cursor, "k": pending}
+
+
+def _is_redis_cursor(text: str) -> bool:
+    """Whether SCAN takes ``text`` as its cursor: the ASCII digits of an unsigned 64-bit number."""
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit() and int(text) < 2**64

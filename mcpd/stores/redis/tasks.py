@@ -79,10 +79,16 @@ return dropped
 """
 )
 
-# ARGV: prefix, id, json, created, finished '1'/'0'. Replaces a kept record (its TTL kept).
+# ARGV: prefix, id, json, created, finished '1'/'0', status. Replaces a kept record (its TTL
+# kept), unless that one has ended with another status: the first terminal status stays (an
+# instance that wrongly took a task's runner for gone must not turn its result into a cancel,
+# nor a late cancel into a result).
 SAVE = """
-local p, id, data, created, finished = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('EXISTS', p .. 'task:' .. id) == 0 then return 0 end
+local p, id, data, created, finished, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local kept = redis.call('GET', p .. 'task:' .. id)
+if not kept then return 0 end
+local was = cjson.decode(kept)['status']
+if (was == 'completed' or was == 'failed' or was == 'cancelled') and was ~= status then return 0 end
 redis.call('SET', p .. 'task:' .. id, data, 'KEEPTTL')
 if finished == '1' then redis.call('ZADD', p .. 'tasks:finished', created, id) end
 return 1
@@ -148,7 +154,9 @@ class RedisTaskStore:
         return d.addCallback(added)
 
     def save(self, record: TaskRecord) -> Deferred[None]:
-        d = self._run(SAVE, record.task_id, _dump(record), repr(record.created), "1" if record.terminal else "0")
+        d = self._run(
+            SAVE, record.task_id, _dump(record), repr(record.created), "1" if record.terminal else "0", record.status
+        )
         return d.addCallback(lambda _: None)
 
     def get(self, task_id: str) -> Deferred[TaskRecord | None]:
