@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
-from mcpd.observe.logging import Fields
+from mcpd.observe.logging import Fields, emit
 
 if TYPE_CHECKING:
     from mcpd.protocol.vocabulary import CallRecord
@@ -135,4 +135,4 @@ class AuditTrail:
         pair = (self.clock(), call)
         self._records.append(pair)
         if self.emit and (self.log_calls or call.outcome != "ok"):
-            log.info("audit {audit}", audit=Fields(call_entry(*pair)))
+            emit(log, LogLevel.info, "audit {audit}", audit=Fields(call_entry(*pair)))
