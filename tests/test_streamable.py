@@ -744,6 +744,7 @@ class EventStreamTests(SynchronousTestCase):
         stream.send(b'{"a":1}')
         stream.send(b'{"a":2}')
         self.assertEqual(b"".join(reader.written).count(b"data: {"), 2)
+        reader.finish()  # the client goes away, and resumes
         resumed = ComponentizedDummyRequest([])
         stream.attach(resumed, after=0)
         self.assertEqual(resumed.written, [b""])
