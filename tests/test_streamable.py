@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mcpd.protocol.codec import MAX_DEPTH
-from mcpd.protocol.errors import LIMIT_EXCEEDED
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.protocol.codec import MAX_DEPTH
+from mcpd.protocol.errors import LIMIT_EXCEEDED
 from mcpd.protocol.ledger import REPLAY, SESSION, STREAM, Ledger, Limit
 from mcpd.transport.sse import EventStream
 from tests.http_harness import (
