@@ -155,7 +155,8 @@ def dumps(value: Any) -> str:
         text = _dumps(value)
     except (ValueError, TypeError, RecursionError):
         text = _dumps(_sanitized(value, 0, set()))
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+    # ASCII text holds no surrogate, and telling is free (a log line's search was 7% of it).
+    return text if text.isascii() or not _SURROGATE.search(text) else _SURROGATE.sub("\ufffd", text)
 
 
 def _replacement(message: Any, error: Exception) -> bytes:
