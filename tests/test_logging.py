@@ -107,5 +107,38 @@ class TextLineTests(SynchronousTestCase):
         ]
         events.append({"log_format": "Hello {name!r}", "name": "x", "log_system": "sys", "log_time": 1_700_000_002.0})
         events.append({"log_format": "no time", "log_namespace": "mcpd", "log_level": LogLevel.warn})
+        # Formats the plain path fills in, and those it leaves to twisted.logger.
+        base = {"log_time": 1_700_000_003.0, "log_namespace": "mcpd.x", "log_level": LogLevel.info}
+        for fmt, fields in [
+            ("{a} and {b}", {"a": 1, "b": None}),
+            ("two\nlines {a}", {"a": "x\ny"}),
+            ("{a}", {"a": ""}),
+            ("", {}),
+            ("{{braces}} {a}", {"a": 2.5}),
+            ("{a!r} {b:>4}", {"a": "q", "b": 7}),
+            ("{a.real} {b[0]} {c()}", {"a": 1, "b": [2], "c": lambda: 3}),
+            ("{missing}", {}),
+            ("{}", {}),
+            ("unclosed {", {}),
+        ]:
+            events.append({**base, "log_format": fmt, **fields})
+        events.append({**base, "log_format": None})
+        events.append({**base, "log_format": "{a}", "a": 1, "log_failure": Failure(ValueError("x"))})
+        events.append({k: v for k, v in base.items() if k != "log_level"} | {"log_format": "no level"})
         for event in events:
             self.assertEqual(mcpd_logging.text_line(dict(event)), formatEventAsClassicLogText(dict(event)))
+            if "log_failure" not in event:
+                self.assertEqual(
+                    json.loads(mcpd_logging.json_line(dict(event)))["message"], formatEvent(dict(event)), event
+                )
+
+    def test_emit_sends_loggers_event(self) -> None:
+        """`emit` sends the observer the event `Logger.emit` would."""
+        events: list[dict[str, object]] = []
+        logger = Logger(namespace="mcpd.test", observer=events.append)
+        logger.info("hello {who}", who="you")
+        mcpd_logging.emit(logger, LogLevel.info, "hello {who}", who="you")
+        first, second = events
+        self.assertLessEqual(first["log_time"], second["log_time"])  # type: ignore[operator]
+        first.pop("log_time"), second.pop("log_time")
+        self.assertEqual(first, second)

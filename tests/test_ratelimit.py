@@ -51,6 +51,19 @@ class RateLimiterTests(SynchronousTestCase):
         self.clock.advance(600)
         self.assertEqual(sum(1 for _ in range(20) if limiter.check("key:a") == 0), 10)
 
+    def test_store_without_take_now(self) -> None:
+        """A store that answers only with Deferreds (`IBucketStore.take`) limits alike."""
+
+        @implementer(IBucketStore)
+        class DeferredOnly:
+            def __init__(self, store: MemoryBucketStore) -> None:
+                self.take = store.take
+
+        limiter = RateLimiter(RateLimit(3, 60.0), DeferredOnly(self.store))
+        self.assertEqual([limiter.check("key:a") == 0 for _ in range(4)], [True, True, True, False])
+        memory = RateLimiter(RateLimit(3, 60.0), MemoryBucketStore(self.clock))
+        self.assertEqual([memory.check("key:a") == 0 for _ in range(4)], [True, True, True, False])
+
     def test_burst(self) -> None:
         limiter = RateLimiter(RateLimit(60, 60.0, burst=3), self.store)
         self.assertEqual([limiter.check("ip:x") == 0 for _ in range(4)], [True, True, True, False])

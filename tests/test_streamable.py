@@ -11,14 +11,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.errors import LIMIT_EXCEEDED
 from mcpd.protocol.ledger import REPLAY, SESSION, STREAM, Ledger, Limit
+from mcpd.transport.sse import EventStream
 from tests.http_harness import (
     BOTH,
     LATEST_LEGACY,
     MODERN,
     SSE_ONLY,
+    ComponentizedDummyRequest,
     Event,
     HTTPConnection,
     HTTPResponse,
@@ -732,3 +736,32 @@ class SiteTests(HTTPTestCase):
         response = self.post(modern_request("server/discover"), headers)
         self.assertEqual(response.status, 403)
         self.assertIn("Forbidden", response.json()["error"])
+
+
+# -- event streams --------------------------------------------------------------------------------
+
+
+class EventStreamTests(SynchronousTestCase):
+    """`EventStream` keeps at most ``replay_limit`` events for resumption."""
+
+    def test_no_replay_keeps_nothing(self) -> None:
+        ledger = Ledger({REPLAY: Limit(per_account=10_000)})
+        stream = EventStream("s1", replay_limit=0, ledger=ledger, account="k")
+        reader = ComponentizedDummyRequest([])
+        stream.attach(reader)
+        stream.send(b'{"a":1}')
+        stream.send(b'{"a":2}')
+        self.assertEqual(b"".join(reader.written).count(b"data: {"), 2)
+        reader.finish()  # the client goes away, and resumes
+        resumed = ComponentizedDummyRequest([])
+        stream.attach(resumed, after=0)
+        self.assertEqual(resumed.written, [b""])
+        self.assertEqual(ledger.held("k", REPLAY), 0)
+
+    def test_replay_limit_keeps_the_newest(self) -> None:
+        stream = EventStream("s1", replay_limit=1)
+        stream.send(b'{"a":1}')
+        stream.send(b'{"a":2}')
+        resumed = ComponentizedDummyRequest([])
+        stream.attach(resumed, after=0)
+        self.assertEqual(resumed.written[1:], [b'id: s1.2\nevent: message\ndata: {"a":2}\n\n'])

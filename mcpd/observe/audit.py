@@ -21,11 +21,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mcpd.interfaces import AUDIT_FIELDS, IAuditLog, StoreUnavailable
-from mcpd.observe.logging import Fields
+from mcpd.observe.logging import Fields, emit
 from mcpd.tools.api import DEFAULT_TENANT
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class AuditTrail:
         if self.persist is not None:
             self.persist(pair)
         if self.emit and (self.log_calls or call.outcome != "ok"):
-            log.info("audit {audit}", audit=Fields(call_entry(*pair)))
+            emit(log, LogLevel.info, "audit {audit}", audit=Fields(call_entry(*pair)))
 
 
 def fields(item: Any) -> tuple[Any, ...]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -68,7 +69,27 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _decode = json.JSONDecoder(
     parse_float=_finite_float, parse_constant=_refuse_constant, object_pairs_hook=_unique_pairs
 ).decode
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _json_writer() -> Callable[[Any], str]:
+    """``JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode``, the
+    same text, with its C encoder made once rather than with every call (json's ``encode`` makes
+    one per call: a fifth of a log line). Without circular-reference markers: a cycle raises
+    RecursionError, which `encode` and `dumps` handle as they handle the markers' ValueError."""
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: json's own path
+        return encoder.encode
+    c_encoder = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+
+    def write(value: Any) -> str:
+        return join(c_encoder(value, 0))
+
+    return write
+
+
+_dumps = _json_writer()
 
 
 def decode(data: bytes | str) -> Any:
@@ -155,7 +176,8 @@ def dumps(value: Any) -> str:
         text = _dumps(value)
     except (ValueError, TypeError, RecursionError):
         text = _dumps(_sanitized(value, 0, set()))
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+    # ASCII text holds no surrogate, and telling is free (a log line's search was 7% of it).
+    return text if text.isascii() or not _SURROGATE.search(text) else _SURROGATE.sub("\ufffd", text)
 
 
 def _replacement(message: Any, error: Exception) -> bytes:

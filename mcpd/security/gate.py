@@ -396,6 +396,12 @@ class GuardedRequest(server.Request):
     Use `guarded_request_factory` to make the class a Site builds its requests with.
     """
 
+    # The route and the origin check the policy layer records on the request (ROUTE_ATTRIBUTE,
+    # ORIGIN_CHECKED) live in slots, out of the instance dict: a streaming request otherwise
+    # holds 31 attributes, one past what a key-sharing dict holds, and its dict grows to a
+    # table of its own (1.5 KiB each idle stream, issue 15). Read them with getattr and a default.
+    __slots__ = ("mcpd_route", "mcpd_origin_checked")
+
     gate: ClassVar[Gate]
     # Its head passed `head_problem` before anything served it (no routing header sent twice).
     head_checked: ClassVar[bool] = True

@@ -55,6 +55,11 @@ class MemoryBucketStore:
         self._prune_at = _PRUNE_AT
 
     def take(self, key: str, capacity: float, rate: float) -> Deferred[float]:
+        return succeed(self.take_now(key, capacity, rate))
+
+    def take_now(self, key: str, capacity: float, rate: float) -> float:
+        """`take`'s answer itself (`mcpd.security.ratelimit.RateLimiter` asks this way, without
+        a Deferred, with every request)."""
         now = self.clock.seconds()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -66,9 +71,9 @@ class MemoryBucketStore:
         bucket[1] = now
         if tokens >= 1.0:
             bucket[0] = tokens - 1.0
-            return succeed(0.0)
+            return 0.0
         bucket[0] = tokens
-        return succeed((1.0 - tokens) / rate)
+        return (1.0 - tokens) / rate
 
     def _prune(self, now: float, capacity: float, rate: float) -> None:
         """Forget buckets that have refilled: they would be created full again anyway."""

@@ -223,10 +223,12 @@ class EventStream:
             self._delivered = self._seq
 
     def _keep(self, frame: bytes) -> None:
+        if self.replay_limit <= 0:
+            return  # nothing is kept for replay
         events = self._events
         if events is None:
             events = self._events = deque(maxlen=self.replay_limit)
-        if events.maxlen is not None and len(events) >= events.maxlen:
+        if len(events) >= self.replay_limit:
             self._give(len(events.popleft()[1]))
         if self.ledger is not None:
             if not self.ledger.take(self.account, REPLAY, len(frame)):
