@@ -341,6 +341,36 @@ class MariaDBServerHybridTests(_Scenarios, DaemonTestCase):
     timeout = 240
 
 
+class LimitTests(KnowledgeDaemon, DaemonTestCase):
+    """What the index cannot store is refused by the tool, naming the fix, never left pending."""
+
+    timeout = 120
+
+    def test_metadata_and_chunks_beyond_the_index_limits_are_refused(self) -> Deferred[None]:
+        daemon = self.knowledge_daemon()
+
+        async def scenario(client: Client) -> None:
+            call = client.call_tool
+            await call("kb.create_collection", {"name": "limits"})
+            huge = await call("kb.add", {"collection": "limits", "text": "a note", "metadata": {"n": 10**20}})
+            self.assertIn("64 bits", error_text(huge))
+            long = await call("kb.add", {"collection": "limits", "text": "a note", "metadata": {"b": "x" * 70_000}})
+            self.assertIn("over 65536", error_text(long))
+            # A heading line of 70,000 '#' is one piece of the text: over the index's 65,535 bytes.
+            wide = await call("kb.add", {"collection": "limits", "text": "#" * 70_000 + "\n\nA note."})
+            self.assertIn("smaller chunk_size", error_text(wide))
+            added = structured(
+                await call("kb.add", {"collection": "limits", "text": "a note", "metadata": {"n": 2**63 - 1}})
+            )
+            self.assertEqual(added["indexing"], "done")
+            changed = await call(
+                "kb.update", {"collection": "limits", "id": added["document"]["id"], "metadata": {"n": -(2**64)}}
+            )
+            self.assertIn("64 bits", error_text(changed))
+
+        return self.with_clients(daemon, scenario, "alice")
+
+
 # -- faults and re-indexing -------------------------------------------------------------------------
 
 BURST = 30

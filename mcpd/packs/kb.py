@@ -35,6 +35,11 @@ MAX_TEXT = 1_000_000
 # Texts longer than this (characters) are chunked in a thread, off the reactor (20,000 take ~2 ms).
 INLINE_CHUNKING = 20_000
 MAX_COLLECTIONS = 10  # searched at once
+# What the search index stores (Milvus: a JSON field of at most 64 KiB whose integers are 64-bit,
+# text a VARCHAR of at most 65,535 bytes); refused here so a write is never stuck in the outbox.
+MAX_METADATA_BYTES = 65_536
+MAX_CHUNK_BYTES = 65_535
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**63 - 1
 _STRING = {"type": "string"}
 _NULLABLE = {"type": ["string", "null"]}
 _NAME = {
@@ -150,6 +155,31 @@ def chunked(text: str, size: int, overlap: int) -> Deferred[list[Chunk]]:
     return deferToThread(chunk_markdown, text, size, overlap)
 
 
+def _metadata(value: dict[str, Any] | None) -> dict[str, Any]:
+    """Flat metadata the index can store (the schema checked its shape)."""
+    metadata = value or {}
+    for key, item in metadata.items():
+        if isinstance(item, int) and not isinstance(item, bool) and not MIN_INTEGER <= item <= MAX_INTEGER:
+            raise ToolError(
+                f"metadata {key!r}: integers must fit in 64 bits ({MIN_INTEGER} to {MAX_INTEGER}); "
+                "give a larger number as a string"
+            )
+    size = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise ToolError(f"metadata is {size} bytes as JSON, over {MAX_METADATA_BYTES}: keep long values in the text")
+    return metadata
+
+
+def _fits(chunks: list[Chunk]) -> list[Chunk]:
+    for chunk in chunks:
+        if len(chunk.text.encode("utf-8")) > MAX_CHUNK_BYTES:
+            raise ToolError(
+                f"chunk {chunk.position} is over {MAX_CHUNK_BYTES} bytes (UTF-8) the index can store: "
+                "give a smaller chunk_size"
+            )
+    return chunks
+
+
 def _text(value: str) -> str:
     if not value.strip():
         raise ToolError("text is empty: give the document's text (markdown or plain)")
@@ -256,18 +286,19 @@ def kb_drop_collection(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
 def kb_add(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     size, overlap = _chunking(arguments)
     text = _text(arguments["text"])
+    metadata = _metadata(arguments.get("metadata"))
 
     def add(chunks: list[Chunk]) -> Any:
         document = {
             "text": text,
             "title": arguments.get("title"),
             "source": arguments.get("source"),
-            "metadata": arguments.get("metadata") or {},
+            "metadata": metadata,
             "chunks": chunks,
         }
         return _kb(ctx).add_document(ctx.tenant, arguments["collection"], document, ctx.caller.author)
 
-    d = chunked(text, size, overlap).addCallback(add)
+    d = chunked(text, size, overlap).addCallback(_fits).addCallback(add)
 
     def added(outcome: dict[str, Any]) -> dict[str, Any]:
         document = outcome["document"]
@@ -389,6 +420,8 @@ def kb_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     changes: dict[str, Any] = {key: arguments[key] for key in ("text", "title", "metadata") if key in arguments}
     if not changes:
         raise ToolError("nothing to change: give text, title or metadata")
+    if "metadata" in changes:
+        changes["metadata"] = _metadata(changes["metadata"])
     collection = arguments["collection"]
 
     def update(chunks: list[Chunk] | None) -> Any:
@@ -397,7 +430,7 @@ def kb_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         return _kb(ctx).update_document(ctx.tenant, collection, arguments["id"], changes)
 
     if "text" in changes:
-        d = chunked(_text(changes["text"]), *_chunking(arguments)).addCallback(update)
+        d = chunked(_text(changes["text"]), *_chunking(arguments)).addCallback(_fits).addCallback(update)
     else:
         d = succeed(None).addCallback(update)
 

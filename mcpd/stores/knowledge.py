@@ -44,6 +44,7 @@ from mcpd.stores.milvus import is_local
 from mcpd.stores.retrieval import Retriever
 from mcpd.stores.sql.knowledge import (
     COLLECTION,
+    MAX_ATTEMPTS,
     MEMORY_COLLECTION,
     SQLKnowledge,
     Target,
@@ -78,7 +79,8 @@ class IndexMetrics:
         self.errors = Counter(
             "mcp_index_errors",
             "Search-index operations that failed: unavailable (index or embedding service down: left "
-            "for the re-indexer), refused (mismatch or bad input), error (unexpected).",
+            "for the re-indexer), refused (mismatch or bad input), error (unexpected), given_up (a "
+            f"record refused {MAX_ATTEMPTS} times, no longer retried).",
             ["operation", "kind"],
             registry=None,
         )
@@ -183,6 +185,12 @@ class KnowledgeStore:
         for (collection, analyzer), batch in batches.items():
             chunks = [chunk for target in batch for chunk in target.chunks]
             error = await self._timed("index", self._index(collection, chunks, analyzer))
+            if error is not None and len(batch) > 1:
+                # Refused, not down: one record's fault must not hold back the others.
+                for target in batch:
+                    outcome = await self._timed("index", self._index(collection, list(target.chunks), analyzer))
+                    outcomes.append((target.work, outcome))
+                continue
             outcomes += [(target.work, error) for target in batch]
         for target in singles:
             outcomes.append((target.work, await self._timed("index", self._one(target))))
@@ -206,8 +214,8 @@ class KnowledgeStore:
             await self.retriever.index_chunks(work.collection, list(target.chunks), target.analyzer)
 
     async def _timed(self, operation: str, step: Any) -> str | None:
-        """Run an index step: None when done, the reason when the index refused it; raises
-        `StoreUnavailable` (counted) when it is down."""
+        """Run an index step: None when done, the reason when the index refused it or failed
+        otherwise; raises `StoreUnavailable` (counted) when it is down."""
         started = time.monotonic()
         try:
             await step
@@ -217,6 +225,12 @@ class KnowledgeStore:
         except (IndexMismatch, EmbeddingError, ValueError) as e:
             self.metrics.errors.labels(operation, "refused").inc()
             return str(e)
+        except Exception as e:
+            # Not an outage (those are StoreUnavailable): the index or its client choked on
+            # this step's records; the outbox keeps them and gives up after a few tries.
+            self.metrics.errors.labels(operation, "error").inc()
+            log.failure("Index step {operation} failed", operation=operation)
+            return f"the index failed unexpectedly ({type(e).__name__}: {e})"
         self.metrics.duration.labels(operation).observe(time.monotonic() - started)
         return None
 
@@ -248,13 +262,28 @@ class KnowledgeStore:
             return PENDING
         error = outcomes[0][1] if outcomes else None
         if error is not None:
-            log.warn("Index refused {kind} {id}: {why}", kind=work.kind, id=work.target, why=error)
-            await self.sql.failed(work.seq, error)
+            await self.refused(work, error)
             self.pending += 1
             self.on_pending()
             return PENDING
         await self.sql.done([work.seq])
         return INDEXED
+
+    async def refused(self, work: Work, error: str) -> None:
+        """Count a try of an outbox row the index refused; after `MAX_ATTEMPTS` it is given up
+        (no longer pending) so the rest of the outbox drains."""
+        await self.sql.failed(work.seq, error)
+        if work.attempts + 1 < MAX_ATTEMPTS:
+            log.warn("Index refused {kind} {id}: {why}", kind=work.kind, id=work.target, why=error)
+            return
+        self.metrics.errors.labels("index", "given_up").inc()
+        log.error(
+            "Index refused {kind} {id} {attempts} times; given up (kept in the outbox with its error): {why}",
+            kind=work.kind,
+            id=work.target,
+            attempts=MAX_ATTEMPTS,
+            why=error,
+        )
 
     # -- IKnowledgeBase -------------------------------------------------------------------------
 

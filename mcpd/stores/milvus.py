@@ -662,6 +662,8 @@ def _row(chunk: IndexedChunk) -> dict[str, Any]:
     for key, value in metadata.items():
         if not isinstance(key, str) or (value is not None and not isinstance(value, (str, int, float, bool))):
             raise ValueError(f"chunk {chunk.id!r}: metadata must be flat (strings, numbers, booleans); {key!r} is not")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise ValueError(f"chunk {chunk.id!r}: metadata {key!r} is an integer beyond 64 bits")
     if len(json.dumps(metadata, ensure_ascii=False).encode("utf-8")) > MAX_METADATA_BYTES:
         raise ValueError(f"chunk {chunk.id!r}: metadata over {MAX_METADATA_BYTES} bytes")
     return {

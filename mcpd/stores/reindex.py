@@ -110,8 +110,7 @@ class Reindexer(Service):
                 await sql.done([work.seq for work, error in outcomes if error is None])
                 for work, error in outcomes:
                     if error is not None:
-                        log.warn("Index refused {kind} {id}: {why}", kind=work.kind, id=work.target, why=error)
-                        await sql.failed(work.seq, error)
+                        await self.store.refused(work, error)
                 done += sum(1 for _, error in outcomes if error is None)
                 after = items[-1].seq
         except StoreUnavailable as e:

@@ -34,6 +34,9 @@ from mcpd.stores.sql.schema import (
 from mcpd.stores.sql.tasks import iso, like_prefix, replace_tags, utcnow
 
 MEMORY_COLLECTION = "memory"
+# Tries of an outbox row the index refused (not down) before it is given up: kept with its
+# last_error for the operator (``mcpd reindex`` clears it), no longer pending.
+MAX_ATTEMPTS = 5
 DOCUMENT, MEMORY, COLLECTION = "document", "memory", "collection"
 
 
@@ -457,19 +460,24 @@ class SQLKnowledge:
     # -- the outbox -----------------------------------------------------------------------------
 
     def pending_work(self, limit: int, after: int = 0) -> Deferred[list[Work]]:
-        """The oldest outbox rows after ``after``."""
+        """The oldest outbox rows after ``after`` (not given up)."""
 
         def work(connection: Connection) -> list[Work]:
-            query = select(index_outbox).where(index_outbox.c.seq > after).order_by(index_outbox.c.seq).limit(limit)
+            query = (
+                select(index_outbox)
+                .where(index_outbox.c.seq > after, index_outbox.c.attempts < MAX_ATTEMPTS)
+                .order_by(index_outbox.c.seq)
+                .limit(limit)
+            )
             return [_work_of(row) for row in connection.execute(query)]
 
         return self.database.run("index.outbox.read", work)
 
     def pending_count(self, tenant: str | None = None, collections: Sequence[str] | None = None) -> Deferred[int]:
-        """Outbox rows waiting (of one tenant's collections, when given)."""
+        """Outbox rows waiting, not given up (of one tenant's collections, when given)."""
 
         def work(connection: Connection) -> int:
-            query = select(func.count()).select_from(index_outbox)
+            query = select(func.count()).select_from(index_outbox).where(index_outbox.c.attempts < MAX_ATTEMPTS)
             if tenant is not None:
                 query = query.where(index_outbox.c.tenant == tenant)
             if collections is not None:
