@@ -74,3 +74,18 @@ class OutboxTests(TestCase):
         self.assertEqual(given_up, 2)
         added = yield self.store.add_document("acme", "docs", document("cherry words"), "alice")
         self.assertEqual(added["indexing"], INDEXED)
+
+    @inlineCallbacks
+    def test_changes_of_one_record_made_while_the_index_was_down_index_each_chunk_once(self) -> Any:
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        self.store.index_down = True
+        added = yield self.store.add_document("acme", "docs", document("apple words"), "alice")
+        did = added["document"]["id"]
+        yield self.store.update_document("acme", "docs", did, {"title": "Apples"})
+        yield self.store.update_document("acme", "docs", did, {"metadata": {"team": "ops"}})
+        self.assertEqual((yield self.store.sql.pending_count()), 3)
+        yield self.reindexer.drain()
+        self.assertEqual(self.store.pending, 0)
+        self.assertEqual(self.store.metrics.errors.labels("index", "refused")._value.get(), 0)  # one batch
+        found = yield self.store.search("acme", ["docs"], "apple", None, {"team": "ops"}, 10, 0)
+        self.assertEqual([(hit["document_id"], hit["title"]) for hit in found["results"]], [(did, "Apples")])

@@ -183,7 +183,9 @@ class KnowledgeStore:
             else:
                 singles.append(target)
         for (collection, analyzer), batch in batches.items():
-            chunks = [chunk for target in batch for chunk in target.chunks]
+            # Rows of one record (an add, then changes made while the index was down) load the
+            # same chunks: each id once, the newest row's (Milvus 2.6+ refuses an id twice).
+            chunks = list({chunk.id: chunk for target in batch for chunk in target.chunks}.values())
             error = await self._timed("index", self._index(collection, chunks, analyzer))
             if error is not None and len(batch) > 1:
                 # Refused, not down: one record's fault must not hold back the others.

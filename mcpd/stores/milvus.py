@@ -310,6 +310,9 @@ class MilvusIndex(Service):
     ) -> Deferred[int]:
         physical = self._physical(name)
         rows = [_row(chunk) for chunk in chunks]
+        if len({row["id"] for row in rows}) != len(rows):
+            # Milvus 2.6+ refuses such a batch; older ones keep every copy.
+            raise ValueError("one upsert holds a chunk id twice; give each chunk once")
 
         def upsert(client: MilvusClient) -> int:
             spec = self._spec(client, name, embedding)
