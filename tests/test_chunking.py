@@ -3,9 +3,13 @@ overlap, and chunks that are exact slices of the document."""
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.packs.chunking import Chunk, chunk_markdown, indexed_text, text_size
+from mcpd.packs.kb import INLINE_CHUNKING, chunked
 
 GUIDE = """# Operations guide
 
@@ -160,6 +164,18 @@ class SizeLimitTests(SynchronousTestCase):
         self.assertTrue(all(c.size <= 100 for c in chunks))
         self.assertEqual(chunks[-1].end, 450)
 
+    def test_a_run_of_headings_without_text_is_cut_at_the_size(self) -> None:
+        text = "#\n" * 60_000  # was one chunk of 120,000 characters, built in quadratic time
+        chunks = chunk_markdown(text, size=400, overlap=50)
+        slices_hold(self, text, chunks)
+        self.assertTrue(all(text_size(c.text) <= 400 for c in chunks))
+        self.assertGreater(len(chunks), 100)
+        mixed = "#\n" * 1000 + "Some text.\n\n" + "## B\n" * 1000 + "More text.\n"
+        chunks = chunk_markdown(mixed, size=100, overlap=0)
+        slices_hold(self, mixed, chunks)
+        self.assertTrue(all(text_size(c.text) <= 100 + 100 // 4 for c in chunks))  # a few headings lead text
+        self.assertTrue(any("Some text." in c.text for c in chunks) and any("More text." in c.text for c in chunks))
+
     def test_sizes_are_bounded(self) -> None:
         for size, overlap in ((10, 0), (5000, 0), (100, 60), (100, -1)):
             with self.assertRaises(ValueError):
@@ -171,3 +187,16 @@ class IndexedTextTests(SynchronousTestCase):
         chunk = chunk_markdown(GUIDE, size=56, overlap=0)[1]
         self.assertEqual(indexed_text(chunk, "ops.md"), "ops.md\nOperations guide > Deploys > Web\n" + chunk.text)
         self.assertEqual(indexed_text(chunk_markdown("plain")[0]), "plain")
+
+
+class OffTheReactorTests(TestCase):
+    @inlineCallbacks
+    def test_all_but_short_texts_are_chunked_in_a_thread(self) -> Any:
+        short = "A short note."
+        self.assertEqual(self.successResultOf(chunked(short, 400, 50)), chunk_markdown(short, 400, 50))
+        # 1,000 characters of the worst kind (empty headings) took 2.5 ms: not on the reactor.
+        text = "#\n" * 500
+        self.assertLess(INLINE_CHUNKING, len(text))
+        pending = chunked(text, 400, 50)
+        self.assertNoResult(pending)
+        self.assertEqual((yield pending), chunk_markdown(text, 400, 50))

@@ -55,7 +55,8 @@ def chunk_markdown(text: str, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_O
 
     A heading starts a new chunk once the current one holds a quarter of ``size`` (smaller
     sections are kept together); paragraphs are kept whole when they fit; a chunk cut because it
-    is full begins with the last sentences (up to ``overlap`` tokens) of the one before it.
+    is full begins with the last sentences (up to ``overlap`` tokens) of the one before it; a
+    run of headings without text is cut like text. Linear in the length of ``text``.
     """
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"chunk size must be from {MIN_SIZE} to {MAX_SIZE} tokens, not {size}")
@@ -63,15 +64,18 @@ def chunk_markdown(text: str, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_O
         raise ValueError(f"chunk overlap must be from 0 to half the chunk size ({size // 2}), not {overlap}")
     chunks: list[Chunk] = []
     current: list[_Piece] = []
+    held = 0  # tokens in current
+    has_text = False  # whether current holds more than headings (kept as it grows: linear time)
     for piece in _pieces(text, size):
-        if _has_text(current):
-            held = sum(p.size for p in current)
+        if has_text:
             new_section = piece.heading and held >= size // 4
             if new_section or held + piece.size > size:
                 # Headings that end the chunk belong to the next one.
-                carried: list[_Piece] = []
-                while current[-1].heading:
-                    carried.insert(0, current.pop())
+                cut = len(current)
+                while current[cut - 1].heading:
+                    cut -= 1
+                carried = current[cut:]
+                current = current[:cut]
                 chunks.append(_chunk(text, len(chunks), current))
                 tail = None
                 if overlap and not new_section and not carried and not piece.heading:
@@ -80,14 +84,19 @@ def chunk_markdown(text: str, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_O
                     last = current[-1]
                     carried = [_Piece(tail, last.end, text_size(text[tail : last.end]), last.headings)]
                 current = carried
+                held = sum(p.size for p in current)
+                has_text = any(not p.heading for p in current)
+        elif current and held + piece.size > size and (piece.heading or held > size // 4):
+            # A run of headings with no text between them that fills a chunk (or more than a
+            # quarter of one, with the text after it): a chunk of its own.
+            chunks.append(_chunk(text, len(chunks), current))
+            current, held = [], 0
         current.append(piece)
-    if _has_text(current) or (current and not chunks):
+        held += piece.size
+        has_text = has_text or not piece.heading
+    if has_text or (current and not chunks):
         chunks.append(_chunk(text, len(chunks), current))
     return chunks
-
-
-def _has_text(pieces: list[_Piece]) -> bool:
-    return any(not p.heading for p in pieces)
 
 
 def _chunk(text: str, position: int, pieces: list[_Piece]) -> Chunk:
@@ -116,9 +125,10 @@ def _tail_start(text: str, start: int, end: int, budget: int) -> int | None:
 def _pieces(text: str, size: int) -> Iterator[_Piece]:
     """The document's headings, paragraphs and code blocks in order, each paragraph too large
     for one chunk cut into sentences (and a sentence too large, into words or characters)."""
-    for block_start, block_end, level, title, headings in _blocks(text):
+    for block_start, block_end, level, _title, headings in _blocks(text):
         if level:
-            yield _Piece(block_start, block_end, text_size(title), headings, heading=True)
+            # Sized by its whole line(s), marks included: a run of empty headings still fills a chunk.
+            yield _Piece(block_start, block_end, text_size(text[block_start:block_end]), headings, heading=True)
             continue
         body = text[block_start:block_end]
         if text_size(body) <= size:
