@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from mcpd.interfaces import ICache, StoreFull
-from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack
+from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
 from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
 
 pack = ToolPack(
@@ -39,13 +39,6 @@ _TTL = {
     "description": "Seconds the key lives (default 3600 unless the operator set another; longer "
     "than the operator's maximum is capped to it).",
 }
-
-
-def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = list(required)
-    return schema
 
 
 def _cache(ctx: Any) -> Any:
@@ -80,8 +73,8 @@ def _ttl(cache: Any, arguments: dict[str, Any]) -> int:
         "Read the JSON value under a key, and the seconds it has left. found is false (value null) "
         'for a key never set or expired. Example: {"key": "report:2026-11"}.'
     ),
-    input_schema=_object({"key": _KEY}, ("key",)),
-    output_schema=_object(
+    input_schema=object_schema({"key": _KEY}, ("key",)),
+    output_schema=object_schema(
         {
             "found": {"type": "boolean"},
             "value": {"description": "The JSON value stored (null when not found)."},
@@ -113,7 +106,7 @@ def cache_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "maximum), replacing what the key held. Returns the ttl applied. "
         'Example: {"key": "report:2026-11", "value": {"total": 42, "rows": [1, 2]}, "ttl": 600}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "key": _KEY,
             "value": {"description": "Any JSON value: object, array, string, number, true/false or null."},
@@ -121,7 +114,7 @@ def cache_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("key", "value"),
     ),
-    output_schema=_object({"stored": {"type": "boolean"}, "ttl": {"type": "integer"}}, ("stored", "ttl")),
+    output_schema=object_schema({"stored": {"type": "boolean"}, "ttl": {"type": "integer"}}, ("stored", "ttl")),
     annotations=SET,
 )
 def cache_set(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -146,8 +139,8 @@ def cache_set(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     "cache.delete",
     title="Delete a cached key",
     description='Delete a key and its value; deleted is false when there was none. Example: {"key": "report:2026-11"}.',
-    input_schema=_object({"key": _KEY}, ("key",)),
-    output_schema=_object({"deleted": {"type": "boolean"}}, ("deleted",)),
+    input_schema=object_schema({"key": _KEY}, ("key",)),
+    output_schema=object_schema({"deleted": {"type": "boolean"}}, ("deleted",)),
     annotations=DELETE,
 )
 def cache_delete(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -163,14 +156,14 @@ def cache_delete(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "than limit before the end: keep passing next_cursor back until it is null. A key kept "
         'throughout is listed at least once. Example: {"pattern": "report:*", "limit": 50}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "pattern": {"type": "string", "minLength": 1, "maxLength": MAX_KEY, "default": "*"},
             "limit": limit_schema(),
             "cursor": CURSOR_SCHEMA,
         }
     ),
-    output_schema=_object(
+    output_schema=object_schema(
         {"keys": {"type": "array", "items": {"type": "string"}}, "next_cursor": NEXT_CURSOR_SCHEMA},
         ("keys", "next_cursor"),
     ),
@@ -197,7 +190,7 @@ def cache_scan(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "an existing key's TTL; otherwise it keeps its own. The key must hold an integer. "
         'Example: {"key": "visits:home", "by": 1, "ttl": 86400}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "key": _KEY,
             "by": {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX, "default": 1},
@@ -205,7 +198,7 @@ def cache_scan(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("key",),
     ),
-    output_schema=_object({"value": {"type": "integer"}}, ("value",)),
+    output_schema=object_schema({"value": {"type": "integer"}}, ("value",)),
     annotations=INCR,
 )
 def cache_incr(ctx: ToolContext, arguments: dict[str, Any]) -> Any:

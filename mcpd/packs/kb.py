@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 
 from mcpd.interfaces import ANALYZERS, SEARCH_MODES, IKnowledgeBase, NotFound
 from mcpd.packs.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, Chunk, chunk_markdown
-from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack
+from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
 from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
 
 pack = ToolPack(
@@ -126,13 +126,6 @@ RESULT = {
 }
 
 
-def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
 def _kb(ctx: Any) -> Any:
     return ctx.store(IKnowledgeBase)
 
@@ -195,8 +188,8 @@ def _text(value: str) -> str:
         "holds, its text analyzer and the embedding model its index was built with (null: keyword search "
         'only). Example: {"limit": 20}; pass next_cursor back as cursor for more.'
     ),
-    input_schema=_object({"limit": limit_schema(), "cursor": CURSOR_SCHEMA}),
-    output_schema=_object(
+    input_schema=object_schema({"limit": limit_schema(), "cursor": CURSOR_SCHEMA}),
+    output_schema=object_schema(
         {"collections": {"type": "array", "items": COLLECTION}, "next_cursor": NEXT_CURSOR_SCHEMA},
         ("collections", "next_cursor"),
     ),
@@ -220,7 +213,7 @@ def kb_collections(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "words are found for keyword search: standard (most languages), or jieba for Chinese text. "
         'Example: {"name": "runbooks", "description": "Operations runbooks", "analyzer": "standard"}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "name": _NAME,
             "description": {"type": "string", "maxLength": 2000},
@@ -228,7 +221,7 @@ def kb_collections(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("name",),
     ),
-    output_schema=_object({"collection": COLLECTION}, ("collection",)),
+    output_schema=object_schema({"collection": COLLECTION}, ("collection",)),
     annotations=WRITE,
 )
 def kb_create_collection(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -249,8 +242,8 @@ def kb_create_collection(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "Delete a collection and every document in it, for good. confirm must repeat the name. "
         'Example: {"name": "old-runbooks", "confirm": "old-runbooks"}.'
     ),
-    input_schema=_object({"name": _NAME, "confirm": {"type": "string"}}, ("name", "confirm")),
-    output_schema=_object({"dropped": {"type": "boolean"}, "indexing": _INDEXING}, ("dropped",)),
+    input_schema=object_schema({"name": _NAME, "confirm": {"type": "string"}}, ("name", "confirm")),
+    output_schema=object_schema({"dropped": {"type": "boolean"}, "indexing": _INDEXING}, ("dropped",)),
     annotations=DESTROY,
 )
 def kb_drop_collection(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -270,7 +263,7 @@ def kb_drop_collection(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         'Example: {"collection": "runbooks", "title": "Restore a backup", "text": "# Restore\\n1. Stop '
         'the service...", "source": "wiki/restore", "metadata": {"team": "ops"}}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "collection": _NAME,
             "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
@@ -281,7 +274,7 @@ def kb_drop_collection(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("collection", "text"),
     ),
-    output_schema=_object({"document": ADDED, "indexing": _INDEXING}, ("document", "indexing")),
+    output_schema=object_schema({"document": ADDED, "indexing": _INDEXING}, ("document", "indexing")),
     annotations=WRITE,
 )
 def kb_add(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -320,7 +313,7 @@ def kb_add(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         'index is degraded. Example: {"collection": "runbooks", "query": "restore a database backup", '
         '"filter": {"team": "ops"}, "limit": 5}; pass next_cursor back as cursor for more.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "collection": {
                 "anyOf": [
@@ -337,7 +330,7 @@ def kb_add(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("collection", "query"),
     ),
-    output_schema=_object(
+    output_schema=object_schema(
         {
             "results": {"type": "array", "items": RESULT},
             "mode": {"enum": list(SEARCH_MODES), "description": "The mode that produced the results."},
@@ -386,8 +379,8 @@ def kb_search(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "Get one document of a collection with its whole text, source and metadata. "
         'Example: {"collection": "runbooks", "id": "01jdq3m8x4k2v7c9e5r1t6y0wz"}.'
     ),
-    input_schema=_object({"collection": _NAME, "id": _ID}, ("collection", "id")),
-    output_schema=_object({"document": DOCUMENT}, ("document",)),
+    input_schema=object_schema({"collection": _NAME, "id": _ID}, ("collection", "id")),
+    output_schema=object_schema({"document": DOCUMENT}, ("document",)),
     annotations=READ,
 )
 def kb_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -403,7 +396,7 @@ def kb_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         'Example: {"collection": "runbooks", "id": "01jdq3m8x4k2v7c9e5r1t6y0wz", "title": "Restore a '
         'backup (v2)", "metadata": {"team": "ops", "reviewed": true}}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "collection": _NAME,
             "id": _ID,
@@ -414,7 +407,7 @@ def kb_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("collection", "id"),
     ),
-    output_schema=_object({"document": DOCUMENT, "indexing": _INDEXING}, ("document", "indexing")),
+    output_schema=object_schema({"document": DOCUMENT, "indexing": _INDEXING}, ("document", "indexing")),
     annotations=WRITE,
 )
 def kb_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -449,8 +442,8 @@ def kb_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "Delete a document and its chunks from a collection, for good. deleted is false when there was "
         'no such document. Example: {"collection": "runbooks", "id": "01jdq3m8x4k2v7c9e5r1t6y0wz"}.'
     ),
-    input_schema=_object({"collection": _NAME, "id": _ID}, ("collection", "id")),
-    output_schema=_object({"deleted": {"type": "boolean"}}, ("deleted",)),
+    input_schema=object_schema({"collection": _NAME, "id": _ID}, ("collection", "id")),
+    output_schema=object_schema({"deleted": {"type": "boolean"}}, ("deleted",)),
     annotations=DESTROY,
 )
 def kb_delete(ctx: ToolContext, arguments: dict[str, Any]) -> Any:

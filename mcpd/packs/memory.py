@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from mcpd.interfaces import IMemoryStore, NotFound, StoreError
-from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack
+from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
 from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
 from mcpd.tools.prompts import PromptArgument
 
@@ -71,13 +71,6 @@ RECALLED = {
 }
 
 
-def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
 def _memories(ctx: Any) -> Any:
     return ctx.store(IMemoryStore)
 
@@ -108,7 +101,7 @@ def _uri(memory_id: str) -> str:
         'Example: {"text": "Alice prefers release notes as bullet points.", "tags": ["preferences"], '
         '"scope": "team"}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"},
             "tags": _TAGS,
@@ -116,7 +109,7 @@ def _uri(memory_id: str) -> str:
         },
         ("text",),
     ),
-    output_schema=_object({"memory": MEMORY, "indexing": _INDEXING}, ("memory", "indexing")),
+    output_schema=object_schema({"memory": MEMORY, "indexing": _INDEXING}, ("memory", "indexing")),
     annotations=WRITE,
 )
 def memory_remember(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -134,7 +127,7 @@ def memory_remember(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         'degraded. Example: {"query": "how does Alice like release notes", "limit": 5}; pass '
         "next_cursor back as cursor for more."
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "query": {"type": "string", "minLength": 1, "maxLength": 2000},
             "tags": _TAGS,
@@ -144,7 +137,7 @@ def memory_remember(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("query",),
     ),
-    output_schema=_object(
+    output_schema=object_schema(
         {
             "memories": {"type": "array", "items": RECALLED},
             "mode": {"enum": ["keyword", "semantic", "hybrid"]},
@@ -190,8 +183,10 @@ def memory_recall(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         'every tag given. Example: {"scope": "team", "tags": ["preferences"], "limit": 20}; pass '
         "next_cursor back as cursor (with the same filters) for more."
     ),
-    input_schema=_object({"tags": _TAGS, "scope": _SCOPE_FILTER, "limit": limit_schema(), "cursor": CURSOR_SCHEMA}),
-    output_schema=_object(
+    input_schema=object_schema(
+        {"tags": _TAGS, "scope": _SCOPE_FILTER, "limit": limit_schema(), "cursor": CURSOR_SCHEMA}
+    ),
+    output_schema=object_schema(
         {"memories": {"type": "array", "items": MEMORY}, "next_cursor": NEXT_CURSOR_SCHEMA}, ("memories", "next_cursor")
     ),
     annotations=READ,
@@ -218,11 +213,11 @@ def memory_list(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "Change a memory's text or tags (tags are replaced whole); its scope stays. "
         'Example: {"id": "01jdq3m8x4k2v7c9e5r1t6y0wz", "text": "Alice prefers release notes as a short table."}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {"id": _ID, "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"}, "tags": _TAGS},
         ("id",),
     ),
-    output_schema=_object({"memory": MEMORY, "indexing": _INDEXING}, ("memory", "indexing")),
+    output_schema=object_schema({"memory": MEMORY, "indexing": _INDEXING}, ("memory", "indexing")),
     annotations=WRITE,
 )
 def memory_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -245,8 +240,8 @@ def memory_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "Delete a memory (yours, or your team's) for good. forgotten is false when there was no such memory. "
         'Example: {"id": "01jdq3m8x4k2v7c9e5r1t6y0wz"}.'
     ),
-    input_schema=_object({"id": _ID}, ("id",)),
-    output_schema=_object({"forgotten": {"type": "boolean"}}, ("forgotten",)),
+    input_schema=object_schema({"id": _ID}, ("id",)),
+    output_schema=object_schema({"forgotten": {"type": "boolean"}}, ("forgotten",)),
     annotations=FORGET,
 )
 def memory_forget(ctx: ToolContext, arguments: dict[str, Any]) -> Any:

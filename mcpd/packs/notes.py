@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from mcpd.interfaces import INoteStore, NotFound
-from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack
+from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
 from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
 
 pack = ToolPack("notes", "Shared markdown notes with tags and ranked full-text search.", needs=(INoteStore,))
@@ -52,13 +52,6 @@ FOUND = {
 }
 
 
-def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
 def _notes(ctx: Any) -> Any:
     return ctx.store(INoteStore)
 
@@ -75,7 +68,7 @@ def _note_uri(note_id: str) -> str:
         'Example: {"title": "Deploy checklist", "body": "1. Run the tests\\n2. Tag the release", '
         '"tags": ["ops"]}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "id": {**_ID, "description": "The note to replace; leave out to create a note."},
             "title": {"type": "string", "minLength": 1, "maxLength": 500, "pattern": r"\S"},
@@ -88,7 +81,7 @@ def _note_uri(note_id: str) -> str:
         },
         ("title", "body"),
     ),
-    output_schema=_object({"note": NOTE}, ("note",)),
+    output_schema=object_schema({"note": NOTE}, ("note",)),
     annotations=SAVE,
 )
 def note_save(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -110,7 +103,7 @@ def note_save(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "the match; tag narrows to notes with that tag. "
         'Example: {"query": "deploy checklist", "limit": 10}; pass next_cursor back as cursor for more.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "query": {"type": "string", "minLength": 1, "maxLength": 500},
             "tag": {"type": "string", "minLength": 1, "maxLength": 64},
@@ -119,7 +112,7 @@ def note_save(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("query",),
     ),
-    output_schema=_object(
+    output_schema=object_schema(
         {"notes": {"type": "array", "items": FOUND}, "next_cursor": NEXT_CURSOR_SCHEMA}, ("notes", "next_cursor")
     ),
     annotations=READ,
@@ -147,8 +140,8 @@ def note_search(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     "note.get",
     title="Get a note",
     description='Get one note with its whole body. Example: {"id": "01jdq3m8x4k2v7c9e5r1t6y0wz"}.',
-    input_schema=_object({"id": _ID}, ("id",)),
-    output_schema=_object({"note": NOTE}, ("note",)),
+    input_schema=object_schema({"id": _ID}, ("id",)),
+    output_schema=object_schema({"note": NOTE}, ("note",)),
     annotations=READ,
 )
 def note_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -162,8 +155,8 @@ def note_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "Delete a note for good. deleted is false when there was no such note. "
         'Example: {"id": "01jdq3m8x4k2v7c9e5r1t6y0wz"}.'
     ),
-    input_schema=_object({"id": _ID}, ("id",)),
-    output_schema=_object({"deleted": {"type": "boolean"}}, ("deleted",)),
+    input_schema=object_schema({"id": _ID}, ("id",)),
+    output_schema=object_schema({"deleted": {"type": "boolean"}}, ("deleted",)),
     annotations=DELETE,
 )
 def note_delete(ctx: ToolContext, arguments: dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mcpd.interfaces import ISQLSources
-from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack
+from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
 from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
 
 pack = ToolPack("sql", "Read-only SQL on the team's own databases.", needs=(ISQLSources,))
@@ -40,13 +40,6 @@ _PARAMS = {
 }
 
 
-def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
 def _sources(ctx: Any) -> Any:
     return ctx.store(ISQLSources)
 
@@ -67,8 +60,10 @@ def _source(ctx: Any, arguments: dict[str, Any]) -> str:
         "is null when the database keeps no estimate). "
         'Example: {"source": "analytics"}; pass next_cursor back as cursor for more.'
     ),
-    input_schema=_object({"source": _SOURCE, "limit": limit_schema(TABLES_LIMIT, TABLES_MAX), "cursor": CURSOR_SCHEMA}),
-    output_schema=_object(
+    input_schema=object_schema(
+        {"source": _SOURCE, "limit": limit_schema(TABLES_LIMIT, TABLES_MAX), "cursor": CURSOR_SCHEMA}
+    ),
+    output_schema=object_schema(
         {
             "source": _STRING,
             "tables": {
@@ -111,10 +106,10 @@ def sql_tables(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "Show a table's (or view's) columns with their types, whether they may be null, their "
         'defaults and keys, and its indexes. Example: {"table": "orders"}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {"source": _SOURCE, "table": {"type": "string", "minLength": 1, "maxLength": 256}}, ("table",)
     ),
-    output_schema=_object(
+    output_schema=object_schema(
         {
             "source": _STRING,
             "table": _STRING,
@@ -168,7 +163,7 @@ def sql_describe(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         'Example: {"sql": "SELECT id, total FROM orders WHERE customer_id = ? ORDER BY id DESC", '
         '"params": [42], "limit": 10}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "source": _SOURCE,
             "sql": {**_SQL, "description": "One read-only statement."},
@@ -183,7 +178,7 @@ def sql_describe(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("sql",),
     ),
-    output_schema=_object(
+    output_schema=object_schema(
         {
             "source": _STRING,
             "columns": {"type": "array", "items": _STRING},
@@ -219,10 +214,10 @@ def sql_query(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "MySQL's and MariaDB's EXPLAIN FORMAT=JSON), without running it. "
         'Example: {"sql": "SELECT * FROM orders WHERE customer_id = 42"}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {"source": _SOURCE, "sql": {**_SQL, "description": "One SELECT statement."}, "params": _PARAMS}, ("sql",)
     ),
-    output_schema=_object(
+    output_schema=object_schema(
         {
             "source": _STRING,
             "format": {"type": "string", "description": "sqlite-query-plan (rows) or json (MySQL, MariaDB)"},

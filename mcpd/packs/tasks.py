@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from mcpd.interfaces import TASK_PRIORITIES, TASK_STATUSES, ITaskBoard, NotFound
-from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack
+from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
 from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
 from mcpd.tools.prompts import PromptArgument
 
@@ -91,13 +91,6 @@ COMMENT = {
 }
 
 
-def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
 def _board(ctx: Any) -> Any:
     return ctx.store(ITaskBoard)
 
@@ -125,14 +118,14 @@ def _task_uri(task_id: str) -> str:
         "Create a project to group tasks; its name is unique within your team. "
         'Example: {"name": "website", "description": "The public site relaunch"}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^\S(.*\S)?$"},
             "description": _TEXT,
         },
         ("name",),
     ),
-    output_schema=_object({"project": PROJECT}, ("project",)),
+    output_schema=object_schema({"project": PROJECT}, ("project",)),
     annotations=WRITE,
 )
 def project_create(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -147,8 +140,8 @@ def project_create(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "List your team's projects by name, with how many of their tasks are open (open, in progress "
         'or blocked) and done. Example: {"limit": 20}; pass next_cursor back as cursor for more.'
     ),
-    input_schema=_object({"limit": limit_schema(), "cursor": CURSOR_SCHEMA}),
-    output_schema=_object(
+    input_schema=object_schema({"limit": limit_schema(), "cursor": CURSOR_SCHEMA}),
+    output_schema=object_schema(
         {
             "projects": {
                 "type": "array",
@@ -188,7 +181,7 @@ def project_list(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         'Example: {"project": "website", "title": "Fix the login redirect", "priority": "high", '
         '"assignee": "alice", "due": "2026-12-01", "tags": ["bug"]}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "project": _PROJECT_REF,
             "title": _TITLE,
@@ -201,7 +194,7 @@ def project_list(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("project", "title"),
     ),
-    output_schema=_object({"task": TASK}, ("task",)),
+    output_schema=object_schema({"task": TASK}, ("task",)),
     annotations=WRITE,
 )
 def task_create(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -229,7 +222,7 @@ _TASK_FILTERS = ("project", "status", "assignee", "tag", "query")
         'Example: {"project": "website", "status": "open", "limit": 20}; pass next_cursor back as '
         "cursor (with the same filters) for more."
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "project": _PROJECT_REF,
             "status": {"enum": list(TASK_STATUSES)},
@@ -245,7 +238,7 @@ _TASK_FILTERS = ("project", "status", "assignee", "tag", "query")
             "cursor": CURSOR_SCHEMA,
         }
     ),
-    output_schema=_object(
+    output_schema=object_schema(
         {"tasks": {"type": "array", "items": TASK}, "next_cursor": NEXT_CURSOR_SCHEMA}, ("tasks", "next_cursor")
     ),
     annotations=READ,
@@ -261,7 +254,7 @@ def task_list(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     )
 
 
-_TASK_VIEW = _object(
+_TASK_VIEW = object_schema(
     {
         "task": TASK,
         "comments": {"type": "array", "items": COMMENT, "description": "The latest 100 comments, oldest first."},
@@ -286,7 +279,7 @@ _TASK_VIEW = _object(
         "Get one task with its comments and the tasks it blocks (those that depend on it). "
         'Example: {"id": "01jdq3m8x4k2v7c9e5r1t6y0wz"}.'
     ),
-    input_schema=_object({"id": {"type": "string", "minLength": 1, "maxLength": 32}}, ("id",)),
+    input_schema=object_schema({"id": {"type": "string", "minLength": 1, "maxLength": 32}}, ("id",)),
     output_schema=_TASK_VIEW,
     annotations=READ,
 )
@@ -304,7 +297,7 @@ def task_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "changed the task meanwhile. A dependency cycle is refused. "
         'Example: {"id": "01jdq3m8x4k2v7c9e5r1t6y0wz", "status": "done", "expected_version": 3}.'
     ),
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "id": {"type": "string", "minLength": 1, "maxLength": 32},
             "title": _TITLE,
@@ -323,7 +316,7 @@ def task_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         },
         ("id",),
     ),
-    output_schema=_object({"task": TASK}, ("task",)),
+    output_schema=object_schema({"task": TASK}, ("task",)),
     annotations=WRITE,
 )
 def task_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -351,14 +344,14 @@ def task_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     "task.comment",
     title="Comment on a task",
     description='Add a comment to a task. Example: {"id": "01jdq3m8x4k2v7c9e5r1t6y0wz", "text": "Blocked on the API key."}.',
-    input_schema=_object(
+    input_schema=object_schema(
         {
             "id": {"type": "string", "minLength": 1, "maxLength": 32},
             "text": {"type": "string", "minLength": 1, "maxLength": 10000, "pattern": r"\S"},
         },
         ("id", "text"),
     ),
-    output_schema=_object({"comment": COMMENT}, ("comment",)),
+    output_schema=object_schema({"comment": COMMENT}, ("comment",)),
     annotations=WRITE,
 )
 def task_comment(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
@@ -380,8 +373,10 @@ def task_comment(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         "nothing is ready, and reason says why. "
         'Example: {"project": "website", "assignee": "alice"}.'
     ),
-    input_schema=_object({"project": _PROJECT_REF, "assignee": {"type": "string", "minLength": 1, "maxLength": 200}}),
-    output_schema=_object({"task": {"anyOf": [TASK, {"type": "null"}]}, "reason": _STRING}, ("task", "reason")),
+    input_schema=object_schema(
+        {"project": _PROJECT_REF, "assignee": {"type": "string", "minLength": 1, "maxLength": 200}}
+    ),
+    output_schema=object_schema({"task": {"anyOf": [TASK, {"type": "null"}]}, "reason": _STRING}, ("task", "reason")),
     annotations=READ,
 )
 def task_next(ctx: ToolContext, arguments: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ from mcpd.tools.api import (
 )
 from mcpd.tools.pack import PackLoadError, ToolPack, ToolRegistry, load_pack
 from mcpd.tools.prompts import PromptArgument
+from mcpd.tools.validation import object_schema
 
 __all__ = [
     "Caller",
@@ -38,5 +39,6 @@ __all__ = [
     "ToolPack",
     "ToolRegistry",
     "ToolResult",
+    "object_schema",
     "load_pack",
 ]

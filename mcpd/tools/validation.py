@@ -259,3 +259,12 @@ def _header_parameter(node: Mapping[str, Any], path: tuple[str, ...] | None, see
         raise ValueError(f"property {where}: {X_MCP_HEADER} {name!r} is used twice")
     seen.add(name.lower())
     return HeaderParameter(path, f"mcp-param-{name.lower()}", node["type"])
+
+
+def object_schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed JSON Schema object (no properties beyond ``properties``): the shape of a tool's
+    arguments and of most of its results."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    return schema
