@@ -122,6 +122,23 @@ def digests(directory: Path) -> dict[str, str]:
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.iterdir())}
 
 
+def plugin_cache() -> Path:
+    """The packaged venv's Twisted plugin cache, which postinst writes as root.
+
+    A clear failure (what the plugins directory holds) instead of a bare StopIteration, which
+    trial reports as "generator raised StopIteration" with no hint of the cause.
+    """
+    plugins = sorted(VENV.glob("lib/python3*/site-packages/twisted/plugins"))
+    if not plugins:
+        raise AssertionError(f"{VENV} has no twisted/plugins directory")
+    cache = plugins[0] / "dropin.cache"
+    if not cache.exists():
+        raise AssertionError(
+            f"postinst wrote no plugin cache: {plugins[0]} holds {sorted(p.name for p in plugins[0].iterdir())}"
+        )
+    return cache
+
+
 def owner(path: Path) -> tuple[str, str, int]:
     info = path.stat()
     return pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name, stat.S_IMODE(info.st_mode)
@@ -383,7 +400,7 @@ class DebianPackageTests(TestCase):
             if name in names:
                 self.assertIn(f"\n#{name}={value}\n", settings)
 
-        cache = next(VENV.glob("lib/python3*/site-packages/twisted/plugins/dropin.cache"))
+        cache = plugin_cache()
         self.assertEqual(owner(cache)[0], "root")
         # twistd looks plugins up: as the service user it finds mcpd's without writing the cache.
         twistd = run(
@@ -441,8 +458,12 @@ class DebianPackageTests(TestCase):
     # -- run ----------------------------------------------------------------------------------------
 
     def admin_key(self) -> str:
-        line = next(line for line in (ETC / "keys").read_text().splitlines() if line.startswith("admin:"))
-        return line.split(":", 1)[1]
+        lines = (ETC / "keys").read_text().splitlines()
+        for line in lines:
+            if line.startswith("admin:"):
+                return line.split(":", 1)[1]
+        names = [line.split(":", 1)[0] for line in lines if line and not line.startswith("#")]
+        raise AssertionError(f"/etc/mcpd/keys has no admin key (keys named: {names})")
 
     def check_service(self, port: int) -> None:
         service = Service(self.workdir, "service")
@@ -547,7 +568,7 @@ class DebianPackageTests(TestCase):
         self.assertEqual(run("dpkg-query", "-W", "-f=${Version}", "mcpd").stdout, f"{__version__}+test1")
         self.assertEqual(digests(ETC), before)
         self.assertEqual((STATE / "data.txt").read_text(), "kept\n")
-        self.assertTrue(next(VENV.glob("lib/python3*/site-packages/twisted/plugins/dropin.cache")).exists())
+        self.assertTrue(plugin_cache().exists())
         service = Service(self.workdir, "upgraded")
         self.addCleanup(service.stop)
         self.assertEqual(call_tool(f"http://127.0.0.1:{port}", self.admin_key())[0], 200)
