@@ -204,7 +204,10 @@ class ITaskStore(Interface):
 
     def save(record: TaskRecord) -> Any:
         """Replace the kept record of ``record.task_id`` (a status change); fires with None,
-        also when the record is no longer kept."""
+        also when the record is no longer kept. The first terminal status stays: a record that
+        has ended is replaced only by one with the same status (an instance that took a task's
+        runner for gone must not turn its result into a failure, nor a late cancel a result
+        into a cancel)."""
 
     def get(task_id: str) -> Any:
         """Fires with the record with this id, or None."""

@@ -28,7 +28,11 @@ if TYPE_CHECKING:
     from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.interfaces import (
+    CANCELLED,
     COMPLETED,
+    FAILED,
+    INPUT_REQUIRED,
+    WORKING,
     IBucketStore,
     ICache,
     ISessionStore,
@@ -238,6 +242,24 @@ class TaskStoreTests(_StoreSuite):
         self.settled(self.store.save(record))
         self.assertEqual(self.settled(self.store.get("a")), record)
         self.assertEqual(TaskRecord.from_json(record.to_json()), record)
+
+    def test_the_first_terminal_status_stays(self) -> None:
+        """Once a record has ended, a save with another status (a late cancel, a result after
+        the task was settled as failed, a stale "working") leaves it as it is; a save with the
+        same terminal status still replaces it."""
+        self.settled(self.store.add(_task("a"), 0.0))
+        cancelled = _task("a", status=CANCELLED)
+        cancelled.status_message = "cancelled"
+        self.settled(self.store.save(cancelled))
+        for late in (COMPLETED, FAILED, WORKING, INPUT_REQUIRED):
+            record = _task("a", status=late)
+            record.result = {"content": []}
+            self.settled(self.store.save(record))
+            kept = self.settled(self.store.get("a"))
+            self.assertEqual((kept.status, kept.status_message, kept.result), (CANCELLED, "cancelled", None))
+        cancelled.status_message = "cancelled, said again"
+        self.settled(self.store.save(cancelled))
+        self.assertEqual(self.settled(self.store.get("a")).status_message, "cancelled, said again")
 
     def test_unknown_ids(self) -> None:
         self.assertIsNone(self.settled(self.store.get("nope")))

@@ -111,7 +111,9 @@ class MemoryTaskStore:
         return succeed(dropped)
 
     def save(self, record: TaskRecord) -> Deferred[None]:
-        if record.task_id in self._records:
+        kept = self._records.get(record.task_id)
+        # The first terminal status stays, as in the shared store (`ITaskStore.save`).
+        if kept is not None and not (kept["status"] in TERMINAL and kept["status"] != record.status):
             self._records[record.task_id] = record.to_json()
         return succeed(None)
 
