@@ -637,6 +637,7 @@ def _add_http(
         message_limit=security.message_limit,
     )
     _add(root, "engine", EngineService(engine))
+    monitor.metrics.registry.register(engine.tasks.unsaved)  # task statuses waiting for the store
     # Several instances as one: sessions, tasks and changes through Redis (None alone).
     cluster = _cluster(settings, reactor, packs, redis, engine, sessions, sse_sessions)
     if cluster is not None:

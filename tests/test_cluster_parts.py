@@ -7,25 +7,26 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from mcpd.cluster.bus import ClusterBus, ClusterUnavailable
 from mcpd.cluster.instances import InstanceRegistry
 from mcpd.cluster.journal import STANDALONE, Journal
-from mcpd.cluster.relay import TaskRelay
+from mcpd.cluster.relay import ORPHANED, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions
-from mcpd.interfaces import CANCELLED, TaskRecord
+from mcpd.interfaces import CANCELLED, COMPLETED, FAILED, WORKING, StoreUnavailable, TaskRecord
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.session import SessionStore
-from mcpd.protocol.tasks import TaskManager
+from mcpd.protocol.tasks import TaskManager, TaskRun
 from mcpd.stores.redis import RedisConnection, redis_config
 from mcpd.stores.redis.sessions import RedisSessionStore
 from mcpd.stores.redis.tasks import RedisTaskStore
 from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id
 from mcpd.transport.streamable import HTTPSession
-from tests.redis_service import shared_redis, unique_prefix
+from tests.redis_service import RedisServer, shared_redis, unique_prefix
 from tests.test_redis import answers_again, wait_for
 
 
@@ -33,7 +34,9 @@ def sleep(seconds: float) -> Deferred[None]:
     return deferLater(reactor, seconds, lambda: None)
 
 
-class ClusterPartsTests(TestCase):
+class RedisPartsCase(TestCase):
+    """A connection and a started bus on the shared ``redis-server``, with a prefix of its own."""
+
     timeout = 60
 
     @inlineCallbacks
@@ -76,6 +79,8 @@ class ClusterPartsTests(TestCase):
                 raise AssertionError(f"instance {instance} never registered")
             yield sleep(0.02)
 
+
+class ClusterPartsTests(RedisPartsCase):
     def cluster(self, session_timeout: float = 60.0) -> ClusterSessions:
         """The session sharing of one instance, its session records in Redis."""
         journal = Journal(self.bus, 16, session_timeout)
@@ -212,3 +217,177 @@ class ClusterPartsTests(TestCase):
         self.assertEqual((yield journal.read_after("far-resume", *parsed)), [])
         self.assertEqual((yield journal.read_after("far-resume", STANDALONE, 0)), [(1, b'{"n":1}')])
         self.assertIsNone(parse_event_id("g." + "9" * (MAX_SEQ_DIGITS + 1)))
+
+
+class TaskRunnerGoneTests(RedisPartsCase):
+    """Tasks whose runner instance stopped (``kill -9``): settled as failed once, by a reader
+    or the sweep; ``tasks/result`` waits woken by the runner's broadcast, and cancellable."""
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.store = RedisTaskStore(self.connection)
+        self.registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        self.manager = TaskManager(self.store, reactor)
+        self.relay = TaskRelay(self.bus, self.manager, reactor, self.registry)
+        self.addCleanup(self.relay.stop)
+        # The runner: another instance, registered (its work would be in its process).
+        self.runner_bus = ClusterBus(self.connection, clock=reactor)
+        self.runner = InstanceRegistry(self.runner_bus, [], [], clock=reactor)
+        self.runner.start()
+        self.addCleanup(self.runner.stop)
+        yield self.registered(self.registry, self.runner_bus.instance)
+
+    def reader(self) -> TaskRelay:
+        """Another instance's relay, that has not seen the runner yet."""
+        return TaskRelay(
+            ClusterBus(self.connection, clock=reactor), TaskManager(self.store, reactor), reactor, self.registry
+        )
+
+    @inlineCallbacks
+    def running(self, task_id: str, modern: bool = False, ttl_ms: int = 60_000) -> Any:
+        owner = "caller:alice" if modern else "session:s1"
+        record = TaskRecord(task_id, owner, modern, reactor.seconds(), ttl_ms, 500)
+        record.runner = self.runner_bus.instance
+        yield self.store.add(record, reactor.seconds())
+        return record
+
+    @inlineCallbacks
+    def test_a_reader_settles_the_task_of_a_gone_runner_once(self) -> Any:
+        """While the runner is registered, a reader sees the task working; once its entry is
+        gone, the first reader settles it as failed with a clear message, a second reader
+        finds it so without settling it again, and the runner's late result does not replace
+        it (the first terminal status stays)."""
+        record = yield self.running("t-orphan")
+        self.assertEqual((yield self.relay.check(record)).status, WORKING)
+        self.assertEqual((yield self.store.get("t-orphan")).status, WORKING)
+
+        yield self.runner.stop()  # as its registry entry expiring after kill -9
+        settled = yield self.reader().check(record)
+        self.assertEqual((settled.status, settled.status_message), (FAILED, ORPHANED))
+        self.assertEqual(settled.error["message"], ORPHANED)
+        kept = yield self.store.get("t-orphan")
+        self.assertEqual((kept.status, kept.status_message), (FAILED, ORPHANED))
+        # Another reader (with what it read before): the record as kept, not settled again.
+        again = yield self.reader().check(record)
+        self.assertEqual((again.status, again.updated), (FAILED, kept.updated))
+        self.assertEqual((yield self.store.settle(settled, self.registry.key(record.runner))), -1)
+        late = TaskRecord.from_json(record.to_json())
+        late.status, late.result = COMPLETED, {"content": []}
+        yield self.store.save(late)
+        self.assertEqual((yield self.store.get("t-orphan")).status, FAILED)
+
+    @inlineCallbacks
+    def test_the_sweep_settles_orphans_and_drops_expired_records(self) -> Any:
+        """The sweep settles other instances' running tasks whose runner has gone (nobody need
+        ask), leaves those of live runners, and drops records whose TTL has passed."""
+        gone = yield self.running("t-gone")
+        expired = yield self.running("t-expired", ttl_ms=1)
+        other_bus = ClusterBus(self.connection, clock=reactor)
+        alive = InstanceRegistry(other_bus, [], [], clock=reactor)
+        alive.start()
+        self.addCleanup(alive.stop)
+        yield self.registered(self.registry, other_bus.instance)
+        kept = TaskRecord("t-alive", "session:s1", False, reactor.seconds(), 60_000, 500, runner=other_bus.instance)
+        yield self.store.add(kept, reactor.seconds())
+        yield self.runner.stop()
+        yield sleep(0.01)
+        yield self.relay.sweep()
+        self.assertEqual((yield self.store.get(gone.task_id)).status, FAILED)
+        self.assertIsNone((yield self.store.get(expired.task_id)))
+        self.assertEqual((yield self.store.get("t-alive")).status, WORKING)
+
+    @inlineCallbacks
+    def test_tasks_result_is_woken_by_the_runners_broadcast(self) -> Any:
+        """A tasks/result wait for another instance's task ends as soon as the runner
+        announces the end (no sweep is running: no polling)."""
+        record = yield self.running("t-ends")
+        waiting = self.relay.wait(record)
+        yield sleep(0.2)
+        self.assertFalse(waiting.called)
+        runner_manager = TaskManager(self.store, reactor)
+        yield self.runner_bus.start(10.0)
+        self.addCleanup(self.runner_bus.stop)
+        runner_relay = TaskRelay(self.runner_bus, runner_manager, reactor, self.runner)
+        # The runner's side: the task ends, its record is saved, then announced.
+        done = TaskRecord.from_json(record.to_json())
+        runner_manager._runs[done.task_id] = run = TaskRun(done)
+        run.record.result = {"content": [{"type": "text", "text": "done"}]}
+        started = reactor.seconds()
+        runner_manager.set_status(run, COMPLETED)
+        ended = yield waiting
+        self.assertEqual(ended.status, COMPLETED)
+        self.assertLess(reactor.seconds() - started, TaskRelay.SWEEP)
+        self.assertEqual(self.relay.waiting, 0)
+        runner_relay.stop()
+
+    @inlineCallbacks
+    def test_tasks_result_for_a_gone_runner_fails_at_the_sweep(self) -> Any:
+        """A tasks/result wait whose runner dies gets the failure at the next sweep."""
+        record = yield self.running("t-dies")
+        waiting = self.relay.wait(record)
+        yield self.runner.stop()
+        yield self.relay.sweep()
+        ended = yield waiting
+        self.assertEqual((ended.status, ended.status_message), (FAILED, ORPHANED))
+
+    @inlineCallbacks
+    def test_a_cancelled_wait_leaves_nothing_behind(self) -> Any:
+        """The request waiting went away (client gone, notifications/cancelled): the wait is
+        withdrawn, and the sweep no longer looks at the task; stopping the instance fails the
+        waits still there with a clear error."""
+        record = yield self.running("t-abandoned")
+        waiting = self.relay.wait(record)
+        waiting.addErrback(lambda f: f.trap(CancelledError))
+        self.assertEqual(self.relay.waiting, 1)
+        waiting.cancel()
+        self.assertEqual(self.relay.waiting, 0)
+        other = self.relay.wait(record)
+        self.relay.stop()
+        failure = yield other.addErrback(lambda f: f.value)
+        self.assertIsInstance(failure, ClusterUnavailable)
+        self.assertIn("shut down", str(failure))
+        self.assertEqual(self.relay.waiting, 0)
+
+
+class UnsavedTaskRecordTests(TestCase):
+    """A task status saved while Redis is down is saved again once it is back."""
+
+    timeout = 90
+
+    @inlineCallbacks
+    def test_a_status_saved_while_redis_is_down_lands_when_it_returns(self) -> Any:
+        server = RedisServer(persistent=True).start()
+        self.addCleanup(server.destroy)
+        connection = RedisConnection(redis_config(server.url, prefix=unique_prefix()), reactor)
+        connection.startService()
+        self.addCleanup(lambda: connection.stopService() if connection.running else None)
+        yield answers_again(connection)
+        store = RedisTaskStore(connection)
+        manager = TaskManager(store, reactor)
+        record = TaskRecord("t-outage", "session:s1", False, reactor.seconds(), 60_000, 500)
+        yield store.add(record, reactor.seconds())
+        run = manager._runs[record.task_id] = TaskRun(record)
+
+        server.stop()
+        record.result = {"content": [{"type": "text", "text": "done while Redis was away"}]}
+        manager.set_status(run, COMPLETED)
+        yield wait_for(lambda: len(manager.unsaved) == 1)
+        # A stale status of the same task never replaces the end held.
+        stale = TaskRecord.from_json(record.to_json())
+        stale.status = WORKING
+        manager.unsaved.failed(Failure(StoreUnavailable("redis", "down")), stale)
+        self.assertIs(manager.unsaved._held[record.task_id], record)
+        yield sleep(1.5)  # tries while it is down back off
+        self.assertGreaterEqual(manager.unsaved.retried, 1)
+        self.assertEqual(len(manager.unsaved), 1)
+
+        server.restart()
+        yield wait_for(lambda: len(manager.unsaved) == 0, timeout=30.0)
+        kept = yield store.get(record.task_id)
+        self.assertEqual((kept.status, kept.result), (COMPLETED, record.result))
+        metrics = {m.name: m.samples[0].value for m in manager.unsaved.collect()}
+        self.assertEqual(metrics["mcp_task_unsaved"], 0)
+        self.assertEqual(metrics["mcp_task_save_recovered"], 1)
+        self.assertGreaterEqual(metrics["mcp_task_save_retries"], 2)
+        manager.unsaved.stop()

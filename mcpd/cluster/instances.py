@@ -104,7 +104,8 @@ class InstanceRegistry:
         if clock is not None:
             self._refresh.clock = clock
 
-    def _key(self, instance: str) -> str:
+    def key(self, instance: str) -> str:
+        """The registry key of ``instance``."""
         return self.bus.key("inst", instance)
 
     @inlineCallbacks
@@ -114,7 +115,7 @@ class InstanceRegistry:
         ids = [i for i in (yield redis.execute("SMEMBERS", members)) or () if i != self.bus.instance]
         if not ids:
             return []
-        values = yield redis.execute("MGET", *(self._key(i) for i in ids))
+        values = yield redis.execute("MGET", *(self.key(i) for i in ids))
         gone = [i for i, value in zip(ids, values, strict=True) if not value]
         if gone:
             yield redis.execute("SREM", members, *gone)
@@ -137,13 +138,13 @@ class InstanceRegistry:
     def register(self) -> Deferred[Any]:
         """Write (or refresh) this instance's entry."""
         redis = self.bus.redis
-        d = redis.execute("SET", self._key(self.bus.instance), json.dumps(self.entry), "PX", int(TTL * 1000))
+        d = redis.execute("SET", self.key(self.bus.instance), json.dumps(self.entry), "PX", int(TTL * 1000))
         d.addCallback(lambda _ok: redis.execute("SADD", self.bus.key("instances"), self.bus.instance))
         return d.addErrback(lambda f: log.warn("Could not refresh this instance in Redis: {e}", e=f.getErrorMessage()))
 
     def alive(self, instance: str) -> Deferred[bool]:
         """Whether ``instance`` has refreshed its entry within the last `TTL` seconds."""
-        return self.bus.redis.execute("EXISTS", self._key(instance)).addCallback(lambda n: int(n) > 0)
+        return self.bus.redis.execute("EXISTS", self.key(instance)).addCallback(lambda n: int(n) > 0)
 
     def start(self) -> None:
         self._refresh.start(REFRESH, now=True)
@@ -152,6 +153,6 @@ class InstanceRegistry:
         if self._refresh.running:
             self._refresh.stop()
         redis = self.bus.redis
-        d = redis.execute("DEL", self._key(self.bus.instance))
+        d = redis.execute("DEL", self.key(self.bus.instance))
         d.addCallback(lambda _n: redis.execute("SREM", self.bus.key("instances"), self.bus.instance))
         return d.addErrback(lambda _f: None)

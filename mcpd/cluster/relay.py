@@ -7,28 +7,31 @@
   feed's, applied where the subscriber is.
 - Tasks: records are in the shared `ITaskStore`, so any instance answers ``tasks/get`` and
   ``tasks/list``; ``tasks/cancel`` and ``tasks/update`` are sent to the instance named by the
-  record's ``runner`` (`mcpd.protocol.tasks.TaskRemote`). When that instance is gone (nobody
-  heard, and the registry confirms it), the work went with it: a cancel marks the record
-  cancelled.
+  record's ``runner`` (`mcpd.protocol.tasks.TaskRemote`). When that instance is gone (its
+  registry entry expired), the work went with it: the task is settled as failed by the first
+  instance to see it (`TaskRelay`), or cancelled by a cancel that nobody heard.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpd.cluster.bus import ClusterUnavailable, InstanceGone
-from mcpd.interfaces import CANCELLED, TaskRecord
+from mcpd.interfaces import CANCELLED, FAILED, StoreUnavailable, TaskRecord
+from mcpd.protocol.errors import InternalError, InvalidParams
+from mcpd.protocol.tasks import detailed_info
 
 if TYPE_CHECKING:
     from mcpd.cluster.bus import ClusterBus
     from mcpd.cluster.instances import InstanceRegistry
     from mcpd.protocol.changes import ChangeFeed
     from mcpd.protocol.tasks import TaskManager
+    from mcpd.stores.redis.tasks import RedisTaskStore
 
 log = Logger(namespace="mcpd.cluster")
 
@@ -62,17 +65,67 @@ class ChangeRelay:
 
 class TaskRelay:
     """The `TaskRemote` of a `TaskManager`: its commands to the instance running a task, and
-    that instance's side of them."""
+    that instance's side of them; the watch over tasks whose runner has gone.
 
-    def __init__(self, bus: ClusterBus, manager: TaskManager, clock: Any, registry: InstanceRegistry) -> None:
+    A task's work lives in its runner's process: when the runner stops (``kill -9``, a crash),
+    the record would say "working" until its TTL. Its registry entry (`InstanceRegistry`) is
+    gone within `TTL` seconds, and then the task is settled as failed (`ORPHANED`), once, by
+    whichever instance sees it first: a reader (``tasks/get``, ``tasks/result``, ...), or the
+    sweep every `SWEEP` seconds, which also drops the records whose TTL has passed.
+    Blocked ``tasks/result`` requests for others' tasks wait for the runner's "task-ended"
+    broadcast, with a check at each sweep (a broadcast lost while the bus reconnected, a runner
+    that died); they end when their request is cancelled or this instance stops.
+    """
+
+    # Seconds between sweeps; and how long a runner seen alive is believed to be.
+    SWEEP = 5.0
+    SEEN_ALIVE = 2.0
+
+    def __init__(
+        self,
+        bus: ClusterBus,
+        manager: TaskManager,
+        clock: Any,
+        registry: InstanceRegistry,
+        store: RedisTaskStore | None = None,
+    ) -> None:
         self.bus = bus
         self.registry = registry
         self.manager = manager
         self.clock = clock
+        self.store: RedisTaskStore = store if store is not None else manager.store  # type: ignore[assignment]
         manager.instance = bus.instance
         manager.remote = self
         bus.on("task-cancel", self._cancel_here)
         bus.on("task-update", self._update_here)
+        bus.on("task-ended", self._ended_elsewhere)
+        # Runners seen alive, until when they are believed to be.
+        self._alive: dict[str, float] = {}
+        # Blocked tasks/result requests for tasks of other instances, by task id.
+        self._waiting: dict[str, list[Deferred[TaskRecord]]] = {}
+        self._sweep = LoopingCall(self.sweep)
+        self._sweep.clock = clock
+
+    def start(self) -> None:
+        self._sweep.start(self.SWEEP, now=False)
+
+    def stop(self) -> None:
+        """This instance stops: its sweeps end, and so do the requests waiting here."""
+        if self._sweep.running:
+            self._sweep.stop()
+        waiting, self._waiting = self._waiting, {}
+        for task_id, waiters in waiting.items():
+            for waiter in waiters:
+                waiter.errback(
+                    Failure(ClusterUnavailable(f"the server shut down while waiting for task {task_id}; ask again"))
+                )
+
+    @property
+    def waiting(self) -> int:
+        """How many tasks/result requests wait here for other instances' tasks."""
+        return sum(len(waiters) for waiters in self._waiting.values())
+
+    # -- commands to the runner -----------------------------------------------------------------
 
     def cancel(self, record: TaskRecord) -> Deferred[TaskRecord]:
         def cancelled(reply: dict[str, Any]) -> TaskRecord:
@@ -108,18 +161,127 @@ class TaskRelay:
     def update(self, record: TaskRecord, responses: dict[str, Any]) -> Deferred[Any]:
         return self.bus.request(record.runner, "task-update", {"task": record.task_id, "responses": responses})
 
-    def wait(self, record: TaskRecord) -> Deferred[TaskRecord]:
-        """Polls the store every poll interval until the task has ended (or is gone)."""
-        interval = max(record.poll_interval_ms, 100) / 1000
+    def ended(self, record: TaskRecord) -> None:
+        """A task run here has ended and its record is saved: tell the instances where its
+        result may be awaited."""
+        self.bus.broadcast("task-ended", {"task": record.task_id}).addErrback(
+            lambda f: log.warn(
+                "The end of task {id} could not be announced: {e}", id=record.task_id, e=f.getErrorMessage()
+            )
+        )
 
-        def check(current: TaskRecord | None) -> Any:
-            if current is None:
+    # -- runners that have gone -----------------------------------------------------------------
+
+    def check(self, record: TaskRecord) -> Deferred[TaskRecord]:
+        """``record`` (running on another instance) as it is: settled as failed if its runner
+        has gone. A runner seen alive lately is not asked about again for `SEEN_ALIVE` s."""
+        now = self.clock.seconds()
+        if self._alive.get(record.runner, 0.0) > now:
+            return succeed(record)
+        settled = _orphaned(record, now)
+
+        def answered(outcome: int) -> Any:
+            if outcome == 0:
+                self._alive[record.runner] = self.clock.seconds() + self.SEEN_ALIVE
                 return record
-            if current.terminal:
-                return current
-            return deferLater(self.clock, interval, self.manager.store.get, record.task_id).addCallback(check)
+            if outcome == 1:
+                self._settled(settled)
+                return settled
+            return self.store.get(record.task_id).addCallback(lambda kept: kept or record)
 
-        return self.manager.store.get(record.task_id).addCallback(check)
+        return self.store.settle(settled, self.registry.key(record.runner)).addCallback(answered)
+
+    def _settled(self, record: TaskRecord) -> None:
+        log.warn(
+            "Task {id} failed: its instance {runner} stopped while running it", id=record.task_id, runner=record.runner
+        )
+        if record.modern:
+            if self.manager.changes is not None:
+                self.manager.changes.task_status(record.task_id, detailed_info(record))
+        else:
+            self._answer(record.task_id, record)
+            self.bus.broadcast("task-ended", {"task": record.task_id}).addErrback(lambda _f: None)
+
+    def sweep(self) -> Deferred[None]:
+        """Settle other instances' tasks whose runner has gone, drop the records whose TTL has
+        passed, and look again at the tasks awaited here."""
+        now = self.clock.seconds()
+        self._alive = {runner: until for runner, until in self._alive.items() if until > now}
+
+        def settle(orphans: list[TaskRecord]) -> Deferred[Any]:
+            return gatherResults([self.check(record) for record in orphans], consumeErrors=True)
+
+        def expired(dropped: list[TaskRecord]) -> None:
+            for record in dropped:
+                self.manager._dropped(record.task_id)
+                self._answer(record.task_id, None)
+
+        d = self.store.orphans(self.registry.key(""), self.bus.instance).addCallback(settle)
+        d.addCallback(lambda _: self.store.expire(now)).addCallback(expired)
+        d.addCallback(lambda _: gatherResults([self._look(task_id) for task_id in list(self._waiting)]))
+        return d.addErrback(self._sweep_failed)
+
+    @staticmethod
+    def _sweep_failed(failure: Failure) -> None:
+        if failure.check(FirstError):
+            failure = failure.value.subFailure
+        if failure.check(StoreUnavailable, ClusterUnavailable):
+            log.debug("Task sweep skipped: {e}", e=failure.getErrorMessage())
+        else:
+            log.failure("The task sweep failed", failure)
+
+    # -- tasks/result for another instance's task ------------------------------------------------
+
+    def wait(self, record: TaskRecord) -> Deferred[TaskRecord]:
+        """Fires with the record once the task has ended (fails if it has expired); woken by
+        the runner's "task-ended" broadcast, and checked at every sweep. Cancelling it (the
+        request went away) stops the wait."""
+        task_id = record.task_id
+
+        def withdraw(waiter: Deferred[TaskRecord]) -> None:
+            waiters = self._waiting.get(task_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiting.pop(task_id, None)
+
+        waiter: Deferred[TaskRecord] = Deferred(withdraw)
+        self._waiting.setdefault(task_id, []).append(waiter)
+        # It may have ended since it was read.
+        self._look(task_id)
+        return waiter
+
+    def _ended_elsewhere(self, message: dict[str, Any]) -> None:
+        task_id = str(message.get("task"))
+        if task_id in self._waiting:
+            self._look(task_id)
+
+    def _look(self, task_id: str) -> Deferred[None]:
+        """Answer the requests waiting for ``task_id`` if it has ended (its runner gone: once
+        it is settled)."""
+
+        def found(record: TaskRecord | None) -> Any:
+            if record is None or record.terminal:
+                return record
+            return self.check(record) if record.runner != self.bus.instance else record
+
+        def answer(record: TaskRecord | None) -> None:
+            if record is None or record.terminal:
+                self._answer(task_id, record)
+
+        d = self.store.get(task_id).addCallback(found).addCallback(answer)
+        return d.addErrback(
+            lambda f: log.debug("Task {id} could not be looked at: {e}", id=task_id, e=f.getErrorMessage())
+        )
+
+    def _answer(self, task_id: str, record: TaskRecord | None) -> None:
+        for waiter in self._waiting.pop(task_id, []):
+            if record is None:
+                waiter.errback(Failure(InvalidParams(f"Task {task_id} has expired")))
+            else:
+                waiter.callback(record)
+
+    # -- this instance's side -------------------------------------------------------------------
 
     def _cancel_here(self, message: dict[str, Any]) -> dict[str, Any]:
         record = self.manager.cancel_here(str(message.get("task")))
@@ -131,3 +293,19 @@ class TaskRelay:
         if run is not None and isinstance(responses, dict):
             self.manager.update_here(run, responses)
         return {}
+
+
+# A task whose runner stopped: its error, and its status message.
+ORPHANED = "The instance running this task stopped before the task finished; run the tool again."
+
+
+def _orphaned(record: TaskRecord, now: float) -> TaskRecord:
+    """``record`` settled as failed: its runner has gone, and its work with it."""
+    settled = TaskRecord.from_json(record.to_json())
+    settled.status = FAILED
+    settled.status_message = ORPHANED
+    settled.error = InternalError(ORPHANED).to_error()
+    settled.result = None
+    settled.input_requests = {}
+    settled.updated = max(now, record.created)
+    return settled

@@ -73,6 +73,7 @@ class Cluster(Service):
         d = self.bus.start(self.wait)
         d.addCallback(lambda _ready: self._check(deadline))
         d.addCallback(lambda _checked: self.registry.start())
+        d.addCallback(lambda _started: self.tasks.start())
         d.addErrback(self._refused)
         self.checked = d
 
@@ -98,6 +99,7 @@ class Cluster(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self.tasks.stop()
         d = self.registry.stop()
         d.addBoth(lambda _: self.bus.stop())
         return d

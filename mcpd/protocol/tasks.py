@@ -30,12 +30,12 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -48,6 +48,7 @@ from mcpd.interfaces import (
     WORKING,
     ITaskStore,
     StoreFull,
+    StoreUnavailable,
     TaskRecord,
 )
 from mcpd.protocol.errors import (
@@ -259,7 +260,15 @@ class TaskRemote(Protocol):
         """Deliver ``tasks/update`` answers to the work."""
 
     def wait(self, record: TaskRecord) -> Deferred[TaskRecord]:
-        """Fires with the record once the task has ended."""
+        """Fires with the record once the task has ended; cancelling it stops the wait."""
+
+    def check(self, record: TaskRecord) -> Deferred[TaskRecord]:
+        """The record of a running task of another instance as it is now: ended (failed) if
+        that instance has gone."""
+
+    def ended(self, record: TaskRecord) -> None:
+        """A task of this process has ended and its record is saved: wake its waiters on the
+        other instances."""
 
 
 class TaskManager:
@@ -288,6 +297,8 @@ class TaskManager:
         self.max_ttl_ms = max_ttl_ms
         self.poll_interval_ms = poll_interval_ms
         self._runs: dict[str, TaskRun] = {}
+        # Records whose save failed (the store unreachable), saved again until it answers.
+        self.unsaved = UnsavedRecords(store, clock)
         # Several instances: this one's id (each record names its runner) and the way to the
         # others' tasks; "" and None for one process.
         self.instance = ""
@@ -508,7 +519,11 @@ class TaskManager:
         record = run.record
         record.status = status
         record.updated = max(self.clock.seconds(), record.created)
-        self.save(run)
+        saved = self.save(run)
+        if record.terminal and not record.modern and self.remote is not None:
+            # Its tasks/result may be awaited on another instance: once the record says so.
+            remote = self.remote
+            saved.addCallback(lambda _saved: remote.ended(record))
         if record.modern:
             if self.changes is not None:
                 self.changes.task_status(record.task_id, detailed_info(record))
@@ -516,9 +531,10 @@ class TaskManager:
             # 2025-11-25 basic/utilities/tasks §Task Status Notification.
             run.notify({"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": task_info(record)})
 
-    def save(self, run: TaskRun) -> None:
-        """Write the task's record to the store (polls read it from there)."""
-        self.store.save(run.record).addErrback(_store_failed, "save", run.task_id)
+    def save(self, run: TaskRun) -> Deferred[None]:
+        """Write the task's record to the store (polls read it from there); one the store
+        cannot take now is saved again when it can (`UnsavedRecords`). Fires with None."""
+        return self.store.save(run.record).addErrback(self.unsaved.failed, run.record)
 
     def _discard(self, run: TaskRun) -> None:
         """A task no longer kept (its TTL passed, or it made room): stop its work, forget it."""
@@ -552,6 +568,9 @@ class TaskManager:
             if run.expiry is not None and run.expiry.active():
                 run.expiry.cancel()
             run.expiry = None
+        if self.unsaved:
+            log.warn("{count} task status(es) could not be saved before the shutdown", count=len(self.unsaved))
+        self.unsaved.stop()
         return len(running)
 
     @property
@@ -585,7 +604,17 @@ class TaskManager:
             # Run here: its record is the freshest (a shared store may still be saving the
             # last change), and no round trip is needed.
             return succeed(run.record).addCallback(found)
-        return self.store.get(task_id).addCallback(found)
+        d = self.store.get(task_id).addCallback(found)
+        if self.remote is not None:
+            d.addCallback(self._as_it_is)
+        return d
+
+    def _as_it_is(self, record: TaskRecord) -> Any:
+        """Another instance's running task: failed, if that instance has gone."""
+        if record.terminal or not self._elsewhere(record):
+            return record
+        assert self.remote is not None
+        return self.remote.check(record)
 
     @staticmethod
     def _owner(request: Request) -> str:
@@ -672,9 +701,8 @@ class TaskManager:
         run = self._runs.get(record.task_id)
         if run is None and not record.terminal and self._elsewhere(record):
             assert self.remote is not None
-            waiting: Deferred[Any] = Deferred()
-            self.remote.wait(record).addCallbacks(self._answer_waiter, waiting.errback, callbackArgs=(waiting,))
-            return waiting
+            # Cancelling the request (its client went away) cancels the wait.
+            return self.remote.wait(record).addCallback(self._result_of)
         waiters = run.waiters if run is not None else []
         d: Deferred[Any] = Deferred(lambda waiter: waiters.remove(waiter) if waiter in waiters else None)
         if record.terminal or run is None:
@@ -707,16 +735,25 @@ class TaskManager:
         return self.store.owned_by(self._owner(request)).addCallback(listed)
 
     def _answer_waiter(self, record: TaskRecord, waiter: Deferred[Any]) -> None:
+        try:
+            result = self._result_of(record)
+        except MCPError as e:
+            waiter.errback(Failure(e))
+        else:
+            waiter.callback(result)
+
+    @staticmethod
+    def _result_of(record: TaskRecord) -> dict[str, Any]:
+        """``tasks/result``'s answer for an ended task (its error is raised)."""
         if record.status == COMPLETED and record.result is not None:
             result = dict(record.result)
             meta = dict(result.get("_meta") or {})
             meta[RELATED_TASK] = {"taskId": record.task_id}
             result["_meta"] = meta
-            waiter.callback(result)
-        elif record.status == FAILED and record.error is not None:
-            waiter.errback(Failure(TaskFailed(record.error)))
-        else:
-            waiter.errback(Failure(InvalidRequest(f"Task {record.task_id} was cancelled; it has no result")))
+            return result
+        if record.status == FAILED and record.error is not None:
+            raise TaskFailed(record.error)
+        raise InvalidRequest(f"Task {record.task_id} was cancelled; it has no result")
 
 
 class _TaskStart:
@@ -798,6 +835,107 @@ class _TaskStart:
         # The request went away before the task began: so does the work.
         if self.work is not None and not self.work.called:
             self.work.cancel()
+
+
+class UnsavedRecords:
+    """Task records the store could not take (Redis down): each task's latest record is saved
+    again, with backoff, until the store answers. At most ``limit`` tasks are held (the
+    oldest is dropped, and counted); a record that has ended is never replaced by one that
+    has not. Its counts are metrics (a prometheus-client collector)."""
+
+    FIRST_DELAY = 0.5
+    MAX_DELAY = 10.0
+
+    def __init__(self, store: ITaskStore, clock: IReactorTime, limit: int = 10_000) -> None:
+        self.store = store
+        self.clock = clock
+        self.limit = limit
+        self._held: dict[str, TaskRecord] = {}
+        self._delay = self.FIRST_DELAY
+        self._call: Any = None
+        self._flushing = False
+        self._stopped = False
+        self.retried = 0
+        self.recovered = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def failed(self, failure: Failure, record: TaskRecord) -> None:
+        """A save of ``record`` failed: hold it if the store may take it later."""
+        if not failure.check(StoreUnavailable):
+            _store_failed(failure, "save", record.task_id)
+            return
+        held = self._held.get(record.task_id)
+        if held is not None and held.terminal and not record.terminal:
+            return  # never go back from an end
+        if held is None:
+            log.warn(
+                "Task {id}'s status could not be saved ({e}); saving it again once the store answers",
+                id=record.task_id,
+                e=failure.getErrorMessage(),
+            )
+        self._held.pop(record.task_id, None)
+        self._held[record.task_id] = record
+        if len(self._held) > self.limit:
+            oldest = next(iter(self._held))
+            del self._held[oldest]
+            self.dropped += 1
+            log.error("Task {id}'s status is lost: too many unsaved task records", id=oldest)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._call is None and not self._flushing and self._held and not self._stopped:
+            self._call = self.clock.callLater(self._delay, self._flush)
+
+    def _flush(self) -> Deferred[None]:
+        self._call, self._flushing = None, True
+        batch = list(self._held.items())
+        self.retried += len(batch)
+
+        def saved(_none: None, task_id: str, record: TaskRecord) -> None:
+            if self._held.get(task_id) is record:
+                del self._held[task_id]
+                self.recovered += 1
+
+        def done(_results: Any) -> None:
+            self._flushing = False
+            # Still held: the store is still away (or a newer status came meanwhile).
+            self._delay = min(self._delay * 2, self.MAX_DELAY) if self._held else self.FIRST_DELAY
+            if not self._held:
+                log.info("Every unsaved task status is saved")
+            self._schedule()
+
+        saves = [
+            self.store.save(record).addCallback(saved, task_id, record).addErrback(lambda _f: None)
+            for task_id, record in batch
+        ]
+        return gatherResults(saves).addCallback(done)
+
+    def stop(self) -> None:
+        """Stop trying (the daemon stops)."""
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """``mcp_task_unsaved`` and its counters, read at scrape time."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "mcp_task_unsaved", "Task records whose latest status waits for the task store.", len(self._held)
+        )
+        for name, value, what in (
+            ("mcp_task_save_retries", self.retried, "Task record saves tried again after the store failed."),
+            ("mcp_task_save_recovered", self.recovered, "Task records saved after the store came back."),
+            ("mcp_task_save_dropped", self.dropped, "Task statuses lost: too many unsaved task records."),
+        ):
+            yield CounterMetricFamily(name, what, value)
 
 
 def _order(record: TaskRecord) -> str:

@@ -94,6 +94,42 @@ if finished == '1' then redis.call('ZADD', p .. 'tasks:finished', created, id) e
 return 1
 """
 
+# ARGV: prefix, id, json, created, key of the runner's registry entry. Ends a task whose runner
+# is gone with the record given (a failure), unless it has ended already or the runner's entry
+# is there: 1 settled, 0 its runner is alive, -1 not kept or ended already. One script, so the
+# check and the change are one step and only the first instance to see the runner gone settles.
+SETTLE = """
+local p, id, data, created, entry = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local kept = redis.call('GET', p .. 'task:' .. id)
+if not kept then return -1 end
+local was = cjson.decode(kept)['status']
+if was == 'completed' or was == 'failed' or was == 'cancelled' then return -1 end
+if redis.call('EXISTS', entry) == 1 then return 0 end
+redis.call('SET', p .. 'task:' .. id, data, 'KEEPTTL')
+redis.call('ZADD', p .. 'tasks:finished', created, id)
+return 1
+"""
+
+# ARGV: prefix, prefix of the registry's keys, this instance. Answers the JSON of the running
+# records whose runner (another instance) has no registry entry: the orphans.
+ORPHANS = """
+local p, entries, me = ARGV[1], ARGV[2], ARGV[3]
+local found, alive = {}, {}
+for _, id in ipairs(redis.call('ZRANGE', p .. 'tasks', 0, -1)) do
+  if not redis.call('ZSCORE', p .. 'tasks:finished', id) then
+    local data = redis.call('GET', p .. 'task:' .. id)
+    if data then
+      local runner = cjson.decode(data)['runner']
+      if type(runner) == 'string' and runner ~= '' and runner ~= me then
+        if alive[runner] == nil then alive[runner] = redis.call('EXISTS', entries .. runner) == 1 end
+        if not alive[runner] then table.insert(found, data) end
+      end
+    end
+  end
+end
+return found
+"""
+
 # ARGV: prefix, id. Answers the record's JSON, or nil.
 REMOVE = _FORGET + "return forget(ARGV[2])\n"
 
@@ -173,6 +209,20 @@ class RedisTaskStore:
 
     def count(self) -> Deferred[int]:
         return self.connection.execute("ZCARD", self.connection.key("tasks")).addCallback(int)
+
+    # -- several instances (`mcpd.cluster.relay`) ------------------------------------------------
+
+    def settle(self, record: TaskRecord, entry: str) -> Deferred[int]:
+        """End a task whose runner is gone: keep ``record`` (its terminal state) unless the
+        kept one has ended already or the runner's registry key ``entry`` exists. Fires with 1
+        (settled), 0 (the runner is alive) or -1 (not kept, or ended already)."""
+        d = self._run(SETTLE, record.task_id, _dump(record), repr(record.created), entry)
+        return d.addCallback(int)
+
+    def orphans(self, entries: str, instance: str) -> Deferred[list[TaskRecord]]:
+        """The running records of other instances than ``instance`` that have no registry key
+        (``entries`` + their id)."""
+        return self._run(ORPHANS, entries, instance).addCallback(_records)
 
 
 def _dump(record: TaskRecord) -> str:
