@@ -41,6 +41,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from mcpd.cluster.instances import TTL as INSTANCE_TTL
+from mcpd.cluster.relay import ORPHANED, TaskRelay
 from mcpd.protocol.tasks import TASKS_EXTENSION
 from mcpd.protocol.versions import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from tests.daemon import (
@@ -371,29 +372,40 @@ class ClusterTests(DaemonTestMixin, TestCase):
 
     @inlineCallbacks
     def test_task_of_a_killed_instance(self) -> Any:
-        """The instance running a task is killed: while its registry entry lasts, a cancel
-        through another says to try again (nobody heard, but it may be reconnecting); then the
-        cancel marks it cancelled (the work went with its instance), and every instance says so."""
-        a, b = self.instances["a"].port, self.instances["b"].port
-        assert a and b
+        """The instance running tasks is killed (``kill -9``): once its registry entry has
+        expired, its tasks are failed ("the instance running this task stopped") on every
+        instance, without anyone cancelling them, and a legacy tasks/result blocked on another
+        instance gets that error instead of waiting for the TTL."""
+        a, b, c = (self.instances[name].port for name in "abc")
+        assert a and b and c
         call = {"name": "cluster.wait", "arguments": {"label": "k1"}}
         status, created = yield self.in_thread(lambda: self.post_modern(a, "tools/call", call, "cluster.wait"))
         task_id = created["result"]["taskId"]
+        session = yield self.in_thread(lambda: self.open_session(a))
+        legacy = {"name": "cluster.wait", "arguments": {"label": "k2"}, "task": {"ttl": 600_000}}
+        status, made = yield self.in_thread(lambda: self.legacy_call(a, session, "tools/call", legacy))
+        legacy_id = made["result"]["task"]["taskId"]
+        status, polled = yield self.in_thread(lambda: self.post_modern(b, "tasks/get", {"taskId": task_id}, task_id))
+        self.assertEqual(polled["result"]["status"], "working", polled)
+        limit = INSTANCE_TTL + 2 * TaskRelay.SWEEP + 10
+        awaited = self.in_thread(
+            lambda: self.legacy_request(b, session, "tasks/result", {"taskId": legacy_id}, timeout=limit + 10)
+        )
         self.instances["a"].process.send_signal(signal.SIGKILL)
         yield self.in_thread(lambda: self.instances["a"].process.wait(10))
-        deadline = time.monotonic() + INSTANCE_TTL + 10
-        while True:
-            status, cancelled = yield self.in_thread(
-                lambda: self.post_modern(b, "tasks/cancel", {"taskId": task_id}, task_id)
-            )
-            if "error" not in cancelled or time.monotonic() > deadline:
-                break
-            self.assertIn("try again", cancelled["error"]["message"], cancelled)
-            yield self.in_thread(lambda: time.sleep(1.0))
+        killed = time.monotonic()
+        status, result, _headers = yield awaited
+        self.assertEqual(result["error"]["message"], ORPHANED, result)
+        self.assertLess(time.monotonic() - killed, limit)
+        for port in (b, c):
+            polled = yield self.in_thread(lambda port=port: self.wait_status(port, task_id, "failed", timeout=limit))
+            self.assertEqual(polled["statusMessage"], ORPHANED, polled)
+            self.assertEqual(polled["error"]["message"], ORPHANED, polled)
+        # A cancel now: the task has ended (an ack, idempotent).
+        status, cancelled = yield self.in_thread(
+            lambda: self.post_modern(c, "tasks/cancel", {"taskId": task_id}, task_id)
+        )
         self.assertNotIn("error", cancelled, cancelled)
-        polled = yield self.in_thread(lambda: self.wait_task(b, task_id))
-        self.assertEqual(polled["status"], "cancelled", polled)
-        self.assertEqual(polled["statusMessage"], "The task was cancelled: the instance running it had stopped.")
 
     @inlineCallbacks
     def test_task_input_across_instances(self) -> Any:
@@ -445,7 +457,9 @@ class ClusterTests(DaemonTestMixin, TestCase):
         status, answer, _headers = self.legacy_request(port, session, method, params)
         return status, answer
 
-    def legacy_request(self, port: int, session: str | None, method: str, params: Any) -> tuple[int, Any, Any]:
+    def legacy_request(
+        self, port: int, session: str | None, method: str, params: Any, timeout: float = 20.0
+    ) -> tuple[int, Any, Any]:
         body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             body.update(id=1, params=params)
@@ -459,7 +473,7 @@ class ClusterTests(DaemonTestMixin, TestCase):
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/mcp", data=json.dumps(body).encode(), headers=headers, method="POST"
         )
-        with urllib.request.urlopen(request, timeout=20) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             text = response.read().decode()
             kind = response.headers.get("content-type", "")
             if kind.startswith("text/event-stream"):

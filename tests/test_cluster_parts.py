@@ -11,12 +11,13 @@ from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from mcpd.cluster.bus import ClusterBus, ClusterUnavailable
 from mcpd.cluster.instances import InstanceRegistry
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
-from mcpd.cluster.sessions import ClusterSessions
+from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
 from mcpd.interfaces import CANCELLED, COMPLETED, FAILED, WORKING, StoreUnavailable, TaskRecord
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.session import SessionStore
@@ -24,6 +25,8 @@ from mcpd.protocol.tasks import TaskManager, TaskRun
 from mcpd.stores.redis import RedisConnection, redis_config
 from mcpd.stores.redis.sessions import RedisSessionStore
 from mcpd.stores.redis.tasks import RedisTaskStore
+from mcpd.tools import Caller
+from mcpd.transport.legacy_sse import SSESession
 from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id
 from mcpd.transport.streamable import HTTPSession
 from tests.redis_service import RedisServer, shared_redis, unique_prefix
@@ -391,3 +394,48 @@ class UnsavedTaskRecordTests(TestCase):
         self.assertEqual(metrics["mcp_task_save_recovered"], 1)
         self.assertGreaterEqual(metrics["mcp_task_save_retries"], 2)
         manager.unsaved.stop()
+
+
+class SessionRecordKeptTests(RedisPartsCase):
+    """A session in use keeps its Redis record past --session-timeout (refreshed on activity,
+    at most once per sweep), for both legacy HTTP transports."""
+
+    @inlineCallbacks
+    def test_an_active_streamable_session_keeps_its_record(self) -> Any:
+        records = RedisSessionStore(self.connection, reactor, 1.0)
+        sessions = SessionStore(reactor, 1.0, records=records)
+        cluster = ClusterSessions(
+            self.bus,
+            Journal(self.bus, 16, 1.0),
+            InstanceRegistry(self.bus, [], [], clock=reactor),
+            sessions,
+            ChangeFeed(),
+        )
+        sessions.cluster = cluster
+        session = HTTPSession("busy-streamable")
+        session.version = "2025-11-25"
+        sessions.add(session)
+        sessions.start()
+        self.addCleanup(sessions.stop)
+        for _ in range(12):  # 2.4 s of requests: more than twice the record's TTL
+            self.assertIs(sessions.get(session.id), session)
+            yield sleep(0.2)
+        self.assertIsNotNone((yield records.load(session.id)))
+
+    @inlineCallbacks
+    def test_an_active_sse_session_keeps_its_record(self) -> Any:
+        records = RedisSessionStore(self.connection, reactor, 1.0, kind="sse")
+        sessions = SessionStore(reactor, 1.0, records=records)
+        sessions.cluster = SSEForwarding(self.bus, sessions)
+        stream = DummyRequest([b"sse"])
+        stream._disconnected = False  # what twisted.web's Request has
+        session = SSESession(stream, Caller("alice"))
+        session.version = "2025-11-25"
+        sessions.add(session)
+        sessions.start()
+        self.addCleanup(sessions.stop)
+        for _ in range(12):
+            self.assertIs(sessions.get(session.id), session)
+            yield sleep(0.2)
+        self.assertIsNotNone((yield records.load(session.id)))
+        self.assertEqual((yield records.count()), 1)

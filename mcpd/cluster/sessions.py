@@ -300,7 +300,20 @@ class SSEForwarding:
         self.bus.unlisten(self.channel(session.id))
 
     def refresh(self, sessions: list[Session]) -> None:
-        """Nothing to keep: the session lives as long as its stream."""
+        """Keep the records of the sessions whose streams are open (the session lives as long
+        as its stream; its record counts it for every instance): touched once per sweep, and
+        saved again if lost."""
+        records = self.sessions.records
+        for session in sessions:
+            if not session.closed:
+                records.touch(session.id).addCallback(self._kept, session).addErrback(
+                    _logged, "keep session {id}", session.id
+                )
+
+    def _kept(self, kept: bool, session: Session) -> Deferred[Any] | None:
+        if kept or session.closed or session.id not in self.sessions:
+            return None
+        return self.sessions.records.save(session.record())
 
     def forward(self, session_id: str, caller: Caller, body: bytes) -> Deferred[bool]:
         """Send a POSTed message to the instance holding the session; fires with whether it
