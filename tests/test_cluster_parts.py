@@ -20,15 +20,18 @@ from mcpd.cluster.relay import ORPHANED, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
 from mcpd.interfaces import CANCELLED, COMPLETED, FAILED, WORKING, StoreUnavailable, TaskRecord
 from mcpd.protocol.changes import ChangeFeed
+from mcpd.protocol.engine import Engine
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.tasks import TaskManager, TaskRun
 from mcpd.stores.redis import RedisConnection, redis_config
 from mcpd.stores.redis.sessions import RedisSessionStore
 from mcpd.stores.redis.tasks import RedisTaskStore
-from mcpd.tools import Caller
+from mcpd.tools import Caller, ToolRegistry
 from mcpd.transport.legacy_sse import SSESession
 from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id
 from mcpd.transport.streamable import HTTPSession
+from tests import conformance_pack
+from tests.engine_harness import Peer
 from tests.redis_service import RedisServer, shared_redis, unique_prefix
 from tests.test_redis import answers_again, wait_for
 
@@ -439,3 +442,71 @@ class SessionRecordKeptTests(RedisPartsCase):
             yield sleep(0.2)
         self.assertIsNotNone((yield records.load(session.id)))
         self.assertEqual((yield records.count()), 1)
+
+
+class TaskResultThroughTheEngineTests(RedisPartsCase):
+    """Legacy ``tasks/result`` through an `Engine` for a task another instance runs: the
+    client's notifications/cancelled ends the wait (nothing left polling), and a runner that
+    dies makes it answer the failure."""
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        self.store = RedisTaskStore(self.connection)
+        self.engine = Engine(ToolRegistry([conformance_pack.pack]), clock=reactor, task_store=self.store)
+        self.registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        self.relay = TaskRelay(self.bus, self.engine.tasks, reactor, self.registry)
+        self.addCleanup(self.relay.stop)
+        runner_bus = ClusterBus(self.connection, clock=reactor)
+        self.runner = InstanceRegistry(runner_bus, [], [], clock=reactor)
+        self.runner.start()
+        self.addCleanup(self.runner.stop)
+        yield self.registered(self.registry, runner_bus.instance)
+        self.peer = Peer(self, self.engine)
+        yield self.peer.start(
+            self.peer.message(
+                "initialize",
+                {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+            )
+        )
+        yield self.peer.start({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert self.peer.session is not None
+        self.record = TaskRecord(
+            "t-remote",
+            f"session:{self.peer.session.id}",
+            False,
+            reactor.seconds(),
+            60_000,
+            500,
+            runner=runner_bus.instance,
+        )
+        yield self.store.add(self.record, reactor.seconds())
+
+    @inlineCallbacks
+    def asked(self) -> Any:
+        """A tasks/result request now waiting; its message and Deferred."""
+        message = self.peer.message("tasks/result", {"taskId": self.record.task_id})
+        answer = self.peer.start(message)
+        answered: list[Any] = []
+        answer.addBoth(lambda outcome: answered.append(outcome) or outcome)
+        yield wait_for(lambda: self.relay.waiting == 1)
+        yield sleep(0.1)
+        self.assertEqual(answered, [])
+        return message, answer
+
+    @inlineCallbacks
+    def test_notifications_cancelled_ends_the_wait(self) -> Any:
+        message, answer = yield self.asked()
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": message["id"]}}
+        yield self.peer.start(cancel)
+        self.assertEqual(self.relay.waiting, 0)
+        yield answer  # the request ended (a cancelled request gets no answer)
+
+    @inlineCallbacks
+    def test_the_wait_answers_the_failure_of_a_gone_runner(self) -> Any:
+        _message, answer = yield self.asked()
+        yield self.runner.stop()
+        yield self.relay.sweep()
+        response = yield answer
+        self.assertEqual(response["error"]["message"], ORPHANED, response)
+        self.assertEqual(self.relay.waiting, 0)

@@ -209,6 +209,8 @@ class TaskRelay:
         self._alive = {runner: until for runner, until in self._alive.items() if until > now}
 
         def settle(orphans: list[TaskRecord]) -> Deferred[Any]:
+            for record in orphans:  # seen alive lately, but gone now
+                self._alive.pop(record.runner, None)
             return gatherResults([self.check(record) for record in orphans], consumeErrors=True)
 
         def expired(dropped: list[TaskRecord]) -> None:
