@@ -18,7 +18,7 @@ from mcpd.cluster.instances import InstanceRegistry
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
-from mcpd.interfaces import CANCELLED, COMPLETED, FAILED, WORKING, StoreUnavailable, TaskRecord
+from mcpd.interfaces import CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, StoreUnavailable, TaskRecord
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.session import SessionStore
@@ -376,14 +376,19 @@ class UnsavedTaskRecordTests(TestCase):
         run = manager._runs[record.task_id] = TaskRun(record)
 
         server.stop()
+        record.input_requests["confirm"] = {"method": "elicitation/create", "params": {}}
+        manager.set_status(run, INPUT_REQUIRED)
+        yield wait_for(lambda: len(manager.unsaved) == 1)
+        # The task's next statuses queue behind the one held (in order, the latest kept).
+        record.input_requests.clear()
         record.result = {"content": [{"type": "text", "text": "done while Redis was away"}]}
         manager.set_status(run, COMPLETED)
-        yield wait_for(lambda: len(manager.unsaved) == 1)
+        self.assertEqual(manager.unsaved._held[record.task_id].status, COMPLETED)
         # A stale status of the same task never replaces the end held.
         stale = TaskRecord.from_json(record.to_json())
         stale.status = WORKING
         manager.unsaved.failed(Failure(StoreUnavailable("redis", "down")), stale)
-        self.assertIs(manager.unsaved._held[record.task_id], record)
+        self.assertEqual(manager.unsaved._held[record.task_id], record)
         yield sleep(1.5)  # tries while it is down back off
         self.assertGreaterEqual(manager.unsaved.retried, 1)
         self.assertEqual(len(manager.unsaved), 1)

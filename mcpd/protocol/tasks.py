@@ -534,6 +534,10 @@ class TaskManager:
     def save(self, run: TaskRun) -> Deferred[None]:
         """Write the task's record to the store (polls read it from there); one the store
         cannot take now is saved again when it can (`UnsavedRecords`). Fires with None."""
+        if run.task_id in self.unsaved:
+            # An earlier status waits for the store: this one goes after it, not past it.
+            self.unsaved.hold(run.record)
+            return succeed(None)
         return self.store.save(run.record).addErrback(self.unsaved.failed, run.record)
 
     def _discard(self, run: TaskRun) -> None:
@@ -838,10 +842,12 @@ class _TaskStart:
 
 
 class UnsavedRecords:
-    """Task records the store could not take (Redis down): each task's latest record is saved
-    again, with backoff, until the store answers. At most ``limit`` tasks are held (the
-    oldest is dropped, and counted); a record that has ended is never replaced by one that
-    has not. Its counts are metrics (a prometheus-client collector)."""
+    """Task records the store could not take (Redis down): each task's latest record (a copy
+    taken when it is held) is saved again, with backoff, until the store answers; while one
+    is held, the task's later saves are held behind it (`TaskManager.save`), so they land in
+    order. At most ``limit`` tasks are held (the oldest is dropped, and counted); a record
+    that has ended is never replaced by one that has not. Its counts are metrics (a
+    prometheus-client collector)."""
 
     FIRST_DELAY = 0.5
     MAX_DELAY = 10.0
@@ -862,22 +868,29 @@ class UnsavedRecords:
     def __len__(self) -> int:
         return len(self._held)
 
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._held
+
     def failed(self, failure: Failure, record: TaskRecord) -> None:
         """A save of ``record`` failed: hold it if the store may take it later."""
         if not failure.check(StoreUnavailable):
             _store_failed(failure, "save", record.task_id)
             return
-        held = self._held.get(record.task_id)
-        if held is not None and held.terminal and not record.terminal:
-            return  # never go back from an end
-        if held is None:
+        if record.task_id not in self._held:
             log.warn(
                 "Task {id}'s status could not be saved ({e}); saving it again once the store answers",
                 id=record.task_id,
                 e=failure.getErrorMessage(),
             )
+        self.hold(record)
+
+    def hold(self, record: TaskRecord) -> None:
+        """Save (a copy of) ``record`` with the next try, in place of what its task held."""
+        held = self._held.get(record.task_id)
+        if held is not None and held.terminal and not record.terminal:
+            return  # never go back from an end
         self._held.pop(record.task_id, None)
-        self._held[record.task_id] = record
+        self._held[record.task_id] = TaskRecord.from_json(record.to_json())
         if len(self._held) > self.limit:
             oldest = next(iter(self._held))
             del self._held[oldest]
