@@ -302,6 +302,15 @@ class TaskRunnerGoneTests(RedisPartsCase):
         self.assertEqual((yield self.store.get(gone.task_id)).status, FAILED)
         self.assertIsNone((yield self.store.get(expired.task_id)))
         self.assertEqual((yield self.store.get("t-alive")).status, WORKING)
+        # The sweep reads the running tasks of gone runners only: a runner's set empties as its
+        # tasks end, and a runner with none leaves the index at the next sweep.
+        runners = self.connection.key("tasks:runners")
+        self.assertEqual(
+            (yield self.connection.execute("SCARD", self.connection.key("tasks:running:" + gone.runner))), 0
+        )
+        yield self.relay.sweep()
+        members = yield self.connection.execute("SMEMBERS", runners)
+        self.assertEqual(sorted(members), [other_bus.instance])
 
     @inlineCallbacks
     def test_tasks_result_is_woken_by_the_runners_broadcast(self) -> Any:

@@ -27,8 +27,21 @@ if TYPE_CHECKING:
 # (`expire`, `add`); Redis' own TTL only cleans up after a deployment that went away.
 REDIS_TTL_MARGIN = 300
 
+# Shared by the scripts: a task has ended (or is forgotten): out of its runner's running set.
+_ENDED = """
+local function ended(p, id)
+  local runner = redis.call('HGET', p .. 'tasks:runner', id)
+  if runner then
+    redis.call('SREM', p .. 'tasks:running:' .. runner, id)
+    redis.call('HDEL', p .. 'tasks:runner', id)
+  end
+end
+"""
+
 # Shared by the scripts: forget one task everywhere; its JSON, or false.
-_FORGET = """
+_FORGET = (
+    _ENDED
+    + """
 local p = ARGV[1]
 local function forget(id)
   local key = p .. 'task:' .. id
@@ -40,6 +53,7 @@ local function forget(id)
   redis.call('ZREM', p .. 'tasks:finished', id)
   redis.call('HDEL', p .. 'tasks:owners', id)
   if owner then redis.call('ZREM', p .. 'tasks:owner:' .. owner, id) end
+  ended(p, id)
   return data
 end
 local function expire(now, into)
@@ -49,14 +63,17 @@ local function expire(now, into)
   end
 end
 """
+)
 
 # ARGV: prefix, now, capacity, id, json, owner, created, deadline or '', finished '1'/'0',
-# Redis TTL in ms or ''. Answers {'ok', dropped...} or {'full', count}.
+# Redis TTL in ms or '', runner or ''. Answers {'ok', dropped...} or {'full', count}. A running
+# task of a runner is in that runner's set (``tasks:running:<runner>``, the runners in
+# ``tasks:runners``) until it ends, so the sweep finds a gone runner's tasks without reading all.
 ADD = (
     _FORGET
     + """
 local now, capacity, id, data, owner = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
-local created, deadline, finished, ttl = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local created, deadline, finished, ttl, runner = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local dropped = {'ok'}
 expire(now, dropped)
 if redis.call('ZCARD', p .. 'tasks') >= capacity then
@@ -75,6 +92,11 @@ if deadline ~= '' then redis.call('ZADD', p .. 'tasks:deadline', deadline, id) e
 if finished == '1' then redis.call('ZADD', p .. 'tasks:finished', created, id) end
 redis.call('HSET', p .. 'tasks:owners', id, owner)
 redis.call('ZADD', p .. 'tasks:owner:' .. owner, created, id)
+if runner ~= '' and finished ~= '1' then
+  redis.call('HSET', p .. 'tasks:runner', id, runner)
+  redis.call('SADD', p .. 'tasks:running:' .. runner, id)
+  redis.call('SADD', p .. 'tasks:runners', runner)
+end
 return dropped
 """
 )
@@ -83,22 +105,30 @@ return dropped
 # kept), unless that one has ended with another status: the first terminal status stays (an
 # instance that wrongly took a task's runner for gone must not turn its result into a cancel,
 # nor a late cancel into a result).
-SAVE = """
+SAVE = (
+    _ENDED
+    + """
 local p, id, data, created, finished, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local kept = redis.call('GET', p .. 'task:' .. id)
 if not kept then return 0 end
 local was = cjson.decode(kept)['status']
 if (was == 'completed' or was == 'failed' or was == 'cancelled') and was ~= status then return 0 end
 redis.call('SET', p .. 'task:' .. id, data, 'KEEPTTL')
-if finished == '1' then redis.call('ZADD', p .. 'tasks:finished', created, id) end
+if finished == '1' then
+  redis.call('ZADD', p .. 'tasks:finished', created, id)
+  ended(p, id)
+end
 return 1
 """
+)
 
 # ARGV: prefix, id, json, created, key of the runner's registry entry. Ends a task whose runner
 # is gone with the record given (a failure), unless it has ended already or the runner's entry
 # is there: 1 settled, 0 its runner is alive, -1 not kept or ended already. One script, so the
 # check and the change are one step and only the first instance to see the runner gone settles.
-SETTLE = """
+SETTLE = (
+    _ENDED
+    + """
 local p, id, data, created, entry = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local kept = redis.call('GET', p .. 'task:' .. id)
 if not kept then return -1 end
@@ -107,28 +137,33 @@ if was == 'completed' or was == 'failed' or was == 'cancelled' then return -1 en
 if redis.call('EXISTS', entry) == 1 then return 0 end
 redis.call('SET', p .. 'task:' .. id, data, 'KEEPTTL')
 redis.call('ZADD', p .. 'tasks:finished', created, id)
+ended(p, id)
 return 1
 """
+)
 
 # ARGV: prefix, prefix of the registry's keys, this instance. Answers the JSON of the running
-# records whose runner (another instance) has no registry entry: the orphans.
-ORPHANS = """
-local p, entries, me = ARGV[1], ARGV[2], ARGV[3]
-local found, alive = {}, {}
-for _, id in ipairs(redis.call('ZRANGE', p .. 'tasks', 0, -1)) do
-  if not redis.call('ZSCORE', p .. 'tasks:finished', id) then
-    local data = redis.call('GET', p .. 'task:' .. id)
-    if data then
-      local runner = cjson.decode(data)['runner']
-      if type(runner) == 'string' and runner ~= '' and runner ~= me then
-        if alive[runner] == nil then alive[runner] = redis.call('EXISTS', entries .. runner) == 1 end
-        if not alive[runner] then table.insert(found, data) end
-      end
+# records whose runner (another instance) has no registry entry: the orphans. Reads one set
+# per runner while the runners live (runners without running tasks leave ``tasks:runners``).
+ORPHANS = (
+    _FORGET
+    + """
+local entries, me = ARGV[2], ARGV[3]
+local found = {}
+for _, runner in ipairs(redis.call('SMEMBERS', p .. 'tasks:runners')) do
+  local running = p .. 'tasks:running:' .. runner
+  if redis.call('SCARD', running) == 0 then
+    redis.call('SREM', p .. 'tasks:runners', runner)
+  elseif runner ~= me and redis.call('EXISTS', entries .. runner) == 0 then
+    for _, id in ipairs(redis.call('SMEMBERS', running)) do
+      local data = redis.call('GET', p .. 'task:' .. id)
+      if data then table.insert(found, data) else forget(id) end
     end
   end
 end
 return found
 """
+)
 
 # ARGV: prefix, id. Answers the record's JSON, or nil.
 REMOVE = _FORGET + "return forget(ARGV[2])\n"
@@ -177,6 +212,7 @@ class RedisTaskStore:
             deadline,
             "1" if record.terminal else "0",
             redis_ttl,
+            record.runner,
         )
 
         def added(answer: list[Any]) -> list[TaskRecord]:
