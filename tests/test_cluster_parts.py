@@ -284,6 +284,15 @@ class TaskRunnerGoneTests(RedisPartsCase):
         self.assertEqual((yield self.store.get("t-orphan")).status, FAILED)
 
     @inlineCallbacks
+    def test_a_check_redis_cannot_answer_gives_the_record_as_read(self) -> Any:
+        """The liveness check failing (Redis gone between the read and the check) does not fail
+        the read: the record comes back as it was read."""
+        record = yield self.running("t-unchecked")
+        offline = RedisConnection(redis_config(shared_redis().url, prefix=self.connection.key()), reactor)
+        relay = TaskRelay(self.bus, TaskManager(RedisTaskStore(offline), reactor), reactor, self.registry)
+        self.assertIs((yield relay.check(record)), record)
+
+    @inlineCallbacks
     def test_the_sweep_settles_orphans_and_drops_expired_records(self) -> Any:
         """The sweep settles other instances' running tasks whose runner has gone (nobody need
         ask), leaves those of live runners, and drops records whose TTL has passed."""

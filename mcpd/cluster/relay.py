@@ -189,7 +189,12 @@ class TaskRelay:
                 return settled
             return self.store.get(record.task_id).addCallback(lambda kept: kept or record)
 
-        return self.store.settle(settled, self.registry.key(record.runner)).addCallback(answered)
+        def unknown(failure: Failure) -> TaskRecord:
+            # Redis did not answer the check: the record as read (the next reader asks again).
+            failure.trap(StoreUnavailable)
+            return record
+
+        return self.store.settle(settled, self.registry.key(record.runner)).addCallbacks(answered, unknown)
 
     def _settled(self, record: TaskRecord) -> None:
         log.warn(
