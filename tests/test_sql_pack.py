@@ -386,6 +386,11 @@ SQLITE_GUARDED = (
     "CREATE TEMP TABLE pwned (a INTEGER)",
     "WITH x AS (SELECT 3) INSERT INTO customers SELECT x, 'Eve', NULL FROM (SELECT 3 AS x)",
     "PRAGMA query_only = 0",
+    # The pragmas a full-text table reads, allowed only without a value (as reads).
+    "PRAGMA page_size = 512",
+    "PRAGMA main.page_size = 512",
+    "PRAGMA data_version = 1",
+    "PRAGMA writable_schema = ON",
     "ATTACH DATABASE '{dir}/elsewhere.db' AS elsewhere",
     "VACUUM INTO '{dir}/copy.db'",
     "BEGIN IMMEDIATE",
@@ -444,6 +449,12 @@ class GuardTests(TestCase):
         for sql in SQLITE_GUARDED:
             said = self.assert_refused(source, sql.format(dir=directory))
             self.assertTrue("not authorized" in said or "one statement" in said or "denied" in said, said)
+        # The schema table's UPDATE a full-text table's opening compiles is never the caller's.
+        for sql in (
+            "UPDATE sqlite_master SET sql = 'x' WHERE name = 'orders'",
+            "UPDATE main.sqlite_schema SET name = 'x'",
+        ):
+            self.assertIn("may not be modified", self.assert_refused(source, sql))
         # Without the authorizer, the read-only open and query_only still refuse writes.
         connection = source.engine.raw_connection()
         try:
@@ -625,6 +636,8 @@ class SQLiteFunctionTests(DaemonTestCase):
         connection = sqlite3.connect(path)
         connection.execute("CREATE VIRTUAL TABLE docs USING fts4(body)")
         connection.execute("INSERT INTO docs VALUES ('hello world')")
+        connection.execute("CREATE VIRTUAL TABLE docs5 USING fts5(title, body)")
+        connection.execute("INSERT INTO docs5 VALUES ('greeting', 'hello world'), ('farewell', 'goodbye world')")
         connection.commit()
         connection.close()
         # One connection: the MATCH meets whatever the tokenizer call left on it.
@@ -638,8 +651,7 @@ class SQLiteFunctionTests(DaemonTestCase):
             return dict(reply["result"])
 
         def check() -> None:
-            # sql.describe opens the FTS table on the connection (outside the authorizer, which
-            # denies the PRAGMA its first opening runs).
+            # sql.describe opens the FTS table too.
             described = call_tool(port, "sql.describe", {"table": "docs"})["result"]
             self.assertFalse(described.get("isError"), described)
             for sql in (
@@ -651,11 +663,71 @@ class SQLiteFunctionTests(DaemonTestCase):
                 refused = result(sql)
                 self.assertTrue(refused.get("isError"), (sql, refused))
                 self.assertIn("not authorized", refused["content"][0]["text"], sql)
-            # The MATCH that would call the planted tokenizer is answered (a connection of its
-            # own opens the FTS table afresh, which the authorizer refuses), and mcpd serves on.
-            self.assertIn("content", result("SELECT body FROM docs WHERE docs MATCH 'hello'"))
+            # The MATCH that would call the planted tokenizer finds the row with the real one,
+            # and mcpd serves on.
+            found = result("SELECT body FROM docs WHERE docs MATCH 'hello'")
+            self.assertEqual(found["structuredContent"]["rows"], [["hello world"]], found)
             found = result("SELECT c0body FROM docs_content")
             self.assertEqual(found["structuredContent"]["rows"], [["hello world"]])
+
+        return self.in_thread(check)
+
+    def test_full_text_tables_can_be_searched(self) -> Deferred[None]:
+        """A MATCH on an FTS4 and an FTS5 table of a source, with their ranking and snippet
+        functions: what opening such a table asks of the authorizer is allowed, and writes to
+        them are still refused."""
+        (self.workdir / "source").mkdir()
+        path = self.workdir / "source" / "docs.sqlite3"
+        connection = sqlite3.connect(path)
+        connection.execute("CREATE VIRTUAL TABLE docs4 USING fts4(title, body)")
+        connection.execute("CREATE VIRTUAL TABLE docs5 USING fts5(title, body, tokenize = 'porter')")
+        for table in ("docs4", "docs5"):
+            connection.execute(
+                f"INSERT INTO {table} VALUES ('greeting', 'hello wide world'), ('farewell', 'goodbye world')"
+            )
+        connection.commit()
+        connection.close()
+        before = sqlite_fingerprint(path)
+        daemon = self.start_daemon(f"--sql-source=docs=sqlite:///{path}", fixture_pack=False)
+        assert daemon.port is not None
+        port = daemon.port
+
+        def result(sql: str) -> dict[str, Any]:
+            reply = call_tool(port, "sql.query", {"sql": sql})
+            self.assertNotIn("error", reply)
+            return dict(reply["result"])
+
+        def rows(sql: str) -> list[Any]:
+            answer = result(sql)
+            self.assertFalse(answer.get("isError"), (sql, answer))
+            return list(answer["structuredContent"]["rows"])
+
+        def check() -> None:
+            self.assertEqual(
+                rows(
+                    "SELECT title, snippet(docs5, 1, '[', ']', '…', 4), highlight(docs5, 0, '<', '>') "
+                    "FROM docs5 WHERE docs5 MATCH 'hello' ORDER BY rank"
+                ),
+                [["greeting", "[hello] wide world", "greeting"]],
+            )
+            ranked = rows("SELECT title, bm25(docs5) FROM docs5 WHERE docs5 MATCH 'world' ORDER BY rank")
+            self.assertEqual(sorted(row[0] for row in ranked), ["farewell", "greeting"])
+            self.assertEqual(rows("SELECT title FROM docs5 WHERE docs5 MATCH 'title:farewell'"), [["farewell"]])
+            self.assertEqual(
+                rows("SELECT title, snippet(docs4), offsets(docs4) FROM docs4 WHERE docs4 MATCH 'goodbye'"),
+                [["farewell", "<b>goodbye</b> world", "1 0 0 7"]],
+            )
+            self.assertEqual(len(rows("SELECT matchinfo(docs4) FROM docs4 WHERE docs4 MATCH 'world'")), 2)
+            # A fresh connection per call opens the tables afresh: a second search works as well.
+            self.assertEqual(rows("SELECT title FROM docs4 WHERE docs4 MATCH 'hello'"), [["greeting"]])
+            # The pragmas a full-text table reads are allowed only as reads, the rest still denied.
+            for sql in (
+                "INSERT INTO docs5(docs5) VALUES ('rebuild')",
+                "INSERT INTO docs4 VALUES ('x', 'y')",
+                "SELECT fts3_tokenizer('simple')",
+            ):
+                self.assertTrue(result(sql).get("isError"), sql)
+            self.assertEqual(sqlite_fingerprint(path), before)
 
         return self.in_thread(check)
 

@@ -74,6 +74,14 @@ OK, FAILING, STARTING = "ok", "down", "starting"
 _SQLITE_READS = frozenset(
     {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 )
+# What opening a full-text table (FTS3/4/5) asks of the authorizer, once per connection: FTS3/4
+# read ``PRAGMA page_size`` and FTS5 ``PRAGMA data_version`` (no value: reads), and the table's
+# declaration (sqlite3_declare_vtab) is compiled with an UPDATE of the schema table's columns that
+# never runs. No statement of the caller's can ask for that UPDATE: SQLite refuses a write to
+# sqlite_master ("may not be modified") before asking the authorizer, unless writable_schema is
+# on, and that is a PRAGMA with a value, which stays denied.
+_SQLITE_READ_PRAGMAS = frozenset({"page_size", "data_version"})
+_SQLITE_SCHEMA_COLUMNS = frozenset({"type", "name", "tbl_name", "rootpage", "sql"})
 # SQL functions the authorizer denies: fts3_tokenizer() reads (a library address) and sets (a
 # pointer the next MATCH calls) a tokenizer's C struct; load_extension() loads native code; the
 # shell's file functions (if ever built in) read and write the host's files.
@@ -732,8 +740,17 @@ def _mysql_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.commit()
 
 
-def _sqlite_authorize(action: int, _arg1: Any, arg2: Any, _database: Any, _trigger: Any) -> int:
+def _sqlite_authorize(action: int, arg1: Any, arg2: Any, database: Any, _trigger: Any) -> int:
     if action not in _SQLITE_READS:
+        if action == sqlite3.SQLITE_PRAGMA and arg1 in _SQLITE_READ_PRAGMAS and arg2 is None:
+            return sqlite3.SQLITE_OK  # a full-text table opening (SQLITE_PRAGMA: its name, its value)
+        if (
+            action == sqlite3.SQLITE_UPDATE
+            and arg1 == "sqlite_master"
+            and arg2 in _SQLITE_SCHEMA_COLUMNS
+            and database == "main"
+        ):
+            return sqlite3.SQLITE_OK  # a full-text table's declaration (SQLITE_UPDATE: table, column)
         return sqlite3.SQLITE_DENY
     if action == sqlite3.SQLITE_FUNCTION and str(arg2).lower() in _SQLITE_DENIED_FUNCTIONS:
         return sqlite3.SQLITE_DENY  # SQLITE_FUNCTION's second argument is the function's name
