@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -29,6 +30,7 @@ from mcpd.stores.sql.config import DatabaseConfig, database_url
 from mcpd.stores.sql.database import SQLDatabase
 from mcpd.stores.sql.service import SQLStoreService
 from mcpd.tools.api import Caller
+from mcpd.tools.paging import encode_cursor
 from tests.daemon import MODERN, DaemonTestCase, run_anyio
 from tests.services import PASSWORD, MariaDB, shared_mariadb
 
@@ -446,5 +448,42 @@ class ServerAuditTests(DaemonTestCase):
                     )
                     self.assertTrue(stolen.is_error)
                     self.assertIn("another listing", stolen.content[0].text)
+                    await self.bad_cursors(alice, bobs["next_cursor"])
 
         return self.in_thread(lambda: run_anyio(main))
+
+    async def bad_cursors(self, admin: Client, good: str) -> None:
+        """Forged (the digest right, the position not the store's), truncated, other-tool and
+        other-tenant cursors: each refused with the invalid-cursor message, never "failed
+        unexpectedly"."""
+        filters = {"key": "bob", "tool": "task.list"}
+        acme = SimpleNamespace(tenant=A)
+        forged = [
+            encode_cursor(acme, "server.audit", filters, position)
+            for position in (
+                ["yesterday", 1],
+                ["2026-11-30T00:00:00", 2**70],
+                ["2026-11-30T00:00:00", -1],
+                ["2026-11-30T00:00:00", True],
+                ["2026-11-30T00:00:00+05:00", 1],
+                ["2026-11-30T00:00:00", 1, 2],
+                "2026-11-30T00:00:00",
+                7,
+                {"at": "2026-11-30T00:00:00"},
+            )
+        ]
+        for cursor in (*forged, good[:-4], good[:5], "!!", "e30"):
+            answer = await admin.call_tool("server.audit", {**filters, "limit": 2, "cursor": cursor})
+            self.assertTrue(answer.is_error, cursor)
+            self.assertIn("cursor is not one this server gave out", answer.content[0].text, cursor)
+        for cursor in (
+            encode_cursor(SimpleNamespace(tenant=B), "server.audit", filters, ["2026-11-30T00:00:00", 1]),
+            encode_cursor(acme, "task.list", filters, ["2026-11-30T00:00:00", 1]),
+            encode_cursor(acme, "server.audit", {"key": "alice"}, ["2026-11-30T00:00:00", 1]),
+        ):
+            answer = await admin.call_tool("server.audit", {**filters, "cursor": cursor})
+            self.assertTrue(answer.is_error, cursor)
+            self.assertIn("cursor belongs to another listing", answer.content[0].text)
+        # The good one still pages.
+        answer = await admin.call_tool("server.audit", {**filters, "limit": 2, "cursor": good})
+        self.assertFalse(answer.is_error, answer)

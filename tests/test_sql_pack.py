@@ -16,10 +16,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import sqlite3
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -31,8 +33,18 @@ from zope.interface.verify import verifyObject
 from mcpd.config import ConfigError, resolve
 from mcpd.daemon import load_packs, sql_sources_config, toolsets_of
 from mcpd.interfaces import ISQLSources, IStore, Refused
-from mcpd.stores.sql.sources import CONNECT_TIMEOUT, PROBE_TIMEOUT, SQLSource, SQLSources, source_config
+from mcpd.stores.sql.sources import (
+    CONNECT_TIMEOUT,
+    DESCRIBED_COLUMNS,
+    DESCRIBED_INDEXES,
+    MAX_RESULT_CHARS,
+    PROBE_TIMEOUT,
+    SQLSource,
+    SQLSources,
+    source_config,
+)
 from mcpd.stores.sql.statements import check_statement
+from mcpd.tools.paging import encode_cursor
 from tests.daemon import LEGACY, MODERN, DaemonTestCase, free_port, run_anyio
 from tests.services import PASSWORD, USER, shared_mariadb
 from tests.test_packs import error_text, structured
@@ -242,6 +254,21 @@ class _Scenarios:
         rest = structured(await call("sql.tables", {"limit": 2, "cursor": first["next_cursor"]}))
         self.assertEqual(([t["name"] for t in rest["tables"]], rest["next_cursor"]), (["orders"], None))
         self.assertIn("not one this server gave out", error_text(await call("sql.tables", {"cursor": "nope"})))
+        # Forged (the digest right, the position not a name), truncated, other-tenant and
+        # other-tool cursors: refused, never "failed unexpectedly".
+        here = SimpleNamespace(tenant="default")
+        for cursor in (
+            encode_cursor(here, "sql.tables", {"source": "shop"}, 7),
+            encode_cursor(here, "sql.tables", {"source": "shop"}, ["customers"]),
+            first["next_cursor"][:-3],
+            first["next_cursor"][:4],
+        ):
+            self.assertIn("not one this server gave out", error_text(await call("sql.tables", {"cursor": cursor})))
+        for cursor in (
+            encode_cursor(SimpleNamespace(tenant="globex"), "sql.tables", {"source": "shop"}, "customers"),
+            encode_cursor(here, "task.list", {"source": "shop"}, "customers"),
+        ):
+            self.assertIn("another listing", error_text(await call("sql.tables", {"cursor": cursor})))
 
         # sql.describe: columns, keys, indexes.
         described = structured(await call("sql.describe", {"table": "orders"}))
@@ -253,6 +280,7 @@ class _Scenarios:
         self.assertTrue(columns["placed"]["nullable"])
         self.assertIn("decimal", columns["total"]["type"].lower())
         self.assertIn("0", columns["total"]["default"])
+        self.assertFalse(described["truncated"])
         indexes = {i["name"]: i for i in described["indexes"]}
         self.assertEqual(indexes["orders_customer"]["columns"], ["customer_id"])
         self.assertTrue(any(i["primary"] and i["columns"] == ["id"] for i in described["indexes"]))
@@ -556,6 +584,76 @@ class GuardTests(TestCase):
         outfile = f"/tmp/mcpd-test-outfile-{user}"
         self.assertIn("FILE", self.assert_refused(source, f"SELECT 1 INTO OUTFILE '{outfile}'"))
         self.assertFalse(Path(outfile).exists())
+
+
+# -- bounded lists --------------------------------------------------------------------------------
+
+
+class BoundedListTests(DaemonTestCase):
+    """sql.tables pages as every list does (TOOLS.md: 20 by default, at most 100); sql.describe
+    shows at most `DESCRIBED_COLUMNS` columns and `DESCRIBED_INDEXES` indexes in about
+    `MAX_RESULT_CHARS`, and says when it left some out."""
+
+    timeout = 120
+
+    def test_sqlite(self) -> Deferred[None]:
+        path = self.workdir / "wide.sqlite3"
+        connection = sqlite3.connect(path)
+        for n in range(25):
+            connection.execute(f"CREATE TABLE t{n:02d} (a INTEGER)")
+        wide = ", ".join(f"c{n} INTEGER" for n in range(DESCRIBED_COLUMNS + 10))
+        connection.execute(f"CREATE TABLE wide ({wide})")
+        for n in range(DESCRIBED_INDEXES + 10):
+            connection.execute(f"CREATE INDEX wide_{n} ON wide (c{n}, c{n + 1})")
+        # Two defaults of 600,000 characters: the second column is past the size.
+        big = "x" * 600_000
+        connection.execute(f"CREATE TABLE heavy (a TEXT DEFAULT '{big}', b TEXT DEFAULT '{big}', c INTEGER)")
+        connection.commit()
+        connection.close()
+        daemon = self.start_daemon(f"--sql-source=wide=sqlite:///{path}", fixture_pack=False)
+        assert daemon.port is not None
+        port = daemon.port
+
+        def check() -> None:
+            tables = call_tool(port, "sql.tables", {})["result"]["structuredContent"]
+            self.assertEqual(len(tables["tables"]), 20)
+            rest = call_tool(port, "sql.tables", {"cursor": tables["next_cursor"]})["result"]["structuredContent"]
+            self.assertEqual([t["name"] for t in rest["tables"]], [f"t{n}" for n in range(19, 25)] + ["wide"])
+            self.assertIsNone(rest["next_cursor"])
+            self.assertEqual(
+                len(call_tool(port, "sql.tables", {"limit": 100})["result"]["structuredContent"]["tables"]), 27
+            )
+            over = call_tool(port, "sql.tables", {"limit": 101})
+            self.assertIn("limit", str(over))
+            self.assertTrue(over.get("error") or over["result"].get("isError"), over)
+            described = call_tool(port, "sql.describe", {"table": "wide"})["result"]["structuredContent"]
+            self.assertEqual(
+                (len(described["columns"]), len(described["indexes"]), described["truncated"]),
+                (DESCRIBED_COLUMNS, DESCRIBED_INDEXES, True),
+            )
+            self.assertEqual(described["columns"][-1]["name"], f"c{DESCRIBED_COLUMNS - 1}")
+            heavy = call_tool(port, "sql.describe", {"table": "heavy"})
+            self.assertLess(len(json.dumps(heavy)), 2 * MAX_RESULT_CHARS + 10_000)  # the text and the structure
+            shown = heavy["result"]["structuredContent"]
+            self.assertEqual(([c["name"] for c in shown["columns"]], shown["truncated"]), (["a"], True))
+            narrow = call_tool(port, "sql.describe", {"table": "t00"})["result"]["structuredContent"]
+            self.assertEqual((len(narrow["columns"]), narrow["truncated"]), (1, False))
+
+        return self.in_thread(check)
+
+    def test_mariadb(self) -> None:
+        server, database = mariadb_source()
+        # InnoDB takes at most 1,017 columns and 64 indexes.
+        wide = ", ".join(f"c{n} INT" for n in range(DESCRIBED_COLUMNS + 10))
+        server.sql(f"CREATE TABLE wide ({wide})", database=database)
+        source = SQLSource(source_config("shop", server.url(database), PASSWORD), TIME_LIMIT, 1, None)
+        source.pool.start()
+        self.addCleanup(source.close)
+        self.addCleanup(source.pool.stop)
+        described = source._call(lambda connection: source._describe(connection, "wide"))
+        self.assertEqual((len(described["columns"]), described["truncated"]), (DESCRIBED_COLUMNS, True))
+        orders = source._call(lambda connection: source._describe(connection, "orders"))
+        self.assertEqual((len(orders["columns"]), orders["truncated"]), (4, False))
 
 
 # -- outages ------------------------------------------------------------------------------------

@@ -217,11 +217,7 @@ def audit(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
             "needs it); the operator can serve the tasks or notes pack, or read the audit lines in the log"
         ) from None
     filters = {name: arguments[name] for name in _AUDIT_FILTERS if name in arguments}
-    before = decode_cursor(ctx, "server.audit", filters, arguments.get("cursor"))
-    if before is not None and not (
-        isinstance(before, list) and len(before) == 2 and isinstance(before[0], str) and isinstance(before[1], int)
-    ):
-        raise ToolError("cursor is not one this server gave out: call again without cursor")
+    before = _audit_position(decode_cursor(ctx, "server.audit", filters, arguments.get("cursor")))
     query = dict(filters)
     for name in ("since", "until"):
         if name in query:
@@ -230,6 +226,24 @@ def audit(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     return d.addCallback(
         lambda page: {"records": page[0], "next_cursor": encode_cursor(ctx, "server.audit", filters, page[1])}
     )
+
+
+def _audit_position(position: Any) -> Any:
+    """Where a server.audit page starts, ``[time, seq]`` as the store gave it out (None: the
+    first page); `ToolError` for anything else, such as a forged cursor whose digest is right
+    (it is no secret), so that it is refused like every bad cursor rather than failing in the store."""
+    if position is None:
+        return None
+    if isinstance(position, list) and len(position) == 2:
+        at, seq = position
+        if isinstance(at, str) and type(seq) is int and 0 <= seq < 2**63 and len(at) <= 40:
+            try:
+                when = datetime.datetime.fromisoformat(at)
+            except ValueError:
+                when = None
+            if when is not None and when.tzinfo is None:
+                return position
+    raise ToolError("cursor is not one this server gave out: call again without cursor")
 
 
 def _utc(name: str, value: str) -> datetime.datetime:

@@ -19,7 +19,6 @@ pack = ToolPack("sql", "Read-only SQL on the team's own databases.", needs=(ISQL
 
 READ = ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_world=False)
 QUERY_LIMIT, QUERY_MAX = 100, 1000
-TABLES_LIMIT, TABLES_MAX = 100, 1000
 
 _STRING = {"type": "string"}
 _SOURCE = {
@@ -60,9 +59,7 @@ def _source(ctx: Any, arguments: dict[str, Any]) -> str:
         "is null when the database keeps no estimate). "
         'Example: {"source": "analytics"}; pass next_cursor back as cursor for more.'
     ),
-    input_schema=object_schema(
-        {"source": _SOURCE, "limit": limit_schema(TABLES_LIMIT, TABLES_MAX), "cursor": CURSOR_SCHEMA}
-    ),
+    input_schema=object_schema({"source": _SOURCE, "limit": limit_schema(), "cursor": CURSOR_SCHEMA}),
     output_schema=object_schema(
         {
             "source": _STRING,
@@ -90,7 +87,7 @@ def sql_tables(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     after = decode_cursor(ctx, "sql.tables", filters, arguments.get("cursor"))
     if after is not None and not isinstance(after, str):
         raise ToolError("cursor is not one this server gave out: call again without cursor")
-    d = _sources(ctx).tables(source, limit_of(arguments, TABLES_LIMIT), after)
+    d = _sources(ctx).tables(source, limit_of(arguments), after)
 
     def page(found: tuple[dict[str, Any], str | None]) -> dict[str, Any]:
         listed, last = found
@@ -104,7 +101,9 @@ def sql_tables(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     title="Describe a table",
     description=(
         "Show a table's (or view's) columns with their types, whether they may be null, their "
-        'defaults and keys, and its indexes. Example: {"table": "orders"}.'
+        # mcpd.stores.sql.sources.DESCRIBED_COLUMNS and DESCRIBED_INDEXES (not imported: SQLAlchemy).
+        "defaults and keys, and its indexes: at most 1000 columns and 200 indexes, in about 1 MB (truncated says some were left out; sql.query on the database's catalog "
+        'shows the rest). Example: {"table": "orders"}.'
     ),
     input_schema=object_schema(
         {"source": _SOURCE, "table": {"type": "string", "minLength": 1, "maxLength": 256}}, ("table",)
@@ -143,8 +142,12 @@ def sql_tables(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
                     "required": ["name", "columns", "unique", "primary"],
                 },
             },
+            "truncated": {
+                "type": "boolean",
+                "description": "True when the table has more columns or indexes than are shown.",
+            },
         },
-        ("source", "table", "columns", "indexes"),
+        ("source", "table", "columns", "indexes", "truncated"),
     ),
     annotations=READ,
 )

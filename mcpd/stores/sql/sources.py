@@ -67,6 +67,9 @@ STORE = "sql_sources"
 CONNECT_TIMEOUT = 5.0
 # Rows stop (truncated) once their text passes this many characters.
 MAX_RESULT_CHARS = 1_000_000
+# sql.describe shows at most this many columns and indexes (truncated says there were more):
+# MySQL allows 4,096 columns, SQLite up to 32,767, and indexes without end.
+DESCRIBED_COLUMNS, DESCRIBED_INDEXES = 1000, 200
 # /health waits this long for a source's probe (a team database does not hold it up).
 PROBE_TIMEOUT = 2.0
 OK, FAILING, STARTING = "ok", "down", "starting"
@@ -386,7 +389,10 @@ class SQLSource:
             cursor.close()
         if not columns:
             raise NotFound(f"no table or view {table!r} in SQL source {self.name!r}: sql.tables lists them")
-        return {"source": self.name, "table": table, "columns": columns, "indexes": indexes}
+        columns, cut_columns = _bounded(columns, DESCRIBED_COLUMNS, MAX_RESULT_CHARS)
+        indexes, cut_indexes = _bounded(indexes, DESCRIBED_INDEXES, MAX_RESULT_CHARS - _chars(columns))
+        truncated = cut_columns or cut_indexes
+        return {"source": self.name, "table": table, "columns": columns, "indexes": indexes, "truncated": truncated}
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None, limit: int) -> Deferred[dict[str, Any]]:
         try:
@@ -772,10 +778,36 @@ def _sqlite_estimates(cursor: Any, names: list[str]) -> dict[str, int]:
     return estimates
 
 
+def _chars(items: list[dict[str, Any]]) -> int:
+    """About how many characters ``items`` (columns or indexes) take as JSON."""
+    return sum(_item_chars(item) for item in items)
+
+
+def _item_chars(item: dict[str, Any]) -> int:
+    texts = (value for value in item.values() if isinstance(value, str))
+    listed = (column for column in item.get("columns", ()) if isinstance(column, str))
+    return 60 + sum(map(len, texts)) + sum(len(column) + 3 for column in listed)
+
+
+def _bounded(items: list[dict[str, Any]], most: int, chars: int) -> tuple[list[dict[str, Any]], bool]:
+    """The first ``items``, at most ``most`` of them and about ``chars`` characters; whether
+    some were left out."""
+    kept: list[dict[str, Any]] = []
+    for item in items[:most]:
+        chars -= _item_chars(item)
+        if chars < 0:
+            return kept, True
+        kept.append(item)
+    return kept, len(items) > most
+
+
 def _sqlite_describe(cursor: Any, table: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    cursor.execute('SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(?)', (table,))
+    # One more than is shown: enough to tell there were more.
+    cursor.execute(
+        'SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(?) LIMIT ?', (table, DESCRIBED_COLUMNS + 1)
+    )
     info = cursor.fetchall()
-    cursor.execute('SELECT name, "unique", origin FROM pragma_index_list(?)', (table,))
+    cursor.execute('SELECT name, "unique", origin FROM pragma_index_list(?) LIMIT ?', (table, DESCRIBED_INDEXES + 1))
     listed = cursor.fetchall()
     indexes = []
     for name, unique, origin in listed:
@@ -801,14 +833,15 @@ def _sqlite_describe(cursor: Any, table: str) -> tuple[list[dict[str, Any]], lis
 def _mysql_describe(cursor: Any, table: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     cursor.execute(
         "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, COLUMN_KEY FROM information_schema.COLUMNS "
-        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
-        (table,),
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION LIMIT %s",
+        (table, DESCRIBED_COLUMNS + 1),
     )
     info = cursor.fetchall()
+    # An index has at most 32 columns (MariaDB; MySQL 16): the rows of one more index than shown.
     cursor.execute(
         "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS "
-        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-        (table,),
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY INDEX_NAME, SEQ_IN_INDEX LIMIT %s",
+        (table, (DESCRIBED_INDEXES + 1) * 32),
     )
     indexes: dict[str, dict[str, Any]] = {}
     for name, non_unique, column in cursor.fetchall():
