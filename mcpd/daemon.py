@@ -9,7 +9,7 @@ the reading is a function of names bound further down, evaluated only when a scr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -519,7 +519,8 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         # Stops after the engine: every answer written at shutdown is in the trace.
         _add(root, "trace", TraceService(tracer))
     if settings.stdio:
-        engine = _engine(settings, reactor, registry, runtime, pool, ledger, tracer, shared.tasks)
+        observers = _stdio_audit(root, settings, reactor, stores)
+        engine = _engine(settings, reactor, registry, runtime, pool, ledger, tracer, shared.tasks, observers=observers)
         # Children stop in reverse order: the transport, then the engine's calls, then the pool.
         _add(root, "engine", EngineService(engine))
         stdio = StdioService(engine, settings.max_message_size, settings.max_write_buffer, reactor)
@@ -530,6 +531,24 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         return root
     _add_http(root, settings, reactor, lifecycle, registry, runtime, stores, pool, ledger, tracer, shared, redis, packs)
     return root
+
+
+def _stdio_audit(
+    root: OrderedMultiService, settings: Settings, reactor: Any, stores: StoreSet
+) -> tuple[Callable[[Any], None], ...]:
+    """Under --stdio, the engine's observer that persists the tool calls to the audit trail as
+    over HTTP (the caller ``local``), when the SQL store runs (server.audit). The writer starts
+    at once but writes only after the store's background opening, so start-up does not wait."""
+    audit_log = stores.get(IAuditLog)
+    if audit_log is None:
+        return ()
+    from mcpd.observe.audit import AuditTrail, AuditWriter
+
+    writer = AuditWriter(audit_log, reactor, retention_days=settings.audit_retention)
+    _add(root, "audit-writer", writer)
+    # No log lines: stdio has never written them (the client's own log is its stderr).
+    trail = AuditTrail(settings.audit_buffer, emit=False, persist=writer.add)
+    return (trail.observe,)
 
 
 def _add_http(

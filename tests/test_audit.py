@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 from mcp import Client
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 from mcp.shared.exceptions import MCPError
 from twisted.internet import reactor
@@ -487,3 +488,54 @@ class ServerAuditTests(DaemonTestCase):
         # The good one still pages.
         answer = await admin.call_tool("server.audit", {**filters, "limit": 2, "cursor": good})
         self.assertFalse(answer.is_error, answer)
+
+
+class StdioAuditTests(DaemonTestCase):
+    """``mcpd --stdio`` persists its tool calls to the audit trail as HTTP does (the caller
+    ``local``, transport stdio): server.audit shows them, and the next process on the same data
+    directory too, the calls of the last second included (flushed at shutdown)."""
+
+    def test_stdio_calls_are_audited_and_persisted(self) -> Deferred[None]:
+        def session(name: str) -> Any:
+            return stdio_client(self.stdio_parameters(name=name), errlog=self.errlog(name))
+
+        async def trail(client: Client, expected: int) -> list[dict[str, Any]]:
+            with anyio.fail_after(15):
+                while True:
+                    result = await client.call_tool("server.audit", {"limit": 100})
+                    assert not result.is_error, result
+                    records = [r for r in (result.structured_content or {})["records"] if r["tool"] != "server.audit"]
+                    if len(records) >= expected:
+                        return records
+                    await anyio.sleep(0.2)
+
+        async def main() -> None:
+            with anyio.fail_after(60):
+                async with Client(session("first"), mode=MODERN) as client:
+                    assert not (await client.call_tool("project.create", {"name": "stdio"})).is_error
+                    assert not (await client.call_tool("task.list", {})).is_error
+                    assert (await client.call_tool("task.get", {"id": "nope"})).is_error
+                    seen = await trail(client, 3)
+                    self.assertEqual(
+                        [(r["key"], r["transport"], r["tool"], r["outcome"]) for r in seen[:3]],
+                        [
+                            ("local", "stdio", "task.get", "tool_error"),
+                            ("local", "stdio", "task.list", "ok"),
+                            ("local", "stdio", "project.create", "ok"),
+                        ],
+                    )
+                    # The last call before the client leaves: written at shutdown.
+                    assert not (await client.call_tool("task.list", {"project": "stdio"})).is_error
+                async with Client(session("second"), mode=MODERN) as client:
+                    seen = await trail(client, 4)
+                    self.assertEqual(
+                        [(r["key"], r["tool"]) for r in seen[:4]],
+                        [
+                            ("local", "task.list"),
+                            ("local", "task.get"),
+                            ("local", "task.list"),
+                            ("local", "project.create"),
+                        ],
+                    )
+
+        return self.in_thread(lambda: run_anyio(main))

@@ -134,8 +134,9 @@ class ProductionTreeTests(SynchronousTestCase):
         root = build_service(resolve({}, {}, {}, stdio=True), self.reactor)
         self.assertEqual(
             [s.name for s in root],
-            # The SQL store (and the knowledge store on it) opens in the background under --stdio.
-            ["heap-freeze", "thread-pool", "database", "engine", "stdio", None, None],
+            # The SQL store (and the knowledge store on it) opens in the background under --stdio;
+            # the audit writer waits for it.
+            ["heap-freeze", "thread-pool", "database", "audit-writer", "engine", "stdio", None, None],
         )
         self.assertFalse(any(isinstance(s, ListenerService) for s in root))
 

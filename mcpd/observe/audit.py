@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -29,6 +28,8 @@ from mcpd.observe.logging import Fields, emit
 from mcpd.tools.api import DEFAULT_TENANT
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from mcpd.protocol.vocabulary import CallRecord
 
 log = Logger(namespace="mcpd.audit")
@@ -377,6 +378,9 @@ class AuditWriter(Service):
 
     def collect(self) -> Iterator[Metric]:
         """The writer's series, read at scrape time (a prometheus-client collector)."""
+        # Imported here: a --stdio daemon runs the writer but no /metrics.
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         yield GaugeMetricFamily(
             "mcp_audit_queued", "Audit records waiting to be written to the database.", len(self.queue)
         )
