@@ -542,15 +542,65 @@ class GuardTests(TestCase):
         self.assert_capped(source, "REPEAT('x', {n})", 4_000_000)  # under max_allowed_packet
 
     def test_no_session_state_outlives_a_call(self) -> None:
-        """A lock or a user variable a statement leaves on its connection is gone with the call
-        (the next caller may be another tenant)."""
+        """Whatever a statement leaves on its session is gone before the next call reuses the
+        connection (the next caller may be another tenant): locks, user variables, prepared
+        statements, session variables, the character set, the default database. Statements go
+        past the pre-check, straight to the connection."""
         server, database = mariadb_source()
+        other = server.new_database()
         source = self.started(SQLSource(source_config("shop", server.url(database), PASSWORD), TIME_LIMIT, 1, None))
+
+        def one(sql: str) -> Any:
+            return self.run_guarded(source, sql)["rows"][0][0]
+
+        connection_id = one("SELECT CONNECTION_ID()")
+        defaults = self.run_guarded(source, "SELECT @@sql_mode, @@max_statement_time, @@sql_select_limit")["rows"]
         lock = f"mcpd-test-{database}"
-        self.assertEqual(self.run_guarded(source, f"SELECT GET_LOCK('{lock}', 0)")["rows"], [[1]])
+        self.assertEqual(one(f"SELECT GET_LOCK('{lock}', 0)"), 1)
         self.assertEqual(server.sql(f"SELECT IS_FREE_LOCK('{lock}')"), [(1,)])
         self.run_guarded(source, "SELECT @v := 'secret'")
-        self.assertEqual(self.run_guarded(source, "SELECT @v")["rows"], [[None]])
+        self.assertIsNone(one("SELECT @v"))
+        self.run_guarded(source, "PREPARE leftover FROM 'SELECT 1'")
+        self.assertIn("Unknown prepared statement", self.assert_refused(source, "EXECUTE leftover"))
+        for setting in (
+            "SET SESSION sql_mode = ''",
+            "SET @@session.max_statement_time = 0",
+            "SET STATEMENT sql_select_limit = 1 FOR SELECT 1",
+        ):
+            self.run_guarded(source, setting)
+        self.assertEqual(
+            self.run_guarded(source, "SELECT @@sql_mode, @@max_statement_time, @@sql_select_limit")["rows"], defaults
+        )
+        self.run_guarded(source, "SET NAMES latin1")
+        self.assertEqual(one("SELECT CONCAT('é', '😀')"), "é😀")
+        self.assertEqual(one("SELECT @@character_set_client"), "utf8mb4")
+        self.run_guarded(source, f"USE `{other}`")
+        self.assertEqual(one("SELECT DATABASE()"), database)
+        # A temporary table is refused in the read-only session; made before it, it is gone too.
+        self.assert_refused(source, "CREATE TEMPORARY TABLE leftover (a INT)")
+        self.assertEqual(one("SELECT @@tx_read_only"), 1)
+        self.assertEqual(one("SELECT @@time_zone"), "+00:00")
+        # A page cut at the cap (the server sends one row more): its connection is kept too.
+        page = self.run_guarded(source, "SELECT id FROM orders ORDER BY id")
+        self.assertEqual((page["row_count"], page["truncated"]), (10, True))
+        # All on one connection, reused: pooled, not a connection per call.
+        self.assertEqual(one("SELECT CONNECTION_ID()"), connection_id)
+        # The statement's own LIMIT past the cap leaves more than is worth reading: that
+        # connection is closed, not reused with rows pending.
+        page = self.run_guarded(source, f"SELECT id FROM orders ORDER BY id LIMIT {ORDERS}")
+        self.assertEqual((page["row_count"], page["truncated"], page["rows"][-1]), (10, True, [10]))
+        self.assertNotEqual(one("SELECT CONNECTION_ID()"), connection_id)
+        self.assertEqual(one("SELECT COUNT(*) FROM orders"), ORDERS)
+
+    def test_a_pooled_connection_the_server_dropped(self) -> None:
+        """A pooled connection the server ended while it was idle is replaced, not an error."""
+        server, database = mariadb_source()
+        source = self.started(SQLSource(source_config("shop", server.url(database), PASSWORD), TIME_LIMIT, 1, None))
+        first = self.run_guarded(source, "SELECT CONNECTION_ID()")["rows"][0][0]
+        server.sql(f"KILL {first}")
+        second = self.run_guarded(source, "SELECT CONNECTION_ID()")["rows"][0][0]
+        self.assertNotEqual(first, second)
+        self.assertEqual(self.run_guarded(source, "SELECT COUNT(*) FROM orders")["rows"], [[ORDERS]])
 
     def test_the_readme_reader(self) -> None:
         """The SELECT-only user README's GRANT statements make reads tables, and can neither
