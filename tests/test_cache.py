@@ -347,10 +347,18 @@ class GlobTests(SynchronousTestCase):
     """The in-process cache matches patterns exactly as Redis does (checked against a real
     redis-server), in bounded time."""
 
-    KEYS = ("user:1", "user:2", "user:10", "a*b", "a?b", "a]b", "ab", "abab", "abXab", "h]", "x-y", "X", "é:1", "a\\b")
+    KEYS = (
+        "user:1", "user:2", "user:10", "a*b", "a?b", "a]b", "ab", "abab", "abXab", "h]", "x-y", "X", "é:1", "a\\b",
+        "]", "^", "_", "`", "a", "b", "!", "-", "\\", "[", "ax", "]x", "é", "ü", "~", "\x7f", "a-", "!a",
+    )  # fmt: skip
     PATTERNS = (
         "*", "user:*", "user:?", "user:[12]", "user:[^1]", "*:1", "a\\*b", "a?b", "a[*?]b", "[a-c]*", "[c-a]*",
         "*ab*ab", "a*b", "*b*", "h[\\]]", "x[-]y", "[^a-z]", "é*", "a\\\\b", "??", "[]*", "*[",
+        # Redis' edges (stringmatchlen): a range takes the byte after "-" even when it is "]", an
+        # unclosed class runs to the end, "!" is no negation, "?" is one byte, ranges are signed.
+        "[a-]", "[a-]x", "[a-]*", "[]", "[^]", "[!a]", "[!a]*", "[^a]", "[^a]*", "[\\]]", "[a-\\]", "[\\-a]",
+        "[\\", "\\", "*\\", "[abc", "a[", "[^", "[-a]", "[a-c-e]", "?", "??:1", "?:1", "[é]", "[é]:1",
+        "[a-é]", "[é-a]", "[^é]", "[~-\x7f]", "[\x7f-é]", "[]a]", "[^]a]", "x[a-]", "[a-]]",
     )  # fmt: skip
 
     def test_the_same_matches_as_redis(self) -> None:
@@ -360,10 +368,10 @@ class GlobTests(SynchronousTestCase):
             server.cli("SET", prefix + key, "1", "EX", "60")
         for pattern in self.PATTERNS:
             redis = set(server.cli("--scan", "--pattern", prefix + pattern).splitlines()) - {""}
-            ours = {prefix + key for key in self.KEYS if glob_regex(pattern).fullmatch(key)}
+            ours = {prefix + key for key in self.KEYS if glob_regex(pattern).fullmatch(key.encode())}
             self.assertEqual(ours, redis, pattern)
 
     def test_no_pattern_takes_the_reactor_hostage(self) -> None:
         started = time.monotonic()
-        self.assertIsNone(glob_regex("*a" * 200 + "*b").fullmatch("a" * 512))
+        self.assertIsNone(glob_regex("*a" * 200 + "*b").fullmatch(b"a" * 512))
         self.assertLess(time.monotonic() - started, 0.5)

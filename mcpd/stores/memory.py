@@ -291,7 +291,7 @@ class MemoryCache:
         index = start
         while index < end and len(page) < limit:
             name = names[index]
-            if keys[name][1] > now and matches(name):
+            if keys[name][1] > now and matches(name.encode("utf-8", "surrogatepass")):
                 page.append(name)
             index += 1
         return succeed((page, names[index - 1] if index < len(names) and index > start else None))
@@ -305,56 +305,76 @@ SCAN_EXAMINED = 10_000
 _INTEGER = re.compile(r"^-?(0|[1-9][0-9]*)$")
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A regular expression matching what Redis' glob ``pattern`` matches (KEYS, SCAN MATCH):
-    ``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]`` and ``\\`` escapes.
+def glob_regex(pattern: str) -> re.Pattern[bytes]:
+    """A regular expression over UTF-8 names matching what Redis' glob ``pattern`` matches
+    (KEYS, SCAN MATCH; its ``stringmatchlen``): byte by byte, so ``?`` is one byte of a name,
+    with ``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]`` and ``\\`` escapes, and Redis' edges: ``[]``
+    matches nothing, ``[^]`` any byte, ``!`` is no negation, a range takes the byte after its
+    ``-`` even when that is ``]`` (``[a-]`` is ``]`` to ``a``, and the class runs on), an
+    unclosed class runs to the pattern's end, and ranges compare bytes as C's signed chars.
 
     It never backtracks more than once over a name, whatever the pattern (``*a*a*a…b`` would
     take a plain translation exponential time on the reactor): between two stars, the leftmost
     match of the fixed-width segment is as good as any later one, so each is an atomic group."""
-    segments: list[list[str]] = [[]]
-    i, n = 0, len(pattern)
+    text = pattern.encode("utf-8", "surrogatepass")
+    segments: list[list[bytes]] = [[]]
+    i, n = 0, len(text)
     while i < n:
-        c = pattern[i]
-        if c == "*":
+        c = text[i]
+        if c == _STAR:
             segments.append([])
-        elif c == "?":
-            segments[-1].append(".")
-        elif c == "\\" and i + 1 < n:
-            i += 1
-            segments[-1].append(re.escape(pattern[i]))
-        elif c == "[":
-            i, piece = _glob_class(pattern, i + 1)
+        elif c == _QUESTION:
+            segments[-1].append(b".")
+        elif c == _OPEN:
+            i, piece = _glob_class(text, i + 1)
             segments[-1].append(piece)
         else:
-            segments[-1].append(re.escape(c))
+            if c == _BACKSLASH and i + 1 < n:
+                i += 1
+            segments[-1].append(re.escape(text[i : i + 1]))
         i += 1
-    regex = "".join(segments[0])
+    regex = b"".join(segments[0])
     if len(segments) > 1:
-        regex += "".join(f"(?>.*?{''.join(segment)})" for segment in segments[1:-1] if segment)
-        regex += ".*" + "".join(segments[-1])
+        regex += b"".join(b"(?>.*?" + b"".join(segment) + b")" for segment in segments[1:-1] if segment)
+        regex += b".*" + b"".join(segments[-1])
     return re.compile(regex, re.DOTALL)
 
 
-def _glob_class(pattern: str, i: int) -> tuple[int, str]:
-    """The character class starting at ``pattern[i]`` (after its ``[``): where it ends (its
-    ``]``, or the pattern's end) and its regular expression."""
-    n = len(pattern)
-    negate = i < n and pattern[i] == "^"
+_STAR, _QUESTION, _OPEN, _CLOSE, _BACKSLASH, _CARET, _DASH = b"*?[]\\^-"
+
+
+def _signed(byte: int) -> int:
+    """A byte as Redis' ``stringmatchlen`` compares it in a range (a signed char)."""
+    return byte - 256 if byte > 127 else byte
+
+
+def _glob_class(text: bytes, i: int) -> tuple[int, bytes]:
+    """The character class starting at ``text[i]`` (after its ``[``): where it ends (its
+    ``]``, or the pattern's last byte) and its regular expression, read as ``stringmatchlen``
+    reads it."""
+    n = len(text)
+    negate = i < n and text[i] == _CARET
     if negate:
         i += 1
-    items: list[str] = []
-    while i < n and pattern[i] != "]":
-        if pattern[i] == "\\" and i + 1 < n:
+    chosen: set[int] = set()
+    while True:
+        if i < n and text[i] == _BACKSLASH and n - i >= 2:
             i += 1
-            items.append(re.escape(pattern[i]))
-        elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
-            low, high = sorted((pattern[i], pattern[i + 2]))
-            items.append(f"{re.escape(low)}-{re.escape(high)}")
+            chosen.add(text[i])
+        elif i < n and text[i] == _CLOSE:
+            break
+        elif i >= n:
+            i -= 1  # unclosed: the class took the rest of the pattern
+            break
+        elif n - i >= 3 and text[i + 1] == _DASH:
+            low, high = sorted((_signed(text[i]), _signed(text[i + 2])))
+            chosen.update(b for b in range(256) if low <= _signed(b) <= high)
             i += 2
         else:
-            items.append(re.escape(pattern[i]))
+            chosen.add(text[i])
         i += 1
-    if not items:
-        return i, "." if negate else "(?!)"
-    return i, f"[{'^' if negate else ''}{''.join(items)}]"
+    if negate:
+        chosen = set(range(256)) - chosen
+    if not chosen:
+        return i, b"(?!)"
+    return i, b"[" + b"".join(re.escape(bytes((b,))) for b in sorted(chosen)) + b"]"
