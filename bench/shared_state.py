@@ -104,7 +104,7 @@ def micro(redis_url: str, operations: int, concurrencies: Sequence[int]) -> list
         yield connection.connected()
         stores = {
             "memory": (MemoryBucketStore(reactor), MemorySessionStore()),
-            "redis": (RedisBucketStore(connection, reactor), RedisSessionStore(connection, reactor, 600.0)),
+            "redis": (RedisBucketStore(connection), RedisSessionStore(connection, reactor, 600.0)),
         }
         for concurrency in concurrencies:
             for backend, (buckets, sessions) in stores.items():

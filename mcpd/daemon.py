@@ -247,7 +247,7 @@ def shared_state(settings: Settings, reactor: Any, redis: RedisConnection | None
     from mcpd.stores.redis.tasks import RedisTaskStore
 
     return SharedState(
-        RedisBucketStore(redis, reactor),
+        RedisBucketStore(redis),
         RedisTaskStore(redis),
         RedisSessionStore(redis, reactor, settings.session_timeout, kind="streamable"),
         RedisSessionStore(redis, reactor, settings.session_timeout, kind="sse"),

@@ -72,7 +72,23 @@ class RedisSuite:
 
 class RedisBucketStoreTests(RedisSuite, BucketStoreTests, SynchronousTestCase):
     def make_store(self, clock: Clock) -> Any:
-        return RedisBucketStore(self.connection(), clock)
+        return RedisBucketStore(self.connection())  # its time is Redis' TIME, not ``clock``
+
+    def test_a_bucket_starts_full_and_empties(self) -> None:
+        """As the suite's, in Redis' time (which moves on between the takes)."""
+        waits = [self.settled(self.store.take("key:a", 3.0, 1.0)) for _ in range(4)]
+        self.assertEqual(waits[:3], [0.0, 0.0, 0.0])
+        self.assertTrue(0.9 < waits[3] <= 1.0, waits[3])
+
+    def test_tokens_come_back_at_the_rate(self) -> None:
+        """As the suite's, in Redis' time: 0.3 s at 10 tokens a second brings back 2."""
+        for _ in range(2):
+            self.settled(self.store.take("key:a", 2.0, 10.0))
+        self.assertGreater(self.settled(self.store.take("key:a", 2.0, 10.0)), 0.0)
+        time.sleep(0.3)
+        self.assertEqual(self.settled(self.store.take("key:a", 2.0, 10.0)), 0.0)
+        self.assertEqual(self.settled(self.store.take("key:a", 2.0, 10.0)), 0.0)
+        self.assertGreater(self.settled(self.store.take("key:a", 2.0, 10.0)), 0.0)
 
 
 class RedisTaskStoreTests(RedisSuite, TaskStoreTests, SynchronousTestCase):
@@ -105,7 +121,7 @@ class SharedStateTests(TestCase):
     @inlineCallbacks
     def test_a_limit_holds_across_instances(self) -> Any:
         one, two = yield self.instances()
-        buckets = [RedisBucketStore(one, reactor), RedisBucketStore(two, reactor)]  # type: ignore[arg-type]
+        buckets = [RedisBucketStore(one), RedisBucketStore(two)]
         capacity = 20
         # Twice the limit, all at once, alternating between the instances: exactly the limit passes.
         waits = yield gatherResults(
@@ -115,6 +131,19 @@ class SharedStateTests(TestCase):
         self.assertTrue(all(wait > 100 for wait in waits if wait != 0.0))  # refilling at 1 token in 1000 s
         ttl = int(shared_redis().cli("PTTL", one.key("bucket", "key:alice")))
         self.assertGreater(ttl, 0)  # an idle bucket goes away by itself
+
+    @inlineCallbacks
+    def test_a_bucket_counts_redis_time_not_an_instance_clock(self) -> Any:
+        """Instances whose clocks disagree grant no extra tokens: a bucket's time is Redis'
+        TIME, read in the script (the daemon's clock once went in, and one running an hour ahead
+        refilled every bucket it touched)."""
+        one, two = yield self.instances()
+        buckets = [RedisBucketStore(one), RedisBucketStore(two)]
+        waits = yield gatherResults([buckets[i % 2].take("key:skew", 4.0, 0.001) for i in range(8)])
+        self.assertEqual(sum(1 for wait in waits if wait == 0.0), 4)
+        seconds, micros = shared_redis().cli("TIME").split()
+        counted = float(shared_redis().cli("HGET", one.key("bucket", "key:skew"), "ts"))
+        self.assertLess(abs(counted - (int(seconds) + int(micros) / 1e6)), 2.0)
 
     @inlineCallbacks
     def test_tasks_written_by_one_instance_are_read_by_another(self) -> Any:

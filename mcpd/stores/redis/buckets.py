@@ -2,9 +2,10 @@
 """Token buckets in Redis (`IBucketStore`): one atomic script per take, so a limit holds across
 every instance sharing the server exactly as it holds in one process.
 
-The time is the daemon's clock, passed to the script: instances' clocks are expected to agree
-(NTP), and a bucket's time never runs backwards (a take from a late clock refills nothing). A
-bucket's key expires once it would be full again: an idle client costs nothing.
+The time is Redis' own (``TIME``, read inside the script), never an instance's clock: instances
+whose clocks disagree grant no extra tokens, and a bucket's time never runs backwards (Redis
+restarted on a host with a late clock refills nothing). A bucket's key expires once it would be
+full again: an idle client costs nothing.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from zope.interface import implementer
 from mcpd.interfaces import IBucketStore
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
-
     from mcpd.stores.redis.connection import RedisConnection
 
 # KEYS[1]: the bucket (a hash of tokens and the time they were counted). ARGV: capacity, rate
-# (tokens a second), now. Answers the seconds to wait as text (Lua numbers become integers).
+# (tokens a second). Answers the seconds to wait as text (Lua numbers become integers). TIME in a
+# script is allowed since Redis 5 (scripts replicate their effects, not the script).
 TAKE = """
-local capacity, rate, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local capacity, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local kept = redis.call('HMGET', KEYS[1], 't', 'ts')
 local tokens, last = tonumber(kept[1]), tonumber(kept[2])
 if tokens == nil or last == nil then
@@ -52,16 +54,14 @@ _PRUNE_AT = 10_000
 class RedisBucketStore:
     """Token buckets shared by every instance using the same Redis (see the module docstring)."""
 
-    def __init__(self, connection: RedisConnection, clock: IReactorTime) -> None:
+    def __init__(self, connection: RedisConnection) -> None:
         self.connection = connection
-        self.clock = clock
         # Buckets this process used lately, for `__len__` (what /stats shows of this instance).
         self._seen: dict[str, float] = {}
 
     def take(self, key: str, capacity: float, rate: float) -> Deferred[float]:
-        now = self.clock.seconds()
         self._note(key)
-        d = self.connection.eval(TAKE, [self.connection.key("bucket", key)], [repr(capacity), repr(rate), repr(now)])
+        d = self.connection.eval(TAKE, [self.connection.key("bucket", key)], [repr(capacity), repr(rate)])
         return d.addCallback(float)
 
     def _note(self, key: str) -> None:
