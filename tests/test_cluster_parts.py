@@ -21,6 +21,7 @@ from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
 from mcpd.interfaces import CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, StoreUnavailable, TaskRecord
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.engine import Engine
+from mcpd.protocol.ledger import SESSION
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.tasks import TaskManager, TaskRun
 from mcpd.stores.redis import RedisConnection, redis_config
@@ -223,6 +224,31 @@ class ClusterPartsTests(RedisPartsCase):
         self.assertEqual((yield journal.read_after("far-resume", *parsed)), [])
         self.assertEqual((yield journal.read_after("far-resume", STANDALONE, 0)), [(1, b'{"n":1}')])
         self.assertIsNone(parse_event_id("g." + "9" * (MAX_SEQ_DIGITS + 1)))
+
+    @inlineCallbacks
+    def test_another_key_adopting_a_session_claims_nothing(self) -> Any:
+        """A leaked session id used with another key on an instance that has not seen the session
+        is refused before anything is claimed: nothing counts against the owner's account (its
+        share of sessions), and no replica is kept; the owner then adopts it as usual."""
+        opener, other = self.cluster(), self.cluster()
+        session = HTTPSession("leaked-id")
+        session.version, session.owner = "2025-11-25", "alice"
+        opener.sessions.open(session, "key:alice")
+        opener.sessions.add(session)
+        yield self.record_appears(opener.sessions.records, session.id)
+
+        def replica(record: Any) -> HTTPSession:
+            return HTTPSession(record.session_id)
+
+        stolen = yield other.sessions.adopt(session.id, replica, "mallory")
+        self.assertIsNone(stolen)
+        self.assertEqual(other.sessions.ledger.held("key:alice", SESSION), 0)
+        self.assertNotIn(session.id, other.sessions)
+        adopted = yield other.sessions.adopt(session.id, replica, "alice")
+        self.assertEqual((adopted.id, adopted.owner), (session.id, "alice"))
+        self.assertEqual(other.sessions.ledger.held("key:alice", SESSION), 1)
+        other.sessions.retire(session.id)
+        opener.sessions.retire(session.id)
 
 
 class TaskRunnerGoneTests(RedisPartsCase):

@@ -181,15 +181,22 @@ class SessionStore:
         if self.cluster is not None:
             self.cluster.fit(session)
 
-    def adopt(self, session_id: str, make: Callable[[SessionRecord], Session]) -> Deferred[Session | None]:
-        """The session ``session_id`` when another instance opened it (None if unknown): made
-        here from its record by ``make`` and kept like one of ours. Only with a cluster."""
+    def adopt(self, session_id: str, make: Callable[[SessionRecord], Session], owner: str) -> Deferred[Session | None]:
+        """The session ``session_id`` when another instance opened it for ``owner`` (None if
+        unknown, or another key's): made here from its record by ``make`` and kept like one of
+        ours. Only with a cluster."""
         assert self.cluster is not None
 
         def loaded(record: SessionRecord | None) -> Session | None:
             known = self._sessions.get(session_id)
             if known is not None or record is None:
                 return known
+            if record.owner != owner:
+                # Another key's session (a leaked id): refused before it takes a place in this
+                # instance's ledger, against its owner's account
+                # (2025-11-25 security best practices §Session Hijacking).
+                log.info("Refused to adopt session {id} for a caller that did not open it", id=session_id)
+                return None
             session = make(record)
             session.version = record.version
             session.initialized = True

@@ -350,7 +350,9 @@ class StreamableHTTP(NoHead, Resource):
         by another is first adopted from its record (the answer then comes later)."""
         session = self.sessions.get(session_id)
         if session is None and self.sessions.cluster is not None:
-            d: Deferred[Any] = self.sessions.adopt(session_id, self._replica)
+            if caller is None:
+                caller = caller_of(request, "http")
+            d: Deferred[Any] = self.sessions.adopt(session_id, self._replica, caller.name)
             d.addCallback(lambda adopted: self._checked(request, adopted, caller))
             d.addCallback(lambda checked: checked if isinstance(checked, bytes) else then(checked))
             d.addErrback(self._adoption_failed, request)
