@@ -234,7 +234,9 @@ class ISessionStore(Interface):
     """
 
     def save(record: SessionRecord) -> Any:
-        """Keep (or replace) the record of ``record.session_id``; fires with None."""
+        """Keep (or replace) the record of ``record.session_id``; fires with True, or False when
+        that session was deleted lately (a shared store keeps a tombstone for the idle timeout,
+        so an instance that missed the end cannot bring the session back)."""
 
     def load(session_id: str) -> Any:
         """Fires with the record with this id, or None."""

@@ -323,6 +323,16 @@ class SessionStoreTests(_StoreSuite):
         self.assertFalse(self.settled(self.store.delete("s1")))
         self.assertIsNone(self.settled(self.store.load("s1")))
 
+    def test_a_deleted_session_is_not_saved_again(self) -> None:
+        """An instance that missed a session's end saves its record again in vain (the store
+        refuses: it answers False); other sessions are saved as usual."""
+        record = SessionRecord("s1", version="2025-11-25", owner="alice", account="key:alice")
+        self.assertTrue(self.settled(self.store.save(record)))
+        self.assertTrue(self.settled(self.store.delete("s1")))
+        self.assertFalse(self.settled(self.store.save(record)))
+        self.assertIsNone(self.settled(self.store.load("s1")))
+        self.assertTrue(self.settled(self.store.save(SessionRecord("s2", owner="alice"))))
+
 
 class CacheTests(_StoreSuite):
     """Every `ICache`; ``make_cache(clock)`` builds a fresh, empty one (default TTL 3600 s) whose

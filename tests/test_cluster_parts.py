@@ -178,7 +178,8 @@ class ClusterPartsTests(RedisPartsCase):
         cluster.sessions.add(session)
         records = cluster.sessions.records
         yield self.record_appears(records, session.id)
-        yield records.delete(session.id)
+        # Lost, not deleted (as by a restart without persistence: no tombstone either).
+        yield self.connection.execute("DEL", self.connection.key("session", "streamable", session.id))
         self.assertIsNone((yield records.load(session.id)))
         cluster.refresh([session])
         yield self.record_appears(records, session.id)
@@ -249,6 +250,26 @@ class ClusterPartsTests(RedisPartsCase):
         self.assertEqual(other.sessions.ledger.held("key:alice", SESSION), 1)
         other.sessions.retire(session.id)
         opener.sessions.retire(session.id)
+
+    @inlineCallbacks
+    def test_a_session_ended_elsewhere_is_not_revived(self) -> Any:
+        """A session deleted on another instance whose "ended" message this one missed: the
+        refresh finds its record gone, and saving it again is refused by the tombstone, so the
+        session stays ended everywhere and this instance ends its part too."""
+        here, there = self.cluster(), self.cluster()
+        session = HTTPSession("ended-elsewhere")
+        session.version, session.owner, session.initialized = "2025-11-25", "alice", True
+        here.sessions.open(session, "key:alice")
+        here.sessions.add(session)
+        records = here.sessions.records
+        yield self.record_appears(records, session.id)
+        # Ended through the other instance (DELETE landed there); its broadcast never came.
+        self.assertTrue((yield there.sessions.records.delete(session.id)))
+        here.refresh([session])
+        yield wait_for(lambda: session.closed)
+        self.assertNotIn(session.id, here.sessions)
+        yield sleep(0.2)
+        self.assertIsNone((yield records.load(session.id)))
 
 
 class TaskRunnerGoneTests(RedisPartsCase):

@@ -122,11 +122,17 @@ class ClusterSessions:
 
     def _kept(self, kept: bool, session: Session) -> Deferred[Any] | None:
         """Its record was lost (Redis restarted without persistence, or a blip while it was
-        saved): save it again from the live session, or other instances 404 it for good."""
+        saved): save it again from the live session, or other instances 404 it for good. The
+        store refuses when the session was ended (its tombstone): then our part ends too."""
         if kept or session.closed or session.id not in self.sessions:
             return None
         log.info("The record of session {id} was lost; saving it again", id=session.id)
-        return self.sessions.records.save(session.record())
+        return self.sessions.records.save(session.record()).addCallback(self._saved_again, session)
+
+    def _saved_again(self, saved: bool, session: Session) -> None:
+        if not saved and not session.closed and session.id in self.sessions:
+            log.info("Session {id} was ended on another instance; ending it here too", id=session.id)
+            self.sessions.retire(session.id)
 
     def _ended_elsewhere(self, message: dict[str, Any]) -> None:
         session_id = str(message.get("session"))

@@ -152,10 +152,14 @@ class MemorySessionStore:
 
     def __init__(self) -> None:
         self._records: dict[str, dict[str, Any]] = {}
+        # The ids deleted lately (bounded: ids are random, one never comes back by chance).
+        self._ended: collections.deque[str] = collections.deque(maxlen=_TOMBSTONES)
 
-    def save(self, record: SessionRecord) -> Deferred[None]:
+    def save(self, record: SessionRecord) -> Deferred[bool]:
+        if record.session_id in self._ended:
+            return succeed(False)
         self._records[record.session_id] = record.to_json()
-        return succeed(None)
+        return succeed(True)
 
     def load(self, session_id: str) -> Deferred[SessionRecord | None]:
         data = self._records.get(session_id)
@@ -165,10 +169,15 @@ class MemorySessionStore:
         return succeed(session_id in self._records)
 
     def delete(self, session_id: str) -> Deferred[bool]:
+        self._ended.append(session_id)
         return succeed(self._records.pop(session_id, None) is not None)
 
     def count(self) -> Deferred[int]:
         return succeed(len(self._records))
+
+
+# Deleted session ids an in-process store remembers.
+_TOMBSTONES = 1024
 
 
 @implementer(ICache)

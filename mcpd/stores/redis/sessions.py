@@ -2,7 +2,9 @@
 """Legacy session records in Redis (`ISessionStore`), so that a session's requests may land on
 any instance. A record lives ``ttl`` seconds after it was last saved or touched (the idle
 timeout of sessions), so one that no instance serves any more goes away by itself; a sorted set
-of expiry times counts the live ones."""
+of expiry times counts the live ones. Deleting a record leaves a tombstone for as long, which
+refuses saving it again: an instance that missed the session's end (its "ended" message lost)
+cannot bring it back."""
 
 from __future__ import annotations
 
@@ -19,10 +21,13 @@ if TYPE_CHECKING:
 
     from mcpd.stores.redis.connection import RedisConnection
 
-# KEYS: the record, the index. ARGV: JSON, ttl ms, expiry time.
+# KEYS: the record, the index, its tombstone. ARGV: JSON, ttl ms, expiry time. Answers 0 if
+# the session was deleted (its tombstone is there), else 1.
 SAVE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+return 1
 """
 # KEYS: the record, the index. ARGV: ttl ms, expiry time. Answers 1 if the record is kept.
 TOUCH = """
@@ -30,9 +35,10 @@ if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
 return 1
 """
-# KEYS: the record, the index. Answers 1 if it was kept.
+# KEYS: the record, the index, its tombstone. ARGV: ttl ms. Answers 1 if it was kept.
 DELETE = """
 redis.call('ZREM', KEYS[2], KEYS[1])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[1])
 return redis.call('DEL', KEYS[1])
 """
 # KEYS: the index. ARGV: now. Answers how many records are live.
@@ -53,6 +59,7 @@ class RedisSessionStore:
         self.ttl = ttl
         self._index = connection.key("sessions", kind)
         self._prefix = connection.key("session", kind, "")
+        self._tombstones = connection.key("ended", kind, "")
 
     def _keys(self, session_id: str) -> list[str]:
         return [self._prefix + session_id, self._index]
@@ -60,21 +67,26 @@ class RedisSessionStore:
     def _expiry(self) -> str:
         return repr(self.clock.seconds() + self.ttl)
 
-    def save(self, record: SessionRecord) -> Deferred[None]:
+    def _ttl_ms(self) -> str:
+        return str(int(self.ttl * 1000))
+
+    def save(self, record: SessionRecord) -> Deferred[bool]:
         data = json.dumps(record.to_json(), separators=(",", ":"))
-        d = self.connection.eval(SAVE, self._keys(record.session_id), [data, str(int(self.ttl * 1000)), self._expiry()])
-        return d.addCallback(lambda _: None)
+        keys = [*self._keys(record.session_id), self._tombstones + record.session_id]
+        d = self.connection.eval(SAVE, keys, [data, self._ttl_ms(), self._expiry()])
+        return d.addCallback(lambda saved: bool(int(saved)))
 
     def load(self, session_id: str) -> Deferred[SessionRecord | None]:
         d = self.connection.execute("GET", self._prefix + session_id)
         return d.addCallback(lambda data: SessionRecord.from_json(json.loads(data)) if data else None)
 
     def touch(self, session_id: str) -> Deferred[bool]:
-        d = self.connection.eval(TOUCH, self._keys(session_id), [str(int(self.ttl * 1000)), self._expiry()])
+        d = self.connection.eval(TOUCH, self._keys(session_id), [self._ttl_ms(), self._expiry()])
         return d.addCallback(lambda kept: bool(int(kept)))
 
     def delete(self, session_id: str) -> Deferred[bool]:
-        return self.connection.eval(DELETE, self._keys(session_id), []).addCallback(lambda n: bool(int(n)))
+        keys = [*self._keys(session_id), self._tombstones + session_id]
+        return self.connection.eval(DELETE, keys, [self._ttl_ms()]).addCallback(lambda n: bool(int(n)))
 
     def count(self) -> Deferred[int]:
         return self.connection.eval(COUNT, [self._index], [repr(self.clock.seconds())]).addCallback(int)
