@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from mcpd.cluster.bus import ClusterBus, ClusterUnavailable
@@ -29,7 +33,7 @@ from mcpd.stores.redis.sessions import RedisSessionStore
 from mcpd.stores.redis.tasks import RedisTaskStore
 from mcpd.tools import Caller, ToolRegistry
 from mcpd.transport.legacy_sse import SSESession
-from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id
+from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id, start_sse
 from mcpd.transport.streamable import HTTPSession
 from tests import conformance_pack
 from tests.engine_harness import Peer
@@ -39,6 +43,22 @@ from tests.test_redis import answers_again, wait_for
 
 def sleep(seconds: float) -> Deferred[None]:
     return deferLater(reactor, seconds, lambda: None)
+
+
+class JournaledStream(Resource):
+    """GET: one stream of a session carried from the journal, as the Streamable HTTP endpoint
+    carries it (`ClusterSessions.read`), over a real loopback socket."""
+
+    isLeaf = True
+
+    def __init__(self, cluster: ClusterSessions, session: HTTPSession, key: str, after: int | None) -> None:
+        super().__init__()
+        self.cluster, self.session, self.key, self.after = cluster, session, key, after
+
+    def render_GET(self, request: Any) -> Any:
+        start_sse(request)
+        self.cluster.read(request, self.session, self.key, self.after)
+        return NOT_DONE_YET
 
 
 class RedisPartsCase(TestCase):
@@ -270,6 +290,40 @@ class ClusterPartsTests(RedisPartsCase):
         self.assertNotIn(session.id, here.sessions)
         yield sleep(0.2)
         self.assertIsNone((yield records.load(session.id)))
+
+    @inlineCallbacks
+    def test_an_event_published_while_the_reader_subscribes_is_not_lost(self) -> Any:
+        """Resuming (Last-Event-ID) subscribes to the stream's channel first and replays the
+        journal only once Redis confirms: an event published after the reader began but before
+        its SUBSCRIBE took effect (here the subscriber connection is made slow) is in the
+        replay, and each event is written once."""
+        cluster = self.cluster()
+        session = HTTPSession("resumed-while-busy")
+        session.version = "2025-11-25"
+        yield cluster.journal.append(session.id, STANDALONE, b'{"n":1}')
+        subscriber = self.bus._subscriber
+        assert subscriber is not None
+        subscribe = subscriber.subscribe
+        subscriber.subscribe = lambda channels: deferLater(reactor, 0.6, subscribe, channels)  # type: ignore[method-assign]
+        self.addCleanup(setattr, subscriber, "subscribe", subscribe)
+        port = reactor.listenTCP(0, Site(JournaledStream(cluster, session, STANDALONE, 0)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        response = yield treq.get(f"http://127.0.0.1:{port.getHost().port}/", unbuffered=True, pool=pool)
+        received: list[bytes] = []
+        body = treq.collect(response, received.append)
+        yield sleep(0.2)  # the reader began; its SUBSCRIBE is not through yet
+        yield cluster.journal.append(session.id, STANDALONE, b'{"n":2}')
+        yield wait_for(lambda: b'{"n":2}' in b"".join(received))
+        yield cluster.journal.append(session.id, STANDALONE, b'{"n":3}')
+        yield wait_for(lambda: b'{"n":3}' in b"".join(received))
+        session.close()
+        yield body
+        stream = b"".join(received)
+        self.assertEqual([stream.count(b"id: g.%d" % n) for n in (1, 2, 3)], [1, 1, 1])
+        self.assertLess(stream.index(b'{"n":1}'), stream.index(b'{"n":2}'))
 
 
 class TaskRunnerGoneTests(RedisPartsCase):

@@ -90,6 +90,8 @@ class ClusterBus:
         self._replies: dict[str, Deferred[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._ready: list[Deferred[None]] = []
+        # Channels whose SUBSCRIBE Redis has not confirmed yet, with who waits for it.
+        self._subscribing: dict[str, list[Deferred[None]]] = {}
 
     # -- names ----------------------------------------------------------------------------------
 
@@ -156,9 +158,7 @@ class ClusterBus:
     def _subscriber_ready(self, protocol: _Subscriber) -> None:
         self._subscriber = protocol
         channels = list(self._channels)
-        protocol.subscribe(channels).addErrback(
-            lambda f: log.failure("Subscribing to {n} channels failed", f, n=len(channels))
-        )
+        self._subscribe(protocol, channels)
         log.info("Cluster bus listening on Redis (instance {id}, {n} channels)", id=self.instance, n=len(channels))
         ready, self._ready = self._ready, []
         for d in ready:
@@ -175,15 +175,39 @@ class ClusterBus:
         """Handle messages of ``kind`` sent to this instance (or to every instance)."""
         self._kinds[kind] = handler
 
-    def listen(self, channel: str, handler: Callable[[Any], Any], raw: bool = False) -> None:
+    def listen(self, channel: str, handler: Callable[[Any], Any], raw: bool = False) -> Deferred[None]:
         """Hear the messages of ``channel`` (a full name, `key`) until `unlisten`; ``raw``:
-        as text, not JSON."""
+        as text, not JSON. Fires once Redis has subscribed this instance to it (at once when it
+        already is), so that whatever is published from then on is heard: read what came
+        before only then, or an event published in between is in neither."""
         handlers = self._channels.setdefault(channel, [])
         handlers.append(handler)
         if raw:
             self._raw.add(channel)
-        if len(handlers) == 1 and self._subscriber is not None:
-            self._subscriber.subscribe(channel).addErrback(lambda f: log.failure("Subscribing failed", f))
+        waiting = self._subscribing.get(channel)
+        if waiting is None and len(handlers) > 1 and self._subscriber is not None:
+            return succeed(None)
+        subscribed: Deferred[None] = Deferred()
+        if waiting is not None:
+            waiting.append(subscribed)
+            return subscribed
+        self._subscribing[channel] = [subscribed]
+        if self._subscriber is not None:
+            self._subscribe(self._subscriber, [channel])
+        return subscribed
+
+    def _subscribe(self, protocol: _Subscriber, channels: list[str]) -> None:
+        """SUBSCRIBE, then tell who waits for these channels (Redis answers a SUBSCRIBE only once
+        it listens to every channel named)."""
+
+        def done(_reply: Any) -> None:
+            for channel in channels:
+                for waiting in self._subscribing.pop(channel, ()):
+                    waiting.callback(None)
+
+        protocol.subscribe(channels).addCallbacks(
+            done, lambda f: log.failure("Subscribing to {n} channels failed", f, n=len(channels))
+        )
 
     def unlisten(self, channel: str, handler: Callable[[Any], Any] | None = None) -> None:
         """Stop ``handler`` hearing ``channel`` (every handler when None); the channel is
@@ -199,6 +223,8 @@ class ClusterBus:
             return
         del self._channels[channel]
         self._raw.discard(channel)
+        for waiting in self._subscribing.pop(channel, ()):
+            waiting.callback(None)  # nobody listens any more: nothing to wait for
         if self._subscriber is not None:
             self._subscriber.unsubscribe(channel).addErrback(lambda _f: None)
 

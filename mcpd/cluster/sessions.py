@@ -24,7 +24,7 @@ import functools
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -205,14 +205,15 @@ class _Reader:
     def start(self) -> None:
         session, journal = self.session, self.cluster.journal
         session.readers[self] = self._finish
-        self.cluster.bus.listen(self.channel, self.heard_raw, raw=True)
+        # Subscribed first (live events are held meanwhile), then the replay: an event
+        # published in between is in one or the other, and its number keeps it from being
+        # written twice (`_event`).
+        d: Deferred[Any] = self.cluster.bus.listen(self.channel, self.heard_raw, raw=True)
         self.request.notifyFinish().addBoth(self._stop)
         self.request.write(b"")
-        d: Deferred[Any]
         if self.after is None:
-            d = self.cluster.bus.redis.execute("GET", self._delivered_key()).addCallback(self._begin_fresh)
-        else:
-            d = succeed(None)
+            d.addCallback(lambda _: self.cluster.bus.redis.execute("GET", self._delivered_key()))
+            d.addCallback(self._begin_fresh)
         d.addCallback(lambda _: journal.read_after(session.id, self.key, self.position))
         d.addCallback(self._replayed)
         d.addErrback(self._failed)
