@@ -108,13 +108,26 @@ class RedisPartsCase(TestCase):
 
 
 class ClusterPartsTests(RedisPartsCase):
-    def cluster(self, session_timeout: float = 60.0) -> ClusterSessions:
-        """The session sharing of one instance, its session records in Redis."""
-        journal = Journal(self.bus, 16, session_timeout)
-        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+    @inlineCallbacks
+    def other_instance(self) -> Any:
+        """The bus of a second instance, running and registered (its registry started)."""
+        bus = ClusterBus(self.connection, clock=reactor)
+        yield bus.start(10.0)
+        self.addCleanup(bus.stop)
+        registry = InstanceRegistry(bus, [], [], clock=reactor)
+        registry.start()
+        self.addCleanup(registry.stop)
+        return bus, registry
+
+    def cluster(self, session_timeout: float = 60.0, bus: ClusterBus | None = None) -> ClusterSessions:
+        """The session sharing of one instance (of ``bus``: this test's by default), its session
+        records in Redis."""
+        bus = bus or self.bus
+        journal = Journal(bus, 16, session_timeout)
+        registry = InstanceRegistry(bus, [], [], clock=reactor)
         records = RedisSessionStore(self.connection, reactor, session_timeout)
         sessions = SessionStore(reactor, session_timeout, records=records)
-        cluster = ClusterSessions(self.bus, journal, registry, sessions, ChangeFeed())
+        cluster = ClusterSessions(bus, journal, registry, sessions, ChangeFeed())
         sessions.cluster = cluster
         return cluster
 
@@ -324,6 +337,38 @@ class ClusterPartsTests(RedisPartsCase):
         stream = b"".join(received)
         self.assertEqual([stream.count(b"id: g.%d" % n) for n in (1, 2, 3)], [1, 1, 1])
         self.assertLess(stream.index(b'{"n":1}'), stream.index(b'{"n":2}'))
+
+    @inlineCallbacks
+    def test_one_get_stream_per_session_across_instances(self) -> Any:
+        """A session's GET stream held by instance A: a GET landing on B is refused (the 409 of
+        one instance) while A runs and reads it; once A's reader lets go, or A is gone without
+        letting go (killed), B takes it."""
+        bus_a, registry_a = yield self.other_instance()
+        a = self.cluster(bus=bus_a)
+        b = self.cluster()
+        b.registry.start()
+        self.addCleanup(lambda: b.registry.stop() if b.registry._refresh.running else None)
+        yield self.registered(a.registry, b.instance)
+        session_a, session_b = HTTPSession("one-get-stream"), HTTPSession("one-get-stream")
+        held = yield a.hold_standalone(session_a)
+        self.assertTrue(held and held.startswith(bus_a.instance))
+        yield self.registered(b.registry, bus_a.instance)
+        self.assertIsNone((yield b.hold_standalone(session_b)))
+        a.let_go(session_a.id, held)
+        while (yield self.connection.execute("EXISTS", a.journal.reader(session_a.id))):
+            yield sleep(0.02)
+        taken = yield b.hold_standalone(session_b)
+        self.assertTrue(taken and taken.startswith(b.instance))
+        self.assertIsNone((yield a.hold_standalone(session_a)))
+
+        # B dies holding it (no let go): once the registry no longer counts B, A takes it.
+        held_by_dead = yield b.hold_standalone(HTTPSession("dead-holder"))
+        self.assertIsNotNone(held_by_dead)
+        yield b.registry.stop()  # as if killed: its entry is gone, its claim is not
+        self.assertFalse((yield b.registry.alive(b.instance)))
+        again = yield a.hold_standalone(HTTPSession("dead-holder"))
+        self.assertTrue(again and again.startswith(bus_a.instance))
+        yield registry_a.stop()
 
 
 class TaskRunnerGoneTests(RedisPartsCase):

@@ -55,6 +55,10 @@ class Journal:
     def channel(self, session_id: str, key: str) -> str:
         return self.bus.key("ev", session_id, key, "live")
 
+    def reader(self, session_id: str) -> str:
+        """The claim on a session's GET stream: who reads it (`ClusterSessions.hold_standalone`)."""
+        return self.bus.key("ev", session_id, STANDALONE, "reader")
+
     def append(
         self, session_id: str, key: str, data: bytes, seq: int | None = None, once: str | None = None
     ) -> Deferred[int]:
@@ -87,7 +91,9 @@ class Journal:
         """Renew the TTL of a stream, its counter and its delivered mark with the session's: a
         quiet session kept alive by an open reader must not see its numbering restart."""
         stream = self.stream(session_id, key)
-        names = (stream, stream + ":n", self.bus.key("ev", session_id, key, "delivered"))
+        names = [stream, stream + ":n", self.bus.key("ev", session_id, key, "delivered")]
+        if key == STANDALONE:
+            names.append(self.reader(session_id))
         return gatherResults(
             [self.bus.redis.execute("PEXPIRE", name, self.ttl_ms) for name in names], consumeErrors=True
         )
@@ -95,4 +101,4 @@ class Journal:
     def forget(self, session_id: str, keys: list[str]) -> Deferred[Any]:
         """Drop a session's streams (it ended)."""
         names = [self.stream(session_id, key) for key in keys]
-        return self.bus.redis.execute("DEL", *names, *(name + ":n" for name in names))
+        return self.bus.redis.execute("DEL", *names, *(name + ":n" for name in names), self.reader(session_id))

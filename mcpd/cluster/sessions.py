@@ -24,7 +24,7 @@ import functools
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -52,6 +52,21 @@ if TYPE_CHECKING:
 log = Logger(namespace="mcpd.cluster")
 
 _PRIMED_VERSIONS = frozenset({"2025-11-25"})
+
+# One GET stream per session across instances. KEYS: the claim. ARGV: the new reader's token,
+# TTL (ms), the token it may replace ("": none). Answers "" when the stream is now the new
+# reader's, else the token of the reader holding it.
+_HOLD = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[3] then return holder end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ''
+"""
+# KEYS: the claim. ARGV: the reader's token. Gives it up if it is still that reader's.
+_LET_GO = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def caller_to_json(caller: Caller) -> dict[str, Any]:
@@ -83,6 +98,8 @@ class ClusterSessions:
         self.registry = registry
         self.sessions = sessions
         self.instance = bus.instance
+        # Sessions whose GET stream this instance is claiming now.
+        self._holding: set[str] = set()
         bus.on("response", self._response)
         bus.on("session-ended", self._ended_elsewhere)
 
@@ -174,8 +191,61 @@ class ClusterSessions:
 
     # -- JournalReader --------------------------------------------------------------------------
 
-    def read(self, request: Request, session: HTTPSession, key: str, after: int | None) -> None:
-        _Reader(self, request, session, key, after).start()
+    def read(
+        self, request: Request, session: HTTPSession, key: str, after: int | None, claim: str | None = None
+    ) -> None:
+        if key == STANDALONE and claim is None:
+            # Resuming the GET stream (Last-Event-ID) makes it this reader's, as on one
+            # instance, where the resumed stream replaces the old one.
+            claim = self._token()
+            self.bus.redis.execute("SET", self.journal.reader(session.id), claim, "PX", self.journal.ttl_ms).addErrback(
+                _logged, "claim the GET stream of session {id}", session.id
+            )
+        _Reader(self, request, session, key, after, claim).start()
+
+    def hold_standalone(self, session: HTTPSession) -> Deferred[str | None]:
+        """Claim the session's GET stream for a new reader here: fires with the claim (to
+        give to `read`, which lets it go when the stream ends), or None when a GET stream of
+        the session is open on another instance that is running.
+
+        2025-11-25 basic/transports §Multiple Connections: each message goes on one stream
+        only; the journal would give every open GET stream of the session every message, so a
+        second GET gets the 409 it gets on one instance, wherever it lands.
+        """
+        if session.id in self._holding:
+            return succeed(None)  # a GET of this session landed here a moment ago
+        self._holding.add(session.id)
+        token = self._token()
+
+        def hold(replaceable: str) -> Deferred[str | None]:
+            d = self.bus.redis.eval(_HOLD, [self.journal.reader(session.id)], [token, self.journal.ttl_ms, replaceable])
+            return d.addCallback(held, replaceable)
+
+        def held(holder: Any, replaced: str) -> Any:
+            holder = holder.decode() if isinstance(holder, bytes) else str(holder or "")
+            if not holder:
+                return token
+            if replaced:
+                return None  # taken again meanwhile: a live reader
+            instance = holder.split("-")[0]
+            if instance == self.instance:
+                return hold(holder)  # a reader of ours that ended without letting go (no local reader is open)
+            return self.registry.alive(instance).addCallback(lambda alive: None if alive else hold(holder))
+
+        def done(result: Any) -> Any:
+            self._holding.discard(session.id)
+            return result
+
+        return hold("").addBoth(done)
+
+    def let_go(self, session_id: str, claim: str) -> None:
+        """Give up a claim on the GET stream (its reader ended)."""
+        self.bus.redis.eval(_LET_GO, [self.journal.reader(session_id)], [claim]).addErrback(
+            _logged, "let go of the GET stream of session {id}", session_id
+        )
+
+    def _token(self) -> str:
+        return f"{self.instance}-{secrets.token_hex(6)}"
 
     def unavailable(self, failure: Failure) -> str | None:
         if failure.check(ClusterUnavailable):
@@ -190,9 +260,16 @@ class _Reader:
     """One SSE response carrying a journaled stream: replay, then live events, in order."""
 
     def __init__(
-        self, cluster: ClusterSessions, request: Request, session: HTTPSession, key: str, after: int | None
+        self,
+        cluster: ClusterSessions,
+        request: Request,
+        session: HTTPSession,
+        key: str,
+        after: int | None,
+        claim: str | None = None,
     ) -> None:
         self.cluster = cluster
+        self.claim = claim
         self.request = request
         self.session = session
         self.key = key
@@ -285,6 +362,8 @@ class _Reader:
         self.done = True
         self.session.readers.pop(self, None)
         self.cluster.bus.unlisten(self.channel, self.heard_raw)
+        if self.claim is not None:
+            self.cluster.let_go(self.session.id, self.claim)
 
 
 class SSEForwarding:

@@ -58,6 +58,8 @@ _JSON = b"application/json"
 _SESSION_HEADER = "mcp-session-id"
 # Versions whose streams are primed with an empty event (2025-11-25 transports §Sending Messages).
 _PRIMED_VERSIONS = frozenset({"2025-11-25"})
+# 2025-11-25 basic/transports §Multiple Connections: every message goes on one stream only.
+_ONE_GET_STREAM = "Conflict: this session already has an open GET stream"
 
 
 class HTTPSession(Session):
@@ -130,10 +132,19 @@ class HTTPSession(Session):
 class JournalReader(Protocol):
     """Reads a session's streams from where several instances keep them (`mcpd.cluster`)."""
 
-    def read(self, request: Request, session: HTTPSession, key: str, after: int | None) -> None:
+    def read(
+        self, request: Request, session: HTTPSession, key: str, after: int | None, claim: str | None = None
+    ) -> None:
         """Carry the stream ``key`` of ``session`` on ``request`` (an SSE response begun):
         the events after number ``after`` (None: the standalone stream's undelivered ones),
-        then the live ones."""
+        then the live ones; ``claim``: from `hold_standalone`, let go when the stream ends."""
+
+    def hold_standalone(self, session: HTTPSession) -> Deferred[str | None]:
+        """Claim the session's GET stream for a reader here: fires with the claim, or None
+        when it is open on another instance."""
+
+    def let_go(self, session_id: str, claim: str) -> None:
+        """Give up a claim from `hold_standalone` whose stream was not opened."""
 
     def unavailable(self, failure: Failure) -> str | None:
         """What to tell a client when ``failure`` means the shared state cannot be reached;
@@ -285,19 +296,40 @@ class StreamableHTTP(NoHead, Resource):
         if last_event_id is not None:
             return self._resume(request, session, last_event_id)
         if (session.standalone is not None and session.standalone.attached) or session.readers:
-            return json_error(request, 409, "Conflict: this session already has an open GET stream")
+            return json_error(request, 409, _ONE_GET_STREAM)
+        if self.journal is not None:
+            # Several instances: the GET stream may be open on another one.
+            d: Deferred[Any] = self.journal.hold_standalone(session)
+            d.addCallback(self._read_standalone, request, session)
+            d.addErrback(self._adoption_failed, request)
+            d.addCallback(_write_later, request)
+            d.addErrback(lambda f: log.failure("Opening a GET stream failed", f))
+            return NOT_DONE_YET
         try:
             hold_stream(self.engine.ledger, caller_of(request, "http"), request)
         except LimitExceeded as e:
             return limit_error(request, e)
-        if self.journal is not None:
-            start_sse(request)
-            self.journal.read(request, session, STANDALONE, None)
-            return NOT_DONE_YET
         if session.standalone is None:
             session.standalone = session.new_stream()
         start_sse(request)
         session.standalone.attach(request, prime=session.version in _PRIMED_VERSIONS)
+        return NOT_DONE_YET
+
+    def _read_standalone(self, claim: str | None, request: Request, session: HTTPSession) -> bytes | int:
+        """The GET stream from the journal, once this instance holds it (``claim``)."""
+        assert self.journal is not None
+        if claim is None:
+            return json_error(request, 409, _ONE_GET_STREAM)
+        if request.finished or request._disconnected:  # type: ignore[attr-defined]
+            self.journal.let_go(session.id, claim)
+            return NOT_DONE_YET
+        try:
+            hold_stream(self.engine.ledger, caller_of(request, "http"), request)
+        except LimitExceeded as e:
+            self.journal.let_go(session.id, claim)
+            return limit_error(request, e)
+        start_sse(request)
+        self.journal.read(request, session, STANDALONE, None, claim)
         return NOT_DONE_YET
 
     def _resume(self, request: Request, session: HTTPSession, last_event_id: str) -> bytes | int:
