@@ -98,7 +98,11 @@ class SessionRecord:
     account: str = ""
     client_info: dict[str, Any] | None = None
     client_capabilities: dict[str, Any] = attrs.field(factory=dict)
+    # What its requests set since (`ISessionStore.update`): logging/setLevel, and the URIs of
+    # resources/subscribe with the tenant of the caller that subscribed.
     log_level: str | None = None
+    subscriptions: list[str] = attrs.field(factory=list)
+    subscriptions_tenant: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-compatible data."""
@@ -247,6 +251,17 @@ class ISessionStore(Interface):
 
     def delete(session_id: str) -> Any:
         """Forget a record; fires with True if it was kept."""
+
+    def update(
+        session_id: str,
+        log_level: str | None = None,
+        subscribe: str | None = None,
+        unsubscribe: str | None = None,
+        tenant: str | None = None,
+    ) -> Any:
+        """Change a kept record's state in place (each change atomic, whoever else changes
+        it): its log level, a URI subscribed to (and the subscriber's tenant) or unsubscribed
+        from. Fires with True, or False when no record is kept."""
 
     def count() -> Any:
         """Fires with how many records are kept."""

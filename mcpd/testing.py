@@ -323,6 +323,29 @@ class SessionStoreTests(_StoreSuite):
         self.assertFalse(self.settled(self.store.delete("s1")))
         self.assertIsNone(self.settled(self.store.load("s1")))
 
+    def test_state_changes_in_place(self) -> None:
+        """`update` changes one part of a kept record's state (a level, a subscription) without
+        undoing another's, and never makes a record that is not kept."""
+        record = SessionRecord("s1", version="2025-11-25", owner="alice", subscriptions=["memo://a"])
+        self.settled(self.store.save(record))
+        self.assertTrue(self.settled(self.store.update("s1", subscribe="memo://b", tenant="acme")))
+        self.assertTrue(self.settled(self.store.update("s1", log_level="error")))
+        self.assertTrue(self.settled(self.store.update("s1", subscribe="memo://b")))
+        self.assertTrue(self.settled(self.store.update("s1", unsubscribe="memo://a")))
+        self.assertTrue(self.settled(self.store.update("s1", unsubscribe="memo://never")))
+        kept = self.settled(self.store.load("s1"))
+        self.assertEqual(
+            (kept.subscriptions, kept.subscriptions_tenant, kept.log_level, kept.owner),
+            (["memo://b"], "acme", "error", "alice"),
+        )
+        self.assertFalse(self.settled(self.store.update("s2", log_level="debug")))
+        self.assertIsNone(self.settled(self.store.load("s2")))
+        # Saved again (a lost record, from the live session): its state is the saved one.
+        record.subscriptions, record.log_level = [], "info"
+        self.settled(self.store.save(record))
+        kept = self.settled(self.store.load("s1"))
+        self.assertEqual((kept.subscriptions, kept.log_level), ([], "info"))
+
     def test_a_deleted_session_is_not_saved_again(self) -> None:
         """An instance that missed a session's end saves its record again in vain (the store
         refuses: it answers False); other sessions are saved as usual."""

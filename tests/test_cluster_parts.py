@@ -370,6 +370,57 @@ class ClusterPartsTests(RedisPartsCase):
         self.assertTrue(again and again.startswith(bus_a.instance))
         yield registry_a.stop()
 
+    @inlineCallbacks
+    def test_session_state_changed_through_one_instance_holds_on_the_others(self) -> Any:
+        """A session opened on A, its GET stream read on B: a resources/subscribe and a
+        logging/setLevel made through A hold on B (its replica, told at once) and on C (adopting
+        later, from the record), so the resource's update reaches the GET stream on B even
+        after A has let its part go."""
+        bus_a, _registry_a = yield self.other_instance()
+        bus_c, _registry_c = yield self.other_instance()
+        a, b, c = self.cluster(bus=bus_a), self.cluster(), self.cluster(bus=bus_c)
+        session = HTTPSession("state-across")
+        session.version, session.owner, session.initialized = "2025-11-25", "alice", True
+        a.sessions.open(session, "key:alice")
+        a.sessions.add(session)
+        yield self.record_appears(a.sessions.records, session.id)
+
+        def replica(record: Any) -> HTTPSession:
+            return HTTPSession(record.session_id)
+
+        on_b = yield b.sessions.adopt(session.id, replica, "alice")
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        port = reactor.listenTCP(0, Site(JournaledStream(b, on_b, STANDALONE, 0)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        response = yield treq.get(f"http://127.0.0.1:{port.getHost().port}/", unbuffered=True, pool=pool)
+        received: list[bytes] = []
+        body = treq.collect(response, received.append)
+
+        # Through A, as the catalog does it (resources/subscribe, logging/setLevel).
+        session.subscriptions["memo://shared"] = None
+        session.subscriptions_tenant = "acme"
+        session.changed(subscribe="memo://shared", tenant="acme")
+        session.log_level = "error"
+        session.changed(log_level="error")
+        yield wait_for(lambda: on_b.log_level == "error" and "memo://shared" in on_b.subscriptions)
+        self.assertEqual(on_b.subscriptions_tenant, "acme")
+        a.sessions.retire(session.id)  # A lets its part go (idle there)
+
+        b.feed.resource_updated("memo://shared", tenant="acme", change="c1")
+        yield wait_for(lambda: b"notifications/resources/updated" in b"".join(received))
+        self.assertIn(b"memo://shared", b"".join(received))
+
+        on_c = yield c.sessions.adopt(session.id, replica, "alice")
+        self.assertEqual((sorted(on_c.subscriptions), on_c.subscriptions_tenant), (["memo://shared"], "acme"))
+        self.assertEqual(on_c.log_level, "error")
+        on_b.changed(unsubscribe="memo://shared")
+        on_b.subscriptions.pop("memo://shared", None)
+        yield wait_for(lambda: "memo://shared" not in on_c.subscriptions)
+        c.sessions.retire(session.id)
+        b.sessions.retire(session.id)
+        yield body
+
 
 class TaskRunnerGoneTests(RedisPartsCase):
     """Tasks whose runner instance stopped (``kill -9``): settled as failed once, by a reader

@@ -102,6 +102,7 @@ class ClusterSessions:
         self._holding: set[str] = set()
         bus.on("response", self._response)
         bus.on("session-ended", self._ended_elsewhere)
+        bus.on("session-state", self._changed_elsewhere)
 
     # -- SessionCluster -------------------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class ClusterSessions:
         # A session adopted here hears of changes too (its resources/subscribe may land here);
         # the journal's change ids keep it from hearing one change twice.
         self.feed.join(session)
+        session.share = functools.partial(self._share, session)
         if isinstance(session, HTTPSession):
             session.stream_prefix = replica
             session.journal = functools.partial(self._journal, session.id)
@@ -150,6 +152,25 @@ class ClusterSessions:
         if not saved and not session.closed and session.id in self.sessions:
             log.info("Session {id} was ended on another instance; ending it here too", id=session.id)
             self.sessions.retire(session.id)
+
+    def _share(self, session: Session, change: dict[str, str]) -> None:
+        """A change to the session's state made here: into its record (for instances that
+        adopt it later), then to the instances serving it now."""
+
+        def tell(_kept: bool) -> Deferred[int]:
+            return self.bus.broadcast("session-state", {"session": session.id, "change": change})
+
+        self.sessions.records.update(session.id, **change).addCallback(tell).addErrback(
+            _logged, "share a change of session {id}", session.id
+        )
+
+    def _changed_elsewhere(self, message: dict[str, Any]) -> None:
+        session = self.sessions.get(str(message.get("session")))
+        change = message.get("change")
+        if session is None or not isinstance(change, dict):
+            return
+        known = {"log_level", "subscribe", "unsubscribe", "tenant"}
+        session.apply(**{name: value for name, value in change.items() if name in known and isinstance(value, str)})
 
     def _ended_elsewhere(self, message: dict[str, Any]) -> None:
         session_id = str(message.get("session"))

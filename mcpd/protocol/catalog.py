@@ -161,13 +161,17 @@ class Catalog:
             # Counted against the caller's share of subscriptions (LimitExceeded over it).
             session.subscriptions[uri] = self.ledger.claim(caller.account, SUBSCRIPTION, peer=caller.peer)
             session.subscriptions_tenant = caller.tenant
+            session.changed(subscribe=uri, tenant=caller.tenant)
         return {}
 
     def resources_unsubscribe(self, request: Request) -> dict[str, Any]:
         uri = self._subscription_uri(request)
-        claim = request.exchange.session.subscriptions.pop(uri, None)  # type: ignore[union-attr]
+        session = request.exchange.session
+        assert session is not None  # checked by _subscription_uri
+        claim = session.subscriptions.pop(uri, None)
         if claim is not None:
             claim.release()
+        session.changed(unsubscribe=uri)
         return {}
 
     def _subscription_uri(self, request: Request) -> str:
@@ -284,6 +288,7 @@ class Catalog:
         if session is None:
             raise InvalidRequest("Invalid request: logging/setLevel needs a session")
         session.log_level = level
+        session.changed(log_level=level)
         return {}
 
     # -- subscriptions (modern) -----------------------------------------------------------------

@@ -50,10 +50,14 @@ class Session:
         self.account = ""
         # 2025-11-25 server/utilities/logging: set by logging/setLevel; None until then.
         self.log_level: str | None = None
-        # URIs subscribed to with resources/subscribe, with what each holds in the ledger, and
-        # the tenant of the caller that subscribed (the owner's: a session has one caller).
-        self.subscriptions: dict[str, Claim] = {}
+        # URIs subscribed to with resources/subscribe, with what each holds in the ledger (None:
+        # subscribed through another instance, which holds it), and the tenant of the caller
+        # that subscribed (the owner's: a session has one caller).
+        self.subscriptions: dict[str, Claim | None] = {}
         self.subscriptions_tenant: str | None = None
+        # Several instances: tells the others serving the session of a change to its state
+        # (`changed`); set by `mcpd.cluster.sessions`.
+        self.share: Callable[[dict[str, str]], None] | None = None
         # What the session holds in the ledger (its place among the sessions), given back
         # when it closes.
         self.claims: list[Claim] = []
@@ -72,7 +76,34 @@ class Session:
             client_info=self.client_info,
             client_capabilities=self.client_capabilities,
             log_level=self.log_level,
+            subscriptions=sorted(self.subscriptions),
+            subscriptions_tenant=self.subscriptions_tenant,
         )
+
+    def changed(self, **change: str) -> None:
+        """A request changed the session's state (`apply`'s arguments): with several
+        instances, every one serving the session applies it too, and its record keeps it."""
+        if self.share is not None:
+            self.share(change)
+
+    def apply(
+        self,
+        log_level: str | None = None,
+        subscribe: str | None = None,
+        unsubscribe: str | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        """A change to the session's state made through another instance (`changed`)."""
+        if log_level is not None:
+            self.log_level = log_level
+        if tenant is not None:
+            self.subscriptions_tenant = tenant
+        if subscribe is not None:
+            self.subscriptions.setdefault(subscribe, None)
+        if unsubscribe is not None:
+            claim = self.subscriptions.pop(unsubscribe, None)
+            if claim is not None:
+                claim.release()
 
     def push(self, message: dict[str, Any]) -> None:
         """Send a message that belongs to no request (list changes, resource updates, requests
@@ -100,7 +131,8 @@ class Session:
         claims = [*self.claims, *self.subscriptions.values()]
         self.claims, self.subscriptions = [], {}
         for claim in claims:
-            claim.release()
+            if claim is not None:
+                claim.release()
 
 
 class SessionCluster(Protocol):
@@ -204,6 +236,8 @@ class SessionStore:
             session.client_info = record.client_info
             session.client_capabilities = record.client_capabilities
             session.log_level = record.log_level
+            session.subscriptions = dict.fromkeys(record.subscriptions)
+            session.subscriptions_tenant = record.subscriptions_tenant
             self.open(session, record.account)
             session.last_active = self._clock.seconds()
             self._sessions[session.id] = session

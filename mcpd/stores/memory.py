@@ -172,6 +172,28 @@ class MemorySessionStore:
         self._ended.append(session_id)
         return succeed(self._records.pop(session_id, None) is not None)
 
+    def update(
+        self,
+        session_id: str,
+        log_level: str | None = None,
+        subscribe: str | None = None,
+        unsubscribe: str | None = None,
+        tenant: str | None = None,
+    ) -> Deferred[bool]:
+        data = self._records.get(session_id)
+        if data is None:
+            return succeed(False)
+        subscriptions = data["subscriptions"] = list(data.get("subscriptions", ()))
+        if log_level is not None:
+            data["log_level"] = log_level
+        if tenant is not None:
+            data["subscriptions_tenant"] = tenant
+        if subscribe is not None and subscribe not in subscriptions:
+            subscriptions.append(subscribe)
+        if unsubscribe is not None and unsubscribe in subscriptions:
+            subscriptions.remove(unsubscribe)
+        return succeed(True)
+
     def count(self) -> Deferred[int]:
         return succeed(len(self._records))
 

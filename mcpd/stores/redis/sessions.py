@@ -4,12 +4,16 @@ any instance. A record lives ``ttl`` seconds after it was last saved or touched 
 timeout of sessions), so one that no instance serves any more goes away by itself; a sorted set
 of expiry times counts the live ones. Deleting a record leaves a tombstone for as long, which
 refuses saving it again: an instance that missed the session's end (its "ended" message lost)
-cannot bring it back."""
+cannot bring it back.
+
+A record is a hash: what the handshake fixed as JSON (field ``r``), and the state its requests
+change, one field each (``level``, ``tenant``, ``sub:<uri>``), so that instances changing it at
+once (a subscribe through one, a setLevel through another) never undo each other's change."""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
@@ -21,12 +25,23 @@ if TYPE_CHECKING:
 
     from mcpd.stores.redis.connection import RedisConnection
 
-# KEYS: the record, the index, its tombstone. ARGV: JSON, ttl ms, expiry time. Answers 0 if
-# the session was deleted (its tombstone is there), else 1.
+# KEYS: the record, the index, its tombstone. ARGV: JSON, ttl ms, expiry time, then the state's
+# fields and values. Answers 0 if the session was deleted (its tombstone is there), else 1.
 SAVE = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'r', ARGV[1], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
+return 1
+"""
+# KEYS: the record. ARGV: the fields to set, as many values, the fields to drop ("" none). Answers
+# 0 when no record is kept (a change never brings one back).
+UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = (#ARGV - 1) / 2
+for i = 1, n do redis.call('HSET', KEYS[1], ARGV[i], ARGV[n + i]) end
+if ARGV[#ARGV] ~= '' then redis.call('HDEL', KEYS[1], ARGV[#ARGV]) end
 return 1
 """
 # KEYS: the record, the index. ARGV: ttl ms, expiry time. Answers 1 if the record is kept.
@@ -46,6 +61,31 @@ COUNT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 return redis.call('ZCARD', KEYS[1])
 """
+
+
+# The record's fields kept apart from its JSON, by their field in the hash; a URI subscribed to
+# is a field of its own.
+_STATE = {"log_level": "level", "subscriptions_tenant": "tenant"}
+_SUB = "sub:"
+
+
+def _pairs(fields: list[str], values: list[str]) -> list[str]:
+    """SAVE's arguments: field, value, field, value…"""
+    return [item for pair in zip(fields, values, strict=True) for item in pair]
+
+
+def _record(reply: Any) -> SessionRecord | None:
+    """A record from its hash (HGETALL's answer: a flat list, or a mapping)."""
+    if not reply:
+        return None
+    fields = dict(reply) if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=False))
+    if "r" not in fields:
+        return None
+    data = json.loads(fields["r"])
+    for name, field in _STATE.items():
+        data[name] = fields.get(field)
+    data["subscriptions"] = sorted(field[len(_SUB) :] for field in fields if field.startswith(_SUB))
+    return SessionRecord.from_json(data)
 
 
 @implementer(ISessionStore)
@@ -71,14 +111,40 @@ class RedisSessionStore:
         return str(int(self.ttl * 1000))
 
     def save(self, record: SessionRecord) -> Deferred[bool]:
-        data = json.dumps(record.to_json(), separators=(",", ":"))
+        fixed = record.to_json()
+        state = [_SUB + uri for uri in fixed.pop("subscriptions")]
+        values = ["1"] * len(state)
+        for name, field in _STATE.items():
+            value = fixed.pop(name)
+            if value is not None:
+                state.append(field)
+                values.append(value)
         keys = [*self._keys(record.session_id), self._tombstones + record.session_id]
-        d = self.connection.eval(SAVE, keys, [data, self._ttl_ms(), self._expiry()])
+        data = json.dumps(fixed, separators=(",", ":"))
+        d = self.connection.eval(SAVE, keys, [data, self._ttl_ms(), self._expiry(), *_pairs(state, values)])
         return d.addCallback(lambda saved: bool(int(saved)))
 
     def load(self, session_id: str) -> Deferred[SessionRecord | None]:
-        d = self.connection.execute("GET", self._prefix + session_id)
-        return d.addCallback(lambda data: SessionRecord.from_json(json.loads(data)) if data else None)
+        return self.connection.execute("HGETALL", self._prefix + session_id).addCallback(_record)
+
+    def update(
+        self,
+        session_id: str,
+        log_level: str | None = None,
+        subscribe: str | None = None,
+        unsubscribe: str | None = None,
+        tenant: str | None = None,
+    ) -> Deferred[bool]:
+        sets = [
+            ("level", log_level),
+            ("tenant", tenant),
+            (_SUB + (subscribe or ""), None if subscribe is None else "1"),
+        ]
+        fields = [field for field, value in sets if value is not None]
+        values = [value for _field, value in sets if value is not None]
+        drop = _SUB + unsubscribe if unsubscribe is not None else ""
+        d = self.connection.eval(UPDATE, [self._prefix + session_id], [*fields, *values, drop])
+        return d.addCallback(lambda kept: bool(int(kept)))
 
     def touch(self, session_id: str) -> Deferred[bool]:
         d = self.connection.eval(TOUCH, self._keys(session_id), [self._ttl_ms(), self._expiry()])
