@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
@@ -311,9 +311,17 @@ class Catalog:
         honoured: dict[str, Any] = {FILTER_FOR_KIND[kind]: True for kind in sorted(kinds)}
         if uris:
             honoured["resourceSubscriptions"] = list(uris)
-        task_ids = self._listened_tasks(request, wanted.get("taskIds"))
+        return self._listened_tasks(request, wanted.get("taskIds")).addCallback(
+            self._listening, request, kinds, uris, honoured
+        )
+
+    def _listening(
+        self, task_ids: list[str], request: Request, kinds: frozenset[str], uris: list[str], honoured: dict[str, Any]
+    ) -> Deferred[Any]:
         if task_ids:
             honoured["taskIds"] = task_ids
+        send = request.exchange.notify
+        assert send is not None  # checked by listen
         listener = Listener(
             str(request.id),
             kinds,
@@ -363,10 +371,10 @@ class Catalog:
                 raise
         return claims
 
-    def _listened_tasks(self, request: Request, task_ids: Any) -> list[str]:
+    def _listened_tasks(self, request: Request, task_ids: Any) -> Deferred[list[str]]:
         """SEP-2663 §Task Status Notifications: task ids need the tasks extension declared."""
         if task_ids is None:
-            return []
+            return succeed([])
         if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
             raise InvalidParams("Invalid params: taskIds must be a list of task ids")
         if not TaskManager.declared(request):
@@ -375,7 +383,22 @@ class Catalog:
                 data=NEEDS_TASKS,
             )
         # Only the caller's own tasks: another's status (and result) is not the caller's to hear.
-        return self.tasks.own_tasks(request, list(dict.fromkeys(task_ids)))
+        wanted = list(dict.fromkeys(task_ids))
+        here = self.tasks.own_tasks(request, wanted)
+        elsewhere = [task_id for task_id in wanted if task_id not in here]
+        if not elsewhere or self.tasks.remote is None:
+            return succeed(here)
+        # Several instances: a task running on another one is the caller's if its record says
+        # so; its status changes reach this instance's listeners (`mcpd.cluster.relay`).
+        owner = TaskManager._owner(request)
+
+        def owned(records: list[Any]) -> list[str]:
+            theirs = {r.task_id for r in records if r is not None and r.modern and r.owner == owner}
+            return [task_id for task_id in wanted if task_id in here or task_id in theirs]
+
+        return gatherResults([self.tasks.store.get(task_id) for task_id in elsewhere], consumeErrors=True).addCallback(
+            owned
+        )
 
     def end_subscriptions(self, reason: str = "the server is shutting down") -> None:
         """Tell every modern listener its subscription is over (``notifications/cancelled``)."""
