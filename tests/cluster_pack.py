@@ -47,6 +47,29 @@ def announce(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 @pack.tool(
+    "cluster.touch",
+    description="Tell the clients subscribed to a resource that it changed; the pid of the process that did.",
+    input_schema={"type": "object", "properties": {"uri": {"type": "string"}}, "required": ["uri"]},
+    output_schema=_SERVED,
+)
+def touch(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    ctx.resource_updated(arguments["uri"])
+    return _served()
+
+
+@pack.tool(
+    "cluster.say",
+    description="Log one message at info ('quiet') and one at error ('loud') to the client; the pid.",
+    input_schema=_NONE,
+    output_schema=_SERVED,
+)
+def say(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    ctx.client_log("info", "quiet")
+    ctx.client_log("error", "loud")
+    return _served()
+
+
+@pack.tool(
     "cluster.ask",
     description="Ask the user a question (elicitation); the answer and the pid that asked.",
     input_schema={"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]},

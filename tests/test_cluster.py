@@ -542,6 +542,145 @@ class ClusterTests(DaemonTestMixin, TestCase):
         return self.in_thread(listen).addCallback(check)
 
     @inlineCallbacks
+    def test_session_state_across_instances(self) -> Any:
+        """A session opened on A with its GET stream on B: a second GET on A is refused as on
+        one instance (409); resources/subscribe and logging/setLevel sent through C hold after C
+        is killed: an update made on A reaches the GET stream on B, and B filters a tool's
+        log messages at C's level."""
+        a, b, c = (self.instances[name].port for name in "abc")
+        assert a and b and c
+        session = yield self.in_thread(lambda: self.open_session(a))
+        stream = yield self.in_thread(lambda: self.open_get(b, session))
+        self.addCleanup(stream[0].close)
+        self.assertEqual(stream[1].status, 200)
+        second = yield self.in_thread(lambda: self.open_get(a, session))
+        self.addCleanup(second[0].close)
+        self.assertEqual(second[1].status, 409, second[1].read())
+
+        for method, params in (
+            ("resources/subscribe", {"uri": "memo://shared"}),
+            ("logging/setLevel", {"level": "error"}),
+        ):
+            status, answer = yield self.in_thread(lambda m=method, p=params: self.legacy_call(c, session, m, p))
+            self.assertEqual((status, answer.get("result")), (200, {}), answer)
+        self.instances["c"].process.send_signal(signal.SIGKILL)
+        yield self.in_thread(lambda: self.instances["c"].process.wait(10))
+
+        status, _touched = yield self.in_thread(
+            lambda: self.legacy_call(
+                a, session, "tools/call", {"name": "cluster.touch", "arguments": {"uri": "memo://shared"}}
+            )
+        )
+        self.assertEqual(status, 200)
+        heard = yield self.in_thread(lambda: self.read_until(stream[1], "notifications/resources/updated"))
+        self.assertEqual(heard[-1]["params"], {"uri": "memo://shared"})
+        said = yield self.in_thread(
+            lambda: self.raw_post(b, session, "tools/call", {"name": "cluster.say", "arguments": {}})
+        )
+        logged = [m["params"]["data"] for m in said if m.get("method") == "notifications/message"]
+        self.assertEqual(logged, ["loud"], said)
+
+    @inlineCallbacks
+    def test_listen_for_a_task_on_another_instance(self) -> Any:
+        """A 2026-07-28 subscriptions/listen on B naming the caller's task running on A follows
+        it: the acknowledgement honours the task id, and its cancellation (through C) is heard."""
+        a, b, c = (self.instances[name].port for name in "abc")
+        assert a and b and c
+        call = {"name": "cluster.wait", "arguments": {"label": "listened"}}
+        status, created = yield self.in_thread(lambda: self.post_modern(a, "tools/call", call, "cluster.wait"))
+        task_id = created["result"]["taskId"]
+
+        def listen() -> list[dict[str, Any]]:
+            import http.client
+
+            body = {
+                "jsonrpc": "2.0",
+                "id": 9,
+                "method": "subscriptions/listen",
+                "params": {
+                    "notifications": {"taskIds": [task_id]},
+                    "_meta": {META_PROTOCOL_VERSION: MODERN, **WITH_TASKS},
+                },
+            }
+            headers = {
+                "content-type": "application/json",
+                "accept": "application/json, text/event-stream",
+                "mcp-protocol-version": MODERN,
+                "mcp-method": "subscriptions/listen",
+                "authorization": f"Bearer {KEY}",
+            }
+            connection = http.client.HTTPConnection("127.0.0.1", b, timeout=20)
+            connection.request("POST", "/mcp", json.dumps(body), headers)
+            response = connection.getresponse()
+            seen: list[dict[str, Any]] = []
+            deadline = time.monotonic() + 20
+            try:
+                while time.monotonic() < deadline:
+                    line = response.fp.readline().decode()
+                    if not line:
+                        return seen
+                    if line.startswith("data:") and "method" in line:
+                        message = json.loads(line[5:])
+                        seen.append(message)
+                        if message["method"] == "notifications/subscriptions/acknowledged":
+                            self.post_modern(c, "tasks/cancel", {"taskId": task_id}, task_id)
+                        if message["method"] == "notifications/tasks":
+                            return seen
+                return seen
+            finally:
+                connection.close()
+
+        seen = yield self.in_thread(listen)
+        self.assertEqual(seen[0]["params"]["notifications"].get("taskIds"), [task_id], seen)
+        self.assertEqual(seen[-1]["method"], "notifications/tasks", seen)
+        self.assertEqual((seen[-1]["params"]["taskId"], seen[-1]["params"]["status"]), (task_id, "cancelled"), seen)
+
+    def open_get(self, port: int, session: str) -> tuple[Any, Any]:
+        """A session's GET stream opened on ``port``: the connection and its response (headers read)."""
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        headers = {
+            "accept": "text/event-stream",
+            "mcp-session-id": session,
+            "mcp-protocol-version": "2025-11-25",
+            "authorization": f"Bearer {KEY}",
+        }
+        connection.request("GET", "/mcp", headers=headers)
+        return connection, connection.getresponse()
+
+    def read_until(self, response: Any, method: str) -> list[dict[str, Any]]:
+        """The messages of an SSE response up to the first of ``method``."""
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20  # keep-alive comments come every second
+        while True:
+            line = response.fp.readline().decode()
+            if not line or time.monotonic() > deadline:
+                raise AssertionError(f"no {method} on the stream: {seen}")
+            if line.startswith("data:") and line[5:].strip():
+                seen.append(json.loads(line[5:]))
+                if seen[-1].get("method") == method:
+                    return seen
+
+    def raw_post(self, port: int, session: str, method: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every message of a legacy request's answer (its SSE stream's, or the one JSON)."""
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "authorization": f"Bearer {KEY}",
+            "mcp-session-id": session,
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/mcp", data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=20) as response:
+            text = response.read().decode()
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            return [json.loads(text)]
+        return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and line[5:].strip()]
+
+    @inlineCallbacks
     def test_rate_limit_across_instances(self) -> Any:
         """Twice the rate limit, sent at once to all three instances: exactly the limit passes."""
         ports = [daemon.port for daemon in self.instances.values()]
