@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -357,6 +357,22 @@ class ServerMilvusTests(IndexContract, TestCase):
         yield self.index.upsert(name, [attrs.evolve(chunk("cache"), vector=vector)], bigger)
         hits = yield self.search(name, "cache", mode=SEMANTIC, vector=tuple(toy_vector("cache", 8)), embedding=bigger)
         self.assertEqual([h.chunk_id for h in hits], ["acme-cache"])
+
+
+    @inlineCallbacks
+    def test_instances_creating_one_collection_at_once_all_get_it(self) -> Any:
+        # Four instances (each its own connection, as separate processes are to the server) make
+        # the same collections at the same moment: milvus-lite server refuses all but one
+        # ("already exists", or "File exists" while the first is still being made).
+        others = [MilvusIndex(self.index.uri, reactor, prefix=self.index.prefix) for _ in range(3)]
+        for other in others:
+            other.startService()
+            self.addCleanup(other.stopService)
+        for round in range(4):
+            spec = CollectionSpec(f"kb_race{round}", embedding=TOY if round % 2 else None)
+            made = yield gatherResults([index.create_collection(spec) for index in [self.index, *others]])
+            self.assertEqual([info.spec for info in made], [spec] * 4)
+        self.assertEqual((yield self.index.list_collections()), [f"kb_race{round}" for round in range(4)])
 
 
 class ServerFaultTests(TestCase):

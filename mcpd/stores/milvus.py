@@ -262,20 +262,42 @@ class MilvusIndex(Service):
         physical = self._physical(spec.name)
 
         def create(client: MilvusClient) -> CollectionInfo:
+            info = None
             if not client.has_collection(physical, timeout=self.timeout):
                 try:
                     self._create(client, physical, spec)
-                except Exception:
-                    # Another instance may have created it at the same moment: then describe it.
-                    if not client.has_collection(physical, timeout=self.timeout):
+                except Exception as e:
+                    if _unavailable(e):
                         raise
-            info = self._describe(client, spec.name)
+                    info = self._created_elsewhere(client, spec.name, e)
+            info = info or self._describe(client, spec.name)
             assert info is not None
             if info.spec != spec:
                 raise IndexMismatch(f"index collection {spec.name!r} exists, built with {_built_with(info.spec)}")
             return info
 
         return self._run(create)
+
+    def _created_elsewhere(self, client: MilvusClient, name: str, error: Exception) -> CollectionInfo:
+        """The collection another process created at the same moment as this one failed to.
+
+        A Milvus server answers the loser "already exists"; ``milvus-lite server`` may answer
+        "File exists" while the winner's creation is still under way (the collection is not
+        listed yet, or not described whole). Wait for it, up to the call timeout; ``error`` (the
+        creation's own) if it never appears."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
+        while True:
+            try:
+                info = self._describe(client, name)
+            except IndexMismatch as e:
+                info, error = None, e  # its properties may not be written yet
+            if info is not None:
+                return info
+            if time.monotonic() + delay > deadline:
+                raise error
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     @_refusals_deferred
     def describe_collection(self, name: str) -> Deferred[CollectionInfo | None]:
