@@ -3,7 +3,8 @@
 searchable by the index (`mcpd.stores.retrieval.Retriever`).
 
 A write commits its records and an outbox row in SQL first, then indexes them at once and
-clears the row. When the index (or the embedding service) is down, the write still succeeds:
+clears the row, unless a newer change of the record came meanwhile (SQL's version of it moved:
+the row stays for the re-indexer, which indexes what SQL holds then). When the index (or the embedding service) is down, the write still succeeds:
 its answer says indexing is pending, the row stays, and the re-indexer (`mcpd.stores.reindex`)
 works it off once the index answers. A search asks the index, then checks every hit against
 SQL (the caller's tenant, the collections asked, records not deleted since) and says whether
@@ -165,14 +166,14 @@ class KnowledgeStore:
 
     # -- indexing -------------------------------------------------------------------------------
 
-    def apply(self, targets: Sequence[Target]) -> Deferred[list[tuple[Work, str | None]]]:
+    def apply(self, targets: Sequence[Target]) -> Deferred[list[tuple[Target, str | None]]]:
         """Bring the index in line with SQL for each target; fires with each one's outcome (None,
         or why it was refused). Fails with `StoreUnavailable` when the index or the embedding
         service is down (nothing is lost: the outbox keeps the rows)."""
         return Deferred.fromCoroutine(self._apply(list(targets)))
 
-    async def _apply(self, targets: list[Target]) -> list[tuple[Work, str | None]]:
-        outcomes: list[tuple[Work, str | None]] = []
+    async def _apply(self, targets: list[Target]) -> list[tuple[Target, str | None]]:
+        outcomes: list[tuple[Target, str | None]] = []
         # New records of one collection go in together; the rest one by one.
         batches: dict[tuple[str, str], list[Target]] = {}
         singles: list[Target] = []
@@ -191,11 +192,11 @@ class KnowledgeStore:
                 # Refused, not down: one record's fault must not hold back the others.
                 for target in batch:
                     outcome = await self._timed("index", self._index(collection, list(target.chunks), analyzer))
-                    outcomes.append((target.work, outcome))
+                    outcomes.append((target, outcome))
                 continue
-            outcomes += [(target.work, error) for target in batch]
+            outcomes += [(target, error) for target in batch]
         for target in singles:
-            outcomes.append((target.work, await self._timed("index", self._one(target))))
+            outcomes.append((target, await self._timed("index", self._one(target))))
         self.index_down = False
         return outcomes
 
@@ -268,7 +269,11 @@ class KnowledgeStore:
             self.pending += 1
             self.on_pending()
             return PENDING
-        await self.sql.done([work.seq])
+        if await self.sql.settle([target for target, _ in outcomes]):
+            # A newer change of the record came meanwhile: the re-indexer indexes what SQL holds.
+            self.pending += 1
+            self.on_pending()
+            return PENDING
         return INDEXED
 
     async def refused(self, work: Work, error: str) -> None:
@@ -403,7 +408,7 @@ class KnowledgeStore:
             return await self._scan_kb(tenant, ids, query, filters, limit, offset, self._search_failed(e))
         self.metrics.duration.labels("search").observe(time.monotonic() - started)
         rows = await self.sql.chunk_rows(tenant, [hit.chunk_id for hit in outcome.hits], list(ids))
-        pending = await self.sql.pending_count(tenant, list(indexes))
+        pending, rebuilding = await self.sql.pending_state(tenant, list(indexes))
         results = []
         for hit in outcome.hits:
             row = rows.get(hit.chunk_id)
@@ -414,7 +419,9 @@ class KnowledgeStore:
                 continue  # changed since it was indexed
             results.append(_result(row, ids[row["collection_id"]], hit.score, metadata))
         notices = [outcome.notice] if outcome.notice else []
-        if pending:
+        if rebuilding:
+            notices.append("the index is being rebuilt (mcpd reindex): documents may be missing until it ends")
+        elif pending:
             notices.append(f"indexing is pending for {pending} change(s): the newest documents may be missing")
         return {
             "results": results[offset : offset + limit],
@@ -518,7 +525,7 @@ class KnowledgeStore:
             return await self._scan_memories(tenant, owners, query, tags, limit, offset, self._search_failed(e))
         self.metrics.duration.labels("search").observe(time.monotonic() - started)
         rows = await self.sql.memory_rows(tenant, owners, [hit.chunk_id for hit in outcome.hits])
-        pending = await self.sql.pending_count(tenant, [MEMORY_COLLECTION])
+        pending, rebuilding = await self.sql.pending_state(tenant, [MEMORY_COLLECTION])
         found = []
         for hit in outcome.hits:
             memory = rows.get(hit.chunk_id)
@@ -529,7 +536,9 @@ class KnowledgeStore:
         found.sort(key=lambda m: (m["created_at"], m["id"]), reverse=True)
         found.sort(key=lambda m: m["score"], reverse=True)
         notices = [outcome.notice] if outcome.notice else []
-        if pending:
+        if rebuilding:
+            notices.append("the index is being rebuilt (mcpd reindex): memories may be missing until it ends")
+        elif pending:
             notices.append(f"indexing is pending for {pending} change(s): the newest memories may be missing")
         return {
             "memories": found[offset : offset + limit],

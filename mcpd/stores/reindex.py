@@ -6,10 +6,12 @@ write could not make (the index or the embedding service was down, or mcpd stopp
 oldest first, at start-up and whenever a write leaves work; while the index stays down it waits
 longer and longer between tries (up to `MAX_BACKOFF`), and it looks again every `IDLE_INTERVAL`
 for work another instance left. Every change it makes reflects what SQL holds then, so doing one
-twice, or late, is harmless.
+twice, or late, is harmless; a row whose record changed while it was being indexed stays (see
+`SQLKnowledge.settle`) and is done again at once.
 
 `rebuild` re-creates index collections from SQL (``mcpd reindex``): after the embedding model
-changed, or the index's data was lost.
+changed, or the index's data was lost. While one is rebuilt, searches of it say the index is
+degraded (an outbox marker, counted as pending work).
 """
 
 from __future__ import annotations
@@ -107,11 +109,13 @@ class Reindexer(Service):
                     break
                 targets = await sql.targets(items)
                 outcomes = await self.store.apply(targets)
-                await sql.done([work.seq for work, error in outcomes if error is None])
-                for work, error in outcomes:
+                left = await sql.settle([target for target, error in outcomes if error is None])
+                for target, error in outcomes:
                     if error is not None:
-                        await self.store.refused(work, error)
-                done += sum(1 for _, error in outcomes if error is None)
+                        await self.store.refused(target.work, error)
+                done += sum(1 for _, error in outcomes if error is None) - len(left)
+                if left:
+                    self._again = True  # raced newer changes: another pass indexes those
                 after = items[-1].seq
         except StoreUnavailable as e:
             self._wait()
@@ -140,8 +144,13 @@ async def rebuild(
     for collection, analyzer, tenant, name in await sql.index_collections():
         if not only(tenant, name):
             continue
+        marker = await sql.rebuilding(collection)
         up_to = await sql.last_seq()
-        await store.retriever.drop(collection)
+        try:
+            await store.retriever.drop(collection)
+        except BaseException:
+            await sql.unmark(marker)  # the index is as it was
+            raise
         await store.retriever.ensure_collection(collection, analyzer)
         count, after = 0, ""
         while True:
