@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from mcpd.interfaces import SearchQuery, StoreError
 from mcpd.packs.chunking import chunk_markdown
-from mcpd.stores.knowledge import INDEX_DEGRADED, INDEX_OK, INDEXED, PENDING, KnowledgeStore
+from mcpd.stores.knowledge import INDEX_OK, INDEXED, PENDING, KnowledgeStore
 from mcpd.stores.milvus import MilvusIndex
 from mcpd.stores.reindex import Reindexer, rebuild
 from mcpd.stores.retrieval import Retriever
@@ -176,26 +176,49 @@ class KnowledgeContract:
         self.assertEqual((yield self.in_index(MEMORY_COLLECTION, "banana apple memory")), [])
 
     @inlineCallbacks
-    def test_searches_say_the_index_is_degraded_while_it_is_rebuilt(self) -> Any:
+    def test_searches_use_the_old_index_while_a_new_one_is_built_and_changes_meanwhile_reach_it(self) -> Any:
         yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        ids = {}
         for word in ("apple", "banana", "cherry"):
-            yield self.store.add_document("acme", "docs", document(f"{word} fruit"), "alice")
+            added = yield self.store.add_document("acme", "docs", document(f"{word} fruit"), "alice")
+            ids[word] = added["document"]["id"]
         fill = self.store.retriever.index_chunks
         during: list[Any] = []
 
         async def searched_first(name: str, chunks: Any, analyzer: str = "standard") -> int:
-            if not during:  # the collection is dropped and empty: the rebuild has begun
+            if "__b" in name and not during:  # the new collection is about to be filled
                 during.append(await self.search("fruit"))
+                # Changes made meanwhile reach the old collection; the new one must get them too.
+                await self.store.add_document("acme", "docs", document("date fruit"), "alice")
+                await self.store.delete_document("acme", "docs", ids["apple"])
+                await self.store.update_document("acme", "docs", ids["banana"], {"metadata": {"ripe": True}})
             return await fill(name, chunks, analyzer)
 
         self.store.retriever.index_chunks = searched_first  # type: ignore[assignment,method-assign]
-        rebuilt = yield Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs"))
-        self.assertEqual([count for _, name, _, count in rebuilt], [3])
-        self.assertEqual(during[0]["index"], INDEX_DEGRADED)
-        self.assertIn("being rebuilt", during[0]["notice"])
+        rebuilt = yield Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs", grace=0.1))
+        self.assertEqual([count for _, name, _, count in rebuilt], [4])  # the date came in a later page
+        # During the rebuild: the old index, whole.
+        self.assertEqual(len(during[0]["results"]), 3)
+        self.assertEqual(during[0]["index"], INDEX_OK)
         after = yield self.search("fruit")
-        self.assertEqual((after["index"], len(after["results"])), (INDEX_OK, 3))
+        self.assertEqual(
+            sorted(hit["text"] for hit in after["results"]), ["banana fruit", "cherry fruit", "date fruit"]
+        )
+        self.assertEqual(after["index"], INDEX_OK)
+        ripe = yield self.store.search("acme", ["docs"], "fruit", None, {"ripe": True}, 10, 0)
+        self.assertEqual([hit["text"] for hit in ripe["results"]], ["banana fruit"])
         self.assertEqual((yield self.store.sql.pending_count()), 0)
+        collection = yield self.store.sql.find_collection("acme", "docs")
+        name = index_collection(collection["id"])
+        self.assertEqual((yield self.in_index(name, "apple")), [])
+        listed = yield self.store.retriever.index.list_collections()
+        self.assertIn(name, listed)
+        self.assertFalse([n for n in listed if "__b" in n])
+        # Rebuilt again (the name is an alias now), then dropped with the kb collection.
+        yield Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs", grace=0))
+        self.assertEqual(len((yield self.search("fruit"))["results"]), 3)
+        yield self.store.drop_collection("acme", "docs")
+        self.assertEqual((yield self.store.retriever.index.list_collections()), [])
 
     @inlineCallbacks
     def test_metadata_up_to_64_kib_is_kept_and_more_is_refused_clearly(self) -> Any:

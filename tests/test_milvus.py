@@ -358,7 +358,6 @@ class ServerMilvusTests(IndexContract, TestCase):
         hits = yield self.search(name, "cache", mode=SEMANTIC, vector=tuple(toy_vector("cache", 8)), embedding=bigger)
         self.assertEqual([h.chunk_id for h in hits], ["acme-cache"])
 
-
     @inlineCallbacks
     def test_instances_creating_one_collection_at_once_all_get_it(self) -> Any:
         # Four instances (each its own connection, as separate processes are to the server) make

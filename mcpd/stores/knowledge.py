@@ -4,9 +4,9 @@ searchable by the index (`mcpd.stores.retrieval.Retriever`).
 
 A write commits its records and an outbox row in SQL first, then indexes them at once and
 clears the row, unless a newer change of the record came meanwhile (SQL's version of it moved:
-the row stays for the re-indexer, which indexes what SQL holds then). When the index (or the embedding service) is down, the write still succeeds:
-its answer says indexing is pending, the row stays, and the re-indexer (`mcpd.stores.reindex`)
-works it off once the index answers. A search asks the index, then checks every hit against
+the row stays for the re-indexer, which indexes what SQL holds then). When the index (or the
+embedding service) is down, the write still succeeds: its answer says indexing is pending, the
+row stays, and the re-indexer (`mcpd.stores.reindex`) works it off once the index answers. A search asks the index, then checks every hit against
 SQL (the caller's tenant, the collections asked, records not deleted since) and says whether
 the index is behind; with the index down it falls back to a plain word scan of SQL and says so.
 """
@@ -408,7 +408,7 @@ class KnowledgeStore:
             return await self._scan_kb(tenant, ids, query, filters, limit, offset, self._search_failed(e))
         self.metrics.duration.labels("search").observe(time.monotonic() - started)
         rows = await self.sql.chunk_rows(tenant, [hit.chunk_id for hit in outcome.hits], list(ids))
-        pending, rebuilding = await self.sql.pending_state(tenant, list(indexes))
+        pending = await self.sql.pending_count(tenant, list(indexes))
         results = []
         for hit in outcome.hits:
             row = rows.get(hit.chunk_id)
@@ -419,9 +419,7 @@ class KnowledgeStore:
                 continue  # changed since it was indexed
             results.append(_result(row, ids[row["collection_id"]], hit.score, metadata))
         notices = [outcome.notice] if outcome.notice else []
-        if rebuilding:
-            notices.append("the index is being rebuilt (mcpd reindex): documents may be missing until it ends")
-        elif pending:
+        if pending:
             notices.append(f"indexing is pending for {pending} change(s): the newest documents may be missing")
         return {
             "results": results[offset : offset + limit],
@@ -525,7 +523,7 @@ class KnowledgeStore:
             return await self._scan_memories(tenant, owners, query, tags, limit, offset, self._search_failed(e))
         self.metrics.duration.labels("search").observe(time.monotonic() - started)
         rows = await self.sql.memory_rows(tenant, owners, [hit.chunk_id for hit in outcome.hits])
-        pending, rebuilding = await self.sql.pending_state(tenant, [MEMORY_COLLECTION])
+        pending = await self.sql.pending_count(tenant, [MEMORY_COLLECTION])
         found = []
         for hit in outcome.hits:
             memory = rows.get(hit.chunk_id)
@@ -536,9 +534,7 @@ class KnowledgeStore:
         found.sort(key=lambda m: (m["created_at"], m["id"]), reverse=True)
         found.sort(key=lambda m: m["score"], reverse=True)
         notices = [outcome.notice] if outcome.notice else []
-        if rebuilding:
-            notices.append("the index is being rebuilt (mcpd reindex): memories may be missing until it ends")
-        elif pending:
+        if pending:
             notices.append(f"indexing is pending for {pending} change(s): the newest memories may be missing")
         return {
             "memories": found[offset : offset + limit],

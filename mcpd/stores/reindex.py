@@ -10,8 +10,8 @@ twice, or late, is harmless; a row whose record changed while it was being index
 `SQLKnowledge.settle`) and is done again at once.
 
 `rebuild` re-creates index collections from SQL (``mcpd reindex``): after the embedding model
-changed, or the index's data was lost. While one is rebuilt, searches of it say the index is
-degraded (an outbox marker, counted as pending work).
+changed, or the index's data was lost. It builds a new collection and swaps it in when full:
+searches use the old one meanwhile and say a rebuild is under way.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from mcpd.interfaces import StoreUnavailable
+from mcpd.interfaces import StoreError, StoreUnavailable
 from mcpd.stores.knowledge import KnowledgeStore
+from mcpd.stores.milvus import MilvusIndex
 
 log = Logger(namespace="mcpd.reindex")
 
@@ -34,6 +36,8 @@ BATCH = 200  # outbox rows read (and indexed together) at once
 FIRST_BACKOFF, MAX_BACKOFF = 0.5, 15.0
 IDLE_INTERVAL = 30.0
 REBUILD_PAGE = 500
+GRACE = 2.0  # seconds a rebuild waits after its swap for writes under way to settle
+BUILT = "__b"  # a rebuilt collection's name: <index collection>__b<milliseconds>
 
 
 class Reindexer(Service):
@@ -133,34 +137,72 @@ class Reindexer(Service):
 
 
 async def rebuild(
-    store: KnowledgeStore, only: Callable[[str, str], bool] = lambda _tenant, _name: True
+    store: KnowledgeStore, only: Callable[[str, str], bool] = lambda _tenant, _name: True, grace: float = GRACE
 ) -> list[tuple[str, str, str, int]]:
     """Re-create index collections from SQL: each one ``only`` accepts (given its tenant and kb
-    collection name; "" and "memory" for the memories) is dropped, made again with the current
-    embedding model and filled with every chunk; its outbox rows up to then are cleared.
-    Returns (tenant, name, index collection, chunks) for each."""
+    collection name; "" and "memory" for the memories) is built anew, with the current embedding
+    model, as a new collection filled with every chunk, which then takes the old one's place at
+    once (searches use the old one until then). Changes made meanwhile reached the old one: their
+    outbox rows were kept, and are applied to the new one after the swap (``grace`` seconds
+    later, so that writes under way have settled). Returns (tenant, name, index collection,
+    chunks) for each."""
     sql = store.sql
+    index = store.retriever.index
+    if not isinstance(index, MilvusIndex):
+        raise StoreError("this search index cannot be rebuilt in place of the old one")
     rebuilt = []
     for collection, analyzer, tenant, name in await sql.index_collections():
         if not only(tenant, name):
             continue
-        marker = await sql.rebuilding(collection)
+        await sql.rebuilding(collection)
         up_to = await sql.last_seq()
+        built = f"{collection}{BUILT}{int(store.clock.seconds() * 1000)}"
         try:
-            await store.retriever.drop(collection)
+            for left in await index.list_collections():
+                if left.startswith(collection + BUILT):
+                    await index.drop_collection(left)  # from a rebuild that died
+            await store.retriever.ensure_collection(built, analyzer)
+            count, after = 0, ""
+            while True:
+                chunks = await sql.chunks_after(collection, after, REBUILD_PAGE)
+                if not chunks:
+                    break
+                await store.retriever.index_chunks(built, chunks, analyzer)
+                count += len(chunks)
+                after = chunks[-1].id
+            await index.swap_collection(collection, built)
         except BaseException:
-            await sql.unmark(marker)  # the index is as it was
+            with contextlib.suppress(Exception):
+                await index.drop_collection(built)
+            await sql.unmark(collection)  # the old collection stays as it was
             raise
-        await store.retriever.ensure_collection(collection, analyzer)
-        count, after = 0, ""
-        while True:
-            chunks = await sql.chunks_after(collection, after, REBUILD_PAGE)
-            if not chunks:
-                break
-            await store.retriever.index_chunks(collection, chunks, analyzer)
-            count += len(chunks)
-            after = chunks[-1].id
         await sql.clear_work(collection, up_to)
-        log.info("Rebuilt index collection {name}: {count} chunk(s)", name=collection, count=count)
+        await deferLater(store.clock, grace, lambda: None)
+        caught = await _catch_up(store, collection)
+        await sql.unmark(collection)
+        caught += await _catch_up(store, collection)  # kept between the last look and the unmark
+        log.info(
+            "Rebuilt index collection {name}: {count} chunk(s), {caught} change(s) made meanwhile",
+            name=collection,
+            count=count,
+            caught=caught,
+        )
         rebuilt.append((tenant, name, collection, count))
     return rebuilt
+
+
+async def _catch_up(store: KnowledgeStore, collection: str) -> int:
+    """Apply the changes kept while ``collection`` was rebuilt to it; how many."""
+    sql = store.sql
+    after = done = 0
+    while True:
+        items = await sql.pending_work(BATCH, after, rebuilt=collection)
+        if not items:
+            return done
+        outcomes = await store.apply(await sql.targets(items))
+        left = await sql.settle([target for target, error in outcomes if error is None], rebuilt=True)
+        for target, error in outcomes:
+            if error is not None:
+                await store.refused(target.work, error)
+        done += sum(1 for _, error in outcomes if error is None) - len(left)
+        after = items[-1].seq

@@ -6,6 +6,10 @@ written in one transaction, so nothing acknowledged is ever missing from SQL, an
 is ever forgotten by the index (the re-indexer works the outbox off). Every statement is scoped
 by tenant.
 
+While ``mcpd reindex`` rebuilds an index collection (into a new one, swapped in when full),
+a marker row says so: the rows of changes made meanwhile are kept (they reached the old one)
+until the rebuild has applied them to the new one.
+
 Documents and memories carry a version that every change raises. Index work reads a record at
 one version (`targets`) and, once the index holds that, `settle` clears its outbox row only if
 SQL still holds that version: work that raced a newer change (or a delete, or its collection's
@@ -21,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import and_, case, delete, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
@@ -44,9 +48,10 @@ MEMORY_COLLECTION = "memory"
 # last_error for the operator (``mcpd reindex`` clears it), no longer pending.
 MAX_ATTEMPTS = 5
 DOCUMENT, MEMORY, COLLECTION = "document", "memory", "collection"
-# An outbox row saying an index collection is being rebuilt (``mcpd reindex``): never worked off
-# by the re-indexer, counted as pending (searches say the index is degraded) until the rebuild
-# ends; its tenant is `ANY_TENANT` (the memories' collection serves every tenant).
+# An outbox row saying an index collection is being rebuilt (``mcpd reindex``): while it is
+# there, rows of the collection are kept once done (the rebuild applies them to the new
+# collection) and the re-indexer leaves them. Its tenant is `ANY_TENANT` (the memories'
+# collection serves every tenant); it is not pending work.
 REBUILD = "rebuild"
 ANY_TENANT = "*"
 # A document's metadata as JSON (the search index's bound, and the column's).
@@ -175,10 +180,13 @@ class SQLKnowledge:
             connection.execute(delete(kb_chunks).where(kb_chunks.c.collection_id == row.id))
             connection.execute(delete(kb_documents).where(kb_documents.c.collection_id == row.id))
             connection.execute(delete(kb_collections).where(kb_collections.c.id == row.id))
-            # Work on its documents is moot once the index collection is dropped.
+            # Work on its documents is moot once the index collection is dropped (a rebuild's
+            # marker stays: the rebuild drops what it built).
             connection.execute(
                 delete(index_outbox).where(
-                    index_outbox.c.tenant == tenant, index_outbox.c.collection == index_collection(row.id)
+                    index_outbox.c.tenant == tenant,
+                    index_outbox.c.collection == index_collection(row.id),
+                    index_outbox.c.kind != REBUILD,
                 )
             )
             seq = _enqueue(connection, tenant, index_collection(row.id), COLLECTION, row.id, False)
@@ -475,43 +483,38 @@ class SQLKnowledge:
 
     # -- the outbox -----------------------------------------------------------------------------
 
-    def pending_work(self, limit: int, after: int = 0) -> Deferred[list[Work]]:
-        """The oldest outbox rows after ``after`` (not given up)."""
+    def pending_work(self, limit: int, after: int = 0, rebuilt: str | None = None) -> Deferred[list[Work]]:
+        """The oldest outbox rows after ``after`` (not given up), but those of collections being
+        rebuilt; with ``rebuilt``, that collection's only (a rebuild catching up)."""
 
         def work(connection: Connection) -> list[Work]:
-            query = (
-                select(index_outbox)
-                .where(
-                    index_outbox.c.seq > after,
-                    index_outbox.c.attempts < MAX_ATTEMPTS,
-                    index_outbox.c.kind != REBUILD,
-                )
-                .order_by(index_outbox.c.seq)
-                .limit(limit)
+            query = select(index_outbox).where(
+                index_outbox.c.seq > after,
+                index_outbox.c.attempts < MAX_ATTEMPTS,
+                index_outbox.c.kind != REBUILD,
             )
-            return [_work_of(row) for row in connection.execute(query)]
+            if rebuilt is not None:
+                query = query.where(index_outbox.c.collection == rebuilt)
+            else:
+                query = query.where(index_outbox.c.collection.not_in(_rebuilding()))
+            return [_work_of(row) for row in connection.execute(query.order_by(index_outbox.c.seq).limit(limit))]
 
         return self.database.run("index.outbox.read", work)
 
     def pending_count(self, tenant: str | None = None, collections: Sequence[str] | None = None) -> Deferred[int]:
-        """Outbox rows waiting, not given up (of one tenant's collections, when given); a
-        rebuild under way counts as one."""
-        return self.pending_state(tenant, collections).addCallback(lambda state: state[0])
+        """Outbox rows waiting, not given up (of one tenant's collections, when given)."""
 
-    def pending_state(
-        self, tenant: str | None = None, collections: Sequence[str] | None = None
-    ) -> Deferred[tuple[int, bool]]:
-        """`pending_count`, and whether one of the collections is being rebuilt."""
-
-        def work(connection: Connection) -> tuple[int, bool]:
-            rebuilding = func.coalesce(func.sum(case((index_outbox.c.kind == REBUILD, 1), else_=0)), 0)
-            query = select(func.count(), rebuilding).where(index_outbox.c.attempts < MAX_ATTEMPTS)
+        def work(connection: Connection) -> int:
+            query = (
+                select(func.count())
+                .select_from(index_outbox)
+                .where(index_outbox.c.attempts < MAX_ATTEMPTS, index_outbox.c.kind != REBUILD)
+            )
             if tenant is not None:
-                query = query.where(index_outbox.c.tenant.in_([tenant, ANY_TENANT]))
+                query = query.where(index_outbox.c.tenant == tenant)
             if collections is not None:
                 query = query.where(index_outbox.c.collection.in_(list(collections)))
-            count, rebuilds = connection.execute(query).one()
-            return int(count or 0), bool(rebuilds)
+            return int(connection.execute(query).scalar() or 0)
 
         return self.database.run("index.outbox.count", work)
 
@@ -523,16 +526,21 @@ class SQLKnowledge:
 
         return self.database.run("index.outbox.load", work)
 
-    def settle(self, applied: Sequence[Target]) -> Deferred[list[int]]:
+    def settle(self, applied: Sequence[Target], rebuilt: bool = False) -> Deferred[list[int]]:
         """The index now holds each of ``applied``: clear the outbox row of each whose record SQL
         still holds at the version read. The others raced a newer change, a delete or their
         collection's drop: their rows stay, marked stale (the index may hold chunks SQL no
-        longer has), and a drop the index may have undone is queued again. Fires with the seqs
-        of the rows left."""
+        longer has), and a drop the index may have undone is queued again. Rows of a collection
+        being rebuilt stay too, unless ``rebuilt`` (the rebuild applied them to the new one).
+        Fires with the seqs of the rows left."""
 
         def work(connection: Connection) -> list[int]:
             done, left = [], []
+            held = set() if rebuilt else set(connection.execute(_rebuilding()).scalars())
             for target in applied:
+                if target.work.collection in held:
+                    left.append(target.work.seq)
+                    continue
                 current = _target_version(connection, target.work)
                 if current == (target.version, target.collection):
                     done.append(target.work.seq)
@@ -605,23 +613,25 @@ class SQLKnowledge:
             write=True,
         )
 
-    def unmark(self, seq: int) -> Deferred[None]:
-        """Take back a rebuild marker (the rebuild did not start)."""
+    def unmark(self, collection: str) -> Deferred[None]:
+        """The rebuild of ``collection`` ended (or never began): its markers go (those of a
+        rebuild that died too)."""
 
         def work(connection: Connection) -> None:
-            connection.execute(delete(index_outbox).where(index_outbox.c.seq == seq, index_outbox.c.kind == REBUILD))
+            connection.execute(
+                delete(index_outbox).where(index_outbox.c.collection == collection, index_outbox.c.kind == REBUILD)
+            )
 
         return self.database.run("index.rebuild.unmark", work, write=True)
 
     def clear_work(self, collection: str, up_to: int) -> Deferred[None]:
-        """Forget the outbox rows of a collection up to ``up_to`` (a rebuild did their work),
-        its rebuild markers with them."""
+        """Forget the outbox rows of a collection up to ``up_to`` (a rebuild did their work)."""
 
         def work(connection: Connection) -> None:
             connection.execute(
                 delete(index_outbox).where(
                     index_outbox.c.collection == collection,
-                    index_outbox.c.kind != COLLECTION,
+                    index_outbox.c.kind.not_in([COLLECTION, REBUILD]),
                     index_outbox.c.seq <= up_to,
                 )
             )
@@ -719,6 +729,11 @@ def metadata_json(metadata: dict[str, Any] | None) -> str:
     if size > MAX_METADATA_BYTES:
         raise StoreError(f"metadata is {size} bytes as JSON, over {MAX_METADATA_BYTES}: keep long values in the text")
     return text
+
+
+def _rebuilding() -> Any:
+    """The index collections being rebuilt (a subquery)."""
+    return select(index_outbox.c.collection).where(index_outbox.c.kind == REBUILD).distinct()
 
 
 def _drop_queued(connection: Connection, collection: str) -> bool:
