@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
@@ -535,16 +535,20 @@ class SQLKnowledge:
         Fires with the seqs of the rows left."""
 
         def work(connection: Connection) -> list[int]:
-            done, left = [], []
+            left = []
             held = set() if rebuilt else set(connection.execute(_rebuilding()).scalars())
             for target in applied:
                 if target.work.collection in held:
                     left.append(target.work.seq)
                     continue
+                # One statement when nothing changed (the usual case): the row goes if SQL holds
+                # what was read.
+                unchanged = delete(index_outbox).where(index_outbox.c.seq == target.work.seq, *_unchanged(target))
+                if connection.execute(unchanged).rowcount:
+                    continue
                 current = _target_version(connection, target.work)
                 if current == (target.version, target.collection):
-                    done.append(target.work.seq)
-                    continue
+                    continue  # cleared meanwhile (another instance did the same work)
                 left.append(target.work.seq)
                 connection.execute(update(index_outbox).where(index_outbox.c.seq == target.work.seq).values(stale=1))
                 gone = target.work.kind == DOCUMENT and not current[1]
@@ -553,8 +557,6 @@ class SQLKnowledge:
                     _enqueue(
                         connection, target.work.tenant, collection, COLLECTION, collection.removeprefix("kb_"), False
                     )
-            if done:
-                connection.execute(delete(index_outbox).where(index_outbox.c.seq.in_(done)))
             return left
 
         return self.database.run("index.outbox.done", work, write=True)
@@ -739,6 +741,24 @@ def _rebuilding() -> Any:
 def _drop_queued(connection: Connection, collection: str) -> bool:
     query = select(index_outbox.c.seq).where(index_outbox.c.collection == collection, index_outbox.c.kind == COLLECTION)
     return connection.execute(query.limit(1)).first() is not None
+
+
+def _unchanged(target: Target) -> list[Any]:
+    """Conditions true while SQL holds the record of ``target`` at the version it read (and
+    its collection as it was)."""
+    item = target.work
+    found: list[Any] = []
+    if item.kind != MEMORY:
+        collection = exists().where(kb_collections.c.id == item.collection.removeprefix("kb_"))
+        found.append(collection if target.collection else ~collection)
+    table = memories if item.kind == MEMORY else kb_documents if item.kind == DOCUMENT else None
+    if table is not None:
+        record = and_(table.c.tenant == item.tenant, table.c.id == item.target)
+        if target.version is None:
+            found.append(~exists().where(record))
+        else:
+            found.append(select(table.c.version).where(record).scalar_subquery() == target.version)
+    return found
 
 
 def _target_version(connection: Connection, item: Work) -> tuple[int | None, bool]:
