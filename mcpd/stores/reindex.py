@@ -11,7 +11,7 @@ twice, or late, is harmless; a row whose record changed while it was being index
 
 `rebuild` re-creates index collections from SQL (``mcpd reindex``): after the embedding model
 changed, or the index's data was lost. It builds a new collection and swaps it in when full:
-searches use the old one meanwhile and say a rebuild is under way.
+searches use the old one meanwhile.
 """
 
 from __future__ import annotations
