@@ -143,52 +143,64 @@ async def rebuild(
     collection name; "" and "memory" for the memories) is built anew, with the current embedding
     model, as a new collection filled with every chunk, which then takes the old one's place at
     once (searches use the old one until then). Changes made meanwhile reached the old one: their
-    outbox rows were kept, and are applied to the new one after the swap (``grace`` seconds
-    later, so that writes under way have settled). Returns (tenant, name, index collection,
+    outbox rows were kept, and are applied to the new one after the swaps (``grace`` seconds
+    after the last, so that writes under way have settled). Returns (tenant, name, index collection,
     chunks) for each."""
     sql = store.sql
     index = store.retriever.index
     if not isinstance(index, MilvusIndex):
         raise StoreError("this search index cannot be rebuilt in place of the old one")
-    rebuilt = []
-    for collection, analyzer, tenant, name in await sql.index_collections():
-        if not only(tenant, name):
-            continue
-        await sql.rebuilding(collection)
-        up_to = await sql.last_seq()
-        built = f"{collection}{BUILT}{int(store.clock.seconds() * 1000)}"
-        try:
-            for left in await index.list_collections():
-                if left.startswith(collection + BUILT):
-                    await index.drop_collection(left)  # from a rebuild that died
-            await store.retriever.ensure_collection(built, analyzer)
-            count, after = 0, ""
-            while True:
-                chunks = await sql.chunks_after(collection, after, REBUILD_PAGE)
-                if not chunks:
-                    break
-                await store.retriever.index_chunks(built, chunks, analyzer)
-                count += len(chunks)
-                after = chunks[-1].id
-            await index.swap_collection(collection, built)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await index.drop_collection(built)
-            await sql.unmark(collection)  # the old collection stays as it was
-            raise
-        await sql.clear_work(collection, up_to)
-        await deferLater(store.clock, grace, lambda: None)
-        caught = await _catch_up(store, collection)
-        await sql.unmark(collection)
-        caught += await _catch_up(store, collection)  # kept between the last look and the unmark
-        log.info(
-            "Rebuilt index collection {name}: {count} chunk(s), {caught} change(s) made meanwhile",
-            name=collection,
-            count=count,
-            caught=caught,
-        )
-        rebuilt.append((tenant, name, collection, count))
+    rebuilt: list[tuple[str, str, str, int]] = []
+    try:
+        for collection, analyzer, tenant, name in await sql.index_collections():
+            if only(tenant, name):
+                count = await _rebuild(store, index, collection, analyzer)
+                rebuilt.append((tenant, name, collection, count))
+    finally:
+        if rebuilt:
+            # One grace for all: writes under way when a collection was swapped have settled.
+            await deferLater(store.clock, grace, lambda: None)
+        for _, _, collection, count in rebuilt:
+            caught = await _catch_up(store, collection)
+            await sql.unmark(collection)
+            caught += await _catch_up(store, collection)  # kept between the last look and the unmark
+            log.info(
+                "Rebuilt index collection {name}: {count} chunk(s), {caught} change(s) made meanwhile",
+                name=collection,
+                count=count,
+                caught=caught,
+            )
     return rebuilt
+
+
+async def _rebuild(store: KnowledgeStore, index: MilvusIndex, collection: str, analyzer: str) -> int:
+    """Fill a new collection from SQL and swap it in for ``collection`` (marked as being rebuilt
+    until the caller has caught up); how many chunks."""
+    sql = store.sql
+    await sql.rebuilding(collection)
+    up_to = await sql.last_seq()
+    built = f"{collection}{BUILT}{int(store.clock.seconds() * 1000)}"
+    try:
+        for left in await index.list_collections():
+            if left.startswith(collection + BUILT):
+                await index.drop_collection(left)  # from a rebuild that died
+        await store.retriever.ensure_collection(built, analyzer)
+        count, after = 0, ""
+        while True:
+            chunks = await sql.chunks_after(collection, after, REBUILD_PAGE)
+            if not chunks:
+                break
+            await store.retriever.index_chunks(built, chunks, analyzer)
+            count += len(chunks)
+            after = chunks[-1].id
+        await index.swap_collection(collection, built)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await index.drop_collection(built)
+        await sql.unmark(collection)  # the old collection stays as it was
+        raise
+    await sql.clear_work(collection, up_to)
+    return count
 
 
 async def _catch_up(store: KnowledgeStore, collection: str) -> int:
