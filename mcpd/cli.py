@@ -156,10 +156,12 @@ class ReindexOptions(usage.Options):
     synopsis = "reindex [--tenant TENANT] [--config FILE] [...] [COLLECTION]"
     longdesc = (
         "Rebuild the search index of the kb and memory packs from SQL, which holds every document, chunk "
-        "and memory: each index collection is dropped, made again with the embedding model configured now "
-        "(none: keyword search only) and refilled. COLLECTION is a kb collection's name (of every tenant, "
-        "or of --tenant) or 'memory'; without it, everything. Run it after changing the embedding model or "
-        "losing the index's data; with Milvus Lite embedded, stop mcpd first (one process opens its file)."
+        "and memory: each index collection is built anew with the embedding model configured now (none: "
+        "keyword search only) and takes the old one's place once full; searches use the old one until "
+        "then, and changes made meanwhile reach the new one. COLLECTION is a kb collection's name (of every "
+        "tenant, or of --tenant) or 'memory'; without it, everything. Run it after changing the embedding "
+        "model or losing the index's data; with Milvus Lite embedded, stop mcpd first (one process opens "
+        "its file)."
     )
     optParameters = [
         ["config", "c", None, "A .env-style file of NAME=value settings."],

@@ -1,48 +1,74 @@
-"""Tests for mcpd.stores.knowledge and mcpd.stores.reindex on a real SQLite database and an
-embedded Milvus Lite index: records the index refuses never hold back the rest of the outbox."""
+"""Tests for mcpd.stores.knowledge and mcpd.stores.reindex on real databases and a real index
+(SQLite with Milvus Lite embedded; MariaDB with ``milvus-lite server``): records the index
+refuses never hold back the rest of the outbox; changes, deletes and drops that race the index
+work of older ones still end with the index holding what SQL holds; a rebuild under way is
+reported; a document's metadata is bounded the same on both databases."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 from sqlalchemy.engine import URL
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from mcpd.interfaces import SearchQuery, StoreError
 from mcpd.packs.chunking import chunk_markdown
-from mcpd.stores.knowledge import INDEXED, PENDING, KnowledgeStore
+from mcpd.stores.knowledge import INDEX_OK, INDEXED, PENDING, KnowledgeStore
 from mcpd.stores.milvus import MilvusIndex
-from mcpd.stores.reindex import Reindexer
+from mcpd.stores.reindex import Reindexer, rebuild
 from mcpd.stores.retrieval import Retriever
-from mcpd.stores.sql.config import DatabaseConfig
+from mcpd.stores.sql.config import DatabaseConfig, database_url
 from mcpd.stores.sql.database import SQLDatabase
-from mcpd.stores.sql.knowledge import MAX_ATTEMPTS, SQLKnowledge
+from mcpd.stores.sql.knowledge import (
+    MAX_ATTEMPTS,
+    MAX_METADATA_BYTES,
+    MEMORY_COLLECTION,
+    SQLKnowledge,
+    index_collection,
+)
 from mcpd.stores.sql.service import SQLStoreService
-from tests.milvus_service import require_milvus
+from tests.milvus_service import require_milvus, shared_server, unique_prefix
+from tests.services import PASSWORD, shared_mariadb
 
 
 def document(text: str, **metadata: Any) -> dict[str, Any]:
     return {"text": text, "title": None, "source": None, "metadata": metadata, "chunks": chunk_markdown(text)}
 
 
-class OutboxTests(TestCase):
-    timeout = 120
+class KnowledgeContract:
+    """The store on one database and one index; subclasses say which."""
+
+    store: KnowledgeStore
+    reindexer: Reindexer
+    addCleanup: Any
+    mktemp: Any
+    assertEqual: Any
+    assertIn: Any
+    assertIsNone: Any
+    assertNotIn: Any
+    assertFalse: Any
+    assertRaises: Any
+    failureResultOf: Any
+
+    def where(self, directory: str) -> tuple[DatabaseConfig, MilvusIndex]:
+        raise NotImplementedError
 
     def setUp(self) -> None:
         require_milvus()
         directory = self.mktemp()
         os.makedirs(directory)
-        url = URL.create("sqlite", database=os.path.join(directory, "mcpd.sqlite3"))
-        database = SQLDatabase(DatabaseConfig(url=url), reactor)
+        config, index = self.where(directory)
+        database = SQLDatabase(config, reactor)
         sql = SQLStoreService(database, reactor)
         sql.startService()
         self.addCleanup(sql.stopService)
-        index = MilvusIndex(os.path.join(directory, "milvus.db"), reactor)
         index.startService()
         self.addCleanup(index.stopService)
-        self.store = KnowledgeStore(SQLKnowledge(database), Retriever(index), "milvus.db", reactor)
+        self.store = KnowledgeStore(SQLKnowledge(database), Retriever(index), index.uri, reactor)
         self.reindexer = Reindexer(self.store, reactor)
         self.reindexer.running = True  # passes are driven by the test (kicks are cancelled at the end)
         self.addCleanup(self.reindexer.stopService)
@@ -51,10 +77,177 @@ class OutboxTests(TestCase):
         return self.store.search("acme", ["docs"], query, None, {}, 10, 0)
 
     @inlineCallbacks
+    def _race(self, during: Any) -> Any:
+        """A document indexed as "apple", changed to "banana" while the index was down; the
+        re-indexer reads the banana chunks, then ``during(document_id)`` runs before it writes
+        them; then it drains the outbox. Fires with the document's id."""
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        added = yield self.store.add_document("acme", "docs", document("apple words"), "alice")
+        self.assertEqual(added["indexing"], INDEXED)
+        did = added["document"]["id"]
+        self.store.index_down = True
+        yield self.store.update_document(
+            "acme", "docs", did, {"text": "banana words", "chunks": chunk_markdown("banana words")}
+        )
+        self.store.index_down = False
+        read = self.store.sql.targets
+        raced: list[bool] = []
+
+        def targets(items: Any) -> Deferred[Any]:
+            loaded = read(items)
+            if not raced:
+                raced.append(True)
+                loaded.addCallback(lambda found: Deferred.fromCoroutine(during(did)).addCallback(lambda _: found))
+            return loaded
+
+        self.store.sql.targets = targets  # type: ignore[method-assign]
+        for _ in range(4):
+            yield self.reindexer.drain()
+        self.assertEqual(raced, [True])
+        self.assertEqual((yield self.store.sql.pending_count()), 0)
+        return did
+
+    def in_index(self, name: str, text: str) -> Deferred[list[str]]:
+        """The ids of the tenant's chunks the index itself finds (no check against SQL)."""
+        query = SearchQuery(tenant="acme", text=text, limit=10)
+        return self.store.retriever.index.search([name], query).addCallback(lambda hits: [h.chunk_id for h in hits])
+
+    @inlineCallbacks
+    def test_a_change_made_while_older_chunks_are_being_indexed_ends_up_indexed(self) -> Any:
+        async def change(did: str) -> None:
+            changed = await self.store.update_document(
+                "acme", "docs", did, {"text": "cherry words", "chunks": chunk_markdown("cherry words")}
+            )
+            self.assertEqual(changed["indexing"], INDEXED)
+
+        did = yield self._race(change)
+        found = yield self.search("cherry")
+        self.assertEqual([(hit["document_id"], hit["text"]) for hit in found["results"]], [(did, "cherry words")])
+        self.assertEqual(found["index"], INDEX_OK)
+        collection = yield self.store.sql.find_collection("acme", "docs")
+        self.assertEqual((yield self.in_index(index_collection(collection["id"]), "banana apple")), [])
+
+    @inlineCallbacks
+    def test_a_document_deleted_while_its_chunks_are_being_indexed_stays_out_of_the_index(self) -> Any:
+        async def remove(did: str) -> None:
+            self.assertTrue(await self.store.delete_document("acme", "docs", did))
+
+        yield self._race(remove)
+        collection = yield self.store.sql.find_collection("acme", "docs")
+        self.assertEqual((yield self.in_index(index_collection(collection["id"]), "banana apple")), [])
+        self.assertEqual((yield self.search("banana"))["results"], [])
+
+    @inlineCallbacks
+    def test_a_collection_dropped_while_its_chunks_are_being_indexed_is_not_made_again(self) -> Any:
+        collection = yield self.store.create_collection("acme", "ahead", None, "standard", "alice")
+        self.assertIsNone(collection.get("notice"))
+        dropped: list[str] = []
+
+        async def drop(_did: str) -> None:
+            found = await self.store.sql.find_collection("acme", "docs")
+            dropped.append(index_collection(found["id"]))
+            await self.store.drop_collection("acme", "docs")
+
+        yield self._race(drop)
+        self.assertIsNone((yield self.store.retriever.index.describe_collection(dropped[0])))
+        self.assertNotIn(dropped[0], (yield self.store.retriever.index.list_collections()))
+
+    @inlineCallbacks
+    def test_a_memory_forgotten_while_it_is_being_indexed_stays_out_of_the_index(self) -> Any:
+        kept = yield self.store.remember("acme", "", "apple memory", [], "alice")
+        mid = kept["memory"]["id"]
+        self.store.index_down = True
+        yield self.store.update_memory("acme", [""], mid, {"text": "banana memory"})
+        self.store.index_down = False
+        read = self.store.sql.targets
+        raced: list[bool] = []
+
+        def targets(items: Any) -> Deferred[Any]:
+            loaded = read(items)
+            if not raced:
+                raced.append(True)
+                loaded.addCallback(lambda found: self.store.forget("acme", [""], mid).addCallback(lambda _: found))
+            return loaded
+
+        self.store.sql.targets = targets  # type: ignore[method-assign]
+        for _ in range(4):
+            yield self.reindexer.drain()
+        self.assertEqual(raced, [True])
+        self.assertEqual((yield self.in_index(MEMORY_COLLECTION, "banana apple memory")), [])
+
+    @inlineCallbacks
+    def test_searches_use_the_old_index_while_a_new_one_is_built_and_changes_meanwhile_reach_it(self) -> Any:
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        ids = {}
+        for word in ("apple", "banana", "cherry"):
+            added = yield self.store.add_document("acme", "docs", document(f"{word} fruit"), "alice")
+            ids[word] = added["document"]["id"]
+        fill = self.store.retriever.index_chunks
+        during: list[Any] = []
+
+        async def searched_first(name: str, chunks: Any, analyzer: str = "standard") -> int:
+            if "__b" in name and not during:  # the new collection is about to be filled
+                during.append(await self.search("fruit"))
+                # Changes made meanwhile reach the old collection; the new one must get them too.
+                await self.store.add_document("acme", "docs", document("date fruit"), "alice")
+                await self.store.delete_document("acme", "docs", ids["apple"])
+                await self.store.update_document("acme", "docs", ids["banana"], {"metadata": {"ripe": True}})
+            return await fill(name, chunks, analyzer)
+
+        self.store.retriever.index_chunks = searched_first  # type: ignore[assignment,method-assign]
+        rebuilt = yield Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs", grace=0.1))
+        self.assertEqual([count for _, name, _, count in rebuilt], [4])  # the date came in a later page
+        # During the rebuild: the old index, whole.
+        self.assertEqual(len(during[0]["results"]), 3)
+        self.assertEqual(during[0]["index"], INDEX_OK)
+        after = yield self.search("fruit")
+        self.assertEqual(
+            sorted(hit["text"] for hit in after["results"]), ["banana fruit", "cherry fruit", "date fruit"]
+        )
+        self.assertEqual(after["index"], INDEX_OK)
+        ripe = yield self.store.search("acme", ["docs"], "fruit", None, {"ripe": True}, 10, 0)
+        self.assertEqual([hit["text"] for hit in ripe["results"]], ["banana fruit"])
+        self.assertEqual((yield self.store.sql.pending_count()), 0)
+        collection = yield self.store.sql.find_collection("acme", "docs")
+        name = index_collection(collection["id"])
+        self.assertEqual((yield self.in_index(name, "apple")), [])
+        listed = yield self.store.retriever.index.list_collections()
+        self.assertIn(name, listed)
+        self.assertFalse([n for n in listed if "__b" in n])
+        # Rebuilt again (the name is an alias now), then dropped with the kb collection.
+        yield Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs", grace=0))
+        self.assertEqual(len((yield self.search("fruit"))["results"]), 3)
+        yield self.store.drop_collection("acme", "docs")
+        self.assertEqual((yield self.store.retriever.index.list_collections()), [])
+
+    @inlineCallbacks
+    def test_metadata_up_to_64_kib_is_kept_and_more_is_refused_clearly(self) -> Any:
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        # 64 KiB as JSON exactly, quotes and non-ASCII counted as stored (over MySQL's TEXT).
+        filler = '"é' * 8000
+        blob = filler + "x" * (MAX_METADATA_BYTES - len(json.dumps({"blob": filler}, ensure_ascii=False).encode()))
+        metadata = {"blob": blob}
+        self.assertEqual(len(json.dumps(metadata, ensure_ascii=False).encode()), MAX_METADATA_BYTES)
+        added = yield self.store.add_document("acme", "docs", document("big metadata", **metadata), "alice")
+        did = added["document"]["id"]
+        self.assertEqual((yield self.store.get_document("acme", "docs", did))["metadata"], metadata)
+        over = {"blob": blob + "x"}
+        refused = yield self.assertFailure(
+            self.store.add_document("acme", "docs", document("more", **over), "alice"), StoreError
+        )
+        self.assertIn(f"over {MAX_METADATA_BYTES}", str(refused))
+        refused = yield self.assertFailure(
+            self.store.update_document("acme", "docs", did, {"metadata": over}), StoreError
+        )
+        self.assertIn(f"over {MAX_METADATA_BYTES}", str(refused))
+        self.assertEqual((yield self.store.get_document("acme", "docs", did))["metadata"], metadata)
+
+    @inlineCallbacks
     def test_a_record_the_index_refuses_is_given_up_without_blocking_the_others(self) -> Any:
         yield self.store.create_collection("acme", "docs", None, "standard", "alice")
-        # Both refused by the index (an integer beyond 64 bits made pymilvus raise TypeError).
-        for poison in (document("huge number", n=10**20), document("huge metadata", blob="x" * 70_000)):
+        # Both refused by the index (an integer beyond 64 bits made pymilvus raise TypeError; the
+        # index keeps flat metadata only). The kb pack refuses both: the store does not.
+        for poison in (document("huge number", n=10**20), document("nested metadata", nested={"a": 1})):
             added = yield self.store.add_document("acme", "docs", poison, "alice")
             self.assertEqual(added["indexing"], PENDING)
         self.store.index_down = True  # an outage: these writes wait in the outbox with the refused ones
@@ -89,3 +282,24 @@ class OutboxTests(TestCase):
         self.assertEqual(self.store.metrics.errors.labels("index", "refused")._value.get(), 0)  # one batch
         found = yield self.store.search("acme", ["docs"], "apple", None, {"team": "ops"}, 10, 0)
         self.assertEqual([(hit["document_id"], hit["title"]) for hit in found["results"]], [(did, "Apples")])
+
+
+class SQLiteEmbeddedTests(KnowledgeContract, TestCase):
+    """SQLite, and Milvus Lite in the process."""
+
+    timeout = 120
+
+    def where(self, directory: str) -> tuple[DatabaseConfig, MilvusIndex]:
+        url = URL.create("sqlite", database=os.path.join(directory, "mcpd.sqlite3"))
+        return DatabaseConfig(url=url), MilvusIndex(os.path.join(directory, "milvus.db"), reactor)
+
+
+class MariaDBServerTests(KnowledgeContract, TestCase):
+    """MariaDB, and ``milvus-lite server`` through its URI (a Milvus server's client path)."""
+
+    timeout = 180
+
+    def where(self, directory: str) -> tuple[DatabaseConfig, MilvusIndex]:
+        server = shared_mariadb()
+        url = database_url(server.url(server.new_database()), directory, PASSWORD)
+        return DatabaseConfig(url=url), MilvusIndex(shared_server().uri, reactor, prefix=unique_prefix())

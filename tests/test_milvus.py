@@ -13,8 +13,9 @@ from typing import Any
 
 import attrs
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from mcpd.config import resolve
@@ -357,6 +358,71 @@ class ServerMilvusTests(IndexContract, TestCase):
         yield self.index.upsert(name, [attrs.evolve(chunk("cache"), vector=vector)], bigger)
         hits = yield self.search(name, "cache", mode=SEMANTIC, vector=tuple(toy_vector("cache", 8)), embedding=bigger)
         self.assertEqual([h.chunk_id for h in hits], ["acme-cache"])
+
+    @inlineCallbacks
+    def test_instances_creating_one_collection_at_once_all_get_it(self) -> Any:
+        # Four instances (each its own connection, as separate processes are to the server) make
+        # the same collections at the same moment: milvus-lite server refuses all but one
+        # ("already exists", or "File exists" while the first is still being made).
+        others = [MilvusIndex(self.index.uri, reactor, prefix=self.index.prefix) for _ in range(3)]
+        for other in others:
+            other.startService()
+            self.addCleanup(other.stopService)
+        for round in range(4):
+            spec = CollectionSpec(f"kb_race{round}", embedding=TOY if round % 2 else None)
+            made = yield gatherResults([index.create_collection(spec) for index in [self.index, *others]])
+            self.assertEqual([info.spec for info in made], [spec] * 4)
+        self.assertEqual((yield self.index.list_collections()), [f"kb_race{round}" for round in range(4)])
+
+    def test_processes_creating_one_collection_at_once_all_get_it(self) -> Deferred[None]:
+        ready = self.mktemp()
+        os.makedirs(ready)
+        count = 3
+
+        def run() -> list[subprocess.CompletedProcess[str]]:
+            argv = [sys.executable, "-c", _CREATOR, self.index.uri, self.index.prefix, ready, str(count)]
+            processes = [
+                subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(count)
+            ]
+            done = []
+            for process in processes:
+                out, err = process.communicate(timeout=240)
+                done.append(subprocess.CompletedProcess(argv, process.returncode, out, err))
+            return done
+
+        def check(done: list[subprocess.CompletedProcess[str]]) -> None:
+            for process in done:
+                self.assertEqual(
+                    (process.returncode, process.stdout.split()),
+                    (0, ["kb_procs0", "kb_procs1"]),
+                    process.stderr[-2000:],
+                )
+
+        return deferToThread(run).addCallback(check)
+
+
+# One process of `test_processes_creating_one_collection_at_once_all_get_it`: connect, say so
+# (a file in the directory argv[3]), wait for the others, create the collections, print them.
+_CREATOR = """
+import os, sys, time
+from twisted.internet import defer, task
+from mcpd.interfaces import CollectionSpec
+from mcpd.stores.milvus import MilvusIndex
+
+async def main(reactor):
+    uri, prefix, ready, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    index = MilvusIndex(uri, reactor, prefix=prefix)
+    index.startService()
+    await index.list_collections()
+    open(os.path.join(ready, str(os.getpid())), "w").close()
+    while len(os.listdir(ready)) < count:
+        await task.deferLater(reactor, 0.005, lambda: None)
+    for name in ("kb_procs0", "kb_procs1"):
+        print((await index.create_collection(CollectionSpec(name))).spec.name, flush=True)
+    await index.stopService()
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+"""
 
 
 class ServerFaultTests(TestCase):

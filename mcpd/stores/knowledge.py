@@ -3,9 +3,10 @@
 searchable by the index (`mcpd.stores.retrieval.Retriever`).
 
 A write commits its records and an outbox row in SQL first, then indexes them at once and
-clears the row. When the index (or the embedding service) is down, the write still succeeds:
-its answer says indexing is pending, the row stays, and the re-indexer (`mcpd.stores.reindex`)
-works it off once the index answers. A search asks the index, then checks every hit against
+clears the row, unless a newer change of the record came meanwhile (SQL's version of it moved:
+the row stays for the re-indexer, which indexes what SQL holds then). When the index (or the
+embedding service) is down, the write still succeeds: its answer says indexing is pending, the
+row stays, and the re-indexer (`mcpd.stores.reindex`) works it off once the index answers. A search asks the index, then checks every hit against
 SQL (the caller's tenant, the collections asked, records not deleted since) and says whether
 the index is behind; with the index down it falls back to a plain word scan of SQL and says so.
 """
@@ -165,14 +166,14 @@ class KnowledgeStore:
 
     # -- indexing -------------------------------------------------------------------------------
 
-    def apply(self, targets: Sequence[Target]) -> Deferred[list[tuple[Work, str | None]]]:
+    def apply(self, targets: Sequence[Target]) -> Deferred[list[tuple[Target, str | None]]]:
         """Bring the index in line with SQL for each target; fires with each one's outcome (None,
         or why it was refused). Fails with `StoreUnavailable` when the index or the embedding
         service is down (nothing is lost: the outbox keeps the rows)."""
         return Deferred.fromCoroutine(self._apply(list(targets)))
 
-    async def _apply(self, targets: list[Target]) -> list[tuple[Work, str | None]]:
-        outcomes: list[tuple[Work, str | None]] = []
+    async def _apply(self, targets: list[Target]) -> list[tuple[Target, str | None]]:
+        outcomes: list[tuple[Target, str | None]] = []
         # New records of one collection go in together; the rest one by one.
         batches: dict[tuple[str, str], list[Target]] = {}
         singles: list[Target] = []
@@ -191,11 +192,11 @@ class KnowledgeStore:
                 # Refused, not down: one record's fault must not hold back the others.
                 for target in batch:
                     outcome = await self._timed("index", self._index(collection, list(target.chunks), analyzer))
-                    outcomes.append((target.work, outcome))
+                    outcomes.append((target, outcome))
                 continue
-            outcomes += [(target.work, error) for target in batch]
+            outcomes += [(target, error) for target in batch]
         for target in singles:
-            outcomes.append((target.work, await self._timed("index", self._one(target))))
+            outcomes.append((target, await self._timed("index", self._one(target))))
         self.index_down = False
         return outcomes
 
@@ -268,7 +269,11 @@ class KnowledgeStore:
             self.pending += 1
             self.on_pending()
             return PENDING
-        await self.sql.done([work.seq])
+        if await self.sql.settle([target for target, _ in outcomes]):
+            # A newer change of the record came meanwhile: the re-indexer indexes what SQL holds.
+            self.pending += 1
+            self.on_pending()
+            return PENDING
         return INDEXED
 
     async def refused(self, work: Work, error: str) -> None:

@@ -8,6 +8,8 @@ text, so keyword search needs no model; a collection built for semantic search a
 vector field, and the embedding model and dimension it was built with are kept as properties of
 the collection. Every row carries its tenant, and every search, query and delete is filtered by
 it. Collections are named ``<prefix><name>`` so several applications can share one server.
+A rebuilt collection is a new one (``<name>__b<stamp>``) that ``<prefix><name>`` becomes an alias
+of once it is full (`swap_collection`): searches use the old one until then.
 
 Every pymilvus call blocks, so all of them run in this store's own thread pool; pymilvus itself
 (~80 MB, with pyarrow, pandas and grpc) is imported there, on the first call, never when this
@@ -262,14 +264,15 @@ class MilvusIndex(Service):
         physical = self._physical(spec.name)
 
         def create(client: MilvusClient) -> CollectionInfo:
+            info = None
             if not client.has_collection(physical, timeout=self.timeout):
                 try:
                     self._create(client, physical, spec)
-                except Exception:
-                    # Another instance may have created it at the same moment: then describe it.
-                    if not client.has_collection(physical, timeout=self.timeout):
+                except Exception as e:
+                    if _unavailable(e):
                         raise
-            info = self._describe(client, spec.name)
+                    info = self._created_elsewhere(client, spec.name, e)
+            info = info or self._describe(client, spec.name)
             assert info is not None
             if info.spec != spec:
                 raise IndexMismatch(f"index collection {spec.name!r} exists, built with {_built_with(info.spec)}")
@@ -277,14 +280,42 @@ class MilvusIndex(Service):
 
         return self._run(create)
 
+    def _created_elsewhere(self, client: MilvusClient, name: str, error: Exception) -> CollectionInfo:
+        """The collection another process created at the same moment as this one failed to.
+
+        A Milvus server answers the loser "already exists"; ``milvus-lite server`` may answer
+        "File exists" while the winner's creation is still under way (the collection is not
+        listed yet, or not described whole). Wait for it, up to the call timeout; ``error`` (the
+        creation's own) if it never appears."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
+        while True:
+            try:
+                info = self._describe(client, name)
+            except IndexMismatch as e:
+                info, error = None, e  # its properties may not be written yet
+            if info is not None:
+                return info
+            if time.monotonic() + delay > deadline:
+                raise error
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
     @_refusals_deferred
     def describe_collection(self, name: str) -> Deferred[CollectionInfo | None]:
         self._physical(name)
         return self._run(lambda client: self._describe(client, name))
 
     def list_collections(self) -> Deferred[list[str]]:
+        """The names of the collections (a rebuilt one by the name it answers to)."""
+
         def names(client: MilvusClient) -> list[str]:
-            found = client.list_collections(timeout=self.timeout)
+            found = set(client.list_collections(timeout=self.timeout))
+            for alias in client.list_aliases(timeout=self.timeout).get("aliases") or ():
+                target = self._aliased(client, alias)
+                if target is not None:
+                    found.discard(target)
+                    found.add(alias)
             return sorted(n[len(self.prefix) :] for n in found if n.startswith(self.prefix))
 
         return self._run(names)
@@ -295,12 +326,57 @@ class MilvusIndex(Service):
 
         def drop(client: MilvusClient) -> bool:
             self._specs.pop(name, None)
-            if not client.has_collection(physical, timeout=self.timeout):
+            collection = self._aliased(client, physical)
+            if collection is not None:
+                # A Milvus server drops no collection an alias names: the alias goes first.
+                client.drop_alias(physical, timeout=self.timeout)
+            else:
+                collection = physical
+            if not client.has_collection(collection, timeout=self.timeout):
                 return False
-            client.drop_collection(physical, timeout=self.timeout)
+            client.drop_collection(collection, timeout=self.timeout)
             return True
 
         return self._run(drop)
+
+    @_refusals_deferred
+    def swap_collection(self, name: str, built: str) -> Deferred[None]:
+        """Make ``name`` answer from the collection ``built`` (filled by a rebuild), at once:
+        ``name`` becomes an alias of it, and the collection it named is dropped."""
+        alias, target = self._physical(name), self._physical(built)
+
+        def swap(client: MilvusClient) -> None:
+            old = self._aliased(client, alias)
+            if old is not None:
+                client.alter_alias(target, alias, timeout=self.timeout)
+                if old != target:
+                    client.drop_collection(old, timeout=self.timeout)
+            else:
+                # A collection of that name (built before aliases were used, or made again by a
+                # write while this one was dropped) gives way to the alias.
+                for attempt in range(3):
+                    if client.has_collection(alias, timeout=self.timeout):
+                        client.drop_collection(alias, timeout=self.timeout)
+                    try:
+                        client.create_alias(target, alias, timeout=self.timeout)
+                        break
+                    except Exception as e:
+                        if _unavailable(e) or attempt == 2:
+                            raise
+            self._specs.pop(name, None)
+            log.info("Index collection {alias} now answers from {target}", alias=alias, target=target)
+
+        return self._run(swap)
+
+    def _aliased(self, client: MilvusClient, physical: str) -> str | None:
+        """The collection the alias ``physical`` names (None: not an alias)."""
+        try:
+            described = client.describe_alias(physical, timeout=self.timeout)
+        except Exception as e:
+            if _unavailable(e):
+                raise
+            return None
+        return str(described.get("collection_name") or "") or None
 
     # -- chunks --
 

@@ -6,10 +6,12 @@ write could not make (the index or the embedding service was down, or mcpd stopp
 oldest first, at start-up and whenever a write leaves work; while the index stays down it waits
 longer and longer between tries (up to `MAX_BACKOFF`), and it looks again every `IDLE_INTERVAL`
 for work another instance left. Every change it makes reflects what SQL holds then, so doing one
-twice, or late, is harmless.
+twice, or late, is harmless; a row whose record changed while it was being indexed stays (see
+`SQLKnowledge.settle`) and is done again at once.
 
 `rebuild` re-creates index collections from SQL (``mcpd reindex``): after the embedding model
-changed, or the index's data was lost.
+changed, or the index's data was lost. It builds a new collection and swaps it in when full:
+searches use the old one meanwhile.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from mcpd.interfaces import StoreUnavailable
+from mcpd.interfaces import StoreError, StoreUnavailable
 from mcpd.stores.knowledge import KnowledgeStore
+from mcpd.stores.milvus import MilvusIndex
 
 log = Logger(namespace="mcpd.reindex")
 
@@ -32,6 +36,8 @@ BATCH = 200  # outbox rows read (and indexed together) at once
 FIRST_BACKOFF, MAX_BACKOFF = 0.5, 15.0
 IDLE_INTERVAL = 30.0
 REBUILD_PAGE = 500
+GRACE = 2.0  # seconds a rebuild waits after its swap for writes under way to settle
+BUILT = "__b"  # a rebuilt collection's name: <index collection>__b<milliseconds>
 
 
 class Reindexer(Service):
@@ -107,11 +113,13 @@ class Reindexer(Service):
                     break
                 targets = await sql.targets(items)
                 outcomes = await self.store.apply(targets)
-                await sql.done([work.seq for work, error in outcomes if error is None])
-                for work, error in outcomes:
+                left = await sql.settle([target for target, error in outcomes if error is None])
+                for target, error in outcomes:
                     if error is not None:
-                        await self.store.refused(work, error)
-                done += sum(1 for _, error in outcomes if error is None)
+                        await self.store.refused(target.work, error)
+                done += sum(1 for _, error in outcomes if error is None) - len(left)
+                if left:
+                    self._again = True  # raced newer changes: another pass indexes those
                 after = items[-1].seq
         except StoreUnavailable as e:
             self._wait()
@@ -129,29 +137,84 @@ class Reindexer(Service):
 
 
 async def rebuild(
-    store: KnowledgeStore, only: Callable[[str, str], bool] = lambda _tenant, _name: True
+    store: KnowledgeStore, only: Callable[[str, str], bool] = lambda _tenant, _name: True, grace: float = GRACE
 ) -> list[tuple[str, str, str, int]]:
     """Re-create index collections from SQL: each one ``only`` accepts (given its tenant and kb
-    collection name; "" and "memory" for the memories) is dropped, made again with the current
-    embedding model and filled with every chunk; its outbox rows up to then are cleared.
-    Returns (tenant, name, index collection, chunks) for each."""
+    collection name; "" and "memory" for the memories) is built anew, with the current embedding
+    model, as a new collection filled with every chunk, which then takes the old one's place at
+    once (searches use the old one until then). Changes made meanwhile reached the old one: their
+    outbox rows were kept, and are applied to the new one after the swaps (``grace`` seconds
+    after the last, so that writes under way have settled). Returns (tenant, name, index collection,
+    chunks) for each."""
     sql = store.sql
-    rebuilt = []
-    for collection, analyzer, tenant, name in await sql.index_collections():
-        if not only(tenant, name):
-            continue
-        up_to = await sql.last_seq()
-        await store.retriever.drop(collection)
-        await store.retriever.ensure_collection(collection, analyzer)
+    index = store.retriever.index
+    if not isinstance(index, MilvusIndex):
+        raise StoreError("this search index cannot be rebuilt in place of the old one")
+    rebuilt: list[tuple[str, str, str, int]] = []
+    try:
+        for collection, analyzer, tenant, name in await sql.index_collections():
+            if only(tenant, name):
+                count = await _rebuild(store, index, collection, analyzer)
+                rebuilt.append((tenant, name, collection, count))
+    finally:
+        if rebuilt:
+            # One grace for all: writes under way when a collection was swapped have settled.
+            await deferLater(store.clock, grace, lambda: None)
+        for _, _, collection, count in rebuilt:
+            caught = await _catch_up(store, collection)
+            await sql.unmark(collection)
+            caught += await _catch_up(store, collection)  # kept between the last look and the unmark
+            log.info(
+                "Rebuilt index collection {name}: {count} chunk(s), {caught} change(s) made meanwhile",
+                name=collection,
+                count=count,
+                caught=caught,
+            )
+    return rebuilt
+
+
+async def _rebuild(store: KnowledgeStore, index: MilvusIndex, collection: str, analyzer: str) -> int:
+    """Fill a new collection from SQL and swap it in for ``collection`` (marked as being rebuilt
+    until the caller has caught up); how many chunks."""
+    sql = store.sql
+    await sql.rebuilding(collection)
+    up_to = await sql.last_seq()
+    built = f"{collection}{BUILT}{int(store.clock.seconds() * 1000)}"
+    try:
+        for left in await index.list_collections():
+            if left.startswith(collection + BUILT):
+                await index.drop_collection(left)  # from a rebuild that died
+        await store.retriever.ensure_collection(built, analyzer)
         count, after = 0, ""
         while True:
             chunks = await sql.chunks_after(collection, after, REBUILD_PAGE)
             if not chunks:
                 break
-            await store.retriever.index_chunks(collection, chunks, analyzer)
+            await store.retriever.index_chunks(built, chunks, analyzer)
             count += len(chunks)
             after = chunks[-1].id
-        await sql.clear_work(collection, up_to)
-        log.info("Rebuilt index collection {name}: {count} chunk(s)", name=collection, count=count)
-        rebuilt.append((tenant, name, collection, count))
-    return rebuilt
+        await index.swap_collection(collection, built)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await index.drop_collection(built)
+        await sql.unmark(collection)  # the old collection stays as it was
+        raise
+    await sql.clear_work(collection, up_to)
+    return count
+
+
+async def _catch_up(store: KnowledgeStore, collection: str) -> int:
+    """Apply the changes kept while ``collection`` was rebuilt to it; how many."""
+    sql = store.sql
+    after = done = 0
+    while True:
+        items = await sql.pending_work(BATCH, after, rebuilt=collection)
+        if not items:
+            return done
+        outcomes = await store.apply(await sql.targets(items))
+        left = await sql.settle([target for target, error in outcomes if error is None], rebuilt=True)
+        for target, error in outcomes:
+            if error is not None:
+                await store.refused(target.work, error)
+        done += sum(1 for _, error in outcomes if error is None) - len(left)
+        after = items[-1].seq

@@ -5,6 +5,16 @@ SQL is the truth: a document, its chunks and the outbox row asking for them to b
 written in one transaction, so nothing acknowledged is ever missing from SQL, and nothing in SQL
 is ever forgotten by the index (the re-indexer works the outbox off). Every statement is scoped
 by tenant.
+
+While ``mcpd reindex`` rebuilds an index collection (into a new one, swapped in when full),
+a marker row says so: the rows of changes made meanwhile are kept (they reached the old one)
+until the rebuild has applied them to the new one.
+
+Documents and memories carry a version that every change raises. Index work reads a record at
+one version (`targets`) and, once the index holds that, `settle` clears its outbox row only if
+SQL still holds that version: work that raced a newer change (or a delete, or its collection's
+drop) leaves its row, marked stale, so the re-indexer applies what SQL holds now. The last
+write therefore always ends up in the index, and nothing deleted stays there.
 """
 
 from __future__ import annotations
@@ -15,12 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
 
-from mcpd.interfaces import Chunk, Conflict, IndexedChunk, NotFound, indexed_text
+from mcpd.interfaces import Chunk, Conflict, IndexedChunk, NotFound, StoreError, indexed_text
 from mcpd.stores.sql.database import SQLDatabase
 from mcpd.stores.sql.ids import new_id
 from mcpd.stores.sql.schema import (
@@ -38,6 +48,14 @@ MEMORY_COLLECTION = "memory"
 # last_error for the operator (``mcpd reindex`` clears it), no longer pending.
 MAX_ATTEMPTS = 5
 DOCUMENT, MEMORY, COLLECTION = "document", "memory", "collection"
+# An outbox row saying an index collection is being rebuilt (``mcpd reindex``): while it is
+# there, rows of the collection are kept once done (the rebuild applies them to the new
+# collection) and the re-indexer leaves them. Its tenant is `ANY_TENANT` (the memories'
+# collection serves every tenant); it is not pending work.
+REBUILD = "rebuild"
+ANY_TENANT = "*"
+# A document's metadata as JSON (the search index's bound, and the column's).
+MAX_METADATA_BYTES = 65_536
 
 
 def index_collection(collection_id: str) -> str:
@@ -66,12 +84,15 @@ class Work:
 @attrs.frozen
 class Target:
     """What the index must hold for one outbox row: ``chunks`` (none when the record is gone),
-    the analyzer of its collection, and whether stale chunks must go first."""
+    the analyzer of its collection, and whether stale chunks must go first; ``version`` is the
+    record's version read (None: gone), ``collection`` whether its kb collection exists."""
 
     work: Work
     chunks: tuple[IndexedChunk, ...]
     analyzer: str
     exists: bool
+    version: int | None = None
+    collection: bool = True
 
 
 class SQLKnowledge:
@@ -159,10 +180,13 @@ class SQLKnowledge:
             connection.execute(delete(kb_chunks).where(kb_chunks.c.collection_id == row.id))
             connection.execute(delete(kb_documents).where(kb_documents.c.collection_id == row.id))
             connection.execute(delete(kb_collections).where(kb_collections.c.id == row.id))
-            # Work on its documents is moot once the index collection is dropped.
+            # Work on its documents is moot once the index collection is dropped (a rebuild's
+            # marker stays: the rebuild drops what it built).
             connection.execute(
                 delete(index_outbox).where(
-                    index_outbox.c.tenant == tenant, index_outbox.c.collection == index_collection(row.id)
+                    index_outbox.c.tenant == tenant,
+                    index_outbox.c.collection == index_collection(row.id),
+                    index_outbox.c.kind != REBUILD,
                 )
             )
             seq = _enqueue(connection, tenant, index_collection(row.id), COLLECTION, row.id, False)
@@ -185,7 +209,7 @@ class SQLKnowledge:
                 "title": document.get("title"),
                 "text": document["text"],
                 "source": document.get("source"),
-                "metadata": json.dumps(document.get("metadata") or {}, ensure_ascii=False),
+                "metadata": metadata_json(document.get("metadata")),
                 "chunks": len(chunks),
                 "created_at": now,
                 "updated_at": now,
@@ -213,13 +237,13 @@ class SQLKnowledge:
         def work(connection: Connection) -> tuple[dict[str, Any], Work]:
             found = _find(connection, tenant, collection)
             current = _find_document(connection, tenant, found, document_id, lock=True)
-            values: dict[str, Any] = {"updated_at": utcnow()}
+            values: dict[str, Any] = {"updated_at": utcnow(), "version": current.version + 1}
             if "title" in changes:
                 values["title"] = changes["title"]
             if "text" in changes:
                 values["text"] = changes["text"]
             if "metadata" in changes:
-                values["metadata"] = json.dumps(changes["metadata"] or {}, ensure_ascii=False)
+                values["metadata"] = metadata_json(changes["metadata"])
             if chunks is not None:
                 values["chunks"] = len(chunks)
                 connection.execute(delete(kb_chunks).where(kb_chunks.c.document_id == document_id))
@@ -417,7 +441,7 @@ class SQLKnowledge:
     ) -> Deferred[tuple[dict[str, Any], Work]]:
         def work(connection: Connection) -> tuple[dict[str, Any], Work]:
             current = _find_memory(connection, tenant, owners, memory_id, lock=True)
-            values: dict[str, Any] = {"updated_at": utcnow()}
+            values: dict[str, Any] = {"updated_at": utcnow(), "version": current.version + 1}
             if "text" in changes:
                 values["text"] = changes["text"]
             if "tags" in changes:
@@ -459,17 +483,21 @@ class SQLKnowledge:
 
     # -- the outbox -----------------------------------------------------------------------------
 
-    def pending_work(self, limit: int, after: int = 0) -> Deferred[list[Work]]:
-        """The oldest outbox rows after ``after`` (not given up)."""
+    def pending_work(self, limit: int, after: int = 0, rebuilt: str | None = None) -> Deferred[list[Work]]:
+        """The oldest outbox rows after ``after`` (not given up), but those of collections being
+        rebuilt; with ``rebuilt``, that collection's only (a rebuild catching up)."""
 
         def work(connection: Connection) -> list[Work]:
-            query = (
-                select(index_outbox)
-                .where(index_outbox.c.seq > after, index_outbox.c.attempts < MAX_ATTEMPTS)
-                .order_by(index_outbox.c.seq)
-                .limit(limit)
+            query = select(index_outbox).where(
+                index_outbox.c.seq > after,
+                index_outbox.c.attempts < MAX_ATTEMPTS,
+                index_outbox.c.kind != REBUILD,
             )
-            return [_work_of(row) for row in connection.execute(query)]
+            if rebuilt is not None:
+                query = query.where(index_outbox.c.collection == rebuilt)
+            else:
+                query = query.where(index_outbox.c.collection.not_in(_rebuilding()))
+            return [_work_of(row) for row in connection.execute(query.order_by(index_outbox.c.seq).limit(limit))]
 
         return self.database.run("index.outbox.read", work)
 
@@ -477,7 +505,11 @@ class SQLKnowledge:
         """Outbox rows waiting, not given up (of one tenant's collections, when given)."""
 
         def work(connection: Connection) -> int:
-            query = select(func.count()).select_from(index_outbox).where(index_outbox.c.attempts < MAX_ATTEMPTS)
+            query = (
+                select(func.count())
+                .select_from(index_outbox)
+                .where(index_outbox.c.attempts < MAX_ATTEMPTS, index_outbox.c.kind != REBUILD)
+            )
             if tenant is not None:
                 query = query.where(index_outbox.c.tenant == tenant)
             if collections is not None:
@@ -494,10 +526,38 @@ class SQLKnowledge:
 
         return self.database.run("index.outbox.load", work)
 
-    def done(self, seqs: Sequence[int]) -> Deferred[None]:
-        def work(connection: Connection) -> None:
-            if seqs:
-                connection.execute(delete(index_outbox).where(index_outbox.c.seq.in_(list(seqs))))
+    def settle(self, applied: Sequence[Target], rebuilt: bool = False) -> Deferred[list[int]]:
+        """The index now holds each of ``applied``: clear the outbox row of each whose record SQL
+        still holds at the version read. The others raced a newer change, a delete or their
+        collection's drop: their rows stay, marked stale (the index may hold chunks SQL no
+        longer has), and a drop the index may have undone is queued again. Rows of a collection
+        being rebuilt stay too, unless ``rebuilt`` (the rebuild applied them to the new one).
+        Fires with the seqs of the rows left."""
+
+        def work(connection: Connection) -> list[int]:
+            left = []
+            held = set() if rebuilt else set(connection.execute(_rebuilding()).scalars())
+            for target in applied:
+                if target.work.collection in held:
+                    left.append(target.work.seq)
+                    continue
+                # One statement when nothing changed (the usual case): the row goes if SQL holds
+                # what was read.
+                unchanged = delete(index_outbox).where(index_outbox.c.seq == target.work.seq, *_unchanged(target))
+                if connection.execute(unchanged).rowcount:
+                    continue
+                current = _target_version(connection, target.work)
+                if current == (target.version, target.collection):
+                    continue  # cleared meanwhile (another instance did the same work)
+                left.append(target.work.seq)
+                connection.execute(update(index_outbox).where(index_outbox.c.seq == target.work.seq).values(stale=1))
+                gone = target.work.kind == DOCUMENT and not current[1]
+                if gone and not _drop_queued(connection, target.work.collection):
+                    collection = target.work.collection
+                    _enqueue(
+                        connection, target.work.tenant, collection, COLLECTION, collection.removeprefix("kb_"), False
+                    )
+            return left
 
         return self.database.run("index.outbox.done", work, write=True)
 
@@ -546,6 +606,26 @@ class SQLKnowledge:
 
         return self.database.run("index.rebuild.read", work)
 
+    def rebuilding(self, collection: str) -> Deferred[int]:
+        """Mark ``collection`` as being rebuilt (searches say the index is degraded until
+        `clear_work` ends it); fires with the marker's seq."""
+        return self.database.run(
+            "index.rebuild.mark",
+            lambda c: _enqueue(c, ANY_TENANT, collection, REBUILD, collection, False),
+            write=True,
+        )
+
+    def unmark(self, collection: str) -> Deferred[None]:
+        """The rebuild of ``collection`` ended (or never began): its markers go (those of a
+        rebuild that died too)."""
+
+        def work(connection: Connection) -> None:
+            connection.execute(
+                delete(index_outbox).where(index_outbox.c.collection == collection, index_outbox.c.kind == REBUILD)
+            )
+
+        return self.database.run("index.rebuild.unmark", work, write=True)
+
     def clear_work(self, collection: str, up_to: int) -> Deferred[None]:
         """Forget the outbox rows of a collection up to ``up_to`` (a rebuild did their work)."""
 
@@ -553,7 +633,7 @@ class SQLKnowledge:
             connection.execute(
                 delete(index_outbox).where(
                     index_outbox.c.collection == collection,
-                    index_outbox.c.kind != COLLECTION,
+                    index_outbox.c.kind.not_in([COLLECTION, REBUILD]),
                     index_outbox.c.seq <= up_to,
                 )
             )
@@ -644,6 +724,62 @@ def _enqueue(connection: Connection, tenant: str, collection: str, kind: str, ta
     return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
+def metadata_json(metadata: dict[str, Any] | None) -> str:
+    """A document's metadata as stored; `StoreError` over `MAX_METADATA_BYTES`."""
+    text = json.dumps(metadata or {}, ensure_ascii=False)
+    size = len(text.encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise StoreError(f"metadata is {size} bytes as JSON, over {MAX_METADATA_BYTES}: keep long values in the text")
+    return text
+
+
+def _rebuilding() -> Any:
+    """The index collections being rebuilt (a subquery)."""
+    return select(index_outbox.c.collection).where(index_outbox.c.kind == REBUILD).distinct()
+
+
+def _drop_queued(connection: Connection, collection: str) -> bool:
+    query = select(index_outbox.c.seq).where(index_outbox.c.collection == collection, index_outbox.c.kind == COLLECTION)
+    return connection.execute(query.limit(1)).first() is not None
+
+
+def _unchanged(target: Target) -> list[Any]:
+    """Conditions true while SQL holds the record of ``target`` at the version it read (and
+    its collection as it was)."""
+    item = target.work
+    found: list[Any] = []
+    if item.kind != MEMORY:
+        collection = exists().where(kb_collections.c.id == item.collection.removeprefix("kb_"))
+        found.append(collection if target.collection else ~collection)
+    table = memories if item.kind == MEMORY else kb_documents if item.kind == DOCUMENT else None
+    if table is not None:
+        record = and_(table.c.tenant == item.tenant, table.c.id == item.target)
+        if target.version is None:
+            found.append(~exists().where(record))
+        else:
+            found.append(select(table.c.version).where(record).scalar_subquery() == target.version)
+    return found
+
+
+def _target_version(connection: Connection, item: Work) -> tuple[int | None, bool]:
+    """The version SQL holds of an outbox row's record (None: gone), and whether its kb
+    collection exists."""
+    if item.kind == MEMORY:
+        version = connection.execute(
+            select(memories.c.version).where(memories.c.tenant == item.tenant, memories.c.id == item.target)
+        ).scalar()
+        return version, True
+    collection = connection.execute(
+        select(kb_collections.c.id).where(kb_collections.c.id == item.collection.removeprefix("kb_"))
+    ).first()
+    if item.kind != DOCUMENT:
+        return None, collection is not None
+    version = connection.execute(
+        select(kb_documents.c.version).where(kb_documents.c.tenant == item.tenant, kb_documents.c.id == item.target)
+    ).scalar()
+    return version, collection is not None
+
+
 def _work(seq: int, tenant: str, collection: str, kind: str, target: str, stale: bool = False) -> Work:
     return Work(seq, tenant, collection, kind, target, stale, 0)
 
@@ -658,7 +794,7 @@ def _target(connection: Connection, item: Work) -> Target:
             select(memories).where(memories.c.tenant == item.tenant, memories.c.id == item.target)
         ).first()
         kept: tuple[IndexedChunk, ...] = () if row is None else (_memory_chunk(row),)
-        return Target(item, kept, "standard", row is not None)
+        return Target(item, kept, "standard", row is not None, None if row is None else row.version)
     if item.kind == DOCUMENT:
         query = (
             select(kb_chunks, kb_documents.c.title, kb_documents.c.metadata, kb_documents.c.created_at)
@@ -670,11 +806,12 @@ def _target(connection: Connection, item: Work) -> Target:
         analyzer = connection.execute(
             select(kb_collections.c.analyzer).where(kb_collections.c.id == item.collection.removeprefix("kb_"))
         ).scalar()
-        exists = analyzer is not None and bool(
-            connection.execute(select(kb_documents.c.id).where(kb_documents.c.id == item.target)).first()
-        )
-        return Target(item, chunks if exists else (), analyzer or "standard", exists)
-    return Target(item, (), "standard", False)  # a dropped collection
+        version = connection.execute(
+            select(kb_documents.c.version).where(kb_documents.c.tenant == item.tenant, kb_documents.c.id == item.target)
+        ).scalar()
+        exists = analyzer is not None and version is not None
+        return Target(item, chunks if exists else (), analyzer or "standard", exists, version, analyzer is not None)
+    return Target(item, (), "standard", False, None, False)  # a dropped collection
 
 
 def _kb_chunk(row: Any) -> IndexedChunk:

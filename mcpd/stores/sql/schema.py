@@ -207,9 +207,11 @@ kb_documents = Table(
     Column("title", String(500)),
     Column("text", long_text(), nullable=False),
     Column("source", String(2000)),
-    # Flat JSON object (strings, numbers, booleans).
-    Column("metadata", Text, nullable=False),
+    # Flat JSON object (strings, numbers, booleans), at most 64 KiB.
+    Column("metadata", long_text(), nullable=False),
     Column("chunks", Integer, nullable=False),
+    # Raised by every change: index work read at an older version is stale.
+    Column("version", Integer, nullable=False, server_default="1"),
     Column("created_at", timestamp(), nullable=False),
     Column("updated_at", timestamp(), nullable=False),
     Column("created_by", key(64), nullable=False),
@@ -254,6 +256,7 @@ memories = Table(
     Column("created_at", timestamp(), nullable=False),
     Column("updated_at", timestamp(), nullable=False),
     Column("created_by", key(64), nullable=False),
+    Column("version", Integer, nullable=False, server_default="1"),
     # memory.list: one owner's (or the team's) newest first.
     Index("ix_memories_owner", "tenant", "owner", "id"),
     **TABLE_OPTIONS,
