@@ -115,8 +115,8 @@ class SessionRecord:
 
 
 class IIdentity(Interface):
-    """Who an HTTP request comes from, as the policy layer admitted it: kept on the request as
-    a component (``request.setComponent(IIdentity, identity)``), read by the transports."""
+    """Who an HTTP request comes from, as the policy layer admitted it: kept on the request by
+    ``mcpd.security.identity.admit``, read by the transports (``caller_of``)."""
 
     name = Attribute("The API key's name ('anonymous' without keys).")
     scopes = Attribute("The key's scopes (a frozenset; empty without keys).")

@@ -5,6 +5,7 @@ and a real MariaDB server (search, pages, tenants, retention, an outage held in 
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import time
 from types import SimpleNamespace
@@ -24,7 +25,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from mcpd.interfaces import IAuditLog, StoreUnavailable
-from mcpd.observe.audit import AuditTrail, AuditWriter, entry, fields
+from mcpd.observe.audit import AuditTrail, AuditWriter, call_entry, call_text, entry, fields
+from mcpd.observe.logging import file_observer
+from mcpd.protocol.codec import dumps
 from mcpd.protocol.vocabulary import CallRecord
 from mcpd.stores.sql.audit import SQLAuditLog
 from mcpd.stores.sql.config import DatabaseConfig, database_url
@@ -79,6 +82,49 @@ class AuditTrailTests(SynchronousTestCase):
         self.assertEqual(len(audits), 1)
         self.assertEqual(audits[0]["log_level"], LogLevel.info)
         self.assertEqual(json.loads(str(audits[0]["audit"]))["outcome"], "auth_failure")
+
+    def test_tool_call_lines_in_both_log_formats(self) -> None:
+        """A tool call's record, written directly as JSON (`call_text`), reads as the record in
+        a text log; in a JSON log its fields are spread into the line."""
+        trail = AuditTrail(clock=lambda: 1796012731.2065361)
+        trail.observe(_call("tools/call", "ok", "notes.get"))
+        (event,) = [event for event in self.logged if event.get("log_namespace") == "mcpd.audit"]
+        record = list(trail)[0]
+        text, lines = io.StringIO(), io.StringIO()
+        file_observer(text, "text")(event)
+        file_observer(lines, "json")(event)
+        self.assertEqual(json.loads(text.getvalue().split(" audit ", 1)[1]), record)
+        line = json.loads(lines.getvalue())
+        self.assertEqual({name: line[name] for name in record}, record)
+
+    def test_call_text_is_the_records_json(self) -> None:
+        """Whatever a record holds (no key, a key with scopes, any request id, non-ASCII text,
+        lone surrogates, quotes, newlines, numbers of any size, NaN and infinity), `call_text`
+        reads back as `dumps` writes `call_entry`'s record: the same JSON values, valid JSON."""
+        checked = 0
+        callers = [
+            Caller(peer="::1", transport="http"),
+            Caller(name="anonymous", scopes=frozenset({"read"}), peer="10.0.0.5", transport="http", tenant="t\u00fc"),
+            Caller(name="k\u00e9y", scopes=frozenset({"admin"}), peer="127.0.0.1", transport="ws", x_request_id="ab-1"),
+            Caller(name='q"\\\n', scopes=frozenset({"admin"}), peer="h\udcff", transport="stdio", x_request_id="x"),
+        ]
+        numbers = [(1796012731.2065361, 0.000123), (1e-7, 1e-5), (5, 0), (-1e-9, 2.5e-6), (0.0, 1234567.8912345)]
+        numbers += [(float("inf"), 1.0), (1.0, float("nan")), (1e300, -1e300)]
+        for caller in callers:
+            for request_id in [1, -3, 'a"b', None, 1.5, True, {"x": [1]}, "\ud800", 10**30]:
+                for tool in [None, "echo", "e\ud800x", "\u00fcber"]:
+                    for when, duration in numbers:
+                        call = CallRecord(request_id, "tools/call", tool, caller, "2026-07-28", "ok", duration)
+                        text = call_text(when, call)
+                        expected = dumps(call_entry(when, call))
+
+                        def refuse(name: str) -> object:
+                            raise AssertionError(f"{name} in {text}")
+
+                        self.assertEqual(json.loads(text.encode("utf-8"), parse_constant=refuse), json.loads(expected))
+                        self.assertEqual(list(json.loads(text)), list(json.loads(expected)))
+                        checked += 1
+        self.assertEqual(checked, 4 * 9 * 4 * 8)
 
     def test_bounded(self) -> None:
         trail = AuditTrail(size=3, emit=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import datetime
 import time
+from json.encoder import encode_basestring
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 
 from mcpd.interfaces import AUDIT_FIELDS, IAuditLog, StoreUnavailable
 from mcpd.observe.logging import Fields, emit
+from mcpd.protocol.codec import dumps
 from mcpd.tools.api import DEFAULT_TENANT
 
 if TYPE_CHECKING:
@@ -81,6 +83,67 @@ def call_entry(when: float, call: CallRecord) -> dict[str, Any]:
         x_request_id=caller.x_request_id,
         tenant=caller.tenant,
     )
+
+
+def call_text(when: float, call: CallRecord) -> str:
+    """`call_entry`'s record as JSON text, written directly: the C encoder's walk of a new dict
+    and the float repr of two rounded numbers were most of an audit line, and a keyed server
+    logs one with every tool call (issue 15). The same JSON `dumps` makes (the numbers in fixed
+    notation: ``0.00001``, where `dumps` writes ``1e-05``); values of types a record does not
+    usually hold, and non-ASCII text (for `dumps` to check for lone surrogates), take `dumps`'s
+    path."""
+    caller = call.caller
+    name = caller.name
+    request_id = call.request_id
+    duration = call.duration
+    x_request_id = caller.x_request_id
+    tool = call.tool
+    kind = type(request_id)
+    # Finite numbers only (NaN fails every comparison); anything but a number raises TypeError.
+    try:
+        if not (-1e15 < when < 1e15 and -1e15 < duration < 1e15):
+            return dumps(call_entry(when, call))
+        text = (
+            f'{{"time":{_fixed6(when)},"tenant":{encode_basestring(caller.tenant)},"key":'
+            f"{encode_basestring(name) if name != 'anonymous' or caller.scopes else 'null'},"
+            f'"peer":{encode_basestring(caller.peer)},"transport":{encode_basestring(caller.transport)},'
+            f'"method":{encode_basestring(call.method)},"tool":{"null" if tool is None else encode_basestring(tool)},'
+            f'"outcome":{encode_basestring(call.outcome)},"duration":{_fixed6(duration)},"request_id":'
+            f"{encode_basestring(request_id) if kind is str else request_id if kind is int else dumps(request_id)},"
+            f'"x_request_id":{"null" if x_request_id is None else encode_basestring(x_request_id)}}}'
+        )
+    except TypeError:  # a value that is not text where text was expected
+        return dumps(call_entry(when, call))
+    return text if text.isascii() else dumps(call_entry(when, call))
+
+
+def _fixed6(number: float) -> str:
+    """``round(number, 6)`` as JSON: six decimals, trailing zeros dropped. One correctly rounded
+    conversion, where ``repr(round(number, 6))`` makes two (a third of the line's cost)."""
+    text = f"{number:.6f}".rstrip("0")
+    return text + "0" if text[-1] == "." else text
+
+
+class CallFields(Fields):
+    """A tool call's audit record as a logged field (`Fields`): its JSON text made by
+    `call_text` for a text log, its dict made only for a JSON log, which spreads its fields."""
+
+    def __init__(self, when: float, call: CallRecord) -> None:
+        self.when = when
+        self.call = call
+        self._fields: dict[str, Any] | None = None
+
+    @property  # type: ignore[override]
+    def fields(self) -> dict[str, Any]:
+        if self._fields is None:
+            self._fields = call_entry(self.when, self.call)
+        return self._fields
+
+    def __str__(self) -> str:
+        return call_text(self.when, self.call)
+
+    def __format__(self, spec: str) -> str:
+        return call_text(self.when, self.call)
 
 
 class AuditTrail:
@@ -158,7 +221,7 @@ class AuditTrail:
         if self.persist is not None:
             self.persist(pair)
         if self.emit and (self.log_calls or call.outcome != "ok"):
-            emit(log, LogLevel.info, "audit {audit}", audit=Fields(call_entry(*pair)))
+            emit(log, LogLevel.info, "audit {audit}", audit=CallFields(*pair))
 
 
 def fields(item: Any) -> tuple[Any, ...]:

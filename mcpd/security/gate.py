@@ -26,10 +26,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import server
 
-from mcpd.interfaces import IClosingChannel, IGuardedConnection, IIdentity, StoreUnavailable
+from mcpd.interfaces import IClosingChannel, IGuardedConnection, StoreUnavailable
 from mcpd.security.addresses import AddressList, forwarded_client, is_loopback_client, normal_form
 from mcpd.security.head import head_problem
-from mcpd.security.identity import Identity, admit
+from mcpd.security.identity import Identity, admit, identity_of
 from mcpd.security.keys import KeyRing
 from mcpd.security.policy import ORIGIN_CHECKED, origin_problem
 from mcpd.security.ratelimit import RateLimiter, retry_after
@@ -348,7 +348,7 @@ class Gate:
 
 
 def _tenant_of(request: GuardedRequest) -> str:
-    identity = IIdentity(request, None)
+    identity = identity_of(request)
     return identity.tenant if identity is not None else DEFAULT_TENANT
 
 

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_gate -*-
-"""Who is calling, as the HTTP policy layer established it: an `Identity` kept on the request as
-its `IIdentity` component; transports read it with `caller_of`."""
+"""Who is calling, as the HTTP policy layer established it: an `Identity` kept on the request
+(`admit`); transports read it with `caller_of`, the policy layer with `identity_of`."""
 
 from __future__ import annotations
 
@@ -32,9 +32,15 @@ class Identity:
     tenant: str = DEFAULT_TENANT
 
 
-# Where `admit` also keeps the identity: a plain attribute read, where `getComponent` costs a
-# qualified-name lookup and, for the keyless requests that carry none, an adaptation attempt.
+# Where `admit` keeps the identity: a plain attribute, where a `setComponent` / `getComponent`
+# pair costs a qualified-name lookup each (with every keyed request) and, for the keyless
+# requests that carry none, an adaptation attempt.
 _IDENTITY = "_mcpd_identity"
+
+
+def identity_of(request: Request) -> Identity | None:
+    """Who the policy layer admitted ``request`` as, if it was admitted with an identity."""
+    return getattr(request, _IDENTITY, None)
 
 
 def caller_of(request: Request, transport: str) -> Caller:
@@ -67,6 +73,5 @@ def _address_account(peer: str) -> str:
 
 
 def admit(request: Request, identity: Identity) -> None:
-    """Keep on ``request`` who the policy layer admitted it as (its `IIdentity` component)."""
-    request.setComponent(IIdentity, identity)
+    """Keep on ``request`` who the policy layer admitted it as."""
     setattr(request, _IDENTITY, identity)

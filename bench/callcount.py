@@ -1,0 +1,167 @@
+"""Instructions per tools/call: mcpd under callgrind, driven over one keep-alive connection.
+
+A loaded machine distorts throughput but not the instructions a request executes. This starts
+``python -m mcpd`` under ``valgrind --tool=callgrind`` with instrumentation off, warms it up, turns
+counting on for ``--calls`` sequential modern (2026-07-28) ``tools/call`` of the echo tool over one
+raw-socket connection, dumps, and prints the instructions per call (every thread counted: a
+blocking tool's hop to the thread pool is included)::
+
+    .venv/bin/python bench/callcount.py                                  # key-less
+    .venv/bin/python bench/callcount.py -- --api-key K --rate-limit 100000000
+    MCPD_ECHO_BLOCKING=1 .venv/bin/python bench/callcount.py             # the thread-pool tool
+
+Arguments after ``--`` go to mcpd (``--key K`` makes the client send ``Authorization: Bearer K``;
+it is added to mcpd's arguments as ``--api-key K`` too). The echo pack is bench/echo_pack.py, or
+``MCPD_ECHO_BLOCKING=1`` to declare it blocking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def request(rid: int, token: str | None) -> bytes:
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": rid,
+            "method": "tools/call",
+            "params": {
+                "name": "echo",
+                "arguments": {"text": "hello"},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                    "io.modelcontextprotocol/clientInfo": {"name": "callcount", "version": "1"},
+                },
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+    head = [
+        b"POST /mcp HTTP/1.1",
+        b"Host: 127.0.0.1",
+        b"Content-Type: application/json",
+        b"Accept: application/json, text/event-stream",
+        b"MCP-Protocol-Version: 2026-07-28",
+        b"Mcp-Method: tools/call",
+        b"Mcp-Name: echo",
+    ]
+    if token:
+        head.append(b"Authorization: Bearer " + token.encode())
+    head.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def call(sock: socket.socket, rid: int, token: str | None, buf: bytearray) -> None:
+    sock.sendall(request(rid, token))
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            head = bytes(buf[:end]).lower()
+            length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            if len(buf) >= end + 4 + length:
+                body = bytes(buf[end + 4 : end + 4 + length])
+                del buf[: end + 4 + length]
+                if not head.startswith(b"http/1.1 200") or b'"hello"' not in body or b'"isError":true' in body:
+                    raise SystemExit(f"unexpected answer: {head!r} {body!r}")
+                return
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit("the server closed the connection")
+        buf += chunk
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--key", help="send this bearer token (and pass --api-key to mcpd)")
+    parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    parser.add_argument("--no-valgrind", action="store_true", help="CPU seconds of the process instead")
+    parser.add_argument("--cprofile", metavar="PATH", help="run mcpd under cProfile (not callgrind), stats to PATH")
+    parser.add_argument("mcpd_args", nargs="*")
+    args = parser.parse_args()
+    port = free_port()
+    work = tempfile.mkdtemp(prefix="callcount-")
+    profile = ["-m", "cProfile", "-o", os.path.abspath(args.cprofile)] if args.cprofile else []
+    if args.cprofile:
+        args.no_valgrind = True
+    cmd = [args.python, *profile, "-m", "mcpd", "--port", str(port), "--tool-pack", "bench.echo_pack", *args.mcpd_args]
+    if args.key:
+        cmd += ["--api-key", args.key]
+    if not args.no_valgrind:
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={work}/cg.%p",
+            *cmd,
+        ]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = open(os.path.join(work, "server.log"), "wb")  # noqa: SIM115
+    server = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port))
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"mcpd did not start; see {work}/server.log") from None
+                time.sleep(0.2)
+        buf = bytearray()
+        for rid in range(args.warmup):
+            call(sock, rid, args.key, buf)
+        if args.no_valgrind:
+            with open(f"/proc/{server.pid}/stat") as f:
+                before = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+        else:
+            subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True, capture_output=True)
+        started = time.monotonic()
+        for rid in range(args.warmup, args.warmup + args.calls):
+            call(sock, rid, args.key, buf)
+        wall = time.monotonic() - started
+        if args.no_valgrind:
+            with open(f"/proc/{server.pid}/stat") as f:
+                after = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+            cpu = (after - before) / os.sysconf("SC_CLK_TCK")
+            print(f"{cpu / args.calls * 1e6:.1f} CPU us per call ({args.calls} calls, {wall:.2f} s wall)")
+            return 0
+        subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
+        total = 0
+        for path in glob.glob(f"{work}/cg.{server.pid}*"):
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("totals:"):
+                        total += int(line.split()[1])
+        print(f"{total / args.calls / 1000:.1f}k instructions per call ({args.calls} calls, {total} in all)")
+        return 0
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
