@@ -94,6 +94,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--key", help="send this bearer token (and pass --api-key to mcpd)")
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    parser.add_argument("--tree", default=ROOT, help="the mcpd source tree to run (another checkout: before/after)")
     parser.add_argument("--no-valgrind", action="store_true", help="CPU seconds of the process instead")
     parser.add_argument("--cprofile", metavar="PATH", help="run mcpd under cProfile (not callgrind), stats to PATH")
     parser.add_argument("mcpd_args", nargs="*")
@@ -103,6 +104,7 @@ def main() -> int:
     profile = ["-m", "cProfile", "-o", os.path.abspath(args.cprofile)] if args.cprofile else []
     if args.cprofile:
         args.no_valgrind = True
+    tree = args.tree
     cmd = [args.python, *profile, "-m", "mcpd", "--port", str(port), "--tool-pack", "bench.echo_pack", *args.mcpd_args]
     if args.key:
         cmd += ["--api-key", args.key]
@@ -114,7 +116,7 @@ def main() -> int:
             f"--callgrind-out-file={work}/cg.%p",
             *cmd,
         ]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = open(os.path.join(work, "server.log"), "wb")  # noqa: SIM115
     server = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

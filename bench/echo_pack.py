@@ -1,10 +1,13 @@
 """The ``bench`` tool pack: one trivial ``echo`` tool, so a benchmark measures the server, not a tool.
 
-Load it with ``mcpd --tool-pack bench.echo_pack`` (the repository root on ``PYTHONPATH``).
+Load it with ``mcpd --tool-pack bench.echo_pack`` (the repository root on ``PYTHONPATH``);
+``MCPD_ECHO_BLOCKING=1`` declares the tool blocking (run in the thread pool), as the shared
+instrument's anchor does.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mcpd.tools import ToolAnnotations, ToolContext, ToolPack
@@ -22,6 +25,7 @@ pack = ToolPack("bench", "A trivial tool for benchmarking the server's request p
         "additionalProperties": False,
     },
     annotations=ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_world=False),
+    blocking=os.environ.get("MCPD_ECHO_BLOCKING") == "1",
 )
 def echo(ctx: ToolContext, arguments: dict[str, Any]) -> str:
     """Send ``text`` back as the call's single text block."""

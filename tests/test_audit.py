@@ -46,6 +46,10 @@ def _call(method: str, outcome: str, tool: str | None = None) -> CallRecord:
     )
 
 
+def _refuse(name: str) -> object:
+    raise AssertionError(f"{name} is not JSON")
+
+
 class AuditTrailTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.logged: list[dict] = []
@@ -118,10 +122,7 @@ class AuditTrailTests(SynchronousTestCase):
                         text = call_text(when, call)
                         expected = dumps(call_entry(when, call))
 
-                        def refuse(name: str) -> object:
-                            raise AssertionError(f"{name} in {text}")
-
-                        self.assertEqual(json.loads(text.encode("utf-8"), parse_constant=refuse), json.loads(expected))
+                        self.assertEqual(json.loads(text.encode("utf-8"), parse_constant=_refuse), json.loads(expected))
                         self.assertEqual(list(json.loads(text)), list(json.loads(expected)))
                         checked += 1
         self.assertEqual(checked, 4 * 9 * 4 * 8)

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, SchemaError
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpd.tools.validation import ArgumentValidator, HeaderParameter, compiled_check, fast_check, header_parameters
+from mcpd.tools.validation import (
+    ArgumentValidator,
+    HeaderParameter,
+    compiled_check,
+    fast_check,
+    header_parameters,
+    well_formed,
+)
 
 VALUES: list[Any] = ["", "x", 0, 1, -3, 1.0, 1.5, True, False, None, [], [1], {}, {"a": 1}]
 
@@ -120,6 +131,129 @@ class CompiledCheckTests(SynchronousTestCase):
             for tool in pack.tools:
                 for schema in (tool.input_schema, tool.output_schema):
                     self.assertIsNotNone(fast_check(schema) or compiled_check(schema), (tool.name, schema))
+
+
+# Schemas the 2020-12 meta-schema refuses, one keyword wrong each: `well_formed` must not pass any.
+MALFORMED = [
+    {"type": "strin"},
+    {"type": []},
+    {"type": ["string", "string"]},
+    {"type": ["string", 3]},
+    {"type": 3},
+    {"properties": {"a": 3}},
+    {"properties": []},
+    {"properties": {"a": {"type": "nope"}}},
+    {"items": "x"},
+    {"additionalProperties": {"minLength": -1}},
+    {"propertyNames": 5},
+    {"anyOf": []},
+    {"anyOf": {"type": "string"}},
+    {"anyOf": [{"type": "string"}, 4]},
+    {"required": "a"},
+    {"required": ["a", "a"]},
+    {"required": [1]},
+    {"enum": "a"},
+    {"examples": "a"},
+    {"minLength": -1},
+    {"maxLength": 1.5},
+    {"minItems": "1"},
+    {"maxProperties": -2},
+    {"minimum": "1"},
+    {"maximum": None},
+    {"pattern": "("},
+    {"pattern": 5},
+    {"title": 3},
+    {"description": ["x"]},
+    {"$comment": 1},
+    {"deprecated": "yes"},
+    {"readOnly": 1},
+    {"uniqueItems": 0},
+]
+# Well-formed schemas in the keywords `well_formed` knows (and `True`, `{}`).
+WELL_FORMED = [
+    True,
+    {},
+    {"type": ["string", "null"], "minLength": 0, "maxLength": 5.0, "pattern": "^a+$", "default": 3},
+    {"type": "array", "items": {"enum": ["a", 1, None]}, "minItems": 1, "maxItems": 4, "uniqueItems": True},
+    {"type": "object", "properties": {"a": {"anyOf": [{"type": "integer", "minimum": -1.5}, {"type": "null"}]}}},
+    {"type": "object", "additionalProperties": False, "required": ["a"], "propertyNames": {"pattern": "^[a-z]+$"}},
+    {"title": "t", "description": "d", "$comment": "c", "deprecated": False, "readOnly": True, "writeOnly": False},
+    {"examples": [1, "x"], "maxProperties": 3, "minProperties": 0, "maximum": 10},
+]
+
+
+class WellFormedTests(SynchronousTestCase):
+    """`well_formed` stands in for jsonschema's meta-schema check at declaration (issue 15):
+    it may say "ask jsonschema" of a good schema, never "well formed" of a bad one."""
+
+    def test_malformed_schemas_go_to_jsonschema(self) -> None:
+        for schema in MALFORMED:
+            for shape in (schema, {"type": "object", "properties": {"x": schema}}, {"items": schema}):
+                self.assertFalse(well_formed(shape), shape)
+                self.assertRaises(SchemaError, Draft202012Validator.check_schema, shape)
+
+    def test_well_formed_schemas_are_valid(self) -> None:
+        checked = 0
+        for outer, inner in itertools.product(WELL_FORMED, WELL_FORMED):
+            for shape in (
+                inner,
+                {"type": "object", "properties": {"x": inner, "y": outer}},
+                {"anyOf": [outer, inner]},
+            ):
+                self.assertTrue(well_formed(shape), shape)
+                Draft202012Validator.check_schema(shape)
+                checked += 1
+        self.assertEqual(checked, 3 * len(WELL_FORMED) ** 2)
+
+    def test_other_keywords_go_to_jsonschema(self) -> None:
+        for schema in ({"const": 1}, {"$defs": {}}, {"oneOf": [True]}, {"format": "uri"}, {"x-mcp-header": "A"}):
+            self.assertFalse(well_formed(schema), schema)
+        # Objects and arrays as JSON has them: a tuple is not an array to jsonschema.
+        self.assertFalse(well_formed({"required": ("a",)}))
+
+    def test_the_packs_schemas_are_well_formed(self) -> None:
+        """Every schema of every built-in pack takes the fast way (and is valid)."""
+        import importlib
+        import pkgutil
+
+        import mcpd.packs
+
+        checked = 0
+        for module in pkgutil.iter_modules(mcpd.packs.__path__):
+            pack = getattr(importlib.import_module(f"mcpd.packs.{module.name}"), "pack", None)
+            for tool in getattr(pack, "tools", ()):
+                for schema in (tool.input_schema, tool.output_schema):
+                    if schema is not None:
+                        self.assertTrue(well_formed(schema), (tool.name, schema))
+                        Draft202012Validator.check_schema(schema)
+                        checked += 1
+        self.assertGreater(checked, 60)
+
+
+class DeclarationCostTests(SynchronousTestCase):
+    def test_declaring_the_default_packs_compiles_nothing(self) -> None:
+        """Loading the default packs (what ``mcpd --stdio`` does before its first answer)
+        neither imports jsonschema nor generates a check: both wait for a tool's first call
+        (issue 15: they were most of the start-up beyond the imports)."""
+        script = (
+            "import json, sys\n"
+            "from mcpd.config.settings import Settings\n"
+            "from mcpd.daemon import load_packs\n"
+            "packs = load_packs(Settings())\n"
+            "tools = [tool for pack in packs for tool in pack.tools]\n"
+            "print(json.dumps([len(tools), sorted(m for m in ('jsonschema', 'fastjsonschema') if m in sys.modules)]))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=dict(os.environ)
+        )
+        count, imported = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertGreater(count, 20)
+        self.assertEqual(imported, [])
+
+    def test_a_check_is_made_on_first_use(self) -> None:
+        validator = ArgumentValidator(COMPILED[0])
+        self.assertEqual(validator.problems({"a": "x"}), [])
+        self.assertNotEqual(validator.problems({"a": 5}), [])
 
 
 class ArgumentValidatorTests(SynchronousTestCase):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import collections
 import datetime
 import time
-from json.encoder import encode_basestring
 from collections.abc import Callable, Iterator
+from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -133,8 +133,8 @@ class CallFields(Fields):
         self.call = call
         self._fields: dict[str, Any] | None = None
 
-    @property  # type: ignore[override]
-    def fields(self) -> dict[str, Any]:
+    @property
+    def fields(self) -> dict[str, Any]:  # type: ignore[override]  # made when first read
         if self._fields is None:
             self._fields = call_entry(self.when, self.call)
         return self._fields

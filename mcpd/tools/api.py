@@ -18,14 +18,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from jsonschema import Draft202012Validator, SchemaError
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
-from mcpd.tools.validation import ArgumentValidator, HeaderParameter, header_parameters
+from mcpd.tools.validation import ArgumentValidator, HeaderParameter, header_parameters, well_formed
 
 if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
@@ -124,6 +123,10 @@ def _check_schema(_instance: object, attribute: attrs.Attribute[Any], schema: An
         return
     if not isinstance(schema, Mapping) or schema.get("type") != "object":
         raise ValueError(f"{attribute.name} must be a JSON Schema object with type 'object'")
+    if well_formed(schema):
+        return  # what jsonschema's check would say, without its cost at every start-up
+    from jsonschema import Draft202012Validator, SchemaError  # imported only for other schemas
+
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as e:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from jsonschema import Draft202012Validator
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 # Keywords that describe without constraining: the fast check may ignore them.
 _ANNOTATIONS = frozenset(
@@ -140,6 +142,78 @@ def _compilable(schema: Any) -> bool:
     return True
 
 
+_SIMPLE_TYPES = frozenset(_TYPE_CHECKS)
+_COUNTS = frozenset({"minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"})
+_TEXTS = frozenset({"title", "description", "$comment"})
+_FLAGS = frozenset({"deprecated", "readOnly", "writeOnly", "uniqueItems"})
+
+
+def well_formed(schema: Any) -> bool:
+    """True only for a schema the Draft 2020-12 meta-schema accepts (`check_schema`), written
+    in the keywords tool schemas use (`_COMPILED_KEYWORDS`, ``uniqueItems``, ``propertyNames``,
+    ``minProperties``, ``maxProperties``); False means "ask jsonschema", which decides and
+    words the error.
+
+    jsonschema's check walks the meta-schema's dynamic references: ~60 ms a pack, most of
+    ``mcpd --stdio``'s start-up with the default packs (issue 15). Each keyword here is held
+    to what the meta-schema asks of it (JSON types as jsonschema tells them: dict, list, str)."""
+    if isinstance(schema, bool):
+        return True
+    if type(schema) is not dict:
+        return False
+    for keyword, value in schema.items():
+        if keyword == "type":
+            if isinstance(value, list):
+                if not value or len(set(map(str, value))) != len(value) or not all(type(v) is str for v in value):
+                    return False
+                if not _SIMPLE_TYPES.issuperset(value):
+                    return False
+            elif type(value) is not str or value not in _SIMPLE_TYPES:
+                return False
+        elif keyword == "properties":
+            if type(value) is not dict or not all(well_formed(sub) for sub in value.values()):
+                return False
+        elif keyword in ("items", "additionalProperties", "propertyNames"):
+            if not well_formed(value):
+                return False
+        elif keyword == "anyOf":
+            if type(value) is not list or not value or not all(well_formed(sub) for sub in value):
+                return False
+        elif keyword == "required":
+            if type(value) is not list or not all(type(v) is str for v in value) or len(set(value)) != len(value):
+                return False
+        elif keyword in ("enum", "examples"):
+            if type(value) is not list:
+                return False
+        elif keyword in _COUNTS:
+            if not (_is_integer(value) and value >= 0):
+                return False
+        elif keyword in ("minimum", "maximum"):
+            if type(value) not in (int, float):
+                return False
+        elif keyword == "pattern":
+            if type(value) is not str or not _is_regex(value):
+                return False
+        elif keyword in _TEXTS:
+            if type(value) is not str:
+                return False
+        elif keyword in _FLAGS:
+            if type(value) is not bool:
+                return False
+        elif keyword != "default":
+            return False
+    return True
+
+
+def _is_regex(text: str) -> bool:
+    # The meta-schema's "format": "regex", as jsonschema's format checker tells it.
+    try:
+        re.compile(text)
+    except re.error:
+        return False
+    return True
+
+
 def compiled_check(schema: Mapping[str, Any]) -> Check | None:
     """A generated check (fastjsonschema) for a schema in the common subset, or None."""
     if not _compilable(schema):
@@ -162,16 +236,30 @@ def compiled_check(schema: Mapping[str, Any]) -> Check | None:
 
 
 class ArgumentValidator:
-    """Validates a tool's arguments: the fast check when it applies, jsonschema for the rest."""
+    """Validates a tool's arguments: the fast check when it applies, jsonschema for the rest.
+
+    Both are made on the first validation, not at declaration: generating a check's code
+    (fastjsonschema) for every tool of the default packs was a fifth of ``mcpd --stdio``'s
+    start-up (issue 15), and most tools of a session are never called."""
+
+    _UNMADE: Any = object()
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
-        self._validator = Draft202012Validator(schema)
-        self._fast = fast_check(schema) or compiled_check(schema)
+        self.schema = schema
+        self._validator: Draft202012Validator | None = None
+        self._fast: Check | None = self._UNMADE
 
     def problems(self, arguments: Any) -> list[str]:
         """What is wrong with ``arguments``, worded for a model; empty when they are valid."""
-        if self._fast is not None and self._fast(arguments):
+        fast = self._fast
+        if fast is self._UNMADE:
+            fast = self._fast = fast_check(self.schema) or compiled_check(self.schema)
+        if fast is not None and fast(arguments):
             return []
+        if self._validator is None:
+            from jsonschema import Draft202012Validator  # only once a call is invalid: ~0.1 s to import
+
+            self._validator = Draft202012Validator(self.schema)
         problems = []
         for error in sorted(
             self._validator.iter_errors(arguments), key=lambda e: [str(part) for part in e.absolute_path]
