@@ -66,20 +66,46 @@ def request(rid: int, token: str | None) -> bytes:
 def call(sock: socket.socket, rid: int, token: str | None, buf: bytearray) -> None:
     sock.sendall(request(rid, token))
     while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            head = bytes(buf[:end]).lower()
-            length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-            if len(buf) >= end + 4 + length:
-                body = bytes(buf[end + 4 : end + 4 + length])
-                del buf[: end + 4 + length]
-                if not head.startswith(b"http/1.1 200") or b'"hello"' not in body or b'"isError":true' in body:
-                    raise SystemExit(f"unexpected answer: {head!r} {body!r}")
-                return
+        body = answer(buf)
+        if body is not None:
+            if b'"hello"' not in body or b'"isError":true' in body:
+                raise SystemExit(f"unexpected answer: {body!r}")
+            return
         chunk = sock.recv(65536)
         if not chunk:
             raise SystemExit("the server closed the connection")
         buf += chunk
+
+
+def answer(buf: bytearray) -> bytes | None:
+    """The body of the first whole answer in ``buf`` (removed from it), or None."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).lower()
+    if not head.startswith(b"http/1.1 200"):
+        raise SystemExit(f"unexpected answer: {bytes(buf)!r}")
+    if b"content-length:" in head:
+        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        if len(buf) < end + 4 + length:
+            return None
+        body = bytes(buf[end + 4 : end + 4 + length])
+        del buf[: end + 4 + length]
+        return body
+    # Transfer-Encoding: chunked (an answer that was not ready at once)
+    at, body = end + 4, b""
+    while True:
+        line_end = buf.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        size = int(bytes(buf[at:line_end]).split(b";")[0], 16)
+        if len(buf) < line_end + 2 + size + 2:
+            return None
+        body += bytes(buf[line_end + 2 : line_end + 2 + size])
+        at = line_end + 2 + size + 2
+        if size == 0:
+            del buf[:at]
+            return body
 
 
 def free_port() -> int:
@@ -113,6 +139,7 @@ def main() -> int:
             "valgrind",
             "--tool=callgrind",
             "--instr-atstart=no",
+            "--separate-threads=yes",
             f"--callgrind-out-file={work}/cg.%p",
             *cmd,
         ]
@@ -148,13 +175,15 @@ def main() -> int:
             print(f"{cpu / args.calls * 1e6:.1f} CPU us per call ({args.calls} calls, {wall:.2f} s wall)")
             return 0
         subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
-        total = 0
+        threads = []
         for path in glob.glob(f"{work}/cg.{server.pid}*"):
             with open(path) as f:
                 for line in f:
-                    if line.startswith("totals:"):
-                        total += int(line.split()[1])
-        print(f"{total / args.calls / 1000:.1f}k instructions per call ({args.calls} calls, {total} in all)")
+                    if line.startswith("totals:") and int(line.split()[1]):
+                        threads.append(int(line.split()[1]))
+        total = sum(threads)
+        each = ", ".join(f"{count / args.calls / 1000:.1f}k" for count in sorted(threads, reverse=True))
+        print(f"{total / args.calls / 1000:.1f}k instructions per call ({args.calls} calls; by thread: {each})")
         return 0
     finally:
         server.terminate()
