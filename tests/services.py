@@ -57,6 +57,7 @@ class MariaDB:
         self.root = Path(root or tempfile.mkdtemp(prefix="mcpd-mariadb-")).absolute()
         self.datadir = self.root / "data"
         self.socket = self.root / "mysql.sock"
+        self.tmpdir = self.root / "tmp"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._installed = False
@@ -69,12 +70,17 @@ class MariaDB:
         either fails."""
         if not self._installed:
             self.root.mkdir(parents=True, exist_ok=True)
+            self.tmpdir.mkdir(exist_ok=True)
             _run_or_explain(
                 [
                     str(_binary("mariadb-install-db")),
                     "--no-defaults",
                     "--user=root",
                     f"--datadir={self.datadir}",
+                    # Its own temporary directory: the installers of parallel test runs met in
+                    # /tmp ("Could not remove temporary table ... Unknown table
+                    # mysql.tmp_proxies_priv").
+                    f"--tmpdir={self.tmpdir}",
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
                 ],
@@ -88,6 +94,7 @@ class MariaDB:
                     "--user=root",
                     f"--datadir={self.datadir}",
                     f"--socket={self.socket}",
+                    f"--tmpdir={self.tmpdir}",
                     f"--port={self.port}",
                     "--bind-address=127.0.0.1",
                     f"--pid-file={self.root / 'mysqld.pid'}",
