@@ -911,8 +911,8 @@ class RefusedTaskSaveTests(RedisPartsCase):
 
 
 class TaskEndAnnouncedOnceSavedTests(RedisPartsCase):
-    """ "task-ended" is announced once the final record is in the store, also when it lands
-    from the unsaved records."""
+    """The "task-ended" announcement comes once the final record is in the store, also when it
+    lands from the unsaved records."""
 
     @inlineCallbacks
     def test_a_held_end_is_announced_when_it_lands(self) -> Any:
