@@ -71,7 +71,10 @@ class TaskRelay:
     the record would say "working" until its TTL. Its registry entry (`InstanceRegistry`) is
     gone within `TTL` seconds, and then the task is settled as failed (`ORPHANED`), once, by
     whichever instance sees it first: a reader (``tasks/get``, ``tasks/result``, ...), or the
-    sweep every `SWEEP` seconds, which also drops the records whose TTL has passed.
+    sweep every `SWEEP` seconds, which also drops the records whose TTL has passed. Nothing is
+    settled while the registry is not `sure <InstanceRegistry.sure>` (back from a Redis outage,
+    live runners may not have written their entries again yet); a runner taken for gone all the
+    same learns it at its next save (`TaskManager._adopt`).
     Blocked ``tasks/result`` requests for others' tasks wait for the runner's "task-ended"
     broadcast, with a check at each sweep (a broadcast lost while the bus reconnected, a runner
     that died); they end when their request is cancelled or this instance stops.
