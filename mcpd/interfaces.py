@@ -211,7 +211,7 @@ class ITaskStore(Interface):
         also when the record is no longer kept. The first terminal status stays: a record that
         has ended is replaced only by one with the same status (an instance that took a task's
         runner for gone must not turn its result into a failure, nor a late cancel a result
-        into a cancel)."""
+        into a cancel); such a refused save fires with the kept record."""
 
     def get(task_id: str) -> Any:
         """Fires with the record with this id, or None."""

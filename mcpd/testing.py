@@ -254,11 +254,12 @@ class TaskStoreTests(_StoreSuite):
         for late in (COMPLETED, FAILED, WORKING, INPUT_REQUIRED):
             record = _task("a", status=late)
             record.result = {"content": []}
-            self.settled(self.store.save(record))
+            refused = self.settled(self.store.save(record))
+            self.assertEqual(refused, self.settled(self.store.get("a")))
             kept = self.settled(self.store.get("a"))
             self.assertEqual((kept.status, kept.status_message, kept.result), (CANCELLED, "cancelled", None))
         cancelled.status_message = "cancelled, said again"
-        self.settled(self.store.save(cancelled))
+        self.assertIsNone(self.settled(self.store.save(cancelled)))
         self.assertEqual(self.settled(self.store.get("a")).status_message, "cancelled, said again")
 
     def test_unknown_ids(self) -> None:

@@ -18,16 +18,17 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from mcpd.cluster.bus import ClusterBus, ClusterUnavailable
-from mcpd.cluster.instances import InstanceRegistry
+from mcpd.cluster.instances import REFRESH, TTL, InstanceRegistry
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
 from mcpd.interfaces import CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, StoreUnavailable, TaskRecord
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.engine import Engine
+from mcpd.protocol.errors import InvalidParams
 from mcpd.protocol.ledger import SESSION
 from mcpd.protocol.session import SessionStore
-from mcpd.protocol.tasks import TaskManager, TaskRun
+from mcpd.protocol.tasks import TaskManager, TaskRun, UnsavedRecords
 from mcpd.stores.redis import RedisConnection, redis_config
 from mcpd.stores.redis.sessions import RedisSessionStore
 from mcpd.stores.redis.tasks import RedisTaskStore
@@ -59,6 +60,17 @@ class JournaledStream(Resource):
         start_sse(request)
         self.cluster.read(request, self.session, self.key, self.after)
         return NOT_DONE_YET
+
+
+@inlineCallbacks
+def judge(case: TestCase, bus: ClusterBus) -> Any:
+    """A started registry of ``bus``'s instance that takes an instance without an entry for
+    gone at once (no wait for live ones to register again after an outage)."""
+    registry = InstanceRegistry(bus, [], [], clock=reactor, sure_after=0.0)
+    registry.start()
+    case.addCleanup(registry.stop)
+    yield wait_for(registry.sure)
+    return registry
 
 
 class RedisPartsCase(TestCase):
@@ -225,7 +237,7 @@ class ClusterPartsTests(RedisPartsCase):
         still registered is a clear, transient error, not a cancelled record; once the registry
         says the runner is gone, the record is marked cancelled."""
         store = RedisTaskStore(self.connection)
-        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        registry = yield judge(self, self.bus)
         relay = TaskRelay(self.bus, TaskManager(store, reactor), reactor, registry)
         # The runner: registered, its bus not listening (as while it reconnects).
         runner_bus = ClusterBus(self.connection, clock=reactor)
@@ -430,7 +442,7 @@ class TaskRunnerGoneTests(RedisPartsCase):
     def setUp(self) -> Any:
         yield super().setUp()
         self.store = RedisTaskStore(self.connection)
-        self.registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        self.registry = yield judge(self, self.bus)
         self.manager = TaskManager(self.store, reactor)
         self.relay = TaskRelay(self.bus, self.manager, reactor, self.registry)
         self.addCleanup(self.relay.stop)
@@ -674,7 +686,7 @@ class TaskResultThroughTheEngineTests(RedisPartsCase):
         yield super().setUp()
         self.store = RedisTaskStore(self.connection)
         self.engine = Engine(ToolRegistry([conformance_pack.pack]), clock=reactor, task_store=self.store)
-        self.registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        self.registry = yield judge(self, self.bus)
         self.relay = TaskRelay(self.bus, self.engine.tasks, reactor, self.registry)
         self.addCleanup(self.relay.stop)
         runner_bus = ClusterBus(self.connection, clock=reactor)
@@ -730,3 +742,219 @@ class TaskResultThroughTheEngineTests(RedisPartsCase):
         response = yield answer
         self.assertEqual(response["error"]["message"], ORPHANED, response)
         self.assertEqual(self.relay.waiting, 0)
+
+
+class Instance:
+    """One instance's task machinery on a Redis connection: its bus, registry, task store,
+    manager and relay (started; stopped by the test's cleanups)."""
+
+    @classmethod
+    @inlineCallbacks
+    def start(cls, case: TestCase, connection: RedisConnection, sure_after: float = 0.0) -> Any:
+        self = cls()
+        self.bus = ClusterBus(connection, clock=reactor)
+        yield self.bus.start(10.0)
+        case.addCleanup(self.bus.stop)
+        self.registry = InstanceRegistry(self.bus, [], [], clock=reactor, sure_after=sure_after)
+        self.registry.start()
+        case.addCleanup(self.registry.stop)
+        self.store = RedisTaskStore(connection)
+        self.manager = TaskManager(self.store, reactor)
+        case.addCleanup(self.manager.unsaved.stop)
+        self.relay = TaskRelay(self.bus, self.manager, reactor, self.registry)
+        case.addCleanup(self.relay.stop)
+        yield wait_for(lambda: self.registry._since is not None)
+        return self
+
+    @inlineCallbacks
+    def runs(self, task_id: str) -> Any:
+        """A legacy task of session s1 run here, its work going on; its run and its work."""
+        record = TaskRecord(task_id, "session:s1", False, reactor.seconds(), 600_000, 500, runner=self.bus.instance)
+        yield self.store.add(record, reactor.seconds())
+        run = self.manager._runs[task_id] = TaskRun(record)
+        work: Deferred[Any] = Deferred()
+        self.manager._track(run, work)
+        return run, work
+
+
+def legacy(method: str, task_id: str) -> Any:
+    """A legacy ``tasks/*`` request of session s1 (what `TaskManager`'s methods read)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        modern=False,
+        method=method,
+        version="2025-11-25",
+        params={"taskId": task_id},
+        exchange=SimpleNamespace(session=SimpleNamespace(id="s1")),
+        meta={},
+    )
+
+
+@inlineCallbacks
+def outcome(d: Deferred[Any]) -> Any:
+    """What ``d`` fires with, or the exception it fails with."""
+    try:
+        return (yield d)
+    except Exception as e:
+        return e
+
+
+class LiveRunnerAfterRedisOutageTests(TestCase):
+    """A Redis outage longer than the registry's TTL expires every instance's entry: a live
+    runner writes its entry again as soon as Redis answers, and no instance settles its tasks
+    as orphans until it had the time to."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_a_live_runner_keeps_its_task_through_a_long_outage(self) -> Any:
+        server = RedisServer(persistent=True).start()
+        self.addCleanup(server.destroy)
+        prefix = unique_prefix()
+        sides = []
+        for _ in range(2):
+            connection = RedisConnection(redis_config(server.url, prefix=prefix), reactor)
+            connection.startService()
+            self.addCleanup(lambda c=connection: c.stopService() if c.running else None)
+            yield answers_again(connection)
+            sides.append((yield Instance.start(self, connection, sure_after=TTL + REFRESH)))
+        runner, other = sides
+        run, work = yield runner.runs("t-live")
+
+        server.stop()
+        yield sleep(TTL + 1)  # every registry entry expires
+        server.start()
+        yield answers_again(other.store.connection)
+        answered = reactor.seconds()
+        # The runner's entry is back without waiting for its next refresh.
+        yield self.registered(other.registry, runner.bus.instance, timeout=REFRESH)
+        self.assertLess(reactor.seconds() - answered, REFRESH)
+        # Back from the outage, the other instance settles nothing yet: not by its sweep, a
+        # reader's check, nor a cancel nobody hears.
+        self.assertFalse(other.registry.sure())
+        yield runner.registry.stop()  # as a runner that has not registered again yet
+        yield other.relay.sweep()
+        self.assertEqual((yield other.store.get("t-live")).status, WORKING)
+        self.assertEqual((yield other.manager.get(legacy("tasks/get", "t-live")))["status"], WORKING)
+        unheard = TaskRecord.from_json(run.record.to_json())
+        unheard.runner = "not-listening"
+        refused = yield outcome(other.relay.cancel(unheard))
+        self.assertIsInstance(refused, ClusterUnavailable)
+        self.assertEqual((yield other.store.get("t-live")).status, WORKING)
+        self.assertFalse(work.called)
+
+        # The work ends: every instance answers its result.
+        work.callback({"content": [{"type": "text", "text": "real result"}]})
+        while (yield other.store.get("t-live")).status != COMPLETED:
+            yield sleep(0.05)
+        for side in (runner, other):
+            self.assertEqual((yield side.manager.get(legacy("tasks/get", "t-live")))["status"], COMPLETED)
+            result = yield side.manager.result(legacy("tasks/result", "t-live"))
+            self.assertEqual(result["content"], [{"type": "text", "text": "real result"}])
+
+    @inlineCallbacks
+    def registered(self, registry: InstanceRegistry, instance: str, timeout: float) -> Any:
+        deadline = reactor.seconds() + timeout
+        while not (yield registry.alive(instance)):
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"instance {instance} did not register again within {timeout}s")
+            yield sleep(0.05)
+
+
+class RefusedTaskSaveTests(RedisPartsCase):
+    """A runner whose task another instance ended first (it took the runner for gone) adopts
+    the kept record, stops the work, and every instance answers alike."""
+
+    @inlineCallbacks
+    def settled_elsewhere(self, runner: Instance, task_id: str) -> Any:
+        """The task as another instance settles it when it takes the runner for gone."""
+        other = yield Instance.start(self, self.connection)
+        record = yield other.store.get(task_id)
+        record.runner = "gone"  # its registry entry missing, as after an outage
+        settled = yield other.relay.check(record)
+        self.assertEqual(settled.status, FAILED)
+        return other
+
+    @inlineCallbacks
+    def test_a_refused_save_is_adopted_and_the_work_cancelled(self) -> Any:
+        runner = yield Instance.start(self, self.connection)
+        run, work = yield runner.runs("t-refused")
+        work.addErrback(lambda f: f.trap(CancelledError))
+        other = yield self.settled_elsewhere(runner, "t-refused")
+        # The runner's next status (input asked) is refused: it adopts the failure.
+        run.record.input_requests["ask"] = {"method": "elicitation/create", "params": {}}
+        runner.manager.set_status(run, INPUT_REQUIRED)
+        yield wait_for(lambda: run.record.status == FAILED)
+        self.assertTrue(work.called)
+        self.assertEqual(run.record.status_message, ORPHANED)
+        for side in (runner, other):
+            got = yield side.manager.get(legacy("tasks/get", "t-refused"))
+            self.assertEqual((got["status"], got["statusMessage"]), (FAILED, ORPHANED))
+            failed = yield outcome(side.manager.result(legacy("tasks/result", "t-refused")))
+            self.assertEqual(str(failed), ORPHANED)
+
+    @inlineCallbacks
+    def test_a_held_result_refused_when_it_lands_is_not_counted_recovered(self) -> Any:
+        runner = yield Instance.start(self, self.connection)
+        run, work = yield runner.runs("t-held")
+        # An earlier status could not be saved (the store away): the end is held behind it.
+        runner.manager.unsaved.failed(Failure(StoreUnavailable("redis", "down")), run.record)
+        yield self.settled_elsewhere(runner, "t-held")
+        work.callback({"content": [{"type": "text", "text": "too late"}]})
+        self.assertIn("t-held", runner.manager.unsaved)
+        yield wait_for(lambda: not runner.manager.unsaved)
+        self.assertEqual((runner.manager.unsaved.recovered, runner.manager.unsaved.refused), (0, 1))
+        self.assertEqual(run.record.status, FAILED)
+        got = yield runner.manager.get(legacy("tasks/get", "t-held"))
+        self.assertEqual(got["status"], FAILED)
+
+
+class TaskEndAnnouncedOnceSavedTests(RedisPartsCase):
+    """The "task-ended" announcement comes once the final record is in the store, also when it
+    lands from the unsaved records."""
+
+    @inlineCallbacks
+    def test_a_held_end_is_announced_when_it_lands(self) -> Any:
+        runner = yield Instance.start(self, self.connection)
+        other = yield Instance.start(self, self.connection)
+        run, work = yield runner.runs("t-announced")
+        waiting = other.relay.wait(TaskRecord.from_json(run.record.to_json()))
+        runner.manager.unsaved.failed(Failure(StoreUnavailable("redis", "down")), run.record)
+        work.callback({"content": [{"type": "text", "text": "done"}]})
+        # No sweep runs: only the runner's announcement after the held end lands wakes it.
+        ended = yield waiting
+        self.assertEqual(ended.status, COMPLETED)
+        self.assertEqual((yield other.store.get("t-announced")).status, COMPLETED)
+
+
+class RemoteLegacyCancelTests(RedisPartsCase):
+    """2025-11-25 basic/utilities/tasks §Task Cancellation: a cancel of a task in a terminal
+    status is -32602, also when it ended on its runner after this instance read it."""
+
+    @inlineCallbacks
+    def test_a_task_finished_on_its_runner_is_not_cancelled(self) -> Any:
+        runner = yield Instance.start(self, self.connection)
+        other = yield Instance.start(self, self.connection)
+        run, work = yield runner.runs("t-finished")
+        # It finishes on the runner; its final record is on its way to the store.
+        run.record.status, run.record.result = COMPLETED, {"content": []}
+        refused = yield outcome(other.manager.cancel(legacy("tasks/cancel", "t-finished")))
+        self.assertIsInstance(refused, InvalidParams)
+        self.assertEqual(refused.code, -32602)
+        self.assertIn("already completed", str(refused))
+
+
+class UnsavedCapTests(RedisPartsCase):
+    """At the cap of held records, an unfinished one is dropped before any end."""
+
+    def test_the_cap_drops_unfinished_records_first(self) -> None:
+        unsaved = UnsavedRecords(RedisTaskStore(self.connection), reactor, limit=2)
+        self.addCleanup(unsaved.stop)
+        unsaved.hold(TaskRecord("x", "o", False, 0.0, 1000, 500, status=COMPLETED))
+        unsaved.hold(TaskRecord("y", "o", False, 0.0, 1000, 500, status=WORKING))
+        unsaved.hold(TaskRecord("z", "o", False, 0.0, 1000, 500, status=WORKING))
+        self.assertEqual({k: r.status for k, r in unsaved._held.items()}, {"x": COMPLETED, "z": WORKING})
+        self.assertEqual(unsaved.dropped, 1)
+        unsaved.hold(TaskRecord("w", "o", False, 0.0, 1000, 500, status=FAILED))
+        self.assertEqual(set(unsaved._held), {"x", "w"})

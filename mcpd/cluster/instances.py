@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -38,6 +38,9 @@ log = Logger(namespace="mcpd.cluster")
 
 TTL = 15.0
 REFRESH = 5.0
+# Seconds between tries to write this instance's entry while Redis does not answer, so the
+# entry is back as soon as Redis is.
+RETRY = 0.5
 
 
 class SharingConflict(Exception):
@@ -87,9 +90,21 @@ def store_identities(
 
 
 class InstanceRegistry:
-    """This instance's entry in the registry, and what it knows of the others."""
+    """This instance's entry in the registry, and what it knows of the others.
 
-    def __init__(self, bus: ClusterBus, stores: list[StoreIdentity], listen: list[str], clock: Any = None) -> None:
+    A missing entry means its instance has gone only once this instance has written its own
+    entry at every try for longer than ``sure_after`` seconds (`TTL` and a refresh): after a
+    Redis outage longer than `TTL` every entry has expired, and a live instance needs that
+    long (at worst) to be connected again and write its entry (`sure`)."""
+
+    def __init__(
+        self,
+        bus: ClusterBus,
+        stores: list[StoreIdentity],
+        listen: list[str],
+        clock: Any = None,
+        sure_after: float = TTL + REFRESH,
+    ) -> None:
         self.bus = bus
         self.stores = stores
         self.entry = {
@@ -100,9 +115,16 @@ class InstanceRegistry:
             "listen": listen,
             "stores": [attrs.asdict(store) for store in stores],
         }
+        self.sure_after = sure_after
         self._refresh = LoopingCall(self.register)
         if clock is not None:
             self._refresh.clock = clock
+        self.clock = self._refresh.clock
+        # Since when every write of this instance's entry has succeeded (None: the last failed).
+        self._since: float | None = None
+        self._writing = False
+        self._failing = False
+        self._retry: Any = None
 
     def key(self, instance: str) -> str:
         """The registry key of ``instance``."""
@@ -136,11 +158,43 @@ class InstanceRegistry:
                         )
 
     def register(self) -> Deferred[Any]:
-        """Write (or refresh) this instance's entry."""
+        """Write (or refresh) this instance's entry; while Redis does not answer, try again
+        every `RETRY` seconds."""
+        if self._writing:
+            return succeed(None)
+        self._writing = True
         redis = self.bus.redis
         d = redis.execute("SET", self.key(self.bus.instance), json.dumps(self.entry), "PX", int(TTL * 1000))
         d.addCallback(lambda _ok: redis.execute("SADD", self.bus.key("instances"), self.bus.instance))
-        return d.addErrback(lambda f: log.warn("Could not refresh this instance in Redis: {e}", e=f.getErrorMessage()))
+        return d.addCallbacks(self._written, self._not_written)
+
+    def _written(self, _added: Any) -> None:
+        self._writing = False
+        if self._failing:
+            log.info("This instance's entry is in Redis again")
+            self._failing = False
+        if self._since is None:
+            self._since = self.clock.seconds()
+
+    def _not_written(self, failure: Any) -> None:
+        self._writing = False
+        if not self._failing:
+            log.warn("Could not refresh this instance in Redis: {e}", e=failure.getErrorMessage())
+            self._failing = True
+        self._since = None
+        if self._refresh.running and self._retry is None:
+            self._retry = self.clock.callLater(RETRY, self._again)
+
+    def _again(self) -> None:
+        self._retry = None
+        self.register()
+
+    def sure(self) -> bool:
+        """Whether an instance without an entry has gone: this instance's own entry has been
+        written at every try for more than ``sure_after`` seconds, so every instance alive and
+        connected to Redis had the time to write its entry again after an outage. Until then
+        no instance's tasks are settled as orphans."""
+        return self._since is not None and self.clock.seconds() - self._since > self.sure_after
 
     def alive(self, instance: str) -> Deferred[bool]:
         """Whether ``instance`` has refreshed its entry within the last `TTL` seconds."""
@@ -152,6 +206,9 @@ class InstanceRegistry:
     def stop(self) -> Deferred[Any]:
         if self._refresh.running:
             self._refresh.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         redis = self.bus.redis
         d = redis.execute("DEL", self.key(self.bus.instance))
         d.addCallback(lambda _n: redis.execute("SREM", self.bus.key("instances"), self.bus.instance))

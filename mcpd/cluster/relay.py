@@ -71,7 +71,10 @@ class TaskRelay:
     the record would say "working" until its TTL. Its registry entry (`InstanceRegistry`) is
     gone within `TTL` seconds, and then the task is settled as failed (`ORPHANED`), once, by
     whichever instance sees it first: a reader (``tasks/get``, ``tasks/result``, ...), or the
-    sweep every `SWEEP` seconds, which also drops the records whose TTL has passed.
+    sweep every `SWEEP` seconds, which also drops the records whose TTL has passed. Nothing is
+    settled while the registry is not `sure <InstanceRegistry.sure>` (back from a Redis outage,
+    live runners may not have written their entries again yet); a runner taken for gone all the
+    same learns it at its next save (`TaskManager._adopt`).
     Blocked ``tasks/result`` requests for others' tasks wait for the runner's "task-ended"
     broadcast, with a check at each sweep (a broadcast lost while the bus reconnected, a runner
     that died); they end when their request is cancelled or this instance stops.
@@ -138,7 +141,7 @@ class TaskRelay:
             return self.registry.alive(record.runner).addCallback(runner_gone)
 
         def runner_gone(alive: bool) -> Deferred[TaskRecord]:
-            if alive:
+            if alive or not self.registry.sure():
                 raise ClusterUnavailable(
                     f"instance {record.runner}, running task {record.task_id}, did not hear the cancel"
                     " (its connection to Redis is being restored); try again shortly"
@@ -151,8 +154,9 @@ class TaskRelay:
             record.status_message = "The task was cancelled: the instance running it had stopped."
             record.updated = self.clock.seconds()
             # The store keeps the first terminal status: answer with what it kept.
-            d = self.manager.store.save(record).addCallback(lambda _none: self.manager.store.get(record.task_id))
-            return d.addCallback(lambda kept: kept or record)
+            return self.manager.store.save(record).addCallback(
+                lambda refused: refused if isinstance(refused, TaskRecord) else record
+            )
 
         return self.bus.request(record.runner, "task-cancel", {"task": record.task_id}).addCallbacks(
             cancelled, nobody_heard
@@ -176,7 +180,9 @@ class TaskRelay:
         """``record`` (running on another instance) as it is: settled as failed if its runner
         has gone. A runner seen alive lately is not asked about again for `SEEN_ALIVE` s."""
         now = self.clock.seconds()
-        if self._alive.get(record.runner, 0.0) > now:
+        if self._alive.get(record.runner, 0.0) > now or not self.registry.sure():
+            # Alive lately; or this instance is back from a Redis outage, and a live runner
+            # may not have written its registry entry again yet: the record as read.
             return succeed(record)
         settled = _orphaned(record, now)
 
@@ -223,7 +229,13 @@ class TaskRelay:
                 self.manager._dropped(record.task_id)
                 self._answer(record.task_id, None)
 
-        d = self.store.orphans(self.registry.key(""), self.bus.instance).addCallback(settle)
+        # Back from a Redis outage (`InstanceRegistry.sure`), live runners may not be registered
+        # again yet: no orphans until they have had the time.
+        d = (
+            self.store.orphans(self.registry.key(""), self.bus.instance).addCallback(settle)
+            if self.registry.sure()
+            else succeed(None)
+        )
         d.addCallback(lambda _: self.store.expire(now)).addCallback(expired)
         d.addCallback(lambda _: gatherResults([self._look(task_id) for task_id in list(self._waiting)]))
         return d.addErrback(self._sweep_failed)

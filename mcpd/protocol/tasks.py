@@ -298,7 +298,7 @@ class TaskManager:
         self.poll_interval_ms = poll_interval_ms
         self._runs: dict[str, TaskRun] = {}
         # Records whose save failed (the store unreachable), saved again until it answers.
-        self.unsaved = UnsavedRecords(store, clock)
+        self.unsaved = UnsavedRecords(store, clock, landed=self._saved)
         # Several instances: this one's id (each record names its runner) and the way to the
         # others' tasks; "" and None for one process.
         self.instance = ""
@@ -519,11 +519,7 @@ class TaskManager:
         record = run.record
         record.status = status
         record.updated = max(self.clock.seconds(), record.created)
-        saved = self.save(run)
-        if record.terminal and not record.modern and self.remote is not None:
-            # Its tasks/result may be awaited on another instance: once the record says so.
-            remote = self.remote
-            saved.addCallback(lambda _saved: remote.ended(record))
+        self.save(run)
         if record.modern:
             if self.changes is not None:
                 self.changes.task_status(record.task_id, detailed_info(record))
@@ -534,11 +530,49 @@ class TaskManager:
     def save(self, run: TaskRun) -> Deferred[None]:
         """Write the task's record to the store (polls read it from there); one the store
         cannot take now is saved again when it can (`UnsavedRecords`). Fires with None."""
+        record = run.record
         if run.task_id in self.unsaved:
             # An earlier status waits for the store: this one goes after it, not past it.
-            self.unsaved.hold(run.record)
+            self.unsaved.hold(record)
             return succeed(None)
-        return self.store.save(run.record).addErrback(self.unsaved.failed, run.record)
+        return self.store.save(record).addCallbacks(
+            self._saved, self.unsaved.failed, callbackArgs=(record,), errbackArgs=(record,)
+        )
+
+    def _saved(self, refused: TaskRecord | None, record: TaskRecord) -> None:
+        """The store took ``record`` (now or from `UnsavedRecords`), or refused it for the
+        ended record it keeps (``refused``)."""
+        if isinstance(refused, TaskRecord):
+            run = self._runs.get(record.task_id)
+            if run is not None:
+                self._adopt(run, refused)
+        elif record.terminal and not record.modern and self.remote is not None:
+            # Its tasks/result may be awaited on another instance: once the record says so.
+            self.remote.ended(record)
+
+    def _adopt(self, run: TaskRun, kept: TaskRecord) -> None:
+        """Another instance ended this task first (it took this one for gone while Redis was
+        away): the run takes the kept record, so every instance answers alike, and its work
+        stops."""
+        if run.record.to_json() == kept.to_json():
+            return
+        log.warn(
+            "Task {id} was ended as {status} by another instance; its work here stops",
+            id=run.task_id,
+            status=kept.status,
+        )
+        run.record = kept
+        for key, d in list(run.answers.items()):
+            run.answers.pop(key, None)
+            d.cancel()
+        waiters, run.waiters = run.waiters, []
+        for waiter in waiters:
+            self._answer_waiter(kept, waiter)
+        if run.work is not None and not run.work.called:
+            run.work.cancel()
+        if not kept.modern and run.notify is not None:
+            # 2025-11-25 basic/utilities/tasks §Task Status Notification.
+            run.notify({"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": task_info(kept)})
 
     def _discard(self, run: TaskRun) -> None:
         """A task no longer kept (its TTL passed, or it made room): stop its work, forget it."""
@@ -679,11 +713,22 @@ class TaskManager:
         run = self._runs.get(record.task_id)
         if run is None and self._elsewhere(record) and not record.terminal:
             assert self.remote is not None
-            return self.remote.cancel(record).addCallback(lambda r: {} if r.modern else task_info(r))
+            return self.remote.cancel(record).addCallback(self._cancelled_elsewhere)
         if run is not None:
             self._cancel(run, "The task was cancelled by request.")
             record = run.record
         return {} if record.modern else task_info(record)
+
+    @staticmethod
+    def _cancelled_elsewhere(record: TaskRecord) -> dict[str, Any]:
+        """The answer to a cancel of another instance's task, with the record it then had."""
+        if record.modern:
+            return {}
+        if record.terminal and record.status != CANCELLED:
+            # It ended before the cancel reached it: 2025-11-25 basic/utilities/tasks §Task
+            # Cancellation (a task already in a terminal status: -32602).
+            raise InvalidParams(f"Invalid params: task {record.task_id} is already {record.status}")
+        return task_info(record)
 
     def cancel_here(self, task_id: str) -> TaskRecord | None:
         """Cancel a task this process runs (asked by another instance); its record, or None."""
@@ -845,17 +890,26 @@ class UnsavedRecords:
     """Task records the store could not take (Redis down): each task's latest record (a copy
     taken when it is held) is saved again, with backoff, until the store answers; while one
     is held, the task's later saves are held behind it (`TaskManager.save`), so they land in
-    order. At most ``limit`` tasks are held (the oldest is dropped, and counted); a record
-    that has ended is never replaced by one that has not. Its counts are metrics (a
-    prometheus-client collector)."""
+    order. At most ``limit`` tasks are held (the oldest unfinished one is dropped, and counted:
+    an end is lost only when every held record is one); a record that has ended is never
+    replaced by one that has not. ``landed`` hears each save the store answered (None, or the
+    ended record it kept instead: a refusal). Its counts are metrics (a prometheus-client
+    collector)."""
 
     FIRST_DELAY = 0.5
     MAX_DELAY = 10.0
 
-    def __init__(self, store: ITaskStore, clock: IReactorTime, limit: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: ITaskStore,
+        clock: IReactorTime,
+        limit: int = 10_000,
+        landed: Callable[[TaskRecord | None, TaskRecord], None] | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.limit = limit
+        self.landed = landed
         self._held: dict[str, TaskRecord] = {}
         self._delay = self.FIRST_DELAY
         self._call: Any = None
@@ -863,6 +917,7 @@ class UnsavedRecords:
         self._stopped = False
         self.retried = 0
         self.recovered = 0
+        self.refused = 0
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -892,7 +947,8 @@ class UnsavedRecords:
         self._held.pop(record.task_id, None)
         self._held[record.task_id] = TaskRecord.from_json(record.to_json())
         if len(self._held) > self.limit:
-            oldest = next(iter(self._held))
+            unfinished = (task_id for task_id, held in self._held.items() if not held.terminal)
+            oldest = next(unfinished, None) or next(iter(self._held))
             del self._held[oldest]
             self.dropped += 1
             log.error("Task {id}'s status is lost: too many unsaved task records", id=oldest)
@@ -907,10 +963,15 @@ class UnsavedRecords:
         batch = list(self._held.items())
         self.retried += len(batch)
 
-        def saved(_none: None, task_id: str, record: TaskRecord) -> None:
+        def saved(refused: TaskRecord | None, task_id: str, record: TaskRecord) -> None:
             if self._held.get(task_id) is record:
                 del self._held[task_id]
-                self.recovered += 1
+                if isinstance(refused, TaskRecord):
+                    self.refused += 1  # another instance ended the task first: not recovered
+                else:
+                    self.recovered += 1
+            if self.landed is not None:
+                self.landed(refused, record)
 
         def done(_results: Any) -> None:
             self._flushing = False
@@ -946,6 +1007,11 @@ class UnsavedRecords:
         for name, value, what in (
             ("mcp_task_save_retries", self.retried, "Task record saves tried again after the store failed."),
             ("mcp_task_save_recovered", self.recovered, "Task records saved after the store came back."),
+            (
+                "mcp_task_save_refused",
+                self.refused,
+                "Task records the store refused when it came back: another instance had ended the task.",
+            ),
             ("mcp_task_save_dropped", self.dropped, "Task statuses lost: too many unsaved task records."),
         ):
             yield CounterMetricFamily(name, what, value)

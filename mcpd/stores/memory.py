@@ -110,10 +110,12 @@ class MemoryTaskStore:
         self._records[record.task_id] = record.to_json()
         return succeed(dropped)
 
-    def save(self, record: TaskRecord) -> Deferred[None]:
+    def save(self, record: TaskRecord) -> Deferred[TaskRecord | None]:
         kept = self._records.get(record.task_id)
         # The first terminal status stays, as in the shared store (`ITaskStore.save`).
-        if kept is not None and not (kept["status"] in TERMINAL and kept["status"] != record.status):
+        if kept is not None and kept["status"] in TERMINAL and kept["status"] != record.status:
+            return succeed(TaskRecord.from_json(kept))
+        if kept is not None:
             self._records[record.task_id] = record.to_json()
         return succeed(None)
 

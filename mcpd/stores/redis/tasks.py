@@ -104,7 +104,7 @@ return dropped
 # ARGV: prefix, id, json, created, finished '1'/'0', status. Replaces a kept record (its TTL
 # kept), unless that one has ended with another status: the first terminal status stays (an
 # instance that wrongly took a task's runner for gone must not turn its result into a cancel,
-# nor a late cancel into a result).
+# nor a late cancel into a result). Answers 1 (saved), 0 (not kept) or the kept JSON (refused).
 SAVE = (
     _ENDED
     + """
@@ -112,7 +112,7 @@ local p, id, data, created, finished, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4
 local kept = redis.call('GET', p .. 'task:' .. id)
 if not kept then return 0 end
 local was = cjson.decode(kept)['status']
-if (was == 'completed' or was == 'failed' or was == 'cancelled') and was ~= status then return 0 end
+if (was == 'completed' or was == 'failed' or was == 'cancelled') and was ~= status then return kept end
 redis.call('SET', p .. 'task:' .. id, data, 'KEEPTTL')
 if finished == '1' then
   redis.call('ZADD', p .. 'tasks:finished', created, id)
@@ -225,11 +225,14 @@ class RedisTaskStore:
 
         return d.addCallback(added)
 
-    def save(self, record: TaskRecord) -> Deferred[None]:
+    def save(self, record: TaskRecord) -> Deferred[TaskRecord | None]:
+        """Fires with None (saved, or not kept), or with the kept record when that one has
+        ended with another status (the save is refused: an instance took this task's runner
+        for gone and settled it)."""
         d = self._run(
             SAVE, record.task_id, _dump(record), repr(record.created), "1" if record.terminal else "0", record.status
         )
-        return d.addCallback(lambda _: None)
+        return d.addCallback(lambda answer: _record(answer) if isinstance(answer, str) else None)
 
     def get(self, task_id: str) -> Deferred[TaskRecord | None]:
         return self.connection.execute("GET", self.connection.key("task", task_id)).addCallback(_record)
