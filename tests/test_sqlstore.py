@@ -418,6 +418,51 @@ class _StoreSuite:
         self.assertEqual({first[0]["title"], second[0]["title"]}, {"Kubernetes upgrade", "Meeting notes"})
         self.assertEqual((yield self.notes.search_notes(A, "!!!", None, 10, 0)), ([], False))
 
+    @inlineCallbacks
+    def test_search_scores_depend_only_on_the_tenants_notes(self) -> Any:
+        """The same notes of one tenant get the same scores, order and snippets whether or not
+        another tenant holds thousands of notes with the query's words: ranking statistics (how
+        many notes, how long, how many hold each word) are the tenant's own, or the numbers
+        would tell one tenant about another's notes."""
+        save = self.notes.save_note
+        filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit."
+        mine = [
+            {"title": "Deploy checklist", "body": f"{filler} Steps before a release.", "tags": ["ops"]},
+            {"title": "Pipeline design", "body": f"{filler} Stages of the build.", "tags": ["ops"]},
+            {"title": "Build stages", "body": f"{filler} The pipeline runs tests, then the pipeline ships."},
+            {"title": "Release notes", "body": f"{filler} The pipeline was faster; deploy took a minute."},
+            {"title": "Lunch", "body": f"{filler} Nothing to see."},
+            {"title": "Other", "body": filler * 4},
+        ]
+        for note in mine:
+            yield save(A, note, "alice")
+
+        def searches() -> Deferred[list[Any]]:
+            return DeferredList(
+                [
+                    self.notes.search_notes(A, "deploy pipeline", None, 10, 0),
+                    self.notes.search_notes(A, "deploy", None, 10, 0),
+                    self.notes.search_notes(A, "pipeline release", "ops", 10, 0),
+                    self.notes.search_notes(A, "deploy pipeline", None, 2, 1),
+                ],
+                fireOnOneErrback=True,
+                consumeErrors=True,
+            )
+
+        alone = yield searches()
+        self.assertEqual(len(alone[0][1][0]), 4)
+        # Another tenant's notes full of one query word and not the other: over every tenant's
+        # notes, "deploy" would become common (worth little) and "pipeline" rare.
+        theirs = [
+            {"title": f"Deploy log {n}", "body": f"deploy deploy {filler} deploy again", "tags": ["ops"]}
+            for n in range(1500)
+        ]
+        for start in range(0, len(theirs), 50):
+            yield DeferredList([save(B, note, "bob") for note in theirs[start : start + 50]], fireOnOneErrback=True)
+        self.assertEqual((yield searches()), alone)
+        found, _ = yield self.notes.search_notes(B, "deploy", None, 5, 0)
+        self.assertEqual({n["title"][:10] for n in found}, {"Deploy log"})
+
 
 class SQLiteStoreTests(_StoreSuite, TestCase):
     def config(self) -> DatabaseConfig:
@@ -589,6 +634,61 @@ class MigrationTests(TestCase):
         server = shared_mariadb()
         config = mariadb_config(server, server.new_database())
         return deferToThread(self._race, config)
+
+    @inlineCallbacks
+    def test_notes_move_to_tenant_indexes(self) -> Any:
+        """Revision 0006 moves SQLite's notes from the FTS5 table every tenant shared to one per
+        tenant: notes saved before it are found after it, each tenant's by its own ranking; its
+        downgrade rebuilds the shared table."""
+        from alembic import command
+
+        config = sqlite_config(self.mktemp())
+        engine = build_engine(config)
+
+        def at(revision: str, down: bool = False) -> None:
+            with engine.connect() as connection:
+                (command.downgrade if down else command.upgrade)(migrate._config(connection), revision)
+                connection.commit()
+
+        yield deferToThread(at, "0005")
+        with engine.begin() as connection:
+            for n, (tenant, title) in enumerate([(A, "deploy plan"), (A, "lunch"), (B, "deploy deploy")]):
+                connection.exec_driver_sql(
+                    "INSERT INTO notes (id, tenant, title, body, tags, created_at, updated_at, created_by) "
+                    "VALUES (?, ?, ?, 'body text', '[]', '2026-11-30 00:00:00', '2026-11-30 00:00:00', 'a')",
+                    (f"n{n}", tenant, title),
+                )
+        engine.dispose()
+        database = SQLDatabase(config, reactor)
+        service = SQLStoreService(database, reactor)
+        service.startService()
+        store = SQLNoteStore(database)
+        try:
+            found, _ = yield store.search_notes(A, "deploy", None, 10, 0)
+            self.assertEqual([note["id"] for note in found], ["n0"])
+            theirs, _ = yield store.search_notes(B, "deploy", None, 10, 0)
+            self.assertEqual([note["id"] for note in theirs], ["n2"])
+            # A tenant's only note holding the word scores as in an index of its own notes.
+            alone = SQLDatabase(sqlite_config(self.mktemp()), reactor)
+            alone_service = SQLStoreService(alone, reactor)
+            alone_service.startService()
+            self.addCleanup(alone_service.stopService)
+            yield SQLNoteStore(alone).save_note(A, {"title": "deploy plan", "body": "body text"}, "a")
+            yield SQLNoteStore(alone).save_note(A, {"title": "lunch", "body": "body text"}, "a")
+            again, _ = yield SQLNoteStore(alone).search_notes(A, "deploy", None, 10, 0)
+            self.assertEqual(found[0]["score"], again[0]["score"])
+        finally:
+            yield service.stopService()
+        yield deferToThread(at, "0005", down=True)
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT notes.id FROM notes_fts JOIN notes ON notes.seq = notes_fts.rowid "
+                "WHERE notes_fts MATCH 'deploy' ORDER BY notes.id"
+            ).all()
+            tables = connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE name LIKE 'notes_fts_%'").all()
+        engine.dispose()
+        self.assertEqual([row[0] for row in rows], ["n0", "n2"])
+        self.assertEqual([name for (name,) in tables if len(name) > 30], [])
 
     def test_migrate_command(self) -> Deferred[None]:
         """``mcpd migrate --check`` says what is pending (exit 1); ``mcpd migrate`` applies it."""

@@ -1,19 +1,28 @@
 # -*- test-case-name: tests.test_sqlstore -*-
 """Notes on SQL with ranked full-text search (`INoteStore`).
 
-SQLite searches its FTS5 index (BM25, the title weighted ten times the body, Porter stemming)
-and cuts the snippet with FTS5's ``snippet()``; MySQL/MariaDB search InnoDB FULLTEXT indexes in
-natural-language mode (a match in the title counts twice) and the snippet is cut here, the same
-way. Either way the words of the query are searched for, any of them, best matches first: not a
-substring scan.
+Results are ranked by BM25 (k1 1.2, b 0.75, a word in the title weighing ten times one in the
+body) over the caller's tenant's notes alone: how many notes a tenant has, how long they are and
+how many hold each word are its own, so another tenant's notes never move its scores or order
+(they would tell it about notes it cannot see).
+
+SQLite: each tenant's notes have an FTS5 table of their own (`fts_table`, made with the tenant's
+first note; Porter stemming), whose ``bm25()`` and ``snippet()`` rank and cut. MySQL/MariaDB: an
+InnoDB FULLTEXT index finds the tenant's notes holding any of the words and BM25 is computed here
+from them, with the tenant's note count and mean length (in characters); the snippet is cut here
+the same way as FTS5's. Either way the words of the query are searched for, any of them, best
+matches first: not a substring scan.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
+from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
@@ -27,37 +36,84 @@ from mcpd.stores.sql.schema import note_tags, notes
 from mcpd.stores.sql.tasks import iso, like_prefix, replace_tags, utcnow
 
 _WORD = re.compile(r"\w+")
+T = TypeVar("T")
 MAX_TERMS = 32
 # Words around the first match in a snippet, and the markers around matched words.
 SNIPPET_WORDS = 16
 MARK = "**"
 ELLIPSIS = "…"
 
-_SQLITE_SEARCH = """
-SELECT n.id, n.title, n.tags, -bm25(notes_fts, 10.0, 1.0) AS score,
-       snippet(notes_fts, 1, '{mark}', '{mark}', '{ellipsis}', {words}) AS snippet
-FROM notes_fts JOIN notes AS n ON n.seq = notes_fts.rowid
-WHERE notes_fts MATCH :match AND n.tenant = :tenant {tag}
-ORDER BY bm25(notes_fts, 10.0, 1.0), n.id
-LIMIT :limit OFFSET :offset
-""".format(mark=MARK, ellipsis=ELLIPSIS, words=SNIPPET_WORDS, tag="{tag}")
-_MYSQL_SEARCH = """
-SELECT id, title, tags, body,
-       MATCH(title, body) AGAINST (:words IN NATURAL LANGUAGE MODE)
-       + MATCH(title) AGAINST (:words IN NATURAL LANGUAGE MODE) AS score
-FROM notes
-WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:words IN NATURAL LANGUAGE MODE) {tag}
-ORDER BY score DESC, id
+# BM25's parameters (FTS5's own), and the weight of a word in the title against one in the body.
+K1 = 1.2
+B = 0.75
+TITLE_WEIGHT = 10.0
+# FTS5 gives a word held by more than half of the notes this much weight (not a negative one).
+MIN_IDF = 1e-6
+
+# SQLite: one external-content FTS5 table per tenant over its rows of notes(title, body), kept
+# in step by `SQLNoteStore` (a trigger cannot choose a table by tenant). Porter stemming:
+# "deploying" finds "deployment".
+_FTS_CREATE = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5(title, body, content='notes', content_rowid='seq', "
+    "tokenize='porter unicode61 remove_diacritics 2')"
+)
+_FTS_INSERT = "INSERT INTO {table}(rowid, title, body) VALUES (?, ?, ?)"
+_FTS_DELETE = "INSERT INTO {table}({table}, rowid, title, body) VALUES ('delete', ?, ?, ?)"
+_FTS_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+_SQLITE_SEARCH = f"""
+SELECT n.id, n.title, n.tags, -bm25({{table}}, {TITLE_WEIGHT}, 1.0) AS score,
+       snippet({{table}}, 1, '{MARK}', '{MARK}', '{ELLIPSIS}', {SNIPPET_WORDS}) AS snippet
+FROM {{table}} JOIN notes AS n ON n.seq = {{table}}.rowid
+WHERE {{table}} MATCH :match AND n.tenant = :tenant {{tag}}
+ORDER BY bm25({{table}}, {TITLE_WEIGHT}, 1.0), n.id
 LIMIT :limit OFFSET :offset
 """
+# MySQL/MariaDB: every note of the tenant holding any of the words (boolean mode: no ranking
+# asked of InnoDB, whose relevance counts every tenant's notes), and the tenant's statistics.
+_MYSQL_MATCHES = """
+SELECT id, title, tags, body FROM notes
+WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:words IN BOOLEAN MODE) {tag}
+"""
+_MYSQL_STATISTICS = text(
+    "SELECT COUNT(*), AVG(CHAR_LENGTH(title) + CHAR_LENGTH(body)) FROM notes WHERE tenant = :tenant"
+)
 _TAGGED = "AND {alias}id IN (SELECT note_id FROM note_tags WHERE tenant = :tenant AND tag = :tag)"
-# (on SQLite, with a tag) -> the statement, parsed once.
-_SEARCHES = {
-    (True, False): text(_SQLITE_SEARCH.format(tag="")),
-    (True, True): text(_SQLITE_SEARCH.format(tag=_TAGGED.format(alias="n."))),
-    (False, False): text(_MYSQL_SEARCH.format(tag="")),
-    (False, True): text(_MYSQL_SEARCH.format(tag=_TAGGED.format(alias=""))),
+_MYSQL_SEARCHES = {
+    False: text(_MYSQL_MATCHES.format(tag="")),
+    True: text(_MYSQL_MATCHES.format(tag=_TAGGED.format(alias=""))),
 }
+
+
+def fts_table(tenant: str) -> str:
+    """The name of the SQLite FTS5 table of ``tenant``'s notes (a digest: any tenant name)."""
+    return "notes_fts_" + hashlib.blake2b(tenant.encode(), digest_size=16).hexdigest()
+
+
+def rank(
+    rows: Sequence[Sequence[Any]], terms: Sequence[str], notes_count: int, mean_length: float
+) -> list[tuple[float, Sequence[Any]]]:
+    """``rows`` (id, title, tags, body: the notes of one tenant holding any of ``terms``) by
+    BM25, best first (then by id), with their scores: FTS5's formula, a note's length in
+    characters, the weight of each term from how many of the rows hold it out of the tenant's
+    ``notes_count`` notes."""
+    counted = []
+    holding = [0] * len(terms)
+    for row in rows:
+        in_title = Counter(_WORD.findall(row[1].lower()))
+        in_body = Counter(_WORD.findall(row[3].lower()))
+        frequencies = [TITLE_WEIGHT * in_title[term] + in_body[term] for term in terms]
+        for i, frequency in enumerate(frequencies):
+            if frequency:
+                holding[i] += 1
+        counted.append((row, frequencies, len(row[1]) + len(row[3])))
+    weights = [max(math.log((notes_count - n + 0.5) / (n + 0.5)), MIN_IDF) for n in holding]
+    scored = []
+    for row, frequencies, length in counted:
+        norm = K1 * (1 - B + B * length / (mean_length or 1.0))
+        score = sum(w * f * (K1 + 1) / (f + norm) for w, f in zip(weights, frequencies, strict=True) if f)
+        scored.append((score, row))
+    scored.sort(key=lambda pair: (-pair[0], pair[1][0]))
+    return scored
 
 
 def search_terms(query: str) -> list[str]:
@@ -94,6 +150,9 @@ class SQLNoteStore:
 
     def __init__(self, database: SQLDatabase) -> None:
         self.database = database
+        # The FTS5 tables known to exist (SQLite): a tenant's is made with its first note and
+        # dropped only by a migration.
+        self._fts_tables: set[str] = set()
 
     def save_note(self, tenant: str, note: dict[str, Any], author: str) -> Deferred[dict[str, Any]]:
         def work(connection: Connection) -> dict[str, Any]:
@@ -101,9 +160,12 @@ class SQLNoteStore:
             tags = list(dict.fromkeys(note.get("tags") or ()))
             values = {"title": note["title"], "body": note["body"], "tags": json.dumps(tags), "updated_at": now}
             note_id = note.get("id")
+            current = None
             if note_id is None:
                 row = {"id": new_id(), "tenant": tenant, "created_at": now, "created_by": author, **values}
-                connection.execute(notes.insert(), row)
+                inserted = connection.execute(notes.insert(), row).inserted_primary_key
+                assert inserted is not None
+                row["seq"] = inserted[0]
             else:
                 query = select(notes).where(notes.c.tenant == tenant, notes.c.id == note_id)
                 if connection.dialect.name != "sqlite":
@@ -114,9 +176,30 @@ class SQLNoteStore:
                 connection.execute(notes.update().where(notes.c.seq == current.seq).values(**values))
                 row = {**current._mapping, **values}
             replace_tags(connection, note_tags, "note_id", row["id"], tenant, tags, new=note_id is None)
+            if sqlite:
+                if current is not None:
+                    connection.exec_driver_sql(
+                        _FTS_DELETE.format(table=table), (current.seq, current.title, current.body)
+                    )
+                else:
+                    self._index_for(connection, table)
+                connection.exec_driver_sql(_FTS_INSERT.format(table=table), (row["seq"], row["title"], row["body"]))
             return _note(row)
 
-        return self.database.run("note.save", work, write=True)
+        sqlite = self.database.backend == "sqlite"
+        table = fts_table(tenant)
+        return self.database.run("note.save", work, write=True).addCallback(self._indexed, table if sqlite else None)
+
+    def _index_for(self, connection: Connection, table: str) -> None:
+        """Make the tenant's FTS5 table if it is not known to be there (SQLite)."""
+        if table not in self._fts_tables:
+            connection.exec_driver_sql(_FTS_CREATE.format(table=table))
+
+    def _indexed(self, result: T, table: str | None) -> T:
+        """Once a transaction that made (or found) ``table`` is committed: it is there."""
+        if table is not None:
+            self._fts_tables.add(table)
+        return result
 
     def get_note(self, tenant: str, note_id: str) -> Deferred[dict[str, Any]]:
         def work(connection: Connection) -> dict[str, Any]:
@@ -129,7 +212,14 @@ class SQLNoteStore:
 
     def delete_note(self, tenant: str, note_id: str) -> Deferred[bool]:
         def work(connection: Connection) -> bool:
-            deleted = connection.execute(notes.delete().where(notes.c.tenant == tenant, notes.c.id == note_id))
+            mine = (notes.c.tenant == tenant, notes.c.id == note_id)
+            if connection.dialect.name == "sqlite":
+                current = connection.execute(select(notes.c.seq, notes.c.title, notes.c.body).where(*mine)).first()
+                if current is None:
+                    return False
+                table = fts_table(tenant)
+                connection.exec_driver_sql(_FTS_DELETE.format(table=table), tuple(current))
+            deleted = connection.execute(notes.delete().where(*mine))
             return bool(deleted.rowcount)
 
         return self.database.run("note.delete", work, write=True)
@@ -143,26 +233,44 @@ class SQLNoteStore:
             if not terms:
                 return [], False
             params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1, "offset": offset, "tag": tag}
-            sqlite = connection.sqlite
-            if sqlite:
-                params["match"] = " OR ".join(f'"{term}"' for term in terms)
-            else:
-                params["words"] = " ".join(terms)
-            rows = connection.execute(_SEARCHES[sqlite, tag is not None], params).fetchall()
-            # SQLite: id, title, tags, score, snippet; MySQL: id, title, tags, body, score.
+            if connection.sqlite:
+                return self._search_sqlite(connection, params, terms, tag is not None, limit)
+            params["words"] = " ".join(terms)
+            rows = connection.execute(_MYSQL_SEARCHES[tag is not None], params).fetchall()
+            if not rows:
+                return [], False
+            notes_count, mean_length = connection.execute(_MYSQL_STATISTICS, {"tenant": tenant}).fetchone()
+            ranked = rank(rows, terms, notes_count, float(mean_length or 0))[offset : offset + limit + 1]
             found = [
                 {
                     "id": row[0],
                     "title": row[1],
-                    "snippet": row[4] if sqlite else cut_snippet(row[3], terms),
-                    "score": round(float(row[3] if sqlite else row[4]), 6),
+                    "snippet": cut_snippet(row[3], terms),
+                    "score": round(score, 6),
                     "tags": json.loads(row[2]),
                 }
-                for row in rows[:limit]
+                for score, row in ranked[:limit]
             ]
-            return found, len(rows) > limit
+            return found, len(ranked) > limit
 
         return self.database.run_raw("note.search", work)
+
+    def _search_sqlite(
+        self, connection: RawConnection, params: dict[str, Any], terms: list[str], tagged: bool, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        table = fts_table(params["tenant"])
+        if table not in self._fts_tables:
+            if connection.execute_sql(_FTS_EXISTS, (table,)).fetchone() is None:
+                return [], False  # the tenant has never saved a note
+            self._fts_tables.add(table)
+        params["match"] = " OR ".join(f'"{term}"' for term in terms)
+        sql = _SQLITE_SEARCH.format(table=table, tag=_TAGGED.format(alias="n.") if tagged else "")
+        rows = connection.execute_sql(sql, params).fetchall()
+        found = [
+            {"id": row[0], "title": row[1], "snippet": row[4], "score": round(row[3], 6), "tags": json.loads(row[2])}
+            for row in rows[:limit]
+        ]
+        return found, len(rows) > limit
 
     def note_ids(self, tenant: str, prefix: str, limit: int) -> Deferred[list[str]]:
         def work(connection: Connection) -> list[str]:
