@@ -194,10 +194,15 @@ def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> list
                         "p99_ms": round(result.p99_ms, 2),
                         "errors": result.errors,
                         "server_cpu": round(result.server_cpu or 0, 2),
+                        # On a shared machine the figure to compare: the server's CPU per call.
+                        "per_cpu_second": round(result.requests_per_second / result.server_cpu)
+                        if result.server_cpu
+                        else None,
                     }
                     print(
                         f"{backend:8} {tool:12} c={clients:<3} {row['rps']:>6} calls/s  p50 {row['p50_ms']:>6.2f} ms  "
-                        f"p99 {row['p99_ms']:>6.2f} ms  errors {row['errors']}  server CPU {row['server_cpu']:.0%}",
+                        f"p99 {row['p99_ms']:>6.2f} ms  errors {row['errors']}  server CPU {row['server_cpu']:.0%}  "
+                        f"{row['per_cpu_second']} per CPU-second",
                         flush=True,
                     )
                     rows.append(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -105,3 +106,95 @@ class ThreadPoolServiceTests(SynchronousTestCase):
             time.sleep(0.01)
         self.successResultOf(d)
         self.assertTrue(pool.joined)
+
+
+class QueueThreadsTests(SynchronousTestCase):
+    """The SQL store's threads: calls run off the calling thread, answers come back through the
+    reactor's ``callFromThread``, failures as failures, and stopping waits for queued calls."""
+
+    def threads(self, count: int) -> tuple[Any, list[Any]]:
+        import threading
+
+        from mcpd.stores.threads import QueueThreads
+
+        class Reactor:
+            """Collects what the threads hand back, to run here as the reactor would."""
+
+            def __init__(self) -> None:
+                self.handed: list[Any] = []
+                self.lock = threading.Lock()
+
+            def callFromThread(self, function: Any, *args: Any) -> None:
+                with self.lock:
+                    self.handed.append((function, args))
+
+        reactor = Reactor()
+        pool = QueueThreads(count, "test-db", reactor)
+        pool.threadFactory = functools.partial(threading.Thread, daemon=True)
+        pool.start()
+        self.addCleanup(lambda: pool.stop() if pool.threads else None)
+        return pool, reactor.handed
+
+    def deliver(self, handed: list[Any], expected: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(handed) < expected and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for function, args in handed:
+            function(*args)
+
+    def test_results_and_failures(self) -> None:
+        import threading
+
+        pool, handed = self.threads(2)
+        caller = threading.get_ident()
+        ran_in: list[int] = []
+
+        def work(n: int) -> int:
+            ran_in.append(threading.get_ident())
+            if n == 3:
+                raise ValueError("three")
+            return n * 10
+
+        results = [pool.submit(work, n) for n in range(6)]
+        self.deliver(handed, 6)
+        self.assertEqual([self.successResultOf(d) for i, d in enumerate(results) if i != 3], [0, 10, 20, 40, 50])
+        self.assertEqual(str(self.failureResultOf(results[3], ValueError).value), "three")
+        self.assertNotIn(caller, ran_in)
+        self.assertLessEqual(len(set(ran_in)), 2)
+
+    def test_stop_finishes_what_was_queued(self) -> None:
+        import threading
+
+        pool, handed = self.threads(1)
+        release = threading.Event()
+        first = pool.submit(release.wait, 10)
+        queued = [pool.submit(lambda n=n: n) for n in range(3)]
+        stopper = threading.Thread(target=pool.stop)
+        stopper.start()
+        release.set()
+        stopper.join(10)
+        self.assertFalse(stopper.is_alive())
+        self.assertFalse(pool.started)
+        self.assertEqual(pool.threads, [])
+        self.deliver(handed, 4)
+        self.assertTrue(self.successResultOf(first))
+        self.assertEqual([self.successResultOf(d) for d in queued], [0, 1, 2])
+
+    def test_runs_as_a_service(self) -> None:
+        from mcpd.stores.threads import QueueThreads
+
+        clock = Clock()
+        pool = QueueThreads(3, "test-db", clock)
+        service = services.ThreadPoolService(pool, clock, grace=1.0)
+        service.startService()
+        self.assertTrue(pool.started)
+        self.assertEqual(len(pool.threads), 3)
+        self.assertTrue(all(thread.daemon for thread in pool.threads))
+        d = service.stopService()
+        for _ in range(500):
+            clock.advance(0.001)
+            if d.called:
+                break
+            time.sleep(0.01)
+        self.successResultOf(d)
+        self.assertEqual(pool.threads, [])

@@ -153,6 +153,8 @@ class SQLNoteStore:
         # The FTS5 tables known to exist (SQLite): a tenant's is made with its first note and
         # dropped only by a migration.
         self._fts_tables: set[str] = set()
+        # (FTS5 table, with a tag) -> the search statement's text.
+        self._searches: dict[tuple[str, bool], str] = {}
 
     def save_note(self, tenant: str, note: dict[str, Any], author: str) -> Deferred[dict[str, Any]]:
         def work(connection: Connection) -> dict[str, Any]:
@@ -264,7 +266,10 @@ class SQLNoteStore:
                 return [], False  # the tenant has never saved a note
             self._fts_tables.add(table)
         params["match"] = " OR ".join(f'"{term}"' for term in terms)
-        sql = _SQLITE_SEARCH.format(table=table, tag=_TAGGED.format(alias="n.") if tagged else "")
+        sql = self._searches.get((table, tagged))
+        if sql is None:
+            tag = _TAGGED.format(alias="n.") if tagged else ""
+            sql = self._searches[table, tagged] = _SQLITE_SEARCH.format(table=table, tag=tag)
         rows = connection.execute_sql(sql, params).fetchall()
         found = [
             {"id": row[0], "title": row[1], "snippet": row[4], "score": round(row[3], 6), "tags": json.loads(row[2])}
