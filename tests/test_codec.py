@@ -195,6 +195,56 @@ class EncodeTests(SynchronousTestCase):
         message = {"jsonrpc": "2.0", "id": 2**70, "result": {"t": "\U0001f600 \x00 \\ud800", "n": [-0.5, 1e308]}}
         self.assertEqual(decode(encode(message)), message)
 
+    def answer(self, structured: Any, text: Any) -> dict[str, Any]:
+        result = {"content": [{"type": "text", "text": text}], "structuredContent": structured, "_meta": {"m": 1}}
+        return {"jsonrpc": "2.0", "id": 3, "result": result}
+
+    def test_structured_content_is_written_once(self) -> None:
+        """A tool's structured result is written from its text copy, not encoded again: the bytes
+        are the same as encoding both, and a value the encoder would refuse is never looked at."""
+        from mcpd.tools.api import Tool, call_result
+
+        tool = Tool(
+            name="t",
+            description="d",
+            input_schema={"type": "object"},
+            output_schema={"type": "object"},
+            handler=lambda ctx, arguments: None,
+        )
+        value = {"tasks": [{"title": 'é "quoted" \u2028', "n": 1.5, "none": None}] * 3}
+        result = call_result(tool, value)
+        message = {"jsonrpc": "2.0", "id": 3, "result": result}
+        data = encode(message)
+        self.assertEqual(data, json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode())
+        self.assertEqual(strict(data)["result"]["structuredContent"], value)
+        self.assertEqual(json.loads(result["content"][0]["text"]), value)
+        # Swap the value for one JSON cannot carry: only a second encoding would notice it.
+        text = result["content"][0]["text"]
+        unwritable = {"v": object()}
+        text.value = unwritable
+        written = strict(encode(self.answer(unwritable, text)))
+        self.assertEqual(written["result"]["structuredContent"], value)
+
+    def test_structured_content_without_its_text_is_encoded(self) -> None:
+        """Any other text (a plain string, a text of another value, the placeholder itself in the
+        message) leaves the encoding as it was."""
+        from mcpd.protocol.codec import _PLACE
+        from mcpd.tools.api import JSONText
+
+        value = {"a": [1, 2]}
+        other = JSONText('{"a":[1]}')
+        other.value = {"a": [1]}
+        for text in ('{"a":[1,2]}', other):
+            with self.subTest(text=text):
+                message = self.answer(value, text)
+                self.assertEqual(strict(encode(message))["result"]["structuredContent"], value)
+        sly = JSONText('{"a":[1,2]}')
+        sly.value = value
+        message = self.answer(value, sly)
+        message["result"]["_meta"] = {"m": _PLACE}
+        self.assertEqual(strict(encode(message))["result"]["_meta"], {"m": _PLACE})
+        self.assertEqual(strict(encode(message))["result"]["structuredContent"], value)
+
 
 # -- over real sockets ---------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from mcpd.protocol.errors import InternalError, ParseError, error_response
+from mcpd.tools.api import JSONText
 
 log = Logger(namespace="mcpd.codec")
 
@@ -161,11 +162,39 @@ def encode(message: Any) -> bytes:
     its id, anything else by a copy with those values made null or text.
     """
     try:
-        return _dumps(message).encode("utf-8")
+        spliced = _with_structured_text(message)
+        return (_dumps(message) if spliced is None else spliced).encode("utf-8")
     except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", _dumps(message)).encode("utf-8")
     except (ValueError, TypeError, RecursionError) as e:
         return _replacement(message, e)
+
+
+# Where a tool result's structured content goes while the rest of its answer is written.
+_PLACE = "\x00mcpd:structuredContent\x00"
+_PLACE_JSON = _dumps(_PLACE)
+
+
+def _with_structured_text(message: Any) -> str | None:
+    """A tool call's answer written with its structured content taken from its text copy (a
+    `JSONText` of that very value, already written as this module writes JSON) rather than
+    encoded again: a page of 20 tasks is ~7 KB encoded once instead of twice. None for any
+    other message."""
+    result = message.get("result") if type(message) is dict else None
+    if type(result) is not dict:
+        return None
+    structured = result.get("structuredContent")
+    content = result.get("content")
+    if structured is None or type(content) is not list or not content or type(content[0]) is not dict:
+        return None
+    text = content[0].get("text")
+    if type(text) is not JSONText or text.value is not structured:
+        return None
+    written = _dumps({**message, "result": {**result, "structuredContent": _PLACE}})
+    at = written.rfind(_PLACE_JSON)
+    if at < 0 or written.find(_PLACE_JSON) != at:
+        return None
+    return written[:at] + text + written[at + len(_PLACE_JSON) :]
 
 
 def dumps(value: Any) -> str:
