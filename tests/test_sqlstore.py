@@ -637,7 +637,7 @@ class MigrationTests(TestCase):
 
     @inlineCallbacks
     def test_notes_move_to_tenant_indexes(self) -> Any:
-        """Revision 0006 moves SQLite's notes from the FTS5 table every tenant shared to one per
+        """Revision 0007 moves SQLite's notes from the FTS5 table every tenant shared to one per
         tenant: notes saved before it are found after it, each tenant's by its own ranking; its
         downgrade rebuilds the shared table."""
         from alembic import command
@@ -650,7 +650,7 @@ class MigrationTests(TestCase):
                 (command.downgrade if down else command.upgrade)(migrate._config(connection), revision)
                 connection.commit()
 
-        yield deferToThread(at, "0005")
+        yield deferToThread(at, "0006_kb")
         with engine.begin() as connection:
             for n, (tenant, title) in enumerate([(A, "deploy plan"), (A, "lunch"), (B, "deploy deploy")]):
                 connection.exec_driver_sql(
@@ -679,7 +679,7 @@ class MigrationTests(TestCase):
             self.assertEqual(found[0]["score"], again[0]["score"])
         finally:
             yield service.stopService()
-        yield deferToThread(at, "0005", down=True)
+        yield deferToThread(at, "0006_kb", down=True)
         with engine.connect() as connection:
             rows = connection.exec_driver_sql(
                 "SELECT notes.id FROM notes_fts JOIN notes ON notes.seq = notes_fts.rowid "

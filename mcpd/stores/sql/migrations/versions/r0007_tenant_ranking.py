@@ -6,8 +6,8 @@ per tenant, so BM25's statistics are the tenant's; the store keeps them in step.
 BM25 is computed by the store from the tenant's matches, so the title-only FULLTEXT index (used
 by InnoDB's relevance, which counted every tenant's notes) goes.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006_kb
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import re
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006_kb"
 branch_labels = None
 depends_on = None
 
