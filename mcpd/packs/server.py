@@ -81,9 +81,11 @@ def _stores(stores: Any) -> list[dict[str, Any]]:
     names = {store["name"] for store in shown}
     for provider in stores.providers().values():
         opened = getattr(provider, "provider", None)
-        if opened is not None and IStore.providedBy(opened) and opened.name not in names:
-            names.add(opened.name)
-            shown.append(opened.describe())
+        if opened is not None and IStore.providedBy(opened):
+            described = opened.describe()
+            if described["name"] not in names:
+                names.add(described["name"])
+                shown.append(described)
     return shown
 
 

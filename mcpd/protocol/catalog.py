@@ -211,17 +211,10 @@ class Catalog:
                 continue
             template, variables = found
             d = self._run(template.blocking, template.reader, self._context(request), uri, variables)
-            reads.append(d.addCallback(self._readable, uri, template))
+            reads.append(d.addCallback(_readable, uri, template.mime_type))
         if not reads:
             return None
         return gatherResults(reads, consumeErrors=True).addCallbacks(lambda _: None, _first_error)
-
-    @staticmethod
-    def _readable(value: Any, uri: str, template: ResourceTemplate) -> None:
-        if isinstance(value, dict) and value.get("resultType") == "input_required":
-            raise InvalidParams(f"Invalid params: {uri} cannot be read without input, so not followed")
-        if not resource_contents(uri, template.mime_type, value):
-            raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
 
     # -- prompts --------------------------------------------------------------------------------
 
@@ -465,3 +458,11 @@ def _first_error(failure: Failure) -> Failure:
     """The failure of the first of several reads that failed (not gatherResults' wrapper)."""
     failure.trap(FirstError)
     return failure.value.subFailure  # type: ignore[no-any-return]
+
+
+def _readable(value: Any, uri: str, mime_type: str | None) -> None:
+    """Nothing, if what a resource reader returned is a resource; else resources/read's refusal."""
+    if isinstance(value, dict) and value.get("resultType") == "input_required":
+        raise InvalidParams(f"Invalid params: {uri} cannot be read without input, so not followed")
+    if not resource_contents(uri, mime_type, value):
+        raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})

@@ -445,9 +445,10 @@ class KnowledgeStore:
                 results.append(_result(row, ids[row["collection_id"]], hit.score, metadata))
             # Equal scores in one order whatever the depth (the index's order of ties is not).
             results.sort(key=lambda result: (-result["score"], result["chunk_id"]))
-            depth = _deeper(depth, outcome.hits, [result["score"] for result in results], wanted)
-            if depth is None:
+            deeper = _deeper(depth, outcome.hits, [result["score"] for result in results], wanted)
+            if deeper is None:
                 break
+            depth = deeper
         pending = await self.sql.pending_count(tenant, list(indexes))
         notices = [outcome.notice] if outcome.notice else []
         if pending:
@@ -565,9 +566,10 @@ class KnowledgeStore:
             # Relevance first; among equals, the newest (ids grow with creation time, below the second).
             found.sort(key=lambda m: (m["created_at"], m["id"]), reverse=True)
             found.sort(key=lambda m: m["score"], reverse=True)
-            depth = _deeper(depth, outcome.hits, [memory["score"] for memory in found], wanted)
-            if depth is None:
+            deeper = _deeper(depth, outcome.hits, [memory["score"] for memory in found], wanted)
+            if deeper is None:
                 break
+            depth = deeper
         pending = await self.sql.pending_count(tenant, [MEMORY_COLLECTION])
         notices = [outcome.notice] if outcome.notice else []
         if pending:
