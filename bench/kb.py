@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,100000", help="chunk counts to measure at (comma-separated)")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--clients", type=int, default=4, help="threads calling kb.add at once")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds between the writes and the first search")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
@@ -182,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ingest = Ingest(port, pages, args.clients)
         for size in sizes:
             added, seconds = ingest.run(size)
-            time.sleep(1.0)  # Milvus Lite flushes 0.5 s after the last write
+            # Milvus Lite flushes 0.5 s after the last write, and the index builds its BM25 index
+            # 2 s after that flush (mcpd.stores.milvus.LITE_WARM_DELAYS).
+            time.sleep(args.settle)
             started = time.monotonic()
             searches(port, words, 1)  # the first search after the writes; timed apart
             first = time.monotonic() - started
