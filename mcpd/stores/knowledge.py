@@ -63,8 +63,9 @@ INDEX_OK, INDEX_DEGRADED = "ok", "degraded"
 MAX_DEPTH = 1000
 SCAN_ROWS = 2000  # chunks a degraded (index down) search reads at most
 # Seconds a write waits for its indexing before answering "pending" (the indexing goes on): once
-# SQL has committed, a client that times out and retries would add the record twice.
-WRITE_WAIT = 5.0
+# SQL has committed, a client that times out and retries would add the record twice. Well below
+# the usual client timeouts (30-60 s); above a first write's cold start of Milvus Lite (~5 s loaded).
+WRITE_WAIT = 15.0
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
