@@ -426,7 +426,7 @@ class KnowledgeStore:
         ids = {row["id"]: name for name, row in found.items()}
         indexes = {index_collection(i): i for i in ids}
         wanted = offset + limit + 1  # one more than the page: whether there is a next one
-        depth = min(wanted, MAX_DEPTH)
+        depth = _first_depth(wanted)
         while True:
             started = time.monotonic()
             try:
@@ -547,7 +547,7 @@ class KnowledgeStore:
         self, tenant: str, owners: list[str], query: str, tags: list[str], limit: int, offset: int
     ) -> dict[str, Any]:
         wanted = offset + limit + 1
-        depth = min(wanted, MAX_DEPTH)
+        depth = _first_depth(wanted)
         while True:
             started = time.monotonic()
             try:
@@ -647,6 +647,13 @@ class KnowledgeStore:
 
     def memory_ids(self, tenant: str, owners: Sequence[str], prefix: str, limit: int) -> Deferred[list[str]]:
         return self.sql.memory_ids(tenant, owners, prefix, limit)
+
+
+def _first_depth(wanted: int) -> int:
+    """How deep the first search of a page goes: past the page by a margin, so that a few hits
+    dropped by the SQL check, or a short run of equal scores at the page's end (copies of one
+    text), need no second search (`_deeper`)."""
+    return min(wanted + max(10, wanted // 2), MAX_DEPTH)
 
 
 def _deeper(depth: int, hits: Sequence[Any], kept: Sequence[float], wanted: int) -> int | None:
