@@ -218,6 +218,9 @@ class MariaDBServerHybridTests(_Scenarios, DaemonTestCase):
     timeout = 240
 
 
+PAGED = 100  # memories of equal scores: the index returns any of them first
+
+
 class FindingTests(KnowledgeDaemon, DaemonTestCase):
     """The review's findings on memory: default page size, full pages when records the index
     still holds are gone from SQL, and subscriptions only to memories the caller may read."""
@@ -225,25 +228,26 @@ class FindingTests(KnowledgeDaemon, DaemonTestCase):
     timeout = 240
 
     def test_recall_pages_are_full_and_twenty_by_default(self) -> Deferred[None]:
-        daemon = self.knowledge_daemon()
+        daemon = self.knowledge_daemon("--rate-limit", "100000")  # a hundred writes, then pages
 
         async def scenario(alice: Client) -> None:
-            for number in range(45):
+            for number in range(PAGED):
                 await alice.call_tool(
                     "memory.remember", {"text": f"Deploy note {number}: deploy the api.", "scope": "team"}
                 )
             first = structured(await alice.call_tool("memory.recall", {"query": "deploy api"}))
             self.assertEqual(len(first["memories"]), 20)  # TOOLS.md: limit defaults to 20
             self.assertIsNotNone(first["next_cursor"])
-            # Ten of the first page go from SQL behind the index's back (forgotten while the
-            # index was down, not yet caught up): the index still finds them, SQL drops them.
-            gone = [memory["id"] for memory in first["memories"][:10]]
+            # Most of what the index ranks first goes from SQL behind its back (forgotten while
+            # the index was down, not yet caught up): the index still finds them, SQL drops them.
+            top = structured(await alice.call_tool("memory.recall", {"query": "deploy api", "limit": 60}))
+            gone = [memory["id"] for memory in top["memories"]]
             await anyio.to_thread.run_sync(lambda: drop_rows(self.workdir, "memories", gone))
             seen: list[str] = []
             pages = []
             cursor = None
             while True:
-                arguments: dict[str, Any] = {"query": "deploy api"}
+                arguments: dict[str, Any] = {"query": "deploy api", "limit": 7}
                 if cursor:
                     arguments["cursor"] = cursor
                 page = structured(await alice.call_tool("memory.recall", arguments))
@@ -252,7 +256,7 @@ class FindingTests(KnowledgeDaemon, DaemonTestCase):
                 cursor = page["next_cursor"]
                 if cursor is None:
                     break
-            self.assertEqual(pages, [20, 15])  # full pages, then the rest
+            self.assertEqual(pages, [7] * 5 + [5])  # full pages, then the rest
             self.assertEqual(len(seen), len(set(seen)))
             self.assertFalse(set(seen) & set(gone))
 

@@ -650,10 +650,11 @@ class KnowledgeStore:
 
 
 def _first_depth(wanted: int) -> int:
-    """How deep the first search of a page goes: past the page by a margin, so that a few hits
-    dropped by the SQL check, or a short run of equal scores at the page's end (copies of one
-    text), need no second search (`_deeper`)."""
-    return min(wanted + max(10, wanted // 2), MAX_DEPTH)
+    """How deep the first search of a page goes: well past the page, so that hits dropped by the
+    SQL check, or a run of equal scores at the page's end (copies of one text), seldom need a
+    second search (`_deeper`): a deeper top-k costs the index little, a second search (on Milvus
+    Lite, a pass over every row) much more."""
+    return min(max(wanted * 2, wanted + 40), MAX_DEPTH)
 
 
 def _deeper(depth: int, hits: Sequence[Any], kept: Sequence[float], wanted: int) -> int | None:
@@ -671,10 +672,10 @@ def _deeper(depth: int, hits: Sequence[Any], kept: Sequence[float], wanted: int)
     if len(kept) >= wanted:
         if kept[wanted - 2] > round(min(hit.score for hit in hits), 6):
             return None
-        return min(MAX_DEPTH, depth * 2)
-    # Ask for what is missing, scaled by the share dropped so far (at least doubling).
+        return min(MAX_DEPTH, depth * 4)
+    # Ask for what is missing, scaled by the share dropped so far (at least four times as deep).
     missing = (wanted - len(kept)) * len(hits) // max(len(kept), 1)
-    return min(MAX_DEPTH, max(depth * 2, depth + missing))
+    return min(MAX_DEPTH, max(depth * 4, depth + missing))
 
 
 def _result(row: Any, collection: str, score: float, metadata: dict[str, Any]) -> dict[str, Any]:
