@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp import Client
+from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 
+from mcpd.stores.knowledge import WRITE_WAIT
 from tests.clients import fetch
-from tests.daemon import MCPD, DaemonTestCase, daemon_env
-from tests.embedding_service import TOY_MODEL
+from tests.daemon import MCPD, MODERN, DaemonTestCase, daemon_env, run_anyio
+from tests.embedding_service import TOY_MODEL, EmbeddingService
 from tests.knowledge_harness import EMBEDDED, MARIADB, SERVER, KnowledgeDaemon, error_text, structured
 from tests.milvus_service import MilvusLiteServer, require_milvus
 from tests.test_sql_faults import metric
@@ -552,3 +558,142 @@ class LazyIndexTests(KnowledgeDaemon, DaemonTestCase):
             self.assertTrue(lite.exists())
 
         return self.anonymous(daemon, scenario)
+
+
+PAGED = 100  # documents of equal scores: the index returns any of them first
+
+
+class FindingTests(KnowledgeDaemon, DaemonTestCase):
+    """The review's findings on kb: filters the index cannot match, the default page size, full
+    pages when chunks the index still holds are gone from SQL, subscriptions of another tenant,
+    a slow index answered as pending, and the index in server.info under --stdio."""
+
+    timeout = 240
+
+    def test_filters_the_index_cannot_match_are_refused(self) -> Deferred[None]:
+        daemon = self.knowledge_daemon()
+
+        async def scenario(client: Client) -> None:
+            call = client.call_tool
+            await call("kb.create_collection", {"name": "filters"})
+            await call("kb.add", {"collection": "filters", "text": "The quarterly report.", "metadata": {"n": 1}})
+            for value, said in ((None, "filter"), (10**20, "64 bits"), (-(2**64), "64 bits")):
+                refused = await call("kb.search", {"collection": "filters", "query": "report", "filter": {"n": value}})
+                self.assertIn(said, error_text(refused))  # an isError, not a degraded scan
+            found = structured(
+                await call("kb.search", {"collection": "filters", "query": "report", "filter": {"n": 1}})
+            )
+            self.assertEqual((len(found["results"]), found["index"]), (1, "ok"))
+
+        return self.with_clients(daemon, scenario, "alice")
+
+    def test_search_pages_are_full_and_twenty_by_default(self) -> Deferred[None]:
+        daemon = self.knowledge_daemon("--rate-limit", "100000")  # a hundred adds, then pages
+
+        async def scenario(client: Client) -> None:
+            call = client.call_tool
+            await call("kb.create_collection", {"name": "pages"})
+            for number in range(PAGED):
+                await call("kb.add", {"collection": "pages", "text": f"Widget {number} of the catalogue."})
+            first = structured(await call("kb.search", {"collection": "pages", "query": "widget catalogue"}))
+            self.assertEqual(len(first["results"]), 20)  # TOOLS.md: limit defaults to 20
+            # Most of what the index ranks first goes from SQL behind its back (deleted while the
+            # index was down, not yet caught up): the index still finds them, SQL drops them.
+            top = structured(await call("kb.search", {"collection": "pages", "query": "widget catalogue", "limit": 60}))
+            gone = [result["chunk_id"] for result in top["results"]]
+            await anyio.to_thread.run_sync(lambda: drop_rows(self.workdir, "kb_chunks", gone))
+            seen: list[str] = []
+            pages = []
+            cursor = None
+            while True:
+                arguments: dict[str, Any] = {"collection": "pages", "query": "widget catalogue", "limit": 7}
+                if cursor:
+                    arguments["cursor"] = cursor
+                page = structured(await call("kb.search", arguments))
+                pages.append(len(page["results"]))
+                seen += [result["chunk_id"] for result in page["results"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            self.assertEqual(pages, [7] * 5 + [5])  # full pages, then the rest
+            self.assertEqual(len(seen), len(set(seen)))
+            self.assertFalse(set(seen) & set(gone))
+
+        return self.with_clients(daemon, scenario, "alice")
+
+    def test_another_tenant_cannot_follow_a_document(self) -> Deferred[None]:
+        daemon = self.knowledge_daemon()
+
+        async def scenario(alice: Client, eve: Client) -> None:
+            await alice.call_tool("kb.create_collection", {"name": "secret"})
+            await eve.call_tool("kb.create_collection", {"name": "secret"})
+            added = structured(await alice.call_tool("kb.add", {"collection": "secret", "text": "The plan."}))
+            uri = f"kb://secret/{added['document']['id']}"
+            with self.assertRaises(MCPError):
+                async with eve.listen(resource_subscriptions=[uri]):
+                    pass
+            async with alice.listen(resource_subscriptions=[uri]) as alice_hears:
+                await alice.call_tool(
+                    "kb.update", {"collection": "secret", "id": added["document"]["id"], "title": "v2"}
+                )
+                with anyio.fail_after(10):
+                    async for event in alice_hears:
+                        self.assertEqual(getattr(event, "uri", None), uri)
+                        break
+
+        return self.with_clients(daemon, scenario, "alice", "eve")
+
+    def test_a_slow_index_answers_pending_once_saved(self) -> Deferred[None]:
+        """kb.add answers within a few seconds of the SQL commit, even while the embedding
+        service takes longer: a client's timeout and retry would otherwise add it twice."""
+        require_milvus()
+        service = EmbeddingService()
+        url = service.listen(reactor)
+        self.addCleanup(service.stop)
+        daemon = self.knowledge_daemon("--embedding-url", url + "/v1/embeddings", "--embedding-model", TOY_MODEL)
+
+        async def scenario(client: Client) -> None:
+            call = client.call_tool
+            await call("kb.create_collection", {"name": "slow"})  # the model is probed here
+            service.delay = WRITE_WAIT + 4
+            started = time.monotonic()
+            added = structured(await call("kb.add", {"collection": "slow", "text": "The tortoise wins the race."}))
+            took = time.monotonic() - started
+            self.assertEqual(added["indexing"], "pending")
+            self.assertLess(took, WRITE_WAIT + 3)
+            service.delay = 0.0
+            with anyio.fail_after(60):
+                while True:  # the indexing went on after the answer: found, once
+                    found = structured(await call("kb.search", {"collection": "slow", "query": "tortoise race"}))
+                    if found["results"] and found["index"] == "ok":
+                        break
+                    await anyio.sleep(0.5)
+            self.assertEqual([r["document_id"] for r in found["results"]], [added["document"]["id"]])
+            quick = structured(await call("kb.add", {"collection": "slow", "text": "The hare sleeps."}))
+            self.assertEqual(quick["indexing"], "done")
+
+        return self.with_clients(daemon, scenario, "alice")
+
+    def test_server_info_under_stdio_shows_the_index(self) -> Deferred[None]:
+        require_milvus()
+        parameters = self.stdio_parameters("--toolsets", "server,kb,memory")
+
+        async def main() -> None:
+            with anyio.fail_after(120):
+                async with Client(stdio_client(parameters, errlog=self.errlog()), mode=MODERN) as client:
+                    await client.call_tool("kb.collections", {})  # waits for the stores to open
+                    info = structured(await client.call_tool("server.info", {}))
+                    names = [store["name"] for store in info["stores"]]
+                    self.assertEqual(sorted(names), ["database", "index"])
+                    index = next(store for store in info["stores"] if store["name"] == "index")
+                    self.assertEqual((index["backend"], index["search_mode"]), ("milvus-lite", "keyword"))
+
+        return self.in_thread(lambda: run_anyio(main))
+
+
+def drop_rows(workdir: Path, table: str, ids: list[str]) -> None:
+    """Delete rows from the daemon's SQLite database behind its back (the index keeps them)."""
+    with closing(sqlite3.connect(workdir / "mcpd-data" / "mcpd.sqlite3", timeout=30)) as connection:
+        marks = ", ".join("?" * len(ids))
+        connection.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)  # noqa: S608
+        connection.commit()

@@ -8,15 +8,21 @@ tenant shares, and another tenant that sees none of them.
 from __future__ import annotations
 
 import json
+import sqlite3
+import warnings
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp import Client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 from mcp.shared.exceptions import MCPError
 from twisted.internet.defer import Deferred
 
-from tests.daemon import DaemonTestCase
-from tests.knowledge_harness import EMBEDDED, MARIADB, SERVER, KnowledgeDaemon, error_text, structured
+from tests.daemon import LEGACY, DaemonTestCase
+from tests.knowledge_harness import EMBEDDED, KEYS, MARIADB, SERVER, KnowledgeDaemon, error_text, structured
 
 MEMORY_TOOLS = {"memory.remember", "memory.recall", "memory.list", "memory.update", "memory.forget"}
 
@@ -210,3 +216,99 @@ class MariaDBServerHybridTests(_Scenarios, DaemonTestCase):
 
     index, embedding, database = SERVER, True, MARIADB
     timeout = 240
+
+
+PAGED = 100  # memories of equal scores: the index returns any of them first
+
+
+class FindingTests(KnowledgeDaemon, DaemonTestCase):
+    """The review's findings on memory: default page size, full pages when records the index
+    still holds are gone from SQL, and subscriptions only to memories the caller may read."""
+
+    timeout = 240
+
+    def test_recall_pages_are_full_and_twenty_by_default(self) -> Deferred[None]:
+        daemon = self.knowledge_daemon("--rate-limit", "100000")  # a hundred writes, then pages
+
+        async def scenario(alice: Client) -> None:
+            for number in range(PAGED):
+                await alice.call_tool(
+                    "memory.remember", {"text": f"Deploy note {number}: deploy the api.", "scope": "team"}
+                )
+            first = structured(await alice.call_tool("memory.recall", {"query": "deploy api"}))
+            self.assertEqual(len(first["memories"]), 20)  # TOOLS.md: limit defaults to 20
+            self.assertIsNotNone(first["next_cursor"])
+            # Most of what the index ranks first goes from SQL behind its back (forgotten while
+            # the index was down, not yet caught up): the index still finds them, SQL drops them.
+            top = structured(await alice.call_tool("memory.recall", {"query": "deploy api", "limit": 60}))
+            gone = [memory["id"] for memory in top["memories"]]
+            await anyio.to_thread.run_sync(lambda: drop_rows(self.workdir, "memories", gone))
+            seen: list[str] = []
+            pages = []
+            cursor = None
+            while True:
+                arguments: dict[str, Any] = {"query": "deploy api", "limit": 7}
+                if cursor:
+                    arguments["cursor"] = cursor
+                page = structured(await alice.call_tool("memory.recall", arguments))
+                pages.append(len(page["memories"]))
+                seen += [memory["id"] for memory in page["memories"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            self.assertEqual(pages, [7] * 5 + [5])  # full pages, then the rest
+            self.assertEqual(len(seen), len(set(seen)))
+            self.assertFalse(set(seen) & set(gone))
+
+        return self.with_clients(daemon, scenario, "alice")
+
+    def test_a_personal_memory_is_followed_only_by_its_key(self) -> Deferred[None]:
+        daemon = self.knowledge_daemon()
+
+        async def scenario(alice: Client, bob: Client) -> None:
+            mine = structured(await alice.call_tool("memory.remember", {"text": "My locker code is 4711."}))["memory"]
+            team = structured(await alice.call_tool("memory.remember", {"text": "Standup at nine.", "scope": "team"}))[
+                "memory"
+            ]
+            personal, shared = f"memory://{mine['id']}", f"memory://{team['id']}"
+            with self.assertRaises(MCPError) as refused:
+                async with bob.listen(resource_subscriptions=[personal]):
+                    pass
+            self.assertIn("not found", str(refused.exception).lower())
+            async with bob.listen(resource_subscriptions=[shared]) as bob_hears:
+                await alice.call_tool("memory.update", {"id": team["id"], "text": "Standup at ten."})
+                with anyio.fail_after(10):
+                    async for event in bob_hears:
+                        self.assertEqual(getattr(event, "uri", None), shared)
+                        break
+            async with alice.listen(resource_subscriptions=[personal]) as alice_hears:
+                await alice.call_tool("memory.update", {"id": mine["id"], "text": "My locker code is 4712."})
+                with anyio.fail_after(10):
+                    async for event in alice_hears:
+                        self.assertEqual(getattr(event, "uri", None), personal)
+                        break
+            # The same rule for resources/subscribe (the eras before 2026-07-28).
+            async with legacy_client(daemon, "bob") as legacy:
+                with warnings.catch_warnings():  # the SDK warns that 2026-07-28 replaced it
+                    warnings.simplefilter("ignore")
+                    with self.assertRaises(MCPError):
+                        await legacy.subscribe_resource(personal)
+                    await legacy.subscribe_resource(shared)
+
+        return self.with_clients(daemon, scenario, "alice", "bob")
+
+
+def legacy_client(daemon: Any, name: str) -> Client:
+    """An SDK client of key ``name`` speaking the newest era before 2026-07-28."""
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {KEYS[name][0]}"})
+    return Client(streamable_http_client(daemon.url, http_client=http), mode=LEGACY)
+
+
+def drop_rows(workdir: Path, table: str, ids: list[str]) -> None:
+    """Delete records from the daemon's SQLite database behind its back (the index keeps them)."""
+    with closing(sqlite3.connect(workdir / "mcpd-data" / "mcpd.sqlite3", timeout=30)) as connection:
+        marks = ", ".join("?" * len(ids))
+        if table == "memories":
+            connection.execute(f"DELETE FROM memory_tags WHERE memory_id IN ({marks})", ids)  # noqa: S608
+        connection.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)  # noqa: S608
+        connection.commit()

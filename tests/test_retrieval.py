@@ -4,10 +4,13 @@ loopback (tests/embedding_service.py) used together, as the kb and memory packs 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from mcpd.interfaces import (
@@ -178,3 +181,39 @@ class ConcurrentCreationTests(TestCase):
                 [retriever.index_chunks(name, [c]) for c in chunks(f"t{attempt}")], consumeErrors=True
             )
             self.assertEqual(indexed, [1, 1, 1])
+
+
+class WarmTests(TestCase):
+    """Milvus Lite builds a segment's BM25 index on the first search that reaches it; after
+    writes, the index builds it itself, so no user's search pays for it (41-57 s at 100,000
+    chunks, bench/README)."""
+
+    @inlineCallbacks
+    def test_after_writes_the_keyword_index_is_built_before_any_search(self) -> Any:
+        require_milvus()
+        path = os.path.abspath(os.path.join(self.mktemp(), "milvus.db"))
+        index = MilvusIndex(path, reactor, warm_delays=(0.2, 0.4))
+        index.startService()
+        self.addCleanup(index.stopService)
+        retriever = Retriever(index)
+        yield retriever.index_chunks("kb_warm", chunks())
+        yield retriever.index_chunks("kb_warm", chunks("globex"))
+        deadline = time.monotonic() + 30
+        while True:
+            segments = yield deferToThread(lite_segments, path, "mcpd_kb_warm")
+            if segments and all("sparse" in segment.sparse_indexes for segment in segments):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"BM25 indexes not built: {[sorted(s.sparse_indexes) for s in segments]}")
+            yield deferLater(reactor, 0.2, lambda: None)
+        outcome = yield retriever.search(["kb_warm"], "acme", "mysqldump backup")
+        self.assertEqual(outcome.hits[0].chunk_id, "acme-backup")
+
+
+def lite_segments(path: str, collection: str) -> list[Any]:
+    """The sealed segments of a collection of the Milvus Lite running in this process (its
+    engine's own objects: whether their BM25 index is built shows nowhere else)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    _server, db, _port = server_manager_instance._servers[path]
+    return list(db.get_collection(collection)._segments_snapshot())

@@ -57,9 +57,19 @@ _METADATA = {
     "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
     "description": 'Flat: names to strings, numbers or booleans, e.g. {"team": "ops", "year": 2026}.',
 }
+# A search's filter: metadata equality, so no null (it equals no stored value: the index cannot
+# match it, and a key to be absent is not a filter kb.search offers).
+_FILTER = {
+    **_METADATA,
+    "additionalProperties": {"type": ["string", "number", "boolean"]},
+    "description": 'Metadata every result has: names to strings, numbers or booleans, e.g. {"team": "ops"}.',
+}
 _INDEXING = {
     "enum": ["done", "pending"],
-    "description": "pending: saved, but the search index is down; it is indexed when the index returns.",
+    "description": (
+        "pending: saved, but not searchable yet (the search index is down or slow); it is indexed "
+        "as soon as the index can take it. Do not add it again."
+    ),
 }
 _CHUNKING = {
     "chunk_size": {
@@ -149,15 +159,20 @@ def chunked(text: str, size: int, overlap: int) -> Deferred[list[Chunk]]:
     return deferToThread(chunk_markdown, text, size, overlap)
 
 
-def _metadata(value: dict[str, Any] | None) -> dict[str, Any]:
-    """Flat metadata the index can store (the schema checked its shape)."""
-    metadata = value or {}
-    for key, item in metadata.items():
+def _integers_fit(values: dict[str, Any], what: str) -> dict[str, Any]:
+    """``values``, unless an integer among them is beyond the index's 64 bits (`ToolError`)."""
+    for key, item in values.items():
         if isinstance(item, int) and not isinstance(item, bool) and not MIN_INTEGER <= item <= MAX_INTEGER:
             raise ToolError(
-                f"metadata {key!r}: integers must fit in 64 bits ({MIN_INTEGER} to {MAX_INTEGER}); "
+                f"{what} {key!r}: integers must fit in 64 bits ({MIN_INTEGER} to {MAX_INTEGER}); "
                 "give a larger number as a string"
             )
+    return values
+
+
+def _metadata(value: dict[str, Any] | None) -> dict[str, Any]:
+    """Flat metadata the index can store (the schema checked its shape)."""
+    metadata = _integers_fit(value or {}, "metadata")
     size = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
     if size > MAX_METADATA_BYTES:
         raise ToolError(f"metadata is {size} bytes as JSON, over {MAX_METADATA_BYTES}: keep long values in the text")
@@ -259,7 +274,9 @@ def kb_drop_collection(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     title="Add a document",
     description=(
         "Add a document (markdown or plain text) to a collection: it is cut into chunks at headings and "
-        "paragraphs and indexed for kb.search. metadata is flat and can filter searches. "
+        "paragraphs and indexed for kb.search. metadata is flat and can filter searches. It answers once "
+        "the document is saved, within seconds (indexing pending if the index is slow or down); calling "
+        "it again adds a second copy. "
         'Example: {"collection": "runbooks", "title": "Restore a backup", "text": "# Restore\\n1. Stop '
         'the service...", "source": "wiki/restore", "metadata": {"team": "ops"}}.'
     ),
@@ -324,8 +341,8 @@ def kb_add(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
             },
             "query": {"type": "string", "minLength": 1, "maxLength": 2000},
             "mode": {"enum": list(SEARCH_MODES)},
-            "filter": _METADATA,
-            "limit": limit_schema(10, 100),
+            "filter": _FILTER,
+            "limit": limit_schema(),
             "cursor": CURSOR_SCHEMA,
         },
         ("collection", "query"),
@@ -351,12 +368,12 @@ def kb_search(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         raise ToolError('query has no words to search for: give a question or some words, e.g. "restore a backup"')
     names = arguments["collection"]
     names = [names] if isinstance(names, str) else list(names)
-    filters = dict(arguments.get("filter") or {})
+    filters = _integers_fit(dict(arguments.get("filter") or {}), "filter")
     listing = {"collection": names, "query": query, "mode": arguments.get("mode"), "filter": filters}
     offset = decode_cursor(ctx, "kb.search", listing, arguments.get("cursor")) or 0
     if not isinstance(offset, int) or offset < 0:
         raise ToolError("cursor is not one this server gave out: call again without cursor")
-    limit = limit_of(arguments, 10)
+    limit = limit_of(arguments)
     d = _kb(ctx).search(ctx.tenant, names, query, arguments.get("mode"), filters, limit, offset)
 
     def page(found: dict[str, Any]) -> dict[str, Any]:
@@ -483,6 +500,7 @@ def _complete_document(ctx: Any, value: str, arguments: Any) -> Any:
     description="A document of one of your team's knowledge-base collections, as kb.get shows it.",
     mime_type="application/json",
     completions={"collection": _complete_collection, "id": _complete_document},
+    readers_only=True,
 )
 def read_document(ctx: Any, uri: str, variables: dict[str, str]) -> Any:
     def missing(failure: Any) -> list[Any]:

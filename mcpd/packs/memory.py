@@ -46,7 +46,10 @@ _SCOPE = {
 _SCOPE_FILTER = {**_SCOPE, "description": "Only personal or only team memories (default: both)."}
 _INDEXING = {
     "enum": ["done", "pending"],
-    "description": "pending: saved, but the search index is down; recall finds it once the index returns.",
+    "description": (
+        "pending: saved, but not recalled yet (the search index is down or slow); recall finds it once "
+        "it is indexed. Do not remember it again."
+    ),
 }
 MEMORY = {
     "type": "object",
@@ -132,7 +135,7 @@ def memory_remember(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
             "query": {"type": "string", "minLength": 1, "maxLength": 2000},
             "tags": _TAGS,
             "scope": _SCOPE_FILTER,
-            "limit": limit_schema(10, 100),
+            "limit": limit_schema(),
             "cursor": CURSOR_SCHEMA,
         },
         ("query",),
@@ -158,9 +161,7 @@ def memory_recall(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     offset = decode_cursor(ctx, "memory.recall", listing, arguments.get("cursor")) or 0
     if not isinstance(offset, int) or offset < 0:
         raise ToolError("cursor is not one this server gave out: call again without cursor")
-    d = _memories(ctx).recall(
-        ctx.tenant, owners(ctx, arguments.get("scope")), query, tags, limit_of(arguments, 10), offset
-    )
+    d = _memories(ctx).recall(ctx.tenant, owners(ctx, arguments.get("scope")), query, tags, limit_of(arguments), offset)
 
     def page(found: dict[str, Any]) -> dict[str, Any]:
         after = offset + len(found["memories"]) if found["more"] else None
@@ -269,6 +270,7 @@ def _complete_memory_id(ctx: Any, value: str, _arguments: Any) -> Any:
     description="A memory of yours or your team's, as memory.list shows it.",
     mime_type="application/json",
     completions={"id": _complete_memory_id},
+    readers_only=True,
 )
 def read_memory(ctx: Any, uri: str, variables: dict[str, str]) -> Any:
     def missing(failure: Any) -> list[Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from mcpd.interfaces import IAuditLog, IRuntime
+from mcpd.interfaces import IAuditLog, IRuntime, IStore
 from mcpd.tools import StoreNotConfigured, ToolAnnotations, ToolContext, ToolError, ToolPack
 from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
 
@@ -69,8 +69,24 @@ def info(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
         "listeners": list(runtime.listeners),
         "tool_count": len(runtime.registry),
         "toolsets": list(runtime.settings.toolsets or ()) + list(runtime.settings.tool_pack),
-        "stores": runtime.stores.describe(),
+        "stores": _stores(runtime.stores),
     }
+
+
+def _stores(stores: Any) -> list[dict[str, Any]]:
+    """Each store's state. Under --stdio the search index opens with the database, in the
+    background, behind stand-ins that are no stores themselves (`mcpd.stores.opening`): each
+    opened store found behind one is shown too."""
+    shown = stores.describe()
+    names = {store["name"] for store in shown}
+    for provider in stores.providers().values():
+        opened = getattr(provider, "provider", None)
+        if opened is not None and IStore.providedBy(opened):
+            described = opened.describe()
+            if described["name"] not in names:
+                names.add(described["name"])
+                shown.append(described)
+    return shown
 
 
 @pack.tool(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
@@ -152,8 +152,14 @@ class Catalog:
 
         return d.addErrback(input_required, ctx).addCallback(shape)
 
-    def resources_subscribe(self, request: Request) -> dict[str, Any]:
+    def resources_subscribe(self, request: Request) -> dict[str, Any] | Deferred[dict[str, Any]]:
         uri = self._subscription_uri(request)
+        checking = self._check_readable(request, [uri])
+        if checking is not None:
+            return checking.addCallback(lambda _: self._subscribe(request, uri))
+        return self._subscribe(request, uri)
+
+    def _subscribe(self, request: Request, uri: str) -> dict[str, Any]:
         session = request.exchange.session
         assert session is not None  # checked by _subscription_uri
         if uri not in session.subscriptions:
@@ -193,6 +199,22 @@ class Catalog:
             found = self.registry.find_resource(uri) if self.entry_filter is not None else None
             if found is not None and self._hidden(request, found[0]):
                 raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
+
+    def _check_readable(self, request: Request, uris: list[str]) -> Deferred[None] | None:
+        """Read the URIs of ``readers_only`` templates as resources/read would, failing with its
+        "Resource not found" for one the caller may not read (another key's personal memory):
+        its updates would tell the caller what it may not see. None when no URI needs it."""
+        reads = []
+        for uri in uris:
+            found = self.registry.find_resource(uri)
+            if found is None or not isinstance(found[0], ResourceTemplate) or not found[0].readers_only:
+                continue
+            template, variables = found
+            d = self._run(template.blocking, template.reader, self._context(request), uri, variables)
+            reads.append(d.addCallback(_readable, uri, template.mime_type))
+        if not reads:
+            return None
+        return gatherResults(reads, consumeErrors=True).addCallbacks(lambda _: None, _first_error)
 
     # -- prompts --------------------------------------------------------------------------------
 
@@ -307,6 +329,12 @@ class Catalog:
             raise InvalidParams("Invalid params: resourceSubscriptions must be a list of URIs")
         uris = list(dict.fromkeys(uris))
         self._check_subscribable(request, uris)
+        checking = self._check_readable(request, uris)
+        if checking is not None:
+            return checking.addCallback(lambda _: self._listen(request, wanted, uris))
+        return self._listen(request, wanted, uris)
+
+    def _listen(self, request: Request, wanted: dict[str, Any], uris: list[str]) -> Deferred[Any]:
         kinds = frozenset(kind for kind, flag in FILTER_FOR_KIND.items() if wanted.get(flag) is True)
         honoured: dict[str, Any] = {FILTER_FOR_KIND[kind]: True for kind in sorted(kinds)}
         if uris:
@@ -424,3 +452,17 @@ def _request_id(subscription_id: str) -> Any:
 
 
 __all__ = ["CancelledError", "Catalog", "MCPError"]
+
+
+def _first_error(failure: Failure) -> Failure:
+    """The failure of the first of several reads that failed (not gatherResults' wrapper)."""
+    failure.trap(FirstError)
+    return failure.value.subFailure  # type: ignore[no-any-return]
+
+
+def _readable(value: Any, uri: str, mime_type: str | None) -> None:
+    """Nothing, if what a resource reader returned is a resource; else resources/read's refusal."""
+    if isinstance(value, dict) and value.get("resultType") == "input_required":
+        raise InvalidParams(f"Invalid params: {uri} cannot be read without input, so not followed")
+    if not resource_contents(uri, mime_type, value):
+        raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})

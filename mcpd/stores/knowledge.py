@@ -62,6 +62,10 @@ INDEX_OK, INDEX_DEGRADED = "ok", "degraded"
 # Most hits one search may reach (offset + limit): the index's own bound.
 MAX_DEPTH = 1000
 SCAN_ROWS = 2000  # chunks a degraded (index down) search reads at most
+# Seconds a write waits for its indexing before answering "pending" (the indexing goes on): once
+# SQL has committed, a client that times out and retries would add the record twice. Well below
+# the usual client timeouts (30-60 s); above a first write's cold start of Milvus Lite (~5 s loaded).
+WRITE_WAIT = 15.0
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -276,6 +280,27 @@ class KnowledgeStore:
             return PENDING
         return INDEXED
 
+    def index_within(self, work: Work, seconds: float = WRITE_WAIT) -> Deferred[str]:
+        """`index_now`, answered PENDING after ``seconds`` if it is still at work (it goes on,
+        and clears the outbox row once done; the re-indexer would retry it otherwise)."""
+        indexing = self.index_now(work)
+        answer: Deferred[str] = Deferred()
+
+        def settled(outcome: Any) -> None:
+            if timer.active():
+                timer.cancel()
+                answer.callback(outcome)
+            elif isinstance(outcome, Failure):
+                log.failure("Indexing {kind} {id} failed after its answer", outcome, kind=work.kind, id=work.target)
+
+        def late() -> None:
+            log.info("Indexing {kind} {id} is slow; answered as pending", kind=work.kind, id=work.target)
+            answer.callback(PENDING)
+
+        timer = self.clock.callLater(seconds, late)
+        indexing.addBoth(settled)
+        return answer
+
     async def refused(self, work: Work, error: str) -> None:
         """Count a try of an outbox row the index refused; after `MAX_ATTEMPTS` it is given up
         (no longer pending) so the rest of the outbox drains."""
@@ -343,7 +368,7 @@ class KnowledgeStore:
     ) -> Deferred[dict[str, Any]]:
         async def add() -> dict[str, Any]:
             added, work = await self.sql.add_document(tenant, collection, document, document["chunks"], author)
-            return {"document": added, "indexing": await self._index_now(work)}
+            return {"document": added, "indexing": await self.index_within(work)}
 
         return Deferred.fromCoroutine(add())
 
@@ -356,7 +381,7 @@ class KnowledgeStore:
         async def change() -> dict[str, Any]:
             chunks = changes.get("chunks")
             updated, work = await self.sql.update_document(tenant, collection, document_id, changes, chunks)
-            return {"document": updated, "indexing": await self._index_now(work)}
+            return {"document": updated, "indexing": await self.index_within(work)}
 
         return Deferred.fromCoroutine(change())
 
@@ -400,24 +425,32 @@ class KnowledgeStore:
         found = await self.sql.collections_of(tenant, names)
         ids = {row["id"]: name for name, row in found.items()}
         indexes = {index_collection(i): i for i in ids}
-        depth = min(offset + limit + 1, MAX_DEPTH)
-        started = time.monotonic()
-        try:
-            outcome = await self._search_index(list(indexes), found, tenant, query, mode, depth, metadata=filters)
-        except Exception as e:
-            return await self._scan_kb(tenant, ids, query, filters, limit, offset, self._search_failed(e))
-        self.metrics.duration.labels("search").observe(time.monotonic() - started)
-        rows = await self.sql.chunk_rows(tenant, [hit.chunk_id for hit in outcome.hits], list(ids))
+        wanted = offset + limit + 1  # one more than the page: whether there is a next one
+        depth = _first_depth(wanted)
+        while True:
+            started = time.monotonic()
+            try:
+                outcome = await self._search_index(list(indexes), found, tenant, query, mode, depth, metadata=filters)
+            except Exception as e:
+                return await self._scan_kb(tenant, ids, query, filters, limit, offset, self._search_failed(e))
+            self.metrics.duration.labels("search").observe(time.monotonic() - started)
+            rows = await self.sql.chunk_rows(tenant, [hit.chunk_id for hit in outcome.hits], list(ids))
+            results = []
+            for hit in outcome.hits:
+                row = rows.get(hit.chunk_id)
+                if row is None:
+                    continue  # deleted since it was indexed (or not the caller's: never shown)
+                metadata = json.loads(row["metadata"])
+                if any(metadata.get(k) != v for k, v in filters.items()):
+                    continue  # changed since it was indexed
+                results.append(_result(row, ids[row["collection_id"]], hit.score, metadata))
+            # Equal scores in one order whatever the depth (the index's order of ties is not).
+            results.sort(key=lambda result: (-result["score"], result["chunk_id"]))
+            deeper = _deeper(depth, outcome.hits, [result["score"] for result in results], wanted)
+            if deeper is None:
+                break
+            depth = deeper
         pending = await self.sql.pending_count(tenant, list(indexes))
-        results = []
-        for hit in outcome.hits:
-            row = rows.get(hit.chunk_id)
-            if row is None:
-                continue  # deleted since it was indexed (or not the caller's: never shown)
-            metadata = json.loads(row["metadata"])
-            if any(metadata.get(k) != v for k, v in filters.items()):
-                continue  # changed since it was indexed
-            results.append(_result(row, ids[row["collection_id"]], hit.score, metadata))
         notices = [outcome.notice] if outcome.notice else []
         if pending:
             notices.append(f"indexing is pending for {pending} change(s): the newest documents may be missing")
@@ -501,7 +534,7 @@ class KnowledgeStore:
     ) -> Deferred[dict[str, Any]]:
         async def keep() -> dict[str, Any]:
             memory, work = await self.sql.remember(tenant, owner, text, tags, author)
-            return {"memory": memory, "indexing": await self._index_now(work)}
+            return {"memory": memory, "indexing": await self.index_within(work)}
 
         return Deferred.fromCoroutine(keep())
 
@@ -513,26 +546,32 @@ class KnowledgeStore:
     async def _recall(
         self, tenant: str, owners: list[str], query: str, tags: list[str], limit: int, offset: int
     ) -> dict[str, Any]:
-        depth = min(offset + limit + 1, MAX_DEPTH)
-        started = time.monotonic()
-        try:
-            outcome = await self._search_index(
-                [MEMORY_COLLECTION], None, tenant, query, None, depth, tags=tags, owners=owners
-            )
-        except Exception as e:
-            return await self._scan_memories(tenant, owners, query, tags, limit, offset, self._search_failed(e))
-        self.metrics.duration.labels("search").observe(time.monotonic() - started)
-        rows = await self.sql.memory_rows(tenant, owners, [hit.chunk_id for hit in outcome.hits])
+        wanted = offset + limit + 1
+        depth = _first_depth(wanted)
+        while True:
+            started = time.monotonic()
+            try:
+                outcome = await self._search_index(
+                    [MEMORY_COLLECTION], None, tenant, query, None, depth, tags=tags, owners=owners
+                )
+            except Exception as e:
+                return await self._scan_memories(tenant, owners, query, tags, limit, offset, self._search_failed(e))
+            self.metrics.duration.labels("search").observe(time.monotonic() - started)
+            rows = await self.sql.memory_rows(tenant, owners, [hit.chunk_id for hit in outcome.hits])
+            found = []
+            for hit in outcome.hits:
+                memory = rows.get(hit.chunk_id)
+                if memory is None or not set(tags) <= set(memory["tags"]):
+                    continue  # forgotten or changed since it was indexed
+                found.append({**memory, "score": round(hit.score, 6)})
+            # Relevance first; among equals, the newest (ids grow with creation time, below the second).
+            found.sort(key=lambda m: (m["created_at"], m["id"]), reverse=True)
+            found.sort(key=lambda m: m["score"], reverse=True)
+            deeper = _deeper(depth, outcome.hits, [memory["score"] for memory in found], wanted)
+            if deeper is None:
+                break
+            depth = deeper
         pending = await self.sql.pending_count(tenant, [MEMORY_COLLECTION])
-        found = []
-        for hit in outcome.hits:
-            memory = rows.get(hit.chunk_id)
-            if memory is None or not set(tags) <= set(memory["tags"]):
-                continue
-            found.append({**memory, "score": round(hit.score, 6)})
-        # Relevance first; among equals, the newest (ids grow with creation time, below the second).
-        found.sort(key=lambda m: (m["created_at"], m["id"]), reverse=True)
-        found.sort(key=lambda m: m["score"], reverse=True)
         notices = [outcome.notice] if outcome.notice else []
         if pending:
             notices.append(f"indexing is pending for {pending} change(s): the newest memories may be missing")
@@ -592,7 +631,7 @@ class KnowledgeStore:
     ) -> Deferred[dict[str, Any]]:
         async def change() -> dict[str, Any]:
             memory, work = await self.sql.update_memory(tenant, owners, memory_id, changes)
-            return {"memory": memory, "indexing": await self._index_now(work)}
+            return {"memory": memory, "indexing": await self.index_within(work)}
 
         return Deferred.fromCoroutine(change())
 
@@ -608,6 +647,35 @@ class KnowledgeStore:
 
     def memory_ids(self, tenant: str, owners: Sequence[str], prefix: str, limit: int) -> Deferred[list[str]]:
         return self.sql.memory_ids(tenant, owners, prefix, limit)
+
+
+def _first_depth(wanted: int) -> int:
+    """How deep the first search of a page goes: well past the page, so that hits dropped by the
+    SQL check, or a run of equal scores at the page's end (copies of one text), seldom need a
+    second search (`_deeper`): a deeper top-k costs the index little, a second search (on Milvus
+    Lite, a pass over every row) much more."""
+    return min(max(wanted * 2, wanted + 40), MAX_DEPTH)
+
+
+def _deeper(depth: int, hits: Sequence[Any], kept: Sequence[float], wanted: int) -> int | None:
+    """How deep to search again, or None when this search will do. ``kept`` are the scores
+    (rounded as shown, best first) of the hits the SQL check kept; ``wanted`` is one more than
+    the page's end.
+
+    Search again, deeper (up to `MAX_DEPTH`, while the index has more), when the SQL check
+    dropped hits (records deleted or changed since they were indexed) and the page is short, or
+    when hits tied with the page's last result may lie past the depth searched (which of a run
+    of equal scores the index returns first depends on the depth). So pages are full whenever
+    there are results, and a cursor, an offset into what is shown, neither skips nor repeats."""
+    if len(hits) < depth or depth >= MAX_DEPTH:
+        return None  # all there is, or as deep as a search goes
+    if len(kept) >= wanted:
+        if kept[wanted - 2] > round(min(hit.score for hit in hits), 6):
+            return None
+        return min(MAX_DEPTH, depth * 4)
+    # Ask for what is missing, scaled by the share dropped so far (at least four times as deep).
+    missing = (wanted - len(kept)) * len(hits) // max(len(kept), 1)
+    return min(MAX_DEPTH, max(depth * 4, depth + missing))
 
 
 def _result(row: Any, collection: str, score: float, metadata: dict[str, Any]) -> dict[str, Any]:

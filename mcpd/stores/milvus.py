@@ -84,6 +84,14 @@ BATCH_ROWS, BATCH_BYTES = 500, 4 * 1024 * 1024
 # Milvus Lite the index flushes a collection this long after writes to it; a Milvus server seals
 # its segments by itself and rate-limits flushes, so it is never asked to.
 LITE_FLUSH_DELAY = 0.5
+# Milvus Lite builds a segment's BM25 index on the first search that reaches it, in memory, and
+# again for each segment its background compaction merges: the first search after writes paid
+# for all of them (41-57 s at 100,000 chunks on a loaded 2-core machine; ~1 s for the next). So
+# after the writes to a collection stop, the index searches it once for nothing, this many seconds
+# after its last flush: the index is built in the store's thread, not during a user's search. The
+# second pass catches what the compaction merged meanwhile.
+LITE_WARM_DELAYS = (2.0, 20.0)
+WARM_TIMEOUT = 600.0
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 ANALYZER_PARAMS: Mapping[str, Mapping[str, Any]] = {
@@ -128,6 +136,7 @@ class MilvusIndex(Service):
         prefix: str = DEFAULT_PREFIX,
         slow: float = 1.0,
         connect_at_start: bool = True,
+        warm_delays: Sequence[float] = LITE_WARM_DELAYS,
     ) -> None:
         if not _NAME.match(prefix or "_"):
             raise ValueError(f"index collection prefix {prefix!r}: letters, digits and underscores only")
@@ -146,6 +155,9 @@ class MilvusIndex(Service):
         self._lite = False  # known once connected: the server is Milvus Lite
         self._unflushed: set[str] = set()
         self._flush_call: Any = None
+        self.warm_delays = tuple(warm_delays)
+        self._unwarmed: set[str] = set()
+        self._warm_call: Any = None
         self._connecting = threading.Lock()
         self._specs: dict[str, CollectionSpec] = {}
         self._status = StoreStatus(STORE, DOWN, "not started")
@@ -165,9 +177,10 @@ class MilvusIndex(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        for call in (self._flush_call, self._warm_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._warm_call = None
         if not self.pool.started or self.pool.joined:
             return succeed(None)
         if not self._used:
@@ -481,14 +494,57 @@ class MilvusIndex(Service):
         self._flush_call = None
         names = self._take_unflushed()
         if names and self.running:
-            self._run(lambda client: self._flush(client, names)).addErrback(
-                lambda failure: log.warn("Flushing the index failed: {why}", why=failure.getErrorMessage())
+            self._run(lambda client: self._flush(client, names)).addCallbacks(
+                lambda _: self._warm_later(names),
+                lambda failure: log.warn("Flushing the index failed: {why}", why=failure.getErrorMessage()),
             )
 
     def _flush(self, client: MilvusClient, names: list[str]) -> None:
         for name in names:
             if client.has_collection(name, timeout=self.timeout):
                 client.flush(name, timeout=self.timeout)
+
+    def _warm_later(self, names: list[str], step: int = 0) -> None:
+        """Warm these collections `LITE_WARM_DELAYS` after their last flush (a flush meanwhile
+        starts the count again)."""
+        self._unwarmed.update(names)
+        if self._warm_call is not None and self._warm_call.active():
+            self._warm_call.cancel()
+        self._warm_call = None
+        if step < len(self.warm_delays) and self.running:
+            wait = self.warm_delays[step] - (self.warm_delays[step - 1] if step else 0.0)
+            clock: IReactorTime = self.reactor  # type: ignore[assignment]
+            self._warm_call = clock.callLater(wait, self._warm_soon, step)
+        else:
+            self._unwarmed.clear()
+
+    def _warm_soon(self, step: int) -> None:
+        self._warm_call = None
+        names = sorted(self._unwarmed)
+        if names and self.running and self.pool.started and not self.pool.joined:
+            # Not through _run: a warm-up that fails or takes long says nothing of the index's state.
+            deferToThreadPool(self.reactor, self.pool, self._warm, names).addCallbacks(
+                lambda _: self._warm_later([], step + 1),
+                lambda failure: log.warn("Warming the index failed: {why}", why=failure.getErrorMessage()),
+            )
+
+    def _warm(self, names: list[str]) -> None:
+        client = self._client
+        if client is None:
+            return
+        for name in names:
+            if client.has_collection(name, timeout=self.timeout):
+                # A filter no row matches: each segment's BM25 index is built, nothing is scored.
+                client.search(
+                    name,
+                    data=["warm"],
+                    anns_field="sparse",
+                    search_params={"metric_type": "BM25"},
+                    limit=1,
+                    filter='tenant == ""',
+                    output_fields=[],
+                    timeout=WARM_TIMEOUT,
+                )
 
     # -- in the store's threads --
 

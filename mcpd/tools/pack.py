@@ -117,8 +117,10 @@ class ToolPack:
         mime_type: str | None = None,
         completions: Mapping[str, Completer] | None = None,
         blocking: bool = False,
+        readers_only: bool = False,
     ) -> Callable[[Reader], Reader]:
-        """Declare the decorated ``reader(ctx, uri, variables)`` for every URI the template matches."""
+        """Declare the decorated ``reader(ctx, uri, variables)`` for every URI the template matches
+        (``readers_only``: subscribing to one needs what reading it needs)."""
 
         def declare(reader: Reader) -> Reader:
             self.templates.append(
@@ -131,6 +133,7 @@ class ToolPack:
                     mime_type,
                     completions=dict(completions or {}),
                     blocking=blocking,
+                    readers_only=readers_only,
                 )
             )
             return reader

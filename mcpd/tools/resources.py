@@ -78,6 +78,9 @@ class ResourceTemplate:
     annotations: Mapping[str, Any] | None = None
     completions: Mapping[str, Completer] = attrs.field(factory=dict)
     blocking: bool = False
+    # Subscriptions (resources/subscribe, subscriptions/listen) only for a caller that may read
+    # the resource now: for records that some callers of a tenant may not see.
+    readers_only: bool = False
     _pattern: re.Pattern[str] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
