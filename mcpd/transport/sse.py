@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.http_headers import Headers
 
 from mcpd.protocol.ledger import REPLAY, STREAM
@@ -113,26 +114,45 @@ class _Finisher:
 
 class _StreamEnd(Deferred[None]):
     """The one finish notification of a stream's response, fired as twisted.web fires those of
-    `Request.notifyFinish` (it sits in the same list): everything that must learn of the end of
-    a long-lived response hangs on it, rather than a Deferred each (~200 bytes of every idle
-    stream apiece, issue 15)."""
+    `Request.notifyFinish` (it sits in the same list). Everything that must learn of the end of
+    a long-lived response is a ``(callback, argument)`` pair in its list: a Deferred and its
+    callback tuples each were ~200 bytes of every idle stream (issue 15)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Callable[..., object], object]] = []
+        self.addBoth(self._run)
+
+    def _run(self, _result: object) -> None:
+        # Each callback runs, whatever an earlier one raised (a stream's claims must be given back).
+        for callback, argument in self.calls:
+            try:
+                if argument is _NO_ARGUMENT:
+                    callback()
+                else:
+                    callback(argument)
+            except Exception:
+                log.failure("Ending a stream failed")
 
 
-def when_finished(request: Request, callback: Callable[..., object], *args: object) -> None:
-    """Call ``callback(*args)`` when ``request``'s response ends, finished or cut off (its result
-    is not passed: a stream's end needs no reason)."""
-    notifications: list[Deferred[None]] = request.notifications
+_NO_ARGUMENT = object()
+
+
+def when_finished(request: Request, callback: Callable[..., object], argument: object = _NO_ARGUMENT) -> None:
+    """Call ``callback(argument)`` (or ``callback()``) when ``request``'s response ends,
+    finished or cut off."""
+    notifications: list[Deferred[None]] | None = getattr(request, "notifications", None)
+    if notifications is None:  # not a twisted.web.http.Request: what its notifyFinish says
+        args = () if argument is _NO_ARGUMENT else (argument,)
+        request.notifyFinish().addBoth(lambda _result: callback(*args))
+        return
     for end in notifications:
-        if type(end) is _StreamEnd:
+        if isinstance(end, _StreamEnd):
             break
     else:
         end = _StreamEnd()
         notifications.append(end)
-    end.addBoth(_call, callback, args)
-
-
-def _call(_result: object, callback: Callable[..., object], args: tuple[object, ...]) -> None:
-    callback(*args)
+    end.calls.append((callback, argument))
 
 
 class _SpentHeaders(Headers):
@@ -156,7 +176,7 @@ def settle(request: Request) -> None:
     out: the header tables (received and sent), the empty body and the parsed target, about
     2 KiB of every idle stream (issue 15). Only the writing state stays (twisted.web reads
     nothing else to write or finish a response whose head it has sent)."""
-    if not request.startedWriting:
+    if not (isinstance(request, http.Request) and request.startedWriting):
         return
     request.requestHeaders = request.responseHeaders = _SPENT
     request.received_cookies = {}
