@@ -176,8 +176,8 @@ def settle(request: Request) -> None:
     out: the header tables (received and sent), the empty body and the parsed target, about
     2 KiB of every idle stream (issue 15). Only the writing state stays (twisted.web reads
     nothing else to write or finish a response whose head it has sent)."""
-    if not (isinstance(request, http.Request) and request.startedWriting):
-        return
+    if not (isinstance(request, http.Request) and request.startedWriting) or request.finished or request._disconnected:
+        return  # not yet a stream, or no longer one (twisted.web has let go of what it held)
     request.requestHeaders = request.responseHeaders = _SPENT
     request.received_cookies = {}
     request.cookies = []
