@@ -250,6 +250,22 @@ class EventStream:
     that is reading, but is not kept for one that resumes later.
     """
 
+    # Every session's GET stream is one: without an instance dict (issue 15, idle streams).
+    __slots__ = (
+        "_delivered",
+        "_events",
+        "_kept",
+        "_request",
+        "_seq",
+        "account",
+        "finished",
+        "journal",
+        "key",
+        "ledger",
+        "replay_limit",
+        "retry_ms",
+    )
+
     def __init__(
         self,
         key: str,
