@@ -28,10 +28,10 @@ STREAMS = 10_000
 WARMUP = 500
 # Connections opened at a time: below the listen backlog (50), so no SYN waits for a retry.
 BATCH = 40
-# The RSS growth each idle stream may cost, in bytes. Issue 15 aims at 8 KiB; measured on
-# 2026-11-30 (10,000 streams): legacy SSE 9.7 KiB, Streamable HTTP GET with its session
-# 11.2 KiB. These bounds hold what was reached; lower them as the costs come down.
-PER_STREAM = {"sse": 10.5 * 1024, "streamable": 12 * 1024, "websocket": 20 * 1024}
+# The RSS growth each idle stream may cost, in bytes: issue 15's 8 KiB. Measured on 2026-11-30
+# (10,000 streams, loaded machine): legacy SSE 9.7 -> 6.6 KiB, Streamable HTTP GET with its
+# session 11.2 -> 7.8 KiB, WebSocket 11.0 -> see the session's report.
+PER_STREAM = {"sse": 8 * 1024, "streamable": 8 * 1024, "websocket": 8 * 1024}
 # CPU seconds the server may spend over IDLE_SECONDS with every stream open and idle.
 IDLE_SECONDS = 3.0
 IDLE_CPU = 0.1

@@ -50,6 +50,7 @@ from mcpd.protocol.vocabulary import Exchange
 from mcpd.security.identity import caller_of
 from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.tools.api import Caller
+from mcpd.transport.sse import settle
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -70,6 +71,9 @@ MAX_FRAGMENTS = 1024
 
 class MCPConnection:
     """The MCP side of one WebSocket connection: its session, and the engine it talks to."""
+
+    # One per connection: without an instance dict (issue 15, idle streams).
+    __slots__ = ("_send", "caller", "engine", "peer", "session")
 
     def __init__(self, engine: Engine, caller: Caller, send: Callable[[str], None]) -> None:
         self.engine = engine
@@ -330,10 +334,16 @@ class WebSocketEndpoint(NoHead, Resource):
             return limit_error(request, e)
         wire.on_lost = request.connectionLost
         # From here on the connection's bytes go to the wire, not to the HTTP parser (the same
-        # hand-over twisted.web.websocket makes); the HTTP idle timeout no longer applies.
+        # hand-over twisted.web.websocket makes, made by the policy layer's connection where
+        # there is one); the HTTP idle timeout no longer applies.
         channel.setTimeout(None)
-        channel._protocolUpgradeForWebsockets(wire)
+        hand_over = getattr(transport, "hand_over", None)
+        if hand_over is not None:
+            hand_over(wire)
+        else:
+            channel._protocolUpgradeForWebsockets(wire)
         transport.write(accept)
+        settle(request)
         log.debug("WebSocket {peer} open", peer=wire.mcp.peer)
         return NOT_DONE_YET
 
