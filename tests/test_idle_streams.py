@@ -17,10 +17,22 @@ import resource
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.trial.unittest import TestCase
 
+from mcpd.config import Settings
+from mcpd.protocol.ledger import SESSION, STREAM
+from mcpd.protocol.session import SessionStore
+from mcpd.runtime import Runtime
+from mcpd.tools import ToolRegistry
+from mcpd.transport.legacy_sse import SSEStreamResource
+from mcpd.web.site import make_site
 from tests.daemon import Daemon, start_daemon
+from tests.http_harness import HTTPConnection, HTTPTestCase
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
 
 # Streams held at once: 10,000 when the hard file limit allows (the client holds as many sockets).
 STREAMS = 10_000
@@ -205,3 +217,57 @@ class IdleStreamTests(TestCase):
 
     def test_websocket(self) -> None:
         self._measure("websocket")
+
+
+class EstablishedStreamTests(HTTPTestCase):
+    """What an established stream keeps of the HTTP request that opened it: the cuts behind the
+    bounds above, checked one by one on the Site the daemon builds (in memory)."""
+
+    def assertSettled(self, request: Request) -> None:
+        # Every per-request attribute in a slot: no instance dict of its own (1.6 KiB when it
+        # outgrew its class's shared keys).
+        self.assertEqual(vars(request), {})
+        # The header tables, the body and the parsed target are gone once the head is out.
+        self.assertEqual(list(request.requestHeaders.getAllRawHeaders()), [])
+        self.assertEqual(list(request.responseHeaders.getAllRawHeaders()), [])
+        self.assertIsNone(request.content)
+        # One finish notification for everything that waits on the stream's end.
+        self.assertEqual(len(request.notifications), 1)
+
+    def test_streamable_get_stream(self) -> None:
+        session_id = self.initialize()
+        connection = self.open("GET", self.session(session_id), accept="text/event-stream")
+        self.assertEqual(connection.response.status, 200)
+        streams = self.server.site.sse_streams
+        assert streams is not None
+        [request] = streams
+        self.assertSettled(request)
+        ledger = self.server.sessions.ledger
+        self.assertEqual(ledger.total(STREAM), 1)
+        # Still a stream: an event reaches the client, with its response headers as sent.
+        session = self.server.sessions.get(session_id)
+        assert session is not None and session.standalone is not None
+        session.standalone.send(b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}')
+        response = connection.response
+        self.assertEqual(response.headers["content-type"], "text/event-stream")
+        self.assertEqual(response.events[-1].message["method"], "notifications/tools/list_changed")
+        # And its end is heard: out of the keep-alive set, its stream claim given back.
+        connection.disconnect()
+        self.assertEqual(streams, set())
+        self.assertEqual(ledger.total(STREAM), 0)
+        self.assertFalse(session.standalone.attached)
+
+    def test_legacy_sse_stream(self) -> None:
+        sessions = SessionStore(self.server.clock, 60.0, self.server.sessions.ledger)
+        self.addCleanup(sessions.stop)
+        site = make_site(SSEStreamResource(sessions), Runtime(Settings(), ToolRegistry([])), {b"sse": SSEStreamResource(sessions)})
+        connection = HTTPConnection(site)
+        connection.send("GET", "/sse", {"accept": "text/event-stream"})
+        [request] = site.sse_streams or ()
+        self.assertSettled(request)
+        self.assertIn(b"event: endpoint", connection.transport.value())
+        self.assertEqual(len(sessions), 1)
+        connection.disconnect()
+        self.assertEqual(len(sessions), 0)
+        self.assertEqual(sessions.ledger.total(STREAM), 0)
+        self.assertEqual(sessions.ledger.total(SESSION), 0)

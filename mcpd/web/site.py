@@ -19,7 +19,8 @@ from werkzeug.exceptions import HTTPException
 
 from mcpd.security.channel import MCPChannel
 from mcpd.security.responses import json_error
-from mcpd.security.routes import UNKNOWN, Route, decide_route, route_problem
+from mcpd.security.policy import ORIGIN_CHECKED
+from mcpd.security.routes import ROUTE_ATTRIBUTE, UNKNOWN, Route, decide_route, route_problem
 
 if TYPE_CHECKING:
     from twisted.web import http
@@ -64,6 +65,8 @@ _SET_SLOTS = (
     "sitepath",
     "transport",
     "_mcpd_identity",  # mcpd.security.identity: a keyed request's identity
+    ROUTE_ATTRIBUTE,
+    ORIGIN_CHECKED,
 )
 
 
