@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -224,9 +225,9 @@ class EstablishedStreamTests(HTTPTestCase):
     bounds above, checked one by one on the Site the daemon builds (in memory)."""
 
     def assertSettled(self, request: Request) -> None:
-        # Every per-request attribute in a slot: no instance dict of its own (1.6 KiB when it
-        # outgrew its class's shared keys).
-        self.assertEqual(vars(request), {})
+        # The attributes every request sets in slots; the few left in the instance dict keep it
+        # sharing its class's keys (1.6 KiB when it outgrew them, 1.5 KiB more than now).
+        self.assertLess(sys.getsizeof(vars(request)), 400, sorted(vars(request)))
         # The header tables, the body and the parsed target are gone once the head is out.
         self.assertEqual(list(request.requestHeaders.getAllRawHeaders()), [])
         self.assertEqual(list(request.responseHeaders.getAllRawHeaders()), [])

@@ -28,29 +28,11 @@ if TYPE_CHECKING:
     from mcpd.runtime import Runtime
     from mcpd.web.monitoring import Monitor
 
-# The attributes twisted.web (and mcpd's policy layer) set on a request as it is read and
-# answered, kept in slots by `lean_request_class` (the first group with their class defaults,
-# set again by each instance's __init__; the second set before they are read, or read with a
-# default).
-_DEFAULTED_SLOTS = (
-    "args",
-    "chunked",
-    "clientproto",
-    "code",
-    "code_message",
-    "content",
-    "method",
-    "path",
-    "postpath",
-    "prepath",
-    "sentLength",
-    "site",
-    "startedWriting",
-    "uri",
-    "guarded",
-    "x_request_id",
-)
-_SET_SLOTS = (
+# The attributes twisted.web sets on every request as it makes it (and mcpd's policy layer on
+# most), kept in slots by `lean_request_class`. The others have class defaults (``code``,
+# ``chunked``, ``startedWriting``…) and reach the instance dict only when set: too few for it to
+# outgrow its class's shared keys.
+_REQUEST_SLOTS = (
     "_adapterCache",
     "_parsePOSTFormSubmission",
     "channel",
@@ -64,6 +46,7 @@ _SET_SLOTS = (
     "responseHeaders",
     "sitepath",
     "transport",
+    # Read with a default where they may be unset.
     "_mcpd_identity",  # mcpd.security.identity: a keyed request's identity
     ROUTE_ATTRIBUTE,
     ORIGIN_CHECKED,
@@ -71,28 +54,15 @@ _SET_SLOTS = (
 
 
 def lean_request_class(base: type[Request]) -> type[Request]:
-    """``base`` with its per-request attributes in slots rather than an instance dict.
+    """``base`` with the attributes every request sets in slots rather than its instance dict.
 
-    A request of twisted.web holds ~30 attributes: past the ~30 keys an instance dict shares
-    with its class, which the first requests of a process decide (a tools/call sets others
-    than a GET stream), the dict becomes a table of its own, 1.6 KiB of every idle stream.
-    In slots they take 8 bytes each, whatever the order they are set in (issue 15)."""
-    present = set(dir(base))
-    defaulted = tuple(name for name in _DEFAULTED_SLOTS if name in present)
-    defaults = tuple(getattr(base, name) for name in defaulted)
-    slots = tuple(
-        name
-        for name in (*defaulted, *_SET_SLOTS)
-        if not any(name in getattr(klass, "__slots__", ()) for klass in base.__mro__)
-    )
-
-    def __init__(self: Request, *args: Any, **kwargs: Any) -> None:
-        for name, value in zip(defaulted, defaults):
-            setattr(self, name, value)
-        base.__init__(self, *args, **kwargs)
-
-    namespace = {"__slots__": slots, "__init__": __init__, "__doc__": base.__doc__, "__module__": base.__module__}
-    return type(base.__name__, (base,), namespace)
+    A twisted.web request holds ~30 attributes: past the 30 keys an instance dict shares with
+    its class (which the first requests of a process decide: a tools/call sets others than a
+    GET stream), the dict becomes a table of its own, 1.6 KiB of every idle stream (issue 15).
+    Slots take 8 bytes each, and cost nothing more to set."""
+    inherited = {name for klass in base.__mro__ for name in getattr(klass, "__slots__", ())}
+    slots = tuple(name for name in _REQUEST_SLOTS if name not in inherited)
+    return type(base.__name__, (base,), {"__slots__": slots, "__doc__": base.__doc__, "__module__": base.__module__})
 
 
 # Bodies up to this size are read into memory, larger ones (and those of unknown length) into a
