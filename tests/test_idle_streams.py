@@ -261,7 +261,9 @@ class EstablishedStreamTests(HTTPTestCase):
     def test_legacy_sse_stream(self) -> None:
         sessions = SessionStore(self.server.clock, 60.0, self.server.sessions.ledger)
         self.addCleanup(sessions.stop)
-        site = make_site(SSEStreamResource(sessions), Runtime(Settings(), ToolRegistry([])), {b"sse": SSEStreamResource(sessions)})
+        site = make_site(
+            SSEStreamResource(sessions), Runtime(Settings(), ToolRegistry([])), {b"sse": SSEStreamResource(sessions)}
+        )
         connection = HTTPConnection(site)
         connection.send("GET", "/sse", {"accept": "text/event-stream"})
         [request] = site.sse_streams or ()

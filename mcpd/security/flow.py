@@ -37,7 +37,17 @@ class OutputGuard:
     """
 
     # One per connection: without an instance dict (issue 15, idle streams).
-    __slots__ = ("_protocol_paused", "_reading", "blocked", "dropped", "limit", "overflow", "transport", "unsent", "upstream")
+    __slots__ = (
+        "_protocol_paused",
+        "_reading",
+        "blocked",
+        "dropped",
+        "limit",
+        "overflow",
+        "transport",
+        "unsent",
+        "upstream",
+    )
 
     def __init__(self, transport: Any, limit: int, overflow: Callable[[int], None]) -> None:
         self.transport = transport

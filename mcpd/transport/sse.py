@@ -174,19 +174,16 @@ _SPENT = _SpentHeaders()
 def settle(request: Request) -> None:
     """Drop what an established stream's request no longer needs once its response head is
     out (or its connection was handed to a WebSocket): the header tables (received and sent),
-    the empty body and the parsed target, about 2 KiB of every idle stream (issue 15). Only
+    the empty body and the split path, about 2 KiB of every idle stream (issue 15). Only
     the writing state stays (twisted.web reads nothing else to write or finish a response
     whose head it has sent)."""
     if not isinstance(request, http.Request) or request.finished or request._disconnected:
         return  # not a twisted.web request, or no longer a stream (twisted.web let go of it)
     request.requestHeaders = request.responseHeaders = _SPENT
-    request.received_cookies = {}
-    request.cookies = []
     content = request.content
     if content is not None:
         content.close()
         request.content = None
-    request.args = {}
     request.postpath = request.prepath = []
 
 

@@ -18,8 +18,8 @@ from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
 from mcpd.security.channel import MCPChannel
-from mcpd.security.responses import json_error
 from mcpd.security.policy import ORIGIN_CHECKED
+from mcpd.security.responses import json_error
 from mcpd.security.routes import ROUTE_ATTRIBUTE, UNKNOWN, Route, decide_route, route_problem
 
 if TYPE_CHECKING:
