@@ -43,7 +43,7 @@ WARMUP = 500
 BATCH = 40
 # The RSS growth each idle stream may cost, in bytes: issue 15's 8 KiB. Measured on 2026-11-30
 # (10,000 streams, loaded machine), before -> after: legacy SSE 9.7 -> 6.6 KiB, Streamable HTTP
-# GET with its session 11.2 -> 7.6 KiB, WebSocket 11.0 -> 7.3 KiB.
+# GET with its session 11.2 -> 7.6 KiB, WebSocket 12.8 -> 7.3 KiB.
 PER_STREAM = {"sse": 8 * 1024, "streamable": 8 * 1024, "websocket": 8 * 1024}
 # CPU seconds the server may spend over IDLE_SECONDS with every stream open and idle.
 IDLE_SECONDS = 3.0
