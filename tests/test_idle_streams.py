@@ -264,6 +264,7 @@ class EstablishedStreamTests(HTTPTestCase):
         site = make_site(
             SSEStreamResource(sessions), Runtime(Settings(), ToolRegistry([])), {b"sse": SSEStreamResource(sessions)}
         )
+        site.reactor = self.server.clock  # connection timeouts on the fake clock
         connection = HTTPConnection(site)
         connection.send("GET", "/sse", {"accept": "text/event-stream"})
         [request] = site.sse_streams or ()
