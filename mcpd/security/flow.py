@@ -36,6 +36,19 @@ class OutputGuard:
     hears every pause and resume, as it would if it were registered itself.
     """
 
+    # One per connection: without an instance dict (issue 15, idle streams).
+    __slots__ = (
+        "_protocol_paused",
+        "_reading",
+        "blocked",
+        "dropped",
+        "limit",
+        "overflow",
+        "transport",
+        "unsent",
+        "upstream",
+    )
+
     def __init__(self, transport: Any, limit: int, overflow: Callable[[int], None]) -> None:
         self.transport = transport
         self.limit = limit

@@ -28,7 +28,7 @@ from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.vocabulary import Exchange
 from mcpd.security.identity import caller_of
 from mcpd.security.responses import NoHead, json_error, limit_error
-from mcpd.transport.sse import finish_quietly, format_event, hold_stream, start_sse
+from mcpd.transport.sse import finish_quietly, format_event, hold_stream, settle, start_sse, when_finished
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -102,11 +102,12 @@ class SSEStreamResource(NoHead, Resource):
         self.sessions.add(session)
         start_sse(request)
         request.write(format_event(f"{MESSAGES_PATH}?session_id={session.id}".encode(), event="endpoint"))
-        request.notifyFinish().addBoth(self._closed, session)
+        settle(request)
+        when_finished(request, self._closed, session)
         log.info("SSE session {id} opened by {peer}", id=session.id, peer=session.caller.peer)
         return NOT_DONE_YET
 
-    def _closed(self, _result: object, session: SSESession) -> None:
+    def _closed(self, session: SSESession) -> None:
         # A stream that ends, cleanly or not, ends its session (and cancels its requests).
         if self.sessions.remove(session.id) is not None:
             log.info("SSE session {id} closed", id=session.id)

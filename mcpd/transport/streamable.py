@@ -43,7 +43,7 @@ from mcpd.protocol.vocabulary import Exchange
 from mcpd.security.identity import caller_of
 from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.tools.api import Caller
-from mcpd.transport.sse import EventStream, finish_quietly, hold_stream, parse_event_id, start_sse
+from mcpd.transport.sse import EventStream, finish_quietly, hold_stream, parse_event_id, settle, start_sse
 
 # The key of a session's standalone (GET) stream in the shared journal.
 STANDALONE = "g"
@@ -313,6 +313,7 @@ class StreamableHTTP(NoHead, Resource):
             session.standalone = session.new_stream()
         start_sse(request)
         session.standalone.attach(request, prime=session.version in _PRIMED_VERSIONS)
+        settle(request)
         return NOT_DONE_YET
 
     def _read_standalone(self, claim: str | None, request: Request, session: HTTPSession) -> bytes | int:
@@ -345,6 +346,7 @@ class StreamableHTTP(NoHead, Resource):
         start_sse(request)
         if stream is not None:
             stream.attach(request, after=parsed[1])
+            settle(request)
         elif self.journal is not None:
             # A stream another instance wrote (or this session's GET stream): from the journal.
             self.journal.read(request, session, parsed[0], parsed[1])

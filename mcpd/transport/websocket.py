@@ -50,6 +50,7 @@ from mcpd.protocol.vocabulary import Exchange
 from mcpd.security.identity import caller_of
 from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.tools.api import Caller
+from mcpd.transport.sse import settle
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -70,6 +71,9 @@ MAX_FRAGMENTS = 1024
 
 class MCPConnection:
     """The MCP side of one WebSocket connection: its session, and the engine it talks to."""
+
+    # One per connection: without an instance dict (issue 15, idle streams).
+    __slots__ = ("_send", "caller", "engine", "peer", "session")
 
     def __init__(self, engine: Engine, caller: Caller, send: Callable[[str], None]) -> None:
         self.engine = engine
@@ -125,7 +129,6 @@ class WebSocketWire(Protocol):
         self._frames = 0
         self._message_deadline: IDelayedCall | None = None
         self._closing = False
-        self._pinger: LoopingCall | None = None
         # Told when the connection ends: the upgrade hand-over leaves the HTTP request that
         # started it unfinished, so whatever waits on its notifyFinish (the per-key stream
         # count) learns of the end here.
@@ -133,12 +136,7 @@ class WebSocketWire(Protocol):
 
     def connectionMade(self) -> None:
         self.registry.add(self)
-        if self.limits.ping_interval:
-            self._pinger = LoopingCall(self._ping)
-            self._pinger.clock = self.limits.clock
-            self._pinger.start(self.limits.ping_interval, now=False).addErrback(
-                lambda failure: log.failure("WebSocket pings stopped", failure)
-            )
+        self.limits.keep_pinging(self.registry)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -206,8 +204,9 @@ class WebSocketWire(Protocol):
             assert self.transport is not None
             self.transport.write(self.ws.send(TextMessage(data=text)))
 
-    def _ping(self) -> None:
-        if self.ws.state == ConnectionState.OPEN:
+    def ping(self) -> None:
+        """A Ping frame (its Pong, or the write failing, shows the client is still there)."""
+        if not self._closing and self.ws.state == ConnectionState.OPEN:
             assert self.transport is not None  # the pinger starts in connectionMade
             self.transport.write(self.ws.send(Ping()))
 
@@ -240,8 +239,8 @@ class WebSocketWire(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.registry.discard(self)
-        if self._pinger is not None and self._pinger.running:
-            self._pinger.stop()
+        if not self.registry:
+            self.limits.stop_pinging()
         if self._message_deadline is not None:
             self._message_deadline.cancel()
             self._message_deadline = None
@@ -252,8 +251,8 @@ class WebSocketWire(Protocol):
 
 
 class WebSocketLimits:
-    """What every connection of one listener shares: sizes, ping interval, the time a message
-    split over frames may take, clock."""
+    """What every connection of one listener shares: sizes, ping interval (and the one timer
+    that pings them), the time a message split over frames may take, clock."""
 
     def __init__(
         self,
@@ -271,6 +270,31 @@ class WebSocketLimits:
         self.ping_interval = ping_interval
         self.message_timeout = message_timeout
         self.clock = clock
+        self._pinger: LoopingCall | None = None
+
+    def keep_pinging(self, wires: set[WebSocketWire]) -> None:
+        """Ping every connection in ``wires`` each `ping_interval` seconds (a connection gets its
+        first ping within the interval of opening): one timer for them all, stopped when the
+        last one closes (a timer per connection was ~1 KiB of each idle one, and a wake-up
+        each, issue 15)."""
+        if not self.ping_interval or (self._pinger is not None and self._pinger.running):
+            return
+
+        def ping() -> None:
+            for wire in list(wires):
+                wire.ping()
+
+        pinger = self._pinger = LoopingCall(ping)
+        pinger.clock = self.clock
+        pinger.start(self.ping_interval, now=False).addErrback(
+            lambda failure: log.failure("WebSocket pings stopped", failure)
+        )
+
+    def stop_pinging(self) -> None:
+        """No connection is left to ping."""
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        self._pinger = None
 
 
 class WebSocketEndpoint(NoHead, Resource):
@@ -310,10 +334,16 @@ class WebSocketEndpoint(NoHead, Resource):
             return limit_error(request, e)
         wire.on_lost = request.connectionLost
         # From here on the connection's bytes go to the wire, not to the HTTP parser (the same
-        # hand-over twisted.web.websocket makes); the HTTP idle timeout no longer applies.
+        # hand-over twisted.web.websocket makes, made by the policy layer's connection where
+        # there is one); the HTTP idle timeout no longer applies.
         channel.setTimeout(None)
-        channel._protocolUpgradeForWebsockets(wire)
+        hand_over = getattr(transport, "hand_over", None)
+        if hand_over is not None:
+            hand_over(wire)
+        else:
+            channel._protocolUpgradeForWebsockets(wire)
         transport.write(accept)
+        settle(request)
         log.debug("WebSocket {peer} open", peer=wire.mcp.peer)
         return NOT_DONE_YET
 
