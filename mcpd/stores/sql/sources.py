@@ -68,6 +68,11 @@ STORE = "sql_sources"
 CONNECT_TIMEOUT = 5.0
 # Rows stop (truncated) once their text passes this many characters.
 MAX_RESULT_CHARS = 1_000_000
+# The largest string or blob SQLite may build (SQLITE_LIMIT_LENGTH): one function call (a
+# randomblob(), a zeroblob()) is not interrupted by the time limit, so its size is what bounds it.
+SQLITE_MAX_LENGTH = 4 * MAX_RESULT_CHARS
+# How long the rows left past a page may take to read before the connection is dropped instead.
+DRAIN_SECONDS = 0.25
 # sql.describe shows at most this many columns and indexes (truncated says there were more):
 # MySQL allows 4,096 columns, SQLite up to 32,767, and indexes without end.
 DESCRIBED_COLUMNS, DESCRIBED_INDEXES = 1000, 200
@@ -94,8 +99,9 @@ _SQLITE_DENIED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension", "readf
 _PROGRESS_STEPS = 1000
 # MySQL errors: the connection is gone; the statement ran out of time; a write in a read-only
 # transaction; a privilege the user does not have.
-# (A refused password or unknown database is only met when connecting: see `_unavailable`.)
-_MYSQL_GONE = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1077, 1927, 4031}
+# (A refused password or unknown database is only met when connecting: see `_unavailable`;
+# code 0 is pymysql's InterfaceError on a connection it already closed.)
+_MYSQL_GONE = {0, 2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1077, 1927, 4031}
 _MYSQL_TIMED_OUT = {1969, 3024, 1317, 1028}
 _MYSQL_READ_ONLY = {1792, 1290, 1836}
 _MYSQL_DENIED = {1044, 1045, 1142, 1143, 1227, 1370}
@@ -196,6 +202,7 @@ class SQLSource:
                 )
                 connection.execute("PRAGMA query_only = ON")
                 connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+                connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH)
                 return connection
 
             return create_engine("sqlite://", creator=connect, poolclass=NullPool)
@@ -292,6 +299,11 @@ class SQLSource:
             lowered = message.lower()
             if "interrupted" in lowered:
                 return self._timed_out()
+            if "too big" in lowered:  # SQLITE_TOOBIG: past SQLITE_MAX_LENGTH
+                return RowTooLarge(
+                    f"one value is past {SQLITE_MAX_LENGTH:,} bytes, more than a result may hold "
+                    f"({MAX_RESULT_CHARS:,} characters): select fewer or shorter values (substr(), length())"
+                )
             if "not authorized" in lowered or "readonly" in lowered or "read-only" in lowered:
                 return Refused(f"the database refused it: {message} (the source is read-only)")
             if "unable to open" in lowered or "disk i/o" in lowered or "locked" in lowered or "busy" in lowered:
@@ -485,29 +497,67 @@ class SQLSource:
         cursor = connection.cursor(pymysql.cursors.SSCursor)  # rows streamed, read up to the cap
         unread = False
         try:
-            cursor.execute(statement)
-            columns = [d[0] for d in cursor.description or ()]
             try:
+                cursor.execute(statement)
+                columns = [d[0] for d in cursor.description or ()]
                 rows, truncated, exhausted = (
                     _capped(cursor.fetchone, limit) if cursor.description else ([], False, True)
                 )
             except RowTooLarge as e:
                 unread = True
+                self._kill_query(connection)
                 raise _Discard(None, e) from None
+            except pymysql.err.OperationalError as e:
+                if _mysql_code(e) != 2013 or "timed out" not in str(e):
+                    raise
+                # mcpd gave up waiting (read_timeout) on a statement the server did not stop:
+                # stop it there too, so that nothing runs on past its call.
+                self._kill_query(connection)
+                raise _Discard(None, self._timed_out()) from None
             result = self._result(columns, rows, truncated, started)
             # Rows left unread past the cap: at most one with sql_select_limit, read to keep
             # the pooled connection. Past a few (the statement's own LIMIT beyond
-            # sql_select_limit), reading them to the end could take long: the connection is
-            # dropped instead.
-            unread = not exhausted and not _drained(cursor.fetchone)
-            if not unread:
+            # sql_select_limit), or past DRAIN_SECONDS, the connection is dropped instead (and
+            # its statement stopped), the page answered.
+            try:
+                unread = not exhausted and not _drained(cursor.fetchone, time.monotonic() + DRAIN_SECONDS)
+            except pymysql.err.Error:
+                unread = True
+            if unread:
+                self._kill_query(connection)
+            else:
                 cursor.close()
         finally:
-            if not unread:
+            # A connection the driver closed (a read timeout) has no transaction to roll back;
+            # trying would raise InterfaceError and hide the real error.
+            if not unread and connection.open:
                 connection.rollback()
         if unread:
             raise _Discard(result)
         return result
+
+    def _kill_query(self, connection: Any) -> None:
+        """Stop the statement running on ``connection`` (whose result is being given up) from a
+        short connection of its own: ``KILL QUERY`` (a user may stop its own statements)."""
+        import pymysql
+
+        thread_id = connection.server_thread_id[0]
+        try:
+            args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+            kwargs.update(connect_timeout=CONNECT_TIMEOUT, read_timeout=CONNECT_TIMEOUT, write_timeout=CONNECT_TIMEOUT)
+            killer = pymysql.connect(*args, **kwargs)
+            try:
+                with killer.cursor() as cursor:
+                    cursor.execute(f"KILL QUERY {int(thread_id)}")
+            finally:
+                killer.close()
+        except pymysql.err.Error as e:
+            log.warn(
+                "SQL source {source}: could not stop statement {thread} after giving up on it: {error}",
+                source=self.name,
+                thread=thread_id,
+                error=_mysql_message(e),
+            )
 
     def _result(self, columns: list[str], rows: list[list[Any]], truncated: bool, started: float) -> dict[str, Any]:
         return {
@@ -621,15 +671,17 @@ def _capped(fetchone: Callable[[], Any], limit: int) -> tuple[list[list[Any]], b
         rows.append([_json_value(value) for value in row])
 
 
-def _drained(fetchone: Callable[[], Any], rows: int = 100, chars: int = MAX_RESULT_CHARS) -> bool:
-    """Whether the rest of a result, read and dropped, ends within ``rows`` rows and about
-    ``chars`` characters."""
+def _drained(
+    fetchone: Callable[[], Any], deadline: float, rows: int = 100, chars: int = MAX_RESULT_CHARS
+) -> bool:
+    """Whether the rest of a result, read and dropped, ends within ``rows`` rows, about
+    ``chars`` characters and by ``deadline`` (`time.monotonic`)."""
     for _ in range(rows):
         row = fetchone()
         if row is None:
             return True
         chars -= sum(map(_size, row))
-        if chars < 0:
+        if chars < 0 or time.monotonic() > deadline:
             return False
     return fetchone() is None
 
@@ -757,10 +809,34 @@ class _SourcesUp:
         yield up
 
 
-def _mysql_connect(dbapi_connection: Any, _record: Any) -> None:
-    """A new MySQL/MariaDB connection: its session as every call finds it."""
+def _mysql_connect(dbapi_connection: Any, record: Any) -> None:
+    """A new MySQL/MariaDB connection: its session as every call finds it, and its role (the
+    user's default role) noted, to be restored by `_mysql_reset`."""
     _mysql_session(dbapi_connection)
+    if "mariadb" in dbapi_connection.get_server_info().lower():
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT CURRENT_ROLE()")
+            record.info["mcpd_role"] = cursor.fetchone()[0]
+        finally:
+            cursor.close()
     dbapi_connection.commit()
+
+
+def _mysql_role(dbapi_connection: Any, record: Any) -> None:
+    """The connection's role back to what it was connected with: ``SET ROLE`` outlives
+    COM_RESET_CONNECTION (MariaDB 10.11 keeps it). MySQL 8 has ``SET ROLE DEFAULT``; MariaDB
+    has not, so the role `_mysql_connect` noted is set by name."""
+    if "mariadb" in dbapi_connection.get_server_info().lower():
+        role = record.info.get("mcpd_role")
+        statement = "SET ROLE NONE" if role is None else "SET ROLE `{}`".format(role.replace("`", "``"))
+    else:
+        statement = "SET ROLE DEFAULT"
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 def _mysql_session(dbapi_connection: Any) -> None:
@@ -779,12 +855,13 @@ def _mysql_session(dbapi_connection: Any) -> None:
 _COM_RESET_CONNECTION = 0x1F
 
 
-def _mysql_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
+def _mysql_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
     """A connection back in the pool: its session reset, so that nothing one call left on it
     reaches the next (which may be another tenant's). COM_RESET_CONNECTION rolls back the
     transaction and drops user variables, GET_LOCK() locks, temporary tables, prepared
-    statements and every session variable's change; the default database survives it, so the
-    source's is selected again, then `_mysql_session` set again.
+    statements and every session variable's change; the default database and the role survive
+    it, so the source's database is selected again, the role restored (`_mysql_role`), then
+    `_mysql_session` set again.
 
     pymysql has no public call for this command (the C API's mysql_reset_connection(); there
     is no SQL statement for it), so it is sent the way pymysql sends its own (select_db, ping).
@@ -794,6 +871,7 @@ def _mysql_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
     dbapi_connection._execute_command(_COM_RESET_CONNECTION, b"")
     dbapi_connection._read_ok_packet()
     dbapi_connection.select_db(dbapi_connection.db)
+    _mysql_role(dbapi_connection, record)
     _mysql_session(dbapi_connection)
 
 

@@ -1,10 +1,13 @@
 # -*- test-case-name: tests.test_sql_pack -*-
 """The lexical pre-check of a statement sent to a data source, and its placeholders.
 
-The pre-check only makes the common refusals clear ("DROP is not a read-only statement"); the
+The pre-check makes the common refusals clear ("DROP is not a read-only statement"); the
 guard is the database (`mcpd.stores.sql.sources`): a read-only connection or transaction, a
-time limit, one statement per call. What the lexer (sqlparse) and a server read differently
-still meets that guard.
+time limit, one statement per call. On MySQL/MariaDB the pre-check is part of the boundary too
+(``SET STATEMENT … FOR``, ``KILL``, ``SET ROLE`` and ``INTO OUTFILE`` run in a read-only
+transaction), so there the statement is first read by the server's own lexical rules
+(`_mysql_view`: where strings and comments end) and the checks run on what the server will see;
+anything those rules leave in doubt is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ _MYSQL_CODE_COMMENT = re.compile(r"/\*(?:!|M!|\+)")
 _REFUSED_FUNCTIONS = frozenset(
     {"LOAD_FILE", "GET_LOCK", "RELEASE_LOCK", "RELEASE_ALL_LOCKS", "MASTER_POS_WAIT", "SOURCE_POS_WAIT"}
 )
+_BLANKS = " \t\n\r"
 READ_ONLY = "the source is read-only (mcpd never changes its data or schema)"
 
 
@@ -41,7 +45,14 @@ def check_statement(sql: str, backend: str, *, explain: bool = False) -> str:
             "send the statement without them"
         )
     if backend == "mysql":
-        sql = _mysql_dashes(sql)
+        sql, skeleton = _mysql_view(sql)
+        _check_words(skeleton, explain)
+        return sql
+    return _check_words(sql, explain)
+
+
+def _check_words(sql: str, explain: bool) -> str:
+    """``sql`` (trailing semicolon dropped) if sqlparse reads one statement that reads."""
     statements = [statement for statement in sqlparse.parse(sql) if _words(statement)]
     if not statements:
         raise Refused("sql holds no statement (only comments or blanks): send one SELECT")
@@ -75,6 +86,10 @@ def check_statement(sql: str, backend: str, *, explain: bool = False) -> str:
             raise Refused("locking reads (FOR UPDATE, FOR SHARE, LOCK IN SHARE MODE) are refused: drop the clause")
         if value.upper() in _REFUSED_FUNCTIONS and following == "(":
             raise Refused(f"{value.upper()}() is refused: it reaches beyond the statement (files, locks)")
+        if "PROCESSLIST" in value.upper():
+            raise Refused(
+                "the process list is refused: it shows the statements of every caller sharing the source's user"
+            )
     return str(statement).strip().rstrip(";").strip()
 
 
@@ -100,19 +115,91 @@ def to_pyformat(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _mysql_dashes(sql: str) -> str:
-    """``sql`` as MySQL reads its ``--``: a comment only before a blank or the end (sqlparse
-    takes any ``--``), so ``SELECT 1 --1 INTO OUTFILE …`` is ``SELECT 1 - -1 INTO OUTFILE …``
-    and is written so, for the pre-check and the server alike."""
-    while True:
-        offset = 0
-        for kind, value in sqlparse.lexer.tokenize(sql):
-            if kind in T.Comment.Single and value.startswith("--") and value[2:3] and not value[2].isspace():
-                sql = f"{sql[:offset]}- -{sql[offset + 2 :]}"
-                break
-            offset += len(value)
+def _mysql_view(sql: str) -> tuple[str, str]:
+    """``sql`` as MySQL/MariaDB will read it (default ``sql_mode``): the text to send (``--``
+    not before a blank written ``- -``, trailing semicolon and blanks dropped), and its skeleton
+    for sqlparse, where comments are blanks, every string ``''``, every quoted name `` `q` `` and
+    every other character sqlparse could read otherwise (``$``, non-ASCII) ``_``.
+
+    `Refused` where the two could disagree: a backslash (an escape in a MySQL string, sqlparse
+    reads ``'\\'`` otherwise), control characters and a bare carriage return (MySQL ends a ``#``
+    or ``-- `` comment only at a line feed), square brackets, an unterminated string or comment.
+    """
+    if "\\" in sql:
+        raise Refused(
+            "backslashes are refused on MySQL/MariaDB (they escape differently there): pass the value as a parameter"
+        )
+    text: list[str] = []
+    skeleton: list[str] = []
+    end = 0  # len(text) after the statement's last character (not a blank, nor ';' and after)
+    after_semicolon = False
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"`":
+            close = i + 1
+            while True:
+                close = sql.find(c, close)
+                if close < 0:
+                    raise Refused(f"an unterminated {c} quote: close it (double a {c} inside it)")
+                if sql[close + 1 : close + 2] != c:
+                    break
+                close += 2
+            literal = sql[i : close + 1]
+            _no_controls(literal, "a string", strings=True)
+            text.append(literal)
+            skeleton.append("`q`" if c == "`" else "''")
+            i = close + 1
+        elif c == "#" or sql.startswith("--", i) and (i + 2 == n or ord(sql[i + 2]) <= 32):
+            close = sql.find("\n", i)
+            close = n if close < 0 else close
+            _no_controls(sql[i : close + 1], "a comment")
+            text.append(sql[i:close])
+            skeleton.append(" ")
+            i = close
+            end = end if after_semicolon else len(text)
+            continue
+        elif sql.startswith("/*", i):
+            close = sql.find("*/", i + 2)
+            if close < 0:
+                raise Refused("an unterminated /* comment: close it with */")
+            _no_controls(sql[i : close + 2], "a comment")
+            text.append(sql[i : close + 2])
+            skeleton.append(" ")
+            i = close + 2
+            end = end if after_semicolon else len(text)
+            continue
         else:
-            return sql
+            i += 1
+            if c in "[]":
+                raise Refused("square brackets are not MySQL syntax: quote names with `backticks`")
+            if c == "-" and sql.startswith("-", i):
+                c = "- "  # minus, then a minus: not a comment to MySQL
+            elif ord(c) < 32 or ord(c) == 127:
+                _no_controls(sql[i - 1 : i + 1] if c == "\r" else c, "a statement")
+            text.append(c)
+            skeleton.append(c if c.isascii() and c != "$" else "_")
+            if c in _BLANKS:
+                continue
+            if c == ";":
+                after_semicolon = True
+                continue
+        end = len(text)
+        after_semicolon = False
+    return "".join(text[:end]).strip(_BLANKS), "".join(skeleton)
+
+
+def _no_controls(text: str, where: str, *, strings: bool = False) -> None:
+    """`Refused` for a control character in ``text`` (tab and line feed aside; a carriage
+    return only before a line feed, and anywhere in a string)."""
+    for j, c in enumerate(text):
+        if c in "\t\n" or c == "\r" and (strings or text[j + 1 : j + 2] == "\n"):
+            continue
+        if ord(c) < 32 or ord(c) == 127:
+            raise Refused(
+                f"control character {c!r} in {where} is refused on MySQL/MariaDB (it ends comments "
+                "differently there): use spaces and line feeds"
+            )
 
 
 def _words(statement: Statement) -> list[tuple[Any, str]]:
