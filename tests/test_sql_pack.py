@@ -445,11 +445,10 @@ MARIADB_GUARDED = (
 )
 
 
-class GuardTests(TestCase):
-    """Statements sent straight to a source's connection, past the lexical pre-check: the
-    database refuses every write, and nothing changes."""
+class _Guarded:
+    """Calls straight to a source's connection, past the lexical pre-check."""
 
-    timeout = 60
+    addCleanup: Any
 
     def run_guarded(self, source: SQLSource, sql: str) -> Any:
         return source._call(lambda connection: source.read(connection, sql, None, 10))
@@ -466,6 +465,13 @@ class GuardTests(TestCase):
         self.addCleanup(source.close)
         self.addCleanup(source.pool.stop)
         return source
+
+
+class GuardTests(_Guarded, TestCase):
+    """Statements sent straight to a source's connection, past the lexical pre-check: the
+    database refuses every write, and nothing changes."""
+
+    timeout = 60
 
     def test_sqlite(self) -> None:
         directory = Path(self.mktemp())
@@ -524,7 +530,8 @@ class GuardTests(TestCase):
 
     def assert_capped(self, source: SQLSource, big: str, huge: int = 50_000_000) -> None:
         """One row past the size cap is refused; rows stop (truncated) before the cap is passed."""
-        self.assertIn("one row holds about", self.assert_refused(source, f"SELECT {big.format(n=huge)}"))
+        # (SQLite refuses to build a value past SQLITE_MAX_LENGTH at all.)
+        self.assertRegex(self.assert_refused(source, f"SELECT {big.format(n=huge)}"), "one row holds about|one value is past")
         wide = self.run_guarded(source, f"SELECT {big.format(n=600_000)} FROM orders")
         self.assertEqual((wide["row_count"], wide["truncated"], len(wide["rows"][0][0])), (1, True, 600_000))
         self.assertEqual(self.run_guarded(source, "SELECT COUNT(*) FROM orders")["rows"], [[ORDERS]])
@@ -971,3 +978,217 @@ class ConfigTests(SynchronousTestCase):
         with self.assertRaises(Refused) as caught:
             check_statement("EXPLAIN SELECT 1", "mysql")
         self.assertIn("sql.explain", str(caught.exception))
+
+
+# -- where sqlparse and MariaDB read a statement differently (review of issue 11) ------------------
+
+
+def mariadb_reader(server: Any, database: str, *grants: str) -> tuple[str, str]:
+    """A SELECT-only user of ``database`` (README's reader) with ``grants`` more ({user} in
+    them): its name and its source URL (the password is `PASSWORD`)."""
+    user = f"rd_{database[-10:]}"
+    server.sql(
+        f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'",
+        f"GRANT SELECT, SHOW VIEW ON `{database}`.* TO '{user}'@'127.0.0.1'",
+        *(grant.format(user=f"'{user}'@'127.0.0.1'") for grant in grants),
+    )
+    return user, f"mysql+pymysql://{user}@127.0.0.1:{server.port}/{database}"
+
+
+def statements_of(server: Any, user: str) -> list[Any]:
+    """The statements the server is running for ``user``."""
+    return list(
+        server.sql(
+            f"SELECT ID, TIME, LEFT(INFO, 80) FROM information_schema.PROCESSLIST "
+            f"WHERE USER = '{user}' AND COMMAND = 'Query'"
+        )
+    )
+
+
+def without_statements(server: Any, user: str, seconds: float = 3.0) -> list[Any]:
+    """``user``'s statements on the server, once none are left or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while (running := statements_of(server, user)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running
+
+
+# Statements MariaDB reads otherwise than sqlparse does: a `-- ` or `#` comment ends at a line
+# feed only (sqlparse: at a bare carriage return too), and '\\' is one backslash (sqlparse: an
+# escaped quote, the string going on). Each would run a statement the pre-check refuses.
+DESYNCS = (
+    "-- \rSELECT\nSET STATEMENT max_statement_time=0 FOR SELECT SLEEP(20)",
+    "-- \rSELECT\nSET STATEMENT max_statement_time=0 FOR SELECT BENCHMARK(100000000, SHA2('x', 256))",
+    "# \rSELECT\nKILL {victim}",
+    "-- \rSELECT\nKILL QUERY {victim}",
+    "-- \rSELECT\nSET ROLE {role}",
+    "-- \rSELECT\nSET PASSWORD = PASSWORD('attacker-knows-this')",
+    "SELECT '\\\\' INTO OUTFILE '{outfile}'",
+    "SELECT \"\\\\\" INTO DUMPFILE '{outfile}' -- \"",
+    "-- \rSELECT '\nSELECT email FROM customers INTO OUTFILE '{outfile}' #'",
+    "SELECT '\\\\', LOAD_FILE('/etc/hostname')",
+    "SELECT '\\\\', GET_LOCK('held', 0)",
+    "SELECT 1 AS $$, LOAD_FILE('/etc/hostname') AS $$",
+    "SELECT 1 [ INTO OUTFILE '{outfile}' ]",
+    "SELECT 1 /* \x00 */",
+    # One shared database user: its process list shows every caller's statements.
+    "SHOW FULL PROCESSLIST",
+    "SELECT INFO FROM information_schema.PROCESSLIST",
+)
+
+
+class LexerTests(SynchronousTestCase):
+    """The MySQL pre-check reads a statement as the server will."""
+
+    def test_desyncs_are_refused(self) -> None:
+        for sql in DESYNCS:
+            with self.assertRaises(Refused, msg=repr(sql)):
+                check_statement(sql.format(victim=1, role="r", outfile="/tmp/x"), "mysql")
+
+    def test_what_reads_still_runs(self) -> None:
+        for sql, sent in (
+            ("SELECT 'it''s', \"a;b\" AS `x;y` -- note\r\n", "SELECT 'it''s', \"a;b\" AS `x;y` -- note"),
+            ("SELECT 1 # why\n FROM orders;", "SELECT 1 # why\n FROM orders"),
+            ("SELECT\r\n  id\tFROM orders /* a /* b */ ;  -- done", "SELECT\r\n  id\tFROM orders /* a /* b */"),
+            ("SELECT 'line\rfeed' AS `é$`", "SELECT 'line\rfeed' AS `é$`"),
+            ("SELECT 2 ---1", "SELECT 2 - - -1"),
+        ):
+            self.assertEqual(check_statement(sql, "mysql"), sent)
+        with self.assertRaises(Refused) as caught:
+            check_statement("SELECT 'a\\'b'", "mysql")
+        self.assertIn("as a parameter", str(caught.exception))
+        for sql in ("SELECT 'open", "SELECT 1 /* open", "SELECT `open"):
+            with self.assertRaises(Refused):
+                check_statement(sql, "mysql")
+
+
+class DesyncTests(DaemonTestCase):
+    """Through a real daemon against MariaDB, as a reader that was also granted FILE and a
+    non-default role: the desyncs neither run nor outlive their call."""
+
+    timeout = 120
+
+    def test_mariadb(self) -> Deferred[None]:
+        server, database = mariadb_source()
+        secret = server.new_database()
+        server.sql("CREATE TABLE hidden (a INT)", "INSERT INTO hidden VALUES (7)", database=secret)
+        role = f"role_{database[-10:]}"
+        user, url = mariadb_reader(
+            server,
+            database,
+            "GRANT FILE ON *.* TO {user}",
+            f"CREATE ROLE {role}",
+            f"GRANT SELECT ON `{secret}`.* TO {role}",
+            f"GRANT {role} TO {{user}}",
+        )
+        self.addCleanup(server.sql, f"DROP USER IF EXISTS '{user}'@'127.0.0.1'", f"DROP ROLE IF EXISTS {role}")
+        outfile = f"/tmp/mcpd-test-outfile-{database}"
+        before = mariadb_fingerprint(server, database)
+        daemon = self.start_daemon(
+            f"--sql-source=shop={url}",
+            f"--sql-timeout={TIME_LIMIT}",
+            "--sql-connections=2",
+            fixture_pack=False,
+            env={"SQL_PASSWORD_SHOP": PASSWORD},
+        )
+        assert daemon.port is not None
+        port = daemon.port
+
+        def query(sql: str) -> dict[str, Any]:
+            reply = call_tool(port, "sql.query", {"sql": sql})
+            self.assertNotIn("error", reply)
+            return dict(reply["result"])
+
+        def check() -> None:
+            victim = query("SELECT CONNECTION_ID()")["structuredContent"]["rows"][0][0]
+            for sql in DESYNCS:
+                sql = sql.format(victim=victim, role=role, outfile=outfile)
+                started = time.monotonic()
+                answer = query(sql)
+                self.assertTrue(answer.get("isError"), (sql, answer))
+                self.assertLess(time.monotonic() - started, TIME_LIMIT + 1, sql)
+                self.assertEqual(without_statements(server, user), [], sql)
+            self.assertFalse(Path(outfile).exists())
+            self.assertIn("denied", query(f"SELECT a FROM `{secret}`.hidden")["content"][0]["text"])
+            # The victim's connection was not killed: the next calls are served as before.
+            self.assertEqual(query("SELECT COUNT(*) FROM orders")["structuredContent"]["rows"], [[ORDERS]])
+            self.assertEqual(mariadb_fingerprint(server, database), before)
+
+        return self.in_thread(check)
+
+
+class GiveUpTests(_Guarded, TestCase):
+    """No statement outlives its call on the server; no session outlives it with a role."""
+
+    timeout = 60
+
+    def test_a_role_set_does_not_outlive_the_call(self) -> None:
+        server, database = mariadb_source()
+        secret = server.new_database()
+        server.sql("CREATE TABLE hidden (a INT)", "INSERT INTO hidden VALUES (7)", database=secret)
+        role = f"role_{database[-10:]}"
+        user, url = mariadb_reader(
+            server, database, f"CREATE ROLE {role}", f"GRANT SELECT ON `{secret}`.* TO {role}", f"GRANT {role} TO {{user}}"
+        )
+        self.addCleanup(server.sql, f"DROP USER IF EXISTS '{user}'@'127.0.0.1'", f"DROP ROLE IF EXISTS {role}")
+        source = self.started(SQLSource(source_config("shop", url, PASSWORD), TIME_LIMIT, 1, None))
+        connection_id = self.run_guarded(source, "SELECT CONNECTION_ID()")["rows"][0][0]
+        self.assertIn("denied", self.assert_refused(source, f"SELECT a FROM `{secret}`.hidden"))
+        self.run_guarded(source, f"SET ROLE {role}")  # past the pre-check
+        self.assertEqual(self.run_guarded(source, "SELECT CURRENT_ROLE(), CONNECTION_ID()")["rows"], [[None, connection_id]])
+        self.assertIn("denied", self.assert_refused(source, f"SELECT a FROM `{secret}`.hidden"))
+
+    def test_a_default_role_is_kept(self) -> None:
+        server, database = mariadb_source()
+        role = f"drole_{database[-10:]}"
+        user, url = mariadb_reader(
+            server, database, f"CREATE ROLE {role}", f"GRANT {role} TO {{user}}", f"SET DEFAULT ROLE {role} FOR {{user}}"
+        )
+        self.addCleanup(server.sql, f"DROP USER IF EXISTS '{user}'@'127.0.0.1'", f"DROP ROLE IF EXISTS {role}")
+        source = self.started(SQLSource(source_config("shop", url, PASSWORD), TIME_LIMIT, 1, None))
+        self.run_guarded(source, "SET ROLE NONE")
+        self.assertEqual(self.run_guarded(source, "SELECT CURRENT_ROLE()")["rows"], [[role]])
+
+    def test_a_statement_the_server_does_not_stop(self) -> None:
+        """Past the pre-check, a statement that lifts its own time limit: mcpd gives up after
+        the limit and CONNECT_TIMEOUT, says it timed out, and stops it on the server."""
+        server, database = mariadb_source()
+        user, url = mariadb_reader(server, database)
+        self.addCleanup(server.sql, f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+        source = self.started(SQLSource(source_config("shop", url, PASSWORD), TIME_LIMIT, 1, None))
+        started = time.monotonic()
+        said = self.assert_refused(source, "SET STATEMENT max_statement_time = 0 FOR SELECT SLEEP(60)")
+        self.assertLess(time.monotonic() - started, TIME_LIMIT + CONNECT_TIMEOUT + 2)
+        self.assertIn("time limit", said)
+        self.assertEqual(without_statements(server, user), [])
+        self.assertEqual(self.run_guarded(source, "SELECT COUNT(*) FROM orders")["rows"], [[ORDERS]])
+
+    def test_rows_past_the_page_are_not_waited_for(self) -> None:
+        server, database = mariadb_source()
+        user, url = mariadb_reader(server, database)
+        self.addCleanup(server.sql, f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+        for timeout in (10.0, 2.0):
+            source = self.started(SQLSource(source_config("shop", url, PASSWORD), timeout, 1, None))
+            started = time.monotonic()
+            # Rows wide enough that the server sends them as they come (it holds small ones
+            # until its 16 KB buffer fills, here the statement's end: then the wait is the
+            # statement's own, bounded by the time limit). No ORDER BY: a sort would call
+            # SLEEP() on every row before sending the first.
+            page = self.run_guarded(source, f"SELECT id, SLEEP(0.05), REPEAT('x', 4000) FROM orders LIMIT {ORDERS}")
+            self.assertLess(time.monotonic() - started, 0.55 + 1.5)
+            self.assertEqual((page["row_count"], page["truncated"]), (10, True))
+            self.assertEqual(without_statements(server, user), [])
+            self.assertEqual(self.run_guarded(source, "SELECT COUNT(*) FROM orders")["rows"], [[ORDERS]])
+
+    def test_sqlite_values_are_bounded(self) -> None:
+        """One function call is not interrupted by the time limit: its size is bounded."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        sqlite_source(directory / "shop.sqlite3")
+        source = SQLSource(source_config("shop", f"sqlite:///{directory / 'shop.sqlite3'}"), TIME_LIMIT, 1, None)
+        self.started(source)
+        started = time.monotonic()
+        said = self.assert_refused(source, "SELECT length(randomblob(400000000))")
+        self.assertLess(time.monotonic() - started, 0.5)
+        self.assertIn("one value is past", said)
+        self.assertEqual(self.run_guarded(source, "SELECT length(randomblob(1000000))")["rows"], [[1_000_000]])
