@@ -531,7 +531,9 @@ class GuardTests(_Guarded, TestCase):
     def assert_capped(self, source: SQLSource, big: str, huge: int = 50_000_000) -> None:
         """One row past the size cap is refused; rows stop (truncated) before the cap is passed."""
         # (SQLite refuses to build a value past SQLITE_MAX_LENGTH at all.)
-        self.assertRegex(self.assert_refused(source, f"SELECT {big.format(n=huge)}"), "one row holds about|one value is past")
+        self.assertRegex(
+            self.assert_refused(source, f"SELECT {big.format(n=huge)}"), "one row holds about|one value is past"
+        )
         wide = self.run_guarded(source, f"SELECT {big.format(n=600_000)} FROM orders")
         self.assertEqual((wide["row_count"], wide["truncated"], len(wide["rows"][0][0])), (1, True, 600_000))
         self.assertEqual(self.run_guarded(source, "SELECT COUNT(*) FROM orders")["rows"], [[ORDERS]])
@@ -1024,7 +1026,7 @@ DESYNCS = (
     "-- \rSELECT\nSET ROLE {role}",
     "-- \rSELECT\nSET PASSWORD = PASSWORD('attacker-knows-this')",
     "SELECT '\\\\' INTO OUTFILE '{outfile}'",
-    "SELECT \"\\\\\" INTO DUMPFILE '{outfile}' -- \"",
+    'SELECT "\\\\" INTO DUMPFILE \'{outfile}\' -- "',
     "-- \rSELECT '\nSELECT email FROM customers INTO OUTFILE '{outfile}' #'",
     "SELECT '\\\\', LOAD_FILE('/etc/hostname')",
     "SELECT '\\\\', GET_LOCK('held', 0)",
@@ -1128,21 +1130,31 @@ class GiveUpTests(_Guarded, TestCase):
         server.sql("CREATE TABLE hidden (a INT)", "INSERT INTO hidden VALUES (7)", database=secret)
         role = f"role_{database[-10:]}"
         user, url = mariadb_reader(
-            server, database, f"CREATE ROLE {role}", f"GRANT SELECT ON `{secret}`.* TO {role}", f"GRANT {role} TO {{user}}"
+            server,
+            database,
+            f"CREATE ROLE {role}",
+            f"GRANT SELECT ON `{secret}`.* TO {role}",
+            f"GRANT {role} TO {{user}}",
         )
         self.addCleanup(server.sql, f"DROP USER IF EXISTS '{user}'@'127.0.0.1'", f"DROP ROLE IF EXISTS {role}")
         source = self.started(SQLSource(source_config("shop", url, PASSWORD), TIME_LIMIT, 1, None))
         connection_id = self.run_guarded(source, "SELECT CONNECTION_ID()")["rows"][0][0]
         self.assertIn("denied", self.assert_refused(source, f"SELECT a FROM `{secret}`.hidden"))
         self.run_guarded(source, f"SET ROLE {role}")  # past the pre-check
-        self.assertEqual(self.run_guarded(source, "SELECT CURRENT_ROLE(), CONNECTION_ID()")["rows"], [[None, connection_id]])
+        self.assertEqual(
+            self.run_guarded(source, "SELECT CURRENT_ROLE(), CONNECTION_ID()")["rows"], [[None, connection_id]]
+        )
         self.assertIn("denied", self.assert_refused(source, f"SELECT a FROM `{secret}`.hidden"))
 
     def test_a_default_role_is_kept(self) -> None:
         server, database = mariadb_source()
         role = f"drole_{database[-10:]}"
         user, url = mariadb_reader(
-            server, database, f"CREATE ROLE {role}", f"GRANT {role} TO {{user}}", f"SET DEFAULT ROLE {role} FOR {{user}}"
+            server,
+            database,
+            f"CREATE ROLE {role}",
+            f"GRANT {role} TO {{user}}",
+            f"SET DEFAULT ROLE {role} FOR {{user}}",
         )
         self.addCleanup(server.sql, f"DROP USER IF EXISTS '{user}'@'127.0.0.1'", f"DROP ROLE IF EXISTS {role}")
         source = self.started(SQLSource(source_config("shop", url, PASSWORD), TIME_LIMIT, 1, None))

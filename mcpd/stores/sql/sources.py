@@ -671,9 +671,7 @@ def _capped(fetchone: Callable[[], Any], limit: int) -> tuple[list[list[Any]], b
         rows.append([_json_value(value) for value in row])
 
 
-def _drained(
-    fetchone: Callable[[], Any], deadline: float, rows: int = 100, chars: int = MAX_RESULT_CHARS
-) -> bool:
+def _drained(fetchone: Callable[[], Any], deadline: float, rows: int = 100, chars: int = MAX_RESULT_CHARS) -> bool:
     """Whether the rest of a result, read and dropped, ends within ``rows`` rows, about
     ``chars`` characters and by ``deadline`` (`time.monotonic`)."""
     for _ in range(rows):
