@@ -1036,6 +1036,7 @@ DESYNCS = (
     # One shared database user: its process list shows every caller's statements.
     "SHOW FULL PROCESSLIST",
     "SELECT INFO FROM information_schema.PROCESSLIST",
+    "SELECT INFO FROM information_schema.`processlist`",
 )
 
 
@@ -1062,6 +1063,8 @@ class LexerTests(SynchronousTestCase):
         for sql in ("SELECT 'open", "SELECT 1 /* open", "SELECT `open"):
             with self.assertRaises(Refused):
                 check_statement(sql, "mysql")
+        # A SQLite table may be called processlist.
+        self.assertEqual(check_statement("SELECT * FROM processlist", "sqlite"), "SELECT * FROM processlist")
 
 
 class DesyncTests(DaemonTestCase):

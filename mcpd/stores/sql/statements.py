@@ -46,12 +46,12 @@ def check_statement(sql: str, backend: str, *, explain: bool = False) -> str:
         )
     if backend == "mysql":
         sql, skeleton = _mysql_view(sql)
-        _check_words(skeleton, explain)
+        _check_words(skeleton, explain, mysql=True)
         return sql
-    return _check_words(sql, explain)
+    return _check_words(sql, explain, mysql=False)
 
 
-def _check_words(sql: str, explain: bool) -> str:
+def _check_words(sql: str, explain: bool, *, mysql: bool) -> str:
     """``sql`` (trailing semicolon dropped) if sqlparse reads one statement that reads."""
     statements = [statement for statement in sqlparse.parse(sql) if _words(statement)]
     if not statements:
@@ -86,7 +86,7 @@ def _check_words(sql: str, explain: bool) -> str:
             raise Refused("locking reads (FOR UPDATE, FOR SHARE, LOCK IN SHARE MODE) are refused: drop the clause")
         if value.upper() in _REFUSED_FUNCTIONS and following == "(":
             raise Refused(f"{value.upper()}() is refused: it reaches beyond the statement (files, locks)")
-        if "PROCESSLIST" in value.upper():
+        if mysql and "PROCESSLIST" in value.upper():
             raise Refused(
                 "the process list is refused: it shows the statements of every caller sharing the source's user"
             )
@@ -118,8 +118,8 @@ def to_pyformat(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> str:
 def _mysql_view(sql: str) -> tuple[str, str]:
     """``sql`` as MySQL/MariaDB will read it (default ``sql_mode``): the text to send (``--``
     not before a blank written ``- -``, trailing semicolon and blanks dropped), and its skeleton
-    for sqlparse, where comments are blanks, every string ``''``, every quoted name `` `q` `` and
-    every other character sqlparse could read otherwise (``$``, non-ASCII) ``_``.
+    for sqlparse, where comments are blanks, every string ``''`` and every other character sqlparse
+    could read otherwise (``$``, non-ASCII) ``_``.
 
     `Refused` where the two could disagree: a backslash (an escape in a MySQL string, sqlparse
     reads ``'\\'`` otherwise), control characters and a bare carriage return (MySQL ends a ``#``
@@ -148,7 +148,7 @@ def _mysql_view(sql: str) -> tuple[str, str]:
             literal = sql[i : close + 1]
             _no_controls(literal, "a string", strings=True)
             text.append(literal)
-            skeleton.append("`q`" if c == "`" else "''")
+            skeleton.append(literal if c == "`" else "''")  # sqlparse reads `names` alike
             i = close + 1
         elif c == "#" or sql.startswith("--", i) and (i + 2 == n or ord(sql[i + 2]) <= 32):
             close = sql.find("\n", i)
