@@ -544,7 +544,8 @@ class SQLSource:
         thread_id = connection.server_thread_id[0]
         try:
             args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
-            kwargs.update(connect_timeout=CONNECT_TIMEOUT, read_timeout=CONNECT_TIMEOUT, write_timeout=CONNECT_TIMEOUT)
+            # Briefly: a server that left the statement unanswered may not answer this either.
+            kwargs.update(connect_timeout=PROBE_TIMEOUT, read_timeout=PROBE_TIMEOUT, write_timeout=PROBE_TIMEOUT)
             killer = pymysql.connect(*args, **kwargs)
             try:
                 with killer.cursor() as cursor:
