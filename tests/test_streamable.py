@@ -37,6 +37,15 @@ from tests.http_harness import (
     request,
 )
 
+
+def assertFramedByLength(case: HTTPTestCase, response: HTTPResponse) -> None:
+    """``response`` is complete JSON sent with a Content-Length, not chunked."""
+    case.assertTrue(response.complete)
+    case.assertEqual(response.headers["content-type"], "application/json")
+    case.assertNotIn("transfer-encoding", response.headers)
+    case.assertEqual(response.headers["content-length"], str(len(response.body)))
+
+
 # -- modern era -----------------------------------------------------------------------------------
 
 
@@ -246,6 +255,18 @@ class ModernStreamTests(HTTPTestCase):
         self.assertTrue(connection.response.complete)
         self.assertProgressThenResult(connection.response.events, [1, 5], request_id=4)
 
+    def test_late_json_answer_has_content_length(self) -> None:
+        # An answer that comes after render returned (a blocking tool's, a store's) is framed
+        # like one ready at once: with its length, not chunked.
+        message = modern_request("tools/call", {"name": "test.hold"}, request_id=5)
+        connection = self.open("POST", modern_headers("tools/call", "test.hold"), message)
+        self.assertEqual(connection.transport.value(), b"")
+        self.tools.last.finish("late")
+        response = connection.response
+        assertFramedByLength(self, response)
+        body = self.assertValid(MODERN, response.json(), "tools/call")
+        self.assertEqual(body["result"]["content"], [{"type": "text", "text": "late"}])
+
     def test_disconnect_cancels_pending_call(self) -> None:
         message = modern_request("tools/call", {"name": "test.hold"})
         connection = self.open("POST", modern_headers("tools/call", "test.hold"), message)
@@ -351,6 +372,19 @@ class LegacySessionTests(HTTPTestCase):
         self.open("POST", self.session(session_id), call("test.hold"))
         self.fetch("DELETE", self.session(session_id))
         self.assertTrue(self.tools.last.cancelled)
+
+    def test_late_json_answers_have_content_length(self) -> None:
+        # Legacy era, one call and a batch, each answered after render returned.
+        session_id = self.initialize("2025-03-26")
+        single = self.open("POST", self.session(session_id, "2025-03-26"), call("test.hold"), accept="application/json")
+        self.tools.last.finish("one")
+        assertFramedByLength(self, single.response)
+        self.assertEqual(single.response.json()["result"]["content"], [{"type": "text", "text": "one"}])
+        batch = [request("ping", request_id=1), call("test.hold", request_id=2)]
+        both = self.open("POST", self.session(session_id, "2025-03-26"), batch, accept="application/json")
+        self.tools.last.finish("two")
+        assertFramedByLength(self, both.response)
+        self.assertEqual([reply["id"] for reply in both.response.json()], [1, 2])
 
     def test_batch_in_2025_03_26(self) -> None:
         session_id = self.initialize("2025-03-26")

@@ -502,8 +502,7 @@ class _Reply:
                 self.stream.send(encode(response))
             self.stream.close()
         elif not self.request._disconnected:  # type: ignore[attr-defined]
-            self.request.write(self._json_body(response))  # type: ignore[arg-type]
-            finish_quietly(self.request)
+            _write_later(self._json_body(response), self.request)
         self._settle()
 
     def failed(self, failure: Failure) -> None:
@@ -633,5 +632,7 @@ def _write_later(body: bytes | int, request: Request) -> None:
     """Finish a response whose answer was decided after ``render`` returned."""
     if body is NOT_DONE_YET or request.finished or request._disconnected:  # type: ignore[attr-defined]
         return
+    # Framed as twisted.web frames a body ``render`` returns: with its length, not chunked.
+    request.setHeader(b"content-length", b"%d" % len(body))  # type: ignore[arg-type]
     request.write(body)  # type: ignore[arg-type]
     request.finish()
