@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -190,6 +192,24 @@ class ContextAndInvokeTests(SynchronousTestCase):
         self.assertTrue(ctx.cancelled)
         self.assertTrue(ctx.wait_cancelled(0))
         self.assertRaises(CancelledError, ctx.raise_if_cancelled)
+
+    def test_wait_after_cancellation_returns_at_once(self) -> None:
+        # The Event is made by the first wait: one made after the cancellation starts set.
+        ctx = self.context(make_tool(blocking=True))
+        ctx.mark_cancelled()
+        self.assertTrue(ctx.wait_cancelled(None))
+
+    def test_cancellation_wakes_a_waiting_thread(self) -> None:
+        ctx = self.context(make_tool(blocking=True))
+        woke: list[bool] = []
+        waiter = threading.Thread(target=lambda: woke.append(ctx.wait_cancelled(30)))
+        waiter.start()
+        self.addCleanup(waiter.join)
+        while ctx._cancel_event is None:
+            time.sleep(0.001)  # until the waiter has made its Event
+        ctx.mark_cancelled()
+        waiter.join(30)
+        self.assertEqual(woke, [True])
 
     def test_reactor_side_tools_may_not_block_on_cancellation(self) -> None:
         ctx = self.context()

@@ -354,6 +354,11 @@ def _on_reactor(f: Callable[..., Any], *args: Any) -> None:
         reactor.callFromThread(f, *args)  # type: ignore[attr-defined]
 
 
+# Guards making a call's cancellation Event against its cancellation (one lock for all calls:
+# both happen at most once a call).
+_CANCEL_EVENTS = threading.Lock()
+
+
 class ToolContext(RequestContext):
     """What a tool handler knows about the call it serves.
 
@@ -373,9 +378,8 @@ class ToolContext(RequestContext):
         super().__init__(request_id=request_id, caller=caller, stores=stores, link=link)
         self.tool = tool
         self._cancelled = False
-        # Only a thread-pool handler can block waiting for cancellation; a reactor-side handler
-        # must not, so it does not pay for an Event.
-        self._cancel_event = threading.Event() if tool.blocking else None
+        # Made by the first `wait_cancelled` (few handlers wait; every call would pay for one).
+        self._cancel_event: threading.Event | None = None
 
     def start_task(self) -> Any:
         """Turn this call into a task now (tools declared ``task_start="handler"``): the client
@@ -413,15 +417,23 @@ class ToolContext(RequestContext):
         Only for tools declared ``blocking=True``: blocking the reactor thread would stall the
         whole daemon.
         """
-        if self._cancel_event is None:
+        if not self.tool.blocking:
             raise RuntimeError(f"wait_cancelled() blocks: only blocking tools may call it, not {self.tool.name}")
-        return self._cancel_event.wait(timeout)
+        with _CANCEL_EVENTS:
+            event = self._cancel_event
+            if event is None:
+                event = self._cancel_event = threading.Event()
+                if self._cancelled:
+                    event.set()
+        return event.wait(timeout)
 
     def mark_cancelled(self) -> None:
         """Called by the engine when the call is cancelled."""
-        self._cancelled = True
-        if self._cancel_event is not None:
-            self._cancel_event.set()
+        with _CANCEL_EVENTS:
+            self._cancelled = True
+            event = self._cancel_event
+        if event is not None:
+            event.set()
 
     @property
     def reports_progress(self) -> bool:
