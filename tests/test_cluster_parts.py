@@ -22,7 +22,7 @@ from mcpd.cluster.instances import REFRESH, TTL, InstanceRegistry
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
-from mcpd.interfaces import CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, StoreUnavailable, TaskRecord
+from mcpd.interfaces import CANCELLED, SessionRecord, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, StoreUnavailable, TaskRecord
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import InvalidParams
@@ -118,8 +118,6 @@ class RedisPartsCase(TestCase):
                 raise AssertionError(f"instance {instance} never registered")
             yield sleep(0.02)
 
-
-class ClusterPartsTests(RedisPartsCase):
     @inlineCallbacks
     def other_instance(self) -> Any:
         """The bus of a second instance, running and registered (its registry started)."""
@@ -143,6 +141,8 @@ class ClusterPartsTests(RedisPartsCase):
         sessions.cluster = cluster
         return cluster
 
+
+class ClusterPartsTests(RedisPartsCase):
     @inlineCallbacks
     def test_refresh_keeps_the_get_stream_numbering(self) -> Any:
         """A quiet session kept alive (its GET stream open) past the session timeout keeps its
@@ -357,6 +357,7 @@ class ClusterPartsTests(RedisPartsCase):
         letting go (killed), B takes it."""
         bus_a, registry_a = yield self.other_instance()
         a = self.cluster(bus=bus_a)
+        a.registry = yield judge(self, bus_a)  # sure: an instance without an entry is gone
         b = self.cluster()
         b.registry.start()
         self.addCleanup(lambda: b.registry.stop() if b.registry._refresh.running else None)
@@ -958,3 +959,80 @@ class UnsavedCapTests(RedisPartsCase):
         self.assertEqual(unsaved.dropped, 1)
         unsaved.hold(TaskRecord("w", "o", False, 0.0, 1000, 500, status=FAILED))
         self.assertEqual(set(unsaved._held), {"x", "w"})
+
+
+class GetStreamTakeoverTests(RedisPartsCase):
+    """Resuming the GET stream (``Last-Event-ID: g.N``) replaces the reader that held it, on
+    this instance or another, so no message goes out on two streams."""
+
+    def stream(self, cluster: ClusterSessions, session: HTTPSession) -> Any:
+        port = reactor.listenTCP(0, Site(JournaledStream(cluster, session, STANDALONE, 0)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        return treq.get(f"http://127.0.0.1:{port.getHost().port}/", unbuffered=True, pool=pool)
+
+    @inlineCallbacks
+    def test_a_resumed_get_stream_ends_the_one_it_replaced(self) -> Any:
+        bus_a = ClusterBus(self.connection, clock=reactor)
+        yield bus_a.start(10.0)
+        self.addCleanup(bus_a.stop)
+        a, b = self.cluster(bus=bus_a), self.cluster()
+        on_a, on_b = HTTPSession("taken-over"), HTTPSession("taken-over")
+        on_a.version = on_b.version = "2025-11-25"
+        readers: list[tuple[list[bytes], Deferred[Any]]] = []
+        for cluster, session in ((a, on_a), (b, on_b), (b, on_b)):
+            response = yield self.stream(cluster, session)
+            received: list[bytes] = []
+            readers.append((received, treq.collect(response, received.append)))
+            claim = cluster.journal.reader(session.id)
+            yield wait_for(lambda c=cluster, k=claim: self.claimed_by(k, c))  # type: ignore[misc]
+            if len(readers) > 1:
+                # The reader it replaced ends: on the other instance (told over the bus), then here.
+                yield readers[-2][1]
+        yield b.journal.append(on_b.id, STANDALONE, b'{"n":1}')
+        yield wait_for(lambda: b'{"n":1}' in b"".join(readers[-1][0]))
+        self.assertEqual([b'{"n":1}' in b"".join(received) for received, _ in readers], [False, False, True])
+        self.assertEqual((len(a._claims), len(b._claims)), (0, 1))
+        on_b.close()
+        yield readers[-1][1]
+
+    @inlineCallbacks
+    def claimed_by(self, claim: str, cluster: ClusterSessions) -> Any:
+        holder = yield self.connection.execute("GET", claim)
+        holder = holder.decode() if isinstance(holder, bytes) else holder
+        return holder in cluster._claims
+
+    @inlineCallbacks
+    def test_a_gone_holder_is_judged_only_once_the_registry_is_sure(self) -> Any:
+        """After a Redis outage a live holder may not have written its registry entry again:
+        its claim is not taken over until this instance's registry is `sure`."""
+        b = self.cluster()
+        session = HTTPSession("holder-unregistered")
+        yield self.connection.execute("SET", b.journal.reader(session.id), "elsewhere-0123", "PX", 60_000)
+        self.assertFalse(b.registry.sure())
+        self.assertIsNone((yield b.hold_standalone(session)))
+        b.registry = yield judge(self, self.bus)
+        taken = yield b.hold_standalone(session)
+        self.assertTrue(taken and taken.startswith(b.instance))
+
+
+RECORD = {"version": "2025-11-25", "owner": "alice"}
+
+
+class SessionIndexTests(RedisPartsCase):
+    @inlineCallbacks
+    def test_saves_and_touches_prune_expired_members_of_the_index(self) -> Any:
+        """The index of live sessions (a sorted set without a TTL) loses the records that
+        expired whenever a record is saved or touched, not only when counted."""
+        records = RedisSessionStore(self.connection, reactor, 0.2)
+        index = self.connection.key("sessions", "streamable")
+        for n in range(3):
+            self.assertTrue((yield records.save(SessionRecord(session_id=f"gone-{n}", **RECORD))))
+        self.assertEqual((yield self.connection.execute("ZCARD", index)), 3)
+        yield sleep(0.4)
+        yield records.save(SessionRecord(session_id="live", **RECORD))
+        self.assertEqual((yield self.connection.execute("ZRANGE", index, 0, -1)), [records._prefix + "live"])
+        yield self.connection.execute("ZADD", index, 1, "long-gone")
+        yield records.touch("live")
+        self.assertEqual((yield self.connection.execute("ZCARD", index)), 1)
