@@ -4,6 +4,10 @@ bus and the session sharing, without the daemons and nginx of `tests.test_cluste
 
 from __future__ import annotations
 
+import http.client
+import json
+import re
+import socket
 from typing import Any
 
 import treq
@@ -22,11 +26,21 @@ from mcpd.cluster.instances import REFRESH, TTL, InstanceRegistry
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
-from mcpd.interfaces import CANCELLED, SessionRecord, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, StoreUnavailable, TaskRecord
+from mcpd.interfaces import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    INPUT_REQUIRED,
+    WORKING,
+    SessionRecord,
+    StoreFull,
+    StoreUnavailable,
+    TaskRecord,
+)
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import InvalidParams
-from mcpd.protocol.ledger import SESSION
+from mcpd.protocol.ledger import SESSION, SUBSCRIPTION
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.tasks import TaskManager, TaskRun, UnsavedRecords
 from mcpd.stores.redis import RedisConnection, redis_config
@@ -37,6 +51,7 @@ from mcpd.transport.legacy_sse import SSESession
 from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id, start_sse
 from mcpd.transport.streamable import HTTPSession
 from tests import conformance_pack
+from tests.daemon import DaemonTestMixin, start_daemon
 from tests.engine_harness import Peer
 from tests.redis_service import RedisServer, shared_redis, unique_prefix
 from tests.test_redis import answers_again, wait_for
@@ -1036,3 +1051,140 @@ class SessionIndexTests(RedisPartsCase):
         yield self.connection.execute("ZADD", index, 1, "long-gone")
         yield records.touch("live")
         self.assertEqual((yield self.connection.execute("ZCARD", index)), 1)
+
+    @inlineCallbacks
+    def test_a_record_follows_at_most_the_share_of_uris(self) -> Any:
+        """`update`'s ``cap`` bounds the URIs a record follows, whatever instance subscribes."""
+        records = RedisSessionStore(self.connection, reactor, 60.0)
+        yield records.save(SessionRecord(session_id="capped", subscriptions=["memo://0"], **RECORD))
+        self.assertTrue((yield records.update("capped", subscribe="memo://1", cap=2)))
+        self.assertTrue((yield records.update("capped", subscribe="memo://1", cap=2)))  # again: no new URI
+        yield self.assertFailure(records.update("capped", subscribe="memo://2", tenant="t", cap=2), StoreFull)
+        record = yield records.load("capped")
+        self.assertEqual((record.subscriptions, record.subscriptions_tenant), (["memo://0", "memo://1"], None))
+        self.assertTrue((yield records.update("capped", unsubscribe="memo://0", cap=2)))
+        self.assertTrue((yield records.update("capped", subscribe="memo://2", cap=2)))
+        self.assertEqual((yield records.load("capped")).subscriptions, ["memo://1", "memo://2"])
+
+    @inlineCallbacks
+    def test_an_adopted_session_holds_its_subscriptions_in_the_ledger(self) -> Any:
+        """Adopting a session counts the URIs its record follows against the account's share
+        here, and ending this instance's part gives them back."""
+        cluster = self.cluster()
+        ledger = cluster.sessions.ledger
+        record = SessionRecord(
+            session_id="adopted-subs", account="key:alice", subscriptions=["a://1", "a://2"], **RECORD
+        )
+        yield cluster.sessions.records.save(record)
+        session = yield cluster.sessions.adopt(record.session_id, lambda r: HTTPSession(r.session_id), "alice")
+        self.assertEqual(sorted(session.subscriptions), ["a://1", "a://2"])
+        self.assertEqual(ledger.held("key:alice", SUBSCRIPTION), 2)
+        cluster.sessions.retire(record.session_id)
+        self.assertEqual(ledger.held("key:alice", SUBSCRIPTION), 0)
+
+
+CLUSTER_KEY = "cluster-parts-key-0123456789abcdef"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {"elicitation": {}},
+        "clientInfo": {"name": "parts", "version": "1"},
+    },
+}
+
+
+def drain(sock: socket.socket) -> bytes:
+    """What arrives on ``sock`` until it closes or is quiet for its timeout."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        pass
+    return received
+
+
+class TwoDaemonsTests(DaemonTestMixin, TestCase):
+    """Two real daemons sharing a real ``redis-server``, their requests sent to either."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        redis = RedisServer(self.workdir / "redis").start()
+        self.addCleanup(redis.destroy)
+        keys = self.workdir / "keys.txt"
+        keys.write_text(f"alice:{CLUSTER_KEY}\n", encoding="utf-8")
+        args = ["--tool-pack", "tests.cluster_pack", "--redis-url", redis.url, "--api-key-file", str(keys)]
+        args += ["--state-key", "cluster-parts-state-key-0123456789abcdef", "--share-per-key", "1"]
+        args += ["--rate-limit", "100000"]
+        self.ports: list[int] = []
+        for name in ("a", "b"):
+            daemon = start_daemon(self.workdir, args, name=name, timeout=60.0)
+            self.addCleanup(daemon.stop)
+            assert daemon.port is not None
+            self.ports.append(daemon.port)
+        status, self.session_id, _ = self.post(self.ports[0], INITIALIZE)
+        self.assertEqual(status, 200)
+        self.post(self.ports[0], {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self.post(self.ports[1], {"jsonrpc": "2.0", "id": 2, "method": "ping"})  # B's trace has an answer
+
+    def post(self, port: int, body: dict[str, Any]) -> tuple[int, str, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        headers["authorization"] = f"Bearer {CLUSTER_KEY}"
+        if getattr(self, "session_id", None):
+            headers["mcp-session-id"] = self.session_id
+        connection.request("POST", "/mcp", json.dumps(body), headers)
+        try:
+            response = connection.getresponse()
+            return response.status, response.getheader("mcp-session-id") or "", response.read()
+        finally:
+            connection.close()  # one connection at a time: the key's share of connections is small
+
+    def request(self, port: int, method: str, headers: str = "", body: bytes = b"") -> socket.socket:
+        """A request of the session on a raw socket (its stream stays open)."""
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.settimeout(1.5)
+        self.addCleanup(sock.close)
+        head = f"{method} /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json, text/event-stream\r\n"
+        head += f"Authorization: Bearer {CLUSTER_KEY}\r\nMcp-Session-Id: {self.session_id}\r\n{headers}\r\n"
+        sock.sendall(head.encode() + body)
+        return sock
+
+    def get(self, port: int, last_event_id: str | None = None) -> socket.socket:
+        return self.request(port, "GET", "" if last_event_id is None else f"Last-Event-ID: {last_event_id}\r\n")
+
+    def test_a_get_is_not_refused_for_a_post_stream_resumed_on_its_instance(self) -> None:
+        """A POST's stream resumed (from the journal) on B is no GET stream: a GET on B opens
+        (and is then the session's one GET stream, refused on A)."""
+        a, b = self.ports
+        ask = {"jsonrpc": "2.0", "id": 7, "method": "tools/call"}
+        ask["params"] = {"name": "cluster.ask", "arguments": {"question": "q"}}
+        body = json.dumps(ask).encode()
+        sock = self.request(a, "POST", f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body)
+        ids = re.findall(rb"id: (\S+)", drain(sock))  # its stream: the elicitation, then it waits
+        self.assertTrue(ids)
+        sock.close()
+        self.assertTrue(drain(self.get(b, ids[0].decode())).startswith(b"HTTP/1.1 200"))
+        self.assertTrue(drain(self.get(b)).startswith(b"HTTP/1.1 200"))
+        self.assertTrue(drain(self.get(a)).startswith(b"HTTP/1.1 409"))
+
+    def test_subscriptions_through_both_instances_stop_at_the_share(self) -> None:
+        """The session's record follows at most its account's share of URIs, subscribed
+        through whichever instance: every subscribe past it is refused, and Redis keeps no more."""
+        accepted, refused = 0, []
+        for n in range(300):
+            subscribe = {"jsonrpc": "2.0", "id": n, "method": "resources/subscribe"}
+            subscribe["params"] = {"uri": f"memo://x/{n}"}
+            _, _, body = self.post(self.ports[n % 2], subscribe)
+            answer = json.loads(body)
+            if "error" in answer:
+                refused.append(answer["error"])
+            else:
+                accepted += 1
+        self.assertTrue(refused)
+        self.assertEqual(accepted, refused[0]["data"]["max"], refused[0])
+        self.assertIn("Too many subscriptions", refused[-1]["message"])

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
+from mcpd.interfaces import StoreFull
 from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
 from mcpd.protocol.channel import LOG_LEVELS, RequestChannel, input_required
-from mcpd.interfaces import StoreFull
 from mcpd.protocol.errors import InvalidParams, InvalidRequest, LimitExceeded, MCPError, MissingClientCapability
 from mcpd.protocol.ledger import RETRY_AFTER, STREAM, SUBSCRIPTION, Claim, Ledger, who
 from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager

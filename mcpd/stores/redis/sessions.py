@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from mcpd.stores.redis.connection import RedisConnection
 
 
-
 def _prune(ttl_ms: str, expiry: str) -> str:
     """Lua dropping from the index (KEYS[2]) a bounded number of records expired before now
     (the new ``expiry`` less ``ttl_ms``, both ARGV items): each save or touch prunes a few, so
@@ -36,6 +35,8 @@ local now = tonumber({expiry}) - tonumber({ttl_ms}) / 1000
 local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 16)
 if #gone > 0 then redis.call('ZREM', KEYS[2], unpack(gone)) end
 """
+
+
 # KEYS: the record, the index, its tombstone. ARGV: JSON, ttl ms, expiry time, then the state's
 # fields and values. Answers 0 if the session was deleted (its tombstone is there), else 1.
 SAVE = (
