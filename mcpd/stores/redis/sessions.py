@@ -7,8 +7,9 @@ refuses saving it again: an instance that missed the session's end (its "ended" 
 cannot bring it back.
 
 A record is a hash: what the handshake fixed as JSON (field ``r``), and the state its requests
-change, one field each (``level``, ``tenant``, ``sub:<uri>``, and ``subs`` counting the URIs), so that instances changing it at
-once (a subscribe through one, a setLevel through another) never undo each other's change."""
+change, one field each (``level``, ``tenant``, ``sub:<uri>``, and ``subs`` counting the URIs),
+so that instances changing it at once (a subscribe through one, a setLevel through another)
+never undo each other's change."""
 
 from __future__ import annotations
 
