@@ -161,7 +161,7 @@ class Catalog:
             return checking.addCallback(lambda _: self._subscribe(request, uri))
         return self._subscribe(request, uri)
 
-    def _subscribe(self, request: Request, uri: str) -> dict[str, Any]:
+    def _subscribe(self, request: Request, uri: str) -> dict[str, Any] | Deferred[dict[str, Any]]:
         session = request.exchange.session
         assert session is not None  # checked by _subscription_uri
         if uri not in session.subscriptions:
