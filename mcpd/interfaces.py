@@ -258,10 +258,12 @@ class ISessionStore(Interface):
         subscribe: str | None = None,
         unsubscribe: str | None = None,
         tenant: str | None = None,
+        cap: int | None = None,
     ) -> Any:
         """Change a kept record's state in place (each change atomic, whoever else changes
         it): its log level, a URI subscribed to (and the subscriber's tenant) or unsubscribed
-        from. Fires with True, or False when no record is kept."""
+        from. Fires with True, or False when no record is kept; fails with `StoreFull` (and
+        changes nothing) when ``subscribe`` would take the record past ``cap`` URIs."""
 
     def count() -> Any:
         """Fires with how many records are kept."""

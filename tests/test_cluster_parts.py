@@ -4,6 +4,10 @@ bus and the session sharing, without the daemons and nginx of `tests.test_cluste
 
 from __future__ import annotations
 
+import http.client
+import json
+import re
+import socket
 from typing import Any
 
 import treq
@@ -22,11 +26,21 @@ from mcpd.cluster.instances import REFRESH, TTL, InstanceRegistry
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
-from mcpd.interfaces import CANCELLED, COMPLETED, FAILED, INPUT_REQUIRED, WORKING, StoreUnavailable, TaskRecord
+from mcpd.interfaces import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    INPUT_REQUIRED,
+    WORKING,
+    SessionRecord,
+    StoreFull,
+    StoreUnavailable,
+    TaskRecord,
+)
 from mcpd.protocol.changes import ChangeFeed
 from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import InvalidParams
-from mcpd.protocol.ledger import SESSION
+from mcpd.protocol.ledger import SESSION, SUBSCRIPTION
 from mcpd.protocol.session import SessionStore
 from mcpd.protocol.tasks import TaskManager, TaskRun, UnsavedRecords
 from mcpd.stores.redis import RedisConnection, redis_config
@@ -37,6 +51,7 @@ from mcpd.transport.legacy_sse import SSESession
 from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id, start_sse
 from mcpd.transport.streamable import HTTPSession
 from tests import conformance_pack
+from tests.daemon import DaemonTestMixin, start_daemon
 from tests.engine_harness import Peer
 from tests.redis_service import RedisServer, shared_redis, unique_prefix
 from tests.test_redis import answers_again, wait_for
@@ -118,8 +133,6 @@ class RedisPartsCase(TestCase):
                 raise AssertionError(f"instance {instance} never registered")
             yield sleep(0.02)
 
-
-class ClusterPartsTests(RedisPartsCase):
     @inlineCallbacks
     def other_instance(self) -> Any:
         """The bus of a second instance, running and registered (its registry started)."""
@@ -143,6 +156,8 @@ class ClusterPartsTests(RedisPartsCase):
         sessions.cluster = cluster
         return cluster
 
+
+class ClusterPartsTests(RedisPartsCase):
     @inlineCallbacks
     def test_refresh_keeps_the_get_stream_numbering(self) -> Any:
         """A quiet session kept alive (its GET stream open) past the session timeout keeps its
@@ -357,6 +372,7 @@ class ClusterPartsTests(RedisPartsCase):
         letting go (killed), B takes it."""
         bus_a, registry_a = yield self.other_instance()
         a = self.cluster(bus=bus_a)
+        a.registry = yield judge(self, bus_a)  # sure: an instance without an entry is gone
         b = self.cluster()
         b.registry.start()
         self.addCleanup(lambda: b.registry.stop() if b.registry._refresh.running else None)
@@ -958,3 +974,221 @@ class UnsavedCapTests(RedisPartsCase):
         self.assertEqual(unsaved.dropped, 1)
         unsaved.hold(TaskRecord("w", "o", False, 0.0, 1000, 500, status=FAILED))
         self.assertEqual(set(unsaved._held), {"x", "w"})
+
+
+class GetStreamTakeoverTests(RedisPartsCase):
+    """Resuming the GET stream (``Last-Event-ID: g.N``) replaces the reader that held it, on
+    this instance or another, so no message goes out on two streams."""
+
+    def stream(self, cluster: ClusterSessions, session: HTTPSession) -> Any:
+        port = reactor.listenTCP(0, Site(JournaledStream(cluster, session, STANDALONE, 0)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        return treq.get(f"http://127.0.0.1:{port.getHost().port}/", unbuffered=True, pool=pool)
+
+    @inlineCallbacks
+    def test_a_resumed_get_stream_ends_the_one_it_replaced(self) -> Any:
+        """A GET stream read on A, resumed on B, resumed on B again: each resumption ends the
+        reader it replaced (on A told over the bus, on B at once); an event goes out once."""
+        bus_a = ClusterBus(self.connection, clock=reactor)
+        yield bus_a.start(10.0)
+        self.addCleanup(bus_a.stop)
+        a, b = self.cluster(bus=bus_a), self.cluster()
+        on_a, on_b = HTTPSession("taken-over"), HTTPSession("taken-over")
+        on_a.version = on_b.version = "2025-11-25"
+        claim = a.journal.reader(on_a.id)
+        readers: list[tuple[list[bytes], Deferred[Any]]] = []
+        for cluster, session in ((a, on_a), (b, on_b), (b, on_b)):
+            before = yield self.connection.execute("GET", claim)
+            response = yield self.stream(cluster, session)
+            received: list[bytes] = []
+            readers.append((received, treq.collect(response, received.append)))
+            yield self.claim_changes(claim, before)
+        yield b.journal.append(on_b.id, STANDALONE, b'{"n":1}')
+        yield wait_for(lambda: b'{"n":1}' in b"".join(readers[-1][0]))
+        yield wait_for(lambda: readers[0][1].called and readers[1][1].called)
+        self.assertEqual([b'{"n":1}' in b"".join(received) for received, _ in readers], [False, False, True])
+        self.assertFalse(readers[-1][1].called)
+        on_b.close()
+        yield readers[-1][1]
+
+    @inlineCallbacks
+    def claim_changes(self, claim: str, before: Any, timeout: float = 10.0) -> Any:
+        """Wait until the GET stream's claim is held by another reader than ``before``."""
+        deadline = reactor.seconds() + timeout
+        while (holder := (yield self.connection.execute("GET", claim))) is None or holder == before:
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"the claim stayed {before!r}")
+            yield sleep(0.02)
+
+    @inlineCallbacks
+    def test_a_gone_holder_is_judged_only_once_the_registry_is_sure(self) -> Any:
+        """After a Redis outage a live holder may not have written its registry entry again:
+        its claim is not taken over until this instance's registry is `sure`."""
+        b = self.cluster()
+        session = HTTPSession("holder-unregistered")
+        yield self.connection.execute("SET", b.journal.reader(session.id), "elsewhere-0123", "PX", 60_000)
+        self.assertFalse(b.registry.sure())
+        self.assertIsNone((yield b.hold_standalone(session)))
+        b.registry = yield judge(self, self.bus)
+        taken = yield b.hold_standalone(session)
+        self.assertTrue(taken and taken.startswith(b.instance))
+
+
+RECORD = {"version": "2025-11-25", "owner": "alice"}
+
+
+class SessionIndexTests(RedisPartsCase):
+    @inlineCallbacks
+    def test_saves_and_touches_prune_expired_members_of_the_index(self) -> Any:
+        """The index of live sessions (a sorted set without a TTL) loses the records that
+        expired whenever a record is saved or touched, not only when counted."""
+        records = RedisSessionStore(self.connection, reactor, 0.2)
+        index = self.connection.key("sessions", "streamable")
+        for n in range(3):
+            self.assertTrue((yield records.save(SessionRecord(session_id=f"gone-{n}", **RECORD))))
+        self.assertEqual((yield self.connection.execute("ZCARD", index)), 3)
+        yield sleep(0.4)
+        yield records.save(SessionRecord(session_id="live", **RECORD))
+        self.assertEqual((yield self.connection.execute("ZRANGE", index, 0, -1)), [records._prefix + "live"])
+        yield self.connection.execute("ZADD", index, 1, "long-gone")
+        yield records.touch("live")
+        self.assertEqual((yield self.connection.execute("ZCARD", index)), 1)
+
+    @inlineCallbacks
+    def test_a_record_follows_at_most_the_share_of_uris(self) -> Any:
+        """`update`'s ``cap`` bounds the URIs a record follows, whatever instance subscribes."""
+        records = RedisSessionStore(self.connection, reactor, 60.0)
+        yield records.save(SessionRecord(session_id="capped", subscriptions=["memo://0"], **RECORD))
+        self.assertTrue((yield records.update("capped", subscribe="memo://1", cap=2)))
+        self.assertTrue((yield records.update("capped", subscribe="memo://1", cap=2)))  # again: no new URI
+        yield self.assertFailure(records.update("capped", subscribe="memo://2", tenant="t", cap=2), StoreFull)
+        record = yield records.load("capped")
+        self.assertEqual((record.subscriptions, record.subscriptions_tenant), (["memo://0", "memo://1"], None))
+        self.assertTrue((yield records.update("capped", unsubscribe="memo://0", cap=2)))
+        self.assertTrue((yield records.update("capped", subscribe="memo://2", cap=2)))
+        self.assertEqual((yield records.load("capped")).subscriptions, ["memo://1", "memo://2"])
+
+    @inlineCallbacks
+    def test_an_adopted_session_holds_its_subscriptions_in_the_ledger(self) -> Any:
+        """Adopting a session counts the URIs its record follows against the account's share
+        here, and ending this instance's part gives them back."""
+        cluster = self.cluster()
+        ledger = cluster.sessions.ledger
+        record = SessionRecord(
+            session_id="adopted-subs", account="key:alice", subscriptions=["a://1", "a://2"], **RECORD
+        )
+        yield cluster.sessions.records.save(record)
+        session = yield cluster.sessions.adopt(record.session_id, lambda r: HTTPSession(r.session_id), "alice")
+        self.assertEqual(sorted(session.subscriptions), ["a://1", "a://2"])
+        self.assertEqual(ledger.held("key:alice", SUBSCRIPTION), 2)
+        cluster.sessions.retire(record.session_id)
+        self.assertEqual(ledger.held("key:alice", SUBSCRIPTION), 0)
+
+
+CLUSTER_KEY = "cluster-parts-key-0123456789abcdef"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {"elicitation": {}},
+        "clientInfo": {"name": "parts", "version": "1"},
+    },
+}
+
+
+def drain(sock: socket.socket) -> bytes:
+    """What arrives on ``sock`` until it closes or is quiet for its timeout."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        pass
+    return received
+
+
+class TwoDaemonsTests(DaemonTestMixin, TestCase):
+    """Two real daemons sharing a real ``redis-server``, their requests sent to either."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        redis = RedisServer(self.workdir / "redis").start()
+        self.addCleanup(redis.destroy)
+        keys = self.workdir / "keys.txt"
+        keys.write_text(f"alice:{CLUSTER_KEY}\n", encoding="utf-8")
+        args = ["--tool-pack", "tests.cluster_pack", "--redis-url", redis.url, "--api-key-file", str(keys)]
+        args += ["--state-key", "cluster-parts-state-key-0123456789abcdef", "--share-per-key", "1"]
+        args += ["--rate-limit", "100000"]
+        self.ports: list[int] = []
+        for name in ("a", "b"):
+            daemon = start_daemon(self.workdir, args, name=name, timeout=60.0)
+            self.addCleanup(daemon.stop)
+            assert daemon.port is not None
+            self.ports.append(daemon.port)
+        status, self.session_id, _ = self.post(self.ports[0], INITIALIZE)
+        self.assertEqual(status, 200)
+        self.post(self.ports[0], {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self.post(self.ports[1], {"jsonrpc": "2.0", "id": 2, "method": "ping"})  # B's trace has an answer
+
+    def post(self, port: int, body: dict[str, Any]) -> tuple[int, str, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        headers["authorization"] = f"Bearer {CLUSTER_KEY}"
+        if getattr(self, "session_id", None):
+            headers["mcp-session-id"] = self.session_id
+        connection.request("POST", "/mcp", json.dumps(body), headers)
+        try:
+            response = connection.getresponse()
+            return response.status, response.getheader("mcp-session-id") or "", response.read()
+        finally:
+            connection.close()  # one connection at a time: the key's share of connections is small
+
+    def request(self, port: int, method: str, headers: str = "", body: bytes = b"") -> socket.socket:
+        """A request of the session on a raw socket (its stream stays open)."""
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.settimeout(1.5)
+        self.addCleanup(sock.close)
+        head = f"{method} /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json, text/event-stream\r\n"
+        head += f"Authorization: Bearer {CLUSTER_KEY}\r\nMcp-Session-Id: {self.session_id}\r\n{headers}\r\n"
+        sock.sendall(head.encode() + body)
+        return sock
+
+    def get(self, port: int, last_event_id: str | None = None) -> socket.socket:
+        return self.request(port, "GET", "" if last_event_id is None else f"Last-Event-ID: {last_event_id}\r\n")
+
+    def test_a_get_is_not_refused_for_a_post_stream_resumed_on_its_instance(self) -> None:
+        """A POST's stream resumed (from the journal) on B is no GET stream: a GET on B opens
+        (and is then the session's one GET stream, refused on A)."""
+        a, b = self.ports
+        ask = {"jsonrpc": "2.0", "id": 7, "method": "tools/call"}
+        ask["params"] = {"name": "cluster.ask", "arguments": {"question": "q"}}
+        body = json.dumps(ask).encode()
+        sock = self.request(a, "POST", f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body)
+        ids = re.findall(rb"id: (\S+)", drain(sock))  # its stream: the elicitation, then it waits
+        self.assertTrue(ids)
+        sock.close()
+        self.assertTrue(drain(self.get(b, ids[0].decode())).startswith(b"HTTP/1.1 200"))
+        self.assertTrue(drain(self.get(b)).startswith(b"HTTP/1.1 200"))
+        self.assertTrue(drain(self.get(a)).startswith(b"HTTP/1.1 409"))
+
+    def test_subscriptions_through_both_instances_stop_at_the_share(self) -> None:
+        """The session's record follows at most its account's share of URIs, subscribed
+        through whichever instance: every subscribe past it is refused, and Redis keeps no more."""
+        accepted, refused = 0, []
+        for n in range(300):
+            subscribe = {"jsonrpc": "2.0", "id": n, "method": "resources/subscribe"}
+            subscribe["params"] = {"uri": f"memo://x/{n}"}
+            _, _, body = self.post(self.ports[n % 2], subscribe)
+            answer = json.loads(body)
+            if "error" in answer:
+                refused.append(answer["error"])
+            else:
+                accepted += 1
+        self.assertTrue(refused)
+        self.assertEqual(accepted, refused[0]["data"]["max"], refused[0])
+        self.assertIn("Too many subscriptions", refused[-1]["message"])

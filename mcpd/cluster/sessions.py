@@ -30,7 +30,9 @@ from twisted.python.failure import Failure
 
 from mcpd.cluster.bus import ClusterUnavailable
 from mcpd.cluster.journal import STANDALONE
+from mcpd.interfaces import StoreFull
 from mcpd.protocol.codec import encode
+from mcpd.protocol.ledger import SUBSCRIPTION
 from mcpd.protocol.outbound import OutboundRequests
 from mcpd.tools.api import Caller
 from mcpd.transport.legacy_sse import SSESession
@@ -61,6 +63,13 @@ local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[3] then return holder end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ''
+"""
+# Resuming the GET stream takes it over. KEYS: the claim. ARGV: the new reader's token, TTL (ms).
+# Answers the token of the reader it took it from ("": none).
+_TAKE = """
+local holder = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return holder or ''
 """
 # KEYS: the claim. ARGV: the reader's token. Gives it up if it is still that reader's.
 _LET_GO = """
@@ -100,7 +109,10 @@ class ClusterSessions:
         self.instance = bus.instance
         # Sessions whose GET stream this instance is claiming now.
         self._holding: set[str] = set()
+        # The GET-stream readers open here, by their claim.
+        self._claims: dict[str, _Reader] = {}
         bus.on("response", self._response)
+        bus.on("let-go", self._told_to_let_go)
         bus.on("session-ended", self._ended_elsewhere)
         bus.on("session-state", self._changed_elsewhere)
 
@@ -153,16 +165,24 @@ class ClusterSessions:
             log.info("Session {id} was ended on another instance; ending it here too", id=session.id)
             self.sessions.retire(session.id)
 
-    def _share(self, session: Session, change: dict[str, str]) -> None:
+    def _share(self, session: Session, change: dict[str, str]) -> Deferred[Any]:
         """A change to the session's state made here: into its record (for instances that
-        adopt it later), then to the instances serving it now."""
+        adopt it later), then to the instances serving it now. Fails with `StoreFull` when a
+        subscribe would take the record past the account's share of subscriptions, which
+        bounds the session's URIs whatever instances they were subscribed through."""
 
         def tell(_kept: bool) -> Deferred[int]:
             return self.bus.broadcast("session-state", {"session": session.id, "change": change})
 
-        self.sessions.records.update(session.id, **change).addCallback(tell).addErrback(
-            _logged, "share a change of session {id}", session.id
-        )
+        def failed(failure: Failure) -> Failure | None:
+            if failure.check(StoreFull):
+                return failure
+            _logged(failure, "share a change of session {id}", session.id)
+            return None
+
+        limit = self.sessions.ledger.limits.get(SUBSCRIPTION)
+        cap = limit.per_account if limit is not None and "subscribe" in change else None
+        return self.sessions.records.update(session.id, cap=cap, **change).addCallback(tell).addErrback(failed)
 
     def _changed_elsewhere(self, message: dict[str, Any]) -> None:
         session = self.sessions.get(str(message.get("session")))
@@ -217,12 +237,35 @@ class ClusterSessions:
     ) -> None:
         if key == STANDALONE and claim is None:
             # Resuming the GET stream (Last-Event-ID) makes it this reader's, as on one
-            # instance, where the resumed stream replaces the old one.
+            # instance, where the resumed stream replaces the old one; the old reader ends.
+            # 2025-11-25 basic/transports §Multiple Connections: no message on two streams.
             claim = self._token()
-            self.bus.redis.execute("SET", self.journal.reader(session.id), claim, "PX", self.journal.ttl_ms).addErrback(
+            d = self.bus.redis.eval(_TAKE, [self.journal.reader(session.id)], [claim, self.journal.ttl_ms])
+            d.addCallback(self._taken_over, session.id).addErrback(
                 _logged, "claim the GET stream of session {id}", session.id
             )
         _Reader(self, request, session, key, after, claim).start()
+
+    def _taken_over(self, previous: Any, session_id: str) -> None:
+        """End the reader a resumed GET stream replaced: here, or on its instance."""
+        previous = previous.decode() if isinstance(previous, bytes) else str(previous or "")
+        if not previous:
+            return
+        instance = previous.split("-")[0]
+        if instance == self.instance:
+            self._end_reader(previous)
+        else:
+            self.bus.send(instance, "let-go", {"session": session_id, "claim": previous}).addErrback(
+                _logged, "end the replaced GET stream of session {id}", session_id
+            )
+
+    def _told_to_let_go(self, message: dict[str, Any]) -> None:
+        self._end_reader(str(message.get("claim")))
+
+    def _end_reader(self, claim: str) -> None:
+        reader = self._claims.get(claim)
+        if reader is not None:
+            reader.finish()
 
     def hold_standalone(self, session: HTTPSession) -> Deferred[str | None]:
         """Claim the session's GET stream for a new reader here: fires with the claim (to
@@ -250,8 +293,15 @@ class ClusterSessions:
                 return None  # taken again meanwhile: a live reader
             instance = holder.split("-")[0]
             if instance == self.instance:
-                return hold(holder)  # a reader of ours that ended without letting go (no local reader is open)
-            return self.registry.alive(instance).addCallback(lambda alive: None if alive else hold(holder))
+                if holder in self._claims:
+                    return None  # a resumed GET stream of ours is open
+                return hold(holder)  # a reader of ours that ended without letting go
+            # An instance without a registry entry is gone only once this instance's own
+            # entries have been written long enough (`InstanceRegistry.sure`): after a Redis
+            # outage a live holder may not have written its entry again yet.
+            return self.registry.alive(instance).addCallback(
+                lambda alive: None if alive or not self.registry.sure() else hold(holder)
+            )
 
         def done(result: Any) -> Any:
             self._holding.discard(session.id)
@@ -302,7 +352,9 @@ class _Reader:
 
     def start(self) -> None:
         session, journal = self.session, self.cluster.journal
-        session.readers[self] = self._finish
+        session.readers[self] = self.finish
+        if self.claim is not None:
+            self.cluster._claims[self.claim] = self
         # Subscribed first (live events are held meanwhile), then the replay: an event
         # published in between is in one or the other, and its number keeps it from being
         # written twice (`_event`).
@@ -337,7 +389,7 @@ class _Reader:
 
     def _origin_alive(self, alive: bool) -> None:
         if not alive and not self.done:
-            self._finish()
+            self.finish()
 
     def heard_raw(self, raw: str) -> None:
         """A live event, as the journal's script published it: ``<seq> <data>``."""
@@ -353,7 +405,7 @@ class _Reader:
             return
         self.position = seq
         if not data:
-            self._finish()  # the stream ended
+            self.finish()  # the stream ended
             return
         self._write(format_event(data, f"{self.key}.{seq}"))
         if self.key == STANDALONE:
@@ -366,7 +418,7 @@ class _Reader:
         if not request.finished and not getattr(request, "_disconnected", False):
             request.write(frame)
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         self.done = True
         finish_quietly(self.request)
 
@@ -377,13 +429,14 @@ class _Reader:
             id=self.session.id,
             e=failure.getErrorMessage(),
         )
-        self._finish()
+        self.finish()
 
     def _stop(self, _result: object) -> None:
         self.done = True
         self.session.readers.pop(self, None)
         self.cluster.bus.unlisten(self.channel, self.heard_raw)
         if self.claim is not None:
+            self.cluster._claims.pop(self.claim, None)
             self.cluster.let_go(self.session.id, self.claim)
 
 

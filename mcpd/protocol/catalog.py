@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
+from mcpd.interfaces import StoreFull
 from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
 from mcpd.protocol.channel import LOG_LEVELS, RequestChannel, input_required
 from mcpd.protocol.errors import InvalidParams, InvalidRequest, LimitExceeded, MCPError, MissingClientCapability
-from mcpd.protocol.ledger import STREAM, SUBSCRIPTION, Claim, Ledger
+from mcpd.protocol.ledger import RETRY_AFTER, STREAM, SUBSCRIPTION, Claim, Ledger, who
 from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager
 from mcpd.tools.api import Caller, CallLink, RequestContext, run_handler
 from mcpd.tools.pack import paginate
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
 
     from mcpd.protocol.changes import ChangeFeed
+    from mcpd.protocol.session import Session
     from mcpd.protocol.vocabulary import Exchange, Request
     from mcpd.tools.pack import ToolRegistry
 
@@ -159,16 +161,38 @@ class Catalog:
             return checking.addCallback(lambda _: self._subscribe(request, uri))
         return self._subscribe(request, uri)
 
-    def _subscribe(self, request: Request, uri: str) -> dict[str, Any]:
+    def _subscribe(self, request: Request, uri: str) -> dict[str, Any] | Deferred[dict[str, Any]]:
         session = request.exchange.session
         assert session is not None  # checked by _subscription_uri
         if uri not in session.subscriptions:
             caller = request.exchange.caller
             # Counted against the caller's share of subscriptions (LimitExceeded over it).
-            session.subscriptions[uri] = self.ledger.claim(caller.account, SUBSCRIPTION, peer=caller.peer)
+            claim = session.subscriptions[uri] = self.ledger.claim(caller.account, SUBSCRIPTION, peer=caller.peer)
             session.subscriptions_tenant = caller.tenant
-            session.changed(subscribe=uri, tenant=caller.tenant)
+            shared = session.changed(subscribe=uri, tenant=caller.tenant)
+            if shared is not None:
+                # Several instances: the session's record bounds its URIs, wherever they
+                # were subscribed through.
+                return shared.addCallbacks(lambda _: {}, self._record_full, errbackArgs=(session, uri, claim))
         return {}
+
+    def _record_full(self, failure: Failure, session: Session, uri: str, claim: Claim) -> dict[str, Any]:
+        """The session's record follows as many URIs as its account's share: the refusal
+        of one instance's share (`Ledger.check`)."""
+        failure.trap(StoreFull)
+        if session.subscriptions.get(uri) is claim:
+            del session.subscriptions[uri]
+        claim.release()
+        most = failure.value.capacity
+        self.ledger.refused[f"{SUBSCRIPTION}_limit"] += 1
+        raise LimitExceeded(
+            f"Too many {SUBSCRIPTION}: {who(claim.account)} holds {most} in this session, at most {most}; "
+            "unsubscribe from resources you no longer follow and retry",
+            limit=SUBSCRIPTION,
+            maximum=most,
+            per_caller=True,
+            retry_after=RETRY_AFTER,
+        )
 
     def resources_unsubscribe(self, request: Request) -> dict[str, Any]:
         uri = self._subscription_uri(request)

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from mcpd.interfaces import ISessionStore, SessionRecord
 from mcpd.protocol.errors import LimitExceeded
-from mcpd.protocol.ledger import SESSION, Claim, Ledger
+from mcpd.protocol.ledger import SESSION, SUBSCRIPTION, Claim, Ledger
 from mcpd.protocol.outbound import OutboundRequests
 from mcpd.stores.memory import MemorySessionStore
 
@@ -57,7 +57,7 @@ class Session:
         self.subscriptions_tenant: str | None = None
         # Several instances: tells the others serving the session of a change to its state
         # (`changed`); set by `mcpd.cluster.sessions`.
-        self.share: Callable[[dict[str, str]], None] | None = None
+        self.share: Callable[[dict[str, str]], Deferred[Any]] | None = None
         # What the session holds in the ledger (its place among the sessions), given back
         # when it closes.
         self.claims: list[Claim] = []
@@ -80,11 +80,14 @@ class Session:
             subscriptions_tenant=self.subscriptions_tenant,
         )
 
-    def changed(self, **change: str) -> None:
+    def changed(self, **change: str) -> Deferred[Any] | None:
         """A request changed the session's state (`apply`'s arguments): with several
-        instances, every one serving the session applies it too, and its record keeps it."""
+        instances, every one serving the session applies it too, and its record keeps it.
+        With several instances, fires once the record has it; fails with `StoreFull` when a
+        subscribe would take the record past its account's share."""
         if self.share is not None:
-            self.share(change)
+            return self.share(change)
+        return None
 
     def apply(
         self,
@@ -236,9 +239,13 @@ class SessionStore:
             session.client_info = record.client_info
             session.client_capabilities = record.client_capabilities
             session.log_level = record.log_level
-            session.subscriptions = dict.fromkeys(record.subscriptions)
             session.subscriptions_tenant = record.subscriptions_tenant
             self.open(session, record.account)
+            # Counted against the account's share here too (the record holds at most that
+            # many), so subscribes through this instance are refused once past it.
+            session.subscriptions = {
+                uri: self.ledger.claim(record.account, SUBSCRIPTION, force=True) for uri in record.subscriptions
+            }
             session.last_active = self._clock.seconds()
             self._sessions[session.id] = session
             log.info("Session {id} adopted from another instance", id=session_id)

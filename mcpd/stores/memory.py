@@ -181,11 +181,14 @@ class MemorySessionStore:
         subscribe: str | None = None,
         unsubscribe: str | None = None,
         tenant: str | None = None,
+        cap: int | None = None,
     ) -> Deferred[bool]:
         data = self._records.get(session_id)
         if data is None:
             return succeed(False)
         subscriptions = data["subscriptions"] = list(data.get("subscriptions", ()))
+        if subscribe is not None and subscribe not in subscriptions and cap is not None and len(subscriptions) >= cap:
+            return fail(StoreFull(f"session {session_id} follows {len(subscriptions)} resources, its most", cap))
         if log_level is not None:
             data["log_level"] = log_level
         if tenant is not None:

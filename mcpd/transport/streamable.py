@@ -295,7 +295,9 @@ class StreamableHTTP(NoHead, Resource):
         last_event_id = request.getHeader("last-event-id")
         if last_event_id is not None:
             return self._resume(request, session, last_event_id)
-        if (session.standalone is not None and session.standalone.attached) or session.readers:
+        # Only a GET stream read here counts (not a POST stream's resumption, also a reader).
+        reading = any(getattr(reader, "key", None) == STANDALONE for reader in session.readers)
+        if (session.standalone is not None and session.standalone.attached) or reading:
             return json_error(request, 409, _ONE_GET_STREAM)
         if self.journal is not None:
             # Several instances: the GET stream may be open on another one.

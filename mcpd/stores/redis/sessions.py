@@ -7,8 +7,9 @@ refuses saving it again: an instance that missed the session's end (its "ended" 
 cannot bring it back.
 
 A record is a hash: what the handshake fixed as JSON (field ``r``), and the state its requests
-change, one field each (``level``, ``tenant``, ``sub:<uri>``), so that instances changing it at
-once (a subscribe through one, a setLevel through another) never undo each other's change."""
+change, one field each (``level``, ``tenant``, ``sub:<uri>``, and ``subs`` counting the URIs),
+so that instances changing it at once (a subscribe through one, a setLevel through another)
+never undo each other's change."""
 
 from __future__ import annotations
 
@@ -18,16 +19,30 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from mcpd.interfaces import ISessionStore, SessionRecord
+from mcpd.interfaces import ISessionStore, SessionRecord, StoreFull
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from mcpd.stores.redis.connection import RedisConnection
 
+
+def _prune(ttl_ms: str, expiry: str) -> str:
+    """Lua dropping from the index (KEYS[2]) a bounded number of records expired before now
+    (the new ``expiry`` less ``ttl_ms``, both ARGV items): each save or touch prunes a few, so
+    the index stays about the size of the live records."""
+    return f"""
+local now = tonumber({expiry}) - tonumber({ttl_ms}) / 1000
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 16)
+if #gone > 0 then redis.call('ZREM', KEYS[2], unpack(gone)) end
+"""
+
+
 # KEYS: the record, the index, its tombstone. ARGV: JSON, ttl ms, expiry time, then the state's
 # fields and values. Answers 0 if the session was deleted (its tombstone is there), else 1.
-SAVE = """
+SAVE = (
+    _prune("ARGV[2]", "ARGV[3]")
+    + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'r', ARGV[1], unpack(ARGV, 4))
@@ -35,21 +50,35 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
 return 1
 """
-# KEYS: the record. ARGV: the fields to set, as many values, the fields to drop ("" none). Answers
-# 0 when no record is kept (a change never brings one back).
+)
+# KEYS: the record. ARGV: the most URIs it may follow ("": no bound), the field to drop ("":
+# none), the fields to set, as many values. Answers 0 when no record is kept (a change never
+# brings one back), 2 (changing nothing) when a new URI would pass the bound, else 1. Field
+# ``subs`` counts the URIs.
 UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = (#ARGV - 1) / 2
-for i = 1, n do redis.call('HSET', KEYS[1], ARGV[i], ARGV[n + i]) end
-if ARGV[#ARGV] ~= '' then redis.call('HDEL', KEYS[1], ARGV[#ARGV]) end
+local cap, drop = tonumber(ARGV[1]), ARGV[2]
+local n = (#ARGV - 2) / 2
+local added = 0
+for i = 3, 2 + n do
+  if string.sub(ARGV[i], 1, 4) == 'sub:' and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then added = added + 1 end
+end
+local subs = tonumber(redis.call('HGET', KEYS[1], 'subs') or '0')
+if cap and added > 0 and subs + added > cap then return 2 end
+for i = 3, 2 + n do redis.call('HSET', KEYS[1], ARGV[i], ARGV[n + i]) end
+if drop ~= '' and redis.call('HDEL', KEYS[1], drop) == 1 then subs = subs - 1 end
+redis.call('HSET', KEYS[1], 'subs', subs + added)
 return 1
 """
 # KEYS: the record, the index. ARGV: ttl ms, expiry time. Answers 1 if the record is kept.
-TOUCH = """
+TOUCH = (
+    _prune("ARGV[1]", "ARGV[2]")
+    + """
 if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
 return 1
 """
+)
 # KEYS: the record, the index, its tombstone. ARGV: ttl ms. Answers 1 if it was kept.
 DELETE = """
 redis.call('ZREM', KEYS[2], KEYS[1])
@@ -67,6 +96,8 @@ return redis.call('ZCARD', KEYS[1])
 # is a field of its own.
 _STATE = {"log_level": "level", "subscriptions_tenant": "tenant"}
 _SUB = "sub:"
+# How many URIs it follows (bounded by `update`'s ``cap``).
+_COUNT = "subs"
 
 
 def _pairs(fields: list[str], values: list[str]) -> list[str]:
@@ -114,6 +145,7 @@ class RedisSessionStore:
         fixed = record.to_json()
         state = [_SUB + uri for uri in fixed.pop("subscriptions")]
         values = ["1"] * len(state)
+        state, values = [*state, _COUNT], [*values, str(len(state))]
         for name, field in _STATE.items():
             value = fixed.pop(name)
             if value is not None:
@@ -134,6 +166,7 @@ class RedisSessionStore:
         subscribe: str | None = None,
         unsubscribe: str | None = None,
         tenant: str | None = None,
+        cap: int | None = None,
     ) -> Deferred[bool]:
         sets = [
             ("level", log_level),
@@ -143,8 +176,14 @@ class RedisSessionStore:
         fields = [field for field, value in sets if value is not None]
         values = [value for _field, value in sets if value is not None]
         drop = _SUB + unsubscribe if unsubscribe is not None else ""
-        d = self.connection.eval(UPDATE, [self._prefix + session_id], [*fields, *values, drop])
-        return d.addCallback(lambda kept: bool(int(kept)))
+        bound = "" if cap is None else str(cap)
+        d = self.connection.eval(UPDATE, [self._prefix + session_id], [bound, drop, *fields, *values])
+        return d.addCallback(self._updated, session_id, cap)
+
+    def _updated(self, answer: Any, session_id: str, cap: int | None) -> bool:
+        if int(answer) == 2:
+            raise StoreFull(f"session {session_id} follows {cap} resources, its most", cap or 0)
+        return bool(int(answer))
 
     def touch(self, session_id: str) -> Deferred[bool]:
         d = self.connection.eval(TOUCH, self._keys(session_id), [self._ttl_ms(), self._expiry()])
