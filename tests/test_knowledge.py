@@ -338,6 +338,14 @@ class RebuildLeaseContract:
         query = select(index_outbox.c.collection, index_outbox.c.kind).order_by(index_outbox.c.seq)
         return self.store.sql.database.run("test", lambda c: [tuple(row) for row in c.execute(query)])
 
+    def left_marker(self, collection: str) -> Deferred[None]:
+        """The marker a ``mcpd reindex`` killed after its first step leaves behind."""
+        row = index_outbox.insert().values(
+            tenant="*", collection=collection, kind=REBUILD, target=collection, stale=0, created_at=utcnow(),
+            attempts=0, last_error="a killed mcpd reindex",
+        )
+        return self.store.sql.database.run("test", lambda c: c.execute(row) and None, write=True)
+
     def age_markers(self) -> Deferred[None]:
         """Make every marker older than its lease (its rebuild stopped renewing it)."""
         old = utcnow() - datetime.timedelta(seconds=MARKER_LEASE + 1)
@@ -348,7 +356,7 @@ class RebuildLeaseContract:
     def test_a_marker_left_by_a_rebuild_that_died_expires_and_its_work_gets_done(self) -> Any:
         yield self.store.create_collection("acme", "docs", None, "standard", "alice")
         name = index_collection((yield self.store.sql.find_collection("acme", "docs"))["id"])
-        yield self.store.sql.rebuilding(name, "a killed mcpd reindex")  # all it did
+        yield self.left_marker(name)
         self.store.index_down = True
         added = yield self.store.add_document("acme", "docs", document("kiwi words"), "alice")
         self.assertEqual(added["indexing"], PENDING)
@@ -448,7 +456,7 @@ class RebuildLeaseContract:
         yield self.store.create_collection("acme", "docs", None, "standard", "alice")
         yield self.store.add_document("acme", "docs", document("apple fruit"), "alice")
         name = index_collection((yield self.store.sql.find_collection("acme", "docs"))["id"])
-        yield self.store.sql.rebuilding(name, "a killed mcpd reindex")
+        yield self.left_marker(name)
         left = f"{name}__b1"
         yield self.store.retriever.ensure_collection(left, "standard")  # what it had built
         yield self.assertFailure(
