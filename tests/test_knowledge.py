@@ -15,7 +15,7 @@ from alembic import command
 from sqlalchemy import func, inspect, select, update
 from sqlalchemy.engine import URL
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.interfaces import Conflict, SearchQuery, StoreError, StoreUnavailable
@@ -450,6 +450,21 @@ class RebuildLeaseContract:
         self.assertEqual(found["index"], INDEX_OK)
         self.assertEqual((yield self.outbox()), [])
         self.assertFalse([n for n in (yield self.store.retriever.index.list_collections()) if "__b" in n])
+
+    @inlineCallbacks
+    def test_two_rebuilds_marking_a_collection_at_once_one_wins(self) -> Any:
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        name = index_collection((yield self.store.sql.find_collection("acme", "docs"))["id"])
+        for _ in range(5):
+            results = yield DeferredList(
+                [self.store.sql.rebuilding(name, by) for by in ("one", "two", "three")], consumeErrors=True
+            )
+            won = [value for ok, value in results if ok]
+            lost = [value for ok, value in results if not ok]
+            self.assertEqual(len(won), 1, results)
+            self.assertEqual([failure.type for failure in lost], [Conflict, Conflict])
+            yield self.store.sql.unmark(won[0])
+        self.assertEqual((yield self.outbox()), [])
 
     @inlineCallbacks
     def test_a_rebuild_takes_over_an_expired_lease_and_drops_what_it_left(self) -> Any:

@@ -624,7 +624,11 @@ class SQLKnowledge:
                 if not connection.execute(select(found)).scalar():
                     return None
             start = _lease_start()
-            mine = and_(index_outbox.c.collection == collection, index_outbox.c.kind == REBUILD)
+            mine = and_(
+                index_outbox.c.tenant == ANY_TENANT,  # the index's prefix: only these rows are locked
+                index_outbox.c.collection == collection,
+                index_outbox.c.kind == REBUILD,
+            )
             live = connection.execute(
                 select(index_outbox.c.created_at, index_outbox.c.last_error).where(
                     mine, index_outbox.c.created_at >= start
