@@ -20,13 +20,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.interfaces import Conflict, SearchQuery, StoreError, StoreUnavailable
 from mcpd.packs.chunking import chunk_markdown
-from mcpd.stores.knowledge import INDEX_OK, INDEXED, PENDING, KnowledgeStore
 from mcpd.stores import reindex
+from mcpd.stores.knowledge import INDEX_OK, INDEXED, PENDING, KnowledgeStore
 from mcpd.stores.milvus import MilvusIndex
 from mcpd.stores.reindex import Reindexer, rebuild
 from mcpd.stores.retrieval import Retriever
-from mcpd.stores.sql.config import DatabaseConfig, database_url
 from mcpd.stores.sql import migrate
+from mcpd.stores.sql.config import DatabaseConfig, database_url
 from mcpd.stores.sql.database import SQLDatabase, build_engine
 from mcpd.stores.sql.knowledge import (
     MARKER_LEASE,
@@ -341,8 +341,14 @@ class RebuildLeaseContract:
     def left_marker(self, collection: str) -> Deferred[None]:
         """The marker a ``mcpd reindex`` killed after its first step leaves behind."""
         row = index_outbox.insert().values(
-            tenant="*", collection=collection, kind=REBUILD, target=collection, stale=0, created_at=utcnow(),
-            attempts=0, last_error="a killed mcpd reindex",
+            tenant="*",
+            collection=collection,
+            kind=REBUILD,
+            target=collection,
+            stale=0,
+            created_at=utcnow(),
+            attempts=0,
+            last_error="a killed mcpd reindex",
         )
         return self.store.sql.database.run("test", lambda c: c.execute(row) and None, write=True)
 
@@ -534,19 +540,39 @@ class KBVersionsDowngradeTests(SynchronousTestCase):
             )
             connection.execute(
                 kb_documents.insert().values(
-                    id="D1", tenant="acme", collection_id="C1", text="t", metadata="{}", chunks=1,
-                    created_at=now, updated_at=now, created_by="a",
+                    id="D1",
+                    tenant="acme",
+                    collection_id="C1",
+                    text="t",
+                    metadata="{}",
+                    chunks=1,
+                    created_at=now,
+                    updated_at=now,
+                    created_by="a",
                 )
             )
             connection.execute(
                 kb_chunks.insert().values(
-                    id="K1", tenant="acme", document_id="D1", collection_id="C1", position=0, text="t",
-                    headings="[]", start=0, end=1,
+                    id="K1",
+                    tenant="acme",
+                    document_id="D1",
+                    collection_id="C1",
+                    position=0,
+                    text="t",
+                    headings="[]",
+                    start=0,
+                    end=1,
                 )
             )
             connection.execute(
                 memories.insert().values(
-                    id="M1", tenant="acme", owner="", text="m", tags='["x"]', created_at=now, updated_at=now,
+                    id="M1",
+                    tenant="acme",
+                    owner="",
+                    text="m",
+                    tags='["x"]',
+                    created_at=now,
+                    updated_at=now,
                     created_by="a",
                 )
             )

@@ -112,7 +112,9 @@ class Reindexer(Service):
         done = 0
         try:
             for collection in await sql.expire_markers():
-                log.warn("Rebuild of {name} died (its lease expired): its kept changes are indexed now", name=collection)
+                log.warn(
+                    "Rebuild of {name} died (its lease expired): its kept changes are indexed now", name=collection
+                )
             while self.running:
                 items = await sql.pending_work(BATCH, after)
                 if not items:

@@ -663,9 +663,7 @@ class SQLKnowledge:
         """The rebuild holding ``marker`` ended: its marker goes (another's, if any, stays)."""
 
         def work(connection: Connection) -> None:
-            connection.execute(
-                delete(index_outbox).where(index_outbox.c.seq == marker, index_outbox.c.kind == REBUILD)
-            )
+            connection.execute(delete(index_outbox).where(index_outbox.c.seq == marker, index_outbox.c.kind == REBUILD))
 
         return self.database.run("index.rebuild.unmark", work, write=True)
 
