@@ -58,7 +58,8 @@ DOCUMENT, MEMORY, COLLECTION = "document", "memory", "collection"
 REBUILD = "rebuild"
 ANY_TENANT = "*"
 # Seconds a rebuild's marker holds without being renewed (the rebuild renews it at every page,
-# well within this); its ``created_at`` is the last renewal, its ``last_error`` says who holds it.
+# well within this); its ``created_at`` is the last renewal, its ``last_error`` when and by whom
+# the rebuild began.
 MARKER_LEASE = 300.0
 # A document's metadata as JSON (the search index's bound, and the column's).
 MAX_METADATA_BYTES = 65_536
@@ -636,12 +637,14 @@ class SQLKnowledge:
             ).first()
             if live is not None:
                 raise Conflict(
-                    f"a rebuild of {collection} is under way since {iso(live.created_at)} (by {live.last_error}):"
-                    f" try again once it has ended, or after {int(MARKER_LEASE)}s if it died"
+                    f"a rebuild of {collection} is under way since {live.last_error}, last heard of at"
+                    f" {iso(live.created_at)}: try again once it has ended, or {int(MARKER_LEASE)}s after that"
+                    " if it died"
                 )
             connection.execute(delete(index_outbox).where(mine))  # expired: their rebuilds died
             seq = _enqueue(connection, ANY_TENANT, collection, REBUILD, collection, False)
-            connection.execute(update(index_outbox).where(index_outbox.c.seq == seq).values(last_error=by[:2000]))
+            since = f"{iso(utcnow())} (by {by})"
+            connection.execute(update(index_outbox).where(index_outbox.c.seq == seq).values(last_error=since[:2000]))
             return seq
 
         # The write lock (SQLite: taken at BEGIN; MySQL: SERIALIZABLE reads lock the range read)
@@ -669,16 +672,23 @@ class SQLKnowledge:
 
     def expire_markers(self) -> Deferred[list[str]]:
         """Delete the markers whose lease expired (their rebuilds died); fires with their
-        collections, whose kept work is pending again."""
+        collections, whose kept work is pending again. Only a read when there are none."""
 
-        def work(connection: Connection) -> list[str]:
-            old = and_(index_outbox.c.kind == REBUILD, index_outbox.c.created_at < _lease_start())
-            gone = list(connection.execute(select(index_outbox.c.collection).where(old)).scalars())
-            if gone:
-                connection.execute(delete(index_outbox).where(old))
+        def old() -> Any:
+            return and_(index_outbox.c.kind == REBUILD, index_outbox.c.created_at < _lease_start())
+
+        def expire(connection: Connection) -> list[str]:
+            gone = list(connection.execute(select(index_outbox.c.collection).where(old())).scalars())
+            connection.execute(delete(index_outbox).where(old()))
             return gone
 
-        return self.database.run("index.rebuild.expire", work, write=True)
+        def found(any_old: bool) -> Deferred[list[str]] | list[str]:
+            return self.database.run("index.rebuild.expire", expire, write=True) if any_old else []
+
+        look = self.database.run(
+            "index.rebuild.expired", lambda c: c.execute(select(index_outbox.c.seq).where(old()).limit(1)).first()
+        )
+        return look.addCallback(lambda row: found(row is not None))
 
     def clear_work(self, collection: str, up_to: int) -> Deferred[None]:
         """Forget the outbox rows of a collection up to ``up_to`` (a rebuild did their work)."""
