@@ -2,13 +2,17 @@
 (SQLite with Milvus Lite embedded; MariaDB with ``milvus-lite server``): records the index
 refuses never hold back the rest of the outbox; changes, deletes and drops that race the index
 work of older ones still end with the index holding what SQL holds; a rebuild under way is
-reported; a document's metadata is bounded the same on both databases."""
+reported, holds a lease on its collection that expires when it dies and that a second rebuild
+cannot take, and skips a collection dropped before its turn; a document's metadata is bounded
+the same on both databases; undoing r0006 keeps every record."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -16,6 +20,7 @@ from sqlalchemy import func, inspect, select, update
 from sqlalchemy.engine import URL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.interfaces import Conflict, SearchQuery, StoreError, StoreUnavailable
@@ -40,6 +45,7 @@ from mcpd.stores.sql.knowledge import (
 from mcpd.stores.sql.schema import index_outbox, kb_chunks, kb_collections, kb_documents, memories, memory_tags
 from mcpd.stores.sql.service import SQLStoreService
 from mcpd.stores.sql.tasks import utcnow
+from tests.daemon import MCPD, daemon_env
 from tests.milvus_service import require_milvus, shared_server, unique_prefix
 from tests.services import PASSWORD, shared_mariadb
 
@@ -589,3 +595,61 @@ class KBVersionsDowngradeTests(SynchronousTestCase):
             columns = [c["name"] for c in inspect(connection).get_columns("kb_documents")]
         self.assertEqual(counts, [1, 1, 1, 1])
         self.assertNotIn("version", columns)
+
+
+class ReindexCommandLeaseTests(TestCase):
+    """``mcpd reindex`` of a collection another rebuild holds is refused, saying whose; once
+    that lease has expired (its rebuild died), it rebuilds."""
+
+    timeout = 180
+
+    def test_a_second_reindex_is_refused_until_the_first_ones_lease_expires(self) -> Deferred[None]:
+        require_milvus()
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        env = daemon_env(workdir, {"DATA_DIR": str(workdir / "data")})
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([MCPD, *args], env=env, cwd=workdir, capture_output=True, text=True, timeout=120)
+
+        def scenario() -> None:
+            migrated = run("migrate")
+            self.assertEqual(migrated.returncode, 0, migrated.stderr)
+            url = URL.create("sqlite", database=str(workdir / "data" / "mcpd.sqlite3"))
+            engine = build_engine(DatabaseConfig(url=url))
+            self.addCleanup(engine.dispose)
+            now = utcnow()
+            with engine.begin() as connection:
+                connection.execute(
+                    kb_collections.insert().values(
+                        id="C1", tenant="acme", name="docs", analyzer="standard", created_at=now, created_by="a"
+                    )
+                )
+                connection.execute(
+                    index_outbox.insert().values(
+                        tenant="*",
+                        collection="kb_C1",
+                        kind=REBUILD,
+                        target="kb_C1",
+                        stale=0,
+                        created_at=now,
+                        attempts=0,
+                        last_error="2026-11-30T04:00:00Z (by build-host pid 4242)",
+                    )
+                )
+            refused = run("reindex", "docs")
+            self.assertEqual(refused.returncode, 1, refused.stderr)
+            self.assertIn(
+                "mcpd reindex: a rebuild of kb_C1 is under way since 2026-11-30T04:00:00Z (by build-host pid 4242)",
+                refused.stderr,
+            )
+            old = utcnow() - datetime.timedelta(seconds=MARKER_LEASE + 1)
+            with engine.begin() as connection:
+                connection.execute(update(index_outbox).values(created_at=old))
+            done = run("reindex", "docs")
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertIn("collection 'docs' of tenant 'acme': 0 chunk(s)", done.stdout)
+            with engine.connect() as connection:
+                self.assertEqual(connection.execute(select(func.count()).select_from(index_outbox)).scalar(), 0)
+
+        return deferToThread(scenario)
