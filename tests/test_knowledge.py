@@ -2,35 +2,50 @@
 (SQLite with Milvus Lite embedded; MariaDB with ``milvus-lite server``): records the index
 refuses never hold back the rest of the outbox; changes, deletes and drops that race the index
 work of older ones still end with the index holding what SQL holds; a rebuild under way is
-reported; a document's metadata is bounded the same on both databases."""
+reported, holds a lease on its collection that expires when it dies and that a second rebuild
+cannot take, and skips a collection dropped before its turn; a document's metadata is bounded
+the same on both databases; undoing r0006 keeps every record."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
+from alembic import command
+from sqlalchemy import func, inspect, select, update
 from sqlalchemy.engine import URL
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mcpd.interfaces import SearchQuery, StoreError
+from mcpd.interfaces import Conflict, SearchQuery, StoreError, StoreUnavailable
 from mcpd.packs.chunking import chunk_markdown
+from mcpd.stores import reindex
 from mcpd.stores.knowledge import INDEX_OK, INDEXED, PENDING, KnowledgeStore
 from mcpd.stores.milvus import MilvusIndex
 from mcpd.stores.reindex import Reindexer, rebuild
 from mcpd.stores.retrieval import Retriever
+from mcpd.stores.sql import migrate
 from mcpd.stores.sql.config import DatabaseConfig, database_url
-from mcpd.stores.sql.database import SQLDatabase
+from mcpd.stores.sql.database import SQLDatabase, build_engine
 from mcpd.stores.sql.knowledge import (
+    MARKER_LEASE,
     MAX_ATTEMPTS,
     MAX_METADATA_BYTES,
     MEMORY_COLLECTION,
+    REBUILD,
     SQLKnowledge,
     index_collection,
 )
+from mcpd.stores.sql.schema import index_outbox, kb_chunks, kb_collections, kb_documents, memories, memory_tags
 from mcpd.stores.sql.service import SQLStoreService
+from mcpd.stores.sql.tasks import utcnow
+from tests.daemon import MCPD, daemon_env
 from tests.milvus_service import require_milvus, shared_server, unique_prefix
 from tests.services import PASSWORD, shared_mariadb
 
@@ -303,3 +318,338 @@ class MariaDBServerTests(KnowledgeContract, TestCase):
         server = shared_mariadb()
         url = database_url(server.url(server.new_database()), directory, PASSWORD)
         return DatabaseConfig(url=url), MilvusIndex(shared_server().uri, reactor, prefix=unique_prefix())
+
+
+# -- rebuild leases, and the r0006 downgrade --------------------------------------------------------
+
+
+class RebuildLeaseContract:
+    """A rebuild's marker is a lease: it expires when its rebuild died, it is this rebuild's
+    alone, and a collection dropped before its turn is not built again."""
+
+    store: KnowledgeStore
+    reindexer: Reindexer
+    assertEqual: Any
+    assertIn: Any
+    assertNotIn: Any
+    assertFalse: Any
+    assertFailure: Any
+    flushLoggedErrors: Any
+    patch: Any
+    setUp = KnowledgeContract.setUp
+    search = KnowledgeContract.search
+
+    def outbox(self) -> Deferred[list[tuple[str, str]]]:
+        """The outbox: (collection, kind) of each row."""
+        query = select(index_outbox.c.collection, index_outbox.c.kind).order_by(index_outbox.c.seq)
+        return self.store.sql.database.run("test", lambda c: [tuple(row) for row in c.execute(query)])
+
+    def left_marker(self, collection: str) -> Deferred[None]:
+        """The marker a ``mcpd reindex`` killed after its first step leaves behind."""
+        row = index_outbox.insert().values(
+            tenant="*",
+            collection=collection,
+            kind=REBUILD,
+            target=collection,
+            stale=0,
+            created_at=utcnow(),
+            attempts=0,
+            last_error="a killed mcpd reindex",
+        )
+        return self.store.sql.database.run("test", lambda c: c.execute(row) and None, write=True)
+
+    def age_markers(self) -> Deferred[None]:
+        """Make every marker older than its lease (its rebuild stopped renewing it)."""
+        old = utcnow() - datetime.timedelta(seconds=MARKER_LEASE + 1)
+        query = update(index_outbox).where(index_outbox.c.kind == REBUILD).values(created_at=old)
+        return self.store.sql.database.run("test", lambda c: c.execute(query) and None, write=True)
+
+    @inlineCallbacks
+    def test_a_marker_left_by_a_rebuild_that_died_expires_and_its_work_gets_done(self) -> Any:
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        name = index_collection((yield self.store.sql.find_collection("acme", "docs"))["id"])
+        yield self.left_marker(name)
+        self.store.index_down = True
+        added = yield self.store.add_document("acme", "docs", document("kiwi words"), "alice")
+        self.assertEqual(added["indexing"], PENDING)
+        yield self.reindexer.drain()  # the lease is live: the rebuild may still be running
+        self.assertEqual((yield self.store.sql.pending_count()), 1)
+        self.assertEqual((yield self.search("kiwi"))["results"], [])
+        yield self.age_markers()
+        yield self.reindexer.drain()
+        self.assertEqual((yield self.store.sql.pending_count()), 0)
+        self.assertEqual((yield self.outbox()), [])
+        found = yield self.search("kiwi")
+        self.assertEqual([hit["text"] for hit in found["results"]], ["kiwi words"])
+        self.assertEqual(found["index"], INDEX_OK)
+        added = yield self.store.add_document("acme", "docs", document("lime words"), "alice")
+        self.assertEqual(added["indexing"], INDEXED)
+        self.assertEqual((yield self.outbox()), [])
+
+    @inlineCallbacks
+    def test_an_outage_while_catching_up_leaves_no_marker_behind(self) -> Any:
+        for collection in ("docs", "more"):
+            yield self.store.create_collection("acme", collection, None, "standard", "alice")
+            yield self.store.add_document("acme", collection, document(f"apple {collection}"), "alice")
+        fill = self.store.retriever.index_chunks
+        apply = self.store.apply
+
+        async def changed_meanwhile(name: str, chunks: Any, analyzer: str = "standard") -> int:
+            if "__b" in name and len(chunks) == 1 and "apple docs" in chunks[0].text:
+                await self.store.add_document("acme", "docs", document("date docs"), "alice")
+            return await fill(name, chunks, analyzer)
+
+        async def down(_targets: Any) -> Any:
+            raise StoreUnavailable("index", "connection refused")
+
+        swap = self.store.retriever.index.swap_collection
+        swapped: list[str] = []
+
+        def swap_then_outage(name: str, built: str) -> Deferred[None]:
+            swapped.append(name)
+            if len(swapped) == 2:  # both built: the index goes down before the catch-up
+                self.store.apply = lambda targets: Deferred.fromCoroutine(down(targets))  # type: ignore[method-assign]
+            return swap(name, built)
+
+        self.store.retriever.index_chunks = changed_meanwhile  # type: ignore[assignment,method-assign]
+        self.store.retriever.index.swap_collection = swap_then_outage  # type: ignore[method-assign]
+        yield self.assertFailure(
+            Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name in ("docs", "more"), grace=0)),
+            StoreUnavailable,
+        )
+        self.assertEqual(len(swapped), 2)
+        self.assertEqual(len(self.flushLoggedErrors(StoreUnavailable)), 1)  # docs' (nothing was kept of more)
+        self.assertNotIn(REBUILD, [kind for _, kind in (yield self.outbox())])  # neither collection's
+        self.store.apply = apply  # type: ignore[method-assign]
+        yield self.reindexer.drain()  # the index is back: the kept change is ordinary work
+        self.assertEqual((yield self.outbox()), [])
+        found = yield self.search("docs")
+        self.assertEqual(sorted(hit["text"] for hit in found["results"]), ["apple docs", "date docs"])
+        self.assertEqual(found["index"], INDEX_OK)
+
+    @inlineCallbacks
+    def test_a_second_rebuild_of_a_collection_under_way_is_refused_and_loses_nothing(self) -> Any:
+        self.patch(reindex, "REBUILD_PAGE", 1)
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        for word in ("apple", "banana", "cherry"):
+            yield self.store.add_document("acme", "docs", document(f"{word} fruit"), "alice")
+        name = index_collection((yield self.store.sql.find_collection("acme", "docs"))["id"])
+        fill = self.store.retriever.index_chunks
+        pages: list[str] = []
+        refused: list[Exception] = []
+
+        async def second_rebuild(built: str, chunks: Any, analyzer: str = "standard") -> int:
+            if "__b" in built:
+                pages.append(built)
+                if len(pages) == 2:  # the first rebuild has filled a page: a second one starts
+                    try:
+                        await rebuild(self.store, lambda _tenant, name: name == "docs", grace=0)
+                    except Conflict as e:
+                        refused.append(e)
+            return await fill(built, chunks, analyzer)
+
+        self.store.retriever.index_chunks = second_rebuild  # type: ignore[assignment,method-assign]
+        rebuilt = yield Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs", grace=0))
+        self.assertEqual([count for *_, count in rebuilt], [3])
+        self.assertEqual(len(refused), 1)
+        self.assertIn(f"a rebuild of {name} is under way since ", str(refused[0]))
+        self.assertIn(f"pid {os.getpid()}", str(refused[0]))
+        self.assertEqual(len(set(pages)), 1)  # one build, never dropped and made again
+        found = yield self.search("fruit")
+        self.assertEqual(
+            sorted(hit["text"] for hit in found["results"]), ["apple fruit", "banana fruit", "cherry fruit"]
+        )
+        self.assertEqual(found["index"], INDEX_OK)
+        self.assertEqual((yield self.outbox()), [])
+        self.assertFalse([n for n in (yield self.store.retriever.index.list_collections()) if "__b" in n])
+
+    @inlineCallbacks
+    def test_two_rebuilds_marking_a_collection_at_once_one_wins(self) -> Any:
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        name = index_collection((yield self.store.sql.find_collection("acme", "docs"))["id"])
+        for _ in range(5):
+            results = yield DeferredList(
+                [self.store.sql.rebuilding(name, by) for by in ("one", "two", "three")], consumeErrors=True
+            )
+            won = [value for ok, value in results if ok]
+            lost = [value for ok, value in results if not ok]
+            self.assertEqual(len(won), 1, results)
+            self.assertEqual([failure.type for failure in lost], [Conflict, Conflict])
+            yield self.store.sql.unmark(won[0])
+        self.assertEqual((yield self.outbox()), [])
+
+    @inlineCallbacks
+    def test_a_rebuild_takes_over_an_expired_lease_and_drops_what_it_left(self) -> Any:
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        yield self.store.add_document("acme", "docs", document("apple fruit"), "alice")
+        name = index_collection((yield self.store.sql.find_collection("acme", "docs"))["id"])
+        yield self.left_marker(name)
+        left = f"{name}__b1"
+        yield self.store.retriever.ensure_collection(left, "standard")  # what it had built
+        yield self.assertFailure(
+            Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs", grace=0)), Conflict
+        )
+        self.assertIn(left, (yield self.store.retriever.index.list_collections()))  # not touched while live
+        yield self.age_markers()
+        rebuilt = yield Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs", grace=0))
+        self.assertEqual([count for *_, count in rebuilt], [1])
+        self.assertNotIn(left, (yield self.store.retriever.index.list_collections()))
+        self.assertEqual((yield self.outbox()), [])
+        self.assertEqual([hit["text"] for hit in (yield self.search("apple"))["results"]], ["apple fruit"])
+
+    @inlineCallbacks
+    def test_a_collection_dropped_before_its_turn_is_not_built_again(self) -> Any:
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        yield self.store.add_document("acme", "docs", document("apple fruit"), "alice")
+        listed = self.store.sql.index_collections
+
+        def dropped_after_listing() -> Deferred[Any]:
+            found = listed()
+            found.addCallback(lambda names: self.store.drop_collection("acme", "docs").addCallback(lambda _: names))
+            return found
+
+        self.store.sql.index_collections = dropped_after_listing  # type: ignore[method-assign]
+        rebuilt = yield Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs", grace=0))
+        self.assertEqual(rebuilt, [])
+        self.assertEqual((yield self.store.retriever.index.list_collections()), [])
+        self.assertEqual((yield self.outbox()), [])
+
+
+class SQLiteRebuildLeaseTests(RebuildLeaseContract, TestCase):
+    timeout = 120
+    where = SQLiteEmbeddedTests.where
+
+
+class MariaDBRebuildLeaseTests(RebuildLeaseContract, TestCase):
+    timeout = 180
+    where = MariaDBServerTests.where
+
+
+class KBVersionsDowngradeTests(SynchronousTestCase):
+    """Undoing r0006 keeps every record (SQLite: no table copy whose drop cascades)."""
+
+    def test_downgrade_keeps_chunks_and_memory_tags(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        url = URL.create("sqlite", database=os.path.join(directory, "mcpd.sqlite3"))
+        engine = build_engine(DatabaseConfig(url=url))
+        self.addCleanup(engine.dispose)
+        with engine.connect() as connection:
+            command.upgrade(migrate._config(connection), "head")
+            connection.commit()
+        now = utcnow()
+        with engine.begin() as connection:
+            connection.execute(
+                kb_collections.insert().values(
+                    id="C1", tenant="acme", name="docs", analyzer="standard", created_at=now, created_by="a"
+                )
+            )
+            connection.execute(
+                kb_documents.insert().values(
+                    id="D1",
+                    tenant="acme",
+                    collection_id="C1",
+                    text="t",
+                    metadata="{}",
+                    chunks=1,
+                    created_at=now,
+                    updated_at=now,
+                    created_by="a",
+                )
+            )
+            connection.execute(
+                kb_chunks.insert().values(
+                    id="K1",
+                    tenant="acme",
+                    document_id="D1",
+                    collection_id="C1",
+                    position=0,
+                    text="t",
+                    headings="[]",
+                    start=0,
+                    end=1,
+                )
+            )
+            connection.execute(
+                memories.insert().values(
+                    id="M1",
+                    tenant="acme",
+                    owner="",
+                    text="m",
+                    tags='["x"]',
+                    created_at=now,
+                    updated_at=now,
+                    created_by="a",
+                )
+            )
+            connection.execute(memory_tags.insert().values(memory_id="M1", tenant="acme", tag="x"))
+        with engine.connect() as connection:
+            self.assertEqual(connection.exec_driver_sql("PRAGMA foreign_keys").scalar(), 1)  # as mcpd runs
+            command.downgrade(migrate._config(connection), "0005")
+            connection.commit()
+        with engine.connect() as connection:
+            counts = [
+                connection.execute(select(func.count()).select_from(table)).scalar()
+                for table in (kb_documents, kb_chunks, memories, memory_tags)
+            ]
+            columns = [c["name"] for c in inspect(connection).get_columns("kb_documents")]
+        self.assertEqual(counts, [1, 1, 1, 1])
+        self.assertNotIn("version", columns)
+
+
+class ReindexCommandLeaseTests(TestCase):
+    """``mcpd reindex`` of a collection another rebuild holds is refused, saying whose; once
+    that lease has expired (its rebuild died), it rebuilds."""
+
+    timeout = 180
+
+    def test_a_second_reindex_is_refused_until_the_first_ones_lease_expires(self) -> Deferred[None]:
+        require_milvus()
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        env = daemon_env(workdir, {"DATA_DIR": str(workdir / "data")})
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([MCPD, *args], env=env, cwd=workdir, capture_output=True, text=True, timeout=120)
+
+        def scenario() -> None:
+            migrated = run("migrate")
+            self.assertEqual(migrated.returncode, 0, migrated.stderr)
+            url = URL.create("sqlite", database=str(workdir / "data" / "mcpd.sqlite3"))
+            engine = build_engine(DatabaseConfig(url=url))
+            self.addCleanup(engine.dispose)
+            now = utcnow()
+            with engine.begin() as connection:
+                connection.execute(
+                    kb_collections.insert().values(
+                        id="C1", tenant="acme", name="docs", analyzer="standard", created_at=now, created_by="a"
+                    )
+                )
+                connection.execute(
+                    index_outbox.insert().values(
+                        tenant="*",
+                        collection="kb_C1",
+                        kind=REBUILD,
+                        target="kb_C1",
+                        stale=0,
+                        created_at=now,
+                        attempts=0,
+                        last_error="2026-11-30T04:00:00Z (by build-host pid 4242)",
+                    )
+                )
+            refused = run("reindex", "docs")
+            self.assertEqual(refused.returncode, 1, refused.stderr)
+            self.assertIn(
+                "mcpd reindex: a rebuild of kb_C1 is under way since 2026-11-30T04:00:00Z (by build-host pid 4242)",
+                refused.stderr,
+            )
+            old = utcnow() - datetime.timedelta(seconds=MARKER_LEASE + 1)
+            with engine.begin() as connection:
+                connection.execute(update(index_outbox).values(created_at=old))
+            done = run("reindex", "docs")
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertIn("collection 'docs' of tenant 'acme': 0 chunk(s)", done.stdout)
+            with engine.connect() as connection:
+                self.assertEqual(connection.execute(select(func.count()).select_from(index_outbox)).scalar(), 0)
+
+        return deferToThread(scenario)

@@ -11,13 +11,17 @@ twice, or late, is harmless; a row whose record changed while it was being index
 
 `rebuild` re-creates index collections from SQL (``mcpd reindex``): after the embedding model
 changed, or the index's data was lost. It builds a new collection and swaps it in when full:
-searches use the old one meanwhile.
+searches use the old one meanwhile. It holds a lease on each collection it rebuilds (a marker
+row, see `SQLKnowledge.rebuilding`), renewed as it goes: one rebuild of a collection at a time,
+and the markers of a rebuild that died expire, the re-indexer deleting them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -107,6 +111,10 @@ class Reindexer(Service):
         after = 0
         done = 0
         try:
+            for collection in await sql.expire_markers():
+                log.warn(
+                    "Rebuild of {name} died (its lease expired): its kept changes are indexed now", name=collection
+                )
             while self.running:
                 items = await sql.pending_work(BATCH, after)
                 if not items:
@@ -150,64 +158,98 @@ async def rebuild(
     index = store.retriever.index
     if not isinstance(index, MilvusIndex):
         raise StoreError("this search index cannot be rebuilt in place of the old one")
+    by = f"{socket.gethostname()} pid {os.getpid()}"
     rebuilt: list[tuple[str, str, str, int]] = []
+    held: list[int] = []  # this run's markers, renewed together
     try:
         for collection, analyzer, tenant, name in await sql.index_collections():
-            if only(tenant, name):
-                count = await _rebuild(store, index, collection, analyzer)
-                rebuilt.append((tenant, name, collection, count))
+            if not only(tenant, name):
+                continue
+            marker = await sql.rebuilding(collection, by)
+            if marker is None:
+                continue  # dropped since it was listed
+            held.append(marker)
+            count = await _rebuild(store, index, collection, analyzer, marker, held)
+            rebuilt.append((tenant, name, collection, count))
     finally:
         if rebuilt:
             # One grace for all: writes under way when a collection was swapped have settled.
             await deferLater(store.clock, grace, lambda: None)
-        for _, _, collection, count in rebuilt:
-            caught = await _catch_up(store, collection)
-            await sql.unmark(collection)
-            caught += await _catch_up(store, collection)  # kept between the last look and the unmark
+        failed: Exception | None = None
+        for (_, _, collection, count), marker in zip(rebuilt, held, strict=True):
+            try:
+                try:
+                    caught = await _catch_up(store, collection, held)
+                finally:
+                    await sql.unmark(marker)  # this collection's, whatever happens to the next
+                caught += await _catch_up(store, collection, [])  # kept between the last look and the unmark
+            except Exception as e:  # what is left is ordinary work now: the re-indexer does it
+                failed = failed or e
+                log.failure("Catching up on the rebuilt {name} failed", name=collection)
+                continue
             log.info(
                 "Rebuilt index collection {name}: {count} chunk(s), {caught} change(s) made meanwhile",
                 name=collection,
                 count=count,
                 caught=caught,
             )
+        if failed is not None:
+            raise failed
     return rebuilt
 
 
-async def _rebuild(store: KnowledgeStore, index: MilvusIndex, collection: str, analyzer: str) -> int:
-    """Fill a new collection from SQL and swap it in for ``collection`` (marked as being rebuilt
-    until the caller has caught up); how many chunks."""
+async def _renew(store: KnowledgeStore, held: list[int], marker: int | None = None) -> None:
+    """Renew this run's leases; `StoreError` when ``marker``'s has gone (it expired, and another
+    rebuild may own the collection now)."""
+    if not held:
+        return
+    kept = await store.sql.renew(held)
+    if marker is not None and marker not in kept:
+        raise StoreError("this rebuild lost its lease (it was stalled too long): run mcpd reindex again")
+
+
+async def _rebuild(
+    store: KnowledgeStore, index: MilvusIndex, collection: str, analyzer: str, marker: int, held: list[int]
+) -> int:
+    """Fill a new collection from SQL and swap it in for ``collection`` (``marker``, among this
+    run's ``held``, holds the lease until the caller has caught up); how many chunks."""
     sql = store.sql
-    await sql.rebuilding(collection)
     up_to = await sql.last_seq()
     built = f"{collection}{BUILT}{int(store.clock.seconds() * 1000)}"
     try:
         for left in await index.list_collections():
             if left.startswith(collection + BUILT):
-                await index.drop_collection(left)  # from a rebuild that died
+                await index.drop_collection(left)  # from a rebuild that died: ours is the only live lease
         await store.retriever.ensure_collection(built, analyzer)
         count, after = 0, ""
         while True:
+            await _renew(store, held, marker)
             chunks = await sql.chunks_after(collection, after, REBUILD_PAGE)
             if not chunks:
                 break
             await store.retriever.index_chunks(built, chunks, analyzer)
             count += len(chunks)
             after = chunks[-1].id
+        await _renew(store, held, marker)
         await index.swap_collection(collection, built)
     except BaseException:
         with contextlib.suppress(Exception):
             await index.drop_collection(built)
-        await sql.unmark(collection)  # the old collection stays as it was
+        held.remove(marker)
+        with contextlib.suppress(Exception):
+            await sql.unmark(marker)  # the old collection stays as it was (else the lease expires)
         raise
     await sql.clear_work(collection, up_to)
     return count
 
 
-async def _catch_up(store: KnowledgeStore, collection: str) -> int:
-    """Apply the changes kept while ``collection`` was rebuilt to it; how many."""
+async def _catch_up(store: KnowledgeStore, collection: str, held: list[int]) -> int:
+    """Apply the changes kept while ``collection`` was rebuilt to it (renewing the ``held``
+    leases as it goes); how many."""
     sql = store.sql
     after = done = 0
     while True:
+        await _renew(store, held)
         items = await sql.pending_work(BATCH, after, rebuilt=collection)
         if not items:
             return done

@@ -8,7 +8,10 @@ by tenant.
 
 While ``mcpd reindex`` rebuilds an index collection (into a new one, swapped in when full),
 a marker row says so: the rows of changes made meanwhile are kept (they reached the old one)
-until the rebuild has applied them to the new one.
+until the rebuild has applied them to the new one. The marker is a lease, one per collection:
+the rebuild renews it as it goes, a second rebuild of the collection is refused while it is
+live, and one left by a rebuild that died (killed, or its index went down) expires after
+`MARKER_LEASE` seconds: the re-indexer then deletes it and does the work it held.
 
 Documents and memories carry a version that every change raises. Index work reads a record at
 one version (`targets`) and, once the index holds that, `settle` clears its outbox row only if
@@ -54,6 +57,10 @@ DOCUMENT, MEMORY, COLLECTION = "document", "memory", "collection"
 # collection serves every tenant); it is not pending work.
 REBUILD = "rebuild"
 ANY_TENANT = "*"
+# Seconds a rebuild's marker holds without being renewed (the rebuild renews it at every page,
+# well within this); its ``created_at`` is the last renewal, its ``last_error`` when and by whom
+# the rebuild began.
+MARKER_LEASE = 300.0
 # A document's metadata as JSON (the search index's bound, and the column's).
 MAX_METADATA_BYTES = 65_536
 
@@ -496,7 +503,7 @@ class SQLKnowledge:
             if rebuilt is not None:
                 query = query.where(index_outbox.c.collection == rebuilt)
             else:
-                query = query.where(index_outbox.c.collection.not_in(_rebuilding()))
+                query = query.where(index_outbox.c.collection.not_in(_rebuilding(_lease_start())))
             return [_work_of(row) for row in connection.execute(query.order_by(index_outbox.c.seq).limit(limit))]
 
         return self.database.run("index.outbox.read", work)
@@ -536,7 +543,7 @@ class SQLKnowledge:
 
         def work(connection: Connection) -> list[int]:
             left = []
-            held = set() if rebuilt else set(connection.execute(_rebuilding()).scalars())
+            held = set() if rebuilt else set(connection.execute(_rebuilding(_lease_start())).scalars())
             for target in applied:
                 if target.work.collection in held:
                     left.append(target.work.seq)
@@ -606,25 +613,82 @@ class SQLKnowledge:
 
         return self.database.run("index.rebuild.read", work)
 
-    def rebuilding(self, collection: str) -> Deferred[int]:
-        """Mark ``collection`` as being rebuilt (searches say the index is degraded until
-        `clear_work` ends it); fires with the marker's seq."""
-        return self.database.run(
-            "index.rebuild.mark",
-            lambda c: _enqueue(c, ANY_TENANT, collection, REBUILD, collection, False),
-            write=True,
-        )
+    def rebuilding(self, collection: str, by: str) -> Deferred[int | None]:
+        """Take the lease on rebuilding ``collection`` (searches say the index is degraded until
+        `clear_work` ends it) for ``by`` (who, for the operator): fires with the marker's seq,
+        or None when the kb collection is gone (dropped since it was listed). `Conflict` when
+        another rebuild holds a live lease; an expired one is taken over."""
 
-    def unmark(self, collection: str) -> Deferred[None]:
-        """The rebuild of ``collection`` ended (or never began): its markers go (those of a
-        rebuild that died too)."""
+        def work(connection: Connection) -> int | None:
+            if collection != MEMORY_COLLECTION:
+                found = exists().where(kb_collections.c.id == collection.removeprefix("kb_"))
+                if not connection.execute(select(found)).scalar():
+                    return None
+            start = _lease_start()
+            mine = and_(
+                index_outbox.c.tenant == ANY_TENANT,  # the index's prefix: only these rows are locked
+                index_outbox.c.collection == collection,
+                index_outbox.c.kind == REBUILD,
+            )
+            live = connection.execute(
+                select(index_outbox.c.created_at, index_outbox.c.last_error).where(
+                    mine, index_outbox.c.created_at >= start
+                )
+            ).first()
+            if live is not None:
+                raise Conflict(
+                    f"a rebuild of {collection} is under way since {live.last_error}, last heard of at"
+                    f" {iso(live.created_at)}: try again once it has ended, or {int(MARKER_LEASE)}s after that"
+                    " if it died"
+                )
+            connection.execute(delete(index_outbox).where(mine))  # expired: their rebuilds died
+            seq = _enqueue(connection, ANY_TENANT, collection, REBUILD, collection, False)
+            since = f"{iso(utcnow())} (by {by})"
+            connection.execute(update(index_outbox).where(index_outbox.c.seq == seq).values(last_error=since[:2000]))
+            return seq
+
+        # The write lock (SQLite: taken at BEGIN; MySQL: SERIALIZABLE reads lock the range read)
+        # makes the look and the insert one step: two rebuilds never both hold the lease.
+        return self.database.run("index.rebuild.mark", work, write=True, serializable=True)
+
+    def renew(self, markers: Sequence[int]) -> Deferred[set[int]]:
+        """Renew the leases of a rebuild's ``markers``; fires with those still held (one that
+        expired meanwhile may have gone, and its collection may be another rebuild's now)."""
+
+        def work(connection: Connection) -> set[int]:
+            held = index_outbox.c.seq.in_(list(markers))
+            connection.execute(update(index_outbox).where(held).values(created_at=utcnow()))
+            return set(connection.execute(select(index_outbox.c.seq).where(held)).scalars())
+
+        return self.database.run("index.rebuild.renew", work, write=True)
+
+    def unmark(self, marker: int) -> Deferred[None]:
+        """The rebuild holding ``marker`` ended: its marker goes (another's, if any, stays)."""
 
         def work(connection: Connection) -> None:
-            connection.execute(
-                delete(index_outbox).where(index_outbox.c.collection == collection, index_outbox.c.kind == REBUILD)
-            )
+            connection.execute(delete(index_outbox).where(index_outbox.c.seq == marker, index_outbox.c.kind == REBUILD))
 
         return self.database.run("index.rebuild.unmark", work, write=True)
+
+    def expire_markers(self) -> Deferred[list[str]]:
+        """Delete the markers whose lease expired (their rebuilds died); fires with their
+        collections, whose kept work is pending again. Only a read when there are none."""
+
+        def old() -> Any:
+            return and_(index_outbox.c.kind == REBUILD, index_outbox.c.created_at < _lease_start())
+
+        def expire(connection: Connection) -> list[str]:
+            gone = list(connection.execute(select(index_outbox.c.collection).where(old())).scalars())
+            connection.execute(delete(index_outbox).where(old()))
+            return gone
+
+        def found(any_old: bool) -> Deferred[list[str]] | list[str]:
+            return self.database.run("index.rebuild.expire", expire, write=True) if any_old else []
+
+        look = self.database.run(
+            "index.rebuild.expired", lambda c: c.execute(select(index_outbox.c.seq).where(old()).limit(1)).first()
+        )
+        return look.addCallback(lambda row: found(row is not None))
 
     def clear_work(self, collection: str, up_to: int) -> Deferred[None]:
         """Forget the outbox rows of a collection up to ``up_to`` (a rebuild did their work)."""
@@ -733,9 +797,18 @@ def metadata_json(metadata: dict[str, Any] | None) -> str:
     return text
 
 
-def _rebuilding() -> Any:
-    """The index collections being rebuilt (a subquery)."""
-    return select(index_outbox.c.collection).where(index_outbox.c.kind == REBUILD).distinct()
+def _lease_start() -> datetime.datetime:
+    """A marker renewed before this has expired."""
+    return utcnow() - datetime.timedelta(seconds=MARKER_LEASE)
+
+
+def _rebuilding(start: datetime.datetime) -> Any:
+    """The index collections being rebuilt, by a marker renewed since ``start`` (a subquery)."""
+    return (
+        select(index_outbox.c.collection)
+        .where(index_outbox.c.kind == REBUILD, index_outbox.c.created_at >= start)
+        .distinct()
+    )
 
 
 def _drop_queued(connection: Connection, collection: str) -> bool:

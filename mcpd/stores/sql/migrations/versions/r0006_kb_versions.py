@@ -30,7 +30,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_context().dialect.name == "mysql":
         op.alter_column("kb_documents", "metadata", type_=sa.Text, existing_nullable=False)
-    with op.batch_alter_table("memories") as batch:
-        batch.drop_column("version")
-    with op.batch_alter_table("kb_documents") as batch:
-        batch.drop_column("version")
+    # Plain DROP COLUMN (SQLite has it since 3.35): a batch copy would drop the table, and with
+    # foreign keys on that drop cascades into kb_chunks and memory_tags.
+    op.drop_column("memories", "version")
+    op.drop_column("kb_documents", "version")
