@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
 
     from mcpd.interfaces import ITaskStore
+    from mcpd.protocol.session import Session
     from mcpd.protocol.trace import Tracer
     from mcpd.tools.pack import ToolRegistry
 
@@ -122,6 +123,11 @@ class Engine:
         # --max-message-size): a small request must not buy an unbounded answer.
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
+        # Sessions with a batch still being served a slice at a time, and the messages each sent
+        # since, served once the batch is (`_Batch`): a session's messages are served in the order
+        # they came, so a later message's answer does not overtake the answers a batch has at once
+        # (on /sse, a WebSocket or stdio one stream carries both).
+        self._behind_batch: dict[Session, list[tuple[Any, Exchange, Deferred[Any]]]] = {}
         self.server_info = {"name": "mcpd", "title": "mcpd", "version": __version__}
         self.capabilities: dict[str, Any] = {
             "tools": {"listChanged": True},
@@ -264,6 +270,10 @@ class Engine:
 
     def handle(self, message: Any, exchange: Exchange) -> Deferred[Any]:
         """Serve one decoded message or batch; fires with the response or None."""
+        if self._behind_batch and exchange.session in self._behind_batch:
+            waiting: Deferred[Any] = Deferred()
+            self._behind_batch[exchange.session].append((message, exchange, waiting))
+            return waiting
         if self.tracer is not None:
             self._trace("in", exchange, message)
         d = self._batch(message, exchange) if isinstance(message, list) else self._message(message, exchange)
@@ -297,6 +307,8 @@ class Engine:
             why = f"a batch may hold at most {self.max_batch} messages, this one has {len(messages)}; send fewer"
             return succeed(error_response(None, InvalidRequest(f"Invalid request: {why}").to_error()))
         exchange.version = version
+        if session is not None and len(messages) > BATCH_SLICE:
+            self._behind_batch[session] = []  # served over several reactor turns: see _Batch._served
         return _Batch(self, messages, exchange).run()
 
     def _message(self, message: Any, exchange: Exchange) -> Deferred[Any]:
@@ -680,6 +692,15 @@ class _Batch:
             self.engine.clock.callLater(0, self._slice, end)
         else:
             gatherResults(self.answers).addCallback(self._collect).chainDeferred(self.done)
+            if session is not None:
+                self._served(session)
+
+    def _served(self, session: Session) -> None:
+        """Serve, in order, the messages the session sent while the batch was being served
+        (after the batch's answer, when all its requests answered at once)."""
+        for message, exchange, waiting in self.engine._behind_batch.pop(session, ()):
+            # A batch among them holds the rest back again (`Engine.handle`).
+            self.engine.handle(message, exchange).chainDeferred(waiting)
 
     def _bounded(self, response: Any) -> Any:
         if response is None or "error" in response:
