@@ -1,11 +1,16 @@
 """In-memory tests of the legacy HTTP+SSE resources, SSE keep-alive comments and the start-up
-check of ``ssl:`` endpoints; the real clients are in `tests.test_transports`."""
+check of ``ssl:`` endpoints; a real daemon's ``/sse`` on raw sockets (the order of answers). The
+real clients are in `tests.test_transports`."""
 
 from __future__ import annotations
 
 import io
 import json
+import socket
 from pathlib import Path
+from typing import Any
+
+import h11
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
@@ -13,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.protocol.codec import MAX_DEPTH
-from mcpd.protocol.engine import Engine
+from mcpd.protocol.engine import BATCH_SLICE, Engine
 from mcpd.protocol.ledger import SESSION, STREAM, Ledger, Limit
 from mcpd.protocol.session import SessionStore
 from mcpd.tools import ToolRegistry
@@ -21,8 +26,10 @@ from mcpd.tools.pack import load_pack
 from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.sse import KEEPALIVE, keep_alive
 from mcpd.transport.tls import EndpointError, check_endpoint, is_tls
+from tests.daemon import DaemonTestCase
 from tests.http_harness import ComponentizedDummyRequest as DummyRequest
 from tests.tls_certs import make_tls_files
+from tests.wire import SSEDecoder, raw_request
 
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -198,3 +205,85 @@ class EndpointCheckTests(SynchronousTestCase):
         self.assertIn("does not belong", str(mismatch.exception))
         with self.assertRaises(EndpointError):
             check_endpoint(reactor, "bogus:1")
+
+
+class SSEStream:
+    """``GET /sse`` of a real daemon on a raw socket: its events, in the order they came."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10.0)
+        self.http = h11.Connection(h11.CLIENT)
+        self.decoder = SSEDecoder()
+        self.events: list[dict[str, str]] = []
+        self.sock.sendall(raw_request("GET", "/sse", [("Host", f"127.0.0.1:{port}"), ("Accept", "text/event-stream")]))
+        self.http.send(h11.Request(method="GET", target="/sse", headers=[("Host", "x")]))
+        self.http.send(h11.EndOfMessage())
+        endpoint = self.next_event()
+        assert endpoint.get("event") == "endpoint", endpoint
+        self.endpoint = endpoint["data"]
+
+    def next_event(self) -> dict[str, str]:
+        while not self.events:
+            event = self.http.next_event()
+            if event is h11.NEED_DATA:
+                self.http.receive_data(self.sock.recv(65536))
+            elif isinstance(event, h11.Data):
+                self.events += self.decoder.feed(bytes(event.data))
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                raise EOFError("the event stream ended")
+        return self.events.pop(0)
+
+    def next_message(self) -> Any:
+        event = self.next_event()
+        assert event.get("event") == "message", event
+        return json.loads(event["data"])
+
+    def post(self, *messages: Any) -> list[int]:
+        """POST each message to the endpoint, pipelined on one connection; their statuses."""
+        headers = [("Host", f"127.0.0.1:{self.port}"), ("Content-Type", "application/json")]
+        requests = [raw_request("POST", self.endpoint, headers, json.dumps(m).encode()) for m in messages]
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10.0) as sock:
+            sock.sendall(b"".join(requests))
+            client = h11.Connection(h11.CLIENT)
+            statuses: list[int] = []
+            for _ in requests:
+                client.send(h11.Request(method="POST", target="/", headers=[("Host", "x"), ("Content-Length", "0")]))
+                client.send(h11.EndOfMessage())
+                while True:
+                    event = client.next_event()
+                    if event is h11.NEED_DATA:
+                        client.receive_data(sock.recv(65536))
+                    elif isinstance(event, h11.Response):
+                        statuses.append(event.status_code)
+                    elif isinstance(event, h11.EndOfMessage):
+                        client.start_next_cycle()
+                        break
+        return statuses
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LegacySSEDaemonTests(DaemonTestCase):
+    """A real daemon's ``/sse`` sessions, on raw sockets."""
+
+    def test_a_batch_is_answered_before_a_message_sent_after_it(self) -> None:
+        """A batch served over several reactor turns (more than `BATCH_SLICE` messages) is
+        answered before a message the client sent after it: the session's one stream carries
+        both, and a client that stops reading at a later answer (the fuzz oracle's sentinel
+        ping) must not find the batch unanswered."""
+        daemon = self.start_daemon()
+        assert daemon.port is not None
+        stream = SSEStream(daemon.port)
+        self.addCleanup(stream.close)
+        initialize = {**INITIALIZE, "params": {**INITIALIZE["params"], "protocolVersion": "2025-03-26"}}
+        self.assertEqual(stream.post(initialize, {"jsonrpc": "2.0", "method": "notifications/initialized"}), [202, 202])
+        self.assertEqual(stream.next_message()["result"]["protocolVersion"], "2025-03-26")
+        batch = [{"jsonrpc": "2.0", "id": n, "method": "ping"} for n in range(BATCH_SLICE * 10)]
+        after = {"jsonrpc": "2.0", "id": "after", "method": "ping"}
+        self.assertEqual(stream.post(batch, after), [202, 202])
+        first = stream.next_message()
+        self.assertIsInstance(first, list, f"{first} came before the batch's answer")
+        self.assertEqual([answer["id"] for answer in first], list(range(BATCH_SLICE * 10)))
+        self.assertEqual(stream.next_message(), {"jsonrpc": "2.0", "id": "after", "result": {}})
