@@ -520,6 +520,28 @@ class BatchLimitTests(SynchronousTestCase):
         self.assertEqual([r["id"] for r in responses], list(range(BATCH_SLICE * 2 + 1)))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_later_messages_of_the_session_wait_for_the_batch(self) -> None:
+        """A session's messages are served in the order they came: what it sends while a batch
+        is served a slice at a time is answered after the batch (one stream carries both on
+        /sse, a WebSocket or stdio), and a batch among them holds the rest back in turn."""
+        peer = self.peer()
+        other = Peer(self, peer.engine)
+        other.initialize("2025-03-26")
+        answered: list[Any] = []
+        for message in (self.pings(BATCH_SLICE * 2), {"jsonrpc": "2.0", "id": "a", "method": "ping"}):
+            peer.start(message).addCallback(answered.append)
+        second = [{"jsonrpc": "2.0", "id": f"b{n}", "method": "ping"} for n in range(BATCH_SLICE + 1)]
+        peer.start(second).addCallback(answered.append)
+        peer.start({"jsonrpc": "2.0", "id": "c", "method": "ping"}).addCallback(answered.append)
+        # Another session is not held up.
+        self.assertEqual(other.send({"jsonrpc": "2.0", "id": "x", "method": "ping"})["id"], "x")
+        self.assertEqual(answered, [])
+        self.clock.advance(0)
+        self.clock.advance(0)
+        ids = [[r["id"] for r in a] if isinstance(a, list) else a["id"] for a in answered]
+        self.assertEqual(ids, [list(range(BATCH_SLICE * 2)), "a", [m["id"] for m in second], "c"])
+        self.assertEqual(peer.engine._behind_batch, {})
+
     def test_a_closed_session_stops_the_batch(self) -> None:
         peer = self.peer()
         d = peer.start(self.pings(BATCH_SLICE * 3))
