@@ -188,7 +188,9 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
-        self._line = ""
+        # The unfinished line, in the pieces it came in (joined once it ends: an event of
+        # megabytes in small chunks is not copied again with each one).
+        self._line: list[str] = []
         self._fields: dict[str, str] = {}
         self._data: list[str] = []
 
@@ -196,11 +198,15 @@ class SSEDecoder:
         """The events completed by ``chunk``: their fields, ``data`` lines joined by newlines.
         `NotStrictJSON` if the stream is not UTF-8."""
         try:
-            text = self._line + self._utf8.decode(chunk)
+            text = self._utf8.decode(chunk)
         except UnicodeDecodeError as e:
             raise NotStrictJSON(f"an event stream that is not UTF-8: {e}") from None
+        if "\n" not in text and "\r" not in text:
+            self._line.append(text)
+            return []
+        text = "".join(self._line) + text
         lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        self._line = lines.pop()
+        self._line = [lines.pop()]
         events = []
         for line in lines:
             if not line:
