@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, Request, TextMessage
 
-from mcpd.protocol.engine import Engine
+from mcpd.protocol.engine import BATCH_SLICE, Engine
 from mcpd.tools import ToolRegistry
 from mcpd.tools.api import Caller
 from mcpd.tools.pack import load_pack
@@ -27,8 +27,11 @@ INITIALIZE = {
 }
 
 
-def _pair(max_message_size: int = 1024, ping_interval: float | None = None) -> tuple[Any, ...]:
-    """A server wire and a wsproto client whose handshake is done."""
+def _pair(
+    max_message_size: int = 1024, ping_interval: float | None = None, engine_clock: bool = False
+) -> tuple[Any, ...]:
+    """A server wire and a wsproto client whose handshake is done (with ``engine_clock``, the
+    engine's reactor turns are the returned Clock's too)."""
     client = WSConnection(ConnectionType.CLIENT)
     server = WSConnection(ConnectionType.SERVER)
     server.receive_data(client.send(Request(host="localhost", target="/ws", subprotocols=["mcp"])))
@@ -36,7 +39,7 @@ def _pair(max_message_size: int = 1024, ping_interval: float | None = None) -> t
     client.receive_data(server.send(AcceptConnection(subprotocol="mcp")))
     next(client.events())
     clock = Clock()
-    engine = Engine(ToolRegistry([load_pack("server")]))
+    engine = Engine(ToolRegistry([load_pack("server")]), clock=clock if engine_clock else None)
     registry: set[WebSocketWire] = set()
     wire = WebSocketWire(
         server,
@@ -65,6 +68,25 @@ class WireTests(SynchronousTestCase):
         self.assertIsInstance(event, TextMessage)
         self.assertEqual(json.loads(event.data)["result"]["protocolVersion"], "2025-11-25")
         self.assertEqual(wire.mcp.session.version, "2025-11-25")
+
+    def test_a_batch_is_answered_before_a_later_message(self) -> None:
+        """A 2025-03-26 batch served over several reactor turns is answered before a message
+        the client sent after it, as each is on the one connection that carries both."""
+        wire, client, transport, clock, _registry = _pair(max_message_size=1 << 20, engine_clock=True)
+        initialize = {**INITIALIZE, "params": {**INITIALIZE["params"], "protocolVersion": "2025-03-26"}}
+        wire.dataReceived(client.send(TextMessage(data=json.dumps(initialize))))
+        wire.dataReceived(client.send(TextMessage(data='{"jsonrpc": "2.0", "method": "notifications/initialized"}')))
+        _received(client, transport)
+        batch = [{**PING, "id": n} for n in range(BATCH_SLICE * 3)]
+        wire.dataReceived(client.send(TextMessage(data=json.dumps(batch))))
+        wire.dataReceived(client.send(TextMessage(data=json.dumps({**PING, "id": "after"}))))
+        clock.advance(0)
+        clock.advance(0)
+        answers = [json.loads(event.data) for event in _received(client, transport)]
+        self.assertEqual(
+            [[r["id"] for r in a] if isinstance(a, list) else a["id"] for a in answers],
+            [list(range(BATCH_SLICE * 3)), "after"],
+        )
 
     def test_fragmented_message_is_reassembled(self) -> None:
         wire, client, transport, _clock, _registry = _pair()
