@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import h11
-
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
