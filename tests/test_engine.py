@@ -542,6 +542,20 @@ class BatchLimitTests(SynchronousTestCase):
         self.assertEqual(ids, [list(range(BATCH_SLICE * 2)), "a", [m["id"] for m in second], "c"])
         self.assertEqual(peer.engine._behind_batch, {})
 
+    def test_a_message_cancelled_while_it_waits_for_a_batch_is_not_served(self) -> None:
+        peer = self.peer()
+        records: list[CallRecord] = []
+        peer.engine.observers.append(records.append)
+        batch = peer.start(self.pings(BATCH_SLICE * 2))
+        cancelled = peer.start({"jsonrpc": "2.0", "id": "gone", "method": "ping"})
+        later = peer.start({"jsonrpc": "2.0", "id": "later", "method": "ping"})
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        self.clock.advance(0)
+        self.assertEqual(len(self.successResultOf(batch)), BATCH_SLICE * 2)
+        self.assertEqual(self.successResultOf(later)["id"], "later")
+        self.assertNotIn("gone", [record.request_id for record in records])
+
     def test_a_closed_session_stops_the_batch(self) -> None:
         peer = self.peer()
         d = peer.start(self.pings(BATCH_SLICE * 3))

@@ -699,6 +699,8 @@ class _Batch:
         """Serve, in order, the messages the session sent while the batch was being served
         (after the batch's answer, when all its requests answered at once)."""
         for message, exchange, waiting in self.engine._behind_batch.pop(session, ()):
+            if waiting.called:
+                continue  # cancelled while it waited (its client went): not served
             # A batch among them holds the rest back again (`Engine.handle`).
             self.engine.handle(message, exchange).chainDeferred(waiting)
 
