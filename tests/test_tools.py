@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import threading
 import time
@@ -72,6 +73,27 @@ class ToolDeclarationTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as caught:
                 make_tool(input_schema=schema)
             self.assertIn("input_schema is not a valid JSON Schema", str(caught.exception))
+
+    def test_a_schema_must_be_plain_json(self) -> None:
+        """A value tools/list could not send as it is (it would send ``null`` for NaN, the
+        number for an enum member) is refused at declaration, naming where it is: the daemon
+        refuses to start rather than fail each call of the tool (-32603)."""
+
+        class Priority(enum.IntEnum):
+            HIGH = 1
+
+        cases = [
+            ({"default": Priority.HIGH, "minimum": 0}, "/properties/p/default: <Priority.HIGH: 1> (Priority)"),
+            ({"minimum": float("inf")}, "/properties/p/minimum: inf is not a JSON number"),
+            ({"maximum": float("nan")}, "/properties/p/maximum: nan is not a JSON number"),
+            ({"enum": ("a", "b")}, "/properties/p/enum: ('a', 'b') (tuple)"),
+            ({"default": {1: "x"}}, "/properties/p/default: key 1 is not a string"),
+        ]
+        for field in ("input_schema", "output_schema"):
+            for subschema, where in cases:
+                with self.assertRaises(ValueError) as caught:
+                    make_tool(**{field: {"type": "object", "properties": {"p": subschema}}})
+                self.assertIn(f"{field} is not plain JSON: {where}", str(caught.exception))
 
     def test_output_schema_is_checked_the_same_way(self) -> None:
         with self.assertRaises(ValueError) as caught:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -267,6 +269,29 @@ class ArgumentValidatorTests(SynchronousTestCase):
             validator.problems({"a": "yes", "b": 1}),
             ["Additional properties are not allowed ('b' was unexpected)", "a: 'yes' is not of type 'boolean'"],
         )
+
+    def test_a_check_that_cannot_be_generated_falls_back_to_jsonschema(self) -> None:
+        """fastjsonschema writes a schema's values into Python code: an enum member's repr is a
+        syntax error there. jsonschema decides instead, and the failed build is not retried."""
+
+        class Priority(enum.IntEnum):
+            HIGH = 1
+
+        schema = {"type": "object", "properties": {"p": {"minimum": 0, "maximum": 3, "default": Priority.HIGH}}}
+        self.assertIsNone(compiled_check(schema))
+        validator = ArgumentValidator(schema)
+        for _ in range(2):
+            self.assertEqual(validator.problems({"p": 1}), [])
+            self.assertEqual(validator.problems({"p": 9}), ["p: 9 is greater than the maximum of 3"])
+            self.assertIsNone(validator._fast)  # remembered: not generated again on the next call
+
+    def test_a_check_that_cannot_run_falls_back_to_jsonschema(self) -> None:
+        """A bound of infinity is generated as the name ``inf``: a NameError on the first call."""
+        validator = ArgumentValidator({"type": "object", "properties": {"n": {"type": "number", "maximum": math.inf}}})
+        for _ in range(2):
+            self.assertEqual(validator.problems({"n": 5}), [])
+            self.assertEqual(validator.problems({"n": "x"}), ["n: 'x' is not of type 'number'"])
+            self.assertIsNone(validator._fast)
 
     def test_unsupported_schema_still_validates(self) -> None:
         validator = ArgumentValidator(UNSUPPORTED[0])

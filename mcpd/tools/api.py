@@ -24,7 +24,13 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
-from mcpd.tools.validation import ArgumentValidator, HeaderParameter, header_parameters, well_formed
+from mcpd.tools.validation import (
+    ArgumentValidator,
+    HeaderParameter,
+    header_parameters,
+    json_problem,
+    well_formed,
+)
 
 if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
@@ -123,6 +129,9 @@ def _check_schema(_instance: object, attribute: attrs.Attribute[Any], schema: An
         return
     if not isinstance(schema, Mapping) or schema.get("type") != "object":
         raise ValueError(f"{attribute.name} must be a JSON Schema object with type 'object'")
+    problem = json_problem(schema)
+    if problem is not None:
+        raise ValueError(f"{attribute.name} is not plain JSON: {problem}")
     if well_formed(schema):
         return  # what jsonschema's check would say, without its cost at every start-up
     from jsonschema import Draft202012Validator, SchemaError  # imported only for other schemas

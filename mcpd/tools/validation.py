@@ -12,6 +12,7 @@ A schema using anything else is validated by jsonschema alone.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -205,6 +206,33 @@ def well_formed(schema: Any) -> bool:
     return True
 
 
+def json_problem(schema: Any, where: str = "") -> str | None:
+    """Where ``schema`` holds a value JSON cannot carry as it is (NaN or an infinity, an enum
+    member, a tuple, bytes, a key that is not a string), worded for the pack's author; None
+    when it is plain JSON. tools/list would send such a value as something else (``null``,
+    the member's number), and the checks made from it would not be the schema clients see."""
+    kind = type(schema)
+    if kind is str or kind is int or kind is bool or schema is None:
+        return None
+    if kind is float:
+        return None if math.isfinite(schema) else f"{where or '/'}: {schema!r} is not a JSON number"
+    if isinstance(schema, Mapping):
+        for key, value in schema.items():
+            if type(key) is not str:
+                return f"{where or '/'}: key {key!r} is not a string"
+            problem = json_problem(value, f"{where}/{key}")
+            if problem is not None:
+                return problem
+        return None
+    if kind is list:
+        for index, value in enumerate(schema):
+            problem = json_problem(value, f"{where}/{index}")
+            if problem is not None:
+                return problem
+        return None
+    return f"{where or '/'}: {schema!r} ({kind.__name__}) is not a JSON value; write plain JSON"
+
+
 def _is_regex(text: str) -> bool:
     # The meta-schema's "format": "regex", as jsonschema's format checker tells it.
     try:
@@ -222,7 +250,7 @@ def compiled_check(schema: Mapping[str, Any]) -> Check | None:
 
     try:
         validate = fastjsonschema.compile(dict(schema), use_default=False, use_formats=False)
-    except fastjsonschema.JsonSchemaDefinitionException:
+    except Exception:  # noqa: BLE001 - code it could not generate (or exec): jsonschema decides
         return None
 
     def accepts(value: Any) -> bool:
@@ -254,8 +282,14 @@ class ArgumentValidator:
         fast = self._fast
         if fast is self._UNMADE:
             fast = self._fast = fast_check(self.schema) or compiled_check(self.schema)
-        if fast is not None and fast(arguments):
-            return []
+        if fast is not None:
+            try:
+                if fast(arguments):
+                    return []
+            except (NameError, TypeError):
+                # Generated code that cannot run (a bound it spelt as `inf`): jsonschema decides,
+                # from now on.
+                self._fast = None
         if self._validator is None:
             from jsonschema import Draft202012Validator  # only once a call is invalid: ~0.1 s to import
 
