@@ -28,28 +28,38 @@ INITIALIZE = {
 
 
 def _pair(
-    max_message_size: int = 1024, ping_interval: float | None = None, engine_clock: bool = False
+    max_message_size: int = 1024,
+    ping_interval: float | None = None,
+    engine_clock: bool = False,
+    *,
+    limits: WebSocketLimits | None = None,
+    registry: set[WebSocketWire] | None = None,
+    transport: StringTransport | None = None,
 ) -> tuple[Any, ...]:
     """A server wire and a wsproto client whose handshake is done (with ``engine_clock``, the
-    engine's reactor turns are the returned Clock's too)."""
+    engine's reactor turns are the returned Clock's too; on ``limits`` and in ``registry`` when
+    given: connections of one listener)."""
     client = WSConnection(ConnectionType.CLIENT)
     server = WSConnection(ConnectionType.SERVER)
     server.receive_data(client.send(Request(host="localhost", target="/ws", subprotocols=["mcp"])))
     next(server.events())
     client.receive_data(server.send(AcceptConnection(subprotocol="mcp")))
     next(client.events())
-    clock = Clock()
-    engine = Engine(ToolRegistry([load_pack("server")]), clock=clock if engine_clock else None)
-    registry: set[WebSocketWire] = set()
+    if limits is None:
+        limits = WebSocketLimits(max_message_size, ping_interval, Clock())
+    if registry is None:
+        registry = set()
+    engine = Engine(ToolRegistry([load_pack("server")]), clock=limits.clock if engine_clock else None)
     wire = WebSocketWire(
         server,
         lambda send: MCPConnection(engine, Caller(transport="websocket"), send),
-        WebSocketLimits(max_message_size, ping_interval, clock),
+        limits,
         registry,
     )
-    transport = StringTransport()
+    if transport is None:
+        transport = StringTransport()
     wire.makeConnection(transport)
-    return wire, client, transport, clock, registry
+    return wire, client, transport, limits.clock, registry
 
 
 def _received(client: WSConnection, transport: StringTransport) -> list[Any]:
@@ -164,6 +174,24 @@ class WireTests(SynchronousTestCase):
         self.assertIsInstance(ping, Ping)
         wire.connectionLost(None)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_one_failed_ping_stops_no_other(self) -> None:
+        """The listener's one ping timer carries on past a connection whose ping raises: the
+        others are still pinged, every interval, and the failure is logged."""
+
+        class Broken(StringTransport):
+            def write(self, data: bytes) -> None:
+                raise RuntimeError("the write failed")
+
+        limits = WebSocketLimits(1024, 5.0, Clock())
+        registry: set[WebSocketWire] = set()
+        _pair(limits=limits, registry=registry, transport=Broken())
+        _good, client, transport, clock, _registry = _pair(limits=limits, registry=registry)
+        for _ in range(3):
+            clock.advance(5.0)
+            [ping] = _received(client, transport)
+            self.assertIsInstance(ping, Ping)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
 
     def test_client_close_is_answered(self) -> None:
         wire, client, transport, _clock, _registry = _pair()

@@ -282,7 +282,11 @@ class WebSocketLimits:
 
         def ping() -> None:
             for wire in list(wires):
-                wire.ping()
+                try:
+                    wire.ping()
+                except Exception:
+                    # One connection's failure stops neither the timer nor the others' pings.
+                    log.failure("Could not ping WebSocket {peer}", peer=wire.mcp.peer)
 
         pinger = self._pinger = LoopingCall(ping)
         pinger.clock = self.clock
