@@ -3,6 +3,7 @@ slow clients dropped, on a Clock."""
 
 from __future__ import annotations
 
+import gc
 import json
 
 from twisted.internet.address import IPv4Address
@@ -16,8 +17,10 @@ from mcpd.protocol.ledger import CONNECTION, Ledger, Limit
 from mcpd.security.addresses import AddressList
 from mcpd.security.capacity import REFUSAL_GRACE, CapacityFactory
 from mcpd.security.gate import Gate, guarded_request_factory
+from mcpd.security.ratelimit import RateLimit, RateLimiter
 from tests.gate_harness import KEYS, Recorder
 from tests.http_harness import parse_response
+from tests.test_gate import LaterStore
 
 REQUEST = b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -172,6 +175,24 @@ class ShareTests(CapacityTestCase):
         protocol, transport = self.connect()
         protocol.dataReceived(self.request("root-key"))  # type: ignore[attr-defined]
         self.assertEqual(parse_response(transport.value()).status, 200)
+
+    def test_a_client_gone_before_the_rate_limit_answers_holds_nothing(self) -> None:
+        """A remote bucket store answers after the client left: the gone connection is not
+        counted again (its place, given back as it closed, would never be released)."""
+        store = LaterStore()
+        self.make(
+            Gate(keys=KEYS, limiter=RateLimiter(RateLimit(1, 60.0), store)), max_connections=4, ledger=self.ledger
+        )
+        for _ in range(2):  # within the limit, then over it (a 429 holds the connection too)
+            protocol, transport = self.connect()
+            protocol.dataReceived(self.request("alice-key"))  # type: ignore[attr-defined]
+            protocol.connectionLost(None)  # type: ignore[attr-defined]
+            store.answer()
+            gc.collect()  # an unhandled error in a Deferred is logged when it is collected
+            self.assertEqual(transport.value(), b"")
+            self.assertEqual(self.ledger.held("key:alice", CONNECTION), 0)
+        self.assertEqual(self.recorder.callers, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_a_connection_moves_to_the_key_of_its_last_request(self) -> None:
         protocol, transport = self.connect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 from twisted.internet.address import IPv4Address
@@ -260,6 +261,21 @@ class RemoteStoreTests(GateTestCase):
             statuses.append(connection.response.status)
         self.assertEqual(statuses, [200, 429])
         self.assertEqual([r["outcome"] for r in self.audit], ["rate_limited"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_client_that_leaves_before_the_answer_is_forgotten(self) -> None:
+        """The store's answer (within the limit or over it) for a client that has gone is
+        dropped: nothing is served, nothing refused, and no error is left in a Deferred."""
+        store = LaterStore()
+        self.make(keys=KEYS, limiter=RateLimiter(RateLimit(1, 60.0), store))
+        for _ in range(2):
+            connection = self.connect("127.0.0.1")
+            connection.send("POST", "/mcp", {"X-API-Key": "alice-key"}, b"{}")
+            connection.disconnect()
+            store.answer()
+            gc.collect()  # an unhandled error in a Deferred is logged when it is collected
+        self.assertEqual(self.recorder.callers, [])
+        self.assertEqual(list(self.audit), [])
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_a_failing_store_is_a_503_not_a_hang(self) -> None:

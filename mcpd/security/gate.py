@@ -239,6 +239,10 @@ class Gate:
         key: str | None,
         line: tuple[bytes, bytes] | None = None,
     ) -> Any:
+        if request._disconnected:
+            # The client left while the store answered: no one to answer, and its connection
+            # has given back its place already (holding one now would never be released).
+            return None
         if wait > 0:
             seconds = retry_after(wait)
             refusal = Refusal(
@@ -509,8 +513,8 @@ class GuardedRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def process(self) -> None:
-        if self._answered:
-            return
+        if self._answered or self._disconnected:
+            return  # answered already, or the client left while its admission was decided
         if self._admission is not None:
             self._admission.addCallback(lambda _: self.process())
             return
