@@ -212,25 +212,30 @@ def json_problem(schema: Any, where: str = "") -> str | None:
     when it is plain JSON. tools/list would send such a value as something else (``null``,
     the member's number), and the checks made from it would not be the schema clients see."""
     kind = type(schema)
-    if kind is str or kind is int or kind is bool or schema is None:
+    if kind in _JSON_SCALARS:
         return None
     if kind is float:
         return None if math.isfinite(schema) else f"{where or '/'}: {schema!r} is not a JSON number"
-    if isinstance(schema, Mapping):
+    if kind is dict or isinstance(schema, Mapping):
         for key, value in schema.items():
             if type(key) is not str:
                 return f"{where or '/'}: key {key!r} is not a string"
-            problem = json_problem(value, f"{where}/{key}")
-            if problem is not None:
-                return problem
+            if type(value) not in _JSON_SCALARS:  # most values: no call, no path to build
+                problem = json_problem(value, f"{where}/{key}")
+                if problem is not None:
+                    return problem
         return None
     if kind is list:
         for index, value in enumerate(schema):
-            problem = json_problem(value, f"{where}/{index}")
-            if problem is not None:
-                return problem
+            if type(value) not in _JSON_SCALARS:
+                problem = json_problem(value, f"{where}/{index}")
+                if problem is not None:
+                    return problem
         return None
     return f"{where or '/'}: {schema!r} ({kind.__name__}) is not a JSON value; write plain JSON"
+
+
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _is_regex(text: str) -> bool:
