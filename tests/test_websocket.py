@@ -215,7 +215,9 @@ class StreamSlotTests(SynchronousTestCase):
         self.ledger = Ledger({STREAM: Limit(per_account=1), SESSION: Limit(10, 10)})
         self.engine = Engine(ToolRegistry([load_pack("server")]), ledger=self.ledger)
         self.endpoint = WebSocketEndpoint(self.engine, WebSocketLimits(1024, None, Clock()))
-        self.site = Site(self.endpoint)
+        # A Clock for the channels' timeouts: the real reactor would keep their timers after the
+        # test ("Reactor was unclean" blamed on the next real-reactor test).
+        self.site = Site(self.endpoint, reactor=Clock())
         self.site.requestFactory = guarded_request_factory(Gate())
         self.kinds = (STREAM, SESSION)
 
