@@ -198,3 +198,75 @@ class QueueThreadsTests(SynchronousTestCase):
             time.sleep(0.01)
         self.successResultOf(d)
         self.assertEqual(pool.threads, [])
+
+
+class QueueThreadsCancelAndStopTests(SynchronousTestCase):
+    """A cancelled call is skipped when a thread takes it; once stopped, a call fails at once
+    rather than land behind the stop markers and never fire."""
+
+    threads = QueueThreadsTests.threads
+    deliver = QueueThreadsTests.deliver
+
+    def test_cancelled_call_is_skipped(self) -> None:
+        import threading
+
+        from twisted.internet.defer import CancelledError
+
+        pool, handed = self.threads(1)
+        release, running = threading.Event(), threading.Event()
+        ran: list[int] = []
+
+        def hold() -> bool:
+            running.set()
+            return release.wait(10)
+
+        first = pool.submit(hold)
+        self.assertTrue(running.wait(10))
+        waiting = pool.submit(ran.append, 1)
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        after = pool.submit(ran.append, 2)
+        self.assertEqual(pool.running(), 1)
+        release.set()
+        self.deliver(handed, 2)
+        self.assertTrue(self.successResultOf(first))
+        self.successResultOf(after)
+        self.assertEqual(ran, [2])
+
+    def test_cancelled_while_running_is_not_fired_again(self) -> None:
+        import threading
+
+        from twisted.internet.defer import CancelledError
+
+        pool, handed = self.threads(1)
+        release, running = threading.Event(), threading.Event()
+
+        def work() -> int:
+            running.set()
+            release.wait(10)
+            return 1
+
+        d = pool.submit(work)
+        self.assertTrue(running.wait(10))
+        d.cancel()
+        release.set()
+        self.deliver(handed, 1)  # the answer is dropped, not an AlreadyCalledError
+        self.failureResultOf(d, CancelledError)
+
+    def test_submit_after_stop_fails(self) -> None:
+        from mcpd.stores.threads import QueueThreads
+
+        clock = Clock()
+        pool = QueueThreads(2, "test-db", clock)
+        service = services.ThreadPoolService(pool, clock, grace=1.0)
+        service.startService()
+        d = service.stopService()
+        self.assertFalse(pool.started)  # on this thread, before the joiner runs
+        late = pool.submit(lambda: 1)
+        self.assertIn("not running", str(self.failureResultOf(late, RuntimeError).value))
+        for _ in range(500):
+            clock.advance(0.001)
+            if d.called:
+                break
+            time.sleep(0.01)
+        self.successResultOf(d)

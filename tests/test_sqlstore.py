@@ -864,3 +864,62 @@ class OutageTests(TestCase):
         self.assertEqual([p["name"] for p in page], ["web"])
         self.assertEqual((yield database.check()).state, "up")
         self.assertEqual((yield SQLNoteStore(database).search_notes(A, "x", None, 10, 0)), ([], False))
+
+
+class BusyProbeTests(TestCase):
+    """The health probe has its own thread and connection: readers busy with slow work do not
+    make it time out, and a probe that does time out while the store is busy says degraded,
+    without refusing the calls that follow."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        # One reader thread, one writer thread; the probe waits at most 0.5 s.
+        config = sqlite_config(self.mktemp(), pool_size=2, max_overflow=0, timeout=0.5)
+        self.database = SQLDatabase(config, reactor)
+        service = SQLStoreService(self.database, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.board = SQLTaskBoard(self.database)
+        self.release = threading.Event()
+        self.addCleanup(self.release.set)
+
+    def hold(self, count: int) -> list[Deferred[Any]]:
+        """``count`` reads that keep their thread until `release` is set."""
+        return [self.database.run("hold", lambda _connection: self.release.wait(30)) for _ in range(count)]
+
+    @inlineCallbacks
+    def test_probe_does_not_wait_behind_readers(self) -> Any:
+        held = self.hold(self.database.pool.count + 2)  # every reader busy, two more queued
+        yield deferLater(reactor, 0.1, lambda: None)
+        status = yield self.database.check()
+        self.assertEqual((status.state, status.detail), ("up", "sqlite " + str(self.database.server_version)))
+        self.assertEqual(self.database.state, "ok")
+        # An unrelated call is not refused as "database is unavailable".
+        project = yield self.board.create_project(A, "web", None, "alice")
+        self.assertEqual(project["name"], "web")
+        self.release.set()
+        yield DeferredList(held, fireOnOneErrback=True)
+        page, _ = yield self.board.list_projects(A, 10, None)
+        self.assertEqual([p["name"] for p in page], ["web"])
+
+    @inlineCallbacks
+    def test_probe_timeout_while_busy_is_degraded(self) -> Any:
+        prober = self.database.prober
+        stuck = prober.submit(self.release.wait, 30)  # the probe's own thread, held too
+        held = self.hold(self.database.pool.count + 2)
+        yield deferLater(reactor, 0.1, lambda: None)
+        status = yield self.database.check()
+        self.assertEqual(status.state, "degraded")
+        self.assertIn("no answer within 0.5s", status.detail)
+        self.assertIn("1 call(s) running, 2 waiting for a thread", status.detail)
+        self.assertEqual(self.database.state, "ok")
+        self.assertEqual(self.database.status().state, "up")
+        # A second probe times out too; neither stays queued once the thread is free.
+        self.assertEqual((yield self.database.check()).state, "degraded")
+        project = yield self.board.create_project(A, "web", None, "alice")
+        self.assertEqual(project["name"], "web")
+        self.release.set()
+        yield DeferredList([stuck, *held], fireOnOneErrback=True)
+        self.assertEqual((yield self.database.check()).state, "up")
+        self.assertEqual(prober.qsize(), 0)

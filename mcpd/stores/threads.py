@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,6 +40,8 @@ class QueueThreads:
         self.name = name
         self.started = False
         self.threads: list[threading.Thread] = []
+        # Each thread marks only its own slot (no lock): True while it runs a call.
+        self._running = [False] * count
         self.threadFactory: Callable[..., threading.Thread] = threading.Thread
         self._reactor = reactor
         self._queue: queue.SimpleQueue[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
@@ -50,6 +52,10 @@ class QueueThreads:
         """Calls waiting for a thread."""
         return self._queue.qsize()
 
+    def running(self) -> int:
+        """Calls a thread is running now."""
+        return sum(self._running)
+
     def start(self) -> None:
         if self._reactor is None:
             from twisted.internet import reactor
@@ -57,12 +63,15 @@ class QueueThreads:
             self._reactor = reactor
         self.started = True
         for n in range(self.count):
-            thread = self.threadFactory(target=self._work, name=f"{self.name}-{n}")
+            thread = self.threadFactory(target=self._work, args=(n,), name=f"{self.name}-{n}")
             thread.start()
             self.threads.append(thread)
 
     def stop(self) -> None:
-        """Let each thread finish the calls queued before this, then end (blocking: joins)."""
+        """Let each thread finish the calls queued before this, then end (blocking: joins).
+
+        Called off the reactor thread (`ThreadPoolService`), which has already set ``started``
+        False there, so no `submit` can queue a call behind the stop markers."""
         self.started = False
         for _ in self.threads:
             self._queue.put(None)
@@ -71,24 +80,49 @@ class QueueThreads:
         self.threads = []
 
     def submit(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        """``function(*args)`` in one of the threads; its result or failure, on the reactor."""
-        d: Deferred[T] = Deferred()
+        """``function(*args)`` in one of the threads; its result or failure, on the reactor.
+
+        Cancelling the Deferred before a thread takes the call skips it; once stopped (or before
+        starting), the call fails at once rather than wait for threads that will not take it."""
+        if not self.started:
+            return fail(RuntimeError(f"the {self.name} threads are not running"))
+        d: Deferred[T] = Deferred(_skip)
         self._queue.put((d, function, args))
         return d
 
-    def _work(self) -> None:
+    def _work(self, n: int) -> None:
         take = self._queue.get
+        running = self._running
         while (call := take()) is not None:
+            running[n] = True
             self._run(*call)
+            running[n] = False
             del call  # hold nothing while idle
 
     def _run(self, d: Deferred[Any], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if d.called:  # cancelled while it waited
+            return
         try:
             result = function(*args)
         except BaseException:  # noqa: BLE001 -- handed to the caller's Deferred
-            self._reactor.callFromThread(d.errback, Failure())
+            self._reactor.callFromThread(_errback, d, Failure())
         else:
-            self._reactor.callFromThread(d.callback, result)
+            self._reactor.callFromThread(_callback, d, result)
+
+
+def _skip(d: Deferred[Any]) -> None:
+    """A `QueueThreads` call's canceller: `Deferred.cancel` fails it with CancelledError, and the
+    thread that takes it sees it fired and skips it."""
+
+
+def _callback(d: Deferred[Any], result: Any) -> None:
+    if not d.called:  # not cancelled while it ran
+        d.callback(result)
+
+
+def _errback(d: Deferred[Any], failure: Failure) -> None:
+    if not d.called:
+        d.errback(failure)
 
 
 class ThreadPoolService(Service):
@@ -111,6 +145,9 @@ class ThreadPoolService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        # On the reactor thread, before the joiner queues its stop markers: a call submitted
+        # after this fails at once instead of landing behind them and never firing.
+        self.pool.started = False
         clock = self.clock
         joiner = threading.Thread(target=self.pool.stop, name=f"{self.pool.name}-join", daemon=True)
         joiner.start()

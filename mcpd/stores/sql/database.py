@@ -23,15 +23,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+import attrs
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mcpd.interfaces import DEGRADED as STORE_DEGRADED
 from mcpd.interfaces import DOWN as STORE_DOWN
 from mcpd.interfaces import UP, IStore, StoreError, StoreStatus, StoreUnavailable
 from mcpd.stores.sql import migrate
@@ -128,7 +131,12 @@ class SQLDatabase:
         readers = max(1, config.connections - 1) if sqlite else config.connections
         self.pool = QueueThreads(readers, "mcpd-db", reactor)
         self.writer = QueueThreads(1, "mcpd-db-writer", reactor) if sqlite else None
-        self.pools = [self.pool] if self.writer is None else [self.pool, self.writer]
+        # The health probe has a thread and a connection of its own: it never waits behind
+        # the readers' slow queries, so a busy store is not taken for a lost database.
+        self.prober = QueueThreads(1, "mcpd-db-probe", reactor)
+        self.probe_engine: Engine | None = None
+        workers = [self.pool] if self.writer is None else [self.pool, self.writer]
+        self.pools = [*workers, self.prober]
         self.metrics = DatabaseMetrics(self)
         self.state = STARTING
         self.last_error: str | None = None
@@ -151,6 +159,7 @@ class SQLDatabase:
         """Create the engine and bring the schema up to date (blocking: at start-up, before the
         reactor serves). `migrate.MigrationError` or `StoreUnavailable` when it cannot."""
         self.engine = build_engine(self.config)
+        self.probe_engine = build_engine(attrs.evolve(self.config, pool_size=1, max_overflow=0))
         shown = self.config.shown_url
         try:
             before, after = migrate.upgrade(self.engine, shown)
@@ -178,8 +187,9 @@ class SQLDatabase:
     def close(self) -> None:
         """Close every pooled connection."""
         self.state = STOPPED
-        if self.engine is not None:
-            self.engine.dispose()
+        for engine in (self.engine, self.probe_engine):
+            if engine is not None:
+                engine.dispose()
 
     # -- work -----------------------------------------------------------------------------------
 
@@ -318,30 +328,61 @@ class SQLDatabase:
         return StoreStatus(STORE, STORE_DOWN, self.last_error or f"the SQL store is {self.state}", latency)
 
     def check(self) -> Deferred[StoreStatus]:
-        """``SELECT 1`` through the store's pool, within ``--db-timeout`` (the probe that also
-        finds a database come back); never fails."""
+        """``SELECT 1`` on the probe's own thread and connection, within ``--db-timeout`` (the
+        probe that also finds a database come back); never fails.
+
+        Down only when the database refuses or drops the connection, or when the probe times
+        out while the store is idle; a probe that times out while the store's threads are busy
+        says degraded, with the queue, and leaves calls flowing."""
         started = time.monotonic()
-        if self.state == STOPPED or not self.pool.started or self.engine is None:
+        if self.state == STOPPED or not self.prober.started or self.probe_engine is None:
             return succeed(StoreStatus(STORE, STORE_DOWN, "the SQL store is not running", 0.0))
         self._retry_at = 0.0  # the probe always tries
-        d = self.run("check", lambda connection: connection.execute(text("SELECT 1")).scalar())
-        d.addTimeout(self.config.timeout, self.reactor)
+        d = self.prober.submit(self._probe)
+        d.addTimeout(self.config.timeout, self.reactor)  # cancels: a probe still queued is skipped
 
         def done(_value: Any) -> StoreStatus:
             return StoreStatus(STORE, UP, f"{self.backend} {self.server_version}", time.monotonic() - started)
 
         def failed(failure: Any) -> StoreStatus:
-            why = failure.value.detail if failure.check(StoreUnavailable) else None
-            if why is None:
-                why = f"no answer within {self.config.timeout:g}s"
-                self._unreachable(why)
-            return StoreStatus(STORE, STORE_DOWN, self.last_error or why, time.monotonic() - started)
+            latency = time.monotonic() - started
+            if failure.check(StoreUnavailable):
+                return StoreStatus(STORE, STORE_DOWN, self.last_error or failure.value.detail, latency)
+            why = f"no answer within {self.config.timeout:g}s"
+            if failure.check(defer.TimeoutError):
+                workers = [pool for pool in self.pools if pool is not self.prober]
+                waiting = sum(pool.qsize() for pool in workers)
+                running = sum(pool.running() for pool in workers)
+                if waiting or running:
+                    busy = f"{why}: {running} call(s) running, {waiting} waiting for a thread"
+                    return StoreStatus(STORE, STORE_DEGRADED, busy, latency)
+            else:
+                why = f"the probe failed: {failure.getErrorMessage()}"
+            self._unreachable(why)
+            return StoreStatus(STORE, STORE_DOWN, why, latency)
 
         def keep(status: StoreStatus) -> StoreStatus:
             self.last_check = status
             return status
 
         return d.addCallbacks(done, failed).addCallback(keep)
+
+    def _probe(self) -> None:
+        """In the probe's thread: ``SELECT 1``; outages mapped as `_transaction` maps them."""
+        assert self.probe_engine is not None
+        try:
+            with self.probe_engine.connect() as connection:
+                connection.execute(text("SELECT 1")).scalar()
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as e:
+            kind = self._classify(e)
+            self.metrics.errors.labels("check", kind).inc()
+            if kind not in ("unavailable", "busy", "deadlock_retry"):
+                raise
+            reason = _reason(e)
+            if kind == "unavailable":
+                self._unreachable(reason)
+            raise StoreUnavailable(STORE, reason + RETRY_ADVICE) from None
+        self._reached()
 
     def collectors(self) -> list[Any]:
         return self.metrics.collectors()
