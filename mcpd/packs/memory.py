@@ -300,7 +300,7 @@ def memory_context(ctx: Any, arguments: dict[str, str]) -> Any:
     topic = arguments["topic"]
     if not re.search(r"\w", topic):
         raise StoreError("topic has no words: say what the conversation is about")
-    d = _memories(ctx).recall(ctx.tenant, owners(ctx), topic, [], CONTEXT_LIMIT, 0)
+    d = _memories(ctx).recall(ctx.tenant, owners(ctx), topic, [], CONTEXT_LIMIT)
     return d.addCallback(lambda found: _context_messages(topic, found))
 
 
