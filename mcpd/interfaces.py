@@ -10,7 +10,7 @@ that every implementation runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -699,9 +699,10 @@ class IKnowledgeBase(Interface):
         mode: str | None,
         filters: Mapping[str, Any],
         limit: int,
-        offset: int,
+        shown: Set[str],
     ) -> Deferred[dict[str, Any]]:
-        """``{"results", "mode", "notice", "index", "more"}``: chunks best first."""
+        """``{"results", "mode", "notice", "index", "more", "shown"}``: chunks best first, none of
+        ``shown`` (the keys of what earlier pages showed); ``shown`` then has this page's too."""
 
 
 class IMemoryStore(Interface):
@@ -711,9 +712,10 @@ class IMemoryStore(Interface):
         """Keep a memory (``owner`` "" for the team) and index it: ``{"memory", "indexing"}``."""
 
     def recall(
-        tenant: str, owners: Sequence[str], query: str, tags: Sequence[str], limit: int, offset: int
+        tenant: str, owners: Sequence[str], query: str, tags: Sequence[str], limit: int, shown: Set[str]
     ) -> Deferred[dict[str, Any]]:
-        """``{"memories", "mode", "notice", "index", "more"}``: by relevance, newest first on ties."""
+        """``{"memories", "mode", "notice", "index", "more", "shown"}``: by relevance, newest first
+        on ties, none of ``shown`` (as for `IKnowledgeStore.search`)."""
 
     def list_memories(
         tenant: str, owners: Sequence[str], tags: Sequence[str], limit: int, after: str | None

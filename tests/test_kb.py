@@ -621,6 +621,34 @@ class FindingTests(KnowledgeDaemon, DaemonTestCase):
 
         return self.with_clients(daemon, scenario, "alice")
 
+    def test_search_pages_follow_what_was_shown_not_an_offset(self) -> Deferred[None]:
+        """Between two pages the index may rank otherwise (here a shown document is deleted; on
+        Milvus Lite, segments sealed or compacted also move scores): the next page neither skips
+        a result nor shows one again, as an offset into the new ranking would."""
+        daemon = self.knowledge_daemon()
+
+        async def scenario(client: Client) -> None:
+            call = client.call_tool
+            await call("kb.create_collection", {"name": "shifting"})
+            for number in range(12):
+                await call("kb.add", {"collection": "shifting", "text": f"Widget {number} of the catalogue."})
+            arguments: dict[str, Any] = {"collection": "shifting", "query": "widget catalogue", "limit": 5}
+            everything = structured(await call("kb.search", {**arguments, "limit": 12}))["results"]
+            first = structured(await call("kb.search", arguments))
+            self.assertEqual([r["chunk_id"] for r in first["results"]], [r["chunk_id"] for r in everything[:5]])
+            removed = first["results"][0]["document_id"]
+            self.assertTrue(structured(await call("kb.delete", {"collection": "shifting", "id": removed}))["deleted"])
+            seen = [result["chunk_id"] for result in first["results"]]
+            cursor = first["next_cursor"]
+            while cursor is not None:
+                page = structured(await call("kb.search", {**arguments, "cursor": cursor}))
+                seen += [result["chunk_id"] for result in page["results"]]
+                cursor = page["next_cursor"]
+            self.assertEqual(len(seen), len(set(seen)))  # none twice
+            self.assertEqual(set(seen), {result["chunk_id"] for result in everything})  # none skipped
+
+        return self.with_clients(daemon, scenario, "alice")
+
     def test_another_tenant_cannot_follow_a_document(self) -> Deferred[None]:
         daemon = self.knowledge_daemon()
 

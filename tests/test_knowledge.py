@@ -89,7 +89,7 @@ class KnowledgeContract:
         self.addCleanup(self.reindexer.stopService)
 
     def search(self, query: str) -> Any:
-        return self.store.search("acme", ["docs"], query, None, {}, 10, 0)
+        return self.store.search("acme", ["docs"], query, None, {}, 10)
 
     @inlineCallbacks
     def _race(self, during: Any) -> Any:
@@ -220,7 +220,7 @@ class KnowledgeContract:
             sorted(hit["text"] for hit in after["results"]), ["banana fruit", "cherry fruit", "date fruit"]
         )
         self.assertEqual(after["index"], INDEX_OK)
-        ripe = yield self.store.search("acme", ["docs"], "fruit", None, {"ripe": True}, 10, 0)
+        ripe = yield self.store.search("acme", ["docs"], "fruit", None, {"ripe": True}, 10)
         self.assertEqual([hit["text"] for hit in ripe["results"]], ["banana fruit"])
         self.assertEqual((yield self.store.sql.pending_count()), 0)
         collection = yield self.store.sql.find_collection("acme", "docs")
@@ -295,7 +295,7 @@ class KnowledgeContract:
         yield self.reindexer.drain()
         self.assertEqual(self.store.pending, 0)
         self.assertEqual(self.store.metrics.errors.labels("index", "refused")._value.get(), 0)  # one batch
-        found = yield self.store.search("acme", ["docs"], "apple", None, {"team": "ops"}, 10, 0)
+        found = yield self.store.search("acme", ["docs"], "apple", None, {"team": "ops"}, 10)
         self.assertEqual([(hit["document_id"], hit["title"]) for hit in found["results"]], [(did, "Apples")])
 
 

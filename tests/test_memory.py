@@ -262,6 +262,31 @@ class FindingTests(KnowledgeDaemon, DaemonTestCase):
 
         return self.with_clients(daemon, scenario, "alice")
 
+    def test_recall_pages_follow_what_was_shown_not_an_offset(self) -> Deferred[None]:
+        """A memory of the first page forgotten before the next: the later pages neither skip
+        one nor show one again, as an offset into the new ranking would."""
+        daemon = self.knowledge_daemon()
+
+        async def scenario(alice: Client) -> None:
+            call = alice.call_tool
+            for number in range(12):
+                await call("memory.remember", {"text": f"Deploy note {number}: deploy the api.", "scope": "team"})
+            arguments: dict[str, Any] = {"query": "deploy api", "limit": 5}
+            everything = structured(await call("memory.recall", {**arguments, "limit": 12}))["memories"]
+            first = structured(await call("memory.recall", arguments))
+            self.assertEqual([m["id"] for m in first["memories"]], [m["id"] for m in everything[:5]])
+            self.assertTrue(structured(await call("memory.forget", {"id": first["memories"][0]["id"]}))["forgotten"])
+            seen = [memory["id"] for memory in first["memories"]]
+            cursor = first["next_cursor"]
+            while cursor is not None:
+                page = structured(await call("memory.recall", {**arguments, "cursor": cursor}))
+                seen += [memory["id"] for memory in page["memories"]]
+                cursor = page["next_cursor"]
+            self.assertEqual(len(seen), len(set(seen)))  # none twice
+            self.assertEqual(set(seen), {memory["id"] for memory in everything})  # none skipped
+
+        return self.with_clients(daemon, scenario, "alice")
+
     def test_a_personal_memory_is_followed_only_by_its_key(self) -> Deferred[None]:
         daemon = self.knowledge_daemon()
 

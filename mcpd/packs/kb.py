@@ -19,7 +19,15 @@ from twisted.internet.threads import deferToThread
 from mcpd.interfaces import ANALYZERS, SEARCH_MODES, IKnowledgeBase, NotFound
 from mcpd.packs.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, Chunk, chunk_markdown
 from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
-from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
+from mcpd.tools.paging import (
+    CURSOR_SCHEMA,
+    NEXT_CURSOR_SCHEMA,
+    decode_cursor,
+    encode_cursor,
+    limit_of,
+    limit_schema,
+    shown_of,
+)
 
 pack = ToolPack(
     "kb",
@@ -370,14 +378,12 @@ def kb_search(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     names = [names] if isinstance(names, str) else list(names)
     filters = _integers_fit(dict(arguments.get("filter") or {}), "filter")
     listing = {"collection": names, "query": query, "mode": arguments.get("mode"), "filter": filters}
-    offset = decode_cursor(ctx, "kb.search", listing, arguments.get("cursor")) or 0
-    if not isinstance(offset, int) or offset < 0:
-        raise ToolError("cursor is not one this server gave out: call again without cursor")
+    shown = shown_of(decode_cursor(ctx, "kb.search", listing, arguments.get("cursor")))
     limit = limit_of(arguments)
-    d = _kb(ctx).search(ctx.tenant, names, query, arguments.get("mode"), filters, limit, offset)
+    d = _kb(ctx).search(ctx.tenant, names, query, arguments.get("mode"), filters, limit, shown)
 
     def page(found: dict[str, Any]) -> dict[str, Any]:
-        after = offset + len(found["results"]) if found["more"] else None
+        after = "".join(found["shown"]) if found["more"] else None
         return {
             "results": found["results"],
             "mode": found["mode"],

@@ -15,7 +15,15 @@ from typing import Any
 
 from mcpd.interfaces import IMemoryStore, NotFound, StoreError
 from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
-from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
+from mcpd.tools.paging import (
+    CURSOR_SCHEMA,
+    NEXT_CURSOR_SCHEMA,
+    decode_cursor,
+    encode_cursor,
+    limit_of,
+    limit_schema,
+    shown_of,
+)
 from mcpd.tools.prompts import PromptArgument
 
 pack = ToolPack(
@@ -158,13 +166,11 @@ def memory_recall(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         raise ToolError('query has no words to search for: say what to recall, e.g. "deploy preferences"')
     tags = list(arguments.get("tags") or ())
     listing = {"query": query, "tags": tags, "scope": arguments.get("scope")}
-    offset = decode_cursor(ctx, "memory.recall", listing, arguments.get("cursor")) or 0
-    if not isinstance(offset, int) or offset < 0:
-        raise ToolError("cursor is not one this server gave out: call again without cursor")
-    d = _memories(ctx).recall(ctx.tenant, owners(ctx, arguments.get("scope")), query, tags, limit_of(arguments), offset)
+    shown = shown_of(decode_cursor(ctx, "memory.recall", listing, arguments.get("cursor")))
+    d = _memories(ctx).recall(ctx.tenant, owners(ctx, arguments.get("scope")), query, tags, limit_of(arguments), shown)
 
     def page(found: dict[str, Any]) -> dict[str, Any]:
-        after = offset + len(found["memories"]) if found["more"] else None
+        after = "".join(found["shown"]) if found["more"] else None
         return {
             "memories": [_shown(memory) for memory in found["memories"]],
             "mode": found["mode"],
@@ -294,7 +300,7 @@ def memory_context(ctx: Any, arguments: dict[str, str]) -> Any:
     topic = arguments["topic"]
     if not re.search(r"\w", topic):
         raise StoreError("topic has no words: say what the conversation is about")
-    d = _memories(ctx).recall(ctx.tenant, owners(ctx), topic, [], CONTEXT_LIMIT, 0)
+    d = _memories(ctx).recall(ctx.tenant, owners(ctx), topic, [], CONTEXT_LIMIT)
     return d.addCallback(lambda found: _context_messages(topic, found))
 
 

@@ -13,9 +13,11 @@ the index is behind; with the index down it falls back to a plain word scan of S
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -59,8 +61,13 @@ log = Logger(namespace="mcpd.knowledge")
 STORE = "index"
 INDEXED, PENDING = "done", "pending"
 INDEX_OK, INDEX_DEGRADED = "ok", "degraded"
-# Most hits one search may reach (offset + limit): the index's own bound.
+# Most hits one search may reach (what earlier pages showed, and this one): the index's own bound.
 MAX_DEPTH = 1000
+# A search's cursor names what its pages have shown (not an offset): between two pages the index
+# may rank differently (the corpus changed, or Milvus Lite sealed or compacted segments, each of
+# which keeps its own BM25 statistics), and an offset would then repeat results and skip others.
+# Nine bytes: no two of a search's (at most MAX_DEPTH) results share a key, and twelve characters each.
+SHOWN_KEY_BYTES = 9
 SCAN_ROWS = 2000  # chunks a degraded (index down) search reads at most
 # Seconds a write waits for its indexing before answering "pending" (the indexing goes on): once
 # SQL has committed, a client that times out and retries would add the record twice. Well below
@@ -406,10 +413,10 @@ class KnowledgeStore:
         mode: str | None,
         filters: Mapping[str, Any],
         limit: int,
-        offset: int,
+        shown: Set[str] = frozenset(),
     ) -> Deferred[dict[str, Any]]:
         return Deferred.fromCoroutine(
-            self._search_kb(tenant, list(dict.fromkeys(collections)), query, mode, dict(filters), limit, offset)
+            self._search_kb(tenant, list(dict.fromkeys(collections)), query, mode, dict(filters), limit, shown)
         )
 
     async def _search_kb(
@@ -420,33 +427,32 @@ class KnowledgeStore:
         mode: str | None,
         filters: dict[str, Any],
         limit: int,
-        offset: int,
+        shown: Set[str],
     ) -> dict[str, Any]:
         found = await self.sql.collections_of(tenant, names)
         ids = {row["id"]: name for name, row in found.items()}
         indexes = {index_collection(i): i for i in ids}
-        wanted = offset + limit + 1  # one more than the page: whether there is a next one
-        depth = _first_depth(wanted)
+        depth = _first_depth(len(shown) + limit + 1)
         while True:
             started = time.monotonic()
             try:
                 outcome = await self._search_index(list(indexes), found, tenant, query, mode, depth, metadata=filters)
             except Exception as e:
-                return await self._scan_kb(tenant, ids, query, filters, limit, offset, self._search_failed(e))
+                return await self._scan_kb(tenant, ids, query, filters, limit, shown, self._search_failed(e))
             self.metrics.duration.labels("search").observe(time.monotonic() - started)
             rows = await self.sql.chunk_rows(tenant, [hit.chunk_id for hit in outcome.hits], list(ids))
             results = []
             for hit in outcome.hits:
                 row = rows.get(hit.chunk_id)
-                if row is None:
-                    continue  # deleted since it was indexed (or not the caller's: never shown)
+                if row is None or shown_key(hit.chunk_id) in shown:
+                    continue  # deleted since it was indexed (or not the caller's), or on an earlier page
                 metadata = json.loads(row["metadata"])
                 if any(metadata.get(k) != v for k, v in filters.items()):
                     continue  # changed since it was indexed
                 results.append(_result(row, ids[row["collection_id"]], hit.score, metadata))
             # Equal scores in one order whatever the depth (the index's order of ties is not).
             results.sort(key=lambda result: (-result["score"], result["chunk_id"]))
-            deeper = _deeper(depth, outcome.hits, [result["score"] for result in results], wanted)
+            deeper = _deeper(depth, outcome.hits, [result["score"] for result in results], limit + 1)
             if deeper is None:
                 break
             depth = deeper
@@ -454,12 +460,14 @@ class KnowledgeStore:
         notices = [outcome.notice] if outcome.notice else []
         if pending:
             notices.append(f"indexing is pending for {pending} change(s): the newest documents may be missing")
+        page = results[:limit]
         return {
-            "results": results[offset : offset + limit],
+            "results": page,
             "mode": outcome.mode,
             "notice": "; ".join(notices) or None,
             "index": INDEX_DEGRADED if pending else INDEX_OK,
-            "more": len(results) > offset + limit and offset + limit < MAX_DEPTH,
+            "more": len(results) > limit and len(shown) + limit < MAX_DEPTH,
+            "shown": _shown_after(shown, [result["chunk_id"] for result in page]),
         }
 
     def _search_failed(self, error: Exception) -> StoreUnavailable:
@@ -500,7 +508,7 @@ class KnowledgeStore:
         query: str,
         filters: dict[str, Any],
         limit: int,
-        offset: int,
+        shown: Set[str],
         why: StoreUnavailable,
     ) -> dict[str, Any]:
         words = search_terms(query)
@@ -508,7 +516,7 @@ class KnowledgeStore:
         scored = []
         for row in rows:
             metadata = json.loads(row["metadata"])
-            if any(metadata.get(k) != v for k, v in filters.items()):
+            if any(metadata.get(k) != v for k, v in filters.items()) or shown_key(row["id"]) in shown:
                 continue
             text = row["text"].lower()
             score = float(sum(1 for word in words if word in text))
@@ -516,15 +524,17 @@ class KnowledgeStore:
         scored.sort(key=lambda item: item[1], reverse=True)  # the newest first among equals
         scored.sort(key=lambda item: item[0], reverse=True)
         results = [_result(row, ids[row["collection_id"]], score, metadata) for score, _, row, metadata in scored]
+        page = results[:limit]
         return {
-            "results": results[offset : offset + limit],
+            "results": page,
             "mode": KEYWORD,
             "notice": (
                 f"the search index is degraded ({why.detail}): these results come from a plain word scan "
                 "of the stored documents and are ranked roughly; try again later for ranked search"
             ),
             "index": INDEX_DEGRADED,
-            "more": len(results) > offset + limit,
+            "more": len(results) > limit,
+            "shown": _shown_after(shown, [result["chunk_id"] for result in page]),
         }
 
     # -- IMemoryStore ---------------------------------------------------------------------------
@@ -539,15 +549,20 @@ class KnowledgeStore:
         return Deferred.fromCoroutine(keep())
 
     def recall(
-        self, tenant: str, owners: Sequence[str], query: str, tags: Sequence[str], limit: int, offset: int
+        self,
+        tenant: str,
+        owners: Sequence[str],
+        query: str,
+        tags: Sequence[str],
+        limit: int,
+        shown: Set[str] = frozenset(),
     ) -> Deferred[dict[str, Any]]:
-        return Deferred.fromCoroutine(self._recall(tenant, list(owners), query, list(tags), limit, offset))
+        return Deferred.fromCoroutine(self._recall(tenant, list(owners), query, list(tags), limit, shown))
 
     async def _recall(
-        self, tenant: str, owners: list[str], query: str, tags: list[str], limit: int, offset: int
+        self, tenant: str, owners: list[str], query: str, tags: list[str], limit: int, shown: Set[str]
     ) -> dict[str, Any]:
-        wanted = offset + limit + 1
-        depth = _first_depth(wanted)
+        depth = _first_depth(len(shown) + limit + 1)
         while True:
             started = time.monotonic()
             try:
@@ -555,7 +570,7 @@ class KnowledgeStore:
                     [MEMORY_COLLECTION], None, tenant, query, None, depth, tags=tags, owners=owners
                 )
             except Exception as e:
-                return await self._scan_memories(tenant, owners, query, tags, limit, offset, self._search_failed(e))
+                return await self._scan_memories(tenant, owners, query, tags, limit, shown, self._search_failed(e))
             self.metrics.duration.labels("search").observe(time.monotonic() - started)
             rows = await self.sql.memory_rows(tenant, owners, [hit.chunk_id for hit in outcome.hits])
             found = []
@@ -563,11 +578,13 @@ class KnowledgeStore:
                 memory = rows.get(hit.chunk_id)
                 if memory is None or not set(tags) <= set(memory["tags"]):
                     continue  # forgotten or changed since it was indexed
+                if shown_key(hit.chunk_id) in shown:
+                    continue  # on an earlier page
                 found.append({**memory, "score": round(hit.score, 6)})
             # Relevance first; among equals, the newest (ids grow with creation time, below the second).
             found.sort(key=lambda m: (m["created_at"], m["id"]), reverse=True)
             found.sort(key=lambda m: m["score"], reverse=True)
-            deeper = _deeper(depth, outcome.hits, [memory["score"] for memory in found], wanted)
+            deeper = _deeper(depth, outcome.hits, [memory["score"] for memory in found], limit + 1)
             if deeper is None:
                 break
             depth = deeper
@@ -575,12 +592,14 @@ class KnowledgeStore:
         notices = [outcome.notice] if outcome.notice else []
         if pending:
             notices.append(f"indexing is pending for {pending} change(s): the newest memories may be missing")
+        page = found[:limit]
         return {
-            "memories": found[offset : offset + limit],
+            "memories": page,
             "mode": outcome.mode,
             "notice": "; ".join(notices) or None,
             "index": INDEX_DEGRADED if pending else INDEX_OK,
-            "more": len(found) > offset + limit and offset + limit < MAX_DEPTH,
+            "more": len(found) > limit and len(shown) + limit < MAX_DEPTH,
+            "shown": _shown_after(shown, [memory["id"] for memory in page]),
         }
 
     async def _scan_memories(
@@ -590,7 +609,7 @@ class KnowledgeStore:
         query: str,
         tags: list[str],
         limit: int,
-        offset: int,
+        shown: Set[str],
         why: StoreUnavailable,
     ) -> dict[str, Any]:
         words = search_terms(query)
@@ -602,20 +621,22 @@ class KnowledgeStore:
             for memory in page:
                 text = memory["text"].lower()
                 score = float(sum(1 for word in words if word in text))
-                if score:
+                if score and shown_key(memory["id"]) not in shown:
                     found.append({**memory, "score": score})
             if after is None:
                 break
         found.sort(key=lambda m: m["score"], reverse=True)
+        page = found[:limit]
         return {
-            "memories": found[offset : offset + limit],
+            "memories": page,
             "mode": KEYWORD,
             "notice": (
                 f"the search index is degraded ({why.detail}): these memories come from a plain word scan "
                 "and are ranked roughly; try again later for ranked recall"
             ),
             "index": INDEX_DEGRADED,
-            "more": len(found) > offset + limit,
+            "more": len(found) > limit,
+            "shown": _shown_after(shown, [memory["id"] for memory in page]),
         }
 
     def list_memories(
@@ -659,14 +680,14 @@ def _first_depth(wanted: int) -> int:
 
 def _deeper(depth: int, hits: Sequence[Any], kept: Sequence[float], wanted: int) -> int | None:
     """How deep to search again, or None when this search will do. ``kept`` are the scores
-    (rounded as shown, best first) of the hits the SQL check kept; ``wanted`` is one more than
-    the page's end.
+    (rounded as shown, best first) of the hits the SQL check kept and earlier pages did not show;
+    ``wanted`` is one more than the page.
 
     Search again, deeper (up to `MAX_DEPTH`, while the index has more), when the SQL check
     dropped hits (records deleted or changed since they were indexed) and the page is short, or
     when hits tied with the page's last result may lie past the depth searched (which of a run
     of equal scores the index returns first depends on the depth). So pages are full whenever
-    there are results, and a cursor, an offset into what is shown, neither skips nor repeats."""
+    there are results, and equal scores come in one order (by id) whatever the depth."""
     if len(hits) < depth or depth >= MAX_DEPTH:
         return None  # all there is, or as deep as a search goes
     if len(kept) >= wanted:
@@ -676,6 +697,18 @@ def _deeper(depth: int, hits: Sequence[Any], kept: Sequence[float], wanted: int)
     # Ask for what is missing, scaled by the share dropped so far (at least four times as deep).
     missing = (wanted - len(kept)) * len(hits) // max(len(kept), 1)
     return min(MAX_DEPTH, max(depth * 4, depth + missing))
+
+
+def shown_key(record_id: str) -> str:
+    """A short key of a search result's id (a chunk's or a memory's): what a search's cursor
+    carries of each result it has shown, so that later pages leave them out."""
+    digest = hashlib.blake2b(record_id.encode(), digest_size=SHOWN_KEY_BYTES).digest()
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def _shown_after(shown: Set[str], page: Sequence[str]) -> list[str]:
+    """The keys of what was shown, this page's included (earlier pages' first)."""
+    return [*shown, *(shown_key(record_id) for record_id in page)]
 
 
 def _result(row: Any, collection: str, score: float, metadata: dict[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,20 @@ def decode_cursor(ctx: RequestContext, tool: str, filters: Mapping[str, Any], cu
     return position
 
 
+# The length of each key a search's cursor carries (`mcpd.stores.knowledge.shown_key`).
+SHOWN_KEY_CHARS = 12
+
+
+def shown_of(position: Any) -> frozenset[str]:
+    """The keys of the results a search's earlier pages showed, from its cursor's position
+    (none without a cursor); `ToolError` for a position that is not one a search gave out."""
+    if position is None:
+        return frozenset()
+    if not isinstance(position, str) or not position or len(position) % SHOWN_KEY_CHARS:
+        raise ToolError("cursor is not one this server gave out: call again without cursor")
+    return frozenset(position[i : i + SHOWN_KEY_CHARS] for i in range(0, len(position), SHOWN_KEY_CHARS))
+
+
 def limit_of(arguments: Mapping[str, Any], default: int = DEFAULT_LIMIT) -> int:
     """The ``limit`` argument (validated by the schema), or its default."""
     return int(arguments.get("limit", default))
