@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -29,7 +30,8 @@ from mcpd.interfaces import Conflict, INoteStore, IStore, ITaskBoard, NotFound, 
 from mcpd.stores.sql import migrate
 from mcpd.stores.sql.config import DatabaseConfig, DatabaseConfigError, database_url
 from mcpd.stores.sql.database import SQLDatabase, build_engine
-from mcpd.stores.sql.notes import SQLNoteStore, cut_snippet, search_terms
+from mcpd.stores.sql.notes import CANDIDATES, SQLNoteStore, cut_snippet, search_terms
+from mcpd.stores.sql.schema import notes as notes_table
 from mcpd.stores.sql.service import SQLStoreService
 from mcpd.stores.sql.tasks import SQLTaskBoard
 from tests.daemon import MCPD, daemon_env
@@ -923,3 +925,94 @@ class BusyProbeTests(TestCase):
         yield DeferredList([stuck, *held], fireOnOneErrback=True)
         self.assertEqual((yield self.database.check()).state, "up")
         self.assertEqual(prober.qsize(), 0)
+
+
+class MariaDBSearchTests(TestCase):
+    """note.search on a real MariaDB server: InnoDB's FULLTEXT index finds candidates, BM25 over
+    the tenant's statistics orders them."""
+
+    def setUp(self) -> None:
+        server = shared_mariadb()
+        self.database = SQLDatabase(mariadb_config(server, server.new_database()), reactor)
+        service = SQLStoreService(self.database, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.notes = SQLNoteStore(self.database)
+
+    @inlineCallbacks
+    def save_all(self, tenant: str, batch: list[dict[str, Any]]) -> Any:
+        for note in batch:
+            yield self.notes.save_note(tenant, note, "alice")
+
+    @inlineCallbacks
+    def test_words_innodb_does_not_index_weigh_nothing(self) -> None:
+        """ "the" is an InnoDB stopword: it finds nothing, so it must not count as the rarest word
+        (SQLite ranks "kubernetes kubernetes" first too)."""
+        filler = "Lorem ipsum dolor sit amet."
+        yield self.save_all(
+            A,
+            [
+                {"title": "One", "body": f"{filler} the the the kubernetes"},
+                {"title": "Two", "body": f"{filler} kubernetes kubernetes"},
+                *({"title": f"Other {n}", "body": filler} for n in range(4)),
+            ],
+        )
+        found, _ = yield self.notes.search_notes(A, "the kubernetes", None, 10, 0)
+        self.assertEqual([note["title"] for note in found], ["Two", "One"])
+        self.assertEqual((yield self.notes.search_notes(A, "the a", None, 10, 0)), ([], False))
+
+    @inlineCallbacks
+    def test_a_tag_filter_does_not_move_scores(self) -> None:
+        """How many notes hold a word is counted over all the tenant's notes, whatever the tag."""
+        filler = "lorem ipsum dolor sit amet"
+        yield self.save_all(
+            A,
+            [
+                {
+                    "title": f"doc {n}",
+                    "body": f"{filler} {'deploy' if n < 4 else 'nothing'}",
+                    "tags": ["ops"] if n in (0, 5) else [],
+                }
+                for n in range(6)
+            ],
+        )
+        everything, _ = yield self.notes.search_notes(A, "deploy", None, 10, 0)
+        tagged, _ = yield self.notes.search_notes(A, "deploy", "ops", 10, 0)
+        self.assertEqual(len(everything), 4)
+        self.assertEqual(tagged, [note for note in everything if note["title"] == "doc 0"])
+
+    @inlineCallbacks
+    def test_work_is_bounded_by_the_candidates(self) -> None:
+        """5,000 notes holding the word: the server sends the store at most `CANDIDATES` rows
+        (and some of statistics and status), not every match; the page is still ranked and full."""
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        body = "alpha beta gamma delta " * 20
+        rows = [
+            {
+                "id": f"n{n:09d}",
+                "tenant": A,
+                "title": f"alpha note {n}",
+                "body": body,
+                "tags": "[]",
+                "created_at": now,
+                "updated_at": now,
+                "created_by": "alice",
+            }
+            for n in range(5000)
+        ]
+
+        def insert(connection: Any) -> None:
+            connection.execute(notes_table.insert(), rows)
+
+        yield self.database.run("bulk", insert, write=True)
+
+        def rows_sent(connection: Any) -> int:
+            return int(connection.execute(text("SHOW GLOBAL STATUS LIKE 'Rows_sent'")).one()[1])
+
+        before = yield self.database.run("status", rows_sent)
+        found, more = yield self.notes.search_notes(A, "alpha", None, 10, 0)
+        after = yield self.database.run("status", rows_sent)
+        self.assertEqual((len(found), more), (10, True))
+        self.assertLessEqual(after - before, CANDIDATES + 100)
+        # Past the candidates there is nothing to rank: an empty page, not a scan.
+        self.assertEqual((yield self.notes.search_notes(A, "alpha", None, 10, CANDIDATES)), ([], False))

@@ -197,6 +197,15 @@ class ResultShapeTests(SynchronousTestCase):
         self.assertEqual(json.loads(text_of(self.serve({"count": 2}))), {"count": 2})
         self.assertEqual(json.loads(text_of(self.serve([1, "two"]))), [1, "two"])
 
+    def test_a_value_json_cannot_carry_is_named(self) -> None:
+        """A set or bytes in a tool's value: the tool error names the type (json's own TypeError),
+        not "'NoneType' object is not callable" from an encoder made without a default."""
+        for value, kind in (({"ids": {1, 2}}, "set"), ({"raw": b"x"}, "bytes")):
+            result = self.serve(value)
+            self.assertTrue(result["isError"])
+            self.assertIn(f"Object of type {kind} is not JSON serializable", text_of(result))
+            self.assertNotIn("NoneType", text_of(result))
+
     def test_error_result(self) -> None:
         self.assertEqual(error_result("no"), {"content": [{"type": "text", "text": "no"}], "isError": True})
 

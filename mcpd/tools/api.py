@@ -477,7 +477,8 @@ def _json_writer() -> Callable[[Any], str]:
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
         return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-    encoder = make(None, None, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    default = json.JSONEncoder().default  # the TypeError naming the type JSON cannot carry
+    encoder = make(None, default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
     join = "".join
     return lambda value: join(encoder(value, 0))
 

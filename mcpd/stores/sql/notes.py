@@ -8,9 +8,12 @@ how many hold each word are its own, so another tenant's notes never move its sc
 
 SQLite: each tenant's notes have an FTS5 table of their own (`fts_table`, made with the tenant's
 first note; Porter stemming), whose ``bm25()`` and ``snippet()`` rank and cut. MySQL/MariaDB: an
-InnoDB FULLTEXT index finds the tenant's notes holding any of the words and BM25 is computed here
-from them, with the tenant's note count and mean length (in characters); the snippet is cut here
-the same way as FTS5's. Either way the words of the query are searched for, any of them, best
+InnoDB FULLTEXT index finds the tenant's `CANDIDATES` notes most relevant to the words (by
+InnoDB's own relevance) and BM25 orders them here, with the tenant's note count, mean length (in
+characters) and count of notes holding each word; words InnoDB does not index (its stopwords, words
+shorter or longer than its token sizes) are left out, as FTS5 finds no note by a word it never
+saw. Ranking covers those candidates alone: a page past them is empty. The snippet is cut here the
+same way as FTS5's. Either way the words of the query are searched for, any of them, best
 matches first: not a substring scan.
 """
 
@@ -68,15 +71,27 @@ WHERE {{table}} MATCH :match AND n.tenant = :tenant {{tag}}
 ORDER BY bm25({{table}}, {TITLE_WEIGHT}, 1.0), n.id
 LIMIT :limit OFFSET :offset
 """
-# MySQL/MariaDB: every note of the tenant holding any of the words (boolean mode: no ranking
-# asked of InnoDB, whose relevance counts every tenant's notes), and the tenant's statistics.
-_MYSQL_MATCHES = """
+# MySQL/MariaDB: the tenant's notes holding any of the words, the most relevant to InnoDB first
+# (its relevance counts every tenant's notes: it only bounds the work; BM25 orders them), at most
+# `CANDIDATES` of them; how many of the tenant's notes hold one word; the tenant's statistics.
+CANDIDATES = 500
+_MYSQL_MATCHES = f"""
 SELECT id, title, tags, body FROM notes
-WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:words IN BOOLEAN MODE) {tag}
+WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:words) {{tag}}
+ORDER BY MATCH(title, body) AGAINST (:words) DESC, id LIMIT {CANDIDATES}
 """
+_MYSQL_HOLDING = text(
+    "SELECT COUNT(*) FROM notes WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:word IN BOOLEAN MODE)"
+)
 _MYSQL_STATISTICS = text(
     "SELECT COUNT(*), AVG(CHAR_LENGTH(title) + CHAR_LENGTH(body)) FROM notes WHERE tenant = :tenant"
 )
+# What InnoDB leaves out of its FULLTEXT index (read once per store).
+_MYSQL_TOKEN_RULES = text(
+    "SELECT @@innodb_ft_min_token_size, @@innodb_ft_max_token_size, @@innodb_ft_enable_stopword, "
+    "@@innodb_ft_server_stopword_table"
+)
+_MYSQL_DEFAULT_STOPWORDS = text("SELECT value FROM INFORMATION_SCHEMA.INNODB_FT_DEFAULT_STOPWORD")
 _TAGGED = "AND {alias}id IN (SELECT note_id FROM note_tags WHERE tenant = :tenant AND tag = :tag)"
 _MYSQL_SEARCHES = {
     False: text(_MYSQL_MATCHES.format(tag="")),
@@ -90,21 +105,21 @@ def fts_table(tenant: str) -> str:
 
 
 def rank(
-    rows: Sequence[Sequence[Any]], terms: Sequence[str], notes_count: int, mean_length: float
+    rows: Sequence[Sequence[Any]],
+    terms: Sequence[str],
+    holding: Sequence[int],
+    notes_count: int,
+    mean_length: float,
 ) -> list[tuple[float, Sequence[Any]]]:
-    """``rows`` (id, title, tags, body: the notes of one tenant holding any of ``terms``) by
-    BM25, best first (then by id), with their scores: FTS5's formula, a note's length in
-    characters, the weight of each term from how many of the rows hold it out of the tenant's
-    ``notes_count`` notes."""
+    """``rows`` (id, title, tags, body: notes of one tenant holding any of ``terms``) by BM25,
+    best first (then by id), with their scores: FTS5's formula, a note's length in characters,
+    the weight of each term from how many of the tenant's ``notes_count`` notes hold it
+    (``holding``, in the order of ``terms``)."""
     counted = []
-    holding = [0] * len(terms)
     for row in rows:
         in_title = Counter(_WORD.findall(row[1].lower()))
         in_body = Counter(_WORD.findall(row[3].lower()))
         frequencies = [TITLE_WEIGHT * in_title[term] + in_body[term] for term in terms]
-        for i, frequency in enumerate(frequencies):
-            if frequency:
-                holding[i] += 1
         counted.append((row, frequencies, len(row[1]) + len(row[3])))
     weights = [max(math.log((notes_count - n + 0.5) / (n + 0.5)), MIN_IDF) for n in holding]
     scored = []
@@ -155,6 +170,8 @@ class SQLNoteStore:
         self._fts_tables: set[str] = set()
         # (FTS5 table, with a tag) -> the search statement's text.
         self._searches: dict[tuple[str, bool], str] = {}
+        # MySQL/MariaDB: the words its FULLTEXT index leaves out, (stopwords, shortest, longest).
+        self._token_rules: tuple[frozenset[str], int, int] | None = None
 
     def save_note(self, tenant: str, note: dict[str, Any], author: str) -> Deferred[dict[str, Any]]:
         def work(connection: Connection) -> dict[str, Any]:
@@ -237,25 +254,53 @@ class SQLNoteStore:
             params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1, "offset": offset, "tag": tag}
             if connection.sqlite:
                 return self._search_sqlite(connection, params, terms, tag is not None, limit)
-            params["words"] = " ".join(terms)
-            rows = connection.execute(_MYSQL_SEARCHES[tag is not None], params).fetchall()
-            if not rows:
-                return [], False
-            notes_count, mean_length = connection.execute(_MYSQL_STATISTICS, {"tenant": tenant}).fetchone()
-            ranked = rank(rows, terms, notes_count, float(mean_length or 0))[offset : offset + limit + 1]
-            found = [
-                {
-                    "id": row[0],
-                    "title": row[1],
-                    "snippet": cut_snippet(row[3], terms),
-                    "score": round(score, 6),
-                    "tags": json.loads(row[2]),
-                }
-                for score, row in ranked[:limit]
-            ]
-            return found, len(ranked) > limit
+            return self._search_mysql(connection, params, terms, tag is not None, limit, offset)
 
         return self.database.run_raw("note.search", work)
+
+    def _search_mysql(
+        self, connection: RawConnection, params: dict[str, Any], terms: list[str], tagged: bool, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        stopwords, shortest, longest = self._indexed_words(connection)
+        terms = [term for term in terms if shortest <= len(term) <= longest and term not in stopwords]
+        if not terms or offset >= CANDIDATES:
+            return [], False
+        params["words"] = " ".join(terms)
+        rows = connection.execute(_MYSQL_SEARCHES[tagged], params).fetchall()
+        if not rows:
+            return [], False
+        tenant = {"tenant": params["tenant"]}
+        # Over all the tenant's notes, whatever the tag: a filter must not move the scores.
+        holding = [connection.execute(_MYSQL_HOLDING, {**tenant, "word": term}).fetchone()[0] for term in terms]
+        notes_count, mean_length = connection.execute(_MYSQL_STATISTICS, tenant).fetchone()
+        ranked = rank(rows, terms, holding, notes_count, float(mean_length or 0))[offset : offset + limit + 1]
+        found = [
+            {
+                "id": row[0],
+                "title": row[1],
+                "snippet": cut_snippet(row[3], terms),
+                "score": round(score, 6),
+                "tags": json.loads(row[2]),
+            }
+            for score, row in ranked[:limit]
+        ]
+        return found, len(ranked) > limit
+
+    def _indexed_words(self, connection: RawConnection) -> tuple[frozenset[str], int, int]:
+        """InnoDB's stopwords and shortest and longest indexed word (read once): a word it does
+        not index finds no note, and counted here it would weigh as the rarest of all."""
+        if self._token_rules is None:
+            shortest, longest, enabled, table = connection.execute(_MYSQL_TOKEN_RULES, {}).fetchone()
+            stopwords: frozenset[str] = frozenset()
+            if enabled:
+                if table:  # "database/table", the operator's own list
+                    database, _, name = str(table).partition("/")
+                    query = text(f"SELECT value FROM `{database}`.`{name}`")
+                else:
+                    query = _MYSQL_DEFAULT_STOPWORDS
+                stopwords = frozenset(str(value).lower() for (value,) in connection.execute(query, {}).fetchall())
+            self._token_rules = (stopwords, int(shortest), int(longest))
+        return self._token_rules
 
     def _search_sqlite(
         self, connection: RawConnection, params: dict[str, Any], terms: list[str], tagged: bool, limit: int
