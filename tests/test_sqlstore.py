@@ -985,7 +985,7 @@ class MariaDBSearchTests(TestCase):
     def test_work_is_bounded_by_the_candidates(self) -> None:
         """5,000 notes holding the word: the server sends the store at most `CANDIDATES` rows
         (and some of statistics and status), not every match; the page is still ranked and full."""
-        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         body = "alpha beta gamma delta " * 20
         rows = [
             {
