@@ -75,11 +75,13 @@ LIMIT :limit OFFSET :offset
 # (its relevance counts every tenant's notes: it only bounds the work; BM25 orders them), at most
 # `CANDIDATES` of them; how many of the tenant's notes hold one word; the tenant's statistics.
 CANDIDATES = 500
+# Only their seq: sorting rows that carry their bodies costs InnoDB twice as much.
 _MYSQL_MATCHES = f"""
-SELECT id, title, tags, body FROM notes
+SELECT seq FROM notes
 WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:words) {{tag}}
-ORDER BY MATCH(title, body) AGAINST (:words) DESC, id LIMIT {CANDIDATES}
+ORDER BY MATCH(title, body) AGAINST (:words) DESC, seq LIMIT {CANDIDATES}
 """
+_MYSQL_CANDIDATES = "SELECT id, title, tags, body FROM notes WHERE seq IN ({marks})"
 _MYSQL_HOLDING = text(
     "SELECT COUNT(*) FROM notes WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:word IN BOOLEAN MODE)"
 )
@@ -266,9 +268,11 @@ class SQLNoteStore:
         if not terms or offset >= CANDIDATES:
             return [], False
         params["words"] = " ".join(terms)
-        rows = connection.execute(_MYSQL_SEARCHES[tagged], params).fetchall()
-        if not rows:
+        seqs = [seq for (seq,) in connection.execute(_MYSQL_SEARCHES[tagged], params).fetchall()]
+        if not seqs:
             return [], False
+        marks = ", ".join(["%s"] * len(seqs))  # PyMySQL's placeholders
+        rows = connection.execute_sql(_MYSQL_CANDIDATES.format(marks=marks), seqs).fetchall()
         tenant = {"tenant": params["tenant"]}
         # Over all the tenant's notes, whatever the tag: a filter must not move the scores.
         holding = [connection.execute(_MYSQL_HOLDING, {**tenant, "word": term}).fetchone()[0] for term in terms]
