@@ -181,10 +181,19 @@ class HeldResponse:
             self.data += chunk
         return self.data[: self.data.index(marker) + len(marker)]
 
+    def complete(self) -> bool:
+        """Whether the data hold a whole response: its last chunk, or as many bytes of body as
+        its Content-Length says (a late answer is framed by its length, not chunked)."""
+        if b"\r\n0\r\n\r\n" in self.data:
+            return True
+        head, found, body = self.data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+        return bool(found and length and len(body) >= int(length.group(1)))
+
     def ended(self, timeout: float = 10.0) -> bool:
-        """Whether the response ends (its last chunk, or the connection closing) in time."""
+        """Whether the response ends (complete, or the connection closing) in time."""
         deadline = time.monotonic() + timeout
-        while b"\r\n0\r\n\r\n" not in self.data and time.monotonic() < deadline:
+        while not self.complete() and time.monotonic() < deadline:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 chunk = self.sock.recv(65536)
@@ -195,7 +204,7 @@ class HeldResponse:
             if not chunk:
                 return True
             self.data += chunk
-        return b"\r\n0\r\n\r\n" in self.data
+        return self.complete()
 
     def close(self) -> None:
         self.sock.close()
