@@ -31,6 +31,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -110,7 +111,10 @@ def run(*argv: str, check: bool = True, timeout: float = 300.0, **kwargs: Any) -
 
 
 def apt(*args: str) -> subprocess.CompletedProcess[str]:
-    return run("apt-get", "-o", "DPkg::Lock::Timeout=300", "-y", "-q", *args)
+    # The maintainer scripts inherit apt's environment: a PYTHONPATH naming this checkout's
+    # packages (as `trial -j` sets for its workers) must not reach the packaged Python.
+    env = {"PYTHONPATH": os.pathsep.join(sys.path)}
+    return run("apt-get", "-o", "DPkg::Lock::Timeout=300", "-y", "-q", *args, env=env)
 
 
 def package_status() -> str:
