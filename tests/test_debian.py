@@ -111,8 +111,8 @@ def run(*argv: str, check: bool = True, timeout: float = 300.0, **kwargs: Any) -
 
 
 def apt(*args: str) -> subprocess.CompletedProcess[str]:
-    # The maintainer scripts inherit apt's environment: a PYTHONPATH naming this checkout's
-    # packages (as `trial -j` sets for its workers) must not reach the packaged Python.
+    # The maintainer scripts inherit apt's environment. Run them with a PYTHONPATH naming this
+    # checkout's packages (as `trial -j` gives its workers): postinst's Python must ignore it.
     env = {"PYTHONPATH": os.pathsep.join(sys.path)}
     return run("apt-get", "-o", "DPkg::Lock::Timeout=300", "-y", "-q", *args, env=env)
 
