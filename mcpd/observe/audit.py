@@ -67,12 +67,18 @@ def entry(
     }
 
 
+def key_of(caller: Any) -> str | None:
+    """The key name an audit record shows: none for a key-less caller ("anonymous", no scopes)."""
+    name: str = caller.name
+    return name if name != "anonymous" or caller.scopes else None
+
+
 def call_entry(when: float, call: CallRecord) -> dict[str, Any]:
     """The audit record of an engine `CallRecord`."""
     caller = call.caller
     return entry(
         when,
-        key=caller.name if caller.name != "anonymous" or caller.scopes else None,
+        key=key_of(caller),
         peer=caller.peer,
         transport=caller.transport,
         method=call.method,
@@ -93,7 +99,7 @@ def call_text(when: float, call: CallRecord) -> str:
     usually hold, and non-ASCII text (for `dumps` to check for lone surrogates), take `dumps`'s
     path."""
     caller = call.caller
-    name = caller.name
+    name = key_of(caller)
     request_id = call.request_id
     duration = call.duration
     x_request_id = caller.x_request_id
@@ -105,7 +111,7 @@ def call_text(when: float, call: CallRecord) -> str:
             return dumps(call_entry(when, call))
         text = (
             f'{{"time":{_fixed6(when)},"tenant":{encode_basestring(caller.tenant)},"key":'
-            f"{encode_basestring(name) if name != 'anonymous' or caller.scopes else 'null'},"
+            f"{'null' if name is None else encode_basestring(name)},"
             f'"peer":{encode_basestring(caller.peer)},"transport":{encode_basestring(caller.transport)},'
             f'"method":{encode_basestring(call.method)},"tool":{"null" if tool is None else encode_basestring(tool)},'
             f'"outcome":{encode_basestring(call.outcome)},"duration":{_fixed6(duration)},"request_id":'
@@ -234,7 +240,7 @@ def fields(item: Any) -> tuple[Any, ...]:
     return (
         caller.tenant,
         when,
-        caller.name if caller.name != "anonymous" or caller.scopes else None,
+        key_of(caller),
         caller.peer,
         caller.transport,
         call.method,

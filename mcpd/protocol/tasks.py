@@ -981,8 +981,18 @@ class UnsavedRecords:
                 log.info("Every unsaved task status is saved")
             self._schedule()
 
+        def not_saved(failure: Failure, task_id: str, record: TaskRecord) -> None:
+            # The store still away: kept for the next try. Anything else would be retried
+            # forever unseen: said once, and the record given up.
+            if failure.check(StoreUnavailable):
+                return
+            _store_failed(failure, "save", task_id)
+            if self._held.get(task_id) is record:
+                del self._held[task_id]
+                self.dropped += 1
+
         saves = [
-            self.store.save(record).addCallback(saved, task_id, record).addErrback(lambda _f: None)
+            self.store.save(record).addCallback(saved, task_id, record).addErrback(not_saved, task_id, record)
             for task_id, record in batch
         ]
         return gatherResults(saves).addCallback(done)

@@ -176,7 +176,14 @@ async def rebuild(
             # One grace for all: writes under way when a collection was swapped have settled.
             await deferLater(store.clock, grace, lambda: None)
         failed: Exception | None = None
-        for (_, _, collection, count), marker in zip(rebuilt, held, strict=True):
+        # A collection whose build failed holds the last marker and has no entry in ``rebuilt``:
+        # its marker is given back at once (its held work becomes ordinary outbox work).
+        for marker in held[len(rebuilt) :]:
+            try:
+                await sql.unmark(marker)
+            except Exception:
+                log.failure("Giving back the rebuild marker {marker} failed", marker=marker)
+        for (_, _, collection, count), marker in zip(rebuilt, held[: len(rebuilt)], strict=True):
             try:
                 try:
                     caught = await _catch_up(store, collection, held)

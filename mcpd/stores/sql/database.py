@@ -486,7 +486,7 @@ class RawConnection:
         return self.cursor
 
 
-_RAW: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
+_RAW: dict[tuple[int, str], tuple[str, dict[str, Any], Any]] = {}
 
 
 def raw_sql(statement: Any, dialect: Any) -> tuple[str, dict[str, Any]]:
@@ -500,9 +500,10 @@ def raw_sql(statement: Any, dialect: Any) -> tuple[str, dict[str, Any]]:
 
             dialect = SQLiteDialect_pysqlite(paramstyle="named")
         compiled = statement.compile(dialect=dialect)
-        # The statement is kept alive by the caller's module: its id stays its own.
-        found = _RAW[key] = (str(compiled), dict(compiled.params))
-    return found
+        # The entry keeps the statement alive, so its id is never another statement's (a
+        # statement made for one call would otherwise free its id for the next one made).
+        found = _RAW[key] = (str(compiled), dict(compiled.params), statement)
+    return found[0], found[1]
 
 
 def build_engine(config: DatabaseConfig) -> Engine:
