@@ -249,6 +249,10 @@ class ISessionStore(Interface):
         """The session is in use: a store that forgets idle records (Redis, after the idle
         timeout) keeps this one longer. Fires with True if it is kept."""
 
+    def touch_many(session_ids: list[str]) -> Any:
+        """`touch` for many sessions at once (a sweep's); fires with whether each is kept, in
+        order."""
+
     def delete(session_id: str) -> Any:
         """Forget a record; fires with True if it was kept."""
 

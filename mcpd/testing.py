@@ -319,8 +319,11 @@ class SessionStoreTests(_StoreSuite):
         self.assertEqual(SessionRecord.from_json(record.to_json()), record)
         self.assertEqual(self.settled(self.store.count()), 1)
         self.assertTrue(self.settled(self.store.touch("s1")))
+        self.assertEqual(self.settled(self.store.touch_many(["s0", "s1", "s2"])), [False, True, False])
+        self.assertEqual(self.settled(self.store.touch_many([])), [])
         self.assertTrue(self.settled(self.store.delete("s1")))
         self.assertFalse(self.settled(self.store.touch("s1")))
+        self.assertEqual(self.settled(self.store.touch_many(["s1"])), [False])
         self.assertFalse(self.settled(self.store.delete("s1")))
         self.assertIsNone(self.settled(self.store.load("s1")))
 

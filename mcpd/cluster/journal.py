@@ -38,6 +38,15 @@ redis.call('PUBLISH', ARGV[4], seq .. ' ' .. ARGV[1])
 return seq
 """
 
+# KEYS: what to keep. ARGV: TTL (ms).
+_KEEP = """
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[1]) end
+return 0
+"""
+# How many sessions' GET streams one `_KEEP` renews (four keys each): a script runs alone in
+# Redis, so a long one would hold up every other client.
+KEEP_BATCH = 250
+
 STANDALONE = "g"
 
 
@@ -87,16 +96,19 @@ class Journal:
         stream = self.stream(session_id, key)
         return self.bus.redis.execute("XRANGE", stream, f"({after}-0", "+").addCallback(parsed)
 
-    def keep(self, session_id: str, key: str) -> Deferred[Any]:
-        """Renew the TTL of a stream, its counter and its delivered mark with the session's: a
-        quiet session kept alive by an open reader must not see its numbering restart."""
-        stream = self.stream(session_id, key)
-        names = [stream, stream + ":n", self.bus.key("ev", session_id, key, "delivered")]
-        if key == STANDALONE:
-            names.append(self.reader(session_id))
-        return gatherResults(
-            [self.bus.redis.execute("PEXPIRE", name, self.ttl_ms) for name in names], consumeErrors=True
-        )
+    def keep(self, session_ids: list[str]) -> Deferred[Any]:
+        """Renew the TTL of the sessions' GET streams, their counters, delivered marks and
+        claims with the sessions': a quiet session kept alive by an open reader must not see its
+        numbering restart. One script per `KEEP_BATCH` sessions."""
+        names = []
+        for session_id in session_ids:
+            stream = self.stream(session_id, STANDALONE)
+            names += [stream, stream + ":n", stream + ":delivered", self.reader(session_id)]
+        step = 4 * KEEP_BATCH
+        batches = [
+            self.bus.redis.eval(_KEEP, names[i : i + step], [self.ttl_ms]) for i in range(0, len(names), step)
+        ]
+        return gatherResults(batches, consumeErrors=True)
 
     def forget(self, session_id: str, keys: list[str]) -> Deferred[Any]:
         """Drop a session's streams (it ended)."""

@@ -24,7 +24,7 @@ import functools
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -94,7 +94,44 @@ def caller_from_json(data: Mapping[str, Any]) -> Caller:
     return Caller(**{**data, "scopes": frozenset(data.get("scopes", ()))})
 
 
-class ClusterSessions:
+class _RecordKeeper:
+    """Keeping the records of the sessions used here lately, for both legacy transports."""
+
+    sessions: SessionStore
+
+    def keep_records(self, live: list[Session]) -> Deferred[Any]:
+        """Touch the records of ``live`` (a sweep's sessions, in one call: `touch_many`). One
+        that was lost (Redis restarted without persistence, a blip while it was saved) is saved
+        again from its live session, or other instances 404 it for good; the store refuses when
+        the session was ended (its tombstone): then this instance's part ends too."""
+        if not live:
+            return succeed(None)
+
+        def kept(flags: list[bool]) -> Deferred[Any]:
+            lost = [session for session, kept in zip(live, flags, strict=True) if not kept]
+            return gatherResults([self._lost(session) for session in lost], consumeErrors=True)
+
+        d = self.sessions.records.touch_many([session.id for session in live]).addCallback(kept)
+        return d.addErrback(_logged, "keep the records of {id}", f"{len(live)} sessions")
+
+    def _lost(self, session: Session) -> Deferred[Any]:
+        if session.closed or session.id not in self.sessions:
+            return succeed(None)
+        log.info("The record of session {id} was lost; saving it again", id=session.id)
+        d = self.sessions.records.save(session.record()).addCallback(self._saved_again, session)
+        return d.addErrback(_logged, "save session {id} again", session.id)
+
+    def _saved_again(self, saved: bool, session: Session) -> None:
+        if not saved and not session.closed and session.id in self.sessions:
+            log.info("Session {id} was ended on another instance; ending it here too", id=session.id)
+            self.sessions.retire(session.id)
+            self.ended_here(session)
+
+    def ended_here(self, session: Session) -> None:
+        """This instance's part of a session ended elsewhere has ended."""
+
+
+class ClusterSessions(_RecordKeeper):
     """The `SessionCluster` of the Streamable HTTP sessions (and its `JournalReader`), and the
     forwarding of HTTP+SSE messages."""
 
@@ -142,28 +179,17 @@ class ClusterSessions:
         )
 
     def refresh(self, sessions: list[Session]) -> None:
-        for session in sessions:
-            if session.initialized and not session.closed:
-                self.sessions.records.touch(session.id).addCallback(self._kept, session).addErrback(
-                    _logged, "keep session {id}", session.id
-                )
-                self.journal.keep(session.id, STANDALONE).addErrback(
-                    _logged, "keep the GET stream of session {id}", session.id
-                )
+        self.keep(sessions)
 
-    def _kept(self, kept: bool, session: Session) -> Deferred[Any] | None:
-        """Its record was lost (Redis restarted without persistence, or a blip while it was
-        saved): save it again from the live session, or other instances 404 it for good. The
-        store refuses when the session was ended (its tombstone): then our part ends too."""
-        if kept or session.closed or session.id not in self.sessions:
-            return None
-        log.info("The record of session {id} was lost; saving it again", id=session.id)
-        return self.sessions.records.save(session.record()).addCallback(self._saved_again, session)
-
-    def _saved_again(self, saved: bool, session: Session) -> None:
-        if not saved and not session.closed and session.id in self.sessions:
-            log.info("Session {id} was ended on another instance; ending it here too", id=session.id)
-            self.sessions.retire(session.id)
+    def keep(self, sessions: list[Session]) -> Deferred[Any]:
+        """Keep the records and GET streams of the sessions used lately (a sweep's): a few
+        scripts however many there are."""
+        live = [session for session in sessions if session.initialized and not session.closed]
+        if not live:
+            return succeed(None)
+        streams = self.journal.keep([session.id for session in live])
+        streams.addErrback(_logged, "keep the GET streams of {id}", f"{len(live)} sessions")
+        return gatherResults([self.keep_records(live), streams])
 
     def _share(self, session: Session, change: dict[str, str]) -> Deferred[Any]:
         """A change to the session's state made here: into its record (for instances that
@@ -440,7 +466,7 @@ class _Reader:
             self.cluster.let_go(self.session.id, self.claim)
 
 
-class SSEForwarding:
+class SSEForwarding(_RecordKeeper):
     """HTTP+SSE sessions across instances: the instance holding a session's stream listens on
     its channel; a message for it landing elsewhere is sent there."""
 
@@ -460,20 +486,18 @@ class SSEForwarding:
         self.bus.unlisten(self.channel(session.id))
 
     def refresh(self, sessions: list[Session]) -> None:
+        self.keep(sessions)
+
+    def keep(self, sessions: list[Session]) -> Deferred[Any]:
         """Keep the records of the sessions whose streams are open (the session lives as long
         as its stream; its record counts it for every instance): touched once per sweep, and
-        saved again if lost."""
-        records = self.sessions.records
-        for session in sessions:
-            if not session.closed:
-                records.touch(session.id).addCallback(self._kept, session).addErrback(
-                    _logged, "keep session {id}", session.id
-                )
+        saved again if lost (`keep_records`)."""
+        return self.keep_records([session for session in sessions if not session.closed])
 
-    def _kept(self, kept: bool, session: Session) -> Deferred[Any] | None:
-        if kept or session.closed or session.id not in self.sessions:
-            return None
-        return self.sessions.records.save(session.record())
+    def ended_here(self, session: Session) -> None:
+        # Its stream closing finds it gone from the store (`SessionStore.remove` does nothing):
+        # its channel is left here.
+        self.ended(session)
 
     def forward(self, session_id: str, caller: Caller, body: bytes) -> Deferred[bool]:
         """Send a POSTed message to the instance holding the session; fires with whether it

@@ -170,6 +170,9 @@ class MemorySessionStore:
     def touch(self, session_id: str) -> Deferred[bool]:
         return succeed(session_id in self._records)
 
+    def touch_many(self, session_ids: list[str]) -> Deferred[list[bool]]:
+        return succeed([session_id in self._records for session_id in session_ids])
+
     def delete(self, session_id: str) -> Deferred[bool]:
         self._ended.append(session_id)
         return succeed(self._records.pop(session_id, None) is not None)

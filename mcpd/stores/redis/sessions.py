@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from zope.interface import implementer
 
 from mcpd.interfaces import ISessionStore, SessionRecord, StoreFull
@@ -27,14 +27,14 @@ if TYPE_CHECKING:
     from mcpd.stores.redis.connection import RedisConnection
 
 
-def _prune(ttl_ms: str, expiry: str) -> str:
-    """Lua dropping from the index (KEYS[2]) a bounded number of records expired before now
-    (the new ``expiry`` less ``ttl_ms``, both ARGV items): each save or touch prunes a few, so
-    the index stays about the size of the live records."""
+def _prune(ttl_ms: str, expiry: str, index: str = "KEYS[2]") -> str:
+    """Lua dropping from the ``index`` a bounded number of records expired before now (the
+    new ``expiry`` less ``ttl_ms``, both ARGV items): each save or touch prunes a few, so the
+    index stays about the size of the live records."""
     return f"""
 local now = tonumber({expiry}) - tonumber({ttl_ms}) / 1000
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 16)
-if #gone > 0 then redis.call('ZREM', KEYS[2], unpack(gone)) end
+local gone = redis.call('ZRANGEBYSCORE', {index}, '-inf', now, 'LIMIT', 0, 16)
+if #gone > 0 then redis.call('ZREM', {index}, unpack(gone)) end
 """
 
 
@@ -79,6 +79,26 @@ redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
 return 1
 """
 )
+# KEYS: the index, then the records. ARGV: ttl ms, expiry time. Answers, for each record, 1 if
+# it is kept, else 0.
+TOUCH_MANY = (
+    _prune("ARGV[1]", "ARGV[2]", "KEYS[1]")
+    + """
+local kept = {}
+for i = 2, #KEYS do
+  if redis.call('PEXPIRE', KEYS[i], ARGV[1]) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[2], KEYS[i])
+    kept[i - 1] = 1
+  else
+    kept[i - 1] = 0
+  end
+end
+return kept
+"""
+)
+# How many records one TOUCH_MANY keeps: a script runs alone in Redis, so a long one would
+# hold up every other client (about 1 µs a record).
+TOUCH_BATCH = 500
 # KEYS: the record, the index, its tombstone. ARGV: ttl ms. Answers 1 if it was kept.
 DELETE = """
 redis.call('ZREM', KEYS[2], KEYS[1])
@@ -188,6 +208,19 @@ class RedisSessionStore:
     def touch(self, session_id: str) -> Deferred[bool]:
         d = self.connection.eval(TOUCH, self._keys(session_id), [self._ttl_ms(), self._expiry()])
         return d.addCallback(lambda kept: bool(int(kept)))
+
+    def touch_many(self, session_ids: list[str]) -> Deferred[list[bool]]:
+        """`touch` for many records, in one script per `TOUCH_BATCH`."""
+        args = [self._ttl_ms(), self._expiry()]
+        batches = [
+            self.connection.eval(
+                TOUCH_MANY, [self._index, *(self._prefix + s for s in session_ids[i : i + TOUCH_BATCH])], args
+            )
+            for i in range(0, len(session_ids), TOUCH_BATCH)
+        ]
+        d = gatherResults(batches, consumeErrors=True)
+        d.addErrback(lambda failure: failure.value.subFailure)  # a FirstError: what failed
+        return d.addCallback(lambda replies: [bool(int(kept)) for reply in replies for kept in reply or ()])
 
     def delete(self, session_id: str) -> Deferred[bool]:
         keys = [*self._keys(session_id), self._tombstones + session_id]
