@@ -527,15 +527,16 @@ class TaskManager:
             # 2025-11-25 basic/utilities/tasks §Task Status Notification.
             run.notify({"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": task_info(record)})
 
-    def save(self, run: TaskRun) -> Deferred[None]:
-        """Write the task's record to the store (polls read it from there); one the store
-        cannot take now is saved again when it can (`UnsavedRecords`). Fires with None."""
+    def save(self, run: TaskRun) -> None:
+        """Write the task's record to the store (polls read it from there). Nothing to wait
+        for: what the store answers is handled here (`_saved`: a refusal is adopted), and a
+        record it cannot take now is saved again when it can (`UnsavedRecords`)."""
         record = run.record
         if run.task_id in self.unsaved:
             # An earlier status waits for the store: this one goes after it, not past it.
             self.unsaved.hold(record)
-            return succeed(None)
-        return self.store.save(record).addCallbacks(
+            return
+        self.store.save(record).addCallbacks(
             self._saved, self.unsaved.failed, callbackArgs=(record,), errbackArgs=(record,)
         )
 
@@ -888,7 +889,8 @@ class _TaskStart:
 
 class UnsavedRecords:
     """Task records the store could not take (Redis down): each task's latest record (a copy
-    taken when it is held) is saved again, with backoff, until the store answers; while one
+    taken when it is held) is saved again, with backoff, until the store answers (oldest
+    first, `BATCH` at a time, so a store coming back gets them in order and a few at once); while one
     is held, the task's later saves are held behind it (`TaskManager.save`), so they land in
     order. At most ``limit`` tasks are held (the oldest unfinished one is dropped, and counted:
     an end is lost only when every held record is one); a record that has ended is never
@@ -898,6 +900,8 @@ class UnsavedRecords:
 
     FIRST_DELAY = 0.5
     MAX_DELAY = 10.0
+    # How many held records are sent to the store at once.
+    BATCH = 100
 
     def __init__(
         self,
@@ -959,8 +963,11 @@ class UnsavedRecords:
             self._call = self.clock.callLater(self._delay, self._flush)
 
     def _flush(self) -> Deferred[None]:
+        """Save the held records again, oldest first, `BATCH` at a time (each batch once the
+        one before has been answered, so a store coming back is not sent them all at once),
+        until one is still away."""
         self._call, self._flushing = None, True
-        batch = list(self._held.items())
+        batch = list(itertools.islice(self._held.items(), self.BATCH))
         self.retried += len(batch)
 
         def saved(refused: TaskRecord | None, task_id: str, record: TaskRecord) -> None:
@@ -973,14 +980,6 @@ class UnsavedRecords:
             if self.landed is not None:
                 self.landed(refused, record)
 
-        def done(_results: Any) -> None:
-            self._flushing = False
-            # Still held: the store is still away (or a newer status came meanwhile).
-            self._delay = min(self._delay * 2, self.MAX_DELAY) if self._held else self.FIRST_DELAY
-            if not self._held:
-                log.info("Every unsaved task status is saved")
-            self._schedule()
-
         def not_saved(failure: Failure, task_id: str, record: TaskRecord) -> None:
             # The store still away: kept for the next try. Anything else would be retried
             # forever unseen: said once, and the record given up.
@@ -991,11 +990,23 @@ class UnsavedRecords:
                 del self._held[task_id]
                 self.dropped += 1
 
+        def answered(_results: Any) -> Deferred[None] | None:
+            # A record of the batch still held as it was sent: the store is still away.
+            away = any(self._held.get(task_id) is record for task_id, record in batch)
+            if self._held and not away and not self._stopped:
+                return self._flush()
+            self._flushing = False
+            self._delay = min(self._delay * 2, self.MAX_DELAY) if self._held else self.FIRST_DELAY
+            if not self._held:
+                log.info("Every unsaved task status is saved")
+            self._schedule()
+            return None
+
         saves = [
             self.store.save(record).addCallback(saved, task_id, record).addErrback(not_saved, task_id, record)
             for task_id, record in batch
         ]
-        return gatherResults(saves).addCallback(done)
+        return gatherResults(saves).addCallback(answered)
 
     def stop(self) -> None:
         """Stop trying (the daemon stops)."""
