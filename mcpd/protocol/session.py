@@ -80,6 +80,19 @@ class Session:
             subscriptions_tenant=self.subscriptions_tenant,
         )
 
+    def restore(self, record: SessionRecord) -> None:
+        """Take the state `record` made (its inverse), as when another instance's session is
+        adopted here. URIs come back subscribed through another instance (nothing held for
+        them in this process's ledger)."""
+        self.version = record.version
+        self.owner = record.owner
+        self.account = record.account
+        self.client_info = record.client_info
+        self.client_capabilities = record.client_capabilities
+        self.log_level = record.log_level
+        self.subscriptions = dict.fromkeys(record.subscriptions)
+        self.subscriptions_tenant = record.subscriptions_tenant
+
     def changed(self, **change: str) -> Deferred[Any] | None:
         """A request changed the session's state (`apply`'s arguments): with several
         instances, every one serving the session applies it too, and its record keeps it.
@@ -233,13 +246,8 @@ class SessionStore:
                 log.info("Refused to adopt session {id} for a caller that did not open it", id=session_id)
                 return None
             session = make(record)
-            session.version = record.version
-            session.initialized = True
-            session.owner = record.owner
-            session.client_info = record.client_info
-            session.client_capabilities = record.client_capabilities
-            session.log_level = record.log_level
-            session.subscriptions_tenant = record.subscriptions_tenant
+            session.restore(record)
+            session.initialized = True  # a record is kept once its handshake succeeded
             self.open(session, record.account)
             # Counted against the account's share here too (the record holds at most that
             # many), so subscribes through this instance are refused once past it.
