@@ -1192,3 +1192,143 @@ class TwoDaemonsTests(DaemonTestMixin, TestCase):
         self.assertTrue(refused)
         self.assertEqual(accepted, refused[0]["data"]["max"], refused[0])
         self.assertIn("Too many subscriptions", refused[-1]["message"])
+
+
+class RecordKeepingTests(RedisPartsCase):
+    """The sweep's keeping of session records, for both legacy transports alike."""
+
+    @inlineCallbacks
+    def test_an_sse_session_ended_elsewhere_ends_here(self) -> Any:
+        """An HTTP+SSE session whose record was deleted (its tombstone left) is not saved again
+        by the sweep and ends here as a Streamable HTTP one does: its stream closes, its place
+        is given back and its channel is left."""
+        records = RedisSessionStore(self.connection, reactor, 60.0, kind="sse")
+        sessions = SessionStore(reactor, 60.0, records=records)
+        forwarding = sessions.cluster = SSEForwarding(self.bus, sessions)
+        stream = DummyRequest([b"sse"])
+        stream._disconnected = False
+        session = SSESession(stream, Caller("alice"))
+        session.version = "2025-11-25"
+        sessions.open(session, "key:alice")
+        sessions.add(session)
+        yield self.record_appears(records, session.id)
+        yield self.subscribers_become(forwarding.channel(session.id), 1)
+        other = RedisSessionStore(self.connection, reactor, 60.0, kind="sse")
+        self.assertTrue((yield other.delete(session.id)))
+
+        forwarding.refresh([session])
+        yield wait_for(lambda: session.closed, timeout=5.0)
+        self.assertNotIn(session.id, sessions)
+        self.assertEqual(stream.finished, 1)
+        self.assertEqual(sessions.ledger.held("key:alice", SESSION), 0)
+        self.assertIsNone((yield records.load(session.id)))
+        yield self.subscribers_become(forwarding.channel(session.id), 0)
+
+    @inlineCallbacks
+    def test_a_sweep_keeps_many_sessions_in_a_few_scripts(self) -> Any:
+        """A sweep over 600 sessions touches their records and renews their GET streams in a
+        handful of scripts, not a command (or four) per session, and each record and stream
+        is kept as by one touch each."""
+        cluster = self.cluster(session_timeout=5.0)
+        live = []
+        for n in range(600):
+            session = HTTPSession(f"swept-{n}")
+            session.version = "2025-11-25"
+            cluster.sessions.add(session)
+            live.append(session)
+        yield cluster.journal.append(live[-1].id, STANDALONE, b'{"n":1}')
+        while (yield cluster.sessions.records.count()) < len(live):
+            yield sleep(0.05)
+        # One record lost: saved again in the same sweep.
+        yield self.connection.execute("DEL", self.connection.key("session", "streamable", live[7].id))
+        stream = cluster.journal.stream(live[-1].id, STANDALONE)
+        yield self.connection.execute("PEXPIRE", stream, 1000)
+
+        before = yield self.command_counts()
+        cluster.refresh(live)
+        yield self.record_appears(cluster.sessions.records, live[7].id)
+        deadline = reactor.seconds() + 10.0
+        while (yield self.connection.execute("PTTL", stream)) < 4000:
+            self.assertLess(reactor.seconds(), deadline, "the GET stream was not kept")
+            yield sleep(0.02)
+        after = yield self.command_counts()
+        sent = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+        # 2 batches of touches, 3 of streams, the lost record's save (the commands the
+        # scripts run are counted too: not a measure of what was sent).
+        self.assertLessEqual(sent.get("evalsha", 0) + sent.get("eval", 0), 6, sent)
+        self.assertGreater((yield self.connection.execute("PTTL", stream + ":n")), 4000)
+
+    @inlineCallbacks
+    def command_counts(self) -> Any:
+        """How many times Redis ran each command (INFO commandstats)."""
+        info = yield self.connection.execute("INFO", "commandstats")
+        return {
+            name: int(calls) for name, calls in re.findall(r"cmdstat_([a-z|]+):calls=(\d+)", info)
+        }
+
+
+class SessionRestoreTests(TestCase):
+    """`Session.restore` is `Session.record`'s inverse, field by field, so adoption (which uses
+    it) cannot miss one the record carries."""
+
+    def test_restore_is_the_inverse_of_record(self) -> None:
+        import attrs
+
+        original = HTTPSession("restored")
+        original.version, original.owner, original.account = "2025-11-25", "alice", "key:alice"
+        original.client_info = {"name": "c", "version": "1"}
+        original.client_capabilities = {"elicitation": {}}
+        original.log_level = "debug"
+        original.subscriptions = {"memo://a": None, "memo://b": None}
+        original.subscriptions_tenant = "acme"
+        record = original.record()
+        # Every field of the record is set to something other than its default.
+        defaults = SessionRecord("restored")
+        for field in attrs.fields(SessionRecord):
+            if field.name != "session_id":
+                self.assertNotEqual(getattr(record, field.name), getattr(defaults, field.name), field.name)
+        copy = HTTPSession(record.session_id)
+        copy.restore(record)
+        self.assertEqual(copy.record(), record)
+        self.assertEqual(copy.subscriptions, {"memo://a": None, "memo://b": None})
+
+
+class UnsavedBatchTests(RedisPartsCase):
+    """Held task records go back to a store that answers again `UnsavedRecords.BATCH` at a
+    time, oldest first, each batch once the one before was answered."""
+
+    @inlineCallbacks
+    def test_held_records_are_saved_in_ordered_batches(self) -> Any:
+        sent: list[str] = []
+        in_flight = [0, 0]  # now, most
+
+        class CountingStore(RedisTaskStore):
+            def save(self, record: TaskRecord) -> Any:
+                sent.append(record.task_id)
+                in_flight[0] += 1
+                in_flight[1] = max(in_flight)
+
+                def answered(result: Any) -> Any:
+                    in_flight[0] -= 1
+                    return result
+
+                return super().save(record).addBoth(answered)
+
+        store = CountingStore(self.connection)
+        unsaved = UnsavedRecords(store, reactor)
+        self.addCleanup(unsaved.stop)
+        held = 2 * UnsavedRecords.BATCH + 30
+        records = []
+        for n in range(held):
+            record = TaskRecord(f"t-{n:04d}", "session:s1", False, reactor.seconds(), 60_000, 500)
+            yield store.add(record, reactor.seconds())
+            records.append(record)
+        for record in records:  # held while Redis was away; a later status of one goes last
+            unsaved.failed(Failure(StoreUnavailable("redis", "down")), record)
+        records[5].status = COMPLETED
+        unsaved.failed(Failure(StoreUnavailable("redis", "down")), records[5])
+        yield wait_for(lambda: len(unsaved) == 0, timeout=20.0)
+        self.assertLessEqual(in_flight[1], UnsavedRecords.BATCH)
+        self.assertEqual(sent, [r.task_id for r in records if r is not records[5]] + [records[5].task_id])
+        self.assertEqual((unsaved.recovered, unsaved.retried), (held, held))
+        self.assertEqual((yield store.get(records[5].task_id)).status, COMPLETED)
