@@ -1262,9 +1262,7 @@ class RecordKeepingTests(RedisPartsCase):
     def command_counts(self) -> Any:
         """How many times Redis ran each command (INFO commandstats)."""
         info = yield self.connection.execute("INFO", "commandstats")
-        return {
-            name: int(calls) for name, calls in re.findall(r"cmdstat_([a-z|]+):calls=(\d+)", info)
-        }
+        return {name: int(calls) for name, calls in re.findall(r"cmdstat_([a-z|]+):calls=(\d+)", info)}
 
 
 class SessionRestoreTests(TestCase):

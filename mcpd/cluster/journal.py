@@ -105,9 +105,7 @@ class Journal:
             stream = self.stream(session_id, STANDALONE)
             names += [stream, stream + ":n", stream + ":delivered", self.reader(session_id)]
         step = 4 * KEEP_BATCH
-        batches = [
-            self.bus.redis.eval(_KEEP, names[i : i + step], [self.ttl_ms]) for i in range(0, len(names), step)
-        ]
+        batches = [self.bus.redis.eval(_KEEP, names[i : i + step], [self.ttl_ms]) for i in range(0, len(names), step)]
         return gatherResults(batches, consumeErrors=True)
 
     def forget(self, session_id: str, keys: list[str]) -> Deferred[Any]:
