@@ -509,6 +509,32 @@ class TaskRunnerGoneTests(RedisPartsCase):
         self.assertEqual((yield self.store.get("t-orphan")).status, FAILED)
 
     @inlineCallbacks
+    def test_tasks_list_settles_the_tasks_of_a_gone_runner(self) -> Any:
+        """tasks/list (legacy) shows another instance's running tasks as they are: working
+        while their runner lives, failed as soon as it has gone (as tasks/get does), without
+        waiting for the sweep; a live runner's task in the same page stays working."""
+        yield self.running("t-list-1")
+        yield self.running("t-list-2")
+        other_bus = ClusterBus(self.connection, clock=reactor)
+        alive = InstanceRegistry(other_bus, [], [], clock=reactor)
+        alive.start()
+        self.addCleanup(alive.stop)
+        yield self.registered(self.registry, other_bus.instance)
+        live = TaskRecord("t-list-3", "session:s1", False, reactor.seconds(), 60_000, 500, runner=other_bus.instance)
+        yield self.store.add(live, reactor.seconds())
+
+        def statuses(listed: dict[str, Any]) -> list[tuple[str, str]]:
+            return [(task["taskId"], task["status"]) for task in listed["tasks"]]
+
+        listed = yield self.reader().manager.list(legacy("tasks/list", ""), 50)
+        self.assertEqual(statuses(listed), [("t-list-1", WORKING), ("t-list-2", WORKING), ("t-list-3", WORKING)])
+        yield self.runner.stop()  # as its registry entry expiring after kill -9
+        listed = yield self.reader().manager.list(legacy("tasks/list", ""), 50)
+        self.assertEqual(statuses(listed), [("t-list-1", FAILED), ("t-list-2", FAILED), ("t-list-3", WORKING)])
+        self.assertEqual(listed["tasks"][0]["statusMessage"], ORPHANED)
+        self.assertEqual((yield self.store.get("t-list-2")).status, FAILED)
+
+    @inlineCallbacks
     def test_a_check_redis_cannot_answer_gives_the_record_as_read(self) -> Any:
         """The liveness check failing (Redis gone between the read and the check) does not fail
         the read: the record comes back as it was read."""

@@ -202,6 +202,27 @@ class TaskRelay:
 
         return self.store.settle(settled, self.registry.key(record.runner)).addCallbacks(answered, unknown)
 
+    def check_many(self, records: list[TaskRecord]) -> Deferred[list[TaskRecord]]:
+        """`check` for each of ``records`` (a ``tasks/list`` page), in order: those running on
+        other instances are checked with one round trip per runner while it lives (its first
+        task's check tells the others'), one each when it has gone."""
+        checked = list(records)
+        by_runner: dict[str, list[int]] = {}
+        for n, record in enumerate(records):
+            if not record.terminal and record.runner and record.runner != self.bus.instance:
+                by_runner.setdefault(record.runner, []).append(n)
+
+        def check(n: int) -> Deferred[None]:
+            return self.check(records[n]).addCallback(lambda record: checked.__setitem__(n, record))
+
+        def runner(first: int, rest: list[int]) -> Deferred[Any]:
+            return check(first).addCallback(lambda _: gatherResults([check(n) for n in rest], consumeErrors=True))
+
+        runners = [runner(first, rest) for first, *rest in by_runner.values()]
+        d = gatherResults(runners, consumeErrors=True)
+        d.addErrback(_first_failure)
+        return d.addCallback(lambda _: checked)
+
     def _settled(self, record: TaskRecord) -> None:
         log.warn(
             "Task {id} failed: its instance {runner} stopped while running it", id=record.task_id, runner=record.runner
@@ -312,6 +333,13 @@ class TaskRelay:
         if run is not None and isinstance(responses, dict):
             self.manager.update_here(run, responses)
         return {}
+
+
+def _first_failure(failure: Failure) -> Failure:
+    """What failed first, out of (nested) `gatherResults`."""
+    while failure.check(FirstError):
+        failure = failure.value.subFailure
+    return failure
 
 
 # A task whose runner stopped: its error, and its status message.

@@ -266,6 +266,10 @@ class TaskRemote(Protocol):
         """The record of a running task of another instance as it is now: ended (failed) if
         that instance has gone."""
 
+    def check_many(self, records: list[TaskRecord]) -> Deferred[list[TaskRecord]]:
+        """`check` for each of ``records`` (any tasks: those not running elsewhere as read),
+        in order."""
+
     def ended(self, record: TaskRecord) -> None:
         """A task of this process has ended and its record is saved: wake its waiters on the
         other instances."""
@@ -771,12 +775,19 @@ class TaskManager:
         if cursor is not None and not isinstance(cursor, str):
             raise InvalidParams("Invalid params: cursor must be a string")
 
-        def listed(records: list[TaskRecord]) -> dict[str, Any]:
+        def listed(records: list[TaskRecord]) -> Any:
             mine = sorted(records, key=_order)
             try:
                 page, next_cursor = paginate(mine, _order, cursor, page_size)
             except ValueError:
                 raise InvalidParams("Invalid params: unknown cursor; start again without one") from None
+            if self.remote is not None:
+                # Another instance's running task: failed, if that instance has gone (as for
+                # tasks/get), not "working" until the next sweep.
+                return self.remote.check_many(page).addCallback(answer, next_cursor)
+            return answer(page, next_cursor)
+
+        def answer(page: list[TaskRecord], next_cursor: str | None) -> dict[str, Any]:
             result: dict[str, Any] = {"tasks": [task_info(record) for record in page]}
             if next_cursor is not None:
                 result["nextCursor"] = next_cursor
