@@ -8,6 +8,8 @@ import http.client
 import json
 import re
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import treq
@@ -22,7 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from mcpd.cluster.bus import ClusterBus, ClusterUnavailable
-from mcpd.cluster.instances import REFRESH, TTL, InstanceRegistry
+from mcpd.cluster.instances import REFRESH, TTL, InstanceRegistry, process_state
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
@@ -1061,6 +1063,41 @@ class GetStreamTakeoverTests(RedisPartsCase):
         taken = yield b.hold_standalone(session)
         self.assertTrue(taken and taken.startswith(b.instance))
 
+    @inlineCallbacks
+    def test_a_killed_holder_of_this_host_is_gone_at_once(self) -> Any:
+        """A holder whose registry entry names a process of this host that is no longer
+        running (killed, not yet reaped) is gone at once, even before the registry is `sure`:
+        its entry is forgotten and its claim taken over. One of another host (or another boot)
+        is not judged by its process."""
+        b = self.cluster()
+        session = HTTPSession("holder-killed")
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        self.addCleanup(lambda: (child.kill(), child.wait()))
+        state = process_state(child.pid)
+        assert state is not None
+        holder, entry = "killed0123", {**b.registry.entry, "id": "killed0123", "pid": child.pid}
+        entry["start_ticks"] = state[1]
+        elsewhere = {**entry, "id": "elsewhere0", "boot": "another-boot"}
+        for instance in (entry, elsewhere):
+            key = b.registry.key(instance["id"])
+            yield self.connection.execute("SET", key, json.dumps(instance), "PX", 60_000)
+            yield self.connection.execute("SADD", self.connection.key("instances"), instance["id"])
+        yield self.connection.execute("SET", b.journal.reader(session.id), f"{holder}-0123", "PX", 60_000)
+        self.assertFalse(b.registry.sure())
+        self.assertFalse((yield b.registry.gone(holder)))
+        self.assertIsNone((yield b.hold_standalone(session)))
+
+        child.kill()  # a zombie until reaped: not running
+        yield wait_for(lambda: (process_state(child.pid) or ("Z",))[0] == "Z")
+        taken = yield b.hold_standalone(session)
+        self.assertTrue(taken and taken.startswith(b.instance))
+        self.assertFalse((yield b.registry.alive(holder)))
+        self.assertEqual((yield self.connection.execute("SMEMBERS", self.connection.key("instances"))), ["elsewhere0"])
+        child.wait()
+        elsewhere["pid"] = child.pid
+        yield self.connection.execute("SET", b.registry.key("elsewhere0"), json.dumps(elsewhere), "PX", 60_000)
+        self.assertFalse((yield b.registry.gone("elsewhere0")))
+
 
 RECORD = {"version": "2025-11-25", "owner": "alice"}
 
@@ -1151,11 +1188,13 @@ class TwoDaemonsTests(DaemonTestMixin, TestCase):
         args += ["--state-key", "cluster-parts-state-key-0123456789abcdef", "--share-per-key", "1"]
         args += ["--rate-limit", "100000"]
         self.ports: list[int] = []
+        self.daemons = []
         for name in ("a", "b"):
             daemon = start_daemon(self.workdir, args, name=name, timeout=60.0)
             self.addCleanup(daemon.stop)
             assert daemon.port is not None
             self.ports.append(daemon.port)
+            self.daemons.append(daemon)
         status, self.session_id, _ = self.post(self.ports[0], INITIALIZE)
         self.assertEqual(status, 200)
         self.post(self.ports[0], {"jsonrpc": "2.0", "method": "notifications/initialized"})
@@ -1201,6 +1240,18 @@ class TwoDaemonsTests(DaemonTestMixin, TestCase):
         self.assertTrue(drain(self.get(b, ids[0].decode())).startswith(b"HTTP/1.1 200"))
         self.assertTrue(drain(self.get(b)).startswith(b"HTTP/1.1 200"))
         self.assertTrue(drain(self.get(a)).startswith(b"HTTP/1.1 409"))
+
+    def test_a_fresh_get_takes_the_stream_of_a_killed_holder_at_once(self) -> None:
+        """The instance holding the session's GET stream is killed (``kill -9``): a fresh GET
+        (no Last-Event-ID) on the other one opens at once, not 409 until the killed one's
+        registry entry has expired."""
+        a, b = self.ports
+        held = self.get(a)
+        self.assertTrue(held.recv(65536).startswith(b"HTTP/1.1 200"))
+        self.assertTrue(drain(self.get(b)).startswith(b"HTTP/1.1 409"))
+        self.daemons[0].process.kill()
+        self.daemons[0].process.wait(10)
+        self.assertTrue(drain(self.get(b)).startswith(b"HTTP/1.1 200"))
 
     def test_subscriptions_through_both_instances_stop_at_the_share(self) -> None:
         """The session's record follows at most its account's share of URIs, subscribed

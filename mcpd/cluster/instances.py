@@ -14,6 +14,10 @@ be one deployment:
 - Milvus Lite runs inside the process that opened its file: no two instances can share one.
 
 The check sees instances that are running: start the first one, then the others.
+
+An entry also says which process it is (boot, pid namespace, pid and start time, on Linux), so
+an instance on the same host can tell at once that another one was killed (`InstanceRegistry.gone`)
+instead of waiting for its entry to expire.
 """
 
 from __future__ import annotations
@@ -41,6 +45,54 @@ REFRESH = 5.0
 # Seconds between tries to write this instance's entry while Redis does not answer, so the
 # entry is back as soon as Redis is.
 RETRY = 0.5
+
+
+# KEYS: an instance's entry, the set of instances. ARGV: the entry as read, the instance's id.
+# Forgets the instance if its entry is still the one read.
+_FORGET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def _read(path: str) -> str | None:
+    """A small file of /proc (kept in memory by the kernel: no disk to wait for)."""
+    try:
+        with open(path, encoding="ascii") as file:
+            return file.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def process_state(pid: int | str) -> tuple[str, str] | None:
+    """A process's state letter and start time (clock ticks after boot, /proc/<pid>/stat), or
+    None when no process has this pid."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def process_identity() -> dict[str, Any]:
+    """What tells this process apart from any other, before and after it (None where /proc
+    does not say)."""
+    state = process_state("self")
+    return {
+        "boot": _read("/proc/sys/kernel/random/boot_id"),
+        "pidns": _pid_namespace(),
+        "pid": os.getpid(),
+        "start_ticks": state[1] if state is not None else None,
+    }
 
 
 class SharingConflict(Exception):
@@ -110,7 +162,7 @@ class InstanceRegistry:
         self.entry = {
             "id": bus.instance,
             "host": socket.getfqdn(),
-            "pid": os.getpid(),
+            **process_identity(),
             "started": time.time(),
             "listen": listen,
             "stores": [attrs.asdict(store) for store in stores],
@@ -199,6 +251,34 @@ class InstanceRegistry:
     def alive(self, instance: str) -> Deferred[bool]:
         """Whether ``instance`` has refreshed its entry within the last `TTL` seconds."""
         return self.bus.redis.execute("EXISTS", self.key(instance)).addCallback(lambda n: int(n) > 0)
+
+    def gone(self, instance: str) -> Deferred[bool]:
+        """Whether ``instance`` is known to have stopped: its entry has lapsed (once `sure`),
+        or it names a process of this host that is not running any more (``kill -9``: not
+        `TTL` seconds later, at once). Such an entry is forgotten, for every instance."""
+        redis = self.bus.redis
+
+        def read(data: str | None) -> Any:
+            if data is None:
+                return self.sure()
+            if not self._stopped_here(json.loads(data)):
+                return False
+            log.info("Instance {id} has stopped (its process is not running): forgetting it", id=instance)
+            d = redis.eval(_FORGET, [self.key(instance), self.bus.key("instances")], [data, instance])
+            return d.addCallback(lambda _forgotten: True)
+
+        return redis.execute("GET", self.key(instance)).addCallback(read)
+
+    def _stopped_here(self, entry: dict[str, Any]) -> bool:
+        """Whether ``entry`` is of a process of this host (same boot, same pid namespace)
+        that is not running: no process has its pid, or another one does, or it is a zombie."""
+        for name in ("host", "boot", "pidns"):
+            if self.entry[name] is None or entry.get(name) != self.entry[name]:
+                return False  # another host (or no /proc): only its entry's TTL tells
+        if entry.get("start_ticks") is None:
+            return False
+        state = process_state(entry["pid"])
+        return state is None or state[1] != entry["start_ticks"] or state[0] in "ZX"
 
     def start(self) -> None:
         self._refresh.start(REFRESH, now=True)

@@ -324,10 +324,9 @@ class ClusterSessions(_RecordKeeper):
                 return hold(holder)  # a reader of ours that ended without letting go
             # An instance without a registry entry is gone only once this instance's own
             # entries have been written long enough (`InstanceRegistry.sure`): after a Redis
-            # outage a live holder may not have written its entry again yet.
-            return self.registry.alive(instance).addCallback(
-                lambda alive: None if alive or not self.registry.sure() else hold(holder)
-            )
+            # outage a live holder may not have written its entry again yet. One of this host
+            # killed is known gone at once.
+            return self.registry.gone(instance).addCallback(lambda gone: hold(holder) if gone else None)
 
         def done(result: Any) -> Any:
             self._holding.discard(session.id)
