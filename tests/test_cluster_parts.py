@@ -1407,3 +1407,31 @@ class UnsavedBatchTests(RedisPartsCase):
         self.assertEqual(sent, [r.task_id for r in records if r is not records[5]] + [records[5].task_id])
         self.assertEqual((unsaved.recovered, unsaved.retried), (held, held))
         self.assertEqual((yield store.get(records[5].task_id)).status, COMPLETED)
+
+
+class KilledRunnerOfThisHostTests(RedisPartsCase):
+    """A task whose runner was killed on this host is settled by its next reader at once, not
+    once the runner's registry entry has lapsed."""
+
+    @inlineCallbacks
+    def test_a_reader_settles_the_task_of_a_killed_runner_at_once(self) -> Any:
+        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        store = RedisTaskStore(self.connection)
+        relay = TaskRelay(self.bus, TaskManager(store, reactor), reactor, registry)
+        self.addCleanup(relay.stop)
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        self.addCleanup(lambda: (child.kill(), child.wait()))
+        state = process_state(child.pid)
+        assert state is not None
+        entry = {**registry.entry, "id": "runner0123", "pid": child.pid, "start_ticks": state[1]}
+        yield self.connection.execute("SET", registry.key("runner0123"), json.dumps(entry), "PX", 60_000)
+        record = TaskRecord("t-killed", "session:s1", False, reactor.seconds(), 60_000, 500, runner="runner0123")
+        yield store.add(record, reactor.seconds())
+        self.assertEqual((yield relay.check(record)).status, WORKING)
+
+        child.kill()
+        yield wait_for(lambda: (process_state(child.pid) or ("Z",))[0] == "Z")
+        relay._alive.clear()  # past SEEN_ALIVE
+        settled = yield relay.check(record)
+        self.assertEqual((settled.status, settled.status_message), (FAILED, ORPHANED))
+        self.assertEqual((yield store.get("t-killed")).status, FAILED)

@@ -180,11 +180,19 @@ class TaskRelay:
         """``record`` (running on another instance) as it is: settled as failed if its runner
         has gone. A runner seen alive lately is not asked about again for `SEEN_ALIVE` s."""
         now = self.clock.seconds()
-        if self._alive.get(record.runner, 0.0) > now or not self.registry.sure():
-            # Alive lately; or this instance is back from a Redis outage, and a live runner
-            # may not have written its registry entry again yet: the record as read.
+        if self._alive.get(record.runner, 0.0) > now:
             return succeed(record)
         settled = _orphaned(record, now)
+
+        def judged(gone: bool) -> Any:
+            if not gone:
+                # Registered (then believed alive for a while); or this instance is back from
+                # a Redis outage, and a live runner may not have written its registry entry
+                # again yet: the record as read.
+                if self.registry.sure():
+                    self._alive[record.runner] = self.clock.seconds() + self.SEEN_ALIVE
+                return record
+            return self.store.settle(settled, self.registry.key(record.runner)).addCallback(answered)
 
         def answered(outcome: int) -> Any:
             if outcome == 0:
@@ -200,7 +208,8 @@ class TaskRelay:
             failure.trap(StoreUnavailable)
             return record
 
-        return self.store.settle(settled, self.registry.key(record.runner)).addCallbacks(answered, unknown)
+        # A runner of this host that was killed is known gone at once (its entry forgotten).
+        return self.registry.gone(record.runner).addCallback(judged).addErrback(unknown)
 
     def check_many(self, records: list[TaskRecord]) -> Deferred[list[TaskRecord]]:
         """`check` for each of ``records`` (a ``tasks/list`` page), in order: those running on
