@@ -900,10 +900,9 @@ class _TaskStart:
 
 class UnsavedRecords:
     """Task records the store could not take (Redis down): each task's latest record (a copy
-    taken when it is held) is saved again, with backoff, until the store answers (oldest
-    first, `BATCH` at a time, so a store coming back gets them in order and a few at once); while one
-    is held, the task's later saves are held behind it (`TaskManager.save`), so they land in
-    order. At most ``limit`` tasks are held (the oldest unfinished one is dropped, and counted:
+    taken when it is held) is saved again, with backoff, until the store answers (oldest first,
+    `BATCH` at a time, so a store coming back is not flooded); while one is held, the task's
+    later saves are held behind it (`TaskManager.save`), so they land in order. At most ``limit`` tasks are held (the oldest unfinished one is dropped, and counted:
     an end is lost only when every held record is one); a record that has ended is never
     replaced by one that has not. ``landed`` hears each save the store answered (None, or the
     ended record it kept instead: a refusal). Its counts are metrics (a prometheus-client
