@@ -8,7 +8,9 @@ server has written so far.
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpd.protocol.codec import MAX_DEPTH
 from mcpd.protocol.errors import LIMIT_EXCEEDED
 from mcpd.protocol.ledger import REPLAY, SESSION, STREAM, Ledger, Limit
+from mcpd.protocol.vocabulary import Exchange
 from mcpd.transport.sse import EventStream
 from tests.http_harness import (
     BOTH,
@@ -740,6 +743,104 @@ class PostLimitTests(HTTPTestCase):
         response = self.post(message, modern_headers("tools/call", "test.echo"))
         self.assertEqual(response.status, 200)
         self.assertValid(MODERN, response.json(), "tools/call")
+
+
+class NoCycleTests(HTTPTestCase):
+    """An answered POST leaves no reference cycle: the request, its headers and its body are freed
+    when it is answered. (The exchange held its reply's bound ``notify`` and the reply its
+    exchange, so each request waited for the garbage collector, whose collections came every few
+    dozen requests and lengthened the latency tail.)"""
+
+    COUNT = 20
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.connection = HTTPConnection(self.server.site)
+
+    def send(self, message: dict[str, Any], headers: Mapping[str, str]) -> None:
+        """POST on the one keep-alive connection (its answer: ``self.connection.response``)."""
+        self.connection.transport.clear()
+        fields = {"Accept": BOTH, "Content-Type": "application/json", **headers}
+        self.connection.send("POST", headers=fields, body=json.dumps(message).encode())
+
+    @property
+    def answer(self) -> HTTPResponse:
+        return self.connection.response
+
+    def cyclic_garbage(self, serve: Callable[[int], None]) -> int:
+        """Objects only the collector could free after ``COUNT`` calls of ``serve`` (one first, to
+        make what is made once)."""
+        serve(0)
+        gc.collect()
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        for i in range(1, self.COUNT + 1):
+            serve(i)
+        return gc.collect()
+
+    def test_modern_answer(self) -> None:
+        def serve(i: int) -> None:
+            message = modern_request("tools/call", {"name": "test.echo", "arguments": {"text": "hi"}}, request_id=i)
+            self.send(message, modern_headers("tools/call", "test.echo"))
+            self.assertEqual(self.answer.json()["result"]["content"], [{"type": "text", "text": "hi"}])
+
+        self.assertLess(self.cyclic_garbage(serve), self.COUNT)
+
+    def test_legacy_answer(self) -> None:
+        self.send(initialize_request(), {})
+        session = {"Mcp-Session-Id": self.answer.headers["mcp-session-id"], "MCP-Protocol-Version": LATEST_LEGACY}
+        self.send(notification("notifications/initialized"), session)
+        self.assertEqual(self.answer.status, 202)
+
+        def serve(i: int) -> None:
+            self.send(call("test.echo", {"text": "hi"}, request_id=i + 1), session)
+            self.assertEqual(self.answer.json()["result"]["content"], [{"type": "text", "text": "hi"}])
+
+        self.assertLess(self.cyclic_garbage(serve), self.COUNT)
+
+    def test_late_answer(self) -> None:
+        """An answer decided after ``render`` returned (a tool in the thread pool, a store)."""
+
+        def serve(i: int) -> None:
+            message = modern_request("tools/call", {"name": "test.hold", "arguments": {}}, request_id=i)
+            self.send(message, modern_headers("tools/call", "test.hold"))
+            self.server.tools.calls.pop().finish("done")
+            self.assertEqual(self.answer.json()["result"]["content"], [{"type": "text", "text": "done"}])
+
+        self.assertLess(self.cyclic_garbage(serve), self.COUNT)
+
+    def test_late_request_to_client_reaches_the_session(self) -> None:
+        """After the answer, a request to the client still goes to the session's GET stream, as
+        it did when the reply itself was notified (2025-11-25 transports §Sending Messages)."""
+        self.send(initialize_request(), {})
+        session_id = self.answer.headers["mcp-session-id"]
+        session = {"Mcp-Session-Id": session_id, "MCP-Protocol-Version": LATEST_LEGACY}
+        self.send(notification("notifications/initialized"), session)
+        engine = self.server.resource.engine
+        exchanges: list[Exchange] = []
+
+        def handle_bytes(body: bytes, exchange: Exchange) -> Any:
+            exchanges.append(exchange)
+            return handle(body, exchange)
+
+        handle = engine.handle_bytes
+        self.patch(engine, "handle_bytes", handle_bytes)
+        for answer_late in (False, True):
+            if answer_late:
+                self.send(call("test.hold", request_id=1), session)
+                self.server.tools.last.finish("done")
+            else:
+                self.send(call("test.echo", {"text": "hi"}, request_id=1), session)
+            self.assertEqual(self.answer.json()["id"], 1)
+            pushed: list[dict[str, Any]] = []
+            self.patch(self.server.sessions.get(session_id), "push", pushed.append)
+            notify = exchanges[-1].notify
+            assert notify is not None
+            notify({"jsonrpc": "2.0", "method": "notifications/message", "params": {}})
+            elicit = {"jsonrpc": "2.0", "id": "s1", "method": "elicitation/create", "params": {}}
+            notify(elicit)
+            self.assertEqual(pushed, [elicit])
 
 
 # -- the resource tree ----------------------------------------------------------------------------

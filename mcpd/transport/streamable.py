@@ -15,6 +15,7 @@ client accepts ``text/event-stream``.
 from __future__ import annotations
 
 import itertools
+from functools import partial
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -496,6 +497,7 @@ class _Reply:
             return NOT_DONE_YET
         body = self._json_body(response)
         self._settle()
+        self._answered()
         return body
 
     def complete(self, response: Any) -> None:
@@ -505,6 +507,7 @@ class _Reply:
             self.stream.close()
         elif not self.request._disconnected:  # type: ignore[attr-defined]
             _write_later(self._json_body(response), self.request)
+            self._answered()
         self._settle()
 
     def failed(self, failure: Failure) -> None:
@@ -515,6 +518,15 @@ class _Reply:
             self.request.setResponseCode(500)
             finish_quietly(self.request)
         self._settle()
+
+    def _answered(self) -> None:
+        """The JSON answer is out (the request is finished): from now on the exchange's
+        notifications take the path `notify` takes for a finished request, without holding
+        this reply. ``exchange.notify = reply.notify`` was a cycle (exchange, reply, exchange)
+        that kept every request, its headers and its body for the garbage collector, whose
+        collections then came every few dozen requests."""
+        session = self.exchange.session
+        self.exchange.notify = partial(_push_requests, session) if isinstance(session, HTTPSession) else _drop
 
     def _settle(self) -> None:
         """A session whose initialize did not succeed gives its place back."""
@@ -566,6 +578,18 @@ def _json(request: Request, status: int, body: bytes) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", _JSON)
     return body
+
+
+def _push_requests(session: HTTPSession, message: dict[str, Any]) -> None:
+    """A notification about a request already answered: a request to the client (elicitation,
+    sampling) goes to the session's standalone stream (2025-11-25 transports §Sending
+    Messages), anything else has nowhere to go."""
+    if "id" in message:
+        session.push(message)
+
+
+def _drop(message: dict[str, Any]) -> None:
+    """A notification about a stateless request already answered: nowhere to go."""
 
 
 def _method_not_allowed(request: Request) -> bytes:
