@@ -30,32 +30,29 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def request(rid: int, token: str | None) -> bytes:
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": rid,
-            "method": "tools/call",
-            "params": {
-                "name": "echo",
-                "arguments": {"text": "hello"},
-                "_meta": {
-                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                    "io.modelcontextprotocol/clientCapabilities": {},
-                    "io.modelcontextprotocol/clientInfo": {"name": "callcount", "version": "1"},
-                },
-            },
-        },
-        separators=(",", ":"),
-    ).encode()
+def request(rid: int, token: str | None, session: str | None = None) -> bytes:
+    """A tools/call of the echo tool: modern (2026-07-28), or in the legacy ``session``."""
+    params: dict[str, object] = {"name": "echo", "arguments": {"text": "hello"}}
+    if session is None:
+        params["_meta"] = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "callcount", "version": "1"},
+        }
+        head = [b"MCP-Protocol-Version: 2026-07-28", b"Mcp-Method: tools/call", b"Mcp-Name: echo"]
+    else:
+        head = [b"MCP-Protocol-Version: 2025-11-25", b"Mcp-Session-Id: " + session.encode()]
+    return post({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}, head, token)
+
+
+def post(message: dict[str, object], head: list[bytes], token: str | None) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
     head = [
         b"POST /mcp HTTP/1.1",
         b"Host: 127.0.0.1",
         b"Content-Type: application/json",
         b"Accept: application/json, text/event-stream",
-        b"MCP-Protocol-Version: 2026-07-28",
-        b"Mcp-Method: tools/call",
-        b"Mcp-Name: echo",
+        *head,
     ]
     if token:
         head.append(b"Authorization: Bearer " + token.encode())
@@ -63,8 +60,23 @@ def request(rid: int, token: str | None) -> bytes:
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-def call(sock: socket.socket, rid: int, token: str | None, buf: bytearray) -> None:
-    sock.sendall(request(rid, token))
+def open_session(sock: socket.socket, token: str | None, buf: bytearray) -> str:
+    """The legacy handshake (2025-11-25): initialize, then notifications/initialized; the session id."""
+    params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "callcount", "version": "1"}}
+    sock.sendall(post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}, [], token))
+    while (head := answer(buf, keep_head=True)) is None:
+        buf += sock.recv(65536)
+    line = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"mcp-session-id:"))
+    session = line.split(b":", 1)[1].strip().decode()
+    version = b"MCP-Protocol-Version: 2025-11-25"
+    sock.sendall(post({"jsonrpc": "2.0", "method": "notifications/initialized"}, [version, b"Mcp-Session-Id: " + session.encode()], token))
+    while answer(buf) is None:
+        buf += sock.recv(65536)
+    return session
+
+
+def call(sock: socket.socket, rid: int, token: str | None, buf: bytearray, session: str | None = None) -> None:
+    sock.sendall(request(rid, token, session))
     while True:
         body = answer(buf)
         if body is not None:
@@ -77,13 +89,15 @@ def call(sock: socket.socket, rid: int, token: str | None, buf: bytearray) -> No
         buf += chunk
 
 
-def answer(buf: bytearray) -> bytes | None:
-    """The body of the first whole answer in ``buf`` (removed from it), or None."""
+def answer(buf: bytearray, keep_head: bool = False) -> bytes | None:
+    """The body of the first whole answer in ``buf`` (removed from it; its head instead with
+    ``keep_head``), or None."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None
-    head = bytes(buf[:end]).lower()
-    if not head.startswith(b"http/1.1 200"):
+    raw_head = bytes(buf[:end])
+    head = raw_head.lower()
+    if not head.startswith((b"http/1.1 200", b"http/1.1 202")):
         raise SystemExit(f"unexpected answer: {bytes(buf)!r}")
     if b"content-length:" in head:
         length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
@@ -91,7 +105,7 @@ def answer(buf: bytearray) -> bytes | None:
             return None
         body = bytes(buf[end + 4 : end + 4 + length])
         del buf[: end + 4 + length]
-        return body
+        return raw_head if keep_head else body
     # Transfer-Encoding: chunked (an answer that was not ready at once)
     at, body = end + 4, b""
     while True:
@@ -118,6 +132,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--era", choices=("modern", "legacy"), default="modern", help="legacy: one 2025-11-25 session")
     parser.add_argument("--key", help="send this bearer token (and pass --api-key to mcpd)")
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
     parser.add_argument("--tree", default=ROOT, help="the mcpd source tree to run (another checkout: before/after)")
@@ -157,8 +172,9 @@ def main() -> int:
                     raise SystemExit(f"mcpd did not start; see {work}/server.log") from None
                 time.sleep(0.2)
         buf = bytearray()
+        session = open_session(sock, args.key, buf) if args.era == "legacy" else None
         for rid in range(args.warmup):
-            call(sock, rid, args.key, buf)
+            call(sock, rid, args.key, buf, session)
         if args.no_valgrind:
             with open(f"/proc/{server.pid}/stat") as f:
                 before = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
@@ -166,7 +182,7 @@ def main() -> int:
             subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True, capture_output=True)
         started = time.monotonic()
         for rid in range(args.warmup, args.warmup + args.calls):
-            call(sock, rid, args.key, buf)
+            call(sock, rid, args.key, buf, session)
         wall = time.monotonic() - started
         if args.no_valgrind:
             with open(f"/proc/{server.pid}/stat") as f:
