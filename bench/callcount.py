@@ -69,7 +69,13 @@ def open_session(sock: socket.socket, token: str | None, buf: bytearray) -> str:
     line = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"mcp-session-id:"))
     session = line.split(b":", 1)[1].strip().decode()
     version = b"MCP-Protocol-Version: 2025-11-25"
-    sock.sendall(post({"jsonrpc": "2.0", "method": "notifications/initialized"}, [version, b"Mcp-Session-Id: " + session.encode()], token))
+    sock.sendall(
+        post(
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            [version, b"Mcp-Session-Id: " + session.encode()],
+            token,
+        )
+    )
     while answer(buf) is None:
         buf += sock.recv(65536)
     return session
