@@ -15,8 +15,8 @@ client accepts ``text/event-stream``.
 from __future__ import annotations
 
 import itertools
-from functools import partial
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
