@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from mcpd.config import ConfigError, Settings, read_lines
 from mcpd.interfaces import (
@@ -54,6 +53,7 @@ from mcpd.services import (
 from mcpd.stores import StoreSet
 from mcpd.stores.memory import TASK_CAPACITY, MemoryTaskStore
 from mcpd.stores.opening import BackgroundOpening, Opened
+from mcpd.stores.threads import ToolThreads
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
 
 if TYPE_CHECKING:
@@ -505,7 +505,7 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
     transports = ["stdio"] if settings.stdio else ["streamable-http", "legacy-sse", "websocket"]
     stores = StoreSet()
     runtime = Runtime(settings, registry, stores=stores, transports=transports)
-    pool = ThreadPool(minthreads=0, maxthreads=settings.threads, name="mcpd-tools")
+    pool = ToolThreads(settings.threads, "mcpd-tools", reactor)
     ledger = build_ledger(settings)
     tracer = Tracer(settings.trace_file) if settings.trace_file else None
     _add(root, "heap-freeze", HeapFreezeService(reactor))
@@ -559,7 +559,7 @@ def _add_http(
     registry: ToolRegistry,
     runtime: Runtime,
     stores: StoreSet,
-    pool: ThreadPool,
+    pool: ToolThreads,
     ledger: Ledger,
     tracer: Tracer | None,
     shared: SharedState,
@@ -605,7 +605,7 @@ def _add_http(
     sse_sessions = SessionStore(reactor, settings.session_timeout, ledger, shared.sse_sessions)
     health = HealthChecks(
         [
-            thread_pool_check(pool, reactor, reactor),
+            thread_pool_check(pool, reactor),
             size_check("sessions", sessions.__len__, "session(s)"),
             size_check("sse_sessions", sse_sessions.__len__, "session(s)"),
             # The stores behind the packs (mcpd.interfaces.IStore): a check each, required but
@@ -622,7 +622,7 @@ def _add_http(
     vitals = Vitals(
         uptime=runtime.uptime,
         in_flight=lambda: engine.in_flight,
-        pool_queue_depth=lambda: pool._queue.qsize(),
+        pool_queue_depth=pool.qsize,
         ready=lambda: lifecycle.ready,
         checks=lambda: health.last,
         connections=lambda: guarded.open_connections,
@@ -771,7 +771,7 @@ def _engine(
     reactor: Any,
     registry: ToolRegistry,
     runtime: Runtime,
-    pool: ThreadPool,
+    pool: ToolThreads,
     ledger: Ledger,
     tracer: Tracer | None,
     tasks: ITaskStore,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.observe.health import (
@@ -18,18 +23,36 @@ from mcpd.observe.health import (
     thread_pool_check,
 )
 from mcpd.services import HealthService
+from mcpd.stores.threads import ToolThreads
 
 
-class FakeReactor:
-    """Runs 'threaded' work at once, as a reactor with a synchronous pool would."""
+class Reactor:
+    """Collects what the pool's threads hand back, to run on the test's thread as the reactor
+    would."""
 
-    def callFromThread(self, f, *args, **kwargs):  # type: ignore[no-untyped-def]
-        f(*args, **kwargs)
+    def __init__(self) -> None:
+        self.handed: list[Any] = []
+
+    def callFromThread(self, f: Any, *args: Any) -> None:  # noqa: N802 (Twisted's name)
+        self.handed.append((f, args))
+
+    def run_until(self, *waiting: Deferred[Any]) -> None:
+        """Run what comes back until every one of ``waiting`` has fired (10 s at most)."""
+        deadline = time.monotonic() + 10
+        while not all(d.called for d in waiting) and time.monotonic() < deadline:
+            handed, self.handed = self.handed, []
+            for f, args in handed:
+                f(*args)
+            time.sleep(0.005)
 
 
-class SyncPool(ThreadPool):
-    def callInThreadWithCallback(self, onResult, func, *args, **kw):  # type: ignore[no-untyped-def]
-        onResult(True, func(*args, **kw))
+def tool_threads(test: SynchronousTestCase, count: int) -> tuple[ToolThreads, Reactor]:
+    reactor = Reactor()
+    pool = ToolThreads(count, "test-tools", reactor)
+    pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
+    pool.start()
+    test.addCleanup(pool.stop)
+    return pool, reactor
 
 
 class HealthTests(SynchronousTestCase):
@@ -40,30 +63,39 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual(overall([CheckResult("b", DOWN, 0.0, required=False)]), "degraded")
 
     def test_stopped_pool_is_down(self) -> None:
-        pool = ThreadPool()
-        result = self.successResultOf(HealthChecks([thread_pool_check(pool, FakeReactor(), Clock())]).run())  # type: ignore[arg-type]
+        pool = ToolThreads(2, "test-tools", Reactor())
+        result = self.successResultOf(HealthChecks([thread_pool_check(pool, Clock())]).run())
         self.assertEqual(result[0].status, DOWN)
 
     def test_pool_round_trip(self) -> None:
-        pool = SyncPool()
-        pool.start()
-        self.addCleanup(pool.stop)
-        result = self.successResultOf(thread_pool_check(pool, FakeReactor(), Clock()).probe())  # type: ignore[arg-type]
+        pool, reactor = tool_threads(self, 2)
+        d = thread_pool_check(pool, Clock()).probe()
+        reactor.run_until(d)
+        result = self.successResultOf(d)
         self.assertEqual(result.status, OK)
         self.assertGreaterEqual(result.latency, 0.0)
 
     def test_slow_pool_is_degraded(self) -> None:
-        class Stuck(ThreadPool):
-            def callInThreadWithCallback(self, onResult, func, *args, **kw):  # type: ignore[no-untyped-def]
-                pass  # never answers
-
-        pool, clock = Stuck(), Clock()
-        pool.start()
-        self.addCleanup(pool.stop)
-        d = thread_pool_check(pool, FakeReactor(), clock, timeout=2.0).probe()  # type: ignore[arg-type]
+        pool, reactor = tool_threads(self, 1)
+        release, running = threading.Event(), threading.Event()
+        held = pool.submit(lambda: running.set() or release.wait(10))
+        self.assertTrue(running.wait(10))
+        clock = Clock()
+        d = thread_pool_check(pool, clock, timeout=2.0).probe()
         self.assertNoResult(d)
+        self.assertEqual(pool.qsize(), 1)  # the probe's own trip waits for the only thread
         clock.advance(2.0)
-        self.assertEqual(self.successResultOf(d).status, DEGRADED)
+        result = self.successResultOf(d)
+        self.assertEqual((result.status, result.detail), (DEGRADED, "no thread free within 2s (0 queued)"))
+        # The next probe sees the call still waiting: degraded, with the queue depth.
+        after = thread_pool_check(pool, clock, timeout=2.0).probe()
+        self.assertEqual(pool.qsize(), 2)
+        release.set()
+        reactor.run_until(held, after)
+        self.assertEqual(pool._in_hand, 0)  # the first probe's call was skipped and counted out
+        self.assertTrue(self.successResultOf(held))
+        result = self.successResultOf(after)
+        self.assertEqual((result.status, result.detail), (DEGRADED, "1 call(s) waiting for a thread"))
 
     def test_failing_check_is_down_and_results_kept(self) -> None:
         def broken() -> CheckResult:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -25,8 +24,8 @@ from mcpd.interfaces import DOWN as STORE_DOWN
 from mcpd.interfaces import UP, IHealthReporting, StoreStatus
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorThreads, IReactorTime
-    from twisted.python.threadpool import ThreadPool
+    from twisted.internet.interfaces import IReactorTime
+    from mcpd.stores.threads import QueueThreads
 
 log = Logger(namespace="mcpd.health")
 
@@ -58,18 +57,16 @@ class Check:
     probe: Callable[[], Any]
 
 
-def thread_pool_check(
-    pool: ThreadPool, reactor: IReactorThreads, clock: IReactorTime, timeout: float = 2.0, name: str = "thread_pool"
-) -> Check:
-    """A round trip through the pool: degraded when work queues or the trip is slow, down when
-    the pool is not running."""
+def thread_pool_check(pool: QueueThreads, clock: IReactorTime, timeout: float = 2.0, name: str = "thread_pool") -> Check:
+    """A round trip through the pool (`mcpd.stores.threads.ToolThreads`): degraded when calls
+    wait for a thread or the trip is slow, down when the pool is not running."""
 
     def probe() -> Deferred[CheckResult]:
-        if not pool.started or pool.joined:
+        if not pool.started:
             return succeed(CheckResult(name, DOWN, 0.0, detail="the thread pool is not running"))
-        queued = pool._queue.qsize()
+        queued = pool.qsize()
         started = time.monotonic()
-        d = deferToThreadPool(reactor, pool, time.monotonic)
+        d = pool.submit(time.monotonic)
         d.addTimeout(timeout, clock)
 
         def done(_value: float) -> CheckResult:

@@ -25,11 +25,10 @@ from mcpd.tools.prompts import prompt_result
 from mcpd.tools.resources import ResourceTemplate, completion_values, resource_contents
 
 if TYPE_CHECKING:
-    from twisted.python.threadpool import ThreadPool
-
     from mcpd.protocol.changes import ChangeFeed
     from mcpd.protocol.session import Session
     from mcpd.protocol.vocabulary import Exchange, Request
+    from mcpd.tools.api import ToolPool
     from mcpd.tools.pack import ToolRegistry
 
 
@@ -50,7 +49,7 @@ class Catalog:
         open_channel: Callable[[Request], RequestChannel],
         trace: Callable[[str, Exchange, Any], None],
         stores: Mapping[Any, Any],
-        thread_pool: ThreadPool | None = None,
+        thread_pool: ToolPool | None = None,
         page_size: int = 100,
         list_ttl_ms: int = 60_000,
         entry_filter: Callable[[Caller, Any], bool] | None = None,

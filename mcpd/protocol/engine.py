@@ -68,11 +68,11 @@ from mcpd.tools.api import Caller, Tool
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
-    from twisted.python.threadpool import ThreadPool
 
     from mcpd.interfaces import ITaskStore
     from mcpd.protocol.session import Session
     from mcpd.protocol.trace import Tracer
+    from mcpd.tools.api import ToolPool
     from mcpd.tools.pack import ToolRegistry
 
 log = Logger(namespace="mcpd.engine")
@@ -94,7 +94,7 @@ class Engine:
         registry: ToolRegistry,
         *,
         stores: Mapping[Any, Any] | None = None,
-        thread_pool: ThreadPool | None = None,
+        thread_pool: ToolPool | None = None,
         page_size: int = 100,
         tracer: Tracer | None = None,
         list_ttl_ms: int = 60_000,

@@ -35,11 +35,11 @@ from mcpd.tools.api import (
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
-    from twisted.python.threadpool import ThreadPool
 
     from mcpd.protocol.channel import RequestChannel
     from mcpd.protocol.tasks import TaskManager
     from mcpd.protocol.vocabulary import Exchange, Request
+    from mcpd.tools.api import ToolPool
     from mcpd.tools.pack import ToolRegistry
 
 log = Logger(namespace="mcpd.engine")
@@ -61,7 +61,7 @@ class ToolCalls:
         open_channel: Callable[[Request], RequestChannel],
         trace: Trace,
         stores: Mapping[Any, Any],
-        thread_pool: ThreadPool | None = None,
+        thread_pool: ToolPool | None = None,
         page_size: int = 100,
         list_ttl_ms: int = 60_000,
         tool_filter: Callable[[Caller, Tool], bool] | None = None,

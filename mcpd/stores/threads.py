@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_services -*-
 """Thread pools as services: started and stopped in order with the daemon's service tree.
 
-The general tool pool is a Twisted `ThreadPool`; the SQL store's are `QueueThreads` (a lighter
-hand-off for calls that take a fraction of a millisecond). Either runs as a `ThreadPoolService`.
+The pool that runs blocking tools is a `ToolThreads` (threads started on demand up to
+``--threads``); the SQL store's are `QueueThreads` (a fixed number). Both hand calls over through
+a C `queue.SimpleQueue`, a lighter hand-off than Twisted's `ThreadPool` for calls that take a
+fraction of a millisecond. Any of them runs as a `ThreadPoolService`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -110,6 +113,80 @@ class QueueThreads:
             self._reactor.callFromThread(_callback, d, result)
 
 
+class ToolThreads(QueueThreads):
+    """Up to ``count`` threads for blocking tools, each started when a call finds every thread
+    busy (as Twisted's ``ThreadPool(0, count)``); an idle thread stays for the next call.
+
+    Calls are handed over as by `QueueThreads` (cancelled before a thread takes it: skipped;
+    stopping runs the calls already queued; a submit after stop fails at once). Answers come back
+    in batches: a thread adds its answer to a list and wakes the reactor only when no wake-up
+    is pending, so a busy pool costs one ``callFromThread`` per batch, not per call.
+
+    `submit` is called on the reactor thread, where the calls in hand are counted (a call
+    counts until its answer, or its skipping, has reached the reactor): while there are more
+    calls in hand than threads, the next call starts a thread.
+    """
+
+    def __init__(self, count: int, name: str, reactor: Any = None) -> None:
+        super().__init__(count, name, reactor)
+        self._in_hand = 0  # reactor thread only
+        self._answers: deque[tuple[Deferred[Any], bool, Any]] = deque()
+        self._waking = False
+
+    def qsize(self) -> int:
+        """Calls waiting for a thread: those queued beyond the threads free to take them."""
+        idle = len(self.threads) - self.running()
+        return max(0, self._queue.qsize() - idle)
+
+    def start(self) -> None:
+        """Start taking calls; the first thread starts with the first call."""
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        self.started = True
+
+    def submit(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
+        if not self.started:
+            return fail(RuntimeError(f"the {self.name} threads are not running"))
+        d: Deferred[T] = Deferred(_skip)
+        self._in_hand += 1
+        started = len(self.threads)
+        if self._in_hand > started and started < self.count:
+            thread = self.threadFactory(target=self._work, args=(started,), name=f"{self.name}-{started}")
+            self.threads.append(thread)
+            thread.start()
+        self._queue.put((d, function, args))
+        return d
+
+    def _run(self, d: Deferred[Any], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if d.called:  # cancelled while it waited: skipped, but still counted out on the reactor
+            answer: tuple[Deferred[Any], bool, Any] = (d, True, None)
+        else:
+            try:
+                answer = (d, True, function(*args))
+            except BaseException:  # noqa: BLE001 -- handed to the caller's Deferred
+                answer = (d, False, Failure())
+        self._answers.append(answer)
+        if not self._waking:
+            self._waking = True
+            self._reactor.callFromThread(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the reactor: fire every answer in; cleared first, so an answer added meanwhile
+        either is taken here or has asked for a wake-up of its own."""
+        self._waking = False
+        answers = self._answers
+        while answers:
+            d, success, result = answers.popleft()
+            self._in_hand -= 1
+            if not d.called:  # not cancelled while it ran
+                if success:
+                    d.callback(result)
+                else:
+                    d.errback(result)
+
+
 def _skip(d: Deferred[Any]) -> None:
     """A `QueueThreads` call's canceller: `Deferred.cancel` fails it with CancelledError, and the
     thread that takes it sees it fired and skips it."""
@@ -126,7 +203,8 @@ def _errback(d: Deferred[Any], failure: Failure) -> None:
 
 
 class ThreadPoolService(Service):
-    """Runs a `ThreadPool` while the service runs.
+    """Runs a thread pool (`ToolThreads`, `QueueThreads`, a Twisted `ThreadPool`) while the
+    service runs.
 
     On shutdown its threads are joined off the reactor thread, for at most ``grace`` seconds:
     work that ignores cancellation (a plain blocking call) cannot hold the daemon up forever.

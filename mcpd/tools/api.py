@@ -33,7 +33,15 @@ from mcpd.tools.validation import (
 )
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from twisted.python.threadpool import ThreadPool
+
+    from mcpd.stores.threads import QueueThreads
+
+    # What runs blocking handlers: the daemon's `mcpd.stores.threads.ToolThreads`; a pool with
+    # Twisted's `ThreadPool` interface does too (`mcpd.testing.SynchronousThreadPool`).
+    ToolPool: TypeAlias = QueueThreads | ThreadPool
 
 # 2025-11-25 server/tools §Tool names: 1-128 characters of A-Z a-z 0-9 _ - .
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -531,14 +539,17 @@ def error_result(message: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": message}], "isError": True}
 
 
-def run_handler(blocking: bool, pool: ThreadPool | None, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
+def run_handler(blocking: bool, pool: ToolPool | None, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
     """Run a pack's handler (tool, resource reader, prompt): on the reactor, or in ``pool`` when
     it is declared blocking."""
     if not blocking:
         return maybeDeferred(handler, *args)
     if pool is None:
         raise RuntimeError(f"{getattr(handler, '__name__', 'a handler')} is blocking but no thread pool is running")
-    return defer_to_pool(pool, handler, *args)
+    submit = getattr(pool, "submit", None)
+    if submit is not None:  # the daemon's ToolThreads
+        return submit(handler, *args)
+    return defer_to_pool(pool, handler, *args)  # type: ignore[arg-type]  # Twisted-shaped
 
 
 def defer_to_pool(pool: ThreadPool, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -561,7 +572,7 @@ def defer_to_pool(pool: ThreadPool, f: Callable[..., Any], *args: Any) -> Deferr
     return d
 
 
-def invoke(tool: Tool, ctx: ToolContext, arguments: dict[str, Any], pool: ThreadPool | None) -> Deferred[Any]:
+def invoke(tool: Tool, ctx: ToolContext, arguments: dict[str, Any], pool: ToolPool | None) -> Deferred[Any]:
     """Run ``tool``'s handler: on the reactor, or in ``pool`` when the tool is blocking.
 
     The Deferred fires with the handler's raw value; cancelling it marks ``ctx`` cancelled so a
