@@ -25,6 +25,7 @@ from mcpd.interfaces import UP, IHealthReporting, StoreStatus
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
+
     from mcpd.stores.threads import QueueThreads
 
 log = Logger(namespace="mcpd.health")
