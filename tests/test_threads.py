@@ -89,6 +89,26 @@ class ToolThreadsTests(SynchronousTestCase):
         self.assertEqual(len(pool.threads), 2)
         self.assertEqual(pool._in_hand, 0)
 
+    def test_a_call_goes_to_the_thread_idle_last(self) -> None:
+        """Each call wakes one thread, the one that went idle last; the others stay asleep."""
+        pool, reactor = self.pool(3)
+        held = [self.hold(pool) for _ in range(3)]
+        for d, release in held:
+            release.set()
+            reactor.run_until(d)
+        deadline = time.monotonic() + 10
+        while pool.running() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        last = pool.threads[2].ident
+        ran_in = []
+        for _ in range(5):
+            d = pool.submit(threading.get_ident)
+            reactor.run_until(d)
+            ran_in.append(self.successResultOf(d))
+            while pool.running() and time.monotonic() < deadline:
+                time.sleep(0.002)
+        self.assertEqual(ran_in, [last] * 5)
+
     def test_a_call_waiting_on_another_gets_a_thread(self) -> None:
         """Below the limit, every call in hand has a thread: a call that waits for a later one
         (a handler waiting on another tool's work) is not left queued behind it."""

@@ -26,7 +26,7 @@ from mcpd.interfaces import UP, IHealthReporting, StoreStatus
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from mcpd.stores.threads import QueueThreads
+    from mcpd.stores.threads import ToolThreads
 
 log = Logger(namespace="mcpd.health")
 
@@ -58,7 +58,7 @@ class Check:
     probe: Callable[[], Any]
 
 
-def thread_pool_check(pool: QueueThreads, clock: IReactorTime, timeout: float = 2.0, name: str = "thread_pool") -> Check:
+def thread_pool_check(pool: ToolThreads, clock: IReactorTime, timeout: float = 2.0, name: str = "thread_pool") -> Check:
     """A round trip through the pool (`mcpd.stores.threads.ToolThreads`): degraded when calls
     wait for a thread or the trip is slow, down when the pool is not running."""
 

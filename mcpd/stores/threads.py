@@ -3,7 +3,7 @@
 
 The pool that runs blocking tools is a `ToolThreads` (threads started on demand up to
 ``--threads``); the SQL store's are `QueueThreads` (a fixed number). Both hand calls over through
-a C `queue.SimpleQueue`, a lighter hand-off than Twisted's `ThreadPool` for calls that take a
+C `queue.SimpleQueue`s, a lighter hand-off than Twisted's `ThreadPool` for calls that take a
 fraction of a millisecond. Any of them runs as a `ThreadPoolService`.
 """
 
@@ -113,30 +113,50 @@ class QueueThreads:
             self._reactor.callFromThread(_callback, d, result)
 
 
-class ToolThreads(QueueThreads):
+_Call = tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class ToolThreads:
     """Up to ``count`` threads for blocking tools, each started when a call finds every thread
     busy (as Twisted's ``ThreadPool(0, count)``); an idle thread stays for the next call.
 
-    Calls are handed over as by `QueueThreads` (cancelled before a thread takes it: skipped;
-    stopping runs the calls already queued; a submit after stop fails at once). Answers come back
-    in batches: a thread adds its answer to a list and wakes the reactor only when no wake-up
-    is pending, so a busy pool costs one ``callFromThread`` per batch, not per call.
+    A call goes straight to an idle thread (the one idle last: its caches are warm), through
+    that thread's own `queue.SimpleQueue`, so each call wakes exactly one thread. (Idle threads
+    sharing one queue pass its lock on: every call also woke a second thread for nothing.)
+    With no thread idle, the call waits in a list that each thread empties before it idles.
+    As with `QueueThreads`: a call cancelled before a thread takes it is skipped, stopping runs
+    the calls already handed over, and a submit after stop fails at once.
 
-    `submit` is called on the reactor thread, where the calls in hand are counted (a call
-    counts until its answer, or its skipping, has reached the reactor): while there are more
-    calls in hand than threads, the next call starts a thread.
+    Answers come back in batches: a thread adds its answer to a list and wakes the reactor only
+    when no wake-up is pending, so a busy pool costs one ``callFromThread`` per batch.
+
+    `submit` is called on the reactor thread, where the calls in hand are counted (a call counts
+    until its answer, or its skipping, has reached the reactor): a call that finds no thread
+    idle starts one while there are more calls in hand than threads.
     """
 
     def __init__(self, count: int, name: str, reactor: Any = None) -> None:
-        super().__init__(count, name, reactor)
+        self.count = count
+        self.name = name
+        self.started = False
+        self.threads: list[threading.Thread] = []
+        self.threadFactory: Callable[..., threading.Thread] = threading.Thread
+        self._reactor = reactor
+        self._lock = threading.Lock()  # guards _waiting and _idle, taken by every thread
+        self._waiting: deque[_Call] = deque()  # calls no thread has taken
+        self._idle: list[queue.SimpleQueue[_Call | None]] = []  # idle threads' hand-offs, last idle last
+        self._handoffs: list[queue.SimpleQueue[_Call | None]] = []  # every thread's
         self._in_hand = 0  # reactor thread only
         self._answers: deque[tuple[Deferred[Any], bool, Any]] = deque()
         self._waking = False
 
     def qsize(self) -> int:
-        """Calls waiting for a thread: those queued beyond the threads free to take them."""
-        idle = len(self.threads) - self.running()
-        return max(0, self._queue.qsize() - idle)
+        """Calls waiting for a thread (the pool's queue depth)."""
+        return len(self._waiting)
+
+    def running(self) -> int:
+        """Threads not idle: running a call or about to take one."""
+        return len(self.threads) - len(self._idle)
 
     def start(self) -> None:
         """Start taking calls; the first thread starts with the first call."""
@@ -146,18 +166,58 @@ class ToolThreads(QueueThreads):
             self._reactor = reactor
         self.started = True
 
+    def stop(self) -> None:
+        """Let the threads finish the calls handed over before this, then end (blocking: joins).
+
+        Called off the reactor thread (`ThreadPoolService`), which has already set ``started``
+        False there, so no `submit` hands a call over behind the stop markers."""
+        self.started = False
+        for handoff in self._handoffs:
+            handoff.put(None)  # taken once the thread has emptied the waiting list
+        for thread in self.threads:
+            thread.join()
+        self.threads = []
+        self._handoffs = []
+        self._idle = []
+
     def submit(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``function(*args)`` in one of the threads; its result or failure, on the reactor.
+
+        Cancelling the Deferred before a thread takes the call skips it; once stopped (or before
+        starting), the call fails at once."""
         if not self.started:
             return fail(RuntimeError(f"the {self.name} threads are not running"))
         d: Deferred[T] = Deferred(_skip)
+        call: _Call = (d, function, args)
         self._in_hand += 1
-        started = len(self.threads)
-        if self._in_hand > started and started < self.count:
-            thread = self.threadFactory(target=self._work, args=(started,), name=f"{self.name}-{started}")
-            self.threads.append(thread)
-            thread.start()
-        self._queue.put((d, function, args))
+        with self._lock:
+            handoff = self._idle.pop() if self._idle else None
+            if handoff is None:
+                self._waiting.append(call)
+        if handoff is not None:
+            handoff.put(call)
+        elif self._in_hand > len(self.threads) and len(self.threads) < self.count:
+            self._start_thread()
         return d
+
+    def _start_thread(self) -> None:
+        handoff: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        thread = self.threadFactory(target=self._work, args=(handoff,), name=f"{self.name}-{len(self.threads)}")
+        self._handoffs.append(handoff)
+        self.threads.append(thread)
+        thread.start()
+
+    def _work(self, handoff: queue.SimpleQueue[_Call | None]) -> None:
+        lock, waiting, idle, take = self._lock, self._waiting, self._idle, handoff.get
+        while True:
+            with lock:
+                call = waiting.popleft() if waiting else None
+                if call is None:
+                    idle.append(handoff)
+            if call is None and (call := take()) is None:
+                return  # stopped
+            self._run(*call)
+            del call  # hold nothing while idle
 
     def _run(self, d: Deferred[Any], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
         if d.called:  # cancelled while it waited: skipped, but still counted out on the reactor
@@ -211,7 +271,7 @@ class ThreadPoolService(Service):
     The workers are daemon threads, so one still busy does not keep the process alive.
     """
 
-    def __init__(self, pool: ThreadPool | QueueThreads, clock: IReactorTime, grace: float = 5.0) -> None:
+    def __init__(self, pool: ThreadPool | QueueThreads | ToolThreads, clock: IReactorTime, grace: float = 5.0) -> None:
         self.pool = pool
         self.grace = grace
         self.clock = clock

@@ -37,11 +37,11 @@ if TYPE_CHECKING:
 
     from twisted.python.threadpool import ThreadPool
 
-    from mcpd.stores.threads import QueueThreads
+    from mcpd.stores.threads import QueueThreads, ToolThreads
 
     # What runs blocking handlers: the daemon's `mcpd.stores.threads.ToolThreads`; a pool with
     # Twisted's `ThreadPool` interface does too (`mcpd.testing.SynchronousThreadPool`).
-    ToolPool: TypeAlias = QueueThreads | ThreadPool
+    ToolPool: TypeAlias = ToolThreads | QueueThreads | ThreadPool
 
 # 2025-11-25 server/tools §Tool names: 1-128 characters of A-Z a-z 0-9 _ - .
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
