@@ -203,9 +203,9 @@ class ToolThreads:
     def _start_thread(self) -> None:
         handoff: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         thread = self.threadFactory(target=self._work, args=(handoff,), name=f"{self.name}-{len(self.threads)}")
+        thread.start()  # first: `stop` joins only threads that started
         self._handoffs.append(handoff)
         self.threads.append(thread)
-        thread.start()
 
     def _work(self, handoff: queue.SimpleQueue[_Call | None]) -> None:
         lock, waiting, idle, take = self._lock, self._waiting, self._idle, handoff.get
