@@ -33,15 +33,18 @@ from mcpd.tools.validation import (
 )
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
+    from typing import Protocol, TypeAlias
 
     from twisted.python.threadpool import ThreadPool
 
-    from mcpd.stores.threads import QueueThreads, ToolThreads
+    class HandOff(Protocol):
+        """A pool that takes a call and gives its Deferred (`mcpd.stores.threads.ToolThreads`)."""
 
-    # What runs blocking handlers: the daemon's `mcpd.stores.threads.ToolThreads`; a pool with
-    # Twisted's `ThreadPool` interface does too (`mcpd.testing.SynchronousThreadPool`).
-    ToolPool: TypeAlias = ToolThreads | QueueThreads | ThreadPool
+        def submit(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]: ...
+
+    # What runs blocking handlers: the daemon's ToolThreads; a pool with Twisted's `ThreadPool`
+    # interface does too (`mcpd.testing.SynchronousThreadPool`).
+    ToolPool: TypeAlias = HandOff | ThreadPool
 
 # 2025-11-25 server/tools §Tool names: 1-128 characters of A-Z a-z 0-9 _ - .
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
