@@ -78,7 +78,12 @@ class HealthTests(SynchronousTestCase):
     def test_slow_pool_is_degraded(self) -> None:
         pool, reactor = tool_threads(self, 1)
         release, running = threading.Event(), threading.Event()
-        held = pool.submit(lambda: running.set() or release.wait(10))
+
+        def hold() -> bool:
+            running.set()
+            return release.wait(10)
+
+        held = pool.submit(hold)
         self.assertTrue(running.wait(10))
         clock = Clock()
         d = thread_pool_check(pool, clock, timeout=2.0).probe()
