@@ -17,7 +17,6 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python import threadable
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.protocol import errors
@@ -37,6 +36,7 @@ from mcpd.protocol.versions import (
 from mcpd.protocol.vocabulary import CallRecord
 from mcpd.security.ratelimit import MessageLimiter, RateLimit, RateLimiter
 from mcpd.stores.memory import MemoryBucketStore
+from mcpd.stores.threads import ToolThreads
 from mcpd.tools import Caller, Tool, ToolContext, ToolPack, ToolRegistry, ToolResult
 from tests.engine_harness import (
     ECHO_OUTPUT,
@@ -919,10 +919,10 @@ class CancellationTests(SynchronousTestCase):
 
 
 class BlockingToolTests(TestCase):
-    """Blocking handlers run in the thread pool (real reactor: results hop back to it)."""
+    """Blocking handlers run in the daemon's thread pool (real reactor: results hop back to it)."""
 
     def setUp(self) -> None:
-        self.pool = ThreadPool(minthreads=1, maxthreads=2, name="test-tools")
+        self.pool = ToolThreads(2, "test-tools")
         self.pool.start()
         self.addCleanup(self.pool.stop)
         self.threads: list[threading.Thread] = []

@@ -15,7 +15,6 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.interfaces import TaskRecord
@@ -25,6 +24,7 @@ from mcpd.protocol.ledger import CALL, SUBSCRIPTION, TASK, Ledger, Limit
 from mcpd.protocol.tasks import TASKS_EXTENSION, iso8601
 from mcpd.protocol.versions import LATEST_LEGACY, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcpd.stores.memory import MemoryTaskStore
+from mcpd.stores.threads import ToolThreads
 from mcpd.tools import ToolRegistry
 from mcpd.tools.api import Caller, Tool, ToolResult
 from mcpd.tools.pack import ToolPack
@@ -492,7 +492,7 @@ class ThreadToolTests(TestCase):
             return ToolResult.text(f"hi {answer['content']['n']}")
 
         pack.add(Tool(name="ask", description="asks", handler=ask, blocking=True))
-        pool = ThreadPool(0, 2, name="test-tools")
+        pool = ToolThreads(2, "test-tools")
         pool.start()
         self.addCleanup(pool.stop)
         engine = Engine(ToolRegistry([pack]), thread_pool=pool)
