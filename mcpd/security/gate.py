@@ -24,11 +24,11 @@ from urllib.parse import parse_qsl
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web import server
 
 from mcpd.interfaces import IClosingChannel, IGuardedConnection, StoreUnavailable
 from mcpd.security.addresses import AddressList, forwarded_client, is_loopback_client, normal_form
-from mcpd.security.head import head_problem
+from mcpd.security.channel import MCPRequest
+from mcpd.security.head import ORIGIN, X_REQUEST_ID, head_problem, header_text
 from mcpd.security.identity import Identity, admit, identity_of
 from mcpd.security.keys import KeyRing
 from mcpd.security.policy import ORIGIN_CHECKED, origin_problem
@@ -170,7 +170,7 @@ class Gate:
             refusal = self.address_refusal(client)
             if refusal is not None:
                 return self._audited(request, refusal, "forbidden", client, None, refusal.body["error"])  # type: ignore[index]
-        origin = request.getHeader("origin")
+        origin = header_text(request, ORIGIN)
         why = origin_problem(request, self.cors_origins, origin)
         if why is not None:
             return self._audited(request, forbidden(why), "forbidden", client, None, why)
@@ -394,7 +394,7 @@ class _Discard:
         pass
 
 
-class GuardedRequest(server.Request):
+class GuardedRequest(MCPRequest):
     """A twisted.web request that is admitted by a `Gate` before its body is read.
 
     Use `guarded_request_factory` to make the class a Site builds its requests with.
@@ -419,12 +419,13 @@ class GuardedRequest(server.Request):
     _received = 0
 
     def gotLength(self, length: int | None) -> None:
-        given = self.requestHeaders.getRawHeaders(b"x-request-id")
+        given = self.requestHeaders._rawHeaders.get(X_REQUEST_ID)
         if given and _REQUEST_ID.match(given[-1].decode("latin-1")):
             self.x_request_id = given[-1].decode("latin-1")
         else:
             self.x_request_id = _ID_PREFIX + format(next(_ids), "x")
-        self.responseHeaders.setRawHeaders(b"x-request-id", [self.x_request_id.encode("latin-1")])
+        # (An id is ASCII without line ends: nothing for `Headers` to sanitise.)
+        self.responseHeaders._rawHeaders[X_REQUEST_ID] = [self.x_request_id.encode("latin-1")]
         channel = self.channel
         problem = head_problem(self.requestHeaders, channel._version, channel._path)
         if problem is not None:

@@ -10,6 +10,25 @@ from typing import Any
 
 from mcpd.security.routes import split_target
 
+# Twisted 26.10: the canonical form twisted.web keeps header names in, and its table of them
+# (`Headers._rawHeaders`), read directly on the hot path.
+from twisted.web.http_headers import _nameEncoder  # isort: skip
+
+canonical = _nameEncoder.encode
+HOST = canonical(b"host")
+ORIGIN = canonical(b"origin")
+ACCEPT = canonical(b"accept")
+CONTENT_TYPE = canonical(b"content-type")
+X_REQUEST_ID = canonical(b"x-request-id")
+MCP_PROTOCOL_VERSION = canonical(b"mcp-protocol-version")
+
+
+def header_text(request: Any, name: bytes) -> str | None:
+    """A request header's last value as text (what ``request.getHeader`` gives for a str
+    name), ``name`` in twisted.web's canonical form (`canonical`): one dictionary look-up."""
+    values = request.requestHeaders._rawHeaders.get(name)
+    return values[-1].decode("utf-8") if values else None
+
 # Headers mcpd reads as one value: sent twice, which one counts would be a guess.
 _SINGLE = frozenset(
     {
@@ -68,7 +87,7 @@ def head_problem(headers: Any, version: bytes, target: bytes) -> str | None:
             # that need other characters travel as =?base64?…?=, 2026-07-28 transports).
             shown = name.decode("latin-1")
             return f"Bad Request: the {shown} header must be ASCII (send other characters as =?base64?...?=)"
-    host = headers.getRawHeaders(b"host")
+    host = headers._rawHeaders.get(HOST)
     if host is None:
         if version == b"HTTP/1.1":
             return "Bad Request: an HTTP/1.1 request must carry a Host header (RFC 9112 section 3.2)"

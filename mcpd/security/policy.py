@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from mcpd.security.head import HOST, header_text
 from mcpd.security.responses import json_error
 
 log = Logger(namespace="mcpd.policy")
@@ -78,7 +79,7 @@ def origin_problem(request: Request, allowed_origins: frozenset[str], origin: st
     if origin == "":  # not looked up by the caller yet
         origin = request.getHeader("origin")
     local = _arrived_on_loopback(request)
-    host = request.getHeader("host") or ""
+    host = header_text(request, HOST) or ""
     if local and host and not is_loopback(_host_of(host)):
         return f"Host {host!r} is not a name of this loopback server"
     if origin is not None and not origin_allowed(origin, host, local, allowed_origins):

@@ -41,6 +41,7 @@ from mcpd.protocol.ledger import Ledger
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS
 from mcpd.protocol.vocabulary import Exchange
+from mcpd.security.head import ACCEPT, CONTENT_TYPE, MCP_PROTOCOL_VERSION, canonical, header_text
 from mcpd.security.identity import caller_of
 from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.tools.api import Caller
@@ -178,17 +179,17 @@ class StreamableHTTP(NoHead, Resource):
     # -- POST -----------------------------------------------------------------------------------
 
     def render_POST(self, request: Request) -> bytes | int:
-        accept = request.getHeader("accept") or "*/*"
+        accept = header_text(request, ACCEPT) or "*/*"
         accepts_sse = "text/event-stream" in accept
         if not (accepts_sse or "application/json" in accept or "*/*" in accept or "application/*" in accept):
             return json_error(request, 406, "Not Acceptable: send Accept: application/json, text/event-stream")
-        content_type = request.getHeader("content-type")
+        content_type = header_text(request, CONTENT_TYPE)
         if content_type is not None and "json" not in content_type:
             return json_error(request, 415, "Unsupported Media Type: POST a JSON-RPC message as application/json")
         body = request.content.read() if request.content is not None else b""
         if len(body) > self.max_message_size:
             return json_error(request, 413, f"Payload Too Large: messages are limited to {self.max_message_size} bytes")
-        version = request.getHeader("mcp-protocol-version")
+        version = header_text(request, MCP_PROTOCOL_VERSION)
         caller = caller_of(request, "http")
         if version is not None and version not in LEGACY_VERSIONS:
             exchange = Exchange(peer=f"http:{next(self._exchanges)}", caller=caller, headers=HeaderView(request))
@@ -606,14 +607,15 @@ class HeaderView(Mapping[str, str]):
         self._headers = request.requestHeaders
 
     def __getitem__(self, name: str) -> str:
-        values = self._headers.getRawHeaders(name.encode("latin-1"))
+        values = self._headers._rawHeaders.get(canonical(name))
         if not values:
             raise KeyError(name)
         return values[-1].decode("utf-8")
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        # By bytes name, decoding only the value returned (a str name decodes every value).
-        values = self._headers.getRawHeaders(name.encode("latin-1"))
+        # From twisted.web's table by canonical name (cached by str name too), decoding only
+        # the value returned (`Headers.getRawHeaders` with a str name decodes every value).
+        values = self._headers._rawHeaders.get(canonical(name))
         return values[-1].decode("utf-8") if values else default
 
     def __iter__(self) -> Iterator[str]:

@@ -13,11 +13,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 from klein import Klein
 from twisted.python.failure import Failure
+from twisted.web import resource
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
-from mcpd.security.channel import MCPChannel
+from mcpd.security.channel import MCPChannel, MCPRequest
 from mcpd.security.policy import ORIGIN_CHECKED
 from mcpd.security.responses import json_error
 from mcpd.security.routes import ROUTE_ATTRIBUTE, UNKNOWN, Route, decide_route, route_problem
@@ -90,7 +91,7 @@ class MCPSite(Site):
         request_factory: type[Request] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(resource, requestFactory=lean_request_class(request_factory or Request), **kwargs)
+        super().__init__(resource, requestFactory=lean_request_class(request_factory or MCPRequest), **kwargs)
         self.sse_keepalive = sse_keepalive
         self.sse_streams = set()
 
@@ -104,6 +105,12 @@ class MCPSite(Site):
         if length is not None and length < _IN_MEMORY_BODY:
             return io.BytesIO()
         return tempfile.TemporaryFile()
+
+    def getResourceFor(self, request: Request) -> Resource:
+        """As twisted.web's (26.10), copying ``prepath`` as a list rather than through `copy`."""
+        request.site = self
+        request.sitepath = list(request.prepath)
+        return resource.getChildForRequest(self.resource, request)  # type: ignore[no-any-return]
 
     def acceptableProtocols(self) -> list[bytes]:
         """ALPN: HTTP/1.1 only, even where Twisted could speak h2."""
