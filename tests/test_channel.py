@@ -5,15 +5,19 @@ the lingering close, then against a real daemon over real sockets, plain and TLS
 from __future__ import annotations
 
 import json
+import re
 import time
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from mcpd.security.channel import LINGER, MCPChannel
+from mcpd.security.gate import Gate, guarded_request_factory
 from mcpd.web.site import MCPSite
 from tests.security_harness import (
     KEY,
@@ -190,3 +194,278 @@ class EdgeTests(RouteTestCase):
 
 
 KEY_LINE = b"Authorization: Bearer root-key\r\n"
+
+
+class Echo(Resource):
+    """Answers with what twisted.web made of the request: its line, its headers (names and
+    values as kept, in order), its query arguments and its body."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        seen = {
+            "line": [request.method.decode(), request.uri.decode(), request.clientproto.decode()],
+            "path": request.path.decode(),
+            "args": {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()},
+            "headers": [
+                [n.decode("latin-1"), [v.decode("latin-1") for v in vs]]
+                for n, vs in request.requestHeaders.getAllRawHeaders()
+            ],
+            "body": request.content.read().decode("latin-1"),
+        }
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(seen).encode()
+
+
+class CountingChannel(MCPChannel):
+    """Counts the heads read in one pass."""
+
+    whole_heads = 0
+
+    def _whole_head(self, line: bytes) -> bool:
+        read = super()._whole_head(line)
+        self.whole_heads += read
+        return read
+
+
+HOST = b"Host: 127.0.0.1\r\n"
+# Heads (and what follows them) twisted.web's parser accepts, refuses or reads specially: each is
+# answered the same whether it arrives whole (read in one pass) or a byte at a time (twisted.web's
+# line parser), through the policy layer (`GuardedRequest`) or not.
+CASES: dict[str, bytes] = {
+    "get": b"GET /mcp?a=1&b=%20 HTTP/1.1\r\n" + HOST + b"Accept: */*\r\n\r\n",
+    "no headers": b"GET /mcp HTTP/1.0\r\n\r\n",
+    "post": b"POST /mcp HTTP/1.1\r\n" + HOST + b'Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}',
+    "pipelined": (b"POST /mcp HTTP/1.1\r\n" + HOST + b"Content-Length: 2\r\n\r\n{}") * 2
+    + b"GET /mcp HTTP/1.1\r\n"
+    + HOST
+    + b"\r\n",
+    "chunked": b"POST /mcp HTTP/1.1\r\n"
+    + HOST
+    + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+    + b"GET /mcp HTTP/1.1\r\n"
+    + HOST
+    + b"\r\n",
+    "TE identity": b"POST /mcp HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: identity\r\n\r\n",
+    "TE Chunked, mixed case names": b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: Chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    "whitespace": b"POST /mcp HTTP/1.1\r\n"
+    + HOST
+    + b"X-A:\t padded \t\r\nX-B:\r\nX-C:  \r\ncontent-LENGTH:  2 \r\n\r\n{}",
+    "repeated header": b"GET /mcp HTTP/1.1\r\n" + HOST + b"X-A: 1\r\nX-B: 2\r\nX-A: 3\r\nCookie: k=v; j=w\r\n\r\n",
+    "obs-fold": b"GET /mcp HTTP/1.1\r\n" + HOST + b"X-Folded: one\r\n  two\r\n\tthree\r\nX-After: 1\r\n\r\n",
+    "leading empty line": b"\r\nGET /mcp HTTP/1.1\r\n" + HOST + b"\r\n",
+    "HTTP/1.0 then more": b"GET /mcp HTTP/1.0\r\n" + HOST + b"\r\nGET /mcp HTTP/1.1\r\n" + HOST + b"\r\n",
+    "connection close": b"GET /mcp HTTP/1.1\r\n"
+    + HOST
+    + b"Connection: close\r\n\r\nGET /mcp HTTP/1.1\r\n"
+    + HOST
+    + b"\r\n",
+    "expect 100-continue": b"POST /mcp HTTP/1.1\r\n" + HOST + b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n{}",
+    "obs-text value": b"GET /mcp HTTP/1.1\r\n" + HOST + b"X-Latin: caf\xe9\r\n\r\n",
+    "duplicate Content-Length": b"POST /mcp HTTP/1.1\r\n" + HOST + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+    "Content-Length and chunked": b"POST /mcp HTTP/1.1\r\n"
+    + HOST
+    + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+    "chunked twice": b"POST /mcp HTTP/1.1\r\n"
+    + HOST
+    + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "signed Content-Length": b"POST /mcp HTTP/1.1\r\n" + HOST + b"Content-Length: +2\r\n\r\n{}",
+    "unknown coding": b"POST /mcp HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: gzip\r\n\r\n",
+    "bad chunk": b"POST /mcp HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+    "no colon": b"GET /mcp HTTP/1.1\r\n" + HOST + b"Nocolon\r\n\r\n",
+    "space before colon": b"GET /mcp HTTP/1.1\r\n" + HOST + b"X-A : 1\r\n\r\n",
+    "empty name": b"GET /mcp HTTP/1.1\r\n" + HOST + b": 1\r\n\r\n",
+    "NUL in value": b"GET /mcp HTTP/1.1\r\n" + HOST + b"X-A: a\x00b\r\n\r\n",
+    "bare LF in value": b"GET /mcp HTTP/1.1\r\n" + HOST + b"X-A: a\nb\r\n\r\n",
+    "bare CR in value": b"GET /mcp HTTP/1.1\r\n" + HOST + b"X-A: a\rb\r\n\r\n",
+    "bad version": b"GET /mcp HTTP/2.0\r\n" + HOST + b"\r\n",
+    "bad request line": b"GET  /mcp HTTP/1.1\r\n" + HOST + b"\r\n",
+    "control in target": b"GET /m\x7fcp HTTP/1.1\r\n" + HOST + b"\r\n",
+    "no Host": b"GET /mcp HTTP/1.1\r\nAccept: */*\r\n\r\n",
+    "two Hosts": b"GET /mcp HTTP/1.1\r\n" + HOST + HOST + b"\r\n",
+    "500 header lines": b"GET /mcp HTTP/1.1\r\n" + HOST + b"".join(b"X-%d: 1\r\n" % i for i in range(499)) + b"\r\n",
+    "501 header lines": b"GET /mcp HTTP/1.1\r\n" + HOST + b"".join(b"X-%d: 1\r\n" % i for i in range(500)) + b"\r\n",
+    "head at the size limit": b"GET /mcp HTTP/1.1\r\n" + HOST + b"X-Big: " + b"b" * (16384 - 17 - 15 - 7) + b"\r\n\r\n",
+    "head one over the size limit": b"GET /mcp HTTP/1.1\r\n"
+    + HOST
+    + b"X-Big: "
+    + b"b" * (16384 - 17 - 15 - 6)
+    + b"\r\n\r\n",
+    "body after a refused head": b"GET /mcp HTTP/1.1\r\n" + HOST + HOST + b"\r\nGET /mcp HTTP/1.1\r\n" + HOST + b"\r\n",
+}
+
+
+class OnePassHeadTests(SynchronousTestCase):
+    """`MCPChannel` reads a head that arrived whole in one pass: it must leave exactly what
+    twisted.web's line parser leaves, and refuse exactly what it refuses."""
+
+    def serve(self, data: bytes, pieces: int | None, guarded: bool) -> tuple[bytes, bool, int]:
+        """What the channel writes for ``data`` sent whole (``pieces`` None) or in pieces of
+        ``pieces`` bytes; whether it closed; and how many heads it read in one pass."""
+        site = MCPSite(Echo(), request_factory=guarded_request_factory(Gate()) if guarded else None)
+        site.reactor = Clock()
+        site.protocol = CountingChannel  # type: ignore[assignment]
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        assert isinstance(channel, CountingChannel)
+        channel.makeConnection(transport)
+        if pieces is None:
+            channel.dataReceived(data)
+        else:
+            for at in range(0, len(data), pieces):
+                channel.dataReceived(data[at : at + pieces])
+        # The Date header and the request id are the only parts allowed to differ.
+        written = re.sub(rb"(?m)^(Date|X-Request-Id): .*\r$", rb"\1: -\r", transport.value())
+        return written, transport.disconnecting, channel.whole_heads
+
+    def test_whole_heads_are_read_as_twisted_reads_them(self) -> None:
+        for guarded in (False, True):
+            for name, data in CASES.items():
+                whole, closed, read = self.serve(data, None, guarded)
+                for size in (1, 7):
+                    piecewise, piece_closed, piece_read = self.serve(data, size, guarded)
+                    self.assertEqual(piecewise, whole, (name, guarded, size))
+                    self.assertEqual(piece_closed, closed, (name, guarded, size))
+                    if size == 1:
+                        self.assertEqual(piece_read, 0, name)  # a byte at a time: never whole
+                self.assertTrue(whole.startswith(b"HTTP/1."), (name, whole[:200]))
+
+    def test_which_heads_are_read_in_one_pass(self) -> None:
+        one_pass = {
+            "get": 1,
+            "no headers": 1,
+            "post": 1,
+            "pipelined": 3,
+            "chunked": 2,
+            "TE identity": 1,
+            "TE Chunked, mixed case names": 1,
+            "whitespace": 1,
+            "repeated header": 1,
+            "leading empty line": 0,
+            "HTTP/1.0 then more": 1,
+            "connection close": 1,
+            "expect 100-continue": 1,
+            "obs-text value": 1,
+            "500 header lines": 1,
+            "head at the size limit": 1,
+            "bad chunk": 1,
+            "control in target": 1,
+            "no Host": 1,
+            "two Hosts": 1,
+            "body after a refused head": 2,
+            "duplicate Content-Length": 0,
+        }
+        for name, data in CASES.items():
+            _, _, read = self.serve(data, None, False)
+            self.assertEqual(read, one_pass.get(name, 0), name)
+
+    def test_answers(self) -> None:
+        def statuses(name: str, guarded: bool = True) -> list[int]:
+            written, _, _ = self.serve(CASES[name], None, guarded)
+            return [int(s) for s in re.findall(rb"HTTP/1\.[01] (\d{3}) ", written)]
+
+        self.assertEqual(statuses("pipelined"), [200, 200, 200])
+        self.assertEqual(statuses("chunked"), [200, 200])
+        self.assertEqual(statuses("HTTP/1.0 then more"), [200])
+        self.assertEqual(statuses("connection close"), [200])
+        self.assertEqual(statuses("expect 100-continue"), [100, 200])
+        for name in (
+            "duplicate Content-Length",
+            "Content-Length and chunked",
+            "no colon",
+            "NUL in value",
+            "bad version",
+        ):
+            self.assertEqual(statuses(name), [400], name)
+        self.assertEqual(statuses("two Hosts"), [400])
+        self.assertEqual(statuses("no Host"), [400])
+        self.assertEqual(statuses("501 header lines"), [431])
+        self.assertEqual(statuses("head one over the size limit"), [431])
+        self.assertEqual(statuses("500 header lines"), [200])
+        self.assertEqual(statuses("head at the size limit"), [200])
+        self.assertEqual(statuses("body after a refused head"), [400])
+        written, _, _ = self.serve(CASES["whitespace"], None, False)
+        seen = json.loads(written.partition(b"\r\n\r\n")[2])
+        self.assertEqual(seen["headers"][1:4], [["X-A", ["padded"]], ["X-B", [""]], ["X-C", [""]]])
+        self.assertEqual(seen["body"], "{}")
+        written, _, _ = self.serve(CASES["obs-fold"], None, False)
+        seen = json.loads(written.partition(b"\r\n\r\n")[2])
+        self.assertEqual(seen["headers"][1], ["X-Folded", ["one two three"]])
+        written, _, _ = self.serve(CASES["chunked"], None, False)
+        self.assertIn(b'"body": "abcde"', written)
+
+    def test_a_head_split_across_reads(self) -> None:
+        data = CASES["post"] + CASES["get"]
+        whole, _, _ = self.serve(data, None, False)
+        for cut in range(1, len(data)):
+            site_output = []
+            for first, second in ((data[:cut], data[cut:]),):
+                site = MCPSite(Echo())
+                site.reactor = Clock()
+                transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+                channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+                channel.makeConnection(transport)
+                channel.dataReceived(first)
+                channel.dataReceived(second)
+                site_output.append(re.sub(rb"(?m)^(Date|X-Request-Id): .*\r$", rb"\1: -\r", transport.value()))
+            self.assertEqual(site_output[0], whole, cut)
+
+
+class IdleTimerTests(SynchronousTestCase):
+    """The idle timeout (twisted.web's, kept rather than remade for a request answered at once):
+    it runs from the end of the last answer, and never while a request is being served."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.held: list[Any] = []
+        held = self.held
+
+        class Hold(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes | int:
+                if request.uri == b"/hold":
+                    held.append(request)
+                    return NOT_DONE_YET
+                return b"ok"
+
+        site = MCPSite(Hold())
+        site.reactor = self.clock
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        assert isinstance(channel, MCPChannel)
+        self.channel = channel
+        channel.makeConnection(self.transport)
+        self.timeout = channel.timeOut
+        assert self.timeout
+
+    def ask(self, path: bytes = b"/") -> None:
+        self.channel.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    def test_idle_after_answers(self) -> None:
+        for _ in range(5):
+            self.clock.advance(self.timeout - 1)
+            self.ask()
+            self.assertFalse(self.transport.disconnecting)
+            self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(self.transport.value().count(b"HTTP/1.1 200 OK"), 5)
+        self.clock.advance(self.timeout - 1)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_not_while_serving(self) -> None:
+        self.ask(b"/hold")
+        self.clock.advance(self.timeout * 3)
+        self.assertFalse(self.transport.disconnecting)
+        self.held[0].write(b"late")
+        self.held[0].finish()
+        self.clock.advance(self.timeout - 1)
+        self.assertFalse(self.transport.disconnecting)
+        # An answer at once after a late one: still one timer, from the last answer.
+        self.ask()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(self.timeout - 1)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
