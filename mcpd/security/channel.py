@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import resource, server
-from twisted.web.http import HTTPChannel, datetimeToString, parse_qs
+from twisted.web.http import NO_BODY_CODES, HTTPChannel, datetimeToString, parse_qs
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
@@ -63,6 +63,30 @@ class MCPChannel(HTTPChannel):
         if self._HTTPChannel__first_line == 1 and line and self.persistent and self._whole_head(line):  # type: ignore[attr-defined]
             return
         super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        # twisted.web's (26.10), reading the request's header table directly.
+        request = self.requests[-1]
+        table = request.requestHeaders._rawHeaders
+        if b"Cookie" in table:
+            request.parseCookies()
+        self.persistent = self.checkPersistence(request, self._version)
+        request.gotLength(self.length)
+        # RFC 9110 §10.1.1: answer "Expect: 100-continue" (read after the policy layer, which
+        # removes it from a request it refuses).
+        expect = table.get(b"Expect")
+        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
+            self._send100Continue()
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # twisted.web's (26.10), reading the request's header table directly.
+        if version != b"HTTP/1.1":
+            return False
+        connection = request.requestHeaders._rawHeaders.get(b"Connection")
+        if connection and b"close" in [token.lower() for token in connection[0].split(b" ")]:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return True
 
     def allContentReceived(self) -> None:
         # twisted.web (26.10) cancels the idle timer as a request starts being served and makes
@@ -270,6 +294,42 @@ class MCPRequest(server.Request):
         if question:
             self.args = parse_qs(query, 1)
         self.process()
+
+    def write(self, data: bytes) -> None:
+        """The first write of a response whose length is set (a body ``render`` returned, or
+        any answer framed by Content-Length) goes out with its status line and headers in one
+        transport write; any other write is twisted.web's."""
+        table = self.responseHeaders._rawHeaders
+        length = table.get(b"Content-Length")
+        if (
+            self.startedWriting
+            or not data
+            or length is None
+            or self.finished
+            or self._disconnected
+            or self.method == b"HEAD"
+            or self.code in NO_BODY_CODES
+            or self._inFakeHead
+            or self._encoder is not None
+            or self.lastModified is not None
+            or self.etag is not None
+            or self.cookies
+            or not isinstance(self.channel, HTTPChannel)
+        ):
+            super().write(data)
+            return
+        # twisted.web.server.Request.write and twisted.web.http.Request.write (26.10) on a first
+        # write with a Content-Length: the default Content-Type, then the head.
+        if b"Content-Type" not in table and self.defaultContentType is not None and length[0] != b"0":
+            table[b"Content-Type"] = [self.defaultContentType]
+        self.startedWriting = 1
+        parts = [self.clientproto, b" %d " % self.code, self.code_message, b"\r\n"]
+        for name, values in table.items():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts += (b"\r\n", data)
+        self.sentLength += len(data)
+        self.channel.write(b"".join(parts))
 
     def process(self) -> None:
         # twisted.web.server.Request.process, with the Date header from `http_date`.
