@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Site
 
 from mcpd.security.channel import LINGER, MCPChannel
 from mcpd.security.gate import Gate, guarded_request_factory
@@ -202,7 +202,30 @@ class Echo(Resource):
 
     isLeaf = True
 
-    def render(self, request: Any) -> bytes:
+    def render(self, request: Any) -> bytes | int:
+        if request.path == b"/pieces":  # a length set, then the body in two writes
+            request.setHeader(b"content-length", b"10")
+            request.write(b"hello")
+            request.write(b"world")
+            request.finish()
+            return NOT_DONE_YET
+        if request.path == b"/chunked":  # no length: chunked
+            request.write(b"a")
+            request.write(b"bc")
+            request.finish()
+            return NOT_DONE_YET
+        if request.path == b"/cookie":
+            request.addCookie(b"k", b"v")
+            return b"x"
+        if request.path == b"/empty":
+            request.setResponseCode(204)
+            return b""
+        if request.path == b"/typed":
+            request.setHeader(b"content-type", b"text/plain")
+            request.setHeader(b"x-two", b"1")
+            request.responseHeaders.addRawHeader(b"x-two", b"2")
+            request.setResponseCode(418, b"I'm a teapot")
+            return b"tea"
         seen = {
             "line": [request.method.decode(), request.uri.decode(), request.clientproto.decode()],
             "path": request.path.decode(),
@@ -293,6 +316,23 @@ CASES: dict[str, bytes] = {
     + b"\r\n\r\n",
     "body after a refused head": b"GET /mcp HTTP/1.1\r\n" + HOST + HOST + b"\r\nGET /mcp HTTP/1.1\r\n" + HOST + b"\r\n",
 }
+# Answers written in every way twisted.web frames them (`Echo`).
+ANSWERS = (
+    b"".join(
+        b"%s %s HTTP/1.1\r\n%s\r\n" % (method, path, HOST)
+        for method, path in (
+            (b"GET", b"/pieces"),
+            (b"GET", b"/chunked"),
+            (b"GET", b"/cookie"),
+            (b"GET", b"/empty"),
+            (b"GET", b"/typed"),
+            (b"HEAD", b"/mcp"),
+            (b"HEAD", b"/pieces"),
+            (b"GET", b"/mcp"),
+        )
+    )
+    + b"GET /mcp HTTP/1.0\r\n\r\n"
+)
 
 
 class OnePassHeadTests(SynchronousTestCase):
@@ -393,6 +433,26 @@ class OnePassHeadTests(SynchronousTestCase):
         self.assertEqual(seen["headers"][1], ["X-Folded", ["one two three"]])
         written, _, _ = self.serve(CASES["chunked"], None, False)
         self.assertIn(b'"body": "abcde"', written)
+
+    def test_answers_are_written_as_twisted_writes_them(self) -> None:
+        """Byte for byte what twisted.web's own Site, channel and request write, for every head
+        both accept and every way of answering (`ANSWERS`)."""
+        accepted = [data for name, data in CASES.items() if "header lines" in name or "size limit" not in name]
+        for data in [*accepted[:15], ANSWERS]:
+            ours, _, _ = self.serve(data, None, False)
+            site = Site(Echo())
+            site.reactor = Clock()
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+            channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+            assert channel is not None
+            channel.makeConnection(transport)
+            channel.dataReceived(data)
+            twisted = re.sub(rb"(?m)^(Date|X-Request-Id): .*\r$", rb"\1: -\r", transport.value())
+            self.assertEqual(ours, twisted, data[:60])
+        self.assertEqual(ours.count(b"HTTP/1.1 200 OK\r\n"), 6)
+        self.assertIn(b"Content-Length: 10\r\nContent-Type: text/html\r\n\r\nhelloworld", ours)
+        self.assertIn(b"HTTP/1.1 418 I'm a teapot\r\n", ours)
+        self.assertIn(b"Set-Cookie: k=v\r\n", ours)
 
     def test_a_head_split_across_reads(self) -> None:
         data = CASES["post"] + CASES["get"]
