@@ -142,7 +142,7 @@ class MCPChannel(HTTPChannel):
         canonical = _nameEncoder._canonicalHeaderCache
         headers: list[tuple[bytes, bytes]] = []
         length: int | None = 0
-        decoder = None
+        decoder: Any = None
         for header in lines:
             name, colon, value = header.partition(b":")
             if not colon or header[:1] in b" \t":  # (header is never empty)
@@ -287,7 +287,7 @@ class MCPRequest(server.Request):
         # twisted.web.http.Request.requestReceived, without what only form parsing needs.
         content: Any = self.content
         content.seek(0, 0)
-        self.args = {}
+        self.args = {}  # type: ignore[assignment]
         self.method, self.uri = command, path
         self.clientproto = version
         self.path, question, query = path.partition(b"?")
@@ -333,7 +333,8 @@ class MCPRequest(server.Request):
 
     def process(self) -> None:
         # twisted.web.server.Request.process, with the Date header from `http_date`.
-        self.site = self.channel.site
+        channel: Any = self.channel
+        self.site = channel.site
         table = self.responseHeaders._rawHeaders
         table[b"Server"] = [server.version]
         table[b"Date"] = [http_date()]

@@ -29,6 +29,7 @@ def header_text(request: Any, name: bytes) -> str | None:
     values = request.requestHeaders._rawHeaders.get(name)
     return values[-1].decode("utf-8") if values else None
 
+
 # Headers mcpd reads as one value: sent twice, which one counts would be a guess.
 _SINGLE = frozenset(
     {

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import tempfile
@@ -106,10 +107,11 @@ class MCPSite(Site):
             return io.BytesIO()
         return tempfile.TemporaryFile()
 
-    def getResourceFor(self, request: Request) -> Resource:
-        """As twisted.web's (26.10), copying ``prepath`` as a list rather than through `copy`."""
+    def getResourceFor(self, request: Any) -> Resource:
+        """As twisted.web's (26.10), copying a list ``prepath`` by slicing rather than `copy`."""
         request.site = self
-        request.sitepath = list(request.prepath)
+        prepath = request.prepath
+        request.sitepath = prepath[:] if type(prepath) is list else copy.copy(prepath)
         return resource.getChildForRequest(self.resource, request)  # type: ignore[no-any-return]
 
     def acceptableProtocols(self) -> list[bytes]:
