@@ -214,6 +214,11 @@ class Echo(Resource):
             request.write(b"bc")
             request.finish()
             return NOT_DONE_YET
+        if request.path == b"/no-length":  # an empty Content-Length entry: no length, chunked
+            request.responseHeaders.setRawHeaders(b"content-length", [])
+            request.write(b"ab")
+            request.finish()
+            return NOT_DONE_YET
         if request.path == b"/cookie":
             request.addCookie(b"k", b"v")
             return b"x"
@@ -323,6 +328,7 @@ ANSWERS = (
         for method, path in (
             (b"GET", b"/pieces"),
             (b"GET", b"/chunked"),
+        (b"GET", b"/no-length"),
             (b"GET", b"/cookie"),
             (b"GET", b"/empty"),
             (b"GET", b"/typed"),
@@ -449,7 +455,8 @@ class OnePassHeadTests(SynchronousTestCase):
             channel.dataReceived(data)
             twisted = re.sub(rb"(?m)^(Date|X-Request-Id): .*\r$", rb"\1: -\r", transport.value())
             self.assertEqual(ours, twisted, data[:60])
-        self.assertEqual(ours.count(b"HTTP/1.1 200 OK\r\n"), 6)
+        self.assertEqual(ours.count(b"HTTP/1.1 200 OK\r\n"), 7)
+        self.assertIn(b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", ours)
         self.assertIn(b"Content-Length: 10\r\nContent-Type: text/html\r\n\r\nhelloworld", ours)
         self.assertIn(b"HTTP/1.1 418 I'm a teapot\r\n", ours)
         self.assertIn(b"Set-Cookie: k=v\r\n", ours)

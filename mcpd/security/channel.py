@@ -304,7 +304,7 @@ class MCPRequest(server.Request):
         if (
             self.startedWriting
             or not data
-            or length is None
+            or not length  # (None, or an empty list: no Content-Length, as twisted.web reads it)
             or self.finished
             or self._disconnected
             or self.method == b"HEAD"
