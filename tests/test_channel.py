@@ -328,7 +328,7 @@ ANSWERS = (
         for method, path in (
             (b"GET", b"/pieces"),
             (b"GET", b"/chunked"),
-        (b"GET", b"/no-length"),
+            (b"GET", b"/no-length"),
             (b"GET", b"/cookie"),
             (b"GET", b"/empty"),
             (b"GET", b"/typed"),
