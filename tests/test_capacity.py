@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import gc
 import json
+import socket
+import time
+from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from mcpd.protocol.ledger import CONNECTION, Ledger, Limit
@@ -256,3 +263,48 @@ class SlowClientTests(CapacityTestCase):
         self.clock.advance(100)
         self.assertFalse(transport.disconnecting)
         self.recorder.held[0].finish()
+
+
+class DirectWriteTests(TestCase):
+    """Plain TCP: what is written on a connection with nothing buffered goes to the socket at
+    once (no reactor turn); what the kernel does not take is buffered by the transport and
+    follows, in order, with `write` and `writeSequence` alike."""
+
+    def test_sent_at_once_then_in_order(self) -> Deferred[None]:
+        # 40 pieces, ~29 MB in all: far past what the loopback socket's buffers hold.
+        pieces = [bytes([n % 251]) * (1 + n * 37_001) for n in range(40)]
+        expected = b"first" + b"".join(pieces)
+        seen: dict[str, bool] = {}
+
+        class Writer(Protocol):
+            def connectionMade(self) -> None:
+                guarded: Any = self.transport
+                guarded.write(b"first")
+                tcp = guarded.transport
+                seen["unbuffered"] = not tcp.dataBuffer and not tcp._tempDataBuffer
+                for n, piece in enumerate(pieces):
+                    if n % 2:
+                        guarded.write(piece)
+                    else:
+                        guarded.writeSequence([piece[:7], piece[7:]])
+                guarded.loseConnection()
+
+        inner = Factory.forProtocol(Writer)
+        factory = CapacityFactory(inner, Gate(), reactor, head_timeout=None, max_write_buffer=256 * 1024 * 1024)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        def read() -> bytes:
+            with socket.create_connection(("127.0.0.1", port.getHost().port)) as sock:
+                time.sleep(0.3)  # let the kernel's buffers fill: the rest waits in the transport
+                chunks = []
+                while chunk := sock.recv(1 << 20):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        def check(received: bytes) -> None:
+            self.assertTrue(seen["unbuffered"], "the first answer waited for a reactor turn")
+            self.assertEqual(len(received), len(expected))
+            self.assertEqual(received, expected)
+
+        return deferToThread(read).addCallback(check)

@@ -26,6 +26,7 @@ import collections
 import json
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
@@ -75,9 +76,13 @@ class GuardedConnection(ProtocolWrapper):
         self._waiting_for = "request head"
         self._host: IAddress | None = None
         self._peer: IAddress | None = None
+        self._socket: Any = None
 
     def connectionMade(self) -> None:
         self._arm(self.factory.head_timeout, "request head")
+        if type(self.transport) is tcp.Server:
+            # Plain TCP (not TLS, not a UNIX socket): see `write`.
+            self._socket = self.transport.socket
         # The guard is the transport's producer; the Site's channel registers with us (below).
         self.guard = OutputGuard(self.transport, self.factory.max_write_buffer, self._drop_slow_reader)
         transport: Any = self.transport
@@ -104,9 +109,25 @@ class GuardedConnection(ProtocolWrapper):
         if self.guard.blocked and not self.guard.admit(len(data)):
             return
         transport: Any = self.transport
+        if self._socket is not None and _idle(transport):
+            # Nothing waits to be sent: send now, as asyncio's transports do, rather than
+            # buffer, watch the socket for writability and send on the reactor's next turn
+            # (twisted.internet.abstract.FileDescriptor.write): two epoll_ctl calls, an
+            # epoll_wait round and ~25 Python calls less for every answer (issue 15). What the
+            # kernel does not take, and any error, is left to the transport, in order.
+            try:
+                sent = self._socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         transport.write(data)
 
     def writeSequence(self, data: Any) -> None:
+        if self._socket is not None:
+            self.write(b"".join(data))
+            return
         if self.guard.blocked:
             data = list(data)
             if not self.guard.admit(sum(map(len, data))):
@@ -225,6 +246,19 @@ class GuardedConnection(ProtocolWrapper):
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             self.factory.clock.callLater(ABORT_AFTER, _abort_if_open, self.transport)
+
+
+def _idle(transport: Any) -> bool:
+    """Whether a TCP transport is open for writing with nothing buffered (Twisted 26.10's
+    `FileDescriptor` attributes: `write` and `doWrite` check the same)."""
+    return (
+        not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+    )
 
 
 def _abort_if_open(transport: Any) -> None:
