@@ -216,7 +216,7 @@ def main() -> int:
     parser.add_argument("mcpd_args", nargs="*")
     args = parser.parse_args()
     port = free_port()
-    work = tempfile.mkdtemp(prefix="callcount-")
+    work = os.environ.get("CALLCOUNT_DIR") or tempfile.mkdtemp(prefix="callcount-")
     profile = ["-m", "cProfile", "-o", os.path.abspath(args.cprofile)] if args.cprofile else []
     if args.cprofile:
         args.no_valgrind = True
