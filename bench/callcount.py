@@ -263,15 +263,20 @@ def main() -> int:
             print(f"{cpu / args.calls * 1e6:.1f} CPU us per call ({args.calls} calls, {wall:.2f} s wall)")
             return 0
         subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
-        threads = []
+        threads, main_thread = [], 0
         for path in glob.glob(f"{work}/cg.{server.pid}*"):
             with open(path) as f:
                 for line in f:
                     if line.startswith("totals:") and int(line.split()[1]):
                         threads.append(int(line.split()[1]))
+                        if path.endswith("-01"):  # callgrind numbers the main thread 1
+                            main_thread += threads[-1]
         total = sum(threads)
         each = ", ".join(f"{count / args.calls / 1000:.1f}k" for count in sorted(threads, reverse=True))
-        print(f"{total / args.calls / 1000:.1f}k instructions per call ({args.calls} calls; by thread: {each})")
+        print(
+            f"{total / args.calls / 1000:.1f}k instructions per call ({args.calls} calls; "
+            f"the reactor thread {main_thread / args.calls / 1000:.1f}k; by thread: {each})"
+        )
         return 0
     finally:
         server.terminate()
