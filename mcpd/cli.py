@@ -6,19 +6,40 @@ rebuild the search index from SQL."""
 from __future__ import annotations
 
 import gc
+import http
 import importlib.util
 import os
 import sys
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import globalLogBeginner
-from twisted.python import usage
 
-from mcpd.config import KNOBS_BY_NAME, ConfigError, read_env_file, resolve
-from mcpd.daemon import build_service, sql_config
-from mcpd.observe.logging import observer
-from mcpd.tap import Options
+def _lazy_module(name: str) -> Any:
+    """Module ``name`` imported, but run only when one of its attributes is first read."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+# Twisted imports http.cookiejar for a deprecated alias (twisted.python.compat.cookielib), and
+# with it urllib.request, http.client and email: a twentieth of a ``mcpd --stdio`` start-up for
+# a module mcpd does not use. It is made lazy before Twisted is imported: whoever uses it (a
+# cookie-keeping web client) gets it whole, run on first use.
+if "http.cookiejar" not in sys.modules:
+    http.cookiejar = _lazy_module("http.cookiejar")  # type: ignore[attr-defined]
+
+from twisted.internet.defer import Deferred, maybeDeferred  # noqa: E402
+from twisted.logger import globalLogBeginner  # noqa: E402
+from twisted.python import usage  # noqa: E402
+
+from mcpd.config import KNOBS_BY_NAME, ConfigError, read_env_file, resolve  # noqa: E402
+from mcpd.daemon import build_service, sql_config  # noqa: E402
+from mcpd.observe.logging import observer  # noqa: E402
+from mcpd.tap import Options  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,18 +123,6 @@ def install_stdio_reactor() -> None:
     if posixbase.tls is None:
         posixbase.tls = _lazy_module("twisted.protocols.tls")
         classImplements(posixbase.PosixReactorBase, IReactorSSL)
-
-
-def _lazy_module(name: str) -> Any:
-    """``name`` imported, but run only when one of its attributes is first read."""
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.loader is not None
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
 
 
 # The knobs `mcpd migrate` reads: where the database is and how to reach it.
