@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.fdesc import writeToFD
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -61,6 +62,8 @@ class StdioProtocol(Protocol):
         # Messages that belong to no request (list changes, resource updates) are lines too.
         self.session.sink = self.send
         self.caller = Caller(name="local", peer="stdio", transport="stdio")
+        # Fires once the first line is written (the SQL store then opens: mcpd.stores.opening).
+        self.answered: Deferred[None] = Deferred()
         self._buffer = b""
         self._discarding = False
         self._stdout_closed = False
@@ -130,13 +133,11 @@ class StdioProtocol(Protocol):
             # waiting before it, the line is written at once; what the pipe does not take (it
             # is full, or closed) goes to the transport, which sends it or reports the loss.
             stdout = getattr(self.transport, "_writer", None)
-            if stdout is not None and _idle(stdout):
-                written = writeToFD(stdout.fd, line)
-                if written == len(line):
-                    return
-                if isinstance(written, int) and written > 0:
-                    line = line[written:]
-            self.transport.write(line)
+            written = writeToFD(stdout.fd, line) if stdout is not None and _idle(stdout) else 0
+            if written != len(line):
+                self.transport.write(line[written:] if isinstance(written, int) else line)
+            if not self.answered.called:
+                self.answered.callback(None)
 
     def readConnectionLost(self) -> None:
         # basic/transports §stdio: the client closing stdin ends the server, once the answers
