@@ -6,7 +6,6 @@ rebuild the search index from SQL."""
 from __future__ import annotations
 
 import gc
-import http
 import importlib.util
 import os
 import sys
@@ -22,6 +21,8 @@ def _lazy_module(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    setattr(sys.modules[parent], child, module)  # as an import would
     return module
 
 
@@ -30,7 +31,7 @@ def _lazy_module(name: str) -> Any:
 # a module mcpd does not use. It is made lazy before Twisted is imported: whoever uses it (a
 # cookie-keeping web client) gets it whole, run on first use.
 if "http.cookiejar" not in sys.modules:
-    http.cookiejar = _lazy_module("http.cookiejar")  # type: ignore[attr-defined]
+    _lazy_module("http.cookiejar")
 
 from twisted.internet.defer import Deferred, maybeDeferred  # noqa: E402
 from twisted.logger import globalLogBeginner  # noqa: E402
