@@ -10,6 +10,14 @@ blocking tool's hop to the thread pool is included)::
     .venv/bin/python bench/callcount.py -- --api-key K --rate-limit 100000000
     MCPD_ECHO_BLOCKING=1 .venv/bin/python bench/callcount.py             # the thread-pool tool
 
+``--stdio`` serves the client on mcpd's stdin and stdout instead (``mcpd --stdio``, its default
+toolsets unless given after ``--``): ``initialize``, then legacy (2025-11-25) ``tools/call`` lines
+one at a time, as ``../shared/bench/mcp_load.py stdio`` does; ``--settle S`` waits S seconds
+after the warm-up so the background work of start-up (the SQL store's opening) is not counted,
+``--settle 0`` counts it::
+
+    .venv/bin/python bench/callcount.py --stdio --calls 2000
+
 Arguments after ``--`` go to mcpd (``--key K`` makes the client send ``Authorization: Bearer K``;
 it is added to mcpd's arguments as ``--api-key K`` too). The echo pack is bench/echo_pack.py, or
 ``MCPD_ECHO_BLOCKING=1`` to declare it blocking.
@@ -26,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,10 +137,68 @@ def answer(buf: bytearray, keep_head: bool = False) -> bytes | None:
             return body
 
 
+STDIO_CALL = b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}\n'
+
+
+def stdio_session(server: subprocess.Popen[bytes]) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """``call(rid)`` and ``start()`` for a server on pipes: initialize once, then one line each."""
+    assert server.stdin is not None and server.stdout is not None
+    stdin, stdout = server.stdin, server.stdout
+
+    def exchange(line: bytes) -> bytes:
+        stdin.write(line)
+        stdin.flush()
+        answer = stdout.readline()
+        if not answer:
+            raise SystemExit("mcpd closed stdout")
+        return answer
+
+    def start() -> None:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "cc", "version": "1"},
+            },
+        }
+        if b'"result"' not in exchange(json.dumps(init).encode() + b"\n"):
+            raise SystemExit("initialize failed")
+        stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+
+    def call(rid: int) -> None:
+        answer = exchange(STDIO_CALL % (rid + 1))
+        if b'"hello"' not in answer or b'"isError":true' in answer:
+            raise SystemExit(f"unexpected answer: {answer!r}")
+
+    return call, start
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def http_session(
+    server: subprocess.Popen[bytes], port: int, key: str | None, work: str, era: str
+) -> Callable[[int], None]:
+    """``call(rid)`` over one keep-alive connection to the server's port, once it listens (the
+    legacy era: in one session opened first)."""
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port))
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"mcpd did not start; see {work}/server.log") from None
+            time.sleep(0.2)
+    buf = bytearray()
+    session = open_session(sock, key, buf) if era == "legacy" else None
+    return lambda rid: call(sock, rid, key, buf, session)
 
 
 def main() -> int:
@@ -144,15 +211,18 @@ def main() -> int:
     parser.add_argument("--tree", default=ROOT, help="the mcpd source tree to run (another checkout: before/after)")
     parser.add_argument("--no-valgrind", action="store_true", help="CPU seconds of the process instead")
     parser.add_argument("--cprofile", metavar="PATH", help="run mcpd under cProfile (not callgrind), stats to PATH")
+    parser.add_argument("--stdio", action="store_true", help="serve on stdin/stdout (mcpd --stdio)")
+    parser.add_argument("--settle", type=float, default=0.0, help="--stdio: seconds to wait after the warm-up")
     parser.add_argument("mcpd_args", nargs="*")
     args = parser.parse_args()
     port = free_port()
-    work = tempfile.mkdtemp(prefix="callcount-")
+    work = os.environ.get("CALLCOUNT_DIR") or tempfile.mkdtemp(prefix="callcount-")
     profile = ["-m", "cProfile", "-o", os.path.abspath(args.cprofile)] if args.cprofile else []
     if args.cprofile:
         args.no_valgrind = True
     tree = args.tree
-    cmd = [args.python, *profile, "-m", "mcpd", "--port", str(port), "--tool-pack", "bench.echo_pack", *args.mcpd_args]
+    where = ["--stdio"] if args.stdio else ["--port", str(port)]
+    cmd = [args.python, *profile, "-m", "mcpd", *where, "--tool-pack", "bench.echo_pack", *args.mcpd_args]
     if args.key:
         cmd += ["--api-key", args.key]
     if not args.no_valgrind:
@@ -166,21 +236,17 @@ def main() -> int:
         ]
     env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = open(os.path.join(work, "server.log"), "wb")  # noqa: SIM115
-    server = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if args.stdio:
+        server = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        one, start = stdio_session(server)
+    else:
+        server = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        one, start = http_session(server, port, args.key, work, args.era), lambda: None
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port))
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"mcpd did not start; see {work}/server.log") from None
-                time.sleep(0.2)
-        buf = bytearray()
-        session = open_session(sock, args.key, buf) if args.era == "legacy" else None
+        start()
         for rid in range(args.warmup):
-            call(sock, rid, args.key, buf, session)
+            one(rid)
+        time.sleep(args.settle)
         if args.no_valgrind:
             with open(f"/proc/{server.pid}/stat") as f:
                 before = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
@@ -188,7 +254,7 @@ def main() -> int:
             subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True, capture_output=True)
         started = time.monotonic()
         for rid in range(args.warmup, args.warmup + args.calls):
-            call(sock, rid, args.key, buf, session)
+            one(rid)
         wall = time.monotonic() - started
         if args.no_valgrind:
             with open(f"/proc/{server.pid}/stat") as f:
@@ -197,15 +263,20 @@ def main() -> int:
             print(f"{cpu / args.calls * 1e6:.1f} CPU us per call ({args.calls} calls, {wall:.2f} s wall)")
             return 0
         subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
-        threads = []
+        threads, main_thread = [], 0
         for path in glob.glob(f"{work}/cg.{server.pid}*"):
             with open(path) as f:
                 for line in f:
                     if line.startswith("totals:") and int(line.split()[1]):
                         threads.append(int(line.split()[1]))
+                        if path.endswith("-01"):  # callgrind numbers the main thread 1
+                            main_thread += threads[-1]
         total = sum(threads)
         each = ", ".join(f"{count / args.calls / 1000:.1f}k" for count in sorted(threads, reverse=True))
-        print(f"{total / args.calls / 1000:.1f}k instructions per call ({args.calls} calls; by thread: {each})")
+        print(
+            f"{total / args.calls / 1000:.1f}k instructions per call ({args.calls} calls; "
+            f"the reactor thread {main_thread / args.calls / 1000:.1f}k; by thread: {each})"
+        )
         return 0
     finally:
         server.terminate()

@@ -11,12 +11,21 @@ run is a fresh process; the median and the range of ``--runs`` are printed::
 The process runs in a temporary directory (its ``./mcpd-data``), so its SQLite store is new
 each run unless ``--keep-data`` is given (a fresh store is created and migrated in the
 background, after the first answer). ``--tree`` runs another checkout's mcpd with the same
-interpreter (before and after, alternately, on a loaded machine).
+interpreter (before and after, alternately, on a loaded machine). The tree's modules are
+compiled first and the process may write bytecode (an inherited ``PYTHONDONTWRITEBYTECODE``
+would have every run compile all of mcpd: half as much again).
+
+``--instructions`` counts instead what the process executes until the answer, with callgrind
+(every thread; load-independent, so the figure to compare on a shared machine)::
+
+    .venv/bin/python bench/startup.py --runs 3 --instructions
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
+import glob
 import json
 import os
 import select
@@ -51,11 +60,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(python: str, tree: str, mcpd_args: list[str], data_dir: str) -> tuple[float, float]:
+def instructions(pid: int, data_dir: str) -> float:
+    """What callgrind counted in ``pid`` so far, every thread (dumped now)."""
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    total = 0
+    for path in glob.glob(os.path.join(data_dir, f"cg.{pid}*")):
+        with open(path) as f:
+            total += sum(int(line.split()[1]) for line in f if line.startswith("totals:"))
+    return float(total)
+
+
+def one_run(python: str, tree: str, mcpd_args: list[str], data_dir: str, count: bool) -> tuple[float, float]:
     env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    command = [python, "-m", "mcpd", "--stdio", *mcpd_args]
+    if count:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--separate-threads=yes",
+            f"--callgrind-out-file={data_dir}/cg.%p",
+            *command,
+        ]
     started = time.monotonic()
     server = subprocess.Popen(
-        [python, "-m", "mcpd", "--stdio", *mcpd_args],
+        command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -69,15 +98,15 @@ def one_run(python: str, tree: str, mcpd_args: list[str], data_dir: str) -> tupl
         fd = server.stdout.fileno()
         answer = b""
         while b"\n" not in answer:
-            ready, _, _ = select.select([fd], [], [], 60)
+            ready, _, _ = select.select([fd], [], [], 600)
             if not ready:
-                raise SystemExit("no answer to initialize within 60 s")
+                raise SystemExit("no answer to initialize within 600 s")
             chunk = os.read(fd, 65536)
             if not chunk:
                 raise SystemExit(f"mcpd exited with status {server.wait()} before answering")
             answer += chunk
         wall = time.monotonic() - started
-        cpu = cpu_seconds(server.pid)
+        cpu = instructions(server.pid, data_dir) if count else cpu_seconds(server.pid)
         if b'"result"' not in answer:
             raise SystemExit(f"unexpected answer: {answer[:300]!r}")
         return wall, cpu
@@ -97,14 +126,23 @@ def main() -> int:
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
     parser.add_argument("--tree", default=ROOT, help="the mcpd source tree to run (another checkout: before/after)")
     parser.add_argument("--keep-data", action="store_true", help="one data directory for every run")
+    parser.add_argument("--instructions", action="store_true", help="count instructions (callgrind), not time")
     parser.add_argument("mcpd_args", nargs="*")
     args = parser.parse_args()
+    compileall.compile_dir(os.path.join(args.tree, "mcpd"), quiet=1)
     walls, cpus = [], []
     shared = tempfile.mkdtemp(prefix="startup-") if args.keep_data else None
     for _ in range(args.runs):
-        wall, cpu = one_run(args.python, args.tree, args.mcpd_args, shared or tempfile.mkdtemp(prefix="startup-"))
+        data_dir = shared or tempfile.mkdtemp(prefix="startup-")
+        wall, cpu = one_run(args.python, args.tree, args.mcpd_args, data_dir, args.instructions)
         walls.append(wall)
         cpus.append(cpu)
+    if args.instructions:
+        print(
+            f"start to first answer: {statistics.median(cpus) / 1e6:,.1f}M instructions "
+            f"({min(cpus) / 1e6:,.1f}M-{max(cpus) / 1e6:,.1f}M), {args.runs} runs"
+        )
+        return 0
     print(
         f"start to first answer: wall {statistics.median(walls):.3f} s ({min(walls):.3f}-{max(walls):.3f}), "
         f"CPU {statistics.median(cpus):.3f} s ({min(cpus):.3f}-{max(cpus):.3f}), {args.runs} runs"

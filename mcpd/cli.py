@@ -5,27 +5,72 @@ rebuild the search index from SQL."""
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import os
 import sys
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import globalLogBeginner
-from twisted.python import usage
 
-from mcpd.config import KNOBS_BY_NAME, ConfigError, read_env_file, resolve
-from mcpd.daemon import build_service, sql_config
-from mcpd.observe.logging import observer
-from mcpd.tap import Options
+def _lazy_module(name: str) -> Any:
+    """Module ``name`` imported, but run only when one of its attributes is first read."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    setattr(sys.modules[parent], child, module)  # as an import would
+    return module
+
+
+# Twisted imports http.cookiejar for a deprecated alias (twisted.python.compat.cookielib), and
+# with it urllib.request, http.client and email: a twentieth of a ``mcpd --stdio`` start-up for
+# a module mcpd does not use. It is made lazy before Twisted is imported: whoever uses it (a
+# cookie-keeping web client) gets it whole, run on first use.
+if "http.cookiejar" not in sys.modules:
+    _lazy_module("http.cookiejar")
+
+from twisted.internet.defer import Deferred, maybeDeferred  # noqa: E402
+from twisted.logger import globalLogBeginner  # noqa: E402
+from twisted.python import usage  # noqa: E402
+
+from mcpd.config import KNOBS_BY_NAME, ConfigError, read_env_file, resolve  # noqa: E402
+from mcpd.daemon import build_service, sql_config  # noqa: E402
+from mcpd.observe.logging import observer  # noqa: E402
+from mcpd.tap import Options  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, run the daemon in the foreground until stopped, return the exit code."""
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["migrate"]:
-        return migrate_main(args[1:])
-    if args[:1] == ["reindex"]:
-        return reindex_main(args[1:])
+    if args[:1] in (["migrate"], ["reindex"]):
+        gc.enable()  # ``python -m mcpd`` leaves it off for start-up only
+        return migrate_main(args[1:]) if args[0] == "migrate" else reindex_main(args[1:])
+    # Start-up makes tens of thousands of objects that live as long as the process (modules,
+    # schemas, the service tree) and no garbage worth a collection: the collector, which would
+    # scan them again and again, waits until mcpd serves (mcpd.services.HeapFreezeService then
+    # collects once and freezes them).
+    gc.disable()
+    try:
+        started = _start(args)
+    finally:
+        gc.enable()
+    if isinstance(started, int):
+        return started
+    service, reactor = started
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    # A listener that failed after start-up (one binding later), or a store opened in the
+    # background that could not be (mcpd.stores.opening), stopped the reactor.
+    failed = [child for child in service if getattr(child, "failure", None) is not None]
+    return 1 if failed else 0
+
+
+def _start(args: list[str]) -> int | tuple[Any, Any]:
+    """The service tree started (and the reactor to run it), or the exit code."""
     options = Options()
     try:
         options.parseOptions(args)
@@ -34,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print("mcpd: run 'mcpd --help' for the options", file=sys.stderr)
         return 2
     assert options.settings is not None
+    if options.settings.stdio:
+        install_stdio_reactor()
     from twisted.internet import reactor
 
     # Logs go to stderr (or --logfile), never stdout: it belongs to MCP in --stdio mode.
@@ -47,12 +94,36 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 1
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
-    # A listener that failed after start-up (one binding later), or a store opened in the
-    # background that could not be (mcpd.stores.opening), stopped the reactor.
-    failed = [child for child in service if getattr(child, "failure", None) is not None]
-    return 1 if failed else 0
+    return service, reactor
+
+
+def install_stdio_reactor() -> None:
+    """Install the platform's default reactor without importing the TLS libraries for it.
+
+    Twisted's reactor imports pyOpenSSL and cryptography for ``listenSSL``, ``connectSSL`` and
+    TCP's ``startTLS``: a fifth of a ``--stdio`` start-up, which listens on nothing. While the
+    reactor is imported pyOpenSSL is left out, so Twisted builds it as it does where pyOpenSSL
+    is not installed; ``listenSSL`` and ``connectSSL`` are then given their TLS module back,
+    imported on first use. TLS made by wrapping a connection (the endpoints' ``wrapClientTLS``,
+    treq, the Redis and embedding clients) is unaffected; a TCP connection has no ``startTLS``.
+    Nothing is done when a reactor is installed already (twistd, tests).
+    """
+    if "twisted.internet.reactor" in sys.modules or "OpenSSL" in sys.modules:
+        return
+    sys.modules["OpenSSL"] = None  # type: ignore[assignment]  # import OpenSSL: ImportError
+    try:
+        from twisted.internet import default
+
+        default.install()
+    finally:
+        del sys.modules["OpenSSL"]
+    from twisted.internet import posixbase
+    from twisted.internet.interfaces import IReactorSSL
+    from zope.interface import classImplements
+
+    if posixbase.tls is None:
+        posixbase.tls = _lazy_module("twisted.protocols.tls")
+        classImplements(posixbase.PosixReactorBase, IReactorSSL)
 
 
 # The knobs `mcpd migrate` reads: where the database is and how to reach it.

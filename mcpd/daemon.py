@@ -525,6 +525,10 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         _add(root, "engine", EngineService(engine))
         stdio = StdioService(engine, settings.max_message_size, settings.max_write_buffer, reactor)
         _add(root, "stdio", stdio)
+        opening = root.namedServices.get("database")
+        if isinstance(opening, BackgroundOpening):
+            # The SQL store opens once the first answer is out (mcpd.stores.opening).
+            opening.after = stdio.answered
         # Calls in flight finish (or are answered "shutting down"), then stdout is flushed.
         _drain(lifecycle, settings, reactor, engine, connections=stdio.connections).setServiceParent(root)
         ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)

@@ -194,6 +194,8 @@ class StdioService(Service):
         self.max_write_buffer = max_write_buffer
         self.reactor = reactor
         self.protocol: StdioProtocol | None = None
+        # Fires once the first answer is written (`StdioProtocol.answered`).
+        self.answered: Deferred[None] = Deferred()
 
     def startService(self) -> None:
         from twisted.internet.stdio import StandardIO
@@ -202,6 +204,7 @@ class StdioService(Service):
         self.protocol = StdioProtocol(
             self.engine, self.max_message_size, on_close=self._closed, max_write_buffer=self.max_write_buffer
         )
+        self.protocol.answered.chainDeferred(self.answered)
         StandardIO(self.protocol, reactor=self.reactor)
 
     def connections(self) -> list[Any]:

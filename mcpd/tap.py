@@ -92,13 +92,13 @@ class Options(usage.Options):
         for knob in KNOBS:
             if knob.switch:  # an absent flag (0) must not hide the environment
                 flags[knob.name] = True if flags[knob.name] else None
-        from twisted.internet import reactor
-
         try:
             file_values = read_env_file(self["config"]) if self["config"] else {}
             self.settings = settings = resolve(flags, os.environ, file_values, stdio=bool(self["stdio"]))
             self.packs = load_packs(settings)
-            check_settings(settings, reactor)
+            # --stdio checks no listener: the reactor is not imported for it (`mcpd` then
+            # installs one without TLS: mcpd.cli.install_stdio_reactor).
+            check_settings(settings, None if settings.stdio else _reactor())
         except ConfigError as e:
             # One line naming the option and what is wrong, before anything starts.
             raise usage.UsageError(str(e)) from None
@@ -106,6 +106,12 @@ class Options(usage.Options):
         if self.parent is not None and (settings.stdio or settings.logfile or settings.log_format != "text"):
             # twistd -n logs to stdout, which belongs to the protocol in stdio mode.
             self.parent["logger"] = "mcpd.observe.logging.observer"
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
 
 
 def makeService(options: Options) -> MultiService:

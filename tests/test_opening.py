@@ -12,11 +12,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from mcpd.config import Settings
 from mcpd.daemon import SQL_INTERFACES, _open_sql_store
 from mcpd.interfaces import IStore, ITaskBoard, StoreUnavailable
+from mcpd.stores import opening as opening_module
 from mcpd.stores.opening import BackgroundOpening, Opened
 from tests.daemon import MCPD, DaemonTestMixin, StdioProcess
 
@@ -54,6 +56,47 @@ class BackgroundOpeningTests(TestCase):
         self.assertEqual(store.describe()["state"], "ok")
         self.assertEqual((yield store.check()).state, "up")
         self.assertEqual(stopped, [])
+
+    def waiting_opening(self, after: Deferred[None]) -> tuple[BackgroundOpening, list[int]]:
+        """An opening of the real SQL store that waits for ``after``; the list counts openings."""
+        settings = Settings(data_dir=self.mktemp())
+        opened: list[int] = []
+
+        def open_stores() -> Opened:
+            opened.append(threading.get_ident())
+            return _open_sql_store(settings, reactor)
+
+        opening = BackgroundOpening("database", SQL_INTERFACES, open_stores, reactor)
+        opening.after = after
+        opening.startService()
+        self.addCleanup(opening.stopService)
+        return opening, opened
+
+    @inlineCallbacks
+    def test_with_after_it_opens_once_that_fires(self) -> Any:
+        # --stdio: the first answer is written before the store's opening takes the CPU.
+        after: Deferred[None] = Deferred()
+        opening, opened = self.waiting_opening(after)
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(opened, [])
+        board = opening.stand_ins[ITaskBoard]
+        created: Deferred[Any] = board.create_project("default", "web", None, "alice")
+        after.callback(None)
+        project = yield created
+        self.assertEqual(project["name"], "web")
+        self.assertEqual(len(opened), 1)
+
+    @inlineCallbacks
+    def test_with_after_it_opens_anyway_when_that_is_late(self) -> Any:
+        # No client speaking yet: the store still opens (and a bad one still stops mcpd) soon.
+        self.patch(opening_module, "OPEN_WAIT", 0.2)
+        after: Deferred[None] = Deferred()
+        opening, opened = self.waiting_opening(after)
+        project = yield opening.stand_ins[ITaskBoard].create_project("default", "web", None, "alice")
+        self.assertEqual(project["name"], "web")
+        after.callback(None)  # too late: opened once
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(len(opened), 1)
 
     @inlineCallbacks
     def test_a_store_that_cannot_be_opened_says_why_and_stops_mcpd(self) -> Any:

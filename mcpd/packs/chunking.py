@@ -10,6 +10,7 @@ document[start:end]``) and keeps its position and the path of headings it sits u
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator
@@ -24,7 +25,14 @@ DEFAULT_SIZE = 400
 DEFAULT_OVERLAP = 50
 MIN_SIZE, MAX_SIZE = 50, 4000
 
-_CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+
+@functools.cache
+def _cjk() -> re.Pattern[str]:
+    """The CJK characters, compiled on first use: their ranges were most of this module's
+    import, paid by every ``mcpd --stdio`` start-up with the kb pack."""
+    return re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+
+
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t#]*$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(```+|~~~+)")
@@ -34,7 +42,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|(?<=[。！？；])|\n")
 
 def text_size(text: str) -> int:
     """The size of ``text`` in approximate tokens (a CJK character is one, four others are one)."""
-    cjk = len(_CJK.findall(text))
+    cjk = len(_cjk().findall(text))
     return cjk + math.ceil((len(text) - cjk) / 4)
 
 
@@ -155,14 +163,14 @@ def _hard_split(body: str, start: int, end: int, size: int) -> Iterator[tuple[in
         limit = position
         used = 0.0
         while limit < end:
-            step = 1.0 if _CJK.match(body[limit]) else 0.25
+            step = 1.0 if _cjk().match(body[limit]) else 0.25
             if used + step > size:
                 break
             used += step
             limit += 1
         if limit < end:
             space = body.rfind(" ", position + 1, limit)
-            if space > position and not _CJK.match(body[limit - 1]):
+            if space > position and not _cjk().match(body[limit - 1]):
                 limit = space + 1
         yield position, limit
         position = limit

@@ -3,7 +3,8 @@
 
 Opening the SQL store means importing SQLAlchemy and Alembic, connecting and checking the schema:
 more than twice the rest of a ``mcpd --stdio`` start-up. Under ``--stdio`` it runs in a thread
-once the reactor runs, while ``initialize`` and the lists are answered. Until it is open, a
+once the first answer is written (or `OPEN_WAIT` seconds after the reactor starts, if no client
+speaks by then), so that answer does not share the process with it. Until it is open, a
 `StandIn` answers for each interface the store provides: every store method returns a Deferred
 (`mcpd.interfaces`), so a call made meanwhile simply waits for the opening. A store that cannot
 be opened stops mcpd, as one that fails to open in the foreground does (the message on stderr).
@@ -26,6 +27,10 @@ from mcpd.interfaces import DOWN, IStore, StoreStatus, StoreUnavailable
 
 log = Logger(namespace="mcpd.stores")
 
+# With ``after``: the longest the opening waits for it once the reactor runs (a store that cannot
+# be opened still stops mcpd soon when no client speaks).
+OPEN_WAIT = 1.0
+
 # What ``open_stores`` gives back: the service that runs the opened store, and the provider of
 # each interface (`mcpd.interfaces.IStore` among them).
 Opened = tuple[Service, Mapping[Any, Any]]
@@ -33,8 +38,9 @@ Opened = tuple[Service, Mapping[Any, Any]]
 
 class BackgroundOpening(Service):
     """Runs ``open_stores`` (blocking: it imports, builds and opens the store and returns what
-    `Opened` says) in the reactor's thread pool once the reactor runs, then starts the store's
-    service. ``stand_ins`` are registered in place of the providers until then."""
+    `Opened` says) in the reactor's thread pool once the reactor runs (with ``after``: once it
+    fires, or `OPEN_WAIT` seconds later), then starts the store's service. ``stand_ins`` are
+    registered in place of the providers until then."""
 
     def __init__(
         self,
@@ -59,13 +65,22 @@ class BackgroundOpening(Service):
         # Why the store could not be opened (mcpd then stops, exit status 1).
         self.failure: Failure | None = None
         self._opening: Deferred[Any] | None = None
+        # What the opening waits for (the first answer under --stdio), if anything.
+        self.after: Deferred[None] | None = None
+        self._waiting: Any = None
 
     def startService(self) -> None:
         super().startService()
-        self.reactor.callWhenRunning(self._open)
+        if self.after is None:
+            self.reactor.callWhenRunning(self._open)
+            return
+        self._waiting = self.reactor.callLater(OPEN_WAIT, self._open)
+        self.after.addCallback(lambda _: self._open())
 
     def _open(self) -> None:
-        if not self.running:
+        if self._waiting is not None and self._waiting.active():
+            self._waiting.cancel()
+        if not self.running or self._opening is not None:
             return
         d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.open_stores)
         self._opening = d.addCallbacks(self._started, self._failed)
@@ -99,6 +114,8 @@ class BackgroundOpening(Service):
 
     def stopService(self) -> Deferred[Any] | None:
         super().stopService()
+        if self._waiting is not None and self._waiting.active():
+            self._waiting.cancel()
         opening = self._opening if self._opening is not None and not self._opening.called else succeed(None)
         return opening.addCallback(lambda _: self._stop_store())
 

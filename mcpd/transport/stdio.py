@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.fdesc import writeToFD
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -26,6 +28,18 @@ from mcpd.security.flow import OutputGuard
 from mcpd.tools.api import Caller
 
 log = Logger(namespace="mcpd.stdio")
+
+
+def _idle(writer: Any) -> bool:
+    """Whether StandardIO's stdout writer (a `twisted.internet.abstract.FileDescriptor`) is open
+    and holds nothing unsent, so a line written to its descriptor now keeps the order."""
+    return bool(
+        writer.connected
+        and not writer.disconnecting
+        and not writer._writeDisconnected
+        and not writer.dataBuffer
+        and not writer._tempDataBuffer
+    )
 
 
 @implementer(IHalfCloseableProtocol)
@@ -48,6 +62,8 @@ class StdioProtocol(Protocol):
         # Messages that belong to no request (list changes, resource updates) are lines too.
         self.session.sink = self.send
         self.caller = Caller(name="local", peer="stdio", transport="stdio")
+        # Fires once the first line is written (the SQL store then opens: mcpd.stores.opening).
+        self.answered: Deferred[None] = Deferred()
         self._buffer = b""
         self._discarding = False
         self._stdout_closed = False
@@ -70,12 +86,9 @@ class StdioProtocol(Protocol):
             self.on_close()
 
     def dataReceived(self, data: bytes) -> None:
-        buffer = self._buffer + data
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                break
-            line, buffer = buffer[:end], buffer[end + 1 :]
+        lines = (self._buffer + data).split(b"\n")
+        buffer = lines.pop()  # what follows the last newline: the start of a line, or nothing
+        for line in lines:
             if self._discarding:
                 self._discarding = False
                 continue
@@ -115,7 +128,16 @@ class StdioProtocol(Protocol):
             guard = self.guard
             if guard is not None and guard.blocked and not guard.admit(len(line)):
                 return
-            self.transport.write(line)
+            # StandardIO buffers each write and has the reactor watch stdout until it can write
+            # it: two more epoll changes and a turn of the reactor per answer. With nothing
+            # waiting before it, the line is written at once; what the pipe does not take (it
+            # is full, or closed) goes to the transport, which sends it or reports the loss.
+            stdout = getattr(self.transport, "_writer", None)
+            written = writeToFD(stdout.fd, line) if stdout is not None and _idle(stdout) else 0
+            if written != len(line):
+                self.transport.write(line[written:] if isinstance(written, int) else line)
+            if not self.answered.called:
+                self.answered.callback(None)
 
     def readConnectionLost(self) -> None:
         # basic/transports §stdio: the client closing stdin ends the server, once the answers
