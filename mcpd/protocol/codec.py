@@ -24,13 +24,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 
 from mcpd.protocol.errors import InternalError, ParseError, error_response
-from mcpd.tools.api import JSONText
+from mcpd.tools.jsontext import JSONText, write_json
 
 log = Logger(namespace="mcpd.codec")
 
@@ -72,25 +71,7 @@ _decode = json.JSONDecoder(
 ).decode
 
 
-def _json_writer() -> Callable[[Any], str]:
-    """``JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode``, the
-    same text, with its C encoder made once rather than with every call (json's ``encode`` makes
-    one per call: a fifth of a log line). Without circular-reference markers: a cycle raises
-    RecursionError, which `encode` and `dumps` handle as they handle the markers' ValueError."""
-    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # no C accelerator: json's own path
-        return encoder.encode
-    c_encoder = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
-    join = "".join
-
-    def write(value: Any) -> str:
-        return join(c_encoder(value, 0))
-
-    return write
-
-
-_dumps = _json_writer()
+_dumps = write_json
 
 
 def decode(data: bytes | str) -> Any:

@@ -10,7 +10,6 @@ never on the reactor thread.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import re
 import threading
@@ -24,6 +23,7 @@ from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
+from mcpd.tools.jsontext import JSONText, write_json
 from mcpd.tools.validation import (
     ArgumentValidator,
     HeaderParameter,
@@ -474,33 +474,10 @@ def _text_block(tool: Tool, value: Any) -> dict[str, Any]:
     return {"type": "text", "text": value if isinstance(value, str) else _json_text(tool, value)}
 
 
-class JSONText(str):
-    """The JSON text of a tool's structured result (its text copy), knowing the ``value`` it was
-    written from: the engine's encoder puts this text where ``value`` goes in the answer instead
-    of encoding the value a second time (mcpd.protocol.codec)."""
-
-    value: Any
-
-
-def _json_writer() -> Callable[[Any], str]:
-    """Compact JSON (``ensure_ascii=False``, ``allow_nan=False``) with a C encoder made once,
-    written exactly as the engine writes messages; `json.dumps` where there is no C encoder."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-    default = json.JSONEncoder().default  # the TypeError naming the type JSON cannot carry
-    encoder = make(None, default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
-    join = "".join
-    return lambda value: join(encoder(value, 0))
-
-
-_write_json = _json_writer()
-
-
 def _json_text(tool: Tool, value: Any) -> JSONText:
     """``value`` as JSON text; `UnsendableResult` when it is not JSON (RFC 8259 §6: no NaN)."""
     try:
-        text = JSONText(_write_json(value))
+        text = JSONText(write_json(value))
     except (ValueError, TypeError, RecursionError) as e:
         why = "NaN or Infinity" if isinstance(e, ValueError) and "float" in str(e) else str(e)
         raise UnsendableResult(f"Tool {tool.name} returned a value JSON cannot carry ({why})") from None
