@@ -60,6 +60,7 @@ from mcpd.protocol.vocabulary import (
     Exchange,
     MessageLimit,
     Request,
+    is_deferred,
     readable_id,
     valid_id,
 )
@@ -312,18 +313,32 @@ class Engine:
         return _Batch(self, messages, exchange).run()
 
     def _message(self, message: Any, exchange: Exchange) -> Deferred[Any]:
+        answer = self._answer(message, exchange)
+        return answer if is_deferred(answer) else succeed(answer)
+
+    # From here on a message's answer is the response (a dict, or None when nothing is owed) or
+    # a Deferred of it, made into one Deferred only by `_message`: most answer at once, and
+    # running each step's answer through a Deferred of its own showed in the hot path.
+
+    def _answer(self, message: Any, exchange: Exchange) -> Any:
         if not self.observers:
             return self._serve_message(message, exchange)
         started = self._clock()
-        d = self._serve_message(message, exchange)
-        return d.addCallback(self._observe, message, exchange, started)
+        answer = self._serve_message(message, exchange)
+        if is_deferred(answer):
+            return answer.addCallback(self._observe, message, exchange, started)
+        return self._observe(answer, message, exchange, started)
 
     def _observe(self, response: Any, message: Any, exchange: Exchange, started: float) -> Any:
         """Tell the observers (audit, metrics) how a request went."""
         if not isinstance(message, dict) or "id" not in message or "method" not in message:
             return response  # notifications, and the client's answers to our own requests
-        params = message.get("params")
-        tool = params.get("name") if message.get("method") == "tools/call" and isinstance(params, dict) else None
+        method = message["method"]
+        tool = None
+        if method == "tools/call":
+            params = message.get("params")
+            if isinstance(params, dict):
+                tool = params.get("name")
         if response is None:
             outcome = "cancelled"
         elif "error" in response:
@@ -335,13 +350,13 @@ class Engine:
         # Records are kept (audit buffer, recent requests), so what the client chose is cut short:
         # a 4 MB method name must not become 4 MB held per record.
         record = CallRecord(
-            request_id=_clipped(message.get("id")),
-            method=_clipped(str(message.get("method"))),
-            tool=_clipped(tool) if isinstance(tool, str) else None,
-            caller=exchange.caller,
-            version=exchange.version,
-            outcome=outcome,
-            duration=self._clock() - started,
+            _clipped(message["id"]),
+            _clipped(str(method)),
+            _clipped(tool) if isinstance(tool, str) else None,
+            exchange.caller,
+            exchange.version,
+            outcome,
+            self._clock() - started,
         )
         for observer in self.observers:
             try:
@@ -350,7 +365,7 @@ class Engine:
                 log.failure("A request observer failed")
         return response
 
-    def _serve_message(self, message: Any, exchange: Exchange) -> Deferred[Any]:
+    def _serve_message(self, message: Any, exchange: Exchange) -> Any:
         limit = self.message_limit
         if limit is not None:
             # Every message counts against the caller's rate limit, whatever carries it: each
@@ -362,17 +377,15 @@ class Engine:
                 if isinstance(refusal, Deferred):
                     return refusal.addCallback(self._after_limit, message, exchange)
                 if refusal is not None:
-                    return succeed(_refused(message, refusal))
+                    return _refused(message, refusal)
         return self._dispatch(message, exchange)
 
     def _after_limit(self, refusal: MCPError | None, message: Any, exchange: Exchange) -> Any:
         return _refused(message, refusal) if refusal is not None else self._dispatch(message, exchange)
 
-    def _dispatch(self, message: Any, exchange: Exchange) -> Deferred[Any]:
+    def _dispatch(self, message: Any, exchange: Exchange) -> Any:
         if not isinstance(message, dict):
-            return succeed(
-                error_response(None, InvalidRequest("Invalid request: expected a JSON-RPC object").to_error())
-            )
+            return error_response(None, InvalidRequest("Invalid request: expected a JSON-RPC object").to_error())
         method = message.get("method")
         request_id = message.get("id")
         if method is None:
@@ -382,43 +395,32 @@ class Engine:
                 if session is None or not valid_id(request_id) or not session.outbound.resolve(message):
                     # JSON-RPC 2.0 §5: a response is never answered; logged once.
                     log.info("Ignoring a response to request {id!r} that was never sent", id=request_id)
-                return succeed(None)
-            return succeed(
-                error_response(readable_id(request_id), InvalidRequest("Invalid request: no method").to_error())
-            )
+                return None
+            return error_response(readable_id(request_id), InvalidRequest("Invalid request: no method").to_error())
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
-            return succeed(
-                error_response(
-                    readable_id(request_id),
-                    InvalidRequest('Invalid request: needs "jsonrpc": "2.0" and a string "method"').to_error(),
-                )
+            return error_response(
+                readable_id(request_id),
+                InvalidRequest('Invalid request: needs "jsonrpc": "2.0" and a string "method"').to_error(),
             )
         params = message.get("params", {})
         if params is None:
             params = {}
         if "id" not in message:
             self._notification(method, params, exchange)
-            return succeed(None)
+            return None
         if not valid_id(request_id):
-            return succeed(
-                error_response(None, InvalidRequest("Invalid request: id must be a string or an integer").to_error())
-            )
+            return error_response(None, InvalidRequest("Invalid request: id must be a string or an integer").to_error())
         exchange.method = method
         session = exchange.session
         if session is not None and request_id in session.in_flight:
             # basic §Requests: the id MUST NOT have been used by the requestor in this session
             # (at least while that request is still being served).
             log.info("Duplicate request id {id!r} in one session", id=request_id)
-            return succeed(
-                error_response(
-                    request_id,
-                    InvalidRequest(f"Invalid request: request id {request_id!r} is already in use").to_error(),
-                )
+            return error_response(
+                request_id, InvalidRequest(f"Invalid request: request id {request_id!r} is already in use").to_error()
             )
         if not isinstance(params, dict):
-            return succeed(
-                error_response(request_id, InvalidParams("Invalid params: params must be an object").to_error())
-            )
+            return error_response(request_id, InvalidParams("Invalid params: params must be an object").to_error())
         try:
             request = route(request_id, method, params, exchange)
             handler = (self._modern if request.modern else self._legacy).get(method)
@@ -429,16 +431,16 @@ class Engine:
                 self.ledger.check(exchange.caller.account, CALL)
             result = handler(request)
         except MCPError as e:
-            return succeed(error_response(request_id, e.to_error()))
+            return error_response(request_id, e.to_error())
         except Exception:
-            return succeed(self._internal_error(request_id, method, Failure()))
+            return self._internal_error(request_id, method, Failure())
         modern = request.modern
-        if not isinstance(result, Deferred):
+        if not is_deferred(result):
             # Answered at once (most requests): no Deferred to run the answer through.
             try:
-                return succeed(self._respond(result, request_id, modern))
+                return self._respond(result, request_id, modern)
             except Exception:
-                return succeed(self._internal_error(request_id, method, Failure()))
+                return self._internal_error(request_id, method, Failure())
         if not result.called or result.paused:  # still being served (paused: waiting on another Deferred)
             self._track(result, exchange, request_id)
         return result.addCallbacks(

@@ -19,6 +19,7 @@ from mcpd.protocol.channel import input_required
 from mcpd.protocol.envelope import check_parameter_headers
 from mcpd.protocol.errors import InvalidParams, MCPError
 from mcpd.protocol.outbound import ClientError, ClientTimeout
+from mcpd.protocol.vocabulary import PLAIN_TYPES, is_deferred
 from mcpd.tools.api import (
     Caller,
     CallLink,
@@ -147,7 +148,7 @@ class ToolCalls:
             d = self._run(arguments, ctx)
         else:
             outcome = self._run_now(arguments, ctx)
-            if not isinstance(outcome, Deferred):
+            if not is_deferred(outcome):
                 return outcome
             d = outcome
         if self.tool_timeout is not None:
@@ -169,7 +170,7 @@ class ToolCalls:
             value = ctx.tool.handler(ctx, arguments)
         except BaseException:  # as maybeDeferred: whatever a handler raises is its failure
             return self._settled(Failure(), ctx)
-        if isinstance(value, (Deferred, Failure)) or inspect.iscoroutine(value):
+        if type(value) not in PLAIN_TYPES and (isinstance(value, (Deferred, Failure)) or inspect.iscoroutine(value)):
             return self._shaped(cancellable(as_deferred(value), ctx), ctx)
         try:
             return self._value(value, ctx)
