@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -89,6 +91,37 @@ HOSTILE: list[tuple[str, bytes, str]] = [
 ]
 
 
+def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise ValueError("duplicate")
+    return dict(pairs)
+
+
+def _written(tree: Any, ascii_only: bool) -> str:
+    """``tree`` as JSON text, a list of (name, value) pairs written as an object."""
+    if isinstance(tree, list) and tree and all(isinstance(item, tuple) for item in tree):
+        members = (
+            json.dumps(name, ensure_ascii=ascii_only) + ":" + _written(value, ascii_only) for name, value in tree
+        )
+        return "{" + ",".join(members) + "}"
+    if isinstance(tree, list):
+        return "[" + ",".join(_written(item, ascii_only) for item in tree) + "]"
+    return json.dumps(tree, ensure_ascii=ascii_only)
+
+
+_trees = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet='ab:\\"é\n\u2028'),
+    lambda children: (
+        st.lists(children, max_size=4) | st.lists(st.tuples(st.text(alphabet="ab:é", max_size=2), children), max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
 class DecodeTests(SynchronousTestCase):
     """RFC 8259 and I-JSON (RFC 7493) strictness, and what is still accepted."""
 
@@ -141,6 +174,47 @@ class DecodeTests(SynchronousTestCase):
     def test_duplicates_nested(self) -> None:
         self.assertParseError(b'{"params":{"name":"a","name":"b"}}', "'name' appears twice")
         self.assertEqual(decode(b'[{"a":1},{"a":2}]'), [{"a": 1}, {"a": 2}])
+
+    def test_duplicates_however_written(self) -> None:
+        # Plain texts are checked for duplicates by counting colons (mcpd.protocol.codec._quick):
+        # the cases that could hide one from that count. Colons in the strings of the member kept
+        # or lost, an escaped colon making up for the lost member's, whitespace, equal values, a
+        # lost member holding members of its own, a duplicate deep in an array, non-ASCII names.
+        for text in (
+            b'{"a":"x","a":"y:z"}',
+            b'{"a":"x:y","a":"z"}',
+            b'{"a":1,"a":2,"b":"\\u003a"}',
+            b'{"a":1,"a":2,"\\u003A":0}',
+            b'{ "a" : 1 ,\n "a" : 1 }',
+            b'{"a":{"b":1,"c":2},"a":3}',
+            b'[1,[{"x":[{"k":"v","k":"v"}]}]]',
+            '{"é":1,"é":2}'.encode(),
+            b'{"a":1,"\\u0061":2}',
+        ):
+            with self.subTest(text):
+                self.assertParseError(text, "appears twice")
+        self.assertEqual(decode(b'{"a":"\\u003a","b":1}'), {"a": ":", "b": 1})
+        self.assertEqual(decode(b'{"a:b":"c:d","e":[{"f":":"}]}'), {"a:b": "c:d", "e": [{"f": ":"}]})
+
+    def test_long_integers_stay_integers(self) -> None:
+        # orjson, which reads plain texts, makes an integer past 64 bits a float.
+        for number in (2**63, -(2**63) - 1, 2**64, 10**30, -(10**25)):
+            with self.subTest(number):
+                self.assertEqual(decode(b'{"id":%d}' % number), {"id": number})
+                self.assertIs(type(decode(b"[%d]" % number)[0]), int)
+
+    @given(_trees, st.booleans())
+    def test_read_as_the_json_module_reads(self, tree: Any, ascii_only: bool) -> None:
+        # Objects are lists of (name, value) pairs, written as they are, duplicates and all; what
+        # decode makes of the text is what the json module makes of it with a duplicate check.
+        text = _written(tree, ascii_only)
+        try:
+            expected = json.loads(text, object_pairs_hook=_strict_pairs)
+        except ValueError:
+            self.assertParseError(text.encode(), "appears twice")
+        else:
+            self.assertEqual(repr(decode(text.encode())), repr(expected))
+            self.assertEqual(repr(decode(text)), repr(expected))
 
     def test_syntax_errors_say_where(self) -> None:
         self.assertParseError(b'{"a":', "char 5")
