@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.observe.health import CheckResult
-from mcpd.observe.metrics import Metrics
+from mcpd.observe.metrics import DURATION_BUCKETS, Metrics
 from mcpd.observe.stats import RequestStats, Vitals
 from tests.engine_harness import record
 
@@ -95,4 +98,31 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(self.metrics.requests._children, children)
         self.assertIs(
             self.metrics.requests._children[("http", "tools/call", "echo")], children[("http", "tools/call", "echo")]
+        )
+
+    def test_duration_exposed_as_prometheus_client_histogram_is(self) -> None:
+        # The durations are counted in plain lists (DurationHistogram); what /metrics shows must
+        # be what prometheus_client's own Histogram shows for the same observations.
+        registry = CollectorRegistry(auto_describe=False)
+        reference = Histogram(
+            "mcp_request_duration_seconds",
+            "Time the engine took to answer a request, by transport, method and tool.",
+            ("transport", "method", "tool"),
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        ours = CollectorRegistry(auto_describe=False)
+        ours.register(self.metrics.requests.duration)  # type: ignore[arg-type]
+        durations = (0.0, 0.0001, 0.0005, 0.0007, 0.001, 0.0025, 0.003, 5.0, 12.0, 30.0, 31.0, 1e9)
+        for transport in ("http", "websocket"):
+            for method, tool in (("tools/call", "echo"), ("tools/list", None)):
+                for duration in durations:
+                    self.feed(record(method=method, tool=tool, duration=duration, transport=transport))
+                    reference.labels(transport, method, "" if tool is None else tool).observe(duration)
+        created = re.compile(rb"(_created\{[^}]*\}) \S+")
+        expected, got = (created.sub(rb"\1 T", generate_latest(r)) for r in (registry, ours))
+        self.assertEqual(got, expected)
+        self.assertIn(
+            b'mcp_request_duration_seconds_bucket{le="+Inf",method="tools/list",tool="",transport="websocket"} 12.0',
+            got,
         )
