@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -203,6 +203,8 @@ class DecodeTests(SynchronousTestCase):
                 self.assertEqual(decode(b'{"id":%d}' % number), {"id": number})
                 self.assertIs(type(decode(b"[%d]" % number)[0]), int)
 
+    # A loaded CI machine must not fail it for being slow to make examples.
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_trees, st.booleans())
     def test_read_as_the_json_module_reads(self, tree: Any, ascii_only: bool) -> None:
         # Objects are lists of (name, value) pairs, written as they are, duplicates and all; what
