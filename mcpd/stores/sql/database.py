@@ -466,6 +466,10 @@ class RawConnection:
 
     def executemany(self, statement: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
         sql, _defaults = raw_sql(statement, self.dialect)
+        return self.executemany_sql(sql, rows)
+
+    def executemany_sql(self, sql: str, rows: Sequence[Any]) -> Any:
+        """Run the driver's own SQL once per row (PyMySQL makes one INSERT of them all)."""
         return self._call(sql, rows, self.cursor.executemany, sql, rows)
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
