@@ -280,7 +280,6 @@ class MariaDBAuditStoreTests(_AuditStoreSuite, TestCase):
         server = shared_mariadb()
         return DatabaseConfig(url=database_url(server.url(server.new_database()), "unused", PASSWORD))
 
-
     @inlineCallbacks
     def test_a_batch_retried_after_a_deadlock_is_written(self) -> Any:
         """A batch whose transaction MariaDB fails as a deadlock (1213) is retried with its rows:

@@ -737,7 +737,13 @@ class MigrationTests(TestCase):
             for n, (title, body) in enumerate([("café", "naïve ☃ text"), ("plain", "x" * 70_000)]):
                 connection.execute(
                     notes_table.insert().values(
-                        id=f"n{n}", tenant=A, title=title, body=body, tags="[]", created_at=now, updated_at=now,
+                        id=f"n{n}",
+                        tenant=A,
+                        title=title,
+                        body=body,
+                        tags="[]",
+                        created_at=now,
+                        updated_at=now,
                         created_by="a",
                     )
                 )
@@ -928,9 +934,7 @@ class OutageTests(TestCase):
         yield self.failUnlessFailure(board.list_projects(A, 10, None), StoreUnavailable)
         # A statement on the driver's own connection (note.search) is classified alike.
         yield deferLater(reactor, 1.1, lambda: None)  # past the retry interval: it tries
-        failure = yield self.failUnlessFailure(
-            SQLNoteStore(database).search_notes(A, "x", None, 10), StoreUnavailable
-        )
+        failure = yield self.failUnlessFailure(SQLNoteStore(database).search_notes(A, "x", None, 10), StoreUnavailable)
         self.assertIn("database is unavailable (temporary)", str(failure))
         yield deferToThread(server.start)
         for _attempt in range(50):
@@ -1003,7 +1007,6 @@ class BusyProbeTests(TestCase):
         yield DeferredList([stuck, *held], fireOnOneErrback=True)
         self.assertEqual((yield self.database.check()).state, "up")
         self.assertEqual(prober.qsize(), 0)
-
 
     @inlineCallbacks
     def test_queue_depth_counts_the_store_calls_alone(self) -> Any:
