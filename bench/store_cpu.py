@@ -87,7 +87,7 @@ def main(reactor: Any, argv: Sequence[str]) -> Any:
             TENANT, {"project": "bench", "title": "A benchmark task", "priority": "high", "tags": ["bench"]}, "b"
         ),
         "task.list": lambda n: board.list_tasks(TENANT, {"project": "bench"}, 20, None),
-        "note.search": lambda n: notes.search_notes(TENANT, "deploy pipeline", None, 10, 0),
+        "note.search": lambda n: notes.search_notes(TENANT, "deploy pipeline", None, 10),
     }
     for name in args.tools.split(","):
         yield measure(name, operations[name], args.calls, args.concurrency)

@@ -150,14 +150,42 @@ def index_available(settings: Settings) -> bool:
     return all(importlib.util.find_spec(name) is not None for name in needed)
 
 
+def read_secrets(settings: Settings) -> Settings:
+    """``settings`` with the password files given read into the passwords they hold, each file
+    once: start-up needs a password in several places (checking the settings, the store, the
+    cluster's identity), and a file read again may have changed or gone; a pipe, such as a
+    shell's ``<(...)``, gives its text once and then blocks the next reader. `ConfigError`
+    naming the file that cannot be read."""
+    changes: dict[str, Any] = {}
+    if settings.db_password is None and settings.db_password_file:
+        changes["db_password"] = _first_line(settings.db_password_file, "--db-password-file")
+    if settings.redis_url is not None and settings.redis_password is None and settings.redis_password_file:
+        changes["redis_password"] = _first_line(settings.redis_password_file, "--redis-password-file")
+    if settings.sql_password_file:
+        names = {name for name, _url in settings.sql_source}
+        passwords = dict(settings.sql_passwords)
+        for name, path in settings.sql_password_file:
+            if name not in names:
+                raise ConfigError(f"--sql-password-file {name}: there is no --sql-source {name}")
+            passwords[name] = _first_line(path, f"--sql-password-file {name}")
+        changes["sql_passwords"] = tuple(passwords.items())
+        changes["sql_password_file"] = ()
+    return attrs.evolve(settings, **changes) if changes else settings
+
+
+def _first_line(path: str, option: str, error: type[Exception] = ConfigError) -> str:
+    """A password file's password: its first line, stripped ("" for an empty file)."""
+    lines = read_lines(path, option, error)
+    return lines[0][1].strip() if lines else ""
+
+
 def sql_config(settings: Settings) -> DatabaseConfig:
     """The SQL store's configuration; `DatabaseConfigError` naming the setting that is wrong."""
     from mcpd.stores.sql.config import DatabaseConfig, DatabaseConfigError, database_url
 
     password = settings.db_password
     if password is None and settings.db_password_file:
-        lines = read_lines(settings.db_password_file, "--db-password-file", DatabaseConfigError)
-        password = lines[0][1].strip() if lines else ""
+        password = _first_line(settings.db_password_file, "--db-password-file", DatabaseConfigError)
     return DatabaseConfig(
         url=database_url(settings.db_url, settings.data_dir, password),
         pool_size=settings.db_pool_size,
@@ -182,8 +210,7 @@ def sql_sources_config(settings: Settings) -> list[SourceConfig]:
     for name, path in settings.sql_password_file:
         if name not in names:
             raise SourceConfigError(f"--sql-password-file {name}: there is no --sql-source {name}")
-        lines = read_lines(path, f"--sql-password-file {name}", SourceConfigError)
-        passwords[name] = lines[0][1].strip() if lines else ""
+        passwords[name] = _first_line(path, f"--sql-password-file {name}", SourceConfigError)
     return [source_config(name, url, passwords.get(name)) for name, url in settings.sql_source]
 
 
@@ -196,8 +223,7 @@ def redis_settings(settings: Settings) -> RedisConfig | None:
 
     password = settings.redis_password
     if password is None and settings.redis_password_file:
-        lines = read_lines(settings.redis_password_file, "--redis-password-file")
-        password = lines[0][1].strip() if lines else ""
+        password = _first_line(settings.redis_password_file, "--redis-password-file")
     if settings.redis_ca_file:
         read_lines(settings.redis_ca_file, "--redis-ca-file")
     try:

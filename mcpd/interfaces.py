@@ -612,10 +612,11 @@ class INoteStore(Interface):
         """Delete a note; False when there was none by that id."""
 
     def search_notes(
-        tenant: str, query: str, tag: str | None, limit: int, offset: int
-    ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
-        """Notes ranked by relevance to ``query`` (``id, title, snippet, score, tags``), and
-        whether more follow."""
+        tenant: str, query: str, tag: str | None, limit: int, shown: Set[str]
+    ) -> Deferred[tuple[list[dict[str, Any]], bool, list[str]]]:
+        """Notes ranked by relevance to ``query`` (``id, title, snippet, score, tags``), none of
+        ``shown`` (the keys of what earlier pages showed, `mcpd.stores.shown`); whether more
+        follow, and if so ``shown`` with this page's keys too."""
 
     def note_ids(tenant: str, prefix: str, limit: int) -> Deferred[list[str]]:
         """Note ids starting with ``prefix``, newest first (completion)."""

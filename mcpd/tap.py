@@ -13,7 +13,7 @@ from twisted.python import usage
 
 from mcpd._version import __version__
 from mcpd.config import KNOBS, ConfigError, Settings, read_env_file, resolve
-from mcpd.daemon import build_service, check_settings, load_packs
+from mcpd.daemon import build_service, check_settings, load_packs, read_secrets
 from mcpd.observe import logging as mcpd_logging
 from mcpd.tools.pack import ToolPack
 
@@ -94,7 +94,8 @@ class Options(usage.Options):
                 flags[knob.name] = True if flags[knob.name] else None
         try:
             file_values = read_env_file(self["config"]) if self["config"] else {}
-            self.settings = settings = resolve(flags, os.environ, file_values, stdio=bool(self["stdio"]))
+            settings = resolve(flags, os.environ, file_values, stdio=bool(self["stdio"]))
+            self.settings = settings = read_secrets(settings)
             self.packs = load_packs(settings)
             # --stdio checks no listener: the reactor is not imported for it (`mcpd` then
             # installs one without TLS: mcpd.cli.install_stdio_reactor).

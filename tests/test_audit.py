@@ -280,6 +280,30 @@ class MariaDBAuditStoreTests(_AuditStoreSuite, TestCase):
         server = shared_mariadb()
         return DatabaseConfig(url=database_url(server.url(server.new_database()), "unused", PASSWORD))
 
+    @inlineCallbacks
+    def test_a_batch_retried_after_a_deadlock_is_written(self) -> Any:
+        """A batch whose transaction MariaDB fails as a deadlock (1213) is retried with its rows:
+        the records came as an iterator, which the first attempt had used up, and the retry
+        wrote none and said 0, so the writer lost the batch without counting it dropped."""
+
+        def fail_once(connection: Any) -> None:
+            # The counter is MyISAM: the failed insert's rollback does not undo its decrement.
+            connection.exec_driver_sql("CREATE TABLE deadlocks (n INT) ENGINE=MyISAM")
+            connection.exec_driver_sql("INSERT INTO deadlocks VALUES (1)")
+            connection.exec_driver_sql(
+                "CREATE TRIGGER audit_deadlock BEFORE INSERT ON audit_records FOR EACH ROW BEGIN "
+                "IF (SELECT n FROM deadlocks) > 0 THEN UPDATE deadlocks SET n = n - 1; "
+                "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'Deadlock found'; END IF; END"
+            )
+
+        yield self.database.run("setup", fail_once, write=True)
+        written = yield self.log.append(map(fields, [record(n) for n in range(3)]))
+        self.assertEqual(written, 3)
+        page, _ = yield self.log.search(A, {}, 10, None)
+        self.assertEqual([r["request_id"] for r in page], [2, 1, 0])
+        left = yield self.database.run("left", lambda c: c.exec_driver_sql("SELECT n FROM deadlocks").scalar())
+        self.assertEqual(left, 0)  # the deadlock did happen
+
 
 class AuditWriterTests(TestCase):
     """The writer against a real SQLite store, its loops on a Clock."""

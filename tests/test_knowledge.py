@@ -19,7 +19,7 @@ from alembic import command
 from sqlalchemy import func, inspect, select, update
 from sqlalchemy.engine import URL
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -426,6 +426,43 @@ class RebuildLeaseContract:
         found = yield self.search("docs")
         self.assertEqual(sorted(hit["text"] for hit in found["results"]), ["apple docs", "date docs"])
         self.assertEqual(found["index"], INDEX_OK)
+
+    @inlineCallbacks
+    def test_a_failed_build_gives_its_marker_back_and_the_others_catch_up(self) -> Any:
+        """The second collection's build fails once swapped (its outbox could not be cleared): its
+        marker is given back, and the first, rebuilt, still catches up on the change kept while it
+        was built and is unmarked; the failure is the one raised. (The catch-up paired each rebuilt
+        collection with a marker: the failed one's, left over, made it raise ValueError instead,
+        before any catch-up, leaving both markers to hold their work until the lease expired.)"""
+        for collection in ("docs", "more"):
+            yield self.store.create_collection("acme", collection, None, "standard", "alice")
+            yield self.store.add_document("acme", collection, document(f"apple {collection}"), "alice")
+        more = index_collection((yield self.store.sql.find_collection("acme", "more"))["id"])
+        fill = self.store.retriever.index_chunks
+        clear = self.store.sql.clear_work
+
+        async def changed_meanwhile(name: str, chunks: Any, analyzer: str = "standard") -> int:
+            if "__b" in name and len(chunks) == 1 and "apple docs" in chunks[0].text:
+                await self.store.add_document("acme", "docs", document("date docs"), "alice")
+            return await fill(name, chunks, analyzer)
+
+        def clear_fails_for_more(collection: str, up_to: int) -> Deferred[None]:
+            if collection == more:
+                return fail(StoreUnavailable("database", "the database is locked by another writer"))
+            return clear(collection, up_to)
+
+        self.store.retriever.index_chunks = changed_meanwhile  # type: ignore[assignment,method-assign]
+        self.store.sql.clear_work = clear_fails_for_more  # type: ignore[method-assign]
+        yield self.assertFailure(
+            Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name in ("docs", "more"), grace=0)),
+            StoreUnavailable,
+        )
+        self.assertNotIn(REBUILD, [kind for _, kind in (yield self.outbox())])  # neither collection's
+        found = yield self.search("docs")  # docs' kept change reached its rebuilt index
+        self.assertEqual(sorted(hit["text"] for hit in found["results"]), ["apple docs", "date docs"])
+        self.store.sql.clear_work = clear  # type: ignore[method-assign]
+        yield self.reindexer.drain()
+        self.assertEqual((yield self.outbox()), [])
 
     @inlineCallbacks
     def test_a_second_rebuild_of_a_collection_under_way_is_refused_and_loses_nothing(self) -> Any:

@@ -12,6 +12,7 @@ cursors.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import warnings
@@ -237,6 +238,18 @@ class _PackScenarios(_Backends):
         seen = [note_id for page_ids in pages for note_id in page_ids]
         self.assertEqual(len(seen), len(set(seen)))
         self.assertGreater(len(seen), 3)  # the three releases and the checklist ("tag the release")
+        # A note shown on the first page deleted before the second moves every other up: the
+        # second page is still the best of those not shown (an offset skipped one).
+        first = structured(await call("note.search", {"query": "release", "limit": 1}))
+        self.assertEqual([n["id"] for n in first["notes"]], pages[0][:1])
+        structured(await call("note.delete", {"id": pages[0][0]}))
+        rest = structured(await call("note.search", {"query": "release", "limit": 10, "cursor": first["next_cursor"]}))
+        self.assertEqual(sorted(n["id"] for n in rest["notes"]), sorted(seen[1:]))
+        # A cursor of the offset kind this server gave out before is refused, not misread.
+        position = json.loads(base64.urlsafe_b64decode(first["next_cursor"] + "=" * (-len(first["next_cursor"]) % 4)))
+        old = base64.urlsafe_b64encode(json.dumps({**position, "p": 1}).encode()).decode().rstrip("=")
+        refused = error_text(await call("note.search", {"query": "release", "limit": 1, "cursor": old}))
+        self.assertIn("cursor is not one this server gave out: call again without cursor", refused)
         self.assertIn("no words", error_text(await call("note.search", {"query": "?!"})))
         self.assertEqual(structured(await call("note.search", {"query": "deploy", "tag": "none"}))["notes"], [])
         changed = structured(

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -1207,3 +1209,71 @@ class GiveUpTests(_Guarded, TestCase):
         self.assertLess(time.monotonic() - started, 0.5)
         self.assertIn("one value is past", said)
         self.assertEqual(self.run_guarded(source, "SELECT length(randomblob(1000000))")["rows"], [[1_000_000]])
+
+
+# -- password files ---------------------------------------------------------------------------
+
+
+def _fifo_once(path: Path, text: str) -> None:
+    """A named pipe at ``path`` that gives ``text`` to its first reader only (as a shell's
+    ``<(...)`` does): a second reader waits for a writer that never comes."""
+    os.mkfifo(path)
+
+    def write() -> None:
+        with open(path, "w", encoding="utf-8") as pipe:
+            pipe.write(text)
+
+    threading.Thread(target=write, name=f"fifo-{path.name}", daemon=True).start()
+
+
+class PasswordFileTests(DaemonTestCase):
+    """Start-up reads each password file once, however many parts of the daemon need it."""
+
+    timeout = 60
+
+    def test_each_password_file_is_read_once(self) -> None:
+        path = self.workdir / "shop.sqlite3"
+        sqlite_source(path)
+        _fifo_once(self.workdir / "db-password", "unused by SQLite\n")
+        _fifo_once(self.workdir / "crm-password", "secret-of-crm\n")
+        daemon = self.start_daemon(
+            f"--sql-source=shop=sqlite:///{path}",
+            f"--sql-source=crm=mysql+pymysql://{USER}@127.0.0.1:{free_port()}/mcpd_crm",
+            f"--sql-password-file=crm={self.workdir / 'crm-password'}",
+            f"--db-password-file={self.workdir / 'db-password'}",
+            fixture_pack=False,
+        )
+        assert daemon.port is not None
+        reply = call_tool(daemon.port, "sql.query", {"source": "shop", "sql": "SELECT COUNT(*) FROM customers"})
+        self.assertEqual(reply["result"]["structuredContent"]["rows"], [[2]])
+        reply = call_tool(daemon.port, "task.list", {})
+        self.assertFalse(reply["result"].get("isError"), reply)
+
+    def test_the_passwords_are_those_read_at_start_up(self) -> None:
+        """A file changed after start-up read it changes none of the passwords the daemon's
+        stores are then built with (they used to read each file again)."""
+        from mcpd.daemon import redis_settings, sql_config
+        from mcpd.tap import Options
+
+        files = {name: self.workdir / f"{name}-password" for name in ("db", "redis", "crm")}
+        for name, file in files.items():
+            file.write_text(f"{name}-at-start\n")
+        options = Options()
+        options.parseOptions(
+            [
+                "--db-url=mysql+pymysql://mcpd@127.0.0.1/mcpd",
+                f"--db-password-file={files['db']}",
+                "--redis-url=redis://127.0.0.1:1/0",
+                f"--redis-password-file={files['redis']}",
+                "--sql-source=crm=mysql+pymysql://reader@127.0.0.1/crm",
+                f"--sql-password-file=crm={files['crm']}",
+            ]
+        )
+        for file in files.values():
+            file.write_text("changed\n")
+        settings = options.settings
+        self.assertEqual(sql_config(settings).url.password, "db-at-start")
+        redis = redis_settings(settings)
+        assert redis is not None
+        self.assertEqual(redis.password, "redis-at-start")
+        self.assertEqual([source.url.password for source in sql_sources_config(settings)], ["crm-at-start"])

@@ -10,6 +10,7 @@ the configuration (no password in what is shown), and an outage of a real MariaD
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import stat
 import subprocess
@@ -30,7 +31,7 @@ from mcpd.interfaces import Conflict, INoteStore, IStore, ITaskBoard, NotFound, 
 from mcpd.stores.sql import migrate
 from mcpd.stores.sql.config import DatabaseConfig, DatabaseConfigError, database_url
 from mcpd.stores.sql.database import SQLDatabase, build_engine
-from mcpd.stores.sql.notes import CANDIDATES, SQLNoteStore, cut_snippet, search_terms
+from mcpd.stores.sql.notes import CANDIDATES, SQLNoteStore, _mysql_statistics, cut_snippet, search_terms
 from mcpd.stores.sql.schema import notes as notes_table
 from mcpd.stores.sql.service import SQLStoreService
 from mcpd.stores.sql.tasks import SQLTaskBoard
@@ -364,7 +365,7 @@ class _StoreSuite:
         self.assertEqual((yield self.board.task_ids(B, "", 100)), [])
         self.assertEqual((yield self.board.project_names(B, "", 100)), ["other"])
         yield self.refused(self.board.project_status(B, "web", 10), NotFound)
-        self.assertEqual((yield self.notes.search_notes(B, "secret", None, 10, 0)), ([], False))
+        self.assertEqual((yield self.notes.search_notes(B, "secret", None, 10)), ([], False, []))
         yield self.refused(self.notes.get_note(B, note["id"]), NotFound)
         yield self.refused(self.notes.save_note(B, {"id": note["id"], "title": "x", "body": "y"}, "eve"), NotFound)
         self.assertFalse((yield self.notes.delete_note(B, note["id"])))
@@ -385,14 +386,14 @@ class _StoreSuite:
             A, {"id": note["id"], "title": "Release", "body": "new", "tags": []}, "bob"
         )
         self.assertEqual((changed["title"], changed["created_by"], changed["tags"]), ("Release", "alice", []))
-        self.assertEqual((yield self.notes.search_notes(A, "deploy", None, 10, 0)), ([], False))
-        found, _ = yield self.notes.search_notes(A, "release", None, 10, 0)
+        self.assertEqual((yield self.notes.search_notes(A, "deploy", None, 10)), ([], False, []))
+        found, _, _ = yield self.notes.search_notes(A, "release", None, 10)
         self.assertEqual([n["id"] for n in found], [note["id"]])
         yield self.refused(self.notes.save_note(A, {"id": "nope", "title": "x", "body": "y"}, "bob"), NotFound)
         self.assertTrue((yield self.notes.delete_note(A, note["id"])))
         self.assertFalse((yield self.notes.delete_note(A, note["id"])))
         yield self.refused(self.notes.get_note(A, note["id"]), NotFound)
-        self.assertEqual((yield self.notes.search_notes(A, "release", None, 10, 0)), ([], False))
+        self.assertEqual((yield self.notes.search_notes(A, "release", None, 10)), ([], False, []))
 
     @inlineCallbacks
     def test_search_is_ranked(self) -> Any:
@@ -406,19 +407,39 @@ class _StoreSuite:
         yield save(A, {"title": "Random", "body": filler * 3}, "a")
         for i in range(3):
             yield save(A, {"title": f"Other {i}", "body": f"{filler} unrelated text number {i}"}, "a")
-        found, more = yield self.notes.search_notes(A, "Kubernetes", None, 10, 0)
+        found, more, _ = yield self.notes.search_notes(A, "Kubernetes", None, 10)
         self.assertFalse(more)
         self.assertEqual([n["title"] for n in found], ["Kubernetes upgrade", "Meeting notes"])  # title match first
         self.assertGreater(found[0]["score"], found[1]["score"])
         self.assertIn("**kubernetes**", found[1]["snippet"].lower())
-        tagged, _ = yield self.notes.search_notes(A, "kubernetes", "nope", 10, 0)
+        tagged, _, _ = yield self.notes.search_notes(A, "kubernetes", "nope", 10)
         self.assertEqual(tagged, [])
-        first, more = yield self.notes.search_notes(A, "kubernetes budget", None, 1, 0)
+        first, more, shown = yield self.notes.search_notes(A, "kubernetes budget", None, 1)
         self.assertTrue(more)
-        second, more = yield self.notes.search_notes(A, "kubernetes budget", None, 1, 1)
+        second, more, _ = yield self.notes.search_notes(A, "kubernetes budget", None, 1, frozenset(shown))
         self.assertFalse(more)
         self.assertEqual({first[0]["title"], second[0]["title"]}, {"Kubernetes upgrade", "Meeting notes"})
-        self.assertEqual((yield self.notes.search_notes(A, "!!!", None, 10, 0)), ([], False))
+        self.assertEqual((yield self.notes.search_notes(A, "!!!", None, 10)), ([], False, []))
+
+    @inlineCallbacks
+    def test_search_pages_follow_what_was_shown(self) -> Any:
+        """A later page is the best of the notes not shown yet, though a shown note was deleted
+        between pages (the ranking moves up by one: an offset skipped a note, here the third)."""
+        ids = {}
+        for n in range(1, 7):  # "deploy" n times, bodies of one length: note 6 best
+            body = " ".join(["deploy"] * n + ["filler"] * (6 - n))
+            ids[n] = (yield self.notes.save_note(A, {"title": f"Note {n}", "body": body}, "alice"))["id"]
+        first, more, shown = yield self.notes.search_notes(A, "deploy", None, 2)
+        self.assertEqual(([note["id"] for note in first], more), ([ids[6], ids[5]], True))
+        self.assertTrue((yield self.notes.delete_note(A, ids[6])))
+        second, more, shown = yield self.notes.search_notes(A, "deploy", None, 2, frozenset(shown))
+        self.assertEqual(([note["id"] for note in second], more), ([ids[4], ids[3]], True))
+        # A note added between pages that ranks above what was shown is shown next.
+        top = yield self.notes.save_note(A, {"title": "deploy", "body": "deploy deploy"}, "alice")
+        third, more, shown = yield self.notes.search_notes(A, "deploy", None, 2, frozenset(shown))
+        self.assertEqual(([note["id"] for note in third], more), ([top["id"], ids[2]], True))
+        last, more, shown = yield self.notes.search_notes(A, "deploy", None, 2, frozenset(shown))
+        self.assertEqual(([note["id"] for note in last], more, shown), ([ids[1]], False, []))
 
     @inlineCallbacks
     def test_search_scores_depend_only_on_the_tenants_notes(self) -> Any:
@@ -442,10 +463,10 @@ class _StoreSuite:
         def searches() -> Deferred[list[Any]]:
             return DeferredList(
                 [
-                    self.notes.search_notes(A, "deploy pipeline", None, 10, 0),
-                    self.notes.search_notes(A, "deploy", None, 10, 0),
-                    self.notes.search_notes(A, "pipeline release", "ops", 10, 0),
-                    self.notes.search_notes(A, "deploy pipeline", None, 2, 1),
+                    self.notes.search_notes(A, "deploy pipeline", None, 10),
+                    self.notes.search_notes(A, "deploy", None, 10),
+                    self.notes.search_notes(A, "pipeline release", "ops", 10),
+                    self.notes.search_notes(A, "deploy pipeline", None, 2),
                 ],
                 fireOnOneErrback=True,
                 consumeErrors=True,
@@ -462,7 +483,7 @@ class _StoreSuite:
         for start in range(0, len(theirs), 50):
             yield DeferredList([save(B, note, "bob") for note in theirs[start : start + 50]], fireOnOneErrback=True)
         self.assertEqual((yield searches()), alone)
-        found, _ = yield self.notes.search_notes(B, "deploy", None, 5, 0)
+        found, _, _ = yield self.notes.search_notes(B, "deploy", None, 5)
         self.assertEqual({n["title"][:10] for n in found}, {"Deploy log"})
 
 
@@ -666,9 +687,9 @@ class MigrationTests(TestCase):
         service.startService()
         store = SQLNoteStore(database)
         try:
-            found, _ = yield store.search_notes(A, "deploy", None, 10, 0)
+            found, _, _ = yield store.search_notes(A, "deploy", None, 10)
             self.assertEqual([note["id"] for note in found], ["n0"])
-            theirs, _ = yield store.search_notes(B, "deploy", None, 10, 0)
+            theirs, _, _ = yield store.search_notes(B, "deploy", None, 10)
             self.assertEqual([note["id"] for note in theirs], ["n2"])
             # A tenant's only note holding the word scores as in an index of its own notes.
             alone = SQLDatabase(sqlite_config(self.mktemp()), reactor)
@@ -677,7 +698,7 @@ class MigrationTests(TestCase):
             self.addCleanup(alone_service.stopService)
             yield SQLNoteStore(alone).save_note(A, {"title": "deploy plan", "body": "body text"}, "a")
             yield SQLNoteStore(alone).save_note(A, {"title": "lunch", "body": "body text"}, "a")
-            again, _ = yield SQLNoteStore(alone).search_notes(A, "deploy", None, 10, 0)
+            again, _, _ = yield SQLNoteStore(alone).search_notes(A, "deploy", None, 10)
             self.assertEqual(found[0]["score"], again[0]["score"])
         finally:
             yield service.stopService()
@@ -691,6 +712,69 @@ class MigrationTests(TestCase):
         engine.dispose()
         self.assertEqual([row[0] for row in rows], ["n0", "n2"])
         self.assertEqual([name for (name,) in tables if len(name) > 30], [])
+
+    @inlineCallbacks
+    def note_lengths(self, config: DatabaseConfig) -> Any:
+        """Revision 0008 gives every note its length in characters (not bytes), kept on save;
+        its downgrade keeps every note and its tags."""
+        from alembic import command
+
+        engine = build_engine(config)
+        self.addCleanup(engine.dispose)
+
+        def at(revision: str, down: bool = False) -> None:
+            with engine.connect() as connection:
+                (command.downgrade if down else command.upgrade)(migrate._config(connection), revision)
+                connection.commit()
+
+        def rows(query: str) -> list[tuple[Any, ...]]:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.exec_driver_sql(query).all()]
+
+        yield deferToThread(at, "0007")
+        now = datetime.datetime(2026, 11, 30)
+        with engine.begin() as connection:
+            for n, (title, body) in enumerate([("café", "naïve ☃ text"), ("plain", "x" * 70_000)]):
+                connection.execute(
+                    notes_table.insert().values(
+                        id=f"n{n}",
+                        tenant=A,
+                        title=title,
+                        body=body,
+                        tags="[]",
+                        created_at=now,
+                        updated_at=now,
+                        created_by="a",
+                    )
+                )
+                connection.exec_driver_sql(f"INSERT INTO note_tags VALUES ('n{n}', '{A}', 'ops')")
+        yield deferToThread(at, "heads")
+        self.assertEqual(rows("SELECT id, length FROM notes ORDER BY id"), [("n0", 16), ("n1", 70_005)])
+        yield deferToThread(at, "0007", down=True)
+        self.assertEqual(rows("SELECT id, title FROM notes ORDER BY id"), [("n0", "café"), ("n1", "plain")])
+        self.assertEqual(rows("SELECT note_id, tag FROM note_tags ORDER BY note_id"), [("n0", "ops"), ("n1", "ops")])
+        yield deferToThread(at, "heads")
+        engine.dispose()
+        database = SQLDatabase(config, reactor)
+        service = SQLStoreService(database, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        store = SQLNoteStore(database)
+        saved = yield store.save_note(A, {"title": "é", "body": "☃☃"}, "a")
+        changed = yield store.save_note(A, {"id": saved["id"], "title": "ünï", "body": "çödé 😀"}, "a")
+        added = yield store.save_note(A, {"title": "é", "body": "☃☃"}, "a")
+        found = yield database.run("lengths", lambda c: c.exec_driver_sql("SELECT id, length FROM notes").all())
+        self.assertEqual(
+            sorted(tuple(row) for row in found),
+            sorted([("n0", 16), ("n1", 70_005), (changed["id"], 9), (added["id"], 3)]),
+        )
+
+    def test_note_lengths_sqlite(self) -> Deferred[None]:
+        return self.note_lengths(sqlite_config(self.mktemp()))
+
+    def test_note_lengths_mariadb(self) -> Deferred[None]:
+        server = shared_mariadb()
+        return self.note_lengths(mariadb_config(server, server.new_database()))
 
     def test_migrate_command(self) -> Deferred[None]:
         """``mcpd migrate --check`` says what is pending (exit 1); ``mcpd migrate`` applies it."""
@@ -850,9 +934,7 @@ class OutageTests(TestCase):
         yield self.failUnlessFailure(board.list_projects(A, 10, None), StoreUnavailable)
         # A statement on the driver's own connection (note.search) is classified alike.
         yield deferLater(reactor, 1.1, lambda: None)  # past the retry interval: it tries
-        failure = yield self.failUnlessFailure(
-            SQLNoteStore(database).search_notes(A, "x", None, 10, 0), StoreUnavailable
-        )
+        failure = yield self.failUnlessFailure(SQLNoteStore(database).search_notes(A, "x", None, 10), StoreUnavailable)
         self.assertIn("database is unavailable (temporary)", str(failure))
         yield deferToThread(server.start)
         for _attempt in range(50):
@@ -865,7 +947,7 @@ class OutageTests(TestCase):
             raise AssertionError("the store did not come back after the server did")
         self.assertEqual([p["name"] for p in page], ["web"])
         self.assertEqual((yield database.check()).state, "up")
-        self.assertEqual((yield SQLNoteStore(database).search_notes(A, "x", None, 10, 0)), ([], False))
+        self.assertEqual((yield SQLNoteStore(database).search_notes(A, "x", None, 10)), ([], False, []))
 
 
 class BusyProbeTests(TestCase):
@@ -926,6 +1008,28 @@ class BusyProbeTests(TestCase):
         self.assertEqual((yield self.database.check()).state, "up")
         self.assertEqual(prober.qsize(), 0)
 
+    @inlineCallbacks
+    def test_queue_depth_counts_the_store_calls_alone(self) -> Any:
+        """mcp_db_queue_depth is the calls waiting for the store's threads: probes queued behind
+        a stuck probe are not store calls (they made a stuck database look like a busy store)."""
+
+        def depth() -> float:
+            gauges = {metric.name: metric for metric in self.database.metrics.collect()}
+            return float(gauges["mcp_db_queue_depth"].samples[0].value)
+
+        prober = self.database.prober
+        stuck = prober.submit(self.release.wait, 30)
+        queued = [prober.submit(lambda: None) for _ in range(3)]
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(prober.qsize(), 3)
+        self.assertEqual(depth(), 0.0)
+        held = self.hold(self.database.pool.count + 2)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(depth(), 2.0)
+        self.release.set()
+        yield DeferredList([stuck, *queued, *held], fireOnOneErrback=True)
+        self.assertEqual(depth(), 0.0)
+
 
 class MariaDBSearchTests(TestCase):
     """note.search on a real MariaDB server: InnoDB's FULLTEXT index finds candidates, BM25 over
@@ -957,9 +1061,45 @@ class MariaDBSearchTests(TestCase):
                 *({"title": f"Other {n}", "body": filler} for n in range(4)),
             ],
         )
-        found, _ = yield self.notes.search_notes(A, "the kubernetes", None, 10, 0)
+        found, _, _ = yield self.notes.search_notes(A, "the kubernetes", None, 10)
         self.assertEqual([note["title"] for note in found], ["Two", "One"])
-        self.assertEqual((yield self.notes.search_notes(A, "the a", None, 10, 0)), ([], False))
+        self.assertEqual((yield self.notes.search_notes(A, "the a", None, 10)), ([], False, []))
+
+    @inlineCallbacks
+    def test_statistics_in_one_statement_from_the_length_index(self) -> None:
+        """A search's statistics (notes, mean length, notes holding each word) are one statement
+        that reads the (tenant, length) index, not every note's body; the scores are BM25's."""
+        yield self.save_all(A, [{"title": f"doc {n}", "body": "alpha beta gamma " * (n + 1)} for n in range(6)])
+        yield self.save_all(A, [{"title": "other", "body": "delta"}])
+        yield self.notes.search_notes(A, "alpha", None, 10)  # InnoDB's token rules, read once
+
+        def selects(connection: Any) -> int:
+            return int(connection.execute(text("SHOW GLOBAL STATUS LIKE 'Com_select'")).one()[1])
+
+        before = yield self.database.run("status", selects)
+        found, _, _ = yield self.notes.search_notes(A, "alpha beta gamma", None, 10)
+        after = yield self.database.run("status", selects)
+        # The candidates, their rows, the statistics.
+        self.assertEqual(after - before, 3)
+        self.assertEqual(len(found), 6)
+        lengths = [len(f"doc {n}") + len("alpha beta gamma " * (n + 1)) for n in range(6)] + [len("other") + 5]
+        mean = sum(lengths) / len(lengths)
+        weight = math.log((7 - 6 + 0.5) / (6 + 0.5))
+        weight = max(weight, 1e-6)
+        best = 3 * weight * 6 * 2.2 / (6 + 1.2 * (0.25 + 0.75 * lengths[5] / mean))
+        self.assertAlmostEqual(found[0]["score"], round(best, 6), places=5)
+
+        def plan(connection: Any) -> list[Any]:
+            statement = _mysql_statistics(1)
+            cursor = connection.connection.driver_connection.cursor()
+            cursor.execute("EXPLAIN " + statement, {"tenant": A, "w0": "alpha"})
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+        rows = yield self.database.run("explain", plan)
+        outer = next(row for row in rows if row["select_type"] == "PRIMARY")
+        self.assertEqual(outer["key"], "ix_notes_tenant_length", rows)
+        self.assertIn("Using index", outer["Extra"], rows)
 
     @inlineCallbacks
     def test_a_tag_filter_does_not_move_scores(self) -> None:
@@ -976,8 +1116,8 @@ class MariaDBSearchTests(TestCase):
                 for n in range(6)
             ],
         )
-        everything, _ = yield self.notes.search_notes(A, "deploy", None, 10, 0)
-        tagged, _ = yield self.notes.search_notes(A, "deploy", "ops", 10, 0)
+        everything, _, _ = yield self.notes.search_notes(A, "deploy", None, 10)
+        tagged, _, _ = yield self.notes.search_notes(A, "deploy", "ops", 10)
         self.assertEqual(len(everything), 4)
         self.assertEqual(tagged, [note for note in everything if note["title"] == "doc 0"])
 
@@ -1010,9 +1150,10 @@ class MariaDBSearchTests(TestCase):
             return int(connection.execute(text("SHOW GLOBAL STATUS LIKE 'Rows_sent'")).one()[1])
 
         before = yield self.database.run("status", rows_sent)
-        found, more = yield self.notes.search_notes(A, "alpha", None, 10, 0)
+        found, more, _ = yield self.notes.search_notes(A, "alpha", None, 10)
         after = yield self.database.run("status", rows_sent)
         self.assertEqual((len(found), more), (10, True))
         self.assertLessEqual(after - before, 2 * CANDIDATES + 100)
         # Past the candidates there is nothing to rank: an empty page, not a scan.
-        self.assertEqual((yield self.notes.search_notes(A, "alpha", None, 10, CANDIDATES)), ([], False))
+        shown = frozenset(f"{n:012d}" for n in range(CANDIDATES))
+        self.assertEqual((yield self.notes.search_notes(A, "alpha", None, 10, shown)), ([], False, []))

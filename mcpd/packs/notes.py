@@ -13,7 +13,15 @@ from typing import Any
 
 from mcpd.interfaces import INoteStore, NotFound
 from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
-from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
+from mcpd.tools.paging import (
+    CURSOR_SCHEMA,
+    NEXT_CURSOR_SCHEMA,
+    decode_cursor,
+    encode_cursor,
+    limit_of,
+    limit_schema,
+    shown_of,
+)
 
 pack = ToolPack("notes", "Shared markdown notes with tags and ranked full-text search.", needs=(INoteStore,))
 
@@ -122,15 +130,14 @@ def note_search(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     if not re.search(r"\w", query):
         raise ToolError('query has no words to search for: give one or more words, e.g. "deploy checklist"')
     filters = {"query": query, "tag": arguments.get("tag")}
-    offset = decode_cursor(ctx, "note.search", filters, arguments.get("cursor")) or 0
-    if not isinstance(offset, int) or offset < 0:
-        raise ToolError("cursor is not one this server gave out: call again without cursor")
-    limit = limit_of(arguments)
-    d = _notes(ctx).search_notes(ctx.tenant, query, arguments.get("tag"), limit, offset)
+    # The cursor names the notes already shown, not an offset: the ranking may move between
+    # pages (a note saved or deleted), and an offset would then repeat notes or skip them.
+    shown = shown_of(decode_cursor(ctx, "note.search", filters, arguments.get("cursor")))
+    d = _notes(ctx).search_notes(ctx.tenant, query, arguments.get("tag"), limit_of(arguments), shown)
 
-    def page(found: tuple[list[dict[str, Any]], bool]) -> dict[str, Any]:
-        notes, more = found
-        after = offset + len(notes) if more else None
+    def page(found: tuple[list[dict[str, Any]], bool, list[str]]) -> dict[str, Any]:
+        notes, more, now_shown = found
+        after = "".join(now_shown) if more else None
         return {"notes": notes, "next_cursor": encode_cursor(ctx, "note.search", filters, after)}
 
     return d.addCallback(page)

@@ -13,8 +13,6 @@ the index is behind; with the index down it falls back to a plain word scan of S
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence, Set
@@ -45,6 +43,7 @@ from mcpd.interfaces import (
 )
 from mcpd.stores.milvus import is_local
 from mcpd.stores.retrieval import Retriever
+from mcpd.stores.shown import shown_after, shown_key
 from mcpd.stores.sql.knowledge import (
     COLLECTION,
     MAX_ATTEMPTS,
@@ -65,9 +64,8 @@ INDEX_OK, INDEX_DEGRADED = "ok", "degraded"
 MAX_DEPTH = 1000
 # A search's cursor names what its pages have shown (not an offset): between two pages the index
 # may rank differently (the corpus changed, or Milvus Lite sealed or compacted segments, each of
-# which keeps its own BM25 statistics), and an offset would then repeat results and skip others.
-# Nine bytes: no two of a search's (at most MAX_DEPTH) results share a key, and twelve characters each.
-SHOWN_KEY_BYTES = 9
+# which keeps its own BM25 statistics), and an offset would then repeat results and skip others
+# (`mcpd.stores.shown`).
 SCAN_ROWS = 2000  # chunks a degraded (index down) search reads at most
 # Seconds a write waits for its indexing before answering "pending" (the indexing goes on): once
 # SQL has committed, a client that times out and retries would add the record twice. Well below
@@ -467,7 +465,7 @@ class KnowledgeStore:
             "notice": "; ".join(notices) or None,
             "index": INDEX_DEGRADED if pending else INDEX_OK,
             "more": len(results) > limit and len(shown) + limit < MAX_DEPTH,
-            "shown": _shown_after(shown, [result["chunk_id"] for result in page]),
+            "shown": shown_after(shown, [result["chunk_id"] for result in page]),
         }
 
     def _search_failed(self, error: Exception) -> StoreUnavailable:
@@ -534,7 +532,7 @@ class KnowledgeStore:
             ),
             "index": INDEX_DEGRADED,
             "more": len(results) > limit,
-            "shown": _shown_after(shown, [result["chunk_id"] for result in page]),
+            "shown": shown_after(shown, [result["chunk_id"] for result in page]),
         }
 
     # -- IMemoryStore ---------------------------------------------------------------------------
@@ -599,7 +597,7 @@ class KnowledgeStore:
             "notice": "; ".join(notices) or None,
             "index": INDEX_DEGRADED if pending else INDEX_OK,
             "more": len(found) > limit and len(shown) + limit < MAX_DEPTH,
-            "shown": _shown_after(shown, [memory["id"] for memory in page]),
+            "shown": shown_after(shown, [memory["id"] for memory in page]),
         }
 
     async def _scan_memories(
@@ -636,7 +634,7 @@ class KnowledgeStore:
             ),
             "index": INDEX_DEGRADED,
             "more": len(found) > limit,
-            "shown": _shown_after(shown, [memory["id"] for memory in page]),
+            "shown": shown_after(shown, [memory["id"] for memory in page]),
         }
 
     def list_memories(
@@ -697,18 +695,6 @@ def _deeper(depth: int, hits: Sequence[Any], kept: Sequence[float], wanted: int)
     # Ask for what is missing, scaled by the share dropped so far (at least four times as deep).
     missing = (wanted - len(kept)) * len(hits) // max(len(kept), 1)
     return min(MAX_DEPTH, max(depth * 4, depth + missing))
-
-
-def shown_key(record_id: str) -> str:
-    """A short key of a search result's id (a chunk's or a memory's): what a search's cursor
-    carries of each result it has shown, so that later pages leave them out."""
-    digest = hashlib.blake2b(record_id.encode(), digest_size=SHOWN_KEY_BYTES).digest()
-    return base64.urlsafe_b64encode(digest).decode()
-
-
-def _shown_after(shown: Set[str], page: Sequence[str]) -> list[str]:
-    """The keys of what was shown, this page's included (earlier pages' first)."""
-    return [*shown, *(shown_key(record_id) for record_id in page)]
 
 
 def _result(row: Any, collection: str, score: float, metadata: dict[str, Any]) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def decode_cursor(ctx: RequestContext, tool: str, filters: Mapping[str, Any], cu
     return position
 
 
-# The length of each key a search's cursor carries (`mcpd.stores.knowledge.shown_key`).
+# The length of each key a search's cursor carries (`mcpd.stores.shown.shown_key`).
 SHOWN_KEY_CHARS = 12
 
 

@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from mcpd.interfaces import AUDIT_FIELDS, IAuditLog
-from mcpd.stores.sql.database import SQLDatabase
+from mcpd.stores.sql.database import RawConnection, SQLDatabase
 from mcpd.stores.sql.schema import audit_records
 
 _C = audit_records.c
@@ -49,6 +49,8 @@ assert len(_COLUMNS) == len(AUDIT_FIELDS)
 _INSERT = "INSERT INTO audit_records ({columns}) VALUES ({markers})".format(
     columns=", ".join(_COLUMNS), markers="{marker}, " * (len(_COLUMNS) - 1) + "{marker}"
 )
+# By the driver's placeholders: SQLite's, PyMySQL's.
+_INSERTS = {True: _INSERT.format(marker="?"), False: _INSERT.format(marker="%s")}
 _OLDEST = select(_C.seq, _C.at).order_by(_C.seq).limit(bindparam("batch"))
 _DELETE = audit_records.delete().where(_C.seq.in_(bindparam("seqs", expanding=True)))
 # Filter argument -> column.
@@ -140,16 +142,20 @@ class SQLAuditLog:
         self.database = database
 
     def append(self, records: Iterable[Sequence[Any]]) -> Deferred[int]:
-        """Store ``records`` in one transaction (made into rows in the store's thread)."""
+        """Store ``records`` in one transaction (made into rows in the store's thread, once:
+        ``records`` may be an iterator, and a transaction retried after a deadlock must write
+        the same rows, not none), on the driver's own connection like the other hot writes."""
+        made: list[list[tuple[Any, ...]]] = []
 
-        def work(connection: Connection) -> int:
-            rows = list(map(_Rows(), records))
+        def work(connection: RawConnection) -> int:
+            if not made:
+                made.append(list(map(_Rows(), records)))
+            rows = made[0]
             if rows:
-                marker = "?" if connection.dialect.name == "sqlite" else "%s"
-                connection.exec_driver_sql(_INSERT.format(marker=marker), rows)
+                connection.executemany_sql(_INSERTS[connection.sqlite], rows)
             return len(rows)
 
-        return self.database.run("audit.append", work, write=True)
+        return self.database.run_raw("audit.append", work, write=True)
 
     def search(
         self, tenant: str, filters: dict[str, Any], limit: int, before: Any

@@ -103,7 +103,7 @@ class DatabaseMetrics:
         yield GaugeMetricFamily(
             "mcp_db_queue_depth",
             "SQL store operations waiting for one of the store's threads.",
-            value=float(sum(pool.qsize() for pool in database.pools)),
+            value=float(sum(pool.qsize() for pool in database.workers)),
         )
         yield GaugeMetricFamily(
             "mcp_db_up",
@@ -135,8 +135,10 @@ class SQLDatabase:
         # the readers' slow queries, so a busy store is not taken for a lost database.
         self.prober = QueueThreads(1, "mcpd-db-probe", reactor)
         self.probe_engine: Engine | None = None
-        workers = [self.pool] if self.writer is None else [self.pool, self.writer]
-        self.pools = [*workers, self.prober]
+        # The threads that run the store's calls (queue depth, busy or not), and every thread
+        # the store runs (started and stopped with it): the probe's too.
+        self.workers = [self.pool] if self.writer is None else [self.pool, self.writer]
+        self.pools = [*self.workers, self.prober]
         self.metrics = DatabaseMetrics(self)
         self.state = STARTING
         self.last_error: str | None = None
@@ -350,9 +352,8 @@ class SQLDatabase:
                 return StoreStatus(STORE, STORE_DOWN, self.last_error or failure.value.detail, latency)
             why = f"no answer within {self.config.timeout:g}s"
             if failure.check(defer.TimeoutError):
-                workers = [pool for pool in self.pools if pool is not self.prober]
-                waiting = sum(pool.qsize() for pool in workers)
-                running = sum(pool.running() for pool in workers)
+                waiting = sum(pool.qsize() for pool in self.workers)
+                running = sum(pool.running() for pool in self.workers)
                 if waiting or running:
                     busy = f"{why}: {running} call(s) running, {waiting} waiting for a thread"
                     return StoreStatus(STORE, STORE_DEGRADED, busy, latency)
@@ -465,6 +466,10 @@ class RawConnection:
 
     def executemany(self, statement: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
         sql, _defaults = raw_sql(statement, self.dialect)
+        return self.executemany_sql(sql, rows)
+
+    def executemany_sql(self, sql: str, rows: Sequence[Any]) -> Any:
+        """Run the driver's own SQL once per row (PyMySQL makes one INSERT of them all)."""
         return self._call(sql, rows, self.cursor.executemany, sql, rows)
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:

@@ -10,11 +10,17 @@ SQLite: each tenant's notes have an FTS5 table of their own (`fts_table`, made w
 first note; Porter stemming), whose ``bm25()`` and ``snippet()`` rank and cut. MySQL/MariaDB: an
 InnoDB FULLTEXT index finds the tenant's `CANDIDATES` notes most relevant to the words (by
 InnoDB's own relevance) and BM25 orders them here, with the tenant's note count, mean length (in
-characters) and count of notes holding each word; words InnoDB does not index (its stopwords, words
-shorter or longer than its token sizes) are left out, as FTS5 finds no note by a word it never
-saw. Ranking covers those candidates alone: a page past them is empty. The snippet is cut here the
-same way as FTS5's. Either way the words of the query are searched for, any of them, best
-matches first: not a substring scan.
+characters, kept in each note's ``length`` column on save and read from an index of its own) and
+count of notes holding each word, all read by one statement; words InnoDB does not index (its
+stopwords, words shorter or longer than its token sizes) are left out, as FTS5 finds no note by a
+word it never saw. Ranking covers those candidates alone: a page past them is empty. The snippet
+is cut here the same way as FTS5's. Either way the words of the query are searched for, any of
+them, best matches first: not a substring scan.
+
+Pages follow what was shown, not an offset (`mcpd.stores.shown`): a search's cursor names the
+notes its earlier pages showed, and a later page is the best of the others, so a note deleted,
+added or changed between pages (which moves every score) neither repeats a note nor skips one.
+A search pages at most `MAX_DEPTH` notes deep (the cursor grows with what it has shown).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any, TypeVar
 
 from sqlalchemy import select, text
@@ -33,6 +39,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from mcpd.interfaces import INoteStore, NotFound
+from mcpd.stores.shown import shown_after, shown_key
 from mcpd.stores.sql.database import RawConnection, SQLDatabase
 from mcpd.stores.sql.ids import new_id
 from mcpd.stores.sql.schema import note_tags, notes
@@ -41,6 +48,8 @@ from mcpd.stores.sql.tasks import iso, like_prefix, replace_tags, utcnow
 _WORD = re.compile(r"\w+")
 T = TypeVar("T")
 MAX_TERMS = 32
+# Most notes a search shows over all its pages (each costs its cursor 12 characters).
+MAX_DEPTH = 1000
 # Words around the first match in a snippet, and the markers around matched words.
 SNIPPET_WORDS = 16
 MARK = "**"
@@ -69,11 +78,11 @@ SELECT n.id, n.title, n.tags, -bm25({{table}}, {TITLE_WEIGHT}, 1.0) AS score,
 FROM {{table}} JOIN notes AS n ON n.seq = {{table}}.rowid
 WHERE {{table}} MATCH :match AND n.tenant = :tenant {{tag}}
 ORDER BY bm25({{table}}, {TITLE_WEIGHT}, 1.0), n.id
-LIMIT :limit OFFSET :offset
+LIMIT :limit
 """
 # MySQL/MariaDB: the tenant's notes holding any of the words, the most relevant to InnoDB first
 # (its relevance counts every tenant's notes: it only bounds the work; BM25 orders them), at most
-# `CANDIDATES` of them; how many of the tenant's notes hold one word; the tenant's statistics.
+# `CANDIDATES` of them; the tenant's statistics and how many of its notes hold each word.
 CANDIDATES = 500
 # Only their seq: sorting rows that carry their bodies costs InnoDB twice as much.
 _MYSQL_MATCHES = f"""
@@ -82,11 +91,11 @@ WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:words) {{tag}}
 ORDER BY MATCH(title, body) AGAINST (:words) DESC, seq LIMIT {CANDIDATES}
 """
 _MYSQL_CANDIDATES = "SELECT id, title, tags, body FROM notes WHERE seq IN ({marks})"
-_MYSQL_HOLDING = text(
-    "SELECT COUNT(*) FROM notes WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:word IN BOOLEAN MODE)"
-)
-_MYSQL_STATISTICS = text(
-    "SELECT COUNT(*), AVG(CHAR_LENGTH(title) + CHAR_LENGTH(body)) FROM notes WHERE tenant = :tenant"
+# One statement (PyMySQL's placeholders): the count and mean length from the (tenant, length)
+# index alone, then one count per word (`_mysql_statistics`).
+_MYSQL_STATISTICS = "SELECT COUNT(*), AVG(length){holding} FROM notes WHERE tenant = %(tenant)s"
+_MYSQL_HOLDING = (
+    ", (SELECT COUNT(*) FROM notes WHERE tenant = %(tenant)s AND MATCH(title, body) AGAINST (%(w{n})s IN BOOLEAN MODE))"
 )
 # What InnoDB leaves out of its FULLTEXT index (read once per store).
 _MYSQL_TOKEN_RULES = text(
@@ -99,6 +108,14 @@ _MYSQL_SEARCHES = {
     False: text(_MYSQL_MATCHES.format(tag="")),
     True: text(_MYSQL_MATCHES.format(tag=_TAGGED.format(alias=""))),
 }
+
+
+def _mysql_statistics(terms: int) -> str:
+    """The statistics statement for a query of ``terms`` words."""
+    return _MYSQL_STATISTICS.format(holding="".join(_MYSQL_HOLDING.format(n=n) for n in range(terms)))
+
+
+_MYSQL_STATISTICS_BY_TERMS = [_mysql_statistics(n) for n in range(MAX_TERMS + 1)]
 
 
 def fts_table(tenant: str) -> str:
@@ -179,7 +196,14 @@ class SQLNoteStore:
         def work(connection: Connection) -> dict[str, Any]:
             now = utcnow()
             tags = list(dict.fromkeys(note.get("tags") or ()))
-            values = {"title": note["title"], "body": note["body"], "tags": json.dumps(tags), "updated_at": now}
+            title, body = note["title"], note["body"]
+            values = {
+                "title": title,
+                "body": body,
+                "length": len(title) + len(body),  # characters, as MariaDB's CHAR_LENGTH counts
+                "tags": json.dumps(tags),
+                "updated_at": now,
+            }
             note_id = note.get("id")
             current = None
             if note_id is None:
@@ -246,26 +270,37 @@ class SQLNoteStore:
         return self.database.run("note.delete", work, write=True)
 
     def search_notes(
-        self, tenant: str, query: str, tag: str | None, limit: int, offset: int
-    ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
+        self, tenant: str, query: str, tag: str | None, limit: int, shown: Set[str] = frozenset()
+    ) -> Deferred[tuple[list[dict[str, Any]], bool, list[str]]]:
         terms = search_terms(query)
 
         def work(connection: RawConnection) -> tuple[list[dict[str, Any]], bool]:
             if not terms:
                 return [], False
-            params: dict[str, Any] = {"tenant": tenant, "limit": limit + 1, "offset": offset, "tag": tag}
+            params: dict[str, Any] = {"tenant": tenant, "tag": tag}
             if connection.sqlite:
-                return self._search_sqlite(connection, params, terms, tag is not None, limit)
-            return self._search_mysql(connection, params, terms, tag is not None, limit, offset)
+                return self._search_sqlite(connection, params, terms, tag is not None, limit, shown)
+            return self._search_mysql(connection, params, terms, tag is not None, limit, shown)
 
-        return self.database.run_raw("note.search", work)
+        def page(found: tuple[list[dict[str, Any]], bool]) -> tuple[list[dict[str, Any]], bool, list[str]]:
+            notes, more = found
+            more = more and len(shown) + limit < MAX_DEPTH
+            return notes, more, shown_after(shown, [note["id"] for note in notes]) if more else []
+
+        return self.database.run_raw("note.search", work).addCallback(page)
 
     def _search_mysql(
-        self, connection: RawConnection, params: dict[str, Any], terms: list[str], tagged: bool, limit: int, offset: int
+        self,
+        connection: RawConnection,
+        params: dict[str, Any],
+        terms: list[str],
+        tagged: bool,
+        limit: int,
+        shown: Set[str],
     ) -> tuple[list[dict[str, Any]], bool]:
         stopwords, shortest, longest = self._indexed_words(connection)
         terms = [term for term in terms if shortest <= len(term) <= longest and term not in stopwords]
-        if not terms or offset >= CANDIDATES:
+        if not terms or len(shown) >= CANDIDATES:
             return [], False
         params["words"] = " ".join(terms)
         seqs = [seq for (seq,) in connection.execute(_MYSQL_SEARCHES[tagged], params).fetchall()]
@@ -273,11 +308,14 @@ class SQLNoteStore:
             return [], False
         marks = ", ".join(["%s"] * len(seqs))  # PyMySQL's placeholders
         rows = connection.execute_sql(_MYSQL_CANDIDATES.format(marks=marks), seqs).fetchall()
-        tenant = {"tenant": params["tenant"]}
         # Over all the tenant's notes, whatever the tag: a filter must not move the scores.
-        holding = [connection.execute(_MYSQL_HOLDING, {**tenant, "word": term}).fetchone()[0] for term in terms]
-        notes_count, mean_length = connection.execute(_MYSQL_STATISTICS, tenant).fetchone()
-        ranked = rank(rows, terms, holding, notes_count, float(mean_length or 0))[offset : offset + limit + 1]
+        words = {"tenant": params["tenant"], **{f"w{n}": term for n, term in enumerate(terms)}}
+        notes_count, mean_length, *holding = connection.execute_sql(
+            _MYSQL_STATISTICS_BY_TERMS[len(terms)], words
+        ).fetchone()
+        ranked = rank(rows, terms, holding, notes_count, float(mean_length or 0))
+        if shown:
+            ranked = [(score, row) for score, row in ranked if shown_key(row[0]) not in shown]
         found = [
             {
                 "id": row[0],
@@ -307,7 +345,13 @@ class SQLNoteStore:
         return self._token_rules
 
     def _search_sqlite(
-        self, connection: RawConnection, params: dict[str, Any], terms: list[str], tagged: bool, limit: int
+        self,
+        connection: RawConnection,
+        params: dict[str, Any],
+        terms: list[str],
+        tagged: bool,
+        limit: int,
+        shown: Set[str],
     ) -> tuple[list[dict[str, Any]], bool]:
         table = fts_table(params["tenant"])
         if table not in self._fts_tables:
@@ -319,7 +363,11 @@ class SQLNoteStore:
         if sql is None:
             tag = _TAGGED.format(alias="n.") if tagged else ""
             sql = self._searches[table, tagged] = _SQLITE_SEARCH.format(table=table, tag=tag)
+        # Enough rows for a page and one more whichever of them earlier pages showed.
+        params["limit"] = len(shown) + limit + 1
         rows = connection.execute_sql(sql, params).fetchall()
+        if shown:
+            rows = [row for row in rows if shown_key(row[0]) not in shown]
         found = [
             {"id": row[0], "title": row[1], "snippet": row[4], "score": round(row[3], 6), "tags": json.loads(row[2])}
             for row in rows[:limit]

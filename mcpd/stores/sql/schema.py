@@ -130,12 +130,16 @@ notes = Table(
     Column("tenant", key(TENANT), nullable=False),
     Column("title", String(500), nullable=False),
     Column("body", long_text(), nullable=False),
+    # Characters in title and body, kept on save: MariaDB's BM25 takes the tenant's mean length
+    # from (tenant, length) alone, not from every body.
+    Column("length", Integer, nullable=False, server_default="0"),
     Column("tags", Text, nullable=False),
     Column("created_at", timestamp(), nullable=False),
     Column("updated_at", timestamp(), nullable=False),
     Column("created_by", key(64), nullable=False),
     UniqueConstraint("id", name="uq_notes_id"),
     Index("ix_notes_tenant_id", "tenant", "id"),
+    Index("ix_notes_tenant_length", "tenant", "length"),
     **TABLE_OPTIONS,
 )
 
