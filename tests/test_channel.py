@@ -146,6 +146,9 @@ class EdgeTests(RouteTestCase):
                 b"GET /health HTTP/1.1\r\n" + host + b"NoColon\r\n\r\n",
                 b"GET /health HTTP/1.1\r\n" + host + b"Bad Name: x\r\n\r\n",
                 b"POST /mcp HTTP/1.1\r\n" + host + b"Content-Length: abc\r\n\r\n",
+                # More digits than Python turns into an int (4,300): not a crash and no answer.
+                b"POST /mcp HTTP/1.1\r\n" + host + b"Content-Length: " + b"1" * 4301 + b"\r\n\r\n",
+                b"POST /mcp HTTP/1.1\r\n" + host + b"Content-Length: " + b"9" * 19 + b"\r\n\r\n",
                 b"POST /mcp HTTP/1.1\r\n" + host + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
                 b"POST /mcp HTTP/1.1\r\n" + host + b"Transfer-Encoding: gzip\r\n\r\n",
                 b"POST /mcp HTTP/1.1\r\n" + host + KEY_LINE + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
@@ -460,6 +463,18 @@ class OnePassHeadTests(SynchronousTestCase):
         self.assertIn(b"Content-Length: 10\r\nContent-Type: text/html\r\n\r\nhelloworld", ours)
         self.assertIn(b"HTTP/1.1 418 I'm a teapot\r\n", ours)
         self.assertIn(b"Set-Cookie: k=v\r\n", ours)
+
+    def test_a_length_too_long_to_read(self) -> None:
+        """A Content-Length of more digits than any length mcpd could take (or than Python
+        reads: 4,300) is a 400 with a JSON body, whole or in pieces, not an unhandled error."""
+        for digits in (19, 4301):
+            data = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"7" * digits + b"\r\n\r\n"
+            for pieces in (None, 3):
+                written, _, _ = self.serve(data, pieces, guarded=True)
+                self.assertTrue(written.startswith(b"HTTP/1.1 400 "), written[:80])
+                self.assertIn(b"Content-Length / Transfer-Encoding", written)
+                self.assertIn(b"\r\nConnection: close\r\n", written)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_a_head_split_across_reads(self) -> None:
         data = CASES["post"] + CASES["get"]

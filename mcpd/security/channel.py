@@ -35,6 +35,9 @@ from twisted.web.http_headers import InvalidHeaderName, _nameEncoder  # isort: s
 from mcpd.interfaces import IClosingChannel
 from mcpd.security.responses import raw_response
 
+# The most digits a Content-Length may have (10**18 bytes is past every body limit).
+_LENGTH_DIGITS = 18
+
 # Seconds a connection answered early may take to read its answer and close.
 LINGER = 2.0
 
@@ -158,7 +161,7 @@ class MCPChannel(HTTPChannel):
             if b"\r" in value or b"\n" in value or b"\x00" in value:
                 return False
             if known == b"Content-Length":
-                if decoder is not None or not value.isdigit():
+                if decoder is not None or not value.isdigit() or len(value) > _LENGTH_DIGITS:
                     return False
                 length, decoder = int(value), _IdentityTransferDecoder
             elif known == b"Transfer-Encoding":
@@ -201,6 +204,14 @@ class MCPChannel(HTTPChannel):
         else:
             self.setRawMode()
         return True
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        # Twisted 26.10 reads any run of digits with int(): past 4,300 of them Python raises
+        # ValueError, which went unhandled (a traceback logged, the client left unanswered).
+        # No length of more than 18 digits is one mcpd could take: a 400 like any bad length.
+        if header == b"Content-Length" and len(data) > _LENGTH_DIGITS:
+            return bool(self._failChooseTransferDecoder())
+        return bool(super()._maybeChooseTransferDecoder(header, data))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._too_large()
