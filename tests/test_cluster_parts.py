@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -1413,25 +1415,130 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
     """A task whose runner was killed on this host is settled by its next reader at once, not
     once the runner's registry entry has lapsed."""
 
+    def sleeper(self, argv: list[Any] | None = None) -> subprocess.Popen[bytes]:
+        """A live process (killed and reaped at cleanup)."""
+        child = subprocess.Popen(argv or [sys.executable, "-c", "import time; time.sleep(60)"])
+        self.addCleanup(lambda: (child.kill(), child.wait()))
+        return child
+
+    @inlineCallbacks
+    def entry(self, registry: InstanceRegistry, instance: str, pid: int, **changes: Any) -> Any:
+        """Write a registry entry of ``instance``: the process ``pid`` of this host (as it is now)."""
+        state = process_state(pid)
+        assert state is not None
+        entry = {**registry.entry, "id": instance, "pid": pid, "start_ticks": state[1], **changes}
+        yield self.connection.execute("SET", registry.key(instance), json.dumps(entry), "PX", 60_000)
+        yield self.connection.execute("SADD", self.connection.key("instances"), instance)
+
+    @inlineCallbacks
+    def killed(self, child: subprocess.Popen[bytes]) -> Any:
+        """Kill ``child``: a zombie until reaped, not running."""
+        child.kill()
+        yield wait_for(lambda: (process_state(child.pid) or ("Z",))[0] == "Z")
+
     @inlineCallbacks
     def test_a_reader_settles_the_task_of_a_killed_runner_at_once(self) -> Any:
         registry = InstanceRegistry(self.bus, [], [], clock=reactor)
         store = RedisTaskStore(self.connection)
         relay = TaskRelay(self.bus, TaskManager(store, reactor), reactor, registry)
         self.addCleanup(relay.stop)
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        self.addCleanup(lambda: (child.kill(), child.wait()))
-        state = process_state(child.pid)
-        assert state is not None
-        entry = {**registry.entry, "id": "runner0123", "pid": child.pid, "start_ticks": state[1]}
-        yield self.connection.execute("SET", registry.key("runner0123"), json.dumps(entry), "PX", 60_000)
+        child = self.sleeper()
+        yield self.entry(registry, "runner0123", child.pid)
         record = TaskRecord("t-killed", "session:s1", False, reactor.seconds(), 60_000, 500, runner="runner0123")
         yield store.add(record, reactor.seconds())
         self.assertEqual((yield relay.check(record)).status, WORKING)
 
-        child.kill()
-        yield wait_for(lambda: (process_state(child.pid) or ("Z",))[0] == "Z")
+        yield self.killed(child)
         relay._alive.clear()  # past SEEN_ALIVE
         settled = yield relay.check(record)
         self.assertEqual((settled.status, settled.status_message), (FAILED, ORPHANED))
         self.assertEqual((yield store.get("t-killed")).status, FAILED)
+
+    @inlineCallbacks
+    def test_every_task_of_a_killed_runner_fails(self) -> Any:
+        """The first check of a killed runner forgets its entry; the checks of its other tasks
+        still find it gone, though this instance's registry is not `sure` yet (just started,
+        or back from a Redis outage): tasks/list settles all of a page, tasks/get each one."""
+        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        store = RedisTaskStore(self.connection)
+        manager = TaskManager(store, reactor)
+        relay = TaskRelay(self.bus, manager, reactor, registry)
+        self.addCleanup(relay.stop)
+        tasks: dict[str, list[str]] = {"listed0123": [], "gotten0123": []}
+        children = {}
+        for runner, ids in tasks.items():
+            children[runner] = self.sleeper()
+            yield self.entry(registry, runner, children[runner].pid)
+            for n in range(3):
+                ids.append(f"t-{runner}-{n}")
+                record = TaskRecord(ids[-1], "session:s1", False, reactor.seconds(), 60_000, 500, runner=runner)
+                yield store.add(record, reactor.seconds())
+        for child in children.values():
+            yield self.killed(child)
+        self.assertFalse(registry.sure())
+
+        listed = yield manager.list(legacy("tasks/list", ""), 50)
+        page = {task["taskId"]: task["status"] for task in listed["tasks"]}
+        self.assertEqual([page[task_id] for task_id in tasks["listed0123"]], [FAILED] * 3)
+        for task_id in tasks["listed0123"] + tasks["gotten0123"]:
+            got = yield manager.get(legacy("tasks/get", task_id))
+            self.assertEqual((got["status"], got["statusMessage"]), (FAILED, ORPHANED))
+            self.assertEqual((yield store.get(task_id)).status, FAILED)
+        self.assertFalse((yield registry.alive("gotten0123")))
+
+    @inlineCallbacks
+    def test_a_live_process_is_not_gone(self) -> Any:
+        """An entry naming a live process of this host is not gone: one whose command name is
+        not ASCII (and holds ')' and spaces); one whose /proc files cannot be read, as another
+        instance's under debian/mcpd.service (``ProtectProc=invisible``, ``PrivateUsers=yes``),
+        gone only once the kernel has no process with its pid."""
+        sleep_command = shutil.which("sleep")
+        assert sleep_command is not None
+        directory = os.fsencode(self.mktemp())
+        os.mkdir(directory)
+        odd = os.path.join(directory, b"\xffm) c p d")
+        os.symlink(sleep_command, odd)
+        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        named = self.sleeper([odd, "60"])
+        with open(f"/proc/{named.pid}/stat", "rb") as stat:
+            self.assertIn(b"(\xffm) c p d)", stat.read())
+        state = process_state(named.pid)
+        assert state is not None
+        self.assertIn(state[0], "RS")
+        yield self.entry(registry, "named0123", named.pid)
+        self.assertFalse((yield registry.gone("named0123")))
+        yield self.killed(named)
+        self.assertTrue((yield registry.gone("named0123")))
+
+        hidden = self.sleeper()
+        yield self.entry(registry, "hidden0123", hidden.pid)
+        proc = self.mktemp()
+        os.mkdir(proc)  # a /proc that shows no process
+        blind = InstanceRegistry(self.bus, [], [], clock=reactor, proc=proc)
+        self.assertIsNone(process_state(hidden.pid, proc))
+        self.assertFalse((yield blind.gone("hidden0123")))
+        self.assertTrue((yield blind.alive("hidden0123")))
+        hidden.kill()
+        hidden.wait()  # reaped: no process has its pid
+        self.assertTrue((yield blind.gone("hidden0123")))
+        self.assertFalse((yield blind.alive("hidden0123")))
+
+    @inlineCallbacks
+    def test_the_process_is_told_by_its_pid_start_time_and_namespace(self) -> Any:
+        """A live process with the entry's pid but another start time took the pid of the one
+        that stopped: gone. An entry of another host, boot or pid namespace is not judged by
+        the process its pid names here (none, now): not gone until its entry lapses."""
+        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        child = self.sleeper()
+        state = process_state(child.pid)
+        assert state is not None
+        yield self.entry(registry, "reused0123", child.pid, start_ticks=str(int(state[1]) - 1))
+        self.assertTrue((yield registry.gone("reused0123")))
+        dead = self.sleeper()
+        dead.kill()
+        dead.wait()
+        for name, value in (("host", "another.host"), ("boot", "another-boot"), ("pidns", "pid:[0]")):
+            entry = {**registry.entry, "id": f"{name}0123", "pid": dead.pid, "start_ticks": state[1], name: value}
+            yield self.connection.execute("SET", registry.key(entry["id"]), json.dumps(entry), "PX", 60_000)
+            self.assertFalse((yield registry.gone(entry["id"])), name)
+            self.assertTrue((yield registry.alive(entry["id"])), name)

@@ -45,6 +45,8 @@ REFRESH = 5.0
 # Seconds between tries to write this instance's entry while Redis does not answer, so the
 # entry is back as soon as Redis is.
 RETRY = 0.5
+# How many instances found stopped an instance remembers (their ids are never used again).
+STOPPED_KEPT = 1024
 
 
 # KEYS: an instance's entry, the set of instances. ARGV: the entry as read, the instance's id.
@@ -58,11 +60,11 @@ return 1
 
 
 def _read(path: str) -> str | None:
-    """A small file of /proc (kept in memory by the kernel: no disk to wait for)."""
+    """A small text file of /proc (kept in memory by the kernel: no disk to wait for)."""
     try:
-        with open(path, encoding="ascii") as file:
+        with open(path, encoding="ascii", errors="replace") as file:
             return file.read().strip()
-    except (OSError, UnicodeDecodeError):
+    except OSError:
         return None
 
 
@@ -73,14 +75,32 @@ def _pid_namespace() -> str | None:
         return None
 
 
-def process_state(pid: int | str) -> tuple[str, str] | None:
-    """A process's state letter and start time (clock ticks after boot, /proc/<pid>/stat), or
-    None when no process has this pid."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
+def process_state(pid: int | str, proc: str = "/proc") -> tuple[str, str] | None:
+    """A process's state letter and start time (clock ticks after boot, ``<proc>/<pid>/stat``),
+    or None when that file cannot be read: no process has this pid, or /proc does not show it
+    (``ProtectProc=invisible``, another pid namespace's)."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
         return None
-    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
-    return (fields[0], fields[19]) if len(fields) > 19 else None
+    # After the command name, which may hold any bytes (spaces, ')', not ASCII): its last ')'.
+    fields = stat.rpartition(b")")[2].split()
+    if len(fields) <= 19:
+        return None
+    return fields[0].decode("ascii", "replace"), fields[19].decode("ascii", "replace")
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process has ``pid`` as the kernel says (``kill(pid, 0)``), even one /proc
+    does not show or of another user: False only for "no such process"."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, another user's
+        return True
+    return True
 
 
 def process_identity() -> dict[str, Any]:
@@ -156,6 +176,7 @@ class InstanceRegistry:
         listen: list[str],
         clock: Any = None,
         sure_after: float = TTL + REFRESH,
+        proc: str = "/proc",
     ) -> None:
         self.bus = bus
         self.stores = stores
@@ -168,6 +189,10 @@ class InstanceRegistry:
             "stores": [attrs.asdict(store) for store in stores],
         }
         self.sure_after = sure_after
+        self.proc = proc
+        # The instances found stopped here, oldest first (at most `STOPPED_KEPT`): their
+        # entries forgotten, they stay gone whatever `sure` says.
+        self._stopped: dict[str, None] = {}
         self._refresh = LoopingCall(self.register)
         if clock is not None:
             self._refresh.clock = clock
@@ -255,7 +280,10 @@ class InstanceRegistry:
     def gone(self, instance: str) -> Deferred[bool]:
         """Whether ``instance`` is known to have stopped: its entry has lapsed (once `sure`),
         or it names a process of this host that is not running any more (``kill -9``: not
-        `TTL` seconds later, at once). Such an entry is forgotten, for every instance."""
+        `TTL` seconds later, at once). Such an entry is forgotten, for every instance, and the
+        instance remembered here: its other tasks and claims are gone too, `sure` or not."""
+        if instance in self._stopped:
+            return succeed(True)
         redis = self.bus.redis
 
         def read(data: str | None) -> Any:
@@ -265,7 +293,14 @@ class InstanceRegistry:
                 return False
             log.info("Instance {id} has stopped (its process is not running): forgetting it", id=instance)
             d = redis.eval(_FORGET, [self.key(instance), self.bus.key("instances")], [data, instance])
-            return d.addCallback(lambda _forgotten: True)
+            return d.addCallback(forgotten)
+
+        def forgotten(_deleted: Any) -> bool:
+            # Its entry is gone (deleted now, or by another instance of this host before).
+            self._stopped[instance] = None
+            if len(self._stopped) > STOPPED_KEPT:
+                del self._stopped[next(iter(self._stopped))]
+            return True
 
         return redis.execute("GET", self.key(instance)).addCallback(read)
 
@@ -275,10 +310,15 @@ class InstanceRegistry:
         for name in ("host", "boot", "pidns"):
             if self.entry[name] is None or entry.get(name) != self.entry[name]:
                 return False  # another host (or no /proc): only its entry's TTL tells
-        if entry.get("start_ticks") is None:
-            return False
-        state = process_state(entry["pid"])
-        return state is None or state[1] != entry["start_ticks"] or state[0] in "ZX"
+        pid, start_ticks = entry.get("pid"), entry.get("start_ticks")
+        if type(pid) is not int or pid <= 0 or start_ticks is None:
+            return False  # kill(0) or kill(-1) would ask about process groups
+        state = process_state(pid, self.proc)
+        if state is None:
+            # /proc may hide a live process (debian/mcpd.service: ProtectProc=invisible,
+            # PrivateUsers=yes): only the kernel's "no such process" says it has stopped.
+            return not process_exists(pid)
+        return state[1] != start_ticks or state[0] in "ZX"
 
     def start(self) -> None:
         self._refresh.start(REFRESH, now=True)
