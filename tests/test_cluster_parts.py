@@ -1069,7 +1069,7 @@ class GetStreamTakeoverTests(RedisPartsCase):
     def test_a_killed_holder_of_this_host_is_gone_at_once(self) -> Any:
         """A holder whose registry entry names a process of this host that is no longer
         running (killed, not yet reaped) is gone at once, even before the registry is `sure`:
-        its entry is forgotten and its claim taken over. One of another host (or another boot)
+        its entry is forgotten and its claims taken over. One of another host (or another boot)
         is not judged by its process."""
         b = self.cluster()
         session = HTTPSession("holder-killed")
@@ -1094,6 +1094,11 @@ class GetStreamTakeoverTests(RedisPartsCase):
         taken = yield b.hold_standalone(session)
         self.assertTrue(taken and taken.startswith(b.instance))
         self.assertFalse((yield b.registry.alive(holder)))
+        # Its other claims too, though its entry is forgotten and the registry not `sure`.
+        other = HTTPSession("holder-killed-2")
+        yield self.connection.execute("SET", b.journal.reader(other.id), f"{holder}-0456", "PX", 60_000)
+        taken = yield b.hold_standalone(other)
+        self.assertTrue(taken and taken.startswith(b.instance))
         self.assertEqual((yield self.connection.execute("SMEMBERS", self.connection.key("instances"))), ["elsewhere0"])
         child.wait()
         elsewhere["pid"] = child.pid
