@@ -323,7 +323,7 @@ class AuditWriter(Service):
 
     def startService(self) -> None:
         super().startService()
-        loops: list[tuple[Callable[[], Deferred[Any]], float, bool]] = [(self.flush, self.interval, False)]
+        loops = [(self.flush, self.interval, False)]
         if self.retention_days > 0:
             loops.append((self.prune, self.prune_interval, True))
         for work, interval, now in loops:
