@@ -339,28 +339,6 @@ class AuditWriterTests(TestCase):
         self.assertEqual([(r["outcome"], r["detail"]) for r in page], [("auth_failure", "no key")])
 
     @inlineCallbacks
-    def test_a_full_queue_is_written_before_the_loop_comes_round(self) -> Any:
-        """Once ``eager`` records wait, they are written as one batch at once (the loop's Clock
-        never moves here); fewer wait for the loop, and none are written early while the
-        database is away (the loop alone retries then)."""
-        writer = self.writer(retention_days=0, eager=4)
-        for n in range(3):
-            writer.add(record(n))
-        self.assertIsNone(writer._flushing)
-        writer.add(record(3))
-        self.assertIsNotNone(writer._flushing)
-        writer.add(record(4))  # arrives during the write: waits for the next batch
-        yield writer._flushing
-        self.assertEqual((writer.written, len(writer.queue)), (4, 1))
-        page, _ = yield self.log.search(A, {}, 10, None)
-        self.assertEqual(sorted(r["request_id"] for r in page), [0, 1, 2, 3])
-        writer.held = True
-        for n in range(5, 9):
-            writer.add(record(n))
-        self.assertIsNone(writer._flushing)
-        self.assertEqual(len(writer.queue), 5)
-
-    @inlineCallbacks
     def test_shutdown_flushes(self) -> Any:
         writer = self.writer(retention_days=0)
         writer.add(record(1))

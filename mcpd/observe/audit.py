@@ -257,10 +257,7 @@ class AuditWriter(Service):
     """Persists the audit trail to an `IAuditLog`, off the hot path.
 
     `add` only appends to a queue; every ``interval`` seconds the queue is written in batches of
-    ``batch`` (one transaction each, the rows made in the store's thread), and sooner, as one
-    batch, whenever ``eager`` records are waiting: under load the writes come in many small
-    bursts rather than a few large ones, each of which held the reactor up for several ms (its
-    rows are made in Python, holding the GIL: issue 15's p99). While the database is
+    ``batch`` (one transaction each, the rows made in the store's thread). While the database is
     unavailable the records stay queued and are written when it returns; past ``backlog`` queued
     records the oldest are dropped, counted and logged, never silently. Every ``prune_interval``
     seconds records older than ``retention_days`` are deleted (0: kept forever). On shutdown the
@@ -275,7 +272,6 @@ class AuditWriter(Service):
         retention_days: int,
         interval: float = 1.0,
         batch: int = 2000,
-        eager: int = 500,
         backlog: int = 100_000,
         prune_interval: float = 3600.0,
         prune_batch: int = 5000,
@@ -285,7 +281,6 @@ class AuditWriter(Service):
         self.retention_days = retention_days
         self.interval = interval
         self.batch = batch
-        self.eager = eager
         self.backlog = backlog
         self.prune_interval = prune_interval
         self.prune_batch = prune_batch
@@ -303,10 +298,6 @@ class AuditWriter(Service):
         queue.append(item)
         if len(queue) > self.backlog:
             self._drop(len(queue) - self.backlog)
-        elif len(queue) >= self.eager and self._flushing is None and self.running and not self.held:
-            # What is queued now, one batch; the loop (every `interval`) still writes the rest,
-            # and alone retries while the database is away.
-            self.flush(len(queue))
 
     def _drop(self, count: int) -> None:
         for _ in range(count):
@@ -351,28 +342,23 @@ class AuditWriter(Service):
 
     # -- work -----------------------------------------------------------------------------------
 
-    def flush(self, most: int | None = None) -> Deferred[None]:
-        """Write what is queued (its first ``most`` records, if given), a batch at a time; fires
-        when done (or held back by an outage). One flush runs at a time."""
+    def flush(self) -> Deferred[None]:
+        """Write what is queued, a batch at a time; fires when done (or held back by an
+        outage). One flush runs at a time."""
         if self._flushing is not None:
             return self._flushing
         done: Deferred[None] = Deferred()
         self._flushing = done
-        left = most  # None: until the queue is empty, records added meanwhile included
 
         def finish(_: Any = None) -> None:
             self._flushing = None
             done.callback(None)
 
         def next_batch(_: Any = None) -> None:
-            nonlocal left
-            if not self.queue or left == 0:
+            if not self.queue:
                 finish()
                 return
             count = min(self.batch, len(self.queue))
-            if left is not None:
-                count = min(count, left)
-                left -= count
             items = [self.queue.popleft() for _ in range(count)]
             d = self.store.append(map(fields, items))
             d.addCallbacks(written, failed, errbackArgs=(items,))
