@@ -94,6 +94,18 @@ class OutputGuardTests(SynchronousTestCase):
         self.assertTrue(guard.admit(90))
         self.assertEqual(dropped, [])
 
+    def test_a_lost_write_side_turns_reading_back_on(self) -> None:
+        # The transport's writer failed while full (a stdio client closed stdout): reading goes
+        # on, so the end of input is still seen.
+        guard, transport, dropped = self.make()
+        upstream = Recorder()
+        guard.upstream = upstream
+        guard.pauseProducing()
+        guard.stopProducing()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertFalse(guard.blocked)
+        self.assertEqual((upstream.calls, dropped), (["pause", "stop"], []))
+
     def test_the_protocols_own_pause_is_kept(self) -> None:
         guard, transport, _dropped = self.make()
         guard.pause_reading()

@@ -191,6 +191,20 @@ class StdioTests(SynchronousTestCase):
         self.protocol.connectionLost(Failure(ConnectionDone("stdout flushed and closed")))
         self.assertEqual(self.closed, [True])
 
+    def test_end_of_input_ends_an_unterminated_last_message(self) -> None:
+        self.handshake()
+        self.feed(json.dumps(request("ping", request_id=11)).encode())
+        self.assertEqual(self.replies(), [])
+        self.protocol.readConnectionLost()
+        self.assertEqual(self.reply(LATEST_LEGACY, "ping")["id"], 11)
+
+    def test_end_of_input_in_an_oversized_line_answers_nothing_more(self) -> None:
+        self.handshake()
+        self.feed(b"{" + b" " * (LIMIT + 1))
+        self.assertEqual(self.reply(LATEST_LEGACY)["error"]["code"], -32600)
+        self.protocol.readConnectionLost()
+        self.assertEqual(self.replies(), [])
+
     def test_end_of_input_after_stdout_closed(self) -> None:
         self.protocol.writeConnectionLost()
         self.assertEqual(self.closed, [])

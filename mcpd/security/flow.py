@@ -82,6 +82,14 @@ class OutputGuard:
             self.upstream.resumeProducing()
 
     def stopProducing(self) -> None:
+        # The transport lost its write side (the client closed its end of stdout, or the
+        # connection): nothing waits to drain any more, so reading goes on and the client's end
+        # of input is seen. Without this a stdio server paused on a full buffer whose writer
+        # then failed would never read stdin's EOF, and never exit; a lost TCP/TLS connection
+        # ignores the resume (its ``connected`` is false by now).
+        self.blocked = False
+        self.unsent = 0
+        self._sync_reading()
         if self.upstream is not None:
             self.upstream.stopProducing()
 

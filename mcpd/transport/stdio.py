@@ -2,7 +2,9 @@
 """MCP over stdio: newline-delimited JSON-RPC on stdin and stdout (basic/transports §stdio).
 
 While the client does not read stdout, stdin is not read either; past ``max_write_buffer`` bytes
-it has left unread, the client is given up on and the server stops (`mcpd.security.flow`).
+it has left unread, the client is given up on and the server stops (`mcpd.security.flow`). Once
+the client closes stdout, answers are dropped and stdin is read to its end, which stops the server;
+a last message left without its newline when stdin ends is answered.
 """
 
 from __future__ import annotations
@@ -130,16 +132,26 @@ class StdioProtocol(Protocol):
                 return
             # StandardIO buffers each write and has the reactor watch stdout until it can write
             # it: two more epoll changes and a turn of the reactor per answer. With nothing
-            # waiting before it, the line is written at once; what the pipe does not take (it
-            # is full, or closed) goes to the transport, which sends it or reports the loss.
+            # waiting before it, the line is written at once; what a full pipe does not take
+            # goes to the transport, which sends it once the pipe drains.
             stdout = getattr(self.transport, "_writer", None)
             written = writeToFD(stdout.fd, line) if stdout is not None and _idle(stdout) else 0
+            if not isinstance(written, int):
+                # The client closed its end of stdout (EPIPE): nobody will read this line, and
+                # buffering it (with every later answer) would only fill the transport and stop
+                # stdin being read. Reading goes on; the client's EOF on stdin ends the server.
+                return
             if written != len(line):
-                self.transport.write(line[written:] if isinstance(written, int) else line)
+                self.transport.write(line[written:])
             if not self.answered.called:
                 self.answered.callback(None)
 
     def readConnectionLost(self) -> None:
+        # basic/transports §stdio: messages are delimited by newlines, but a client that ends
+        # stdin right after its last message, unterminated, has still ended it: it is answered.
+        buffer, self._buffer = self._buffer, b""
+        if not self._discarding:
+            self._line(buffer)
         # basic/transports §stdio: the client closing stdin ends the server, once the answers
         # already written have reached stdout (a plain Protocol would have StandardIO drop them).
         self.session.close()
