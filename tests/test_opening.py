@@ -20,7 +20,7 @@ from mcpd.daemon import SQL_INTERFACES, _open_sql_store
 from mcpd.interfaces import IStore, ITaskBoard, StoreUnavailable
 from mcpd.stores import opening as opening_module
 from mcpd.stores.opening import BackgroundOpening, Opened
-from tests.daemon import MCPD, DaemonTestMixin, StdioProcess
+from tests.daemon import MCPD, MODERN, PYTHON, DaemonTestMixin, StdioProcess
 
 
 class BackgroundOpeningTests(TestCase):
@@ -99,6 +99,20 @@ class BackgroundOpeningTests(TestCase):
         self.assertEqual(len(opened), 1)
 
     @inlineCallbacks
+    def test_with_after_a_call_that_has_to_wait_opens_it_at_once(self) -> Any:
+        # The call may be what holds up the first answer (a 2026-07-28 client's first line).
+        self.patch(opening_module, "OPEN_WAIT", 60.0)
+        after: Deferred[None] = Deferred()
+        opening, opened = self.waiting_opening(after)
+        project = yield opening.stand_ins[ITaskBoard].create_project("default", "web", None, "alice")
+        self.assertEqual(project["name"], "web")
+        self.assertEqual(len(opened), 1)
+        self.assertFalse(opening._waiting.active())  # the timer is not left running
+        after.callback(None)  # the first answer, later: opened once
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(len(opened), 1)
+
+    @inlineCallbacks
     def test_a_store_that_cannot_be_opened_says_why_and_stops_mcpd(self) -> Any:
         release = threading.Event()
 
@@ -130,6 +144,16 @@ options = Options()
 options.parseOptions(["--stdio", "--data-dir", sys.argv[1]])
 build_service(options.settings, reactor, options.packs)
 print(json.dumps(sorted(sys.modules)))
+"""
+
+
+# mcpd's command with `OPEN_WAIT` a minute.
+_LONG_OPEN_WAIT = """
+import sys
+from mcpd.stores import opening
+opening.OPEN_WAIT = 60.0
+from mcpd.cli import main
+sys.exit(main())
 """
 
 
@@ -170,6 +194,23 @@ class StdioStartTests(DaemonTestMixin, TestCase):
         result = server.receive(30)["result"]
         self.assertFalse(result.get("isError", False), result)
         self.assertEqual(result["structuredContent"]["project"]["name"], "web")
+        server.close_stdin()
+        self.assertEqual(server.wait(), 0)
+
+    def test_a_first_line_that_needs_the_store_opens_it_at_once(self) -> None:
+        # A 2026-07-28 client's very first line may be a call that needs the store: no answer
+        # can come before it, so the call starts the opening rather than wait for OPEN_WAIT
+        # (made a minute here, longer than the test waits).
+        server = self.spawn_stdio(PYTHON, "-c", _LONG_OPEN_WAIT, "--stdio", "--data-dir", str(self.workdir / "data"))
+        meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+        arguments = {"title": "first", "body": "before any answer"}
+        params = {"name": "note.save", "arguments": arguments, "_meta": meta}
+        server.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params})
+        answer = server.receive(30)
+        self.assertEqual(answer["id"], 7)
+        result = answer["result"]
+        self.assertFalse(result.get("isError", False), result)
+        self.assertEqual(result["structuredContent"]["note"]["title"], "first")
         server.close_stdin()
         self.assertEqual(server.wait(), 0)
 

@@ -4,7 +4,8 @@
 Opening the SQL store means importing SQLAlchemy and Alembic, connecting and checking the schema:
 more than twice the rest of a ``mcpd --stdio`` start-up. Under ``--stdio`` it runs in a thread
 once the first answer is written (or `OPEN_WAIT` seconds after the reactor starts, if no client
-speaks by then), so that answer does not share the process with it. Until it is open, a
+speaks by then), so that answer does not share the process with it; a call that needs the store
+before then (a 2026-07-28 client's first line may be one) starts it at once. Until it is open, a
 `StandIn` answers for each interface the store provides: every store method returns a Deferred
 (`mcpd.interfaces`), so a call made meanwhile simply waits for the opening. A store that cannot
 be opened stops mcpd, as one that fails to open in the foreground does (the message on stderr).
@@ -77,6 +78,14 @@ class BackgroundOpening(Service):
         self._waiting = self.reactor.callLater(OPEN_WAIT, self._open)
         self.after.addCallback(lambda _: self._open())
 
+    def wait(self) -> Deferred[None]:
+        """Fires once the opening has finished, which starts now if it has not yet: the call
+        waiting for it holds up its own answer, so there may be no first answer to wait for."""
+        waiting: Deferred[None] = Deferred()
+        self.waiters.append(waiting)
+        self._open()
+        return waiting
+
     def _open(self) -> None:
         if self._waiting is not None and self._waiting.active():
             self._waiting.cancel()
@@ -145,9 +154,7 @@ class StandIn:
         def later(*args: Any, **kwargs: Any) -> Deferred[Any]:
             if self.unavailable is not None:
                 return fail(StoreUnavailable(self.opening.store_name, self.unavailable))
-            waiting: Deferred[None] = Deferred()
-            self.opening.waiters.append(waiting)
-            return waiting.addCallback(lambda _: getattr(self, name)(*args, **kwargs))
+            return self.opening.wait().addCallback(lambda _: getattr(self, name)(*args, **kwargs))
 
         return later
 
