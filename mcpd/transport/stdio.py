@@ -139,9 +139,9 @@ class StdioProtocol(Protocol):
             if not isinstance(written, int):
                 # The client closed its end of stdout (EPIPE): nobody will read this line, and
                 # buffering it (with every later answer) would only fill the transport and stop
-                # stdin being read. Reading goes on; the client's EOF on stdin ends the server.
-                return
-            if written != len(line):
+                # stdin being read. It is dropped; the client's EOF on stdin ends the server.
+                pass
+            elif written != len(line):
                 self.transport.write(line[written:])
             if not self.answered.called:
                 self.answered.callback(None)
