@@ -1492,6 +1492,33 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
         self.assertFalse((yield registry.alive("gotten0123")))
 
     @inlineCallbacks
+    def test_a_runner_found_killed_is_gone_for_every_instance(self) -> Any:
+        """Once one instance has found a runner killed (and forgotten its entry), another that
+        is not `sure` yet (just started) finds it gone too, and settles its tasks: without the
+        mark it took the missing entry for nothing known and answered the task working (B
+        failed, C working, until C's registry was sure 20 s later)."""
+        finder = InstanceRegistry(self.bus, [], [], clock=reactor)
+        bus_c, _registry = yield self.other_instance()
+        young = InstanceRegistry(bus_c, [], [], clock=reactor, sure_after=3600.0)
+        store = RedisTaskStore(self.connection)
+        relay = TaskRelay(bus_c, TaskManager(store, reactor), reactor, young)
+        self.addCleanup(relay.stop)
+        child = self.sleeper()
+        yield self.entry(finder, "killed0123", child.pid)
+        record = TaskRecord("t-seen", "session:s1", False, reactor.seconds(), 60_000, 500, runner="killed0123")
+        yield store.add(record, reactor.seconds())
+        yield self.killed(child)
+        self.assertTrue((yield finder.gone("killed0123")))
+        self.assertFalse((yield young.alive("killed0123")))
+        self.assertFalse(young.sure())
+
+        self.assertTrue((yield young.gone("killed0123")))
+        settled = yield relay.check(record)
+        self.assertEqual((settled.status, settled.status_message), (FAILED, ORPHANED))
+        # An entry that lapsed, unmarked, is still gone only once the registry is sure.
+        self.assertFalse((yield young.gone("lapsed0123")))
+
+    @inlineCallbacks
     def test_a_live_process_is_not_gone(self) -> Any:
         """An entry naming a live process of this host is not gone: one whose command name is
         not ASCII (and holds ')' and spaces); one whose /proc files cannot be read, as another

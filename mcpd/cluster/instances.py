@@ -47,14 +47,20 @@ REFRESH = 5.0
 RETRY = 0.5
 # How many instances found stopped an instance remembers (their ids are never used again).
 STOPPED_KEPT = 1024
+# Seconds an instance found stopped is marked so in Redis for every instance: one not `sure`
+# yet (just started) would otherwise take the missing entry for nothing known, and answer its
+# tasks as working while the instance that found it stopped answers them failed.
+STOPPED_TTL = 3600.0
 
 
-# KEYS: an instance's entry, the set of instances. ARGV: the entry as read, the instance's id.
-# Forgets the instance if its entry is still the one read.
+# KEYS: an instance's entry, the set of instances, its stopped mark. ARGV: the entry as read,
+# the instance's id, the mark's TTL (ms). Forgets the instance if its entry is still the one
+# read, and marks it stopped.
 _FORGET = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 return 1
 """
 
@@ -280,19 +286,23 @@ class InstanceRegistry:
     def gone(self, instance: str) -> Deferred[bool]:
         """Whether ``instance`` is known to have stopped: its entry has lapsed (once `sure`),
         or it names a process of this host that is not running any more (``kill -9``: not
-        `TTL` seconds later, at once). Such an entry is forgotten, for every instance, and the
-        instance remembered here: its other tasks and claims are gone too, `sure` or not."""
+        `TTL` seconds later, at once). Such an entry is forgotten and the instance marked stopped
+        (for `STOPPED_TTL`), for every instance, and remembered here: its other tasks and claims
+        are gone too, on every instance, `sure` or not."""
         if instance in self._stopped:
             return succeed(True)
         redis = self.bus.redis
 
-        def read(data: str | None) -> Any:
+        def read(values: list[Any]) -> Any:
+            data, marked = values
             if data is None:
-                return self.sure()
+                # Found stopped by another instance (its mark), else lapsed: gone once `sure`.
+                return forgotten(None) if marked else self.sure()
             if not self._stopped_here(json.loads(data)):
                 return False
             log.info("Instance {id} has stopped (its process is not running): forgetting it", id=instance)
-            d = redis.eval(_FORGET, [self.key(instance), self.bus.key("instances")], [data, instance])
+            keys = [self.key(instance), self.bus.key("instances"), self.stopped_key(instance)]
+            d = redis.eval(_FORGET, keys, [data, instance, int(STOPPED_TTL * 1000)])
             return d.addCallback(forgotten)
 
         def forgotten(_deleted: Any) -> bool:
@@ -302,7 +312,11 @@ class InstanceRegistry:
                 del self._stopped[next(iter(self._stopped))]
             return True
 
-        return redis.execute("GET", self.key(instance)).addCallback(read)
+        return redis.execute("MGET", self.key(instance), self.stopped_key(instance)).addCallback(read)
+
+    def stopped_key(self, instance: str) -> str:
+        """The mark of an instance found stopped (`gone`), for every instance."""
+        return self.bus.key("inst-stopped", instance)
 
     def _stopped_here(self, entry: dict[str, Any]) -> bool:
         """Whether ``entry`` is of a process of this host (same boot, same pid namespace)
