@@ -454,6 +454,51 @@ class ClusterPartsTests(RedisPartsCase):
         yield body
 
 
+class SessionChangeAnsweredOnceSharedTests(RedisPartsCase):
+    """logging/setLevel and resources/unsubscribe, through an `Engine` on instance A, are
+    answered once the session's record has the change and it was told to the other instances:
+    a client killing A right after the answer must not lose it (tests.test_cluster saw B log at
+    the old level after the instance the level was set through was killed)."""
+
+    @inlineCallbacks
+    def test_the_answer_waits_for_the_record_and_the_others(self) -> Any:
+        bus_b, _registry = yield self.other_instance()
+        a, b = self.cluster(), self.cluster(bus=bus_b)
+        engine = Engine(ToolRegistry([conformance_pack.pack]), clock=reactor)
+        peer = Peer(self, engine)
+        peer.session = session = HTTPSession("answered-once-shared")
+        yield peer.start(
+            peer.message(
+                "initialize",
+                {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+            )
+        )
+        yield peer.start({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        session.owner = "alice"
+        a.sessions.open(session, "key:alice")
+        a.sessions.add(session)
+        yield self.record_appears(a.sessions.records, session.id)
+        on_b = yield b.sessions.adopt(session.id, lambda record: HTTPSession(record.session_id), "alice")
+        self.assertEqual(on_b.log_level, session.log_level)
+        session.subscriptions["memo://kept"] = None
+        yield session.changed(subscribe="memo://kept", tenant="default")
+
+        answers = []
+        for method, params, state in (
+            ("logging/setLevel", {"level": "error"}, ("error", ["memo://kept"])),
+            ("resources/unsubscribe", {"uri": "memo://kept"}, ("error", [])),
+        ):
+            answered = peer.start(peer.message(method, params))
+            self.assertNoResult(answered)  # not before the record has it
+            answers.append((yield answered))
+            record = yield a.sessions.records.load(session.id)
+            self.assertEqual((record.log_level, list(record.subscriptions)), state, answers)
+        self.assertEqual([answer["result"] for answer in answers], [{}, {}])
+        yield wait_for(lambda: on_b.log_level == "error" and not on_b.subscriptions)
+        a.sessions.retire(session.id)
+        b.sessions.retire(session.id)
+
+
 class TaskRunnerGoneTests(RedisPartsCase):
     """Tasks whose runner instance stopped (``kill -9``): settled as failed once, by a reader
     or the sweep; ``tasks/result`` waits woken by the runner's broadcast, and cancellable."""

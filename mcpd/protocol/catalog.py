@@ -193,15 +193,14 @@ class Catalog:
             retry_after=RETRY_AFTER,
         )
 
-    def resources_unsubscribe(self, request: Request) -> dict[str, Any]:
+    def resources_unsubscribe(self, request: Request) -> dict[str, Any] | Deferred[dict[str, Any]]:
         uri = self._subscription_uri(request)
         session = request.exchange.session
         assert session is not None  # checked by _subscription_uri
         claim = session.subscriptions.pop(uri, None)
         if claim is not None:
             claim.release()
-        session.changed(unsubscribe=uri)
-        return {}
+        return _once_shared(session.changed(unsubscribe=uri))
 
     def _subscription_uri(self, request: Request) -> str:
         # 2025-11-25 server/resources §Subscriptions.
@@ -324,7 +323,7 @@ class Catalog:
 
     # -- logging (legacy) -----------------------------------------------------------------------
 
-    def set_level(self, request: Request) -> dict[str, Any]:
+    def set_level(self, request: Request) -> dict[str, Any] | Deferred[dict[str, Any]]:
         # 2025-11-25 server/utilities/logging §Setting Log Level.
         level = request.params.get("level")
         if level not in LOG_LEVELS:
@@ -333,8 +332,7 @@ class Catalog:
         if session is None:
             raise InvalidRequest("Invalid request: logging/setLevel needs a session")
         session.log_level = level
-        session.changed(log_level=level)
-        return {}
+        return _once_shared(session.changed(log_level=level))
 
     # -- subscriptions (modern) -----------------------------------------------------------------
 
@@ -489,3 +487,10 @@ def _readable(value: Any, uri: str, mime_type: str | None) -> None:
         raise InvalidParams(f"Invalid params: {uri} cannot be read without input, so not followed")
     if not resource_contents(uri, mime_type, value):
         raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
+
+
+def _once_shared(shared: Deferred[Any] | None) -> dict[str, Any] | Deferred[dict[str, Any]]:
+    """A session change's empty answer, given once the instances serving the session have it
+    (`Session.changed`): a client told it was done must find it done on every instance, even if
+    the one it went through stops right after answering."""
+    return {} if shared is None else shared.addCallback(lambda _: {})
