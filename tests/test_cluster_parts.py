@@ -16,7 +16,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -207,6 +207,28 @@ class ClusterPartsTests(RedisPartsCase):
         new.outbound.resolve({"jsonrpc": "2.0", "id": sent[1]["id"], "result": {}})
         self.assertTrue(asked.called)
         old.outbound.close()
+
+    @inlineCallbacks
+    def test_a_post_streams_events_are_journaled_in_order(self) -> Any:
+        """A POST stream's events, sent one after another without waiting (as a tool's log
+        messages, its result and the stream's end are), all reach the journal in order: they
+        went out on any connection of the pool, and Redis refused one overtaken by the next
+        ("The ID specified in XADD is equal or smaller than the target stream top item"),
+        losing it to replay."""
+        cluster = self.cluster()
+        cluster.journal.replay_limit = 256
+        self.assertGreater(self.connection.pool_size, 1)
+        session = HTTPSession("journaled-in-order")
+        cluster.fit(session)
+        stream = session.new_stream()
+        for n in range(1, 121):
+            stream.send(b'{"n":%d}' % n)
+        stream.close()
+        appended = [cluster.journal.append(session.id, "other", b'{"m":%d}' % n, seq=n) for n in range(1, 41)]
+        self.assertEqual((yield gatherResults(appended)), list(range(1, 41)))
+        yield wait_for(lambda: not cluster.journal._queued)
+        replayed = yield cluster.journal.read_after(session.id, stream.key, 0)
+        self.assertEqual(replayed, [(n, b'{"n":%d}' % n) for n in range(1, 121)] + [(121, b"")])
 
     @inlineCallbacks
     def test_two_listeners_of_one_channel(self) -> Any:
