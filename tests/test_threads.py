@@ -129,6 +129,19 @@ class ToolThreadsTests(SynchronousTestCase):
         self.failureResultOf(d, ZeroDivisionError)
         self.assertNotEqual(self.successResultOf(where), caller)
 
+    def test_a_deferred_returned_by_a_handler_is_a_failure_not_a_stall(self) -> None:
+        """A thread's work must return its result: a Deferred (a pack author's mistake) fails
+        that call with a TypeError, and the answers delivered with it still arrive."""
+        pool, reactor = self.pool(1)
+        blocker, release = self.hold(pool)
+        wrong = pool.submit(Deferred)
+        right = pool.submit(lambda: "fine")
+        release.set()  # all three answers come back in one delivery
+        reactor.run_until(blocker, wrong, right)
+        self.assertEqual(self.successResultOf(right), "fine")
+        failure = self.failureResultOf(wrong, TypeError)
+        self.assertIn("returned a Deferred", str(failure.value))
+
     def test_cancelled_while_waiting_is_skipped(self) -> None:
         pool, reactor = self.pool(1)
         held, release = self.hold(pool)

@@ -241,10 +241,16 @@ class ToolThreads:
             d, success, result = answers.popleft()
             self._in_hand -= 1
             if not d.called:  # not cancelled while it ran
-                if success:
-                    d.callback(result)
-                else:
+                if not success:
                     d.errback(result)
+                elif isinstance(result, Deferred):
+                    # Deferred.callback refuses one (an AssertionError here, which would leave
+                    # this call and the answers after it undelivered): a pack author's mistake.
+                    d.errback(
+                        TypeError("a blocking handler returned a Deferred: work run in a thread returns its result")
+                    )
+                else:
+                    d.callback(result)
 
 
 def _skip(d: Deferred[Any]) -> None:
