@@ -29,7 +29,7 @@ from mcpd.cluster.bus import ClusterBus, ClusterUnavailable
 from mcpd.cluster.instances import REFRESH, TTL, InstanceRegistry, process_state
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
-from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
+from mcpd.cluster.sessions import _DELIVERED, ClusterSessions, SSEForwarding
 from mcpd.interfaces import (
     CANCELLED,
     COMPLETED,
@@ -1109,6 +1109,34 @@ class GetStreamTakeoverTests(RedisPartsCase):
         self.assertFalse(readers[-1][1].called)
         on_b.close()
         yield readers[-1][1]
+
+    @inlineCallbacks
+    def test_the_delivered_mark_only_moves_forward(self) -> Any:
+        """The GET stream's delivered mark (where a fresh GET starts) goes to Redis once per
+        event over a pool of connections: marks that arrive out of order must not move it back
+        (a later GET would get events again)."""
+        b = self.cluster()
+        session = HTTPSession("marked")
+        session.version = "2025-11-25"
+        response = yield self.stream(b, session)
+        received: list[bytes] = []
+        done = treq.collect(response, received.append)
+        yield self.claim_changes(b.journal.reader(session.id), None)
+        yield self.subscribers_become(b.journal.channel(session.id, STANDALONE), 1)
+        count = 300
+        yield gatherResults([b.journal.append(session.id, STANDALONE, b'{"n":%d}' % n) for n in range(count)])
+        yield wait_for(lambda: b'{"n":%d}' % (count - 1) in b"".join(received))
+        mark = self.bus.key("ev", session.id, STANDALONE, "delivered")
+        settled, last = reactor.seconds() + 1.0, None
+        while reactor.seconds() < settled:  # every mark sent has been applied
+            last = yield self.connection.execute("GET", mark)
+            yield sleep(0.05)
+        self.assertEqual(int(last), count)
+        # An older mark arriving last changes nothing.
+        yield self.connection.eval(_DELIVERED, [mark], [count - 5, 60_000])
+        self.assertEqual(int((yield self.connection.execute("GET", mark))), count)
+        session.close()
+        yield done
 
     @inlineCallbacks
     def claim_changes(self, claim: str, before: Any, timeout: float = 10.0) -> Any:

@@ -77,6 +77,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# The GET stream's delivered mark only moves forward: marks go out over a pool of connections
+# and may reach Redis out of order. KEYS: the mark. ARGV: the event's number, TTL (ms).
+_DELIVERED = """
+local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > mark then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return mark
+"""
+
 
 def caller_to_json(caller: Caller) -> dict[str, Any]:
     return {
@@ -434,8 +446,8 @@ class _Reader:
             return
         self._write(format_event(data, f"{self.key}.{seq}"))
         if self.key == STANDALONE:
-            self.cluster.bus.redis.execute(
-                "SET", self._delivered_key(), seq, "PX", self.cluster.journal.ttl_ms
+            self.cluster.bus.redis.eval(
+                _DELIVERED, [self._delivered_key()], [seq, self.cluster.journal.ttl_ms]
             ).addErrback(lambda _f: None)
 
     def _write(self, frame: bytes) -> None:
