@@ -1125,7 +1125,8 @@ class GetStreamTakeoverTests(RedisPartsCase):
         yield self.subscribers_become(b.journal.channel(session.id, STANDALONE), 1)
         count = 300
         yield gatherResults([b.journal.append(session.id, STANDALONE, b'{"n":%d}' % n) for n in range(count)])
-        yield wait_for(lambda: b'{"n":%d}' % (count - 1) in b"".join(received))
+        # (The appends run concurrently: the events are numbered in the order Redis ran them.)
+        yield wait_for(lambda: b"id: g.%d\n" % count in b"".join(received))
         mark = self.bus.key("ev", session.id, STANDALONE, "delivered")
         settled, last = reactor.seconds() + 1.0, None
         while reactor.seconds() < settled:  # every mark sent has been applied
