@@ -39,16 +39,29 @@ class Served(Resource):
         return b"served"
 
 
+def connect(site: Any) -> tuple[Any, StringTransport]:
+    """A connection of ``site``'s channel over a StringTransport from 127.0.0.1."""
+    peer = IPv4Address("TCP", "127.0.0.1", 5000)
+    transport = StringTransport(peerAddress=peer)
+    channel = site.buildProtocol(peer)
+    assert channel is not None
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def masked(written: bytes) -> bytes:
+    """``written`` with the Date and X-Request-Id values blanked: the only parts allowed to differ."""
+    return re.sub(rb"(?m)^(Date|X-Request-Id): .*\r$", rb"\1: -\r", written)
+
+
 class LingeringTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         site = MCPSite(Served())
         site.reactor = self.clock
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        channel, self.transport = connect(site)
         assert isinstance(channel, MCPChannel)
         self.channel = channel
-        channel.makeConnection(self.transport)
 
     def test_answered_then_input_discarded_then_aborted(self) -> None:
         self.channel.dataReceived(b"GET /" + b"a" * (20 * 1024))
@@ -354,17 +367,14 @@ class OnePassHeadTests(SynchronousTestCase):
         site = MCPSite(Echo(), request_factory=guarded_request_factory(Gate()) if guarded else None)
         site.reactor = Clock()
         site.protocol = CountingChannel  # type: ignore[assignment]
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        channel, transport = connect(site)
         assert isinstance(channel, CountingChannel)
-        channel.makeConnection(transport)
         if pieces is None:
             channel.dataReceived(data)
         else:
             for at in range(0, len(data), pieces):
                 channel.dataReceived(data[at : at + pieces])
-        # The Date header and the request id are the only parts allowed to differ.
-        written = re.sub(rb"(?m)^(Date|X-Request-Id): .*\r$", rb"\1: -\r", transport.value())
+        written = masked(transport.value())
         return written, transport.disconnecting, channel.whole_heads
 
     def test_whole_heads_are_read_as_twisted_reads_them(self) -> None:
@@ -451,12 +461,9 @@ class OnePassHeadTests(SynchronousTestCase):
             ours, _, _ = self.serve(data, None, False)
             site = Site(Echo())
             site.reactor = Clock()
-            transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-            channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-            assert channel is not None
-            channel.makeConnection(transport)
+            channel, transport = connect(site)
             channel.dataReceived(data)
-            twisted = re.sub(rb"(?m)^(Date|X-Request-Id): .*\r$", rb"\1: -\r", transport.value())
+            twisted = masked(transport.value())
             self.assertEqual(ours, twisted, data[:60])
         self.assertEqual(ours.count(b"HTTP/1.1 200 OK\r\n"), 7)
         self.assertIn(b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", ours)
@@ -484,12 +491,10 @@ class OnePassHeadTests(SynchronousTestCase):
             for first, second in ((data[:cut], data[cut:]),):
                 site = MCPSite(Echo())
                 site.reactor = Clock()
-                transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-                channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-                channel.makeConnection(transport)
+                channel, transport = connect(site)
                 channel.dataReceived(first)
                 channel.dataReceived(second)
-                site_output.append(re.sub(rb"(?m)^(Date|X-Request-Id): .*\r$", rb"\1: -\r", transport.value()))
+                site_output.append(masked(transport.value()))
             self.assertEqual(site_output[0], whole, cut)
 
 
@@ -513,11 +518,9 @@ class IdleTimerTests(SynchronousTestCase):
 
         site = MCPSite(Hold())
         site.reactor = self.clock
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        channel, self.transport = connect(site)
         assert isinstance(channel, MCPChannel)
         self.channel = channel
-        channel.makeConnection(self.transport)
         self.timeout = channel.timeOut
         assert self.timeout
 
