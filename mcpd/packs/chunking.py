@@ -158,19 +158,20 @@ def _split(body: str, size: int) -> Iterator[tuple[int, int]]:
 
 def _hard_split(body: str, start: int, end: int, size: int) -> Iterator[tuple[int, int]]:
     """A sentence longer than a chunk: cut between words, or between characters of CJK text."""
+    cjk = _cjk().match
     position = start
     while position < end:
         limit = position
         used = 0.0
         while limit < end:
-            step = 1.0 if _cjk().match(body[limit]) else 0.25
+            step = 1.0 if cjk(body[limit]) else 0.25
             if used + step > size:
                 break
             used += step
             limit += 1
         if limit < end:
             space = body.rfind(" ", position + 1, limit)
-            if space > position and not _cjk().match(body[limit - 1]):
+            if space > position and not cjk(body[limit - 1]):
                 limit = space + 1
         yield position, limit
         position = limit

@@ -22,5 +22,5 @@ def shown_key(record_id: str) -> str:
 
 
 def shown_after(shown: Set[str], page: Sequence[str]) -> list[str]:
-    """The keys of what was shown, this page's ids included (earlier pages' first)."""
+    """The keys of what was shown, this page's ids included (a set: no order is kept)."""
     return [*shown, *(shown_key(record_id) for record_id in page)]
