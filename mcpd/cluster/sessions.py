@@ -190,10 +190,7 @@ class ClusterSessions(_RecordKeeper):
             _logged, "announce the end of session {id}", session.id
         )
 
-    def refresh(self, sessions: list[Session]) -> None:
-        self.keep(sessions)
-
-    def keep(self, sessions: list[Session]) -> Deferred[Any]:
+    def refresh(self, sessions: list[Session]) -> Deferred[Any]:
         """Keep the records and GET streams of the sessions used lately (a sweep's): a few
         scripts however many there are."""
         live = [session for session in sessions if session.initialized and not session.closed]
@@ -496,10 +493,7 @@ class SSEForwarding(_RecordKeeper):
     def ended(self, session: Session) -> None:
         self.bus.unlisten(self.channel(session.id))
 
-    def refresh(self, sessions: list[Session]) -> None:
-        self.keep(sessions)
-
-    def keep(self, sessions: list[Session]) -> Deferred[Any]:
+    def refresh(self, sessions: list[Session]) -> Deferred[Any]:
         """Keep the records of the sessions whose streams are open (the session lives as long
         as its stream; its record counts it for every instance): touched once per sweep, and
         saved again if lost (`keep_records`)."""

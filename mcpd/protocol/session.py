@@ -161,8 +161,9 @@ class SessionCluster(Protocol):
     def ended(self, session: Session) -> None:
         """The session ended for good (its client ended it): every instance forgets it."""
 
-    def refresh(self, sessions: list[Session]) -> None:
-        """These sessions were used lately: keep their records."""
+    def refresh(self, sessions: list[Session]) -> object:
+        """These sessions were used lately: keep their records (what it returns, a Deferred
+        for a test to wait on, is not waited for)."""
 
 
 class SessionStore:

@@ -39,7 +39,7 @@ from mcpd.interfaces import IGuardedConnection
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import CONNECTION, Claim, Ledger
 from mcpd.security.addresses import normal_form
-from mcpd.security.flow import OutputGuard
+from mcpd.security.flow import OutputGuard, nothing_buffered
 from mcpd.security.gate import Gate, Refusal, raw_response
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class GuardedConnection(ProtocolWrapper):
         if self.guard.blocked and not self.guard.admit(len(data)):
             return
         transport: Any = self.transport
-        if self._socket is not None and _idle(transport):
+        if self._socket is not None and nothing_buffered(transport):
             # Nothing waits to be sent: send now, as asyncio's transports do, rather than
             # buffer, watch the socket for writability and send on the reactor's next turn
             # (twisted.internet.abstract.FileDescriptor.write): two epoll_ctl calls, an
@@ -246,19 +246,6 @@ class GuardedConnection(ProtocolWrapper):
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             self.factory.clock.callLater(ABORT_AFTER, _abort_if_open, self.transport)
-
-
-def _idle(transport: Any) -> bool:
-    """Whether a TCP transport is open for writing with nothing buffered (Twisted 26.10's
-    `FileDescriptor` attributes: `write` and `doWrite` check the same)."""
-    return (
-        not transport.dataBuffer
-        and not transport._tempDataBuffer
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnecting
-        and not transport._writeDisconnected
-    )
 
 
 def _abort_if_open(transport: Any) -> None:

@@ -29,6 +29,21 @@ from zope.interface import implementer
 
 
 @implementer(IPushProducer)
+def nothing_buffered(transport: Any) -> bool:
+    """Whether a Twisted descriptor transport (TCP, StandardIO's stdout writer: a
+    `twisted.internet.abstract.FileDescriptor`, 26.10) is open for writing and holds nothing
+    unsent, so that data written to its socket or descriptor now keeps the order (what
+    `FileDescriptor.write` and ``doWrite`` check)."""
+    return bool(
+        not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+    )
+
+
 class OutputGuard:
     """Registered as ``transport``'s streaming producer; see the module docstring.
 

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from mcpd.security.head import HOST, header_text
+from mcpd.security.head import HOST, ORIGIN, header_text
 from mcpd.security.responses import json_error
 
 log = Logger(namespace="mcpd.policy")
@@ -77,7 +77,7 @@ def origin_problem(request: Request, allowed_origins: frozenset[str], origin: st
     route with the ``--cors-origin`` list as ``allowed_origins``.
     """
     if origin == "":  # not looked up by the caller yet
-        origin = request.getHeader("origin")
+        origin = header_text(request, ORIGIN)
     local = _arrived_on_loopback(request)
     host = header_text(request, HOST) or ""
     if local and host and not is_loopback(_host_of(host)):

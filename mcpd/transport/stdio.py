@@ -26,22 +26,10 @@ from mcpd.protocol.engine import Engine
 from mcpd.protocol.errors import InvalidRequest
 from mcpd.protocol.session import Session
 from mcpd.protocol.vocabulary import Exchange
-from mcpd.security.flow import OutputGuard
+from mcpd.security.flow import OutputGuard, nothing_buffered
 from mcpd.tools.api import Caller
 
 log = Logger(namespace="mcpd.stdio")
-
-
-def _idle(writer: Any) -> bool:
-    """Whether StandardIO's stdout writer (a `twisted.internet.abstract.FileDescriptor`) is open
-    and holds nothing unsent, so a line written to its descriptor now keeps the order."""
-    return bool(
-        writer.connected
-        and not writer.disconnecting
-        and not writer._writeDisconnected
-        and not writer.dataBuffer
-        and not writer._tempDataBuffer
-    )
 
 
 @implementer(IHalfCloseableProtocol)
@@ -135,13 +123,11 @@ class StdioProtocol(Protocol):
             # waiting before it, the line is written at once; what a full pipe does not take
             # goes to the transport, which sends it once the pipe drains.
             stdout = getattr(self.transport, "_writer", None)
-            written = writeToFD(stdout.fd, line) if stdout is not None and _idle(stdout) else 0
-            if not isinstance(written, int):
-                # The client closed its end of stdout (EPIPE): nobody will read this line, and
-                # buffering it (with every later answer) would only fill the transport and stop
-                # stdin being read. It is dropped; the client's EOF on stdin ends the server.
-                pass
-            elif written != len(line):
+            written = writeToFD(stdout.fd, line) if stdout is not None and nothing_buffered(stdout) else 0
+            # Not an int: the client closed its end of stdout (EPIPE). Nobody will read this
+            # line, and buffering it (with every later answer) would only fill the transport and
+            # stop stdin being read: it is dropped, and the client's EOF on stdin ends the server.
+            if isinstance(written, int) and written != len(line):
                 self.transport.write(line[written:])
             if not self.answered.called:
                 self.answered.callback(None)

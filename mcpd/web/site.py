@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import tempfile
@@ -108,10 +107,10 @@ class MCPSite(Site):
         return tempfile.TemporaryFile()
 
     def getResourceFor(self, request: Any) -> Resource:
-        """As twisted.web's (26.10), copying a list ``prepath`` by slicing rather than `copy`."""
+        """As twisted.web's (26.10), copying ``prepath`` (a list: `MCPRequest.process`) by
+        slicing rather than `copy.copy`."""
         request.site = self
-        prepath = request.prepath
-        request.sitepath = prepath[:] if type(prepath) is list else copy.copy(prepath)
+        request.sitepath = request.prepath[:]
         return resource.getChildForRequest(self.resource, request)  # type: ignore[no-any-return]
 
     def acceptableProtocols(self) -> list[bytes]:
