@@ -75,8 +75,6 @@ _decode = json.JSONDecoder(
 ).decode
 
 
-_dumps = write_json
-
 # Digits as zeros, so that a run of 19 (a number orjson may read as a float) is one search.
 _DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 19
@@ -136,7 +134,7 @@ def decode(data: bytes | str) -> Any:
         and _too_deep(value)
     ):
         raise ParseError(f"Parse error: the message nests deeper than {MAX_DEPTH} levels")
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _SURROGATE.search(_dumps(value)):
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _SURROGATE.search(write_json(value)):
         raise ParseError(
             "Parse error: a string holds a lone UTF-16 surrogate escape (such as \\ud800 without its pair), "
             "which is not Unicode text (RFC 8259 §8.2)"
@@ -177,16 +175,16 @@ def encode(message: Any) -> bytes:
     """
     try:
         spliced = _with_structured_text(message)
-        return (_dumps(message) if spliced is None else spliced).encode("utf-8")
+        return (write_json(message) if spliced is None else spliced).encode("utf-8")
     except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", _dumps(message)).encode("utf-8")
+        return _SURROGATE.sub("\ufffd", write_json(message)).encode("utf-8")
     except (ValueError, TypeError, RecursionError) as e:
         return _replacement(message, e)
 
 
 # Where a tool result's structured content goes while the rest of its answer is written.
 _PLACE = "\x00mcpd:structuredContent\x00"
-_PLACE_JSON = _dumps(_PLACE)
+_PLACE_JSON = write_json(_PLACE)
 
 
 def _with_structured_text(message: Any) -> str | None:
@@ -204,7 +202,7 @@ def _with_structured_text(message: Any) -> str | None:
     text = content[0].get("text")
     if type(text) is not JSONText or text.value is not structured:
         return None
-    written = _dumps({**message, "result": {**result, "structuredContent": _PLACE}})
+    written = write_json({**message, "result": {**result, "structuredContent": _PLACE}})
     at = written.rfind(_PLACE_JSON)
     if at < 0 or written.find(_PLACE_JSON) != at:
         return None
@@ -216,9 +214,9 @@ def dumps(value: Any) -> str:
     writes ``NaN``, but quietly (a logger must not log about its own lines): what JSON cannot
     carry becomes null or text, a lone surrogate U+FFFD."""
     try:
-        text = _dumps(value)
+        text = write_json(value)
     except (ValueError, TypeError, RecursionError):
-        text = _dumps(_sanitized(value, 0, set()))
+        text = write_json(_sanitized(value, 0, set()))
     # ASCII text holds no surrogate, and telling is free (a log line's search was 7% of it).
     return text if text.isascii() or not _SURROGATE.search(text) else _SURROGATE.sub("\ufffd", text)
 
@@ -226,10 +224,10 @@ def dumps(value: Any) -> str:
 def _replacement(message: Any, error: Exception) -> bytes:
     try:
         substitute = _substitute(message, error)
-        return _SURROGATE.sub("\ufffd", _dumps(substitute)).encode("utf-8")
+        return _SURROGATE.sub("\ufffd", write_json(substitute)).encode("utf-8")
     except Exception:
         log.failure("Could not write even a substitute for a message")
-        return _dumps(
+        return write_json(
             error_response(None, InternalError("Internal error: the server could not write its answer").to_error())
         ).encode()
 
