@@ -251,11 +251,7 @@ class SQLDatabase:
                 if kind == "deadlock_retry" and attempt + 1 < DEADLOCK_RETRIES:
                     time.sleep(random.uniform(0.005, 0.02) * (attempt + 1))  # in a store thread
                     continue
-                if kind in ("unavailable", "busy", "deadlock_retry"):
-                    reason = _reason(e)
-                    if kind == "unavailable":
-                        self._unreachable(reason)
-                    raise StoreUnavailable(STORE, reason + RETRY_ADVICE) from None
+                self._raise_outage(kind, e)
                 raise
             else:
                 self._reached()
@@ -377,13 +373,18 @@ class SQLDatabase:
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as e:
             kind = self._classify(e)
             self.metrics.errors.labels("check", kind).inc()
-            if kind not in ("unavailable", "busy", "deadlock_retry"):
-                raise
-            reason = _reason(e)
+            self._raise_outage(kind, e)
+            raise
+        self._reached()
+
+    def _raise_outage(self, kind: str, error: Exception) -> None:
+        """Raise `StoreUnavailable` for an outage (``kind`` from `_classify`): unavailable (the
+        store marked unreachable), busy or deadlock_retry; return for anything else."""
+        if kind in ("unavailable", "busy", "deadlock_retry"):
+            reason = _reason(error)
             if kind == "unavailable":
                 self._unreachable(reason)
             raise StoreUnavailable(STORE, reason + RETRY_ADVICE) from None
-        self._reached()
 
     def collectors(self) -> list[Any]:
         return self.metrics.collectors()
