@@ -242,6 +242,22 @@ class _AuditStoreSuite:
         self.assertEqual(seen, ["k4", "k3", "k2", "k1", "k0"])
 
     @inlineCallbacks
+    def test_a_large_batch_is_written_whole_and_exact(self) -> Any:
+        """A batch of more rows than one of SQLite's grouped INSERTs holds (80), from an
+        iterator, with a shorter last group: every record is stored once, with its own values."""
+        count = 2 * 80 + 7
+        records = [record(n, tool=f"tool{n}", key=f"key{n % 3}", outcome="ok" if n % 5 else "error") for n in range(count)]
+        self.assertEqual((yield self.log.append(map(fields, records))), count)
+        page, after = yield self.log.search(A, {}, 500, None)
+        self.assertIsNone(after)
+        shown = [(r["request_id"], r["tool"], r["key"], r["outcome"], r["time"]) for r in reversed(page)]
+        expected = [
+            (n, f"tool{n}", f"key{n % 3}", "ok" if n % 5 else "error", at(n).isoformat(timespec="microseconds") + "Z")
+            for n in range(count)
+        ]
+        self.assertEqual(shown, expected)
+
+    @inlineCallbacks
     def test_long_values_are_cut_not_refused(self) -> Any:
         long = record(1, tool="t" * 500, x_request_id="x" * 500, request_id="r" * 500, detail="d" * 5000)
         yield self.log.append([fields(long)])
