@@ -246,7 +246,9 @@ class _AuditStoreSuite:
         """A batch of more rows than one of SQLite's grouped INSERTs holds (80), from an
         iterator, with a shorter last group: every record is stored once, with its own values."""
         count = 2 * 80 + 7
-        records = [record(n, tool=f"tool{n}", key=f"key{n % 3}", outcome="ok" if n % 5 else "error") for n in range(count)]
+        records = [
+            record(n, tool=f"tool{n}", key=f"key{n % 3}", outcome="ok" if n % 5 else "error") for n in range(count)
+        ]
         self.assertEqual((yield self.log.append(map(fields, records))), count)
         page, after = yield self.log.search(A, {}, 500, None)
         self.assertIsNone(after)
