@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -469,8 +469,9 @@ class RawConnection:
         sql, _defaults = raw_sql(statement, self.dialect)
         return self.executemany_sql(sql, rows)
 
-    def executemany_sql(self, sql: str, rows: Sequence[Any]) -> Any:
-        """Run the driver's own SQL once per row (PyMySQL makes one INSERT of them all)."""
+    def executemany_sql(self, sql: str, rows: Iterable[Any]) -> Any:
+        """Run the driver's own SQL once per row (PyMySQL makes one INSERT of them all); the
+        driver takes the rows one at a time, so ``rows`` may make them as they are asked for."""
         return self._call(sql, rows, self.cursor.executemany, sql, rows)
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
