@@ -231,6 +231,44 @@ class ClusterPartsTests(RedisPartsCase):
         self.assertEqual(replayed, [(n, b'{"n":%d}' % n) for n in range(1, 121)] + [(121, b"")])
 
     @inlineCallbacks
+    def test_get_stream_events_are_numbered_in_issue_order(self) -> Any:
+        """The GET stream's events, numbered by Redis, issued one after another without waiting
+        (a burst of notifications), are numbered in the order they were issued, and published
+        in it: they went out on any connection of the pool, and Redis numbered them in the
+        order it ran them (ids g.285-g.300 carried n=266...298)."""
+        journal = Journal(self.bus, 512, 60.0)
+        self.assertGreater(self.connection.pool_size, 1)
+        session = "get-in-issue-order"
+        heard: list[str] = []
+        self.bus.listen(journal.channel(session, STANDALONE), heard.append, raw=True)
+        self.addCleanup(self.bus.unlisten, journal.channel(session, STANDALONE), heard.append)
+        yield self.subscribers_become(journal.channel(session, STANDALONE), 1)
+        count = 400
+        appended = [journal.append(session, STANDALONE, b'{"n":%d}' % n) for n in range(1, count + 1)]
+        self.assertEqual((yield gatherResults(appended)), list(range(1, count + 1)))
+        replayed = yield journal.read_after(session, STANDALONE, 0)
+        self.assertEqual(replayed, [(n, b'{"n":%d}' % n) for n in range(1, count + 1)])
+        yield wait_for(lambda: len(heard) == count)
+        self.assertEqual(heard, [f'{n} {{"n":{n}}}' for n in range(1, count + 1)])
+
+    @inlineCallbacks
+    def test_a_change_reaches_the_get_stream_once(self) -> Any:
+        """A change heard by several instances (its once-key) is added to the GET stream once,
+        whether its copies come in one burst or after it was added; the others fire with 0."""
+        journal, other = Journal(self.bus, 64, 60.0), Journal(self.bus, 64, 60.0)
+        session = "changed-once"
+        burst = [(b'{"n":1}', None), (b'{"c":1}', "c1"), (b'{"c":1}', "c1"), (b'{"n":2}', None), (b'{"c":2}', "c2")]
+        numbers = yield gatherResults([journal.append(session, STANDALONE, data, once=once) for data, once in burst])
+        self.assertEqual(numbers, [1, 2, 0, 3, 4])
+        # Another instance's copies, after.
+        self.assertEqual((yield other.append(session, STANDALONE, b'{"c":2}', once="c2")), 0)
+        self.assertEqual((yield other.append(session, STANDALONE, b'{"c":3}', once="c3")), 5)
+        self.assertEqual((yield journal.append(session, STANDALONE, b'{"c":1}', once="c1")), 0)
+        replayed = yield journal.read_after(session, STANDALONE, 0)
+        self.assertEqual([data for _, data in replayed], [b'{"n":1}', b'{"c":1}', b'{"n":2}', b'{"c":2}', b'{"c":3}'])
+        self.assertEqual([seq for seq, _ in replayed], [1, 2, 3, 4, 5])
+
+    @inlineCallbacks
     def test_two_listeners_of_one_channel(self) -> Any:
         """Two readers of one stream in this process (a stale GET and its replacement) both
         hear its channel; the first one ending leaves the other listening, and the channel is
@@ -1125,7 +1163,6 @@ class GetStreamTakeoverTests(RedisPartsCase):
         yield self.subscribers_become(b.journal.channel(session.id, STANDALONE), 1)
         count = 300
         yield gatherResults([b.journal.append(session.id, STANDALONE, b'{"n":%d}' % n) for n in range(count)])
-        # (The appends run concurrently: the events are numbered in the order Redis ran them.)
         yield wait_for(lambda: b"id: g.%d\n" % count in b"".join(received))
         mark = self.bus.key("ev", session.id, STANDALONE, "delivered")
         settled, last = reactor.seconds() + 1.0, None

@@ -16,24 +16,32 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from mcpd.cluster.bus import ClusterBus
 
-# An event numbered here, next in its stream (the GET stream, written by every instance). KEYS:
-# stream, its counter, the change's once-key (or ""); ARGV: data, maximum length, TTL (ms), channel.
+# Events numbered here, next in their stream (the GET stream, written by every instance), in
+# order. KEYS: the stream, its counter, then each event's change once-key (or ""). ARGV: maximum
+# length, TTL (ms), channel, then each event's data. Answers each event's number (0: its
+# change was already added).
 _APPEND = """
-if KEYS[3] ~= '' then
-  if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return 0 end
+local numbers = {}
+for i = 3, #KEYS do
+  if KEYS[i] == '' or redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[2]) then
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], seq .. '-0', 'd', ARGV[i + 1])
+    redis.call('PUBLISH', ARGV[3], seq .. ' ' .. ARGV[i + 1])
+    numbers[#numbers + 1] = seq
+  else
+    numbers[#numbers + 1] = 0
+  end
 end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], seq .. '-0', 'd', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], seq .. ' ' .. ARGV[1])
-return seq
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return numbers
 """
 
 # A POST stream's events, numbered by the instance writing it, in order. KEYS: the stream.
@@ -46,6 +54,8 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 0
 """
+# How many events of a stream one append script carries at most: a script runs alone in Redis.
+APPEND_BATCH = 256
 
 # KEYS: what to keep. ARGV: TTL (ms).
 _KEEP = """
@@ -59,6 +69,17 @@ KEEP_BATCH = 250
 STANDALONE = "g"
 
 
+@attrs.frozen
+class _Event:
+    """An event on its way to the journal: its number (None: Redis numbers it), its change's
+    once-key (or ""), its data, and what fires with its number."""
+
+    seq: int | None
+    once: str
+    data: bytes
+    done: Deferred[int]
+
+
 class Journal:
     """Appends to and reads the Redis streams of session events."""
 
@@ -66,8 +87,8 @@ class Journal:
         self.bus = bus
         self.replay_limit = max(1, replay_limit)
         self.ttl_ms = int(max(ttl, 1.0) * 1000)
-        # Numbered events waiting for the stream's append in flight, by stream: see `append`.
-        self._queued: dict[str, list[tuple[int, bytes, Deferred[int]]]] = {}
+        # Events waiting for their stream's append in flight, by stream: see `append`.
+        self._queued: dict[str, list[_Event]] = {}
 
     def stream(self, session_id: str, key: str) -> str:
         return self.bus.key("ev", session_id, key)
@@ -85,46 +106,47 @@ class Journal:
         """Add an event (``data``: one encoded message; empty ends the stream); fires with its
         number, or 0 when ``once`` (a change id) was already added to this stream.
 
-        Events numbered here (``seq``: a POST stream's, written by this instance only) go to
-        Redis in order, one script per stream at a time with what came meanwhile: commands
-        take any connection of the pool, and a stream's ids must grow (XADD refuses one
-        that does not, and the event would be lost to replay)."""
+        ``seq`` numbers a POST stream's event (written by this instance only); without it (the
+        GET stream) Redis numbers the event. Either way a stream's events reach Redis in the
+        order they were appended here, one script per stream at a time with what came
+        meanwhile: commands take any connection of the pool, so two sent at once may run in
+        either order (XADD would refuse a POST stream's smaller id, losing the event to replay;
+        Redis would number the GET stream's events out of order)."""
         stream = self.stream(session_id, key)
-        if seq is not None:
-            done: Deferred[int] = Deferred()
-            queued = self._queued.get(stream)
-            if queued is not None:
-                queued.append((seq, data, done))
-            else:
-                self._queued[stream] = []
-                self._send(session_id, key, [(seq, data, done)])
-            return done
-        once_key = self.bus.key("once", session_id, once) if once else ""
-        return self.bus.redis.eval(
-            _APPEND,
-            [stream, stream + ":n", once_key],
-            [data, self.replay_limit, self.ttl_ms, self.channel(session_id, key)],
-        ).addCallback(int)
+        event = _Event(seq, self.bus.key("once", session_id, once) if once else "", data, Deferred())
+        queued = self._queued.get(stream)
+        if queued is not None:
+            queued.append(event)
+        else:
+            self._queued[stream] = []
+            self._send(session_id, key, [event])
+        return event.done
 
-    def _send(self, session_id: str, key: str, events: list[tuple[int, bytes, Deferred[int]]]) -> None:
-        """Append numbered events of one stream; then those queued meanwhile."""
+    def _send(self, session_id: str, key: str, events: list[_Event]) -> None:
+        """Append events of one stream; then those queued meanwhile."""
         stream = self.stream(session_id, key)
         args: list[Any] = [self.replay_limit, self.ttl_ms, self.channel(session_id, key)]
-        for seq, data, _done in events:
-            args += [seq, data]
+        if events[0].seq is not None:
+            for event in events:
+                args += [event.seq, event.data]
+            d = self.bus.redis.eval(_APPEND_NUMBERED, [stream], args)
+            d.addCallback(lambda _: [event.seq for event in events])
+        else:
+            args += [event.data for event in events]
+            d = self.bus.redis.eval(_APPEND, [stream, stream + ":n", *(event.once for event in events)], args)
 
         def sent(outcome: Any) -> None:
             queued = self._queued.pop(stream, [])
             if queued:
-                self._queued[stream] = []
-                self._send(session_id, key, queued)
-            for seq, _data, done in events:
+                self._queued[stream] = queued[APPEND_BATCH:]
+                self._send(session_id, key, queued[:APPEND_BATCH])
+            for n, event in enumerate(events):
                 if isinstance(outcome, Failure):
-                    done.errback(outcome)
+                    event.done.errback(outcome)
                 else:
-                    done.callback(seq)
+                    event.done.callback(int(outcome[n]))
 
-        self.bus.redis.eval(_APPEND_NUMBERED, [stream], args).addBoth(sent)
+        d.addBoth(sent)
 
     def read_after(self, session_id: str, key: str, after: int) -> Deferred[list[tuple[int, bytes]]]:
         """The kept events numbered above ``after``, in order."""
