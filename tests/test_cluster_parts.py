@@ -1625,6 +1625,73 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
         self.assertFalse((yield registry.alive("gotten0123")))
 
     @inlineCallbacks
+    def test_a_cancel_of_a_killed_runners_task_is_answered_at_once(self) -> Any:
+        """Cancelling a task whose runner was killed on this host marks it cancelled at once
+        (nobody hears the cancel, and its process is not running), though this instance's
+        registry is not `sure`: not "try again" until the runner's entry lapses."""
+        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        store = RedisTaskStore(self.connection)
+        relay = TaskRelay(self.bus, TaskManager(store, reactor), reactor, registry)
+        self.addCleanup(relay.stop)
+        child = self.sleeper()
+        yield self.entry(registry, "runner0123", child.pid)
+        record = TaskRecord("t-cancel-killed", "caller:alice", True, reactor.seconds(), 60_000, 500)
+        record.runner = "runner0123"
+        yield store.add(record, reactor.seconds())
+        refused = yield relay.cancel(record).addErrback(lambda f: f.value)  # alive, not listening
+        self.assertIsInstance(refused, ClusterUnavailable)
+        self.assertIn("try again", str(refused))
+
+        yield self.killed(child)
+        self.assertFalse(registry.sure())
+        cancelled = yield relay.cancel(record)
+        self.assertEqual(cancelled.status, CANCELLED)
+        self.assertEqual((yield store.get(record.task_id)).status, CANCELLED)
+
+    @inlineCallbacks
+    def test_a_post_stream_of_a_killed_writer_ends_at_once(self) -> Any:
+        """A POST's stream read from the journal (resumed on another instance) stays open while
+        the instance writing it runs; once that instance is killed on this host, a reader
+        replays what was written and ends at once, though the registry is not `sure`: not
+        open until the writer's entry lapses. One whose writer has no entry ends too."""
+        cluster = self.cluster()
+        child = self.sleeper()
+        yield self.entry(cluster.registry, "writer0123", child.pid)
+        session = HTTPSession("written-by-killed")
+        session.version = "2025-11-25"
+        key = "writer0123-0123abcd-1"
+        yield cluster.journal.append(session.id, key, b'{"n":1}', seq=1)
+        received: list[bytes] = []
+        live = treq.collect((yield self.stream(cluster, session, key)), received.append)
+        yield wait_for(lambda: b'{"n":1}' in b"".join(received))
+        yield cluster.journal.append(session.id, key, b'{"n":2}', seq=2)
+        yield wait_for(lambda: b'{"n":2}' in b"".join(received))
+        self.assertFalse(live.called)
+        for finish in list(session.readers.values()):
+            finish()
+        yield live
+
+        yield self.killed(child)
+        self.assertFalse(cluster.registry.sure())
+        for writer in ("writer0123", "lapsed0123"):
+            replayed: list[bytes] = []
+            if writer != "writer0123":
+                key = f"{writer}-0123abcd-1"
+                yield cluster.journal.append(session.id, key, b'{"n":1}', seq=1)
+            done = treq.collect((yield self.stream(cluster, session, key)), replayed.append)
+            self.addCleanup(lambda: [finish() for finish in list(session.readers.values())])
+            yield wait_for(lambda done=done: done.called, timeout=5.0)
+            self.assertIn(b"id: %s.1\n" % key.encode(), b"".join(replayed))
+
+    def stream(self, cluster: ClusterSessions, session: HTTPSession, key: str) -> Any:
+        """A reader of ``session``'s stream ``key`` from its start, over a real socket."""
+        port = reactor.listenTCP(0, Site(JournaledStream(cluster, session, key, 0)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        return treq.get(f"http://127.0.0.1:{port.getHost().port}/", unbuffered=True, pool=pool)
+
+    @inlineCallbacks
     def test_a_runner_found_killed_is_gone_for_every_instance(self) -> Any:
         """Once one instance has found a runner killed (and forgotten its entry), another that
         is not `sure` yet (just started) finds it gone too, and settles its tasks: without the

@@ -137,11 +137,12 @@ class TaskRelay:
 
         def nobody_heard(failure: Failure) -> Deferred[TaskRecord]:
             failure.trap(InstanceGone)
-            # Nobody heard: gone, or its bus connection is being made again. Ask the registry.
-            return self.registry.alive(record.runner).addCallback(runner_gone)
+            # Nobody heard: gone, or its bus connection is being made again. Ask the registry
+            # (a runner of this host that was killed is known gone at once).
+            return self.registry.gone(record.runner).addCallback(runner_gone)
 
-        def runner_gone(alive: bool) -> Deferred[TaskRecord]:
-            if alive or not self.registry.sure():
+        def runner_gone(gone: bool) -> Deferred[TaskRecord]:
+            if not gone:
                 raise ClusterUnavailable(
                     f"instance {record.runner}, running task {record.task_id}, did not hear the cancel"
                     " (its connection to Redis is being restored); try again shortly"

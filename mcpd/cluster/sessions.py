@@ -417,12 +417,21 @@ class _Reader:
             self._event(seq, data)
         if self.done or self.key == STANDALONE:
             return None
-        # A POST's stream: if the instance that wrote it is gone, nothing more will come.
+        # A POST's stream: if the instance that wrote it is gone, nothing more will come (one
+        # of this host that was killed is known gone at once). Ending a stream is undone by
+        # resuming it, so one without a registry entry ends too, `sure` or not.
         origin = self.key.split("-")[0]
-        return self.cluster.registry.alive(origin).addCallback(self._origin_alive)
+        registry = self.cluster.registry
 
-    def _origin_alive(self, alive: bool) -> None:
-        if not alive and not self.done:
+        def judged(gone: bool) -> Any:
+            if gone or registry.sure():
+                return gone
+            return registry.alive(origin).addCallback(lambda alive: not alive)
+
+        return registry.gone(origin).addCallback(judged).addCallback(self._origin_gone)
+
+    def _origin_gone(self, gone: bool) -> None:
+        if gone and not self.done:
             self.finish()
 
     def heard_raw(self, raw: str) -> None:
