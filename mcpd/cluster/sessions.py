@@ -343,8 +343,14 @@ class ClusterSessions(_RecordKeeper):
 
         return hold("").addBoth(done)
 
+    def reading(self, claim: str, reader: _Reader) -> None:
+        """``reader``, open here, holds ``claim`` on its session's GET stream (until `let_go`):
+        a resumed GET stream replacing it ends it (`_end_reader`)."""
+        self._claims[claim] = reader
+
     def let_go(self, session_id: str, claim: str) -> None:
         """Give up a claim on the GET stream (its reader ended)."""
+        self._claims.pop(claim, None)
         self.bus.redis.eval(_LET_GO, [self.journal.reader(session_id)], [claim]).addErrback(
             _logged, "let go of the GET stream of session {id}", session_id
         )
@@ -388,7 +394,7 @@ class _Reader:
         session, journal = self.session, self.cluster.journal
         session.readers[self] = self.finish
         if self.claim is not None:
-            self.cluster._claims[self.claim] = self
+            self.cluster.reading(self.claim, self)
         # Subscribed first (live events are held meanwhile), then the replay: an event
         # published in between is in one or the other, and its number keeps it from being
         # written twice (`_event`).
@@ -479,7 +485,6 @@ class _Reader:
         self.session.readers.pop(self, None)
         self.cluster.bus.unlisten(self.channel, self.heard_raw)
         if self.claim is not None:
-            self.cluster._claims.pop(self.claim, None)
             self.cluster.let_go(self.session.id, self.claim)
 
 
