@@ -17,7 +17,7 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -1690,6 +1690,45 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
         return treq.get(f"http://127.0.0.1:{port.getHost().port}/", unbuffered=True, pool=pool)
+
+    @inlineCallbacks
+    def test_a_runner_not_known_gone_is_believed_for_a_while(self) -> Any:
+        """While this instance's registry is not `sure`, a runner not known gone is not asked
+        about again for `SEEN_ALIVE` seconds (every check of its tasks cost a round trip to
+        Redis). A task of one that dies meanwhile is settled by the first check after that,
+        and at once when this instance has found the runner gone some other way (a cancel
+        nobody heard, a claim on a GET stream)."""
+        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        finder = InstanceRegistry(self.bus, [], [], clock=reactor)  # another instance's
+        store = RedisTaskStore(self.connection)
+        clock = Clock()
+        relay = TaskRelay(self.bus, TaskManager(store, reactor), clock, registry)
+        self.addCleanup(relay.stop)
+        records, children = [], []
+        for runner in ("seen0123", "found0123"):
+            children.append(self.sleeper())
+            yield self.entry(registry, runner, children[-1].pid)
+            records.append(TaskRecord(f"t-{runner}", "session:s1", False, reactor.seconds(), 60_000, 500))
+            records[-1].runner = runner
+            yield store.add(records[-1], reactor.seconds())
+            self.assertEqual((yield relay.check(records[-1])).status, WORKING)
+        for child in children:
+            yield self.killed(child)
+        self.assertFalse(registry.sure())
+
+        # Found stopped here: settled at once.
+        self.assertTrue((yield registry.gone("found0123")))
+        settled = yield relay.check(records[1])
+        self.assertEqual((settled.status, settled.status_message), (FAILED, ORPHANED))
+        # Found stopped by another instance (its entry forgotten, marked stopped): believed
+        # alive here until SEEN_ALIVE has passed, then settled.
+        self.assertTrue((yield finder.gone("seen0123")))
+        self.assertEqual((yield relay.check(records[0])).status, WORKING)
+        clock.advance(TaskRelay.SEEN_ALIVE)
+        settled = yield relay.check(records[0])
+        self.assertEqual((settled.status, settled.status_message), (FAILED, ORPHANED))
+        for record in records:
+            self.assertEqual((yield store.get(record.task_id)).status, FAILED)
 
     @inlineCallbacks
     def test_a_runner_found_killed_is_gone_for_every_instance(self) -> Any:

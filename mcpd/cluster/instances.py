@@ -314,6 +314,11 @@ class InstanceRegistry:
 
         return redis.execute("MGET", self.key(instance), self.stopped_key(instance)).addCallback(read)
 
+    def found_stopped(self, instance: str) -> bool:
+        """Whether `gone` has found ``instance`` stopped here (or marked so by another
+        instance): gone for good, no need to ask Redis."""
+        return instance in self._stopped
+
     def stopped_key(self, instance: str) -> str:
         """The mark of an instance found stopped (`gone`), for every instance."""
         return self.bus.key("inst-stopped", instance)

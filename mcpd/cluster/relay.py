@@ -80,7 +80,7 @@ class TaskRelay:
     that died); they end when their request is cancelled or this instance stops.
     """
 
-    # Seconds between sweeps; and how long a runner seen alive is believed to be.
+    # Seconds between sweeps; and how long a runner not found gone is believed alive.
     SWEEP = 5.0
     SEEN_ALIVE = 2.0
 
@@ -102,7 +102,7 @@ class TaskRelay:
         bus.on("task-cancel", self._cancel_here)
         bus.on("task-update", self._update_here)
         bus.on("task-ended", self._ended_elsewhere)
-        # Runners seen alive, until when they are believed to be.
+        # Runners not found gone, until when they are believed alive.
         self._alive: dict[str, float] = {}
         # Blocked tasks/result requests for tasks of other instances, by task id.
         self._waiting: dict[str, list[Deferred[TaskRecord]]] = {}
@@ -179,19 +179,20 @@ class TaskRelay:
 
     def check(self, record: TaskRecord) -> Deferred[TaskRecord]:
         """``record`` (running on another instance) as it is: settled as failed if its runner
-        has gone. A runner seen alive lately is not asked about again for `SEEN_ALIVE` s."""
+        has gone. A runner not gone is not asked about again for `SEEN_ALIVE` s (unless this
+        instance finds it stopped meanwhile)."""
         now = self.clock.seconds()
-        if self._alive.get(record.runner, 0.0) > now:
+        if self._alive.get(record.runner, 0.0) > now and not self.registry.found_stopped(record.runner):
             return succeed(record)
         settled = _orphaned(record, now)
 
         def judged(gone: bool) -> Any:
             if not gone:
-                # Registered (then believed alive for a while); or this instance is back from
-                # a Redis outage, and a live runner may not have written its registry entry
-                # again yet: the record as read.
-                if self.registry.sure():
-                    self._alive[record.runner] = self.clock.seconds() + self.SEEN_ALIVE
+                # Registered; or this instance is back from a Redis outage (not `sure`), and a
+                # live runner may not have written its registry entry again yet. Believed for
+                # a while either way: once sure, a runner without an entry is gone at most
+                # SEEN_ALIVE s later.
+                self._alive[record.runner] = self.clock.seconds() + self.SEEN_ALIVE
                 return record
             return self.store.settle(settled, self.registry.key(record.runner)).addCallback(answered)
 
