@@ -1393,6 +1393,47 @@ class TwoDaemonsTests(DaemonTestMixin, TestCase):
         self.daemons[0].process.wait(10)
         self.assertTrue(drain(self.get(b)).startswith(b"HTTP/1.1 200"))
 
+    def test_a_post_stream_resumed_after_its_instance_was_killed_ends_at_once(self) -> None:
+        """A's POST stream (a tool waiting for the client's answer) resumed on B after A was
+        killed (``kill -9``): B replays it and ends it at once (nothing more will come), not
+        holds it open while A's registry entry lives."""
+        a, b = self.ports
+        ask = {"jsonrpc": "2.0", "id": 7, "method": "tools/call"}
+        ask["params"] = {"name": "cluster.ask", "arguments": {"question": "q"}}
+        body = json.dumps(ask).encode()
+        sock = self.request(a, "POST", f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body)
+        ids = re.findall(rb"id: (\S+)", drain(sock))
+        self.assertTrue(ids)
+        sock.close()
+        self.daemons[0].process.kill()
+        self.daemons[0].process.wait(10)
+        resumed = drain(self.get(b, ids[0].decode()))
+        self.assertTrue(resumed.startswith(b"HTTP/1.1 200"), resumed)
+        self.assertIn(b"elicitation/create", resumed)
+        self.assertTrue(resumed.endswith(b"\r\n0\r\n\r\n"), resumed)  # the stream's end
+
+    def test_a_cancel_right_after_the_runner_was_killed_is_answered(self) -> None:
+        """A legacy task running on A, polled through B; A killed (``kill -9``); a cancel
+        through B at once is answered (the task cancelled, or failed as its runner stopped),
+        never "try again" while A's registry entry lives."""
+        a, b = self.ports
+        call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call"}
+        call["params"] = {"name": "cluster.wait", "arguments": {"label": "killed"}, "task": {"ttl": 600_000}}
+        _, _, made = self.post(a, call)
+        task_id = json.loads(made)["result"]["task"]["taskId"]
+        _, _, polled = self.post(b, {"jsonrpc": "2.0", "id": 4, "method": "tasks/get", "params": {"taskId": task_id}})
+        self.assertEqual(json.loads(polled)["result"]["status"], "working", polled)
+        self.daemons[0].process.kill()
+        self.daemons[0].process.wait(10)
+        cancel = {"jsonrpc": "2.0", "id": 5, "method": "tasks/cancel", "params": {"taskId": task_id}}
+        answer = json.loads(self.post(b, cancel)[2])
+        if "error" in answer:  # not within SEEN_ALIVE of the poll: found failed first
+            self.assertIn("is already failed", answer["error"]["message"], answer)
+        else:
+            self.assertEqual(answer["result"]["status"], "cancelled", answer)
+        _, _, polled = self.post(b, {"jsonrpc": "2.0", "id": 6, "method": "tasks/get", "params": {"taskId": task_id}})
+        self.assertIn(json.loads(polled)["result"]["status"], ("cancelled", "failed"), polled)
+
     def test_subscriptions_through_both_instances_stop_at_the_share(self) -> None:
         """The session's record follows at most its account's share of URIs, subscribed
         through whichever instance: every subscribe past it is refused, and Redis keeps no more."""
