@@ -148,6 +148,14 @@ class RedisPartsCase(TestCase):
         self.addCleanup(registry.stop)
         return bus, registry
 
+    def stream(self, cluster: ClusterSessions, session: HTTPSession, key: str = STANDALONE) -> Any:
+        """A reader of ``session``'s stream ``key`` from its start, over a real socket."""
+        port = reactor.listenTCP(0, Site(JournaledStream(cluster, session, key, 0)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        return treq.get(f"http://127.0.0.1:{port.getHost().port}/", unbuffered=True, pool=pool)
+
     def cluster(self, session_timeout: float = 60.0, bus: ClusterBus | None = None) -> ClusterSessions:
         """The session sharing of one instance (of ``bus``: this test's by default), its session
         records in Redis."""
@@ -1115,13 +1123,6 @@ class GetStreamTakeoverTests(RedisPartsCase):
     """Resuming the GET stream (``Last-Event-ID: g.N``) replaces the reader that held it, on
     this instance or another, so no message goes out on two streams."""
 
-    def stream(self, cluster: ClusterSessions, session: HTTPSession) -> Any:
-        port = reactor.listenTCP(0, Site(JournaledStream(cluster, session, STANDALONE, 0)), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        return treq.get(f"http://127.0.0.1:{port.getHost().port}/", unbuffered=True, pool=pool)
-
     @inlineCallbacks
     def test_a_resumed_get_stream_ends_the_one_it_replaced(self) -> Any:
         """A GET stream read on A, resumed on B, resumed on B again: each resumption ends the
@@ -1723,14 +1724,6 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
             self.addCleanup(lambda: [finish() for finish in list(session.readers.values())])
             yield wait_for(lambda done=done: done.called, timeout=5.0)
             self.assertIn(b"id: %s.1\n" % key.encode(), b"".join(replayed))
-
-    def stream(self, cluster: ClusterSessions, session: HTTPSession, key: str) -> Any:
-        """A reader of ``session``'s stream ``key`` from its start, over a real socket."""
-        port = reactor.listenTCP(0, Site(JournaledStream(cluster, session, key, 0)), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        return treq.get(f"http://127.0.0.1:{port.getHost().port}/", unbuffered=True, pool=pool)
 
     @inlineCallbacks
     def test_a_runner_not_known_gone_is_believed_for_a_while(self) -> Any:
