@@ -1616,12 +1616,18 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
         child.kill()
         yield wait_for(lambda: (process_state(child.pid) or ("Z",))[0] == "Z")
 
+    def relay(self, clock: Any = reactor) -> TaskRelay:
+        """This test's instance's task relay (on ``clock``), its registry not `sure` (just
+        started); stopped at cleanup."""
+        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
+        relay = TaskRelay(self.bus, TaskManager(RedisTaskStore(self.connection), reactor), clock, registry)
+        self.addCleanup(relay.stop)
+        return relay
+
     @inlineCallbacks
     def test_a_reader_settles_the_task_of_a_killed_runner_at_once(self) -> Any:
-        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
-        store = RedisTaskStore(self.connection)
-        relay = TaskRelay(self.bus, TaskManager(store, reactor), reactor, registry)
-        self.addCleanup(relay.stop)
+        relay = self.relay()
+        registry, store = relay.registry, relay.store
         child = self.sleeper()
         yield self.entry(registry, "runner0123", child.pid)
         record = TaskRecord("t-killed", "session:s1", False, reactor.seconds(), 60_000, 500, runner="runner0123")
@@ -1639,11 +1645,8 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
         """The first check of a killed runner forgets its entry; the checks of its other tasks
         still find it gone, though this instance's registry is not `sure` yet (just started,
         or back from a Redis outage): tasks/list settles all of a page, tasks/get each one."""
-        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
-        store = RedisTaskStore(self.connection)
-        manager = TaskManager(store, reactor)
-        relay = TaskRelay(self.bus, manager, reactor, registry)
-        self.addCleanup(relay.stop)
+        relay = self.relay()
+        registry, store, manager = relay.registry, relay.store, relay.manager
         tasks: dict[str, list[str]] = {"listed0123": [], "gotten0123": []}
         children = {}
         for runner, ids in tasks.items():
@@ -1671,10 +1674,8 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
         """Cancelling a task whose runner was killed on this host marks it cancelled at once
         (nobody hears the cancel, and its process is not running), though this instance's
         registry is not `sure`: not "try again" until the runner's entry lapses."""
-        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
-        store = RedisTaskStore(self.connection)
-        relay = TaskRelay(self.bus, TaskManager(store, reactor), reactor, registry)
-        self.addCleanup(relay.stop)
+        relay = self.relay()
+        registry, store = relay.registry, relay.store
         child = self.sleeper()
         yield self.entry(registry, "runner0123", child.pid)
         record = TaskRecord("t-cancel-killed", "caller:alice", True, reactor.seconds(), 60_000, 500)
@@ -1732,12 +1733,10 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
         Redis). A task of one that dies meanwhile is settled by the first check after that,
         and at once when this instance has found the runner gone some other way (a cancel
         nobody heard, a claim on a GET stream)."""
-        registry = InstanceRegistry(self.bus, [], [], clock=reactor)
-        finder = InstanceRegistry(self.bus, [], [], clock=reactor)  # another instance's
-        store = RedisTaskStore(self.connection)
         clock = Clock()
-        relay = TaskRelay(self.bus, TaskManager(store, reactor), clock, registry)
-        self.addCleanup(relay.stop)
+        relay = self.relay(clock)
+        registry, store = relay.registry, relay.store
+        finder = InstanceRegistry(self.bus, [], [], clock=reactor)  # another instance's
         records, children = [], []
         for runner in ("seen0123", "found0123"):
             children.append(self.sleeper())
