@@ -31,7 +31,16 @@ from mcpd.interfaces import Conflict, INoteStore, IStore, ITaskBoard, NotFound, 
 from mcpd.stores.sql import migrate
 from mcpd.stores.sql.config import DatabaseConfig, DatabaseConfigError, database_url
 from mcpd.stores.sql.database import SQLDatabase, build_engine
-from mcpd.stores.sql.notes import CANDIDATES, SQLNoteStore, _mysql_statistics, cut_snippet, search_terms
+from mcpd.stores.sql.notes import (
+    _MYSQL_NOTES,
+    CANDIDATES,
+    SQLNoteStore,
+    _mysql_holding,
+    cut_snippet,
+    holding_cap,
+    rank,
+    search_terms,
+)
 from mcpd.stores.sql.schema import notes as notes_table
 from mcpd.stores.sql.service import SQLStoreService
 from mcpd.stores.sql.tasks import SQLTaskBoard
@@ -557,6 +566,23 @@ class IdTests(SynchronousTestCase):
         self.assertTrue(all(len(i) == 26 and i.isalnum() and i.islower() for i in ids))
 
 
+class RankTests(SynchronousTestCase):
+    def test_a_count_capped_at_half_the_notes_plus_one_weighs_the_same(self) -> None:
+        """For every note count up to 300 and every count of notes holding a word, the word's
+        count capped by `holding_cap` gives the same scores as the count itself."""
+        row = ("id", "word in the title", "[]", "the word and others")
+        for notes_count in range(1, 301):
+            cap = holding_cap(notes_count)
+            for holding in range(notes_count + 1):
+                self.assertEqual(
+                    rank([row], ["word"], [min(holding, cap)], notes_count, 30.0),
+                    rank([row], ["word"], [holding], notes_count, 30.0),
+                    (notes_count, holding),
+                )
+        self.assertEqual(holding_cap(40), 21)
+        self.assertEqual(holding_cap(41), 21)
+
+
 class SnippetTests(SynchronousTestCase):
     def test_terms(self) -> None:
         self.assertEqual(search_terms("Deploy, the DEPLOY checklist!"), ["deploy", "the", "checklist"])
@@ -1066,9 +1092,10 @@ class MariaDBSearchTests(TestCase):
         self.assertEqual((yield self.notes.search_notes(A, "the a", None, 10)), ([], False, []))
 
     @inlineCallbacks
-    def test_statistics_in_one_statement_from_the_length_index(self) -> None:
-        """A search's statistics (notes, mean length, notes holding each word) are one statement
-        that reads the (tenant, length) index, not every note's body; the scores are BM25's."""
+    def test_statistics_from_the_length_index(self) -> None:
+        """A search's statistics are two statements: the notes and their mean length from the
+        (tenant, length) index, not every note's body, then the notes holding each word; the
+        scores are BM25's."""
         yield self.save_all(A, [{"title": f"doc {n}", "body": "alpha beta gamma " * (n + 1)} for n in range(6)])
         yield self.save_all(A, [{"title": "other", "body": "delta"}])
         yield self.notes.search_notes(A, "alpha", None, 10)  # InnoDB's token rules, read once
@@ -1079,8 +1106,8 @@ class MariaDBSearchTests(TestCase):
         before = yield self.database.run("status", selects)
         found, _, _ = yield self.notes.search_notes(A, "alpha beta gamma", None, 10)
         after = yield self.database.run("status", selects)
-        # The candidates, their rows, the statistics.
-        self.assertEqual(after - before, 3)
+        # The candidates, their rows, the statistics, the words' counts.
+        self.assertEqual(after - before, 4)
         self.assertEqual(len(found), 6)
         lengths = [len(f"doc {n}") + len("alpha beta gamma " * (n + 1)) for n in range(6)] + [len("other") + 5]
         mean = sum(lengths) / len(lengths)
@@ -1090,16 +1117,80 @@ class MariaDBSearchTests(TestCase):
         self.assertAlmostEqual(found[0]["score"], round(best, 6), places=5)
 
         def plan(connection: Any) -> list[Any]:
-            statement = _mysql_statistics(1)
             cursor = connection.connection.driver_connection.cursor()
-            cursor.execute("EXPLAIN " + statement, {"tenant": A, "w0": "alpha"})
+            cursor.execute("EXPLAIN " + _MYSQL_NOTES, {"tenant": A})
             names = [column[0] for column in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
         rows = yield self.database.run("explain", plan)
-        outer = next(row for row in rows if row["select_type"] == "PRIMARY")
-        self.assertEqual(outer["key"], "ix_notes_tenant_length", rows)
-        self.assertIn("Using index", outer["Extra"], rows)
+        (only,) = rows
+        self.assertEqual(only["key"], "ix_notes_tenant_length", rows)
+        self.assertIn("Using index", only["Extra"], rows)
+
+    @inlineCallbacks
+    def test_counts_capped_at_half_the_notes_rank_as_counted_in_full(self) -> None:
+        """Each word's notes are counted up to half the tenant's notes + 1: on notes whose words
+        are held by all, most, about half, and few of them, every query's ranking and scores are
+        those of the counts in full (the statement before the cap), and the count of a word
+        held by most notes did stop at the cap."""
+        for total in (40, 41):  # half is a note count, then between two
+            tenant = f"t{total}"
+            held = {
+                "everywhere": total,
+                "most": total - 4,
+                "below": total // 2 - 1,
+                "half": total // 2,
+                "above": total // 2 + 1,
+                "rare": 3,
+            }
+            yield self.save_all(
+                tenant,
+                [
+                    {
+                        "title": f"note {n}" + (" rare" if n % 7 == 0 else ""),
+                        "body": " ".join([word for word, count in held.items() if n < count] * (1 + n % 3))
+                        + " filler" * (n % 5),
+                    }
+                    for n in range(total)
+                ],
+            )
+            for query in ("everywhere", "most rare", "below half above", "above", "half", "rare everywhere below"):
+                terms = search_terms(query)
+                found, _, _ = yield self.notes.search_notes(tenant, query, None, 100)
+
+                def in_full(connection: Any, terms: list[str] = terms, tenant: str = tenant) -> Any:
+                    count, mean = connection.execute(
+                        text("SELECT COUNT(*), AVG(length) FROM notes WHERE tenant = :t"), {"t": tenant}
+                    ).one()
+                    holding = [
+                        connection.execute(
+                            text(
+                                "SELECT COUNT(*) FROM notes WHERE tenant = :t AND MATCH(title, body) "
+                                "AGAINST (:w IN BOOLEAN MODE)"
+                            ),
+                            {"t": tenant, "w": term},
+                        ).scalar()
+                        for term in terms
+                    ]
+                    rows = connection.execute(
+                        text("SELECT id, title, tags, body FROM notes WHERE tenant = :t"), {"t": tenant}
+                    ).all()
+                    return rank(rows, terms, holding, count, float(mean)), holding, count
+
+                ranked, holding, count = yield self.database.run("in full", in_full)
+                expected = [(row[0], round(score, 6)) for score, row in ranked if score > 0]
+                self.assertEqual([(note["id"], note["score"]) for note in found], expected, query)
+                if "everywhere" in terms:
+                    self.assertGreater(holding[terms.index("everywhere")], holding_cap(count))
+
+            def capped(connection: Any, tenant: str = tenant, total: int = total) -> Any:
+                cursor = connection.connection.driver_connection.cursor()
+                words = {"tenant": tenant, "w0": "everywhere", "w1": "above", "w2": "rare", "cap": holding_cap(total)}
+                cursor.execute(_mysql_holding(3), words)
+                return cursor.fetchone()
+
+            # rare: notes 0-2 and every seventh (0, 7, ..., 35).
+            self.assertEqual((yield self.database.run("capped", capped)), (21, 21, 8))
 
     @inlineCallbacks
     def test_a_tag_filter_does_not_move_scores(self) -> None:

@@ -9,9 +9,10 @@ how many hold each word are its own, so another tenant's notes never move its sc
 SQLite: each tenant's notes have an FTS5 table of their own (`fts_table`, made with the tenant's
 first note; Porter stemming), whose ``bm25()`` and ``snippet()`` rank and cut. MySQL/MariaDB: an
 InnoDB FULLTEXT index finds the tenant's `CANDIDATES` notes most relevant to the words (by
-InnoDB's own relevance) and BM25 orders them here, with the tenant's note count, mean length (in
-characters, kept in each note's ``length`` column on save and read from an index of its own) and
-count of notes holding each word, all read by one statement; words InnoDB does not index (its
+InnoDB's own relevance) and BM25 orders them here, with the tenant's note count and mean length
+(in characters, kept in each note's ``length`` column on save and read from an index of its own),
+then the count of notes holding each word, counted only up to where BM25's weight stops changing
+(`holding_cap`: half the notes + 1); words InnoDB does not index (its
 stopwords, words shorter or longer than its token sizes) are left out, as FTS5 finds no note by a
 word it never saw. Ranking covers those candidates alone: a page past them is empty. The snippet
 is cut here the same way as FTS5's. Either way the words of the query are searched for, any of
@@ -25,6 +26,7 @@ A search pages at most `MAX_DEPTH` notes deep (the cursor grows with what it has
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -91,11 +93,16 @@ WHERE tenant = :tenant AND MATCH(title, body) AGAINST (:words) {{tag}}
 ORDER BY MATCH(title, body) AGAINST (:words) DESC, seq LIMIT {CANDIDATES}
 """
 _MYSQL_CANDIDATES = "SELECT id, title, tags, body FROM notes WHERE seq IN ({marks})"
-# One statement (PyMySQL's placeholders): the count and mean length from the (tenant, length)
-# index alone, then one count per word (`_mysql_statistics`).
-_MYSQL_STATISTICS = "SELECT COUNT(*), AVG(length){holding} FROM notes WHERE tenant = %(tenant)s"
-_MYSQL_HOLDING = (
-    ", (SELECT COUNT(*) FROM notes WHERE tenant = %(tenant)s AND MATCH(title, body) AGAINST (%(w{n})s IN BOOLEAN MODE))"
+# The tenant's note count and mean length, from the (tenant, length) index alone (PyMySQL's
+# placeholders).
+_MYSQL_NOTES = "SELECT COUNT(*), AVG(length) FROM notes WHERE tenant = %(tenant)s"
+# Then how many of its notes hold each word, counted up to %(cap)s: `rank` weighs a word held by
+# half the notes or more the least (`MIN_IDF`) whatever the count, so counting on past half + 1
+# changes nothing, and a word held by nearly every note (seconds to count at 100,000 notes)
+# stops there (`_mysql_holding`).
+_MYSQL_HOLDS = (
+    "(SELECT COUNT(*) FROM (SELECT 1 FROM notes WHERE tenant = %(tenant)s"
+    " AND MATCH(title, body) AGAINST (%(w{n})s IN BOOLEAN MODE) LIMIT %(cap)s) AS h{n})"
 )
 # What InnoDB leaves out of its FULLTEXT index (read once per store).
 _MYSQL_TOKEN_RULES = text(
@@ -110,12 +117,17 @@ _MYSQL_SEARCHES = {
 }
 
 
-def _mysql_statistics(terms: int) -> str:
-    """The statistics statement for a query of ``terms`` words."""
-    return _MYSQL_STATISTICS.format(holding="".join(_MYSQL_HOLDING.format(n=n) for n in range(terms)))
+@functools.cache
+def _mysql_holding(terms: int) -> str:
+    """The statement counting the notes that hold each of ``terms`` words (up to the cap)."""
+    return "SELECT " + ", ".join(_MYSQL_HOLDS.format(n=n) for n in range(terms))
 
 
-_MYSQL_STATISTICS_BY_TERMS = [_mysql_statistics(n) for n in range(MAX_TERMS + 1)]
+def holding_cap(notes_count: int) -> int:
+    """How far a word's notes need counting among ``notes_count``: BM25's weight of a word
+    (``log((N - n + 0.5) / (n + 0.5))``, at least `MIN_IDF`) is `MIN_IDF` for every ``n`` of at
+    least ``N / 2``, and this cap is past that, so a count stopped here weighs the same."""
+    return notes_count // 2 + 1
 
 
 def fts_table(tenant: str) -> str:
@@ -310,9 +322,9 @@ class SQLNoteStore:
         rows = connection.execute_sql(_MYSQL_CANDIDATES.format(marks=marks), seqs).fetchall()
         # Over all the tenant's notes, whatever the tag: a filter must not move the scores.
         words = {"tenant": params["tenant"], **{f"w{n}": term for n, term in enumerate(terms)}}
-        notes_count, mean_length, *holding = connection.execute_sql(
-            _MYSQL_STATISTICS_BY_TERMS[len(terms)], words
-        ).fetchone()
+        notes_count, mean_length = connection.execute_sql(_MYSQL_NOTES, words).fetchone()
+        words["cap"] = holding_cap(notes_count)
+        holding = connection.execute_sql(_mysql_holding(len(terms)), words).fetchone()
         ranked = rank(rows, terms, holding, notes_count, float(mean_length or 0))
         if shown:
             ranked = [(score, row) for score, row in ranked if shown_key(row[0]) not in shown]
