@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
+import hashlib
 import json
 import warnings
 from typing import Any
@@ -25,7 +27,10 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 from mcp.shared.exceptions import MCPError
 from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.tools.api import Caller, RequestContext, ToolError
+from mcpd.tools.paging import decode_cursor, encode_cursor
 from tests.daemon import LEGACY, MODERN, DaemonTestCase, Scenario, run_anyio
 from tests.services import PASSWORD, shared_mariadb
 
@@ -499,3 +504,67 @@ class SQLiteTenancyTests(_Tenancy, DaemonTestCase):
 
 class MariaDBTenancyTests(_Tenancy, DaemonTestCase):
     backend = "mariadb"
+
+
+class CursorTests(SynchronousTestCase):
+    """`mcpd.tools.paging`'s cursors in process: the text earlier versions gave out, and what is
+    refused with which message."""
+
+    @staticmethod
+    def reference(tenant: str, tool: str, filters: dict[str, Any], position: Any) -> str:
+        """A cursor as this server has always written it (`json.dumps` and SHA-256)."""
+        identity = json.dumps([tenant, tool, dict(sorted(filters.items()))], default=str)
+        listing = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        raw = json.dumps({"l": listing, "p": position}, separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    def test_cursors_are_the_ones_given_out_before(self) -> None:
+        """A cursor is the same text as ever, so one given out before an upgrade still pages."""
+        when = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+        listings = [
+            ("acme", "note.search", {"query": "deploy pipeline", "tag": None}),
+            ("ténant ☃", "kb.search", {"query": 'ü"\\\n', "collection": ["a", "b"], "filter": {"z": 1, "a": [2.5]}}),
+            ("acme", "server.audit", {"since": when, "tool": None, "outcome": "ok"}),
+            ("acme", "kb.collections", {}),
+        ]
+        positions = ["".join(f"{n:012d}" for n in range(1000)), 7, [3, "x"], {"b": "é", "a": -1.5}, "\u2028"]
+        for tenant, tool, filters in listings:
+            for position in positions:
+                ctx = RequestContext(request_id=1, caller=Caller(tenant=tenant))
+                cursor = encode_cursor(ctx, tool, filters, position)
+                self.assertEqual(cursor, self.reference(tenant, tool, filters, position))
+                self.assertEqual(decode_cursor(ctx, tool, filters, cursor), position)
+
+    def test_tampered_and_foreign_cursors_are_refused(self) -> None:
+        """A cursor of another tenant, tool or filters, or with its digest changed, names another
+        listing; one that is not base64 JSON of ours is not one this server gave out."""
+        filters = {"query": "deploy", "tag": None}
+        acme = RequestContext(request_id=1, caller=Caller(tenant="acme"))
+        cursor = encode_cursor(acme, "note.search", filters, "000000000001")
+        assert cursor is not None
+        other_listing = (
+            "cursor belongs to another listing: pass it to note.search with the same other arguments as the "
+            "call that returned it, or call again without cursor"
+        )
+        not_ours = "cursor is not one this server gave out: call again without cursor"
+        globex = RequestContext(request_id=1, caller=Caller(tenant="globex"))
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        for ctx, tool, given, forged in [
+            (globex, "note.search", filters, cursor),
+            (acme, "kb.search", filters, cursor),
+            (acme, "note.search", {**filters, "tag": "ops"}, cursor),
+            (acme, "note.search", filters, self.reference("globex", "note.search", filters, "000000000001")),
+            (
+                acme,
+                "note.search",
+                filters,
+                base64.urlsafe_b64encode(json.dumps({**raw, "l": "0" * 16}).encode()).decode(),
+            ),
+        ]:
+            with self.assertRaises(ToolError) as caught:
+                decode_cursor(ctx, tool, given, forged)
+            self.assertEqual(str(caught.exception), other_listing.replace("note.search", tool))
+        for forged in ["!!", "e30", cursor[:-4], cursor[:5], base64.urlsafe_b64encode(b'{"p":1}').decode(), "é"]:
+            with self.assertRaises(ToolError) as caught:
+                decode_cursor(acme, "note.search", filters, forged)
+            self.assertEqual(str(caught.exception), not_ours, forged)

@@ -42,8 +42,15 @@ NEXT_CURSOR_SCHEMA: dict[str, Any] = {
 }
 
 
+# The json module's encoders, made once: `json.dumps` with arguments makes one per call, which
+# cost a cursor more than the rest of its work. Their text is `json.dumps`'s, so a cursor (and its
+# listing's digest) is the same as ever.
+_identity_text = json.JSONEncoder(default=str).encode
+_compact_text = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _listing(ctx: RequestContext, tool: str, filters: Mapping[str, Any]) -> str:
-    identity = json.dumps([ctx.tenant, tool, dict(sorted(filters.items()))], default=str)
+    identity = _identity_text([ctx.tenant, tool, dict(sorted(filters.items()))])
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
@@ -51,7 +58,8 @@ def encode_cursor(ctx: RequestContext, tool: str, filters: Mapping[str, Any], po
     """The cursor of the page starting after ``position`` (None: there is no next page)."""
     if position is None:
         return None
-    raw = json.dumps({"l": _listing(ctx, tool, filters), "p": position}, separators=(",", ":"))
+    # {"l": listing, "p": position} in compact JSON (the digest is hex: nothing to escape).
+    raw = '{"l":"' + _listing(ctx, tool, filters) + '","p":' + _compact_text(position) + "}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
