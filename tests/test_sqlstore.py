@@ -568,10 +568,10 @@ class IdTests(SynchronousTestCase):
 
 class RankTests(SynchronousTestCase):
     def test_a_count_capped_at_half_the_notes_plus_one_weighs_the_same(self) -> None:
-        """For every note count up to 300 and every count of notes holding a word, the word's
+        """For every note count up to 200 and every count of notes holding a word, the word's
         count capped by `holding_cap` gives the same scores as the count itself."""
         row = ("id", "word in the title", "[]", "the word and others")
-        for notes_count in range(1, 301):
+        for notes_count in range(1, 201):
             cap = holding_cap(notes_count)
             for holding in range(notes_count + 1):
                 self.assertEqual(
