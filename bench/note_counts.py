@@ -3,7 +3,8 @@ counted in full (the statement before the cap) and capped at half the notes + 1 
 
 Starts the test fixture's MariaDB (tests/services.py) in a temporary directory, makes the schema
 (``mcpd migrate``'s upgrade), loads ``--notes`` notes of one tenant, each 60-400 words drawn from
-bench/store.py's words (so every word is held by ~98% of the notes), then times each form ``--runs`` times, alternating.
+bench/store.py's words (so every word is held by ~98% of the notes), then times each form ``--runs`` times, alternating,
+and the search's first statement (its candidates: every match is read for its tenant too).
 See bench/README.rst.
 
     .venv/bin/python bench/note_counts.py --notes 100000 --runs 3
@@ -26,7 +27,7 @@ from sqlalchemy import create_engine  # noqa: E402
 
 from bench.store import WORDS  # noqa: E402
 from mcpd.stores.sql import migrate  # noqa: E402
-from mcpd.stores.sql.notes import _MYSQL_NOTES, _mysql_holding, holding_cap  # noqa: E402
+from mcpd.stores.sql.notes import _MYSQL_MATCHES, _MYSQL_NOTES, _mysql_holding, holding_cap  # noqa: E402
 from tests.services import MariaDB  # noqa: E402
 
 TENANT = "bench"
@@ -78,6 +79,16 @@ def timed(connection: object, words: list[str], capped: bool) -> tuple[float, li
     return time.monotonic() - started, counts
 
 
+def candidates(connection: object, words: list[str]) -> float:
+    """Seconds for the search's first statement: the tenant's best `CANDIDATES` matches."""
+    statement = _MYSQL_MATCHES.format(tag="").replace(":tenant", "%(tenant)s").replace(":words", "%(words)s")
+    started = time.monotonic()
+    with connection.cursor() as cursor:  # type: ignore[attr-defined]
+        cursor.execute(statement, {"tenant": TENANT, "words": " ".join(words)})
+        cursor.fetchall()
+    return time.monotonic() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notes", type=int, default=100_000)
@@ -97,6 +108,7 @@ def main() -> None:
             for capped in (False, True):
                 seconds, counts = timed(connection, words, capped)
                 print(f"run {run} {'capped  ' if capped else 'uncapped'} {seconds * 1000:9.1f} ms  counts {counts}")
+            print(f"run {run} candidates {candidates(connection, words) * 1000:9.1f} ms (the search's first statement)")
         connection.close()
     finally:
         server.destroy()
