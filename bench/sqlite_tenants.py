@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -50,6 +51,14 @@ def main() -> None:
     args = parser.parse_args()
     random.seed(15)
     directory = Path(tempfile.mkdtemp(prefix="mcpd-sqlite-tenants-"))
+    try:
+        measure(directory, args.tenants, args.notes)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure(directory: Path, tenant_count: int, notes_per_tenant: int) -> None:
+    """Make the tenants' notes in ``directory`` and print what they cost."""
     config = DatabaseConfig(url=database_url(None, str(directory)))
     engine = build_engine(config)
     migrate.upgrade(engine, str(config.url))
@@ -59,11 +68,11 @@ def main() -> None:
     started = time.monotonic()
     seq = 0
     connection.execute("BEGIN")
-    for t in range(args.tenants):
+    for t in range(tenant_count):
         tenant = f"tenant-{t:05d}"
         table = fts_table(tenant)
         connection.execute(_FTS_CREATE.format(table=table))
-        for _ in range(args.notes):
+        for _ in range(notes_per_tenant):
             seq += 1
             title = " ".join(random.choices(WORDS, k=4))
             body = " ".join(random.choices(WORDS, k=60))
@@ -74,7 +83,7 @@ def main() -> None:
             )
             connection.execute(_FTS_INSERT.format(table=table), (seq, title, body))
     connection.execute("COMMIT")
-    print(f"{args.tenants} tenants, {seq} notes made in {time.monotonic() - started:.1f} s")
+    print(f"{tenant_count} tenants, {seq} notes made in {time.monotonic() - started:.1f} s")
     connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     tables = connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
     print(f"file {path.stat().st_size / 1e6:.1f} MB, {tables} schema entries")
@@ -92,7 +101,7 @@ def main() -> None:
         connection.execute(sql, {"match": '"deploy" OR "pipeline"', "tenant": tenant, "limit": 11}).fetchall()
 
     one = cpu_ms(lambda: search("tenant-00000"), 500)
-    names = [f"tenant-{t:05d}" for t in range(args.tenants)]
+    names = [f"tenant-{t:05d}" for t in range(tenant_count)]
     cycle = iter(names * 10)
     every = cpu_ms(lambda: search(next(cycle)), min(2000, len(names) * 10))
     print(f"note.search statement: one tenant {one * 1000:.0f} µs CPU, cycling through all {every * 1000:.0f} µs CPU")
