@@ -2,13 +2,15 @@
 
 A loaded machine distorts throughput but not the instructions a request executes. This starts
 ``python -m mcpd`` under ``valgrind --tool=callgrind`` with instrumentation off, warms it up, turns
-counting on for ``--calls`` sequential modern (2026-07-28) ``tools/call`` of the echo tool over one
-raw-socket connection, dumps, and prints the instructions per call (every thread counted: a
+counting on for ``--calls`` sequential modern (2026-07-28) ``tools/call`` of the echo tool (or
+``--tool NAME --args JSON``: any tool, e.g. one that reaches the SQL store) over one raw-socket
+connection, dumps, and prints the instructions per call (every thread counted: a
 blocking tool's hop to the thread pool is included)::
 
     .venv/bin/python bench/callcount.py                                  # key-less
     .venv/bin/python bench/callcount.py -- --api-key K --rate-limit 100000000
     MCPD_ECHO_BLOCKING=1 .venv/bin/python bench/callcount.py             # the thread-pool tool
+    .venv/bin/python bench/callcount.py --tool note.save --args '{"title": "t", "body": "b"}'
 
 ``--stdio`` serves the client on mcpd's stdin and stdout instead (``mcpd --stdio``, its default
 toolsets unless given after ``--``): ``initialize``, then legacy (2025-11-25) ``tools/call`` lines
@@ -39,16 +41,20 @@ from collections.abc import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def request(rid: int, token: str | None, session: str | None = None) -> bytes:
-    """A tools/call of the echo tool: modern (2026-07-28), or in the legacy ``session``."""
-    params: dict[str, object] = {"name": "echo", "arguments": {"text": "hello"}}
+ToolCall = tuple[str, dict[str, object]]  # a tool's name and the arguments it is called with
+ECHO: ToolCall = ("echo", {"text": "hello"})
+
+
+def request(rid: int, token: str | None, session: str | None = None, tool: ToolCall = ECHO) -> bytes:
+    """A tools/call of ``tool``: modern (2026-07-28), or in the legacy ``session``."""
+    params: dict[str, object] = {"name": tool[0], "arguments": tool[1]}
     if session is None:
         params["_meta"] = {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {},
             "io.modelcontextprotocol/clientInfo": {"name": "callcount", "version": "1"},
         }
-        head = [b"MCP-Protocol-Version: 2026-07-28", b"Mcp-Method: tools/call", b"Mcp-Name: echo"]
+        head = [b"MCP-Protocol-Version: 2026-07-28", b"Mcp-Method: tools/call", b"Mcp-Name: " + tool[0].encode()]
     else:
         head = [b"MCP-Protocol-Version: 2025-11-25", b"Mcp-Session-Id: " + session.encode()]
     return post({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}, head, token)
@@ -90,12 +96,12 @@ def open_session(sock: socket.socket, token: str | None, buf: bytearray) -> str:
     return session
 
 
-def call(sock: socket.socket, rid: int, token: str | None, buf: bytearray, session: str | None = None) -> None:
-    sock.sendall(request(rid, token, session))
+def call(sock: socket.socket, rid: int, token: str | None, buf: bytearray, session: str | None, tool: ToolCall) -> None:
+    sock.sendall(request(rid, token, session, tool))
     while True:
         body = answer(buf)
         if body is not None:
-            if b'"hello"' not in body or b'"isError":true' in body:
+            if not answered(body):
                 raise SystemExit(f"unexpected answer: {body!r}")
             return
         chunk = sock.recv(65536)
@@ -137,10 +143,12 @@ def answer(buf: bytearray, keep_head: bool = False) -> bytes | None:
             return body
 
 
-STDIO_CALL = b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}\n'
+def answered(body: bytes) -> bool:
+    """Whether ``body`` is a tool's result (not an error, nor an isError result)."""
+    return b'"result"' in body and b'"isError":true' not in body
 
 
-def stdio_session(server: subprocess.Popen[bytes]) -> tuple[Callable[[int], None], Callable[[], None]]:
+def stdio_session(server: subprocess.Popen[bytes], tool: ToolCall) -> tuple[Callable[[int], None], Callable[[], None]]:
     """``call(rid)`` and ``start()`` for a server on pipes: initialize once, then one line each."""
     assert server.stdin is not None and server.stdout is not None
     stdin, stdout = server.stdin, server.stdout
@@ -169,8 +177,11 @@ def stdio_session(server: subprocess.Popen[bytes]) -> tuple[Callable[[int], None
         stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
 
     def call(rid: int) -> None:
-        answer = exchange(STDIO_CALL % (rid + 1))
-        if b'"hello"' not in answer or b'"isError":true' in answer:
+        params = {"name": tool[0], "arguments": tool[1]}
+        message = {"jsonrpc": "2.0", "id": rid + 1, "method": "tools/call", "params": params}
+        line = json.dumps(message, separators=(",", ":"))  # compact, as the echo line always was
+        answer = exchange(line.encode() + b"\n")
+        if not answered(answer):
             raise SystemExit(f"unexpected answer: {answer!r}")
 
     return call, start
@@ -183,7 +194,7 @@ def free_port() -> int:
 
 
 def http_session(
-    server: subprocess.Popen[bytes], port: int, key: str | None, work: str, era: str
+    server: subprocess.Popen[bytes], port: int, key: str | None, work: str, era: str, tool: ToolCall
 ) -> Callable[[int], None]:
     """``call(rid)`` over one keep-alive connection to the server's port, once it listens (the
     legacy era: in one session opened first)."""
@@ -198,7 +209,7 @@ def http_session(
             time.sleep(0.2)
     buf = bytearray()
     session = open_session(sock, key, buf) if era == "legacy" else None
-    return lambda rid: call(sock, rid, key, buf, session)
+    return lambda rid: call(sock, rid, key, buf, session, tool)
 
 
 def main() -> int:
@@ -206,6 +217,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--era", choices=("modern", "legacy"), default="modern", help="legacy: one 2025-11-25 session")
+    parser.add_argument("--tool", default="echo", help="the tool to call (default: the echo pack's)")
+    parser.add_argument("--args", default=None, help='its arguments, a JSON object (echo\'s: {"text": "hello"})')
     parser.add_argument("--key", help="send this bearer token (and pass --api-key to mcpd)")
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
     parser.add_argument("--tree", default=ROOT, help="the mcpd source tree to run (another checkout: before/after)")
@@ -215,6 +228,7 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=0.0, help="--stdio: seconds to wait after the warm-up")
     parser.add_argument("mcpd_args", nargs="*")
     args = parser.parse_args()
+    tool: ToolCall = (args.tool, json.loads(args.args) if args.args is not None else ECHO[1])
     port = free_port()
     work = os.environ.get("CALLCOUNT_DIR") or tempfile.mkdtemp(prefix="callcount-")
     profile = ["-m", "cProfile", "-o", os.path.abspath(args.cprofile)] if args.cprofile else []
@@ -238,10 +252,10 @@ def main() -> int:
     log = open(os.path.join(work, "server.log"), "wb")  # noqa: SIM115
     if args.stdio:
         server = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-        one, start = stdio_session(server)
+        one, start = stdio_session(server, tool)
     else:
         server = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-        one, start = http_session(server, port, args.key, work, args.era), lambda: None
+        one, start = http_session(server, port, args.key, work, args.era, tool), lambda: None
     try:
         start()
         for rid in range(args.warmup):
