@@ -501,6 +501,19 @@ class SQLiteStoreTests(_StoreSuite, TestCase):
         return sqlite_config(self.mktemp())
 
     @inlineCallbacks
+    def test_work_that_returns_a_deferred_fails_its_call(self) -> Any:
+        """Work runs in a store thread and returns its result: a Deferred fails the call with a
+        TypeError, on the readers and the writer alike, and the next call is answered (it
+        reached ``Deferred.callback`` and never fired: an AssertionError in the reactor)."""
+        for write in (False, True):
+            wrong = self.database.run("wrong", lambda _connection: Deferred(), write=write)
+            wrong.addTimeout(10, reactor)
+            failure = yield self.refused(wrong, TypeError)
+            self.assertIn("returned a Deferred", str(failure))
+            right = yield self.database.run("right", lambda connection: connection.exec_driver_sql("SELECT 1").scalar())
+            self.assertEqual(right, 1)
+
+    @inlineCallbacks
     def test_next_reads_indexes_without_sorting_the_tasks(self) -> Any:
         """task.next's statement reads each (priority, dated or not) head from an index: the only
         sort is of the eight heads, whatever the filters. (MariaDB plans by what the tables hold:

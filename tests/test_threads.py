@@ -1,7 +1,7 @@
 """Tests for `mcpd.stores.threads.ToolThreads`, the pool that runs blocking tools: threads started
 on demand up to the limit, calls waiting beyond it (the queue depth /health and /stats show),
 cancellation, stopping, answers batched back to the reactor; and the same in a real daemon
-(``--threads``)."""
+(``--threads``). The SQL store's pools are the same class with every thread started up front."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import time
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from mcpd.stores.threads import ToolThreads
+from mcpd.stores.threads import ThreadPoolService, ToolThreads
 from tests.clients import fetch
 from tests.daemon import DaemonTestCase, modern_request, post, read_events, wait_for_event_blocking
 
@@ -52,7 +53,7 @@ class ToolThreadsTests(SynchronousTestCase):
         self.addCleanup(lambda: pool.stop() if pool.threads else None)
         return pool, reactor
 
-    def hold(self, pool: ToolThreads) -> tuple[Deferred[Any], threading.Event]:
+    def hold(self: SynchronousTestCase, pool: ToolThreads) -> tuple[Deferred[Any], threading.Event]:
         """A call that keeps a thread until the returned event is set (started when this returns)."""
         release, running = threading.Event(), threading.Event()
 
@@ -197,6 +198,101 @@ class ToolThreadsTests(SynchronousTestCase):
     def test_not_started_refuses(self) -> None:
         pool = ToolThreads(2, "test-tools", Reactor())
         self.failureResultOf(pool.submit(lambda: 1), RuntimeError)
+        self.assertEqual(pool.threads, [])
+
+
+class UpFrontTests(SynchronousTestCase):
+    """``up_front`` (the SQL store's readers, writer and probe): every thread starts with the
+    pool, and calls, cancellation and stopping work as on demand."""
+
+    def pool(self, count: int) -> tuple[ToolThreads, Reactor]:
+        reactor = Reactor()
+        pool = ToolThreads(count, "test-db", reactor, up_front=True)
+        pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
+        pool.start()
+        self.addCleanup(lambda: pool.stop() if pool.threads else None)
+        return pool, reactor
+
+    hold = ToolThreadsTests.hold
+
+    def test_every_thread_starts_with_the_pool(self) -> None:
+        pool, reactor = self.pool(3)
+        self.assertEqual(len(pool.threads), 3)  # before any call
+        caller = threading.get_ident()
+        ran_in: list[int] = []
+
+        def work(n: int) -> int:
+            ran_in.append(threading.get_ident())
+            if n == 3:
+                raise ValueError("three")
+            return n * 10
+
+        results = [pool.submit(work, n) for n in range(6)]
+        reactor.run_until(*results)
+        self.assertEqual([self.successResultOf(d) for i, d in enumerate(results) if i != 3], [0, 10, 20, 40, 50])
+        self.assertEqual(str(self.failureResultOf(results[3], ValueError).value), "three")
+        self.assertNotIn(caller, ran_in)
+        self.assertEqual(len(pool.threads), 3)  # no more started
+        self.assertEqual(pool._in_hand, 0)
+
+    def test_a_deferred_returned_by_work_is_a_failure(self) -> None:
+        """As for a blocking tool: the store's work returns its result; a Deferred fails the
+        call with a TypeError rather than reach ``Deferred.callback``."""
+        pool, reactor = self.pool(1)
+        wrong = pool.submit(Deferred)
+        right = pool.submit(lambda: "fine")
+        reactor.run_until(wrong, right)
+        self.assertIn("returned a Deferred", str(self.failureResultOf(wrong, TypeError).value))
+        self.assertEqual(self.successResultOf(right), "fine")
+
+    def test_cancelled_while_waiting_is_skipped(self) -> None:
+        pool, reactor = self.pool(1)
+        held, release = self.hold(pool)
+        ran: list[int] = []
+        waiting = pool.submit(ran.append, 1)
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        after = pool.submit(ran.append, 2)
+        self.assertEqual((pool.running(), pool.qsize()), (1, 2))
+        release.set()
+        reactor.run_until(held, after)
+        self.assertEqual(ran, [2])
+
+    def test_stop_finishes_what_was_queued(self) -> None:
+        pool, reactor = self.pool(2)
+        first, release_first = self.hold(pool)
+        second, release_second = self.hold(pool)
+        queued = [pool.submit(lambda n=n: n) for n in range(3)]
+        stopper = threading.Thread(target=pool.stop)
+        stopper.start()
+        release_first.set()
+        release_second.set()
+        stopper.join(10)
+        self.assertFalse(stopper.is_alive())
+        self.assertEqual(pool.threads, [])
+        reactor.run_until(first, second, *queued)
+        self.assertEqual([self.successResultOf(d) for d in queued], [0, 1, 2])
+
+    def test_runs_as_a_service(self) -> None:
+        """`ThreadPoolService` starts the threads (daemon threads), and once it stops, a call
+        fails at once rather than land behind the stop markers and never fire."""
+        clock = Clock()
+        pool = ToolThreads(3, "test-db", clock, up_front=True)
+        service = ThreadPoolService(pool, clock, grace=1.0)
+        service.startService()
+        self.assertTrue(pool.started)
+        self.assertEqual(len(pool.threads), 3)
+        self.assertTrue(all(thread.daemon for thread in pool.threads))
+        d = service.stopService()
+        self.assertFalse(pool.started)  # on this thread, before the joiner runs
+        late = pool.submit(lambda: 1)
+        self.assertIn("not running", str(self.failureResultOf(late, RuntimeError).value))
+        for _ in range(500):  # the joiner thread finishes quickly, in real time
+            clock.advance(0.001)
+            if d.called:
+                break
+            time.sleep(0.01)
+        self.successResultOf(d)
         self.assertEqual(pool.threads, [])
 
 

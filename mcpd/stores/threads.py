@@ -1,10 +1,10 @@
-# -*- test-case-name: tests.test_services -*-
+# -*- test-case-name: tests.test_threads -*-
 """Thread pools as services: started and stopped in order with the daemon's service tree.
 
-The pool that runs blocking tools is a `ToolThreads` (threads started on demand up to
-``--threads``); the SQL store's are `QueueThreads` (a fixed number). Both hand calls over through
-C `queue.SimpleQueue`s, a lighter hand-off than Twisted's `ThreadPool` for calls that take a
-fraction of a millisecond. Any of them runs as a `ThreadPoolService`.
+Both the pool that runs blocking tools (threads started on demand up to ``--threads``) and the
+SQL store's (a fixed number, started up front) are `ToolThreads`: calls handed over through C
+`queue.SimpleQueue`s, a lighter hand-off than Twisted's `ThreadPool` for calls that take a
+fraction of a millisecond. Any pool runs as a `ThreadPoolService`.
 """
 
 from __future__ import annotations
@@ -27,105 +27,20 @@ log = Logger(namespace="mcpd")
 T = TypeVar("T")
 
 
-class QueueThreads:
-    """A fixed number of threads taking calls from one queue; each call's result comes back to
-    the reactor thread through ``callFromThread``.
-
-    Cheaper than `ThreadPool` + ``deferToThreadPool`` for calls that take a fraction of a
-    millisecond: the queue is a C `queue.SimpleQueue`, which wakes a thread only when one waits
-    (a busy thread takes the next call without a hand-off), and there is no context copy, team
-    coordinator or Python ``Condition`` per call. The interface `ThreadPoolService` runs
-    (``start``, ``stop``, ``threads``, ``name``, ``threadFactory``) is `ThreadPool`'s.
-    """
-
-    def __init__(self, count: int, name: str, reactor: Any = None) -> None:
-        self.count = count
-        self.name = name
-        self.started = False
-        self.threads: list[threading.Thread] = []
-        # Each thread marks only its own slot (no lock): True while it runs a call.
-        self._running = [False] * count
-        self.threadFactory: Callable[..., threading.Thread] = threading.Thread
-        self._reactor = reactor
-        self._queue: queue.SimpleQueue[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
-
-    def qsize(self) -> int:
-        """Calls waiting for a thread."""
-        return self._queue.qsize()
-
-    def running(self) -> int:
-        """Calls a thread is running now."""
-        return sum(self._running)
-
-    def start(self) -> None:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        self.started = True
-        for n in range(self.count):
-            thread = self.threadFactory(target=self._work, args=(n,), name=f"{self.name}-{n}")
-            thread.start()
-            self.threads.append(thread)
-
-    def stop(self) -> None:
-        """Let each thread finish the calls queued before this, then end (blocking: joins).
-
-        Called off the reactor thread (`ThreadPoolService`), which has already set ``started``
-        False there, so no `submit` can queue a call behind the stop markers."""
-        self.started = False
-        for _ in self.threads:
-            self._queue.put(None)
-        for thread in self.threads:
-            thread.join()
-        self.threads = []
-
-    def submit(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        """``function(*args)`` in one of the threads; its result or failure, on the reactor.
-
-        Cancelling the Deferred before a thread takes the call skips it; once stopped (or before
-        starting), the call fails at once rather than wait for threads that will not take it."""
-        if not self.started:
-            return fail(RuntimeError(f"the {self.name} threads are not running"))
-        d: Deferred[T] = Deferred(_skip)
-        self._queue.put((d, function, args))
-        return d
-
-    def _work(self, n: int) -> None:
-        take = self._queue.get
-        running = self._running
-        while (call := take()) is not None:
-            running[n] = True
-            self._run(*call)
-            running[n] = False
-            del call  # hold nothing while idle
-
-    def _run(self, d: Deferred[Any], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        if d.called:  # cancelled while it waited
-            return
-        try:
-            result = function(*args)
-        except BaseException:  # noqa: BLE001 -- handed to the caller's Deferred
-            self._reactor.callFromThread(_errback, d, Failure())
-        else:
-            self._reactor.callFromThread(_callback, d, result)
-
-
 _Call = tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]
 
 
 class ToolThreads:
     """Up to ``count`` threads for blocking tools, each started when a call finds every thread
-    busy (as Twisted's ``ThreadPool(0, count)``); an idle thread stays for the next call.
+    busy (as Twisted's ``ThreadPool(0, count)``); an idle thread stays for the next call. With
+    ``up_front``, all ``count`` start with the pool (the SQL store's readers and writer).
 
     A call goes straight to an idle thread (the one idle last: its caches are warm), through
     that thread's own `queue.SimpleQueue`, so each call wakes exactly one thread. (Idle threads
     sharing one queue pass its lock on: every call also woke a second thread for nothing.)
     With no thread idle, the call waits in a list that each thread empties before it idles.
-    As with `QueueThreads`: a call cancelled before a thread takes it is skipped, stopping runs
-    the calls already handed over, and a submit after stop fails at once.
+    A call cancelled before a thread takes it is skipped, stopping runs the calls already
+    handed over, and a submit after stop fails at once.
 
     Answers come back in batches: a thread adds its answer to a list and wakes the reactor only
     when no wake-up is pending, so a busy pool costs one ``callFromThread`` per batch.
@@ -135,9 +50,10 @@ class ToolThreads:
     idle starts one while there are more calls in hand than threads.
     """
 
-    def __init__(self, count: int, name: str, reactor: Any = None) -> None:
+    def __init__(self, count: int, name: str, reactor: Any = None, *, up_front: bool = False) -> None:
         self.count = count
         self.name = name
+        self.up_front = up_front
         self.started = False
         self.threads: list[threading.Thread] = []
         self.threadFactory: Callable[..., threading.Thread] = threading.Thread
@@ -159,12 +75,15 @@ class ToolThreads:
         return len(self.threads) - len(self._idle)
 
     def start(self) -> None:
-        """Start taking calls; the first thread starts with the first call."""
+        """Start taking calls; the first thread starts with the first call, or every thread
+        now (``up_front``). On the reactor thread, as `submit`."""
         if self._reactor is None:
             from twisted.internet import reactor
 
             self._reactor = reactor
         self.started = True
+        while self.up_front and len(self.threads) < self.count:
+            self._start_thread()
 
     def stop(self) -> None:
         """Let the threads finish the calls handed over before this, then end (blocking: joins).
@@ -245,39 +164,32 @@ class ToolThreads:
                     d.errback(result)
                 elif isinstance(result, Deferred):
                     # Deferred.callback refuses one (an AssertionError here, which would leave
-                    # this call and the answers after it undelivered): a pack author's mistake.
+                    # this call and the answers after it undelivered): a pack author's mistake,
+                    # or a store's.
                     d.errback(
-                        TypeError("a blocking handler returned a Deferred: work run in a thread returns its result")
+                        TypeError(
+                            "work run in a thread (a blocking handler, a store's transaction) returned a"
+                            " Deferred: it must return its result"
+                        )
                     )
                 else:
                     d.callback(result)
 
 
 def _skip(d: Deferred[Any]) -> None:
-    """A `QueueThreads` call's canceller: `Deferred.cancel` fails it with CancelledError, and the
+    """A call's canceller: `Deferred.cancel` fails it with CancelledError, and the
     thread that takes it sees it fired and skips it."""
 
 
-def _callback(d: Deferred[Any], result: Any) -> None:
-    if not d.called:  # not cancelled while it ran
-        d.callback(result)
-
-
-def _errback(d: Deferred[Any], failure: Failure) -> None:
-    if not d.called:
-        d.errback(failure)
-
-
 class ThreadPoolService(Service):
-    """Runs a thread pool (`ToolThreads`, `QueueThreads`, a Twisted `ThreadPool`) while the
-    service runs.
+    """Runs a thread pool (`ToolThreads`, a Twisted `ThreadPool`) while the service runs.
 
     On shutdown its threads are joined off the reactor thread, for at most ``grace`` seconds:
     work that ignores cancellation (a plain blocking call) cannot hold the daemon up forever.
     The workers are daemon threads, so one still busy does not keep the process alive.
     """
 
-    def __init__(self, pool: ThreadPool | QueueThreads | ToolThreads, clock: IReactorTime, grace: float = 5.0) -> None:
+    def __init__(self, pool: ThreadPool | ToolThreads, clock: IReactorTime, grace: float = 5.0) -> None:
         self.pool = pool
         self.grace = grace
         self.clock = clock

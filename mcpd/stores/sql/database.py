@@ -39,7 +39,7 @@ from mcpd.interfaces import DOWN as STORE_DOWN
 from mcpd.interfaces import UP, IStore, StoreError, StoreStatus, StoreUnavailable
 from mcpd.stores.sql import migrate
 from mcpd.stores.sql.config import DatabaseConfig
-from mcpd.stores.threads import QueueThreads
+from mcpd.stores.threads import ToolThreads
 
 log = Logger(namespace="mcpd.stores.sql")
 
@@ -125,15 +125,15 @@ class SQLDatabase:
         self.engine: Engine | None = None
         # SQLite has one writer at a time: writes queue for one thread of their own (rather than
         # in a lock or SQLite's busy handler), reads share the others; MySQL: one pool for all.
-        # The threads take calls from a queue (`QueueThreads`): Twisted's ThreadPool hand-off
-        # cost ~5% of a task.create or task.list (instructions, callgrind).
+        # Every thread starts with the store (`ToolThreads`, ``up_front``); Twisted's ThreadPool
+        # hand-off cost ~5% of a task.create or task.list (instructions, callgrind).
         sqlite = self.backend == "sqlite"
         readers = max(1, config.connections - 1) if sqlite else config.connections
-        self.pool = QueueThreads(readers, "mcpd-db", reactor)
-        self.writer = QueueThreads(1, "mcpd-db-writer", reactor) if sqlite else None
+        self.pool = ToolThreads(readers, "mcpd-db", reactor, up_front=True)
+        self.writer = ToolThreads(1, "mcpd-db-writer", reactor, up_front=True) if sqlite else None
         # The health probe has a thread and a connection of its own: it never waits behind
         # the readers' slow queries, so a busy store is not taken for a lost database.
-        self.prober = QueueThreads(1, "mcpd-db-probe", reactor)
+        self.prober = ToolThreads(1, "mcpd-db-probe", reactor, up_front=True)
         self.probe_engine: Engine | None = None
         # The threads that run the store's calls (queue depth, busy or not), and every thread
         # the store runs (started and stopped with it): the probe's too.
