@@ -19,7 +19,7 @@ from mcpd.protocol.channel import LOG_LEVELS, RequestChannel, input_required
 from mcpd.protocol.errors import InvalidParams, InvalidRequest, LimitExceeded, MCPError, MissingClientCapability
 from mcpd.protocol.ledger import RETRY_AFTER, STREAM, SUBSCRIPTION, Claim, Ledger, who
 from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager
-from mcpd.tools.api import Caller, CallLink, RequestContext, run_handler
+from mcpd.tools.api import Caller, CallLink, RequestContext, hand_off, run_handler
 from mcpd.tools.pack import paginate
 from mcpd.tools.prompts import prompt_result
 from mcpd.tools.resources import ResourceTemplate, completion_values, resource_contents
@@ -62,7 +62,8 @@ class Catalog:
         self.trace = trace
         # What handlers reach through ``ctx.store(IThing)``.
         self.stores = stores
-        self.thread_pool = thread_pool
+        # How blocking handlers reach the thread pool, decided here once.
+        self.hand_off = hand_off(thread_pool)
         self.page_size = page_size
         self.list_ttl_ms = list_ttl_ms
         # Which resources, templates and prompts a caller may see (the keys' scopes); None: all.
@@ -109,7 +110,7 @@ class Catalog:
         return ctx
 
     def _run(self, blocking: bool, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return run_handler(blocking, self.thread_pool, handler, *args)
+        return run_handler(blocking, self.hand_off, handler, *args)
 
     # -- resources ------------------------------------------------------------------------------
 

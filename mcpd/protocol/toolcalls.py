@@ -31,6 +31,7 @@ from mcpd.tools.api import (
     call_result,
     cancellable,
     error_result,
+    hand_off,
     invoke,
 )
 
@@ -75,7 +76,8 @@ class ToolCalls:
         self.trace = trace
         # What handlers reach through ``ctx.store(IThing)``.
         self.stores = stores
-        self.thread_pool = thread_pool
+        # How blocking handlers reach the thread pool, decided here once.
+        self.hand_off = hand_off(thread_pool)
         self.page_size = page_size
         self.list_ttl_ms = list_ttl_ms
         # Which tools a caller may see and call (the security layer's scopes); None: all.
@@ -156,7 +158,7 @@ class ToolCalls:
         return d
 
     def _run(self, arguments: dict[str, Any], ctx: ToolContext) -> Deferred[Any]:
-        return self._shaped(invoke(ctx.tool, ctx, arguments, self.thread_pool), ctx)
+        return self._shaped(invoke(ctx.tool, ctx, arguments, self.hand_off), ctx)
 
     def _shaped(self, d: Deferred[Any], ctx: ToolContext) -> Deferred[Any]:
         # Errback after callback: output that breaks the tool's outputSchema is a tool failure too.

@@ -9,6 +9,7 @@ never on the reactor thread.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import re
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     # What runs blocking handlers: the daemon's ToolThreads; a pool with Twisted's `ThreadPool`
     # interface does too (`mcpd.testing.SynchronousThreadPool`).
     ToolPool: TypeAlias = HandOff | ThreadPool
+
+# How a blocking handler reaches the thread pool: ``submit(handler, *args)`` gives its Deferred.
+Submit = Callable[..., Deferred[Any]]
 
 # 2025-11-25 server/tools §Tool names: 1-128 characters of A-Z a-z 0-9 _ - .
 TOOL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -519,17 +523,26 @@ def error_result(message: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": message}], "isError": True}
 
 
-def run_handler(blocking: bool, pool: ToolPool | None, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
-    """Run a pack's handler (tool, resource reader, prompt): on the reactor, or in ``pool`` when
-    it is declared blocking."""
+def hand_off(pool: ToolPool | None) -> Submit | None:
+    """How blocking handlers reach ``pool``, decided once (by the engine's parts as they are
+    built) rather than per call: its own ``submit`` (the daemon's ToolThreads), or `defer_to_pool`
+    for a pool with Twisted's `ThreadPool` interface; None without a pool."""
+    if pool is None:
+        return None
+    submit: Submit | None = getattr(pool, "submit", None)
+    if submit is not None:
+        return submit
+    return functools.partial(defer_to_pool, pool)  # type: ignore[arg-type]  # Twisted-shaped
+
+
+def run_handler(blocking: bool, submit: Submit | None, handler: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """Run a pack's handler (tool, resource reader, prompt): on the reactor, or through
+    ``submit`` (`hand_off`) in the thread pool when it is declared blocking."""
     if not blocking:
         return maybeDeferred(handler, *args)
-    if pool is None:
+    if submit is None:
         raise RuntimeError(f"{getattr(handler, '__name__', 'a handler')} is blocking but no thread pool is running")
-    submit = getattr(pool, "submit", None)
-    if submit is not None:  # the daemon's ToolThreads
-        return submit(handler, *args)
-    return defer_to_pool(pool, handler, *args)  # type: ignore[arg-type]  # Twisted-shaped
+    return submit(handler, *args)
 
 
 def defer_to_pool(pool: ThreadPool, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -552,13 +565,14 @@ def defer_to_pool(pool: ThreadPool, f: Callable[..., Any], *args: Any) -> Deferr
     return d
 
 
-def invoke(tool: Tool, ctx: ToolContext, arguments: dict[str, Any], pool: ToolPool | None) -> Deferred[Any]:
-    """Run ``tool``'s handler: on the reactor, or in ``pool`` when the tool is blocking.
+def invoke(tool: Tool, ctx: ToolContext, arguments: dict[str, Any], submit: Submit | None) -> Deferred[Any]:
+    """Run ``tool``'s handler: on the reactor, or through ``submit`` (`hand_off`) in the thread
+    pool when the tool is blocking.
 
     The Deferred fires with the handler's raw value; cancelling it marks ``ctx`` cancelled so a
     thread-pool handler that polls `ToolContext.cancelled` stops its work.
     """
-    return cancellable(run_handler(tool.blocking, pool, tool.handler, ctx, arguments), ctx)
+    return cancellable(run_handler(tool.blocking, submit, tool.handler, ctx, arguments), ctx)
 
 
 def as_deferred(value: Any) -> Deferred[Any]:
