@@ -12,6 +12,10 @@ blocking tool's hop to the thread pool is included)::
     MCPD_ECHO_BLOCKING=1 .venv/bin/python bench/callcount.py             # the thread-pool tool
     .venv/bin/python bench/callcount.py --tool note.save --args '{"title": "t", "body": "b"}'
 
+``--clients N`` (HTTP) spreads the calls over N connections, each sequential in a client thread
+of its own: the server has N calls in hand at once, as under load, which is where a hand-off to
+a thread pool can cost more than at one call at a time.
+
 ``--stdio`` serves the client on mcpd's stdin and stdout instead (``mcpd --stdio``, its default
 toolsets unless given after ``--``): ``initialize``, then legacy (2025-11-25) ``tools/call`` lines
 one at a time, as ``../shared/bench/mcp_load.py stdio`` does; ``--settle S`` waits S seconds
@@ -28,6 +32,7 @@ it is added to mcpd's arguments as ``--api-key K`` too). The echo pack is bench/
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import os
@@ -35,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -212,10 +218,39 @@ def http_session(
     return lambda rid: call(sock, rid, key, buf, session, tool)
 
 
+def run_calls(sessions: list[Callable[[int], None]], first: int, count: int) -> None:
+    """Calls ``first`` to ``first + count - 1`` spread over ``sessions``, each in a thread of its
+    own (one session: in this thread)."""
+    if len(sessions) == 1:
+        for rid in range(first, first + count):
+            sessions[0](rid)
+        return
+    failed: list[BaseException] = []
+
+    def drive(one: Callable[[int], None], rids: range) -> None:
+        try:
+            for rid in rids:
+                one(rid)
+        except BaseException as e:  # noqa: BLE001 -- raised again in the main thread
+            failed.append(e)
+
+    clients = [
+        threading.Thread(target=drive, args=(one, range(first + n, first + count, len(sessions))))
+        for n, one in enumerate(sessions)
+    ]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    if failed:
+        raise failed[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=1, help="connections calling at once (HTTP)")
     parser.add_argument("--era", choices=("modern", "legacy"), default="modern", help="legacy: one 2025-11-25 session")
     parser.add_argument("--tool", default="echo", help="the tool to call (default: the echo pack's)")
     parser.add_argument("--args", default=None, help='its arguments, a JSON object (echo\'s: {"text": "hello"})')
@@ -253,13 +288,14 @@ def main() -> int:
     if args.stdio:
         server = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
         one, start = stdio_session(server, tool)
+        sessions = [one]
     else:
         server = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-        one, start = http_session(server, port, args.key, work, args.era, tool), lambda: None
+        connect = functools.partial(http_session, server, port, args.key, work, args.era, tool)
+        sessions, start = [connect() for _ in range(args.clients)], lambda: None
     try:
         start()
-        for rid in range(args.warmup):
-            one(rid)
+        run_calls(sessions, 0, args.warmup)
         time.sleep(args.settle)
         if args.no_valgrind:
             with open(f"/proc/{server.pid}/stat") as f:
@@ -267,8 +303,7 @@ def main() -> int:
         else:
             subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True, capture_output=True)
         started = time.monotonic()
-        for rid in range(args.warmup, args.warmup + args.calls):
-            one(rid)
+        run_calls(sessions, args.warmup, args.calls)
         wall = time.monotonic() - started
         if args.no_valgrind:
             with open(f"/proc/{server.pid}/stat") as f:
