@@ -38,7 +38,7 @@ from twisted.logger import globalLogBeginner  # noqa: E402
 from twisted.python import usage  # noqa: E402
 
 from mcpd.config import KNOBS_BY_NAME, ConfigError, read_env_file, resolve  # noqa: E402
-from mcpd.daemon import build_service, sql_config  # noqa: E402
+from mcpd.daemon import build_service, read_secrets, sql_config  # noqa: E402
 from mcpd.observe.logging import observer  # noqa: E402
 from mcpd.tap import Options  # noqa: E402
 
@@ -149,7 +149,7 @@ class MigrateOptions(usage.Options):
         flags = {name: self.get(KNOBS_BY_NAME[name].flag) for name in _MIGRATE_KNOBS}
         try:
             file_values = read_env_file(self["config"]) if self["config"] else {}
-            self.settings = resolve(flags, os.environ, file_values)
+            self.settings = read_secrets(resolve(flags, os.environ, file_values))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -249,7 +249,7 @@ class ReindexOptions(usage.Options):
         flags = {name: self.get(KNOBS_BY_NAME[name].flag) for name in _REINDEX_KNOBS}
         try:
             file_values = read_env_file(self["config"]) if self["config"] else {}
-            self.settings = resolve(flags, os.environ, file_values)
+            self.settings = read_secrets(resolve(flags, os.environ, file_values))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -173,21 +173,19 @@ def read_secrets(settings: Settings) -> Settings:
     return attrs.evolve(settings, **changes) if changes else settings
 
 
-def _first_line(path: str, option: str, error: type[Exception] = ConfigError) -> str:
+def _first_line(path: str, option: str) -> str:
     """A password file's password: its first line, stripped ("" for an empty file)."""
-    lines = read_lines(path, option, error)
+    lines = read_lines(path, option)
     return lines[0][1].strip() if lines else ""
 
 
 def sql_config(settings: Settings) -> DatabaseConfig:
-    """The SQL store's configuration; `DatabaseConfigError` naming the setting that is wrong."""
-    from mcpd.stores.sql.config import DatabaseConfig, DatabaseConfigError, database_url
+    """The SQL store's configuration (its password file read by `read_secrets`);
+    `DatabaseConfigError` naming the setting that is wrong."""
+    from mcpd.stores.sql.config import DatabaseConfig, database_url
 
-    password = settings.db_password
-    if password is None and settings.db_password_file:
-        password = _first_line(settings.db_password_file, "--db-password-file", DatabaseConfigError)
     return DatabaseConfig(
-        url=database_url(settings.db_url, settings.data_dir, password),
+        url=database_url(settings.db_url, settings.data_dir, settings.db_password),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_recycle=settings.db_pool_recycle,
@@ -198,8 +196,8 @@ def sql_config(settings: Settings) -> DatabaseConfig:
 
 
 def sql_sources_config(settings: Settings) -> list[SourceConfig]:
-    """The sql pack's data sources (``--sql-source``), with their passwords;
-    `SourceConfigError` naming the one that is wrong."""
+    """The sql pack's data sources (``--sql-source``), with their passwords (their files read by
+    `read_secrets`); `SourceConfigError` naming the one that is wrong."""
     from mcpd.stores.sql.sources import SourceConfigError, source_config
 
     names = [name for name, _url in settings.sql_source]
@@ -207,29 +205,22 @@ def sql_sources_config(settings: Settings) -> list[SourceConfig]:
     if twice:
         raise SourceConfigError(f"--sql-source: {', '.join(twice)} named more than once")
     passwords = dict(settings.sql_passwords)
-    for name, path in settings.sql_password_file:
-        if name not in names:
-            raise SourceConfigError(f"--sql-password-file {name}: there is no --sql-source {name}")
-        passwords[name] = _first_line(path, f"--sql-password-file {name}", SourceConfigError)
     return [source_config(name, url, passwords.get(name)) for name, url in settings.sql_source]
 
 
 def redis_settings(settings: Settings) -> RedisConfig | None:
-    """How to reach Redis (None without --redis-url); `ConfigError` naming the setting that is
-    wrong."""
+    """How to reach Redis (None without --redis-url; its password file read by `read_secrets`);
+    `ConfigError` naming the setting that is wrong."""
     if settings.redis_url is None:
         return None
     from mcpd.stores.redis.config import RedisConfigError, redis_config
 
-    password = settings.redis_password
-    if password is None and settings.redis_password_file:
-        password = _first_line(settings.redis_password_file, "--redis-password-file")
     if settings.redis_ca_file:
         read_lines(settings.redis_ca_file, "--redis-ca-file")
     try:
         return redis_config(
             settings.redis_url,
-            password=password,
+            password=settings.redis_password,
             ca_file=settings.redis_ca_file,
             timeout=settings.redis_timeout,
             prefix=settings.redis_prefix,

@@ -1524,30 +1524,44 @@ class RecordKeepingTests(RedisPartsCase):
         return {name: int(calls) for name, calls in re.findall(r"cmdstat_([a-z|]+):calls=(\d+)", info)}
 
 
-class SessionRestoreTests(TestCase):
-    """`Session.restore` is `Session.record`'s inverse, field by field, so adoption (which uses
-    it) cannot miss one the record carries."""
+class SessionRestoreTests(RedisPartsCase):
+    """`SessionStore.adopt` makes the session `Session.record` recorded, field by field
+    (`Session.restore` takes all but what the ledger holds, which adopt claims), so adoption
+    cannot miss one the record carries."""
 
-    def test_restore_is_the_inverse_of_record(self) -> None:
+    @inlineCallbacks
+    def test_an_adopted_session_is_the_one_recorded(self) -> Any:
         import attrs
 
+        a, b = self.cluster(), self.cluster()
         original = HTTPSession("restored")
-        original.version, original.owner, original.account = "2025-11-25", "alice", "key:alice"
+        original.version, original.owner = "2025-11-25", "alice"
         original.client_info = {"name": "c", "version": "1"}
         original.client_capabilities = {"elicitation": {}}
         original.log_level = "debug"
         original.subscriptions = {"memo://a": None, "memo://b": None}
         original.subscriptions_tenant = "acme"
-        record = original.record()
+        a.sessions.open(original, "key:alice")
+        a.sessions.add(original)
+        yield self.record_appears(a.sessions.records, original.id)
+        record = yield a.sessions.records.load(original.id)
+        self.assertEqual(record, original.record())
         # Every field of the record is set to something other than its default.
         defaults = SessionRecord("restored")
         for field in attrs.fields(SessionRecord):
             if field.name != "session_id":
                 self.assertNotEqual(getattr(record, field.name), getattr(defaults, field.name), field.name)
-        copy = HTTPSession(record.session_id)
-        copy.restore(record)
+        copy = yield b.sessions.adopt(original.id, lambda record: HTTPSession(record.session_id), "alice")
         self.assertEqual(copy.record(), record)
-        self.assertEqual(copy.subscriptions, {"memo://a": None, "memo://b": None})
+        self.assertTrue(copy.initialized)
+        # Counted against the account's share on this instance too.
+        self.assertEqual(sorted(copy.subscriptions), ["memo://a", "memo://b"])
+        self.assertNotIn(None, copy.subscriptions.values())
+        self.assertEqual(b.sessions.ledger.held("key:alice", SUBSCRIPTION), 2)
+        self.assertEqual(b.sessions.ledger.held("key:alice", SESSION), 1)
+        b.sessions.retire(original.id)
+        a.sessions.retire(original.id)
+        self.assertEqual(b.sessions.ledger.held("key:alice", SUBSCRIPTION), 0)
 
 
 class UnsavedBatchTests(RedisPartsCase):

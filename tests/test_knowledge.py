@@ -20,6 +20,7 @@ from sqlalchemy import func, inspect, select, update
 from sqlalchemy.engine import URL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -30,6 +31,7 @@ from mcpd.stores.knowledge import INDEX_OK, INDEXED, PENDING, KnowledgeStore
 from mcpd.stores.milvus import MilvusIndex
 from mcpd.stores.reindex import Reindexer, rebuild
 from mcpd.stores.retrieval import Retriever
+from mcpd.stores.sql import knowledge as sql_knowledge
 from mcpd.stores.sql import migrate
 from mcpd.stores.sql.config import DatabaseConfig, database_url
 from mcpd.stores.sql.database import SQLDatabase, build_engine
@@ -499,6 +501,52 @@ class RebuildLeaseContract:
         self.assertEqual(found["index"], INDEX_OK)
         self.assertEqual((yield self.outbox()), [])
         self.assertFalse([n for n in (yield self.store.retriever.index.list_collections()) if "__b" in n])
+
+    @inlineCallbacks
+    def test_a_rebuild_longer_than_its_lease_renews_it_now_and_then_and_holds_it(self) -> Any:
+        """Its leases are renewed every `RENEW_EVERY` seconds, not on every page (a write each,
+        before), and still often enough: a second rebuild is refused all along, past the lease."""
+        lease, every, page = 2.0, 0.4, 0.08  # a step may take 1.6 s (a loaded machine) and hold it
+        self.patch(sql_knowledge, "MARKER_LEASE", lease)
+        self.patch(reindex, "RENEW_EVERY", every)
+        self.patch(reindex, "REBUILD_PAGE", 1)
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        pages = int(1.5 * lease / page) + 1
+        for number in range(pages):
+            yield self.store.add_document("acme", "docs", document(f"word{number} fruit"), "alice")
+        name = index_collection((yield self.store.sql.find_collection("acme", "docs"))["id"])
+        fill = self.store.retriever.index_chunks
+        renew = self.store.sql.renew
+        renewals: list[float] = []
+        refused: list[Exception] = []
+        started = reactor.seconds()
+
+        def counted(markers: Any) -> Deferred[set[int]]:
+            renewals.append(reactor.seconds())
+            return renew(markers)
+
+        async def slow_pages(built: str, chunks: Any, analyzer: str = "standard") -> int:
+            await deferLater(reactor, page, lambda: None)
+            if "__b" in built and reactor.seconds() - started > lease and not refused:
+                try:  # the first rebuild has run longer than its lease: a second one starts
+                    await rebuild(self.store, lambda _tenant, name: name == "docs", grace=0)
+                except Conflict as e:
+                    refused.append(e)
+            return await fill(built, chunks, analyzer)
+
+        self.store.retriever.index_chunks = slow_pages  # type: ignore[assignment,method-assign]
+        self.store.sql.renew = counted  # type: ignore[method-assign]
+        rebuilt = yield Deferred.fromCoroutine(rebuild(self.store, lambda _tenant, name: name == "docs", grace=0))
+        took = reactor.seconds() - started
+        self.assertEqual([count for *_, count in rebuilt], [pages])
+        self.assertEqual(len(refused), 1)
+        self.assertIn(f"a rebuild of {name} is under way since ", str(refused[0]))
+        self.assertGreater(took, lease)
+        self.assertLessEqual(len(renewals), took / every + 1)
+        self.assertLess(len(renewals), pages / 2)
+        self.assertGreaterEqual(len(renewals), int(lease / every))
+        self.assertTrue(all(b - a > every - 0.01 for a, b in zip(renewals, renewals[1:], strict=False)), renewals)
+        self.assertEqual((yield self.outbox()), [])
 
     @inlineCallbacks
     def test_two_rebuilds_marking_a_collection_at_once_one_wins(self) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.protocol.errors import LIMIT_EXCEEDED, LimitExceeded, error_response, limit_status
-from mcpd.protocol.ledger import CONNECTION, REPLAY, SESSION, STREAM, Claim, Ledger, Limit, share
+from mcpd.protocol.ledger import CONNECTION, REPLAY, SESSION, STREAM, SUBSCRIPTION, Claim, Ledger, Limit, share
 
 
 class CountingTests(SynchronousTestCase):
@@ -37,6 +37,28 @@ class CountingTests(SynchronousTestCase):
         ledger.claim("key:root", SESSION)
         self.assertEqual(ledger.held("key:alice", SESSION), 2)
         self.assertEqual(ledger.refused, {"sessions_limit": 1})
+
+    def test_a_share_refused_elsewhere_is_refused_and_counted_alike(self) -> None:
+        """A share held to elsewhere (a session's record, by the catalog) is refused as the
+        ledger refuses its own, and counted with them."""
+        ledger = Ledger({SUBSCRIPTION: Limit(per_account=1)})
+        ledger.claim("key:alice", SUBSCRIPTION)
+        with self.assertRaises(LimitExceeded) as caught:
+            ledger.claim("key:alice", SUBSCRIPTION)
+        error = ledger.over_share("key:alice", SUBSCRIPTION, 256, "256 in this session, at most 256")
+        self.assertEqual((error.code, error.status, error.retry_after), (LIMIT_EXCEEDED, 429, 5))
+        self.assertEqual(error.data, {"limit": SUBSCRIPTION, "max": 256, "scope": "caller", "retryAfter": 5})
+        self.assertEqual(
+            error.message,
+            "Too many subscriptions: this API key holds 256 in this session, at most 256; unsubscribe from "
+            "resources you no longer follow and retry",
+        )
+        self.assertEqual(
+            caught.exception.message,
+            "Too many subscriptions: this API key holds 1 of at most 1; unsubscribe from resources you no "
+            "longer follow and retry",
+        )
+        self.assertEqual(ledger.refused, {"subscriptions_limit": 2})
 
     def test_the_total(self) -> None:
         ledger = Ledger({SESSION: Limit(total=3, per_account=2)})

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
@@ -13,6 +17,7 @@ from mcpd.observe.metrics import DURATION_BUCKETS, Metrics
 from mcpd.observe.stats import RequestStats, Vitals
 from tests.engine_harness import record
 
+CREATED = re.compile(rb"(_created\{[^}]*\}) \S+")
 SEED = (
     "mcp_uptime_seconds",
     "mcp_requests_total",
@@ -100,9 +105,10 @@ class MetricsTests(SynchronousTestCase):
             self.metrics.requests._children[("http", "tools/call", "echo")], children[("http", "tools/call", "echo")]
         )
 
-    def test_duration_exposed_as_prometheus_client_histogram_is(self) -> None:
-        # The durations are counted in plain lists (DurationHistogram); what /metrics shows must
-        # be what prometheus_client's own Histogram shows for the same observations.
+    def exposed_alike(self) -> bytes:
+        """What /metrics shows of the durations (`DurationHistogram`, counted in plain lists) after
+        a set of observations, asserted to be what prometheus_client's own Histogram shows for
+        the same ones (its ``_created`` times aside)."""
         registry = CollectorRegistry(auto_describe=False)
         reference = Histogram(
             "mcp_request_duration_seconds",
@@ -119,10 +125,56 @@ class MetricsTests(SynchronousTestCase):
                 for duration in durations:
                     self.feed(record(method=method, tool=tool, duration=duration, transport=transport))
                     reference.labels(transport, method, "" if tool is None else tool).observe(duration)
-        created = re.compile(rb"(_created\{[^}]*\}) \S+")
-        expected, got = (created.sub(rb"\1 T", generate_latest(r)) for r in (registry, ours))
+        expected, got = (CREATED.sub(rb"\1 T", generate_latest(r)) for r in (registry, ours))
         self.assertEqual(got, expected)
+        return got
+
+    def test_duration_exposed_as_prometheus_client_histogram_is(self) -> None:
+        got = self.exposed_alike()
+        self.assertIn(b"mcp_request_duration_seconds_created{", got)
         self.assertIn(
             b'mcp_request_duration_seconds_bucket{le="+Inf",method="tools/list",tool="",transport="websocket"} 12.0',
             got,
         )
+
+    def test_created_series_switched_as_prometheus_client_switches_them(self) -> None:
+        """``disable_created_metrics()`` and ``enable_created_metrics()`` at run time switch the
+        ``_created`` series of the durations as they switch Histogram's; the environment variable
+        set after prometheus_client was imported does not, as it does not for Histogram. (Only
+        the variable was read, at every scrape.)"""
+        self.patch(prometheus_client.metrics, "_use_created", prometheus_client.metrics._use_created)
+        prometheus_client.disable_created_metrics()
+        self.assertNotIn(b"_created", self.exposed_alike())
+        prometheus_client.enable_created_metrics()
+        self.setUp()
+        self.assertIn(b"_created", self.exposed_alike())
+        self.patch(os, "environ", os.environ.copy())  # restored as it was after the test
+        os.environ["PROMETHEUS_DISABLE_CREATED_SERIES"] = "true"
+        self.setUp()
+        self.assertIn(b"_created", self.exposed_alike())
+
+    def test_created_series_off_from_the_environment_at_start(self) -> None:
+        """PROMETHEUS_DISABLE_CREATED_SERIES set when the process starts: no ``_created`` series,
+        in a fresh interpreter, for the durations as for Histogram."""
+        script = (
+            "from prometheus_client import CollectorRegistry, Histogram, generate_latest\n"
+            "from mcpd.observe.metrics import DURATION_BUCKETS, DurationHistogram\n"
+            "registry, ours = CollectorRegistry(auto_describe=False), CollectorRegistry(auto_describe=False)\n"
+            "reference = Histogram('d', 'Durations.', ('tool',), buckets=DURATION_BUCKETS, registry=registry)\n"
+            "durations = DurationHistogram('d', 'Durations.', ('tool',), DURATION_BUCKETS)\n"
+            "ours.register(durations)\n"
+            "for seconds in (0.0, 0.0007, 5.0, 1e9):\n"
+            "    reference.labels('echo').observe(seconds)\n"
+            "    durations.observe(durations.labels('echo'), seconds)\n"
+            "import sys\n"
+            "sys.stdout.buffer.write(generate_latest(registry) + bytes(1) + generate_latest(ours))\n"
+        )
+        for value, created in (("true", False), ("1", False), ("False", True)):
+            environ = {**os.environ, "PROMETHEUS_DISABLE_CREATED_SERIES": value}
+            ran = subprocess.run(
+                [sys.executable, "-c", script], env=environ, capture_output=True, timeout=60, check=True
+            )
+            expected, got = (CREATED.sub(rb"\1 T", text) for text in ran.stdout.split(bytes(1)))
+            self.assertEqual(got, expected)
+            self.assertEqual(b"d_created{" in got, created, value)
+            self.assertIn(b'd_bucket{le="+Inf",tool="echo"} 4.0', got)

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.config import ConfigError, resolve
-from mcpd.daemon import redis_settings
+from mcpd.daemon import read_secrets, redis_settings
 from mcpd.interfaces import DOWN, UP, IStore, StoreUnavailable
 from mcpd.stores.redis import RedisConfigError, RedisConnection, redis_config
 from tests.clients import fetch
@@ -63,11 +63,11 @@ class RedisConfigTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("from-the-file\n")
-        config = redis_settings(settings({}, {"REDIS_URL": "redis://h/1", "REDIS_PASSWORD_FILE": path}))
+        config = redis_settings(read_secrets(settings({}, {"REDIS_URL": "redis://h/1", "REDIS_PASSWORD_FILE": path})))
         assert config is not None
         self.assertEqual(config.password, "from-the-file")
         with self.assertRaises(ConfigError) as caught:
-            redis_settings(settings({}, {"REDIS_URL": "redis://h/1", "REDIS_PASSWORD_FILE": path + ".missing"}))
+            read_secrets(settings({}, {"REDIS_URL": "redis://h/1", "REDIS_PASSWORD_FILE": path + ".missing"}))
         self.assertIn("--redis-password-file", str(caught.exception))
 
     def test_prefix_refuses_glob_characters(self) -> None:

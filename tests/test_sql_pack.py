@@ -33,7 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from mcpd.config import ConfigError, resolve
-from mcpd.daemon import load_packs, sql_sources_config, toolsets_of
+from mcpd.daemon import load_packs, read_secrets, sql_sources_config, toolsets_of
 from mcpd.interfaces import ISQLSources, IStore, Refused
 from mcpd.stores.sql.sources import (
     CONNECT_TIMEOUT,
@@ -925,10 +925,11 @@ class ConfigTests(SynchronousTestCase):
         settings = self.settings(
             {"sql_source": ["crm=mysql+pymysql://reader@db/crm"], "sql_password_file": [f"crm={path}"]}
         )
-        self.assertEqual(sql_sources_config(settings)[0].url.password, "from-file")
+        self.assertEqual(sql_sources_config(read_secrets(settings))[0].url.password, "from-file")
         stray = self.settings({"sql_source": ["crm=mysql+pymysql://reader@db/crm"], "sql_password_file": ["x=/p"]})
-        with self.assertRaises(ConfigError):
-            load_packs(stray)
+        with self.assertRaises(ConfigError) as caught:
+            read_secrets(stray)
+        self.assertIn("--sql-password-file x: there is no --sql-source x", str(caught.exception))
 
     def test_bad_sources_are_refused_in_one_line(self) -> None:
         for entry, said in (

@@ -839,6 +839,37 @@ class MigrationTests(TestCase):
 
         return deferToThread(check)
 
+    def test_migrate_and_reindex_read_the_password_file(self) -> Deferred[None]:
+        """``mcpd migrate`` and ``mcpd reindex`` read --db-password-file as the daemon does
+        (`read_secrets`): the password reaches MariaDB, and a file that cannot be read stops
+        either command with one line naming it, before anything is reached."""
+        server = shared_mariadb()
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        env = daemon_env(workdir, {"DATA_DIR": str(workdir / "data")})
+        password_file = workdir / "db-password"
+        password_file.write_text(PASSWORD + "\n")
+        missing = workdir / "no-such-file"
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([MCPD, *args], env=env, cwd=workdir, capture_output=True, text=True, timeout=60)
+
+        def check() -> None:
+            url = f"--db-url={server.url(server.new_database())}"
+            applied = run("migrate", url, f"--db-password-file={password_file}")
+            self.assertEqual(applied.returncode, 0, applied)
+            self.assertIn(f"at {migrate.scripts().get_current_head()}", applied.stdout)
+            for command in ("migrate", "reindex"):
+                refused = run(command, url, f"--db-password-file={missing}")
+                self.assertEqual(refused.returncode, 2, refused)
+                self.assertEqual(
+                    refused.stderr,
+                    f"mcpd {command}: --db-password-file {missing}: cannot read it (No such file or directory)\n",
+                )
+                self.assertEqual(refused.stdout, "")
+
+        return deferToThread(check)
+
 
 # -- configuration ------------------------------------------------------------------------------
 

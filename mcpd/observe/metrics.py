@@ -17,12 +17,12 @@ Two kinds of series:
 from __future__ import annotations
 
 import bisect
-import os
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.samples import Sample
@@ -72,7 +72,9 @@ class DurationHistogram:
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        created = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() not in ("true", "1", "t")
+        # Histogram's own switch: PROMETHEUS_DISABLE_CREATED_SERIES as the environment had it
+        # when prometheus_client was imported, then disable/enable_created_metrics().
+        created = prometheus_metrics._use_created
         for values, child in list(self._children.items()):
             counts, total = child[:-1], 0.0
             buckets = []

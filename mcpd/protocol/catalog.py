@@ -17,7 +17,7 @@ from mcpd.interfaces import StoreFull
 from mcpd.protocol.changes import FILTER_FOR_KIND, Listener
 from mcpd.protocol.channel import LOG_LEVELS, RequestChannel, input_required
 from mcpd.protocol.errors import InvalidParams, InvalidRequest, LimitExceeded, MCPError, MissingClientCapability
-from mcpd.protocol.ledger import RETRY_AFTER, STREAM, SUBSCRIPTION, Claim, Ledger, who
+from mcpd.protocol.ledger import STREAM, SUBSCRIPTION, Claim, Ledger
 from mcpd.protocol.tasks import NEEDS_TASKS, TASKS_EXTENSION, TaskManager
 from mcpd.tools.api import Caller, CallLink, RequestContext, hand_off, run_handler
 from mcpd.tools.pack import paginate
@@ -184,15 +184,7 @@ class Catalog:
             del session.subscriptions[uri]
         claim.release()
         most = failure.value.capacity
-        self.ledger.refused[f"{SUBSCRIPTION}_limit"] += 1
-        raise LimitExceeded(
-            f"Too many {SUBSCRIPTION}: {who(claim.account)} holds {most} in this session, at most {most}; "
-            "unsubscribe from resources you no longer follow and retry",
-            limit=SUBSCRIPTION,
-            maximum=most,
-            per_caller=True,
-            retry_after=RETRY_AFTER,
-        )
+        raise self.ledger.over_share(claim.account, SUBSCRIPTION, most, f"{most} in this session, at most {most}")
 
     def resources_unsubscribe(self, request: Request) -> dict[str, Any] | Deferred[dict[str, Any]]:
         uri = self._subscription_uri(request)

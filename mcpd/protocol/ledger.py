@@ -172,15 +172,8 @@ class Ledger:
         if limit is None:
             return
         if limit.per_account is not None and self._held[account, kind] + amount > limit.per_account:
-            self.refused[f"{kind.replace(' ', '_')}_limit"] += 1
-            raise LimitExceeded(
-                f"Too many {kind}: {who(account)} holds {self._held[account, kind]} of at most "
-                f"{limit.per_account}; {_ADVICE.get(kind, 'retry later')}",
-                limit=kind,
-                maximum=limit.per_account,
-                per_caller=True,
-                retry_after=RETRY_AFTER,
-            )
+            holding = f"{self._held[account, kind]} of at most {limit.per_account}"
+            raise self.over_share(account, kind, limit.per_account, holding)
         if limit.total is not None and self._totals[kind] + amount > limit.total:
             self.refused[f"{kind.replace(' ', '_')}_limit"] += 1
             raise LimitExceeded(
@@ -190,6 +183,18 @@ class Ledger:
                 per_caller=False,
                 retry_after=RETRY_AFTER,
             )
+
+    def over_share(self, account: str, kind: str, maximum: int, holding: str) -> LimitExceeded:
+        """The refusal of more ``kind`` to ``account``, at its share (``maximum``), counted
+        among the refusals; ``holding`` says what it holds ("2 of at most 2")."""
+        self.refused[f"{kind.replace(' ', '_')}_limit"] += 1
+        return LimitExceeded(
+            f"Too many {kind}: {who(account)} holds {holding}; {_ADVICE.get(kind, 'retry later')}",
+            limit=kind,
+            maximum=maximum,
+            per_caller=True,
+            retry_after=RETRY_AFTER,
+        )
 
     def take(self, account: str, kind: str, amount: int) -> bool:
         """Count ``amount`` more of ``kind`` if no cap forbids it (for quantities such as

@@ -82,15 +82,13 @@ class Session:
 
     def restore(self, record: SessionRecord) -> None:
         """Take the state `record` made (its inverse), as when another instance's session is
-        adopted here. URIs come back subscribed through another instance (nothing held for
-        them in this process's ledger)."""
+        adopted here, but for what this process's ledger holds for it: its account and its
+        subscriptions are claimed by `SessionStore.adopt`."""
         self.version = record.version
         self.owner = record.owner
-        self.account = record.account
         self.client_info = record.client_info
         self.client_capabilities = record.client_capabilities
         self.log_level = record.log_level
-        self.subscriptions = dict.fromkeys(record.subscriptions)
         self.subscriptions_tenant = record.subscriptions_tenant
 
     def changed(self, **change: str) -> Deferred[Any] | None:
@@ -249,7 +247,7 @@ class SessionStore:
             session = make(record)
             session.restore(record)
             session.initialized = True  # a record is kept once its handshake succeeded
-            self.open(session, record.account)
+            self.open(session, record.account)  # its account, and its place in the ledger
             # Counted against the account's share here too (the record holds at most that
             # many), so subscribes through this instance are refused once past it.
             session.subscriptions = {

@@ -47,6 +47,16 @@ def error_response(status: int, message: str) -> bytes:
     return raw_response(status, json.dumps({"error": message}).encode())
 
 
+def response_head(parts: list[bytes], table: dict[bytes, list[bytes]]) -> list[bytes]:
+    """A response head as twisted.web writes it: ``parts`` (its status line), then a line per
+    value in ``table`` (a `Headers._rawHeaders`) and the blank line; ``parts``, to be joined."""
+    for name, values in table.items():
+        for value in values:
+            parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return parts
+
+
 @implementer(IClosingChannel)
 class MCPChannel(HTTPChannel):
     """An `HTTPChannel` whose every refusal is an answer (see the module docstring)."""
@@ -113,12 +123,8 @@ class MCPChannel(HTTPChannel):
         if not isinstance(headers, Headers):
             super().writeHeaders(version, code, reason, headers)
             return
-        parts = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
-        self.transport.write(b"".join(parts))  # type: ignore[union-attr]
+        head = response_head([version, b" ", code, b" ", reason, b"\r\n"], headers._rawHeaders)
+        self.transport.write(b"".join(head))  # type: ignore[union-attr]
 
     def _whole_head(self, line: bytes) -> bool:
         """Read the request head whose first line is ``line`` and whose header lines are in the
@@ -334,11 +340,8 @@ class MCPRequest(server.Request):
         if b"Content-Type" not in table and self.defaultContentType is not None and length[0] != b"0":
             table[b"Content-Type"] = [self.defaultContentType]
         self.startedWriting = 1
-        parts = [self.clientproto, b" %d " % self.code, self.code_message, b"\r\n"]
-        for name, values in table.items():
-            for value in values:
-                parts += (name, b": ", value, b"\r\n")
-        parts += (b"\r\n", data)
+        parts = response_head([self.clientproto, b" %d " % self.code, self.code_message, b"\r\n"], table)
+        parts.append(data)
         self.sentLength += len(data)
         self.channel.write(b"".join(parts))
 

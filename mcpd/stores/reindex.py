@@ -12,8 +12,9 @@ twice, or late, is harmless; a row whose record changed while it was being index
 `rebuild` re-creates index collections from SQL (``mcpd reindex``): after the embedding model
 changed, or the index's data was lost. It builds a new collection and swaps it in when full:
 searches use the old one meanwhile. It holds a lease on each collection it rebuilds (a marker
-row, see `SQLKnowledge.rebuilding`), renewed as it goes: one rebuild of a collection at a time,
-and the markers of a rebuild that died expire, the re-indexer deleting them.
+row, see `SQLKnowledge.rebuilding`), renewed as it goes (every `RENEW_EVERY` seconds at most):
+one rebuild of a collection at a time, and the markers of a rebuild that died expire, the
+re-indexer deleting them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ IDLE_INTERVAL = 30.0
 REBUILD_PAGE = 500
 GRACE = 2.0  # seconds a rebuild waits after its swap for writes under way to settle
 BUILT = "__b"  # a rebuilt collection's name: <index collection>__b<milliseconds>
+RENEW_EVERY = 30.0  # seconds between renewals of a rebuild's leases (a tenth of MARKER_LEASE)
 
 
 class Reindexer(Service):
@@ -160,7 +162,8 @@ async def rebuild(
         raise StoreError("this search index cannot be rebuilt in place of the old one")
     by = f"{socket.gethostname()} pid {os.getpid()}"
     rebuilt: list[tuple[str, str, str, int]] = []
-    held: list[int] = []  # this run's markers, renewed together
+    leases = _Leases(store)
+    held = leases.markers
     try:
         for collection, analyzer, tenant, name in await sql.index_collections():
             if not only(tenant, name):
@@ -169,7 +172,7 @@ async def rebuild(
             if marker is None:
                 continue  # dropped since it was listed
             held.append(marker)
-            count = await _rebuild(store, index, collection, analyzer, marker, held)
+            count = await _rebuild(store, index, collection, analyzer, marker, leases)
             rebuilt.append((tenant, name, collection, count))
     finally:
         if rebuilt:
@@ -186,10 +189,10 @@ async def rebuild(
         for (_, _, collection, count), marker in zip(rebuilt, held[: len(rebuilt)], strict=True):
             try:
                 try:
-                    caught = await _catch_up(store, collection, held)
+                    caught = await _catch_up(store, collection, leases)
                 finally:
                     await sql.unmark(marker)  # this collection's, whatever happens to the next
-                caught += await _catch_up(store, collection, [])  # kept between the last look and the unmark
+                caught += await _catch_up(store, collection, None)  # kept between the last look and the unmark
             except Exception as e:  # what is left is ordinary work now: the re-indexer does it
                 failed = failed or e
                 log.failure("Catching up on the rebuilt {name} failed", name=collection)
@@ -205,21 +208,33 @@ async def rebuild(
     return rebuilt
 
 
-async def _renew(store: KnowledgeStore, held: list[int], marker: int | None = None) -> None:
-    """Renew this run's leases; `StoreError` when ``marker``'s has gone (it expired, and another
-    rebuild may own the collection now)."""
-    if not held:
-        return
-    kept = await store.sql.renew(held)
-    if marker is not None and marker not in kept:
-        raise StoreError("this rebuild lost its lease (it was stalled too long): run mcpd reindex again")
+class _Leases:
+    """A rebuild's markers (its leases), renewed together."""
+
+    def __init__(self, store: KnowledgeStore) -> None:
+        self.sql = store.sql
+        self.clock = store.clock
+        self.markers: list[int] = []
+        self.renewed = self.clock.seconds()  # no marker taken before this is older
+
+    async def renew(self, marker: int | None = None) -> None:
+        """Renew the leases once `RENEW_EVERY` seconds have passed since they were last renewed
+        (or taken; until then none can have expired); `StoreError` when ``marker``'s has gone (it
+        expired, and another rebuild may own the collection now)."""
+        now = self.clock.seconds()
+        if not self.markers or now - self.renewed < RENEW_EVERY:
+            return
+        kept = await self.sql.renew(self.markers)
+        self.renewed = now
+        if marker is not None and marker not in kept:
+            raise StoreError("this rebuild lost its lease (it was stalled too long): run mcpd reindex again")
 
 
 async def _rebuild(
-    store: KnowledgeStore, index: MilvusIndex, collection: str, analyzer: str, marker: int, held: list[int]
+    store: KnowledgeStore, index: MilvusIndex, collection: str, analyzer: str, marker: int, leases: _Leases
 ) -> int:
     """Fill a new collection from SQL and swap it in for ``collection`` (``marker``, among this
-    run's ``held``, holds the lease until the caller has caught up); how many chunks."""
+    run's ``leases``, holds the lease until the caller has caught up); how many chunks."""
     sql = store.sql
     up_to = await sql.last_seq()
     built = f"{collection}{BUILT}{int(store.clock.seconds() * 1000)}"
@@ -230,19 +245,19 @@ async def _rebuild(
         await store.retriever.ensure_collection(built, analyzer)
         count, after = 0, ""
         while True:
-            await _renew(store, held, marker)
+            await leases.renew(marker)
             chunks = await sql.chunks_after(collection, after, REBUILD_PAGE)
             if not chunks:
                 break
             await store.retriever.index_chunks(built, chunks, analyzer)
             count += len(chunks)
             after = chunks[-1].id
-        await _renew(store, held, marker)
+        await leases.renew(marker)
         await index.swap_collection(collection, built)
     except BaseException:
         with contextlib.suppress(Exception):
             await index.drop_collection(built)
-        held.remove(marker)
+        leases.markers.remove(marker)
         with contextlib.suppress(Exception):
             await sql.unmark(marker)  # the old collection stays as it was (else the lease expires)
         raise
@@ -250,13 +265,14 @@ async def _rebuild(
     return count
 
 
-async def _catch_up(store: KnowledgeStore, collection: str, held: list[int]) -> int:
-    """Apply the changes kept while ``collection`` was rebuilt to it (renewing the ``held``
-    leases as it goes); how many."""
+async def _catch_up(store: KnowledgeStore, collection: str, leases: _Leases | None) -> int:
+    """Apply the changes kept while ``collection`` was rebuilt to it (renewing the ``leases``
+    held, if any, as it goes); how many."""
     sql = store.sql
     after = done = 0
     while True:
-        await _renew(store, held)
+        if leases is not None:
+            await leases.renew()
         items = await sql.pending_work(BATCH, after, rebuilt=collection)
         if not items:
             return done

@@ -604,25 +604,25 @@ class HeaderView(Mapping[str, str]):
     looked up only when asked (most requests need three of them)."""
 
     def __init__(self, request: Request) -> None:
-        self._headers = request.requestHeaders
+        self._request = request
 
     def __getitem__(self, name: str) -> str:
-        values = self._headers._rawHeaders.get(canonical(name))
-        if not values:
+        value = header_text(self._request, canonical(name))
+        if value is None:
             raise KeyError(name)
-        return values[-1].decode("utf-8")
+        return value
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        # From twisted.web's table by canonical name (cached by str name too), decoding only
-        # the value returned (`Headers.getRawHeaders` with a str name decodes every value).
-        values = self._headers._rawHeaders.get(canonical(name))
-        return values[-1].decode("utf-8") if values else default
+        # By canonical name (twisted.web caches it by str name too), decoding only the value
+        # returned (`Headers.getRawHeaders` with a str name decodes every value).
+        value = header_text(self._request, canonical(name))
+        return default if value is None else value
 
     def __iter__(self) -> Iterator[str]:
-        return (name.decode("latin-1").lower() for name, _ in self._headers.getAllRawHeaders())
+        return (name.decode("latin-1").lower() for name, _ in self._request.requestHeaders.getAllRawHeaders())
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._headers.getAllRawHeaders())
+        return sum(1 for _ in self._request.requestHeaders.getAllRawHeaders())
 
 
 _ROUTING_HEADERS = ("mcp-protocol-version", "mcp-method", "mcp-name")
