@@ -14,6 +14,7 @@ import math
 import os
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -658,6 +659,35 @@ class MigrationTests(TestCase):
         message = str(caught.exception)
         self.assertIn("schema revision 9999, newer than this mcpd knows", message)
         self.assertNotIn("\n", message)
+
+    def test_head_is_the_newest_migration(self) -> None:
+        # What a database at head is recognised by without loading Alembic (migrate.HEAD).
+        self.assertEqual(migrate.HEAD, migrate.scripts().get_current_head())
+
+    def test_a_database_at_head_opens_without_alembic(self) -> None:
+        # Every start after the first: one query of the version table, no migration scripts.
+        directory = self.mktemp()
+        config = sqlite_config(directory)
+        engine = build_engine(config)
+        migrate.upgrade(engine, config.shown_url)
+        engine.dispose()
+        probe = (
+            "import sys\n"
+            "from twisted.internet import reactor\n"
+            "from mcpd.stores.sql.config import DatabaseConfig, database_url\n"
+            "from mcpd.stores.sql.database import SQLDatabase\n"
+            "database = SQLDatabase(DatabaseConfig(url=database_url(None, sys.argv[1])), reactor)\n"
+            "database.open()\n"
+            "print(database.schema_revision, 'alembic' in sys.modules)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe, directory],
+            capture_output=True,
+            check=True,
+            text=True,
+            env=daemon_env(Path(directory)),
+        )
+        self.assertEqual(out.stdout.split(), [migrate.HEAD, "False"])
 
     def _race(self, config: DatabaseConfig) -> None:
         """Four engines upgrade one empty database at once: all succeed, once."""

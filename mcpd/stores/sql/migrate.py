@@ -5,6 +5,10 @@ Two instances starting together against one database must not both migrate it: o
 MariaDB the upgrade holds a named server lock (``GET_LOCK``), on SQLite an exclusive ``flock``
 on a file beside the database. Whoever gets the lock second finds the schema already current.
 A database whose schema is newer than this code knows is refused, never touched.
+
+A database already at `HEAD` (every start but the first after an upgrade) is recognised from its
+version table with one plain query: Alembic and the migration scripts are loaded only when there is
+something to migrate, or something to say about the revision found (a third of opening the store).
 """
 
 from __future__ import annotations
@@ -13,18 +17,22 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import attrs
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 SCRIPT_LOCATION = "mcpd.stores.sql:migrations"
 # mcpd's own version table: a database shared with other Alembic users keeps theirs apart.
 VERSION_TABLE = "mcpd_schema_version"
+# The newest of this code's migrations (migrations/versions/), Alembic's head: a new migration
+# moves it (tests.test_sqlstore holds the two equal).
+HEAD = "0008"
 # How long a starting instance waits for another one's migration to finish.
 LOCK_TIMEOUT = 120
 
@@ -51,6 +59,8 @@ class SchemaState:
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["connection"] = connection
@@ -60,12 +70,18 @@ def _config(connection: Connection | None = None) -> Config:
 
 def scripts() -> ScriptDirectory:
     """This code's migrations."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config())
 
 
 def schema_state(connection: Connection, shown_url: str) -> SchemaState:
     """The schema revision of the database on ``connection`` and the revisions it lacks;
     `SchemaTooNew` when it is at a revision this code does not know."""
+    if _recorded(connection) == [HEAD]:
+        return SchemaState(HEAD, HEAD, ())
+    from alembic.runtime.migration import MigrationContext
+
     directory = scripts()
     head = directory.get_current_head()
     assert head is not None
@@ -80,6 +96,13 @@ def schema_state(connection: Connection, shown_url: str) -> SchemaState:
     return SchemaState(current, head, tuple(reversed(pending)))
 
 
+def _recorded(connection: Connection) -> list[str] | None:
+    """The revisions in the version table, as Alembic reads them; None without the table."""
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    return list(connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars())
+
+
 def upgrade(engine: Engine, shown_url: str) -> tuple[SchemaState, SchemaState]:
     """Bring the schema up to date under the migration lock; the state before and after."""
     with migration_lock(engine), engine.connect() as connection:
@@ -88,6 +111,8 @@ def upgrade(engine: Engine, shown_url: str) -> tuple[SchemaState, SchemaState]:
             _no_statement_limit(connection)
         before = schema_state(connection, shown_url)
         if before.pending:
+            from alembic import command
+
             command.upgrade(_config(connection), "head")
             connection.commit()
         after = schema_state(connection, shown_url)
