@@ -52,7 +52,7 @@ from mcpd.services import (
 )
 from mcpd.stores import StoreSet
 from mcpd.stores.memory import TASK_CAPACITY, MemoryTaskStore
-from mcpd.stores.opening import BackgroundOpening, Opened
+from mcpd.stores.opening import BackgroundOpening, OpenAtExit, Opened
 from mcpd.stores.threads import ToolThreads
 from mcpd.tools.pack import BUILTIN_PACKS, PackLoadError, ToolPack, ToolRegistry, load_pack
 
@@ -308,7 +308,14 @@ def build_stores(
         # of a --stdio start-up.
         index = needs_index(packs)
         interfaces = (*SQL_INTERFACES, IAuditLog, *(INDEX_INTERFACES if index else ()))
-        opening = BackgroundOpening("database", interfaces, lambda: _open_sql_store(settings, reactor, index), reactor)
+        opening = BackgroundOpening(
+            "database",
+            interfaces,
+            lambda: _open_sql_store(settings, reactor, index),
+            reactor,
+            # The audit writer's: its records wait in memory until the store opens.
+            housekeeping={IAuditLog: ("append", "prune")},
+        )
         for interface, stand_in in opening.stand_ins.items():
             stores.add(stand_in, () if interface is IStore else (interface,))
         opening.setName("database")
@@ -537,15 +544,18 @@ def build_service(settings: Settings, reactor: Any, packs: Sequence[ToolPack] | 
         _add(root, "trace", TraceService(tracer))
     if settings.stdio:
         observers = _stdio_audit(root, settings, reactor, stores)
+        opening = root.namedServices.get("database")
+        if isinstance(opening, BackgroundOpening):
+            # Stops before the audit writer: what it has left to write opens the store.
+            _add(root, "open-at-exit", OpenAtExit(opening))
         engine = _engine(settings, reactor, registry, runtime, pool, ledger, tracer, shared.tasks, observers=observers)
         # Children stop in reverse order: the transport, then the engine's calls, then the pool.
         _add(root, "engine", EngineService(engine))
         stdio = StdioService(engine, settings.max_message_size, settings.max_write_buffer, reactor)
         _add(root, "stdio", stdio)
-        opening = root.namedServices.get("database")
         if isinstance(opening, BackgroundOpening):
-            # The SQL store opens once the first answer is out (mcpd.stores.opening).
-            opening.after = stdio.answered
+            # The SQL store opens once the client is quiet (mcpd.stores.opening).
+            opening.activity = stdio.reads
         # Calls in flight finish (or are answered "shutting down"), then stdout is flushed.
         _drain(lifecycle, settings, reactor, engine, connections=stdio.connections).setServiceParent(root)
         ReadinessService(lifecycle, reactor, _first_connections(redis)).setServiceParent(root)
@@ -559,7 +569,7 @@ def _stdio_audit(
 ) -> tuple[Callable[[Any], None], ...]:
     """Under --stdio, the engine's observer that persists the tool calls to the audit trail as
     over HTTP (the caller ``local``), when the SQL store runs (server.audit). The writer starts
-    at once but writes only after the store's background opening, so start-up does not wait."""
+    at once; its records wait in memory until the store has opened in the background."""
     audit_log = stores.get(IAuditLog)
     if audit_log is None:
         return ()

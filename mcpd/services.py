@@ -194,8 +194,6 @@ class StdioService(Service):
         self.max_write_buffer = max_write_buffer
         self.reactor = reactor
         self.protocol: StdioProtocol | None = None
-        # Fires once the first answer is written (`StdioProtocol.answered`).
-        self.answered: Deferred[None] = Deferred()
 
     def startService(self) -> None:
         from twisted.internet.stdio import StandardIO
@@ -204,8 +202,11 @@ class StdioService(Service):
         self.protocol = StdioProtocol(
             self.engine, self.max_message_size, on_close=self._closed, max_write_buffer=self.max_write_buffer
         )
-        self.protocol.answered.chainDeferred(self.answered)
         StandardIO(self.protocol, reactor=self.reactor)
+
+    def reads(self) -> int:
+        """How many times the client's input has been read (`StdioProtocol.reads`)."""
+        return self.protocol.reads if self.protocol is not None else 0
 
     def connections(self) -> list[Any]:
         """stdin/stdout while open (closed by the drain once the last answers are written)."""

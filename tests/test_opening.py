@@ -4,20 +4,23 @@ temporary directory), opened in a real thread; `mcpd --stdio` is a real process.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
 from mcpd.config import Settings
 from mcpd.daemon import SQL_INTERFACES, _open_sql_store
-from mcpd.interfaces import IStore, ITaskBoard, StoreUnavailable
+from mcpd.interfaces import IAuditLog, IStore, ITaskBoard, StoreUnavailable
 from mcpd.stores import opening as opening_module
 from mcpd.stores.opening import BackgroundOpening, Opened
 from tests.daemon import MCPD, MODERN, PYTHON, DaemonTestMixin, StdioProcess
@@ -57,8 +60,9 @@ class BackgroundOpeningTests(TestCase):
         self.assertEqual((yield store.check()).state, "up")
         self.assertEqual(stopped, [])
 
-    def waiting_opening(self, after: Deferred[None]) -> tuple[BackgroundOpening, list[int]]:
-        """An opening of the real SQL store that waits for ``after``; the list counts openings."""
+    def busy_opening(self, housekeeping: Any = None) -> tuple[BackgroundOpening, list[int], list[int]]:
+        """An opening of the real SQL store whose client sends something every 50 ms until the
+        second list (its activity count) is emptied; the first list counts openings."""
         settings = Settings(data_dir=self.mktemp())
         opened: list[int] = []
 
@@ -66,57 +70,83 @@ class BackgroundOpeningTests(TestCase):
             opened.append(threading.get_ident())
             return _open_sql_store(settings, reactor)
 
-        opening = BackgroundOpening("database", SQL_INTERFACES, open_stores, reactor)
-        opening.after = after
+        interfaces = (*SQL_INTERFACES, IAuditLog)
+        opening = BackgroundOpening("database", interfaces, open_stores, reactor, housekeeping=housekeeping)
+        activity = [0]
+        opening.activity = lambda: activity[0] if activity else -1
+        sending = LoopingCall(lambda: activity and activity.__setitem__(0, activity[0] + 1))
+        sending.start(0.05)
+        self.addCleanup(lambda: sending.running and sending.stop())
         opening.startService()
         self.addCleanup(opening.stopService)
-        return opening, opened
+        return opening, opened, activity
 
     @inlineCallbacks
-    def test_with_after_it_opens_once_that_fires(self) -> Any:
-        # --stdio: the first answer is written before the store's opening takes the CPU.
-        # No call waits here (a waiting call opens the store itself), and the timer is far off:
-        # what opens it is ``after`` alone.
-        self.patch(opening_module, "OPEN_WAIT", 60)
-        after: Deferred[None] = Deferred()
-        opening, opened = self.waiting_opening(after)
-        yield deferLater(reactor, 0.3, lambda: None)
-        self.assertEqual(opened, [])
-        after.callback(None)
+    def until(self, condition: Any, what: str) -> Any:
         for _ in range(200):
-            if opened:
-                break
+            if condition():
+                return
             yield deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual(len(opened), 1)
+        self.fail(f"not within 10 s: {what}")
+
+    @inlineCallbacks
+    def test_it_opens_once_the_client_is_quiet(self) -> Any:
+        # --stdio: the client's calls are answered before the store's opening takes the CPU.
+        self.patch(opening_module, "QUIET", 0.15)
+        self.patch(opening_module, "OPEN_LATEST", 60)
+        opening, opened, activity = self.busy_opening()
+        yield deferLater(reactor, 0.6, lambda: None)
+        self.assertEqual(opened, [])
+        activity.clear()  # the client goes quiet
+        yield self.until(lambda: opened, "opened")
         project = yield opening.stand_ins[ITaskBoard].create_project("default", "web", None, "alice")
         self.assertEqual(project["name"], "web")
         self.assertEqual(len(opened), 1)
 
     @inlineCallbacks
-    def test_with_after_it_opens_anyway_when_that_is_late(self) -> Any:
-        # No client speaking yet: the store still opens (and a bad one still stops mcpd) soon.
-        self.patch(opening_module, "OPEN_WAIT", 0.2)
-        after: Deferred[None] = Deferred()
-        opening, opened = self.waiting_opening(after)
-        project = yield opening.stand_ins[ITaskBoard].create_project("default", "web", None, "alice")
-        self.assertEqual(project["name"], "web")
-        after.callback(None)  # too late: opened once
-        yield deferLater(reactor, 0.1, lambda: None)
+    def test_it_opens_anyway_when_the_client_is_never_quiet(self) -> Any:
+        # A store that cannot be opened still stops mcpd soon, and the audit records held
+        # meanwhile stay few.
+        self.patch(opening_module, "QUIET", 0.15)
+        self.patch(opening_module, "OPEN_LATEST", 0.3)
+        opening, opened, activity = self.busy_opening()
+        yield self.until(lambda: opened, "opened")
+        self.assertTrue(activity)  # still busy
+        yield opening.stand_ins[ITaskBoard].create_project("default", "web", None, "alice")
         self.assertEqual(len(opened), 1)
 
     @inlineCallbacks
-    def test_with_after_a_call_that_has_to_wait_opens_it_at_once(self) -> Any:
-        # The call may be what holds up the first answer (a 2026-07-28 client's first line).
-        self.patch(opening_module, "OPEN_WAIT", 60.0)
-        after: Deferred[None] = Deferred()
-        opening, opened = self.waiting_opening(after)
+    def test_a_call_that_has_to_wait_opens_it_at_once(self) -> Any:
+        # The call may be what holds up the answer the client waits for (a 2026-07-28 client's
+        # first line): no quiet moment to wait for.
+        self.patch(opening_module, "QUIET", 60.0)
+        self.patch(opening_module, "OPEN_LATEST", 60.0)
+        opening, opened, _activity = self.busy_opening()
         project = yield opening.stand_ins[ITaskBoard].create_project("default", "web", None, "alice")
         self.assertEqual(project["name"], "web")
         self.assertEqual(len(opened), 1)
-        self.assertFalse(opening._waiting.active())  # the timer is not left running
-        after.callback(None)  # the first answer, later: opened once
-        yield deferLater(reactor, 0.1, lambda: None)
+        # Neither timer is left running.
+        self.assertFalse(opening._latest.active())
+        self.assertFalse(opening._quiet.running)
+
+    @inlineCallbacks
+    def test_housekeeping_waits_for_the_opening_without_starting_it(self) -> Any:
+        # The audit writer's records wait in memory while the client is busy, are written once
+        # the store opens, and what waits when mcpd stops (due) opens it.
+        self.patch(opening_module, "QUIET", 60.0)
+        self.patch(opening_module, "OPEN_LATEST", 60.0)
+        opening, opened, _activity = self.busy_opening({IAuditLog: ("append", "prune")})
+        audit = opening.stand_ins[IAuditLog]
+        record = ("default", 1.0e9, "local", "stdio", "stdio", "tools/call", "echo", "ok", 0.1, "1", None, None)
+        written = audit.append(iter([record]))
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertNoResult(written)
+        self.assertEqual(opened, [])
+        opening.due()
+        self.assertEqual((yield written), 1)
         self.assertEqual(len(opened), 1)
+        page = yield audit.search("default", {}, 10, None)
+        self.assertEqual([r["tool"] for r in page[0]], ["echo"])
 
     @inlineCallbacks
     def test_a_store_that_cannot_be_opened_says_why_and_stops_mcpd(self) -> Any:
@@ -153,14 +183,28 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 
-# mcpd's command with `OPEN_WAIT` a minute.
+# mcpd's command with `OPEN_LATEST` a minute, and `QUIET` as given first (a minute without).
 _LONG_OPEN_WAIT = """
 import sys
 from mcpd.stores import opening
-opening.OPEN_WAIT = 60.0
+opening.OPEN_LATEST = 60.0
+opening.QUIET = float(sys.argv.pop(1)) if sys.argv[1:2] != ["--stdio"] else 60.0
 from mcpd.cli import main
 sys.exit(main())
 """
+
+_INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
+def database_state(answer: dict[str, Any]) -> str:
+    """The SQL store's state in a server.info answer."""
+    stores = answer["result"]["structuredContent"]["stores"]
+    return str(next(store["state"] for store in stores if store["name"] == "database"))
 
 
 class StdioStartTests(DaemonTestMixin, TestCase):
@@ -205,8 +249,8 @@ class StdioStartTests(DaemonTestMixin, TestCase):
 
     def test_a_first_line_that_needs_the_store_opens_it_at_once(self) -> None:
         # A 2026-07-28 client's very first line may be a call that needs the store: no answer
-        # can come before it, so the call starts the opening rather than wait for OPEN_WAIT
-        # (made a minute here, longer than the test waits).
+        # can come before it, so the call starts the opening rather than wait for a quiet
+        # moment or OPEN_LATEST (each made a minute here, longer than the test waits).
         server = self.spawn_stdio(PYTHON, "-c", _LONG_OPEN_WAIT, "--stdio", "--data-dir", str(self.workdir / "data"))
         meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
         arguments = {"title": "first", "body": "before any answer"}
@@ -219,6 +263,56 @@ class StdioStartTests(DaemonTestMixin, TestCase):
         self.assertEqual(result["structuredContent"]["note"]["title"], "first")
         server.close_stdin()
         self.assertEqual(server.wait(), 0)
+
+    def test_the_store_opens_once_a_busy_client_is_quiet(self) -> None:
+        # A client's first burst of calls is answered without the store's opening sharing the
+        # core (it was opened at once by the audit trail's first pruning, which ran as mcpd
+        # started); it opens when the client goes quiet, as Claude Desktop does once it has
+        # listed the tools, and every call's audit record is written.
+        data = self.workdir / "data"
+        server = self.spawn_stdio(PYTHON, "-c", _LONG_OPEN_WAIT, "1.0", "--stdio", "--data-dir", str(data))
+        server.send(_INITIALIZE)
+        server.receive(30)
+        server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        info = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "server.info", "arguments": {}}}
+        calls, states = 0, set()
+        started = time.monotonic()
+        while time.monotonic() - started < 3:  # one call after the other, no pause
+            calls += 1
+            server.send({**info, "id": calls})
+            states.add(database_state(server.receive(30)))
+        self.assertEqual(states, {"starting"})
+        server.send({"jsonrpc": "2.0", "id": "list", "method": "tools/list"})
+        server.receive(30)
+        for _ in range(12):
+            time.sleep(2.5)  # quiet for over QUIET
+            calls += 1
+            server.send({**info, "id": calls})
+            if database_state(server.receive(30)) == "ok":
+                break
+        else:
+            self.fail("the store did not open while the client was quiet")
+        server.close_stdin()
+        self.assertEqual(server.wait(), 0)
+        with contextlib.closing(sqlite3.connect(data / "mcpd.sqlite3")) as db:
+            rows = db.execute("SELECT tool, COUNT(*) FROM audit_records GROUP BY tool").fetchall()
+        self.assertEqual(rows, [("server.info", calls)])
+
+    def test_records_of_a_client_that_never_paused_are_written_at_exit(self) -> None:
+        # The store never opened while mcpd served: the audit writer's last flush opens it.
+        data = self.workdir / "data"
+        server = self.spawn_stdio(PYTHON, "-c", _LONG_OPEN_WAIT, "--stdio", "--data-dir", str(data))
+        server.send(_INITIALIZE)
+        server.receive(30)
+        for n in range(1, 201):
+            server.send({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": "server.info"}})
+        states = {database_state(server.receive(30)) for _ in range(200)}
+        self.assertEqual(states, {"starting"})
+        server.close_stdin()
+        self.assertEqual(server.wait(), 0)
+        with contextlib.closing(sqlite3.connect(data / "mcpd.sqlite3")) as db:
+            rows = db.execute("SELECT tool, transport, COUNT(*) FROM audit_records GROUP BY tool").fetchall()
+        self.assertEqual(rows, [("server.info", "stdio", 200)])
 
     def test_an_unusable_database_stops_stdio_with_one_line(self) -> None:
         blocker = self.workdir / "data"

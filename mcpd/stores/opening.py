@@ -1,14 +1,18 @@
 # -*- test-case-name: tests.test_daemon -*-
-"""Stores opened in the background, off the first answer's path.
+"""Stores opened in the background, off the client's first calls.
 
-Opening the SQL store means importing SQLAlchemy and Alembic, connecting and checking the schema:
-more than twice the rest of a ``mcpd --stdio`` start-up. Under ``--stdio`` it runs in a thread
-once the first answer is written (or `OPEN_WAIT` seconds after the reactor starts, if no client
-speaks by then), so that answer does not share the process with it; a call that needs the store
-before then (a 2026-07-28 client's first line may be one) starts it at once. Until it is open, a
-`StandIn` answers for each interface the store provides: every store method returns a Deferred
-(`mcpd.interfaces`), so a call made meanwhile simply waits for the opening. A store that cannot
-be opened stops mcpd, as one that fails to open in the foreground does (the message on stderr).
+Opening the SQL store means importing SQLAlchemy, connecting and checking the schema: more than
+the rest of a ``mcpd --stdio`` start-up. Under ``--stdio`` it runs in a thread when the client is
+quiet (no input for `QUIET` seconds: a client that has listed the tools and waits for its user),
+when a call needs the store, or at the latest `OPEN_LATEST` seconds after the reactor starts, so
+that a client's first burst of calls neither waits behind it nor shares the core with it.
+
+Until it is open, a `StandIn` answers for each interface the store provides: every store method
+returns a Deferred (`mcpd.interfaces`), so a call made meanwhile waits for the opening, which it
+starts at once. Housekeeping (the audit trail's writes and pruning, named by ``housekeeping``)
+waits without starting it: the audit records stay queued in memory until then, and `OpenAtExit`
+makes what is still to be written at shutdown open the store. A store that cannot be opened stops
+mcpd, as one that fails to open in the foreground does (the message on stderr).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,9 +33,12 @@ from mcpd.interfaces import DOWN, IStore, StoreStatus, StoreUnavailable
 
 log = Logger(namespace="mcpd.stores")
 
-# With ``after``: the longest the opening waits for it once the reactor runs (a store that cannot
-# be opened still stops mcpd soon when no client speaks).
-OPEN_WAIT = 1.0
+# With ``activity``: how long the client must send nothing for the store to open (looked at this
+# often), and the longest the opening waits for that once the reactor runs. A store that cannot be
+# opened still stops mcpd soon, and the audit records held meanwhile stay few (a client calling
+# without a pause at 10,000 calls/s queues 20,000, a fifth of the audit writer's backlog).
+QUIET = 0.25
+OPEN_LATEST = 2.0
 
 # What ``open_stores`` gives back: the service that runs the opened store, and the provider of
 # each interface (`mcpd.interfaces.IStore` among them).
@@ -39,8 +47,11 @@ Opened = tuple[Service, Mapping[Any, Any]]
 
 class BackgroundOpening(Service):
     """Runs ``open_stores`` (blocking: it imports, builds and opens the store and returns what
-    `Opened` says) in the reactor's thread pool once the reactor runs (with ``after``: once it
-    fires, or `OPEN_WAIT` seconds later), then starts the store's service. ``stand_ins`` are
+    `Opened` says) in the reactor's thread pool, then starts the store's service. Without
+    ``activity`` it opens once the reactor runs; with it (a count of what the client has sent),
+    once the count stands still for `QUIET` seconds, or `OPEN_LATEST` seconds after the reactor
+    starts. A call through a stand-in opens it at once, except the ``housekeeping`` methods of
+    each interface, which wait for the opening until `due` is called. ``stand_ins`` are
     registered in place of the providers until then."""
 
     def __init__(
@@ -50,6 +61,7 @@ class BackgroundOpening(Service):
         open_stores: Callable[[], Opened],
         reactor: Any,
         stop: Callable[[], None] | None = None,
+        housekeeping: Mapping[Any, Iterable[str]] | None = None,
     ) -> None:
         self.store_name = name
         self.open_stores = open_stores
@@ -58,41 +70,72 @@ class BackgroundOpening(Service):
         self.stop = stop if stop is not None else self._stop_reactor
         # Calls made before the opening finished, each waiting for it (`StandIn`).
         self.waiters: list[Deferred[None]] = []
+        patient = housekeeping or {}
         # Its `IStore` side first (health, server.info), then one for each interface it provides.
         self.stand_ins: dict[Any, StandIn] = {IStore: StoreStandIn(self)}
-        self.stand_ins.update((interface, StandIn(self, interface)) for interface in interfaces)
+        self.stand_ins.update(
+            (interface, StandIn(self, interface, frozenset(patient.get(interface, ())))) for interface in interfaces
+        )
         # The store's own service, once it is open.
         self.store_service: Service | None = None
         # Why the store could not be opened (mcpd then stops, exit status 1).
         self.failure: Failure | None = None
         self._opening: Deferred[Any] | None = None
-        # What the opening waits for (the first answer under --stdio), if anything.
-        self.after: Deferred[None] | None = None
-        self._waiting: Any = None
+        # What the client has sent so far (under --stdio, `StdioService.reads`), if anything.
+        self.activity: Callable[[], int] | None = None
+        # Housekeeping waits open the store too (`due`).
+        self.urgent = False
+        self._quiet: LoopingCall | None = None
+        self._latest: Any = None
+        self._seen = 0
 
     def startService(self) -> None:
         super().startService()
-        if self.after is None:
+        if self.activity is None:
             self.reactor.callWhenRunning(self._open)
             return
-        self._waiting = self.reactor.callLater(OPEN_WAIT, self._open)
-        self.after.addCallback(lambda _: self._open())
+        self._seen = self.activity()
+        self._latest = self.reactor.callLater(OPEN_LATEST, self._open)
+        self._quiet = LoopingCall(self._look)
+        self._quiet.clock = self.reactor
+        self._quiet.start(QUIET, now=False)
 
-    def wait(self) -> Deferred[None]:
-        """Fires once the opening has finished, which starts now if it has not yet: the call
-        waiting for it holds up its own answer, so there may be no first answer to wait for."""
+    def _look(self) -> None:
+        """Open once the client has sent nothing since the last look."""
+        assert self.activity is not None
+        seen, self._seen = self._seen, self.activity()
+        if seen == self._seen:
+            self._open()
+
+    def wait(self, start: bool = True) -> Deferred[None]:
+        """Fires once the opening has finished, which starts now unless ``start`` is false (a
+        housekeeping call) and the opening is not `due`: the call waiting for it holds up its
+        own answer, so there may be no moment of quiet to wait for."""
         waiting: Deferred[None] = Deferred()
         self.waiters.append(waiting)
-        self._open()
+        if start or self.urgent:
+            self._open()
         return waiting
 
+    def due(self) -> None:
+        """From now on housekeeping opens the store too (mcpd is stopping: `OpenAtExit`); open
+        it now if some waits already."""
+        self.urgent = True
+        if self.waiters:
+            self._open()
+
     def _open(self) -> None:
-        if self._waiting is not None and self._waiting.active():
-            self._waiting.cancel()
+        self._stop_timers()
         if not self.running or self._opening is not None:
             return
         d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.open_stores)
         self._opening = d.addCallbacks(self._started, self._failed)
+
+    def _stop_timers(self) -> None:
+        if self._latest is not None and self._latest.active():
+            self._latest.cancel()
+        if self._quiet is not None and self._quiet.running:
+            self._quiet.stop()
 
     def _started(self, opened: Opened) -> None:
         service, providers = opened
@@ -123,8 +166,7 @@ class BackgroundOpening(Service):
 
     def stopService(self) -> Deferred[Any] | None:
         super().stopService()
-        if self._waiting is not None and self._waiting.active():
-            self._waiting.cancel()
+        self._stop_timers()
         opening = self._opening if self._opening is not None and not self._opening.called else succeed(None)
         return opening.addCallback(lambda _: self._stop_store())
 
@@ -134,12 +176,14 @@ class BackgroundOpening(Service):
 
 
 class StandIn:
-    """Answers for one interface of a store being opened: each method waits for the opening,
-    then calls the store's own; once open, the store's methods are handed out directly."""
+    """Answers for one interface of a store being opened: each method waits for the opening
+    (started by the call, unless the method is one of ``housekeeping``), then calls the store's
+    own; once open, the store's methods are handed out directly."""
 
-    def __init__(self, opening: BackgroundOpening, interface: Any) -> None:
+    def __init__(self, opening: BackgroundOpening, interface: Any, housekeeping: frozenset[str] = frozenset()) -> None:
         self.opening = opening
         self.interface = interface
+        self.housekeeping = housekeeping
         self.provider: Any = None
         self.unavailable: str | None = None
         alsoProvides(self, interface)
@@ -154,7 +198,8 @@ class StandIn:
         def later(*args: Any, **kwargs: Any) -> Deferred[Any]:
             if self.unavailable is not None:
                 return fail(StoreUnavailable(self.opening.store_name, self.unavailable))
-            return self.opening.wait().addCallback(lambda _: getattr(self, name)(*args, **kwargs))
+            waiting = self.opening.wait(start=name not in self.housekeeping)
+            return waiting.addCallback(lambda _: getattr(self, name)(*args, **kwargs))
 
         return later
 
@@ -182,3 +227,15 @@ class StoreStandIn(StandIn):
 
     def collectors(self) -> list[Any]:
         return self.provider.collectors() if self.provider is not None else []  # type: ignore[no-any-return]
+
+
+class OpenAtExit(Service):
+    """Placed after the services whose housekeeping waits for ``opening`` (the audit writer), so
+    it stops before them: what they still have to write as they stop opens the store."""
+
+    def __init__(self, opening: BackgroundOpening) -> None:
+        self.opening = opening
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.opening.due()

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.fdesc import writeToFD
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -52,8 +51,9 @@ class StdioProtocol(Protocol):
         # Messages that belong to no request (list changes, resource updates) are lines too.
         self.session.sink = self.send
         self.caller = Caller(name="local", peer="stdio", transport="stdio")
-        # Fires once the first line is written (the SQL store then opens: mcpd.stores.opening).
-        self.answered: Deferred[None] = Deferred()
+        # How many times the client's input was read: while it moves, the client is busy (the
+        # SQL store opens once it stands still: mcpd.stores.opening).
+        self.reads = 0
         self._buffer = b""
         self._discarding = False
         self._stdout_closed = False
@@ -76,6 +76,7 @@ class StdioProtocol(Protocol):
             self.on_close()
 
     def dataReceived(self, data: bytes) -> None:
+        self.reads += 1
         lines = (self._buffer + data).split(b"\n")
         buffer = lines.pop()  # what follows the last newline: the start of a line, or nothing
         for line in lines:
@@ -129,8 +130,6 @@ class StdioProtocol(Protocol):
             # stop stdin being read: it is dropped, and the client's EOF on stdin ends the server.
             if isinstance(written, int) and written != len(line):
                 self.transport.write(line[written:])
-            if not self.answered.called:
-                self.answered.callback(None)
 
     def readConnectionLost(self) -> None:
         # basic/transports §stdio: messages are delimited by newlines, but a client that ends
