@@ -135,8 +135,8 @@ class ProductionTreeTests(SynchronousTestCase):
         self.assertEqual(
             [s.name for s in root],
             # The SQL store (and the knowledge store on it) opens in the background under --stdio;
-            # the audit writer waits for it.
-            ["heap-freeze", "thread-pool", "database", "audit-writer", "engine", "stdio", None, None],
+            # the audit writer waits for it, and what it has left at exit opens it.
+            ["heap-freeze", "thread-pool", "database", "audit-writer", "open-at-exit", "engine", "stdio", None, None],
         )
         self.assertFalse(any(isinstance(s, ListenerService) for s in root))
 
