@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_daemon -*-
+# -*- test-case-name: tests.test_opening -*-
 """Stores opened in the background, off the client's first calls.
 
 Opening the SQL store means importing SQLAlchemy, connecting and checking the schema: more than
