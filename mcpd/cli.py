@@ -149,7 +149,7 @@ class MigrateOptions(usage.Options):
         flags = {name: self.get(KNOBS_BY_NAME[name].flag) for name in _MIGRATE_KNOBS}
         try:
             file_values = read_env_file(self["config"]) if self["config"] else {}
-            self.settings = read_secrets(resolve(flags, os.environ, file_values))
+            self.settings = read_secrets(resolve(flags, os.environ, file_values), database_only=True)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -249,7 +249,7 @@ class ReindexOptions(usage.Options):
         flags = {name: self.get(KNOBS_BY_NAME[name].flag) for name in _REINDEX_KNOBS}
         try:
             file_values = read_env_file(self["config"]) if self["config"] else {}
-            self.settings = read_secrets(resolve(flags, os.environ, file_values))
+            self.settings = read_secrets(resolve(flags, os.environ, file_values), database_only=True)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -150,15 +150,19 @@ def index_available(settings: Settings) -> bool:
     return all(importlib.util.find_spec(name) is not None for name in needed)
 
 
-def read_secrets(settings: Settings) -> Settings:
+def read_secrets(settings: Settings, *, database_only: bool = False) -> Settings:
     """``settings`` with the password files given read into the passwords they hold, each file
     once: start-up needs a password in several places (checking the settings, the store, the
     cluster's identity), and a file read again may have changed or gone; a pipe, such as a
     shell's ``<(...)``, gives its text once and then blocks the next reader. `ConfigError`
-    naming the file that cannot be read."""
+    naming the file that cannot be read. ``database_only``: the SQL store's file alone, for
+    ``mcpd migrate`` and ``mcpd reindex``, which share the daemon's ``--config`` file but reach
+    neither Redis nor the sql pack's sources (their files may be the daemon's user's alone)."""
     changes: dict[str, Any] = {}
     if settings.db_password is None and settings.db_password_file:
         changes["db_password"] = _first_line(settings.db_password_file, "--db-password-file")
+    if database_only:
+        return attrs.evolve(settings, **changes) if changes else settings
     if settings.redis_url is not None and settings.redis_password is None and settings.redis_password_file:
         changes["redis_password"] = _first_line(settings.redis_password_file, "--redis-password-file")
     if settings.sql_password_file:

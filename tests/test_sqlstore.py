@@ -889,6 +889,17 @@ class MigrationTests(TestCase):
             applied = run("migrate", url, f"--db-password-file={password_file}")
             self.assertEqual(applied.returncode, 0, applied)
             self.assertIn(f"at {migrate.scripts().get_current_head()}", applied.stdout)
+            # The daemon's other password files, in the environment (or the --config file)
+            # they share, are not theirs to read: unreadable here, they stop neither.
+            others = {
+                "REDIS_URL": "redis://127.0.0.1:1/0",
+                "REDIS_PASSWORD_FILE": str(missing),
+                "SQL_PASSWORD_FILES": f"crm={missing}",
+            }
+            env.update(others)
+            for command in ("migrate", "reindex"):
+                done = run(command, url, f"--db-password-file={password_file}")
+                self.assertEqual(done.returncode, 0, done)
             for command in ("migrate", "reindex"):
                 refused = run(command, url, f"--db-password-file={missing}")
                 self.assertEqual(refused.returncode, 2, refused)
