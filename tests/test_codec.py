@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
 import http.client
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
@@ -24,6 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpd.protocol import errors
 from mcpd.protocol.codec import MAX_DEPTH, decode, encode
 from mcpd.protocol.errors import ParseError
+from mcpd.tools.jsontext import JSONText, write_json, write_json_bytes
 from tests.clients import RawSSE
 from tests.daemon import MCPD, MODERN, DaemonTestCase, StdioProcess
 
@@ -320,6 +328,159 @@ class EncodeTests(SynchronousTestCase):
         message["result"]["_meta"] = {"m": _PLACE}
         self.assertEqual(strict(encode(message))["result"]["_meta"], {"m": _PLACE})
         self.assertEqual(strict(encode(message))["result"]["structuredContent"], value)
+
+
+class _Text(str):
+    """A str that prints as something else: json writes its characters."""
+
+    def __str__(self) -> str:
+        return "other"
+
+
+class _Number(int):
+    def __repr__(self) -> str:
+        return "other"
+
+
+class _Ratio(float):
+    def __repr__(self) -> str:
+        return "other"
+
+
+class _Items(dict):  # type: ignore[type-arg]
+    """A dict whose items() json reads (as PyMapping_Items does) and orjson would not."""
+
+    def items(self) -> Any:
+        return [("swapped", True)]
+
+
+class _Row(list):  # type: ignore[type-arg]
+    pass
+
+
+class _Colour(enum.Enum):
+    RED = 1
+
+
+class _Size(enum.IntEnum):
+    BIG = 2
+
+
+class _Mode(enum.StrEnum):
+    FAST = "fast"
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int = 1
+
+
+def _outcome(write: Any, value: Any) -> tuple[str, Any]:
+    try:
+        return "bytes", write(value)
+    except Exception as e:
+        return "raises", type(e)
+
+
+def _slow(value: Any) -> bytes:
+    return write_json(value).encode("utf-8")
+
+
+_SUBCLASSED = st.sampled_from(
+    [
+        _Text("text"),
+        _Number(7),
+        _Ratio(0.5),
+        _Items(a=1),
+        _Row([1]),
+        collections.OrderedDict(a=1),
+        _Colour.RED,
+        _Size.BIG,
+        _Mode.FAST,
+        uuid.UUID(int=5),
+        _Point(),
+        datetime.datetime(2026, 11, 30, 12, 0),
+        datetime.date(2026, 11, 30),
+        decimal.Decimal("1.5"),
+        orjson.Fragment(b"[1]"),
+        b"bytes",
+        {1, 2},
+        1j,
+        object(),
+    ]
+)
+_writable = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**62, max_value=2**80)
+    | st.integers(min_value=-(2**80), max_value=-(2**62))
+    | st.floats()
+    | st.floats(min_value=-1e-3, max_value=1e-3)
+    | st.floats(min_value=1e14, max_value=1e18)
+    | st.text()
+    | st.text(alphabet='\x00\x1f\x7f"\\\u2028\ud800\udfffé😀a')
+    | _SUBCLASSED,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=3), children, max_size=4)
+        | st.dictionaries(
+            st.one_of(
+                st.integers(), st.floats(), st.booleans(), st.none(), st.text(alphabet="\ud800a"), st.just(_Text("k"))
+            ),
+            children,
+            max_size=3,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+class WriterTests(SynchronousTestCase):
+    """`write_json_bytes` (orjson for plain values) writes exactly what the json module writes,
+    and raises what it raises, for every value: the bytes on the wire did not change."""
+
+    # A loaded CI machine must not fail it for being slow to make examples.
+    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_writable)
+    def test_same_as_the_json_module(self, value: Any) -> None:
+        for wrapped in (value, [value], {"v": value, "w": [value, (value,)]}):
+            self.assertEqual(_outcome(write_json_bytes, wrapped), _outcome(_slow, wrapped))
+
+    def test_what_orjson_would_write_otherwise(self) -> None:
+        """Values orjson writes otherwise than json (or writes where json refuses) each take
+        the json module's path; the plain ones orjson's."""
+        deep: list[Any] = []
+        node = deep
+        for _ in range(300):  # past orjson's 254 levels, within json's
+            node.append([])
+            node = node[0]
+        cyclic: list[Any] = []
+        cyclic.append(cyclic)
+        cases = [
+            1e-05,
+            1e16,
+            float("nan"),
+            float("inf"),
+            2**64,
+            -(2**63) - 1,
+            {1: "a"},
+            {None: 1, True: 2, 1.5: 3},
+            {_Text("k"): 1},
+            "\ud800",
+            {"\udc00": 1},
+            deep,
+            cyclic,
+        ]
+        for value in cases:
+            with self.subTest(repr(value)[:40]):
+                self.assertEqual(_outcome(write_json_bytes, [value]), _outcome(_slow, [value]))
+        jsontext = JSONText('{"a":1}')
+        jsontext.value = {"a": 1}
+        plain = {"id": 2**63 - 1, "t": ["é\u2028\x00", True, None, (1, -(2**63))], "j": jsontext}
+        self.assertEqual(write_json_bytes(plain), _slow(plain))
+        self.assertEqual(write_json_bytes(plain), orjson.dumps(plain))
 
 
 # -- over real sockets ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import orjson
 from twisted.logger import Logger
 
 from mcpd.protocol.errors import InternalError, ParseError, error_response
-from mcpd.tools.jsontext import JSONText, write_json
+from mcpd.tools.jsontext import JSONText, write_json, write_json_bytes
 
 log = Logger(namespace="mcpd.codec")
 
@@ -175,7 +175,7 @@ def encode(message: Any) -> bytes:
     """
     try:
         spliced = _with_structured_text(message)
-        return (write_json(message) if spliced is None else spliced).encode("utf-8")
+        return write_json_bytes(message) if spliced is None else spliced.encode("utf-8")
     except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", write_json(message)).encode("utf-8")
     except (ValueError, TypeError, RecursionError) as e:
