@@ -349,14 +349,17 @@ class Engine:
             outcome = "ok"
         # Records are kept (audit buffer, recent requests), so what the client chose is cut short:
         # a 4 MB method name must not become 4 MB held per record.
-        record = CallRecord(
-            _clipped(message["id"]),
-            _clipped(str(method)),
-            _clipped(tool) if isinstance(tool, str) else None,
-            exchange.caller,
-            exchange.version,
-            outcome,
-            self._clock() - started,
+        request_id = message["id"]
+        if isinstance(request_id, str) and len(request_id) > _CLIP:
+            request_id = _clipped(request_id)
+        if type(method) is not str or len(method) > _CLIP:
+            method = _clipped(str(method))
+        if type(tool) is not str:
+            tool = _clipped(tool) if isinstance(tool, str) else None
+        elif len(tool) > _CLIP:
+            tool = _clipped(tool)
+        record = _new_record(
+            (request_id, method, tool, exchange.caller, exchange.version, outcome, self._clock() - started)
         )
         for observer in self.observers:
             try:
@@ -642,7 +645,14 @@ class Engine:
         return response
 
 
-def _clipped(value: Any, limit: int = 128) -> Any:
+# Characters of a client's string kept in a `CallRecord` (`_clipped`).
+_CLIP = 128
+# CallRecord((fields…)): the tuple made in C, without the NamedTuple's Python-level __new__ (one
+# record a request; the same tuple, of the same class).
+_new_record: Callable[[tuple[Any, ...]], CallRecord] = functools.partial(tuple.__new__, CallRecord)
+
+
+def _clipped(value: Any, limit: int = _CLIP) -> Any:
     """A client's string, cut to ``limit`` characters for keeping (anything else as it is)."""
     return value[:limit] + "…" if isinstance(value, str) and len(value) > limit else value
 

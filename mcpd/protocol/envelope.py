@@ -108,7 +108,9 @@ def decode_header_value(value: str | None) -> str | None:
     if value is None:
         return None
     if not (value.startswith("=?base64?") and value.endswith("?=")):
-        return value if _HEADER_SAFE.match(value) else None
+        # Printable ASCII (the pattern's class exactly) answers without the pattern's match.
+        safe = (value.isascii() and value.isprintable()) or _HEADER_SAFE.match(value) is not None
+        return value if safe else None
     try:
         return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):

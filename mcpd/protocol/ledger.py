@@ -171,10 +171,12 @@ class Ledger:
         limit = self.limits.get(kind)
         if limit is None:
             return
-        if limit.per_account is not None and self._held[account, kind] + amount > limit.per_account:
+        # .get: a count not held is the usual case, and Counter's [] reaches it through a
+        # Python-level __missing__.
+        if limit.per_account is not None and self._held.get((account, kind), 0) + amount > limit.per_account:
             holding = f"{self._held[account, kind]} of at most {limit.per_account}"
             raise self.over_share(account, kind, limit.per_account, holding)
-        if limit.total is not None and self._totals[kind] + amount > limit.total:
+        if limit.total is not None and self._totals.get(kind, 0) + amount > limit.total:
             self.refused[f"{kind.replace(' ', '_')}_limit"] += 1
             raise LimitExceeded(
                 f"Server busy: it holds {self._totals[kind]} {kind}, its limit of {limit.total}; retry later",

@@ -135,8 +135,11 @@ class ToolCalls:
             return error_result(f"Invalid arguments for tool {name}: " + "; ".join(problems))
         # Task bookkeeping only for calls that may become tasks (mcpd.protocol.tasks).
         plan = self.tasks.plan(request, tool) if tool.task_support != "forbidden" or "task" in params else None
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
         link = CallLink(
-            progress_sink=self._progress_sink(request), open_channel=functools.partial(self.open_channel, request)
+            progress_sink=None if token is None else self._progress_sink(request, token),
+            open_channel=functools.partial(self.open_channel, request),
         )
         ctx = ToolContext(
             tool=tool, request_id=request.id, caller=request.exchange.caller, stores=self.stores, link=link
@@ -221,10 +224,11 @@ class ToolCalls:
             f"Tool {ctx.tool.name} failed unexpectedly; the server log has the details (request id {ctx.request_id!r})."
         )
 
-    def _progress_sink(self, request: Request) -> ProgressSink | None:
-        token = request.meta.get("progressToken")
+    def _progress_sink(self, request: Request, token: Any) -> ProgressSink | None:
+        """Where the handler's progress goes: notifications for the client's ``progressToken``
+        (None where nothing can carry them)."""
         notify = request.exchange.notify
-        if token is None or notify is None:
+        if notify is None:
             return None
         last: list[float] = []
         exchange = request.exchange

@@ -399,7 +399,11 @@ class ToolContext(RequestContext):
         stores: Mapping[Any, Any] | None = None,
         link: CallLink | None = None,
     ) -> None:
-        super().__init__(request_id=request_id, caller=caller, stores=stores, link=link)
+        # RequestContext.__init__'s work, inline: one made per call, and the call showed.
+        self.request_id = request_id
+        self.caller = caller
+        self._stores = stores if stores is not None else {}
+        self.link = link if link is not None else CallLink()
         self.tool = tool
         self._cancelled = False
         # Made by the first `wait_cancelled` (few handlers wait; every call would pay for one).
@@ -508,6 +512,8 @@ def call_result(tool: Tool, value: Any) -> dict[str, Any]:
             result = {"content": []}
         elif isinstance(value, dict) and "type" in value and isinstance(value.get("type"), str):
             result = {"content": [value]}
+        elif type(value) is str:
+            result = {"content": [{"type": "text", "text": value}]}
         else:
             result = {"content": [_text_block(tool, value)]}
     if structured is not None:
