@@ -174,6 +174,14 @@ class DecodeTests(SynchronousTestCase):
         self.assertEqual(decode(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH), decode(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH))
         self.assertParseError(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "deeper")
         self.assertEqual(decode(nested(MAX_DEPTH))["id"], 1)
+        # Objects count as much as arrays, alone or mixed with them.
+        self.assertParseError(b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1), "deeper")
+        half = (MAX_DEPTH + 2) // 2
+        self.assertParseError(b'[{"a":' * half + b"1" + b"}]" * half, "deeper")
+        value = decode(b'{"a":' * MAX_DEPTH + b"1" + b"}" * MAX_DEPTH)
+        for _ in range(MAX_DEPTH):
+            value = value["a"]
+        self.assertEqual(value, 1)
         # Many brackets but shallow, and brackets inside strings: accepted.
         wide = json.dumps([[{"a": [1]}] for _ in range(200)]).encode()
         self.assertEqual(len(decode(wide)), 200)

@@ -75,14 +75,15 @@ _decode = json.JSONDecoder(
 ).decode
 
 
-# Digits as zeros, so that a run of 19 (a number orjson may read as a float) is one search.
-_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+# Digits as zeros, so that a run of 19 (a number orjson may read as a float) is one search, and
+# braces as brackets, so that the openings of any nesting are one count.
+_SHAPE = bytes.maketrans(b"123456789{", b"000000000[")
 _LONG_NUMBER = b"0" * 19
 # What `_quick` answers for a text it leaves to the json module.
 _UNREAD: Any = object()
 
 
-def _quick(text: str, raw: bytes) -> Any:
+def _quick(text: str, raw: bytes, shape: bytes) -> Any:
     """``raw`` read by orjson, or `_UNREAD` for a text it may read otherwise than the json module
     with our rules: one with a ``\\u`` escape (a lone surrogate, an escaped colon), a run of 19
     digits (an integer past 64 bits, which orjson reads as a float), or duplicate names (orjson
@@ -91,7 +92,7 @@ def _quick(text: str, raw: bytes) -> Any:
     Duplicates by counting: every member is written back with one colon and its strings with
     the colons they hold (no escapes change that here), so the text has more colons than the
     value written back exactly when a member was overwritten."""
-    if "\\u" in text or _LONG_NUMBER in raw.translate(_DIGITS_AS_ZEROS):
+    if "\\u" in text or _LONG_NUMBER in shape:
         return _UNREAD
     try:
         value = orjson.loads(raw)
@@ -118,7 +119,8 @@ def decode(data: bytes | str) -> Any:
         raise ParseError(
             "Parse error: the message starts with a byte order mark, which JSON text must not (RFC 8259 §8.1)"
         )
-    value = _quick(text, raw)
+    shape = raw.translate(_SHAPE)  # ``raw`` with its digits as 0 and its braces as brackets
+    value = _quick(text, raw, shape)
     if value is _UNREAD:
         try:
             value = _decode(text)
@@ -130,7 +132,7 @@ def decode(data: bytes | str) -> Any:
     if (
         len(text) > 2 * MAX_DEPTH
         and isinstance(value, (dict, list))
-        and text.count("[") + text.count("{") > MAX_DEPTH
+        and shape.count(b"[") > MAX_DEPTH
         and _too_deep(value)
     ):
         raise ParseError(f"Parse error: the message nests deeper than {MAX_DEPTH} levels")
