@@ -426,7 +426,8 @@ class Engine:
             return error_response(request_id, InvalidParams("Invalid params: params must be an object").to_error())
         try:
             request = route(request_id, method, params, exchange)
-            handler = (self._modern if request.modern else self._legacy).get(method)
+            modern = request.modern
+            handler = (self._modern if modern else self._legacy).get(method)
             if handler is None:
                 raise MethodNotFound(f"Method not found: {method}")
             if method in LONG_RUNNING:
@@ -437,7 +438,6 @@ class Engine:
             return error_response(request_id, e.to_error())
         except Exception:
             return self._internal_error(request_id, method, Failure())
-        modern = request.modern
         if not is_deferred(result):
             # Answered at once (most requests): no Deferred to run the answer through.
             try:
