@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.python import threadable
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mcpd.interfaces import TaskRecord
@@ -483,6 +484,10 @@ class ThreadToolTests(TestCase):
 
     @defer.inlineCallbacks
     def test_blocking_tool_elicits(self) -> None:
+        # The reactor thread is the I/O thread, as in a daemon; trial's is not registered as
+        # one, and without it ctx.elicit asked from the tool's thread (no hop), its failed
+        # Deferred left unhandled.
+        self.patch(threadable, "ioThread", threadable.getThreadID())
         pack = ToolPack("threads", "test")
         seen: list[str] = []
 
