@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import treq
@@ -1289,6 +1290,7 @@ class RestartedRedisTests(RedisPartsCase):
         self.assertEqual([got.count(b'{"n":%d}' % n) for n in range(1, 12)], [1] * 11)
         self.assertGreater(after[0], before[-1])
         self.assertEqual(after, list(range(after[0], after[0] + 6)))
+        self.assertLess(abs(after[0] - time.time() * 1000), 60_000)  # from Redis' clock, in ms
         for seq in before + after:
             self.assertEqual(got.count(b"id: g.%d\n" % seq), 1)
         resumed = yield cluster.journal.read_after(session.id, STANDALONE, before[-1])

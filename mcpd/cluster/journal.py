@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 # persistence loses it while a reader stays open at its position, and numbers starting again
 # at 1 would be dropped by that reader as already written (`_Reader._event`), and by a client
 # resuming from its Last-Event-ID. They stay exact: 13 digits, well inside Lua's doubles and the
-# "%.14g" its concatenation writes (until the year 2286), and inside `MAX_SEQ_DIGITS`.
+# "%.14g" its concatenation writes (until the year 2286), and inside `MAX_SEQ_DIGITS`. (Writing
+# after TIME: scripts replicate by their effects, the default from Redis 5; mcpd needs 6.0.)
 _APPEND = """
 if redis.call('EXISTS', KEYS[2]) == 0 then
   local now = redis.call('TIME')
