@@ -235,6 +235,27 @@ class RedisConnectionTests(TestCase):
             yield connection.stopService()
 
     @inlineCallbacks
+    def test_a_login_cut_by_a_crash_is_no_refusal(self) -> Any:
+        """Redis crashing while the pool's login waits for its answer (the connection lost
+        before AUTH is answered) is no refusal either: the pool serves once Redis is back."""
+        server = self.own_server(password=PASSWORD)
+        connection = self.connect(server, password=PASSWORD, timeout=5.0)
+        yield wait_for(lambda: connection.open_connections > 0)
+        server.stop()
+        yield wait_for(lambda: connection.open_connections == 0)
+        yield deferLater(reactor, 2.5, lambda: None)  # reconnecting, backed off to 2 s
+        server.start()
+        server.freeze()  # connections accepted, their AUTH never answered
+        yield deferLater(reactor, 3.5, lambda: None)  # every slot retried: its login waits
+        server.kill()
+        yield wait_for(lambda: "mcpd's login" in str(connection.last_error))
+        self.assertEqual(connection.state, "down", connection.last_error)
+        self.assertIn("Lost connection", connection.last_error)
+        server.start()
+        self.assertEqual((yield answers_again(connection)), "PONG")
+        self.assertEqual(connection.state, "ok")
+
+    @inlineCallbacks
     def test_a_missing_database_or_password_is_reported_not_retried_forever(self) -> Any:
         server = self.own_server(password=PASSWORD)
         for config in ({"db": 99, "password": PASSWORD}, {"db": 0}):  # ERR DB index..., NOAUTH
