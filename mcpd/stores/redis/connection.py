@@ -34,7 +34,7 @@ from mcpd.interfaces import DOWN, UP, IStore, StoreError, StoreStatus, StoreUnav
 from mcpd.stores.redis.config import RedisConfig
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IStreamClientEndpoint
+    from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 
 log = Logger(namespace="mcpd.stores.redis")
 
@@ -160,7 +160,7 @@ class RedisConnection(Service):
         self.metrics = RedisMetrics(self)
         self._factory: _Factory | None = None
         # A fresh pool due after unanswered logins (`_gave_up`), and how many in a row so far.
-        self._renewal: Any = None
+        self._renewal: IDelayedCall | None = None
         self._unanswered = 0
         self._waiting: list[Deferred[bool]] = []
         # Commands sent and not yet answered (stopping waits for them).
