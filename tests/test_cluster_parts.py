@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import treq
@@ -179,12 +180,11 @@ class ClusterPartsTests(RedisPartsCase):
         session = HTTPSession("quiet-session")
         session.initialized = True
         first = yield cluster.journal.append(session.id, STANDALONE, b'{"n":1}')
-        self.assertEqual(first, 1)
         for _ in range(6):  # 1.8 s of quiet: longer than the TTL, refreshed as the sweep does
             cluster.refresh([session])
             yield sleep(0.3)
         second = yield cluster.journal.append(session.id, STANDALONE, b'{"n":2}')
-        self.assertEqual(second, 2)
+        self.assertEqual(second, first + 1)
 
     @inlineCallbacks
     def test_readopted_session_numbers_streams_and_requests_afresh(self) -> Any:
@@ -253,11 +253,13 @@ class ClusterPartsTests(RedisPartsCase):
         yield self.subscribers_become(journal.channel(session, STANDALONE), 1)
         count = 400
         appended = [journal.append(session, STANDALONE, b'{"n":%d}' % n) for n in range(1, count + 1)]
-        self.assertEqual((yield gatherResults(appended)), list(range(1, count + 1)))
+        numbers = yield gatherResults(appended)
+        base = numbers[0] - 1
+        self.assertEqual(numbers, list(range(base + 1, base + count + 1)))
         replayed = yield journal.read_after(session, STANDALONE, 0)
-        self.assertEqual(replayed, [(n, b'{"n":%d}' % n) for n in range(1, count + 1)])
+        self.assertEqual(replayed, [(base + n, b'{"n":%d}' % n) for n in range(1, count + 1)])
         yield wait_for(lambda: len(heard) == count)
-        self.assertEqual(heard, [f'{n} {{"n":{n}}}' for n in range(1, count + 1)])
+        self.assertEqual(heard, [f'{base + n} {{"n":{n}}}' for n in range(1, count + 1)])
 
     @inlineCallbacks
     def test_a_change_reaches_the_get_stream_once(self) -> Any:
@@ -267,14 +269,15 @@ class ClusterPartsTests(RedisPartsCase):
         session = "changed-once"
         burst = [(b'{"n":1}', None), (b'{"c":1}', "c1"), (b'{"c":1}', "c1"), (b'{"n":2}', None), (b'{"c":2}', "c2")]
         numbers = yield gatherResults([journal.append(session, STANDALONE, data, once=once) for data, once in burst])
-        self.assertEqual(numbers, [1, 2, 0, 3, 4])
+        base = numbers[0] - 1
+        self.assertEqual(numbers, [base + 1, base + 2, 0, base + 3, base + 4])
         # Another instance's copies, after.
         self.assertEqual((yield other.append(session, STANDALONE, b'{"c":2}', once="c2")), 0)
-        self.assertEqual((yield other.append(session, STANDALONE, b'{"c":3}', once="c3")), 5)
+        self.assertEqual((yield other.append(session, STANDALONE, b'{"c":3}', once="c3")), base + 5)
         self.assertEqual((yield journal.append(session, STANDALONE, b'{"c":1}', once="c1")), 0)
         replayed = yield journal.read_after(session, STANDALONE, 0)
         self.assertEqual([data for _, data in replayed], [b'{"n":1}', b'{"c":1}', b'{"n":2}', b'{"c":2}', b'{"c":3}'])
-        self.assertEqual([seq for seq, _ in replayed], [1, 2, 3, 4, 5])
+        self.assertEqual([seq for seq, _ in replayed], [base + n for n in range(1, 6)])
 
     @inlineCallbacks
     def test_two_listeners_of_one_channel(self) -> Any:
@@ -351,11 +354,12 @@ class ClusterPartsTests(RedisPartsCase):
         """The largest sequence number a Last-Event-ID may carry (`MAX_SEQ_DIGITS`) is one the
         journal's Redis streams take: resuming after it finds nothing, without an error."""
         journal = Journal(self.bus, 16, 60.0)
-        yield journal.append("far-resume", STANDALONE, b'{"n":1}')
+        first = yield journal.append("far-resume", STANDALONE, b'{"n":1}')
         parsed = parse_event_id("g." + "9" * MAX_SEQ_DIGITS)
         assert parsed is not None
         self.assertEqual((yield journal.read_after("far-resume", *parsed)), [])
-        self.assertEqual((yield journal.read_after("far-resume", STANDALONE, 0)), [(1, b'{"n":1}')])
+        self.assertEqual((yield journal.read_after("far-resume", STANDALONE, 0)), [(first, b'{"n":1}')])
+        self.assertLess(first, parsed[1])  # the journal's own numbers are taken back
         self.assertIsNone(parse_event_id("g." + "9" * (MAX_SEQ_DIGITS + 1)))
 
     @inlineCallbacks
@@ -412,7 +416,7 @@ class ClusterPartsTests(RedisPartsCase):
         cluster = self.cluster()
         session = HTTPSession("resumed-while-busy")
         session.version = "2025-11-25"
-        yield cluster.journal.append(session.id, STANDALONE, b'{"n":1}')
+        first = yield cluster.journal.append(session.id, STANDALONE, b'{"n":1}')
         subscriber = self.bus._subscriber
         assert subscriber is not None
         subscribe = subscriber.subscribe
@@ -434,7 +438,7 @@ class ClusterPartsTests(RedisPartsCase):
         session.close()
         yield body
         stream = b"".join(received)
-        self.assertEqual([stream.count(b"id: g.%d" % n) for n in (1, 2, 3)], [1, 1, 1])
+        self.assertEqual([stream.count(b"id: g.%d\n" % (first + n)) for n in (0, 1, 2)], [1, 1, 1])
         self.assertLess(stream.index(b'{"n":1}'), stream.index(b'{"n":2}'))
 
     @inlineCallbacks
@@ -1163,17 +1167,18 @@ class GetStreamTakeoverTests(RedisPartsCase):
         yield self.claim_changes(b.journal.reader(session.id), None)
         yield self.subscribers_become(b.journal.channel(session.id, STANDALONE), 1)
         count = 300
-        yield gatherResults([b.journal.append(session.id, STANDALONE, b'{"n":%d}' % n) for n in range(count)])
-        yield wait_for(lambda: b"id: g.%d\n" % count in b"".join(received))
+        numbers = yield gatherResults([b.journal.append(session.id, STANDALONE, b'{"n":%d}' % n) for n in range(count)])
+        last = numbers[-1]
+        yield wait_for(lambda: b"id: g.%d\n" % last in b"".join(received))
         mark = self.bus.key("ev", session.id, STANDALONE, "delivered")
-        settled, last = reactor.seconds() + 1.0, None
+        settled, marked = reactor.seconds() + 1.0, None
         while reactor.seconds() < settled:  # every mark sent has been applied
-            last = yield self.connection.execute("GET", mark)
+            marked = yield self.connection.execute("GET", mark)
             yield sleep(0.05)
-        self.assertEqual(int(last), count)
+        self.assertEqual(int(marked), last)
         # An older mark arriving last changes nothing.
-        yield self.connection.eval(_DELIVERED, [mark], [count - 5, 60_000])
-        self.assertEqual(int((yield self.connection.execute("GET", mark))), count)
+        yield self.connection.eval(_DELIVERED, [mark], [last - 5, 60_000])
+        self.assertEqual(int((yield self.connection.execute("GET", mark))), last)
         session.close()
         yield done
 
@@ -1241,6 +1246,57 @@ class GetStreamTakeoverTests(RedisPartsCase):
 
 
 RECORD = {"version": "2025-11-25", "owner": "alice"}
+
+
+class RestartedRedisTests(RedisPartsCase):
+    """A Redis server of the test's own, restarted without persistence: it comes back empty."""
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = RedisServer(self.mktemp()).start()
+        self.addCleanup(self.server.destroy)
+        self.connection = RedisConnection(redis_config(self.server.url, prefix=unique_prefix()), reactor)
+        self.connection.startService()
+        self.addCleanup(lambda: self.connection.stopService() if self.connection.running else None)
+        self.bus = ClusterBus(self.connection, clock=reactor)
+        yield self.bus.start(10.0)
+        self.addCleanup(self.bus.stop)
+        yield answers_again(self.connection)
+
+    @inlineCallbacks
+    def test_the_get_stream_numbering_only_moves_forward_across_a_restart(self) -> Any:
+        """The GET stream's counter lost with the rest, its next events are still numbered
+        above the ones before: the reader open across the restart (at its position) gets them
+        all, and so does a client resuming from the last id it got."""
+        cluster = self.cluster()
+        session = HTTPSession("across-a-restart")
+        session.version = "2025-11-25"
+        before = []
+        for n in range(1, 6):
+            before.append((yield cluster.journal.append(session.id, STANDALONE, b'{"n":%d}' % n)))
+        received: list[bytes] = []
+        done = treq.collect((yield self.stream(cluster, session)), received.append)
+        self.addCleanup(lambda: done)
+        self.addCleanup(session.close)
+        yield wait_for(lambda: b'{"n":5}' in b"".join(received))
+        self.server.restart()
+        yield answers_again(self.connection)
+        yield self.subscribers_become(cluster.journal.channel(session.id, STANDALONE), 1, timeout=15)
+        after = []
+        for n in range(6, 12):
+            after.append((yield cluster.journal.append(session.id, STANDALONE, b'{"n":%d}' % n)))
+        yield wait_for(lambda: b'{"n":11}' in b"".join(received))
+        got = b"".join(received)
+        self.assertEqual([got.count(b'{"n":%d}' % n) for n in range(1, 12)], [1] * 11)
+        self.assertGreater(after[0], before[-1])
+        self.assertEqual(after, list(range(after[0], after[0] + 6)))
+        self.assertLess(abs(after[0] - time.time() * 1000), 60_000)  # from Redis' clock, in ms
+        for seq in before + after:
+            self.assertEqual(got.count(b"id: g.%d\n" % seq), 1)
+        resumed = yield cluster.journal.read_after(session.id, STANDALONE, before[-1])
+        self.assertEqual([seq for seq, _ in resumed], after)
+        session.close()
+        yield done
 
 
 class SessionIndexTests(RedisPartsCase):

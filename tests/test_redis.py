@@ -159,7 +159,8 @@ class RedisConnectionTests(TestCase):
         self.assertIn("REDIS_PASSWORD", status.detail)
         self.assertNotIn("wrong", status.detail)
         failure = yield self.assertFailure(connection.execute("PING"), StoreUnavailable)
-        self.assertIn("refused mcpd's login", str(failure))
+        self.assertIn("refused mcpd's login or database", str(failure))
+        self.assertIn("restart mcpd", str(failure))
 
     @inlineCallbacks
     def test_tls(self) -> Any:
@@ -200,6 +201,70 @@ class RedisConnectionTests(TestCase):
         finally:
             server.thaw()
         self.assertEqual((yield answers_again(connection)), "PONG")
+
+    @inlineCallbacks
+    def stall_past_the_timeout(self, server: RedisServer, connection: RedisConnection) -> Any:
+        """Freeze ``server`` until ``connection``'s pool, reconnecting, gets no answer to its login
+        (AUTH or SELECT) within the timeout; then thaw it."""
+        yield wait_for(lambda: connection.open_connections > 0)
+        server.freeze()
+        try:
+            deadline = time.monotonic() + 15
+            while "mcpd's login" not in str(connection.last_error):
+                self.assertLess(time.monotonic(), deadline, f"no login went unanswered: {connection.last_error}")
+                connection.execute("PING").addErrback(lambda _failure: None)
+                yield deferLater(reactor, 0.1, lambda: None)
+            self.assertEqual(connection.state, "down", connection.last_error)
+            self.assertIn("did not complete mcpd's login", connection.status().detail)
+        finally:
+            server.thaw()
+
+    @inlineCallbacks
+    def test_a_stall_through_the_login_is_no_refusal(self) -> Any:
+        """A stall past --redis-timeout meets the pool's reconnecting: its SELECT (or AUTH) goes
+        unanswered, and txredisapi stops that pool; a fresh one serves once Redis answers again."""
+        for password in (None, PASSWORD):
+            server = self.own_server(password=password)
+            connection = self.connect(server, db=3, timeout=0.3, password=password)
+            yield self.stall_past_the_timeout(server, connection)
+            self.assertEqual((yield answers_again(connection)), "PONG")
+            self.assertEqual(connection.state, "ok")
+            key = connection.key("after", "stall")
+            yield connection.execute("SET", key, "1")
+            self.assertEqual(server.cli("-n", "3", "GET", key), "1")  # the fresh pool's database
+            yield connection.stopService()
+
+    @inlineCallbacks
+    def test_a_login_cut_by_a_crash_is_no_refusal(self) -> Any:
+        """Redis crashing while the pool's login waits for its answer (the connection lost
+        before AUTH is answered) is no refusal either: the pool serves once Redis is back."""
+        server = self.own_server(password=PASSWORD)
+        connection = self.connect(server, password=PASSWORD, timeout=5.0)
+        yield wait_for(lambda: connection.open_connections > 0)
+        server.stop()
+        yield wait_for(lambda: connection.open_connections == 0)
+        yield deferLater(reactor, 2.5, lambda: None)  # reconnecting, backed off to 2 s
+        server.start()
+        server.freeze()  # connections accepted, their AUTH never answered
+        yield deferLater(reactor, 3.5, lambda: None)  # every slot retried: its login waits
+        server.kill()
+        yield wait_for(lambda: "mcpd's login" in str(connection.last_error))
+        self.assertEqual(connection.state, "down", connection.last_error)
+        self.assertIn("Lost connection", connection.last_error)
+        server.start()
+        self.assertEqual((yield answers_again(connection)), "PONG")
+        self.assertEqual(connection.state, "ok")
+
+    @inlineCallbacks
+    def test_a_missing_database_or_password_is_reported_not_retried_forever(self) -> Any:
+        server = self.own_server(password=PASSWORD)
+        for config in ({"db": 99, "password": PASSWORD}, {"db": 0}):  # ERR DB index..., NOAUTH
+            connection = self.connect(server, **config)
+            yield wait_for(lambda connection=connection: connection.state == "refused")
+            status = yield connection.check()
+            self.assertIn("refused mcpd's login or database", status.detail)
+            self.assertIn("restart mcpd", status.detail)
+            yield connection.stopService()
 
     @inlineCallbacks
     def test_down_at_start_up(self) -> Any:

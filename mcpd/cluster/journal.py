@@ -27,7 +27,18 @@ if TYPE_CHECKING:
 # order. KEYS: the stream, its counter, then each event's change once-key (or ""). ARGV: maximum
 # length, TTL (ms), channel, then each event's data. Answers each event's number (0: its
 # change was already added).
+#
+# A missing counter starts at Redis' clock in milliseconds, not at 0: a Redis restarted without
+# persistence loses it while a reader stays open at its position, and numbers starting again
+# at 1 would be dropped by that reader as already written (`_Reader._event`), and by a client
+# resuming from its Last-Event-ID. They stay exact: 13 digits, well inside Lua's doubles and the
+# "%.14g" its concatenation writes (until the year 2286), and inside `MAX_SEQ_DIGITS`. (Writing
+# after TIME: scripts replicate by their effects, the default from Redis 5; mcpd needs 6.0.)
 _APPEND = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[2], now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)))
+end
 local numbers = {}
 for i = 3, #KEYS do
   if KEYS[i] == '' or redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[2]) then

@@ -6,11 +6,14 @@ Every command goes through `RedisConnection.execute` (or `RedisConnection.eval` 
 which never waits for a connection that is not there: with none open it fails at once with
 `StoreUnavailable`, and a command that gets no answer within ``--redis-timeout`` fails the same
 way (txredisapi then drops the connection and opens a new one). A refused password or database
-number stops the reconnecting; `status` says why, in words a person can act on.
+number stops the reconnecting; `status` says why, in words a person can act on. A login that
+gets no answer in time, or a "not now" answer (Redis stalled, loading, busy), is no refusal:
+txredisapi gives up on the pool then too, so a fresh pool takes its place after a back-off.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,7 @@ from mcpd.interfaces import DOWN, UP, IStore, StoreError, StoreStatus, StoreUnav
 from mcpd.stores.redis.config import RedisConfig
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IStreamClientEndpoint
+    from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 
 log = Logger(namespace="mcpd.stores.redis")
 
@@ -46,25 +49,43 @@ SETTLE_INTERVAL = 0.01
 _DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Redis answers meaning "not now" rather than "wrong command": temporary, like a lost connection.
 _TEMPORARY = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN", "NOAUTH")
+# Why txredisapi gave up on a login (its AUTH or SELECT failed): the reason after the prefix.
+_LOGIN_FAILED = re.compile(r"Redis error: could not (?:auth|set dbid=\S*): (.*)", re.DOTALL)
+# A login failing so is no refusal: no answer within --redis-timeout, the connection lost on
+# the way, or a "not now" answer (NOAUTH is no such answer to a login: Redis wants a password).
+_LOGIN_UNANSWERED = ("Not received Redis response", "Lost connection", "Not connected") + tuple(
+    code + " " for code in _TEMPORARY if code != "NOAUTH"
+)
+
+
+def _unanswered_login(why: str) -> bool:
+    """Whether txredisapi's reason for giving up (``why``) is a login that went unanswered or
+    was answered "not now", rather than refused."""
+    match = _LOGIN_FAILED.match(why)
+    return match is not None and match.group(1).startswith(_LOGIN_UNANSWERED)
 
 
 class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
     """txredisapi's pool factory, retrying sooner, and telling the connection why it gave up
-    (a refused password or database number)."""
+    (its login refused, or unanswered)."""
 
     initialDelay = RETRY_FIRST
     maxDelay = RETRY_MAX
 
     def __init__(
-        self, up: Callable[[], None], lost: Callable[[], None], refused: Callable[[str], None], **kwargs: Any
+        self,
+        up: Callable[[], None],
+        lost: Callable[[], None],
+        gave_up: Callable[[_Factory, str], None],
+        **kwargs: Any,
     ) -> None:
         super().__init__(None, **kwargs)
-        self._up, self._lost, self._refused = up, lost, refused
-        self.deferred.addErrback(lambda _failure: None)  # reported through `refused`
+        self._up, self._lost, self._gave_up = up, lost, gave_up
+        self.deferred.addErrback(lambda _failure: None)  # reported through `gave_up`
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
-        if self.size:
+        if self.size and not self.disconnectCalled:
             self._up()
 
     def delConnection(self, conn: Any) -> None:
@@ -73,7 +94,8 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
             self._lost()
 
     def connectionError(self, why: str) -> None:
-        self._refused(why)
+        if not self.disconnectCalled:  # a login cut short by closing the pool is nobody's news
+            self._gave_up(self, why)
         super().connectionError(why)
 
 
@@ -137,6 +159,9 @@ class RedisConnection(Service):
         self.server_version: str | None = None
         self.metrics = RedisMetrics(self)
         self._factory: _Factory | None = None
+        # A fresh pool due after unanswered logins (`_gave_up`), and how many in a row so far.
+        self._renewal: IDelayedCall | None = None
+        self._unanswered = 0
         self._waiting: list[Deferred[bool]] = []
         # Commands sent and not yet answered (stopping waits for them).
         self._outstanding = 0
@@ -146,10 +171,15 @@ class RedisConnection(Service):
     def startService(self) -> None:
         super().startService()
         self.state = STARTING
+        self._connect()
+        log.info("Connecting to Redis at {url}", url=self.config.shown_url)
+
+    def _connect(self) -> None:
+        """Start a pool of connections (another one after unanswered logins: `_gave_up`)."""
         self._factory = _Factory(
             self._up,
             self._lost,
-            self._refused,
+            self._gave_up,
             dbid=self.config.db,
             poolsize=self.pool_size,
             isLazy=True,
@@ -160,13 +190,14 @@ class RedisConnection(Service):
             convertNumbers=False,
         )
         self._factory.startConnecting(self.endpoint())
-        log.info("Connecting to Redis at {url}", url=self.config.shown_url)
 
     def stopService(self) -> Deferred[Any]:
         """Close the connections once the commands sent so far are answered, and those the
         services stopped before this one sent in their last turns (a cancelled task's final
         status), within ``--redis-timeout``."""
         super().stopService()
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
         done: Deferred[Any] = Deferred()
         deadline = time.monotonic() + self.config.timeout
 
@@ -314,6 +345,7 @@ class RedisConnection(Service):
         return f"{why}; mcpd reconnects by itself, try again in a few seconds (is redis-server running?)"
 
     def _up(self) -> None:
+        self._unanswered = 0
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             _fire(d, True)
@@ -333,6 +365,30 @@ class RedisConnection(Service):
 
     def _lost(self) -> None:
         self._down(f"the connection to Redis at {self.config.shown_url} was lost")
+
+    def _gave_up(self, factory: _Factory, why: str) -> None:
+        """txredisapi stopped reconnecting ``factory``'s pool: its login was refused, or went
+        unanswered (then a fresh pool follows, after the usual back-off)."""
+        if factory is not self._factory or not self.running:
+            return
+        if not _unanswered_login(why):
+            self._refused(why)
+            return
+        self._down(
+            f"Redis at {self.config.shown_url} did not complete mcpd's login ({why.removeprefix('Redis error: ')})"
+        )
+        if self._renewal is not None and self._renewal.active():
+            return
+        delay = factory.retryDelay(self._unanswered + 1)
+        self._unanswered += 1
+        self._renewal = self.reactor.callLater(delay, self._renew, factory)
+
+    def _renew(self, stopped: _Factory) -> None:
+        """Replace a pool txredisapi stopped reconnecting by a fresh one."""
+        if stopped is not self._factory or not self.running:
+            return
+        self._connect()
+        stopped.disconnect().addErrback(lambda failure: log.failure("Closing a stopped Redis pool failed", failure))
 
     def _refused(self, why: str) -> None:
         """txredisapi gave up: the password or the database number was refused."""
