@@ -833,6 +833,24 @@ class ProgressTests(SynchronousTestCase):
         for note in peer.notes:
             assert_valid(self, MODERN, note)
 
+    def test_falsy_tokens_get_progress_too(self) -> None:
+        for token in (0, ""):
+            peer = Peer(self, self.engine)
+            peer.initialize()
+            peer.start(peer.message("tools/call", {"name": "count"}, meta={"progressToken": token}))
+            self.assertEqual(self.progress_values(peer), [1, 2, 3], token)
+            self.assertEqual({note["params"]["progressToken"] for note in peer.notes}, {token})
+
+    def test_a_token_neither_string_nor_integer_is_invalid_params(self) -> None:
+        for token in (False, 1.5, {"a": [1]}, [1]):
+            peer = Peer(self, self.engine)
+            peer.initialize()
+            d = peer.start(peer.message("tools/call", {"name": "count"}, meta={"progressToken": token}))
+            answer = self.successResultOf(d)
+            self.assertEqual(answer["error"]["code"], -32602, token)
+            self.assertIn("progressToken must be a string or an integer", answer["error"]["message"])
+            self.assertEqual((peer.notes, self.contexts), ([], []))
+
     def test_no_token_no_progress(self) -> None:
         peer = Peer(self, self.engine)
         peer.initialize()

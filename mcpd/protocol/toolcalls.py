@@ -19,7 +19,7 @@ from mcpd.protocol.channel import input_required
 from mcpd.protocol.envelope import check_parameter_headers
 from mcpd.protocol.errors import InvalidParams, MCPError
 from mcpd.protocol.outbound import ClientError, ClientTimeout
-from mcpd.protocol.vocabulary import PLAIN_TYPES, is_deferred
+from mcpd.protocol.vocabulary import PLAIN_TYPES, is_deferred, valid_id
 from mcpd.tools.api import (
     Caller,
     CallLink,
@@ -137,6 +137,10 @@ class ToolCalls:
         plan = self.tasks.plan(request, tool) if tool.task_support != "forbidden" or "task" in params else None
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if token is not None and not valid_id(token):
+            # basic/utilities/progress (both eras' schema): ProgressToken is a string or an
+            # integer; anything else echoed back would make invalid notifications.
+            raise InvalidParams("Invalid params: _meta.progressToken must be a string or an integer")
         link = CallLink(
             progress_sink=None if token is None else self._progress_sink(request, token),
             open_channel=functools.partial(self.open_channel, request),
