@@ -245,7 +245,8 @@ def _complete(data: bytes, head_only: bool) -> bool:
     head, separator, body = data.partition(b"\r\n\r\n")
     if not separator:
         return False
-    if head_only or head.startswith(b"HTTP/1.1 101 "):
+    # RFC 9112 §6.3: the answer to a HEAD, a 1xx, 204 or 304 ends with its head.
+    if head_only or head[9:13] in (b"101 ", b"204 ", b"304 "):
         return True
     fields = {
         name.strip().lower(): value.strip()

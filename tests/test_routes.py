@@ -5,6 +5,7 @@ keys over real sockets (plain and TLS) for every spelling of a path an attacker 
 from __future__ import annotations
 
 import json
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,8 +18,11 @@ from mcpd.web.monitoring import ASSETS
 from tests.security_harness import (
     KEY,
     MCP_HEADERS,
+    Raw,
     RouteTestCase,
     call_body,
+    read_all,
+    read_until,
     request_bytes,
 )
 
@@ -282,6 +286,67 @@ class EveryRouteTests(RouteTestCase):
         for target in ("//health", "//stats", "/mcp/"):
             self.assertJSONError(self.send(scheme, "GET", target, **beyond), 403, "loopback clients only")
             self.assertJSONError(self.send(scheme, "GET", target), 404, "is not a path")
+
+
+class NoContentTests(RouteTestCase):
+    """RFC 9110 §8.6 and §15.3.5: a 204 has no content and carries no Content-Length (nor a
+    Transfer-Encoding); it ends at its head, and the connection serves the next request."""
+
+    def assertNoContent(self, data: bytes, version: bytes = b"HTTP/1.1") -> dict[str, str]:
+        """``data`` is one whole 204 head and nothing after it; its headers."""
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        self.assertEqual((separator, rest), (b"\r\n\r\n", b""), data)
+        self.assertTrue(head.startswith(version + b" 204 No Content\r\n"), data)
+        reply = Raw(data)
+        self.assertNotIn("content-length", reply.headers, data)
+        self.assertNotIn("transfer-encoding", reply.headers, data)
+        return reply.headers
+
+    def test_options_and_preflight_keep_the_connection(self) -> None:
+        for scheme in self.start("--cors-origin", "https://app.example"):
+            host = f"Host: 127.0.0.1:{scheme.port}\r\n"
+            sock = scheme.socket()
+            try:
+                # A plain OPTIONS (Root), one to a monitoring route, a CORS preflight (the policy
+                # layer), one after the other on one connection.
+                for head, expected in (
+                    (
+                        "OPTIONS /mcp HTTP/1.1\r\nAuthorization: Bearer root-key\r\n",
+                        ("allow", "DELETE, GET, OPTIONS, POST"),
+                    ),
+                    ("OPTIONS /health HTTP/1.1\r\n", ("allow", "GET, HEAD, OPTIONS")),
+                    (
+                        "OPTIONS /mcp HTTP/1.1\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n",
+                        ("access-control-max-age", "600"),
+                    ),
+                ):
+                    sock.sendall((head + host + "\r\n").encode())
+                    headers = self.assertNoContent(read_until(sock, b"\r\n\r\n"))
+                    self.assertEqual(headers[expected[0]], expected[1])
+                    self.assertNotIn("connection", headers)
+                sock.sendall(f"GET /health HTTP/1.1\r\n{host}Connection: close\r\n\r\n".encode())
+                served = Raw(read_all(sock))
+            finally:
+                sock.close()
+            self.assertEqual(served.status, 200, served.raw)
+            self.assertEqual(served.json()["status"], "healthy")
+
+    def test_over_http_1_0(self) -> None:
+        """An HTTP/1.0 client gets the same head, and the connection closes after it."""
+        for scheme in self.start("--cors-origin", "https://app.example"):
+            for head in (
+                b"OPTIONS /mcp HTTP/1.0\r\nAuthorization: Bearer root-key\r\n\r\n",
+                b"OPTIONS /mcp HTTP/1.0\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n\r\n",
+            ):
+                sock = scheme.socket()
+                try:
+                    sock.sendall(head)
+                    started = time.monotonic()
+                    data = read_all(sock, timeout=5)
+                finally:
+                    sock.close()
+                self.assertLess(time.monotonic() - started, 3, data)
+                self.assertNoContent(data, b"HTTP/1.0")
 
 
 class LegacyTransportTests(RouteTestCase):

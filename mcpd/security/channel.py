@@ -315,7 +315,7 @@ class MCPRequest(server.Request):
     def write(self, data: bytes) -> None:
         """The first write of a response whose length is set (a body ``render`` returned, or
         any answer framed by Content-Length) goes out with its status line and headers in one
-        transport write; any other write is twisted.web's."""
+        transport write; any other write is twisted.web's, but for the head of a 204 or 304."""
         table = self.responseHeaders._rawHeaders
         length = table.get(b"Content-Length")
         if (
@@ -333,6 +333,11 @@ class MCPRequest(server.Request):
             or self.cookies
             or not isinstance(self.channel, HTTPChannel)
         ):
+            if not self.startedWriting and self.code in NO_BODY_CODES:
+                # RFC 9110 §8.6: no Content-Length in a 204, and in a 304 only the length a 200
+                # would have had; twisted.web's render sets the empty body's "0". Neither has
+                # content (RFC 9112 §6.3: it ends at its head, the connection stays usable).
+                table.pop(b"Content-Length", None)
             super().write(data)
             return
         # twisted.web.server.Request.write and twisted.web.http.Request.write (26.10) on a first

@@ -7,6 +7,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from twisted.web.http import NO_BODY_CODES
+
 from mcpd.protocol.errors import LimitExceeded
 
 # Reason phrases of the statuses mcpd answers outside a resource (RFC 9110 §15, RFC 6585).
@@ -53,7 +55,8 @@ def raw_response(status: int, body: bytes, headers: Iterable[tuple[bytes | str, 
         lines.append(_b(name) + b": " + _b(value))
     if body:
         lines.append(b"Content-Type: application/json")
-    lines.append(b"Content-Length: %d" % len(body))
+    if status not in NO_BODY_CODES:  # RFC 9110 §8.6: none in a 204 (a CORS preflight's answer)
+        lines.append(b"Content-Length: %d" % len(body))
     lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 

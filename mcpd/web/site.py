@@ -149,7 +149,7 @@ class Root(Resource):
         if problem is None:  # OPTIONS, not a CORS preflight (the policy layer answers those)
             request.setResponseCode(204)
             request.setHeader(b"allow", route.allow)
-            return b""
+            return b""  # and no Content-Length (RFC 9110 §8.6): `MCPRequest.write` drops it
         status, body, headers = problem
         for name, value in headers:
             request.setHeader(name, value)
