@@ -750,6 +750,71 @@ class ClusterTests(DaemonTestMixin, TestCase):
         self.assertEqual(len(served), 2, state)
         self.assertGreaterEqual(state["changes"], 1)
 
+    @inlineCallbacks
+    def test_resumed_post_stream_of_an_instance_killed_later(self) -> Any:
+        """A POST's stream resumed on another instance while the instance writing it runs, and
+        that instance killed (``kill -9``) after the replay: the resumed stream ends within a
+        sweep of the reading instance (nothing more will come; the client may resume or retry),
+        not open for good. Two instances of their own, their sweep every second."""
+        short = [*self.instance_args(), "--session-timeout", "4"]  # the last one counts
+        writer = self.start_daemon(*short, name="writer", timeout=30.0)
+        reader = self.start_daemon(*short, name="reader", timeout=30.0)
+        assert writer.port and reader.port
+
+        def resume() -> float:
+            import http.client
+
+            session = self.open_session(writer.port)
+            post = http.client.HTTPConnection("127.0.0.1", writer.port, timeout=20)
+            call = {"name": "tests.progress", "arguments": {"steps": 100, "delay": 0.5}, "_meta": {"progressToken": 1}}
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}
+            headers = {
+                "content-type": "application/json",
+                "accept": "application/json, text/event-stream",
+                "authorization": f"Bearer {KEY}",
+                "mcp-session-id": session,
+            }
+            post.request("POST", "/mcp", body=json.dumps(body), headers=headers)
+            answer = post.getresponse()
+            last = ""
+            while "progress" not in last:
+                line = answer.readline().decode()
+                self.assertTrue(line, "the POST stream ended")
+                last = line[3:].strip() if line.startswith("id:") else last
+                last = f"progress {last}" if line.startswith("data:") and "notifications/progress" in line else last
+            post.close()  # a disconnect, not a cancellation: the tool goes on writing
+            event_id = last.split()[-1]
+
+            get = http.client.HTTPConnection("127.0.0.1", reader.port, timeout=30)
+            headers = {
+                "accept": "text/event-stream",
+                "mcp-session-id": session,
+                "mcp-protocol-version": "2025-11-25",
+                "authorization": f"Bearer {KEY}",
+                "last-event-id": event_id,
+                "connection": "close",
+            }
+            get.request("GET", "/mcp", headers=headers)
+            resumed = get.getresponse()
+            self.assertEqual(resumed.status, 200)
+            self.read_until(resumed, "notifications/progress")  # live, from the writer
+            status, served = self.legacy_call(
+                reader.port, session, "tools/call", {"name": "cluster.where", "arguments": {}}
+            )
+            self.assertEqual(served["result"]["structuredContent"]["pid"], reader.process.pid, served)
+            self.read_until(resumed, "notifications/progress")
+            writer.process.send_signal(signal.SIGKILL)
+            writer.process.wait(10)
+            killed = time.monotonic()
+            # To its end (read raw, as read_until does); keep-alive comments come every second.
+            while resumed.fp.readline() and time.monotonic() - killed < 15:
+                pass
+            get.close()
+            return time.monotonic() - killed
+
+        took = yield self.in_thread(resume)
+        self.assertLess(took, 10.0)
+
     def stream_holder(self) -> str:
         """The instance with an SSE stream open (the session's GET stream), by its metrics."""
         deadline = time.monotonic() + 10

@@ -1797,6 +1797,41 @@ class KilledRunnerOfThisHostTests(RedisPartsCase):
             self.assertIn(b"id: %s.1\n" % key.encode(), b"".join(replayed))
 
     @inlineCallbacks
+    def test_a_resumed_post_stream_ends_at_the_sweep_after_its_writer_is_killed(self) -> Any:
+        """A POST's stream resumed here while its writer runs, the writer killed after the
+        replay: nothing more will come (not even its end), so the next sweep (`refresh`) finds
+        the writer gone and ends the stream, and its session can go idle and expire. A stream
+        whose writer still runs stays open."""
+        cluster = self.cluster()
+        session = HTTPSession("killed-after-resume")
+        session.version = "2025-11-25"
+        session.initialized = True
+        children, streams = {}, {}
+        for writer in ("killed0123", "alive00123"):
+            children[writer] = self.sleeper()
+            yield self.entry(cluster.registry, writer, children[writer].pid)
+            key = f"{writer}-0123abcd-1"
+            yield cluster.journal.append(session.id, key, b'{"n":1}', seq=1)
+            received: list[bytes] = []
+            streams[writer] = (treq.collect((yield self.stream(cluster, session, key)), received.append), received)
+            yield wait_for(lambda received=received: b'{"n":1}' in b"".join(received))
+        self.addCleanup(lambda: [finish() for finish in list(session.readers.values())])
+        yield sleep(0.5)  # the replays' own look at their writers: running
+        killed, alive = streams["killed0123"][0], streams["alive00123"][0]
+        self.assertFalse(killed.called or alive.called)
+
+        yield self.killed(children["killed0123"])
+        yield sleep(1.0)
+        self.assertFalse(killed.called)  # nothing but a sweep looks again
+        self.assertFalse(session.idle)
+        yield cluster.refresh([session])
+        yield wait_for(lambda: killed.called, timeout=5.0)
+        self.assertIn(b"id: killed0123-0123abcd-1.1\n", b"".join(streams["killed0123"][1]))
+        yield sleep(0.2)
+        self.assertFalse(alive.called)
+        self.assertEqual([reader.key for reader in session.readers], ["alive00123-0123abcd-1"])
+
+    @inlineCallbacks
     def test_a_runner_not_known_gone_is_believed_for_a_while(self) -> Any:
         """While this instance's registry is not `sure`, a runner not known gone is not asked
         about again for `SEEN_ALIVE` seconds (every check of its tasks cost a round trip to

@@ -192,13 +192,41 @@ class ClusterSessions(_RecordKeeper):
 
     def refresh(self, sessions: list[Session]) -> Deferred[Any]:
         """Keep the records and GET streams of the sessions used lately (a sweep's): a few
-        scripts however many there are."""
+        scripts however many there are. End the POST streams read here whose writer has gone
+        since their replay (`_end_orphans`)."""
+        orphans = self._end_orphans(sessions)
         live = [session for session in sessions if session.initialized and not session.closed]
         if not live:
-            return succeed(None)
+            return orphans
         streams = self.journal.keep([session.id for session in live])
         streams.addErrback(_logged, "keep the GET streams of {id}", f"{len(live)} sessions")
-        return gatherResults([self.keep_records(live), streams])
+        return gatherResults([self.keep_records(live), streams, orphans])
+
+    def _end_orphans(self, sessions: list[Session]) -> Deferred[Any]:
+        """End the POST streams read here (resumed) whose writer has gone since the replay
+        looked (killed, crashed, or its end lost): nothing more will come, not even their end,
+        and the open response would keep its session from expiring. One question per writer,
+        answered from memory when it is known gone; a writer without a registry entry is gone
+        once the registry is `sure` (after an outage a live one may not have written it again).
+        2025-11-25 basic/transports §Resumability and Redelivery: a stream closed before its
+        response is resumed by the client (GET with ``Last-Event-ID``), which replays it and
+        ends at once while the writer stays gone."""
+        readers: dict[str, list[_Reader]] = {}
+        for session in sessions:
+            for reader in getattr(session, "readers", ()):
+                # Still replaying: its replay looks at the writer when it is written.
+                if isinstance(reader, _Reader) and reader.key != STANDALONE and reader.live is None:
+                    readers.setdefault(reader.writer, []).append(reader)
+        if not readers:
+            return succeed(None)
+        return gatherResults(
+            [
+                self.registry.gone(writer)
+                .addCallback(_end_if_gone, these)
+                .addErrback(_logged, "ask whether the writer of stream {id} has gone", these[0].key)
+                for writer, these in readers.items()
+            ]
+        )
 
     def _share(self, session: Session, change: dict[str, str]) -> Deferred[Any]:
         """A change to the session's state made here: into its record (for instances that
@@ -425,8 +453,9 @@ class _Reader:
             return None
         # A POST's stream: if the instance that wrote it is gone, nothing more will come (one
         # of this host that was killed is known gone at once). Ending a stream is undone by
-        # resuming it, so one without a registry entry ends too, `sure` or not.
-        origin = self.key.split("-")[0]
+        # resuming it, so one without a registry entry ends too, `sure` or not. A writer gone
+        # later is found by the sweep (`ClusterSessions._end_orphans`).
+        origin = self.writer
         registry = self.cluster.registry
 
         def judged(gone: bool) -> Any:
@@ -435,6 +464,11 @@ class _Reader:
             return registry.alive(origin).addCallback(lambda alive: not alive)
 
         return registry.gone(origin).addCallback(judged).addCallback(self._origin_gone)
+
+    @property
+    def writer(self) -> str:
+        """The instance writing this stream (a POST's: its key starts with its id)."""
+        return self.key.split("-")[0]
 
     def _origin_gone(self, gone: bool) -> None:
         if gone and not self.done:
@@ -539,6 +573,14 @@ class SSEForwarding(_RecordKeeper):
             self.bus.send(str(message["from"]), "reply", {"re": message["ask"], "body": {"taken": taken}}).addErrback(
                 _logged, "answer a forwarded message of session {id}", session_id
             )
+
+
+def _end_if_gone(gone: bool, readers: list[_Reader]) -> None:
+    if gone:
+        for reader in readers:
+            if not reader.done:
+                log.info("The writer of stream {key} has gone: ending its reader", key=reader.key)
+                reader.finish()
 
 
 def _logged(failure: Failure, what: str, session_id: str) -> None:
