@@ -7,7 +7,9 @@ channel for as long as it reads. Messages are JSON objects with a ``kind``; `req
 to another instance and waits for its ``reply``.
 
 Commands (PUBLISH, scripts, keys) go over a pool of reconnecting connections; the subscriptions
-over one connection of their own, subscribed again after every reconnection.
+over one connection of their own, subscribed again after every reconnection. A login of that
+connection left unanswered (Redis stalled or crashing meanwhile) stops txredisapi reconnecting it,
+as for the pool: a fresh one follows after the back-off (`mcpd.stores.redis.connection`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpd.interfaces import StoreUnavailable
+from mcpd.stores.redis.connection import PoolFactory, unanswered_login
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
     from mcpd.stores.redis import RedisConnection
 
 log = Logger(namespace="mcpd.cluster")
@@ -55,9 +60,11 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     bus: ClusterBus
 
     def connectionMade(self) -> Any:
-        d = super().connectionMade()
-        d.addCallback(lambda _ignored: self.factory.bus._subscriber_ready(self))
-        return d
+        return super().connectionMade().addCallback(self._logged_in)
+
+    def _logged_in(self, _ignored: Any) -> None:
+        if self.connected:  # else txredisapi gave up on the login (refused, or cut short)
+            self.factory.bus._subscriber_ready(self)
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         self.factory.bus._received(channel, message)
@@ -80,7 +87,10 @@ class ClusterBus:
         self.timeout = redis.config.timeout
         self.instance = instance or new_instance_id()
         self._subscriber: _Subscriber | None = None
-        self._factory: Any = None
+        self._factory: PoolFactory | None = None
+        # A fresh subscriber due after unanswered logins (`_gave_up`), and how many in a row.
+        self._renewal: IDelayedCall | None = None
+        self._unanswered = 0
         # Handlers by channel (full name); the kinds of the instance channel by kind.
         # Several readers of one stream in this process each listen on its channel.
         self._channels: dict[str, list[Callable[[Any], Any]]] = {}
@@ -107,16 +117,7 @@ class ClusterBus:
     def start(self, wait: float) -> Deferred[None]:
         """Connect the subscriber; fires once it listens (fails with `ClusterUnavailable`
         after ``wait`` seconds)."""
-        config = self.redis.config
-        factory = txredisapi.RedisFactory(
-            None, None, 1, isLazy=True, password=config.password, username=config.username
-        )
-        factory.protocol = _Subscriber
-        factory.bus = self
-        factory.maxDelay = 2
-        factory.initialDelay = 0.2
-        factory.startConnecting(self.redis.endpoint())
-        self._factory = factory
+        self._connect()
         self._channels[self.instance_channel(self.instance)] = [self._instance_message]
         self._channels[self.key("all")] = [self._instance_message]
         if self._subscriber is not None:
@@ -132,6 +133,54 @@ class ClusterBus:
 
         return ready.addBoth(done)
 
+    def _connect(self) -> None:
+        """Start the subscriber's connection (another one after an unanswered login)."""
+        config = self.redis.config
+        factory = PoolFactory(
+            _nothing,
+            _nothing,
+            self._gave_up,
+            dbid=None,
+            poolsize=1,
+            isLazy=True,
+            password=config.password,
+            username=config.username,
+        )
+        factory.protocol = _Subscriber
+        factory.bus = self
+        factory.maxDelay = 2
+        factory.initialDelay = 0.2
+        factory.startConnecting(self.redis.endpoint())
+        self._factory = factory
+
+    def _gave_up(self, factory: PoolFactory, why: str) -> None:
+        """txredisapi stopped reconnecting the subscriber: its login was refused (the pool says
+        so too, `RedisConnection.status`), or went unanswered (a fresh one after the back-off)."""
+        if factory is not self._factory:
+            return
+        if not unanswered_login(why):
+            refused = ClusterUnavailable(
+                f"Redis at {self.redis.config.shown_url} refused the cluster bus' login "
+                f"({why.removeprefix('Redis error: ')}); fix REDIS_PASSWORD or --redis-url and restart mcpd"
+            )
+            log.error("{why}", why=refused.detail)
+            waiting, self._ready = self._ready, []
+            for d in waiting:
+                d.errback(refused)
+            return
+        log.warn("Cluster bus: Redis did not complete the subscriber's login ({why}); reconnecting", why=why)
+        if self._renewal is not None and self._renewal.active():
+            return
+        self._unanswered += 1
+        self._renewal = self.clock.callLater(factory.retryDelay(self._unanswered), self._renew, factory)
+
+    def _renew(self, stopped: PoolFactory) -> None:
+        """Replace a subscriber txredisapi stopped reconnecting by a fresh one."""
+        if stopped is not self._factory:
+            return
+        self._connect()
+        stopped.disconnect().addErrback(lambda f: log.failure("Closing a stopped subscriber failed", f))
+
     def _start_timed_out(self, ready: Deferred[None], wait: float) -> None:
         if not ready.called:
             if ready in self._ready:
@@ -145,9 +194,12 @@ class ClusterBus:
 
     def stop(self) -> Deferred[Any]:
         """Disconnect the subscriber."""
-        if self._factory is not None:
-            self._factory.stopTrying()
-            d = self._factory.disconnect()
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.stopTrying()
+            d: Deferred[Any] = factory.disconnect()
             return d.addErrback(lambda _f: None)
         return succeed(None)
 
@@ -157,6 +209,7 @@ class ClusterBus:
 
     def _subscriber_ready(self, protocol: _Subscriber) -> None:
         self._subscriber = protocol
+        self._unanswered = 0
         channels = list(self._channels)
         self._subscribe(protocol, channels)
         log.info("Cluster bus listening on Redis (instance {id}, {n} channels)", id=self.instance, n=len(channels))
@@ -321,3 +374,7 @@ class ClusterBus:
         message = {**body, "kind": kind, "from": self.instance, "ask": ask}
         self.publish(channel, message).addCallbacks(sent, not_sent)
         return waiting.addBoth(settled)
+
+
+def _nothing() -> None:
+    """The subscriber's connection coming and going is told by `_Subscriber` itself."""

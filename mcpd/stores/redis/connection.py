@@ -58,16 +58,16 @@ _LOGIN_UNANSWERED = ("Not received Redis response", "Lost connection", "Not conn
 )
 
 
-def _unanswered_login(why: str) -> bool:
+def unanswered_login(why: str) -> bool:
     """Whether txredisapi's reason for giving up (``why``) is a login that went unanswered or
     was answered "not now", rather than refused."""
     match = _LOGIN_FAILED.match(why)
     return match is not None and match.group(1).startswith(_LOGIN_UNANSWERED)
 
 
-class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
-    """txredisapi's pool factory, retrying sooner, and telling the connection why it gave up
-    (its login refused, or unanswered)."""
+class PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
+    """txredisapi's pool factory, retrying sooner, and telling its owner why it gave up (its
+    login refused, or unanswered): the pool's, and the cluster bus's subscriber's."""
 
     initialDelay = RETRY_FIRST
     maxDelay = RETRY_MAX
@@ -76,7 +76,7 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
         self,
         up: Callable[[], None],
         lost: Callable[[], None],
-        gave_up: Callable[[_Factory, str], None],
+        gave_up: Callable[[PoolFactory, str], None],
         **kwargs: Any,
     ) -> None:
         super().__init__(None, **kwargs)
@@ -158,7 +158,7 @@ class RedisConnection(Service):
         self.last_check: StoreStatus | None = None
         self.server_version: str | None = None
         self.metrics = RedisMetrics(self)
-        self._factory: _Factory | None = None
+        self._factory: PoolFactory | None = None
         # A fresh pool due after unanswered logins (`_gave_up`), and how many in a row so far.
         self._renewal: IDelayedCall | None = None
         self._unanswered = 0
@@ -176,7 +176,7 @@ class RedisConnection(Service):
 
     def _connect(self) -> None:
         """Start a pool of connections (another one after unanswered logins: `_gave_up`)."""
-        self._factory = _Factory(
+        self._factory = PoolFactory(
             self._up,
             self._lost,
             self._gave_up,
@@ -366,12 +366,12 @@ class RedisConnection(Service):
     def _lost(self) -> None:
         self._down(f"the connection to Redis at {self.config.shown_url} was lost")
 
-    def _gave_up(self, factory: _Factory, why: str) -> None:
+    def _gave_up(self, factory: PoolFactory, why: str) -> None:
         """txredisapi stopped reconnecting ``factory``'s pool: its login was refused, or went
         unanswered (then a fresh pool follows, after the usual back-off)."""
         if factory is not self._factory or not self.running:
             return
-        if not _unanswered_login(why):
+        if not unanswered_login(why):
             self._refused(why)
             return
         self._down(
@@ -383,7 +383,7 @@ class RedisConnection(Service):
         self._unanswered += 1
         self._renewal = self.reactor.callLater(delay, self._renew, factory)
 
-    def _renew(self, stopped: _Factory) -> None:
+    def _renew(self, stopped: PoolFactory) -> None:
         """Replace a pool txredisapi stopped reconnecting by a fresh one."""
         if stopped is not self._factory or not self.running:
             return
