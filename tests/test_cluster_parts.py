@@ -19,6 +19,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -58,7 +59,7 @@ from mcpd.transport.streamable import HTTPSession
 from tests import conformance_pack
 from tests.daemon import DaemonTestMixin, start_daemon
 from tests.engine_harness import Peer
-from tests.redis_service import RedisServer, shared_redis, unique_prefix
+from tests.redis_service import PASSWORD, RedisServer, shared_redis, unique_prefix
 from tests.test_redis import answers_again, wait_for
 
 
@@ -1297,6 +1298,109 @@ class RestartedRedisTests(RedisPartsCase):
         self.assertEqual([seq for seq, _ in resumed], after)
         session.close()
         yield done
+
+
+class BusThroughOutagesTests(TestCase):
+    """The bus's subscriber through Redis crashing, stalling and restarting (a server of the
+    test's own, with a password: the subscriber logs in on every connection): afterwards it
+    listens again, and `ClusterBus.connected` says whether it listens meanwhile."""
+
+    timeout = 90
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = RedisServer(self.mktemp(), password=PASSWORD).start()
+        self.addCleanup(self.server.destroy)
+        self.logged: list[str] = []
+
+        def observe(event: Any) -> None:
+            self.logged.append(formatEvent(event) or "")
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        config = redis_config(self.server.url, password=PASSWORD, prefix=unique_prefix(), timeout=1.0)
+        self.connection = RedisConnection(config, reactor)
+        self.connection.startService()
+        self.addCleanup(lambda: self.connection.stopService() if self.connection.running else None)
+        self.bus = ClusterBus(self.connection, clock=reactor)
+        yield self.bus.start(10.0)
+        self.addCleanup(self.bus.stop)
+        self.heard: list[dict[str, Any]] = []
+        self.bus.on("probe", self.heard.append)
+        yield self.hears_another_client(0)
+
+    @inlineCallbacks
+    def hears_another_client(self, n: int) -> Any:
+        """Once Redis counts the bus among the listeners of every instance's channel, a
+        PUBLISH there from another client (redis-cli) reaches it."""
+        channel = self.bus.key("all")
+        yield wait_for(lambda: self.server.cli("PUBSUB", "NUMSUB", channel).split()[-1] == "1", timeout=20)
+        message = json.dumps({"kind": "probe", "from": "elsewhere", "to": "all", "n": n})
+        self.assertEqual(self.server.cli("PUBLISH", channel, message), "1")
+        yield wait_for(lambda: any(m.get("n") == n for m in self.heard))
+
+    @inlineCallbacks
+    def test_a_crash_during_the_subscribers_login(self) -> Any:
+        """Redis crashing while the subscriber's AUTH waits for its answer: txredisapi stops
+        reconnecting it, so a fresh subscriber follows (it was taken as listening on the dead
+        connection: `connected` stayed True and the bus deaf until mcpd restarted)."""
+        self.server.stop()
+        yield wait_for(lambda: not self.bus.connected)
+        yield sleep(2.5)  # reconnecting, backed off to 2 s
+        self.server.start()
+        self.server.freeze()  # the connection accepted, its AUTH never answered
+        yield sleep(3.5)  # the subscriber retried: its login waits
+        self.assertFalse(self.bus.connected)
+        self.server.kill()
+        yield wait_for(
+            lambda: any("subscriber's login (could not auth: Lost connection)" in line for line in self.logged)
+        )
+        self.assertFalse(self.bus.connected)
+        self.server.start()
+        yield wait_for(lambda: self.bus.connected, timeout=20)
+        yield self.hears_another_client(1)
+
+    @inlineCallbacks
+    def test_a_refused_login_fails_the_start_at_once(self) -> Any:
+        """A wrong password: starting fails at once, saying so (the subscriber was taken as
+        listening on the connection closed after the refusal: the start went on, deaf)."""
+        config = redis_config(self.server.url, password="not-the-password-4711", prefix=unique_prefix())
+        bus = ClusterBus(RedisConnection(config, reactor), clock=reactor)
+        self.addCleanup(bus.stop)
+        started = time.monotonic()
+        refused = yield self.assertFailure(bus.start(10.0), ClusterUnavailable)
+        self.assertIn("refused the cluster bus' login", refused.detail)
+        self.assertIn("fix REDIS_PASSWORD", refused.detail)
+        self.assertNotIn("4711", refused.detail)  # never the password
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertFalse(bus.connected)
+
+    @inlineCallbacks
+    def test_a_stall_during_the_subscribers_login(self) -> Any:
+        """Redis stalled past --redis-timeout while the subscriber's AUTH waits, then going
+        on: the subscriber listens again."""
+        self.server.stop()
+        yield wait_for(lambda: not self.bus.connected)
+        yield sleep(2.5)
+        self.server.start()
+        self.server.freeze()
+        yield sleep(3.5)
+        self.assertFalse(self.bus.connected)
+        self.server.thaw()
+        yield wait_for(lambda: self.bus.connected, timeout=20)
+        yield self.hears_another_client(1)
+
+    @inlineCallbacks
+    def test_a_stall_past_the_timeout_and_a_restart(self) -> Any:
+        """Redis stalled past --redis-timeout then going on, and later restarted: the
+        subscriber hears what is published after each."""
+        self.server.freeze()
+        yield sleep(2.5)
+        self.server.thaw()
+        yield self.hears_another_client(1)
+        self.server.restart()
+        yield wait_for(lambda: self.bus.connected, timeout=20)
+        yield self.hears_another_client(2)
 
 
 class SessionIndexTests(RedisPartsCase):

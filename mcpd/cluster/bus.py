@@ -60,11 +60,9 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     bus: ClusterBus
 
     def connectionMade(self) -> Any:
-        return super().connectionMade().addCallback(self._logged_in)
-
-    def _logged_in(self, _ignored: Any) -> None:
-        if self.connected:  # else txredisapi gave up on the login (refused, or cut short)
-            self.factory.bus._subscriber_ready(self)
+        # Fires once logged in; never when txredisapi gives up on the login (refused, or cut short).
+        self.whenConnected().addCallback(self.factory.bus._subscriber_ready)
+        return super().connectionMade()
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         self.factory.bus._received(channel, message)
@@ -168,7 +166,10 @@ class ClusterBus:
             for d in waiting:
                 d.errback(refused)
             return
-        log.warn("Cluster bus: Redis did not complete the subscriber's login ({why}); reconnecting", why=why)
+        log.warn(
+            "Cluster bus: Redis did not complete the subscriber's login ({why}); reconnecting",
+            why=why.removeprefix("Redis error: "),
+        )
         if self._renewal is not None and self._renewal.active():
             return
         self._unanswered += 1
