@@ -319,6 +319,9 @@ def build_stores(
             reactor,
             # The audit writer's: its records wait in memory until the store opens.
             housekeeping={IAuditLog: ("append", "prune")},
+            # At exit only what is still to be written opens it: the next pruning is another
+            # process's.
+            dropped_at_exit={IAuditLog: ("prune",)},
         )
         for interface, stand_in in opening.stand_ins.items():
             stores.add(stand_in, () if interface is IStore else (interface,))

@@ -11,18 +11,21 @@ Until it is open, a `StandIn` answers for each interface the store provides: eve
 returns a Deferred (`mcpd.interfaces`), so a call made meanwhile waits for the opening, which it
 starts at once. Housekeeping (the audit trail's writes and pruning, named by ``housekeeping``)
 waits without starting it: the audit records stay queued in memory until then, and `OpenAtExit`
-makes what is still to be written at shutdown open the store. A store that cannot be opened stops
+makes what is still to be written at shutdown open the store; housekeeping that can wait for
+another process (pruning, named by ``dropped_at_exit``) is dropped then instead. A store that cannot be opened stops
 mcpd, as one that fails to open in the foreground does (the message on stderr).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -51,8 +54,9 @@ class BackgroundOpening(Service):
     ``activity`` it opens once the reactor runs; with it (a count of what the client has sent),
     once the count stands still for `QUIET` seconds, or `OPEN_LATEST` seconds after the reactor
     starts. A call through a stand-in opens it at once, except the ``housekeeping`` methods of
-    each interface, which wait for the opening until `due` is called. ``stand_ins`` are
-    registered in place of the providers until then."""
+    each interface, which wait for the opening until `due` is called; those of them in
+    ``dropped_at_exit`` are dropped then (they fail with `StoreUnavailable`) rather than open
+    it. ``stand_ins`` are registered in place of the providers until then."""
 
     def __init__(
         self,
@@ -62,6 +66,7 @@ class BackgroundOpening(Service):
         reactor: Any,
         stop: Callable[[], None] | None = None,
         housekeeping: Mapping[Any, Iterable[str]] | None = None,
+        dropped_at_exit: Mapping[Any, Iterable[str]] | None = None,
     ) -> None:
         self.store_name = name
         self.open_stores = open_stores
@@ -70,11 +75,18 @@ class BackgroundOpening(Service):
         self.stop = stop if stop is not None else self._stop_reactor
         # Calls made before the opening finished, each waiting for it (`StandIn`).
         self.waiters: list[Deferred[None]] = []
+        # Those of them that `due` drops rather than open the store for.
+        self.droppable: list[Deferred[None]] = []
         patient = housekeeping or {}
+        dropped = dropped_at_exit or {}
         # Its `IStore` side first (health, server.info), then one for each interface it provides.
         self.stand_ins: dict[Any, StandIn] = {IStore: StoreStandIn(self)}
         self.stand_ins.update(
-            (interface, StandIn(self, interface, frozenset(patient.get(interface, ())))) for interface in interfaces
+            (
+                interface,
+                StandIn(self, interface, frozenset(patient.get(interface, ())), frozenset(dropped.get(interface, ()))),
+            )
+            for interface in interfaces
         )
         # The store's own service, once it is open.
         self.store_service: Service | None = None
@@ -107,22 +119,34 @@ class BackgroundOpening(Service):
         if seen == self._seen:
             self._open()
 
-    def wait(self, start: bool = True) -> Deferred[None]:
+    def wait(self, start: bool = True, droppable: bool = False) -> Deferred[None]:
         """Fires once the opening has finished, which starts now unless ``start`` is false (a
         housekeeping call) and the opening is not `due`: the call waiting for it holds up its
-        own answer, so there may be no moment of quiet to wait for."""
+        own answer, so there may be no moment of quiet to wait for. A ``droppable`` wait fails
+        with `StoreUnavailable` instead once the opening is due, unless the store is opening."""
         waiting: Deferred[None] = Deferred()
-        self.waiters.append(waiting)
-        if start or self.urgent:
+        if droppable and self.urgent and self._opening is None:
+            waiting.errback(self._stopping())
+            return waiting
+        (self.droppable if droppable else self.waiters).append(waiting)
+        if start or (self.urgent and not droppable):
             self._open()
         return waiting
 
     def due(self) -> None:
-        """From now on housekeeping opens the store too (mcpd is stopping: `OpenAtExit`); open
-        it now if some waits already."""
+        """From now on housekeeping opens the store too (mcpd is stopping: `OpenAtExit`), except
+        the droppable kind, which fails now if the store is not opening; open it now if some
+        call waits."""
         self.urgent = True
+        if self._opening is None:
+            droppable, self.droppable = self.droppable, []
+            for waiting in droppable:
+                waiting.errback(self._stopping())
         if self.waiters:
             self._open()
+
+    def _stopping(self) -> StoreUnavailable:
+        return StoreUnavailable(self.store_name, "mcpd is stopping before it was opened")
 
     def _open(self) -> None:
         self._stop_timers()
@@ -140,9 +164,14 @@ class BackgroundOpening(Service):
     def _started(self, opened: Opened) -> None:
         service, providers = opened
         self.store_service = service
-        service.startService()
-        for stand_in in self.stand_ins.values():
-            stand_in.provider = providers[stand_in.interface]
+        try:
+            service.startService()
+            for stand_in in self.stand_ins.values():
+                stand_in.provider = providers[stand_in.interface]
+        except Exception:
+            # Failed as an opening that raised: the waiting calls are told why, and mcpd stops.
+            self._failed(Failure())
+            return
         self._release()
 
     def _failed(self, failure: Failure) -> None:
@@ -150,17 +179,20 @@ class BackgroundOpening(Service):
         why = failure.getErrorMessage()
         log.failure("Opening the {name} store failed", failure, name=self.store_name)
         for stand_in in self.stand_ins.values():
+            stand_in.provider = None
             stand_in.unavailable = f"the {self.store_name} store could not be opened: {why}"
         print(f"mcpd: cannot start {self.store_name}: {why}", file=sys.__stderr__)
+        # The waiting calls first (each fails with StoreUnavailable saying why): stopping mcpd
+        # may fail, and at shutdown the audit writer's last flush waits for them.
+        self._release()
         self.stop()
-        self._release()  # each waiting call fails with StoreUnavailable saying why
 
     def _stop_reactor(self) -> None:
-        if self.reactor.running:
+        with contextlib.suppress(ReactorNotRunning):  # already stopping (stdin closed, SIGTERM)
             self.reactor.stop()
 
     def _release(self) -> None:
-        waiters, self.waiters = self.waiters, []
+        waiters, self.waiters, self.droppable = [*self.waiters, *self.droppable], [], []
         for waiting in waiters:
             waiting.callback(None)
 
@@ -180,10 +212,17 @@ class StandIn:
     (started by the call, unless the method is one of ``housekeeping``), then calls the store's
     own; once open, the store's methods are handed out directly."""
 
-    def __init__(self, opening: BackgroundOpening, interface: Any, housekeeping: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        opening: BackgroundOpening,
+        interface: Any,
+        housekeeping: frozenset[str] = frozenset(),
+        dropped_at_exit: frozenset[str] = frozenset(),
+    ) -> None:
         self.opening = opening
         self.interface = interface
         self.housekeeping = housekeeping
+        self.dropped_at_exit = dropped_at_exit
         self.provider: Any = None
         self.unavailable: str | None = None
         alsoProvides(self, interface)
@@ -198,7 +237,7 @@ class StandIn:
         def later(*args: Any, **kwargs: Any) -> Deferred[Any]:
             if self.unavailable is not None:
                 return fail(StoreUnavailable(self.opening.store_name, self.unavailable))
-            waiting = self.opening.wait(start=name not in self.housekeeping)
+            waiting = self.opening.wait(start=name not in self.housekeeping, droppable=name in self.dropped_at_exit)
             return waiting.addCallback(lambda _: getattr(self, name)(*args, **kwargs))
 
         return later
