@@ -5,6 +5,7 @@ temporary directory), opened in a real thread; `mcpd --stdio` is a real process.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall, deferLater
@@ -26,11 +28,18 @@ from mcpd.stores.opening import BackgroundOpening, Opened
 from tests.daemon import MCPD, MODERN, PYTHON, DaemonTestMixin, StdioProcess
 
 
+class FailingStoreService(Service):
+    """A store's service whose start fails after its opening succeeded."""
+
+    def startService(self) -> None:
+        raise OSError("the store's service would not start")
+
+
 class BackgroundOpeningTests(TestCase):
-    def opening(self, open_stores: Any) -> tuple[BackgroundOpening, list[str]]:
+    def opening(self, open_stores: Any, stop: Any = None) -> tuple[BackgroundOpening, list[str]]:
         stopped: list[str] = []
         opening = BackgroundOpening(
-            "database", SQL_INTERFACES, open_stores, reactor, stop=lambda: stopped.append("stop")
+            "database", SQL_INTERFACES, open_stores, reactor, stop=stop or (lambda: stopped.append("stop"))
         )
         opening.startService()
         self.addCleanup(opening.stopService)
@@ -60,7 +69,9 @@ class BackgroundOpeningTests(TestCase):
         self.assertEqual((yield store.check()).state, "up")
         self.assertEqual(stopped, [])
 
-    def busy_opening(self, housekeeping: Any = None) -> tuple[BackgroundOpening, list[int], list[int]]:
+    def busy_opening(
+        self, housekeeping: Any = None, dropped_at_exit: Any = None
+    ) -> tuple[BackgroundOpening, list[int], list[int]]:
         """An opening of the real SQL store whose client sends something every 50 ms until the
         second list (its activity count) is emptied; the first list counts openings."""
         settings = Settings(data_dir=self.mktemp())
@@ -71,7 +82,9 @@ class BackgroundOpeningTests(TestCase):
             return _open_sql_store(settings, reactor)
 
         interfaces = (*SQL_INTERFACES, IAuditLog)
-        opening = BackgroundOpening("database", interfaces, open_stores, reactor, housekeeping=housekeeping)
+        opening = BackgroundOpening(
+            "database", interfaces, open_stores, reactor, housekeeping=housekeeping, dropped_at_exit=dropped_at_exit
+        )
         activity = [0]
         opening.activity = lambda: activity[0] if activity else -1
         sending = LoopingCall(lambda: activity and activity.__setitem__(0, activity[0] + 1))
@@ -149,6 +162,27 @@ class BackgroundOpeningTests(TestCase):
         self.assertEqual([r["tool"] for r in page[0]], ["echo"])
 
     @inlineCallbacks
+    def test_housekeeping_dropped_at_exit_does_not_open_it(self) -> Any:
+        # A pruning waiting when mcpd stops is dropped (the next one is another process's),
+        # and so is one asked for later; a record still to be written opens the store.
+        self.patch(opening_module, "QUIET", 60.0)
+        self.patch(opening_module, "OPEN_LATEST", 60.0)
+        opening, opened, _activity = self.busy_opening({IAuditLog: ("append", "prune")}, {IAuditLog: ("prune",)})
+        audit = opening.stand_ins[IAuditLog]
+        cutoff = datetime.datetime(2000, 1, 1)
+        pruned = audit.prune(cutoff, 100)
+        opening.due()
+        yield self.assertFailure(pruned, StoreUnavailable)
+        yield self.assertFailure(audit.prune(cutoff, 100), StoreUnavailable)
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(opened, [])
+        self.assertEqual(opening.waiters, [])
+        record = ("default", 1.0e9, "local", "stdio", "stdio", "tools/call", "echo", "ok", 0.1, "1", None, None)
+        self.assertEqual((yield audit.append(iter([record]))), 1)
+        self.assertEqual(len(opened), 1)
+        self.assertEqual((yield audit.prune(cutoff, 100)), 0)  # the store's own, once open
+
+    @inlineCallbacks
     def test_a_store_that_cannot_be_opened_says_why_and_stops_mcpd(self) -> Any:
         release = threading.Event()
 
@@ -163,10 +197,42 @@ class BackgroundOpeningTests(TestCase):
         failure = yield self.assertFailure(waiting, StoreUnavailable)
         self.assertIn("the database store could not be opened: the disk is gone", str(failure))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        yield deferLater(reactor, 0, lambda: None)  # mcpd is stopped after the calls are told
         self.assertEqual(stopped, ["stop"])
         self.assertIsNotNone(opening.failure)
         # Later calls fail at once, saying the same.
         yield self.assertFailure(board.list_projects("default", 10, None), StoreUnavailable)
+        self.assertEqual(opening.stand_ins[IStore].describe()["state"], "failed")
+
+    @inlineCallbacks
+    def test_the_waiting_calls_are_told_before_mcpd_is_stopped(self) -> Any:
+        # At shutdown the audit writer's last flush waits for them; stopping the reactor then
+        # raised ReactorNotRunning, and they were never told.
+        release = threading.Event()
+        told: list[bool] = []
+
+        def open_stores() -> Opened:
+            release.wait(10)
+            raise OSError("the disk is gone")
+
+        opening, _ = self.opening(open_stores, lambda: told.append(waiting.called))
+        waiting = opening.stand_ins[ITaskBoard].list_projects("default", 10, None)
+        release.set()
+        failure = yield self.assertFailure(waiting, StoreUnavailable)
+        self.assertIn("the disk is gone", str(failure))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(told, [True])
+
+    @inlineCallbacks
+    def test_a_store_service_that_cannot_start_fails_the_opening(self) -> Any:
+        opening, stopped = self.opening(lambda: (FailingStoreService(), {}))
+        waiting = opening.stand_ins[ITaskBoard].list_projects("default", 10, None)
+        failure = yield self.assertFailure(waiting, StoreUnavailable)
+        self.assertIn("the database store could not be opened: the store's service would not start", str(failure))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(stopped, ["stop"])
         self.assertEqual(opening.stand_ins[IStore].describe()["state"], "failed")
 
 
@@ -313,6 +379,40 @@ class StdioStartTests(DaemonTestMixin, TestCase):
         with contextlib.closing(sqlite3.connect(data / "mcpd.sqlite3")) as db:
             rows = db.execute("SELECT tool, transport, COUNT(*) FROM audit_records GROUP BY tool").fetchall()
         self.assertEqual(rows, [("server.info", "stdio", 200)])
+
+    def test_a_session_with_nothing_to_write_leaves_the_database_alone(self) -> None:
+        # The audit writer's first pruning waits for the opening from the start; at exit only
+        # what is still to be written opens the store, so nothing is created or migrated.
+        data = self.workdir / "data"
+        data.mkdir()
+        server = self.spawn_stdio(PYTHON, "-c", _LONG_OPEN_WAIT, "--stdio", "--data-dir", str(data))
+        server.send(_INITIALIZE)
+        self.assertEqual(server.receive(30)["result"]["serverInfo"]["name"], "mcpd")
+        server.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        self.assertIn("tools", server.receive(30)["result"])
+        server.close_stdin()
+        self.assertEqual(server.wait(), 0)
+        self.assertEqual(sorted(path.name for path in data.iterdir()), [])
+
+    def test_a_database_refused_at_exit_stops_stdio_in_time(self) -> None:
+        # A schema newer than mcpd's is found when the audit writer's last flush opens the
+        # store, while the reactor is stopping: mcpd says why and exits 1 (it hung for good).
+        data = self.workdir / "data"
+        data.mkdir()
+        with contextlib.closing(sqlite3.connect(data / "mcpd.sqlite3")) as db:
+            db.execute("CREATE TABLE mcpd_schema_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+            db.execute("INSERT INTO mcpd_schema_version VALUES ('9999')")
+            db.commit()
+        server = self.spawn_stdio(PYTHON, "-c", _LONG_OPEN_WAIT, "--stdio", "--data-dir", str(data))
+        server.send(_INITIALIZE)
+        server.receive(30)
+        server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        server.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "server.tools"}})
+        self.assertIn("tools", server.receive(30)["result"]["structuredContent"])
+        server.close_stdin()
+        self.assertEqual(server.wait(30), 1)
+        self.assertIn("mcpd: cannot start database:", server.stderr)
+        self.assertIn("9999", server.stderr)
 
     def test_an_unusable_database_stops_stdio_with_one_line(self) -> None:
         blocker = self.workdir / "data"
