@@ -228,6 +228,7 @@ class BackgroundOpeningTests(TestCase):
     def test_a_store_service_that_cannot_start_fails_the_opening(self) -> Any:
         opening, stopped = self.opening(lambda: (FailingStoreService(), {}))
         waiting = opening.stand_ins[ITaskBoard].list_projects("default", 10, None)
+        waiting.addTimeout(20, reactor)  # it was never answered
         failure = yield self.assertFailure(waiting, StoreUnavailable)
         self.assertIn("the database store could not be opened: the store's service would not start", str(failure))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
