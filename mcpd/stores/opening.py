@@ -12,8 +12,9 @@ returns a Deferred (`mcpd.interfaces`), so a call made meanwhile waits for the o
 starts at once. Housekeeping (the audit trail's writes and pruning, named by ``housekeeping``)
 waits without starting it: the audit records stay queued in memory until then, and `OpenAtExit`
 makes what is still to be written at shutdown open the store; housekeeping that can wait for
-another process (pruning, named by ``dropped_at_exit``) is dropped then instead. A store that cannot be opened stops
-mcpd, as one that fails to open in the foreground does (the message on stderr).
+another process (pruning, named by ``dropped_at_exit``) is dropped then instead. A store that
+cannot be opened stops mcpd, as one that fails to open in the foreground does (the message on
+stderr).
 """
 
 from __future__ import annotations
