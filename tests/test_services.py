@@ -16,6 +16,16 @@ from mcpd.runtime import Runtime
 from mcpd.tools import ToolRegistry
 
 
+def wait_for_joiner(clock: Clock, stopped: Deferred[Any]) -> None:
+    """Advance ``clock`` until ``stopped`` (a `ThreadPoolService` stopping) fires: its joiner
+    thread finishes quickly, in real time (5 s at most)."""
+    for _ in range(500):
+        clock.advance(0.001)
+        if stopped.called:
+            return
+        time.sleep(0.01)
+
+
 class LateEndpoint:
     """An endpoint whose listen() answers later, counting how often it is asked."""
 
@@ -98,10 +108,6 @@ class ThreadPoolServiceTests(SynchronousTestCase):
         service = services.ThreadPoolService(pool, clock, grace=1.0)
         service.startService()
         d = service.stopService()
-        for _ in range(500):  # the joiner thread finishes quickly, in real time
-            clock.advance(0.001)
-            if d.called:
-                break
-            time.sleep(0.01)
+        wait_for_joiner(clock, d)
         self.successResultOf(d)
         self.assertTrue(pool.joined)

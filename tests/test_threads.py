@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mcpd.stores.threads import ThreadPoolService, ToolThreads
 from tests.clients import fetch
 from tests.daemon import DaemonTestCase, modern_request, post, read_events, wait_for_event_blocking
+from tests.test_services import wait_for_joiner
 
 
 class Reactor:
@@ -45,9 +46,11 @@ class Reactor:
 
 
 class ToolThreadsTests(SynchronousTestCase):
+    up_front = False
+
     def pool(self, count: int) -> tuple[ToolThreads, Reactor]:
         reactor = Reactor()
-        pool = ToolThreads(count, "test-tools", reactor)
+        pool = ToolThreads(count, "test-tools", reactor, up_front=self.up_front)
         pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
         pool.start()
         self.addCleanup(lambda: pool.stop() if pool.threads else None)
@@ -205,14 +208,8 @@ class UpFrontTests(SynchronousTestCase):
     """``up_front`` (the SQL store's readers, writer and probe): every thread starts with the
     pool, and calls, cancellation and stopping work as on demand."""
 
-    def pool(self, count: int) -> tuple[ToolThreads, Reactor]:
-        reactor = Reactor()
-        pool = ToolThreads(count, "test-db", reactor, up_front=True)
-        pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
-        pool.start()
-        self.addCleanup(lambda: pool.stop() if pool.threads else None)
-        return pool, reactor
-
+    up_front = True
+    pool = ToolThreadsTests.pool
     hold = ToolThreadsTests.hold
 
     def test_every_thread_starts_with_the_pool(self) -> None:
@@ -287,11 +284,7 @@ class UpFrontTests(SynchronousTestCase):
         self.assertFalse(pool.started)  # on this thread, before the joiner runs
         late = pool.submit(lambda: 1)
         self.assertIn("not running", str(self.failureResultOf(late, RuntimeError).value))
-        for _ in range(500):  # the joiner thread finishes quickly, in real time
-            clock.advance(0.001)
-            if d.called:
-                break
-            time.sleep(0.01)
+        wait_for_joiner(clock, d)
         self.successResultOf(d)
         self.assertEqual(pool.threads, [])
 
