@@ -99,9 +99,13 @@ class RedisPartsCase(TestCase):
 
     timeout = 60
 
+    def redis_url(self) -> str:
+        """The Redis server the case's connection and bus use."""
+        return shared_redis().url
+
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.connection = RedisConnection(redis_config(shared_redis().url, prefix=unique_prefix()), reactor)
+        self.connection = RedisConnection(redis_config(self.redis_url(), prefix=unique_prefix()), reactor)
         self.connection.startService()
         self.addCleanup(lambda: self.connection.stopService() if self.connection.running else None)
         self.bus = ClusterBus(self.connection, clock=reactor)
@@ -1252,17 +1256,10 @@ RECORD = {"version": "2025-11-25", "owner": "alice"}
 class RestartedRedisTests(RedisPartsCase):
     """A Redis server of the test's own, restarted without persistence: it comes back empty."""
 
-    @inlineCallbacks
-    def setUp(self) -> Any:
+    def redis_url(self) -> str:
         self.server = RedisServer(self.mktemp()).start()
         self.addCleanup(self.server.destroy)
-        self.connection = RedisConnection(redis_config(self.server.url, prefix=unique_prefix()), reactor)
-        self.connection.startService()
-        self.addCleanup(lambda: self.connection.stopService() if self.connection.running else None)
-        self.bus = ClusterBus(self.connection, clock=reactor)
-        yield self.bus.start(10.0)
-        self.addCleanup(self.bus.stop)
-        yield answers_again(self.connection)
+        return self.server.url
 
     @inlineCallbacks
     def test_the_get_stream_numbering_only_moves_forward_across_a_restart(self) -> Any:
