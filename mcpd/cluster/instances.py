@@ -283,12 +283,12 @@ class InstanceRegistry:
         """Whether ``instance`` has refreshed its entry within the last `TTL` seconds."""
         return self.bus.redis.execute("EXISTS", self.key(instance)).addCallback(lambda n: int(n) > 0)
 
-    def gone(self, instance: str) -> Deferred[bool]:
-        """Whether ``instance`` is known to have stopped: its entry has lapsed (once `sure`),
-        or it names a process of this host that is not running any more (``kill -9``: not
-        `TTL` seconds later, at once). Such an entry is forgotten and the instance marked stopped
-        (for `STOPPED_TTL`), for every instance, and remembered here: its other tasks and claims
-        are gone too, on every instance, `sure` or not."""
+    def gone(self, instance: str, *, lapsed_is_gone: bool = False) -> Deferred[bool]:
+        """Whether ``instance`` is known to have stopped: its entry has lapsed (once `sure`, or
+        at once with ``lapsed_is_gone``), or it names a process of this host that is not running
+        any more (``kill -9``: not `TTL` seconds later, at once). Such an entry is forgotten and
+        the instance marked stopped (for `STOPPED_TTL`), for every instance, and remembered here:
+        its other tasks and claims are gone too, on every instance, `sure` or not."""
         if instance in self._stopped:
             return succeed(True)
         redis = self.bus.redis
@@ -297,7 +297,7 @@ class InstanceRegistry:
             data, marked = values
             if data is None:
                 # Found stopped by another instance (its mark), else lapsed: gone once `sure`.
-                return forgotten(None) if marked else self.sure()
+                return forgotten(None) if marked else (lapsed_is_gone or self.sure())
             if not self._stopped_here(json.loads(data)):
                 return False
             log.info("Instance {id} has stopped (its process is not running): forgetting it", id=instance)

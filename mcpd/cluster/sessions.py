@@ -455,15 +455,7 @@ class _Reader:
         # of this host that was killed is known gone at once). Ending a stream is undone by
         # resuming it, so one without a registry entry ends too, `sure` or not. A writer gone
         # later is found by the sweep (`ClusterSessions._end_orphans`).
-        origin = self.writer
-        registry = self.cluster.registry
-
-        def judged(gone: bool) -> Any:
-            if gone or registry.sure():
-                return gone
-            return registry.alive(origin).addCallback(lambda alive: not alive)
-
-        return registry.gone(origin).addCallback(judged).addCallback(self._origin_gone)
+        return self.cluster.registry.gone(self.writer, lapsed_is_gone=True).addCallback(self._origin_gone)
 
     @property
     def writer(self) -> str:
