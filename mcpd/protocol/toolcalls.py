@@ -135,8 +135,7 @@ class ToolCalls:
             return error_result(f"Invalid arguments for tool {name}: " + "; ".join(problems))
         # Task bookkeeping only for calls that may become tasks (mcpd.protocol.tasks).
         plan = self.tasks.plan(request, tool) if tool.task_support != "forbidden" or "task" in params else None
-        meta = params.get("_meta")
-        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        token = request.meta.get("progressToken")
         if token is not None and not valid_id(token):
             # basic/utilities/progress (both eras' schema): ProgressToken is a string or an
             # integer; anything else echoed back would make invalid notifications.

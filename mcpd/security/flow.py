@@ -28,7 +28,6 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 
-@implementer(IPushProducer)
 def nothing_buffered(transport: Any) -> bool:
     """Whether a Twisted descriptor transport (TCP, StandardIO's stdout writer: a
     `twisted.internet.abstract.FileDescriptor`, 26.10) is open for writing and holds nothing
@@ -44,6 +43,7 @@ def nothing_buffered(transport: Any) -> bool:
     )
 
 
+@implementer(IPushProducer)
 class OutputGuard:
     """Registered as ``transport``'s streaming producer; see the module docstring.
 

@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.http import NO_BODY_CODES
 
 from mcpd.interfaces import IClosingChannel, IGuardedConnection, StoreUnavailable
 from mcpd.security.addresses import AddressList, forwarded_client, is_loopback_client, normal_form
@@ -530,8 +529,8 @@ class GuardedRequest(MCPRequest):
         payload = refusal.payload()
         if payload:
             self.setHeader(b"content-type", b"application/json")
-        if refusal.status not in NO_BODY_CODES:  # RFC 9110 §8.6: none in a preflight's 204
-            self.setHeader(b"content-length", b"%d" % len(payload))
+        # (MCPRequest.write drops it from a preflight's 204: RFC 9110 §8.6.)
+        self.setHeader(b"content-length", b"%d" % len(payload))
         self.write(payload)
         self.finish()
 
