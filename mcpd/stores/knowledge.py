@@ -43,7 +43,7 @@ from mcpd.interfaces import (
 )
 from mcpd.stores.milvus import is_local
 from mcpd.stores.retrieval import Retriever
-from mcpd.stores.shown import shown_after, shown_key
+from mcpd.stores.shown import MAX_DEPTH, more_after, shown_after, shown_key
 from mcpd.stores.sql.knowledge import (
     COLLECTION,
     MAX_ATTEMPTS,
@@ -60,12 +60,12 @@ log = Logger(namespace="mcpd.knowledge")
 STORE = "index"
 INDEXED, PENDING = "done", "pending"
 INDEX_OK, INDEX_DEGRADED = "ok", "degraded"
-# Most hits one search may reach (what earlier pages showed, and this one): the index's own bound.
-MAX_DEPTH = 1000
-# A search's cursor names what its pages have shown (not an offset): between two pages the index
+# A search reaches at most `MAX_DEPTH` hits (what earlier pages showed, and this one), the
+# index's own bound too. A search's cursor names what its pages have shown (not an offset): between two pages the index
 # may rank differently (the corpus changed, or Milvus Lite sealed or compacted segments, each of
 # which keeps its own BM25 statistics), and an offset would then repeat results and skip others
 # (`mcpd.stores.shown`).
+
 SCAN_ROWS = 2000  # chunks a degraded (index down) search reads at most
 # Seconds a write waits for its indexing before answering "pending" (the indexing goes on): once
 # SQL has committed, a client that times out and retries would add the record twice. Well below
@@ -464,7 +464,7 @@ class KnowledgeStore:
             "mode": outcome.mode,
             "notice": "; ".join(notices) or None,
             "index": INDEX_DEGRADED if pending else INDEX_OK,
-            "more": len(results) > limit and len(shown) + limit < MAX_DEPTH,
+            "more": more_after(shown, limit, len(results) > limit),
             "shown": shown_after(shown, [result["chunk_id"] for result in page]),
         }
 
@@ -596,7 +596,7 @@ class KnowledgeStore:
             "mode": outcome.mode,
             "notice": "; ".join(notices) or None,
             "index": INDEX_DEGRADED if pending else INDEX_OK,
-            "more": len(found) > limit and len(shown) + limit < MAX_DEPTH,
+            "more": more_after(shown, limit, len(found) > limit),
             "shown": shown_after(shown, [memory["id"] for memory in page]),
         }
 

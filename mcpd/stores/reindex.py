@@ -163,7 +163,6 @@ async def rebuild(
     by = f"{socket.gethostname()} pid {os.getpid()}"
     rebuilt: list[tuple[str, str, str, int]] = []
     leases = _Leases(store)
-    held = leases.markers
     try:
         for collection, analyzer, tenant, name in await sql.index_collections():
             if not only(tenant, name):
@@ -171,7 +170,7 @@ async def rebuild(
             marker = await sql.rebuilding(collection, by)
             if marker is None:
                 continue  # dropped since it was listed
-            held.append(marker)
+            leases.markers.append(marker)
             count = await _rebuild(store, index, collection, analyzer, marker, leases)
             rebuilt.append((tenant, name, collection, count))
     finally:
@@ -181,12 +180,12 @@ async def rebuild(
         failed: Exception | None = None
         # A collection whose build failed holds the last marker and has no entry in ``rebuilt``:
         # its marker is given back at once (its held work becomes ordinary outbox work).
-        for marker in held[len(rebuilt) :]:
+        for marker in leases.markers[len(rebuilt) :]:
             try:
                 await sql.unmark(marker)
             except Exception:
                 log.failure("Giving back the rebuild marker {marker} failed", marker=marker)
-        for (_, _, collection, count), marker in zip(rebuilt, held[: len(rebuilt)], strict=True):
+        for (_, _, collection, count), marker in zip(rebuilt, leases.markers[: len(rebuilt)], strict=True):
             try:
                 try:
                     caught = await _catch_up(store, collection, leases)

@@ -10,9 +10,17 @@ import base64
 import hashlib
 from collections.abc import Sequence, Set
 
-# Nine bytes: no two of a search's (at most a thousand) results share a key, and twelve
+# How deep a search pages: its cursor carries a key of each result shown, so it stops here.
+MAX_DEPTH = 1000
+# Nine bytes: no two of a search's (at most `MAX_DEPTH`) results share a key, and twelve
 # characters each (`mcpd.tools.paging.SHOWN_KEY_CHARS`).
 SHOWN_KEY_BYTES = 9
+
+
+def more_after(shown: Set[str], limit: int, more: bool) -> bool:
+    """Whether a page after this one (of ``limit`` results, after ``shown``) is offered: there
+    are more results, and the next page still starts within `MAX_DEPTH`."""
+    return more and len(shown) + limit < MAX_DEPTH
 
 
 def shown_key(record_id: str) -> str:

@@ -115,8 +115,8 @@ def upgrade(engine: Engine, shown_url: str) -> tuple[SchemaState, SchemaState]:
 
             command.upgrade(_config(connection), "head")
             connection.commit()
-        after = schema_state(connection, shown_url)
-    return before, after
+            return before, schema_state(connection, shown_url)
+    return before, before
 
 
 def _no_statement_limit(connection: Connection) -> None:

@@ -41,7 +41,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from mcpd.interfaces import INoteStore, NotFound
-from mcpd.stores.shown import shown_after, shown_key
+from mcpd.stores.shown import more_after, shown_after, shown_key
 from mcpd.stores.sql.database import RawConnection, SQLDatabase
 from mcpd.stores.sql.ids import new_id
 from mcpd.stores.sql.schema import note_tags, notes
@@ -50,8 +50,6 @@ from mcpd.stores.sql.tasks import iso, like_prefix, replace_tags, utcnow
 _WORD = re.compile(r"\w+")
 T = TypeVar("T")
 MAX_TERMS = 32
-# Most notes a search shows over all its pages (each costs its cursor 12 characters).
-MAX_DEPTH = 1000
 # Words around the first match in a snippet, and the markers around matched words.
 SNIPPET_WORDS = 16
 MARK = "**"
@@ -296,7 +294,7 @@ class SQLNoteStore:
 
         def page(found: tuple[list[dict[str, Any]], bool]) -> tuple[list[dict[str, Any]], bool, list[str]]:
             notes, more = found
-            more = more and len(shown) + limit < MAX_DEPTH
+            more = more_after(shown, limit, more)
             return notes, more, shown_after(shown, [note["id"] for note in notes]) if more else []
 
         return self.database.run_raw("note.search", work).addCallback(page)
