@@ -26,11 +26,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpd.interfaces import StoreUnavailable
-from mcpd.stores.redis.connection import PoolFactory, unanswered_login
+from mcpd.stores.redis.connection import PoolFactory, Renewal, unanswered_login
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
-
     from mcpd.stores.redis import RedisConnection
 
 log = Logger(namespace="mcpd.cluster")
@@ -86,9 +84,8 @@ class ClusterBus:
         self.instance = instance or new_instance_id()
         self._subscriber: _Subscriber | None = None
         self._factory: PoolFactory | None = None
-        # A fresh subscriber due after unanswered logins (`_gave_up`), and how many in a row.
-        self._renewal: IDelayedCall | None = None
-        self._unanswered = 0
+        # A fresh subscriber after unanswered logins (`_gave_up`).
+        self._renewal = Renewal(self.clock, lambda: self._factory, self._connect, "subscriber")
         # Handlers by channel (full name); the kinds of the instance channel by kind.
         # Several readers of one stream in this process each listen on its channel.
         self._channels: dict[str, list[Callable[[Any], Any]]] = {}
@@ -134,9 +131,8 @@ class ClusterBus:
     def _connect(self) -> None:
         """Start the subscriber's connection (another one after an unanswered login)."""
         config = self.redis.config
+        # Its connection coming and going is told by `_Subscriber` itself.
         factory = PoolFactory(
-            _nothing,
-            _nothing,
             self._gave_up,
             dbid=None,
             poolsize=1,
@@ -170,17 +166,7 @@ class ClusterBus:
             "Cluster bus: Redis did not complete the subscriber's login ({why}); reconnecting",
             why=why.removeprefix("Redis error: "),
         )
-        if self._renewal is not None and self._renewal.active():
-            return
-        self._unanswered += 1
-        self._renewal = self.clock.callLater(factory.retryDelay(self._unanswered), self._renew, factory)
-
-    def _renew(self, stopped: PoolFactory) -> None:
-        """Replace a subscriber txredisapi stopped reconnecting by a fresh one."""
-        if stopped is not self._factory:
-            return
-        self._connect()
-        stopped.disconnect().addErrback(lambda f: log.failure("Closing a stopped subscriber failed", f))
+        self._renewal.after(factory)
 
     def _start_timed_out(self, ready: Deferred[None], wait: float) -> None:
         if not ready.called:
@@ -195,8 +181,7 @@ class ClusterBus:
 
     def stop(self) -> Deferred[Any]:
         """Disconnect the subscriber."""
-        if self._renewal is not None and self._renewal.active():
-            self._renewal.cancel()
+        self._renewal.cancel()
         factory, self._factory = self._factory, None
         if factory is not None:
             factory.stopTrying()
@@ -210,7 +195,7 @@ class ClusterBus:
 
     def _subscriber_ready(self, protocol: _Subscriber) -> None:
         self._subscriber = protocol
-        self._unanswered = 0
+        self._renewal.answered()
         channels = list(self._channels)
         self._subscribe(protocol, channels)
         log.info("Cluster bus listening on Redis (instance {id}, {n} channels)", id=self.instance, n=len(channels))
@@ -375,7 +360,3 @@ class ClusterBus:
         message = {**body, "kind": kind, "from": self.instance, "ask": ask}
         self.publish(channel, message).addCallbacks(sent, not_sent)
         return waiting.addBoth(settled)
-
-
-def _nothing() -> None:
-    """The subscriber's connection coming and going is told by `_Subscriber` itself."""

@@ -34,7 +34,7 @@ from mcpd.interfaces import DOWN, UP, IStore, StoreError, StoreStatus, StoreUnav
 from mcpd.stores.redis.config import RedisConfig
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 
 log = Logger(namespace="mcpd.stores.redis")
 
@@ -74,9 +74,9 @@ class PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
 
     def __init__(
         self,
-        up: Callable[[], None],
-        lost: Callable[[], None],
         gave_up: Callable[[PoolFactory, str], None],
+        up: Callable[[], None] | None = None,
+        lost: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(None, **kwargs)
@@ -85,18 +85,59 @@ class PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
-        if self.size and not self.disconnectCalled:
+        if self.size and not self.disconnectCalled and self._up is not None:
             self._up()
 
     def delConnection(self, conn: Any) -> None:
         super().delConnection(conn)
-        if not self.size and not self.disconnectCalled:
+        if not self.size and not self.disconnectCalled and self._lost is not None:
             self._lost()
 
     def connectionError(self, why: str) -> None:
         if not self.disconnectCalled:  # a login cut short by closing the pool is nobody's news
             self._gave_up(self, why)
         super().connectionError(why)
+
+
+class Renewal:
+    """A fresh `PoolFactory` in place of one txredisapi stopped reconnecting after an unanswered
+    login, after the factory's back-off (longer with each such login in a row, until one is
+    answered: `answered`). ``current`` is the factory in use (None once stopping), ``connect``
+    starts a fresh one; ``what`` names it in the log."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        current: Callable[[], PoolFactory | None],
+        connect: Callable[[], None],
+        what: str,
+    ) -> None:
+        self.clock = clock
+        self.current = current
+        self.connect = connect
+        self.what = what
+        self.unanswered = 0
+        self._call: IDelayedCall | None = None
+
+    def after(self, stopped: PoolFactory) -> None:
+        """``stopped``'s login went unanswered: a fresh one after the back-off (one at a time)."""
+        if self._call is not None and self._call.active():
+            return
+        self.unanswered += 1
+        self._call = self.clock.callLater(stopped.retryDelay(self.unanswered), self._renew, stopped)
+
+    def answered(self) -> None:
+        self.unanswered = 0
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+    def _renew(self, stopped: PoolFactory) -> None:
+        if stopped is not self.current():
+            return
+        self.connect()
+        stopped.disconnect().addErrback(lambda f: log.failure("Closing a stopped {what} failed", f, what=self.what))
 
 
 class RedisMetrics:
@@ -159,9 +200,8 @@ class RedisConnection(Service):
         self.server_version: str | None = None
         self.metrics = RedisMetrics(self)
         self._factory: PoolFactory | None = None
-        # A fresh pool due after unanswered logins (`_gave_up`), and how many in a row so far.
-        self._renewal: IDelayedCall | None = None
-        self._unanswered = 0
+        # A fresh pool after unanswered logins (`_gave_up`).
+        self._renewal = Renewal(reactor, lambda: self._factory if self.running else None, self._connect, "Redis pool")
         self._waiting: list[Deferred[bool]] = []
         # Commands sent and not yet answered (stopping waits for them).
         self._outstanding = 0
@@ -177,9 +217,9 @@ class RedisConnection(Service):
     def _connect(self) -> None:
         """Start a pool of connections (another one after unanswered logins: `_gave_up`)."""
         self._factory = PoolFactory(
+            self._gave_up,
             self._up,
             self._lost,
-            self._gave_up,
             dbid=self.config.db,
             poolsize=self.pool_size,
             isLazy=True,
@@ -196,8 +236,7 @@ class RedisConnection(Service):
         services stopped before this one sent in their last turns (a cancelled task's final
         status), within ``--redis-timeout``."""
         super().stopService()
-        if self._renewal is not None and self._renewal.active():
-            self._renewal.cancel()
+        self._renewal.cancel()
         done: Deferred[Any] = Deferred()
         deadline = time.monotonic() + self.config.timeout
 
@@ -345,7 +384,7 @@ class RedisConnection(Service):
         return f"{why}; mcpd reconnects by itself, try again in a few seconds (is redis-server running?)"
 
     def _up(self) -> None:
-        self._unanswered = 0
+        self._renewal.answered()
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             _fire(d, True)
@@ -377,18 +416,7 @@ class RedisConnection(Service):
         self._down(
             f"Redis at {self.config.shown_url} did not complete mcpd's login ({why.removeprefix('Redis error: ')})"
         )
-        if self._renewal is not None and self._renewal.active():
-            return
-        delay = factory.retryDelay(self._unanswered + 1)
-        self._unanswered += 1
-        self._renewal = self.reactor.callLater(delay, self._renew, factory)
-
-    def _renew(self, stopped: PoolFactory) -> None:
-        """Replace a pool txredisapi stopped reconnecting by a fresh one."""
-        if stopped is not self._factory or not self.running:
-            return
-        self._connect()
-        stopped.disconnect().addErrback(lambda failure: log.failure("Closing a stopped Redis pool failed", failure))
+        self._renewal.after(factory)
 
     def _refused(self, why: str) -> None:
         """txredisapi gave up: the password or the database number was refused."""
