@@ -1184,6 +1184,13 @@ class GetStreamTakeoverTests(RedisPartsCase):
         # An older mark arriving last changes nothing.
         yield self.connection.eval(_DELIVERED, [mark], [last - 5, 60_000])
         self.assertEqual(int((yield self.connection.execute("GET", mark))), last)
+        # The reader's own marks move it forward only: ahead of the events it delivers next, it
+        # stays (the first half passes with a plain SET whenever the pool keeps the order).
+        yield self.connection.execute("SET", mark, last + 1000)
+        more = yield gatherResults([b.journal.append(session.id, STANDALONE, b'{"m":%d}' % n) for n in range(5)])
+        yield wait_for(lambda: b"id: g.%d\n" % more[-1] in b"".join(received))
+        yield sleep(0.3)  # the marks of those events have reached Redis
+        self.assertEqual(int((yield self.connection.execute("GET", mark))), last + 1000)
         session.close()
         yield done
 
