@@ -261,6 +261,7 @@ class RequestContext:
         stores: Mapping[Any, Any] | None = None,
         link: CallLink | None = None,
     ) -> None:
+        # ToolContext.__init__ repeats these four lines (one made per tool call): keep both.
         self.request_id = request_id
         self.caller = caller
         self._stores = stores if stores is not None else {}
@@ -479,6 +480,7 @@ class ToolContext(RequestContext):
 
 
 def _text_block(tool: Tool, value: Any) -> dict[str, Any]:
+    # call_result builds an exact str's block itself (every text answer): keep both alike.
     return {"type": "text", "text": value if isinstance(value, str) else _json_text(tool, value)}
 
 
