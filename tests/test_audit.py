@@ -365,6 +365,35 @@ class AuditWriterTests(TestCase):
         self.assertEqual(len(page), 1)
 
     @inlineCallbacks
+    def test_a_flush_leaves_what_comes_meanwhile_to_the_next(self) -> Any:
+        """A flush writes what was queued when it began; records queued while it writes wait
+        for the next one (chasing them made a busy daemon commit a train of small batches)."""
+        writer = self.writer(retention_days=0, batch=2)
+        for n in range(3):
+            writer.add(record(n))
+        flushing = writer.flush()
+        for n in range(3, 5):
+            writer.add(record(n))
+        yield flushing
+        self.assertEqual((writer.written, [item["request_id"] for item in writer.queue]), (3, [3, 4]))
+        yield writer.flush()
+        self.assertEqual((writer.written, len(writer.queue)), (5, 0))
+
+    @inlineCallbacks
+    def test_shutdown_drains_after_a_running_flush(self) -> Any:
+        """Shutdown during a flush waits for it, then writes everything, what came meanwhile too."""
+        writer = self.writer(retention_days=0, batch=2)
+        for n in range(3):
+            writer.add(record(n))
+        writer.flush()
+        for n in range(3, 7):
+            writer.add(record(n))
+        yield writer.stopService()
+        self.assertEqual((writer.written, len(writer.queue)), (7, 0))
+        page, _ = yield self.log.search(A, {}, 10, None)
+        self.assertEqual([r["request_id"] for r in page], [6, 5, 4, 3, 2, 1, 0])
+
+    @inlineCallbacks
     def test_prunes_past_the_retention(self) -> Any:
         now = time.time()
         old = [record(n, when=now - 40 * 86400 + n) for n in range(5)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import math
 import time
 from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring
@@ -256,8 +257,8 @@ def fields(item: Any) -> tuple[Any, ...]:
 class AuditWriter(Service):
     """Persists the audit trail to an `IAuditLog`, off the hot path.
 
-    `add` only appends to a queue; every ``interval`` seconds the queue is written in batches of
-    ``batch`` (one transaction each, the rows made in the store's thread). While the database is
+    `add` only appends to a queue; every ``interval`` seconds what is queued is written in
+    batches of ``batch`` (one transaction each, the rows made in the store's thread). While the database is
     unavailable the records stay queued and are written when it returns; past ``backlog`` queued
     records the oldest are dropped, counted and logged, never silently. Every ``prune_interval``
     seconds records older than ``retention_days`` are deleted (0: kept forever). On shutdown the
@@ -270,7 +271,7 @@ class AuditWriter(Service):
         clock: IReactorTime,
         *,
         retention_days: int,
-        interval: float = 1.0,
+        interval: float = 0.25,
         batch: int = 2000,
         backlog: int = 100_000,
         prune_interval: float = 3600.0,
@@ -314,7 +315,7 @@ class AuditWriter(Service):
 
     def startService(self) -> None:
         super().startService()
-        loops = [(self.flush, self.interval, False)]
+        loops: list[tuple[Callable[[], Deferred[Any]], float, bool]] = [(self.flush, self.interval, False)]
         if self.retention_days > 0:
             loops.append((self.prune, self.prune_interval, True))
         for work, interval, now in loops:
@@ -329,7 +330,7 @@ class AuditWriter(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        d = self.flush()
+        d = self.flush(drain=True)
 
         def report(_: Any) -> None:
             if self.queue:
@@ -342,23 +343,35 @@ class AuditWriter(Service):
 
     # -- work -----------------------------------------------------------------------------------
 
-    def flush(self) -> Deferred[None]:
+    def flush(self, drain: bool = False) -> Deferred[None]:
         """Write what is queued, a batch at a time; fires when done (or held back by an
-        outage). One flush runs at a time."""
+        outage). One flush runs at a time.
+
+        Records queued while the flush writes wait for the next one, unless ``drain`` (at
+        shutdown): chasing them made a busy daemon commit a train of ever smaller batches
+        after every large one (~50 transactions a second at 7,000 calls/s), which doubled
+        the writer thread's CPU per record."""
         if self._flushing is not None:
-            return self._flushing
+            if not drain:
+                return self._flushing
+            drained: Deferred[None] = Deferred()
+            self._flushing.addBoth(lambda _: self.flush(drain=True).chainDeferred(drained))
+            return drained
         done: Deferred[None] = Deferred()
         self._flushing = done
+        # Records this flush takes from the queue, at most (re-queued ones are not counted twice).
+        left = [math.inf if drain else len(self.queue)]
 
         def finish(_: Any = None) -> None:
             self._flushing = None
             done.callback(None)
 
         def next_batch(_: Any = None) -> None:
-            if not self.queue:
+            if not self.queue or left[0] <= 0:
                 finish()
                 return
-            count = min(self.batch, len(self.queue))
+            count = int(min(self.batch, len(self.queue), left[0]))
+            left[0] -= count
             items = [self.queue.popleft() for _ in range(count)]
             d = self.store.append(map(fields, items))
             d.addCallbacks(written, failed, errbackArgs=(items,))
