@@ -419,6 +419,10 @@ class GuardedRequest(MCPRequest):
     _received = 0
 
     def gotLength(self, length: int | None) -> None:
+        # Slots read with a default (`decide_route`, `caller_of`) hold None until decided: an
+        # unset slot read so costs a formatted AttributeError each time.
+        self.mcpd_route = None
+        self._mcpd_identity = None
         given = self.requestHeaders._rawHeaders.get(X_REQUEST_ID)
         if given and _REQUEST_ID.match(given[-1].decode("latin-1")):
             self.x_request_id = given[-1].decode("latin-1")
