@@ -203,13 +203,13 @@ class Gate:
         if admin and (self.public_metrics or is_loopback_client(client)):
             return self._hold_connection(request, f"ip:{client}", client, None)
         name, scopes, tenant = "anonymous", frozenset[str](), DEFAULT_TENANT
-        if self.keys:
+        keyed = bool(self.keys)
+        if keyed:
             key, refusal = self._authenticate(request, query)
             if refusal is not None:
                 return self._audited(request, refusal, "auth_failure", client, None, refusal.body["error"])  # type: ignore[index]
             assert key is not None
             name, scopes, tenant = key.name, key.scopes, key.tenant
-        keyed = bool(self.keys)
         if admin and ADMIN not in scopes:
             why = "this page needs an admin-scoped API key beyond loopback (or the server's --public-metrics)"
             return self._audited(

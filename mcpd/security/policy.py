@@ -50,6 +50,12 @@ def _host_of(authority: str) -> str:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
+@functools.lru_cache(maxsize=1024)
+def _loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header's value names this machine (one look-up per request)."""
+    return is_loopback(_host_of(host))
+
+
 # mcpd's own attribute on Twisted's HTTPChannel: whether it was accepted on a loopback address.
 _LOOPBACK = "_mcpd_loopback"
 
@@ -80,7 +86,7 @@ def origin_problem(request: Request, allowed_origins: frozenset[str], origin: st
         origin = header_text(request, ORIGIN)
     local = _arrived_on_loopback(request)
     host = header_text(request, HOST) or ""
-    if local and host and not is_loopback(_host_of(host)):
+    if local and host and not _loopback_host(host):
         return f"Host {host!r} is not a name of this loopback server"
     if origin is not None and not origin_allowed(origin, host, local, allowed_origins):
         return f"Origin {origin!r} is not allowed"

@@ -58,6 +58,7 @@ log = Logger(namespace="mcpd.http")
 
 _JSON = b"application/json"
 _SESSION_HEADER = "mcp-session-id"
+MCP_SESSION_ID = canonical(b"mcp-session-id")
 # Versions whose streams are primed with an empty event (2025-11-25 transports §Sending Messages).
 _PRIMED_VERSIONS = frozenset({"2025-11-25"})
 # 2025-11-25 basic/transports §Multiple Connections: every message goes on one stream only.
@@ -206,7 +207,7 @@ class StreamableHTTP(NoHead, Resource):
     def _post_legacy(
         self, request: Request, body: bytes, accepts_sse: bool, version: str | None, caller: Caller
     ) -> bytes | int:
-        session_id = request.getHeader(_SESSION_HEADER)
+        session_id = header_text(request, MCP_SESSION_ID)
         if session_id is None:
             message = _loads_or_none(body)
             if not (isinstance(message, dict) and message.get("method") == "initialize"):
@@ -288,7 +289,7 @@ class StreamableHTTP(NoHead, Resource):
         accept = request.getHeader("accept") or ""
         if "text/event-stream" not in accept:
             return json_error(request, 406, "Not Acceptable: GET opens an SSE stream; send Accept: text/event-stream")
-        session_id = request.getHeader(_SESSION_HEADER)
+        session_id = header_text(request, MCP_SESSION_ID)
         if session_id is None:
             return json_error(request, 400, "Bad Request: GET needs the Mcp-Session-Id header from initialize")
         return self._with_session(request, session_id, lambda session: self._get_session(request, session))
@@ -359,7 +360,7 @@ class StreamableHTTP(NoHead, Resource):
     def render_DELETE(self, request: Request) -> bytes | int:
         if self._modern_header(request):
             return _method_not_allowed(request)
-        session_id = request.getHeader(_SESSION_HEADER)
+        session_id = header_text(request, MCP_SESSION_ID)
         if session_id is None:
             return json_error(request, 400, "Bad Request: DELETE needs the Mcp-Session-Id header")
         return self._with_session(request, session_id, lambda session: self._delete_session(request, session))
