@@ -13,6 +13,7 @@ that closing with unread input (a TCP reset) cannot destroy the answer before it
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -30,6 +31,7 @@ from zope.interface import implementer
 # request line parser, the header name canonicaliser (and its cache), the body decoders, the
 # Headers table (`Headers._rawHeaders`) and `HTTPChannel.__first_line` (name-mangled).
 from twisted.web.http import _ChunkedTransferDecoder, _IdentityTransferDecoder, _parseRequestLine  # isort: skip
+from twisted.web.http import _QUEUED_SENTINEL  # isort: skip
 from twisted.web.http_headers import InvalidHeaderName, _nameEncoder  # isort: skip
 
 from mcpd.interfaces import IClosingChannel
@@ -162,7 +164,7 @@ class MCPChannel(HTTPChannel):
         except ValueError:
             return False
         canonical = _nameEncoder._canonicalHeaderCache
-        headers: list[tuple[bytes, bytes]] = []
+        table: dict[bytes, list[bytes]] = {}  # the request's `Headers._rawHeaders` to be
         length: int | None = 0
         decoder: Any = None
         for header in lines:
@@ -188,23 +190,20 @@ class MCPChannel(HTTPChannel):
                     length, decoder = None, _ChunkedTransferDecoder
                 elif coding != b"identity":
                     return False
-            headers.append((known, value))
+            values = table.get(known)
+            if values is None:
+                table[known] = [value]
+            else:
+                values.append(value)
         # The head is good: the state twisted.web's parser leaves at its end.
         factory = self.requestFactory
-        queued = not INonQueuedRequestFactory.providedBy(factory)
-        request = factory(self, len(self.requests)) if queued else factory(self)
+        request = factory(self, len(self.requests)) if _queued(factory) else factory(self)
         self.requests.append(request)
         self._HTTPChannel__first_line = 0
         self._command, self._path, self._version = command, target, version
         self._receivedHeaderSize = size
         self._receivedHeaderCount = len(lines)
-        table = request.requestHeaders._rawHeaders
-        for name, value in headers:
-            values = table.get(name)
-            if values is None:
-                table[name] = [value]
-            else:
-                values.append(value)
+        request.requestHeaders._rawHeaders = table  # (a new request's is empty)
         if decoder is not None:
             self.length = length
             if decoder is _IdentityTransferDecoder:
@@ -299,6 +298,14 @@ def _discard(data: bytes) -> None:
     pass
 
 
+@functools.lru_cache(maxsize=64)
+def _queued(factory: Any) -> bool:
+    """Whether twisted.web makes ``factory``'s requests with their place in the queue (26.10:
+    unless it provides `INonQueuedRequestFactory`). Asked once per factory: the interface
+    look-up on a class costs ~1 us, with every request."""
+    return not INonQueuedRequestFactory.providedBy(factory)
+
+
 class MCPRequest(server.Request):
     """twisted.web's Site request (26.10), doing less per request where it does the same.
 
@@ -306,6 +313,27 @@ class MCPRequest(server.Request):
     - Without form parsing (mcpd's Site: MCP bodies are JSON), the body is not measured and the
       ``Content-Type`` header not looked up.
     """
+
+    def __init__(self, channel: Any, queued: object = _QUEUED_SENTINEL, parsePOSTFormSubmission: Any = None) -> None:
+        """twisted.web's `server.Request.__init__`, `http.Request.__init__` and
+        `Componentized.__init__` (26.10) in one call, the two header tables made without
+        their constructor's call."""
+        self.notifications = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = headers = Headers.__new__(Headers)
+        headers._rawHeaders = {}
+        self.received_cookies = {}
+        self.responseHeaders = headers = Headers.__new__(Headers)
+        headers._rawHeaders = {}
+        self.cookies = []
+        self.transport = channel.transport
+        self.queued = False if queued is _QUEUED_SENTINEL else queued
+        self._parsePOSTFormSubmission = (
+            channel.site._parsePOSTFormSubmission if parsePOSTFormSubmission is None else parsePOSTFormSubmission
+        )
+        self._adapterCache = {}
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._parsePOSTFormSubmission:

@@ -128,9 +128,11 @@ class OutputGuard:
         self._sync_reading()
 
     def resume_reading(self) -> None:
-        """The protocol above is ready for more data."""
+        """The protocol above is ready for more data (HTTPChannel: after every request, most
+        often while reading goes on: then nothing changes)."""
         self._protocol_paused = False
-        self._sync_reading()
+        if not self._reading or self.blocked or self.dropped:
+            self._sync_reading()
 
     def _sync_reading(self) -> None:
         # Only a change reaches the transport (HTTPChannel resumes after every request).
