@@ -230,6 +230,12 @@ class StreamableHTTP(NoHead, Resource):
             except LimitExceeded as e:
                 return self._reject(request, exchange, e.status, _id_of(message), e, message)
             return self._serve(request, exchange, body, accepts_sse, modern=False, new_session=new_session)
+        if self.sessions.cluster is None:
+            # One process: `_with_session` without its closure (a legacy call's common case).
+            checked = self._checked(request, self.sessions.get(session_id), caller)
+            if isinstance(checked, bytes):
+                return checked
+            return self._post_session(request, body, accepts_sse, version, caller, checked)
         return self._with_session(
             request,
             session_id,
