@@ -35,13 +35,11 @@ from twisted.web.http import _QUEUED_SENTINEL  # isort: skip
 from twisted.web.http_headers import InvalidHeaderName, _nameEncoder  # isort: skip
 
 from mcpd.interfaces import IClosingChannel
+from mcpd.security.head import CANONICAL_NAMES
 from mcpd.security.responses import raw_response
 
 # The most digits a Content-Length may have (10**18 bytes is past every body limit).
 _LENGTH_DIGITS = 18
-
-# Header names (bytes and str) as twisted.web canonicalises them, filled as it meets them.
-_canonical_names = _nameEncoder._canonicalHeaderCache
 
 # The first bytes of an obs-fold continuation line (RFC 9112 §5.2), as integers.
 _FOLD = (0x20, 0x09)
@@ -354,7 +352,7 @@ class MCPRequest(server.Request):
         """As twisted.web's (26.10), in one call for a bytes value without line ends under a
         name it has canonicalised before (twisted.web makes three more: the name's look-up,
         the table's setter and the line-end sanitiser, which leaves such a value as it is)."""
-        known = _canonical_names.get(name)
+        known = CANONICAL_NAMES.get(name)
         if known is not None and type(value) is bytes and value.find(b"\r") < 0 and value.find(b"\n") < 0:
             self.responseHeaders._rawHeaders[known] = [value]
             return

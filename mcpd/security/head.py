@@ -15,6 +15,9 @@ from mcpd.security.routes import split_target
 from twisted.web.http_headers import _nameEncoder  # isort: skip
 
 canonical = _nameEncoder.encode
+# Header names (bytes and str) in that form, as twisted.web has met them: ``canonical`` without
+# its call where it answers from this cache.
+CANONICAL_NAMES = _nameEncoder._canonicalHeaderCache
 HOST = canonical(b"host")
 ORIGIN = canonical(b"origin")
 ACCEPT = canonical(b"accept")

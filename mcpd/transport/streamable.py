@@ -41,7 +41,7 @@ from mcpd.protocol.ledger import Ledger
 from mcpd.protocol.session import Session, SessionStore
 from mcpd.protocol.versions import LEGACY_VERSIONS
 from mcpd.protocol.vocabulary import Exchange
-from mcpd.security.head import ACCEPT, CONTENT_TYPE, MCP_PROTOCOL_VERSION, canonical, header_text
+from mcpd.security.head import ACCEPT, CANONICAL_NAMES, CONTENT_TYPE, MCP_PROTOCOL_VERSION, canonical, header_text
 from mcpd.security.identity import caller_of
 from mcpd.security.responses import NoHead, json_error, limit_error
 from mcpd.tools.api import Caller
@@ -176,6 +176,13 @@ class StreamableHTTP(NoHead, Resource):
         # Several instances: streams are read from the shared journal (None: one process).
         self.journal = journal
         self._exchanges = itertools.count(1)
+
+    def render(self, request: Request) -> bytes | int:
+        # twisted.web's `Resource.render` finds ``render_POST`` by a name it builds for every
+        # request; a POST goes there directly.
+        if request.method == b"POST":
+            return self.render_POST(request)
+        return super().render(request)  # type: ignore[no-any-return]
 
     # -- POST -----------------------------------------------------------------------------------
 
@@ -621,9 +628,10 @@ class HeaderView(Mapping[str, str]):
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
         # By canonical name (twisted.web caches it by str name too), decoding only the value
-        # returned (`Headers.getRawHeaders` with a str name decodes every value).
-        value = header_text(self._request, canonical(name))
-        return default if value is None else value
+        # returned (`Headers.getRawHeaders` with a str name decodes every value): `header_text`
+        # and `canonical` written out (the engine asks for three headers of every call).
+        values = self._request.requestHeaders._rawHeaders.get(CANONICAL_NAMES.get(name) or canonical(name))
+        return values[-1].decode("utf-8") if values else default
 
     def __iter__(self) -> Iterator[str]:
         return (name.decode("latin-1").lower() for name, _ in self._request.requestHeaders.getAllRawHeaders())
