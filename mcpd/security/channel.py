@@ -122,6 +122,27 @@ class MCPChannel(HTTPChannel):
         else:
             self.resetTimeout()
 
+    def requestDone(self, request: Any) -> None:
+        # twisted.web's (26.10), comparing requests by identity (what `Request.__eq__` does, a
+        # Python call per request) and back in line mode without a call when nothing waits.
+        if request is not self.requests[0]:
+            raise TypeError
+        del self.requests[0]
+        if not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+        if not self.persistent:
+            self.loseConnection()
+            return
+        self._handlingRequest = False
+        if self._savedTimeOut:
+            self.setTimeout(self._savedTimeOut)
+        buffered = self._dataBuffer
+        if not buffered:
+            self.line_mode = 1
+            return
+        self._dataBuffer = []
+        self.setLineMode(b"".join(buffered))
+
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         """A response's status line and headers, as twisted.web writes them (from its
         `Headers`), in one write: twisted.web writes them as a sequence of some thirty pieces,
@@ -404,7 +425,9 @@ class MCPRequest(server.Request):
         table[b"Server"] = [server.version]
         table[b"Date"] = [http_date()]
         self.prepath = []
-        self.postpath = list(map(server.unquote, self.path[1:].split(b"/")))
+        segments = self.path[1:].split(b"/")
+        # `server.unquote` (urllib's unquote_to_bytes) returns a segment without "%" as it is.
+        self.postpath = segments if self.path.find(b"%") < 0 else list(map(server.unquote, segments))
         if self.path == b"*":
             self._handleStar()
             return
