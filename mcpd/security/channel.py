@@ -124,7 +124,7 @@ class MCPChannel(HTTPChannel):
 
     def requestDone(self, request: Any) -> None:
         # twisted.web's (26.10), comparing requests by identity (what `Request.__eq__` does, a
-        # Python call per request) and back in line mode without a call when nothing waits.
+        # Python call per request) and back in line mode without a call when nothing followed.
         if request is not self.requests[0]:
             raise TypeError
         del self.requests[0]
@@ -136,12 +136,12 @@ class MCPChannel(HTTPChannel):
         self._handlingRequest = False
         if self._savedTimeOut:
             self.setTimeout(self._savedTimeOut)
-        buffered = self._dataBuffer
-        if not buffered:
-            self.line_mode = 1
-            return
+        data = b"".join(self._dataBuffer)  # (what followed the request: most often b"")
         self._dataBuffer = []
-        self.setLineMode(b"".join(buffered))
+        if data:
+            self.setLineMode(data)
+        else:
+            self.line_mode = 1
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         """A response's status line and headers, as twisted.web writes them (from its
