@@ -57,7 +57,8 @@ _HEAD_LIMIT = 16 * 1024
 # The transport's attributes a `GuardedConnection` hands on by name (ProtocolWrapper handed on
 # any it lacked): what Twisted's HTTP channel, mcpd's channel and transports, TLS and the tests
 # reach through it. Each is looked up on the transport as it is asked for, so a transport that
-# lacks one (``loseWriteConnection`` under TLS) still answers AttributeError.
+# lacks one (``loseWriteConnection`` under TLS) still answers AttributeError. (``__conform__``,
+# also asked for, is not: no Twisted transport defines one, so adapting ends as it did.)
 _FORWARDED = (
     "abortConnection",
     "loseWriteConnection",
