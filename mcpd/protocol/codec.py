@@ -92,7 +92,9 @@ def _quick(text: str, raw: bytes, shape: bytes) -> Any:
     Duplicates by counting: every member is written back with one colon and its strings with
     the colons they hold (no escapes change that here), so the text has more colons than the
     value written back exactly when a member was overwritten."""
-    if "\\u" in text or _LONG_NUMBER in shape:
+    # find, not ``in``: CPython 3.11 tries a bytes operand of ``in`` as an integer first, and
+    # makes and formats the TypeError of that failure (~200 ns) before it searches.
+    if "\\u" in text or shape.find(_LONG_NUMBER) >= 0:
         return _UNREAD
     try:
         value = orjson.loads(raw)
