@@ -513,9 +513,20 @@ def raw_sql(statement: Any, dialect: Any) -> tuple[str, dict[str, Any]]:
     return found[0], found[1]
 
 
+_NULL: Callable[[None], None] = {}.get
+
+
 def build_engine(config: DatabaseConfig) -> Engine:
     """A SQLAlchemy engine set up for mcpd (see the module docstring)."""
     if config.backend == "sqlite":
+        import sqlite3
+
+        # The driver binds an exact str, int or float directly and runs anything else, None
+        # included, through its adapter registry: a None with no adapter costs a failed
+        # ``__adapt__`` lookup whose AttributeError message is formatted and thrown away (~3k
+        # instructions; an audit row binds two or three). An adapter that gives None back
+        # (``{}.get``: None, in C) binds the same NULL for a tenth of that.
+        sqlite3.register_adapter(type(None), _NULL)
         engine = create_engine(
             config.url,
             pool_size=config.pool_size,
