@@ -8,6 +8,7 @@ import datetime
 import io
 import json
 import time
+import weakref
 from types import SimpleNamespace
 from typing import Any
 
@@ -77,6 +78,24 @@ class AuditTrailTests(SynchronousTestCase):
                 "request_id": 7,
                 "x_request_id": None,
             },
+        )
+
+    def test_a_tool_calls_record_keeps_neither_the_call_nor_its_caller(self) -> None:
+        """A tool call's record, in the trail and on its way to the writer, holds plain values:
+        the call and its caller die with the request. Kept until written, they filled the
+        collector's young generation (issue 15's p99)."""
+        queued: list[Any] = []
+        trail = AuditTrail(clock=lambda: 1000.0, emit=False, persist=queued.append)
+        call = _call("tools/call", "ok", "notes.get")
+        shown = call_entry(1000.0, call)
+        gone = weakref.ref(call.caller)
+        trail.observe(call)
+        del call
+        self.assertIsNone(gone())
+        self.assertEqual(list(trail), [shown])
+        self.assertEqual(
+            [fields(record) for record in queued],
+            [("default", 1000.0, "alice", "10.0.0.5", "http", "tools/call", "notes.get", "ok", 0.25, 7, None, None)],
         )
 
     def test_json_lines_in_the_log(self) -> None:
