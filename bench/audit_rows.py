@@ -4,7 +4,7 @@ SQL store's ``audit_records`` (SQLite in a temporary directory, or ``--db-url``)
 Queues ``--rows`` records like the ones a tools/call leaves (a ``(time, CallRecord)`` pair, its
 caller per request), flushes them ``--batch`` at a time as the daemon's writer does, and prints
 the CPU seconds per row (every thread), the collections of the garbage collector by generation
-and the rows stored. Under callgrind the writer thread's own figure is exact and load-independent
+(and their CPU time) and the rows stored. Under callgrind the writer thread's own figure is exact and load-independent
 (`--separate-threads`; the thread named ``mcpd-db-writer`` does nothing else)::
 
     .venv/bin/python bench/audit_rows.py --rows 20000
@@ -47,12 +47,18 @@ def run(reactor: Any, args: argparse.Namespace) -> Any:
     writer = AuditWriter(SQLAuditLog(database), reactor, retention_days=0, batch=args.batch)
     trail = AuditTrail(emit=False, persist=writer.add)
     collections = [0, 0, 0]
+    paused = [0.0, 0.0]  # the collections' CPU time (of the collecting thread); when the last began
 
     def counted(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             collections[info["generation"]] += 1
+            paused[1] = time.thread_time()
+        else:
+            paused[0] += time.thread_time() - paused[1]
 
     yield task.deferLater(reactor, 0.2, lambda: None)  # the store's threads are up
+    gc.collect()
+    gc.freeze()  # as the daemon does once it serves (mcpd.services.HeapFreezeService)
     gc.callbacks.append(counted)
     started, cpu = time.monotonic(), cpu_seconds()
     done = 0
@@ -68,7 +74,8 @@ def run(reactor: Any, args: argparse.Namespace) -> Any:
     stored = yield database.run("count", lambda c: c.exec_driver_sql("SELECT COUNT(*) FROM audit_records").scalar())
     print(
         f"audit_rows: {args.rows} rows in batches of {args.batch}: {cpu / args.rows * 1e6:.2f} us CPU a row "
-        f"({wall:.2f} s wall); gc collections gen0/1/2 {collections[0]}/{collections[1]}/{collections[2]}; "
+        f"({wall:.2f} s wall); gc collections gen0/1/2 {collections[0]}/{collections[1]}/{collections[2]} "
+        f"({paused[0] * 1e3:.1f} ms); "
         f"stored {stored}, written {writer.written}, dropped {writer.dropped}",
         file=sys.stderr,
     )
