@@ -228,10 +228,11 @@ class AuditTrail:
         when = self.clock()
         name = caller.name
         # Kept (here and in the writer's queue) as plain values, not as the call and its
-        # caller: those die with the request, and a tuple of atoms leaves the collector's
-        # lists at its first collection. Every call made three objects the young generation
-        # held until the writer had written them: ~8 collections a second, of thousands of
-        # objects each, at 7,000 calls/s (issue 15's p99). The key as `key_of` gives it.
+        # caller: held until written, those kept the collector busy (a queue longer than the
+        # trail grew the young generation by three objects a call; at 7,000 calls/s a
+        # collection every 700/3 calls, issue 15's p99), where a tuple of atoms leaves the
+        # collector's lists at its first collection (bench/audit_rows.py: 100 collections in
+        # 35,000 calls, now 10). The key as `key_of` gives it.
         record = (
             caller.tenant,
             when,
