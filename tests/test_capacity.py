@@ -23,6 +23,7 @@ from twisted.web.server import Site
 from mcpd.protocol.ledger import CONNECTION, Ledger, Limit
 from mcpd.security.addresses import AddressList
 from mcpd.security.capacity import REFUSAL_GRACE, CapacityFactory
+from mcpd.security.channel import MCPChannel
 from mcpd.security.gate import Gate, guarded_request_factory
 from mcpd.security.ratelimit import RateLimit, RateLimiter
 from tests.gate_harness import KEYS, Recorder
@@ -30,6 +31,15 @@ from tests.http_harness import parse_response
 from tests.test_gate import LaterStore
 
 REQUEST = b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class _HalfClosing(StringTransport):
+    """A TCP-like transport that says when its write side is shut."""
+
+    half_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.half_closed = True
 
 
 class CapacityTestCase(SynchronousTestCase):
@@ -113,6 +123,20 @@ class CapTests(CapacityTestCase):
         protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
         self.assertEqual(parse_response(transport.value()).status, 403)
         self.assertEqual(len(self.recorder.callers), 1)
+
+    def test_a_refused_head_is_half_closed_at_once(self) -> None:
+        """A head refused as it is read (a bare CR in a value) is answered 400 and the write side
+        shut at once through the guard (`_FORWARDED`), so the client sees the answer end rather
+        than a reset after the linger."""
+        self.make()
+        self.factory.wrappedFactory.protocol = MCPChannel  # the daemon's (MCPSite's) channel
+        address = IPv4Address("TCP", "127.0.0.1", 40000)
+        transport = _HalfClosing(hostAddress=IPv4Address("TCP", "127.0.0.1", 8765), peerAddress=address)
+        protocol = self.factory.buildProtocol(address)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nX-A: a\rb\r\n\r\n")  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 400)
+        self.assertTrue(transport.half_closed)
 
     def test_alpn_forwarded(self) -> None:
         self.make()
