@@ -85,7 +85,7 @@ class ObserverTests(SynchronousTestCase):
         self.addCleanup(mcpd_logging.configure, "text", None, False)
         mcpd_logging.configure("json", path, True)
         observer = mcpd_logging.observer()
-        self.addCleanup(observer._outFile.close)
+        self.addCleanup(observer.stream.close)
         Logger(namespace="mcpd.test", observer=observer).info("hello")
         with open(path, encoding="utf-8") as f:
             self.assertEqual(json.loads(f.read())["message"], "hello")
