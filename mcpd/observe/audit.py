@@ -163,6 +163,8 @@ class CallFields(Fields):
     """A tool call's audit record as a logged field (`Fields`): its JSON text made by
     `call_text` for a text log, its dict made only for a JSON log, which spreads its fields."""
 
+    __slots__ = ("when", "call", "_fields")
+
     def __init__(self, when: float, call: CallRecord) -> None:
         self.when = when
         self.call = call

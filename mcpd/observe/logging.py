@@ -38,6 +38,8 @@ class Fields(Mapping[str, Any]):
 
     The JSON text is made only if a text observer asks for it."""
 
+    __slots__ = ("fields",)
+
     def __init__(self, fields: Mapping[str, Any]) -> None:
         self.fields = fields
 
@@ -239,14 +241,12 @@ def _plain_fields(fmt: str) -> bool:
 def emit(logger: Logger, level: LogLevel, fmt: str, **fields: Any) -> None:
     """`Logger.emit`'s event, sent to the same observer, without checking that ``level`` is one
     (twisted.logger sorts the levels to check it, with every event): for lines logged per call."""
-    fields.update(
-        log_logger=logger,
-        log_level=level,
-        log_namespace=logger.namespace,
-        log_source=logger.source,
-        log_format=fmt,
-        log_time=time.time(),
-    )
+    fields["log_logger"] = logger  # item by item: an update(**) makes another dict first
+    fields["log_level"] = level
+    fields["log_namespace"] = logger.namespace
+    fields["log_source"] = logger.source
+    fields["log_format"] = fmt
+    fields["log_time"] = time.time()
     logger.observer(fields)
 
 
