@@ -152,16 +152,19 @@ class LineObserver:
             if not self._triggered:
                 self._triggered = True
                 reactor.addSystemEventTrigger("after", "shutdown", self.flush)
-            reactor.callLater(self.delay, self.flush)
+            reactor.callLater(self.delay, self._flush_due)
         else:
-            reactor.callFromThread(reactor.callLater, self.delay, self.flush)
+            reactor.callFromThread(reactor.callLater, self.delay, self._flush_due)
+
+    def _flush_due(self) -> None:
+        # Cleared before the lines are taken: a line added after this is either taken by this
+        # flush or sees none due and schedules one.
+        self._due = False
+        self.flush()
 
     def flush(self, now: float | None = None) -> None:
         """Write every line that waits, in one write (``now``: the time, if known)."""
         with self._lock:
-            # Cleared before the lines are taken: a line added after this is either taken
-            # here or sees no flush due and schedules one.
-            self._due = False
             lines = self._lines
             count = len(lines)
             if not count:
