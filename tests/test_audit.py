@@ -150,7 +150,7 @@ class AuditTrailTests(SynchronousTestCase):
             '"tenant":"default","key":null,"peer":"::1","transport":"http","method":"tools/call","tool":null,'
             '"outcome":"denied","duration":1e-05,"request_id":"r-1","x_request_id":null',
         ]
-        for (when, call, fraction), text, fields in zip(cases, texts, spread, strict=True):
+        for (when, call, fraction), text, spread_fields in zip(cases, texts, spread, strict=True):
             del self.logged[:]
             AuditTrail(clock=lambda when=when: when).observe(call)
             (event,) = [event for event in self.logged if event.get("log_namespace") == "mcpd.audit"]
@@ -166,7 +166,7 @@ class AuditTrailTests(SynchronousTestCase):
             when_json = text.split(",", 1)[0]
             self.assertEqual(
                 lines["json"],
-                f'{{{when_json},"level":"info","namespace":"mcpd.audit","message":"audit {{{escaped}}}",{fields}}}\n',
+                f'{{{when_json},"level":"info","namespace":"mcpd.audit","message":"audit {{{escaped}}}",{spread_fields}}}\n',
             )
 
     def test_call_text_is_the_records_json(self) -> None:

@@ -101,7 +101,7 @@ def call_text(when: float, call: CallRecord) -> str:
     path. The fields from tenant to outcome repeat from call to call (one client, one tool):
     their text is kept (`_middle`)."""
     caller = call.caller
-    name = caller.name
+    name: str | None = caller.name
     if name == "anonymous" and not caller.scopes:
         name = None  # `key_of`
     request_id = call.request_id

@@ -20,9 +20,18 @@ import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
-from twisted.logger import FileLogObserver, Logger, LogLevel, formatEvent, formatEventAsClassicLogText, formatTime
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+)
 from twisted.python import threadable
 from twisted.python.compat import ioType
+from zope.interface import implementer
 
 from mcpd.protocol.codec import dumps
 
@@ -96,6 +105,7 @@ def file_observer(stream: IO[str], log_format: str = "text") -> FileLogObserver:
 _INFO, _DEBUG = LogLevel.info, LogLevel.debug
 
 
+@implementer(ILogObserver)
 class LineObserver:
     """The daemon's log observer: ``log_format`` lines written to ``stream``, several in one
     write when they come close together.
