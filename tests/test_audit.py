@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatTime, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -119,6 +119,55 @@ class AuditTrailTests(SynchronousTestCase):
         self.assertEqual(json.loads(text.getvalue().split(" audit ", 1)[1]), record)
         line = json.loads(lines.getvalue())
         self.assertEqual({name: line[name] for name in record}, record)
+
+    def test_tool_call_lines_byte_for_byte(self) -> None:
+        """A keyed tool call's audit line and a key-less refusal's, exactly as both log formats
+        write them (what log shippers parse: a faster path must not change a byte)."""
+        keyed = Caller(
+            name="key-86be9a55",
+            scopes=frozenset({"tools"}),
+            peer="127.0.0.1",
+            transport="http",
+            x_request_id="b431b5-1",
+            tenant="acme",
+        )
+        keyless = Caller(peer="::1", transport="http")
+        cases = [
+            (1796046192.850275, CallRecord(7, "tools/call", "echo", keyed, "2026-07-28", "ok", 0.0001234), 0.8503),
+            (1796046193.0000005, CallRecord("r-1", "tools/call", None, keyless, "2026-07-28", "denied", 1e-05), 0.25),
+        ]
+        texts = [
+            '"time":1796046192.850275,"tenant":"acme","key":"key-86be9a55","peer":"127.0.0.1","transport":"http",'
+            '"method":"tools/call","tool":"echo","outcome":"ok","duration":0.000123,"request_id":7,'
+            '"x_request_id":"b431b5-1"',
+            '"time":1796046193.0,"tenant":"default","key":null,"peer":"::1","transport":"http",'
+            '"method":"tools/call","tool":null,"outcome":"denied","duration":0.00001,"request_id":"r-1",'
+            '"x_request_id":null',
+        ]
+        spread = [
+            '"tenant":"acme","key":"key-86be9a55","peer":"127.0.0.1","transport":"http","method":"tools/call",'
+            '"tool":"echo","outcome":"ok","duration":0.000123,"request_id":7,"x_request_id":"b431b5-1"',
+            '"tenant":"default","key":null,"peer":"::1","transport":"http","method":"tools/call","tool":null,'
+            '"outcome":"denied","duration":1e-05,"request_id":"r-1","x_request_id":null',
+        ]
+        for (when, call, fraction), text, spread_fields in zip(cases, texts, spread, strict=True):
+            del self.logged[:]
+            AuditTrail(clock=lambda when=when: when).observe(call)
+            (event,) = [event for event in self.logged if event.get("log_namespace") == "mcpd.audit"]
+            event["log_time"] = int(when) + fraction
+            lines = {}
+            for log_format in ("text", "json"):
+                stream = io.StringIO()
+                file_observer(stream, log_format)(dict(event))
+                lines[log_format] = stream.getvalue()
+            stamp = formatTime(event["log_time"])
+            self.assertEqual(lines["text"], f"{stamp} [mcpd.audit#info] audit {{{text}}}\n")
+            escaped = text.replace('"', '\\"')
+            when_json = text.split(",", 1)[0]
+            self.assertEqual(
+                lines["json"],
+                f'{{{when_json},"level":"info","namespace":"mcpd.audit","message":"audit {{{escaped}}}",{spread_fields}}}\n',
+            )
 
     def test_call_text_is_the_records_json(self) -> None:
         """Whatever a record holds (no key, a key with scopes, any request id, non-ASCII text,

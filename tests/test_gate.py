@@ -79,6 +79,30 @@ class KeyTests(GateTestCase):
             ],
         )
 
+    def test_identity_follows_the_key_address_and_reload(self) -> None:
+        """Identities are kept between requests (`Gate._identity`), never across what makes them:
+        another address, or a reload that gives a key name other scopes or another tenant."""
+        self.make(keys=KEYS, insecure_no_auth=True)
+        key = {"X-API-Key": "alice-key"}
+        for peer in ("10.0.0.5", "10.0.0.5", "10.0.0.6"):
+            self.assertEqual(self.fetch(key, peer=peer).status, 200)
+        self.gate.keys = KeyRing([APIKey.from_secret("alice-key", "alice", ["write"], tenant="acme")])
+        self.assertEqual(self.fetch(key, peer="10.0.0.5").status, 200)
+        self.gate.keys = KeyRing()  # no keys: the address is the account
+        self.assertEqual(self.fetch(peer="10.0.0.5").status, 200)
+        seen = [(c.name, c.scopes, c.peer, c.account, c.tenant) for c in self.recorder.callers]
+        read, write = frozenset({"read"}), frozenset({"write"})
+        self.assertEqual(
+            seen,
+            [
+                ("alice", read, "10.0.0.5", "key:alice", "default"),
+                ("alice", read, "10.0.0.5", "key:alice", "default"),
+                ("alice", read, "10.0.0.6", "key:alice", "default"),
+                ("alice", write, "10.0.0.5", "key:alice", "acme"),
+                ("anonymous", frozenset(), "10.0.0.5", "ip:10.0.0.5", "default"),
+            ],
+        )
+
     def test_key_in_query_refused(self) -> None:
         for method, path in (
             ("POST", "/mcp?api_key=root-key"),

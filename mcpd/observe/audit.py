@@ -98,30 +98,58 @@ def call_text(when: float, call: CallRecord) -> str:
     logs one with every tool call (issue 15). The same JSON `dumps` makes (the numbers in fixed
     notation: ``0.00001``, where `dumps` writes ``1e-05``); values of types a record does not
     usually hold, and non-ASCII text (for `dumps` to check for lone surrogates), take `dumps`'s
-    path."""
+    path. The fields from tenant to outcome repeat from call to call (one client, one tool):
+    their text is kept (`_middle`)."""
     caller = call.caller
-    name = key_of(caller)
+    name: str | None = caller.name
+    if name == "anonymous" and not caller.scopes:
+        name = None  # `key_of`
     request_id = call.request_id
     duration = call.duration
     x_request_id = caller.x_request_id
-    tool = call.tool
     kind = type(request_id)
     # Finite numbers only (NaN fails every comparison); anything but a number raises TypeError.
     try:
         if not (-1e15 < when < 1e15 and -1e15 < duration < 1e15):
             return dumps(call_entry(when, call))
+        group = (caller.tenant, name, caller.peer, caller.transport, call.method, call.tool, call.outcome)
+        middle = _middles.get(group)
+        if middle is None:
+            middle = _middle(group)
+            if middle is None:
+                return dumps(call_entry(when, call))
         text = (
-            f'{{"time":{_fixed6(when)},"tenant":{encode_basestring(caller.tenant)},"key":'
-            f"{'null' if name is None else encode_basestring(name)},"
-            f'"peer":{encode_basestring(caller.peer)},"transport":{encode_basestring(caller.transport)},'
-            f'"method":{encode_basestring(call.method)},"tool":{"null" if tool is None else encode_basestring(tool)},'
-            f'"outcome":{encode_basestring(call.outcome)},"duration":{_fixed6(duration)},"request_id":'
+            f'{{"time":{_fixed6(when)},{middle},"duration":{_fixed6(duration)},"request_id":'
             f"{encode_basestring(request_id) if kind is str else request_id if kind is int else dumps(request_id)},"
             f'"x_request_id":{"null" if x_request_id is None else encode_basestring(x_request_id)}}}'
         )
     except TypeError:  # a value that is not text where text was expected
         return dumps(call_entry(when, call))
     return text if text.isascii() else dumps(call_entry(when, call))
+
+
+# `call_text`'s middle fields by their values; emptied when it holds `_MIDDLES` (a middle is
+# made again for a few hundred instructions).
+_middles: dict[tuple[Any, ...], str] = {}
+_MIDDLES = 4096
+
+
+def _middle(group: tuple[Any, ...]) -> str | None:
+    """The JSON text of a record's fields from tenant to outcome, kept in `_middles`; None if
+    it is not ASCII (for `dumps` to write). Raises TypeError for a value that is not text."""
+    tenant, name, peer, transport, method, tool, outcome = group
+    middle = (
+        f'"tenant":{encode_basestring(tenant)},"key":{"null" if name is None else encode_basestring(name)},'
+        f'"peer":{encode_basestring(peer)},"transport":{encode_basestring(transport)},'
+        f'"method":{encode_basestring(method)},"tool":{"null" if tool is None else encode_basestring(tool)},'
+        f'"outcome":{encode_basestring(outcome)}'
+    )
+    if not middle.isascii():
+        return None
+    if len(_middles) >= _MIDDLES:
+        _middles.clear()
+    _middles[group] = middle
+    return middle
 
 
 def _fixed6(number: float) -> str:
@@ -134,6 +162,8 @@ def _fixed6(number: float) -> str:
 class CallFields(Fields):
     """A tool call's audit record as a logged field (`Fields`): its JSON text made by
     `call_text` for a text log, its dict made only for a JSON log, which spreads its fields."""
+
+    __slots__ = ("when", "call", "_fields")
 
     def __init__(self, when: float, call: CallRecord) -> None:
         self.when = when

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from mcpd.interfaces import IClosingChannel, IGuardedConnection, StoreUnavailable
 from mcpd.security.addresses import AddressList, forwarded_client, is_loopback_client, normal_form
 from mcpd.security.channel import MCPRequest
-from mcpd.security.head import ORIGIN, X_REQUEST_ID, head_problem, header_text
+from mcpd.security.head import AUTHORIZATION, ORIGIN, X_API_KEY, X_REQUEST_ID, head_problem, header_text
 from mcpd.security.identity import Identity, admit, identity_of
 from mcpd.security.keys import KeyRing
 from mcpd.security.policy import ORIGIN_CHECKED, origin_problem
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="mcpd.gate")
 
+# Identities kept (`Gate._identity`): emptied when full.
+_IDENTITIES = 4096
 # Refused requests with a body up to this size are read (and discarded) and answered on a
 # connection that stays open; larger ones are answered at once and the connection closed.
 READ_AND_ANSWER = 64 * 1024
@@ -118,6 +120,8 @@ class Gate:
         self.lifecycle = lifecycle
         # Refusals by outcome (auth_failure, rate_limited, …), for /metrics and /stats.
         self.refusals: collections.Counter[str] = collections.Counter()
+        # The identities admitted requests carry, by what they are made of (`_identity`).
+        self._identities: dict[tuple[bool, str, frozenset[str], str, str], Identity] = {}
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -215,11 +219,15 @@ class Gate:
             return self._audited(
                 request, forbidden(why), "forbidden", client, name if keyed else None, why, tenant=tenant
             )
-        # Whom limits count against: the key, or the address without keys (mcpd.protocol.ledger).
-        account = f"key:{name}" if keyed else f"ip:{client}"
         if keyed or client is not peer:
             # Without keys or proxies, `caller_of` finds the peer by itself.
-            admit(request, Identity(name, scopes, client, account, tenant))
+            identity = self._identities.get((keyed, name, scopes, client, tenant))
+            if identity is None:
+                identity = self._identity(keyed, name, scopes, client, tenant)
+            admit(request, identity)
+            account = identity.account
+        else:
+            account = f"ip:{client}"
         if self.limiter is not None and (keyed or not is_loopback_client(client)):
             wait = self.limiter.check(account)
             if isinstance(wait, Deferred):
@@ -229,6 +237,17 @@ class Gate:
                 return wait.addCallback(self._after_rate, request, account, client, name if keyed else None, line)
             return self._after_rate(wait, request, account, client, name if keyed else None)
         return self._hold_connection(request, account, client, name if keyed else None)
+
+    def _identity(self, keyed: bool, name: str, scopes: frozenset[str], client: str, tenant: str) -> Identity:
+        """A caller's `Identity`, kept for its next request (one per key and address is made:
+        a frozen attrs instance cost a keyed request 6k instructions)."""
+        # Whom limits count against: the key, or the address without keys (mcpd.protocol.ledger).
+        account = f"key:{name}" if keyed else f"ip:{client}"
+        identity = Identity(name, scopes, client, account, tenant)
+        if len(self._identities) >= _IDENTITIES:
+            self._identities.clear()
+        self._identities[keyed, name, scopes, client, tenant] = identity
+        return identity
 
     def _after_rate(
         self,
@@ -274,13 +293,14 @@ class Gate:
                 "invalid_request",
             )
         presented = None
-        authorization = request.getHeader("authorization")
+        # Single ASCII values (`head_problem` refused the request otherwise).
+        authorization = header_text(request, AUTHORIZATION)
         if authorization is not None:
             scheme, _, token = authorization.strip().partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 presented = token.strip()
         if presented is None:
-            presented = request.getHeader("x-api-key")
+            presented = header_text(request, X_API_KEY)
         if not presented:
             return None, _unauthorized("Unauthorized: this server needs an API key", None)
         key = self.keys.find(presented.strip())

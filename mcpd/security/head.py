@@ -23,6 +23,8 @@ ORIGIN = canonical(b"origin")
 ACCEPT = canonical(b"accept")
 CONTENT_TYPE = canonical(b"content-type")
 X_REQUEST_ID = canonical(b"x-request-id")
+AUTHORIZATION = canonical(b"authorization")
+X_API_KEY = canonical(b"x-api-key")
 MCP_PROTOCOL_VERSION = canonical(b"mcp-protocol-version")
 
 
