@@ -13,13 +13,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.protocols import portforward
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -1407,6 +1409,166 @@ class BusThroughOutagesTests(TestCase):
         self.server.restart()
         yield wait_for(lambda: self.bus.connected, timeout=20)
         yield self.hears_another_client(2)
+
+
+class SilentProxyServer(portforward.ProxyServer):
+    """One connection through `SilentProxy`: once cut off, what either side sends is dropped and
+    neither is closed, for good (a network path gone without a reset)."""
+
+    factory: SilentProxy
+    dead = False
+
+    def connectionMade(self) -> None:
+        self.dead = not self.factory.forwarding
+        self.factory.open.append(self)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.dead:
+            super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.open.remove(self)
+        if not self.dead:
+            super().connectionLost(reason)
+
+
+class SilentProxyClient(portforward.ProxyClient):
+    """The Redis side of a `SilentProxyServer`."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.peer.dead:
+            super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self.peer.dead:
+            super().connectionLost(reason)
+
+
+class SilentProxyClientFactory(portforward.ProxyClientFactory):
+    protocol = SilentProxyClient
+
+
+SilentProxyServer.clientProtocolFactory = SilentProxyClientFactory
+
+
+class SilentProxy(portforward.ProxyFactory):
+    """A TCP proxy on a loopback port (``address``) to the local port ``port``: `silence` cuts
+    off every connection open, or opened before `forward`; those opened after pass again."""
+
+    protocol = SilentProxyServer
+
+    def __init__(self, port: int) -> None:
+        super().__init__("127.0.0.1", port)
+        self.forwarding = True
+        self.open: list[SilentProxyServer] = []
+        self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")
+        self.address = self.listening.getHost().port
+
+    def silence(self) -> None:
+        self.forwarding = False
+        for connection in self.open:
+            connection.dead = True
+
+    def forward(self) -> None:
+        self.forwarding = True
+
+    def close(self) -> Deferred[None]:
+        for connection in list(self.open):
+            connection.transport.abortConnection()
+            if connection.peer is not None:
+                connection.peer.transport.abortConnection()
+        return self.listening.stopListening()
+
+
+class BusLivenessTests(TestCase):
+    """A bus that hears nothing for `ClusterBus.quiet` seconds sends PING, and drops its
+    subscriber when nothing comes within --redis-timeout; made again, it listens again. (It
+    used to wait for good: `connected` stayed True and the bus heard nothing more from the
+    other instances until mcpd restarted.)"""
+
+    timeout = 90
+    QUIET, TIMEOUT = 0.5, 1.0
+
+    def setUp(self) -> None:
+        self.warned: list[str] = []
+        self.listening: list[str] = []
+
+        def observe(event: Any) -> None:
+            if event.get("log_namespace") != "mcpd.cluster":
+                return
+            text = formatEvent(event) or ""
+            if event["log_level"] >= LogLevel.warn:
+                self.warned.append(text)
+            elif text.startswith("Cluster bus listening"):
+                self.listening.append(text)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    @inlineCallbacks
+    def bus_on(self, url: str, password: str | None = None) -> Any:
+        """A started bus (PING after `QUIET` s, --redis-timeout `TIMEOUT` s) on ``url``."""
+        config = redis_config(url, password=password, prefix=unique_prefix(), timeout=self.TIMEOUT)
+        connection = RedisConnection(config, reactor)
+        connection.startService()
+        self.addCleanup(lambda: connection.stopService() if connection.running else None)
+        bus = ClusterBus(connection, clock=reactor)
+        bus.quiet = self.QUIET
+        self.heard: list[dict[str, Any]] = []
+        bus.on("probe", self.heard.append)
+        yield bus.start(10.0)
+        self.addCleanup(bus.stop)
+        return bus
+
+    @inlineCallbacks
+    def hears(self, bus: ClusterBus, server: RedisServer, n: int) -> Any:
+        """A PUBLISH to every instance by another client (redis-cli) reaches the bus."""
+        message = json.dumps({"kind": "probe", "from": "elsewhere", "to": "all", "n": n})
+        server.cli("PUBLISH", bus.key("all"), message)
+        yield wait_for(lambda: any(m.get("n") == n for m in self.heard))
+
+    @inlineCallbacks
+    def outage(self, bus: ClusterBus, *, begin: Callable[[], Any], end: Callable[[], Any]) -> Any:
+        """``begin`` an outage: the bus stops listening within --redis-timeout + 2 x quiet (and
+        a margin for a loaded machine), and stays so through several attempts; ``end`` it: the
+        bus listens again, having said so once, and the outage once."""
+        begin()
+        started = time.monotonic()
+        yield wait_for(lambda: not bus.connected, timeout=self.TIMEOUT + 2 * self.QUIET + 4.0)
+        self.assertGreaterEqual(time.monotonic() - started, self.TIMEOUT * 0.9)  # PING unanswered so long
+        yield sleep(3 * (self.QUIET + self.TIMEOUT))  # attempts to listen again, unanswered
+        self.assertFalse(bus.connected)
+        end()
+        yield wait_for(lambda: bus.connected, timeout=20)
+        self.assertEqual(len(self.warned), 1, self.warned)
+        self.assertIn("did not answer the cluster bus' PING within 1s (--redis-timeout)", self.warned[0])
+        self.assertEqual(len(self.listening), 2, self.listening)  # at the start, and once back
+
+    @inlineCallbacks
+    def test_a_stalled_redis(self) -> Any:
+        """Redis stopped (SIGSTOP): the kernel still accepts connections, nothing answers."""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        bus = yield self.bus_on(server.url)
+        yield self.hears(bus, server, 0)
+        self.addCleanup(server.thaw)
+        yield self.outage(bus, begin=server.freeze, end=server.thaw)
+        yield self.hears(bus, server, 1)
+
+    @inlineCallbacks
+    def test_a_connection_dead_without_a_word(self) -> Any:
+        """The path to Redis gone without a reset (a proxy that stops forwarding), Redis itself
+        well: the logins of the attempts meanwhile go unanswered too. Once the proxy forwards
+        again, the bus listens through it."""
+        server = RedisServer(self.mktemp(), password=PASSWORD).start()
+        self.addCleanup(server.destroy)
+        proxy = SilentProxy(server.port)
+        self.addCleanup(proxy.close)
+        bus = yield self.bus_on(f"redis://127.0.0.1:{proxy.address}/0", password=PASSWORD)
+        yield self.hears(bus, server, 0)
+        yield self.outage(bus, begin=proxy.silence, end=proxy.forward)
+        yield self.hears(bus, server, 1)
 
 
 class SessionIndexTests(RedisPartsCase):
