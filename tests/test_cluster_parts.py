@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.test.requesthelper import DummyRequest
 
-from mcpd.cluster.bus import ClusterBus, ClusterUnavailable
+from mcpd.cluster.bus import QUIET, ClusterBus, ClusterUnavailable
 from mcpd.cluster.instances import REFRESH, TTL, InstanceRegistry, process_state
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
@@ -59,10 +59,10 @@ from mcpd.transport.legacy_sse import SSESession
 from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id, start_sse
 from mcpd.transport.streamable import HTTPSession
 from tests import conformance_pack
-from tests.daemon import DaemonTestMixin, start_daemon
+from tests.daemon import DaemonTestMixin, call_server_info, start_daemon
 from tests.engine_harness import Peer
 from tests.redis_service import PASSWORD, RedisServer, shared_redis, unique_prefix
-from tests.test_redis import answers_again, wait_for
+from tests.test_redis import _get_json, _until, answers_again, wait_for
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -1569,6 +1569,47 @@ class BusLivenessTests(TestCase):
         yield self.hears(bus, server, 0)
         yield self.outage(bus, begin=proxy.silence, end=proxy.forward)
         yield self.hears(bus, server, 1)
+
+
+class BusHealthTests(DaemonTestMixin, TestCase):
+    """A real daemon's /health has a required ``cluster_bus`` check: down while the bus does
+    not listen (Redis stalled: SIGSTOP), ok again once it does, without a restart."""
+
+    timeout = 120
+
+    def test_health_says_the_bus_is_deaf_while_redis_stalls(self) -> None:
+        redis = RedisServer(self.workdir / "redis").start()
+        self.addCleanup(redis.destroy)
+        args = ["--redis-url", redis.url, "--redis-timeout", "1", "--toolsets", "server"]
+        daemon = start_daemon(self.workdir, args, timeout=60.0)
+        self.addCleanup(daemon.stop)
+        port = daemon.port
+        assert port is not None
+
+        def bus() -> Any:
+            return _get_json(port, "/health")[1]["checks"]["cluster_bus"]
+
+        status, health = _get_json(port, "/health")
+        self.assertEqual((status, health["checks"]["cluster_bus"]["status"]), (200, "ok"), health)
+        self.assertIn("redis", {store["name"] for store in call_server_info(port)["stores"]})
+        redis.freeze()
+        self.addCleanup(redis.thaw)
+        started = time.monotonic()
+        _until(lambda: bus()["status"] == "down", timeout=20)
+        self.assertLess(time.monotonic() - started, 2 * QUIET + 1 + 5)  # PING after QUIET, 1 s for its answer
+        status, health = _get_json(port, "/health")
+        self.assertEqual((status, health["status"]), (503, "unhealthy"))
+        self.assertIn("did not answer the cluster bus' PING within 1s", health["checks"]["cluster_bus"]["detail"])
+        self.assertIn("does not hear the others", health["checks"]["cluster_bus"]["detail"])
+        time.sleep(2 * (QUIET + 1))  # attempts to listen again meanwhile, unanswered
+        redis.thaw()
+        _until(lambda: _get_json(port, "/health")[0] == 200, timeout=20)
+        self.assertEqual(bus()["status"], "ok")
+        # Said once, not at every attempt (txredisapi's own line for each unanswered login too).
+        logged = daemon.log("stdout") + daemon.log()
+        self.assertEqual(logged.count("did not answer the cluster bus' PING"), 1, logged)
+        self.assertEqual(logged.count("is unavailable: "), 1, logged)  # the pool, once too
+        self.assertNotIn("Redis error: could not", logged)
 
 
 class SessionIndexTests(RedisPartsCase):

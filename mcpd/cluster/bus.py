@@ -176,7 +176,6 @@ class ClusterBus:
             self._gave_up,
             dbid=None,
             poolsize=1,
-            isLazy=True,
             password=config.password,
             username=config.username,
             # A login unanswered so long is given up (then `_gave_up`), like the pool's.
