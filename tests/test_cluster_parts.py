@@ -1592,6 +1592,7 @@ class BusHealthTests(DaemonTestMixin, TestCase):
         status, health = _get_json(port, "/health")
         self.assertEqual((status, health["checks"]["cluster_bus"]["status"]), (200, "ok"), health)
         self.assertIn("redis", {store["name"] for store in call_server_info(port)["stores"]})
+        _until(lambda: redis.cli("SCARD", "mcpd:instances") == "1")  # the cluster has started
         redis.freeze()
         self.addCleanup(redis.thaw)
         started = time.monotonic()
