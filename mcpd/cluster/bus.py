@@ -91,8 +91,8 @@ class _Subscriber(txredisapi.SubscriberProtocol):
                 return
             if len(reply) == 2 and reply[0] in _PONG:
                 return  # the bus's PING: nobody waits for its answer
-        elif reply == "PONG":
-            return
+        elif reply == "PONG" or not self.replyQueue.waiting:
+            return  # the same (or an error, Redis busy), which txredisapi would give the next command
         super().replyReceived(reply)
 
     def connectionLost(self, why: Any) -> None:
