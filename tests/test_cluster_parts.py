@@ -1570,6 +1570,29 @@ class BusLivenessTests(TestCase):
         yield self.outage(bus, begin=proxy.silence, end=proxy.forward)
         yield self.hears(bus, server, 1)
 
+    @inlineCallbacks
+    def test_a_busy_redis(self) -> Any:
+        """Redis busy with a slow script answers PING with an error (BUSY): it is there, so the
+        bus stays; and that answer, which nobody waits for, is not taken for the answer to the
+        bus's next command (a SUBSCRIBE)."""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        server.cli("CONFIG", "SET", "busy-reply-threshold", "100")
+        bus = yield self.bus_on(server.url)
+        yield self.hears(bus, server, 0)
+        script = "local t = redis.call('TIME')[1] + 5 while tonumber(redis.call('TIME')[1]) < t do end"
+        slow = subprocess.Popen([shutil.which("redis-cli") or "redis-cli", "-p", str(server.port), "EVAL", script, "0"])
+        self.addCleanup(slow.wait)
+        yield sleep(2.5)
+        self.assertIsNone(slow.poll())  # still running, the bus answered BUSY meanwhile
+        self.assertTrue(bus.connected)
+        yield wait_for(lambda: slow.poll() is not None, timeout=10)
+        heard: list[Any] = []
+        yield bus.listen(bus.key("after"), heard.append).addTimeout(5, reactor)
+        server.cli("PUBLISH", bus.key("after"), '{"n": 1}')
+        yield wait_for(lambda: heard == [{"n": 1}])
+        self.assertEqual(self.warned, [])
+
 
 class BusHealthTests(DaemonTestMixin, TestCase):
     """A real daemon's /health has a required ``cluster_bus`` check: down while the bus does
