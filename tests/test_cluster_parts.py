@@ -1306,12 +1306,12 @@ class RestartedRedisTests(RedisPartsCase):
         yield done
 
 
-class BusThroughOutagesTests(TestCase):
-    """The bus's subscriber through Redis crashing, stalling and restarting (a server of the
-    test's own, with a password: the subscriber logs in on every connection): afterwards it
-    listens again, and `ClusterBus.connected` says whether it listens meanwhile."""
+class BusOutageCase(TestCase):
+    """A started bus on a server of the test's own, with a password (the subscriber logs in on
+    every connection) and a --redis-timeout of `redis_timeout` seconds."""
 
     timeout = 90
+    redis_timeout = 1.0
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -1324,7 +1324,7 @@ class BusThroughOutagesTests(TestCase):
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
-        config = redis_config(self.server.url, password=PASSWORD, prefix=unique_prefix(), timeout=1.0)
+        config = redis_config(self.server.url, password=PASSWORD, prefix=unique_prefix(), timeout=self.redis_timeout)
         self.connection = RedisConnection(config, reactor)
         self.connection.startService()
         self.addCleanup(lambda: self.connection.stopService() if self.connection.running else None)
@@ -1344,6 +1344,13 @@ class BusThroughOutagesTests(TestCase):
         message = json.dumps({"kind": "probe", "from": "elsewhere", "to": "all", "n": n})
         self.assertEqual(self.server.cli("PUBLISH", channel, message), "1")
         yield wait_for(lambda: any(m.get("n") == n for m in self.heard))
+
+
+class BusLoginCrashTests(BusOutageCase):
+    """Redis crashing while the subscriber's AUTH waits for its answer (the login's reply
+    timeout longer than the stall, so that the crash meets it pending)."""
+
+    redis_timeout = 5.0
 
     @inlineCallbacks
     def test_a_crash_during_the_subscribers_login(self) -> Any:
@@ -1367,6 +1374,11 @@ class BusThroughOutagesTests(TestCase):
         self.server.start()
         yield wait_for(lambda: self.bus.connected, timeout=20)
         yield self.hears_another_client(1)
+
+
+class BusThroughOutagesTests(BusOutageCase):
+    """The bus's subscriber through Redis crashing, stalling and restarting: afterwards it
+    listens again, and `ClusterBus.connected` says whether it listens meanwhile."""
 
     @inlineCallbacks
     def test_a_refused_login_fails_the_start_at_once(self) -> Any:
