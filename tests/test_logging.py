@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Generator
-from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.observe import logging as mcpd_logging
 from mcpd.observe.logging import Fields, file_observer, json_line
@@ -91,7 +85,7 @@ class ObserverTests(SynchronousTestCase):
         self.addCleanup(mcpd_logging.configure, "text", None, False)
         mcpd_logging.configure("json", path, True)
         observer = mcpd_logging.observer()
-        self.addCleanup(observer.stream.close)
+        self.addCleanup(observer._outFile.close)
         Logger(namespace="mcpd.test", observer=observer).info("hello")
         with open(path, encoding="utf-8") as f:
             self.assertEqual(json.loads(f.read())["message"], "hello")
@@ -148,72 +142,3 @@ class TextLineTests(SynchronousTestCase):
         self.assertLessEqual(first["log_time"], second["log_time"])  # type: ignore[operator]
         first.pop("log_time"), second.pop("log_time")
         self.assertEqual(first, second)
-
-
-class LineObserverTests(TestCase):
-    """The daemon's observer (`LineObserver`) on a real file while the reactor runs."""
-
-    def setUp(self) -> None:
-        self.path = self.mktemp()
-        self.stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 -- closed by the cleanup
-        self.addCleanup(self.stream.close)
-        self.observer = mcpd_logging.LineObserver(self.stream, mcpd_logging.text_line, delay=0.2)
-        self.addCleanup(self.observer.flush)
-        self.log = Logger(namespace="mcpd.test", observer=self.observer)
-
-    def written(self) -> list[str]:
-        with open(self.path, encoding="utf-8") as f:
-            return [line.split("] ", 1)[1] for line in f.read().splitlines()]
-
-    @inlineCallbacks
-    def test_close_lines_share_a_write(self) -> Generator[Deferred[Any], Any, None]:
-        """A line after a quiet spell is written at once; the lines close behind it wait (at
-        most ``delay``) and go in one write, in order."""
-        yield deferLater(reactor, 0, lambda: None)  # trial runs the reactor from here on
-        self.assertTrue(reactor.running)
-        self.log.info("first")
-        self.assertEqual(self.written(), ["first"])
-        self.log.info("second {n}", n=2)
-        self.log.debug("third")
-        self.assertEqual(self.written(), ["first"])
-        yield deferLater(reactor, 0.3, lambda: None)
-        self.assertEqual(self.written(), ["first", "second 2", "third"])
-
-    @inlineCallbacks
-    def test_warnings_at_once(self) -> Generator[Deferred[Any], Any, None]:
-        """A warning, an error or a critical event is written at once, after what waits."""
-        yield deferLater(reactor, 0, lambda: None)
-        self.log.info("first")
-        for level in (LogLevel.warn, LogLevel.error, LogLevel.critical):
-            self.log.info("waits")
-            self.assertEqual(self.written()[-1], "first" if level is LogLevel.warn else "now")
-            self.log.emit(level, "now")
-            self.assertEqual(self.written()[-2:], ["waits", "now"])
-        self.assertEqual(len(self.written()), 7)
-        self.log.info("last")  # waits for the flush still due (one at a time)
-        due = [call for call in reactor.getDelayedCalls() if call.func == self.observer._flush_due]
-        self.assertEqual(len(due), 1)
-        yield deferLater(reactor, 0.3, lambda: None)
-        self.assertEqual(self.written()[-1], "last")
-
-    @inlineCallbacks
-    def test_from_another_thread(self) -> Generator[Deferred[Any], Any, None]:
-        """Lines from other threads wait as the reactor's do, and are written by the reactor."""
-        yield deferLater(reactor, 0, lambda: None)
-        self.log.info("first")
-
-        def log() -> list[str]:
-            self.log.info("from a thread")
-            return self.written()
-
-        self.assertEqual((yield deferToThread(log)), ["first"])
-        yield deferLater(reactor, 0.3, lambda: None)
-        self.assertEqual(self.written(), ["first", "from a thread"])
-
-    def test_at_once_without_a_running_reactor(self) -> None:
-        """Before the reactor runs (start-up) and after it stopped every line is written at once:
-        nothing would write what waits."""
-        self.assertFalse(reactor.running)
-        for n in range(3):
-            self.log.info("line {n}", n=n)
-        self.assertEqual(self.written(), ["line 0", "line 1", "line 2"])

@@ -10,28 +10,22 @@ In stdio mode the log never goes to stdout, which carries MCP.
 
 from __future__ import annotations
 
-import atexit
 import datetime
 import functools
 import string
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.logger import (
     FileLogObserver,
-    ILogObserver,
     Logger,
     LogLevel,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
 )
-from twisted.python import threadable
-from twisted.python.compat import ioType
-from zope.interface import implementer
 
 from mcpd.protocol.codec import dumps
 
@@ -97,93 +91,9 @@ def json_line(event: Mapping[str, Any]) -> str:
 
 def file_observer(stream: IO[str], log_format: str = "text") -> FileLogObserver:
     """An observer writing ``log_format`` lines to ``stream``, flushed after every event
-    (Twisted's `FileLogObserver`); the daemon's own is a `LineObserver`."""
+    (Twisted's `FileLogObserver`), so that nothing waits in memory: a line is in the file before
+    the event's caller goes on, whatever stops the process next."""
     return FileLogObserver(stream, json_line if log_format == "json" else text_line)
-
-
-# The levels whose lines may wait a few milliseconds to be written (`LineObserver`).
-_INFO, _DEBUG = LogLevel.info, LogLevel.debug
-
-
-@implementer(ILogObserver)
-class LineObserver:
-    """The daemon's log observer: ``log_format`` lines written to ``stream``, several in one
-    write when they come close together.
-
-    A keyed server logs an audit line with every tool call, and a write system call per line was
-    two fifths of its cost (issue 15). So while the reactor runs, an info or debug line that
-    comes less than ``delay`` seconds after the last write waits in memory, for at most
-    ``delay`` seconds, and goes with the others in one write; a line after a quiet spell is
-    written at once, as is a warning, an error or a critical event (with the lines before it),
-    so a crash loses at most ``delay`` seconds of info lines. Before the reactor runs and once it
-    has stopped every line is written at once; what waits is written when the reactor shuts down
-    and at exit. Lines may come from any thread.
-
-    The reactor is looked up when a line waits, never imported here: ``mcpd --stdio`` installs
-    its own (`mcpd.cli.install_stdio_reactor`) after this module is imported."""
-
-    def __init__(self, stream: IO[Any], format_event: Callable[[Any], str | None], delay: float = 0.005) -> None:
-        self.stream = stream
-        self.format_event = format_event
-        self.delay = delay
-        self._text = ioType(stream) is str
-        self._lines: list[str] = []
-        self._due = False  # a flush is scheduled
-        self._written = 0.0  # when the last write was
-        self._lock = threading.Lock()  # one flush writes at a time, in order
-        self._triggered = False  # the shutdown trigger is added
-        atexit.register(self.flush)
-
-    def __call__(self, event: Any) -> None:
-        text = self.format_event(event)
-        if not text:
-            return
-        self._lines.append(text)
-        level = event.get("log_level")
-        if level is not _INFO and level is not _DEBUG:
-            self.flush()
-        elif not self._due:
-            when = event.get("log_time")
-            if type(when) is not float:
-                self.flush()
-            elif when - self._written >= self.delay:
-                self.flush(when)
-            else:
-                self._schedule()
-
-    def _schedule(self) -> None:
-        """A flush in ``delay`` seconds, or now when the reactor does not run."""
-        reactor: Any = sys.modules.get("twisted.internet.reactor")
-        if reactor is None or not reactor.running:
-            self.flush()
-            return
-        self._due = True
-        if threadable.isInIOThread():
-            if not self._triggered:
-                self._triggered = True
-                reactor.addSystemEventTrigger("after", "shutdown", self.flush)
-            reactor.callLater(self.delay, self._flush_due)
-        else:
-            reactor.callFromThread(reactor.callLater, self.delay, self._flush_due)
-
-    def _flush_due(self) -> None:
-        # Cleared before the lines are taken: a line added after this is either taken by this
-        # flush or sees none due and schedules one.
-        self._due = False
-        self.flush()
-
-    def flush(self, now: float | None = None) -> None:
-        """Write every line that waits, in one write (``now``: the time, if known)."""
-        with self._lock:
-            lines = self._lines
-            count = len(lines)
-            if not count:
-                return
-            text = lines[0] if count == 1 else "".join(lines[:count])
-            del lines[:count]  # other threads only append
-            self.stream.write(text if self._text else text.encode("utf-8"))
-            self.stream.flush()
-            self._written = time.time() if now is None else now
 
 
 def text_line(event: dict[str, Any]) -> str | None:
@@ -300,7 +210,7 @@ def configure(log_format: str, logfile: str | None, stdio: bool) -> None:
     configured.stdio = stdio
 
 
-def observer(default: IO[str] | None = None) -> LineObserver:
+def observer(default: IO[str] | None = None) -> FileLogObserver:
     """An observer as configured: twistd's ``--logger`` (stdout by default, as twistd does), or
     the ``mcpd`` command's with ``default=sys.__stderr__``."""
-    return LineObserver(configured.stream(default), json_line if configured.log_format == "json" else text_line)
+    return file_observer(configured.stream(default), configured.log_format)
