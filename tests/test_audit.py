@@ -36,7 +36,7 @@ from mcpd.stores.sql.database import SQLDatabase
 from mcpd.stores.sql.service import SQLStoreService
 from mcpd.tools.api import Caller
 from mcpd.tools.paging import encode_cursor
-from tests.daemon import MODERN, DaemonTestCase, run_anyio
+from tests.daemon import MODERN, DaemonTestCase, audit_records, run_anyio
 from tests.services import PASSWORD, MariaDB, shared_mariadb
 
 
@@ -637,7 +637,13 @@ class ServerAuditTests(DaemonTestCase):
                     self.assertIn("another listing", stolen.content[0].text)
                     await self.bad_cursors(alice, bobs["next_cursor"])
 
-        return self.in_thread(lambda: run_anyio(main))
+        def logged(_: object) -> None:
+            # The trail keeps every call, so by default the log has only what went wrong.
+            calls = [r for r in audit_records(daemon.log("stdout")) if r.get("method") == "tools/call"]
+            self.assertNotIn("ok", {r["outcome"] for r in calls})
+            self.assertIn(("task.get", "tool_error"), {(r["tool"], r["outcome"]) for r in calls})
+
+        return self.in_thread(lambda: run_anyio(main)).addCallback(logged)
 
     async def bad_cursors(self, admin: Client, good: str) -> None:
         """Forged (the digest right, the position not the store's), truncated, other-tool and

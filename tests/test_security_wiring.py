@@ -73,6 +73,22 @@ class SecurityTests(SynchronousTestCase):
                 resolve({"api_key": ["k"], "audit_log": "refusals"}, {}, {}), Clock(), MemoryBucketStore(Clock())
             ).audit.log_calls
         )
+        # A persisted trail (the SQL store's, server.audit) keeps every call: the log, only the
+        # refusals and failures, unless every call is asked for.
+        persisted: list[object] = []
+        self.assertFalse(
+            Security(
+                resolve({"api_key": ["k"]}, {}, {}), Clock(), MemoryBucketStore(Clock()), persist_audit=persisted.append
+            ).audit.log_calls
+        )
+        self.assertTrue(
+            Security(
+                resolve({"api_key": ["k"], "audit_log": "all"}, {}, {}),
+                Clock(),
+                MemoryBucketStore(Clock()),
+                persist_audit=persisted.append,
+            ).audit.log_calls
+        )
 
     def test_reload(self) -> None:
         keys, allowed = Path(self.mktemp()), Path(self.mktemp())

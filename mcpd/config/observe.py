@@ -30,8 +30,9 @@ KNOBS: tuple[Knob, ...] = (
         parse.audit_choice,
         None,
         "Which audit records are logged as JSON lines: all, or refusals (every refusal, denial and "
-        "failed call, not the tool calls that went well). Default: all with API keys or a listener "
-        "beyond loopback, else refusals.",
+        "failed call, not the tool calls that went well). Default: refusals where the SQL store "
+        "persists every call (server.audit); without it, all with API keys or a listener beyond "
+        "loopback.",
     ),
     Knob(
         "public_metrics",

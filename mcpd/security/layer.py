@@ -74,14 +74,18 @@ class Security:
         # What every account holds: a reload ends what a revoked key holds, through it.
         self.ledger = ledger if ledger is not None else Ledger()
         if audit is None:
-            # Every tool call in the log wherever others can call: with keys, or on a listener
-            # beyond loopback. A loopback-only daemon without keys serves one local user: there
-            # only refusals and calls that went wrong are logged (a log line costs ~22 µs, a
-            # sixth of a tools/call); every call is still in the in-memory buffer.
+            # Every tool call in the log wherever others can call (with keys, or on a listener
+            # beyond loopback) and no persisted trail keeps them. Where the SQL store persists
+            # every call (server.audit), the log carries the refusals and the calls that went
+            # wrong, as on a loopback-only daemon without keys (one local user): a line per call
+            # would repeat the trail, cost a keyed call ~12% of its throughput (issue 15), and
+            # past ~330 calls/s journald's default rate limit (10,000 messages in 30 s per
+            # service) drops such lines anyway. ``--audit-log all`` logs every call regardless;
+            # every call is in the in-memory buffer too.
             shared = bool(settings.api_key or settings.api_key_file) or any(
                 beyond_loopback(endpoint) for endpoint in settings.http_endpoints()
             )
-            log_calls = settings.audit_log == "all" if settings.audit_log else shared
+            log_calls = settings.audit_log == "all" if settings.audit_log else shared and persist_audit is None
             audit = AuditTrail(settings.audit_buffer, log_calls=log_calls, persist=persist_audit)
         self.audit = audit
         try:
