@@ -54,7 +54,10 @@ class EndpointTests(DaemonTestCase):
         keys = self.workdir / "keys.txt"
         keys.write_text(KEYS, encoding="utf-8")
         logfile = self.workdir / "mcpd.json.log"
-        daemon = self.start_daemon("--api-key-file", str(keys), "--log-format", "json", "--logfile", str(logfile))
+        # Every call in the log (by default the SQL trail keeps them and the log the refusals).
+        daemon = self.start_daemon(
+            "--api-key-file", str(keys), "--log-format", "json", "--logfile", str(logfile), "--audit-log", "all"
+        )
 
         def check() -> None:
             status, headers, _ = call(daemon.port, "server.info", Authorization="Bearer root-key")
