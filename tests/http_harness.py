@@ -285,6 +285,18 @@ def parse_response(raw: bytes) -> HTTPResponse:
     return HTTPResponse(int(status_line.split()[1]), headers, body, complete)
 
 
+def assert_no_content(case: Any, written: bytes, version: bytes = b"HTTP/1.1") -> HTTPResponse:
+    """RFC 9110 §8.6, §15.3.5: ``written`` is one whole 204 head, without Content-Length or
+    Transfer-Encoding, and nothing after it (``case``: the test asserting it)."""
+    head, separator, rest = written.partition(b"\r\n\r\n")
+    case.assertEqual((separator, rest), (b"\r\n\r\n", b""), written)
+    case.assertTrue(head.startswith(version + b" 204 No Content\r\n"), written)
+    response = parse_response(written)
+    case.assertNotIn("content-length", response.headers, written)
+    case.assertNotIn("transfer-encoding", response.headers, written)
+    return response
+
+
 def _dechunk(data: bytes) -> tuple[bytes, bool]:
     body = b""
     while True:

@@ -20,7 +20,7 @@ from mcpd.security.ratelimit import RateLimit, RateLimiter
 from mcpd.stores.memory import MemoryBucketStore
 from mcpd.tools.api import Caller
 from tests.gate_harness import KEYS, GateTestCase, Recorder
-from tests.http_harness import HTTPConnection, HTTPResponse, parse_response
+from tests.http_harness import HTTPConnection, assert_no_content, parse_response
 
 
 class NoKeyTests(GateTestCase):
@@ -180,24 +180,13 @@ class OriginTests(GateTestCase):
         self.assertIn("POST", response.headers["access-control-allow-methods"])
         self.assertEqual(self.recorder.callers, [])
 
-    def assertNoContent(self, written: bytes, version: bytes = b"HTTP/1.1") -> HTTPResponse:
-        """RFC 9110 §8.6, §15.3.5: ``written`` is one 204 head, without Content-Length or
-        Transfer-Encoding, and nothing after it."""
-        head, separator, rest = written.partition(b"\r\n\r\n")
-        self.assertEqual((separator, rest), (b"\r\n\r\n", b""), written)
-        self.assertTrue(head.startswith(version + b" 204 No Content\r\n"), written)
-        response = parse_response(written)
-        self.assertNotIn("content-length", response.headers, written)
-        self.assertNotIn("transfer-encoding", response.headers, written)
-        return response
-
     def test_preflight_has_no_content_and_keeps_the_connection(self) -> None:
         self.make(keys=KEYS, cors_origins=["https://app.example"])
         connection = self.connect()
         preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
         for _ in range(2):
             connection.send("OPTIONS", "/mcp", preflight)
-            response = self.assertNoContent(connection.transport.value())
+            response = assert_no_content(self, connection.transport.value())
             self.assertEqual(response.headers["access-control-max-age"], "600")
             connection.transport.clear()
         connection.send("POST", "/mcp", {"X-API-Key": "root-key"}, b"{}")
@@ -214,7 +203,7 @@ class OriginTests(GateTestCase):
             b"OPTIONS /mcp HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example\r\n"
             b"Access-Control-Request-Method: POST\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
-        response = self.assertNoContent(connection.transport.value())
+        response = assert_no_content(self, connection.transport.value())
         self.assertEqual(response.headers["connection"], "close")
         self.assertEqual(response.headers["access-control-allow-origin"], "https://app.example")
         self.assertTrue(connection.transport.disconnecting)
@@ -225,7 +214,7 @@ class OriginTests(GateTestCase):
         connection.protocol.dataReceived(
             b"OPTIONS /mcp HTTP/1.0\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n\r\n"
         )
-        self.assertNoContent(connection.transport.value(), b"HTTP/1.0")
+        assert_no_content(self, connection.transport.value(), b"HTTP/1.0")
         self.assertTrue(connection.transport.disconnecting)
 
     def test_refusals_carry_cors_headers(self) -> None:

@@ -15,6 +15,7 @@ from mcpd.transport.legacy_sse import SSEMessagesResource, SSEStreamResource
 from mcpd.transport.streamable import StreamableHTTP
 from mcpd.transport.websocket import WebSocketEndpoint
 from mcpd.web.monitoring import ASSETS
+from tests.http_harness import assert_no_content
 from tests.security_harness import (
     KEY,
     MCP_HEADERS,
@@ -292,16 +293,6 @@ class NoContentTests(RouteTestCase):
     """RFC 9110 §8.6 and §15.3.5: a 204 has no content and carries no Content-Length (nor a
     Transfer-Encoding); it ends at its head, and the connection serves the next request."""
 
-    def assertNoContent(self, data: bytes, version: bytes = b"HTTP/1.1") -> dict[str, str]:
-        """``data`` is one whole 204 head and nothing after it; its headers."""
-        head, separator, rest = data.partition(b"\r\n\r\n")
-        self.assertEqual((separator, rest), (b"\r\n\r\n", b""), data)
-        self.assertTrue(head.startswith(version + b" 204 No Content\r\n"), data)
-        reply = Raw(data)
-        self.assertNotIn("content-length", reply.headers, data)
-        self.assertNotIn("transfer-encoding", reply.headers, data)
-        return reply.headers
-
     def test_options_and_preflight_keep_the_connection(self) -> None:
         for scheme in self.start("--cors-origin", "https://app.example"):
             host = f"Host: 127.0.0.1:{scheme.port}\r\n"
@@ -321,7 +312,7 @@ class NoContentTests(RouteTestCase):
                     ),
                 ):
                     sock.sendall((head + host + "\r\n").encode())
-                    headers = self.assertNoContent(read_until(sock, b"\r\n\r\n"))
+                    headers = assert_no_content(self, read_until(sock, b"\r\n\r\n")).headers
                     self.assertEqual(headers[expected[0]], expected[1])
                     self.assertNotIn("connection", headers)
                 sock.sendall(f"GET /health HTTP/1.1\r\n{host}Connection: close\r\n\r\n".encode())
@@ -346,7 +337,7 @@ class NoContentTests(RouteTestCase):
                 finally:
                     sock.close()
                 self.assertLess(time.monotonic() - started, 3, data)
-                self.assertNoContent(data, b"HTTP/1.0")
+                assert_no_content(self, data, b"HTTP/1.0")
 
 
 class LegacyTransportTests(RouteTestCase):
