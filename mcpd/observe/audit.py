@@ -68,27 +68,53 @@ def entry(
     }
 
 
-def key_of(caller: Any) -> str | None:
-    """The key name an audit record shows: none for a key-less caller ("anonymous", no scopes)."""
-    name: str = caller.name
-    return name if name != "anonymous" or caller.scopes else None
+def call_record(when: float, call: CallRecord) -> tuple[Any, ...]:
+    """The audit record of an engine `CallRecord` as the `AUDIT_FIELDS` tuple `IAuditLog.append`
+    takes; its key is none for a key-less caller ("anonymous", no scopes).
+
+    `AuditTrail` keeps a tool call so (and the writer's queue too), as plain values rather than
+    the call and its caller: held until written, those kept the collector busy (a queue longer
+    than the trail grew the young generation by three objects a call; at 7,000 calls/s a
+    collection every 700/3 calls, issue 15's p99), where a tuple of atoms leaves the collector's
+    lists at its first collection (bench/audit_rows.py: 100 collections in 35,000 calls, now 10)."""
+    request_id, method, tool, caller, _version, outcome, duration = call
+    name = caller.name
+    return (
+        caller.tenant,
+        when,
+        name if name != "anonymous" or caller.scopes else None,
+        caller.peer,
+        caller.transport,
+        method,
+        tool,
+        outcome,
+        duration,
+        request_id,
+        caller.x_request_id,
+        None,
+    )
 
 
 def call_entry(when: float, call: CallRecord) -> dict[str, Any]:
-    """The audit record of an engine `CallRecord`."""
-    caller = call.caller
+    """The audit record of an engine `CallRecord`, as a dict."""
+    return record_entry(call_record(when, call))
+
+
+def record_entry(record: tuple[Any, ...]) -> dict[str, Any]:
+    """A tool call's record, kept as its `AUDIT_FIELDS` tuple (`call_record`), as a dict."""
+    tenant, when, key, peer, transport, method, tool, outcome, duration, request_id, x_request_id, _ = record
     return entry(
         when,
-        key=key_of(caller),
-        peer=caller.peer,
-        transport=caller.transport,
-        method=call.method,
-        tool=call.tool,
-        outcome=call.outcome,
-        duration=call.duration,
-        request_id=call.request_id,
-        x_request_id=caller.x_request_id,
-        tenant=caller.tenant,
+        key=key,
+        peer=peer,
+        transport=transport,
+        method=method,
+        tool=tool,
+        outcome=outcome,
+        duration=duration,
+        request_id=request_id,
+        x_request_id=x_request_id,
+        tenant=tenant,
     )
 
 
@@ -103,7 +129,7 @@ def call_text(when: float, call: CallRecord) -> str:
     caller = call.caller
     name: str | None = caller.name
     if name == "anonymous" and not caller.scopes:
-        name = None  # `key_of`
+        name = None  # as `call_record` has it
     request_id = call.request_id
     duration = call.duration
     x_request_id = caller.x_request_id
@@ -194,8 +220,8 @@ class AuditTrail:
         log_calls: bool = True,
         persist: Callable[[Any], None] | None = None,
     ) -> None:
-        # A tool call's record as the tuple `IAuditLog.append` takes (`AUDIT_FIELDS`, see
-        # `observe`), made into a dict only when read; other records as dicts.
+        # A tool call's record as the tuple `IAuditLog.append` takes (`call_record`), made
+        # into a dict only when read; other records as dicts.
         self._records: collections.deque[Any] = collections.deque(maxlen=size)
         self.clock = clock
         self.emit = emit
@@ -206,7 +232,7 @@ class AuditTrail:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for record in list(self._records):
-            yield record if isinstance(record, dict) else _call_entry(record)
+            yield record if isinstance(record, dict) else record_entry(record)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -252,31 +278,11 @@ class AuditTrail:
     def observe(self, call: CallRecord) -> None:
         """An `Engine` observer: audits every tool call, and every request denied or refused
         for its rate limit."""
-        request_id, method, tool, caller, _version, outcome, duration = call
-        if method != "tools/call" and outcome not in ("denied", "rate_limited"):
+        outcome = call.outcome
+        if call.method != "tools/call" and outcome not in ("denied", "rate_limited"):
             return
         when = self.clock()
-        name = caller.name
-        # Kept (here and in the writer's queue) as plain values, not as the call and its
-        # caller: held until written, those kept the collector busy (a queue longer than the
-        # trail grew the young generation by three objects a call; at 7,000 calls/s a
-        # collection every 700/3 calls, issue 15's p99), where a tuple of atoms leaves the
-        # collector's lists at its first collection (bench/audit_rows.py: 100 collections in
-        # 35,000 calls, now 10). The key as `key_of` gives it.
-        record = (
-            caller.tenant,
-            when,
-            name if name != "anonymous" or caller.scopes else None,
-            caller.peer,
-            caller.transport,
-            method,
-            tool,
-            outcome,
-            duration,
-            request_id,
-            caller.x_request_id,
-            None,
-        )
+        record = call_record(when, call)  # plain values, not the call (see there)
         self._records.append(record)
         if self.persist is not None:
             self.persist(record)
@@ -290,24 +296,6 @@ def fields(item: Any) -> tuple[Any, ...]:
     if type(item) is tuple:
         return item
     return tuple(item.get(name) for name in AUDIT_FIELDS)
-
-
-def _call_entry(record: tuple[Any, ...]) -> dict[str, Any]:
-    """A tool call's record, kept as its `AUDIT_FIELDS` tuple, as `call_entry` makes it."""
-    tenant, when, key, peer, transport, method, tool, outcome, duration, request_id, x_request_id, _ = record
-    return entry(
-        when,
-        key=key,
-        peer=peer,
-        transport=transport,
-        method=method,
-        tool=tool,
-        outcome=outcome,
-        duration=duration,
-        request_id=request_id,
-        x_request_id=x_request_id,
-        tenant=tenant,
-    )
 
 
 class AuditWriter(Service):
