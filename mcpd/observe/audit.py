@@ -399,23 +399,29 @@ class AuditWriter(Service):
             if not drain:
                 return self._flushing
             drained: Deferred[None] = Deferred()
-            self._flushing.addBoth(lambda _: self.flush(drain=True).chainDeferred(drained))
+
+            def then(result: Any) -> Any:  # once the running flush is done
+                self.flush(drain=True).chainDeferred(drained)
+                return result
+
+            self._flushing.addBoth(then)
             return drained
         done: Deferred[None] = Deferred()
         self._flushing = done
         # Records this flush takes from the queue, at most (re-queued ones are not counted twice).
-        left = [math.inf if drain else len(self.queue)]
+        left: float = math.inf if drain else len(self.queue)
 
         def finish(_: Any = None) -> None:
             self._flushing = None
             done.callback(None)
 
         def next_batch(_: Any = None) -> None:
-            if not self.queue or left[0] <= 0:
+            nonlocal left
+            if not self.queue or left <= 0:
                 finish()
                 return
-            count = int(min(self.batch, len(self.queue), left[0]))
-            left[0] -= count
+            count = int(min(self.batch, len(self.queue), left))
+            left -= count
             items = [self.queue.popleft() for _ in range(count)]
             d = self.store.append(map(fields, items))
             d.addCallbacks(written, failed, errbackArgs=(items,))
