@@ -18,14 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-from twisted.logger import (
-    FileLogObserver,
-    Logger,
-    LogLevel,
-    formatEvent,
-    formatEventAsClassicLogText,
-    formatTime,
-)
+from twisted.logger import FileLogObserver, Logger, LogLevel, formatEvent, formatEventAsClassicLogText, formatTime
 
 from mcpd.protocol.codec import dumps
 

@@ -61,11 +61,10 @@ STORE = "index"
 INDEXED, PENDING = "done", "pending"
 INDEX_OK, INDEX_DEGRADED = "ok", "degraded"
 # A search reaches at most `MAX_DEPTH` hits (what earlier pages showed, and this one), the
-# index's own bound too. A search's cursor names what its pages have shown (not an offset): between two pages the index
-# may rank differently (the corpus changed, or Milvus Lite sealed or compacted segments, each of
-# which keeps its own BM25 statistics), and an offset would then repeat results and skip others
-# (`mcpd.stores.shown`).
-
+# index's own bound too. A search's cursor names what its pages have shown (not an offset):
+# between two pages the index may rank differently (the corpus changed, or Milvus Lite sealed or
+# compacted segments, each of which keeps its own BM25 statistics), and an offset would then
+# repeat results and skip others (`mcpd.stores.shown`).
 SCAN_ROWS = 2000  # chunks a degraded (index down) search reads at most
 # Seconds a write waits for its indexing before answering "pending" (the indexing goes on): once
 # SQL has committed, a client that times out and retries would add the record twice. Well below
