@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import threading
 import time
 import weakref
 from types import SimpleNamespace
@@ -30,7 +31,7 @@ from mcpd.observe.audit import AuditTrail, AuditWriter, call_entry, call_text, e
 from mcpd.observe.logging import file_observer
 from mcpd.protocol.codec import dumps
 from mcpd.protocol.vocabulary import CallRecord
-from mcpd.stores.sql.audit import SQLAuditLog
+from mcpd.stores.sql.audit import _GROUP, SQLAuditLog
 from mcpd.stores.sql.config import DatabaseConfig, database_url
 from mcpd.stores.sql.database import SQLDatabase
 from mcpd.stores.sql.service import SQLStoreService
@@ -243,6 +244,7 @@ class _AuditStoreSuite:
     """What `SQLAuditLog` does on every backend; subclasses give `config()`."""
 
     addCleanup: Any
+    pauses: int  # the pauses a batch of 2 * _GROUP + 7 rows makes
     assertEqual: Any
     assertIsNone: Any
     assertTrue: Any
@@ -311,9 +313,9 @@ class _AuditStoreSuite:
 
     @inlineCallbacks
     def test_a_large_batch_is_written_whole_and_exact(self) -> Any:
-        """A batch of more rows than one of SQLite's grouped INSERTs holds (80), from an
-        iterator, with a shorter last group: every record is stored once, with its own values."""
-        count = 2 * 80 + 7
+        """A batch of more rows than one grouped INSERT holds (`_GROUP`), from an iterator,
+        with a shorter last group: every record is stored once, with its own values."""
+        count = 2 * _GROUP + 7
         records = [
             record(n, tool=f"tool{n}", key=f"key{n % 3}", outcome="ok" if n % 5 else "error") for n in range(count)
         ]
@@ -326,6 +328,16 @@ class _AuditStoreSuite:
             for n in range(count)
         ]
         self.assertEqual(shown, expected)
+
+    @inlineCallbacks
+    def test_the_store_thread_yields_the_core_after_each_group(self) -> Any:
+        """After each group of rows written, the store's thread offers the core to the reactor
+        (`SQLAuditLog.pause`): a batch written in one go held it for 4-8 ms at a time."""
+        pauses: list[bool] = []
+        self.log.pause = lambda: pauses.append(threading.current_thread() is threading.main_thread())
+        count = 2 * _GROUP + 7
+        self.assertEqual((yield self.log.append(map(fields, [record(n) for n in range(count)]))), count)
+        self.assertEqual(pauses, [False] * self.pauses)  # in the store's thread, never the reactor's
 
     @inlineCallbacks
     def test_long_values_are_cut_not_refused(self) -> Any:
@@ -357,20 +369,25 @@ class _AuditStoreSuite:
 
 
 class SQLiteAuditStoreTests(_AuditStoreSuite, TestCase):
+    pauses = 2  # after each full group (the shorter last one is inserted after the loop)
+
     def config(self) -> DatabaseConfig:
         return DatabaseConfig(url=database_url(None, self.mktemp()))
 
 
 class MariaDBAuditStoreTests(_AuditStoreSuite, TestCase):
+    pauses = 3  # after every group, the shorter last one too
+
     def config(self) -> DatabaseConfig:
         server = shared_mariadb()
         return DatabaseConfig(url=database_url(server.url(server.new_database()), "unused", PASSWORD))
 
     @inlineCallbacks
     def test_a_batch_retried_after_a_deadlock_is_written(self) -> Any:
-        """A batch whose transaction MariaDB fails as a deadlock (1213) is retried with its rows:
-        the records came as an iterator, which the first attempt had used up, and the retry
-        wrote none and said 0, so the writer lost the batch without counting it dropped."""
+        """A batch whose transaction MariaDB fails as a deadlock (1213) in its second group is
+        retried with its rows: the records came as an iterator, which the first attempt had
+        partly used up, and the retry must write the rows already made and then make the rest
+        (before, a retry wrote none and said 0, so the writer lost the batch uncounted)."""
 
         def fail_once(connection: Any) -> None:
             # The counter is MyISAM: the failed insert's rollback does not undo its decrement.
@@ -378,15 +395,17 @@ class MariaDBAuditStoreTests(_AuditStoreSuite, TestCase):
             connection.exec_driver_sql("INSERT INTO deadlocks VALUES (1)")
             connection.exec_driver_sql(
                 "CREATE TRIGGER audit_deadlock BEFORE INSERT ON audit_records FOR EACH ROW BEGIN "
-                "IF (SELECT n FROM deadlocks) > 0 THEN UPDATE deadlocks SET n = n - 1; "
+                f"IF NEW.request_id = '{_GROUP + 3}' AND (SELECT n FROM deadlocks) > 0 THEN "
+                "UPDATE deadlocks SET n = n - 1; "
                 "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'Deadlock found'; END IF; END"
             )
 
         yield self.database.run("setup", fail_once, write=True)
-        written = yield self.log.append(map(fields, [record(n) for n in range(3)]))
-        self.assertEqual(written, 3)
-        page, _ = yield self.log.search(A, {}, 10, None)
-        self.assertEqual([r["request_id"] for r in page], [2, 1, 0])
+        count = 2 * _GROUP + 7
+        written = yield self.log.append(map(fields, [record(n) for n in range(count)]))
+        self.assertEqual(written, count)
+        page, _ = yield self.log.search(A, {}, 500, None)
+        self.assertEqual([r["request_id"] for r in page], list(reversed(range(count))))
         left = yield self.database.run("left", lambda c: c.exec_driver_sql("SELECT n FROM deadlocks").scalar())
         self.assertEqual(left, 0)  # the deadlock did happen
 

@@ -10,8 +10,10 @@ fraction of a millisecond. Any pool runs as a `ThreadPoolService`.
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -28,6 +30,19 @@ T = TypeVar("T")
 
 
 _Call = tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+def yield_core() -> None:
+    """From a thread's long background job, between two steps: offer the core to any thread
+    that waits for it, the GIL let go (the reactor first of all). On a core shared with the
+    reactor, a job that never blocks otherwise keeps the core for as long as the scheduler
+    lets it (a tick, 4 ms at 250 Hz, or more), stalling every request in flight; with nothing
+    else waiting this returns at once (one system call)."""
+    _sched_yield()
+
+
+# Not every platform has sched_yield (Windows): a sleep of 0 still lets the GIL go.
+_sched_yield: Callable[[], None] = getattr(os, "sched_yield", None) or functools.partial(time.sleep, 0)
 
 
 class ToolThreads:

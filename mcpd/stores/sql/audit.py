@@ -3,12 +3,17 @@
 
 Every audited call makes a row, so writing one must cost little: rows go to the driver as plain
 tuples (SQLAlchemy's per-row type processing cost more than SQLite's own work), times as the text
-SQLite stores and MySQL parses, and the table carries only the indexes the searches need. On
-SQLite a batch is written 80 rows to an ``INSERT`` (PyMySQL makes one ``INSERT`` of a whole
-``executemany`` itself), each group's rows made just before it goes: the store's thread then holds
-the GIL for one group's rows at a time (~0.25 ms) and lets it go while SQLite inserts them,
-instead of holding it for a whole batch's rows first (2,000 rows, ~6 ms in which the reactor
-all but stops: that stall was most of the p99 of a busy daemon). Rows are read newest first by ``(at, seq)``, which every index of the table
+SQLite stores and MySQL parses, and the table carries only the indexes the searches need.
+
+A batch is written ``_GROUP`` rows to an ``INSERT``, each group's rows made just before it goes,
+and after each group the store's thread yields the core (`yield_core`). On a busy daemon the
+writer shares a core with the reactor, and nothing else bounded how long it kept it: it held the
+GIL while it made a whole batch's rows first (2,000 rows, ~6 ms in which the reactor all but
+stopped), and later, with the rows made group by group, it still ran for a scheduler tick (4 ms)
+or more at a time, the GIL let go and taken back around each ``INSERT`` before the waiting
+reactor was scheduled to take it (4-8 ms turns, seen with ``perf sched``). Those stalls, a few
+after every flush, were most of a busy daemon's p99. A group is ~0.4 ms of the writer's work.
+Rows are read newest first by ``(at, seq)``, which every index of the table
 ends with (InnoDB and SQLite both append the primary key to a secondary index), so a page is an
 index range read backwards whatever the filter: the tenant, and one of key, tool or outcome.
 Pruning walks the oldest rows by ``seq`` (rows are written in time order), so no index on the
@@ -19,9 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select
@@ -32,6 +38,7 @@ from zope.interface import implementer
 from mcpd.interfaces import AUDIT_FIELDS, IAuditLog
 from mcpd.stores.sql.database import RawConnection, SQLDatabase
 from mcpd.stores.sql.schema import audit_records
+from mcpd.stores.threads import yield_core
 
 _C = audit_records.c
 # AUDIT_FIELDS -> the columns, in that order.
@@ -55,8 +62,9 @@ _INSERT = "INSERT INTO audit_records ({columns}) VALUES ({markers})".format(
 )
 # By the driver's placeholders: SQLite's, PyMySQL's.
 _INSERTS = {True: _INSERT.format(marker="?"), False: _INSERT.format(marker="%s")}
-# SQLite: _GROUP rows to an INSERT (960 values: under the 999 of SQLite before 3.32).
-_GROUP = 80
+# _GROUP rows to an INSERT (SQLite: 480 values, under the 999 of SQLite before 3.32; PyMySQL
+# makes one INSERT of an executemany's rows), the core yielded after each.
+_GROUP = 40
 _INSERT_GROUP = _INSERTS[True] + (", (" + ", ".join("?" * len(_COLUMNS)) + ")") * (_GROUP - 1)
 _WIDTH = len(_COLUMNS)
 _GROUP_VALUES = _GROUP * _WIDTH
@@ -146,27 +154,36 @@ def _shown(row: Any) -> dict[str, Any]:
 class SQLAuditLog:
     """`IAuditLog` on one `SQLDatabase`."""
 
+    # Called in the store's thread after each group of rows written; a test counts them.
+    pause: Callable[[], None] = staticmethod(yield_core)
+
     def __init__(self, database: SQLDatabase) -> None:
         self.database = database
 
     def append(self, records: Iterable[Sequence[Any]]) -> Deferred[int]:
         """Store ``records`` in one transaction, on the driver's own connection like the other
-        hot writes. They are made into rows in the store's thread: on SQLite each group's just
-        before it is inserted, and not kept (SQLite's transaction, begun IMMEDIATE, is never
-        retried); on MySQL all of them first, kept for a transaction retried after a deadlock
-        (``records`` may be an iterator: the retry must write the same rows again, not none)."""
+        hot writes. They are made into rows in the store's thread, each group's just before it
+        is inserted, the core yielded after each group (the module's docstring). On SQLite the
+        rows are not kept (SQLite's transaction, begun IMMEDIATE, is never retried); on MySQL
+        they are, for a transaction retried after a deadlock (``records`` may be an iterator:
+        the retry must write the same rows again, not none)."""
         source = iter(records)
         row = _Rows().row
-        made: list[tuple[Any, ...]] | None = None
+        pause = self.pause
+        made: list[tuple[Any, ...]] = []
 
         def work(connection: RawConnection) -> int:
-            nonlocal made
             if not connection.sqlite:
-                if made is None:
-                    made = [row(record) for record in source]
-                if made:
-                    connection.executemany_sql(_INSERTS[False], made)
-                return len(made)
+                start = 0
+                while True:
+                    if start == len(made):
+                        made.extend(row(record) for record in itertools.islice(source, _GROUP))
+                    group = made[start : start + _GROUP]
+                    if not group:
+                        return start
+                    connection.executemany_sql(_INSERTS[False], group)
+                    start += len(group)
+                    pause()
             written = 0
             rest: list[list[Any]] = []
 
@@ -181,6 +198,7 @@ class SQLAuditLog:
                         written += _GROUP
                         yield values
                         values = []
+                        pause()  # SQLite has inserted the group before it asks for the next
                 rest.extend(values[i : i + _WIDTH] for i in range(0, len(values), _WIDTH))
 
             connection.executemany_sql(_INSERT_GROUP, groups())
