@@ -119,7 +119,12 @@ class AuditTrailTests(SynchronousTestCase):
         file_observer(lines, "json")(event)
         self.assertEqual(json.loads(text.getvalue().split(" audit ", 1)[1]), record)
         line = json.loads(lines.getvalue())
-        self.assertEqual({name: line[name] for name in record}, record)
+        # Spread into the line, but for its time: the line's own, ISO, as on every JSON line.
+        self.assertEqual(
+            {name: line[name] for name in record if name != "time"},
+            {name: value for name, value in record.items() if name != "time"},
+        )
+        self.assertTrue(line["time"].endswith("+00:00"))
 
     def test_tool_call_lines_byte_for_byte(self) -> None:
         """A keyed tool call's audit line and a key-less refusal's, exactly as both log formats
@@ -164,7 +169,10 @@ class AuditTrailTests(SynchronousTestCase):
             stamp = formatTime(event["log_time"])
             self.assertEqual(lines["text"], f"{stamp} [mcpd.audit#info] audit {{{text}}}\n")
             escaped = text.replace('"', '\\"')
-            when_json = text.split(",", 1)[0]
+            # The line's own time (ISO, of the event), as on every other JSON line; the record's
+            # float "time" is in the message only.
+            iso = datetime.datetime.fromtimestamp(event["log_time"], datetime.UTC).isoformat(timespec="milliseconds")
+            when_json = f'"time":"{iso}"'
             self.assertEqual(
                 lines["json"],
                 f'{{{when_json},"level":"info","namespace":"mcpd.audit","message":"audit {{{escaped}}}",{spread_fields}}}\n',

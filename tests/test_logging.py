@@ -36,6 +36,17 @@ class JSONLineTests(SynchronousTestCase):
         self.assertEqual((data["x_request_id"], data["duration"]), ("ab-1", 0.5))
         self.assertIsInstance(data["thing"], str)
 
+    def test_the_lines_own_keys_stay_its_own(self) -> None:
+        """A record's "time" (an audit record's float) or an event field named like one of the
+        line's keys does not replace the line's ISO time, level, namespace or message."""
+        record = {"time": 1234.5, "tenant": "acme", "outcome": "ok"}
+        event = self.event(log_format="audit {audit}", audit=Fields(record), level="debug", namespace="x")
+        data = json.loads(json_line(event))
+        self.assertEqual(data["time"], "1970-01-01T00:00:00.000+00:00")
+        self.assertEqual((data["level"], data["namespace"]), ("info", "mcpd.gate"))
+        self.assertEqual((data["tenant"], data["outcome"]), ("acme", "ok"))
+        self.assertIn('"time":1234.5', data["message"])
+
     def test_audit_record_spread(self) -> None:
         record = {"key": "alice", "peer": "::1", "method": "tools/call", "tool": "echo", "outcome": "ok"}
         event = self.event(log_format="audit {audit}", audit=Fields(record))

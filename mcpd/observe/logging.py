@@ -25,6 +25,8 @@ from mcpd.protocol.codec import dumps
 FORMATS = ("text", "json")
 # Keys of legacy (twisted.python.log) events and of the logger's own bookkeeping.
 _SKIPPED = frozenset({"format", "message", "system", "isError", "time", "why", "failure"})
+# A JSON line's own keys, which no field of its event replaces.
+_LINE = frozenset({"time", "level", "namespace", "message"})
 # Valid JSON whatever an event holds: no NaN, no lone surrogate, other types as text.
 _dumps = dumps
 
@@ -71,7 +73,13 @@ def json_line(event: Mapping[str, Any]) -> str:
         if name.startswith("log_") or name in _SKIPPED:
             continue
         if isinstance(value, Fields):
-            line.update(value.fields)
+            # The line's own keys stay its own: an audit record's "time" (a float) overwrote
+            # the line's ISO time, so its audit lines alone had a number there.
+            for field, field_value in value.fields.items():
+                if field not in _LINE:
+                    line[field] = field_value
+        elif name in _LINE:
+            continue
         elif value is None or isinstance(value, (str, int, float, bool)):
             line[name] = value
         else:
