@@ -232,6 +232,27 @@ class UpFrontTests(SynchronousTestCase):
         self.assertEqual(len(pool.threads), 3)  # no more started
         self.assertEqual(pool._in_hand, 0)
 
+    def test_the_system_shows_each_threads_name(self) -> None:
+        """Each thread carries the pool's name where `top -H`, perf and py-spy read it (the
+        system's name for it, 15 bytes at most, without the ``mcpd-`` every pool shares)."""
+        reactor = Reactor()
+        pool = ToolThreads(2, "mcpd-db-writer", reactor, up_front=True)
+        pool.start()
+        self.addCleanup(pool.stop)
+
+        both = threading.Barrier(2, timeout=10)  # the two calls run at once: one per thread
+
+        def comm() -> str:
+            both.wait()
+            with open(f"/proc/self/task/{threading.get_native_id()}/comm") as f:
+                return f.read().strip()
+
+        first, second = pool.submit(comm), pool.submit(comm)
+        reactor.run_until(first, second)
+        self.assertEqual(
+            sorted([self.successResultOf(first), self.successResultOf(second)]), ["db-writer-0", "db-writer-1"]
+        )
+
     def test_a_deferred_returned_by_work_is_a_failure(self) -> None:
         """As for a blocking tool: the store's work returns its result; a Deferred fails the
         call with a TypeError rather than reach ``Deferred.callback``."""
