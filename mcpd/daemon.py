@@ -699,6 +699,7 @@ def _add_http(
     cluster = _cluster(settings, reactor, packs, redis, engine, sessions, sse_sessions)
     if cluster is not None:
         _add(root, "cluster", cluster)
+        health.checks.append(cluster.health_check())
     _add(root, "sessions", SessionService(sessions))
     _add(root, "sse-sessions", SessionService(sse_sessions))
     streamable = StreamableHTTP(

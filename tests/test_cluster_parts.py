@@ -13,13 +13,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.protocols import portforward
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -27,7 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.test.requesthelper import DummyRequest
 
-from mcpd.cluster.bus import ClusterBus, ClusterUnavailable
+from mcpd.cluster.bus import QUIET, ClusterBus, ClusterUnavailable
 from mcpd.cluster.instances import REFRESH, TTL, InstanceRegistry, process_state
 from mcpd.cluster.journal import STANDALONE, Journal
 from mcpd.cluster.relay import ORPHANED, TaskRelay
@@ -57,10 +59,10 @@ from mcpd.transport.legacy_sse import SSESession
 from mcpd.transport.sse import MAX_SEQ_DIGITS, parse_event_id, start_sse
 from mcpd.transport.streamable import HTTPSession
 from tests import conformance_pack
-from tests.daemon import DaemonTestMixin, start_daemon
+from tests.daemon import DaemonTestMixin, call_server_info, start_daemon
 from tests.engine_harness import Peer
 from tests.redis_service import PASSWORD, RedisServer, shared_redis, unique_prefix
-from tests.test_redis import answers_again, wait_for
+from tests.test_redis import _get_json, _until, answers_again, wait_for
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -1304,12 +1306,12 @@ class RestartedRedisTests(RedisPartsCase):
         yield done
 
 
-class BusThroughOutagesTests(TestCase):
-    """The bus's subscriber through Redis crashing, stalling and restarting (a server of the
-    test's own, with a password: the subscriber logs in on every connection): afterwards it
-    listens again, and `ClusterBus.connected` says whether it listens meanwhile."""
+class BusOutageCase(TestCase):
+    """A started bus on a server of the test's own, with a password (the subscriber logs in on
+    every connection) and a --redis-timeout of `redis_timeout` seconds."""
 
     timeout = 90
+    redis_timeout = 1.0
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -1322,7 +1324,7 @@ class BusThroughOutagesTests(TestCase):
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
-        config = redis_config(self.server.url, password=PASSWORD, prefix=unique_prefix(), timeout=1.0)
+        config = redis_config(self.server.url, password=PASSWORD, prefix=unique_prefix(), timeout=self.redis_timeout)
         self.connection = RedisConnection(config, reactor)
         self.connection.startService()
         self.addCleanup(lambda: self.connection.stopService() if self.connection.running else None)
@@ -1342,6 +1344,13 @@ class BusThroughOutagesTests(TestCase):
         message = json.dumps({"kind": "probe", "from": "elsewhere", "to": "all", "n": n})
         self.assertEqual(self.server.cli("PUBLISH", channel, message), "1")
         yield wait_for(lambda: any(m.get("n") == n for m in self.heard))
+
+
+class BusLoginCrashTests(BusOutageCase):
+    """Redis crashing while the subscriber's AUTH waits for its answer (the login's reply
+    timeout longer than the stall, so that the crash meets it pending)."""
+
+    redis_timeout = 5.0
 
     @inlineCallbacks
     def test_a_crash_during_the_subscribers_login(self) -> Any:
@@ -1365,6 +1374,11 @@ class BusThroughOutagesTests(TestCase):
         self.server.start()
         yield wait_for(lambda: self.bus.connected, timeout=20)
         yield self.hears_another_client(1)
+
+
+class BusThroughOutagesTests(BusOutageCase):
+    """The bus's subscriber through Redis crashing, stalling and restarting: afterwards it
+    listens again, and `ClusterBus.connected` says whether it listens meanwhile."""
 
     @inlineCallbacks
     def test_a_refused_login_fails_the_start_at_once(self) -> Any:
@@ -1407,6 +1421,231 @@ class BusThroughOutagesTests(TestCase):
         self.server.restart()
         yield wait_for(lambda: self.bus.connected, timeout=20)
         yield self.hears_another_client(2)
+
+
+class SilentProxyServer(portforward.ProxyServer):
+    """One connection through `SilentProxy`: once cut off, what either side sends is dropped and
+    neither is closed, for good (a network path gone without a reset)."""
+
+    factory: SilentProxy
+    dead = False
+
+    def connectionMade(self) -> None:
+        self.dead = not self.factory.forwarding
+        self.factory.open.append(self)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.dead:
+            super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.open.remove(self)
+        if not self.dead:
+            super().connectionLost(reason)
+
+
+class SilentProxyClient(portforward.ProxyClient):
+    """The Redis side of a `SilentProxyServer`."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.peer.dead:
+            super().dataReceived(data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self.peer.dead:
+            super().connectionLost(reason)
+
+
+class SilentProxyClientFactory(portforward.ProxyClientFactory):
+    protocol = SilentProxyClient
+
+
+SilentProxyServer.clientProtocolFactory = SilentProxyClientFactory
+
+
+class SilentProxy(portforward.ProxyFactory):
+    """A TCP proxy on a loopback port (``address``) to the local port ``port``: `silence` cuts
+    off every connection open, or opened before `forward`; those opened after pass again."""
+
+    protocol = SilentProxyServer
+
+    def __init__(self, port: int) -> None:
+        super().__init__("127.0.0.1", port)
+        self.forwarding = True
+        self.open: list[SilentProxyServer] = []
+        self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")
+        self.address = self.listening.getHost().port
+
+    def silence(self) -> None:
+        self.forwarding = False
+        for connection in self.open:
+            connection.dead = True
+
+    def forward(self) -> None:
+        self.forwarding = True
+
+    def close(self) -> Deferred[None]:
+        for connection in list(self.open):
+            connection.transport.abortConnection()
+            if connection.peer is not None:
+                connection.peer.transport.abortConnection()
+        return self.listening.stopListening()
+
+
+class BusLivenessTests(TestCase):
+    """A bus that hears nothing for `ClusterBus.quiet` seconds sends PING, and drops its
+    subscriber when nothing comes within --redis-timeout; made again, it listens again. (It
+    used to wait for good: `connected` stayed True and the bus heard nothing more from the
+    other instances until mcpd restarted.)"""
+
+    timeout = 90
+    QUIET, TIMEOUT = 0.5, 1.0
+
+    def setUp(self) -> None:
+        self.warned: list[str] = []
+        self.listening: list[str] = []
+
+        def observe(event: Any) -> None:
+            if event.get("log_namespace") != "mcpd.cluster":
+                return
+            text = formatEvent(event) or ""
+            if event["log_level"] >= LogLevel.warn:
+                self.warned.append(text)
+            elif text.startswith("Cluster bus listening"):
+                self.listening.append(text)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    @inlineCallbacks
+    def bus_on(self, url: str, password: str | None = None) -> Any:
+        """A started bus (PING after `QUIET` s, --redis-timeout `TIMEOUT` s) on ``url``."""
+        config = redis_config(url, password=password, prefix=unique_prefix(), timeout=self.TIMEOUT)
+        connection = RedisConnection(config, reactor)
+        connection.startService()
+        self.addCleanup(lambda: connection.stopService() if connection.running else None)
+        bus = ClusterBus(connection, clock=reactor)
+        bus.quiet = self.QUIET
+        self.heard: list[dict[str, Any]] = []
+        bus.on("probe", self.heard.append)
+        yield bus.start(10.0)
+        self.addCleanup(bus.stop)
+        return bus
+
+    @inlineCallbacks
+    def hears(self, bus: ClusterBus, server: RedisServer, n: int) -> Any:
+        """A PUBLISH to every instance by another client (redis-cli) reaches the bus."""
+        message = json.dumps({"kind": "probe", "from": "elsewhere", "to": "all", "n": n})
+        server.cli("PUBLISH", bus.key("all"), message)
+        yield wait_for(lambda: any(m.get("n") == n for m in self.heard))
+
+    @inlineCallbacks
+    def outage(self, bus: ClusterBus, *, begin: Callable[[], Any], end: Callable[[], Any]) -> Any:
+        """``begin`` an outage: the bus stops listening within --redis-timeout + 2 x quiet (and
+        a margin for a loaded machine), and stays so through several attempts; ``end`` it: the
+        bus listens again, having said so once, and the outage once."""
+        begin()
+        started = time.monotonic()
+        yield wait_for(lambda: not bus.connected, timeout=self.TIMEOUT + 2 * self.QUIET + 4.0)
+        self.assertGreaterEqual(time.monotonic() - started, self.TIMEOUT * 0.9)  # PING unanswered so long
+        yield sleep(3 * (self.QUIET + self.TIMEOUT))  # attempts to listen again, unanswered
+        self.assertFalse(bus.connected)
+        end()
+        yield wait_for(lambda: bus.connected, timeout=20)
+        self.assertEqual(len(self.warned), 1, self.warned)
+        self.assertIn("did not answer the cluster bus' PING within 1s (--redis-timeout)", self.warned[0])
+        self.assertEqual(len(self.listening), 2, self.listening)  # at the start, and once back
+
+    @inlineCallbacks
+    def test_a_stalled_redis(self) -> Any:
+        """Redis stopped (SIGSTOP): the kernel still accepts connections, nothing answers."""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        bus = yield self.bus_on(server.url)
+        yield self.hears(bus, server, 0)
+        self.addCleanup(server.thaw)
+        yield self.outage(bus, begin=server.freeze, end=server.thaw)
+        yield self.hears(bus, server, 1)
+
+    @inlineCallbacks
+    def test_a_connection_dead_without_a_word(self) -> Any:
+        """The path to Redis gone without a reset (a proxy that stops forwarding), Redis itself
+        well: the logins of the attempts meanwhile go unanswered too. Once the proxy forwards
+        again, the bus listens through it."""
+        server = RedisServer(self.mktemp(), password=PASSWORD).start()
+        self.addCleanup(server.destroy)
+        proxy = SilentProxy(server.port)
+        self.addCleanup(proxy.close)
+        bus = yield self.bus_on(f"redis://127.0.0.1:{proxy.address}/0", password=PASSWORD)
+        yield self.hears(bus, server, 0)
+        yield self.outage(bus, begin=proxy.silence, end=proxy.forward)
+        yield self.hears(bus, server, 1)
+
+    @inlineCallbacks
+    def test_a_busy_redis(self) -> Any:
+        """Redis busy with a slow script answers PING with an error (BUSY): it is there, so the
+        bus stays; and that answer, which nobody waits for, is not taken for the answer to the
+        bus's next command (a SUBSCRIBE)."""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        server.cli("CONFIG", "SET", "busy-reply-threshold", "100")
+        bus = yield self.bus_on(server.url)
+        yield self.hears(bus, server, 0)
+        script = "local t = redis.call('TIME')[1] + 5 while tonumber(redis.call('TIME')[1]) < t do end"
+        slow = subprocess.Popen([shutil.which("redis-cli") or "redis-cli", "-p", str(server.port), "EVAL", script, "0"])
+        self.addCleanup(slow.wait)
+        yield sleep(2.5)
+        self.assertIsNone(slow.poll())  # still running, the bus answered BUSY meanwhile
+        self.assertTrue(bus.connected)
+        yield wait_for(lambda: slow.poll() is not None, timeout=10)
+        heard: list[Any] = []
+        yield bus.listen(bus.key("after"), heard.append).addTimeout(5, reactor)
+        server.cli("PUBLISH", bus.key("after"), '{"n": 1}')
+        yield wait_for(lambda: heard == [{"n": 1}])
+        self.assertEqual(self.warned, [])
+
+
+class BusHealthTests(DaemonTestMixin, TestCase):
+    """A real daemon's /health has a required ``cluster_bus`` check: down while the bus does
+    not listen (Redis stalled: SIGSTOP), ok again once it does, without a restart."""
+
+    timeout = 120
+
+    def test_health_says_the_bus_is_deaf_while_redis_stalls(self) -> None:
+        redis = RedisServer(self.workdir / "redis").start()
+        self.addCleanup(redis.destroy)
+        args = ["--redis-url", redis.url, "--redis-timeout", "1", "--toolsets", "server"]
+        daemon = start_daemon(self.workdir, args, timeout=60.0)
+        self.addCleanup(daemon.stop)
+        port = daemon.port
+        assert port is not None
+
+        def bus() -> Any:
+            return _get_json(port, "/health")[1]["checks"]["cluster_bus"]
+
+        status, health = _get_json(port, "/health")
+        self.assertEqual((status, health["checks"]["cluster_bus"]["status"]), (200, "ok"), health)
+        self.assertIn("redis", {store["name"] for store in call_server_info(port)["stores"]})
+        _until(lambda: redis.cli("SCARD", "mcpd:instances") == "1")  # the cluster has started
+        redis.freeze()
+        self.addCleanup(redis.thaw)
+        started = time.monotonic()
+        _until(lambda: bus()["status"] == "down", timeout=20)
+        self.assertLess(time.monotonic() - started, 2 * QUIET + 1 + 5)  # PING after QUIET, 1 s for its answer
+        status, health = _get_json(port, "/health")
+        self.assertEqual((status, health["status"]), (503, "unhealthy"))
+        self.assertIn("did not answer the cluster bus' PING within 1s", health["checks"]["cluster_bus"]["detail"])
+        self.assertIn("does not hear the others", health["checks"]["cluster_bus"]["detail"])
+        time.sleep(2 * (QUIET + 1))  # attempts to listen again meanwhile, unanswered
+        redis.thaw()
+        _until(lambda: _get_json(port, "/health")[0] == 200, timeout=20)
+        self.assertEqual(bus()["status"], "ok")
+        # Said once, not at every attempt (txredisapi's own line for each unanswered login too).
+        logged = daemon.log("stdout") + daemon.log()
+        self.assertEqual(logged.count("did not answer the cluster bus' PING"), 1, logged)
+        self.assertEqual(logged.count("is unavailable: "), 1, logged)  # the pool, once too
+        self.assertNotIn("Redis error: could not", logged)
 
 
 class SessionIndexTests(RedisPartsCase):

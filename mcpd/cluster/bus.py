@@ -10,6 +10,11 @@ Commands (PUBLISH, scripts, keys) go over a pool of reconnecting connections; th
 over one connection of their own, subscribed again after every reconnection. A login of that
 connection left unanswered (Redis stalled or crashing meanwhile) stops txredisapi reconnecting it,
 as for the pool: a fresh one follows after the back-off (`mcpd.stores.redis.connection`).
+
+A subscriber only reads, so a connection that died without a word (Redis stopped, a network
+path gone without a reset) would leave it waiting for good. When it has heard nothing for
+`QUIET` seconds it sends PING, allowed in subscribe mode; with no answer (nor anything else)
+within ``--redis-timeout`` it drops the connection, which is then made again and subscribed anew.
 """
 
 from __future__ import annotations
@@ -29,11 +34,21 @@ from mcpd.interfaces import StoreUnavailable
 from mcpd.stores.redis.connection import PoolFactory, Renewal, unanswered_login
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
     from mcpd.stores.redis import RedisConnection
 
 log = Logger(namespace="mcpd.cluster")
 
 Handler = Callable[[dict[str, Any]], Any]
+
+# Seconds the subscriber may hear nothing before it asks Redis whether it is there (PING).
+QUIET = 3.0
+_PING = b"*1\r\n$4\r\nPING\r\n"
+# What Redis publishes (RESP2: ["message", channel, payload]); its answer to PING in subscribe
+# mode (["pong", ""]) or, subscribed to nothing, the status PONG.
+_MESSAGE = ("message", b"message")
+_PONG = ("pong", b"pong")
 
 
 class ClusterUnavailable(StoreUnavailable):
@@ -56,17 +71,34 @@ def new_instance_id() -> str:
 
 class _Subscriber(txredisapi.SubscriberProtocol):
     bus: ClusterBus
+    # Whether anything arrived since the bus last looked (`ClusterBus._look`), and its timer.
+    heard = False
+    look: IDelayedCall | None = None
+    # Why the bus dropped the connection (None: it did not).
+    dropped: str | None = None
 
     def connectionMade(self) -> Any:
+        self.bus = self.factory.bus
         # Fires once logged in; never when txredisapi gives up on the login (refused, or cut short).
-        self.whenConnected().addCallback(self.factory.bus._subscriber_ready)
+        self.whenConnected().addCallback(self.bus._subscriber_ready)
         return super().connectionMade()
 
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        self.factory.bus._received(channel, message)
+    def replyReceived(self, reply: Any) -> None:
+        self.heard = True
+        if type(reply) is list:
+            if len(reply) == 3 and reply[0] in _MESSAGE:  # what txredisapi would find, one call sooner
+                self.bus._received(reply[1], reply[2])
+                return
+            if len(reply) == 2 and reply[0] in _PONG:
+                return  # the bus's PING: nobody waits for its answer
+        elif reply == "PONG" or not self.replyQueue.waiting:
+            return  # the same (or an error, Redis busy), which txredisapi would give the next command
+        super().replyReceived(reply)
 
     def connectionLost(self, why: Any) -> None:
-        self.factory.bus._subscriber_lost(self)
+        if self.look is not None and self.look.active():
+            self.look.cancel()
+        self.bus._subscriber_lost(self)
         super().connectionLost(why)
 
 
@@ -81,8 +113,16 @@ class ClusterBus:
         self.redis = redis
         self.prefix = redis.config.prefix
         self.timeout = redis.config.timeout
+        self.quiet = QUIET
         self.instance = instance or new_instance_id()
+        # The subscriber logged in (SUBSCRIBE goes there), and the one whose subscriptions Redis
+        # confirmed (it listens: `connected`).
         self._subscriber: _Subscriber | None = None
+        self._listening: _Subscriber | None = None
+        # Since the bus stopped listening, or a login went unanswered, until it listens again:
+        # said once in the log, not at every attempt; `last_error` says why.
+        self._outage = False
+        self.last_error: str | None = None
         self._factory: PoolFactory | None = None
         # A fresh subscriber after unanswered logins (`_gave_up`).
         self._renewal = Renewal(self.clock, lambda: self._factory, self._connect, "subscriber")
@@ -115,7 +155,7 @@ class ClusterBus:
         self._connect()
         self._channels[self.instance_channel(self.instance)] = [self._instance_message]
         self._channels[self.key("all")] = [self._instance_message]
-        if self._subscriber is not None:
+        if self.connected:
             return succeed(None)
         ready: Deferred[None] = Deferred()
         self._ready.append(ready)
@@ -136,9 +176,10 @@ class ClusterBus:
             self._gave_up,
             dbid=None,
             poolsize=1,
-            isLazy=True,
             password=config.password,
             username=config.username,
+            # A login unanswered so long is given up (then `_gave_up`), like the pool's.
+            replyTimeout=config.timeout,
         )
         factory.protocol = _Subscriber
         factory.bus = self
@@ -162,7 +203,12 @@ class ClusterBus:
             for d in waiting:
                 d.errback(refused)
             return
-        log.warn(
+        # Said once an outage; the attempts after it only at debug level.
+        emit = log.debug if self._outage else log.warn
+        if not self._outage:
+            self._outage = True
+            self.last_error = f"Redis did not complete the subscriber's login ({why.removeprefix('Redis error: ')})"
+        emit(
             "Cluster bus: Redis did not complete the subscriber's login ({why}); reconnecting",
             why=why.removeprefix("Redis error: "),
         )
@@ -191,22 +237,56 @@ class ClusterBus:
 
     @property
     def connected(self) -> bool:
-        return self._subscriber is not None
+        """Whether the bus listens: Redis confirmed its subscriptions on a connection that has
+        not been lost, nor found silent since (`_look`)."""
+        return self._listening is not None
 
     def _subscriber_ready(self, protocol: _Subscriber) -> None:
         self._subscriber = protocol
         self._renewal.answered()
+        protocol.look = self.clock.callLater(self.quiet, self._look, protocol, False)
         channels = list(self._channels)
-        self._subscribe(protocol, channels)
-        log.info("Cluster bus listening on Redis (instance {id}, {n} channels)", id=self.instance, n=len(channels))
+        self._subscribe(protocol, channels).addCallback(self._subscribed, protocol, len(channels))
+
+    def _subscribed(self, _reply: Any, protocol: _Subscriber, channels: int) -> None:
+        if protocol is not self._subscriber:
+            return  # lost meanwhile
+        self._listening = protocol
+        self._outage = False
+        self.last_error = None
+        log.info("Cluster bus listening on Redis (instance {id}, {n} channels)", id=self.instance, n=channels)
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(None)
 
+    def _look(self, protocol: _Subscriber, pinged: bool) -> None:
+        """The subscriber's timer: every `quiet` seconds while it hears something; else a PING,
+        and the connection dropped when nothing came within ``--redis-timeout`` after it."""
+        if protocol.heard:
+            protocol.heard = False
+            protocol.look = self.clock.callLater(self.quiet, self._look, protocol, False)
+        elif not pinged:
+            protocol.transport.write(_PING)
+            protocol.look = self.clock.callLater(self.timeout, self._look, protocol, True)
+        else:
+            protocol.look = None
+            protocol.dropped = (
+                f"Redis at {self.redis.config.shown_url} did not answer the cluster bus' PING within "
+                f"{self.timeout:g}s (--redis-timeout)"
+            )
+            protocol.transport.abortConnection()
+
     def _subscriber_lost(self, protocol: _Subscriber) -> None:
         if self._subscriber is protocol:
             self._subscriber = None
-            log.warn("Cluster bus lost its Redis connection; reconnecting")
+        if self._listening is not protocol:
+            return  # never listened: the outage (or the start) is told already
+        self._listening = None
+        if self._factory is None:
+            return  # stopping
+        self._outage = True
+        self.last_error = protocol.dropped or "the cluster bus lost its Redis connection"
+        log.warn("{why}; reconnecting", why=self.last_error)
 
     # -- listening ------------------------------------------------------------------------------
 
@@ -224,7 +304,7 @@ class ClusterBus:
         if raw:
             self._raw.add(channel)
         waiting = self._subscribing.get(channel)
-        if waiting is None and len(handlers) > 1 and self._subscriber is not None:
+        if waiting is None and len(handlers) > 1 and self.connected:
             return succeed(None)
         subscribed: Deferred[None] = Deferred()
         if waiting is not None:
@@ -235,18 +315,22 @@ class ClusterBus:
             self._subscribe(self._subscriber, [channel])
         return subscribed
 
-    def _subscribe(self, protocol: _Subscriber, channels: list[str]) -> None:
+    def _subscribe(self, protocol: _Subscriber, channels: list[str]) -> Deferred[Any]:
         """SUBSCRIBE, then tell who waits for these channels (Redis answers a SUBSCRIBE only once
-        it listens to every channel named)."""
+        it listens to every channel named); fires once answered, or failed (a connection lost
+        first is told by `_subscriber_lost`, and its channels subscribed on the next one)."""
 
-        def done(_reply: Any) -> None:
+        def done(reply: Any) -> Any:
             for channel in channels:
                 for waiting in self._subscribing.pop(channel, ()):
                     waiting.callback(None)
+            return reply
 
-        protocol.subscribe(channels).addCallbacks(
-            done, lambda f: log.failure("Subscribing to {n} channels failed", f, n=len(channels))
-        )
+        def failed(failure: Failure) -> None:
+            if not failure.check(txredisapi.ConnectionError):
+                log.failure("Subscribing to {n} channels failed", failure, n=len(channels))
+
+        return protocol.subscribe(channels).addCallbacks(done, failed)
 
     def unlisten(self, channel: str, handler: Callable[[Any], Any] | None = None) -> None:
         """Stop ``handler`` hearing ``channel`` (every handler when None); the channel is

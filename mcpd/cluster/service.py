@@ -19,6 +19,7 @@ from mcpd.cluster.journal import Journal
 from mcpd.cluster.relay import ChangeRelay, TaskRelay
 from mcpd.cluster.sessions import ClusterSessions, SSEForwarding
 from mcpd.interfaces import StoreUnavailable
+from mcpd.observe.health import DOWN, OK, Check, CheckResult
 
 if TYPE_CHECKING:
     from mcpd.protocol.engine import Engine
@@ -96,6 +97,21 @@ class Cluster(Service):
         print(line, file=sys.__stderr__, flush=True)
         # The tree has started: stopping the reactor would exit 0. One line and a failing status.
         os._exit(1)
+
+    def health_check(self) -> Check:
+        """/health's word on the bus (``cluster_bus``, required): down while it does not listen,
+        for this instance then hears nothing from the others (cancels, answers, task and session
+        events) until it listens again."""
+        bus = self.bus
+
+        def probe() -> CheckResult:
+            if bus.connected:
+                return CheckResult("cluster_bus", OK, 0.0, detail=f"instance {bus.instance}")
+            why = bus.last_error or f"connecting to Redis at {bus.redis.config.shown_url}"
+            detail = f"{why}; this instance does not hear the others meanwhile (mcpd reconnects by itself)"
+            return CheckResult("cluster_bus", DOWN, 0.0, detail=detail)
+
+        return Check("cluster_bus", probe)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

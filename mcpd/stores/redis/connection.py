@@ -79,7 +79,8 @@ class PoolFactory(txredisapi.RedisFactory):  # type: ignore[misc]
         lost: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(None, **kwargs)
+        # Not lazy: txredisapi would log each unanswered login too, where the owner says it once.
+        super().__init__(None, isLazy=False, **kwargs)
         self._up, self._lost, self._gave_up = up, lost, gave_up
         self.deferred.addErrback(lambda _failure: None)  # reported through `gave_up`
 
@@ -222,7 +223,6 @@ class RedisConnection(Service):
             self._lost,
             dbid=self.config.db,
             poolsize=self.pool_size,
-            isLazy=True,
             charset="utf-8",
             password=self.config.password,
             username=self.config.username,
