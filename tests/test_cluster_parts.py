@@ -20,6 +20,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols import portforward
 from twisted.python.failure import Failure
@@ -1493,6 +1494,99 @@ class SilentProxy(portforward.ProxyFactory):
         return self.listening.stopListening()
 
 
+class WatchingProxy(portforward.ProxyFactory):
+    """A TCP proxy on a loopback port (``address``) to the local port ``port`` that tells when a
+    client sends PING (`pinged`), can hold back what Redis sends (`hold`, `release`), and can
+    send Redis a command of its own on every connection (`inject`)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__("127.0.0.1", port)
+        self.open: list[WatchedServer] = []
+        self.pings: list[Deferred[None]] = []
+        self.held: list[tuple[WatchedServer, bytes]] | None = None
+        self.listening = reactor.listenTCP(0, self, interface="127.0.0.1")
+        self.address = self.listening.getHost().port
+
+    def pinged(self) -> Deferred[None]:
+        """Fires when a client next sends PING."""
+        d: Deferred[None] = Deferred()
+        self.pings.append(d)
+        return d
+
+    def hold(self) -> None:
+        self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for connection, data in held:
+            connection.transport.write(data)
+
+    def inject(self, command: bytes) -> None:
+        """Send ``command`` to Redis on every connection that has subscribed."""
+        for connection in self.open:
+            if connection.subscriber:
+                connection.peer.transport.write(command)
+
+    def close(self) -> Deferred[None]:
+        for connection in list(self.open):
+            connection.transport.abortConnection()
+        return self.listening.stopListening()
+
+
+class WatchedServer(portforward.ProxyServer):
+    """The client side of one connection through `WatchingProxy`."""
+
+    factory: WatchingProxy
+    subscriber = False
+
+    def connectionMade(self) -> None:
+        self.factory.open.append(self)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.subscriber = self.subscriber or b"SUBSCRIBE" in data
+        if b"PING" in data:
+            pings, self.factory.pings = self.factory.pings, []
+            for d in pings:
+                d.callback(None)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.open.remove(self)
+        super().connectionLost(reason)
+
+
+class WatchedClient(portforward.ProxyClient):
+    """The Redis side of a `WatchedServer`."""
+
+    def dataReceived(self, data: bytes) -> None:
+        held = self.peer.factory.held
+        if held is not None:
+            held.append((self.peer, data))
+        else:
+            super().dataReceived(data)
+
+
+class WatchedClientFactory(portforward.ProxyClientFactory):
+    protocol = WatchedClient
+
+
+WatchedServer.clientProtocolFactory = WatchedClientFactory
+WatchingProxy.protocol = WatchedServer
+
+
+def slow_script(server: RedisServer, seconds: float) -> subprocess.Popen[bytes]:
+    """A Lua script keeping ``server`` busy for ``seconds`` (redis-cli, in the background)."""
+    script = (
+        "local function now() local t = redis.call('TIME') return tonumber(t[1]) + tonumber(t[2]) / 1e6 end "
+        f"local stop = now() + {seconds} while now() < stop do end"
+    )
+    return subprocess.Popen(
+        [shutil.which("redis-cli") or "redis-cli", "-p", str(server.port), "EVAL", script, "0"],
+        stdout=subprocess.DEVNULL,
+    )
+
+
 class BusLivenessTests(TestCase):
     """A bus that hears nothing for `ClusterBus.quiet` seconds sends PING, and drops its
     subscriber when nothing comes within --redis-timeout; made again, it listens again. (It
@@ -1519,9 +1613,10 @@ class BusLivenessTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
     @inlineCallbacks
-    def bus_on(self, url: str, password: str | None = None) -> Any:
-        """A started bus (PING after `QUIET` s, --redis-timeout `TIMEOUT` s) on ``url``."""
-        config = redis_config(url, password=password, prefix=unique_prefix(), timeout=self.TIMEOUT)
+    def bus_on(self, url: str, password: str | None = None, timeout: float | None = None) -> Any:
+        """A started bus (PING after `QUIET` s, --redis-timeout ``timeout`` or `TIMEOUT` s) on
+        ``url``."""
+        config = redis_config(url, password=password, prefix=unique_prefix(), timeout=timeout or self.TIMEOUT)
         connection = RedisConnection(config, reactor)
         connection.startService()
         self.addCleanup(lambda: connection.stopService() if connection.running else None)
@@ -1604,6 +1699,159 @@ class BusLivenessTests(TestCase):
         server.cli("PUBLISH", bus.key("after"), '{"n": 1}')
         yield wait_for(lambda: heard == [{"n": 1}])
         self.assertEqual(self.warned, [])
+
+    @inlineCallbacks
+    def test_a_subscribe_refused_while_redis_is_busy(self) -> Any:
+        """A script running past --redis-timeout + `QUIET`: the PING goes unanswered, the bus
+        drops its connection, and the SUBSCRIBE of the next one is refused (BUSY) once Redis
+        answers again. No subscription: the bus does not listen, a `listen` fails with
+        `ClusterUnavailable`, and once the script is over the bus subscribes again. (A refused
+        SUBSCRIBE was taken as confirmed, for good, and a `listen` meanwhile never fired.)"""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        server.cli("CONFIG", "SET", "busy-reply-threshold", "4000")  # ms: BUSY answers after 4 s
+        bus = yield self.bus_on(server.url)
+        yield self.hears(bus, server, 0)
+        slow = slow_script(server, 8.0)
+        self.addCleanup(slow.wait)
+        started = time.monotonic()
+        yield wait_for(lambda: not bus.connected, timeout=5)  # the PING unanswered
+        yield sleep(5.5 - (time.monotonic() - started))  # Redis answers BUSY meanwhile
+        self.assertIsNone(slow.poll())
+        self.assertFalse(bus.connected)
+        failure = yield self.assertFailure(
+            bus.listen(bus.key("during"), lambda _m: None).addTimeout(2, reactor), ClusterUnavailable
+        )
+        self.assertIn("refused the cluster bus' SUBSCRIBE (BUSY", str(failure))
+        self.assertIsNone(slow.poll())
+        bus.unlisten(bus.key("during"))
+        yield wait_for(lambda: slow.poll() is not None, timeout=10)
+        yield wait_for(lambda: bus.connected, timeout=10)
+        yield self.hears(bus, server, 1)
+        self.assertEqual(len(self.warned), 1, self.warned)  # the PING's, not each refusal
+        self.assertIn("did not answer the cluster bus' PING", self.warned[0])
+
+    @inlineCallbacks
+    def test_a_reactor_held_up_past_the_pings_deadline(self) -> Any:
+        """The reactor held up (a long turn elsewhere in mcpd) from before Redis answered the PING
+        until past its deadline: timers run before reads, so the answer, and a message, are in
+        the socket unread when the deadline comes. The bus reads them before judging: it stays,
+        and hears the message. (It dropped the connection and the message.)"""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        bus = yield self.bus_on(server.url, timeout=2.0)
+        bus.quiet = 0.2
+        yield self.hears(bus, server, 0)
+        server.freeze()
+        self.addCleanup(server.thaw)
+        yield sleep(0.8)  # PING sent within 2 x quiet, unanswered; its deadline 2 s after it
+        # The reactor held up, in a turn that is no timer's (a thread's result, like a store's),
+        # from before Redis answers until past the deadline: the timers due run next, before
+        # anything is read.
+        yield deferToThread(lambda: None)
+        server.thaw()
+        message = json.dumps({"kind": "probe", "from": "elsewhere", "to": "all", "n": 1})
+        self.assertEqual(server.cli("PUBLISH", bus.key("all"), message), "1")
+        time.sleep(2.5)
+        yield wait_for(lambda: any(m.get("n") == 1 for m in self.heard), timeout=5)
+        yield sleep(3 * self.QUIET)
+        self.assertTrue(bus.connected)
+        self.assertEqual(self.warned, [], self.warned)
+        self.assertEqual(len(self.listening), 1, self.listening)  # never subscribed anew
+
+    @inlineCallbacks
+    def test_an_unlisten_while_redis_stalls_briefly(self) -> Any:
+        """Redis stalled for less than the PING allows, right after a `unlisten`: the bus stays.
+        (The UNSUBSCRIBE had a reply timeout of its own, --redis-timeout, and dropped the
+        connection when it passed.)"""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        bus = yield self.bus_on(server.url)
+        yield bus.listen(bus.key("left"), lambda _m: None)
+        yield self.hears(bus, server, 0)
+        server.freeze()
+        self.addCleanup(server.thaw)
+        bus.unlisten(bus.key("left"))
+        # Heard just now: PING after quiet at the earliest, unanswered for --redis-timeout after it.
+        yield sleep(self.TIMEOUT + self.QUIET / 2)
+        server.thaw()
+        yield sleep(2 * self.QUIET + self.TIMEOUT)
+        yield self.hears(bus, server, 1)
+        self.assertTrue(bus.connected)
+        self.assertEqual(self.warned, [], self.warned)
+        self.assertEqual(len(self.listening), 1, self.listening)
+
+    @inlineCallbacks
+    def test_an_unlisten_in_an_outage_says_nothing(self) -> Any:
+        """Channels listened to and left while Redis is stalled: no log line for them, only the
+        outage's. (The UNSUBSCRIBE's reply timeout failed the SUBSCRIBE waiting on the same
+        connection, which the bus took as confirmed: "listening", then "lost", each time.)"""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        bus = yield self.bus_on(server.url)
+        yield self.hears(bus, server, 0)
+        server.freeze()
+        self.addCleanup(server.thaw)
+        yield wait_for(lambda: not bus.connected, timeout=self.TIMEOUT + 2 * self.QUIET + 4.0)
+        for n in range(3):
+            channel = bus.key("left", str(n))
+            listened = bus.listen(channel, lambda _m: None)
+            yield sleep(0.2)
+            bus.unlisten(channel)
+            yield listened  # nobody listens any more: nothing to wait for
+            yield sleep(self.TIMEOUT + 0.5)
+        server.thaw()
+        yield wait_for(lambda: bus.connected, timeout=20)
+        yield self.hears(bus, server, 1)
+        self.assertEqual(len(self.warned), 1, self.warned)
+        self.assertIn("did not answer the cluster bus' PING", self.warned[0])
+
+    @inlineCallbacks
+    def test_a_pings_error_answer_is_not_the_next_commands(self) -> Any:
+        """Redis busy answers the bus's PING with BUSY; the bus sends SUBSCRIBE (a `listen`)
+        before it has read that answer, and Redis, done with the script, subscribes it. The
+        error is the PING's, the SUBSCRIBE's answer its own: the `listen` fires. (The error went
+        to the SUBSCRIBE, whose own answer then went to nobody.)"""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        server.cli("CONFIG", "SET", "busy-reply-threshold", "100")
+        proxy = WatchingProxy(server.port)
+        self.addCleanup(proxy.close)
+        bus = yield self.bus_on(f"redis://127.0.0.1:{proxy.address}/0", timeout=5.0)
+        yield self.hears(bus, server, 0)
+        slow = slow_script(server, 1.5)
+        self.addCleanup(slow.wait)
+        yield sleep(0.3)
+        proxy.hold()  # what Redis sends from now on, the answer to PING (BUSY) first
+        yield proxy.pinged().addTimeout(3, reactor)
+        yield wait_for(lambda: slow.poll() is not None, timeout=5)
+        heard: list[Any] = []
+        listened = bus.listen(bus.key("after"), heard.append)
+        yield sleep(0.3)  # Redis has subscribed the bus; the answer is held
+        proxy.release()
+        yield listened.addTimeout(3, reactor)
+        server.cli("PUBLISH", bus.key("after"), '{"n": 1}')
+        yield wait_for(lambda: heard == [{"n": 1}])
+        self.assertTrue(bus.connected)
+        self.assertEqual(self.warned, [])
+
+    @inlineCallbacks
+    def test_a_subscriber_unsubscribed_behind_its_back(self) -> Any:
+        """A subscriber connection on which Redis no longer subscribes to anything answers PING
+        with a plain PONG: the bus takes its subscriptions as lost and subscribes anew. (It took
+        the PONG for an answer, and heard nothing more.)"""
+        server = RedisServer(self.mktemp()).start()
+        self.addCleanup(server.destroy)
+        proxy = WatchingProxy(server.port)
+        self.addCleanup(proxy.close)
+        bus = yield self.bus_on(f"redis://127.0.0.1:{proxy.address}/0")
+        yield self.hears(bus, server, 0)
+        proxy.inject(b"UNSUBSCRIBE\r\n")
+        yield wait_for(lambda: not bus.connected, timeout=2 * self.QUIET + 4.0)
+        yield wait_for(lambda: bus.connected, timeout=10)
+        yield self.hears(bus, server, 1)
+        self.assertEqual(len(self.warned), 1, self.warned)
+        self.assertIn("as if it subscribed to nothing", self.warned[0])
 
 
 class BusHealthTests(DaemonTestMixin, TestCase):

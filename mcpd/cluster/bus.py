@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +45,11 @@ Handler = Callable[[dict[str, Any]], Any]
 
 # Seconds the subscriber may hear nothing before it asks Redis whether it is there (PING).
 QUIET = 3.0
+# The stages of its timer (`ClusterBus._look`): quiet so far, PING sent, its deadline passed.
+_QUIET, _PINGED, _SILENT = 0, 1, 2
 _PING = b"*1\r\n$4\r\nPING\r\n"
-# What Redis publishes (RESP2: ["message", channel, payload]); its answer to PING in subscribe
-# mode (["pong", ""]) or, subscribed to nothing, the status PONG.
+# What Redis publishes (RESP2: ["message", channel, payload]).
 _MESSAGE = ("message", b"message")
-_PONG = ("pong", b"pong")
 
 
 class ClusterUnavailable(StoreUnavailable):
@@ -79,21 +80,55 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
     def connectionMade(self) -> Any:
         self.bus = self.factory.bus
+        # What was sent since the login and is not fully answered, first sent first: per command,
+        # how many replies are still to come, and whether its caller waits for the first (a
+        # SUBSCRIBE is answered once per channel, a PING once, and nobody waits for that).
+        self.sent: deque[list[Any]] = deque()
+        # A backstop only: the kernel's first probe comes after 2 hours idle (tcp_keepalive_time).
+        self.transport.setTcpKeepAlive(True)
         # Fires once logged in; never when txredisapi gives up on the login (refused, or cut short).
         self.whenConnected().addCallback(self.bus._subscriber_ready)
         return super().connectionMade()
 
-    def replyReceived(self, reply: Any) -> None:
+    def dataReceived(self, data: bytes, unpause: bool = False) -> Any:
         self.heard = True
-        if type(reply) is list:
-            if len(reply) == 3 and reply[0] in _MESSAGE:  # what txredisapi would find, one call sooner
-                self.bus._received(reply[1], reply[2])
-                return
-            if len(reply) == 2 and reply[0] in _PONG:
-                return  # the bus's PING: nobody waits for its answer
-        elif reply == "PONG" or not self.replyQueue.waiting:
-            return  # the same (or an error, Redis busy), which txredisapi would give the next command
-        super().replyReceived(reply)
+        return super().dataReceived(data, unpause)
+
+    def replyReceived(self, reply: Any) -> None:
+        if type(reply) is list and len(reply) == 3 and reply[0] in _MESSAGE:
+            self.bus._received(reply[1], reply[2])  # what txredisapi would find, one call sooner
+            return
+        if not self._ready:
+            super().replyReceived(reply)  # the login's
+            return
+        if not self.sent:
+            return  # nothing asked for it
+        expected = self.sent[0]
+        if expected[1]:
+            expected[1] = False
+            self.replyQueue.put(reply)
+        elif reply == "PONG":
+            # The answer to PING outside subscribe mode: Redis has no subscription of this connection.
+            self.bus._drop(self, "Redis answered the cluster bus' PING as if it subscribed to nothing")
+        expected[0] -= 1
+        if expected[0] == 0 or isinstance(reply, Exception):  # an error answers the whole command
+            self.sent.popleft()
+
+    def subscribe(self, channels: list[str]) -> Deferred[Any]:
+        return self._command("SUBSCRIBE", channels)
+
+    def unsubscribe(self, channels: list[str]) -> Deferred[Any]:
+        return self._command("UNSUBSCRIBE", channels)
+
+    def _command(self, name: str, channels: list[str]) -> Deferred[Any]:
+        # No reply timeout: while Redis does not answer, the PING finds it out (`ClusterBus._look`).
+        d: Deferred[Any] = self.execute_command(name, *channels, apply_timeout=False)
+        self.sent.append([len(channels), True])
+        return d
+
+    def ping(self) -> None:
+        self.transport.write(_PING)
+        self.sent.append([1, False])
 
     def connectionLost(self, why: Any) -> None:
         if self.look is not None and self.look.active():
@@ -203,14 +238,8 @@ class ClusterBus:
             for d in waiting:
                 d.errback(refused)
             return
-        # Said once an outage; the attempts after it only at debug level.
-        emit = log.debug if self._outage else log.warn
-        if not self._outage:
-            self._outage = True
-            self.last_error = f"Redis did not complete the subscriber's login ({why.removeprefix('Redis error: ')})"
-        emit(
-            "Cluster bus: Redis did not complete the subscriber's login ({why}); reconnecting",
-            why=why.removeprefix("Redis error: "),
+        self._tell_outage(
+            f"Redis did not complete the cluster bus subscriber's login ({why.removeprefix('Redis error: ')})"
         )
         self._renewal.after(factory)
 
@@ -244,11 +273,11 @@ class ClusterBus:
     def _subscriber_ready(self, protocol: _Subscriber) -> None:
         self._subscriber = protocol
         self._renewal.answered()
-        protocol.look = self.clock.callLater(self.quiet, self._look, protocol, False)
+        protocol.look = self.clock.callLater(self.quiet, self._look, protocol, _QUIET)
         channels = list(self._channels)
-        self._subscribe(protocol, channels).addCallback(self._subscribed, protocol, len(channels))
+        self._subscribe(protocol, channels, lambda: self._subscribed(protocol, len(channels)))
 
-    def _subscribed(self, _reply: Any, protocol: _Subscriber, channels: int) -> None:
+    def _subscribed(self, protocol: _Subscriber, channels: int) -> None:
         if protocol is not self._subscriber:
             return  # lost meanwhile
         self._listening = protocol
@@ -259,22 +288,42 @@ class ClusterBus:
         for d in ready:
             d.callback(None)
 
-    def _look(self, protocol: _Subscriber, pinged: bool) -> None:
+    def _look(self, protocol: _Subscriber, stage: int) -> None:
         """The subscriber's timer: every `quiet` seconds while it hears something; else a PING,
         and the connection dropped when nothing came within ``--redis-timeout`` after it."""
         if protocol.heard:
             protocol.heard = False
-            protocol.look = self.clock.callLater(self.quiet, self._look, protocol, False)
-        elif not pinged:
-            protocol.transport.write(_PING)
-            protocol.look = self.clock.callLater(self.timeout, self._look, protocol, True)
+            protocol.look = self.clock.callLater(self.quiet, self._look, protocol, _QUIET)
+        elif stage == _QUIET:
+            protocol.ping()
+            protocol.look = self.clock.callLater(self.timeout, self._look, protocol, _PINGED)
+        elif stage == _PINGED:
+            # Timers run before reads: after the reactor was held up past the deadline, what Redis
+            # sent meanwhile is still unread. The next turn reads it first.
+            protocol.look = self.clock.callLater(0, self._look, protocol, _SILENT)
         else:
             protocol.look = None
-            protocol.dropped = (
+            self._drop(
+                protocol,
                 f"Redis at {self.redis.config.shown_url} did not answer the cluster bus' PING within "
-                f"{self.timeout:g}s (--redis-timeout)"
+                f"{self.timeout:g}s (--redis-timeout)",
             )
-            protocol.transport.abortConnection()
+
+    def _drop(self, protocol: _Subscriber, why: str) -> None:
+        """Close the subscriber's connection (another is made and subscribed anew); ``why`` is
+        told once an outage (`_subscriber_lost`, or here when it did not listen yet)."""
+        protocol.dropped = why
+        if self._listening is not protocol:
+            self._tell_outage(why)
+        protocol.transport.abortConnection()
+
+    def _tell_outage(self, why: str) -> None:
+        """Say ``why`` the bus does not listen: once an outage, then at debug level."""
+        emit = log.debug if self._outage else log.warn
+        if not self._outage:
+            self._outage = True
+            self.last_error = why
+        emit("{why}; reconnecting", why=why)
 
     def _subscriber_lost(self, protocol: _Subscriber) -> None:
         if self._subscriber is protocol:
@@ -284,9 +333,7 @@ class ClusterBus:
         self._listening = None
         if self._factory is None:
             return  # stopping
-        self._outage = True
-        self.last_error = protocol.dropped or "the cluster bus lost its Redis connection"
-        log.warn("{why}; reconnecting", why=self.last_error)
+        self._tell_outage(protocol.dropped or "the cluster bus lost its Redis connection")
 
     # -- listening ------------------------------------------------------------------------------
 
@@ -315,22 +362,35 @@ class ClusterBus:
             self._subscribe(self._subscriber, [channel])
         return subscribed
 
-    def _subscribe(self, protocol: _Subscriber, channels: list[str]) -> Deferred[Any]:
-        """SUBSCRIBE, then tell who waits for these channels (Redis answers a SUBSCRIBE only once
-        it listens to every channel named); fires once answered, or failed (a connection lost
-        first is told by `_subscriber_lost`, and its channels subscribed on the next one)."""
+    def _subscribe(self, protocol: _Subscriber, channels: list[str], then: Callable[[], None] | None = None) -> None:
+        """SUBSCRIBE, then tell who waits for these channels (Redis answers a SUBSCRIBE once it
+        listens to every channel named) and call ``then``. A connection lost first is told by
+        `_subscriber_lost`, and the channels subscribed on the next one; a SUBSCRIBE refused
+        (Redis busy with a script, say) subscribed none: the connection is dropped, and who
+        waits fails with `ClusterUnavailable`."""
 
-        def done(reply: Any) -> Any:
+        def done(_reply: Any) -> None:
             for channel in channels:
                 for waiting in self._subscribing.pop(channel, ()):
                     waiting.callback(None)
-            return reply
+            if then is not None:
+                then()
 
         def failed(failure: Failure) -> None:
-            if not failure.check(txredisapi.ConnectionError):
-                log.failure("Subscribing to {n} channels failed", failure, n=len(channels))
+            if failure.check(txredisapi.ConnectionError):
+                return
+            why = f"Redis at {self.redis.config.shown_url} refused the cluster bus' SUBSCRIBE ({failure.getErrorMessage()})"
+            self._drop(protocol, why)
+            refused = ClusterUnavailable(f"{why}; try again in a few seconds")
+            for channel in channels:
+                for waiting in self._subscribing.pop(channel, ()):
+                    waiting.errback(refused)
 
-        return protocol.subscribe(channels).addCallbacks(done, failed)
+        try:
+            d = protocol.subscribe(channels)
+        except txredisapi.ConnectionError:
+            return  # lost just now
+        d.addCallbacks(done, failed)
 
     def unlisten(self, channel: str, handler: Callable[[Any], Any] | None = None) -> None:
         """Stop ``handler`` hearing ``channel`` (every handler when None); the channel is
@@ -349,7 +409,7 @@ class ClusterBus:
         for waiting in self._subscribing.pop(channel, ()):
             waiting.callback(None)  # nobody listens any more: nothing to wait for
         if self._subscriber is not None:
-            self._subscriber.unsubscribe(channel).addErrback(lambda _f: None)
+            self._subscriber.unsubscribe([channel]).addErrback(lambda _f: None)
 
     def _received(self, channel: Any, raw: Any) -> None:
         name = channel.decode() if isinstance(channel, bytes) else str(channel)
