@@ -1599,11 +1599,14 @@ class BusLivenessTests(TestCase):
     def setUp(self) -> None:
         self.warned: list[str] = []
         self.listening: list[str] = []
+        self.refused: list[str] = []
 
         def observe(event: Any) -> None:
             if event.get("log_namespace") != "mcpd.cluster":
                 return
             text = formatEvent(event) or ""
+            if "refused the cluster bus' SUBSCRIBE" in text:
+                self.refused.append(text)
             if event["log_level"] >= LogLevel.warn:
                 self.warned.append(text)
             elif text.startswith("Cluster bus listening"):
@@ -1720,7 +1723,7 @@ class BusLivenessTests(TestCase):
         self.assertIsNone(slow.poll())
         self.assertFalse(bus.connected)
         failure = yield self.assertFailure(
-            bus.listen(bus.key("during"), lambda _m: None).addTimeout(2, reactor), ClusterUnavailable
+            bus.listen(bus.key("during"), lambda _m: None).addTimeout(2.4, reactor), ClusterUnavailable
         )
         self.assertIn("refused the cluster bus' SUBSCRIBE (BUSY", str(failure))
         self.assertIsNone(slow.poll())
@@ -1730,6 +1733,9 @@ class BusLivenessTests(TestCase):
         yield self.hears(bus, server, 1)
         self.assertEqual(len(self.warned), 1, self.warned)  # the PING's, not each refusal
         self.assertIn("did not answer the cluster bus' PING", self.warned[0])
+        # Each refusal's connection followed by a fresh one after a growing back-off (0.2 s,
+        # 0.5 s, 1.5 s, then 2 s), not at once: 4 s of BUSY, not 20 connections refused.
+        self.assertLessEqual(len(self.refused), 6, self.refused)
 
     @inlineCallbacks
     def test_a_reactor_held_up_past_the_pings_deadline(self) -> Any:
@@ -1889,9 +1895,11 @@ class BusHealthTests(DaemonTestMixin, TestCase):
         redis.thaw()
         _until(lambda: _get_json(port, "/health")[0] == 200, timeout=20)
         self.assertEqual(bus()["status"], "ok")
-        # Said once, not at every attempt (txredisapi's own line for each unanswered login too).
+        # Said once, not at every attempt (those at debug level; txredisapi's own line for each
+        # unanswered login too).
         logged = daemon.log("stdout") + daemon.log()
-        self.assertEqual(logged.count("did not answer the cluster bus' PING"), 1, logged)
+        self.assertEqual(logged.count("#warn] Redis at redis://127.0.0.1:"), 1, logged)
+        self.assertEqual(logged.count("did not answer the cluster bus' PING"), logged.count("#debug] Redis at") + 1)
         self.assertEqual(logged.count("is unavailable: "), 1, logged)  # the pool, once too
         self.assertNotIn("Redis error: could not", logged)
 

@@ -15,6 +15,9 @@ A subscriber only reads, so a connection that died without a word (Redis stopped
 path gone without a reset) would leave it waiting for good. When it has heard nothing for
 `QUIET` seconds it sends PING, allowed in subscribe mode; with no answer (nor anything else)
 within ``--redis-timeout`` it drops the connection, which is then made again and subscribed anew.
+A SUBSCRIBE refused (Redis busy with a script) subscribed nothing: that connection is dropped too.
+The subscriber matches Redis' replies to what it sent, in order (`_Subscriber.sent`), so the
+answer to a PING, error or not, is never taken for another command's.
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ class ClusterBus:
         self._outage = False
         self.last_error: str | None = None
         self._factory: PoolFactory | None = None
-        # A fresh subscriber after unanswered logins (`_gave_up`).
+        # A fresh subscriber after unanswered logins (`_gave_up`) or a refused SUBSCRIBE, the
+        # back-off growing until one listens.
         self._renewal = Renewal(self.clock, lambda: self._factory, self._connect, "subscriber")
         # Handlers by channel (full name); the kinds of the instance channel by kind.
         # Several readers of one stream in this process each listen on its channel.
@@ -272,7 +276,6 @@ class ClusterBus:
 
     def _subscriber_ready(self, protocol: _Subscriber) -> None:
         self._subscriber = protocol
-        self._renewal.answered()
         protocol.look = self.clock.callLater(self.quiet, self._look, protocol, _QUIET)
         channels = list(self._channels)
         self._subscribe(protocol, channels, lambda: self._subscribed(protocol, len(channels)))
@@ -281,6 +284,7 @@ class ClusterBus:
         if protocol is not self._subscriber:
             return  # lost meanwhile
         self._listening = protocol
+        self._renewal.answered()
         self._outage = False
         self.last_error = None
         log.info("Cluster bus listening on Redis (instance {id}, {n} channels)", id=self.instance, n=channels)
@@ -380,6 +384,11 @@ class ClusterBus:
             if failure.check(txredisapi.ConnectionError):
                 return
             why = f"Redis at {self.redis.config.shown_url} refused the cluster bus' SUBSCRIBE ({failure.getErrorMessage()})"
+            factory = self._factory
+            if factory is not None and protocol.factory is factory:
+                # A fresh connection after the back-off, not at once: Redis busy refuses it too.
+                factory.stopTrying()
+                self._renewal.after(factory)
             self._drop(protocol, why)
             refused = ClusterUnavailable(f"{why}; try again in a few seconds")
             for channel in channels:

@@ -528,7 +528,9 @@ class SSEForwarding(_RecordKeeper):
 
     def fit(self, session: Session) -> None:
         if isinstance(session, SSESession):
-            self.bus.listen(self.channel(session.id), functools.partial(self._message, session.id))
+            # Refused (Redis busy): the channel stays, subscribed on the bus's next connection.
+            listened = self.bus.listen(self.channel(session.id), functools.partial(self._message, session.id))
+            listened.addErrback(lambda _failure: None)
 
     def ended(self, session: Session) -> None:
         self.bus.unlisten(self.channel(session.id))
