@@ -1616,10 +1616,14 @@ class BusLivenessTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
     @inlineCallbacks
-    def bus_on(self, url: str, password: str | None = None, timeout: float | None = None) -> Any:
+    def bus_on(
+        self, url: str, password: str | None = None, timeout: float | None = None, ca_file: str | None = None
+    ) -> Any:
         """A started bus (PING after `QUIET` s, --redis-timeout ``timeout`` or `TIMEOUT` s) on
         ``url``."""
-        config = redis_config(url, password=password, prefix=unique_prefix(), timeout=timeout or self.TIMEOUT)
+        config = redis_config(
+            url, password=password, ca_file=ca_file, prefix=unique_prefix(), timeout=timeout or self.TIMEOUT
+        )
         connection = RedisConnection(config, reactor)
         connection.startService()
         self.addCleanup(lambda: connection.stopService() if connection.running else None)
@@ -1702,6 +1706,17 @@ class BusLivenessTests(TestCase):
         server.cli("PUBLISH", bus.key("after"), '{"n": 1}')
         yield wait_for(lambda: heard == [{"n": 1}])
         self.assertEqual(self.warned, [])
+
+    @inlineCallbacks
+    def test_tls_and_tcp_keepalive(self) -> Any:
+        """Over TLS (rediss://) too, the subscriber's socket has TCP keepalive on (a backstop
+        to the PING), and the bus hears what is published."""
+        server = RedisServer(self.mktemp(), tls=True).start()
+        self.addCleanup(server.destroy)
+        bus = yield self.bus_on(server.url, ca_file=str(server.tls_files.ca))
+        yield self.hears(bus, server, 0)
+        sock = bus._subscriber.transport.transport.getHandle()  # under TLS, the TCP connection
+        self.assertTrue(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
 
     @inlineCallbacks
     def test_a_subscribe_refused_while_redis_is_busy(self) -> Any:
