@@ -27,6 +27,7 @@ import json
 import secrets
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import txredisapi
@@ -73,6 +74,15 @@ def new_instance_id() -> str:
     return secrets.token_hex(5)
 
 
+@dataclass(slots=True)
+class _Sent:
+    """A command the subscriber sent: how many replies are still to come (a SUBSCRIBE is answered
+    once per channel), and whether its caller waits for the first (nobody waits for a PING's)."""
+
+    replies: int
+    waited: bool
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):
     bus: ClusterBus
     # Whether anything arrived since the bus last looked (`ClusterBus._look`), and its timer.
@@ -83,10 +93,8 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
     def connectionMade(self) -> Any:
         self.bus = self.factory.bus
-        # What was sent since the login and is not fully answered, first sent first: per command,
-        # how many replies are still to come, and whether its caller waits for the first (a
-        # SUBSCRIBE is answered once per channel, a PING once, and nobody waits for that).
-        self.sent: deque[list[Any]] = deque()
+        # What was sent since the login and is not fully answered, first sent first.
+        self.sent: deque[_Sent] = deque()
         # A backstop only: the kernel's first probe comes after 2 hours idle (tcp_keepalive_time).
         self.transport.setTcpKeepAlive(True)
         # Fires once logged in; never when txredisapi gives up on the login (refused, or cut short).
@@ -106,15 +114,15 @@ class _Subscriber(txredisapi.SubscriberProtocol):
             return
         if not self.sent:
             return  # nothing asked for it
-        expected = self.sent[0]
-        if expected[1]:
-            expected[1] = False
+        sent = self.sent[0]
+        if sent.waited:
+            sent.waited = False
             self.replyQueue.put(reply)
         elif reply == "PONG":
             # The answer to PING outside subscribe mode: Redis has no subscription of this connection.
             self.bus._drop(self, "Redis answered the cluster bus' PING as if it subscribed to nothing")
-        expected[0] -= 1
-        if expected[0] == 0 or isinstance(reply, Exception):  # an error answers the whole command
+        sent.replies -= 1
+        if sent.replies == 0 or isinstance(reply, Exception):  # an error answers the whole command
             self.sent.popleft()
 
     def subscribe(self, channels: list[str]) -> Deferred[Any]:
@@ -126,12 +134,12 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     def _command(self, name: str, channels: list[str]) -> Deferred[Any]:
         # No reply timeout: while Redis does not answer, the PING finds it out (`ClusterBus._look`).
         d: Deferred[Any] = self.execute_command(name, *channels, apply_timeout=False)
-        self.sent.append([len(channels), True])
+        self.sent.append(_Sent(len(channels), True))
         return d
 
     def ping(self) -> None:
         self.transport.write(_PING)
-        self.sent.append([1, False])
+        self.sent.append(_Sent(1, False))
 
     def connectionLost(self, why: Any) -> None:
         if self.look is not None and self.look.active():
