@@ -170,8 +170,8 @@ class ClusterBus:
         self._outage = False
         self.last_error: str | None = None
         self._factory: PoolFactory | None = None
-        # A fresh subscriber after unanswered logins (`_gave_up`) or a refused SUBSCRIBE, the
-        # back-off growing until one listens.
+        # A fresh subscriber after unanswered logins (`_gave_up`) or a connection the bus dropped
+        # (`_drop`), the back-off growing until one listens.
         self._renewal = Renewal(self.clock, lambda: self._factory, self._connect, "subscriber")
         # Handlers by channel (full name); the kinds of the instance channel by kind.
         # Several readers of one stream in this process each listen on its channel.
@@ -322,11 +322,17 @@ class ClusterBus:
             )
 
     def _drop(self, protocol: _Subscriber, why: str) -> None:
-        """Close the subscriber's connection (another is made and subscribed anew); ``why`` is
-        told once an outage (`_subscriber_lost`, or here when it did not listen yet)."""
+        """Close the subscriber's connection; ``why`` is told once an outage (`_subscriber_lost`,
+        or here when it did not listen yet). A fresh one follows after the back-off, growing
+        until one listens (`Renewal`), rather than txredisapi's at once (and its log line): Redis
+        still busy or silent would meet it the same way."""
         protocol.dropped = why
         if self._listening is not protocol:
             self._tell_outage(why)
+        factory = self._factory
+        if factory is not None and protocol.factory is factory:
+            factory.stopTrying()
+            self._renewal.after(factory)
         protocol.transport.abortConnection()
 
     def _tell_outage(self, why: str) -> None:
@@ -392,11 +398,6 @@ class ClusterBus:
             if failure.check(txredisapi.ConnectionError):
                 return
             why = f"Redis at {self.redis.config.shown_url} refused the cluster bus' SUBSCRIBE ({failure.getErrorMessage()})"
-            factory = self._factory
-            if factory is not None and protocol.factory is factory:
-                # A fresh connection after the back-off, not at once: Redis busy refuses it too.
-                factory.stopTrying()
-                self._renewal.after(factory)
             self._drop(protocol, why)
             refused = ClusterUnavailable(f"{why}; try again in a few seconds")
             for channel in channels:
