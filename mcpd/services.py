@@ -28,7 +28,7 @@ from mcpd.stores.threads import ThreadPoolService as ThreadPoolService  # the tr
 from mcpd.transport.stdio import StdioProtocol
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IReactorTime
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from mcpd.observe.health import HealthChecks
     from mcpd.protocol.engine import Engine
@@ -66,21 +66,27 @@ class HeapFreezeService(Service):
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self._thresholds: tuple[int, ...] | None = None
+        self._call: IDelayedCall | None = None
 
     def startService(self) -> None:
         super().startService()
         # After the rest of the tree has started (callLater runs once the reactor turns).
-        self.clock.callLater(0, self._freeze)
+        self._call = self.clock.callLater(0, self._freeze)
 
     def _freeze(self) -> None:
+        self._call = None
         gc.collect()
         gc.freeze()
-        self._thresholds = gc.get_threshold()
+        if self._thresholds is None:
+            self._thresholds = gc.get_threshold()
         gc.set_threshold(YOUNG_THRESHOLD, *self._thresholds[1:])
         log.info("Start-up heap frozen ({count} objects kept out of collections)", count=gc.get_freeze_count())
 
     def stopService(self) -> None:
         super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()  # stopped before the reactor turned: nothing to freeze
+        self._call = None
         gc.unfreeze()
         if self._thresholds is not None:
             gc.set_threshold(*self._thresholds)

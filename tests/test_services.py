@@ -68,6 +68,23 @@ class HeapFreezeServiceTests(SynchronousTestCase):
         self.assertEqual(gc.get_threshold(), before)
         self.assertEqual(gc.get_freeze_count(), 0)
 
+    def test_stopped_before_the_reactor_turns_freezes_nothing(self) -> None:
+        """A start-up that fails before the first turn: the freeze is called off, and a second
+        start and stop still give back Python's own threshold, not the raised one."""
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        clock = Clock()
+        service = services.HeapFreezeService(clock)
+        service.startService()
+        service.stopService()
+        clock.advance(0)
+        self.assertEqual((gc.get_threshold(), gc.get_freeze_count()), (before, 0))
+        service.startService()
+        clock.advance(0)
+        service.stopService()
+        self.assertEqual((gc.get_threshold(), gc.get_freeze_count()), (before, 0))
+
 
 class ListenerServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
