@@ -119,12 +119,14 @@ class AuditTrailTests(SynchronousTestCase):
         file_observer(lines, "json")(event)
         self.assertEqual(json.loads(text.getvalue().split(" audit ", 1)[1]), record)
         line = json.loads(lines.getvalue())
-        # Spread into the line, but for its time: the line's own, ISO, as on every JSON line.
+        # Spread into the line, but for its time: the line's own, ISO, as on every JSON line;
+        # the record's is "audit_time".
         self.assertEqual(
             {name: line[name] for name in record if name != "time"},
             {name: value for name, value in record.items() if name != "time"},
         )
         self.assertTrue(line["time"].endswith("+00:00"))
+        self.assertEqual(line["audit_time"], record["time"])
 
     def test_tool_call_lines_byte_for_byte(self) -> None:
         """A keyed tool call's audit line and a key-less refusal's, exactly as both log formats
@@ -170,9 +172,10 @@ class AuditTrailTests(SynchronousTestCase):
             self.assertEqual(lines["text"], f"{stamp} [mcpd.audit#info] audit {{{text}}}\n")
             escaped = text.replace('"', '\\"')
             # The line's own time (ISO, of the event), as on every other JSON line; the record's
-            # float "time" is in the message only.
+            # float "time" is spread as "audit_time".
             iso = datetime.datetime.fromtimestamp(event["log_time"], datetime.UTC).isoformat(timespec="milliseconds")
             when_json = f'"time":"{iso}"'
+            spread_fields = f'"audit_{text.split(",", 1)[0][1:]},{spread_fields}'
             self.assertEqual(
                 lines["json"],
                 f'{{{when_json},"level":"info","namespace":"mcpd.audit","message":"audit {{{escaped}}}",{spread_fields}}}\n',

@@ -73,11 +73,11 @@ def json_line(event: Mapping[str, Any]) -> str:
         if name.startswith("log_") or name in _SKIPPED:
             continue
         if isinstance(value, Fields):
-            # The line's own keys stay its own: an audit record's "time" (a float) overwrote
-            # the line's ISO time, so its audit lines alone had a number there.
+            # The line's own keys stay its own: a field of the record named like one is spread
+            # under the event's name for it (an audit record's float "time", "audit_time"),
+            # where it had replaced the line's ISO time.
             for field, field_value in value.fields.items():
-                if field not in _LINE:
-                    line[field] = field_value
+                line[field if field not in _LINE else f"{name}_{field}"] = field_value
         elif name in _LINE:
             continue
         elif value is None or isinstance(value, (str, int, float, bool)):
