@@ -765,8 +765,10 @@ class IAuditLog(Interface):
     its tenant, written in batches and searched newest first."""
 
     def append(records: Iterable[Sequence[Any]]) -> Deferred[int]:
-        """Store ``records`` (tuples of `AUDIT_FIELDS`) in one transaction; how many. They are
-        read in the store's thread: a lazy iterable keeps their making off the reactor."""
+        """Store ``records`` (tuples of `AUDIT_FIELDS`) in one transaction; how many were
+        stored: the first that many (a store may stop early to let other writes go first; the
+        rest is the caller's to give again). They are read in the store's thread: a lazy
+        iterable keeps their making off the reactor."""
 
     def search(
         tenant: str, filters: dict[str, Any], limit: int, before: Any

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -251,6 +252,27 @@ def at(n: int) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(T0 + n, datetime.UTC).replace(tzinfo=None)
 
 
+def give_way_once(database: SQLDatabase, order: list[str]) -> Callable[[], None]:
+    """A `SQLAuditLog.pause` that, after the first group, has the reactor queue a write for the
+    SQLite writer thread (a tool's), and waits until it waits; ``order`` gets "group" at each
+    pause and "write" when that write runs."""
+    queued = threading.Event()
+
+    def queue_write() -> None:
+        database.run("test.write", lambda _connection: order.append("write"), write=True)
+
+    def pause() -> None:
+        order.append("group")
+        if not queued.is_set():
+            queued.set()
+            reactor.callFromThread(queue_write)
+            deadline = time.monotonic() + 10
+            while not database.writes_waiting() and time.monotonic() < deadline:
+                time.sleep(0.001)
+
+    return pause
+
+
 class _AuditStoreSuite:
     """What `SQLAuditLog` does on every backend; subclasses give `config()`."""
 
@@ -385,6 +407,19 @@ class SQLiteAuditStoreTests(_AuditStoreSuite, TestCase):
     def config(self) -> DatabaseConfig:
         return DatabaseConfig(url=database_url(None, self.mktemp()))
 
+    @inlineCallbacks
+    def test_a_batch_gives_way_to_a_waiting_write(self) -> Any:
+        """SQLite has one writer thread: after a group, a write waiting for it (a tool's) goes
+        first. The batch stops there, having stored its first group, and says so."""
+        order: list[str] = []
+        self.log.pause = give_way_once(self.database, order)
+        stored = yield self.log.append(map(fields, [record(n) for n in range(5 * _GROUP)]))
+        self.assertEqual(stored, _GROUP)
+        page, _ = yield self.log.search(A, {}, 500, None)
+        self.assertEqual([r["request_id"] for r in page], list(reversed(range(_GROUP))))
+        yield self.database.run("after", lambda _connection: None, write=True)
+        self.assertEqual(order, ["group", "write"])
+
 
 class MariaDBAuditStoreTests(_AuditStoreSuite, TestCase):
     pauses = 3  # after every group, the shorter last one too
@@ -453,6 +488,21 @@ class AuditWriterTests(TestCase):
         self.assertEqual(page[0]["key"], "alice")
         page, _ = yield self.log.search(B, {}, 10, None)
         self.assertEqual([(r["outcome"], r["detail"]) for r in page], [("auth_failure", "no key")])
+
+    @inlineCallbacks
+    def test_a_flush_gives_way_to_a_tools_write_then_writes_the_rest(self) -> Any:
+        """A batch the store stopped early for a tool's write: the rest is written next, in the
+        same flush and in order, after that write; nothing lost or written twice."""
+        order: list[str] = []
+        self.log.pause = give_way_once(self.database, order)
+        writer = self.writer(retention_days=0)
+        for n in range(5 * _GROUP):
+            writer.add(record(n))
+        yield writer.flush()
+        self.assertEqual((len(writer.queue), writer.written, writer.dropped), (0, 5 * _GROUP, 0))
+        self.assertEqual(order, ["group", "write", "group", "group", "group", "group"])
+        page, _ = yield self.log.search(A, {}, 500, None)
+        self.assertEqual([r["request_id"] for r in page], list(reversed(range(5 * _GROUP))))
 
     @inlineCallbacks
     def test_shutdown_flushes(self) -> Any:

@@ -424,10 +424,18 @@ class AuditWriter(Service):
             left -= count
             items = [self.queue.popleft() for _ in range(count)]
             d = self.store.append(map(fields, items))
-            d.addCallbacks(written, failed, errbackArgs=(items,))
+            d.addCallbacks(written, failed, callbackArgs=(items,), errbackArgs=(items,))
 
-        def written(count: int) -> None:
+        def written(count: int, items: list[Any]) -> None:
+            nonlocal left
             self.written += count
+            if count < len(items):
+                # The store stopped early to let another write go first: the rest goes first
+                # again, in this flush.
+                self.queue.extendleft(reversed(items[count:]))
+                left += len(items) - count
+                if len(self.queue) > self.backlog:
+                    self._drop(len(self.queue) - self.backlog)
             if self.held:
                 self.held = False
                 log.info("The audit trail reaches the database again; queued records are being written")

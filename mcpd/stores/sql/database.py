@@ -216,6 +216,11 @@ class SQLDatabase:
         work (a transaction ~100 µs, a statement ~40 µs, against ~10 µs through the driver)."""
         return self._submit(operation, work, write, None)
 
+    def writes_waiting(self) -> bool:
+        """Whether a write waits for SQLite's one writer thread (from any thread: a long write
+        may stop early to let it go first). Never on MySQL, whose writes share the pool."""
+        return self.writer is not None and self.writer.qsize() > 0
+
     def _submit(self, operation: str, work: Callable[[Any], T], write: bool, serializable: bool | None) -> Deferred[T]:
         if self.state == STOPPED or not self.pool.started:
             return fail(StoreUnavailable(STORE, "mcpd is not running its SQL store"))
