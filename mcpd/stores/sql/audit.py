@@ -13,6 +13,9 @@ stopped), and later, with the rows made group by group, it still ran for a sched
 or more at a time, the GIL let go and taken back around each ``INSERT`` before the waiting
 reactor was scheduled to take it (4-8 ms turns, seen with ``perf sched``). Those stalls, a few
 after every flush, were most of a busy daemon's p99. A group is ~0.4 ms of the writer's work.
+The yields stretch a batch under a busy reactor (~47 ms for 2,000 rows where it took ~14), so on
+SQLite, whose writes all wait for one thread, a batch gives way after a group to a write that
+waits for it (a tool's), and the writer gives the rest again (`AuditWriter.flush`).
 Rows are read newest first by ``(at, seq)``, which every index of the table
 ends with (InnoDB and SQLite both append the primary key to a secondary index), so a page is an
 index range read backwards whatever the filter: the tenant, and one of key, tool or outcome.
