@@ -101,9 +101,10 @@ def call_entry(when: float, call: CallRecord) -> dict[str, Any]:
 
 
 def record_entry(record: tuple[Any, ...]) -> dict[str, Any]:
-    """A tool call's record, kept as its `AUDIT_FIELDS` tuple (`call_record`), as a dict."""
-    tenant, when, key, peer, transport, method, tool, outcome, duration, request_id, x_request_id, _ = record
-    return entry(
+    """A record as its `AUDIT_FIELDS` tuple (a tool call's, `call_record`), as a dict; its
+    detail only when it has one."""
+    tenant, when, key, peer, transport, method, tool, outcome, duration, request_id, x_request_id, detail = record
+    made = entry(
         when,
         key=key,
         peer=peer,
@@ -116,6 +117,9 @@ def record_entry(record: tuple[Any, ...]) -> dict[str, Any]:
         x_request_id=x_request_id,
         tenant=tenant,
     )
+    if detail is not None:
+        made["detail"] = detail
+    return made
 
 
 def call_text(when: float, call: CallRecord) -> str:
@@ -253,21 +257,10 @@ class AuditTrail:
         tenant: str = DEFAULT_TENANT,
     ) -> dict[str, Any]:
         """Add one record (a refusal, say) and log it as a JSON line."""
-        record = entry(
-            self.clock(),
-            key=key,
-            peer=peer,
-            transport=transport,
-            method=method,
-            tool=tool,
-            outcome=outcome,
-            duration=duration,
-            request_id=request_id,
-            x_request_id=x_request_id,
-            tenant=tenant,
+        when = self.clock()
+        record = record_entry(
+            (tenant, when, key, peer, transport, method, tool, outcome, duration, request_id, x_request_id, detail)
         )
-        if detail is not None:
-            record["detail"] = detail
         self._records.append(record)
         if self.persist is not None:
             self.persist(record)
@@ -343,6 +336,12 @@ class AuditWriter(Service):
         queue.append(item)
         if len(queue) > self.backlog:
             self._drop(len(queue) - self.backlog)
+
+    def _requeue(self, items: list[Any]) -> None:
+        """Put ``items`` back at the front, in order; the oldest go first if that overflows."""
+        self.queue.extendleft(reversed(items))
+        if len(self.queue) > self.backlog:
+            self._drop(len(self.queue) - self.backlog)
 
     def _drop(self, count: int) -> None:
         for _ in range(count):
@@ -432,10 +431,8 @@ class AuditWriter(Service):
             if count < len(items):
                 # The store stopped early to let another write go first: the rest goes first
                 # again, in this flush.
-                self.queue.extendleft(reversed(items[count:]))
+                self._requeue(items[count:])
                 left += len(items) - count
-                if len(self.queue) > self.backlog:
-                    self._drop(len(self.queue) - self.backlog)
             if self.held:
                 self.held = False
                 log.info("The audit trail reaches the database again; queued records are being written")
@@ -443,10 +440,7 @@ class AuditWriter(Service):
 
         def failed(failure: Failure, items: list[Any]) -> None:
             if failure.check(StoreUnavailable):
-                # Back at the front, in order; the oldest go first if that overflows.
-                self.queue.extendleft(reversed(items))
-                if len(self.queue) > self.backlog:
-                    self._drop(len(self.queue) - self.backlog)
+                self._requeue(items)
                 if not self.held:
                     self.held = True
                     log.warn(
