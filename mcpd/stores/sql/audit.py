@@ -167,12 +167,11 @@ class SQLAuditLog:
         """Store ``records`` in one transaction, on the driver's own connection like the other
         hot writes; how many, the first that many of them. They are made into rows in the
         store's thread, each group's just before it is inserted, the core yielded after each
-        group (the module's docstring). On SQLite the batch stops after a group when another
-        write waits for the one writer thread (a tool's): under a busy reactor the yields
-        stretch a batch's transaction (~47 ms for 2,000 rows where it took ~14), and that write
-        would wait it out. The rows are not kept there (SQLite's transaction, begun IMMEDIATE,
-        is never retried); on MySQL they are, for a transaction retried after a deadlock
-        (``records`` may be an iterator: the retry must write the same rows again, not none)."""
+        group; on SQLite the batch stops after a group when another write waits for the one
+        writer thread (both: the module's docstring). The rows are not kept there (SQLite's
+        transaction, begun IMMEDIATE, is never retried); on MySQL they are, for a transaction
+        retried after a deadlock (``records`` may be an iterator: the retry must write the same
+        rows again, not none)."""
         source = iter(records)
         row = _Rows().row
         pause = self.pause
