@@ -32,15 +32,6 @@ T = TypeVar("T")
 _Call = tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]
 
 
-def yield_core() -> None:
-    """From a thread's long background job, between two steps: offer the core to any thread
-    that waits for it, the GIL let go (the reactor first of all). On a core shared with the
-    reactor, a job that never blocks otherwise keeps the core for as long as the scheduler
-    lets it (a tick, 4 ms at 250 Hz, or more), stalling every request in flight; with nothing
-    else waiting this returns at once (one system call)."""
-    _sched_yield()
-
-
 def name_os_thread(name: str) -> None:
     """Give the calling thread ``name`` where the system shows it (Linux: ``top -H``, ``ps -L``,
     perf, py-spy; 15 bytes at most), not only in Python's `threading`; elsewhere, nothing."""
@@ -51,8 +42,13 @@ def name_os_thread(name: str) -> None:
         pass  # no /proc (not Linux): Python's name is the only one
 
 
-# Not every platform has sched_yield (Windows): a sleep of 0 still lets the GIL go.
-_sched_yield: Callable[[], None] = getattr(os, "sched_yield", None) or functools.partial(time.sleep, 0)
+# From a thread's long background job, between two steps: offer the core to any thread that
+# waits for it, the GIL let go (the reactor first of all). On a core shared with the reactor, a
+# job that never blocks otherwise keeps the core for as long as the scheduler lets it (a tick,
+# 4 ms at 250 Hz, or more), stalling every request in flight; with nothing else waiting this
+# returns at once (one system call). Not every platform has sched_yield (Windows): a sleep of 0
+# still lets the GIL go.
+yield_core: Callable[[], None] = getattr(os, "sched_yield", None) or functools.partial(time.sleep, 0)
 
 
 class ToolThreads:
