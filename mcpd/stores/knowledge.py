@@ -65,6 +65,7 @@ INDEX_OK, INDEX_DEGRADED = "ok", "degraded"
 # between two pages the index may rank differently (the corpus changed, or Milvus Lite sealed or
 # compacted segments, each of which keeps its own BM25 statistics), and an offset would then
 # repeat results and skip others (`mcpd.stores.shown`).
+
 SCAN_ROWS = 2000  # chunks a degraded (index down) search reads at most
 # Seconds a write waits for its indexing before answering "pending" (the indexing goes on): once
 # SQL has committed, a client that times out and retries would add the record twice. Well below
