@@ -103,6 +103,48 @@ class KeyTests(GateTestCase):
             ],
         )
 
+    def test_a_connection_checks_its_bearer_key_once(self) -> None:
+        """A keep-alive connection that sends the same Bearer header again is not hashed again
+        (`KEY_MEMO`); another header, a refused key and a reload are each checked afresh."""
+        found: list[str] = []
+
+        def ring(*keys: APIKey) -> KeyRing:
+            keyring = KeyRing(keys)
+            find = keyring.find
+            self.patch(keyring, "find", lambda presented: found.append(presented) or find(presented))
+            return keyring
+
+        alice, root = KEYS.keys
+        self.make(keys=ring(alice, root))
+        connection = self.connect()
+
+        def status(headers: dict[str, str]) -> int:
+            connection.transport.clear()
+            connection.send("POST", "/mcp", headers, b"{}")
+            return connection.response.status
+
+        as_alice, as_root = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer root-key"}
+        self.assertEqual([status(as_alice) for _ in range(3)], [200, 200, 200])
+        self.assertEqual(found, ["alice-key"])
+        self.assertEqual(status(as_root), 200)
+        self.assertEqual(status({"Authorization": "Bearer nope"}), 401)
+        self.assertEqual(status({"X-API-Key": "alice-key"}), 200)
+        self.assertEqual(status(as_root), 200)
+        # (A refused key and an X-API-Key leave the connection's last Bearer key as it was.)
+        self.assertEqual(found, ["alice-key", "root-key", "nope", "alice-key"])
+        # A reload: root revoked, alice's scopes changed; the same connection and header.
+        self.gate.keys = ring(APIKey.from_secret("alice-key", "alice", ["write"]))
+        self.assertEqual(status(as_root), 401)
+        self.assertEqual(status(as_alice), 200)
+        self.assertEqual(status(as_alice), 200)
+        self.assertEqual(found[4:], ["root-key", "alice-key"])
+        seen = [(c.name, c.scopes) for c in self.recorder.callers]
+        read, admin, write = frozenset({"read"}), frozenset({"admin"}), frozenset({"write"})
+        self.assertEqual(
+            seen,
+            [("alice", read)] * 3 + [("root", admin), ("alice", read), ("root", admin)] + [("alice", write)] * 2,
+        )
+
     def test_key_in_query_refused(self) -> None:
         for method, path in (
             ("POST", "/mcp?api_key=root-key"),

@@ -75,6 +75,8 @@ class MCPChannel(HTTPChannel):
 
     _closing = False
     _linger: IDelayedCall | None = None
+    # The key the connection's last Bearer header named (`mcpd.security.gate.KEY_MEMO`).
+    _mcpd_key_memo: tuple[Any, bytes, Any] | None = None
 
     def lineReceived(self, line: bytes) -> None:
         """A line of a request head; the first one of a head that is already whole in the
