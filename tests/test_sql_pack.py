@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 from mcp import Client
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -1278,3 +1278,84 @@ class PasswordFileTests(DaemonTestCase):
         assert redis is not None
         self.assertEqual(redis.password, "redis-at-start")
         self.assertEqual([source.url.password for source in sql_sources_config(settings)], ["crm-at-start"])
+
+
+# -- what a reader may not see: other callers' statements, the source user's credentials ----------
+
+# Statements that show another session's running statement with its values, or the source
+# user's grants and password hash; each refused by the pre-check ({victim}: a connection id).
+OTHER_SESSIONS = (
+    "SHOW EXPLAIN FORMAT=JSON FOR {victim}",
+    "SHOW EXPLAIN FOR {victim}",
+    "SHOW ANALYZE FORMAT=JSON FOR {victim}",
+    "DESC FORMAT=JSON FOR CONNECTION {victim}",
+    "DESCRIBE FOR CONNECTION {victim}",
+    "SHOW GRANTS",
+    "SHOW GRANTS FOR CURRENT_USER",
+    "SHOW CREATE USER CURRENT_USER",
+    "SHOW ENGINE INNODB STATUS",
+    "SHOW BINLOG EVENTS",
+    "SHOW FULL PROCESSLIST",
+)
+
+
+class OtherSessionsTests(_Guarded, TestCase):
+    """Every caller shares the source's database user, so nothing may show another session's
+    statement (its values bound) or that user's credentials."""
+
+    timeout = 60
+
+    def test_the_pre_check(self) -> None:
+        for sql in OTHER_SESSIONS:
+            with self.assertRaises(Refused, msg=sql):
+                check_statement(sql.format(victim=7), "mysql")
+        for sql in (
+            "SHOW FULL TABLES",
+            "SHOW TABLE STATUS",
+            "SHOW COLUMNS FROM orders",
+            "SHOW EXTENDED FULL COLUMNS FROM orders",
+            "SHOW INDEX FROM orders",
+            "SHOW CREATE TABLE orders",
+            "SHOW GLOBAL STATUS LIKE 'Uptime'",
+            "SHOW VARIABLES LIKE 'version'",
+            "SHOW WARNINGS",
+            "DESC orders",
+            "DESCRIBE orders placed",
+        ):
+            self.assertEqual(check_statement(sql, "mysql"), sql)
+
+    def test_mariadb(self) -> Deferred[None]:
+        import pymysql
+        from twisted.internet import reactor
+
+        server, database = mariadb_source()
+        user, url = mariadb_reader(server, database)
+        self.addCleanup(server.sql, f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+        source = self.started(SQLSource(source_config("shop", url, PASSWORD), 10.0, 1, reactor))
+        # Another caller's statement, running on its own connection as the same user.
+        victim = pymysql.connect(host="127.0.0.1", port=server.port, user=user, password=PASSWORD, database=database)
+        self.addCleanup(victim.close)
+        running = threading.Thread(
+            target=victim.cursor().execute,
+            args=("SELECT id FROM orders WHERE placed <> 'secret-4242' AND SLEEP(0.02) = 0",),
+        )
+        running.start()
+        self.addCleanup(running.join)
+        deadline = time.monotonic() + 5
+        while not statements_of(server, user) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # Past the pre-check the server shows it, value and all: the pre-check is the guard.
+        shown = self.run_guarded(source, f"SHOW EXPLAIN FORMAT=JSON FOR {victim.thread_id()}")
+        self.assertIn("secret-4242", json.dumps(shown))
+        self.assertIn("PASSWORD", json.dumps(self.run_guarded(source, "SHOW GRANTS")).upper())
+
+        def refused(sql: str) -> Deferred[None]:
+            def said(error: Refused) -> None:
+                self.assertIn("refused", str(error))
+                self.assertNotIn("secret-4242", str(error))
+
+            return self.assertFailure(source.query(sql, None, 10), Refused).addCallback(said)
+
+        calls = [refused(sql.format(victim=victim.thread_id())) for sql in OTHER_SESSIONS]
+        calls.append(source.query("SHOW TABLES", None, 10).addCallback(lambda r: self.assertEqual(r["row_count"], 3)))
+        return gatherResults(calls)

@@ -33,6 +33,29 @@ _REFUSED_FUNCTIONS = frozenset(
     {"LOAD_FILE", "GET_LOCK", "RELEASE_LOCK", "RELEASE_ALL_LOCKS", "MASTER_POS_WAIT", "SOURCE_POS_WAIT"}
 )
 _BLANKS = " \t\n\r"
+# MySQL/MariaDB SHOW statements sql.query runs, by their first word (after FULL, GLOBAL, SESSION,
+# EXTENDED): the schema, this session's own warnings and profiles, and the server's settings and
+# counters. Left out, among others: SHOW EXPLAIN/ANALYZE FOR (another session's running
+# statement, its values bound), PROCESSLIST, ENGINE … STATUS (InnoDB's shows other transactions'
+# statements), GRANTS and CREATE USER (the source user's password hash), BINLOG/RELAYLOG EVENTS
+# (every write, with its values), the replication and user/client statistics forms.
+_SHOWN = frozenset(
+    {
+        "TABLES", "COLUMNS", "FIELDS", "INDEX", "INDEXES", "KEYS", "DATABASES", "SCHEMAS", "TABLE", "TRIGGERS",
+        "EVENTS", "PROCEDURE", "FUNCTION", "PACKAGE", "OPEN", "STATUS", "VARIABLES", "WARNINGS", "ERRORS",
+        "COUNT", "CHARACTER", "CHARSET", "COLLATION", "ENGINES", "STORAGE", "PLUGINS", "PRIVILEGES", "PROFILE",
+        "PROFILES", "LOCALES",
+    }
+)  # fmt: skip
+_SHOW_CREATED = frozenset(
+    {"TABLE", "VIEW", "DATABASE", "SCHEMA", "PROCEDURE", "FUNCTION", "TRIGGER", "EVENT", "SEQUENCE", "PACKAGE"}
+)
+_SHOW_MODIFIERS = frozenset({"FULL", "GLOBAL", "SESSION", "EXTENDED"})
+# DESCRIBE words that make it an EXPLAIN (DESC SELECT …, DESC FORMAT=JSON FOR CONNECTION n).
+_DESCRIBE_PLAN = frozenset(
+    {"SELECT", "WITH", "VALUES", "TABLE", "INSERT", "UPDATE", "DELETE", "REPLACE", "EXTENDED", "PARTITIONS"}
+)
+_DESCRIBE_ELSEWHERE = frozenset({"FOR", "FORMAT", "CONNECTION", "ANALYZE", "EXPLAIN"})
 READ_ONLY = "the source is read-only (mcpd never changes its data or schema)"
 
 
@@ -72,6 +95,8 @@ def _check_words(sql: str, explain: bool, *, mysql: bool) -> str:
             "sql.explain plans SELECT statements" if explain else "sql.query runs SELECT, WITH, VALUES, SHOW, DESCRIBE"
         )
         raise Refused(f"{shown} is refused: {READ_ONLY}; {what}")
+    if first in ("SHOW", "DESC", "DESCRIBE"):
+        _check_show(first, [value.upper() for _kind, value in words])
     if first == "WITH" and statement.get_type() not in ("SELECT", "UNKNOWN"):
         raise Refused(f"WITH … {statement.get_type()} is refused: {READ_ONLY}")
     for i, (kind, value) in enumerate(words):
@@ -91,6 +116,30 @@ def _check_words(sql: str, explain: bool, *, mysql: bool) -> str:
                 "the process list is refused: it shows the statements of every caller sharing the source's user"
             )
     return str(statement).strip().rstrip(";").strip()
+
+
+def _check_show(first: str, words: list[str]) -> None:
+    """`Refused` for the SHOW and DESCRIBE forms that reach past the schema and the server's
+    settings: another session's statements, the source user's credentials."""
+    if first != "SHOW":
+        if len(words) > 1 and (words[1] in _DESCRIBE_PLAN or words[1] == "(") or _DESCRIBE_ELSEWHERE & set(words):
+            raise Refused(
+                f"{first} is sql.query's for a table's columns ({first} name); the plan of a statement is "
+                "sql.explain's, and another connection's plan (FOR CONNECTION) is refused: it shows that "
+                "caller's statement and values"
+            )
+        return
+    rest = words[1:]
+    while rest and rest[0] in _SHOW_MODIFIERS:
+        rest = rest[1:]
+    if rest and (rest[0] in _SHOWN or rest[0] == "CREATE" and rest[1:2] and rest[1] in _SHOW_CREATED):
+        return
+    shown = " ".join(words[:3])
+    raise Refused(
+        f"{shown} is refused: it shows more than this database's schema and the server's settings (other "
+        "callers' statements and values, the source user's grants or password); sql.query runs SHOW TABLES, "
+        "COLUMNS, INDEX, CREATE TABLE/VIEW, TABLE STATUS, STATUS, VARIABLES, WARNINGS and the like"
+    )
 
 
 def to_pyformat(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> str:
