@@ -1359,3 +1359,59 @@ class OtherSessionsTests(_Guarded, TestCase):
         calls = [refused(sql.format(victim=victim.thread_id())) for sql in OTHER_SESSIONS]
         calls.append(source.query("SHOW TABLES", None, 10).addCallback(lambda r: self.assertEqual(r["row_count"], 3)))
         return gatherResults(calls)
+
+
+# -- long statements: checked in the source's threads, refused past what sqlparse reads ---------
+
+# 12,000 tokens in 12 KB: within the schema's maxLength, past sqlparse's 10,000.
+MANY_TOKENS = "SELECT id FROM orders WHERE id IN (" + ",".join("1" for _ in range(6000)) + ")"
+
+
+class LongStatementTests(DaemonTestCase):
+    timeout = 120
+
+    def test_refused_not_crashed(self) -> Deferred[None]:
+        (self.workdir / "source").mkdir()
+        path = self.workdir / "source" / "shop.sqlite3"
+        sqlite_source(path)
+        daemon = self.start_daemon(f"--sql-source=shop=sqlite:///{path}", fixture_pack=False)
+        assert daemon.port is not None
+        port = daemon.port
+
+        def check() -> None:
+            for tool in ("sql.query", "sql.explain"):
+                answer = call_tool(port, tool, {"sql": MANY_TOKENS})["result"]
+                self.assertTrue(answer["isError"], answer)
+                self.assertIn("more than 10,000 tokens", answer["content"][0]["text"])
+                self.assertNotIn("unexpectedly", answer["content"][0]["text"])
+            deep = call_tool(port, "sql.query", {"sql": "SELECT " + "(" * 150 + "1" + ")" * 150})["result"]
+            self.assertIn("nested more than 100", deep["content"][0]["text"])
+            # 30 KB is no statement: the schema refuses it before anything parses it.
+            long = "SELECT id FROM orders WHERE id IN (" + ",".join(str(n) for n in range(6000)) + ")"
+            answer = call_tool(port, "sql.query", {"sql": long})["result"]
+            self.assertTrue(answer["isError"], answer)
+            self.assertTrue(answer["content"][0]["text"].endswith("is too long"))
+            answer = call_tool(port, "sql.query", {"sql": "SELECT COUNT(*) FROM orders"})["result"]
+            self.assertEqual(answer["structuredContent"]["rows"], [[ORDERS]])
+            exposition = get(port, "/metrics")[1]
+            refused = metric(exposition, "mcp_sql_source_calls_total", {"source": "shop", "outcome": "refused"})
+            self.assertEqual(refused, 3.0)
+
+        return self.in_thread(check)
+
+    def test_never_on_the_reactor(self) -> Deferred[None]:
+        """The pre-check of a long statement runs in the source's threads: the call returns to
+        the reactor before it has been checked."""
+        from twisted.internet import reactor
+
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        sqlite_source(directory / "shop.sqlite3")
+        source = SQLSource(source_config("shop", f"sqlite:///{directory / 'shop.sqlite3'}"), TIME_LIMIT, 1, reactor)
+        source.pool.start()
+        self.addCleanup(source.close)
+        self.addCleanup(source.pool.stop)
+        refused = source.query(MANY_TOKENS, None, 10)
+        explained = source.explain("DROP TABLE orders", None)
+        self.assertFalse(refused.called or explained.called)
+        return gatherResults([self.assertFailure(refused, Refused), self.assertFailure(explained, Refused)])

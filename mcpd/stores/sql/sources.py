@@ -414,20 +414,29 @@ class SQLSource:
         truncated = cut_columns or cut_indexes
         return {"source": self.name, "table": table, "columns": columns, "indexes": indexes, "truncated": truncated}
 
+    def checked(self, sql: str, *, explain: bool = False) -> Deferred[str]:
+        """`check_statement` in this source's threads (parsing a long statement takes tens of
+        milliseconds: never on the reactor), a refusal counted."""
+        if not self.pool.started:
+            return fail(StoreUnavailable(self._store_name, "mcpd is not running its SQL sources"))
+
+        def refused(failure: Any) -> Any:
+            if failure.check(Refused):
+                self.metrics.record(self.name, "refused", 0.0)
+            return failure
+
+        d = deferToThreadPool(self.reactor, self.pool, check_statement, sql, self.backend, explain=explain)
+        return d.addErrback(refused)
+
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None, limit: int) -> Deferred[dict[str, Any]]:
-        try:
-            statement = check_statement(sql, self.backend)
-        except Refused as e:
-            self.metrics.record(self.name, "refused", 0.0)
-            return fail(e)
-        return self.run(lambda connection: self.read(connection, statement, params, limit))
+        return self.checked(sql).addCallback(
+            lambda statement: self.run(lambda connection: self.read(connection, statement, params, limit))
+        )
 
     def explain(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None) -> Deferred[dict[str, Any]]:
-        try:
-            statement = check_statement(sql, self.backend, explain=True)
-        except Refused as e:
-            self.metrics.record(self.name, "refused", 0.0)
-            return fail(e)
+        return self.checked(sql, explain=True).addCallback(lambda statement: self._explain(statement, params))
+
+    def _explain(self, statement: str, params: Sequence[Any] | Mapping[str, Any] | None) -> Deferred[dict[str, Any]]:
         if self.backend == "sqlite":
             prefix, plan_format = "EXPLAIN QUERY PLAN ", "sqlite-query-plan"
         else:
