@@ -22,6 +22,7 @@ import socket
 import sqlite3
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -715,6 +716,35 @@ class BoundedListTests(DaemonTestCase):
         self.assertEqual((len(described["columns"]), described["truncated"]), (DESCRIBED_COLUMNS, True))
         orders = source._call(lambda connection: source._describe(connection, "orders"))
         self.assertEqual((len(orders["columns"]), orders["truncated"]), (4, False))
+
+    def test_mariadb_names_differing_in_case(self) -> None:
+        """Table names compare as the server's (lower_case_table_names=0): zz and ZZ are two
+        tables, each listed once and described alone."""
+        server, database = mariadb_source()
+        server.sql(
+            *(f"CREATE TABLE a{n:02d} (a INT)" for n in range(1, 20)),
+            "CREATE TABLE zz (lower_one INT)",
+            "CREATE TABLE ZZ (upper_one INT, upper_two INT, KEY upper_key (upper_two))",
+            database=database,
+        )
+        source = SQLSource(source_config("shop", server.url(database), PASSWORD), TIME_LIMIT, 1, None)
+        source.pool.start()
+        self.addCleanup(source.close)
+        self.addCleanup(source.pool.stop)
+        listed: list[str] = []
+        after: str | None = None
+        while True:
+            tables, after = source._call(partial(source._tables, limit=10, after=after))
+            listed += [table["name"] for table in tables]
+            if after is None:
+                break
+        shop = ["big_orders", "customers", "orders"]
+        self.assertEqual(listed, sorted([*(f"a{n:02d}" for n in range(1, 20)), "zz", "ZZ", *shop]))
+        lower = source._call(lambda connection: source._describe(connection, "zz"))
+        self.assertEqual(([c["name"] for c in lower["columns"]], lower["indexes"]), (["lower_one"], []))
+        upper = source._call(lambda connection: source._describe(connection, "ZZ"))
+        self.assertEqual([c["name"] for c in upper["columns"]], ["upper_one", "upper_two"])
+        self.assertEqual([index["name"] for index in upper["indexes"]], ["upper_key"])
 
 
 # -- outages ------------------------------------------------------------------------------------

@@ -381,9 +381,12 @@ class SQLSource:
                 estimates = _sqlite_estimates(cursor, [name for name, _kind in listed])
                 rows = [(name, kind, estimates.get(name)) for name, kind in listed]
             else:
+                # Compared and ordered as bytes: information_schema's collation ignores case, but
+                # the server's names need not (lower_case_table_names=0, the Unix default: zz and
+                # ZZ are two tables), and a page would end between them.
                 cursor.execute(
                     "SELECT TABLE_NAME, TABLE_TYPE, TABLE_ROWS FROM information_schema.TABLES "
-                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME > %s ORDER BY TABLE_NAME LIMIT %s",
+                    "WHERE TABLE_SCHEMA = DATABASE() AND BINARY TABLE_NAME > %s ORDER BY BINARY TABLE_NAME LIMIT %s",
                     (after or "", limit + 1),
                 )
                 rows = list(cursor.fetchall())
@@ -968,16 +971,17 @@ def _sqlite_describe(cursor: Any, table: str) -> tuple[list[dict[str, Any]], lis
 
 
 def _mysql_describe(cursor: Any, table: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    # The name as sql.tables lists it, compared as bytes (zz and ZZ may be two tables: see _tables).
     cursor.execute(
         "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, COLUMN_KEY FROM information_schema.COLUMNS "
-        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION LIMIT %s",
+        "WHERE TABLE_SCHEMA = DATABASE() AND BINARY TABLE_NAME = %s ORDER BY ORDINAL_POSITION LIMIT %s",
         (table, DESCRIBED_COLUMNS + 1),
     )
     info = cursor.fetchall()
     # An index has at most 32 columns (MariaDB; MySQL 16): the rows of one more index than shown.
     cursor.execute(
         "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS "
-        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY INDEX_NAME, SEQ_IN_INDEX LIMIT %s",
+        "WHERE TABLE_SCHEMA = DATABASE() AND BINARY TABLE_NAME = %s ORDER BY INDEX_NAME, SEQ_IN_INDEX LIMIT %s",
         (table, (DESCRIBED_INDEXES + 1) * 32),
     )
     indexes: dict[str, dict[str, Any]] = {}
