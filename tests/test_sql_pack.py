@@ -1445,3 +1445,68 @@ class LongStatementTests(DaemonTestCase):
         explained = source.explain("DROP TABLE orders", None)
         self.assertFalse(refused.called or explained.called)
         return gatherResults([self.assertFailure(refused, Refused), self.assertFailure(explained, Refused)])
+
+
+# -- a WAL file in a directory mcpd may not write ---------------------------------------------
+
+# Reads once from a SQLite source, as the user running it: its rows, or the error's class and text.
+_READ_ONCE = """
+import json, sys
+from mcpd.stores.sql.sources import SQLSource, source_config
+source = SQLSource(source_config("shop", sys.argv[1]), 1.0, 1, None)
+try:
+    result = source._call(lambda connection: source.read(connection, "SELECT COUNT(*) FROM orders", None, 10))
+    print(json.dumps({"rows": result["rows"]}))
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+"""
+
+
+class ReadOnlyDirectoryTests(TestCase):
+    """A WAL-mode SQLite file mcpd may read in a directory it may not write: while its app has it
+    open, it reads; once the app closes it (and SQLite removes -wal and -shm), the source is
+    unavailable with the fix, never "the database refused it"; with ?immutable=1 it reads."""
+
+    timeout = 60
+
+    def read_once(self, url: str) -> dict[str, Any]:
+        """One read in a process of its own, as a user that may not write the directory (root
+        is dropped to nobody: root may write any directory)."""
+        import subprocess
+        import sys
+
+        # (util-linux's setpriv: Python's own user= fails to run a pyenv interpreter under /root.)
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        done = subprocess.run(
+            [*drop, sys.executable, "-c", _READ_ONCE, url], capture_output=True, text=True, timeout=30, check=False
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return dict(json.loads(done.stdout))
+
+    def test_wal_file(self) -> None:
+        import shutil
+        import tempfile
+
+        top = Path(tempfile.mkdtemp(prefix="mcpd-ro-"))
+        self.addCleanup(shutil.rmtree, top)
+        top.chmod(0o755)
+        directory = top / "ro"
+        directory.mkdir()
+        path = directory / "shop.sqlite3"
+        sqlite_source(path)
+        app = sqlite3.connect(path)
+        app.execute("PRAGMA journal_mode = WAL")
+        app.execute("INSERT INTO customers VALUES (3, 'Eve', 'eve@example.com')")
+        app.commit()
+        directory.chmod(0o555)
+        self.addCleanup(directory.chmod, 0o755)
+        url = f"sqlite:///{path}"
+        self.assertEqual(self.read_once(url), {"rows": [[ORDERS]]})  # the app has it open
+        app.close()
+        self.assertEqual(sorted(p.name for p in directory.iterdir()), ["shop.sqlite3"])
+        said = self.read_once(url)
+        self.assertEqual(said["error"], "StoreUnavailable", said)
+        self.assertIn("WAL mode", said["message"])
+        self.assertIn("?immutable=1", said["message"])
+        self.assertNotIn("refused", said["message"])
+        self.assertEqual(self.read_once(url + "?immutable=1"), {"rows": [[ORDERS]]})

@@ -95,6 +95,16 @@ _SQLITE_SCHEMA_COLUMNS = frozenset({"type", "name", "tbl_name", "rootpage", "sql
 # pointer the next MATCH calls) a tokenizer's C struct; load_extension() loads native code; the
 # shell's file functions (if ever built in) read and write the host's files.
 _SQLITE_DENIED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension", "readfile", "writefile", "edit", "fts5"})
+# SQLITE_READONLY extended codes met opening a WAL file read-only (mode=ro) with no -shm beside
+# it, where it cannot be made: not a statement writing, the source unreadable.
+_SQLITE_WAL_UNREADABLE = frozenset(
+    {
+        sqlite3.SQLITE_READONLY_DIRECTORY,
+        sqlite3.SQLITE_READONLY_CANTINIT,
+        sqlite3.SQLITE_READONLY_CANTLOCK,
+        sqlite3.SQLITE_READONLY_RECOVERY,
+    }
+)
 # The SQLite virtual machine instructions between two looks at the clock.
 _PROGRESS_STEPS = 1000
 # MySQL errors: the connection is gone; the statement ran out of time; a write in a read-only
@@ -193,6 +203,10 @@ class SQLSource:
         if self.backend == "sqlite":
             path = str(self.config.url.database)
             uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+            if self.config.url.query.get("immutable") in ("1", "true"):
+                # The operator says the file does not change while mcpd runs: no locks, no -shm
+                # (a WAL file can then be read from a directory mcpd may not write).
+                uri += "&immutable=1"
 
             def connect() -> sqlite3.Connection:
                 # mode=ro: SQLite itself refuses every write; no statement cache, so every
@@ -297,6 +311,8 @@ class SQLSource:
         if isinstance(cause, sqlite3.Error):
             message = str(cause)
             lowered = message.lower()
+            if getattr(cause, "sqlite_errorcode", None) in _SQLITE_WAL_UNREADABLE:
+                return self._unavailable(cause)  # not the statement's doing: the source's
             if "interrupted" in lowered:
                 return self._timed_out()
             if "too big" in lowered:  # SQLITE_TOOBIG: past SQLITE_MAX_LENGTH
@@ -336,6 +352,13 @@ class SQLSource:
         cause = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig is not None else error
         if isinstance(error, sa_exc.TimeoutError):
             reason = "every connection to it is busy"
+        elif isinstance(cause, sqlite3.Error) and getattr(cause, "sqlite_errorcode", None) in _SQLITE_WAL_UNREADABLE:
+            reason = (
+                "cannot read its SQLite file: it is in WAL mode, and a reader must create its -shm (and -wal) "
+                "file beside it when no other program has it open, in a directory mcpd may not write; let "
+                "mcpd's user write that directory, or add ?immutable=1 to the source's URL if the file never "
+                "changes while mcpd runs"
+            )
         elif isinstance(cause, sqlite3.Error):
             reason = f"cannot read its SQLite file ({cause})"
         else:
