@@ -41,7 +41,10 @@ from mcpd.stores.sql.sources import (
     DESCRIBED_COLUMNS,
     DESCRIBED_INDEXES,
     MAX_RESULT_CHARS,
+    MYSQL_MAX_PACKET,
     PROBE_TIMEOUT,
+    SQLITE_RESULT_COLUMNS,
+    SQLITE_VALUE_LENGTH,
     SQLSource,
     SQLSources,
     source_config,
@@ -537,8 +540,9 @@ class GuardTests(_Guarded, TestCase):
         self.assertRegex(
             self.assert_refused(source, f"SELECT {big.format(n=huge)}"), "one row holds about|one value is past"
         )
-        wide = self.run_guarded(source, f"SELECT {big.format(n=600_000)} FROM orders")
-        self.assertEqual((wide["row_count"], wide["truncated"], len(wide["rows"][0][0])), (1, True, 600_000))
+        three = ", ".join([big.format(n=200_000)] * 3)  # about 600,000 characters a row
+        wide = self.run_guarded(source, f"SELECT {three} FROM orders")
+        self.assertEqual((wide["row_count"], wide["truncated"], len(wide["rows"][0][0])), (1, True, 200_000))
         self.assertEqual(self.run_guarded(source, "SELECT COUNT(*) FROM orders")["rows"], [[ORDERS]])
 
     def test_sqlite_size_cap(self) -> None:
@@ -1239,7 +1243,7 @@ class GiveUpTests(_Guarded, TestCase):
         said = self.assert_refused(source, "SELECT length(randomblob(400000000))")
         self.assertLess(time.monotonic() - started, 0.5)
         self.assertIn("one value is past", said)
-        self.assertEqual(self.run_guarded(source, "SELECT length(randomblob(1000000))")["rows"], [[1_000_000]])
+        self.assertEqual(self.run_guarded(source, "SELECT length(randomblob(200000))")["rows"], [[200_000]])
 
 
 # -- password files ---------------------------------------------------------------------------
@@ -1510,3 +1514,87 @@ class ReadOnlyDirectoryTests(TestCase):
         self.assertIn("?immutable=1", said["message"])
         self.assertNotIn("refused", said["message"])
         self.assertEqual(self.read_once(url + "?immutable=1"), {"rows": [[ORDERS]]})
+
+
+# -- a row's size and a function call's time are bounded before they happen ----------------------
+
+
+class BoundsTests(_Guarded, TestCase):
+    """Past the pre-check, straight to a source: a row of ~50 MB is refused before it is built
+    (peak memory stays a few MB), and no SQLite function call outlasts the time limit."""
+
+    timeout = 60
+
+    def sqlite(self, timeout: float) -> SQLSource:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "shop.sqlite3"
+        sqlite_source(path)
+        connection = sqlite3.connect(path)
+        connection.execute(f"CREATE TABLE wide ({', '.join(f'c{n} INTEGER' for n in range(150))})")
+        connection.execute(f"INSERT INTO wide VALUES ({', '.join(['1'] * 150)})")
+        connection.commit()
+        connection.close()
+        return self.started(SQLSource(source_config("shop", f"sqlite:///{path}"), timeout, 1, None))
+
+    def peak(self, source: SQLSource, sql: str) -> tuple[str, int]:
+        """The refusal of ``sql`` and the most memory Python held meanwhile."""
+        import tracemalloc
+
+        tracemalloc.start()
+        try:
+            said = self.assert_refused(source, sql)
+            return said, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def test_sqlite_row_size(self) -> None:
+        source = self.sqlite(10.0)
+        said, peak = self.peak(source, "SELECT " + ", ".join(["zeroblob(250000)"] * 200))  # 50 MB
+        self.assertIn("more columns than a statement may return", said)
+        self.assertLess(peak, 5_000_000)
+        said, peak = self.peak(source, f"SELECT zeroblob({SQLITE_VALUE_LENGTH + 1}), 1")
+        self.assertIn("one value is past", said)
+        self.assertLess(peak, 5_000_000)
+        # As many columns as the widest table: it is read whole.
+        self.assertEqual(len(self.run_guarded(source, "SELECT * FROM wide")["rows"][0]), 150)
+        self.assertEqual(len(self.run_guarded(source, "SELECT " + ", ".join(["1"] * 150))["rows"][0]), 150)
+        self.assertGreater(150, SQLITE_RESULT_COLUMNS)
+
+    def test_sqlite_function_time(self) -> None:
+        source = self.sqlite(TIME_LIMIT)
+        # One instr() call, 19 s with a 4 MB value limit: its values are too long to build
+        # (printf() answers NULL past the limit), so it is over at once.
+        started = time.monotonic()
+        found = self.run_guarded(
+            source, "SELECT instr(printf('%.*c', 1600000, 'a'), printf('%.*c', 800000, 'a') || 'b')"
+        )
+        self.assertEqual(found["rows"], [[None]])
+        self.assertLess(time.monotonic() - started, TIME_LIMIT)
+        # The longest allowed, call after call (the needle depends on the row: SQLite computes a
+        # constant once): each is short, and the time limit stops the rows.
+        haystack = f"printf('%.*c', {SQLITE_VALUE_LENGTH - 1}, 'a')"
+        needle = f"printf('%.*c', {SQLITE_VALUE_LENGTH // 2} + id, 'a')"
+        for call in (f"instr({haystack}, {needle} || 'b')", f"length(replace({haystack}, {needle} || 'b', 'x'))"):
+            started = time.monotonic()
+            said = self.assert_refused(source, f"SELECT {call} FROM orders")
+            self.assertIn("time limit", said)
+            self.assertLess(time.monotonic() - started, TIME_LIMIT + 1.0)
+        started = time.monotonic()
+        said = self.assert_refused(source, f"SELECT {haystack} LIKE '%' || printf('%.*c', 49000, 'a') || 'b'")
+        self.assertIn("LIKE or GLOB pattern", said)
+        self.assertLess(time.monotonic() - started, TIME_LIMIT)
+
+    def test_mariadb_row_size(self) -> None:
+        server, database = mariadb_source()
+        user, url = mariadb_reader(server, database)
+        self.addCleanup(server.sql, f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+        source = self.started(SQLSource(source_config("shop", url, PASSWORD), 10.0, 1, None))
+        started = time.monotonic()
+        said, peak = self.peak(source, "SELECT " + ", ".join(f"REPEAT('{c}', 16000000)" for c in "xyz"))  # 48 MB
+        self.assertIn("one row is past", said)
+        self.assertLess(peak, MYSQL_MAX_PACKET + 2_000_000)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertEqual(without_statements(server, user), [])
+        # The connection it was read on was dropped, not pooled half read: the next call is served.
+        self.assertEqual(self.run_guarded(source, "SELECT COUNT(*) FROM orders")["rows"], [[ORDERS]])

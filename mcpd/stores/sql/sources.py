@@ -20,10 +20,12 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import functools
 import json
 import math
 import os
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -68,9 +70,23 @@ STORE = "sql_sources"
 CONNECT_TIMEOUT = 5.0
 # Rows stop (truncated) once their text passes this many characters.
 MAX_RESULT_CHARS = 1_000_000
-# The largest string or blob SQLite may build (SQLITE_LIMIT_LENGTH): one function call (a
-# randomblob(), a zeroblob()) is not interrupted by the time limit, so its size is what bounds it.
+# The largest string or blob SQLite may build or read (SQLITE_LIMIT_LENGTH) in mcpd's own
+# statements (the schema, sql.describe's defaults).
 SQLITE_MAX_LENGTH = 4 * MAX_RESULT_CHARS
+# The same in a caller's statement. One function call is not interrupted by the time limit (the
+# progress handler runs between virtual machine steps), and some are quadratic in their
+# arguments' length: instr() and replace() of a 128 KB needle in a 256 KB haystack take ~0.3 s
+# (with 1.6 MB and 0.8 MB, 19 s), LIKE and GLOB as long times their pattern's length. Bounded so,
+# one call stays well within any time limit, and a row is at most this times its columns.
+SQLITE_VALUE_LENGTH = 256 * 1024
+SQLITE_LIKE_PATTERN_LENGTH = 1000
+# A caller's result has at most this many columns, or as many as the widest table or view has
+# (SQLITE_LIMIT_COLUMN: a table wider than the limit could not be read at all).
+SQLITE_RESULT_COLUMNS = 100
+# The largest packet (a row, most often) read from MySQL/MariaDB: a row of MAX_RESULT_CHARS
+# characters in utf8mb4, and room for the lengths of its columns. A longer one is refused before
+# it is read, and its connection dropped.
+MYSQL_MAX_PACKET = 4 * MAX_RESULT_CHARS + 64 * 1024
 # How long the rows left past a page may take to read before the connection is dropped instead.
 DRAIN_SECONDS = 0.25
 # sql.describe shows at most this many columns and indexes (truncated says there were more):
@@ -105,6 +121,7 @@ _SQLITE_WAL_UNREADABLE = frozenset(
         sqlite3.SQLITE_READONLY_RECOVERY,
     }
 )
+_SQLITE_DEFAULT_COLUMNS = 2000  # SQLITE_MAX_COLUMN as SQLite is built by default
 # The SQLite virtual machine instructions between two looks at the clock.
 _PROGRESS_STEPS = 1000
 # MySQL errors: the connection is gone; the statement ran out of time; a write in a read-only
@@ -190,6 +207,7 @@ class SQLSource:
         self.state = STARTING
         self.last_error: str | None = None
         self.server_version: str | None = None
+        self._widest: tuple[int, int] | None = None  # SQLite: (schema_version, its widest table's columns)
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -243,6 +261,7 @@ class SQLSource:
                 "cursorclass": pymysql.cursors.Cursor,
             },
         )
+        event.listen(engine, "do_connect", _mysql_bounded_connect)
         event.listen(engine, "connect", _mysql_connect)
         event.listen(engine, "reset", _mysql_reset)
         return engine
@@ -315,10 +334,21 @@ class SQLSource:
                 return self._unavailable(cause)  # not the statement's doing: the source's
             if "interrupted" in lowered:
                 return self._timed_out()
-            if "too big" in lowered:  # SQLITE_TOOBIG: past SQLITE_MAX_LENGTH
+            if "too big" in lowered:  # SQLITE_TOOBIG: past SQLITE_LIMIT_LENGTH
                 return RowTooLarge(
-                    f"one value is past {SQLITE_MAX_LENGTH:,} bytes, more than a result may hold "
-                    f"({MAX_RESULT_CHARS:,} characters): select fewer or shorter values (substr(), length())"
+                    f"one value is past {SQLITE_VALUE_LENGTH:,} bytes, the most a statement may read or build "
+                    "on a SQLite source (functions such as instr(), replace() and LIKE would run for minutes on "
+                    "longer ones): select shorter values; length() still measures a longer stored one"
+                )
+            if "too many columns" in lowered:  # SQLITE_LIMIT_COLUMN
+                return RowTooLarge(
+                    f"the result has more columns than a statement may return here ({message}): at most "
+                    f"{SQLITE_RESULT_COLUMNS}, or as many as the widest table has; select fewer"
+                )
+            if "pattern too complex" in lowered:  # SQLITE_LIMIT_LIKE_PATTERN_LENGTH
+                return Refused(
+                    f"a LIKE or GLOB pattern is longer than {SQLITE_LIKE_PATTERN_LENGTH:,} bytes, the most on a "
+                    "SQLite source: use a shorter pattern, or instr() / = for a long literal"
                 )
             if "not authorized" in lowered or "readonly" in lowered or "read-only" in lowered:
                 return Refused(f"the database refused it: {message} (the source is read-only)")
@@ -487,10 +517,35 @@ class SQLSource:
             return self._read_sqlite(connection, statement, params, limit)
         return self._read_mysql(connection, statement, params, limit)
 
+    def _sqlite_columns(self, connection: sqlite3.Connection) -> int:
+        """How many columns a caller's result may have: `SQLITE_RESULT_COLUMNS`, or as many as
+        the widest table or view (found again when the schema changes)."""
+        version = connection.execute("PRAGMA schema_version").fetchone()[0]  # the schema is read here
+        known = self._widest
+        if known is None or known[0] != version:
+            try:
+                widest = connection.execute(
+                    "SELECT MAX((SELECT COUNT(*) FROM pragma_table_info(m.name))) FROM sqlite_master AS m "
+                    "WHERE m.type IN ('table', 'view')"
+                ).fetchone()[0]
+            except sqlite3.Error:  # a view that no longer compiles: no bound but SQLite's own
+                widest = _SQLITE_DEFAULT_COLUMNS
+            known = self._widest = (version, int(widest or 0))
+        return max(known[1], SQLITE_RESULT_COLUMNS)
+
     def _read_sqlite(self, connection: sqlite3.Connection, statement: str, params: Any, limit: int) -> dict[str, Any]:
+        columns_limit = connection.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, self._sqlite_columns(connection))
+        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_VALUE_LENGTH)
+        pattern_limit = connection.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, SQLITE_LIKE_PATTERN_LENGTH)
         deadline = time.monotonic() + self.timeout
         connection.set_authorizer(_sqlite_authorize)
         connection.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_STEPS)
+        # The progress handler looks every _PROGRESS_STEPS instructions: with slow function calls
+        # (each bounded by SQLITE_VALUE_LENGTH, but ~0.3 s) that can be minutes. An interrupt
+        # from a timer is seen at the next row or loop step.
+        watchdog = threading.Timer(self.timeout, connection.interrupt)
+        watchdog.daemon = True
+        watchdog.start()
         started = time.monotonic()
         try:
             try:
@@ -503,8 +558,12 @@ class SQLSource:
             finally:
                 cursor.close()
         finally:
+            watchdog.cancel()
             connection.set_authorizer(None)
             connection.set_progress_handler(None, 0)
+            connection.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, columns_limit)
+            connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH)
+            connection.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, pattern_limit)
         return self._result(columns, rows, truncated, started)
 
     def _read_mysql(self, connection: Any, statement: str, params: Any, limit: int) -> dict[str, Any]:
@@ -556,7 +615,7 @@ class SQLSource:
             # its statement stopped), the page answered.
             try:
                 unread = not exhausted and not _drained(cursor.fetchone, time.monotonic() + DRAIN_SECONDS)
-            except pymysql.err.Error:
+            except (pymysql.err.Error, RowTooLarge):
                 unread = True
             if unread:
                 self._kill_query(connection)
@@ -567,6 +626,12 @@ class SQLSource:
             # trying would raise InterfaceError and hide the real error.
             if not unread and connection.open:
                 connection.rollback()
+            if unread:
+                # Dropped with its connection: closing the cursor, or collecting its result,
+                # would read the rest of the rows first (PyMySQL has no public way to say not to).
+                if cursor._result is not None:
+                    cursor._result.unbuffered_active = False
+                cursor.connection = None
         if unread:
             raise _Discard(result)
         return result
@@ -841,6 +906,31 @@ class _SourcesUp:
         for source in self.sources.sources.values():
             up.add_metric([source.name], float(source.state == OK))
         yield up
+
+
+def _mysql_bounded_connect(_dialect: Any, _record: Any, args: Any, kwargs: Any) -> Any:
+    """A PyMySQL connection that reads no packet past `MYSQL_MAX_PACKET`."""
+    return _bounded_connection_class()(*args, **kwargs)
+
+
+@functools.cache
+def _bounded_connection_class() -> type:
+    """PyMySQL's connection, refusing to read a packet past `MYSQL_MAX_PACKET` before reading
+    it: a row comes in one packet (in 16 MB pieces past that), and PyMySQL reads a whole packet
+    into memory before the row cap can look at it. The server offers no bound a user may set
+    (``max_allowed_packet`` is global, and bounds one value, not a row)."""
+    import pymysql
+
+    class BoundedConnection(pymysql.connections.Connection):  # type: ignore[misc]
+        def _read_bytes(self, num_bytes: int) -> bytes:
+            if num_bytes > MYSQL_MAX_PACKET:
+                raise RowTooLarge(
+                    f"one row is past {MYSQL_MAX_PACKET:,} bytes, more than a result may hold "
+                    f"({MAX_RESULT_CHARS:,} characters): select fewer or shorter columns (LEFT(), LENGTH())"
+                )
+            return super()._read_bytes(num_bytes)  # type: ignore[no-any-return]
+
+    return BoundedConnection
 
 
 def _mysql_connect(dbapi_connection: Any, record: Any) -> None:
