@@ -1533,6 +1533,9 @@ class BoundsTests(_Guarded, TestCase):
         connection = sqlite3.connect(path)
         connection.execute(f"CREATE TABLE wide ({', '.join(f'c{n} INTEGER' for n in range(150))})")
         connection.execute(f"INSERT INTO wide VALUES ({', '.join(['1'] * 150)})")
+        # A schema entry past a caller's value limit: the schema is still read.
+        connection.execute(f"CREATE TABLE heavy (a TEXT DEFAULT '{'x' * 300_000}', c INTEGER)")
+        connection.execute("INSERT INTO heavy (c) VALUES (7)")
         connection.commit()
         connection.close()
         return self.started(SQLSource(source_config("shop", f"sqlite:///{path}"), timeout, 1, None))
@@ -1560,6 +1563,8 @@ class BoundsTests(_Guarded, TestCase):
         self.assertEqual(len(self.run_guarded(source, "SELECT * FROM wide")["rows"][0]), 150)
         self.assertEqual(len(self.run_guarded(source, "SELECT " + ", ".join(["1"] * 150))["rows"][0]), 150)
         self.assertGreater(150, SQLITE_RESULT_COLUMNS)
+        for _ in range(2):  # the widest is known after the first: the schema is read all the same
+            self.assertEqual(self.run_guarded(source, "SELECT c FROM heavy")["rows"], [[7]])
 
     def test_sqlite_function_time(self) -> None:
         source = self.sqlite(TIME_LIMIT)

@@ -520,7 +520,9 @@ class SQLSource:
     def _sqlite_columns(self, connection: sqlite3.Connection) -> int:
         """How many columns a caller's result may have: `SQLITE_RESULT_COLUMNS`, or as many as
         the widest table or view (found again when the schema changes)."""
-        version = connection.execute("PRAGMA schema_version").fetchone()[0]  # the schema is read here
+        # The schema is read here, within mcpd's own SQLITE_MAX_LENGTH (PRAGMA schema_version
+        # alone would not read it: the caller's statement would, within the caller's limits).
+        version = connection.execute("SELECT schema_version FROM pragma_schema_version").fetchone()[0]
         known = self._widest
         if known is None or known[0] != version:
             try:
