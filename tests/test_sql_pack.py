@@ -1474,13 +1474,13 @@ class ReadOnlyDirectoryTests(TestCase):
     timeout = 60
 
     def read_once(self, url: str) -> dict[str, Any]:
-        """One read in a process of its own, as a user that may not write the directory (root
-        is dropped to nobody: root may write any directory)."""
+        """One read in a process of its own that may not write the directory: root keeps its
+        user (so it still reads the checkout and the interpreter wherever they are) but loses
+        CAP_DAC_OVERRIDE, which is what lets root write any directory."""
         import subprocess
         import sys
 
-        # (util-linux's setpriv: Python's own user= fails to run a pyenv interpreter under /root.)
-        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        drop = ["setpriv", "--bounding-set=-dac_override"] if os.geteuid() == 0 else []
         done = subprocess.run(
             [*drop, sys.executable, "-c", _READ_ONCE, url], capture_output=True, text=True, timeout=30, check=False
         )
