@@ -72,6 +72,7 @@ class EntryScopeTests(SynchronousTestCase):
         from tests.engine_harness import Peer
 
         notes = ToolPack("notes", "A pack anyone may read.")
+        notes.add(_tool("notes.get", ToolAnnotations(read_only=True)))
 
         @notes.resource("notes://today", name="today")
         def today(ctx: Any, uri: str) -> str:
@@ -101,3 +102,197 @@ class EntryScopeTests(SynchronousTestCase):
         uris = [r["uri"] for r in peer.result("resources/list")["resources"]]
         self.assertEqual(sorted(uris), ["mcpd://server/info", "notes://today"])
         self.assertEqual([p["name"] for p in peer.result("prompts/list")["prompts"]], ["server.tour"])
+
+
+def _records_packs() -> list[ToolPack]:
+    """Two data packs: ``notes`` (a read tool, a write tool, a resource, a template with
+    completions, a prompt with completions) and ``cache`` (a read tool, nothing else)."""
+    from mcpd.tools.prompts import PromptArgument
+
+    notes = ToolPack("notes", "Notes, one of them secret.")
+    notes.add(_tool("notes.get", ToolAnnotations(read_only=True)))
+    notes.add(_tool("notes.add", ToolAnnotations(read_only=False, destructive=False)))
+    notes.add(_tool("notes.drop", ToolAnnotations(destructive=True)))
+
+    @notes.resource("notes://index", name="index")
+    def index(ctx: Any, uri: str) -> str:
+        return "n1"
+
+    @notes.resource_template("note://{id}", name="note", completions={"id": lambda ctx, value, resolved: ["n1"]})
+    def note(ctx: Any, uri: str, variables: dict[str, str]) -> str:
+        return f"the secret of {variables['id']}"
+
+    @notes.prompt(
+        "notes.digest",
+        arguments=[PromptArgument("id", complete=lambda ctx, value, resolved: ["n1"])],
+    )
+    def digest(ctx: Any, arguments: dict[str, str]) -> str:
+        return "the secret of n1"
+
+    cache = ToolPack("cache", "Values under keys.")
+    cache.add(_tool("cache.get", ToolAnnotations(read_only=True)))
+    return [notes, cache]
+
+
+class PackEntryScopeTests(SynchronousTestCase):
+    """A key's scopes bound what it can read: a pack's resources, templates, prompts and
+    completions are open only to a key that may call one of the pack's read-only tools; to
+    another they are unknown, in every list and every request that names one."""
+
+    NOTE = "note://n1"
+
+    def setUp(self) -> None:
+        from mcpd.protocol.engine import Engine
+
+        registry = ToolRegistry(_records_packs())
+        self.policy = ScopePolicy(registry)
+        self.engine = Engine(registry, tool_filter=self.policy, entry_filter=self.policy.allows_entry)
+
+    def peer(self, *scopes: str, modern: bool = False, caller: Caller | None = None) -> Any:
+        from tests.engine_harness import Peer
+
+        caller = caller if caller is not None else Caller("k", frozenset(scopes))
+        if modern:
+            return Peer(self, self.engine, modern=True, caller=caller)
+        peer = Peer(self, self.engine, caller=caller)
+        peer.initialize()
+        return peer
+
+    def listen(self, peer: Any, uri: str) -> dict[str, Any]:
+        """subscriptions/listen's error, or ``{"listening": True}`` once it was acknowledged."""
+        message = peer.message("subscriptions/listen", {"notifications": {"resourceSubscriptions": [uri]}})
+        d = peer.start(message)
+        acknowledged = [n for n in peer.notes if n["method"] == "notifications/subscriptions/acknowledged"]
+        if acknowledged:  # a stream until the client goes away
+            self.assertEqual(acknowledged[0]["params"]["notifications"], {"resourceSubscriptions": [uri]})
+            d.cancel()
+            self.successResultOf(d)
+            return {"listening": True}
+        response: dict[str, Any] = self.successResultOf(d)
+        peer.check(message, response)
+        return response
+
+    def assertUnknown(self, response: dict[str, Any], unknown: dict[str, Any], name: str, like: str) -> None:
+        """``response`` is the error of an unknown entry ``like`` (named ``name`` in the answer)."""
+        self.assertNotIn("result", response)
+        self.assertEqual(response["error"], _renamed(unknown["error"], like, name))
+
+    def test_another_packs_tool_opens_none_of_it(self) -> None:
+        for scopes in [("cache.get",), ("cache",), ("notes.add",), ("notes.drop",)]:
+            for modern in (False, True):
+                with self.subTest(scopes=scopes, modern=modern):
+                    self.assertSeesNothing(self.peer(*scopes, modern=modern))
+
+    def assertSeesNothing(self, peer: Any) -> None:
+        self.assertEqual(peer.result("resources/list")["resources"], [])
+        self.assertEqual(peer.result("resources/templates/list")["resourceTemplates"], [])
+        self.assertEqual(peer.result("prompts/list")["prompts"], [])
+        for uri in (self.NOTE, "notes://index"):
+            # Reading, subscribing to or listening for one: resources/read's "Resource not found".
+            unknown = peer.request("resources/read", {"uri": "nowhere://n1"})
+            self.assertUnknown(peer.request("resources/read", {"uri": uri}), unknown, uri, "nowhere://n1")
+            if peer.modern:
+                self.assertUnknown(self.listen(peer, uri), unknown, uri, "nowhere://n1")
+            else:
+                self.assertUnknown(peer.request("resources/subscribe", {"uri": uri}), unknown, uri, "nowhere://n1")
+                self.assertEqual(peer.session.subscriptions, {})
+        template = {"type": "ref/resource", "uri": "note://{id}"}
+        unknown = peer.request(
+            "completion/complete",
+            {"ref": {"type": "ref/resource", "uri": "nowhere://{id}"}, "argument": {"name": "id", "value": ""}},
+        )
+        self.assertUnknown(
+            peer.request("completion/complete", {"ref": template, "argument": {"name": "id", "value": ""}}),
+            unknown,
+            "note://{id}",
+            "nowhere://{id}",
+        )
+        fixed = {"type": "ref/resource", "uri": "notes://index"}
+        self.assertUnknown(
+            peer.request("completion/complete", {"ref": fixed, "argument": {"name": "id", "value": ""}}),
+            unknown,
+            "notes://index",
+            "nowhere://{id}",
+        )
+        unknown = peer.request("prompts/get", {"name": "nowhere.digest", "arguments": {"id": "n1"}})
+        self.assertUnknown(
+            peer.request("prompts/get", {"name": "notes.digest", "arguments": {"id": "n1"}}),
+            unknown,
+            "notes.digest",
+            "nowhere.digest",
+        )
+        unknown = peer.request(
+            "completion/complete",
+            {"ref": {"type": "ref/prompt", "name": "nowhere.digest"}, "argument": {"name": "id", "value": ""}},
+        )
+        self.assertUnknown(
+            peer.request(
+                "completion/complete",
+                {"ref": {"type": "ref/prompt", "name": "notes.digest"}, "argument": {"name": "id", "value": ""}},
+            ),
+            unknown,
+            "notes.digest",
+            "nowhere.digest",
+        )
+
+    def test_a_read_tool_of_the_pack_opens_it(self) -> None:
+        for scopes in [("notes.get",), ("notes",), (READ,), (WRITE,), (ADMIN,), ("cache.get", "notes.get")]:
+            for modern in (False, True):
+                with self.subTest(scopes=scopes, modern=modern):
+                    self.assertSeesAll(self.peer(*scopes, modern=modern))
+
+    def assertSeesAll(self, peer: Any) -> None:
+        self.assertEqual([r["uri"] for r in peer.result("resources/list")["resources"]], ["notes://index"])
+        templates = peer.result("resources/templates/list")["resourceTemplates"]
+        self.assertEqual([t["uriTemplate"] for t in templates], ["note://{id}"])
+        self.assertEqual([p["name"] for p in peer.result("prompts/list")["prompts"]], ["notes.digest"])
+        read = peer.result("resources/read", {"uri": self.NOTE})
+        self.assertEqual(read["contents"][0]["text"], "the secret of n1")
+        if peer.modern:
+            self.assertEqual(self.listen(peer, self.NOTE), {"listening": True})
+        else:
+            self.assertEqual(peer.result("resources/subscribe", {"uri": self.NOTE}), {})
+            self.assertEqual(list(peer.session.subscriptions), [self.NOTE])
+        template = {"type": "ref/resource", "uri": "note://{id}"}
+        completed = peer.result("completion/complete", {"ref": template, "argument": {"name": "id", "value": ""}})
+        self.assertEqual(completed["completion"]["values"], ["n1"])
+        prompt = {"type": "ref/prompt", "name": "notes.digest"}
+        completed = peer.result("completion/complete", {"ref": prompt, "argument": {"name": "id", "value": ""}})
+        self.assertEqual(completed["completion"]["values"], ["n1"])
+        got = peer.result("prompts/get", {"name": "notes.digest", "arguments": {"id": "n1"}})
+        self.assertIn("the secret of n1", str(got["messages"]))
+
+    def test_the_answer_is_kept_per_scopes_and_pack(self) -> None:
+        [note] = self.policy.registry.templates
+        one, same = Caller("a", frozenset({"cache.get"})), Caller("b", frozenset({"cache.get"}))
+        self.assertFalse(self.policy.allows_entry(one, note))
+        self.assertEqual(self.policy._opens, {(frozenset({"cache.get"}), "notes"): False})
+        self.assertFalse(self.policy.allows_entry(same, note))
+        self.assertTrue(self.policy.allows_entry(Caller("c", frozenset({"notes.get"})), note))
+        self.assertEqual(len(self.policy._opens), 2)
+
+
+class KeylessEntryTests(SynchronousTestCase):
+    """Without keys (no scope policy: the stdio user, a keyless daemon) every pack is open."""
+
+    def test_everything_is_open(self) -> None:
+        from mcpd.protocol.engine import Engine
+        from tests.engine_harness import Peer
+
+        engine = Engine(ToolRegistry(_records_packs()))
+        for caller in (Caller(name="local", peer="stdio", transport="stdio"), Caller(peer="127.0.0.1")):
+            peer = Peer(self, engine, modern=True, caller=caller)
+            self.assertEqual(
+                [t["uriTemplate"] for t in peer.result("resources/templates/list")["resourceTemplates"]],
+                ["note://{id}"],
+            )
+            self.assertEqual([p["name"] for p in peer.result("prompts/list")["prompts"]], ["notes.digest"])
+            read = peer.result("resources/read", {"uri": "note://n1"})
+            self.assertEqual(read["contents"][0]["text"], "the secret of n1")
+
+
+def _renamed(error: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """``error`` with every mention of ``old`` (in its message and data) made ``new``."""
+    import json
+
+    return json.loads(json.dumps(error).replace(old, new))  # type: ignore[no-any-return]

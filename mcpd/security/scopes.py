@@ -7,6 +7,11 @@
 - ``admin``: everything, including server introspection (the ``server`` pack) and tools that are
   destructive (MCP's default for a tool that does not say otherwise);
 - any other word names a tool or a toolset (pack) the key may call.
+
+A key's scopes bound everything it can read, not only what it can call: a pack's resources,
+resource templates, prompts and completions are open to a key that may call at least one of the
+pack's read-only tools (so ``read``, ``write``, ``admin``, the pack's name or that one tool); those
+of the admin packs need ``admin`` or the pack's name.
 """
 
 from __future__ import annotations
@@ -48,17 +53,38 @@ def narrowed(old: frozenset[str], new: frozenset[str]) -> bool:
 
 
 class ScopePolicy:
-    """``policy(caller, tool)``: whether a caller's scopes let it see and call ``tool``."""
+    """``policy(caller, tool)``: whether a caller's scopes let it see and call ``tool``;
+    ``policy.allows_entry(caller, entry)``: whether they let it see a pack's resource, template
+    or prompt."""
 
     def __init__(self, registry: ToolRegistry) -> None:
         self.registry = registry
+        # allows_entry's answer by (scopes, pack): scope sets come from the key file only, so
+        # this holds a few entries per configured key, and the registry does not change.
+        self._opens: dict[tuple[frozenset[str], str | None], bool] = {}
 
     def allows_entry(self, caller: Caller, entry: object) -> bool:
-        """Whether a caller may see a resource, template or prompt: any key may, but those of
-        the admin packs (server introspection) need ``admin`` or the pack's name."""
-        pack = self.registry.entry_pack(entry)
+        """Whether a caller may see (list, read, subscribe to, complete, get) a resource,
+        template or prompt: if it may call one of its pack's read-only tools, or, for the admin
+        packs (server introspection), has ``admin`` or the pack's name."""
         scopes = caller.scopes
-        return pack not in ADMIN_PACKS or ADMIN in scopes or pack in scopes
+        pack = self.registry.entry_pack(entry)
+        try:
+            return self._opens[scopes, pack]
+        except KeyError:
+            opens = self._opens[scopes, pack] = self._pack_opens(scopes, pack)
+            return opens
+
+    def _pack_opens(self, scopes: frozenset[str], pack: str | None) -> bool:
+        if ADMIN in scopes or (pack is not None and pack in scopes):
+            return True
+        if pack is None or pack in ADMIN_PACKS:
+            return False
+        caller = Caller(scopes=scopes)
+        return any(
+            self.registry.pack_of(tool.name) == pack and tool_level(tool, pack) == READ and self(caller, tool)
+            for tool in self.registry.tools
+        )
 
     def __call__(self, caller: Caller, tool: Tool) -> bool:
         scopes = caller.scopes
