@@ -1,14 +1,19 @@
-"""Tests for `mcpd.security.scopes`: which tools a key's scopes allow."""
+"""Tests for `mcpd.security.scopes`: which tools, resources, templates and prompts a key's scopes open."""
 
 from __future__ import annotations
 
+import itertools
+import json
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.protocol.versions import LATEST_LEGACY
 from mcpd.security.scopes import ADMIN, READ, WRITE, ScopePolicy, tool_level
 from mcpd.tools.api import Caller, Tool, ToolAnnotations
 from mcpd.tools.pack import ToolPack, ToolRegistry
+from tests.daemon import DaemonTestCase
 
 
 def _handler(ctx: Any, arguments: dict[str, Any]) -> str:
@@ -293,6 +298,211 @@ class KeylessEntryTests(SynchronousTestCase):
 
 def _renamed(error: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     """``error`` with every mention of ``old`` (in its message and data) made ``new``."""
-    import json
-
     return json.loads(json.dumps(error).replace(old, new))  # type: ignore[no-any-return]
+
+
+class _Door:
+    """One way into a real daemon for one key: ``ask(method, params)`` gives the response."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.port = port
+        self.auth = {"Authorization": f"Bearer {key}"}
+        self.ids = itertools.count(1)
+
+    def close(self) -> None:
+        """Let go of what the door holds open."""
+
+    def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def initialize(self) -> None:
+        self.ask(
+            "initialize",
+            {"protocolVersion": LATEST_LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        )
+        self.tell("notifications/initialized")
+
+    def tell(self, method: str) -> None:
+        raise NotImplementedError
+
+
+class _ModernHTTP(_Door):
+    """2026-07-28 over POST /mcp: every request on its own, with its `_meta` envelope."""
+
+    def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        from tests.daemon import modern_request, post
+
+        body, headers = modern_request(next(self.ids), method, params)
+        if "uri" in params:
+            headers["mcp-name"] = params["uri"]
+        # 2026-07-28 basic/transports: an error answer may come with a 4xx status; the body tells.
+        _status, head, data = post(self.port, body, {**headers, **self.auth})
+        return _one_answer(head.get("content-type", ""), data)
+
+
+class _LegacyHTTP(_Door):
+    """2025-11-25 Streamable HTTP: a session opened by initialize."""
+
+    def __init__(self, port: int, key: str) -> None:
+        super().__init__(port, key)
+        self.session: dict[str, str] = {}
+        self.initialize()
+
+    def _post(self, message: dict[str, Any]) -> tuple[int, Any, bytes]:
+        from tests.daemon import post
+
+        return post(self.port, message, {**self.auth, **self.session})
+
+    def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        status, head, data = self._post({"jsonrpc": "2.0", "id": next(self.ids), "method": method, "params": params})
+        assert status == 200, (status, data)
+        if method == "initialize":
+            self.session = {"mcp-session-id": head["mcp-session-id"], "mcp-protocol-version": LATEST_LEGACY}
+        return _one_answer(head.get("content-type", ""), data)
+
+    def tell(self, method: str) -> None:
+        status, _, data = self._post({"jsonrpc": "2.0", "method": method})
+        assert status == 202, (status, data)
+
+
+class _LegacySSE(_Door):
+    """2024-11-05 HTTP+SSE: GET /sse, POSTs to its endpoint, answers on the stream."""
+
+    def __init__(self, port: int, key: str) -> None:
+        from tests.clients import RawSSE
+
+        super().__init__(port, key)
+        self.stream = RawSSE(port, headers=self.auth)
+        self.initialize()
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def _post(self, message: dict[str, Any]) -> None:
+        from tests.clients import fetch
+
+        headers = {"Content-Type": "application/json", **self.auth}
+        status, _, data = fetch(self.port, "POST", self.stream.endpoint, json.dumps(message).encode(), headers)
+        assert status == 202, (status, data)
+
+    def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._post({"jsonrpc": "2.0", "id": next(self.ids), "method": method, "params": params})
+        answer: dict[str, Any] = json.loads(self.stream.next_event()["data"])
+        return answer
+
+    def tell(self, method: str) -> None:
+        self._post({"jsonrpc": "2.0", "method": method})
+
+
+class _WebSocket(_Door):
+    """/ws, subprotocol mcp, the key in the upgrade request."""
+
+    def __init__(self, port: int, key: str) -> None:
+        import socket
+
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import AcceptConnection, Request
+
+        super().__init__(port, key)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        headers = [(name.lower().encode(), value.encode()) for name, value in self.auth.items()]
+        request = Request(host="127.0.0.1", target="/ws", subprotocols=["mcp"], extra_headers=headers)
+        self.sock.sendall(self.ws.send(request))
+        self.pending: list[Any] = []
+        [accepted] = self._events()
+        assert isinstance(accepted, AcceptConnection), accepted
+        self.initialize()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _events(self) -> list[Any]:
+        while not self.pending:
+            self.ws.receive_data(self.sock.recv(65536))
+            self.pending.extend(self.ws.events())
+        events, self.pending = self.pending, []
+        return events
+
+    def _send(self, message: dict[str, Any]) -> None:
+        from wsproto.events import Message
+
+        self.sock.sendall(self.ws.send(Message(data=json.dumps(message))))
+
+    def ask(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        from wsproto.events import TextMessage
+
+        request_id = next(self.ids)
+        self._send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        while True:
+            for event in self._events():
+                assert isinstance(event, TextMessage), event
+                message: dict[str, Any] = json.loads(event.data)
+                if message.get("id") == request_id:
+                    return message
+
+    def tell(self, method: str) -> None:
+        self._send({"jsonrpc": "2.0", "method": method})
+
+
+def _one_answer(content_type: str, data: bytes) -> dict[str, Any]:
+    """The JSON-RPC answer in a POST's body, JSON or an event stream."""
+    if content_type.startswith("text/event-stream"):
+        lines = [line for line in data.decode().splitlines() if line.startswith("data:")]
+        data = lines[-1][len("data:") :].encode()
+    answer: dict[str, Any] = json.loads(data)
+    return answer
+
+
+class DoorScopeTests(DaemonTestCase):
+    """Through every door of a real daemon with the notes pack: a key scoped to ``cache.get``
+    neither sees nor reads nor subscribes to nor completes a note; a key scoped to ``notes``
+    does."""
+
+    DOORS = (_ModernHTTP, _LegacyHTTP, _LegacySSE, _WebSocket)
+
+    def test_every_door(self) -> Deferred[None]:
+        keys = self.workdir / "keys.txt"
+        keys.write_text("carol:carol-key:notes\ndave:dave-key:cache.get\n", encoding="utf-8")
+        daemon = self.start_daemon("--api-key-file", str(keys), "--toolsets", "notes,cache", fixture_pack=False)
+        assert daemon.port is not None
+        port = daemon.port
+
+        def check() -> None:
+            saved = _ModernHTTP(port, "carol-key").ask(
+                "tools/call", {"name": "note.save", "arguments": {"title": "Plan", "body": "the secret plan"}}
+            )
+            note_id = saved["result"]["structuredContent"]["note"]["id"]
+            uri = f"note://{note_id}"
+            for door in self.DOORS:
+                for key, opened in (("dave-key", False), ("carol-key", True)):
+                    client = door(port, key)
+                    try:
+                        self.assertDoor(client, uri, opened, f"{door.__name__} {key}")
+                    finally:
+                        client.close()
+
+        return self.in_thread(check)
+
+    def assertDoor(self, client: _Door, uri: str, opened: bool, where: str) -> None:
+        templates = client.ask("resources/templates/list", {})["result"]["resourceTemplates"]
+        self.assertEqual([t["uriTemplate"] for t in templates], ["note://{id}"] if opened else [], where)
+        read = client.ask("resources/read", {"uri": uri})
+        completion = {"ref": {"type": "ref/resource", "uri": "note://{id}"}, "argument": {"name": "id", "value": ""}}
+        completed = client.ask("completion/complete", completion)
+        if opened:
+            self.assertIn("the secret plan", read["result"]["contents"][0]["text"], where)
+            self.assertIn(uri.removeprefix("note://"), completed["result"]["completion"]["values"], where)
+        else:
+            self.assertEqual(
+                read["error"], {"code": -32602, "message": f"Resource not found: {uri}", "data": {"uri": uri}}, where
+            )
+            self.assertNotIn("secret", json.dumps(read), where)
+            self.assertEqual(completed["error"]["message"], "Unknown resource template: note://{id}", where)
+        if isinstance(client, _ModernHTTP):
+            return
+        subscribed = client.ask("resources/subscribe", {"uri": uri})
+        if opened:
+            self.assertEqual(subscribed["result"], {}, where)
+        else:
+            self.assertEqual(subscribed["error"], read["error"], where)
