@@ -410,6 +410,8 @@ class _WebSocket(_Door):
         request = Request(host="127.0.0.1", target="/ws", subprotocols=["mcp"], extra_headers=headers)
         self.sock.sendall(self.ws.send(request))
         self.pending: list[Any] = []
+        # What the server sent unasked while an answer was awaited.
+        self.heard: list[dict[str, Any]] = []
         [accepted] = self._events()
         assert isinstance(accepted, AcceptConnection), accepted
         self.initialize()
@@ -440,9 +442,19 @@ class _WebSocket(_Door):
                 message: dict[str, Any] = json.loads(event.data)
                 if message.get("id") == request_id:
                     return message
+                self.heard.append(message)
 
     def tell(self, method: str) -> None:
         self._send({"jsonrpc": "2.0", "method": method})
+
+    def next_message(self) -> dict[str, Any]:
+        """The next message the server sends unasked."""
+        from wsproto.events import TextMessage
+
+        [event, *self.pending] = self._events()
+        assert isinstance(event, TextMessage), event
+        message: dict[str, Any] = json.loads(event.data)
+        return message
 
 
 def _one_answer(content_type: str, data: bytes) -> dict[str, Any]:
@@ -506,3 +518,83 @@ class DoorScopeTests(DaemonTestCase):
             self.assertEqual(subscribed["result"], {}, where)
         else:
             self.assertEqual(subscribed["error"], read["error"], where)
+
+
+class RescopeNoticeTests(SynchronousTestCase):
+    """A key's new scopes (a reload) change what it may list: its legacy sessions hear
+    ``notifications/{tools,prompts,resources}/list_changed``, its modern streams the kinds they
+    asked for; other keys' hear nothing."""
+
+    def test_the_keys_sessions_and_streams_are_told(self) -> None:
+        from mcpd.protocol.engine import Engine
+        from tests.engine_harness import Peer
+
+        registry = ToolRegistry(_records_packs())
+        policy = ScopePolicy(registry)
+        engine = Engine(registry, tool_filter=policy, entry_filter=policy.allows_entry)
+        dave = Caller("dave", frozenset({"cache.get"}), account="key:dave")
+        carol = Caller("carol", frozenset({"notes"}), account="key:carol")
+        peers = {}
+        for caller in (dave, carol):
+            legacy = Peer(self, engine, caller=caller)
+            assert legacy.session is not None
+            legacy.session.account = caller.account  # as `SessionStore.open` sets it
+            legacy.session.sink = legacy.notes.append  # its standalone stream
+            legacy.initialize()
+            modern = Peer(self, engine, modern=True, caller=caller)
+            wanted = {"toolsListChanged": True, "promptsListChanged": True}
+            self.assertNoResult(modern.start(modern.message("subscriptions/listen", {"notifications": wanted})))
+            peers[caller.name] = (legacy, modern)
+        for legacy, modern in peers.values():
+            del legacy.notes[:], modern.notes[:]
+
+        engine.ledger.rescope("key:dave", frozenset({"notes"}), False)
+
+        legacy, modern = peers["dave"]
+        self.assertEqual(
+            [note["method"] for note in legacy.notes],
+            [f"notifications/{kind}/list_changed" for kind in ("tools", "prompts", "resources")],
+        )
+        self.assertEqual(
+            [note["method"] for note in modern.notes],
+            ["notifications/tools/list_changed", "notifications/prompts/list_changed"],
+        )
+        self.assertTrue(all(note["params"]["_meta"] for note in modern.notes))  # tagged with the listen
+        self.assertEqual([*peers["carol"][0].notes, *peers["carol"][1].notes], [])
+
+
+class ReloadNoticeTests(DaemonTestCase):
+    """A SIGHUP that changes a key's scopes tells its open WebSocket and /sse sessions that its
+    lists changed."""
+
+    def test_a_rescoped_key_hears_its_lists_changed(self) -> Deferred[None]:
+        import signal
+        import time
+
+        keys = self.workdir / "keys.txt"
+        keys.write_text("carol:carol-key:notes\ndave:dave-key:cache.get\n", encoding="utf-8")
+        daemon = self.start_daemon("--api-key-file", str(keys), "--toolsets", "notes,cache", fixture_pack=False)
+        assert daemon.port is not None
+        port = daemon.port
+        lists = [f"notifications/{kind}/list_changed" for kind in ("tools", "prompts", "resources")]
+
+        def check() -> None:
+            ws, sse, other = _WebSocket(port, "dave-key"), _LegacySSE(port, "dave-key"), _WebSocket(port, "carol-key")
+            try:
+                keys.write_text("carol:carol-key:notes\ndave:dave-key:notes\n", encoding="utf-8")
+                daemon.process.send_signal(signal.SIGHUP)
+                self.assertEqual([ws.next_message()["method"] for _ in lists], lists)
+                self.assertEqual([json.loads(sse.stream.next_event()["data"])["method"] for _ in lists], lists)
+                deadline = time.monotonic() + 5
+                while "Reloaded 2 API key" not in daemon.log("stdout") and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                # Listing again shows what the new scopes open; carol, unchanged, heard nothing.
+                templates = ws.ask("resources/templates/list", {})["result"]["resourceTemplates"]
+                self.assertEqual([t["uriTemplate"] for t in templates], ["note://{id}"])
+                self.assertEqual(other.ask("ping", {}), {"jsonrpc": "2.0", "id": 2, "result": {}})
+                self.assertEqual(other.heard, [])
+            finally:
+                for door in (ws, sse, other):
+                    door.close()
+
+        return self.in_thread(check)

@@ -372,6 +372,7 @@ class Catalog:
             request.version,
             frozenset(task_ids),
             tenant=request.exchange.caller.tenant,
+            account=request.exchange.caller.account,
         )
         exchange = request.exchange
         # Never fires: the stream lasts until the client goes (the transport cancels it) or

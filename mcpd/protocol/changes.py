@@ -44,6 +44,8 @@ class Listener:
     request: Deferred[Any] | None = None
     # The caller's tenant: it hears only of its tenant's records.
     tenant: str | None = None
+    # Whom the stream is counted against (its key's, for `account_lists_changed`).
+    account: str | None = None
 
     def tagged(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         body = dict(params or {})
@@ -92,6 +94,19 @@ class ChangeFeed:
         for listener in list(self.listeners):
             if kind in listener.kinds:
                 self._send(listener, listener.tagged(method))
+
+    def account_lists_changed(self, account: str, kinds: Iterable[str]) -> None:
+        """What ``account`` may see changed (its key's scopes did, on reload): the list changes
+        of ``kinds`` to its sessions and streams only. Not relayed: every instance reloads its
+        own keys and tells what it serves."""
+        sessions = [session for session in self._live_sessions() if session.account == account]
+        listeners = [listener for listener in self.listeners if listener.account == account]
+        for kind in kinds:
+            method = f"notifications/{kind}/list_changed"
+            self._to_sessions(sessions, {"jsonrpc": "2.0", "method": method}, None)
+            for listener in listeners:
+                if kind in listener.kinds:
+                    self._send(listener, listener.tagged(method))
 
     def resource_updated(self, uri: str, tenant: str | None = None, change: str | None = None) -> None:
         """The resource at ``uri`` changed: tell its subscribers (those of ``tenant`` only, when

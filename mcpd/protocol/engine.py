@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from mcpd._version import __version__
 from mcpd.interfaces import StoreError, StoreUnavailable
 from mcpd.protocol.catalog import Catalog
-from mcpd.protocol.changes import ChangeFeed
+from mcpd.protocol.changes import LIST_KINDS, ChangeFeed
 from mcpd.protocol.channel import RequestChannel, StateSigner
 from mcpd.protocol.codec import decode, encode
 from mcpd.protocol.envelope import route
@@ -504,10 +504,15 @@ class Engine:
         return len(doomed)
 
     def rescoped(self, account: str, scopes: frozenset[str], narrowed: bool) -> None:
-        """A key lost a scope: its calls in flight were admitted under a grant that no longer
-        holds, so they are cancelled (later messages are served under the new scopes)."""
+        """A key's scopes changed: what it may list did too, so its sessions and streams are told
+        (of each list the server said changes). A key that lost a scope has its calls in flight
+        cancelled: they were admitted under a grant that no longer holds (later messages are
+        served under the new scopes)."""
         if narrowed:
             self.end_matching(lambda held_by, _peer: held_by == account, "the API key lost a scope")
+        # 2025-11-25 server/tools, server/prompts, server/resources §List Changed Notification.
+        kinds = [kind for kind in LIST_KINDS if self.capabilities[kind].get("listChanged")]
+        self.changes.account_lists_changed(account, kinds)
 
     def _respond(self, result: Any, request_id: Any, modern: bool) -> dict[str, Any]:
         if modern and "resultType" not in result:

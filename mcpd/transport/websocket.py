@@ -80,6 +80,8 @@ class MCPConnection:
         self.caller = caller
         self._send = send
         self.session = Session()
+        # Whom its list changes concern (a key's new scopes: `ChangeFeed.account_lists_changed`).
+        self.session.account = caller.account
         # Messages that belong to no request (server-to-client requests, list changes).
         self.session.sink = self.send
         self.peer = f"ws:{self.session.id}"
