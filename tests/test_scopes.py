@@ -562,6 +562,39 @@ class RescopeNoticeTests(SynchronousTestCase):
         self.assertTrue(all(note["params"]["_meta"] for note in modern.notes))  # tagged with the listen
         self.assertEqual([*peers["carol"][0].notes, *peers["carol"][1].notes], [])
 
+    def test_a_key_that_lost_a_pack_stops_following_its_records(self) -> None:
+        from mcpd.protocol.engine import Engine
+        from mcpd.protocol.ledger import SUBSCRIPTION
+        from tests.engine_harness import Peer
+
+        registry = ToolRegistry(_records_packs())
+        policy = ScopePolicy(registry)
+        engine = Engine(registry, tool_filter=policy, entry_filter=policy.allows_entry)
+        dave = Caller("dave", frozenset({"notes"}), account="key:dave")
+        legacy = Peer(self, engine, caller=dave)
+        assert legacy.session is not None
+        legacy.session.account = dave.account
+        legacy.session.sink = legacy.notes.append
+        legacy.initialize()
+        self.assertEqual(legacy.result("resources/subscribe", {"uri": "note://n1"}), {})
+        self.assertEqual(legacy.result("resources/subscribe", {"uri": "nowhere://n1"}), {})
+        modern = Peer(self, engine, modern=True, caller=dave)
+        wanted = {"resourceSubscriptions": ["note://n1", "nowhere://n1"]}
+        self.assertNoResult(modern.start(modern.message("subscriptions/listen", {"notifications": wanted})))
+        self.assertEqual(engine.ledger.held("key:dave", SUBSCRIPTION), 4)
+
+        engine.ledger.rescope("key:dave", frozenset({"cache.get"}), True)
+        del legacy.notes[:], modern.notes[:]
+        for uri in ("note://n1", "nowhere://n1"):
+            engine.changes.resource_updated(uri)
+
+        # What the new scopes hide is no longer followed, the rest is; the listen, a call in
+        # flight under the old grant, was cancelled with the others.
+        self.assertEqual(list(legacy.session.subscriptions), ["nowhere://n1"])
+        self.assertEqual(engine.ledger.held("key:dave", SUBSCRIPTION), 1)
+        self.assertEqual([note["params"]["uri"] for note in legacy.notes], ["nowhere://n1"])
+        self.assertEqual(modern.notes, [])
+
 
 class ReloadNoticeTests(DaemonTestCase):
     """A SIGHUP that changes a key's scopes tells its open WebSocket and /sse sessions that its

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, FirstError, gatherResults, maybeDeferred, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcpd.interfaces import StoreFull
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from mcpd.tools.api import ToolPool
     from mcpd.tools.pack import ToolRegistry
 
+
+log = Logger(namespace="mcpd.catalog")
 
 # The longest resource URI a client may subscribe to (bounds what a subscription holds).
 MAX_URI_LENGTH = 8192
@@ -214,6 +217,31 @@ class Catalog:
             found = self.registry.find_resource(uri) if self.entry_filter is not None else None
             if found is not None and self._hidden(request, found[0]):
                 raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
+
+    def rescoped(self, account: str, scopes: frozenset[str]) -> None:
+        """A key's scopes changed on reload: its legacy sessions stop following the resources the
+        new ones hide (their updates would tell it what it may not see). Its subscriptions/listen
+        streams need nothing here: they are calls in flight, which a key that lost a scope has
+        cancelled (`Engine.rescoped`), and a key that lost none sees all it saw."""
+        allowed = self.entry_filter
+        if allowed is None:
+            return
+        caller = Caller(scopes=scopes)
+
+        def hidden(uri: str) -> bool:
+            found = self.registry.find_resource(uri)
+            return found is not None and not allowed(caller, found[0])
+
+        for session in list(self.changes.sessions):
+            if session.account != account:
+                continue
+            for uri in [uri for uri in session.subscriptions if hidden(uri)]:
+                claim = session.subscriptions.pop(uri)
+                if claim is not None:
+                    claim.release()
+                shared = session.changed(unsubscribe=uri)
+                if shared is not None:
+                    shared.addErrback(_unfollow_failed, uri)
 
     def _check_readable(self, request: Request, uris: list[str]) -> Deferred[None] | None:
         """Read the URIs of ``readers_only`` templates as resources/read would, failing with its
@@ -467,6 +495,11 @@ def _request_id(subscription_id: str) -> Any:
 
 
 __all__ = ["CancelledError", "Catalog", "MCPError"]
+
+
+def _unfollow_failed(failure: Failure, uri: str) -> None:
+    """Telling the other instances serving a session that it no longer follows ``uri`` failed."""
+    log.failure("Unfollowing {uri} in the session's record failed", failure, uri=uri)
 
 
 def _first_error(failure: Failure) -> Failure:

@@ -505,11 +505,12 @@ class Engine:
 
     def rescoped(self, account: str, scopes: frozenset[str], narrowed: bool) -> None:
         """A key's scopes changed: what it may list did too, so its sessions and streams are told
-        (of each list the server said changes). A key that lost a scope has its calls in flight
-        cancelled: they were admitted under a grant that no longer holds (later messages are
-        served under the new scopes)."""
+        (of each list the server said changes), and stop following resources it may no longer
+        see. A key that lost a scope has its calls in flight cancelled: they were admitted under
+        a grant that no longer holds (later messages are served under the new scopes)."""
         if narrowed:
             self.end_matching(lambda held_by, _peer: held_by == account, "the API key lost a scope")
+        self.catalog.rescoped(account, scopes)
         # 2025-11-25 server/tools, server/prompts, server/resources §List Changed Notification.
         kinds = [kind for kind in LIST_KINDS if self.capabilities[kind].get("listChanged")]
         self.changes.account_lists_changed(account, kinds)
