@@ -158,6 +158,14 @@ class ReloadEndsTests(SynchronousTestCase):
         self.assertTrue(self.security.reload())
         self.assertEqual(self.told, [("rescoped", "carol", "read", "True")])
 
+    def test_a_key_moved_to_another_tenant_ends(self) -> None:
+        # What carol holds was made under tenant default; her scopes changed too, but a key that
+        # moved is ended, not rescoped. alice moves back and forth with the same secret.
+        self.keys.write_text("alice:ka:admin:ta\nbob:kb\ncarol:kc:admin:tb\n", encoding="utf-8")
+        self.assertTrue(self.security.reload())
+        moved = "the API key moved to another tenant"
+        self.assertEqual(self.told, [("ended", "alice", moved), ("ended", "carol", moved)])
+
     def test_an_address_no_longer_allowed(self) -> None:
         self.ledger.claim("key:alice", STREAM, peer="192.0.2.1", end=lambda why: self.told.append(("other", why)))
         self.allowed.write_text("192.0.2.0/24\n", encoding="utf-8")

@@ -395,6 +395,47 @@ class RevocationTests(SharesTestCase):
         ws.close()
         sse.close()
 
+    def test_a_key_moved_to_another_tenant_stops_what_it_holds(self) -> None:
+        # What a key opened was made under its tenant (a WebSocket's caller, a session's
+        # subscriptions): moved to another tenant, it would go on reading and writing the old
+        # one's records there. Its secret is unchanged; everything it holds ends, and it
+        # reconnects as the new tenant.
+        port = self.daemon_with(KEYS.replace("victim:victim-key", "victim:victim-key:admin:ta"))
+        ws = BlockingWS(port, "victim-key")
+        self.assertIn("result", ws.request(initialize()))
+        sse = HeldResponse(port, "GET", "/sse", {"Accept": "text/event-stream", "Authorization": "Bearer victim-key"})
+        self.assertIn(b"/messages/?session_id=", sse.read_until(b"\n\n"))
+        status, headers, _ = self.post(initialize(), "victim-key")
+        self.assertEqual(status, 200)
+        session_id = headers["mcp-session-id"]
+        get = HeldResponse(
+            port,
+            "GET",
+            "/mcp",
+            {"Accept": "text/event-stream", "Mcp-Session-Id": session_id, "Authorization": "Bearer victim-key"},
+        )
+        self.assertEqual(get.status, 200)
+        root_ws = BlockingWS(port, "root-key")
+
+        self.reload(KEYS.replace("victim:victim-key", "victim:victim-key:admin:tb"))
+
+        with self.assertRaises(WSClosed) as closed:
+            while True:
+                ws.receive()
+        self.assertEqual(
+            (closed.exception.code, closed.exception.reason), (1008, "the API key moved to another tenant")
+        )
+        for stream in (sse, get):
+            self.assertTrue(stream.ended(), stream.data[-200:])
+        self.assertIn("API key(s) victim (ta -> tb) moved to another tenant", self.daemon.log("stdout"))
+        # The same key, as its new tenant, on a new WebSocket; the other key's was left alone.
+        again = BlockingWS(port, "victim-key")
+        for client in (again, root_ws):
+            reply = client.request(modern("tools/call", {"name": "sec.read", "arguments": {}}, 3))
+            self.assertEqual(reply["result"]["content"][0]["text"], "read")
+        for client in (again, root_ws):
+            client.close()
+
     def post_to(self, path: str, message: Any, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         import http.client
 

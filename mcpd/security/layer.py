@@ -152,9 +152,10 @@ class Security:
 
         What changed applies at once to everything open, whatever carries it: a revoked key
         (gone from the file, or its secret changed) loses its streams, sessions, calls in flight
-        and tasks; a key whose scopes changed has its open WebSockets and
-        sessions served under the new ones (and loses its calls in flight and tasks if it lost
-        a scope); an address no longer allowed loses its streams and sessions.
+        and tasks, and so does a key moved to another tenant; a key whose scopes changed has
+        its open WebSockets and sessions served under the new ones (and loses its calls in
+        flight and tasks if it lost a scope); an address no longer allowed loses its streams
+        and sessions.
         """
         try:
             keys, allowed = load_key_ring(self.settings), load_allowlist(self.settings)
@@ -182,6 +183,14 @@ class Security:
         before = {key.name: key for key in previous.keys}
         after = {key.name: key for key in keys.keys}
         revoked = sorted(name for name, key in before.items() if name not in after or after[name].digest != key.digest)
+        # A key moved to another tenant: what it holds open was made under the old one (a
+        # WebSocket's caller, a session's subscriptions) and would go on reading and writing
+        # that tenant's records; it is ended as a revoked key's is, and reconnects as the new.
+        moved = sorted(
+            name
+            for name, key in before.items()
+            if name in after and after[name].digest == key.digest and after[name].tenant != key.tenant
+        )
         if revoked:
             ended = self.ledger.end_accounts([f"key:{name}" for name in revoked], "the API key was revoked")
             log.info(
@@ -189,9 +198,17 @@ class Security:
                 names=", ".join(revoked),
                 ended=ended,
             )
+        if moved:
+            ended = self.ledger.end_accounts([f"key:{name}" for name in moved], "the API key moved to another tenant")
+            log.info(
+                "API key(s) {names} moved to another tenant: {ended} stream(s), session(s), call(s) and task(s) "
+                "made under the old one ended",
+                names=", ".join(f"{name} ({before[name].tenant} -> {after[name].tenant})" for name in moved),
+                ended=ended,
+            )
         for name, key in after.items():
             old = before.get(name)
-            if old is not None and old.digest == key.digest and old.scopes != key.scopes:
+            if old is not None and old.digest == key.digest and old.tenant == key.tenant and old.scopes != key.scopes:
                 log.info("API key {name} now has scopes {scopes}", name=name, scopes=",".join(sorted(key.scopes)))
                 self.ledger.rescope(f"key:{name}", key.scopes, narrowed(old.scopes, key.scopes))
         gate = self.gate
