@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mcpd.lifecycle import DRAINING, SERVING, Lifecycle
 from mcpd.security.gate import Gate
+from mcpd.security.keys import APIKey, KeyRing
 from tests.gate_harness import KEYS, GateTestCase
 
 
@@ -23,6 +24,27 @@ class AccessRuleTests(GateTestCase):
         self.assertEqual(served.status, 200)
         self.assertEqual(self.gate.refusals["forbidden"], 1)
         self.assertEqual(self.gate.refusals["auth_failure"], 1)
+
+    def test_beyond_loopback_a_tenants_admin_key_is_refused(self) -> None:
+        # The pages are server-wide (every tenant's requests, every key's holdings): only the
+        # operator's admin keys (tenant default) read them beyond loopback.
+        keys = KeyRing([*KEYS.keys, APIKey.from_secret("bob-key", "bob", ["admin"], "tb")])
+        self.make(keys=keys)
+        pages = ("/stats", "/metrics", "/dashboard")
+        for path in pages:
+            refused = self.fetch({"Authorization": "Bearer bob-key"}, method="GET", path=path, peer="192.0.2.9")
+            self.assertRefused(refused, 403, "admin key of tenant 'default'")
+        for path in pages:
+            served = self.fetch({"Authorization": "Bearer root-key"}, method="GET", path=path, peer="192.0.2.9")
+            self.assertEqual(served.status, 200, path)
+        self.assertEqual(
+            [(r["key"], r["tenant"]) for r in self.audit if r["outcome"] == "forbidden"], [("bob", "tb")] * 3
+        )
+        # On loopback (the operator's own machine) and with --public-metrics, as before.
+        self.assertEqual(self.fetch({"Authorization": "Bearer bob-key"}, method="GET", path="/stats").status, 200)
+        self.make(keys=keys, public_metrics=True)
+        metrics = self.fetch({"Authorization": "Bearer bob-key"}, method="GET", path="/metrics", peer="192.0.2.9")
+        self.assertEqual(metrics.status, 200)
 
     def test_health_and_ready_always_open(self) -> None:
         self.make(keys=KEYS)

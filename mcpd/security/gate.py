@@ -63,7 +63,15 @@ CORS_ALLOW_HEADERS = (
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate, Retry-After"
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 # Server introspection (`Access.ADMIN` routes): open on loopback; beyond it, an admin-scoped key
-# (or --public-metrics).
+# of tenant default, the operator's (or --public-metrics for /metrics). The pages are server-wide
+# (every tenant's requests, every key's holdings): a tenant's admin sees its own tenant's records
+# with server.audit instead.
+_ADMIN_PAGE = "this page needs an admin-scoped API key beyond loopback (or the server's --public-metrics)"
+_OPERATORS_PAGE = (
+    f"this page shows every tenant's activity: beyond loopback it needs an admin key of tenant "
+    f"'{DEFAULT_TENANT}' (the operator's), not a tenant's; a tenant's admin reads its own tenant's "
+    f"records with the server.audit tool"
+)
 # Refusals of a route or method, by status, as counted (mcp_http_refusals_total{reason}).
 _ROUTE_OUTCOMES = {404: "not_found", 405: "method_not_allowed", 501: "not_implemented"}
 # A request id a client or proxy sent (X-Request-Id) is kept if it looks like one.
@@ -218,8 +226,8 @@ class Gate:
                 return self._audited(request, refusal, "auth_failure", client, None, refusal.body["error"])  # type: ignore[index]
             assert key is not None
             name, scopes, tenant = key.name, key.scopes, key.tenant
-        if admin and ADMIN not in scopes:
-            why = "this page needs an admin-scoped API key beyond loopback (or the server's --public-metrics)"
+        if admin and (ADMIN not in scopes or tenant != DEFAULT_TENANT):
+            why = _ADMIN_PAGE if ADMIN not in scopes else _OPERATORS_PAGE
             return self._audited(
                 request, forbidden(why), "forbidden", client, name if keyed else None, why, tenant=tenant
             )
