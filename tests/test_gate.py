@@ -8,6 +8,7 @@ import json
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -15,6 +16,7 @@ from zope.interface import implementer
 
 from mcpd.interfaces import IBucketStore
 from mcpd.security.addresses import AddressList
+from mcpd.security.gate import REFUSAL_INTERVAL, REFUSAL_LINES
 from mcpd.security.keys import APIKey, KeyRing
 from mcpd.security.ratelimit import RateLimit, RateLimiter
 from mcpd.stores.memory import MemoryBucketStore
@@ -320,6 +322,82 @@ class LimitTests(GateTestCase):
             [(r["outcome"], r["key"], r["tenant"]) for r in self.audit],
             [("rate_limited", "ann", "acme"), ("auth_failure", None, "default")],
         )
+
+
+class FailedKeyTests(GateTestCase):
+    """Finding 5 of rf_doors: failed keys were never rate-limited (unlimited guessing) and
+    each logged two lines (a flood of the log)."""
+
+    def test_failed_keys_take_from_the_address_bucket_beyond_loopback(self) -> None:
+        self.make(keys=KEYS, limiter=RateLimiter(RateLimit(3, 60.0), MemoryBucketStore(Clock())))
+        guesses = [self.fetch({"Authorization": f"Bearer guess-{n}"}, peer="203.0.113.9") for n in range(5)]
+        self.assertEqual([r.status for r in guesses], [401] * 3 + [429] * 2)
+        self.assertEqual(guesses[-1].headers["retry-after"], "20")
+        self.assertEqual(json.loads(guesses[-1].body), {"error": "Rate limit exceeded", "retry_after": 20})
+        # A missing key counts as a failed one.
+        self.assertEqual(self.fetch(peer="203.0.113.9").status, 429)
+        self.assertEqual([r["outcome"] for r in self.audit], ["auth_failure"] * 3 + ["rate_limited"] * 3)
+        self.assertEqual({r["peer"] for r in self.audit}, {"203.0.113.9"})
+        # A valid key from the same address is counted in its own bucket, not the address's;
+        # another address has a bucket of its own; loopback is never limited.
+        self.assertEqual(self.fetch({"X-API-Key": "alice-key"}, peer="203.0.113.9").status, 200)
+        self.assertEqual(self.fetch({"X-API-Key": "wrong"}, peer="203.0.113.10").status, 401)
+        self.assertEqual({self.fetch({"X-API-Key": "wrong"}).status for _ in range(5)}, {401})
+
+    def test_behind_a_trusted_proxy_the_client_pays(self) -> None:
+        self.make(
+            keys=KEYS,
+            proxies=AddressList(["127.0.0.1"]),
+            limiter=RateLimiter(RateLimit(2, 60.0), MemoryBucketStore(Clock())),
+        )
+        statuses = [self.fetch({"X-API-Key": "x", "X-Forwarded-For": "203.0.113.9"}).status for _ in range(3)]
+        self.assertEqual(statuses, [401, 401, 429])
+        self.assertEqual(self.fetch({"X-API-Key": "x", "X-Forwarded-For": "203.0.113.7"}).status, 401)
+
+    def test_without_a_limiter_failed_keys_are_refused_as_before(self) -> None:
+        self.make(keys=KEYS)
+        self.assertEqual({self.fetch({"X-API-Key": "x"}, peer="203.0.113.9").status for _ in range(20)}, {401})
+
+    def test_a_remote_store_answers_later(self) -> None:
+        store = LaterStore()
+        self.make(keys=KEYS, limiter=RateLimiter(RateLimit(1, 60.0), store))
+        statuses = []
+        for _ in range(2):
+            connection = self.connect("203.0.113.9")
+            connection.send("POST", "/mcp", {"X-API-Key": "x"}, b"{}")
+            store.answer()
+            statuses.append(connection.response.status)
+        self.assertEqual(statuses, [401, 429])
+        self.assertEqual([r["outcome"] for r in self.audit], ["auth_failure", "rate_limited"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_one_clients_refusal_lines_are_bounded(self) -> None:
+        clock = Clock()
+        self.make(keys=KEYS, clock=clock)
+        lines: list[str] = []
+
+        def observe(event: dict[str, object]) -> None:
+            if event.get("log_namespace") == "mcpd.gate" and str(event.get("log_format", "")).startswith("Refused"):
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        for _ in range(REFUSAL_LINES + 25):
+            self.fetch({"X-API-Key": "x"}, peer="203.0.113.9")
+        self.assertEqual(len(lines), REFUSAL_LINES)
+        self.assertIn("further refusals from 203.0.113.9 are left out of the log", lines[-1])
+        # Every refusal is counted and audited all the same.
+        self.assertEqual(self.gate.refusals["auth_failure"], REFUSAL_LINES + 25)
+        self.assertEqual(len(self.audit), REFUSAL_LINES + 25)
+        # Another client, and loopback, have lines of their own.
+        self.fetch({"X-API-Key": "x"}, peer="203.0.113.10")
+        for _ in range(REFUSAL_LINES + 1):
+            self.fetch({"X-API-Key": "x"})
+        self.assertEqual(len(lines), 2 * REFUSAL_LINES + 2)
+        # The next interval: the first line says how many were left out.
+        clock.advance(REFUSAL_INTERVAL)
+        self.fetch({"X-API-Key": "x"}, peer="203.0.113.9")
+        self.assertIn("(25 earlier refusal(s) from 203.0.113.9 left out of the log)", lines[-1])
 
 
 @implementer(IBucketStore)

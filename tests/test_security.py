@@ -4,9 +4,11 @@ TLS: every refusal is checked for its status, its body and that no tool ran."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
+from mcpd.security.gate import REFUSAL_LINES
 from tests.daemon import free_port
 from tests.security_harness import (
     MODERN,
@@ -212,6 +214,44 @@ class LimitTests(SecurityTestCase):
                 self.assertGreaterEqual(body["retry_after"], 1)
         self.assertEqual(self.executions(), ["executed sec.record rate"] * 5 + ["executed sec.record rate2"] * 5)
         self.assertEqual([r["outcome"] for r in self.audit()].count("rate_limited"), 10)
+
+    def test_guessed_keys_are_rate_limited_and_their_log_lines_bounded(self) -> None:
+        """rf_doors finding 5: a client behind a trusted proxy pipelined 2,000 guessed keys, all
+        answered 401 and logged twice each. Now its address's bucket pays for each failure."""
+        schemes = self.start("--rate-limit", "5", "--rate-window", "600", "--trusted-proxy", "127.0.0.1")
+        guess = (
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.9\r\n"
+            b"Authorization: Bearer guess\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        count = 300
+        sock = schemes[0].socket()
+        try:
+            sock.sendall(guess * count)
+            data = b""
+            sock.settimeout(10)
+            while data.count(b"HTTP/1.1 ") < count:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            sock.close()
+        statuses = re.findall(rb"HTTP/1.1 (\d+)", data)
+        self.assertEqual(statuses, [b"401"] * 5 + [b"429"] * (count - 5))
+        self.assertIn(b"Retry-After: ", data)
+        # The log holds a bounded number of lines for this client, both the gate's and the
+        # audit trail's; the refusal counters count every one.
+        time.sleep(0.2)
+        log = self.daemon.log("stdout")
+        self.assertEqual(log.count("from 203.0.113.9: 401 auth_failure"), 5)
+        self.assertEqual(log.count("from 203.0.113.9: 429 rate_limited"), REFUSAL_LINES - 5)
+        self.assertEqual(len(self.audit()), REFUSAL_LINES)
+        self.assertIn("further refusals from 203.0.113.9 are left out of the log", log)
+        metrics = schemes[0].request("GET", "/metrics", None, {}).body.decode()
+        self.assertIn(f'mcp_http_refusals_total{{reason="rate_limited"}} {count - 5}', metrics)
+        # A valid key from the same client is still served: its key has a bucket of its own.
+        reply = schemes[0].call("sec.read", Authorization="Bearer alice-key", **{"X-Forwarded-For": "203.0.113.9"})
+        self.assertEqual(reply.status, 200)
 
     def test_one_connection_over_the_cap(self) -> None:
         schemes = self.start("--max-connections", "2")

@@ -255,8 +255,10 @@ class AuditTrail:
         detail: str | None = None,
         x_request_id: str | None = None,
         tenant: str = DEFAULT_TENANT,
+        logged: bool = True,
     ) -> dict[str, Any]:
-        """Add one record (a refusal, say) and log it as a JSON line."""
+        """Add one record (a refusal, say) and log it as a JSON line (unless not ``logged``:
+        the gate bounds one client's refusal lines)."""
         when = self.clock()
         record = record_entry(
             (tenant, when, key, peer, transport, method, tool, outcome, duration, request_id, x_request_id, detail)
@@ -264,7 +266,7 @@ class AuditTrail:
         self._records.append(record)
         if self.persist is not None:
             self.persist(record)
-        if self.emit:
+        if self.emit and logged:
             log.info("audit {audit}", audit=Fields(record))
         return record
 

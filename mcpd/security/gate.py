@@ -18,6 +18,7 @@ import itertools
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl
@@ -40,6 +41,8 @@ from mcpd.security.scopes import ADMIN
 from mcpd.tools.api import DEFAULT_TENANT
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from mcpd.lifecycle import Lifecycle
     from mcpd.observe.audit import AuditTrail
 
@@ -47,6 +50,10 @@ log = Logger(namespace="mcpd.gate")
 
 # Identities kept (`Gate._identity`): emptied when full.
 _IDENTITIES = 4096
+# Refusal log lines (with their audit records' lines) one client beyond loopback gets per
+# interval; the rest are counted, audited and persisted, not logged (`Gate._refusal_logged`).
+REFUSAL_LINES = 10
+REFUSAL_INTERVAL = 60.0
 # Refused requests with a body up to this size are read (and discarded) and answered on a
 # connection that stays open; larger ones are answered at once and the connection closed.
 READ_AND_ANSWER = 64 * 1024
@@ -119,6 +126,7 @@ class Gate:
         audit: AuditTrail | None = None,
         public_metrics: bool = False,
         lifecycle: Lifecycle | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.keys = keys if keys is not None else KeyRing()
         self.allowed = allowed if allowed is not None else AddressList()
@@ -130,10 +138,13 @@ class Gate:
         self.audit = audit
         self.public_metrics = public_metrics
         self.lifecycle = lifecycle
+        self._now = clock.seconds if clock is not None else time.monotonic
         # Refusals by outcome (auth_failure, rate_limited, …), for /metrics and /stats.
         self.refusals: collections.Counter[str] = collections.Counter()
         # The identities admitted requests carry, by what they are made of (`_identity`).
         self._identities: dict[tuple[bool, str, frozenset[str], str, str], Identity] = {}
+        # Refusal log lines by client beyond loopback: [interval's start, lines logged, left out].
+        self._refusal_lines: dict[str, list[float]] = {}
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -223,7 +234,7 @@ class Gate:
         if keyed:
             key, refusal = self._authenticate(request, query)
             if refusal is not None:
-                return self._audited(request, refusal, "auth_failure", client, None, refusal.body["error"])  # type: ignore[index]
+                return self._auth_failure(request, refusal, client)
             assert key is not None
             name, scopes, tenant = key.name, key.scopes, key.tenant
         if admin and (ADMIN not in scopes or tenant != DEFAULT_TENANT):
@@ -263,6 +274,32 @@ class Gate:
         self._identities[keyed, name, scopes, client, tenant] = identity
         return identity
 
+    def _auth_failure(self, request: GuardedRequest, refusal: Refusal, client: str) -> Any:
+        """A key missing or not valid. With a rate limit, each such request from beyond loopback
+        takes from its address's bucket (``ip:CLIENT``, unused by keyed requests), and once that
+        is empty is answered 429: keys cannot be guessed faster than the limit."""
+        if self.limiter is None or is_loopback_client(client):
+            return self._audited(request, refusal, "auth_failure", client, None, refusal.body["error"])  # type: ignore[index]
+        wait = self.limiter.check(f"ip:{client}")
+        if wait.__class__ is not float and isinstance(wait, Deferred):
+            line = (request.channel._command, request.channel._path)
+            return wait.addCallback(self._after_auth_rate, request, refusal, client, line)
+        return self._after_auth_rate(wait, request, refusal, client)
+
+    def _after_auth_rate(
+        self,
+        wait: float,
+        request: GuardedRequest,
+        refusal: Refusal,
+        client: str,
+        line: tuple[bytes, bytes] | None = None,
+    ) -> Refusal | None:
+        if request._disconnected:
+            return None  # as in `_after_rate`
+        if wait > 0:
+            return self._audited(request, _rate_limited(wait), "rate_limited", client, None, None, line)
+        return self._audited(request, refusal, "auth_failure", client, None, refusal.body["error"], line)  # type: ignore[index]
+
     def _after_rate(
         self,
         wait: float,
@@ -277,11 +314,7 @@ class Gate:
             # has given back its place already (holding one now would never be released).
             return None
         if wait > 0:
-            seconds = retry_after(wait)
-            refusal = Refusal(
-                429, {"error": "Rate limit exceeded", "retry_after": seconds}, (("Retry-After", str(seconds)),)
-            )
-            return self._audited(request, refusal, "rate_limited", client, key, None, line)
+            return self._audited(request, _rate_limited(wait), "rate_limited", client, key, None, line)
         return self._hold_connection(request, account, client, key)
 
     def _hold_connection(self, request: GuardedRequest, account: str, client: str, key: str | None) -> Refusal | None:
@@ -360,17 +393,20 @@ class Gate:
         """Count, log and audit a refusal. ``line``: the request's method and path, when the
         channel may no longer hold them (a decision that came later)."""
         self.refusals[outcome] += 1
-        command, path = line if line is not None else (request.channel._command, request.channel._path)
-        # The path without its query, which may hold a key.
-        log.info(
-            "Refused {method} {path} from {client}: {status} {outcome}",
-            method=command.decode("latin-1"),
-            path=path.partition(b"?")[0].decode("latin-1"),
-            client=client,
-            status=refusal.status,
-            outcome=outcome,
-            x_request_id=request.x_request_id,
-        )
+        logged, note = self._refusal_logged(client)
+        if logged:
+            command, path = line if line is not None else (request.channel._command, request.channel._path)
+            # The path without its query, which may hold a key.
+            log.info(
+                "Refused {method} {path} from {client}: {status} {outcome}{note}",
+                method=command.decode("latin-1"),
+                path=path.partition(b"?")[0].decode("latin-1"),
+                client=client,
+                status=refusal.status,
+                outcome=outcome,
+                note=note,
+                x_request_id=request.x_request_id,
+            )
         if self.audit is not None:
             method = request.getHeader("mcp-method")
             self.audit.record(
@@ -384,6 +420,8 @@ class Gate:
                 x_request_id=request.x_request_id,
                 # The key's tenant once it is known (admitted), so that its admin sees the record.
                 tenant=tenant or _tenant_of(request),
+                # Kept and persisted all the same.
+                logged=logged,
             )
         if not refusal.close:
             # A refused client keeps its connection only within its share (its key's, or its
@@ -392,6 +430,38 @@ class Gate:
             if guarded is not None and guarded.hold_for(f"key:{key}" if key else f"ip:{client}", client) is not None:
                 refusal = attrs.evolve(refusal, close=True)
         return refusal
+
+    def _refusal_logged(self, client: str) -> tuple[bool, str]:
+        """Whether a refusal of ``client``'s is logged (and its audit record), and what its line
+        adds: a client beyond loopback gets `REFUSAL_LINES` lines every `REFUSAL_INTERVAL`
+        seconds, so that a flood of refused requests (guessed keys, say) cannot flood the log;
+        the next line logged says how many were left out."""
+        if is_loopback_client(client):
+            return True, ""
+        now = self._now()
+        lines = self._refusal_lines
+        entry = lines.get(client)
+        if entry is None or now - entry[0] >= REFUSAL_INTERVAL:
+            left_out = int(entry[2]) if entry is not None else 0
+            if entry is None and len(lines) >= _IDENTITIES:
+                lines.clear()
+            lines[client] = [now, 1, 0]
+            return True, (f" ({left_out} earlier refusal(s) from {client} left out of the log)" if left_out else "")
+        if entry[1] < REFUSAL_LINES:
+            entry[1] += 1
+            if entry[1] == REFUSAL_LINES:
+                return (
+                    True,
+                    f" (further refusals from {client} are left out of the log for up to {REFUSAL_INTERVAL:g} s)",
+                )
+            return True, ""
+        entry[2] += 1
+        return False, ""
+
+
+def _rate_limited(wait: float) -> Refusal:
+    seconds = retry_after(wait)
+    return Refusal(429, {"error": "Rate limit exceeded", "retry_after": seconds}, (("Retry-After", str(seconds)),))
 
 
 def _tenant_of(request: GuardedRequest) -> str:

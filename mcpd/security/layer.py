@@ -104,6 +104,7 @@ class Security:
             audit=self.audit,
             public_metrics=settings.public_metrics,
             lifecycle=lifecycle,
+            clock=clock,
         )
 
     @property
