@@ -714,6 +714,8 @@ def _add_http(
     )
     if cluster is not None:
         cluster.sse.messages = sse_messages
+    # A live /sse session's messages are counted by the engine, answered in-band over the limit.
+    security.gate.in_session = sse_messages.live
     websockets = websocket_resource(
         engine, settings.max_message_size, settings.sse_keepalive, message_timeout=settings.request_timeout
     )

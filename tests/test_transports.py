@@ -14,6 +14,7 @@ Every daemon's protocol trace is validated against the official schemas after ea
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import socket
@@ -30,6 +31,7 @@ import httpx2
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
@@ -401,6 +403,81 @@ class TransportTests(DaemonTestCase):
         return self.in_thread(check).addCallback(
             lambda _: self.sse_scenario(f"https://localhost:{tls_port}/sse", verifying_client_factory(tls))
         )
+
+
+class LegacyRateLimitTests(DaemonTestCase):
+    """rf_doors finding 3: an /sse session's POST over the rate limit was answered 429, which the
+    official SDK's client does not read: its post writer failed, the request hung and the session
+    was lost. Over the limit, a live session's message is now answered in-band on its stream
+    (the JSON-RPC error -32000 with retryAfter, its POST 202), as on a WebSocket; any other POST
+    to /messages/ is still counted, and refused with 429, before its body is read."""
+
+    timeout = 90
+
+    def test_the_sdk_client_gets_the_error_in_band_and_keeps_its_session(self) -> Deferred[None]:
+        # 5 messages per 20 s: a token back every 4 s.
+        daemon = self.start_daemon("--api-key", "sse-key", "--rate-limit", "5", "--rate-window", "20")
+        url = f"http://127.0.0.1:{daemon.port}/sse"
+
+        async def main() -> None:
+            with anyio.fail_after(CLIENT_TIMEOUT):
+                async with Client(
+                    sse_client(url, headers={"Authorization": "Bearer sse-key"}), mode="legacy"
+                ) as client:
+                    refused: MCPError | None = None
+                    for _ in range(20):
+                        try:
+                            await client.call_tool("server.info", {})
+                        except MCPError as e:
+                            refused = e
+                            break
+                    assert refused is not None, "no ping was refused"
+                    self.assertEqual(refused.code, -32000)
+                    self.assertIn("Rate limit exceeded", refused.message)
+                    self.assertEqual(refused.data["limit"], "rate")
+                    self.assertGreaterEqual(refused.data["retryAfter"], 1)
+                    # The session is still there: once the bucket has a token again, it is served.
+                    await anyio.sleep(refused.data["retryAfter"] + 0.5)
+                    self.assertFalse((await client.call_tool("server.info", {})).is_error)
+
+        return deferToThread(run_anyio, main).addErrback(self.explain)
+
+    def test_posts_for_no_live_session_are_counted_at_the_gate(self) -> Deferred[None]:
+        daemon = self.start_daemon("--api-key", "sse-key", "--rate-limit", "5", "--rate-window", "600")
+        headers = {"Authorization": "Bearer sse-key", "Content-Type": "application/json"}
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+
+        def post(target: str) -> tuple[int, dict[str, str]]:
+            connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+            try:
+                connection.request("POST", target, body, headers)
+                response = connection.getresponse()
+                response.read()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}
+            finally:
+                connection.close()
+
+        def check() -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+            try:
+                accept = {"Accept": "application/json, text/event-stream"}
+                connection.request("POST", "/mcp", json.dumps(INITIALIZE).encode(), {**headers, **accept})
+                self.assertEqual(connection.getresponse().status, 200)
+            finally:
+                connection.close()
+            # An unknown session, a missing id: each takes a token, and past the limit is a 429
+            # (with Retry-After), not a way around it.
+            statuses = [post("/messages/?session_id=nope")[0] for _ in range(3)] + [post("/messages/")[0]]
+            self.assertEqual(statuses, [404] * 3 + [400])
+            for target in ("/messages/?session_id=nope", "/messages/", "/messages/?sessionId=nope"):
+                status, answered = post(target)
+                self.assertEqual(status, 429, target)
+                self.assertIn("retry-after", answered)
+            # The same bucket as the key's other requests.
+            status, _ = post("/mcp")
+            self.assertEqual(status, 429)
+
+        return self.in_thread(check)
 
 
 class CertificateStartupTests(DaemonTestCase):

@@ -19,7 +19,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -36,7 +36,7 @@ from mcpd.security.keys import KeyRing
 from mcpd.security.policy import ORIGIN_CHECKED, origin_problem
 from mcpd.security.ratelimit import RateLimiter, retry_after
 from mcpd.security.responses import REASONS, raw_response
-from mcpd.security.routes import UNKNOWN, Access, decide_route, route_problem
+from mcpd.security.routes import MESSAGES, UNKNOWN, Access, decide_route, route_problem
 from mcpd.security.scopes import ADMIN
 from mcpd.tools.api import DEFAULT_TENANT
 
@@ -143,6 +143,13 @@ class Gate:
         self.refusals: collections.Counter[str] = collections.Counter()
         # The identities admitted requests carry, by what they are made of (`_identity`).
         self._identities: dict[tuple[bool, str, frozenset[str], str, str], Identity] = {}
+        # Whether a POST to /messages/ (its query, its key's name) is for a live /sse session
+        # of its caller's here (`SSEMessagesResource.live`): its message is counted by the
+        # engine, which answers one over the rate limit in-band on the session's stream, as
+        # the spec's clients expect (2024-11-05 basic/transports §HTTP with SSE: the POST's
+        # answer carries nothing; the official SDK's client loses its session on a 429).
+        # Any other POST there is counted here, before its body is read.
+        self.in_session: Callable[[bytes, str], bool] | None = None
         # Refusal log lines by client beyond loopback: [interval's start, lines logged, left out].
         self._refusal_lines: dict[str, list[float]] = {}
 
@@ -251,7 +258,11 @@ class Gate:
             account = identity.account
         else:
             account = f"ip:{client}"
-        if self.limiter is not None and (keyed or not is_loopback_client(client)):
+        if (
+            self.limiter is not None
+            and (keyed or not is_loopback_client(client))
+            and (route is not MESSAGES or not self._counted_in_session(query, name))
+        ):
             wait = self.limiter.check(account)
             # (A float first: `isinstance` with Deferred, an ABC, costs ~1 us.)
             if wait.__class__ is not float and isinstance(wait, Deferred):
@@ -262,6 +273,10 @@ class Gate:
             if wait:
                 return self._after_rate(wait, request, account, client, name if keyed else None)
         return self._hold_connection(request, account, client, name if keyed else None)
+
+    def _counted_in_session(self, query: bytes, name: str) -> bool:
+        """Whether the engine counts this /messages/ POST (see ``in_session``)."""
+        return self.in_session is not None and self.in_session(query, name)
 
     def _identity(self, keyed: bool, name: str, scopes: frozenset[str], client: str, tenant: str) -> Identity:
         """A caller's `Identity`, kept for its next request (one per key and address is made:

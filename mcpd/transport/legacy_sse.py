@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -128,10 +129,18 @@ class SSEMessagesResource(NoHead, Resource):
         self.max_message_size = max_message_size
         self.forward = forward
 
+    def live(self, query: bytes, name: str) -> bool:
+        """Whether a POST with this query string names a session whose stream is here, opened
+        by key ``name``: the gate leaves such a message's rate-limit count to the engine, which
+        answers it in-band on the stream (`Gate.in_session`); every other POST is counted,
+        and refused with 429 over the limit, before its body is read."""
+        values = _session_ids(parse_qs(query))
+        session = self.sessions.get(values[0].decode("latin-1")) if values else None
+        return isinstance(session, SSESession) and session.caller.name == name
+
     def render_POST(self, request: Request) -> bytes | int:
         args: dict[bytes, list[bytes]] = request.args or {}
-        # The Python SDK's servers name it session_id, the TypeScript SDK's sessionId.
-        values = args.get(b"session_id") or args.get(b"sessionId")
+        values = _session_ids(args)
         if not values:
             return json_error(request, 400, "Bad Request: session_id is required (from the endpoint event of GET /sse)")
         session = self.sessions.get(values[0].decode("latin-1"))
@@ -160,14 +169,16 @@ class SSEMessagesResource(NoHead, Resource):
             )
             return NOT_DONE_YET
         assert isinstance(session, SSESession)
-        self._serve(session, caller, message)
+        # A live session of the caller's: the gate left the message's count to the engine
+        # (`live`), which answers it in-band if over the limit.
+        self._serve(session, caller, message, prepaid=0)
         return _accepted(request)
 
-    def _serve(self, session: SSESession, caller: Caller, message: Any) -> None:
+    def _serve(self, session: SSESession, caller: Caller, message: Any, prepaid: int) -> None:
         # The caller of this POST, admitted just now: its key's scopes as they are now (a
-        # reload may have changed them since the stream opened). The gate counted the POST
-        # against the caller's rate limit.
-        exchange = Exchange(peer=session.peer, caller=caller, session=session, notify=session.send, prepaid=1)
+        # reload may have changed them since the stream opened). ``prepaid``: the gate of the
+        # instance the POST came to counted it against the caller's rate limit.
+        exchange = Exchange(peer=session.peer, caller=caller, session=session, notify=session.send, prepaid=prepaid)
         self.engine.handle(message, exchange).addCallbacks(session.reply, _failed)
 
     def serve_forwarded(self, session_id: str, caller: Caller, body: bytes) -> bool:
@@ -176,7 +187,8 @@ class SSEMessagesResource(NoHead, Resource):
         session = self.sessions.get(session_id)
         if not isinstance(session, SSESession) or session.caller.name != caller.name:
             return False
-        self._serve(session, caller, decode(body))
+        # The instance it came to found no session of its own to name: its gate counted it.
+        self._serve(session, caller, decode(body), prepaid=1)
         return True
 
     def _forwarded(self, taken: bool, request: Request) -> None:
@@ -196,6 +208,11 @@ class SSEMessagesResource(NoHead, Resource):
         detail = f"Service Unavailable: the instance holding this session could not be reached ({failure.getErrorMessage()}); try again shortly"
         request.write(json_error(request, 503, detail))
         request.finish()
+
+
+def _session_ids(args: dict[bytes, list[bytes]]) -> list[bytes] | None:
+    # The Python SDK's servers name it session_id, the TypeScript SDK's sessionId.
+    return args.get(b"session_id") or args.get(b"sessionId")
 
 
 def _accepted(request: Request) -> bytes:
