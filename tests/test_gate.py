@@ -400,6 +400,36 @@ class FailedKeyTests(GateTestCase):
         self.assertIn("(25 earlier refusal(s) from 203.0.113.9 left out of the log)", lines[-1])
 
 
+class SessionMessageTests(GateTestCase):
+    """A live /sse session's POSTs are left to the engine's count (answered in-band); every
+    other POST to /messages/ is counted here."""
+
+    def test_only_a_live_session_of_the_callers_is_left_to_the_engine(self) -> None:
+        self.make(keys=KEYS, limiter=RateLimiter(RateLimit(2, 60.0), MemoryBucketStore(Clock())))
+        asked: list[tuple[bytes, str]] = []
+
+        def in_session(query: bytes, name: str) -> bool:
+            asked.append((query, name))
+            return query == b"session_id=live" and name == "alice"
+
+        self.gate.in_session = in_session
+        alice = {"X-API-Key": "alice-key"}
+        served = [self.fetch(alice, path="/messages/?session_id=live").status for _ in range(5)]
+        self.assertEqual(served, [200] * 5)
+        statuses = [
+            self.fetch(alice, path="/messages/?session_id=other").status,
+            self.fetch(alice, path="/messages/").status,
+            self.fetch(alice, path="/messages/?session_id=other").status,
+            self.fetch({"X-API-Key": "root-key"}, path="/messages/?session_id=live").status,
+        ]
+        self.assertEqual(statuses, [200, 200, 429, 200])
+        self.assertEqual(asked[-1], (b"session_id=live", "root"))
+        # Other routes never ask.
+        count = len(asked)
+        self.assertEqual(self.fetch({"X-API-Key": "root-key"}).status, 200)
+        self.assertEqual(len(asked), count)
+
+
 @implementer(IBucketStore)
 class FailingStore:
     """A remote bucket store that is down."""
