@@ -2,10 +2,13 @@
 """Token-bucket rate limiting: ``limit`` messages per ``window`` seconds, bursts up to ``burst``.
 
 Every JSON-RPC message counts, whatever carries it. The gate counts each HTTP request before its
-body is read (answering 429 with Retry-After); the engine asks `MessageLimiter` about the
-messages beyond those — the other messages of a batch, every message on a WebSocket — and
-answers one over the limit with a JSON-RPC error in the same stream. Both count in one bucket
-per account (the caller's key, or its address without keys).
+body is read (answering 429 with Retry-After), except a POST to a live legacy /sse session of
+the caller's own, whose answer goes on the stream; the engine asks `MessageLimiter` about the
+messages beyond those — those session messages, the other messages of a batch, every message on
+a WebSocket — and answers one over the limit with a JSON-RPC error in the same stream. Both
+count in one bucket per account (the caller's key, or its address without keys). A request
+refused for a missing or wrong key beyond loopback takes from its address's bucket (key guessing
+ends in 429).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ class Access(enum.Enum):
 
     # Every client that may connect at all; answered while draining (load balancers read them).
     PROBE = "probe"
-    # Loopback clients, everyone with --public-metrics, else an admin-scoped key.
+    # Loopback clients, everyone with --public-metrics, else an admin-scoped key of tenant
+    # ``default`` (the pages show every tenant's activity).
     ADMIN = "admin"
     # MCP itself: an API key when keys are configured.
     MCP = "mcp"
