@@ -58,6 +58,18 @@ class ResourceTests(SynchronousTestCase):
             self.assertEqual(templated["uri"], "test://template/42/data")
             self.assertIn('"id": "42"', templated["text"])
 
+    def test_read_cache_scope(self) -> None:
+        """2026-07-28: a template's records (tenant data) are cacheScope private; a fixed resource
+        is public, unless the keys' scopes decide who may read it (then private, as the lists)."""
+        peer = Peer(self, engine(), modern=True)
+        static = peer.result("resources/read", {"uri": "test://static-text"})
+        self.assertEqual((static["cacheScope"], static["ttlMs"]), ("public", 60_000))
+        templated = peer.result("resources/read", {"uri": "test://template/42/data"})
+        self.assertEqual(templated["cacheScope"], "private")
+        scoped = Engine(ToolRegistry([conformance_pack.pack]), clock=Clock(), entry_filter=lambda caller, entry: True)
+        peer = Peer(self, scoped, modern=True)
+        self.assertEqual(peer.result("resources/read", {"uri": "test://static-text"})["cacheScope"], "private")
+
     def test_not_found_is_invalid_params_with_the_uri(self) -> None:
         for peer in self.both():
             response = peer.request("resources/read", {"uri": "test://nope"})

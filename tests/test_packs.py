@@ -407,6 +407,10 @@ class _Tenancy(_Backends):
         self.assertIn(
             "another listing", error_text(await eve.call_tool("task.list", {"limit": 1, "cursor": alice_cursor}))
         )
+        # Alice's own records are hers alone: no gateway may serve them to another token
+        # (2026-07-28 CacheableResult.cacheScope).
+        for uri in (f"task://{task['id']}", f"note://{note['id']}"):
+            self.assertEqual((await alice.read_resource(uri)).cache_scope, "private")
         # ... nor through resources, completion or the prompt.
         for uri in (f"task://{task['id']}", f"note://{note['id']}"):
             try:

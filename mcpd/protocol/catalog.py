@@ -138,11 +138,18 @@ class Catalog:
             raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
         resource, variables = found
         ctx = self._context(request)
-        if isinstance(resource, ResourceTemplate):
+        templated = isinstance(resource, ResourceTemplate)
+        if templated:
             d = self._run(resource.blocking, resource.reader, ctx, uri, variables)
         else:
             d = self._run(resource.blocking, resource.reader, ctx, uri)
         modern = request.modern
+        # 2026-07-28 schema CacheableResult.cacheScope: "public" only for a result with no
+        # user-specific data, which any gateway MAY serve across authorization contexts. A
+        # template's records are a tenant's (task://, note://, kb and memory records): private.
+        # A fixed resource is the same for every caller, unless the keys' scopes decide who
+        # may read it at all (as for the lists).
+        scope = "private" if templated or self.entry_filter is not None else "public"
 
         def shape(value: Any) -> dict[str, Any]:
             if isinstance(value, dict) and value.get("resultType") == "input_required":
@@ -152,7 +159,7 @@ class Catalog:
                 raise InvalidParams(f"Resource not found: {uri}", data={"uri": uri})
             if modern:
                 result["ttlMs"] = self.list_ttl_ms
-                result["cacheScope"] = "public"
+                result["cacheScope"] = scope
             return result
 
         return d.addErrback(input_required, ctx).addCallback(shape)
