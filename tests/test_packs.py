@@ -385,6 +385,11 @@ class _Tenancy(_Backends):
         alice_cursor = page["next_cursor"]
         self.assertTrue(alice_cursor)
 
+        # Alice's own records are hers alone: no gateway may serve them to another token
+        # (2026-07-28 CacheableResult.cacheScope).
+        for uri in (f"task://{task['id']}", f"note://{note['id']}"):
+            self.assertEqual((await alice.read_resource(uri)).cache_scope, "private")
+
         # Eve sees nothing of it, by any tool...
         self.assertEqual(structured(await eve.call_tool("project.list", {}))["projects"], [])
         self.assertEqual(structured(await eve.call_tool("task.list", {}))["tasks"], [])
@@ -407,10 +412,6 @@ class _Tenancy(_Backends):
         self.assertIn(
             "another listing", error_text(await eve.call_tool("task.list", {"limit": 1, "cursor": alice_cursor}))
         )
-        # Alice's own records are hers alone: no gateway may serve them to another token
-        # (2026-07-28 CacheableResult.cacheScope).
-        for uri in (f"task://{task['id']}", f"note://{note['id']}"):
-            self.assertEqual((await alice.read_resource(uri)).cache_scope, "private")
         # ... nor through resources, completion or the prompt.
         for uri in (f"task://{task['id']}", f"note://{note['id']}"):
             try:
