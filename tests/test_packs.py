@@ -448,6 +448,49 @@ class _Tenancy(_Backends):
         listed = structured(await alice.call_tool("task.list", {"limit": 1, "cursor": alice_cursor}))
         self.assertEqual(len(listed["tasks"]), 1)
 
+    def test_forged_cursors_and_overlong_completions(self) -> Deferred[None]:
+        """A cursor's check value is no secret: one rebuilt around a position this server never
+        gives out (not a string, a lone surrogate, too long) is refused with the cursor message by
+        every listing tool, not failed in the database. A completion value longer than any id or
+        name completes to nothing, before any query (SQLite refused its LIKE pattern: -32603)."""
+        key_file = self.workdir / "keys"
+        key_file.write_text("".join(f"{name}:{key}::{tenant}\n" for name, (key, tenant) in KEYS.items()))
+        daemon = self.start_daemon("--api-key-file", str(key_file), *self.database_args(), fixture_pack=False)
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {KEYS['alice'][0]}"})
+        tenant = KEYS["alice"][1]
+        not_ours = "cursor is not one this server gave out: call again without cursor"
+
+        async def scenario(alice: Client) -> None:
+            structured(await alice.call_tool("project.create", {"name": "p"}))
+            structured(await alice.call_tool("task.create", {"project": "p", "title": "t"}))
+            structured(await alice.call_tool("note.save", {"title": "deploy", "body": "deploy"}))
+            listings = [
+                ("project.list", {}, {}),
+                ("task.list", {}, {}),
+                ("task.list", {"status": "open"}, {"status": "open"}),
+                ("note.search", {"query": "deploy"}, {"query": "deploy", "tag": None}),
+            ]
+            for tool, arguments, filters in listings:
+                for position in ([1, 2], {"a": 1}, True, 7, "\ud800", "x" * 5000):
+                    cursor = CursorTests.reference(tenant, tool, filters, position)
+                    result = await alice.call_tool(tool, {**arguments, "cursor": cursor})
+                    self.assertEqual(error_text(result), not_ours, (tool, position))
+            long = "0" * 60_000
+            for ref, argument in (
+                (types.ResourceTemplateReference(type="ref/resource", uri="task://{id}"), "id"),
+                (types.ResourceTemplateReference(type="ref/resource", uri="note://{id}"), "id"),
+                (types.PromptReference(type="ref/prompt", name="project.status"), "project"),
+            ):
+                completed = await alice.complete(ref, {"name": argument, "value": long})
+                self.assertEqual(completed.completion.values, [])
+
+        async def main() -> None:
+            with anyio.fail_after(60):
+                async with Client(streamable_http_client(daemon.url, http_client=http), mode=MODERN) as alice:
+                    await scenario(alice)
+
+        return self.in_thread(lambda: run_anyio(main))
+
     def test_updates_reach_only_their_tenant(self) -> Deferred[None]:
         """Eve subscribes to Alice's task (2026-07-28 subscriptions/listen, and legacy
         resources/subscribe) beside her own: when both change she hears only of her own, while

@@ -31,7 +31,9 @@ SAVE = ToolAnnotations(read_only=False, destructive=False, idempotent=False, ope
 DELETE = ToolAnnotations(read_only=False, destructive=True, idempotent=True, open_world=False)
 
 _STRING = {"type": "string"}
-_ID = {"type": "string", "minLength": 1, "maxLength": 32}
+# The longest note id (its column's size).
+ID_CHARS = 32
+_ID = {"type": "string", "minLength": 1, "maxLength": ID_CHARS}
 MAX_BODY = 200_000
 
 NOTE = {
@@ -178,6 +180,8 @@ def note_delete(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
 
 
 def _complete_note_id(ctx: Any, value: str, _arguments: Any) -> Any:
+    if len(value) > ID_CHARS:  # no id starts so (nor may a LIKE pattern grow past SQLite's bound)
+        return []
     return _notes(ctx).note_ids(ctx.tenant, value, 100)
 
 

@@ -23,6 +23,10 @@ READ = ToolAnnotations(read_only=True, destructive=False, idempotent=True, open_
 # Changes that add or edit records of the board but remove none: a `write` key may make them.
 WRITE = ToolAnnotations(read_only=False, destructive=False, idempotent=False, open_world=False)
 
+# The longest project name and task id (their columns' sizes).
+NAME_CHARS = 200
+ID_CHARS = 32
+
 _STRING = {"type": "string"}
 _NULLABLE = {"type": ["string", "null"]}
 _TAGS_IN = {
@@ -31,11 +35,11 @@ _TAGS_IN = {
     "maxItems": 20,
     "description": 'Labels, e.g. ["backend", "bug"] (up to 20, no spaces).',
 }
-_IDS_IN = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 32}, "maxItems": 50}
+_IDS_IN = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": ID_CHARS}, "maxItems": 50}
 _DATE = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$", "description": "A date, YYYY-MM-DD."}
 _TITLE = {"type": "string", "minLength": 1, "maxLength": 500, "pattern": r"\S"}
 _TEXT = {"type": "string", "maxLength": 10000}
-_PROJECT_REF = {"type": "string", "minLength": 1, "maxLength": 200, "description": "A project's id or name."}
+_PROJECT_REF = {"type": "string", "minLength": 1, "maxLength": NAME_CHARS, "description": "A project's id or name."}
 
 PROJECT = {
     "type": "object",
@@ -108,6 +112,23 @@ def _task_uri(task_id: str) -> str:
     return f"task://{task_id}"
 
 
+def _position(position: Any, longest: int) -> str | None:
+    """A list's cursor position as this server gives it out: a name or id of at most
+    ``longest`` characters (None: the first page). A cursor's check value is no secret, so
+    anything else a client could make (a list, a number, a lone surrogate) is refused here
+    rather than failing in the database."""
+    if position is None:
+        return None
+    if isinstance(position, str) and len(position) <= longest:
+        try:
+            position.encode()
+        except UnicodeEncodeError:
+            pass
+        else:
+            return position
+    raise ToolError("cursor is not one this server gave out: call again without cursor")
+
+
 # -- projects -----------------------------------------------------------------------------------
 
 
@@ -120,7 +141,7 @@ def _task_uri(task_id: str) -> str:
     ),
     input_schema=object_schema(
         {
-            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^\S(.*\S)?$"},
+            "name": {"type": "string", "minLength": 1, "maxLength": NAME_CHARS, "pattern": r"^\S(.*\S)?$"},
             "description": _TEXT,
         },
         ("name",),
@@ -162,7 +183,7 @@ def project_create(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     annotations=READ,
 )
 def project_list(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
-    after = decode_cursor(ctx, "project.list", {}, arguments.get("cursor"))
+    after = _position(decode_cursor(ctx, "project.list", {}, arguments.get("cursor")), NAME_CHARS)
     d = _board(ctx).list_projects(ctx.tenant, limit_of(arguments), after)
     return d.addCallback(
         lambda page: {"projects": page[0], "next_cursor": encode_cursor(ctx, "project.list", {}, page[1])}
@@ -245,9 +266,7 @@ _TASK_FILTERS = ("project", "status", "assignee", "tag", "query")
 )
 def task_list(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     filters = {name: arguments[name] for name in _TASK_FILTERS if name in arguments}
-    after = decode_cursor(ctx, "task.list", filters, arguments.get("cursor"))
-    if after is not None and not isinstance(after, str):
-        raise ToolError("cursor is not one this server gave out: call again without cursor")
+    after = _position(decode_cursor(ctx, "task.list", filters, arguments.get("cursor")), ID_CHARS)
     d = _board(ctx).list_tasks(ctx.tenant, filters, limit_of(arguments), after)
     return d.addCallback(
         lambda page: {"tasks": page[0], "next_cursor": encode_cursor(ctx, "task.list", filters, page[1])}
@@ -279,7 +298,7 @@ _TASK_VIEW = object_schema(
         "Get one task with its comments and the tasks it blocks (those that depend on it). "
         'Example: {"id": "01jdq3m8x4k2v7c9e5r1t6y0wz"}.'
     ),
-    input_schema=object_schema({"id": {"type": "string", "minLength": 1, "maxLength": 32}}, ("id",)),
+    input_schema=object_schema({"id": {"type": "string", "minLength": 1, "maxLength": ID_CHARS}}, ("id",)),
     output_schema=_TASK_VIEW,
     annotations=READ,
 )
@@ -299,7 +318,7 @@ def task_get(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     ),
     input_schema=object_schema(
         {
-            "id": {"type": "string", "minLength": 1, "maxLength": 32},
+            "id": {"type": "string", "minLength": 1, "maxLength": ID_CHARS},
             "title": _TITLE,
             "description": {"type": ["string", "null"], "maxLength": 10000},
             "status": {"enum": list(TASK_STATUSES)},
@@ -346,7 +365,7 @@ def task_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     description='Add a comment to a task. Example: {"id": "01jdq3m8x4k2v7c9e5r1t6y0wz", "text": "Blocked on the API key."}.',
     input_schema=object_schema(
         {
-            "id": {"type": "string", "minLength": 1, "maxLength": 32},
+            "id": {"type": "string", "minLength": 1, "maxLength": ID_CHARS},
             "text": {"type": "string", "minLength": 1, "maxLength": 10000, "pattern": r"\S"},
         },
         ("id", "text"),
@@ -388,10 +407,14 @@ def task_next(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
 
 
 def _complete_task_id(ctx: Any, value: str, _arguments: Any) -> Any:
+    if len(value) > ID_CHARS:  # no id starts so (nor may a LIKE pattern grow past SQLite's bound)
+        return []
     return _board(ctx).task_ids(ctx.tenant, value, 100)
 
 
 def _complete_project(ctx: Any, value: str, _arguments: Any) -> Any:
+    if len(value) > NAME_CHARS:
+        return []
     return _board(ctx).project_names(ctx.tenant, value, 100)
 
 
