@@ -272,7 +272,10 @@ class _PackScenarios(_Backends):
 
     def test_subscribed_task_updates(self) -> Deferred[None]:
         """A client subscribed to task://ID hears notifications/resources/updated when it changes
-        (legacy: resources/subscribe; 2026-07-28: subscriptions/listen)."""
+        (legacy: resources/subscribe; 2026-07-28: subscriptions/listen), once per change: also
+        when a task that depends on it is made or changes the title or status its ``blocks``
+        shows, and not when that task changes anything else. After each change a comment on a
+        second subscribed task marks where the change's notifications end."""
         heard: list[str] = []
 
         async def on_message(message: Any) -> None:
@@ -281,26 +284,55 @@ class _PackScenarios(_Backends):
                 heard.append(root.params.uri)
 
         async def scenario(client: Client) -> None:
-            structured(await client.call_tool("project.create", {"name": "p"}))
-            task = structured(await client.call_tool("task.create", {"project": "p", "title": "watched"}))["task"]
-            uri = f"task://{task['id']}"
+            async def call(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+                return structured(await client.call_tool(tool, arguments))
+
+            await call("project.create", {"name": "p"})
+            task = (await call("task.create", {"project": "p", "title": "watched"}))["task"]
+            marker = (await call("task.create", {"project": "p", "title": "marker"}))["task"]
+            uri, marker_uri = f"task://{task['id']}", f"task://{marker['id']}"
+            waiting: dict[str, Any] = {}
+
+            async def made() -> None:
+                waiting.update(
+                    (await call("task.create", {"project": "p", "title": "w", "depends_on": [task["id"]]}))["task"]
+                )
+
+            # Each change, and whether the watched task's subscribers hear of it.
+            steps = [
+                (lambda: call("task.update", {"id": task["id"], "status": "in_progress"}), True),
+                (lambda: call("task.comment", {"id": task["id"], "text": "note"}), True),
+                (made, True),  # the watched task's `blocks` lists it now
+                (lambda: call("task.update", {"id": waiting["id"], "status": "done", "title": "w2"}), True),
+                (lambda: call("task.update", {"id": waiting["id"], "priority": "high"}), False),
+                (lambda: call("task.update", {"id": waiting["id"], "status": "done"}), False),  # as it was
+            ]
             if self.mode == LEGACY:
                 with warnings.catch_warnings():  # the SDK warns that 2026-07-28 replaced it
                     warnings.simplefilter("ignore")
                     await client.subscribe_resource(uri)
-                structured(await client.call_tool("task.update", {"id": task["id"], "status": "in_progress"}))
-                structured(await client.call_tool("task.comment", {"id": task["id"], "text": "note"}))
-                with anyio.fail_after(5):
-                    while len(heard) < 2:
-                        await anyio.sleep(0.05)
-                self.assertEqual(heard[:2], [uri, uri])
-                return
-            async with client.listen(resource_subscriptions=[uri]) as subscription:
-                structured(await client.call_tool("task.update", {"id": task["id"], "status": "in_progress"}))
-                with anyio.fail_after(5):
-                    async for event in subscription:
-                        self.assertEqual(getattr(event, "uri", None), uri, event)
-                        break
+                    await client.subscribe_resource(marker_uri)
+                for n, (step, told) in enumerate(steps):
+                    await step()
+                    await call("task.comment", {"id": marker["id"], "text": "mark"})
+                    with anyio.fail_after(5):
+                        while marker_uri not in heard:
+                            await anyio.sleep(0.05)
+                    since = heard[:]
+                    del heard[:]
+                    self.assertEqual(since, [uri, marker_uri] if told else [marker_uri], n)
+            else:
+                async with client.listen(resource_subscriptions=[uri, marker_uri]) as subscription:
+                    for n, (step, told) in enumerate(steps):
+                        await step()
+                        await call("task.comment", {"id": marker["id"], "text": "mark"})
+                        events: list[Any] = []
+                        with anyio.fail_after(5):
+                            while marker_uri not in events:
+                                events.append(getattr(await anext(subscription), "uri", None))
+                        self.assertEqual(events, [uri, marker_uri] if told else [marker_uri], n)
+            view = await call("task.get", {"id": task["id"]})
+            self.assertEqual(view["blocks"], [{"id": waiting["id"], "title": "w2", "status": "done"}])
 
         return self.scenario(scenario, message_handler=on_message)
 

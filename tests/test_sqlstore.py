@@ -229,6 +229,16 @@ class _StoreSuite:
         cleared, touched = yield self.board.update_task(A, task["id"], {"assignee": None, "depends_on": []}, 2)
         self.assertEqual((cleared["assignee"], cleared["depends_on"], cleared["version"]), (None, [], 3))
         self.assertEqual(touched, [other["id"]])
+        # The tasks whose `blocks` show this one: its title and status there tell every one.
+        third = yield self.board.create_task(A, {"project": "web", "title": "3"}, "alice")
+        _, touched = yield self.board.update_task(A, task["id"], {"depends_on": [other["id"]]}, 3)
+        self.assertEqual(touched, [other["id"]])
+        _, touched = yield self.board.update_task(A, task["id"], {"priority": "high", "status": "open"}, 4)
+        self.assertEqual(touched, [])  # nothing `blocks` shows changed
+        _, touched = yield self.board.update_task(A, task["id"], {"title": "T2"}, 5)
+        self.assertEqual(touched, [other["id"]])
+        _, touched = yield self.board.update_task(A, task["id"], {"status": "done", "depends_on": [third["id"]]}, 6)
+        self.assertEqual(touched, sorted([other["id"], third["id"]]))
         page, _ = yield self.board.list_tasks(A, {"tag": "a"}, 10, None)
         self.assertEqual(page, [])
         yield self.refused(self.board.update_task(A, "nope", {"title": "x"}, None), NotFound)

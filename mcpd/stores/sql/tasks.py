@@ -275,7 +275,7 @@ class SQLTaskBoard:
                 values["tags"] = json.dumps(tags)
                 replace_tags(connection, task_tags, "task_id", task_id, tenant, tags)
             old_deps = _deps_of(connection, [task_id]).get(task_id, [])
-            touched: list[str] = []
+            deps = old_deps
             if new_deps is not None:
                 deps = list(dict.fromkeys(new_deps))
                 if task_id in deps:
@@ -287,6 +287,11 @@ class SQLTaskBoard:
                     connection.execute(
                         task_deps.insert(), [{"task_id": task_id, "depends_on": d, "tenant": tenant} for d in deps]
                     )
+            # The tasks whose `blocks` show this one: each that gains or loses it, and, when its
+            # title or status (which `blocks` shows) changes, every one it depends on still.
+            if any(name in values and values[name] != current._mapping[name] for name in ("title", "status")):
+                touched = sorted(set(old_deps) | set(deps))
+            else:
                 touched = sorted(set(old_deps) ^ set(deps))
             values["version"] = current.version + 1
             values["updated_at"] = utcnow()
@@ -298,7 +303,7 @@ class SQLTaskBoard:
             if updated.rowcount != 1:
                 raise Conflict(f"task {task_id} changed while this update ran: get it again (task.get) and retry")
             row = {**current._mapping, **values}
-            return _task(row, list(dict.fromkeys(new_deps)) if new_deps is not None else old_deps), touched
+            return _task(row, deps), touched
 
         # A dependency change reads the graph a concurrent change could make cyclic: serialisable.
         return self.database.run("task.update", work, write=True, serializable=new_deps is not None)
