@@ -38,6 +38,7 @@ from mcpd.stores.sql.notes import (
     SQLNoteStore,
     _mysql_holding,
     cut_snippet,
+    fold,
     holding_cap,
     rank,
     search_terms,
@@ -442,6 +443,25 @@ class _StoreSuite:
         self.assertEqual((yield self.notes.search_notes(A, "!!!", None, 10)), ([], False, []))
 
     @inlineCallbacks
+    def test_search_folds_diacritics_and_case(self) -> Any:
+        """ "cafe" finds "Café" (InnoDB's collation, FTS5's remove_diacritics) and ranks it as
+        the word it is: the note about cafés first, its snippet marking "café"."""
+        filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit."
+        yield self.notes.save_note(
+            A, {"title": "Café guide", "body": f"{filler} The best CAFÉ is near the office."}, "a"
+        )
+        yield self.notes.save_note(A, {"title": "Misc", "body": f"{filler} Lunch, then the cafe. {filler}"}, "a")
+        for n in range(4):
+            yield self.notes.save_note(A, {"title": f"Other {n}", "body": filler}, "a")
+        for query in ("cafe", "CAFÉ", "café"):
+            found, _, _ = yield self.notes.search_notes(A, query, None, 10)
+            self.assertEqual([note["title"] for note in found], ["Café guide", "Misc"], query)
+            self.assertGreater(found[0]["score"], found[1]["score"])
+            self.assertGreater(found[1]["score"], 0)
+            self.assertIn("**CAFÉ**", found[0]["snippet"])
+            self.assertIn("**cafe**", found[1]["snippet"])
+
+    @inlineCallbacks
     def test_search_pages_follow_what_was_shown(self) -> Any:
         """A later page is the best of the notes not shown yet, though a shown note was deleted
         between pages (the ranking moves up by one: an offset skipped a note, here the third)."""
@@ -618,6 +638,16 @@ class SnippetTests(SynchronousTestCase):
         self.assertIn("**target**", snippet)
         self.assertTrue(snippet.startswith("…") and snippet.endswith("…"))
         self.assertEqual(cut_snippet("short text", ["absent"]), "short text")
+
+    def test_folded(self) -> None:
+        """Words match without diacritics or case, as utf8mb4_unicode_ci matches them."""
+        self.assertEqual(fold("Crème BRÛLÉE, ﬁne Straße"), "creme brulee, fine strasse")
+        self.assertEqual(cut_snippet("Un Café noir, un cafe crème", ["cafe"]), "Un **Café** noir, un **cafe** crème")
+        self.assertEqual(cut_snippet("Un café noir", ["CAFÉ"]), "Un **café** noir")
+        row = ("id", "Café", "[]", "naïve café")
+        ((score, _),) = rank([row], ["cafe", "naive"], [1, 1], 4, 10.0)
+        self.assertEqual(score, rank([("id", "cafe", "[]", "naive cafe")], ["café", "naïve"], [1, 1], 4, 10.0)[0][0])
+        self.assertGreater(score, 0)
 
 
 # -- migrations ---------------------------------------------------------------------------------

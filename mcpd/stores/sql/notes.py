@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence, Set
 from typing import Any, TypeVar
@@ -133,6 +134,16 @@ def fts_table(tenant: str) -> str:
     return "notes_fts_" + hashlib.blake2b(tenant.encode(), digest_size=16).hexdigest()
 
 
+def fold(text: str) -> str:
+    """``text`` as a search compares it: without diacritics and case-folded (NFKD, combining
+    marks dropped), as InnoDB's utf8mb4_unicode_ci collation matches "cafe" to "Café" (and
+    SQLite's FTS5 tokenizer, ``remove_diacritics 2``)."""
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
 def rank(
     rows: Sequence[Sequence[Any]],
     terms: Sequence[str],
@@ -143,11 +154,13 @@ def rank(
     """``rows`` (id, title, tags, body: notes of one tenant holding any of ``terms``) by BM25,
     best first (then by id), with their scores: FTS5's formula, a note's length in characters,
     the weight of each term from how many of the tenant's ``notes_count`` notes hold it
-    (``holding``, in the order of ``terms``)."""
+    (``holding``, in the order of ``terms``). Words match as the FULLTEXT index matched them:
+    `fold`ed (a note with "café" holds "cafe")."""
+    terms = [fold(term) for term in terms]
     counted = []
     for row in rows:
-        in_title = Counter(_WORD.findall(row[1].lower()))
-        in_body = Counter(_WORD.findall(row[3].lower()))
+        in_title = Counter(_WORD.findall(fold(row[1])))
+        in_body = Counter(_WORD.findall(fold(row[3])))
         frequencies = [TITLE_WEIGHT * in_title[term] + in_body[term] for term in terms]
         counted.append((row, frequencies, len(row[1]) + len(row[3])))
     weights = [max(math.log((notes_count - n + 0.5) / (n + 0.5)), MIN_IDF) for n in holding]
@@ -167,12 +180,13 @@ def search_terms(query: str) -> list[str]:
 
 def cut_snippet(body: str, terms: Sequence[str], words: int = SNIPPET_WORDS) -> str:
     """About ``words`` words of ``body`` around the first of ``terms`` it holds, with the terms
-    marked as FTS5's ``snippet()`` marks them; the opening words when none is there."""
+    marked as FTS5's ``snippet()`` marks them (`fold`ed: "cafe" marks "café"); the opening
+    words when none is there."""
     found = list(_WORD.finditer(body))
     if not found:
         return body[:200]
-    wanted = set(terms)
-    first = next((i for i, word in enumerate(found) if word.group().lower() in wanted), 0)
+    wanted = {fold(term) for term in terms}
+    first = next((i for i, word in enumerate(found) if fold(word.group()) in wanted), 0)
     start = max(0, min(first - words // 4, len(found) - words))
     shown = found[start : start + words]
     pieces = []
@@ -180,7 +194,7 @@ def cut_snippet(body: str, terms: Sequence[str], words: int = SNIPPET_WORDS) -> 
     for word in shown:
         pieces.append(body[position : word.start()])
         token = word.group()
-        pieces.append(f"{MARK}{token}{MARK}" if token.lower() in wanted else token)
+        pieces.append(f"{MARK}{token}{MARK}" if fold(token) in wanted else token)
         position = word.end()
     snippet = "".join(pieces)
     prefix = ELLIPSIS if start > 0 else ""
