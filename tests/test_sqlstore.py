@@ -29,6 +29,7 @@ from zope.interface.verify import verifyObject
 
 from mcpd.config import Settings
 from mcpd.interfaces import Conflict, INoteStore, IStore, ITaskBoard, NotFound, StoreUnavailable
+from mcpd.stores.shown import MAX_DEPTH
 from mcpd.stores.sql import migrate
 from mcpd.stores.sql.config import DatabaseConfig, DatabaseConfigError, database_url
 from mcpd.stores.sql.database import SQLDatabase, build_engine
@@ -1370,6 +1371,47 @@ class MariaDBSearchTests(TestCase):
         after = yield self.database.run("status", rows_sent)
         self.assertEqual((len(found), more), (10, True))
         self.assertLessEqual(after - before, 2 * CANDIDATES + 100)
-        # Past the candidates there is nothing to rank: an empty page, not a scan.
-        shown = frozenset(f"{n:012d}" for n in range(CANDIDATES))
+        # A deep page ranks as many as it needs, up to MAX_DEPTH; past that, an empty page, not a scan.
+        shown = frozenset(f"{n:012d}" for n in range(MAX_DEPTH - 20))
+        before = yield self.database.run("status", rows_sent)
+        found, more, _ = yield self.notes.search_notes(A, "alpha", None, 10, shown)
+        after = yield self.database.run("status", rows_sent)
+        self.assertEqual((len(found), more), (10, True))
+        self.assertLessEqual(after - before, 2 * MAX_DEPTH + 100)
+        shown = frozenset(f"{n:012d}" for n in range(MAX_DEPTH))
         self.assertEqual((yield self.notes.search_notes(A, "alpha", None, 10, shown)), ([], False, []))
+
+    @inlineCallbacks
+    def test_pages_reach_the_documented_depth(self) -> None:
+        """560 notes holding the word, pages of 100: all 560, each once, then no cursor (the
+        candidates stopped at 500 and the sixth page came back empty)."""
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        texts = [(f"deploy note {n}", "deploy " * (1 + n % 9) + "filler text " * (n % 5)) for n in range(560)]
+        rows = [
+            {
+                "id": f"n{n:09d}",
+                "tenant": A,
+                "title": title,
+                "body": body,
+                "length": len(title) + len(body),
+                "tags": "[]",
+                "created_at": now,
+                "updated_at": now,
+                "created_by": "alice",
+            }
+            for n, (title, body) in enumerate(texts)
+        ]
+
+        def insert(connection: Any) -> None:
+            connection.execute(notes_table.insert(), rows)
+
+        yield self.database.run("bulk", insert, write=True)
+        seen: list[str] = []
+        shown: frozenset[str] = frozenset()
+        for _ in range(6):
+            found, more, now_shown = yield self.notes.search_notes(A, "deploy", None, 100, shown)
+            seen += [note["id"] for note in found]
+            shown = frozenset(now_shown)
+            if not more:
+                break
+        self.assertEqual((len(seen), len(set(seen)), more), (560, 560, False))
