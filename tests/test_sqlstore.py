@@ -649,6 +649,9 @@ class SnippetTests(SynchronousTestCase):
         ((score, _),) = rank([row], ["cafe", "naive"], [1, 1], 4, 10.0)
         self.assertEqual(score, rank([("id", "cafe", "[]", "naive cafe")], ["café", "naïve"], [1, 1], 4, 10.0)[0][0])
         self.assertGreater(score, 0)
+        decomposed = ("id", "Cafe\u0301", "[]", "nai\u0308ve cafe\u0301 \u00bd")  # NFD, and "½" is "1", "2"
+        for term in ("cafe", "naive", "2"):
+            self.assertGreater(rank([decomposed], [term], [1], 4, 10.0)[0][0], 0, term)
 
 
 # -- migrations ---------------------------------------------------------------------------------
