@@ -10,14 +10,14 @@ SQLite: each tenant's notes have an FTS5 table of their own (`fts_table`, made w
 first note; Porter stemming), whose ``bm25()`` and ``snippet()`` rank and cut. MySQL/MariaDB: an
 InnoDB FULLTEXT index finds the tenant's notes most relevant to the words (by InnoDB's own
 relevance: `CANDIDATES` of them, or as many as a deeper page needs, up to `MAX_DEPTH`) and BM25
-orders them here, with the tenant's note count and mean length
-(in characters, kept in each note's ``length`` column on save and read from an index of its own),
-then the count of notes holding each word, counted only up to where BM25's weight stops changing
-(`holding_cap`: half the notes + 1); words InnoDB does not index (its
-stopwords, words shorter or longer than its token sizes) are left out, as FTS5 finds no note by a
-word it never saw. Ranking covers those candidates alone. The snippet
-is cut here the same way as FTS5's. Either way the words of the query are searched for, any of
-them, best matches first: not a substring scan.
+orders them here, with the tenant's note count and mean length (in characters, kept in each
+note's ``length`` column on save and read from an index of its own), then the count of notes
+holding each word, counted only up to where BM25's weight stops changing (`holding_cap`: half
+the notes + 1); words InnoDB does not index (its stopwords, words shorter or longer than its
+token sizes) are left out, as FTS5 finds no note by a word it never saw, and words are `fold`ed
+as its collation matched them. Ranking covers those candidates alone. The snippet is cut here
+the same way as FTS5's. Either way the words of the query are searched for, any of them, best
+matches first: not a substring scan.
 
 Pages follow what was shown, not an offset (`mcpd.stores.shown`): a search's cursor names the
 notes its earlier pages showed, and a later page is the best of the others, so a note deleted,

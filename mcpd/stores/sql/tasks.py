@@ -287,8 +287,8 @@ class SQLTaskBoard:
                     connection.execute(
                         task_deps.insert(), [{"task_id": task_id, "depends_on": d, "tenant": tenant} for d in deps]
                     )
-            # The tasks whose `blocks` show this one: each that gains or loses it, and, when its
-            # title or status (which `blocks` shows) changes, every one it depends on still.
+            # The tasks whose `blocks` change: each that gains or loses this one, and, when its
+            # title or status (which `blocks` shows) changes, every one it depended or depends on.
             if any(name in values and values[name] != current._mapping[name] for name in ("title", "status")):
                 touched = sorted(set(old_deps) | set(deps))
             else:
