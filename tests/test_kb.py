@@ -376,6 +376,30 @@ class LimitTests(KnowledgeDaemon, DaemonTestCase):
 
         return self.with_clients(daemon, scenario, "alice")
 
+    def test_an_overlap_over_half_the_chunk_size_is_refused(self) -> Deferred[None]:
+        daemon = self.knowledge_daemon()
+
+        async def scenario(client: Client) -> None:
+            call = client.call_tool
+            await call("kb.create_collection", {"name": "overlap"})
+            text = "A sentence about backups. " * 40
+            for overlap in (51, 60):
+                sizes = {"chunk_size": 100, "chunk_overlap": overlap}
+                refused = await call("kb.add", {"collection": "overlap", "text": text, **sizes})
+                self.assertIn(f"chunk_overlap ({overlap}) is at most half the chunk_size (50", error_text(refused))
+            added = structured(
+                await call("kb.add", {"collection": "overlap", "text": text, "chunk_size": 100, "chunk_overlap": 50})
+            )
+            self.assertGreater(added["document"]["chunks"], 1)
+            for overlap in (51, 60):
+                sizes = {"chunk_size": 100, "chunk_overlap": overlap}
+                refused = await call(
+                    "kb.update", {"collection": "overlap", "id": added["document"]["id"], "text": text, **sizes}
+                )
+                self.assertIn("at most half the chunk_size", error_text(refused))
+
+        return self.with_clients(daemon, scenario, "alice")
+
 
 # -- faults and re-indexing -------------------------------------------------------------------------
 

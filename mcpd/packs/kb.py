@@ -92,7 +92,10 @@ _CHUNKING = {
         "minimum": 0,
         "maximum": MAX_SIZE // 2,
         "default": DEFAULT_OVERLAP,
-        "description": "Tokens of the previous chunk's last sentences repeated at the start of the next.",
+        "description": (
+            "Tokens of the previous chunk's last sentences repeated at the start of the next; "
+            "at most half the chunk_size."
+        ),
     },
 }
 COLLECTION = {
@@ -155,8 +158,8 @@ def _uri(collection: str, document_id: str) -> str:
 def _chunking(arguments: dict[str, Any]) -> tuple[int, int]:
     size = int(arguments.get("chunk_size", DEFAULT_SIZE))
     overlap = int(arguments.get("chunk_overlap", DEFAULT_OVERLAP))
-    if overlap >= size:
-        raise ToolError(f"chunk_overlap ({overlap}) must be smaller than chunk_size ({size})")
+    if overlap > size // 2:
+        raise ToolError(f"chunk_overlap ({overlap}) is at most half the chunk_size ({size // 2} for {size})")
     return size, overlap
 
 
