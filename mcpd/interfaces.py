@@ -423,6 +423,24 @@ def indexed_text(chunk: Chunk, title: str | None = None) -> str:
     return "\n".join([*context, chunk.text]) if context else chunk.text
 
 
+# The longest text the search index stores (Milvus: a VARCHAR of at most 65,535 bytes).
+MAX_INDEXED_BYTES = 65_535
+
+
+def unindexable(chunks: Sequence[Chunk], title: str | None) -> str | None:
+    """Why the index could never store one of ``chunks`` under ``title`` (what it stores is
+    `indexed_text`, over `MAX_INDEXED_BYTES` in UTF-8), or None: a write refused with this is
+    never left in the outbox, retried and given up."""
+    for chunk in chunks:
+        size = len(indexed_text(chunk, title).encode("utf-8"))
+        if size > MAX_INDEXED_BYTES:
+            return (
+                f"chunk {chunk.position} with the title and its headings is {size} bytes (UTF-8), over the "
+                f"{MAX_INDEXED_BYTES} the index can store: give a smaller chunk_size or a shorter title"
+            )
+    return None
+
+
 @attrs.frozen
 class IndexedChunk:
     """One searchable piece of text. ``id`` is the chunk's (or memory's) SQL id; ``owner`` is

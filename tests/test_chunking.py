@@ -3,6 +3,7 @@ overlap, and chunks that are exact slices of the document."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -187,6 +188,15 @@ class IndexedTextTests(SynchronousTestCase):
         chunk = chunk_markdown(GUIDE, size=56, overlap=0)[1]
         self.assertEqual(indexed_text(chunk, "ops.md"), "ops.md\nOperations guide > Deploys > Web\n" + chunk.text)
         self.assertEqual(indexed_text(chunk_markdown("plain")[0]), "plain")
+
+    def test_the_heading_path_is_bounded(self) -> None:
+        # Six levels of 20,000 quotes: 240,000 bytes as JSON (over MariaDB's TEXT) if kept whole.
+        quotes = '"' * 20_000
+        text = "".join("#" * level + " " + quotes + "\n\n" for level in range(1, 7)) + "The body."
+        [*_, last] = chunk_markdown(text, size=4000, overlap=0)
+        self.assertEqual(len(last.headings), 6)
+        self.assertTrue(all(heading and heading in quotes for heading in last.headings), last.headings)
+        self.assertLess(len(json.dumps(list(last.headings)).encode("utf-8")), 65_535 // 4)
 
 
 class OffTheReactorTests(TestCase):

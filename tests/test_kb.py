@@ -376,6 +376,35 @@ class LimitTests(KnowledgeDaemon, DaemonTestCase):
 
         return self.with_clients(daemon, scenario, "alice")
 
+    def test_a_chunk_over_the_index_limit_with_its_title_is_refused(self) -> Deferred[None]:
+        daemon = self.knowledge_daemon()
+        # 63,965 bytes of chunk, 2,001 more of title: what the index stores is over its 65,535.
+        title, text = "😀" * 500, "kiwi " + "😀" * 15_990
+        big = {"collection": "big", "text": text, "chunk_size": 4000}
+
+        async def scenario(client: Client) -> None:
+            call = client.call_tool
+            await call("kb.create_collection", {"name": "big"})
+            refused = await call("kb.add", {**big, "title": title})
+            self.assertIn("65966 bytes (UTF-8), over the 65535", error_text(refused))
+            self.assertIn("shorter title", error_text(refused))
+            added = structured(await call("kb.add", {**big, "title": "Kiwi"}))
+            self.assertEqual(added["indexing"], "done")
+            same = {"collection": "big", "id": added["document"]["id"]}
+            # A new title alone, or a new text under the stored title, is measured the same way.
+            self.assertIn("shorter title", error_text(await call("kb.update", {**same, "title": title})))
+            titled = structured(await call("kb.update", {**same, "title": "😀" * 400, "text": "kiwi"}))
+            self.assertEqual(titled["indexing"], "done")
+            self.assertIn(
+                "over the 65535", error_text(await call("kb.update", {**same, "text": text, "chunk_size": 4000}))
+            )
+            found = structured(await call("kb.search", {"collection": "big", "query": "kiwi"}))
+            self.assertEqual(([r["text"] for r in found["results"]], found["index"]), (["kiwi"], "ok"))
+            [collection] = structured(await call("kb.collections", {}))["collections"]
+            self.assertEqual(collection["documents"], 1)
+
+        return self.with_clients(daemon, scenario, "alice")
+
     def test_an_overlap_over_half_the_chunk_size_is_refused(self) -> Deferred[None]:
         daemon = self.knowledge_daemon()
 

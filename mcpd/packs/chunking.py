@@ -24,6 +24,9 @@ __all__ = ["Chunk", "chunk_markdown", "indexed_text", "text_size"]
 DEFAULT_SIZE = 400
 DEFAULT_OVERLAP = 50
 MIN_SIZE, MAX_SIZE = 50, 4000
+# Characters of a heading kept in a chunk's heading path (at most six levels): the path is stored
+# as JSON (MariaDB: a TEXT of 64 KiB) and indexed with every chunk under it.
+MAX_HEADING = 200
 
 
 @functools.cache
@@ -228,7 +231,7 @@ def _starts_block(line: str) -> bool:
 def _enter(path: list[tuple[int, str]], level: int, title: str) -> None:
     while path and path[-1][0] >= level:
         path.pop()
-    path.append((level, title))
+    path.append((level, title[:MAX_HEADING]))
 
 
 def _lines(text: str) -> list[tuple[int, int, str]]:

@@ -44,10 +44,10 @@ MAX_TEXT = 1_000_000
 # most ~1.2 ms, for a run of empty headings).
 INLINE_CHUNKING = 500
 MAX_COLLECTIONS = 10  # searched at once
-# What the search index stores (Milvus: a JSON field of at most 64 KiB whose integers are 64-bit,
-# text a VARCHAR of at most 65,535 bytes); refused here so a write is never stuck in the outbox.
+# What the search index stores (Milvus: a JSON field of at most 64 KiB whose integers are 64-bit);
+# refused here so a write is never stuck in the outbox. A chunk's text (with the title and its
+# headings) is measured by the store, which knows the title a kb.update keeps (`unindexable`).
 MAX_METADATA_BYTES = 65_536
-MAX_CHUNK_BYTES = 65_535
 MIN_INTEGER, MAX_INTEGER = -(2**63), 2**63 - 1
 _STRING = {"type": "string"}
 _NULLABLE = {"type": ["string", "null"]}
@@ -190,16 +190,6 @@ def _metadata(value: dict[str, Any] | None) -> dict[str, Any]:
     return metadata
 
 
-def _fits(chunks: list[Chunk]) -> list[Chunk]:
-    for chunk in chunks:
-        if len(chunk.text.encode("utf-8")) > MAX_CHUNK_BYTES:
-            raise ToolError(
-                f"chunk {chunk.position} is over {MAX_CHUNK_BYTES} bytes (UTF-8) the index can store: "
-                "give a smaller chunk_size"
-            )
-    return chunks
-
-
 def _text(value: str) -> str:
     if not value.strip():
         raise ToolError("text is empty: give the document's text (markdown or plain)")
@@ -320,7 +310,7 @@ def kb_add(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         }
         return _kb(ctx).add_document(ctx.tenant, arguments["collection"], document, ctx.caller.author)
 
-    d = chunked(text, size, overlap).addCallback(_fits).addCallback(add)
+    d = chunked(text, size, overlap).addCallback(add)
 
     def added(outcome: dict[str, Any]) -> dict[str, Any]:
         document = outcome["document"]
@@ -450,7 +440,7 @@ def kb_update(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
         return _kb(ctx).update_document(ctx.tenant, collection, arguments["id"], changes)
 
     if "text" in changes:
-        d = chunked(_text(changes["text"]), *_chunking(arguments)).addCallback(_fits).addCallback(update)
+        d = chunked(_text(changes["text"]), *_chunking(arguments)).addCallback(update)
     else:
         d = succeed(None).addCallback(update)
 

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
 
-from mcpd.interfaces import Chunk, Conflict, IndexedChunk, NotFound, StoreError, indexed_text
+from mcpd.interfaces import Chunk, Conflict, IndexedChunk, NotFound, StoreError, indexed_text, unindexable
 from mcpd.stores.sql.database import SQLDatabase
 from mcpd.stores.sql.ids import new_id
 from mcpd.stores.sql.schema import (
@@ -207,6 +207,7 @@ class SQLKnowledge:
         self, tenant: str, collection: str, document: dict[str, Any], chunks: Sequence[Chunk], author: str
     ) -> Deferred[tuple[dict[str, Any], Work]]:
         def work(connection: Connection) -> tuple[dict[str, Any], Work]:
+            _indexable(chunks, document.get("title"))
             found = _find(connection, tenant, collection)
             now = utcnow()
             row = {
@@ -244,6 +245,9 @@ class SQLKnowledge:
         def work(connection: Connection) -> tuple[dict[str, Any], Work]:
             found = _find(connection, tenant, collection)
             current = _find_document(connection, tenant, found, document_id, lock=True)
+            if chunks is not None or "title" in changes:
+                kept = chunks if chunks is not None else _chunks_of(connection, document_id)
+                _indexable(kept, changes.get("title", current.title))
             values: dict[str, Any] = {"updated_at": utcnow(), "version": current.version + 1}
             if "title" in changes:
                 values["title"] = changes["title"]
@@ -750,6 +754,22 @@ def _find_memory(connection: Connection, tenant: str, owners: Sequence[str], mem
     if row is None:
         raise NotFound(f"no memory {memory_id!r}: memory.list and memory.recall show yours and your team's")
     return row
+
+
+def _indexable(chunks: Sequence[Chunk], title: str | None) -> None:
+    why = unindexable(chunks, title)
+    if why is not None:
+        raise StoreError(why)
+
+
+def _chunks_of(connection: Connection, document_id: str) -> list[Chunk]:
+    """A document's chunks as stored (their text and headings; offsets and sizes left out)."""
+    rows = connection.execute(
+        select(kb_chunks.c.position, kb_chunks.c.text, kb_chunks.c.headings).where(
+            kb_chunks.c.document_id == document_id
+        )
+    )
+    return [Chunk(row.position, row.text, tuple(json.loads(row.headings)), 0, 0, 0) for row in rows]
 
 
 def _insert_chunks(
