@@ -637,6 +637,12 @@ class FindingTests(KnowledgeDaemon, DaemonTestCase):
                 await call("kb.search", {"collection": "filters", "query": "report", "filter": {"n": 1}})
             )
             self.assertEqual((len(found["results"]), found["index"]), (1, "ok"))
+            for odd in ("\x00", "\x01", "\b", "\f", "\x1f", "\x7f"):
+                where = {"collection": "filters", "query": "report", "filter": {"w": odd}}
+                found = structured(await call("kb.search", where))  # not a degraded scan
+                self.assertEqual((found["results"], found["index"]), ([], "ok"), repr(odd))
+            recalled = structured(await call("memory.recall", {"query": "report", "tags": ["\x01"]}))
+            self.assertEqual((recalled["memories"], recalled["index"]), ([], "ok"))
 
         return self.with_clients(daemon, scenario, "alice")
 

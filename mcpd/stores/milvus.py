@@ -827,8 +827,14 @@ def _batches(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return batches
 
 
+# What a string literal of Milvus' filter expressions escapes: its quote, the backslash and the
+# line breaks (its grammar, Plan.g4, takes any other character as itself; Milvus Lite knows no
+# other escape, \u0001 and \x01 included, so JSON's are refused there).
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+
+
 def _literal(value: Any) -> str:
-    """A value as a literal of Milvus' filter expressions (strings JSON-quoted and escaped)."""
+    """A value as a literal of Milvus' filter expressions (strings quoted, every one round-trips)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -838,7 +844,7 @@ def _literal(value: Any) -> str:
             raise ValueError(f"filter value {value!r} is not a finite number")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return '"' + value.translate(_ESCAPES) + '"'
     raise ValueError(f"filter values must be strings, numbers or booleans, not {type(value).__name__}")
 
 
