@@ -238,6 +238,27 @@ class KnowledgeContract:
         self.assertEqual((yield self.store.retriever.index.list_collections()), [])
 
     @inlineCallbacks
+    def test_a_metadata_filter_tells_booleans_from_numbers(self) -> Any:
+        yield self.store.create_collection("acme", "docs", None, "standard", "alice")
+        truth = yield self.store.add_document("acme", "docs", document("kiwi notes", flag=True, z=False), "alice")
+        ones = yield self.store.add_document("acme", "docs", document("kiwi notes", flag=1, z=0), "alice")
+        # Python's dicts, like Milvus, take True for 1: the cases are pairs.
+        cases = [("flag", 1, ones), ("flag", True, truth), ("flag", 1.0, ones)]
+        cases += [("z", 0, ones), ("z", False, truth), ("z", 0.0, ones)]
+
+        @inlineCallbacks
+        def check(index: str) -> Any:
+            for key, value, expected in cases:
+                found = yield self.store.search("acme", ["docs"], "kiwi", None, {key: value}, 10)
+                self.assertEqual(found["index"], index)
+                ids = [hit["document_id"] for hit in found["results"]]
+                self.assertEqual(ids, [expected["document"]["id"]], (key, value))
+
+        yield check(INDEX_OK)
+        yield self.store.retriever.index.stopService()  # the word scan of SQL answers
+        yield check("degraded")
+
+    @inlineCallbacks
     def test_metadata_up_to_64_kib_is_kept_and_more_is_refused_clearly(self) -> Any:
         yield self.store.create_collection("acme", "docs", None, "standard", "alice")
         # 64 KiB as JSON exactly, quotes and non-ASCII counted as stored (over MySQL's TEXT).

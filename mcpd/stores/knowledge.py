@@ -445,8 +445,8 @@ class KnowledgeStore:
                 if row is None or shown_key(hit.chunk_id) in shown:
                     continue  # deleted since it was indexed (or not the caller's), or on an earlier page
                 metadata = json.loads(row["metadata"])
-                if any(metadata.get(k) != v for k, v in filters.items()):
-                    continue  # changed since it was indexed
+                if not matches(metadata, filters):
+                    continue  # changed since it was indexed, or the index's true == 1
                 results.append(_result(row, ids[row["collection_id"]], hit.score, metadata))
             # Equal scores in one order whatever the depth (the index's order of ties is not).
             results.sort(key=lambda result: (-result["score"], result["chunk_id"]))
@@ -514,7 +514,7 @@ class KnowledgeStore:
         scored = []
         for row in rows:
             metadata = json.loads(row["metadata"])
-            if any(metadata.get(k) != v for k, v in filters.items()) or shown_key(row["id"]) in shown:
+            if not matches(metadata, filters) or shown_key(row["id"]) in shown:
                 continue
             text = row["text"].lower()
             score = float(sum(1 for word in words if word in text))
@@ -666,6 +666,15 @@ class KnowledgeStore:
 
     def memory_ids(self, tenant: str, owners: Sequence[str], prefix: str, limit: int) -> Deferred[list[str]]:
         return self.sql.memory_ids(tenant, owners, prefix, limit)
+
+
+def matches(metadata: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    """Whether ``metadata`` holds every pair of ``filters``: a boolean equals only a boolean
+    (Milvus, like Python, takes true for 1 and false for 0), while 1 and 1.0 are one JSON number."""
+    return all(
+        (type(metadata.get(key)) is bool, metadata.get(key)) == (type(value) is bool, value)
+        for key, value in filters.items()
+    )
 
 
 def _first_depth(wanted: int) -> int:
