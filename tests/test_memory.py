@@ -21,7 +21,7 @@ from mcp.client.streamable_http import create_mcp_http_client, streamable_http_c
 from mcp.shared.exceptions import MCPError
 from twisted.internet.defer import Deferred
 
-from tests.daemon import LEGACY, DaemonTestCase
+from tests.daemon import INVALID_PARAMS, LEGACY, DaemonTestCase
 from tests.knowledge_harness import EMBEDDED, KEYS, MARIADB, SERVER, KnowledgeDaemon, error_text, structured
 
 MEMORY_TOOLS = {"memory.remember", "memory.recall", "memory.list", "memory.update", "memory.forget"}
@@ -284,6 +284,20 @@ class FindingTests(KnowledgeDaemon, DaemonTestCase):
                 cursor = page["next_cursor"]
             self.assertEqual(len(seen), len(set(seen)))  # none twice
             self.assertEqual(set(seen), {memory["id"] for memory in everything})  # none skipped
+
+        return self.with_clients(daemon, scenario, "alice")
+
+    def test_a_context_topic_is_capped_like_a_recall_query(self) -> Deferred[None]:
+        daemon = self.knowledge_daemon()
+
+        async def scenario(alice: Client) -> None:
+            await alice.call_tool("memory.remember", {"text": "Deploys happen on Mondays."})
+            prompt = await alice.get_prompt("memory.context", {"topic": "deploys " + "x" * 1992})  # 2,000
+            self.assertIn("Mondays", prompt.messages[0].content.text)  # type: ignore[union-attr]
+            with self.assertRaises(MCPError) as refused:
+                await alice.get_prompt("memory.context", {"topic": "deploys " * 59_125})
+            self.assertEqual(refused.exception.error.code, INVALID_PARAMS)
+            self.assertIn("topic is 473000 characters, over 2000", refused.exception.message)
 
         return self.with_clients(daemon, scenario, "alice")
 

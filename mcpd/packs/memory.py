@@ -38,6 +38,7 @@ FORGET = ToolAnnotations(read_only=False, destructive=True, idempotent=True, ope
 
 PERSONAL, TEAM = "personal", "team"
 MAX_TEXT = 10_000
+MAX_QUERY = 2000  # characters of memory.recall's query and memory.context's topic
 _STRING = {"type": "string"}
 _ID = {"type": "string", "minLength": 1, "maxLength": 32}
 _TAGS = {
@@ -140,7 +141,7 @@ def memory_remember(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     ),
     input_schema=object_schema(
         {
-            "query": {"type": "string", "minLength": 1, "maxLength": 2000},
+            "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY},
             "tags": _TAGS,
             "scope": _SCOPE_FILTER,
             "limit": limit_schema(),
@@ -298,6 +299,10 @@ CONTEXT_LIMIT = 20
 )
 def memory_context(ctx: Any, arguments: dict[str, str]) -> Any:
     topic = arguments["topic"]
+    if len(topic) > MAX_QUERY:
+        raise StoreError(
+            f"topic is {len(topic)} characters, over {MAX_QUERY}: say what the conversation is about briefly"
+        )
     if not re.search(r"\w", topic):
         raise StoreError("topic has no words: say what the conversation is about")
     d = _memories(ctx).recall(ctx.tenant, owners(ctx), topic, [], CONTEXT_LIMIT)
