@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_tap -*-
 """The ``mcpd`` command: the twistd service without twistd's flags (``mcpd --port 8765``),
-``mcpd migrate [--check]`` for the SQL store's schema, and ``mcpd reindex [COLLECTION]`` to
-rebuild the search index from SQL."""
+``mcpd migrate [--check]`` for the SQL store's schema, and ``mcpd reindex [memory | kb:NAME]``
+to rebuild the search index from SQL."""
 
 from __future__ import annotations
 
@@ -224,13 +224,14 @@ _REINDEX_KNOBS = (
 class ReindexOptions(usage.Options):
     """``mcpd reindex`` flags: the daemon's store settings, from the same places."""
 
-    synopsis = "reindex [--tenant TENANT] [--config FILE] [...] [COLLECTION]"
+    synopsis = "reindex [--tenant TENANT] [--config FILE] [...] [memory | kb:NAME]"
     longdesc = (
         "Rebuild the search index of the kb and memory packs from SQL, which holds every document, chunk "
         "and memory: each index collection is built anew with the embedding model configured now (none: "
         "keyword search only) and takes the old one's place once full; searches use the old one until "
-        "then, and changes made meanwhile reach the new one. COLLECTION is a kb collection's name (of every "
-        "tenant, or of --tenant) or 'memory'; without it, everything. Run it after changing the embedding "
+        "then, and changes made meanwhile reach the new one. COLLECTION is 'memory' (the memories), or "
+        "kb:NAME (the kb collections named NAME, of every tenant or of --tenant; a bare NAME other than "
+        "'memory' means the same); without it, everything. Run it after changing the embedding "
         "model or losing the index's data; with Milvus Lite embedded, stop mcpd first (one process opens "
         "its file)."
     )
@@ -243,7 +244,11 @@ class ReindexOptions(usage.Options):
     ]
 
     def parseArgs(self, collection: str | None = None) -> None:
-        self.collection = collection
+        """``memory`` is the memories' index, ``kb:NAME`` (or a bare ``NAME``) kb collections."""
+        self.memory = collection == "memory"
+        self.collection = None if collection is None or self.memory else collection.removeprefix("kb:")
+        if self.collection == "":
+            raise usage.UsageError("kb: names no collection: give kb:NAME")
 
     def postOptions(self) -> None:
         flags = {name: self.get(KNOBS_BY_NAME[name].flag) for name in _REINDEX_KNOBS}
@@ -255,7 +260,7 @@ class ReindexOptions(usage.Options):
 
 
 def reindex_main(argv: list[str]) -> int:
-    """``mcpd reindex [COLLECTION]``: a line per index collection rebuilt; the exit code."""
+    """``mcpd reindex [memory | kb:NAME]``: a line per index collection rebuilt; the exit code."""
     from twisted.internet.task import react
 
     options = ReindexOptions()
@@ -305,12 +310,13 @@ async def _reindex(reactor: Any, options: ReindexOptions) -> int:
     for child in running[1:]:
         child.startService()
     store = KnowledgeStore(SQLKnowledge(database), Retriever(index, embedder), shown_index_uri(settings), reactor)
-    wanted, tenant = options.collection, options["tenant"]
+    wanted, memory, tenant = options.collection, options.memory, options["tenant"]
+    everything = wanted is None and not memory
 
     def only(owner: str, name: str) -> bool:
         if name == MEMORY_COLLECTION and owner == "":
-            return wanted in (None, MEMORY_COLLECTION)
-        return (wanted is None or name == wanted) and (tenant is None or owner == tenant)
+            return everything or memory
+        return not memory and (wanted is None or name == wanted) and (tenant is None or owner == tenant)
 
     try:
         rebuilt = await rebuild(store, only)
@@ -320,8 +326,8 @@ async def _reindex(reactor: Any, options: ReindexOptions) -> int:
     finally:
         for child in reversed(running):
             await maybeDeferred(child.stopService)
-    if wanted is not None and not any(name == wanted for _, name, _, _ in rebuilt):
-        print(f"mcpd reindex: no collection named {wanted!r}", file=sys.stderr)
+    if wanted is not None and not any(owner and name == wanted for owner, name, _, _ in rebuilt):
+        print(f"mcpd reindex: no kb collection named {wanted!r}", file=sys.stderr)
         return 1
     model = settings.embedding_model if embedder is not None else None
     for owner, name, collection, count in rebuilt:

@@ -540,17 +540,27 @@ class ReindexTests(KnowledgeDaemon, DaemonTestCase):
             for word in ("alpha", "bravo", "charlie"):
                 await client.call_tool("kb.add", {"collection": "notes", "text": f"The {word} procedure."})
             await client.call_tool("memory.remember", {"text": "The team deploys on Tuesdays.", "scope": "team"})
+            await client.call_tool("kb.create_collection", {"name": "memory"})  # a kb collection, not the memories
+            await client.call_tool("kb.add", {"collection": "memory", "text": "Memory modules are ECC."})
 
         yield self.anonymous(daemon, fill)
         daemon.stop()
         shutil.rmtree(self.workdir / "mcpd-data" / "milvus.db")  # the index's data is lost
         unknown = yield deferToThread(self.reindex, "nowhere")
         self.assertEqual(unknown.returncode, 1, unknown.stderr)
-        self.assertIn("no collection named 'nowhere'", unknown.stderr)
+        self.assertIn("no kb collection named 'nowhere'", unknown.stderr)
         done = yield deferToThread(self.reindex)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn("collection 'notes' of tenant 'default': 3 chunk(s)", done.stdout)
+        self.assertIn("collection 'memory' of tenant 'default': 1 chunk(s)", done.stdout)
         self.assertIn("memories: 1 chunk(s)", done.stdout)
+        # "memory" is the memories alone; kb:NAME a kb collection, whatever its name.
+        memories = yield deferToThread(self.reindex, "memory")
+        self.assertEqual((memories.returncode, memories.stdout.count("\n")), (0, 1), memories.stdout)
+        self.assertIn("memories: 1 chunk(s)", memories.stdout)
+        kb = yield deferToThread(self.reindex, "kb:memory")
+        self.assertEqual((kb.returncode, kb.stdout.count("\n")), (0, 1), kb.stdout)
+        self.assertIn("collection 'memory' of tenant 'default': 1 chunk(s)", kb.stdout)
 
         # Now with an embedding service: the collection is rebuilt for its model.
         self.embedding = True
@@ -564,8 +574,9 @@ class ReindexTests(KnowledgeDaemon, DaemonTestCase):
             found = structured(await client.call_tool("kb.search", {"collection": "notes", "query": "bravo procedure"}))
             self.assertEqual(found["mode"], "hybrid")
             self.assertIn("bravo", found["results"][0]["text"])
-            [collection] = structured(await client.call_tool("kb.collections", {}))["collections"]
-            self.assertEqual(collection["embedding_model"], TOY_MODEL)
+            listed = structured(await client.call_tool("kb.collections", {}))["collections"]
+            models = {collection["name"]: collection["embedding_model"] for collection in listed}
+            self.assertEqual(models, {"notes": TOY_MODEL, "memory": None})  # only notes was rebuilt
             recalled = structured(await client.call_tool("memory.recall", {"query": "when does the team deploy"}))
             self.assertIn("Tuesdays", recalled["memories"][0]["text"])
 
