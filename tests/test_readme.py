@@ -9,6 +9,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd.config import SECTIONS, Knob
+from mcpd.config.settings import ConfigError, read_env_file, resolve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README = (REPO_ROOT / "README.rst").read_text(encoding="utf-8")
@@ -69,3 +70,52 @@ class LayoutTests(SynchronousTestCase):
         self.assertTrue(paths)
         missing = [path for path in paths if not (REPO_ROOT / path).exists()]
         self.assertEqual(missing, [], "README's Layout names paths that do not exist")
+
+
+_ENV_LINE = re.compile(r"^(?:export )?[A-Z][A-Z0-9_]*=")
+
+
+def env_file_examples() -> list[tuple[str, list[str]]]:
+    """Every literal block of README.rst and docs/ that is an env file: its lines are
+    ``NAME=value`` settings and ``#`` comments only. (where, lines)"""
+    examples = []
+    for path in [REPO_ROOT / "README.rst", *sorted((REPO_ROOT / "docs").glob("*.rst"))]:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines):
+            if not line.endswith("::"):
+                continue
+            block = []
+            for body in lines[number + 1 :]:
+                if body and not body.startswith(" "):
+                    break
+                block.append(body.strip())
+            settings = [body for body in block if body and not body.startswith("#")]
+            if settings and all(_ENV_LINE.match(body) for body in settings):
+                examples.append((f"{path.name}:{number + 2}", [body for body in block if body]))
+    return examples
+
+
+class EnvFileExampleTests(SynchronousTestCase):
+    """An env file is read by systemd's EnvironmentFile= and by `read_env_file`, and neither
+    strips a ``#`` after a value: an example must keep its comments on lines of their own."""
+
+    def test_the_production_example_is_found(self) -> None:
+        self.assertIn("ALLOWED_IPS=10.20.0.0/16", [line for _, lines in env_file_examples() for line in lines])
+
+    def test_no_example_has_an_inline_comment(self) -> None:
+        inline = [
+            (where, line)
+            for where, lines in env_file_examples()
+            for line in lines
+            if not line.startswith("#") and "#" in line
+        ]
+        self.assertEqual(inline, [])
+
+    def test_every_example_is_read_and_accepted_as_settings(self) -> None:
+        for where, lines in env_file_examples():
+            path = Path(self.mktemp())
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            try:
+                resolve({}, {}, read_env_file(str(path)))
+            except ConfigError as e:
+                self.fail(f"{where}: {e}")
