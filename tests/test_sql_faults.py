@@ -15,6 +15,8 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -197,6 +199,41 @@ class OutageTests(DaemonTestCase):
             count = "SELECT COUNT(*) FROM audit_records WHERE tool = 'task.create'"
             wait_for(lambda: server.sql(count, database=database)[0][0] >= calls, f"{calls} audit records")
             self.assertEqual(server.sql(count, database=database)[0][0], calls)
+
+        return self.in_thread(check)
+
+    def test_a_frozen_idle_database_is_down_within_the_time_limit(self) -> Deferred[None]:
+        """MariaDB stopped (SIGSTOP: the kernel still accepts, nothing answers) while no client
+        calls: /health answers within --db-timeout and a little, and says down (503) every
+        time, though the re-indexer's and earlier probes' queries hang on it."""
+        server = MariaDB()
+        self.addCleanup(server.destroy)
+        server.start()
+        database = server.new_database()
+        daemon = self.start_daemon(
+            "--db-url", server.url(database), "--db-timeout", str(DB_TIMEOUT), fixture_pack=False,
+            env={"DB_PASSWORD": PASSWORD},
+        )  # fmt: skip
+        port = daemon.port
+
+        def check() -> None:
+            status, body = get(port, "/health")
+            self.assertEqual(status, 200, body)
+            self.assertEqual(
+                call_tool(port, "server.info", {})["result"]["structuredContent"]["stores"][0]["state"], "ok"
+            )
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)
+            self.addCleanup(os.kill, server.process.pid, signal.SIGCONT)
+            for _ in range(3):
+                started = time.monotonic()
+                status, body = get(port, "/health")
+                took = time.monotonic() - started
+                health = json.loads(body)
+                self.assertLess(took, DB_TIMEOUT + 2, health)
+                self.assertEqual(status, 503, health)
+                self.assertEqual(health["checks"]["database"]["status"], "down", health)
+                self.assertIn(f"no answer within {DB_TIMEOUT:g}s", health["checks"]["database"]["detail"])
 
         return self.in_thread(check)
 

@@ -150,7 +150,10 @@ class KnowledgeStore:
                     return StoreStatus(STORE, DEGRADED, f"{self.pending} index change(s) pending", status.latency)
                 return StoreStatus(STORE, status.state, status.detail, status.latency)
 
-            return self.sql.pending_count().addBoth(shown)
+            # Within the database's own time limit: a frozen database must not hold /health
+            # (the count last seen stands meanwhile).
+            count = self.sql.pending_count().addTimeout(self.sql.database.config.timeout, self.clock)
+            return count.addBoth(shown)
 
         return self.retriever.index.check().addCallback(counted)
 

@@ -57,6 +57,9 @@ STARTING, OK, DOWN, STOPPED = "starting", "ok", "down", "stopped"
 _CONNECTION_LOST = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1045, 1049, 1053, 1077, 1927, 4031}
 _DEADLOCK = {1213}
 _BUSY = {1205, 1969, 3024}  # lock wait timeout; statement time limit (MariaDB, MySQL)
+# The store's own upkeep (the re-indexer, the audit writer, /health's count of the index outbox):
+# not callers' work, so a probe that times out while only these wait finds the database down.
+_UPKEEP = ("index.", "audit.append", "audit.prune")
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -143,6 +146,8 @@ class SQLDatabase:
         self.state = STARTING
         self.last_error: str | None = None
         self.last_check: StoreStatus | None = None
+        # Callers' calls submitted and not yet answered (upkeep apart; the reactor's thread).
+        self.calls = 0
         self.schema_revision: str | None = None
         self.server_version: str | None = None
         self._retry_at = 0.0
@@ -228,7 +233,15 @@ class SQLDatabase:
             self.metrics.errors.labels(operation, "unavailable").inc()
             return fail(StoreUnavailable(STORE, (self.last_error or "not reachable") + RETRY_ADVICE))
         pool = self.writer if write and self.writer is not None else self.pool
-        return pool.submit(self._transaction, operation, work, write, serializable)
+        d = pool.submit(self._transaction, operation, work, write, serializable)
+        if not operation.startswith(_UPKEEP):
+            self.calls += 1
+            d.addBoth(self._answered)
+        return d
+
+    def _answered(self, result: T) -> T:
+        self.calls -= 1
+        return result
 
     def _transaction(self, operation: str, work: Callable[[Any], T], write: bool, serializable: bool | None) -> T:
         """In a store thread: the transaction, retried on deadlock; outages mapped.
@@ -336,7 +349,8 @@ class SQLDatabase:
 
         Down only when the database refuses or drops the connection, or when the probe times
         out while the store is idle; a probe that times out while the store's threads are busy
-        says degraded, with the queue, and leaves calls flowing."""
+        says degraded, with the queue, and leaves calls flowing. Busy means callers' calls: the
+        store's upkeep stuck on a frozen database (`_UPKEEP`) does not make it busy."""
         started = time.monotonic()
         if self.state == STOPPED or not self.prober.started or self.probe_engine is None:
             return succeed(StoreStatus(STORE, STORE_DOWN, "the SQL store is not running", 0.0))
@@ -355,7 +369,7 @@ class SQLDatabase:
             if failure.check(defer.TimeoutError):
                 waiting = sum(pool.qsize() for pool in self.workers)
                 running = sum(pool.running() for pool in self.workers)
-                if waiting or running:
+                if self.calls:
                     busy = f"{why}: {running} call(s) running, {waiting} waiting for a thread"
                     return StoreStatus(STORE, STORE_DEGRADED, busy, latency)
             else:
