@@ -106,10 +106,21 @@ class CapTests(CapacityTestCase):
 
     def test_refused_peer_before_reading(self) -> None:
         self.make(Gate(allowed=AddressList(["10.0.0.0/8"])))
-        protocol, transport = self.connect("127.0.0.1")
+        protocol, transport = self.connect("192.0.2.7")
         protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
         self.assertEqual(parse_response(transport.value()).status, 403)
         self.assertEqual(self.factory.open_connections, 0)
+        self.assertEqual(self.recorder.callers, [])
+        self.assertEqual(self.gate.refusals, {"forbidden": 1})
+
+    def test_loopback_outside_the_allowlist_is_checked_per_request(self) -> None:
+        """Loopback is let in (its probes are open whatever the allowlist); its request to a
+        route the allowlist guards is refused by the gate."""
+        self.make(Gate(allowed=AddressList(["10.0.0.0/8"])))
+        protocol, transport = self.connect("127.0.0.1")
+        self.assertEqual(self.factory.open_connections, 1)
+        protocol.dataReceived(REQUEST)  # type: ignore[attr-defined]
+        self.assertEqual(parse_response(transport.value()).status, 403)
         self.assertEqual(self.recorder.callers, [])
 
     def test_reloaded_allowlist_applies_to_open_connections(self) -> None:

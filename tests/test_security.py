@@ -4,9 +4,12 @@ TLS: every refusal is checked for its status, its body and that no tool ran."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import socket
 import time
+from unittest import SkipTest
 
 from mcpd.security.gate import REFUSAL_LINES
 from tests.daemon import free_port
@@ -298,3 +301,65 @@ class ReloadTests(SecurityTestCase):
         kept.request("POST", "/mcp", call_body("sec.read"), call_headers("sec.read", Authorization="Bearer new-key"))
         self.assertEqual(kept.getresponse().status, 200)
         kept.close()
+
+
+def address_beyond_loopback() -> str:
+    """This machine's address on its default route: a client connecting from it is not on
+    loopback. Skipped (failed under CI=true) on a machine with loopback only."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a UDP "connect" sends nothing: it picks the route
+            address = str(probe.getsockname()[0])
+        except OSError:
+            address = "127.0.0.1"
+    if address.startswith("127."):
+        why = "this machine has no address beyond loopback"
+        if os.environ.get("CI") == "true":
+            raise AssertionError(why)
+        raise SkipTest(why)
+    return address
+
+
+class AllowlistTests(SecurityTestCase):
+    """--allowed-ip against a real daemon: loopback still reads its probes and pages (the
+    Docker HEALTHCHECK, a Prometheus on the same host); a client outside it is refused when it
+    connects, and that refusal is logged, counted and audited like any other."""
+
+    def test_loopback_reads_the_probes_and_pages_whatever_the_allowlist(self) -> None:
+        for scheme in self.start("--allowed-ip", "10.20.0.0/16"):
+            for path in ("/health", "/ready", "/stats", "/metrics"):
+                reply = scheme.request("GET", path, None, {})
+                self.assertEqual(reply.status, 200, (scheme.name, path, reply.body[:300]))
+            # The MCP endpoint still follows the allowlist, on loopback too.
+            reply = scheme.call("sec.record", Authorization="Bearer root-key")
+            self.assertRefused(reply, 403, "address 127.0.0.1 is not in this server's allowlist")
+        self.assertEqual([r["outcome"] for r in self.audit()], ["forbidden"] * 2)
+
+    def test_a_client_outside_the_allowlist_is_logged_counted_and_audited(self) -> None:
+        address = address_beyond_loopback()
+        loopback = self.start("--host", "0.0.0.0", "--allowed-ip", "10.20.0.0/16")[0]
+        remote = Scheme("plain", loopback.port, host=address)
+        reply = remote.call("sec.record", Authorization="Bearer root-key")
+        self.assertRefused(reply, 403, f"address {address} is not in this server's allowlist")
+        self.assertEqual(remote.request("GET", "/health", None, {}).status, 403)
+        deadline = time.monotonic() + 10
+        while "Refused GET /health" not in self.daemon.log("stdout") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = self.daemon.log("stdout")
+        self.assertIn(f"Refused POST /mcp from {address}: 403 forbidden", log)
+        self.assertIn(f"Refused GET /health from {address}: 403 forbidden", log)
+        audited = [(r["outcome"], r["peer"]) for r in self.audit()]
+        self.assertEqual(audited, [("forbidden", address)] * 2)
+        stats = json.loads(loopback.request("GET", "/stats", None, {}).body)
+        self.assertEqual(stats["refusals"], {"forbidden": 2})
+        metrics = loopback.request("GET", "/metrics", None, {}).body.decode()
+        self.assertIn('mcp_http_refusals_total{reason="forbidden"} 2.0', metrics)
+        # A flood of refused connections is counted whole, logged and audited only so far.
+        for _ in range(REFUSAL_LINES + 5):
+            self.assertEqual(remote.request("GET", "/health", None, {}).status, 403)
+        stats = json.loads(loopback.request("GET", "/stats", None, {}).body)
+        self.assertEqual(stats["refusals"], {"forbidden": REFUSAL_LINES + 7})
+        time.sleep(0.5)
+        lines = [line for line in self.daemon.log("stdout").splitlines() if f"from {address}: 403" in line]
+        self.assertEqual(len(lines), REFUSAL_LINES)
+        self.assertEqual(len(self.audit()), REFUSAL_LINES)

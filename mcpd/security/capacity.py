@@ -23,7 +23,9 @@ endpoints TLS clients still agree on ``http/1.1`` through ALPN.
 from __future__ import annotations
 
 import collections
+import functools
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
@@ -38,7 +40,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 from mcpd.interfaces import IGuardedConnection
 from mcpd.protocol.errors import LimitExceeded
 from mcpd.protocol.ledger import CONNECTION, Claim, Ledger
-from mcpd.security.addresses import normal_form
+from mcpd.security.addresses import is_loopback_client, normal_form
 from mcpd.security.flow import OutputGuard, nothing_buffered
 from mcpd.security.gate import Gate, Refusal, raw_response
 
@@ -90,13 +92,14 @@ class GuardedConnection(Protocol):
     # Deadlines are a time stamp checked by the factory's sweep, not a timer per request (a
     # callLater and its cancellation per request show in the hot path).
 
-    def __init__(self, factory: CapacityFactory, wrapped: Any, peer: str) -> None:
+    def __init__(self, factory: CapacityFactory, wrapped: Any, peer: str, checked: bool = True) -> None:
         self.wrappedProtocol = wrapped
         self.factory = factory
         self.peer = peer
-        # The allowlist this connection's peer was checked against when it connected: after
-        # a reload (SIGHUP) the gate checks its requests again.
-        self.checked_with: Any = factory.gate.allowed
+        # The allowlist this connection's peer was checked against when it connected (None:
+        # not passed, its requests are checked): after a reload (SIGHUP) the gate checks its
+        # requests again.
+        self.checked_with: Any = factory.gate.allowed if checked else None
         self.deadline: float | None = None
         # The account the connection is counted against, once a request on it was admitted.
         self.held: Claim | None = None
@@ -315,9 +318,11 @@ class RefusingProtocol(Protocol):
     not reset while still sending and sees the answer.
     """
 
-    def __init__(self, refusal: Refusal, clock: IReactorTime) -> None:
+    def __init__(self, refusal: Refusal, clock: IReactorTime, answered: Callable[[bytes], None] | None = None) -> None:
         self.refusal = refusal
         self.clock = clock
+        # Told the head seen (maybe none) once the refusal is sent.
+        self.answered = answered
         self._seen = b""
         self._answered = False
         self._timer: IDelayedCall | None = None
@@ -340,6 +345,8 @@ class RefusingProtocol(Protocol):
             self._timer.cancel()
         self.transport.write(raw_response(self.refusal.status, self.refusal.payload(), self.refusal.headers))
         self.transport.loseConnection()
+        if self.answered is not None:
+            self.answered(self._seen)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
@@ -415,14 +422,24 @@ class CapacityFactory(WrappingFactory):
     def buildProtocol(self, addr: IAddress | None) -> Any:
         peer = normal_form(getattr(addr, "host", "") or "")
         refusal = self.gate.connection_refusal(peer)
-        if refusal is None:
-            refusal = self._capacity_refusal(peer)
+        checked = refusal is None
+        if refusal is not None:
+            if is_loopback_client(peer):
+                # Its requests are checked one by one: loopback reads /health, /ready, /stats
+                # and /metrics whatever the allowlist (`Gate.admit`).
+                refusal = None
+            else:
+                self.gate.refusals["forbidden"] += 1
+                return RefusingProtocol(
+                    refusal, self.clock, functools.partial(self.gate.connection_refused, peer, refusal)
+                )
+        refusal = self._capacity_refusal(peer)
         if refusal is not None:
             return RefusingProtocol(refusal, self.clock)
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
-        return GuardedConnection(self, wrapped, peer)
+        return GuardedConnection(self, wrapped, peer, checked)
 
     def _capacity_refusal(self, peer: str) -> Refusal | None:
         if self.max_connections is not None and len(self.protocols) >= self.max_connections:

@@ -79,6 +79,8 @@ _OPERATORS_PAGE = (
     f"'{DEFAULT_TENANT}' (the operator's), not a tenant's; a tenant's admin reads its own tenant's "
     f"records with the server.audit tool"
 )
+# Loopback reaches the server's pages and the probes whatever the allowlist.
+_LOOPBACK_OPEN = frozenset({Access.PROBE, Access.ADMIN})
 # Refusals of a route or method, by status, as counted (mcp_http_refusals_total{reason}).
 _ROUTE_OUTCOMES = {404: "not_found", 405: "method_not_allowed", 501: "not_implemented"}
 # A request id a client or proxy sent (X-Request-Id) is kept if it looks like one.
@@ -176,6 +178,26 @@ class Gate:
             return None  # the client behind it is checked per request
         return self.address_refusal(peer)
 
+    def connection_refused(self, peer: str, refusal: Refusal, head: bytes) -> None:
+        """Log and audit a connection `connection_refusal` refused, once answered (``head``:
+        what it sent, maybe nothing), as a refused request is (counted when refused)."""
+        logged, note = self._refusal_logged(peer)
+        if logged:
+            line = head.split(b"\n", 1)[0].split()
+            method, path = (line[0], line[1].partition(b"?")[0]) if len(line) >= 2 else (b"-", b"-")
+            log.info(
+                "Refused {method} {path} from {client}: {status} {outcome}{note}",
+                method=method.decode("latin-1"),
+                path=path.decode("latin-1"),
+                client=peer,
+                status=refusal.status,
+                outcome="forbidden",
+                note=note,
+            )
+        if self.audit is not None:
+            detail = str((refusal.body or {}).get("error", ""))
+            self.audit.record(outcome="forbidden", key=None, peer=peer, transport="http", detail=detail, logged=logged)
+
     # -- requests -------------------------------------------------------------------------------
 
     def admit(self, request: GuardedRequest, length: int | None, peer: str, checked: bool) -> Any:
@@ -202,7 +224,9 @@ class Gate:
             checked = False
         if not checked:
             refusal = self.address_refusal(client)
-            if refusal is not None:
+            # Loopback reads the probes and the server's pages whatever the allowlist (README,
+            # Monitoring: /health and /ready always open, /stats and /metrics on loopback).
+            if refusal is not None and not (route.access in _LOOPBACK_OPEN and is_loopback_client(client)):
                 return self._audited(request, refusal, "forbidden", client, None, refusal.body["error"])  # type: ignore[index]
         origin = header_text(request, ORIGIN)
         why = origin_problem(request, self.cors_origins, origin)
