@@ -1,8 +1,11 @@
 # mcpd as a twistd application file:  twistd -ny etc/mcpd.tac
 #
 # Settings come from the environment and from the .env-style file named by $MCPD_CONFIG
-# (default /etc/mcpd/mcpd.env, skipped if absent): the same names `mcpd --help` lists, read and
-# checked exactly as for `twistd mcpd` (a bad value stops start-up with one line).
+# (default /etc/mcpd/mcpd.env, skipped if absent; a $MCPD_CONFIG that names no file stops
+# start-up): the same names `mcpd --help` lists, read and checked exactly as for `twistd mcpd`
+# (a bad value stops start-up with one line). The log: as under `twistd mcpd`, twistd's own
+# (stdout with -n, else --logfile, twistd.log by default) unless LOG_FILE, LOG_FORMAT=json (a
+# daemon's JSON lines go to twistd's --logfile) or --stdio ask for mcpd's.
 import os
 import sys
 
@@ -11,9 +14,12 @@ from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from mcpd.observe import logging as mcpd_logging
-from mcpd.tap import Options, makeService
+from mcpd.tap import Options, logs_itself, makeService, twistd_flags
 
-config = os.environ.get("MCPD_CONFIG", "/etc/mcpd/mcpd.env")
+config = os.environ.get("MCPD_CONFIG")
+if config is not None and not os.path.exists(config):
+    sys.exit(f"mcpd: MCPD_CONFIG names {config}, which does not exist")
+config = config or "/etc/mcpd/mcpd.env"
 options = Options()
 try:
     options.parseOptions(["--config", config] if os.path.exists(config) else [])
@@ -21,6 +27,7 @@ except usage.UsageError as e:
     sys.exit(f"mcpd: {e}")
 
 application = Application("mcpd")
-# LOG_FORMAT / LOG_FILE, as under `twistd mcpd`: twistd takes the application's observer.
-application.setComponent(ILogObserver, mcpd_logging.observer())
+nodaemon, logfile = twistd_flags(sys.argv[1:])
+if logs_itself(options.settings, nodaemon, logfile):
+    application.setComponent(ILogObserver, mcpd_logging.observer())
 makeService(options).setServiceParent(application)

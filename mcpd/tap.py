@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import getopt
 import os
 import sys
 from typing import Any
@@ -104,9 +105,44 @@ class Options(usage.Options):
             # One line naming the option and what is wrong, before anything starts.
             raise usage.UsageError(str(e)) from None
         mcpd_logging.configure(settings.log_format, settings.logfile, settings.stdio)
-        if self.parent is not None and (settings.stdio or settings.logfile or settings.log_format != "text"):
-            # twistd -n logs to stdout, which belongs to the protocol in stdio mode.
-            self.parent["logger"] = "mcpd.observe.logging.observer"
+        parent = self.parent
+        if parent is not None and logs_itself(settings, bool(parent["nodaemon"]), parent["logfile"]):
+            parent["logger"] = "mcpd.observe.logging.observer"
+
+
+def logs_itself(settings: Settings, nodaemon: bool, twistd_logfile: str | None) -> bool:
+    """Whether mcpd's log observer (`mcpd.observe.logging.observer`) should log under twistd,
+    rather than twistd's own (to ``--logfile``, twistd.log by default, when daemonised).
+
+    Yes in stdio mode (twistd -n logs to stdout, which belongs to the protocol), with LOG_FILE,
+    and for JSON lines; a daemon's JSON lines go to twistd's ``--logfile`` (which twistd then
+    does not rotate): its stdout is /dev/null once it has daemonised."""
+    if settings.stdio or settings.logfile:
+        return True
+    if settings.log_format == "text":
+        return False
+    if not nodaemon:
+        mcpd_logging.configured.logfile = twistd_logfile if twistd_logfile not in (None, "", "-") else "twistd.log"
+    return True
+
+
+def twistd_flags(argv: list[str]) -> tuple[bool, str | None]:
+    """``--nodaemon`` and ``--logfile`` as twistd read them from its command line ``argv``
+    (for a .tac file, which twistd does not tell its options)."""
+    from twisted.scripts.twistd import ServerOptions
+
+    spec = ServerOptions()
+    try:
+        given, _rest = getopt.getopt(argv, spec.shortOpt, spec.longOpt)
+    except getopt.GetoptError:
+        return False, None
+    nodaemon, logfile = False, None
+    for flag, value in given:
+        if flag in ("-n", "--nodaemon"):
+            nodaemon = True
+        elif flag in ("-l", "--logfile"):
+            logfile = value
+    return nodaemon, logfile
 
 
 def _reactor() -> Any:

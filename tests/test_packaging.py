@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -122,3 +123,108 @@ class TacFileTests(DaemonTestMixin, TestCase):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class DaemonisedLogTests(DaemonTestMixin, TestCase):
+    """twistd daemonised for real (no -n): its stdout is /dev/null, so every log line, audit
+    lines included, must reach twistd's --logfile, as text or as JSON lines."""
+
+    timeout = 120
+
+    def environment(self, config: str | None) -> dict[str, str]:
+        env = {**os.environ, "TOOLSETS": "server", "AUDIT_LOG": "all", "PYTHONPATH": str(REPO_ROOT)}
+        for name in ("PORT", "HOST", "LISTEN", "TRACE_FILE", "TOOL_PACKS", "LOG_FORMAT", "LOG_FILE", "MCPD_CONFIG"):
+            env.pop(name, None)
+        if config is not None:
+            env["MCPD_CONFIG"] = config
+        return env
+
+    def daemonise(self, argv: list[str], env: dict[str, str], port: int) -> list[str]:
+        """Run twistd with ``argv`` (daemonising), call server.info, stop it; its log lines."""
+        pidfile, logfile = self.workdir / "mcpd.pid", self.workdir / "tw.log"
+        command = [TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", *argv]
+        started = subprocess.run(command, cwd=self.workdir, env=env, capture_output=True, timeout=60)
+        self.assertEqual(started.returncode, 0, started.stderr)
+        self.addCleanup(self._kill, pidfile)
+        deadline = time.monotonic() + 20
+        while not port_answers(port):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"port {port} did not answer")
+            time.sleep(0.05)
+        self.assertEqual(call_server_info(port)["name"], "mcpd")
+        deadline = time.monotonic() + 10
+
+        def logged() -> str:
+            return logfile.read_text(encoding="utf-8") if logfile.exists() else ""
+
+        while "server.info" not in logged() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return logged().splitlines()
+
+    def _kill(self, pidfile: Path) -> None:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+    def assertLogged(self, lines: list[str], json_lines: bool) -> None:
+        if json_lines:
+            events = [json.loads(line) for line in lines if line.startswith("{")]
+            messages = [str(event.get("message", "")) for event in events]
+        else:
+            messages = lines
+        self.assertTrue(any("Serving MCP on" in message for message in messages), lines[:10])
+        self.assertTrue(any("server.info" in line and "audit" in line for line in lines), lines[-10:])
+
+    def test_tac_logs_to_twistds_logfile(self) -> Deferred[None]:
+        port = free_port()
+        config = self.workdir / "mcpd.env"
+        config.write_text(f"PORT={port}\n", encoding="utf-8")
+        env = self.environment(str(config))
+        tac = str(REPO_ROOT / "etc" / "mcpd.tac")
+
+        def check() -> None:
+            self.assertLogged(self.daemonise(["-y", tac], env, port), json_lines=False)
+
+        return deferToThread(check)
+
+    def test_tac_logs_json_lines_to_twistds_logfile(self) -> Deferred[None]:
+        port = free_port()
+        config = self.workdir / "mcpd.env"
+        config.write_text(f"PORT={port}\nLOG_FORMAT=json\n", encoding="utf-8")
+        env = self.environment(str(config))
+        tac = str(REPO_ROOT / "etc" / "mcpd.tac")
+
+        def check() -> None:
+            self.assertLogged(self.daemonise(["-y", tac], env, port), json_lines=True)
+
+        return deferToThread(check)
+
+    def test_twistd_mcpd_logs_json_lines_to_twistds_logfile(self) -> Deferred[None]:
+        port = free_port()
+        env = self.environment(None)
+
+        def check() -> None:
+            lines = self.daemonise(["mcpd", "--port", str(port), "--log-format", "json"], env, port)
+            self.assertLogged(lines, json_lines=True)
+
+        return deferToThread(check)
+
+    def test_tac_refuses_a_missing_config_file(self) -> None:
+        missing = self.workdir / "nowhere.env"
+        tac = str(REPO_ROOT / "etc" / "mcpd.tac")
+        done = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "-y", tac],
+            cwd=self.workdir,
+            env=self.environment(str(missing)),
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn(f"MCPD_CONFIG names {missing}, which does not exist", (done.stdout + done.stderr).decode())
