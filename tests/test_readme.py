@@ -119,3 +119,20 @@ class EnvFileExampleTests(SynchronousTestCase):
                 resolve({}, {}, read_env_file(str(path)))
             except ConfigError as e:
                 self.fail(f"{where}: {e}")
+
+
+class PackageCommandTests(SynchronousTestCase):
+    """A command the README runs by hand with the package's settings file gets what the unit
+    sets with ``Environment=`` (``mcpd.env`` leaves those commented out): else ``mcpd reindex``
+    rebuilds an empty database in the current directory."""
+
+    def test_by_hand_commands_get_what_the_unit_sets(self) -> None:
+        unit = (REPO_ROOT / "debian" / "mcpd.service").read_text(encoding="utf-8")
+        unit_sets = re.findall(r"^Environment=(\S+)$", unit, re.MULTILINE)
+        self.assertIn("DATA_DIR=/var/lib/mcpd", unit_sets)
+        commands = [line.strip() for line in README.splitlines() if "--config /etc/mcpd/mcpd.env" in line]
+        self.assertTrue(commands)
+        for command in commands:
+            self.assertIn("sudo -u mcpd ", command)
+            for setting in unit_sets:
+                self.assertIn(setting, command.split())
