@@ -8,6 +8,7 @@ ARGS ?=
 .PHONY: setup test-deps run test fuzz bench lint clean
 
 $(BIN)/twistd: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "make: $(PYTHON) cannot make a virtualenv (no ensurepip): install python3-venv (apt-get install python3-venv)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[tests]'

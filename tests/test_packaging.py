@@ -228,3 +228,30 @@ class DaemonisedLogTests(DaemonTestMixin, TestCase):
         )
         self.assertNotEqual(done.returncode, 0)
         self.assertIn(f"MCPD_CONFIG names {missing}, which does not exist", (done.stdout + done.stderr).decode())
+
+
+class CIRunTests(TestCase):
+    """``.ci/run`` gives a fresh machine what ``make`` needs: on Debian without python3-venv,
+    ``python3 -m venv --help`` works but making a virtualenv fails, as ensurepip is missing."""
+
+    def missing(self, env: dict[str, str]) -> list[str]:
+        done = subprocess.run(
+            [str(REPO_ROOT / ".ci" / "run"), "--missing"], env=env, capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return done.stdout.split()
+
+    def test_a_python_without_ensurepip_gets_python3_venv(self) -> None:
+        # A Python whose ensurepip cannot be imported, as Debian's without python3.11-venv.
+        shadow = Path(self.mktemp()).absolute() / "ensurepip"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text('raise ImportError("ensurepip is not available")\n', encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+        # `venv --help` still works there, as on Debian: the old check's blind spot.
+        helped = subprocess.run(["python3", "-m", "venv", "--help"], env=env, capture_output=True)
+        self.assertEqual(helped.returncode, 0)
+        self.assertIn("python3-venv", self.missing(env))
+
+    def test_a_python_with_ensurepip_needs_nothing_more(self) -> None:
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+        self.assertNotIn("python3-venv", self.missing(env))
