@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.daemon import PYTHON, REPO_ROOT, TWISTD, DaemonTestMixin, call_server_info, free_port, port_answers
+from tests.unit_sandbox import parse_unit, service_environment
 
 MODERN = "2026-07-28"
 
@@ -255,3 +257,34 @@ class CIRunTests(TestCase):
     def test_a_python_with_ensurepip_needs_nothing_more(self) -> None:
         env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
         self.assertNotIn("python3-venv", self.missing(env))
+
+
+class UnitEnvironmentTests(TestCase):
+    """What debian/mcpd.service gives mcpd, as systemd reads it (`tests.unit_sandbox`): a
+    setting in /etc/mcpd/mcpd.env wins over the package's, STATE_KEY from secrets.env too."""
+
+    def environment(self, mcpd_env: str, secrets_env: str) -> dict[str, str]:
+        etc = Path(self.mktemp()).absolute()
+        etc.mkdir()
+        (etc / "mcpd.env").write_text(mcpd_env, encoding="utf-8")
+        (etc / "secrets.env").write_text(secrets_env, encoding="utf-8")
+        directives = parse_unit(REPO_ROOT / "debian" / "mcpd.service")
+        directives["User"] = [pwd.getpwuid(os.getuid()).pw_name]  # no mcpd user here
+        directives["EnvironmentFile"] = [
+            name.replace("/etc/mcpd/", f"{etc}/") for name in directives.get("EnvironmentFile", [])
+        ]
+        self.assertEqual(len(directives["EnvironmentFile"]), 2)
+        return service_environment(directives, None)
+
+    def test_the_operators_state_key_wins(self) -> None:
+        env = self.environment(f"STATE_KEY={'b' * 64}\n", f"STATE_KEY={'a' * 64}\n")
+        self.assertEqual(env["STATE_KEY"], "b" * 64)
+
+    def test_the_generated_state_key_serves_by_default(self) -> None:
+        env = self.environment("#STATE_KEY=\n", f"STATE_KEY={'a' * 64}\n")
+        self.assertEqual(env["STATE_KEY"], "a" * 64)
+        self.assertEqual(env["DATA_DIR"], "/var/lib/mcpd")
+
+    def test_the_operators_data_dir_wins(self) -> None:
+        env = self.environment("DATA_DIR=/srv/mcpd\n", "")
+        self.assertEqual(env["DATA_DIR"], "/srv/mcpd")
