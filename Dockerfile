@@ -22,11 +22,12 @@ RUN groupadd --system --gid 10001 mcpd \
     && install -d -o mcpd -g mcpd -m 0750 /var/lib/mcpd
 COPY --from=build /opt/mcpd /opt/mcpd
 # Inside a container mcpd serves its network (0.0.0.0), with API keys: give API_KEYS or
-# API_KEY_FILE (a key file as a secret), or INSECURE_NO_AUTH=1 on a trusted network only.
+# API_KEY_FILE (a key file as a secret), or INSECURE_NO_AUTH=1 on a trusted network only. No
+# PORT here: mcpd's default is 8765, and a PORT set would keep plain HTTP on even when LISTEN
+# alone names the listeners (LISTEN=ssl:...); then give PORT too for the HEALTHCHECK, or your own.
 ENV PATH=/opt/mcpd/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 \
-    PORT=8765 \
     DATA_DIR=/var/lib/mcpd \
     LOG_FORMAT=json
 USER mcpd

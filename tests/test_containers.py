@@ -84,11 +84,23 @@ class DockerfileTests(SynchronousTestCase):
         check_settings(
             self, {name: value for name, value in env.items() if name not in ("PATH", "PYTHONUNBUFFERED")}, "Dockerfile"
         )
-        self.assertEqual(instruction(runtime, "EXPOSE"), [env["PORT"]])
+        self.assertEqual(
+            instruction(runtime, "EXPOSE"), [str(next(knob.default for knob in KNOBS if knob.env == "PORT"))]
+        )
         self.assertEqual(json.loads(instruction(runtime, "VOLUME")[0]), [env["DATA_DIR"]])
         self.assertEqual(instruction(runtime, "WORKDIR"), [env["DATA_DIR"]])
         self.assertEqual(json.loads(instruction(runtime, "ENTRYPOINT")[0]), ["mcpd"])
         self.assertIn("mcpd = mcpd.cli:main", (REPO_ROOT / "setup.cfg").read_text())
+
+    def test_listen_alone_replaces_the_plain_listener(self) -> None:
+        """The image's environment leaves PORT to mcpd's default: LISTEN=ssl:... then serves
+        TLS only, not plain HTTP on 0.0.0.0:8765 besides."""
+        env = dockerfile_env(dockerfile_stages()[-1])
+        self.assertNotIn("PORT", env)
+        listen = "ssl:8443:privateKey=/run/secrets/key.pem:certKey=/run/secrets/cert.pem"
+        known = {name: value for name, value in env.items() if name in KNOWN}
+        self.assertEqual(resolve({}, {**known, "LISTEN": listen}, {}).http_endpoints(), [listen])
+        self.assertEqual(resolve({}, known, {}).http_endpoints(), ["tcp:8765:interface=0.0.0.0"])
 
     def test_build_context_has_what_the_image_copies(self) -> None:
         ignored = (REPO_ROOT / ".dockerignore").read_text().split()
