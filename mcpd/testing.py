@@ -479,3 +479,26 @@ class CacheTests(_StoreSuite):
         self.settled(self.cache.set("t", "big", str(2**63 - 1), 60))
         failure = self.refused(self.cache.incr("t", "big", 1, None), NotAnInteger)
         self.assertIn("64-bit", str(failure.value))
+
+    def test_incr_keeps_every_digit_to_the_64_bit_edges(self) -> None:
+        """Large counts come back exact (not rounded like a double, nor as ``1e+14``), up to the
+        64-bit edges; one step beyond is refused and the count is left as it was."""
+        for start, by, expected in (
+            (10**14 - 1, 1, 10**14),
+            (10**14, 1, 10**14 + 1),
+            (2**53, 1, 2**53 + 1),
+            (2**63 - 2, 1, 2**63 - 1),
+            (-(2**63) + 1, -1, -(2**63)),
+            (0, -(2**63), -(2**63)),
+            (0, 2**63 - 1, 2**63 - 1),
+            (2**63 - 1, -(2**63), -1),
+        ):
+            self.settled(self.cache.set("t", "n", str(start), 60))
+            self.assertEqual(self.settled(self.cache.incr("t", "n", by, None)), expected, (start, by))
+            self.assertEqual(self.settled(self.cache.get("t", "n"))[0], str(expected), (start, by))
+        self.assertEqual(self.settled(self.cache.incr("t", "fresh", -(2**63), None)), -(2**63))
+        for start, by in ((2**63 - 1, 1), (-(2**63), -1), (-1, -(2**63)), (1, 2**63 - 1)):
+            self.settled(self.cache.set("t", "edge", str(start), 60))
+            failure = self.refused(self.cache.incr("t", "edge", by, None), NotAnInteger)
+            self.assertIn("64-bit integer range", str(failure.value), (start, by))
+            self.assertEqual(self.settled(self.cache.get("t", "edge"))[0], str(start), (start, by))

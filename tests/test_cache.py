@@ -253,6 +253,15 @@ class _CacheOverHTTP:
             counted = structured(await alice.call_tool("cache.incr", {"key": "hits"}))
         self.assertEqual(counted, {"value": 3})
         self.assertIn("holds no integer", error_text(await alice.call_tool("cache.incr", {"key": "plan"})))
+        # Counts come back exact beyond 10^14 and a double's 53 bits, to the 64-bit edges; a
+        # step beyond is a tool error naming the range, and the count stays as it was.
+        for start, by, expected in ((10**14 - 1, 1, 10**14), (2**53, 1, 2**53 + 1), (0, -(2**63), -(2**63))):
+            await alice.call_tool("cache.set", {"key": "hits", "value": start})
+            counted = structured(await alice.call_tool("cache.incr", {"key": "hits", "by": by}))
+            self.assertEqual(counted, {"value": expected})
+        await alice.call_tool("cache.set", {"key": "hits", "value": 2**63 - 1})
+        self.assertIn("64-bit integer range", error_text(await alice.call_tool("cache.incr", {"key": "hits"})))
+        self.assertEqual(structured(await alice.call_tool("cache.get", {"key": "hits"}))["value"], 2**63 - 1)
         for i in range(5):
             await alice.call_tool("cache.set", {"key": f"page:{i}", "value": i})
         seen: list[str] = []

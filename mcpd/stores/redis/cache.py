@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 # KEYS[1]: the key. Answers {value or false, milliseconds left}.
 GET = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}"
 # KEYS[1]: the key. ARGV: by, ttl ('' to keep the key's own), default ttl. Answers {'ok', value}
-# or {'error', message}.
+# or {'error', message}. The value is the key's string as stored: INCRBY's reply reaches Lua as a
+# double, so it loses digits beyond 2^53 and tostring() writes 10^14 as '1e+14'.
 INCR = """
 local value = redis.pcall('INCRBY', KEYS[1], ARGV[1])
 if type(value) == 'table' and value.err then return {'error', value.err} end
@@ -34,7 +35,7 @@ if ARGV[2] ~= '' then
 elseif redis.call('TTL', KEYS[1]) < 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-return {'ok', tostring(value)}
+return {'ok', redis.call('GET', KEYS[1])}
 """
 # SCAN round trips one call may make, and how many slots one SCAN may look at, at most.
 MAX_ROUND_TRIPS = 16
