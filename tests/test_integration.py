@@ -139,14 +139,18 @@ class _ClientScenarios:
             self.assertEqual(by_pack["count"], len(FIXTURE_TOOLS))
             blocking = {row["name"] for row in by_pack["tools"] if row["blocking"]}
             self.assertEqual(blocking, {"tests.blocking_wait"})
-            by_name = (await client.call_tool("server.tools", {"match": "server."})).structured_content
+            by_name = (await client.call_tool("server.tools", {"name": "server."})).structured_content
             assert by_name is not None
             self.assertEqual({row["name"] for row in by_name["tools"]}, SERVER_TOOLS)
+            by_glob = (await client.call_tool("server.tools", {"name": "server.*"})).structured_content
+            self.assertEqual(by_glob, by_name)
+            by_match = (await client.call_tool("server.tools", {"match": "server."})).structured_content
+            self.assertEqual(by_match, by_name)  # the filter's earlier name
             read_only = (await client.call_tool("server.tools", {"read_only": True})).structured_content
             assert read_only is not None
             # The default toolsets: server, the packs on the SQL store (tasks, notes, kb, memory), and cache.
             self.assertEqual({row["name"] for row in read_only["tools"]}, SERVER_TOOLS | READ_ONLY_DATA_TOOLS)
-            none = (await client.call_tool("server.tools", {"match": "no-such-tool"})).structured_content
+            none = (await client.call_tool("server.tools", {"name": "no-such-tool"})).structured_content
             self.assertEqual(none, {"count": 0, "tools": []})
 
         return self.scenario(scenario)

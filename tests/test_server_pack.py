@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+from jsonschema import Draft202012Validator
 from twisted.trial.unittest import SynchronousTestCase
 
 from mcpd._version import __version__
@@ -14,6 +16,7 @@ from mcpd.protocol.engine import Engine
 from mcpd.protocol.versions import LEGACY_VERSIONS, MODERN_VERSIONS
 from mcpd.runtime import Runtime
 from mcpd.tools import ToolAnnotations, ToolPack, ToolRegistry, load_pack
+from mcpd.tools.pack import BUILTIN_PACKS
 from tests.engine_harness import Peer, make_engine, text_of
 
 
@@ -107,15 +110,33 @@ class ServerPackTests(SynchronousTestCase):
         self.assertEqual(rows["notes.raw"]["annotations"], {})
         self.assertEqual(rows["notes.read"]["title"], "Read notes")
 
-    def test_filter_by_match_and_pack(self) -> None:
-        self.assertEqual(self.names(match="server."), ["server.audit", "server.info", "server.tools"])
+    def test_filter_by_name_and_pack(self) -> None:
+        """``name`` (TOOLS.md) takes a part of the name or a glob of the whole name."""
+        self.assertEqual(self.names(name="server."), ["server.audit", "server.info", "server.tools"])
         self.assertEqual(
-            self.names(match="r"),
+            self.names(name="r"),
             ["notes.purge", "notes.raw", "notes.read", "server.audit", "server.info", "server.tools"],
         )
+        self.assertEqual(self.names(name="notes.*"), ["notes.add", "notes.purge", "notes.raw", "notes.read"])
+        self.assertEqual(self.names(name="*.r??"), ["notes.raw"])
+        self.assertEqual(self.names(name="*.[ai]*"), ["notes.add", "server.audit", "server.info"])
+        self.assertEqual(self.names(name="notes"), ["notes.add", "notes.purge", "notes.raw", "notes.read"])
+        self.assertEqual(self.names(name="notes"), self.names(name="notes*"))
+        self.assertEqual(self.names(name="otes"), self.names(name="*otes*"))
+        self.assertEqual(self.names(name="otes.*"), [])  # a glob matches the whole name
         self.assertEqual(self.names(pack="notes"), ["notes.add", "notes.purge", "notes.raw", "notes.read"])
-        self.assertEqual(self.names(pack="notes", match="add"), ["notes.add"])
+        self.assertEqual(self.names(pack="notes", name="add"), ["notes.add"])
         self.assertEqual(self.names(pack="nothing"), [])
+        result = self.peer.call("server.tools", {"name": "*" * 129})
+        self.assertTrue(result["isError"])
+        self.assertIn("name", text_of(result))
+
+    def test_match_is_still_the_name_filter_and_name_wins(self) -> None:
+        """``match``, the filter's earlier name, was in the tool's description: still accepted."""
+        self.assertEqual(self.names(match="server."), ["server.audit", "server.info", "server.tools"])
+        self.assertEqual(self.names(match="notes.*"), self.names(name="notes.*"))
+        self.assertEqual(self.names(pack="notes", match="add"), ["notes.add"])
+        self.assertEqual(self.names(name="server.info", match="notes."), ["server.info"])
 
     def test_filter_by_read_only(self) -> None:
         self.assertEqual(self.names(read_only=True), ["notes.read", "server.audit", "server.info", "server.tools"])
@@ -138,6 +159,52 @@ class ServerPackTests(SynchronousTestCase):
         result = self.peer.call("server.tools", {"read_only": "yes"})
         self.assertTrue(result["isError"])
         self.assertIn("read_only", text_of(result))
+
+
+def example_call(description: str) -> Any:
+    """The arguments of the one example call in a tool's description (``Example: {...}``)."""
+    head, marker, tail = description.partition("Example: ")
+    if not marker or "Example: " in tail:
+        raise ValueError(f"not one 'Example: ' in {description!r}")
+    return json.JSONDecoder().raw_decode(tail)[0]
+
+
+class BuiltinToolsTests(SynchronousTestCase):
+    """Every built-in tool, as tools/list describes it (/work/shared/TOOLS.md: 37 tools in 7 packs)."""
+
+    def setUp(self) -> None:
+        self.registry = ToolRegistry([load_pack(name) for name in BUILTIN_PACKS])
+
+    def test_every_description_has_one_example_call_its_schema_accepts(self) -> None:
+        """TOOLS.md: "a description a model can act on (one example call in it)"."""
+        descriptors = [tool.descriptor for tool in self.registry.tools]
+        self.assertEqual(len(descriptors), 37)
+        problems: dict[str, list[str]] = {}
+        for descriptor in descriptors:
+            try:
+                arguments = example_call(descriptor["description"])
+            except ValueError as e:
+                problems[descriptor["name"]] = [str(e)]
+                continue
+            errors = [e.message for e in Draft202012Validator(descriptor["inputSchema"]).iter_errors(arguments)]
+            if errors:
+                problems[descriptor["name"]] = errors
+        self.assertEqual(problems, {})
+
+    def test_the_server_examples_answer(self) -> None:
+        """server.info's and server.tools' examples, called on a server running every pack."""
+        runtime = Runtime(settings=Settings(toolsets=tuple(BUILTIN_PACKS)), registry=self.registry, started=time.time())
+        peer = Peer(self, Engine(self.registry, stores={IRuntime: runtime}))
+        peer.initialize()
+        descriptions = {tool.name: tool.description for tool in self.registry.tools}
+        for name in ("server.info", "server.tools"):
+            result = peer.call(name, example_call(descriptions[name]))
+            self.assertFalse(result.get("isError", False), result)
+        listed = peer.call("server.tools", {"name": "cache.*"})["structuredContent"]
+        self.assertEqual(
+            [row["name"] for row in listed["tools"]],
+            ["cache.delete", "cache.get", "cache.incr", "cache.scan", "cache.set"],
+        )
 
 
 class ServerPackResourcesTests(SynchronousTestCase):
