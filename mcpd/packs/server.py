@@ -180,8 +180,9 @@ def tools(ctx: ToolContext, arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def _name_filter(wanted: str) -> Callable[[str], bool]:
-    """Whether a tool name is wanted: a glob matches the whole name (tool names hold no glob
-    character, 2025-11-25 server/tools §Tool Names), anything else a part of it."""
+    """Whether a tool name is wanted: a glob matches the whole name, anything else a part of
+    it. A tool name holds no glob character (# 2025-11-25 server/tools §Tool names, enforced by
+    `mcpd.tools.api.TOOL_NAME`), so no name is ever both."""
     if any(c in wanted for c in "*?["):
         glob = re.compile(fnmatch.translate(wanted))
         return lambda name: glob.match(name) is not None
