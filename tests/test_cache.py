@@ -57,6 +57,12 @@ class RedisCacheTests(RedisSuite, CacheTests, SynchronousTestCase):
         for forged in ("18446744073709551616", "9" * 5000, "\u00b2", "-1", "", "1.5"):
             failure = self.refused(self.cache.scan("t", "*", 10, {"c": forged, "k": []}), StoreError)
             self.assertIn("not one this server gave out", failure.getErrorMessage())
+        # Nor a position of another shape, or pending keys no scan gave out (they would be listed).
+        for position in ("0", 7, True, [1, 2], {"c": "0", "k": "k"}, {"c": "0", "k": [1]}, {"c": "0", "k": ["\ud800"]}):
+            failure = self.refused(self.cache.scan("t", "*", 10, position), StoreError)
+            self.assertIn("not one this server gave out", failure.getErrorMessage(), position)
+        self.refused(self.cache.scan("t", "*", 10, {"c": "0", "k": ["x" * 513]}), StoreError)
+        self.assertEqual(self.settled(self.cache.scan("t", "*", 10, {"c": "0", "k": ["x" * 512]})), (["x" * 512], None))
         self.assertEqual(self.settled(self.cache.scan("t", "*", 10, {"c": "18446744073709551615", "k": []}))[1], None)
 
     def test_a_page_holds_no_more_than_its_limit_when_redis_gives_more(self) -> None:

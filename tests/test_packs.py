@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import sqlite3
 import warnings
 from typing import Any
 
@@ -29,9 +30,12 @@ from mcp.shared.exceptions import MCPError
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from mcpd.stores.shown import MAX_DEPTH, shown_key
 from mcpd.tools.api import Caller, RequestContext, ToolError
-from mcpd.tools.paging import decode_cursor, encode_cursor
+from mcpd.tools.paging import MAX_SHOWN_KEYS, decode_cursor, encode_cursor, shown_of, text_position
 from tests.daemon import LEGACY, MODERN, DaemonTestCase, Scenario, run_anyio
+from tests.knowledge_harness import KEYS as KNOWLEDGE_KEYS
+from tests.knowledge_harness import KnowledgeDaemon
 from tests.services import PASSWORD, shared_mariadb
 
 TASK_TOOLS = {
@@ -648,3 +652,73 @@ class CursorTests(SynchronousTestCase):
             with self.assertRaises(ToolError) as caught:
                 decode_cursor(acme, "note.search", filters, forged)
             self.assertEqual(str(caught.exception), not_ours, forged)
+
+
+class ForgedCursorsOutsideTasksAndNotesTests(KnowledgeDaemon, DaemonTestCase):
+    """As `test_forged_cursors_and_overlong_completions`, for every other listing tool: a cursor
+    rebuilt around a position this server never gives out is the cursor's isError, never a
+    failure in SQL, Milvus or Redis."""
+
+    timeout = 240
+
+    def test_forged_positions_are_refused(self) -> Deferred[None]:
+        shop = self.workdir / "shop.sqlite3"
+        with contextlib.closing(sqlite3.connect(shop)) as db:
+            db.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        daemon = self.knowledge_daemon(
+            "--toolsets", "server,kb,memory,cache,sql", f"--sql-source=shop=sqlite:///{shop}"
+        )
+        tenant = KNOWLEDGE_KEYS["alice"][1]
+        not_ours = "cursor is not one this server gave out: call again without cursor"
+        listings = [
+            ("kb.collections", {}, {}),
+            (
+                "kb.search",
+                {"collection": "c", "query": "report"},
+                {"collection": ["c"], "query": "report", "mode": None, "filter": {}},
+            ),
+            ("memory.recall", {"query": "report"}, {"query": "report", "tags": [], "scope": None}),
+            ("memory.list", {}, {"tags": [], "scope": None}),
+            ("server.audit", {}, {}),
+            ("cache.scan", {}, {"pattern": "*"}),
+            ("sql.tables", {}, {"source": "shop"}),
+        ]
+        forged = ([1, 2], {"a": 1}, True, 7, 1.5, "\ud800", "\ud800" * 12, "x" * 5000, "x" * 60_000)
+
+        async def scenario(alice: Client) -> None:
+            structured(await alice.call_tool("kb.create_collection", {"name": "c"}))
+            structured(await alice.call_tool("kb.add", {"collection": "c", "text": "The quarterly report."}))
+            structured(await alice.call_tool("memory.remember", {"text": "The quarterly report is due."}))
+            structured(await alice.call_tool("cache.set", {"key": "k", "value": 1}))
+            failed = []
+            for tool, arguments, filters in listings:
+                for position in forged:
+                    cursor = CursorTests.reference(tenant, tool, filters, position)
+                    result = await alice.call_tool(tool, {**arguments, "cursor": cursor})
+                    said = result.content[0].text if result.content else ""
+                    if not (result.is_error and said == not_ours):
+                        failed.append((tool, repr(position)[:20], said[:80]))
+            self.assertEqual(failed, [], "\n".join(map(str, failed)))
+
+        return self.with_clients(daemon, scenario, "alice")
+
+
+class PositionTests(SynchronousTestCase):
+    """`text_position` and `shown_of` take back what this server gives out, and nothing else."""
+
+    def test_text_positions(self) -> None:
+        self.assertIsNone(text_position(None, 32))
+        self.assertEqual(text_position("06h2wdpc3r5115r059yxh7q43m", 32), "06h2wdpc3r5115r059yxh7q43m")
+        self.assertEqual(text_position("é" * 32, 32), "é" * 32)
+        for forged in ([1], {"a": 1}, True, 7, 1.5, "\ud800", "x" * 33):
+            with self.assertRaises(ToolError):
+                text_position(forged, 32)
+
+    def test_shown_positions(self) -> None:
+        keys = [shown_key(f"id-{i}") for i in range(MAX_DEPTH)]
+        self.assertEqual(MAX_SHOWN_KEYS, MAX_DEPTH)
+        self.assertEqual(shown_of("".join(keys)), frozenset(keys))
+        self.assertEqual(shown_of(None), frozenset())
+        for forged in ("", [keys[0]], 7, "\ud800" * 12, "=" * 12, keys[0][:-1], "".join(keys) + keys[0]):
+            with self.assertRaises(ToolError):
+                shown_of(forged)

@@ -27,6 +27,7 @@ from mcpd.tools.paging import (
     limit_of,
     limit_schema,
     shown_of,
+    text_position,
 )
 
 pack = ToolPack(
@@ -212,9 +213,7 @@ def _text(value: str) -> str:
     annotations=READ,
 )
 def kb_collections(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
-    after = decode_cursor(ctx, "kb.collections", {}, arguments.get("cursor"))
-    if after is not None and not isinstance(after, str):
-        raise ToolError("cursor is not one this server gave out: call again without cursor")
+    after = text_position(decode_cursor(ctx, "kb.collections", {}, arguments.get("cursor")), 100)  # _NAME's most
     d = _kb(ctx).list_collections(ctx.tenant, limit_of(arguments), after)
     return d.addCallback(
         lambda page: {"collections": page[0], "next_cursor": encode_cursor(ctx, "kb.collections", {}, page[1])}

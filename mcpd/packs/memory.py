@@ -23,6 +23,7 @@ from mcpd.tools.paging import (
     limit_of,
     limit_schema,
     shown_of,
+    text_position,
 )
 from mcpd.tools.prompts import PromptArgument
 
@@ -202,9 +203,7 @@ def memory_recall(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
 def memory_list(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     tags = list(arguments.get("tags") or ())
     listing = {"tags": tags, "scope": arguments.get("scope")}
-    after = decode_cursor(ctx, "memory.list", listing, arguments.get("cursor"))
-    if after is not None and not isinstance(after, str):
-        raise ToolError("cursor is not one this server gave out: call again without cursor")
+    after = text_position(decode_cursor(ctx, "memory.list", listing, arguments.get("cursor")), 32)  # _ID's most
     d = _memories(ctx).list_memories(ctx.tenant, owners(ctx, arguments.get("scope")), tags, limit_of(arguments), after)
     return d.addCallback(
         lambda page: {

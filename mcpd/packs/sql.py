@@ -13,7 +13,15 @@ from typing import Any
 
 from mcpd.interfaces import ISQLSources
 from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
-from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
+from mcpd.tools.paging import (
+    CURSOR_SCHEMA,
+    NEXT_CURSOR_SCHEMA,
+    decode_cursor,
+    encode_cursor,
+    limit_of,
+    limit_schema,
+    text_position,
+)
 
 pack = ToolPack("sql", "Read-only SQL on the team's own databases.", needs=(ISQLSources,))
 
@@ -86,9 +94,7 @@ def _source(ctx: Any, arguments: dict[str, Any]) -> str:
 def sql_tables(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     source = _source(ctx, arguments)
     filters = {"source": source}
-    after = decode_cursor(ctx, "sql.tables", filters, arguments.get("cursor"))
-    if after is not None and not isinstance(after, str):
-        raise ToolError("cursor is not one this server gave out: call again without cursor")
+    after = text_position(decode_cursor(ctx, "sql.tables", filters, arguments.get("cursor")), 256)  # as sql.describe
     d = _sources(ctx).tables(source, limit_of(arguments), after)
 
     def page(found: tuple[dict[str, Any], str | None]) -> dict[str, Any]:

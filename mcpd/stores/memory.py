@@ -23,6 +23,7 @@ from mcpd.interfaces import (
     ITaskStore,
     NotAnInteger,
     SessionRecord,
+    StoreError,
     StoreFull,
     TaskRecord,
 )
@@ -39,6 +40,8 @@ CACHE_DEFAULT_TTL = 3600
 CACHE_MAX_TTL = 7 * 24 * 3600
 CACHE_MAX_VALUE = 64 * 1024
 CACHE_MAX_KEYS = 100_000
+# The longest key the cache pack takes (its MAX_KEY): no scan position is longer.
+CACHE_MAX_KEY = 512
 # What a Redis integer holds.
 INT64 = (-(2**63), 2**63 - 1)
 
@@ -320,6 +323,9 @@ class MemoryCache:
 
     def scan(self, tenant: str, pattern: str, limit: int, position: Any) -> Deferred[tuple[list[str], Any]]:
         """The tenant's names in order, after ``position`` (the last name looked at)."""
+        if position is not None and not is_cache_key(position):
+            # A cursor's position is the client's to forge: refuse what no scan gave out.
+            return fail(StoreError("cursor is not one this server gave out: call again without cursor"))
         matches = glob_regex(pattern).fullmatch
         names = self._names.get(tenant, [])
         keys = self._keys.get(tenant, {})
@@ -334,6 +340,18 @@ class MemoryCache:
                 page.append(name)
             index += 1
         return succeed((page, names[index - 1] if index < len(names) and index > start else None))
+
+
+def is_cache_key(name: Any) -> bool:
+    """Whether ``name`` is a key the cache may hold: text of UTF-8 (no lone surrogate), at most
+    `CACHE_MAX_KEY` characters."""
+    if not isinstance(name, str) or len(name) > CACHE_MAX_KEY:
+        return False
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Names one in-process scan call looks at, at most (a page may then hold fewer than its limit).

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,7 +74,7 @@ def decode_cursor(ctx: RequestContext, tool: str, filters: Mapping[str, Any], cu
         decoded = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         listing, position = decoded["l"], decoded["p"]
     except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError):
-        raise ToolError("cursor is not one this server gave out: call again without cursor") from None
+        raise ToolError(NOT_OURS) from None
     if listing != _listing(ctx, tool, filters):
         raise ToolError(
             f"cursor belongs to another listing: pass it to {tool} with the same other arguments as the "
@@ -82,8 +83,31 @@ def decode_cursor(ctx: RequestContext, tool: str, filters: Mapping[str, Any], cu
     return position
 
 
-# The length of each key a search's cursor carries (`mcpd.stores.shown.shown_key`).
+NOT_OURS = "cursor is not one this server gave out: call again without cursor"
+
+
+def text_position(position: Any, longest: int) -> str | None:
+    """A list's cursor position as this server gives it out: a name or id of at most
+    ``longest`` characters (None: the first page). A cursor's check value is no secret, so
+    anything else a client could build (a list, a number, a lone surrogate, an overlong text) is
+    refused here rather than failing in the store."""
+    if position is None:
+        return None
+    if isinstance(position, str) and len(position) <= longest:
+        try:
+            position.encode()
+        except UnicodeEncodeError:
+            pass
+        else:
+            return position
+    raise ToolError(NOT_OURS)
+
+
+# The length of each key a search's cursor carries (`mcpd.stores.shown.shown_key`: base64url of
+# nine bytes), and how many it carries at most (`mcpd.stores.shown.MAX_DEPTH`).
 SHOWN_KEY_CHARS = 12
+MAX_SHOWN_KEYS = 1000
+_SHOWN = re.compile(rf"(?:[A-Za-z0-9_-]{{{SHOWN_KEY_CHARS}}})+")
 
 
 def shown_of(position: Any) -> frozenset[str]:
@@ -91,8 +115,12 @@ def shown_of(position: Any) -> frozenset[str]:
     (none without a cursor); `ToolError` for a position that is not one a search gave out."""
     if position is None:
         return frozenset()
-    if not isinstance(position, str) or not position or len(position) % SHOWN_KEY_CHARS:
-        raise ToolError("cursor is not one this server gave out: call again without cursor")
+    if (
+        not isinstance(position, str)
+        or len(position) > MAX_SHOWN_KEYS * SHOWN_KEY_CHARS
+        or not _SHOWN.fullmatch(position)
+    ):
+        raise ToolError(NOT_OURS)
     return frozenset(position[i : i + SHOWN_KEY_CHARS] for i in range(0, len(position), SHOWN_KEY_CHARS))
 
 

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from zope.interface import implementer
 
 from mcpd.interfaces import ICache, NotAnInteger, StoreError
-from mcpd.stores.memory import CACHE_DEFAULT_TTL, CACHE_MAX_TTL, CACHE_MAX_VALUE
+from mcpd.stores.memory import CACHE_DEFAULT_TTL, CACHE_MAX_TTL, CACHE_MAX_VALUE, is_cache_key
 
 if TYPE_CHECKING:
     from mcpd.stores.redis.connection import RedisConnection
@@ -99,11 +99,14 @@ class RedisCache:
         so none is lost between pages."""
         namespace = self._namespace(tenant)
         cursor, pending = "0", []
-        if isinstance(position, dict):
-            cursor = str(position.get("c", "0"))
-            pending = [key for key in position.get("k", []) if isinstance(key, str)]
-            if not _is_redis_cursor(cursor):
-                # A cursor's position is the client's to forge: never hand Redis what it refuses.
+        if position is not None:
+            # A cursor's position is the client's to forge: never hand Redis what it refuses.
+            if not isinstance(position, dict):
+                raise StoreError("cursor is not one this server gave out: call again without cursor")
+            cursor, pending = str(position.get("c", "0")), position.get("k", [])
+            if not _is_redis_cursor(cursor) or not (
+                isinstance(pending, list) and all(is_cache_key(key) for key in pending)
+            ):
                 raise StoreError("cursor is not one this server gave out: call again without cursor")
         keys, pending = pending[:limit], pending[limit:]
         if position is not None and cursor == "0":  # Redis' scan is over: only what was pending
