@@ -14,7 +14,15 @@ from typing import Any
 
 from mcpd.interfaces import TASK_PRIORITIES, TASK_STATUSES, ITaskBoard, NotFound
 from mcpd.tools import ToolAnnotations, ToolContext, ToolError, ToolPack, object_schema
-from mcpd.tools.paging import CURSOR_SCHEMA, NEXT_CURSOR_SCHEMA, decode_cursor, encode_cursor, limit_of, limit_schema
+from mcpd.tools.paging import (
+    CURSOR_SCHEMA,
+    NEXT_CURSOR_SCHEMA,
+    decode_cursor,
+    encode_cursor,
+    limit_of,
+    limit_schema,
+    text_position,
+)
 from mcpd.tools.prompts import PromptArgument
 
 pack = ToolPack("tasks", "A shared task board: projects, tasks, dependencies and comments.", needs=(ITaskBoard,))
@@ -112,23 +120,6 @@ def _task_uri(task_id: str) -> str:
     return f"task://{task_id}"
 
 
-def _position(position: Any, longest: int) -> str | None:
-    """A list's cursor position as this server gives it out: a name or id of at most
-    ``longest`` characters (None: the first page). A cursor's check value is no secret, so
-    anything else a client could make (a list, a number, a lone surrogate) is refused here
-    rather than failing in the database."""
-    if position is None:
-        return None
-    if isinstance(position, str) and len(position) <= longest:
-        try:
-            position.encode()
-        except UnicodeEncodeError:
-            pass
-        else:
-            return position
-    raise ToolError("cursor is not one this server gave out: call again without cursor")
-
-
 # -- projects -----------------------------------------------------------------------------------
 
 
@@ -183,7 +174,7 @@ def project_create(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     annotations=READ,
 )
 def project_list(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
-    after = _position(decode_cursor(ctx, "project.list", {}, arguments.get("cursor")), NAME_CHARS)
+    after = text_position(decode_cursor(ctx, "project.list", {}, arguments.get("cursor")), NAME_CHARS)
     d = _board(ctx).list_projects(ctx.tenant, limit_of(arguments), after)
     return d.addCallback(
         lambda page: {"projects": page[0], "next_cursor": encode_cursor(ctx, "project.list", {}, page[1])}
@@ -266,7 +257,7 @@ _TASK_FILTERS = ("project", "status", "assignee", "tag", "query")
 )
 def task_list(ctx: ToolContext, arguments: dict[str, Any]) -> Any:
     filters = {name: arguments[name] for name in _TASK_FILTERS if name in arguments}
-    after = _position(decode_cursor(ctx, "task.list", filters, arguments.get("cursor")), ID_CHARS)
+    after = text_position(decode_cursor(ctx, "task.list", filters, arguments.get("cursor")), ID_CHARS)
     d = _board(ctx).list_tasks(ctx.tenant, filters, limit_of(arguments), after)
     return d.addCallback(
         lambda page: {"tasks": page[0], "next_cursor": encode_cursor(ctx, "task.list", filters, page[1])}
