@@ -287,6 +287,20 @@ class SharesTestCase(SecurityTestCase):
             headers["Mcp-Name"] = name
         return headers
 
+    def legacy_get_stream(self, port: int, key: str) -> tuple[str, HeldResponse]:
+        """A legacy Streamable HTTP session of ``key``'s and its open GET stream."""
+        status, headers, _ = self.post(initialize(), key)
+        self.assertEqual(status, 200)
+        session_id = headers["mcp-session-id"]
+        get = HeldResponse(
+            port,
+            "GET",
+            "/mcp",
+            {"Accept": "text/event-stream", "Mcp-Session-Id": session_id, "Authorization": f"Bearer {key}"},
+        )
+        self.assertEqual(get.status, 200)
+        return session_id, get
+
     def http_listen(self, key: str) -> HeldResponse:
         body = json.dumps(listen()).encode()
         return HeldResponse(self.port, "POST", "/mcp", self.modern_headers("subscriptions/listen", key), body)
@@ -316,16 +330,7 @@ class RevocationTests(SharesTestCase):
         endpoint = sse.read_until(b"\n\n").decode()
         self.assertIn("/messages/?session_id=", endpoint)
         # Streamable HTTP: a legacy session and its GET stream; a listen; a call in flight.
-        status, headers, _ = self.post(initialize(), "victim-key")
-        self.assertEqual(status, 200)
-        session_id = headers["mcp-session-id"]
-        get = HeldResponse(
-            port,
-            "GET",
-            "/mcp",
-            {"Accept": "text/event-stream", "Mcp-Session-Id": session_id, "Authorization": "Bearer victim-key"},
-        )
-        self.assertEqual(get.status, 200)
+        session_id, get = self.legacy_get_stream(port, "victim-key")
         http_listen = self.http_listen("victim-key")
         http_listen.read_until(b"acknowledged")
         slow = HeldResponse(
@@ -405,16 +410,7 @@ class RevocationTests(SharesTestCase):
         self.assertIn("result", ws.request(initialize()))
         sse = HeldResponse(port, "GET", "/sse", {"Accept": "text/event-stream", "Authorization": "Bearer victim-key"})
         self.assertIn(b"/messages/?session_id=", sse.read_until(b"\n\n"))
-        status, headers, _ = self.post(initialize(), "victim-key")
-        self.assertEqual(status, 200)
-        session_id = headers["mcp-session-id"]
-        get = HeldResponse(
-            port,
-            "GET",
-            "/mcp",
-            {"Accept": "text/event-stream", "Mcp-Session-Id": session_id, "Authorization": "Bearer victim-key"},
-        )
-        self.assertEqual(get.status, 200)
+        _, get = self.legacy_get_stream(port, "victim-key")
         root_ws = BlockingWS(port, "root-key")
 
         self.reload(KEYS.replace("victim:victim-key", "victim:victim-key:admin:tb"))

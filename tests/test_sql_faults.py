@@ -132,7 +132,9 @@ TASK_ROWS = (
 class OutageTests(DaemonTestCase):
     timeout = 180
 
-    def test_mariadb_stops_mid_run_and_comes_back(self) -> Deferred[None]:
+    def daemon_on_mariadb(self) -> tuple[MariaDB, str, int]:
+        """A MariaDB server of the test's own and a daemon on a new database of it: the server,
+        the database's name, the daemon's port."""
         server = MariaDB()
         self.addCleanup(server.destroy)
         server.start()
@@ -141,7 +143,10 @@ class OutageTests(DaemonTestCase):
             "--db-url", server.url(database), "--db-timeout", str(DB_TIMEOUT), fixture_pack=False,
             env={"DB_PASSWORD": PASSWORD},
         )  # fmt: skip
-        port = daemon.port
+        return server, database, daemon.port
+
+    def test_mariadb_stops_mid_run_and_comes_back(self) -> Deferred[None]:
+        server, database, port = self.daemon_on_mariadb()
 
         def wait_for(condition: Any, what: str, limit: float = 30.0) -> None:
             deadline = time.monotonic() + limit
@@ -206,15 +211,7 @@ class OutageTests(DaemonTestCase):
         """MariaDB stopped (SIGSTOP: the kernel still accepts, nothing answers) while no client
         calls: /health answers within --db-timeout and a little, and says down (503) every
         time, though the re-indexer's and earlier probes' queries hang on it."""
-        server = MariaDB()
-        self.addCleanup(server.destroy)
-        server.start()
-        database = server.new_database()
-        daemon = self.start_daemon(
-            "--db-url", server.url(database), "--db-timeout", str(DB_TIMEOUT), fixture_pack=False,
-            env={"DB_PASSWORD": PASSWORD},
-        )  # fmt: skip
-        port = daemon.port
+        server, _, port = self.daemon_on_mariadb()
 
         def check() -> None:
             status, body = get(port, "/health")
